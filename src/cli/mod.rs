@@ -1,0 +1,102 @@
+//! Raw command-line arguments (clap). Each command turns these, plus environment, fly.toml and
+//! the Nix settings file, into one validated plan before any network call.
+
+pub mod push;
+pub mod rollout;
+
+use crate::progress::{OutputMode, Reporter};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nixfly",
+    version,
+    about = "Push Nix-built container images to a registry and roll them out on Fly Machines",
+    long_about = "Push Nix-built container images to an OCI registry (registry.fly.io by default) \
+with no Docker daemon, then roll them out on a Fly app's Machines, health-gated, with automatic \
+rollback.\n\nThe pushed reference (host/repo@sha256:...) is the only thing printed on stdout; \
+progress and messages go to stderr.",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct GlobalArgs {
+    /// More detail on stderr: -v shows HTTP requests and child-process output, -vv everything.
+    /// Tokens are never printed.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// How progress is shown: bars on a terminal (auto), plain lines, or JSON lines on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = OutputMode::Auto, env = "NIXFLY_OUTPUT")]
+    pub output: OutputMode,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Push an image to a registry; prints host/repo@sha256:... on stdout.
+    Push(push::PushArgs),
+    /// Roll an image that is already in a registry out on a Fly app's Machines.
+    Rollout(rollout::RolloutArgs),
+    /// Push an image, then roll it out on a Fly app's Machines (what `nix run .#deploy` runs).
+    Deploy(DeployArgs),
+    /// Print shell completions for bash, zsh, fish, elvish or powershell.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// The image: a docker-archive (.tar, .tar.gz, .tar.zst), a streamLayeredImage script, an
+    /// OCI layout directory, a nixfly layer plan, or - for stdin.
+    pub source: String,
+    #[command(flatten)]
+    pub app: AppOptions,
+    #[command(flatten)]
+    pub push: push::PushOptions,
+    #[command(flatten)]
+    pub rollout: rollout::RolloutOptions,
+}
+
+/// Options every command that talks about a Fly app shares.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AppOptions {
+    /// Fly app name. Default: FLY_APP, then `app` in fly.toml.
+    #[arg(short, long, env = "FLY_APP")]
+    pub app: Option<String>,
+    /// Path to fly.toml. Default: ./fly.toml when it exists.
+    #[arg(short, long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+pub async fn run(cli: Cli, reporter: Reporter) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Push(args) => push::run(args, reporter).await,
+        Command::Rollout(args) => rollout::run(args, reporter).await,
+        Command::Deploy(args) => {
+            let _ = (args, reporter);
+            anyhow::bail!("nixfly deploy is not implemented yet")
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "nixfly", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

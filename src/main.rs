@@ -1,0 +1,30 @@
+//! nixfly: push Nix-built container images to an OCI registry and roll them out on Fly Machines.
+
+mod cli;
+mod error;
+mod progress;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let reporter = progress::Reporter::new(cli.global.output, cli.global.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(error::EXIT_FAILURE);
+        }
+    };
+    let result = runtime.block_on(cli::run(cli, reporter.clone()));
+    reporter.finish();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The whole chain, once: every layer of context names what it was doing.
+            eprintln!("error: {}", error::redacted(&format!("{err:#}")));
+            ExitCode::from(error::exit_code(&err))
+        }
+    }
+}
