@@ -4,6 +4,7 @@
 
 mod cli;
 mod error;
+mod fly;
 mod progress;
 
 use clap::Parser;

@@ -74,6 +74,17 @@ pub struct AppOptions {
     /// Path to fly.toml. Default: ./fly.toml when it exists.
     #[arg(short, long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Fly API token. Default: FLY_API_TOKEN, FLY_ACCESS_TOKEN, FLY_AUTH_TOKEN, then
+    /// access_token in ~/.fly/config.yml (FLY_CONFIG_DIR moves it).
+    #[arg(short = 't', long, value_name = "TOKEN", hide_env_values = true)]
+    pub access_token: Option<String>,
+}
+
+impl AppOptions {
+    /// The Fly token, from the flag or wherever flyctl would find it.
+    pub fn fly_token(&self) -> Result<crate::fly::FlyToken, crate::fly::token::TokenError> {
+        crate::fly::FlyToken::discover(self.access_token.as_deref())
+    }
 }
 
 pub async fn run(cli: Cli, reporter: Reporter) -> anyhow::Result<()> {

@@ -1,0 +1,354 @@
+//! Fly API token discovery and the headers built from it, as flyctl and fly-go do it.
+//!
+//! Precedence, lowest to highest: `<config dir>/config.yml` `access_token` (config dir =
+//! `FLY_CONFIG_DIR` or `~/.fly`), `FLY_AUTH_TOKEN`, `FLY_ACCESS_TOKEN`, `FLY_API_TOKEN`, then the
+//! `--access-token`/`-t` flag. `FLY_AUTH_TOKEN` is not read by flyctl; Nix users export it for
+//! skopeo, so it is accepted below the names flyctl knows.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Environment variables holding a token, highest precedence first.
+const TOKEN_ENV_VARS: [&str; 3] = ["FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "FLY_AUTH_TOKEN"];
+
+/// Prefixes of macaroon tokens (`fly tokens create ...`); anything else is an OAuth token.
+const MACAROON_PREFIXES: [&str; 3] = ["fm1r_", "fm1a_", "fm2_"];
+
+/// Where a token was found, so that errors about a rejected token can say which one to fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    Flag,
+    Env(&'static str),
+    ConfigFile(PathBuf),
+}
+
+impl fmt::Display for TokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSource::Flag => f.write_str("the --access-token flag"),
+            TokenSource::Env(var) => write!(f, "the {var} environment variable"),
+            TokenSource::ConfigFile(path) => write!(f, "access_token in {}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error(
+        "no Fly API token found; looked in (highest precedence first): the --access-token/-t flag, \
+         the FLY_API_TOKEN, FLY_ACCESS_TOKEN and FLY_AUTH_TOKEN environment variables, and \
+         access_token in {config}. Create a deploy token with `fly tokens create deploy -a <app>` \
+         and export it as FLY_API_TOKEN, or log in with `fly auth login`"
+    )]
+    Missing { config: String },
+    #[error("cannot read the Fly config file {path}")]
+    ConfigUnreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the token from {source_name} is empty once its FlyV1/Bearer prefix is removed")]
+    Empty { source_name: TokenSource },
+}
+
+/// A Fly API token, split into its macaroons and OAuth tokens, remembering where it came from.
+/// `Debug` never shows the token.
+#[derive(Clone)]
+pub struct FlyToken {
+    macaroons: Vec<String>,
+    oauth: Vec<String>,
+    source: TokenSource,
+}
+
+impl fmt::Debug for FlyToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlyToken")
+            .field("macaroons", &self.macaroons.len())
+            .field("oauth", &self.oauth.len())
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl FlyToken {
+    /// Find the token as flyctl does, reading the real environment and home directory.
+    pub fn discover(flag: Option<&str>) -> Result<Self, TokenError> {
+        let config_dir = std::env::var_os("FLY_CONFIG_DIR")
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| dirs::home_dir().map(|home| home.join(".fly")));
+        Self::discover_from(flag, |var| std::env::var(var).ok(), config_dir.as_deref())
+    }
+
+    /// Discovery with the environment and config directory given, for tests.
+    fn discover_from(
+        flag: Option<&str>,
+        env: impl Fn(&str) -> Option<String>,
+        config_dir: Option<&Path>,
+    ) -> Result<Self, TokenError> {
+        if let Some(token) = flag.filter(|t| !t.trim().is_empty()) {
+            return Self::parse(token, TokenSource::Flag);
+        }
+        for var in TOKEN_ENV_VARS {
+            if let Some(token) = env(var).filter(|t| !t.trim().is_empty()) {
+                return Self::parse(&token, TokenSource::Env(var));
+            }
+        }
+        let config = config_dir.map(|dir| dir.join("config.yml"));
+        if let Some(path) = &config {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    if let Some(token) = config_access_token(&text) {
+                        return Self::parse(&token, TokenSource::ConfigFile(path.clone()));
+                    }
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(TokenError::ConfigUnreadable {
+                        path: path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        Err(TokenError::Missing {
+            config: config.map_or_else(
+                || "~/.fly/config.yml (no home directory found)".to_string(),
+                |p| p.display().to_string(),
+            ),
+        })
+    }
+
+    /// Split a token as fly-go's `tokens.Parse` does: strip any `FlyV1`/`Bearer` scheme
+    /// prefixes, split on commas, sort by prefix into macaroons and OAuth tokens.
+    pub fn parse(raw: &str, source: TokenSource) -> Result<Self, TokenError> {
+        crate::error::register_secret(raw);
+        let stripped = strip_scheme(raw);
+        let mut token = FlyToken {
+            macaroons: Vec::new(),
+            oauth: Vec::new(),
+            source,
+        };
+        for part in stripped.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            crate::error::register_secret(part);
+            if MACAROON_PREFIXES.iter().any(|p| part.starts_with(p)) {
+                token.macaroons.push(part.to_string());
+            } else {
+                token.oauth.push(part.to_string());
+            }
+        }
+        if token.macaroons.is_empty() && token.oauth.is_empty() {
+            return Err(TokenError::Empty {
+                source_name: token.source,
+            });
+        }
+        Ok(token)
+    }
+
+    pub fn source(&self) -> &TokenSource {
+        &self.source
+    }
+
+    /// The `Authorization` header value for the Machines and platform APIs: `FlyV1` with the
+    /// macaroons when there are any (they carry the permissions), else `Bearer` with the OAuth token.
+    pub fn authorization_header(&self) -> String {
+        if self.macaroons.is_empty() {
+            format!("Bearer {}", self.oauth.join(","))
+        } else {
+            format!("FlyV1 {}", self.macaroons.join(","))
+        }
+    }
+
+    /// The password for HTTP Basic auth (user `x`) at registry.fly.io: the token without its
+    /// scheme prefix, macaroons comma-joined.
+    pub fn registry_password(&self) -> String {
+        if self.macaroons.is_empty() {
+            self.oauth.join(",")
+        } else {
+            self.macaroons.join(",")
+        }
+    }
+}
+
+/// Remove leading `FlyV1 `/`Bearer ` scheme words (case-insensitive, possibly repeated, as in
+/// `Bearer FlyV1 fm2_...`).
+fn strip_scheme(token: &str) -> &str {
+    let is_scheme = |word: &str| word.eq_ignore_ascii_case("FlyV1") || word.eq_ignore_ascii_case("Bearer");
+    let mut token = token.trim();
+    loop {
+        let (first, rest) = token.split_once(char::is_whitespace).unwrap_or((token, ""));
+        if !is_scheme(first) {
+            return token;
+        }
+        token = rest.trim_start();
+    }
+}
+
+/// The top-level `access_token` value of flyctl's config.yml. flyctl writes it as a plain or
+/// quoted scalar on one line; this reads exactly that shape rather than pulling in a YAML parser.
+fn config_access_token(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix("access_token:")?.trim();
+        let value = match value.chars().next() {
+            Some(q @ ('"' | '\'')) => value[1..].split(q).next().unwrap_or(""),
+            _ => value.split(" #").next().unwrap_or("").trim(),
+        };
+        (!value.is_empty()).then(|| value.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |var| pairs.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone())
+    }
+
+    fn config_dir_with(token: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.yml"),
+            format!("access_token: {token}\nsend_metrics: true\n"),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn precedence_is_flag_then_api_then_access_then_auth_then_config() {
+        let dir = config_dir_with("fo1_from_config_file");
+        let all = [
+            ("FLY_API_TOKEN", "fo1_from_api_token_var"),
+            ("FLY_ACCESS_TOKEN", "fo1_from_access_token_var"),
+            ("FLY_AUTH_TOKEN", "fo1_from_auth_token_var"),
+        ];
+        let token =
+            FlyToken::discover_from(Some("fo1_from_the_flag"), env_of(&all), Some(dir.path())).unwrap();
+        assert_eq!(token.source(), &TokenSource::Flag);
+        assert_eq!(token.registry_password(), "fo1_from_the_flag");
+
+        let expectations = [
+            ("FLY_API_TOKEN", "fo1_from_api_token_var"),
+            ("FLY_ACCESS_TOKEN", "fo1_from_access_token_var"),
+            ("FLY_AUTH_TOKEN", "fo1_from_auth_token_var"),
+        ];
+        for (skip, (var, expected)) in expectations.iter().enumerate() {
+            let env = env_of(&all[skip..]);
+            let token = FlyToken::discover_from(None, env, Some(dir.path())).unwrap();
+            assert_eq!(token.source(), &TokenSource::Env(var));
+            assert_eq!(token.registry_password(), *expected);
+        }
+
+        let token = FlyToken::discover_from(None, env_of(&[]), Some(dir.path())).unwrap();
+        assert_eq!(
+            token.source(),
+            &TokenSource::ConfigFile(dir.path().join("config.yml"))
+        );
+        assert_eq!(token.registry_password(), "fo1_from_config_file");
+    }
+
+    #[test]
+    fn empty_values_fall_through_to_lower_sources() {
+        let dir = config_dir_with("\"fo1_quoted_in_config\"");
+        let env = env_of(&[("FLY_API_TOKEN", ""), ("FLY_ACCESS_TOKEN", "  ")]);
+        let token = FlyToken::discover_from(Some(""), env, Some(dir.path())).unwrap();
+        assert_eq!(token.registry_password(), "fo1_quoted_in_config");
+    }
+
+    #[test]
+    fn missing_token_says_where_it_looked_and_how_to_make_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = FlyToken::discover_from(None, env_of(&[]), Some(dir.path())).unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "--access-token",
+            "FLY_API_TOKEN",
+            "FLY_ACCESS_TOKEN",
+            "FLY_AUTH_TOKEN",
+            "config.yml",
+            "fly tokens create deploy",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from: {text}");
+        }
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+    }
+
+    #[test]
+    fn deploy_token_with_prefix_gives_flyv1_header_and_bare_password() {
+        let raw = "FlyV1 fm2_firstmacaroon,fm2_secondmacaroon";
+        let token = FlyToken::parse(raw, TokenSource::Flag).unwrap();
+        assert_eq!(
+            token.authorization_header(),
+            "FlyV1 fm2_firstmacaroon,fm2_secondmacaroon"
+        );
+        assert_eq!(token.registry_password(), "fm2_firstmacaroon,fm2_secondmacaroon");
+    }
+
+    #[test]
+    fn every_macaroon_prefix_is_recognised_with_or_without_scheme() {
+        for raw in [
+            "fm1r_readonlymacaroon",
+            "fm1a_authmacaroon",
+            "fm2_deploymacaroon",
+            "Bearer FlyV1 fm2_deploymacaroon",
+            "bearer fm1a_authmacaroon",
+        ] {
+            let token = FlyToken::parse(raw, TokenSource::Flag).unwrap();
+            assert!(
+                token.authorization_header().starts_with("FlyV1 fm"),
+                "{raw} -> {}",
+                token.authorization_header()
+            );
+            assert!(!token.registry_password().contains(' '), "{raw}");
+        }
+    }
+
+    #[test]
+    fn oauth_token_gives_bearer_header() {
+        let token = FlyToken::parse("fo1_someoauthtoken", TokenSource::Flag).unwrap();
+        assert_eq!(token.authorization_header(), "Bearer fo1_someoauthtoken");
+        let token = FlyToken::parse("Bearer fo1_someoauthtoken", TokenSource::Flag).unwrap();
+        assert_eq!(token.authorization_header(), "Bearer fo1_someoauthtoken");
+        assert_eq!(token.registry_password(), "fo1_someoauthtoken");
+    }
+
+    #[test]
+    fn macaroons_win_over_oauth_in_a_mixed_token() {
+        let token = FlyToken::parse("fo1_oauthpart1234,fm2_macaroonpart", TokenSource::Flag).unwrap();
+        assert_eq!(token.authorization_header(), "FlyV1 fm2_macaroonpart");
+    }
+
+    #[test]
+    fn a_bare_scheme_is_an_empty_token() {
+        let err = FlyToken::parse("FlyV1 ", TokenSource::Env("FLY_API_TOKEN")).unwrap_err();
+        assert!(err.to_string().contains("FLY_API_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn tokens_are_registered_for_redaction_and_hidden_from_debug() {
+        let token = FlyToken::parse("FlyV1 fm2_secretpartone,fm2_secretparttwo", TokenSource::Flag).unwrap();
+        let shown = crate::error::redacted("sent fm2_secretparttwo to the API");
+        assert!(!shown.contains("fm2_secretparttwo"), "{shown}");
+        assert!(!format!("{token:?}").contains("fm2_"));
+    }
+
+    #[test]
+    fn config_file_reader_handles_quotes_comments_and_other_keys() {
+        assert_eq!(
+            config_access_token("access_token: 'fo1_abc'\n").as_deref(),
+            Some("fo1_abc")
+        );
+        assert_eq!(
+            config_access_token("x: 1\naccess_token: fo1_abc # note\n").as_deref(),
+            Some("fo1_abc")
+        );
+        assert_eq!(config_access_token("  access_token: nested\n"), None);
+        assert_eq!(config_access_token("access_token: \"\"\n"), None);
+        assert_eq!(config_access_token("metrics_token: fo1_x\n"), None);
+    }
+}
