@@ -2,6 +2,7 @@
 // Skeleton stage: removed once push and rollout use every piece (tracked in the final review).
 #![allow(dead_code)]
 
+mod blob;
 mod cli;
 mod error;
 mod fly;
