@@ -1,0 +1,182 @@
+//! fly.toml: parsed and validated before any network call, then translated into one Machines
+//! API config per process group the way flyctl's `internal/appconfig` does it, so that a
+//! machine deployed by nixfly is the machine flyctl would have made.
+//!
+//! - `AppConfig::load` / `AppConfig::parse`: fly.toml → `AppConfig` plus warnings (unknown
+//!   keys, legacy settings). Wrong types and impossible values are errors naming file, line and
+//!   key; every problem in the file is reported at once.
+//! - `AppConfig::machine_config(group)`: the config flyctl would build for a new machine of the
+//!   group (no image, no release metadata: those belong to the rollout).
+//! - `apply`: lay that over a machine's current config, keeping what fly.toml does not own.
+//! - `diff`: what would change, for `--plan`.
+
+pub mod apply;
+pub mod machine;
+mod model;
+mod parse;
+mod reader;
+pub mod units;
+
+pub use model::*;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A problem that stops the deploy: `fly.toml:12: [deploy] max_unavailable: must be above 0`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}: {}", self.file, self.line, self.key, self.message)
+    }
+}
+
+/// Something worth telling the user that does not stop the deploy (an unknown key, a legacy
+/// setting). Returned to the caller, which decides how to show it.
+pub type Warning = Problem;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppConfigError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: not valid TOML: {message}")]
+    Syntax {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{file} has {} problem{}:\n{}", problems.len(), if problems.len() == 1 { "" } else { "s" }, list(problems))]
+    Invalid { file: String, problems: Vec<Problem> },
+    #[error("{file}:{line}: [[files]] local_path: cannot read {path}")]
+    LocalFile {
+        file: String,
+        line: usize,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl AppConfig {
+    /// Read and validate fly.toml at `path`.
+    pub fn load(path: &Path) -> Result<(AppConfig, Vec<Warning>), AppConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AppConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validate fly.toml given as text; `path` names it in messages and anchors relative
+    /// `[[files]] local_path` entries.
+    pub fn parse(text: &str, path: &Path) -> Result<(AppConfig, Vec<Warning>), AppConfigError> {
+        let file = path.display().to_string();
+        let doc = reader::Doc::new(file.clone(), text);
+        let root = toml::de::DeTable::parse(text).map_err(|err| AppConfigError::Syntax {
+            file: file.clone(),
+            line: err.span().map_or(1, |span| doc.line_of(span.start)),
+            message: err.message().trim().to_string(),
+        })?;
+        let table = reader::Table::root(&doc, root.get_ref());
+        let mut config = parse::parse_document(&doc, &table, path);
+        table.finish();
+        config.definition = reader::to_json(&toml::de::DeValue::Table(root.get_ref().clone()));
+        let mut errors = doc.errors.into_inner();
+        let mut warnings = doc.warnings.into_inner();
+        if errors.is_empty() {
+            errors = config.translation_problems();
+        }
+        if !errors.is_empty() {
+            errors.sort_by_key(|p| p.line);
+            return Err(AppConfigError::Invalid {
+                file,
+                problems: errors,
+            });
+        }
+        warnings.sort_by_key(|w| w.line);
+        Ok((config, warnings))
+    }
+
+    /// The process groups, sorted: the `[processes]` names, or `app` when there are none.
+    pub fn process_groups(&self) -> Vec<String> {
+        if self.processes.is_empty() {
+            vec![DEFAULT_GROUP.to_string()]
+        } else {
+            self.processes.keys().cloned().collect()
+        }
+    }
+
+    /// The group that sections without `processes = [...]` belong to: `app` when it exists,
+    /// else the first group by name (flyctl's `DefaultProcessName`).
+    pub fn default_group(&self) -> String {
+        let groups = self.process_groups();
+        if groups.iter().any(|g| g == DEFAULT_GROUP) {
+            DEFAULT_GROUP.to_string()
+        } else {
+            groups[0].clone()
+        }
+    }
+
+    /// Does a section with this `processes` list apply to `group`? An empty list means the
+    /// default group only — except for `[[vm]]`, which `machine_config` handles itself.
+    pub fn applies_to(&self, processes: &[String], group: &str) -> bool {
+        if processes.is_empty() {
+            group == self.default_group()
+        } else {
+            processes.iter().any(|p| p == group)
+        }
+    }
+
+    /// Every translation error, found before any network call: a `[[files]] local_path` that
+    /// cannot be read, for instance.
+    fn translation_problems(&self) -> Vec<Problem> {
+        self.process_groups()
+            .iter()
+            .filter_map(|group| match self.machine_config(group) {
+                Ok(_) => None,
+                Err(AppConfigError::LocalFile {
+                    file,
+                    line,
+                    path,
+                    source,
+                }) => Some(Problem {
+                    file,
+                    line,
+                    key: "[files] local_path".into(),
+                    message: format!("cannot read {}: {source}", path.display()),
+                }),
+                Err(other) => Some(Problem {
+                    file: self.path.display().to_string(),
+                    line: 1,
+                    key: format!("process group {group}"),
+                    message: other.to_string(),
+                }),
+            })
+            .collect()
+    }
+}
+
+/// The group of machines with no `fly_process_group` metadata, and of apps without
+/// `[processes]`.
+pub const DEFAULT_GROUP: &str = "app";
+
+#[cfg(test)]
+mod tests;

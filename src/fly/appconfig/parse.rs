@@ -1,0 +1,1092 @@
+//! fly.toml → `AppConfig`, with flyctl's leniencies (legacy spellings, numbers where strings
+//! are expected) and without its silences: wrong types and impossible values are errors, keys
+//! flyctl would not read are warnings.
+
+use super::model::*;
+use super::reader::{Doc, Field, Table, key_name};
+use super::units::{SizeBase, parse_go_duration, parse_size};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+use toml::de::DeValue;
+
+/// The Machines API's stop signals (`fly.StopConfig.signal`).
+const SIGNALS: &[&str] = &[
+    "SIGHUP", "SIGINT", "SIGQUIT", "SIGKILL", "SIGUSR1", "SIGUSR2", "SIGTERM",
+];
+
+/// fly-go's `MachinePresets`: the sizes `[[vm]] size` may name.
+pub const VM_SIZES: &[&str] = &[
+    "shared-cpu-1x",
+    "shared-cpu-2x",
+    "shared-cpu-4x",
+    "shared-cpu-6x",
+    "shared-cpu-8x",
+    "performance-1x",
+    "performance-2x",
+    "performance-4x",
+    "performance-6x",
+    "performance-8x",
+    "performance-10x",
+    "performance-12x",
+    "performance-14x",
+    "performance-16x",
+    "a100-40gb",
+    "a100-80gb",
+    "l40s",
+    "a10",
+];
+
+/// Top-level keys flyctl knows that a deployer does not use: accepted without a warning.
+const IGNORED_TOP_LEVEL: &[&str] = &[
+    "machine_config",
+    "container",
+    "machine_checks",
+    // Nomad-era keys flyctl still parses and ignores.
+    "build_target",
+];
+
+pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppConfig {
+    let mut cfg = AppConfig {
+        path: path.to_path_buf(),
+        ..AppConfig::default()
+    };
+    cfg.app = non_empty(root.string("app"));
+    cfg.primary_region = non_empty(root.string("primary_region"));
+    if let Some(field) = root.get("kill_signal") {
+        cfg.kill_signal = field.string().and_then(|signal| {
+            let upper = signal.to_ascii_uppercase();
+            if SIGNALS.contains(&upper.as_str()) {
+                Some(upper)
+            } else {
+                field.error(format!(
+                    "{signal:?} is not a signal the Machines API can send (one of {})",
+                    SIGNALS.join(", ")
+                ));
+                None
+            }
+        });
+    }
+    // flyctl reads a bare number as seconds here (checks read it as milliseconds).
+    cfg.kill_timeout = root
+        .get("kill_timeout")
+        .and_then(|f| duration(&f, NumberUnit::Seconds));
+    cfg.swap_size_mb = root.uint("swap_size_mb");
+    cfg.console_command = non_empty(root.string("console_command"));
+    cfg.host_dedication_id = non_empty(root.string("host_dedication_id"));
+    root.ignore(IGNORED_TOP_LEVEL);
+
+    if let Some(build) = root.table("build") {
+        cfg.build.image = non_empty(build.string("image"));
+        build.ignore(&[
+            "builder",
+            "args",
+            "buildpacks",
+            "settings",
+            "builtin",
+            "dockerfile",
+            "ignorefile",
+            "build-target",
+            "build_target",
+        ]);
+        build.finish();
+    }
+    if let Some(deploy) = root.table("deploy") {
+        cfg.deploy = parse_deploy(&deploy);
+        deploy.finish();
+    }
+    if let Some(field) = root.get("env") {
+        cfg.env = parse_env(&field);
+    }
+    if let Some(field) = root.get("processes") {
+        cfg.processes = parse_processes(&field);
+    }
+    if let Some(field) = root.get("experimental") {
+        cfg.experimental = field.table().map(|t| {
+            let experimental = parse_experimental(&t, &mut cfg);
+            t.finish();
+            experimental
+        });
+    }
+    if let Some(t) = root.table("http_service") {
+        cfg.http_service = Some(parse_http_service(&t));
+        t.finish();
+    }
+    if let Some(field) = root.get("services") {
+        for t in field.tables() {
+            cfg.services.push(parse_service(&t));
+            t.finish();
+        }
+    }
+    if let Some(t) = root.table("checks") {
+        for field in t.entries() {
+            if let Some(check_table) = field.table() {
+                let check = parse_top_level_check(&check_table);
+                check_table.finish();
+                if let Some(check) = check {
+                    cfg.checks.insert(field.key.clone(), check);
+                }
+            }
+        }
+    }
+    // flyctl folds the old spellings `compute`/`computes` into `vm`.
+    for key in ["vm", "compute", "computes"] {
+        if let Some(field) = root.get(key) {
+            for t in field.tables() {
+                cfg.vms.extend(parse_vm(&t));
+                t.finish();
+            }
+        }
+    }
+    for key in ["mounts", "mount"] {
+        if let Some(field) = root.get(key) {
+            for t in field.tables() {
+                cfg.mounts.extend(parse_mount(&t));
+                t.finish();
+            }
+        }
+    }
+    if let Some(field) = root.get("statics") {
+        for t in field.tables() {
+            cfg.statics.extend(parse_static(&t));
+            t.finish();
+        }
+    }
+    for key in ["metrics", "metric"] {
+        if let Some(field) = root.get(key) {
+            for t in field.tables() {
+                cfg.metrics.push(parse_metrics(&t));
+                t.finish();
+            }
+        }
+    }
+    if let Some(field) = root.get("restart") {
+        for t in field.tables() {
+            cfg.restarts.extend(parse_restart(&t));
+            t.finish();
+        }
+    }
+    if let Some(field) = root.get("files") {
+        for t in field.tables() {
+            cfg.files.extend(parse_file(&t));
+            t.finish();
+        }
+    }
+    cross_check(doc, &cfg);
+    cfg
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|s| !s.trim().is_empty())
+}
+
+#[derive(Clone, Copy)]
+enum NumberUnit {
+    Seconds,
+    Milliseconds,
+    /// flyctl would read a bare number as nanoseconds: surely not what was meant.
+    Refused,
+}
+
+fn duration(field: &Field<'_, '_>, unit: NumberUnit) -> Option<Duration> {
+    match field.value.get_ref() {
+        DeValue::String(s) => match parse_go_duration(s) {
+            Ok(d) => Some(d),
+            Err(message) => {
+                field.error(message);
+                None
+            }
+        },
+        DeValue::Integer(_) => {
+            let n = field.uint()?;
+            match unit {
+                NumberUnit::Seconds => Some(Duration::from_secs(n)),
+                NumberUnit::Milliseconds => Some(Duration::from_millis(n)),
+                NumberUnit::Refused => {
+                    field.error(format!(
+                        "a bare number has no unit (flyctl would read {n} as nanoseconds); \
+                         write it like \"{n}s\" or \"5m\""
+                    ));
+                    None
+                }
+            }
+        }
+        _ => {
+            field.wrong_type("a duration like \"10s\" or \"5m\"");
+            None
+        }
+    }
+}
+
+fn parse_deploy(t: &Table<'_, '_>) -> Deploy {
+    let mut deploy = Deploy::default();
+    if let Some(field) = t.get("strategy") {
+        deploy.strategy = field.string().and_then(|s| {
+            let strategy = Strategy::parse(&s);
+            if strategy.is_none() {
+                field.error(format!(
+                    "{s:?} is not a strategy (rolling, immediate, canary, bluegreen)"
+                ));
+            }
+            strategy
+        });
+    }
+    if let Some(field) = t.get("max_unavailable") {
+        deploy.max_unavailable = field.number().and_then(|n| {
+            if n <= 0.0 {
+                field.error(format!(
+                    "must be above 0 (a machine count like 2, or a fraction of each group like 0.33), got {n}"
+                ));
+                None
+            } else if n >= 1.0 {
+                if n.fract() != 0.0 {
+                    field.warn(format!(
+                        "{n} is read as {} machines (counts above 1 are whole numbers)",
+                        n.trunc()
+                    ));
+                }
+                Some(MaxUnavailable::Count(n.trunc().min(u32::MAX as f64) as u32))
+            } else {
+                Some(MaxUnavailable::Fraction(n))
+            }
+        });
+    }
+    deploy.wait_timeout = t
+        .get("wait_timeout")
+        .and_then(|f| duration(&f, NumberUnit::Refused));
+    deploy.release_command = non_empty(t.string("release_command"));
+    if let (Some(command), Some(field)) = (&deploy.release_command, t.get("release_command")) {
+        split_command(&field, command);
+    }
+    deploy.release_command_timeout = t
+        .get("release_command_timeout")
+        .and_then(|f| duration(&f, NumberUnit::Refused));
+    if let Some(vm) = t.table("release_command_vm") {
+        deploy.release_command_vm = parse_vm(&vm);
+        vm.finish();
+    }
+    t.ignore(&["seed_command"]);
+    deploy
+}
+
+/// Split a command line as flyctl does (shlex); a syntax error is reported on `field`.
+pub fn split_command(field: &Field<'_, '_>, command: &str) -> Option<Vec<String>> {
+    match shell_words::split(command) {
+        Ok(words) => Some(words),
+        Err(err) => {
+            field.error(format!("cannot split {command:?} into arguments: {err}"));
+            None
+        }
+    }
+}
+
+fn parse_env(field: &Field<'_, '_>) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    // flyctl also reads `[[env]]` lists of tables, merged in order.
+    for t in field.tables() {
+        for entry in t.entries() {
+            let value = match entry.value.get_ref() {
+                DeValue::String(s) => Some(s.to_string()),
+                // flyctl formats other scalars with %v: PORT = 8080 becomes "8080".
+                DeValue::Integer(_) => entry.int().map(|n| n.to_string()),
+                DeValue::Float(_) => entry.number().map(|n| n.to_string()),
+                DeValue::Boolean(b) => Some(b.to_string()),
+                _ => {
+                    entry.wrong_type("a string");
+                    None
+                }
+            };
+            if let Some(value) = value {
+                env.insert(entry.key.clone(), value);
+            }
+        }
+    }
+    env
+}
+
+fn parse_processes(field: &Field<'_, '_>) -> BTreeMap<String, String> {
+    let mut processes = BTreeMap::new();
+    // The old list form, `processes = [{ name = "web", command = "..." }]` (often empty).
+    if let DeValue::Array(_) = field.value.get_ref() {
+        for t in field.tables() {
+            if let Some(name) = t.get("name").and_then(|f| f.string()) {
+                let command = t.string("command").unwrap_or_default();
+                processes.insert(name, command);
+            }
+            t.finish();
+        }
+        return processes;
+    }
+    let Some(t) = field.table() else {
+        return processes;
+    };
+    for entry in t.entries() {
+        if !valid_group_name(&entry.key) {
+            entry.error(
+                "a process group name may only hold letters, digits, '-' and '_' (it becomes metadata and env)",
+            );
+            continue;
+        }
+        if let Some(command) = entry.string() {
+            split_command(&entry, &command);
+            processes.insert(entry.key.clone(), command);
+        }
+    }
+    processes
+}
+
+fn valid_group_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn parse_experimental(t: &Table<'_, '_>, cfg: &mut AppConfig) -> Experimental {
+    let mut experimental = Experimental::default();
+    for (key, slot) in [
+        ("cmd", &mut experimental.cmd),
+        ("entrypoint", &mut experimental.entrypoint),
+        ("exec", &mut experimental.exec),
+    ] {
+        if let Some(field) = t.get(key) {
+            *slot = match field.value.get_ref() {
+                // flyctl makes a one-element list of a string: it is not split.
+                DeValue::String(s) => {
+                    if s.contains(' ') {
+                        field.warn(format!(
+                            "a string is passed as one argument, as flyctl does; write [\"{}\"] \
+                             as a list to split it",
+                            s.split_whitespace().collect::<Vec<_>>().join("\", \"")
+                        ));
+                    }
+                    vec![s.to_string()]
+                }
+                _ => field.strings().unwrap_or_default(),
+            };
+        }
+    }
+    // Legacy homes of settings that now live elsewhere: flyctl moves them.
+    if let Some(field) = t.get("kill_timeout")
+        && cfg.kill_timeout.is_none()
+    {
+        cfg.kill_timeout = duration(&field, NumberUnit::Seconds);
+    }
+    let metrics_port = t.port("metrics_port");
+    let metrics_path = t.string("metrics_path");
+    if metrics_port.is_some() || metrics_path.is_some() {
+        cfg.metrics.push(Metrics {
+            port: metrics_port,
+            path: metrics_path,
+            ..Metrics::default()
+        });
+    }
+    t.ignore(&[
+        "auto_rollback",
+        "enable_consul",
+        "enable_etcd",
+        "lazy_load_images",
+        "attached",
+        "machine_config",
+        "use_zstd",
+        "private_network",
+        "allowed_public_ports",
+    ]);
+    experimental
+}
+
+fn autostop(field: &Field<'_, '_>) -> Option<Autostop> {
+    match field.value.get_ref() {
+        DeValue::Boolean(true) => Some(Autostop::Stop),
+        DeValue::Boolean(false) => Some(Autostop::Off),
+        DeValue::String(s) => match s.as_ref() {
+            "off" | "false" => Some(Autostop::Off),
+            "stop" | "true" => Some(Autostop::Stop),
+            "suspend" => Some(Autostop::Suspend),
+            other => {
+                field.error(format!(
+                    "{other:?} is not an auto-stop mode (true, false, \"off\", \"stop\", \"suspend\")"
+                ));
+                None
+            }
+        },
+        _ => {
+            field.wrong_type("true, false, \"off\", \"stop\" or \"suspend\"");
+            None
+        }
+    }
+}
+
+fn internal_port(t: &Table<'_, '_>, section: &str) -> u16 {
+    match t.get("internal_port") {
+        Some(field) => match field.port() {
+            Some(0) => {
+                field.error("must be a port between 1 and 65535, got 0");
+                0
+            }
+            Some(port) => port,
+            None => 0,
+        },
+        None => {
+            t.doc.error(
+                t.line,
+                &key_name(&t.path, "internal_port"),
+                format!("missing: {section} needs the port the app listens on"),
+            );
+            0
+        }
+    }
+}
+
+fn parse_http_service(t: &Table<'_, '_>) -> HttpService {
+    warn_machine_checks(t);
+    HttpService {
+        line: t.line,
+        internal_port: internal_port(t, "[http_service]"),
+        force_https: t.bool("force_https").unwrap_or(false),
+        auto_stop_machines: t.get("auto_stop_machines").and_then(|f| autostop(&f)),
+        auto_start_machines: t.bool("auto_start_machines"),
+        min_machines_running: t.uint("min_machines_running"),
+        processes: t.strings("processes"),
+        concurrency: t.get("concurrency").and_then(|f| parse_concurrency(&f)),
+        tls_options: t.table("tls_options").map(|o| tls_options(&o)),
+        http_options: t.table("http_options").map(|o| http_options(&o)),
+        checks: t
+            .get("checks")
+            .map(|f| f.tables().iter().map(parse_http_check).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// `machine_checks` run throwaway test machines: a flyctl feature nixfly does not offer.
+fn warn_machine_checks(t: &Table<'_, '_>) {
+    if let Some(field) = t.get("machine_checks") {
+        field.warn("machine checks (test machines) are not run by nixfly; ignored");
+    }
+}
+
+fn parse_service(t: &Table<'_, '_>) -> Service {
+    let protocol = match t.get("protocol") {
+        Some(field) => field
+            .string()
+            .map(|p| p.to_ascii_lowercase())
+            .filter(|p| {
+                let ok = p == "tcp" || p == "udp";
+                if !ok {
+                    field.error(format!("{p:?} is not a protocol (tcp or udp)"));
+                }
+                ok
+            })
+            .unwrap_or_default(),
+        None => {
+            t.doc.error(
+                t.line,
+                &key_name(&t.path, "protocol"),
+                "missing: a service needs protocol = \"tcp\" or \"udp\"",
+            );
+            String::new()
+        }
+    };
+    warn_machine_checks(t);
+    let ports = t
+        .get("ports")
+        .map(|f| f.tables().iter().filter_map(parse_port).collect())
+        .unwrap_or_default();
+    Service {
+        line: t.line,
+        protocol,
+        internal_port: internal_port(t, "a [[services]] entry"),
+        auto_stop_machines: t.get("auto_stop_machines").and_then(|f| autostop(&f)),
+        auto_start_machines: t.bool("auto_start_machines"),
+        min_machines_running: t.uint("min_machines_running"),
+        ports,
+        concurrency: t.get("concurrency").and_then(|f| parse_concurrency(&f)),
+        tcp_checks: t
+            .get("tcp_checks")
+            .map(|f| f.tables().iter().map(parse_tcp_check).collect())
+            .unwrap_or_default(),
+        http_checks: t
+            .get("http_checks")
+            .map(|f| f.tables().iter().map(parse_http_check).collect())
+            .unwrap_or_default(),
+        processes: t.strings("processes"),
+    }
+}
+
+fn parse_port(t: &Table<'_, '_>) -> Option<Port> {
+    let port = Port {
+        port: t.port("port"),
+        start_port: t.port("start_port"),
+        end_port: t.port("end_port"),
+        handlers: t.strings("handlers"),
+        force_https: t.bool("force_https").unwrap_or(false),
+        tls_options: t.table("tls_options").map(|o| tls_options(&o)),
+        http_options: t.table("http_options").map(|o| http_options(&o)),
+        proxy_proto_options: t.table("proxy_proto_options").map(|o| {
+            let mut map = Map::new();
+            if let Some(version) = o.string("version") {
+                map.insert("version".into(), version.into());
+            }
+            o.finish();
+            Value::Object(map)
+        }),
+    };
+    if let (Some(start), Some(end)) = (port.start_port, port.end_port)
+        && start > end
+    {
+        t.doc.error(
+            t.line,
+            &key_name(&t.path, "start_port"),
+            format!("start_port {start} is above end_port {end}"),
+        );
+    }
+    if port.port.is_none() && port.start_port.is_none() && port.end_port.is_none() {
+        t.doc.error(
+            t.line,
+            &key_name(&t.path, "port"),
+            "missing: a port entry needs port, or start_port and end_port",
+        );
+    }
+    t.finish();
+    Some(port)
+}
+
+fn tls_options(t: &Table<'_, '_>) -> Value {
+    let mut map = Map::new();
+    for key in ["alpn", "versions"] {
+        if let Some(field) = t.get(key)
+            && let Some(list) = field.strings()
+        {
+            map.insert(key.into(), list.into());
+        }
+    }
+    if let Some(b) = t.bool("default_self_signed") {
+        map.insert("default_self_signed".into(), b.into());
+    }
+    t.finish();
+    Value::Object(map)
+}
+
+fn http_options(t: &Table<'_, '_>) -> Value {
+    let mut map = Map::new();
+    for key in ["compress", "h2_backend"] {
+        if let Some(b) = t.bool(key) {
+            map.insert(key.into(), b.into());
+        }
+    }
+    for key in ["idle_timeout", "headers_read_timeout"] {
+        if let Some(n) = t.uint(key) {
+            map.insert(key.into(), n.into());
+        }
+    }
+    if let Some(response) = t.table("response") {
+        let mut out = Map::new();
+        if let Some(headers) = response.get("headers") {
+            out.insert("headers".into(), super::reader::to_json(headers.value.get_ref()));
+        }
+        if let Some(pristine) = response.bool("pristine") {
+            out.insert("pristine".into(), pristine.into());
+        }
+        response.finish();
+        map.insert("response".into(), Value::Object(out));
+    }
+    if let Some(field) = t.get("replay_cache") {
+        let caches: Vec<Value> = field
+            .tables()
+            .iter()
+            .map(|c| {
+                let mut out = Map::new();
+                for key in ["path_prefix", "type", "name"] {
+                    if let Some(s) = c.string(key) {
+                        out.insert(key.into(), s.into());
+                    }
+                }
+                if let Some(n) = c.uint("ttl_seconds") {
+                    out.insert("ttl_seconds".into(), n.into());
+                }
+                if let Some(b) = c.bool("allow_bypass") {
+                    out.insert("allow_bypass".into(), b.into());
+                }
+                c.finish();
+                Value::Object(out)
+            })
+            .collect();
+        map.insert("replay_cache".into(), caches.into());
+    }
+    t.finish();
+    Value::Object(map)
+}
+
+fn parse_concurrency(field: &Field<'_, '_>) -> Option<Concurrency> {
+    let concurrency = match field.value.get_ref() {
+        // The old "soft,hard" form flyctl still reads (as type "requests").
+        DeValue::String(s) => {
+            let parsed = s
+                .split_once(',')
+                .and_then(|(soft, hard)| Some((soft.trim().parse().ok()?, hard.trim().parse().ok()?)));
+            let Some((soft, hard)) = parsed else {
+                field.error(format!(
+                    "{:?} is not \"<soft>,<hard>\"; write a table with type, soft_limit and hard_limit",
+                    s.as_ref()
+                ));
+                return None;
+            };
+            Concurrency {
+                kind: Some("requests".into()),
+                hard_limit: Some(hard),
+                soft_limit: Some(soft),
+            }
+        }
+        _ => {
+            let t = field.table()?;
+            let kind = t.get("type").and_then(|f| {
+                let kind = f.string()?;
+                if kind != "connections" && kind != "requests" {
+                    f.error(format!(
+                        "{kind:?} is not a concurrency type (connections or requests)"
+                    ));
+                    return None;
+                }
+                Some(kind)
+            });
+            let concurrency = Concurrency {
+                kind,
+                hard_limit: t.uint("hard_limit"),
+                soft_limit: t.uint("soft_limit"),
+            };
+            t.finish();
+            concurrency
+        }
+    };
+    if let (Some(soft), Some(hard)) = (concurrency.soft_limit, concurrency.hard_limit)
+        && soft > hard
+    {
+        field.error(format!(
+            "soft_limit {soft} is above hard_limit {hard}: the proxy would never reach it"
+        ));
+    }
+    Some(concurrency)
+}
+
+fn check_durations(t: &Table<'_, '_>) -> [Option<Duration>; 3] {
+    // flyctl reads bare numbers in checks as milliseconds.
+    ["interval", "timeout", "grace_period"]
+        .map(|key| t.get(key).and_then(|f| duration(&f, NumberUnit::Milliseconds)))
+}
+
+fn parse_tcp_check(t: &Table<'_, '_>) -> TcpCheck {
+    let [interval, timeout, grace_period] = check_durations(t);
+    t.ignore(&["restart_limit"]);
+    warn_restart_limit(t);
+    t.finish();
+    TcpCheck {
+        interval,
+        timeout,
+        grace_period,
+    }
+}
+
+fn warn_restart_limit(t: &Table<'_, '_>) {
+    if let Some(field) = t.get("restart_limit") {
+        field.warn("restart_limit is a Nomad-era setting the Machines platform ignores");
+    }
+}
+
+fn parse_http_check(t: &Table<'_, '_>) -> HttpCheck {
+    let check = http_check_fields(t);
+    warn_restart_limit(t);
+    t.finish();
+    check
+}
+
+fn http_check_fields(t: &Table<'_, '_>) -> HttpCheck {
+    let [interval, timeout, grace_period] = check_durations(t);
+    let headers = t.get("headers").map(|f| headers(&f)).unwrap_or_default();
+    let protocol = t.get("protocol").and_then(|f| {
+        let p = f.string()?;
+        if p != "http" && p != "https" {
+            f.error(format!("{p:?} is not a check protocol (http or https)"));
+            return None;
+        }
+        Some(p)
+    });
+    HttpCheck {
+        interval,
+        timeout,
+        grace_period,
+        method: t.string("method"),
+        path: t.string("path"),
+        protocol,
+        tls_skip_verify: t.bool("tls_skip_verify"),
+        tls_server_name: t.string("tls_server_name"),
+        headers,
+    }
+}
+
+fn headers(field: &Field<'_, '_>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    match field.value.get_ref() {
+        // Also the old list form: [{ name = "X", value = "y" }].
+        DeValue::Array(_) => {
+            for t in field.tables() {
+                if let Some(name) = t.string("name") {
+                    out.insert(name, t.string("value").unwrap_or_default());
+                }
+                t.finish();
+            }
+        }
+        _ => {
+            if let Some(t) = field.table() {
+                for entry in t.entries() {
+                    let value = match entry.value.get_ref() {
+                        DeValue::String(s) => Some(s.to_string()),
+                        DeValue::Integer(_) => entry.int().map(|n| n.to_string()),
+                        DeValue::Boolean(b) => Some(b.to_string()),
+                        _ => {
+                            entry.wrong_type("a string");
+                            None
+                        }
+                    };
+                    if let Some(value) = value {
+                        out.insert(entry.key.clone(), value);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn parse_top_level_check(t: &Table<'_, '_>) -> Option<TopLevelCheck> {
+    let kind = match t.get("type") {
+        Some(field) => field.string().filter(|k| {
+            let ok = k == "http" || k == "tcp";
+            if !ok {
+                field.error(format!("{k:?} is not a check type (http or tcp)"));
+            }
+            ok
+        }),
+        None => {
+            t.doc.error(
+                t.line,
+                &key_name(&t.path, "type"),
+                "missing: a check needs type = \"http\" or \"tcp\"",
+            );
+            None
+        }
+    };
+    let port = t.port("port");
+    let mut http = http_check_fields(t);
+    // Top-level checks (unlike service checks) have their method upper-cased by flyctl.
+    http.method = http.method.map(|m| m.to_ascii_uppercase());
+    let check = TopLevelCheck {
+        line: t.line,
+        kind: kind.unwrap_or_default(),
+        port,
+        http,
+        processes: t.strings("processes"),
+    };
+    t.ignore(&["kind"]);
+    Some(check)
+}
+
+fn parse_vm(t: &Table<'_, '_>) -> Option<Vm> {
+    let size = t.get("size").and_then(|f| {
+        let size = f.string()?;
+        if !VM_SIZES.contains(&size.as_str()) {
+            f.error(format!(
+                "{size:?} is not a machine size (one of {})",
+                VM_SIZES.join(", ")
+            ));
+            return None;
+        }
+        Some(size)
+    });
+    let memory_mb_from_size = t.get("memory").and_then(|f| {
+        let text = match f.value.get_ref() {
+            DeValue::String(s) => s.to_string(),
+            DeValue::Integer(_) => f.int()?.to_string(),
+            _ => {
+                f.wrong_type("a size like \"1gb\" or \"512mb\"");
+                return None;
+            }
+        };
+        match parse_size(&text, SizeBase::Binary, 1024 * 1024) {
+            Ok(0) => {
+                f.error("memory cannot be zero");
+                None
+            }
+            Ok(mb) => Some(mb),
+            Err(message) => {
+                f.error(message);
+                None
+            }
+        }
+    });
+    let cpu_kind = t.get("cpu_kind").and_then(|f| {
+        let kind = f.string()?;
+        if kind != "shared" && kind != "performance" {
+            f.error(format!("{kind:?} is not a cpu kind (shared or performance)"));
+            return None;
+        }
+        Some(kind)
+    });
+    let positive = |key: &str| {
+        t.get(key).and_then(|f| {
+            let n = f.uint()?;
+            if n == 0 {
+                f.error("must be at least 1 (leave it out for the size's default)");
+                return None;
+            }
+            Some(n)
+        })
+    };
+    let persist_rootfs = t.get("persist_rootfs").and_then(|f| {
+        let value = f.string()?;
+        if !["never", "always", "restart"].contains(&value.as_str()) {
+            f.error(format!(
+                "{value:?} is not a rootfs persistence (never, always, restart)"
+            ));
+            return None;
+        }
+        Some(value)
+    });
+    Some(Vm {
+        line: t.line,
+        size,
+        memory_mb_from_size,
+        cpu_kind,
+        cpus: positive("cpus"),
+        memory_mb: positive("memory_mb"),
+        max_memory_mb: positive("max_memory_mb"),
+        gpus: positive("gpus"),
+        gpu_kind: non_empty(t.string("gpu_kind")),
+        host_dedication_id: non_empty(t.string("host_dedication_id")),
+        kernel_args: t.strings("kernel_args"),
+        persist_rootfs,
+        processes: t.strings("processes"),
+    })
+}
+
+fn gb_size(field: &Field<'_, '_>) -> Option<u64> {
+    let text = match field.value.get_ref() {
+        DeValue::String(s) => s.to_string(),
+        DeValue::Integer(_) => field.uint()?.to_string(),
+        _ => {
+            field.wrong_type("a size like \"10gb\"");
+            return None;
+        }
+    };
+    match parse_size(&text, SizeBase::Decimal, 1_000_000_000) {
+        Ok(gb) => Some(gb),
+        Err(message) => {
+            field.error(message);
+            None
+        }
+    }
+}
+
+fn required_string(t: &Table<'_, '_>, key: &str, what: &str) -> Option<String> {
+    match non_empty(t.string(key)) {
+        Some(s) => Some(s),
+        None => {
+            let line = t.get(key).map_or(t.line, |f| f.line());
+            t.doc
+                .error(line, &key_name(&t.path, key), format!("missing: {what}"));
+            None
+        }
+    }
+}
+
+fn parse_mount(t: &Table<'_, '_>) -> Option<Mount> {
+    let source = required_string(t, "source", "the volume name to mount");
+    let destination = required_string(t, "destination", "the path to mount the volume at");
+    let threshold = t.get("auto_extend_size_threshold").and_then(|f| {
+        let n = f.uint()?;
+        if n > 100 {
+            f.error(format!("a percentage of the volume, 0-100, got {n}"));
+            return None;
+        }
+        Some(n)
+    });
+    if let Some(initial) = t.get("initial_size") {
+        gb_size(&initial);
+    }
+    let mount = Mount {
+        line: t.line,
+        source: source?,
+        destination: destination?,
+        initial_size: t.get("initial_size").and_then(|f| match f.value.get_ref() {
+            DeValue::Integer(_) => f.int().map(|n| n.to_string()),
+            _ => f.string(),
+        }),
+        snapshot_retention: t.uint("snapshot_retention"),
+        auto_extend_size_threshold: threshold,
+        auto_extend_size_increment_gb: t.get("auto_extend_size_increment").and_then(|f| gb_size(&f)),
+        auto_extend_size_limit_gb: t.get("auto_extend_size_limit").and_then(|f| gb_size(&f)),
+        processes: t.strings("processes"),
+    };
+    t.ignore(&["scheduled_snapshots"]);
+    Some(mount)
+}
+
+fn parse_static(t: &Table<'_, '_>) -> Option<Static> {
+    let guest_path = required_string(t, "guest_path", "the directory in the image to serve");
+    let url_prefix = required_string(t, "url_prefix", "the URL path to serve it under");
+    Some(Static {
+        guest_path: guest_path?,
+        url_prefix: url_prefix?,
+        tigris_bucket: t.string("tigris_bucket").unwrap_or_default(),
+        index_document: t.string("index_document").unwrap_or_default(),
+    })
+}
+
+fn parse_metrics(t: &Table<'_, '_>) -> Metrics {
+    Metrics {
+        port: t.port("port"),
+        path: t.string("path"),
+        https: t.bool("https").unwrap_or(false),
+        processes: t.strings("processes"),
+    }
+}
+
+fn parse_restart(t: &Table<'_, '_>) -> Option<Restart> {
+    let policy = match t.get("policy") {
+        Some(field) => field.string().and_then(|p| match p.as_str() {
+            "always" => Some(RestartPolicy::Always),
+            "never" => Some(RestartPolicy::Never),
+            "on-failure" => Some(RestartPolicy::OnFailure),
+            other => {
+                field.error(format!(
+                    "{other:?} is not a restart policy (always, never, on-failure)"
+                ));
+                None
+            }
+        }),
+        None => {
+            t.doc.error(
+                t.line,
+                &key_name(&t.path, "policy"),
+                "missing: always, never or on-failure",
+            );
+            None
+        }
+    };
+    let retries = t.uint("retries");
+    Some(Restart {
+        policy: policy?,
+        retries,
+        processes: t.strings("processes"),
+    })
+}
+
+fn parse_file(t: &Table<'_, '_>) -> Option<FileEntry> {
+    let guest_path = required_string(t, "guest_path", "the absolute path of the file in the machine");
+    if let (Some(path), Some(field)) = (&guest_path, t.get("guest_path"))
+        && !path.starts_with('/')
+    {
+        field.error(format!("{path:?} must be an absolute path"));
+    }
+    let local = non_empty(t.string("local_path"));
+    let secret = non_empty(t.string("secret_name"));
+    let raw = t.string("raw_value");
+    let given = [local.is_some(), secret.is_some(), raw.is_some()]
+        .iter()
+        .filter(|&&b| b)
+        .count();
+    if given != 1 {
+        t.doc.error(
+            t.line,
+            &key_name(&t.path, "local_path"),
+            "give exactly one of local_path, secret_name or raw_value",
+        );
+        return None;
+    }
+    let source = if let Some(local) = local {
+        FileSource::LocalPath(local.into())
+    } else if let Some(secret) = secret {
+        FileSource::SecretName(secret)
+    } else {
+        FileSource::RawValue(raw.unwrap_or_default())
+    };
+    Some(FileEntry {
+        line: t.line,
+        guest_path: guest_path?,
+        source,
+        processes: t.strings("processes"),
+    })
+}
+
+/// Checks across sections: process groups named in `processes = [...]` must exist, each group
+/// gets at most one volume, and a check without a port needs the group's http_service.
+fn cross_check(doc: &Doc<'_>, cfg: &AppConfig) {
+    let groups = cfg.process_groups();
+    let unknown = |line: usize, section: &str, names: &[String]| {
+        for name in names {
+            if !groups.contains(name) {
+                doc.error(
+                    line,
+                    &format!("[{section}] processes"),
+                    format!(
+                        "no process group {name:?}; [processes] defines {}",
+                        groups.join(", ")
+                    ),
+                );
+            }
+        }
+    };
+    if let Some(http) = &cfg.http_service {
+        unknown(http.line, "http_service", &http.processes);
+    }
+    for (i, s) in cfg.services.iter().enumerate() {
+        unknown(s.line, &format!("services[{i}]"), &s.processes);
+    }
+    for (name, c) in &cfg.checks {
+        unknown(c.line, &format!("checks.{name}"), &c.processes);
+    }
+    for (i, v) in cfg.vms.iter().enumerate() {
+        unknown(v.line, &format!("vm[{i}]"), &v.processes);
+    }
+    for (i, m) in cfg.mounts.iter().enumerate() {
+        unknown(m.line, &format!("mounts[{i}]"), &m.processes);
+    }
+    for (i, f) in cfg.files.iter().enumerate() {
+        unknown(f.line, &format!("files[{i}]"), &f.processes);
+    }
+    for group in &groups {
+        let mounts: Vec<&Mount> = cfg
+            .mounts
+            .iter()
+            .filter(|m| cfg.applies_to(&m.processes, group))
+            .collect();
+        if mounts.len() > 1 {
+            doc.error(
+                mounts[1].line,
+                "[mounts] source",
+                format!(
+                    "process group {group:?} gets {} volumes ({}); a machine mounts at most one",
+                    mounts.len(),
+                    mounts
+                        .iter()
+                        .map(|m| m.source.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+        let has_http_service = cfg
+            .http_service
+            .as_ref()
+            .is_some_and(|h| cfg.applies_to(&h.processes, group));
+        for (name, check) in &cfg.checks {
+            if check.port.is_none() && !has_http_service && cfg.applies_to(&check.processes, group) {
+                doc.error(
+                    check.line,
+                    &format!("[checks.{name}] port"),
+                    format!("missing: process group {group:?} has no [http_service] to take the port from"),
+                );
+            }
+        }
+    }
+}

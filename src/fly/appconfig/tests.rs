@@ -1,0 +1,349 @@
+//! Golden tests (fly.toml corpus → expected machine configs, written by hand from flyctl's
+//! rules) and validation tests.
+
+use super::apply::{VolumeChange, apply, diff};
+use super::*;
+use serde_json::{Value, json};
+use std::path::Path;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flytoml")
+}
+
+#[test]
+fn golden_corpus_translates_like_flyctl() {
+    let dir = fixtures();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 15, "corpus has {} files", names.len());
+    let prefix = format!("{}/", dir.display());
+    let mut failures = Vec::new();
+    for toml_path in &names {
+        let mut expected: Value =
+            serde_json::from_str(&std::fs::read_to_string(toml_path.with_extension("json")).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", toml_path.display()));
+        let expected_warnings = expected
+            .as_object_mut()
+            .unwrap()
+            .remove("warnings")
+            .unwrap_or(json!([]));
+        let (config, warnings) = match AppConfig::load(toml_path) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                failures.push(format!("{}: {err}", toml_path.display()));
+                continue;
+            }
+        };
+        let actual = serde_json::to_value(config.machine_configs().unwrap()).unwrap();
+        if actual != expected {
+            failures.push(format!(
+                "{}:\n--- expected\n{}\n--- actual\n{}",
+                toml_path.display(),
+                serde_json::to_string_pretty(&expected).unwrap(),
+                serde_json::to_string_pretty(&actual).unwrap()
+            ));
+        }
+        let warnings: Vec<String> = warnings
+            .iter()
+            .map(|w| w.to_string().replace(&prefix, ""))
+            .collect();
+        if json!(warnings) != expected_warnings {
+            failures.push(format!(
+                "{}: warnings {warnings:#?}, expected {expected_warnings:#}",
+                toml_path.display()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+fn parse(text: &str) -> Result<(AppConfig, Vec<Warning>), AppConfigError> {
+    AppConfig::parse(text, Path::new("fly.toml"))
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match parse(text) {
+        Ok(_) => panic!("expected fly.toml to be refused:\n{text}"),
+        Err(AppConfigError::Invalid { problems, .. }) => problems.iter().map(ToString::to_string).collect(),
+        Err(other) => vec![other.to_string()],
+    }
+}
+
+#[test]
+fn deploy_section_is_read_for_the_rollout() {
+    let (config, warnings) = AppConfig::load(&fixtures().join("15-release-command.toml")).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(config.app.as_deref(), Some("django-app"));
+    assert_eq!(config.primary_region.as_deref(), Some("yyz"));
+    assert_eq!(
+        config.build.image.as_deref(),
+        Some("registry.fly.io/django-app:deployment-01J0000000000000000000000")
+    );
+    let deploy = &config.deploy;
+    assert_eq!(deploy.strategy, Some(Strategy::Bluegreen));
+    assert_eq!(deploy.max_unavailable, Some(MaxUnavailable::Fraction(0.5)));
+    assert_eq!(deploy.wait_timeout, Some(std::time::Duration::from_secs(600)));
+    assert_eq!(
+        deploy.release_command.as_deref(),
+        Some("python manage.py migrate --noinput")
+    );
+    assert_eq!(
+        deploy.release_command_timeout,
+        Some(std::time::Duration::from_secs(900))
+    );
+    let vm = deploy.release_command_vm.as_ref().unwrap();
+    assert_eq!(
+        config.guest(vm),
+        json!({"cpu_kind": "performance", "cpus": 1, "memory_mb": 2048})
+    );
+    assert_eq!(config.env["DJANGO_SETTINGS_MODULE"], "app.settings");
+    assert_eq!(config.definition["deploy"]["strategy"], "bluegreen");
+}
+
+#[test]
+fn max_unavailable_is_a_count_or_a_fraction() {
+    let read = |v: &str| {
+        parse(&format!("[deploy]\nmax_unavailable = {v}\n"))
+            .unwrap()
+            .0
+            .deploy
+            .max_unavailable
+            .unwrap()
+    };
+    assert_eq!(read("2"), MaxUnavailable::Count(2));
+    assert_eq!(read("1.0"), MaxUnavailable::Count(1));
+    assert_eq!(read("0.33"), MaxUnavailable::Fraction(0.33));
+    assert_eq!(MaxUnavailable::Fraction(0.33).pool_size(6), 2);
+    assert_eq!(MaxUnavailable::Fraction(0.1).pool_size(3), 1);
+    assert_eq!(MaxUnavailable::Count(2).pool_size(6), 2);
+}
+
+#[test]
+fn wrong_types_are_errors_with_file_line_and_key() {
+    let text = "app = \"x\"\n\n[deploy]\n  strategy = \"rolling\"\n  max_unavailable = -1\n  wait_timeout = \"soon\"\n";
+    assert_eq!(
+        problems(text),
+        vec![
+            "fly.toml:5: [deploy] max_unavailable: must be above 0 (a machine count like 2, or a fraction of each group like 0.33), got -1",
+            "fly.toml:6: [deploy] wait_timeout: \"soon\" is not a duration; write it like \"10s\" or \"5m\"",
+        ]
+    );
+    let text = "[http_service]\ninternal_port = \"http\"\nforce_https = \"yes\"\n";
+    assert_eq!(
+        problems(text),
+        vec![
+            "fly.toml:2: [http_service] internal_port: expected a port number, got \"http\"",
+            "fly.toml:3: [http_service] force_https: expected true or false, got the string \"yes\"",
+        ]
+    );
+    let text = "[env]\nLIST = [1, 2]\n";
+    assert_eq!(
+        problems(text),
+        vec!["fly.toml:2: [env] LIST: expected a string, got a list"]
+    );
+}
+
+#[test]
+fn impossible_values_are_errors() {
+    let cases = [
+        (
+            "[[services]]\nprotocol = \"tcp\"\ninternal_port = 70000\n",
+            "fly.toml:3: [services[0]] internal_port: 70000 is not a port number (0-65535)",
+        ),
+        (
+            "[[vm]]\nsize = \"shared-cpu-3x\"\n",
+            "fly.toml:2: [vm[0]] size: \"shared-cpu-3x\" is not a machine size",
+        ),
+        (
+            "[[vm]]\nmemory = \"0mb\"\n",
+            "fly.toml:2: [vm[0]] memory: memory cannot be zero",
+        ),
+        (
+            "kill_signal = \"SIGWINCH\"\n",
+            "fly.toml:1: kill_signal: \"SIGWINCH\" is not a signal the Machines API can send",
+        ),
+        (
+            "[deploy]\nstrategy = \"yolo\"\n",
+            "fly.toml:2: [deploy] strategy: \"yolo\" is not a strategy (rolling, immediate, canary, bluegreen)",
+        ),
+        (
+            "[deploy]\nwait_timeout = 300\n",
+            "fly.toml:2: [deploy] wait_timeout: a bare number has no unit (flyctl would read 300 as nanoseconds)",
+        ),
+        (
+            "[http_service]\ninternal_port = 8080\n[http_service.concurrency]\ntype = \"requests\"\nsoft_limit = 50\nhard_limit = 25\n",
+            "fly.toml:3: [http_service] concurrency: soft_limit 50 is above hard_limit 25",
+        ),
+        (
+            "[[restart]]\npolicy = \"sometimes\"\n",
+            "fly.toml:2: [restart[0]] policy: \"sometimes\" is not a restart policy (always, never, on-failure)",
+        ),
+        (
+            "[processes]\nweb = \"run\"\n[[services]]\nprotocol = \"tcp\"\ninternal_port = 80\nprocesses = [\"wbe\"]\n",
+            "fly.toml:3: [services[0]] processes: no process group \"wbe\"; [processes] defines web",
+        ),
+        (
+            "[checks.db]\ntype = \"tcp\"\n",
+            "fly.toml:1: [checks.db] port: missing: process group \"app\" has no [http_service] to take the port from",
+        ),
+        (
+            "[[mounts]]\nsource = \"a\"\ndestination = \"/a\"\n[[mounts]]\nsource = \"b\"\ndestination = \"/b\"\n",
+            "fly.toml:4: [mounts] source: process group \"app\" gets 2 volumes (a, b); a machine mounts at most one",
+        ),
+        (
+            "[processes]\nweb = \"run 'unclosed\"\n",
+            "fly.toml:2: [processes] web: cannot split \"run 'unclosed\" into arguments",
+        ),
+        (
+            "[[files]]\nguest_path = \"/etc/x\"\nlocal_path = \"does-not-exist.txt\"\n",
+            "fly.toml:1: [files] local_path: cannot read does-not-exist.txt",
+        ),
+    ];
+    for (text, expected) in cases {
+        let found = problems(text);
+        assert!(
+            found.iter().any(|p| p.starts_with(expected)),
+            "for\n{text}\nexpected a problem starting with\n  {expected}\ngot\n  {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = "kill_timeout = \"forever\"\n[deploy]\nstrategy = 3\n[[vm]]\ncpus = 0\n";
+    let found = problems(text);
+    assert_eq!(found.len(), 3, "{found:#?}");
+    let err = parse(text).unwrap_err().to_string();
+    assert!(
+        err.starts_with("fly.toml has 3 problems:\n  fly.toml:1: kill_timeout:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn toml_syntax_errors_name_the_line() {
+    let err = parse("app = \"x\"\n[deploy\nstrategy = \"rolling\"\n").unwrap_err();
+    assert!(matches!(err, AppConfigError::Syntax { line: 2, .. }), "{err}");
+    assert!(err.to_string().starts_with("fly.toml:2: not valid TOML"), "{err}");
+}
+
+#[test]
+fn unknown_keys_are_warnings_not_errors() {
+    let text = "app = \"x\"\nprimary_regoin = \"ams\"\n\n[http_service]\ninternal_port = 8080\nforce_http = true\n\n[deploy]\nstrategy = \"canary\"\n";
+    let (config, warnings) = parse(text).unwrap();
+    assert_eq!(config.app.as_deref(), Some("x"));
+    let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            "fly.toml:2: primary_regoin: unknown key, ignored (not something fly.toml takes)",
+            "fly.toml:6: [http_service] force_http: unknown key, ignored (not something [http_service] takes)",
+        ]
+    );
+}
+
+#[test]
+fn service_check_names_follow_the_platform() {
+    let (config, _) = AppConfig::load(&fixtures().join("04-tcp-udp-services.toml")).unwrap();
+    let machine = config.machine_config("app").unwrap();
+    assert_eq!(
+        machine::service_check_names(&machine),
+        vec!["servicecheck-00-tcp-5432"]
+    );
+}
+
+fn current_machine_config() -> Value {
+    json!({
+        "image": "registry.fly.io/notes@sha256:aaaa",
+        "init": {"tty": false, "cmd": ["old"]},
+        "env": {"OLD": "1", "FLY_PROCESS_GROUP": "app"},
+        "guest": {"cpu_kind": "shared", "cpus": 1, "memory_mb": 256},
+        "metadata": {"fly_platform_version": "v2", "fly_process_group": "app", "fly_release_id": "r1", "custom": "kept"},
+        "mounts": [{"volume": "vol_123", "name": "notes_data", "path": "/data", "size_gb": 10, "encrypted": true}],
+        "services": [{"protocol": "tcp", "internal_port": 8080, "autostop": true, "ports": [{"port": 80, "handlers": ["http"], "force_https": true}, {"port": 443, "handlers": ["http", "tls"]}]}],
+        "dns": {"skip_registration": false},
+        "restart": {"policy": "always"},
+        "auto_destroy": false
+    })
+}
+
+#[test]
+fn apply_keeps_what_fly_toml_does_not_own() {
+    let (config, _) = AppConfig::load(&fixtures().join("03-volume-autoextend.toml")).unwrap();
+    let translated = config.machine_config("app").unwrap();
+    let applied = apply(&translated, &current_machine_config()).unwrap();
+    assert_eq!(
+        applied,
+        json!({
+            "image": "registry.fly.io/notes@sha256:aaaa",
+            "init": {"tty": false},
+            "env": {"FLY_PROCESS_GROUP": "app", "PRIMARY_REGION": "fra"},
+            "guest": {"cpu_kind": "shared", "cpus": 1, "memory_mb": 256},
+            "metadata": {"fly_platform_version": "v2", "fly_process_group": "app", "fly_release_id": "r1", "custom": "kept"},
+            "mounts": [{"volume": "vol_123", "name": "notes_data", "path": "/data", "size_gb": 10, "encrypted": true,
+                        "extend_threshold_percent": 80, "add_size_gb": 1, "size_gb_limit": 50}],
+            "services": translated["services"].clone(),
+            "dns": {"skip_registration": false},
+            "auto_destroy": false
+        })
+    );
+}
+
+#[test]
+fn apply_moves_a_mount_path_but_never_swaps_volumes() {
+    let mut current = current_machine_config();
+    let moved = apply(
+        &json!({"mounts": [{"name": "notes_data", "path": "/srv/data"}]}),
+        &current,
+    )
+    .unwrap();
+    assert_eq!(
+        moved["mounts"],
+        json!([{"name": "notes_data", "path": "/srv/data", "volume": "vol_123"}])
+    );
+    let renamed = apply(&json!({"mounts": [{"name": "other", "path": "/data"}]}), &current);
+    assert!(
+        matches!(renamed, Err(VolumeChange::Renamed { .. })),
+        "{renamed:?}"
+    );
+    let removed = apply(&json!({}), &current).unwrap_err();
+    assert!(removed.to_string().contains("vol_123"), "{removed}");
+    current.as_object_mut().unwrap().remove("mounts");
+    let added = apply(&json!({"mounts": [{"name": "data", "path": "/data"}]}), &current);
+    assert!(matches!(added, Err(VolumeChange::Added { .. })), "{added:?}");
+}
+
+#[test]
+fn diff_shows_config_changes_and_ignores_image_release_and_old_spellings() {
+    let (config, _) = AppConfig::load(&fixtures().join("03-volume-autoextend.toml")).unwrap();
+    let current = current_machine_config();
+    let mut proposed = apply(&config.machine_config("app").unwrap(), &current).unwrap();
+    proposed["image"] = json!("registry.fly.io/notes@sha256:bbbb");
+    proposed["metadata"]["fly_release_id"] = json!("r2");
+    let changes: Vec<String> = diff(&current, &proposed)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            "- env.OLD: \"1\"",
+            "+ env.PRIMARY_REGION: \"fra\"",
+            "- init.cmd: [\"old\"]",
+            "+ mounts[0].add_size_gb: 1",
+            "+ mounts[0].extend_threshold_percent: 80",
+            "+ mounts[0].size_gb_limit: 50",
+            "- restart.policy: \"always\"",
+            "- services[0].autostop: \"stop\"",
+            "+ services[0].min_machines_running: 1",
+        ]
+    );
+    // flyctl's boolean autostop and nixfly's string are the same setting.
+    let a = json!({"services": [{"autostop": false}]});
+    let b = json!({"services": [{"autostop": "off"}]});
+    assert!(diff(&a, &b).is_empty());
+}
