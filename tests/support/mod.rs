@@ -3,6 +3,8 @@
 //! of it, hence the allow.
 #![allow(dead_code)]
 
+pub mod fly_api;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

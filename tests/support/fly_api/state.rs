@@ -1,0 +1,692 @@
+//! What the double knows about Fly: apps, machines, leases, releases, and the behaviour tests
+//! script. Time-driven changes (a machine finishing its start, checks turning green, a
+//! release-command machine exiting) are queued as timed steps when the triggering request
+//! arrives and applied by `settle`, so every read sees what a clock-driven Fly would show.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+/// Process group of the temporary machine that runs fly.toml's `release_command`.
+pub const RELEASE_COMMAND_GROUP: &str = "fly_app_release_command";
+
+/// How long simulated things take, in Fly time; `scale` turns Fly time into wall time.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// Wall seconds per Fly second (0.05: a 60 s wait times out after 3 s).
+    pub scale: f64,
+    /// From update/start/create to `started` (or `stopped` with skip_launch).
+    pub start: Duration,
+    /// From `started` until checks leave `warning`.
+    pub checks: Duration,
+    /// From a stop request to `stopped`.
+    pub stop: Duration,
+    /// How long a release-command machine runs before it exits.
+    pub release_command_run: Duration,
+    /// Between two exits of a restart-looping machine.
+    pub restart_interval: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            scale: 0.05,
+            start: Duration::from_secs(2),
+            checks: Duration::from_secs(3),
+            stop: Duration::from_secs(1),
+            release_command_run: Duration::from_secs(4),
+            restart_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Timing {
+    pub fn wall(&self, fly_time: Duration) -> Duration {
+        fly_time.mul_f64(self.scale)
+    }
+}
+
+/// What a machine does when it starts, chosen by its image (see `FlyApi::set_behavior`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Behavior {
+    /// Starts, checks go `warning` then `passing`.
+    Healthy,
+    /// Starts, checks go `warning` then `critical` and stay there.
+    ChecksFail,
+    /// Never reaches `started`: ends in state `failed` with a failed `start` event.
+    FailToStart,
+    /// Starts, then its process exits with `exit_code` and flyd restarts it `restarts` times
+    /// (exit events with `restarting: true` and `restart_count` 1..=restarts), then it stops.
+    RestartLoop { exit_code: i64, restarts: u32 },
+}
+
+#[derive(Clone, Debug)]
+pub struct App {
+    pub name: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Lease {
+    pub nonce: String,
+    pub owner: String,
+    pub description: String,
+    /// None: held forever.
+    pub expires: Option<Instant>,
+    pub expires_at_unix: i64,
+    pub version: String,
+}
+
+impl Lease {
+    pub fn active(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|e| now < e)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Check {
+    pub name: String,
+    pub status: String,
+    pub updated_at: String,
+}
+
+/// A machine as the double holds it; `FlyApi::machine` hands out snapshots.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub id: String,
+    pub app: String,
+    pub name: String,
+    pub region: String,
+    pub state: String,
+    pub config: Value,
+    /// The instance id / version, a new ULID on every update.
+    pub version: String,
+    /// Oldest first here; the API shows them newest first.
+    pub events: Vec<Value>,
+    pub checks: Vec<Check>,
+    pub lease: Option<Lease>,
+    pub cordoned: bool,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Every config this machine had, oldest first (for rollback assertions).
+    pub config_history: Vec<Value>,
+    pending: VecDeque<Step>,
+}
+
+impl Machine {
+    pub fn image(&self) -> &str {
+        self.config["image"].as_str().unwrap_or_default()
+    }
+
+    pub fn process_group(&self) -> &str {
+        self.config["metadata"]["fly_process_group"]
+            .as_str()
+            .unwrap_or_default()
+    }
+
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.config["metadata"][key].as_str()
+    }
+
+    pub fn active_lease(&self, now: Instant) -> Option<&Lease> {
+        self.lease.as_ref().filter(|l| l.active(now))
+    }
+
+    /// True while a started/updated machine still has timed steps to go through.
+    pub fn busy(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The names of the checks the config defines, named as Fly names them.
+    fn check_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.config["checks"]
+            .as_object()
+            .map(|c| c.keys().cloned().collect())
+            .unwrap_or_default();
+        for service in self.config["services"].as_array().into_iter().flatten() {
+            let port = service["internal_port"].as_i64().unwrap_or(0);
+            for (i, check) in service["checks"].as_array().into_iter().flatten().enumerate() {
+                let kind = check["type"].as_str().unwrap_or("tcp");
+                names.push(format!("servicecheck-{i:02}-{kind}-{port}"));
+            }
+        }
+        names
+    }
+
+    fn push_event(&mut self, kind: &str, status: &str, source: &str, request: Option<Value>) {
+        let mut event = json!({
+            "id": ulid::Ulid::new().to_string(),
+            "type": kind,
+            "status": status,
+            "source": source,
+            "timestamp": unix_millis(),
+        });
+        if let Some(request) = request {
+            event["request"] = request;
+        }
+        self.events.push(event);
+    }
+
+    fn set_checks(&mut self, status: &str) {
+        let now = rfc3339_now();
+        self.checks = self
+            .check_names()
+            .into_iter()
+            .map(|name| Check {
+                name,
+                status: status.to_string(),
+                updated_at: now.clone(),
+            })
+            .collect();
+    }
+
+    fn apply_due(&mut self, now: Instant) {
+        while let Some(step) = self.pending.pop_front() {
+            if step.at.is_some_and(|at| at > now) {
+                self.pending.push_front(step);
+                break;
+            }
+            self.apply(step);
+        }
+    }
+
+    fn apply(&mut self, step: Step) {
+        if let Some(state) = step.state {
+            self.state = state.to_string();
+            self.updated_at = rfc3339_now();
+            if state == "destroyed" {
+                self.lease = None;
+                self.checks.clear();
+            }
+        }
+        if let Some(checks) = step.checks {
+            self.set_checks(checks);
+        }
+        if let Some((kind, status, request)) = step.event {
+            self.push_event(kind, status, "flyd", request);
+        }
+    }
+}
+
+/// One timed change: any of a new state, a checks status, an event.
+#[derive(Clone, Debug, Default)]
+struct Step {
+    at: Option<Instant>,
+    state: Option<&'static str>,
+    checks: Option<&'static str>,
+    event: Option<(&'static str, &'static str, Option<Value>)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Release {
+    pub id: String,
+    pub app: String,
+    pub version: u64,
+    pub image: String,
+    pub strategy: String,
+    pub build_id: Option<String>,
+    pub definition: Value,
+    /// Every status it had, in order, starting with `created`.
+    pub statuses: Vec<String>,
+    pub metadata: Value,
+}
+
+impl Release {
+    pub fn status(&self) -> &str {
+        self.statuses.last().map(String::as_str).unwrap_or_default()
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "version": self.version,
+            "app_name": self.app,
+            "image": self.image,
+            "strategy": self.strategy,
+            "status": self.status(),
+            "metadata": self.metadata,
+        })
+    }
+}
+
+/// A canned answer for the next `remaining` requests whose method and path match.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub method: String,
+    pub path_contains: String,
+    pub remaining: usize,
+    pub kind: FaultKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum FaultKind {
+    /// 429 with `Retry-After: <secs>`.
+    TooManyRequests { retry_after_secs: u64 },
+    /// 503 `{"error":"service unavailable"}`.
+    Unavailable,
+    /// Any status with `{"error": message}`.
+    Status { status: u16, message: String },
+}
+
+/// A request as the double received it.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    /// The raw query string ("" when none).
+    pub query: String,
+    pub body: Option<Value>,
+    /// The `fly-machine-lease-nonce` header, when sent.
+    pub lease_nonce: Option<String>,
+    /// When it arrived, from the double's start.
+    pub at: Duration,
+    /// The status the double answered (0 while still in progress, e.g. a long-poll).
+    pub status: u16,
+}
+
+impl RecordedRequest {
+    /// Anything but GET/HEAD: the requests `--plan` must never send.
+    pub fn is_mutating(&self) -> bool {
+        self.method != "GET" && self.method != "HEAD"
+    }
+}
+
+/// A request that broke the OpenAPI schema (or the documented shape of the releases API).
+#[derive(Clone, Debug)]
+pub struct Violation {
+    pub method: String,
+    pub path: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.method, self.path, self.reason)
+    }
+}
+
+/// The time an update kept a machine busy, for the concurrency bound.
+#[derive(Clone, Debug)]
+struct Flight {
+    machine: String,
+    start: Instant,
+    end: Instant,
+}
+
+/// What a `POST /machines` body asks for.
+pub struct CreateMachine {
+    pub app: String,
+    pub name: Option<String>,
+    pub region: String,
+    pub config: Value,
+    pub skip_launch: bool,
+    /// `skip_service_registration`: the machine takes no traffic until uncordoned.
+    pub cordoned: bool,
+}
+
+pub struct State {
+    pub timing: Timing,
+    pub lease_owner: String,
+    pub apps: BTreeMap<String, App>,
+    pub machines: BTreeMap<String, Machine>,
+    pub releases: Vec<Release>,
+    pub behaviors: Vec<(String, Behavior)>,
+    pub release_command_exit_code: i64,
+    pub faults: Vec<Fault>,
+    pub requests: Vec<RecordedRequest>,
+    pub violations: Vec<Violation>,
+    pub violations_taken: bool,
+    flights: Vec<Flight>,
+    next_machine: u64,
+}
+
+impl State {
+    pub fn new(timing: Timing, lease_owner: String) -> Self {
+        State {
+            timing,
+            lease_owner,
+            apps: BTreeMap::new(),
+            machines: BTreeMap::new(),
+            releases: Vec::new(),
+            behaviors: Vec::new(),
+            release_command_exit_code: 0,
+            faults: Vec::new(),
+            requests: Vec::new(),
+            violations: Vec::new(),
+            violations_taken: false,
+            flights: Vec::new(),
+            next_machine: 0,
+        }
+    }
+
+    /// Apply every timed step that is due.
+    pub fn settle(&mut self, now: Instant) {
+        for machine in self.machines.values_mut() {
+            machine.apply_due(now);
+        }
+    }
+
+    /// When the next timed step is due, if any.
+    pub fn next_step_at(&self) -> Option<Instant> {
+        self.machines
+            .values()
+            .filter_map(|m| m.pending.front().and_then(|s| s.at))
+            .min()
+    }
+
+    pub fn behavior_for(&self, image: &str) -> Behavior {
+        self.behaviors
+            .iter()
+            .rev()
+            .find(|(pattern, _)| image.contains(pattern.as_str()))
+            .map(|(_, b)| b.clone())
+            .unwrap_or(Behavior::Healthy)
+    }
+
+    /// Sequential 14-hex-digit ids, so that sorting by id (as rolling deploys do) follows
+    /// creation order.
+    fn new_machine_id(&mut self) -> String {
+        self.next_machine += 1;
+        format!("{:014x}", 0x0017_8100_0000_0000_u64 + self.next_machine)
+    }
+
+    /// A machine in state `created` with its `launch` event, not yet in the map.
+    fn new_machine(&mut self, app: &str, name: Option<String>, region: &str, config: Value) -> Machine {
+        let id = self.new_machine_id();
+        let created = rfc3339_now();
+        let mut machine = Machine {
+            name: name.unwrap_or_else(|| format!("machine-{}", self.next_machine)),
+            id,
+            app: app.to_string(),
+            region: region.to_string(),
+            state: "created".into(),
+            version: ulid::Ulid::new().to_string(),
+            config_history: vec![config.clone()],
+            config,
+            events: Vec::new(),
+            checks: Vec::new(),
+            lease: None,
+            cordoned: false,
+            created_at: created.clone(),
+            updated_at: created,
+            pending: VecDeque::new(),
+        };
+        machine.push_event("launch", "created", "user", None);
+        machine
+    }
+
+    /// Create a machine as `POST /machines` does; it starts launching at `now` unless
+    /// `skip_launch`.
+    pub fn create_machine(&mut self, req: CreateMachine, now: Instant) -> String {
+        let mut machine = self.new_machine(&req.app, req.name, &req.region, req.config);
+        machine.cordoned = req.cordoned;
+        let id = machine.id.clone();
+        self.machines.insert(id.clone(), machine);
+        let steps = if req.skip_launch {
+            vec![self.stopped_after_start(now)]
+        } else {
+            self.launch_steps(&id, now)
+        };
+        self.schedule(&id, now, steps);
+        id
+    }
+
+    /// Seed a machine directly in a settled state (test setup, no request involved).
+    pub fn seed_machine(&mut self, app: &str, region: &str, state: &str, config: Value) -> String {
+        let mut machine = self.new_machine(app, None, region, config);
+        machine.state = state.to_string();
+        if state == "started" {
+            machine.push_event("start", "started", "flyd", None);
+            let checks = match self.behavior_for(machine.image()) {
+                Behavior::ChecksFail => "critical",
+                _ => "passing",
+            };
+            machine.set_checks(checks);
+        }
+        let id = machine.id.clone();
+        self.machines.insert(id.clone(), machine);
+        id
+    }
+
+    /// Replace a machine's config as `POST /machines/{id}` does.
+    pub fn update_machine(
+        &mut self,
+        id: &str,
+        config: Value,
+        region: Option<String>,
+        skip_launch: bool,
+        now: Instant,
+    ) {
+        let machine = self.machines.get_mut(id).expect("caller checked");
+        machine.config_history.push(config.clone());
+        machine.config = config;
+        if let Some(region) = region {
+            machine.region = region;
+        }
+        machine.version = ulid::Ulid::new().to_string();
+        machine.state = "replacing".into();
+        machine.updated_at = rfc3339_now();
+        machine.checks.clear();
+        machine.push_event("update", "replacing", "user", None);
+        let steps = if skip_launch {
+            vec![self.stopped_after_start(now)]
+        } else {
+            self.launch_steps(id, now)
+        };
+        self.schedule(id, now, steps);
+        let end = self.machines[id].pending.back().and_then(|s| s.at).unwrap_or(now);
+        for flight in self.flights.iter_mut().filter(|f| f.machine == id) {
+            flight.end = flight.end.min(now);
+        }
+        self.flights.push(Flight {
+            machine: id.to_string(),
+            start: now,
+            end,
+        });
+    }
+
+    pub fn start_machine(&mut self, id: &str, now: Instant) {
+        let machine = self.machines.get_mut(id).expect("caller checked");
+        machine.state = "starting".into();
+        machine.push_event("start", "starting", "user", None);
+        let steps = self.launch_steps(id, now);
+        self.schedule(id, now, steps);
+    }
+
+    pub fn stop_machine(&mut self, id: &str, now: Instant) {
+        let machine = self.machines.get_mut(id).expect("caller checked");
+        machine.state = "stopping".into();
+        machine.push_event("stop", "stopping", "user", None);
+        let step = Step {
+            at: Some(now + self.timing.wall(self.timing.stop)),
+            state: Some("stopped"),
+            event: Some(("exit", "stopped", Some(exit_request(0, false, true, 0)))),
+            ..Step::default()
+        };
+        self.schedule(id, now, vec![step]);
+    }
+
+    pub fn destroy_machine(&mut self, id: &str) {
+        let machine = self.machines.get_mut(id).expect("caller checked");
+        machine.pending.clear();
+        machine.apply(Step {
+            state: Some("destroyed"),
+            ..Step::default()
+        });
+        machine.push_event("destroy", "destroyed", "user", None);
+    }
+
+    fn stopped_after_start(&self, now: Instant) -> Step {
+        Step {
+            at: Some(now + self.timing.wall(self.timing.start)),
+            state: Some("stopped"),
+            ..Step::default()
+        }
+    }
+
+    /// The steps from "starting now" to wherever this machine's behaviour leads.
+    fn launch_steps(&self, id: &str, now: Instant) -> Vec<Step> {
+        let machine = &self.machines[id];
+        let t = &self.timing;
+        let started_at = now + t.wall(t.start);
+        let started = |checks: Option<&'static str>| Step {
+            at: Some(started_at),
+            state: Some("started"),
+            checks,
+            event: Some(("start", "started", None)),
+        };
+        let has_checks = !machine.check_names().is_empty();
+        let warning = has_checks.then_some("warning");
+        if machine.process_group() == RELEASE_COMMAND_GROUP {
+            let exited_at = started_at + t.wall(t.release_command_run);
+            let code = self.release_command_exit_code;
+            let mut steps = vec![
+                started(None),
+                Step {
+                    at: Some(exited_at),
+                    state: Some("stopped"),
+                    event: Some(("exit", "stopped", Some(exit_request(code, false, false, 0)))),
+                    ..Step::default()
+                },
+            ];
+            if machine.config["auto_destroy"] == true {
+                steps.push(Step {
+                    at: Some(exited_at + t.wall(t.stop)),
+                    state: Some("destroyed"),
+                    event: Some(("destroy", "destroyed", None)),
+                    ..Step::default()
+                });
+            }
+            return steps;
+        }
+        let checks_done = started_at + t.wall(t.checks);
+        match self.behavior_for(machine.image()) {
+            Behavior::Healthy | Behavior::ChecksFail if !has_checks => vec![started(None)],
+            Behavior::Healthy => vec![
+                started(warning),
+                Step {
+                    at: Some(checks_done),
+                    checks: Some("passing"),
+                    ..Step::default()
+                },
+            ],
+            Behavior::ChecksFail => vec![
+                started(warning),
+                Step {
+                    at: Some(checks_done),
+                    checks: Some("critical"),
+                    ..Step::default()
+                },
+            ],
+            Behavior::FailToStart => vec![Step {
+                at: Some(started_at),
+                state: Some("failed"),
+                event: Some(("start", "failed", None)),
+                ..Step::default()
+            }],
+            Behavior::RestartLoop { exit_code, restarts } => {
+                let mut steps = vec![started(warning)];
+                for count in 1..=restarts {
+                    steps.push(Step {
+                        at: Some(started_at + t.wall(t.restart_interval) * count),
+                        checks: has_checks.then_some("critical"),
+                        event: Some((
+                            "exit",
+                            "started",
+                            Some(exit_request(exit_code, true, false, count)),
+                        )),
+                        ..Step::default()
+                    });
+                }
+                steps.push(Step {
+                    at: Some(started_at + t.wall(t.restart_interval) * (restarts + 1)),
+                    state: Some("stopped"),
+                    event: Some((
+                        "exit",
+                        "stopped",
+                        Some(exit_request(exit_code, false, false, restarts)),
+                    )),
+                    ..Step::default()
+                });
+                steps
+            }
+        }
+    }
+
+    fn schedule(&mut self, id: &str, now: Instant, steps: Vec<Step>) {
+        let machine = self.machines.get_mut(id).expect("caller checked");
+        machine.pending = steps.into();
+        // Steps due already (zero delays) are applied at once, so a zero-delay double
+        // answers with the final state.
+        machine.apply_due(now);
+    }
+
+    /// The largest number of machines that were busy with an update at the same moment.
+    pub fn max_concurrent_updates(&self) -> usize {
+        let mut edges: Vec<(Instant, i64)> = Vec::new();
+        for f in &self.flights {
+            if f.end > f.start {
+                edges.push((f.start, 1));
+                edges.push((f.end, -1));
+            }
+        }
+        // Ends sort before starts at the same instant: back-to-back is not overlap.
+        edges.sort();
+        let (mut current, mut max) = (0i64, 0i64);
+        for (_, delta) in edges {
+            current += delta;
+            max = max.max(current);
+        }
+        max as usize
+    }
+}
+
+fn exit_request(exit_code: i64, restarting: bool, requested_stop: bool, restart_count: u32) -> Value {
+    json!({
+        "exit_event": {
+            "exit_code": exit_code,
+            "restarting": restarting,
+            "requested_stop": requested_stop,
+            "oom_killed": false,
+            "guest_exit_code": 0,
+            "guest_signal": 0,
+            "signal": if requested_stop { 15 } else { -1 },
+            "exited_at": rfc3339_now(),
+        },
+        "restart_count": restart_count,
+    })
+}
+
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+pub fn unix_secs() -> i64 {
+    (unix_millis() / 1000) as i64
+}
+
+/// UTC RFC 3339 with second precision, computed without a date crate.
+pub fn rfc3339_now() -> String {
+    let secs = unix_secs();
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's days-from-civil inverse.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
