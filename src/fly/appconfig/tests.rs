@@ -347,3 +347,29 @@ fn diff_shows_config_changes_and_ignores_image_release_and_old_spellings() {
     let b = json!({"services": [{"autostop": "off"}]});
     assert!(diff(&a, &b).is_empty());
 }
+
+#[test]
+fn new_groups_get_as_many_machines_as_flyctl_creates() {
+    let load = |name: &str| AppConfig::load(&fixtures().join(name)).unwrap().0;
+    // Services and no volume: two machines for availability; the [[vm]] guest is kept.
+    let web = load("01-web-launch-default.toml").launch("app").unwrap();
+    assert_eq!((web.count, web.standby, web.volume.as_deref()), (2, false, None));
+    assert_eq!(web.config["guest"]["memory_mb"], 1024);
+    // A volume: one machine, which mounts it.
+    let notes = load("03-volume-autoextend.toml").launch("app").unwrap();
+    assert_eq!(
+        (notes.count, notes.standby, notes.volume.as_deref()),
+        (1, false, Some("notes_data"))
+    );
+    // No services: one machine and a standby; no [[vm]]: flyctl's default guest.
+    let cron = load("09-metrics.toml").launch("cron").unwrap();
+    assert_eq!((cron.count, cron.standby, cron.total()), (1, true, 2));
+    assert_eq!(
+        cron.config["guest"],
+        json!({"cpu_kind": "shared", "cpus": 1, "memory_mb": 256})
+    );
+    let standby = launch::standby_config(&cron.config, "m1");
+    assert_eq!(standby["standbys"], json!(["m1"]));
+    assert_eq!(standby["env"]["FLY_STANDBY_FOR"], "m1");
+    assert_eq!(standby["env"]["FLY_PROCESS_GROUP"], "cron");
+}

@@ -1,0 +1,64 @@
+//! New machines for a process group that has none (first deploy, or a group just added to
+//! `[processes]`), as flyctl's `deployCreateMachinesForGroups` makes them with `--ha` (its
+//! default): one machine for a group with a volume, two for a group with services, and for a
+//! group without services one machine plus a standby that takes over on host failure.
+
+use super::machine::default_guest;
+use super::{AppConfig, AppConfigError};
+use serde_json::{Value, json};
+
+/// What to create for one group.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupLaunch {
+    pub group: String,
+    /// Each new machine's config: the translation plus flyctl's default guest when no
+    /// `[[vm]]` applies. Image and release metadata are the rollout's to add.
+    pub config: Value,
+    /// Machines that run (1 or 2); a standby comes on top.
+    pub count: usize,
+    /// One stopped standby for the first machine (groups without services).
+    pub standby: bool,
+    /// The volume the single machine mounts (`[[mounts]] source`).
+    pub volume: Option<String>,
+}
+
+impl GroupLaunch {
+    pub fn total(&self) -> usize {
+        self.count + usize::from(self.standby)
+    }
+}
+
+impl AppConfig {
+    pub fn launch(&self, group: &str) -> Result<GroupLaunch, AppConfigError> {
+        let mut config = self.machine_config(group)?;
+        if config.get("guest").is_none() {
+            config["guest"] = default_guest();
+        }
+        let volume = config["mounts"][0]["name"].as_str().map(str::to_string);
+        let has_services = config
+            .get("services")
+            .and_then(Value::as_array)
+            .is_some_and(|s| !s.is_empty());
+        let (count, standby) = match (&volume, has_services) {
+            (Some(_), _) => (1, false),
+            (None, true) => (2, false),
+            (None, false) => (1, true),
+        };
+        Ok(GroupLaunch {
+            group: group.to_string(),
+            config,
+            count,
+            standby,
+            volume,
+        })
+    }
+}
+
+/// The config of a standby for machine `primary`: flyctl lists the machine in `standbys` and
+/// tells the standby's processes in `FLY_STANDBY_FOR`. Standbys are created stopped.
+pub fn standby_config(config: &Value, primary: &str) -> Value {
+    let mut standby = config.clone();
+    standby["standbys"] = json!([primary]);
+    standby["env"]["FLY_STANDBY_FOR"] = json!(primary);
+    standby
+}
