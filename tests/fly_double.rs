@@ -51,14 +51,13 @@ impl Api {
         self.call("GET", path, None, None).await
     }
 
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call("POST", path, Some(body), None).await
+    }
+
     async fn lease(&self, app: &str, id: &str) -> String {
         let (status, body) = self
-            .call(
-                "POST",
-                &format!("/v1/apps/{app}/machines/{id}/lease"),
-                Some(json!({"ttl": 30})),
-                None,
-            )
+            .post(&format!("/v1/apps/{app}/machines/{id}/lease"), json!({"ttl": 30}))
             .await;
         assert_eq!(status, 201, "{body}");
         body["data"]["nonce"].as_str().expect("nonce").to_string()
@@ -73,6 +72,14 @@ fn fast() -> Options {
         },
         ..Options::default()
     }
+}
+
+/// A fast double with app `demo`, and a client for it.
+fn demo() -> (FlyApi, Api) {
+    let fly = FlyApi::with_options(fast());
+    fly.add_app("demo");
+    let api = Api::new(&fly);
+    (fly, api)
 }
 
 fn schema_errors(component: &str, value: &Value) -> Vec<String> {
@@ -95,11 +102,9 @@ fn spec_fixture_matches_the_checksum_in_source_md() {
 
 #[tokio::test]
 async fn schema_valid_requests_are_accepted_and_answers_match_the_schema() {
-    let fly = FlyApi::with_options(fast());
-    fly.add_app("demo");
+    let (fly, api) = demo();
     let web = fly.add_machines("demo", &MachineSpec::new("app").count(2).checks(2).services(true));
     fly.add_machines("demo", &MachineSpec::new("worker").state("stopped"));
-    let api = Api::new(&fly);
 
     let (status, app) = api.get("/v1/apps/demo").await;
     assert_eq!(status, 200);
@@ -151,12 +156,10 @@ async fn schema_valid_requests_are_accepted_and_answers_match_the_schema() {
 
 #[tokio::test]
 async fn update_passes_through_replacing_to_started_then_checks_pass() {
-    let fly = FlyApi::with_options(fast());
-    fly.add_app("demo");
+    let (fly, api) = demo();
     let id = fly
         .add_machines("demo", &MachineSpec::new("app").checks(1))
         .remove(0);
-    let api = Api::new(&fly);
     let before = fly.machine(&id);
     let nonce = api.lease("demo", &id).await;
     let mut config = before.config.clone();
@@ -198,19 +201,15 @@ async fn update_passes_through_replacing_to_started_then_checks_pass() {
 
 #[tokio::test]
 async fn skip_launch_leaves_a_stopped_machine_stopped() {
-    let fly = FlyApi::with_options(fast());
-    fly.add_app("demo");
+    let (fly, api) = demo();
     let id = fly
         .add_machines("demo", &MachineSpec::new("worker").state("stopped"))
         .remove(0);
-    let api = Api::new(&fly);
     let config = fly.machine(&id).config;
     let (status, _) = api
-        .call(
-            "POST",
+        .post(
             &format!("/v1/apps/demo/machines/{id}"),
-            Some(json!({"config": config, "skip_launch": true})),
-            None,
+            json!({"config": config, "skip_launch": true}),
         )
         .await;
     assert_eq!(status, 200);
@@ -226,10 +225,8 @@ async fn skip_launch_leaves_a_stopped_machine_stopped() {
 
 #[tokio::test]
 async fn bodies_and_queries_that_break_the_schema_are_rejected_and_recorded() {
-    let fly = FlyApi::with_options(fast());
-    fly.add_app("demo");
+    let (fly, api) = demo();
     let id = fly.add_machines("demo", &MachineSpec::new("app")).remove(0);
-    let api = Api::new(&fly);
     let path = format!("/v1/apps/demo/machines/{id}");
     let config = fly.machine(&id).config;
 
@@ -258,7 +255,7 @@ async fn bodies_and_queries_that_break_the_schema_are_rejected_and_recorded() {
         ),
     ];
     for (body, expected) in cases {
-        let (status, answer) = api.call("POST", &path, Some(body), None).await;
+        let (status, answer) = api.post(&path, body).await;
         assert_eq!(status, 400, "{answer}");
         assert!(
             answer["error"].as_str().unwrap_or_default().contains(expected),
@@ -291,9 +288,7 @@ async fn bodies_and_queries_that_break_the_schema_are_rejected_and_recorded() {
         );
     }
 
-    let (status, _) = api
-        .call("POST", &format!("{path}/start"), Some(json!({})), None)
-        .await;
+    let (status, _) = api.post(&format!("{path}/start"), json!({})).await;
     assert_eq!(status, 400);
     assert!(fly.take_violations()[0].reason.contains("takes no request body"));
     let (status, _) = api.call("DELETE", &format!("{path}/lease"), None, None).await;
@@ -332,19 +327,12 @@ fn dropping_the_double_with_untaken_violations_fails_the_test() {
 
 #[tokio::test]
 async fn leases_conflict_refresh_release_and_expire() {
-    let fly = FlyApi::with_options(fast());
-    fly.add_app("demo");
+    let (fly, api) = demo();
     let id = fly.add_machines("demo", &MachineSpec::new("app")).remove(0);
-    let api = Api::new(&fly);
     let lease_path = format!("/v1/apps/demo/machines/{id}/lease");
 
     let (status, lease) = api
-        .call(
-            "POST",
-            &lease_path,
-            Some(json!({"ttl": 1, "description": "deploy"})),
-            None,
-        )
+        .post(&lease_path, json!({"ttl": 1, "description": "deploy"}))
         .await;
     assert_eq!(status, 201);
     assert_eq!(lease["status"], "success");
@@ -352,9 +340,7 @@ async fn leases_conflict_refresh_release_and_expire() {
     assert_eq!(lease["data"]["owner"], "deployer@example.com");
     assert!(schema_errors("Lease", &lease["data"]).is_empty());
 
-    let (status, conflict) = api
-        .call("POST", &lease_path, Some(json!({"ttl": 30})), None)
-        .await;
+    let (status, conflict) = api.post(&lease_path, json!({"ttl": 30})).await;
     assert_eq!(status, 409);
     assert!(
         conflict["error"]
@@ -388,7 +374,7 @@ async fn leases_conflict_refresh_release_and_expire() {
     assert_eq!(status, 404);
 
     // Expiry: a 1 s lease is gone after 1 s, and its nonce no longer works.
-    let (_, short) = api.call("POST", &lease_path, Some(json!({"ttl": 1})), None).await;
+    let (_, short) = api.post(&lease_path, json!({"ttl": 1})).await;
     let short_nonce = short["data"]["nonce"].as_str().expect("nonce").to_string();
     std::thread::sleep(Duration::from_millis(1100));
     let (status, _) = api
@@ -400,16 +386,14 @@ async fn leases_conflict_refresh_release_and_expire() {
         )
         .await;
     assert_eq!(status, 409, "a stale nonce is refused");
-    let (status, _) = api.call("POST", &lease_path, Some(json!({"ttl": 5})), None).await;
+    let (status, _) = api.post(&lease_path, json!({"ttl": 5})).await;
     assert_eq!(status, 201, "an expired lease can be taken over");
 }
 
 #[tokio::test]
 async fn a_lease_held_by_someone_else_blocks_every_change_until_it_expires() {
-    let fly = FlyApi::with_options(fast());
-    fly.add_app("demo");
+    let (fly, api) = demo();
     let ids = fly.add_machines("demo", &MachineSpec::new("app").count(2));
-    let api = Api::new(&fly);
     fly.hold_lease(&ids[0], "someone@else.com", None);
     fly.hold_lease(&ids[1], "someone@else.com", Some(Duration::from_millis(300)));
     let config = fly.machine(&ids[0]).config;
@@ -549,10 +533,8 @@ async fn the_three_auth_header_forms_are_accepted_and_anything_else_is_401() {
 
 #[tokio::test]
 async fn injected_faults_answer_the_next_matching_requests_only() {
-    let fly = FlyApi::with_options(fast());
-    fly.add_app("demo");
+    let (fly, api) = demo();
     let id = fly.add_machines("demo", &MachineSpec::new("app")).remove(0);
-    let api = Api::new(&fly);
     fly.inject_fault(
         "GET",
         "/machines",
@@ -579,9 +561,7 @@ async fn injected_faults_answer_the_next_matching_requests_only() {
     assert_eq!(api.get("/v1/apps/demo/machines").await.0, 200, "only 2 requests");
 
     let lease_path = format!("/v1/apps/demo/machines/{id}/lease");
-    let (status, body) = api
-        .call("POST", &lease_path, Some(json!({"ttl": 10})), None)
-        .await;
+    let (status, body) = api.post(&lease_path, json!({"ttl": 10})).await;
     assert_eq!((status, body), (503, json!({"error": "service unavailable"})));
     assert!(fly.lease(&id).is_none(), "a faulted request has no effect");
     api.lease("demo", &id).await;
@@ -592,10 +572,8 @@ async fn injected_faults_answer_the_next_matching_requests_only() {
 
 #[tokio::test]
 async fn release_command_machine_runs_records_its_exit_and_is_destroyed() {
-    let fly = FlyApi::with_options(fast());
-    fly.add_app("demo");
+    let (fly, api) = demo();
     fly.set_release_command_exit_code(3);
-    let api = Api::new(&fly);
     let config = json!({
         "image": "registry.fly.io/demo@sha256:abc",
         "init": {"cmd": ["bin/migrate", "--all"]},
@@ -607,11 +585,9 @@ async fn release_command_machine_runs_records_its_exit_and_is_destroyed() {
         "metadata": {"fly_platform_version": "v2", "fly_process_group": RELEASE_COMMAND_GROUP},
     });
     let (status, created) = api
-        .call(
-            "POST",
+        .post(
             "/v1/apps/demo/machines",
-            Some(json!({"region": "iad", "skip_launch": true, "config": config})),
-            None,
+            json!({"region": "iad", "skip_launch": true, "config": config}),
         )
         .await;
     assert_eq!(status, 200, "{created}");
@@ -660,18 +636,12 @@ async fn release_command_machine_runs_records_its_exit_and_is_destroyed() {
 
 #[tokio::test]
 async fn releases_are_created_patched_and_their_bodies_checked() {
-    let fly = FlyApi::with_options(fast());
-    fly.add_app("demo");
-    let api = Api::new(&fly);
+    let (fly, api) = demo();
     let (status, created) = api
-        .call(
-            "POST",
+        .post(
             "/api/v1/releases",
-            Some(
-                json!({"app_name": "demo", "build_id": null, "definition": {"app": "demo"},
+            json!({"app_name": "demo", "build_id": null, "definition": {"app": "demo"},
                         "image": "registry.fly.io/demo@sha256:abc", "strategy": "ROLLING"}),
-            ),
-            None,
         )
         .await;
     assert_eq!(status, 201, "{created}");
@@ -693,11 +663,9 @@ async fn releases_are_created_patched_and_their_bodies_checked() {
     assert_eq!(releases[0].definition, json!({"app": "demo"}));
 
     let (status, _) = api
-        .call(
-            "POST",
+        .post(
             "/api/v1/releases",
-            Some(json!({"app_name": "demo", "image": "x", "strategy": "rolling"})),
-            None,
+            json!({"app_name": "demo", "image": "x", "strategy": "rolling"}),
         )
         .await;
     assert_eq!(status, 400);
@@ -727,8 +695,7 @@ async fn releases_are_created_patched_and_their_bodies_checked() {
 
 #[tokio::test]
 async fn image_behaviours_fail_checks_fail_starts_and_loop_restarts() {
-    let fly = FlyApi::with_options(fast());
-    fly.add_app("demo");
+    let (fly, api) = demo();
     let ids = fly.add_machines("demo", &MachineSpec::new("app").count(3).checks(1));
     fly.set_behavior("unhealthy", Behavior::ChecksFail);
     fly.set_behavior("broken", Behavior::FailToStart);
@@ -739,17 +706,11 @@ async fn image_behaviours_fail_checks_fail_starts_and_loop_restarts() {
             restarts: 3,
         },
     );
-    let api = Api::new(&fly);
     for (id, image) in ids.iter().zip(["unhealthy", "broken", "crashy"]) {
         let mut config = fly.machine(id).config;
         config["image"] = json!(format!("registry.fly.io/demo:{image}"));
         let (status, _) = api
-            .call(
-                "POST",
-                &format!("/v1/apps/demo/machines/{id}"),
-                Some(json!({"config": config})),
-                None,
-            )
+            .post(&format!("/v1/apps/demo/machines/{id}"), json!({"config": config}))
             .await;
         assert_eq!(status, 200);
     }
@@ -785,21 +746,14 @@ async fn image_behaviours_fail_checks_fail_starts_and_loop_restarts() {
 
 #[tokio::test]
 async fn concurrent_updates_are_measured() {
-    let fly = FlyApi::with_options(fast());
-    fly.add_app("demo");
+    let (fly, api) = demo();
     let ids = fly.add_machines("demo", &MachineSpec::new("app").count(4).checks(1));
-    let api = Api::new(&fly);
     let update = |id: String| {
         let api = &api;
         let config = fly.machine(&id).config;
         async move {
             let path = format!("/v1/apps/demo/machines/{id}");
-            assert_eq!(
-                api.call("POST", &path, Some(json!({"config": config})), None)
-                    .await
-                    .0,
-                200
-            );
+            assert_eq!(api.post(&path, json!({"config": config})).await.0, 200);
         }
     };
     // Two one at a time (each settled before the next), then two together.
@@ -815,16 +769,17 @@ async fn concurrent_updates_are_measured() {
 
 #[tokio::test]
 async fn destroy_cordon_uncordon_and_metadata() {
-    let fly = FlyApi::with_options(fast());
-    fly.add_app("demo");
+    let (fly, api) = demo();
     let blue = fly
         .add_machines("demo", &MachineSpec::new("app").checks(1))
         .remove(0);
-    let api = Api::new(&fly);
     let mut config = fly.machine(&blue).config;
     config["metadata"]["fly_bluegreen_deployment_tag"] = json!("green-1");
     let (status, green) = api
-        .call("POST", "/v1/apps/demo/machines", Some(json!({"config": config, "region": "iad", "skip_service_registration": true, "lease_ttl": 30})), None)
+        .post(
+            "/v1/apps/demo/machines",
+            json!({"config": config, "region": "iad", "skip_service_registration": true, "lease_ttl": 30}),
+        )
         .await;
     assert_eq!(status, 200, "{green}");
     assert_eq!(green["cordoned"], true);
@@ -865,11 +820,9 @@ async fn destroy_cordon_uncordon_and_metadata() {
     let (status, body) = api.call("DELETE", &blue_path, None, None).await;
     assert_eq!(status, 412, "running machines need force: {body}");
     assert_eq!(
-        api.call(
-            "POST",
+        api.post(
             &format!("{blue_path}/stop"),
-            Some(json!({"signal": "SIGTERM", "timeout": "5s"})),
-            None
+            json!({"signal": "SIGTERM", "timeout": "5s"})
         )
         .await
         .0,
@@ -883,12 +836,7 @@ async fn destroy_cordon_uncordon_and_metadata() {
     );
     assert_eq!(api.call("DELETE", &blue_path, None, None).await.0, 200);
     assert_eq!(fly.machine(&blue).state, "destroyed");
-    assert_eq!(
-        api.call("POST", &blue_path, Some(json!({"config": config})), None)
-            .await
-            .0,
-        412
-    );
+    assert_eq!(api.post(&blue_path, json!({"config": config})).await.0, 412);
 
     assert_eq!(
         api.call(
@@ -916,4 +864,91 @@ async fn destroy_cordon_uncordon_and_metadata() {
     assert_eq!(metadata["tier"], "web");
     assert!(metadata.get("owner").is_none());
     assert_eq!(metadata["fly_bluegreen_deployment_tag"], "green-1");
+}
+
+#[tokio::test]
+async fn a_machine_rule_applies_to_that_machine_on_that_image_only() {
+    let (fly, api) = demo();
+    let ids = fly.add_machines("demo", &MachineSpec::new("app").count(2).checks(1));
+    fly.set_machine_behavior(&ids[1], ":v2", Behavior::ChecksFail);
+    let deploy = |id: &String, tag: &str| {
+        let mut config = fly.machine(id).config;
+        config["image"] = json!(format!("registry.fly.io/demo:{tag}"));
+        let path = format!("/v1/apps/demo/machines/{id}");
+        let api = &api;
+        async move { assert_eq!(api.post(&path, json!({"config": config})).await.0, 200) }
+    };
+    deploy(&ids[0], "v2").await;
+    deploy(&ids[1], "v2").await;
+    let settled = |f: &FlyApi| ids.iter().all(|id| !f.machine(id).busy());
+    assert!(fly.wait_until(Duration::from_secs(5), settled));
+    assert_eq!(fly.machine(&ids[0]).checks[0].status, "passing");
+    assert_eq!(fly.machine(&ids[1]).checks[0].status, "critical");
+    // Rolled back to the old image, it is healthy again.
+    deploy(&ids[1], "v1").await;
+    assert!(fly.wait_until(Duration::from_secs(5), settled));
+    assert_eq!(fly.machine(&ids[1]).checks[0].status, "passing");
+    assert_eq!(fly.machine(&ids[1]).config_history.len(), 3);
+}
+
+#[tokio::test]
+async fn volumes_are_created_listed_and_attached_by_mounts() {
+    let (fly, api) = demo();
+    let (status, volume) = api
+        .post(
+            "/v1/apps/demo/volumes",
+            json!({"name": "data", "region": "iad", "size_gb": 3, "encrypted": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{volume}");
+    let vol = volume["id"].as_str().expect("id").to_string();
+    assert!(schema_errors("Volume", &volume).is_empty());
+
+    let config = json!({"image": "registry.fly.io/demo:v1", "mounts": [{"volume": vol, "path": "/data", "name": "data"}]});
+    let (status, machine) = api
+        .post(
+            "/v1/apps/demo/machines",
+            json!({"config": config, "region": "iad"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{machine}");
+    let (_, list) = api.get("/v1/apps/demo/volumes").await;
+    assert_eq!(list[0]["attached_machine_id"], machine["id"]);
+    let (status, body) = api
+        .post(
+            "/v1/apps/demo/machines",
+            json!({"config": config, "region": "iad"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already attached"),
+        "{body}"
+    );
+    let missing = json!({"image": "x", "mounts": [{"volume": "vol_nope", "path": "/data"}]});
+    let (status, _) = api
+        .post("/v1/apps/demo/machines", json!({"config": missing}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        api.call("DELETE", &format!("/v1/apps/demo/volumes/{vol}"), None, None)
+            .await
+            .0,
+        412
+    );
+
+    let seeded = fly.add_machine_with_config(
+        "demo",
+        "iad",
+        "stopped",
+        json!({"image": "registry.fly.io/demo:v1", "mounts": [{"volume": fly.add_volume("demo", "logs", "iad", 1), "path": "/logs"}]}),
+    );
+    assert!(
+        fly.volumes("demo")
+            .iter()
+            .any(|v| v.attached_machine_id.as_deref() == Some(seeded.as_str()))
+    );
 }

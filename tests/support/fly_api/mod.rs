@@ -8,7 +8,14 @@
 //! fly.add_app("demo");
 //! let web = fly.add_machines("demo", &MachineSpec::new("app").count(3).checks(1));
 //! let worker = fly.add_machines("demo", &MachineSpec::new("worker").count(2).state("stopped"));
-//! fly.set_behavior("bad-image", Behavior::ChecksFail);
+//! fly.set_behavior("bad-image", Behavior::ChecksFail);          // every machine on it
+//! fly.set_machine_behavior(&web[2], "@sha256:new", Behavior::FailToStart); // just one
+//! fly.set_release_command_exit_code(1);
+//! fly.hold_lease(&web[0], "someone@else.com", Some(Duration::from_secs(2)));
+//! fly.inject_fault("POST", "/machines/", 2, FaultKind::TooManyRequests { retry_after_secs: 1 });
+//! // Fly's "could not reserve resource" on update, which flyctl answers by recreating:
+//! fly.inject_fault("POST", &format!("/machines/{}", web[1]), 1,
+//!     FaultKind::Status { status: 412, message: "could not reserve resource for machine".into() });
 //!
 //! let out = run(fly.configure(&mut t.nixfly()).args(["rollout", "--app", "demo", ...]));
 //!
@@ -49,6 +56,10 @@
 //!   machine's output, so the double gives none either.
 //! - Events are newest first; exit events carry `request.exit_event.{exit_code, restarting,
 //!   requested_stop, ...}` and `request.restart_count`, as fly-go decodes them.
+//! - The double checks its own successful answers against the spec's response schemas too;
+//!   a mismatch is recorded as a violation (a bug in the double fails tests loudly).
+//! - Volumes: list/create/get/delete; `config.mounts[].volume` must name a volume of the app
+//!   not attached to another machine (400 otherwise); destroying the machine detaches it.
 //! - Responses show `services[].autostop` "off"/"stop" as `false`/`true`, as Fly does; the
 //!   validator accepts booleans there because the spec's description allows them.
 //! - Not verified against the real service, chosen to be strict: the 409 for a stale nonce,
@@ -322,18 +333,52 @@ impl FlyApi {
     /// the spec's config does not match the schema (the double's own data must be valid).
     pub fn add_machines(&self, app: &str, spec: &MachineSpec) -> Vec<String> {
         let config = spec.config();
-        let mut errors = Vec::new();
-        schema::validate(
-            schema::component("fly.MachineConfig"),
-            &config,
-            "config",
-            &mut errors,
-        );
-        assert!(errors.is_empty(), "seed config breaks the schema: {errors:?}");
+        assert_valid_config(&config);
         let mut st = self.lock();
         assert!(st.apps.contains_key(app), "add_app({app:?}) first");
         (0..spec.count)
             .map(|_| st.seed_machine(app, &spec.region, &spec.state, config.clone()))
+            .collect()
+    }
+
+    /// Seed one settled machine with exactly `config` (e.g. what flyctl made from a given
+    /// fly.toml). Panics if the config breaks the schema.
+    pub fn add_machine_with_config(&self, app: &str, region: &str, state: &str, config: Value) -> String {
+        assert_valid_config(&config);
+        let mut st = self.lock();
+        assert!(st.apps.contains_key(app), "add_app({app:?}) first");
+        let volumes = st
+            .mounted_volumes(app, None, &config)
+            .unwrap_or_else(|e| panic!("seed machine: {e}"));
+        let id = st.seed_machine(app, region, state, config);
+        st.attach_volumes(&id, &volumes);
+        id
+    }
+
+    /// Add a volume; returns its id (`vol_...`).
+    pub fn add_volume(&self, app: &str, name: &str, region: &str, size_gb: i64) -> String {
+        let mut st = self.lock();
+        let volume = state::Volume {
+            id: st.new_volume_id(),
+            app: app.into(),
+            name: name.into(),
+            region: region.into(),
+            size_gb,
+            state: "created".into(),
+            attached_machine_id: None,
+        };
+        let id = volume.id.clone();
+        st.volumes.insert(id.clone(), volume);
+        id
+    }
+
+    /// Snapshots of the app's volumes, destroyed ones included.
+    pub fn volumes(&self, app: &str) -> Vec<state::Volume> {
+        self.lock()
+            .volumes
+            .values()
+            .filter(|v| v.app == app)
+            .cloned()
             .collect()
     }
 
@@ -368,9 +413,24 @@ impl FlyApi {
     }
 
     /// Machines whose image contains `image_contains` behave so from their next start
-    /// (latest rule wins); machines seeded `started` afterwards show `ChecksFail` at once.
+    /// (latest matching rule wins); machines seeded `started` afterwards show `ChecksFail`
+    /// at once.
     pub fn set_behavior(&self, image_contains: &str, behavior: Behavior) {
-        self.lock().behaviors.push((image_contains.into(), behavior));
+        self.lock().behaviors.push(state::BehaviorRule {
+            image_contains: image_contains.into(),
+            machine: None,
+            behavior,
+        });
+    }
+
+    /// Like `set_behavior`, for one machine only: e.g. the fourth machine of a rolling
+    /// deploy fails its checks on the new image, and recovers when rolled back to the old.
+    pub fn set_machine_behavior(&self, machine: &str, image_contains: &str, behavior: Behavior) {
+        self.lock().behaviors.push(state::BehaviorRule {
+            image_contains: image_contains.into(),
+            machine: Some(machine.into()),
+            behavior,
+        });
     }
 
     /// Exit code of every release-command machine run from now on.
@@ -428,6 +488,14 @@ impl FlyApi {
         self.lock().requests.clone()
     }
 
+    /// Requests with this method whose path contains `path_contains`, in order.
+    pub fn requests_to(&self, method: &str, path_contains: &str) -> Vec<RecordedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path.contains(path_contains))
+            .collect()
+    }
+
     /// Requests other than GET/HEAD.
     pub fn mutating_requests(&self) -> Vec<RecordedRequest> {
         self.requests()
@@ -466,6 +534,18 @@ impl FlyApi {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// The double's own data must be valid, or tests would pass against impossible machines.
+fn assert_valid_config(config: &Value) {
+    let mut errors = Vec::new();
+    schema::validate(
+        schema::component("fly.MachineConfig"),
+        config,
+        "config",
+        &mut errors,
+    );
+    assert!(errors.is_empty(), "seed config breaks the schema: {errors:?}");
 }
 
 impl Drop for FlyApi {

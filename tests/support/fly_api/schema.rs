@@ -166,6 +166,11 @@ pub fn validate_request(
     errors
 }
 
+/// The JSON schema the spec gives for this operation's answer with `status`, if any.
+pub fn response_schema(op: &Operation, status: u16) -> Option<&'static Value> {
+    op.op["responses"][status.to_string()]["content"]["application/json"].get("schema")
+}
+
 /// `metadata.{key}` in the spec stands for any `metadata.<key>` filter.
 fn query_name_matches(spec_name: Option<&str>, name: &str) -> bool {
     match spec_name {

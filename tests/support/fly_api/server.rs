@@ -12,7 +12,8 @@ use serde_json::{Map, Value, json};
 
 use super::schema::{self, Operation};
 use super::state::{
-    App, CreateMachine, FaultKind, Lease, Machine, RecordedRequest, State, Violation, rfc3339_now, unix_secs,
+    App, CreateMachine, FaultKind, Lease, Machine, RecordedRequest, State, Violation, Volume, rfc3339_now,
+    unix_secs,
 };
 
 /// The longest a single wait call blocks, in Fly time (the spec: "up to 60 seconds").
@@ -179,9 +180,47 @@ async fn process(shared: &Shared, req: &Request, headers: &HeaderMap, mut proble
     }
     match route {
         Route::Releases => releases(shared, req),
-        Route::Machines(op) => machines(shared, req, &op).await,
+        Route::Machines(op) => {
+            let response = machines(shared, req, &op).await;
+            check_own_answer(shared, req, &op, response).await
+        }
         Route::Unknown => unreachable!("unknown routes are violations"),
     }
+}
+
+/// Validate the double's own successful answers against the spec's response schema (the
+/// lease envelope's `data` for lease calls): a mismatch is a bug in the double, recorded as
+/// a violation so that it fails the test like any other.
+async fn check_own_answer(shared: &Shared, req: &Request, op: &Operation, response: Response) -> Response {
+    let status = response.status().as_u16();
+    let Some(schema) = schema::response_schema(op, status) else {
+        return response;
+    };
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .expect("in-memory body");
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let checked = if op.id.contains("lease") && !shared.flat_lease {
+        &value["data"]
+    } else {
+        &value
+    };
+    let mut errors = Vec::new();
+    schema::validate(schema, checked, "answer", &mut errors);
+    if !errors.is_empty() {
+        let mut st = shared.lock();
+        for reason in errors {
+            st.violations.push(Violation {
+                method: req.method.clone(),
+                path: req.path.clone(),
+                reason: format!(
+                    "the double's own answer breaks the spec (fix tests/support/fly_api): {reason}"
+                ),
+            });
+        }
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 enum Route {
@@ -360,6 +399,9 @@ async fn machines(shared: &Shared, req: &Request, op: &Operation) -> Response {
         "Apps_show" => show_app(&st, &app_record),
         "Machines_list" => list_machines(&st, req, &app, now),
         "Machines_create" => create_machine(&mut st, req, &app, now),
+        "Volumes_list" | "Volumes_create" | "Volumes_get_by_id" | "Volume_delete" => {
+            volumes(&mut st, req, op, &app)
+        }
         _ => {
             let id = op.param("machine_id").to_string();
             match st.machines.get(&id) {
@@ -430,6 +472,10 @@ fn create_machine(st: &mut State, req: &Request, app: &str, now: Instant) -> Res
         Ok(config) => config,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
+    let volumes = match st.mounted_volumes(app, None, &config) {
+        Ok(volumes) => volumes,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
     let str_field = |name: &str| req.body_field(name).and_then(Value::as_str);
     let id = st.create_machine(
         CreateMachine {
@@ -442,6 +488,7 @@ fn create_machine(st: &mut State, req: &Request, app: &str, now: Instant) -> Res
         },
         now,
     );
+    st.attach_volumes(&id, &volumes);
     let lease_ttl = req.body_field("lease_ttl").and_then(Value::as_u64);
     if let Some(ttl) = lease_ttl {
         let owner = st.lease_owner.clone();
@@ -477,6 +524,53 @@ fn version_mismatch(machine: &Machine, req: &Request, field: &str) -> Option<Str
             machine.id, machine.version
         )
     })
+}
+
+fn volumes(st: &mut State, req: &Request, op: &Operation, app: &str) -> Response {
+    if op.id == "Volumes_list" {
+        let list: Vec<Value> = st
+            .volumes
+            .values()
+            .filter(|v| v.app == app && v.state != "destroyed")
+            .map(Volume::to_json)
+            .collect();
+        return ok_json(StatusCode::OK, Value::Array(list));
+    }
+    if op.id == "Volumes_create" {
+        let str_field = |name: &str| req.body_field(name).and_then(Value::as_str);
+        let (Some(name), Some(region)) = (str_field("name"), str_field("region")) else {
+            return error(StatusCode::BAD_REQUEST, "a volume needs a name and a region");
+        };
+        let volume = Volume {
+            id: st.new_volume_id(),
+            app: app.to_string(),
+            name: name.to_string(),
+            region: region.to_string(),
+            size_gb: req.body_field("size_gb").and_then(Value::as_i64).unwrap_or(1),
+            state: "created".into(),
+            attached_machine_id: None,
+        };
+        let answer = volume.to_json();
+        st.volumes.insert(volume.id.clone(), volume);
+        return ok_json(StatusCode::OK, answer);
+    }
+    let id = op.param("volume_id");
+    let Some(volume) = st.volumes.get_mut(id).filter(|v| v.app == app) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("volume {id} not found in app {app}"),
+        );
+    };
+    if op.id == "Volume_delete" {
+        if let Some(machine) = &volume.attached_machine_id {
+            return error(
+                StatusCode::PRECONDITION_FAILED,
+                &format!("volume {id} is attached to machine {machine}: destroy the machine first"),
+            );
+        }
+        volume.state = "destroyed".into();
+    }
+    ok_json(StatusCode::OK, volume.to_json())
 }
 
 /// Operations that change a machine need the lease nonce while someone holds a lease:
@@ -597,12 +691,17 @@ fn machine_operation(
             if let Some(mismatch) = version_mismatch(machine, req, "current_version") {
                 return error(StatusCode::PRECONDITION_FAILED, &mismatch);
             }
+            let volumes = match st.mounted_volumes(&machine.app, Some(id), &config) {
+                Ok(volumes) => volumes,
+                Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+            };
             let region = req
                 .body_field("region")
                 .and_then(Value::as_str)
                 .map(str::to_string);
             let skip_launch = req.body_field("skip_launch") == Some(&Value::Bool(true));
             st.update_machine(id, config, region, skip_launch, now);
+            st.attach_volumes(id, &volumes);
             ok_json(StatusCode::OK, machine_json(&st.machines[id], now, false))
         }
         "Machines_delete" => {

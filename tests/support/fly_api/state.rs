@@ -61,6 +61,49 @@ pub enum Behavior {
     RestartLoop { exit_code: i64, restarts: u32 },
 }
 
+/// `behavior` for machines whose image contains `image_contains`, and only machine
+/// `machine` when set.
+#[derive(Clone, Debug)]
+pub struct BehaviorRule {
+    pub image_contains: String,
+    pub machine: Option<String>,
+    pub behavior: Behavior,
+}
+
+/// A volume; `attached_machine_id` is set when a machine mounts it.
+#[derive(Clone, Debug)]
+pub struct Volume {
+    pub id: String,
+    pub app: String,
+    pub name: String,
+    pub region: String,
+    pub size_gb: i64,
+    pub state: String,
+    pub attached_machine_id: Option<String>,
+}
+
+impl Volume {
+    pub fn to_json(&self) -> Value {
+        let mut json = json!({
+            "id": self.id,
+            "name": self.name,
+            "region": self.region,
+            "size_gb": self.size_gb,
+            "state": self.state,
+            "encrypted": true,
+            "fstype": "ext4",
+            "type": "local",
+            "zone": "a1b2",
+            "host_status": "ok",
+            "created_at": rfc3339_now(),
+        });
+        if let Some(machine) = &self.attached_machine_id {
+            json["attached_machine_id"] = json!(machine);
+        }
+        json
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct App {
     pub name: String,
@@ -331,7 +374,8 @@ pub struct State {
     pub apps: BTreeMap<String, App>,
     pub machines: BTreeMap<String, Machine>,
     pub releases: Vec<Release>,
-    pub behaviors: Vec<(String, Behavior)>,
+    pub behaviors: Vec<BehaviorRule>,
+    pub volumes: BTreeMap<String, Volume>,
     pub release_command_exit_code: i64,
     pub faults: Vec<Fault>,
     pub requests: Vec<RecordedRequest>,
@@ -350,6 +394,7 @@ impl State {
             machines: BTreeMap::new(),
             releases: Vec::new(),
             behaviors: Vec::new(),
+            volumes: BTreeMap::new(),
             release_command_exit_code: 0,
             faults: Vec::new(),
             requests: Vec::new(),
@@ -375,13 +420,24 @@ impl State {
             .min()
     }
 
-    pub fn behavior_for(&self, image: &str) -> Behavior {
+    /// The latest rule matching the machine and its image, else healthy.
+    pub fn behavior_for(&self, machine: &Machine) -> Behavior {
         self.behaviors
             .iter()
             .rev()
-            .find(|(pattern, _)| image.contains(pattern.as_str()))
-            .map(|(_, b)| b.clone())
+            .find(|r| {
+                machine.image().contains(r.image_contains.as_str())
+                    && r.machine.as_ref().is_none_or(|id| *id == machine.id)
+            })
+            .map(|r| r.behavior.clone())
             .unwrap_or(Behavior::Healthy)
+    }
+
+    pub fn new_volume_id(&self) -> String {
+        format!(
+            "vol_{:016x}",
+            0x4d2a_0000_0000_0000_u64 + self.volumes.len() as u64 + 1
+        )
     }
 
     /// Sequential 14-hex-digit ids, so that sorting by id (as rolling deploys do) follows
@@ -432,13 +488,49 @@ impl State {
         id
     }
 
+    /// The volumes `config.mounts` names, checked as Fly would: they must exist in the app
+    /// and not be attached to another machine.
+    pub fn mounted_volumes(
+        &self,
+        app: &str,
+        machine: Option<&str>,
+        config: &Value,
+    ) -> Result<Vec<String>, String> {
+        let mut ids = Vec::new();
+        for mount in config["mounts"].as_array().into_iter().flatten() {
+            let Some(id) = mount["volume"].as_str() else {
+                return Err("mounts[].volume is required: create the volume first".into());
+            };
+            let volume = self
+                .volumes
+                .get(id)
+                .filter(|v| v.app == app && v.state != "destroyed")
+                .ok_or_else(|| format!("volume {id} not found in app {app}"))?;
+            if let Some(other) = &volume.attached_machine_id
+                && Some(other.as_str()) != machine
+            {
+                return Err(format!("volume {id} is already attached to machine {other}"));
+            }
+            ids.push(id.to_string());
+        }
+        Ok(ids)
+    }
+
+    pub fn attach_volumes(&mut self, machine: &str, volumes: &[String]) {
+        for id in volumes {
+            if let Some(volume) = self.volumes.get_mut(id) {
+                volume.attached_machine_id = Some(machine.to_string());
+            }
+        }
+    }
+
     /// Seed a machine directly in a settled state (test setup, no request involved).
     pub fn seed_machine(&mut self, app: &str, region: &str, state: &str, config: Value) -> String {
         let mut machine = self.new_machine(app, None, region, config);
         machine.state = state.to_string();
         if state == "started" {
             machine.push_event("start", "started", "flyd", None);
-            let checks = match self.behavior_for(machine.image()) {
+            let checks = match self.behavior_for(&machine) {
                 Behavior::ChecksFail => "critical",
                 _ => "passing",
             };
@@ -515,6 +607,11 @@ impl State {
             ..Step::default()
         });
         machine.push_event("destroy", "destroyed", "user", None);
+        for volume in self.volumes.values_mut() {
+            if volume.attached_machine_id.as_deref() == Some(id) {
+                volume.attached_machine_id = None;
+            }
+        }
     }
 
     fn stopped_after_start(&self, now: Instant) -> Step {
@@ -561,7 +658,7 @@ impl State {
             return steps;
         }
         let checks_done = started_at + t.wall(t.checks);
-        match self.behavior_for(machine.image()) {
+        match self.behavior_for(machine) {
             Behavior::Healthy | Behavior::ChecksFail if !has_checks => vec![started(None)],
             Behavior::Healthy => vec![
                 started(warning),
