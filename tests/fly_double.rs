@@ -518,6 +518,12 @@ async fn the_three_auth_header_forms_are_accepted_and_anything_else_is_401() {
             assert_eq!(body, json!({"error": "Authenticate: token validation error"}));
         }
     }
+    let schemes: Vec<String> = fly.requests().into_iter().map(|r| r.auth_scheme).collect();
+    assert_eq!(
+        schemes,
+        ["Bearer", "FlyV1", "Bearer FlyV1", "Bearer", "Basic", "other", ""],
+        "the log names the scheme, never the token"
+    );
     let resp = http
         .post(format!("{}/api/v1/releases", fly.url()))
         .json(&json!({}))
@@ -951,4 +957,25 @@ async fn volumes_are_created_listed_and_attached_by_mounts() {
             .iter()
             .any(|v| v.attached_machine_id.as_deref() == Some(seeded.as_str()))
     );
+}
+
+#[tokio::test]
+async fn a_first_deploy_turns_a_pending_app_into_a_deployed_one() {
+    let (fly, api) = demo();
+    fly.set_app_status("demo", "pending");
+    assert_eq!(api.get("/v1/apps/demo").await.1["status"], "pending");
+    let config = MachineSpec::new("app").config();
+    let (status, _) = api
+        .post(
+            "/v1/apps/demo/machines",
+            json!({"config": config, "region": "ams"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, app) = api.get("/v1/apps/demo").await;
+    assert_eq!(
+        (app["status"].clone(), app["machine_count"].clone()),
+        (json!("deployed"), json!(1))
+    );
+    assert_eq!(fly.machines("demo")[0].region, "ams");
 }

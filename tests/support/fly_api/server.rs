@@ -102,6 +102,7 @@ pub async fn handle(
             query: raw_query.clone(),
             body: req.body.clone(),
             lease_nonce: req.nonce.clone(),
+            auth_scheme: auth_scheme(&headers),
             at: shared.started.elapsed(),
             status: 0,
         });
@@ -231,6 +232,18 @@ enum Route {
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn auth_scheme(headers: &HeaderMap) -> String {
+    let value = header(headers, "authorization").unwrap_or_default();
+    let mut words = value.split(' ');
+    match (words.next(), words.next()) {
+        (Some("Bearer"), Some("FlyV1")) => "Bearer FlyV1".into(),
+        (Some(scheme @ ("Bearer" | "FlyV1" | "Basic")), _) => scheme.into(),
+        // Anything else may be the credential itself: never record it.
+        (Some(""), None) => String::new(),
+        _ => "other".into(),
+    }
 }
 
 /// `Bearer X`, `FlyV1 X` and `Bearer FlyV1 X`, as Fly accepts them.

@@ -322,9 +322,13 @@ pub struct RecordedRequest {
     pub body: Option<Value>,
     /// The `fly-machine-lease-nonce` header, when sent.
     pub lease_nonce: Option<String>,
+    /// The scheme(s) of the Authorization header (`FlyV1`, `Bearer`, `Bearer FlyV1`, `Basic`,
+    /// or `other`), never the credential; "" when the header is missing.
+    pub auth_scheme: String,
     /// When it arrived, from the double's start.
     pub at: Duration,
-    /// The status the double answered (0 while still in progress, e.g. a long-poll).
+    /// The status the double answered; 0 when none was sent (a long-poll still running, or
+    /// the client went away, e.g. killed mid-wait).
     pub status: u16,
 }
 
@@ -476,6 +480,13 @@ impl State {
     /// `skip_launch`.
     pub fn create_machine(&mut self, req: CreateMachine, now: Instant) -> String {
         let mut machine = self.new_machine(&req.app, req.name, &req.region, req.config);
+        // A first deploy turns a never-deployed app into a deployed one.
+        if machine.process_group() != RELEASE_COMMAND_GROUP
+            && let Some(app) = self.apps.get_mut(&req.app)
+            && app.status == "pending"
+        {
+            app.status = "deployed".into();
+        }
         machine.cordoned = req.cordoned;
         let id = machine.id.clone();
         self.machines.insert(id.clone(), machine);
