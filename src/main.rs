@@ -7,6 +7,7 @@ mod cli;
 mod error;
 mod fly;
 mod progress;
+mod settings;
 
 use clap::Parser;
 use std::process::ExitCode;

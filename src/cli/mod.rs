@@ -3,8 +3,10 @@
 
 pub mod push;
 pub mod rollout;
+pub mod settings;
 
 use crate::progress::{OutputMode, Reporter};
+use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -45,6 +47,9 @@ pub enum Command {
     Rollout(rollout::RolloutArgs),
     /// Push an image, then roll it out on a Fly app's Machines (what `nix run .#deploy` runs).
     Deploy(DeployArgs),
+    /// Work with the settings file mkFlyDeploy writes.
+    #[command(subcommand)]
+    Settings(settings::SettingsCommand),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     Completions {
         #[arg(value_enum)]
@@ -63,6 +68,10 @@ pub struct DeployArgs {
     pub push: push::PushOptions,
     #[command(flatten)]
     pub rollout: rollout::RolloutOptions,
+    /// JSON settings written by mkFlyDeploy (schema: docs/settings.schema.json). They fill
+    /// only what flags and environment variables left unset.
+    #[arg(long, value_name = "FILE")]
+    pub settings: Option<PathBuf>,
 }
 
 /// Options every command that talks about a Fly app shares.
@@ -91,10 +100,16 @@ pub async fn run(cli: Cli, reporter: Reporter) -> anyhow::Result<()> {
     match cli.command {
         Command::Push(args) => push::run(args, reporter).await,
         Command::Rollout(args) => rollout::run(args, reporter).await,
-        Command::Deploy(args) => {
+        Command::Deploy(mut args) => {
+            if let Some(path) = args.settings.take() {
+                crate::settings::Settings::load(&path)
+                    .context("reading the settings from mkFlyDeploy")?
+                    .fill(&mut args);
+            }
             let _ = (args, reporter);
             anyhow::bail!("nixfly deploy is not implemented yet")
         }
+        Command::Settings(command) => settings::run(command, reporter),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "nixfly", &mut std::io::stdout());
             Ok(())

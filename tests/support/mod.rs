@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fly_api;
+pub mod nix;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

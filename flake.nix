@@ -1,0 +1,81 @@
+{
+  description = "nixfly: deploy Nix-built container images to Fly.io with no Docker daemon";
+
+  # The only input. The lock pins a nixos-25.11 revision; `nix flake update` moves it.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
+
+  outputs =
+    { self, nixpkgs }:
+    let
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+        "x86_64-darwin"
+        "aarch64-darwin"
+      ];
+      forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+      nixflyFor = pkgs: pkgs.callPackage ./nix/package.nix { };
+    in
+    {
+      # Functions that take `pkgs` in their arguments: the same on every system.
+      lib = import ./nix/lib;
+
+      overlays.default = final: _prev: { nixfly = nixflyFor final; };
+
+      packages = forAllSystems (pkgs: {
+        default = self.packages.${pkgs.stdenv.hostPlatform.system}.nixfly;
+        nixfly = nixflyFor pkgs;
+      });
+
+      # `nix run github:nixfly/nixfly#deploy -- ./result --app myapp`: any image, no flake of your own.
+      apps = forAllSystems (
+        pkgs:
+        let
+          nixfly = self.packages.${pkgs.stdenv.hostPlatform.system}.nixfly;
+        in
+        {
+          deploy = {
+            type = "app";
+            program = "${pkgs.writeShellScript "nixfly-deploy" ''exec ${nixfly}/bin/nixfly deploy "$@"''}";
+          };
+          default = {
+            type = "app";
+            program = "${nixfly}/bin/nixfly";
+          };
+        }
+      );
+
+      devShells = forAllSystems (pkgs: {
+        default = pkgs.mkShell {
+          inputsFrom = [ self.packages.${pkgs.stdenv.hostPlatform.system}.nixfly ];
+          # What the test suite runs against: the real registry, skopeo, htpasswd.
+          packages = with pkgs; [
+            cargo
+            rustc
+            clippy
+            rustfmt
+            skopeo
+            docker-distribution
+            apacheHttpd
+          ];
+        };
+      });
+
+      checks = forAllSystems (
+        pkgs:
+        import ./nix/tests/checks.nix {
+          inherit pkgs;
+          inherit (self) lib;
+          nixfly = self.packages.${pkgs.stdenv.hostPlatform.system}.nixfly;
+        }
+      );
+
+      templates.default = {
+        path = ./templates/default;
+        description = "A small web app deployed to Fly with nixfly.lib.mkFlyDeploy";
+        welcomeText = ''
+          Set `app` in fly.toml and flake.nix, export FLY_API_TOKEN, then `nix run .#deploy`.
+        '';
+      };
+    };
+}

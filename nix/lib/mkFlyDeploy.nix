@@ -1,0 +1,159 @@
+# mkFlyDeploy { pkgs, app, ... }: a runnable derivation that pushes an image built by Nix and
+# rolls it out on a Fly app with nixfly. Every attribute is documented in docs/API.md.
+{ lib }:
+args:
+let
+  inherit (builtins)
+    isAttrs
+    isBool
+    isInt
+    isList
+    isPath
+    isString
+    all
+    ;
+  isDerivation = v: isAttrs v && v.type or null == "derivation";
+  nullOr = check: v: v == null || check v;
+  listOf = check: v: isList v && all check v;
+  isPathLike = v: isPath v || isString v || isDerivation v;
+
+  spec = {
+    pkgs = {
+      type = "the nixpkgs package set (an attribute set with dockerTools)";
+      check = v: isAttrs v && v ? dockerTools;
+    };
+    app = {
+      type = "the Fly app name, a non-empty string";
+      check = v: isString v && v != "";
+    };
+    image = {
+      type = "null or a ready image: a dockerTools result (tarball or stream script), a nix2container-style JSON, or an OCI layout (derivation or path)";
+      check = nullOr isPathLike;
+      default = null;
+    };
+    package = {
+      type = "null or the derivation that runs the app";
+      check = nullOr isDerivation;
+      default = null;
+    };
+    entrypoint = {
+      type = "null or a list of strings (the image's Entrypoint)";
+      check = nullOr (listOf isString);
+      default = null;
+    };
+    contents = {
+      type = "a list of derivations linked into the image's root";
+      check = listOf isDerivation;
+      default = [ ];
+    };
+    config = {
+      type = "an attribute set (OCI image config: Env, ExposedPorts, WorkingDir, User, Cmd, ...)";
+      check = v: isAttrs v && !(v ? Entrypoint);
+      default = { };
+    };
+    maxLayers = {
+      type = "an integer between 2 and 125";
+      check = v: isInt v && v >= 2 && v <= 125;
+      default = 100;
+    };
+    flyToml = {
+      type = "null, a path, or a string path relative to where `nix run` runs (the app's fly.toml)";
+      check = nullOr isPathLike;
+      default = null;
+    };
+    registry = {
+      type = "null or a string `host/repository` to push to";
+      check = nullOr isString;
+      default = null;
+    };
+    tag = {
+      type = "null or a string (the image tag)";
+      check = nullOr (v: isString v && builtins.match "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}" v != null);
+      default = null;
+    };
+    extraFlags = {
+      type = "a list of strings (extra `nixfly deploy` flags)";
+      check = listOf isString;
+      default = [ ];
+    };
+    nixfly = {
+      type = "null or the nixfly derivation to run";
+      check = nullOr isDerivation;
+      default = null;
+    };
+  };
+
+  a = lib.checkArgs "mkFlyDeploy" spec args;
+  inherit (a) pkgs app;
+
+  nixfly = if a.nixfly != null then a.nixfly else pkgs.nixfly or (pkgs.callPackage ../package.nix { });
+
+  buildsImage = a.package != null || a.entrypoint != null;
+  imageOnly = [
+    "package"
+    "entrypoint"
+    "contents"
+    "config"
+    "maxLayers"
+  ];
+  conflicting = builtins.filter (name: args ? ${name}) imageOnly;
+
+  image =
+    if a.image != null then
+      if conflicting != [ ] then
+        throw "mkFlyDeploy: `image` is a ready image, so `${builtins.head conflicting}` cannot be used with it; give either `image` or what to put in one (`package`, `entrypoint`, ...)"
+      else
+        a.image
+    else if !buildsImage then
+      throw "mkFlyDeploy: give `image` (a ready image) or `package` (the app to put in one)"
+    else
+      lib.mkStreamImage {
+        inherit pkgs;
+        name = app;
+        inherit (a)
+          tag
+          contents
+          config
+          maxLayers
+          ;
+        entrypoint =
+          if a.entrypoint != null then
+            a.entrypoint
+          else if a.package.meta ? mainProgram then
+            [ "${a.package}/bin/${a.package.meta.mainProgram}" ]
+          else
+            throw "mkFlyDeploy: `package` ${a.package.name} has no meta.mainProgram; set `entrypoint`";
+      };
+
+  # The schema is docs/settings.schema.json, mirrored by nixfly's src/settings.rs.
+  settings = removeNulls {
+    version = 1;
+    inherit app;
+    config = if a.flyToml == null then null else "${a.flyToml}";
+    push = removeNulls {
+      to = a.registry;
+      inherit (a) tag;
+    };
+  };
+  # Unset settings are left out, so nixfly's own defaults (and fly.toml) apply.
+  removeNulls =
+    attrs: removeAttrs attrs (builtins.filter (n: attrs.${n} == null || attrs.${n} == { }) (builtins.attrNames attrs));
+  settingsFile = pkgs.writeText "${app}-nixfly-settings.json" (builtins.toJSON settings);
+in
+pkgs.writeShellApplication {
+  name = "deploy-${app}";
+  text = ''
+    exec ${nixfly}/bin/nixfly deploy ${lib.shellEscape image} --settings ${settingsFile} ${
+      builtins.concatStringsSep " " (map lib.shellEscape a.extraFlags)
+    } "$@"
+  '';
+  passthru = {
+    inherit
+      image
+      settings
+      settingsFile
+      nixfly
+      ;
+  };
+  meta.description = "Deploy the ${app} image to Fly with nixfly";
+}

@@ -1,0 +1,20 @@
+# The default image: nixpkgs' streamLayeredImage, so Nix builds only a script that writes the
+# docker-archive when nixfly runs it; no tarball lands in the store.
+{
+  pkgs,
+  name,
+  tag,
+  entrypoint,
+  contents,
+  config,
+  maxLayers,
+}:
+pkgs.dockerTools.streamLayeredImage {
+  inherit
+    name
+    tag
+    contents
+    maxLayers
+    ;
+  config = config // { Entrypoint = entrypoint; };
+}

@@ -1,0 +1,27 @@
+# The `lib` functions nixfly's Nix code uses, with nixpkgs' names and meaning.
+let
+  fix =
+    f:
+    let
+      x = f x;
+    in
+    x;
+in
+{
+  inherit fix;
+  genAttrs = names: f: builtins.listToAttrs (map (n: { name = n; value = f n; }) names);
+  optionalString = cond: s: if cond then s else "";
+  optionals = cond: list: if cond then list else [ ];
+  hasPrefix = prefix: s: builtins.substring 0 (builtins.stringLength prefix) s == prefix;
+  removePrefix =
+    prefix: s:
+    let
+      n = builtins.stringLength prefix;
+    in
+    if builtins.substring 0 n s == prefix then builtins.substring n (-1) s else s;
+  getExe = drv: "${drv}/bin/${drv.meta.mainProgram}";
+  licenses = {
+    mit.spdxId = "MIT";
+    asl20.spdxId = "Apache-2.0";
+  };
+}

@@ -1,0 +1,202 @@
+# The package set. Builders run the host's tools (found on NIXFLY_STANDIN_PATH, read at
+# evaluation with --impure) because no compiler or coreutils can come from the missing nixpkgs.
+# Every function rejects arguments it does not implement, so nixfly's Nix code cannot silently
+# depend on behaviour the tests never exercise.
+{
+  lib,
+  system,
+  final,
+}:
+let
+  hostPath =
+    let
+      p = builtins.getEnv "NIXFLY_STANDIN_PATH";
+    in
+    if p != "" then
+      p
+    else
+      throw "nixpkgs stand-in: set NIXFLY_STANDIN_PATH to the host PATH its builders use (with the Rust toolchain's bin first) and evaluate with --impure";
+
+  onlyArgs =
+    fn: allowed: args:
+    let
+      unknown = builtins.filter (a: !(builtins.elem a allowed)) (builtins.attrNames args);
+    in
+    if unknown == [ ] then
+      args
+    else
+      throw "nixpkgs stand-in: ${fn} does not implement ${builtins.concatStringsSep ", " unknown}";
+
+  # Without build users, Nix 2.8 SIGKILLs the builder as soon as its log pipe closes, and
+  # coreutils close stdout before they exit: a builder that bash ends by exec'ing `cp` or `touch`
+  # is killed mid-exit. A trailing builtin keeps bash alive until the last tool has exited.
+  keepBuilderAlive = "exit 0";
+
+  binPath = inputs: builtins.concatStringsSep ":" (map (p: "${p}/bin") inputs);
+
+  # stdenv.mkDerivation's part the tests need: host tools on PATH, setup hooks of the inputs
+  # sourced, bash strict mode, passthru and meta on the result.
+  mkDerivation =
+    {
+      name,
+      script,
+      nativeBuildInputs ? [ ],
+      passthru ? { },
+      meta ? { },
+      ...
+    }@args:
+    let
+      env = removeAttrs args [
+        "script"
+        "nativeBuildInputs"
+        "passthru"
+        "meta"
+      ];
+      drv = derivation (
+        env
+        // {
+          inherit system;
+          builder = "/bin/bash";
+          args = [
+            "-c"
+            ''
+              set -euo pipefail
+              for input in $nativeBuildInputs; do
+                if [ -f "$input/nix-support/setup-hook" ]; then source "$input/nix-support/setup-hook"; fi
+              done
+              cd "$TMPDIR"
+              ${script}
+              ${keepBuilderAlive}
+            ''
+          ];
+          nativeBuildInputs = builtins.concatStringsSep " " (map toString nativeBuildInputs);
+          PATH = binPath nativeBuildInputs + ":" + hostPath;
+        }
+      );
+    in
+    drv // passthru // { inherit meta passthru; };
+
+  runCommand =
+    name: env: script:
+    mkDerivation (env // { inherit name script; });
+
+  writeText =
+    name: text:
+    runCommand name { inherit text; } ''printf '%s' "$text" > "$out"'';
+
+  platform = {
+    inherit system;
+    canExecute = other: other.system == system;
+  };
+
+  rust = import ./rust.nix {
+    inherit
+      lib
+      system
+      hostPath
+      mkDerivation
+      onlyArgs
+      keepBuilderAlive
+      ;
+  };
+  docker = import ./docker.nix {
+    inherit
+      lib
+      system
+      hostPath
+      runCommand
+      writeText
+      onlyArgs
+      ;
+  };
+  # The developer tools the dev shell lists, taken from the host (`name` = nixpkgs attribute,
+  # value = the executable it provides).
+  hostTools = builtins.mapAttrs (
+    attr: exe:
+    runCommand "host-${attr}" { inherit exe; } ''
+      mkdir -p "$out/bin"
+      ln -s "$(command -v "$exe")" "$out/bin/$exe"
+    ''
+  ) {
+    cargo = "cargo";
+    rustc = "rustc";
+    clippy = "cargo-clippy";
+    rustfmt = "rustfmt";
+    skopeo = "skopeo";
+    docker-distribution = "docker-registry";
+    apacheHttpd = "htpasswd";
+  };
+
+in
+hostTools
+// {
+  inherit lib runCommand writeText;
+
+  callPackage =
+    fn: overrides:
+    let
+      f = if builtins.isFunction fn then fn else import fn;
+      wanted = builtins.functionArgs f;
+    in
+    f (builtins.intersectAttrs wanted final // overrides);
+
+  stdenv = {
+    hostPlatform = platform;
+    buildPlatform = platform;
+  };
+
+  runtimeShell = "/bin/bash";
+
+  inherit (rust) rustPlatform;
+  inherit (docker) dockerTools;
+
+  installShellFiles = runCommand "install-shell-files" { } ''
+    mkdir -p "$out/nix-support"
+    cp ${./install-shell-files.sh} "$out/nix-support/setup-hook"
+  '';
+
+  writeShellApplication =
+    args:
+    let
+      a = onlyArgs "writeShellApplication" [ "name" "text" "runtimeInputs" "meta" "passthru" ] args;
+      runtimeInputs = a.runtimeInputs or [ ];
+    in
+    runCommand a.name
+      {
+        passthru = a.passthru or { };
+        meta = (a.meta or { }) // {
+          mainProgram = a.name;
+        };
+        text = ''
+          #!/bin/bash
+          set -o errexit
+          set -o nounset
+          set -o pipefail
+          ${lib.optionalString (runtimeInputs != [ ]) ''export PATH="${binPath runtimeInputs}:$PATH"''}
+          ${a.text}
+        '';
+      }
+      ''
+        mkdir -p "$out/bin"
+        printf '%s' "$text" > "$out/bin/$name"
+        chmod +x "$out/bin/$name"
+        bash -n "$out/bin/$name"
+      '';
+
+  writeShellScript =
+    name: text:
+    runCommand name { text = "#!/bin/bash\n" + text; } ''
+      printf '%s' "$text" > "$out"
+      chmod +x "$out"
+      bash -n "$out"
+    '';
+
+  mkShell =
+    args:
+    let
+      a = onlyArgs "mkShell" [ "name" "packages" "inputsFrom" "shellHook" ] args;
+    in
+    runCommand (a.name or "nix-shell") {
+      nativeBuildInputs = a.packages or [ ];
+    } ''echo "stand-in shell environment" > "$out"'';
+}

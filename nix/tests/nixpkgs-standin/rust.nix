@@ -1,0 +1,114 @@
+# rustPlatform.buildRustPackage with `cargoLock.lockFile`, as nixpkgs does it: every crate of
+# Cargo.lock is a fixed-output derivation checked against the lock's sha256, then the crates are
+# unpacked into a vendor directory that cargo uses offline. Where nixpkgs downloads a crate from
+# crates.io, the stand-in copies it from the local cargo cache (NIXFLY_STANDIN_CRATES, filled by
+# `cargo fetch`); Nix still verifies the checksum, so a wrong crate cannot slip in.
+{
+  lib,
+  system,
+  hostPath,
+  mkDerivation,
+  onlyArgs,
+  keepBuilderAlive,
+}:
+let
+  cratesDir =
+    let
+      d = builtins.getEnv "NIXFLY_STANDIN_CRATES";
+    in
+    if d != "" then
+      d
+    else
+      throw "nixpkgs stand-in: set NIXFLY_STANDIN_CRATES to a directory of .crate files (cargo's registry/cache/<index>)";
+
+  crateFromCache =
+    pkg:
+    derivation {
+      name = "crate-${pkg.name}-${pkg.version}.tar.gz";
+      inherit system;
+      builder = "/bin/bash";
+      args = [
+        "-c"
+        ''
+          cp "${cratesDir}/${pkg.name}-${pkg.version}.crate" "$out"
+          ${keepBuilderAlive}
+        ''
+      ];
+      PATH = hostPath;
+      outputHashMode = "flat";
+      outputHashAlgo = "sha256";
+      outputHash = pkg.checksum;
+    };
+
+  vendorCargoLock =
+    lockFile:
+    let
+      packages = (builtins.fromTOML (builtins.readFile lockFile)).package;
+      fromRegistry = builtins.filter (p: p ? source) packages;
+      crates = map (
+        p:
+        if lib.hasPrefix "registry+" p.source then
+          "${p.name}-${p.version} ${p.checksum} ${crateFromCache p}"
+        else
+          throw "nixpkgs stand-in: ${p.name} ${p.version} comes from ${p.source}; only registry crates are supported"
+      ) fromRegistry;
+    in
+    mkDerivation {
+      name = "cargo-vendor-dir";
+      crates = builtins.concatStringsSep "\n" crates;
+      script = ''
+        mkdir -p "$out"
+        while read -r dir checksum crate; do
+          mkdir "$out/$dir"
+          tar -xzf "$crate" -C "$out/$dir" --strip-components=1
+          printf '{"files":{},"package":"%s"}' "$checksum" > "$out/$dir/.cargo-checksum.json"
+        done <<< "$crates"
+      '';
+    };
+
+  buildRustPackage =
+    args:
+    let
+      a = onlyArgs "buildRustPackage" [
+        "pname"
+        "version"
+        "src"
+        "cargoLock"
+        "nativeBuildInputs"
+        "doCheck"
+        "postInstall"
+        "meta"
+        "passthru"
+      ] args;
+    in
+    mkDerivation {
+      name = "${a.pname}-${a.version}";
+      inherit (a) pname version src;
+      nativeBuildInputs = a.nativeBuildInputs or [ ];
+      meta = a.meta or { };
+      passthru = a.passthru or { };
+      vendor = vendorCargoLock a.cargoLock.lockFile;
+      # Optional cargo target dir outside the store, shared between builds like a compiler cache:
+      # dependencies compile once, each new nixfly source only rebuilds nixfly. Debug profile for
+      # test speed; nixpkgs builds release.
+      targetCache = builtins.getEnv "NIXFLY_STANDIN_CARGO_TARGET";
+      doCheck = if a.doCheck or true then "1" else "";
+      postInstall = a.postInstall or "";
+      script = ''
+        cp -r --no-preserve=mode "$src" source
+        cd source
+        export CARGO_HOME="$TMPDIR/cargo-home"
+        mkdir -p "$CARGO_HOME"
+        printf '[source.crates-io]\nreplace-with = "vendored"\n[source.vendored]\ndirectory = "%s"\n' \
+          "$vendor" > "$CARGO_HOME/config.toml"
+        target="''${targetCache:-$TMPDIR/target}"
+        cargo install --offline --locked --debug --path . --root "$out" --target-dir "$target"
+        rm -f "$out/.crates.toml" "$out/.crates2.json"
+        if [ -n "$doCheck" ]; then cargo test --offline --locked --target-dir "$target"; fi
+        eval "$postInstall"
+      '';
+    };
+in
+{
+  rustPlatform = { inherit buildRustPackage; };
+}

@@ -1,0 +1,115 @@
+//! Running Debian's Nix 2.8 against this checkout, offline, with the nixpkgs stand-in
+//! (`nix/tests/nixpkgs-standin`, see its README) in place of nixpkgs.
+//!
+//! The setup that works here: the system store as root with no daemon, no substituters, the
+//! sandbox off and `build-users-group` empty, so builders run as root and can use the host's
+//! Rust toolchain and cargo's crate cache (both under the invoking user's home). Evaluation is
+//! `--impure` because the stand-in reads where those are from the environment.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub struct Nix {
+    /// The flake reference of this checkout (git+file: only tracked files, no target/).
+    pub checkout: String,
+    /// `path:` reference of the nixpkgs stand-in.
+    pub standin: String,
+    env: Vec<(&'static str, String)>,
+}
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Nix {
+    /// `None` (after saying so on stderr) when `nix` is not installed; CI installs it.
+    pub fn get() -> Option<&'static Nix> {
+        static NIX: OnceLock<Option<Nix>> = OnceLock::new();
+        NIX.get_or_init(|| {
+            if Command::new("nix").arg("--version").output().is_err() {
+                eprintln!(
+                    "SKIPPED: `nix` is not installed (apt-get install nix-bin); scripts/test installs it"
+                );
+                return None;
+            }
+            Some(Nix::setup())
+        })
+        .as_ref()
+    }
+
+    fn setup() -> Nix {
+        // The real toolchain directory (not rustup's proxy, which needs $HOME): cargo sets
+        // CARGO to its own executable.
+        let toolchain_bin = Path::new(env!("CARGO"))
+            .parent()
+            .expect("CARGO has a parent directory")
+            .to_path_buf();
+        let fetch = Command::new(env!("CARGO"))
+            .args(["fetch", "--locked", "--quiet"])
+            .current_dir(manifest_dir())
+            .status()
+            .expect("run cargo fetch");
+        assert!(
+            fetch.success(),
+            "cargo fetch --locked failed: the stand-in needs every crate of Cargo.lock in cargo's cache"
+        );
+        Nix {
+            checkout: format!("git+file://{}", manifest_dir().display()),
+            standin: format!(
+                "path:{}",
+                manifest_dir().join("nix/tests/nixpkgs-standin").display()
+            ),
+            env: vec![
+                (
+                    "NIXFLY_STANDIN_PATH",
+                    format!("{}:/usr/bin:/bin", toolchain_bin.display()),
+                ),
+                ("NIXFLY_STANDIN_CRATES", crate_cache().display().to_string()),
+                (
+                    "NIXFLY_STANDIN_CARGO_TARGET",
+                    manifest_dir().join("target/nix-standin").display().to_string(),
+                ),
+            ],
+        }
+    }
+
+    /// `nix <subcommand...>` with the offline options and the stand-in environment. Add
+    /// `override_input` args for flake commands.
+    pub fn command(&self, subcommand: &[&str]) -> Command {
+        let mut cmd = Command::new("nix");
+        cmd.args(["--extra-experimental-features", "nix-command flakes"])
+            .args(["--option", "substituters", ""])
+            .args(["--option", "sandbox", "false"])
+            .args(["--option", "build-users-group", ""])
+            .args(subcommand)
+            .arg("--impure");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Arguments that put the stand-in in place of `input` (e.g. "nixpkgs").
+    pub fn override_input(&self, input: &str) -> [String; 3] {
+        ["--override-input".into(), input.into(), self.standin.clone()]
+    }
+}
+
+/// cargo's download cache of crates.io, where `cargo fetch` leaves the `.crate` files.
+fn crate_cache() -> PathBuf {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| dirs::home_dir().map(|h| h.join(".cargo")))
+        .expect("CARGO_HOME or HOME is set");
+    let cache = cargo_home.join("registry/cache");
+    std::fs::read_dir(&cache)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", cache.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("index.crates.io-"))
+        })
+        .unwrap_or_else(|| panic!("no crates.io cache under {}", cache.display()))
+}
