@@ -979,3 +979,53 @@ async fn a_first_deploy_turns_a_pending_app_into_a_deployed_one() {
     );
     assert_eq!(fly.machines("demo")[0].region, "ams");
 }
+
+/// What the 100-machine rollout test relies on: a client that keeps at most 5 updates in
+/// flight (lease, update, wait, poll checks, release) is measured at exactly 5, and the
+/// double keeps up.
+#[tokio::test]
+async fn a_hundred_machines_updated_five_at_a_time_measure_five() {
+    use futures::StreamExt;
+    let (fly, api) = demo();
+    let ids = fly.add_machines("demo", &MachineSpec::new("app").count(100).checks(1));
+    let started = Instant::now();
+    let api = &api;
+    let fly_ref = &fly;
+    futures::stream::iter(ids.clone())
+        .map(|id| async move {
+            let nonce = api.lease("demo", &id).await;
+            let path = format!("/v1/apps/demo/machines/{id}");
+            let mut config = fly_ref.machine(&id).config;
+            config["image"] = json!("registry.fly.io/demo@sha256:new");
+            let (status, _) = api
+                .call("POST", &path, Some(json!({"config": config})), Some(&nonce))
+                .await;
+            assert_eq!(status, 200);
+            let (status, _) = api.get(&format!("{path}/wait?state=started&timeout=60")).await;
+            assert_eq!(status, 200);
+            for _ in 0..200 {
+                let (_, machine) = api.get(&path).await;
+                if machine["checks"][0]["status"] == "passing" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            api.call("DELETE", &format!("{path}/lease"), None, Some(&nonce))
+                .await;
+        })
+        .buffer_unordered(5)
+        .collect::<Vec<()>>()
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(fly.max_concurrent_updates(), 5);
+    assert!(
+        fly.machines("demo")
+            .iter()
+            .all(|m| m.image() == "registry.fly.io/demo@sha256:new")
+    );
+    assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}");
+    eprintln!(
+        "100 machines, 5 at a time: {elapsed:?}, {} requests",
+        fly.requests().len()
+    );
+}
