@@ -3,9 +3,11 @@
 #![allow(dead_code)]
 
 mod blob;
+mod cache;
 mod cli;
 mod error;
 mod fly;
+mod image;
 mod progress;
 mod settings;
 

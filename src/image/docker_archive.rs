@@ -1,0 +1,595 @@
+//! The docker-archive format (`docker save` v1.2, what dockerTools writes): reading it as a
+//! forward-only stream, or indexing it when it is a seekable uncompressed file.
+//!
+//! Entries: `manifest.json` (`[{"Config", "RepoTags", "Layers"}]`), the config JSON, and one tar
+//! per layer (`<id>/layer.tar`; `blobs/sha256/<hex>` in newer docker saves), plus metadata we
+//! ignore (`repositories`, `<id>/json`, `<id>/VERSION`). Layers may be symlinks to an earlier
+//! layer. Order is not fixed: Nix writes `manifest.json` last, buildImage sorts by name.
+
+use super::ImageError;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::io::{self, Read};
+
+/// Metadata entries larger than this are refused: configs are kilobytes.
+const MAX_METADATA: u64 = 32 << 20;
+
+/// One image of `manifest.json`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchiveManifest {
+    pub config: String,
+    pub layers: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct ManifestItem {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+pub fn parse_manifest(bytes: &[u8], source_name: &str) -> Result<ArchiveManifest, ImageError> {
+    let malformed = |detail: String| ImageError::Malformed {
+        source_name: source_name.to_string(),
+        entry: "manifest.json".into(),
+        detail,
+    };
+    let items: Vec<ManifestItem> = serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+    match <[ManifestItem; 1]>::try_from(items) {
+        Ok([item]) => Ok(ArchiveManifest {
+            config: normalise(&item.config),
+            layers: item.layers.iter().map(|l| normalise(l)).collect(),
+        }),
+        Err(items) => Err(malformed(format!(
+            "it lists {} images; nixfly pushes an archive holding exactly one",
+            items.len()
+        ))),
+    }
+}
+
+/// The config's `rootfs.diff_ids`, checked to be sha256 digests.
+pub fn config_diff_ids(config: &[u8], source_name: &str, entry: &str) -> Result<Vec<String>, ImageError> {
+    let malformed = |detail: String| ImageError::Malformed {
+        source_name: source_name.to_string(),
+        entry: entry.to_string(),
+        detail,
+    };
+    #[derive(serde::Deserialize)]
+    struct Config {
+        rootfs: RootFs,
+    }
+    #[derive(serde::Deserialize)]
+    struct RootFs {
+        diff_ids: Vec<String>,
+    }
+    let config: Config =
+        serde_json::from_slice(config).map_err(|e| malformed(format!("not an image config: {e}")))?;
+    if let Some(bad) = config.rootfs.diff_ids.iter().find(|d| !is_sha256(d)) {
+        return Err(malformed(format!(
+            "rootfs.diff_ids has {bad:?}, not a sha256 digest"
+        )));
+    }
+    Ok(config.rootfs.diff_ids)
+}
+
+pub fn is_sha256(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// The digest an entry's name claims for its content, if it has that shape:
+/// `<hex>/layer.tar`, `<hex>.tar`, `<hex>.json` (Nix and docker) or `blobs/sha256/<hex>`.
+/// Base-image layers keep their original names, so a claim is checked, never assumed.
+pub fn claimed_digest(name: &str) -> Option<String> {
+    let hex = name
+        .strip_suffix("/layer.tar")
+        .or_else(|| name.strip_suffix(".tar"))
+        .or_else(|| name.strip_suffix(".json"))
+        .or_else(|| name.strip_prefix("blobs/sha256/"))?;
+    let digest = format!("sha256:{hex}");
+    is_sha256(&digest).then_some(digest)
+}
+
+/// Entry names as written by different tools: `./x` and `x` are the same entry.
+fn normalise(name: &str) -> String {
+    name.trim_start_matches("./").trim_end_matches('/').to_string()
+}
+
+/// Refuse absolute names and `..` components: such an archive was not made by dockerTools and
+/// would point outside itself.
+pub fn check_entry_name(name: &str, source_name: &str) -> Result<(), ImageError> {
+    if name.starts_with('/') || name.split('/').any(|part| part == "..") {
+        return Err(ImageError::UnsafeEntry {
+            source_name: source_name.to_string(),
+            entry: name.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// `blobs/sha256/<hex>` entries (newer docker saves) up to this size are kept in memory: one of
+/// them is the config, and which one is only known from `manifest.json` at the end.
+const SMALL_BLOB: u64 = 1 << 20;
+
+/// Small entries kept in memory (manifest, configs); the rest are layers, handled as they pass.
+fn is_metadata(name: &str, size: u64) -> bool {
+    matches!(
+        name,
+        "manifest.json" | "repositories" | "index.json" | "oci-layout"
+    ) || name.ends_with(".json")
+        || name.ends_with("/json")
+        || name.ends_with("/VERSION")
+        || (name.starts_with("blobs/") && size <= SMALL_BLOB)
+}
+
+/// Symlinks and hardlinks between entries (docker saves a repeated layer as a link).
+#[derive(Default)]
+struct Links(HashMap<String, String>);
+
+impl Links {
+    fn add(&mut self, entry: &tar::EntryType, name: &str, target: &[u8]) {
+        let target = String::from_utf8_lossy(target);
+        let resolved = if entry.is_symlink() {
+            // Relative to the link's directory.
+            let dir = name.rsplit_once('/').map_or("", |(dir, _)| dir);
+            let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+            for part in target.split('/') {
+                match part {
+                    "" | "." => {}
+                    ".." => {
+                        parts.pop();
+                    }
+                    part => parts.push(part),
+                }
+            }
+            parts.join("/")
+        } else {
+            normalise(&target)
+        };
+        self.0.insert(name.to_string(), resolved);
+    }
+
+    /// Follow links (a few hops at most: a loop is not an entry).
+    fn resolve<'a>(&'a self, mut name: &'a str) -> &'a str {
+        for _ in 0..8 {
+            match self.0.get(name) {
+                Some(target) => name = target,
+                None => break,
+            }
+        }
+        name
+    }
+}
+
+/// A layer entry as it passes in a stream.
+pub struct ArchiveLayer<'a> {
+    pub name: &'a str,
+    pub size: u64,
+    /// The digest the entry's name claims (checked against the content by `read_stream`).
+    pub claimed_diff_id: Option<String>,
+    /// The entry's bytes; reading past a truncated archive is an error, not a short read.
+    pub reader: &'a mut dyn Read,
+}
+
+/// An archive read to its end: the config blob and whatever `on_layer` returned for each
+/// layer, in manifest order.
+pub struct StreamedImage<T> {
+    pub config: Bytes,
+    pub config_name: String,
+    pub layers: Vec<T>,
+}
+
+/// Read a docker-archive tar stream once. `on_layer` must read its entry to the end and
+/// returns the entry's sha256 (its diff_id) and a result kept for the end; the stream then
+/// checks every claimed and declared digest.
+pub fn read_stream<T: Clone, E: From<ImageError>>(
+    reader: impl Read,
+    source_name: &str,
+    mut on_layer: impl FnMut(ArchiveLayer<'_>) -> Result<(String, T), E>,
+) -> Result<StreamedImage<T>, E> {
+    let read_error = |source| ImageError::Read {
+        source_name: source_name.to_string(),
+        source,
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut metadata: HashMap<String, Bytes> = HashMap::new();
+    let mut layers: HashMap<String, (String, T)> = HashMap::new();
+    let mut links = Links::default();
+    let mut saw_entry = false;
+    for entry in archive.entries().map_err(read_error)? {
+        let mut entry = entry.map_err(read_error)?;
+        saw_entry = true;
+        let name = normalise(&String::from_utf8_lossy(&entry.path_bytes()));
+        check_entry_name(&name, source_name)?;
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            if let Some(target) = entry.link_name_bytes() {
+                links.add(&kind, &name, &target);
+            }
+            continue;
+        }
+        if !kind.is_file() {
+            continue;
+        }
+        let size = entry.size();
+        if is_metadata(&name, size) {
+            metadata.insert(name.clone(), read_metadata(&mut entry, &name, size, source_name)?);
+            continue;
+        }
+        let claimed = claimed_digest(&name);
+        let mut strict = StrictEntry {
+            inner: &mut entry,
+            name: &name,
+            size,
+            read: 0,
+        };
+        let (diff_id, result) = on_layer(ArchiveLayer {
+            name: &name,
+            size,
+            claimed_diff_id: claimed.clone(),
+            reader: &mut strict,
+        })?;
+        if let Some(claimed) = claimed
+            && claimed != diff_id
+        {
+            return Err(ImageError::DigestMismatch {
+                source_name: source_name.to_string(),
+                entry: name,
+                expected: claimed,
+                actual: diff_id,
+            }
+            .into());
+        }
+        layers.insert(name, (diff_id, result));
+    }
+    if !saw_entry {
+        return Err(ImageError::NotAnArchive {
+            source_name: source_name.to_string(),
+            detail: "the tar stream has no entries".into(),
+        }
+        .into());
+    }
+    let manifest = parse_manifest(required(&metadata, "manifest.json", source_name)?, source_name)?;
+    let config = required(&metadata, links.resolve(&manifest.config), source_name)?.clone();
+    check_config_name(&manifest.config, &config, source_name)?;
+    let diff_ids = config_diff_ids(&config, source_name, &manifest.config)?;
+    check_layer_count(&manifest, &diff_ids, source_name)?;
+    let mut ordered = Vec::with_capacity(manifest.layers.len());
+    for (name, declared) in manifest.layers.iter().zip(&diff_ids) {
+        let resolved = links.resolve(name);
+        // A small layer kept in memory as possible metadata is handled now.
+        if !layers.contains_key(resolved)
+            && let Some(bytes) = metadata.get(resolved)
+        {
+            let result = on_layer(ArchiveLayer {
+                name: resolved,
+                size: bytes.len() as u64,
+                claimed_diff_id: claimed_digest(resolved),
+                reader: &mut &bytes[..],
+            })?;
+            layers.insert(resolved.to_string(), result);
+        }
+        let (diff_id, result) = layers.get(resolved).ok_or_else(|| ImageError::MissingEntry {
+            source_name: source_name.to_string(),
+            entry: format!("layer {name} (listed in manifest.json)"),
+        })?;
+        if diff_id != declared {
+            return Err(ImageError::DigestMismatch {
+                source_name: source_name.to_string(),
+                entry: name.clone(),
+                expected: declared.clone(),
+                actual: diff_id.clone(),
+            }
+            .into());
+        }
+        ordered.push(result.clone());
+    }
+    Ok(StreamedImage {
+        config,
+        config_name: manifest.config,
+        layers: ordered,
+    })
+}
+
+fn required<'a>(
+    metadata: &'a HashMap<String, Bytes>,
+    name: &str,
+    source_name: &str,
+) -> Result<&'a Bytes, ImageError> {
+    metadata.get(name).ok_or_else(|| ImageError::MissingEntry {
+        source_name: source_name.to_string(),
+        entry: name.to_string(),
+    })
+}
+
+fn check_config_name(name: &str, config: &[u8], source_name: &str) -> Result<(), ImageError> {
+    if let Some(claimed) = claimed_digest(name) {
+        let actual = crate::blob::sha256_of(config);
+        if actual != claimed {
+            return Err(ImageError::DigestMismatch {
+                source_name: source_name.to_string(),
+                entry: name.to_string(),
+                expected: claimed,
+                actual,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_layer_count(
+    manifest: &ArchiveManifest,
+    diff_ids: &[String],
+    source_name: &str,
+) -> Result<(), ImageError> {
+    if manifest.layers.len() != diff_ids.len() {
+        return Err(ImageError::Malformed {
+            source_name: source_name.to_string(),
+            entry: "manifest.json".into(),
+            detail: format!(
+                "it lists {} layers but the config {} has {} diff_ids",
+                manifest.layers.len(),
+                manifest.config,
+                diff_ids.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn read_metadata(
+    entry: &mut impl Read,
+    name: &str,
+    size: u64,
+    source_name: &str,
+) -> Result<Bytes, ImageError> {
+    if size > MAX_METADATA {
+        return Err(ImageError::Malformed {
+            source_name: source_name.to_string(),
+            entry: name.to_string(),
+            detail: format!("{size} bytes is too large for image metadata"),
+        });
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    let mut strict = StrictEntry {
+        inner: entry,
+        name,
+        size,
+        read: 0,
+    };
+    strict
+        .read_to_end(&mut bytes)
+        .map_err(|source| ImageError::Read {
+            source_name: source_name.to_string(),
+            source,
+        })?;
+    Ok(Bytes::from(bytes))
+}
+
+/// An entry reader that fails when the archive ends before the entry's declared size (the
+/// tar crate would return a short read).
+struct StrictEntry<'a, R> {
+    inner: R,
+    name: &'a str,
+    size: u64,
+    read: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the archive ends inside entry {name} after {read} of {size} bytes: it is truncated")]
+pub struct TruncatedEntry {
+    name: String,
+    read: u64,
+    size: u64,
+}
+
+impl<R: Read> Read for StrictEntry<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if n == 0 && !buf.is_empty() && self.read < self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                TruncatedEntry {
+                    name: self.name.to_string(),
+                    read: self.read,
+                    size: self.size,
+                },
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// Reads a file from a position without moving a shared cursor, so that several layers of one
+/// file can be read at once.
+pub struct PositionedReader<F> {
+    pub file: F,
+    pub offset: u64,
+}
+
+impl<F: std::borrow::Borrow<std::fs::File>> Read for PositionedReader<F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.borrow().read_at(buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+/// Where a layer's bytes are in an uncompressed archive file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// An uncompressed archive file read through its headers only (bodies are skipped by seeking).
+pub struct ArchiveIndex {
+    pub config: Bytes,
+    pub config_name: String,
+    pub diff_ids: Vec<String>,
+    pub layers: Vec<Extent>,
+}
+
+pub fn index_file(file: &std::fs::File, source_name: &str) -> Result<ArchiveIndex, ImageError> {
+    let read_error = |source| ImageError::Read {
+        source_name: source_name.to_string(),
+        source,
+    };
+    let file_size = file.metadata().map_err(read_error)?.len();
+    let mut archive = tar::Archive::new(file);
+    let mut extents: HashMap<String, Extent> = HashMap::new();
+    let mut links = Links::default();
+    for entry in archive.entries_with_seek().map_err(read_error)? {
+        let entry = entry.map_err(read_error)?;
+        let name = normalise(&String::from_utf8_lossy(&entry.path_bytes()));
+        check_entry_name(&name, source_name)?;
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            if let Some(target) = entry.link_name_bytes() {
+                links.add(&kind, &name, &target);
+            }
+        } else if kind.is_file() {
+            let extent = Extent {
+                offset: entry.raw_file_position(),
+                size: entry.size(),
+            };
+            if extent.offset + extent.size > file_size {
+                return Err(read_error(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    TruncatedEntry {
+                        name,
+                        read: file_size.saturating_sub(extent.offset),
+                        size: extent.size,
+                    },
+                )));
+            }
+            extents.insert(name, extent);
+        }
+    }
+    let read_entry = |name: &str| -> Result<Bytes, ImageError> {
+        let extent = extents.get(name).ok_or_else(|| ImageError::MissingEntry {
+            source_name: source_name.to_string(),
+            entry: name.to_string(),
+        })?;
+        let mut at = PositionedReader {
+            file,
+            offset: extent.offset,
+        }
+        .take(extent.size);
+        read_metadata(&mut at, name, extent.size, source_name)
+    };
+    let manifest = parse_manifest(&read_entry("manifest.json")?, source_name)?;
+    let config = read_entry(links.resolve(&manifest.config))?;
+    check_config_name(&manifest.config, &config, source_name)?;
+    let diff_ids = config_diff_ids(&config, source_name, &manifest.config)?;
+    check_layer_count(&manifest, &diff_ids, source_name)?;
+    let mut layers = Vec::with_capacity(diff_ids.len());
+    for (name, declared) in manifest.layers.iter().zip(&diff_ids) {
+        let extent = extents
+            .get(links.resolve(name))
+            .ok_or_else(|| ImageError::MissingEntry {
+                source_name: source_name.to_string(),
+                entry: format!("layer {name} (listed in manifest.json)"),
+            })?;
+        // A name that claims a digest must agree with the config before anything is trusted.
+        if let Some(claimed) = claimed_digest(links.resolve(name))
+            && &claimed != declared
+        {
+            return Err(ImageError::DigestMismatch {
+                source_name: source_name.to_string(),
+                entry: name.clone(),
+                expected: declared.clone(),
+                actual: claimed,
+            });
+        }
+        layers.push(*extent);
+    }
+    Ok(ArchiveIndex {
+        config,
+        config_name: manifest.config,
+        diff_ids,
+        layers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claimed_digests_come_from_nix_and_docker_names() {
+        let hex = "a".repeat(64);
+        for name in [
+            format!("{hex}/layer.tar"),
+            format!("{hex}.tar"),
+            format!("blobs/sha256/{hex}"),
+            format!("{hex}.json"),
+        ] {
+            assert_eq!(claimed_digest(&name), Some(format!("sha256:{hex}")), "{name}");
+        }
+        assert_eq!(claimed_digest("0123abcd/layer.tar"), None);
+        assert_eq!(claimed_digest(&format!("{}/layer.tar", "A".repeat(64))), None);
+    }
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        for name in ["/etc/passwd", "../x/layer.tar", "a/../../b", "a/.."] {
+            assert!(
+                matches!(check_entry_name(name, "t"), Err(ImageError::UnsafeEntry { .. })),
+                "{name}"
+            );
+        }
+        for name in ["manifest.json", "abc/layer.tar", "a..b/layer.tar"] {
+            assert!(check_entry_name(name, "t").is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn manifest_must_hold_exactly_one_image() {
+        let one = br#"[{"Config":"c.json","RepoTags":["x:y"],"Layers":["./a/layer.tar"]}]"#;
+        assert_eq!(
+            parse_manifest(one, "t").unwrap(),
+            ArchiveManifest {
+                config: "c.json".into(),
+                layers: vec!["a/layer.tar".into()]
+            }
+        );
+        let err = parse_manifest(b"[]", "t").unwrap_err();
+        assert!(err.to_string().contains("lists 0 images"), "{err}");
+        let err = parse_manifest(b"{", "t").unwrap_err();
+        assert!(
+            err.to_string().starts_with("t: manifest.json is malformed"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn config_diff_ids_must_be_digests() {
+        let err = config_diff_ids(
+            br#"{"rootfs":{"type":"layers","diff_ids":["md5:x"]}}"#,
+            "t",
+            "c.json",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not a sha256 digest"), "{err}");
+        let err = config_diff_ids(b"{}", "t", "c.json").unwrap_err();
+        assert!(err.to_string().contains("not an image config"), "{err}");
+    }
+
+    #[test]
+    fn symlinks_resolve_relative_to_their_directory() {
+        let mut links = Links::default();
+        links.add(&tar::EntryType::Symlink, "b/layer.tar", b"../a/layer.tar");
+        links.add(&tar::EntryType::Link, "c/layer.tar", b"./b/layer.tar");
+        assert_eq!(links.resolve("b/layer.tar"), "a/layer.tar");
+        assert_eq!(links.resolve("c/layer.tar"), "a/layer.tar");
+        assert_eq!(links.resolve("d/layer.tar"), "d/layer.tar");
+    }
+}

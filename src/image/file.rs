@@ -1,0 +1,111 @@
+//! A docker-archive file on disk: `.tar`, `.tar.gz` or `.tar.zst`, told apart by magic bytes.
+//! An uncompressed file is indexed (headers only, bodies skipped by seeking) so that layers the
+//! registry already has are never read; a compressed one is read once as a stream.
+
+use super::docker_archive::{self, Extent, PositionedReader};
+use super::{
+    ArchiveFormat, ArchiveStream, Image, ImageError, ImageSource, IndexedImage, KnownLayer, LayerForm,
+};
+use crate::progress::Reporter;
+use bytes::Bytes;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct ArchiveFile {
+    path: PathBuf,
+}
+
+impl ArchiveFile {
+    pub fn new(path: &Path) -> Self {
+        ArchiveFile {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl ImageSource for ArchiveFile {
+    fn describe(&self) -> String {
+        format!("docker-archive {}", self.path.display())
+    }
+
+    fn open(self: Box<Self>, _reporter: &Reporter) -> Result<Image, ImageError> {
+        let open_error = |source| ImageError::Open {
+            path: self.path.clone(),
+            source,
+        };
+        let file = File::open(&self.path).map_err(open_error)?;
+        let mut head = Vec::with_capacity(512);
+        (&file).take(512).read_to_end(&mut head).map_err(open_error)?;
+        let description = self.describe();
+        let format = ArchiveFormat::sniff(&head).ok_or_else(|| ImageError::NotAnArchive {
+            source_name: description.clone(),
+            detail: "it starts with neither a tar header nor gzip or zstd magic bytes".into(),
+        })?;
+        if format == ArchiveFormat::Tar {
+            let index = docker_archive::index_file(&file, &description)?;
+            let layers = index
+                .diff_ids
+                .iter()
+                .zip(&index.layers)
+                .map(|(diff_id, extent)| KnownLayer {
+                    diff_id: diff_id.clone(),
+                    uncompressed_size: Some(extent.size),
+                    blob: None,
+                })
+                .collect();
+            return Ok(Image::Indexed(Arc::new(TarFile {
+                description,
+                file: Arc::new(file),
+                config: index.config,
+                layers,
+                extents: index.layers,
+            })));
+        }
+        let reader = PositionedReader { file, offset: 0 };
+        Ok(Image::Stream(ArchiveStream::without_finish(
+            format!("{description} ({})", format.name()),
+            super::decompress(format, Box::new(reader)),
+        )))
+    }
+}
+
+/// An indexed uncompressed archive: layers are read straight from their place in the file.
+struct TarFile {
+    description: String,
+    file: Arc<File>,
+    config: Bytes,
+    layers: Vec<KnownLayer>,
+    extents: Vec<Extent>,
+}
+
+impl IndexedImage for TarFile {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn config(&self) -> Bytes {
+        self.config.clone()
+    }
+
+    fn layers(&self) -> &[KnownLayer] {
+        &self.layers
+    }
+
+    fn open_layer(&self, index: usize, form: LayerForm) -> Result<Box<dyn Read + Send>, ImageError> {
+        debug_assert_eq!(
+            form,
+            LayerForm::Uncompressed,
+            "archive layers have no stored blob"
+        );
+        let extent = self.extents[index];
+        Ok(Box::new(
+            PositionedReader {
+                file: self.file.clone(),
+                offset: extent.offset,
+            }
+            .take(extent.size),
+        ))
+    }
+}

@@ -1,0 +1,235 @@
+//! An OCI image layout directory (`oci-layout`, `index.json`, `blobs/sha256/...`), as skopeo,
+//! umoci or nix-snapshotter write it. Everything is known up front; compressed layers can be
+//! pushed as they are stored, without recompressing.
+
+use super::docker_archive::{config_diff_ids, is_sha256};
+use super::{
+    ArchiveFormat, BlobEncoding, Image, ImageError, ImageSource, IndexedImage, KnownBlob, KnownLayer,
+    LayerForm,
+};
+use crate::blob::Algorithm;
+use crate::progress::Reporter;
+use bytes::Bytes;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct OciLayout {
+    dir: PathBuf,
+}
+
+impl OciLayout {
+    pub fn new(dir: &Path) -> Self {
+        OciLayout {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Descriptor {
+    media_type: String,
+    digest: String,
+    size: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct Index {
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(serde::Deserialize)]
+struct Manifest {
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+}
+
+const MANIFEST_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+impl ImageSource for OciLayout {
+    fn describe(&self) -> String {
+        format!("OCI layout {}", self.dir.display())
+    }
+
+    fn open(self: Box<Self>, _reporter: &Reporter) -> Result<Image, ImageError> {
+        let name = self.describe();
+        let malformed = |entry: &str, detail: String| ImageError::Malformed {
+            source_name: name.clone(),
+            entry: entry.to_string(),
+            detail,
+        };
+        let read = |relative: &str| -> Result<Vec<u8>, ImageError> {
+            let path = self.dir.join(relative);
+            std::fs::read(&path).map_err(|source| ImageError::Open { path, source })
+        };
+        read("oci-layout")?;
+        let index: Index = serde_json::from_slice(&read("index.json")?)
+            .map_err(|e| malformed("index.json", e.to_string()))?;
+        let manifest_descriptor = match <[Descriptor; 1]>::try_from(index.manifests) {
+            Ok([descriptor]) => descriptor,
+            Err(list) => {
+                return Err(malformed(
+                    "index.json",
+                    format!(
+                        "it lists {} manifests; nixfly pushes a layout holding exactly one image",
+                        list.len()
+                    ),
+                ));
+            }
+        };
+        if !MANIFEST_TYPES.contains(&manifest_descriptor.media_type.as_str()) {
+            return Err(ImageError::Unsupported {
+                source_name: name,
+                detail: format!(
+                    "its index points to a {}; only a single-platform image manifest can be pushed (copy one \
+                     platform out with `skopeo copy --override-arch`)",
+                    manifest_descriptor.media_type
+                ),
+            });
+        }
+        let blob = |descriptor: &Descriptor| -> Result<Bytes, ImageError> {
+            let relative = blob_path(&descriptor.digest).ok_or_else(|| {
+                malformed(
+                    "index.json",
+                    format!("{:?} is not a sha256 digest", descriptor.digest),
+                )
+            })?;
+            let bytes = Bytes::from(read(&relative)?);
+            let actual = crate::blob::sha256_of(&bytes);
+            if actual != descriptor.digest {
+                return Err(ImageError::DigestMismatch {
+                    source_name: name.clone(),
+                    entry: relative,
+                    expected: descriptor.digest.clone(),
+                    actual,
+                });
+            }
+            Ok(bytes)
+        };
+        let manifest_bytes = blob(&manifest_descriptor)?;
+        let manifest_entry = format!("manifest {}", manifest_descriptor.digest);
+        let manifest: Manifest =
+            serde_json::from_slice(&manifest_bytes).map_err(|e| malformed(&manifest_entry, e.to_string()))?;
+        let config = blob(&manifest.config)?;
+        let diff_ids = config_diff_ids(&config, &name, &format!("config {}", manifest.config.digest))?;
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(malformed(
+                &manifest_entry,
+                format!(
+                    "it lists {} layers but the config has {} diff_ids",
+                    manifest.layers.len(),
+                    diff_ids.len()
+                ),
+            ));
+        }
+        let mut layers = Vec::with_capacity(diff_ids.len());
+        let mut paths = Vec::with_capacity(diff_ids.len());
+        for (layer, diff_id) in manifest.layers.iter().zip(diff_ids) {
+            let path = blob_path(&layer.digest).ok_or_else(|| {
+                malformed(
+                    &manifest_entry,
+                    format!("{:?} is not a sha256 digest", layer.digest),
+                )
+            })?;
+            let blob = match layer_compression(&layer.media_type) {
+                Some(Some(algorithm)) => Some(KnownBlob {
+                    digest: layer.digest.clone(),
+                    size: layer.size,
+                    encoding: BlobEncoding::Stored(algorithm),
+                }),
+                Some(None) if layer.digest == diff_id => None,
+                Some(None) => {
+                    return Err(ImageError::DigestMismatch {
+                        source_name: name,
+                        entry: path,
+                        expected: diff_id,
+                        actual: layer.digest.clone(),
+                    });
+                }
+                None => {
+                    return Err(ImageError::Unsupported {
+                        source_name: name,
+                        detail: format!(
+                            "layer {} has media type {}, which nixfly cannot push",
+                            layer.digest, layer.media_type
+                        ),
+                    });
+                }
+            };
+            layers.push(KnownLayer {
+                diff_id,
+                uncompressed_size: blob.is_none().then_some(layer.size),
+                blob,
+            });
+            paths.push(self.dir.join(path));
+        }
+        Ok(Image::Indexed(Arc::new(LayoutImage {
+            description: name,
+            config,
+            layers,
+            paths,
+        })))
+    }
+}
+
+fn blob_path(digest: &str) -> Option<String> {
+    is_sha256(digest).then(|| format!("blobs/sha256/{}", &digest["sha256:".len()..]))
+}
+
+/// `Some(None)`: an uncompressed tar; `Some(Some(a))`: compressed with `a`; `None`: not a
+/// layer type we can push.
+fn layer_compression(media_type: &str) -> Option<Option<Algorithm>> {
+    match media_type {
+        "application/vnd.oci.image.layer.v1.tar" | "application/vnd.docker.image.rootfs.diff.tar" => {
+            Some(None)
+        }
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Some(Some(Algorithm::Gzip)),
+        "application/vnd.oci.image.layer.v1.tar+zstd" => Some(Some(Algorithm::Zstd)),
+        _ => None,
+    }
+}
+
+struct LayoutImage {
+    description: String,
+    config: Bytes,
+    layers: Vec<KnownLayer>,
+    paths: Vec<PathBuf>,
+}
+
+impl IndexedImage for LayoutImage {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn config(&self) -> Bytes {
+        self.config.clone()
+    }
+
+    fn layers(&self) -> &[KnownLayer] {
+        &self.layers
+    }
+
+    fn open_layer(&self, index: usize, form: LayerForm) -> Result<Box<dyn Read + Send>, ImageError> {
+        let path = &self.paths[index];
+        let file = std::fs::File::open(path).map_err(|source| ImageError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let file: Box<dyn Read + Send> = Box::new(std::io::BufReader::with_capacity(256 * 1024, file));
+        Ok(match (form, &self.layers[index].blob) {
+            (LayerForm::Uncompressed, Some(blob)) => {
+                let format = match blob.encoding {
+                    BlobEncoding::Stored(Algorithm::Zstd) => ArchiveFormat::Zstd,
+                    _ => ArchiveFormat::Gzip,
+                };
+                super::decompress(format, file)
+            }
+            _ => file,
+        })
+    }
+}

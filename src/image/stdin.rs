@@ -1,0 +1,22 @@
+//! `-`: a docker-archive piped in (uncompressed, gzip or zstd, by magic bytes), read once.
+
+use super::{ArchiveStream, Image, ImageError, ImageSource};
+use crate::progress::Reporter;
+
+pub struct Stdin;
+
+impl ImageSource for Stdin {
+    fn describe(&self) -> String {
+        "docker-archive on stdin".into()
+    }
+
+    fn open(self: Box<Self>, _reporter: &Reporter) -> Result<Image, ImageError> {
+        let description = self.describe();
+        let stdin = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
+        let (format, reader) = super::decompressed_stream(Box::new(stdin), &description)?;
+        Ok(Image::Stream(ArchiveStream::without_finish(
+            format!("{description} ({})", format.name()),
+            reader,
+        )))
+    }
+}
