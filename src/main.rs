@@ -9,6 +9,7 @@ mod error;
 mod fly;
 mod image;
 mod progress;
+mod push;
 mod settings;
 
 use clap::Parser;

@@ -443,6 +443,8 @@ pub fn index_file(file: &std::fs::File, source_name: &str) -> Result<ArchiveInde
         source,
     };
     let file_size = file.metadata().map_err(read_error)?.len();
+    // Whoever looked at the magic bytes moved the shared cursor.
+    io::Seek::seek(&mut &*file, io::SeekFrom::Start(0)).map_err(read_error)?;
     let mut archive = tar::Archive::new(file);
     let mut extents: HashMap<String, Extent> = HashMap::new();
     let mut links = Links::default();

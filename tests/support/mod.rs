@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fly_api;
+pub mod images;
 pub mod nix;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,477 @@
+//! Fixture images written exactly as nixpkgs dockerTools writes them, from real files on this
+//! machine, for every source kind nixfly reads, plus broken variants for the error tests.
+//!
+//! - streamLayeredImage (`stream_layered_image.py`): per layer one `<sha256 of layer tar>/layer.tar`
+//!   (no directory entries), then `<sha256 of config>.json`, then `manifest.json` last; layer tars
+//!   start with `/nix` and `/nix/store` (0755), then each store path's files sorted, absolute
+//!   names, hardlinks as regular files, fixed mtime/uid/gid; config and manifest JSON indented
+//!   by 4. buildLayeredImage is that stream piped through a compressor.
+//! - buildImage: `<layerID>/{VERSION,json,layer.tar}`, `<config sha>.json`, `manifest.json`,
+//!   `repositories`, sorted by name; the layer directory is not the diff_id.
+//!
+//! Layer tars are generated twice (once to hash, once to write), never held in memory, so
+//! the same code makes the benchmark's large images.
+
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// dockerTools' default mtime: 1970-01-01T00:00:01Z.
+const MTIME: u64 = 1;
+
+/// One layer: real paths on this machine, each stored as `/nix/store/<hash>-<basename>`.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub paths: Vec<PathBuf>,
+}
+
+impl Layer {
+    pub fn of(paths: &[&str]) -> Self {
+        Layer {
+            paths: paths.iter().map(PathBuf::from).collect(),
+        }
+    }
+}
+
+/// What a fixture is, for comparing with what the registry holds afterwards.
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub config: Vec<u8>,
+    pub config_digest: String,
+    pub diff_ids: Vec<String>,
+    pub layer_sizes: Vec<u64>,
+}
+
+/// Ways to break an archive, for the error tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Fault {
+    #[default]
+    None,
+    /// Layer `n`'s bytes differ from the digest its name and the config declare.
+    LayerContent(usize),
+    /// The config declares another diff_id for layer `n` (its entry name is still the truth).
+    ConfigDiffId(usize),
+    /// No manifest.json at all.
+    NoManifest,
+    /// manifest.json is not JSON.
+    BadManifest,
+    /// An extra entry whose name escapes the archive.
+    DotDotEntry,
+    /// An extra entry with an absolute name.
+    AbsoluteEntry,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The `/nix/store/<hash>-<name>` a real path is stored as (hash derived from the path).
+fn store_path(path: &Path) -> String {
+    let hash = &sha256_hex(path.as_os_str().as_encoded_bytes())[..32];
+    let name = path
+        .file_name()
+        .map_or("root".into(), |n| n.to_string_lossy().into_owned());
+    format!("/nix/store/{hash}-{name}")
+}
+
+/// Every file under `root` (itself included), sorted like Python's `sorted(Path.rglob("*"))`
+/// by full path. Unreadable entries are left out.
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let meta = match fs::symlink_metadata(root) {
+        Ok(m) => m,
+        Err(_) => return vec![],
+    };
+    if meta.is_dir() {
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if let Ok(m) = fs::symlink_metadata(&path) {
+                    if m.is_dir() {
+                        stack.push(path.clone());
+                    }
+                    if m.is_dir() || m.is_file() || m.file_type().is_symlink() {
+                        out.push(path);
+                    }
+                }
+            }
+        }
+    }
+    out[1..].sort();
+    out
+}
+
+/// Write one layer tar (the inner archive) to `out`.
+fn write_layer_tar(layer: &Layer, out: impl Write) -> io::Result<()> {
+    let mut builder = tar::Builder::new(out);
+    builder.mode(tar::HeaderMode::Deterministic);
+    for dir in ["/nix", "/nix/store"] {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(0o755);
+        header.set_mtime(MTIME);
+        header.set_size(0);
+        append_absolute(&mut builder, &mut header, dir, io::empty())?;
+    }
+    for root in &layer.paths {
+        let prefix = store_path(root);
+        for file in walk(root) {
+            let Ok(meta) = fs::symlink_metadata(&file) else {
+                continue;
+            };
+            let relative = file.strip_prefix(root).expect("walked under root");
+            let name = if relative.as_os_str().is_empty() {
+                prefix.clone()
+            } else {
+                format!("{prefix}/{}", relative.display())
+            };
+            let mut header = tar::Header::new_gnu();
+            header.set_mtime(MTIME);
+            header.set_uid(0);
+            header.set_gid(0);
+            use std::os::unix::fs::PermissionsExt;
+            header.set_mode(meta.permissions().mode() & 0o7777);
+            if meta.file_type().is_symlink() {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                header.set_link_name(fs::read_link(&file)?)?;
+                append_absolute(&mut builder, &mut header, &name, io::empty())?;
+            } else if meta.is_dir() {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                append_absolute(&mut builder, &mut header, &name, io::empty())?;
+            } else {
+                let Ok(mut f) = fs::File::open(&file) else {
+                    continue;
+                };
+                // The size at open time: a file that changes underneath is read to that size.
+                let size = f.metadata()?.len();
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(size);
+                let mut reader = (&mut f).take(size).chain(io::repeat(0)).take(size);
+                append_absolute(&mut builder, &mut header, &name, &mut reader)?;
+            }
+        }
+    }
+    builder.into_inner()?.flush()
+}
+
+/// dockerTools writes absolute names (`/nix/store/...`); the tar crate refuses them in
+/// `append_data`, so the name is set on the header directly.
+fn append_absolute<W: Write>(
+    builder: &mut tar::Builder<W>,
+    header: &mut tar::Header,
+    name: &str,
+    data: impl Read,
+) -> io::Result<()> {
+    if name.len() < 100 {
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_cksum();
+        builder.append(header, data)
+    } else {
+        // Long names take a GNU long-name entry, which append_data writes for relative names;
+        // the leading slash is kept by writing the long name entry ourselves.
+        let mut long = tar::Header::new_gnu();
+        long.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        long.set_mode(0o644);
+        long.set_entry_type(tar::EntryType::GNULongName);
+        let bytes = [name.as_bytes(), &[0]].concat();
+        long.set_size(bytes.len() as u64);
+        long.set_cksum();
+        builder.append(&long, &bytes[..])?;
+        header.as_old_mut().name[..99].copy_from_slice(&name.as_bytes()[..99]);
+        header.set_cksum();
+        builder.append(header, data)
+    }
+}
+
+/// Counts and hashes what is written.
+struct HashingSink {
+    hasher: Sha256,
+    size: u64,
+}
+
+impl Write for HashingSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.hasher.update(buf);
+        self.size += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// (hex sha256, size) of a layer tar, without keeping it.
+fn hash_layer(layer: &Layer) -> io::Result<(String, u64)> {
+    let mut sink = HashingSink {
+        hasher: Sha256::new(),
+        size: 0,
+    };
+    write_layer_tar(layer, &mut sink)?;
+    Ok((hex::encode(sink.hasher.finalize()), sink.size))
+}
+
+/// Outer archive writer: entries are appended with their exact bytes, the layers streamed.
+struct Outer<W: Write> {
+    out: W,
+}
+
+impl<W: Write> Outer<W> {
+    fn header(&mut self, name: &str, size: u64, kind: tar::EntryType) -> io::Result<()> {
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(kind);
+        header.set_size(size);
+        header.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
+        header.set_mtime(MTIME);
+        let bytes = name.as_bytes();
+        header.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+        header.set_cksum();
+        self.out.write_all(header.as_bytes())
+    }
+
+    fn pad(&mut self, size: u64) -> io::Result<()> {
+        let rest = (512 - size % 512) % 512;
+        self.out.write_all(&vec![0u8; rest as usize])
+    }
+
+    fn file(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.header(name, bytes.len() as u64, tar::EntryType::Regular)?;
+        self.out.write_all(bytes)?;
+        self.pad(bytes.len() as u64)
+    }
+
+    fn layer(&mut self, name: &str, layer: &Layer, size: u64, corrupt: bool) -> io::Result<()> {
+        self.header(name, size, tar::EntryType::Regular)?;
+        if corrupt {
+            let mut bytes = Vec::new();
+            write_layer_tar(layer, &mut bytes)?;
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x55;
+            self.out.write_all(&bytes)?;
+        } else {
+            write_layer_tar(layer, &mut self.out)?;
+        }
+        self.pad(size)
+    }
+
+    fn end(mut self) -> io::Result<W> {
+        self.out.write_all(&[0u8; 1024])?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+/// Python's `json.dumps(value, indent=4)`.
+fn python_json(value: &serde_json::Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+    serde::Serialize::serialize(value, &mut ser).expect("json");
+    out
+}
+
+fn image_config(diff_ids: &[String]) -> Vec<u8> {
+    // Key order as stream_layered_image.py writes them.
+    let created = "1970-01-01T00:00:01+00:00";
+    let config = format!(
+        r#"{{"created": "{created}", "architecture": "amd64", "os": "linux", "config": {{"Cmd": ["/bin/hello"], "Env": ["PATH=/bin"]}}, "rootfs": {{"diff_ids": {}, "type": "layers"}}, "history": {}}}"#,
+        serde_json::to_string(diff_ids).unwrap(),
+        serde_json::to_string(
+            &diff_ids
+                .iter()
+                .map(|_| serde_json::json!({"created": created, "comment": "store paths: [...]"}))
+                .collect::<Vec<_>>()
+        )
+        .unwrap()
+    );
+    let value: serde_json::Value = serde_json::from_str(&config).unwrap();
+    python_json(&value)
+}
+
+/// An uncompressed streamLayeredImage archive (what the script prints, what buildLayeredImage
+/// with `compressor = "none"` stores).
+pub fn write_stream_layered(out: impl Write, layers: &[Layer], fault: Fault) -> io::Result<Written> {
+    let hashed: Vec<(String, u64)> = layers.iter().map(hash_layer).collect::<io::Result<_>>()?;
+    let mut diff_ids: Vec<String> = hashed.iter().map(|(hex, _)| format!("sha256:{hex}")).collect();
+    if let Fault::ConfigDiffId(n) = fault {
+        diff_ids[n] = format!("sha256:{}", "0".repeat(64));
+    }
+    let config = image_config(&diff_ids);
+    let config_digest = format!("sha256:{}", sha256_hex(&config));
+    let mut outer = Outer { out };
+    let mut names = Vec::new();
+    for (index, (layer, (hex, size))) in layers.iter().zip(&hashed).enumerate() {
+        let name = format!("{hex}/layer.tar");
+        outer.layer(&name, layer, *size, fault == Fault::LayerContent(index))?;
+        names.push(name);
+    }
+    match fault {
+        Fault::DotDotEntry => outer.file("../escape", b"x")?,
+        Fault::AbsoluteEntry => outer.file("/etc/escape", b"x")?,
+        _ => {}
+    }
+    let config_name = format!("{}.json", &config_digest["sha256:".len()..]);
+    outer.file(&config_name, &config)?;
+    let manifest = python_json(&serde_json::json!([{
+        "Config": config_name,
+        "RepoTags": ["hello:latest"],
+        "Layers": names,
+    }]));
+    match fault {
+        Fault::NoManifest => {}
+        Fault::BadManifest => outer.file("manifest.json", b"[{\"Config\": ")?,
+        _ => outer.file("manifest.json", &manifest)?,
+    }
+    outer.end()?;
+    Ok(Written {
+        config,
+        config_digest,
+        diff_ids,
+        layer_sizes: hashed.iter().map(|(_, size)| *size).collect(),
+    })
+}
+
+/// A buildImage archive (one layer, uncompressed; compress it with `gzip_file`).
+pub fn write_build_image(out: impl Write, layer: &Layer) -> io::Result<Written> {
+    let (hex, size) = hash_layer(layer)?;
+    let diff_ids = vec![format!("sha256:{hex}")];
+    let config = image_config(&diff_ids);
+    let config_digest = format!("sha256:{}", sha256_hex(&config));
+    // buildImage's layer ID is a hash of the layer's metadata, not of its content.
+    let layer_id = sha256_hex(format!("layer-id {hex}").as_bytes());
+    let config_name = format!("{}.json", &config_digest["sha256:".len()..]);
+    let layer_json = python_json(&serde_json::json!({"id": layer_id, "created": "1970-01-01T00:00:01Z"}));
+    let manifest = python_json(&serde_json::json!([{
+        "Config": config_name,
+        "RepoTags": ["hello:latest"],
+        "Layers": [format!("{layer_id}/layer.tar")],
+    }]));
+    let repositories = python_json(&serde_json::json!({"hello": {"latest": layer_id}}));
+    enum Entry<'a> {
+        Dir,
+        Bytes(&'a [u8]),
+        Layer,
+    }
+    let mut entries: Vec<(String, Entry)> = vec![
+        (layer_id.clone(), Entry::Dir),
+        (format!("{layer_id}/VERSION"), Entry::Bytes(b"1.0")),
+        (format!("{layer_id}/json"), Entry::Bytes(&layer_json)),
+        (format!("{layer_id}/layer.tar"), Entry::Layer),
+        (config_name.clone(), Entry::Bytes(&config)),
+        ("manifest.json".into(), Entry::Bytes(&manifest)),
+        ("repositories".into(), Entry::Bytes(&repositories)),
+    ];
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut outer = Outer { out };
+    for (name, entry) in entries {
+        match entry {
+            Entry::Dir => outer.header(&format!("{name}/"), 0, tar::EntryType::Directory)?,
+            Entry::Bytes(bytes) => outer.file(&name, bytes)?,
+            Entry::Layer => outer.layer(&name, layer, size, false)?,
+        }
+    }
+    outer.end()?;
+    Ok(Written {
+        config,
+        config_digest,
+        diff_ids,
+        layer_sizes: vec![size],
+    })
+}
+
+/// `pigz -nTR`-like gzip of a file (one member, no name, mtime 0).
+pub fn gzip_file(from: &Path, to: &Path) -> io::Result<()> {
+    let mut input = fs::File::open(from)?;
+    let mut encoder = flate2::write::GzEncoder::new(fs::File::create(to)?, flate2::Compression::new(6));
+    io::copy(&mut input, &mut encoder)?;
+    encoder.finish()?.sync_all()
+}
+
+pub fn zstd_file(from: &Path, to: &Path) -> io::Result<()> {
+    let mut input = fs::File::open(from)?;
+    let mut encoder = zstd::stream::write::Encoder::new(fs::File::create(to)?, 3)?;
+    io::copy(&mut input, &mut encoder)?;
+    encoder.finish()?.sync_all()
+}
+
+/// An executable stream script: prints progress on stderr like stream_layered_image.py and
+/// the archive on stdout. With `exit_code` != 0 it stops half-way and fails.
+pub fn write_stream_script(path: &Path, archive: &Path, exit_code: i32) -> io::Result<()> {
+    let body = if exit_code == 0 {
+        format!(
+            "echo 'No fromImage provided' >&2\necho 'Creating layer 1 from paths: [...]' >&2\ncat '{}'\necho 'Done.' >&2\n",
+            archive.display()
+        )
+    } else {
+        let half = fs::metadata(archive)?.len() / 2;
+        format!(
+            "echo 'Creating layer 1 from paths: [...]' >&2\nhead -c {half} '{}'\necho 'error: cannot read /nix/store/xyz' >&2\nexit {exit_code}\n",
+            archive.display()
+        )
+    };
+    fs::write(path, format!("#!/bin/sh\nset -e\n{body}"))?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+}
+
+/// An OCI image layout of the same layers, gzip-compressed by flate2 (not nixfly's code).
+pub fn write_oci_layout(dir: &Path, layers: &[Layer]) -> io::Result<Written> {
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs)?;
+    let put = |bytes: &[u8]| -> io::Result<(String, u64)> {
+        let hex = sha256_hex(bytes);
+        fs::write(blobs.join(&hex), bytes)?;
+        Ok((format!("sha256:{hex}"), bytes.len() as u64))
+    };
+    let mut diff_ids = Vec::new();
+    let mut descriptors = Vec::new();
+    let mut sizes = Vec::new();
+    for layer in layers {
+        let mut tar = Vec::new();
+        write_layer_tar(layer, &mut tar)?;
+        diff_ids.push(format!("sha256:{}", sha256_hex(&tar)));
+        sizes.push(tar.len() as u64);
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        encoder.write_all(&tar)?;
+        let (digest, size) = put(&encoder.finish()?)?;
+        descriptors.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size
+        }));
+    }
+    let config = image_config(&diff_ids);
+    let (config_digest, config_size) = put(&config)?;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "layers": descriptors,
+    }))?;
+    let (manifest_digest, manifest_size) = put(&manifest)?;
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion": "1.0.0"}"#)?;
+    fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest_size}],
+        }))?,
+    )?;
+    Ok(Written {
+        config,
+        config_digest,
+        diff_ids,
+        layer_sizes: sizes,
+    })
+}
+
+/// A small image from real files: a few directories that exist on any Debian machine.
+pub fn small_layers() -> Vec<Layer> {
+    vec![
+        Layer::of(&["/usr/share/doc/tar", "/usr/share/doc/gzip"]),
+        Layer::of(&["/usr/bin/gzip", "/usr/bin/tar"]),
+        Layer::of(&["/etc/debian_version", "/usr/share/common-licenses/GPL-3"]),
+    ]
+}
