@@ -323,6 +323,17 @@ fn dropping_the_double_with_untaken_violations_fails_the_test() {
     let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(message.contains("broke the API schema"), "{message}");
     assert!(message.contains("GET /v1/nothing/here"), "{message}");
+
+    // A test already failing keeps its own message (the violations go to stderr) instead
+    // of aborting on a second panic.
+    let result = std::panic::catch_unwind(|| {
+        let fly = FlyApi::with_options(fast());
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(Api::new(&fly).get("/v1/nothing/here"));
+        panic!("the test's own failure");
+    });
+    let panic = result.expect_err("the test panicked");
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"the test's own failure"));
 }
 
 #[tokio::test]
@@ -1028,4 +1039,45 @@ async fn a_hundred_machines_updated_five_at_a_time_measure_five() {
         "100 machines, 5 at a time: {elapsed:?}, {} requests",
         fly.requests().len()
     );
+}
+
+#[tokio::test]
+async fn flat_leases_and_zero_delays_are_options() {
+    let fly = FlyApi::with_options(Options {
+        flat_lease: true,
+        timing: Timing {
+            start: Duration::ZERO,
+            checks: Duration::ZERO,
+            ..Timing::default()
+        },
+        ..Options::default()
+    });
+    fly.add_app("demo");
+    let id = fly
+        .add_machines("demo", &MachineSpec::new("app").checks(1))
+        .remove(0);
+    let api = Api::new(&fly);
+    let (status, lease) = api
+        .post(&format!("/v1/apps/demo/machines/{id}/lease"), json!({"ttl": 13}))
+        .await;
+    assert_eq!(status, 201);
+    let nonce = lease["nonce"]
+        .as_str()
+        .expect("flat lease has a nonce")
+        .to_string();
+    let config = fly.machine(&id).config;
+    let (status, machine) = api
+        .call(
+            "POST",
+            &format!("/v1/apps/demo/machines/{id}"),
+            Some(json!({"config": config})),
+            Some(&nonce),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        machine["state"], "started",
+        "no delay: the answer shows the end state"
+    );
+    assert_eq!(machine["checks"][0]["status"], "passing");
 }
