@@ -1081,3 +1081,47 @@ async fn flat_leases_and_zero_delays_are_options() {
     );
     assert_eq!(machine["checks"][0]["status"], "passing");
 }
+
+#[tokio::test]
+async fn ip_addresses_are_assigned_listed_and_released() {
+    let (fly, api) = demo();
+    let (status, v6) = api
+        .post("/v1/apps/demo/ip_assignments", json!({"type": "v6"}))
+        .await;
+    assert_eq!(status, 200, "{v6}");
+    let (_, v4) = api
+        .post("/v1/apps/demo/ip_assignments", json!({"type": "shared_v4"}))
+        .await;
+    assert_eq!(v4["shared"], true);
+    let (status, _) = api
+        .post("/v1/apps/demo/ip_assignments", json!({"type": "v5"}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(fly.take_violations().len(), 1);
+    let (_, list) = api.get("/v1/apps/demo/ip_assignments").await;
+    assert_eq!(list["ips"].as_array().map(Vec::len), Some(2));
+    let ip = v6["ip"].as_str().expect("ip");
+    assert_eq!(
+        api.call(
+            "DELETE",
+            &format!("/v1/apps/demo/ip_assignments/{ip}"),
+            None,
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(
+        api.call(
+            "DELETE",
+            &format!("/v1/apps/demo/ip_assignments/{ip}"),
+            None,
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(fly.ips("demo"), [v4]);
+}

@@ -68,6 +68,8 @@
 //!   requested_stop, ...}` and `request.restart_count`, as fly-go decodes them.
 //! - The double checks its own successful answers against the spec's response schemas too;
 //!   a mismatch is recorded as a violation (a bug in the double fails tests loudly).
+//! - IP assignments: list/create (any spec type)/delete, for first deploys that allocate
+//!   addresses.
 //! - Volumes: list/create/get/delete; `config.mounts[].volume` must name a volume of the app
 //!   not attached to another machine (400 otherwise); destroying the machine detaches it.
 //! - Responses show `services[].autostop` "off"/"stop" as `false`/`true`, as Fly does; the
@@ -389,6 +391,16 @@ impl FlyApi {
             .values()
             .filter(|v| v.app == app)
             .cloned()
+            .collect()
+    }
+
+    /// The IP addresses allocated to `app`, as the API lists them.
+    pub fn ips(&self, app: &str) -> Vec<Value> {
+        self.lock()
+            .ips
+            .iter()
+            .filter(|(owner, _)| owner == app)
+            .map(|(_, ip)| ip.clone())
             .collect()
     }
 

@@ -415,6 +415,31 @@ async fn machines(shared: &Shared, req: &Request, op: &Operation) -> Response {
         "Volumes_list" | "Volumes_create" | "Volumes_get_by_id" | "Volume_delete" => {
             volumes(&mut st, req, op, &app)
         }
+        "App_IPAssignments_list" => {
+            let ips: Vec<Value> = st
+                .ips
+                .iter()
+                .filter(|(owner, _)| *owner == app)
+                .map(|(_, ip)| ip.clone())
+                .collect();
+            ok_json(StatusCode::OK, json!({ "ips": ips }))
+        }
+        "App_IPAssignments_create" => {
+            let str_field = |name: &str| req.body_field(name).and_then(Value::as_str);
+            let kind = str_field("type").unwrap_or("v6").to_string();
+            let region = str_field("region").map(str::to_string);
+            ok_json(StatusCode::OK, st.assign_ip(&app, &kind, region.as_deref()))
+        }
+        "App_IPAssignments_delete" => {
+            let ip = op.param("ip");
+            let before = st.ips.len();
+            st.ips
+                .retain(|(owner, json)| !(*owner == app && json["ip"] == ip));
+            if st.ips.len() == before {
+                return error(StatusCode::NOT_FOUND, &format!("app {app} has no IP {ip}"));
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
         _ => {
             let id = op.param("machine_id").to_string();
             match st.machines.get(&id) {

@@ -380,6 +380,8 @@ pub struct State {
     pub releases: Vec<Release>,
     pub behaviors: Vec<BehaviorRule>,
     pub volumes: BTreeMap<String, Volume>,
+    /// Allocated IP addresses as the API shows them, with their app.
+    pub ips: Vec<(String, Value)>,
     pub release_command_exit_code: i64,
     pub faults: Vec<Fault>,
     pub requests: Vec<RecordedRequest>,
@@ -399,6 +401,7 @@ impl State {
             releases: Vec::new(),
             behaviors: Vec::new(),
             volumes: BTreeMap::new(),
+            ips: Vec::new(),
             release_command_exit_code: 0,
             faults: Vec::new(),
             requests: Vec::new(),
@@ -435,6 +438,29 @@ impl State {
             })
             .map(|r| r.behavior.clone())
             .unwrap_or(Behavior::Healthy)
+    }
+
+    /// Allocate an address of `kind` (the spec's IPAssignmentType) for `app`.
+    pub fn assign_ip(&mut self, app: &str, kind: &str, region: Option<&str>) -> Value {
+        let n = self.ips.len() + 1;
+        let ip = match kind {
+            "shared_v4" => format!("66.241.124.{n}"),
+            "v4" | "egress_v4" => format!("137.66.{n}.1"),
+            "private_v6" => format!("fdaa:0:1::{n:x}"),
+            _ => format!("2a09:8280:1::{n:x}"),
+        };
+        let mut json = json!({
+            "ip": ip,
+            "shared": kind == "shared_v4",
+            "egress": kind.starts_with("egress"),
+            "created_at": rfc3339_now(),
+            "service_name": app,
+        });
+        if let Some(region) = region {
+            json["region"] = json!(region);
+        }
+        self.ips.push((app.to_string(), json.clone()));
+        json
     }
 
     pub fn new_volume_id(&self) -> String {
