@@ -8,6 +8,7 @@ mod cli;
 mod error;
 mod fly;
 mod image;
+mod layer;
 mod progress;
 mod push;
 mod settings;

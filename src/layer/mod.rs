@@ -1,0 +1,6 @@
+//! Layers made from Nix store paths: the reproducible tar (`store_tar`) that a layer plan
+//! records digests of at build time and regenerates at push time.
+
+#[cfg(test)]
+mod fixture;
+pub mod store_tar;
