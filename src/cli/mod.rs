@@ -1,6 +1,7 @@
 //! Raw command-line arguments (clap). Each command turns these, plus environment, fly.toml and
 //! the Nix settings file, into one validated plan before any network call.
 
+pub mod layer;
 pub mod push;
 pub mod rollout;
 pub mod settings;
@@ -55,6 +56,9 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Build-time steps of layer plans, run by mkFlyDeploy's Nix code.
+    #[command(hide = true)]
+    Layer(layer::LayerArgs),
 }
 
 #[derive(Args, Debug)]
@@ -110,6 +114,7 @@ pub async fn run(cli: Cli, reporter: Reporter) -> anyhow::Result<()> {
             anyhow::bail!("nixfly deploy is not implemented yet")
         }
         Command::Settings(command) => settings::run(command, reporter),
+        Command::Layer(args) => layer::run(args, reporter).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "nixfly", &mut std::io::stdout());
             Ok(())

@@ -4,3 +4,4 @@
 #[cfg(test)]
 mod fixture;
 pub mod store_tar;
+pub mod plan;

@@ -21,6 +21,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::thread::JoinHandle;
 
 const BLOCK: usize = 512;
 /// Python's `tarfile.RECORDSIZE`: the archive is padded to a multiple of this.
@@ -109,6 +110,50 @@ pub fn write_store_tar<W: Write>(
     }
     tar.finish()?;
     Ok(tar.written)
+}
+
+/// The layer tar as a byte stream, for a compressor that pulls: a thread writes the tar into
+/// a pipe. A disk error ends the stream early, which a reader cannot tell from the real end, so
+/// nothing computed from the bytes may be used before `finish` has returned Ok.
+pub struct StoreTarReader {
+    pipe: Option<io::PipeReader>,
+    writer: Option<JoinHandle<Result<u64, StoreTarError>>>,
+}
+
+impl StoreTarReader {
+    pub fn spawn(store_paths: Vec<String>, options: TarOptions) -> io::Result<Self> {
+        let (pipe, sender) = io::pipe()?;
+        let writer = std::thread::Builder::new()
+            .name("layer-tar".into())
+            .spawn(move || {
+                let out = io::BufWriter::with_capacity(1 << 20, sender);
+                write_store_tar(&store_paths, &options, out)
+            })?;
+        Ok(StoreTarReader {
+            pipe: Some(pipe),
+            writer: Some(writer),
+        })
+    }
+
+    /// How the tar writer ended: its length, or the error that cut the stream short. Call it
+    /// after reading to the end; called earlier, it stops the writer (which then reports a
+    /// write error).
+    pub fn finish(mut self) -> Result<u64, StoreTarError> {
+        self.pipe = None;
+        let writer = self.writer.take().expect("finish is called once");
+        writer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+impl Read for StoreTarReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.pipe {
+            Some(pipe) => pipe.read(buf),
+            None => Ok(0),
+        }
+    }
 }
 
 fn check_store_path(path: &str) -> Result<(), StoreTarError> {

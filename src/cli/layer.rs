@@ -1,0 +1,256 @@
+//! `nixfly layer`: the build-time half of layer plans, run inside Nix derivations by
+//! `mkLayerPlan` (hidden from `--help`: users never type it).
+
+use crate::blob::{self, Algorithm, Compression};
+use crate::layer::plan::{LayerPlan, LayerSource, PLAN_VERSION, PlanKind, PlannedLayer, StreamConf};
+use crate::layer::store_tar::{StoreTarReader, TarOptions};
+use crate::progress::Reporter;
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug)]
+pub struct LayerArgs {
+    #[command(subcommand)]
+    pub command: LayerCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LayerCommand {
+    /// Record one layer: tar its store paths (or read a ready layer tar), compress, and write
+    /// the diff_id, digest and sizes as JSON. The blob itself is not kept.
+    Build(BuildArgs),
+    /// Assemble a layer plan from streamLayeredImage's conf JSON and the layer records.
+    Plan(PlanArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// File listing the layer's store paths, one a line, in layer order.
+    #[arg(long, value_name = "FILE", required_unless_present = "tar", conflicts_with = "tar")]
+    pub paths_from: Option<PathBuf>,
+    /// An uncompressed layer tar that already exists (streamLayeredImage's customisation layer).
+    #[arg(long, value_name = "FILE")]
+    pub tar: Option<PathBuf>,
+    /// File mtime in the tar: seconds since 1970, or an ISO 8601 time as in the conf.
+    #[arg(long, default_value = "1", value_parser = parse_mtime)]
+    pub mtime: u64,
+    #[arg(long, default_value_t = 0)]
+    pub uid: u64,
+    #[arg(long, default_value_t = 0)]
+    pub gid: u64,
+    #[arg(long, default_value = "root")]
+    pub uname: String,
+    #[arg(long, default_value = "root")]
+    pub gname: String,
+    /// Read store paths under this directory (a chroot store); names in the tar stay as listed.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    #[command(flatten)]
+    pub compression: CompressionArgs,
+    /// Compression threads. The output is the same for any value.
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Where to write the layer record (JSON).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// The compression a plan pins. Changing it changes every recorded digest.
+#[derive(Args, Debug, Clone)]
+pub struct CompressionArgs {
+    #[arg(long, value_enum, default_value_t = Algorithm::Gzip)]
+    pub compression: Algorithm,
+    /// Compression level. Default: 1 for gzip, 3 for zstd.
+    #[arg(long)]
+    pub level: Option<i32>,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// streamLayeredImage's conf JSON (`passthru.conf` of the image).
+    #[arg(long, value_name = "FILE")]
+    pub conf: PathBuf,
+    /// Layer records from `nixfly layer build`, bottom layer first: one per store layer of the
+    /// conf, then the customisation layer.
+    #[arg(long = "layer", value_name = "FILE", required = true)]
+    pub layers: Vec<PathBuf>,
+    /// Where to write the plan.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+fn parse_mtime(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(seconds) => Ok(seconds),
+        Err(_) => crate::layer::plan::epoch_seconds(s).map_err(|e| e.to_string()),
+    }
+}
+
+pub async fn run(args: LayerArgs, reporter: Reporter) -> anyhow::Result<()> {
+    // Both commands are CPU and disk work with nothing to wait on concurrently.
+    tokio::task::spawn_blocking(move || match args.command {
+        LayerCommand::Build(args) => build(args, &reporter),
+        LayerCommand::Plan(args) => plan(args, &reporter),
+    })
+    .await
+    .context("the layer command stopped unexpectedly")?
+}
+
+fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
+    let compression = Compression::new(args.compression.compression, args.compression.level)?;
+    let workers = args.jobs.unwrap_or_else(blob::default_workers);
+    let record = match (&args.paths_from, &args.tar) {
+        (Some(list), _) => {
+            let text = std::fs::read_to_string(list)
+                .with_context(|| format!("cannot read the store path list {}", list.display()))?;
+            let paths: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+            if paths.is_empty() {
+                bail!("{} lists no store paths", list.display());
+            }
+            let options = TarOptions {
+                mtime: args.mtime,
+                uid: args.uid,
+                gid: args.gid,
+                uname: args.uname.clone(),
+                gname: args.gname.clone(),
+                root: args.root.clone(),
+            };
+            let source = LayerSource::store_paths(paths, &options);
+            compress_source(&source, &options, compression, workers, |_| Ok(()))
+                .with_context(|| format!("cannot make the layer of {}", source.paths().join(" ")))?
+        }
+        (None, Some(tar)) => {
+            let source = LayerSource::Tar {
+                path: tar.display().to_string(),
+            };
+            compress_source(&source, &TarOptions::default(), compression, workers, |_| Ok(()))?
+        }
+        (None, None) => unreachable!("clap requires --paths-from or --tar"),
+    };
+    reporter.info(format!(
+        "layer {} ({} bytes) -> {} ({} bytes, {})",
+        record.diff_id,
+        record.size,
+        record.digest,
+        record.compressed_size,
+        compression.key()
+    ));
+    write_json(&args.out, &record)
+}
+
+/// Make the layer's bytes from its source, compress them with `compression`, pass the blob to
+/// `sink` chunk by chunk, and return the record of what came out.
+pub fn compress_source(
+    source: &LayerSource,
+    options: &TarOptions,
+    compression: Compression,
+    workers: usize,
+    sink: impl FnMut(bytes::Bytes) -> Result<(), blob::SinkClosed> + Send,
+) -> anyhow::Result<PlannedLayer> {
+    let digests = match source {
+        LayerSource::StorePaths { paths, mtime, uid, gid, uname, gname } => {
+            let options = TarOptions {
+                mtime: *mtime,
+                uid: *uid,
+                gid: *gid,
+                uname: uname.clone(),
+                gname: gname.clone(),
+                root: options.root.clone(),
+            };
+            let mut tar = StoreTarReader::spawn(paths.clone(), options).context("cannot start the layer tar writer")?;
+            let compressed = blob::compress_layer(&mut tar, compression, workers, sink, |_| {});
+            // The tar writer's own error explains a short stream; it comes first.
+            tar.finish()?;
+            compressed?
+        }
+        LayerSource::Tar { path } => {
+            let file = File::open(path).with_context(|| format!("cannot open the layer tar {path}"))?;
+            blob::compress_layer(BufReader::with_capacity(1 << 20, file), compression, workers, sink, |_| {})
+                .with_context(|| format!("cannot compress the layer tar {path}"))?
+        }
+    };
+    Ok(PlannedLayer {
+        source: source.clone(),
+        diff_id: digests.diff_id,
+        size: digests.uncompressed_size,
+        digest: digests.digest,
+        compressed_size: digests.size,
+        compression,
+    })
+}
+
+fn plan(args: PlanArgs, reporter: &Reporter) -> anyhow::Result<()> {
+    let conf = StreamConf::load(&args.conf)?;
+    let layers = args
+        .layers
+        .iter()
+        .map(|path| read_json::<PlannedLayer>(path))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    check_layers_match_conf(&conf, &layers)?;
+    let plan = LayerPlan {
+        kind: PlanKind::LayerPlan,
+        version: PLAN_VERSION,
+        config: conf.image_config(&layers)?,
+        layers,
+    };
+    // What `push` will check, checked now, where a mistake is cheapest to fix.
+    let text = plan.to_json();
+    LayerPlan::parse(text.as_bytes(), &args.out.display().to_string())?;
+    std::fs::write(&args.out, text).with_context(|| format!("cannot write {}", args.out.display()))?;
+    reporter.info(format!(
+        "layer plan with {} layers, config {}",
+        plan.layers.len(),
+        blob::sha256_of(plan.config.as_bytes())
+    ));
+    Ok(())
+}
+
+/// The layer records must be the conf's store layers, in order, then its customisation layer
+/// (whose checksum streamLayeredImage has already computed).
+fn check_layers_match_conf(conf: &StreamConf, layers: &[PlannedLayer]) -> anyhow::Result<()> {
+    let expected = conf.store_layers.len() + 1;
+    if layers.len() != expected {
+        bail!(
+            "the conf has {} store layers plus the customisation layer, but {} layer records were given",
+            conf.store_layers.len(),
+            layers.len()
+        );
+    }
+    for (index, (paths, layer)) in conf.store_layers.iter().zip(layers).enumerate() {
+        let recorded: Vec<&str> = layer.source.paths();
+        if !matches!(layer.source, LayerSource::StorePaths { .. }) || recorded != *paths {
+            bail!("layer record {index} is for {recorded:?}, but the conf's store layer {index} is {paths:?}");
+        }
+    }
+    let custom = layers.last().expect("checked length");
+    let custom_tar = format!("{}/layer.tar", conf.customisation_layer);
+    if custom.source != (LayerSource::Tar { path: custom_tar.clone() }) {
+        bail!("the last layer record should be the customisation layer {custom_tar}, got {:?}", custom.source.paths());
+    }
+    let checksum_file = Path::new(&conf.customisation_layer).join("checksum");
+    if let Ok(checksum) = std::fs::read_to_string(&checksum_file) {
+        let from_nixpkgs = format!("sha256:{}", checksum.trim());
+        if from_nixpkgs != custom.diff_id {
+            bail!(
+                "the customisation layer hashes to {}, but {} says {from_nixpkgs}",
+                custom.diff_id,
+                checksum_file.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_slice(&text).with_context(|| format!("{} is not a nixfly layer record", path.display()))
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(value).expect("records serialise");
+    text.push('\n');
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,767 @@
+//! The layer plan: what Nix records at build time so that a push needs no image tarball.
+//! Schema: `docs/layer-plan.md` (these structs mirror it and refuse unknown fields).
+//!
+//! The image config is made here too, byte for byte as `stream_layered_image.py` makes it
+//! (`json.dumps(image_json, indent=4)`), so an image pushed from a plan has the same config
+//! digest (image id) and diff_ids as the one the stream script of the same image produces.
+
+use super::store_tar::TarOptions;
+use crate::blob::Compression;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
+
+pub const PLAN_VERSION: u32 = 1;
+
+/// The marker that makes a plan recognisable among other JSON files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PlanKind {
+    #[serde(rename = "nixfly-layer-plan")]
+    LayerPlan,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerPlan {
+    pub kind: PlanKind,
+    pub version: u32,
+    /// The config blob exactly as pushed; its sha256 is the image id.
+    pub config: String,
+    /// Bottom layer first, in the order of the config's `rootfs.diff_ids`.
+    pub layers: Vec<PlannedLayer>,
+}
+
+/// One layer: where its bytes come from and what they hash to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedLayer {
+    pub source: LayerSource,
+    /// `sha256:<hex>` of the uncompressed tar.
+    pub diff_id: String,
+    /// Size of the uncompressed tar.
+    pub size: u64,
+    /// `sha256:<hex>` of the compressed blob.
+    pub digest: String,
+    pub compressed_size: u64,
+    /// How the blob was compressed; the push regenerates it with exactly this setting.
+    pub compression: Compression,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LayerSource {
+    /// The reproducible tar of these store paths, in this order (`store_tar`).
+    StorePaths {
+        paths: Vec<String>,
+        mtime: u64,
+        uid: u64,
+        gid: u64,
+        uname: String,
+        gname: String,
+    },
+    /// An uncompressed layer tar that is already a file (streamLayeredImage's customisation
+    /// layer, `<store path>/layer.tar`).
+    Tar { path: String },
+}
+
+impl LayerSource {
+    pub fn store_paths(paths: Vec<String>, tar: &TarOptions) -> Self {
+        LayerSource::StorePaths {
+            paths,
+            mtime: tar.mtime,
+            uid: tar.uid,
+            gid: tar.gid,
+            uname: tar.uname.clone(),
+            gname: tar.gname.clone(),
+        }
+    }
+
+    /// The store paths or file this layer is made from, for messages and history comments.
+    pub fn paths(&self) -> Vec<&str> {
+        match self {
+            LayerSource::StorePaths { paths, .. } => paths.iter().map(String::as_str).collect(),
+            LayerSource::Tar { path } => vec![path.as_str()],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("cannot read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid nixfly layer plan (schema: docs/layer-plan.md)")]
+    Parse {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "{path} is a version {found} layer plan; this nixfly reads version {PLAN_VERSION}: \
+         rebuild the plan with this nixfly (the plan and the pushing nixfly must match)"
+    )]
+    Version { path: String, found: u32 },
+    #[error("{path}: {problem}")]
+    Inconsistent { path: String, problem: String },
+    #[error("the streamLayeredImage conf: {0}")]
+    Conf(String),
+}
+
+impl LayerPlan {
+    pub fn load(path: &Path) -> Result<Self, PlanError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read(path).map_err(|source| PlanError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, &shown)
+    }
+
+    pub fn parse(text: &[u8], shown: &str) -> Result<Self, PlanError> {
+        // The version is checked before the strict parse, so that a plan from a newer nixfly
+        // gets the version message rather than an unknown-field one.
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        if let Ok(Versioned { version }) = serde_json::from_slice(text)
+            && version != PLAN_VERSION
+        {
+            return Err(PlanError::Version {
+                path: shown.into(),
+                found: version,
+            });
+        }
+        let plan: LayerPlan = serde_json::from_slice(text).map_err(|source| PlanError::Parse {
+            path: shown.into(),
+            source,
+        })?;
+        plan.check().map_err(|problem| PlanError::Inconsistent {
+            path: shown.into(),
+            problem,
+        })?;
+        Ok(plan)
+    }
+
+    /// The plan's own consistency: well-formed digests, and the config's diff_ids are the
+    /// layers' diff_ids in order.
+    fn check(&self) -> Result<(), String> {
+        for (index, layer) in self.layers.iter().enumerate() {
+            for digest in [&layer.diff_id, &layer.digest] {
+                if !is_sha256_digest(digest) {
+                    return Err(format!(
+                        "layer {index}: {digest:?} is not a sha256:<64 hex digits> digest"
+                    ));
+                }
+            }
+        }
+        let config: Value = serde_json::from_str(&self.config)
+            .map_err(|e| format!("the config is not JSON: {e}"))?;
+        let diff_ids: Vec<&str> = config
+            .pointer("/rootfs/diff_ids")
+            .and_then(Value::as_array)
+            .map(|ids| ids.iter().filter_map(Value::as_str).collect())
+            .ok_or("the config has no rootfs.diff_ids list")?;
+        let layers: Vec<&str> = self.layers.iter().map(|l| l.diff_id.as_str()).collect();
+        if diff_ids != layers {
+            return Err(format!(
+                "the config's rootfs.diff_ids {diff_ids:?} are not the layers' diff_ids {layers:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).expect("a plan serialises");
+        text.push('\n');
+        text
+    }
+}
+
+pub fn is_sha256_digest(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// The parts of streamLayeredImage's conf JSON (`passthru.conf`) a plan needs. Unknown keys
+/// are ignored: nixpkgs adds some from time to time.
+#[derive(Debug, Deserialize)]
+pub struct StreamConf {
+    pub architecture: String,
+    #[serde(default)]
+    pub config: Value,
+    pub created: String,
+    /// Newer nixpkgs has a separate file mtime; older ones use `created`.
+    #[serde(default)]
+    pub mtime: Option<String>,
+    #[serde(default, deserialize_with = "number_or_string")]
+    pub uid: u64,
+    #[serde(default, deserialize_with = "number_or_string")]
+    pub gid: u64,
+    #[serde(default = "root")]
+    pub uname: String,
+    #[serde(default = "root")]
+    pub gname: String,
+    pub store_layers: Vec<Vec<String>>,
+    pub customisation_layer: String,
+    #[serde(default)]
+    pub from_image: Option<String>,
+}
+
+fn root() -> String {
+    "root".into()
+}
+
+/// jq's `--arg` makes the conf's uid and gid strings; Python's `int()` accepts both.
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    use serde::de::Error;
+    match Value::deserialize(d)? {
+        Value::Number(n) => n.as_u64().ok_or_else(|| D::Error::custom(format!("{n} is not a uid/gid"))),
+        Value::String(s) => s.trim().parse().map_err(|_| D::Error::custom(format!("{s:?} is not a uid/gid"))),
+        other => Err(D::Error::custom(format!("{other} is not a uid/gid"))),
+    }
+}
+
+impl StreamConf {
+    pub fn load(path: &Path) -> Result<Self, PlanError> {
+        let text = std::fs::read(path).map_err(|source| PlanError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let conf: StreamConf = serde_json::from_slice(&text).map_err(|source| PlanError::Parse {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if let Some(base) = &conf.from_image {
+            return Err(PlanError::Conf(format!(
+                "fromImage ({base}) is not supported with layer plans yet; use the stream-script \
+                 layering for images built on a base image"
+            )));
+        }
+        Ok(conf)
+    }
+
+    /// Ownership and time of the store layers' files, as the stream script stamps them.
+    pub fn tar_options(&self) -> Result<TarOptions, PlanError> {
+        let mtime = self.mtime.as_deref().unwrap_or(&self.created);
+        Ok(TarOptions {
+            mtime: epoch_seconds(mtime)?,
+            uid: self.uid,
+            gid: self.gid,
+            uname: self.uname.clone(),
+            gname: self.gname.clone(),
+            root: None,
+        })
+    }
+
+    /// The image config blob for these layers (store layers, then the customisation layer),
+    /// as the stream script writes it.
+    pub fn image_config(&self, layers: &[PlannedLayer]) -> Result<String, PlanError> {
+        let created = isoformat(&self.created)?;
+        let text = |s: &str| Ordered::Scalar(Value::String(s.to_string()));
+        let diff_ids = layers.iter().map(|l| text(&l.diff_id)).collect();
+        let history = layers
+            .iter()
+            .map(|l| {
+                Ordered::Object(vec![
+                    ("created".into(), text(&created)),
+                    ("comment".into(), text(&python_repr_list(&l.source.paths()))),
+                ])
+            })
+            .collect();
+        // The stream script's key order.
+        let image = Ordered::Object(vec![
+            ("created".into(), text(&created)),
+            ("architecture".into(), text(&self.architecture)),
+            ("os".into(), text("linux")),
+            ("config".into(), Ordered::from_value(&self.config)?),
+            (
+                "rootfs".into(),
+                Ordered::Object(vec![
+                    ("diff_ids".into(), Ordered::Array(diff_ids)),
+                    ("type".into(), text("layers")),
+                ]),
+            ),
+            ("history".into(), Ordered::Array(history)),
+        ]);
+        let mut out = String::new();
+        image.write_python(&mut out, 0);
+        Ok(out)
+    }
+}
+
+const INDENT: &str = "    ";
+
+/// JSON with its object keys in a chosen order, written as Python's `json.dumps(indent=4)`.
+enum Ordered {
+    Scalar(Value),
+    Array(Vec<Ordered>),
+    Object(Vec<(String, Ordered)>),
+}
+
+impl Ordered {
+    /// serde_json's map is ordered by key, which is also the order Nix's `builtins.toJSON`
+    /// gives the conf's `config`, so its keys come out as the stream script writes them.
+    fn from_value(value: &Value) -> Result<Self, PlanError> {
+        Ok(match value {
+            Value::Array(items) => {
+                Ordered::Array(items.iter().map(Ordered::from_value).collect::<Result<_, _>>()?)
+            }
+            Value::Object(map) => Ordered::Object(
+                map.iter()
+                    .map(|(k, v)| Ok((k.clone(), Ordered::from_value(v)?)))
+                    .collect::<Result<_, PlanError>>()?,
+            ),
+            Value::Number(n) if n.is_f64() => {
+                return Err(PlanError::Conf(format!(
+                    "the image config has a non-integer number ({n}); Python and Rust print \
+                     those differently, so the config could not be reproduced"
+                )));
+            }
+            scalar => Ordered::Scalar(scalar.clone()),
+        })
+    }
+
+    fn write_python(&self, out: &mut String, depth: usize) {
+        let newline = |out: &mut String, depth: usize| {
+            out.push('\n');
+            out.push_str(&INDENT.repeat(depth));
+        };
+        match self {
+            Ordered::Scalar(Value::String(s)) => python_string(out, s),
+            Ordered::Scalar(scalar) => out.push_str(&scalar.to_string()),
+            Ordered::Array(items) if items.is_empty() => out.push_str("[]"),
+            Ordered::Object(fields) if fields.is_empty() => out.push_str("{}"),
+            Ordered::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    newline(out, depth + 1);
+                    item.write_python(out, depth + 1);
+                }
+                newline(out, depth);
+                out.push(']');
+            }
+            Ordered::Object(fields) => {
+                out.push('{');
+                for (i, (key, value)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    newline(out, depth + 1);
+                    python_string(out, key);
+                    out.push_str(": ");
+                    value.write_python(out, depth + 1);
+                }
+                newline(out, depth);
+                out.push('}');
+            }
+        }
+    }
+}
+
+/// A JSON string as Python's `json.dumps` writes it (`ensure_ascii=True`): everything outside
+/// printable ASCII as `\uXXXX`, astral characters as surrogate pairs.
+fn python_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+    }
+    out.push('"');
+}
+
+/// `f"store paths: {paths}"` for a list of store paths: Python's list repr. Store path names
+/// hold no quotes or backslashes, so each is quoted with single quotes as repr does.
+fn python_repr_list(paths: &[&str]) -> String {
+    let quoted: Vec<String> = paths.iter().map(|p| format!("'{p}'")).collect();
+    format!("store paths: [{}]", quoted.join(", "))
+}
+
+/// `datetime.fromisoformat(s).isoformat()` for the forms a conf holds
+/// (`date -Iseconds` output, `...Z`, optional fraction), or the current time for `now`.
+fn isoformat(s: &str) -> Result<String, PlanError> {
+    if s == "now" {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| PlanError::Conf(format!("the clock is before 1970: {e}")))?;
+        let (date, time) = civil_from_epoch(now.as_secs() as i64);
+        let micros = now.subsec_micros();
+        let fraction = if micros == 0 { String::new() } else { format!(".{micros:06}") };
+        return Ok(format!("{date}T{time}{fraction}+00:00"));
+    }
+    let parsed = parse_iso(s)?;
+    let fraction = match parsed.micros {
+        0 => String::new(),
+        micros => format!(".{micros:06}"),
+    };
+    let offset = match parsed.offset_minutes {
+        None => String::new(),
+        Some(minutes) => {
+            let sign = if minutes < 0 { '-' } else { '+' };
+            format!("{sign}{:02}:{:02}", minutes.abs() / 60, minutes.abs() % 60)
+        }
+    };
+    Ok(format!(
+        "{}T{:02}:{:02}:{:02}{fraction}{offset}",
+        &s[..10],
+        parsed.hour,
+        parsed.minute,
+        parsed.second
+    ))
+}
+
+/// `int(datetime.fromisoformat(s).timestamp())`, or now for `now`. A time without offset is
+/// taken as UTC (Nix builds run with TZ unset).
+pub fn epoch_seconds(s: &str) -> Result<u64, PlanError> {
+    if s == "now" {
+        return Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()));
+    }
+    let t = parse_iso(s)?;
+    let days = days_from_civil(t.year, t.month, t.day);
+    let seconds = days * 86_400 + i64::from(t.hour * 3600 + t.minute * 60 + t.second)
+        - i64::from(t.offset_minutes.unwrap_or(0)) * 60;
+    u64::try_from(seconds).map_err(|_| PlanError::Conf(format!("{s:?} is before 1970")))
+}
+
+struct IsoTime {
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u32,
+    minute: u32,
+    second: u32,
+    micros: u32,
+    offset_minutes: Option<i32>,
+}
+
+fn parse_iso(s: &str) -> Result<IsoTime, PlanError> {
+    let bad = || {
+        PlanError::Conf(format!(
+            "time {s:?} is not in the form YYYY-MM-DDTHH:MM:SS[.ffffff][Z|+HH:MM]"
+        ))
+    };
+    let b = s.as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Result<u32, PlanError> {
+        s.get(range)
+            .filter(|d| d.bytes().all(|c| c.is_ascii_digit()))
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(bad)
+    };
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b' ') || b[13] != b':' || b[16] != b':' {
+        return Err(bad());
+    }
+    let mut time = IsoTime {
+        year: i64::from(num(0..4)?),
+        month: num(5..7)?,
+        day: num(8..10)?,
+        hour: num(11..13)?,
+        minute: num(14..16)?,
+        second: num(17..19)?,
+        micros: 0,
+        offset_minutes: None,
+    };
+    let mut rest = &s[19..];
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 6 {
+            return Err(bad());
+        }
+        time.micros = format!("{:0<6}", &fraction[..digits]).parse().map_err(|_| bad())?;
+        rest = &fraction[digits..];
+    }
+    time.offset_minutes = match rest {
+        "" => None,
+        "Z" => Some(0),
+        _ if rest.len() == 6 && matches!(rest.as_bytes()[0], b'+' | b'-') && rest.as_bytes()[3] == b':' => {
+            let hours: i32 = rest[1..3].parse().map_err(|_| bad())?;
+            let mins: i32 = rest[4..6].parse().map_err(|_| bad())?;
+            let total = hours * 60 + mins;
+            Some(if rest.starts_with('-') { -total } else { total })
+        }
+        _ => return Err(bad()),
+    };
+    if !(1..=12).contains(&time.month) || !(1..=31).contains(&time.day) || time.hour > 23 || time.minute > 59 || time.second > 59 {
+        return Err(bad());
+    }
+    Ok(time)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// (`YYYY-MM-DD`, `HH:MM:SS`) of a UTC epoch time.
+fn civil_from_epoch(seconds: i64) -> (String, String) {
+    let days = seconds.div_euclid(86_400);
+    let secs = seconds.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        format!("{year:04}-{month:02}-{day:02}"),
+        format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob::Algorithm;
+    use std::process::Command;
+
+    const HELLO: &str = "/nix/store/0c8hs4ylm4jxzwdr9x1ll7bq1fdb9g0r-hello-2.12.1";
+    const GLIBC: &str = "/nix/store/7yx1q4m8dz4v0rwj3ggr0nvb1i0a2c9s-glibc-2.40";
+    const CUSTOM: &str = "/nix/store/2a3fh9vq0j5wd4zw1z6qkh2ps8mz8n0x-hello-customisation-layer";
+
+    fn digest(fill: char) -> String {
+        format!("sha256:{}", fill.to_string().repeat(64))
+    }
+
+    fn layer(source: LayerSource, fill: char) -> PlannedLayer {
+        PlannedLayer {
+            source,
+            diff_id: digest(fill),
+            size: 10240,
+            digest: digest('f'),
+            compressed_size: 321,
+            compression: Compression::default(),
+        }
+    }
+
+    /// A conf as streamLayeredImage writes it: uid/gid as strings (jq --arg), config keys
+    /// sorted (builtins.toJSON), awkward strings in the config.
+    fn conf() -> StreamConf {
+        serde_json::from_value(serde_json::json!({
+            "architecture": "amd64",
+            "config": {
+                "Cmd": ["/bin/hello", "--greeting", "grüße \"du\" \\ 日本 🚀\u{7f}\t"],
+                "Env": ["PATH=/bin", "EMPTY="],
+                "ExposedPorts": {"8080/tcp": {}},
+                "Healthcheck": {"Interval": 30_000_000_000u64, "Retries": 3, "Test": []},
+                "Labels": null,
+                "StopSignal": "SIGTERM",
+                "ArgsEscaped": true
+            },
+            "created": "1970-01-01T00:00:01+00:00",
+            "mtime": "1970-01-01T00:00:01Z",
+            "uid": "0",
+            "gid": "0",
+            "uname": "root",
+            "gname": "root",
+            "store_layers": [[GLIBC], [HELLO]],
+            "customisation_layer": CUSTOM,
+            "from_image": null,
+            "store_dir": "/nix/store",
+            "repo_tag": "hello:latest"
+        }))
+        .unwrap()
+    }
+
+    fn layers_of(conf: &StreamConf) -> Vec<PlannedLayer> {
+        let tar = conf.tar_options().unwrap();
+        let mut layers: Vec<PlannedLayer> = conf
+            .store_layers
+            .iter()
+            .zip(['a', 'b'])
+            .map(|(paths, fill)| layer(LayerSource::store_paths(paths.clone(), &tar), fill))
+            .collect();
+        layers.push(layer(
+            LayerSource::Tar {
+                path: format!("{CUSTOM}/layer.tar"),
+            },
+            'c',
+        ));
+        layers
+    }
+
+    /// What the stream script computes (`image_json` and `json.dumps(..., indent=4)`), in
+    /// Python itself.
+    const PYTHON_CONFIG: &str = r#"
+import json, sys
+from datetime import datetime
+conf, layers = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+created = datetime.fromisoformat(conf["created"]).isoformat()
+image = {
+    "created": created,
+    "architecture": conf["architecture"],
+    "os": "linux",
+    "config": conf["config"],
+    "rootfs": {"diff_ids": [l["diff_id"] for l in layers], "type": "layers"},
+    "history": [{"created": created, "comment": f"store paths: {l['paths']}"} for l in layers],
+}
+sys.stdout.write(json.dumps(image, indent=4))
+"#;
+
+    #[test]
+    fn image_config_is_byte_identical_to_the_stream_scripts() {
+        let conf = conf();
+        let layers = layers_of(&conf);
+        let ours = conf.image_config(&layers).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let conf_file = dir.path().join("conf.json");
+        let raw_conf = serde_json::json!({
+            "created": conf.created, "architecture": conf.architecture, "config": conf.config,
+        });
+        std::fs::write(&conf_file, serde_json::to_vec(&raw_conf).unwrap()).unwrap();
+        let layers_file = dir.path().join("layers.json");
+        let raw_layers: Vec<Value> = layers
+            .iter()
+            .map(|l| serde_json::json!({"diff_id": l.diff_id, "paths": l.source.paths()}))
+            .collect();
+        std::fs::write(&layers_file, serde_json::to_vec(&raw_layers).unwrap()).unwrap();
+        let out = Command::new("python3")
+            .args(["-c", PYTHON_CONFIG])
+            .arg(&conf_file)
+            .arg(&layers_file)
+            .output()
+            .expect("python3 runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(ours, String::from_utf8(out.stdout).unwrap());
+        assert!(ours.contains(r#""comment": "store paths: ['/nix/store/7yx1q4m8dz4v0rwj3ggr0nvb1i0a2c9s-glibc-2.40']""#), "{ours}");
+    }
+
+    #[test]
+    fn plan_round_trips_and_checks_its_diff_ids() {
+        let conf = conf();
+        let layers = layers_of(&conf);
+        let plan = LayerPlan {
+            kind: PlanKind::LayerPlan,
+            version: PLAN_VERSION,
+            config: conf.image_config(&layers).unwrap(),
+            layers,
+        };
+        let json = plan.to_json();
+        assert!(json.contains(r#""kind": "nixfly-layer-plan""#), "{json}");
+        assert!(json.contains(r#""type": "store_paths""#), "{json}");
+        assert_eq!(LayerPlan::parse(json.as_bytes(), "plan.json").unwrap(), plan);
+
+        let mut swapped = plan.clone();
+        swapped.layers.swap(0, 1);
+        let err = LayerPlan::parse(swapped.to_json().as_bytes(), "plan.json").unwrap_err();
+        assert!(err.to_string().contains("rootfs.diff_ids"), "{err}");
+
+        let mut bad = plan.clone();
+        bad.layers[2].digest = "sha256:ABC".into();
+        let err = LayerPlan::parse(bad.to_json().as_bytes(), "plan.json").unwrap_err();
+        assert!(format!("{err:#}").contains("layer 2"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_and_other_versions_are_refused_with_their_names() {
+        let conf = conf();
+        let layers = layers_of(&conf);
+        let plan = LayerPlan {
+            kind: PlanKind::LayerPlan,
+            version: PLAN_VERSION,
+            config: conf.image_config(&layers).unwrap(),
+            layers,
+        };
+        let mut value = serde_json::to_value(&plan).unwrap();
+        value["layers"][0]["source"]["extra"] = true.into();
+        let err = LayerPlan::parse(&serde_json::to_vec(&value).unwrap(), "p.json").unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::from(err));
+        assert!(chain.contains("unknown field `extra`"), "{chain}");
+
+        value = serde_json::to_value(&plan).unwrap();
+        value["version"] = 2.into();
+        value["new_thing"] = 1.into();
+        let err = LayerPlan::parse(&serde_json::to_vec(&value).unwrap(), "p.json").unwrap_err();
+        assert!(matches!(err, PlanError::Version { found: 2, .. }), "{err}");
+        assert!(err.to_string().contains("rebuild the plan"), "{err}");
+
+        value = serde_json::to_value(&plan).unwrap();
+        value["kind"] = "something-else".into();
+        assert!(LayerPlan::parse(&serde_json::to_vec(&value).unwrap(), "p.json").is_err());
+    }
+
+    #[test]
+    fn conf_times_follow_python() {
+        assert_eq!(epoch_seconds("1970-01-01T00:00:01Z").unwrap(), 1);
+        assert_eq!(epoch_seconds("1970-01-01T00:00:01+00:00").unwrap(), 1);
+        assert_eq!(epoch_seconds("2024-02-29T12:00:00+02:00").unwrap(), 1_709_200_800);
+        assert_eq!(epoch_seconds("2000-01-01T00:00:00.9Z").unwrap(), 946_684_800);
+        assert_eq!(isoformat("1970-01-01T00:00:01Z").unwrap(), "1970-01-01T00:00:01+00:00");
+        assert_eq!(isoformat("2024-02-29T12:00:00.5-05:30").unwrap(), "2024-02-29T12:00:00.500000-05:30");
+        assert_eq!(isoformat("2024-02-29T12:00:00").unwrap(), "2024-02-29T12:00:00");
+        assert_eq!(civil_from_epoch(1_709_208_000), ("2024-02-29".into(), "12:00:00".into()));
+        assert!(isoformat("now").unwrap().ends_with("+00:00"));
+        for bad in ["yesterday", "2024-13-01T00:00:00Z", "2024-01-01T00:00:00+0100"] {
+            assert!(epoch_seconds(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn conf_ownership_and_base_images() {
+        let mut conf = conf();
+        let tar = conf.tar_options().unwrap();
+        assert_eq!((tar.mtime, tar.uid, tar.gid, tar.uname.as_str()), (1, 0, 0, "root"));
+        conf.mtime = None;
+        conf.created = "1970-01-01T00:01:00Z".into();
+        assert_eq!(conf.tar_options().unwrap().mtime, 60);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conf.json");
+        let mut raw = serde_json::json!({
+            "architecture": "arm64", "created": "now", "uid": 1000, "gid": "100",
+            "store_layers": [], "customisation_layer": CUSTOM,
+            "from_image": "/nix/store/xyz-base.tar.gz",
+        });
+        std::fs::write(&path, raw.to_string()).unwrap();
+        let err = StreamConf::load(&path).unwrap_err();
+        assert!(err.to_string().contains("fromImage (/nix/store/xyz-base.tar.gz)"), "{err}");
+        raw["from_image"] = Value::Null;
+        std::fs::write(&path, raw.to_string()).unwrap();
+        let conf = StreamConf::load(&path).unwrap();
+        assert_eq!((conf.uid, conf.gid), (1000, 100));
+        assert_eq!(
+            Compression::new(Algorithm::Zstd, None).unwrap().key(),
+            "zstd-3",
+            "the compression key recorded in plans"
+        );
+    }
+
+    #[test]
+    fn non_integer_numbers_in_the_config_are_refused() {
+        let mut conf = conf();
+        conf.config = serde_json::json!({"Weird": 1.5});
+        let err = conf.image_config(&[]).unwrap_err();
+        assert!(err.to_string().contains("non-integer number (1.5)"), "{err}");
+    }
+}
