@@ -388,7 +388,7 @@ fn collect(
 }
 
 enum Engine {
-    Gzip(flate2::Compress),
+    Gzip(flate2::Compression),
     Zstd(zstd::bulk::Compressor<'static>),
 }
 
@@ -398,10 +398,7 @@ impl Engine {
     fn new(compression: Compression) -> Result<Self, BlobError> {
         let level = compression.level;
         Ok(match compression.algorithm {
-            Algorithm::Gzip => Engine::Gzip(flate2::Compress::new(
-                flate2::Compression::new(level as u32),
-                false,
-            )),
+            Algorithm::Gzip => Engine::Gzip(flate2::Compression::new(level as u32)),
             Algorithm::Zstd => {
                 Engine::Zstd(
                     zstd::bulk::Compressor::new(level).map_err(|source| BlobError::Compress {
@@ -415,7 +412,7 @@ impl Engine {
 
     fn block(&mut self, job: &Job) -> Result<Vec<u8>, BlobError> {
         match self {
-            Engine::Gzip(deflate) => {
+            Engine::Gzip(level) => {
                 let gzip_error = |source| BlobError::Compress {
                     algorithm: "gzip",
                     source,
@@ -424,13 +421,16 @@ impl Engine {
                 if job.seq == 0 {
                     out.extend_from_slice(&GZIP_HEADER);
                 }
-                deflate.reset();
+                // A fresh compressor per block, not `reset()`: zlib-rs keeps the old window
+                // bytes past the new data, match choices near a block's end can depend on them,
+                // and then the output would depend on which worker compressed the block before.
+                let mut deflate = flate2::Compress::new(*level, false);
                 if !job.dictionary.is_empty() {
                     deflate
                         .set_dictionary(&job.dictionary)
                         .map_err(|e| gzip_error(io::Error::other(e)))?;
                 }
-                deflate_all(deflate, &job.input, job.last.is_some(), &mut out).map_err(gzip_error)?;
+                deflate_all(&mut deflate, &job.input, job.last.is_some(), &mut out).map_err(gzip_error)?;
                 if let Some((crc, total)) = job.last {
                     out.extend_from_slice(&crc.to_le_bytes());
                     // ISIZE is the input size modulo 2^32 (RFC 1952).

@@ -29,7 +29,12 @@ pub enum LayerCommand {
 #[derive(Args, Debug)]
 pub struct BuildArgs {
     /// File listing the layer's store paths, one a line, in layer order.
-    #[arg(long, value_name = "FILE", required_unless_present = "tar", conflicts_with = "tar")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "tar",
+        conflicts_with = "tar"
+    )]
     pub paths_from: Option<PathBuf>,
     /// An uncompressed layer tar that already exists (streamLayeredImage's customisation layer).
     #[arg(long, value_name = "FILE")]
@@ -106,7 +111,11 @@ fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
         (Some(list), _) => {
             let text = std::fs::read_to_string(list)
                 .with_context(|| format!("cannot read the store path list {}", list.display()))?;
-            let paths: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+            let paths: Vec<String> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_string)
+                .collect();
             if paths.is_empty() {
                 bail!("{} lists no store paths", list.display());
             }
@@ -151,7 +160,14 @@ pub fn compress_source(
     sink: impl FnMut(bytes::Bytes) -> Result<(), blob::SinkClosed> + Send,
 ) -> anyhow::Result<PlannedLayer> {
     let digests = match source {
-        LayerSource::StorePaths { paths, mtime, uid, gid, uname, gname } => {
+        LayerSource::StorePaths {
+            paths,
+            mtime,
+            uid,
+            gid,
+            uname,
+            gname,
+        } => {
             let options = TarOptions {
                 mtime: *mtime,
                 uid: *uid,
@@ -160,7 +176,8 @@ pub fn compress_source(
                 gname: gname.clone(),
                 root: options.root.clone(),
             };
-            let mut tar = StoreTarReader::spawn(paths.clone(), options).context("cannot start the layer tar writer")?;
+            let mut tar =
+                StoreTarReader::spawn(paths.clone(), options).context("cannot start the layer tar writer")?;
             let compressed = blob::compress_layer(&mut tar, compression, workers, sink, |_| {});
             // The tar writer's own error explains a short stream; it comes first.
             tar.finish()?;
@@ -168,8 +185,14 @@ pub fn compress_source(
         }
         LayerSource::Tar { path } => {
             let file = File::open(path).with_context(|| format!("cannot open the layer tar {path}"))?;
-            blob::compress_layer(BufReader::with_capacity(1 << 20, file), compression, workers, sink, |_| {})
-                .with_context(|| format!("cannot compress the layer tar {path}"))?
+            blob::compress_layer(
+                BufReader::with_capacity(1 << 20, file),
+                compression,
+                workers,
+                sink,
+                |_| {},
+            )
+            .with_context(|| format!("cannot compress the layer tar {path}"))?
         }
     };
     Ok(PlannedLayer {
@@ -222,13 +245,22 @@ fn check_layers_match_conf(conf: &StreamConf, layers: &[PlannedLayer]) -> anyhow
     for (index, (paths, layer)) in conf.store_layers.iter().zip(layers).enumerate() {
         let recorded: Vec<&str> = layer.source.paths();
         if !matches!(layer.source, LayerSource::StorePaths { .. }) || recorded != *paths {
-            bail!("layer record {index} is for {recorded:?}, but the conf's store layer {index} is {paths:?}");
+            bail!(
+                "layer record {index} is for {recorded:?}, but the conf's store layer {index} is {paths:?}"
+            );
         }
     }
     let custom = layers.last().expect("checked length");
     let custom_tar = format!("{}/layer.tar", conf.customisation_layer);
-    if custom.source != (LayerSource::Tar { path: custom_tar.clone() }) {
-        bail!("the last layer record should be the customisation layer {custom_tar}, got {:?}", custom.source.paths());
+    if custom.source
+        != (LayerSource::Tar {
+            path: custom_tar.clone(),
+        })
+    {
+        bail!(
+            "the last layer record should be the customisation layer {custom_tar}, got {:?}",
+            custom.source.paths()
+        );
     }
     let checksum_file = Path::new(&conf.customisation_layer).join("checksum");
     if let Ok(checksum) = std::fs::read_to_string(&checksum_file) {
@@ -253,4 +285,115 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> 
     let mut text = serde_json::to_string_pretty(value).expect("records serialise");
     text.push('\n');
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::fixture::{self, FakeStore};
+    use std::io::Read as _;
+    use std::sync::{Arc, Mutex};
+
+    /// The fixture's layer compressed with `workers` threads: its record and the blob bytes.
+    fn compress_fixture(
+        store: &FakeStore,
+        compression: Compression,
+        workers: usize,
+    ) -> (PlannedLayer, Vec<u8>) {
+        let source = LayerSource::store_paths(FakeStore::all_paths(), &store.options());
+        let blob = Arc::new(Mutex::new(Vec::new()));
+        let sink_blob = blob.clone();
+        let record = compress_source(&source, &store.options(), compression, workers, move |chunk| {
+            sink_blob.lock().unwrap().extend_from_slice(&chunk);
+            Ok(())
+        })
+        .unwrap();
+        let blob = std::mem::take(&mut *blob.lock().unwrap());
+        (record, blob)
+    }
+
+    /// Golden digests of the fixture layer's blob for the settings plans pin. The diff_id is the
+    /// one `store_tar` pins (checked against Python's tarfile); the blob digests were pinned
+    /// after checking that the blob decompresses, with an independent decoder, to that tar.
+    #[test]
+    fn golden_blob_digests_for_any_thread_count() {
+        let store = fixture::build();
+        let golden = [
+            (Compression::new(Algorithm::Gzip, Some(1)).unwrap(), GOLDEN_GZIP1),
+            (Compression::new(Algorithm::Gzip, Some(2)).unwrap(), GOLDEN_GZIP2),
+            (Compression::new(Algorithm::Zstd, Some(3)).unwrap(), GOLDEN_ZSTD3),
+        ];
+        for (compression, (digest, size)) in golden {
+            let (reference, blob) = compress_fixture(&store, compression, 1);
+            assert_eq!(reference.diff_id, GOLDEN_DIFF_ID);
+            assert_eq!(reference.size, 3_287_040);
+            assert_eq!(blob::sha256_of(&blob), reference.digest);
+            assert_eq!(blob.len() as u64, reference.compressed_size);
+            let mut tar = Vec::new();
+            match compression.algorithm {
+                Algorithm::Gzip => flate2::read::MultiGzDecoder::new(&blob[..])
+                    .read_to_end(&mut tar)
+                    .unwrap(),
+                Algorithm::Zstd => zstd::stream::read::Decoder::new(&blob[..])
+                    .unwrap()
+                    .read_to_end(&mut tar)
+                    .unwrap(),
+            };
+            assert_eq!(
+                blob::sha256_of(&tar),
+                GOLDEN_DIFF_ID,
+                "{compression:?} does not decompress to the tar"
+            );
+            assert_eq!(
+                (reference.digest.as_str(), reference.compressed_size),
+                (digest, size),
+                "{compression:?}"
+            );
+            // 2 and 3 put different blocks on each engine than 1 does (the zlib-rs reuse bug).
+            for workers in [2, 3] {
+                let (record, _) = compress_fixture(&store, compression, workers);
+                assert_eq!(record, reference, "{compression:?} with {workers} threads");
+            }
+        }
+    }
+
+    const GOLDEN_DIFF_ID: &str = "sha256:fbaed739b8f9a92ad7883e9fd641778ce7f4589db5eb5663b2c23ac8dc316aae";
+    const GOLDEN_GZIP1: (&str, u64) = (
+        "sha256:55149664bcb1e55c91ff2bf742152f2b4b60030e4485be00deb1ba72fb554842",
+        1_318_663,
+    );
+    const GOLDEN_GZIP2: (&str, u64) = (
+        "sha256:89b1c6368c2442fa957b223f1aa46569b9e220a37af97b3a076d80a8ecfd6f51",
+        1_253_316,
+    );
+    const GOLDEN_ZSTD3: (&str, u64) = (
+        "sha256:93f851fe9c7239d2e123dedaed0218100dc1404aecc4310017a01080b96c905f",
+        1_233_020,
+    );
+
+    #[test]
+    fn gzip_tool_decompresses_the_blob_to_the_same_tar() {
+        let store = fixture::build();
+        let (record, blob) = compress_fixture(&store, Compression::default(), 2);
+        let path = store.root().join("layer.tar.gz");
+        std::fs::write(&path, blob).unwrap();
+        let out = std::process::Command::new("gzip")
+            .arg("-dc")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(blob::sha256_of(&out.stdout), record.diff_id);
+    }
+
+    #[test]
+    fn a_missing_store_path_is_an_error_not_a_short_layer() {
+        let store = fixture::build();
+        let mut paths = FakeStore::all_paths();
+        paths.push("/nix/store/00000000000000000000000000000000-gone".into());
+        let source = LayerSource::store_paths(paths, &store.options());
+        let err =
+            compress_source(&source, &store.options(), Compression::default(), 2, |_| Ok(())).unwrap_err();
+        assert!(format!("{err:#}").contains("-gone"), "{err:#}");
+    }
 }

@@ -2,6 +2,6 @@
 //! records digests of at build time and regenerates at push time.
 
 #[cfg(test)]
-mod fixture;
-pub mod store_tar;
+pub mod fixture;
 pub mod plan;
+pub mod store_tar;

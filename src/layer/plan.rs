@@ -158,8 +158,8 @@ impl LayerPlan {
                 }
             }
         }
-        let config: Value = serde_json::from_str(&self.config)
-            .map_err(|e| format!("the config is not JSON: {e}"))?;
+        let config: Value =
+            serde_json::from_str(&self.config).map_err(|e| format!("the config is not JSON: {e}"))?;
         let diff_ids: Vec<&str> = config
             .pointer("/rootfs/diff_ids")
             .and_then(Value::as_array)
@@ -183,7 +183,10 @@ impl LayerPlan {
 
 pub fn is_sha256_digest(digest: &str) -> bool {
     digest.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -220,8 +223,13 @@ fn root() -> String {
 fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     use serde::de::Error;
     match Value::deserialize(d)? {
-        Value::Number(n) => n.as_u64().ok_or_else(|| D::Error::custom(format!("{n} is not a uid/gid"))),
-        Value::String(s) => s.trim().parse().map_err(|_| D::Error::custom(format!("{s:?} is not a uid/gid"))),
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| D::Error::custom(format!("{n} is not a uid/gid"))),
+        Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| D::Error::custom(format!("{s:?} is not a uid/gid"))),
         other => Err(D::Error::custom(format!("{other} is not a uid/gid"))),
     }
 }
@@ -407,7 +415,11 @@ fn isoformat(s: &str) -> Result<String, PlanError> {
             .map_err(|e| PlanError::Conf(format!("the clock is before 1970: {e}")))?;
         let (date, time) = civil_from_epoch(now.as_secs() as i64);
         let micros = now.subsec_micros();
-        let fraction = if micros == 0 { String::new() } else { format!(".{micros:06}") };
+        let fraction = if micros == 0 {
+            String::new()
+        } else {
+            format!(".{micros:06}")
+        };
         return Ok(format!("{date}T{time}{fraction}+00:00"));
     }
     let parsed = parse_iso(s)?;
@@ -470,7 +482,13 @@ fn parse_iso(s: &str) -> Result<IsoTime, PlanError> {
             .and_then(|d| d.parse().ok())
             .ok_or_else(bad)
     };
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return Err(bad());
     }
     let mut time = IsoTime {
@@ -489,7 +507,9 @@ fn parse_iso(s: &str) -> Result<IsoTime, PlanError> {
         if digits == 0 || digits > 6 {
             return Err(bad());
         }
-        time.micros = format!("{:0<6}", &fraction[..digits]).parse().map_err(|_| bad())?;
+        time.micros = format!("{:0<6}", &fraction[..digits])
+            .parse()
+            .map_err(|_| bad())?;
         rest = &fraction[digits..];
     }
     time.offset_minutes = match rest {
@@ -503,7 +523,12 @@ fn parse_iso(s: &str) -> Result<IsoTime, PlanError> {
         }
         _ => return Err(bad()),
     };
-    if !(1..=12).contains(&time.month) || !(1..=31).contains(&time.day) || time.hour > 23 || time.minute > 59 || time.second > 59 {
+    if !(1..=12).contains(&time.month)
+        || !(1..=31).contains(&time.day)
+        || time.hour > 23
+        || time.minute > 59
+        || time.second > 59
+    {
         return Err(bad());
     }
     Ok(time)
@@ -654,7 +679,12 @@ sys.stdout.write(json.dumps(image, indent=4))
             .expect("python3 runs");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(ours, String::from_utf8(out.stdout).unwrap());
-        assert!(ours.contains(r#""comment": "store paths: ['/nix/store/7yx1q4m8dz4v0rwj3ggr0nvb1i0a2c9s-glibc-2.40']""#), "{ours}");
+        assert!(
+            ours.contains(
+                r#""comment": "store paths: ['/nix/store/7yx1q4m8dz4v0rwj3ggr0nvb1i0a2c9s-glibc-2.40']""#
+            ),
+            "{ours}"
+        );
     }
 
     #[test]
@@ -717,10 +747,19 @@ sys.stdout.write(json.dumps(image, indent=4))
         assert_eq!(epoch_seconds("1970-01-01T00:00:01+00:00").unwrap(), 1);
         assert_eq!(epoch_seconds("2024-02-29T12:00:00+02:00").unwrap(), 1_709_200_800);
         assert_eq!(epoch_seconds("2000-01-01T00:00:00.9Z").unwrap(), 946_684_800);
-        assert_eq!(isoformat("1970-01-01T00:00:01Z").unwrap(), "1970-01-01T00:00:01+00:00");
-        assert_eq!(isoformat("2024-02-29T12:00:00.5-05:30").unwrap(), "2024-02-29T12:00:00.500000-05:30");
+        assert_eq!(
+            isoformat("1970-01-01T00:00:01Z").unwrap(),
+            "1970-01-01T00:00:01+00:00"
+        );
+        assert_eq!(
+            isoformat("2024-02-29T12:00:00.5-05:30").unwrap(),
+            "2024-02-29T12:00:00.500000-05:30"
+        );
         assert_eq!(isoformat("2024-02-29T12:00:00").unwrap(), "2024-02-29T12:00:00");
-        assert_eq!(civil_from_epoch(1_709_208_000), ("2024-02-29".into(), "12:00:00".into()));
+        assert_eq!(
+            civil_from_epoch(1_709_208_000),
+            ("2024-02-29".into(), "12:00:00".into())
+        );
         assert!(isoformat("now").unwrap().ends_with("+00:00"));
         for bad in ["yesterday", "2024-13-01T00:00:00Z", "2024-01-01T00:00:00+0100"] {
             assert!(epoch_seconds(bad).is_err(), "{bad}");
@@ -731,7 +770,10 @@ sys.stdout.write(json.dumps(image, indent=4))
     fn conf_ownership_and_base_images() {
         let mut conf = conf();
         let tar = conf.tar_options().unwrap();
-        assert_eq!((tar.mtime, tar.uid, tar.gid, tar.uname.as_str()), (1, 0, 0, "root"));
+        assert_eq!(
+            (tar.mtime, tar.uid, tar.gid, tar.uname.as_str()),
+            (1, 0, 0, "root")
+        );
         conf.mtime = None;
         conf.created = "1970-01-01T00:01:00Z".into();
         assert_eq!(conf.tar_options().unwrap().mtime, 60);
@@ -745,7 +787,10 @@ sys.stdout.write(json.dumps(image, indent=4))
         });
         std::fs::write(&path, raw.to_string()).unwrap();
         let err = StreamConf::load(&path).unwrap_err();
-        assert!(err.to_string().contains("fromImage (/nix/store/xyz-base.tar.gz)"), "{err}");
+        assert!(
+            err.to_string().contains("fromImage (/nix/store/xyz-base.tar.gz)"),
+            "{err}"
+        );
         raw["from_image"] = Value::Null;
         std::fs::write(&path, raw.to_string()).unwrap();
         let conf = StreamConf::load(&path).unwrap();
