@@ -63,10 +63,28 @@
 
       checks = forAllSystems (
         pkgs:
+        let
+          inherit (pkgs.stdenv.hostPlatform) system;
+        in
         import ./nix/tests/checks.nix {
           inherit pkgs;
           inherit (self) lib;
-          nixfly = self.packages.${pkgs.stdenv.hostPlatform.system}.nixfly;
+          nixfly = self.packages.${system}.nixfly;
+        }
+        // {
+          # The overlay's nixfly is the same derivation as the package.
+          overlay =
+            let
+              fromOverlay =
+                (import nixpkgs {
+                  inherit system;
+                  overlays = [ self.overlays.default ];
+                }).nixfly;
+            in
+            if fromOverlay.drvPath == self.packages.${system}.nixfly.drvPath then
+              fromOverlay
+            else
+              throw "overlays.default builds a different nixfly (${fromOverlay.drvPath}) than packages.${system}.nixfly";
         }
       );
 
@@ -74,7 +92,10 @@
         path = ./templates/default;
         description = "A small web app deployed to Fly with nixfly.lib.mkFlyDeploy";
         welcomeText = ''
-          Set `app` in fly.toml and flake.nix, export FLY_API_TOKEN, then `nix run .#deploy`.
+          A web app deployed to Fly by nixfly. Set the app name in fly.toml and flake.nix, then:
+
+              export FLY_API_TOKEN=$(fly tokens create deploy -a <app>)
+              nix run .#deploy
         '';
       };
     };

@@ -143,8 +143,19 @@ in
 pkgs.writeShellApplication {
   name = "deploy-${app}";
   text = ''
-    exec ${nixfly}/bin/nixfly deploy ${lib.shellEscape image} --settings ${settingsFile} ${
-      builtins.concatStringsSep " " (map lib.shellEscape a.extraFlags)
+    exec ${
+      builtins.concatStringsSep " " (
+        map lib.shellEscape (
+          [
+            "${nixfly}/bin/nixfly"
+            "deploy"
+            image
+            "--settings"
+            settingsFile
+          ]
+          ++ a.extraFlags
+        )
+      )
     } "$@"
   '';
   passthru = {

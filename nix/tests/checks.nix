@@ -39,7 +39,7 @@ in
 
   # The wrapper runs `nixfly deploy <image> --settings <file> <extraFlags> "$@"`, nothing else.
   deploy-wrapper-command = pkgs.runCommand "nixfly-deploy-wrapper-command" { } ''
-    expected="exec ${nixfly}/bin/nixfly deploy '${example.image}' --settings ${example.settingsFile} '--output=plain' \"\$@\""
+    expected="exec '${nixfly}/bin/nixfly' 'deploy' '${example.image}' '--settings' '${example.settingsFile}' '--output=plain' \"\$@\""
     grep -qxF "$expected" ${example}/bin/deploy-nixfly-example || {
       echo "expected the line: $expected" >&2; cat ${example}/bin/deploy-nixfly-example >&2; exit 1
     }

@@ -4,7 +4,6 @@
 # tars of the store paths, sorted, with fixed mtime and owner. Layering is simpler than nixpkgs'
 # popularity heuristic: one store path per layer, sorted, the rest grouped into the last one.
 {
-  lib,
   system,
   hostPath,
   runCommand,
@@ -86,7 +85,7 @@ let
               ;
             repoTag = "${a.name}:${tag}";
             architecture = goArch;
-            hostPath = hostPath;
+            inherit hostPath;
             passthru = (a.passthru or { }) // {
               inherit conf;
               isExe = true;

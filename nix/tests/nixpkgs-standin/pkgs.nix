@@ -89,19 +89,9 @@ let
     canExecute = other: other.system == system;
   };
 
-  rust = import ./rust.nix {
-    inherit
-      lib
-      system
-      hostPath
-      mkDerivation
-      onlyArgs
-      keepBuilderAlive
-      ;
-  };
+  rust = import ./rust.nix { inherit lib mkDerivation onlyArgs; };
   docker = import ./docker.nix {
     inherit
-      lib
       system
       hostPath
       runCommand

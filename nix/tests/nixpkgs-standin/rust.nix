@@ -5,11 +5,8 @@
 # `cargo fetch`); Nix still verifies the checksum, so a wrong crate cannot slip in.
 {
   lib,
-  system,
-  hostPath,
   mkDerivation,
   onlyArgs,
-  keepBuilderAlive,
 }:
 let
   cratesDir =
@@ -23,18 +20,9 @@ let
 
   crateFromCache =
     pkg:
-    derivation {
+    mkDerivation {
       name = "crate-${pkg.name}-${pkg.version}.tar.gz";
-      inherit system;
-      builder = "/bin/bash";
-      args = [
-        "-c"
-        ''
-          cp "${cratesDir}/${pkg.name}-${pkg.version}.crate" "$out"
-          ${keepBuilderAlive}
-        ''
-      ];
-      PATH = hostPath;
+      script = ''cp "${cratesDir}/${pkg.name}-${pkg.version}.crate" "$out"'';
       outputHashMode = "flat";
       outputHashAlgo = "sha256";
       outputHash = pkg.checksum;
@@ -59,6 +47,7 @@ let
       script = ''
         mkdir -p "$out"
         while read -r dir checksum crate; do
+          [ -n "$dir" ] || continue
           mkdir "$out/$dir"
           tar -xzf "$crate" -C "$out/$dir" --strip-components=1
           printf '{"files":{},"package":"%s"}' "$checksum" > "$out/$dir/.cargo-checksum.json"
@@ -99,8 +88,12 @@ let
         cd source
         export CARGO_HOME="$TMPDIR/cargo-home"
         mkdir -p "$CARGO_HOME"
+        # Cargo's fingerprints record source paths: reaching the vendored crates through a path
+        # that does not change with the vendor directory's hash keeps the build cache valid when
+        # Cargo.lock changes. The build directory is named after the derivation's name only.
+        ln -s "$vendor" "$TMPDIR/vendor"
         printf '[source.crates-io]\nreplace-with = "vendored"\n[source.vendored]\ndirectory = "%s"\n' \
-          "$vendor" > "$CARGO_HOME/config.toml"
+          "$TMPDIR/vendor" > "$CARGO_HOME/config.toml"
         target="''${targetCache:-$TMPDIR/target}"
         cargo install --offline --locked --debug --path . --root "$out" --target-dir "$target"
         rm -f "$out/.crates.toml" "$out/.crates2.json"
