@@ -18,8 +18,16 @@ pub struct GroupLaunch {
     pub count: usize,
     /// One stopped standby for the first machine (groups without services).
     pub standby: bool,
-    /// The volume the single machine mounts (`[[mounts]] source`).
-    pub volume: Option<String>,
+    /// The volume the single machine mounts.
+    pub volume: Option<VolumeNeed>,
+}
+
+/// A `[[mounts]]` volume a new machine needs: an unattached one of that name in the region,
+/// or a new one of `size_gb` (`initial_size`, 1 GB by default as in flyctl).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeNeed {
+    pub name: String,
+    pub size_gb: u64,
 }
 
 impl GroupLaunch {
@@ -34,7 +42,14 @@ impl AppConfig {
         if config.get("guest").is_none() {
             config["guest"] = default_guest();
         }
-        let volume = config["mounts"][0]["name"].as_str().map(str::to_string);
+        let volume = self
+            .mounts
+            .iter()
+            .find(|m| self.applies_to(&m.processes, group))
+            .map(|m| VolumeNeed {
+                name: m.source.clone(),
+                size_gb: m.initial_size_gb.unwrap_or(1),
+            });
         let has_services = config
             .get("services")
             .and_then(Value::as_array)

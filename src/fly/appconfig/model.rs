@@ -223,7 +223,8 @@ pub struct Mount {
     pub line: usize,
     pub source: String,
     pub destination: String,
-    pub initial_size: Option<String>,
+    /// GB, from `initial_size`: the size of a volume nixfly creates for a new machine.
+    pub initial_size_gb: Option<u64>,
     pub snapshot_retention: Option<u64>,
     pub auto_extend_size_threshold: Option<u64>,
     /// GB, from `auto_extend_size_increment`.

@@ -910,16 +910,17 @@ fn parse_mount(t: &Table<'_, '_>) -> Option<Mount> {
         }
         Some(n)
     });
-    if let Some(initial) = t.get("initial_size") {
-        gb_size(&initial);
-    }
     let mount = Mount {
         line: t.line,
         source: source?,
         destination: destination?,
-        initial_size: t.get("initial_size").and_then(|f| match f.value.get_ref() {
-            DeValue::Integer(_) => f.int().map(|n| n.to_string()),
-            _ => f.string(),
+        initial_size_gb: t.get("initial_size").and_then(|f| {
+            let gb = gb_size(&f)?;
+            if gb == 0 {
+                f.error("a volume is at least 1 GB");
+                return None;
+            }
+            Some(gb)
         }),
         snapshot_retention: t.uint("snapshot_retention"),
         auto_extend_size_threshold: threshold,

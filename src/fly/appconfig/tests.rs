@@ -353,13 +353,17 @@ fn new_groups_get_as_many_machines_as_flyctl_creates() {
     let load = |name: &str| AppConfig::load(&fixtures().join(name)).unwrap().0;
     // Services and no volume: two machines for availability; the [[vm]] guest is kept.
     let web = load("01-web-launch-default.toml").launch("app").unwrap();
-    assert_eq!((web.count, web.standby, web.volume.as_deref()), (2, false, None));
+    assert_eq!((web.count, web.standby, web.volume.is_none()), (2, false, true));
     assert_eq!(web.config["guest"]["memory_mb"], 1024);
     // A volume: one machine, which mounts it.
     let notes = load("03-volume-autoextend.toml").launch("app").unwrap();
+    let volume = launch::VolumeNeed {
+        name: "notes_data".into(),
+        size_gb: 10,
+    };
     assert_eq!(
-        (notes.count, notes.standby, notes.volume.as_deref()),
-        (1, false, Some("notes_data"))
+        (notes.count, notes.standby, notes.volume),
+        (1, false, Some(volume))
     );
     // No services: one machine and a standby; no [[vm]]: flyctl's default guest.
     let cron = load("09-metrics.toml").launch("cron").unwrap();
