@@ -3,12 +3,10 @@
 
 use crate::blob::{self, Algorithm, Compression};
 use crate::layer::plan::{LayerPlan, LayerSource, PLAN_VERSION, PlanKind, PlannedLayer, StreamConf};
-use crate::layer::store_tar::{StoreTarReader, TarOptions};
+use crate::layer::store_tar::TarOptions;
 use crate::progress::Reporter;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -125,17 +123,16 @@ fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
                 gid: args.gid,
                 uname: args.uname.clone(),
                 gname: args.gname.clone(),
-                root: args.root.clone(),
+                root: None,
             };
             let source = LayerSource::store_paths(paths, &options);
-            compress_source(&source, &options, compression, workers, |_| Ok(()))
-                .with_context(|| format!("cannot make the layer of {}", source.paths().join(" ")))?
+            compress_source(&source, args.root.as_deref(), compression, workers, |_| Ok(()))?
         }
         (None, Some(tar)) => {
             let source = LayerSource::Tar {
                 path: tar.display().to_string(),
             };
-            compress_source(&source, &TarOptions::default(), compression, workers, |_| Ok(()))?
+            compress_source(&source, None, compression, workers, |_| Ok(()))?
         }
         (None, None) => unreachable!("clap requires --paths-from or --tar"),
     };
@@ -154,47 +151,14 @@ fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
 /// `sink` chunk by chunk, and return the record of what came out.
 pub fn compress_source(
     source: &LayerSource,
-    options: &TarOptions,
+    root: Option<&Path>,
     compression: Compression,
     workers: usize,
     sink: impl FnMut(bytes::Bytes) -> Result<(), blob::SinkClosed> + Send,
 ) -> anyhow::Result<PlannedLayer> {
-    let digests = match source {
-        LayerSource::StorePaths {
-            paths,
-            mtime,
-            uid,
-            gid,
-            uname,
-            gname,
-        } => {
-            let options = TarOptions {
-                mtime: *mtime,
-                uid: *uid,
-                gid: *gid,
-                uname: uname.clone(),
-                gname: gname.clone(),
-                root: options.root.clone(),
-            };
-            let mut tar =
-                StoreTarReader::spawn(paths.clone(), options).context("cannot start the layer tar writer")?;
-            let compressed = blob::compress_layer(&mut tar, compression, workers, sink, |_| {});
-            // The tar writer's own error explains a short stream; it comes first.
-            tar.finish()?;
-            compressed?
-        }
-        LayerSource::Tar { path } => {
-            let file = File::open(path).with_context(|| format!("cannot open the layer tar {path}"))?;
-            blob::compress_layer(
-                BufReader::with_capacity(1 << 20, file),
-                compression,
-                workers,
-                sink,
-                |_| {},
-            )
-            .with_context(|| format!("cannot compress the layer tar {path}"))?
-        }
-    };
+    let tar = source.open(root)?;
+    let digests = blob::compress_layer(tar, compression, workers, sink, |_| {})
+        .with_context(|| format!("cannot make the layer of {}", source.paths().join(" ")))?;
     Ok(PlannedLayer {
         source: source.clone(),
         diff_id: digests.diff_id,
@@ -303,7 +267,7 @@ mod tests {
         let source = LayerSource::store_paths(FakeStore::all_paths(), &store.options());
         let blob = Arc::new(Mutex::new(Vec::new()));
         let sink_blob = blob.clone();
-        let record = compress_source(&source, &store.options(), compression, workers, move |chunk| {
+        let record = compress_source(&source, Some(store.root()), compression, workers, move |chunk| {
             sink_blob.lock().unwrap().extend_from_slice(&chunk);
             Ok(())
         })
@@ -393,7 +357,7 @@ mod tests {
         paths.push("/nix/store/00000000000000000000000000000000-gone".into());
         let source = LayerSource::store_paths(paths, &store.options());
         let err =
-            compress_source(&source, &store.options(), Compression::default(), 2, |_| Ok(())).unwrap_err();
+            compress_source(&source, Some(store.root()), Compression::default(), 2, |_| Ok(())).unwrap_err();
         assert!(format!("{err:#}").contains("-gone"), "{err:#}");
     }
 }

@@ -12,6 +12,7 @@
 pub mod docker_archive;
 pub mod file;
 pub mod oci_layout;
+pub mod plan;
 pub mod script;
 pub mod stdin;
 
@@ -34,6 +35,8 @@ pub enum SourceKind {
     Script,
     /// An OCI image layout directory.
     OciLayout,
+    /// A nixfly layer plan (JSON made by mkFlyDeploy with layering = "plan").
+    Plan,
 }
 
 /// A place an image can be read from.
@@ -124,7 +127,8 @@ pub enum ImageError {
     },
     #[error(
         "{path} is not an image: expected a docker-archive (tar, tar.gz, tar.zst), an executable \
-         stream script, an OCI layout directory or - for stdin; use --source-kind to say which"
+         stream script, an OCI layout directory, a nixfly layer plan or - for stdin; use --source-kind to \
+         say which"
     )]
     NotAnImage { path: PathBuf },
     #[error("{source_name} is not a docker-archive: {detail}")]
@@ -174,7 +178,7 @@ pub fn detect(source: &str, kind: SourceKind) -> Result<Box<dyn ImageSource>, Im
     if source == "-" {
         return match kind {
             SourceKind::Auto | SourceKind::Archive => Ok(Box::new(stdin::Stdin)),
-            SourceKind::Script | SourceKind::OciLayout => Err(ImageError::Unsupported {
+            SourceKind::Script | SourceKind::OciLayout | SourceKind::Plan => Err(ImageError::Unsupported {
                 source_name: "stdin".into(),
                 detail: "only a docker-archive can be read from stdin (--source-kind archive)".into(),
             }),
@@ -191,6 +195,7 @@ pub fn detect(source: &str, kind: SourceKind) -> Result<Box<dyn ImageSource>, Im
     };
     Ok(match kind {
         SourceKind::OciLayout => Box::new(oci_layout::OciLayout::new(path)),
+        SourceKind::Plan => Box::new(plan::PlanFile::new(path)),
         SourceKind::Script => Box::new(script::StreamScript::new(path)),
         SourceKind::Archive | SourceKind::Auto => Box::new(file::ArchiveFile::new(path)),
     })
@@ -215,6 +220,9 @@ fn detect_kind(path: &Path, metadata: &std::fs::Metadata) -> Result<SourceKind, 
         })?;
     if ArchiveFormat::sniff(&head).is_some() {
         return Ok(SourceKind::Archive);
+    }
+    if plan::is_plan(path, &head) {
+        return Ok(SourceKind::Plan);
     }
     use std::os::unix::fs::PermissionsExt;
     if metadata.permissions().mode() & 0o111 != 0 {

@@ -5,10 +5,12 @@
 //! (`json.dumps(image_json, indent=4)`), so an image pushed from a plan has the same config
 //! digest (image id) and diff_ids as the one the stream script of the same image produces.
 
-use super::store_tar::TarOptions;
+use super::store_tar::{StoreTarReader, TarOptions};
 use crate::blob::Compression;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::fs::File;
+use std::io::{BufReader, Read};
 use std::path::Path;
 
 pub const PLAN_VERSION: u32 = 1;
@@ -76,6 +78,39 @@ impl LayerSource {
         }
     }
 
+    /// The layer's uncompressed tar, made again from the store paths (read under `root` when
+    /// given: a chroot store) or read from the tar file.
+    pub fn open(&self, root: Option<&Path>) -> Result<Box<dyn Read + Send>, PlanError> {
+        match self {
+            LayerSource::StorePaths {
+                paths,
+                mtime,
+                uid,
+                gid,
+                uname,
+                gname,
+            } => {
+                let options = TarOptions {
+                    mtime: *mtime,
+                    uid: *uid,
+                    gid: *gid,
+                    uname: uname.clone(),
+                    gname: gname.clone(),
+                    root: root.map(Path::to_path_buf),
+                };
+                let tar = StoreTarReader::spawn(paths.clone(), options).map_err(PlanError::Spawn)?;
+                Ok(Box::new(tar))
+            }
+            LayerSource::Tar { path } => {
+                let file = File::open(path).map_err(|source| PlanError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
+            }
+        }
+    }
+
     /// The store paths or file this layer is made from, for messages and history comments.
     pub fn paths(&self) -> Vec<&str> {
         match self {
@@ -106,6 +141,8 @@ pub enum PlanError {
     Version { path: String, found: u32 },
     #[error("{path}: {problem}")]
     Inconsistent { path: String, problem: String },
+    #[error("cannot start the thread that writes the layer tar")]
+    Spawn(#[source] std::io::Error),
     #[error("the streamLayeredImage conf: {0}")]
     Conf(String),
 }

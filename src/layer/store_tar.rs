@@ -113,10 +113,10 @@ pub fn write_store_tar<W: Write>(
 }
 
 /// The layer tar as a byte stream, for a compressor that pulls: a thread writes the tar into
-/// a pipe. A disk error ends the stream early, which a reader cannot tell from the real end, so
-/// nothing computed from the bytes may be used before `finish` has returned Ok.
+/// a pipe. A disk error on the writer's side is returned by the read that would otherwise
+/// have seen the end of the stream, so a short tar never passes for a whole one.
 pub struct StoreTarReader {
-    pipe: Option<io::PipeReader>,
+    pipe: io::PipeReader,
     writer: Option<JoinHandle<Result<u64, StoreTarError>>>,
 }
 
@@ -130,29 +130,25 @@ impl StoreTarReader {
                 write_store_tar(&store_paths, &options, out)
             })?;
         Ok(StoreTarReader {
-            pipe: Some(pipe),
+            pipe,
             writer: Some(writer),
         })
-    }
-
-    /// How the tar writer ended: its length, or the error that cut the stream short. Call it
-    /// after reading to the end; called earlier, it stops the writer (which then reports a
-    /// write error).
-    pub fn finish(mut self) -> Result<u64, StoreTarError> {
-        self.pipe = None;
-        let writer = self.writer.take().expect("finish is called once");
-        writer
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 }
 
 impl Read for StoreTarReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match &mut self.pipe {
-            Some(pipe) => pipe.read(buf),
-            None => Ok(0),
+        let n = self.pipe.read(buf)?;
+        if n == 0
+            && !buf.is_empty()
+            && let Some(writer) = self.writer.take()
+        {
+            let result = writer
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            result.map_err(io::Error::other)?;
         }
+        Ok(n)
     }
 }
 
