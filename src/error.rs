@@ -21,8 +21,9 @@ pub struct ExitCodeError {
 }
 
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    err.chain()
-        .find_map(|cause| cause.downcast_ref::<ExitCodeError>())
+    // `chain()` yields context layers as opaque wrappers; `downcast_ref` sees through them.
+    err.downcast_ref::<ExitCodeError>()
+        .or_else(|| err.chain().find_map(|cause| cause.downcast_ref::<ExitCodeError>()))
         .map_or(EXIT_FAILURE, |e| e.code)
 }
 
@@ -85,5 +86,13 @@ mod tests {
         .context("deploying app demo");
         assert_eq!(exit_code(&err), EXIT_ROLLED_BACK);
         assert_eq!(exit_code(&anyhow::anyhow!("plain")), EXIT_FAILURE);
+        // Attached as context over a typed error, keeping that error's chain.
+        let err = anyhow::Error::from(std::io::Error::other("root cause"))
+            .context(ExitCodeError {
+                code: EXIT_INTERRUPTED,
+                message: "interrupted".into(),
+            })
+            .context("deploying app demo");
+        assert_eq!(exit_code(&err), EXIT_INTERRUPTED);
     }
 }
