@@ -11,6 +11,7 @@ mod image;
 mod layer;
 mod progress;
 mod push;
+mod rollout;
 mod settings;
 
 use clap::Parser;

@@ -6,6 +6,7 @@ pub mod push;
 pub mod rollout;
 pub mod settings;
 
+use crate::fly::appconfig::AppConfig;
 use crate::progress::{OutputMode, Reporter};
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -97,6 +98,43 @@ impl AppOptions {
     /// The Fly token, from the flag or wherever flyctl would find it.
     pub fn fly_token(&self) -> Result<crate::fly::FlyToken, crate::fly::token::TokenError> {
         crate::fly::FlyToken::discover(self.access_token.as_deref())
+    }
+
+    /// fly.toml from `--config`, else `./fly.toml` when it exists; its warnings are reported.
+    pub fn fly_toml(&self, reporter: &Reporter) -> anyhow::Result<Option<AppConfig>> {
+        let path = match &self.config {
+            Some(path) => path.clone(),
+            None => {
+                let default = PathBuf::from("fly.toml");
+                if !default.exists() {
+                    return Ok(None);
+                }
+                default
+            }
+        };
+        let (config, warnings) = AppConfig::load(&path)?;
+        for warning in warnings {
+            reporter.warn(warning.to_string());
+        }
+        Ok(Some(config))
+    }
+
+    /// `--app` / FLY_APP, else `app` in fly.toml.
+    pub fn app_name(&self, fly_toml: Option<&AppConfig>) -> anyhow::Result<String> {
+        self.app
+            .clone()
+            .or_else(|| fly_toml.and_then(|c| c.app.clone()))
+            .filter(|name| !name.trim().is_empty())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no Fly app given: pass --app NAME, set FLY_APP, or set app in fly.toml \
+                     (looked for {})",
+                    self.config
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new("./fly.toml"))
+                        .display()
+                )
+            })
     }
 }
 

@@ -1,0 +1,470 @@
+//! The Machines API client (`api.machines.dev`, `/v1/...`) and the HTTP layer it shares with
+//! the platform API: auth header, retries with backoff, `{"error": ...}` bodies in errors.
+
+use super::FlyToken;
+use super::types::{App, Lease, LeaseResponse, Machine, WaitResponse};
+use crate::progress::Reporter;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::time::Duration;
+use url::Url;
+
+pub const DEFAULT_MACHINES_URL: &str = "https://api.machines.dev";
+pub const DEFAULT_PLATFORM_URL: &str = "https://api.fly.io";
+
+/// The Machines API caps one `wait` call at 60 seconds; longer waits loop.
+pub const MAX_WAIT_CALL: Duration = Duration::from_secs(60);
+
+const MAX_ATTEMPTS: u32 = 6;
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{method} {url}: cannot reach the Fly API")]
+    Transport {
+        method: Method,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error(
+        "{method} {url} was rejected with {status}: {message}. The token from {token_source} is \
+         invalid, expired or has no access to this app; create a new one with \
+         `fly tokens create deploy -a <app>`"
+    )]
+    Unauthorized {
+        method: Method,
+        url: String,
+        status: u16,
+        message: String,
+        token_source: String,
+    },
+    #[error("{method} {url} failed with {status}: {message}")]
+    Status {
+        method: Method,
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("{method} {url}: unexpected response body")]
+    Decode {
+        method: Method,
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("invalid Fly API base URL {url:?}")]
+    BaseUrl {
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
+}
+
+impl ApiError {
+    /// The HTTP status the API answered with, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Unauthorized { status, .. } | ApiError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a request may be sent again after a 5xx or a dropped connection. A 429 means the
+/// request was refused before doing anything, so every request is retried on 429.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replay {
+    /// Sending it twice has the same effect as once (GET, DELETE, lease-guarded update, PATCH status).
+    Safe,
+    /// A second send could do the work twice (machine or release creation).
+    Unsafe,
+}
+
+/// One HTTP endpoint family (Machines API or platform API) with the token's auth header.
+#[derive(Clone)]
+pub struct FlyHttp {
+    client: reqwest::Client,
+    base: Url,
+    token: FlyToken,
+    reporter: Reporter,
+}
+
+pub(crate) struct Request<'a> {
+    pub method: Method,
+    pub path: &'a [&'a str],
+    pub query: &'a [(&'a str, String)],
+    pub body: Option<Value>,
+    pub nonce: Option<&'a str>,
+    pub replay: Replay,
+}
+
+impl<'a> Request<'a> {
+    pub fn get(path: &'a [&'a str]) -> Self {
+        Request {
+            method: Method::GET,
+            path,
+            query: &[],
+            body: None,
+            nonce: None,
+            replay: Replay::Safe,
+        }
+    }
+}
+
+impl FlyHttp {
+    pub fn new(base: &str, token: FlyToken, reporter: Reporter) -> Result<Self, ApiError> {
+        let base = Url::parse(base).map_err(|source| ApiError::BaseUrl {
+            url: base.to_string(),
+            source,
+        })?;
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("nixfly/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(15))
+            // Longer than the longest `wait` call the API holds open.
+            .timeout(MAX_WAIT_CALL + Duration::from_secs(15))
+            .build()
+            .map_err(|source| ApiError::Transport {
+                method: Method::GET,
+                url: base.to_string(),
+                source,
+            })?;
+        Ok(FlyHttp {
+            client,
+            base,
+            token,
+            reporter,
+        })
+    }
+
+    pub fn token(&self) -> &FlyToken {
+        &self.token
+    }
+
+    fn url(&self, path: &[&str], query: &[(&str, String)]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().extend(path);
+        }
+        if !query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        url
+    }
+
+    /// Send a request, retrying 429 (honouring Retry-After) and, for replayable requests, 5xx
+    /// and connection failures, with exponential backoff. Returns the body of a 2xx answer.
+    pub(crate) async fn send(&self, req: Request<'_>) -> Result<Vec<u8>, ApiError> {
+        let url = self.url(req.path, req.query);
+        let shown = format!(
+            "{}{}",
+            url.path(),
+            url.query().map(|q| format!("?{q}")).unwrap_or_default()
+        );
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut builder = self
+                .client
+                .request(req.method.clone(), url.clone())
+                .header(reqwest::header::AUTHORIZATION, self.token.authorization_header());
+            if let Some(nonce) = req.nonce {
+                builder = builder.header("fly-machine-lease-nonce", nonce);
+            }
+            if let Some(body) = &req.body {
+                builder = builder.json(body);
+            }
+            self.reporter.debug(format!("{} {shown}", req.method));
+            let response = match builder.send().await {
+                Ok(response) => response,
+                Err(source) => {
+                    if req.replay == Replay::Safe && attempt < MAX_ATTEMPTS {
+                        let delay = backoff(attempt);
+                        self.reporter
+                            .debug(format!("{} {shown}: {source}; retrying in {delay:?}", req.method));
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    return Err(ApiError::Transport {
+                        method: req.method,
+                        url: shown,
+                        source,
+                    });
+                }
+            };
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+            let body = response.bytes().await.map_err(|source| ApiError::Transport {
+                method: req.method.clone(),
+                url: shown.clone(),
+                source,
+            })?;
+            if status.is_success() {
+                return Ok(body.to_vec());
+            }
+            let retryable = status == StatusCode::TOO_MANY_REQUESTS
+                || (status.is_server_error() && req.replay == Replay::Safe);
+            if retryable && attempt < MAX_ATTEMPTS {
+                let delay = retry_after.unwrap_or_else(|| backoff(attempt));
+                self.reporter.warn(format!(
+                    "{} {shown} answered {status}; retrying in {:.1}s (attempt {attempt} of {MAX_ATTEMPTS})",
+                    req.method,
+                    delay.as_secs_f64()
+                ));
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            let message = error_message(&body);
+            return Err(
+                if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                    ApiError::Unauthorized {
+                        method: req.method,
+                        url: shown,
+                        status: status.as_u16(),
+                        message,
+                        token_source: self.token.source().to_string(),
+                    }
+                } else {
+                    ApiError::Status {
+                        method: req.method,
+                        url: shown,
+                        status: status.as_u16(),
+                        message,
+                    }
+                },
+            );
+        }
+    }
+
+    pub(crate) async fn send_json<T: DeserializeOwned>(&self, req: Request<'_>) -> Result<T, ApiError> {
+        let method = req.method.clone();
+        let url = self.url(req.path, req.query).path().to_string();
+        let body = self.send(req).await?;
+        serde_json::from_slice(&body).map_err(|source| ApiError::Decode { method, url, source })
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(250u64 << attempt.min(5)).min(Duration::from_secs(5))
+}
+
+/// The `error` field of a JSON error body, else the body itself (shortened), else "no body".
+fn error_message(body: &[u8]) -> String {
+    if let Ok(value) = serde_json::from_slice::<Value>(body)
+        && let Some(error) = value.get("error").and_then(Value::as_str)
+    {
+        return error.to_string();
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        "no response body".to_string()
+    } else {
+        text.chars().take(500).collect()
+    }
+}
+
+/// The Machines API for one app.
+#[derive(Clone)]
+pub struct MachinesApi {
+    http: FlyHttp,
+    app: String,
+}
+
+impl MachinesApi {
+    pub fn new(http: FlyHttp, app: &str) -> Self {
+        MachinesApi {
+            http,
+            app: app.to_string(),
+        }
+    }
+
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
+    pub async fn get_app(&self) -> Result<App, ApiError> {
+        self.http
+            .send_json(Request::get(&["v1", "apps", &self.app]))
+            .await
+    }
+
+    pub async fn list_machines(&self) -> Result<Vec<Machine>, ApiError> {
+        self.http
+            .send_json(Request::get(&["v1", "apps", &self.app, "machines"]))
+            .await
+    }
+
+    pub async fn get_machine(&self, id: &str) -> Result<Machine, ApiError> {
+        self.http
+            .send_json(Request::get(&["v1", "apps", &self.app, "machines", id]))
+            .await
+    }
+
+    /// `POST /machines/{id}` with the full request body (`config`, `region`, `skip_launch`, ...),
+    /// under the lease whose nonce is given.
+    pub async fn update_machine(&self, id: &str, nonce: &str, body: Value) -> Result<Machine, ApiError> {
+        self.http
+            .send_json(Request {
+                method: Method::POST,
+                path: &["v1", "apps", &self.app, "machines", id],
+                query: &[],
+                body: Some(body),
+                nonce: Some(nonce),
+                replay: Replay::Safe,
+            })
+            .await
+    }
+
+    pub async fn create_machine(&self, body: Value) -> Result<Machine, ApiError> {
+        self.http
+            .send_json(Request {
+                method: Method::POST,
+                path: &["v1", "apps", &self.app, "machines"],
+                query: &[],
+                body: Some(body),
+                nonce: None,
+                replay: Replay::Unsafe,
+            })
+            .await
+    }
+
+    pub async fn destroy_machine(&self, id: &str, nonce: Option<&str>) -> Result<(), ApiError> {
+        self.http
+            .send(Request {
+                method: Method::DELETE,
+                path: &["v1", "apps", &self.app, "machines", id],
+                query: &[("force", "true".to_string())],
+                body: None,
+                nonce,
+                replay: Replay::Safe,
+            })
+            .await
+            .map(drop)
+    }
+
+    /// `start`, `stop`, `cordon` or `uncordon`.
+    pub async fn machine_action(&self, id: &str, action: &str, nonce: Option<&str>) -> Result<(), ApiError> {
+        self.http
+            .send(Request {
+                method: Method::POST,
+                path: &["v1", "apps", &self.app, "machines", id, action],
+                query: &[],
+                body: None,
+                nonce,
+                replay: Replay::Safe,
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Acquire a new lease (`nonce` None) or extend the one we hold.
+    pub async fn lease(&self, id: &str, ttl: Duration, nonce: Option<&str>) -> Result<Lease, ApiError> {
+        let response: LeaseResponse = self
+            .http
+            .send_json(Request {
+                method: Method::POST,
+                path: &["v1", "apps", &self.app, "machines", id, "lease"],
+                query: &[],
+                body: Some(json!({"ttl": ttl.as_secs().max(1), "description": "nixfly deploy"})),
+                nonce,
+                // Acquiring twice would conflict with our own first lease; refreshing is idempotent.
+                replay: if nonce.is_some() {
+                    Replay::Safe
+                } else {
+                    Replay::Unsafe
+                },
+            })
+            .await?;
+        Ok(response.into_lease())
+    }
+
+    /// Who holds the machine's lease now, if anyone.
+    pub async fn current_lease(&self, id: &str) -> Result<Lease, ApiError> {
+        let response: LeaseResponse = self
+            .http
+            .send_json(Request::get(&["v1", "apps", &self.app, "machines", id, "lease"]))
+            .await?;
+        Ok(response.into_lease())
+    }
+
+    pub async fn release_lease(&self, id: &str, nonce: &str) -> Result<(), ApiError> {
+        self.http
+            .send(Request {
+                method: Method::DELETE,
+                path: &["v1", "apps", &self.app, "machines", id, "lease"],
+                query: &[],
+                body: None,
+                nonce: Some(nonce),
+                replay: Replay::Safe,
+            })
+            .await
+            .map(drop)
+    }
+
+    /// One `wait` call: at most 60 seconds (the API's cap). A timeout comes back as status 408.
+    /// `version` (the machine's `instance_id` after an update) makes the API wait for that
+    /// version, not the one that was running before.
+    pub async fn wait(
+        &self,
+        id: &str,
+        state: &str,
+        version: Option<&str>,
+        timeout: Duration,
+    ) -> Result<WaitResponse, ApiError> {
+        let secs = timeout.min(MAX_WAIT_CALL).as_secs().max(1);
+        let mut query = vec![("state", state.to_string()), ("timeout", secs.to_string())];
+        if let Some(version) = version {
+            query.push(("version", version.to_string()));
+        }
+        self.http
+            .send_json(Request {
+                method: Method::GET,
+                path: &["v1", "apps", &self.app, "machines", id, "wait"],
+                query: &query,
+                body: None,
+                nonce: None,
+                replay: Replay::Safe,
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_show_the_error_field_or_the_text() {
+        assert_eq!(
+            error_message(br#"{"error":"Authenticate: token validation error"}"#),
+            "Authenticate: token validation error"
+        );
+        assert_eq!(error_message(b"upstream timeout\n"), "upstream timeout");
+        assert_eq!(error_message(b""), "no response body");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(1) < backoff(2));
+        assert_eq!(backoff(30), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn paths_are_joined_below_the_base_url() {
+        let token = FlyToken::parse("fo1_testtoken123", super::super::token::TokenSource::Flag).unwrap();
+        let http = FlyHttp::new("http://127.0.0.1:9/prefix/", token, Reporter::plain()).unwrap();
+        let url = http.url(&["v1", "apps", "demo"], &[("state", "started".into())]);
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:9/prefix/v1/apps/demo?state=started"
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! The platform API (`api.fly.io`): release records, which `fly releases` and the dashboard list.
+
+use super::api::{ApiError, FlyHttp, Replay, Request};
+use super::types::Release;
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// How a release ended (or that it is under way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseStatus {
+    Running,
+    Complete,
+    Failed,
+    Interrupted,
+}
+
+impl ReleaseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseStatus::Running => "running",
+            ReleaseStatus::Complete => "complete",
+            ReleaseStatus::Failed => "failed",
+            ReleaseStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// What the new release records: the strategy is upper-case on the wire (`ROLLING`, ...).
+pub struct NewRelease<'a> {
+    pub app: &'a str,
+    pub image: &'a str,
+    pub strategy: &'a str,
+    pub definition: Value,
+    pub build_id: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct ReleaseEnvelope {
+    release: Release,
+}
+
+#[derive(Clone)]
+pub struct PlatformApi {
+    http: FlyHttp,
+}
+
+impl PlatformApi {
+    pub fn new(http: FlyHttp) -> Self {
+        PlatformApi { http }
+    }
+
+    pub async fn create_release(&self, new: NewRelease<'_>) -> Result<Release, ApiError> {
+        let envelope: ReleaseEnvelope = self
+            .http
+            .send_json(Request {
+                method: Method::POST,
+                path: &["api", "v1", "releases"],
+                query: &[],
+                body: Some(json!({
+                    "app_name": new.app,
+                    "build_id": new.build_id,
+                    "definition": new.definition,
+                    "image": new.image,
+                    "strategy": new.strategy.to_ascii_uppercase(),
+                })),
+                nonce: None,
+                replay: Replay::Unsafe,
+            })
+            .await?;
+        Ok(envelope.release)
+    }
+
+    pub async fn set_status(&self, release_id: &str, status: ReleaseStatus) -> Result<(), ApiError> {
+        self.http
+            .send(Request {
+                method: Method::PATCH,
+                path: &["api", "v1", "releases", release_id],
+                query: &[],
+                body: Some(json!({"status": status.as_str(), "metadata": null})),
+                nonce: None,
+                replay: Replay::Safe,
+            })
+            .await
+            .map(drop)
+    }
+}

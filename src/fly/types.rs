@@ -1,0 +1,336 @@
+//! What the Machines and platform APIs exchange. A machine's config stays a `serde_json::Value`
+//! so that an update sends back everything the API returned, including fields this version of
+//! nixfly does not know; the typed accessors read only what the rollout needs.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Metadata keys flyctl and the platform use.
+pub const META_PLATFORM_VERSION: &str = "fly_platform_version";
+pub const META_PROCESS_GROUP: &str = "fly_process_group";
+pub const META_RELEASE_ID: &str = "fly_release_id";
+pub const META_RELEASE_VERSION: &str = "fly_release_version";
+pub const META_CANARY: &str = "fly_canary";
+pub const META_BLUEGREEN_TAG: &str = "fly_bluegreen_deployment_tag";
+
+/// Process groups that are not part of the app's fleet: flyctl leaves them alone on deploy.
+pub const RELEASE_COMMAND_GROUP: &str = "fly_app_release_command";
+pub const CONSOLE_GROUP: &str = "fly_app_console";
+/// Group name for machines with no `fly_process_group` metadata (flyctl's default).
+pub const DEFAULT_GROUP: &str = "app";
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct App {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+/// One machine as the API returned it: typed fields for what the rollout reads, the config as
+/// the raw JSON it arrived as.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Machine {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    #[serde(default)]
+    pub config: Value,
+    #[serde(default)]
+    pub checks: Vec<CheckStatus>,
+    #[serde(default)]
+    pub events: Vec<MachineEvent>,
+    #[serde(default)]
+    pub nonce: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct CheckStatus {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub output: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct MachineEvent {
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub timestamp: Option<i64>,
+    #[serde(default)]
+    pub request: Value,
+}
+
+/// What an `exit` event says about the main process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub exit_code: i64,
+    pub restarting: bool,
+    pub restart_count: i64,
+    pub oom_killed: bool,
+}
+
+impl MachineEvent {
+    /// The exit details of an `exit` event: `request.exit_event` or, in older payloads,
+    /// `request.MonitorEvent.exit_event`.
+    pub fn exit_info(&self) -> Option<ExitInfo> {
+        if self.kind != "exit" {
+            return None;
+        }
+        let exit = self
+            .request
+            .get("exit_event")
+            .or_else(|| self.request.pointer("/MonitorEvent/exit_event"))?;
+        let int = |v: Option<&Value>| v.and_then(Value::as_i64).unwrap_or(0);
+        Some(ExitInfo {
+            exit_code: int(exit.get("exit_code")),
+            restarting: exit.get("restarting").and_then(Value::as_bool).unwrap_or(false),
+            restart_count: int(self.request.get("restart_count")),
+            oom_killed: exit.get("oom_killed").and_then(Value::as_bool).unwrap_or(false),
+        })
+    }
+}
+
+impl Machine {
+    pub fn image(&self) -> &str {
+        self.config.get("image").and_then(Value::as_str).unwrap_or("")
+    }
+
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.config.get("metadata")?.get(key)?.as_str()
+    }
+
+    /// The process group, `app` when the machine has none (as flyctl assumes).
+    pub fn process_group(&self) -> &str {
+        self.metadata(META_PROCESS_GROUP).unwrap_or(DEFAULT_GROUP)
+    }
+
+    /// Deployed by the Machines platform (not a Nomad-era or hand-made machine).
+    pub fn is_platform_v2(&self) -> bool {
+        self.metadata(META_PLATFORM_VERSION) == Some("v2")
+    }
+
+    pub fn is_gone(&self) -> bool {
+        matches!(self.state.as_str(), "destroyed" | "destroying")
+    }
+
+    /// A standby for another machine (`config.standbys`): never started by a deploy.
+    pub fn is_standby(&self) -> bool {
+        self.config
+            .get("standbys")
+            .and_then(Value::as_array)
+            .is_some_and(|s| !s.is_empty())
+    }
+
+    /// Whether the update should leave the machine stopped, as flyctl decides it: only machines
+    /// that were running (or trying to) get launched again.
+    pub fn should_skip_launch(&self) -> bool {
+        !matches!(self.state.as_str(), "started" | "starting" | "failed") || self.is_standby()
+    }
+
+    /// How many health checks the config defines: top-level `checks` plus every service's checks.
+    pub fn expected_check_count(&self) -> usize {
+        config_check_count(&self.config)
+    }
+
+    /// The newest `exit` event (events come newest first).
+    pub fn latest_exit(&self) -> Option<ExitInfo> {
+        self.events.iter().find_map(MachineEvent::exit_info)
+    }
+}
+
+pub fn config_check_count(config: &Value) -> usize {
+    let top = config
+        .get("checks")
+        .and_then(Value::as_object)
+        .map_or(0, Map::len);
+    let services = config
+        .get("services")
+        .and_then(Value::as_array)
+        .map_or(0, |services| {
+            services
+                .iter()
+                .filter_map(|s| s.get("checks").and_then(Value::as_array))
+                .map(Vec::len)
+                .sum()
+        });
+    top + services
+}
+
+/// A held lease. The API has answered both flat (2026 spec) and wrapped in
+/// `{"status":"success","data":{...}}` (older fly-go); `LeaseResponse` accepts both.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Lease {
+    #[serde(default)]
+    pub nonce: String,
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum LeaseResponse {
+    Wrapped { data: Lease },
+    Flat(Lease),
+}
+
+impl LeaseResponse {
+    pub(crate) fn into_lease(self) -> Lease {
+        match self {
+            LeaseResponse::Wrapped { data } | LeaseResponse::Flat(data) => data,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct WaitResponse {
+    #[serde(default)]
+    pub ok: Option<bool>,
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+/// A release record on the platform API.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Release {
+    pub id: String,
+    #[serde(default)]
+    pub version: Option<Value>,
+}
+
+impl Release {
+    /// The version as the string that goes into machine metadata (the API sends a number).
+    pub fn version_string(&self) -> String {
+        match &self.version {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => String::new(),
+        }
+    }
+}
+
+/// Make a config read from the API acceptable as a request body again: the API answers
+/// `services[].autostop` as a boolean for old clients but only accepts the string form.
+pub fn normalize_config_for_request(config: &mut Value) {
+    if let Some(services) = config.get_mut("services").and_then(Value::as_array_mut) {
+        for service in services {
+            if let Some(autostop) = service.get_mut("autostop")
+                && let Some(flag) = autostop.as_bool()
+            {
+                *autostop = Value::String(if flag { "stop" } else { "off" }.to_string());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn machine(value: Value) -> Machine {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn group_defaults_to_app_and_v2_is_read_from_metadata() {
+        let m = machine(
+            json!({"id": "m1", "state": "started", "config": {"metadata": {"fly_platform_version": "v2"}}}),
+        );
+        assert_eq!(m.process_group(), "app");
+        assert!(m.is_platform_v2());
+        let m = machine(json!({"id": "m2", "config": {"metadata": {"fly_process_group": "worker"}}}));
+        assert_eq!(m.process_group(), "worker");
+        assert!(!m.is_platform_v2());
+    }
+
+    #[test]
+    fn skip_launch_for_stopped_machines_and_standbys() {
+        for (state, standbys, skip) in [
+            ("started", json!([]), false),
+            ("starting", json!(null), false),
+            ("failed", json!(null), false),
+            ("stopped", json!(null), true),
+            ("suspended", json!(null), true),
+            ("created", json!(null), true),
+            ("started", json!(["m9"]), true),
+        ] {
+            let m = machine(json!({"id": "m", "state": state, "config": {"standbys": standbys}}));
+            assert_eq!(m.should_skip_launch(), skip, "{state} {standbys}");
+        }
+    }
+
+    #[test]
+    fn checks_are_counted_across_top_level_and_services() {
+        let m = machine(json!({"id": "m", "config": {
+            "checks": {"a": {"type": "tcp"}, "b": {"type": "http"}},
+            "services": [{"checks": [{"type": "tcp"}]}, {"internal_port": 8080}]
+        }}));
+        assert_eq!(m.expected_check_count(), 3);
+        assert_eq!(config_check_count(&json!({})), 0);
+    }
+
+    #[test]
+    fn exit_events_are_read_from_both_payload_shapes() {
+        let m = machine(json!({"id": "m", "events": [
+            {"type": "start", "status": "started"},
+            {"type": "exit", "request": {"exit_event": {"exit_code": 1, "restarting": true}, "restart_count": 3}},
+            {"type": "exit", "request": {"MonitorEvent": {"exit_event": {"exit_code": 0}}}}
+        ]}));
+        assert_eq!(
+            m.latest_exit(),
+            Some(ExitInfo {
+                exit_code: 1,
+                restarting: true,
+                restart_count: 3,
+                oom_killed: false
+            })
+        );
+        assert_eq!(m.events[2].exit_info().unwrap().exit_code, 0);
+    }
+
+    #[test]
+    fn lease_is_read_flat_or_wrapped() {
+        let flat: LeaseResponse = serde_json::from_value(json!({"nonce": "n1", "owner": "a@b"})).unwrap();
+        assert_eq!(flat.into_lease().nonce, "n1");
+        let wrapped: LeaseResponse =
+            serde_json::from_value(json!({"status": "success", "data": {"nonce": "n2", "expires_at": 5}}))
+                .unwrap();
+        let lease = wrapped.into_lease();
+        assert_eq!((lease.nonce.as_str(), lease.expires_at), ("n2", Some(5)));
+    }
+
+    #[test]
+    fn boolean_autostop_becomes_the_string_form() {
+        let mut config =
+            json!({"services": [{"autostop": true}, {"autostop": false}, {"autostop": "suspend"}]});
+        normalize_config_for_request(&mut config);
+        assert_eq!(
+            config,
+            json!({"services": [{"autostop": "stop"}, {"autostop": "off"}, {"autostop": "suspend"}]})
+        );
+    }
+
+    #[test]
+    fn release_version_is_a_string_whatever_its_json_type() {
+        let r: Release = serde_json::from_value(json!({"id": "r1", "version": 7})).unwrap();
+        assert_eq!(r.version_string(), "7");
+        let r: Release = serde_json::from_value(json!({"id": "r1", "version": "8"})).unwrap();
+        assert_eq!(r.version_string(), "8");
+    }
+}

@@ -1,0 +1,42 @@
+//! Canary: one extra machine per group with the new config, kept out of DNS, started and
+//! health-checked, then destroyed; only then does the group roll as usual.
+
+use super::error::RolloutError;
+use super::rolling;
+use super::update::Ctx;
+use crate::fly::types::{META_CANARY, Machine};
+use serde_json::{Value, json};
+
+pub async fn run(ctx: &Ctx, group: &str, machines: &[Machine]) -> Result<(), RolloutError> {
+    let Some(template) = machines
+        .iter()
+        .find(|m| !m.should_skip_launch())
+        .or(machines.first())
+    else {
+        return Ok(());
+    };
+    let mut config = ctx.change.apply(&template.config);
+    config["metadata"][META_CANARY] = Value::String("true".into());
+    config["dns"]["skip_registration"] = Value::Bool(true);
+    let mut body = json!({"config": config, "skip_launch": false});
+    if let Some(region) = &template.region {
+        body["region"] = Value::String(region.clone());
+    }
+    ctx.reporter
+        .info(format!("process group {group}: creating a canary machine in {}", template.region.as_deref().unwrap_or("the default region")));
+    let (canary, result) = match ctx.create_and_check(body, group, true).await {
+        Ok(canary) => (Some(canary), Ok(())),
+        Err((canary, err)) => (canary, Err(err)),
+    };
+    if let Some(canary) = canary {
+        // The canary goes whatever happened: it only ever served as a test.
+        let destroyed = ctx.destroy(&canary.id, group).await;
+        let ok = result.is_ok() && destroyed.is_ok();
+        ctx.done(&canary.id, group, if ok { "canary passed, destroyed" } else { "canary failed" }, ok);
+        result?;
+        destroyed?;
+    } else {
+        result?;
+    }
+    rolling::run(ctx, machines).await
+}

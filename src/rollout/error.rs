@@ -1,0 +1,104 @@
+//! What can go wrong during a rollout, each naming the machine (or group) involved and the fix.
+
+use crate::fly::api::ApiError;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("{action} machine {machine}")]
+    Api {
+        action: &'static str,
+        machine: String,
+        #[source]
+        source: ApiError,
+    },
+    #[error("{action} for app {app}")]
+    AppApi {
+        action: &'static str,
+        app: String,
+        #[source]
+        source: ApiError,
+    },
+    #[error(
+        "machine {machine} did not reach state {state} within {}; raise --wait-timeout \
+         ([deploy] wait_timeout in fly.toml) if it needs longer to boot",
+        secs(*timeout)
+    )]
+    WaitTimeout {
+        machine: String,
+        state: &'static str,
+        timeout: Duration,
+    },
+    #[error(
+        "machine {machine}: health checks did not all pass within {} ({passing}/{expected} \
+         passing; {failing}); see `fly logs -i {machine}`",
+        secs(*timeout)
+    )]
+    ChecksFailing {
+        machine: String,
+        timeout: Duration,
+        passing: usize,
+        expected: usize,
+        failing: String,
+    },
+    #[error(
+        "machine {machine} is crash looping: its main process exited with code {exit_code} and \
+         was restarted {restarts} times{}; see `fly logs -i {machine}`",
+        if *oom_killed { " (killed for running out of memory)" } else { "" }
+    )]
+    CrashLoop {
+        machine: String,
+        exit_code: i64,
+        restarts: i64,
+        oom_killed: bool,
+    },
+    #[error(
+        "machine {machine} is leased by {owner} (expires {expires}); waited {} for it. Another \
+         deploy is probably running; if it was interrupted, wait for the lease to expire or clear it \
+         with `fly machine leases clear {machine}`",
+        secs(*waited)
+    )]
+    LeaseHeld {
+        machine: String,
+        owner: String,
+        expires: String,
+        waited: Duration,
+    },
+    #[error(
+        "release_command `{command}` exited with code {exit_code} on machine {machine}{}; no app \
+         machine was changed",
+        if tail.is_empty() { String::new() } else { format!("; its last output:\n{tail}") }
+    )]
+    ReleaseCommandFailed {
+        command: String,
+        machine: String,
+        exit_code: i64,
+        tail: String,
+    },
+    #[error(
+        "release_command `{command}` on machine {machine} did not finish within {}; raise \
+         [deploy] release_command_timeout (or --release-command-timeout)",
+        secs(*timeout)
+    )]
+    ReleaseCommandTimeout {
+        command: String,
+        machine: String,
+        timeout: Duration,
+    },
+    #[error(
+        "release_command `{command}` on machine {machine} finished without an exit event, so \
+         its exit code is unknown; the deploy stops to be safe"
+    )]
+    ReleaseCommandUnknownExit { command: String, machine: String },
+    #[error("release_command `{command}` cannot be split into arguments: {reason}")]
+    ReleaseCommandInvalid { command: String, reason: String },
+    #[error(
+        "the bluegreen strategy needs at least one health check, and process group {group} has \
+         none: add [checks] or service checks to fly.toml, or use --strategy rolling"
+    )]
+    BluegreenWithoutChecks { group: String },
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}

@@ -1,0 +1,160 @@
+//! Waiting for a machine: a state through the API's `wait` call (at most 60 s a call, looped up
+//! to the deploy's `wait_timeout`), then every health check passing, with the smoke check that
+//! catches a main process restarting in a loop.
+
+use super::error::RolloutError;
+use crate::fly::api::MachinesApi;
+use crate::fly::types::Machine;
+use crate::progress::{Event, Reporter};
+use std::time::{Duration, Instant};
+
+const CHECK_POLL: Duration = Duration::from_millis(400);
+
+/// Wait until the machine reaches `state`, looping the API's capped `wait` calls.
+pub async fn wait_for_state(
+    api: &MachinesApi,
+    machine: &str,
+    state: &'static str,
+    version: Option<&str>,
+    timeout: Duration,
+) -> Result<(), RolloutError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(RolloutError::WaitTimeout {
+                machine: machine.to_string(),
+                state,
+                timeout,
+            });
+        }
+        match api.wait(machine, state, version, left).await {
+            Ok(_) => return Ok(()),
+            // The API's own timeout: keep waiting until ours runs out.
+            Err(err) if err.status() == Some(408) => {}
+            Err(source) => {
+                return Err(RolloutError::Api {
+                    action: "waiting for",
+                    machine: machine.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// A machine whose main process exits non-zero and keeps being restarted is broken even if
+/// its checks happen to pass between restarts.
+pub fn smoke_check(machine: &Machine) -> Result<(), RolloutError> {
+    match machine.latest_exit() {
+        Some(exit) if exit.restarting && exit.restart_count > 1 && exit.exit_code != 0 => {
+            Err(RolloutError::CrashLoop {
+                machine: machine.id.clone(),
+                exit_code: exit.exit_code,
+                restarts: exit.restart_count,
+                oom_killed: exit.oom_killed,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Poll the machine until as many checks as its config defines report `passing`, failing on a
+/// crash loop or when `timeout` runs out. `expected` 0 means no checks: one smoke check.
+pub async fn wait_healthy(
+    api: &MachinesApi,
+    reporter: &Reporter,
+    machine_id: &str,
+    group: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Result<(), RolloutError> {
+    let deadline = Instant::now() + timeout;
+    let mut last_shown = None;
+    loop {
+        let machine = api
+            .get_machine(machine_id)
+            .await
+            .map_err(|source| RolloutError::Api {
+                action: "reading the health of",
+                machine: machine_id.to_string(),
+                source,
+            })?;
+        smoke_check(&machine)?;
+        if expected == 0 {
+            return Ok(());
+        }
+        let total = expected.max(machine.checks.len());
+        let passing = machine
+            .checks
+            .iter()
+            .filter(|c| c.status == "passing")
+            .count();
+        if last_shown != Some(passing) {
+            last_shown = Some(passing);
+            reporter.emit(Event::Machine {
+                machine: machine_id.to_string(),
+                group: group.to_string(),
+                status: format!("checks {passing}/{total} passing"),
+            });
+        }
+        if passing == total {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let failing = machine
+                .checks
+                .iter()
+                .filter(|c| c.status != "passing")
+                .map(|c| {
+                    let output = c.output.as_deref().unwrap_or("").trim();
+                    if output.is_empty() {
+                        format!("{} is {}", c.name, c.status)
+                    } else {
+                        format!("{} is {}: {output}", c.name, c.status)
+                    }
+                })
+                .collect::<Vec<_>>();
+            return Err(RolloutError::ChecksFailing {
+                machine: machine_id.to_string(),
+                timeout,
+                passing,
+                expected: total,
+                failing: if failing.is_empty() {
+                    "no check has reported yet".to_string()
+                } else {
+                    failing.join("; ")
+                },
+            });
+        }
+        tokio::time::sleep(CHECK_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn with_events(events: serde_json::Value) -> Machine {
+        serde_json::from_value(json!({"id": "m1", "events": events})).unwrap()
+    }
+
+    #[test]
+    fn smoke_check_fails_only_on_repeated_non_zero_restarts() {
+        let looping = with_events(json!([
+            {"type": "exit", "request": {"exit_event": {"exit_code": 2, "restarting": true}, "restart_count": 2}}
+        ]));
+        let err = smoke_check(&looping).unwrap_err().to_string();
+        assert!(err.contains("m1") && err.contains("code 2"), "{err}");
+
+        for fine in [
+            json!([{"type": "exit", "request": {"exit_event": {"exit_code": 2, "restarting": true}, "restart_count": 1}}]),
+            json!([{"type": "exit", "request": {"exit_event": {"exit_code": 0, "restarting": true}, "restart_count": 5}}]),
+            json!([{"type": "exit", "request": {"exit_event": {"exit_code": 1, "restarting": false}, "restart_count": 5}}]),
+            json!([{"type": "start"}]),
+        ] {
+            assert!(smoke_check(&with_events(fine.clone())).is_ok(), "{fine}");
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Machine leases: acquired before a machine is touched, refreshed in the background while the
+//! deploy runs, and released at the end whatever happened (success, failure, rollback, signal).
+
+use super::error::RolloutError;
+use crate::fly::api::{ApiError, MachinesApi};
+use crate::progress::{Event, Reporter};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often to ask again for a lease someone else holds.
+const LEASE_RETRY: Duration = Duration::from_millis(500);
+
+pub struct Leases {
+    api: MachinesApi,
+    ttl: Duration,
+    /// machine id → nonce of the lease we hold.
+    held: Mutex<BTreeMap<String, String>>,
+    refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Leases {
+    pub fn new(api: MachinesApi, ttl: Duration) -> Arc<Self> {
+        Arc::new(Leases {
+            api,
+            ttl,
+            held: Mutex::new(BTreeMap::new()),
+            refresher: Mutex::new(None),
+        })
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn nonce(&self, machine: &str) -> Option<String> {
+        self.held().get(machine).cloned()
+    }
+
+    /// Take the machine's lease, waiting up to `patience` while someone else holds it.
+    pub async fn acquire(
+        &self,
+        machine: &str,
+        group: &str,
+        patience: Duration,
+        reporter: &Reporter,
+    ) -> Result<(), RolloutError> {
+        let started = Instant::now();
+        let mut announced = false;
+        loop {
+            match self.api.lease(machine, self.ttl, None).await {
+                Ok(lease) => {
+                    self.held().insert(machine.to_string(), lease.nonce);
+                    return Ok(());
+                }
+                Err(err) if err.status() == Some(409) => {
+                    let holder = self.api.current_lease(machine).await.ok();
+                    let owner = holder
+                        .as_ref()
+                        .and_then(|l| l.owner.clone())
+                        .unwrap_or_else(|| "someone else".to_string());
+                    let expires = holder
+                        .as_ref()
+                        .and_then(|l| l.expires_at)
+                        .map_or_else(|| "at an unknown time".to_string(), describe_expiry);
+                    if started.elapsed() >= patience {
+                        return Err(RolloutError::LeaseHeld {
+                            machine: machine.to_string(),
+                            owner,
+                            expires,
+                            waited: started.elapsed(),
+                        });
+                    }
+                    if !announced {
+                        announced = true;
+                        reporter.emit(Event::Machine {
+                            machine: machine.to_string(),
+                            group: group.to_string(),
+                            status: format!("waiting for lease held by {owner} (expires {expires})"),
+                        });
+                    }
+                    tokio::time::sleep(LEASE_RETRY.min(patience.saturating_sub(started.elapsed()))).await;
+                }
+                Err(source) => {
+                    return Err(RolloutError::Api {
+                        action: "acquiring the lease on",
+                        machine: machine.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Keep every held lease alive until `release_all`: refresh each at a third of the TTL.
+    pub fn start_refreshing(self: &Arc<Self>, reporter: Reporter) {
+        let leases = Arc::clone(self);
+        let every = (self.ttl / 3).max(Duration::from_millis(200));
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let snapshot: Vec<(String, String)> =
+                    leases.held().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let refreshes = snapshot.iter().map(|(machine, nonce)| {
+                    let leases = &leases;
+                    async move { (machine, leases.api.lease(machine, leases.ttl, Some(nonce)).await) }
+                });
+                for (machine, result) in futures::future::join_all(refreshes).await {
+                    match result {
+                        Ok(lease) if !lease.nonce.is_empty() => {
+                            if let Some(nonce) = leases.held().get_mut(machine) {
+                                *nonce = lease.nonce;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(err) => reporter.warn(format!("cannot refresh the lease on machine {machine}: {err}")),
+                    }
+                }
+            }
+        });
+        *self.refresher.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+    }
+
+    /// The machine is gone (destroyed by the deploy): its lease went with it.
+    pub fn forget(&self, machine: &str) {
+        self.held().remove(machine);
+    }
+
+    /// Stop refreshing and release every lease still held. Failures are reported, not fatal:
+    /// a lease left behind expires after its TTL.
+    pub async fn release_all(&self, reporter: &Reporter) {
+        if let Some(task) = self.refresher.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+        let held: Vec<(String, String)> = std::mem::take(&mut *self.held()).into_iter().collect();
+        let releases = held.iter().map(|(machine, nonce)| async move {
+            (machine, self.api.release_lease(machine, nonce).await)
+        });
+        for (machine, result) in futures::future::join_all(releases).await {
+            match result {
+                Ok(()) | Err(ApiError::Status { status: 404, .. }) => {}
+                Err(err) => reporter.warn(format!(
+                    "cannot release the lease on machine {machine} (it expires in {}s): {err}",
+                    self.ttl.as_secs()
+                )),
+            }
+        }
+    }
+}
+
+fn describe_expiry(unix: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let left = unix - now;
+    if left > 0 {
+        format!("in {left}s")
+    } else {
+        "now".to_string()
+    }
+}

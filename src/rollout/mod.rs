@@ -1,0 +1,426 @@
+//! Rolling an image out on a Fly app's Machines, as `flyctl deploy --image` does, plus what
+//! flyctl lacks: automatic rollback and a signal-safe end (leases released, release marked).
+//!
+//! Order: app → machines → plan → release record (running) → release_command → leases →
+//! strategy per process group → (rollback) → leases released → release complete/failed/interrupted.
+
+mod bluegreen;
+mod canary;
+mod drift;
+pub mod error;
+mod health;
+mod immediate;
+mod lease;
+pub mod plan;
+mod release_command;
+mod rolling;
+mod update;
+
+pub use release_command::ReleaseCommand;
+
+use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_ROLLED_BACK, ExitCodeError};
+use crate::fly::api::MachinesApi;
+use crate::fly::appconfig::{AppConfig, MaxUnavailable, Strategy};
+use crate::fly::platform::{NewRelease, PlatformApi, ReleaseStatus};
+use crate::fly::types::Release;
+use crate::progress::Reporter;
+use error::RolloutError;
+use futures::StreamExt;
+use lease::Leases;
+use plan::{ConfigChange, Fleet};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use update::Ctx;
+
+/// Machines rolled back at once.
+const ROLLBACK_CONCURRENCY: usize = 8;
+/// Leases requested at once at the start.
+const LEASE_CONCURRENCY: usize = 16;
+
+/// Everything a rollout needs, validated and merged from flags, environment and fly.toml.
+#[derive(Clone, Debug)]
+pub struct RolloutSpec {
+    pub app: String,
+    /// `host/repo@sha256:...`: machines always get a digest reference.
+    pub image: String,
+    pub strategy: Strategy,
+    pub max_unavailable: MaxUnavailable,
+    pub wait_timeout: Duration,
+    /// How long to wait for a lease someone else holds.
+    pub lease_wait: Duration,
+    pub lease_ttl: Duration,
+    pub release_command: Option<ReleaseCommand>,
+    /// fly.toml `[env]` when there is a fly.toml.
+    pub env: Option<BTreeMap<String, String>>,
+    pub primary_region: Option<String>,
+    pub rollback: bool,
+    /// fly.toml as JSON, for the release record.
+    pub definition: Value,
+    pub plan_only: bool,
+}
+
+/// Run the rollout. `platform` is None with `--skip-release`.
+pub async fn run(
+    spec: RolloutSpec,
+    api: MachinesApi,
+    platform: Option<PlatformApi>,
+    reporter: Reporter,
+    fly_toml: Option<AppConfig>,
+) -> anyhow::Result<()> {
+    api.get_app().await.map_err(|source| RolloutError::AppApi {
+        action: "reading the app",
+        app: spec.app.clone(),
+        source,
+    })?;
+    let machines = api
+        .list_machines()
+        .await
+        .map_err(|source| RolloutError::AppApi {
+            action: "listing the machines",
+            app: spec.app.clone(),
+            source,
+        })?;
+    let fleet = Fleet::classify(machines);
+    validate(&spec, &fleet)?;
+    let change = ConfigChange {
+        image: spec.image.clone(),
+        env: spec.env.clone(),
+        release_id: None,
+        release_version: None,
+    };
+    let plan = describe(&spec, &fleet, &change, platform.is_some());
+    let drift = fly_toml
+        .as_ref()
+        .map(|config| drift::lines(config, &fleet))
+        .unwrap_or_default();
+    if spec.plan_only {
+        for line in plan.iter().chain(&drift) {
+            reporter.result(line);
+        }
+        return Ok(());
+    }
+    for line in plan {
+        reporter.info(line);
+    }
+    for line in drift {
+        reporter.warn(line);
+    }
+
+    // Before the release exists, so that no signal can end the process between here and the
+    // release being marked and every lease released.
+    let mut signals = Signals::install()?;
+    let release = match &platform {
+        Some(platform) => Some(start_release(platform, &spec).await?),
+        None => None,
+    };
+    let change = ConfigChange {
+        release_id: release.as_ref().map(|r| r.id.clone()),
+        release_version: release.as_ref().map(Release::version_string),
+        ..change
+    };
+    let leases = Leases::new(api.clone(), spec.lease_ttl);
+    let ctx = Ctx::new(api, reporter.clone(), spec, change, leases);
+    let outcome = tokio::select! {
+        result = deploy(&ctx, &fleet) => Ok(result),
+        signal = signals.recv() => Err(signal),
+    };
+    finish(&ctx, &fleet, platform.as_ref(), release.as_ref(), outcome).await
+}
+
+/// Refuse what cannot work before creating anything.
+fn validate(spec: &RolloutSpec, fleet: &Fleet) -> Result<(), anyhow::Error> {
+    if fleet.machine_count() == 0 {
+        anyhow::bail!(
+            "app {} has no machines to deploy to; nixfly updates existing machines, so create the \
+             first ones with `fly deploy` (or `fly machine run`) once",
+            spec.app
+        );
+    }
+    if spec.strategy == Strategy::Bluegreen {
+        for (group, machines) in &fleet.groups {
+            if machines.iter().all(|m| m.expected_check_count() == 0) {
+                return Err(RolloutError::BluegreenWithoutChecks {
+                    group: group.clone(),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The plan as lines: what `--plan` prints and what a real run announces first.
+fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: bool) -> Vec<String> {
+    let mut lines = vec![format!(
+        "deploy {} to app {} ({}, {} machines{})",
+        spec.image,
+        spec.app,
+        spec.strategy.as_str(),
+        fleet.machine_count(),
+        match spec.strategy {
+            Strategy::Rolling | Strategy::Canary => format!(
+                ", max_unavailable {}",
+                match spec.max_unavailable {
+                    MaxUnavailable::Count(n) => n.to_string(),
+                    MaxUnavailable::Fraction(f) => f.to_string(),
+                }
+            ),
+            _ => String::new(),
+        }
+    )];
+    lines.push(if release {
+        format!(
+            "release: a new {} release record, marked running, then complete or failed",
+            spec.strategy.as_str().to_ascii_uppercase()
+        )
+    } else {
+        "release: none (--skip-release)".to_string()
+    });
+    if let Some(rc) = &spec.release_command {
+        lines.push(format!(
+            "release_command: `{}` on a temporary machine{} (timeout {}s), before any app machine changes",
+            rc.command,
+            spec.primary_region
+                .as_deref()
+                .map(|r| format!(" in {r}"))
+                .unwrap_or_default(),
+            rc.timeout.as_secs()
+        ));
+    }
+    for leftover in &fleet.leftover_release_machines {
+        lines.push(format!(
+            "release_command machine {} from an earlier deploy: destroyed first",
+            leftover.id
+        ));
+    }
+    for (id, why) in &fleet.ignored {
+        lines.push(format!("machine {id}: left alone ({why})"));
+    }
+    for (group, machines) in &fleet.groups {
+        lines.push(format!("process group {group} ({} machines):", machines.len()));
+        if spec.strategy == Strategy::Canary {
+            lines.push("  canary: one new machine, started, checked, destroyed".to_string());
+        }
+        for (i, wave) in plan::waves(spec.strategy, machines, spec.max_unavailable)
+            .iter()
+            .enumerate()
+        {
+            let what = if spec.strategy == Strategy::Bluegreen {
+                "greens created beside"
+            } else {
+                "updated"
+            };
+            lines.push(format!("  wave {}: {what} {}", i + 1, wave.iter().map(|m| m.id.as_str()).collect::<Vec<_>>().join(" ")));
+        }
+        for machine in machines {
+            let env = change.env_diff(&machine.config);
+            lines.push(format!(
+                "  {} {} {}: {} -> {}{}{}",
+                machine.id,
+                machine.region.as_deref().unwrap_or("-"),
+                machine.state,
+                machine.image(),
+                spec.image,
+                if machine.should_skip_launch() { " (stays stopped)" } else { "" },
+                if env.is_empty() { String::new() } else { format!("; env {}", env.join(" ")) }
+            ));
+        }
+    }
+    lines
+}
+
+async fn start_release(platform: &PlatformApi, spec: &RolloutSpec) -> anyhow::Result<Release> {
+    use anyhow::Context as _;
+    let release = platform
+        .create_release(NewRelease {
+            app: &spec.app,
+            image: &spec.image,
+            strategy: spec.strategy.as_str(),
+            definition: spec.definition.clone(),
+            build_id: None,
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "creating the release record for app {} (no machine was changed; use \
+                 --skip-release if this setup has no platform API)",
+                spec.app
+            )
+        })?;
+    platform
+        .set_status(&release.id, ReleaseStatus::Running)
+        .await
+        .with_context(|| format!("marking release {} running (no machine was changed)", release.id))?;
+    Ok(release)
+}
+
+/// release_command, leases, then the strategy for each process group in name order.
+async fn deploy(ctx: &Ctx, fleet: &Fleet) -> Result<(), RolloutError> {
+    if let Some(rc) = &ctx.spec.release_command {
+        release_command::run(ctx, rc, fleet).await?;
+    }
+    let mut acquiring = futures::stream::iter(fleet.machines())
+        .map(|machine| {
+            let group = machine.process_group();
+            ctx.status(&machine.id, group, "waiting for lease");
+            ctx.leases
+                .acquire(&machine.id, group, ctx.spec.lease_wait, &ctx.reporter)
+        })
+        .buffer_unordered(LEASE_CONCURRENCY);
+    while let Some(result) = acquiring.next().await {
+        result?;
+    }
+    drop(acquiring);
+    ctx.leases.start_refreshing(ctx.reporter.clone());
+    for (group, machines) in &fleet.groups {
+        match ctx.spec.strategy {
+            Strategy::Rolling => rolling::run(ctx, machines).await?,
+            Strategy::Immediate => immediate::run(ctx, machines).await?,
+            Strategy::Canary => canary::run(ctx, group, machines).await?,
+            Strategy::Bluegreen => bluegreen::run(ctx, group, machines).await?,
+        }
+    }
+    Ok(())
+}
+
+/// Put every machine this deploy changed back to its previous config, all of them even if some
+/// fail. Returns how many were restored and the failures.
+async fn rollback(ctx: &Ctx) -> (usize, Vec<RolloutError>) {
+    let journal = ctx.journal();
+    ctx.reporter.warn(format!(
+        "rolling back {} machine(s) to their previous config",
+        journal.len()
+    ));
+    let results: Vec<Result<(), RolloutError>> = futures::stream::iter(journal.iter().rev())
+        .map(|previous| ctx.restore_machine(previous))
+        .buffer_unordered(ROLLBACK_CONCURRENCY)
+        .collect()
+        .await;
+    let restored = results.iter().filter(|r| r.is_ok()).count();
+    (restored, results.into_iter().filter_map(Result::err).collect())
+}
+
+async fn finish(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    platform: Option<&PlatformApi>,
+    release: Option<&Release>,
+    outcome: Result<Result<(), RolloutError>, &'static str>,
+) -> anyhow::Result<()> {
+    let app = &ctx.spec.app;
+    let release_name = release.map_or_else(String::new, |r| format!(" (release v{})", r.version_string()));
+    let (status, result) = match outcome {
+        Ok(Ok(())) => {
+            ctx.reporter.info(format!(
+                "deployed {} to {} machine(s) of app {app}{release_name}",
+                ctx.spec.image,
+                fleet.machine_count()
+            ));
+            (ReleaseStatus::Complete, Ok(()))
+        }
+        Err(signal) => {
+            let updated: Vec<String> = ctx.journal().into_iter().map(|m| m.id).collect();
+            let message = format!(
+                "deploy of app {app} interrupted by {signal}; leases released, release marked \
+                 interrupted{}",
+                if updated.is_empty() {
+                    "; no machine had been changed".to_string()
+                } else {
+                    format!(
+                        "; machines already given the new image keep it: {}",
+                        updated.join(", ")
+                    )
+                }
+            );
+            (
+                ReleaseStatus::Interrupted,
+                Err(anyhow::Error::from(ExitCodeError {
+                    code: EXIT_INTERRUPTED,
+                    message,
+                })),
+            )
+        }
+        Ok(Err(err)) => {
+            let (code, summary) = if !ctx.is_changing() {
+                (EXIT_FAILURE, format!("deploy of app {app} failed before any machine changed"))
+            } else if !ctx.spec.rollback {
+                (
+                    EXIT_ROLLED_BACK,
+                    format!(
+                        "deploy of app {app} failed part-way and was not rolled back (--no-rollback); \
+                         machines given the new image: {}",
+                        ctx.journal().into_iter().map(|m| m.id).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            } else {
+                let (restored, failures) = rollback(ctx).await;
+                for failure in &failures {
+                    ctx.reporter.warn(chain_text(failure));
+                }
+                let summary = if failures.is_empty() {
+                    format!("deploy of app {app} failed; rolled back {restored} machine(s) to their previous image")
+                } else {
+                    format!(
+                        "deploy of app {app} failed and {} of {} machine(s) could not be rolled back (see the warnings above)",
+                        failures.len(),
+                        restored + failures.len()
+                    )
+                };
+                (EXIT_ROLLED_BACK, summary)
+            };
+            (
+                ReleaseStatus::Failed,
+                Err(anyhow::Error::from(err).context(ExitCodeError { code, message: summary })),
+            )
+        }
+    };
+    ctx.leases.release_all(&ctx.reporter).await;
+    if let (Some(platform), Some(release)) = (platform, release)
+        && let Err(err) = platform.set_status(&release.id, status).await
+    {
+        ctx.reporter.warn(format!(
+            "cannot mark release {} {}: {}",
+            release.id,
+            status.as_str(),
+            chain_text(&err)
+        ));
+    }
+    result
+}
+
+/// An error and its sources on one line, for warnings that do not end the command.
+fn chain_text(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// SIGINT and SIGTERM, installed before the first change so that neither kills the process
+/// with leases held.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}

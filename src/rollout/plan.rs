@@ -1,0 +1,362 @@
+//! Pure planning: which machines a deploy touches, in which order, and the config each gets.
+//! Nothing here talks to the network, so `--plan` and the real run share it exactly.
+
+use crate::fly::appconfig::{MaxUnavailable, Strategy};
+use crate::fly::types::{
+    CONSOLE_GROUP, META_RELEASE_ID, META_RELEASE_VERSION, Machine, RELEASE_COMMAND_GROUP,
+    normalize_config_for_request,
+};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+/// Immediate deploys update this many machines at once, as flyctl does.
+pub const IMMEDIATE_CONCURRENCY: usize = 8;
+
+/// Env keys the platform sets on every machine; fly.toml `[env]` never removes them.
+const PLATFORM_ENV: [&str; 2] = ["FLY_PROCESS_GROUP", "PRIMARY_REGION"];
+
+/// The app's machines, sorted for the deploy.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    /// Process group → its machines, sorted by id.
+    pub groups: BTreeMap<String, Vec<Machine>>,
+    /// Release-command machines left behind by an earlier deploy: destroyed before a new one runs.
+    pub leftover_release_machines: Vec<Machine>,
+    /// Machines the deploy leaves alone, with why (console machines, non-v2 machines).
+    pub ignored: Vec<(String, &'static str)>,
+}
+
+impl Fleet {
+    pub fn classify(machines: Vec<Machine>) -> Fleet {
+        let mut fleet = Fleet::default();
+        for machine in machines {
+            if machine.is_gone() {
+                continue;
+            }
+            match machine.process_group() {
+                RELEASE_COMMAND_GROUP => fleet.leftover_release_machines.push(machine),
+                CONSOLE_GROUP => fleet.ignored.push((machine.id, "console machine")),
+                _ if !machine.is_platform_v2() => fleet
+                    .ignored
+                    .push((machine.id, "not a Machines platform v2 machine")),
+                group => fleet
+                    .groups
+                    .entry(group.to_string())
+                    .or_default()
+                    .push(machine),
+            }
+        }
+        for machines in fleet.groups.values_mut() {
+            machines.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        fleet
+    }
+
+    pub fn machine_count(&self) -> usize {
+        self.groups.values().map(Vec::len).sum()
+    }
+
+    pub fn machines(&self) -> impl Iterator<Item = &Machine> {
+        self.groups.values().flatten()
+    }
+}
+
+/// The order a rolling update takes within one group: the first running machine goes alone
+/// (a bad image then breaks one machine, not `max_unavailable`), the rest in a pool.
+#[derive(Debug)]
+pub struct RollingOrder<'a> {
+    pub first: Option<&'a Machine>,
+    pub rest: Vec<&'a Machine>,
+    pub pool: usize,
+}
+
+pub fn rolling_order(machines: &[Machine], max_unavailable: MaxUnavailable) -> RollingOrder<'_> {
+    let first = machines.iter().find(|m| !m.should_skip_launch());
+    let rest = machines
+        .iter()
+        .filter(|m| first.is_none_or(|f| f.id != m.id))
+        .collect();
+    RollingOrder {
+        first,
+        rest,
+        pool: max_unavailable.pool_size(machines.len()),
+    }
+}
+
+impl<'a> RollingOrder<'a> {
+    /// The order as waves of at most `pool` machines, for the plan.
+    pub fn waves(&self) -> Vec<Vec<&'a Machine>> {
+        let mut waves: Vec<Vec<&'a Machine>> = self.first.iter().map(|m| vec![*m]).collect();
+        waves.extend(self.rest.chunks(self.pool).map(<[&Machine]>::to_vec));
+        waves
+    }
+}
+
+/// The waves a strategy goes through for one group, for the plan.
+pub fn waves<'a>(
+    strategy: Strategy,
+    machines: &'a [Machine],
+    max_unavailable: MaxUnavailable,
+) -> Vec<Vec<&'a Machine>> {
+    match strategy {
+        Strategy::Rolling | Strategy::Canary => rolling_order(machines, max_unavailable).waves(),
+        Strategy::Immediate => machines
+            .chunks(IMMEDIATE_CONCURRENCY)
+            .map(|c| c.iter().collect())
+            .collect(),
+        Strategy::Bluegreen => vec![machines.iter().collect()],
+    }
+}
+
+/// What the new config of a machine is made of besides its current config.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigChange {
+    pub image: String,
+    /// fly.toml `[env]`, when there is a fly.toml: it replaces the machine's env (as flyctl does).
+    pub env: Option<BTreeMap<String, String>>,
+    pub release_id: Option<String>,
+    pub release_version: Option<String>,
+}
+
+impl ConfigChange {
+    /// The machine's current config with the image, env and release metadata replaced; every
+    /// other field stays as the API returned it.
+    pub fn apply(&self, current: &Value) -> Value {
+        let mut config = match current {
+            Value::Object(_) => current.clone(),
+            _ => json!({}),
+        };
+        let object = config.as_object_mut().expect("config is an object");
+        object.insert("image".into(), Value::String(self.image.clone()));
+        if let Some(env) = &self.env {
+            let old = object.get("env").and_then(Value::as_object);
+            let mut new: Map<String, Value> = PLATFORM_ENV
+                .iter()
+                .filter_map(|key| Some((key.to_string(), old?.get(*key)?.clone())))
+                .collect();
+            new.extend(env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))));
+            object.insert("env".into(), Value::Object(new));
+        }
+        let metadata = object
+            .entry("metadata")
+            .or_insert_with(|| json!({}));
+        if let Some(metadata) = metadata.as_object_mut() {
+            for (key, value) in [
+                (META_RELEASE_ID, &self.release_id),
+                (META_RELEASE_VERSION, &self.release_version),
+            ] {
+                if let Some(value) = value {
+                    metadata.insert(key.into(), Value::String(value.clone()));
+                }
+            }
+        }
+        normalize_config_for_request(&mut config);
+        config
+    }
+
+    /// Env keys this change adds, changes or removes on a machine, for the plan.
+    pub fn env_diff(&self, current: &Value) -> Vec<String> {
+        let Some(env) = &self.env else {
+            return Vec::new();
+        };
+        let old: BTreeMap<&str, &str> = current
+            .get("env")
+            .and_then(Value::as_object)
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut diff = Vec::new();
+        for (key, value) in env {
+            match old.get(key.as_str()) {
+                None => diff.push(format!("+{key}")),
+                Some(v) if v != value => diff.push(format!("~{key}")),
+                Some(_) => {}
+            }
+        }
+        for key in old.keys() {
+            if !env.contains_key(*key) && !PLATFORM_ENV.contains(key) {
+                diff.push(format!("-{key}"));
+            }
+        }
+        diff
+    }
+}
+
+/// The body of `POST /machines/{id}`: the full config, the machine's region, and whether to
+/// leave it stopped.
+pub fn update_body(machine: &Machine, config: Value, skip_launch: bool) -> Value {
+    let mut body = json!({"config": config, "skip_launch": skip_launch, "skip_secrets": false});
+    if let Some(region) = &machine.region {
+        body["region"] = Value::String(region.clone());
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: &str, group: &str, state: &str) -> Machine {
+        serde_json::from_value(json!({
+            "id": id, "state": state, "region": "ams",
+            "config": {"image": "old", "metadata": {"fly_platform_version": "v2", "fly_process_group": group}}
+        }))
+        .unwrap()
+    }
+
+    fn ids(waves: &[Vec<&Machine>]) -> Vec<Vec<String>> {
+        waves
+            .iter()
+            .map(|w| w.iter().map(|m| m.id.clone()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn fleet_groups_by_process_group_sorted_by_id_and_sets_aside_the_rest() {
+        let mut nomad = m("n1", "app", "started");
+        nomad.config["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("fly_platform_version");
+        let mut destroyed = m("d1", "app", "destroyed");
+        destroyed.state = "destroyed".into();
+        let fleet = Fleet::classify(vec![
+            m("w2", "worker", "started"),
+            m("a3", "app", "started"),
+            m("a1", "app", "stopped"),
+            m("w1", "worker", "started"),
+            m("r1", RELEASE_COMMAND_GROUP, "stopped"),
+            m("c1", CONSOLE_GROUP, "started"),
+            nomad,
+            destroyed,
+        ]);
+        let groups: Vec<(&str, Vec<&str>)> = fleet
+            .groups
+            .iter()
+            .map(|(g, ms)| (g.as_str(), ms.iter().map(|m| m.id.as_str()).collect()))
+            .collect();
+        assert_eq!(groups, vec![("app", vec!["a1", "a3"]), ("worker", vec!["w1", "w2"])]);
+        assert_eq!(fleet.leftover_release_machines[0].id, "r1");
+        let ignored: Vec<&str> = fleet.ignored.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ignored, vec!["c1", "n1"]);
+        assert_eq!(fleet.machine_count(), 4);
+    }
+
+    #[test]
+    fn rolling_sends_the_first_started_machine_alone_then_pools_by_count() {
+        let machines = vec![
+            m("a", "app", "stopped"),
+            m("b", "app", "started"),
+            m("c", "app", "started"),
+            m("d", "app", "started"),
+            m("e", "app", "stopped"),
+        ];
+        let order = rolling_order(&machines, MaxUnavailable::Count(2));
+        assert_eq!(order.first.unwrap().id, "b");
+        assert_eq!(
+            ids(&order.waves()),
+            vec![vec!["b"], vec!["a", "c"], vec!["d", "e"]]
+        );
+    }
+
+    #[test]
+    fn rolling_fraction_is_rounded_up_and_never_zero() {
+        let machines: Vec<Machine> = (0..10)
+            .map(|i| m(&format!("m{i:02}"), "app", "started"))
+            .collect();
+        let waves = waves(Strategy::Rolling, &machines, MaxUnavailable::Fraction(0.33));
+        // 10 * 0.33 = 3.3 -> 4 at a time after the first.
+        assert_eq!(
+            waves.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![1, 4, 4, 1]
+        );
+        let tiny = waves_len(&machines[..2], MaxUnavailable::Fraction(0.01));
+        assert_eq!(tiny, vec![1, 1]);
+    }
+
+    fn waves_len(machines: &[Machine], mu: MaxUnavailable) -> Vec<usize> {
+        waves(Strategy::Rolling, machines, mu)
+            .iter()
+            .map(Vec::len)
+            .collect()
+    }
+
+    #[test]
+    fn all_stopped_group_has_no_lone_first_machine() {
+        let machines = vec![m("a", "app", "stopped"), m("b", "app", "stopped")];
+        assert_eq!(waves_len(&machines, MaxUnavailable::Count(1)), vec![1, 1]);
+        assert!(rolling_order(&machines, MaxUnavailable::Count(1)).first.is_none());
+    }
+
+    #[test]
+    fn immediate_is_chunked_by_eight_and_bluegreen_is_one_wave() {
+        let machines: Vec<Machine> = (0..10)
+            .map(|i| m(&format!("m{i:02}"), "app", "started"))
+            .collect();
+        let lens = |s| {
+            waves(s, &machines, MaxUnavailable::Count(1))
+                .iter()
+                .map(Vec::len)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(lens(Strategy::Immediate), vec![8, 2]);
+        assert_eq!(lens(Strategy::Bluegreen), vec![10]);
+    }
+
+    #[test]
+    fn config_change_replaces_image_env_and_release_metadata_and_keeps_the_rest() {
+        let current = json!({
+            "image": "old@sha256:aa",
+            "env": {"FLY_PROCESS_GROUP": "app", "PRIMARY_REGION": "ams", "OLD": "1", "KEEP": "x"},
+            "metadata": {"fly_platform_version": "v2", "fly_release_id": "r0"},
+            "services": [{"internal_port": 8080, "autostop": true}],
+            "unknown_future_field": {"a": 1}
+        });
+        let change = ConfigChange {
+            image: "new@sha256:bb".into(),
+            env: Some(BTreeMap::from([
+                ("KEEP".to_string(), "y".to_string()),
+                ("NEW".to_string(), "2".to_string()),
+            ])),
+            release_id: Some("r1".into()),
+            release_version: Some("4".into()),
+        };
+        let config = change.apply(&current);
+        assert_eq!(config["image"], "new@sha256:bb");
+        assert_eq!(
+            config["env"],
+            json!({"FLY_PROCESS_GROUP": "app", "PRIMARY_REGION": "ams", "KEEP": "y", "NEW": "2"})
+        );
+        assert_eq!(config["metadata"]["fly_release_id"], "r1");
+        assert_eq!(config["metadata"]["fly_release_version"], "4");
+        assert_eq!(config["metadata"]["fly_platform_version"], "v2");
+        assert_eq!(config["services"][0]["autostop"], "stop");
+        assert_eq!(config["unknown_future_field"], json!({"a": 1}));
+        assert_eq!(change.env_diff(&current), vec!["~KEEP", "+NEW", "-OLD"]);
+    }
+
+    #[test]
+    fn without_fly_toml_the_env_is_left_alone() {
+        let current = json!({"image": "old", "env": {"A": "1"}});
+        let change = ConfigChange {
+            image: "new".into(),
+            ..ConfigChange::default()
+        };
+        let config = change.apply(&current);
+        assert_eq!(config["env"], json!({"A": "1"}));
+        assert!(change.env_diff(&current).is_empty());
+    }
+
+    #[test]
+    fn update_body_carries_region_and_skip_launch() {
+        let machine = m("a", "app", "stopped");
+        let body = update_body(&machine, json!({"image": "x"}), true);
+        assert_eq!(
+            body,
+            json!({"config": {"image": "x"}, "skip_launch": true, "skip_secrets": false, "region": "ams"})
+        );
+    }
+}

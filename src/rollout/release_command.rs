@@ -1,0 +1,226 @@
+//! `[deploy] release_command`: run once on a temporary machine with the new image before any app
+//! machine changes, as flyctl runs it. A non-zero exit stops the deploy.
+
+use super::error::RolloutError;
+use super::health::wait_for_state;
+use super::plan::Fleet;
+use super::update::Ctx;
+use crate::fly::types::{
+    META_PLATFORM_VERSION, META_PROCESS_GROUP, META_RELEASE_ID, META_RELEASE_VERSION, Machine,
+    MachineEvent, RELEASE_COMMAND_GROUP,
+};
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+
+/// How long the created machine may take to settle into `stopped` before it is started.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The release command as the deploy runs it.
+#[derive(Clone, Debug)]
+pub struct ReleaseCommand {
+    pub command: String,
+    pub timeout: Duration,
+    /// `[deploy.release_command_vm]` as a Machines API guest; None: the largest app guest.
+    pub guest: Option<Value>,
+}
+
+/// The guest flyctl falls back to when the app has no machine to copy one from.
+fn default_guest() -> Value {
+    json!({"cpu_kind": "shared", "cpus": 2, "memory_mb": 512})
+}
+
+/// The temporary machine's create request.
+pub fn machine_request(
+    ctx: &Ctx,
+    rc: &ReleaseCommand,
+    fleet: &Fleet,
+) -> Result<Value, RolloutError> {
+    let cmd = shell_words::split(&rc.command).map_err(|err| RolloutError::ReleaseCommandInvalid {
+        command: rc.command.clone(),
+        reason: err.to_string(),
+    })?;
+    let template = fleet.machines().next();
+    let region = ctx
+        .spec
+        .primary_region
+        .clone()
+        .or_else(|| template.and_then(|m| m.region.clone()));
+    let mut env: Map<String, Value> = match &ctx.change.env {
+        Some(env) => env
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+        None => template
+            .and_then(|m| m.config.get("env"))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default(),
+    };
+    env.insert("RELEASE_COMMAND".into(), "1".into());
+    env.insert("FLY_PROCESS_GROUP".into(), RELEASE_COMMAND_GROUP.into());
+    if let Some(region) = &region {
+        env.insert("PRIMARY_REGION".into(), Value::String(region.clone()));
+    }
+    let guest = rc
+        .guest
+        .clone()
+        .or_else(|| largest_guest(fleet))
+        .unwrap_or_else(default_guest);
+    let mut metadata = json!({
+        META_PLATFORM_VERSION: "v2",
+        META_PROCESS_GROUP: RELEASE_COMMAND_GROUP,
+    });
+    if let Some(id) = &ctx.change.release_id {
+        metadata[META_RELEASE_ID] = Value::String(id.clone());
+    }
+    if let Some(version) = &ctx.change.release_version {
+        metadata[META_RELEASE_VERSION] = Value::String(version.clone());
+    }
+    let mut body = json!({
+        "skip_launch": true,
+        "config": {
+            "image": ctx.change.image,
+            "init": {"cmd": cmd},
+            "restart": {"policy": "no"},
+            "auto_destroy": true,
+            "dns": {"skip_registration": true},
+            "env": env,
+            "guest": guest,
+            "metadata": metadata,
+        }
+    });
+    if let Some(region) = region {
+        body["region"] = Value::String(region);
+    }
+    Ok(body)
+}
+
+fn largest_guest(fleet: &Fleet) -> Option<Value> {
+    fleet
+        .machines()
+        .filter_map(|m| m.config.get("guest"))
+        .max_by_key(|g| g.get("memory_mb").and_then(Value::as_u64).unwrap_or(0))
+        .cloned()
+}
+
+pub async fn run(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<(), RolloutError> {
+    let group = RELEASE_COMMAND_GROUP;
+    for leftover in &fleet.leftover_release_machines {
+        ctx.reporter.info(format!(
+            "destroying release_command machine {} left by an earlier deploy",
+            leftover.id
+        ));
+        ctx.destroy(&leftover.id, group).await?;
+    }
+    let body = machine_request(ctx, rc, fleet)?;
+    ctx.reporter
+        .info(format!("running release_command `{}`", rc.command));
+    let machine = ctx.api.create_machine(body).await.map_err(|source| RolloutError::AppApi {
+        action: "creating the release_command machine",
+        app: ctx.spec.app.clone(),
+        source,
+    })?;
+    let id = machine.id.as_str();
+    ctx.status(id, group, "created");
+    wait_for_state(&ctx.api, id, "stopped", None, SETTLE_TIMEOUT).await?;
+    ctx.api
+        .machine_action(id, "start", None)
+        .await
+        .map_err(|source| api_error("starting", id, source))?;
+    ctx.status(id, group, "running");
+    // A quick command may have finished and been destroyed already: 404 is fine here.
+    match wait_for_state(&ctx.api, id, "started", None, SETTLE_TIMEOUT).await {
+        Err(RolloutError::Api { source, .. }) if source.status() == Some(404) => {}
+        other => other?,
+    }
+    match wait_for_state(&ctx.api, id, "destroyed", None, rc.timeout).await {
+        Ok(()) => {}
+        Err(RolloutError::Api { source, .. }) if source.status() == Some(404) => {}
+        Err(RolloutError::WaitTimeout { .. }) => {
+            return Err(RolloutError::ReleaseCommandTimeout {
+                command: rc.command.clone(),
+                machine: id.to_string(),
+                timeout: rc.timeout,
+            });
+        }
+        Err(err) => return Err(err),
+    }
+    let finished = ctx
+        .api
+        .get_machine(id)
+        .await
+        .map_err(|source| api_error("reading the exit code of", id, source))?;
+    let (exit_code, tail) =
+        exit_of_last_run(&finished).ok_or_else(|| RolloutError::ReleaseCommandUnknownExit {
+            command: rc.command.clone(),
+            machine: id.to_string(),
+        })?;
+    if exit_code != 0 {
+        ctx.done(id, group, format!("exited with code {exit_code}"), false);
+        return Err(RolloutError::ReleaseCommandFailed {
+            command: rc.command.clone(),
+            machine: id.to_string(),
+            exit_code,
+            tail,
+        });
+    }
+    ctx.done(id, group, "release_command succeeded", true);
+    Ok(())
+}
+
+fn api_error(action: &'static str, machine: &str, source: crate::fly::api::ApiError) -> RolloutError {
+    RolloutError::Api {
+        action,
+        machine: machine.to_string(),
+        source,
+    }
+}
+
+/// The exit code of the run after the latest `start` (events are newest first), with any
+/// output the event carries.
+fn exit_of_last_run(machine: &Machine) -> Option<(i64, String)> {
+    let since_start: Vec<&MachineEvent> = machine
+        .events
+        .iter()
+        .take_while(|e| e.kind != "start")
+        .collect();
+    let exit = since_start.iter().find(|e| e.kind == "exit")?;
+    let info = exit.exit_info()?;
+    let tail = ["/exit_event/output", "/output", "/MonitorEvent/exit_event/output"]
+        .iter()
+        .find_map(|p| exit.request.pointer(p).and_then(Value::as_str))
+        .unwrap_or("")
+        .lines()
+        .rev()
+        .take(20)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
+    Some((info.exit_code, tail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_code_comes_from_the_run_after_the_latest_start() {
+        let machine: Machine = serde_json::from_value(json!({"id": "r1", "events": [
+            {"type": "destroy"},
+            {"type": "exit", "request": {"exit_event": {"exit_code": 3, "output": "a\nmigration failed"}}},
+            {"type": "start"},
+            {"type": "exit", "request": {"exit_event": {"exit_code": 0}}},
+            {"type": "start"}
+        ]}))
+        .unwrap();
+        assert_eq!(
+            exit_of_last_run(&machine),
+            Some((3, "a\nmigration failed".to_string()))
+        );
+        let never_exited: Machine =
+            serde_json::from_value(json!({"id": "r1", "events": [{"type": "start"}]})).unwrap();
+        assert_eq!(exit_of_last_run(&never_exited), None);
+    }
+}
