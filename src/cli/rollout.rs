@@ -46,6 +46,9 @@ pub struct RolloutOptions {
     /// [deploy] wait_timeout, else 5m.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub wait_timeout: Option<Duration>,
+    /// How long to watch a machine without health checks for a crash loop once it started.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", default_value = "10s")]
+    pub smoke_check_window: Duration,
     /// How long release_command may run. Default: [deploy] release_command_timeout, else 5m.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub release_command_timeout: Option<Duration>,
@@ -190,6 +193,7 @@ fn spec(
             .wait_timeout
             .or(deploy.and_then(|d| d.wait_timeout))
             .unwrap_or(DEFAULT_WAIT_TIMEOUT),
+        smoke_window: options.smoke_check_window,
         lease_wait: options.lease_wait,
         lease_ttl: options.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
         release_command,

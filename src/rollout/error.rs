@@ -30,6 +30,15 @@ pub enum RolloutError {
         timeout: Duration,
     },
     #[error(
+        "machine {machine} is {state} instead of running (last event: {last_event}); see \
+         `fly logs -i {machine}`"
+    )]
+    FailedToStart {
+        machine: String,
+        state: String,
+        last_event: String,
+    },
+    #[error(
         "machine {machine}: health checks did not all pass within {} ({passing}/{expected} \
          passing; {failing}); see `fly logs -i {machine}`",
         secs(*timeout)

@@ -8,7 +8,10 @@ use crate::fly::types::Machine;
 use crate::progress::{Event, Reporter};
 use std::time::{Duration, Instant};
 
-const CHECK_POLL: Duration = Duration::from_millis(400);
+/// Check polling starts fast (a healthy machine is done in one or two polls) and slows down
+/// for machines that take their time.
+const CHECK_POLL_FIRST: Duration = Duration::from_millis(100);
+const CHECK_POLL_MAX: Duration = Duration::from_secs(1);
 
 /// Wait until the machine reaches `state`, looping the API's capped `wait` calls.
 pub async fn wait_for_state(
@@ -30,8 +33,16 @@ pub async fn wait_for_state(
         }
         match api.wait(machine, state, version, left).await {
             Ok(_) => return Ok(()),
-            // The API's own timeout: keep waiting until ours runs out.
-            Err(err) if err.status() == Some(408) => {}
+            // The API's own timeout: keep waiting until ours runs out, unless the machine has
+            // given up (a machine in `failed` never reaches `started` by itself).
+            Err(err) if err.status() == Some(408) => {
+                if state == "started"
+                    && let Ok(current) = api.get_machine(machine).await
+                    && current.state == "failed"
+                {
+                    return Err(failed_to_start(&current));
+                }
+            }
             Err(source) => {
                 return Err(RolloutError::Api {
                     action: "waiting for",
@@ -40,6 +51,18 @@ pub async fn wait_for_state(
                 });
             }
         }
+    }
+}
+
+fn failed_to_start(machine: &Machine) -> RolloutError {
+    RolloutError::FailedToStart {
+        machine: machine.id.clone(),
+        state: machine.state.clone(),
+        last_event: machine
+            .events
+            .first()
+            .map(|e| format!("{} {}", e.kind, e.status.as_deref().unwrap_or("")).trim().to_string())
+            .unwrap_or_else(|| "none".into()),
     }
 }
 
@@ -59,18 +82,36 @@ pub fn smoke_check(machine: &Machine) -> Result<(), RolloutError> {
     }
 }
 
+/// How long to watch a machine and what for, once it has started.
+#[derive(Clone, Copy, Debug)]
+pub struct HealthWait {
+    /// Checks the machine's config defines (top-level and service checks).
+    pub expected_checks: usize,
+    /// How long they may take to pass.
+    pub timeout: Duration,
+    /// For a machine without checks: how long to watch it for a crash loop.
+    pub smoke_window: Duration,
+}
+
 /// Poll the machine until as many checks as its config defines report `passing`, failing on a
-/// crash loop or when `timeout` runs out. `expected` 0 means no checks: one smoke check.
+/// crash loop or when the timeout runs out. A machine without checks is watched for the smoke
+/// window instead.
 pub async fn wait_healthy(
     api: &MachinesApi,
     reporter: &Reporter,
     machine_id: &str,
     group: &str,
-    expected: usize,
-    timeout: Duration,
+    wait: HealthWait,
 ) -> Result<(), RolloutError> {
+    let HealthWait {
+        expected_checks: expected,
+        timeout,
+        smoke_window,
+    } = wait;
     let deadline = Instant::now() + timeout;
+    let smoke_until = Instant::now() + smoke_window.min(timeout);
     let mut last_shown = None;
+    let mut poll = CHECK_POLL_FIRST;
     loop {
         let machine = api
             .get_machine(machine_id)
@@ -81,8 +122,17 @@ pub async fn wait_healthy(
                 source,
             })?;
         smoke_check(&machine)?;
+        if matches!(machine.state.as_str(), "failed" | "stopped") {
+            return Err(failed_to_start(&machine));
+        }
         if expected == 0 {
-            return Ok(());
+            // Nothing to poll for: watch the machine for the smoke window instead.
+            if Instant::now() >= smoke_until {
+                return Ok(());
+            }
+            tokio::time::sleep(poll.min(smoke_until.saturating_duration_since(Instant::now()))).await;
+            poll = (poll * 2).min(CHECK_POLL_MAX);
+            continue;
         }
         let total = expected.max(machine.checks.len());
         let passing = machine
@@ -127,7 +177,8 @@ pub async fn wait_healthy(
                 },
             });
         }
-        tokio::time::sleep(CHECK_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+        tokio::time::sleep(poll.min(deadline.saturating_duration_since(Instant::now()))).await;
+        poll = (poll * 2).min(CHECK_POLL_MAX);
     }
 }
 

@@ -47,6 +47,8 @@ pub struct RolloutSpec {
     pub strategy: Strategy,
     pub max_unavailable: MaxUnavailable,
     pub wait_timeout: Duration,
+    /// How long a machine without health checks is watched for a crash loop after it starts.
+    pub smoke_window: Duration,
     /// How long to wait for a lease someone else holds.
     pub lease_wait: Duration,
     pub lease_ttl: Duration,
@@ -198,32 +200,45 @@ fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: b
         lines.push(format!("machine {id}: left alone ({why})"));
     }
     for (group, machines) in &fleet.groups {
-        lines.push(format!("process group {group} ({} machines):", machines.len()));
+        let from = machines.first().map_or("", |m| m.image());
+        lines.push(format!(
+            "process group {group} ({} machines): {from} -> {}",
+            machines.len(),
+            spec.image
+        ));
         if spec.strategy == Strategy::Canary {
             lines.push("  canary: one new machine, started, checked, destroyed".to_string());
         }
+        let what = if spec.strategy == Strategy::Bluegreen {
+            "a green machine beside each of"
+        } else {
+            "update"
+        };
         for (i, wave) in plan::waves(spec.strategy, machines, spec.max_unavailable)
             .iter()
             .enumerate()
         {
-            let what = if spec.strategy == Strategy::Bluegreen {
-                "greens created beside"
-            } else {
-                "updated"
-            };
-            lines.push(format!("  wave {}: {what} {}", i + 1, wave.iter().map(|m| m.id.as_str()).collect::<Vec<_>>().join(" ")));
+            let ids: Vec<&str> = wave.iter().map(|m| m.id.as_str()).collect();
+            lines.push(format!("  wave {}: {what} {}", i + 1, ids.join(" ")));
         }
         for machine in machines {
+            let mut notes = Vec::new();
+            if machine.image() != from {
+                notes.push(format!("from {}", machine.image()));
+            }
+            if machine.should_skip_launch() {
+                notes.push("stays stopped (skip_launch)".to_string());
+            }
             let env = change.env_diff(&machine.config);
+            if !env.is_empty() {
+                notes.push(format!("env {}", env.join(" ")));
+            }
             lines.push(format!(
-                "  {} {} {}: {} -> {}{}{}",
+                "  {} ({}, {}){}",
                 machine.id,
                 machine.region.as_deref().unwrap_or("-"),
                 machine.state,
-                machine.image(),
-                spec.image,
-                if machine.should_skip_launch() { " (stays stopped)" } else { "" },
-                if env.is_empty() { String::new() } else { format!("; env {}", env.join(" ")) }
+                if notes.is_empty() { String::new() } else { format!(": {}", notes.join("; ")) }
             ));
         }
     }

@@ -2,7 +2,7 @@
 
 use super::RolloutSpec;
 use super::error::RolloutError;
-use super::health::{wait_for_state, wait_healthy};
+use super::health::{HealthWait, wait_for_state, wait_healthy};
 use super::lease::Leases;
 use super::plan::{ConfigChange, update_body};
 use crate::fly::api::MachinesApi;
@@ -74,6 +74,14 @@ impl Ctx {
         });
     }
 
+    fn health_wait(&self, expected_checks: usize) -> HealthWait {
+        HealthWait {
+            expected_checks,
+            timeout: self.spec.wait_timeout,
+            smoke_window: self.spec.smoke_window,
+        }
+    }
+
     /// Put the new image (and env, release metadata) on one machine; with `wait`, wait for it to
     /// start and pass its checks. The machine is journaled before the request goes out, so a
     /// failure at any point rolls it back.
@@ -141,11 +149,20 @@ impl Ctx {
                 machine: machine.id.clone(),
                 source,
             })?;
-        if skip_launch {
-            return Ok("updated (left stopped)");
-        }
         if !wait {
             return Ok("updated");
+        }
+        if skip_launch {
+            // Let the update settle, so that the lease is not released mid-replacement.
+            wait_for_state(
+                &self.api,
+                &machine.id,
+                "stopped",
+                updated.instance_id.as_deref(),
+                self.spec.wait_timeout,
+            )
+            .await?;
+            return Ok("updated (left stopped)");
         }
         self.status(&machine.id, group, "starting");
         wait_for_state(
@@ -164,8 +181,7 @@ impl Ctx {
             &self.reporter,
             &machine.id,
             group,
-            expected_checks,
-            self.spec.wait_timeout,
+            self.health_wait(expected_checks),
         )
         .await?;
         Ok("done")
@@ -212,8 +228,7 @@ impl Ctx {
                 &self.reporter,
                 &created.id,
                 group,
-                expected_checks,
-                self.spec.wait_timeout,
+                self.health_wait(expected_checks),
             )
             .await
         }
