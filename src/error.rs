@@ -23,7 +23,10 @@ pub struct ExitCodeError {
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     // `chain()` yields context layers as opaque wrappers; `downcast_ref` sees through them.
     err.downcast_ref::<ExitCodeError>()
-        .or_else(|| err.chain().find_map(|cause| cause.downcast_ref::<ExitCodeError>()))
+        .or_else(|| {
+            err.chain()
+                .find_map(|cause| cause.downcast_ref::<ExitCodeError>())
+        })
         .map_or(EXIT_FAILURE, |e| e.code)
 }
 

@@ -6,8 +6,7 @@ mod support;
 use std::time::Duration;
 use support::fly_api::{Behavior, FaultKind, FlyApi, MachineSpec, Options, Timing};
 use support::rollout::{
-    APP, assert_no_leases, assert_no_violations, image, rollout_cmd, run_rollout, stderr,
-    updated_ids,
+    APP, assert_no_leases, assert_no_violations, image, rollout_cmd, run_rollout, stderr, updated_ids,
 };
 use support::{TestDir, assert_success};
 
@@ -30,7 +29,12 @@ fn failing_checks_roll_back_every_updated_machine() {
     let new = image(9);
     fly.set_behavior(digest_hex(&new), Behavior::ChecksFail);
 
-    let out = run_rollout(&fly, &t, &new, &["--max-unavailable", "2", "--wait-timeout", "2s"]);
+    let out = run_rollout(
+        &fly,
+        &t,
+        &new,
+        &["--max-unavailable", "2", "--wait-timeout", "2s"],
+    );
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(EXIT_ROLLED_BACK), "{err}");
     assert!(err.contains(&ids[0]) && err.contains("health checks"), "{err}");
@@ -46,10 +50,18 @@ fn failing_checks_roll_back_every_updated_machine() {
         .collect();
     assert_eq!(images, [old.as_str(), new.as_str(), old.as_str()]);
     assert_eq!(first.state, "started");
-    assert!(first.checks.iter().all(|c| c.status == "passing"), "{:?}", first.checks);
+    assert!(
+        first.checks.iter().all(|c| c.status == "passing"),
+        "{:?}",
+        first.checks
+    );
     assert_eq!(first.metadata("fly_release_id"), Some("seed"));
     for id in &ids[1..] {
-        assert_eq!(fly.machine(id).config_history.len(), 1, "machine {id} was changed");
+        assert_eq!(
+            fly.machine(id).config_history.len(),
+            1,
+            "machine {id} was changed"
+        );
     }
     assert_eq!(fly.releases()[0].statuses, ["created", "running", "failed"]);
     assert_no_leases(&fly);
@@ -83,7 +95,13 @@ fn restart_loop_is_caught_by_the_smoke_check() {
     let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2));
     let t = TestDir::new();
     let new = image(11);
-    fly.set_behavior(digest_hex(&new), Behavior::RestartLoop { exit_code: 2, restarts: 5 });
+    fly.set_behavior(
+        digest_hex(&new),
+        Behavior::RestartLoop {
+            exit_code: 2,
+            restarts: 5,
+        },
+    );
 
     let out = run_rollout(&fly, &t, &new, &["--wait-timeout", "20s"]);
     let err = stderr(&out);
@@ -111,7 +129,10 @@ fn release_command_exit_1_stops_before_any_machine_changes() {
     let out = run_rollout(&fly, &t, &new, &[]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(EXIT_FAILURE), "{err}");
-    assert!(err.contains("exited with code 1") && err.contains("bin/migrate"), "{err}");
+    assert!(
+        err.contains("exited with code 1") && err.contains("bin/migrate"),
+        "{err}"
+    );
 
     let temp: Vec<_> = fly
         .machines(APP)
@@ -120,7 +141,10 @@ fn release_command_exit_1_stops_before_any_machine_changes() {
         .collect();
     assert_eq!(temp.len(), 1);
     let config = &temp[0].config;
-    assert_eq!(config["init"]["cmd"], serde_json::json!(["bin/migrate", "--to", "latest version"]));
+    assert_eq!(
+        config["init"]["cmd"],
+        serde_json::json!(["bin/migrate", "--to", "latest version"])
+    );
     assert_eq!(config["image"], new.as_str());
     assert_eq!(config["restart"]["policy"], "no");
     assert_eq!(config["auto_destroy"], true);
@@ -179,7 +203,10 @@ fn someone_elses_lease_is_waited_for_then_named() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(EXIT_FAILURE), "{err}");
     assert!(started.elapsed() >= Duration::from_secs(2), "did not wait");
-    assert!(err.contains(&ids[1]) && err.contains("alice@example.com"), "{err}");
+    assert!(
+        err.contains(&ids[1]) && err.contains("alice@example.com"),
+        "{err}"
+    );
     assert!(err.contains("fly machine leases clear"), "{err}");
     assert!(updated_ids(&fly.requests()).is_empty());
     // Ours are released, theirs is untouched.
@@ -196,7 +223,12 @@ fn too_many_requests_and_unavailable_are_retried() {
     let fly = FlyApi::start();
     fly.add_app(APP);
     let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1));
-    fly.inject_fault("GET", "/machines", 1, FaultKind::TooManyRequests { retry_after_secs: 1 });
+    fly.inject_fault(
+        "GET",
+        "/machines",
+        1,
+        FaultKind::TooManyRequests { retry_after_secs: 1 },
+    );
     // Lease and update requests of the first machine: any request is retried on 429.
     fly.inject_fault(
         "POST",
@@ -232,13 +264,19 @@ fn api_errors_show_the_error_body() {
         "POST",
         "/api/v1/releases",
         1,
-        FaultKind::Status { status: 422, message: "app is suspended".into() },
+        FaultKind::Status {
+            status: 422,
+            message: "app is suspended".into(),
+        },
     );
     let t = TestDir::new();
     let out = run_rollout(&fly, &t, &image(16), &[]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(EXIT_FAILURE), "{err}");
-    assert!(err.contains("app is suspended") && err.contains("--skip-release"), "{err}");
+    assert!(
+        err.contains("app is suspended") && err.contains("--skip-release"),
+        "{err}"
+    );
     assert!(updated_ids(&fly.requests()).is_empty());
     assert_no_violations(&fly);
 }
@@ -291,7 +329,10 @@ fn missing_token_says_where_tokens_are_looked_for() {
     let out = support::run(&mut cmd);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(EXIT_FAILURE), "{err}");
-    assert!(err.contains("fly tokens create deploy") && err.contains("FLY_API_TOKEN"), "{err}");
+    assert!(
+        err.contains("fly tokens create deploy") && err.contains("FLY_API_TOKEN"),
+        "{err}"
+    );
     assert!(fly.requests().is_empty());
 }
 

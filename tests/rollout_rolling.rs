@@ -68,7 +68,7 @@ fn rolling_six_machines_in_two_groups_two_at_a_time() {
         .iter()
         .filter(|r| r.method == "GET" && r.path.ends_with(&format!("/machines/{}", web[0])))
         .map(|r| r.at)
-        .last()
+        .next_back()
         .unwrap();
     assert!(
         at(&web[1]) > first_settled,
@@ -80,7 +80,6 @@ fn rolling_six_machines_in_two_groups_two_at_a_time() {
     let err = stderr(&out);
     assert!(err.contains("wave 1"), "{err}");
 }
-
 
 #[test]
 fn stopped_machines_are_updated_with_skip_launch_and_stay_stopped() {
@@ -134,7 +133,11 @@ fn plan_sends_no_mutating_request() {
     let out = run_rollout(&fly, &t, &new, &["--plan"]);
     assert_success(&out);
 
-    assert!(fly.mutating_requests().is_empty(), "{:#?}", fly.mutating_requests());
+    assert!(
+        fly.mutating_requests().is_empty(),
+        "{:#?}",
+        fly.mutating_requests()
+    );
     assert!(fly.releases().is_empty());
     let plan = String::from_utf8_lossy(&out.stdout);
     for needle in [

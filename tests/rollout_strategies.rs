@@ -71,7 +71,12 @@ fn canary_machine_is_checked_and_destroyed_before_the_group_rolls() {
         .expect("canary destroyed");
     let first_update = requests
         .iter()
-        .position(|r| r.method == "POST" && updated_ids(std::slice::from_ref(r)).first().is_some_and(|id| ids.contains(id)))
+        .position(|r| {
+            r.method == "POST"
+                && updated_ids(std::slice::from_ref(r))
+                    .first()
+                    .is_some_and(|id| ids.contains(id))
+        })
         .expect("machines updated");
     assert!(created_at < destroyed_at && destroyed_at < first_update);
     for id in &ids {
@@ -145,7 +150,10 @@ fn bluegreen_without_checks_is_refused_before_any_change() {
     let out = run_rollout(&fly, &t, &image(8), &["--strategy", "bluegreen"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("bluegreen") && err.contains("process group app"), "{err}");
+    assert!(
+        err.contains("bluegreen") && err.contains("process group app"),
+        "{err}"
+    );
     assert!(fly.mutating_requests().is_empty());
     assert_no_violations(&fly);
 }

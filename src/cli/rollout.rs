@@ -74,9 +74,8 @@ pub struct RolloutOptions {
 }
 
 fn parse_strategy(text: &str) -> Result<Strategy, String> {
-    Strategy::parse(text).ok_or_else(|| {
-        format!("unknown strategy {text:?}; use rolling, immediate, canary or bluegreen")
-    })
+    Strategy::parse(text)
+        .ok_or_else(|| format!("unknown strategy {text:?}; use rolling, immediate, canary or bluegreen"))
 }
 
 /// flyctl reads one number: ≥ 1 is a count, between 0 and 1 a fraction of the group.
@@ -85,7 +84,7 @@ fn parse_max_unavailable(text: &str) -> Result<MaxUnavailable, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{text:?} is not a number; use a count (2) or a fraction (0.25)"))?;
-    if !(value > 0.0) || !value.is_finite() {
+    if value <= 0.0 || !value.is_finite() {
         Err(format!("{text:?} must be above 0"))
     } else if value < 1.0 {
         Ok(MaxUnavailable::Fraction(value))
@@ -100,7 +99,7 @@ fn parse_max_unavailable(text: &str) -> Result<MaxUnavailable, String> {
 fn parse_duration(text: &str) -> Result<Duration, String> {
     match text.trim().parse::<u64>() {
         Ok(secs) => Ok(Duration::from_secs(secs)),
-        Err(_) => appconfig::parse_go_duration(text),
+        Err(_) => appconfig::units::parse_go_duration(text),
     }
 }
 
@@ -171,12 +170,7 @@ fn spec(
                 .release_command_timeout
                 .or(deploy.and_then(|d| d.release_command_timeout))
                 .unwrap_or(DEFAULT_RELEASE_COMMAND_TIMEOUT),
-            guest: fly_toml.and_then(|c| {
-                c.deploy
-                    .release_command_vm
-                    .as_ref()
-                    .map(|vm| c.guest(vm))
-            }),
+            guest: fly_toml.and_then(|c| c.deploy.release_command_vm.as_ref().map(|vm| c.guest(vm))),
         });
     Ok(RolloutSpec {
         app: app.to_string(),
@@ -213,10 +207,7 @@ mod tests {
     fn max_unavailable_is_a_count_from_one_and_a_fraction_below() {
         assert_eq!(parse_max_unavailable("2"), Ok(MaxUnavailable::Count(2)));
         assert_eq!(parse_max_unavailable("1"), Ok(MaxUnavailable::Count(1)));
-        assert_eq!(
-            parse_max_unavailable("0.25"),
-            Ok(MaxUnavailable::Fraction(0.25))
-        );
+        assert_eq!(parse_max_unavailable("0.25"), Ok(MaxUnavailable::Fraction(0.25)));
         for bad in ["0", "-1", "1.5", "x", "NaN"] {
             assert!(parse_max_unavailable(bad).is_err(), "{bad}");
         }
@@ -233,7 +224,9 @@ mod tests {
     fn only_digest_references_are_deployed() {
         let digest = format!("registry.fly.io/demo@sha256:{}", "a".repeat(64));
         assert_eq!(pinned_image(&digest).unwrap(), digest);
-        let err = pinned_image("registry.fly.io/demo:latest").unwrap_err().to_string();
+        let err = pinned_image("registry.fly.io/demo:latest")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nixfly deploy") && err.contains("@sha256"), "{err}");
         assert!(pinned_image("registry.fly.io/demo@sha256:abc").is_err());
     }

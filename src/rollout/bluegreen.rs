@@ -81,6 +81,6 @@ async fn machine_action(ctx: &Ctx, machine: &str, action: &'static str) -> Resul
         .map_err(|source| RolloutError::Api {
             action,
             machine: machine.to_string(),
-            source,
+            source: source.into(),
         })
 }

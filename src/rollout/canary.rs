@@ -22,8 +22,10 @@ pub async fn run(ctx: &Ctx, group: &str, machines: &[Machine]) -> Result<(), Rol
     if let Some(region) = &template.region {
         body["region"] = Value::String(region.clone());
     }
-    ctx.reporter
-        .info(format!("process group {group}: creating a canary machine in {}", template.region.as_deref().unwrap_or("the default region")));
+    ctx.reporter.info(format!(
+        "process group {group}: creating a canary machine in {}",
+        template.region.as_deref().unwrap_or("the default region")
+    ));
     let (canary, result) = match ctx.create_and_check(body, group, true).await {
         Ok(canary) => (Some(canary), Ok(())),
         Err((canary, err)) => (canary, Err(err)),
@@ -32,7 +34,16 @@ pub async fn run(ctx: &Ctx, group: &str, machines: &[Machine]) -> Result<(), Rol
         // The canary goes whatever happened: it only ever served as a test.
         let destroyed = ctx.destroy(&canary.id, group).await;
         let ok = result.is_ok() && destroyed.is_ok();
-        ctx.done(&canary.id, group, if ok { "canary passed, destroyed" } else { "canary failed" }, ok);
+        ctx.done(
+            &canary.id,
+            group,
+            if ok {
+                "canary passed, destroyed"
+            } else {
+                "canary failed"
+            },
+            ok,
+        );
         result?;
         destroyed?;
     } else {

@@ -23,7 +23,7 @@ pub fn lines(config: &AppConfig, fleet: &Fleet) -> Vec<String> {
             .machine_config(group)
             .map_err(|err| err.to_string())
             .and_then(|translated| {
-                appconfig::apply(&translated, &machine.config).map_err(|err| err.to_string())
+                appconfig::apply::apply(&translated, &machine.config).map_err(|err| err.to_string())
             });
         let after = match after {
             Ok(after) => after,
@@ -32,7 +32,7 @@ pub fn lines(config: &AppConfig, fleet: &Fleet) -> Vec<String> {
                 continue;
             }
         };
-        let changes: Vec<String> = appconfig::diff(&machine.config, &after)
+        let changes: Vec<String> = appconfig::apply::diff(&machine.config, &after)
             .into_iter()
             .filter(|change| change.path != "env" && !change.path.starts_with("env."))
             .map(|change| format!("  {change}"))

@@ -10,14 +10,14 @@ pub enum RolloutError {
         action: &'static str,
         machine: String,
         #[source]
-        source: ApiError,
+        source: Box<ApiError>,
     },
     #[error("{action} for app {app}")]
     AppApi {
         action: &'static str,
         app: String,
         #[source]
-        source: ApiError,
+        source: Box<ApiError>,
     },
     #[error(
         "machine {machine} did not reach state {state} within {}; raise --wait-timeout \

@@ -47,7 +47,7 @@ pub async fn wait_for_state(
                 return Err(RolloutError::Api {
                     action: "waiting for",
                     machine: machine.to_string(),
-                    source,
+                    source: source.into(),
                 });
             }
         }
@@ -61,7 +61,11 @@ fn failed_to_start(machine: &Machine) -> RolloutError {
         last_event: machine
             .events
             .first()
-            .map(|e| format!("{} {}", e.kind, e.status.as_deref().unwrap_or("")).trim().to_string())
+            .map(|e| {
+                format!("{} {}", e.kind, e.status.as_deref().unwrap_or(""))
+                    .trim()
+                    .to_string()
+            })
             .unwrap_or_else(|| "none".into()),
     }
 }
@@ -119,7 +123,7 @@ pub async fn wait_healthy(
             .map_err(|source| RolloutError::Api {
                 action: "reading the health of",
                 machine: machine_id.to_string(),
-                source,
+                source: source.into(),
             })?;
         smoke_check(&machine)?;
         if matches!(machine.state.as_str(), "failed" | "stopped") {
@@ -135,11 +139,7 @@ pub async fn wait_healthy(
             continue;
         }
         let total = expected.max(machine.checks.len());
-        let passing = machine
-            .checks
-            .iter()
-            .filter(|c| c.status == "passing")
-            .count();
+        let passing = machine.checks.iter().filter(|c| c.status == "passing").count();
         if last_shown != Some(passing) {
             last_shown = Some(passing);
             reporter.emit(Event::Machine {

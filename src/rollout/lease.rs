@@ -85,7 +85,7 @@ impl Leases {
                     return Err(RolloutError::Api {
                         action: "acquiring the lease on",
                         machine: machine.to_string(),
-                        source,
+                        source: source.into(),
                     });
                 }
             }
@@ -99,8 +99,11 @@ impl Leases {
         let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let snapshot: Vec<(String, String)> =
-                    leases.held().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let snapshot: Vec<(String, String)> = leases
+                    .held()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
                 let refreshes = snapshot.iter().map(|(machine, nonce)| {
                     let leases = &leases;
                     async move { (machine, leases.api.lease(machine, leases.ttl, Some(nonce)).await) }
@@ -113,7 +116,9 @@ impl Leases {
                             }
                         }
                         Ok(_) => {}
-                        Err(err) => reporter.warn(format!("cannot refresh the lease on machine {machine}: {err}")),
+                        Err(err) => {
+                            reporter.warn(format!("cannot refresh the lease on machine {machine}: {err}"))
+                        }
                     }
                 }
             }
@@ -133,9 +138,9 @@ impl Leases {
             task.abort();
         }
         let held: Vec<(String, String)> = std::mem::take(&mut *self.held()).into_iter().collect();
-        let releases = held.iter().map(|(machine, nonce)| async move {
-            (machine, self.api.release_lease(machine, nonce).await)
-        });
+        let releases = held
+            .iter()
+            .map(|(machine, nonce)| async move { (machine, self.api.release_lease(machine, nonce).await) });
         for (machine, result) in futures::future::join_all(releases).await {
             match result {
                 Ok(()) | Err(ApiError::Status { status: 404, .. }) => {}

@@ -73,16 +73,13 @@ pub async fn run(
     api.get_app().await.map_err(|source| RolloutError::AppApi {
         action: "reading the app",
         app: spec.app.clone(),
-        source,
+        source: source.into(),
     })?;
-    let machines = api
-        .list_machines()
-        .await
-        .map_err(|source| RolloutError::AppApi {
-            action: "listing the machines",
-            app: spec.app.clone(),
-            source,
-        })?;
+    let machines = api.list_machines().await.map_err(|source| RolloutError::AppApi {
+        action: "listing the machines",
+        app: spec.app.clone(),
+        source: source.into(),
+    })?;
     let fleet = Fleet::classify(machines);
     validate(&spec, &fleet)?;
     let change = ConfigChange {
@@ -142,10 +139,7 @@ fn validate(spec: &RolloutSpec, fleet: &Fleet) -> Result<(), anyhow::Error> {
     if spec.strategy == Strategy::Bluegreen {
         for (group, machines) in &fleet.groups {
             if machines.iter().all(|m| m.expected_check_count() == 0) {
-                return Err(RolloutError::BluegreenWithoutChecks {
-                    group: group.clone(),
-                }
-                .into());
+                return Err(RolloutError::BluegreenWithoutChecks { group: group.clone() }.into());
             }
         }
     }
@@ -238,7 +232,11 @@ fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: b
                 machine.id,
                 machine.region.as_deref().unwrap_or("-"),
                 machine.state,
-                if notes.is_empty() { String::new() } else { format!(": {}", notes.join("; ")) }
+                if notes.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", notes.join("; "))
+                }
             ));
         }
     }
@@ -358,14 +356,21 @@ async fn finish(
         }
         Ok(Err(err)) => {
             let (code, summary) = if !ctx.is_changing() {
-                (EXIT_FAILURE, format!("deploy of app {app} failed before any machine changed"))
+                (
+                    EXIT_FAILURE,
+                    format!("deploy of app {app} failed before any machine changed"),
+                )
             } else if !ctx.spec.rollback {
                 (
                     EXIT_ROLLED_BACK,
                     format!(
                         "deploy of app {app} failed part-way and was not rolled back (--no-rollback); \
                          machines given the new image: {}",
-                        ctx.journal().into_iter().map(|m| m.id).collect::<Vec<_>>().join(", ")
+                        ctx.journal()
+                            .into_iter()
+                            .map(|m| m.id)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 )
             } else {
@@ -374,7 +379,9 @@ async fn finish(
                     ctx.reporter.warn(chain_text(failure));
                 }
                 let summary = if failures.is_empty() {
-                    format!("deploy of app {app} failed; rolled back {restored} machine(s) to their previous image")
+                    format!(
+                        "deploy of app {app} failed; rolled back {restored} machine(s) to their previous image"
+                    )
                 } else {
                     format!(
                         "deploy of app {app} failed and {} of {} machine(s) could not be rolled back (see the warnings above)",
@@ -386,7 +393,10 @@ async fn finish(
             };
             (
                 ReleaseStatus::Failed,
-                Err(anyhow::Error::from(err).context(ExitCodeError { code, message: summary })),
+                Err(anyhow::Error::from(err).context(ExitCodeError {
+                    code,
+                    message: summary,
+                })),
             )
         }
     };

@@ -39,11 +39,7 @@ impl Fleet {
                 _ if !machine.is_platform_v2() => fleet
                     .ignored
                     .push((machine.id, "not a Machines platform v2 machine")),
-                group => fleet
-                    .groups
-                    .entry(group.to_string())
-                    .or_default()
-                    .push(machine),
+                group => fleet.groups.entry(group.to_string()).or_default().push(machine),
             }
         }
         for machines in fleet.groups.values_mut() {
@@ -93,11 +89,11 @@ impl<'a> RollingOrder<'a> {
 }
 
 /// The waves a strategy goes through for one group, for the plan.
-pub fn waves<'a>(
+pub fn waves(
     strategy: Strategy,
-    machines: &'a [Machine],
+    machines: &[Machine],
     max_unavailable: MaxUnavailable,
-) -> Vec<Vec<&'a Machine>> {
+) -> Vec<Vec<&Machine>> {
     match strategy {
         Strategy::Rolling | Strategy::Canary => rolling_order(machines, max_unavailable).waves(),
         Strategy::Immediate => machines
@@ -137,9 +133,7 @@ impl ConfigChange {
             new.extend(env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))));
             object.insert("env".into(), Value::Object(new));
         }
-        let metadata = object
-            .entry("metadata")
-            .or_insert_with(|| json!({}));
+        let metadata = object.entry("metadata").or_insert_with(|| json!({}));
         if let Some(metadata) = metadata.as_object_mut() {
             for (key, value) in [
                 (META_RELEASE_ID, &self.release_id),
@@ -238,7 +232,10 @@ mod tests {
             .iter()
             .map(|(g, ms)| (g.as_str(), ms.iter().map(|m| m.id.as_str()).collect()))
             .collect();
-        assert_eq!(groups, vec![("app", vec!["a1", "a3"]), ("worker", vec!["w1", "w2"])]);
+        assert_eq!(
+            groups,
+            vec![("app", vec!["a1", "a3"]), ("worker", vec!["w1", "w2"])]
+        );
         assert_eq!(fleet.leftover_release_machines[0].id, "r1");
         let ignored: Vec<&str> = fleet.ignored.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(ignored, vec!["c1", "n1"]);
@@ -269,10 +266,7 @@ mod tests {
             .collect();
         let waves = waves(Strategy::Rolling, &machines, MaxUnavailable::Fraction(0.33));
         // 10 * 0.33 = 3.3 -> 4 at a time after the first.
-        assert_eq!(
-            waves.iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![1, 4, 4, 1]
-        );
+        assert_eq!(waves.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 4, 4, 1]);
         let tiny = waves_len(&machines[..2], MaxUnavailable::Fraction(0.01));
         assert_eq!(tiny, vec![1, 1]);
     }

@@ -6,8 +6,8 @@ use super::health::wait_for_state;
 use super::plan::Fleet;
 use super::update::Ctx;
 use crate::fly::types::{
-    META_PLATFORM_VERSION, META_PROCESS_GROUP, META_RELEASE_ID, META_RELEASE_VERSION, Machine,
-    MachineEvent, RELEASE_COMMAND_GROUP,
+    META_PLATFORM_VERSION, META_PROCESS_GROUP, META_RELEASE_ID, META_RELEASE_VERSION, Machine, MachineEvent,
+    RELEASE_COMMAND_GROUP,
 };
 use serde_json::{Map, Value, json};
 use std::time::Duration;
@@ -30,11 +30,7 @@ fn default_guest() -> Value {
 }
 
 /// The temporary machine's create request.
-pub fn machine_request(
-    ctx: &Ctx,
-    rc: &ReleaseCommand,
-    fleet: &Fleet,
-) -> Result<Value, RolloutError> {
+pub fn machine_request(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<Value, RolloutError> {
     let cmd = shell_words::split(&rc.command).map_err(|err| RolloutError::ReleaseCommandInvalid {
         command: rc.command.clone(),
         reason: err.to_string(),
@@ -115,11 +111,15 @@ pub async fn run(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<(), Ro
     let body = machine_request(ctx, rc, fleet)?;
     ctx.reporter
         .info(format!("running release_command `{}`", rc.command));
-    let machine = ctx.api.create_machine(body).await.map_err(|source| RolloutError::AppApi {
-        action: "creating the release_command machine",
-        app: ctx.spec.app.clone(),
-        source,
-    })?;
+    let machine = ctx
+        .api
+        .create_machine(body)
+        .await
+        .map_err(|source| RolloutError::AppApi {
+            action: "creating the release_command machine",
+            app: ctx.spec.app.clone(),
+            source: source.into(),
+        })?;
     let id = machine.id.as_str();
     ctx.status(id, group, "created");
     wait_for_state(&ctx.api, id, "stopped", None, SETTLE_TIMEOUT).await?;
@@ -172,18 +172,14 @@ fn api_error(action: &'static str, machine: &str, source: crate::fly::api::ApiEr
     RolloutError::Api {
         action,
         machine: machine.to_string(),
-        source,
+        source: source.into(),
     }
 }
 
 /// The exit code of the run after the latest `start` (events are newest first), with any
 /// output the event carries.
 fn exit_of_last_run(machine: &Machine) -> Option<(i64, String)> {
-    let since_start: Vec<&MachineEvent> = machine
-        .events
-        .iter()
-        .take_while(|e| e.kind != "start")
-        .collect();
+    let since_start: Vec<&MachineEvent> = machine.events.iter().take_while(|e| e.kind != "start").collect();
     let exit = since_start.iter().find(|e| e.kind == "exit")?;
     let info = exit.exit_info()?;
     let tail = ["/exit_event/output", "/output", "/MonitorEvent/exit_event/output"]

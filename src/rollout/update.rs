@@ -147,7 +147,7 @@ impl Ctx {
             .map_err(|source| RolloutError::Api {
                 action: "updating",
                 machine: machine.id.clone(),
-                source,
+                source: source.into(),
             })?;
         if !wait {
             return Ok("updated");
@@ -196,20 +196,16 @@ impl Ctx {
         launch: bool,
     ) -> Result<Machine, (Option<Machine>, RolloutError)> {
         let expected_checks = body.get("config").map_or(0, config_check_count);
-        let created = self
-            .api
-            .create_machine(body)
-            .await
-            .map_err(|source| {
-                (
-                    None,
-                    RolloutError::AppApi {
-                        action: "creating a machine",
-                        app: self.spec.app.clone(),
-                        source,
-                    },
-                )
-            })?;
+        let created = self.api.create_machine(body).await.map_err(|source| {
+            (
+                None,
+                RolloutError::AppApi {
+                    action: "creating a machine",
+                    app: self.spec.app.clone(),
+                    source: source.into(),
+                },
+            )
+        })?;
         if !launch {
             return Ok(created);
         }
@@ -249,7 +245,7 @@ impl Ctx {
             .map_err(|source| RolloutError::Api {
                 action: "destroying",
                 machine: machine.to_string(),
-                source,
+                source: source.into(),
             })?;
         self.leases.forget(machine);
         Ok(())

@@ -6,6 +6,7 @@
 pub mod fly_api;
 pub mod images;
 pub mod nix;
+pub mod rollout;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
