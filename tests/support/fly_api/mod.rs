@@ -98,7 +98,8 @@ pub use state::{Behavior, Fault, FaultKind, Lease, Machine, RecordedRequest, Rel
 #[derive(Clone, Debug)]
 pub struct Options {
     /// The token clients must present, without scheme prefix (one given with `FlyV1 ` or
-    /// `Bearer ` is stripped). The default looks like a macaroon, so clients send `FlyV1`.
+    /// `Bearer ` is stripped). The default looks like a deploy token (comma-joined
+    /// macaroons), so clients send `FlyV1`.
     pub token: String,
     pub timing: Timing,
     /// The owner Fly reports for leases this token takes.
@@ -112,7 +113,8 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            token: "fm2_flyapidouble_testtoken".into(),
+            // Two comma-joined macaroons, the shape of a real deploy token.
+            token: "fm2_lJPECAAAAAAAAflyapidouble,fm2_lJPEAAAAAAAAAtestdischarge".into(),
             timing: Timing::default(),
             lease_owner: "deployer@example.com".into(),
             flat_lease: false,
