@@ -13,6 +13,7 @@ mod progress;
 mod push;
 mod rollout;
 mod settings;
+mod registry;
 
 use clap::Parser;
 use std::process::ExitCode;
