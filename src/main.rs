@@ -11,9 +11,9 @@ mod image;
 mod layer;
 mod progress;
 mod push;
+mod registry;
 mod rollout;
 mod settings;
-mod registry;
 
 use clap::Parser;
 use std::process::ExitCode;
