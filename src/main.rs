@@ -11,6 +11,7 @@ mod image;
 mod layer;
 mod progress;
 mod push;
+mod registry;
 mod rollout;
 mod settings;
 

@@ -52,6 +52,9 @@ pub enum Command {
     /// Work with the settings file mkFlyDeploy writes.
     #[command(subcommand)]
     Settings(settings::SettingsCommand),
+    /// Low-level registry calls, for debugging a registry and for tests.
+    #[command(hide = true)]
+    Registry(crate::registry::debug::RegistryCommand),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     Completions {
         #[arg(value_enum)]
@@ -153,6 +156,7 @@ pub async fn run(cli: Cli, reporter: Reporter) -> anyhow::Result<()> {
         }
         Command::Settings(command) => settings::run(command, reporter),
         Command::Layer(args) => layer::run(args, reporter).await,
+        Command::Registry(command) => crate::registry::debug::run(command, reporter).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "nixfly", &mut std::io::stdout());
             Ok(())
