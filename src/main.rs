@@ -8,6 +8,7 @@ mod error;
 mod fly;
 mod progress;
 mod settings;
+mod registry;
 
 use clap::Parser;
 use std::process::ExitCode;
