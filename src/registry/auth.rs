@@ -30,9 +30,7 @@ pub enum AuthError {
         #[source]
         source: serde_json::Error,
     },
-    #[error(
-        "the credentials for {host} in {path} cannot be used: `auth` must be base64 of USER:PASSWORD"
-    )]
+    #[error("the credentials for {host} in {path} cannot be used: `auth` must be base64 of USER:PASSWORD")]
     ConfigAuthInvalid { host: String, path: PathBuf },
     #[error(
         "{registry}: the token service {realm} rejected the credentials ({status}) for scope {scope}; {hint}"
@@ -261,7 +259,9 @@ fn parse_auth_params(text: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     let mut rest = text.trim();
     while !rest.is_empty() {
-        let Some((key, after)) = rest.split_once('=') else { break };
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
         let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
         let after = after.trim_start();
         let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
@@ -316,7 +316,11 @@ impl Scope {
     }
     fn with_extra(&self, extra: Option<&str>) -> Self {
         let mut scope = self.clone();
-        for part in extra.into_iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
+        for part in extra
+            .into_iter()
+            .flat_map(|s| s.split(' '))
+            .filter(|s| !s.is_empty())
+        {
             if !scope.0.iter().any(|s| s == part) {
                 scope.0.push(part.to_string());
             }
@@ -324,13 +328,19 @@ impl Scope {
         scope
     }
     pub fn describe(&self) -> String {
-        if self.0.is_empty() { "(none)".into() } else { self.0.join(" ") }
+        if self.0.is_empty() {
+            "(none)".into()
+        } else {
+            self.0.join(" ")
+        }
     }
 }
 
 struct CachedToken {
     header: String,
-    expires: Instant,
+    /// When to fetch a new one: a little before expiry, so no request starts with a token
+    /// that dies while the registry checks it.
+    renew_at: Instant,
 }
 
 #[derive(Default)]
@@ -367,10 +377,6 @@ impl Authenticator {
         self.state().challenge.is_some()
     }
 
-    pub fn credentials(&self) -> Option<&Credentials> {
-        self.credentials.as_ref()
-    }
-
     /// The `Authorization` value to send now for `scope`, without any network call: `None`
     /// when nothing is known yet or a token must be fetched first (`ensure`).
     pub fn header(&self, scope: &Scope) -> Option<String> {
@@ -380,7 +386,7 @@ impl Authenticator {
             Challenge::Bearer { .. } => state
                 .tokens
                 .get(scope)
-                .filter(|t| t.expires > Instant::now() + TOKEN_RENEW_MARGIN)
+                .filter(|t| Instant::now() < t.renew_at)
                 .map(|t| t.header.clone()),
         }
     }
@@ -479,7 +485,7 @@ impl Authenticator {
             .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
         let cached = CachedToken {
             header: format!("Bearer {token}"),
-            expires: Instant::now() + lifetime,
+            renew_at: Instant::now() + lifetime - TOKEN_RENEW_MARGIN.min(lifetime / 4),
         };
         let mut state = self.state();
         state.tokens.insert(scope.clone(), cached);
@@ -529,7 +535,10 @@ mod tests {
                 scope: Some("repository:a/b:pull,push".into()),
             }
         );
-        assert_eq!(Challenge::parse(r#"Basic realm="flyio-registry.fly.dev""#), Some(Challenge::Basic));
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="flyio-registry.fly.dev""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(
             Challenge::parse(r#"bearer realm=http://x/t, service = "s\"q""#),
             Some(Challenge::Bearer {
@@ -562,7 +571,10 @@ mod tests {
             fly_registry_host: "registry.fly.io".into(),
         };
         let creds = lookup.find("reg.example:5000").unwrap().unwrap();
-        assert_eq!((creds.username.as_str(), creds.password.as_str()), ("alice", "s3cret-password"));
+        assert_eq!(
+            (creds.username.as_str(), creds.password.as_str()),
+            ("alice", "s3cret-password")
+        );
         assert_eq!(creds.source, CredentialSource::ConfigFile(path.clone()));
         let creds = lookup.find("other.example").unwrap().unwrap();
         assert_eq!(creds.username, "bob");
@@ -572,8 +584,14 @@ mod tests {
         assert!(!crate::error::redacted("pw s3cret-password").contains("s3cret"));
 
         std::fs::write(&path, r#"{"auths":{"reg.example":{"auth":"!!!"}}}"#).unwrap();
-        let lookup = CredentialLookup { auth_files: vec![path], ..lookup };
-        assert!(matches!(lookup.find("reg.example"), Err(AuthError::ConfigAuthInvalid { .. })));
+        let lookup = CredentialLookup {
+            auth_files: vec![path],
+            ..lookup
+        };
+        assert!(matches!(
+            lookup.find("reg.example"),
+            Err(AuthError::ConfigAuthInvalid { .. })
+        ));
     }
 
     #[test]
@@ -599,7 +617,13 @@ mod tests {
             ..lookup
         };
         let creds = lookup.find("registry.fly.io").unwrap().unwrap();
-        assert_eq!((creds.username.as_str(), creds.password.as_str()), ("u", "p:with:colons"));
-        assert!(matches!(Credentials::from_flag("nocolon"), Err(AuthError::CredsSyntax)));
+        assert_eq!(
+            (creds.username.as_str(), creds.password.as_str()),
+            ("u", "p:with:colons")
+        );
+        assert!(matches!(
+            Credentials::from_flag("nocolon"),
+            Err(AuthError::CredsSyntax)
+        ));
     }
 }

@@ -6,10 +6,19 @@
 //! `Range`) and resends from there, or starts a new session from byte 0 when the registry
 //! dropped the session. When the registry needs bytes older than the window, the upload fails
 //! with `RegistryError::UploadLost` so the caller can regenerate the blob from its source.
-//! See `docs/registry-uploads.md` for what distribution does on a cut.
+//!
+//! Measured with distribution 2.8 (Debian's docker-registry): when a PATCH is cut mid-body
+//! (streamed or chunked with `Content-Range`), the registry writes what it received, and the
+//! next request on that session finds the stored size differs from the offset signed into
+//! the `_state` parameter, cancels the upload and answers 404 `BLOB_UPLOAD_INVALID` — even a
+//! session whose earlier chunks were acknowledged. So after a cut only a restart from byte 0
+//! works there: acknowledged chunks buy nothing, and the window therefore keeps the last
+//! `upload_window` bytes whether acknowledged or not. Registries that keep the session
+//! (`GET` → 204 + `Range`) are resumed from their offset. An injected 5xx/429/401 answer
+//! leaves the session intact and resumes where the registry stands.
 
 use super::auth::Scope;
-use super::client::{Request, RegistryClient, UploadMode, header_str, retry_after};
+use super::client::{RegistryClient, Request, UploadMode, header_str, retry_after};
 use super::error::RegistryError;
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{self, HeaderName};
@@ -45,8 +54,6 @@ struct Source {
     window_start: u64,
     /// Bytes taken from the producer so far.
     received: u64,
-    /// Bytes the registry confirmed; never needed again.
-    acknowledged: u64,
     capacity: u64,
     finished: bool,
     failure: Option<io::Error>,
@@ -60,7 +67,6 @@ impl Source {
             window: VecDeque::new(),
             window_start: 0,
             received: 0,
-            acknowledged: 0,
             capacity,
             finished: false,
             failure: None,
@@ -120,16 +126,13 @@ impl Source {
         Ok(buf.freeze())
     }
 
-    fn acknowledge(&mut self, offset: u64) {
-        self.acknowledged = self.acknowledged.max(offset);
-        self.trim();
-    }
-
-    /// Drop what the registry confirmed, and beyond that all but the last `capacity` bytes.
+    /// Keep only the last `capacity` bytes. Bytes the registry acknowledged are kept too:
+    /// distribution drops the whole session on a cut (see the module comment), so a restart
+    /// from byte 0 needs them.
     fn trim(&mut self) {
         while let Some(front) = self.window.front() {
             let front_end = self.window_start + front.len() as u64;
-            if front_end <= self.acknowledged || self.received - front_end >= self.capacity {
+            if self.received - front_end >= self.capacity {
                 self.window_start = front_end;
                 self.window.pop_front();
             } else {
@@ -189,9 +192,16 @@ impl RegistryClient {
 
     /// Mount `digest` from repository `from` of the same registry. `false`: not mounted; the
     /// upload session the registry opened instead is used by the next upload to `repository`.
-    pub async fn mount_blob(&self, repository: &str, digest: &str, from: &str) -> Result<bool, RegistryError> {
+    pub async fn mount_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        from: &str,
+    ) -> Result<bool, RegistryError> {
         let mut url = self.url(&format!("{repository}/blobs/uploads/"));
-        url.query_pairs_mut().append_pair("mount", digest).append_pair("from", from);
+        url.query_pairs_mut()
+            .append_pair("mount", digest)
+            .append_pair("from", from);
         let req = Request {
             method: Method::POST,
             url,
@@ -269,7 +279,11 @@ impl RegistryClient {
 
     /// Where an upload stands: `Some((location, bytes the registry holds))`, or `None` when
     /// the registry no longer knows the session.
-    async fn upload_status(&self, repository: &str, location: &Url) -> Result<Option<(Url, u64)>, RegistryError> {
+    async fn upload_status(
+        &self,
+        repository: &str,
+        location: &Url,
+    ) -> Result<Option<(Url, u64)>, RegistryError> {
         let req = Request {
             method: Method::GET,
             url: location.clone(),
@@ -281,7 +295,9 @@ impl RegistryClient {
         let response = self.send(&req).await?;
         match response.status() {
             StatusCode::NO_CONTENT | StatusCode::ACCEPTED => {
-                let location = self.location(&response, &req.operation).unwrap_or_else(|_| location.clone());
+                let location = self
+                    .location(&response, &req.operation)
+                    .unwrap_or_else(|_| location.clone());
                 let held = header_str(&response, header::RANGE)
                     .as_deref()
                     .and_then(range_end)
@@ -315,7 +331,10 @@ impl RegistryClient {
         let mut restarted = false;
         loop {
             let session = self.start_upload(repository).await?;
-            match self.finish_upload(repository, &session, &digest, Some(data.clone())).await {
+            match self
+                .finish_upload(repository, &session, &digest, Some(data.clone()))
+                .await
+            {
                 Ok(()) => return Ok(Descriptor { digest, size }),
                 // The session vanished between POST and PUT (registry restart, expiry): once more.
                 Err(RegistryError::Status(s)) if !restarted && matches!(s.status, 400 | 404) => {
@@ -388,7 +407,9 @@ impl RegistryClient {
                 }
             }
             if mode == UploadMode::Monolithic {
-                return self.upload_monolithic(repository, &session, &source, expected).await;
+                return self
+                    .upload_monolithic(repository, &session, &source, expected)
+                    .await;
             }
             self.authenticate(&scope).await?;
             let result = match mode {
@@ -399,7 +420,6 @@ impl RegistryClient {
                 Ok((location, end)) => {
                     session.location = location;
                     offset = end;
-                    source.lock().await.acknowledge(offset);
                     failures = 0;
                     continue;
                 }
@@ -473,7 +493,8 @@ impl RegistryClient {
             self.debug(|| format!("resuming the upload at byte {offset} of {} sent", src.received));
         }
         let digest = source.lock().await.digest();
-        self.check_expected(repository, &session, &digest, expected).await?;
+        self.check_expected(repository, &session, &digest, expected)
+            .await?;
         self.finish_upload(repository, &session, &digest, None).await?;
         Ok(Descriptor { digest, size: offset })
     }
@@ -569,7 +590,11 @@ impl RegistryClient {
                 (header::CONTENT_LENGTH, chunk.len().to_string()),
             ],
             body: Some(chunk),
-            operation: format!("uploading bytes {offset}-{} to {}/{repository}", end - 1, self.registry),
+            operation: format!(
+                "uploading bytes {offset}-{} to {}/{repository}",
+                end - 1,
+                self.registry
+            ),
         };
         let response = self.send(&req).await.map_err(|e| match e {
             RegistryError::Transport { source, .. } => transport_failure(&source),
@@ -584,7 +609,12 @@ impl RegistryClient {
     }
 
     /// Interpret the answer to a data PATCH that sent bytes up to `sent`.
-    async fn data_response(&self, repository: &str, response: Response, sent: u64) -> Result<(Url, u64), Failure> {
+    async fn data_response(
+        &self,
+        repository: &str,
+        response: Response,
+        sent: u64,
+    ) -> Result<(Url, u64), Failure> {
         let status = response.status();
         if status == StatusCode::ACCEPTED || status == StatusCode::NO_CONTENT {
             let operation = format!("uploading to {}/{repository}", self.registry);
@@ -603,14 +633,22 @@ impl RegistryClient {
         let retry_after = retry_after(&response);
         let unsupported = matches!(status.as_u16(), 405 | 411 | 413 | 415 | 416 | 501);
         let code = status.as_u16();
-        let recoverable = unsupported || code == 401 || code == 404 || code == 400 || super::client::RETRYABLE_STATUSES.contains(&code);
+        let recoverable = unsupported
+            || code == 401
+            || code == 404
+            || code == 400
+            || super::client::RETRYABLE_STATUSES.contains(&code);
         if code == 401
             && let Some(challenge) = header_str(&response, header::WWW_AUTHENTICATE)
         {
             let _ = self.auth.learn(&challenge);
         }
         let error = self
-            .status_error(format!("uploading to {}/{repository}", self.registry), response, None)
+            .status_error(
+                format!("uploading to {}/{repository}", self.registry),
+                response,
+                None,
+            )
             .await;
         Err(Failure {
             message: error.to_string(),
@@ -630,11 +668,14 @@ impl RegistryClient {
     ) -> Result<Descriptor, RegistryError> {
         let mut src = source.lock().await;
         let window = self.options.upload_window;
-        let data = src.gather(0, window + 1).await.map_err(|e| RegistryError::Source {
-            registry: self.registry.clone(),
-            repository: repository.into(),
-            source: src.failure.take().unwrap_or(e),
-        })?;
+        let data = src
+            .gather(0, window + 1)
+            .await
+            .map_err(|e| RegistryError::Source {
+                registry: self.registry.clone(),
+                repository: repository.into(),
+                source: src.failure.take().unwrap_or(e),
+            })?;
         if data.len() as u64 > window || src.window_start > 0 {
             return Err(RegistryError::Protocol {
                 operation: format!("uploading to {}/{repository}", self.registry),
@@ -646,9 +687,11 @@ impl RegistryClient {
         }
         let digest = src.digest();
         drop(src);
-        self.check_expected(repository, session, &digest, expected).await?;
+        self.check_expected(repository, session, &digest, expected)
+            .await?;
         let session = self.start_upload(repository).await?;
-        self.finish_upload(repository, &session, &digest, Some(data.clone())).await?;
+        self.finish_upload(repository, &session, &digest, Some(data.clone()))
+            .await?;
         Ok(Descriptor {
             digest,
             size: data.len() as u64,
@@ -706,8 +749,6 @@ mod tests {
         assert_eq!(&src.next_at(6).await.unwrap().unwrap()[..], b"bb");
         assert!(src.next_at(2).await.unwrap().is_err());
         assert_eq!(src.digest(), sha256_digest(b"aaaabbbbcccc"));
-        src.acknowledge(8);
-        assert_eq!(src.window_start, 8);
     }
 
     #[tokio::test]

@@ -96,7 +96,12 @@ impl Default for ClientOptions {
 pub struct RegistryArgs {
     /// Registry credentials as USER:PASSWORD. Default: for registry.fly.io the Fly token (user
     /// `x`), else REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json, ~/.docker/config.json.
-    #[arg(long, value_name = "USER:PASSWORD", env = "NIXFLY_REGISTRY_CREDS", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "USER:PASSWORD",
+        env = "NIXFLY_REGISTRY_CREDS",
+        hide_env_values = true
+    )]
     pub creds: Option<String>,
     /// Talk plain HTTP to the registry (loopback hosts always do). Never use it over a network
     /// you do not control.
@@ -132,15 +137,16 @@ impl RegistryArgs {
 
 /// Whether `host[:port]` is a loopback address, where plain HTTP is the norm and safe.
 pub fn is_loopback(registry: &str) -> bool {
+    if let Ok(ip) = registry.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
     let host = match registry.rsplit_once(':') {
         Some((host, port)) if !port.contains(']') => host,
         _ => registry,
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A request that can be sent again as is.
@@ -297,7 +303,11 @@ impl RegistryClient {
             self.log_headers(">", request.headers());
             let started = Instant::now();
             let result = {
-                let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
+                let _permit = self
+                    .permits
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
                 self.http.execute(request).await
             };
             let response = match result {
@@ -306,7 +316,11 @@ impl RegistryClient {
                     if attempt < self.options.retry.retries {
                         let delay = self.options.retry.delay(attempt, None);
                         self.debug(|| {
-                            format!("{}: {source}; retrying in {:.1} s", req.operation, delay.as_secs_f64())
+                            format!(
+                                "{}: {source}; retrying in {:.1} s",
+                                req.operation,
+                                delay.as_secs_f64()
+                            )
                         });
                         attempt += 1;
                         tokio::time::sleep(delay).await;
@@ -326,17 +340,18 @@ impl RegistryClient {
                 )
             });
             self.log_headers("<", response.headers());
-            if status == StatusCode::UNAUTHORIZED && same_host && !reauthenticated {
-                if let Some(challenge) = header_str(&response, header::WWW_AUTHENTICATE) {
-                    let learnt = self.auth.learn(&challenge)?;
-                    let extra = match &learnt {
-                        super::auth::Challenge::Bearer { scope, .. } => scope.clone(),
-                        super::auth::Challenge::Basic => None,
-                    };
-                    self.auth.ensure(&self.http, &req.scope, extra.as_deref()).await?;
-                    reauthenticated = true;
-                    continue;
-                }
+            if status == StatusCode::UNAUTHORIZED
+                && same_host
+                && !reauthenticated
+                && let Some(challenge) = header_str(&response, header::WWW_AUTHENTICATE)
+            {
+                let extra = match self.auth.learn(&challenge)? {
+                    super::auth::Challenge::Bearer { scope, .. } => scope,
+                    super::auth::Challenge::Basic => None,
+                };
+                self.auth.ensure(&self.http, &req.scope, extra.as_deref()).await?;
+                reauthenticated = true;
+                continue;
             }
             if status.is_redirection()
                 && let Some(location) = header_str(&response, header::LOCATION)
@@ -394,7 +409,11 @@ impl RegistryClient {
         self.debug(|| format!("HTTP {method} {url} (streamed body)"));
         self.log_headers(">", request.headers());
         let started = Instant::now();
-        let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let response = self.http.execute(request).await?;
         self.debug(|| {
             format!(
@@ -500,10 +519,22 @@ mod tests {
 
     #[test]
     fn loopback_hosts_are_recognised_with_or_without_port() {
-        for host in ["localhost", "localhost:5000", "127.0.0.1:5000", "127.3.2.1", "[::1]:5000", "::1"] {
+        for host in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.3.2.1",
+            "[::1]:5000",
+            "::1",
+        ] {
             assert!(is_loopback(host), "{host}");
         }
-        for host in ["registry.fly.io", "10.0.0.1:5000", "localhost.example.com", "[::2]:80"] {
+        for host in [
+            "registry.fly.io",
+            "10.0.0.1:5000",
+            "localhost.example.com",
+            "[::2]:80",
+        ] {
             assert!(!is_loopback(host), "{host}");
         }
     }
@@ -514,7 +545,10 @@ mod tests {
         assert_eq!(policy.delay(0, None), Duration::from_millis(250));
         assert_eq!(policy.delay(2, None), Duration::from_secs(1));
         assert_eq!(policy.delay(10, None), Duration::from_secs(8));
-        assert_eq!(policy.delay(0, Some(Duration::from_secs(3))), Duration::from_secs(3));
+        assert_eq!(
+            policy.delay(0, Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
         assert_eq!(policy.delay(0, Some(Duration::from_secs(3600))), MAX_RETRY_AFTER);
     }
 }

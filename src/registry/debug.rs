@@ -2,7 +2,7 @@
 //! time. Tests use them to exercise the client through the real binary; they also help when
 //! a registry misbehaves (`-vv` shows every request).
 
-use super::{RegistryArgs, RegistryClient, Reference};
+use super::{Reference, RegistryArgs, RegistryClient};
 use crate::progress::Reporter;
 use anyhow::Context;
 use bytes::Bytes;
@@ -14,6 +14,12 @@ use tokio::io::AsyncReadExt;
 pub struct RegistryCommand {
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// Bytes of a streamed upload kept for resending after a failure.
+    #[arg(long, value_name = "BYTES")]
+    pub upload_window: Option<u64>,
+    /// PATCH size in chunked mode.
+    #[arg(long, value_name = "BYTES")]
+    pub chunk_size: Option<u64>,
     #[command(subcommand)]
     pub action: Action,
 }
@@ -50,24 +56,33 @@ pub enum Action {
     GetManifest { reference: String },
 }
 
-fn client(args: &RegistryArgs, reference: &str, reporter: &Reporter) -> anyhow::Result<(RegistryClient, Reference)> {
+fn client(
+    command: &RegistryCommand,
+    reference: &str,
+    reporter: &Reporter,
+) -> anyhow::Result<(RegistryClient, Reference)> {
     let reference = Reference::parse(reference)?;
     let fly_token = if reference.registry == super::reference::default_registry_host() {
         crate::fly::token::FlyToken::discover(None).ok()
     } else {
         None
     };
-    let options = args.client_options(&reference.registry, fly_token)?;
+    let mut options = command.registry.client_options(&reference.registry, fly_token)?;
+    if let Some(window) = command.upload_window {
+        options.upload_window = window;
+    }
+    if let Some(size) = command.chunk_size {
+        options.chunk_size = size;
+    }
     let client = RegistryClient::new(&reference.registry, options, reporter.clone())?;
     Ok((client, reference))
 }
 
 pub async fn run(command: RegistryCommand, reporter: Reporter) -> anyhow::Result<()> {
-    let args = &command.registry;
-    match command.action {
+    match &command.action {
         Action::Exists { reference, digest } => {
-            let (client, r) = client(args, &reference, &reporter)?;
-            match client.blob_exists(&r.repository, &digest).await? {
+            let (client, r) = client(&command, reference, &reporter)?;
+            match client.blob_exists(&r.repository, digest).await? {
                 Some(size) => reporter.result(&size.to_string()),
                 None => reporter.result("absent"),
             }
@@ -77,8 +92,8 @@ pub async fn run(command: RegistryCommand, reporter: Reporter) -> anyhow::Result
             file,
             expected,
         } => {
-            let (client, r) = client(args, &reference, &reporter)?;
-            let mut input = tokio::fs::File::open(&file)
+            let (client, r) = client(&command, reference, &reporter)?;
+            let mut input = tokio::fs::File::open(file)
                 .await
                 .with_context(|| format!("cannot open {}", file.display()))?;
             let (tx, rx) = tokio::sync::mpsc::channel(8);
@@ -108,8 +123,8 @@ pub async fn run(command: RegistryCommand, reporter: Reporter) -> anyhow::Result
             reporter.result(&format!("{} {}", pushed.digest, pushed.size));
         }
         Action::PushBytes { reference, file } => {
-            let (client, r) = client(args, &reference, &reporter)?;
-            let data = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let (client, r) = client(&command, reference, &reporter)?;
+            let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
             let pushed = client.push_blob_bytes(&r.repository, Bytes::from(data)).await?;
             reporter.result(&format!("{} {}", pushed.digest, pushed.size));
         }
@@ -118,8 +133,8 @@ pub async fn run(command: RegistryCommand, reporter: Reporter) -> anyhow::Result
             digest,
             from,
         } => {
-            let (client, r) = client(args, &reference, &reporter)?;
-            let mounted = client.mount_blob(&r.repository, &digest, &from).await?;
+            let (client, r) = client(&command, reference, &reporter)?;
+            let mounted = client.mount_blob(&r.repository, digest, from).await?;
             reporter.result(if mounted { "mounted" } else { "not mounted" });
         }
         Action::PutManifest {
@@ -127,18 +142,18 @@ pub async fn run(command: RegistryCommand, reporter: Reporter) -> anyhow::Result
             file,
             media_type,
         } => {
-            let (client, r) = client(args, &reference, &reporter)?;
-            let data = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let (client, r) = client(&command, reference, &reporter)?;
+            let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
             let target = r
                 .tag_or_digest()
                 .context("the reference needs a :tag or @digest to store a manifest under")?;
             let digest = client
-                .put_manifest(&r.repository, target, &media_type, Bytes::from(data))
+                .put_manifest(&r.repository, target, media_type, Bytes::from(data))
                 .await?;
             reporter.result(&r.with_digest(&digest));
         }
         Action::GetManifest { reference } => {
-            let (client, r) = client(args, &reference, &reporter)?;
+            let (client, r) = client(&command, reference, &reporter)?;
             let target = r.tag_or_digest().unwrap_or("latest");
             match client.get_manifest(&r.repository, target).await? {
                 Some(m) => reporter.result(&format!("{} {}", m.digest, m.media_type)),

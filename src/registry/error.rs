@@ -69,7 +69,11 @@ impl fmt::Display for StatusError {
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("");
-        write!(f, "{}: the registry answered {} {}", self.operation, self.status, reason)?;
+        write!(
+            f,
+            "{}: the registry answered {} {}",
+            self.operation, self.status, reason
+        )?;
         if !self.errors.is_empty() {
             write!(f, ": {}", describe_api_errors(&self.errors))?;
         } else if let Some(body) = &self.body_excerpt {
@@ -79,12 +83,6 @@ impl fmt::Display for StatusError {
             write!(f, "; {hint}")?;
         }
         Ok(())
-    }
-}
-
-impl StatusError {
-    pub fn has_code(&self, code: &str) -> bool {
-        self.errors.iter().any(|e| e.code.eq_ignore_ascii_case(code))
     }
 }
 
@@ -146,22 +144,14 @@ pub enum RegistryError {
     },
 }
 
-impl RegistryError {
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            RegistryError::Status(s) => Some(s.status),
-            _ => None,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn error_bodies_parse_leniently_and_render_code_message_detail() {
-        let body = br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry","detail":"sha256:ab"},
+        let body =
+            br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry","detail":"sha256:ab"},
             {"code":"VENDOR_SPECIFIC"},{"message":"no code"}]}"#;
         let errors = parse_api_errors(body);
         assert_eq!(errors.len(), 3);
@@ -177,7 +167,6 @@ mod tests {
             "HEAD blob sha256:ab in 127.0.0.1:5000/app: the registry answered 404 Not Found: \
              BLOB_UNKNOWN: blob unknown to registry (sha256:ab); VENDOR_SPECIFIC; no code; push the blob first"
         );
-        assert!(err.has_code("blob_unknown"));
         assert!(parse_api_errors(b"<html>oops</html>").is_empty());
         assert!(parse_api_errors(br#"{"errors":"nope"}"#).is_empty());
     }

@@ -3,7 +3,7 @@
 
 use super::auth::Scope;
 use super::blob::sha256_digest;
-use super::client::{Request, RegistryClient, header_str};
+use super::client::{RegistryClient, Request, header_str};
 use super::error::RegistryError;
 use bytes::Bytes;
 use reqwest::header::{self, HeaderName};
@@ -85,10 +85,7 @@ impl RegistryClient {
             scope: Scope::pull(repository),
             headers: vec![(header::ACCEPT, MANIFEST_MEDIA_TYPES.join(", "))],
             body: None,
-            operation: format!(
-                "reading manifest {}/{repository}:{tag_or_digest}",
-                self.registry
-            ),
+            operation: format!("reading manifest {}/{repository}:{tag_or_digest}", self.registry),
         };
         let response = self.send(&req).await?;
         match response.status() {

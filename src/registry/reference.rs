@@ -144,8 +144,12 @@ impl fmt::Display for Reference {
 }
 
 pub fn is_sha256_digest(text: &str) -> bool {
-    text.strip_prefix("sha256:")
-        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    text.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 pub fn is_valid_tag(tag: &str) -> bool {
@@ -197,7 +201,11 @@ fn validate_repository(name: &str) -> Result<(), &'static str> {
         if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
             return Err("a path component starts or ends with a separator");
         }
-        if component.contains("..") || component.contains("___") || component.contains("._") || component.contains("_.") {
+        if component.contains("..")
+            || component.contains("___")
+            || component.contains("._")
+            || component.contains("_.")
+        {
             return Err("it has two separators in a row");
         }
     }
@@ -235,7 +243,10 @@ mod tests {
         let r = parse("localhost/app").unwrap();
         assert_eq!((r.registry.as_str(), r.tag), ("localhost", None));
         let r = parse("library/app").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("registry.fly.io", "library/app"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("registry.fly.io", "library/app")
+        );
         let r = parse("Registry.Example.com:443/app").unwrap();
         assert_eq!(r.registry, "registry.example.com:443");
     }
@@ -246,10 +257,25 @@ mod tests {
         let err = parse("registry.fly.io/MyApp").unwrap_err().to_string();
         assert!(err.contains("uppercase") && err.contains("MyApp"), "{err}");
         assert!(matches!(parse("host.io/app:-x"), Err(ReferenceError::Tag { .. })));
-        assert!(matches!(parse("host.io/app@sha256:abc"), Err(ReferenceError::Digest { .. })));
-        assert!(matches!(parse("host.io:99999/app"), Err(ReferenceError::Host { .. })));
-        assert!(matches!(parse("host.io/app//x"), Err(ReferenceError::Repository { .. })));
-        assert!(matches!(parse("host.io/-app"), Err(ReferenceError::Repository { .. })));
-        assert!(matches!(parse("host.io/"), Err(ReferenceError::Repository { .. })));
+        assert!(matches!(
+            parse("host.io/app@sha256:abc"),
+            Err(ReferenceError::Digest { .. })
+        ));
+        assert!(matches!(
+            parse("host.io:99999/app"),
+            Err(ReferenceError::Host { .. })
+        ));
+        assert!(matches!(
+            parse("host.io/app//x"),
+            Err(ReferenceError::Repository { .. })
+        ));
+        assert!(matches!(
+            parse("host.io/-app"),
+            Err(ReferenceError::Repository { .. })
+        ));
+        assert!(matches!(
+            parse("host.io/"),
+            Err(ReferenceError::Repository { .. })
+        ));
     }
 }
