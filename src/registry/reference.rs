@@ -123,11 +123,6 @@ impl Reference {
     pub fn with_digest(&self, digest: &str) -> String {
         format!("{}/{}@{}", self.registry, self.repository, digest)
     }
-
-    /// `host/repository`, for messages.
-    pub fn name(&self) -> String {
-        format!("{}/{}", self.registry, self.repository)
-    }
 }
 
 impl fmt::Display for Reference {
