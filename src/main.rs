@@ -7,8 +7,8 @@ mod cli;
 mod error;
 mod fly;
 mod progress;
-mod settings;
 mod registry;
+mod settings;
 
 use clap::Parser;
 use std::process::ExitCode;
