@@ -10,6 +10,7 @@ mod fly;
 mod image;
 mod progress;
 mod push;
+mod registry;
 mod settings;
 
 use clap::Parser;

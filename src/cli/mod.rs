@@ -50,6 +50,9 @@ pub enum Command {
     /// Work with the settings file mkFlyDeploy writes.
     #[command(subcommand)]
     Settings(settings::SettingsCommand),
+    /// Low-level registry calls, for debugging a registry and for tests.
+    #[command(hide = true)]
+    Registry(crate::registry::debug::RegistryCommand),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     Completions {
         #[arg(value_enum)]
@@ -110,6 +113,7 @@ pub async fn run(cli: Cli, reporter: Reporter) -> anyhow::Result<()> {
             anyhow::bail!("nixfly deploy is not implemented yet")
         }
         Command::Settings(command) => settings::run(command, reporter),
+        Command::Registry(command) => crate::registry::debug::run(command, reporter).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "nixfly", &mut std::io::stdout());
             Ok(())

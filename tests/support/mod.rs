@@ -75,3 +75,6 @@ pub fn assert_success(output: &Output) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+pub mod proxy;
+pub mod registry;

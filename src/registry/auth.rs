@@ -1,0 +1,629 @@
+//! Registry credentials and challenge-driven authentication (Basic, and Bearer tokens from a
+//! token realm), with token reuse and refresh.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Token lifetime when the token server does not say (distribution's token spec).
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// A token this close to expiry is renewed before use: a request must not start with a token
+/// that expires while the registry checks it.
+const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("--creds must be USER:PASSWORD (the part before the first ':' is the user)")]
+    CredsSyntax,
+    #[error("cannot read registry credentials from {path}")]
+    ConfigUnreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("registry credentials file {path} is not valid JSON")]
+    ConfigInvalid {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the credentials for {host} in {path} cannot be used: `auth` must be base64 of USER:PASSWORD")]
+    ConfigAuthInvalid { host: String, path: PathBuf },
+    #[error(
+        "{registry}: the token service {realm} rejected the credentials ({status}) for scope {scope}; {hint}"
+    )]
+    TokenRejected {
+        registry: String,
+        realm: String,
+        scope: String,
+        status: u16,
+        hint: String,
+    },
+    #[error("{registry}: cannot get a token from {realm}")]
+    TokenTransport {
+        registry: String,
+        realm: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{registry}: the token service {realm} answered without a token ({reason})")]
+    TokenMalformed {
+        registry: String,
+        realm: String,
+        reason: String,
+    },
+    #[error("{registry}: unsupported authentication challenge {challenge:?}")]
+    UnsupportedChallenge { registry: String, challenge: String },
+}
+
+/// Where credentials came from, so a rejection can say which to fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialSource {
+    Flag,
+    FlyToken(String),
+    ConfigFile(PathBuf),
+}
+
+/// Credentials for one registry. `Debug` never shows the password.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+    pub source: CredentialSource,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    pub fn new(username: &str, password: &str, source: CredentialSource) -> Self {
+        crate::error::register_secret(password);
+        let creds = Credentials {
+            username: username.to_string(),
+            password: password.to_string(),
+            source,
+        };
+        crate::error::register_secret(&creds.basic_value());
+        creds
+    }
+
+    /// `USER:PASSWORD` from `--creds`.
+    pub fn from_flag(text: &str) -> Result<Self, AuthError> {
+        let (user, pass) = text.split_once(':').ok_or(AuthError::CredsSyntax)?;
+        crate::error::register_secret(text);
+        if user.is_empty() {
+            return Err(AuthError::CredsSyntax);
+        }
+        Ok(Self::new(user, pass, CredentialSource::Flag))
+    }
+
+    fn basic_value(&self) -> String {
+        B64.encode(format!("{}:{}", self.username, self.password))
+    }
+
+    pub fn basic_header(&self) -> String {
+        format!("Basic {}", self.basic_value())
+    }
+}
+
+/// Inputs for finding credentials, with the environment made explicit so tests can set it.
+pub struct CredentialLookup<'a> {
+    pub flag: Option<&'a str>,
+    pub auth_files: Vec<PathBuf>,
+    /// The Fly token, consulted for the Fly registry host only.
+    pub fly_token: Option<crate::fly::token::FlyToken>,
+    pub fly_registry_host: String,
+}
+
+impl CredentialLookup<'_> {
+    /// The files Docker, podman and skopeo read, in the order that wins: `REGISTRY_AUTH_FILE`,
+    /// `$DOCKER_CONFIG/config.json`, `~/.docker/config.json`.
+    pub fn standard_auth_files() -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        if let Some(file) = std::env::var_os("REGISTRY_AUTH_FILE").filter(|v| !v.is_empty()) {
+            files.push(PathBuf::from(file));
+        }
+        if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|v| !v.is_empty()) {
+            files.push(Path::new(&dir).join("config.json"));
+        }
+        if let Some(home) = dirs::home_dir() {
+            let file = home.join(".docker").join("config.json");
+            if !files.contains(&file) {
+                files.push(file);
+            }
+        }
+        files
+    }
+
+    /// Credentials for `host`, highest precedence first: `--creds`, the Fly token (Fly's
+    /// registry only: user `x`, the token as password), the auth files. `None`: anonymous.
+    pub fn find(&self, host: &str) -> Result<Option<Credentials>, AuthError> {
+        if let Some(flag) = self.flag {
+            return Credentials::from_flag(flag).map(Some);
+        }
+        if host.eq_ignore_ascii_case(&self.fly_registry_host)
+            && let Some(token) = &self.fly_token
+        {
+            return Ok(Some(Credentials::new(
+                "x",
+                &token.registry_password(),
+                CredentialSource::FlyToken(token.source().to_string()),
+            )));
+        }
+        for path in &self.auth_files {
+            if let Some(creds) = credentials_from_auth_file(path, host)? {
+                return Ok(Some(creds));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// `auths.<host>` of a Docker/containers auth file: `auth` (base64 USER:PASSWORD) or
+/// `username`/`password`. Keys may be bare hosts or URLs (`https://host/v1/`).
+fn credentials_from_auth_file(path: &Path, host: &str) -> Result<Option<Credentials>, AuthError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(AuthError::ConfigUnreadable {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    #[derive(serde::Deserialize)]
+    struct File {
+        #[serde(default)]
+        auths: HashMap<String, Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        auth: Option<String>,
+        username: Option<String>,
+        password: Option<String>,
+    }
+    let file: File = serde_json::from_str(&text).map_err(|source| AuthError::ConfigInvalid {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let entry = file.auths.iter().find_map(|(key, entry)| {
+        let key_host = key
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        key_host.eq_ignore_ascii_case(host).then_some(entry)
+    });
+    let Some(entry) = entry else { return Ok(None) };
+    let source = CredentialSource::ConfigFile(path.to_path_buf());
+    let invalid = || AuthError::ConfigAuthInvalid {
+        host: host.to_string(),
+        path: path.to_path_buf(),
+    };
+    if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
+        crate::error::register_secret(auth);
+        let decoded = B64.decode(auth.trim()).map_err(|_| invalid())?;
+        let decoded = String::from_utf8(decoded).map_err(|_| invalid())?;
+        let (user, pass) = decoded.split_once(':').ok_or_else(invalid)?;
+        return Ok(Some(Credentials::new(user, pass, source)));
+    }
+    match (&entry.username, &entry.password) {
+        (Some(user), Some(pass)) => Ok(Some(Credentials::new(user, pass, source))),
+        _ => Ok(None),
+    }
+}
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+}
+
+impl Challenge {
+    pub fn parse(header: &str) -> Option<Challenge> {
+        let header = header.trim();
+        let (scheme, params) = header.split_once(' ').unwrap_or((header, ""));
+        let params = parse_auth_params(params);
+        if scheme.eq_ignore_ascii_case("basic") {
+            Some(Challenge::Basic)
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            Some(Challenge::Bearer {
+                realm: params.get("realm")?.clone(),
+                service: params.get("service").cloned(),
+                scope: params.get("scope").cloned(),
+            })
+        } else {
+            None
+        }
+    }
+}
+
+/// `key=value` and `key="quoted, value"` pairs separated by commas.
+fn parse_auth_params(text: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, escaped)) = chars.next() {
+                            value.push(escaped);
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            (value, &quoted[end..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_string(), &after[end..])
+        };
+        out.insert(key, value);
+        rest = remaining.trim_start().trim_start_matches(',').trim_start();
+    }
+    out
+}
+
+/// The access a request needs: `repository:<name>:<actions>` scopes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Scope(Vec<String>);
+
+impl Scope {
+    pub fn push(repository: &str) -> Self {
+        Scope(vec![format!("repository:{repository}:pull,push")])
+    }
+    pub fn pull(repository: &str) -> Self {
+        Scope(vec![format!("repository:{repository}:pull")])
+    }
+    /// Push to `repository` and pull from `from`, for a cross-repository mount.
+    pub fn mount(repository: &str, from: &str) -> Self {
+        let mut scope = Self::push(repository);
+        scope.0.push(format!("repository:{from}:pull"));
+        scope
+    }
+    /// No repository: the `/v2/` probe.
+    pub fn none() -> Self {
+        Scope(Vec::new())
+    }
+    fn with_extra(&self, extra: Option<&str>) -> Self {
+        let mut scope = self.clone();
+        for part in extra
+            .into_iter()
+            .flat_map(|s| s.split(' '))
+            .filter(|s| !s.is_empty())
+        {
+            if !scope.0.iter().any(|s| s == part) {
+                scope.0.push(part.to_string());
+            }
+        }
+        scope
+    }
+    pub fn describe(&self) -> String {
+        if self.0.is_empty() {
+            "(none)".into()
+        } else {
+            self.0.join(" ")
+        }
+    }
+}
+
+struct CachedToken {
+    header: String,
+    /// When to fetch a new one: a little before expiry, so no request starts with a token
+    /// that dies while the registry checks it.
+    renew_at: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    /// Learnt from the registry's first 401; `None` until then.
+    challenge: Option<Challenge>,
+    tokens: HashMap<Scope, CachedToken>,
+}
+
+/// Authentication for one registry host: remembers the challenge and caches tokens per scope.
+pub struct Authenticator {
+    registry: String,
+    credentials: Option<Credentials>,
+    is_fly: bool,
+    state: Mutex<State>,
+}
+
+impl Authenticator {
+    pub fn new(registry: &str, credentials: Option<Credentials>, is_fly: bool) -> Self {
+        Authenticator {
+            registry: registry.to_string(),
+            credentials,
+            is_fly,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the registry's challenge is known (after a 401, or a probe).
+    pub fn knows_challenge(&self) -> bool {
+        self.state().challenge.is_some()
+    }
+
+    /// The `Authorization` value to send now for `scope`, without any network call: `None`
+    /// when nothing is known yet or a token must be fetched first (`ensure`).
+    pub fn header(&self, scope: &Scope) -> Option<String> {
+        let state = self.state();
+        match state.challenge.as_ref()? {
+            Challenge::Basic => self.credentials.as_ref().map(Credentials::basic_header),
+            Challenge::Bearer { .. } => state
+                .tokens
+                .get(scope)
+                .filter(|t| Instant::now() < t.renew_at)
+                .map(|t| t.header.clone()),
+        }
+    }
+
+    /// Record a challenge from a 401.
+    pub fn learn(&self, www_authenticate: &str) -> Result<Challenge, AuthError> {
+        let challenge =
+            Challenge::parse(www_authenticate).ok_or_else(|| AuthError::UnsupportedChallenge {
+                registry: self.registry.clone(),
+                challenge: www_authenticate.chars().take(200).collect(),
+            })?;
+        let mut state = self.state();
+        if let Challenge::Bearer { .. } = &challenge {
+            // A 401 with a token means the token is no longer good (expired or revoked).
+            state.tokens.clear();
+        }
+        state.challenge = Some(challenge.clone());
+        Ok(challenge)
+    }
+
+    /// Make `header(scope)` return something usable: fetch a token when the challenge is
+    /// Bearer and none is cached or it is about to expire. `extra_scope` is what the 401 asked for.
+    pub async fn ensure(
+        &self,
+        http: &reqwest::Client,
+        scope: &Scope,
+        extra_scope: Option<&str>,
+    ) -> Result<(), AuthError> {
+        let challenge = self.state().challenge.clone();
+        let Some(Challenge::Bearer { realm, service, .. }) = challenge else {
+            return Ok(());
+        };
+        if self.header(scope).is_some() && extra_scope.is_none() {
+            return Ok(());
+        }
+        let wanted = scope.with_extra(extra_scope);
+        let mut url = url::Url::parse(&realm).map_err(|_| AuthError::TokenMalformed {
+            registry: self.registry.clone(),
+            realm: realm.clone(),
+            reason: "the realm is not a URL".into(),
+        })?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(service) = &service {
+                query.append_pair("service", service);
+            }
+            for part in &wanted.0 {
+                query.append_pair("scope", part);
+            }
+        }
+        let mut request = http.get(url.clone());
+        if let Some(creds) = &self.credentials {
+            request = request.header(reqwest::header::AUTHORIZATION, creds.basic_header());
+        }
+        let response = request.send().await.map_err(|source| AuthError::TokenTransport {
+            registry: self.registry.clone(),
+            realm: realm.clone(),
+            source,
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(AuthError::TokenRejected {
+                registry: self.registry.clone(),
+                realm,
+                scope: wanted.describe(),
+                status: status.as_u16(),
+                hint: self.rejection_hint(),
+            });
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let malformed = |reason: String| AuthError::TokenMalformed {
+            registry: self.registry.clone(),
+            realm: realm.clone(),
+            reason,
+        };
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| malformed(format!("reading the body failed: {e}")))?;
+        let parsed: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| malformed(format!("not JSON: {e}")))?;
+        let token = parsed
+            .token
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| malformed("neither `token` nor `access_token` is set".into()))?;
+        crate::error::register_secret(&token);
+        let lifetime = parsed
+            .expires_in
+            .filter(|&s| s > 0)
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+        let cached = CachedToken {
+            header: format!("Bearer {token}"),
+            renew_at: Instant::now() + lifetime - TOKEN_RENEW_MARGIN.min(lifetime / 4),
+        };
+        let mut state = self.state();
+        state.tokens.insert(scope.clone(), cached);
+        Ok(())
+    }
+
+    /// How to fix rejected credentials, naming where they came from.
+    pub fn rejection_hint(&self) -> String {
+        match self.credentials.as_ref().map(|c| &c.source) {
+            Some(CredentialSource::FlyToken(from)) => format!(
+                "the Fly token (from {from}) was rejected: make one with `fly tokens create deploy -a <app>` \
+                 and export it as FLY_API_TOKEN"
+            ),
+            _ if self.is_fly => "no credentials for the Fly registry: set FLY_API_TOKEN to a token from \
+                 `fly tokens create deploy -a <app>`"
+                .to_string(),
+            Some(CredentialSource::Flag) => "check the user and password given with --creds".to_string(),
+            Some(CredentialSource::ConfigFile(path)) => format!(
+                "check the credentials for {} in {} (or pass --creds USER:PASSWORD)",
+                self.registry,
+                path.display()
+            ),
+            None => format!(
+                "no credentials for {} were found: pass --creds USER:PASSWORD, or log in with \
+                 `docker login` / `skopeo login` (REGISTRY_AUTH_FILE)",
+                self.registry
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_challenges_parse_quoted_commas_and_escapes() {
+        let c = Challenge::parse(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Challenge::Bearer {
+                realm: "https://auth.example/token".into(),
+                service: Some("registry.example".into()),
+                scope: Some("repository:a/b:pull,push".into()),
+            }
+        );
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="flyio-registry.fly.dev""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(
+            Challenge::parse(r#"bearer realm=http://x/t, service = "s\"q""#),
+            Some(Challenge::Bearer {
+                realm: "http://x/t".into(),
+                service: Some("s\"q".into()),
+                scope: None
+            })
+        );
+        assert_eq!(Challenge::parse("Negotiate abc"), None);
+        assert_eq!(Challenge::parse("Bearer service=x"), None);
+    }
+
+    #[test]
+    fn auth_files_give_credentials_by_auth_or_username_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let auth = B64.encode("alice:s3cret-password");
+        std::fs::write(
+            &path,
+            format!(
+                r#"{{"auths":{{"https://reg.example:5000/v1/":{{"auth":"{auth}"}},
+                   "other.example":{{"username":"bob","password":"hunter2-long"}}}}}}"#
+            ),
+        )
+        .unwrap();
+        let lookup = CredentialLookup {
+            flag: None,
+            auth_files: vec![dir.path().join("missing.json"), path.clone()],
+            fly_token: None,
+            fly_registry_host: "registry.fly.io".into(),
+        };
+        let creds = lookup.find("reg.example:5000").unwrap().unwrap();
+        assert_eq!(
+            (creds.username.as_str(), creds.password.as_str()),
+            ("alice", "s3cret-password")
+        );
+        assert_eq!(creds.source, CredentialSource::ConfigFile(path.clone()));
+        let creds = lookup.find("other.example").unwrap().unwrap();
+        assert_eq!(creds.username, "bob");
+        assert!(lookup.find("registry.fly.io").unwrap().is_none());
+        assert!(!format!("{creds:?}").contains("hunter2"));
+        // Registered as secrets: errors and logs never show them.
+        assert!(!crate::error::redacted("pw s3cret-password").contains("s3cret"));
+
+        std::fs::write(&path, r#"{"auths":{"reg.example":{"auth":"!!!"}}}"#).unwrap();
+        let lookup = CredentialLookup {
+            auth_files: vec![path],
+            ..lookup
+        };
+        assert!(matches!(
+            lookup.find("reg.example"),
+            Err(AuthError::ConfigAuthInvalid { .. })
+        ));
+    }
+
+    #[test]
+    fn the_fly_token_is_used_for_the_fly_registry_only_and_the_flag_wins() {
+        let token = crate::fly::token::FlyToken::parse(
+            "FlyV1 fm2_abcdefghijkl,fm2_mnopqrstuvwx",
+            crate::fly::token::TokenSource::Env("FLY_API_TOKEN"),
+        )
+        .unwrap();
+        let lookup = CredentialLookup {
+            flag: None,
+            auth_files: vec![],
+            fly_token: Some(token),
+            fly_registry_host: "registry.fly.io".into(),
+        };
+        let creds = lookup.find("registry.fly.io").unwrap().unwrap();
+        assert_eq!(creds.username, "x");
+        assert!(!creds.password.starts_with("FlyV1"), "prefix must be stripped");
+        assert!(creds.password.contains("fm2_abcdefghijkl"));
+        assert!(lookup.find("ghcr.io").unwrap().is_none());
+        let lookup = CredentialLookup {
+            flag: Some("u:p:with:colons"),
+            ..lookup
+        };
+        let creds = lookup.find("registry.fly.io").unwrap().unwrap();
+        assert_eq!(
+            (creds.username.as_str(), creds.password.as_str()),
+            ("u", "p:with:colons")
+        );
+        assert!(matches!(
+            Credentials::from_flag("nocolon"),
+            Err(AuthError::CredsSyntax)
+        ));
+    }
+}

@@ -1,0 +1,783 @@
+//! Blobs: existence checks, cross-repository mounts and uploads that survive a cut connection
+//! or a registry error mid-upload without the caller sending anything again.
+//!
+//! A streamed upload keeps the most recent `upload_window` bytes it sent (default 16 MiB).
+//! After a failure it asks the registry where the upload stands (`GET <location>` → 204 +
+//! `Range`) and resends from there, or starts a new session from byte 0 when the registry
+//! dropped the session. When the registry needs bytes older than the window, the upload fails
+//! with `RegistryError::UploadLost` so the caller can regenerate the blob from its source.
+//!
+//! Measured with distribution 2.8 (Debian's docker-registry): when a PATCH is cut mid-body
+//! (streamed or chunked with `Content-Range`), the registry writes what it received, and the
+//! next request on that session finds the stored size differs from the offset signed into
+//! the `_state` parameter, cancels the upload and answers 404 `BLOB_UPLOAD_INVALID` — even a
+//! session whose earlier chunks were acknowledged. So after a cut only a restart from byte 0
+//! works there: acknowledged chunks buy nothing, and the window therefore keeps the last
+//! `upload_window` bytes whether acknowledged or not. Registries that keep the session
+//! (`GET` → 204 + `Range`) are resumed from their offset. An injected 5xx/429/401 answer
+//! leaves the session intact and resumes where the registry stands.
+
+use super::auth::Scope;
+use super::client::{RegistryClient, Request, UploadMode, header_str, retry_after};
+use super::error::RegistryError;
+use bytes::{Bytes, BytesMut};
+use reqwest::header::{self, HeaderName};
+use reqwest::{Method, Response, StatusCode};
+use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, mpsc};
+use url::Url;
+
+/// A blob in the registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Descriptor {
+    pub digest: String,
+    pub size: u64,
+}
+
+pub fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// Failures in a row, without progress, after which an upload gives up.
+const MAX_UPLOAD_FAILURES: u32 = 6;
+
+/// The producer's data as it passes: hashed once, the recent part kept for resending.
+struct Source {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    hasher: Sha256,
+    window: VecDeque<Bytes>,
+    /// Offset of the first byte of `window`.
+    window_start: u64,
+    /// Bytes taken from the producer so far.
+    received: u64,
+    capacity: u64,
+    finished: bool,
+    failure: Option<io::Error>,
+}
+
+impl Source {
+    fn new(rx: mpsc::Receiver<io::Result<Bytes>>, capacity: u64) -> Self {
+        Source {
+            rx,
+            hasher: Sha256::new(),
+            window: VecDeque::new(),
+            window_start: 0,
+            received: 0,
+            capacity,
+            finished: false,
+            failure: None,
+        }
+    }
+
+    /// The bytes at `cursor`: resent from the window, or new from the producer. `None` at the end.
+    async fn next_at(&mut self, cursor: u64) -> Option<io::Result<Bytes>> {
+        if cursor < self.received {
+            let mut start = self.window_start;
+            for chunk in &self.window {
+                let end = start + chunk.len() as u64;
+                if cursor >= start && cursor < end {
+                    return Some(Ok(chunk.slice((cursor - start) as usize..)));
+                }
+                start = end;
+            }
+            return Some(Err(io::Error::other("resend position outside the upload window")));
+        }
+        loop {
+            if self.finished {
+                return None;
+            }
+            match self.rx.recv().await {
+                None => self.finished = true,
+                Some(Err(err)) => {
+                    let kind = err.kind();
+                    self.failure = Some(err);
+                    self.finished = true;
+                    return Some(Err(io::Error::new(kind, "the blob's data source failed")));
+                }
+                Some(Ok(bytes)) if bytes.is_empty() => {}
+                Some(Ok(bytes)) => {
+                    self.hasher.update(&bytes);
+                    self.received += bytes.len() as u64;
+                    self.window.push_back(bytes.clone());
+                    self.trim();
+                    return Some(Ok(bytes));
+                }
+            }
+        }
+    }
+
+    /// Up to `limit` bytes from `cursor` as one buffer (a chunk or a monolithic body).
+    async fn gather(&mut self, cursor: u64, limit: u64) -> io::Result<Bytes> {
+        let mut buf = BytesMut::new();
+        while (buf.len() as u64) < limit {
+            match self.next_at(cursor + buf.len() as u64).await {
+                None => break,
+                Some(Err(err)) => return Err(err),
+                Some(Ok(bytes)) => {
+                    let take = bytes.len().min((limit - buf.len() as u64) as usize);
+                    buf.extend_from_slice(&bytes[..take]);
+                }
+            }
+        }
+        Ok(buf.freeze())
+    }
+
+    /// Keep only the last `capacity` bytes. Bytes the registry acknowledged are kept too:
+    /// distribution drops the whole session on a cut (see the module comment), so a restart
+    /// from byte 0 needs them.
+    fn trim(&mut self) {
+        while let Some(front) = self.window.front() {
+            let front_end = self.window_start + front.len() as u64;
+            if self.received - front_end >= self.capacity {
+                self.window_start = front_end;
+                self.window.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn digest(&self) -> String {
+        format!("sha256:{}", hex::encode(self.hasher.clone().finalize()))
+    }
+}
+
+/// An upload session: where to send the next request.
+struct Session {
+    location: Url,
+    min_chunk: Option<u64>,
+}
+
+/// Why a data request failed, and what that means for the next attempt.
+struct Failure {
+    message: String,
+    retry_after: Option<Duration>,
+    /// The registry refuses this way of sending data: try the next mode.
+    unsupported: bool,
+    /// Retrying cannot help (e.g. 403).
+    fatal: Option<RegistryError>,
+}
+
+impl RegistryClient {
+    fn blob_operation(&self, what: &str, repository: &str, digest: &str) -> String {
+        format!("{what} blob {digest} in {}/{repository}", self.registry)
+    }
+
+    /// Size of `digest` in `repository`, or `None` when the registry does not have it there.
+    pub async fn blob_exists(&self, repository: &str, digest: &str) -> Result<Option<u64>, RegistryError> {
+        let req = Request {
+            method: Method::HEAD,
+            url: self.url(&format!("{repository}/blobs/{digest}")),
+            scope: Scope::push(repository),
+            headers: Vec::new(),
+            body: None,
+            operation: self.blob_operation("checking", repository, digest),
+        };
+        let response = self.send(&req).await?;
+        match response.status() {
+            // Read the header itself: for HEAD, the body length reqwest reports is always 0.
+            StatusCode::OK => Ok(Some(
+                header_str(&response, header::CONTENT_LENGTH)
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0),
+            )),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(self.status_error(req.operation, response, None).await),
+        }
+    }
+
+    /// Mount `digest` from repository `from` of the same registry. `false`: not mounted; the
+    /// upload session the registry opened instead is used by the next upload to `repository`.
+    pub async fn mount_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        from: &str,
+    ) -> Result<bool, RegistryError> {
+        let mut url = self.url(&format!("{repository}/blobs/uploads/"));
+        url.query_pairs_mut()
+            .append_pair("mount", digest)
+            .append_pair("from", from);
+        let req = Request {
+            method: Method::POST,
+            url,
+            scope: Scope::mount(repository, from),
+            headers: vec![(header::CONTENT_LENGTH, "0".into())],
+            body: None,
+            operation: format!(
+                "mounting blob {digest} from {}/{from} into {}/{repository}",
+                self.registry, self.registry
+            ),
+        };
+        let response = self.send(&req).await?;
+        match response.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => {
+                let location = self.location(&response, &req.operation)?;
+                self.pending_sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(repository.to_string())
+                    .or_default()
+                    .push(location);
+                Ok(false)
+            }
+            _ => Err(self.status_error(req.operation, response, None).await),
+        }
+    }
+
+    /// Open an upload session: one a mount left open when it is still alive, else a new one.
+    async fn start_upload(&self, repository: &str) -> Result<Session, RegistryError> {
+        loop {
+            let pending = self
+                .pending_sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(repository)
+                .and_then(Vec::pop);
+            let Some(location) = pending else { break };
+            if let Ok(Some((location, 0))) = self.upload_status(repository, &location).await {
+                return Ok(Session {
+                    location,
+                    min_chunk: None,
+                });
+            }
+        }
+        let req = Request {
+            method: Method::POST,
+            url: self.url(&format!("{repository}/blobs/uploads/")),
+            scope: Scope::push(repository),
+            headers: vec![(header::CONTENT_LENGTH, "0".into())],
+            body: None,
+            operation: format!("starting an upload to {}/{repository}", self.registry),
+        };
+        let response = self.send(&req).await?;
+        if response.status() != StatusCode::ACCEPTED {
+            let hint = (response.status() == StatusCode::NOT_FOUND && self.auth_is_fly()).then(|| {
+                format!(
+                    "does the Fly app {repository:?} exist? Create it with `fly apps create {repository}`"
+                )
+            });
+            return Err(self.status_error(req.operation, response, hint).await);
+        }
+        let min_chunk = header_str(&response, HeaderName::from_static("oci-chunk-min-length"))
+            .and_then(|v| v.trim().parse().ok());
+        Ok(Session {
+            location: self.location(&response, &req.operation)?,
+            min_chunk,
+        })
+    }
+
+    fn auth_is_fly(&self) -> bool {
+        self.registry
+            .eq_ignore_ascii_case(&super::reference::default_registry_host())
+    }
+
+    /// Where an upload stands: `Some((location, bytes the registry holds))`, or `None` when
+    /// the registry no longer knows the session.
+    async fn upload_status(
+        &self,
+        repository: &str,
+        location: &Url,
+    ) -> Result<Option<(Url, u64)>, RegistryError> {
+        let req = Request {
+            method: Method::GET,
+            url: location.clone(),
+            scope: Scope::push(repository),
+            headers: Vec::new(),
+            body: None,
+            operation: format!("checking an upload to {}/{repository}", self.registry),
+        };
+        let response = self.send(&req).await?;
+        match response.status() {
+            StatusCode::NO_CONTENT | StatusCode::ACCEPTED => {
+                let location = self
+                    .location(&response, &req.operation)
+                    .unwrap_or_else(|_| location.clone());
+                let held = header_str(&response, header::RANGE)
+                    .as_deref()
+                    .and_then(range_end)
+                    .unwrap_or(0);
+                Ok(Some((location, held)))
+            }
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => Ok(None),
+            _ => Err(self.status_error(req.operation, response, None).await),
+        }
+    }
+
+    /// Best effort: the session is abandoned, tell the registry so it can free the space.
+    async fn cancel_upload(&self, repository: &str, session: &Session) {
+        let req = Request {
+            method: Method::DELETE,
+            url: session.location.clone(),
+            scope: Scope::push(repository),
+            headers: Vec::new(),
+            body: None,
+            operation: format!("cancelling an upload to {}/{repository}", self.registry),
+        };
+        if let Err(err) = self.send(&req).await {
+            self.debug(|| format!("{err}"));
+        }
+    }
+
+    /// Upload a small blob held in memory (a config): one monolithic PUT.
+    pub async fn push_blob_bytes(&self, repository: &str, data: Bytes) -> Result<Descriptor, RegistryError> {
+        let digest = sha256_digest(&data);
+        let size = data.len() as u64;
+        let mut restarted = false;
+        loop {
+            let session = self.start_upload(repository).await?;
+            match self
+                .finish_upload(repository, &session, &digest, Some(data.clone()))
+                .await
+            {
+                Ok(()) => return Ok(Descriptor { digest, size }),
+                // The session vanished between POST and PUT (registry restart, expiry): once more.
+                Err(RegistryError::Status(s)) if !restarted && matches!(s.status, 400 | 404) => {
+                    self.debug(|| format!("{s}; starting a new upload"));
+                    restarted = true;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// `PUT <location>&digest=` with the last data (or none): commits the blob.
+    async fn finish_upload(
+        &self,
+        repository: &str,
+        session: &Session,
+        digest: &str,
+        body: Option<Bytes>,
+    ) -> Result<(), RegistryError> {
+        let mut url = session.location.clone();
+        url.query_pairs_mut().append_pair("digest", digest);
+        let length = body.as_ref().map_or(0, Bytes::len);
+        let req = Request {
+            method: Method::PUT,
+            url,
+            scope: Scope::push(repository),
+            headers: vec![
+                (header::CONTENT_TYPE, "application/octet-stream".into()),
+                (header::CONTENT_LENGTH, length.to_string()),
+            ],
+            body,
+            operation: self.blob_operation("committing", repository, digest),
+        };
+        let response = self.send(&req).await?;
+        if response.status() != StatusCode::CREATED {
+            return Err(self.status_error(req.operation, response, None).await);
+        }
+        if let Some(stored) = header_str(&response, HeaderName::from_static("docker-content-digest"))
+            && stored != digest
+        {
+            return Err(RegistryError::Protocol {
+                operation: req.operation,
+                message: format!("the registry stored the blob as {stored}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Upload a blob whose bytes arrive on `body`, hashing them as they pass. `expected`: the
+    /// digest the data must have (checked before the blob is committed). The producer never
+    /// resends: after a cut or a registry error the upload resumes from its own window.
+    pub async fn push_blob_stream(
+        &self,
+        repository: &str,
+        body: mpsc::Receiver<io::Result<Bytes>>,
+        expected: Option<&str>,
+    ) -> Result<Descriptor, RegistryError> {
+        let window = self.options.upload_window.max(1);
+        let source = Arc::new(Mutex::new(Source::new(body, window)));
+        let scope = Scope::push(repository);
+        let mut mode = self.options.upload_mode;
+        let mut session = self.start_upload(repository).await?;
+        let mut offset = 0u64;
+        let mut failures = 0u32;
+        loop {
+            {
+                let src = source.lock().await;
+                if src.finished && src.failure.is_none() && offset == src.received {
+                    break;
+                }
+            }
+            if mode == UploadMode::Monolithic {
+                return self
+                    .upload_monolithic(repository, &session, &source, expected)
+                    .await;
+            }
+            self.authenticate(&scope).await?;
+            let result = match mode {
+                UploadMode::Stream => self.patch_stream(repository, &session, &source, offset).await,
+                _ => self.patch_chunk(repository, &session, &source, offset).await,
+            };
+            let failure = match result {
+                Ok((location, end)) => {
+                    session.location = location;
+                    offset = end;
+                    failures = 0;
+                    continue;
+                }
+                Err(failure) => failure,
+            };
+            let mut src = source.lock().await;
+            if let Some(source_err) = src.failure.take() {
+                drop(src);
+                self.cancel_upload(repository, &session).await;
+                return Err(RegistryError::Source {
+                    registry: self.registry.clone(),
+                    repository: repository.into(),
+                    source: source_err,
+                });
+            }
+            drop(src);
+            if let Some(fatal) = failure.fatal {
+                self.cancel_upload(repository, &session).await;
+                return Err(fatal);
+            }
+            failures += 1;
+            if failures >= MAX_UPLOAD_FAILURES {
+                self.cancel_upload(repository, &session).await;
+                return Err(RegistryError::UploadGaveUp {
+                    registry: self.registry.clone(),
+                    repository: repository.into(),
+                    attempts: failures,
+                    last: failure.message,
+                });
+            }
+            if failure.unsupported {
+                mode = match mode {
+                    UploadMode::Stream => UploadMode::Chunked,
+                    _ => UploadMode::Monolithic,
+                };
+            }
+            let delay = self.options.retry.delay(failures - 1, failure.retry_after);
+            self.debug(|| {
+                format!(
+                    "upload to {}/{repository} failed at {offset} bytes: {}; resuming in {:.1} s ({mode:?} mode)",
+                    self.registry,
+                    failure.message,
+                    delay.as_secs_f64()
+                )
+            });
+            tokio::time::sleep(delay).await;
+            match self.upload_status(repository, &session.location).await? {
+                Some((location, held)) => {
+                    session.location = location;
+                    offset = held;
+                }
+                None => {
+                    session = self.start_upload(repository).await?;
+                    offset = 0;
+                }
+            }
+            let src = source.lock().await;
+            if offset < src.window_start || offset > src.received {
+                let lost = RegistryError::UploadLost {
+                    registry: self.registry.clone(),
+                    repository: repository.into(),
+                    received: src.received,
+                    kept: offset,
+                    window_start: src.window_start,
+                    window,
+                };
+                drop(src);
+                self.cancel_upload(repository, &session).await;
+                return Err(lost);
+            }
+            self.debug(|| format!("resuming the upload at byte {offset} of {} sent", src.received));
+        }
+        let digest = source.lock().await.digest();
+        self.check_expected(repository, &session, &digest, expected)
+            .await?;
+        self.finish_upload(repository, &session, &digest, None).await?;
+        Ok(Descriptor { digest, size: offset })
+    }
+
+    async fn check_expected(
+        &self,
+        repository: &str,
+        session: &Session,
+        digest: &str,
+        expected: Option<&str>,
+    ) -> Result<(), RegistryError> {
+        match expected {
+            Some(expected) if expected != digest => {
+                self.cancel_upload(repository, session).await;
+                Err(RegistryError::DigestMismatch {
+                    registry: self.registry.clone(),
+                    repository: repository.into(),
+                    expected: expected.into(),
+                    actual: digest.into(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// One PATCH carrying everything from `offset` to the end of the producer's data.
+    async fn patch_stream(
+        &self,
+        repository: &str,
+        session: &Session,
+        source: &Arc<Mutex<Source>>,
+        offset: u64,
+    ) -> Result<(Url, u64), Failure> {
+        let stream = futures::stream::unfold((source.clone(), offset), |(src, cursor)| async move {
+            let item = src.lock().await.next_at(cursor).await?;
+            let next = match &item {
+                Ok(bytes) => cursor + bytes.len() as u64,
+                Err(_) => cursor,
+            };
+            Some((item, (src, next)))
+        });
+        let response = self
+            .send_stream(
+                Method::PATCH,
+                &session.location,
+                &Scope::push(repository),
+                vec![(header::CONTENT_TYPE, "application/octet-stream".into())],
+                reqwest::Body::wrap_stream(stream),
+            )
+            .await
+            .map_err(|e| transport_failure(&e))?;
+        let sent = source.lock().await.received;
+        self.data_response(repository, response, sent).await
+    }
+
+    /// One acknowledged chunk from `offset`, sent with `Content-Range` and replayable.
+    async fn patch_chunk(
+        &self,
+        repository: &str,
+        session: &Session,
+        source: &Arc<Mutex<Source>>,
+        offset: u64,
+    ) -> Result<(Url, u64), Failure> {
+        // The chunk must fit in the window, or a failure mid-chunk could not be resent.
+        let size = self
+            .options
+            .chunk_size
+            .max(session.min_chunk.unwrap_or(0))
+            .min(self.options.upload_window / 2)
+            .max(1);
+        let chunk = source
+            .lock()
+            .await
+            .gather(offset, size)
+            .await
+            .map_err(|e| Failure {
+                message: e.to_string(),
+                retry_after: None,
+                unsupported: false,
+                fatal: None,
+            })?;
+        if chunk.is_empty() {
+            return Ok((session.location.clone(), offset));
+        }
+        let end = offset + chunk.len() as u64;
+        let req = Request {
+            method: Method::PATCH,
+            url: session.location.clone(),
+            scope: Scope::push(repository),
+            headers: vec![
+                (header::CONTENT_TYPE, "application/octet-stream".into()),
+                (header::CONTENT_RANGE, format!("{offset}-{}", end - 1)),
+                (header::CONTENT_LENGTH, chunk.len().to_string()),
+            ],
+            body: Some(chunk),
+            operation: format!(
+                "uploading bytes {offset}-{} to {}/{repository}",
+                end - 1,
+                self.registry
+            ),
+        };
+        let response = self.send(&req).await.map_err(|e| match e {
+            RegistryError::Transport { source, .. } => transport_failure(&source),
+            other => Failure {
+                message: other.to_string(),
+                retry_after: None,
+                unsupported: false,
+                fatal: Some(other),
+            },
+        })?;
+        self.data_response(repository, response, end).await
+    }
+
+    /// Interpret the answer to a data PATCH that sent bytes up to `sent`.
+    async fn data_response(
+        &self,
+        repository: &str,
+        response: Response,
+        sent: u64,
+    ) -> Result<(Url, u64), Failure> {
+        let status = response.status();
+        if status == StatusCode::ACCEPTED || status == StatusCode::NO_CONTENT {
+            let operation = format!("uploading to {}/{repository}", self.registry);
+            let location = self.location(&response, &operation).map_err(|e| Failure {
+                message: e.to_string(),
+                retry_after: None,
+                unsupported: false,
+                fatal: None,
+            })?;
+            let held = header_str(&response, header::RANGE)
+                .as_deref()
+                .and_then(range_end)
+                .unwrap_or(sent);
+            return Ok((location, held.min(sent)));
+        }
+        let retry_after = retry_after(&response);
+        let unsupported = matches!(status.as_u16(), 405 | 411 | 413 | 415 | 416 | 501);
+        let code = status.as_u16();
+        let recoverable = unsupported
+            || code == 401
+            || code == 404
+            || code == 400
+            || super::client::RETRYABLE_STATUSES.contains(&code);
+        if code == 401
+            && let Some(challenge) = header_str(&response, header::WWW_AUTHENTICATE)
+        {
+            let _ = self.auth.learn(&challenge);
+        }
+        let error = self
+            .status_error(
+                format!("uploading to {}/{repository}", self.registry),
+                response,
+                None,
+            )
+            .await;
+        Err(Failure {
+            message: error.to_string(),
+            retry_after,
+            unsupported,
+            fatal: (!recoverable).then_some(error),
+        })
+    }
+
+    /// The whole rest of the blob in one PUT: needs it all in memory, so only within the window.
+    async fn upload_monolithic(
+        &self,
+        repository: &str,
+        session: &Session,
+        source: &Arc<Mutex<Source>>,
+        expected: Option<&str>,
+    ) -> Result<Descriptor, RegistryError> {
+        let mut src = source.lock().await;
+        let window = self.options.upload_window;
+        let data = src
+            .gather(0, window + 1)
+            .await
+            .map_err(|e| RegistryError::Source {
+                registry: self.registry.clone(),
+                repository: repository.into(),
+                source: src.failure.take().unwrap_or(e),
+            })?;
+        if data.len() as u64 > window || src.window_start > 0 {
+            return Err(RegistryError::Protocol {
+                operation: format!("uploading to {}/{repository}", self.registry),
+                message: format!(
+                    "the registry accepts neither streamed nor chunked uploads, and a monolithic \
+                     upload of a blob over {window} bytes would hold it all in memory"
+                ),
+            });
+        }
+        let digest = src.digest();
+        drop(src);
+        self.check_expected(repository, session, &digest, expected)
+            .await?;
+        let session = self.start_upload(repository).await?;
+        self.finish_upload(repository, &session, &digest, Some(data.clone()))
+            .await?;
+        Ok(Descriptor {
+            digest,
+            size: data.len() as u64,
+        })
+    }
+}
+
+fn transport_failure(err: &reqwest::Error) -> Failure {
+    let mut message = err.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(inner) = cause {
+        message.push_str(&format!(": {inner}"));
+        cause = inner.source();
+    }
+    Failure {
+        message,
+        retry_after: None,
+        unsupported: false,
+        fatal: None,
+    }
+}
+
+/// `Range: 0-<end>` → bytes held (`end + 1`). distribution answers `0-0` for an empty upload
+/// as well as for one byte; it is read as empty, the far more common case.
+fn range_end(range: &str) -> Option<u64> {
+    let range = range.trim().trim_start_matches("bytes=");
+    let (_, end) = range.split_once('-')?;
+    let end = end.trim().parse::<u64>().ok()?;
+    Some(if end == 0 { 0 } else { end + 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn source_with(chunks: &[&'static [u8]], capacity: u64) -> Source {
+        let (tx, rx) = mpsc::channel(16);
+        for chunk in chunks {
+            tx.send(Ok(Bytes::from_static(chunk))).await.unwrap();
+        }
+        drop(tx);
+        Source::new(rx, capacity)
+    }
+
+    #[tokio::test]
+    async fn the_window_resends_recent_bytes_and_drops_old_ones() {
+        let mut src = source_with(&[b"aaaa", b"bbbb", b"cccc"], 5).await;
+        let mut cursor = 0;
+        while let Some(item) = src.next_at(cursor).await {
+            cursor += item.unwrap().len() as u64;
+        }
+        assert_eq!(cursor, 12);
+        // Keeps at least the last 5 bytes, in whole chunks: "bbbb" and "cccc".
+        assert_eq!(src.window_start, 4);
+        assert_eq!(&src.next_at(6).await.unwrap().unwrap()[..], b"bb");
+        assert!(src.next_at(2).await.unwrap().is_err());
+        assert_eq!(src.digest(), sha256_digest(b"aaaabbbbcccc"));
+    }
+
+    #[tokio::test]
+    async fn gather_spans_window_and_fresh_data() {
+        let mut src = source_with(&[b"0123", b"4567", b"89"], 100).await;
+        assert_eq!(&src.gather(0, 6).await.unwrap()[..], b"012345");
+        assert_eq!(&src.gather(2, 6).await.unwrap()[..], b"234567");
+        assert_eq!(&src.gather(6, 6).await.unwrap()[..], b"6789");
+        assert!(src.finished);
+    }
+
+    #[tokio::test]
+    async fn a_producer_error_is_kept_for_the_caller() {
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Ok(Bytes::from_static(b"ab"))).await.unwrap();
+        tx.send(Err(io::Error::new(io::ErrorKind::InvalidData, "corrupt gzip")))
+            .await
+            .unwrap();
+        let mut src = Source::new(rx, 10);
+        assert!(src.next_at(0).await.unwrap().is_ok());
+        assert!(src.next_at(2).await.unwrap().is_err());
+        assert_eq!(src.failure.unwrap().to_string(), "corrupt gzip");
+    }
+
+    #[test]
+    fn ranges_give_the_bytes_held() {
+        assert_eq!(range_end("0-1023"), Some(1024));
+        assert_eq!(range_end("bytes=0-9"), Some(10));
+        assert_eq!(range_end("0-0"), Some(0));
+        assert_eq!(range_end("garbage"), None);
+    }
+}

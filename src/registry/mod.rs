@@ -1,0 +1,15 @@
+//! OCI distribution client: references, auth, blobs and manifests.
+//!
+//! One `RegistryClient` per registry host; every call names the repository. Uploads hash what
+//! they send and recover from cut connections and registry errors on their own.
+
+pub mod auth;
+pub mod blob;
+pub mod client;
+pub mod debug;
+pub mod error;
+pub mod manifest;
+pub mod reference;
+
+pub use client::{RegistryArgs, RegistryClient};
+pub use reference::Reference;

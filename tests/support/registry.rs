@@ -1,0 +1,476 @@
+//! The real registry (`/usr/bin/docker-registry`, CNCF distribution 2.8) on a free loopback
+//! port, with htpasswd Basic auth, token auth (the token service runs in this process and
+//! signs JWTs with a key whose certificate the registry trusts), or no auth; and skopeo
+//! helpers that read back what was pushed.
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const USER: &str = "nixfly-user";
+pub const PASSWORD: &str = "correct-horse-battery-staple-42";
+const SERVICE: &str = "nixfly-test-registry";
+const ISSUER: &str = "nixfly-test-issuer";
+const REGISTRY_LEEWAY_SECS: u64 = 60;
+
+#[derive(Clone, Debug)]
+pub enum AuthMode {
+    None,
+    /// htpasswd (bcrypt) with one user.
+    Htpasswd {
+        user: String,
+        password: String,
+    },
+    /// Tokens the registry accepts for `lifetime` (short ones expire mid-push); clients are
+    /// told `advertised` in `expires_in`, which may differ to test a registry-side expiry.
+    Token {
+        lifetime: Duration,
+        advertised: Duration,
+    },
+}
+
+pub struct Registry {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub auth: AuthMode,
+    pub token_server: Option<TokenServer>,
+}
+
+/// A free port on 127.0.0.1 (the listener is dropped right away; a clash is retried by `start`).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free loopback port")
+        .port()
+}
+
+fn run_ok(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+impl AuthMode {
+    /// Token auth whose tokens live `lifetime`, as the client is told.
+    pub fn token(lifetime: Duration) -> AuthMode {
+        AuthMode::Token {
+            lifetime,
+            advertised: lifetime,
+        }
+    }
+
+    /// htpasswd with the default test user (`USER`/`PASSWORD`).
+    pub fn htpasswd() -> AuthMode {
+        AuthMode::Htpasswd {
+            user: USER.into(),
+            password: PASSWORD.into(),
+        }
+    }
+}
+
+impl Registry {
+    pub fn start(auth: AuthMode) -> Registry {
+        let dir = tempfile::tempdir().expect("registry temp dir");
+        let token_server = match &auth {
+            AuthMode::Token { lifetime, advertised } => {
+                Some(TokenServer::start(dir.path(), *lifetime, *advertised))
+            }
+            _ => None,
+        };
+        let auth_yaml = match &auth {
+            AuthMode::None => String::new(),
+            AuthMode::Htpasswd { user, password } => {
+                let line = run_ok(Command::new("htpasswd").args(["-Bbn", user, password]));
+                let path = dir.path().join("htpasswd");
+                std::fs::write(&path, line).expect("write htpasswd");
+                format!(
+                    "auth:\n  htpasswd:\n    realm: nixfly-test\n    path: {}\n",
+                    path.display()
+                )
+            }
+            AuthMode::Token { .. } => {
+                let ts = token_server.as_ref().expect("token server");
+                format!(
+                    "auth:\n  token:\n    realm: http://{}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                    ts.addr,
+                    dir.path().join("token-cert.pem").display()
+                )
+            }
+        };
+        let storage = dir.path().join("storage");
+        let port = free_port();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: nixfly-test-secret\n{auth_yaml}",
+            storage.display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).expect("write registry config");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
+        let child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("start /usr/bin/docker-registry (apt install docker-registry)");
+        let mut registry = Registry {
+            child,
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            auth,
+            token_server,
+        };
+        assert!(
+            registry.wait_ready(Duration::from_secs(15)),
+            "docker-registry did not become ready on port {port}:\n{}",
+            registry.log()
+        );
+        registry
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if let Some(200 | 401) = http_status(self.addr, "GET", "/v2/") {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// `--creds` for this registry.
+    pub fn creds(&self) -> String {
+        match &self.auth {
+            AuthMode::Htpasswd { user, password } => format!("{user}:{password}"),
+            _ => format!("{USER}:{PASSWORD}"),
+        }
+    }
+
+    /// Where the registry keeps its data (blobs, uploads): benchmarks measure pushed bytes here.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// Total bytes of committed blobs.
+    pub fn blob_bytes(&self) -> u64 {
+        fn walk(path: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(path) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        walk(&p)
+                    } else if p.file_name().is_some_and(|n| n == "data") {
+                        e.metadata().map_or(0, |m| m.len())
+                    } else {
+                        0
+                    }
+                })
+                .sum()
+        }
+        walk(&self.storage_dir().join("docker/registry/v2/blobs"))
+    }
+
+    /// The registry's own log (warnings and errors), for assertion messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// skopeo arguments that reach this registry: plain HTTP and its credentials.
+    pub fn skopeo_args(&self) -> Vec<String> {
+        let mut args = vec!["--tls-verify=false".to_string()];
+        if !matches!(self.auth, AuthMode::None) {
+            args.push(format!("--creds={}", self.creds()));
+        }
+        args
+    }
+
+    /// `skopeo inspect --raw`: the manifest as stored.
+    pub fn skopeo_manifest(&self, reference: &str) -> serde_json::Value {
+        self.skopeo_json(reference, &["--raw"])
+    }
+
+    /// `skopeo inspect --config`: the image config.
+    pub fn skopeo_config(&self, reference: &str) -> serde_json::Value {
+        self.skopeo_json(reference, &["--config"])
+    }
+
+    /// `skopeo inspect --raw`'s exit status and stderr, for checks that a tag does not exist.
+    pub fn skopeo_inspect_fails(&self, reference: &str) -> bool {
+        let out = Command::new("skopeo")
+            .arg("inspect")
+            .arg("--raw")
+            .args(self.skopeo_args())
+            .arg(format!("docker://{reference}"))
+            .env("HOME", self.dir.path())
+            .output()
+            .expect("run skopeo");
+        !out.status.success()
+    }
+
+    fn skopeo_json(&self, reference: &str, flags: &[&str]) -> serde_json::Value {
+        let out = run_ok(
+            Command::new("skopeo")
+                .arg("inspect")
+                .args(flags)
+                .args(self.skopeo_args())
+                .arg(format!("docker://{reference}"))
+                .env("HOME", self.dir.path()),
+        );
+        serde_json::from_slice(&out).expect("skopeo printed JSON")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status of a bare HTTP/1.1 request, or `None` when nothing answered.
+pub fn http_status(addr: SocketAddr, method: &str, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The token service distribution's token auth sends clients to: checks Basic credentials
+/// and issues RS256 JWTs granting the requested scopes, signed by a key made for this run.
+pub struct TokenServer {
+    pub addr: SocketAddr,
+    /// Tokens issued so far.
+    pub issued: Arc<AtomicUsize>,
+    /// Scopes requested, one entry per token request.
+    pub requests: Arc<Mutex<Vec<String>>>,
+    /// Every token issued, to check none is ever printed.
+    pub tokens: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TokenServer {
+    fn start(dir: &Path, lifetime: Duration, advertised: Duration) -> TokenServer {
+        let key = dir.join("token-key.pem");
+        let cert = dir.join("token-cert.pem");
+        run_ok(Command::new("openssl").args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=nixfly-test-token-issuer",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ]));
+        let der =
+            run_ok(Command::new("openssl").args(["x509", "-in", cert.to_str().unwrap(), "-outform", "DER"]));
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind token server");
+        listener.set_nonblocking(true).expect("nonblocking listener");
+        let addr = listener.local_addr().unwrap();
+        let issued = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let tokens = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let signer = Signer {
+            key,
+            x5c: STANDARD.encode(der),
+            lifetime,
+            advertised,
+        };
+        let thread = {
+            let (issued, requests, tokens, stop) =
+                (issued.clone(), requests.clone(), tokens.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(600);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let _ = stream.set_nonblocking(false);
+                            serve_token(stream, &signer, &issued, &requests, &tokens);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+        };
+        TokenServer {
+            addr,
+            issued,
+            requests,
+            tokens,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Signer {
+    key: PathBuf,
+    x5c: String,
+    lifetime: Duration,
+    advertised: Duration,
+}
+
+impl Signer {
+    fn token(&self, scopes: &[String]) -> String {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let access: Vec<serde_json::Value> = scopes
+            .iter()
+            .filter_map(|scope| {
+                let mut parts = scope.splitn(3, ':');
+                let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+                Some(serde_json::json!({
+                    "type": kind, "name": name,
+                    "actions": actions.split(',').collect::<Vec<_>>(),
+                }))
+            })
+            .collect();
+        // distribution accepts a token until 60 s (its clock-skew leeway) after `exp`: take
+        // that off so the token dies after `lifetime`.
+        let exp = (now + self.lifetime.as_secs()).saturating_sub(REGISTRY_LEEWAY_SECS);
+        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5c": [self.x5c]});
+        let claims = serde_json::json!({
+            "iss": ISSUER, "sub": USER, "aud": SERVICE,
+            "exp": exp, "nbf": now - 1, "iat": now,
+            "jti": format!("{now}-{}", rand_suffix()),
+            "access": access,
+        });
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let mut child = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(&self.key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run openssl dgst");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(signing_input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().expect("openssl dgst");
+        assert!(out.status.success(), "openssl dgst failed");
+        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(out.stdout))
+    }
+}
+
+fn rand_suffix() -> u64 {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    COUNTER.fetch_add(1, Ordering::Relaxed) as u64
+}
+
+fn serve_token(
+    mut stream: TcpStream,
+    signer: &Signer,
+    issued: &AtomicUsize,
+    requests: &Mutex<Vec<String>>,
+    tokens: &Mutex<Vec<String>>,
+) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let Some(head) = read_head(&mut stream) else {
+        return;
+    };
+    let mut lines = head.lines();
+    let target = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("/")
+        .to_string();
+    let authorization = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| v.trim().to_string());
+    let url = url::Url::parse(&format!("http://token{target}")).expect("request target");
+    let scopes: Vec<String> = url
+        .query_pairs()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    requests.lock().unwrap().push(scopes.join(" "));
+    let expected = format!("Basic {}", STANDARD.encode(format!("{USER}:{PASSWORD}")));
+    let (status, body) = if authorization.as_deref() == Some(expected.as_str()) {
+        issued.fetch_add(1, Ordering::Relaxed);
+        let token = signer.token(&scopes);
+        tokens.lock().unwrap().push(token.clone());
+        (
+            "200 OK",
+            serde_json::json!({"token": token, "expires_in": signer.advertised.as_secs()}).to_string(),
+        )
+    } else {
+        (
+            "401 Unauthorized",
+            r#"{"details":"invalid username or password"}"#.to_string(),
+        )
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// The request head (up to the blank line), or `None` on EOF or a head over 64 KiB.
+pub fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 64 << 10 || stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).ok()
+}
