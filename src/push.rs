@@ -65,6 +65,45 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<String, Self::Error>> + Send;
 }
 
+impl BlobStore for crate::registry::RegistryClient {
+    type Error = crate::registry::error::RegistryError;
+
+    async fn blob_exists(&self, repository: &str, digest: &str) -> Result<Option<u64>, Self::Error> {
+        crate::registry::RegistryClient::blob_exists(self, repository, digest).await
+    }
+
+    async fn mount_blob(&self, repository: &str, digest: &str, from: &str) -> Result<bool, Self::Error> {
+        crate::registry::RegistryClient::mount_blob(self, repository, digest, from).await
+    }
+
+    async fn push_blob_stream(
+        &self,
+        repository: &str,
+        body: mpsc::Receiver<io::Result<Bytes>>,
+        expected: Option<&str>,
+    ) -> Result<(String, u64), Self::Error> {
+        let blob =
+            crate::registry::RegistryClient::push_blob_stream(self, repository, body, expected).await?;
+        Ok((blob.digest, blob.size))
+    }
+
+    async fn push_blob_bytes(&self, repository: &str, bytes: Bytes) -> Result<(String, u64), Self::Error> {
+        let blob = crate::registry::RegistryClient::push_blob_bytes(self, repository, bytes).await?;
+        Ok((blob.digest, blob.size))
+    }
+
+    async fn put_manifest(
+        &self,
+        repository: &str,
+        tag_or_digest: &str,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<String, Self::Error> {
+        crate::registry::RegistryClient::put_manifest(self, repository, tag_or_digest, media_type, bytes)
+            .await
+    }
+}
+
 /// `--format`: the manifest (and media types) pushed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ManifestFormat {
@@ -132,7 +171,8 @@ impl PushPlan {
         Ok(())
     }
 
-    fn name(&self) -> String {
+    /// `host/repository`, for messages.
+    pub fn name(&self) -> String {
         format!("{}/{}", self.registry, self.repository)
     }
 }
@@ -709,8 +749,10 @@ impl<S: BlobStore> Pusher<S> {
         }
         // Keep at most `jobs` uploads running.
         self.wait_for_uploads(handle, slots)?;
+        // The name's diff_id is only a hint (buildImage names are not diff_ids): the stream
+        // checks the content against the config at the end.
         let expected = Expected {
-            diff_id: layer.claimed_diff_id.clone(),
+            diff_id: None,
             digest: None,
             entry: layer.name.to_string(),
         };

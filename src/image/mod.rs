@@ -135,6 +135,8 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+    #[error("{source_name} is not a valid tar stream ({detail}): the archive is corrupt")]
+    CorruptTar { source_name: String, detail: String },
     #[error("{source_name}: unsafe entry name {entry:?} (absolute or containing ..): refusing the archive")]
     UnsafeEntry { source_name: String, entry: String },
     #[error("{source_name} has no {entry}")]

@@ -77,4 +77,5 @@ pub fn assert_success(output: &Output) {
 }
 
 pub mod proxy;
+pub mod readback;
 pub mod registry;
