@@ -20,7 +20,7 @@ fn registry_with_stable_tag(t: &TestDir) -> (Registry, serde_json::Value) {
     )
     .unwrap();
     let out = push(t, &registry, good.to_str().unwrap(), "app", "stable", &[]);
-    pushed_reference(&out, &registry, "app");
+    pushed_reference(&out, &registry.host(), "app");
     let manifest = registry.skopeo_manifest(&format!("{}/app:stable", registry.host()));
     (registry, manifest)
 }

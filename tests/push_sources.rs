@@ -36,7 +36,7 @@ fn archives_of_every_compression_push_and_read_back() {
     images::zstd_file(&tar, &zst).unwrap();
     for (source, repo) in [(&tar, "plain"), (&gz, "gzip"), (&zst, "zstd")] {
         let out = push(&t, &registry, source.to_str().unwrap(), repo, "v1", &[]);
-        let reference = pushed_reference(&out, &registry, repo);
+        let reference = pushed_reference(&out, &registry.host(), repo);
         let back = assert_same_image(&registry, &reference, &written);
         assert_eq!(
             back.manifest["mediaType"],
@@ -60,7 +60,7 @@ fn build_image_archive_pushes_its_single_layer() {
     let gz = t.join("build.tar.gz");
     images::gzip_file(&tar, &gz).unwrap();
     let out = push(&t, &registry, gz.to_str().unwrap(), "built", "v1", &[]);
-    let reference = pushed_reference(&out, &registry, "built");
+    let reference = pushed_reference(&out, &registry.host(), "built");
     assert_same_image(&registry, &reference, &written);
 }
 
@@ -72,7 +72,7 @@ fn stream_script_and_stdin_push_and_read_back() {
     let script = t.join("stream-hello");
     images::write_stream_script(&script, &tar, 0).unwrap();
     let out = push(&t, &registry, script.to_str().unwrap(), "script", "v1", &["-v"]);
-    let reference = pushed_reference(&out, &registry, "script");
+    let reference = pushed_reference(&out, &registry.host(), "script");
     assert_same_image(&registry, &reference, &written);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -101,7 +101,7 @@ fn stream_script_and_stdin_push_and_read_back() {
     let writer = std::thread::spawn(move || stdin.write_all(&bytes));
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap().unwrap();
-    let reference = pushed_reference(&out, &registry, "stdin");
+    let reference = pushed_reference(&out, &registry.host(), "stdin");
     assert_same_image(&registry, &reference, &written);
 }
 
@@ -119,7 +119,7 @@ fn oci_layout_pushes_its_stored_blobs_unchanged() {
         "v1",
         &["--format", "oci"],
     );
-    let reference = pushed_reference(&out, &registry, "layout");
+    let reference = pushed_reference(&out, &registry.host(), "layout");
     let back = assert_same_image(&registry, &reference, &written);
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
@@ -185,7 +185,7 @@ fn token_auth_with_oci_zstd_reads_back() {
         "v1",
         &["--format", "oci", "--compression", "zstd"],
     );
-    let reference = pushed_reference(&out, &registry, "zstd/app");
+    let reference = pushed_reference(&out, &registry.host(), "zstd/app");
     let back = assert_same_image(&registry, &reference, &written);
     assert_eq!(
         back.manifest["mediaType"],

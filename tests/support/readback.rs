@@ -17,15 +17,21 @@ pub fn push(
     tag: &str,
     extra: &[&str],
 ) -> Output {
+    push_via(t, registry, &registry.host(), source, repo, tag, extra)
+}
+
+/// `push`, but through `host` (a proxy in front of `registry`).
+pub fn push_via(
+    t: &super::TestDir,
+    registry: &Registry,
+    host: &str,
+    source: &str,
+    repo: &str,
+    tag: &str,
+    extra: &[&str],
+) -> Output {
     let mut cmd = t.nixfly();
-    cmd.args([
-        "push",
-        source,
-        "--to",
-        &format!("{}/{repo}", registry.host()),
-        "--tag",
-        tag,
-    ]);
+    cmd.args(["push", source, "--to", &format!("{host}/{repo}"), "--tag", tag]);
     if !matches!(registry.auth, AuthMode::None) {
         cmd.args(["--creds", &registry.creds()]);
     }
@@ -35,10 +41,10 @@ pub fn push(
 
 /// The single stdout line of a successful push: `host/repo@sha256:<hex>`.
 #[track_caller]
-pub fn pushed_reference(out: &Output, registry: &Registry, repo: &str) -> String {
+pub fn pushed_reference(out: &Output, host: &str, repo: &str) -> String {
     super::assert_success(out);
     let stdout = String::from_utf8(out.stdout.clone()).unwrap();
-    let prefix = format!("{}/{repo}@sha256:", registry.host());
+    let prefix = format!("{host}/{repo}@sha256:");
     assert!(
         stdout.starts_with(&prefix) && stdout.ends_with('\n') && stdout.lines().count() == 1,
         "stdout is not exactly the pushed reference: {stdout:?}"
