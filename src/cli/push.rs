@@ -48,8 +48,9 @@ pub struct PushOptions {
     /// What SOURCE is, when detection by content should not decide.
     #[arg(long, value_enum, default_value_t, env = "NIXFLY_SOURCE_KIND")]
     pub source_kind: SourceKind,
-    /// Neither read nor write the local cache ($XDG_CACHE_HOME/nixfly, else ~/.cache/nixfly):
-    /// every layer is then checked by compressing it.
+    /// Neither read nor write the local cache ($XDG_CACHE_HOME/nixfly, else ~/.cache/nixfly).
+    /// Without it, a layer whose compressed digest the source does not state is compressed
+    /// (and uploaded) even when the registry already has it.
     #[arg(long, env = "NIXFLY_NO_CACHE")]
     pub no_cache: bool,
     #[command(flatten)]
