@@ -59,10 +59,15 @@ const ZSTD_BLOCK: usize = 1024 * 1024;
 const DEFLATE_WINDOW: usize = 32 * 1024;
 
 /// The compression algorithm of layer blobs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Algorithm {
+    /// gzip (every registry and runtime).
+    #[default]
     Gzip,
+    /// zstd (smaller and faster; needs --format oci and a recent containerd).
     Zstd,
 }
 

@@ -7,6 +7,8 @@
 //! pushes never see half a file):
 //! - `v1/compressed/<compression>/<diff_id hex>.json`: `{"digest", "size"}`
 //! - `v1/blobs/<registry>/<digest hex>.json`: `["repository", ...]`, most recent first
+//! - `v1/archives/<sha256 of the file's identity>.json`: `{"config", "diff_ids"}` of a
+//!   compressed archive file read before
 
 use crate::blob::Compression;
 use crate::progress::Reporter;
@@ -21,6 +23,14 @@ const MAX_REPOSITORIES: usize = 16;
 pub struct CachedBlob {
     pub digest: String,
     pub size: u64,
+}
+
+/// What a compressed archive file held: enough to ask the registry before reading it again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveSummary {
+    /// The config blob (JSON, so UTF-8), byte for byte.
+    pub config: String,
+    pub diff_ids: Vec<String>,
 }
 
 pub struct Cache {
@@ -86,6 +96,27 @@ impl Cache {
         repositories.insert(0, repository.to_string());
         repositories.truncate(MAX_REPOSITORIES);
         self.write(&path, &repositories);
+    }
+
+    /// What the archive file with this identity held when it was last read.
+    pub fn archive(&self, identity: &str) -> Option<ArchiveSummary> {
+        self.read(&self.archive_path(identity)?)
+    }
+
+    pub fn record_archive(&self, identity: &str, summary: &ArchiveSummary) {
+        if let Some(path) = self.archive_path(identity) {
+            self.write(&path, summary);
+        }
+    }
+
+    fn archive_path(&self, identity: &str) -> Option<PathBuf> {
+        let key = &crate::blob::sha256_of(identity.as_bytes())["sha256:".len()..];
+        Some(
+            self.root
+                .as_ref()?
+                .join("v1/archives")
+                .join(format!("{key}.json")),
+        )
     }
 
     fn compressed_path(&self, diff_id: &str, compression: &Compression) -> Option<PathBuf> {
@@ -235,6 +266,19 @@ mod tests {
         let cache = cache(&file);
         cache.record_location("r", &digest('f'), "repo");
         assert!(cache.repositories_with("r", &digest('f')).is_empty());
+    }
+
+    #[test]
+    fn archives_are_keyed_by_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        let summary = ArchiveSummary {
+            config: "{}".into(),
+            diff_ids: vec![digest('a')],
+        };
+        cache.record_archive("/nix/store/x-image.tar.gz ino=1", &summary);
+        assert_eq!(cache.archive("/nix/store/x-image.tar.gz ino=1"), Some(summary));
+        assert_eq!(cache.archive("/nix/store/x-image.tar.gz ino=2"), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! a bounded channel, so memory stays bounded whatever the image size and nothing touches disk.
 
 use crate::blob::{self, Algorithm, BlobError, Compression, LayerDigests, SinkClosed};
-use crate::cache::{Cache, CachedBlob};
+use crate::cache::{ArchiveSummary, Cache, CachedBlob};
 use crate::image::docker_archive::{self, ArchiveLayer};
 use crate::image::{ArchiveStream, BlobEncoding, Image, ImageError, IndexedImage, KnownLayer, LayerForm};
 use crate::progress::{Event, LayerOutcome, Reporter};
@@ -63,6 +63,45 @@ pub trait BlobStore: Send + Sync + 'static {
         media_type: &str,
         bytes: Bytes,
     ) -> impl Future<Output = Result<String, Self::Error>> + Send;
+}
+
+impl BlobStore for crate::registry::RegistryClient {
+    type Error = crate::registry::error::RegistryError;
+
+    async fn blob_exists(&self, repository: &str, digest: &str) -> Result<Option<u64>, Self::Error> {
+        crate::registry::RegistryClient::blob_exists(self, repository, digest).await
+    }
+
+    async fn mount_blob(&self, repository: &str, digest: &str, from: &str) -> Result<bool, Self::Error> {
+        crate::registry::RegistryClient::mount_blob(self, repository, digest, from).await
+    }
+
+    async fn push_blob_stream(
+        &self,
+        repository: &str,
+        body: mpsc::Receiver<io::Result<Bytes>>,
+        expected: Option<&str>,
+    ) -> Result<(String, u64), Self::Error> {
+        let blob =
+            crate::registry::RegistryClient::push_blob_stream(self, repository, body, expected).await?;
+        Ok((blob.digest, blob.size))
+    }
+
+    async fn push_blob_bytes(&self, repository: &str, bytes: Bytes) -> Result<(String, u64), Self::Error> {
+        let blob = crate::registry::RegistryClient::push_blob_bytes(self, repository, bytes).await?;
+        Ok((blob.digest, blob.size))
+    }
+
+    async fn put_manifest(
+        &self,
+        repository: &str,
+        tag_or_digest: &str,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<String, Self::Error> {
+        crate::registry::RegistryClient::put_manifest(self, repository, tag_or_digest, media_type, bytes)
+            .await
+    }
 }
 
 /// `--format`: the manifest (and media types) pushed.
@@ -132,7 +171,8 @@ impl PushPlan {
         Ok(())
     }
 
-    fn name(&self) -> String {
+    /// `host/repository`, for messages.
+    pub fn name(&self) -> String {
         format!("{}/{}", self.registry, self.repository)
     }
 }
@@ -225,6 +265,7 @@ struct Pusher<S> {
 }
 
 /// A blob the registry may already have.
+#[derive(Clone)]
 struct Candidate {
     digest: String,
     size: u64,
@@ -276,10 +317,22 @@ impl<S: BlobStore> Pusher<S> {
         &self,
         index: usize,
         diff_id: &str,
-        candidates: &[Candidate],
+        candidates: Vec<Candidate>,
     ) -> Result<Option<PushedLayer>, PushError> {
+        Ok(self
+            .locate(candidates)
+            .await?
+            .map(|(blob, outcome)| self.done(index, diff_id, &blob, outcome)))
+    }
+
+    /// Which candidate the repository has (HEAD), or can mount from another repository the
+    /// cache knows holds it. Reports nothing.
+    async fn locate(
+        &self,
+        candidates: Vec<Candidate>,
+    ) -> Result<Option<(Candidate, LayerOutcome)>, PushError> {
         let plan = &self.plan;
-        for candidate in candidates {
+        for candidate in &candidates {
             let exists = self
                 .store
                 .blob_exists(&plan.repository, &candidate.digest)
@@ -290,7 +343,7 @@ impl<S: BlobStore> Pusher<S> {
                     plan.name()
                 )))?;
             if exists.is_some() {
-                return Ok(Some(self.done(index, diff_id, candidate, LayerOutcome::Skipped)));
+                return Ok(Some((candidate.clone(), LayerOutcome::Skipped)));
             }
         }
         for candidate in candidates {
@@ -309,11 +362,53 @@ impl<S: BlobStore> Pusher<S> {
                         plan.name()
                     )))?;
                 if mounted {
-                    return Ok(Some(self.done(index, diff_id, candidate, LayerOutcome::Mounted)));
+                    return Ok(Some((candidate, LayerOutcome::Mounted)));
                 }
             }
         }
         Ok(None)
+    }
+
+    /// For an archive file read before: when the registry has (or can mount) every layer it
+    /// held, the layers, without reading the file. Blocking.
+    fn known_archive(
+        &self,
+        identity: &str,
+        handle: &tokio::runtime::Handle,
+    ) -> Result<Option<(Bytes, Vec<PushedLayer>)>, PushError> {
+        let Some(summary) = self.cache.archive(identity) else {
+            return Ok(None);
+        };
+        let located: Vec<Option<(Candidate, LayerOutcome)>> = handle.block_on(
+            futures::stream::iter(&summary.diff_ids)
+                .map(|diff_id| {
+                    let known = KnownLayer {
+                        diff_id: diff_id.clone(),
+                        uncompressed_size: None,
+                        blob: None,
+                    };
+                    self.locate(self.candidates(&known))
+                })
+                .buffered(LOOKUP_PARALLEL)
+                .try_collect(),
+        )?;
+        let Some(located) = located.into_iter().collect::<Option<Vec<_>>>() else {
+            return Ok(None);
+        };
+        let layers = located
+            .into_iter()
+            .zip(&summary.diff_ids)
+            .enumerate()
+            .map(|(index, ((blob, outcome), diff_id))| {
+                self.reporter.emit(Event::LayerStarted {
+                    index,
+                    diff_id: diff_id.clone(),
+                    size: None,
+                });
+                self.done(index, diff_id, &blob, outcome)
+            })
+            .collect();
+        Ok(Some((Bytes::from(summary.config), layers)))
     }
 
     /// Record and report a layer whose blob is now in the repository.
@@ -363,7 +458,7 @@ impl<S: BlobStore> Pusher<S> {
             .map(|(index, layer)| {
                 let candidates = self.candidates(layer);
                 let this = &self;
-                async move { this.find_existing(index, &layer.diff_id, &candidates).await }
+                async move { this.find_existing(index, &layer.diff_id, candidates).await }
             })
             .buffered(LOOKUP_PARALLEL)
             .try_collect()
@@ -610,6 +705,16 @@ impl<S: BlobStore> Pusher<S> {
         mut stream: ArchiveStream,
         handle: tokio::runtime::Handle,
     ) -> Result<(Bytes, Vec<PushedLayer>), PushError> {
+        if let Some(identity) = &stream.identity
+            && let Some(known) = self.known_archive(identity, &handle)?
+        {
+            self.reporter.info(format!(
+                "{}: pushed before and every layer is in the registry; not reading it again",
+                stream.description
+            ));
+            (stream.finish)(true)?;
+            return Ok(known);
+        }
         let mut slots: Vec<Slot> = Vec::new();
         let read = docker_archive::read_stream(&mut stream.reader, &stream.description, |layer| {
             let index = slots.len();
@@ -645,11 +750,18 @@ impl<S: BlobStore> Pusher<S> {
                 }
             }));
         }
-        let layers = image
+        let layers: Vec<PushedLayer> = image
             .layers
             .iter()
             .map(|&slot| results[slot].clone().expect("every slot has a result"))
             .collect();
+        if let (Some(identity), Ok(config)) = (&stream.identity, std::str::from_utf8(&image.config)) {
+            let summary = ArchiveSummary {
+                config: config.to_string(),
+                diff_ids: layers.iter().map(|l| l.diff_id.clone()).collect(),
+            };
+            self.cache.record_archive(identity, &summary);
+        }
         Ok((image.config, layers))
     }
 
@@ -689,7 +801,7 @@ impl<S: BlobStore> Pusher<S> {
                 blob: None,
             };
             let candidates = self.candidates(&known);
-            if let Some(found) = handle.block_on(self.find_existing(index, claimed, &candidates))? {
+            if let Some(found) = handle.block_on(self.find_existing(index, claimed, candidates))? {
                 let mut progress = Progress::new(&self.reporter, index);
                 let (diff_id, _) =
                     blob::hash_layer(layer.reader, |n| progress.add(n)).map_err(|err| match err {
@@ -709,8 +821,10 @@ impl<S: BlobStore> Pusher<S> {
         }
         // Keep at most `jobs` uploads running.
         self.wait_for_uploads(handle, slots)?;
+        // The name's diff_id is only a hint (buildImage names are not diff_ids): the stream
+        // checks the content against the config at the end.
         let expected = Expected {
-            diff_id: layer.claimed_diff_id.clone(),
+            diff_id: None,
             digest: None,
             entry: layer.name.to_string(),
         };
@@ -1092,6 +1206,7 @@ mod tests {
             description: "test archive".into(),
             reader: Box::new(io::Cursor::new(bytes)),
             finish: Box::new(|_| Ok(())),
+            identity: None,
         })
     }
 

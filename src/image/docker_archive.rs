@@ -82,9 +82,10 @@ pub fn is_sha256(digest: &str) -> bool {
     })
 }
 
-/// The digest an entry's name claims for its content, if it has that shape:
-/// `<hex>/layer.tar`, `<hex>.tar`, `<hex>.json` (Nix and docker) or `blobs/sha256/<hex>`.
-/// Base-image layers keep their original names, so a claim is checked, never assumed.
+/// The digest an entry's name suggests for its content, if it has that shape:
+/// `<hex>/layer.tar`, `<hex>.tar`, `<hex>.json` or `blobs/sha256/<hex>`. Nix names store layers
+/// by their diff_id, but buildImage's layer IDs and base-image layers look the same and are
+/// not: a layer's name is only a hint (for skipping), the config's diff_ids decide.
 pub fn claimed_digest(name: &str) -> Option<String> {
     let hex = name
         .strip_suffix("/layer.tar")
@@ -170,7 +171,7 @@ impl Links {
 pub struct ArchiveLayer<'a> {
     pub name: &'a str,
     pub size: u64,
-    /// The digest the entry's name claims (checked against the content by `read_stream`).
+    /// The diff_id the entry's name suggests: a hint, checked against the config at the end.
     pub claimed_diff_id: Option<String>,
     /// The entry's bytes; reading past a truncated archive is an error, not a short read.
     pub reader: &'a mut dyn Read,
@@ -185,8 +186,8 @@ pub struct StreamedImage<T> {
 }
 
 /// Read a docker-archive tar stream once. `on_layer` must read its entry to the end and
-/// returns the entry's sha256 (its diff_id) and a result kept for the end; the stream then
-/// checks every claimed and declared digest.
+/// returns the entry's sha256 (its diff_id) and a result kept for the end, when every layer's
+/// sha256 is checked against the config's diff_ids.
 pub fn read_stream<T: Clone, E: From<ImageError>>(
     reader: impl Read,
     source_name: &str,
@@ -202,7 +203,7 @@ pub fn read_stream<T: Clone, E: From<ImageError>>(
     let mut links = Links::default();
     let mut saw_entry = false;
     for entry in archive.entries().map_err(read_error)? {
-        let mut entry = entry.map_err(read_error)?;
+        let mut entry = entry.map_err(|e| header_error(e, source_name))?;
         saw_entry = true;
         let name = normalise(&String::from_utf8_lossy(&entry.path_bytes()));
         check_entry_name(&name, source_name)?;
@@ -221,7 +222,6 @@ pub fn read_stream<T: Clone, E: From<ImageError>>(
             metadata.insert(name.clone(), read_metadata(&mut entry, &name, size, source_name)?);
             continue;
         }
-        let claimed = claimed_digest(&name);
         let mut strict = StrictEntry {
             inner: &mut entry,
             name: &name,
@@ -231,20 +231,9 @@ pub fn read_stream<T: Clone, E: From<ImageError>>(
         let (diff_id, result) = on_layer(ArchiveLayer {
             name: &name,
             size,
-            claimed_diff_id: claimed.clone(),
+            claimed_diff_id: claimed_digest(&name),
             reader: &mut strict,
         })?;
-        if let Some(claimed) = claimed
-            && claimed != diff_id
-        {
-            return Err(ImageError::DigestMismatch {
-                source_name: source_name.to_string(),
-                entry: name,
-                expected: claimed,
-                actual: diff_id,
-            }
-            .into());
-        }
         layers.insert(name, (diff_id, result));
     }
     if !saw_entry {
@@ -294,6 +283,27 @@ pub fn read_stream<T: Clone, E: From<ImageError>>(
         config_name: manifest.config,
         layers: ordered,
     })
+}
+
+/// An error met while reading a tar header. Decoder and truncation errors pass through; the
+/// tar crate's own complaints quote the broken header's bytes, so only their first words
+/// are kept.
+fn header_error(error: io::Error, source_name: &str) -> ImageError {
+    let ours = error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<super::CorruptCompression>() || inner.is::<TruncatedEntry>());
+    if ours || error.kind() == io::ErrorKind::UnexpectedEof {
+        return ImageError::Read {
+            source_name: source_name.to_string(),
+            source: error,
+        };
+    }
+    let message = error.to_string();
+    let detail = message.split(':').next().unwrap_or(&message).trim().to_string();
+    ImageError::CorruptTar {
+        source_name: source_name.to_string(),
+        detail,
+    }
 }
 
 fn required<'a>(
@@ -449,7 +459,7 @@ pub fn index_file(file: &std::fs::File, source_name: &str) -> Result<ArchiveInde
     let mut extents: HashMap<String, Extent> = HashMap::new();
     let mut links = Links::default();
     for entry in archive.entries_with_seek().map_err(read_error)? {
-        let entry = entry.map_err(read_error)?;
+        let entry = entry.map_err(|e| header_error(e, source_name))?;
         let name = normalise(&String::from_utf8_lossy(&entry.path_bytes()));
         check_entry_name(&name, source_name)?;
         let kind = entry.header().entry_type();
@@ -493,24 +503,13 @@ pub fn index_file(file: &std::fs::File, source_name: &str) -> Result<ArchiveInde
     let diff_ids = config_diff_ids(&config, source_name, &manifest.config)?;
     check_layer_count(&manifest, &diff_ids, source_name)?;
     let mut layers = Vec::with_capacity(diff_ids.len());
-    for (name, declared) in manifest.layers.iter().zip(&diff_ids) {
+    for name in &manifest.layers {
         let extent = extents
             .get(links.resolve(name))
             .ok_or_else(|| ImageError::MissingEntry {
                 source_name: source_name.to_string(),
                 entry: format!("layer {name} (listed in manifest.json)"),
             })?;
-        // A name that claims a digest must agree with the config before anything is trusted.
-        if let Some(claimed) = claimed_digest(links.resolve(name))
-            && &claimed != declared
-        {
-            return Err(ImageError::DigestMismatch {
-                source_name: source_name.to_string(),
-                entry: name.clone(),
-                expected: declared.clone(),
-                actual: claimed,
-            });
-        }
         layers.push(*extent);
     }
     Ok(ArchiveIndex {

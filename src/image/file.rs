@@ -63,12 +63,34 @@ impl ImageSource for ArchiveFile {
                 extents: index.layers,
             })));
         }
+        let identity = identity(&self.path, &file).map_err(open_error)?;
         let reader = PositionedReader { file, offset: 0 };
-        Ok(Image::Stream(ArchiveStream::without_finish(
+        let mut stream = ArchiveStream::without_finish(
             format!("{description} ({})", format.name()),
             super::decompress(format, Box::new(reader)),
-        )))
+        );
+        stream.identity = Some(identity);
+        Ok(Image::Stream(stream))
     }
+}
+
+/// What tells this file's content apart without reading it: its real path and the metadata
+/// that any rewrite changes (what git's index and make trust). Nix store files never change.
+fn identity(path: &Path, file: &File) -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let real = std::fs::canonicalize(path)?;
+    let meta = file.metadata()?;
+    Ok(format!(
+        "{} dev={} ino={} size={} mtime={}.{} ctime={}.{}",
+        real.display(),
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    ))
 }
 
 /// An indexed uncompressed archive: layers are read straight from their place in the file.

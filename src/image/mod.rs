@@ -105,6 +105,10 @@ pub struct ArchiveStream {
     /// Called once the stream has been read (`ok`) or abandoned (`!ok`): for a script, waits
     /// for it and turns a non-zero exit into an error, which is the one to report.
     pub finish: Box<dyn FnOnce(bool) -> Result<(), ImageError> + Send>,
+    /// For a file: what identifies its content without reading it (path, inode, size, times).
+    /// Push remembers what it found in the archive under this key, so that a re-push of the
+    /// same file can ask the registry first and skip reading it.
+    pub identity: Option<String>,
 }
 
 impl ArchiveStream {
@@ -113,6 +117,7 @@ impl ArchiveStream {
             description,
             reader,
             finish: Box::new(|_| Ok(())),
+            identity: None,
         }
     }
 }
@@ -139,6 +144,8 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+    #[error("{source_name} is not a valid tar stream ({detail}): the archive is corrupt")]
+    CorruptTar { source_name: String, detail: String },
     #[error("{source_name}: unsafe entry name {entry:?} (absolute or containing ..): refusing the archive")]
     UnsafeEntry { source_name: String, entry: String },
     #[error("{source_name} has no {entry}")]

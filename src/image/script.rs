@@ -75,6 +75,7 @@ impl ImageSource for StreamScript {
                 description,
                 reader,
                 finish: Box::new(finish),
+                identity: None,
             })),
             // Nothing usable came out: the script's own failure explains it best.
             Err(err) => Err(finish(false).err().unwrap_or(err)),

@@ -78,4 +78,5 @@ pub fn assert_success(output: &Output) {
 }
 
 pub mod proxy;
+pub mod readback;
 pub mod registry;

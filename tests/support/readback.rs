@@ -1,0 +1,147 @@
+//! Reading a pushed image back with skopeo (an independent client) and checking it against
+//! the fixture it was pushed from: config byte for byte, and every layer's uncompressed sha256
+//! against the config's diff_ids.
+
+use super::images::Written;
+use super::registry::{AuthMode, Registry};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::process::{Command, Output};
+
+/// `nixfly push SOURCE --to <registry>/<repo> --tag <tag> --creds ...` plus `extra`.
+pub fn push(
+    t: &super::TestDir,
+    registry: &Registry,
+    source: &str,
+    repo: &str,
+    tag: &str,
+    extra: &[&str],
+) -> Output {
+    push_via(t, registry, &registry.host(), source, repo, tag, extra)
+}
+
+/// `push`, but through `host` (a proxy in front of `registry`).
+pub fn push_via(
+    t: &super::TestDir,
+    registry: &Registry,
+    host: &str,
+    source: &str,
+    repo: &str,
+    tag: &str,
+    extra: &[&str],
+) -> Output {
+    let mut cmd = t.nixfly();
+    cmd.args(["push", source, "--to", &format!("{host}/{repo}"), "--tag", tag]);
+    if !matches!(registry.auth, AuthMode::None) {
+        cmd.args(["--creds", &registry.creds()]);
+    }
+    cmd.args(extra);
+    super::run(&mut cmd)
+}
+
+/// The single stdout line of a successful push: `host/repo@sha256:<hex>`.
+#[track_caller]
+pub fn pushed_reference(out: &Output, host: &str, repo: &str) -> String {
+    super::assert_success(out);
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    let prefix = format!("{host}/{repo}@sha256:");
+    assert!(
+        stdout.starts_with(&prefix) && stdout.ends_with('\n') && stdout.lines().count() == 1,
+        "stdout is not exactly the pushed reference: {stdout:?}"
+    );
+    let hex = &stdout.trim_end()[prefix.len()..];
+    assert!(
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{stdout:?}"
+    );
+    stdout.trim_end().to_string()
+}
+
+/// What skopeo copied out of the registry.
+pub struct ReadBack {
+    pub manifest: serde_json::Value,
+    pub config: Vec<u8>,
+    /// sha256 of each layer blob after decompressing it, in manifest order.
+    pub diff_ids: Vec<String>,
+}
+
+/// `skopeo copy docker://reference dir:...`, then decompress and hash every layer.
+pub fn read_back(registry: &Registry, reference: &str) -> ReadBack {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["copy", "--src-tls-verify=false"]);
+    if !matches!(registry.auth, AuthMode::None) {
+        cmd.arg(format!("--src-creds={}", registry.creds()));
+    }
+    let out = cmd
+        .arg(format!("docker://{reference}"))
+        .arg(format!("dir:{}", dir.path().display()))
+        .env("HOME", dir.path())
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo copy {reference} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    let blob = |digest: &str| std::fs::read(dir.path().join(&digest["sha256:".len()..])).unwrap();
+    let config = blob(manifest["config"]["digest"].as_str().unwrap());
+    let diff_ids = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|layer| {
+            let bytes = blob(layer["digest"].as_str().unwrap());
+            let media_type = layer["mediaType"].as_str().unwrap();
+            let mut plain = Vec::new();
+            if media_type.ends_with("zstd") {
+                zstd::stream::read::Decoder::new(&bytes[..])
+                    .unwrap()
+                    .read_to_end(&mut plain)
+                    .unwrap();
+            } else {
+                flate2::read::GzDecoder::new(&bytes[..])
+                    .read_to_end(&mut plain)
+                    .unwrap();
+            }
+            format!("sha256:{}", hex::encode(Sha256::digest(&plain)))
+        })
+        .collect();
+    ReadBack {
+        manifest,
+        config,
+        diff_ids,
+    }
+}
+
+/// The image in the registry is the fixture: same config bytes and digest, same layers.
+#[track_caller]
+pub fn assert_same_image(registry: &Registry, reference: &str, written: &Written) -> ReadBack {
+    let back = read_back(registry, reference);
+    assert_eq!(back.manifest["config"]["digest"], written.config_digest.as_str());
+    assert!(
+        back.config == written.config,
+        "the config was not pushed byte for byte"
+    );
+    assert_eq!(back.diff_ids, written.diff_ids);
+    back
+}
+
+/// `layer_done` outcomes from `--output json` stdout, in layer order.
+pub fn layer_outcomes(out: &Output) -> Vec<String> {
+    let mut outcomes: Vec<(u64, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["event"] == "layer_done")
+        .map(|event| {
+            (
+                event["index"].as_u64().unwrap(),
+                event["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    outcomes.sort();
+    outcomes.into_iter().map(|(_, outcome)| outcome).collect()
+}
