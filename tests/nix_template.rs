@@ -14,7 +14,14 @@ fn init_template(nix: &Nix) -> TestDir {
         .args(["-t", &nix.checkout])
         .current_dir(t.path()));
     assert_success(&out);
-    for file in ["flake.nix", "fly.toml", "Cargo.toml", "Cargo.lock", "src/main.rs", "README.md"] {
+    for file in [
+        "flake.nix",
+        "fly.toml",
+        "Cargo.toml",
+        "Cargo.lock",
+        "src/main.rs",
+        "README.md",
+    ] {
         assert!(t.join(file).exists(), "the template has no {file}");
     }
     t
@@ -49,7 +56,9 @@ fn template_deploy_builds_and_its_settings_are_valid() {
     let text = std::fs::read_to_string(settings).expect("settings file");
     let json: serde_json::Value = serde_json::from_str(&text).expect("settings JSON");
     assert_eq!(json["app"], "hello-fly");
-    let fly_toml = json["config"].as_str().expect("config is the template's fly.toml");
+    let fly_toml = json["config"]
+        .as_str()
+        .expect("config is the template's fly.toml");
     assert_eq!(
         std::fs::read_to_string(fly_toml).expect("fly.toml in the store"),
         std::fs::read_to_string(t.join("fly.toml")).expect("the template's fly.toml")
