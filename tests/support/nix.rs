@@ -74,9 +74,11 @@ impl Nix {
                     format!("{}:/usr/bin:/bin", toolchain_bin.display()),
                 ),
                 ("NIXFLY_STANDIN_CRATES", crates.display().to_string()),
+                // One cache for the whole machine: every checkout (worktree, CI job) shares the
+                // compiled dependencies instead of building them again.
                 (
                     "NIXFLY_STANDIN_CARGO_TARGET",
-                    manifest_dir().join("target/nix-standin").display().to_string(),
+                    std::env::temp_dir().join("nixfly-nix-standin-target").display().to_string(),
                 ),
             ],
         }
