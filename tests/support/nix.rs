@@ -78,7 +78,10 @@ impl Nix {
                 // compiled dependencies instead of building them again.
                 (
                     "NIXFLY_STANDIN_CARGO_TARGET",
-                    std::env::temp_dir().join("nixfly-nix-standin-target").display().to_string(),
+                    std::env::temp_dir()
+                        .join("nixfly-nix-standin-target")
+                        .display()
+                        .to_string(),
                 ),
             ],
         }
