@@ -16,6 +16,11 @@ let
     config.Env = [ "PORT=8080" ];
     flyToml = ./fly-example.toml;
     tag = "v1";
+    strategy = "canary";
+    maxUnavailable = 0.5;
+    waitTimeout = "90s";
+    releaseCommandTimeout = "2m";
+    rollback = false;
     extraFlags = [ "--output=plain" ];
   };
 in
@@ -31,11 +36,19 @@ in
     touch $out
   '';
 
-  # What mkFlyDeploy writes is what nixfly accepts.
-  settings-accepted-by-nixfly = pkgs.runCommand "nixfly-settings-accepted" { nativeBuildInputs = [ nixfly ]; } ''
-    nixfly settings check ${example.settingsFile}
-    touch $out
-  '';
+  # What mkFlyDeploy writes is what nixfly accepts, every rollout setting included.
+  settings-accepted-by-nixfly =
+    assert example.settings.rollout == {
+      strategy = "canary";
+      max_unavailable = 0.5;
+      wait_timeout = "90s";
+      release_command_timeout = "2m";
+      rollback = false;
+    };
+    pkgs.runCommand "nixfly-settings-accepted" { nativeBuildInputs = [ nixfly ]; } ''
+      nixfly settings check ${example.settingsFile}
+      touch $out
+    '';
 
   # The wrapper runs `nixfly deploy <image> --settings <file> <extraFlags> "$@"`, nothing else.
   deploy-wrapper-command = pkgs.runCommand "nixfly-deploy-wrapper-command" { } ''
