@@ -55,7 +55,7 @@
             clippy
             rustfmt
             skopeo
-            docker-distribution
+            distribution
             apacheHttpd
           ];
         };

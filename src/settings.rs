@@ -4,23 +4,56 @@
 //! ignored. Settings only fill what flags (and their environment variables) left unset.
 
 use crate::cli::DeployArgs;
+use crate::cli::rollout::{parse_duration, parse_max_unavailable, parse_strategy};
+use crate::fly::appconfig::{MaxUnavailable, Strategy};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The only settings version this nixfly reads.
 pub const VERSION: u32 = 1;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// The file as written, before the values in it are checked.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawSettings {
+    version: u32,
+    app: String,
+    #[serde(default)]
+    config: Option<PathBuf>,
+    #[serde(default)]
+    push: PushSettings,
+    #[serde(default)]
+    rollout: RawRollout,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollout {
+    #[serde(default)]
+    strategy: Option<String>,
+    #[serde(default)]
+    max_unavailable: Option<f64>,
+    #[serde(default)]
+    wait_timeout: Option<String>,
+    #[serde(default)]
+    release_command_timeout: Option<String>,
+    #[serde(default)]
+    rollback: Option<bool>,
+    #[serde(default)]
+    skip_release: Option<bool>,
+}
+
+/// Checked settings.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub version: u32,
     /// The Fly app.
     pub app: String,
     /// fly.toml: absolute (a store path) or relative to the directory nixfly runs in.
-    #[serde(default)]
     pub config: Option<PathBuf>,
-    #[serde(default)]
     pub push: PushSettings,
+    pub rollout: RolloutSettings,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -32,6 +65,17 @@ pub struct PushSettings {
     /// The tag to set.
     #[serde(default)]
     pub tag: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RolloutSettings {
+    pub strategy: Option<Strategy>,
+    pub max_unavailable: Option<MaxUnavailable>,
+    pub wait_timeout: Option<Duration>,
+    pub release_command_timeout: Option<Duration>,
+    /// `Some(false)` turns automatic rollback off, as `--no-rollback` does.
+    pub rollback: Option<bool>,
+    pub skip_release: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,37 +130,62 @@ impl Settings {
                 found: version,
             });
         }
-        let settings: Settings = serde_json::from_str(text).map_err(|source| SettingsError::Parse {
+        let raw: RawSettings = serde_json::from_str(text).map_err(|source| SettingsError::Parse {
             path: path.to_path_buf(),
             source,
         })?;
-        settings.validate(path)?;
-        Ok(settings)
-    }
-
-    fn validate(&self, path: &Path) -> Result<(), SettingsError> {
-        let invalid = |field, problem: &str| SettingsError::Invalid {
+        let invalid = |field, problem: String| SettingsError::Invalid {
             path: path.to_path_buf(),
             field,
-            problem: problem.to_string(),
+            problem,
         };
-        if self.app.is_empty() {
-            return Err(invalid("app", "must not be empty"));
+        if raw.app.is_empty() {
+            return Err(invalid("app", "must not be empty".into()));
         }
-        if let Some(to) = &self.push.to
+        if let Some(to) = &raw.push.to
             && (to.is_empty() || to.contains("://"))
         {
-            return Err(invalid("push.to", "must be host/repository, without a scheme"));
+            return Err(invalid(
+                "push.to",
+                "must be host/repository, without a scheme".into(),
+            ));
         }
-        if let Some(tag) = &self.push.tag
+        if let Some(tag) = &raw.push.tag
             && !is_valid_tag(tag)
         {
             return Err(invalid(
                 "push.tag",
-                "must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127} (the OCI tag grammar)",
+                "must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127} (the OCI tag grammar)".into(),
             ));
         }
-        Ok(())
+        let r = raw.rollout;
+        let duration = |field, text: Option<String>| {
+            text.map(|t| parse_duration(&t).map_err(|e| invalid(field, e)))
+                .transpose()
+        };
+        let rollout = RolloutSettings {
+            strategy: r
+                .strategy
+                .map(|s| parse_strategy(&s).map_err(|e| invalid("rollout.strategy", e)))
+                .transpose()?,
+            max_unavailable: r
+                .max_unavailable
+                .map(|n| {
+                    parse_max_unavailable(&n.to_string()).map_err(|e| invalid("rollout.max_unavailable", e))
+                })
+                .transpose()?,
+            wait_timeout: duration("rollout.wait_timeout", r.wait_timeout)?,
+            release_command_timeout: duration("rollout.release_command_timeout", r.release_command_timeout)?,
+            rollback: r.rollback,
+            skip_release: r.skip_release,
+        };
+        Ok(Settings {
+            version: raw.version,
+            app: raw.app,
+            config: raw.config,
+            push: raw.push,
+            rollout,
+        })
     }
 
     /// Fill every option the command line left unset; flags always win.
@@ -131,6 +200,14 @@ impl Settings {
         if args.push.tag.is_none() {
             args.push.tag = self.push.tag;
         }
+        let (flags, r) = (&mut args.rollout, self.rollout);
+        flags.strategy = flags.strategy.or(r.strategy);
+        flags.max_unavailable = flags.max_unavailable.or(r.max_unavailable);
+        flags.wait_timeout = flags.wait_timeout.or(r.wait_timeout);
+        flags.release_command_timeout = flags.release_command_timeout.or(r.release_command_timeout);
+        // These flags can only switch a behaviour off, so the settings can too, never back on.
+        flags.no_rollback |= r.rollback == Some(false);
+        flags.skip_release |= r.skip_release == Some(true);
     }
 }
 
@@ -168,6 +245,14 @@ mod tests {
             "app": "demo",
             "config": "/nix/store/aaaa-fly.toml",
             "push": { "to": "registry.example/demo", "tag": "v1" },
+            "rollout": {
+                "strategy": "canary",
+                "max_unavailable": 0.5,
+                "wait_timeout": "90s",
+                "release_command_timeout": "300",
+                "rollback": false,
+                "skip_release": true,
+            },
         })
     }
 
@@ -192,6 +277,30 @@ mod tests {
                 false,
             ),
             (json!({ "version": 2, "app": "demo" }), false),
+            (
+                json!({ "version": 1, "app": "demo", "rollout": { "max_unavailable": 2 } }),
+                true,
+            ),
+            (
+                json!({ "version": 1, "app": "demo", "rollout": { "max_unavailable": 0 } }),
+                false,
+            ),
+            (
+                json!({ "version": 1, "app": "demo", "rollout": { "strategy": "sideways" } }),
+                false,
+            ),
+            (
+                json!({ "version": 1, "app": "demo", "rollout": { "wait_timeout": "1h30m" } }),
+                true,
+            ),
+            (
+                json!({ "version": 1, "app": "demo", "rollout": { "wait_timeout": "soon" } }),
+                false,
+            ),
+            (
+                json!({ "version": 1, "app": "demo", "rollout": { "rollback": "no" } }),
+                false,
+            ),
         ];
         for (value, valid) in cases {
             assert_eq!(schema_accepts(&value), valid, "schema on {value}");
@@ -226,5 +335,41 @@ mod tests {
         assert_eq!(args.push.to.as_deref(), Some("registry.example/demo"));
         assert_eq!(args.app.app.as_deref(), Some("demo"));
         assert_eq!(args.app.config, Some(PathBuf::from("/nix/store/aaaa-fly.toml")));
+        assert_eq!(args.rollout.strategy, Some(Strategy::Canary));
+        assert_eq!(args.rollout.max_unavailable, Some(MaxUnavailable::Fraction(0.5)));
+        assert_eq!(args.rollout.wait_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(
+            args.rollout.release_command_timeout,
+            Some(Duration::from_secs(300))
+        );
+        assert!(args.rollout.no_rollback && args.rollout.skip_release);
+    }
+
+    #[test]
+    fn rollout_flags_win_over_settings() {
+        let cli = Cli::parse_from([
+            "nixfly",
+            "deploy",
+            "./image",
+            "--strategy",
+            "immediate",
+            "--wait-timeout",
+            "10s",
+        ]);
+        let crate::cli::Command::Deploy(mut args) = cli.command else {
+            panic!("not a deploy")
+        };
+        parse(&full()).unwrap().fill(&mut args);
+        assert_eq!(args.rollout.strategy, Some(Strategy::Immediate));
+        assert_eq!(args.rollout.wait_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(args.rollout.max_unavailable, Some(MaxUnavailable::Fraction(0.5)));
+    }
+
+    #[test]
+    fn a_bad_rollout_value_names_its_field() {
+        let err = parse(&json!({ "version": 1, "app": "demo", "rollout": { "wait_timeout": "soon" } }))
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("settings.json: `rollout.wait_timeout`"), "{text}");
     }
 }

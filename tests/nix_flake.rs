@@ -49,7 +49,8 @@ fn correct_attributes_evaluate() {
     let Some(nix) = Nix::get() else { return };
     let out = eval_mk_fly_deploy(
         nix,
-        r#"{ tag = "v1"; registry = "registry.example/demo"; extraFlags = [ "-v" ]; }"#,
+        r#"{ tag = "v1"; registry = "registry.example/demo"; strategy = "rolling"; maxUnavailable = 2;
+             waitTimeout = "5m"; skipRelease = true; extraFlags = [ "-v" ]; }"#,
     );
     assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).ends_with(".drv"));
@@ -84,6 +85,19 @@ fn wrong_attribute_name_or_type_fails_at_evaluation_naming_it() {
         ),
         ("{ package = null; }", "give `image` (a ready image) or `package`"),
         ("{ app = null; }", "attribute `app` must be the Fly app name"),
+        (
+            r#"{ strategy = "sideways"; }"#,
+            "attribute `strategy` must be null or one of rolling, immediate",
+        ),
+        (
+            "{ waitTimeout = 90; }",
+            "attribute `waitTimeout` must be null or a duration",
+        ),
+        (
+            "{ maxUnavailable = 1.5; }",
+            "attribute `maxUnavailable` must be null, a whole number",
+        ),
+        (r#"{ rollback = "no"; }"#, "attribute `rollback` must be a bool"),
     ];
     for (attrs, message) in cases {
         let out = eval_mk_fly_deploy(nix, attrs);

@@ -4,8 +4,10 @@
 args:
 let
   inherit (builtins)
+    elem
     isAttrs
     isBool
+    isFloat
     isInt
     isList
     isPath
@@ -16,6 +18,14 @@ let
   nullOr = check: v: v == null || check v;
   listOf = check: v: isList v && all check v;
   isPathLike = v: isPath v || isString v || isDerivation v;
+  # What nixfly reads: Go durations, or plain seconds.
+  isDuration = v: isString v && builtins.match "[0-9]+|([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))+" v != null;
+  strategies = [
+    "rolling"
+    "immediate"
+    "canary"
+    "bluegreen"
+  ];
 
   spec = {
     pkgs = {
@@ -70,6 +80,36 @@ let
       type = "null or a string (the image tag)";
       check = nullOr (v: isString v && builtins.match "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}" v != null);
       default = null;
+    };
+    strategy = {
+      type = "null or one of ${builtins.concatStringsSep ", " strategies}";
+      check = nullOr (v: elem v strategies);
+      default = null;
+    };
+    maxUnavailable = {
+      type = "null, a whole number of machines (at least 1) or a fraction of the group between 0 and 1";
+      check = nullOr (v: (isInt v && v >= 1) || (isFloat v && v > 0 && v < 1));
+      default = null;
+    };
+    waitTimeout = {
+      type = "null or a duration like \"90s\", \"5m\" or \"1h30m\"";
+      check = nullOr isDuration;
+      default = null;
+    };
+    releaseCommandTimeout = {
+      type = "null or a duration like \"90s\", \"5m\" or \"1h30m\"";
+      check = nullOr isDuration;
+      default = null;
+    };
+    rollback = {
+      type = "a bool (false: leave failed machines as they are)";
+      check = isBool;
+      default = true;
+    };
+    skipRelease = {
+      type = "a bool (true: create no release record)";
+      check = isBool;
+      default = false;
     };
     extraFlags = {
       type = "a list of strings (extra `nixfly deploy` flags)";
@@ -133,6 +173,15 @@ let
     push = removeNulls {
       to = a.registry;
       inherit (a) tag;
+    };
+    rollout = removeNulls {
+      inherit (a) strategy;
+      max_unavailable = a.maxUnavailable;
+      wait_timeout = a.waitTimeout;
+      release_command_timeout = a.releaseCommandTimeout;
+      # Only what differs from nixfly's defaults.
+      rollback = if a.rollback then null else false;
+      skip_release = if a.skipRelease then true else null;
     };
   };
   # Unset settings are left out, so nixfly's own defaults (and fly.toml) apply.

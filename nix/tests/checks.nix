@@ -16,6 +16,11 @@ let
     config.Env = [ "PORT=8080" ];
     flyToml = ./fly-example.toml;
     tag = "v1";
+    strategy = "canary";
+    maxUnavailable = 0.5;
+    waitTimeout = "90s";
+    releaseCommandTimeout = "2m";
+    rollback = false;
     extraFlags = [ "--output=plain" ];
   };
 in
@@ -31,11 +36,19 @@ in
     touch $out
   '';
 
-  # What mkFlyDeploy writes is what nixfly accepts.
-  settings-accepted-by-nixfly = pkgs.runCommand "nixfly-settings-accepted" { nativeBuildInputs = [ nixfly ]; } ''
-    nixfly settings check ${example.settingsFile}
-    touch $out
-  '';
+  # What mkFlyDeploy writes is what nixfly accepts, every rollout setting included.
+  settings-accepted-by-nixfly =
+    assert example.settings.rollout == {
+      strategy = "canary";
+      max_unavailable = 0.5;
+      wait_timeout = "90s";
+      release_command_timeout = "2m";
+      rollback = false;
+    };
+    pkgs.runCommand "nixfly-settings-accepted" { nativeBuildInputs = [ nixfly ]; } ''
+      nixfly settings check ${example.settingsFile}
+      touch $out
+    '';
 
   # The wrapper runs `nixfly deploy <image> --settings <file> <extraFlags> "$@"`, nothing else.
   deploy-wrapper-command = pkgs.runCommand "nixfly-deploy-wrapper-command" { } ''
@@ -52,11 +65,12 @@ in
     ${example.image} > image.tar
     tar -tf image.tar > entries
     test "$(tail -n 1 entries)" = manifest.json
+    # JSON spacing differs between nixpkgs' Python and other writers: compare without it.
     tar -xf image.tar manifest.json
-    grep -q '"RepoTags":\["nixfly-example:v1"\]' manifest.json
+    tr -d ' \n' < manifest.json | grep -qF '"RepoTags":["nixfly-example:v1"]'
     config=$(grep -o '[0-9a-f]\{64\}\.json' manifest.json)
     tar -xf image.tar "$config"
-    grep -qF '"Entrypoint":["${hello}/bin/hello-nixfly"]' "$config"
+    tr -d ' \n' < "$config" | grep -qF '"Entrypoint":["${hello}/bin/hello-nixfly"]' 
     found=""
     for layer in $(grep '/layer.tar$' entries); do
       tar -xf image.tar "$layer"

@@ -73,13 +73,13 @@ pub struct RolloutOptions {
     pub platform_url: String,
 }
 
-fn parse_strategy(text: &str) -> Result<Strategy, String> {
+pub(crate) fn parse_strategy(text: &str) -> Result<Strategy, String> {
     Strategy::parse(text)
         .ok_or_else(|| format!("unknown strategy {text:?}; use rolling, immediate, canary or bluegreen"))
 }
 
 /// flyctl reads one number: ≥ 1 is a count, between 0 and 1 a fraction of the group.
-fn parse_max_unavailable(text: &str) -> Result<MaxUnavailable, String> {
+pub(crate) fn parse_max_unavailable(text: &str) -> Result<MaxUnavailable, String> {
     let value: f64 = text
         .trim()
         .parse()
@@ -96,7 +96,7 @@ fn parse_max_unavailable(text: &str) -> Result<MaxUnavailable, String> {
 }
 
 /// A Go duration (`90s`, `5m`) as in fly.toml, or plain seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     match text.trim().parse::<u64>() {
         Ok(secs) => Ok(Duration::from_secs(secs)),
         Err(_) => appconfig::units::parse_go_duration(text),

@@ -45,15 +45,23 @@ impl Nix {
             .parent()
             .expect("CARGO has a parent directory")
             .to_path_buf();
-        let fetch = Command::new(env!("CARGO"))
-            .args(["fetch", "--locked", "--quiet"])
-            .current_dir(manifest_dir())
-            .status()
-            .expect("run cargo fetch");
-        assert!(
-            fetch.success(),
-            "cargo fetch --locked failed: the stand-in needs every crate of Cargo.lock in cargo's cache"
-        );
+        // `cargo fetch` only when a crate is missing: it waits for the package-cache lock,
+        // which the `cargo test` running this may hold.
+        let crates = match crate_cache() {
+            Some(cache) if missing_crates(&cache).is_empty() => cache,
+            _ => {
+                let fetch = Command::new(env!("CARGO"))
+                    .args(["fetch", "--locked", "--quiet"])
+                    .current_dir(manifest_dir())
+                    .status()
+                    .expect("run cargo fetch");
+                assert!(fetch.success(), "cargo fetch --locked failed");
+                let cache = crate_cache().expect("cargo fetch fills cargo's crates.io cache");
+                let missing = missing_crates(&cache);
+                assert!(missing.is_empty(), "not in {}: {missing:?}", cache.display());
+                cache
+            }
+        };
         Nix {
             checkout: format!("git+file://{}", manifest_dir().display()),
             standin: format!(
@@ -65,10 +73,15 @@ impl Nix {
                     "NIXFLY_STANDIN_PATH",
                     format!("{}:/usr/bin:/bin", toolchain_bin.display()),
                 ),
-                ("NIXFLY_STANDIN_CRATES", crate_cache().display().to_string()),
+                ("NIXFLY_STANDIN_CRATES", crates.display().to_string()),
+                // One cache for the whole machine: every checkout (worktree, CI job) shares the
+                // compiled dependencies instead of building them again.
                 (
                     "NIXFLY_STANDIN_CARGO_TARGET",
-                    manifest_dir().join("target/nix-standin").display().to_string(),
+                    std::env::temp_dir()
+                        .join("nixfly-nix-standin-target")
+                        .display()
+                        .to_string(),
                 ),
             ],
         }
@@ -96,20 +109,38 @@ impl Nix {
     }
 }
 
+/// `<name>-<version>.crate` files of Cargo.lock's registry packages that `cache` lacks.
+fn missing_crates(cache: &Path) -> Vec<String> {
+    let lock: toml::Table = std::fs::read_to_string(manifest_dir().join("Cargo.lock"))
+        .expect("read Cargo.lock")
+        .parse()
+        .expect("Cargo.lock is TOML");
+    let packages = lock["package"].as_array().expect("Cargo.lock lists packages");
+    packages
+        .iter()
+        .filter(|p| p.get("source").is_some())
+        .map(|p| {
+            format!(
+                "{}-{}.crate",
+                p["name"].as_str().unwrap_or("?"),
+                p["version"].as_str().unwrap_or("?")
+            )
+        })
+        .filter(|file| !cache.join(file).is_file())
+        .collect()
+}
+
 /// cargo's download cache of crates.io, where `cargo fetch` leaves the `.crate` files.
-fn crate_cache() -> PathBuf {
+fn crate_cache() -> Option<PathBuf> {
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .or_else(|| dirs::home_dir().map(|h| h.join(".cargo")))
-        .expect("CARGO_HOME or HOME is set");
-    let cache = cargo_home.join("registry/cache");
-    std::fs::read_dir(&cache)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", cache.display()))
+        .or_else(|| dirs::home_dir().map(|h| h.join(".cargo")))?;
+    std::fs::read_dir(cargo_home.join("registry/cache"))
+        .ok()?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("index.crates.io-"))
         })
-        .unwrap_or_else(|| panic!("no crates.io cache under {}", cache.display()))
 }

@@ -113,7 +113,7 @@ let
     clippy = "cargo-clippy";
     rustfmt = "rustfmt";
     skopeo = "skopeo";
-    docker-distribution = "docker-registry";
+    distribution = "docker-registry";
     apacheHttpd = "htpasswd";
   };
 

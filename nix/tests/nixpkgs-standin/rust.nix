@@ -77,9 +77,9 @@ let
       meta = a.meta or { };
       passthru = a.passthru or { };
       vendor = vendorCargoLock a.cargoLock.lockFile;
-      # Optional cargo target dir outside the store, shared between builds like a compiler cache:
-      # dependencies compile once, each new nixfly source only rebuilds nixfly. Debug profile for
-      # test speed; nixpkgs builds release.
+      # Optional cargo target dir outside the store, shared by every build on the machine like
+      # a compiler cache: dependencies compile once, a new source only rebuilds its own crate.
+      # Debug profile for test speed; nixpkgs builds release.
       targetCache = builtins.getEnv "NIXFLY_STANDIN_CARGO_TARGET";
       doCheck = if a.doCheck or true then "1" else "";
       postInstall = a.postInstall or "";
@@ -88,13 +88,16 @@ let
         cd source
         export CARGO_HOME="$TMPDIR/cargo-home"
         mkdir -p "$CARGO_HOME"
-        # Cargo's fingerprints record source paths: reaching the vendored crates through a path
-        # that does not change with the vendor directory's hash keeps the build cache valid when
-        # Cargo.lock changes. The build directory is named after the derivation's name only.
-        ln -s "$vendor" "$TMPDIR/vendor"
-        printf '[source.crates-io]\nreplace-with = "vendored"\n[source.vendored]\ndirectory = "%s"\n' \
-          "$TMPDIR/vendor" > "$CARGO_HOME/config.toml"
         target="''${targetCache:-$TMPDIR/target}"
+        mkdir -p "$target"
+        # One build at a time per cache: the binaries installed are the ones this build made.
+        exec 9> "$target/.stand-in.lock"
+        flock 9
+        # Cargo's fingerprints record source paths: the vendored crates are reached through a
+        # path that changes neither with the vendor directory's hash nor between builds.
+        ln -sfn "$vendor" "$target/vendor"
+        printf '[source.crates-io]\nreplace-with = "vendored"\n[source.vendored]\ndirectory = "%s"\n' \
+          "$target/vendor" > "$CARGO_HOME/config.toml"
         cargo install --offline --locked --debug --path . --root "$out" --target-dir "$target"
         rm -f "$out/.crates.toml" "$out/.crates2.json"
         if [ -n "$doCheck" ]; then cargo test --offline --locked --target-dir "$target"; fi
