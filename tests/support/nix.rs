@@ -33,6 +33,17 @@ impl Nix {
                 );
                 return None;
             }
+            // The setup below needs the store itself (root, no daemon): say so plainly instead
+            // of failing later on a lock file.
+            let root = Command::new("id")
+                .arg("-u")
+                .output()
+                .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+            assert!(
+                root,
+                "the Nix tests run nix as root on the system store (no daemon, builds as root, \
+                 sandbox off); run `cargo test` as root, as scripts/test does in CI"
+            );
             Some(Nix::setup())
         })
         .as_ref()
