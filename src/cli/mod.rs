@@ -1,6 +1,7 @@
 //! Raw command-line arguments (clap). Each command turns these, plus environment, fly.toml and
 //! the Nix settings file, into one validated plan before any network call.
 
+pub mod deploy;
 pub mod layer;
 pub mod push;
 pub mod rollout;
@@ -151,8 +152,7 @@ pub async fn run(cli: Cli, reporter: Reporter) -> anyhow::Result<()> {
                     .context("reading the settings from mkFlyDeploy")?
                     .fill(&mut args);
             }
-            let _ = (args, reporter);
-            anyhow::bail!("nixfly deploy is not implemented yet")
+            deploy::run(args, reporter).await
         }
         Command::Settings(command) => settings::run(command, reporter),
         Command::Layer(args) => layer::run(args, reporter).await,

@@ -119,7 +119,12 @@ pub async fn rollout_image(
     let image = image
         .or_else(|| fly_toml.as_ref().and_then(|c| c.build.image.clone()))
         .context("no image to deploy: pass --image host/repo@sha256:... or set [build] image in fly.toml")?;
-    let image = pinned_image(&image)?;
+    // A plan touches no machine, so it may show a tag; a real rollout needs the digest.
+    let image = if options.plan {
+        image
+    } else {
+        pinned_image(&image)?
+    };
     let spec = spec(&app_name, image, options, fly_toml.as_ref())?;
     let token = app.fly_token()?;
     let machines_http = FlyHttp::new(&options.api_url, token.clone(), reporter.clone())?;
