@@ -125,7 +125,7 @@ fn plan_sends_no_mutating_request() {
     let t = TestDir::new();
     std::fs::write(
         t.join("fly.toml"),
-        "app = \"demo\"\nprimary_region = \"iad\"\n[deploy]\nrelease_command = \"bin/migrate\"\nmax_unavailable = 2\n[env]\nLOG = \"debug\"\n",
+        "app = \"demo\"\nprimary_region = \"iad\"\n[deploy]\nrelease_command = \"bin/migrate\"\nmax_unavailable = 2\n[env]\nLOG = \"debug\"\n[processes]\napp = \"\"\nworker = \"\"\n",
     )
     .unwrap();
     let new = image(3);

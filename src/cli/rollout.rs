@@ -62,6 +62,10 @@ pub struct RolloutOptions {
     /// config. The exit code is still non-zero.
     #[arg(long)]
     pub no_rollback: bool,
+    /// Destroy the machines of process groups no longer in fly.toml's [processes], once the
+    /// rest of the deploy is healthy. Asked on a terminal; required elsewhere.
+    #[arg(long)]
+    pub destroy_removed_groups: bool,
     /// Do not create a release record (for setups without Fly's platform API).
     #[arg(long)]
     pub skip_release: bool,
@@ -176,6 +180,7 @@ fn spec(
                 .or(deploy.and_then(|d| d.release_command_timeout))
                 .unwrap_or(DEFAULT_RELEASE_COMMAND_TIMEOUT),
             guest: fly_toml.and_then(|c| c.deploy.release_command_vm.as_ref().map(|vm| c.guest(vm))),
+            fly_toml: fly_toml.and_then(|c| c.release_command_config().ok().flatten()),
         });
     Ok(RolloutSpec {
         app: app.to_string(),
@@ -201,6 +206,7 @@ fn spec(
         rollback: !options.no_rollback,
         definition: fly_toml.map_or(serde_json::Value::Null, |c| c.definition.clone()),
         plan_only: options.plan,
+        destroy_removed_groups: options.destroy_removed_groups,
     })
 }
 

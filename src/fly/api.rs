@@ -2,7 +2,7 @@
 //! the platform API: auth header, retries with backoff, `{"error": ...}` bodies in errors.
 
 use super::FlyToken;
-use super::types::{App, Lease, LeaseResponse, Machine, WaitResponse};
+use super::types::{App, Lease, LeaseResponse, Machine, Volume, WaitResponse};
 use crate::progress::Reporter;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -300,6 +300,55 @@ impl MachinesApi {
         self.http
             .send_json(Request::get(&["v1", "apps", &self.app, "machines"]))
             .await
+    }
+
+    pub async fn list_volumes(&self) -> Result<Vec<Volume>, ApiError> {
+        self.http
+            .send_json(Request::get(&["v1", "apps", &self.app, "volumes"]))
+            .await
+    }
+
+    pub async fn create_volume(&self, name: &str, region: &str, size_gb: u64) -> Result<Volume, ApiError> {
+        self.http
+            .send_json(Request {
+                method: Method::POST,
+                path: &["v1", "apps", &self.app, "volumes"],
+                query: &[],
+                body: Some(json!({"name": name, "region": region, "size_gb": size_gb})),
+                nonce: None,
+                replay: Replay::Unsafe,
+            })
+            .await
+    }
+
+    /// The app's IP addresses (`ip` of each assignment).
+    pub async fn list_ips(&self) -> Result<Vec<String>, ApiError> {
+        let list: Value = self
+            .http
+            .send_json(Request::get(&["v1", "apps", &self.app, "ip_assignments"]))
+            .await?;
+        Ok(list["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["ip"].as_str().map(str::to_string))
+            .collect())
+    }
+
+    /// Assign an address of `kind` (`v6`, `shared_v4`, ...); returns it.
+    pub async fn assign_ip(&self, kind: &str) -> Result<String, ApiError> {
+        let assigned: Value = self
+            .http
+            .send_json(Request {
+                method: Method::POST,
+                path: &["v1", "apps", &self.app, "ip_assignments"],
+                query: &[],
+                body: Some(json!({"type": kind})),
+                nonce: None,
+                replay: Replay::Unsafe,
+            })
+            .await?;
+        Ok(assigned["ip"].as_str().unwrap_or_default().to_string())
     }
 
     pub async fn get_machine(&self, id: &str) -> Result<Machine, ApiError> {

@@ -27,6 +27,20 @@ pub struct App {
     pub status: Option<String>,
 }
 
+/// A volume, as far as placing a new machine on it goes.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Volume {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub attached_machine_id: Option<String>,
+}
+
 /// One machine as the API returned it: typed fields for what the rollout reads, the config as
 /// the raw JSON it arrived as.
 #[derive(Clone, Debug, Deserialize)]

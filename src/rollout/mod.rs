@@ -6,8 +6,8 @@
 
 mod bluegreen;
 mod canary;
-mod drift;
 pub mod error;
+mod groups;
 mod health;
 mod immediate;
 mod lease;
@@ -26,6 +26,7 @@ use crate::fly::types::Release;
 use crate::progress::Reporter;
 use error::RolloutError;
 use futures::StreamExt;
+use groups::GroupPlan;
 use lease::Leases;
 use plan::{ConfigChange, Fleet};
 use serde_json::Value;
@@ -60,6 +61,8 @@ pub struct RolloutSpec {
     /// fly.toml as JSON, for the release record.
     pub definition: Value,
     pub plan_only: bool,
+    /// Destroy the machines of process groups gone from fly.toml (asked on a terminal).
+    pub destroy_removed_groups: bool,
 }
 
 /// Run the rollout. `platform` is None with `--skip-release`.
@@ -70,7 +73,7 @@ pub async fn run(
     reporter: Reporter,
     fly_toml: Option<AppConfig>,
 ) -> anyhow::Result<()> {
-    api.get_app().await.map_err(|source| RolloutError::AppApi {
+    let app = api.get_app().await.map_err(|source| RolloutError::AppApi {
         action: "reading the app",
         app: spec.app.clone(),
         source: source.into(),
@@ -80,30 +83,35 @@ pub async fn run(
         app: spec.app.clone(),
         source: source.into(),
     })?;
-    let fleet = Fleet::classify(machines);
-    validate(&spec, &fleet)?;
+    let mut fleet = Fleet::classify(machines);
+    // flyctl's test: an app never deployed; the machine count guards against a status it
+    // does not know.
+    let first_deploy =
+        !matches!(app.status.as_deref(), Some("deployed" | "suspended")) && fleet.machine_count() == 0;
+    let (groups, fly_toml_configs) = match &fly_toml {
+        Some(config) => GroupPlan::new(config, &mut fleet, &spec, first_deploy, |removed| {
+            spec.destroy_removed_groups || spec.plan_only || groups::confirm_removal(removed)
+        })?,
+        None => Default::default(),
+    };
+    validate(&spec, &fleet, &groups)?;
     let change = ConfigChange {
         image: spec.image.clone(),
         env: spec.env.clone(),
         release_id: None,
         release_version: None,
+        fly_toml: fly_toml_configs,
     };
-    let plan = describe(&spec, &fleet, &change, platform.is_some());
-    let drift = fly_toml
-        .as_ref()
-        .map(|config| drift::lines(config, &fleet))
-        .unwrap_or_default();
+    let mut plan = describe(&spec, &fleet, &change, platform.is_some());
+    plan.extend(groups.describe(&fleet, &change));
     if spec.plan_only {
-        for line in plan.iter().chain(&drift) {
+        for line in &plan {
             reporter.result(line);
         }
         return Ok(());
     }
     for line in plan {
         reporter.info(line);
-    }
-    for line in drift {
-        reporter.warn(line);
     }
 
     // Before the release exists, so that no signal can end the process between here and the
@@ -121,18 +129,25 @@ pub async fn run(
     let leases = Leases::new(api.clone(), spec.lease_ttl);
     let ctx = Ctx::new(api, reporter.clone(), spec, change, leases);
     let outcome = tokio::select! {
-        result = deploy(&ctx, &fleet) => Ok(result),
+        result = deploy(&ctx, &fleet, &groups) => Ok(result),
         signal = signals.recv() => Err(signal),
     };
-    finish(&ctx, &fleet, platform.as_ref(), release.as_ref(), outcome).await
+    finish(
+        &ctx,
+        &fleet,
+        &groups,
+        platform.as_ref(),
+        release.as_ref(),
+        outcome,
+    )
+    .await
 }
 
 /// Refuse what cannot work before creating anything.
-fn validate(spec: &RolloutSpec, fleet: &Fleet) -> Result<(), anyhow::Error> {
-    if fleet.machine_count() == 0 {
+fn validate(spec: &RolloutSpec, fleet: &Fleet, groups: &GroupPlan) -> Result<(), anyhow::Error> {
+    if fleet.machine_count() == 0 && groups.launches.is_empty() {
         anyhow::bail!(
-            "app {} has no machines to deploy to; nixfly updates existing machines, so create the \
-             first ones with `fly deploy` (or `fly machine run`) once",
+            "app {} has no machines to deploy to; with a fly.toml (--config) nixfly creates them",
             spec.app
         );
     }
@@ -268,8 +283,9 @@ async fn start_release(platform: &PlatformApi, spec: &RolloutSpec) -> anyhow::Re
     Ok(release)
 }
 
-/// release_command, leases, then the strategy for each process group in name order.
-async fn deploy(ctx: &Ctx, fleet: &Fleet) -> Result<(), RolloutError> {
+/// release_command, leases, machines for new process groups, then the strategy for each
+/// existing group in name order, and last the machines of groups gone from fly.toml.
+async fn deploy(ctx: &Ctx, fleet: &Fleet, groups: &GroupPlan) -> Result<(), RolloutError> {
     if let Some(rc) = &ctx.spec.release_command {
         release_command::run(ctx, rc, fleet).await?;
     }
@@ -286,6 +302,7 @@ async fn deploy(ctx: &Ctx, fleet: &Fleet) -> Result<(), RolloutError> {
     }
     drop(acquiring);
     ctx.leases.start_refreshing(ctx.reporter.clone());
+    groups.create(ctx).await?;
     for (group, machines) in &fleet.groups {
         match ctx.spec.strategy {
             Strategy::Rolling => rolling::run(ctx, machines).await?,
@@ -294,7 +311,7 @@ async fn deploy(ctx: &Ctx, fleet: &Fleet) -> Result<(), RolloutError> {
             Strategy::Bluegreen => bluegreen::run(ctx, group, machines).await?,
         }
     }
-    Ok(())
+    groups.destroy_removed(ctx).await
 }
 
 /// Put every machine this deploy changed back to its previous config, all of them even if some
@@ -317,6 +334,7 @@ async fn rollback(ctx: &Ctx) -> (usize, Vec<RolloutError>) {
 async fn finish(
     ctx: &Ctx,
     fleet: &Fleet,
+    groups: &GroupPlan,
     platform: Option<&PlatformApi>,
     release: Option<&Release>,
     outcome: Result<Result<(), RolloutError>, &'static str>,
@@ -328,7 +346,7 @@ async fn finish(
             ctx.reporter.info(format!(
                 "deployed {} to {} machine(s) of app {app}{release_name}",
                 ctx.spec.image,
-                fleet.machine_count()
+                fleet.machine_count() + groups.created_count()
             ));
             (ReleaseStatus::Complete, Ok(()))
         }
@@ -374,19 +392,26 @@ async fn finish(
                     ),
                 )
             } else {
-                let (restored, failures) = rollback(ctx).await;
+                let (restored, mut failures) = rollback(ctx).await;
+                let (destroyed, destroy_failures) = groups.destroy_created(ctx).await;
+                failures.extend(destroy_failures);
                 for failure in &failures {
                     ctx.reporter.warn(chain_text(failure));
                 }
                 let summary = if failures.is_empty() {
                     format!(
-                        "deploy of app {app} failed; rolled back {restored} machine(s) to their previous image"
+                        "deploy of app {app} failed; rolled back {restored} machine(s) to their previous image{}",
+                        if destroyed > 0 {
+                            format!(" and destroyed the {destroyed} machine(s) it had created")
+                        } else {
+                            String::new()
+                        }
                     )
                 } else {
                     format!(
                         "deploy of app {app} failed and {} of {} machine(s) could not be rolled back (see the warnings above)",
                         failures.len(),
-                        restored + failures.len()
+                        restored + destroyed + failures.len()
                     )
                 };
                 (EXIT_ROLLED_BACK, summary)

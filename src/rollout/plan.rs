@@ -1,9 +1,9 @@
 //! Pure planning: which machines a deploy touches, in which order, and the config each gets.
 //! Nothing here talks to the network, so `--plan` and the real run share it exactly.
 
-use crate::fly::appconfig::{MaxUnavailable, Strategy};
+use crate::fly::appconfig::{self, MaxUnavailable, Strategy};
 use crate::fly::types::{
-    CONSOLE_GROUP, META_RELEASE_ID, META_RELEASE_VERSION, Machine, RELEASE_COMMAND_GROUP,
+    CONSOLE_GROUP, DEFAULT_GROUP, META_RELEASE_ID, META_RELEASE_VERSION, Machine, RELEASE_COMMAND_GROUP,
     normalize_config_for_request,
 };
 use serde_json::{Map, Value, json};
@@ -112,15 +112,27 @@ pub struct ConfigChange {
     pub env: Option<BTreeMap<String, String>>,
     pub release_id: Option<String>,
     pub release_version: Option<String>,
+    /// fly.toml's machine config per process group (when there is a fly.toml): laid over each
+    /// machine of the group first, as flyctl rebuilds the config on every deploy.
+    pub fly_toml: BTreeMap<String, Value>,
 }
 
 impl ConfigChange {
     /// The machine's current config with the image, env and release metadata replaced; every
     /// other field stays as the API returned it.
     pub fn apply(&self, current: &Value) -> Value {
-        let mut config = match current {
-            Value::Object(_) => current.clone(),
-            _ => json!({}),
+        let group = current["metadata"]["fly_process_group"]
+            .as_str()
+            .unwrap_or(DEFAULT_GROUP);
+        // Volume conflicts were refused while planning (`GroupPlan::new`).
+        let translated = self
+            .fly_toml
+            .get(group)
+            .and_then(|fly_toml| appconfig::apply::apply(fly_toml, current).ok());
+        let mut config = match translated {
+            Some(config) => config,
+            None if current.is_object() => current.clone(),
+            None => json!({}),
         };
         let object = config.as_object_mut().expect("config is an object");
         object.insert("image".into(), Value::String(self.image.clone()));
@@ -317,6 +329,7 @@ mod tests {
             ])),
             release_id: Some("r1".into()),
             release_version: Some("4".into()),
+            fly_toml: BTreeMap::new(),
         };
         let config = change.apply(&current);
         assert_eq!(config["image"], "new@sha256:bb");

@@ -22,6 +22,9 @@ pub struct ReleaseCommand {
     pub timeout: Duration,
     /// `[deploy.release_command_vm]` as a Machines API guest; None: the largest app guest.
     pub guest: Option<Value>,
+    /// fly.toml's part of the machine (`AppConfig::release_command_config`): the
+    /// `[experimental]` entrypoint, swap, stop signal and `[[files]]` flyctl gives it.
+    pub fly_toml: Option<Value>,
 }
 
 /// The guest flyctl falls back to when the app has no machine to copy one from.
@@ -87,6 +90,14 @@ pub fn machine_request(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<
     });
     if let Some(region) = region {
         body["region"] = Value::String(region);
+    }
+    if let Some(fly_toml) = &rc.fly_toml {
+        body["config"]["init"] = fly_toml["init"].clone();
+        for key in ["stop_config", "files"] {
+            if let Some(value) = fly_toml.get(key) {
+                body["config"][key] = value.clone();
+            }
+        }
     }
     Ok(body)
 }

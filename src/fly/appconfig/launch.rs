@@ -4,7 +4,7 @@
 //! group without services one machine plus a standby that takes over on host failure.
 
 use super::machine::default_guest;
-use super::{AppConfig, AppConfigError};
+use super::{AppConfig, AppConfigError, Port};
 use serde_json::{Value, json};
 
 /// What to create for one group.
@@ -36,11 +36,52 @@ impl GroupLaunch {
     }
 }
 
+/// The public addresses flyctl gives an app with services on its first deploy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PublicIps {
+    /// No service: no public address.
+    #[default]
+    None,
+    /// Only HTTP on 80 and HTTPS on 443: a dedicated IPv6 and a shared IPv4.
+    Shared,
+    /// Other ports or UDP: a dedicated IPv4 is needed, which costs money; flyctl asks, so
+    /// nixfly leaves it to `fly ips allocate-v4` and says so.
+    Dedicated,
+}
+
 impl AppConfig {
+    /// flyctl's `HasNonHttpAndHttpsStandardServices` over every service of every group.
+    pub fn public_ips(&self) -> PublicIps {
+        if self.http_service.is_none() && self.services.is_empty() {
+            return PublicIps::None;
+        }
+        let standard = |port: &Port| {
+            let handlers: Vec<&str> = port.handlers.iter().map(String::as_str).collect();
+            match (port.port, port.start_port, port.end_port) {
+                (Some(80), None, None) => handlers == ["http"],
+                (Some(443), None, None) => handlers == ["http", "tls"] || handlers == ["tls", "http"],
+                _ => false,
+            }
+        };
+        let all_standard = self
+            .services
+            .iter()
+            .all(|s| s.protocol == "tcp" && s.ports.iter().all(standard));
+        if all_standard {
+            PublicIps::Shared
+        } else {
+            PublicIps::Dedicated
+        }
+    }
+
     pub fn launch(&self, group: &str) -> Result<GroupLaunch, AppConfigError> {
         let mut config = self.machine_config(group)?;
         if config.get("guest").is_none() {
             config["guest"] = default_guest();
+        }
+        // flyctl puts a top-level host_dedication_id on every new machine, [[vm]] or not.
+        if let Some(host) = &self.host_dedication_id {
+            config["guest"]["host_dedication_id"] = host.as_str().into();
         }
         let volume = self
             .mounts

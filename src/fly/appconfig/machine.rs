@@ -10,6 +10,9 @@ use base64::Engine;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
+/// The process group flyctl gives the release-command machine.
+pub const RELEASE_COMMAND_GROUP: &str = "fly_app_release_command";
+
 /// fly-go's default size for a `[[vm]]` that names none, and for GPU machines.
 const DEFAULT_VM_SIZE: &str = "shared-cpu-1x";
 const DEFAULT_GPU_VM_SIZE: &str = "performance-8x";
@@ -113,18 +116,11 @@ impl AppConfig {
             config.insert("mounts".into(), Value::Array(mounts));
         }
 
-        if self.kill_signal.is_some() || self.kill_timeout.is_some() {
-            let mut stop = Map::new();
-            if let Some(timeout) = self.kill_timeout {
-                stop.insert("timeout".into(), format_go_duration(timeout).into());
-            }
-            if let Some(signal) = &self.kill_signal {
-                stop.insert("signal".into(), signal.as_str().into());
-            }
-            config.insert("stop_config".into(), Value::Object(stop));
+        if let Some(stop) = self.stop_config() {
+            config.insert("stop_config".into(), stop);
         }
 
-        let files = self.files_for(group)?;
+        let files = self.files(|f| self.applies_to(&f.processes, group))?;
         if !files.is_empty() {
             config.insert("files".into(), Value::Array(files));
         }
@@ -162,6 +158,75 @@ impl AppConfig {
         }
 
         Ok(Value::Object(config))
+    }
+
+    /// The temporary machine `[deploy] release_command` runs on, as flyctl's
+    /// `ToReleaseMachineConfig` builds it, without image, guest and release metadata (the
+    /// rollout's). None without a release_command.
+    pub fn release_command_config(&self) -> Result<Option<Value>, AppConfigError> {
+        let Some(command) = &self.deploy.release_command else {
+            return Ok(None);
+        };
+        // parse() refuses a command that cannot be split.
+        let mut init = Map::new();
+        init.insert(
+            "cmd".into(),
+            shell_words::split(command).unwrap_or_default().into(),
+        );
+        if let Some(entrypoint) = self
+            .experimental
+            .as_ref()
+            .map(|e| &e.entrypoint)
+            .filter(|e| !e.is_empty())
+        {
+            init.insert("entrypoint".into(), entrypoint.clone().into());
+        }
+        if let Some(swap) = self.swap_size_mb {
+            init.insert("swap_size_mb".into(), swap.into());
+        }
+        let mut env: Map<String, Value> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        env.insert("RELEASE_COMMAND".into(), "1".into());
+        env.insert("FLY_PROCESS_GROUP".into(), RELEASE_COMMAND_GROUP.into());
+        if let Some(region) = &self.primary_region {
+            env.insert("PRIMARY_REGION".into(), region.as_str().into());
+        }
+        let mut config = Map::new();
+        config.insert("init".into(), Value::Object(init));
+        config.insert("restart".into(), json!({"policy": "no"}));
+        config.insert("auto_destroy".into(), true.into());
+        config.insert("dns".into(), json!({"skip_registration": true}));
+        config.insert(
+            "metadata".into(),
+            json!({"fly_platform_version": "v2", "fly_process_group": RELEASE_COMMAND_GROUP}),
+        );
+        config.insert("env".into(), Value::Object(env));
+        if let Some(stop) = self.stop_config() {
+            config.insert("stop_config".into(), stop);
+        }
+        // flyctl hands it every [[files]] entry, whatever its processes.
+        let files = self.files(|_| true)?;
+        if !files.is_empty() {
+            config.insert("files".into(), Value::Array(files));
+        }
+        Ok(Some(Value::Object(config)))
+    }
+
+    fn stop_config(&self) -> Option<Value> {
+        if self.kill_signal.is_none() && self.kill_timeout.is_none() {
+            return None;
+        }
+        let mut stop = Map::new();
+        if let Some(timeout) = self.kill_timeout {
+            stop.insert("timeout".into(), format_go_duration(timeout).into());
+        }
+        if let Some(signal) = &self.kill_signal {
+            stop.insert("signal".into(), signal.as_str().into());
+        }
+        Some(Value::Object(stop))
     }
 
     fn init(&self, group: &str) -> Map<String, Value> {
@@ -279,9 +344,9 @@ impl AppConfig {
             .collect()
     }
 
-    fn files_for(&self, group: &str) -> Result<Vec<Value>, AppConfigError> {
+    fn files(&self, wanted: impl Fn(&FileEntry) -> bool) -> Result<Vec<Value>, AppConfigError> {
         let mut files: Vec<(String, Value)> = Vec::new();
-        for entry in self.files.iter().filter(|f| self.applies_to(&f.processes, group)) {
+        for entry in self.files.iter().filter(|f| wanted(f)) {
             let mut file = Map::new();
             file.insert("guest_path".into(), entry.guest_path.as_str().into());
             match &entry.source {

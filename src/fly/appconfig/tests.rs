@@ -372,8 +372,59 @@ fn new_groups_get_as_many_machines_as_flyctl_creates() {
         cron.config["guest"],
         json!({"cpu_kind": "shared", "cpus": 1, "memory_mb": 256})
     );
+    let (dedicated, _) = parse("host_dedication_id = \"h1\"\n").unwrap();
+    assert_eq!(
+        dedicated.launch("app").unwrap().config["guest"],
+        json!({"cpu_kind": "shared", "cpus": 1, "memory_mb": 256, "host_dedication_id": "h1"})
+    );
     let standby = launch::standby_config(&cron.config, "m1");
     assert_eq!(standby["standbys"], json!(["m1"]));
     assert_eq!(standby["env"]["FLY_STANDBY_FOR"], "m1");
     assert_eq!(standby["env"]["FLY_PROCESS_GROUP"], "cron");
+}
+
+#[test]
+fn public_ips_follow_flyctls_first_deploy() {
+    use launch::PublicIps;
+    let load = |name: &str| AppConfig::load(&fixtures().join(name)).unwrap().0;
+    assert_eq!(load("01-web-launch-default.toml").public_ips(), PublicIps::Shared);
+    assert_eq!(load("16-legacy-v1-format.toml").public_ips(), PublicIps::Shared);
+    assert_eq!(
+        load("04-tcp-udp-services.toml").public_ips(),
+        PublicIps::Dedicated
+    );
+    assert_eq!(load("19-old-spellings.toml").public_ips(), PublicIps::Shared);
+    assert_eq!(load("10-restart-policy.toml").public_ips(), PublicIps::None);
+}
+
+#[test]
+fn release_command_machine_is_built_like_flyctls() {
+    let text = "app = \"x\"\nprimary_region = \"ams\"\nswap_size_mb = 256\nkill_signal = \"SIGINT\"\n\
+        [deploy]\nrelease_command = \"bin/rails db:migrate\"\n\
+        [experimental]\nentrypoint = [\"/entry.sh\"]\ncmd = [\"ignored\"]\n\
+        [env]\nRAILS_ENV = \"production\"\n\
+        [processes]\nweb = \"./web\"\n\
+        [[files]]\nguest_path = \"/etc/a\"\nraw_value = \"a\"\nprocesses = [\"web\"]\n";
+    let (config, _) = parse(text).unwrap();
+    assert_eq!(
+        config.release_command_config().unwrap().unwrap(),
+        json!({
+            "init": {"cmd": ["bin/rails", "db:migrate"], "entrypoint": ["/entry.sh"], "swap_size_mb": 256},
+            "restart": {"policy": "no"},
+            "auto_destroy": true,
+            "dns": {"skip_registration": true},
+            "metadata": {"fly_platform_version": "v2", "fly_process_group": "fly_app_release_command"},
+            "env": {"RAILS_ENV": "production", "RELEASE_COMMAND": "1", "FLY_PROCESS_GROUP": "fly_app_release_command", "PRIMARY_REGION": "ams"},
+            "stop_config": {"signal": "SIGINT"},
+            "files": [{"guest_path": "/etc/a", "raw_value": "YQ=="}]
+        })
+    );
+    assert!(
+        parse("app = \"x\"\n")
+            .unwrap()
+            .0
+            .release_command_config()
+            .unwrap()
+            .is_none()
+    );
 }

@@ -1,0 +1,394 @@
+//! fly.toml's process groups against the app's machines: a group without machines gets new
+//! ones (on a first deploy every group is new), a group gone from fly.toml loses its machines
+//! once everything else is healthy, and every other machine gets fly.toml's config laid over
+//! its own. All of it is decided before the first request that changes anything.
+
+use super::RolloutSpec;
+use super::error::RolloutError;
+use super::plan::{ConfigChange, Fleet};
+use super::update::Ctx;
+use crate::fly::appconfig::apply::{VolumeChange, apply, diff};
+use crate::fly::appconfig::launch::{GroupLaunch, PublicIps, VolumeNeed, standby_config};
+use crate::fly::appconfig::{AppConfig, AppConfigError};
+use crate::fly::types::Machine;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("translating fly.toml for process group {group}")]
+    Translate {
+        group: String,
+        #[source]
+        source: AppConfigError,
+    },
+    #[error("machine {machine} (process group {group})")]
+    Volume {
+        machine: String,
+        group: String,
+        #[source]
+        source: VolumeChange,
+    },
+    #[error("new machines for process group(s) {groups} need a region: set primary_region in fly.toml")]
+    NoRegion { groups: String },
+    #[error(
+        "fly.toml no longer has process group(s) {groups}, so their {count} machine(s) ({machines}) \
+         would be destroyed: pass --destroy-removed-groups to destroy them once the new config is \
+         deployed and healthy, or put the group(s) back in [processes]"
+    )]
+    RemovalNotConfirmed {
+        groups: String,
+        count: usize,
+        machines: String,
+    },
+}
+
+/// What this deploy does to process groups besides updating machines.
+#[derive(Debug, Default)]
+pub struct GroupPlan {
+    /// Groups in fly.toml with no machine yet, by name.
+    pub launches: Vec<GroupLaunch>,
+    /// Groups with machines but gone from fly.toml.
+    pub removed: BTreeMap<String, Vec<Machine>>,
+    /// Where new machines go: fly.toml's primary_region.
+    pub region: String,
+    /// Addresses to allocate: only on the app's first deploy, as flyctl does.
+    pub public_ips: PublicIps,
+    app: String,
+    /// Machines this deploy created, with their group, for rollback.
+    created: Mutex<Vec<(String, String)>>,
+}
+
+impl GroupPlan {
+    /// Compare fly.toml with the fleet. Removed groups are taken out of `fleet` (their machines
+    /// are not updated, only destroyed at the end, and only if `confirm` says so). Returns
+    /// fly.toml's config for every group, which `ConfigChange` lays over each machine.
+    pub fn new(
+        config: &AppConfig,
+        fleet: &mut Fleet,
+        spec: &RolloutSpec,
+        first_deploy: bool,
+        confirm: impl FnOnce(&BTreeMap<String, Vec<Machine>>) -> bool,
+    ) -> Result<(GroupPlan, BTreeMap<String, Value>), GroupError> {
+        let groups = config.process_groups();
+        let mut translated = BTreeMap::new();
+        for group in &groups {
+            let machine_config = config
+                .machine_config(group)
+                .map_err(|source| GroupError::Translate {
+                    group: group.clone(),
+                    source,
+                })?;
+            translated.insert(group.clone(), machine_config);
+        }
+        let removed: BTreeMap<String, Vec<Machine>> = fleet
+            .groups
+            .keys()
+            .filter(|g| !groups.contains(g))
+            .cloned()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter_map(|g| fleet.groups.remove_entry(&g))
+            .collect();
+        if !removed.is_empty() && !confirm(&removed) {
+            let machines: Vec<&str> = removed.values().flatten().map(|m| m.id.as_str()).collect();
+            return Err(GroupError::RemovalNotConfirmed {
+                groups: removed.keys().cloned().collect::<Vec<_>>().join(", "),
+                count: machines.len(),
+                machines: machines.join(", "),
+            });
+        }
+        for (group, machines) in &fleet.groups {
+            for machine in machines {
+                apply(&translated[group], &machine.config).map_err(|source| GroupError::Volume {
+                    machine: machine.id.clone(),
+                    group: group.clone(),
+                    source,
+                })?;
+            }
+        }
+        let mut launches = Vec::new();
+        for group in groups.iter().filter(|g| !fleet.groups.contains_key(*g)) {
+            launches.push(config.launch(group).map_err(|source| GroupError::Translate {
+                group: group.clone(),
+                source,
+            })?);
+        }
+        let region = match (&spec.primary_region, launches.is_empty()) {
+            (Some(region), _) => region.clone(),
+            (None, true) => String::new(),
+            (None, false) => {
+                return Err(GroupError::NoRegion {
+                    groups: launches
+                        .iter()
+                        .map(|l| l.group.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        };
+        let plan = GroupPlan {
+            launches,
+            removed,
+            region,
+            public_ips: if first_deploy {
+                config.public_ips()
+            } else {
+                PublicIps::None
+            },
+            app: spec.app.clone(),
+            created: Mutex::new(Vec::new()),
+        };
+        Ok((plan, translated))
+    }
+
+    /// The plan's lines: new groups, removed groups, and per group the config changes fly.toml
+    /// makes on the machines (env is listed per machine by the rollout plan).
+    pub fn describe(&self, fleet: &Fleet, change: &ConfigChange) -> Vec<String> {
+        let mut lines = Vec::new();
+        match self.public_ips {
+            PublicIps::None => {}
+            PublicIps::Shared => lines.push(
+                "first deploy: a dedicated IPv6 and a shared IPv4 address, unless the app has some"
+                    .to_string(),
+            ),
+            PublicIps::Dedicated => lines.push(format!(
+                "first deploy: services beyond HTTP/HTTPS need a dedicated IPv4, which nixfly does \
+                 not buy: run `fly ips allocate-v4 -a {}`",
+                self.app
+            )),
+        }
+        for launch in &self.launches {
+            let guest = &launch.config["guest"];
+            lines.push(format!(
+                "process group {}: no machines yet: {} new machine(s){} in {} ({} cpu x{}, {} MB){}",
+                launch.group,
+                launch.count,
+                if launch.standby { " and 1 standby" } else { "" },
+                self.region,
+                guest["cpu_kind"].as_str().unwrap_or("shared"),
+                guest["cpus"],
+                guest["memory_mb"],
+                launch
+                    .volume
+                    .as_ref()
+                    .map(|v| format!(
+                        ", volume {} (an unattached one, else a new {} GB one)",
+                        v.name, v.size_gb
+                    ))
+                    .unwrap_or_default()
+            ));
+        }
+        for (group, machines) in &self.removed {
+            lines.push(format!(
+                "process group {group}: gone from fly.toml: machines {} destroyed once the rest is deployed and healthy",
+                machines.iter().map(|m| m.id.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        for (group, machines) in &fleet.groups {
+            // Machines of a group usually change alike: one block per distinct change list.
+            let mut blocks: Vec<(Vec<String>, Vec<&str>)> = Vec::new();
+            for machine in machines {
+                let changes: Vec<String> = diff(&machine.config, &change.apply(&machine.config))
+                    .into_iter()
+                    .filter(|c| c.path != "env" && !c.path.starts_with("env."))
+                    .map(|c| format!("    {c}"))
+                    .collect();
+                if changes.is_empty() {
+                    continue;
+                }
+                match blocks.iter_mut().find(|(c, _)| *c == changes) {
+                    Some((_, ids)) => ids.push(&machine.id),
+                    None => blocks.push((changes, vec![&machine.id])),
+                }
+            }
+            for (changes, ids) in blocks {
+                lines.push(format!(
+                    "process group {group}: fly.toml changes the config of {}:",
+                    ids.join(", ")
+                ));
+                lines.extend(changes);
+            }
+        }
+        lines
+    }
+
+    /// Create the machines of every new group, each started and health-checked like an
+    /// update; a standby is created stopped. Everything created is remembered for rollback.
+    pub async fn create(&self, ctx: &Ctx) -> Result<(), RolloutError> {
+        self.provision_ips(ctx).await;
+        for launch in &self.launches {
+            ctx.mark_changing();
+            let mut config = ctx.change.apply(&launch.config);
+            if let Some(need) = &launch.volume {
+                let volume = self.volume_for(ctx, need).await?;
+                config["mounts"][0]["volume"] = json!(volume);
+            }
+            let mut first = None;
+            for _ in 0..launch.count {
+                let machine = self.create_one(ctx, &launch.group, &config, true).await?;
+                first.get_or_insert(machine);
+            }
+            if let (true, Some(first)) = (launch.standby, first) {
+                let standby = standby_config(&config, &first.id);
+                self.create_one(ctx, &launch.group, &standby, false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_one(
+        &self,
+        ctx: &Ctx,
+        group: &str,
+        config: &Value,
+        launch: bool,
+    ) -> Result<Machine, RolloutError> {
+        let body = json!({
+            "config": config,
+            "region": self.region,
+            "skip_launch": !launch,
+            "skip_secrets": false,
+        });
+        let result = ctx.create_and_check(body, group, launch).await;
+        let created = match &result {
+            Ok(machine) => Some(machine),
+            Err((machine, _)) => machine.as_ref(),
+        };
+        if let Some(machine) = created {
+            self.created
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((machine.id.clone(), group.to_string()));
+        }
+        match result {
+            Ok(machine) => {
+                let status = if launch { "created" } else { "created (standby)" };
+                ctx.done(&machine.id, group, status, true);
+                Ok(machine)
+            }
+            Err((_, err)) => Err(err),
+        }
+    }
+
+    /// flyctl's first-deploy addresses. A failure is a warning, as in flyctl: the machines
+    /// work, only public traffic waits for `fly ips allocate-*`.
+    async fn provision_ips(&self, ctx: &Ctx) {
+        if self.public_ips != PublicIps::Shared {
+            return;
+        }
+        let allocated = async {
+            if !ctx.api.list_ips().await?.is_empty() {
+                return Ok(Vec::new());
+            }
+            let v6 = ctx.api.assign_ip("v6").await?;
+            let v4 = ctx.api.assign_ip("shared_v4").await?;
+            Ok::<_, crate::fly::api::ApiError>(vec![
+                format!("dedicated IPv6 {v6}"),
+                format!("shared IPv4 {v4}"),
+            ])
+        }
+        .await;
+        match allocated {
+            Ok(ips) if ips.is_empty() => {}
+            Ok(ips) => ctx
+                .reporter
+                .info(format!("app {}: allocated {}", ctx.spec.app, ips.join(" and "))),
+            Err(err) => ctx.reporter.warn(format!(
+                "cannot allocate public IP addresses for app {} ({err}); allocate them with \
+                 `fly ips allocate-v6` and `fly ips allocate-v4 --shared`",
+                ctx.spec.app
+            )),
+        }
+    }
+
+    /// An unattached volume of that name in the region, else a new one (flyctl makes them on
+    /// a first deploy).
+    async fn volume_for(&self, ctx: &Ctx, need: &VolumeNeed) -> Result<String, RolloutError> {
+        let app_error = |action, source| RolloutError::AppApi {
+            action,
+            app: ctx.spec.app.clone(),
+            source: Box::new(source),
+        };
+        let volumes = ctx
+            .api
+            .list_volumes()
+            .await
+            .map_err(|e| app_error("listing the volumes", e))?;
+        if let Some(free) = volumes.iter().find(|v| {
+            v.name == need.name
+                && v.region == self.region
+                && v.attached_machine_id.as_deref().is_none_or(str::is_empty)
+                && v.state == "created"
+        }) {
+            return Ok(free.id.clone());
+        }
+        ctx.reporter.info(format!(
+            "creating volume {} ({} GB) in {}",
+            need.name, need.size_gb, self.region
+        ));
+        let volume = ctx
+            .api
+            .create_volume(&need.name, &self.region, need.size_gb)
+            .await
+            .map_err(|e| app_error("creating a volume", e))?;
+        Ok(volume.id)
+    }
+
+    pub fn created_count(&self) -> usize {
+        self.created.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Destroy the machines of groups gone from fly.toml, under their leases.
+    pub async fn destroy_removed(&self, ctx: &Ctx) -> Result<(), RolloutError> {
+        for (group, machines) in &self.removed {
+            for machine in machines {
+                ctx.mark_changing();
+                ctx.leases
+                    .acquire(&machine.id, group, ctx.spec.lease_wait, &ctx.reporter)
+                    .await?;
+                ctx.destroy(&machine.id, group).await?;
+                ctx.done(&machine.id, group, "destroyed (group gone from fly.toml)", true);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rollback of the new groups: destroy every machine this deploy created.
+    pub async fn destroy_created(&self, ctx: &Ctx) -> (usize, Vec<RolloutError>) {
+        let created = std::mem::take(&mut *self.created.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut destroyed = 0;
+        let mut failures = Vec::new();
+        for (id, group) in created.iter().rev() {
+            match ctx.destroy(id, group).await {
+                Ok(()) => {
+                    ctx.done(id, group, "destroyed (rolled back)", false);
+                    destroyed += 1;
+                }
+                Err(err) => failures.push(err),
+            }
+        }
+        (destroyed, failures)
+    }
+}
+
+/// On a terminal, ask before destroying the machines of removed groups; elsewhere only
+/// `--destroy-removed-groups` says yes.
+pub fn confirm_removal(removed: &BTreeMap<String, Vec<Machine>>) -> bool {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return false;
+    }
+    let count: usize = removed.values().map(Vec::len).sum();
+    let names: Vec<&str> = removed.keys().map(String::as_str).collect();
+    eprint!(
+        "fly.toml no longer has process group(s) {}: destroy their {count} machine(s) once the \
+         deploy is healthy? [y/N] ",
+        names.join(", ")
+    );
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).is_ok()
+        && matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
