@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use support::nix::Nix;
 use support::{TestDir, assert_success, run};
 
-/// An image of a small app that reads a data file, as mkFlyDeploy would build it, and its plan.
-/// `greeting` goes into a store path of its own, so changing it changes that layer (and the
-/// app and customisation layers that refer to it) but not the others.
-fn plan_expr(greeting: &str) -> String {
+/// The stand-in, nixfly's Nix library, the nixfly under test as a package, and a small app that
+/// reads a data file. `greeting` goes into a store path of its own, so changing it changes that
+/// layer (and the app and customisation layers that refer to it) but not the others.
+fn with_app(greeting: &str, body: &str) -> String {
     let root = env!("CARGO_MANIFEST_DIR");
     let bin = env!("CARGO_BIN_EXE_nixfly");
     format!(
@@ -27,12 +27,22 @@ fn plan_expr(greeting: &str) -> String {
                name = "web";
                text = "cat ${{greeting}}; wc -l ${{data}}/share/numbers";
              }};
-             image = pkgs.dockerTools.streamLayeredImage {{
+           in {body}"#
+    )
+}
+
+/// The image mkFlyDeploy would build for the app, and its plan.
+fn plan_expr(greeting: &str) -> String {
+    with_app(
+        greeting,
+        r#"lib.mkLayerPlan {
+             inherit pkgs nixfly;
+             image = pkgs.dockerTools.streamLayeredImage {
                name = "demo";
                contents = [ app ];
                config.Cmd = [ "/bin/web" ];
-             }};
-           in lib.mkLayerPlan {{ inherit pkgs image nixfly; }}"#
+             };
+           }"#,
     )
 }
 
@@ -134,4 +144,46 @@ fn a_base_image_is_refused_at_evaluation() {
         stderr.contains("fromImage") && stderr.contains("layering = \"stream\""),
         "{stderr}"
     );
+}
+
+#[test]
+fn mk_fly_deploy_with_plan_layering_deploys_the_plan() {
+    let Some(nix) = Nix::get() else { return };
+    let t = TestDir::new();
+    let deploy = |layering: &str| {
+        with_app(
+            "hello",
+            &format!(
+                r#"lib.mkFlyDeploy {{
+                     inherit pkgs nixfly;
+                     app = "demo";
+                     package = app;
+                     layering = {layering};
+                   }}"#
+            ),
+        )
+    };
+    let wrapper = build(nix, &t, &deploy(r#""plan""#), "deploy");
+    let image = eval_json(nix, &format!("({}).image.outPath", deploy(r#""plan""#)));
+    let image = image.as_str().unwrap();
+    let script = std::fs::read_to_string(wrapper.join("bin/deploy-demo")).unwrap();
+    assert!(script.contains(&format!("'deploy' '{image}'")), "{script}");
+    let plan = read_json(Path::new(image));
+    assert_eq!(plan["kind"], "nixfly-layer-plan");
+    let config: Value = serde_json::from_str(plan["config"].as_str().unwrap()).unwrap();
+    assert!(
+        config["config"]["Entrypoint"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("/bin/web")
+    );
+
+    let out = run(nix.command(&["eval"]).args([
+        "--raw",
+        "--expr",
+        &format!("({}).drvPath", deploy(r#""planned""#)),
+    ]));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("attribute `layering` must be"), "{stderr}");
 }
