@@ -4,6 +4,7 @@ let
   self = {
     mkFlyDeploy = import ./mkFlyDeploy.nix { lib = self; };
     mkStreamImage = import ./mkStreamImage.nix;
+    mkLayerPlan = import ./mkLayerPlan.nix { lib = self; };
     checkArgs = import ./checkArgs.nix;
     shellEscape = import ./shellEscape.nix;
   };

@@ -61,6 +61,11 @@ let
       check = v: isAttrs v && !(v ? Entrypoint);
       default = { };
     };
+    layering = {
+      type = ''"stream" (a streamLayeredImage script, run at push time) or "plan" (per-layer digests recorded at build time, docs/layer-plan.md)'';
+      check = v: v == "stream" || v == "plan";
+      default = "stream";
+    };
     maxLayers = {
       type = "an integer between 2 and 125";
       check = v: isInt v && v >= 2 && v <= 125;
@@ -138,7 +143,17 @@ let
   ];
   conflicting = builtins.filter (name: args ? ${name}) imageOnly;
 
+  # With layering = "plan", what is pushed is the plan of this same image (same layers).
   image =
+    if a.layering == "plan" then
+      lib.mkLayerPlan {
+        inherit pkgs nixfly;
+        image = streamImage;
+      }
+    else
+      streamImage;
+
+  streamImage =
     if a.image != null then
       if conflicting != [ ] then
         throw "mkFlyDeploy: `image` is a ready image, so `${builtins.head conflicting}` cannot be used with it; give either `image` or what to put in one (`package`, `entrypoint`, ...)"

@@ -37,9 +37,14 @@ let
       tag = if a.tag or null == null then "latest" else a.tag;
       configJson = writeText "${a.name}-config.json" (builtins.toJSON config);
 
+      # As in nixpkgs: the layer's tar and its sha256, made at build time.
       customisationLayer = runCommand "${a.name}-customisation-layer" { inherit contents; } ''
-        mkdir -p "$out"
-        for c in $contents; do cp -rsf "$c/." "$out/"; done
+        mkdir -p "$out" root
+        for c in $contents; do cp -rsf "$c/." root/; done
+        (cd root && find . -mindepth 1 -maxdepth 1 -printf '%P\n') > top-level
+        tar --format=gnu --sort=name --mtime=@1 --owner=0 --group=0 --numeric-owner \
+          -cf "$out/layer.tar" -C root -T top-level
+        sha256sum "$out/layer.tar" | cut -d' ' -f1 > "$out/checksum"
       '';
 
       # One line per layer, its store paths separated by spaces.
@@ -67,12 +72,25 @@ let
               END { if (rest) print rest }' > "$out"
           '';
 
-      conf = runCommand "${a.name}-conf.json" { inherit layers customisationLayer created; } ''
-        awk -v cl="$customisationLayer" -v created="$created" 'BEGIN { printf "{\"store_layers\":[" }
-          { printf "%s[", (NR > 1 ? "," : ""); for (i = 1; i <= NF; i++) printf "%s\"%s\"", (i > 1 ? "," : ""), $i; printf "]" }
-          END { printf "],\"customisation_layer\":\"%s\",\"created\":\"%s\",\"mtime\":\"%s\",\"uid\":0,\"gid\":0}\n", cl, created, created }' \
-          "$layers" > "$out"
-      '';
+      # The keys nixpkgs' conf has (uid and gid are strings there too: jq --arg).
+      conf =
+        runCommand "${a.name}-conf.json"
+          {
+            inherit layers customisationLayer created configJson;
+            architecture = goArch;
+            repoTag = "${a.name}:${tag}";
+          }
+          ''
+            {
+              printf '{"architecture":"%s","config":' "$architecture"
+              cat "$configJson"
+              printf ',"os":"linux","store_dir":"/nix/store","from_image":null,"store_layers":['
+              awk '{ printf "%s[", (NR > 1 ? "," : ""); for (i = 1; i <= NF; i++) printf "%s\"%s\"", (i > 1 ? "," : ""), $i; printf "]" }' "$layers"
+              printf '],"customisation_layer":"%s","repo_tag":"%s","created":"%s","mtime":"%s",' \
+                "$customisationLayer" "$repoTag" "$created" "$created"
+              printf '"uid":"0","gid":"0","uname":"root","gname":"root"}\n'
+            } > "$out"
+          '';
 
       script =
         runCommand "stream-${a.name}"

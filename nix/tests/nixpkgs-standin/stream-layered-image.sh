@@ -38,8 +38,7 @@ while read -r -a paths; do
   add_layer "$work/layer.tar" "store paths: ${paths[*]}"
 done < '@layers@'
 
-(cd '@customisationLayer@' && find . -mindepth 1 -maxdepth 1 -printf '%P\n') > "$work/top-level"
-"${tar_fixed[@]}" -cf "$work/layer.tar" -C '@customisationLayer@' -T "$work/top-level"
+cp '@customisationLayer@/layer.tar' "$work/layer.tar"
 add_layer "$work/layer.tar" "customisation layer"
 
 join() { local IFS=,; echo "$*"; }

@@ -1,0 +1,89 @@
+# mkLayerPlan { pkgs, image, nixfly, compression ? null, level ? null }: the layer plan of a
+# dockerTools.streamLayeredImage image (schema: docs/layer-plan.md). Nix builds no image
+# tarball: one small derivation per layer records the layer's diff_id and the digest and size
+# of its compressed blob, and `nixfly push` of the plan reads nothing for the layers the
+# registry already has.
+#
+# Layers are grouped as nixpkgs groups them (`store_layers` of the image's `passthru.conf`).
+# That grouping is only known once the conf is built, so it is read at evaluation time
+# (import from derivation). Each layer derivation depends only on its store paths, the file
+# ownership settings and nixfly: an unchanged layer is never rebuilt, and a binary cache can
+# serve it.
+{ lib }:
+{
+  pkgs,
+  image,
+  nixfly,
+  # What the digests are pinned for; `nixfly push` must compress the same way (null: nixfly's
+  # defaults on both sides).
+  compression ? null,
+  level ? null,
+}:
+let
+  confFile =
+    image.passthru.conf or image.conf or (throw
+      "mkLayerPlan: the image has no passthru.conf; a layer plan needs a dockerTools.streamLayeredImage image"
+    );
+  confText = builtins.readFile confFile;
+  conf = builtins.fromJSON (builtins.unsafeDiscardStringContext confText);
+  # fromJSON drops the context readFile gave the conf's store paths; each path gets its own
+  # back, so that a layer derivation depends on exactly its paths.
+  storePath = path: builtins.appendContext path { ${path}.path = true; };
+
+  checkedConf =
+    if conf.from_image or null != null then
+      throw "mkLayerPlan: the image is built on fromImage (${conf.from_image}), which layer plans do not support yet; use layering = \"stream\""
+    else
+      conf;
+
+  args = map lib.shellEscape;
+  compressionFlags =
+    (if compression != null then [ "--compression" compression ] else [ ])
+    ++ (if level != null then [ "--level" (toString level) ] else [ ]);
+  ownershipFlags = [
+    "--mtime"
+    (checkedConf.mtime or checkedConf.created)
+    "--uid"
+    (toString checkedConf.uid)
+    "--gid"
+    (toString checkedConf.gid)
+    "--uname"
+    (checkedConf.uname or "root")
+    "--gname"
+    (checkedConf.gname or "root")
+  ];
+
+  recordName = path: "nixfly-layer-${builtins.unsafeDiscardStringContext (baseNameOf path)}.json";
+
+  storeLayer =
+    paths:
+    pkgs.runCommand (recordName (builtins.head paths))
+      {
+        storePaths = builtins.concatStringsSep "\n" (map storePath paths) + "\n";
+        passAsFile = [ "storePaths" ];
+      }
+      ''
+        ${lib.shellEscape "${nixfly}/bin/nixfly"} layer build --paths-from "$storePathsPath" \
+          ${toString (args (ownershipFlags ++ compressionFlags))} --out "$out"
+      '';
+
+  customisationLayer = pkgs.runCommand (recordName checkedConf.customisation_layer) { } ''
+    ${lib.shellEscape "${nixfly}/bin/nixfly"} layer build \
+      --tar ${lib.shellEscape "${storePath checkedConf.customisation_layer}/layer.tar"} \
+      ${toString (args compressionFlags)} --out "$out"
+  '';
+
+  layers = map storeLayer checkedConf.store_layers ++ [ customisationLayer ];
+in
+pkgs.runCommand "${image.imageName or "image"}-layer-plan.json"
+  {
+    passthru = {
+      inherit layers;
+      conf = confFile;
+      streamImage = image;
+    };
+  }
+  ''
+    ${lib.shellEscape "${nixfly}/bin/nixfly"} layer plan --conf ${lib.shellEscape "${confFile}"} \
+      ${toString (map (layer: "--layer ${layer}") layers)} --out "$out"
+  ''
