@@ -153,11 +153,6 @@ impl Machine {
         !matches!(self.state.as_str(), "started" | "starting" | "failed") || self.is_standby()
     }
 
-    /// How many health checks the config defines: top-level `checks` plus every service's checks.
-    pub fn expected_check_count(&self) -> usize {
-        config_check_count(&self.config)
-    }
-
     /// The newest `exit` event (events come newest first).
     pub fn latest_exit(&self) -> Option<ExitInfo> {
         self.events.iter().find_map(MachineEvent::exit_info)
@@ -291,11 +286,11 @@ mod tests {
 
     #[test]
     fn checks_are_counted_across_top_level_and_services() {
-        let m = machine(json!({"id": "m", "config": {
+        let config = json!({
             "checks": {"a": {"type": "tcp"}, "b": {"type": "http"}},
             "services": [{"checks": [{"type": "tcp"}]}, {"internal_port": 8080}]
-        }}));
-        assert_eq!(m.expected_check_count(), 3);
+        });
+        assert_eq!(config_check_count(&config), 3);
         assert_eq!(config_check_count(&json!({})), 0);
     }
 
