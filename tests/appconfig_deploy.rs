@@ -420,3 +420,21 @@ fn bluegreen_counts_the_checks_fly_toml_adds() {
     }
     assert_no_violations(&fly);
 }
+
+#[test]
+fn unknown_keys_are_warned_about_and_the_deploy_goes_on() {
+    let t = TestDir::new();
+    let fly = deployed_web_app(&t);
+    write_fly_toml(
+        &t,
+        &WEB_V1.replace("force_https = true", "force_https = true\n  forse_https = true"),
+    );
+    let out = run_rollout(&fly, &t, &image(2), &[]);
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("fly.toml:11: [http_service] forse_https: unknown key, ignored"),
+        "{err}"
+    );
+    assert!(group_machines(&fly, "app").iter().all(|m| m.image() == image(2)));
+}
