@@ -186,3 +186,33 @@ fn a_hundred_machines_roll_with_parallelism_bounded_by_max_unavailable() {
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
+
+#[test]
+fn leases_are_refreshed_while_a_slow_rollout_runs() {
+    let fly = FlyApi::with_options(Options {
+        timing: Timing {
+            // 2 s of real time for checks: longer than the 1 s lease.
+            checks: std::time::Duration::from_secs(40),
+            ..Timing::default()
+        },
+        ..Options::default()
+    });
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1));
+    let t = TestDir::new();
+    let new = image(20);
+
+    let out = run_rollout(&fly, &t, &new, &["--lease-ttl", "1s", "--max-unavailable", "1"]);
+    assert_success(&out);
+    for id in &ids {
+        assert_eq!(fly.machine(id).image(), new);
+    }
+    let refreshes = fly
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/lease") && r.lease_nonce.is_some())
+        .count();
+    assert!(refreshes >= 4, "only {refreshes} lease refreshes");
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}

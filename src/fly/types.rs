@@ -47,8 +47,6 @@ pub struct Volume {
 pub struct Machine {
     pub id: String,
     #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
     pub state: String,
     #[serde(default)]
     pub region: Option<String>,
@@ -60,8 +58,6 @@ pub struct Machine {
     pub checks: Vec<CheckStatus>,
     #[serde(default)]
     pub events: Vec<MachineEvent>,
-    #[serde(default)]
-    pub nonce: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -80,8 +76,6 @@ pub struct MachineEvent {
     pub kind: String,
     #[serde(default)]
     pub status: Option<String>,
-    #[serde(default)]
-    pub timestamp: Option<i64>,
     #[serde(default)]
     pub request: Value,
 }
@@ -187,8 +181,6 @@ pub struct Lease {
     pub expires_at: Option<i64>,
     #[serde(default)]
     pub owner: Option<String>,
-    #[serde(default)]
-    pub description: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -204,14 +196,6 @@ impl LeaseResponse {
             LeaseResponse::Wrapped { data } | LeaseResponse::Flat(data) => data,
         }
     }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct WaitResponse {
-    #[serde(default)]
-    pub ok: Option<bool>,
-    #[serde(default)]
-    pub state: Option<String>,
 }
 
 /// A release record on the platform API.
