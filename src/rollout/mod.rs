@@ -105,8 +105,13 @@ pub async fn run(
     let mut plan = describe(&spec, &fleet, &change, platform.is_some());
     plan.extend(groups.describe(&fleet, &change));
     if spec.plan_only {
-        for line in &plan {
-            reporter.result(line);
+        for line in plan {
+            // The plan is the command's result: stdout, or info events in JSON mode.
+            if reporter.is_json() {
+                reporter.info(line);
+            } else {
+                reporter.result(&line);
+            }
         }
         return Ok(());
     }
