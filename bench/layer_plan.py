@@ -13,7 +13,7 @@ Rows, each on a local docker-registry, medians of several runs:
                    edited), fresh runner: wall time and bytes uploaded, against the time
                    `nixfly layer build` takes to tar and compress that layer alone
 
-    bench/layer_plan.py [--runs N] [--dirs DIR ...] [--changed INDEX]
+    bench/layer_plan.py [--runs N] [--dirs DIR ...] [--changed INDEX] [--no-build]
 """
 
 import argparse
@@ -79,16 +79,16 @@ def make_plan(nixfly, work, layer_dirs, custom_dir):
 
 
 def files_opened_under(nixfly_argv, env, dirs, trace_file):
-    """Run once under strace; how many files under `dirs` it opened (0 = no layer byte read)."""
+    """Run once under strace; the files under `dirs` it opened (none = no layer byte read)."""
     subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat", "-o", trace_file, *nixfly_argv],
                    env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     prefixes = tuple(f'"{d}/' for d in dirs) + tuple(f'"{d}"' for d in dirs)
-    opened = 0
+    opened = []
     for line in open(trace_file):
         if "openat(" in line and "= -1" not in line:
             path = line.split(", ", 2)[1]
             if path.startswith(prefixes):
-                opened += 1
+                opened.append(path.strip('"'))
     return opened
 
 
@@ -97,10 +97,12 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dirs", nargs="+", default=DEFAULT_DIRS)
     parser.add_argument("--changed", type=int, default=3, help="index of the layer to change")
+    parser.add_argument("--no-build", action="store_true", help="use target/release as it is")
     args = parser.parse_args()
 
-    subprocess.run(["cargo", "build", "--release", "--bin", "nixfly", "--example", "bench_image"],
-                   cwd=ROOT, check=True)
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--bin", "nixfly", "--example", "bench_image"],
+                       cwd=ROOT, check=True)
     nixfly = str(ROOT / "target/release/nixfly")
     work = Path(tempfile.mkdtemp(prefix="nixfly-bench-plan-"))
     registry = Registry(work)
@@ -180,8 +182,10 @@ def main():
     print("| push | wall time | vs skopeo cold | uploaded | layer files opened |")
     print("|---|---:|---:|---:|---:|")
     for name, m in med.items():
-        files = f"{statistics.median(opened):.0f}" if name == "plan unchanged" else ""
+        files = f"{statistics.median(len(o) for o in opened):.0f}" if name == "plan unchanged" else ""
         print(f"| {name} | {m['time']:.2f} s | {m['time'] / skopeo:.2f}x | {m['bytes'] / 1e6:.2f} MB | {files} |")
+    print(f"\nFiles under layer directories opened by the unchanged push: {sorted(set(sum(opened, [])))} "
+          "(files the process itself needs, e.g. the dynamic loader's /etc/ld.so.cache when /etc is a layer; no layer tar is made).")
     print(f"\nChanged layer: {changed_layer['size'] / 1e6:.0f} MB uncompressed, "
           f"{changed_layer['compressed_size'] / 1e6:.1f} MB blob; tar + compress alone "
           f"(nixfly layer build) {compress_one:.2f} s; target for the push: <= {compress_one + 1:.2f} s.")
