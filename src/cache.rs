@@ -193,7 +193,7 @@ impl Cache {
 }
 
 fn digest_hex(digest: &str) -> Option<&str> {
-    crate::image::docker_archive::is_sha256(digest).then(|| &digest["sha256:".len()..])
+    crate::registry::reference::is_sha256_digest(digest).then(|| &digest["sha256:".len()..])
 }
 
 #[cfg(test)]

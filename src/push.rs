@@ -416,7 +416,8 @@ impl<S: BlobStore> Pusher<S> {
         self.cache
             .record_location(&self.plan.registry, &blob.digest, &self.plan.repository);
         if blob.algorithm == self.plan.compression.algorithm {
-            // A stored blob of another level would also do, but only ours is reproducible.
+            // Any blob of this algorithm serves this diff_id (a stored one may be of another
+            // level): remembering it lets the next push find it with one HEAD.
             self.cache.record_compressed(
                 diff_id,
                 &self.plan.compression,

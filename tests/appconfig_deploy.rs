@@ -396,3 +396,45 @@ fn the_release_command_machine_gets_fly_tomls_entrypoint_and_files() {
     assert_eq!(config["image"], image(2));
     assert_no_violations(&fly);
 }
+
+#[test]
+fn bluegreen_counts_the_checks_fly_toml_adds() {
+    let t = TestDir::new();
+    let fly = deployed_web_app(&t);
+    let blues: Vec<String> = group_machines(&fly, "app").into_iter().map(|m| m.id).collect();
+    // The machines have no check yet; fly.toml gives them one, which bluegreen can wait for.
+    write_fly_toml(
+        &t,
+        &(WEB_V1.to_string()
+            + "\n[[http_service.checks]]\n  path = \"/up\"\n  interval = \"5s\"\n  timeout = \"1s\"\n\
+               \n[deploy]\n  strategy = \"bluegreen\"\n"),
+    );
+    let out = run_rollout(&fly, &t, &image(2), &[]);
+    assert_success(&out);
+    let greens = group_machines(&fly, "app");
+    assert_eq!(greens.len(), 2);
+    for green in &greens {
+        assert!(!blues.contains(&green.id), "blue {} survived", green.id);
+        assert_eq!(green.image(), image(2));
+        assert_eq!(green.config["services"][0]["checks"][0]["path"], "/up");
+    }
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn unknown_keys_are_warned_about_and_the_deploy_goes_on() {
+    let t = TestDir::new();
+    let fly = deployed_web_app(&t);
+    write_fly_toml(
+        &t,
+        &WEB_V1.replace("force_https = true", "force_https = true\n  forse_https = true"),
+    );
+    let out = run_rollout(&fly, &t, &image(2), &[]);
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("fly.toml:11: [http_service] forse_https: unknown key, ignored"),
+        "{err}"
+    );
+    assert!(group_machines(&fly, "app").iter().all(|m| m.image() == image(2)));
+}

@@ -359,6 +359,12 @@ async fn leases_conflict_refresh_release_and_expire() {
             .unwrap_or_default()
             .contains("lease currently held by deployer@example.com")
     );
+    let message = conflict["error"].as_str().unwrap_or_default();
+    let expiry = message.rsplit(' ').next().unwrap_or_default();
+    assert!(
+        expiry.len() == 20 && expiry.starts_with("20") && expiry.ends_with('Z'),
+        "expiry shown as an RFC 3339 time: {message}"
+    );
     let (status, _) = api
         .call("POST", &lease_path, Some(json!({"ttl": 30})), Some("wrong"))
         .await;

@@ -110,7 +110,7 @@ fn oci_layout_pushes_its_stored_blobs_unchanged() {
     let registry = Registry::start(AuthMode::htpasswd());
     let t = TestDir::new();
     let layout = t.join("layout");
-    let written = images::write_oci_layout(&layout, &images::small_layers()).unwrap();
+    let written = images::write_oci_layout(&layout, &images::small_layers(), false).unwrap();
     let out = push(
         &t,
         &registry,
@@ -219,4 +219,21 @@ fn default_tag_is_a_deployment_ulid() {
     let ulid = tag.strip_prefix("deployment-").expect("deployment- tag");
     assert_eq!(ulid.len(), 26, "{tag}");
     assert!(!registry.skopeo_inspect_fails(&format!("{}/app:{tag}", registry.host())));
+}
+
+#[test]
+fn zstd_oci_layout_is_recompressed_for_a_docker_manifest() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let layout = t.join("layout");
+    let written = images::write_oci_layout(&layout, &images::small_layers(), true).unwrap();
+    let out = push(&t, &registry, layout.to_str().unwrap(), "layout", "v1", &[]);
+    let reference = pushed_reference(&out, &registry.host(), "layout");
+    let back = assert_same_image(&registry, &reference, &written);
+    for layer in back.manifest["layers"].as_array().unwrap() {
+        assert_eq!(
+            layer["mediaType"],
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        );
+    }
 }

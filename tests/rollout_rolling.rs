@@ -148,6 +148,9 @@ fn plan_sends_no_mutating_request() {
         &format!("{} (iad, stopped): stays stopped", worker[0]),
         "env +LOG",
         &new,
+        // fly.toml has no [checks]: like flyctl, the deploy drops them, and the plan says so.
+        &format!("process group app: fly.toml changes the config of {}", web[0]),
+        "- checks.http-0.type",
     ] {
         assert!(plan.contains(needle), "plan lacks {needle:?}:\n{plan}");
     }
@@ -183,6 +186,36 @@ fn a_hundred_machines_roll_with_parallelism_bounded_by_max_unavailable() {
     assert!(concurrent <= 5, "{concurrent} machines updating at once");
     assert!(concurrent >= 3, "only {concurrent} at once: the pool is not used");
     assert_eq!(updated_ids(&fly.requests()).len(), 100);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn leases_are_refreshed_while_a_slow_rollout_runs() {
+    let fly = FlyApi::with_options(Options {
+        timing: Timing {
+            // 2 s of real time for checks: longer than the 1 s lease.
+            checks: std::time::Duration::from_secs(40),
+            ..Timing::default()
+        },
+        ..Options::default()
+    });
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1));
+    let t = TestDir::new();
+    let new = image(20);
+
+    let out = run_rollout(&fly, &t, &new, &["--lease-ttl", "1s", "--max-unavailable", "1"]);
+    assert_success(&out);
+    for id in &ids {
+        assert_eq!(fly.machine(id).image(), new);
+    }
+    let refreshes = fly
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/lease") && r.lease_nonce.is_some())
+        .count();
+    assert!(refreshes >= 4, "only {refreshes} lease refreshes");
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }

@@ -18,8 +18,8 @@ const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(13);
 
 #[derive(Args, Debug)]
 pub struct RolloutArgs {
-    /// The image to deploy, already in a registry: host/repo@sha256:... Default: [build] image
-    /// in fly.toml. The machines always get a digest reference.
+    /// The image to deploy, already in a registry: host/repo@sha256:... or host/repo:tag (looked
+    /// up in the registry). Default: [build] image in fly.toml. Machines always get the digest.
     #[arg(long)]
     pub image: Option<String>,
     #[command(flatten)]
@@ -124,6 +124,11 @@ pub async fn rollout_image(
         .or_else(|| fly_toml.as_ref().and_then(|c| c.build.image.clone()))
         .context("no image to deploy: pass --image host/repo@sha256:... or set [build] image in fly.toml")?;
     // A plan touches no machine, so it may show a tag; a real rollout needs the digest.
+    let image = if options.plan || image.contains('@') {
+        image
+    } else {
+        resolve_tag(&image, app, &reporter).await?
+    };
     let image = if options.plan {
         image
     } else {
@@ -147,8 +152,48 @@ pub async fn rollout_image(
         .with_context(|| format!("deploying to Fly app {app_name}"))
 }
 
-/// The machines must get an immutable reference. Resolving a tag needs the registry, which
-/// `nixfly deploy` does by pushing first; here a tag is refused with the way out.
+/// `host/repo:tag` → `host/repo@sha256:...` as the registry has it now, so that the machines
+/// (and a rollback) get an immutable reference. The Fly token is the password for the Fly
+/// registry; other registries use the Docker/podman auth files.
+async fn resolve_tag(image: &str, app: &AppOptions, reporter: &Reporter) -> anyhow::Result<String> {
+    use crate::registry::auth::CredentialLookup;
+    use crate::registry::client::ClientOptions;
+    use crate::registry::reference::default_registry_host;
+    let reference = crate::registry::Reference::parse(image)
+        .with_context(|| format!("--image {image} is not an image reference"))?;
+    let tag = reference.tag.as_deref().unwrap_or("latest");
+    let fly_host = default_registry_host();
+    let fly_token = if reference.registry.eq_ignore_ascii_case(&fly_host) {
+        Some(app.fly_token()?)
+    } else {
+        None
+    };
+    let lookup = CredentialLookup {
+        flag: None,
+        auth_files: CredentialLookup::standard_auth_files(),
+        fly_token,
+        fly_registry_host: fly_host,
+    };
+    let options = ClientOptions {
+        credentials: lookup.find(&reference.registry)?,
+        ..ClientOptions::default()
+    };
+    let client = crate::registry::RegistryClient::new(&reference.registry, options, reporter.clone())?;
+    let manifest = client
+        .get_manifest(&reference.repository, tag)
+        .await?
+        .with_context(|| {
+            format!(
+                "{}/{} has no tag {tag}: push the image first (`nixfly push`), or pass its digest",
+                reference.registry, reference.repository
+            )
+        })?;
+    let pinned = reference.with_digest(&manifest.digest);
+    reporter.info(format!("{image} is {pinned}"));
+    Ok(pinned)
+}
+
+/// The machines must get an immutable reference: a well-formed sha256 digest.
 fn pinned_image(image: &str) -> anyhow::Result<String> {
     let Some((_, digest)) = image.split_once('@') else {
         anyhow::bail!(

@@ -2,7 +2,7 @@
 //! the platform API: auth header, retries with backoff, `{"error": ...}` bodies in errors.
 
 use super::FlyToken;
-use super::types::{App, Lease, LeaseResponse, Machine, Volume, WaitResponse};
+use super::types::{App, Lease, LeaseResponse, Machine, Volume};
 use crate::progress::Reporter;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -136,10 +136,6 @@ impl FlyHttp {
             token,
             reporter,
         })
-    }
-
-    pub fn token(&self) -> &FlyToken {
-        &self.token
     }
 
     fn url(&self, path: &[&str], query: &[(&str, String)]) -> Url {
@@ -284,10 +280,6 @@ impl MachinesApi {
             http,
             app: app.to_string(),
         }
-    }
-
-    pub fn app(&self) -> &str {
-        &self.app
     }
 
     pub async fn get_app(&self) -> Result<App, ApiError> {
@@ -467,14 +459,14 @@ impl MachinesApi {
         state: &str,
         version: Option<&str>,
         timeout: Duration,
-    ) -> Result<WaitResponse, ApiError> {
+    ) -> Result<(), ApiError> {
         let secs = timeout.min(MAX_WAIT_CALL).as_secs().max(1);
         let mut query = vec![("state", state.to_string()), ("timeout", secs.to_string())];
         if let Some(version) = version {
             query.push(("version", version.to_string()));
         }
         self.http
-            .send_json(Request {
+            .send(Request {
                 method: Method::GET,
                 path: &["v1", "apps", &self.app, "machines", id, "wait"],
                 query: &query,
@@ -483,6 +475,7 @@ impl MachinesApi {
                 replay: Replay::Safe,
             })
             .await
+            .map(drop)
     }
 }
 

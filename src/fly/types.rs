@@ -47,8 +47,6 @@ pub struct Volume {
 pub struct Machine {
     pub id: String,
     #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
     pub state: String,
     #[serde(default)]
     pub region: Option<String>,
@@ -60,8 +58,6 @@ pub struct Machine {
     pub checks: Vec<CheckStatus>,
     #[serde(default)]
     pub events: Vec<MachineEvent>,
-    #[serde(default)]
-    pub nonce: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -80,8 +76,6 @@ pub struct MachineEvent {
     pub kind: String,
     #[serde(default)]
     pub status: Option<String>,
-    #[serde(default)]
-    pub timestamp: Option<i64>,
     #[serde(default)]
     pub request: Value,
 }
@@ -153,11 +147,6 @@ impl Machine {
         !matches!(self.state.as_str(), "started" | "starting" | "failed") || self.is_standby()
     }
 
-    /// How many health checks the config defines: top-level `checks` plus every service's checks.
-    pub fn expected_check_count(&self) -> usize {
-        config_check_count(&self.config)
-    }
-
     /// The newest `exit` event (events come newest first).
     pub fn latest_exit(&self) -> Option<ExitInfo> {
         self.events.iter().find_map(MachineEvent::exit_info)
@@ -192,8 +181,6 @@ pub struct Lease {
     pub expires_at: Option<i64>,
     #[serde(default)]
     pub owner: Option<String>,
-    #[serde(default)]
-    pub description: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -209,14 +196,6 @@ impl LeaseResponse {
             LeaseResponse::Wrapped { data } | LeaseResponse::Flat(data) => data,
         }
     }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct WaitResponse {
-    #[serde(default)]
-    pub ok: Option<bool>,
-    #[serde(default)]
-    pub state: Option<String>,
 }
 
 /// A release record on the platform API.
@@ -291,11 +270,11 @@ mod tests {
 
     #[test]
     fn checks_are_counted_across_top_level_and_services() {
-        let m = machine(json!({"id": "m", "config": {
+        let config = json!({
             "checks": {"a": {"type": "tcp"}, "b": {"type": "http"}},
             "services": [{"checks": [{"type": "tcp"}]}, {"internal_port": 8080}]
-        }}));
-        assert_eq!(m.expected_check_count(), 3);
+        });
+        assert_eq!(config_check_count(&config), 3);
         assert_eq!(config_check_count(&json!({})), 0);
     }
 

@@ -7,6 +7,7 @@
 //! layer. Order is not fixed: Nix writes `manifest.json` last, buildImage sorts by name.
 
 use super::ImageError;
+use crate::registry::reference::is_sha256_digest;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -65,21 +66,12 @@ pub fn config_diff_ids(config: &[u8], source_name: &str, entry: &str) -> Result<
     }
     let config: Config =
         serde_json::from_slice(config).map_err(|e| malformed(format!("not an image config: {e}")))?;
-    if let Some(bad) = config.rootfs.diff_ids.iter().find(|d| !is_sha256(d)) {
+    if let Some(bad) = config.rootfs.diff_ids.iter().find(|d| !is_sha256_digest(d)) {
         return Err(malformed(format!(
             "rootfs.diff_ids has {bad:?}, not a sha256 digest"
         )));
     }
     Ok(config.rootfs.diff_ids)
-}
-
-pub fn is_sha256(digest: &str) -> bool {
-    digest.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
 }
 
 /// The digest an entry's name suggests for its content, if it has that shape:
@@ -93,7 +85,7 @@ pub fn claimed_digest(name: &str) -> Option<String> {
         .or_else(|| name.strip_suffix(".json"))
         .or_else(|| name.strip_prefix("blobs/sha256/"))?;
     let digest = format!("sha256:{hex}");
-    is_sha256(&digest).then_some(digest)
+    is_sha256_digest(&digest).then_some(digest)
 }
 
 /// Entry names as written by different tools: `./x` and `x` are the same entry.
@@ -205,18 +197,9 @@ pub fn read_stream<T: Clone, E: From<ImageError>>(
     for entry in archive.entries().map_err(read_error)? {
         let mut entry = entry.map_err(|e| header_error(e, source_name))?;
         saw_entry = true;
-        let name = normalise(&String::from_utf8_lossy(&entry.path_bytes()));
-        check_entry_name(&name, source_name)?;
-        let kind = entry.header().entry_type();
-        if kind.is_symlink() || kind.is_hard_link() {
-            if let Some(target) = entry.link_name_bytes() {
-                links.add(&kind, &name, &target);
-            }
+        let Some(name) = file_name(&entry, &mut links, source_name)? else {
             continue;
-        }
-        if !kind.is_file() {
-            continue;
-        }
+        };
         let size = entry.size();
         if is_metadata(&name, size) {
             metadata.insert(name.clone(), read_metadata(&mut entry, &name, size, source_name)?);
@@ -283,6 +266,24 @@ pub fn read_stream<T: Clone, E: From<ImageError>>(
         config_name: manifest.config,
         layers: ordered,
     })
+}
+
+/// The name of a regular-file entry, checked; links are recorded, other entries skipped.
+fn file_name<R: Read>(
+    entry: &tar::Entry<R>,
+    links: &mut Links,
+    source_name: &str,
+) -> Result<Option<String>, ImageError> {
+    let name = normalise(&String::from_utf8_lossy(&entry.path_bytes()));
+    check_entry_name(&name, source_name)?;
+    let kind = entry.header().entry_type();
+    if kind.is_symlink() || kind.is_hard_link() {
+        if let Some(target) = entry.link_name_bytes() {
+            links.add(&kind, &name, &target);
+        }
+        return Ok(None);
+    }
+    Ok(kind.is_file().then_some(name))
 }
 
 /// An error met while reading a tar header. Decoder and truncation errors pass through; the
@@ -460,14 +461,7 @@ pub fn index_file(file: &std::fs::File, source_name: &str) -> Result<ArchiveInde
     let mut links = Links::default();
     for entry in archive.entries_with_seek().map_err(read_error)? {
         let entry = entry.map_err(|e| header_error(e, source_name))?;
-        let name = normalise(&String::from_utf8_lossy(&entry.path_bytes()));
-        check_entry_name(&name, source_name)?;
-        let kind = entry.header().entry_type();
-        if kind.is_symlink() || kind.is_hard_link() {
-            if let Some(target) = entry.link_name_bytes() {
-                links.add(&kind, &name, &target);
-            }
-        } else if kind.is_file() {
+        if let Some(name) = file_name(&entry, &mut links, source_name)? {
             let extent = Extent {
                 offset: entry.raw_file_position(),
                 size: entry.size(),

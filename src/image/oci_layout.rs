@@ -2,13 +2,14 @@
 //! umoci or nix-snapshotter write it. Everything is known up front; compressed layers can be
 //! pushed as they are stored, without recompressing.
 
-use super::docker_archive::{config_diff_ids, is_sha256};
+use super::docker_archive::config_diff_ids;
 use super::{
     ArchiveFormat, BlobEncoding, Image, ImageError, ImageSource, IndexedImage, KnownBlob, KnownLayer,
     LayerForm,
 };
 use crate::blob::Algorithm;
 use crate::progress::Reporter;
+use crate::registry::reference::is_sha256_digest;
 use bytes::Bytes;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -177,7 +178,7 @@ impl ImageSource for OciLayout {
 }
 
 fn blob_path(digest: &str) -> Option<String> {
-    is_sha256(digest).then(|| format!("blobs/sha256/{}", &digest["sha256:".len()..]))
+    is_sha256_digest(digest).then(|| format!("blobs/sha256/{}", &digest["sha256:".len()..]))
 }
 
 /// `Some(None)`: an uncompressed tar; `Some(Some(a))`: compressed with `a`; `None`: not a

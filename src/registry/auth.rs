@@ -356,6 +356,7 @@ pub struct Authenticator {
     credentials: Option<Credentials>,
     is_fly: bool,
     state: Mutex<State>,
+    fetch_lock: tokio::sync::Mutex<()>,
 }
 
 impl Authenticator {
@@ -365,6 +366,7 @@ impl Authenticator {
             credentials,
             is_fly,
             state: Mutex::new(State::default()),
+            fetch_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -391,6 +393,11 @@ impl Authenticator {
         }
     }
 
+    /// Drop the token for `scope`: a request carrying it was refused.
+    pub fn forget(&self, scope: &Scope) {
+        self.state().tokens.remove(scope);
+    }
+
     /// Record a challenge from a 401.
     pub fn learn(&self, www_authenticate: &str) -> Result<Challenge, AuthError> {
         let challenge =
@@ -398,28 +405,31 @@ impl Authenticator {
                 registry: self.registry.clone(),
                 challenge: www_authenticate.chars().take(200).collect(),
             })?;
-        let mut state = self.state();
-        if let Challenge::Bearer { .. } = &challenge {
-            // A 401 with a token means the token is no longer good (expired or revoked).
-            state.tokens.clear();
-        }
-        state.challenge = Some(challenge.clone());
+        self.state().challenge = Some(challenge.clone());
         Ok(challenge)
     }
 
     /// Make `header(scope)` return something usable: fetch a token when the challenge is
-    /// Bearer and none is cached or it is about to expire. `extra_scope` is what the 401 asked for.
+    /// Bearer and none is cached, it is about to expire, or it is `rejected` (the value a 401
+    /// answered). `extra_scope` is what the 401 asked for. One fetch at a time: requests that
+    /// fail together share the token the first of them fetches.
     pub async fn ensure(
         &self,
         http: &reqwest::Client,
         scope: &Scope,
+        rejected: Option<&str>,
         extra_scope: Option<&str>,
     ) -> Result<(), AuthError> {
+        let usable = || self.header(scope).is_some_and(|h| Some(h.as_str()) != rejected);
         let challenge = self.state().challenge.clone();
         let Some(Challenge::Bearer { realm, service, .. }) = challenge else {
             return Ok(());
         };
-        if self.header(scope).is_some() && extra_scope.is_none() {
+        if usable() {
+            return Ok(());
+        }
+        let _one_fetch = self.fetch_lock.lock().await;
+        if usable() {
             return Ok(());
         }
         let wanted = scope.with_extra(extra_scope);

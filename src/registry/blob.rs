@@ -638,10 +638,13 @@ impl RegistryClient {
             || code == 404
             || code == 400
             || super::client::RETRYABLE_STATUSES.contains(&code);
-        if code == 401
-            && let Some(challenge) = header_str(&response, header::WWW_AUTHENTICATE)
-        {
-            let _ = self.auth.learn(&challenge);
+        if code == 401 {
+            // The body is gone, so the 401 cannot be answered by `send`: remember what it said
+            // and make the next attempt fetch a new token.
+            if let Some(challenge) = header_str(&response, header::WWW_AUTHENTICATE) {
+                let _ = self.auth.learn(&challenge);
+            }
+            self.auth.forget(&Scope::push(repository));
         }
         let error = self
             .status_error(

@@ -266,7 +266,7 @@ impl RegistryClient {
                 return Err(self.status_error(probe.operation, response, None).await);
             }
         }
-        self.auth.ensure(&self.http, scope, None).await?;
+        self.auth.ensure(&self.http, scope, None, None).await?;
         Ok(())
     }
 
@@ -282,13 +282,14 @@ impl RegistryClient {
         loop {
             let same_host = self.same_host(&url);
             if same_host {
-                self.auth.ensure(&self.http, &req.scope, None).await?;
+                self.auth.ensure(&self.http, &req.scope, None, None).await?;
             }
             let mut builder = self.http.request(method.clone(), url.clone());
             for (name, value) in &req.headers {
                 builder = builder.header(name, value);
             }
-            if same_host && let Some(value) = self.auth.header(&req.scope) {
+            let sent_auth = same_host.then(|| self.auth.header(&req.scope)).flatten();
+            if let Some(value) = &sent_auth {
                 builder = builder.header(header::AUTHORIZATION, value);
             }
             if let Some(body) = &req.body {
@@ -349,7 +350,9 @@ impl RegistryClient {
                     super::auth::Challenge::Bearer { scope, .. } => scope,
                     super::auth::Challenge::Basic => None,
                 };
-                self.auth.ensure(&self.http, &req.scope, extra.as_deref()).await?;
+                self.auth
+                    .ensure(&self.http, &req.scope, sent_auth.as_deref(), extra.as_deref())
+                    .await?;
                 reauthenticated = true;
                 continue;
             }

@@ -22,7 +22,7 @@ use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_ROLLED_BACK, ExitCodeErr
 use crate::fly::api::MachinesApi;
 use crate::fly::appconfig::{AppConfig, MaxUnavailable, Strategy};
 use crate::fly::platform::{NewRelease, PlatformApi, ReleaseStatus};
-use crate::fly::types::Release;
+use crate::fly::types::{Release, config_check_count};
 use crate::progress::Reporter;
 use error::RolloutError;
 use futures::StreamExt;
@@ -94,7 +94,6 @@ pub async fn run(
         })?,
         None => Default::default(),
     };
-    validate(&spec, &fleet, &groups)?;
     let change = ConfigChange {
         image: spec.image.clone(),
         env: spec.env.clone(),
@@ -102,11 +101,17 @@ pub async fn run(
         release_version: None,
         fly_toml: fly_toml_configs,
     };
+    validate(&spec, &fleet, &groups, &change)?;
     let mut plan = describe(&spec, &fleet, &change, platform.is_some());
     plan.extend(groups.describe(&fleet, &change));
     if spec.plan_only {
-        for line in &plan {
-            reporter.result(line);
+        for line in plan {
+            // The plan is the command's result: stdout, or info events in JSON mode.
+            if reporter.is_json() {
+                reporter.info(line);
+            } else {
+                reporter.result(&line);
+            }
         }
         return Ok(());
     }
@@ -144,7 +149,12 @@ pub async fn run(
 }
 
 /// Refuse what cannot work before creating anything.
-fn validate(spec: &RolloutSpec, fleet: &Fleet, groups: &GroupPlan) -> Result<(), anyhow::Error> {
+fn validate(
+    spec: &RolloutSpec,
+    fleet: &Fleet,
+    groups: &GroupPlan,
+    change: &ConfigChange,
+) -> Result<(), anyhow::Error> {
     if fleet.machine_count() == 0 && groups.launches.is_empty() {
         anyhow::bail!(
             "app {} has no machines to deploy to; with a fly.toml (--config) nixfly creates them",
@@ -153,7 +163,11 @@ fn validate(spec: &RolloutSpec, fleet: &Fleet, groups: &GroupPlan) -> Result<(),
     }
     if spec.strategy == Strategy::Bluegreen {
         for (group, machines) in &fleet.groups {
-            if machines.iter().all(|m| m.expected_check_count() == 0) {
+            // The checks the machines will have: fly.toml's when there is one.
+            if machines
+                .iter()
+                .all(|m| config_check_count(&change.apply(&m.config)) == 0)
+            {
                 return Err(RolloutError::BluegreenWithoutChecks { group: group.clone() }.into());
             }
         }

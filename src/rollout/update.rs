@@ -128,27 +128,32 @@ impl Ctx {
         verb: &str,
     ) -> Result<&'static str, RolloutError> {
         let group = machine.process_group();
-        let nonce = match self.leases.nonce(&machine.id) {
-            Some(nonce) => nonce,
-            None => {
-                self.leases
-                    .acquire(&machine.id, group, self.spec.lease_wait, &self.reporter)
-                    .await?;
-                self.leases.nonce(&machine.id).unwrap_or_default()
-            }
-        };
         self.status(&machine.id, group, verb);
         let skip_launch = machine.should_skip_launch();
         let expected_checks = config_check_count(&config);
-        let updated = self
-            .api
-            .update_machine(&machine.id, &nonce, update_body(machine, config, skip_launch))
-            .await
-            .map_err(|source| RolloutError::Api {
-                action: "updating",
-                machine: machine.id.clone(),
-                source: source.into(),
-            })?;
+        let body = update_body(machine, config, skip_launch);
+        let mut fresh_lease = false;
+        let updated = loop {
+            let nonce = match self.leases.nonce(&machine.id) {
+                Some(nonce) => nonce,
+                None => self.reacquire(machine, &mut fresh_lease).await?,
+            };
+            match self.api.update_machine(&machine.id, &nonce, body.clone()).await {
+                Ok(updated) => break updated,
+                // Our lease lapsed (a stalled refresh, a suspended laptop): take a new one
+                // once rather than fail, which matters most during a rollback.
+                Err(err) if err.status() == Some(409) && !fresh_lease => {
+                    self.leases.forget(&machine.id);
+                }
+                Err(source) => {
+                    return Err(RolloutError::Api {
+                        action: "updating",
+                        machine: machine.id.clone(),
+                        source: source.into(),
+                    });
+                }
+            }
+        };
         if !wait {
             return Ok("updated");
         }
@@ -185,6 +190,19 @@ impl Ctx {
         )
         .await?;
         Ok("done")
+    }
+
+    async fn reacquire(&self, machine: &Machine, fresh: &mut bool) -> Result<String, RolloutError> {
+        *fresh = true;
+        self.leases
+            .acquire(
+                &machine.id,
+                machine.process_group(),
+                self.spec.lease_wait,
+                &self.reporter,
+            )
+            .await?;
+        Ok(self.leases.nonce(&machine.id).unwrap_or_default())
     }
 
     /// Create a machine (canary or green), wait for it to start and pass its checks.

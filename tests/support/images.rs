@@ -418,8 +418,9 @@ pub fn write_stream_script(path: &Path, archive: &Path, exit_code: i32) -> io::R
     fs::set_permissions(path, fs::Permissions::from_mode(0o755))
 }
 
-/// An OCI image layout of the same layers, gzip-compressed by flate2 (not nixfly's code).
-pub fn write_oci_layout(dir: &Path, layers: &[Layer]) -> io::Result<Written> {
+/// An OCI image layout of the same layers, gzip- (or with `zstd`, zstd-) compressed by the
+/// libraries directly, not by nixfly's code.
+pub fn write_oci_layout(dir: &Path, layers: &[Layer], zstd: bool) -> io::Result<Written> {
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs)?;
     let put = |bytes: &[u8]| -> io::Result<(String, u64)> {
@@ -435,12 +436,18 @@ pub fn write_oci_layout(dir: &Path, layers: &[Layer]) -> io::Result<Written> {
         write_layer_tar(layer, &mut tar)?;
         diff_ids.push(format!("sha256:{}", sha256_hex(&tar)));
         sizes.push(tar.len() as u64);
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-        encoder.write_all(&tar)?;
-        let (digest, size) = put(&encoder.finish()?)?;
-        descriptors.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size
-        }));
+        let (blob, media_type) = if zstd {
+            (
+                zstd::encode_all(&tar[..], 3)?,
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+            )
+        } else {
+            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+            encoder.write_all(&tar)?;
+            (encoder.finish()?, "application/vnd.oci.image.layer.v1.tar+gzip")
+        };
+        let (digest, size) = put(&blob)?;
+        descriptors.push(serde_json::json!({"mediaType": media_type, "digest": digest, "size": size}));
     }
     let config = image_config(&diff_ids);
     let (config_digest, config_size) = put(&config)?;

@@ -203,7 +203,8 @@ fn handle(mut client: TcpStream, upstream: SocketAddr, rules: &Mutex<Vec<(Rule, 
 
 /// Read and drop the request body, so the client sees the injected answer, not a reset.
 fn drain_body(client: &mut TcpStream, head: &str) {
-    let _ = client.set_read_timeout(Some(Duration::from_millis(500)));
+    // Long enough for a loaded machine to send a whole test body; a complete body ends it sooner.
+    let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
     let mut buf = [0u8; 64 << 10];
     if let Some(len) = header_value(head, "content-length").and_then(|v| v.parse::<u64>().ok()) {
         let mut left = len;

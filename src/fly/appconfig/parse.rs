@@ -113,12 +113,7 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
         cfg.http_service = Some(parse_http_service(&t));
         t.finish();
     }
-    if let Some(field) = root.get("services") {
-        for t in field.tables() {
-            cfg.services.push(parse_service(&t));
-            t.finish();
-        }
-    }
+    cfg.services = each_table(root, &["services"], |t| Some(parse_service(t)));
     if let Some(t) = root.table("checks") {
         for field in t.entries() {
             if let Some(check_table) = field.table() {
@@ -130,51 +125,30 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
             }
         }
     }
-    // flyctl folds the old spellings `compute`/`computes` into `vm`.
-    for key in ["vm", "compute", "computes"] {
-        if let Some(field) = root.get(key) {
-            for t in field.tables() {
-                cfg.vms.extend(parse_vm(&t));
-                t.finish();
-            }
-        }
-    }
-    for key in ["mounts", "mount"] {
-        if let Some(field) = root.get(key) {
-            for t in field.tables() {
-                cfg.mounts.extend(parse_mount(&t));
-                t.finish();
-            }
-        }
-    }
-    if let Some(field) = root.get("statics") {
-        for t in field.tables() {
-            cfg.statics.extend(parse_static(&t));
-            t.finish();
-        }
-    }
-    for key in ["metrics", "metric"] {
-        if let Some(field) = root.get(key) {
-            for t in field.tables() {
-                cfg.metrics.push(parse_metrics(&t));
-                t.finish();
-            }
-        }
-    }
-    if let Some(field) = root.get("restart") {
-        for t in field.tables() {
-            cfg.restarts.extend(parse_restart(&t));
-            t.finish();
-        }
-    }
-    if let Some(field) = root.get("files") {
-        for t in field.tables() {
-            cfg.files.extend(parse_file(&t));
-            t.finish();
-        }
-    }
+    // Old spellings flyctl still folds in: `compute`/`computes`, `mount`, `metric`.
+    cfg.vms = each_table(root, &["vm", "compute", "computes"], parse_vm);
+    cfg.mounts = each_table(root, &["mounts", "mount"], parse_mount);
+    cfg.statics = each_table(root, &["statics"], parse_static);
+    cfg.metrics.extend(each_table(root, &["metrics", "metric"], |t| {
+        Some(parse_metrics(t))
+    }));
+    cfg.restarts = each_table(root, &["restart"], parse_restart);
+    cfg.files = each_table(root, &["files"], parse_file);
     cross_check(doc, &cfg);
     cfg
+}
+
+/// Every entry of the `[[key]]` lists (or single `[key]` tables) under any of `keys`, read by
+/// `read` and then checked for unknown keys; entries `read` refused are left out.
+fn each_table<T>(root: &Table<'_, '_>, keys: &[&str], read: impl Fn(&Table<'_, '_>) -> Option<T>) -> Vec<T> {
+    let mut out = Vec::new();
+    for key in keys {
+        for t in root.get(key).map(|f| f.tables()).unwrap_or_default() {
+            out.extend(read(&t));
+            t.finish();
+        }
+    }
+    out
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {

@@ -471,14 +471,7 @@ impl FlyApi {
             .machines
             .get_mut(machine)
             .unwrap_or_else(|| panic!("the Fly API double has no machine {machine}"));
-        let lease = Lease {
-            nonce: ulid::Ulid::new().to_string().to_lowercase(),
-            owner: owner.into(),
-            description: "held by the test".into(),
-            expires: ttl.map(|t| now + t),
-            expires_at_unix: ttl.map_or(i64::MAX / 2, |t| state::unix_secs() + t.as_secs().max(1) as i64),
-            version: m.version.clone(),
-        };
+        let lease = Lease::new(m, owner.into(), "held by the test", ttl, now);
         let nonce = lease.nonce.clone();
         m.lease = Some(lease);
         nonce

@@ -12,8 +12,8 @@ use serde_json::{Map, Value, json};
 
 use super::schema::{self, Operation};
 use super::state::{
-    App, CreateMachine, FaultKind, Lease, Machine, RecordedRequest, State, Violation, Volume, rfc3339_now,
-    unix_secs,
+    App, CreateMachine, FaultKind, Lease, Machine, RecordedRequest, State, Violation, Volume, rfc3339,
+    rfc3339_now, unix_secs,
 };
 
 /// The longest a single wait call blocks, in Fly time (the spec: "up to 60 seconds").
@@ -530,7 +530,7 @@ fn create_machine(st: &mut State, req: &Request, app: &str, now: Instant) -> Res
     let lease_ttl = req.body_field("lease_ttl").and_then(Value::as_u64);
     if let Some(ttl) = lease_ttl {
         let owner = st.lease_owner.clone();
-        let lease = new_lease(&st.machines[&id], owner, "", Some(ttl), now);
+        let lease = Lease::new(&st.machines[&id], owner, "", Some(Duration::from_secs(ttl)), now);
         st.machines.get_mut(&id).expect("created").lease = Some(lease);
     }
     let machine = &st.machines[&id];
@@ -636,29 +636,12 @@ fn lease_conflict(machine: &Machine, lease: &Lease) -> Response {
             machine.id,
             lease.owner,
             if lease.expires.is_some() {
-                lease.expires_at_unix.to_string()
+                rfc3339(lease.expires_at_unix)
             } else {
                 "never".to_string()
             }
         ),
     )
-}
-
-fn new_lease(
-    machine: &Machine,
-    owner: String,
-    description: &str,
-    ttl_secs: Option<u64>,
-    now: Instant,
-) -> Lease {
-    Lease {
-        nonce: ulid::Ulid::new().to_string().to_lowercase(),
-        owner,
-        description: description.to_string(),
-        expires: ttl_secs.map(|t| now + Duration::from_secs(t)),
-        expires_at_unix: ttl_secs.map_or(i64::MAX / 2, |t| unix_secs() + t as i64),
-        version: machine.version.clone(),
-    }
 }
 
 fn lease_json(shared: &Shared, lease: &Lease) -> Value {
@@ -805,7 +788,13 @@ fn machine_operation(
                         ),
                     );
                 }
-                (None, None) => new_lease(machine, st.lease_owner.clone(), description, Some(ttl), now),
+                (None, None) => Lease::new(
+                    machine,
+                    st.lease_owner.clone(),
+                    description,
+                    Some(Duration::from_secs(ttl)),
+                    now,
+                ),
             };
             let answer = lease_json(shared, &refreshed);
             st.machines.get_mut(id).expect("exists").lease = Some(refreshed);

@@ -8,6 +8,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+/// How far ahead a lease "held forever" says it expires: ten years, a date every client can
+/// still turn into a time (i64::MAX seconds overflows most time types).
+pub const FOREVER_SECS: i64 = 10 * 365 * 24 * 3600;
+
 /// Process group of the temporary machine that runs fly.toml's `release_command`.
 pub const RELEASE_COMMAND_GROUP: &str = "fly_app_release_command";
 
@@ -122,6 +126,24 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// A new lease on `machine`'s current version; `ttl` None: held forever.
+    pub fn new(
+        machine: &Machine,
+        owner: String,
+        description: &str,
+        ttl: Option<Duration>,
+        now: Instant,
+    ) -> Self {
+        Lease {
+            nonce: ulid::Ulid::new().to_string().to_lowercase(),
+            owner,
+            description: description.to_string(),
+            expires: ttl.map(|t| now + t),
+            expires_at_unix: unix_secs() + ttl.map_or(FOREVER_SECS, |t| t.as_secs_f64().ceil() as i64),
+            version: machine.version.clone(),
+        }
+    }
+
     pub fn active(&self, now: Instant) -> bool {
         self.expires.is_none_or(|e| now < e)
     }
@@ -803,9 +825,12 @@ pub fn unix_secs() -> i64 {
     (unix_millis() / 1000) as i64
 }
 
-/// UTC RFC 3339 with second precision, computed without a date crate.
 pub fn rfc3339_now() -> String {
-    let secs = unix_secs();
+    rfc3339(unix_secs())
+}
+
+/// UTC RFC 3339 of a unix time, with second precision, computed without a date crate.
+pub fn rfc3339(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Howard Hinnant's days-from-civil inverse.
     let z = days + 719_468;
