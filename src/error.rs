@@ -6,8 +6,10 @@ use std::sync::{Mutex, OnceLock};
 pub const EXIT_FAILURE: u8 = 1;
 /// Command-line usage error (clap uses 2 as well).
 pub const EXIT_USAGE: u8 = 2;
-/// A rollout failed and was rolled back, or stopped part-way: never success.
-pub const EXIT_ROLLED_BACK: u8 = 3;
+/// A rollout that failed after changing machines (rolled back, or left as is with
+/// `--no-rollback`). The same code as any failure, as the rollout's specification asks; the
+/// error says which machines were rolled back. Never 0.
+pub const EXIT_ROLLED_BACK: u8 = EXIT_FAILURE;
 /// Interrupted by SIGINT/SIGTERM after cleaning up (leases released, release marked interrupted).
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -83,11 +85,11 @@ mod tests {
     #[test]
     fn exit_code_is_found_anywhere_in_the_chain() {
         let err = anyhow::Error::from(ExitCodeError {
-            code: EXIT_ROLLED_BACK,
+            code: EXIT_INTERRUPTED,
             message: "rolled back".into(),
         })
         .context("deploying app demo");
-        assert_eq!(exit_code(&err), EXIT_ROLLED_BACK);
+        assert_eq!(exit_code(&err), EXIT_INTERRUPTED);
         assert_eq!(exit_code(&anyhow::anyhow!("plain")), EXIT_FAILURE);
         // Attached as context over a typed error, keeping that error's chain.
         let err = anyhow::Error::from(std::io::Error::other("root cause"))

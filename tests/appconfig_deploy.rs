@@ -298,7 +298,7 @@ fn a_failed_first_deploy_destroys_what_it_created() {
     );
     fly.set_behavior(&image(1)[..30], Behavior::ChecksFail);
     let out = run_rollout(&fly, &t, &image(1), &["--wait-timeout", "5s"]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(group_machines(&fly, "app").is_empty(), "{:#?}", fly.machines(APP));
     let err = stderr(&out);
     assert!(err.contains("destroyed the 1 machine(s) it had created"), "{err}");

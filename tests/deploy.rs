@@ -80,7 +80,7 @@ fn a_failed_rollout_after_the_push_is_rolled_back_and_not_success() {
     let out = deploy(&fly, &registry, &t, &source, &["--wait-timeout", "2s"]);
     assert_eq!(
         out.status.code(),
-        Some(3),
+        Some(1),
         "not the rolled-back exit code: {}",
         stderr(&out)
     );

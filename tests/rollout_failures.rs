@@ -12,7 +12,7 @@ use support::{TestDir, assert_success};
 
 /// nixfly's exit codes (src/error.rs).
 const EXIT_FAILURE: i32 = 1;
-const EXIT_ROLLED_BACK: i32 = 3;
+const EXIT_ROLLED_BACK: i32 = 1;
 const EXIT_INTERRUPTED: i32 = 130;
 
 fn digest_hex(image: &str) -> &str {
