@@ -321,7 +321,7 @@ impl Scope {
             .flat_map(|s| s.split(' '))
             .filter(|s| !s.is_empty())
         {
-            if !scope.0.iter().any(|s| s == part) {
+            if !scope.0.iter().any(|s| covers(s, part)) {
                 scope.0.push(part.to_string());
             }
         }
@@ -333,6 +333,24 @@ impl Scope {
         } else {
             self.0.join(" ")
         }
+    }
+}
+
+/// Whether scope `have` grants everything `want` asks (same resource, a superset of actions;
+/// registries list actions in any order).
+fn covers(have: &str, want: &str) -> bool {
+    let split = |s: &str| {
+        s.rsplit_once(':')
+            .map(|(resource, actions)| (resource.to_string(), actions.to_string()))
+    };
+    match (split(have), split(want)) {
+        (Some((have_resource, have_actions)), Some((want_resource, want_actions))) => {
+            have_resource == want_resource
+                && want_actions
+                    .split(',')
+                    .all(|a| have_actions.split(',').any(|h| h == a || h == "*"))
+        }
+        _ => have == want,
     }
 }
 
@@ -559,6 +577,21 @@ mod tests {
         );
         assert_eq!(Challenge::parse("Negotiate abc"), None);
         assert_eq!(Challenge::parse("Bearer service=x"), None);
+    }
+
+    #[test]
+    fn challenge_scopes_already_asked_for_are_not_repeated() {
+        let scope = Scope::push("team/app");
+        assert_eq!(scope.with_extra(Some("repository:team/app:push,pull")), scope);
+        assert_eq!(scope.with_extra(Some("repository:team/app:pull")), scope);
+        assert_eq!(
+            scope.with_extra(Some("repository:other:pull")).describe(),
+            "repository:team/app:pull,push repository:other:pull"
+        );
+        assert_eq!(
+            scope.with_extra(Some("repository:team/app:delete")).describe(),
+            "repository:team/app:pull,push repository:team/app:delete"
+        );
     }
 
     #[test]

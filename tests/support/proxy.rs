@@ -70,8 +70,8 @@ pub struct Stats {
     pub fired: Mutex<Vec<String>>,
     /// Bytes after the request heads, client → registry.
     pub body_bytes: AtomicU64,
-    /// `Authorization` values seen, to check credentials are sent where they belong.
-    pub authorizations: Mutex<Vec<String>>,
+    /// `Authorization` values the registry itself answered 401 (an expired token, say).
+    pub rejected_authorizations: Mutex<Vec<String>>,
 }
 
 pub struct FaultProxy {
@@ -160,9 +160,6 @@ fn handle(mut client: TcpStream, upstream: SocketAddr, rules: &Mutex<Vec<(Rule, 
     );
     let request = format!("{method} {path}");
     stats.requests.lock().unwrap().push(request.clone());
-    if let Some(auth) = header_value(&head, "authorization") {
-        stats.authorizations.lock().unwrap().push(auth.to_string());
-    }
     let fault = {
         let mut rules = rules.lock().unwrap();
         rules.iter_mut().find_map(|(rule, seen)| {
@@ -282,10 +279,21 @@ fn forward(mut client: TcpStream, upstream: SocketAddr, head: &str, cut: Option<
         (handle, rx)
     };
     let mut buf = [0u8; 64 << 10];
+    let mut first = true;
     loop {
         match server.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                if std::mem::take(&mut first)
+                    && buf[..n].starts_with(b"HTTP/1.1 401")
+                    && let Some(auth) = header_value(head, "authorization")
+                {
+                    stats
+                        .rejected_authorizations
+                        .lock()
+                        .unwrap()
+                        .push(auth.to_string());
+                }
                 if cut_done.load(Ordering::Relaxed) || client.write_all(&buf[..n]).is_err() {
                     break;
                 }
