@@ -4,8 +4,6 @@ use std::sync::{Mutex, OnceLock};
 
 /// Generic failure: bad input, network, registry or API error. Nothing was changed on Fly.
 pub const EXIT_FAILURE: u8 = 1;
-/// Command-line usage error (clap uses 2 as well).
-pub const EXIT_USAGE: u8 = 2;
 /// A rollout that failed after changing machines (rolled back, or left as is with
 /// `--no-rollback`). The same code as any failure, as the rollout's specification asks; the
 /// error says which machines were rolled back. Never 0.

@@ -1,6 +1,4 @@
 //! nixfly: push Nix-built container images to an OCI registry and roll them out on Fly Machines.
-// Skeleton stage: removed once push and rollout use every piece (tracked in the final review).
-#![allow(dead_code)]
 
 mod blob;
 mod cache;

@@ -187,7 +187,9 @@ pub struct PushedLayer {
     pub outcome: LayerOutcome,
 }
 
+/// What a push made. Commands print only the reference; the tests check the rest.
 #[derive(Clone, Debug)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub struct Pushed {
     /// `host/repo@sha256:...`
     pub reference: String,

@@ -22,8 +22,6 @@ pub const DEFAULT_GROUP: &str = "app";
 #[derive(Clone, Debug, Deserialize)]
 pub struct App {
     #[serde(default)]
-    pub name: String,
-    #[serde(default)]
     pub status: Option<String>,
 }
 

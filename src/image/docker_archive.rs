@@ -173,7 +173,6 @@ pub struct ArchiveLayer<'a> {
 /// layer, in manifest order.
 pub struct StreamedImage<T> {
     pub config: Bytes,
-    pub config_name: String,
     pub layers: Vec<T>,
 }
 
@@ -263,7 +262,6 @@ pub fn read_stream<T: Clone, E: From<ImageError>>(
     }
     Ok(StreamedImage {
         config,
-        config_name: manifest.config,
         layers: ordered,
     })
 }
@@ -443,7 +441,6 @@ pub struct Extent {
 /// An uncompressed archive file read through its headers only (bodies are skipped by seeking).
 pub struct ArchiveIndex {
     pub config: Bytes,
-    pub config_name: String,
     pub diff_ids: Vec<String>,
     pub layers: Vec<Extent>,
 }
@@ -508,7 +505,6 @@ pub fn index_file(file: &std::fs::File, source_name: &str) -> Result<ArchiveInde
     }
     Ok(ArchiveIndex {
         config,
-        config_name: manifest.config,
         diff_ids,
         layers,
     })

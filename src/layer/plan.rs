@@ -235,16 +235,23 @@ pub struct StreamConf {
     #[serde(default)]
     pub config: Value,
     pub created: String,
+    // mtime/uid/gid/uname/gname mirror nixpkgs' conf (unknown fields are refused); the Nix
+    // side passes them to `nixfly layer build` as flags, and the tests check the two agree.
     /// Newer nixpkgs has a separate file mtime; older ones use `created`.
     #[serde(default)]
+    #[cfg_attr(not(test), allow(dead_code))]
     pub mtime: Option<String>,
     #[serde(default, deserialize_with = "number_or_string")]
+    #[cfg_attr(not(test), allow(dead_code))]
     pub uid: u64,
     #[serde(default, deserialize_with = "number_or_string")]
+    #[cfg_attr(not(test), allow(dead_code))]
     pub gid: u64,
     #[serde(default = "root")]
+    #[cfg_attr(not(test), allow(dead_code))]
     pub uname: String,
     #[serde(default = "root")]
+    #[cfg_attr(not(test), allow(dead_code))]
     pub gname: String,
     pub store_layers: Vec<Vec<String>>,
     pub customisation_layer: String,
@@ -290,7 +297,9 @@ impl StreamConf {
         Ok(conf)
     }
 
-    /// Ownership and time of the store layers' files, as the stream script stamps them.
+    /// Ownership and time of the store layers' files, as the stream script stamps them (the
+    /// Nix side passes these to `nixfly layer build` as flags; the tests check both agree).
+    #[cfg(test)]
     pub fn tar_options(&self) -> Result<TarOptions, PlanError> {
         let mtime = self.mtime.as_deref().unwrap_or(&self.created);
         Ok(TarOptions {

@@ -209,10 +209,6 @@ impl RegistryClient {
         })
     }
 
-    pub fn registry(&self) -> &str {
-        &self.registry
-    }
-
     /// `/v2/<path>` on this registry.
     pub(crate) fn url(&self, path: &str) -> Url {
         self.base

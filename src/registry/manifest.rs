@@ -22,7 +22,6 @@ pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [
 pub struct Manifest {
     pub media_type: String,
     pub digest: String,
-    pub bytes: Bytes,
 }
 
 impl RegistryClient {
@@ -105,10 +104,6 @@ impl RegistryClient {
                 message: format!("the registry returned content with digest {digest}"),
             });
         }
-        Ok(Some(Manifest {
-            media_type,
-            digest,
-            bytes,
-        }))
+        Ok(Some(Manifest { media_type, digest }))
     }
 }

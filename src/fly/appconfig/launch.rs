@@ -31,6 +31,7 @@ pub struct VolumeNeed {
 }
 
 impl GroupLaunch {
+    #[cfg(test)]
     pub fn total(&self) -> usize {
         self.count + usize::from(self.standby)
     }

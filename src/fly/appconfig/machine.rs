@@ -8,6 +8,7 @@ use super::units::format_go_duration;
 use super::{AppConfig, AppConfigError};
 use base64::Engine;
 use serde_json::{Map, Value, json};
+#[cfg(test)]
 use std::collections::BTreeMap;
 
 /// The process group flyctl gives the release-command machine.
@@ -51,7 +52,8 @@ pub fn default_guest() -> Value {
 }
 
 impl AppConfig {
-    /// The machine config for every process group, by group name.
+    /// The machine config for every process group, by group name (the golden tests' view).
+    #[cfg(test)]
     pub fn machine_configs(&self) -> Result<BTreeMap<String, Value>, AppConfigError> {
         self.process_groups()
             .into_iter()
@@ -599,6 +601,7 @@ fn mount_json(mount: &Mount) -> Value {
 /// The name the platform gives a service check in a machine's `checks[]` status:
 /// `servicecheck-<NN>-<type>-<internal_port>`, NN counting the service's checks from 00.
 /// Top-level checks keep their `[checks.<name>]` key.
+#[cfg(test)]
 pub fn service_check_names(config: &Value) -> Vec<String> {
     let mut names = Vec::new();
     for service in config["services"].as_array().into_iter().flatten() {

@@ -225,6 +225,8 @@ pub struct Mount {
     pub destination: String,
     /// GB, from `initial_size`: the size of a volume nixfly creates for a new machine.
     pub initial_size_gb: Option<u64>,
+    /// Validated, but not sent yet: volumes nixfly creates get the platform's default retention.
+    #[allow(dead_code)]
     pub snapshot_retention: Option<u64>,
     pub auto_extend_size_threshold: Option<u64>,
     /// GB, from `auto_extend_size_increment`.
