@@ -28,6 +28,11 @@ impl Nix {
         static NIX: OnceLock<Option<Nix>> = OnceLock::new();
         NIX.get_or_init(|| {
             if Command::new("nix").arg("--version").output().is_err() {
+                // CI installs Nix (scripts/test): there a missing nix is a failure, not a skip.
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "`nix` is not installed but CI is set: scripts/test installs nix-bin"
+                );
                 eprintln!(
                     "SKIPPED: `nix` is not installed (apt-get install nix-bin); scripts/test installs it"
                 );
