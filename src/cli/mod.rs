@@ -104,17 +104,18 @@ impl AppOptions {
         crate::fly::FlyToken::discover(self.access_token.as_deref())
     }
 
-    /// fly.toml from `--config`, else `./fly.toml` when it exists; its warnings are reported.
+    /// `--config`, else `./fly.toml` when it exists.
+    pub fn fly_toml_path(&self) -> Option<PathBuf> {
+        match &self.config {
+            Some(path) => Some(path.clone()),
+            None => Some(PathBuf::from("fly.toml")).filter(|default| default.exists()),
+        }
+    }
+
+    /// fly.toml from `fly_toml_path`; its warnings are reported.
     pub fn fly_toml(&self, reporter: &Reporter) -> anyhow::Result<Option<AppConfig>> {
-        let path = match &self.config {
-            Some(path) => path.clone(),
-            None => {
-                let default = PathBuf::from("fly.toml");
-                if !default.exists() {
-                    return Ok(None);
-                }
-                default
-            }
+        let Some(path) = self.fly_toml_path() else {
+            return Ok(None);
         };
         let (config, warnings) = AppConfig::load(&path)?;
         for warning in warnings {

@@ -70,9 +70,14 @@ impl PushOptions {
         let reference = match &self.to {
             Some(to) => Reference::parse(to).with_context(|| format!("reading --to {to}"))?,
             None => {
-                let app = app_name(app)?.context(
-                    "nowhere to push: pass --to host/repository, or name a Fly app (--app, FLY_APP or `app` in fly.toml)",
-                )?;
+                // fly.toml only when --app is not given; its warnings are the rollout's to show.
+                let fly_toml = match (&app.app, app.fly_toml_path()) {
+                    (None, Some(path)) => Some(crate::fly::appconfig::AppConfig::load(&path)?.0),
+                    _ => None,
+                };
+                let app = app
+                    .app_name(fly_toml.as_ref())
+                    .context("nowhere to push: pass --to host/repository, or name a Fly app")?;
                 let host = crate::registry::reference::default_registry_host();
                 Reference::parse(&format!("{host}/{app}")).with_context(|| format!("app name {app:?}"))?
             }
@@ -101,20 +106,6 @@ impl PushOptions {
         plan.validate()?;
         Ok((reference, plan))
     }
-}
-
-/// The app: --app / FLY_APP, then `app` in fly.toml (given, or ./fly.toml when present).
-fn app_name(app: &AppOptions) -> anyhow::Result<Option<String>> {
-    if let Some(name) = &app.app {
-        return Ok(Some(name.clone()));
-    }
-    let path = match &app.config {
-        Some(path) => path.clone(),
-        None if std::path::Path::new("fly.toml").is_file() => "fly.toml".into(),
-        None => return Ok(None),
-    };
-    let (config, _) = crate::fly::appconfig::AppConfig::load(&path)?;
-    Ok(config.app)
 }
 
 /// Push `source` as `options` say; shared by `push` and `deploy`.

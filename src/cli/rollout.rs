@@ -202,8 +202,7 @@ fn pinned_image(image: &str) -> anyhow::Result<String> {
              and deploys the digest"
         );
     };
-    let hex = digest.strip_prefix("sha256:").unwrap_or("");
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !crate::registry::reference::is_sha256_digest(digest) {
         anyhow::bail!("image {image}: the digest must be sha256: followed by 64 hex digits");
     }
     Ok(image.to_string())

@@ -4,10 +4,10 @@
 
 use super::docker_archive::{self, Extent, PositionedReader};
 use super::{
-    ArchiveFormat, ArchiveStream, Image, ImageError, ImageSource, IndexedImage, KnownLayer, LayerForm,
+    ArchiveFormat, ArchiveStream, Image, ImageError, ImageSource, IndexedImage, IndexedParts, KnownLayer,
+    LayerForm,
 };
 use crate::progress::Reporter;
-use bytes::Bytes;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -56,10 +56,12 @@ impl ImageSource for ArchiveFile {
                 })
                 .collect();
             return Ok(Image::Indexed(Arc::new(TarFile {
-                description,
+                parts: IndexedParts {
+                    description,
+                    config: index.config,
+                    layers,
+                },
                 file: Arc::new(file),
-                config: index.config,
-                layers,
                 extents: index.layers,
             })));
         }
@@ -95,24 +97,14 @@ fn identity(path: &Path, file: &File) -> std::io::Result<String> {
 
 /// An indexed uncompressed archive: layers are read straight from their place in the file.
 struct TarFile {
-    description: String,
+    parts: IndexedParts,
     file: Arc<File>,
-    config: Bytes,
-    layers: Vec<KnownLayer>,
     extents: Vec<Extent>,
 }
 
 impl IndexedImage for TarFile {
-    fn describe(&self) -> String {
-        self.description.clone()
-    }
-
-    fn config(&self) -> Bytes {
-        self.config.clone()
-    }
-
-    fn layers(&self) -> &[KnownLayer] {
-        &self.layers
+    fn parts(&self) -> &IndexedParts {
+        &self.parts
     }
 
     fn open_layer(&self, index: usize, form: LayerForm) -> Result<Box<dyn Read + Send>, ImageError> {

@@ -54,14 +54,29 @@ pub enum Image {
 
 /// An image whose layers are known before any is read.
 pub trait IndexedImage: Send + Sync {
-    fn describe(&self) -> String;
+    /// What every indexed source knows up front.
+    fn parts(&self) -> &IndexedParts;
+    fn describe(&self) -> String {
+        self.parts().description.clone()
+    }
     /// The config blob, byte for byte.
-    fn config(&self) -> Bytes;
+    fn config(&self) -> Bytes {
+        self.parts().config.clone()
+    }
     /// The layers in manifest order; `diff_id`s equal the config's `rootfs.diff_ids`.
-    fn layers(&self) -> &[KnownLayer];
+    fn layers(&self) -> &[KnownLayer] {
+        &self.parts().layers
+    }
     /// Read layer `index` in the given form. `Stored` is only asked for when the layer has a
     /// blob with `BlobEncoding::Stored`. Called from blocking threads, several at once.
     fn open_layer(&self, index: usize, form: LayerForm) -> Result<Box<dyn Read + Send>, ImageError>;
+}
+
+/// The description, config blob and layers of an indexed image.
+pub struct IndexedParts {
+    pub description: String,
+    pub config: Bytes,
+    pub layers: Vec<KnownLayer>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

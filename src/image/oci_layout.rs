@@ -4,8 +4,8 @@
 
 use super::docker_archive::config_diff_ids;
 use super::{
-    ArchiveFormat, BlobEncoding, Image, ImageError, ImageSource, IndexedImage, KnownBlob, KnownLayer,
-    LayerForm,
+    ArchiveFormat, BlobEncoding, Image, ImageError, ImageSource, IndexedImage, IndexedParts, KnownBlob,
+    KnownLayer, LayerForm,
 };
 use crate::blob::Algorithm;
 use crate::progress::Reporter;
@@ -169,9 +169,11 @@ impl ImageSource for OciLayout {
             paths.push(self.dir.join(path));
         }
         Ok(Image::Indexed(Arc::new(LayoutImage {
-            description: name,
-            config,
-            layers,
+            parts: IndexedParts {
+                description: name,
+                config,
+                layers,
+            },
             paths,
         })))
     }
@@ -196,23 +198,13 @@ fn layer_compression(media_type: &str) -> Option<Option<Algorithm>> {
 }
 
 struct LayoutImage {
-    description: String,
-    config: Bytes,
-    layers: Vec<KnownLayer>,
+    parts: IndexedParts,
     paths: Vec<PathBuf>,
 }
 
 impl IndexedImage for LayoutImage {
-    fn describe(&self) -> String {
-        self.description.clone()
-    }
-
-    fn config(&self) -> Bytes {
-        self.config.clone()
-    }
-
-    fn layers(&self) -> &[KnownLayer] {
-        &self.layers
+    fn parts(&self) -> &IndexedParts {
+        &self.parts
     }
 
     fn open_layer(&self, index: usize, form: LayerForm) -> Result<Box<dyn Read + Send>, ImageError> {
@@ -222,7 +214,7 @@ impl IndexedImage for LayoutImage {
             source,
         })?;
         let file: Box<dyn Read + Send> = Box::new(std::io::BufReader::with_capacity(256 * 1024, file));
-        Ok(match (form, &self.layers[index].blob) {
+        Ok(match (form, &self.parts.layers[index].blob) {
             (LayerForm::Uncompressed, Some(blob)) => {
                 let format = match blob.encoding {
                     BlobEncoding::Stored(Algorithm::Zstd) => ArchiveFormat::Zstd,

@@ -5,7 +5,10 @@
 //! committed: a store path that changed since the plan was built is an error naming it, never
 //! a corrupt image.
 
-use super::{BlobEncoding, Image, ImageError, ImageSource, IndexedImage, KnownBlob, KnownLayer, LayerForm};
+use super::{
+    BlobEncoding, Image, ImageError, ImageSource, IndexedImage, IndexedParts, KnownBlob, KnownLayer,
+    LayerForm,
+};
 use crate::layer::plan::{LayerPlan, LayerSource, PlanKind};
 use crate::progress::Reporter;
 use bytes::Bytes;
@@ -57,10 +60,8 @@ impl ImageSource for PlanFile {
 }
 
 struct PlanImage {
-    description: String,
-    config: Bytes,
+    parts: IndexedParts,
     sources: Vec<LayerSource>,
-    layers: Vec<KnownLayer>,
 }
 
 impl PlanImage {
@@ -79,31 +80,25 @@ impl PlanImage {
             })
             .collect();
         PlanImage {
-            description,
-            config: Bytes::from(plan.config),
+            parts: IndexedParts {
+                description,
+                config: Bytes::from(plan.config),
+                layers,
+            },
             sources: plan.layers.into_iter().map(|layer| layer.source).collect(),
-            layers,
         }
     }
 }
 
 impl IndexedImage for PlanImage {
-    fn describe(&self) -> String {
-        self.description.clone()
-    }
-
-    fn config(&self) -> Bytes {
-        self.config.clone()
-    }
-
-    fn layers(&self) -> &[KnownLayer] {
-        &self.layers
+    fn parts(&self) -> &IndexedParts {
+        &self.parts
     }
 
     fn open_layer(&self, index: usize, form: LayerForm) -> Result<Box<dyn Read + Send>, ImageError> {
         let source = &self.sources[index];
         let unsupported = |detail: String| ImageError::Unsupported {
-            source_name: self.description.clone(),
+            source_name: self.parts.description.clone(),
             detail,
         };
         if form == LayerForm::Stored {
@@ -112,10 +107,10 @@ impl IndexedImage for PlanImage {
             )));
         }
         let tar = source.open(None).map_err(|err| ImageError::Read {
-            source_name: self.description.clone(),
+            source_name: self.parts.description.clone(),
             source: io::Error::other(err),
         })?;
-        let layer = &self.layers[index];
+        let layer = &self.parts.layers[index];
         Ok(Box::new(Verified {
             inner: tar,
             hasher: Sha256::new(),

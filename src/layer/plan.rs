@@ -7,6 +7,7 @@
 
 use super::store_tar::{StoreTarReader, TarOptions};
 use crate::blob::Compression;
+use crate::registry::reference::is_sha256_digest;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fs::File;
@@ -216,15 +217,6 @@ impl LayerPlan {
         text.push('\n');
         text
     }
-}
-
-pub fn is_sha256_digest(digest: &str) -> bool {
-    digest.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
 }
 
 /// The parts of streamLayeredImage's conf JSON (`passthru.conf`) a plan needs. Unknown keys
