@@ -105,9 +105,14 @@ impl Nix {
 
     /// `nix <subcommand...>` with the offline options and the stand-in environment. Add
     /// `override_input` args for flake commands.
+    ///
+    /// Without a daemon, concurrent nix processes on one store fail with "SQLite database
+    /// '/nix/var/nix/db/db.sqlite' is busy" instead of waiting; `flock` runs them one at a time,
+    /// across test threads and across processes (two checkouts testing on one machine).
     pub fn command(&self, subcommand: &[&str]) -> Command {
-        let mut cmd = Command::new("nix");
-        cmd.args(["--extra-experimental-features", "nix-command flakes"])
+        let mut cmd = Command::new("flock");
+        cmd.args(["/nix/var/nix/nixfly-tests.lock", "nix"])
+            .args(["--extra-experimental-features", "nix-command flakes"])
             .args(["--option", "substituters", ""])
             .args(["--option", "sandbox", "false"])
             .args(["--option", "build-users-group", ""])
