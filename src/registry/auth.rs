@@ -373,16 +373,20 @@ pub struct Authenticator {
     registry: String,
     credentials: Option<Credentials>,
     is_fly: bool,
+    /// The most a token request may take (`--registry-timeout`): a token service that never
+    /// answers must not hang the push.
+    timeout: Duration,
     state: Mutex<State>,
     fetch_lock: tokio::sync::Mutex<()>,
 }
 
 impl Authenticator {
-    pub fn new(registry: &str, credentials: Option<Credentials>, is_fly: bool) -> Self {
+    pub fn new(registry: &str, credentials: Option<Credentials>, is_fly: bool, timeout: Duration) -> Self {
         Authenticator {
             registry: registry.to_string(),
             credentials,
             is_fly,
+            timeout,
             state: Mutex::new(State::default()),
             fetch_lock: tokio::sync::Mutex::new(()),
         }
@@ -465,7 +469,7 @@ impl Authenticator {
                 query.append_pair("scope", part);
             }
         }
-        let mut request = http.get(url.clone());
+        let mut request = http.get(url.clone()).timeout(self.timeout);
         if let Some(creds) = &self.credentials {
             request = request.header(reqwest::header::AUTHORIZATION, creds.basic_header());
         }
