@@ -23,7 +23,7 @@ pub struct PushArgs {
 }
 
 /// Options shared by `push` and `deploy`.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone)]
 pub struct PushOptions {
     /// Where to push: `host/repo[:tag]`. Default: registry.fly.io/<app> (FLY_REGISTRY_HOST
     /// overrides the host).
@@ -48,6 +48,16 @@ pub struct PushOptions {
     /// What SOURCE is, when detection by content should not decide.
     #[arg(long, value_enum, default_value_t, env = "NIXFLY_SOURCE_KIND")]
     pub source_kind: SourceKind,
+    /// Seconds a stream script may write nothing before it is stopped (with its whole process
+    /// group) and the push fails.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "NIXFLY_STREAM_TIMEOUT",
+        default_value_t = crate::image::script::DEFAULT_IDLE_TIMEOUT_SECS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub stream_timeout: u64,
     /// Neither read nor write the local cache ($XDG_CACHE_HOME/nixfly, else ~/.cache/nixfly).
     /// Without it, a layer whose compressed digest the source does not state is compressed
     /// (and uploaded) even when the registry already has it.
@@ -135,7 +145,11 @@ pub async fn push_image(
         client_options,
         reporter.clone(),
     )?);
-    let image_source = crate::image::detect(source, options.source_kind)?;
+    let image_source = crate::image::detect_with(
+        source,
+        options.source_kind,
+        std::time::Duration::from_secs(options.stream_timeout),
+    )?;
     let description = image_source.describe();
     reporter.info(format!(
         "pushing {description} to {}:{}",

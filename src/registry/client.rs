@@ -110,7 +110,7 @@ impl Default for ClientOptions {
 }
 
 /// Registry options shared by every command that pushes or reads images.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct RegistryArgs {
     /// Registry credentials as USER:PASSWORD. Default: for registry.fly.io the Fly token (user
     /// `x`), else REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json, ~/.docker/config.json.

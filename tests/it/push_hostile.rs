@@ -159,3 +159,169 @@ fn issue_13_symlinks_inside_the_layout_are_followed() {
     let reference = pushed_reference(&out, &registry.host(), "app");
     assert_same_image(&registry, &reference, &written);
 }
+
+/// A streamLayeredImage-shaped archive on disk, and what it holds.
+fn archive(t: &TestDir) -> (PathBuf, images::Written) {
+    let path = t.join("image.tar");
+    let written = images::write_stream_layered(
+        std::fs::File::create(&path).unwrap(),
+        &images::small_layers(),
+        images::Fault::None,
+    )
+    .unwrap();
+    (path, written)
+}
+
+/// An executable shell script in `t` whose body may use `$ARCHIVE` and `$DIR`; it records its
+/// pid in `$DIR/script.pid`.
+fn script(t: &TestDir, name: &str, archive: &Path, body: &str) -> PathBuf {
+    let path = t.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nARCHIVE='{}'\nDIR='{}'\necho $$ > \"$DIR/script.pid\"\n{body}\n",
+            archive.display(),
+            t.path().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Whether the process whose pid is in `file` has ended (gone, or a zombie nobody reaped yet).
+fn ended(file: &Path) -> bool {
+    let pid = std::fs::read_to_string(file).unwrap();
+    match std::fs::read_to_string(format!("/proc/{}/status", pid.trim())) {
+        Err(_) => true,
+        Ok(status) => status.lines().any(|l| l.starts_with("State:") && l.contains('Z')),
+    }
+}
+
+#[track_caller]
+fn assert_ended(t: &TestDir, pid_files: &[&str]) {
+    for name in pid_files {
+        let file = t.join(name);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !ended(&file) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(ended(&file), "{name}: the process is still running");
+    }
+}
+
+/// Issue 13 point 4: a script that writes a whole archive and then closes stdout and keeps
+/// running, or keeps writing after the end of the archive, does not hang the push: the image
+/// is pushed and the script (with what it started) is stopped.
+#[test]
+fn issue_13_a_script_that_lingers_after_its_archive_is_stopped() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (tar, written) = archive(&t);
+    let cases = [
+        (
+            "closes-stdout",
+            "cat \"$ARCHIVE\"\nexec >&-\nsleep 600 &\necho $! > \"$DIR/child.pid\"\nwait",
+        ),
+        (
+            "trailing-bytes",
+            "cat \"$ARCHIVE\"\nyes &\necho $! > \"$DIR/child.pid\"\nwait",
+        ),
+    ];
+    for (name, body) in cases {
+        let path = script(&t, name, &tar, body);
+        let started = std::time::Instant::now();
+        let out = push(&t, &registry, path.to_str().unwrap(), "app", name, &[]);
+        let reference = pushed_reference(&out, &registry.host(), "app");
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "{name} took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("was still running 5 s after its archive ended"),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_same_image(&registry, &reference, &written);
+        assert_ended(&t, &["script.pid", "child.pid"]);
+    }
+}
+
+/// Issue 13 point 4: a script that goes silent mid-archive is stopped after --stream-timeout,
+/// with its process group, and the push fails naming the limit; the tag stays.
+#[test]
+fn issue_13_a_silent_script_times_out_and_its_group_is_killed() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (tar, _) = archive(&t);
+    let path = script(
+        &t,
+        "hangs",
+        &tar,
+        "head -c 3000 \"$ARCHIVE\"\nsleep 600 &\necho $! > \"$DIR/child.pid\"\nwait",
+    );
+    let started = std::time::Instant::now();
+    let out = push(
+        &t,
+        &registry,
+        path.to_str().unwrap(),
+        "app",
+        "v1",
+        &["--stream-timeout", "2"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("wrote nothing for 2 s") && stderr.contains("--stream-timeout"),
+        "{stderr}"
+    );
+    assert!(started.elapsed().as_secs() < 30, "took {:?}", started.elapsed());
+    assert_ended(&t, &["script.pid", "child.pid"]);
+    assert!(registry.skopeo_inspect_fails(&format!("{}/app:v1", registry.host())));
+}
+
+/// Issue 13 point 4: SIGTERM or SIGINT to nixfly stops the script's whole process group.
+#[test]
+fn issue_13_a_signal_to_nixfly_stops_the_script() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (tar, _) = archive(&t);
+    for signal in ["TERM", "INT"] {
+        let path = script(
+            &t,
+            "waits",
+            &tar,
+            "sleep 600 &\necho $! > \"$DIR/child.pid\"\nwait",
+        );
+        let _ = std::fs::remove_file(t.join("child.pid"));
+        let mut cmd = t.nixfly();
+        cmd.args(["push", path.to_str().unwrap(), "--to"])
+            .arg(format!("{}/app", registry.host()))
+            .args(["--tag", "v1", "--creds", &registry.creds()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::fs::read_to_string(t.join("child.pid")).map_or(true, |s| s.trim().is_empty()) {
+            assert!(std::time::Instant::now() < deadline, "the script never started");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let exit = loop {
+            if let Some(exit) = child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(std::time::Instant::now() < deadline, "nixfly ignored SIG{signal}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert!(!exit.success(), "SIG{signal}: {exit:?}");
+        assert_ended(&t, &["script.pid", "child.pid"]);
+    }
+}
