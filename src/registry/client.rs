@@ -2,7 +2,7 @@
 //! backoff honouring `Retry-After`, redirects without leaking `Authorization`, bounded
 //! parallelism, and `-v` request logs with credentials redacted.
 
-use super::auth::{Authenticator, CredentialLookup, Credentials, Scope};
+use super::auth::{Authenticator, Credentials, Scope};
 use super::error::{RegistryError, StatusError, parse_api_errors};
 use crate::progress::Reporter;
 use bytes::Bytes;
@@ -56,50 +56,6 @@ impl Default for ClientOptions {
             upload_window: 16 << 20,
             chunk_size: 8 << 20,
         }
-    }
-}
-
-/// Registry options shared by every command that pushes or reads images.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct RegistryArgs {
-    /// Registry credentials as USER:PASSWORD. Default: for registry.fly.io the Fly token (user
-    /// `x`), else REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json, ~/.docker/config.json.
-    #[arg(
-        long,
-        value_name = "USER:PASSWORD",
-        env = "NIXFLY_REGISTRY_CREDS",
-        hide_env_values = true
-    )]
-    pub creds: Option<String>,
-    /// Talk plain HTTP to the registry (loopback hosts always do). Never use it over a network
-    /// you do not control.
-    #[arg(long, alias = "insecure-registry")]
-    pub plain_http: bool,
-    /// How layer data is uploaded: one streamed PATCH (what docker does), acknowledged chunks,
-    /// or one monolithic PUT.
-    #[arg(long, value_enum, default_value_t = UploadMode::Stream, value_name = "MODE")]
-    pub upload_mode: UploadMode,
-}
-
-impl RegistryArgs {
-    /// Client options for `registry`: credentials looked up as `CredentialLookup::find` says.
-    pub fn client_options(
-        &self,
-        registry: &str,
-        fly_token: Option<crate::fly::token::FlyToken>,
-    ) -> Result<ClientOptions, RegistryError> {
-        let lookup = CredentialLookup {
-            flag: self.creds.as_deref(),
-            auth_files: CredentialLookup::standard_auth_files(),
-            fly_token,
-            fly_registry_host: super::reference::default_registry_host(),
-        };
-        Ok(ClientOptions {
-            credentials: lookup.find(registry)?,
-            plain_http: self.plain_http,
-            upload_mode: self.upload_mode,
-            ..ClientOptions::default()
-        })
     }
 }
 
