@@ -141,7 +141,7 @@ pub async fn rollout_image(
     let platform = if options.skip_release {
         None
     } else {
-        Some(PlatformApi::new(FlyHttp::new(
+        Some(PlatformApi::new(FlyHttp::platform(
             &options.platform_url,
             token,
             reporter.clone(),

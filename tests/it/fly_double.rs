@@ -21,10 +21,19 @@ struct Api {
 
 impl Api {
     fn new(fly: &FlyApi) -> Self {
+        Self::with_auth(fly, format!("FlyV1 {}", fly.token()))
+    }
+
+    /// What flyctl sends to the platform API (api.fly.io): `Bearer`, never `FlyV1`.
+    fn platform(fly: &FlyApi) -> Self {
+        Self::with_auth(fly, format!("Bearer {}", fly.token()))
+    }
+
+    fn with_auth(fly: &FlyApi, auth: String) -> Self {
         Api {
             http: reqwest::Client::new(),
             base: fly.url().to_string(),
-            auth: format!("FlyV1 {}", fly.token()),
+            auth,
         }
     }
 
@@ -659,11 +668,12 @@ async fn release_command_machine_runs_records_its_exit_and_is_destroyed() {
 
 #[tokio::test]
 async fn releases_are_created_patched_and_their_bodies_checked() {
-    let (fly, api) = demo();
+    let (fly, _) = demo();
+    let api = Api::platform(&fly);
     let (status, created) = api
         .post(
             "/api/v1/releases",
-            json!({"app_name": "demo", "build_id": null, "definition": {"app": "demo"},
+            json!({"app_name": "demo", "build_id": 0, "definition": {"app": "demo"},
                         "image": "registry.fly.io/demo@sha256:abc", "strategy": "ROLLING"}),
         )
         .await;
@@ -688,7 +698,7 @@ async fn releases_are_created_patched_and_their_bodies_checked() {
     let (status, _) = api
         .post(
             "/api/v1/releases",
-            json!({"app_name": "demo", "image": "x", "strategy": "rolling"}),
+            json!({"app_name": "demo", "definition": {}, "image": "x", "strategy": "rolling"}),
         )
         .await;
     assert_eq!(status, 400);
@@ -714,6 +724,46 @@ async fn releases_are_created_patched_and_their_bodies_checked() {
         )
         .await;
     assert_eq!(status, 404);
+}
+
+/// Issue 10, points 1 and 2: the platform API takes `Bearer` (flyctl
+/// `internal/uiex/releases.go`), refuses `FlyV1` with 401, and refuses a release without the
+/// app config as `definition` with 422; `build_id` is an integer.
+#[tokio::test]
+async fn the_platform_api_wants_bearer_and_a_definition() {
+    let (fly, machines_client) = demo();
+    let release = json!({"app_name": "demo", "build_id": 0, "definition": {"app": "demo"},
+                         "image": "registry.fly.io/demo@sha256:abc", "strategy": "ROLLING"});
+    let (status, body) = machines_client.post("/api/v1/releases", release.clone()).await;
+    assert_eq!(status, 401, "{body}");
+    let bearer_flyv1 = Api::with_auth(&fly, format!("Bearer FlyV1 {}", fly.token()));
+    assert_eq!(
+        bearer_flyv1.post("/api/v1/releases", release.clone()).await.0,
+        401
+    );
+    // The Machines API still takes FlyV1.
+    assert_eq!(machines_client.get("/v1/apps/demo").await.0, 200);
+
+    let api = Api::platform(&fly);
+    for definition in [None, Some(Value::Null), Some(json!("fly.toml"))] {
+        let mut body = release.clone();
+        match definition {
+            None => drop(body.as_object_mut().unwrap().remove("definition")),
+            Some(value) => body["definition"] = value,
+        }
+        let (status, answer) = api.post("/api/v1/releases", body).await;
+        assert_eq!(status, 422, "{answer}");
+    }
+    let mut text_build = release.clone();
+    text_build["build_id"] = json!("b1");
+    assert_eq!(api.post("/api/v1/releases", text_build).await.0, 400);
+    let reasons: Vec<String> = fly.take_violations().into_iter().map(|v| v.reason).collect();
+    assert!(
+        reasons.len() == 1 && reasons[0].contains("build_id"),
+        "{reasons:?}"
+    );
+    assert!(fly.releases().is_empty());
+    assert_eq!(api.post("/api/v1/releases", release).await.0, 201);
 }
 
 #[tokio::test]

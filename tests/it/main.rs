@@ -18,6 +18,7 @@ mod push_sources;
 mod registry_client;
 mod registry_push;
 mod rollout_failures;
+mod rollout_fly_parity;
 mod rollout_rolling;
 mod rollout_strategies;
 mod rollout_tag;

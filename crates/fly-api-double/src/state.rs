@@ -290,7 +290,7 @@ pub struct Release {
     pub version: u64,
     pub image: String,
     pub strategy: String,
-    pub build_id: Option<String>,
+    pub build_id: Option<i64>,
     pub definition: Value,
     /// Every status it had, in order, starting with `created`.
     pub statuses: Vec<String>,
