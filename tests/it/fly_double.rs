@@ -625,6 +625,8 @@ async fn release_command_machine_runs_records_its_exit_and_is_destroyed() {
     assert_eq!(status, 200, "{created}");
     let id = created["id"].as_str().expect("id").to_string();
     let base = format!("/v1/apps/demo/machines/{id}");
+    // Reads lag behind the create (2 Fly seconds, 40 ms here).
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         api.get(&format!("{base}/wait?state=stopped&timeout=60")).await.0,
         200
@@ -764,6 +766,66 @@ async fn the_platform_api_wants_bearer_and_a_definition() {
     );
     assert!(fly.releases().is_empty());
     assert_eq!(api.post("/api/v1/releases", release).await.0, 201);
+}
+
+/// Issue 10, points 3 and 4: a just-created machine answers 404 to get and wait for a moment
+/// (flyctl `internal/machine/leasable_machine.go` retries that: `WithJustCreated`), and a
+/// slow image pull delays its start.
+#[tokio::test]
+async fn new_machines_are_invisible_for_a_moment_and_slow_pulls_delay_them() {
+    let (fly, api) = demo();
+    fly.set_image_pull("sha256:slow", Duration::from_secs(100));
+    let create = |image: &str| {
+        json!({"region": "iad", "skip_launch": true, "config": {
+            "image": image, "metadata": {"fly_platform_version": "v2", "fly_process_group": "app"}}})
+    };
+    let started = Instant::now();
+    let (status, created) = api
+        .post(
+            "/v1/apps/demo/machines",
+            create("registry.fly.io/demo@sha256:slow"),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let base = format!("/v1/apps/demo/machines/{}", created["id"].as_str().unwrap());
+    assert_eq!(api.get(&base).await.0, 404);
+    assert_eq!(
+        api.get(&format!("{base}/wait?state=stopped&timeout=1")).await.0,
+        404
+    );
+    // The list shows it (only get and wait lag), and so does the test's own handle.
+    let (_, list) = api.get("/v1/apps/demo/machines").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, machine) = api.get(&base).await;
+    assert_eq!((status, machine["state"].as_str()), (200, Some("created")));
+    // 100 Fly seconds of pull at scale 0.02: stopped after ~2 s, so a 60 s wait times out.
+    assert_eq!(
+        api.get(&format!("{base}/wait?state=stopped&timeout=60")).await.0,
+        408
+    );
+    assert_eq!(
+        api.get(&format!("{base}/wait?state=stopped&timeout=60")).await.0,
+        200
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let (_, quick) = api
+        .post(
+            "/v1/apps/demo/machines",
+            create("registry.fly.io/demo@sha256:quick"),
+        )
+        .await;
+    let base = format!("/v1/apps/demo/machines/{}", quick["id"].as_str().unwrap());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        api.get(&format!("{base}/wait?state=stopped&timeout=5")).await.0,
+        200
+    );
 }
 
 #[tokio::test]

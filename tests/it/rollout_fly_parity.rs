@@ -196,3 +196,108 @@ fn fly_access_token_wins_over_fly_api_token() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("FLY_ACCESS_TOKEN"), "{}", stderr(&out));
 }
+
+/// The image's digest, which the double's per-image rules match on.
+fn digest_of(image: &str) -> &str {
+    image.rsplit('@').next().unwrap()
+}
+
+/// Point 3: the release_command machine pulls the image before it settles, so its waits use
+/// the deploy's wait timeout (flyctl `internal/command/deploy/machines_releasecommand.go`:
+/// `md.waitTimeout`, then `md.releaseCmdTimeout` for the run), not a short fixed one.
+#[test]
+fn the_release_command_waits_as_long_as_the_deploy_allows_for_a_slow_pull() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).region("ams"));
+    let t = TestDir::new();
+    std::fs::write(
+        t.join("fly.toml"),
+        "app = \"demo\"\nprimary_region = \"ams\"\n[deploy]\nrelease_command = \"bin/migrate\"\n",
+    )
+    .unwrap();
+    let new = image(6);
+    // 100 Fly seconds (5 s here): longer than one 60-second wait call.
+    fly.set_image_pull(digest_of(&new), std::time::Duration::from_secs(100));
+
+    // A wait timeout shorter than the pull: the deploy stops, naming the setting to raise.
+    let out = run_rollout(&fly, &t, &new, &["--wait-timeout", "2s"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("did not reach state stopped") && err.contains("--wait-timeout"),
+        "{err}"
+    );
+    for id in &ids {
+        assert_eq!(
+            fly.machine(id).config_history.len(),
+            1,
+            "machine {id} was changed"
+        );
+    }
+    let release_machines: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| !ids.contains(&m.id))
+        .collect();
+    assert_eq!(release_machines.len(), 1);
+    assert_eq!(release_machines[0].state, "destroyed", "left behind");
+
+    // One long enough: the pull, the run, then the app machines.
+    let out = run_rollout(&fly, &t, &new, &["--wait-timeout", "30s"]);
+    assert_success(&out);
+    let waits = fly.requests_to("GET", "/wait");
+    assert!(
+        waits
+            .iter()
+            .any(|w| w.query.contains("state=stopped") && w.status == 408),
+        "the pull outlasted one wait call: {waits:?}"
+    );
+    for id in &ids {
+        assert_eq!(fly.machine(id).image(), new);
+    }
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// Point 4: a machine nixfly just created answers 404 to get and wait for a moment; that is
+/// retried until the deadline (flyctl `internal/machine/leasable_machine.go`,
+/// `WithJustCreated`), for the canary as for the release_command machine.
+#[test]
+fn just_created_machines_that_answer_404_are_waited_for() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).region("ams").checks(1));
+    let t = TestDir::new();
+    std::fs::write(
+        t.join("fly.toml"),
+        "app = \"demo\"\nprimary_region = \"ams\"\n[deploy]\nrelease_command = \"bin/migrate\"\n\
+         [checks.http-0]\ntype = \"http\"\nport = 8080\npath = \"/health\"\ninterval = \"15s\"\n\
+         timeout = \"2s\"\ngrace_period = \"5s\"\nmethod = \"GET\"\n",
+    )
+    .unwrap();
+    let out = run_rollout(&fly, &t, &image(7), &["--strategy", "canary"]);
+    assert_success(&out);
+    let created: Vec<String> = fly
+        .machines(APP)
+        .into_iter()
+        .map(|m| m.id)
+        .filter(|id| !ids.contains(id))
+        .collect();
+    assert_eq!(
+        created.len(),
+        2,
+        "release_command and canary machines: {created:?}"
+    );
+    for id in &created {
+        let not_found = fly
+            .requests_to("GET", &format!("/machines/{id}/wait"))
+            .into_iter()
+            .filter(|r| r.status == 404)
+            .count();
+        assert!(not_found >= 1, "machine {id} was never caught invisible");
+        assert_eq!(fly.machine(id).state, "destroyed");
+    }
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}

@@ -735,6 +735,7 @@ fn machine_operation(
     }
     let ok = || ok_json(StatusCode::OK, json!({"ok": true}));
     match op.id.as_str() {
+        "Machines_show" if !machine.visible(now) => not_visible_yet(id),
         "Machines_show" => ok_json(
             StatusCode::OK,
             machine_json(machine, now, req.flag("include_leases")),
@@ -920,6 +921,11 @@ fn machine_operation(
     }
 }
 
+/// A machine created moments ago, which reads do not see yet (`Timing::visible_after_create`).
+fn not_visible_yet(id: &str) -> Response {
+    error(StatusCode::NOT_FOUND, &format!("machine {id} not found"))
+}
+
 /// `GET .../wait`: long-poll until the machine is in one of the wanted states, 408 after the
 /// timeout (capped at 60 Fly seconds). Waiting for anything but `destroyed` on a destroyed
 /// machine answers 404, as the notes describe for release-command machines.
@@ -954,6 +960,7 @@ async fn wait(shared: &Shared, req: &Request, app: &str, id: &str) -> Response {
             let mut st = shared.lock();
             st.settle(now);
             let machine = match st.machines.get(id) {
+                Some(m) if m.app == app && !m.visible(now) => return not_visible_yet(id),
                 Some(m) if m.app == app => m,
                 _ => {
                     return error(
