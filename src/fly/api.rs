@@ -406,6 +406,27 @@ impl MachinesApi {
             .map(drop)
     }
 
+    /// Set one key of the machine's metadata (`POST .../metadata/{key}`), under the lease.
+    pub async fn set_metadata(
+        &self,
+        id: &str,
+        key: &str,
+        value: &str,
+        nonce: Option<&str>,
+    ) -> Result<(), ApiError> {
+        self.http
+            .send(Request {
+                method: Method::POST,
+                path: &["v1", "apps", &self.app, "machines", id, "metadata", key],
+                query: &[],
+                body: Some(json!({ "value": value })),
+                nonce,
+                replay: Replay::Safe,
+            })
+            .await
+            .map(drop)
+    }
+
     /// Acquire a new lease (`nonce` None) or extend the one we hold.
     pub async fn lease(&self, id: &str, ttl: Duration, nonce: Option<&str>) -> Result<Lease, ApiError> {
         let response: LeaseResponse = self

@@ -10,7 +10,7 @@ use support::rollout::{
 use support::{TestDir, assert_success};
 
 #[test]
-fn rolling_six_machines_in_two_groups_two_at_a_time() {
+fn rolling_six_machines_in_two_groups_side_by_side_two_at_a_time() {
     let fly = FlyApi::start();
     fly.add_app(APP);
     let web = fly.add_machines(APP, &MachineSpec::new("app").count(3).checks(2));
@@ -45,14 +45,19 @@ fn rolling_six_machines_in_two_groups_two_at_a_time() {
         assert!(checks.iter().all(|c| c.status == "passing"), "{checks:?}");
     }
 
-    // Groups one after the other, each in id order (the pool may finish out of order, but
-    // it starts in order), the first machine of each group alone.
+    // Groups side by side (as flyctl rolls them), each in id order (the pool may finish out
+    // of order, but it starts in order), the first machine of each group alone: the worker
+    // group starts before the web group's first machine has passed its checks.
     let updates = updated_ids(&fly.requests());
-    let mut expected: Vec<String> = web.clone();
-    expected.extend(worker.clone());
-    assert_eq!(updates, expected);
+    let in_group = |group: &[String]| -> Vec<String> {
+        updates.iter().filter(|id| group.contains(id)).cloned().collect()
+    };
+    assert_eq!(in_group(&web), web);
+    assert_eq!(in_group(&worker), worker);
+    let position = |id: &String| updates.iter().position(|u| u == id).unwrap();
+    assert!(position(&worker[0]) < position(&web[1]), "{updates:?}");
     assert!(
-        fly.max_concurrent_updates() <= 2,
+        fly.max_concurrent_updates() <= 4,
         "{} machines were updating at once",
         fly.max_concurrent_updates()
     );
@@ -113,6 +118,68 @@ fn stopped_machines_are_updated_with_skip_launch_and_stay_stopped() {
         assert_eq!(fly.machine(id).image(), new);
     }
     assert_eq!(fly.machine(&running[0]).state, "started");
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn stopped_machines_roll_in_their_own_pool_beside_the_running_ones() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let running = fly.add_machines(APP, &MachineSpec::new("app").count(3).checks(1));
+    let stopped = fly.add_machines(APP, &MachineSpec::new("app").count(4).state("stopped").checks(1));
+    let t = TestDir::new();
+    let new = image(21);
+
+    let out = run_rollout(&fly, &t, &new, &["--max-unavailable", "1"]);
+    assert_success(&out);
+
+    for id in running.iter().chain(&stopped) {
+        assert_eq!(fly.machine(id).image(), new, "machine {id}");
+    }
+    let requests = fly.requests();
+    let sent = |id: &str| {
+        requests
+            .iter()
+            .position(|r| r.method == "POST" && r.path.ends_with(&format!("/machines/{id}")))
+            .unwrap()
+    };
+    let last_get = |id: &str| {
+        requests
+            .iter()
+            .rposition(|r| r.method == "GET" && r.path.ends_with(&format!("/machines/{id}")))
+            .unwrap()
+    };
+    // max_unavailable 1 holds for the running machines: each waits for the one before to be
+    // healthy.
+    for pair in running.windows(2) {
+        assert!(sent(&pair[1]) > last_get(&pair[0]), "{pair:?} overlapped");
+    }
+    // The stopped machines did not wait for them: all four were sent before the second running
+    // machine, and more machines were busy at once than max_unavailable allows running ones.
+    for id in &stopped {
+        assert!(
+            sent(id) < sent(&running[1]),
+            "stopped machine {id} waited for the running ones"
+        );
+    }
+    assert!(
+        fly.max_concurrent_updates() >= 3,
+        "only {} machines at once",
+        fly.max_concurrent_updates()
+    );
+    for id in &stopped {
+        assert_eq!(fly.machine(id).state, "stopped", "machine {id}");
+    }
+    let plan = run_rollout(&fly, &t, &image(22), &["--max-unavailable", "1", "--plan"]);
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(
+        plan.contains(&format!(
+            "stopped wave 2 (beside the waves above): update {} {} {}",
+            stopped[1], stopped[2], stopped[3]
+        )),
+        "{plan}"
+    );
+    assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
 

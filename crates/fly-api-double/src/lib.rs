@@ -39,8 +39,10 @@
 //! - Time runs in "Fly seconds" scaled by `Timing::scale` (default 0.05): an update puts the
 //!   machine in `replacing`, then `started` after `Timing::start` (or `stopped` with
 //!   `skip_launch`); checks are `warning`, then `passing` after `Timing::checks`. A wait call
-//!   blocks at most 60 Fly seconds (3 s by default) and answers 408 on timeout. Lease TTLs are
-//!   not scaled: clients refresh them on their own clock.
+//!   blocks at most 60 Fly seconds (3 s by default) and answers 408 on timeout; a `timeout`
+//!   above 60 is 400 `invalid_argument`; with `version` (or `instance_id`) it answers only
+//!   once the machine runs that version. Lease TTLs are not scaled: clients refresh them on
+//!   their own clock.
 //! - Leases: `POST .../lease` with body `{"ttl": n}` answers 201
 //!   `{"status":"success","data":{nonce,expires_at,owner,description,version}}` (flat with
 //!   `Options::flat_lease`); with the current nonce in `fly-machine-lease-nonce` it refreshes;
@@ -367,6 +369,16 @@ impl FlyApi {
         let id = st.seed_machine(app, region, state, config);
         st.attach_volumes(&id, &volumes);
         id
+    }
+
+    /// Take a machine out of Fly's proxy (`cordoned`), as a machine created with
+    /// `skip_service_registration` is until uncordoned.
+    pub fn cordon(&self, machine: &str) {
+        self.lock()
+            .machines
+            .get_mut(machine)
+            .unwrap_or_else(|| panic!("the Fly API double has no machine {machine}"))
+            .cordoned = true;
     }
 
     /// Add a volume; returns its id (`vol_...`).
