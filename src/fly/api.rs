@@ -300,13 +300,14 @@ impl MachinesApi {
             .await
     }
 
-    pub async fn create_volume(&self, name: &str, region: &str, size_gb: u64) -> Result<Volume, ApiError> {
+    /// `POST /volumes` with the full request body (`name`, `region`, `size_gb`, ...).
+    pub async fn create_volume(&self, body: Value) -> Result<Volume, ApiError> {
         self.http
             .send_json(Request {
                 method: Method::POST,
                 path: &["v1", "apps", &self.app, "volumes"],
                 query: &[],
-                body: Some(json!({"name": name, "region": region, "size_gb": size_gb})),
+                body: Some(body),
                 nonce: None,
                 replay: Replay::Unsafe,
             })

@@ -307,3 +307,43 @@ fn bluegreen_cuts_over_like_flyctl_and_clears_an_earlier_deploys_leftovers() {
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
+
+#[test]
+fn canary_with_volumes_is_refused_before_any_change() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let volume = fly.add_volume(APP, "data", "iad", 1);
+    let mut config = MachineSpec::new("app").checks(1).config();
+    config["mounts"] = serde_json::json!([{"volume": volume, "name": "data", "path": "/data"}]);
+    let machine = fly.add_machine_with_config(APP, "iad", "started", config);
+    let t = TestDir::new();
+
+    // --strategy canary on machines that mount a volume.
+    let out = run_rollout(&fly, &t, &image(10), &["--strategy", "canary"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("canary") && err.contains(&machine), "{err}");
+
+    // fly.toml asking for canary with [[mounts]]: refused when fly.toml is read, as flyctl's
+    // validation does.
+    std::fs::write(
+        t.join("fly.toml"),
+        "app = \"demo\"\nprimary_region = \"iad\"\n[deploy]\nstrategy = \"canary\"\n[[mounts]]\nsource = \"data\"\ndestination = \"/data\"\n",
+    )
+    .unwrap();
+    let out = run_rollout(&fly, &t, &image(10), &[]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("fly.toml:5: [deploy] strategy: the canary strategy does not work with [[mounts]]"),
+        "{err}"
+    );
+
+    assert!(
+        fly.mutating_requests().is_empty(),
+        "{:#?}",
+        fly.mutating_requests()
+    );
+    assert_eq!(fly.machine(&machine).config_history.len(), 1);
+    assert_no_violations(&fly);
+}

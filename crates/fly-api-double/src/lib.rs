@@ -72,7 +72,9 @@
 //!   a mismatch is recorded as a violation (a bug in the double fails tests loudly).
 //! - IP assignments: list/create (any spec type)/delete, for first deploys that allocate
 //!   addresses.
-//! - Volumes: list/create/get/delete; `config.mounts[].volume` must name a volume of the app
+//! - Volumes: list/create/get/delete; a create keeps `encrypted` (default true),
+//!   `snapshot_retention` (1-60, else 400) and `auto_backup_enabled` and shows them back;
+//!   `config.mounts[].volume` must name a volume of the app
 //!   not attached to another machine (400 otherwise); destroying the machine detaches it.
 //! - Responses show `services[].autostop` "off"/"stop" as `false`/`true`, as Fly does; the
 //!   validator accepts booleans there because the spec's description allows them.
@@ -392,6 +394,9 @@ impl FlyApi {
             size_gb,
             state: "created".into(),
             attached_machine_id: None,
+            encrypted: true,
+            snapshot_retention: None,
+            auto_backup_enabled: None,
         };
         let id = volume.id.clone();
         st.volumes.insert(id.clone(), volume);

@@ -579,6 +579,9 @@ fn volumes(st: &mut State, req: &Request, op: &Operation, app: &str) -> Response
         let (Some(name), Some(region)) = (str_field("name"), str_field("region")) else {
             return error(StatusCode::BAD_REQUEST, "a volume needs a name and a region");
         };
+        if let Err(reason) = check_volume_request(req) {
+            return error(StatusCode::BAD_REQUEST, &reason);
+        }
         let volume = Volume {
             id: st.new_volume_id(),
             app: app.to_string(),
@@ -587,6 +590,12 @@ fn volumes(st: &mut State, req: &Request, op: &Operation, app: &str) -> Response
             size_gb: req.body_field("size_gb").and_then(Value::as_i64).unwrap_or(1),
             state: "created".into(),
             attached_machine_id: None,
+            encrypted: req
+                .body_field("encrypted")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+            snapshot_retention: req.body_field("snapshot_retention").and_then(Value::as_i64),
+            auto_backup_enabled: req.body_field("auto_backup_enabled").and_then(Value::as_bool),
         };
         let answer = volume.to_json();
         st.volumes.insert(volume.id.clone(), volume);
@@ -609,6 +618,17 @@ fn volumes(st: &mut State, req: &Request, op: &Operation, app: &str) -> Response
         volume.state = "destroyed".into();
     }
     ok_json(StatusCode::OK, volume.to_json())
+}
+
+/// Volume create: `snapshot_retention` must be 1-60 days (flyctl's
+/// `internal/appconfig/validation.go` checks the same range before sending it).
+fn check_volume_request(req: &Request) -> Result<(), String> {
+    if let Some(days) = req.body_field("snapshot_retention").and_then(Value::as_i64)
+        && !(1..=60).contains(&days)
+    {
+        return Err(format!("invalid snapshot_retention {days}: must be 1-60 days"));
+    }
+    Ok(())
 }
 
 /// Operations that change a machine need the lease nonce while someone holds a lease:

@@ -896,13 +896,21 @@ fn parse_mount(t: &Table<'_, '_>) -> Option<Mount> {
             }
             Some(gb)
         }),
-        snapshot_retention: t.uint("snapshot_retention"),
+        // flyctl's validation.go: 1 to 60 days.
+        snapshot_retention: t.get("snapshot_retention").and_then(|f| {
+            let days = f.uint()?;
+            if !(1..=60).contains(&days) {
+                f.error(format!("days of snapshots to keep, 1-60, got {days}"));
+                return None;
+            }
+            Some(days)
+        }),
+        scheduled_snapshots: t.bool("scheduled_snapshots"),
         auto_extend_size_threshold: threshold,
         auto_extend_size_increment_gb: t.get("auto_extend_size_increment").and_then(|f| gb_size(&f)),
         auto_extend_size_limit_gb: t.get("auto_extend_size_limit").and_then(|f| gb_size(&f)),
         processes: t.strings("processes"),
     };
-    t.ignore(&["scheduled_snapshots"]);
     Some(mount)
 }
 
@@ -1028,6 +1036,16 @@ fn cross_check(doc: &Doc<'_>, cfg: &AppConfig) {
     }
     for (i, f) in cfg.files.iter().enumerate() {
         unknown(f.line, &format!("files[{i}]"), &f.processes);
+    }
+    // flyctl's validation.go refuses canary with volumes: a canary would need a volume of its
+    // own.
+    if let (Some(Strategy::Canary), Some(mount)) = (cfg.deploy.strategy, cfg.mounts.first()) {
+        doc.error(
+            mount.line,
+            "[deploy] strategy",
+            "the canary strategy does not work with [[mounts]] (flyctl refuses it too): use \
+             rolling or bluegreen",
+        );
     }
     for group in &groups {
         let mounts: Vec<&Mount> = cfg
