@@ -181,6 +181,20 @@ fn validate(
             spec.app
         );
     }
+    // flyctl builds multi-container machines from fly.toml's machine_config (refused when
+    // fly.toml is read); a machine that runs containers would not run the image set on it.
+    if let Some(machine) = fleet
+        .machines()
+        .find(|m| m.config["containers"].as_array().is_some_and(|c| !c.is_empty()))
+    {
+        anyhow::bail!(
+            "machine {} runs {} containers, and nixfly deploys an image as a machine's only \
+             container, so the deploy would not change what the machine runs; deploy this app \
+             with `fly deploy`",
+            machine.id,
+            machine.config["containers"].as_array().map_or(0, Vec::len)
+        );
+    }
     // flyctl (strategy_bluegreen.go) refuses only when no machine at all has a check; the
     // checks that count are the ones the machines will have (fly.toml's when there is one).
     if spec.strategy == Strategy::Bluegreen

@@ -257,6 +257,94 @@ fn a_hundred_machines_roll_with_parallelism_bounded_by_max_unavailable() {
     assert_no_violations(&fly);
 }
 
+/// API calls per machine in flyctl's rolling update of a healthy machine with checks
+/// (internal/command/deploy/machines_deploymachinesapp.go `updateEntriesGroup`, over
+/// internal/machine/leasable_machine.go and machine_set.go):
+/// - lease: one `AcquireLease` (machine_set.go `AcquireLeases`), plus one refresh every
+///   (13 s - 1 s) / 3 = 4 s (`refreshLeaseUntilCanceled`, counted apart: it depends on time);
+/// - update: one `Update`;
+/// - wait: one `WaitForState(started)` call per 60 s (fly-go flaps/flaps_machines_wait.go);
+/// - get: at least two: `WaitForSmokeChecksToPass` polls `Get` until the machine has been up
+///   10 s (at least once), then `WaitForHealthchecksToPass` polls until all pass (at least
+///   once);
+/// - release: one `ReleaseLease`.
+const FLYCTL_CALLS_PER_MACHINE: [(&str, usize); 5] = [
+    ("lease", 1),
+    ("update", 1),
+    ("wait", 1),
+    ("get", 2),
+    ("release", 1),
+];
+const FLYCTL_LEASE_REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(4);
+
+#[test]
+fn five_hundred_machines_in_two_groups_take_no_more_calls_per_machine_than_flyctl() {
+    let fly = FlyApi::with_options(Options {
+        timing: Timing {
+            scale: 0.01,
+            ..Timing::default()
+        },
+        ..Options::default()
+    });
+    fly.add_app(APP);
+    let web = fly.add_machines(APP, &MachineSpec::new("app").count(250).checks(1));
+    let worker = fly.add_machines(APP, &MachineSpec::new("worker").count(250).checks(1));
+    let t = TestDir::new();
+    let new = image(23);
+
+    let started = Instant::now();
+    let out = run_rollout(&fly, &t, &new, &[]);
+    assert_success(&out);
+    let elapsed = started.elapsed();
+    eprintln!("500 machines rolled in {elapsed:?}");
+
+    let requests = fly.requests();
+    let mut calls: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
+    let mut refreshes = 0;
+    for r in &requests {
+        let Some(rest) = r.path.strip_prefix(&format!("/v1/apps/{APP}/machines/")) else {
+            continue;
+        };
+        let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
+        let kind = match (r.method.as_str(), action) {
+            ("POST", "lease") if r.lease_nonce.is_some() => {
+                refreshes += 1;
+                continue;
+            }
+            ("POST", "lease") => "lease",
+            ("DELETE", "lease") => "release",
+            ("POST", "") => "update",
+            ("GET", "wait") => "wait",
+            ("GET", "") => "get",
+            other => panic!("unexpected call {other:?} on machine {id}"),
+        };
+        *calls.entry((id, kind)).or_default() += 1;
+    }
+    for id in web.iter().chain(&worker) {
+        assert_eq!(fly.machine(id).image(), new, "machine {id}");
+        for (kind, flyctl) in FLYCTL_CALLS_PER_MACHINE {
+            let ours = calls.get(&(id.as_str(), kind)).copied().unwrap_or(0);
+            assert!(
+                ours <= flyctl,
+                "machine {id}: {ours} {kind} calls, flyctl makes {flyctl}"
+            );
+            assert!(ours >= 1 || kind == "get", "machine {id}: no {kind} call");
+        }
+    }
+    let rounds = (elapsed.as_secs_f64() / FLYCTL_LEASE_REFRESH_EVERY.as_secs_f64()).floor() as usize;
+    assert!(
+        refreshes <= 500 * rounds,
+        "{refreshes} lease refreshes in {elapsed:?}"
+    );
+
+    // The groups rolled side by side: the worker group started before the web group ended.
+    let updates = updated_ids(&requests);
+    let position = |id: &String| updates.iter().position(|u| u == id).unwrap();
+    assert!(position(&worker[0]) < position(web.last().unwrap()));
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
 #[test]
 fn leases_are_refreshed_while_a_slow_rollout_runs() {
     let fly = FlyApi::with_options(Options {

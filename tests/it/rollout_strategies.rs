@@ -347,3 +347,45 @@ fn canary_with_volumes_is_refused_before_any_change() {
     assert_eq!(fly.machine(&machine).config_history.len(), 1);
     assert_no_violations(&fly);
 }
+
+#[test]
+fn multi_container_machines_and_machine_config_are_refused_not_ignored() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let mut config = MachineSpec::new("app").config();
+    config["containers"] = serde_json::json!([
+        {"name": "app", "image": "registry.fly.io/demo@sha256:aa"},
+        {"name": "sidecar", "image": "nginx:1.27"},
+    ]);
+    let machine = fly.add_machine_with_config(APP, "iad", "started", config);
+    let t = TestDir::new();
+
+    let out = run_rollout(&fly, &t, &image(11), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("machine {machine} runs 2 containers")) && err.contains("fly deploy"),
+        "{err}"
+    );
+
+    std::fs::write(
+        t.join("fly.toml"),
+        "app = \"demo\"\nprimary_region = \"iad\"\nmachine_config = \"containers.json\"\ncontainer = \"app\"\n",
+    )
+    .unwrap();
+    let out = run_rollout(&fly, &t, &image(11), &[]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    for key in ["fly.toml:3: machine_config", "fly.toml:4: container"] {
+        assert!(
+            err.contains(&format!("{key}: nixfly does not build multi-container machines")),
+            "{err}"
+        );
+    }
+    assert!(
+        fly.mutating_requests().is_empty(),
+        "{:#?}",
+        fly.mutating_requests()
+    );
+    assert_no_violations(&fly);
+}

@@ -40,8 +40,6 @@ pub const VM_SIZES: &[&str] = &[
 
 /// Top-level keys flyctl knows that a deployer does not use: accepted without a warning.
 const IGNORED_TOP_LEVEL: &[&str] = &[
-    "machine_config",
-    "container",
     "machine_checks",
     // Nomad-era keys flyctl still parses and ignores.
     "build_target",
@@ -76,6 +74,7 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
     cfg.console_command = non_empty(root.string("console_command"));
     cfg.host_dedication_id = non_empty(root.string("host_dedication_id"));
     root.ignore(IGNORED_TOP_LEVEL);
+    refuse_containers(root, &["machine_config", "container"]);
 
     if let Some(build) = root.table("build") {
         cfg.build.image = non_empty(build.string("image"));
@@ -90,6 +89,7 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
             "build-target",
             "build_target",
         ]);
+        refuse_containers(&build, &["compose"]);
         build.finish();
     }
     if let Some(deploy) = root.table("deploy") {
@@ -317,6 +317,22 @@ fn valid_group_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// flyctl builds multi-container machines from `machine_config`, `container` and
+/// `[build] compose` (internal/appconfig/machines.go, internal/containerconfig/parse.go);
+/// nixfly deploys one image as the machine's only container. Ignoring them would deploy a
+/// different machine than flyctl, so they are refused.
+fn refuse_containers(t: &Table<'_, '_>, keys: &[&str]) {
+    for key in keys {
+        if let Some(field) = t.get(key) {
+            field.error(
+                "nixfly does not build multi-container machines; deploy this app with \
+                 `fly deploy`, or remove the key to deploy the image as the machine's only \
+                 container",
+            );
+        }
+    }
+}
+
 fn parse_experimental(t: &Table<'_, '_>, cfg: &mut AppConfig) -> Experimental {
     let mut experimental = Experimental::default();
     for (key, slot) in [
@@ -341,6 +357,7 @@ fn parse_experimental(t: &Table<'_, '_>, cfg: &mut AppConfig) -> Experimental {
             };
         }
     }
+    refuse_containers(t, &["machine_config"]);
     // Legacy homes of settings that now live elsewhere: flyctl moves them.
     if let Some(field) = t.get("kill_timeout")
         && cfg.kill_timeout.is_none()
@@ -362,7 +379,6 @@ fn parse_experimental(t: &Table<'_, '_>, cfg: &mut AppConfig) -> Experimental {
         "enable_etcd",
         "lazy_load_images",
         "attached",
-        "machine_config",
         "use_zstd",
         "private_network",
         "allowed_public_ports",

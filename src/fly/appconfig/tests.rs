@@ -203,6 +203,18 @@ fn impossible_values_are_errors() {
             "fly.toml:4: [mounts[0]] snapshot_retention: days of snapshots to keep, 1-60, got 90",
         ),
         (
+            "app = \"x\"\nmachine_config = \"cfg.json\"\n",
+            "fly.toml:2: machine_config: nixfly does not build multi-container machines",
+        ),
+        (
+            "[experimental]\nmachine_config = \"{}\"\n",
+            "fly.toml:2: [experimental] machine_config: nixfly does not build multi-container machines",
+        ),
+        (
+            "[build]\ncompose = { file = \"compose.yml\" }\n",
+            "fly.toml:2: [build] compose: nixfly does not build multi-container machines",
+        ),
+        (
             "[processes]\nweb = \"run 'unclosed\"\n",
             "fly.toml:2: [processes] web: cannot split \"run 'unclosed\" into arguments",
         ),
