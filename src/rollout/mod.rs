@@ -2,7 +2,9 @@
 //! flyctl lacks: automatic rollback and a signal-safe end (leases released, release marked).
 //!
 //! Order: app → machines → plan → release record (running) → release_command → leases →
-//! strategy per process group → (rollback) → leases released → release complete/failed/interrupted.
+//! strategy over the process groups → (rollback) → leases released → release
+//! complete/failed/interrupted. Nothing at all happens when every machine already runs the image
+//! with the config it would get (unless `--force`).
 
 mod bluegreen;
 mod canary;
