@@ -246,7 +246,8 @@ fn nothing_to_deploy(spec: &RolloutSpec, fleet: &Fleet, groups: &GroupPlan, chan
             // The reference may name the digest differently (another tag, another registry
             // host alias); the digest is what runs.
             new["image"] = current["image"].clone();
-            digest(machine.image()) == wanted && new == current
+            // A failed machine is started again by an update: that is something to do.
+            machine.state != "failed" && digest(machine.image()) == wanted && new == current
         })
 }
 
