@@ -321,3 +321,74 @@ fn issue_13_on_a_terminal_the_reference_survives_the_bars() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A gzip stream archive whose first layer is `mib` MiB of noise (incompressible: the blob is
+/// as big), then a small one.
+fn noisy_image(t: &TestDir, mib: usize) -> (std::path::PathBuf, images::Written) {
+    use std::io::Read;
+    let noise = t.join("noise.bin");
+    let mut bytes = vec![0u8; mib << 20];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut bytes)
+        .unwrap();
+    std::fs::write(&noise, &bytes).unwrap();
+    let tar = t.join("noisy.tar");
+    let layers = [
+        Layer::of(&[noise.to_str().unwrap()]),
+        Layer::of(&["/etc/debian_version"]),
+    ];
+    let written =
+        images::write_stream_layered(std::fs::File::create(&tar).unwrap(), &layers, ImageFault::None)
+            .unwrap();
+    let path = t.join("noisy.tar.gz");
+    images::gzip_file(&tar, &path).unwrap();
+    (path, written)
+}
+
+/// Issue 13 point 6: `--upload-mode monolithic` pushes a layer bigger than the 8 MiB resend
+/// window (kept in an unlinked temp file, not memory), sends it again after a cut PUT, and
+/// leaves no upload session behind.
+#[test]
+fn issue_13_monolithic_mode_pushes_a_layer_over_the_window_and_survives_a_cut() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let proxy = FaultProxy::start(
+        registry.addr,
+        vec![
+            Rule::new("PUT", "/blobs/uploads/", 1, Fault::CutAfter(5 << 20)),
+            Rule::new("PUT", "/blobs/uploads/", 2, Fault::status(503, &[])),
+        ],
+    );
+    let t = TestDir::new();
+    let (source, written) = noisy_image(&t, 12);
+    let out = push_via(
+        &t,
+        &registry,
+        &proxy.host(),
+        source.to_str().unwrap(),
+        "app",
+        "v1",
+        &["-v", "--upload-mode", "monolithic"],
+    );
+    let reference = pushed_reference(&out, &proxy.host(), "app");
+    assert_eq!(proxy.fired().len(), 2, "faults fired: {:?}", proxy.fired());
+    assert!(
+        proxy.requests().iter().all(|r| !r.starts_with("PATCH")),
+        "{:?}",
+        proxy.requests()
+    );
+    let direct = reference.replace(&proxy.host(), &registry.host());
+    assert_same_image(&registry, &direct, &written);
+    // The PUT cut after 5 MiB may leave its session behind: distribution 2.8 refuses every
+    // later request on it, DELETE included ("upload resumed at wrong offest"), and keeps the
+    // bytes until its purge runs. The session the 503 hit is cancelled; nothing else is left.
+    let left = registry.open_upload_sessions();
+    assert!(
+        left.len() <= 1,
+        "{left:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for session in left {
+        assert_eq!(std::fs::metadata(session.join("data")).unwrap().len(), 5 << 20);
+    }
+}
