@@ -191,7 +191,13 @@ fn a_missing_or_broken_helper_is_named_in_the_error() {
     let bin = t.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let broken = bin.join("docker-credential-broken");
-    std::fs::write(&broken, "#!/bin/sh\necho 'keychain locked' >&2\nexit 3\n").unwrap();
+    // It reads the host first, as helpers do: one that never reads stdin cannot be told apart
+    // from one that did not start.
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\nread -r server\necho 'keychain locked' >&2\nexit 3\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
     write_docker_config(
         &t,
