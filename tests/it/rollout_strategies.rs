@@ -203,6 +203,13 @@ fn bluegreen_cuts_over_like_flyctl_and_clears_an_earlier_deploys_leftovers() {
             "{plan}"
         );
     }
+    assert!(
+        plan.contains(&format!(
+            "wave 1: a green machine beside each of {} {}\n",
+            web[0], web[1]
+        )),
+        "{plan}"
+    );
     let out = run_rollout(
         &fly,
         &t,
