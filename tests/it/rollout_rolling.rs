@@ -170,7 +170,7 @@ fn stopped_machines_roll_in_their_own_pool_beside_the_running_ones() {
     for id in &stopped {
         assert_eq!(fly.machine(id).state, "stopped", "machine {id}");
     }
-    let plan = run_rollout(&fly, &t, &image(22), &["--max-unavailable", "1", "--plan"]);
+    let plan = run_rollout(&fly, &t, &image(22), &["--max-unavailable", "1", "--dry-run"]);
     let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
     assert!(
         plan.contains(&format!(
