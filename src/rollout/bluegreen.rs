@@ -6,8 +6,8 @@
 //!
 //! Machines left by an earlier bluegreen deploy that was interrupted are found by flyctl's
 //! marks and destroyed first: greens that never took traffic (still cordoned, with a tag no
-//! serving machine carries), and
-//! blues that had already handed traffic over (tagged `safe_to_destroy`).
+//! serving machine carries), and blues that had already handed traffic over (tagged
+//! `safe_to_destroy`).
 
 use super::error::RolloutError;
 use super::health::wait_for_state;
