@@ -115,7 +115,7 @@ impl ResolvedRollout {
         let platform = if options.skip_release {
             None
         } else {
-            Some(PlatformApi::new(FlyHttp::new(
+            Some(PlatformApi::new(FlyHttp::platform(
                 &options.platform_url,
                 token,
                 reporter.clone(),

@@ -144,7 +144,7 @@ pub async fn run(
     // release being marked and every lease released.
     let mut signals = Signals::install()?;
     let release = match &platform {
-        Some(platform) => Some(start_release(platform, &spec).await?),
+        Some(platform) => start_release(platform, &spec, &fleet, &reporter).await?,
         None => None,
     };
     let change = ConfigChange {
@@ -372,15 +372,38 @@ fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: b
     lines
 }
 
-async fn start_release(platform: &PlatformApi, spec: &RolloutSpec) -> anyhow::Result<Release> {
+/// Create the release record and mark it running. Its `definition` is fly.toml, else the
+/// config rebuilt from the machines as flyctl does (the platform refuses a release without
+/// one); with neither there is no record, and a warning says so.
+async fn start_release(
+    platform: &PlatformApi,
+    spec: &RolloutSpec,
+    fleet: &Fleet,
+    reporter: &Reporter,
+) -> anyhow::Result<Option<Release>> {
     use anyhow::Context as _;
+    let definition = if spec.definition.is_object() {
+        spec.definition.clone()
+    } else {
+        let machines: Vec<&crate::fly::types::Machine> = fleet.machines().collect();
+        match crate::fly::appconfig::from_machines::definition_from_machines(&spec.app, &machines) {
+            Some(definition) => definition,
+            None => {
+                reporter.warn(format!(
+                    "app {} has no fly.toml and no machine to rebuild its config from: no release \
+                     record is made for this deploy (pass --config fly.toml to get one)",
+                    spec.app
+                ));
+                return Ok(None);
+            }
+        }
+    };
     let release = platform
         .create_release(NewRelease {
             app: &spec.app,
             image: &spec.image,
             strategy: spec.strategy.as_str(),
-            definition: spec.definition.clone(),
-            build_id: None,
+            definition,
         })
         .await
         .with_context(|| {
@@ -394,7 +417,7 @@ async fn start_release(platform: &PlatformApi, spec: &RolloutSpec) -> anyhow::Re
         .set_status(&release.id, ReleaseStatus::Running)
         .await
         .with_context(|| format!("marking release {} running (no machine was changed)", release.id))?;
-    Ok(release)
+    Ok(Some(release))
 }
 
 /// release_command, leases, machines for new process groups, then the strategy over the

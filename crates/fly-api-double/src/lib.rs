@@ -50,6 +50,11 @@
 //!   cordon/uncordon and metadata writes need the nonce while a lease is active (409
 //!   otherwise), and a nonce that matches no active lease is 409 too. `DELETE .../lease` with
 //!   the nonce releases it (404 when no lease is active).
+//! - A machine made by `POST /machines` answers 404 to get and wait for
+//!   `Timing::visible_after_create` (2 Fly seconds), as Fly's reads lag behind a create
+//!   (flyctl `internal/machine/leasable_machine.go` retries them: `WithJustCreated`).
+//! - `set_image_pull(image, time)`: machines created or updated onto that image start `time`
+//!   later (the pull), which the release command's waits must leave room for.
 //! - Destroyed machines stay GET-able with state `destroyed` (hidden from the list unless
 //!   `include_deleted=true`); waiting on them for any state but `destroyed` is 404.
 //! - A machine whose `config.metadata.fly_process_group` is `fly_app_release_command`, when
@@ -472,6 +477,13 @@ impl FlyApi {
             machine: Some(machine.into()),
             behavior,
         });
+    }
+
+    /// Pulling an image whose reference contains `image_contains` takes `fly_time` (scaled
+    /// like every other delay): machines created or updated onto it start that much later.
+    /// A large Nix image on a cold host takes minutes.
+    pub fn set_image_pull(&self, image_contains: &str, fly_time: Duration) {
+        self.lock().image_pulls.push((image_contains.into(), fly_time));
     }
 
     /// Exit code of every release-command machine run from now on.

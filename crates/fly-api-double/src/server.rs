@@ -123,8 +123,11 @@ pub async fn handle(
 }
 
 async fn process(shared: &Shared, req: &Request, headers: &HeaderMap, mut problems: Vec<String>) -> Response {
-    if !authorized(headers, &shared.token) {
+    if !authorized(headers, &shared.token, is_platform_api(req)) {
         return error(StatusCode::UNAUTHORIZED, "Authenticate: token validation error");
+    }
+    if let Some(refusal) = platform_scheme_refusal(req, headers).or_else(|| release_definition_refusal(req)) {
+        return refusal;
     }
     let content_type = header(headers, "content-type");
     let route = if req.path == "/api/v1/releases" || req.path.starts_with("/api/v1/releases/") {
@@ -246,8 +249,11 @@ fn auth_scheme(headers: &HeaderMap) -> String {
     }
 }
 
-/// `Bearer X`, `FlyV1 X` and `Bearer FlyV1 X`, as Fly accepts them.
-fn authorized(headers: &HeaderMap, token: &str) -> bool {
+/// `Bearer X`, `FlyV1 X` and `Bearer FlyV1 X`, as Fly accepts them. The platform API also
+/// takes the token among others: fly-go (`tokens/tokens.go`, `GraphQL()`) sends it every
+/// macaroon and OAuth token at once, "the only service that accepts macaroons and OAuth
+/// tokens in the same request".
+fn authorized(headers: &HeaderMap, token: &str, platform: bool) -> bool {
     let Some(value) = header(headers, "authorization") else {
         return false;
     };
@@ -258,7 +264,43 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
             None => return false,
         },
     };
+    if platform {
+        let sent: Vec<&str> = credential.split(',').collect();
+        return token.split(',').all(|part| sent.contains(&part));
+    }
     credential == token
+}
+
+fn is_platform_api(req: &Request) -> bool {
+    req.path.starts_with("/api/")
+}
+
+/// The platform API (api.fly.io) takes `Authorization: Bearer <macaroons,oauth>`: flyctl's
+/// client sends exactly that (`internal/uiex/releases.go`: `"Bearer " + Tokens.GraphQL()`),
+/// never the Machines API's `FlyV1` scheme, so the double refuses `FlyV1` there.
+fn platform_scheme_refusal(req: &Request, headers: &HeaderMap) -> Option<Response> {
+    let scheme = auth_scheme(headers);
+    (is_platform_api(req) && scheme.contains("FlyV1")).then(|| {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "Authenticate: the platform API takes `Authorization: Bearer <tokens>`, not FlyV1",
+        )
+    })
+}
+
+/// A release is created with the app config as `definition` (flyctl
+/// `internal/command/deploy/machines.go` passes `md.appConfig`, rebuilt from the machines by
+/// `internal/appconfig/remote.go` when there is no fly.toml): an absent, null or non-object
+/// one is refused as unprocessable.
+fn release_definition_refusal(req: &Request) -> Option<Response> {
+    let creating = req.method == "POST" && req.path == "/api/v1/releases";
+    let definition = req.body_field("definition");
+    (creating && !definition.is_some_and(Value::is_object)).then(|| {
+        error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "definition must be the app config (an object)",
+        )
+    })
 }
 
 fn take_fault(shared: &Shared, req: &Request) -> Option<Response> {
@@ -304,11 +346,12 @@ fn ok_json(status: StatusCode, value: Value) -> Response {
 fn release_schemas() -> (Value, Value) {
     let create = json!({
         "type": "object",
-        "required": ["app_name", "image", "strategy"],
+        "required": ["app_name", "definition", "image", "strategy"],
         "properties": {
             "app_name": {"type": "string"},
-            "build_id": {"type": "string", "nullable": true},
-            "definition": {"type": "object", "nullable": true},
+            // flyctl `internal/uiex/releases.go` `CreateReleaseRequest.BuildId int64`.
+            "build_id": {"type": "integer"},
+            "definition": {"type": "object"},
             "image": {"type": "string"},
             "strategy": {"type": "string", "enum": ["ROLLING", "IMMEDIATE", "CANARY", "BLUEGREEN"]},
         }
@@ -373,7 +416,7 @@ fn releases(shared: &Shared, req: &Request) -> Response {
                 version,
                 image: body["image"].as_str().unwrap_or_default().to_string(),
                 strategy: body["strategy"].as_str().unwrap_or_default().to_string(),
-                build_id: body["build_id"].as_str().map(str::to_string),
+                build_id: body["build_id"].as_i64(),
                 definition: body["definition"].clone(),
                 statuses: vec!["created".into()],
                 metadata: Value::Null,
@@ -712,6 +755,7 @@ fn machine_operation(
     }
     let ok = || ok_json(StatusCode::OK, json!({"ok": true}));
     match op.id.as_str() {
+        "Machines_show" if !machine.visible(now) => not_visible_yet(id),
         "Machines_show" => ok_json(
             StatusCode::OK,
             machine_json(machine, now, req.flag("include_leases")),
@@ -897,6 +941,11 @@ fn machine_operation(
     }
 }
 
+/// A machine created moments ago, which reads do not see yet (`Timing::visible_after_create`).
+fn not_visible_yet(id: &str) -> Response {
+    error(StatusCode::NOT_FOUND, &format!("machine {id} not found"))
+}
+
 /// `GET .../wait`: long-poll until the machine is in one of the wanted states, 408 after the
 /// timeout (capped at 60 Fly seconds). Waiting for anything but `destroyed` on a destroyed
 /// machine answers 404, as the notes describe for release-command machines.
@@ -931,6 +980,7 @@ async fn wait(shared: &Shared, req: &Request, app: &str, id: &str) -> Response {
             let mut st = shared.lock();
             st.settle(now);
             let machine = match st.machines.get(id) {
+                Some(m) if m.app == app && !m.visible(now) => return not_visible_yet(id),
                 Some(m) if m.app == app => m,
                 _ => {
                     return error(
