@@ -192,7 +192,17 @@ fn a_missing_or_broken_helper_is_named_in_the_error() {
     let bin = t.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let broken = bin.join("docker-credential-broken");
-    support::images::write_executable(&broken, "#!/bin/sh\necho 'keychain locked' >&2\nexit 3\n").unwrap();
+    // It reads the host first, as helpers do: one that never reads stdin cannot be told apart
+    // from one that did not start.
+    support::images::write_executable(
+        &broken,
+        "#!/bin/sh
+read -r server
+echo 'keychain locked' >&2
+exit 3
+",
+    )
+    .unwrap();
     write_docker_config(
         &t,
         &serde_json::json!({ "credHelpers": { registry.host(): "broken" } }),
@@ -206,4 +216,51 @@ fn a_missing_or_broken_helper_is_named_in_the_error() {
         err.contains("docker-credential-broken") && err.contains("keychain locked"),
         "{err}"
     );
+}
+
+/// An identity token (from `auths.<host>.identitytoken`, or a helper answering the user
+/// `<token>`) is an OAuth2 refresh token: exchanged at the token realm for access tokens, and
+/// never printed, even with -vv.
+#[test]
+fn identity_tokens_are_exchanged_at_the_token_realm() {
+    use support::registry::IDENTITY_TOKEN;
+    let registry = Registry::start(AuthMode::token(std::time::Duration::from_secs(300)));
+    let t = TestDir::new();
+    let (source, written) = archive(&t);
+    let repo = format!("{}/{APP}", registry.host());
+
+    write_docker_config(
+        &t,
+        &serde_json::json!({ "auths": { registry.host(): { "identitytoken": IDENTITY_TOKEN } } }),
+    );
+    let out = run(t
+        .nixfly()
+        .args(["push", &source, "--to", &repo, "--tag", "v1", "-vv"]));
+    let reference = pushed_reference(&out, &registry.host(), APP);
+    assert_same_image(&registry, &reference, &written);
+    assert!(!stderr(&out).contains(IDENTITY_TOKEN), "{}", stderr(&out));
+    let server = registry.token_server.as_ref().unwrap();
+    let issued = server.issued.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(issued > 0);
+
+    install_helper(&t, "oauth", &registry.host(), "<token>", IDENTITY_TOKEN);
+    write_docker_config(
+        &t,
+        &serde_json::json!({ "credHelpers": { registry.host(): "oauth" } }),
+    );
+    let mut cmd = t.nixfly();
+    with_helper_path(&t, &mut cmd);
+    let out = run(cmd.args(["push", &source, "--to", &repo, "--tag", "v2"]));
+    pushed_reference(&out, &registry.host(), APP);
+    assert!(server.issued.load(std::sync::atomic::Ordering::Relaxed) > issued);
+
+    // A wrong identity token is refused at the realm, and the error names the helper.
+    install_helper(&t, "oauth", &registry.host(), "<token>", "not-the-token");
+    let mut cmd = t.nixfly();
+    with_helper_path(&t, &mut cmd);
+    let out = run(cmd.args(["push", &source, "--to", &repo, "--tag", "v3"]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("docker-credential-oauth"), "{err}");
+    assert!(!err.contains("not-the-token"), "{err}");
 }
