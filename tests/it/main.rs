@@ -13,6 +13,7 @@ mod nix_template;
 mod push_errors;
 mod push_faults;
 mod push_fixtures;
+mod push_hostile;
 mod push_plan;
 mod push_sources;
 mod registry_client;

@@ -179,7 +179,11 @@ fn a_missing_or_broken_helper_is_named_in_the_error() {
     // from one that did not start.
     support::images::write_executable(
         &broken,
-        "#!/bin/sh\nread -r server\necho 'keychain locked' >&2\nexit 3\n",
+        "#!/bin/sh
+read -r server
+echo 'keychain locked' >&2
+exit 3
+",
     )
     .unwrap();
     write_docker_config(
