@@ -155,6 +155,8 @@ pub struct PushPlan {
     pub jobs: usize,
     /// Compression threads per layer.
     pub workers: usize,
+    /// Push an image built for another architecture than Fly's amd64 (`--allow-arch`).
+    pub allow_arch: bool,
 }
 
 impl PushPlan {
@@ -227,6 +229,8 @@ pub enum PushError {
     },
     #[error("{0}")]
     Options(String),
+    #[error(transparent)]
+    Architecture(#[from] crate::image::arch::ForeignArchitecture),
     #[error("a push task failed")]
     Task(#[source] tokio::task::JoinError),
 }
@@ -246,14 +250,26 @@ pub async fn push<S: BlobStore>(
         cache,
         reporter,
     });
+    // Fly runs amd64: the architecture is checked as soon as the config is known, before any
+    // upload for indexed sources; a stream's config comes last, so before its manifest.
+    let check_arch = |config: &[u8], source: &str| match plan.allow_arch {
+        true => Ok(()),
+        false => crate::image::arch::check(config, source),
+    };
     let (config, layers) = match image {
-        Image::Indexed(image) => pusher.clone().push_indexed(image).await?,
+        Image::Indexed(image) => {
+            check_arch(&image.config(), &image.describe())?;
+            pusher.clone().push_indexed(image).await?
+        }
         Image::Stream(stream) => {
             let handle = tokio::runtime::Handle::current();
             let pusher = pusher.clone();
-            tokio::task::spawn_blocking(move || pusher.push_stream(stream, handle))
+            let description = stream.description.clone();
+            let pushed = tokio::task::spawn_blocking(move || pusher.push_stream(stream, handle))
                 .await
-                .map_err(PushError::Task)??
+                .map_err(PushError::Task)??;
+            check_arch(&pushed.0, &description)?;
+            pushed
         }
     };
     pusher.finish(config, layers).await
@@ -1201,6 +1217,7 @@ mod tests {
             compression,
             jobs: 2,
             workers: 2,
+            allow_arch: false,
         }
     }
 

@@ -53,6 +53,12 @@ pub struct PushOptions {
     /// (and uploaded) even when the registry already has it.
     #[arg(long, env = "NIXFLY_NO_CACHE")]
     pub no_cache: bool,
+    /// Push an image whose config names another platform than linux/amd64, which is all Fly
+    /// Machines run. Without it such an image is refused before any upload; a stream (a
+    /// streamLayeredImage script, stdin, a compressed archive) carries its config last, so its
+    /// layers are uploaded first and the refusal comes before the manifest: the tag does not move.
+    #[arg(long, env = "NIXFLY_ALLOW_ARCH")]
+    pub allow_arch: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -102,6 +108,7 @@ impl PushOptions {
             compression: Compression::new(self.compression, self.level)?,
             jobs: self.jobs.unwrap_or(DEFAULT_JOBS),
             workers: crate::blob::default_workers(),
+            allow_arch: self.allow_arch,
         };
         plan.validate()?;
         Ok((reference, plan))
