@@ -31,6 +31,8 @@
 //! # Behaviour (see `shared/fly/NOTES.md` for where each rule comes from)
 //! - Auth: `Authorization: Bearer X`, `FlyV1 X` or `Bearer FlyV1 X` with X the token
 //!   (`fly.token()`); anything else is 401 `{"error":"Authenticate: token validation error"}`.
+//!   The platform API (`/api/...`) takes only `Bearer`, with X among the comma-joined tokens
+//!   sent (flyctl `internal/uiex/releases.go`, fly-go `Tokens.GraphQL()`); `FlyV1` there is 401.
 //! - Every request is recorded (`requests()`), then validated: the operation must exist in the
 //!   spec; query parameters and the JSON body must match its schemas; properties the schema
 //!   does not declare and `null`s where the schema is not nullable are violations too (Fly
@@ -69,7 +71,8 @@
 //!   `RestartLoop { exit_code, restarts }` (stays `started` while exit events with
 //!   `restarting: true` and `restart_count` 1..=restarts pile up, then stops).
 //! - Releases: `POST /api/v1/releases` answers 201 `{"release":{id,version,status,...}}` with
-//!   versions counting up per app; `PATCH /api/v1/releases/{id}` appends to `statuses`.
+//!   versions counting up per app; a missing, null or non-object `definition` is 422 and
+//!   `build_id` must be an integer (flyctl `uiex.CreateReleaseRequest`); `PATCH /api/v1/releases/{id}` appends to `statuses`.
 //!   Creating an app machine in a `pending` app (`set_app_status`) makes it `deployed`.
 //! - Operations in the spec that the double does not serve answer 501 and count as
 //!   violations, so a client using one is noticed.
