@@ -74,6 +74,13 @@ pub struct RolloutOptions {
     /// rest of the deploy is healthy. Asked on a terminal; required elsewhere.
     #[arg(long)]
     pub destroy_removed_groups: bool,
+    /// Roll the machines out even when every one already runs this image with this config.
+    #[arg(long)]
+    pub force: bool,
+    /// Bluegreen: the pause after the greens take traffic before the blues are cordoned, and
+    /// again before they are stopped (flyctl's 10 s), for Fly's proxy to catch up.
+    #[arg(long, value_parser = parse_go_duration, value_name = "DURATION", default_value = "10s", hide = true)]
+    pub bluegreen_cutover_wait: Duration,
     /// Do not create a release record (for setups without Fly's platform API).
     #[arg(long)]
     pub skip_release: bool,
@@ -257,6 +264,8 @@ fn spec(app: &str, image: String, options: &RolloutOptions, fly_toml: Option<&Ap
         definition: fly_toml.map_or(serde_json::Value::Null, |c| c.definition.clone()),
         plan_only: options.dry_run,
         destroy_removed_groups: options.destroy_removed_groups,
+        force: options.force,
+        bluegreen_wait: options.bluegreen_cutover_wait,
     }
 }
 

@@ -374,13 +374,14 @@ impl MachinesApi {
             .await
     }
 
-    pub async fn create_volume(&self, name: &str, region: &str, size_gb: u64) -> Result<Volume, ApiError> {
+    /// `POST /volumes` with the full request body (`name`, `region`, `size_gb`, ...).
+    pub async fn create_volume(&self, body: Value) -> Result<Volume, ApiError> {
         self.http
             .send_json(Request {
                 method: Method::POST,
                 path: &["v1", "apps", &self.app, "volumes"],
                 query: &[],
-                body: Some(json!({"name": name, "region": region, "size_gb": size_gb})),
+                body: Some(body),
                 nonce: None,
                 replay: Replay::Unsafe,
             })
@@ -473,6 +474,27 @@ impl MachinesApi {
                 path: &["v1", "apps", &self.app, "machines", id, action],
                 query: &[],
                 body: None,
+                nonce,
+                replay: Replay::Safe,
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Set one key of the machine's metadata (`POST .../metadata/{key}`), under the lease.
+    pub async fn set_metadata(
+        &self,
+        id: &str,
+        key: &str,
+        value: &str,
+        nonce: Option<&str>,
+    ) -> Result<(), ApiError> {
+        self.http
+            .send(Request {
+                method: Method::POST,
+                path: &["v1", "apps", &self.app, "machines", id, "metadata", key],
+                query: &[],
+                body: Some(json!({ "value": value })),
                 nonce,
                 replay: Replay::Safe,
             })

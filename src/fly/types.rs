@@ -59,6 +59,9 @@ pub struct Machine {
     /// `ok`, `unknown` or `unreachable`: whether Fly can reach the machine's host.
     #[serde(default)]
     pub host_status: Option<String>,
+    /// Out of Fly's proxy: created with `skip_service_registration`, or cordoned.
+    #[serde(default)]
+    pub cordoned: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -470,7 +470,7 @@ async fn a_lease_held_by_someone_else_blocks_every_change_until_it_expires() {
 }
 
 #[tokio::test]
-async fn wait_answers_408_on_timeout_and_caps_the_timeout_at_60_fly_seconds() {
+async fn wait_answers_408_on_timeout_and_blocks_at_most_60_fly_seconds() {
     let fly = FlyApi::with_options(Options {
         timing: Timing {
             scale: 0.01,
@@ -497,11 +497,11 @@ async fn wait_answers_408_on_timeout_and_caps_the_timeout_at_60_fly_seconds() {
             .contains("did not reach state started")
     );
     assert!(started.elapsed() >= Duration::from_millis(50));
-    // 3600 s asked, 60 s granted: 0.6 s at this scale, not 36 s.
+    // 60 s is the most a call may ask for: 0.6 s at this scale; 61 s is refused outright.
     let started = Instant::now();
     let (status, _) = api
         .get(&format!(
-            "/v1/apps/demo/machines/{id}/wait?state=started&timeout=3600"
+            "/v1/apps/demo/machines/{id}/wait?state=started&timeout=60"
         ))
         .await;
     assert_eq!(status, 408);
@@ -510,6 +510,12 @@ async fn wait_answers_408_on_timeout_and_caps_the_timeout_at_60_fly_seconds() {
         waited >= Duration::from_millis(600) && waited < Duration::from_secs(5),
         "{waited:?}"
     );
+    let (status, _) = api
+        .get(&format!(
+            "/v1/apps/demo/machines/{id}/wait?state=started&timeout=3600"
+        ))
+        .await;
+    assert_eq!(status, 400);
     // A state reached in time answers at once, comma lists included.
     let (status, body) = api
         .get(&format!("/v1/apps/demo/machines/{id}/wait?state=started,stopped"))
@@ -1273,4 +1279,44 @@ async fn ip_addresses_are_assigned_listed_and_released() {
         404
     );
     assert_eq!(fly.ips("demo"), [v4]);
+}
+
+#[tokio::test]
+async fn wait_refuses_timeouts_above_60s_and_answers_only_for_the_version_asked() {
+    let (fly, api) = demo();
+    let id = fly.add_machines("demo", &MachineSpec::new("app")).remove(0);
+    let path = format!("/v1/apps/demo/machines/{id}");
+    let (status, answer) = api.get(&format!("{path}/wait?state=started&timeout=61")).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("invalid_argument"),
+        "{answer}"
+    );
+    let (status, _) = api.get(&format!("{path}/wait?state=started&timeout=60")).await;
+    assert_eq!(status, 200);
+
+    let old_version = fly.machine(&id).version;
+    let nonce = api.lease("demo", &id).await;
+    let mut config = fly.machine(&id).config;
+    config["image"] = json!("registry.fly.io/demo@sha256:def");
+    let (status, updated) = api
+        .call("POST", &path, Some(json!({"config": config})), Some(&nonce))
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    let new_version = updated["instance_id"].as_str().unwrap().to_string();
+    // The machine is started again soon, but never at the version it had before the update.
+    let (status, _) = api
+        .get(&format!(
+            "{path}/wait?state=started&timeout=2&version={old_version}"
+        ))
+        .await;
+    assert_eq!(status, 408);
+    let (status, waited) = api
+        .get(&format!(
+            "{path}/wait?state=started&timeout=10&instance_id={new_version}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{waited}");
+    assert_eq!(waited["version"], json!(new_version));
+    assert!(fly.violations().is_empty(), "{:?}", fly.violations());
 }

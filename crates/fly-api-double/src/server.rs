@@ -622,6 +622,9 @@ fn volumes(st: &mut State, req: &Request, op: &Operation, app: &str) -> Response
         let (Some(name), Some(region)) = (str_field("name"), str_field("region")) else {
             return error(StatusCode::BAD_REQUEST, "a volume needs a name and a region");
         };
+        if let Err(reason) = check_volume_request(req) {
+            return error(StatusCode::BAD_REQUEST, &reason);
+        }
         let volume = Volume {
             id: st.new_volume_id(),
             app: app.to_string(),
@@ -630,6 +633,12 @@ fn volumes(st: &mut State, req: &Request, op: &Operation, app: &str) -> Response
             size_gb: req.body_field("size_gb").and_then(Value::as_i64).unwrap_or(1),
             state: "created".into(),
             attached_machine_id: None,
+            encrypted: req
+                .body_field("encrypted")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+            snapshot_retention: req.body_field("snapshot_retention").and_then(Value::as_i64),
+            auto_backup_enabled: req.body_field("auto_backup_enabled").and_then(Value::as_bool),
         };
         let answer = volume.to_json();
         st.volumes.insert(volume.id.clone(), volume);
@@ -652,6 +661,17 @@ fn volumes(st: &mut State, req: &Request, op: &Operation, app: &str) -> Response
         volume.state = "destroyed".into();
     }
     ok_json(StatusCode::OK, volume.to_json())
+}
+
+/// Volume create: `snapshot_retention` must be 1-60 days (flyctl's
+/// `internal/appconfig/validation.go` checks the same range before sending it).
+fn check_volume_request(req: &Request) -> Result<(), String> {
+    if let Some(days) = req.body_field("snapshot_retention").and_then(Value::as_i64)
+        && !(1..=60).contains(&days)
+    {
+        return Err(format!("invalid snapshot_retention {days}: must be 1-60 days"));
+    }
+    Ok(())
 }
 
 /// Operations that change a machine need the lease nonce while someone holds a lease:
@@ -964,11 +984,11 @@ async fn wait(shared: &Shared, req: &Request, app: &str, id: &str) -> Response {
     } else {
         wanted
     };
-    let timeout_secs = req
-        .query("timeout")
-        .and_then(|t| t.parse::<u64>().ok())
-        .unwrap_or(WAIT_CAP_SECS)
-        .min(WAIT_CAP_SECS);
+    let timeout_secs = match wait_timeout_secs(req) {
+        Ok(secs) => secs,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
+    };
+    let version = wait_version(req);
     let deadline = {
         let st = shared.lock();
         if !st.apps.contains_key(app) {
@@ -991,14 +1011,15 @@ async fn wait(shared: &Shared, req: &Request, app: &str, id: &str) -> Response {
                     );
                 }
             };
-            let reached = wanted.iter().any(|w| {
-                *w == machine.state
-                    || (w == "settled"
-                        && matches!(
-                            machine.state.as_str(),
-                            "started" | "stopped" | "suspended" | "failed" | "destroyed"
-                        ))
-            });
+            let reached = version.as_deref().is_none_or(|v| v == machine.version)
+                && wanted.iter().any(|w| {
+                    *w == machine.state
+                        || (w == "settled"
+                            && matches!(
+                                machine.state.as_str(),
+                                "started" | "stopped" | "suspended" | "failed" | "destroyed"
+                            ))
+                });
             if reached {
                 return ok_json(
                     StatusCode::OK,
@@ -1034,6 +1055,34 @@ async fn wait(shared: &Shared, req: &Request, app: &str, id: &str) -> Response {
         }
         tokio::time::sleep_until(wake.into()).await;
     }
+}
+
+/// The wait call's `timeout` in seconds: 60 when absent; more than 60 is refused with 400
+/// `invalid_argument`, as the Machines API does (the OpenAPI description: "This request will
+/// block for up to 60 seconds"; fly-go `flaps/flaps_machines_wait.go` clamps every timeout to
+/// its `proxyTimeoutThreshold` of 60 s, so flyctl never sends more).
+fn wait_timeout_secs(req: &Request) -> Result<u64, String> {
+    let Some(secs) = req.query("timeout").and_then(|t| t.parse::<u64>().ok()) else {
+        return Ok(WAIT_CAP_SECS);
+    };
+    if secs > WAIT_CAP_SECS {
+        return Err(format!(
+            "invalid_argument: timeout {secs}s is above the {WAIT_CAP_SECS}s maximum"
+        ));
+    }
+    Ok(secs)
+}
+
+/// The machine version a wait is for: `version`, or the deprecated `instance_id` (the OpenAPI
+/// file; fly-go `flaps/flaps_machines_wait.go` sends `version`). A wait with a version is
+/// answered only once the machine runs that version in the wanted state, so a client that
+/// sends a version other than the one its update returned waits until 408, as a wait on a
+/// superseded version would on Fly (that last part unverified, chosen to be strict).
+fn wait_version(req: &Request) -> Option<String> {
+    req.query("version")
+        .or_else(|| req.query("instance_id"))
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
 }
 
 /// A machine as the API shows it: events newest first, and `autostop` as the booleans Fly

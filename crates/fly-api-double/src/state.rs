@@ -89,6 +89,10 @@ pub struct Volume {
     pub size_gb: i64,
     pub state: String,
     pub attached_machine_id: Option<String>,
+    /// As created: Fly encrypts volumes unless asked not to.
+    pub encrypted: bool,
+    pub snapshot_retention: Option<i64>,
+    pub auto_backup_enabled: Option<bool>,
 }
 
 impl Volume {
@@ -99,7 +103,7 @@ impl Volume {
             "region": self.region,
             "size_gb": self.size_gb,
             "state": self.state,
-            "encrypted": true,
+            "encrypted": self.encrypted,
             "fstype": "ext4",
             "type": "local",
             "zone": "a1b2",
@@ -108,6 +112,12 @@ impl Volume {
         });
         if let Some(machine) = &self.attached_machine_id {
             json["attached_machine_id"] = json!(machine);
+        }
+        if let Some(days) = self.snapshot_retention {
+            json["snapshot_retention"] = json!(days);
+        }
+        if let Some(enabled) = self.auto_backup_enabled {
+            json["auto_backup_enabled"] = json!(enabled);
         }
         json
     }
