@@ -345,10 +345,12 @@ fn machines_their_host_refuses_are_replaced_in_the_same_region_and_group() {
         .into_iter()
         .filter(|m| !ids.contains(&m.id) && !workers.contains(&m.id))
         .collect();
-    let placed: Vec<(&str, &str)> = replacements
+    // Groups roll out side by side: the order of creation is the groups' race.
+    let mut placed: Vec<(&str, &str)> = replacements
         .iter()
         .map(|m| (m.region.as_str(), m.process_group()))
         .collect();
+    placed.sort();
     assert_eq!(placed, [("ams", "app"), ("syd", "worker"), ("syd", "worker")]);
     for m in &replacements {
         assert_eq!(
@@ -363,18 +365,22 @@ fn machines_their_host_refuses_are_replaced_in_the_same_region_and_group() {
     // Next deploy: the first worker is replaced again, the second fails to start; the
     // rollback puts every machine, the new replacement included, back on the previous image.
     let bad = image(9);
+    let new_workers: Vec<_> = replacements
+        .iter()
+        .filter(|m| m.process_group() == "worker")
+        .collect();
     fly.refuse_updates(
-        &replacements[1].id,
+        &new_workers[0].id,
         "could not reserve resource for machine: no room",
     );
     fly.set_machine_behavior(
-        &replacements[2].id,
+        &new_workers[1].id,
         digest_of(&bad),
         support::fly_api::Behavior::FailToStart,
     );
     let out = run_rollout(&fly, &t, &bad, &["--wait-timeout", "2s"]);
     assert!(!out.status.success(), "{}", stderr(&out));
-    assert_eq!(fly.machine(&replacements[1].id).state, "destroyed");
+    assert_eq!(fly.machine(&new_workers[0].id).state, "destroyed");
     let again: Vec<_> = fly
         .machines(APP)
         .into_iter()
@@ -385,7 +391,7 @@ fn machines_their_host_refuses_are_replaced_in_the_same_region_and_group() {
         again.iter().all(|m| m.image() == new && m.state == "started"),
         "{again:?}"
     );
-    let twice = again.iter().find(|m| m.id != replacements[2].id).unwrap();
+    let twice = again.iter().find(|m| m.id != new_workers[1].id).unwrap();
     let history: Vec<&str> = twice
         .config_history
         .iter()
