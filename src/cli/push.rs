@@ -68,6 +68,12 @@ pub struct PushOptions {
     /// (and uploaded) even when the registry already has it.
     #[arg(long, env = "NIXFLY_NO_CACHE")]
     pub no_cache: bool,
+    /// Push an image whose config names another platform than linux/amd64, which is all Fly
+    /// Machines run. Without it such an image is refused before any upload; a stream (a
+    /// streamLayeredImage script, stdin, a compressed archive) carries its config last, so its
+    /// layers are uploaded first and the refusal comes before the manifest: the tag does not move.
+    #[arg(long, env = "NIXFLY_ALLOW_ARCH")]
+    pub allow_arch: bool,
     /// How layer data is uploaded: one streamed PATCH (what docker does), acknowledged chunks,
     /// or one monolithic PUT.
     #[arg(long, value_enum, default_value_t = UploadMode::Stream, value_name = "MODE", help_heading = "Registry")]
@@ -142,6 +148,7 @@ impl PushOptions {
             compression: Compression::new(self.compression, self.level)?,
             jobs: self.jobs.unwrap_or(DEFAULT_JOBS),
             workers: crate::blob::default_workers(),
+            allow_arch: self.allow_arch,
         };
         plan.validate()?;
         let mut client_options = self.registry.client_options(&reference.registry, fly_token)?;
