@@ -151,6 +151,9 @@ impl PushOptions {
             allow_arch: self.allow_arch,
         };
         plan.validate()?;
+        // Whether SOURCE exists and is an image is known without reading it: a dry run or a
+        // deploy must not get past this with a typo in the path.
+        crate::image::detect(source, self.source_kind)?;
         let mut client_options = self.registry.client_options(&reference.registry, fly_token)?;
         client_options.upload_mode = self.upload_mode;
         client_options.upload_window = client_options.upload_window.min(UPLOAD_WINDOW);

@@ -130,6 +130,33 @@ fn deploy_dry_run_pushes_nothing_and_changes_no_machine() {
     assert_no_violations(&fly);
 }
 
+/// Issue 13 point 7: a dry run refuses a source that does not exist or is not an image, as
+/// the real deploy would, before asking Fly or the registry anything.
+#[test]
+fn issue_13_deploy_plan_refuses_a_missing_or_non_image_source() {
+    let registry = Registry::start(AuthMode::None);
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(1));
+    let t = TestDir::new();
+    let text = t.join("notes.txt");
+    std::fs::write(&text, "not an image").unwrap();
+    for (source, expected) in [
+        (
+            t.join("no-such-result").to_str().unwrap().to_string(),
+            "cannot read",
+        ),
+        (text.to_str().unwrap().to_string(), "is not an image"),
+    ] {
+        let out = deploy(&fly, &registry, &t, &source, &["--plan"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(expected) && err.contains(&source), "{err}");
+        assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+    assert!(fly.requests().is_empty(), "{:#?}", fly.requests());
+}
+
 #[test]
 fn deploy_without_a_token_fails_before_uploading() {
     let registry = Registry::start(AuthMode::None);
