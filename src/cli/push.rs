@@ -5,6 +5,7 @@ use super::registry::RegistryOptions;
 use crate::blob::{Algorithm, Compression};
 use crate::cache::Cache;
 use crate::fly::FlyToken;
+use crate::fly::appconfig::units::parse_go_duration;
 use crate::image::SourceKind;
 use crate::progress::Reporter;
 use crate::push::{ManifestFormat, PushPlan, Pushed};
@@ -13,6 +14,7 @@ use crate::registry::{Reference, RegistryClient};
 use anyhow::Context;
 use clap::Args;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct PushArgs {
@@ -52,20 +54,26 @@ pub struct PushOptions {
     /// What SOURCE is, when detection by content should not decide.
     #[arg(long, value_enum, default_value_t, env = "NIXFLY_SOURCE_KIND")]
     pub source_kind: SourceKind,
-    /// Seconds a stream script may write nothing before it is stopped (with its whole process
-    /// group) and the push fails. Default 600.
+    /// How long a stream script may write nothing before it is stopped (with its whole process
+    /// group) and the push fails (e.g. 90s, 10m). Default 10m.
     #[arg(
         long,
-        value_name = "SECONDS",
+        value_name = "DURATION",
         env = "NIXFLY_STREAM_TIMEOUT",
-        value_parser = clap::value_parser!(u64).range(1..)
+        value_parser = parse_go_duration
     )]
-    pub stream_timeout: Option<u64>,
+    pub stream_timeout: Option<Duration>,
     /// Neither read nor write the local cache ($XDG_CACHE_HOME/nixfly, else ~/.cache/nixfly).
     /// Without it, a layer whose compressed digest the source does not state is compressed
     /// (and uploaded) even when the registry already has it.
     #[arg(long, env = "NIXFLY_NO_CACHE")]
     pub no_cache: bool,
+    /// Push an image whose config names another platform than linux/amd64, which is all Fly
+    /// Machines run. Without it such an image is refused before any upload; a stream (a
+    /// streamLayeredImage script, stdin, a compressed archive) carries its config last, so its
+    /// layers are uploaded first and the refusal comes before the manifest: the tag does not move.
+    #[arg(long, env = "NIXFLY_ALLOW_ARCH")]
+    pub allow_arch: bool,
     /// How layer data is uploaded: one streamed PATCH (what docker does), acknowledged chunks,
     /// or one monolithic PUT.
     #[arg(long, value_enum, default_value_t = UploadMode::Stream, value_name = "MODE", help_heading = "Registry")]
@@ -92,7 +100,7 @@ pub struct ResolvedPush {
     pub source: String,
     pub source_kind: SourceKind,
     /// How long a stream script may stay silent.
-    pub stream_timeout: std::time::Duration,
+    pub stream_timeout: Duration,
     pub plan: PushPlan,
     pub client: Arc<RegistryClient>,
     pub use_cache: bool,
@@ -140,6 +148,7 @@ impl PushOptions {
             compression: Compression::new(self.compression, self.level)?,
             jobs: self.jobs.unwrap_or(DEFAULT_JOBS),
             workers: crate::blob::default_workers(),
+            allow_arch: self.allow_arch,
         };
         plan.validate()?;
         // Whether SOURCE exists and is an image is known without reading it: a dry run or a
@@ -152,15 +161,23 @@ impl PushOptions {
         Ok(ResolvedPush {
             source: source.to_string(),
             source_kind: self.source_kind,
-            stream_timeout: std::time::Duration::from_secs(
-                self.stream_timeout
-                    .unwrap_or(crate::image::script::DEFAULT_IDLE_TIMEOUT_SECS),
-            ),
+            stream_timeout: positive(
+                "--stream-timeout",
+                self.stream_timeout.unwrap_or(Duration::from_secs(
+                    crate::image::script::DEFAULT_IDLE_TIMEOUT_SECS,
+                )),
+            )?,
             plan,
             client: Arc::new(client),
             use_cache: !self.no_cache,
         })
     }
+}
+
+/// A timeout of zero would give up before anything could happen.
+pub(crate) fn positive(flag: &str, timeout: Duration) -> anyhow::Result<Duration> {
+    anyhow::ensure!(!timeout.is_zero(), "{flag} must be above 0, like 30s or 2m");
+    Ok(timeout)
 }
 
 impl ResolvedPush {

@@ -9,6 +9,7 @@
 //!   in Nix archives, so layers are handled as they pass and matched to the config at the end.
 //!   (`.tar.gz`, `.tar.zst`, stream scripts, stdin.)
 
+pub mod arch;
 pub mod docker_archive;
 pub mod file;
 pub mod oci_layout;

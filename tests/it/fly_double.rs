@@ -834,6 +834,37 @@ async fn new_machines_are_invisible_for_a_moment_and_slow_pulls_delay_them() {
     );
 }
 
+/// Issue 10, point 5: hosts that refuse updates (the texts flyctl
+/// `machines_deploymachinesapp.go` matches) and hosts that are not `ok`.
+#[tokio::test]
+async fn hosts_can_refuse_updates_and_be_unreachable() {
+    let (fly, api) = demo();
+    let ids = fly.add_machines("demo", &MachineSpec::new("app").count(3));
+    let message =
+        "aborted: could not reserve resource for machine: insufficient memory available to fulfill request";
+    fly.refuse_updates(&ids[0], message);
+    fly.set_host_status(&ids[1], "unreachable");
+    let config = fly.machine(&ids[2]).config;
+    for (id, status) in [(&ids[0], 409), (&ids[1], 412), (&ids[2], 200)] {
+        let nonce = api.lease("demo", id).await;
+        let (code, body) = api
+            .call(
+                "POST",
+                &format!("/v1/apps/demo/machines/{id}"),
+                Some(json!({"config": config, "region": "iad"})),
+                Some(&nonce),
+            )
+            .await;
+        assert_eq!(code, status, "{id}: {body}");
+        if status == 409 {
+            assert_eq!(body["error"], message);
+        }
+    }
+    let (_, shown) = api.get(&format!("/v1/apps/demo/machines/{}", ids[1])).await;
+    assert_eq!(shown["host_status"], "unreachable");
+    assert_eq!(fly.machine(&ids[0]).config_history.len(), 1);
+}
+
 #[tokio::test]
 async fn image_behaviours_fail_checks_fail_starts_and_loop_restarts() {
     let (fly, api) = demo();

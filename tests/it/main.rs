@@ -10,6 +10,7 @@ mod layer_cli;
 mod nix_flake;
 mod nix_layer_plan;
 mod nix_template;
+mod push_arch;
 mod push_errors;
 mod push_faults;
 mod push_fixtures;

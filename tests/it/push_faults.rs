@@ -119,7 +119,7 @@ fn issue_13_a_request_never_answered_times_out_and_is_retried() {
         source.to_str().unwrap(),
         "app",
         "v1",
-        &["-v", "--registry-timeout", "2"],
+        &["-v", "--registry-timeout", "2s"],
     );
     let reference = pushed_reference(&out, &proxy.host(), "app");
     assert_eq!(proxy.fired().len(), 2, "faults fired: {:?}", proxy.fired());
@@ -144,7 +144,7 @@ fn issue_13_a_registry_that_never_answers_is_a_clear_error() {
     cmd.args(["push", source.to_str().unwrap(), "--to"])
         .arg(format!("{}/app", proxy.host()))
         .args(["--tag", "v1", "--creds", &registry.creds()])
-        .env("NIXFLY_REGISTRY_TIMEOUT", "1");
+        .env("NIXFLY_REGISTRY_TIMEOUT", "1s");
     let out = support::run(&mut cmd);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
