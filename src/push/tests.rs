@@ -49,6 +49,7 @@ impl BlobStore for FakeRegistry {
         repository: &str,
         mut body: mpsc::Receiver<io::Result<Bytes>>,
         expected: Option<&str>,
+        _once: bool,
     ) -> Result<(String, u64), RegistryError> {
         let mut data = Vec::new();
         while let Some(chunk) = body.recv().await {

@@ -108,11 +108,12 @@ impl<S: BlobStore> Pusher<S> {
         body: mpsc::Receiver<io::Result<Bytes>>,
         expected: Option<String>,
         algorithm: Algorithm,
+        once: bool,
         read: impl Future<Output = Result<String, ReadFailed>>,
     ) -> Result<PushedLayer, PushError> {
         let upload = self
             .store
-            .push_blob_stream(&self.plan.repository, body, expected.as_deref());
+            .push_blob_stream(&self.plan.repository, body, expected.as_deref(), once);
         let (uploaded, read) = tokio::join!(upload, read);
         let uploaded =
             uploaded.map_err(self.registry_error(format!("uploading layer {index} to {}", self.plan.name())));
@@ -187,6 +188,8 @@ impl<S: BlobStore> Pusher<S> {
                 .await
                 .unwrap_or_else(|e| Err(ReadFailed::Error(PushError::Task(e))))
         };
-        self.upload_one(index, body_rx, expected, algorithm, read).await
+        // An indexed layer can be read again (`regenerating`): only the window is kept.
+        self.upload_one(index, body_rx, expected, algorithm, false, read)
+            .await
     }
 }

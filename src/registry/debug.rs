@@ -119,7 +119,12 @@ pub async fn run(command: RegistryCommand, reporter: Reporter) -> anyhow::Result
                 }
             });
             let pushed = client
-                .push_blob_stream(&r.repository, rx, expected.as_deref())
+                .push_blob_stream(
+                    &r.repository,
+                    rx,
+                    expected.as_deref(),
+                    super::blob::Resend::Window,
+                )
                 .await;
             reader.abort();
             let pushed = pushed?;
