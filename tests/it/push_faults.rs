@@ -447,21 +447,21 @@ fn noisy_tar(t: &TestDir) -> std::path::PathBuf {
 }
 
 /// Issue 13 point 1: faults past the 8 MiB resend window. A stream source keeps what left the
-/// window in a spill file; an indexed one is read again. A cut 12 MiB into the layer, a 503 on
+/// window in a spill file; an indexed one is read again. A cut 10 MiB into the layer, a 503 on
 /// every second upload request, and a 307 on the PATCH all end in a complete image, with no
 /// upload session left open but the one a cut leaves on distribution 2.8.
 #[test]
 fn issue_13_faults_past_the_window_are_survived_by_every_source() {
     let registry = Registry::start(AuthMode::htpasswd());
     let t = TestDir::new();
-    let (gz, written) = noisy_image(&t, 20);
+    let (gz, written) = noisy_image(&t, 12);
     let tar = noisy_tar(&t);
     let cut = || {
         vec![Rule::new(
             "PATCH",
             "/blobs/uploads/",
             1,
-            Fault::CutAfter(12 << 20),
+            Fault::CutAfter(10 << 20),
         )]
     };
     let cases: Vec<(&str, &std::path::Path, Vec<Rule>)> = vec![
