@@ -430,3 +430,42 @@ fn a_refused_machine_with_a_volume_stops_the_deploy_naming_both() {
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
+
+/// Point 5, when the replacement cannot be made either: the refused machine is already
+/// destroyed, so the rollback creates it again with its previous config; nothing is left
+/// half-done.
+#[test]
+fn a_replacement_that_cannot_be_created_is_undone_by_the_rollback() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).region("ams").checks(1));
+    let old = fly.machine(&ids[0]).image().to_string();
+    fly.refuse_updates(&ids[1], "could not reserve resource for machine: no room");
+    fly.refuse_next_creates(1, "insufficient resources to create new machine");
+    let t = TestDir::new();
+    let out = run_rollout(&fly, &t, &image(11), &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("creating the replacement for machine {}", ids[1])),
+        "{err}"
+    );
+    assert!(err.contains("insufficient resources"), "{err}");
+    assert_eq!(fly.machine(&ids[1]).state, "destroyed");
+    let live: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| m.state != "destroyed")
+        .collect();
+    assert_eq!(live.len(), 2, "{live:?}");
+    for m in &live {
+        assert_eq!(
+            (m.image(), m.state.as_str(), m.region.as_str()),
+            (old.as_str(), "started", "ams")
+        );
+        assert!(m.checks.iter().all(|c| c.status == "passing"), "{:?}", m.checks);
+    }
+    assert_eq!(fly.releases()[0].status(), "failed");
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
