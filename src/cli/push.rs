@@ -52,6 +52,15 @@ pub struct PushOptions {
     /// What SOURCE is, when detection by content should not decide.
     #[arg(long, value_enum, default_value_t, env = "NIXFLY_SOURCE_KIND")]
     pub source_kind: SourceKind,
+    /// Seconds a stream script may write nothing before it is stopped (with its whole process
+    /// group) and the push fails. Default 600.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "NIXFLY_STREAM_TIMEOUT",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub stream_timeout: Option<u64>,
     /// Neither read nor write the local cache ($XDG_CACHE_HOME/nixfly, else ~/.cache/nixfly).
     /// Without it, a layer whose compressed digest the source does not state is compressed
     /// (and uploaded) even when the registry already has it.
@@ -88,6 +97,8 @@ const PROBE_DIGEST: &str = "sha256:000000000000000000000000000000000000000000000
 pub struct ResolvedPush {
     pub source: String,
     pub source_kind: SourceKind,
+    /// How long a stream script may stay silent.
+    pub stream_timeout: std::time::Duration,
     pub plan: PushPlan,
     pub client: Arc<RegistryClient>,
     pub use_cache: bool,
@@ -145,6 +156,10 @@ impl PushOptions {
         Ok(ResolvedPush {
             source: source.to_string(),
             source_kind: self.source_kind,
+            stream_timeout: std::time::Duration::from_secs(
+                self.stream_timeout
+                    .unwrap_or(crate::image::script::DEFAULT_IDLE_TIMEOUT_SECS),
+            ),
             plan,
             client: Arc::new(client),
             use_cache: !self.no_cache,
@@ -174,7 +189,7 @@ impl ResolvedPush {
     }
 
     pub async fn run(&self, reporter: &Reporter) -> anyhow::Result<Pushed> {
-        let image_source = crate::image::detect(&self.source, self.source_kind)?;
+        let image_source = crate::image::detect_with(&self.source, self.source_kind, self.stream_timeout)?;
         let description = image_source.describe();
         reporter.info(format!("pushing {description} to {}", self.target()));
         let image = {

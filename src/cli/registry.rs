@@ -27,6 +27,15 @@ pub struct RegistryOptions {
     /// you do not control.
     #[arg(long, alias = "insecure-registry")]
     pub plain_http: bool,
+    /// Seconds a registry connection may stay idle (answering nothing, taking no data) before
+    /// the request is abandoned and retried. Default 120.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "NIXFLY_REGISTRY_TIMEOUT",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub registry_timeout: Option<u64>,
 }
 
 impl RegistryOptions {
@@ -53,10 +62,14 @@ impl RegistryOptions {
         let credentials = lookup
             .find(registry)
             .with_context(|| format!("finding credentials for registry {registry}"))?;
+        let defaults = ClientOptions::default();
         Ok(ClientOptions {
             credentials,
             plain_http: self.plain_http,
-            ..ClientOptions::default()
+            idle_timeout: self
+                .registry_timeout
+                .map_or(defaults.idle_timeout, std::time::Duration::from_secs),
+            ..defaults
         })
     }
 }

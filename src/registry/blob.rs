@@ -542,10 +542,11 @@ impl RegistryClient {
                 &session.location,
                 &Scope::push(repository),
                 vec![(header::CONTENT_TYPE, "application/octet-stream".into())],
-                reqwest::Body::wrap_stream(stream),
+                Box::pin(stream),
+                &format!("uploading to {}/{repository}", self.registry),
             )
             .await
-            .map_err(|e| transport_failure(&e))?;
+            .map_err(|e| recoverable_failure(&e))?;
         let sent = source.lock().await.received;
         self.data_response(repository, response, sent).await
     }
@@ -597,7 +598,7 @@ impl RegistryClient {
             ),
         };
         let response = self.send(&req).await.map_err(|e| match e {
-            RegistryError::Transport { source, .. } => transport_failure(&source),
+            RegistryError::Transport { .. } | RegistryError::Timeout { .. } => recoverable_failure(&e),
             other => Failure {
                 message: other.to_string(),
                 retry_after: None,
@@ -702,7 +703,8 @@ impl RegistryClient {
     }
 }
 
-fn transport_failure(err: &reqwest::Error) -> Failure {
+/// A failure the next attempt may not meet: a cut connection or an idle timeout.
+fn recoverable_failure(err: &RegistryError) -> Failure {
     let mut message = err.to_string();
     let mut cause = std::error::Error::source(err);
     while let Some(inner) = cause {

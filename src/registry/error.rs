@@ -99,6 +99,15 @@ pub enum RegistryError {
     },
     #[error("{operation}: {message}")]
     Protocol { operation: String, message: String },
+    #[error(
+        "{operation}: {registry} neither answered nor took data for {seconds} s, after retries; \
+         is it overloaded or unreachable? (--registry-timeout / NIXFLY_REGISTRY_TIMEOUT sets the limit)"
+    )]
+    Timeout {
+        operation: String,
+        registry: String,
+        seconds: u64,
+    },
     #[error(transparent)]
     Auth(#[from] super::auth::AuthError),
     #[error(

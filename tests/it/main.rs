@@ -14,6 +14,7 @@ mod push_arch;
 mod push_errors;
 mod push_faults;
 mod push_fixtures;
+mod push_hostile;
 mod push_plan;
 mod push_sources;
 mod registry_client;

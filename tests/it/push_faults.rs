@@ -97,3 +97,62 @@ fn an_unrecoverable_refusal_is_a_clear_error_and_the_tag_stays() {
         before
     );
 }
+
+/// Issue 13 point 2: a registry that accepts a request and never answers (a blob check, then a
+/// layer upload that takes no more data) costs one idle timeout each, then the push goes on.
+#[test]
+fn issue_13_a_request_never_answered_times_out_and_is_retried() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let proxy = FaultProxy::start(
+        registry.addr,
+        vec![
+            Rule::new("HEAD", "/blobs/sha256:", 1, Fault::Hang),
+            Rule::new("PATCH", "/blobs/uploads/", 1, Fault::Hang),
+        ],
+    );
+    let t = TestDir::new();
+    let (source, written) = image(&t);
+    let out = push_via(
+        &t,
+        &registry,
+        &proxy.host(),
+        source.to_str().unwrap(),
+        "app",
+        "v1",
+        &["-v", "--registry-timeout", "2"],
+    );
+    let reference = pushed_reference(&out, &proxy.host(), "app");
+    assert_eq!(proxy.fired().len(), 2, "faults fired: {:?}", proxy.fired());
+    let direct = reference.replace(&proxy.host(), &registry.host());
+    assert_same_image(&registry, &direct, &written);
+}
+
+/// Issue 13 point 2: a registry that never answers at all ends the push with a clear error
+/// naming the limit, instead of hanging, and the tag is unchanged.
+#[test]
+fn issue_13_a_registry_that_never_answers_is_a_clear_error() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (source, _) = image(&t);
+    let rules = ["GET", "HEAD", "POST", "PATCH", "PUT"]
+        .iter()
+        .map(|method| Rule::new(method, "/v2/", 0, Fault::Hang))
+        .collect();
+    let proxy = FaultProxy::start(registry.addr, rules);
+    let started = std::time::Instant::now();
+    let mut cmd = t.nixfly();
+    cmd.args(["push", source.to_str().unwrap(), "--to"])
+        .arg(format!("{}/app", proxy.host()))
+        .args(["--tag", "v1", "--creds", &registry.creds()])
+        .env("NIXFLY_REGISTRY_TIMEOUT", "1");
+    let out = support::run(&mut cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("neither answered nor took data for 1 s")
+            && stderr.contains("NIXFLY_REGISTRY_TIMEOUT"),
+        "{stderr}"
+    );
+    assert!(started.elapsed().as_secs() < 60, "took {:?}", started.elapsed());
+    assert!(registry.skopeo_inspect_fails(&format!("{}/app:v1", registry.host())));
+}
