@@ -320,6 +320,16 @@ fn machines_their_host_refuses_are_replaced_in_the_same_region_and_group() {
     fly.set_host_status(&workers[1], "unreachable");
     let t = TestDir::new();
     let new = image(8);
+    // The plan says so for the machine known to be on a bad host; the refusals come later.
+    let plan = run_rollout(&fly, &t, &new, &["--dry-run"]);
+    assert_success(&plan);
+    let plan_text = String::from_utf8_lossy(&plan.stdout);
+    let line = plan_text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{} (", workers[1])))
+        .unwrap_or_default();
+    assert!(line.contains("replaced by a new machine"), "{plan_text}");
+    assert!(fly.mutating_requests().is_empty());
     let out = run_rollout(&fly, &t, &new, &[]);
     assert_success(&out);
     let err = stderr(&out);
@@ -427,6 +437,22 @@ fn a_refused_machine_with_a_volume_stops_the_deploy_naming_both() {
     );
     assert_eq!(fly.machine(&id).state, "started");
     assert_eq!(fly.machines(APP).len(), 1, "nothing created");
+
+    // On a host Fly cannot reach, it is known before anything changes.
+    fly.set_host_status(&id, "unreachable");
+    let before = fly.mutating_requests().len();
+    let out = run_rollout(&fly, &t, &image(12), &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&id) && err.contains(&volume) && err.contains("unreachable"),
+        "{err}"
+    );
+    assert_eq!(
+        fly.mutating_requests().len(),
+        before,
+        "no lease, no release, no change"
+    );
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
