@@ -5,6 +5,7 @@ use super::registry::RegistryOptions;
 use crate::blob::{Algorithm, Compression};
 use crate::cache::Cache;
 use crate::fly::FlyToken;
+use crate::fly::appconfig::units::parse_go_duration;
 use crate::image::SourceKind;
 use crate::progress::Reporter;
 use crate::push::{ManifestFormat, PushPlan, Pushed};
@@ -13,6 +14,7 @@ use crate::registry::{Reference, RegistryClient};
 use anyhow::Context;
 use clap::Args;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct PushArgs {
@@ -52,15 +54,15 @@ pub struct PushOptions {
     /// What SOURCE is, when detection by content should not decide.
     #[arg(long, value_enum, default_value_t, env = "NIXFLY_SOURCE_KIND")]
     pub source_kind: SourceKind,
-    /// Seconds a stream script may write nothing before it is stopped (with its whole process
-    /// group) and the push fails. Default 600.
+    /// How long a stream script may write nothing before it is stopped (with its whole process
+    /// group) and the push fails (e.g. 90s, 10m). Default 10m.
     #[arg(
         long,
-        value_name = "SECONDS",
+        value_name = "DURATION",
         env = "NIXFLY_STREAM_TIMEOUT",
-        value_parser = clap::value_parser!(u64).range(1..)
+        value_parser = parse_go_duration
     )]
-    pub stream_timeout: Option<u64>,
+    pub stream_timeout: Option<Duration>,
     /// Neither read nor write the local cache ($XDG_CACHE_HOME/nixfly, else ~/.cache/nixfly).
     /// Without it, a layer whose compressed digest the source does not state is compressed
     /// (and uploaded) even when the registry already has it.
@@ -98,7 +100,7 @@ pub struct ResolvedPush {
     pub source: String,
     pub source_kind: SourceKind,
     /// How long a stream script may stay silent.
-    pub stream_timeout: std::time::Duration,
+    pub stream_timeout: Duration,
     pub plan: PushPlan,
     pub client: Arc<RegistryClient>,
     pub use_cache: bool,
@@ -149,6 +151,9 @@ impl PushOptions {
             allow_arch: self.allow_arch,
         };
         plan.validate()?;
+        // Whether SOURCE exists and is an image is known without reading it: a dry run or a
+        // deploy must not get past this with a typo in the path.
+        crate::image::detect(source, self.source_kind)?;
         let mut client_options = self.registry.client_options(&reference.registry, fly_token)?;
         client_options.upload_mode = self.upload_mode;
         client_options.upload_window = client_options.upload_window.min(UPLOAD_WINDOW);
@@ -156,15 +161,23 @@ impl PushOptions {
         Ok(ResolvedPush {
             source: source.to_string(),
             source_kind: self.source_kind,
-            stream_timeout: std::time::Duration::from_secs(
-                self.stream_timeout
-                    .unwrap_or(crate::image::script::DEFAULT_IDLE_TIMEOUT_SECS),
-            ),
+            stream_timeout: positive(
+                "--stream-timeout",
+                self.stream_timeout.unwrap_or(Duration::from_secs(
+                    crate::image::script::DEFAULT_IDLE_TIMEOUT_SECS,
+                )),
+            )?,
             plan,
             client: Arc::new(client),
             use_cache: !self.no_cache,
         })
     }
+}
+
+/// A timeout of zero would give up before anything could happen.
+pub(crate) fn positive(flag: &str, timeout: Duration) -> anyhow::Result<Duration> {
+    anyhow::ensure!(!timeout.is_zero(), "{flag} must be above 0, like 30s or 2m");
+    Ok(timeout)
 }
 
 impl ResolvedPush {

@@ -15,10 +15,16 @@
 //! works there: acknowledged chunks buy nothing, and the window therefore keeps the last
 //! `upload_window` bytes whether acknowledged or not. Registries that keep the session
 //! (`GET` → 204 + `Range`) are resumed from their offset. An injected 5xx/429/401 answer
-//! leaves the session intact and resumes where the registry stands.
+//! leaves the session intact and resumes where the registry stands. A session cut that way
+//! cannot be cancelled either (DELETE answers 404 the same way); distribution's purge removes
+//! it days later.
+//!
+//! `--upload-mode monolithic` reads the whole blob first (the window in memory, everything
+//! older in an unlinked temp file, the spill), then PUTs it with its length, from byte 0 again
+//! after a failure: any size, bounded memory.
 
 use super::auth::Scope;
-use super::client::{RegistryClient, Request, UploadMode, header_str, retry_after};
+use super::client::{RETRYABLE_STATUSES, RegistryClient, Request, UploadMode, header_str, retry_after};
 use super::error::RegistryError;
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{self, HeaderName};
@@ -44,14 +50,66 @@ pub fn sha256_digest(data: &[u8]) -> String {
 
 /// Failures in a row, without progress, after which an upload gives up.
 const MAX_UPLOAD_FAILURES: u32 = 6;
+/// Bytes read back from a spill at a time.
+const SPILL_READ: u64 = 256 * 1024;
 
-/// The producer's data as it passes: hashed once, the recent part kept for resending.
+/// Blob bytes that left the memory window, in a temp file removed as soon as it is created:
+/// nothing is left behind whatever way nixfly ends. Written and read in order or by offset.
+struct Spill {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl Spill {
+    fn new() -> io::Result<Spill> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::env::temp_dir();
+        for attempt in 0u32.. {
+            let path = dir.join(format!(".nixfly-upload-{}-{attempt}", std::process::id()));
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(file) => {
+                    std::fs::remove_file(&path)?;
+                    return Ok(Spill { file, len: 0 });
+                }
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists && attempt < 1000 => {}
+                Err(err) => return Err(err),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(bytes, self.len)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(Bytes::from(buf))
+    }
+}
+
+/// The producer's data as it passes: hashed once, the recent part kept for resending, and
+/// with a spill, everything older written to an unlinked temp file so that any offset can be
+/// resent.
 struct Source {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     hasher: Sha256,
     window: VecDeque<Bytes>,
     /// Offset of the first byte of `window`.
     window_start: u64,
+    /// Bytes `0..window_start`, when this upload keeps them.
+    spill: Option<Spill>,
     /// Bytes taken from the producer so far.
     received: u64,
     capacity: u64,
@@ -60,12 +118,13 @@ struct Source {
 }
 
 impl Source {
-    fn new(rx: mpsc::Receiver<io::Result<Bytes>>, capacity: u64) -> Self {
+    fn new(rx: mpsc::Receiver<io::Result<Bytes>>, capacity: u64, spill: Option<Spill>) -> Self {
         Source {
             rx,
             hasher: Sha256::new(),
             window: VecDeque::new(),
             window_start: 0,
+            spill,
             received: 0,
             capacity,
             finished: false,
@@ -75,6 +134,12 @@ impl Source {
 
     /// The bytes at `cursor`: resent from the window, or new from the producer. `None` at the end.
     async fn next_at(&mut self, cursor: u64) -> Option<io::Result<Bytes>> {
+        if cursor < self.window_start
+            && let Some(spill) = &self.spill
+        {
+            let len = (self.window_start - cursor).min(SPILL_READ);
+            return Some(spill.read_at(cursor, len as usize));
+        }
         if cursor < self.received {
             let mut start = self.window_start;
             for chunk in &self.window {
@@ -103,7 +168,9 @@ impl Source {
                     self.hasher.update(&bytes);
                     self.received += bytes.len() as u64;
                     self.window.push_back(bytes.clone());
-                    self.trim();
+                    if let Err(err) = self.trim() {
+                        return Some(Err(err));
+                    }
                     return Some(Ok(bytes));
                 }
             }
@@ -126,19 +193,40 @@ impl Source {
         Ok(buf.freeze())
     }
 
-    /// Keep only the last `capacity` bytes. Bytes the registry acknowledged are kept too:
-    /// distribution drops the whole session on a cut (see the module comment), so a restart
-    /// from byte 0 needs them.
-    fn trim(&mut self) {
+    /// Keep only the last `capacity` bytes in memory (older ones go to the spill, if any).
+    /// Bytes the registry acknowledged are kept too: distribution drops the whole session on a
+    /// cut (see the module comment), so a restart from byte 0 needs them.
+    fn trim(&mut self) -> io::Result<()> {
         while let Some(front) = self.window.front() {
             let front_end = self.window_start + front.len() as u64;
             if self.received - front_end >= self.capacity {
+                if let Some(spill) = &mut self.spill {
+                    spill.append(front)?;
+                }
                 self.window_start = front_end;
                 self.window.pop_front();
             } else {
                 break;
             }
         }
+        Ok(())
+    }
+
+    /// The first offset that can still be sent again.
+    fn resend_from(&self) -> u64 {
+        if self.spill.is_some() {
+            0
+        } else {
+            self.window_start
+        }
+    }
+
+    /// Take everything the producer has left (into the window and the spill).
+    async fn drain(&mut self) -> io::Result<()> {
+        while let Some(item) = self.next_at(self.received).await {
+            item?;
+        }
+        Ok(())
     }
 
     fn digest(&self) -> String {
@@ -393,9 +481,15 @@ impl RegistryClient {
         expected: Option<&str>,
     ) -> Result<Descriptor, RegistryError> {
         let window = self.options.upload_window.max(1);
-        let source = Arc::new(Mutex::new(Source::new(body, window)));
-        let scope = Scope::push(repository);
         let mut mode = self.options.upload_mode;
+        // A monolithic PUT needs the whole blob before it starts (its digest is in the URL).
+        let spill = if mode == UploadMode::Monolithic {
+            Some(Spill::new().map_err(|e| self.spill_error(repository, e))?)
+        } else {
+            None
+        };
+        let source = Arc::new(Mutex::new(Source::new(body, window, spill)));
+        let scope = Scope::push(repository);
         let mut session = self.start_upload(repository).await?;
         let mut offset = 0u64;
         let mut failures = 0u32;
@@ -408,7 +502,7 @@ impl RegistryClient {
             }
             if mode == UploadMode::Monolithic {
                 return self
-                    .upload_monolithic(repository, &session, &source, expected)
+                    .upload_monolithic(repository, session, &source, expected)
                     .await;
             }
             self.authenticate(&scope).await?;
@@ -477,7 +571,7 @@ impl RegistryClient {
                 }
             }
             let src = source.lock().await;
-            if offset < src.window_start || offset > src.received {
+            if offset < src.resend_from() || offset > src.received {
                 let lost = RegistryError::UploadLost {
                     registry: self.registry.clone(),
                     repository: repository.into(),
@@ -662,48 +756,122 @@ impl RegistryClient {
         })
     }
 
-    /// The whole rest of the blob in one PUT: needs it all in memory, so only within the window.
+    fn spill_error(&self, repository: &str, source: io::Error) -> RegistryError {
+        RegistryError::Spill {
+            registry: self.registry.clone(),
+            repository: repository.into(),
+            dir: std::env::temp_dir(),
+            source,
+        }
+    }
+
+    /// The whole blob in one PUT: read to the end first (the window in memory, the rest in the
+    /// spill), then sent from byte 0 with its length, again from byte 0 after a failure.
     async fn upload_monolithic(
         &self,
         repository: &str,
-        session: &Session,
+        mut session: Session,
         source: &Arc<Mutex<Source>>,
         expected: Option<&str>,
     ) -> Result<Descriptor, RegistryError> {
         let mut src = source.lock().await;
-        let window = self.options.upload_window;
-        let data = src
-            .gather(0, window + 1)
-            .await
-            .map_err(|e| RegistryError::Source {
+        if src.spill.is_none() {
+            // A fallback from another mode: what already left the window is gone.
+            if src.window_start > 0 {
+                let lost = RegistryError::UploadLost {
+                    registry: self.registry.clone(),
+                    repository: repository.into(),
+                    received: src.received,
+                    kept: 0,
+                    window_start: src.window_start,
+                    window: self.options.upload_window,
+                };
+                drop(src);
+                self.cancel_upload(repository, &session).await;
+                return Err(lost);
+            }
+            src.spill = Some(Spill::new().map_err(|e| self.spill_error(repository, e))?);
+        }
+        if let Err(err) = src.drain().await {
+            let err = src.failure.take().unwrap_or(err);
+            drop(src);
+            self.cancel_upload(repository, &session).await;
+            return Err(RegistryError::Source {
                 registry: self.registry.clone(),
                 repository: repository.into(),
-                source: src.failure.take().unwrap_or(e),
-            })?;
-        if data.len() as u64 > window || src.window_start > 0 {
-            return Err(RegistryError::Protocol {
-                operation: format!("uploading to {}/{repository}", self.registry),
-                message: format!(
-                    "the registry accepts neither streamed nor chunked uploads, and a monolithic \
-                     upload of a blob over {window} bytes would hold it all in memory"
-                ),
+                source: err,
             });
         }
-        let digest = src.digest();
+        let (digest, size) = (src.digest(), src.received);
         drop(src);
-        self.check_expected(repository, session, &digest, expected)
+        self.check_expected(repository, &session, &digest, expected)
             .await?;
-        let session = self.start_upload(repository).await?;
-        self.finish_upload(repository, &session, &digest, Some(data.clone()))
-            .await?;
-        Ok(Descriptor {
-            digest,
-            size: data.len() as u64,
-        })
+        let operation = self.blob_operation("uploading", repository, &digest);
+        let mut failures = 0u32;
+        loop {
+            let mut url = session.location.clone();
+            url.query_pairs_mut().append_pair("digest", &digest);
+            let body = futures::stream::unfold((source.clone(), 0u64), |(src, cursor)| async move {
+                let item = src.lock().await.next_at(cursor).await?;
+                let next = item.as_ref().map_or(cursor, |b| cursor + b.len() as u64);
+                Some((item, (src, next)))
+            });
+            self.authenticate(&Scope::push(repository)).await?;
+            let result = self
+                .send_stream(
+                    Method::PUT,
+                    &url,
+                    &Scope::push(repository),
+                    vec![
+                        (header::CONTENT_TYPE, "application/octet-stream".into()),
+                        (header::CONTENT_LENGTH, size.to_string()),
+                    ],
+                    Box::pin(body),
+                    &operation,
+                )
+                .await;
+            let message = match result {
+                Ok(response) if response.status() == StatusCode::CREATED => {
+                    return Ok(Descriptor { digest, size });
+                }
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let retry = RETRYABLE_STATUSES.contains(&status) || matches!(status, 400 | 401 | 404);
+                    let error = self.status_error(operation.clone(), response, None).await;
+                    if !retry {
+                        self.cancel_upload(repository, &session).await;
+                        return Err(error);
+                    }
+                    error.to_string()
+                }
+                Err(err @ (RegistryError::Transport { .. } | RegistryError::Timeout { .. })) => {
+                    recoverable_failure(&err).message
+                }
+                Err(err) => {
+                    self.cancel_upload(repository, &session).await;
+                    return Err(err);
+                }
+            };
+            failures += 1;
+            let delay = self.options.retry.delay(failures - 1, None);
+            // After the delay: a registry still finishing the failed request would otherwise
+            // write the session back after cancelling it (distribution 2.8 does).
+            tokio::time::sleep(delay).await;
+            self.cancel_upload(repository, &session).await;
+            if failures >= MAX_UPLOAD_FAILURES {
+                return Err(RegistryError::UploadGaveUp {
+                    registry: self.registry.clone(),
+                    repository: repository.into(),
+                    attempts: failures,
+                    last: message,
+                });
+            }
+            self.debug(|| format!("{message}; sending the blob again"));
+            session = self.start_upload(repository).await?;
+        }
     }
 }
 
-/// A failure the next attempt may not meet: a cut connection or an idle timeout.
 fn recoverable_failure(err: &RegistryError) -> Failure {
     let mut message = err.to_string();
     let mut cause = std::error::Error::source(err);
@@ -738,7 +906,7 @@ mod tests {
             tx.send(Ok(Bytes::from_static(chunk))).await.unwrap();
         }
         drop(tx);
-        Source::new(rx, capacity)
+        Source::new(rx, capacity, None)
     }
 
     #[tokio::test]
@@ -772,7 +940,7 @@ mod tests {
         tx.send(Err(io::Error::new(io::ErrorKind::InvalidData, "corrupt gzip")))
             .await
             .unwrap();
-        let mut src = Source::new(rx, 10);
+        let mut src = Source::new(rx, 10, None);
         assert!(src.next_at(0).await.unwrap().is_ok());
         assert!(src.next_at(2).await.unwrap().is_err());
         assert_eq!(src.failure.unwrap().to_string(), "corrupt gzip");

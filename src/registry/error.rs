@@ -111,6 +111,17 @@ pub enum RegistryError {
     #[error(transparent)]
     Auth(#[from] super::auth::AuthError),
     #[error(
+        "uploading to {registry}/{repository}: cannot keep the blob in a temp file in {} (set \
+         TMPDIR to a directory with room)", dir.display()
+    )]
+    Spill {
+        registry: String,
+        repository: String,
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
         "uploading to {registry}/{repository}: the registry lost the upload after {received} bytes \
          were sent and kept only {kept} of them, but only bytes from {window_start} on are still \
          in memory (the resend window is {window} bytes); the blob must be generated again from \

@@ -269,7 +269,7 @@ fn issue_13_a_silent_script_times_out_and_its_group_is_killed() {
         path.to_str().unwrap(),
         "app",
         "v1",
-        &["--stream-timeout", "2"],
+        &["--stream-timeout", "2s"],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
