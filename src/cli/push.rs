@@ -212,9 +212,14 @@ impl ResolvedPush {
                 .context("opening the image")??
         };
         let cache = Arc::new(Cache::open(self.use_cache, reporter.clone()));
-        crate::push::push(self.client.clone(), image, &self.plan, cache, reporter.clone())
-            .await
-            .with_context(|| format!("pushing {description} to {}", self.plan.name()))
+        let pushed = crate::push::push(self.client.clone(), image, &self.plan, cache, reporter.clone()).await;
+        // Whatever ended the push, no upload session stays open in the registry: those a
+        // failure stopped, and those a mount attempt opened and nothing used.
+        let cancelled = self.client.cancel_open_sessions().await;
+        if cancelled > 0 {
+            reporter.debug(format!("cancelled {cancelled} upload session(s) left open"));
+        }
+        pushed.with_context(|| format!("pushing {description} to {}", self.plan.name()))
     }
 }
 

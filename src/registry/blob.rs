@@ -30,7 +30,7 @@ use bytes::{Bytes, BytesMut};
 use reqwest::header::{self, HeaderName};
 use reqwest::{Method, Response, StatusCode};
 use sha2::{Digest, Sha256};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,8 +234,11 @@ impl Source {
     }
 }
 
-/// An upload session: where to send the next request.
+/// An upload session: where to send the next request. Its Location changes with every data
+/// request; `RegistryClient::moved` keeps the client's record of open sessions current, so a
+/// cancel always goes to the latest one.
 struct Session {
+    id: u64,
     location: Url,
     min_chunk: Option<u64>,
 }
@@ -251,6 +254,55 @@ struct Failure {
 }
 
 impl RegistryClient {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (String, Url)>> {
+        self.open_sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record a session the registry opened; returns its id.
+    fn opened(&self, repository: &str, location: &Url) -> u64 {
+        let id = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sessions()
+            .insert(id, (repository.to_string(), location.clone()));
+        id
+    }
+
+    /// The registry gave the session a new Location.
+    fn moved(&self, session: &mut Session, location: Url) {
+        if let Some(entry) = self.sessions().get_mut(&session.id) {
+            entry.1 = location.clone();
+        }
+        session.location = location;
+    }
+
+    /// The session is committed or cancelled: nothing to clean up.
+    fn closed(&self, id: u64) {
+        self.sessions().remove(&id);
+    }
+
+    /// Cancel every upload session still open (unused sessions a mount attempt opened, uploads
+    /// a failed push stopped), each at its latest Location, so that nothing is left in the
+    /// registry. Call once no upload is running. Returns how many were cancelled.
+    pub async fn cancel_open_sessions(&self) -> usize {
+        self.pending_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let open: Vec<(u64, (String, Url))> = self.sessions().drain().collect();
+        let count = open.len();
+        futures::future::join_all(open.into_iter().map(|(id, (repository, location))| async move {
+            let session = Session {
+                id,
+                location,
+                min_chunk: None,
+            };
+            self.cancel_upload(&repository, &session).await;
+        }))
+        .await;
+        count
+    }
+
     fn blob_operation(&self, what: &str, repository: &str, digest: &str) -> String {
         format!("{what} blob {digest} in {}/{repository}", self.registry)
     }
@@ -306,12 +358,13 @@ impl RegistryClient {
             StatusCode::CREATED => Ok(true),
             StatusCode::ACCEPTED => {
                 let location = self.location(&response, &req.operation)?;
+                let id = self.opened(repository, &location);
                 self.pending_sessions
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .entry(repository.to_string())
                     .or_default()
-                    .push(location);
+                    .push((id, location));
                 Ok(false)
             }
             _ => Err(self.status_error(req.operation, response, None).await),
@@ -327,13 +380,17 @@ impl RegistryClient {
                 .unwrap_or_else(|e| e.into_inner())
                 .get_mut(repository)
                 .and_then(Vec::pop);
-            let Some(location) = pending else { break };
-            if let Ok(Some((location, 0))) = self.upload_status(repository, &location).await {
-                return Ok(Session {
-                    location,
-                    min_chunk: None,
-                });
+            let Some((id, location)) = pending else { break };
+            let mut session = Session {
+                id,
+                location,
+                min_chunk: None,
+            };
+            if let Ok(Some((location, 0))) = self.upload_status(repository, &session.location).await {
+                self.moved(&mut session, location);
+                return Ok(session);
             }
+            self.cancel_upload(repository, &session).await;
         }
         let req = Request {
             method: Method::POST,
@@ -354,8 +411,10 @@ impl RegistryClient {
         }
         let min_chunk = header_str(&response, HeaderName::from_static("oci-chunk-min-length"))
             .and_then(|v| v.trim().parse().ok());
+        let location = self.location(&response, &req.operation)?;
         Ok(Session {
-            location: self.location(&response, &req.operation)?,
+            id: self.opened(repository, &location),
+            location,
             min_chunk,
         })
     }
@@ -399,6 +458,7 @@ impl RegistryClient {
 
     /// Best effort: the session is abandoned, tell the registry so it can free the space.
     async fn cancel_upload(&self, repository: &str, session: &Session) {
+        self.closed(session.id);
         let req = Request {
             method: Method::DELETE,
             url: session.location.clone(),
@@ -460,6 +520,7 @@ impl RegistryClient {
         if response.status() != StatusCode::CREATED {
             return Err(self.status_error(req.operation, response, None).await);
         }
+        self.closed(session.id);
         if let Some(stored) = header_str(&response, HeaderName::from_static("docker-content-digest"))
             && stored != digest
         {
@@ -512,7 +573,7 @@ impl RegistryClient {
             };
             let failure = match result {
                 Ok((location, end)) => {
-                    session.location = location;
+                    self.moved(&mut session, location);
                     offset = end;
                     failures = 0;
                     continue;
@@ -562,10 +623,16 @@ impl RegistryClient {
             tokio::time::sleep(delay).await;
             match self.upload_status(repository, &session.location).await? {
                 Some((location, held)) => {
-                    session.location = location;
+                    self.moved(&mut session, location);
                     offset = held;
                 }
                 None => {
+                    // The registry dropped the session: acknowledged chunks at least show how
+                    // far the next attempt got, and keep each resend small.
+                    self.closed(session.id);
+                    if mode == UploadMode::Stream {
+                        mode = UploadMode::Chunked;
+                    }
                     session = self.start_upload(repository).await?;
                     offset = 0;
                 }

@@ -112,7 +112,11 @@ pub struct RegistryClient {
     permits: Semaphore,
     reporter: Reporter,
     /// Upload sessions a mount attempt opened (202), used by the next upload to that repository.
-    pub(crate) pending_sessions: Mutex<HashMap<String, Vec<Url>>>,
+    pub(crate) pending_sessions: Mutex<HashMap<String, Vec<(u64, Url)>>>,
+    /// Every upload session opened and not yet committed or cancelled, by id: repository and
+    /// its latest Location. What `cancel_open_sessions` cancels when a push ends.
+    pub(crate) open_sessions: Mutex<HashMap<u64, (String, Url)>>,
+    pub(crate) next_session: std::sync::atomic::AtomicU64,
 }
 
 impl RegistryClient {
@@ -153,6 +157,8 @@ impl RegistryClient {
             options,
             reporter,
             pending_sessions: Mutex::new(HashMap::new()),
+            open_sessions: Mutex::new(HashMap::new()),
+            next_session: std::sync::atomic::AtomicU64::new(0),
         })
     }
 

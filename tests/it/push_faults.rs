@@ -392,3 +392,51 @@ fn issue_13_monolithic_mode_pushes_a_layer_over_the_window_and_survives_a_cut() 
         assert_eq!(std::fs::metadata(session.join("data")).unwrap().len(), 5 << 20);
     }
 }
+
+/// Issue 13 point 5: a push that fails part-way (a 403 on an upload request, in chunked mode
+/// so that each layer's session has moved through several Locations) leaves no upload session
+/// open in the registry, and the tag is unchanged.
+#[test]
+fn issue_13_a_failed_push_leaves_no_upload_session() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (source, _) = noisy_image(&t, 12);
+    let refused = |method: &str, nth| Rule::new(method, "/blobs/uploads/", nth, Fault::status(403, &[]));
+    let cases = [
+        // Refused mid-layer, after two chunks moved the session on.
+        ("chunked", vec![refused("PATCH", 3)]),
+        ("stream", vec![refused("PATCH", 1)]),
+        // A 503 mid-upload, then asking where the upload stands is refused: the session the
+        // upload was resuming must still be cancelled.
+        (
+            "stream",
+            vec![
+                Rule::new("PATCH", "/blobs/uploads/", 1, Fault::status(503, &[])),
+                refused("GET", 1),
+            ],
+        ),
+    ];
+    for (mode, rules) in cases {
+        let faults = rules.len();
+        let proxy = FaultProxy::start(registry.addr, rules);
+        let out = push_via(
+            &t,
+            &registry,
+            &proxy.host(),
+            source.to_str().unwrap(),
+            "app",
+            "v1",
+            &["-v", "--upload-mode", mode],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{mode}: {stderr}");
+        assert!(stderr.contains("403"), "{mode}: {stderr}");
+        assert_eq!(proxy.fired().len(), faults, "{mode}: {:?}", proxy.fired());
+        assert_eq!(
+            registry.open_upload_sessions(),
+            Vec::<std::path::PathBuf>::new(),
+            "{mode}: {stderr}"
+        );
+        assert!(registry.skopeo_inspect_fails(&format!("{}/app:v1", registry.host())));
+    }
+}
