@@ -193,6 +193,23 @@ fn validate(
             spec.app
         );
     }
+    // A machine on a host Fly cannot reach is replaced; one whose volume is on that host
+    // cannot be, and flyctl stops before any change (machines_launchinput.go).
+    if let Some((machine, volume)) = fleet
+        .machines()
+        .filter(|m| m.host_unavailable())
+        .find_map(|m| m.volume().map(|v| (m, v)))
+    {
+        return Err(RolloutError::HostUnavailableWithVolume {
+            machine: machine.id.clone(),
+            volume: volume.to_string(),
+            reason: format!(
+                "its host is {}",
+                machine.host_status.as_deref().unwrap_or("unknown")
+            ),
+        }
+        .into());
+    }
     // flyctl builds multi-container machines from fly.toml's machine_config (refused when
     // fly.toml is read); a machine that runs containers would not run the image set on it.
     if let Some(machine) = fleet
@@ -361,6 +378,9 @@ fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: b
             }
             if machine.should_skip_launch() {
                 notes.push("stays stopped (skip_launch)".to_string());
+            }
+            if machine.host_unavailable() {
+                notes.push("its host is not ok: replaced by a new machine".to_string());
             }
             let env = change.env_diff(&machine.config);
             if !env.is_empty() {

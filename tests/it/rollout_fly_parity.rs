@@ -320,6 +320,16 @@ fn machines_their_host_refuses_are_replaced_in_the_same_region_and_group() {
     fly.set_host_status(&workers[1], "unreachable");
     let t = TestDir::new();
     let new = image(8);
+    // The plan says so for the machine known to be on a bad host; the refusals come later.
+    let plan = run_rollout(&fly, &t, &new, &["--dry-run"]);
+    assert_success(&plan);
+    let plan_text = String::from_utf8_lossy(&plan.stdout);
+    let line = plan_text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{} (", workers[1])))
+        .unwrap_or_default();
+    assert!(line.contains("replaced by a new machine"), "{plan_text}");
+    assert!(fly.mutating_requests().is_empty());
     let out = run_rollout(&fly, &t, &new, &[]);
     assert_success(&out);
     let err = stderr(&out);
@@ -427,6 +437,61 @@ fn a_refused_machine_with_a_volume_stops_the_deploy_naming_both() {
     );
     assert_eq!(fly.machine(&id).state, "started");
     assert_eq!(fly.machines(APP).len(), 1, "nothing created");
+
+    // On a host Fly cannot reach, it is known before anything changes.
+    fly.set_host_status(&id, "unreachable");
+    let before = fly.mutating_requests().len();
+    let out = run_rollout(&fly, &t, &image(12), &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&id) && err.contains(&volume) && err.contains("unreachable"),
+        "{err}"
+    );
+    assert_eq!(
+        fly.mutating_requests().len(),
+        before,
+        "no lease, no release, no change"
+    );
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// Point 5, when the replacement cannot be made either: the refused machine is already
+/// destroyed, so the rollback creates it again with its previous config; nothing is left
+/// half-done.
+#[test]
+fn a_replacement_that_cannot_be_created_is_undone_by_the_rollback() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).region("ams").checks(1));
+    let old = fly.machine(&ids[0]).image().to_string();
+    fly.refuse_updates(&ids[1], "could not reserve resource for machine: no room");
+    fly.refuse_next_creates(1, "insufficient resources to create new machine");
+    let t = TestDir::new();
+    let out = run_rollout(&fly, &t, &image(11), &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("creating the replacement for machine {}", ids[1])),
+        "{err}"
+    );
+    assert!(err.contains("insufficient resources"), "{err}");
+    assert_eq!(fly.machine(&ids[1]).state, "destroyed");
+    let live: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| m.state != "destroyed")
+        .collect();
+    assert_eq!(live.len(), 2, "{live:?}");
+    for m in &live {
+        assert_eq!(
+            (m.image(), m.state.as_str(), m.region.as_str()),
+            (old.as_str(), "started", "ams")
+        );
+        assert!(m.checks.iter().all(|c| c.status == "passing"), "{:?}", m.checks);
+    }
+    assert_eq!(fly.releases()[0].status(), "failed");
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }

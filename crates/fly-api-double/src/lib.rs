@@ -61,6 +61,7 @@
 //!   Fly answered "could not reserve resource for machine" with in production logs quoted in
 //!   Kilo-Org/cloud#412; unverified for "deploys to this host are temporarily disabled").
 //!   `set_host_status(machine, "unreachable")`: the machine shows it, and updates answer 412.
+//!   `refuse_next_creates(n, message)`: the next n creates answer 412 with the message.
 //! - Destroyed machines stay GET-able with state `destroyed` (hidden from the list unless
 //!   `include_deleted=true`); waiting on them for any state but `destroyed` is 404.
 //! - A machine whose `config.metadata.fly_process_group` is `fly_app_release_command`, when
@@ -499,6 +500,14 @@ impl FlyApi {
     /// `internal/command/deploy/machines_deploymachinesapp.go` answers by replacing the machine).
     pub fn refuse_updates(&self, machine: &str, message: &str) {
         self.lock().update_refusals.insert(machine.into(), message.into());
+    }
+
+    /// The next `times` machine creates are refused with 412 and `message` (e.g.
+    /// "insufficient resources to create new machine with existing volume"), before any effect.
+    pub fn refuse_next_creates(&self, times: usize, message: &str) {
+        let mut st = self.lock();
+        st.create_refusals
+            .extend(std::iter::repeat_n(message.to_string(), times));
     }
 
     /// Set what `host_status` the machine shows (`ok`, `unknown`, `unreachable`); a machine

@@ -549,6 +549,11 @@ fn list_machines(st: &State, req: &Request, app: &str, now: Instant) -> Response
 }
 
 fn create_machine(st: &mut State, req: &Request, app: &str, now: Instant) -> Response {
+    // No room for a new machine: 412 "insufficient resources", as production logs quoted in
+    // Kilo-Org/cloud#412 show Fly answering creates (unverified beyond that).
+    if let Some(message) = st.create_refusals.pop_front() {
+        return error(StatusCode::PRECONDITION_FAILED, &message);
+    }
     let config = match required_config(req) {
         Ok(config) => config,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),

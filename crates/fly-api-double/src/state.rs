@@ -433,6 +433,8 @@ pub struct State {
     pub image_pulls: Vec<(String, Duration)>,
     /// Machine id → the error its host answers every update with (`FlyApi::refuse_updates`).
     pub update_refusals: BTreeMap<String, String>,
+    /// Errors the next `POST /machines` calls answer with, one each (`FlyApi::refuse_next_creates`).
+    pub create_refusals: VecDeque<String>,
     pub faults: Vec<Fault>,
     pub requests: Vec<RecordedRequest>,
     pub violations: Vec<Violation>,
@@ -455,6 +457,7 @@ impl State {
             release_command_exit_code: 0,
             image_pulls: Vec::new(),
             update_refusals: BTreeMap::new(),
+            create_refusals: VecDeque::new(),
             faults: Vec::new(),
             requests: Vec::new(),
             violations: Vec::new(),
