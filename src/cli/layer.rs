@@ -126,13 +126,13 @@ fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
                 root: None,
             };
             let source = LayerSource::store_paths(paths, &options);
-            compress_source(&source, args.root.as_deref(), compression, workers, |_| Ok(()))?
+            PlannedLayer::build(&source, args.root.as_deref(), compression, workers, |_| Ok(()))?
         }
         (None, Some(tar)) => {
             let source = LayerSource::Tar {
                 path: tar.display().to_string(),
             };
-            compress_source(&source, None, compression, workers, |_| Ok(()))?
+            PlannedLayer::build(&source, None, compression, workers, |_| Ok(()))?
         }
         (None, None) => unreachable!("clap requires --paths-from or --tar"),
     };
@@ -145,28 +145,6 @@ fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
         compression.key()
     ));
     write_json(&args.out, &record)
-}
-
-/// Make the layer's bytes from its source, compress them with `compression`, pass the blob to
-/// `sink` chunk by chunk, and return the record of what came out.
-pub fn compress_source(
-    source: &LayerSource,
-    root: Option<&Path>,
-    compression: Compression,
-    workers: usize,
-    sink: impl FnMut(bytes::Bytes) -> Result<(), blob::SinkClosed> + Send,
-) -> anyhow::Result<PlannedLayer> {
-    let tar = source.open(root)?;
-    let digests = blob::compress_layer(tar, compression, workers, sink, |_| {})
-        .with_context(|| format!("cannot make the layer of {}", source.paths().join(" ")))?;
-    Ok(PlannedLayer {
-        source: source.clone(),
-        diff_id: digests.diff_id,
-        size: digests.uncompressed_size,
-        digest: digests.digest,
-        compressed_size: digests.size,
-        compression,
-    })
 }
 
 fn plan(args: PlanArgs, reporter: &Reporter) -> anyhow::Result<()> {
@@ -267,7 +245,7 @@ mod tests {
         let source = LayerSource::store_paths(FakeStore::all_paths(), &store.options());
         let blob = Arc::new(Mutex::new(Vec::new()));
         let sink_blob = blob.clone();
-        let record = compress_source(&source, Some(store.root()), compression, workers, move |chunk| {
+        let record = PlannedLayer::build(&source, Some(store.root()), compression, workers, move |chunk| {
             sink_blob.lock().unwrap().extend_from_slice(&chunk);
             Ok(())
         })
@@ -356,8 +334,8 @@ mod tests {
         let mut paths = FakeStore::all_paths();
         paths.push("/nix/store/00000000000000000000000000000000-gone".into());
         let source = LayerSource::store_paths(paths, &store.options());
-        let err =
-            compress_source(&source, Some(store.root()), Compression::default(), 2, |_| Ok(())).unwrap_err();
+        let err = PlannedLayer::build(&source, Some(store.root()), Compression::default(), 2, |_| Ok(()))
+            .unwrap_err();
         assert!(format!("{err:#}").contains("-gone"), "{err:#}");
     }
 }

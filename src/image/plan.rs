@@ -176,7 +176,6 @@ impl Read for Verified {
 mod tests {
     use super::*;
     use crate::blob::Compression;
-    use crate::cli::layer::compress_source;
     use crate::image::{SourceKind, detect};
     use crate::layer::plan::{PLAN_VERSION, PlanKind, PlannedLayer, StreamConf};
     use crate::layer::store_tar::TarOptions;
@@ -203,7 +202,7 @@ mod tests {
             .map(|path| {
                 let source =
                     LayerSource::store_paths(vec![path.display().to_string()], &TarOptions::default());
-                compress_source(&source, None, Compression::default(), 2, |_| Ok(())).unwrap()
+                PlannedLayer::build(&source, None, Compression::default(), 2, |_| Ok(())).unwrap()
             })
             .collect();
         let conf: StreamConf = serde_json::from_value(serde_json::json!({

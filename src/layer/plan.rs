@@ -6,7 +6,7 @@
 //! digest (image id) and diff_ids as the one the stream script of the same image produces.
 
 use super::store_tar::{StoreTarReader, TarOptions};
-use crate::blob::Compression;
+use crate::blob::{self, BlobError, Compression, SinkClosed};
 use crate::registry::reference::is_sha256_digest;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -146,6 +146,41 @@ pub enum PlanError {
     Spawn(#[source] std::io::Error),
     #[error("the streamLayeredImage conf: {0}")]
     Conf(String),
+    #[error("cannot make the layer of {paths}")]
+    Build {
+        paths: String,
+        #[source]
+        source: BlobError,
+    },
+}
+
+impl PlannedLayer {
+    /// Make the layer's bytes from `source`, compress them with `compression`, pass the blob
+    /// to `sink` chunk by chunk, and return the record of what came out.
+    pub fn build(
+        source: &LayerSource,
+        root: Option<&Path>,
+        compression: Compression,
+        workers: usize,
+        sink: impl FnMut(bytes::Bytes) -> Result<(), SinkClosed> + Send,
+    ) -> Result<Self, PlanError> {
+        let tar = source.open(root)?;
+        let digests =
+            blob::compress_layer(tar, compression, workers, sink, |_| {}).map_err(|source_err| {
+                PlanError::Build {
+                    paths: source.paths().join(" "),
+                    source: source_err,
+                }
+            })?;
+        Ok(PlannedLayer {
+            source: source.clone(),
+            diff_id: digests.diff_id,
+            size: digests.uncompressed_size,
+            digest: digests.digest,
+            compressed_size: digests.size,
+            compression,
+        })
+    }
 }
 
 impl LayerPlan {
