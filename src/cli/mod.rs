@@ -157,7 +157,13 @@ pub async fn run(cli: Cli, reporter: Reporter) -> anyhow::Result<()> {
         }
         Command::Settings(command) => settings::run(command, reporter),
         Command::Layer(args) => layer::run(args, reporter).await,
-        Command::Registry(command) => crate::registry::debug::run(command, reporter).await,
+        Command::Registry(command) => {
+            // Only a token that is there: these calls also serve registries other than Fly's.
+            let fly_credentials = crate::fly::token::FlyToken::discover(None)
+                .ok()
+                .map(|token| token.registry_credentials());
+            crate::registry::debug::run(command, fly_credentials, reporter).await
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "nixfly", &mut std::io::stdout());
             Ok(())

@@ -126,7 +126,10 @@ pub async fn push_image(
     } else {
         None
     };
-    let mut client_options = options.registry.client_options(&reference.registry, fly_token)?;
+    let fly_credentials = fly_token.map(|token| token.registry_credentials());
+    let mut client_options = options
+        .registry
+        .client_options(&reference.registry, fly_credentials)?;
     // Every upload in flight keeps this much for resending after a cut: with `--jobs` uploads
     // at once it is most of the memory a push uses (peak RSS stays under 100 MB at 4 jobs).
     client_options.upload_window = client_options.upload_window.min(UPLOAD_WINDOW);

@@ -171,7 +171,7 @@ async fn resolve_tag(image: &str, app: &AppOptions, reporter: &Reporter) -> anyh
     let lookup = CredentialLookup {
         flag: None,
         auth_files: CredentialLookup::standard_auth_files(),
-        fly_token,
+        fly_credentials: fly_token.map(|token| token.registry_credentials()),
         fly_registry_host: fly_host,
     };
     let options = ClientOptions {

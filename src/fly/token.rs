@@ -5,6 +5,7 @@
 //! `--access-token`/`-t` flag. `FLY_AUTH_TOKEN` is not read by flyctl; Nix users export it for
 //! skopeo, so it is accepted below the names flyctl knows.
 
+use crate::registry::auth::{CredentialSource, Credentials};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -159,9 +160,19 @@ impl FlyToken {
         }
     }
 
+    /// The credentials for Fly's registry, the one place a Fly token becomes registry
+    /// credentials: HTTP Basic, user `x`, the token as password.
+    pub fn registry_credentials(&self) -> Credentials {
+        Credentials::new(
+            "x",
+            &self.registry_password(),
+            CredentialSource::FlyToken(self.source.to_string()),
+        )
+    }
+
     /// The password for HTTP Basic auth (user `x`) at registry.fly.io: the token without its
     /// scheme prefix, macaroons comma-joined.
-    pub fn registry_password(&self) -> String {
+    fn registry_password(&self) -> String {
         if self.macaroons.is_empty() {
             self.oauth.join(",")
         } else {
@@ -287,6 +298,15 @@ mod tests {
             "FlyV1 fm2_firstmacaroon,fm2_secondmacaroon"
         );
         assert_eq!(token.registry_password(), "fm2_firstmacaroon,fm2_secondmacaroon");
+        let creds = token.registry_credentials();
+        assert_eq!(
+            (creds.username.as_str(), creds.password.as_str()),
+            ("x", "fm2_firstmacaroon,fm2_secondmacaroon")
+        );
+        assert_eq!(
+            creds.source,
+            CredentialSource::FlyToken(TokenSource::Flag.to_string())
+        );
     }
 
     #[test]

@@ -118,12 +118,12 @@ impl RegistryArgs {
     pub fn client_options(
         &self,
         registry: &str,
-        fly_token: Option<crate::fly::token::FlyToken>,
+        fly_credentials: Option<Credentials>,
     ) -> Result<ClientOptions, RegistryError> {
         let lookup = CredentialLookup {
             flag: self.creds.as_deref(),
             auth_files: CredentialLookup::standard_auth_files(),
-            fly_token,
+            fly_credentials,
             fly_registry_host: super::reference::default_registry_host(),
         };
         Ok(ClientOptions {

@@ -2,6 +2,7 @@
 //! time. Tests use them to exercise the client through the real binary; they also help when
 //! a registry misbehaves (`-vv` shows every request).
 
+use super::auth::Credentials;
 use super::{Reference, RegistryArgs, RegistryClient};
 use crate::progress::Reporter;
 use anyhow::Context;
@@ -59,15 +60,13 @@ pub enum Action {
 fn client(
     command: &RegistryCommand,
     reference: &str,
+    fly_credentials: Option<Credentials>,
     reporter: &Reporter,
 ) -> anyhow::Result<(RegistryClient, Reference)> {
     let reference = Reference::parse(reference)?;
-    let fly_token = if reference.registry == super::reference::default_registry_host() {
-        crate::fly::token::FlyToken::discover(None).ok()
-    } else {
-        None
-    };
-    let mut options = command.registry.client_options(&reference.registry, fly_token)?;
+    let mut options = command
+        .registry
+        .client_options(&reference.registry, fly_credentials)?;
     if let Some(window) = command.upload_window {
         options.upload_window = window;
     }
@@ -78,10 +77,15 @@ fn client(
     Ok((client, reference))
 }
 
-pub async fn run(command: RegistryCommand, reporter: Reporter) -> anyhow::Result<()> {
+/// Run one call. `fly_credentials` are used when the reference is on Fly's registry.
+pub async fn run(
+    command: RegistryCommand,
+    fly_credentials: Option<Credentials>,
+    reporter: Reporter,
+) -> anyhow::Result<()> {
     match &command.action {
         Action::Exists { reference, digest } => {
-            let (client, r) = client(&command, reference, &reporter)?;
+            let (client, r) = client(&command, reference, fly_credentials, &reporter)?;
             match client.blob_exists(&r.repository, digest).await? {
                 Some(size) => reporter.result(&size.to_string()),
                 None => reporter.result("absent"),
@@ -92,7 +96,7 @@ pub async fn run(command: RegistryCommand, reporter: Reporter) -> anyhow::Result
             file,
             expected,
         } => {
-            let (client, r) = client(&command, reference, &reporter)?;
+            let (client, r) = client(&command, reference, fly_credentials, &reporter)?;
             let mut input = tokio::fs::File::open(file)
                 .await
                 .with_context(|| format!("cannot open {}", file.display()))?;
@@ -123,7 +127,7 @@ pub async fn run(command: RegistryCommand, reporter: Reporter) -> anyhow::Result
             reporter.result(&format!("{} {}", pushed.digest, pushed.size));
         }
         Action::PushBytes { reference, file } => {
-            let (client, r) = client(&command, reference, &reporter)?;
+            let (client, r) = client(&command, reference, fly_credentials, &reporter)?;
             let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
             let pushed = client.push_blob_bytes(&r.repository, Bytes::from(data)).await?;
             reporter.result(&format!("{} {}", pushed.digest, pushed.size));
@@ -133,7 +137,7 @@ pub async fn run(command: RegistryCommand, reporter: Reporter) -> anyhow::Result
             digest,
             from,
         } => {
-            let (client, r) = client(&command, reference, &reporter)?;
+            let (client, r) = client(&command, reference, fly_credentials, &reporter)?;
             let mounted = client.mount_blob(&r.repository, digest, from).await?;
             reporter.result(if mounted { "mounted" } else { "not mounted" });
         }
@@ -142,7 +146,7 @@ pub async fn run(command: RegistryCommand, reporter: Reporter) -> anyhow::Result
             file,
             media_type,
         } => {
-            let (client, r) = client(&command, reference, &reporter)?;
+            let (client, r) = client(&command, reference, fly_credentials, &reporter)?;
             let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
             let target = r
                 .tag_or_digest()
@@ -153,7 +157,7 @@ pub async fn run(command: RegistryCommand, reporter: Reporter) -> anyhow::Result
             reporter.result(&r.with_digest(&digest));
         }
         Action::GetManifest { reference } => {
-            let (client, r) = client(&command, reference, &reporter)?;
+            let (client, r) = client(&command, reference, fly_credentials, &reporter)?;
             let target = r.tag_or_digest().unwrap_or("latest");
             match client.get_manifest(&r.repository, target).await? {
                 Some(m) => reporter.result(&format!("{} {}", m.digest, m.media_type)),
