@@ -151,7 +151,7 @@ impl Settings {
             ));
         }
         if let Some(tag) = &raw.push.tag
-            && !is_valid_tag(tag)
+            && tag.parse::<crate::registry::reference::Tag>().is_err()
         {
             return Err(invalid(
                 "push.tag",
@@ -209,14 +209,6 @@ impl Settings {
         flags.no_rollback |= r.rollback == Some(false);
         flags.skip_release |= r.skip_release == Some(true);
     }
-}
-
-fn is_valid_tag(tag: &str) -> bool {
-    let mut chars = tag.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-    first_ok && tag.len() <= 128 && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 #[cfg(test)]

@@ -22,10 +22,10 @@ pub async fn run(args: DeployArgs, reporter: Reporter) -> anyhow::Result<()> {
     super::rollout::rollout_image(
         &args.app,
         &args.rollout,
-        Some(pushed.reference.clone()),
+        Some(pushed.reference.to_string()),
         reporter.clone(),
     )
     .await?;
-    reporter.result(&pushed.reference);
+    reporter.result(&pushed.reference.to_string());
     Ok(())
 }

@@ -5,6 +5,7 @@ use crate::blob::{self, Algorithm, Compression};
 use crate::layer::plan::{LayerPlan, LayerSource, PLAN_VERSION, PlanKind, PlannedLayer, StreamConf};
 use crate::layer::store_tar::TarOptions;
 use crate::progress::Reporter;
+use crate::registry::Digest;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -168,7 +169,7 @@ fn plan(args: PlanArgs, reporter: &Reporter) -> anyhow::Result<()> {
     reporter.info(format!(
         "layer plan with {} layers, config {}",
         plan.layers.len(),
-        blob::sha256_of(plan.config.as_bytes())
+        Digest::sha256_of(plan.config.as_bytes())
     ));
     Ok(())
 }
@@ -207,7 +208,7 @@ fn check_layers_match_conf(conf: &StreamConf, layers: &[PlannedLayer]) -> anyhow
     let checksum_file = Path::new(&conf.customisation_layer).join("checksum");
     if let Ok(checksum) = std::fs::read_to_string(&checksum_file) {
         let from_nixpkgs = format!("sha256:{}", checksum.trim());
-        if from_nixpkgs != custom.diff_id {
+        if custom.diff_id != from_nixpkgs.as_str() {
             bail!(
                 "the customisation layer hashes to {}, but {} says {from_nixpkgs}",
                 custom.diff_id,
@@ -269,7 +270,7 @@ mod tests {
             let (reference, blob) = compress_fixture(&store, compression, 1);
             assert_eq!(reference.diff_id, GOLDEN_DIFF_ID);
             assert_eq!(reference.size, 3_287_040);
-            assert_eq!(blob::sha256_of(&blob), reference.digest);
+            assert_eq!(Digest::sha256_of(&blob), reference.digest);
             assert_eq!(blob.len() as u64, reference.compressed_size);
             let mut tar = Vec::new();
             match compression.algorithm {
@@ -282,7 +283,7 @@ mod tests {
                     .unwrap(),
             };
             assert_eq!(
-                blob::sha256_of(&tar),
+                Digest::sha256_of(&tar),
                 GOLDEN_DIFF_ID,
                 "{compression:?} does not decompress to the tar"
             );
@@ -325,7 +326,7 @@ mod tests {
             .output()
             .unwrap();
         assert!(out.status.success());
-        assert_eq!(blob::sha256_of(&out.stdout), record.diff_id);
+        assert_eq!(Digest::sha256_of(&out.stdout), record.diff_id);
     }
 
     #[test]

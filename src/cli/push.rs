@@ -6,6 +6,7 @@ use crate::cache::Cache;
 use crate::image::SourceKind;
 use crate::progress::Reporter;
 use crate::push::{ManifestFormat, PushPlan, Pushed};
+use crate::registry::reference::Tag;
 use crate::registry::{Reference, RegistryArgs, RegistryClient};
 use anyhow::Context;
 use clap::Args;
@@ -85,15 +86,15 @@ impl PushOptions {
         if let Some(digest) = &reference.digest {
             anyhow::bail!("--to {reference} names a digest ({digest}); push to a repository or a tag");
         }
-        let tag = self
-            .tag
-            .clone()
-            .or_else(|| reference.tag.clone())
-            .unwrap_or_else(|| format!("deployment-{}", ulid::Ulid::new()));
-        anyhow::ensure!(
-            crate::registry::reference::is_valid_tag(&tag),
-            "invalid tag {tag:?}: use letters, digits, '_', '.' and '-', at most 128, not starting with '.' or '-'"
-        );
+        let tag = match &self.tag {
+            Some(tag) => tag.parse::<Tag>()?,
+            None => match &reference.tag {
+                Some(tag) => tag.clone(),
+                None => format!("deployment-{}", ulid::Ulid::new())
+                    .parse()
+                    .expect("a ULID tag is valid"),
+            },
+        };
         let plan = PushPlan {
             registry: reference.registry.clone(),
             repository: reference.repository.clone(),
@@ -159,6 +160,6 @@ pub async fn push_image(
 
 pub async fn run(args: PushArgs, reporter: Reporter) -> anyhow::Result<()> {
     let pushed = push_image(&args.source, &args.options, &args.app, &reporter).await?;
-    reporter.result(&pushed.reference);
+    reporter.result(&pushed.reference.to_string());
     Ok(())
 }

@@ -6,6 +6,7 @@ use crate::fly::api::{DEFAULT_MACHINES_URL, DEFAULT_PLATFORM_URL, FlyHttp, Machi
 use crate::fly::appconfig::{self, AppConfig, MaxUnavailable, Strategy};
 use crate::fly::platform::PlatformApi;
 use crate::progress::Reporter;
+use crate::registry::reference::PinnedReference;
 use crate::rollout::{ReleaseCommand, RolloutSpec};
 use anyhow::Context as _;
 use clap::Args;
@@ -124,15 +125,12 @@ pub async fn rollout_image(
         .or_else(|| fly_toml.as_ref().and_then(|c| c.build.image.clone()))
         .context("no image to deploy: pass --image host/repo@sha256:... or set [build] image in fly.toml")?;
     // A plan touches no machine, so it may show a tag; a real rollout needs the digest.
-    let image = if options.plan || image.contains('@') {
-        image
-    } else {
-        resolve_tag(&image, app, &reporter).await?
-    };
     let image = if options.plan {
         image
+    } else if image.contains('@') {
+        PinnedReference::parse(&image)?.to_string()
     } else {
-        pinned_image(&image)?
+        resolve_tag(&image, app, &reporter).await?.to_string()
     };
     let spec = spec(&app_name, image, options, fly_toml.as_ref())?;
     let token = app.fly_token()?;
@@ -155,7 +153,7 @@ pub async fn rollout_image(
 /// `host/repo:tag` → `host/repo@sha256:...` as the registry has it now, so that the machines
 /// (and a rollback) get an immutable reference. The Fly token is the password for the Fly
 /// registry; other registries use the Docker/podman auth files.
-async fn resolve_tag(image: &str, app: &AppOptions, reporter: &Reporter) -> anyhow::Result<String> {
+async fn resolve_tag(image: &str, app: &AppOptions, reporter: &Reporter) -> anyhow::Result<PinnedReference> {
     use crate::registry::auth::CredentialLookup;
     use crate::registry::client::ClientOptions;
     use crate::registry::reference::default_registry_host;
@@ -188,24 +186,9 @@ async fn resolve_tag(image: &str, app: &AppOptions, reporter: &Reporter) -> anyh
                 reference.registry, reference.repository
             )
         })?;
-    let pinned = reference.with_digest(&manifest.digest);
+    let pinned = reference.pinned(manifest.digest);
     reporter.info(format!("{image} is {pinned}"));
     Ok(pinned)
-}
-
-/// The machines must get an immutable reference: a well-formed sha256 digest.
-fn pinned_image(image: &str) -> anyhow::Result<String> {
-    let Some((_, digest)) = image.split_once('@') else {
-        anyhow::bail!(
-            "image {image} is a tag, not a digest; machines must get an immutable reference: pass \
-             host/repo@sha256:... (printed by `nixfly push`), or use `nixfly deploy` which pushes \
-             and deploys the digest"
-        );
-    };
-    if !crate::registry::reference::is_sha256_digest(digest) {
-        anyhow::bail!("image {image}: the digest must be sha256: followed by 64 hex digits");
-    }
-    Ok(image.to_string())
 }
 
 fn spec(
@@ -273,17 +256,6 @@ mod tests {
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("soon").is_err());
-    }
-
-    #[test]
-    fn only_digest_references_are_deployed() {
-        let digest = format!("registry.fly.io/demo@sha256:{}", "a".repeat(64));
-        assert_eq!(pinned_image(&digest).unwrap(), digest);
-        let err = pinned_image("registry.fly.io/demo:latest")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("nixfly deploy") && err.contains("@sha256"), "{err}");
-        assert!(pinned_image("registry.fly.io/demo@sha256:abc").is_err());
     }
 
     #[test]

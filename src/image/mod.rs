@@ -18,6 +18,7 @@ pub mod stdin;
 
 use crate::blob::{Algorithm, Compression};
 use crate::progress::Reporter;
+use crate::registry::Digest;
 use bytes::Bytes;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -89,8 +90,8 @@ pub enum LayerForm {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KnownLayer {
-    /// `sha256:<hex>` of the uncompressed tar.
-    pub diff_id: String,
+    /// The digest of the uncompressed tar.
+    pub diff_id: Digest,
     pub uncompressed_size: Option<u64>,
     /// A compressed form whose digest is known without reading the layer.
     pub blob: Option<KnownBlob>,
@@ -98,7 +99,7 @@ pub struct KnownLayer {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KnownBlob {
-    pub digest: String,
+    pub digest: Digest,
     pub size: u64,
     pub encoding: BlobEncoding,
 }

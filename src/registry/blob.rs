@@ -19,11 +19,12 @@
 
 use super::auth::Scope;
 use super::client::{RegistryClient, Request, UploadMode, header_str, retry_after};
+use super::digest::Digest;
 use super::error::RegistryError;
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{self, HeaderName};
 use reqwest::{Method, Response, StatusCode};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
@@ -34,12 +35,8 @@ use url::Url;
 /// A blob in the registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Descriptor {
-    pub digest: String,
+    pub digest: Digest,
     pub size: u64,
-}
-
-pub fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
 /// Failures in a row, without progress, after which an upload gives up.
@@ -141,8 +138,8 @@ impl Source {
         }
     }
 
-    fn digest(&self) -> String {
-        format!("sha256:{}", hex::encode(self.hasher.clone().finalize()))
+    fn digest(&self) -> Digest {
+        Digest::from_hasher(self.hasher.clone())
     }
 }
 
@@ -163,12 +160,12 @@ struct Failure {
 }
 
 impl RegistryClient {
-    fn blob_operation(&self, what: &str, repository: &str, digest: &str) -> String {
+    fn blob_operation(&self, what: &str, repository: &str, digest: &Digest) -> String {
         format!("{what} blob {digest} in {}/{repository}", self.registry)
     }
 
     /// Size of `digest` in `repository`, or `None` when the registry does not have it there.
-    pub async fn blob_exists(&self, repository: &str, digest: &str) -> Result<Option<u64>, RegistryError> {
+    pub async fn blob_exists(&self, repository: &str, digest: &Digest) -> Result<Option<u64>, RegistryError> {
         let req = Request {
             method: Method::HEAD,
             url: self.url(&format!("{repository}/blobs/{digest}")),
@@ -195,12 +192,12 @@ impl RegistryClient {
     pub async fn mount_blob(
         &self,
         repository: &str,
-        digest: &str,
+        digest: &Digest,
         from: &str,
     ) -> Result<bool, RegistryError> {
         let mut url = self.url(&format!("{repository}/blobs/uploads/"));
         url.query_pairs_mut()
-            .append_pair("mount", digest)
+            .append_pair("mount", digest.as_str())
             .append_pair("from", from);
         let req = Request {
             method: Method::POST,
@@ -326,7 +323,7 @@ impl RegistryClient {
 
     /// Upload a small blob held in memory (a config): one monolithic PUT.
     pub async fn push_blob_bytes(&self, repository: &str, data: Bytes) -> Result<Descriptor, RegistryError> {
-        let digest = sha256_digest(&data);
+        let digest = Digest::sha256_of(&data);
         let size = data.len() as u64;
         let mut restarted = false;
         loop {
@@ -351,11 +348,11 @@ impl RegistryClient {
         &self,
         repository: &str,
         session: &Session,
-        digest: &str,
+        digest: &Digest,
         body: Option<Bytes>,
     ) -> Result<(), RegistryError> {
         let mut url = session.location.clone();
-        url.query_pairs_mut().append_pair("digest", digest);
+        url.query_pairs_mut().append_pair("digest", digest.as_str());
         let length = body.as_ref().map_or(0, Bytes::len);
         let req = Request {
             method: Method::PUT,
@@ -373,7 +370,7 @@ impl RegistryClient {
             return Err(self.status_error(req.operation, response, None).await);
         }
         if let Some(stored) = header_str(&response, HeaderName::from_static("docker-content-digest"))
-            && stored != digest
+            && digest != stored.as_str()
         {
             return Err(RegistryError::Protocol {
                 operation: req.operation,
@@ -390,7 +387,7 @@ impl RegistryClient {
         &self,
         repository: &str,
         body: mpsc::Receiver<io::Result<Bytes>>,
-        expected: Option<&str>,
+        expected: Option<&Digest>,
     ) -> Result<Descriptor, RegistryError> {
         let window = self.options.upload_window.max(1);
         let source = Arc::new(Mutex::new(Source::new(body, window)));
@@ -503,8 +500,8 @@ impl RegistryClient {
         &self,
         repository: &str,
         session: &Session,
-        digest: &str,
-        expected: Option<&str>,
+        digest: &Digest,
+        expected: Option<&Digest>,
     ) -> Result<(), RegistryError> {
         match expected {
             Some(expected) if expected != digest => {
@@ -512,8 +509,8 @@ impl RegistryClient {
                 Err(RegistryError::DigestMismatch {
                     registry: self.registry.clone(),
                     repository: repository.into(),
-                    expected: expected.into(),
-                    actual: digest.into(),
+                    expected: expected.clone(),
+                    actual: digest.clone(),
                 })
             }
             _ => Ok(()),
@@ -667,7 +664,7 @@ impl RegistryClient {
         repository: &str,
         session: &Session,
         source: &Arc<Mutex<Source>>,
-        expected: Option<&str>,
+        expected: Option<&Digest>,
     ) -> Result<Descriptor, RegistryError> {
         let mut src = source.lock().await;
         let window = self.options.upload_window;
@@ -751,7 +748,7 @@ mod tests {
         assert_eq!(src.window_start, 4);
         assert_eq!(&src.next_at(6).await.unwrap().unwrap()[..], b"bb");
         assert!(src.next_at(2).await.unwrap().is_err());
-        assert_eq!(src.digest(), sha256_digest(b"aaaabbbbcccc"));
+        assert_eq!(src.digest(), Digest::sha256_of(b"aaaabbbbcccc"));
     }
 
     #[tokio::test]
