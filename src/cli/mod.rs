@@ -4,12 +4,13 @@
 pub mod deploy;
 pub mod layer;
 pub mod push;
+pub mod registry;
+pub mod registry_debug;
 pub mod rollout;
 pub mod settings;
 
 use crate::fly::appconfig::AppConfig;
 use crate::progress::{OutputMode, Reporter};
-use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -32,6 +33,7 @@ pub struct Cli {
 }
 
 #[derive(Args, Debug)]
+#[command(next_help_heading = "Output")]
 pub struct GlobalArgs {
     /// More detail on stderr: -v shows HTTP requests and child-process output, -vv everything.
     /// Tokens are never printed.
@@ -55,7 +57,7 @@ pub enum Command {
     Settings(settings::SettingsCommand),
     /// Low-level registry calls, for debugging a registry and for tests.
     #[command(hide = true)]
-    Registry(crate::registry::debug::RegistryCommand),
+    Registry(registry_debug::RegistryCommand),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     Completions {
         #[arg(value_enum)]
@@ -79,12 +81,13 @@ pub struct DeployArgs {
     pub rollout: rollout::RolloutOptions,
     /// JSON settings written by mkFlyDeploy (schema: docs/settings.schema.json). They fill
     /// only what flags and environment variables left unset.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Fly app")]
     pub settings: Option<PathBuf>,
 }
 
 /// Options every command that talks about a Fly app shares.
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Fly app")]
 pub struct AppOptions {
     /// Fly app name. Default: FLY_APP, then `app` in fly.toml.
     #[arg(short, long, env = "FLY_APP")]
@@ -147,23 +150,10 @@ pub async fn run(cli: Cli, reporter: Reporter) -> anyhow::Result<()> {
     match cli.command {
         Command::Push(args) => push::run(args, reporter).await,
         Command::Rollout(args) => rollout::run(args, reporter).await,
-        Command::Deploy(mut args) => {
-            if let Some(path) = args.settings.take() {
-                crate::settings::Settings::load(&path)
-                    .context("reading the settings from mkFlyDeploy")?
-                    .fill(&mut args);
-            }
-            deploy::run(args, reporter).await
-        }
+        Command::Deploy(args) => deploy::run(args, reporter).await,
         Command::Settings(command) => settings::run(command, reporter),
         Command::Layer(args) => layer::run(args, reporter).await,
-        Command::Registry(command) => {
-            // Only a token that is there: these calls also serve registries other than Fly's.
-            let fly_credentials = crate::fly::token::FlyToken::discover(None)
-                .ok()
-                .map(|token| token.registry_credentials());
-            crate::registry::debug::run(command, fly_credentials, reporter).await
-        }
+        Command::Registry(command) => registry_debug::run(command, reporter).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "nixfly", &mut std::io::stdout());
             Ok(())

@@ -2,11 +2,11 @@
 //! time. Tests use them to exercise the client through the real binary; they also help when
 //! a registry misbehaves (`-vv` shows every request).
 
-use super::Digest;
-use super::auth::Credentials;
-use super::manifest::MediaType;
-use super::{Reference, RegistryArgs, RegistryClient};
+use super::registry::RegistryOptions;
 use crate::progress::Reporter;
+use crate::registry::client::UploadMode;
+use crate::registry::manifest::MediaType;
+use crate::registry::{Digest, Reference, RegistryClient};
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
@@ -16,7 +16,10 @@ use tokio::io::AsyncReadExt;
 #[derive(Args, Debug)]
 pub struct RegistryCommand {
     #[command(flatten)]
-    pub registry: RegistryArgs,
+    pub registry: RegistryOptions,
+    /// How blob data is uploaded.
+    #[arg(long, value_enum, default_value_t = UploadMode::Stream, value_name = "MODE")]
+    pub upload_mode: UploadMode,
     /// Bytes of a streamed upload kept for resending after a failure.
     #[arg(long, value_name = "BYTES")]
     pub upload_window: Option<u64>,
@@ -62,13 +65,13 @@ pub enum Action {
 fn client(
     command: &RegistryCommand,
     reference: &str,
-    fly_credentials: Option<Credentials>,
     reporter: &Reporter,
 ) -> anyhow::Result<(RegistryClient, Reference)> {
     let reference = Reference::parse(reference)?;
     let mut options = command
         .registry
-        .client_options(&reference.registry, fly_credentials)?;
+        .client_options(&reference.registry, || Ok(crate::fly::FlyToken::discover(None)?))?;
+    options.upload_mode = command.upload_mode;
     if let Some(window) = command.upload_window {
         options.upload_window = window;
     }
@@ -79,15 +82,10 @@ fn client(
     Ok((client, reference))
 }
 
-/// Run one call. `fly_credentials` are used when the reference is on Fly's registry.
-pub async fn run(
-    command: RegistryCommand,
-    fly_credentials: Option<Credentials>,
-    reporter: Reporter,
-) -> anyhow::Result<()> {
+pub async fn run(command: RegistryCommand, reporter: Reporter) -> anyhow::Result<()> {
     match &command.action {
         Action::Exists { reference, digest } => {
-            let (client, r) = client(&command, reference, fly_credentials, &reporter)?;
+            let (client, r) = client(&command, reference, &reporter)?;
             match client.blob_exists(&r.repository, digest).await? {
                 Some(size) => reporter.result(&size.to_string()),
                 None => reporter.result("absent"),
@@ -98,7 +96,7 @@ pub async fn run(
             file,
             expected,
         } => {
-            let (client, r) = client(&command, reference, fly_credentials, &reporter)?;
+            let (client, r) = client(&command, reference, &reporter)?;
             let mut input = tokio::fs::File::open(file)
                 .await
                 .with_context(|| format!("cannot open {}", file.display()))?;
@@ -129,7 +127,7 @@ pub async fn run(
             reporter.result(&format!("{} {}", pushed.digest, pushed.size));
         }
         Action::PushBytes { reference, file } => {
-            let (client, r) = client(&command, reference, fly_credentials, &reporter)?;
+            let (client, r) = client(&command, reference, &reporter)?;
             let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
             let pushed = client.push_blob_bytes(&r.repository, Bytes::from(data)).await?;
             reporter.result(&format!("{} {}", pushed.digest, pushed.size));
@@ -139,7 +137,7 @@ pub async fn run(
             digest,
             from,
         } => {
-            let (client, r) = client(&command, reference, fly_credentials, &reporter)?;
+            let (client, r) = client(&command, reference, &reporter)?;
             let mounted = client.mount_blob(&r.repository, digest, from).await?;
             reporter.result(if mounted { "mounted" } else { "not mounted" });
         }
@@ -148,7 +146,7 @@ pub async fn run(
             file,
             media_type,
         } => {
-            let (client, r) = client(&command, reference, fly_credentials, &reporter)?;
+            let (client, r) = client(&command, reference, &reporter)?;
             let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
             let target = r
                 .tag_or_digest()
@@ -160,7 +158,7 @@ pub async fn run(
             reporter.result(&r.pinned(digest).to_string());
         }
         Action::GetManifest { reference } => {
-            let (client, r) = client(&command, reference, fly_credentials, &reporter)?;
+            let (client, r) = client(&command, reference, &reporter)?;
             let target = r.tag_or_digest().unwrap_or("latest");
             match client.get_manifest(&r.repository, target).await? {
                 Some(m) => reporter.result(&format!("{} {}", m.digest, m.media_type)),
