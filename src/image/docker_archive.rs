@@ -252,8 +252,8 @@ pub fn read_stream<T: Clone, E: From<ImageError>>(
             return Err(ImageError::DigestMismatch {
                 source_name: source_name.to_string(),
                 entry: name.clone(),
-                expected: declared.to_string(),
-                actual: diff_id.to_string(),
+                expected: declared.clone(),
+                actual: diff_id.clone(),
             }
             .into());
         }
@@ -322,8 +322,8 @@ fn check_config_name(name: &str, config: &[u8], source_name: &str) -> Result<(),
             return Err(ImageError::DigestMismatch {
                 source_name: source_name.to_string(),
                 entry: name.to_string(),
-                expected: claimed.to_string(),
-                actual: actual.to_string(),
+                expected: claimed,
+                actual,
             });
         }
     }

@@ -176,8 +176,8 @@ pub enum ImageError {
     DigestMismatch {
         source_name: String,
         entry: String,
-        expected: String,
-        actual: String,
+        expected: Digest,
+        actual: Digest,
     },
     #[error("{source_name}: {detail}")]
     Unsupported { source_name: String, detail: String },

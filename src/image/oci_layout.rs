@@ -87,8 +87,8 @@ impl ImageSource for OciLayout {
                 return Err(ImageError::DigestMismatch {
                     source_name: name.clone(),
                     entry: relative,
-                    expected: digest.to_string(),
-                    actual: actual.to_string(),
+                    expected: digest.clone(),
+                    actual,
                 });
             }
             Ok(bytes)
@@ -127,8 +127,8 @@ impl ImageSource for OciLayout {
                     return Err(ImageError::DigestMismatch {
                         source_name: name,
                         entry: path,
-                        expected: diff_id.to_string(),
-                        actual: digest.to_string(),
+                        expected: diff_id,
+                        actual: digest,
                     });
                 }
                 None => {

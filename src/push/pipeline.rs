@@ -162,8 +162,8 @@ impl<S: BlobStore> Pusher<S> {
             return Err(ImageError::DigestMismatch {
                 source_name: source_name.to_string(),
                 entry: expected.entry.clone(),
-                expected: diff_id.to_string(),
-                actual: digests.diff_id.to_string(),
+                expected: diff_id.clone(),
+                actual: digests.diff_id.clone(),
             }
             .into());
         }
