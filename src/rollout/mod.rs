@@ -24,7 +24,7 @@ use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_ROLLED_BACK, ExitCodeErr
 use crate::fly::api::MachinesApi;
 use crate::fly::appconfig::{AppConfig, MaxUnavailable, Strategy};
 use crate::fly::platform::{NewRelease, PlatformApi, ReleaseStatus};
-use crate::fly::types::{Release, config_check_count};
+use crate::fly::types::{Machine, Release, config_check_count};
 use crate::progress::Reporter;
 use error::RolloutError;
 use futures::StreamExt;
@@ -298,15 +298,25 @@ fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: b
     for (id, why) in &fleet.ignored {
         lines.push(format!("machine {id}: left alone ({why})"));
     }
-    if spec.strategy == Strategy::Bluegreen {
-        for leftover in bluegreen::split_leftovers(fleet).0 {
-            lines.push(format!(
-                "machine {}: left over from an interrupted bluegreen deploy: destroyed first",
-                leftover.id
-            ));
-        }
+    let leftovers: Vec<&str> = match spec.strategy {
+        Strategy::Bluegreen => bluegreen::split_leftovers(fleet)
+            .0
+            .into_iter()
+            .map(|m| m.id.as_str())
+            .collect(),
+        _ => Vec::new(),
+    };
+    for leftover in &leftovers {
+        lines.push(format!(
+            "machine {leftover}: left over from an interrupted bluegreen deploy: destroyed first"
+        ));
     }
     for (group, machines) in &fleet.groups {
+        let machines: Vec<Machine> = machines
+            .iter()
+            .filter(|m| !leftovers.contains(&m.id.as_str()))
+            .cloned()
+            .collect();
         let from = machines.first().map_or("", |m| m.image());
         lines.push(format!(
             "process group {group} ({} machines): {from} -> {}",
@@ -321,7 +331,7 @@ fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: b
         } else {
             "update"
         };
-        let (running, stopped) = plan::waves(spec.strategy, machines, spec.max_unavailable);
+        let (running, stopped) = plan::waves(spec.strategy, &machines, spec.max_unavailable);
         for (i, wave) in running.iter().enumerate() {
             let ids: Vec<&str> = wave.iter().map(|m| m.id.as_str()).collect();
             lines.push(format!("  wave {}: {what} {}", i + 1, ids.join(" ")));
@@ -334,7 +344,7 @@ fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: b
                 ids.join(" ")
             ));
         }
-        for machine in machines {
+        for machine in &machines {
             let mut notes = Vec::new();
             if machine.image() != from {
                 notes.push(format!("from {}", machine.image()));

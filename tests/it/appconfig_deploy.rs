@@ -385,7 +385,7 @@ fn nothing_to_deploy_touches_no_machine_and_force_rolls_anyway() {
     let machines = group_machines(&fly, "app");
     let requests_before = fly.requests().len();
 
-    for args in [&["--plan"][..], &[]] {
+    for args in [&["--dry-run"][..], &[]] {
         let out = run_rollout(&fly, &t, &image(1), args);
         assert_success(&out);
         let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
