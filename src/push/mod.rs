@@ -1,5 +1,6 @@
-//! The push pipeline, one module per stage (go-containerregistry's `remote.Push` is the model:
-//! find what the registry has, upload the rest, commit the manifest last):
+//! The push pipeline, one module per stage (go-containerregistry's `pkg/v1/remote/pusher.go` is
+//! the model, `Push` → `uploadOne` → `commitManifest`: find what the registry has, upload the
+//! rest, commit the manifest last):
 //!
 //! - [`lookup`]: what the registry already has, from the cache and the source, asked with HEAD
 //!   and cross-repository mounts, before any layer is read;
