@@ -2,12 +2,12 @@
 //! the model, `Push` → `uploadOne` → `commitManifest`: find what the registry has, upload the
 //! rest, commit the manifest last):
 //!
-//! - [`lookup`]: what the registry already has, from the cache and the source, asked with HEAD
+//! - `lookup`: what the registry already has, from the cache and the source, asked with HEAD
 //!   and cross-repository mounts, before any layer is read;
-//! - [`upload`]: one blob's upload, and the set of uploads in flight (`--jobs` at most);
-//! - [`pipeline`]: the blocking side: reading layers and compressing them into bounded
+//! - `upload`: one blob's upload, and the set of uploads in flight (`--jobs` at most);
+//! - `pipeline`: the blocking side: reading layers and compressing them into bounded
 //!   channels, never waiting on the network itself;
-//! - [`manifest`]: the config blob, then the manifest, put under the tag only after every
+//! - `manifest`: the config blob, then the manifest, put under the tag only after every
 //!   blob is there.
 //!
 //! One async coordinator per push (here) owns the uploads and answers the blocking reader, so
