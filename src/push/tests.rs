@@ -17,6 +17,46 @@ struct FakeRegistry {
     /// Answer the next streamed upload as the client does when the registry lost more than
     /// its resend window.
     lose_next_upload: AtomicBool,
+    /// Streamed uploads running now, and the most that ran at once.
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
+}
+
+impl FakeRegistry {
+    async fn receive(
+        &self,
+        repository: &str,
+        body: &mut mpsc::Receiver<io::Result<Bytes>>,
+        expected: Option<&Digest>,
+    ) -> Result<(Digest, u64), RegistryError> {
+        let mut data = Vec::new();
+        while let Some(chunk) = body.recv().await {
+            data.extend_from_slice(&chunk.map_err(|e| fake_error(format!("upload aborted: {e}")))?);
+        }
+        if self.lose_next_upload.swap(false, Ordering::Relaxed) {
+            return Err(RegistryError::UploadLost {
+                registry: "127.0.0.1:5000".into(),
+                repository: repository.into(),
+                received: data.len() as u64,
+                kept: 0,
+                window_start: 1,
+                window: 1,
+            });
+        }
+        let digest = Digest::sha256_of(&data);
+        if expected.is_some_and(|e| *e != digest) {
+            return Err(fake_error(format!(
+                "digest {digest} is not the expected {expected:?}"
+            )));
+        }
+        self.uploads.fetch_add(1, Ordering::Relaxed);
+        let size = data.len() as u64;
+        self.blobs
+            .lock()
+            .unwrap()
+            .insert((repository.into(), digest.clone()), Bytes::from(data));
+        Ok((digest, size))
+    }
 }
 
 fn fake_error(message: String) -> RegistryError {
@@ -50,33 +90,13 @@ impl BlobStore for FakeRegistry {
         mut body: mpsc::Receiver<io::Result<Bytes>>,
         expected: Option<&Digest>,
     ) -> Result<(Digest, u64), RegistryError> {
-        let mut data = Vec::new();
-        while let Some(chunk) = body.recv().await {
-            data.extend_from_slice(&chunk.map_err(|e| fake_error(format!("upload aborted: {e}")))?);
-        }
-        if self.lose_next_upload.swap(false, Ordering::Relaxed) {
-            return Err(RegistryError::UploadLost {
-                registry: "127.0.0.1:5000".into(),
-                repository: repository.into(),
-                received: data.len() as u64,
-                kept: 0,
-                window_start: 1,
-                window: 1,
-            });
-        }
-        let digest = Digest::sha256_of(&data);
-        if expected.is_some_and(|e| *e != digest) {
-            return Err(fake_error(format!(
-                "digest {digest} is not the expected {expected:?}"
-            )));
-        }
-        self.uploads.fetch_add(1, Ordering::Relaxed);
-        let size = data.len() as u64;
-        self.blobs
-            .lock()
-            .unwrap()
-            .insert((repository.into(), digest.clone()), Bytes::from(data));
-        Ok((digest, size))
+        let running = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(running, Ordering::SeqCst);
+        let result = self.receive(repository, &mut body, expected).await;
+        // Held a moment, as a registry committing a blob does, so that uploads overlap.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        result
     }
 
     async fn push_blob_bytes(&self, repository: &str, bytes: Bytes) -> Result<(Digest, u64), RegistryError> {
@@ -384,4 +404,28 @@ async fn a_lost_upload_is_read_again_from_an_indexed_image_and_reported_typed_fr
         other => panic!("not a registry error: {other:?}"),
     }
     assert!(store.manifests.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_uploads_run_at_once_than_jobs_allows() {
+    let layers: Vec<Vec<u8>> = (0..6).map(layer_tar).collect();
+    let (bytes, diff_ids) = archive(&layers, None);
+    let dir = tempfile::tempdir().unwrap();
+    for jobs in [1, 3] {
+        let plan = PushPlan {
+            jobs,
+            ..plan(ManifestFormat::Docker, Compression::default())
+        };
+        for image in [file_image(dir.path(), &bytes), stream_of(bytes.clone())] {
+            let store = Arc::new(FakeRegistry::default());
+            let fresh = tempfile::tempdir().unwrap();
+            let pushed = run(&store, image, &plan, fresh.path()).await.unwrap();
+            check_blobs(&store, &pushed, &layers, &diff_ids);
+            let most = store.most_in_flight.load(Ordering::SeqCst);
+            assert!(
+                (1..=jobs).contains(&most),
+                "{most} uploads at once with --jobs {jobs}"
+            );
+        }
+    }
 }
