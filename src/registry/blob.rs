@@ -32,9 +32,10 @@ use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
 use url::Url;
 
-/// A blob in the registry.
+/// A blob the registry committed: what an upload returns (manifests describe blobs with
+/// oci-spec's `Descriptor`, which adds the media type).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Descriptor {
+pub struct StoredBlob {
     pub digest: Digest,
     pub size: u64,
 }
@@ -322,7 +323,7 @@ impl RegistryClient {
     }
 
     /// Upload a small blob held in memory (a config): one monolithic PUT.
-    pub async fn push_blob_bytes(&self, repository: &str, data: Bytes) -> Result<Descriptor, RegistryError> {
+    pub async fn push_blob_bytes(&self, repository: &str, data: Bytes) -> Result<StoredBlob, RegistryError> {
         let digest = Digest::sha256_of(&data);
         let size = data.len() as u64;
         let mut restarted = false;
@@ -332,7 +333,7 @@ impl RegistryClient {
                 .finish_upload(repository, &session, &digest, Some(data.clone()))
                 .await
             {
-                Ok(()) => return Ok(Descriptor { digest, size }),
+                Ok(()) => return Ok(StoredBlob { digest, size }),
                 // The session vanished between POST and PUT (registry restart, expiry): once more.
                 Err(RegistryError::Status(s)) if !restarted && matches!(s.status, 400 | 404) => {
                     self.debug(|| format!("{s}; starting a new upload"));
@@ -388,7 +389,7 @@ impl RegistryClient {
         repository: &str,
         body: mpsc::Receiver<io::Result<Bytes>>,
         expected: Option<&Digest>,
-    ) -> Result<Descriptor, RegistryError> {
+    ) -> Result<StoredBlob, RegistryError> {
         let window = self.options.upload_window.max(1);
         let source = Arc::new(Mutex::new(Source::new(body, window)));
         let scope = Scope::push(repository);
@@ -493,7 +494,7 @@ impl RegistryClient {
         self.check_expected(repository, &session, &digest, expected)
             .await?;
         self.finish_upload(repository, &session, &digest, None).await?;
-        Ok(Descriptor { digest, size: offset })
+        Ok(StoredBlob { digest, size: offset })
     }
 
     async fn check_expected(
@@ -665,7 +666,7 @@ impl RegistryClient {
         session: &Session,
         source: &Arc<Mutex<Source>>,
         expected: Option<&Digest>,
-    ) -> Result<Descriptor, RegistryError> {
+    ) -> Result<StoredBlob, RegistryError> {
         let mut src = source.lock().await;
         let window = self.options.upload_window;
         let data = src
@@ -692,7 +693,7 @@ impl RegistryClient {
         let session = self.start_upload(repository).await?;
         self.finish_upload(repository, &session, &digest, Some(data.clone()))
             .await?;
-        Ok(Descriptor {
+        Ok(StoredBlob {
             digest,
             size: data.len() as u64,
         })
