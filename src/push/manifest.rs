@@ -59,14 +59,14 @@ impl<S: BlobStore> Pusher<S> {
                 self.registry_error(format!("checking for config {config_digest} in {}", plan.name())),
             )?;
         if have_config.is_none() {
-            let (digest, _) = self
+            let stored = self
                 .store
                 .push_blob_bytes(&plan.repository, config)
                 .await
                 .map_err(
                     self.registry_error(format!("uploading config {config_digest} to {}", plan.name())),
                 )?;
-            debug_assert_eq!(digest, config_digest);
+            debug_assert_eq!(stored.digest, config_digest);
         }
         let manifest = manifest(plan.format, &config_digest, config_size, &layers);
         let manifest = Bytes::from(serde_json::to_vec_pretty(&manifest).expect("a manifest serialises"));

@@ -31,6 +31,7 @@ use crate::cache::{ArchiveSummary, Cache, CachedBlob};
 use crate::image::{ArchiveStream, Image, ImageError, IndexedImage};
 use crate::progress::{Event, LayerOutcome, Reporter};
 use crate::registry::Digest;
+use crate::registry::blob::StoredBlob;
 use crate::registry::error::RegistryError;
 use crate::registry::manifest::MediaType;
 use crate::registry::reference::{PinnedReference, Tag};
@@ -69,12 +70,12 @@ pub trait BlobStore: Send + Sync + 'static {
         repository: &str,
         body: mpsc::Receiver<io::Result<Bytes>>,
         expected: Option<&Digest>,
-    ) -> impl Future<Output = Result<(Digest, u64), RegistryError>> + Send;
+    ) -> impl Future<Output = Result<StoredBlob, RegistryError>> + Send;
     fn push_blob_bytes(
         &self,
         repository: &str,
         bytes: Bytes,
-    ) -> impl Future<Output = Result<(Digest, u64), RegistryError>> + Send;
+    ) -> impl Future<Output = Result<StoredBlob, RegistryError>> + Send;
     /// Store a manifest under a tag or digest; returns its digest.
     fn put_manifest(
         &self,
@@ -99,15 +100,12 @@ impl BlobStore for crate::registry::RegistryClient {
         repository: &str,
         body: mpsc::Receiver<io::Result<Bytes>>,
         expected: Option<&Digest>,
-    ) -> Result<(Digest, u64), RegistryError> {
-        let blob =
-            crate::registry::RegistryClient::push_blob_stream(self, repository, body, expected).await?;
-        Ok((blob.digest, blob.size))
+    ) -> Result<StoredBlob, RegistryError> {
+        crate::registry::RegistryClient::push_blob_stream(self, repository, body, expected).await
     }
 
-    async fn push_blob_bytes(&self, repository: &str, bytes: Bytes) -> Result<(Digest, u64), RegistryError> {
-        let blob = crate::registry::RegistryClient::push_blob_bytes(self, repository, bytes).await?;
-        Ok((blob.digest, blob.size))
+    async fn push_blob_bytes(&self, repository: &str, bytes: Bytes) -> Result<StoredBlob, RegistryError> {
+        crate::registry::RegistryClient::push_blob_bytes(self, repository, bytes).await
     }
 
     async fn put_manifest(

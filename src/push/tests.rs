@@ -28,7 +28,7 @@ impl FakeRegistry {
         repository: &str,
         body: &mut mpsc::Receiver<io::Result<Bytes>>,
         expected: Option<&Digest>,
-    ) -> Result<(Digest, u64), RegistryError> {
+    ) -> Result<StoredBlob, RegistryError> {
         let mut data = Vec::new();
         while let Some(chunk) = body.recv().await {
             data.extend_from_slice(&chunk.map_err(|e| fake_error(format!("upload aborted: {e}")))?);
@@ -55,7 +55,7 @@ impl FakeRegistry {
             .lock()
             .unwrap()
             .insert((repository.into(), digest.clone()), Bytes::from(data));
-        Ok((digest, size))
+        Ok(StoredBlob { digest, size })
     }
 }
 
@@ -89,7 +89,7 @@ impl BlobStore for FakeRegistry {
         repository: &str,
         mut body: mpsc::Receiver<io::Result<Bytes>>,
         expected: Option<&Digest>,
-    ) -> Result<(Digest, u64), RegistryError> {
+    ) -> Result<StoredBlob, RegistryError> {
         let running = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_in_flight.fetch_max(running, Ordering::SeqCst);
         let result = self.receive(repository, &mut body, expected).await;
@@ -99,14 +99,14 @@ impl BlobStore for FakeRegistry {
         result
     }
 
-    async fn push_blob_bytes(&self, repository: &str, bytes: Bytes) -> Result<(Digest, u64), RegistryError> {
+    async fn push_blob_bytes(&self, repository: &str, bytes: Bytes) -> Result<StoredBlob, RegistryError> {
         let digest = Digest::sha256_of(&bytes);
         let size = bytes.len() as u64;
         self.blobs
             .lock()
             .unwrap()
             .insert((repository.into(), digest.clone()), bytes);
-        Ok((digest, size))
+        Ok(StoredBlob { digest, size })
     }
 
     async fn put_manifest(

@@ -122,10 +122,10 @@ impl<S: BlobStore> Pusher<S> {
             Err(ReadFailed::Error(err)) => return Err(err),
             Err(ReadFailed::UploadStopped(fallback)) => return Err(uploaded.err().unwrap_or(fallback)),
         };
-        let (digest, size) = uploaded?;
+        let stored = uploaded?;
         let blob = Candidate {
-            digest,
-            size,
+            digest: stored.digest,
+            size: stored.size,
             algorithm,
         };
         Ok(self.done(index, &diff_id, &blob, LayerOutcome::Uploaded))
