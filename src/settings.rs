@@ -188,7 +188,7 @@ impl Settings {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -205,7 +205,8 @@ mod tests {
             .is_valid(value)
     }
 
-    fn full() -> serde_json::Value {
+    /// Settings with every field set, as a test fixture.
+    pub(crate) fn full() -> serde_json::Value {
         json!({
             "version": 1,
             "app": "demo",

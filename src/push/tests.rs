@@ -203,6 +203,7 @@ fn plan(format: ManifestFormat, compression: Compression) -> PushPlan {
         compression,
         jobs: 2,
         workers: 2,
+        allow_arch: false,
     }
 }
 

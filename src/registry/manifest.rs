@@ -130,10 +130,7 @@ impl RegistryClient {
                 .unwrap_or_default()
                 .as_str(),
         );
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|source| self.transport_error(&req.operation, source))?;
+        let bytes = self.body(response, &req.operation).await?;
         let digest = Digest::sha256_of(&bytes);
         if tag_or_digest.parse::<Digest>().is_ok_and(|asked| asked != digest) {
             return Err(RegistryError::Protocol {

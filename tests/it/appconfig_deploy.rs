@@ -421,7 +421,7 @@ fn plan_shows_each_groups_config_changes_and_changes_nothing() {
             + "\n[processes]\n  app = \"./server\"\n  worker = \"./worker\"\n"),
     );
     let requests = fly.requests().len();
-    let out = run_rollout(&fly, &t, &image(2), &["--plan"]);
+    let out = run_rollout(&fly, &t, &image(2), &["--dry-run"]);
     assert_success(&out);
     assert!(fly.requests()[requests..].iter().all(|r| !r.is_mutating()));
     let plan = String::from_utf8_lossy(&out.stdout);

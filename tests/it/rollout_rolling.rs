@@ -197,7 +197,7 @@ fn plan_sends_no_mutating_request() {
     .unwrap();
     let new = image(3);
 
-    let out = run_rollout(&fly, &t, &new, &["--plan"]);
+    let out = run_rollout(&fly, &t, &new, &["--dry-run"]);
     assert_success(&out);
 
     assert!(
