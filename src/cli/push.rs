@@ -10,6 +10,7 @@ use crate::image::SourceKind;
 use crate::progress::Reporter;
 use crate::push::{ManifestFormat, PushPlan, Pushed};
 use crate::registry::client::UploadMode;
+use crate::registry::reference::Tag;
 use crate::registry::{Reference, RegistryClient};
 use anyhow::Context;
 use clap::Args;
@@ -131,15 +132,15 @@ impl PushOptions {
         if let Some(digest) = &reference.digest {
             anyhow::bail!("--to {reference} names a digest ({digest}); push to a repository or a tag");
         }
-        let tag = self
-            .tag
-            .clone()
-            .or_else(|| reference.tag.clone())
-            .unwrap_or_else(|| format!("deployment-{}", ulid::Ulid::new()));
-        anyhow::ensure!(
-            crate::registry::reference::is_valid_tag(&tag),
-            "invalid tag {tag:?}: use letters, digits, '_', '.' and '-', at most 128, not starting with '.' or '-'"
-        );
+        let tag = match &self.tag {
+            Some(tag) => tag.parse::<Tag>()?,
+            None => match &reference.tag {
+                Some(tag) => tag.clone(),
+                None => format!("deployment-{}", ulid::Ulid::new())
+                    .parse()
+                    .expect("a ULID tag is valid"),
+            },
+        };
         let plan = PushPlan {
             registry: reference.registry.clone(),
             repository: reference.repository.clone(),
@@ -195,7 +196,10 @@ impl ResolvedPush {
     /// after minutes of compressing.
     pub async fn check_access(&self) -> anyhow::Result<()> {
         self.client
-            .blob_exists(&self.plan.repository, PROBE_DIGEST)
+            .blob_exists(
+                &self.plan.repository,
+                &PROBE_DIGEST.parse().expect("a well-formed digest"),
+            )
             .await
             .with_context(|| format!("checking push access to {}", self.plan.name()))?;
         Ok(())
@@ -244,6 +248,6 @@ pub async fn run(args: PushArgs, reporter: Reporter) -> anyhow::Result<()> {
         &reporter,
     )?;
     let pushed = push.run(&reporter).await?;
-    reporter.result(&pushed.reference);
+    reporter.result(&pushed.reference.to_string());
     Ok(())
 }

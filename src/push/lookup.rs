@@ -7,13 +7,14 @@ use super::{BlobStore, LOOKUP_PARALLEL, PushError, PushedLayer, Pusher};
 use crate::blob::Algorithm;
 use crate::image::{BlobEncoding, KnownLayer};
 use crate::progress::{Event, LayerOutcome};
+use crate::registry::Digest;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 /// A blob the registry may already have.
 #[derive(Clone)]
 pub(super) struct Candidate {
-    pub(super) digest: String,
+    pub(super) digest: Digest,
     pub(super) size: u64,
     pub(super) algorithm: Algorithm,
 }
@@ -55,7 +56,7 @@ impl<S: BlobStore> Pusher<S> {
     pub(super) async fn find_existing(
         &self,
         index: usize,
-        diff_id: &str,
+        diff_id: &Digest,
         candidates: Vec<Candidate>,
     ) -> Result<Option<PushedLayer>, PushError> {
         Ok(self
@@ -139,7 +140,7 @@ impl<S: BlobStore> Pusher<S> {
             .map(|(index, ((blob, outcome), diff_id))| {
                 self.reporter.emit(Event::LayerStarted {
                     index,
-                    diff_id: diff_id.clone(),
+                    diff_id: diff_id.to_string(),
                     size: None,
                 });
                 self.done(index, diff_id, &blob, outcome)

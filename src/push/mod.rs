@@ -1,12 +1,13 @@
-//! The push pipeline, one module per stage (go-containerregistry's `remote.Push` is the model:
-//! find what the registry has, upload the rest, commit the manifest last):
+//! The push pipeline, one module per stage (go-containerregistry's `pkg/v1/remote/pusher.go` is
+//! the model, `Push` → `uploadOne` → `commitManifest`: find what the registry has, upload the
+//! rest, commit the manifest last):
 //!
-//! - [`lookup`]: what the registry already has, from the cache and the source, asked with HEAD
+//! - `lookup`: what the registry already has, from the cache and the source, asked with HEAD
 //!   and cross-repository mounts, before any layer is read;
-//! - [`upload`]: one blob's upload, and the set of uploads in flight (`--jobs` at most);
-//! - [`pipeline`]: the blocking side: reading layers and compressing them into bounded
+//! - `upload`: one blob's upload, and the set of uploads in flight (`--jobs` at most);
+//! - `pipeline`: the blocking side: reading layers and compressing them into bounded
 //!   channels, never waiting on the network itself;
-//! - [`manifest`]: the config blob, then the manifest, put under the tag only after every
+//! - `manifest`: the config blob, then the manifest, put under the tag only after every
 //!   blob is there.
 //!
 //! One async coordinator per push (here) owns the uploads and answers the blocking reader, so
@@ -29,7 +30,11 @@ use crate::blob::{Algorithm, BlobError, Compression};
 use crate::cache::{ArchiveSummary, Cache, CachedBlob};
 use crate::image::{ArchiveStream, Image, ImageError, IndexedImage};
 use crate::progress::{Event, LayerOutcome, Reporter};
+use crate::registry::Digest;
+use crate::registry::blob::StoredBlob;
 use crate::registry::error::RegistryError;
+use crate::registry::manifest::MediaType;
+use crate::registry::reference::{PinnedReference, Tag};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use lookup::Candidate;
@@ -43,19 +48,19 @@ use upload::{ReadFailed, Uploads};
 /// HEAD and mount requests in flight while looking for layers the registry already has.
 const LOOKUP_PARALLEL: usize = 16;
 
-/// What push needs from a registry. Digests are `sha256:<hex>`.
+/// What push needs from a registry.
 pub trait BlobStore: Send + Sync + 'static {
     /// `Some(size)` when `repository` has the blob.
     fn blob_exists(
         &self,
         repository: &str,
-        digest: &str,
+        digest: &Digest,
     ) -> impl Future<Output = Result<Option<u64>, RegistryError>> + Send;
     /// Mount a blob from another repository of the same registry; false when it could not.
     fn mount_blob(
         &self,
         repository: &str,
-        digest: &str,
+        digest: &Digest,
         from: &str,
     ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
     /// Upload a blob arriving on `body`; returns its digest and size. With `expected`, a blob
@@ -64,29 +69,29 @@ pub trait BlobStore: Send + Sync + 'static {
         &self,
         repository: &str,
         body: mpsc::Receiver<io::Result<Bytes>>,
-        expected: Option<&str>,
-    ) -> impl Future<Output = Result<(String, u64), RegistryError>> + Send;
+        expected: Option<&Digest>,
+    ) -> impl Future<Output = Result<StoredBlob, RegistryError>> + Send;
     fn push_blob_bytes(
         &self,
         repository: &str,
         bytes: Bytes,
-    ) -> impl Future<Output = Result<(String, u64), RegistryError>> + Send;
+    ) -> impl Future<Output = Result<StoredBlob, RegistryError>> + Send;
     /// Store a manifest under a tag or digest; returns its digest.
     fn put_manifest(
         &self,
         repository: &str,
         tag_or_digest: &str,
-        media_type: &str,
+        media_type: &MediaType,
         bytes: Bytes,
-    ) -> impl Future<Output = Result<String, RegistryError>> + Send;
+    ) -> impl Future<Output = Result<Digest, RegistryError>> + Send;
 }
 
 impl BlobStore for crate::registry::RegistryClient {
-    async fn blob_exists(&self, repository: &str, digest: &str) -> Result<Option<u64>, RegistryError> {
+    async fn blob_exists(&self, repository: &str, digest: &Digest) -> Result<Option<u64>, RegistryError> {
         crate::registry::RegistryClient::blob_exists(self, repository, digest).await
     }
 
-    async fn mount_blob(&self, repository: &str, digest: &str, from: &str) -> Result<bool, RegistryError> {
+    async fn mount_blob(&self, repository: &str, digest: &Digest, from: &str) -> Result<bool, RegistryError> {
         crate::registry::RegistryClient::mount_blob(self, repository, digest, from).await
     }
 
@@ -94,25 +99,22 @@ impl BlobStore for crate::registry::RegistryClient {
         &self,
         repository: &str,
         body: mpsc::Receiver<io::Result<Bytes>>,
-        expected: Option<&str>,
-    ) -> Result<(String, u64), RegistryError> {
-        let blob =
-            crate::registry::RegistryClient::push_blob_stream(self, repository, body, expected).await?;
-        Ok((blob.digest, blob.size))
+        expected: Option<&Digest>,
+    ) -> Result<StoredBlob, RegistryError> {
+        crate::registry::RegistryClient::push_blob_stream(self, repository, body, expected).await
     }
 
-    async fn push_blob_bytes(&self, repository: &str, bytes: Bytes) -> Result<(String, u64), RegistryError> {
-        let blob = crate::registry::RegistryClient::push_blob_bytes(self, repository, bytes).await?;
-        Ok((blob.digest, blob.size))
+    async fn push_blob_bytes(&self, repository: &str, bytes: Bytes) -> Result<StoredBlob, RegistryError> {
+        crate::registry::RegistryClient::push_blob_bytes(self, repository, bytes).await
     }
 
     async fn put_manifest(
         &self,
         repository: &str,
         tag_or_digest: &str,
-        media_type: &str,
+        media_type: &MediaType,
         bytes: Bytes,
-    ) -> Result<String, RegistryError> {
+    ) -> Result<Digest, RegistryError> {
         crate::registry::RegistryClient::put_manifest(self, repository, tag_or_digest, media_type, bytes)
             .await
     }
@@ -124,7 +126,7 @@ pub struct PushPlan {
     pub registry: String,
     pub repository: String,
     /// Set the manifest under this tag; None pushes it by digest only.
-    pub tag: Option<String>,
+    pub tag: Option<Tag>,
     pub format: ManifestFormat,
     pub compression: Compression,
     /// Layers compressed and uploaded at once.
@@ -158,8 +160,8 @@ impl PushPlan {
 /// A layer blob as it ends up in the manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PushedLayer {
-    pub diff_id: String,
-    pub digest: String,
+    pub diff_id: Digest,
+    pub digest: Digest,
     pub size: u64,
     pub algorithm: Algorithm,
     pub outcome: LayerOutcome,
@@ -169,10 +171,9 @@ pub struct PushedLayer {
 #[derive(Clone, Debug)]
 #[cfg_attr(not(test), allow(dead_code))]
 pub struct Pushed {
-    /// `host/repo@sha256:...`
-    pub reference: String,
-    pub manifest_digest: String,
-    pub config_digest: String,
+    pub reference: PinnedReference,
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
     pub layers: Vec<PushedLayer>,
 }
 
@@ -203,8 +204,8 @@ pub enum PushError {
     NotReproduced {
         layer: String,
         compression: String,
-        expected: String,
-        actual: String,
+        expected: Digest,
+        actual: Digest,
     },
     #[error("{0}")]
     Options(String),
@@ -279,7 +280,7 @@ impl<S: BlobStore> Pusher<S> {
     }
 
     /// Record and report a layer whose blob is now in the repository.
-    fn done(&self, index: usize, diff_id: &str, blob: &Candidate, outcome: LayerOutcome) -> PushedLayer {
+    fn done(&self, index: usize, diff_id: &Digest, blob: &Candidate, outcome: LayerOutcome) -> PushedLayer {
         self.cache
             .record_location(&self.plan.registry, &blob.digest, &self.plan.repository);
         if blob.algorithm == self.plan.compression.algorithm {
@@ -297,11 +298,11 @@ impl<S: BlobStore> Pusher<S> {
         self.reporter.emit(Event::LayerDone {
             index,
             outcome,
-            digest: blob.digest.clone(),
+            digest: blob.digest.to_string(),
             size: blob.size,
         });
         PushedLayer {
-            diff_id: diff_id.to_string(),
+            diff_id: diff_id.clone(),
             digest: blob.digest.clone(),
             size: blob.size,
             algorithm: blob.algorithm,
@@ -319,7 +320,7 @@ impl<S: BlobStore> Pusher<S> {
         for (index, layer) in layers.iter().enumerate() {
             self.reporter.emit(Event::LayerStarted {
                 index,
-                diff_id: layer.diff_id.clone(),
+                diff_id: layer.diff_id.to_string(),
                 size: layer.uncompressed_size,
             });
         }
@@ -443,7 +444,10 @@ impl<S: BlobStore> Pusher<S> {
         }
         self.reporter.emit(Event::LayerStarted {
             index: ask.index,
-            diff_id: ask.claimed_diff_id.clone().unwrap_or_else(|| ask.name.clone()),
+            diff_id: ask
+                .claimed_diff_id
+                .as_ref()
+                .map_or_else(|| ask.name.clone(), Digest::to_string),
             size: Some(ask.size),
         });
         if let Some(claimed) = &ask.claimed_diff_id {

@@ -7,6 +7,7 @@ use super::{BlobStore, PushError, PushedLayer, Pusher};
 use crate::blob::Algorithm;
 use crate::image::{BlobEncoding, IndexedImage, LayerForm};
 use crate::progress::LayerOutcome;
+use crate::registry::Digest;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -106,13 +107,13 @@ impl<S: BlobStore> Pusher<S> {
         &self,
         index: usize,
         body: mpsc::Receiver<io::Result<Bytes>>,
-        expected: Option<String>,
+        expected: Option<Digest>,
         algorithm: Algorithm,
-        read: impl Future<Output = Result<String, ReadFailed>>,
+        read: impl Future<Output = Result<Digest, ReadFailed>>,
     ) -> Result<PushedLayer, PushError> {
         let upload = self
             .store
-            .push_blob_stream(&self.plan.repository, body, expected.as_deref());
+            .push_blob_stream(&self.plan.repository, body, expected.as_ref());
         let (uploaded, read) = tokio::join!(upload, read);
         let uploaded =
             uploaded.map_err(self.registry_error(format!("uploading layer {index} to {}", self.plan.name())));
@@ -121,10 +122,10 @@ impl<S: BlobStore> Pusher<S> {
             Err(ReadFailed::Error(err)) => return Err(err),
             Err(ReadFailed::UploadStopped(fallback)) => return Err(uploaded.err().unwrap_or(fallback)),
         };
-        let (digest, size) = uploaded?;
+        let stored = uploaded?;
         let blob = Candidate {
-            digest,
-            size,
+            digest: stored.digest,
+            size: stored.size,
             algorithm,
         };
         Ok(self.done(index, &diff_id, &blob, LayerOutcome::Uploaded))

@@ -25,11 +25,12 @@
 
 use super::auth::Scope;
 use super::client::{RETRYABLE_STATUSES, RegistryClient, Request, UploadMode, header_str, retry_after};
+use super::digest::Digest;
 use super::error::RegistryError;
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{self, HeaderName};
 use reqwest::{Method, Response, StatusCode};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
@@ -37,15 +38,12 @@ use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
 use url::Url;
 
-/// A blob in the registry.
+/// A blob the registry committed: what an upload returns (manifests describe blobs with
+/// oci-spec's `Descriptor`, which adds the media type).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Descriptor {
-    pub digest: String,
+pub struct StoredBlob {
+    pub digest: Digest,
     pub size: u64,
-}
-
-pub fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
 /// Failures in a row, without progress, after which an upload gives up.
@@ -229,8 +227,8 @@ impl Source {
         Ok(())
     }
 
-    fn digest(&self) -> String {
-        format!("sha256:{}", hex::encode(self.hasher.clone().finalize()))
+    fn digest(&self) -> Digest {
+        Digest::from_hasher(self.hasher.clone())
     }
 }
 
@@ -303,12 +301,12 @@ impl RegistryClient {
         count
     }
 
-    fn blob_operation(&self, what: &str, repository: &str, digest: &str) -> String {
+    fn blob_operation(&self, what: &str, repository: &str, digest: &Digest) -> String {
         format!("{what} blob {digest} in {}/{repository}", self.registry)
     }
 
     /// Size of `digest` in `repository`, or `None` when the registry does not have it there.
-    pub async fn blob_exists(&self, repository: &str, digest: &str) -> Result<Option<u64>, RegistryError> {
+    pub async fn blob_exists(&self, repository: &str, digest: &Digest) -> Result<Option<u64>, RegistryError> {
         let req = Request {
             method: Method::HEAD,
             url: self.url(&format!("{repository}/blobs/{digest}")),
@@ -335,12 +333,12 @@ impl RegistryClient {
     pub async fn mount_blob(
         &self,
         repository: &str,
-        digest: &str,
+        digest: &Digest,
         from: &str,
     ) -> Result<bool, RegistryError> {
         let mut url = self.url(&format!("{repository}/blobs/uploads/"));
         url.query_pairs_mut()
-            .append_pair("mount", digest)
+            .append_pair("mount", digest.as_str())
             .append_pair("from", from);
         let req = Request {
             method: Method::POST,
@@ -473,8 +471,8 @@ impl RegistryClient {
     }
 
     /// Upload a small blob held in memory (a config): one monolithic PUT.
-    pub async fn push_blob_bytes(&self, repository: &str, data: Bytes) -> Result<Descriptor, RegistryError> {
-        let digest = sha256_digest(&data);
+    pub async fn push_blob_bytes(&self, repository: &str, data: Bytes) -> Result<StoredBlob, RegistryError> {
+        let digest = Digest::sha256_of(&data);
         let size = data.len() as u64;
         let mut restarted = false;
         loop {
@@ -483,7 +481,7 @@ impl RegistryClient {
                 .finish_upload(repository, &session, &digest, Some(data.clone()))
                 .await
             {
-                Ok(()) => return Ok(Descriptor { digest, size }),
+                Ok(()) => return Ok(StoredBlob { digest, size }),
                 // The session vanished between POST and PUT (registry restart, expiry): once more.
                 Err(RegistryError::Status(s)) if !restarted && matches!(s.status, 400 | 404) => {
                     self.debug(|| format!("{s}; starting a new upload"));
@@ -499,11 +497,11 @@ impl RegistryClient {
         &self,
         repository: &str,
         session: &Session,
-        digest: &str,
+        digest: &Digest,
         body: Option<Bytes>,
     ) -> Result<(), RegistryError> {
         let mut url = session.location.clone();
-        url.query_pairs_mut().append_pair("digest", digest);
+        url.query_pairs_mut().append_pair("digest", digest.as_str());
         let length = body.as_ref().map_or(0, Bytes::len);
         let req = Request {
             method: Method::PUT,
@@ -522,7 +520,7 @@ impl RegistryClient {
         }
         self.closed(session.id);
         if let Some(stored) = header_str(&response, HeaderName::from_static("docker-content-digest"))
-            && stored != digest
+            && digest != stored.as_str()
         {
             return Err(RegistryError::Protocol {
                 operation: req.operation,
@@ -539,8 +537,8 @@ impl RegistryClient {
         &self,
         repository: &str,
         body: mpsc::Receiver<io::Result<Bytes>>,
-        expected: Option<&str>,
-    ) -> Result<Descriptor, RegistryError> {
+        expected: Option<&Digest>,
+    ) -> Result<StoredBlob, RegistryError> {
         let window = self.options.upload_window.max(1);
         let mut mode = self.options.upload_mode;
         // A monolithic PUT needs the whole blob before it starts (its digest is in the URL).
@@ -657,15 +655,15 @@ impl RegistryClient {
         self.check_expected(repository, &session, &digest, expected)
             .await?;
         self.finish_upload(repository, &session, &digest, None).await?;
-        Ok(Descriptor { digest, size: offset })
+        Ok(StoredBlob { digest, size: offset })
     }
 
     async fn check_expected(
         &self,
         repository: &str,
         session: &Session,
-        digest: &str,
-        expected: Option<&str>,
+        digest: &Digest,
+        expected: Option<&Digest>,
     ) -> Result<(), RegistryError> {
         match expected {
             Some(expected) if expected != digest => {
@@ -673,8 +671,8 @@ impl RegistryClient {
                 Err(RegistryError::DigestMismatch {
                     registry: self.registry.clone(),
                     repository: repository.into(),
-                    expected: expected.into(),
-                    actual: digest.into(),
+                    expected: expected.clone(),
+                    actual: digest.clone(),
                 })
             }
             _ => Ok(()),
@@ -839,8 +837,8 @@ impl RegistryClient {
         repository: &str,
         mut session: Session,
         source: &Arc<Mutex<Source>>,
-        expected: Option<&str>,
-    ) -> Result<Descriptor, RegistryError> {
+        expected: Option<&Digest>,
+    ) -> Result<StoredBlob, RegistryError> {
         let mut src = source.lock().await;
         if src.spill.is_none() {
             // A fallback from another mode: what already left the window is gone.
@@ -877,7 +875,7 @@ impl RegistryClient {
         let mut failures = 0u32;
         loop {
             let mut url = session.location.clone();
-            url.query_pairs_mut().append_pair("digest", &digest);
+            url.query_pairs_mut().append_pair("digest", digest.as_str());
             let body = futures::stream::unfold((source.clone(), 0u64), |(src, cursor)| async move {
                 let item = src.lock().await.next_at(cursor).await?;
                 let next = item.as_ref().map_or(cursor, |b| cursor + b.len() as u64);
@@ -899,7 +897,7 @@ impl RegistryClient {
                 .await;
             let message = match result {
                 Ok(response) if response.status() == StatusCode::CREATED => {
-                    return Ok(Descriptor { digest, size });
+                    return Ok(StoredBlob { digest, size });
                 }
                 Ok(response) => {
                     let status = response.status().as_u16();
@@ -988,7 +986,7 @@ mod tests {
         assert_eq!(src.window_start, 4);
         assert_eq!(&src.next_at(6).await.unwrap().unwrap()[..], b"bb");
         assert!(src.next_at(2).await.unwrap().is_err());
-        assert_eq!(src.digest(), sha256_digest(b"aaaabbbbcccc"));
+        assert_eq!(src.digest(), Digest::sha256_of(b"aaaabbbbcccc"));
     }
 
     #[tokio::test]
