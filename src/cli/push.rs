@@ -8,7 +8,7 @@ use crate::fly::FlyToken;
 use crate::fly::appconfig::units::parse_go_duration;
 use crate::image::SourceKind;
 use crate::progress::Reporter;
-use crate::push::{ManifestFormat, PushPlan, Pushed};
+use crate::push::{ManifestFormat, PushSpec, Pushed};
 use crate::registry::client::UploadMode;
 use crate::registry::reference::Tag;
 use crate::registry::{Reference, RegistryClient};
@@ -102,7 +102,7 @@ pub struct ResolvedPush {
     pub source_kind: SourceKind,
     /// How long a stream script may stay silent.
     pub stream_timeout: Duration,
-    pub plan: PushPlan,
+    pub spec: PushSpec,
     pub client: Arc<RegistryClient>,
     pub use_cache: bool,
 }
@@ -141,7 +141,7 @@ impl PushOptions {
                     .expect("a ULID tag is valid"),
             },
         };
-        let plan = PushPlan {
+        let spec = PushSpec {
             registry: reference.registry.clone(),
             repository: reference.repository.clone(),
             tag: Some(tag),
@@ -151,7 +151,7 @@ impl PushOptions {
             workers: crate::blob::default_workers(),
             allow_arch: self.allow_arch,
         };
-        plan.validate()?;
+        spec.validate()?;
         // Whether SOURCE exists and is an image is known without reading it: a dry run or a
         // deploy must not get past this with a typo in the path.
         crate::image::detect(source, self.source_kind)?;
@@ -168,7 +168,7 @@ impl PushOptions {
                     crate::image::script::DEFAULT_IDLE_TIMEOUT_SECS,
                 )),
             )?,
-            plan,
+            spec,
             client: Arc::new(client),
             use_cache: !self.no_cache,
         })
@@ -186,8 +186,8 @@ impl ResolvedPush {
     pub fn target(&self) -> String {
         format!(
             "{}:{}",
-            self.plan.name(),
-            self.plan.tag.as_deref().unwrap_or("latest")
+            self.spec.name(),
+            self.spec.tag.as_deref().unwrap_or("latest")
         )
     }
 
@@ -197,11 +197,11 @@ impl ResolvedPush {
     pub async fn check_access(&self) -> anyhow::Result<()> {
         self.client
             .blob_exists(
-                &self.plan.repository,
+                &self.spec.repository,
                 &PROBE_DIGEST.parse().expect("a well-formed digest"),
             )
             .await
-            .with_context(|| format!("checking push access to {}", self.plan.name()))?;
+            .with_context(|| format!("checking push access to {}", self.spec.name()))?;
         Ok(())
     }
 
@@ -216,14 +216,14 @@ impl ResolvedPush {
                 .context("opening the image")??
         };
         let cache = Arc::new(Cache::open(self.use_cache, reporter.clone()));
-        let pushed = crate::push::push(self.client.clone(), image, &self.plan, cache, reporter.clone()).await;
+        let pushed = crate::push::push(self.client.clone(), image, &self.spec, cache, reporter.clone()).await;
         // Whatever ended the push, no upload session stays open in the registry: those a
         // failure stopped, and those a mount attempt opened and nothing used.
         let cancelled = self.client.cancel_open_sessions().await;
         if cancelled > 0 {
             reporter.debug(format!("cancelled {cancelled} upload session(s) left open"));
         }
-        pushed.with_context(|| format!("pushing {description} to {}", self.plan.name()))
+        pushed.with_context(|| format!("pushing {description} to {}", self.spec.name()))
     }
 }
 

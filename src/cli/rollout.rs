@@ -249,7 +249,7 @@ fn spec(app: &str, image: String, options: &RolloutOptions, fly_toml: Option<&Ap
         primary_region: fly_toml.and_then(|c| c.primary_region.clone()),
         rollback: !options.no_rollback,
         definition: fly_toml.map_or(serde_json::Value::Null, |c| c.definition.clone()),
-        plan_only: options.dry_run,
+        dry_run: options.dry_run,
         destroy_removed_groups: options.destroy_removed_groups,
         force: options.force,
         bluegreen_wait: options.bluegreen_cutover_wait,

@@ -48,51 +48,51 @@ impl ManifestFormat {
 impl<S: BlobStore> Pusher<S> {
     /// Config blob, then the manifest, then the tag.
     pub(super) async fn commit(&self, config: Bytes, layers: Vec<PushedLayer>) -> Result<Pushed, PushError> {
-        let plan = &self.plan;
+        let spec = &self.spec;
         let config_digest = Digest::sha256_of(&config);
         let config_size = config.len() as u64;
         let have_config = self
             .store
-            .blob_exists(&plan.repository, &config_digest)
+            .blob_exists(&spec.repository, &config_digest)
             .await
             .map_err(
-                self.registry_error(format!("checking for config {config_digest} in {}", plan.name())),
+                self.registry_error(format!("checking for config {config_digest} in {}", spec.name())),
             )?;
         if have_config.is_none() {
             let stored = self
                 .store
-                .push_blob_bytes(&plan.repository, config)
+                .push_blob_bytes(&spec.repository, config)
                 .await
                 .map_err(
-                    self.registry_error(format!("uploading config {config_digest} to {}", plan.name())),
+                    self.registry_error(format!("uploading config {config_digest} to {}", spec.name())),
                 )?;
             debug_assert_eq!(stored.digest, config_digest);
         }
-        let manifest = manifest(plan.format, &config_digest, config_size, &layers);
+        let manifest = manifest(spec.format, &config_digest, config_size, &layers);
         let manifest = Bytes::from(serde_json::to_vec_pretty(&manifest).expect("a manifest serialises"));
         let manifest_digest = Digest::sha256_of(&manifest);
-        let target = plan
+        let target = spec
             .tag
             .as_ref()
             .map_or_else(|| manifest_digest.to_string(), |tag| tag.to_string());
         let stored = self
             .store
             .put_manifest(
-                &plan.repository,
+                &spec.repository,
                 &target,
-                &plan.format.manifest_media_type(),
+                &spec.format.manifest_media_type(),
                 manifest,
             )
             .await
-            .map_err(self.registry_error(format!("putting the manifest {target} in {}", plan.name())))?;
+            .map_err(self.registry_error(format!("putting the manifest {target} in {}", spec.name())))?;
         let reference = crate::registry::reference::PinnedReference {
-            registry: plan.registry.clone(),
-            repository: plan.repository.clone(),
+            registry: spec.registry.clone(),
+            repository: spec.repository.clone(),
             digest: stored.clone(),
         };
         self.reporter.emit(Event::Pushed {
             reference: reference.to_string(),
-            tag: plan.tag.as_ref().map(|tag| tag.to_string()),
+            tag: spec.tag.as_ref().map(|tag| tag.to_string()),
         });
         Ok(Pushed {
             reference,

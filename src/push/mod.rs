@@ -130,7 +130,7 @@ impl BlobStore for crate::registry::RegistryClient {
 
 /// Everything a push needs, validated.
 #[derive(Clone, Debug)]
-pub struct PushPlan {
+pub struct PushSpec {
     pub registry: String,
     pub repository: String,
     /// Set the manifest under this tag; None pushes it by digest only.
@@ -145,7 +145,7 @@ pub struct PushPlan {
     pub allow_arch: bool,
 }
 
-impl PushPlan {
+impl PushSpec {
     pub fn validate(&self) -> Result<(), PushError> {
         if self.format.layer_media_type(self.compression.algorithm).is_none() {
             return Err(PushError::Options(format!(
@@ -233,24 +233,24 @@ impl PushError {
     }
 }
 
-/// Push `image` as `plan` says. Nothing is tagged unless every blob is in the registry.
+/// Push `image` as `spec` says. Nothing is tagged unless every blob is in the registry.
 pub async fn push<S: BlobStore>(
     store: Arc<S>,
     image: Image,
-    plan: &PushPlan,
+    spec: &PushSpec,
     cache: Arc<Cache>,
     reporter: Reporter,
 ) -> Result<Pushed, PushError> {
-    plan.validate()?;
+    spec.validate()?;
     let pusher = Arc::new(Pusher {
         store,
-        plan: plan.clone(),
+        spec: spec.clone(),
         cache,
         reporter,
     });
     // Fly runs amd64: the architecture is checked as soon as the config is known, before any
     // upload for indexed sources; a stream's config comes last, so before its manifest.
-    let check_arch = |config: &[u8], source: &str| match plan.allow_arch {
+    let check_arch = |config: &[u8], source: &str| match spec.allow_arch {
         true => Ok(()),
         false => crate::image::arch::check(config, source),
     };
@@ -274,7 +274,7 @@ const REGENERATIONS: u32 = 1;
 
 struct Pusher<S> {
     store: Arc<S>,
-    plan: PushPlan,
+    spec: PushSpec,
     cache: Arc<Cache>,
     reporter: Reporter,
 }
@@ -290,13 +290,13 @@ impl<S: BlobStore> Pusher<S> {
     /// Record and report a layer whose blob is now in the repository.
     fn done(&self, index: usize, diff_id: &Digest, blob: &Candidate, outcome: LayerOutcome) -> PushedLayer {
         self.cache
-            .record_location(&self.plan.registry, &blob.digest, &self.plan.repository);
-        if blob.algorithm == self.plan.compression.algorithm {
+            .record_location(&self.spec.registry, &blob.digest, &self.spec.repository);
+        if blob.algorithm == self.spec.compression.algorithm {
             // Any blob of this algorithm serves this diff_id (a stored one may be of another
             // level): remembering it lets the next push find it with one HEAD.
             self.cache.record_compressed(
                 diff_id,
-                &self.plan.compression,
+                &self.spec.compression,
                 &CachedBlob {
                     digest: blob.digest.clone(),
                     size: blob.size,
@@ -337,7 +337,7 @@ impl<S: BlobStore> Pusher<S> {
             .buffered(LOOKUP_PARALLEL)
             .try_collect()
             .await?;
-        let mut uploads = Uploads::new(self.plan.jobs);
+        let mut uploads = Uploads::new(self.spec.jobs);
         for (index, found) in existing.into_iter().enumerate() {
             match found {
                 Some(layer) => uploads.record(index, layer),
@@ -405,7 +405,7 @@ impl<S: BlobStore> Pusher<S> {
             let this = self.clone();
             move || this.read_archive(stream, asks_tx)
         });
-        let mut uploads = Uploads::new(self.plan.jobs);
+        let mut uploads = Uploads::new(self.spec.jobs);
         loop {
             // Uploads that end meanwhile are settled at once, so a failure stops the reader at
             // its next question rather than after the whole stream.
@@ -490,7 +490,7 @@ impl<S: BlobStore> Pusher<S> {
         };
         uploads.spawn(async move {
             let read = async move { verdict_rx.await.unwrap_or(Err(ReadFailed::Error(stopped))) };
-            let algorithm = this.plan.compression.algorithm;
+            let algorithm = this.spec.compression.algorithm;
             this.upload_one(index, body_rx, None, algorithm, true, read)
                 .await
                 .map(|layer| (index, layer))

@@ -86,7 +86,7 @@ impl<S: BlobStore> Pusher<S> {
             Ok(())
         };
         let mut progress = Progress::new(&self.reporter, index);
-        let result = blob::compress_layer(reader, self.plan.compression, self.plan.workers, sink, |n| {
+        let result = blob::compress_layer(reader, self.spec.compression, self.spec.workers, sink, |n| {
             progress.add(n)
         });
         progress.flush();
@@ -172,7 +172,7 @@ impl<S: BlobStore> Pusher<S> {
         {
             return Err(PushError::NotReproduced {
                 layer: expected.entry.clone(),
-                compression: self.plan.compression.key(),
+                compression: self.spec.compression.key(),
                 expected: digest.clone(),
                 actual: digests.digest.clone(),
             });

@@ -195,8 +195,8 @@ fn append(builder: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) {
     builder.append_data(&mut header, name, data).unwrap();
 }
 
-fn plan(format: ManifestFormat, compression: Compression) -> PushPlan {
-    PushPlan {
+fn spec(format: ManifestFormat, compression: Compression) -> PushSpec {
+    PushSpec {
         registry: "127.0.0.1:5000".into(),
         repository: "app".into(),
         tag: Some("v1".parse().unwrap()),
@@ -227,11 +227,11 @@ fn file_image(dir: &std::path::Path, bytes: &[u8]) -> Image {
 async fn run(
     store: &Arc<FakeRegistry>,
     image: Image,
-    plan: &PushPlan,
+    spec: &PushSpec,
     cache_dir: &std::path::Path,
 ) -> Result<Pushed, PushError> {
     let cache = Arc::new(Cache::with_root(Some(cache_dir.to_path_buf()), Reporter::plain()));
-    push(store.clone(), image, plan, cache, Reporter::plain()).await
+    push(store.clone(), image, spec, cache, Reporter::plain()).await
 }
 
 fn check_blobs(store: &FakeRegistry, pushed: &Pushed, layers: &[Vec<u8>], diff_ids: &[Digest]) {
@@ -259,8 +259,8 @@ async fn stream_push_then_warm_push_uploads_nothing() {
     let (bytes, diff_ids) = archive(&layers, None);
     let store = Arc::new(FakeRegistry::default());
     let cache = tempfile::tempdir().unwrap();
-    let plan = plan(ManifestFormat::Docker, Compression::default());
-    let pushed = run(&store, stream_of(bytes.clone()), &plan, cache.path())
+    let spec = spec(ManifestFormat::Docker, Compression::default());
+    let pushed = run(&store, stream_of(bytes.clone()), &spec, cache.path())
         .await
         .unwrap();
     assert!(pushed.layers.iter().all(|l| l.outcome == LayerOutcome::Uploaded));
@@ -283,7 +283,7 @@ async fn stream_push_then_warm_push_uploads_nothing() {
         format!("127.0.0.1:5000/app@{}", pushed.manifest_digest)
     );
 
-    let again = run(&store, stream_of(bytes), &plan, cache.path()).await.unwrap();
+    let again = run(&store, stream_of(bytes), &spec, cache.path()).await.unwrap();
     assert!(
         again.layers.iter().all(|l| l.outcome == LayerOutcome::Skipped),
         "{:?}",
@@ -299,27 +299,27 @@ async fn indexed_tar_file_matches_the_stream_result_and_mounts_across_repositori
     let (bytes, diff_ids) = archive(&layers, None);
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FakeRegistry::default());
-    let plan_a = plan(
+    let spec_a = spec(
         ManifestFormat::Oci,
         Compression::new(Algorithm::Zstd, None).unwrap(),
     );
-    let first = run(&store, file_image(dir.path(), &bytes), &plan_a, dir.path())
+    let first = run(&store, file_image(dir.path(), &bytes), &spec_a, dir.path())
         .await
         .unwrap();
     check_blobs(&store, &first, &layers, &diff_ids);
     // Deterministic compression: the stream path gives the same blobs in a fresh cache.
     let fresh = tempfile::tempdir().unwrap();
     let other = Arc::new(FakeRegistry::default());
-    let streamed = run(&other, stream_of(bytes.clone()), &plan_a, fresh.path())
+    let streamed = run(&other, stream_of(bytes.clone()), &spec_a, fresh.path())
         .await
         .unwrap();
     assert_eq!(streamed.manifest_digest, first.manifest_digest);
 
-    let plan_b = PushPlan {
+    let spec_b = PushSpec {
         repository: "other".into(),
-        ..plan_a
+        ..spec_a
     };
-    let mounted = run(&store, file_image(dir.path(), &bytes), &plan_b, dir.path())
+    let mounted = run(&store, file_image(dir.path(), &bytes), &spec_b, dir.path())
         .await
         .unwrap();
     assert!(
@@ -336,8 +336,8 @@ async fn a_layer_not_matching_its_name_is_refused_and_nothing_is_tagged() {
     let (bytes, diff_ids) = archive(&layers, Some(1));
     let store = Arc::new(FakeRegistry::default());
     let cache = tempfile::tempdir().unwrap();
-    let plan = plan(ManifestFormat::Docker, Compression::default());
-    let err = run(&store, stream_of(bytes.clone()), &plan, cache.path())
+    let spec = spec(ManifestFormat::Docker, Compression::default());
+    let err = run(&store, stream_of(bytes.clone()), &spec, cache.path())
         .await
         .unwrap_err();
     let text = format!("{err}");
@@ -348,7 +348,7 @@ async fn a_layer_not_matching_its_name_is_refused_and_nothing_is_tagged() {
     assert!(store.manifests.lock().unwrap().is_empty());
     // The indexed path reads the layer and finds the same.
     let dir = tempfile::tempdir().unwrap();
-    let err = run(&store, file_image(dir.path(), &bytes), &plan, cache.path())
+    let err = run(&store, file_image(dir.path(), &bytes), &spec, cache.path())
         .await
         .unwrap_err();
     assert!(format!("{err}").contains("corrupt"), "{err}");
@@ -357,7 +357,7 @@ async fn a_layer_not_matching_its_name_is_refused_and_nothing_is_tagged() {
 
 #[test]
 fn zstd_needs_the_oci_format() {
-    let err = plan(
+    let err = spec(
         ManifestFormat::Docker,
         Compression::new(Algorithm::Zstd, None).unwrap(),
     )
@@ -374,11 +374,11 @@ async fn a_lost_upload_is_read_again_from_an_indexed_image_and_reported_typed_fr
     let layers: Vec<Vec<u8>> = (0..2).map(layer_tar).collect();
     let (bytes, diff_ids) = archive(&layers, None);
     let dir = tempfile::tempdir().unwrap();
-    let plan = plan(ManifestFormat::Docker, Compression::default());
+    let spec = spec(ManifestFormat::Docker, Compression::default());
 
     let store = Arc::new(FakeRegistry::default());
     store.lose_next_upload.store(true, Ordering::Relaxed);
-    let pushed = run(&store, file_image(dir.path(), &bytes), &plan, dir.path())
+    let pushed = run(&store, file_image(dir.path(), &bytes), &spec, dir.path())
         .await
         .unwrap();
     assert!(
@@ -392,7 +392,7 @@ async fn a_lost_upload_is_read_again_from_an_indexed_image_and_reported_typed_fr
     let store = Arc::new(FakeRegistry::default());
     store.lose_next_upload.store(true, Ordering::Relaxed);
     let fresh = tempfile::tempdir().unwrap();
-    let err = run(&store, stream_of(bytes), &plan, fresh.path())
+    let err = run(&store, stream_of(bytes), &spec, fresh.path())
         .await
         .unwrap_err();
     assert!(err.is_upload_lost(), "{err:?}");
@@ -414,14 +414,14 @@ async fn no_more_uploads_run_at_once_than_jobs_allows() {
     let (bytes, diff_ids) = archive(&layers, None);
     let dir = tempfile::tempdir().unwrap();
     for jobs in [1, 3] {
-        let plan = PushPlan {
+        let spec = PushSpec {
             jobs,
-            ..plan(ManifestFormat::Docker, Compression::default())
+            ..spec(ManifestFormat::Docker, Compression::default())
         };
         for image in [file_image(dir.path(), &bytes), stream_of(bytes.clone())] {
             let store = Arc::new(FakeRegistry::default());
             let fresh = tempfile::tempdir().unwrap();
-            let pushed = run(&store, image, &plan, fresh.path()).await.unwrap();
+            let pushed = run(&store, image, &spec, fresh.path()).await.unwrap();
             check_blobs(&store, &pushed, &layers, &diff_ids);
             let most = store.most_in_flight.load(Ordering::SeqCst);
             assert!(

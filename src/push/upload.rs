@@ -114,10 +114,10 @@ impl<S: BlobStore> Pusher<S> {
     ) -> Result<PushedLayer, PushError> {
         let upload = self
             .store
-            .push_blob_stream(&self.plan.repository, body, expected.as_ref(), once);
+            .push_blob_stream(&self.spec.repository, body, expected.as_ref(), once);
         let (uploaded, read) = tokio::join!(upload, read);
         let uploaded =
-            uploaded.map_err(self.registry_error(format!("uploading layer {index} to {}", self.plan.name())));
+            uploaded.map_err(self.registry_error(format!("uploading layer {index} to {}", self.spec.name())));
         let diff_id = match read {
             Ok(diff_id) => diff_id,
             Err(ReadFailed::Error(err)) => return Err(err),
@@ -141,7 +141,7 @@ impl<S: BlobStore> Pusher<S> {
     ) -> Result<PushedLayer, PushError> {
         let layer = image.layers()[index].clone();
         let stored = layer.blob.as_ref().and_then(|blob| match blob.encoding {
-            BlobEncoding::Stored(algorithm) if self.plan.format.layer_media_type(algorithm).is_some() => {
+            BlobEncoding::Stored(algorithm) if self.spec.format.layer_media_type(algorithm).is_some() => {
                 Some((blob.digest.clone(), algorithm))
             }
             _ => None,
@@ -162,7 +162,7 @@ impl<S: BlobStore> Pusher<S> {
                 (Some(digest), algorithm, reader)
             }
             None => {
-                let compression = self.plan.compression;
+                let compression = self.spec.compression;
                 let expected = layer.blob.as_ref().and_then(|blob| match blob.encoding {
                     BlobEncoding::Reproducible(c) if c == compression => Some(blob.digest.clone()),
                     _ => None,
