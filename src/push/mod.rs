@@ -364,7 +364,12 @@ impl<S: BlobStore> Pusher<S> {
     ) -> Result<PushedLayer, PushError> {
         let mut attempt = 0;
         loop {
-            match self.clone().upload_indexed(image.clone(), index).await {
+            // The second time, everything sent is kept (a spill): it cannot be lost again.
+            match self
+                .clone()
+                .upload_indexed(image.clone(), index, attempt > 0)
+                .await
+            {
                 Err(err) if err.is_upload_lost() && attempt < REGENERATIONS => {
                     attempt += 1;
                     self.reporter.info(format!(

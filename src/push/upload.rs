@@ -138,6 +138,7 @@ impl<S: BlobStore> Pusher<S> {
         self: Arc<Self>,
         image: Arc<dyn IndexedImage>,
         index: usize,
+        keep_all: bool,
     ) -> Result<PushedLayer, PushError> {
         let layer = image.layers()[index].clone();
         let stored = layer.blob.as_ref().and_then(|blob| match blob.encoding {
@@ -189,8 +190,9 @@ impl<S: BlobStore> Pusher<S> {
                 .await
                 .unwrap_or_else(|e| Err(ReadFailed::Error(PushError::Task(e))))
         };
-        // An indexed layer can be read again (`regenerating`): only the window is kept.
-        self.upload_one(index, body_rx, expected, algorithm, false, read)
+        // An indexed layer can be read again (`regenerating`): unless told otherwise, only the
+        // window is kept.
+        self.upload_one(index, body_rx, expected, algorithm, keep_all, read)
             .await
     }
 }
