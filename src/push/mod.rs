@@ -65,11 +65,13 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
     /// Upload a blob arriving on `body`; returns its digest and size. With `expected`, a blob
     /// with another digest is refused before it is committed. An `Err` on `body` aborts.
+    /// `once`: the data cannot be produced again (a stream), so all of it is kept for resending.
     fn push_blob_stream(
         &self,
         repository: &str,
         body: mpsc::Receiver<io::Result<Bytes>>,
         expected: Option<&Digest>,
+        once: bool,
     ) -> impl Future<Output = Result<StoredBlob, RegistryError>> + Send;
     fn push_blob_bytes(
         &self,
@@ -100,8 +102,14 @@ impl BlobStore for crate::registry::RegistryClient {
         repository: &str,
         body: mpsc::Receiver<io::Result<Bytes>>,
         expected: Option<&Digest>,
+        once: bool,
     ) -> Result<StoredBlob, RegistryError> {
-        crate::registry::RegistryClient::push_blob_stream(self, repository, body, expected).await
+        let resend = if once {
+            crate::registry::blob::Resend::Everything
+        } else {
+            crate::registry::blob::Resend::Window
+        };
+        crate::registry::RegistryClient::push_blob_stream(self, repository, body, expected, resend).await
     }
 
     async fn push_blob_bytes(&self, repository: &str, bytes: Bytes) -> Result<StoredBlob, RegistryError> {
@@ -483,7 +491,7 @@ impl<S: BlobStore> Pusher<S> {
         uploads.spawn(async move {
             let read = async move { verdict_rx.await.unwrap_or(Err(ReadFailed::Error(stopped))) };
             let algorithm = this.plan.compression.algorithm;
-            this.upload_one(index, body_rx, None, algorithm, read)
+            this.upload_one(index, body_rx, None, algorithm, true, read)
                 .await
                 .map(|layer| (index, layer))
         });

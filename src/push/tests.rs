@@ -89,6 +89,7 @@ impl BlobStore for FakeRegistry {
         repository: &str,
         mut body: mpsc::Receiver<io::Result<Bytes>>,
         expected: Option<&Digest>,
+        _once: bool,
     ) -> Result<StoredBlob, RegistryError> {
         let running = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_in_flight.fetch_max(running, Ordering::SeqCst);

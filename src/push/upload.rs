@@ -109,11 +109,12 @@ impl<S: BlobStore> Pusher<S> {
         body: mpsc::Receiver<io::Result<Bytes>>,
         expected: Option<Digest>,
         algorithm: Algorithm,
+        once: bool,
         read: impl Future<Output = Result<Digest, ReadFailed>>,
     ) -> Result<PushedLayer, PushError> {
         let upload = self
             .store
-            .push_blob_stream(&self.plan.repository, body, expected.as_ref());
+            .push_blob_stream(&self.plan.repository, body, expected.as_ref(), once);
         let (uploaded, read) = tokio::join!(upload, read);
         let uploaded =
             uploaded.map_err(self.registry_error(format!("uploading layer {index} to {}", self.plan.name())));
@@ -188,6 +189,8 @@ impl<S: BlobStore> Pusher<S> {
                 .await
                 .unwrap_or_else(|e| Err(ReadFailed::Error(PushError::Task(e))))
         };
-        self.upload_one(index, body_rx, expected, algorithm, read).await
+        // An indexed layer can be read again (`regenerating`): only the window is kept.
+        self.upload_one(index, body_rx, expected, algorithm, false, read)
+            .await
     }
 }

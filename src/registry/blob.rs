@@ -38,6 +38,16 @@ use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
 use url::Url;
 
+/// What a streamed upload keeps for sending again after a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resend {
+    /// The last `upload_window` bytes: the caller can produce the blob again when the registry
+    /// needs older ones (`RegistryError::UploadLost`).
+    Window,
+    /// Everything (older bytes in an unlinked temp file): the data arrives once.
+    Everything,
+}
+
 /// A blob the registry committed: what an upload returns (manifests describe blobs with
 /// oci-spec's `Descriptor`, which adds the media type).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +58,8 @@ pub struct StoredBlob {
 
 /// Failures in a row, without progress, after which an upload gives up.
 const MAX_UPLOAD_FAILURES: u32 = 6;
+/// Redirects of one upload's data followed (307/308 on a streamed PATCH).
+const MAX_UPLOAD_REDIRECTS: usize = 5;
 /// Bytes read back from a spill at a time.
 const SPILL_READ: u64 = 256 * 1024;
 
@@ -249,6 +261,8 @@ struct Failure {
     unsupported: bool,
     /// Retrying cannot help (e.g. 403).
     fatal: Option<RegistryError>,
+    /// The registry redirected the data (307/308): send it again there.
+    redirect: Option<Url>,
 }
 
 impl RegistryClient {
@@ -538,11 +552,12 @@ impl RegistryClient {
         repository: &str,
         body: mpsc::Receiver<io::Result<Bytes>>,
         expected: Option<&Digest>,
+        resend: Resend,
     ) -> Result<StoredBlob, RegistryError> {
         let window = self.options.upload_window.max(1);
         let mut mode = self.options.upload_mode;
         // A monolithic PUT needs the whole blob before it starts (its digest is in the URL).
-        let spill = if mode == UploadMode::Monolithic {
+        let spill = if mode == UploadMode::Monolithic || resend == Resend::Everything {
             Some(Spill::new().map_err(|e| self.spill_error(repository, e))?)
         } else {
             None
@@ -552,6 +567,7 @@ impl RegistryClient {
         let mut session = self.start_upload(repository).await?;
         let mut offset = 0u64;
         let mut failures = 0u32;
+        let mut redirects = 0usize;
         loop {
             {
                 let src = source.lock().await;
@@ -569,7 +585,7 @@ impl RegistryClient {
                 UploadMode::Stream => self.patch_stream(repository, &session, &source, offset).await,
                 _ => self.patch_chunk(repository, &session, &source, offset).await,
             };
-            let failure = match result {
+            let mut failure = match result {
                 Ok((location, end)) => {
                     self.moved(&mut session, location);
                     offset = end;
@@ -578,6 +594,25 @@ impl RegistryClient {
                 }
                 Err(failure) => failure,
             };
+            if let Some(target) = failure.redirect.take()
+                && redirects < MAX_UPLOAD_REDIRECTS
+            {
+                redirects += 1;
+                self.debug(|| {
+                    format!(
+                        "the registry redirected the upload to {target}; sending from byte {offset} there"
+                    )
+                });
+                self.moved(&mut session, target);
+                let src = source.lock().await;
+                if offset >= src.resend_from() {
+                    continue;
+                }
+                let lost = self.upload_lost(repository, &src, offset);
+                drop(src);
+                self.cancel_upload(repository, &session).await;
+                return Err(lost);
+            }
             let mut src = source.lock().await;
             if let Some(source_err) = src.failure.take() {
                 drop(src);
@@ -603,12 +638,13 @@ impl RegistryClient {
                     last: failure.message,
                 });
             }
-            if failure.unsupported {
-                mode = match mode {
-                    UploadMode::Stream => UploadMode::Chunked,
-                    _ => UploadMode::Monolithic,
-                };
-            }
+            // After a failed streamed PATCH the rest goes in chunks: each is acknowledged and
+            // retried on its own, so a flaky registry costs a chunk, not the whole rest.
+            mode = match mode {
+                UploadMode::Stream => UploadMode::Chunked,
+                UploadMode::Chunked if failure.unsupported => UploadMode::Monolithic,
+                other => other,
+            };
             let delay = self.options.retry.delay(failures - 1, failure.retry_after);
             self.debug(|| {
                 format!(
@@ -625,26 +661,15 @@ impl RegistryClient {
                     offset = held;
                 }
                 None => {
-                    // The registry dropped the session: acknowledged chunks at least show how
-                    // far the next attempt got, and keep each resend small.
+                    // The registry dropped the session: start again (in chunks, see above).
                     self.closed(session.id);
-                    if mode == UploadMode::Stream {
-                        mode = UploadMode::Chunked;
-                    }
                     session = self.start_upload(repository).await?;
                     offset = 0;
                 }
             }
             let src = source.lock().await;
             if offset < src.resend_from() || offset > src.received {
-                let lost = RegistryError::UploadLost {
-                    registry: self.registry.clone(),
-                    repository: repository.into(),
-                    received: src.received,
-                    kept: offset,
-                    window_start: src.window_start,
-                    window,
-                };
+                let lost = self.upload_lost(repository, &src, offset);
                 drop(src);
                 self.cancel_upload(repository, &session).await;
                 return Err(lost);
@@ -656,6 +681,18 @@ impl RegistryClient {
             .await?;
         self.finish_upload(repository, &session, &digest, None).await?;
         Ok(StoredBlob { digest, size: offset })
+    }
+
+    /// The registry needs bytes from `offset` on, which are no longer kept.
+    fn upload_lost(&self, repository: &str, src: &Source, offset: u64) -> RegistryError {
+        RegistryError::UploadLost {
+            registry: self.registry.clone(),
+            repository: repository.into(),
+            received: src.received,
+            kept: offset,
+            window_start: src.window_start,
+            window: src.capacity,
+        }
     }
 
     async fn check_expected(
@@ -735,6 +772,7 @@ impl RegistryClient {
                 retry_after: None,
                 unsupported: false,
                 fatal: None,
+                redirect: None,
             })?;
         if chunk.is_empty() {
             return Ok((session.location.clone(), offset));
@@ -763,6 +801,7 @@ impl RegistryClient {
                 retry_after: None,
                 unsupported: false,
                 fatal: Some(other),
+                redirect: None,
             },
         })?;
         self.data_response(repository, response, end).await
@@ -783,12 +822,24 @@ impl RegistryClient {
                 retry_after: None,
                 unsupported: false,
                 fatal: None,
+                redirect: None,
             })?;
             let held = header_str(&response, header::RANGE)
                 .as_deref()
                 .and_then(range_end)
                 .unwrap_or(sent);
             return Ok((location, held.min(sent)));
+        }
+        if matches!(status.as_u16(), 307 | 308)
+            && let Ok(target) = self.location(&response, "following an upload redirect")
+        {
+            return Err(Failure {
+                message: format!("redirected to {target}"),
+                retry_after: None,
+                unsupported: false,
+                fatal: None,
+                redirect: Some(target),
+            });
         }
         let retry_after = retry_after(&response);
         let unsupported = matches!(status.as_u16(), 405 | 411 | 413 | 415 | 416 | 501);
@@ -818,6 +869,7 @@ impl RegistryClient {
             retry_after,
             unsupported,
             fatal: (!recoverable).then_some(error),
+            redirect: None,
         })
     }
 
@@ -949,6 +1001,7 @@ fn recoverable_failure(err: &RegistryError) -> Failure {
         retry_after: None,
         unsupported: false,
         fatal: None,
+        redirect: None,
     }
 }
 

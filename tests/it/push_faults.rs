@@ -440,3 +440,75 @@ fn issue_13_a_failed_push_leaves_no_upload_session() {
         assert!(registry.skopeo_inspect_fails(&format!("{}/app:v1", registry.host())));
     }
 }
+
+/// An uncompressed (indexed) archive of the same layers as `noisy_image`.
+fn noisy_tar(t: &TestDir) -> std::path::PathBuf {
+    t.join("noisy.tar")
+}
+
+/// Issue 13 point 1: faults past the 8 MiB resend window. A stream source keeps what left the
+/// window in a spill file; an indexed one is read again. A cut 10 MiB into the layer, a 503 on
+/// every second upload request, and a 307 on the PATCH all end in a complete image, with no
+/// upload session left open but the one a cut leaves on distribution 2.8.
+#[test]
+fn issue_13_faults_past_the_window_are_survived_by_every_source() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (gz, written) = noisy_image(&t, 12);
+    let tar = noisy_tar(&t);
+    let cut = || {
+        vec![Rule::new(
+            "PATCH",
+            "/blobs/uploads/",
+            1,
+            Fault::CutAfter(10 << 20),
+        )]
+    };
+    let cases: Vec<(&str, &std::path::Path, Vec<Rule>)> = vec![
+        ("stream-cut", &gz, cut()),
+        (
+            "stream-503",
+            &gz,
+            vec![Rule::every("*", "/blobs/uploads/", 2, Fault::status(503, &[]))],
+        ),
+        (
+            "stream-307",
+            &gz,
+            vec![Rule::new("PATCH", "/blobs/uploads/", 1, Fault::Redirect(307))],
+        ),
+        ("indexed-cut", &tar, cut()),
+    ];
+    for (name, source, rules) in cases {
+        let proxy = FaultProxy::start(registry.addr, rules);
+        let out = push_via(
+            &t,
+            &registry,
+            &proxy.host(),
+            source.to_str().unwrap(),
+            name,
+            "v1",
+            &["-v"],
+        );
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let reference = pushed_reference(&out, &proxy.host(), name);
+        assert!(!proxy.fired().is_empty(), "{name}: no fault fired");
+        assert_same_image(
+            &registry,
+            &reference.replace(&proxy.host(), &registry.host()),
+            &written,
+        );
+        let left: Vec<_> = registry
+            .open_upload_sessions()
+            .into_iter()
+            .filter(|s| s.to_string_lossy().contains(&format!("/repositories/{name}/")))
+            .collect();
+        assert!(
+            left.len() <= usize::from(name.ends_with("cut")),
+            "{name}: {left:?}"
+        );
+    }
+}
