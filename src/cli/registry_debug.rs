@@ -4,6 +4,7 @@
 
 use super::registry::RegistryOptions;
 use crate::progress::Reporter;
+use crate::registry::blob::Resend;
 use crate::registry::client::UploadMode;
 use crate::registry::manifest::MediaType;
 use crate::registry::{Digest, Reference, RegistryClient};
@@ -120,12 +121,7 @@ pub async fn run(command: RegistryCommand, reporter: Reporter) -> anyhow::Result
                 }
             });
             let pushed = client
-                .push_blob_stream(
-                    &r.repository,
-                    rx,
-                    expected.as_ref(),
-                    crate::registry::blob::Resend::Window,
-                )
+                .push_blob_stream(&r.repository, rx, expected.as_ref(), Resend::Window)
                 .await;
             reader.abort();
             let pushed = pushed?;
