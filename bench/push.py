@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIRS = [
     "/usr/bin", "/usr/lib/gcc", "/usr/share/man", "/usr/lib/python3.11", "/usr/libexec",
     "/usr/lib/python3", "/usr/lib/x86_64-linux-gnu/perl", "/usr/share/perl", "/usr/share/i18n",
-    "/usr/sbin", "/etc",
+    "/usr/sbin", "/etc", "/usr/include", "/usr/share/locale", "/usr/share/zoneinfo",
+    "/usr/lib/x86_64-linux-gnu/gconv",
 ]
 
 

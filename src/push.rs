@@ -1237,7 +1237,7 @@ mod tests {
             let blob = &blobs[&("app".to_string(), pushed_layer.digest.clone())];
             let mut plain = Vec::new();
             match pushed_layer.algorithm {
-                Algorithm::Gzip => flate2::read::GzDecoder::new(&blob[..])
+                Algorithm::Gzip => flate2::read::MultiGzDecoder::new(&blob[..])
                     .read_to_end(&mut plain)
                     .unwrap(),
                 Algorithm::Zstd => zstd::stream::read::Decoder::new(&blob[..])

@@ -38,11 +38,13 @@ pub struct PushOptions {
     /// Layer compression.
     #[arg(long, value_enum, default_value_t, env = "NIXFLY_COMPRESSION")]
     pub compression: Algorithm,
-    /// Compression level: gzip 1-9 (default 2, chosen by measurement), zstd 1-19 (default 3).
+    /// Compression level: gzip (libdeflate) 1 = fastest to 12 = smallest, default 2 (chosen by
+    /// measurement, see src/blob.rs); zstd 1-19, default 3.
     /// Layer plans precompute digests for the default level: another level re-uploads.
     #[arg(long, env = "NIXFLY_COMPRESSION_LEVEL")]
     pub level: Option<i32>,
-    /// Layers compressed and uploaded at once (each one also uses every core). Default 4.
+    /// Layers compressed and uploaded at once (each one also uses every core). Default and
+    /// maximum 4: more only adds memory (each holds compression blocks and a resend window).
     #[arg(short, long, env = "NIXFLY_JOBS", value_name = "N")]
     pub jobs: Option<usize>,
     /// What SOURCE is, when detection by content should not decide.
@@ -57,9 +59,10 @@ pub struct PushOptions {
     pub registry: RegistryArgs,
 }
 
-/// Layers in flight by default: enough to overlap HEADs, compression and uploads on 2-8 cores
-/// without holding many upload windows in memory.
-const DEFAULT_JOBS: usize = 4;
+/// Layers in flight by default and at most: enough to overlap compression and uploads on 2-8
+/// cores (each layer already compresses on every core), and what keeps peak RSS under 100 MB
+/// whatever `--jobs` asks for (measured by bench/push.py).
+const MAX_JOBS: usize = 4;
 
 /// Resend window per upload (see `push_image`).
 const UPLOAD_WINDOW: u64 = 8 << 20;
@@ -100,7 +103,7 @@ impl PushOptions {
             tag: Some(tag),
             format: self.format,
             compression: Compression::new(self.compression, self.level)?,
-            jobs: self.jobs.unwrap_or(DEFAULT_JOBS),
+            jobs: self.jobs.unwrap_or(MAX_JOBS).min(MAX_JOBS),
             workers: crate::blob::default_workers(),
         };
         plan.validate()?;

@@ -6,6 +6,7 @@ mod appconfig_deploy;
 mod cli;
 mod deploy;
 mod fly_double;
+mod gzip_readers;
 mod layer_cli;
 mod nix_flake;
 mod nix_layer_plan;
