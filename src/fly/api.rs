@@ -4,9 +4,12 @@
 use super::FlyToken;
 use super::types::{App, Lease, LeaseResponse, Machine, Volume};
 use crate::progress::Reporter;
+use crate::retry::RetryPolicy;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use url::Url;
 
@@ -15,9 +18,6 @@ pub const DEFAULT_PLATFORM_URL: &str = "https://api.fly.io";
 
 /// The Machines API caps one `wait` call at 60 seconds; longer waits loop.
 pub const MAX_WAIT_CALL: Duration = Duration::from_secs(60);
-
-const MAX_ATTEMPTS: u32 = 6;
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -30,8 +30,7 @@ pub enum ApiError {
     },
     #[error(
         "{method} {url} was rejected with {status}: {message}. The token from {token_source} is \
-         invalid, expired or has no access to this app; create a new one with \
-         `fly tokens create deploy -a <app>`"
+         invalid, expired or has no access to this app; {fix}"
     )]
     Unauthorized {
         method: Method,
@@ -39,6 +38,7 @@ pub enum ApiError {
         status: u16,
         message: String,
         token_source: String,
+        fix: &'static str,
     },
     #[error("{method} {url} failed with {status}: {message}")]
     Status {
@@ -82,12 +82,25 @@ pub enum Replay {
     Unsafe,
 }
 
+/// Which API a `FlyHttp` talks to, which decides the `Authorization` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Audience {
+    /// api.machines.dev: `FlyV1 <macaroons>` (fly-go `Tokens.FlapsHeader`).
+    Machines,
+    /// api.fly.io: `Bearer <macaroons,oauth>` (flyctl `internal/uiex/releases.go`).
+    Platform,
+}
+
 /// One HTTP endpoint family (Machines API or platform API) with the token's auth header.
 #[derive(Clone)]
 pub struct FlyHttp {
     client: reqwest::Client,
     base: Url,
     token: FlyToken,
+    audience: Audience,
+    /// Set once Fly rejected the macaroons and accepted the login session's OAuth token:
+    /// every later request sends the OAuth token alone.
+    oauth_only: Arc<AtomicBool>,
     reporter: Reporter,
 }
 
@@ -114,7 +127,22 @@ impl<'a> Request<'a> {
 }
 
 impl FlyHttp {
+    /// A client for the Machines API.
     pub fn new(base: &str, token: FlyToken, reporter: Reporter) -> Result<Self, ApiError> {
+        Self::with_audience(base, token, reporter, Audience::Machines)
+    }
+
+    /// A client for the platform API (release records).
+    pub fn platform(base: &str, token: FlyToken, reporter: Reporter) -> Result<Self, ApiError> {
+        Self::with_audience(base, token, reporter, Audience::Platform)
+    }
+
+    fn with_audience(
+        base: &str,
+        token: FlyToken,
+        reporter: Reporter,
+        audience: Audience,
+    ) -> Result<Self, ApiError> {
         let base = Url::parse(base).map_err(|source| ApiError::BaseUrl {
             url: base.to_string(),
             source,
@@ -134,8 +162,22 @@ impl FlyHttp {
             client,
             base,
             token,
+            audience,
+            oauth_only: Arc::new(AtomicBool::new(false)),
             reporter,
         })
+    }
+
+    fn authorization(&self) -> String {
+        if self.oauth_only.load(Ordering::Relaxed)
+            && let Some(oauth) = self.token.oauth_fallback_header()
+        {
+            return oauth;
+        }
+        match self.audience {
+            Audience::Machines => self.token.authorization_header(),
+            Audience::Platform => self.token.platform_header(),
+        }
     }
 
     fn url(&self, path: &[&str], query: &[(&str, String)]) -> Url {
@@ -151,7 +193,8 @@ impl FlyHttp {
     }
 
     /// Send a request, retrying 429 (honouring Retry-After) and, for replayable requests, 5xx
-    /// and connection failures, with exponential backoff. Returns the body of a 2xx answer.
+    /// and connection failures, as the shared `RetryPolicy` says. Returns the body of a 2xx
+    /// answer.
     pub(crate) async fn send(&self, req: Request<'_>) -> Result<Vec<u8>, ApiError> {
         let url = self.url(req.path, req.query);
         let shown = format!(
@@ -159,13 +202,13 @@ impl FlyHttp {
             url.path(),
             url.query().map(|q| format!("?{q}")).unwrap_or_default()
         );
+        let policy = RetryPolicy::default();
         let mut attempt = 0;
         loop {
-            attempt += 1;
             let mut builder = self
                 .client
                 .request(req.method.clone(), url.clone())
-                .header(reqwest::header::AUTHORIZATION, self.token.authorization_header());
+                .header(reqwest::header::AUTHORIZATION, self.authorization());
             if let Some(nonce) = req.nonce {
                 builder = builder.header("fly-machine-lease-nonce", nonce);
             }
@@ -176,8 +219,9 @@ impl FlyHttp {
             let response = match builder.send().await {
                 Ok(response) => response,
                 Err(source) => {
-                    if req.replay == Replay::Safe && attempt < MAX_ATTEMPTS {
-                        let delay = backoff(attempt);
+                    if req.replay == Replay::Safe && attempt < policy.retries {
+                        let delay = policy.delay(attempt, None);
+                        attempt += 1;
                         self.reporter
                             .debug(format!("{} {shown}: {source}; retrying in {delay:?}", req.method));
                         tokio::time::sleep(delay).await;
@@ -191,12 +235,7 @@ impl FlyHttp {
                 }
             };
             let status = response.status();
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+            let retry_after = crate::retry::retry_after(response.headers());
             let body = response.bytes().await.map_err(|source| ApiError::Transport {
                 method: req.method.clone(),
                 url: shown.clone(),
@@ -207,14 +246,29 @@ impl FlyHttp {
             }
             let retryable = status == StatusCode::TOO_MANY_REQUESTS
                 || (status.is_server_error() && req.replay == Replay::Safe);
-            if retryable && attempt < MAX_ATTEMPTS {
-                let delay = retry_after.unwrap_or_else(|| backoff(attempt));
+            if retryable && attempt < policy.retries {
+                let delay = policy.delay(attempt, retry_after);
+                attempt += 1;
                 self.reporter.warn(format!(
-                    "{} {shown} answered {status}; retrying in {:.1}s (attempt {attempt} of {MAX_ATTEMPTS})",
+                    "{} {shown} answered {status}; retrying in {:.1}s (retry {attempt} of {})",
                     req.method,
-                    delay.as_secs_f64()
+                    delay.as_secs_f64(),
+                    policy.retries
                 ));
                 tokio::time::sleep(delay).await;
+                continue;
+            }
+            // A login session's macaroons can be refused while its OAuth token still works
+            // (fly-go sends both to api.fly.io): try that once before giving up.
+            if status == StatusCode::UNAUTHORIZED
+                && self.token.oauth_fallback_header().is_some()
+                && !self.oauth_only.swap(true, Ordering::Relaxed)
+            {
+                self.reporter.warn(format!(
+                    "{} {shown}: Fly rejected the macaroons of the token from {}; retrying with its OAuth token",
+                    req.method,
+                    self.token.source()
+                ));
                 continue;
             }
             let message = error_message(&body);
@@ -226,6 +280,13 @@ impl FlyHttp {
                         status: status.as_u16(),
                         message,
                         token_source: self.token.source().to_string(),
+                        fix: if self.token.is_login_session() {
+                            "renew the login session with `fly auth login`, or create a deploy \
+                             token with `fly tokens create deploy -a <app>` and export it as \
+                             FLY_API_TOKEN"
+                        } else {
+                            "create a new one with `fly tokens create deploy -a <app>`"
+                        },
                     }
                 } else {
                     ApiError::Status {
@@ -245,10 +306,6 @@ impl FlyHttp {
         let body = self.send(req).await?;
         serde_json::from_slice(&body).map_err(|source| ApiError::Decode { method, url, source })
     }
-}
-
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(250u64 << attempt.min(5)).min(Duration::from_secs(5))
 }
 
 /// The `error` field of a JSON error body, else the body itself (shortened), else "no body".
@@ -300,13 +357,14 @@ impl MachinesApi {
             .await
     }
 
-    pub async fn create_volume(&self, name: &str, region: &str, size_gb: u64) -> Result<Volume, ApiError> {
+    /// `POST /volumes` with the full request body (`name`, `region`, `size_gb`, ...).
+    pub async fn create_volume(&self, body: Value) -> Result<Volume, ApiError> {
         self.http
             .send_json(Request {
                 method: Method::POST,
                 path: &["v1", "apps", &self.app, "volumes"],
                 query: &[],
-                body: Some(json!({"name": name, "region": region, "size_gb": size_gb})),
+                body: Some(body),
                 nonce: None,
                 replay: Replay::Unsafe,
             })
@@ -406,6 +464,27 @@ impl MachinesApi {
             .map(drop)
     }
 
+    /// Set one key of the machine's metadata (`POST .../metadata/{key}`), under the lease.
+    pub async fn set_metadata(
+        &self,
+        id: &str,
+        key: &str,
+        value: &str,
+        nonce: Option<&str>,
+    ) -> Result<(), ApiError> {
+        self.http
+            .send(Request {
+                method: Method::POST,
+                path: &["v1", "apps", &self.app, "machines", id, "metadata", key],
+                query: &[],
+                body: Some(json!({ "value": value })),
+                nonce,
+                replay: Replay::Safe,
+            })
+            .await
+            .map(drop)
+    }
+
     /// Acquire a new lease (`nonce` None) or extend the one we hold.
     pub async fn lease(&self, id: &str, ttl: Duration, nonce: Option<&str>) -> Result<Lease, ApiError> {
         let response: LeaseResponse = self
@@ -491,12 +570,6 @@ mod tests {
         );
         assert_eq!(error_message(b"upstream timeout\n"), "upstream timeout");
         assert_eq!(error_message(b""), "no response body");
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(1) < backoff(2));
-        assert_eq!(backoff(30), Duration::from_secs(5));
     }
 
     #[test]
