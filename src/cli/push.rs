@@ -55,10 +55,16 @@ pub struct PushOptions {
     #[arg(long, value_enum, default_value_t, env = "NIXFLY_SOURCE_KIND")]
     pub source_kind: SourceKind,
     /// Neither read nor write the local cache ($XDG_CACHE_HOME/nixfly, else ~/.cache/nixfly).
-    /// Without it, a layer whose compressed digest the source does not state is compressed
-    /// (and uploaded) even when the registry already has it.
+    /// Layers of images the registry already has (the target tag's, --reuse-from, on deploy
+    /// the app's running image) are still found without it.
     #[arg(long, env = "NIXFLY_NO_CACHE")]
     pub no_cache: bool,
+    /// An image in the same registry (`repo:tag`, `repo@sha256:...`, or with the host) whose
+    /// layers this push may reuse: layers with the same diff_id are neither read nor
+    /// compressed nor uploaded. Repeatable. The target tag's current image is always used, and
+    /// `deploy` adds the image the app's machines run now.
+    #[arg(long, value_name = "REFERENCE")]
+    pub reuse_from: Vec<String>,
     /// How layer data is uploaded: one streamed PATCH (what docker does), acknowledged chunks,
     /// or one monolithic PUT.
     #[arg(long, value_enum, default_value_t = UploadMode::Stream, value_name = "MODE", help_heading = "Registry")]
@@ -91,6 +97,25 @@ pub struct ResolvedPush {
 }
 
 impl PushOptions {
+    /// `--reuse-from` as (repository, tag or digest), all on `registry`.
+    fn reuse_from_images(&self, registry: &str) -> anyhow::Result<Vec<(String, String)>> {
+        self.reuse_from
+            .iter()
+            .map(|text| {
+                let reference = Reference::parse_with_default_host(text, registry)
+                    .with_context(|| format!("reading --reuse-from {text}"))?;
+                anyhow::ensure!(
+                    reference.registry == registry,
+                    "--reuse-from {text} is on {}, not on {registry} where the image goes: \
+                     layers are only reused within one registry",
+                    reference.registry
+                );
+                let target = reference.tag_or_digest().unwrap_or("latest").to_string();
+                Ok((reference.repository, target))
+            })
+            .collect()
+    }
+
     /// Resolve the push of `source`. `app` names the repository when `--to` is not given;
     /// `fly_token` is asked for only when the registry is Fly's.
     pub fn resolve(
@@ -132,6 +157,7 @@ impl PushOptions {
             compression: Compression::new(self.compression, self.level)?,
             jobs: self.jobs.unwrap_or(MAX_JOBS).min(MAX_JOBS),
             workers: crate::blob::default_workers(),
+            reuse_from: self.reuse_from_images(&reference.registry)?,
         };
         plan.validate()?;
         let mut client_options = self.registry.client_options(&reference.registry, fly_token)?;
@@ -149,6 +175,21 @@ impl PushOptions {
 }
 
 impl ResolvedPush {
+    /// Also reuse the layers of these images (a deploy's running images); those on another
+    /// registry cannot serve and are left out.
+    pub fn reuse_images(&mut self, images: &[String]) {
+        for image in images {
+            if let Ok(reference) = Reference::parse(image)
+                && reference.registry == self.plan.registry
+                && let Some(target) = reference.tag_or_digest()
+            {
+                self.plan
+                    .reuse_from
+                    .push((reference.repository.clone(), target.to_string()));
+            }
+        }
+    }
+
     /// `host/repo:tag`, where the image goes.
     pub fn target(&self) -> String {
         format!(

@@ -1,14 +1,150 @@
 //! Lookup stage: what the registry already has, known before a layer is read. The candidates
-//! for a layer come from the source (a stored or reproducible blob) and the local cache; the
-//! registry is asked with HEAD, then offered a cross-repository mount from a repository the
-//! cache knows holds the blob.
+//! for a layer come from the source (a stored or reproducible blob), the local cache, and the
+//! images the registry already holds (the target tag's current image, `--reuse-from`, on deploy
+//! the image the app runs now: each manifest's `layers[i]` is the blob of its config's
+//! `rootfs.diff_ids[i]`), so that a fresh CI runner with an empty cache still reads and
+//! compresses nothing the registry has. The registry is asked with HEAD, then offered a
+//! cross-repository mount from a repository known to hold the blob; a manifest that names a
+//! blob the registry lost only costs that HEAD, and the layer is uploaded.
 
-use super::{BlobStore, LOOKUP_PARALLEL, PushError, PushedLayer, Pusher};
+use super::{BlobStore, LOOKUP_PARALLEL, PushError, PushPlan, PushedLayer, Pusher};
 use crate::blob::Algorithm;
 use crate::image::{BlobEncoding, KnownLayer};
-use crate::progress::{Event, LayerOutcome};
+use crate::progress::{Event, LayerOutcome, Reporter};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// Image indexes are followed this far (a multi-platform tag lists a handful of images).
+const INDEX_ENTRIES: usize = 8;
+
+/// diff_id → compressed blob, learned from manifests and configs in the registry, with the
+/// repositories each blob was seen in (for mounting into the target repository).
+#[derive(Default)]
+pub(super) struct RegistryBlobs {
+    by_diff_id: HashMap<String, Candidate>,
+    holders: HashMap<String, Vec<String>>,
+}
+
+impl RegistryBlobs {
+    /// Read the target tag's image and every `reuse_from` image. Nothing here is required for
+    /// the push to succeed, so a failure is a warning and the push goes on without it.
+    pub(super) async fn learn<S: BlobStore>(store: &S, plan: &PushPlan, reporter: &Reporter) -> Self {
+        let mut images: Vec<(String, String)> = plan
+            .tag
+            .iter()
+            .map(|tag| (plan.repository.clone(), tag.clone()))
+            .collect();
+        images.extend(plan.reuse_from.iter().cloned());
+        images.dedup();
+        let mut blobs = RegistryBlobs::default();
+        for (repository, reference) in images {
+            if let Err(err) = blobs
+                .learn_image(store, plan, &repository, &reference, true)
+                .await
+            {
+                reporter.warn(format!(
+                    "not reusing layers of {}/{repository}:{reference}: {}",
+                    plan.registry,
+                    crate::error::chain_text(&err)
+                ));
+            }
+        }
+        if !blobs.by_diff_id.is_empty() {
+            reporter.info(format!(
+                "the registry holds blobs for {} layer(s) of images it has",
+                blobs.by_diff_id.len()
+            ));
+        }
+        blobs
+    }
+
+    /// One manifest: an image's layers paired with its config's diff_ids, or an index's
+    /// images (followed once, not recursively).
+    async fn learn_image<S: BlobStore>(
+        &mut self,
+        store: &S,
+        plan: &PushPlan,
+        repository: &str,
+        reference: &str,
+        follow_index: bool,
+    ) -> Result<(), crate::registry::error::RegistryError> {
+        let Some((_, bytes)) = store.get_manifest(repository, reference).await? else {
+            return Ok(());
+        };
+        let Ok(manifest) = serde_json::from_slice::<Value>(&bytes) else {
+            return Ok(());
+        };
+        if let Some(entries) = manifest["manifests"].as_array() {
+            if follow_index {
+                for entry in entries.iter().take(INDEX_ENTRIES) {
+                    if let Some(digest) = entry["digest"].as_str() {
+                        Box::pin(self.learn_image(store, plan, repository, digest, false)).await?;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let (Some(config), Some(layers)) = (
+            manifest["config"]["digest"].as_str(),
+            manifest["layers"].as_array(),
+        ) else {
+            return Ok(());
+        };
+        let Some(config) = store.get_config(repository, config).await? else {
+            return Ok(());
+        };
+        let Ok(config) = serde_json::from_slice::<Value>(&config) else {
+            return Ok(());
+        };
+        let Some(diff_ids) = config["rootfs"]["diff_ids"].as_array() else {
+            return Ok(());
+        };
+        // The pairing only holds when every layer has its diff_id (no foreign or empty extras).
+        if diff_ids.len() != layers.len() {
+            return Ok(());
+        }
+        for (layer, diff_id) in layers.iter().zip(diff_ids) {
+            let (Some(digest), Some(size), Some(media_type), Some(diff_id)) = (
+                layer["digest"].as_str(),
+                layer["size"].as_u64(),
+                layer["mediaType"].as_str(),
+                diff_id.as_str(),
+            ) else {
+                continue;
+            };
+            // Only a blob compressed as this push compresses serves as its layer.
+            if algorithm_of(media_type) != Some(plan.compression.algorithm)
+                || !crate::registry::reference::is_sha256_digest(digest)
+            {
+                continue;
+            }
+            self.by_diff_id
+                .entry(diff_id.to_string())
+                .or_insert_with(|| Candidate {
+                    digest: digest.to_string(),
+                    size,
+                    algorithm: plan.compression.algorithm,
+                });
+            let holders = self.holders.entry(digest.to_string()).or_default();
+            if !holders.iter().any(|r| r == repository) {
+                holders.push(repository.to_string());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The compression a layer media type declares (Docker v2s2 and OCI).
+fn algorithm_of(media_type: &str) -> Option<Algorithm> {
+    match media_type {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        | "application/vnd.oci.image.layer.v1.tar+gzip" => Some(Algorithm::Gzip),
+        "application/vnd.oci.image.layer.v1.tar+zstd" => Some(Algorithm::Zstd),
+        _ => None,
+    }
+}
 
 /// A blob the registry may already have.
 #[derive(Clone)]
@@ -20,7 +156,8 @@ pub(super) struct Candidate {
 
 impl<S: BlobStore> Pusher<S> {
     /// The blobs that would serve as this layer, best first: a stored or reproducible blob the
-    /// source knows, then what compressing it gave last time.
+    /// source knows, then what compressing it gave last time, then what an image in the
+    /// registry has for its diff_id.
     pub(super) fn candidates(&self, layer: &KnownLayer) -> Vec<Candidate> {
         let mut candidates = Vec::new();
         if let Some(blob) = &layer.blob {
@@ -46,6 +183,11 @@ impl<S: BlobStore> Pusher<S> {
                 size: cached.size,
                 algorithm: self.plan.compression.algorithm,
             });
+        }
+        if let Some(held) = self.registry_blobs.by_diff_id.get(&layer.diff_id)
+            && !candidates.iter().any(|c| c.digest == held.digest)
+        {
+            candidates.push(held.clone());
         }
         candidates
     }
@@ -86,7 +228,19 @@ impl<S: BlobStore> Pusher<S> {
             }
         }
         for candidate in candidates {
-            for from in self.cache.repositories_with(&plan.registry, &candidate.digest) {
+            let mut holders = self.cache.repositories_with(&plan.registry, &candidate.digest);
+            for seen in self
+                .registry_blobs
+                .holders
+                .get(&candidate.digest)
+                .into_iter()
+                .flatten()
+            {
+                if !holders.contains(seen) {
+                    holders.push(seen.clone());
+                }
+            }
+            for from in holders {
                 if from == plan.repository {
                     continue;
                 }

@@ -79,7 +79,22 @@ pub trait BlobStore: Send + Sync + 'static {
         media_type: &str,
         bytes: Bytes,
     ) -> impl Future<Output = Result<String, RegistryError>> + Send;
+    /// A manifest as stored (media type, bytes), or `None` when there is none.
+    fn get_manifest(
+        &self,
+        repository: &str,
+        tag_or_digest: &str,
+    ) -> impl Future<Output = Result<Option<(String, Bytes)>, RegistryError>> + Send;
+    /// An image config's bytes, checked against its digest; `None` when missing.
+    fn get_config(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> impl Future<Output = Result<Option<Bytes>, RegistryError>> + Send;
 }
+
+/// No image config comes near this; a larger blob named as one is not read.
+const CONFIG_LIMIT: u64 = 16 << 20;
 
 impl BlobStore for crate::registry::RegistryClient {
     async fn blob_exists(&self, repository: &str, digest: &str) -> Result<Option<u64>, RegistryError> {
@@ -116,6 +131,19 @@ impl BlobStore for crate::registry::RegistryClient {
         crate::registry::RegistryClient::put_manifest(self, repository, tag_or_digest, media_type, bytes)
             .await
     }
+
+    async fn get_manifest(
+        &self,
+        repository: &str,
+        tag_or_digest: &str,
+    ) -> Result<Option<(String, Bytes)>, RegistryError> {
+        let manifest = crate::registry::RegistryClient::get_manifest(self, repository, tag_or_digest).await?;
+        Ok(manifest.map(|m| (m.media_type, m.bytes)))
+    }
+
+    async fn get_config(&self, repository: &str, digest: &str) -> Result<Option<Bytes>, RegistryError> {
+        crate::registry::RegistryClient::get_blob(self, repository, digest, CONFIG_LIMIT).await
+    }
 }
 
 /// Everything a push needs, validated.
@@ -131,6 +159,10 @@ pub struct PushPlan {
     pub jobs: usize,
     /// Compression threads per layer.
     pub workers: usize,
+    /// Images of the same registry whose layers this push may reuse, as `(repository,
+    /// tag or digest)`: `--reuse-from`, and on deploy what the app's machines run now. The
+    /// target tag's current image is always looked at too.
+    pub reuse_from: Vec<(String, String)>,
 }
 
 impl PushPlan {
@@ -229,11 +261,14 @@ pub async fn push<S: BlobStore>(
     reporter: Reporter,
 ) -> Result<Pushed, PushError> {
     plan.validate()?;
+    // Before any layer is read: which blobs the registry holds for which diff_ids.
+    let registry_blobs = lookup::RegistryBlobs::learn(&*store, plan, &reporter).await;
     let pusher = Arc::new(Pusher {
         store,
         plan: plan.clone(),
         cache,
         reporter,
+        registry_blobs,
     });
     let (config, layers) = match image {
         Image::Indexed(image) => pusher.clone().push_indexed(image).await?,
@@ -250,6 +285,7 @@ struct Pusher<S> {
     plan: PushPlan,
     cache: Arc<Cache>,
     reporter: Reporter,
+    registry_blobs: lookup::RegistryBlobs,
 }
 
 impl<S: BlobStore> Pusher<S> {

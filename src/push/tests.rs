@@ -113,11 +113,36 @@ impl BlobStore for FakeRegistry {
             return Err(fake_error(format!("MANIFEST_BLOB_UNKNOWN {missing}")));
         }
         let digest = blob::sha256_of(&bytes);
-        self.manifests
+        let mut manifests = self.manifests.lock().unwrap();
+        manifests.insert((repository.into(), tag.into()), bytes.clone());
+        manifests.insert((repository.into(), digest.clone()), bytes);
+        Ok(digest)
+    }
+
+    async fn get_manifest(
+        &self,
+        repository: &str,
+        tag_or_digest: &str,
+    ) -> Result<Option<(String, Bytes)>, RegistryError> {
+        let manifests = self.manifests.lock().unwrap();
+        Ok(manifests
+            .get(&(repository.into(), tag_or_digest.into()))
+            .map(|bytes| {
+                let manifest: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+                (
+                    manifest["mediaType"].as_str().unwrap_or_default().to_string(),
+                    bytes.clone(),
+                )
+            }))
+    }
+
+    async fn get_config(&self, repository: &str, digest: &str) -> Result<Option<Bytes>, RegistryError> {
+        Ok(self
+            .blobs
             .lock()
             .unwrap()
-            .insert((repository.into(), tag.into()), bytes);
-        Ok(digest)
+            .get(&(repository.into(), digest.into()))
+            .cloned())
     }
 }
 
@@ -187,6 +212,7 @@ fn plan(format: ManifestFormat, compression: Compression) -> PushPlan {
         compression,
         jobs: 2,
         workers: 2,
+        reuse_from: Vec::new(),
     }
 }
 

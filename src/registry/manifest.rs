@@ -22,6 +22,8 @@ pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [
 pub struct Manifest {
     pub media_type: String,
     pub digest: String,
+    /// As stored (what a pusher learns layers from).
+    pub bytes: Bytes,
 }
 
 impl RegistryClient {
@@ -104,6 +106,10 @@ impl RegistryClient {
                 message: format!("the registry returned content with digest {digest}"),
             });
         }
-        Ok(Some(Manifest { media_type, digest }))
+        Ok(Some(Manifest {
+            media_type,
+            digest,
+            bytes,
+        }))
     }
 }

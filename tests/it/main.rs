@@ -15,6 +15,7 @@ mod push_errors;
 mod push_faults;
 mod push_fixtures;
 mod push_plan;
+mod push_reuse;
 mod push_sources;
 mod registry_client;
 mod registry_creds;
