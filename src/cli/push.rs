@@ -47,8 +47,8 @@ pub struct PushOptions {
     /// Layer plans precompute digests for the default level: another level re-uploads.
     #[arg(long, env = "NIXFLY_COMPRESSION_LEVEL")]
     pub level: Option<i32>,
-    /// Layers compressed and uploaded at once (each one also uses every core). Default and
-    /// maximum 4: more only adds memory (each holds compression blocks and a resend window).
+    /// Layers compressed and uploaded at once (each one also uses every core). Default 2, at
+    /// most 4: more only adds memory (each holds compression blocks and a resend window).
     #[arg(short, long, env = "NIXFLY_JOBS", value_name = "N")]
     pub jobs: Option<usize>,
     /// What SOURCE is, when detection by content should not decide.
@@ -73,9 +73,12 @@ pub struct PushOptions {
     pub registry: RegistryOptions,
 }
 
-/// Layers in flight by default and at most: enough to overlap compression and uploads on 2-8
-/// cores (each layer already compresses on every core), and what keeps peak RSS under 100 MB
-/// whatever `--jobs` asks for (measured by bench/push.py).
+/// Layers in flight by default: each layer already compresses on every core, so more only
+/// overlaps uploads. Measured on the benchmark image (2 cores, loopback): 1 job 7.5 s / 32 MB
+/// peak RSS, 2 jobs 8.5 s / 52 MB, 4 jobs 9.2 s / 91 MB; two keep a second upload going for a
+/// registry across a network, where one stream rarely fills the link.
+const DEFAULT_JOBS: usize = 2;
+/// And at most: what keeps peak RSS under 100 MB whatever `--jobs` asks for.
 const MAX_JOBS: usize = 4;
 
 /// Resend window per upload: every upload in flight keeps this much for resending after a
@@ -155,7 +158,7 @@ impl PushOptions {
             tag: Some(tag),
             format: self.format,
             compression: Compression::new(self.compression, self.level)?,
-            jobs: self.jobs.unwrap_or(MAX_JOBS).min(MAX_JOBS),
+            jobs: self.jobs.unwrap_or(DEFAULT_JOBS).min(MAX_JOBS),
             workers: crate::blob::default_workers(),
             reuse_from: self.reuse_from_images(&reference.registry)?,
         };
