@@ -48,7 +48,7 @@ pub struct PushOptions {
     #[arg(long, env = "NIXFLY_COMPRESSION_LEVEL")]
     pub level: Option<i32>,
     /// Layers compressed and uploaded at once (each one also uses every core). Default 2, at
-    /// most 4: more only adds memory (each holds compression blocks and a resend window).
+    /// most 3: more only adds memory (each holds compression blocks and a resend window).
     #[arg(short, long, env = "NIXFLY_JOBS", value_name = "N")]
     pub jobs: Option<usize>,
     /// What SOURCE is, when detection by content should not decide.
@@ -75,11 +75,12 @@ pub struct PushOptions {
 
 /// Layers in flight by default: each layer already compresses on every core, so more only
 /// overlaps uploads. Measured on the benchmark image (2 cores, loopback): 1 job 7.5 s / 32 MB
-/// peak RSS, 2 jobs 8.5 s / 52 MB, 4 jobs 9.2 s / 91 MB; two keep a second upload going for a
-/// registry across a network, where one stream rarely fills the link.
+/// peak RSS, 2 jobs 8.5 s / 52 MB, 4 jobs 9.2 s / 91-96 MB; two keep a second upload going for
+/// a registry across a network, where one stream rarely fills the link.
 const DEFAULT_JOBS: usize = 2;
-/// And at most: what keeps peak RSS under 100 MB whatever `--jobs` asks for.
-const MAX_JOBS: usize = 4;
+/// And at most: about 20 MB per layer in flight (compression blocks, the resend window), so
+/// three keep peak RSS well under 100 MB whatever `--jobs` asks for; four came within 4 MB.
+const MAX_JOBS: usize = 3;
 
 /// Resend window per upload: every upload in flight keeps this much for resending after a
 /// cut; with `--jobs` uploads at once it is most of the memory a push uses (peak RSS stays
