@@ -14,17 +14,19 @@ use crate::progress::{Event, LayerOutcome, Reporter};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Image indexes are followed this far (a multi-platform tag lists a handful of images).
 const INDEX_ENTRIES: usize = 8;
 
 /// diff_id → compressed blob, learned from manifests and configs in the registry, with the
-/// repositories each blob was seen in (for mounting into the target repository).
+/// repositories each blob was seen in (for mounting into the target repository) and the blobs
+/// a HEAD found in the target repository.
 #[derive(Default)]
 pub(super) struct RegistryBlobs {
     by_diff_id: HashMap<String, Candidate>,
     holders: HashMap<String, Vec<String>>,
+    present: HashSet<String>,
 }
 
 impl RegistryBlobs {
@@ -51,10 +53,27 @@ impl RegistryBlobs {
                 ));
             }
         }
+        // HEAD them all at once now: a stream asks about its layers one at a time as they pass,
+        // and must not wait a round trip for each.
+        let digests: Vec<String> = blobs.by_diff_id.values().map(|c| c.digest.clone()).collect();
+        let found: Vec<Option<String>> = futures::stream::iter(digests)
+            .map(|digest| async move {
+                match store.blob_exists(&plan.repository, &digest).await {
+                    Ok(Some(_)) => Some(digest),
+                    // Not there (or not answerable now): the layer's own lookup asks again.
+                    Ok(None) | Err(_) => None,
+                }
+            })
+            .buffer_unordered(LOOKUP_PARALLEL)
+            .collect()
+            .await;
+        blobs.present = found.into_iter().flatten().collect();
         if !blobs.by_diff_id.is_empty() {
             reporter.info(format!(
-                "the registry holds blobs for {} layer(s) of images it has",
-                blobs.by_diff_id.len()
+                "the registry's images have blobs for {} layer(s), {} of them in {}",
+                blobs.by_diff_id.len(),
+                blobs.present.len(),
+                plan.name()
             ));
         }
         blobs
@@ -214,6 +233,9 @@ impl<S: BlobStore> Pusher<S> {
     ) -> Result<Option<(Candidate, LayerOutcome)>, PushError> {
         let plan = &self.plan;
         for candidate in &candidates {
+            if self.registry_blobs.present.contains(&candidate.digest) {
+                return Ok(Some((candidate.clone(), LayerOutcome::Skipped)));
+            }
             let exists = self
                 .store
                 .blob_exists(&plan.repository, &candidate.digest)
