@@ -46,8 +46,9 @@ pub struct RolloutOptions {
     /// rolling, immediate, canary or bluegreen. Default: [deploy] strategy, else rolling.
     #[arg(long)]
     pub strategy: Option<Strategy>,
-    /// Machines of a group updated at once (rolling, canary): a count (2) or a fraction of the
-    /// group (0.25). Default: [deploy] max_unavailable, else 0.33.
+    /// Machines of a group updated at once (rolling, canary): below 1 a fraction of the group
+    /// (0.25), from 1 a count (2; a fraction is dropped as flyctl does, 1.5 is 1). Default:
+    /// [deploy] max_unavailable, else 0.33.
     #[arg(long)]
     pub max_unavailable: Option<MaxUnavailable>,
     /// How long a machine may take to start and pass its checks (e.g. 90s, 5m). Default:
@@ -320,6 +321,17 @@ mod tests {
 
         // A bare number has no unit anywhere (flyctl's flag and fly.toml refuse it too).
         assert!(Cli::try_parse_from(["nixfly", "rollout", "--wait-timeout", "90"]).is_err());
+        for flag in ["--registry-timeout", "--stream-timeout"] {
+            assert!(
+                Cli::try_parse_from(["nixfly", "push", "x", flag, "90"]).is_err(),
+                "{flag}"
+            );
+            assert!(
+                Cli::try_parse_from(["nixfly", "push", "x", flag, "90s"]).is_ok(),
+                "{flag}"
+            );
+        }
+        assert!(crate::cli::push::positive("--stream-timeout", Duration::ZERO).is_err());
         assert!(AppConfig::parse("[deploy]\nwait_timeout = \"90\"\n", std::path::Path::new("f")).is_err());
         assert!(
             crate::settings::Settings::parse(

@@ -213,6 +213,7 @@ fn plan(format: ManifestFormat, compression: Compression) -> PushPlan {
         jobs: 2,
         workers: 2,
         reuse_from: Vec::new(),
+        allow_arch: false,
     }
 }
 

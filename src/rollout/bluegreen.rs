@@ -5,8 +5,9 @@
 //! failure before the greens take traffic destroys them and leaves the blues serving, untouched.
 //!
 //! Machines left by an earlier bluegreen deploy that was interrupted are found by flyctl's
-//! marks and destroyed first: greens that never took traffic (tagged and still cordoned), and
-//! blues that had already handed traffic over (tagged `safe_to_destroy`).
+//! marks and destroyed first: greens that never took traffic (still cordoned, with a tag no
+//! serving machine carries), and blues that had already handed traffic over (tagged
+//! `safe_to_destroy`).
 
 use super::error::RolloutError;
 use super::health::wait_for_state;
@@ -30,6 +31,20 @@ pub fn split_leftovers(fleet: &Fleet) -> (Vec<&Machine>, Vec<&Machine>) {
     let mut leftovers = Vec::new();
     let mut blues = Vec::new();
     for machines in fleet.groups.values() {
+        // Greens are created cordoned (`skip_service_registration`) and all uncordoned once
+        // every one is healthy: cordoned machines whose tag no serving machine carries are
+        // greens that never took traffic (a machine cordoned by hand keeps its deploy's tag,
+        // which the machines still serving beside it carry too).
+        let serving: BTreeSet<&str> = machines
+            .iter()
+            .filter(|m| !m.cordoned)
+            .filter_map(|m| m.metadata(META_BLUEGREEN_TAG))
+            .collect();
+        let is_leftover = |m: &Machine| match m.metadata(META_BLUEGREEN_TAG) {
+            Some(SAFE_TO_DESTROY) => true,
+            Some(tag) => m.cordoned && !serving.contains(tag),
+            None => false,
+        };
         let (stale, live): (Vec<&Machine>, Vec<&Machine>) = machines.iter().partition(|m| is_leftover(m));
         if live.is_empty() {
             blues.extend(stale);
@@ -39,16 +54,6 @@ pub fn split_leftovers(fleet: &Fleet) -> (Vec<&Machine>, Vec<&Machine>) {
         }
     }
     (leftovers, blues)
-}
-
-fn is_leftover(machine: &Machine) -> bool {
-    match machine.metadata(META_BLUEGREEN_TAG) {
-        Some(SAFE_TO_DESTROY) => true,
-        // Greens are created cordoned (`skip_service_registration`) and uncordoned only once
-        // every green is healthy: a tagged, cordoned machine never took traffic.
-        Some(_) => machine.cordoned,
-        None => false,
-    }
 }
 
 pub async fn run(ctx: &Ctx, fleet: &Fleet) -> Result<(), RolloutError> {
@@ -263,4 +268,52 @@ async fn machine_action(ctx: &Ctx, machine: &str, action: &'static str) -> Resul
         .machine_action(machine, action, nonce.as_deref())
         .await
         .map_err(|source| api_error(action, machine, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn machine(id: &str, tag: Option<&str>, cordoned: bool) -> Machine {
+        let mut metadata = json!({"fly_platform_version": "v2", "fly_process_group": "app"});
+        if let Some(tag) = tag {
+            metadata[META_BLUEGREEN_TAG] = json!(tag);
+        }
+        serde_json::from_value(json!({
+            "id": id, "state": "started", "cordoned": cordoned,
+            "config": {"image": "old", "metadata": metadata}
+        }))
+        .unwrap()
+    }
+
+    fn ids(machines: &[&Machine]) -> Vec<String> {
+        machines.iter().map(|m| m.id.clone()).collect()
+    }
+
+    #[test]
+    fn leftovers_are_unserved_greens_and_blues_tagged_safe_to_destroy() {
+        let fleet = Fleet::classify(vec![
+            machine("a1", Some("100"), false),
+            machine("a2", Some("100"), true),
+            machine("a3", Some("200"), true),
+            machine("a4", Some("safe_to_destroy"), false),
+            machine("a5", None, false),
+        ]);
+        let (leftovers, blues) = split_leftovers(&fleet);
+        // a2 was cordoned by hand: its deploy's tag still serves on a1.
+        assert_eq!(ids(&leftovers), ["a3", "a4"]);
+        assert_eq!(ids(&blues), ["a1", "a2", "a5"]);
+    }
+
+    #[test]
+    fn a_group_of_leftovers_only_is_kept_as_blues() {
+        let fleet = Fleet::classify(vec![
+            machine("a1", Some("safe_to_destroy"), false),
+            machine("a2", Some("200"), true),
+        ]);
+        let (leftovers, blues) = split_leftovers(&fleet);
+        assert!(leftovers.is_empty());
+        assert_eq!(ids(&blues), ["a1", "a2"]);
+    }
 }

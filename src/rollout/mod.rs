@@ -24,7 +24,7 @@ use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_ROLLED_BACK, ExitCodeErr
 use crate::fly::api::MachinesApi;
 use crate::fly::appconfig::{AppConfig, MaxUnavailable, Strategy};
 use crate::fly::platform::{NewRelease, PlatformApi, ReleaseStatus};
-use crate::fly::types::{Release, config_check_count};
+use crate::fly::types::{Machine, Release, config_check_count};
 use crate::progress::Reporter;
 use error::RolloutError;
 use futures::StreamExt;
@@ -158,15 +158,25 @@ pub async fn run(
         result = deploy(&ctx, &fleet, &groups) => Ok(result),
         signal = signals.recv() => Err(signal),
     };
-    finish(
+    let cleanup = finish(
         &ctx,
         &fleet,
         &groups,
         platform.as_ref(),
         release.as_ref(),
         outcome,
-    )
-    .await
+    );
+    tokio::pin!(cleanup);
+    // A second Ctrl-C must not look ignored: say what is still being done.
+    loop {
+        tokio::select! {
+            result = &mut cleanup => return result,
+            signal = signals.recv() => ctx.reporter.warn(format!(
+                "{signal}: still cleaning up (rolling back, releasing leases, marking the release); \
+                 nixfly exits as soon as that is done"
+            )),
+        }
+    }
 }
 
 /// Refuse what cannot work before creating anything.
@@ -182,6 +192,23 @@ fn validate(
             "app {} has no machines to deploy to; with a fly.toml (--config) nixfly creates them",
             spec.app
         );
+    }
+    // A machine on a host Fly cannot reach is replaced; one whose volume is on that host
+    // cannot be, and flyctl stops before any change (machines_launchinput.go).
+    if let Some((machine, volume)) = fleet
+        .machines()
+        .filter(|m| m.host_unavailable())
+        .find_map(|m| m.volume().map(|v| (m, v)))
+    {
+        return Err(RolloutError::HostUnavailableWithVolume {
+            machine: machine.id.clone(),
+            volume: volume.to_string(),
+            reason: format!(
+                "its host is {}",
+                machine.host_status.as_deref().unwrap_or("unknown")
+            ),
+        }
+        .into());
     }
     // flyctl builds multi-container machines from fly.toml's machine_config (refused when
     // fly.toml is read); a machine that runs containers would not run the image set on it.
@@ -298,15 +325,25 @@ fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: b
     for (id, why) in &fleet.ignored {
         lines.push(format!("machine {id}: left alone ({why})"));
     }
-    if spec.strategy == Strategy::Bluegreen {
-        for leftover in bluegreen::split_leftovers(fleet).0 {
-            lines.push(format!(
-                "machine {}: left over from an interrupted bluegreen deploy: destroyed first",
-                leftover.id
-            ));
-        }
+    let leftovers: Vec<&str> = match spec.strategy {
+        Strategy::Bluegreen => bluegreen::split_leftovers(fleet)
+            .0
+            .into_iter()
+            .map(|m| m.id.as_str())
+            .collect(),
+        _ => Vec::new(),
+    };
+    for leftover in &leftovers {
+        lines.push(format!(
+            "machine {leftover}: left over from an interrupted bluegreen deploy: destroyed first"
+        ));
     }
     for (group, machines) in &fleet.groups {
+        let machines: Vec<Machine> = machines
+            .iter()
+            .filter(|m| !leftovers.contains(&m.id.as_str()))
+            .cloned()
+            .collect();
         let from = machines.first().map_or("", |m| m.image());
         lines.push(format!(
             "process group {group} ({} machines): {from} -> {}",
@@ -321,7 +358,7 @@ fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: b
         } else {
             "update"
         };
-        let (running, stopped) = plan::waves(spec.strategy, machines, spec.max_unavailable);
+        let (running, stopped) = plan::waves(spec.strategy, &machines, spec.max_unavailable);
         for (i, wave) in running.iter().enumerate() {
             let ids: Vec<&str> = wave.iter().map(|m| m.id.as_str()).collect();
             lines.push(format!("  wave {}: {what} {}", i + 1, ids.join(" ")));
@@ -334,13 +371,16 @@ fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: b
                 ids.join(" ")
             ));
         }
-        for machine in machines {
+        for machine in &machines {
             let mut notes = Vec::new();
             if machine.image() != from {
                 notes.push(format!("from {}", machine.image()));
             }
             if machine.should_skip_launch() {
                 notes.push("stays stopped (skip_launch)".to_string());
+            }
+            if machine.host_unavailable() {
+                notes.push("its host is not ok: replaced by a new machine".to_string());
             }
             let env = change.env_diff(&machine.config);
             if !env.is_empty() {
@@ -488,28 +528,8 @@ async fn finish(
             ));
             (ReleaseStatus::Complete, Ok(()))
         }
-        Err(signal) => {
-            let updated: Vec<String> = ctx.journal().into_iter().map(|m| m.id).collect();
-            let message = format!(
-                "deploy of app {app} interrupted by {signal}; leases released, release marked \
-                 interrupted{}",
-                if updated.is_empty() {
-                    "; no machine had been changed".to_string()
-                } else {
-                    format!(
-                        "; machines already given the new image keep it: {}",
-                        updated.join(", ")
-                    )
-                }
-            );
-            (
-                ReleaseStatus::Interrupted,
-                Err(anyhow::Error::from(ExitCodeError {
-                    code: EXIT_INTERRUPTED,
-                    message,
-                })),
-            )
-        }
+        // The message waits for the cleanup below: it says what that did and did not do.
+        Err(signal) => (ReleaseStatus::Interrupted, Err(Err(signal))),
         Ok(Err(err)) => {
             let (code, summary) = if !ctx.is_changing() {
                 (
@@ -556,25 +576,69 @@ async fn finish(
             };
             (
                 ReleaseStatus::Failed,
-                Err(anyhow::Error::from(err).context(ExitCodeError {
+                Err(Ok(anyhow::Error::from(err).context(ExitCodeError {
                     code,
                     message: summary,
-                })),
+                }))),
             )
         }
     };
-    ctx.leases.release_all(&ctx.reporter).await;
-    if let (Some(platform), Some(release)) = (platform, release)
-        && let Err(err) = platform.set_status(&release.id, status).await
-    {
-        ctx.reporter.warn(format!(
-            "cannot mark release {} {}: {}",
-            release.id,
-            status.as_str(),
-            chain_text(&err)
-        ));
+    let unreleased = ctx.leases.release_all(&ctx.reporter).await;
+    let marked = match (platform, release) {
+        (Some(platform), Some(release)) => match platform.set_status(&release.id, status).await {
+            Ok(()) => Some(true),
+            Err(err) => {
+                ctx.reporter.warn(format!(
+                    "cannot mark release {} {}: {}",
+                    release.id,
+                    status.as_str(),
+                    chain_text(&err)
+                ));
+                Some(false)
+            }
+        },
+        _ => None,
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(Ok(err)) => Err(err),
+        Err(Err(signal)) => {
+            let leases = if unreleased.is_empty() {
+                "leases released".to_string()
+            } else {
+                format!(
+                    "the leases on {} could not be released (they expire in {}s)",
+                    unreleased.join(", "),
+                    ctx.spec.lease_ttl.as_secs()
+                )
+            };
+            let release = match (marked, release) {
+                (Some(true), Some(release)) => {
+                    format!("release v{} marked interrupted", release.version_string())
+                }
+                (Some(false), Some(release)) => format!(
+                    "release v{} could not be marked interrupted and still shows running",
+                    release.version_string()
+                ),
+                _ => "no release record".to_string(),
+            };
+            let updated: Vec<String> = ctx.journal().into_iter().map(|m| m.id).collect();
+            let machines = if updated.is_empty() {
+                "no machine had been changed".to_string()
+            } else {
+                format!(
+                    "machines already given the new image keep it: {}",
+                    updated.join(", ")
+                )
+            };
+            Err(anyhow::Error::from(ExitCodeError {
+                code: EXIT_INTERRUPTED,
+                message: format!(
+                    "deploy of app {app} interrupted by {signal}; {leases}; {release}; {machines}"
+                ),
+            }))
+        }
     }
-    result
 }
 
 /// SIGINT and SIGTERM, installed before the first change so that neither kills the process

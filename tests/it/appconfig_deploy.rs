@@ -385,7 +385,7 @@ fn nothing_to_deploy_touches_no_machine_and_force_rolls_anyway() {
     let machines = group_machines(&fly, "app");
     let requests_before = fly.requests().len();
 
-    for args in [&["--plan"][..], &[]] {
+    for args in [&["--dry-run"][..], &[]] {
         let out = run_rollout(&fly, &t, &image(1), args);
         assert_success(&out);
         let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
@@ -421,7 +421,7 @@ fn plan_shows_each_groups_config_changes_and_changes_nothing() {
             + "\n[processes]\n  app = \"./server\"\n  worker = \"./worker\"\n"),
     );
     let requests = fly.requests().len();
-    let out = run_rollout(&fly, &t, &image(2), &["--plan"]);
+    let out = run_rollout(&fly, &t, &image(2), &["--dry-run"]);
     assert_success(&out);
     assert!(fly.requests()[requests..].iter().all(|r| !r.is_mutating()));
     let plan = String::from_utf8_lossy(&out.stdout);

@@ -170,7 +170,7 @@ fn stopped_machines_roll_in_their_own_pool_beside_the_running_ones() {
     for id in &stopped {
         assert_eq!(fly.machine(id).state, "stopped", "machine {id}");
     }
-    let plan = run_rollout(&fly, &t, &image(22), &["--max-unavailable", "1", "--plan"]);
+    let plan = run_rollout(&fly, &t, &image(22), &["--max-unavailable", "1", "--dry-run"]);
     let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
     assert!(
         plan.contains(&format!(
@@ -197,7 +197,7 @@ fn plan_sends_no_mutating_request() {
     .unwrap();
     let new = image(3);
 
-    let out = run_rollout(&fly, &t, &new, &["--plan"]);
+    let out = run_rollout(&fly, &t, &new, &["--dry-run"]);
     assert_success(&out);
 
     assert!(
@@ -227,8 +227,8 @@ fn plan_sends_no_mutating_request() {
     assert_no_violations(&fly);
 }
 
-#[test]
-fn a_hundred_machines_roll_with_parallelism_bounded_by_max_unavailable() {
+/// App `demo` on a double running Fly time a hundred times faster, for the big fleets.
+fn fast_app() -> FlyApi {
     let fly = FlyApi::with_options(Options {
         timing: Timing {
             scale: 0.01,
@@ -237,6 +237,12 @@ fn a_hundred_machines_roll_with_parallelism_bounded_by_max_unavailable() {
         ..Options::default()
     });
     fly.add_app(APP);
+    fly
+}
+
+#[test]
+fn a_hundred_machines_roll_with_parallelism_bounded_by_max_unavailable() {
+    let fly = fast_app();
     let ids = fly.add_machines(APP, &MachineSpec::new("app").count(100).checks(1));
     let t = TestDir::new();
     let new = image(4);
@@ -279,14 +285,7 @@ const FLYCTL_LEASE_REFRESH_EVERY: std::time::Duration = std::time::Duration::fro
 
 #[test]
 fn five_hundred_machines_in_two_groups_take_no_more_calls_per_machine_than_flyctl() {
-    let fly = FlyApi::with_options(Options {
-        timing: Timing {
-            scale: 0.01,
-            ..Timing::default()
-        },
-        ..Options::default()
-    });
-    fly.add_app(APP);
+    let fly = fast_app();
     let web = fly.add_machines(APP, &MachineSpec::new("app").count(250).checks(1));
     let worker = fly.add_machines(APP, &MachineSpec::new("worker").count(250).checks(1));
     let t = TestDir::new();

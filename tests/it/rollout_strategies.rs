@@ -193,7 +193,7 @@ fn bluegreen_cuts_over_like_flyctl_and_clears_an_earlier_deploys_leftovers() {
     let t = TestDir::new();
     let new = image(9);
 
-    let plan = run_rollout(&fly, &t, &new, &["--strategy", "bluegreen", "--plan"]);
+    let plan = run_rollout(&fly, &t, &new, &["--strategy", "bluegreen", "--dry-run"]);
     let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
     for leftover in [&stale_green, &stale_blue] {
         assert!(
@@ -203,6 +203,13 @@ fn bluegreen_cuts_over_like_flyctl_and_clears_an_earlier_deploys_leftovers() {
             "{plan}"
         );
     }
+    assert!(
+        plan.contains(&format!(
+            "wave 1: a green machine beside each of {} {}\n",
+            web[0], web[1]
+        )),
+        "{plan}"
+    );
     let out = run_rollout(
         &fly,
         &t,
