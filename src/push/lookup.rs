@@ -89,7 +89,8 @@ impl RegistryBlobs {
         reference: &str,
         follow_index: bool,
     ) -> Result<(), crate::registry::error::RegistryError> {
-        let Some((_, bytes)) = store.get_manifest(repository, reference).await? else {
+        let target = repository == plan.repository;
+        let Some((_, bytes)) = store.get_manifest(repository, reference, target).await? else {
             return Ok(());
         };
         let Ok(manifest) = serde_json::from_slice::<Value>(&bytes) else {
@@ -111,7 +112,7 @@ impl RegistryBlobs {
         ) else {
             return Ok(());
         };
-        let Some(config) = store.get_config(repository, config).await? else {
+        let Some(config) = store.get_config(repository, config, target).await? else {
             return Ok(());
         };
         let Ok(config) = serde_json::from_slice::<Value>(&config) else {

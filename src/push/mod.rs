@@ -79,18 +79,31 @@ pub trait BlobStore: Send + Sync + 'static {
         media_type: &str,
         bytes: Bytes,
     ) -> impl Future<Output = Result<String, RegistryError>> + Send;
-    /// A manifest as stored (media type, bytes), or `None` when there is none.
+    /// A manifest as stored (media type, bytes), or `None` when there is none. `target`: the
+    /// repository is the one pushed to (read with the push's credentials scope).
     fn get_manifest(
         &self,
         repository: &str,
         tag_or_digest: &str,
+        target: bool,
     ) -> impl Future<Output = Result<Option<(String, Bytes)>, RegistryError>> + Send;
     /// An image config's bytes, checked against its digest; `None` when missing.
     fn get_config(
         &self,
         repository: &str,
         digest: &str,
+        target: bool,
     ) -> impl Future<Output = Result<Option<Bytes>, RegistryError>> + Send;
+}
+
+/// The token scope for reading from `repository`: the push's own for its target repository, so
+/// that the lookup does not cost a token of its own.
+fn read_scope(repository: &str, target: bool) -> crate::registry::auth::Scope {
+    if target {
+        crate::registry::auth::Scope::push(repository)
+    } else {
+        crate::registry::auth::Scope::pull(repository)
+    }
 }
 
 /// No image config comes near this; a larger blob named as one is not read.
@@ -136,13 +149,22 @@ impl BlobStore for crate::registry::RegistryClient {
         &self,
         repository: &str,
         tag_or_digest: &str,
+        target: bool,
     ) -> Result<Option<(String, Bytes)>, RegistryError> {
-        let manifest = crate::registry::RegistryClient::get_manifest(self, repository, tag_or_digest).await?;
+        let manifest = self
+            .get_manifest_scoped(repository, tag_or_digest, read_scope(repository, target))
+            .await?;
         Ok(manifest.map(|m| (m.media_type, m.bytes)))
     }
 
-    async fn get_config(&self, repository: &str, digest: &str) -> Result<Option<Bytes>, RegistryError> {
-        crate::registry::RegistryClient::get_blob(self, repository, digest, CONFIG_LIMIT).await
+    async fn get_config(
+        &self,
+        repository: &str,
+        digest: &str,
+        target: bool,
+    ) -> Result<Option<Bytes>, RegistryError> {
+        self.get_blob(repository, digest, CONFIG_LIMIT, read_scope(repository, target))
+            .await
     }
 }
 

@@ -123,6 +123,7 @@ impl BlobStore for FakeRegistry {
         &self,
         repository: &str,
         tag_or_digest: &str,
+        _target: bool,
     ) -> Result<Option<(String, Bytes)>, RegistryError> {
         let manifests = self.manifests.lock().unwrap();
         Ok(manifests
@@ -136,7 +137,12 @@ impl BlobStore for FakeRegistry {
             }))
     }
 
-    async fn get_config(&self, repository: &str, digest: &str) -> Result<Option<Bytes>, RegistryError> {
+    async fn get_config(
+        &self,
+        repository: &str,
+        digest: &str,
+        _target: bool,
+    ) -> Result<Option<Bytes>, RegistryError> {
         Ok(self
             .blobs
             .lock()

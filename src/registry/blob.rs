@@ -332,16 +332,18 @@ impl RegistryClient {
 
     /// A small blob (an image config) held in memory, checked against its digest; `None` when
     /// the registry does not have it. Larger than `limit` bytes is refused, as no config is.
+    /// `scope`: pull, or push for the repository a push goes to (one token for the push).
     pub async fn get_blob(
         &self,
         repository: &str,
         digest: &str,
         limit: u64,
+        scope: Scope,
     ) -> Result<Option<Bytes>, RegistryError> {
         let req = Request {
             method: Method::GET,
             url: self.url(&format!("{repository}/blobs/{digest}")),
-            scope: Scope::pull(repository),
+            scope,
             headers: Vec::new(),
             body: None,
             operation: self.blob_operation("reading", repository, digest),

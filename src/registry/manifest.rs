@@ -80,10 +80,22 @@ impl RegistryClient {
         repository: &str,
         tag_or_digest: &str,
     ) -> Result<Option<Manifest>, RegistryError> {
+        self.get_manifest_scoped(repository, tag_or_digest, Scope::pull(repository))
+            .await
+    }
+
+    /// `get_manifest` with the token scope given: a push reading its own target repository
+    /// asks with the push scope, so that one token serves the whole push.
+    pub async fn get_manifest_scoped(
+        &self,
+        repository: &str,
+        tag_or_digest: &str,
+        scope: Scope,
+    ) -> Result<Option<Manifest>, RegistryError> {
         let req = Request {
             method: Method::GET,
             url: self.url(&format!("{repository}/manifests/{tag_or_digest}")),
-            scope: Scope::pull(repository),
+            scope,
             headers: vec![(header::ACCEPT, MANIFEST_MEDIA_TYPES.join(", "))],
             body: None,
             operation: format!("reading manifest {}/{repository}:{tag_or_digest}", self.registry),
