@@ -52,6 +52,7 @@
 //!
 //! zstd defaults to level 3 (its own default).
 
+use crate::registry::Digest;
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use std::io::{self, Read};
@@ -190,11 +191,11 @@ impl Compression {
 /// What one pass over a layer found out.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerDigests {
-    /// `sha256:<hex>` of the uncompressed tar (the config's `rootfs.diff_ids` entry).
-    pub diff_id: String,
+    /// The digest of the uncompressed tar (the config's `rootfs.diff_ids` entry).
+    pub diff_id: Digest,
     pub uncompressed_size: u64,
-    /// `sha256:<hex>` of the compressed blob (the manifest's layer digest).
-    pub digest: String,
+    /// The digest of the compressed blob (the manifest's layer digest).
+    pub digest: Digest,
     /// Size of the compressed blob.
     pub size: u64,
 }
@@ -224,16 +225,6 @@ pub enum BlobError {
 #[derive(Debug)]
 pub struct SinkClosed;
 
-/// `sha256:<hex>` of a finished hasher.
-pub fn sha256_digest(hasher: Sha256) -> String {
-    format!("sha256:{}", hex::encode(hasher.finalize()))
-}
-
-/// `sha256:<hex>` of some bytes.
-pub fn sha256_of(bytes: &[u8]) -> String {
-    sha256_digest(Sha256::new_with_prefix(bytes))
-}
-
 /// Number of compression threads to use for one layer by default: every core.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -246,7 +237,7 @@ pub fn default_workers() -> usize {
 /// Reading and hashing run on two threads: for a stream whose layers the registry has, the
 /// pipe's copy and SHA-256 are all the work there is, and overlapped they take the longer of
 /// the two instead of the sum.
-pub fn hash_layer(mut reader: impl Read, mut on_read: impl FnMut(u64)) -> Result<(String, u64), BlobError> {
+pub fn hash_layer(mut reader: impl Read, mut on_read: impl FnMut(u64)) -> Result<(Digest, u64), BlobError> {
     const BUFFER: usize = 1024 * 1024;
     const BUFFERS: usize = 3;
     std::thread::scope(|scope| {
@@ -286,7 +277,7 @@ pub fn hash_layer(mut reader: impl Read, mut on_read: impl FnMut(u64)) -> Result
         let hasher = hasher
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        read.map(|()| (sha256_digest(hasher), total))
+        read.map(|()| (Digest::from_hasher(hasher), total))
     })
 }
 
@@ -346,7 +337,7 @@ fn read_blocks(
     algorithm: Algorithm,
     workers: &[SyncSender<Job>],
     mut on_read: impl FnMut(u64),
-) -> Result<(String, u64), BlobError> {
+) -> Result<(Digest, u64), BlobError> {
     let block_size = algorithm.block_size();
     let mut hasher = Sha256::new();
     let mut total = 0u64;
@@ -368,7 +359,7 @@ fn read_blocks(
             break;
         }
     }
-    Ok((sha256_digest(hasher), total))
+    Ok((Digest::from_hasher(hasher), total))
 }
 
 /// Fill a block of `size` bytes, or fewer at the end of the input.
@@ -404,7 +395,7 @@ fn compress_worker(
 fn collect(
     workers: Vec<Receiver<Result<Vec<u8>, BlobError>>>,
     sink: &mut impl FnMut(Bytes) -> Result<(), SinkClosed>,
-) -> Result<(String, u64), BlobError> {
+) -> Result<(Digest, u64), BlobError> {
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     for worker in workers.iter().cycle() {
@@ -416,7 +407,7 @@ fn collect(
         size += output.len() as u64;
         sink(Bytes::from(output)).map_err(|SinkClosed| BlobError::SinkClosed)?;
     }
-    Ok((sha256_digest(hasher), size))
+    Ok((Digest::from_hasher(hasher), size))
 }
 
 enum Encoder {
@@ -545,9 +536,9 @@ mod tests {
         let data = sample(3 * GZIP_BLOCK + 12345);
         let (digests, blob) = compress(&data, Compression::default(), 2, 70_000);
         assert_eq!(gunzip(&blob), data);
-        assert_eq!(digests.diff_id, sha256_of(&data));
+        assert_eq!(digests.diff_id, Digest::sha256_of(&data));
         assert_eq!(digests.uncompressed_size, data.len() as u64);
-        assert_eq!(digests.digest, sha256_of(&blob));
+        assert_eq!(digests.digest, Digest::sha256_of(&blob));
         assert_eq!(digests.size, blob.len() as u64);
         assert!(
             blob.len() < data.len() / 2,
@@ -583,7 +574,7 @@ mod tests {
             let data = sample(len);
             let (digests, blob) = compress(&data, Compression::default(), 2, 50_000);
             assert_eq!(gunzip(&blob), data, "len {len}");
-            assert_eq!(digests.diff_id, sha256_of(&data));
+            assert_eq!(digests.diff_id, Digest::sha256_of(&data));
         }
     }
 
@@ -608,7 +599,7 @@ mod tests {
         let compression = Compression::new(Algorithm::Zstd, Some(3)).unwrap();
         let (digests, blob) = compress(&data, compression, 2, 100_000);
         assert_eq!(zstd::decode_all(&blob[..]).unwrap(), data);
-        assert_eq!(digests.digest, sha256_of(&blob));
+        assert_eq!(digests.digest, Digest::sha256_of(&blob));
     }
 
     #[test]
@@ -617,7 +608,7 @@ mod tests {
         // built before must be rebuilt, so the format must not change silently.
         let data = sample(GZIP_BLOCK + 1000);
         let (digests, _) = compress(&data, Compression::default(), 2, 4096);
-        assert_eq!(digests.digest, GOLDEN_GZIP2);
+        assert_eq!(digests.digest.as_str(), GOLDEN_GZIP2);
         assert_eq!(Compression::default().key(), "gzip-2-libdeflate-1.26");
     }
 
@@ -691,7 +682,10 @@ mod tests {
                 |n| read += n,
             )
             .unwrap();
-            assert_eq!((diff_id, size, read), (sha256_of(&data), len as u64, len as u64));
+            assert_eq!(
+                (diff_id, size, read),
+                (Digest::sha256_of(&data), len as u64, len as u64)
+            );
         }
         struct Failing;
         impl Read for Failing {

@@ -7,10 +7,11 @@
 //! cross-repository mount from a repository known to hold the blob; a manifest that names a
 //! blob the registry lost only costs that HEAD, and the layer is uploaded.
 
-use super::{BlobStore, LOOKUP_PARALLEL, PushError, PushPlan, PushedLayer, Pusher};
+use super::{BlobStore, LOOKUP_PARALLEL, PushError, PushSpec, PushedLayer, Pusher};
 use crate::blob::Algorithm;
 use crate::image::{BlobEncoding, KnownLayer};
 use crate::progress::{Event, LayerOutcome, Reporter};
+use crate::registry::Digest;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
@@ -24,41 +25,41 @@ const INDEX_ENTRIES: usize = 8;
 /// a HEAD found in the target repository.
 #[derive(Default)]
 pub(super) struct RegistryBlobs {
-    by_diff_id: HashMap<String, Candidate>,
-    holders: HashMap<String, Vec<String>>,
-    present: HashSet<String>,
+    by_diff_id: HashMap<Digest, Candidate>,
+    holders: HashMap<Digest, Vec<String>>,
+    present: HashSet<Digest>,
 }
 
 impl RegistryBlobs {
     /// Read the target tag's image and every `reuse_from` image. Nothing here is required for
     /// the push to succeed, so a failure is a warning and the push goes on without it.
-    pub(super) async fn learn<S: BlobStore>(store: &S, plan: &PushPlan, reporter: &Reporter) -> Self {
-        let mut images: Vec<(String, String)> = plan
+    pub(super) async fn learn<S: BlobStore>(store: &S, spec: &PushSpec, reporter: &Reporter) -> Self {
+        let mut images: Vec<(String, String)> = spec
             .tag
             .iter()
-            .map(|tag| (plan.repository.clone(), tag.clone()))
+            .map(|tag| (spec.repository.clone(), tag.to_string()))
             .collect();
-        images.extend(plan.reuse_from.iter().cloned());
+        images.extend(spec.reuse_from.iter().cloned());
         images.dedup();
         let mut blobs = RegistryBlobs::default();
         for (repository, reference) in images {
             if let Err(err) = blobs
-                .learn_image(store, plan, &repository, &reference, true)
+                .learn_image(store, spec, &repository, &reference, true)
                 .await
             {
                 reporter.warn(format!(
                     "not reusing layers of {}/{repository}:{reference}: {}",
-                    plan.registry,
+                    spec.registry,
                     crate::error::chain_text(&err)
                 ));
             }
         }
         // HEAD them all at once now: a stream asks about its layers one at a time as they pass,
         // and must not wait a round trip for each.
-        let digests: Vec<String> = blobs.by_diff_id.values().map(|c| c.digest.clone()).collect();
-        let found: Vec<Option<String>> = futures::stream::iter(digests)
+        let digests: Vec<Digest> = blobs.by_diff_id.values().map(|c| c.digest.clone()).collect();
+        let found: Vec<Option<Digest>> = futures::stream::iter(digests)
             .map(|digest| async move {
-                match store.blob_exists(&plan.repository, &digest).await {
+                match store.blob_exists(&spec.repository, &digest).await {
                     Ok(Some(_)) => Some(digest),
                     // Not there (or not answerable now): the layer's own lookup asks again.
                     Ok(None) | Err(_) => None,
@@ -73,7 +74,7 @@ impl RegistryBlobs {
                 "the registry's images have blobs for {} layer(s), {} of them in {}",
                 blobs.by_diff_id.len(),
                 blobs.present.len(),
-                plan.name()
+                spec.name()
             ));
         }
         blobs
@@ -84,12 +85,12 @@ impl RegistryBlobs {
     async fn learn_image<S: BlobStore>(
         &mut self,
         store: &S,
-        plan: &PushPlan,
+        spec: &PushSpec,
         repository: &str,
         reference: &str,
         follow_index: bool,
     ) -> Result<(), crate::registry::error::RegistryError> {
-        let target = repository == plan.repository;
+        let target = repository == spec.repository;
         let Some((_, bytes)) = store.get_manifest(repository, reference, target).await? else {
             return Ok(());
         };
@@ -100,7 +101,7 @@ impl RegistryBlobs {
             if follow_index {
                 for entry in entries.iter().take(INDEX_ENTRIES) {
                     if let Some(digest) = entry["digest"].as_str() {
-                        Box::pin(self.learn_image(store, plan, repository, digest, false)).await?;
+                        Box::pin(self.learn_image(store, spec, repository, digest, false)).await?;
                     }
                 }
             }
@@ -112,7 +113,10 @@ impl RegistryBlobs {
         ) else {
             return Ok(());
         };
-        let Some(config) = store.get_config(repository, config, target).await? else {
+        let Ok(config) = config.parse::<Digest>() else {
+            return Ok(());
+        };
+        let Some(config) = store.get_config(repository, &config, target).await? else {
             return Ok(());
         };
         let Ok(config) = serde_json::from_slice::<Value>(&config) else {
@@ -135,19 +139,18 @@ impl RegistryBlobs {
                 continue;
             };
             // Only a blob compressed as this push compresses serves as its layer.
-            if algorithm_of(media_type) != Some(plan.compression.algorithm)
-                || !crate::registry::reference::is_sha256_digest(digest)
-            {
+            let (Ok(digest), Ok(diff_id)) = (digest.parse::<Digest>(), diff_id.parse::<Digest>()) else {
+                continue;
+            };
+            if algorithm_of(media_type) != Some(spec.compression.algorithm) {
                 continue;
             }
-            self.by_diff_id
-                .entry(diff_id.to_string())
-                .or_insert_with(|| Candidate {
-                    digest: digest.to_string(),
-                    size,
-                    algorithm: plan.compression.algorithm,
-                });
-            let holders = self.holders.entry(digest.to_string()).or_default();
+            self.by_diff_id.entry(diff_id).or_insert_with(|| Candidate {
+                digest: digest.clone(),
+                size,
+                algorithm: spec.compression.algorithm,
+            });
+            let holders = self.holders.entry(digest).or_default();
             if !holders.iter().any(|r| r == repository) {
                 holders.push(repository.to_string());
             }
@@ -169,7 +172,7 @@ fn algorithm_of(media_type: &str) -> Option<Algorithm> {
 /// A blob the registry may already have.
 #[derive(Clone)]
 pub(super) struct Candidate {
-    pub(super) digest: String,
+    pub(super) digest: Digest,
     pub(super) size: u64,
     pub(super) algorithm: Algorithm,
 }
@@ -184,10 +187,10 @@ impl<S: BlobStore> Pusher<S> {
             let algorithm = match blob.encoding {
                 BlobEncoding::Stored(algorithm) => Some(algorithm),
                 BlobEncoding::Reproducible(compression) => {
-                    (compression == self.plan.compression).then_some(compression.algorithm)
+                    (compression == self.spec.compression).then_some(compression.algorithm)
                 }
             };
-            if let Some(algorithm) = algorithm.filter(|a| self.plan.format.layer_media_type(*a).is_some()) {
+            if let Some(algorithm) = algorithm.filter(|a| self.spec.format.layer_media_type(*a).is_some()) {
                 candidates.push(Candidate {
                     digest: blob.digest.clone(),
                     size: blob.size,
@@ -195,13 +198,13 @@ impl<S: BlobStore> Pusher<S> {
                 });
             }
         }
-        if let Some(cached) = self.cache.compressed(&layer.diff_id, &self.plan.compression)
+        if let Some(cached) = self.cache.compressed(&layer.diff_id, &self.spec.compression)
             && !candidates.iter().any(|c| c.digest == cached.digest)
         {
             candidates.push(Candidate {
                 digest: cached.digest,
                 size: cached.size,
-                algorithm: self.plan.compression.algorithm,
+                algorithm: self.spec.compression.algorithm,
             });
         }
         if let Some(held) = self.registry_blobs.by_diff_id.get(&layer.diff_id)
@@ -217,7 +220,7 @@ impl<S: BlobStore> Pusher<S> {
     pub(super) async fn find_existing(
         &self,
         index: usize,
-        diff_id: &str,
+        diff_id: &Digest,
         candidates: Vec<Candidate>,
     ) -> Result<Option<PushedLayer>, PushError> {
         Ok(self
@@ -232,26 +235,26 @@ impl<S: BlobStore> Pusher<S> {
         &self,
         candidates: Vec<Candidate>,
     ) -> Result<Option<(Candidate, LayerOutcome)>, PushError> {
-        let plan = &self.plan;
+        let spec = &self.spec;
         for candidate in &candidates {
             if self.registry_blobs.present.contains(&candidate.digest) {
                 return Ok(Some((candidate.clone(), LayerOutcome::Skipped)));
             }
             let exists = self
                 .store
-                .blob_exists(&plan.repository, &candidate.digest)
+                .blob_exists(&spec.repository, &candidate.digest)
                 .await
                 .map_err(self.registry_error(format!(
                     "checking for blob {} in {}",
                     candidate.digest,
-                    plan.name()
+                    spec.name()
                 )))?;
             if exists.is_some() {
                 return Ok(Some((candidate.clone(), LayerOutcome::Skipped)));
             }
         }
         for candidate in candidates {
-            let mut holders = self.cache.repositories_with(&plan.registry, &candidate.digest);
+            let mut holders = self.cache.repositories_with(&spec.registry, &candidate.digest);
             for seen in self
                 .registry_blobs
                 .holders
@@ -264,18 +267,18 @@ impl<S: BlobStore> Pusher<S> {
                 }
             }
             for from in holders {
-                if from == plan.repository {
+                if from == spec.repository {
                     continue;
                 }
                 let mounted = self
                     .store
-                    .mount_blob(&plan.repository, &candidate.digest, &from)
+                    .mount_blob(&spec.repository, &candidate.digest, &from)
                     .await
                     .map_err(self.registry_error(format!(
                         "mounting blob {} from {}/{from} into {}",
                         candidate.digest,
-                        plan.registry,
-                        plan.name()
+                        spec.registry,
+                        spec.name()
                     )))?;
                 if mounted {
                     return Ok(Some((candidate, LayerOutcome::Mounted)));
@@ -316,7 +319,7 @@ impl<S: BlobStore> Pusher<S> {
             .map(|(index, ((blob, outcome), diff_id))| {
                 self.reporter.emit(Event::LayerStarted {
                     index,
-                    diff_id: diff_id.clone(),
+                    diff_id: diff_id.to_string(),
                     size: None,
                 });
                 self.done(index, diff_id, &blob, outcome)
