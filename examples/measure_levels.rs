@@ -1,28 +1,69 @@
-//! Reproduces the level table in src/blob.rs: `cargo run --release --example measure_levels -- some.tar`
-//! (any large uncompressed file; the table used a 256 MiB tar of /usr).
+//! Measures deflate engines and levels on one uncompressed file, one core each, and nixfly's own
+//! layer compressor with 1 and 2 threads. `bench/deflate.py` runs it (with the ISA-L and gzip
+//! command-line tools beside it) and prints the table in src/blob.rs:
+//!
+//!     cargo run --release --example measure_levels -- some.tar
 use nixfly::blob;
+use std::io::Write;
+use std::time::Instant;
+
 fn main() {
-    let path = std::env::args().nth(1).unwrap();
+    let path = std::env::args().nth(1).expect("usage: measure_levels FILE");
     let data = std::fs::read(&path).unwrap();
-    for (alg, levels) in [
-        (blob::Algorithm::Gzip, vec![1, 2, 3, 4, 6]),
+    let row = |name: String, seconds: f64, size: usize| {
+        println!(
+            "{name}\t{:.0}\t{:.3}",
+            data.len() as f64 / seconds / 1e6,
+            size as f64 / data.len() as f64
+        );
+    };
+    // zlib-rs (what nixfly used before), one stream over the whole input.
+    for level in [1, 2, 6] {
+        let started = Instant::now();
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+        encoder.write_all(&data).unwrap();
+        let size = encoder.finish().unwrap().len();
+        row(
+            format!("zlib-rs {level} (one stream)"),
+            started.elapsed().as_secs_f64(),
+            size,
+        );
+    }
+    // libdeflate, one gzip member per block: the block size decides how much context is lost.
+    for block in [256 << 10, 1 << 20, 4 << 20] {
+        for level in [1, 2, 3, 4, 5, 6, 7, 9] {
+            let mut compressor =
+                libdeflater::Compressor::new(libdeflater::CompressionLvl::new(level).unwrap());
+            let mut out = vec![0; compressor.gzip_compress_bound(block)];
+            let started = Instant::now();
+            let size: usize = data
+                .chunks(block)
+                .map(|chunk| compressor.gzip_compress(chunk, &mut out).unwrap())
+                .sum();
+            row(
+                format!("libdeflate {level} ({} KiB members)", block >> 10),
+                started.elapsed().as_secs_f64(),
+                size,
+            );
+        }
+    }
+    // nixfly's compressor as pushes use it, 1 and 2 threads.
+    for (algorithm, levels) in [
+        (blob::Algorithm::Gzip, vec![1, 2, 4, 6, 9]),
         (blob::Algorithm::Zstd, vec![1, 3]),
     ] {
         for level in levels {
-            let c = blob::Compression::new(alg, Some(level)).unwrap();
-            let t = std::time::Instant::now();
-            let d = blob::compress_layer(&data[..], c, 1, |_| Ok(()), |_| {}).unwrap();
-            let s = t.elapsed().as_secs_f64();
-            let t2 = std::time::Instant::now();
-            blob::compress_layer(&data[..], c, 2, |_| Ok(()), |_| {}).unwrap();
-            let s2 = t2.elapsed().as_secs_f64();
-            println!(
-                "{} {level}: 1 worker {:.0} MB/s, 2 workers {:.0} MB/s, ratio {:.3}",
-                alg.name(),
-                data.len() as f64 / s / 1e6,
-                data.len() as f64 / s2 / 1e6,
-                d.size as f64 / data.len() as f64
-            );
+            let compression = blob::Compression::new(algorithm, Some(level)).unwrap();
+            for workers in [1, 2] {
+                let started = Instant::now();
+                let digests =
+                    blob::compress_layer(&data[..], compression, workers, |_| Ok(()), |_| {}).unwrap();
+                row(
+                    format!("nixfly {} ({workers} threads)", compression.key()),
+                    started.elapsed().as_secs_f64(),
+                    digests.size as usize,
+                );
+            }
         }
     }
 }

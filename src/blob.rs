@@ -5,41 +5,50 @@
 //! compressed bytes go out in chunks to whoever uploads them.
 //!
 //! # Determinism
-//! The output depends only on (input bytes, algorithm, level): never on the number of worker
-//! threads nor on how the reader happens to chunk its reads. Layer plans pin compressed digests
-//! at build time and rely on this, so the format below is a contract:
+//! The output depends only on (input bytes, algorithm, engine, level): never on the number of
+//! worker threads nor on how the reader happens to chunk its reads. Layer plans pin compressed
+//! digests at build time and record the [`Engine`] and level with them, so the format below is a
+//! contract:
 //!
 //! - The input is cut into blocks at fixed offsets (`GZIP_BLOCK` / `ZSTD_BLOCK` bytes; the last
 //!   block may be shorter, and an empty input is one empty block).
-//! - gzip: one gzip member, header `1f 8b 08 00 00000000 00 ff` (no name, mtime 0, OS unknown).
-//!   Each block is raw deflate from a fresh compressor primed with the previous 32 KiB of input
-//!   as dictionary (what pigz does), ended with a sync flush, except the last block which
-//!   finishes the stream. Back-references into the previous block stay valid because the
-//!   decoder's window holds it, so the concatenation is one valid deflate stream. The trailer is
-//!   the CRC-32 and the size mod 2^32 of the whole input.
+//! - gzip: each block is one complete gzip member made by libdeflate (`gzip_compress`: header
+//!   `1f 8b 08 00 00000000 <xfl> ff`, no name, mtime 0; the block's CRC-32 and size as trailer).
+//!   RFC 1952 allows members one after another, and every reader a registry's clients use reads
+//!   them all: Go's `compress/gzip` (Docker, containerd, skopeo; `multistream` is on by default),
+//!   `gzip -d`, pigz; `tests/it/gzip_readers.rs` checks Go's reader and skopeo on our output,
+//!   and Debian's containerd 1.6.20 (`ctr images pull --plain-http --snapshotter native`, by
+//!   hand: it needs a daemon) unpacked a pushed image to the chain IDs of its config's diff_ids.
 //! - zstd: one independent frame per block (zstd decoders read concatenated frames), each with
 //!   its content size and no checksum.
 //!
 //! Blocks are compressed by `workers` threads in parallel and emitted in order, so one large
 //! layer uses every core.
 //!
-//! # Level
-//! gzip level 2 is the default. Measured on this machine (2 shared cores, zlib-rs) over a
-//! 256 MiB tar of /usr (binaries, libraries, docs), with 1 and 2 worker threads:
+//! # Engine and level
+//! gzip is libdeflate (bundled C source, pinned to one release in Cargo.toml because another
+//! release may choose other matches), level 2 by default. Measured with `bench/deflate.py` on the
+//! first 400 MB of the benchmark image (15 layers of this machine's /usr: binaries, libraries,
+//! Python, man pages, locales), one core per row, MB/s of input; the 2 cores were shared with
+//! other builds (load 7-18), so speeds are rough and only comparable within a run; ratios are exact:
 //!
-//! | level | 1 worker MB/s | 2 workers MB/s | compressed/original |
-//! |------:|--------------:|---------------:|--------------------:|
-//! | 1     | 231           | 336            | 0.453               |
-//! | 2     | 129           | 193            | 0.375               |
-//! | 3     | 107           | 186            | 0.362               |
-//! | 4     | 97            | 162            | 0.357               |
-//! | 6     | 72            | 85             | 0.350               |
-//! | zstd 1| 333           | 298            | 0.366               |
-//! | zstd 3| 249           | 430            | 0.332               |
+//! | engine, level | MB/s | compressed/original |
+//! |---|---:|---:|
+//! | zlib-rs 1 / 2 / 6 (one stream; nixfly before) | 214 / 142 / 58 | 0.488 / 0.406 / 0.380 |
+//! | libdeflate 1 / 2 / 4 (1 MiB members) | 213 / 162 / 133 | 0.400 / 0.382 / 0.376 |
+//! | libdeflate 5 / 6 / 9 (1 MiB members) | 129 / 89 / 19 | 0.369 / 0.367 / 0.364 |
+//! | libdeflate 6 in 256 KiB / 4 MiB members | | 0.368 / 0.366 |
+//! | ISA-L igzip 1 / 3 (command line) | 84 / 112 (load 18) | 0.422 / 0.410 |
+//! | gzip 6 (command line) | | 0.370 |
 //!
-//! Level 1 (zlib-rs's "quick" strategy) is 1.8x faster than level 2 but its blobs are 29%
-//! larger than level 6's; level 2 stays within 7% of level 6 (what skopeo and docker use) at
-//! 1.8x its speed, and the upload, not only the compression, is paid for every byte.
+//! On the whole 1006 MB image, skopeo 1.9.3 (pgzip) pushed 354.9 MB; nixfly with libdeflate
+//! level 2 pushed 348.9 MB, level 4 342.8 MB, level 6 334.6 MB. Level 2 is the fastest
+//! libdeflate level that stays under skopeo's bytes, and compression, not hashing or the
+//! loopback upload, is what a cold push waits for. zlib-rs at the same level is slower and 6%
+//! larger. ISA-L can be faster, but its best ratio (level 3) is 7% larger than libdeflate 2's,
+//! and every byte is uploaded again on every changed layer. `--level 1` (fast) to `--level 12` (small)
+//! covers the rest. The members cost 0.1-0.2% against one stream (no shared window at block
+//! starts) and buy block parallelism, since libdeflate compresses whole buffers only.
 //!
 //! zstd defaults to level 3 (its own default).
 
@@ -49,15 +58,13 @@ use sha2::{Digest as _, Sha256};
 use std::io::{self, Read};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-/// Block size for gzip: small enough that two workers get going early on small layers and the
-/// in-flight memory stays a few MiB, large enough that the per-block sync marker (5 bytes) and
-/// the lost context at block starts cost well under 0.1%.
-const GZIP_BLOCK: usize = 256 * 1024;
+/// Block size for gzip: every block is a gzip member of its own, so larger blocks lose less
+/// context at block starts (0.3% of size at 1 MiB, measured), smaller ones get two workers going
+/// sooner on small layers and keep less in flight (a few blocks per worker).
+const GZIP_BLOCK: usize = 1024 * 1024;
 /// Block size for zstd: frames are independent (no shared window), so larger blocks keep the
 /// ratio close to single-frame compression.
 const ZSTD_BLOCK: usize = 1024 * 1024;
-/// Deflate's window: the dictionary each gzip block is primed with.
-const DEFLATE_WINDOW: usize = 32 * 1024;
 
 /// The compression algorithm of layer blobs.
 #[derive(
@@ -89,7 +96,7 @@ impl Algorithm {
 
     fn levels(self) -> std::ops::RangeInclusive<i32> {
         match self {
-            Algorithm::Gzip => 1..=9,
+            Algorithm::Gzip => 1..=12,
             Algorithm::Zstd => 1..=19,
         }
     }
@@ -100,13 +107,54 @@ impl Algorithm {
             Algorithm::Zstd => ZSTD_BLOCK,
         }
     }
+
+    /// The library this build compresses with.
+    fn engine(self) -> Engine {
+        match self {
+            Algorithm::Gzip => Engine::Libdeflate126,
+            Algorithm::Zstd => Engine::Zstd15,
+        }
+    }
+}
+
+/// The library (and release) that made a blob: the same level of another one gives other bytes.
+/// Recorded in layer plans and cache keys so that digests made by one are never expected from
+/// another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Engine {
+    /// nixfly before libdeflate: plans without an engine were made with it. Never produced now.
+    #[serde(rename = "zlib-rs")]
+    ZlibRs,
+    /// libdeflate 1.26 (`libdeflate-sys` =1.26.1 bundles it).
+    #[serde(rename = "libdeflate-1.26")]
+    Libdeflate126,
+    /// libzstd 1.5 (bundled by `zstd-sys`).
+    #[serde(rename = "libzstd-1.5")]
+    Zstd15,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::ZlibRs => "zlib-rs",
+            Engine::Libdeflate126 => "libdeflate-1.26",
+            Engine::Zstd15 => "libzstd-1.5",
+        }
+    }
 }
 
 /// How layer blobs are compressed: everything the output bytes depend on besides the input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Compression {
     pub algorithm: Algorithm,
+    /// Absent in plans written before nixfly recorded it: those were zlib-rs.
+    #[serde(default = "legacy_engine")]
+    pub engine: Engine,
     pub level: i32,
+}
+
+fn legacy_engine() -> Engine {
+    Engine::ZlibRs
 }
 
 impl Default for Compression {
@@ -127,12 +175,16 @@ impl Compression {
                 max: *algorithm.levels().end(),
             });
         }
-        Ok(Compression { algorithm, level })
+        Ok(Compression {
+            algorithm,
+            engine: algorithm.engine(),
+            level,
+        })
     }
 
-    /// A stable name for caches and layer plans: `gzip-2`, `zstd-3`.
+    /// A stable name for caches and messages: `gzip-2-libdeflate-1.26`, `zstd-3-libzstd-1.5`.
     pub fn key(&self) -> String {
-        format!("{}-{}", self.algorithm.name(), self.level)
+        format!("{}-{}-{}", self.algorithm.name(), self.level, self.engine.name())
     }
 }
 
@@ -181,38 +233,57 @@ pub fn default_workers() -> usize {
 /// Hash an uncompressed layer without compressing it (when its blob is already in the
 /// registry and only the content needs checking). Returns (diff_id, size); `on_read` gets the
 /// byte count of every read.
+///
+/// Reading and hashing run on two threads: for a stream whose layers the registry has, the
+/// pipe's copy and SHA-256 are all the work there is, and overlapped they take the longer of
+/// the two instead of the sum.
 pub fn hash_layer(mut reader: impl Read, mut on_read: impl FnMut(u64)) -> Result<(Digest, u64), BlobError> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(BlobError::Read(e)),
+    const BUFFER: usize = 1024 * 1024;
+    const BUFFERS: usize = 3;
+    std::thread::scope(|scope| {
+        let (full_tx, full_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+        let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+        for _ in 0..BUFFERS {
+            empty_tx
+                .send(Vec::with_capacity(BUFFER))
+                .expect("room for every buffer");
+        }
+        let hasher = scope.spawn(move || {
+            let mut hasher = Sha256::new();
+            for buffer in full_rx {
+                hasher.update(&buffer);
+                // The reader may have stopped; then the buffer is simply dropped.
+                let _ = empty_tx.send(buffer);
+            }
+            hasher
+        });
+        let mut total = 0u64;
+        let read = loop {
+            let mut buffer = empty_rx.recv().expect("the hasher runs until the reader stops");
+            buffer.clear();
+            match (&mut reader).take(BUFFER as u64).read_to_end(&mut buffer) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    total += n as u64;
+                    on_read(n as u64);
+                    full_tx
+                        .send(buffer)
+                        .expect("the hasher runs until the reader stops");
+                }
+                Err(e) => break Err(BlobError::Read(e)),
+            }
         };
-        hasher.update(&buf[..n]);
-        total += n as u64;
-        on_read(n as u64);
-    }
-    Ok((Digest::from_hasher(hasher), total))
+        drop(full_tx);
+        let hasher = hasher
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        read.map(|()| (Digest::from_hasher(hasher), total))
+    })
 }
 
 /// One block of input on its way to a worker.
 struct Job {
-    seq: u64,
-    /// The previous block's last 32 KiB (gzip only; empty for the first block).
-    dictionary: Vec<u8>,
     input: Vec<u8>,
-    /// For the last block: CRC-32 and length of the whole input (gzip trailer).
-    last: Option<(u32, u64)>,
-}
-
-/// One compressed block on its way to the collector.
-struct Done {
-    output: Vec<u8>,
-    last: bool,
 }
 
 /// Compress `reader` (an uncompressed layer tar) and hash both sides in one pass, with
@@ -234,7 +305,7 @@ pub fn compress_layer(
         let mut done_receivers = Vec::with_capacity(workers);
         for _ in 0..workers {
             let (job_tx, job_rx) = sync_channel::<Job>(1);
-            let (done_tx, done_rx) = sync_channel::<Result<Done, BlobError>>(1);
+            let (done_tx, done_rx) = sync_channel::<Result<Vec<u8>, BlobError>>(1);
             scope.spawn(move || compress_worker(compression, job_rx, done_tx));
             job_senders.push(job_tx);
             done_receivers.push(done_rx);
@@ -269,70 +340,26 @@ fn read_blocks(
 ) -> Result<(Digest, u64), BlobError> {
     let block_size = algorithm.block_size();
     let mut hasher = Sha256::new();
-    let mut crc = crc32fast::Hasher::new();
     let mut total = 0u64;
-    let mut seq = 0u64;
-    let mut dictionary = Vec::new();
-    // One block is held back until we know whether another follows, so that the last one can
-    // finish the stream.
-    let mut held: Option<Vec<u8>> = None;
+    let mut worker = workers.iter().cycle();
     loop {
-        let block = read_block(&mut reader, block_size).map_err(BlobError::Read)?;
-        let at_end = block.len() < block_size;
-        if !block.is_empty() {
-            hasher.update(&block);
-            crc.update(&block);
-            total += block.len() as u64;
-            on_read(block.len() as u64);
+        let input = read_block(&mut reader, block_size).map_err(BlobError::Read)?;
+        let at_end = input.len() < block_size;
+        // An empty input is one empty block (a valid empty member); otherwise an empty read
+        // only means the previous block ended exactly at the end.
+        if input.is_empty() && total > 0 {
+            break;
         }
-        if let Some(previous) = held.take() {
-            if block.is_empty() {
-                held = Some(previous);
-                break;
-            }
-            let next_dictionary = window_of(algorithm, &previous);
-            send_job(
-                workers,
-                seq,
-                std::mem::replace(&mut dictionary, next_dictionary),
-                previous,
-                None,
-            )?;
-            seq += 1;
-        }
-        held = Some(block);
+        hasher.update(&input);
+        total += input.len() as u64;
+        on_read(input.len() as u64);
+        let next = worker.next().expect("at least one worker");
+        next.send(Job { input }).map_err(|_| BlobError::SinkClosed)?;
         if at_end {
             break;
         }
     }
-    let last = held.unwrap_or_default();
-    send_job(workers, seq, dictionary, last, Some((crc.finalize(), total)))?;
     Ok((Digest::from_hasher(hasher), total))
-}
-
-fn window_of(algorithm: Algorithm, block: &[u8]) -> Vec<u8> {
-    match algorithm {
-        Algorithm::Gzip => block[block.len().saturating_sub(DEFLATE_WINDOW)..].to_vec(),
-        Algorithm::Zstd => Vec::new(),
-    }
-}
-
-fn send_job(
-    workers: &[SyncSender<Job>],
-    seq: u64,
-    dictionary: Vec<u8>,
-    input: Vec<u8>,
-    last: Option<(u32, u64)>,
-) -> Result<(), BlobError> {
-    let worker = &workers[(seq % workers.len() as u64) as usize];
-    worker
-        .send(Job {
-            seq,
-            dictionary,
-            input,
-            last,
-        })
-        .map_err(|_| BlobError::SinkClosed)
 }
 
 /// Fill a block of `size` bytes, or fewer at the end of the input.
@@ -342,17 +369,20 @@ fn read_block(reader: &mut impl Read, size: usize) -> io::Result<Vec<u8>> {
     Ok(block)
 }
 
-fn compress_worker(compression: Compression, jobs: Receiver<Job>, done: SyncSender<Result<Done, BlobError>>) {
-    let mut engine = match Engine::new(compression) {
-        Ok(engine) => engine,
+fn compress_worker(
+    compression: Compression,
+    jobs: Receiver<Job>,
+    done: SyncSender<Result<Vec<u8>, BlobError>>,
+) {
+    let mut encoder = match Encoder::new(compression) {
+        Ok(encoder) => encoder,
         Err(err) => {
             let _ = done.send(Err(err));
             return;
         }
     };
     for job in jobs {
-        let last = job.last.is_some();
-        let result = engine.block(&job).map(|output| Done { output, last });
+        let result = encoder.block(&job.input);
         let failed = result.is_err();
         if done.send(result).is_err() || failed {
             return;
@@ -360,43 +390,49 @@ fn compress_worker(compression: Compression, jobs: Receiver<Job>, done: SyncSend
     }
 }
 
-/// Receive blocks in sequence (round-robin over the workers), hash them and pass them on.
+/// Receive blocks in sequence (round-robin over the workers), hash them and pass them on, until
+/// the workers run out of blocks.
 fn collect(
-    workers: Vec<Receiver<Result<Done, BlobError>>>,
+    workers: Vec<Receiver<Result<Vec<u8>, BlobError>>>,
     sink: &mut impl FnMut(Bytes) -> Result<(), SinkClosed>,
 ) -> Result<(Digest, u64), BlobError> {
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     for worker in workers.iter().cycle() {
-        // A closed channel before the last block means the reader stopped early; its error is
-        // the one reported.
-        let done = worker.recv().map_err(|_| BlobError::SinkClosed)??;
-        hasher.update(&done.output);
-        size += done.output.len() as u64;
-        if !done.output.is_empty() {
-            sink(Bytes::from(done.output)).map_err(|SinkClosed| BlobError::SinkClosed)?;
-        }
-        if done.last {
-            break;
-        }
+        // Blocks are dealt in turn, so the first worker with nothing more means the end (or
+        // that the reader stopped early: its error is then the one reported).
+        let Ok(output) = worker.recv() else { break };
+        let output = output?;
+        hasher.update(&output);
+        size += output.len() as u64;
+        sink(Bytes::from(output)).map_err(|SinkClosed| BlobError::SinkClosed)?;
     }
     Ok((Digest::from_hasher(hasher), size))
 }
 
-enum Engine {
-    Gzip(flate2::Compression),
+enum Encoder {
+    /// The compressor and a scratch buffer of `gzip_compress_bound(GZIP_BLOCK)` bytes.
+    Gzip(libdeflater::Compressor, Vec<u8>),
     Zstd(zstd::bulk::Compressor<'static>),
 }
 
-const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0xff];
-
-impl Engine {
+impl Encoder {
     fn new(compression: Compression) -> Result<Self, BlobError> {
         let level = compression.level;
         Ok(match compression.algorithm {
-            Algorithm::Gzip => Engine::Gzip(flate2::Compression::new(level as u32)),
+            Algorithm::Gzip => {
+                let level = libdeflater::CompressionLvl::new(level).map_err(|_| BlobError::Level {
+                    algorithm: "gzip",
+                    level,
+                    min: *Algorithm::Gzip.levels().start(),
+                    max: *Algorithm::Gzip.levels().end(),
+                })?;
+                let mut compressor = libdeflater::Compressor::new(level);
+                let scratch = vec![0; compressor.gzip_compress_bound(GZIP_BLOCK)];
+                Encoder::Gzip(compressor, scratch)
+            }
             Algorithm::Zstd => {
-                Engine::Zstd(
+                Encoder::Zstd(
                     zstd::bulk::Compressor::new(level).map_err(|source| BlobError::Compress {
                         algorithm: "zstd",
                         source,
@@ -406,74 +442,23 @@ impl Engine {
         })
     }
 
-    fn block(&mut self, job: &Job) -> Result<Vec<u8>, BlobError> {
+    fn block(&mut self, input: &[u8]) -> Result<Vec<u8>, BlobError> {
         match self {
-            Engine::Gzip(level) => {
-                let gzip_error = |source| BlobError::Compress {
-                    algorithm: "gzip",
-                    source,
-                };
-                let mut out = Vec::with_capacity(job.input.len() / 2 + 64);
-                if job.seq == 0 {
-                    out.extend_from_slice(&GZIP_HEADER);
-                }
-                // A fresh compressor per block, not `reset()`: zlib-rs keeps the old window
-                // bytes past the new data, match choices near a block's end can depend on them,
-                // and then the output would depend on which worker compressed the block before.
-                let mut deflate = flate2::Compress::new(*level, false);
-                if !job.dictionary.is_empty() {
-                    deflate
-                        .set_dictionary(&job.dictionary)
-                        .map_err(|e| gzip_error(io::Error::other(e)))?;
-                }
-                deflate_all(&mut deflate, &job.input, job.last.is_some(), &mut out).map_err(gzip_error)?;
-                if let Some((crc, total)) = job.last {
-                    out.extend_from_slice(&crc.to_le_bytes());
-                    // ISIZE is the input size modulo 2^32 (RFC 1952).
-                    out.extend_from_slice(&(total as u32).to_le_bytes());
-                }
-                Ok(out)
+            Encoder::Gzip(compressor, scratch) => {
+                let size = compressor
+                    .gzip_compress(input, scratch)
+                    .map_err(|err| BlobError::Compress {
+                        algorithm: "gzip",
+                        source: io::Error::other(format!("libdeflate: {err:?}")),
+                    })?;
+                // Copied out at its exact size: what waits for the upload is the compressed
+                // size, not the scratch buffer's worst case.
+                Ok(scratch[..size].to_vec())
             }
-            Engine::Zstd(compressor) => {
-                compressor
-                    .compress(&job.input)
-                    .map_err(|source| BlobError::Compress {
-                        algorithm: "zstd",
-                        source,
-                    })
-            }
-        }
-    }
-}
-
-/// Deflate all of `input` into `out`: ending with a sync flush (byte-aligned, stream open) or,
-/// for the last block, finishing the stream.
-fn deflate_all(
-    deflate: &mut flate2::Compress,
-    input: &[u8],
-    finish: bool,
-    out: &mut Vec<u8>,
-) -> io::Result<()> {
-    let flush = if finish {
-        flate2::FlushCompress::Finish
-    } else {
-        flate2::FlushCompress::Sync
-    };
-    let start_in = deflate.total_in();
-    loop {
-        if out.capacity() - out.len() < 1024 {
-            out.reserve(out.capacity().max(4096));
-        }
-        let consumed = (deflate.total_in() - start_in) as usize;
-        let status = deflate
-            .compress_vec(&input[consumed..], out, flush)
-            .map_err(io::Error::other)?;
-        let all_in = (deflate.total_in() - start_in) as usize == input.len();
-        match status {
-            flate2::Status::StreamEnd => return Ok(()),
-            // A sync flush is complete once all input is in and the output did not fill up.
-            flate2::Status::Ok if !finish && all_in && out.len() < out.capacity() => return Ok(()),
-            flate2::Status::Ok | flate2::Status::BufError => {}
+            Encoder::Zstd(compressor) => compressor.compress(input).map_err(|source| BlobError::Compress {
+                algorithm: "zstd",
+                source,
+            }),
         }
     }
 }
@@ -540,7 +525,9 @@ mod tests {
 
     fn gunzip(blob: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(blob).read_to_end(&mut out).unwrap();
+        flate2::read::MultiGzDecoder::new(blob)
+            .read_to_end(&mut out)
+            .unwrap();
         out
     }
 
@@ -621,10 +608,46 @@ mod tests {
         // built before must be rebuilt, so the format must not change silently.
         let data = sample(GZIP_BLOCK + 1000);
         let (digests, _) = compress(&data, Compression::default(), 2, 4096);
-        assert_eq!(digests.digest, GOLDEN_GZIP2);
+        assert_eq!(digests.digest.as_str(), GOLDEN_GZIP2);
+        assert_eq!(Compression::default().key(), "gzip-2-libdeflate-1.26");
     }
 
-    const GOLDEN_GZIP2: &str = "sha256:3b697d6bef21a64b6d309c3e108b27a95796590bb06666dfb64e897a0437ab8d";
+    const GOLDEN_GZIP2: &str = "sha256:84dd02b8fe0bd46076da45f26c8162bf7fdb0905c4e285dbe413add7ab71d21d";
+
+    #[test]
+    fn gzip_is_one_member_per_block_each_complete() {
+        let data = sample(2 * GZIP_BLOCK + 5);
+        let (_, blob) = compress(&data, Compression::default(), 2, 1 << 16);
+        // Walk the members with a single-member decoder: each must hold exactly one block.
+        let mut rest = &blob[..];
+        let mut blocks = Vec::new();
+        while !rest.is_empty() {
+            let mut decoder = flate2::bufread::GzDecoder::new(rest);
+            let mut block = Vec::new();
+            decoder.read_to_end(&mut block).unwrap();
+            let header = decoder.header().expect("a gzip header");
+            assert_eq!((header.mtime(), header.filename()), (0, None), "no name, mtime 0");
+            blocks.push(block);
+            rest = decoder.into_inner();
+        }
+        let sizes: Vec<usize> = blocks.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [GZIP_BLOCK, GZIP_BLOCK, 5]);
+        assert_eq!(blocks.concat(), data);
+    }
+
+    #[test]
+    fn plans_without_an_engine_were_zlib_rs_and_do_not_match() {
+        let old: Compression = serde_json::from_str(r#"{"algorithm":"gzip","level":2}"#).unwrap();
+        assert_eq!(old.engine, Engine::ZlibRs);
+        assert_ne!(
+            old,
+            Compression::default(),
+            "their digests are not ours to reproduce"
+        );
+        let ours: Compression =
+            serde_json::from_str(&serde_json::to_string(&Compression::default()).unwrap()).unwrap();
+        assert_eq!(ours, Compression::default());
+    }
 
     #[test]
     fn read_errors_are_reported_as_such() {
@@ -647,9 +670,37 @@ mod tests {
     }
 
     #[test]
+    fn hash_layer_matches_sha256_for_any_size_and_read_pattern() {
+        for len in [0, 1, 1024 * 1024, 3 * 1024 * 1024 + 17] {
+            let data = sample(len);
+            let mut read = 0;
+            let (diff_id, size) = hash_layer(
+                Dribble {
+                    data: &data,
+                    step: 70_001,
+                },
+                |n| read += n,
+            )
+            .unwrap();
+            assert_eq!(
+                (diff_id, size, read),
+                (Digest::sha256_of(&data), len as u64, len as u64)
+            );
+        }
+        struct Failing;
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("cut"))
+            }
+        }
+        assert!(matches!(hash_layer(Failing, |_| {}), Err(BlobError::Read(_))));
+    }
+
+    #[test]
     fn levels_out_of_range_are_rejected() {
-        let err = Compression::new(Algorithm::Gzip, Some(12)).unwrap_err();
-        assert_eq!(err.to_string(), "gzip level 12 is out of range: use 1 to 9");
+        let err = Compression::new(Algorithm::Gzip, Some(13)).unwrap_err();
+        assert!(Compression::new(Algorithm::Gzip, Some(12)).is_ok());
+        assert_eq!(err.to_string(), "gzip level 13 is out of range: use 1 to 12");
         assert!(Compression::new(Algorithm::Zstd, Some(19)).is_ok());
     }
 }

@@ -20,6 +20,18 @@ pub struct ExitCodeError {
     pub message: String,
 }
 
+/// An error and its sources on one line, for warnings that do not end the command.
+pub fn chain_text(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     // `chain()` yields context layers as opaque wrappers; `downcast_ref` sees through them.
     err.downcast_ref::<ExitCodeError>()

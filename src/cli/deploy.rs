@@ -80,6 +80,8 @@ pub async fn run(args: DeployArgs, reporter: Reporter) -> anyhow::Result<()> {
         ));
         return rollout.run(target, reporter).await;
     }
+    let mut push = push;
+    push.reuse_images(&rollout.current_images(&reporter).await);
     let pushed = push.run(&reporter).await?;
     rollout
         .run(pushed.reference.to_string(), reporter.clone())

@@ -45,11 +45,13 @@ pub struct PushOptions {
     /// Layer compression.
     #[arg(long, value_enum, default_value_t, env = "NIXFLY_COMPRESSION")]
     pub compression: Algorithm,
-    /// Compression level: gzip 1-9 (default 2, chosen by measurement), zstd 1-19 (default 3).
+    /// Compression level: gzip (libdeflate) 1 = fastest to 12 = smallest, default 2 (chosen by
+    /// measurement, see src/blob.rs); zstd 1-19, default 3.
     /// Layer plans precompute digests for the default level: another level re-uploads.
     #[arg(long, env = "NIXFLY_COMPRESSION_LEVEL")]
     pub level: Option<i32>,
-    /// Layers compressed and uploaded at once (each one also uses every core). Default 4.
+    /// Layers compressed and uploaded at once (each one also uses every core). Default 2, at
+    /// most 3: more only adds memory (each holds compression blocks and a resend window).
     #[arg(short, long, env = "NIXFLY_JOBS", value_name = "N")]
     pub jobs: Option<usize>,
     /// What SOURCE is, when detection by content should not decide.
@@ -65,10 +67,16 @@ pub struct PushOptions {
     )]
     pub stream_timeout: Option<Duration>,
     /// Neither read nor write the local cache ($XDG_CACHE_HOME/nixfly, else ~/.cache/nixfly).
-    /// Without it, a layer whose compressed digest the source does not state is compressed
-    /// (and uploaded) even when the registry already has it.
+    /// Layers of images the registry already has (the target tag's, --reuse-from, on deploy
+    /// the app's running image) are still found without it.
     #[arg(long, env = "NIXFLY_NO_CACHE")]
     pub no_cache: bool,
+    /// An image in the same registry (`repo:tag`, `repo@sha256:...`, or with the host) whose
+    /// layers this push may reuse: layers with the same diff_id are neither read nor
+    /// compressed nor uploaded. Repeatable. The target tag's current image is always used, and
+    /// `deploy` adds the image the app's machines run now.
+    #[arg(long, value_name = "REFERENCE")]
+    pub reuse_from: Vec<String>,
     /// Push an image whose config names another platform than linux/amd64, which is all Fly
     /// Machines run. Without it such an image is refused before any upload; a stream (a
     /// streamLayeredImage script, stdin, a compressed archive) carries its config last, so its
@@ -83,9 +91,14 @@ pub struct PushOptions {
     pub registry: RegistryOptions,
 }
 
-/// Layers in flight by default: enough to overlap HEADs, compression and uploads on 2-8 cores
-/// without holding many upload windows in memory.
-const DEFAULT_JOBS: usize = 4;
+/// Layers in flight by default: each layer already compresses on every core, so more only
+/// overlaps uploads. Measured on the benchmark image (2 cores, loopback): 1 job 7.5 s / 32 MB
+/// peak RSS, 2 jobs 8.5 s / 52 MB, 4 jobs 9.2 s / 91-96 MB; two keep a second upload going for
+/// a registry across a network, where one stream rarely fills the link.
+const DEFAULT_JOBS: usize = 2;
+/// And at most: about 20 MB per layer in flight (compression blocks, the resend window), so
+/// three keep peak RSS well under 100 MB whatever `--jobs` asks for; four came within 4 MB.
+const MAX_JOBS: usize = 3;
 
 /// Resend window per upload: every upload in flight keeps this much for resending after a
 /// cut; with `--jobs` uploads at once it is most of the memory a push uses (peak RSS stays
@@ -108,6 +121,25 @@ pub struct ResolvedPush {
 }
 
 impl PushOptions {
+    /// `--reuse-from` as (repository, tag or digest), all on `registry`.
+    fn reuse_from_images(&self, registry: &str) -> anyhow::Result<Vec<(String, String)>> {
+        self.reuse_from
+            .iter()
+            .map(|text| {
+                let reference = Reference::parse_with_default_host(text, registry)
+                    .with_context(|| format!("reading --reuse-from {text}"))?;
+                anyhow::ensure!(
+                    reference.registry == registry,
+                    "--reuse-from {text} is on {}, not on {registry} where the image goes: \
+                     layers are only reused within one registry",
+                    reference.registry
+                );
+                let target = reference.tag_or_digest().unwrap_or("latest").to_string();
+                Ok((reference.repository, target))
+            })
+            .collect()
+    }
+
     /// Resolve the push of `source`. `app` names the repository when `--to` is not given;
     /// `fly_token` is asked for only when the registry is Fly's.
     pub fn resolve(
@@ -147,8 +179,9 @@ impl PushOptions {
             tag: Some(tag),
             format: self.format,
             compression: Compression::new(self.compression, self.level)?,
-            jobs: self.jobs.unwrap_or(DEFAULT_JOBS),
+            jobs: self.jobs.unwrap_or(DEFAULT_JOBS).min(MAX_JOBS),
             workers: crate::blob::default_workers(),
+            reuse_from: self.reuse_from_images(&reference.registry)?,
             allow_arch: self.allow_arch,
         };
         spec.validate()?;
@@ -182,6 +215,21 @@ pub(crate) fn positive(flag: &str, timeout: Duration) -> anyhow::Result<Duration
 }
 
 impl ResolvedPush {
+    /// Also reuse the layers of these images (a deploy's running images); those on another
+    /// registry cannot serve and are left out.
+    pub fn reuse_images(&mut self, images: &[String]) {
+        for image in images {
+            if let Ok(reference) = Reference::parse(image)
+                && reference.registry == self.spec.registry
+                && let Some(target) = reference.tag_or_digest()
+            {
+                self.spec
+                    .reuse_from
+                    .push((reference.repository.clone(), target.to_string()));
+            }
+        }
+    }
+
     /// `host/repo:tag`, where the image goes.
     pub fn target(&self) -> String {
         format!(

@@ -150,6 +150,19 @@ impl ResolvedRollout {
         }
     }
 
+    /// The images the app's machines run now; on failure a warning and none (the push only
+    /// reuses their layers).
+    pub async fn current_images(&self, reporter: &Reporter) -> Vec<String> {
+        self.api.current_images().await.unwrap_or_else(|err| {
+            reporter.warn(format!(
+                "not reusing the layers of the running image: listing the machines of {} failed: {}",
+                self.app,
+                crate::error::chain_text(&err)
+            ));
+            Vec::new()
+        })
+    }
+
     /// Roll `image` out (a digest reference; a tag only in a dry run).
     pub async fn run(self, image: String, reporter: Reporter) -> anyhow::Result<()> {
         let spec = spec(&self.app, image, &self.options, self.fly_toml.as_ref());

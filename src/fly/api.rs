@@ -368,6 +368,21 @@ impl MachinesApi {
             .await
     }
 
+    /// The images the app's machines run now (`config.image`, as the Machines API lists
+    /// them), each once: a deploy's push reuses their layers.
+    pub async fn current_images(&self) -> Result<Vec<String>, ApiError> {
+        let mut images: Vec<String> = self
+            .list_machines()
+            .await?
+            .iter()
+            .map(|machine| machine.image().to_string())
+            .filter(|image| !image.is_empty())
+            .collect();
+        images.sort();
+        images.dedup();
+        Ok(images)
+    }
+
     pub async fn list_volumes(&self) -> Result<Vec<Volume>, ApiError> {
         self.http
             .send_json(Request::get(&["v1", "apps", &self.app, "volumes"]))

@@ -793,7 +793,7 @@ sys.stdout.write(json.dumps(image, indent=4))
         assert_eq!((conf.uid, conf.gid), (1000, 100));
         assert_eq!(
             Compression::new(Algorithm::Zstd, None).unwrap().key(),
-            "zstd-3",
+            "zstd-3-libzstd-1.5",
             "the compression key recorded in plans"
         );
     }

@@ -1,15 +1,173 @@
 //! Lookup stage: what the registry already has, known before a layer is read. The candidates
-//! for a layer come from the source (a stored or reproducible blob) and the local cache; the
-//! registry is asked with HEAD, then offered a cross-repository mount from a repository the
-//! cache knows holds the blob.
+//! for a layer come from the source (a stored or reproducible blob), the local cache, and the
+//! images the registry already holds (the target tag's current image, `--reuse-from`, on deploy
+//! the image the app runs now: each manifest's `layers[i]` is the blob of its config's
+//! `rootfs.diff_ids[i]`), so that a fresh CI runner with an empty cache still reads and
+//! compresses nothing the registry has. The registry is asked with HEAD, then offered a
+//! cross-repository mount from a repository known to hold the blob; a manifest that names a
+//! blob the registry lost only costs that HEAD, and the layer is uploaded.
 
-use super::{BlobStore, LOOKUP_PARALLEL, PushError, PushedLayer, Pusher};
+use super::{BlobStore, LOOKUP_PARALLEL, PushError, PushSpec, PushedLayer, Pusher};
 use crate::blob::Algorithm;
 use crate::image::{BlobEncoding, KnownLayer};
-use crate::progress::{Event, LayerOutcome};
+use crate::progress::{Event, LayerOutcome, Reporter};
 use crate::registry::Digest;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+
+/// Image indexes are followed this far (a multi-platform tag lists a handful of images).
+const INDEX_ENTRIES: usize = 8;
+
+/// diff_id → compressed blob, learned from manifests and configs in the registry, with the
+/// repositories each blob was seen in (for mounting into the target repository) and the blobs
+/// a HEAD found in the target repository.
+#[derive(Default)]
+pub(super) struct RegistryBlobs {
+    by_diff_id: HashMap<Digest, Candidate>,
+    holders: HashMap<Digest, Vec<String>>,
+    present: HashSet<Digest>,
+}
+
+impl RegistryBlobs {
+    /// Read the target tag's image and every `reuse_from` image. Nothing here is required for
+    /// the push to succeed, so a failure is a warning and the push goes on without it.
+    pub(super) async fn learn<S: BlobStore>(store: &S, spec: &PushSpec, reporter: &Reporter) -> Self {
+        let mut images: Vec<(String, String)> = spec
+            .tag
+            .iter()
+            .map(|tag| (spec.repository.clone(), tag.to_string()))
+            .collect();
+        images.extend(spec.reuse_from.iter().cloned());
+        images.dedup();
+        let mut blobs = RegistryBlobs::default();
+        for (repository, reference) in images {
+            if let Err(err) = blobs
+                .learn_image(store, spec, &repository, &reference, true)
+                .await
+            {
+                reporter.warn(format!(
+                    "not reusing layers of {}/{repository}:{reference}: {}",
+                    spec.registry,
+                    crate::error::chain_text(&err)
+                ));
+            }
+        }
+        // HEAD them all at once now: a stream asks about its layers one at a time as they pass,
+        // and must not wait a round trip for each.
+        let digests: Vec<Digest> = blobs.by_diff_id.values().map(|c| c.digest.clone()).collect();
+        let found: Vec<Option<Digest>> = futures::stream::iter(digests)
+            .map(|digest| async move {
+                match store.blob_exists(&spec.repository, &digest).await {
+                    Ok(Some(_)) => Some(digest),
+                    // Not there (or not answerable now): the layer's own lookup asks again.
+                    Ok(None) | Err(_) => None,
+                }
+            })
+            .buffer_unordered(LOOKUP_PARALLEL)
+            .collect()
+            .await;
+        blobs.present = found.into_iter().flatten().collect();
+        if !blobs.by_diff_id.is_empty() {
+            reporter.info(format!(
+                "the registry's images have blobs for {} layer(s), {} of them in {}",
+                blobs.by_diff_id.len(),
+                blobs.present.len(),
+                spec.name()
+            ));
+        }
+        blobs
+    }
+
+    /// One manifest: an image's layers paired with its config's diff_ids, or an index's
+    /// images (followed once, not recursively).
+    async fn learn_image<S: BlobStore>(
+        &mut self,
+        store: &S,
+        spec: &PushSpec,
+        repository: &str,
+        reference: &str,
+        follow_index: bool,
+    ) -> Result<(), crate::registry::error::RegistryError> {
+        let target = repository == spec.repository;
+        let Some((_, bytes)) = store.get_manifest(repository, reference, target).await? else {
+            return Ok(());
+        };
+        let Ok(manifest) = serde_json::from_slice::<Value>(&bytes) else {
+            return Ok(());
+        };
+        if let Some(entries) = manifest["manifests"].as_array() {
+            if follow_index {
+                for entry in entries.iter().take(INDEX_ENTRIES) {
+                    if let Some(digest) = entry["digest"].as_str() {
+                        Box::pin(self.learn_image(store, spec, repository, digest, false)).await?;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let (Some(config), Some(layers)) = (
+            manifest["config"]["digest"].as_str(),
+            manifest["layers"].as_array(),
+        ) else {
+            return Ok(());
+        };
+        let Ok(config) = config.parse::<Digest>() else {
+            return Ok(());
+        };
+        let Some(config) = store.get_config(repository, &config, target).await? else {
+            return Ok(());
+        };
+        let Ok(config) = serde_json::from_slice::<Value>(&config) else {
+            return Ok(());
+        };
+        let Some(diff_ids) = config["rootfs"]["diff_ids"].as_array() else {
+            return Ok(());
+        };
+        // The pairing only holds when every layer has its diff_id (no foreign or empty extras).
+        if diff_ids.len() != layers.len() {
+            return Ok(());
+        }
+        for (layer, diff_id) in layers.iter().zip(diff_ids) {
+            let (Some(digest), Some(size), Some(media_type), Some(diff_id)) = (
+                layer["digest"].as_str(),
+                layer["size"].as_u64(),
+                layer["mediaType"].as_str(),
+                diff_id.as_str(),
+            ) else {
+                continue;
+            };
+            // Only a blob compressed as this push compresses serves as its layer.
+            let (Ok(digest), Ok(diff_id)) = (digest.parse::<Digest>(), diff_id.parse::<Digest>()) else {
+                continue;
+            };
+            if algorithm_of(media_type) != Some(spec.compression.algorithm) {
+                continue;
+            }
+            self.by_diff_id.entry(diff_id).or_insert_with(|| Candidate {
+                digest: digest.clone(),
+                size,
+                algorithm: spec.compression.algorithm,
+            });
+            let holders = self.holders.entry(digest).or_default();
+            if !holders.iter().any(|r| r == repository) {
+                holders.push(repository.to_string());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The compression a layer media type declares (Docker v2s2 and OCI).
+fn algorithm_of(media_type: &str) -> Option<Algorithm> {
+    match media_type {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        | "application/vnd.oci.image.layer.v1.tar+gzip" => Some(Algorithm::Gzip),
+        "application/vnd.oci.image.layer.v1.tar+zstd" => Some(Algorithm::Zstd),
+        _ => None,
+    }
+}
 
 /// A blob the registry may already have.
 #[derive(Clone)]
@@ -21,7 +179,8 @@ pub(super) struct Candidate {
 
 impl<S: BlobStore> Pusher<S> {
     /// The blobs that would serve as this layer, best first: a stored or reproducible blob the
-    /// source knows, then what compressing it gave last time.
+    /// source knows, then what compressing it gave last time, then what an image in the
+    /// registry has for its diff_id.
     pub(super) fn candidates(&self, layer: &KnownLayer) -> Vec<Candidate> {
         let mut candidates = Vec::new();
         if let Some(blob) = &layer.blob {
@@ -48,6 +207,11 @@ impl<S: BlobStore> Pusher<S> {
                 algorithm: self.spec.compression.algorithm,
             });
         }
+        if let Some(held) = self.registry_blobs.by_diff_id.get(&layer.diff_id)
+            && !candidates.iter().any(|c| c.digest == held.digest)
+        {
+            candidates.push(held.clone());
+        }
         candidates
     }
 
@@ -73,6 +237,9 @@ impl<S: BlobStore> Pusher<S> {
     ) -> Result<Option<(Candidate, LayerOutcome)>, PushError> {
         let spec = &self.spec;
         for candidate in &candidates {
+            if self.registry_blobs.present.contains(&candidate.digest) {
+                return Ok(Some((candidate.clone(), LayerOutcome::Skipped)));
+            }
             let exists = self
                 .store
                 .blob_exists(&spec.repository, &candidate.digest)
@@ -87,7 +254,19 @@ impl<S: BlobStore> Pusher<S> {
             }
         }
         for candidate in candidates {
-            for from in self.cache.repositories_with(&spec.registry, &candidate.digest) {
+            let mut holders = self.cache.repositories_with(&spec.registry, &candidate.digest);
+            for seen in self
+                .registry_blobs
+                .holders
+                .get(&candidate.digest)
+                .into_iter()
+                .flatten()
+            {
+                if !holders.contains(seen) {
+                    holders.push(seen.clone());
+                }
+            }
+            for from in holders {
                 if from == spec.repository {
                     continue;
                 }

@@ -86,7 +86,35 @@ pub trait BlobStore: Send + Sync + 'static {
         media_type: &MediaType,
         bytes: Bytes,
     ) -> impl Future<Output = Result<Digest, RegistryError>> + Send;
+    /// A manifest as stored (media type, bytes), or `None` when there is none. `target`: the
+    /// repository is the one pushed to (read with the push's credentials scope).
+    fn get_manifest(
+        &self,
+        repository: &str,
+        tag_or_digest: &str,
+        target: bool,
+    ) -> impl Future<Output = Result<Option<(String, Bytes)>, RegistryError>> + Send;
+    /// An image config's bytes, checked against its digest; `None` when missing.
+    fn get_config(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        target: bool,
+    ) -> impl Future<Output = Result<Option<Bytes>, RegistryError>> + Send;
 }
+
+/// The token scope for reading from `repository`: the push's own for its target repository, so
+/// that the lookup does not cost a token of its own.
+fn read_scope(repository: &str, target: bool) -> crate::registry::auth::Scope {
+    if target {
+        crate::registry::auth::Scope::push(repository)
+    } else {
+        crate::registry::auth::Scope::pull(repository)
+    }
+}
+
+/// No image config comes near this; a larger blob named as one is not read.
+const CONFIG_LIMIT: u64 = 16 << 20;
 
 impl BlobStore for crate::registry::RegistryClient {
     async fn blob_exists(&self, repository: &str, digest: &Digest) -> Result<Option<u64>, RegistryError> {
@@ -126,6 +154,28 @@ impl BlobStore for crate::registry::RegistryClient {
         crate::registry::RegistryClient::put_manifest(self, repository, tag_or_digest, media_type, bytes)
             .await
     }
+
+    async fn get_manifest(
+        &self,
+        repository: &str,
+        tag_or_digest: &str,
+        target: bool,
+    ) -> Result<Option<(String, Bytes)>, RegistryError> {
+        let manifest = self
+            .get_manifest_scoped(repository, tag_or_digest, read_scope(repository, target))
+            .await?;
+        Ok(manifest.map(|m| (m.media_type.to_string(), m.bytes)))
+    }
+
+    async fn get_config(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        target: bool,
+    ) -> Result<Option<Bytes>, RegistryError> {
+        self.get_blob(repository, digest, CONFIG_LIMIT, read_scope(repository, target))
+            .await
+    }
 }
 
 /// Everything a push needs, validated.
@@ -141,6 +191,10 @@ pub struct PushSpec {
     pub jobs: usize,
     /// Compression threads per layer.
     pub workers: usize,
+    /// Images of the same registry whose layers this push may reuse, as `(repository,
+    /// tag or digest)`: `--reuse-from`, and on deploy what the app's machines run now. The
+    /// target tag's current image is always looked at too.
+    pub reuse_from: Vec<(String, String)>,
     /// Push an image built for another architecture than Fly's amd64 (`--allow-arch`).
     pub allow_arch: bool,
 }
@@ -242,11 +296,14 @@ pub async fn push<S: BlobStore>(
     reporter: Reporter,
 ) -> Result<Pushed, PushError> {
     spec.validate()?;
+    // Before any layer is read: which blobs the registry holds for which diff_ids.
+    let registry_blobs = lookup::RegistryBlobs::learn(&*store, spec, &reporter).await;
     let pusher = Arc::new(Pusher {
         store,
         spec: spec.clone(),
         cache,
         reporter,
+        registry_blobs,
     });
     // Fly runs amd64: the architecture is checked as soon as the config is known, before any
     // upload for indexed sources; a stream's config comes last, so before its manifest.
@@ -277,6 +334,7 @@ struct Pusher<S> {
     spec: PushSpec,
     cache: Arc<Cache>,
     reporter: Reporter,
+    registry_blobs: lookup::RegistryBlobs,
 }
 
 impl<S: BlobStore> Pusher<S> {

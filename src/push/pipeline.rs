@@ -13,8 +13,10 @@ use bytes::Bytes;
 use std::io::{self, Read};
 use tokio::sync::{mpsc, oneshot};
 
-/// Compressed chunks buffered between a compressor and its upload (each ~100 KiB).
-pub(super) const UPLOAD_CHANNEL: usize = 16;
+/// Compressed chunks buffered between a compressor and its upload: each is one compressed
+/// 1 MiB block (~0.4 MiB) or a 256 KiB read of a stored blob, and with `--jobs` layers in
+/// flight these buffers count towards the 100 MB peak RSS.
+pub(super) const UPLOAD_CHANNEL: usize = 4;
 /// Progress events carry at least this many bytes (JSON lines stay few).
 const PROGRESS_STEP: u64 = 4 << 20;
 

@@ -130,11 +130,38 @@ impl BlobStore for FakeRegistry {
             return Err(fake_error(format!("MANIFEST_BLOB_UNKNOWN {missing}")));
         }
         let digest = Digest::sha256_of(&bytes);
-        self.manifests
-            .lock()
-            .unwrap()
-            .insert((repository.into(), tag.into()), bytes);
+        let mut manifests = self.manifests.lock().unwrap();
+        manifests.insert((repository.into(), tag.into()), bytes.clone());
+        manifests.insert((repository.into(), digest.to_string()), bytes);
         Ok(digest)
+    }
+
+    async fn get_manifest(
+        &self,
+        repository: &str,
+        tag_or_digest: &str,
+        _target: bool,
+    ) -> Result<Option<(String, Bytes)>, RegistryError> {
+        let manifests = self.manifests.lock().unwrap();
+        Ok(manifests
+            .get(&(repository.into(), tag_or_digest.into()))
+            .map(|bytes| {
+                let manifest: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+                (
+                    manifest["mediaType"].as_str().unwrap_or_default().to_string(),
+                    bytes.clone(),
+                )
+            }))
+    }
+
+    async fn get_config(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        _target: bool,
+    ) -> Result<Option<Bytes>, RegistryError> {
+        let blobs = self.blobs.lock().unwrap();
+        Ok(blobs.get(&(repository.into(), digest.clone())).cloned())
     }
 }
 
@@ -204,6 +231,7 @@ fn spec(format: ManifestFormat, compression: Compression) -> PushSpec {
         compression,
         jobs: 2,
         workers: 2,
+        reuse_from: Vec::new(),
         allow_arch: false,
     }
 }
@@ -241,7 +269,7 @@ fn check_blobs(store: &FakeRegistry, pushed: &Pushed, layers: &[Vec<u8>], diff_i
         let blob = &blobs[&("app".to_string(), pushed_layer.digest.clone())];
         let mut plain = Vec::new();
         match pushed_layer.algorithm {
-            Algorithm::Gzip => flate2::read::GzDecoder::new(&blob[..])
+            Algorithm::Gzip => flate2::read::MultiGzDecoder::new(&blob[..])
                 .read_to_end(&mut plain)
                 .unwrap(),
             Algorithm::Zstd => zstd::stream::read::Decoder::new(&blob[..])

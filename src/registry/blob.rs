@@ -342,6 +342,47 @@ impl RegistryClient {
         }
     }
 
+    /// A small blob (an image config) held in memory, checked against its digest; `None` when
+    /// the registry does not have it. Larger than `limit` bytes is refused, as no config is.
+    /// `scope`: pull, or push for the repository a push goes to (one token for the push).
+    pub async fn get_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        limit: u64,
+        scope: Scope,
+    ) -> Result<Option<Bytes>, RegistryError> {
+        let req = Request {
+            method: Method::GET,
+            url: self.url(&format!("{repository}/blobs/{digest}")),
+            scope,
+            headers: Vec::new(),
+            body: None,
+            operation: self.blob_operation("reading", repository, digest),
+        };
+        let response = self.send(&req).await?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            _ => return Err(self.status_error(req.operation, response, None).await),
+        }
+        if response.content_length().is_some_and(|len| len > limit) {
+            return Err(RegistryError::Protocol {
+                operation: req.operation,
+                message: format!("the blob is larger than the {limit} bytes expected"),
+            });
+        }
+        let bytes = self.body(response, &req.operation).await?;
+        let actual = Digest::sha256_of(&bytes);
+        if actual != *digest {
+            return Err(RegistryError::Protocol {
+                operation: req.operation,
+                message: format!("the registry returned content with digest {actual}"),
+            });
+        }
+        Ok(Some(bytes))
+    }
+
     /// Mount `digest` from repository `from` of the same registry. `false`: not mounted; the
     /// upload session the registry opened instead is used by the next upload to `repository`.
     pub async fn mount_blob(

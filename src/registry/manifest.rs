@@ -52,6 +52,8 @@ fn accepted_manifest_types() -> [MediaType; 4] {
 pub struct Manifest {
     pub media_type: MediaType,
     pub digest: Digest,
+    /// As stored (what a pusher learns layers from).
+    pub bytes: Bytes,
 }
 
 impl RegistryClient {
@@ -108,10 +110,22 @@ impl RegistryClient {
         repository: &str,
         tag_or_digest: &str,
     ) -> Result<Option<Manifest>, RegistryError> {
+        self.get_manifest_scoped(repository, tag_or_digest, Scope::pull(repository))
+            .await
+    }
+
+    /// `get_manifest` with the token scope given: a push reading its own target repository
+    /// asks with the push scope, so that one token serves the whole push.
+    pub async fn get_manifest_scoped(
+        &self,
+        repository: &str,
+        tag_or_digest: &str,
+        scope: Scope,
+    ) -> Result<Option<Manifest>, RegistryError> {
         let req = Request {
             method: Method::GET,
             url: self.url(&format!("{repository}/manifests/{tag_or_digest}")),
-            scope: Scope::pull(repository),
+            scope,
             headers: vec![(
                 header::ACCEPT,
                 accepted_manifest_types().map(|t| t.to_string()).join(", "),
@@ -138,6 +152,10 @@ impl RegistryClient {
                 message: format!("the registry returned content with digest {digest}"),
             });
         }
-        Ok(Some(Manifest { media_type, digest }))
+        Ok(Some(Manifest {
+            media_type,
+            digest,
+            bytes,
+        }))
     }
 }

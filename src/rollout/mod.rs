@@ -20,7 +20,7 @@ pub mod waves;
 
 pub use release_command::ReleaseCommand;
 
-use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_ROLLED_BACK, ExitCodeError};
+use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_ROLLED_BACK, ExitCodeError, chain_text};
 use crate::fly::api::MachinesApi;
 use crate::fly::appconfig::{AppConfig, MaxUnavailable, Strategy};
 use crate::fly::platform::{NewRelease, PlatformApi, ReleaseStatus};
@@ -644,18 +644,6 @@ async fn finish(
             }))
         }
     }
-}
-
-/// An error and its sources on one line, for warnings that do not end the command.
-fn chain_text(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// SIGINT and SIGTERM, installed before the first change so that neither kills the process

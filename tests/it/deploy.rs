@@ -318,3 +318,34 @@ fn deploy_with_refused_registry_credentials_uploads_nothing() {
     assert_eq!(registry.blob_bytes(), 0);
     assert!(fly.releases().is_empty());
 }
+
+#[test]
+fn a_fresh_runner_reuses_the_layers_of_the_image_the_machines_run_issue_12() {
+    let registry = Registry::start(AuthMode::None);
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let machines = fly.add_machines(APP, &MachineSpec::new("app").count(1).checks(1));
+    let t = TestDir::new();
+    let (source, written) = stream_archive(&t);
+    let first = deploy(&fly, &registry, &t, &source, &[]);
+    let running = pushed_reference(&first, &registry.host(), APP);
+    assert_eq!(fly.machine(&machines[0]).image(), running);
+
+    // Another machine (empty cache), another tag: only the machines' image tells the registry
+    // has every layer.
+    let runner = TestDir::new();
+    let mut cmd = runner.nixfly();
+    fly.configure(&mut cmd);
+    cmd.args(["deploy", &source, "--app", APP, "--output", "json", "--force"])
+        .args(["--to", &format!("{}/{APP}", registry.host()), "--tag", "v2"])
+        .args(["--smoke-check-window", "1s"]);
+    let out = run(&mut cmd);
+    support::assert_success(&out);
+    assert_eq!(
+        support::readback::layer_outcomes(&out),
+        vec!["skipped"; written.diff_ids.len()],
+        "{}",
+        stderr(&out)
+    );
+    assert_no_violations(&fly);
+}

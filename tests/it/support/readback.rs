@@ -102,7 +102,7 @@ pub fn read_back(registry: &Registry, reference: &str) -> ReadBack {
                     .read_to_end(&mut plain)
                     .unwrap();
             } else {
-                flate2::read::GzDecoder::new(&bytes[..])
+                flate2::read::MultiGzDecoder::new(&bytes[..])
                     .read_to_end(&mut plain)
                     .unwrap();
             }

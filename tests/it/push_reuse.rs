@@ -1,0 +1,154 @@
+//! The registry is the cache (issue 12): a push from a fresh machine (empty nixfly cache) learns
+//! from the images the registry already has which blob serves which diff_id, so an unchanged
+//! image is neither read (indexed `.tar`) nor compressed (stream) nor uploaded. Checked through
+//! the JSON events and the registry's own storage; skopeo reads the result back.
+
+use crate::support;
+
+use std::process::Output;
+use support::TestDir;
+use support::images::{self, Fault, Layer, Written};
+use support::readback::{assert_same_image, layer_outcomes, push};
+use support::registry::{AuthMode, Registry};
+
+fn events(out: &Output, name: &str) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("only JSON lines on stdout"))
+        .filter(|event| event["event"] == name)
+        .collect()
+}
+
+/// The `pushed` event's reference of a successful push.
+#[track_caller]
+fn pushed_reference(out: &Output) -> String {
+    support::assert_success(out);
+    let pushed = events(out, "pushed");
+    assert_eq!(pushed.len(), 1);
+    pushed[0]["reference"].as_str().unwrap().to_string()
+}
+
+fn archive(t: &TestDir, name: &str, layers: &[Layer]) -> (std::path::PathBuf, Written) {
+    let path = t.join(name);
+    let written =
+        images::write_stream_layered(std::fs::File::create(&path).unwrap(), layers, Fault::None).unwrap();
+    (path, written)
+}
+
+/// Push from a new TestDir each time: a fresh runner with an empty cache.
+fn fresh_push(
+    registry: &Registry,
+    source: &std::path::Path,
+    repo: &str,
+    tag: &str,
+    extra: &[&str],
+) -> Output {
+    let runner = TestDir::new();
+    let mut args = vec!["--output", "json"];
+    args.extend_from_slice(extra);
+    push(&runner, registry, source.to_str().unwrap(), repo, tag, &args)
+}
+
+#[test]
+fn fresh_runner_reads_and_compresses_nothing_the_registry_has_issue_12() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (tar, written) = archive(&t, "image.tar", &images::small_layers());
+    let script = t.join("stream-image");
+    images::write_stream_script(&script, &tar, 0).unwrap();
+    let layers = written.diff_ids.len();
+
+    let first = fresh_push(&registry, &tar, "app", "live", &[]);
+    pushed_reference(&first);
+    assert_eq!(layer_outcomes(&first), vec!["uploaded"; layers]);
+    let stored = registry.blob_bytes();
+
+    // The .tar again, to the same tag, from another machine: every layer found through the
+    // tag's current image; the archive's layers are never read (no progress at all).
+    let again = fresh_push(&registry, &tar, "app", "live", &[]);
+    let reference = pushed_reference(&again);
+    assert_eq!(layer_outcomes(&again), vec!["skipped"; layers]);
+    assert_eq!(
+        events(&again, "layer_progress").len(),
+        0,
+        "no layer of the .tar was read"
+    );
+
+    // The stream script to a new tag, found through --reuse-from: layers only hashed as they
+    // pass, none compressed or uploaded.
+    let streamed = fresh_push(&registry, &script, "app", "next", &["--reuse-from", "app:live"]);
+    pushed_reference(&streamed);
+    assert_eq!(layer_outcomes(&streamed), vec!["skipped"; layers]);
+    assert_eq!(registry.blob_bytes(), stored, "nothing was uploaded");
+    assert_same_image(&registry, &reference, &written);
+
+    // Without the hint, a new tag on a fresh runner has nothing to go by: the control.
+    let control = fresh_push(&registry, &script, "app", "other", &[]);
+    assert_eq!(layer_outcomes(&control), vec!["uploaded"; layers]);
+}
+
+#[test]
+fn reuse_from_another_repository_mounts_and_one_changed_layer_is_uploaded() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let mut layers = images::small_layers();
+    let (tar, _) = archive(&t, "v1.tar", &layers);
+    pushed_reference(&fresh_push(&registry, &tar, "base", "v1", &[]));
+
+    layers[2] = Layer::of(&["/etc/debian_version", "/usr/share/common-licenses/Apache-2.0"]);
+    let (changed, written) = archive(&t, "v2.tar", &layers);
+    let host_ref = format!("{}/base:v1", registry.host());
+    let out = fresh_push(&registry, &changed, "app", "v2", &["--reuse-from", &host_ref]);
+    let reference = pushed_reference(&out);
+    assert_eq!(layer_outcomes(&out), ["mounted", "mounted", "uploaded"]);
+    assert_same_image(&registry, &reference, &written);
+}
+
+#[test]
+fn a_manifest_naming_a_lost_blob_falls_back_to_uploading() {
+    let registry = Registry::start(AuthMode::None);
+    let t = TestDir::new();
+    let (tar, written) = archive(&t, "image.tar", &images::small_layers());
+    let first = fresh_push(&registry, &tar, "app", "live", &[]);
+    pushed_reference(&first);
+    // The registry's manifest still names the first layer, but its data is gone: HEAD says 404.
+    let manifest = registry.skopeo_manifest(&format!("{}/app:live", registry.host()));
+    let lost = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let data = registry
+        .storage_dir()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&lost[..2])
+        .join(&lost)
+        .join("data");
+    std::fs::remove_file(&data).unwrap();
+
+    let again = fresh_push(&registry, &tar, "app", "live", &[]);
+    let reference = pushed_reference(&again);
+    assert_eq!(layer_outcomes(&again), ["uploaded", "skipped", "skipped"]);
+    assert!(data.exists(), "the lost blob is in the registry again");
+    assert_same_image(&registry, &reference, &written);
+}
+
+#[test]
+fn reuse_from_another_registry_is_refused_before_any_request() {
+    let registry = Registry::start(AuthMode::None);
+    let t = TestDir::new();
+    let (tar, _) = archive(&t, "image.tar", &images::small_layers());
+    let out = fresh_push(
+        &registry,
+        &tar,
+        "app",
+        "v1",
+        &["--reuse-from", "elsewhere.example/app:v1"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--reuse-from elsewhere.example/app:v1 is on elsewhere.example"),
+        "{stderr}"
+    );
+}
