@@ -90,8 +90,9 @@ let
   };
 
   rust = import ./rust.nix { inherit lib mkDerivation onlyArgs; };
-  docker = import ./docker.nix {
+  docker = import ./docker {
     inherit
+      lib
       system
       hostPath
       runCommand
