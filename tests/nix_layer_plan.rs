@@ -21,7 +21,7 @@ fn with_app(greeting: &str, body: &str) -> String {
     format!(
         r#"let
              pkgs = import {root}/nix/tests/nixpkgs-standin {{ }};
-             lib = import {root}/nix/lib;
+             lib = import {root}/nix/lib {{ }};
              # Copied by content, so a rebuilt binary is a new store path.
              built = builtins.path {{ path = {bin}; name = "nixfly-under-test"; }};
              nixfly = pkgs.runCommand "nixfly" {{ }} ''mkdir -p $out/bin; cp ${{built}} $out/bin/nixfly'';
@@ -143,7 +143,7 @@ fn a_base_image_is_refused_at_evaluation() {
     let expr = format!(
         r#"let
              pkgs = import {root}/nix/tests/nixpkgs-standin {{ }};
-             lib = import {root}/nix/lib;
+             lib = import {root}/nix/lib {{ }};
              conf = pkgs.writeText "conf.json" (builtins.toJSON {{
                from_image = "/nix/store/00000000000000000000000000000000-base.tar";
                store_layers = [ ]; customisation_layer = "/nix/store/x"; created = "now";
@@ -220,11 +220,19 @@ fn archive_image(archive: &[u8]) -> (Vec<u8>, Vec<String>) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| format!("sha256:{}", hex::encode(Sha256::digest(&files[l.as_str().unwrap()]))))
+        .map(|l| {
+            format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(&files[l.as_str().unwrap()]))
+            )
+        })
         .collect();
     let parsed: Value = serde_json::from_slice(&config).unwrap();
     let diff_ids: Vec<String> = serde_json::from_value(parsed["rootfs"]["diff_ids"].clone()).unwrap();
-    assert_eq!(layer_sums, diff_ids, "the archive's layers are not its config's diff_ids");
+    assert_eq!(
+        layer_sums, diff_ids,
+        "the archive's layers are not its config's diff_ids"
+    );
     (config, diff_ids)
 }
 
@@ -246,7 +254,12 @@ fn regression_issue_11_plan_push_is_the_stream_image() {
     let history = stream_config_json["history"].as_array().unwrap();
     assert_eq!(history.len(), 3, "{stream_config_json}");
     assert!(
-        history[1]["comment"].as_str().unwrap().matches("/nix/store/").count() > 1,
+        history[1]["comment"]
+            .as_str()
+            .unwrap()
+            .matches("/nix/store/")
+            .count()
+            > 1,
         "the last store layer should hold several paths: {stream_config_json}"
     );
 

@@ -116,6 +116,9 @@ let
     skopeo = "skopeo";
     distribution = "docker-registry";
     apacheHttpd = "htpasswd";
+    nix = "nix";
+    python3 = "python3";
+    nixfmt = "nixfmt";
   };
 
 in
