@@ -4,9 +4,7 @@
 //!
 //!     cargo run --release --example bench_image -- OUT.tar DIR...
 
-#[path = "../tests/support/images.rs"]
-#[allow(dead_code)]
-mod images;
+use test_images as images;
 
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);

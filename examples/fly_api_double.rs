@@ -9,17 +9,13 @@
 //! `{"app": "demo", "machines": [{"group": "app", "count": 2, "checks": 1, "services": true}]}`
 //! with the fields of `MachineSpec`.
 
-#[allow(dead_code)]
-#[path = "../tests/support/fly_api/mod.rs"]
-mod fly_api;
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use fly_api::{FlyApi, MachineSpec, Options, Timing};
+use fly_api_double::{FlyApi, MachineSpec, Options, Timing};
 
 #[derive(Parser)]
 #[command(about = "Serve a fake Fly Machines + releases API on loopback")]

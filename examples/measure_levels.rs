@@ -1,8 +1,6 @@
 //! Reproduces the level table in src/blob.rs: `cargo run --release --example measure_levels -- some.tar`
 //! (any large uncompressed file; the table used a 256 MiB tar of /usr).
-#[path = "../src/blob.rs"]
-#[allow(dead_code)]
-mod blob;
+use nixfly::blob;
 fn main() {
     let path = std::env::args().nth(1).unwrap();
     let data = std::fs::read(&path).unwrap();

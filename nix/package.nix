@@ -14,6 +14,9 @@ let
     "Cargo.toml"
     "Cargo.lock"
     "src"
+    # Workspace members (dev-only test crates): cargo reads their manifests to resolve the
+    # workspace even when it builds nixfly alone.
+    "crates"
   ];
   underKept =
     path:

@@ -1,19 +1,7 @@
 //! nixfly: push Nix-built container images to an OCI registry and roll them out on Fly Machines.
 
-mod blob;
-mod cache;
-mod cli;
-mod error;
-mod fly;
-mod image;
-mod layer;
-mod progress;
-mod push;
-mod registry;
-mod rollout;
-mod settings;
-
 use clap::Parser;
+use nixfly::{cli, error, progress};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -1,0 +1,594 @@
+//! A Fly API double for tests: the Machines API (`/v1/...`, checked against the official
+//! OpenAPI file beside this crate, `machines-openapi.json`) and the platform releases API (`/api/v1/releases`),
+//! served on a free loopback port by its own thread and tokio runtime, so plain `#[test]`s
+//! that run the nixfly binary as a subprocess can use it.
+//!
+//! ```ignore
+//! let fly = FlyApi::start();                       // Options::default()
+//! fly.add_app("demo");
+//! let web = fly.add_machines("demo", &MachineSpec::new("app").count(3).checks(1));
+//! let worker = fly.add_machines("demo", &MachineSpec::new("worker").count(2).state("stopped"));
+//! fly.set_behavior("bad-image", Behavior::ChecksFail);          // every machine on it
+//! fly.set_machine_behavior(&web[2], "@sha256:new", Behavior::FailToStart); // just one
+//! fly.set_release_command_exit_code(1);
+//! fly.hold_lease(&web[0], "someone@else.com", Some(Duration::from_secs(2)));
+//! fly.inject_fault("POST", "/machines/", 2, FaultKind::TooManyRequests { retry_after_secs: 1 });
+//! // Fly's "could not reserve resource" on update, which flyctl answers by recreating:
+//! fly.inject_fault("POST", &format!("/machines/{}", web[1]), 1,
+//!     FaultKind::Status { status: 412, message: "could not reserve resource for machine".into() });
+//!
+//! let out = run(fly.configure(&mut t.nixfly()).args(["rollout", "--app", "demo", ...]));
+//!
+//! assert_eq!(fly.machine(&web[0]).image(), "registry.fly.io/demo@sha256:...");
+//! assert!(fly.requests().iter().all(|r| !r.is_mutating()));   // e.g. for --plan
+//! assert_eq!(fly.releases()[0].statuses, ["created", "running", "complete"]);
+//! assert!(fly.max_concurrent_updates() <= 2);
+//! // Dropping `fly` panics if any request broke the schema (or prints them, when the test
+//! // is already failing): look at them with `fly.violations()`, or `fly.take_violations()`
+//! // in a test that sends bad requests on purpose.
+//! ```
+//!
+//! # Behaviour (see `shared/fly/NOTES.md` for where each rule comes from)
+//! - Auth: `Authorization: Bearer X`, `FlyV1 X` or `Bearer FlyV1 X` with X the token
+//!   (`fly.token()`); anything else is 401 `{"error":"Authenticate: token validation error"}`.
+//! - Every request is recorded (`requests()`), then validated: the operation must exist in the
+//!   spec; query parameters and the JSON body must match its schemas; properties the schema
+//!   does not declare and `null`s where the schema is not nullable are violations too (Fly
+//!   would silently ignore them). A violation answers 400 (404 for an unknown path) with the
+//!   reasons, and is recorded. Release bodies are checked against the shapes in the notes.
+//! - Time runs in "Fly seconds" scaled by `Timing::scale` (default 0.05): an update puts the
+//!   machine in `replacing`, then `started` after `Timing::start` (or `stopped` with
+//!   `skip_launch`); checks are `warning`, then `passing` after `Timing::checks`. A wait call
+//!   blocks at most 60 Fly seconds (3 s by default) and answers 408 on timeout. Lease TTLs are
+//!   not scaled: clients refresh them on their own clock.
+//! - Leases: `POST .../lease` with body `{"ttl": n}` answers 201
+//!   `{"status":"success","data":{nonce,expires_at,owner,description,version}}` (flat with
+//!   `Options::flat_lease`); with the current nonce in `fly-machine-lease-nonce` it refreshes;
+//!   while someone else's lease is active it is 409. Update, destroy, start, stop,
+//!   cordon/uncordon and metadata writes need the nonce while a lease is active (409
+//!   otherwise), and a nonce that matches no active lease is 409 too. `DELETE .../lease` with
+//!   the nonce releases it (404 when no lease is active).
+//! - Destroyed machines stay GET-able with state `destroyed` (hidden from the list unless
+//!   `include_deleted=true`); waiting on them for any state but `destroyed` is 404.
+//! - A machine whose `config.metadata.fly_process_group` is `fly_app_release_command`, when
+//!   started, runs for `Timing::release_command_run`, records an `exit` event whose
+//!   `request.exit_event.exit_code` is `set_release_command_exit_code` (default 0), stops,
+//!   and is destroyed if `config.auto_destroy`. The Machines API does not return a
+//!   machine's output, so the double gives none either.
+//! - `Behavior` (by image, optionally for one machine): `ChecksFail` (checks go `critical`),
+//!   `FailToStart` (state `failed`; a wait for `started` then times out with 408),
+//!   `RestartLoop { exit_code, restarts }` (stays `started` while exit events with
+//!   `restarting: true` and `restart_count` 1..=restarts pile up, then stops).
+//! - Releases: `POST /api/v1/releases` answers 201 `{"release":{id,version,status,...}}` with
+//!   versions counting up per app; `PATCH /api/v1/releases/{id}` appends to `statuses`.
+//!   Creating an app machine in a `pending` app (`set_app_status`) makes it `deployed`.
+//! - Operations in the spec that the double does not serve answer 501 and count as
+//!   violations, so a client using one is noticed.
+//! - Events are newest first; exit events carry `request.exit_event.{exit_code, restarting,
+//!   requested_stop, ...}` and `request.restart_count`, as fly-go decodes them.
+//! - The double checks its own successful answers against the spec's response schemas too;
+//!   a mismatch is recorded as a violation (a bug in the double fails tests loudly).
+//! - IP assignments: list/create (any spec type)/delete, for first deploys that allocate
+//!   addresses.
+//! - Volumes: list/create/get/delete; `config.mounts[].volume` must name a volume of the app
+//!   not attached to another machine (400 otherwise); destroying the machine detaches it.
+//! - Responses show `services[].autostop` "off"/"stop" as `false`/`true`, as Fly does; the
+//!   validator accepts booleans there because the spec's description allows them.
+//! - Not verified against the real service, chosen to be strict: the 409 for a stale nonce,
+//!   the 404 on releasing no lease, the 412 for destroying a running machine without
+//!   `force=true` or updating a destroyed one.
+
+pub mod schema;
+pub mod server;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::future::IntoFuture;
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub use state::{Behavior, Fault, FaultKind, Lease, Machine, RecordedRequest, Release, Timing, Violation};
+
+/// How the double starts.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The token clients must present, without scheme prefix (one given with `FlyV1 ` or
+    /// `Bearer ` is stripped). The default looks like a deploy token (comma-joined
+    /// macaroons), so clients send `FlyV1`.
+    pub token: String,
+    pub timing: Timing,
+    /// The owner Fly reports for leases this token takes.
+    pub lease_owner: String,
+    /// Answer lease calls with the spec's flat `Lease` rather than flyctl's envelope.
+    pub flat_lease: bool,
+    /// Print each request and violation on stderr.
+    pub echo: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            // Two comma-joined macaroons, the shape of a real deploy token.
+            token: "fm2_lJPECAAAAAAAAflyapidouble,fm2_lJPEAAAAAAAAAtestdischarge".into(),
+            timing: Timing::default(),
+            lease_owner: "deployer@example.com".into(),
+            flat_lease: false,
+            echo: false,
+        }
+    }
+}
+
+/// Machines to seed with `FlyApi::add_machines`. Its config is a realistic flyctl-made one:
+/// metadata `fly_platform_version=v2` and `fly_process_group`, a shared-cpu-1x guest, and
+/// optionally named checks and an HTTP service on 8080.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MachineSpec {
+    pub group: String,
+    pub count: usize,
+    pub region: String,
+    /// `started` or `stopped` (or any other settled state).
+    pub state: String,
+    pub image: String,
+    /// Number of top-level `config.checks` (named `http-0`, `http-1`, ...).
+    pub checks: usize,
+    /// Add an HTTP service (internal port 8080, ports 80 and 443, autostop "stop").
+    pub services: bool,
+    pub env: BTreeMap<String, String>,
+}
+
+impl Default for MachineSpec {
+    fn default() -> Self {
+        MachineSpec {
+            group: "app".into(),
+            count: 1,
+            region: "iad".into(),
+            state: "started".into(),
+            image: "registry.fly.io/demo:deployment-01J0000000000000000000OLD".into(),
+            checks: 0,
+            services: false,
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+impl MachineSpec {
+    pub fn new(group: &str) -> Self {
+        MachineSpec {
+            group: group.into(),
+            ..MachineSpec::default()
+        }
+    }
+    pub fn count(mut self, count: usize) -> Self {
+        self.count = count;
+        self
+    }
+    pub fn region(mut self, region: &str) -> Self {
+        self.region = region.into();
+        self
+    }
+    pub fn state(mut self, state: &str) -> Self {
+        self.state = state.into();
+        self
+    }
+    pub fn image(mut self, image: &str) -> Self {
+        self.image = image.into();
+        self
+    }
+    pub fn checks(mut self, checks: usize) -> Self {
+        self.checks = checks;
+        self
+    }
+    pub fn services(mut self, services: bool) -> Self {
+        self.services = services;
+        self
+    }
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// The machine config this spec seeds.
+    pub fn config(&self) -> Value {
+        let mut config = json!({
+            "image": self.image,
+            "env": self.env,
+            "guest": {"cpu_kind": "shared", "cpus": 1, "memory_mb": 256},
+            "restart": {"policy": "on-failure", "max_retries": 10},
+            "metadata": {
+                "fly_platform_version": "v2",
+                "fly_process_group": self.group,
+                "fly_release_id": "seed",
+                "fly_release_version": "1",
+                "fly_flyctl_version": "0.3.0",
+            },
+        });
+        if self.checks > 0 {
+            let checks: serde_json::Map<String, Value> = (0..self.checks)
+                .map(|i| {
+                    (
+                        format!("http-{i}"),
+                        json!({"type": "http", "port": 8080, "path": "/health",
+                               "method": "GET", "interval": "15s", "timeout": "2s",
+                               "grace_period": "5s"}),
+                    )
+                })
+                .collect();
+            config["checks"] = Value::Object(checks);
+        }
+        if self.services {
+            config["services"] = json!([{
+                "protocol": "tcp",
+                "internal_port": 8080,
+                "autostop": "stop",
+                "autostart": true,
+                "min_machines_running": 0,
+                "ports": [
+                    {"port": 80, "handlers": ["http"], "force_https": true},
+                    {"port": 443, "handlers": ["tls", "http"]},
+                ],
+                "concurrency": {"type": "connections", "hard_limit": 25, "soft_limit": 20},
+            }]);
+        }
+        config
+    }
+}
+
+/// The running double. Dropping it stops the server, then panics if requests broke the
+/// schema and the test did not take the violations.
+pub struct FlyApi {
+    shared: Arc<server::Shared>,
+    url: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FlyApi {
+    /// Start with `Options::default()` on a free loopback port.
+    pub fn start() -> Self {
+        Self::with_options(Options::default())
+    }
+
+    pub fn with_options(options: Options) -> Self {
+        Self::listen("127.0.0.1:0".parse().expect("literal"), options)
+            .expect("bind a loopback port for the Fly API double")
+    }
+
+    /// Start on `addr` (the standalone sandbox lets users pick it).
+    pub fn listen(addr: SocketAddr, options: Options) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let token = ["FlyV1 ", "Bearer "]
+            .iter()
+            .fold(options.token.trim(), |t, p| t.strip_prefix(p).unwrap_or(t))
+            .to_string();
+        let shared = Arc::new(server::Shared {
+            state: Mutex::new(state::State::new(options.timing, options.lease_owner)),
+            token,
+            started: Instant::now(),
+            echo: options.echo,
+            flat_lease: options.flat_lease,
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let router = axum::Router::new()
+            .fallback(server::handle)
+            .with_state(shared.clone());
+        let thread = std::thread::Builder::new()
+            .name("fly-api-double".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime for the Fly API double");
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)
+                        .expect("register the listener with tokio");
+                    let serve = axum::serve(listener, router).into_future();
+                    tokio::select! {
+                        result = serve => result.expect("Fly API double server"),
+                        _ = rx => {}
+                    }
+                });
+            })?;
+        Ok(FlyApi {
+            shared,
+            url,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Base URL for both APIs: `FLY_FLAPS_BASE_URL` and `FLY_API_BASE_URL`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The token the double accepts (no scheme prefix).
+    pub fn token(&self) -> &str {
+        &self.shared.token
+    }
+
+    /// Point a nixfly command at the double: both base URLs and `FLY_API_TOKEN`.
+    pub fn configure<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env("FLY_FLAPS_BASE_URL", &self.url)
+            .env("FLY_API_BASE_URL", &self.url)
+            .env("FLY_API_TOKEN", self.token())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, state::State> {
+        let mut st = self.shared.lock();
+        st.settle(Instant::now());
+        st
+    }
+
+    /// Add an app with status `deployed`.
+    pub fn add_app(&self, name: &str) {
+        self.set_app_status(name, "deployed");
+    }
+
+    /// Add or change an app's status (`pending` for one never deployed).
+    pub fn set_app_status(&self, name: &str, status: &str) {
+        self.lock().apps.insert(
+            name.into(),
+            state::App {
+                name: name.into(),
+                status: status.into(),
+            },
+        );
+    }
+
+    /// Seed `spec.count` settled machines; returns their ids in ascending order. Panics if
+    /// the spec's config does not match the schema (the double's own data must be valid).
+    pub fn add_machines(&self, app: &str, spec: &MachineSpec) -> Vec<String> {
+        let config = spec.config();
+        assert_valid_config(&config);
+        let mut st = self.lock();
+        assert!(st.apps.contains_key(app), "add_app({app:?}) first");
+        (0..spec.count)
+            .map(|_| st.seed_machine(app, &spec.region, &spec.state, config.clone()))
+            .collect()
+    }
+
+    /// Seed one settled machine with exactly `config` (e.g. what flyctl made from a given
+    /// fly.toml). Panics if the config breaks the schema.
+    pub fn add_machine_with_config(&self, app: &str, region: &str, state: &str, config: Value) -> String {
+        assert_valid_config(&config);
+        let mut st = self.lock();
+        assert!(st.apps.contains_key(app), "add_app({app:?}) first");
+        let volumes = st
+            .mounted_volumes(app, None, &config)
+            .unwrap_or_else(|e| panic!("seed machine: {e}"));
+        let id = st.seed_machine(app, region, state, config);
+        st.attach_volumes(&id, &volumes);
+        id
+    }
+
+    /// Add a volume; returns its id (`vol_...`).
+    pub fn add_volume(&self, app: &str, name: &str, region: &str, size_gb: i64) -> String {
+        let mut st = self.lock();
+        let volume = state::Volume {
+            id: st.new_volume_id(),
+            app: app.into(),
+            name: name.into(),
+            region: region.into(),
+            size_gb,
+            state: "created".into(),
+            attached_machine_id: None,
+        };
+        let id = volume.id.clone();
+        st.volumes.insert(id.clone(), volume);
+        id
+    }
+
+    /// Snapshots of the app's volumes, destroyed ones included.
+    pub fn volumes(&self, app: &str) -> Vec<state::Volume> {
+        self.lock()
+            .volumes
+            .values()
+            .filter(|v| v.app == app)
+            .cloned()
+            .collect()
+    }
+
+    /// The IP addresses allocated to `app`, as the API lists them.
+    pub fn ips(&self, app: &str) -> Vec<Value> {
+        self.lock()
+            .ips
+            .iter()
+            .filter(|(owner, _)| owner == app)
+            .map(|(_, ip)| ip.clone())
+            .collect()
+    }
+
+    /// A snapshot of one machine (including destroyed ones). Panics on an unknown id.
+    pub fn machine(&self, id: &str) -> Machine {
+        self.lock()
+            .machines
+            .get(id)
+            .unwrap_or_else(|| panic!("the Fly API double has no machine {id}"))
+            .clone()
+    }
+
+    /// Snapshots of every machine of `app`, destroyed ones included, sorted by id.
+    pub fn machines(&self, app: &str) -> Vec<Machine> {
+        self.lock()
+            .machines
+            .values()
+            .filter(|m| m.app == app)
+            .cloned()
+            .collect()
+    }
+
+    /// The machine as `GET /v1/apps/{app}/machines/{id}` would show it.
+    pub fn machine_json(&self, id: &str) -> Value {
+        let machine = self.machine(id);
+        server::machine_json(&machine, Instant::now(), true)
+    }
+
+    /// Every release created, in order.
+    pub fn releases(&self) -> Vec<Release> {
+        self.lock().releases.clone()
+    }
+
+    /// Machines whose image contains `image_contains` behave so from their next start
+    /// (latest matching rule wins); machines seeded `started` afterwards show `ChecksFail`
+    /// at once.
+    pub fn set_behavior(&self, image_contains: &str, behavior: Behavior) {
+        self.lock().behaviors.push(state::BehaviorRule {
+            image_contains: image_contains.into(),
+            machine: None,
+            behavior,
+        });
+    }
+
+    /// Like `set_behavior`, for one machine only: e.g. the fourth machine of a rolling
+    /// deploy fails its checks on the new image, and recovers when rolled back to the old.
+    pub fn set_machine_behavior(&self, machine: &str, image_contains: &str, behavior: Behavior) {
+        self.lock().behaviors.push(state::BehaviorRule {
+            image_contains: image_contains.into(),
+            machine: Some(machine.into()),
+            behavior,
+        });
+    }
+
+    /// Exit code of every release-command machine run from now on.
+    pub fn set_release_command_exit_code(&self, code: i64) {
+        self.lock().release_command_exit_code = code;
+    }
+
+    /// Take a lease on `machine` as someone else, for `ttl` or forever (None); returns its
+    /// nonce. Replaces any lease held.
+    pub fn hold_lease(&self, machine: &str, owner: &str, ttl: Option<Duration>) -> String {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let m = st
+            .machines
+            .get_mut(machine)
+            .unwrap_or_else(|| panic!("the Fly API double has no machine {machine}"));
+        let lease = Lease::new(m, owner.into(), "held by the test", ttl, now);
+        let nonce = lease.nonce.clone();
+        m.lease = Some(lease);
+        nonce
+    }
+
+    /// The lease active on `machine` now, if any.
+    pub fn lease(&self, machine: &str) -> Option<Lease> {
+        let now = Instant::now();
+        self.machine(machine).active_lease(now).cloned()
+    }
+
+    /// Answer the next `times` requests whose method matches (`"*"` for any) and whose path
+    /// contains `path_contains` with `kind`, before they have any effect.
+    pub fn inject_fault(&self, method: &str, path_contains: &str, times: usize, kind: FaultKind) {
+        assert!(times > 0, "a fault for 0 requests does nothing");
+        self.lock().faults.push(Fault {
+            method: method.into(),
+            path_contains: path_contains.into(),
+            remaining: times,
+            kind,
+        });
+    }
+
+    /// Injected faults not consumed yet.
+    pub fn pending_faults(&self) -> Vec<Fault> {
+        self.lock().faults.clone()
+    }
+
+    /// Every request received, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.lock().requests.clone()
+    }
+
+    /// Requests with this method whose path contains `path_contains`, in order.
+    pub fn requests_to(&self, method: &str, path_contains: &str) -> Vec<RecordedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path.contains(path_contains))
+            .collect()
+    }
+
+    /// Requests other than GET/HEAD.
+    pub fn mutating_requests(&self) -> Vec<RecordedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(RecordedRequest::is_mutating)
+            .collect()
+    }
+
+    /// Schema violations so far (they stay, and fail the test on drop).
+    pub fn violations(&self) -> Vec<Violation> {
+        self.lock().violations.clone()
+    }
+
+    /// Schema violations so far, cleared: for tests that send bad requests on purpose.
+    pub fn take_violations(&self) -> Vec<Violation> {
+        std::mem::take(&mut self.lock().violations)
+    }
+
+    /// The largest number of machines busy with an update at once: from the update request
+    /// until the machine settled (checks passed or failed, or it stopped or failed).
+    pub fn max_concurrent_updates(&self) -> usize {
+        self.lock().max_concurrent_updates()
+    }
+
+    /// Poll `condition` every 10 ms until it holds or `timeout` passes; returns whether it
+    /// held. For tests that act mid-rollout (e.g. SIGTERM once a machine is replacing).
+    pub fn wait_until(&self, timeout: Duration, mut condition: impl FnMut(&FlyApi) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if condition(self) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The double's own data must be valid, or tests would pass against impossible machines.
+fn assert_valid_config(config: &Value) {
+    let mut errors = Vec::new();
+    schema::validate(
+        schema::component("fly.MachineConfig"),
+        config,
+        "config",
+        &mut errors,
+    );
+    assert!(errors.is_empty(), "seed config breaks the schema: {errors:?}");
+}
+
+impl Drop for FlyApi {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let violations = self.shared.lock().violations.clone();
+        if violations.is_empty() {
+            return;
+        }
+        let list: Vec<String> = violations.iter().map(|v| format!("  {v}")).collect();
+        let message = format!(
+            "{} request(s) to the Fly API double broke the API schema:\n{}",
+            violations.len(),
+            list.join("\n")
+        );
+        // A test already failing (often because of one of these 400s) must still show them;
+        // a second panic would abort the process instead.
+        if std::thread::panicking() {
+            eprintln!("{message}");
+        } else {
+            panic!("{message}");
+        }
+    }
+}

@@ -1,0 +1,1043 @@
+//! The HTTP side: one handler records the request, checks auth, validates it against the
+//! schema, applies injected faults, then dispatches on the spec's operationId.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State as AxumState;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::schema::{self, Operation};
+use super::state::{
+    App, CreateMachine, FaultKind, Lease, Machine, RecordedRequest, State, Violation, Volume, rfc3339,
+    rfc3339_now, unix_secs,
+};
+
+/// The longest a single wait call blocks, in Fly time (the spec: "up to 60 seconds").
+const WAIT_CAP_SECS: u64 = 60;
+const NONCE_HEADER: &str = "fly-machine-lease-nonce";
+
+pub struct Shared {
+    pub state: Mutex<State>,
+    /// The token without any scheme prefix.
+    pub token: String,
+    pub started: Instant,
+    /// Print each request and violation on stderr (the standalone sandbox).
+    pub echo: bool,
+    /// Answer lease calls with the flat `Lease` of the 2026 spec instead of the
+    /// `{"status":"success","data":{...}}` envelope flyctl's client decodes.
+    pub flat_lease: bool,
+}
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking test thread must not hide the state from the Drop check.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Everything about the request the handlers need, parsed once.
+struct Request {
+    method: String,
+    path: String,
+    query: Vec<(String, String)>,
+    nonce: Option<String>,
+    body: Option<Value>,
+}
+
+impl Request {
+    fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.query(name) == Some("true")
+    }
+
+    fn body_field(&self, name: &str) -> Option<&Value> {
+        self.body.as_ref().and_then(|b| b.get(name))
+    }
+}
+
+pub async fn handle(
+    AxumState(shared): AxumState<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    raw_body: Bytes,
+) -> Response {
+    let mut problems = Vec::new();
+    let body = if raw_body.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice::<Value>(&raw_body) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                problems.push(format!("request body is not JSON: {e}"));
+                Some(Value::String(String::from_utf8_lossy(&raw_body).into_owned()))
+            }
+        }
+    };
+    let raw_query = uri.query().unwrap_or_default().to_string();
+    let req = Request {
+        method: method.as_str().to_string(),
+        path: uri.path().to_string(),
+        query: url::form_urlencoded::parse(raw_query.as_bytes())
+            .into_owned()
+            .collect(),
+        nonce: header(&headers, NONCE_HEADER).map(str::to_string),
+        body,
+    };
+    let index = {
+        let mut st = shared.lock();
+        st.requests.push(RecordedRequest {
+            method: req.method.clone(),
+            path: req.path.clone(),
+            query: raw_query.clone(),
+            body: req.body.clone(),
+            lease_nonce: req.nonce.clone(),
+            auth_scheme: auth_scheme(&headers),
+            at: shared.started.elapsed(),
+            status: 0,
+        });
+        st.requests.len() - 1
+    };
+    let response = process(&shared, &req, &headers, problems).await;
+    let status = response.status().as_u16();
+    shared.lock().requests[index].status = status;
+    if shared.echo {
+        let q = if raw_query.is_empty() {
+            String::new()
+        } else {
+            format!("?{raw_query}")
+        };
+        eprintln!("fly-api-double: {} {}{q} -> {status}", req.method, req.path);
+    }
+    response
+}
+
+async fn process(shared: &Shared, req: &Request, headers: &HeaderMap, mut problems: Vec<String>) -> Response {
+    if !authorized(headers, &shared.token) {
+        return error(StatusCode::UNAUTHORIZED, "Authenticate: token validation error");
+    }
+    let content_type = header(headers, "content-type");
+    let route = if req.path == "/api/v1/releases" || req.path.starts_with("/api/v1/releases/") {
+        problems.extend(validate_release_request(req, content_type));
+        Route::Releases
+    } else {
+        match schema::find_operation(&req.method, &req.path) {
+            Some(op) => {
+                problems.extend(schema::validate_request(
+                    &op,
+                    &req.query,
+                    headers,
+                    content_type,
+                    req.body.as_ref(),
+                ));
+                Route::Machines(op)
+            }
+            None => {
+                problems.push(format!(
+                    "no operation `{} {}` in the Machines API spec",
+                    req.method, req.path
+                ));
+                Route::Unknown
+            }
+        }
+    };
+    problems.dedup();
+    if !problems.is_empty() {
+        let mut st = shared.lock();
+        for reason in &problems {
+            if shared.echo {
+                eprintln!("fly-api-double: VIOLATION {} {}: {reason}", req.method, req.path);
+            }
+            st.violations.push(Violation {
+                method: req.method.clone(),
+                path: req.path.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let status = match route {
+            Route::Unknown => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        return error(
+            status,
+            &format!(
+                "request does not match the Fly API schema: {}",
+                problems.join("; ")
+            ),
+        );
+    }
+    if let Some(fault) = take_fault(shared, req) {
+        return fault;
+    }
+    match route {
+        Route::Releases => releases(shared, req),
+        Route::Machines(op) => {
+            let response = machines(shared, req, &op).await;
+            check_own_answer(shared, req, &op, response).await
+        }
+        Route::Unknown => unreachable!("unknown routes are violations"),
+    }
+}
+
+/// Validate the double's own successful answers against the spec's response schema (the
+/// lease envelope's `data` for lease calls): a mismatch is a bug in the double, recorded as
+/// a violation so that it fails the test like any other.
+async fn check_own_answer(shared: &Shared, req: &Request, op: &Operation, response: Response) -> Response {
+    let status = response.status().as_u16();
+    let Some(schema) = schema::response_schema(op, status) else {
+        return response;
+    };
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .expect("in-memory body");
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let checked = if op.id.contains("lease") && !shared.flat_lease {
+        &value["data"]
+    } else {
+        &value
+    };
+    let mut errors = Vec::new();
+    schema::validate(schema, checked, "answer", &mut errors);
+    if !errors.is_empty() {
+        let mut st = shared.lock();
+        for reason in errors {
+            st.violations.push(Violation {
+                method: req.method.clone(),
+                path: req.path.clone(),
+                reason: format!(
+                    "the double's own answer breaks the spec (fix crates/fly-api-double): {reason}"
+                ),
+            });
+        }
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+enum Route {
+    Machines(Operation),
+    Releases,
+    Unknown,
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn auth_scheme(headers: &HeaderMap) -> String {
+    let value = header(headers, "authorization").unwrap_or_default();
+    let mut words = value.split(' ');
+    match (words.next(), words.next()) {
+        (Some("Bearer"), Some("FlyV1")) => "Bearer FlyV1".into(),
+        (Some(scheme @ ("Bearer" | "FlyV1" | "Basic")), _) => scheme.into(),
+        // Anything else may be the credential itself: never record it.
+        (Some(""), None) => String::new(),
+        _ => "other".into(),
+    }
+}
+
+/// `Bearer X`, `FlyV1 X` and `Bearer FlyV1 X`, as Fly accepts them.
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(value) = header(headers, "authorization") else {
+        return false;
+    };
+    let credential = match value.strip_prefix("Bearer ") {
+        Some(rest) => rest.strip_prefix("FlyV1 ").unwrap_or(rest),
+        None => match value.strip_prefix("FlyV1 ") {
+            Some(rest) => rest,
+            None => return false,
+        },
+    };
+    credential == token
+}
+
+fn take_fault(shared: &Shared, req: &Request) -> Option<Response> {
+    let mut st = shared.lock();
+    let index = st.faults.iter().position(|f| {
+        (f.method == "*" || f.method.eq_ignore_ascii_case(&req.method)) && req.path.contains(&f.path_contains)
+    })?;
+    let fault = &mut st.faults[index];
+    fault.remaining -= 1;
+    let kind = fault.kind.clone();
+    if fault.remaining == 0 {
+        st.faults.remove(index);
+    }
+    Some(match kind {
+        FaultKind::TooManyRequests { retry_after_secs } => {
+            let mut response = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+            response.headers_mut().insert(
+                "retry-after",
+                HeaderValue::from_str(&retry_after_secs.to_string()).expect("digits"),
+            );
+            response
+        }
+        FaultKind::Unavailable => error(StatusCode::SERVICE_UNAVAILABLE, "service unavailable"),
+        FaultKind::Status { status, message } => error(
+            StatusCode::from_u16(status).expect("valid injected status"),
+            &message,
+        ),
+    })
+}
+
+pub fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+fn ok_json(status: StatusCode, value: Value) -> Response {
+    (status, axum::Json(value)).into_response()
+}
+
+// ---------------------------------------------------------------- releases (platform API)
+
+/// The release API is not in the OpenAPI file; these are the shapes from the Fly notes,
+/// written in the same schema language so the one validator checks them.
+fn release_schemas() -> (Value, Value) {
+    let create = json!({
+        "type": "object",
+        "required": ["app_name", "image", "strategy"],
+        "properties": {
+            "app_name": {"type": "string"},
+            "build_id": {"type": "string", "nullable": true},
+            "definition": {"type": "object", "nullable": true},
+            "image": {"type": "string"},
+            "strategy": {"type": "string", "enum": ["ROLLING", "IMMEDIATE", "CANARY", "BLUEGREEN"]},
+        }
+    });
+    let update = json!({
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"type": "string", "enum": ["running", "complete", "failed", "interrupted"]},
+            "metadata": {"type": "object", "nullable": true},
+        }
+    });
+    (create, update)
+}
+
+fn validate_release_request(req: &Request, content_type: Option<&str>) -> Vec<String> {
+    let (create, update) = release_schemas();
+    let schema = match (req.method.as_str(), release_id(&req.path)) {
+        ("POST", None) => create,
+        ("PATCH", Some(_)) => update,
+        _ => {
+            return vec![format!(
+                "the releases API has no `{} {}` (known: POST /api/v1/releases, PATCH /api/v1/releases/{{id}})",
+                req.method, req.path
+            )];
+        }
+    };
+    let mut errors = Vec::new();
+    if !req.query.is_empty() {
+        errors.push("the releases API takes no query parameters".to_string());
+    }
+    match &req.body {
+        None => errors.push("a JSON request body is required".into()),
+        Some(body) => {
+            if !content_type.is_some_and(|c| c.starts_with("application/json")) {
+                errors.push("request body must be sent as application/json".into());
+            }
+            schema::validate(&schema, body, "body", &mut errors);
+        }
+    }
+    errors
+}
+
+fn release_id(path: &str) -> Option<&str> {
+    path.strip_prefix("/api/v1/releases/")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
+fn releases(shared: &Shared, req: &Request) -> Response {
+    let body = req.body.as_ref().expect("validated");
+    let mut st = shared.lock();
+    match release_id(&req.path) {
+        None => {
+            let app = body["app_name"].as_str().unwrap_or_default().to_string();
+            if !st.apps.contains_key(&app) {
+                return error(StatusCode::NOT_FOUND, &format!("app {app} not found"));
+            }
+            let version = st.releases.iter().filter(|r| r.app == app).count() as u64 + 1;
+            let release = super::state::Release {
+                id: ulid::Ulid::new().to_string(),
+                app,
+                version,
+                image: body["image"].as_str().unwrap_or_default().to_string(),
+                strategy: body["strategy"].as_str().unwrap_or_default().to_string(),
+                build_id: body["build_id"].as_str().map(str::to_string),
+                definition: body["definition"].clone(),
+                statuses: vec!["created".into()],
+                metadata: Value::Null,
+            };
+            let answer = json!({ "release": release.to_json() });
+            st.releases.push(release);
+            ok_json(StatusCode::CREATED, answer)
+        }
+        Some(id) => {
+            let Some(release) = st.releases.iter_mut().find(|r| r.id == id) else {
+                return error(StatusCode::NOT_FOUND, &format!("release {id} not found"));
+            };
+            release
+                .statuses
+                .push(body["status"].as_str().unwrap_or_default().to_string());
+            release.metadata = body.get("metadata").cloned().unwrap_or(Value::Null);
+            ok_json(StatusCode::OK, json!({ "release": release.to_json() }))
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Machines API
+
+async fn machines(shared: &Shared, req: &Request, op: &Operation) -> Response {
+    let app = op.param("app_name").to_string();
+    if op.id == "Machines_wait" {
+        return wait(shared, req, &app, op.param("machine_id")).await;
+    }
+    let now = Instant::now();
+    let mut st = shared.lock();
+    st.settle(now);
+    let Some(app_record) = st.apps.get(&app).cloned() else {
+        return error(StatusCode::NOT_FOUND, &format!("app {app} not found"));
+    };
+    match op.id.as_str() {
+        "Apps_show" => show_app(&st, &app_record),
+        "Machines_list" => list_machines(&st, req, &app, now),
+        "Machines_create" => create_machine(&mut st, req, &app, now),
+        "Volumes_list" | "Volumes_create" | "Volumes_get_by_id" | "Volume_delete" => {
+            volumes(&mut st, req, op, &app)
+        }
+        "App_IPAssignments_list" => {
+            let ips: Vec<Value> = st
+                .ips
+                .iter()
+                .filter(|(owner, _)| *owner == app)
+                .map(|(_, ip)| ip.clone())
+                .collect();
+            ok_json(StatusCode::OK, json!({ "ips": ips }))
+        }
+        "App_IPAssignments_create" => {
+            let str_field = |name: &str| req.body_field(name).and_then(Value::as_str);
+            let kind = str_field("type").unwrap_or("v6").to_string();
+            let region = str_field("region").map(str::to_string);
+            ok_json(StatusCode::OK, st.assign_ip(&app, &kind, region.as_deref()))
+        }
+        "App_IPAssignments_delete" => {
+            let ip = op.param("ip");
+            let before = st.ips.len();
+            st.ips
+                .retain(|(owner, json)| !(*owner == app && json["ip"] == ip));
+            if st.ips.len() == before {
+                return error(StatusCode::NOT_FOUND, &format!("app {app} has no IP {ip}"));
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        _ => {
+            let id = op.param("machine_id").to_string();
+            match st.machines.get(&id) {
+                Some(m) if m.app == app => {}
+                _ => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        &format!("machine {id} not found in app {app}"),
+                    );
+                }
+            }
+            machine_operation(shared, &mut st, req, op, &id, now)
+        }
+    }
+}
+
+fn show_app(st: &State, app: &App) -> Response {
+    let count = st
+        .machines
+        .values()
+        .filter(|m| m.app == app.name && m.state != "destroyed")
+        .count();
+    ok_json(
+        StatusCode::OK,
+        json!({
+            "id": app.name,
+            "name": app.name,
+            "status": app.status,
+            "machine_count": count,
+            "volume_count": 0,
+            "network": "default",
+            "organization": {"name": "Personal", "slug": "personal"},
+        }),
+    )
+}
+
+fn list_machines(st: &State, req: &Request, app: &str, now: Instant) -> Response {
+    let states: Option<Vec<&str>> = req.query("state").map(|s| s.split(',').collect());
+    let metadata: Vec<(&str, &str)> = req
+        .query
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?, v.as_str())))
+        .collect();
+    let list: Vec<Value> = st
+        .machines
+        .values()
+        .filter(|m| m.app == app)
+        .filter(|m| req.flag("include_deleted") || m.state != "destroyed")
+        .filter(|m| req.query("region").is_none_or(|r| r == m.region))
+        .filter(|m| states.as_ref().is_none_or(|s| s.contains(&m.state.as_str())))
+        .filter(|m| metadata.iter().all(|(k, v)| m.metadata(k) == Some(v)))
+        .map(|m| {
+            let mut json = machine_json(m, now, req.flag("include_leases"));
+            if req.flag("summary") {
+                let obj = json.as_object_mut().expect("object");
+                for key in ["config", "checks", "events"] {
+                    obj.remove(key);
+                }
+            }
+            json
+        })
+        .collect();
+    ok_json(StatusCode::OK, Value::Array(list))
+}
+
+fn create_machine(st: &mut State, req: &Request, app: &str, now: Instant) -> Response {
+    let config = match required_config(req) {
+        Ok(config) => config,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let volumes = match st.mounted_volumes(app, None, &config) {
+        Ok(volumes) => volumes,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let str_field = |name: &str| req.body_field(name).and_then(Value::as_str);
+    let id = st.create_machine(
+        CreateMachine {
+            app: app.to_string(),
+            name: str_field("name").map(str::to_string),
+            region: str_field("region").unwrap_or("iad").to_string(),
+            config,
+            skip_launch: req.body_field("skip_launch") == Some(&Value::Bool(true)),
+            cordoned: req.body_field("skip_service_registration") == Some(&Value::Bool(true)),
+        },
+        now,
+    );
+    st.attach_volumes(&id, &volumes);
+    let lease_ttl = req.body_field("lease_ttl").and_then(Value::as_u64);
+    if let Some(ttl) = lease_ttl {
+        let owner = st.lease_owner.clone();
+        let lease = Lease::new(&st.machines[&id], owner, "", Some(Duration::from_secs(ttl)), now);
+        st.machines.get_mut(&id).expect("created").lease = Some(lease);
+    }
+    let machine = &st.machines[&id];
+    let mut json = machine_json(machine, now, false);
+    if let Some(lease) = &machine.lease {
+        json["nonce"] = json!(lease.nonce);
+    }
+    ok_json(StatusCode::OK, json)
+}
+
+/// The config of a create/update body; the schema makes no field required, Fly does.
+fn required_config(req: &Request) -> Result<Value, String> {
+    let config = req
+        .body_field("config")
+        .cloned()
+        .ok_or("the request needs a config")?;
+    if config["image"].as_str().is_none_or(str::is_empty) {
+        return Err("invalid config.image, cannot be empty".into());
+    }
+    Ok(config)
+}
+
+/// The 412 reason when the body names a machine version that is no longer current.
+fn version_mismatch(machine: &Machine, req: &Request, field: &str) -> Option<String> {
+    let expected = req.body_field(field).and_then(Value::as_str)?;
+    (expected != machine.version).then(|| {
+        format!(
+            "machine {} is at version {}, not {expected}",
+            machine.id, machine.version
+        )
+    })
+}
+
+fn volumes(st: &mut State, req: &Request, op: &Operation, app: &str) -> Response {
+    if op.id == "Volumes_list" {
+        let list: Vec<Value> = st
+            .volumes
+            .values()
+            .filter(|v| v.app == app && v.state != "destroyed")
+            .map(Volume::to_json)
+            .collect();
+        return ok_json(StatusCode::OK, Value::Array(list));
+    }
+    if op.id == "Volumes_create" {
+        let str_field = |name: &str| req.body_field(name).and_then(Value::as_str);
+        let (Some(name), Some(region)) = (str_field("name"), str_field("region")) else {
+            return error(StatusCode::BAD_REQUEST, "a volume needs a name and a region");
+        };
+        let volume = Volume {
+            id: st.new_volume_id(),
+            app: app.to_string(),
+            name: name.to_string(),
+            region: region.to_string(),
+            size_gb: req.body_field("size_gb").and_then(Value::as_i64).unwrap_or(1),
+            state: "created".into(),
+            attached_machine_id: None,
+        };
+        let answer = volume.to_json();
+        st.volumes.insert(volume.id.clone(), volume);
+        return ok_json(StatusCode::OK, answer);
+    }
+    let id = op.param("volume_id");
+    let Some(volume) = st.volumes.get_mut(id).filter(|v| v.app == app) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("volume {id} not found in app {app}"),
+        );
+    };
+    if op.id == "Volume_delete" {
+        if let Some(machine) = &volume.attached_machine_id {
+            return error(
+                StatusCode::PRECONDITION_FAILED,
+                &format!("volume {id} is attached to machine {machine}: destroy the machine first"),
+            );
+        }
+        volume.state = "destroyed".into();
+    }
+    ok_json(StatusCode::OK, volume.to_json())
+}
+
+/// Operations that change a machine need the lease nonce while someone holds a lease:
+/// the refusal, if any.
+fn lease_refusal(machine: &Machine, req: &Request, now: Instant) -> Option<Response> {
+    match (machine.active_lease(now), &req.nonce) {
+        (Some(lease), Some(nonce)) if *nonce == lease.nonce => None,
+        (Some(lease), _) => Some(lease_conflict(machine, lease)),
+        (None, Some(_)) => Some(error(
+            StatusCode::CONFLICT,
+            &format!(
+                "machine {} has no lease matching the fly-machine-lease-nonce sent: it expired or was released",
+                machine.id
+            ),
+        )),
+        (None, None) => None,
+    }
+}
+
+fn lease_conflict(machine: &Machine, lease: &Lease) -> Response {
+    error(
+        StatusCode::CONFLICT,
+        &format!(
+            "machine ID {} lease currently held by {}, expires at {}",
+            machine.id,
+            lease.owner,
+            if lease.expires.is_some() {
+                rfc3339(lease.expires_at_unix)
+            } else {
+                "never".to_string()
+            }
+        ),
+    )
+}
+
+fn lease_json(shared: &Shared, lease: &Lease) -> Value {
+    let data = json!({
+        "nonce": lease.nonce,
+        "expires_at": lease.expires_at_unix,
+        "owner": lease.owner,
+        "description": lease.description,
+        "version": lease.version,
+    });
+    if shared.flat_lease {
+        data
+    } else {
+        json!({ "status": "success", "data": data })
+    }
+}
+
+fn machine_operation(
+    shared: &Shared,
+    st: &mut State,
+    req: &Request,
+    op: &Operation,
+    id: &str,
+    now: Instant,
+) -> Response {
+    let machine = &st.machines[id];
+    let destroyed = machine.state == "destroyed";
+    let mutating = !matches!(
+        op.id.as_str(),
+        "Machines_show"
+            | "Machines_list_events"
+            | "Machines_show_lease"
+            | "Machines_create_lease"
+            | "Machines_release_lease"
+            | "Machines_show_metadata"
+            | "Machines_get_metadata_key"
+    );
+    if mutating {
+        if destroyed {
+            return error(
+                StatusCode::PRECONDITION_FAILED,
+                &format!("machine {id} is destroyed"),
+            );
+        }
+        if let Some(refusal) = lease_refusal(machine, req, now) {
+            return refusal;
+        }
+    }
+    let ok = || ok_json(StatusCode::OK, json!({"ok": true}));
+    match op.id.as_str() {
+        "Machines_show" => ok_json(
+            StatusCode::OK,
+            machine_json(machine, now, req.flag("include_leases")),
+        ),
+        "Machines_list_events" => {
+            let limit = req
+                .query("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(usize::MAX);
+            let events: Vec<Value> = machine.events.iter().rev().take(limit).cloned().collect();
+            ok_json(StatusCode::OK, Value::Array(events))
+        }
+        "Machines_update" => {
+            let config = match required_config(req) {
+                Ok(config) => config,
+                Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+            };
+            if let Some(mismatch) = version_mismatch(machine, req, "current_version") {
+                return error(StatusCode::PRECONDITION_FAILED, &mismatch);
+            }
+            let volumes = match st.mounted_volumes(&machine.app, Some(id), &config) {
+                Ok(volumes) => volumes,
+                Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+            };
+            let region = req
+                .body_field("region")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let skip_launch = req.body_field("skip_launch") == Some(&Value::Bool(true));
+            st.update_machine(id, config, region, skip_launch, now);
+            st.attach_volumes(id, &volumes);
+            ok_json(StatusCode::OK, machine_json(&st.machines[id], now, false))
+        }
+        "Machines_delete" => {
+            let running = matches!(
+                machine.state.as_str(),
+                "started" | "starting" | "replacing" | "stopping"
+            );
+            if running && !req.flag("force") {
+                return error(
+                    StatusCode::PRECONDITION_FAILED,
+                    &format!(
+                        "unable to destroy machine {id}: it is {}; stop it first or pass force=true",
+                        machine.state
+                    ),
+                );
+            }
+            st.destroy_machine(id);
+            ok()
+        }
+        "Machines_start" => {
+            let previous = machine.state.clone();
+            if !matches!(previous.as_str(), "started" | "starting" | "replacing") {
+                st.start_machine(id, now);
+            }
+            ok_json(StatusCode::OK, json!({ "previous_state": previous }))
+        }
+        "Machines_stop" => {
+            if matches!(machine.state.as_str(), "started" | "starting" | "replacing") {
+                st.stop_machine(id, now);
+            }
+            ok()
+        }
+        "Machines_cordon" | "Machines_uncordon" => {
+            st.machines.get_mut(id).expect("exists").cordoned = op.id == "Machines_cordon";
+            ok()
+        }
+        "Machines_show_lease" => match machine.active_lease(now) {
+            Some(lease) => ok_json(StatusCode::OK, lease_json(shared, lease)),
+            None => error(StatusCode::NOT_FOUND, &format!("machine {id} has no lease")),
+        },
+        "Machines_create_lease" => {
+            if destroyed {
+                return error(StatusCode::NOT_FOUND, &format!("machine {id} is destroyed"));
+            }
+            let ttl = req.body_field("ttl").and_then(Value::as_u64).unwrap_or(30);
+            let description = req
+                .body_field("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let refreshed = match (machine.active_lease(now), &req.nonce) {
+                (Some(lease), Some(nonce)) if *nonce == lease.nonce => {
+                    let mut lease = lease.clone();
+                    lease.expires = Some(now + Duration::from_secs(ttl));
+                    lease.expires_at_unix = unix_secs() + ttl as i64;
+                    lease
+                }
+                (Some(lease), _) => return lease_conflict(machine, lease),
+                (None, Some(_)) => {
+                    return error(
+                        StatusCode::CONFLICT,
+                        &format!(
+                            "machine {id} has no lease to refresh with that nonce: it expired or was released"
+                        ),
+                    );
+                }
+                (None, None) => Lease::new(
+                    machine,
+                    st.lease_owner.clone(),
+                    description,
+                    Some(Duration::from_secs(ttl)),
+                    now,
+                ),
+            };
+            let answer = lease_json(shared, &refreshed);
+            st.machines.get_mut(id).expect("exists").lease = Some(refreshed);
+            ok_json(StatusCode::CREATED, answer)
+        }
+        "Machines_release_lease" => match machine.active_lease(now) {
+            Some(lease) if req.nonce.as_deref() == Some(lease.nonce.as_str()) => {
+                st.machines.get_mut(id).expect("exists").lease = None;
+                ok()
+            }
+            Some(lease) => lease_conflict(machine, lease),
+            None => error(
+                StatusCode::NOT_FOUND,
+                &format!("machine {id} has no lease to release"),
+            ),
+        },
+        "Machines_show_metadata" => ok_json(
+            StatusCode::OK,
+            machine.config.get("metadata").cloned().unwrap_or(json!({})),
+        ),
+        "Machines_get_metadata_key" => {
+            let key = op.param("key");
+            match machine.metadata(key) {
+                Some(value) => ok_json(StatusCode::OK, json!({ "value": value })),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    &format!("machine {id} has no metadata key {key}"),
+                ),
+            }
+        }
+        "Machines_upsert_metadata" | "Machines_delete_metadata" | "Machines_update_metadata" => {
+            if let Some(mismatch) = version_mismatch(machine, req, "machine_version") {
+                return error(StatusCode::PRECONDITION_FAILED, &mismatch);
+            }
+            let changes: Vec<(String, String)> = match op.id.as_str() {
+                "Machines_upsert_metadata" => vec![(
+                    op.param("key").to_string(),
+                    req.body_field("value")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                )],
+                "Machines_delete_metadata" => vec![(op.param("key").to_string(), String::new())],
+                _ => req
+                    .body_field("metadata")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect(),
+            };
+            let machine = st.machines.get_mut(id).expect("exists");
+            if !machine.config["metadata"].is_object() {
+                machine.config["metadata"] = json!({});
+            }
+            let metadata = machine.config["metadata"]
+                .as_object_mut()
+                .expect("just made an object");
+            for (key, value) in changes {
+                // The spec: "Null values and empty strings remove keys."
+                if value.is_empty() {
+                    metadata.remove(&key);
+                } else {
+                    metadata.insert(key, Value::String(value));
+                }
+            }
+            machine.updated_at = rfc3339_now();
+            StatusCode::NO_CONTENT.into_response()
+        }
+        other => {
+            let reason =
+                format!("operation {other} is in the spec but the Fly API double does not implement it");
+            st.violations.push(Violation {
+                method: req.method.clone(),
+                path: req.path.clone(),
+                reason: reason.clone(),
+            });
+            error(StatusCode::NOT_IMPLEMENTED, &reason)
+        }
+    }
+}
+
+/// `GET .../wait`: long-poll until the machine is in one of the wanted states, 408 after the
+/// timeout (capped at 60 Fly seconds). Waiting for anything but `destroyed` on a destroyed
+/// machine answers 404, as the notes describe for release-command machines.
+async fn wait(shared: &Shared, req: &Request, app: &str, id: &str) -> Response {
+    let wanted: Vec<String> = req
+        .query
+        .iter()
+        .filter(|(k, _)| k == "state")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::to_string)
+        .collect();
+    let wanted = if wanted.is_empty() {
+        vec!["started".to_string()]
+    } else {
+        wanted
+    };
+    let timeout_secs = req
+        .query("timeout")
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(WAIT_CAP_SECS)
+        .min(WAIT_CAP_SECS);
+    let deadline = {
+        let st = shared.lock();
+        if !st.apps.contains_key(app) {
+            return error(StatusCode::NOT_FOUND, &format!("app {app} not found"));
+        }
+        Instant::now() + st.timing.wall(Duration::from_secs(timeout_secs))
+    };
+    loop {
+        let now = Instant::now();
+        let next_step = {
+            let mut st = shared.lock();
+            st.settle(now);
+            let machine = match st.machines.get(id) {
+                Some(m) if m.app == app => m,
+                _ => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        &format!("machine {id} not found in app {app}"),
+                    );
+                }
+            };
+            let reached = wanted.iter().any(|w| {
+                *w == machine.state
+                    || (w == "settled"
+                        && matches!(
+                            machine.state.as_str(),
+                            "started" | "stopped" | "suspended" | "failed" | "destroyed"
+                        ))
+            });
+            if reached {
+                return ok_json(
+                    StatusCode::OK,
+                    json!({
+                        "ok": true,
+                        "state": machine.state,
+                        "version": machine.version,
+                        "event_id": machine.events.last().map(|e| e["id"].clone()),
+                    }),
+                );
+            }
+            if machine.state == "destroyed" {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("machine {id} not found: it was destroyed"),
+                );
+            }
+            st.next_step_at()
+        };
+        if now >= deadline {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "deadline_exceeded: machine {id} did not reach state {} within {timeout_secs}s",
+                    wanted.join(",")
+                ),
+            );
+        }
+        // Poll at least every 20 ms so that changes made through the test handle are seen.
+        let mut wake = deadline.min(now + Duration::from_millis(20));
+        if let Some(next) = next_step {
+            wake = wake.min(next.max(now));
+        }
+        tokio::time::sleep_until(wake.into()).await;
+    }
+}
+
+/// A machine as the API shows it: events newest first, and `autostop` as the booleans Fly
+/// answers with for "off"/"stop".
+pub fn machine_json(machine: &Machine, now: Instant, include_lease: bool) -> Value {
+    let mut config = machine.config.clone();
+    // `get_mut`, not `["services"]`: indexing mutably would insert a `null`.
+    let services = config.get_mut("services").and_then(Value::as_array_mut);
+    for service in services.into_iter().flatten() {
+        match service["autostop"].as_str() {
+            Some("off") => service["autostop"] = Value::Bool(false),
+            Some("stop") => service["autostop"] = Value::Bool(true),
+            _ => {}
+        }
+    }
+    let checks: Vec<Value> = machine
+        .checks
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "status": c.status,
+                "output": match c.status.as_str() {
+                    "passing" => "OK",
+                    "warning" => "waiting for status update",
+                    _ => "connect: connection refused",
+                },
+                "updated_at": c.updated_at,
+            })
+        })
+        .collect();
+    let mut json = json!({
+        "id": machine.id,
+        "name": machine.name,
+        "state": machine.state,
+        "region": machine.region,
+        "instance_id": machine.version,
+        "private_ip": "fdaa:0:1:a7b:1f:0:0:2",
+        "config": config,
+        "image_ref": image_ref(machine.image()),
+        "created_at": machine.created_at,
+        "updated_at": machine.updated_at,
+        "events": machine.events.iter().rev().cloned().collect::<Vec<_>>(),
+        "checks": checks,
+        "host_status": "ok",
+        "cordoned": machine.cordoned,
+    });
+    if include_lease && let Some(lease) = machine.active_lease(now) {
+        json["lease"] = json!({
+            "owner": lease.owner,
+            "expires_at": lease.expires_at_unix,
+            "description": lease.description,
+        });
+    }
+    json
+}
+
+/// `registry.fly.io/app@sha256:…` or `registry.fly.io/app:tag` split as Fly reports it.
+fn image_ref(image: &str) -> Value {
+    let (name, digest) = match image.split_once('@') {
+        Some((n, d)) => (n, d),
+        None => (image, ""),
+    };
+    let (name, tag) = match name.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n, t),
+        _ => (name, ""),
+    };
+    let (registry, repository) = match name.split_once('/') {
+        Some((r, rest)) if r.contains('.') || r.contains(':') => (r, rest),
+        _ => ("docker.io", name),
+    };
+    let mut out = Map::new();
+    out.insert("registry".into(), json!(registry));
+    out.insert("repository".into(), json!(repository));
+    out.insert("tag".into(), json!(tag));
+    out.insert("digest".into(), json!(digest));
+    out.insert("labels".into(), json!({}));
+    Value::Object(out)
+}

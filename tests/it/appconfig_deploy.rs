@@ -1,0 +1,440 @@
+//! fly.toml applied by the rollout, against the Fly API double (issue 6): first deploys create
+//! the machines flyctl would create, config-only changes roll out with the same image, new
+//! process groups get machines, removed ones lose theirs only when confirmed, and a bad
+//! fly.toml stops before the first request.
+
+use crate::support;
+
+use serde_json::{Value, json};
+use support::fly_api::{Behavior, FlyApi, Machine};
+use support::rollout::{APP, assert_no_leases, assert_no_violations, image, run_rollout, stderr};
+use support::{TestDir, assert_success};
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/flytoml/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+/// An app that exists but was never deployed.
+fn new_app() -> FlyApi {
+    let fly = FlyApi::start();
+    fly.set_app_status(APP, "pending");
+    fly
+}
+
+fn write_fly_toml(t: &TestDir, text: &str) {
+    std::fs::write(t.join("fly.toml"), text).unwrap();
+}
+
+fn group_machines(fly: &FlyApi, group: &str) -> Vec<Machine> {
+    let mut machines: Vec<Machine> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| m.process_group() == group && m.state != "destroyed")
+        .collect();
+    machines.sort_by(|a, b| a.id.cmp(&b.id));
+    machines
+}
+
+/// A machine's config without what the rollout adds to fly.toml's (image, release metadata).
+fn fly_toml_part(machine: &Machine) -> Value {
+    let mut config = machine.config.clone();
+    let object = config.as_object_mut().unwrap();
+    object.remove("image");
+    let metadata = object["metadata"].as_object_mut().unwrap();
+    metadata.remove("fly_release_id");
+    metadata.remove("fly_release_version");
+    config
+}
+
+#[test]
+fn first_deploy_creates_the_machines_flyctl_would() {
+    let fly = new_app();
+    let t = TestDir::new();
+    write_fly_toml(&t, &fixture("02-web-and-worker.toml"));
+    let new = image(1);
+
+    // `--app demo` from the command line wins over fly.toml's `app = "shop"`.
+    let out = run_rollout(&fly, &t, &new, &[]);
+    assert_success(&out);
+
+    let expected: Value = serde_json::from_str(&fixture("02-web-and-worker.json")).unwrap();
+    let release = &fly.releases()[0];
+    assert_eq!(release.statuses, ["created", "running", "complete"]);
+
+    // web has an HTTP service and no volume: two machines for availability.
+    let web = group_machines(&fly, "web");
+    assert_eq!(web.len(), 2, "{web:#?}");
+    for machine in &web {
+        assert_eq!(machine.state, "started");
+        assert_eq!(machine.region, "iad");
+        assert_eq!(machine.image(), new);
+        assert_eq!(machine.metadata("fly_release_id"), Some(release.id.as_str()));
+        assert_eq!(fly_toml_part(machine), expected["web"], "machine {}", machine.id);
+    }
+    // worker has no service: one machine and a stopped standby for it.
+    let worker = group_machines(&fly, "worker");
+    assert_eq!(worker.len(), 2, "{worker:#?}");
+    let (running, standby) = (&worker[0], &worker[1]);
+    assert_eq!(running.state, "started");
+    assert_eq!(fly_toml_part(running), expected["worker"]);
+    // Created with skip_launch: never started.
+    assert!(
+        matches!(standby.state.as_str(), "created" | "stopped"),
+        "standby {} is {}",
+        standby.id,
+        standby.state
+    );
+    let mut standby_expected = expected["worker"].clone();
+    standby_expected["standbys"] = json!([running.id]);
+    standby_expected["env"]["FLY_STANDBY_FOR"] = json!(running.id);
+    assert_eq!(fly_toml_part(standby), standby_expected);
+    // flyctl's first-deploy addresses for an HTTP app: a dedicated v6 and a shared v4.
+    let ips = fly.ips(APP);
+    assert_eq!(ips.len(), 2, "{ips:#?}");
+    assert!(ips.iter().any(|ip| ip["shared"] == true), "{ips:#?}");
+    // The worker's check passed before the deploy went on.
+    assert!(
+        running.checks.iter().all(|c| c.status == "passing"),
+        "{:?}",
+        running.checks
+    );
+
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+const WEB_V1: &str = r#"
+app = "demo"
+primary_region = "ams"
+
+[env]
+  LOG_LEVEL = "info"
+
+[http_service]
+  internal_port = 8080
+  force_https = true
+
+[[vm]]
+  size = "shared-cpu-1x"
+"#;
+
+/// First deploy of `WEB_V1` with image 1: two web machines.
+fn deployed_web_app(t: &TestDir) -> FlyApi {
+    let fly = new_app();
+    write_fly_toml(t, WEB_V1);
+    assert_success(&run_rollout(&fly, t, &image(1), &[]));
+    assert_eq!(group_machines(&fly, "app").len(), 2);
+    fly
+}
+
+#[test]
+fn a_config_only_change_rolls_out_with_the_same_image() {
+    let t = TestDir::new();
+    let fly = deployed_web_app(&t);
+    let before: Vec<String> = group_machines(&fly, "app").into_iter().map(|m| m.id).collect();
+    // A new env var, a new check, a bigger VM; same image.
+    write_fly_toml(
+        &t,
+        &(WEB_V1
+            .replace(
+                "LOG_LEVEL = \"info\"",
+                "LOG_LEVEL = \"info\"\n  FEATURE_X = \"on\"",
+            )
+            .replace(
+                "size = \"shared-cpu-1x\"",
+                "size = \"shared-cpu-2x\"\n  memory = \"1gb\"",
+            )
+            + "\n[checks.health]\n  type = \"http\"\n  path = \"/health\"\n  interval = \"10s\"\n  timeout = \"2s\"\n"),
+    );
+    let out = run_rollout(&fly, &t, &image(1), &[]);
+    assert_success(&out);
+
+    let after = group_machines(&fly, "app");
+    assert_eq!(after.iter().map(|m| m.id.clone()).collect::<Vec<_>>(), before);
+    for machine in &after {
+        assert_eq!(machine.image(), image(1));
+        assert_eq!(machine.config["env"]["FEATURE_X"], "on");
+        assert_eq!(
+            machine.config["guest"],
+            json!({"cpu_kind": "shared", "cpus": 2, "memory_mb": 1024})
+        );
+        assert_eq!(
+            machine.config["checks"]["health"],
+            json!({"type": "http", "port": 8080, "path": "/health", "interval": "10s", "timeout": "2s"})
+        );
+        // The new check was waited for: it passes.
+        assert!(
+            machine
+                .checks
+                .iter()
+                .any(|c| c.name == "health" && c.status == "passing"),
+            "{:?}",
+            machine.checks
+        );
+        // Two configs: the one it was created with, the one this deploy gave it.
+        assert_eq!(machine.config_history.len(), 2, "machine {}", machine.id);
+    }
+    assert_eq!(fly.releases().len(), 2);
+    // Addresses are a first-deploy affair.
+    assert_eq!(fly.ips(APP).len(), 2);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn a_new_process_group_gets_machines_and_the_others_are_updated() {
+    let t = TestDir::new();
+    let fly = deployed_web_app(&t);
+    write_fly_toml(
+        &t,
+        &(WEB_V1.to_string() + "\n[processes]\n  app = \"./server\"\n  mailer = \"./mailer --queue mail\"\n"),
+    );
+    let out = run_rollout(&fly, &t, &image(2), &[]);
+    assert_success(&out);
+
+    for machine in group_machines(&fly, "app") {
+        assert_eq!(machine.image(), image(2));
+        assert_eq!(machine.config["init"]["cmd"], json!(["./server"]));
+    }
+    let mailer = group_machines(&fly, "mailer");
+    assert_eq!(mailer.len(), 2, "one machine and its standby: {mailer:#?}");
+    assert_eq!(mailer[0].state, "started");
+    assert_eq!(mailer[0].image(), image(2));
+    assert_eq!(
+        mailer[0].config["init"]["cmd"],
+        json!(["./mailer", "--queue", "mail"])
+    );
+    assert_eq!(mailer[0].config["env"]["FLY_PROCESS_GROUP"], "mailer");
+    assert!(mailer[0].config.get("services").is_none());
+    assert_eq!(mailer[1].config["standbys"], json!([mailer[0].id]));
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn a_removed_group_is_destroyed_only_when_confirmed_and_last() {
+    let t = TestDir::new();
+    let fly = new_app();
+    write_fly_toml(
+        &t,
+        &(WEB_V1.to_string() + "\n[processes]\n  app = \"./server\"\n  cron = \"./cron\"\n"),
+    );
+    assert_success(&run_rollout(&fly, &t, &image(1), &[]));
+    let cron: Vec<String> = group_machines(&fly, "cron").into_iter().map(|m| m.id).collect();
+    assert_eq!(cron.len(), 2);
+    write_fly_toml(
+        &t,
+        &(WEB_V1.to_string() + "\n[processes]\n  app = \"./server\"\n"),
+    );
+
+    // Not a terminal and no flag: refused before anything changes.
+    let requests = fly.requests().len();
+    let out = run_rollout(&fly, &t, &image(2), &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("no longer has process group(s) cron"), "{err}");
+    assert!(err.contains("--destroy-removed-groups"), "{err}");
+    assert!(fly.requests()[requests..].iter().all(|r| !r.is_mutating()));
+
+    let out = run_rollout(&fly, &t, &image(2), &["--destroy-removed-groups"]);
+    assert_success(&out);
+    for id in &cron {
+        assert_eq!(fly.machine(id).state, "destroyed", "machine {id}");
+    }
+    // Destroyed after every app machine was updated and healthy.
+    let requests = fly.requests();
+    let last_update = requests
+        .iter()
+        .rposition(|r| {
+            r.method == "POST" && r.body.as_ref().is_some_and(|b| b["config"]["image"] == image(2))
+        })
+        .unwrap();
+    let first_destroy = requests.iter().position(|r| r.method == "DELETE").unwrap();
+    assert!(
+        first_destroy > last_update,
+        "a cron machine was destroyed before the app was updated"
+    );
+    for machine in group_machines(&fly, "app") {
+        assert_eq!(machine.image(), image(2));
+    }
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn a_bad_fly_toml_stops_before_any_request() {
+    let fly = new_app();
+    let t = TestDir::new();
+    write_fly_toml(
+        &t,
+        "app = \"demo\"\nprimary_region = \"ams\"\n\n[deploy]\n  max_unavailable = 0\n\n[[vm]]\n  size = \"huge\"\n",
+    );
+    let out = run_rollout(&fly, &t, &image(1), &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("fly.toml:5: [deploy] max_unavailable: must be above 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("fly.toml:8: [vm[0]] size: \"huge\" is not a machine size"),
+        "{err}"
+    );
+    assert!(fly.requests().is_empty(), "{:#?}", fly.requests());
+}
+
+#[test]
+fn a_failed_first_deploy_destroys_what_it_created() {
+    let fly = new_app();
+    let t = TestDir::new();
+    write_fly_toml(
+        &t,
+        &(WEB_V1.to_string()
+            + "\n[[http_service.checks]]\n  path = \"/\"\n  interval = \"5s\"\n  timeout = \"1s\"\n"),
+    );
+    fly.set_behavior(&image(1)[..30], Behavior::ChecksFail);
+    let out = run_rollout(&fly, &t, &image(1), &["--wait-timeout", "5s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(group_machines(&fly, "app").is_empty(), "{:#?}", fly.machines(APP));
+    let err = stderr(&out);
+    assert!(err.contains("destroyed the 1 machine(s) it had created"), "{err}");
+    assert_eq!(fly.releases()[0].status(), "failed");
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn a_first_deploy_with_a_volume_creates_and_mounts_it() {
+    let fly = new_app();
+    let t = TestDir::new();
+    write_fly_toml(&t, &fixture("03-volume-autoextend.toml"));
+    let out = run_rollout(&fly, &t, &image(1), &[]);
+    assert_success(&out);
+    let machines = group_machines(&fly, "app");
+    assert_eq!(machines.len(), 1, "a group with a volume gets one machine");
+    let volumes = fly.volumes(APP);
+    assert_eq!(volumes.len(), 1);
+    assert_eq!(
+        (
+            volumes[0].name.as_str(),
+            volumes[0].size_gb,
+            volumes[0].region.as_str()
+        ),
+        ("notes_data", 10, "fra")
+    );
+    assert_eq!(
+        volumes[0].attached_machine_id.as_deref(),
+        Some(machines[0].id.as_str())
+    );
+    assert_eq!(machines[0].config["mounts"][0]["volume"], json!(volumes[0].id));
+    assert_eq!(machines[0].config["mounts"][0]["path"], "/data");
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn plan_shows_each_groups_config_changes_and_changes_nothing() {
+    let t = TestDir::new();
+    let fly = deployed_web_app(&t);
+    write_fly_toml(
+        &t,
+        &(WEB_V1.replace("force_https = true", "force_https = false")
+            + "\n[processes]\n  app = \"./server\"\n  worker = \"./worker\"\n"),
+    );
+    let requests = fly.requests().len();
+    let out = run_rollout(&fly, &t, &image(2), &["--plan"]);
+    assert_success(&out);
+    assert!(fly.requests()[requests..].iter().all(|r| !r.is_mutating()));
+    let plan = String::from_utf8_lossy(&out.stdout);
+    let ids: Vec<String> = group_machines(&fly, "app").into_iter().map(|m| m.id).collect();
+    for needle in [
+        format!("process group app: fly.toml changes the config of {}:", ids.join(", ")),
+        "    - services[0].ports[0].force_https: true".to_string(),
+        "    + init.cmd: [\"./server\"]".to_string(),
+        "process group worker: no machines yet: 1 new machine(s) and 1 standby in ams (shared cpu x1, 256 MB)".to_string(),
+    ] {
+        assert!(plan.contains(&needle), "plan lacks {needle:?}:\n{plan}");
+    }
+}
+
+#[test]
+fn the_release_command_machine_gets_fly_tomls_entrypoint_and_files() {
+    let t = TestDir::new();
+    let fly = deployed_web_app(&t);
+    write_fly_toml(
+        &t,
+        &(WEB_V1.replacen(
+            "primary_region = \"ams\"",
+            "primary_region = \"ams\"\nkill_signal = \"SIGTERM\"",
+            1,
+        ) + "\n[deploy]\n  release_command = \"migrate --all\"\n\
+             \n[experimental]\n  entrypoint = [\"/bin/entry\"]\n\
+             \n[[files]]\n  guest_path = \"/etc/motd\"\n  raw_value = \"hi\"\n"),
+    );
+    let out = run_rollout(&fly, &t, &image(2), &[]);
+    assert_success(&out);
+    let create = fly
+        .requests_to("POST", &format!("/v1/apps/{APP}/machines"))
+        .into_iter()
+        .filter_map(|r| r.body)
+        .find(|b| b["config"]["metadata"]["fly_process_group"] == "fly_app_release_command")
+        .expect("a release command machine was created");
+    let config = &create["config"];
+    assert_eq!(
+        config["init"],
+        json!({"cmd": ["migrate", "--all"], "entrypoint": ["/bin/entry"]})
+    );
+    assert_eq!(config["stop_config"], json!({"signal": "SIGTERM"}));
+    assert_eq!(
+        config["files"],
+        json!([{"guest_path": "/etc/motd", "raw_value": "aGk="}])
+    );
+    assert_eq!(config["env"]["RELEASE_COMMAND"], "1");
+    assert_eq!(config["image"], image(2));
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn bluegreen_counts_the_checks_fly_toml_adds() {
+    let t = TestDir::new();
+    let fly = deployed_web_app(&t);
+    let blues: Vec<String> = group_machines(&fly, "app").into_iter().map(|m| m.id).collect();
+    // The machines have no check yet; fly.toml gives them one, which bluegreen can wait for.
+    write_fly_toml(
+        &t,
+        &(WEB_V1.to_string()
+            + "\n[[http_service.checks]]\n  path = \"/up\"\n  interval = \"5s\"\n  timeout = \"1s\"\n\
+               \n[deploy]\n  strategy = \"bluegreen\"\n"),
+    );
+    let out = run_rollout(&fly, &t, &image(2), &[]);
+    assert_success(&out);
+    let greens = group_machines(&fly, "app");
+    assert_eq!(greens.len(), 2);
+    for green in &greens {
+        assert!(!blues.contains(&green.id), "blue {} survived", green.id);
+        assert_eq!(green.image(), image(2));
+        assert_eq!(green.config["services"][0]["checks"][0]["path"], "/up");
+    }
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn unknown_keys_are_warned_about_and_the_deploy_goes_on() {
+    let t = TestDir::new();
+    let fly = deployed_web_app(&t);
+    write_fly_toml(
+        &t,
+        &WEB_V1.replace("force_https = true", "force_https = true\n  forse_https = true"),
+    );
+    let out = run_rollout(&fly, &t, &image(2), &[]);
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("fly.toml:11: [http_service] forse_https: unknown key, ignored"),
+        "{err}"
+    );
+    assert!(group_machines(&fly, "app").iter().all(|m| m.image() == image(2)));
+}

@@ -1,0 +1,152 @@
+//! `nixfly deploy`: push to the real registry, then roll the pushed digest out on the Fly API
+//! double, in one command.
+
+use crate::support;
+
+use support::fly_api::{Behavior, FlyApi, MachineSpec};
+use support::images::{self, Fault};
+use support::readback::{assert_same_image, pushed_reference};
+use support::registry::{AuthMode, Registry};
+use support::rollout::{APP, assert_no_leases, assert_no_violations, stderr};
+use support::{TestDir, run};
+
+/// `nixfly deploy IMAGE --app demo --to <registry>/demo` against the double, plain output.
+fn deploy(
+    fly: &FlyApi,
+    registry: &Registry,
+    t: &TestDir,
+    source: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut cmd = t.nixfly();
+    fly.configure(&mut cmd);
+    cmd.args(["deploy", source, "--app", APP, "--output", "plain"])
+        .args(["--to", &format!("{}/{APP}", registry.host()), "--tag", "v1"])
+        .args(["--smoke-check-window", "1s"])
+        .args(extra);
+    run(&mut cmd)
+}
+
+fn stream_archive(t: &TestDir) -> (String, images::Written) {
+    let path = t.join("image.tar");
+    let written = images::write_stream_layered(
+        std::fs::File::create(&path).unwrap(),
+        &images::small_layers(),
+        Fault::None,
+    )
+    .unwrap();
+    (path.to_str().unwrap().to_string(), written)
+}
+
+#[test]
+fn deploy_pushes_then_rolls_the_pushed_digest_out() {
+    let registry = Registry::start(AuthMode::None);
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let machines = fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1));
+    let t = TestDir::new();
+    let (source, written) = stream_archive(&t);
+
+    let out = deploy(&fly, &registry, &t, &source, &[]);
+    let reference = pushed_reference(&out, &registry.host(), APP);
+    assert_same_image(&registry, &reference, &written);
+    for id in &machines {
+        assert_eq!(
+            fly.machine(id).image(),
+            reference,
+            "machine {id} runs the pushed digest"
+        );
+    }
+    let releases = fly.releases();
+    assert_eq!(releases.len(), 1);
+    assert_eq!(releases[0].image, reference);
+    assert_eq!(releases[0].statuses, ["created", "running", "complete"]);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn a_failed_rollout_after_the_push_is_rolled_back_and_not_success() {
+    let registry = Registry::start(AuthMode::None);
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let machines = fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1));
+    let before = fly.machine(&machines[0]).image().to_string();
+    let t = TestDir::new();
+    let (source, _) = stream_archive(&t);
+    // Whatever digest the push makes, machines running an image of this repository fail.
+    fly.set_behavior(&format!("{}/{APP}@", registry.host()), Behavior::ChecksFail);
+
+    let out = deploy(&fly, &registry, &t, &source, &["--wait-timeout", "2s"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "not the rolled-back exit code: {}",
+        stderr(&out)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "a failed deploy printed a reference: {:?}",
+        out.stdout
+    );
+    for id in &machines {
+        assert_eq!(
+            fly.machine(id).image(),
+            before,
+            "machine {id} was not rolled back"
+        );
+    }
+    assert_eq!(
+        fly.releases()[0].statuses.last().map(String::as_str),
+        Some("failed")
+    );
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn deploy_plan_pushes_nothing_and_changes_no_machine() {
+    let registry = Registry::start(AuthMode::None);
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(2));
+    let t = TestDir::new();
+    let (source, _) = stream_archive(&t);
+
+    let out = deploy(&fly, &registry, &t, &source, &["--plan"]);
+    support::assert_success(&out);
+    assert!(
+        fly.mutating_requests().is_empty(),
+        "{:#?}",
+        fly.mutating_requests()
+    );
+    assert_eq!(registry.blob_bytes(), 0, "--plan uploaded blobs");
+    assert!(stderr(&out).contains("nothing pushed"), "{}", stderr(&out));
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn deploy_without_a_token_fails_before_uploading() {
+    let registry = Registry::start(AuthMode::None);
+    let t = TestDir::new();
+    let (source, _) = stream_archive(&t);
+    let out = run(t.nixfly().args([
+        "deploy",
+        &source,
+        "--app",
+        APP,
+        "--to",
+        &format!("{}/{APP}", registry.host()),
+    ]));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("fly tokens create deploy"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        registry.blob_bytes(),
+        0,
+        "blobs were uploaded before the token check"
+    );
+}

@@ -1,0 +1,1133 @@
+//! Tests of the Fly API double itself, driven with a plain HTTP client: if the double is wrong,
+//! every rollout test built on it is wrong too.
+
+use crate::support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::Digest;
+use support::fly_api::state::RELEASE_COMMAND_GROUP;
+use support::fly_api::{Behavior, FaultKind, FlyApi, MachineSpec, Options, Timing, schema};
+
+const NONCE: &str = "fly-machine-lease-nonce";
+
+/// A thin client: every call returns (status, JSON body or Null).
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    auth: String,
+}
+
+impl Api {
+    fn new(fly: &FlyApi) -> Self {
+        Api {
+            http: reqwest::Client::new(),
+            base: fly.url().to_string(),
+            auth: format!("FlyV1 {}", fly.token()),
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>, nonce: Option<&str>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("authorization", &self.auth)
+            .timeout(Duration::from_secs(20));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        if let Some(nonce) = nonce {
+            req = req.header(NONCE, nonce);
+        }
+        let resp = req.send().await.expect("request to the double");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call("GET", path, None, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call("POST", path, Some(body), None).await
+    }
+
+    async fn lease(&self, app: &str, id: &str) -> String {
+        let (status, body) = self
+            .post(&format!("/v1/apps/{app}/machines/{id}/lease"), json!({"ttl": 30}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["data"]["nonce"].as_str().expect("nonce").to_string()
+    }
+}
+
+fn fast() -> Options {
+    Options {
+        timing: Timing {
+            scale: 0.02,
+            ..Timing::default()
+        },
+        ..Options::default()
+    }
+}
+
+/// A fast double with app `demo`, and a client for it.
+fn demo() -> (FlyApi, Api) {
+    let fly = FlyApi::with_options(fast());
+    fly.add_app("demo");
+    let api = Api::new(&fly);
+    (fly, api)
+}
+
+fn schema_errors(component: &str, value: &Value) -> Vec<String> {
+    let mut errors = Vec::new();
+    schema::validate(schema::component(component), value, "response", &mut errors);
+    errors
+}
+
+#[test]
+fn spec_fixture_matches_the_checksum_in_source_md() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/fly-api-double");
+    let spec = std::fs::read(format!("{dir}/machines-openapi.json")).expect("spec fixture");
+    let source = std::fs::read_to_string(format!("{dir}/OPENAPI-SOURCE.md")).expect("OPENAPI-SOURCE.md");
+    let digest = hex::encode(sha2::Sha256::digest(&spec));
+    assert!(
+        source.contains(&digest),
+        "OPENAPI-SOURCE.md does not record the fixture's sha256 {digest}"
+    );
+}
+
+#[tokio::test]
+async fn schema_valid_requests_are_accepted_and_answers_match_the_schema() {
+    let (fly, api) = demo();
+    let web = fly.add_machines("demo", &MachineSpec::new("app").count(2).checks(2).services(true));
+    fly.add_machines("demo", &MachineSpec::new("worker").state("stopped"));
+
+    let (status, app) = api.get("/v1/apps/demo").await;
+    assert_eq!(status, 200);
+    assert_eq!(app["status"], "deployed");
+    assert_eq!(app["machine_count"], 3);
+    assert!(schema_errors("App", &app).is_empty());
+
+    let (status, list) = api
+        .get("/v1/apps/demo/machines?include_deleted=false&region=iad")
+        .await;
+    assert_eq!(status, 200);
+    let list = list.as_array().expect("array");
+    assert_eq!(list.len(), 3);
+    for machine in list {
+        assert_eq!(machine["config"]["metadata"]["fly_platform_version"], "v2");
+        let errors = schema_errors("Machine", machine);
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+    let (_, workers) = api
+        .get("/v1/apps/demo/machines?metadata.fly_process_group=worker")
+        .await;
+    assert_eq!(workers.as_array().map(Vec::len), Some(1));
+    assert_eq!(workers[0]["state"], "stopped");
+
+    let (status, machine) = api.get(&format!("/v1/apps/demo/machines/{}", web[0])).await;
+    assert_eq!(status, 200);
+    let checks = machine["checks"].as_array().expect("checks");
+    assert_eq!(checks.len(), 2);
+    assert!(checks.iter().all(|c| c["status"] == "passing"));
+    // Fly answers autostop as a boolean; sending the config back must still be valid.
+    assert_eq!(machine["config"]["services"][0]["autostop"], true);
+    let nonce = api.lease("demo", &web[0]).await;
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/v1/apps/demo/machines/{}", web[0]),
+            Some(json!({"config": machine["config"], "region": "iad", "skip_launch": false, "skip_secrets": false})),
+            Some(&nonce),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, _) = api.get("/v1/apps/nope").await;
+    assert_eq!(status, 404);
+    assert!(fly.violations().is_empty(), "{:?}", fly.violations());
+    assert_eq!(fly.requests().len(), 7);
+    assert_eq!(fly.mutating_requests().len(), 2);
+}
+
+#[tokio::test]
+async fn update_passes_through_replacing_to_started_then_checks_pass() {
+    let (fly, api) = demo();
+    let id = fly
+        .add_machines("demo", &MachineSpec::new("app").checks(1))
+        .remove(0);
+    let before = fly.machine(&id);
+    let nonce = api.lease("demo", &id).await;
+    let mut config = before.config.clone();
+    config["image"] = json!("registry.fly.io/demo@sha256:abc");
+    let (status, updated) = api
+        .call(
+            "POST",
+            &format!("/v1/apps/demo/machines/{id}"),
+            Some(json!({"config": config, "skip_launch": false})),
+            Some(&nonce),
+        )
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["state"], "replacing");
+    assert_ne!(updated["instance_id"], json!(before.version));
+    assert_eq!(updated["events"][0]["type"], "update");
+
+    let version = updated["instance_id"].as_str().expect("version").to_string();
+    let (status, waited) = api
+        .get(&format!(
+            "/v1/apps/demo/machines/{id}/wait?state=started&timeout=60&version={version}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{waited}");
+    assert_eq!(waited["state"], "started");
+    let (_, machine) = api.get(&format!("/v1/apps/demo/machines/{id}")).await;
+    assert_eq!(machine["checks"][0]["status"], "warning");
+    assert_eq!(machine["events"][0]["type"], "start", "newest first");
+    assert!(
+        fly.wait_until(Duration::from_secs(5), |f| f.machine(&id).checks[0].status
+            == "passing")
+    );
+
+    let after = fly.machine(&id);
+    assert_eq!(after.image(), "registry.fly.io/demo@sha256:abc");
+    assert_eq!(after.config_history.len(), 2);
+    assert_eq!(fly.max_concurrent_updates(), 1);
+}
+
+#[tokio::test]
+async fn skip_launch_leaves_a_stopped_machine_stopped() {
+    let (fly, api) = demo();
+    let id = fly
+        .add_machines("demo", &MachineSpec::new("worker").state("stopped"))
+        .remove(0);
+    let config = fly.machine(&id).config;
+    let (status, _) = api
+        .post(
+            &format!("/v1/apps/demo/machines/{id}"),
+            json!({"config": config, "skip_launch": true}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, waited) = api
+        .get(&format!(
+            "/v1/apps/demo/machines/{id}/wait?state=stopped&timeout=10"
+        ))
+        .await;
+    assert_eq!(status, 200, "{waited}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(fly.machine(&id).state, "stopped");
+}
+
+#[tokio::test]
+async fn bodies_and_queries_that_break_the_schema_are_rejected_and_recorded() {
+    let (fly, api) = demo();
+    let id = fly.add_machines("demo", &MachineSpec::new("app")).remove(0);
+    let path = format!("/v1/apps/demo/machines/{id}");
+    let config = fly.machine(&id).config;
+
+    let mut bad_restart = config.clone();
+    bad_restart["restart"]["policy"] = json!("sometimes");
+    let cases = [
+        (
+            json!({"config": config, "skip_launch": "yes"}),
+            "body.skip_launch: expected boolean",
+        ),
+        (
+            json!({"config": bad_restart}),
+            "body.config.restart.policy: \"sometimes\" is not one of",
+        ),
+        (
+            json!({"config": config, "skip_lauch": true}),
+            "body.skip_lauch: not a property",
+        ),
+        (
+            json!({"config": config, "region": null}),
+            "body.region: null is not allowed",
+        ),
+        (
+            json!({"config": {"image": "x", "guest": {"cpus": "2"}}}),
+            "body.config.guest.cpus: expected integer",
+        ),
+    ];
+    for (body, expected) in cases {
+        let (status, answer) = api.post(&path, body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap_or_default().contains(expected),
+            "{answer}"
+        );
+        let violations = fly.take_violations();
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(violations[0].reason.contains(expected), "{violations:?}");
+    }
+    assert_eq!(
+        fly.machine(&id).config_history.len(),
+        1,
+        "rejected updates change nothing"
+    );
+
+    for (query, expected) in [
+        ("wait?state=running", "query `state`: \"running\" is not one of"),
+        (
+            "wait?timeout=soon",
+            "query `timeout`: `soon` is not a valid integer",
+        ),
+        ("wait?states=started", "query parameter `states` is not defined"),
+    ] {
+        let (status, _) = api.get(&format!("{path}/{query}")).await;
+        assert_eq!(status, 400);
+        let violations = fly.take_violations();
+        assert!(
+            violations.iter().any(|v| v.reason.contains(expected)),
+            "{violations:?}"
+        );
+    }
+
+    let (status, _) = api.post(&format!("{path}/start"), json!({})).await;
+    assert_eq!(status, 400);
+    assert!(fly.take_violations()[0].reason.contains("takes no request body"));
+    let (status, _) = api.call("DELETE", &format!("{path}/lease"), None, None).await;
+    assert_eq!(status, 400);
+    assert!(
+        fly.take_violations()[0]
+            .reason
+            .contains("`fly-machine-lease-nonce` is missing")
+    );
+    let (status, _) = api.get("/v1/apps/demo/machinez").await;
+    assert_eq!(status, 404);
+    assert!(
+        fly.take_violations()[0]
+            .reason
+            .contains("no operation `GET /v1/apps/demo/machinez`")
+    );
+    // In the spec but not served by the double: still made visible.
+    let (status, _) = api.get(&format!("{path}/ps")).await;
+    assert_eq!(status, 501);
+    assert!(fly.take_violations()[0].reason.contains("does not implement"));
+}
+
+#[test]
+fn dropping_the_double_with_untaken_violations_fails_the_test() {
+    let result = std::panic::catch_unwind(|| {
+        let fly = FlyApi::with_options(fast());
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(Api::new(&fly).get("/v1/nothing/here"));
+        drop(fly);
+    });
+    let panic = result.expect_err("drop must panic");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("broke the API schema"), "{message}");
+    assert!(message.contains("GET /v1/nothing/here"), "{message}");
+
+    // A test already failing keeps its own message (the violations go to stderr) instead
+    // of aborting on a second panic.
+    let result = std::panic::catch_unwind(|| {
+        let fly = FlyApi::with_options(fast());
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(Api::new(&fly).get("/v1/nothing/here"));
+        panic!("the test's own failure");
+    });
+    let panic = result.expect_err("the test panicked");
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"the test's own failure"));
+}
+
+#[tokio::test]
+async fn leases_conflict_refresh_release_and_expire() {
+    let (fly, api) = demo();
+    let id = fly.add_machines("demo", &MachineSpec::new("app")).remove(0);
+    let lease_path = format!("/v1/apps/demo/machines/{id}/lease");
+
+    let (status, lease) = api
+        .post(&lease_path, json!({"ttl": 1, "description": "deploy"}))
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(lease["status"], "success");
+    let nonce = lease["data"]["nonce"].as_str().expect("nonce").to_string();
+    assert_eq!(lease["data"]["owner"], "deployer@example.com");
+    assert!(schema_errors("Lease", &lease["data"]).is_empty());
+
+    let (status, conflict) = api.post(&lease_path, json!({"ttl": 30})).await;
+    assert_eq!(status, 409);
+    assert!(
+        conflict["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("lease currently held by deployer@example.com")
+    );
+    let message = conflict["error"].as_str().unwrap_or_default();
+    let expiry = message.rsplit(' ').next().unwrap_or_default();
+    assert!(
+        expiry.len() == 20 && expiry.starts_with("20") && expiry.ends_with('Z'),
+        "expiry shown as an RFC 3339 time: {message}"
+    );
+    let (status, _) = api
+        .call("POST", &lease_path, Some(json!({"ttl": 30})), Some("wrong"))
+        .await;
+    assert_eq!(status, 409);
+
+    // Refresh with the nonce: same nonce, later expiry, and it outlives the first TTL.
+    let (status, refreshed) = api
+        .call("POST", &lease_path, Some(json!({"ttl": 3})), Some(&nonce))
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(refreshed["data"]["nonce"], json!(nonce));
+    assert!(refreshed["data"]["expires_at"].as_i64() > lease["data"]["expires_at"].as_i64());
+    std::thread::sleep(Duration::from_millis(1200));
+    let (status, shown) = api.get(&lease_path).await;
+    assert_eq!(status, 200, "refreshed lease still active");
+    assert_eq!(shown["data"]["nonce"], json!(nonce));
+
+    let (status, _) = api.call("DELETE", &lease_path, None, Some("wrong")).await;
+    assert_eq!(status, 409);
+    let (status, _) = api.call("DELETE", &lease_path, None, Some(&nonce)).await;
+    assert_eq!(status, 200);
+    assert!(fly.lease(&id).is_none());
+    let (status, _) = api.get(&lease_path).await;
+    assert_eq!(status, 404);
+
+    // Expiry: a 1 s lease is gone after 1 s, and its nonce no longer works.
+    let (_, short) = api.post(&lease_path, json!({"ttl": 1})).await;
+    let short_nonce = short["data"]["nonce"].as_str().expect("nonce").to_string();
+    std::thread::sleep(Duration::from_millis(1100));
+    let (status, _) = api
+        .call(
+            "POST",
+            &format!("/v1/apps/demo/machines/{id}/stop"),
+            None,
+            Some(&short_nonce),
+        )
+        .await;
+    assert_eq!(status, 409, "a stale nonce is refused");
+    let (status, _) = api.post(&lease_path, json!({"ttl": 5})).await;
+    assert_eq!(status, 201, "an expired lease can be taken over");
+}
+
+#[tokio::test]
+async fn a_lease_held_by_someone_else_blocks_every_change_until_it_expires() {
+    let (fly, api) = demo();
+    let ids = fly.add_machines("demo", &MachineSpec::new("app").count(2));
+    fly.hold_lease(&ids[0], "someone@else.com", None);
+    fly.hold_lease(&ids[1], "someone@else.com", Some(Duration::from_millis(300)));
+    let config = fly.machine(&ids[0]).config;
+    for (method, suffix, body) in [
+        ("POST", "", Some(json!({"config": config}))),
+        ("POST", "/stop", None),
+        ("POST", "/cordon", None),
+        ("DELETE", "?force=true", None),
+        ("POST", "/metadata/k", Some(json!({"value": "v"}))),
+    ] {
+        let (status, answer) = api
+            .call(
+                method,
+                &format!("/v1/apps/demo/machines/{}{suffix}", ids[0]),
+                body,
+                None,
+            )
+            .await;
+        assert_eq!(status, 409, "{method} {suffix}: {answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("someone@else.com")
+        );
+    }
+    let (status, _) = api
+        .call(
+            "POST",
+            &format!("/v1/apps/demo/machines/{}/lease", ids[0]),
+            Some(json!({"ttl": 13})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409);
+    std::thread::sleep(Duration::from_millis(350));
+    let nonce = api.lease("demo", &ids[1]).await;
+    let (status, _) = api
+        .call(
+            "POST",
+            &format!("/v1/apps/demo/machines/{}/stop", ids[1]),
+            None,
+            Some(&nonce),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(fly.machine(&ids[0]).state, "started");
+}
+
+#[tokio::test]
+async fn wait_answers_408_on_timeout_and_caps_the_timeout_at_60_fly_seconds() {
+    let fly = FlyApi::with_options(Options {
+        timing: Timing {
+            scale: 0.01,
+            ..Timing::default()
+        },
+        ..Options::default()
+    });
+    fly.add_app("demo");
+    let id = fly
+        .add_machines("demo", &MachineSpec::new("app").state("stopped"))
+        .remove(0);
+    let api = Api::new(&fly);
+    let started = Instant::now();
+    let (status, body) = api
+        .get(&format!(
+            "/v1/apps/demo/machines/{id}/wait?state=started&timeout=5"
+        ))
+        .await;
+    assert_eq!(status, 408, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("did not reach state started")
+    );
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    // 3600 s asked, 60 s granted: 0.6 s at this scale, not 36 s.
+    let started = Instant::now();
+    let (status, _) = api
+        .get(&format!(
+            "/v1/apps/demo/machines/{id}/wait?state=started&timeout=3600"
+        ))
+        .await;
+    assert_eq!(status, 408);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(600) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    // A state reached in time answers at once, comma lists included.
+    let (status, body) = api
+        .get(&format!("/v1/apps/demo/machines/{id}/wait?state=started,stopped"))
+        .await;
+    assert_eq!((status, body["state"].clone()), (200, json!("stopped")));
+}
+
+#[tokio::test]
+async fn the_three_auth_header_forms_are_accepted_and_anything_else_is_401() {
+    let fly = FlyApi::with_options(fast());
+    fly.add_app("demo");
+    let http = reqwest::Client::new();
+    let token = fly.token().to_string();
+    let url = format!("{}/v1/apps/demo", fly.url());
+    for (header, expected) in [
+        (Some(format!("Bearer {token}")), 200),
+        (Some(format!("FlyV1 {token}")), 200),
+        (Some(format!("Bearer FlyV1 {token}")), 200),
+        (Some("Bearer wrong".to_string()), 401),
+        (Some(format!("Basic {token}")), 401),
+        (Some(token.clone()), 401),
+        (None, 401),
+    ] {
+        let mut req = http.get(&url);
+        if let Some(h) = &header {
+            req = req.header("authorization", h);
+        }
+        let resp = req.send().await.expect("request");
+        assert_eq!(resp.status().as_u16(), expected, "{header:?}");
+        if expected == 401 {
+            let body: Value = resp.json().await.expect("json");
+            assert_eq!(body, json!({"error": "Authenticate: token validation error"}));
+        }
+    }
+    let schemes: Vec<String> = fly.requests().into_iter().map(|r| r.auth_scheme).collect();
+    assert_eq!(
+        schemes,
+        ["Bearer", "FlyV1", "Bearer FlyV1", "Bearer", "Basic", "other", ""],
+        "the log names the scheme, never the token"
+    );
+    let resp = http
+        .post(format!("{}/api/v1/releases", fly.url()))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        resp.status().as_u16(),
+        401,
+        "the platform API needs the token too"
+    );
+}
+
+#[tokio::test]
+async fn injected_faults_answer_the_next_matching_requests_only() {
+    let (fly, api) = demo();
+    let id = fly.add_machines("demo", &MachineSpec::new("app")).remove(0);
+    fly.inject_fault(
+        "GET",
+        "/machines",
+        2,
+        FaultKind::TooManyRequests { retry_after_secs: 2 },
+    );
+    fly.inject_fault("POST", "/lease", 1, FaultKind::Unavailable);
+
+    let resp = api
+        .http
+        .get(format!("{}/v1/apps/demo/machines", fly.url()))
+        .header("authorization", &api.auth)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(resp.headers()["retry-after"], "2");
+    assert_eq!(api.get(&format!("/v1/apps/demo/machines/{id}")).await.0, 429);
+    assert_eq!(
+        api.get("/v1/apps/demo").await.0,
+        200,
+        "other paths are not affected"
+    );
+    assert_eq!(api.get("/v1/apps/demo/machines").await.0, 200, "only 2 requests");
+
+    let lease_path = format!("/v1/apps/demo/machines/{id}/lease");
+    let (status, body) = api.post(&lease_path, json!({"ttl": 10})).await;
+    assert_eq!((status, body), (503, json!({"error": "service unavailable"})));
+    assert!(fly.lease(&id).is_none(), "a faulted request has no effect");
+    api.lease("demo", &id).await;
+    assert!(fly.pending_faults().is_empty());
+    let statuses: Vec<u16> = fly.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [429, 429, 200, 200, 503, 201]);
+}
+
+#[tokio::test]
+async fn release_command_machine_runs_records_its_exit_and_is_destroyed() {
+    let (fly, api) = demo();
+    fly.set_release_command_exit_code(3);
+    let config = json!({
+        "image": "registry.fly.io/demo@sha256:abc",
+        "init": {"cmd": ["bin/migrate", "--all"]},
+        "restart": {"policy": "no"},
+        "auto_destroy": true,
+        "dns": {"skip_registration": true},
+        "env": {"RELEASE_COMMAND": "1", "FLY_PROCESS_GROUP": RELEASE_COMMAND_GROUP, "PRIMARY_REGION": "iad"},
+        "guest": {"cpu_kind": "shared", "cpus": 2, "memory_mb": 512},
+        "metadata": {"fly_platform_version": "v2", "fly_process_group": RELEASE_COMMAND_GROUP},
+    });
+    let (status, created) = api
+        .post(
+            "/v1/apps/demo/machines",
+            json!({"region": "iad", "skip_launch": true, "config": config}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().expect("id").to_string();
+    let base = format!("/v1/apps/demo/machines/{id}");
+    assert_eq!(
+        api.get(&format!("{base}/wait?state=stopped&timeout=60")).await.0,
+        200
+    );
+    assert_eq!(
+        api.call("POST", &format!("{base}/start"), None, None).await.0,
+        200
+    );
+    assert_eq!(
+        api.get(&format!("{base}/wait?state=started&timeout=60")).await.0,
+        200
+    );
+    assert_eq!(
+        api.get(&format!("{base}/wait?state=destroyed&timeout=60"))
+            .await
+            .0,
+        200
+    );
+
+    let (status, machine) = api.get(&base).await;
+    assert_eq!(status, 200, "destroyed machines stay readable");
+    assert_eq!(machine["state"], "destroyed");
+    let events = machine["events"].as_array().expect("events");
+    let exit = events.iter().find(|e| e["type"] == "exit").expect("exit event");
+    assert_eq!(exit["request"]["exit_event"]["exit_code"], 3);
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["destroy", "exit", "start", "start", "launch"],
+        "newest first"
+    );
+    assert_eq!(
+        api.get(&format!("{base}/wait?state=started&timeout=1")).await.0,
+        404
+    );
+    let (_, list) = api.get("/v1/apps/demo/machines").await;
+    assert_eq!(list, json!([]));
+    let (_, list) = api.get("/v1/apps/demo/machines?include_deleted=true").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn releases_are_created_patched_and_their_bodies_checked() {
+    let (fly, api) = demo();
+    let (status, created) = api
+        .post(
+            "/api/v1/releases",
+            json!({"app_name": "demo", "build_id": null, "definition": {"app": "demo"},
+                        "image": "registry.fly.io/demo@sha256:abc", "strategy": "ROLLING"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["release"]["id"].as_str().expect("id").to_string();
+    assert_eq!(created["release"]["version"], 1);
+    for status in ["running", "complete"] {
+        let (code, body) = api
+            .call(
+                "PATCH",
+                &format!("/api/v1/releases/{id}"),
+                Some(json!({"status": status, "metadata": null})),
+                None,
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let releases = fly.releases();
+    assert_eq!(releases[0].statuses, ["created", "running", "complete"]);
+    assert_eq!(releases[0].definition, json!({"app": "demo"}));
+
+    let (status, _) = api
+        .post(
+            "/api/v1/releases",
+            json!({"app_name": "demo", "image": "x", "strategy": "rolling"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = api
+        .call(
+            "PATCH",
+            &format!("/api/v1/releases/{id}"),
+            Some(json!({"status": "done"})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    let reasons: Vec<String> = fly.take_violations().into_iter().map(|v| v.reason).collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[0].contains("\"rolling\" is not one of"), "{reasons:?}");
+    assert!(reasons[1].contains("\"done\" is not one of"), "{reasons:?}");
+    let (status, _) = api
+        .call(
+            "PATCH",
+            "/api/v1/releases/unknown",
+            Some(json!({"status": "failed"})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn image_behaviours_fail_checks_fail_starts_and_loop_restarts() {
+    let (fly, api) = demo();
+    let ids = fly.add_machines("demo", &MachineSpec::new("app").count(3).checks(1));
+    fly.set_behavior("unhealthy", Behavior::ChecksFail);
+    fly.set_behavior("broken", Behavior::FailToStart);
+    fly.set_behavior(
+        "crashy",
+        Behavior::RestartLoop {
+            exit_code: 2,
+            restarts: 3,
+        },
+    );
+    for (id, image) in ids.iter().zip(["unhealthy", "broken", "crashy"]) {
+        let mut config = fly.machine(id).config;
+        config["image"] = json!(format!("registry.fly.io/demo:{image}"));
+        let (status, _) = api
+            .post(&format!("/v1/apps/demo/machines/{id}"), json!({"config": config}))
+            .await;
+        assert_eq!(status, 200);
+    }
+    assert!(fly.wait_until(Duration::from_secs(5), |f| {
+        ids.iter().all(|id| !f.machine(id).busy())
+    }));
+    let unhealthy = fly.machine(&ids[0]);
+    assert_eq!(unhealthy.state, "started");
+    assert_eq!(unhealthy.checks[0].status, "critical");
+    let broken = fly.machine(&ids[1]);
+    assert_eq!(broken.state, "failed");
+    let (status, _) = api
+        .get(&format!(
+            "/v1/apps/demo/machines/{}/wait?state=started&timeout=1",
+            ids[1]
+        ))
+        .await;
+    assert_eq!(status, 408, "a failed machine never reaches started");
+    let crashy = fly.machine_json(&ids[2]);
+    assert_eq!(crashy["state"], "stopped");
+    let exits: Vec<&Value> = crashy["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["type"] == "exit")
+        .collect();
+    assert_eq!(exits.len(), 4);
+    assert_eq!(exits[1]["request"]["restart_count"], 3, "newest restart first");
+    assert_eq!(exits[1]["request"]["exit_event"]["restarting"], true);
+    assert_eq!(exits[1]["request"]["exit_event"]["exit_code"], 2);
+    assert_eq!(exits[0]["request"]["exit_event"]["restarting"], false);
+}
+
+#[tokio::test]
+async fn concurrent_updates_are_measured() {
+    let (fly, api) = demo();
+    let ids = fly.add_machines("demo", &MachineSpec::new("app").count(4).checks(1));
+    let update = |id: String| {
+        let api = &api;
+        let config = fly.machine(&id).config;
+        async move {
+            let path = format!("/v1/apps/demo/machines/{id}");
+            assert_eq!(api.post(&path, json!({"config": config})).await.0, 200);
+        }
+    };
+    // Two one at a time (each settled before the next), then two together.
+    for id in &ids[..2] {
+        update(id.clone()).await;
+        let id = id.clone();
+        assert!(fly.wait_until(Duration::from_secs(5), |f| !f.machine(&id).busy()));
+    }
+    assert_eq!(fly.max_concurrent_updates(), 1);
+    futures::future::join(update(ids[2].clone()), update(ids[3].clone())).await;
+    assert_eq!(fly.max_concurrent_updates(), 2);
+}
+
+#[tokio::test]
+async fn destroy_cordon_uncordon_and_metadata() {
+    let (fly, api) = demo();
+    let blue = fly
+        .add_machines("demo", &MachineSpec::new("app").checks(1))
+        .remove(0);
+    let mut config = fly.machine(&blue).config;
+    config["metadata"]["fly_bluegreen_deployment_tag"] = json!("green-1");
+    let (status, green) = api
+        .post(
+            "/v1/apps/demo/machines",
+            json!({"config": config, "region": "iad", "skip_service_registration": true, "lease_ttl": 30}),
+        )
+        .await;
+    assert_eq!(status, 200, "{green}");
+    assert_eq!(green["cordoned"], true);
+    let green_id = green["id"].as_str().expect("id").to_string();
+    let green_nonce = green["nonce"]
+        .as_str()
+        .expect("create with lease_ttl returns a nonce")
+        .to_string();
+    let green_path = format!("/v1/apps/demo/machines/{green_id}");
+    assert_eq!(
+        api.call("POST", &format!("{green_path}/uncordon"), None, None)
+            .await
+            .0,
+        409,
+        "leased"
+    );
+    assert_eq!(
+        api.call(
+            "POST",
+            &format!("{green_path}/uncordon"),
+            None,
+            Some(&green_nonce)
+        )
+        .await
+        .0,
+        200
+    );
+    assert!(!fly.machine(&green_id).cordoned);
+
+    let blue_path = format!("/v1/apps/demo/machines/{blue}");
+    assert_eq!(
+        api.call("POST", &format!("{blue_path}/cordon"), None, None)
+            .await
+            .0,
+        200
+    );
+    assert!(fly.machine(&blue).cordoned);
+    let (status, body) = api.call("DELETE", &blue_path, None, None).await;
+    assert_eq!(status, 412, "running machines need force: {body}");
+    assert_eq!(
+        api.post(
+            &format!("{blue_path}/stop"),
+            json!({"signal": "SIGTERM", "timeout": "5s"})
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        api.get(&format!("{blue_path}/wait?state=stopped&timeout=60"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(api.call("DELETE", &blue_path, None, None).await.0, 200);
+    assert_eq!(fly.machine(&blue).state, "destroyed");
+    assert_eq!(api.post(&blue_path, json!({"config": config})).await.0, 412);
+
+    assert_eq!(
+        api.call(
+            "POST",
+            &format!("{green_path}/metadata/owner"),
+            Some(json!({"value": "team"})),
+            Some(&green_nonce)
+        )
+        .await
+        .0,
+        204
+    );
+    let (_, value) = api.get(&format!("{green_path}/metadata/owner")).await;
+    assert_eq!(value, json!({"value": "team"}));
+    let (status, _) = api
+        .call(
+            "PATCH",
+            &format!("{green_path}/metadata"),
+            Some(json!({"metadata": {"owner": "", "tier": "web"}})),
+            Some(&green_nonce),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (_, metadata) = api.get(&format!("{green_path}/metadata")).await;
+    assert_eq!(metadata["tier"], "web");
+    assert!(metadata.get("owner").is_none());
+    assert_eq!(metadata["fly_bluegreen_deployment_tag"], "green-1");
+}
+
+#[tokio::test]
+async fn a_machine_rule_applies_to_that_machine_on_that_image_only() {
+    let (fly, api) = demo();
+    let ids = fly.add_machines("demo", &MachineSpec::new("app").count(2).checks(1));
+    fly.set_machine_behavior(&ids[1], ":v2", Behavior::ChecksFail);
+    let deploy = |id: &String, tag: &str| {
+        let mut config = fly.machine(id).config;
+        config["image"] = json!(format!("registry.fly.io/demo:{tag}"));
+        let path = format!("/v1/apps/demo/machines/{id}");
+        let api = &api;
+        async move { assert_eq!(api.post(&path, json!({"config": config})).await.0, 200) }
+    };
+    deploy(&ids[0], "v2").await;
+    deploy(&ids[1], "v2").await;
+    let settled = |f: &FlyApi| ids.iter().all(|id| !f.machine(id).busy());
+    assert!(fly.wait_until(Duration::from_secs(5), settled));
+    assert_eq!(fly.machine(&ids[0]).checks[0].status, "passing");
+    assert_eq!(fly.machine(&ids[1]).checks[0].status, "critical");
+    // Rolled back to the old image, it is healthy again.
+    deploy(&ids[1], "v1").await;
+    assert!(fly.wait_until(Duration::from_secs(5), settled));
+    assert_eq!(fly.machine(&ids[1]).checks[0].status, "passing");
+    assert_eq!(fly.machine(&ids[1]).config_history.len(), 3);
+}
+
+#[tokio::test]
+async fn volumes_are_created_listed_and_attached_by_mounts() {
+    let (fly, api) = demo();
+    let (status, volume) = api
+        .post(
+            "/v1/apps/demo/volumes",
+            json!({"name": "data", "region": "iad", "size_gb": 3, "encrypted": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{volume}");
+    let vol = volume["id"].as_str().expect("id").to_string();
+    assert!(schema_errors("Volume", &volume).is_empty());
+
+    let config = json!({"image": "registry.fly.io/demo:v1", "mounts": [{"volume": vol, "path": "/data", "name": "data"}]});
+    let (status, machine) = api
+        .post(
+            "/v1/apps/demo/machines",
+            json!({"config": config, "region": "iad"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{machine}");
+    let (_, list) = api.get("/v1/apps/demo/volumes").await;
+    assert_eq!(list[0]["attached_machine_id"], machine["id"]);
+    let (status, body) = api
+        .post(
+            "/v1/apps/demo/machines",
+            json!({"config": config, "region": "iad"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already attached"),
+        "{body}"
+    );
+    let missing = json!({"image": "x", "mounts": [{"volume": "vol_nope", "path": "/data"}]});
+    let (status, _) = api
+        .post("/v1/apps/demo/machines", json!({"config": missing}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        api.call("DELETE", &format!("/v1/apps/demo/volumes/{vol}"), None, None)
+            .await
+            .0,
+        412
+    );
+
+    let seeded = fly.add_machine_with_config(
+        "demo",
+        "iad",
+        "stopped",
+        json!({"image": "registry.fly.io/demo:v1", "mounts": [{"volume": fly.add_volume("demo", "logs", "iad", 1), "path": "/logs"}]}),
+    );
+    assert!(
+        fly.volumes("demo")
+            .iter()
+            .any(|v| v.attached_machine_id.as_deref() == Some(seeded.as_str()))
+    );
+}
+
+#[tokio::test]
+async fn a_first_deploy_turns_a_pending_app_into_a_deployed_one() {
+    let (fly, api) = demo();
+    fly.set_app_status("demo", "pending");
+    assert_eq!(api.get("/v1/apps/demo").await.1["status"], "pending");
+    let config = MachineSpec::new("app").config();
+    let (status, _) = api
+        .post(
+            "/v1/apps/demo/machines",
+            json!({"config": config, "region": "ams"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, app) = api.get("/v1/apps/demo").await;
+    assert_eq!(
+        (app["status"].clone(), app["machine_count"].clone()),
+        (json!("deployed"), json!(1))
+    );
+    assert_eq!(fly.machines("demo")[0].region, "ams");
+}
+
+/// What the 100-machine rollout test relies on: a client that keeps at most 5 updates in
+/// flight (lease, update, wait, poll checks, release) is measured at exactly 5, and the
+/// double keeps up.
+#[tokio::test]
+async fn a_hundred_machines_updated_five_at_a_time_measure_five() {
+    use futures::StreamExt;
+    let (fly, api) = demo();
+    let ids = fly.add_machines("demo", &MachineSpec::new("app").count(100).checks(1));
+    let started = Instant::now();
+    let api = &api;
+    let fly_ref = &fly;
+    futures::stream::iter(ids.clone())
+        .map(|id| async move {
+            let nonce = api.lease("demo", &id).await;
+            let path = format!("/v1/apps/demo/machines/{id}");
+            let mut config = fly_ref.machine(&id).config;
+            config["image"] = json!("registry.fly.io/demo@sha256:new");
+            let (status, _) = api
+                .call("POST", &path, Some(json!({"config": config})), Some(&nonce))
+                .await;
+            assert_eq!(status, 200);
+            let (status, _) = api.get(&format!("{path}/wait?state=started&timeout=60")).await;
+            assert_eq!(status, 200);
+            for _ in 0..200 {
+                let (_, machine) = api.get(&path).await;
+                if machine["checks"][0]["status"] == "passing" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            api.call("DELETE", &format!("{path}/lease"), None, Some(&nonce))
+                .await;
+        })
+        .buffer_unordered(5)
+        .collect::<Vec<()>>()
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(fly.max_concurrent_updates(), 5);
+    assert!(
+        fly.machines("demo")
+            .iter()
+            .all(|m| m.image() == "registry.fly.io/demo@sha256:new")
+    );
+    assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}");
+    eprintln!(
+        "100 machines, 5 at a time: {elapsed:?}, {} requests",
+        fly.requests().len()
+    );
+}
+
+#[tokio::test]
+async fn flat_leases_and_zero_delays_are_options() {
+    let fly = FlyApi::with_options(Options {
+        flat_lease: true,
+        timing: Timing {
+            start: Duration::ZERO,
+            checks: Duration::ZERO,
+            ..Timing::default()
+        },
+        ..Options::default()
+    });
+    fly.add_app("demo");
+    let id = fly
+        .add_machines("demo", &MachineSpec::new("app").checks(1))
+        .remove(0);
+    let api = Api::new(&fly);
+    let (status, lease) = api
+        .post(&format!("/v1/apps/demo/machines/{id}/lease"), json!({"ttl": 13}))
+        .await;
+    assert_eq!(status, 201);
+    let nonce = lease["nonce"]
+        .as_str()
+        .expect("flat lease has a nonce")
+        .to_string();
+    let config = fly.machine(&id).config;
+    let (status, machine) = api
+        .call(
+            "POST",
+            &format!("/v1/apps/demo/machines/{id}"),
+            Some(json!({"config": config})),
+            Some(&nonce),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        machine["state"], "started",
+        "no delay: the answer shows the end state"
+    );
+    assert_eq!(machine["checks"][0]["status"], "passing");
+}
+
+#[tokio::test]
+async fn ip_addresses_are_assigned_listed_and_released() {
+    let (fly, api) = demo();
+    let (status, v6) = api
+        .post("/v1/apps/demo/ip_assignments", json!({"type": "v6"}))
+        .await;
+    assert_eq!(status, 200, "{v6}");
+    let (_, v4) = api
+        .post("/v1/apps/demo/ip_assignments", json!({"type": "shared_v4"}))
+        .await;
+    assert_eq!(v4["shared"], true);
+    let (status, _) = api
+        .post("/v1/apps/demo/ip_assignments", json!({"type": "v5"}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(fly.take_violations().len(), 1);
+    let (_, list) = api.get("/v1/apps/demo/ip_assignments").await;
+    assert_eq!(list["ips"].as_array().map(Vec::len), Some(2));
+    let ip = v6["ip"].as_str().expect("ip");
+    assert_eq!(
+        api.call(
+            "DELETE",
+            &format!("/v1/apps/demo/ip_assignments/{ip}"),
+            None,
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(
+        api.call(
+            "DELETE",
+            &format!("/v1/apps/demo/ip_assignments/{ip}"),
+            None,
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(fly.ips("demo"), [v4]);
+}

@@ -1,0 +1,208 @@
+//! `nixfly layer build` and `nixfly layer plan`, the build-time commands mkLayerPlan runs.
+
+use crate::support;
+
+use serde_json::Value;
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use support::{TestDir, assert_success, run};
+
+const APP: &str = "/nix/store/1b9p07z77phvv2hf6gm9f28syp39f1ag-app-1.0";
+const LIB: &str = "/nix/store/6n2m3ql0f2gkwrj5y7fcq3r9qj4j7m2a-libfoo-2.1";
+
+/// A chroot store with two store paths under `root`, and a customisation layer with its
+/// checksum file, as streamLayeredImage leaves them.
+fn store(t: &TestDir) -> std::path::PathBuf {
+    let root = t.join("root");
+    let app = root.join(APP.trim_start_matches('/'));
+    fs::create_dir_all(app.join("bin")).unwrap();
+    fs::write(app.join("bin/app"), "#!/bin/sh\necho app\n".repeat(5000)).unwrap();
+    fs::set_permissions(app.join("bin/app"), fs::Permissions::from_mode(0o555)).unwrap();
+    let lib = root.join(LIB.trim_start_matches('/'));
+    fs::create_dir_all(lib.join("lib")).unwrap();
+    fs::write(lib.join("lib/libfoo.so.2"), vec![7u8; 600_000]).unwrap();
+    symlink("libfoo.so.2", lib.join("lib/libfoo.so")).unwrap();
+    root
+}
+
+fn build(t: &TestDir, root: &std::path::Path, paths: &[&str], jobs: &str, out: &str) -> Value {
+    let list = t.join(&format!("{out}.paths"));
+    fs::write(&list, paths.join("\n") + "\n").unwrap();
+    let output = run(t
+        .nixfly()
+        .args(["layer", "build", "--paths-from"])
+        .arg(&list)
+        .arg("--root")
+        .arg(root)
+        .args(["--jobs", jobs, "--out", out]));
+    assert_success(&output);
+    serde_json::from_slice(&fs::read(t.join(out)).unwrap()).unwrap()
+}
+
+#[test]
+fn layer_records_do_not_depend_on_thread_count() {
+    let t = TestDir::new();
+    let root = store(&t);
+    let one = build(&t, &root, &[LIB, APP], "1", "one.json");
+    let four = build(&t, &root, &[LIB, APP], "4", "four.json");
+    assert_eq!(one, four);
+    assert_eq!(one["source"]["type"], "store_paths");
+    assert_eq!(one["source"]["paths"], serde_json::json!([LIB, APP]));
+    assert_eq!(one["compression"]["algorithm"], "gzip");
+    assert!(one["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(one["compressed_size"].as_u64().unwrap() < one["size"].as_u64().unwrap());
+    // The order of store paths is the layer's order, and it changes the tar.
+    let swapped = build(&t, &root, &[APP, LIB], "2", "swapped.json");
+    assert_ne!(swapped["diff_id"], one["diff_id"]);
+}
+
+#[test]
+fn a_missing_store_path_fails_with_its_name() {
+    let t = TestDir::new();
+    let root = store(&t);
+    let list = t.join("paths");
+    fs::write(
+        &list,
+        format!("{APP}\n/nix/store/00000000000000000000000000000000-gone\n"),
+    )
+    .unwrap();
+    let output = run(t
+        .nixfly()
+        .args(["layer", "build", "--paths-from"])
+        .arg(&list)
+        .arg("--root")
+        .arg(&root)
+        .args(["--out", "x.json"]));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("00000000000000000000000000000000-gone"),
+        "{stderr}"
+    );
+    assert!(!t.join("x.json").exists());
+}
+
+#[test]
+fn plan_joins_conf_and_layer_records() {
+    let t = TestDir::new();
+    let root = store(&t);
+    let lib = build(&t, &root, &[LIB], "2", "lib.json");
+    let app = build(&t, &root, &[APP], "2", "app.json");
+
+    // A customisation layer: an existing tar plus the checksum streamLayeredImage wrote.
+    let custom = t.join("customisation");
+    fs::create_dir_all(&custom).unwrap();
+    let tar = std::process::Command::new("tar")
+        .args([
+            "--sort=name",
+            "--mtime=@1",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "-cf",
+        ])
+        .arg(custom.join("layer.tar"))
+        .arg("-C")
+        .arg(&root)
+        .arg("nix")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let custom_layer = run(t
+        .nixfly()
+        .args(["layer", "build", "--tar"])
+        .arg(custom.join("layer.tar"))
+        .args(["--out", "custom.json"]));
+    assert_success(&custom_layer);
+    let custom_record: Value = serde_json::from_slice(&fs::read(t.join("custom.json")).unwrap()).unwrap();
+    let checksum = custom_record["diff_id"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    fs::write(custom.join("checksum"), format!("{checksum}\n")).unwrap();
+
+    let conf = serde_json::json!({
+        "architecture": "amd64",
+        "config": {"Cmd": [format!("{APP}/bin/app")], "Env": ["LANG=C.UTF-8"]},
+        "created": "1970-01-01T00:00:01+00:00",
+        "mtime": "1970-01-01T00:00:01+00:00",
+        "uid": "0", "gid": "0", "uname": "root", "gname": "root",
+        "store_layers": [[LIB], [APP]],
+        "customisation_layer": custom.display().to_string(),
+        "from_image": null,
+        "repo_tag": "app:latest",
+        "store_dir": "/nix/store",
+    });
+    fs::write(t.join("conf.json"), conf.to_string()).unwrap();
+    let output = run(t.nixfly().args([
+        "layer",
+        "plan",
+        "--conf",
+        "conf.json",
+        "--layer",
+        "lib.json",
+        "--layer",
+        "app.json",
+        "--layer",
+        "custom.json",
+        "--out",
+        "plan.json",
+    ]));
+    assert_success(&output);
+    let plan: Value = serde_json::from_slice(&fs::read(t.join("plan.json")).unwrap()).unwrap();
+    assert_eq!(plan["kind"], "nixfly-layer-plan");
+    assert_eq!(plan["version"], 1);
+    assert_eq!(plan["layers"].as_array().unwrap().len(), 3);
+    assert_eq!(plan["layers"][0], lib);
+    let config: Value = serde_json::from_str(plan["config"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        config["rootfs"]["diff_ids"],
+        serde_json::json!([lib["diff_id"], app["diff_id"], custom_record["diff_id"]])
+    );
+    assert_eq!(config["config"]["Env"][0], "LANG=C.UTF-8");
+
+    // Layers given in another order than the conf's store layers are refused.
+    let output = run(t.nixfly().args([
+        "layer",
+        "plan",
+        "--conf",
+        "conf.json",
+        "--layer",
+        "app.json",
+        "--layer",
+        "lib.json",
+        "--layer",
+        "custom.json",
+        "--out",
+        "bad.json",
+    ]));
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("store layer 0"));
+
+    // A customisation layer whose checksum disagrees is refused.
+    fs::write(custom.join("checksum"), "0".repeat(64)).unwrap();
+    let output = run(t.nixfly().args([
+        "layer",
+        "plan",
+        "--conf",
+        "conf.json",
+        "--layer",
+        "lib.json",
+        "--layer",
+        "app.json",
+        "--layer",
+        "custom.json",
+        "--out",
+        "bad.json",
+    ]));
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("checksum"));
+}
+
+#[test]
+fn layer_commands_are_hidden_from_help() {
+    let t = TestDir::new();
+    let output = run(t.nixfly().arg("--help"));
+    assert_success(&output);
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("layer"));
+}

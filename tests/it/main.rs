@@ -1,0 +1,23 @@
+//! All integration tests in one binary (one link, one harness): each module is one area.
+
+mod support;
+
+mod appconfig_deploy;
+mod cli;
+mod deploy;
+mod fly_double;
+mod layer_cli;
+mod nix_flake;
+mod nix_layer_plan;
+mod nix_template;
+mod push_errors;
+mod push_faults;
+mod push_fixtures;
+mod push_plan;
+mod push_sources;
+mod registry_client;
+mod registry_push;
+mod rollout_failures;
+mod rollout_rolling;
+mod rollout_strategies;
+mod rollout_tag;

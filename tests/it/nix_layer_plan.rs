@@ -1,0 +1,279 @@
+//! `lib.mkLayerPlan` built by Nix against the nixpkgs stand-in (offline), with the nixfly
+//! under test as the pinned nixfly.
+
+use crate::support;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use support::nix::Nix;
+use support::readback::{push, pushed_reference, read_back};
+use support::registry::{AuthMode, Registry};
+use support::{TestDir, assert_success, run};
+
+/// The stand-in, nixfly's Nix library, the nixfly under test as a package, and a small app that
+/// reads a data file. `greeting` goes into a store path of its own, so changing it changes that
+/// layer (and the app and customisation layers that refer to it) but not the others.
+fn with_app(greeting: &str, body: &str) -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let bin = env!("CARGO_BIN_EXE_nixfly");
+    format!(
+        r#"let
+             pkgs = import {root}/nix/tests/nixpkgs-standin {{ }};
+             lib = import {root}/nix/lib {{ }};
+             # Copied by content, so a rebuilt binary is a new store path.
+             built = builtins.path {{ path = {bin}; name = "nixfly-under-test"; }};
+             nixfly = pkgs.runCommand "nixfly" {{ }} ''mkdir -p $out/bin; cp ${{built}} $out/bin/nixfly'';
+             greeting = pkgs.writeText "greeting" "{greeting}";
+             data = pkgs.runCommand "data" {{ }} ''mkdir -p $out/share; seq 1 200000 > $out/share/numbers'';
+             app = pkgs.writeShellApplication {{
+               name = "web";
+               text = "cat ${{greeting}}; wc -l ${{data}}/share/numbers";
+             }};
+           in {body}"#
+    )
+}
+
+/// The image mkFlyDeploy would build for the app (`maxLayers` as nixpkgs takes it).
+fn image_body(max_layers: u32) -> String {
+    format!(
+        r#"pkgs.dockerTools.streamLayeredImage {{
+             name = "demo";
+             contents = [ app ];
+             config.Cmd = [ "/bin/web" ];
+             maxLayers = {max_layers};
+           }}"#
+    )
+}
+
+/// The plan of that image.
+fn plan_body(max_layers: u32) -> String {
+    format!(
+        "lib.mkLayerPlan {{ inherit pkgs nixfly; image = {}; }}",
+        image_body(max_layers)
+    )
+}
+
+fn plan_expr(greeting: &str) -> String {
+    with_app(greeting, &plan_body(100))
+}
+
+/// Build `expr` and return the store path it points to.
+fn build(nix: &Nix, t: &TestDir, expr: &str, link: &str) -> PathBuf {
+    let out_link = t.join(link);
+    let out = run(nix
+        .command(&["build"])
+        .args(["--print-build-logs", "--expr", expr, "--out-link"])
+        .arg(&out_link));
+    assert_success(&out);
+    std::fs::canonicalize(&out_link).expect("nix build made the out link")
+}
+
+fn eval_json(nix: &Nix, expr: &str) -> Value {
+    let out = run(nix.command(&["eval"]).args(["--json", "--expr", expr]));
+    assert_success(&out);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn a_plan_records_every_layer_of_the_image_and_unchanged_layers_are_not_rebuilt() {
+    let Some(nix) = Nix::get() else { return };
+    let t = TestDir::new();
+    let plan_path = build(nix, &t, &plan_expr("hello"), "plan");
+    let plan = read_json(&plan_path);
+    assert_eq!(plan["kind"], "nixfly-layer-plan");
+    let layers = plan["layers"].as_array().unwrap();
+
+    // The layering is the image's own: its conf's store layers, then the customisation layer.
+    let conf_path = eval_json(nix, &format!("({}).conf", plan_expr("hello")));
+    let conf = read_json(Path::new(conf_path.as_str().unwrap()));
+    let store_layers = conf["store_layers"].as_array().unwrap();
+    assert_eq!(layers.len(), store_layers.len() + 1);
+    for (layer, paths) in layers.iter().zip(store_layers) {
+        assert_eq!(layer["source"]["type"], "store_paths");
+        assert_eq!(&layer["source"]["paths"], paths);
+    }
+    let custom = layers.last().unwrap();
+    let custom_dir = conf["customisation_layer"].as_str().unwrap();
+    assert_eq!(custom["source"]["path"], format!("{custom_dir}/layer.tar"));
+    let checksum = std::fs::read_to_string(Path::new(custom_dir).join("checksum")).unwrap();
+    assert_eq!(custom["diff_id"], format!("sha256:{}", checksum.trim()));
+
+    // The plan's config lists the layers' diff_ids and keeps the image's config.
+    let config: Value = serde_json::from_str(plan["config"].as_str().unwrap()).unwrap();
+    let diff_ids: Vec<&Value> = layers.iter().map(|l| &l["diff_id"]).collect();
+    assert_eq!(
+        config["rootfs"]["diff_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>(),
+        diff_ids
+    );
+    assert_eq!(config["config"]["Cmd"][0], "/bin/web");
+    assert_eq!(config["architecture"], conf["architecture"]);
+
+    // Each layer is its own derivation: changing the greeting leaves the data layer's
+    // derivation as it was, so Nix does not build it again.
+    let layer_drvs = |greeting: &str| -> Vec<String> {
+        let expr = format!("map (l: l.drvPath) ({}).layers", plan_expr(greeting));
+        serde_json::from_value(eval_json(nix, &expr)).unwrap()
+    };
+    let before = layer_drvs("hello");
+    let after = layer_drvs("bonjour");
+    assert_eq!(before.len(), after.len());
+    let kept = before.iter().filter(|d| after.contains(d)).count();
+    let data_layer = layers
+        .iter()
+        .position(|l| l["source"]["paths"][0].as_str().unwrap().ends_with("-data"))
+        .expect("a layer holds the data store path");
+    assert!(after.contains(&before[data_layer]), "the data layer was rebuilt");
+    assert!(kept < before.len(), "changing the greeting changed no layer");
+}
+
+#[test]
+fn a_base_image_is_refused_at_evaluation() {
+    let Some(nix) = Nix::get() else { return };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let expr = format!(
+        r#"let
+             pkgs = import {root}/nix/tests/nixpkgs-standin {{ }};
+             lib = import {root}/nix/lib {{ }};
+             conf = pkgs.writeText "conf.json" (builtins.toJSON {{
+               from_image = "/nix/store/00000000000000000000000000000000-base.tar";
+               store_layers = [ ]; customisation_layer = "/nix/store/x"; created = "now";
+             }});
+           in (lib.mkLayerPlan {{ inherit pkgs; nixfly = pkgs.writeText "n" ""; image = {{ passthru.conf = conf; }}; }}).drvPath"#
+    );
+    let out = run(nix.command(&["eval"]).args(["--raw", "--expr", &expr]));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("fromImage") && stderr.contains("layering = \"stream\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn mk_fly_deploy_with_plan_layering_deploys_the_plan() {
+    let Some(nix) = Nix::get() else { return };
+    let t = TestDir::new();
+    let deploy = |layering: &str| {
+        with_app(
+            "hello",
+            &format!(
+                r#"lib.mkFlyDeploy {{
+                     inherit pkgs nixfly;
+                     app = "demo";
+                     package = app;
+                     layering = {layering};
+                   }}"#
+            ),
+        )
+    };
+    let wrapper = build(nix, &t, &deploy(r#""plan""#), "deploy");
+    let image = eval_json(nix, &format!("({}).image.outPath", deploy(r#""plan""#)));
+    let image = image.as_str().unwrap();
+    let script = std::fs::read_to_string(wrapper.join("bin/deploy-demo")).unwrap();
+    assert!(script.contains(&format!("'deploy' '{image}'")), "{script}");
+    let plan = read_json(Path::new(image));
+    assert_eq!(plan["kind"], "nixfly-layer-plan");
+    let config: Value = serde_json::from_str(plan["config"].as_str().unwrap()).unwrap();
+    assert!(
+        config["config"]["Entrypoint"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("/bin/web")
+    );
+
+    let out = run(nix.command(&["eval"]).args([
+        "--raw",
+        "--expr",
+        &format!("({}).drvPath", deploy(r#""planned""#)),
+    ]));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("attribute `layering` must be"), "{stderr}");
+}
+
+/// The config blob and diff_ids of a docker-archive, read as `docker load` reads one:
+/// manifest.json names the config, the config lists the diff_ids; each layer tar's sha256 is
+/// checked against them.
+fn archive_image(archive: &[u8]) -> (Vec<u8>, Vec<String>) {
+    let mut files = std::collections::HashMap::new();
+    let mut tar = tar::Archive::new(archive);
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        let mut body = Vec::new();
+        entry.read_to_end(&mut body).unwrap();
+        files.insert(name, body);
+    }
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let config = files[manifest[0]["Config"].as_str().unwrap()].clone();
+    let layer_sums: Vec<String> = manifest[0]["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(&files[l.as_str().unwrap()]))
+            )
+        })
+        .collect();
+    let parsed: Value = serde_json::from_slice(&config).unwrap();
+    let diff_ids: Vec<String> = serde_json::from_value(parsed["rootfs"]["diff_ids"].clone()).unwrap();
+    assert_eq!(
+        layer_sums, diff_ids,
+        "the archive's layers are not its config's diff_ids"
+    );
+    (config, diff_ids)
+}
+
+/// Issue 11: the image pushed from a plan is the image nixpkgs' stream script writes for the
+/// same conf (the stand-in reproduces stream_layered_image.py): same config digest (image id)
+/// and diff_ids, for an image whose last store layer holds several store paths. Switching
+/// `layering` must not re-deploy anything.
+#[test]
+fn regression_issue_11_plan_push_is_the_stream_image() {
+    let Some(nix) = Nix::get() else { return };
+    let t = TestDir::new();
+    // maxLayers = 3: one layer for the most popular path, one for the rest, the customisation
+    // layer.
+    let stream = build(nix, &t, &with_app("hello", &image_body(3)), "stream");
+    let archive = run(&mut std::process::Command::new(&stream));
+    assert_success(&archive);
+    let (stream_config, stream_diff_ids) = archive_image(&archive.stdout);
+    let stream_config_json: Value = serde_json::from_slice(&stream_config).unwrap();
+    let history = stream_config_json["history"].as_array().unwrap();
+    assert_eq!(history.len(), 3, "{stream_config_json}");
+    assert!(
+        history[1]["comment"]
+            .as_str()
+            .unwrap()
+            .matches("/nix/store/")
+            .count()
+            > 1,
+        "the last store layer should hold several paths: {stream_config_json}"
+    );
+
+    let plan = build(nix, &t, &with_app("hello", &plan_body(3)), "plan");
+    let registry = Registry::start(AuthMode::htpasswd());
+    let out = push(&t, &registry, plan.to_str().unwrap(), "demo", "plan", &[]);
+    let reference = pushed_reference(&out, &registry.host(), "demo");
+    let pushed = read_back(&registry, &reference);
+    assert_eq!(
+        pushed.manifest["config"]["digest"],
+        format!("sha256:{}", hex::encode(Sha256::digest(&stream_config))),
+        "config digests differ; pushed:\n{}\nstream:\n{}",
+        String::from_utf8_lossy(&pushed.config),
+        String::from_utf8_lossy(&stream_config)
+    );
+    assert_eq!(pushed.diff_ids, stream_diff_ids);
+}

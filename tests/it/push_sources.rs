@@ -1,0 +1,239 @@
+//! `nixfly push` from every source kind to the real registry (distribution 2.8), read back
+//! with skopeo and compared with the fixture: config byte for byte, diff_ids by hashing the
+//! decompressed layers.
+
+use crate::support;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+use support::images::{self, Fault, Written};
+use support::readback::{assert_same_image, layer_outcomes, push, pushed_reference};
+use support::registry::{AuthMode, Registry};
+use support::{TestDir, assert_success};
+
+/// The small image as an uncompressed streamLayeredImage archive at `t/<name>`.
+fn stream_archive(t: &TestDir, name: &str) -> (std::path::PathBuf, Written) {
+    let path = t.join(name);
+    let written = images::write_stream_layered(
+        std::fs::File::create(&path).unwrap(),
+        &images::small_layers(),
+        Fault::None,
+    )
+    .unwrap();
+    (path, written)
+}
+
+#[test]
+fn archives_of_every_compression_push_and_read_back() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (tar, written) = stream_archive(&t, "image.tar");
+    let gz = t.join("image.tar.gz");
+    images::gzip_file(&tar, &gz).unwrap();
+    // Content decides, not the name: a zstd archive called .tar.gz is still read.
+    let zst = t.join("misnamed.tar.gz");
+    images::zstd_file(&tar, &zst).unwrap();
+    for (source, repo) in [(&tar, "plain"), (&gz, "gzip"), (&zst, "zstd")] {
+        let out = push(&t, &registry, source.to_str().unwrap(), repo, "v1", &[]);
+        let reference = pushed_reference(&out, &registry.host(), repo);
+        let back = assert_same_image(&registry, &reference, &written);
+        assert_eq!(
+            back.manifest["mediaType"],
+            "application/vnd.docker.distribution.manifest.v2+json"
+        );
+        assert_eq!(
+            registry.skopeo_manifest(&format!("{}/{repo}:v1", registry.host())),
+            back.manifest,
+            "the tag points at the pushed manifest"
+        );
+    }
+}
+
+#[test]
+fn build_image_archive_pushes_its_single_layer() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let tar = t.join("build.tar");
+    let written =
+        images::write_build_image(std::fs::File::create(&tar).unwrap(), &images::small_layers()[1]).unwrap();
+    let gz = t.join("build.tar.gz");
+    images::gzip_file(&tar, &gz).unwrap();
+    let out = push(&t, &registry, gz.to_str().unwrap(), "built", "v1", &[]);
+    let reference = pushed_reference(&out, &registry.host(), "built");
+    assert_same_image(&registry, &reference, &written);
+}
+
+#[test]
+fn stream_script_and_stdin_push_and_read_back() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (tar, written) = stream_archive(&t, "image.tar");
+    let script = t.join("stream-hello");
+    images::write_stream_script(&script, &tar, 0).unwrap();
+    let out = push(&t, &registry, script.to_str().unwrap(), "script", "v1", &["-v"]);
+    let reference = pushed_reference(&out, &registry.host(), "script");
+    assert_same_image(&registry, &reference, &written);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Creating layer 1 from paths"),
+        "-v shows the script's stderr:\n{stderr}"
+    );
+
+    let gz = t.join("image.tar.gz");
+    images::gzip_file(&tar, &gz).unwrap();
+    let mut cmd = t.nixfly();
+    cmd.args([
+        "push",
+        "-",
+        "--to",
+        &format!("{}/stdin", registry.host()),
+        "--tag",
+        "v1",
+    ])
+    .args(["--creds", &registry.creds()])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let bytes = std::fs::read(&gz).unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&bytes));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    let reference = pushed_reference(&out, &registry.host(), "stdin");
+    assert_same_image(&registry, &reference, &written);
+}
+
+#[test]
+fn oci_layout_pushes_its_stored_blobs_unchanged() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let layout = t.join("layout");
+    let written = images::write_oci_layout(&layout, &images::small_layers(), false).unwrap();
+    let out = push(
+        &t,
+        &registry,
+        layout.to_str().unwrap(),
+        "layout",
+        "v1",
+        &["--format", "oci"],
+    );
+    let reference = pushed_reference(&out, &registry.host(), "layout");
+    let back = assert_same_image(&registry, &reference, &written);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest_hex = &index["manifests"][0]["digest"].as_str().unwrap()[7..];
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(manifest_hex)).unwrap())
+            .unwrap();
+    // Not recompressed: the layer digests are the layout's own.
+    assert_eq!(back.manifest["layers"], stored["layers"]);
+}
+
+#[test]
+fn warm_repush_neither_compresses_nor_uploads_and_other_repositories_mount() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (tar, written) = stream_archive(&t, "image.tar");
+    let gz = t.join("image.tar.gz");
+    images::gzip_file(&tar, &gz).unwrap();
+    let json = ["--output", "json"];
+
+    let first = push(&t, &registry, gz.to_str().unwrap(), "app", "v1", &json);
+    assert_success(&first);
+    assert_eq!(layer_outcomes(&first), ["uploaded"; 3]);
+    let bytes_after_first = registry.blob_bytes();
+
+    for source in [&gz, &tar] {
+        let again = push(&t, &registry, source.to_str().unwrap(), "app", "v2", &json);
+        assert_success(&again);
+        assert_eq!(
+            layer_outcomes(&again),
+            ["skipped"; 3],
+            "{}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+    }
+    assert_eq!(
+        registry.blob_bytes(),
+        bytes_after_first,
+        "a warm push stored new blobs"
+    );
+
+    let other = push(&t, &registry, tar.to_str().unwrap(), "other", "v1", &json);
+    assert_eq!(layer_outcomes(&other), ["mounted"; 3]);
+    let reference = String::from_utf8_lossy(&other.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["event"] == "pushed")
+        .map(|e| e["reference"].as_str().unwrap().to_string())
+        .expect("a pushed event");
+    assert_same_image(&registry, &reference, &written);
+}
+
+#[test]
+fn token_auth_with_oci_zstd_reads_back() {
+    let registry = Registry::start(AuthMode::token(Duration::from_secs(300)));
+    let t = TestDir::new();
+    let (tar, written) = stream_archive(&t, "image.tar");
+    let out = push(
+        &t,
+        &registry,
+        tar.to_str().unwrap(),
+        "zstd/app",
+        "v1",
+        &["--format", "oci", "--compression", "zstd"],
+    );
+    let reference = pushed_reference(&out, &registry.host(), "zstd/app");
+    let back = assert_same_image(&registry, &reference, &written);
+    assert_eq!(
+        back.manifest["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    for layer in back.manifest["layers"].as_array().unwrap() {
+        assert_eq!(layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd");
+    }
+}
+
+#[test]
+fn default_tag_is_a_deployment_ulid() {
+    let registry = Registry::start(AuthMode::None);
+    let t = TestDir::new();
+    let (tar, _) = stream_archive(&t, "image.tar");
+    let out = support::run(t.nixfly().args([
+        "push",
+        tar.to_str().unwrap(),
+        "--to",
+        &format!("{}/app", registry.host()),
+        "--output",
+        "json",
+    ]));
+    assert_success(&out);
+    let pushed = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["event"] == "pushed")
+        .expect("a pushed event");
+    let tag = pushed["tag"].as_str().unwrap();
+    let ulid = tag.strip_prefix("deployment-").expect("deployment- tag");
+    assert_eq!(ulid.len(), 26, "{tag}");
+    assert!(!registry.skopeo_inspect_fails(&format!("{}/app:{tag}", registry.host())));
+}
+
+#[test]
+fn zstd_oci_layout_is_recompressed_for_a_docker_manifest() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let layout = t.join("layout");
+    let written = images::write_oci_layout(&layout, &images::small_layers(), true).unwrap();
+    let out = push(&t, &registry, layout.to_str().unwrap(), "layout", "v1", &[]);
+    let reference = pushed_reference(&out, &registry.host(), "layout");
+    let back = assert_same_image(&registry, &reference, &written);
+    for layer in back.manifest["layers"].as_array().unwrap() {
+        assert_eq!(
+            layer["mediaType"],
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        );
+    }
+}

@@ -1,0 +1,350 @@
+//! Rollouts that go wrong against the Fly API double: rollback, release_command failure,
+//! someone else's lease, API errors, signals, missing token.
+
+use crate::support;
+
+use std::time::Duration;
+use support::fly_api::{Behavior, FaultKind, FlyApi, MachineSpec, Options, Timing};
+use support::rollout::{
+    APP, assert_no_leases, assert_no_violations, image, rollout_cmd, run_rollout, stderr, updated_ids,
+};
+use support::{TestDir, assert_success};
+
+/// nixfly's exit codes (src/error.rs).
+const EXIT_FAILURE: i32 = 1;
+const EXIT_ROLLED_BACK: i32 = 1;
+const EXIT_INTERRUPTED: i32 = 130;
+
+fn digest_hex(image: &str) -> &str {
+    image.rsplit(':').next().unwrap()
+}
+
+#[test]
+fn failing_checks_roll_back_every_updated_machine() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(5).checks(1));
+    let t = TestDir::new();
+    let old = fly.machine(&ids[0]).image().to_string();
+    let new = image(9);
+    fly.set_behavior(digest_hex(&new), Behavior::ChecksFail);
+
+    let out = run_rollout(
+        &fly,
+        &t,
+        &new,
+        &["--max-unavailable", "2", "--wait-timeout", "2s"],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_ROLLED_BACK), "{err}");
+    assert!(err.contains(&ids[0]) && err.contains("health checks"), "{err}");
+    assert!(err.contains("rolled back 1 machine"), "{err}");
+
+    // The first machine goes alone: it fails, nothing else is touched.
+    assert_eq!(updated_ids(&fly.requests()), [ids[0].clone(), ids[0].clone()]);
+    let first = fly.machine(&ids[0]);
+    let images: Vec<&str> = first
+        .config_history
+        .iter()
+        .map(|c| c["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(images, [old.as_str(), new.as_str(), old.as_str()]);
+    assert_eq!(first.state, "started");
+    assert!(
+        first.checks.iter().all(|c| c.status == "passing"),
+        "{:?}",
+        first.checks
+    );
+    assert_eq!(first.metadata("fly_release_id"), Some("seed"));
+    for id in &ids[1..] {
+        assert_eq!(
+            fly.machine(id).config_history.len(),
+            1,
+            "machine {id} was changed"
+        );
+    }
+    assert_eq!(fly.releases()[0].statuses, ["created", "running", "failed"]);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn no_rollback_leaves_the_failed_machine_and_still_fails() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2));
+    let t = TestDir::new();
+    let new = image(10);
+    fly.set_behavior(digest_hex(&new), Behavior::FailToStart);
+
+    let out = run_rollout(&fly, &t, &new, &["--no-rollback", "--wait-timeout", "5s"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_ROLLED_BACK), "{err}");
+    assert!(err.contains("not rolled back") && err.contains(&ids[0]), "{err}");
+    assert_eq!(fly.machine(&ids[0]).image(), new);
+    assert_eq!(fly.machine(&ids[1]).config_history.len(), 1);
+    assert_eq!(fly.releases()[0].statuses, ["created", "running", "failed"]);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn restart_loop_is_caught_by_the_smoke_check() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2));
+    let t = TestDir::new();
+    let new = image(11);
+    fly.set_behavior(
+        digest_hex(&new),
+        Behavior::RestartLoop {
+            exit_code: 2,
+            restarts: 5,
+        },
+    );
+
+    let out = run_rollout(&fly, &t, &new, &["--wait-timeout", "20s"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_ROLLED_BACK), "{err}");
+    assert!(err.contains("crash looping") && err.contains("code 2"), "{err}");
+    assert_ne!(fly.machine(&ids[0]).image(), new);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn release_command_exit_1_stops_before_any_machine_changes() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).region("ams"));
+    fly.set_release_command_exit_code(1);
+    let t = TestDir::new();
+    std::fs::write(
+        t.join("fly.toml"),
+        "app = \"demo\"\nprimary_region = \"ams\"\n[deploy]\nrelease_command = \"bin/migrate --to 'latest version'\"\n[env]\nDATABASE = \"main\"\n",
+    )
+    .unwrap();
+    let new = image(12);
+
+    let out = run_rollout(&fly, &t, &new, &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_FAILURE), "{err}");
+    assert!(
+        err.contains("exited with code 1") && err.contains("bin/migrate"),
+        "{err}"
+    );
+
+    let temp: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| !ids.contains(&m.id))
+        .collect();
+    assert_eq!(temp.len(), 1);
+    let config = &temp[0].config;
+    assert_eq!(
+        config["init"]["cmd"],
+        serde_json::json!(["bin/migrate", "--to", "latest version"])
+    );
+    assert_eq!(config["image"], new.as_str());
+    assert_eq!(config["restart"]["policy"], "no");
+    assert_eq!(config["auto_destroy"], true);
+    assert_eq!(config["env"]["RELEASE_COMMAND"], "1");
+    assert_eq!(config["env"]["DATABASE"], "main");
+    assert_eq!(config["metadata"]["fly_process_group"], "fly_app_release_command");
+    assert_eq!(temp[0].region, "ams");
+
+    assert!(updated_ids(&fly.requests()).is_empty());
+    assert!(
+        !fly.requests().iter().any(|r| r.path.ends_with("/lease")),
+        "app machines were leased"
+    );
+    for id in &ids {
+        assert_eq!(fly.machine(id).config_history.len(), 1);
+    }
+    assert_eq!(fly.releases()[0].statuses, ["created", "running", "failed"]);
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn release_command_success_lets_the_rollout_go_on() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(1));
+    let t = TestDir::new();
+    std::fs::write(
+        t.join("fly.toml"),
+        "app = \"demo\"\n[deploy]\nrelease_command = \"bin/migrate\"\n",
+    )
+    .unwrap();
+    let new = image(13);
+
+    let out = run_rollout(&fly, &t, &new, &[]);
+    assert_success(&out);
+    assert_eq!(fly.machine(&ids[0]).image(), new);
+    let temp = fly
+        .machines(APP)
+        .into_iter()
+        .find(|m| m.id != ids[0])
+        .expect("release_command machine");
+    assert_eq!(temp.state, "destroyed");
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn someone_elses_lease_is_waited_for_then_named() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(3));
+    let theirs = fly.hold_lease(&ids[1], "alice@example.com", None);
+    let t = TestDir::new();
+
+    let started = std::time::Instant::now();
+    let out = run_rollout(&fly, &t, &image(14), &["--lease-wait", "2s"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_FAILURE), "{err}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "did not wait");
+    assert!(
+        err.contains(&ids[1]) && err.contains("alice@example.com"),
+        "{err}"
+    );
+    assert!(err.contains("fly machine leases clear"), "{err}");
+    assert!(updated_ids(&fly.requests()).is_empty());
+    // Ours are released, theirs is untouched.
+    assert_eq!(fly.lease(&ids[1]).map(|l| l.nonce), Some(theirs));
+    for id in [&ids[0], &ids[2]] {
+        assert!(fly.lease(id).is_none(), "lease left on {id}");
+    }
+    assert_eq!(fly.releases()[0].statuses, ["created", "running", "failed"]);
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn too_many_requests_and_unavailable_are_retried() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1));
+    fly.inject_fault(
+        "GET",
+        "/machines",
+        1,
+        FaultKind::TooManyRequests { retry_after_secs: 1 },
+    );
+    // Lease and update requests of the first machine: any request is retried on 429.
+    fly.inject_fault(
+        "POST",
+        &format!("/machines/{}", ids[0]),
+        3,
+        FaultKind::TooManyRequests { retry_after_secs: 0 },
+    );
+    // Only requests that are safe to repeat are retried on 5xx.
+    fly.inject_fault("GET", "/wait", 2, FaultKind::Unavailable);
+    fly.inject_fault("PATCH", "/api/v1/releases/", 1, FaultKind::Unavailable);
+    let t = TestDir::new();
+    let new = image(15);
+
+    let out = run_rollout(&fly, &t, &new, &[]);
+    assert_success(&out);
+    assert!(fly.pending_faults().is_empty(), "{:?}", fly.pending_faults());
+    for id in &ids {
+        assert_eq!(fly.machine(id).image(), new);
+    }
+    let err = stderr(&out);
+    assert!(err.contains("429") && err.contains("503"), "{err}");
+    assert_eq!(fly.releases()[0].statuses, ["created", "running", "complete"]);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn api_errors_show_the_error_body() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(1));
+    fly.inject_fault(
+        "POST",
+        "/api/v1/releases",
+        1,
+        FaultKind::Status {
+            status: 422,
+            message: "app is suspended".into(),
+        },
+    );
+    let t = TestDir::new();
+    let out = run_rollout(&fly, &t, &image(16), &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_FAILURE), "{err}");
+    assert!(
+        err.contains("app is suspended") && err.contains("--skip-release"),
+        "{err}"
+    );
+    assert!(updated_ids(&fly.requests()).is_empty());
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn sigterm_mid_rollout_releases_leases_and_marks_the_release_interrupted() {
+    let fly = FlyApi::with_options(Options {
+        timing: Timing {
+            // Checks take 2 minutes of Fly time (6 s here): the rollout is surely mid-way.
+            checks: Duration::from_secs(120),
+            ..Timing::default()
+        },
+        ..Options::default()
+    });
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(3).checks(1));
+    let t = TestDir::new();
+    let mut child = rollout_cmd(&fly, &t, &image(17))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start nixfly");
+    let first_updated = fly.wait_until(Duration::from_secs(20), |fly| {
+        !updated_ids(&fly.requests()).is_empty()
+    });
+    if !first_updated {
+        let _ = child.kill();
+    }
+    assert!(first_updated, "the rollout never updated a machine");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait for nixfly");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_INTERRUPTED), "{err}");
+    assert!(err.contains("SIGTERM") && err.contains(&ids[0]), "{err}");
+    assert_eq!(fly.releases()[0].statuses, ["created", "running", "interrupted"]);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn missing_token_says_where_tokens_are_looked_for() {
+    let fly = FlyApi::start();
+    let t = TestDir::new();
+    let mut cmd = rollout_cmd(&fly, &t, &image(18));
+    cmd.env_remove("FLY_API_TOKEN");
+    let out = support::run(&mut cmd);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_FAILURE), "{err}");
+    assert!(
+        err.contains("fly tokens create deploy") && err.contains("FLY_API_TOKEN"),
+        "{err}"
+    );
+    assert!(fly.requests().is_empty());
+}
+
+#[test]
+fn rejected_token_names_its_source_and_is_never_printed() {
+    let fly = FlyApi::start();
+    let t = TestDir::new();
+    let mut cmd = rollout_cmd(&fly, &t, &image(19));
+    cmd.env("FLY_API_TOKEN", "FlyV1 fm2_this_token_is_wrong_and_secret");
+    let out = support::run(cmd.arg("-v"));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_FAILURE), "{err}");
+    assert!(err.contains("FLY_API_TOKEN") && err.contains("401"), "{err}");
+    assert!(!err.contains("fm2_this_token"), "{err}");
+}

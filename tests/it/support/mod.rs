@@ -1,0 +1,82 @@
+//! Shared harness for the integration tests: the nixfly command, temp dirs, and the real
+//! components (registry, Fly API double) started on loopback. Each test binary uses only part
+//! of it, hence the allow.
+#![allow(dead_code)]
+
+pub use fly_api_double as fly_api;
+pub use test_images as images;
+pub mod nix;
+pub mod rollout;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A temp dir that lives as long as the test, with its own nixfly cache and HOME so that no
+/// test sees the developer's tokens, Docker credentials or cache.
+pub struct TestDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> Self {
+        TestDir {
+            dir: tempfile::tempdir().expect("create temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `nixfly` with an environment isolated from the developer's: HOME, XDG_CACHE_HOME and
+    /// DOCKER_CONFIG point into this dir, and every Fly/registry credential variable is removed.
+    pub fn nixfly(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixfly"));
+        for var in [
+            "FLY_API_TOKEN",
+            "FLY_ACCESS_TOKEN",
+            "FLY_AUTH_TOKEN",
+            "FLY_APP",
+            "FLY_REGISTRY_HOST",
+            "FLY_FLAPS_BASE_URL",
+            "FLY_API_BASE_URL",
+            "FLY_CONFIG_DIR",
+            "REGISTRY_AUTH_FILE",
+            "NIXFLY_OUTPUT",
+        ] {
+            cmd.env_remove(var);
+        }
+        let home = self.join("home");
+        std::fs::create_dir_all(&home).expect("create home");
+        cmd.env("HOME", &home)
+            .env("XDG_CACHE_HOME", self.join("cache"))
+            .env("DOCKER_CONFIG", home.join(".docker"))
+            .current_dir(self.path());
+        cmd
+    }
+}
+
+/// Run a command, returning its output; panics with both streams if it could not start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Assert success, showing stdout and stderr when it failed.
+#[track_caller]
+pub fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "command failed with {}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+pub mod proxy;
+pub mod readback;
+pub mod registry;

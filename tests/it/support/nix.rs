@@ -1,0 +1,167 @@
+//! Running Debian's Nix 2.8 against this checkout, offline, with the nixpkgs stand-in
+//! (`nix/tests/nixpkgs-standin`, see its README) in place of nixpkgs.
+//!
+//! The setup that works here: the system store as root with no daemon, no substituters, the
+//! sandbox off and `build-users-group` empty, so builders run as root and can use the host's
+//! Rust toolchain and cargo's crate cache (both under the invoking user's home). Evaluation is
+//! `--impure` because the stand-in reads where those are from the environment.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub struct Nix {
+    /// The flake reference of this checkout (git+file: only tracked files, no target/).
+    pub checkout: String,
+    /// `path:` reference of the nixpkgs stand-in.
+    pub standin: String,
+    env: Vec<(&'static str, String)>,
+}
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Nix {
+    /// `None` (after saying so on stderr) when `nix` is not installed; CI installs it.
+    pub fn get() -> Option<&'static Nix> {
+        static NIX: OnceLock<Option<Nix>> = OnceLock::new();
+        NIX.get_or_init(|| {
+            if Command::new("nix").arg("--version").output().is_err() {
+                // CI installs Nix (scripts/test): there a missing nix is a failure, not a skip.
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "`nix` is not installed but CI is set: scripts/test installs nix-bin"
+                );
+                eprintln!(
+                    "SKIPPED: `nix` is not installed (apt-get install nix-bin); scripts/test installs it"
+                );
+                return None;
+            }
+            // The setup below needs the store itself (root, no daemon): say so plainly instead
+            // of failing later on a lock file.
+            let root = Command::new("id")
+                .arg("-u")
+                .output()
+                .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+            assert!(
+                root,
+                "the Nix tests run nix as root on the system store (no daemon, builds as root, \
+                 sandbox off); run `cargo test` as root, as scripts/test does in CI"
+            );
+            Some(Nix::setup())
+        })
+        .as_ref()
+    }
+
+    fn setup() -> Nix {
+        // The real toolchain directory (not rustup's proxy, which needs $HOME): cargo sets
+        // CARGO to its own executable.
+        let toolchain_bin = Path::new(env!("CARGO"))
+            .parent()
+            .expect("CARGO has a parent directory")
+            .to_path_buf();
+        // `cargo fetch` only when a crate is missing: it waits for the package-cache lock,
+        // which the `cargo test` running this may hold.
+        let crates = match crate_cache() {
+            Some(cache) if missing_crates(&cache).is_empty() => cache,
+            _ => {
+                let fetch = Command::new(env!("CARGO"))
+                    .args(["fetch", "--locked", "--quiet"])
+                    .current_dir(manifest_dir())
+                    .status()
+                    .expect("run cargo fetch");
+                assert!(fetch.success(), "cargo fetch --locked failed");
+                let cache = crate_cache().expect("cargo fetch fills cargo's crates.io cache");
+                let missing = missing_crates(&cache);
+                assert!(missing.is_empty(), "not in {}: {missing:?}", cache.display());
+                cache
+            }
+        };
+        Nix {
+            checkout: format!("git+file://{}", manifest_dir().display()),
+            standin: format!(
+                "path:{}",
+                manifest_dir().join("nix/tests/nixpkgs-standin").display()
+            ),
+            env: vec![
+                (
+                    "NIXFLY_STANDIN_PATH",
+                    format!("{}:/usr/bin:/bin", toolchain_bin.display()),
+                ),
+                ("NIXFLY_STANDIN_CRATES", crates.display().to_string()),
+                // One cache for the whole machine: every checkout (worktree, CI job) shares the
+                // compiled dependencies instead of building them again.
+                (
+                    "NIXFLY_STANDIN_CARGO_TARGET",
+                    std::env::temp_dir()
+                        .join("nixfly-nix-standin-target")
+                        .display()
+                        .to_string(),
+                ),
+            ],
+        }
+    }
+
+    /// `nix <subcommand...>` with the offline options and the stand-in environment. Add
+    /// `override_input` args for flake commands.
+    ///
+    /// Without a daemon, concurrent nix processes on one store fail with "SQLite database
+    /// '/nix/var/nix/db/db.sqlite' is busy" instead of waiting; `flock` runs them one at a time,
+    /// across test threads and across processes (two checkouts testing on one machine).
+    pub fn command(&self, subcommand: &[&str]) -> Command {
+        let mut cmd = Command::new("flock");
+        cmd.args(["/nix/var/nix/nixfly-tests.lock", "nix"])
+            .args(["--extra-experimental-features", "nix-command flakes"])
+            .args(["--option", "substituters", ""])
+            .args(["--option", "sandbox", "false"])
+            .args(["--option", "build-users-group", ""])
+            .args(subcommand)
+            .arg("--impure");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Arguments that put the stand-in in place of `input` (e.g. "nixpkgs").
+    pub fn override_input(&self, input: &str) -> [String; 3] {
+        ["--override-input".into(), input.into(), self.standin.clone()]
+    }
+}
+
+/// `<name>-<version>.crate` files of Cargo.lock's registry packages that `cache` lacks.
+fn missing_crates(cache: &Path) -> Vec<String> {
+    let lock: toml::Table = std::fs::read_to_string(manifest_dir().join("Cargo.lock"))
+        .expect("read Cargo.lock")
+        .parse()
+        .expect("Cargo.lock is TOML");
+    let packages = lock["package"].as_array().expect("Cargo.lock lists packages");
+    packages
+        .iter()
+        .filter(|p| p.get("source").is_some())
+        .map(|p| {
+            format!(
+                "{}-{}.crate",
+                p["name"].as_str().unwrap_or("?"),
+                p["version"].as_str().unwrap_or("?")
+            )
+        })
+        .filter(|file| !cache.join(file).is_file())
+        .collect()
+}
+
+/// cargo's download cache of crates.io, where `cargo fetch` leaves the `.crate` files.
+fn crate_cache() -> Option<PathBuf> {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| dirs::home_dir().map(|h| h.join(".cargo")))?;
+    std::fs::read_dir(cargo_home.join("registry/cache"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("index.crates.io-"))
+        })
+}
