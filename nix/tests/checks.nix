@@ -51,8 +51,8 @@ in
 
   # Issue 11: switching `layering` must not change the image. The plan's config is the stream
   # script's config byte for byte (same image id) and its layers are the stream's diff_ids.
-  plan-is-the-stream-image =
-    imagePkgs.runCommand "nixfly-plan-is-the-stream-image"
+  nonRegressionIssue11-plan-is-the-stream-image =
+    imagePkgs.runCommand "nixfly-issue-11-plan-is-the-stream-image"
       {
         nativeBuildInputs = [ imagePkgs.python3 ];
         plan = examplePlan.image;
