@@ -178,7 +178,10 @@ let
       throw "mkFlyDeploy: Fly Machines run ${flyPlatform} images, and `pkgs` is for ${hostSystem}: pass `imagePkgs = nixpkgs.legacyPackages.${flyPlatform};` and build `package` with it (building needs an ${flyPlatform} builder on this machine, see nixfly's README)";
 
   # An app built for the machine running `nix run` would not start on Fly: say so at evaluation.
-  wrongPlatform = builtins.filter (d: (d.system or flyPlatform) != flyPlatform) (
+  # Where the package runs is its stdenv's host platform (a cross-built package's `system` is
+  # the machine that builds it).
+  platformOf = d: d.stdenv.hostPlatform.system or d.system or flyPlatform;
+  wrongPlatform = builtins.filter (d: platformOf d != flyPlatform) (
     (if a.package != null then [ a.package ] else [ ]) ++ a.contents
   );
 
@@ -205,7 +208,7 @@ let
   # With layering = "plan", what is pushed is the plan of this same image (same layers).
   image =
     if wrongPlatform != [ ] then
-      throw "mkFlyDeploy: ${(builtins.head wrongPlatform).name} is built for ${(builtins.head wrongPlatform).system}, but Fly runs ${flyPlatform} images: build `package` and `contents` with `imagePkgs` (nixpkgs.legacyPackages.${flyPlatform})"
+      throw "mkFlyDeploy: ${(builtins.head wrongPlatform).name} is built for ${platformOf (builtins.head wrongPlatform)}, but Fly runs ${flyPlatform} images: build `package` and `contents` with `imagePkgs` (nixpkgs.legacyPackages.${flyPlatform})"
     else if a.layering == "plan" then
       lib.mkLayerPlan {
         inherit pkgs nixfly;

@@ -164,6 +164,12 @@ fn regression_issue_11_the_image_is_x86_64_linux_on_every_host() {
         assert_eq!(systems, [host, host, "x86_64-linux"], "on {host}");
     }
 
+    // A package cross-built for x86_64-linux (pkgsCross.gnu64) has the building machine as
+    // its `system`; its stdenv's host platform is what counts.
+    let cross = r#"{ inherit imagePkgs; package = pkgs.writeShellApplication { name = "web"; text = "echo hi"; } // { stdenv.hostPlatform.system = "x86_64-linux"; }; }"#;
+    let out = eval_on_host(nix, "aarch64-linux", cross, "deploy.image.system");
+    assert_success(&out);
+
     let cases = [
         (
             "{ }",
