@@ -18,5 +18,6 @@ pub mod layer;
 pub mod progress;
 pub mod push;
 pub mod registry;
+pub mod retry;
 pub mod rollout;
 pub mod settings;

@@ -1,10 +1,10 @@
 //! The settings file `mkFlyDeploy` writes and passes as `nixfly deploy --settings FILE`: one JSON
 //! object whose schema is `docs/settings.schema.json`. These structs mirror that schema field for
 //! field and reject anything else, so a typo or a newer mkFlyDeploy fails loudly instead of being
-//! ignored. Settings only fill what flags (and their environment variables) left unset.
+//! ignored. Settings only fill what flags (and their environment variables) left unset; that
+//! merge is the command layer's (`cli::deploy`), so this module knows nothing of the CLI.
 
-use crate::cli::DeployArgs;
-use crate::cli::rollout::{parse_duration, parse_max_unavailable, parse_strategy};
+use crate::fly::appconfig::units::parse_go_duration;
 use crate::fly::appconfig::{MaxUnavailable, Strategy};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -160,19 +160,17 @@ impl Settings {
         }
         let r = raw.rollout;
         let duration = |field, text: Option<String>| {
-            text.map(|t| parse_duration(&t).map_err(|e| invalid(field, e)))
+            text.map(|t| parse_go_duration(&t).map_err(|e| invalid(field, e)))
                 .transpose()
         };
         let rollout = RolloutSettings {
             strategy: r
                 .strategy
-                .map(|s| parse_strategy(&s).map_err(|e| invalid("rollout.strategy", e)))
+                .map(|s| s.parse().map_err(|e| invalid("rollout.strategy", e)))
                 .transpose()?,
             max_unavailable: r
                 .max_unavailable
-                .map(|n| {
-                    parse_max_unavailable(&n.to_string()).map_err(|e| invalid("rollout.max_unavailable", e))
-                })
+                .map(|n| MaxUnavailable::from_number(n).map_err(|e| invalid("rollout.max_unavailable", e)))
                 .transpose()?,
             wait_timeout: duration("rollout.wait_timeout", r.wait_timeout)?,
             release_command_timeout: duration("rollout.release_command_timeout", r.release_command_timeout)?,
@@ -187,28 +185,6 @@ impl Settings {
             rollout,
         })
     }
-
-    /// Fill every option the command line left unset; flags always win.
-    pub fn fill(self, args: &mut DeployArgs) {
-        args.app.app.get_or_insert(self.app);
-        if args.app.config.is_none() {
-            args.app.config = self.config;
-        }
-        if args.push.to.is_none() {
-            args.push.to = self.push.to;
-        }
-        if args.push.tag.is_none() {
-            args.push.tag = self.push.tag;
-        }
-        let (flags, r) = (&mut args.rollout, self.rollout);
-        flags.strategy = flags.strategy.or(r.strategy);
-        flags.max_unavailable = flags.max_unavailable.or(r.max_unavailable);
-        flags.wait_timeout = flags.wait_timeout.or(r.wait_timeout);
-        flags.release_command_timeout = flags.release_command_timeout.or(r.release_command_timeout);
-        // These flags can only switch a behaviour off, so the settings can too, never back on.
-        flags.no_rollback |= r.rollback == Some(false);
-        flags.skip_release |= r.skip_release == Some(true);
-    }
 }
 
 fn is_valid_tag(tag: &str) -> bool {
@@ -222,8 +198,6 @@ fn is_valid_tag(tag: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Cli;
-    use clap::Parser;
     use serde_json::json;
 
     const SCHEMA: &str = include_str!("../docs/settings.schema.json");
@@ -249,7 +223,7 @@ mod tests {
                 "strategy": "canary",
                 "max_unavailable": 0.5,
                 "wait_timeout": "90s",
-                "release_command_timeout": "300",
+                "release_command_timeout": "300s",
                 "rollback": false,
                 "skip_release": true,
             },
@@ -282,7 +256,15 @@ mod tests {
                 true,
             ),
             (
+                json!({ "version": 1, "app": "demo", "rollout": { "max_unavailable": 1.5 } }),
+                true,
+            ),
+            (
                 json!({ "version": 1, "app": "demo", "rollout": { "max_unavailable": 0 } }),
+                false,
+            ),
+            (
+                json!({ "version": 1, "app": "demo", "rollout": { "wait_timeout": "300" } }),
                 false,
             ),
             (
@@ -322,47 +304,6 @@ mod tests {
     fn newer_version_gets_a_version_message() {
         let err = parse(&json!({ "version": 2, "app": "demo", "new_field": true })).unwrap_err();
         assert!(matches!(err, SettingsError::Version { found: 2, .. }), "{err}");
-    }
-
-    #[test]
-    fn settings_fill_only_what_flags_left_unset() {
-        let cli = Cli::parse_from(["nixfly", "deploy", "./image", "--tag", "from-flag"]);
-        let crate::cli::Command::Deploy(mut args) = cli.command else {
-            panic!("not a deploy")
-        };
-        parse(&full()).unwrap().fill(&mut args);
-        assert_eq!(args.push.tag.as_deref(), Some("from-flag"));
-        assert_eq!(args.push.to.as_deref(), Some("registry.example/demo"));
-        assert_eq!(args.app.app.as_deref(), Some("demo"));
-        assert_eq!(args.app.config, Some(PathBuf::from("/nix/store/aaaa-fly.toml")));
-        assert_eq!(args.rollout.strategy, Some(Strategy::Canary));
-        assert_eq!(args.rollout.max_unavailable, Some(MaxUnavailable::Fraction(0.5)));
-        assert_eq!(args.rollout.wait_timeout, Some(Duration::from_secs(90)));
-        assert_eq!(
-            args.rollout.release_command_timeout,
-            Some(Duration::from_secs(300))
-        );
-        assert!(args.rollout.no_rollback && args.rollout.skip_release);
-    }
-
-    #[test]
-    fn rollout_flags_win_over_settings() {
-        let cli = Cli::parse_from([
-            "nixfly",
-            "deploy",
-            "./image",
-            "--strategy",
-            "immediate",
-            "--wait-timeout",
-            "10s",
-        ]);
-        let crate::cli::Command::Deploy(mut args) = cli.command else {
-            panic!("not a deploy")
-        };
-        parse(&full()).unwrap().fill(&mut args);
-        assert_eq!(args.rollout.strategy, Some(Strategy::Immediate));
-        assert_eq!(args.rollout.wait_timeout, Some(Duration::from_secs(10)));
-        assert_eq!(args.rollout.max_unavailable, Some(MaxUnavailable::Fraction(0.5)));
     }
 
     #[test]

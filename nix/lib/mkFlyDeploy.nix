@@ -22,8 +22,8 @@ let
   nullOr = check: v: v == null || check v;
   listOf = check: v: isList v && all check v;
   isPathLike = v: isPath v || isString v || isDerivation v;
-  # What nixfly reads: Go durations, or plain seconds.
-  isDuration = v: isString v && builtins.match "[0-9]+|([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))+" v != null;
+  # What nixfly reads: Go durations with a unit (a bare number is refused, as flyctl does).
+  isDuration = v: isString v && builtins.match "([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))+" v != null;
   strategies = [
     "rolling"
     "immediate"
@@ -123,8 +123,8 @@ let
       default = null;
     };
     maxUnavailable = {
-      type = "null, a whole number of machines (at least 1) or a fraction of the group between 0 and 1";
-      check = nullOr (v: (isInt v && v >= 1) || (isFloat v && v > 0 && v < 1));
+      type = "null or a number above 0: below 1 a fraction of the group, from 1 a count of machines (1.5 is 1, as flyctl reads it)";
+      check = nullOr (v: (isInt v || isFloat v) && v > 0);
       default = null;
     };
     waitTimeout = {

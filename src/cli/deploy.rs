@@ -1,31 +1,150 @@
 //! `nixfly deploy`: push, then roll the pushed digest out. What `nix run .#deploy` runs.
+//!
+//! Flags ⊕ environment ⊕ the mkFlyDeploy settings file ⊕ fly.toml become one `ResolvedDeploy`
+//! first (fly.toml parsed and validated once, the token read once), then it is checked against
+//! the world (the app exists, the token works for the Machines API, the registry accepts the
+//! credentials), and only then is anything pushed.
 
 use super::DeployArgs;
+use super::push::ResolvedPush;
+use super::rollout::ResolvedRollout;
 use crate::progress::Reporter;
+use crate::settings::Settings;
+use anyhow::Context;
+
+/// A deploy with everything decided.
+pub struct ResolvedDeploy {
+    pub push: ResolvedPush,
+    pub rollout: ResolvedRollout,
+}
+
+impl ResolvedDeploy {
+    /// No network: reads the settings file, fly.toml and the Fly token.
+    pub fn resolve(mut args: DeployArgs, reporter: &Reporter) -> anyhow::Result<Self> {
+        if let Some(path) = args.settings.take() {
+            let settings = Settings::load(&path).context("reading the settings from mkFlyDeploy")?;
+            fill_from_settings(settings, &mut args);
+        }
+        let fly_toml = args.app.fly_toml(reporter)?;
+        let app = args.app.app_name(fly_toml.as_ref())?;
+        let token = args.app.fly_token()?;
+        let push = args
+            .push
+            .resolve(&args.source, Some(&app), || Ok(token.clone()), reporter)?;
+        let rollout = ResolvedRollout::new(&app, fly_toml, &args.rollout, token, reporter)?;
+        Ok(ResolvedDeploy { push, rollout })
+    }
+
+    /// Everything that can be refused, refused before the upload: Fly first (app, token),
+    /// then the registry.
+    pub async fn check(&self) -> anyhow::Result<()> {
+        self.rollout.check_app().await?;
+        self.push.check_access().await
+    }
+}
+
+/// Fill every option the command line (and its environment variables) left unset from the
+/// mkFlyDeploy settings; flags always win.
+fn fill_from_settings(settings: Settings, args: &mut DeployArgs) {
+    args.app.app.get_or_insert(settings.app);
+    if args.app.config.is_none() {
+        args.app.config = settings.config;
+    }
+    if args.push.to.is_none() {
+        args.push.to = settings.push.to;
+    }
+    if args.push.tag.is_none() {
+        args.push.tag = settings.push.tag;
+    }
+    let (flags, r) = (&mut args.rollout, settings.rollout);
+    flags.strategy = flags.strategy.or(r.strategy);
+    flags.max_unavailable = flags.max_unavailable.or(r.max_unavailable);
+    flags.wait_timeout = flags.wait_timeout.or(r.wait_timeout);
+    flags.release_command_timeout = flags.release_command_timeout.or(r.release_command_timeout);
+    // These flags can only switch a behaviour off, so the settings can too, never back on.
+    flags.no_rollback |= r.rollback == Some(false);
+    flags.skip_release |= r.skip_release == Some(true);
+}
 
 pub async fn run(args: DeployArgs, reporter: Reporter) -> anyhow::Result<()> {
-    if args.rollout.plan {
-        // A plan changes nothing, and a push would change the registry: show where the image
-        // would go and plan the rollout against that tag instead of a digest.
-        let (_, push_plan) = args.push.plan(&args.app)?;
-        let image = format!(
-            "{}:{}",
-            push_plan.name(),
-            push_plan.tag.as_deref().unwrap_or("latest")
-        );
-        reporter.info(format!("plan: push {} to {image} (nothing pushed)", args.source));
-        return super::rollout::rollout_image(&args.app, &args.rollout, Some(image), reporter).await;
+    let deploy = ResolvedDeploy::resolve(args, &reporter)?;
+    deploy.check().await?;
+    let ResolvedDeploy { push, rollout } = deploy;
+    if rollout.dry_run() {
+        // A push would change the registry: show where the image would go and preview the
+        // rollout against that tag instead of a digest.
+        let target = push.target();
+        reporter.info(format!(
+            "dry run: would push {} to {target} (nothing pushed)",
+            push.source
+        ));
+        return rollout.run(target, reporter).await;
     }
-    // Fail on a missing token before minutes of uploading, not after.
-    args.app.fly_token()?;
-    let pushed = super::push::push_image(&args.source, &args.push, &args.app, &reporter).await?;
-    super::rollout::rollout_image(
-        &args.app,
-        &args.rollout,
-        Some(pushed.reference.clone()),
-        reporter.clone(),
-    )
-    .await?;
+    let pushed = push.run(&reporter).await?;
+    rollout.run(pushed.reference.clone(), reporter.clone()).await?;
     reporter.result(&pushed.reference);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::fly::appconfig::{MaxUnavailable, Strategy};
+    use clap::Parser;
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    fn settings() -> Settings {
+        let text = serde_json::json!({
+            "version": 1,
+            "app": "demo",
+            "config": "/nix/store/aaaa-fly.toml",
+            "push": { "to": "registry.example/demo", "tag": "v1" },
+            "rollout": {
+                "strategy": "canary",
+                "max_unavailable": 0.5,
+                "wait_timeout": "90s",
+                "release_command_timeout": "300s",
+                "rollback": false,
+                "skip_release": true,
+            },
+        });
+        Settings::parse(Path::new("settings.json"), &text.to_string()).unwrap()
+    }
+
+    fn deploy_args(argv: &[&str]) -> DeployArgs {
+        let cli = Cli::parse_from(["nixfly", "deploy", "./image"].iter().chain(argv));
+        let Command::Deploy(args) = cli.command else {
+            panic!("not a deploy")
+        };
+        args
+    }
+
+    #[test]
+    fn settings_fill_only_what_flags_left_unset() {
+        let mut args = deploy_args(&["--tag", "from-flag"]);
+        fill_from_settings(settings(), &mut args);
+        assert_eq!(args.push.tag.as_deref(), Some("from-flag"));
+        assert_eq!(args.push.to.as_deref(), Some("registry.example/demo"));
+        assert_eq!(args.app.app.as_deref(), Some("demo"));
+        assert_eq!(args.app.config, Some(PathBuf::from("/nix/store/aaaa-fly.toml")));
+        assert_eq!(args.rollout.strategy, Some(Strategy::Canary));
+        assert_eq!(args.rollout.max_unavailable, Some(MaxUnavailable::Fraction(0.5)));
+        assert_eq!(args.rollout.wait_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(
+            args.rollout.release_command_timeout,
+            Some(Duration::from_secs(300))
+        );
+        assert!(args.rollout.no_rollback && args.rollout.skip_release);
+    }
+
+    #[test]
+    fn rollout_flags_win_over_settings() {
+        let mut args = deploy_args(&["--strategy", "immediate", "--wait-timeout", "10s"]);
+        fill_from_settings(settings(), &mut args);
+        assert_eq!(args.rollout.strategy, Some(Strategy::Immediate));
+        assert_eq!(args.rollout.wait_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(args.rollout.max_unavailable, Some(MaxUnavailable::Fraction(0.5)));
+    }
 }

@@ -4,12 +4,12 @@
 pub mod deploy;
 pub mod layer;
 pub mod push;
+pub mod registry;
 pub mod rollout;
 pub mod settings;
 
 use crate::fly::appconfig::AppConfig;
 use crate::progress::{OutputMode, Reporter};
-use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -32,6 +32,7 @@ pub struct Cli {
 }
 
 #[derive(Args, Debug)]
+#[command(next_help_heading = "Output")]
 pub struct GlobalArgs {
     /// More detail on stderr: -v shows HTTP requests and child-process output, -vv everything.
     /// Tokens are never printed.
@@ -79,12 +80,13 @@ pub struct DeployArgs {
     pub rollout: rollout::RolloutOptions,
     /// JSON settings written by mkFlyDeploy (schema: docs/settings.schema.json). They fill
     /// only what flags and environment variables left unset.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Fly app")]
     pub settings: Option<PathBuf>,
 }
 
 /// Options every command that talks about a Fly app shares.
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Fly app")]
 pub struct AppOptions {
     /// Fly app name. Default: FLY_APP, then `app` in fly.toml.
     #[arg(short, long, env = "FLY_APP")]
@@ -147,14 +149,7 @@ pub async fn run(cli: Cli, reporter: Reporter) -> anyhow::Result<()> {
     match cli.command {
         Command::Push(args) => push::run(args, reporter).await,
         Command::Rollout(args) => rollout::run(args, reporter).await,
-        Command::Deploy(mut args) => {
-            if let Some(path) = args.settings.take() {
-                crate::settings::Settings::load(&path)
-                    .context("reading the settings from mkFlyDeploy")?
-                    .fill(&mut args);
-            }
-            deploy::run(args, reporter).await
-        }
+        Command::Deploy(args) => deploy::run(args, reporter).await,
         Command::Settings(command) => settings::run(command, reporter),
         Command::Layer(args) => layer::run(args, reporter).await,
         Command::Registry(command) => crate::registry::debug::run(command, reporter).await,

@@ -1,12 +1,15 @@
-//! `nixfly push`: options and the command.
+//! `nixfly push`: options, and turning them into one `ResolvedPush` before any network call.
 
 use super::AppOptions;
+use super::registry::RegistryOptions;
 use crate::blob::{Algorithm, Compression};
 use crate::cache::Cache;
+use crate::fly::FlyToken;
 use crate::image::SourceKind;
 use crate::progress::Reporter;
 use crate::push::{ManifestFormat, PushPlan, Pushed};
-use crate::registry::{Reference, RegistryArgs, RegistryClient};
+use crate::registry::client::UploadMode;
+use crate::registry::{Reference, RegistryClient};
 use anyhow::Context;
 use clap::Args;
 use std::sync::Arc;
@@ -24,6 +27,7 @@ pub struct PushArgs {
 
 /// Options shared by `push` and `deploy`.
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Image")]
 pub struct PushOptions {
     /// Where to push: `host/repo[:tag]`. Default: registry.fly.io/<app> (FLY_REGISTRY_HOST
     /// overrides the host).
@@ -53,33 +57,56 @@ pub struct PushOptions {
     /// (and uploaded) even when the registry already has it.
     #[arg(long, env = "NIXFLY_NO_CACHE")]
     pub no_cache: bool,
+    /// How layer data is uploaded: one streamed PATCH (what docker does), acknowledged chunks,
+    /// or one monolithic PUT.
+    #[arg(long, value_enum, default_value_t = UploadMode::Stream, value_name = "MODE", help_heading = "Registry")]
+    pub upload_mode: UploadMode,
     #[command(flatten)]
-    pub registry: RegistryArgs,
+    pub registry: RegistryOptions,
 }
 
 /// Layers in flight by default: enough to overlap HEADs, compression and uploads on 2-8 cores
 /// without holding many upload windows in memory.
 const DEFAULT_JOBS: usize = 4;
 
-/// Resend window per upload (see `push_image`).
+/// Resend window per upload: every upload in flight keeps this much for resending after a
+/// cut; with `--jobs` uploads at once it is most of the memory a push uses (peak RSS stays
+/// under 100 MB at 4 jobs).
 const UPLOAD_WINDOW: u64 = 8 << 20;
 
+/// A sha256 no registry needs to hold: asking for it checks access and changes nothing.
+const PROBE_DIGEST: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+/// A push with everything decided: where, how, with which credentials. Made without any
+/// network call; `check_access` is the first request, `run` does the push.
+pub struct ResolvedPush {
+    pub source: String,
+    pub source_kind: SourceKind,
+    pub plan: PushPlan,
+    pub client: Arc<RegistryClient>,
+    pub use_cache: bool,
+}
+
 impl PushOptions {
-    /// Where the image goes and how, from the flags, the app and fly.toml. No network.
-    pub fn plan(&self, app: &AppOptions) -> anyhow::Result<(Reference, PushPlan)> {
-        let reference = match &self.to {
-            Some(to) => Reference::parse(to).with_context(|| format!("reading --to {to}"))?,
-            None => {
-                // fly.toml only when --app is not given; its warnings are the rollout's to show.
-                let fly_toml = match (&app.app, app.fly_toml_path()) {
-                    (None, Some(path)) => Some(crate::fly::appconfig::AppConfig::load(&path)?.0),
-                    _ => None,
-                };
-                let app = app
-                    .app_name(fly_toml.as_ref())
-                    .context("nowhere to push: pass --to host/repository, or name a Fly app")?;
+    /// Resolve the push of `source`. `app` names the repository when `--to` is not given;
+    /// `fly_token` is asked for only when the registry is Fly's.
+    pub fn resolve(
+        &self,
+        source: &str,
+        app: Option<&str>,
+        fly_token: impl FnOnce() -> anyhow::Result<FlyToken>,
+        reporter: &Reporter,
+    ) -> anyhow::Result<ResolvedPush> {
+        let reference = match (&self.to, app) {
+            (Some(to), _) => Reference::parse(to).with_context(|| format!("reading --to {to}"))?,
+            (None, Some(app)) => {
                 let host = crate::registry::reference::default_registry_host();
                 Reference::parse(&format!("{host}/{app}")).with_context(|| format!("app name {app:?}"))?
+            }
+            (None, None) => {
+                anyhow::bail!(
+                    "nowhere to push: pass --to host/repository, or name a Fly app (--app, FLY_APP or app in fly.toml)"
+                )
             }
         };
         if let Some(digest) = &reference.digest {
@@ -104,58 +131,79 @@ impl PushOptions {
             workers: crate::blob::default_workers(),
         };
         plan.validate()?;
-        Ok((reference, plan))
+        let mut client_options = self.registry.client_options(&reference.registry, fly_token)?;
+        client_options.upload_mode = self.upload_mode;
+        client_options.upload_window = client_options.upload_window.min(UPLOAD_WINDOW);
+        let client = RegistryClient::new(&reference.registry, client_options, reporter.clone())?;
+        Ok(ResolvedPush {
+            source: source.to_string(),
+            source_kind: self.source_kind,
+            plan,
+            client: Arc::new(client),
+            use_cache: !self.no_cache,
+        })
     }
 }
 
-/// Push `source` as `options` say; shared by `push` and `deploy`.
-pub async fn push_image(
-    source: &str,
-    options: &PushOptions,
-    app: &AppOptions,
-    reporter: &Reporter,
-) -> anyhow::Result<Pushed> {
-    let (reference, plan) = options.plan(app)?;
-    let is_fly = reference.registry == crate::registry::reference::default_registry_host();
-    // The Fly token is the registry password for registry.fly.io; other registries never see it.
-    let fly_token = if is_fly && options.registry.creds.is_none() {
-        Some(
-            app.fly_token()
-                .context("pushing to the Fly registry needs a Fly token")?,
+impl ResolvedPush {
+    /// `host/repo:tag`, where the image goes.
+    pub fn target(&self) -> String {
+        format!(
+            "{}:{}",
+            self.plan.name(),
+            self.plan.tag.as_deref().unwrap_or("latest")
         )
-    } else {
-        None
-    };
-    let mut client_options = options.registry.client_options(&reference.registry, fly_token)?;
-    // Every upload in flight keeps this much for resending after a cut: with `--jobs` uploads
-    // at once it is most of the memory a push uses (peak RSS stays under 100 MB at 4 jobs).
-    client_options.upload_window = client_options.upload_window.min(UPLOAD_WINDOW);
-    let client = Arc::new(RegistryClient::new(
-        &reference.registry,
-        client_options,
-        reporter.clone(),
-    )?);
-    let image_source = crate::image::detect(source, options.source_kind)?;
-    let description = image_source.describe();
-    reporter.info(format!(
-        "pushing {description} to {}:{}",
-        plan.name(),
-        plan.tag.as_deref().unwrap_or("")
-    ));
-    let image = {
-        let reporter = reporter.clone();
-        tokio::task::spawn_blocking(move || image_source.open(&reporter))
+    }
+
+    /// Ask the registry about a blob with push access, before any layer is read: bad
+    /// credentials, a refused token or an unreachable registry end the command here, not
+    /// after minutes of compressing.
+    pub async fn check_access(&self) -> anyhow::Result<()> {
+        self.client
+            .blob_exists(&self.plan.repository, PROBE_DIGEST)
             .await
-            .context("opening the image")??
-    };
-    let cache = Arc::new(Cache::open(!options.no_cache, reporter.clone()));
-    crate::push::push(client, image, &plan, cache, reporter.clone())
-        .await
-        .with_context(|| format!("pushing {description} to {}", plan.name()))
+            .with_context(|| format!("checking push access to {}", self.plan.name()))?;
+        Ok(())
+    }
+
+    pub async fn run(&self, reporter: &Reporter) -> anyhow::Result<Pushed> {
+        let image_source = crate::image::detect(&self.source, self.source_kind)?;
+        let description = image_source.describe();
+        reporter.info(format!("pushing {description} to {}", self.target()));
+        let image = {
+            let reporter = reporter.clone();
+            tokio::task::spawn_blocking(move || image_source.open(&reporter))
+                .await
+                .context("opening the image")??
+        };
+        let cache = Arc::new(Cache::open(self.use_cache, reporter.clone()));
+        crate::push::push(self.client.clone(), image, &self.plan, cache, reporter.clone())
+            .await
+            .with_context(|| format!("pushing {description} to {}", self.plan.name()))
+    }
 }
 
 pub async fn run(args: PushArgs, reporter: Reporter) -> anyhow::Result<()> {
-    let pushed = push_image(&args.source, &args.options, &args.app, &reporter).await?;
+    // fly.toml only names the repository: it is not read when --to or --app says where.
+    let app = match (&args.options.to, &args.app.app) {
+        (Some(_), _) => None,
+        (None, Some(app)) => Some(app.clone()),
+        (None, None) => {
+            let fly_toml = args.app.fly_toml(&reporter)?;
+            Some(
+                args.app
+                    .app_name(fly_toml.as_ref())
+                    .context("nowhere to push: pass --to host/repository, or name a Fly app")?,
+            )
+        }
+    };
+    let push = args.options.resolve(
+        &args.source,
+        app.as_deref(),
+        || Ok(args.app.fly_token()?),
+        &reporter,
+    )?;
+    let pushed = push.run(&reporter).await?;
     reporter.result(&pushed.reference);
     Ok(())
 }

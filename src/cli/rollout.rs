@@ -1,11 +1,15 @@
-//! `nixfly rollout`: options, and turning flags + environment + fly.toml into one validated
-//! `RolloutSpec` before any network call. Flags win over fly.toml, fly.toml over defaults.
+//! `nixfly rollout`: options, and turning flags + environment + fly.toml into one
+//! `ResolvedRollout` before any network call. Flags win over fly.toml, fly.toml over defaults.
 
 use super::AppOptions;
+use super::registry::RegistryOptions;
+use crate::fly::FlyToken;
 use crate::fly::api::{DEFAULT_MACHINES_URL, DEFAULT_PLATFORM_URL, FlyHttp, MachinesApi};
-use crate::fly::appconfig::{self, AppConfig, MaxUnavailable, Strategy};
+use crate::fly::appconfig::units::parse_go_duration;
+use crate::fly::appconfig::{AppConfig, MaxUnavailable, Strategy};
 use crate::fly::platform::PlatformApi;
 use crate::progress::Reporter;
+use crate::registry::{Reference, RegistryClient};
 use crate::rollout::{ReleaseCommand, RolloutSpec};
 use anyhow::Context as _;
 use clap::Args;
@@ -20,43 +24,47 @@ const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(13);
 pub struct RolloutArgs {
     /// The image to deploy, already in a registry: host/repo@sha256:... or host/repo:tag (looked
     /// up in the registry). Default: [build] image in fly.toml. Machines always get the digest.
-    #[arg(long)]
+    #[arg(long, help_heading = "Image")]
     pub image: Option<String>,
     #[command(flatten)]
     pub app: AppOptions,
     #[command(flatten)]
     pub options: RolloutOptions,
+    /// For the tag lookup of `--image host/repo:tag`.
+    #[command(flatten)]
+    pub registry: RegistryOptions,
 }
 
 /// Options shared by `rollout` and `deploy`.
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Rollout")]
 pub struct RolloutOptions {
-    /// Print what the deploy would do (release, release_command, machines, waves, images) and
-    /// change nothing.
-    #[arg(long)]
-    pub plan: bool,
+    /// Check everything and print what the deploy would do (release, release_command,
+    /// machines, waves, images), changing nothing: no push, no machine touched.
+    #[arg(long, alias = "plan")]
+    pub dry_run: bool,
     /// rolling, immediate, canary or bluegreen. Default: [deploy] strategy, else rolling.
-    #[arg(long, value_parser = parse_strategy)]
+    #[arg(long)]
     pub strategy: Option<Strategy>,
     /// Machines of a group updated at once (rolling, canary): a count (2) or a fraction of the
     /// group (0.25). Default: [deploy] max_unavailable, else 0.33.
-    #[arg(long, value_parser = parse_max_unavailable)]
+    #[arg(long)]
     pub max_unavailable: Option<MaxUnavailable>,
     /// How long a machine may take to start and pass its checks (e.g. 90s, 5m). Default:
     /// [deploy] wait_timeout, else 5m.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_go_duration, value_name = "DURATION")]
     pub wait_timeout: Option<Duration>,
     /// How long to watch a machine without health checks for a crash loop once it started.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION", default_value = "10s")]
+    #[arg(long, value_parser = parse_go_duration, value_name = "DURATION", default_value = "10s")]
     pub smoke_check_window: Duration,
     /// How long release_command may run. Default: [deploy] release_command_timeout, else 5m.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_go_duration, value_name = "DURATION")]
     pub release_command_timeout: Option<Duration>,
     /// How long to wait for a machine lease held by someone else before giving up.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION", default_value = "30s")]
+    #[arg(long, value_parser = parse_go_duration, value_name = "DURATION", default_value = "30s")]
     pub lease_wait: Duration,
     /// Lease time-to-live; leases are refreshed at a third of it while the deploy runs.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION", hide = true)]
+    #[arg(long, value_parser = parse_go_duration, value_name = "DURATION", hide = true)]
     pub lease_ttl: Option<Duration>,
     /// Leave machines as they are when the rollout fails, instead of restoring their previous
     /// config. The exit code is still non-zero.
@@ -77,108 +85,111 @@ pub struct RolloutOptions {
     pub platform_url: String,
 }
 
-pub(crate) fn parse_strategy(text: &str) -> Result<Strategy, String> {
-    Strategy::parse(text)
-        .ok_or_else(|| format!("unknown strategy {text:?}; use rolling, immediate, canary or bluegreen"))
+/// A rollout with everything decided but the image: the app, fly.toml, the merged options
+/// and the API clients (made, not yet used). Shared by `rollout` and `deploy`.
+pub struct ResolvedRollout {
+    pub app: String,
+    fly_toml: Option<AppConfig>,
+    options: RolloutOptions,
+    api: MachinesApi,
+    platform: Option<PlatformApi>,
 }
 
-/// flyctl reads one number: ≥ 1 is a count, between 0 and 1 a fraction of the group.
-pub(crate) fn parse_max_unavailable(text: &str) -> Result<MaxUnavailable, String> {
-    let value: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number; use a count (2) or a fraction (0.25)"))?;
-    if value <= 0.0 || !value.is_finite() {
-        Err(format!("{text:?} must be above 0"))
-    } else if value < 1.0 {
-        Ok(MaxUnavailable::Fraction(value))
-    } else if value.fract() == 0.0 && value <= f64::from(u32::MAX) {
-        Ok(MaxUnavailable::Count(value as u32))
-    } else {
-        Err(format!("{text:?}: a count of machines must be a whole number"))
+impl ResolvedRollout {
+    /// No network: the clients are only built.
+    pub fn new(
+        app: &str,
+        fly_toml: Option<AppConfig>,
+        options: &RolloutOptions,
+        token: FlyToken,
+        reporter: &Reporter,
+    ) -> anyhow::Result<Self> {
+        let machines_http = FlyHttp::new(&options.api_url, token.clone(), reporter.clone())?;
+        let platform = if options.skip_release {
+            None
+        } else {
+            Some(PlatformApi::new(FlyHttp::new(
+                &options.platform_url,
+                token,
+                reporter.clone(),
+            )?))
+        };
+        Ok(ResolvedRollout {
+            app: app.to_string(),
+            fly_toml,
+            options: options.clone(),
+            api: MachinesApi::new(machines_http, app),
+            platform,
+        })
     }
-}
 
-/// A Go duration (`90s`, `5m`) as in fly.toml, or plain seconds.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    match text.trim().parse::<u64>() {
-        Ok(secs) => Ok(Duration::from_secs(secs)),
-        Err(_) => appconfig::units::parse_go_duration(text),
+    pub fn dry_run(&self) -> bool {
+        self.options.dry_run
+    }
+
+    /// The first Fly request: the app exists and the token may use it (Machines API
+    /// `GET /v1/apps/{app}`).
+    pub async fn check_app(&self) -> anyhow::Result<()> {
+        match self.api.get_app().await {
+            Ok(_) => Ok(()),
+            Err(err) if err.status() == Some(404) => Err(anyhow::Error::new(err).context(format!(
+                "Fly app {app} does not exist, or the token cannot see it: check --app (or app in \
+                 fly.toml), or create it with `fly apps create {app}`",
+                app = self.app
+            ))),
+            Err(err) => Err(anyhow::Error::new(err).context(format!("checking Fly app {}", self.app))),
+        }
+    }
+
+    /// Roll `image` out (a digest reference; a tag only in a dry run).
+    pub async fn run(self, image: String, reporter: Reporter) -> anyhow::Result<()> {
+        let spec = spec(&self.app, image, &self.options, self.fly_toml.as_ref());
+        let app = self.app;
+        crate::rollout::run(spec, self.api, self.platform, reporter, self.fly_toml)
+            .await
+            .with_context(|| format!("deploying to Fly app {app}"))
     }
 }
 
 pub async fn run(args: RolloutArgs, reporter: Reporter) -> anyhow::Result<()> {
-    rollout_image(&args.app, &args.options, args.image, reporter).await
-}
-
-/// Roll `image` (or fly.toml's `[build] image`) out: shared by `rollout` and `deploy`.
-pub async fn rollout_image(
-    app: &AppOptions,
-    options: &RolloutOptions,
-    image: Option<String>,
-    reporter: Reporter,
-) -> anyhow::Result<()> {
-    let fly_toml = app.fly_toml(&reporter)?;
-    let app_name = app.app_name(fly_toml.as_ref())?;
-    let image = image
+    let fly_toml = args.app.fly_toml(&reporter)?;
+    let app = args.app.app_name(fly_toml.as_ref())?;
+    let image = args
+        .image
         .or_else(|| fly_toml.as_ref().and_then(|c| c.build.image.clone()))
         .context("no image to deploy: pass --image host/repo@sha256:... or set [build] image in fly.toml")?;
-    // A plan touches no machine, so it may show a tag; a real rollout needs the digest.
-    let image = if options.plan || image.contains('@') {
-        image
-    } else {
-        resolve_tag(&image, app, &reporter).await?
-    };
-    let image = if options.plan {
-        image
-    } else {
-        pinned_image(&image)?
-    };
-    let spec = spec(&app_name, image, options, fly_toml.as_ref())?;
-    let token = app.fly_token()?;
-    let machines_http = FlyHttp::new(&options.api_url, token.clone(), reporter.clone())?;
-    let api = MachinesApi::new(machines_http, &app_name);
-    let platform = if options.skip_release {
+    let token = args.app.fly_token()?;
+    let dry_run = args.options.dry_run;
+    // A dry run touches no machine, so it may show a tag; a real rollout needs the digest,
+    // which the registry gives for a tag.
+    let lookup = if dry_run || image.contains('@') {
         None
     } else {
-        Some(PlatformApi::new(FlyHttp::new(
-            &options.platform_url,
-            token,
-            reporter.clone(),
-        )?))
+        let reference =
+            Reference::parse(&image).with_context(|| format!("--image {image} is not an image reference"))?;
+        let options = args
+            .registry
+            .client_options(&reference.registry, || Ok(token.clone()))?;
+        let client = RegistryClient::new(&reference.registry, options, reporter.clone())?;
+        Some((reference, client))
     };
-    crate::rollout::run(spec, api, platform, reporter, fly_toml)
-        .await
-        .with_context(|| format!("deploying to Fly app {app_name}"))
+    let rollout = ResolvedRollout::new(&app, fly_toml, &args.options, token, &reporter)?;
+    let image = match lookup {
+        Some((reference, client)) => resolve_tag(&reference, &client, &reporter).await?,
+        None if dry_run => image,
+        None => pinned_image(&image)?,
+    };
+    rollout.run(image, reporter).await
 }
 
 /// `host/repo:tag` → `host/repo@sha256:...` as the registry has it now, so that the machines
-/// (and a rollback) get an immutable reference. The Fly token is the password for the Fly
-/// registry; other registries use the Docker/podman auth files.
-async fn resolve_tag(image: &str, app: &AppOptions, reporter: &Reporter) -> anyhow::Result<String> {
-    use crate::registry::auth::CredentialLookup;
-    use crate::registry::client::ClientOptions;
-    use crate::registry::reference::default_registry_host;
-    let reference = crate::registry::Reference::parse(image)
-        .with_context(|| format!("--image {image} is not an image reference"))?;
+/// (and a rollback) get an immutable reference.
+async fn resolve_tag(
+    reference: &Reference,
+    client: &RegistryClient,
+    reporter: &Reporter,
+) -> anyhow::Result<String> {
     let tag = reference.tag.as_deref().unwrap_or("latest");
-    let fly_host = default_registry_host();
-    let fly_token = if reference.registry.eq_ignore_ascii_case(&fly_host) {
-        Some(app.fly_token()?)
-    } else {
-        None
-    };
-    let lookup = CredentialLookup {
-        flag: None,
-        auth_files: CredentialLookup::standard_auth_files(),
-        fly_token,
-        fly_registry_host: fly_host,
-    };
-    let options = ClientOptions {
-        credentials: lookup.find(&reference.registry)?,
-        ..ClientOptions::default()
-    };
-    let client = crate::registry::RegistryClient::new(&reference.registry, options, reporter.clone())?;
     let manifest = client
         .get_manifest(&reference.repository, tag)
         .await?
@@ -189,7 +200,7 @@ async fn resolve_tag(image: &str, app: &AppOptions, reporter: &Reporter) -> anyh
             )
         })?;
     let pinned = reference.with_digest(&manifest.digest);
-    reporter.info(format!("{image} is {pinned}"));
+    reporter.info(format!("{reference} is {pinned}"));
     Ok(pinned)
 }
 
@@ -208,12 +219,7 @@ fn pinned_image(image: &str) -> anyhow::Result<String> {
     Ok(image.to_string())
 }
 
-fn spec(
-    app: &str,
-    image: String,
-    options: &RolloutOptions,
-    fly_toml: Option<&AppConfig>,
-) -> anyhow::Result<RolloutSpec> {
+fn spec(app: &str, image: String, options: &RolloutOptions, fly_toml: Option<&AppConfig>) -> RolloutSpec {
     let deploy = fly_toml.map(|c| &c.deploy);
     let release_command = deploy
         .and_then(|d| d.release_command.clone())
@@ -226,7 +232,7 @@ fn spec(
             guest: fly_toml.and_then(|c| c.deploy.release_command_vm.as_ref().map(|vm| c.guest(vm))),
             fly_toml: fly_toml.and_then(|c| c.release_command_config().ok().flatten()),
         });
-    Ok(RolloutSpec {
+    RolloutSpec {
         app: app.to_string(),
         image,
         strategy: options
@@ -249,30 +255,62 @@ fn spec(
         primary_region: fly_toml.and_then(|c| c.primary_region.clone()),
         rollback: !options.no_rollback,
         definition: fly_toml.map_or(serde_json::Value::Null, |c| c.definition.clone()),
-        plan_only: options.plan,
+        plan_only: options.dry_run,
         destroy_removed_groups: options.destroy_removed_groups,
-    })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
 
     #[test]
-    fn max_unavailable_is_a_count_from_one_and_a_fraction_below() {
-        assert_eq!(parse_max_unavailable("2"), Ok(MaxUnavailable::Count(2)));
-        assert_eq!(parse_max_unavailable("1"), Ok(MaxUnavailable::Count(1)));
-        assert_eq!(parse_max_unavailable("0.25"), Ok(MaxUnavailable::Fraction(0.25)));
-        for bad in ["0", "-1", "1.5", "x", "NaN"] {
-            assert!(parse_max_unavailable(bad).is_err(), "{bad}");
+    fn flag_fly_toml_and_settings_read_max_unavailable_and_durations_alike() {
+        let toml = "[deploy]\nmax_unavailable = 1.5\nwait_timeout = \"90s\"\n";
+        let (config, _) = AppConfig::parse(toml, std::path::Path::new("fly.toml")).unwrap();
+        let settings = crate::settings::Settings::parse(
+            std::path::Path::new("settings.json"),
+            r#"{"version": 1, "app": "demo", "rollout": {"max_unavailable": 1.5, "wait_timeout": "90s"}}"#,
+        )
+        .unwrap();
+        let flag = Cli::parse_from([
+            "nixfly",
+            "rollout",
+            "--max-unavailable",
+            "1.5",
+            "--wait-timeout",
+            "90s",
+        ]);
+        let Command::Rollout(flag) = flag.command else {
+            panic!("not a rollout")
+        };
+        // flyctl: a number from 1 on is a count with its fraction dropped.
+        let one = Some(MaxUnavailable::Count(1));
+        assert_eq!(config.deploy.max_unavailable, one);
+        assert_eq!(settings.rollout.max_unavailable, one);
+        assert_eq!(flag.options.max_unavailable, one);
+        let ninety = Some(Duration::from_secs(90));
+        assert_eq!(config.deploy.wait_timeout, ninety);
+        assert_eq!(settings.rollout.wait_timeout, ninety);
+        assert_eq!(flag.options.wait_timeout, ninety);
+
+        // A bare number has no unit anywhere (flyctl's flag and fly.toml refuse it too).
+        assert!(Cli::try_parse_from(["nixfly", "rollout", "--wait-timeout", "90"]).is_err());
+        assert!(AppConfig::parse("[deploy]\nwait_timeout = \"90\"\n", std::path::Path::new("f")).is_err());
+        assert!(
+            crate::settings::Settings::parse(
+                std::path::Path::new("s.json"),
+                r#"{"version": 1, "app": "demo", "rollout": {"wait_timeout": "90"}}"#,
+            )
+            .is_err()
+        );
+        for bad in ["0", "-1", "x", "NaN", "inf"] {
+            assert!(bad.parse::<MaxUnavailable>().is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn durations_are_go_style_or_seconds() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("soon").is_err());
+        assert_eq!("0.25".parse(), Ok(MaxUnavailable::Fraction(0.25)));
+        assert_eq!("2".parse(), Ok(MaxUnavailable::Count(2)));
     }
 
     #[test]
@@ -305,7 +343,7 @@ A = "1"
             lease_wait: Duration::from_secs(30),
             ..RolloutOptions::default()
         };
-        let spec = spec("demo", "img@sha256:x".into(), &options, Some(&config)).unwrap();
+        let spec = spec("demo", "img@sha256:x".into(), &options, Some(&config));
         assert_eq!(spec.strategy, Strategy::Immediate);
         assert_eq!(spec.max_unavailable, MaxUnavailable::Count(3));
         assert_eq!(spec.wait_timeout, Duration::from_secs(120));
@@ -321,6 +359,6 @@ A = "1"
     }
 
     fn spec_without_toml() -> RolloutSpec {
-        spec("demo", "img@sha256:x".into(), &RolloutOptions::default(), None).unwrap()
+        spec("demo", "img@sha256:x".into(), &RolloutOptions::default(), None)
     }
 }

@@ -4,6 +4,7 @@
 use super::FlyToken;
 use super::types::{App, Lease, LeaseResponse, Machine, Volume};
 use crate::progress::Reporter;
+use crate::retry::RetryPolicy;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -15,9 +16,6 @@ pub const DEFAULT_PLATFORM_URL: &str = "https://api.fly.io";
 
 /// The Machines API caps one `wait` call at 60 seconds; longer waits loop.
 pub const MAX_WAIT_CALL: Duration = Duration::from_secs(60);
-
-const MAX_ATTEMPTS: u32 = 6;
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -151,7 +149,8 @@ impl FlyHttp {
     }
 
     /// Send a request, retrying 429 (honouring Retry-After) and, for replayable requests, 5xx
-    /// and connection failures, with exponential backoff. Returns the body of a 2xx answer.
+    /// and connection failures, as the shared `RetryPolicy` says. Returns the body of a 2xx
+    /// answer.
     pub(crate) async fn send(&self, req: Request<'_>) -> Result<Vec<u8>, ApiError> {
         let url = self.url(req.path, req.query);
         let shown = format!(
@@ -159,9 +158,9 @@ impl FlyHttp {
             url.path(),
             url.query().map(|q| format!("?{q}")).unwrap_or_default()
         );
+        let policy = RetryPolicy::default();
         let mut attempt = 0;
         loop {
-            attempt += 1;
             let mut builder = self
                 .client
                 .request(req.method.clone(), url.clone())
@@ -176,8 +175,9 @@ impl FlyHttp {
             let response = match builder.send().await {
                 Ok(response) => response,
                 Err(source) => {
-                    if req.replay == Replay::Safe && attempt < MAX_ATTEMPTS {
-                        let delay = backoff(attempt);
+                    if req.replay == Replay::Safe && attempt < policy.retries {
+                        let delay = policy.delay(attempt, None);
+                        attempt += 1;
                         self.reporter
                             .debug(format!("{} {shown}: {source}; retrying in {delay:?}", req.method));
                         tokio::time::sleep(delay).await;
@@ -191,12 +191,7 @@ impl FlyHttp {
                 }
             };
             let status = response.status();
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+            let retry_after = crate::retry::retry_after(response.headers());
             let body = response.bytes().await.map_err(|source| ApiError::Transport {
                 method: req.method.clone(),
                 url: shown.clone(),
@@ -207,12 +202,14 @@ impl FlyHttp {
             }
             let retryable = status == StatusCode::TOO_MANY_REQUESTS
                 || (status.is_server_error() && req.replay == Replay::Safe);
-            if retryable && attempt < MAX_ATTEMPTS {
-                let delay = retry_after.unwrap_or_else(|| backoff(attempt));
+            if retryable && attempt < policy.retries {
+                let delay = policy.delay(attempt, retry_after);
+                attempt += 1;
                 self.reporter.warn(format!(
-                    "{} {shown} answered {status}; retrying in {:.1}s (attempt {attempt} of {MAX_ATTEMPTS})",
+                    "{} {shown} answered {status}; retrying in {:.1}s (retry {attempt} of {})",
                     req.method,
-                    delay.as_secs_f64()
+                    delay.as_secs_f64(),
+                    policy.retries
                 ));
                 tokio::time::sleep(delay).await;
                 continue;
@@ -245,10 +242,6 @@ impl FlyHttp {
         let body = self.send(req).await?;
         serde_json::from_slice(&body).map_err(|source| ApiError::Decode { method, url, source })
     }
-}
-
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(250u64 << attempt.min(5)).min(Duration::from_secs(5))
 }
 
 /// The `error` field of a JSON error body, else the body itself (shortened), else "no body".
@@ -491,12 +484,6 @@ mod tests {
         );
         assert_eq!(error_message(b"upstream timeout\n"), "upstream timeout");
         assert_eq!(error_message(b""), "no response body");
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(1) < backoff(2));
-        assert_eq!(backoff(30), Duration::from_secs(5));
     }
 
     #[test]

@@ -30,8 +30,21 @@ pub enum AuthError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("the credentials for {host} in {path} cannot be used: `auth` must be base64 of USER:PASSWORD")]
+    #[error(
+        "the credentials for {host} in {path} cannot be used: `auth` must be base64 of USER:PASSWORD \
+         (and agree with `username`/`password` when those are set too)"
+    )]
     ConfigAuthInvalid { host: String, path: PathBuf },
+    #[error(
+        "credential helper {helper} (named in {path}) gave no credentials for {host}: {problem}; \
+         fix the helper or its entry in credHelpers/credsStore, or pass --creds USER:PASSWORD"
+    )]
+    Helper {
+        helper: String,
+        host: String,
+        path: PathBuf,
+        problem: String,
+    },
     #[error(
         "{registry}: the token service {realm} rejected the credentials ({status}) for scope {scope}; {hint}"
     )]
@@ -65,6 +78,8 @@ pub enum CredentialSource {
     Flag,
     FlyToken(String),
     ConfigFile(PathBuf),
+    /// A Docker credential helper, `docker-credential-<name>`.
+    Helper(String),
 }
 
 /// Credentials for one registry. `Debug` never shows the password.
@@ -168,9 +183,13 @@ impl CredentialLookup<'_> {
     }
 }
 
-/// `auths.<host>` of a Docker/containers auth file: `auth` (base64 USER:PASSWORD) or
-/// `username`/`password`. Keys may be bare hosts or URLs (`https://host/v1/`).
+/// Credentials for `host` from one Docker/containers auth file, as docker finds them: a
+/// credential helper named in `credHelpers.<host>`, an `identitytoken` or `auth`/`username`/
+/// `password` in `auths.<host>` (keys may be bare hosts or URLs like `https://host/v1/`), else
+/// the `credsStore` helper. The docker_credential crate reads the file and speaks the helper
+/// protocol (`docker-credential-<name> get`, the host on stdin, `{"Username", "Secret"}` back).
 fn credentials_from_auth_file(path: &Path, host: &str) -> Result<Option<Credentials>, AuthError> {
+    use docker_credential::{CredentialRetrievalError as Retrieval, DockerCredential};
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -181,48 +200,87 @@ fn credentials_from_auth_file(path: &Path, host: &str) -> Result<Option<Credenti
             });
         }
     };
-    #[derive(serde::Deserialize)]
-    struct File {
-        #[serde(default)]
-        auths: HashMap<String, Entry>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        auth: Option<String>,
-        username: Option<String>,
-        password: Option<String>,
-    }
-    let file: File = serde_json::from_str(&text).map_err(|source| AuthError::ConfigInvalid {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let entry = file.auths.iter().find_map(|(key, entry)| {
-        let key_host = key
-            .trim_start_matches("https://")
-            .trim_start_matches("http://")
-            .split('/')
-            .next()
-            .unwrap_or_default();
-        key_host.eq_ignore_ascii_case(host).then_some(entry)
-    });
-    let Some(entry) = entry else { return Ok(None) };
-    let source = CredentialSource::ConfigFile(path.to_path_buf());
-    let invalid = || AuthError::ConfigAuthInvalid {
+    // Parsed here first only for an error that says where the JSON is broken.
+    let config: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| AuthError::ConfigInvalid {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let named = |value: Option<&serde_json::Value>| {
+        value
+            .and_then(serde_json::Value::as_str)
+            .filter(|name| !name.is_empty())
+            .map(str::to_string)
+    };
+    // Which helper the crate will ask, to name it in messages: credHelpers for this host, else
+    // credsStore unless `auths` holds the host itself.
+    let in_auths = config
+        .get("auths")
+        .and_then(serde_json::Value::as_object)
+        .is_some_and(|auths| {
+            auths
+                .keys()
+                .any(|key| auth_key_host(key).eq_ignore_ascii_case(host))
+        });
+    let helper = named(config.get("credHelpers").and_then(|h| h.get(host)))
+        .or_else(|| named(config.get("credsStore")).filter(|_| !in_auths));
+    let source = match &helper {
+        Some(name) => CredentialSource::Helper(format!("docker-credential-{name}")),
+        None => CredentialSource::ConfigFile(path.to_path_buf()),
+    };
+    let helper_error = |problem: String| AuthError::Helper {
+        helper: format!("docker-credential-{}", helper.as_deref().unwrap_or("?")),
         host: host.to_string(),
         path: path.to_path_buf(),
+        problem,
     };
-    if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
-        crate::error::register_secret(auth);
-        let decoded = B64.decode(auth.trim()).map_err(|_| invalid())?;
-        let decoded = String::from_utf8(decoded).map_err(|_| invalid())?;
-        let (user, pass) = decoded.split_once(':').ok_or_else(invalid)?;
-        return Ok(Some(Credentials::new(user, pass, source)));
-    }
-    match (&entry.username, &entry.password) {
-        (Some(user), Some(pass)) => Ok(Some(Credentials::new(user, pass, source))),
-        _ => Ok(None),
+    match docker_credential::get_credential_from_reader(text.as_bytes(), host) {
+        Ok(DockerCredential::UsernamePassword(user, password)) => {
+            Ok(Some(Credentials::new(&user, &password, source)))
+        }
+        Ok(DockerCredential::IdentityToken(token)) => {
+            Ok(Some(Credentials::new(IDENTITY_TOKEN_USER, &token, source)))
+        }
+        Err(Retrieval::NoCredentialConfigured) => Ok(None),
+        // What docker's own helpers answer for a host they hold nothing for: anonymous, as
+        // docker treats it.
+        Err(Retrieval::HelperFailure { stdout, .. }) if stdout.contains("credentials not found") => Ok(None),
+        Err(Retrieval::HelperFailure { stdout, stderr, .. }) => {
+            let said: String = format!("{} {}", stdout.trim(), stderr.trim())
+                .trim()
+                .chars()
+                .take(300)
+                .collect();
+            Err(helper_error(format!("it failed: {said}")))
+        }
+        Err(Retrieval::HelperCommunicationError) => Err(helper_error(
+            "it could not be run: is it installed and on PATH?".into(),
+        )),
+        Err(Retrieval::MalformedHelperResponse) => Err(helper_error(
+            "its answer is not JSON with Username and Secret".into(),
+        )),
+        Err(Retrieval::CredentialDecodingError | Retrieval::CredentialMismatchError) => {
+            Err(AuthError::ConfigAuthInvalid {
+                host: host.to_string(),
+                path: path.to_path_buf(),
+            })
+        }
+        Err(Retrieval::ConfigNotFound | Retrieval::ConfigReadError) => Ok(None),
     }
 }
+
+/// The host of an `auths` key: `https://host/v1/` → `host`.
+fn auth_key_host(key: &str) -> &str {
+    key.trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+}
+
+/// The user name docker's credential protocol gives an identity token (an OAuth2 refresh
+/// token, exchanged at the token realm) instead of a password.
+pub const IDENTITY_TOKEN_USER: &str = "<token>";
 
 /// A parsed `WWW-Authenticate` challenge.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -465,10 +523,28 @@ impl Authenticator {
                 query.append_pair("scope", part);
             }
         }
-        let mut request = http.get(url.clone());
-        if let Some(creds) = &self.credentials {
-            request = request.header(reqwest::header::AUTHORIZATION, creds.basic_header());
-        }
+        let request = match &self.credentials {
+            // An identity token is an OAuth2 refresh token: POSTed to the realm for an access
+            // token (distribution's docs/spec/auth/oauth.md), never sent as a password.
+            Some(creds) if creds.username == IDENTITY_TOKEN_USER => {
+                let mut form = vec![
+                    ("grant_type", "refresh_token".to_string()),
+                    ("refresh_token", creds.password.clone()),
+                    ("client_id", "nixfly".to_string()),
+                    ("scope", wanted.0.join(" ")),
+                ];
+                if let Some(service) = &service {
+                    form.push(("service", service.clone()));
+                }
+                let mut realm_url = url.clone();
+                realm_url.set_query(None);
+                http.post(realm_url).form(&form)
+            }
+            Some(creds) => http
+                .get(url.clone())
+                .header(reqwest::header::AUTHORIZATION, creds.basic_header()),
+            None => http.get(url.clone()),
+        };
         let response = request.send().await.map_err(|source| AuthError::TokenTransport {
             registry: self.registry.clone(),
             realm: realm.clone(),
@@ -535,6 +611,11 @@ impl Authenticator {
                 "check the credentials for {} in {} (or pass --creds USER:PASSWORD)",
                 self.registry,
                 path.display()
+            ),
+            Some(CredentialSource::Helper(helper)) => format!(
+                "check the credentials {helper} holds for {} (log in again, e.g. `docker login {}`), \
+                 or pass --creds USER:PASSWORD",
+                self.registry, self.registry
             ),
             None => format!(
                 "no credentials for {} were found: pass --creds USER:PASSWORD, or log in with \

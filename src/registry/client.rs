@@ -2,7 +2,7 @@
 //! backoff honouring `Retry-After`, redirects without leaking `Authorization`, bounded
 //! parallelism, and `-v` request logs with credentials redacted.
 
-use super::auth::{Authenticator, CredentialLookup, Credentials, Scope};
+use super::auth::{Authenticator, Credentials, Scope};
 use super::error::{RegistryError, StatusError, parse_api_errors};
 use crate::progress::Reporter;
 use bytes::Bytes;
@@ -14,11 +14,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use url::Url;
 
-/// Statuses worth another try: the request may succeed unchanged a moment later.
-pub const RETRYABLE_STATUSES: [u16; 6] = [408, 429, 500, 502, 503, 504];
+pub use crate::retry::{RETRYABLE_STATUSES, RetryPolicy};
+
 const MAX_REDIRECTS: usize = 5;
-/// A `Retry-After` longer than this is capped: a push should not sleep for hours.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// How the blob data of a streamed upload is sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -30,36 +28,6 @@ pub enum UploadMode {
     Chunked,
     /// One PUT with the whole blob (held in memory: small blobs only).
     Monolithic,
-}
-
-#[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    /// Retries after the first try.
-    pub retries: u32,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            retries: 5,
-            base_delay: Duration::from_millis(250),
-            max_delay: Duration::from_secs(8),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Delay before retry number `attempt` (0-based): `Retry-After` when the registry gave
-    /// one, else exponential backoff.
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        retry_after.map(|d| d.min(MAX_RETRY_AFTER)).unwrap_or_else(|| {
-            self.base_delay
-                .saturating_mul(1u32 << attempt.min(16))
-                .min(self.max_delay)
-        })
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -88,50 +56,6 @@ impl Default for ClientOptions {
             upload_window: 16 << 20,
             chunk_size: 8 << 20,
         }
-    }
-}
-
-/// Registry options shared by every command that pushes or reads images.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct RegistryArgs {
-    /// Registry credentials as USER:PASSWORD. Default: for registry.fly.io the Fly token (user
-    /// `x`), else REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json, ~/.docker/config.json.
-    #[arg(
-        long,
-        value_name = "USER:PASSWORD",
-        env = "NIXFLY_REGISTRY_CREDS",
-        hide_env_values = true
-    )]
-    pub creds: Option<String>,
-    /// Talk plain HTTP to the registry (loopback hosts always do). Never use it over a network
-    /// you do not control.
-    #[arg(long, alias = "insecure-registry")]
-    pub plain_http: bool,
-    /// How layer data is uploaded: one streamed PATCH (what docker does), acknowledged chunks,
-    /// or one monolithic PUT.
-    #[arg(long, value_enum, default_value_t = UploadMode::Stream, value_name = "MODE")]
-    pub upload_mode: UploadMode,
-}
-
-impl RegistryArgs {
-    /// Client options for `registry`: credentials looked up as `CredentialLookup::find` says.
-    pub fn client_options(
-        &self,
-        registry: &str,
-        fly_token: Option<crate::fly::token::FlyToken>,
-    ) -> Result<ClientOptions, RegistryError> {
-        let lookup = CredentialLookup {
-            flag: self.creds.as_deref(),
-            auth_files: CredentialLookup::standard_auth_files(),
-            fly_token,
-            fly_registry_host: super::reference::default_registry_host(),
-        };
-        Ok(ClientOptions {
-            credentials: lookup.find(registry)?,
-            plain_http: self.plain_http,
-            upload_mode: self.upload_mode,
-            ..ClientOptions::default()
-        })
     }
 }
 
@@ -503,13 +427,9 @@ pub(crate) fn header_str(response: &Response, name: HeaderName) -> Option<String
         .map(str::to_string)
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare for registries and falls back to backoff).
+/// `Retry-After` of a registry answer, as the shared retry policy reads it.
 pub(crate) fn retry_after(response: &Response) -> Option<Duration> {
-    header_str(response, header::RETRY_AFTER)?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+    crate::retry::retry_after(response.headers())
 }
 
 #[cfg(test)]
@@ -536,18 +456,5 @@ mod tests {
         ] {
             assert!(!is_loopback(host), "{host}");
         }
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_and_retry_after_wins() {
-        let policy = RetryPolicy::default();
-        assert_eq!(policy.delay(0, None), Duration::from_millis(250));
-        assert_eq!(policy.delay(2, None), Duration::from_secs(1));
-        assert_eq!(policy.delay(10, None), Duration::from_secs(8));
-        assert_eq!(
-            policy.delay(0, Some(Duration::from_secs(3))),
-            Duration::from_secs(3)
-        );
-        assert_eq!(policy.delay(0, Some(Duration::from_secs(3600))), MAX_RETRY_AFTER);
     }
 }

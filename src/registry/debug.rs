@@ -2,7 +2,9 @@
 //! time. Tests use them to exercise the client through the real binary; they also help when
 //! a registry misbehaves (`-vv` shows every request).
 
-use super::{Reference, RegistryArgs, RegistryClient};
+use super::client::UploadMode;
+use super::{Reference, RegistryClient};
+use crate::cli::registry::RegistryOptions;
 use crate::progress::Reporter;
 use anyhow::Context;
 use bytes::Bytes;
@@ -13,7 +15,10 @@ use tokio::io::AsyncReadExt;
 #[derive(Args, Debug)]
 pub struct RegistryCommand {
     #[command(flatten)]
-    pub registry: RegistryArgs,
+    pub registry: RegistryOptions,
+    /// How blob data is uploaded.
+    #[arg(long, value_enum, default_value_t = UploadMode::Stream, value_name = "MODE")]
+    pub upload_mode: UploadMode,
     /// Bytes of a streamed upload kept for resending after a failure.
     #[arg(long, value_name = "BYTES")]
     pub upload_window: Option<u64>,
@@ -62,12 +67,10 @@ fn client(
     reporter: &Reporter,
 ) -> anyhow::Result<(RegistryClient, Reference)> {
     let reference = Reference::parse(reference)?;
-    let fly_token = if reference.registry == super::reference::default_registry_host() {
-        crate::fly::token::FlyToken::discover(None).ok()
-    } else {
-        None
-    };
-    let mut options = command.registry.client_options(&reference.registry, fly_token)?;
+    let mut options = command
+        .registry
+        .client_options(&reference.registry, || Ok(crate::fly::FlyToken::discover(None)?))?;
+    options.upload_mode = command.upload_mode;
     if let Some(window) = command.upload_window {
         options.upload_window = window;
     }

@@ -11,5 +11,5 @@ pub mod error;
 pub mod manifest;
 pub mod reference;
 
-pub use client::{RegistryArgs, RegistryClient};
+pub use client::RegistryClient;
 pub use reference::Reference;

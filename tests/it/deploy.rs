@@ -5,6 +5,7 @@ use crate::support;
 
 use support::fly_api::{Behavior, FlyApi, MachineSpec};
 use support::images::{self, Fault};
+use support::proxy::FaultProxy;
 use support::readback::{assert_same_image, pushed_reference};
 use support::registry::{AuthMode, Registry};
 use support::rollout::{APP, assert_no_leases, assert_no_violations, stderr};
@@ -149,4 +150,111 @@ fn deploy_without_a_token_fails_before_uploading() {
         0,
         "blobs were uploaded before the token check"
     );
+}
+
+/// Issue 9: what can be checked before the upload is checked before it. A bad fly.toml, an
+/// unknown app and a token the Machines API refuses each end `deploy` with a message naming
+/// the problem, before the registry (behind a counting proxy) sees a single request.
+#[test]
+fn deploy_that_cannot_succeed_makes_no_registry_request() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let proxy = FaultProxy::start(registry.addr, Vec::new());
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(1));
+    let t = TestDir::new();
+    let (source, _) = stream_archive(&t);
+    let attempt = |extra: &[&str], token: Option<&str>| {
+        let mut cmd = t.nixfly();
+        fly.configure(&mut cmd);
+        if let Some(token) = token {
+            cmd.env("FLY_API_TOKEN", token);
+        }
+        cmd.args(["deploy", &source, "--output", "plain"])
+            .args(["--to", &format!("{}/{APP}", proxy.host())])
+            .args(["--creds", &registry.creds()])
+            .args(extra);
+        run(&mut cmd)
+    };
+
+    // Not ./fly.toml, which the later attempts would read.
+    let bad_toml = t.join("bad-fly.toml");
+    std::fs::write(&bad_toml, "app = \"demo\"\n[deploy]\nstrategy = \"sideways\"\n").unwrap();
+    let out = attempt(&["--config", bad_toml.to_str().unwrap()], None);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bad-fly.toml:3") && err.contains("\"sideways\" is not a strategy"),
+        "{err}"
+    );
+    assert!(fly.requests().is_empty(), "a bad fly.toml reached the Fly API");
+
+    let out = attempt(&["--app", "ghost"], None);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("Fly app ghost does not exist") && err.contains("fly apps create ghost"),
+        "{err}"
+    );
+
+    let out = attempt(&["--app", APP], Some("fo1_refused_by_the_api"));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("401") && err.contains("fly tokens create deploy"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("fo1_refused_by_the_api"),
+        "the token was printed: {err}"
+    );
+
+    assert_eq!(
+        proxy.requests(),
+        Vec::<String>::new(),
+        "requests reached the registry"
+    );
+    assert_eq!(registry.blob_bytes(), 0);
+    assert!(
+        fly.mutating_requests().is_empty(),
+        "{:#?}",
+        fly.mutating_requests()
+    );
+    assert!(fly.releases().is_empty());
+}
+
+/// Issue 9: registry credentials are checked after Fly and before any layer is read: wrong
+/// ones end the deploy with no upload started and no release made.
+#[test]
+fn deploy_with_refused_registry_credentials_uploads_nothing() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let proxy = FaultProxy::start(registry.addr, Vec::new());
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(1));
+    let t = TestDir::new();
+    let (source, _) = stream_archive(&t);
+    let mut cmd = t.nixfly();
+    fly.configure(&mut cmd);
+    cmd.args(["deploy", &source, "--app", APP, "--output", "plain"])
+        .args(["--to", &format!("{}/{APP}", proxy.host())])
+        .args(["--creds", "nobody:wrong-password"]);
+    let out = run(&mut cmd);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("checking push access") && err.contains("--creds"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-password"), "the password was printed: {err}");
+    let requests = proxy.requests();
+    assert!(!requests.is_empty(), "the registry was never asked");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.starts_with("GET ") || r.starts_with("HEAD ")),
+        "{requests:#?}"
+    );
+    assert_eq!(registry.blob_bytes(), 0);
+    assert!(fly.releases().is_empty());
 }

@@ -16,6 +16,7 @@ mod push_fixtures;
 mod push_plan;
 mod push_sources;
 mod registry_client;
+mod registry_creds;
 mod registry_push;
 mod rollout_failures;
 mod rollout_rolling;

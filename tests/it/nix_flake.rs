@@ -49,7 +49,7 @@ fn correct_attributes_evaluate() {
     let Some(nix) = Nix::get() else { return };
     let out = eval_mk_fly_deploy(
         nix,
-        r#"{ tag = "v1"; registry = "registry.example/demo"; strategy = "rolling"; maxUnavailable = 2;
+        r#"{ tag = "v1"; registry = "registry.example/demo"; strategy = "rolling"; maxUnavailable = 1.5;
              waitTimeout = "5m"; skipRelease = true; extraFlags = [ "-v" ]; }"#,
     );
     assert_success(&out);
@@ -94,8 +94,12 @@ fn wrong_attribute_name_or_type_fails_at_evaluation_naming_it() {
             "attribute `waitTimeout` must be null or a duration",
         ),
         (
-            "{ maxUnavailable = 1.5; }",
-            "attribute `maxUnavailable` must be null, a whole number",
+            r#"{ waitTimeout = "300"; }"#,
+            "attribute `waitTimeout` must be null or a duration",
+        ),
+        (
+            "{ maxUnavailable = 0; }",
+            "attribute `maxUnavailable` must be null or a number above 0",
         ),
         (r#"{ rollback = "no"; }"#, "attribute `rollback` must be a bool"),
         (

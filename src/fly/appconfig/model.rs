@@ -62,17 +62,24 @@ pub enum Strategy {
     Bluegreen,
 }
 
-impl Strategy {
-    pub fn parse(text: &str) -> Option<Strategy> {
+/// The one reading of a strategy name, for the flag, fly.toml and the mkFlyDeploy settings.
+impl std::str::FromStr for Strategy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Strategy, String> {
         match text.to_ascii_lowercase().as_str() {
-            "rolling" => Some(Strategy::Rolling),
-            "immediate" => Some(Strategy::Immediate),
-            "canary" => Some(Strategy::Canary),
-            "bluegreen" => Some(Strategy::Bluegreen),
-            _ => None,
+            "rolling" => Ok(Strategy::Rolling),
+            "immediate" => Ok(Strategy::Immediate),
+            "canary" => Ok(Strategy::Canary),
+            "bluegreen" => Ok(Strategy::Bluegreen),
+            _ => Err(format!(
+                "{text:?} is not a strategy (rolling, immediate, canary, bluegreen)"
+            )),
         }
     }
+}
 
+impl Strategy {
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::Rolling => "rolling",
@@ -92,12 +99,42 @@ pub enum MaxUnavailable {
 }
 
 impl MaxUnavailable {
+    /// The one meaning of a number, wherever it comes from (flag, fly.toml, mkFlyDeploy
+    /// settings), as flyctl's `getPoolSize` (internal/command/deploy/machines_deploymachinesapp.go)
+    /// gives it: below 1 a fraction of the group, from 1 a count of machines with the fraction
+    /// dropped (`int(mu)`), so 1.5 is 1 machine.
+    pub fn from_number(value: f64) -> Result<MaxUnavailable, String> {
+        if !value.is_finite() || value <= 0.0 {
+            Err(format!(
+                "must be above 0 (a machine count like 2, or a fraction of each group like 0.33), got {value}"
+            ))
+        } else if value < 1.0 {
+            Ok(MaxUnavailable::Fraction(value))
+        } else {
+            Ok(MaxUnavailable::Count(
+                value.trunc().min(f64::from(u32::MAX)) as u32
+            ))
+        }
+    }
+
     /// How many machines of a group of `group_size` may be down at once (at least 1).
     pub fn pool_size(self, group_size: usize) -> usize {
         match self {
             MaxUnavailable::Count(n) => n.max(1) as usize,
             MaxUnavailable::Fraction(f) => ((group_size as f64 * f).ceil() as usize).max(1),
         }
+    }
+}
+
+impl std::str::FromStr for MaxUnavailable {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<MaxUnavailable, String> {
+        let value: f64 = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not a number; use a count (2) or a fraction (0.25)"))?;
+        MaxUnavailable::from_number(value)
     }
 }
 

@@ -196,34 +196,22 @@ fn duration(field: &Field<'_, '_>, unit: NumberUnit) -> Option<Duration> {
 fn parse_deploy(t: &Table<'_, '_>) -> Deploy {
     let mut deploy = Deploy::default();
     if let Some(field) = t.get("strategy") {
-        deploy.strategy = field.string().and_then(|s| {
-            let strategy = Strategy::parse(&s);
-            if strategy.is_none() {
-                field.error(format!(
-                    "{s:?} is not a strategy (rolling, immediate, canary, bluegreen)"
-                ));
-            }
-            strategy
-        });
+        deploy.strategy = field
+            .string()
+            .and_then(|s| s.parse::<Strategy>().map_err(|message| field.error(message)).ok());
     }
     if let Some(field) = t.get("max_unavailable") {
         deploy.max_unavailable = field.number().and_then(|n| {
-            if n <= 0.0 {
-                field.error(format!(
-                    "must be above 0 (a machine count like 2, or a fraction of each group like 0.33), got {n}"
+            let value = MaxUnavailable::from_number(n)
+                .map_err(|message| field.error(message))
+                .ok()?;
+            if n > 1.0 && n.fract() != 0.0 {
+                field.warn(format!(
+                    "{n} is read as {} machines, as flyctl reads it (counts are whole numbers)",
+                    n.trunc()
                 ));
-                None
-            } else if n >= 1.0 {
-                if n.fract() != 0.0 {
-                    field.warn(format!(
-                        "{n} is read as {} machines (counts above 1 are whole numbers)",
-                        n.trunc()
-                    ));
-                }
-                Some(MaxUnavailable::Count(n.trunc().min(u32::MAX as f64) as u32))
-            } else {
-                Some(MaxUnavailable::Fraction(n))
             }
+            Some(value)
         });
     }
     deploy.wait_timeout = t

@@ -1,0 +1,62 @@
+//! The one way every command reaches a registry (push, deploy, rollout's tag lookup and the
+//! hidden `registry` debug command): the same flags, the same credential lookup, the same
+//! client settings; each command then adds only its upload tuning.
+
+use crate::fly::FlyToken;
+use crate::registry::auth::CredentialLookup;
+use crate::registry::client::ClientOptions;
+use crate::registry::reference::default_registry_host;
+use anyhow::Context;
+use clap::Args;
+
+/// How to reach the registry, shared by every command that talks to one.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Registry")]
+pub struct RegistryOptions {
+    /// Registry credentials as USER:PASSWORD. Default: for registry.fly.io the Fly token (user
+    /// `x`), else REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json, ~/.docker/config.json
+    /// (`auths`, `credHelpers` and `credsStore`, as docker reads them).
+    #[arg(
+        long,
+        value_name = "USER:PASSWORD",
+        env = "NIXFLY_REGISTRY_CREDS",
+        hide_env_values = true
+    )]
+    pub creds: Option<String>,
+    /// Talk plain HTTP to the registry (loopback hosts always do). Never use it over a network
+    /// you do not control.
+    #[arg(long, alias = "insecure-registry")]
+    pub plain_http: bool,
+}
+
+impl RegistryOptions {
+    /// Client settings for `registry`, credentials included; no network (a Docker credential
+    /// helper may run). `fly_token` is asked for only when the registry is Fly's and no
+    /// `--creds` were given: the Fly token is the password there and nowhere else.
+    pub fn client_options(
+        &self,
+        registry: &str,
+        fly_token: impl FnOnce() -> anyhow::Result<FlyToken>,
+    ) -> anyhow::Result<ClientOptions> {
+        let fly_registry_host = default_registry_host();
+        let fly_token = if self.creds.is_none() && registry.eq_ignore_ascii_case(&fly_registry_host) {
+            Some(fly_token().context("the Fly registry takes the Fly token as its password")?)
+        } else {
+            None
+        };
+        let lookup = CredentialLookup {
+            flag: self.creds.as_deref(),
+            auth_files: CredentialLookup::standard_auth_files(),
+            fly_token,
+            fly_registry_host,
+        };
+        let credentials = lookup
+            .find(registry)
+            .with_context(|| format!("finding credentials for registry {registry}"))?;
+        Ok(ClientOptions {
+            credentials,
+            plain_http: self.plain_http,
+            ..ClientOptions::default()
+        })
+    }
+}

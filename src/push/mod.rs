@@ -1,0 +1,470 @@
+//! The push pipeline, one module per stage (go-containerregistry's `remote.Push` is the model:
+//! find what the registry has, upload the rest, commit the manifest last):
+//!
+//! - [`lookup`]: what the registry already has, from the cache and the source, asked with HEAD
+//!   and cross-repository mounts, before any layer is read;
+//! - [`upload`]: one blob's upload, and the set of uploads in flight (`--jobs` at most);
+//! - [`pipeline`]: the blocking side: reading layers and compressing them into bounded
+//!   channels, never waiting on the network itself;
+//! - [`manifest`]: the config blob, then the manifest, put under the tag only after every
+//!   blob is there.
+//!
+//! One async coordinator per push (here) owns the uploads and answers the blocking reader, so
+//! the registry's typed errors reach the caller as [`PushError::Registry`]; memory stays
+//! bounded whatever the image size and nothing touches disk.
+//!
+//! The registry is reached through [`BlobStore`], implemented by the registry client and by a
+//! test double.
+
+mod lookup;
+mod manifest;
+mod pipeline;
+#[cfg(test)]
+mod tests;
+mod upload;
+
+pub use manifest::ManifestFormat;
+
+use crate::blob::{Algorithm, BlobError, Compression};
+use crate::cache::{ArchiveSummary, Cache, CachedBlob};
+use crate::image::{ArchiveStream, Image, ImageError, IndexedImage};
+use crate::progress::{Event, LayerOutcome, Reporter};
+use crate::registry::error::RegistryError;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use lookup::Candidate;
+use pipeline::{Ask, Decision, PipelineEnd};
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use upload::{ReadFailed, Uploads};
+
+/// HEAD and mount requests in flight while looking for layers the registry already has.
+const LOOKUP_PARALLEL: usize = 16;
+
+/// What push needs from a registry. Digests are `sha256:<hex>`.
+pub trait BlobStore: Send + Sync + 'static {
+    /// `Some(size)` when `repository` has the blob.
+    fn blob_exists(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> impl Future<Output = Result<Option<u64>, RegistryError>> + Send;
+    /// Mount a blob from another repository of the same registry; false when it could not.
+    fn mount_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        from: &str,
+    ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
+    /// Upload a blob arriving on `body`; returns its digest and size. With `expected`, a blob
+    /// with another digest is refused before it is committed. An `Err` on `body` aborts.
+    fn push_blob_stream(
+        &self,
+        repository: &str,
+        body: mpsc::Receiver<io::Result<Bytes>>,
+        expected: Option<&str>,
+    ) -> impl Future<Output = Result<(String, u64), RegistryError>> + Send;
+    fn push_blob_bytes(
+        &self,
+        repository: &str,
+        bytes: Bytes,
+    ) -> impl Future<Output = Result<(String, u64), RegistryError>> + Send;
+    /// Store a manifest under a tag or digest; returns its digest.
+    fn put_manifest(
+        &self,
+        repository: &str,
+        tag_or_digest: &str,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> impl Future<Output = Result<String, RegistryError>> + Send;
+}
+
+impl BlobStore for crate::registry::RegistryClient {
+    async fn blob_exists(&self, repository: &str, digest: &str) -> Result<Option<u64>, RegistryError> {
+        crate::registry::RegistryClient::blob_exists(self, repository, digest).await
+    }
+
+    async fn mount_blob(&self, repository: &str, digest: &str, from: &str) -> Result<bool, RegistryError> {
+        crate::registry::RegistryClient::mount_blob(self, repository, digest, from).await
+    }
+
+    async fn push_blob_stream(
+        &self,
+        repository: &str,
+        body: mpsc::Receiver<io::Result<Bytes>>,
+        expected: Option<&str>,
+    ) -> Result<(String, u64), RegistryError> {
+        let blob =
+            crate::registry::RegistryClient::push_blob_stream(self, repository, body, expected).await?;
+        Ok((blob.digest, blob.size))
+    }
+
+    async fn push_blob_bytes(&self, repository: &str, bytes: Bytes) -> Result<(String, u64), RegistryError> {
+        let blob = crate::registry::RegistryClient::push_blob_bytes(self, repository, bytes).await?;
+        Ok((blob.digest, blob.size))
+    }
+
+    async fn put_manifest(
+        &self,
+        repository: &str,
+        tag_or_digest: &str,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<String, RegistryError> {
+        crate::registry::RegistryClient::put_manifest(self, repository, tag_or_digest, media_type, bytes)
+            .await
+    }
+}
+
+/// Everything a push needs, validated.
+#[derive(Clone, Debug)]
+pub struct PushPlan {
+    pub registry: String,
+    pub repository: String,
+    /// Set the manifest under this tag; None pushes it by digest only.
+    pub tag: Option<String>,
+    pub format: ManifestFormat,
+    pub compression: Compression,
+    /// Layers compressed and uploaded at once.
+    pub jobs: usize,
+    /// Compression threads per layer.
+    pub workers: usize,
+}
+
+impl PushPlan {
+    pub fn validate(&self) -> Result<(), PushError> {
+        if self.format.layer_media_type(self.compression.algorithm).is_none() {
+            return Err(PushError::Options(format!(
+                "{} layers need --format oci: Docker v2s2 manifests only carry gzip",
+                self.compression.algorithm.name()
+            )));
+        }
+        if self.jobs == 0 || self.workers == 0 {
+            return Err(PushError::Options("--jobs must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// `host/repository`, for messages.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+}
+
+/// A layer blob as it ends up in the manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushedLayer {
+    pub diff_id: String,
+    pub digest: String,
+    pub size: u64,
+    pub algorithm: Algorithm,
+    pub outcome: LayerOutcome,
+}
+
+/// What a push made. Commands print only the reference; the tests check the rest.
+#[derive(Clone, Debug)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub struct Pushed {
+    /// `host/repo@sha256:...`
+    pub reference: String,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub layers: Vec<PushedLayer>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The registry's own error, kept typed so callers can act on it (e.g.
+    /// `RegistryError::UploadLost`: the blob must be generated again from its source). Boxed:
+    /// it is the largest error and every `Result` of push carries its size.
+    #[error("{what}")]
+    Registry {
+        what: String,
+        #[source]
+        source: Box<RegistryError>,
+    },
+    #[error("compressing layer {layer} of {source_name}")]
+    Compress {
+        layer: String,
+        source_name: String,
+        #[source]
+        source: BlobError,
+    },
+    #[error(
+        "layer {layer}: compressing it with {compression} gave {actual}, but the image declares {expected}; \
+         was it made with another nixfly version?"
+    )]
+    NotReproduced {
+        layer: String,
+        compression: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{0}")]
+    Options(String),
+    #[error("a push task failed")]
+    Task(#[source] tokio::task::JoinError),
+    #[error("reading {source_name} stopped while {layer} was being uploaded")]
+    ReaderStopped { layer: String, source_name: String },
+}
+
+impl PushError {
+    /// Whether the registry lost an upload beyond what was kept for resending, so that only
+    /// reading the layer again from its source can complete it.
+    pub fn is_upload_lost(&self) -> bool {
+        matches!(self, PushError::Registry { source, .. } if matches!(**source, RegistryError::UploadLost { .. }))
+    }
+}
+
+/// Push `image` as `plan` says. Nothing is tagged unless every blob is in the registry.
+pub async fn push<S: BlobStore>(
+    store: Arc<S>,
+    image: Image,
+    plan: &PushPlan,
+    cache: Arc<Cache>,
+    reporter: Reporter,
+) -> Result<Pushed, PushError> {
+    plan.validate()?;
+    let pusher = Arc::new(Pusher {
+        store,
+        plan: plan.clone(),
+        cache,
+        reporter,
+    });
+    let (config, layers) = match image {
+        Image::Indexed(image) => pusher.clone().push_indexed(image).await?,
+        Image::Stream(stream) => pusher.clone().push_stream(stream).await?,
+    };
+    pusher.commit(config, layers).await
+}
+
+/// Times a layer of an indexed image is read again after the registry lost its upload.
+const REGENERATIONS: u32 = 1;
+
+struct Pusher<S> {
+    store: Arc<S>,
+    plan: PushPlan,
+    cache: Arc<Cache>,
+    reporter: Reporter,
+}
+
+impl<S: BlobStore> Pusher<S> {
+    fn registry_error(&self, what: String) -> impl FnOnce(RegistryError) -> PushError {
+        move |source| PushError::Registry {
+            what,
+            source: Box::new(source),
+        }
+    }
+
+    /// Record and report a layer whose blob is now in the repository.
+    fn done(&self, index: usize, diff_id: &str, blob: &Candidate, outcome: LayerOutcome) -> PushedLayer {
+        self.cache
+            .record_location(&self.plan.registry, &blob.digest, &self.plan.repository);
+        if blob.algorithm == self.plan.compression.algorithm {
+            // Any blob of this algorithm serves this diff_id (a stored one may be of another
+            // level): remembering it lets the next push find it with one HEAD.
+            self.cache.record_compressed(
+                diff_id,
+                &self.plan.compression,
+                &CachedBlob {
+                    digest: blob.digest.clone(),
+                    size: blob.size,
+                },
+            );
+        }
+        self.reporter.emit(Event::LayerDone {
+            index,
+            outcome,
+            digest: blob.digest.clone(),
+            size: blob.size,
+        });
+        PushedLayer {
+            diff_id: diff_id.to_string(),
+            digest: blob.digest.clone(),
+            size: blob.size,
+            algorithm: blob.algorithm,
+            outcome,
+        }
+    }
+
+    /// An image whose layers are known up front: ask about every layer at once, then read
+    /// and upload only the missing ones, `jobs` at a time.
+    async fn push_indexed(
+        self: Arc<Self>,
+        image: Arc<dyn IndexedImage>,
+    ) -> Result<(Bytes, Vec<PushedLayer>), PushError> {
+        let layers = image.layers().to_vec();
+        for (index, layer) in layers.iter().enumerate() {
+            self.reporter.emit(Event::LayerStarted {
+                index,
+                diff_id: layer.diff_id.clone(),
+                size: layer.uncompressed_size,
+            });
+        }
+        let existing: Vec<Option<PushedLayer>> = futures::stream::iter(layers.iter().enumerate())
+            .map(|(index, layer)| self.find_existing(index, &layer.diff_id, self.candidates(layer)))
+            .buffered(LOOKUP_PARALLEL)
+            .try_collect()
+            .await?;
+        let mut uploads = Uploads::new(self.plan.jobs);
+        for (index, found) in existing.into_iter().enumerate() {
+            match found {
+                Some(layer) => uploads.record(index, layer),
+                None => {
+                    if !uploads.reserve().await {
+                        break;
+                    }
+                    let this = self.clone();
+                    let image = image.clone();
+                    uploads.spawn(async move { this.regenerating(&image, index).await.map(|l| (index, l)) });
+                }
+            }
+        }
+        let done = uploads.finish().await?;
+        Ok((image.config(), done.into_values().collect()))
+    }
+
+    /// Upload a layer of an indexed image, reading it again from the image when the registry
+    /// lost the upload beyond the bytes kept for resending.
+    async fn regenerating(
+        self: &Arc<Self>,
+        image: &Arc<dyn IndexedImage>,
+        index: usize,
+    ) -> Result<PushedLayer, PushError> {
+        let mut attempt = 0;
+        loop {
+            match self.clone().upload_indexed(image.clone(), index).await {
+                Err(err) if err.is_upload_lost() && attempt < REGENERATIONS => {
+                    attempt += 1;
+                    self.reporter.info(format!(
+                        "layer {index}: {}; reading it again from {}",
+                        std::error::Error::source(&err).map_or(err.to_string(), |s| s.to_string()),
+                        image.describe()
+                    ));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A docker-archive stream: a blocking reader goes through it once and asks, layer by
+    /// layer, whether to skip it or where to send its compressed bytes; this coordinator
+    /// answers, looking the layer up and starting its upload.
+    async fn push_stream(
+        self: Arc<Self>,
+        stream: ArchiveStream,
+    ) -> Result<(Bytes, Vec<PushedLayer>), PushError> {
+        if let Some(identity) = &stream.identity
+            && let Some(known) = self.known_archive(identity).await?
+        {
+            self.reporter.info(format!(
+                "{}: pushed before and every layer is in the registry; not reading it again",
+                stream.description
+            ));
+            let finish = stream.finish;
+            tokio::task::spawn_blocking(move || finish(true))
+                .await
+                .map_err(PushError::Task)??;
+            return Ok(known);
+        }
+        let identity = stream.identity.clone();
+        // One question at a time: the reader waits for each answer anyway.
+        let (asks_tx, mut asks) = mpsc::channel(1);
+        let reader = tokio::task::spawn_blocking({
+            let this = self.clone();
+            move || this.read_archive(stream, asks_tx)
+        });
+        let mut uploads = Uploads::new(self.plan.jobs);
+        loop {
+            // Uploads that end meanwhile are settled at once, so a failure stops the reader at
+            // its next question rather than after the whole stream.
+            let ask = if uploads.is_running() {
+                tokio::select! {
+                    ask = asks.recv() => ask,
+                    () = uploads.settle_one() => continue,
+                }
+            } else {
+                asks.recv().await
+            };
+            match ask {
+                Some(ask) => self.answer(ask, &mut uploads).await,
+                None => break,
+            }
+        }
+        let read = reader.await.map_err(PushError::Task)?;
+        let done = uploads.finish().await;
+        let image = match read {
+            Ok(image) => image,
+            Err(PipelineEnd::Failed(err)) => return Err(err),
+            Err(PipelineEnd::Stopped) => {
+                return Err(done.expect_err("the reader stops only after an upload failed"));
+            }
+        };
+        let done = done?;
+        let layers: Vec<PushedLayer> = image.layers.iter().map(|slot| done[slot].clone()).collect();
+        if let (Some(identity), Ok(config)) = (&identity, std::str::from_utf8(&image.config)) {
+            let summary = ArchiveSummary {
+                config: config.to_string(),
+                diff_ids: layers.iter().map(|l| l.diff_id.clone()).collect(),
+            };
+            self.cache.record_archive(identity, &summary);
+        }
+        Ok((image.config, layers))
+    }
+
+    /// Answer the reader about one layer: skip it when its name claims a diff_id whose blob
+    /// the registry has, else start its upload once fewer than `jobs` are running. After a
+    /// failure the question is dropped unanswered, which stops the reader.
+    async fn answer(self: &Arc<Self>, ask: Ask, uploads: &mut Uploads) {
+        if uploads.failed() {
+            return;
+        }
+        self.reporter.emit(Event::LayerStarted {
+            index: ask.index,
+            diff_id: ask.claimed_diff_id.clone().unwrap_or_else(|| ask.name.clone()),
+            size: Some(ask.size),
+        });
+        if let Some(claimed) = &ask.claimed_diff_id {
+            let known = crate::image::KnownLayer {
+                diff_id: claimed.clone(),
+                uncompressed_size: Some(ask.size),
+                blob: None,
+            };
+            match self
+                .find_existing(ask.index, claimed, self.candidates(&known))
+                .await
+            {
+                Ok(Some(found)) => {
+                    uploads.record(ask.index, found);
+                    let _ = ask.reply.send(Decision::Skip);
+                    return;
+                }
+                Ok(None) => {}
+                Err(err) => return uploads.fail(err),
+            }
+        }
+        if !uploads.reserve().await {
+            return;
+        }
+        let (body, body_rx) = mpsc::channel(pipeline::UPLOAD_CHANNEL);
+        let (verdict, verdict_rx) = oneshot::channel();
+        let this = self.clone();
+        let index = ask.index;
+        let stopped = PushError::ReaderStopped {
+            layer: ask.name.clone(),
+            source_name: ask.source_name.clone(),
+        };
+        uploads.spawn(async move {
+            let read = async move { verdict_rx.await.unwrap_or(Err(ReadFailed::Error(stopped))) };
+            let algorithm = this.plan.compression.algorithm;
+            this.upload_one(index, body_rx, None, algorithm, read)
+                .await
+                .map(|layer| (index, layer))
+        });
+        let _ = ask.reply.send(Decision::Upload { body, verdict });
+    }
+}

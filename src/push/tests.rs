@@ -1,0 +1,385 @@
+use super::*;
+use crate::blob::{self, Algorithm, Compression};
+use crate::image::{ArchiveStream, Image};
+use crate::progress::{LayerOutcome, Reporter};
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// An in-memory registry: blobs per repository, manifests per tag, uploads counted.
+#[derive(Default)]
+struct FakeRegistry {
+    blobs: Mutex<HashMap<(String, String), Bytes>>,
+    manifests: Mutex<HashMap<(String, String), Bytes>>,
+    uploads: AtomicUsize,
+    heads: AtomicUsize,
+    /// Answer the next streamed upload as the client does when the registry lost more than
+    /// its resend window.
+    lose_next_upload: AtomicBool,
+}
+
+fn fake_error(message: String) -> RegistryError {
+    RegistryError::Protocol {
+        operation: "fake registry".into(),
+        message,
+    }
+}
+
+impl BlobStore for FakeRegistry {
+    async fn blob_exists(&self, repository: &str, digest: &str) -> Result<Option<u64>, RegistryError> {
+        self.heads.fetch_add(1, Ordering::Relaxed);
+        let blobs = self.blobs.lock().unwrap();
+        Ok(blobs
+            .get(&(repository.into(), digest.into()))
+            .map(|b| b.len() as u64))
+    }
+
+    async fn mount_blob(&self, repository: &str, digest: &str, from: &str) -> Result<bool, RegistryError> {
+        let mut blobs = self.blobs.lock().unwrap();
+        let Some(blob) = blobs.get(&(from.into(), digest.into())).cloned() else {
+            return Ok(false);
+        };
+        blobs.insert((repository.into(), digest.into()), blob);
+        Ok(true)
+    }
+
+    async fn push_blob_stream(
+        &self,
+        repository: &str,
+        mut body: mpsc::Receiver<io::Result<Bytes>>,
+        expected: Option<&str>,
+    ) -> Result<(String, u64), RegistryError> {
+        let mut data = Vec::new();
+        while let Some(chunk) = body.recv().await {
+            data.extend_from_slice(&chunk.map_err(|e| fake_error(format!("upload aborted: {e}")))?);
+        }
+        if self.lose_next_upload.swap(false, Ordering::Relaxed) {
+            return Err(RegistryError::UploadLost {
+                registry: "127.0.0.1:5000".into(),
+                repository: repository.into(),
+                received: data.len() as u64,
+                kept: 0,
+                window_start: 1,
+                window: 1,
+            });
+        }
+        let digest = blob::sha256_of(&data);
+        if expected.is_some_and(|e| e != digest) {
+            return Err(fake_error(format!(
+                "digest {digest} is not the expected {expected:?}"
+            )));
+        }
+        self.uploads.fetch_add(1, Ordering::Relaxed);
+        let size = data.len() as u64;
+        self.blobs
+            .lock()
+            .unwrap()
+            .insert((repository.into(), digest.clone()), Bytes::from(data));
+        Ok((digest, size))
+    }
+
+    async fn push_blob_bytes(&self, repository: &str, bytes: Bytes) -> Result<(String, u64), RegistryError> {
+        let digest = blob::sha256_of(&bytes);
+        let size = bytes.len() as u64;
+        self.blobs
+            .lock()
+            .unwrap()
+            .insert((repository.into(), digest.clone()), bytes);
+        Ok((digest, size))
+    }
+
+    async fn put_manifest(
+        &self,
+        repository: &str,
+        tag: &str,
+        _: &str,
+        bytes: Bytes,
+    ) -> Result<String, RegistryError> {
+        let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let blobs = self.blobs.lock().unwrap();
+        let mut needed = vec![manifest["config"]["digest"].as_str().unwrap().to_string()];
+        needed.extend(
+            manifest["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["digest"].as_str().unwrap().to_string()),
+        );
+        if let Some(missing) = needed
+            .iter()
+            .find(|d| !blobs.contains_key(&(repository.into(), (*d).clone())))
+        {
+            return Err(fake_error(format!("MANIFEST_BLOB_UNKNOWN {missing}")));
+        }
+        let digest = blob::sha256_of(&bytes);
+        self.manifests
+            .lock()
+            .unwrap()
+            .insert((repository.into(), tag.into()), bytes);
+        Ok(digest)
+    }
+}
+
+/// Layers with some structure, distinct per index.
+fn layer_tar(index: usize) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for file in 0..3 {
+        let data = format!("layer {index} file {file}\n").repeat(5000 * (file + 1));
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(
+                &mut header,
+                format!("nix/store/x-{index}/f{file}"),
+                data.as_bytes(),
+            )
+            .unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+/// A streamLayeredImage-shaped archive: `<diff_id>/layer.tar`..., config, manifest.json last.
+fn archive(layers: &[Vec<u8>], corrupt_layer: Option<usize>) -> (Vec<u8>, Vec<String>) {
+    let diff_ids: Vec<String> = layers.iter().map(|l| blob::sha256_of(l)).collect();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}
+    }))
+    .unwrap();
+    let config_name = format!("{}.json", &blob::sha256_of(&config)[7..]);
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut names = Vec::new();
+    for (index, (layer, diff_id)) in layers.iter().zip(&diff_ids).enumerate() {
+        let mut data = layer.clone();
+        if corrupt_layer == Some(index) {
+            data[600] ^= 1;
+        }
+        let name = format!("{}/layer.tar", &diff_id[7..]);
+        append(&mut builder, &name, &data);
+        names.push(name);
+    }
+    append(&mut builder, &config_name, &config);
+    let manifest = serde_json::json!([{"Config": config_name, "RepoTags": ["x:y"], "Layers": names}]);
+    append(
+        &mut builder,
+        "manifest.json",
+        &serde_json::to_vec(&manifest).unwrap(),
+    );
+    (builder.into_inner().unwrap(), diff_ids)
+}
+
+fn append(builder: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) {
+    let mut header = tar::Header::new_ustar();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append_data(&mut header, name, data).unwrap();
+}
+
+fn plan(format: ManifestFormat, compression: Compression) -> PushPlan {
+    PushPlan {
+        registry: "127.0.0.1:5000".into(),
+        repository: "app".into(),
+        tag: Some("v1".into()),
+        format,
+        compression,
+        jobs: 2,
+        workers: 2,
+    }
+}
+
+fn stream_of(bytes: Vec<u8>) -> Image {
+    Image::Stream(ArchiveStream {
+        description: "test archive".into(),
+        reader: Box::new(io::Cursor::new(bytes)),
+        finish: Box::new(|_| Ok(())),
+        identity: None,
+    })
+}
+
+fn file_image(dir: &std::path::Path, bytes: &[u8]) -> Image {
+    let path = dir.join("image.tar");
+    std::fs::write(&path, bytes).unwrap();
+    let source = crate::image::detect(path.to_str().unwrap(), crate::image::SourceKind::Auto).unwrap();
+    source.open(&Reporter::plain()).unwrap()
+}
+
+async fn run(
+    store: &Arc<FakeRegistry>,
+    image: Image,
+    plan: &PushPlan,
+    cache_dir: &std::path::Path,
+) -> Result<Pushed, PushError> {
+    let cache = Arc::new(Cache::with_root(Some(cache_dir.to_path_buf()), Reporter::plain()));
+    push(store.clone(), image, plan, cache, Reporter::plain()).await
+}
+
+fn check_blobs(store: &FakeRegistry, pushed: &Pushed, layers: &[Vec<u8>], diff_ids: &[String]) {
+    let blobs = store.blobs.lock().unwrap();
+    for ((layer, pushed_layer), diff_id) in layers.iter().zip(&pushed.layers).zip(diff_ids) {
+        assert_eq!(&pushed_layer.diff_id, diff_id);
+        let blob = &blobs[&("app".to_string(), pushed_layer.digest.clone())];
+        let mut plain = Vec::new();
+        match pushed_layer.algorithm {
+            Algorithm::Gzip => flate2::read::GzDecoder::new(&blob[..])
+                .read_to_end(&mut plain)
+                .unwrap(),
+            Algorithm::Zstd => zstd::stream::read::Decoder::new(&blob[..])
+                .unwrap()
+                .read_to_end(&mut plain)
+                .unwrap(),
+        };
+        assert_eq!(&plain, layer);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_push_then_warm_push_uploads_nothing() {
+    let layers: Vec<Vec<u8>> = (0..4).map(layer_tar).collect();
+    let (bytes, diff_ids) = archive(&layers, None);
+    let store = Arc::new(FakeRegistry::default());
+    let cache = tempfile::tempdir().unwrap();
+    let plan = plan(ManifestFormat::Docker, Compression::default());
+    let pushed = run(&store, stream_of(bytes.clone()), &plan, cache.path())
+        .await
+        .unwrap();
+    assert!(pushed.layers.iter().all(|l| l.outcome == LayerOutcome::Uploaded));
+    assert_eq!(store.uploads.load(Ordering::Relaxed), 4);
+    check_blobs(&store, &pushed, &layers, &diff_ids);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&store.manifests.lock().unwrap()[&("app".to_string(), "v1".to_string())])
+            .unwrap();
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(manifest["config"]["digest"], pushed.config_digest.as_str());
+    assert_eq!(
+        manifest["layers"][3]["mediaType"],
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    );
+    assert!(pushed.reference.starts_with("127.0.0.1:5000/app@sha256:"));
+
+    let again = run(&store, stream_of(bytes), &plan, cache.path()).await.unwrap();
+    assert!(
+        again.layers.iter().all(|l| l.outcome == LayerOutcome::Skipped),
+        "{:?}",
+        again.layers
+    );
+    assert_eq!(store.uploads.load(Ordering::Relaxed), 4, "the warm push uploaded");
+    assert_eq!(again.manifest_digest, pushed.manifest_digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexed_tar_file_matches_the_stream_result_and_mounts_across_repositories() {
+    let layers: Vec<Vec<u8>> = (0..3).map(layer_tar).collect();
+    let (bytes, diff_ids) = archive(&layers, None);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FakeRegistry::default());
+    let plan_a = plan(
+        ManifestFormat::Oci,
+        Compression::new(Algorithm::Zstd, None).unwrap(),
+    );
+    let first = run(&store, file_image(dir.path(), &bytes), &plan_a, dir.path())
+        .await
+        .unwrap();
+    check_blobs(&store, &first, &layers, &diff_ids);
+    // Deterministic compression: the stream path gives the same blobs in a fresh cache.
+    let fresh = tempfile::tempdir().unwrap();
+    let other = Arc::new(FakeRegistry::default());
+    let streamed = run(&other, stream_of(bytes.clone()), &plan_a, fresh.path())
+        .await
+        .unwrap();
+    assert_eq!(streamed.manifest_digest, first.manifest_digest);
+
+    let plan_b = PushPlan {
+        repository: "other".into(),
+        ..plan_a
+    };
+    let mounted = run(&store, file_image(dir.path(), &bytes), &plan_b, dir.path())
+        .await
+        .unwrap();
+    assert!(
+        mounted.layers.iter().all(|l| l.outcome == LayerOutcome::Mounted),
+        "{:?}",
+        mounted.layers
+    );
+    assert_eq!(store.uploads.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_not_matching_its_name_is_refused_and_nothing_is_tagged() {
+    let layers: Vec<Vec<u8>> = (0..3).map(layer_tar).collect();
+    let (bytes, diff_ids) = archive(&layers, Some(1));
+    let store = Arc::new(FakeRegistry::default());
+    let cache = tempfile::tempdir().unwrap();
+    let plan = plan(ManifestFormat::Docker, Compression::default());
+    let err = run(&store, stream_of(bytes.clone()), &plan, cache.path())
+        .await
+        .unwrap_err();
+    let text = format!("{err}");
+    assert!(text.contains(&diff_ids[1]) && text.contains("corrupt"), "{text}");
+    assert!(store.manifests.lock().unwrap().is_empty());
+    // The indexed path reads the layer and finds the same.
+    let dir = tempfile::tempdir().unwrap();
+    let err = run(&store, file_image(dir.path(), &bytes), &plan, cache.path())
+        .await
+        .unwrap_err();
+    assert!(format!("{err}").contains("corrupt"), "{err}");
+    assert!(store.manifests.lock().unwrap().is_empty());
+}
+
+#[test]
+fn zstd_needs_the_oci_format() {
+    let err = plan(
+        ManifestFormat::Docker,
+        Compression::new(Algorithm::Zstd, None).unwrap(),
+    )
+    .validate()
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "zstd layers need --format oci: Docker v2s2 manifests only carry gzip"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_upload_is_read_again_from_an_indexed_image_and_reported_typed_from_a_stream() {
+    let layers: Vec<Vec<u8>> = (0..2).map(layer_tar).collect();
+    let (bytes, diff_ids) = archive(&layers, None);
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(ManifestFormat::Docker, Compression::default());
+
+    let store = Arc::new(FakeRegistry::default());
+    store.lose_next_upload.store(true, Ordering::Relaxed);
+    let pushed = run(&store, file_image(dir.path(), &bytes), &plan, dir.path())
+        .await
+        .unwrap();
+    assert!(
+        !store.lose_next_upload.load(Ordering::Relaxed),
+        "no upload was lost"
+    );
+    check_blobs(&store, &pushed, &layers, &diff_ids);
+    assert_eq!(store.uploads.load(Ordering::Relaxed), 2);
+
+    // A stream cannot be read twice: the caller gets the registry's error, typed.
+    let store = Arc::new(FakeRegistry::default());
+    store.lose_next_upload.store(true, Ordering::Relaxed);
+    let fresh = tempfile::tempdir().unwrap();
+    let err = run(&store, stream_of(bytes), &plan, fresh.path())
+        .await
+        .unwrap_err();
+    assert!(err.is_upload_lost(), "{err:?}");
+    match &err {
+        PushError::Registry { source, .. } => {
+            assert!(
+                matches!(**source, RegistryError::UploadLost { kept: 0, .. }),
+                "{source:?}"
+            )
+        }
+        other => panic!("not a registry error: {other:?}"),
+    }
+    assert!(store.manifests.lock().unwrap().is_empty());
+}

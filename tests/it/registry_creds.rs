@@ -1,0 +1,209 @@
+//! Registry credentials reach every command the same way (issue 9): `rollout --image
+//! host/repo:tag` takes `--creds` and `NIXFLY_REGISTRY_CREDS` as `push` does, and Docker
+//! credential helpers (`credHelpers`, `credsStore` in $DOCKER_CONFIG/config.json) are asked as
+//! docker asks them: `docker-credential-<name> get`, the registry host on stdin.
+
+use crate::support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use support::fly_api::{FlyApi, MachineSpec};
+use support::images::{self, Fault};
+use support::readback::{assert_same_image, pushed_reference};
+use support::registry::{AuthMode, Registry};
+use support::rollout::{APP, assert_no_violations, rollout_cmd, stderr};
+use support::{TestDir, run};
+
+fn archive(t: &TestDir) -> (String, images::Written) {
+    let path = t.join("image.tar");
+    let written = images::write_stream_layered(
+        std::fs::File::create(&path).unwrap(),
+        &images::small_layers(),
+        Fault::None,
+    )
+    .unwrap();
+    (path.to_str().unwrap().to_string(), written)
+}
+
+/// A credential helper `docker-credential-<name>` in `<t>/bin`, written as the protocol
+/// describes it: `get` reads the server on stdin, answers `{"Username","Secret"}` for the one
+/// host it knows and "credentials not found" (exit 1) for others. Every host asked is logged.
+fn install_helper(t: &TestDir, name: &str, host: &str, user: &str, secret: &str) -> PathBuf {
+    let bin = t.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = t.join(&format!("{name}.log"));
+    let script = format!(
+        r#"#!/bin/sh
+[ "$1" = get ] || {{ echo "unsupported action $1" >&2; exit 2; }}
+read -r server
+echo "$server" >> '{log}'
+if [ "$server" = '{host}' ]; then
+  printf '{{"ServerURL":"%s","Username":"{user}","Secret":"{secret}"}}\n' "$server"
+else
+  echo "credentials not found in native keychain"
+  exit 1
+fi
+"#,
+        log = log.display()
+    );
+    let path = bin.join(format!("docker-credential-{name}"));
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    log
+}
+
+fn write_docker_config(t: &TestDir, config: &serde_json::Value) {
+    // TestDir::nixfly points DOCKER_CONFIG at home/.docker.
+    let dir = t.join("home").join(".docker");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+}
+
+fn with_helper_path(t: &TestDir, cmd: &mut std::process::Command) {
+    let path = format!(
+        "{}:{}",
+        t.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    cmd.env("PATH", path);
+}
+
+#[test]
+fn rollout_of_a_tag_takes_creds_from_the_flag_and_the_environment() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let machines = fly.add_machines(APP, &MachineSpec::new("app").count(1));
+    let t = TestDir::new();
+    let (source, _) = archive(&t);
+    let repo = format!("{}/{APP}", registry.host());
+    let pushed = run(t.nixfly().args([
+        "push",
+        &source,
+        "--to",
+        &repo,
+        "--tag",
+        "v3",
+        "--creds",
+        &registry.creds(),
+    ]));
+    let reference = pushed_reference(&pushed, &registry.host(), APP);
+    let image = format!("{repo}:v3");
+
+    // Without credentials the registry refuses, and the hint's advice is one rollout takes.
+    let out = run(&mut rollout_cmd(&fly, &t, &image));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--creds USER:PASSWORD"), "{err}");
+    assert!(fly.releases().is_empty());
+
+    let out = run(rollout_cmd(&fly, &t, &image).args(["--creds", &registry.creds()]));
+    support::assert_success(&out);
+    assert_eq!(fly.machine(&machines[0]).image(), reference);
+
+    let out = run(rollout_cmd(&fly, &t, &image).env("NIXFLY_REGISTRY_CREDS", registry.creds()));
+    support::assert_success(&out);
+    assert_eq!(fly.releases().len(), 2);
+    let password = registry.creds().split_once(':').unwrap().1.to_string();
+    assert!(!stderr(&out).contains(&password), "{}", stderr(&out));
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn a_cred_helper_named_for_the_host_gives_the_push_its_credentials() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (source, written) = archive(&t);
+    let (user, password) = registry
+        .creds()
+        .split_once(':')
+        .map(|(u, p)| (u.to_string(), p.to_string()))
+        .unwrap();
+    let log = install_helper(&t, "nixfly-test", &registry.host(), &user, &password);
+    write_docker_config(
+        &t,
+        &serde_json::json!({ "credHelpers": { registry.host(): "nixfly-test" } }),
+    );
+    let mut cmd = t.nixfly();
+    with_helper_path(&t, &mut cmd);
+    let repo = format!("{}/{APP}", registry.host());
+    let out = run(cmd.args(["push", &source, "--to", &repo, "--tag", "v1"]));
+    let reference = pushed_reference(&out, &registry.host(), APP);
+    assert_same_image(&registry, &reference, &written);
+    let asked = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        asked.lines().all(|host| host == registry.host()) && !asked.is_empty(),
+        "{asked:?}"
+    );
+    assert!(!stderr(&out).contains(&password));
+}
+
+#[test]
+fn the_creds_store_is_asked_when_no_helper_is_named_for_the_host() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (source, _) = archive(&t);
+    let (user, password) = registry
+        .creds()
+        .split_once(':')
+        .map(|(u, p)| (u.to_string(), p.to_string()))
+        .unwrap();
+    install_helper(&t, "store", &registry.host(), &user, &password);
+    write_docker_config(
+        &t,
+        &serde_json::json!({ "credsStore": "store", "credHelpers": { "other.example": "x" } }),
+    );
+    let mut cmd = t.nixfly();
+    with_helper_path(&t, &mut cmd);
+    let repo = format!("{}/{APP}", registry.host());
+    let out = run(cmd.args(["push", &source, "--to", &repo, "--tag", "v1"]));
+    pushed_reference(&out, &registry.host(), APP);
+
+    // A store that holds nothing for the host means anonymous, and the registry's refusal
+    // then names the store to fix.
+    install_helper(&t, "store", "elsewhere.example", &user, &password);
+    let mut cmd = t.nixfly();
+    with_helper_path(&t, &mut cmd);
+    let out = run(cmd.args(["push", &source, "--to", &repo, "--tag", "v2"]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_missing_or_broken_helper_is_named_in_the_error() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (source, _) = archive(&t);
+    let repo = format!("{}/{APP}", registry.host());
+    write_docker_config(
+        &t,
+        &serde_json::json!({ "credHelpers": { registry.host(): "not-installed" } }),
+    );
+    let out = run(t.nixfly().args(["push", &source, "--to", &repo]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("docker-credential-not-installed") && err.contains("PATH"),
+        "{err}"
+    );
+    assert_eq!(registry.blob_bytes(), 0);
+
+    let bin = t.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let broken = bin.join("docker-credential-broken");
+    std::fs::write(&broken, "#!/bin/sh\necho 'keychain locked' >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_docker_config(
+        &t,
+        &serde_json::json!({ "credHelpers": { registry.host(): "broken" } }),
+    );
+    let mut cmd = t.nixfly();
+    with_helper_path(&t, &mut cmd);
+    let out = run(cmd.args(["push", &source, "--to", &repo]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("docker-credential-broken") && err.contains("keychain locked"),
+        "{err}"
+    );
+}
