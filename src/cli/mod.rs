@@ -1,5 +1,6 @@
 //! Raw command-line arguments (clap). Each command turns these, plus environment, fly.toml and
-//! the Nix settings file, into one validated plan before any network call.
+//! the Nix settings file, into one resolved command (`ResolvedPush`, `ResolvedRollout`,
+//! `ResolvedDeploy`) before any network call, as ripgrep's LowArgs → HiArgs does.
 
 pub mod deploy;
 pub mod layer;

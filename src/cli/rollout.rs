@@ -46,8 +46,9 @@ pub struct RolloutOptions {
     /// rolling, immediate, canary or bluegreen. Default: [deploy] strategy, else rolling.
     #[arg(long)]
     pub strategy: Option<Strategy>,
-    /// Machines of a group updated at once (rolling, canary): a count (2) or a fraction of the
-    /// group (0.25). Default: [deploy] max_unavailable, else 0.33.
+    /// Machines of a group updated at once (rolling, canary): below 1 a fraction of the group
+    /// (0.25), from 1 a count (2; a fraction is dropped as flyctl does, 1.5 is 1). Default:
+    /// [deploy] max_unavailable, else 0.33.
     #[arg(long)]
     pub max_unavailable: Option<MaxUnavailable>,
     /// How long a machine may take to start and pass its checks (e.g. 90s, 5m). Default:
@@ -74,6 +75,13 @@ pub struct RolloutOptions {
     /// rest of the deploy is healthy. Asked on a terminal; required elsewhere.
     #[arg(long)]
     pub destroy_removed_groups: bool,
+    /// Roll the machines out even when every one already runs this image with this config.
+    #[arg(long)]
+    pub force: bool,
+    /// Bluegreen: the pause after the greens take traffic before the blues are cordoned, and
+    /// again before they are stopped (flyctl's 10 s), for Fly's proxy to catch up.
+    #[arg(long, value_parser = parse_go_duration, value_name = "DURATION", default_value = "10s", hide = true)]
+    pub bluegreen_cutover_wait: Duration,
     /// Do not create a release record (for setups without Fly's platform API).
     #[arg(long)]
     pub skip_release: bool,
@@ -108,7 +116,7 @@ impl ResolvedRollout {
         let platform = if options.skip_release {
             None
         } else {
-            Some(PlatformApi::new(FlyHttp::new(
+            Some(PlatformApi::new(FlyHttp::platform(
                 &options.platform_url,
                 token,
                 reporter.clone(),
@@ -257,6 +265,8 @@ fn spec(app: &str, image: String, options: &RolloutOptions, fly_toml: Option<&Ap
         definition: fly_toml.map_or(serde_json::Value::Null, |c| c.definition.clone()),
         plan_only: options.dry_run,
         destroy_removed_groups: options.destroy_removed_groups,
+        force: options.force,
+        bluegreen_wait: options.bluegreen_cutover_wait,
     }
 }
 

@@ -8,6 +8,8 @@ use crate::retry::RetryPolicy;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use url::Url;
 
@@ -28,8 +30,7 @@ pub enum ApiError {
     },
     #[error(
         "{method} {url} was rejected with {status}: {message}. The token from {token_source} is \
-         invalid, expired or has no access to this app; create a new one with \
-         `fly tokens create deploy -a <app>`"
+         invalid, expired or has no access to this app; {fix}"
     )]
     Unauthorized {
         method: Method,
@@ -37,6 +38,7 @@ pub enum ApiError {
         status: u16,
         message: String,
         token_source: String,
+        fix: &'static str,
     },
     #[error("{method} {url} failed with {status}: {message}")]
     Status {
@@ -80,12 +82,25 @@ pub enum Replay {
     Unsafe,
 }
 
+/// Which API a `FlyHttp` talks to, which decides the `Authorization` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Audience {
+    /// api.machines.dev: `FlyV1 <macaroons>` (fly-go `Tokens.FlapsHeader`).
+    Machines,
+    /// api.fly.io: `Bearer <macaroons,oauth>` (flyctl `internal/uiex/releases.go`).
+    Platform,
+}
+
 /// One HTTP endpoint family (Machines API or platform API) with the token's auth header.
 #[derive(Clone)]
 pub struct FlyHttp {
     client: reqwest::Client,
     base: Url,
     token: FlyToken,
+    audience: Audience,
+    /// Set once Fly rejected the macaroons and accepted the login session's OAuth token:
+    /// every later request sends the OAuth token alone.
+    oauth_only: Arc<AtomicBool>,
     reporter: Reporter,
 }
 
@@ -112,7 +127,22 @@ impl<'a> Request<'a> {
 }
 
 impl FlyHttp {
+    /// A client for the Machines API.
     pub fn new(base: &str, token: FlyToken, reporter: Reporter) -> Result<Self, ApiError> {
+        Self::with_audience(base, token, reporter, Audience::Machines)
+    }
+
+    /// A client for the platform API (release records).
+    pub fn platform(base: &str, token: FlyToken, reporter: Reporter) -> Result<Self, ApiError> {
+        Self::with_audience(base, token, reporter, Audience::Platform)
+    }
+
+    fn with_audience(
+        base: &str,
+        token: FlyToken,
+        reporter: Reporter,
+        audience: Audience,
+    ) -> Result<Self, ApiError> {
         let base = Url::parse(base).map_err(|source| ApiError::BaseUrl {
             url: base.to_string(),
             source,
@@ -132,8 +162,22 @@ impl FlyHttp {
             client,
             base,
             token,
+            audience,
+            oauth_only: Arc::new(AtomicBool::new(false)),
             reporter,
         })
+    }
+
+    fn authorization(&self) -> String {
+        if self.oauth_only.load(Ordering::Relaxed)
+            && let Some(oauth) = self.token.oauth_fallback_header()
+        {
+            return oauth;
+        }
+        match self.audience {
+            Audience::Machines => self.token.authorization_header(),
+            Audience::Platform => self.token.platform_header(),
+        }
     }
 
     fn url(&self, path: &[&str], query: &[(&str, String)]) -> Url {
@@ -164,7 +208,7 @@ impl FlyHttp {
             let mut builder = self
                 .client
                 .request(req.method.clone(), url.clone())
-                .header(reqwest::header::AUTHORIZATION, self.token.authorization_header());
+                .header(reqwest::header::AUTHORIZATION, self.authorization());
             if let Some(nonce) = req.nonce {
                 builder = builder.header("fly-machine-lease-nonce", nonce);
             }
@@ -214,6 +258,19 @@ impl FlyHttp {
                 tokio::time::sleep(delay).await;
                 continue;
             }
+            // A login session's macaroons can be refused while its OAuth token still works
+            // (fly-go sends both to api.fly.io): try that once before giving up.
+            if status == StatusCode::UNAUTHORIZED
+                && self.token.oauth_fallback_header().is_some()
+                && !self.oauth_only.swap(true, Ordering::Relaxed)
+            {
+                self.reporter.warn(format!(
+                    "{} {shown}: Fly rejected the macaroons of the token from {}; retrying with its OAuth token",
+                    req.method,
+                    self.token.source()
+                ));
+                continue;
+            }
             let message = error_message(&body);
             return Err(
                 if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -223,6 +280,13 @@ impl FlyHttp {
                         status: status.as_u16(),
                         message,
                         token_source: self.token.source().to_string(),
+                        fix: if self.token.is_login_session() {
+                            "renew the login session with `fly auth login`, or create a deploy \
+                             token with `fly tokens create deploy -a <app>` and export it as \
+                             FLY_API_TOKEN"
+                        } else {
+                            "create a new one with `fly tokens create deploy -a <app>`"
+                        },
                     }
                 } else {
                     ApiError::Status {
@@ -293,13 +357,14 @@ impl MachinesApi {
             .await
     }
 
-    pub async fn create_volume(&self, name: &str, region: &str, size_gb: u64) -> Result<Volume, ApiError> {
+    /// `POST /volumes` with the full request body (`name`, `region`, `size_gb`, ...).
+    pub async fn create_volume(&self, body: Value) -> Result<Volume, ApiError> {
         self.http
             .send_json(Request {
                 method: Method::POST,
                 path: &["v1", "apps", &self.app, "volumes"],
                 query: &[],
-                body: Some(json!({"name": name, "region": region, "size_gb": size_gb})),
+                body: Some(body),
                 nonce: None,
                 replay: Replay::Unsafe,
             })
@@ -392,6 +457,27 @@ impl MachinesApi {
                 path: &["v1", "apps", &self.app, "machines", id, action],
                 query: &[],
                 body: None,
+                nonce,
+                replay: Replay::Safe,
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Set one key of the machine's metadata (`POST .../metadata/{key}`), under the lease.
+    pub async fn set_metadata(
+        &self,
+        id: &str,
+        key: &str,
+        value: &str,
+        nonce: Option<&str>,
+    ) -> Result<(), ApiError> {
+        self.http
+            .send(Request {
+                method: Method::POST,
+                path: &["v1", "apps", &self.app, "machines", id, "metadata", key],
+                query: &[],
+                body: Some(json!({ "value": value })),
                 nonce,
                 replay: Replay::Safe,
             })

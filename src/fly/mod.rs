@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod appconfig;
+pub mod macaroon;
 pub mod platform;
 pub mod token;
 pub mod types;

@@ -26,13 +26,13 @@ impl ReleaseStatus {
     }
 }
 
-/// What the new release records: the strategy is upper-case on the wire (`ROLLING`, ...).
+/// What the new release records: the strategy is upper-case on the wire (`ROLLING`, ...);
+/// `definition` is the app config as a JSON object (flyctl `uiex.CreateReleaseRequest`).
 pub struct NewRelease<'a> {
     pub app: &'a str,
     pub image: &'a str,
     pub strategy: &'a str,
     pub definition: Value,
-    pub build_id: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -59,7 +59,9 @@ impl PlatformApi {
                 query: &[],
                 body: Some(json!({
                     "app_name": new.app,
-                    "build_id": new.build_id,
+                    // An int64 in flyctl's request, 0 for a deploy of a ready image (there
+                    // is no remote build to point at).
+                    "build_id": 0,
                     "definition": new.definition,
                     "image": new.image,
                     "strategy": new.strategy.to_ascii_uppercase(),

@@ -1,15 +1,20 @@
 //! Fly API token discovery and the headers built from it, as flyctl and fly-go do it.
 //!
 //! Precedence, lowest to highest: `<config dir>/config.yml` `access_token` (config dir =
-//! `FLY_CONFIG_DIR` or `~/.fly`), `FLY_AUTH_TOKEN`, `FLY_ACCESS_TOKEN`, `FLY_API_TOKEN`, then the
-//! `--access-token`/`-t` flag. `FLY_AUTH_TOKEN` is not read by flyctl; Nix users export it for
-//! skopeo, so it is accepted below the names flyctl knows.
+//! `FLY_CONFIG_DIR` or `~/.fly`), `FLY_AUTH_TOKEN`, `FLY_API_TOKEN`, `FLY_ACCESS_TOKEN`, then the
+//! `--access-token`/`-t` flag (flyctl `internal/config/config.go`: `env.First(FLY_ACCESS_TOKEN,
+//! FLY_API_TOKEN)`). `FLY_AUTH_TOKEN` is not read by flyctl; Nix users export it for skopeo, so
+//! it is accepted below the names flyctl knows.
+//!
+//! The login session `fly auth login` writes to config.yml holds macaroons that expire; they
+//! are pruned as fly-go prunes them (`tokens/tokens.go`) before use, and when Fly still rejects
+//! the macaroons the OAuth token of the session is tried once.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Environment variables holding a token, highest precedence first.
-const TOKEN_ENV_VARS: [&str; 3] = ["FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "FLY_AUTH_TOKEN"];
+const TOKEN_ENV_VARS: [&str; 3] = ["FLY_ACCESS_TOKEN", "FLY_API_TOKEN", "FLY_AUTH_TOKEN"];
 
 /// Prefixes of macaroon tokens (`fly tokens create ...`); anything else is an OAuth token.
 const MACAROON_PREFIXES: [&str; 3] = ["fm1r_", "fm1a_", "fm2_"];
@@ -36,7 +41,7 @@ impl fmt::Display for TokenSource {
 pub enum TokenError {
     #[error(
         "no Fly API token found; looked in (highest precedence first): the --access-token/-t flag, \
-         the FLY_API_TOKEN, FLY_ACCESS_TOKEN and FLY_AUTH_TOKEN environment variables, and \
+         the FLY_ACCESS_TOKEN, FLY_API_TOKEN and FLY_AUTH_TOKEN environment variables, and \
          access_token in {config}. Create a deploy token with `fly tokens create deploy -a <app>` \
          and export it as FLY_API_TOKEN, or log in with `fly auth login`"
     )]
@@ -49,6 +54,13 @@ pub enum TokenError {
     },
     #[error("the token from {source_name} is empty once its FlyV1/Bearer prefix is removed")]
     Empty { source_name: TokenSource },
+    #[error(
+        "the login session in {} has expired (every macaroon in it is past its expiry and it \
+         holds no OAuth token): run `fly auth login`, or create a deploy token with \
+         `fly tokens create deploy -a <app>` and export it as FLY_API_TOKEN",
+        path.display()
+    )]
+    SessionExpired { path: PathBuf },
 }
 
 /// A Fly API token, split into its macaroons and OAuth tokens, remembering where it came from.
@@ -99,7 +111,12 @@ impl FlyToken {
             match std::fs::read_to_string(path) {
                 Ok(text) => {
                     if let Some(token) = config_access_token(&text) {
-                        return Self::parse(&token, TokenSource::ConfigFile(path.clone()));
+                        let mut token = Self::parse(&token, TokenSource::ConfigFile(path.clone()))?;
+                        token.prune_expired(unix_now());
+                        if token.macaroons.is_empty() && token.oauth.is_empty() {
+                            return Err(TokenError::SessionExpired { path: path.clone() });
+                        }
+                        return Ok(token);
                     }
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
@@ -149,14 +166,47 @@ impl FlyToken {
         &self.source
     }
 
-    /// The `Authorization` header value for the Machines and platform APIs: `FlyV1` with the
-    /// macaroons when there are any (they carry the permissions), else `Bearer` with the OAuth token.
+    /// Drop the macaroons fly-go drops before using a login session: expired or malformed
+    /// ones, and discharge tokens no permission token needs (fly-go `tokens/tokens.go`
+    /// `pruneBadMacaroons`). Only for config.yml: a token the user passed is used as given.
+    fn prune_expired(&mut self, now: i64) {
+        self.macaroons = super::macaroon::prune(&self.macaroons, now);
+    }
+
+    /// The `Authorization` header value for the Machines API (fly-go `Tokens.FlapsHeader`):
+    /// `FlyV1` with the macaroons when there are any (they carry the permissions), else
+    /// `Bearer` with the OAuth token.
     pub fn authorization_header(&self) -> String {
         if self.macaroons.is_empty() {
             format!("Bearer {}", self.oauth.join(","))
         } else {
             format!("FlyV1 {}", self.macaroons.join(","))
         }
+    }
+
+    /// The `Authorization` header value for the platform API at api.fly.io (flyctl
+    /// `internal/uiex/releases.go`: `"Bearer " + Tokens.GraphQL()`): every macaroon, then
+    /// every OAuth token, comma-joined, under the `Bearer` scheme, never `FlyV1`.
+    pub fn platform_header(&self) -> String {
+        let all: Vec<&str> = self
+            .macaroons
+            .iter()
+            .chain(&self.oauth)
+            .map(String::as_str)
+            .collect();
+        format!("Bearer {}", all.join(","))
+    }
+
+    /// What to send once when Fly rejects a header built with macaroons: the OAuth token of
+    /// a login session on its own. None when there is no such second chance.
+    pub fn oauth_fallback_header(&self) -> Option<String> {
+        (!self.macaroons.is_empty() && !self.oauth.is_empty())
+            .then(|| format!("Bearer {}", self.oauth.join(",")))
+    }
+
+    /// A `fly auth login` session (config.yml) rather than a token made for deploys.
+    pub fn is_login_session(&self) -> bool {
+        matches!(self.source, TokenSource::ConfigFile(_))
     }
 
     /// The password for HTTP Basic auth (user `x`) at registry.fly.io: the token without its
@@ -168,6 +218,12 @@ impl FlyToken {
             self.macaroons.join(",")
         }
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Remove leading `FlyV1 `/`Bearer ` scheme words (case-insensitive, possibly repeated, as in
@@ -220,11 +276,12 @@ mod tests {
     }
 
     #[test]
-    fn precedence_is_flag_then_api_then_access_then_auth_then_config() {
+    fn precedence_is_flag_then_access_then_api_then_auth_then_config() {
         let dir = config_dir_with("fo1_from_config_file");
+        // flyctl's order (internal/config/config.go): FLY_ACCESS_TOKEN before FLY_API_TOKEN.
         let all = [
-            ("FLY_API_TOKEN", "fo1_from_api_token_var"),
             ("FLY_ACCESS_TOKEN", "fo1_from_access_token_var"),
+            ("FLY_API_TOKEN", "fo1_from_api_token_var"),
             ("FLY_AUTH_TOKEN", "fo1_from_auth_token_var"),
         ];
         let token =
@@ -232,12 +289,7 @@ mod tests {
         assert_eq!(token.source(), &TokenSource::Flag);
         assert_eq!(token.registry_password(), "fo1_from_the_flag");
 
-        let expectations = [
-            ("FLY_API_TOKEN", "fo1_from_api_token_var"),
-            ("FLY_ACCESS_TOKEN", "fo1_from_access_token_var"),
-            ("FLY_AUTH_TOKEN", "fo1_from_auth_token_var"),
-        ];
-        for (skip, (var, expected)) in expectations.iter().enumerate() {
+        for (skip, (var, expected)) in all.iter().enumerate() {
             let env = env_of(&all[skip..]);
             let token = FlyToken::discover_from(None, env, Some(dir.path())).unwrap();
             assert_eq!(token.source(), &TokenSource::Env(var));
@@ -250,6 +302,44 @@ mod tests {
             &TokenSource::ConfigFile(dir.path().join("config.yml"))
         );
         assert_eq!(token.registry_password(), "fo1_from_config_file");
+    }
+
+    #[test]
+    fn a_login_session_loses_its_expired_macaroons_and_keeps_its_oauth_token() {
+        use crate::fly::macaroon::{LOCATION_PERMISSION, encode_for_test};
+        let now = unix_now();
+        let live = encode_for_test(b"live", LOCATION_PERMISSION, Some(now + 3600), &[]);
+        let expired = encode_for_test(b"dead", LOCATION_PERMISSION, Some(now - 60), &[]);
+        let dir = config_dir_with(&format!("{expired},{live},fo1_sessiontoken"));
+        let token = FlyToken::discover_from(None, env_of(&[]), Some(dir.path())).unwrap();
+        assert_eq!(token.authorization_header(), format!("FlyV1 {live}"));
+        assert_eq!(token.platform_header(), format!("Bearer {live},fo1_sessiontoken"));
+        assert_eq!(
+            token.oauth_fallback_header().as_deref(),
+            Some("Bearer fo1_sessiontoken")
+        );
+
+        let dir = config_dir_with(&expired);
+        let err = FlyToken::discover_from(None, env_of(&[]), Some(dir.path())).unwrap_err();
+        assert!(matches!(err, TokenError::SessionExpired { .. }), "{err}");
+        assert!(err.to_string().contains("fly auth login"), "{err}");
+
+        // A token passed on purpose is used as given: Fly decides.
+        let token = FlyToken::discover_from(None, env_of(&[("FLY_API_TOKEN", &expired)]), None).unwrap();
+        assert_eq!(token.authorization_header(), format!("FlyV1 {expired}"));
+    }
+
+    #[test]
+    fn the_platform_api_gets_bearer_with_macaroons_then_oauth() {
+        // fly-go tokens_test.go: GraphQL() puts macaroons first whatever the input order.
+        let token = FlyToken::parse("FlyV1 fo1_oauthpart1234,fm2_macaroonpart", TokenSource::Flag).unwrap();
+        assert_eq!(
+            token.platform_header(),
+            "Bearer fm2_macaroonpart,fo1_oauthpart1234"
+        );
+        let token = FlyToken::parse("fo1_onlyoauth", TokenSource::Flag).unwrap();
+        assert_eq!(token.platform_header(), "Bearer fo1_onlyoauth");
+        assert_eq!(token.oauth_fallback_header(), None);
     }
 
     #[test]

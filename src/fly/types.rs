@@ -56,6 +56,9 @@ pub struct Machine {
     pub checks: Vec<CheckStatus>,
     #[serde(default)]
     pub events: Vec<MachineEvent>,
+    /// Out of Fly's proxy: created with `skip_service_registration`, or cordoned.
+    #[serde(default)]
+    pub cordoned: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]

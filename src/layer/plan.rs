@@ -459,40 +459,33 @@ fn python_repr_list(paths: &[&str]) -> String {
     format!("store paths: [{}]", quoted.join(", "))
 }
 
-/// `datetime.fromisoformat(s).isoformat()` for the forms a conf holds
-/// (`date -Iseconds` output, `...Z`, optional fraction), or the current time for `now`.
+/// `datetime.fromisoformat(s).isoformat()` for the ISO 8601 times a conf holds (`date
+/// -Iseconds` output, `...Z`, an optional fraction), or the current UTC time for `now`.
 fn isoformat(s: &str) -> Result<String, PlanError> {
-    if s == "now" {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_err(|e| PlanError::Conf(format!("the clock is before 1970: {e}")))?;
-        let (date, time) = civil_from_epoch(now.as_secs() as i64);
-        let micros = now.subsec_micros();
-        let fraction = if micros == 0 {
-            String::new()
-        } else {
-            format!(".{micros:06}")
-        };
-        return Ok(format!("{date}T{time}{fraction}+00:00"));
-    }
-    let parsed = parse_iso(s)?;
-    let fraction = match parsed.micros {
-        0 => String::new(),
-        micros => format!(".{micros:06}"),
+    let (time, offset) = if s == "now" {
+        let now = jiff::Timestamp::now();
+        (
+            jiff::tz::Offset::UTC.to_datetime(now),
+            Some(jiff::tz::Offset::UTC),
+        )
+    } else {
+        parse_conf_time(s)?
     };
-    let offset = match parsed.offset_minutes {
-        None => String::new(),
-        Some(minutes) => {
-            let sign = if minutes < 0 { '-' } else { '+' };
-            format!("{sign}{:02}:{:02}", minutes.abs() / 60, minutes.abs() % 60)
-        }
+    // Python prints microseconds only when there are any, and an offset only when given.
+    let micros = time.subsec_nanosecond() / 1000;
+    let fraction = if micros == 0 {
+        String::new()
+    } else {
+        format!(".{micros:06}")
     };
+    let offset = offset.map_or_else(String::new, |offset| {
+        let minutes = offset.seconds() / 60;
+        let sign = if minutes < 0 { '-' } else { '+' };
+        format!("{sign}{:02}:{:02}", minutes.abs() / 60, minutes.abs() % 60)
+    });
     Ok(format!(
-        "{}T{:02}:{:02}:{:02}{fraction}{offset}",
-        &s[..10],
-        parsed.hour,
-        parsed.minute,
-        parsed.second
+        "{}{fraction}{offset}",
+        time.strftime("%Y-%m-%dT%H:%M:%S")
     ))
 }
 
@@ -500,121 +493,38 @@ fn isoformat(s: &str) -> Result<String, PlanError> {
 /// taken as UTC (Nix builds run with TZ unset).
 pub fn epoch_seconds(s: &str) -> Result<u64, PlanError> {
     if s == "now" {
-        return Ok(std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()));
+        return Ok(u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0));
     }
-    let t = parse_iso(s)?;
-    let days = days_from_civil(t.year, t.month, t.day);
-    let seconds = days * 86_400 + i64::from(t.hour * 3600 + t.minute * 60 + t.second)
-        - i64::from(t.offset_minutes.unwrap_or(0)) * 60;
-    u64::try_from(seconds).map_err(|_| PlanError::Conf(format!("{s:?} is before 1970")))
+    let (time, offset) = parse_conf_time(s)?;
+    let at = offset
+        .unwrap_or(jiff::tz::Offset::UTC)
+        .to_timestamp(time)
+        .map_err(|e| PlanError::Conf(format!("time {s:?} is out of range: {e}")))?;
+    u64::try_from(at.as_second())
+        .ok()
+        .filter(|_| at.as_nanosecond() >= 0)
+        .ok_or_else(|| PlanError::Conf(format!("{s:?} is before 1970")))
 }
 
-struct IsoTime {
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u32,
-    minute: u32,
-    second: u32,
-    micros: u32,
-    offset_minutes: Option<i32>,
-}
-
-fn parse_iso(s: &str) -> Result<IsoTime, PlanError> {
+/// An ISO 8601 date and time with an optional UTC offset (`Z`, `+HH:MM`, `+HHMM`), read by
+/// jiff. Python's datetime keeps microseconds and whole-minute offsets: finer values, a date
+/// without a time and a time zone name are refused rather than silently rounded.
+fn parse_conf_time(s: &str) -> Result<(jiff::civil::DateTime, Option<jiff::tz::Offset>), PlanError> {
     let bad = || {
         PlanError::Conf(format!(
             "time {s:?} is not in the form YYYY-MM-DDTHH:MM:SS[.ffffff][Z|+HH:MM]"
         ))
     };
-    let b = s.as_bytes();
-    let num = |range: std::ops::Range<usize>| -> Result<u32, PlanError> {
-        s.get(range)
-            .filter(|d| d.bytes().all(|c| c.is_ascii_digit()))
-            .and_then(|d| d.parse().ok())
-            .ok_or_else(bad)
-    };
-    if b.len() < 19
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
+    let pieces = jiff::fmt::temporal::Pieces::parse(s).map_err(|_| bad())?;
+    let time = pieces.time().ok_or_else(bad)?;
+    if pieces.time_zone_annotation().is_some() || time.subsec_nanosecond() % 1000 != 0 {
         return Err(bad());
     }
-    let mut time = IsoTime {
-        year: i64::from(num(0..4)?),
-        month: num(5..7)?,
-        day: num(8..10)?,
-        hour: num(11..13)?,
-        minute: num(14..16)?,
-        second: num(17..19)?,
-        micros: 0,
-        offset_minutes: None,
-    };
-    let mut rest = &s[19..];
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 || digits > 6 {
-            return Err(bad());
-        }
-        time.micros = format!("{:0<6}", &fraction[..digits])
-            .parse()
-            .map_err(|_| bad())?;
-        rest = &fraction[digits..];
-    }
-    time.offset_minutes = match rest {
-        "" => None,
-        "Z" => Some(0),
-        _ if rest.len() == 6 && matches!(rest.as_bytes()[0], b'+' | b'-') && rest.as_bytes()[3] == b':' => {
-            let hours: i32 = rest[1..3].parse().map_err(|_| bad())?;
-            let mins: i32 = rest[4..6].parse().map_err(|_| bad())?;
-            let total = hours * 60 + mins;
-            Some(if rest.starts_with('-') { -total } else { total })
-        }
-        _ => return Err(bad()),
-    };
-    if !(1..=12).contains(&time.month)
-        || !(1..=31).contains(&time.day)
-        || time.hour > 23
-        || time.minute > 59
-        || time.second > 59
-    {
+    let offset = pieces.offset().map(|o| o.to_numeric_offset());
+    if offset.is_some_and(|o| o.seconds() % 60 != 0) {
         return Err(bad());
     }
-    Ok(time)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// (`YYYY-MM-DD`, `HH:MM:SS`) of a UTC epoch time.
-fn civil_from_epoch(seconds: i64) -> (String, String) {
-    let days = seconds.div_euclid(86_400);
-    let secs = seconds.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (
-        format!("{year:04}-{month:02}-{day:02}"),
-        format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60),
-    )
+    Ok((pieces.date().to_datetime(time), offset))
 }
 
 #[cfg(test)]
@@ -810,25 +720,44 @@ sys.stdout.write(json.dumps(image, indent=4))
 
     #[test]
     fn conf_times_follow_python() {
-        assert_eq!(epoch_seconds("1970-01-01T00:00:01Z").unwrap(), 1);
-        assert_eq!(epoch_seconds("1970-01-01T00:00:01+00:00").unwrap(), 1);
-        assert_eq!(epoch_seconds("2024-02-29T12:00:00+02:00").unwrap(), 1_709_200_800);
-        assert_eq!(epoch_seconds("2000-01-01T00:00:00.9Z").unwrap(), 946_684_800);
-        assert_eq!(
-            isoformat("1970-01-01T00:00:01Z").unwrap(),
-            "1970-01-01T00:00:01+00:00"
-        );
-        assert_eq!(
-            isoformat("2024-02-29T12:00:00.5-05:30").unwrap(),
-            "2024-02-29T12:00:00.500000-05:30"
-        );
-        assert_eq!(isoformat("2024-02-29T12:00:00").unwrap(), "2024-02-29T12:00:00");
-        assert_eq!(
-            civil_from_epoch(1_709_208_000),
-            ("2024-02-29".into(), "12:00:00".into())
-        );
+        // Python itself is the oracle: what the stream script's datetime makes of each form.
+        let inputs = [
+            "1970-01-01T00:00:01Z",
+            "1970-01-01T00:00:01+00:00",
+            "2024-02-29T12:00:00+02:00",
+            "2000-01-01T00:00:00.9Z",
+            "2024-02-29T12:00:00.5-05:30",
+            "2024-02-29T12:00:00",
+            "2024-02-29 12:00:00Z",
+            "2024-01-01T00:00:00+0100",
+            "2024-02-29T12:00",
+            "1999-12-31T23:59:59.123456+14:00",
+        ];
+        let script = "import sys\nfrom datetime import datetime, timezone\n\
+            for s in sys.argv[1:]:\n    d = datetime.fromisoformat(s)\n    \
+            t = d if d.tzinfo else d.replace(tzinfo=timezone.utc)\n    \
+            print(d.isoformat(), int(t.timestamp()))\n";
+        let out = Command::new("python3")
+            .args(["-c", script])
+            .args(inputs)
+            .output()
+            .expect("python3 runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let python = String::from_utf8(out.stdout).unwrap();
+        for (input, line) in inputs.iter().zip(python.lines()) {
+            let (iso, seconds) = line.split_once(' ').unwrap();
+            assert_eq!(isoformat(input).unwrap(), iso, "{input}");
+            assert_eq!(epoch_seconds(input).unwrap().to_string(), seconds, "{input}");
+        }
+        assert_eq!(python.lines().count(), inputs.len());
         assert!(isoformat("now").unwrap().ends_with("+00:00"));
-        for bad in ["yesterday", "2024-13-01T00:00:00Z", "2024-01-01T00:00:00+0100"] {
+        for bad in [
+            "yesterday",
+            "2024-13-01T00:00:00Z",
+            "2024-02-29",
+            "2024-02-29T12:00:00.1234567Z",
+            "1969-12-31T23:59:59Z",
+        ] {
             assert!(epoch_seconds(bad).is_err(), "{bad}");
         }
     }

@@ -254,7 +254,7 @@ fn credentials_from_auth_file(path: &Path, host: &str) -> Result<Option<Credenti
             Err(helper_error(format!("it failed: {said}")))
         }
         Err(Retrieval::HelperCommunicationError) => Err(helper_error(
-            "it could not be run: is it installed and on PATH?".into(),
+            "it could not be run, or did not read the host on stdin: is it installed and on PATH?".into(),
         )),
         Err(Retrieval::MalformedHelperResponse) => Err(helper_error(
             "its answer is not JSON with Username and Secret".into(),

@@ -102,10 +102,10 @@ pub enum RolloutError {
     #[error("release_command `{command}` cannot be split into arguments: {reason}")]
     ReleaseCommandInvalid { command: String, reason: String },
     #[error(
-        "the bluegreen strategy needs at least one health check, and process group {group} has \
-         none: add [checks] or service checks to fly.toml, or use --strategy rolling"
+        "the bluegreen strategy needs at least one health check, and no machine has one: add \
+         [checks] or service checks to fly.toml, or use --strategy rolling"
     )]
-    BluegreenWithoutChecks { group: String },
+    BluegreenWithoutChecks,
 }
 
 fn secs(d: Duration) -> String {

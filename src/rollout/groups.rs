@@ -222,7 +222,7 @@ impl GroupPlan {
             ctx.mark_changing();
             let mut config = ctx.change.apply(&launch.config);
             if let Some(need) = &launch.volume {
-                let volume = self.volume_for(ctx, need).await?;
+                let volume = self.volume_for(ctx, need, &config).await?;
                 config["mounts"][0]["volume"] = json!(volume);
             }
             let mut first = None;
@@ -304,8 +304,8 @@ impl GroupPlan {
     }
 
     /// An unattached volume of that name in the region, else a new one (flyctl makes them on
-    /// a first deploy).
-    async fn volume_for(&self, ctx: &Ctx, need: &VolumeNeed) -> Result<String, RolloutError> {
+    /// a first deploy) for a machine of `config`.
+    async fn volume_for(&self, ctx: &Ctx, need: &VolumeNeed, config: &Value) -> Result<String, RolloutError> {
         let app_error = |action, source| RolloutError::AppApi {
             action,
             app: ctx.spec.app.clone(),
@@ -330,7 +330,7 @@ impl GroupPlan {
         ));
         let volume = ctx
             .api
-            .create_volume(&need.name, &self.region, need.size_gb)
+            .create_volume(need.create_request(&self.region, &config["guest"], &ctx.spec.image))
             .await
             .map_err(|e| app_error("creating a volume", e))?;
         Ok(volume.id)

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 const CHECK_POLL_FIRST: Duration = Duration::from_millis(100);
 const CHECK_POLL_MAX: Duration = Duration::from_secs(1);
 
+/// How often to ask again about a machine the API does not show yet.
+const JUST_CREATED_RETRY: Duration = Duration::from_millis(250);
+
 /// Wait until the machine reaches `state`, looping the API's capped `wait` calls.
 pub async fn wait_for_state(
     api: &MachinesApi,
@@ -20,6 +23,30 @@ pub async fn wait_for_state(
     state: &'static str,
     version: Option<&str>,
     timeout: Duration,
+) -> Result<(), RolloutError> {
+    wait_until(api, machine, state, version, timeout, false).await
+}
+
+/// `wait_for_state` for a machine created moments ago: the API may not show it yet and
+/// answers 404 for a while, which is retried until the deadline (flyctl
+/// `internal/machine/leasable_machine.go`, `WaitForState` with `WithJustCreated`).
+pub async fn wait_for_new_machine(
+    api: &MachinesApi,
+    machine: &str,
+    state: &'static str,
+    version: Option<&str>,
+    timeout: Duration,
+) -> Result<(), RolloutError> {
+    wait_until(api, machine, state, version, timeout, true).await
+}
+
+async fn wait_until(
+    api: &MachinesApi,
+    machine: &str,
+    state: &'static str,
+    version: Option<&str>,
+    timeout: Duration,
+    just_created: bool,
 ) -> Result<(), RolloutError> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -42,6 +69,9 @@ pub async fn wait_for_state(
                 {
                     return Err(failed_to_start(&current));
                 }
+            }
+            Err(err) if err.status() == Some(404) && just_created && state != "destroyed" => {
+                tokio::time::sleep(JUST_CREATED_RETRY.min(left)).await;
             }
             Err(source) => {
                 return Err(RolloutError::Api {

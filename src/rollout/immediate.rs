@@ -1,4 +1,4 @@
-//! Immediate: every machine of the group at once (at most 8 requests in flight), no waiting for
+//! Immediate: every machine of every group at once (at most 8 requests in flight), no waiting for
 //! starts or checks, as flyctl does it.
 
 use super::error::RolloutError;
@@ -7,7 +7,7 @@ use super::update::Ctx;
 use crate::fly::types::Machine;
 use futures::StreamExt;
 
-pub async fn run(ctx: &Ctx, machines: &[Machine]) -> Result<(), RolloutError> {
+pub async fn run<'a>(ctx: &Ctx, machines: impl Iterator<Item = &'a Machine>) -> Result<(), RolloutError> {
     let mut updates = futures::stream::iter(machines)
         .map(|machine| ctx.deploy_machine(machine, false))
         .buffer_unordered(IMMEDIATE_CONCURRENCY);

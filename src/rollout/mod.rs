@@ -2,7 +2,9 @@
 //! flyctl lacks: automatic rollback and a signal-safe end (leases released, release marked).
 //!
 //! Order: app → machines → plan → release record (running) → release_command → leases →
-//! strategy per process group → (rollback) → leases released → release complete/failed/interrupted.
+//! strategy over the process groups → (rollback) → leases released → release
+//! complete/failed/interrupted. Nothing at all happens when every machine already runs the image
+//! with the config it would get (unless `--force`).
 
 mod bluegreen;
 mod canary;
@@ -22,7 +24,7 @@ use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_ROLLED_BACK, ExitCodeErr
 use crate::fly::api::MachinesApi;
 use crate::fly::appconfig::{AppConfig, MaxUnavailable, Strategy};
 use crate::fly::platform::{NewRelease, PlatformApi, ReleaseStatus};
-use crate::fly::types::{Release, config_check_count};
+use crate::fly::types::{Machine, Release, config_check_count};
 use crate::progress::Reporter;
 use error::RolloutError;
 use futures::StreamExt;
@@ -63,6 +65,10 @@ pub struct RolloutSpec {
     pub plan_only: bool,
     /// Destroy the machines of process groups gone from fly.toml (asked on a terminal).
     pub destroy_removed_groups: bool,
+    /// Roll out even when nothing would change.
+    pub force: bool,
+    /// Bluegreen: pause before cordoning the blues, and again before stopping them.
+    pub bluegreen_wait: Duration,
 }
 
 /// Run the rollout. `platform` is None with `--skip-release`.
@@ -101,7 +107,22 @@ pub async fn run(
         release_version: None,
         fly_toml: fly_toml_configs,
     };
-    validate(&spec, &fleet, &groups, &change)?;
+    validate(&spec, &fleet, &groups, &change, fly_toml.as_ref())?;
+    if !spec.force && nothing_to_deploy(&spec, &fleet, &groups, &change) {
+        let line = format!(
+            "nothing to deploy: the {} machine(s) of app {} already run {} with this config; no \
+             machine was touched and no release created (--force rolls them anyway)",
+            fleet.machine_count(),
+            spec.app,
+            spec.image
+        );
+        if spec.plan_only && !reporter.is_json() {
+            reporter.result(&line);
+        } else {
+            reporter.info(line);
+        }
+        return Ok(());
+    }
     let mut plan = describe(&spec, &fleet, &change, platform.is_some());
     plan.extend(groups.describe(&fleet, &change));
     if spec.plan_only {
@@ -123,7 +144,7 @@ pub async fn run(
     // release being marked and every lease released.
     let mut signals = Signals::install()?;
     let release = match &platform {
-        Some(platform) => Some(start_release(platform, &spec).await?),
+        Some(platform) => start_release(platform, &spec, &fleet, &reporter).await?,
         None => None,
     };
     let change = ConfigChange {
@@ -154,6 +175,7 @@ fn validate(
     fleet: &Fleet,
     groups: &GroupPlan,
     change: &ConfigChange,
+    fly_toml: Option<&AppConfig>,
 ) -> Result<(), anyhow::Error> {
     if fleet.machine_count() == 0 && groups.launches.is_empty() {
         anyhow::bail!(
@@ -161,18 +183,72 @@ fn validate(
             spec.app
         );
     }
-    if spec.strategy == Strategy::Bluegreen {
-        for (group, machines) in &fleet.groups {
-            // The checks the machines will have: fly.toml's when there is one.
-            if machines
-                .iter()
-                .all(|m| config_check_count(&change.apply(&m.config)) == 0)
-            {
-                return Err(RolloutError::BluegreenWithoutChecks { group: group.clone() }.into());
-            }
+    // flyctl builds multi-container machines from fly.toml's machine_config (refused when
+    // fly.toml is read); a machine that runs containers would not run the image set on it.
+    if let Some(machine) = fleet
+        .machines()
+        .find(|m| m.config["containers"].as_array().is_some_and(|c| !c.is_empty()))
+    {
+        anyhow::bail!(
+            "machine {} runs {} containers, and nixfly deploys an image as a machine's only \
+             container, so the deploy would not change what the machine runs; deploy this app \
+             with `fly deploy`",
+            machine.id,
+            machine.config["containers"].as_array().map_or(0, Vec::len)
+        );
+    }
+    // flyctl (strategy_bluegreen.go) refuses only when no machine at all has a check; the
+    // checks that count are the ones the machines will have (fly.toml's when there is one).
+    if spec.strategy == Strategy::Bluegreen
+        && fleet
+            .machines()
+            .all(|m| config_check_count(&change.apply(&m.config)) == 0)
+    {
+        return Err(RolloutError::BluegreenWithoutChecks.into());
+    }
+    if spec.strategy == Strategy::Canary {
+        // flyctl refuses canary with [[mounts]] (appconfig/validation.go): a canary would need
+        // a volume of its own. fly.toml's [[mounts]] are refused when it is read; this catches
+        // --strategy canary and machines that already mount volumes.
+        let mounted = fleet
+            .machines()
+            .find(|m| m.config["mounts"].as_array().is_some_and(|a| !a.is_empty()));
+        if let Some(machine) = mounted {
+            anyhow::bail!(
+                "the canary strategy does not work with volumes, and machine {} mounts one: \
+                 use --strategy rolling (or bluegreen)",
+                machine.id
+            );
+        }
+        if fly_toml.is_some_and(|c| !c.mounts.is_empty()) {
+            anyhow::bail!(
+                "the canary strategy does not work with volumes, and fly.toml has [[mounts]]: \
+                 use --strategy rolling (or bluegreen)"
+            );
         }
     }
     Ok(())
+}
+
+/// Every machine already runs the image's digest with the config this deploy would give it,
+/// and no group is added or removed: there is nothing to do.
+fn nothing_to_deploy(spec: &RolloutSpec, fleet: &Fleet, groups: &GroupPlan, change: &ConfigChange) -> bool {
+    let digest = |image: &str| image.rsplit_once('@').map(|(_, d)| d.to_string());
+    let wanted = digest(&spec.image);
+    groups.launches.is_empty()
+        && groups.removed.is_empty()
+        && fleet.machine_count() > 0
+        && wanted.is_some()
+        && fleet.machines().all(|machine| {
+            let mut current = machine.config.clone();
+            crate::fly::types::normalize_config_for_request(&mut current);
+            let mut new = change.apply(&machine.config);
+            // The reference may name the digest differently (another tag, another registry
+            // host alias); the digest is what runs.
+            new["image"] = current["image"].clone();
+            // A failed machine is started again by an update: that is something to do.
+            machine.state != "failed" && digest(machine.image()) == wanted && new == current
+        })
 }
 
 /// The plan as lines: what `--plan` prints and what a real run announces first.
@@ -222,7 +298,25 @@ fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: b
     for (id, why) in &fleet.ignored {
         lines.push(format!("machine {id}: left alone ({why})"));
     }
+    let leftovers: Vec<&str> = match spec.strategy {
+        Strategy::Bluegreen => bluegreen::split_leftovers(fleet)
+            .0
+            .into_iter()
+            .map(|m| m.id.as_str())
+            .collect(),
+        _ => Vec::new(),
+    };
+    for leftover in &leftovers {
+        lines.push(format!(
+            "machine {leftover}: left over from an interrupted bluegreen deploy: destroyed first"
+        ));
+    }
     for (group, machines) in &fleet.groups {
+        let machines: Vec<Machine> = machines
+            .iter()
+            .filter(|m| !leftovers.contains(&m.id.as_str()))
+            .cloned()
+            .collect();
         let from = machines.first().map_or("", |m| m.image());
         lines.push(format!(
             "process group {group} ({} machines): {from} -> {}",
@@ -237,14 +331,20 @@ fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: b
         } else {
             "update"
         };
-        for (i, wave) in plan::waves(spec.strategy, machines, spec.max_unavailable)
-            .iter()
-            .enumerate()
-        {
+        let (running, stopped) = plan::waves(spec.strategy, &machines, spec.max_unavailable);
+        for (i, wave) in running.iter().enumerate() {
             let ids: Vec<&str> = wave.iter().map(|m| m.id.as_str()).collect();
             lines.push(format!("  wave {}: {what} {}", i + 1, ids.join(" ")));
         }
-        for machine in machines {
+        for (i, wave) in stopped.iter().enumerate() {
+            let ids: Vec<&str> = wave.iter().map(|m| m.id.as_str()).collect();
+            lines.push(format!(
+                "  stopped wave {} (beside the waves above): update {}",
+                i + 1,
+                ids.join(" ")
+            ));
+        }
+        for machine in &machines {
             let mut notes = Vec::new();
             if machine.image() != from {
                 notes.push(format!("from {}", machine.image()));
@@ -272,15 +372,38 @@ fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: b
     lines
 }
 
-async fn start_release(platform: &PlatformApi, spec: &RolloutSpec) -> anyhow::Result<Release> {
+/// Create the release record and mark it running. Its `definition` is fly.toml, else the
+/// config rebuilt from the machines as flyctl does (the platform refuses a release without
+/// one); with neither there is no record, and a warning says so.
+async fn start_release(
+    platform: &PlatformApi,
+    spec: &RolloutSpec,
+    fleet: &Fleet,
+    reporter: &Reporter,
+) -> anyhow::Result<Option<Release>> {
     use anyhow::Context as _;
+    let definition = if spec.definition.is_object() {
+        spec.definition.clone()
+    } else {
+        let machines: Vec<&crate::fly::types::Machine> = fleet.machines().collect();
+        match crate::fly::appconfig::from_machines::definition_from_machines(&spec.app, &machines) {
+            Some(definition) => definition,
+            None => {
+                reporter.warn(format!(
+                    "app {} has no fly.toml and no machine to rebuild its config from: no release \
+                     record is made for this deploy (pass --config fly.toml to get one)",
+                    spec.app
+                ));
+                return Ok(None);
+            }
+        }
+    };
     let release = platform
         .create_release(NewRelease {
             app: &spec.app,
             image: &spec.image,
             strategy: spec.strategy.as_str(),
-            definition: spec.definition.clone(),
-            build_id: None,
+            definition,
         })
         .await
         .with_context(|| {
@@ -294,11 +417,11 @@ async fn start_release(platform: &PlatformApi, spec: &RolloutSpec) -> anyhow::Re
         .set_status(&release.id, ReleaseStatus::Running)
         .await
         .with_context(|| format!("marking release {} running (no machine was changed)", release.id))?;
-    Ok(release)
+    Ok(Some(release))
 }
 
-/// release_command, leases, machines for new process groups, then the strategy for each
-/// existing group in name order, and last the machines of groups gone from fly.toml.
+/// release_command, leases, machines for new process groups, then the strategy over the
+/// existing groups, and last the machines of groups gone from fly.toml.
 async fn deploy(ctx: &Ctx, fleet: &Fleet, groups: &GroupPlan) -> Result<(), RolloutError> {
     if let Some(rc) = &ctx.spec.release_command {
         release_command::run(ctx, rc, fleet).await?;
@@ -317,12 +440,23 @@ async fn deploy(ctx: &Ctx, fleet: &Fleet, groups: &GroupPlan) -> Result<(), Roll
     drop(acquiring);
     ctx.leases.start_refreshing(ctx.reporter.clone());
     groups.create(ctx).await?;
-    for (group, machines) in &fleet.groups {
-        match ctx.spec.strategy {
-            Strategy::Rolling => rolling::run(ctx, machines).await?,
-            Strategy::Immediate => immediate::run(ctx, machines).await?,
-            Strategy::Canary => canary::run(ctx, group, machines).await?,
-            Strategy::Bluegreen => bluegreen::run(ctx, group, machines).await?,
+    match ctx.spec.strategy {
+        Strategy::Immediate => immediate::run(ctx, fleet.machines()).await?,
+        Strategy::Bluegreen => bluegreen::run(ctx, fleet).await?,
+        // Groups roll side by side, as in flyctl; the first failing group stops the others.
+        Strategy::Rolling | Strategy::Canary => {
+            let mut rolling = futures::stream::iter(&fleet.groups)
+                .map(|(group, machines)| async move {
+                    if ctx.spec.strategy == Strategy::Canary {
+                        canary::run(ctx, group, machines).await
+                    } else {
+                        rolling::run(ctx, machines).await
+                    }
+                })
+                .buffer_unordered(plan::GROUP_CONCURRENCY);
+            while let Some(result) = rolling.next().await {
+                result?;
+            }
         }
     }
     groups.destroy_removed(ctx).await

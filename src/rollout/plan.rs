@@ -57,50 +57,82 @@ impl Fleet {
     }
 }
 
-/// The order a rolling update takes within one group: the first running machine goes alone
-/// (a bad image then breaks one machine, not `max_unavailable`), the rest in a pool.
-#[derive(Debug)]
-pub struct RollingOrder<'a> {
+/// Stopped machines of a group updated at once: flyctl's `STOPPED_MACHINES_POOL_SIZE`
+/// (internal/command/deploy/plan.go). They take no traffic, so they do not count against
+/// `max_unavailable`.
+pub const STOPPED_POOL: usize = 30;
+/// Process groups rolled at the same time: flyctl's `rollingStrategyMaxConcurrentGroups`
+/// (internal/command/deploy/plan.go).
+pub const GROUP_CONCURRENCY: usize = 16;
+
+/// Machines updated together: the first alone (a bad image then breaks one machine, not a
+/// whole pool), then the rest `size` at a time.
+#[derive(Debug, Default)]
+pub struct Pool<'a> {
     pub first: Option<&'a Machine>,
     pub rest: Vec<&'a Machine>,
-    pub pool: usize,
+    pub size: usize,
 }
 
-pub fn rolling_order(machines: &[Machine], max_unavailable: MaxUnavailable) -> RollingOrder<'_> {
-    let first = machines.iter().find(|m| !m.should_skip_launch());
-    let rest = machines
-        .iter()
-        .filter(|m| first.is_none_or(|f| f.id != m.id))
-        .collect();
-    RollingOrder {
-        first,
-        rest,
-        pool: max_unavailable.pool_size(machines.len()),
+impl<'a> Pool<'a> {
+    fn new(machines: Vec<&'a Machine>, size: usize) -> Self {
+        let mut machines = machines.into_iter();
+        Pool {
+            first: machines.next(),
+            rest: machines.collect(),
+            size: size.max(1),
+        }
     }
-}
 
-impl<'a> RollingOrder<'a> {
-    /// The order as waves of at most `pool` machines, for the plan.
+    /// The pool as waves of at most `size` machines, for the plan.
     pub fn waves(&self) -> Vec<Vec<&'a Machine>> {
         let mut waves: Vec<Vec<&'a Machine>> = self.first.iter().map(|m| vec![*m]).collect();
-        waves.extend(self.rest.chunks(self.pool).map(<[&Machine]>::to_vec));
+        waves.extend(self.rest.chunks(self.size).map(<[&Machine]>::to_vec));
         waves
     }
 }
 
-/// The waves a strategy goes through for one group, for the plan.
+/// The order a rolling update takes within one group, as flyctl's
+/// `updateUsingRollingStrategy` (internal/command/deploy/machines_deploymachinesapp.go) does
+/// it: the running machines in a pool of `max_unavailable`, and beside them, at the same
+/// time, the stopped ones in their own pool; each pool in id order, its first machine alone.
+#[derive(Debug)]
+pub struct RollingOrder<'a> {
+    pub running: Pool<'a>,
+    pub stopped: Pool<'a>,
+}
+
+pub fn rolling_order(machines: &[Machine], max_unavailable: MaxUnavailable) -> RollingOrder<'_> {
+    let (stopped, running): (Vec<&Machine>, Vec<&Machine>) =
+        machines.iter().partition(|m| m.should_skip_launch());
+    let running_pool = max_unavailable.pool_size(running.len());
+    let stopped_pool = stopped.len().min(STOPPED_POOL);
+    RollingOrder {
+        running: Pool::new(running, running_pool),
+        stopped: Pool::new(stopped, stopped_pool),
+    }
+}
+
+/// The waves a strategy goes through for one group, for the plan: the running machines'
+/// waves, then (rolling and canary) the stopped machines' waves, which run beside them.
 pub fn waves(
     strategy: Strategy,
     machines: &[Machine],
     max_unavailable: MaxUnavailable,
-) -> Vec<Vec<&Machine>> {
+) -> (Vec<Vec<&Machine>>, Vec<Vec<&Machine>>) {
     match strategy {
-        Strategy::Rolling | Strategy::Canary => rolling_order(machines, max_unavailable).waves(),
-        Strategy::Immediate => machines
-            .chunks(IMMEDIATE_CONCURRENCY)
-            .map(|c| c.iter().collect())
-            .collect(),
-        Strategy::Bluegreen => vec![machines.iter().collect()],
+        Strategy::Rolling | Strategy::Canary => {
+            let order = rolling_order(machines, max_unavailable);
+            (order.running.waves(), order.stopped.waves())
+        }
+        Strategy::Immediate => (
+            machines
+                .chunks(IMMEDIATE_CONCURRENCY)
+                .map(|c| c.iter().collect())
+                .collect(),
+            Vec::new(),
+        ),
+        Strategy::Bluegreen => (vec![machines.iter().collect()], Vec::new()),
     }
 }
 
@@ -255,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn rolling_sends_the_first_started_machine_alone_then_pools_by_count() {
+    fn rolling_pools_running_machines_by_count_and_stopped_ones_beside_them() {
         let machines = vec![
             m("a", "app", "stopped"),
             m("b", "app", "started"),
@@ -264,37 +296,32 @@ mod tests {
             m("e", "app", "stopped"),
         ];
         let order = rolling_order(&machines, MaxUnavailable::Count(2));
-        assert_eq!(order.first.unwrap().id, "b");
-        assert_eq!(
-            ids(&order.waves()),
-            vec![vec!["b"], vec!["a", "c"], vec!["d", "e"]]
-        );
+        assert_eq!(order.running.first.unwrap().id, "b");
+        assert_eq!(ids(&order.running.waves()), vec![vec!["b"], vec!["c", "d"]]);
+        assert_eq!(ids(&order.stopped.waves()), vec![vec!["a"], vec!["e"]]);
     }
 
     #[test]
-    fn rolling_fraction_is_rounded_up_and_never_zero() {
-        let machines: Vec<Machine> = (0..10)
+    fn rolling_fraction_counts_running_machines_only_and_is_never_zero() {
+        let mut machines: Vec<Machine> = (0..10)
             .map(|i| m(&format!("m{i:02}"), "app", "started"))
             .collect();
-        let waves = waves(Strategy::Rolling, &machines, MaxUnavailable::Fraction(0.33));
-        // 10 * 0.33 = 3.3 -> 4 at a time after the first.
-        assert_eq!(waves.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 4, 4, 1]);
-        let tiny = waves_len(&machines[..2], MaxUnavailable::Fraction(0.01));
-        assert_eq!(tiny, vec![1, 1]);
-    }
-
-    fn waves_len(machines: &[Machine], mu: MaxUnavailable) -> Vec<usize> {
-        waves(Strategy::Rolling, machines, mu)
-            .iter()
-            .map(Vec::len)
-            .collect()
+        machines.extend((10..40).map(|i| m(&format!("m{i:02}"), "app", "stopped")));
+        let (running, stopped) = waves(Strategy::Rolling, &machines, MaxUnavailable::Fraction(0.33));
+        // 10 running * 0.33 = 3.3 -> 4 at a time after the first.
+        assert_eq!(running.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 4, 4, 1]);
+        // 30 stopped: the first alone, then the other 29 at once (flyctl's pool of 30).
+        assert_eq!(stopped.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 29]);
+        let (tiny, _) = waves(Strategy::Rolling, &machines[..2], MaxUnavailable::Fraction(0.01));
+        assert_eq!(tiny.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1]);
     }
 
     #[test]
-    fn all_stopped_group_has_no_lone_first_machine() {
+    fn all_stopped_group_has_only_the_stopped_pool() {
         let machines = vec![m("a", "app", "stopped"), m("b", "app", "stopped")];
-        assert_eq!(waves_len(&machines, MaxUnavailable::Count(1)), vec![1, 1]);
-        assert!(rolling_order(&machines, MaxUnavailable::Count(1)).first.is_none());
+        let order = rolling_order(&machines, MaxUnavailable::Count(1));
+        assert!(order.running.first.is_none());
+        assert_eq!(ids(&order.stopped.waves()), vec![vec!["a"], vec!["b"]]);
     }
 
     #[test]
@@ -304,6 +331,7 @@ mod tests {
             .collect();
         let lens = |s| {
             waves(s, &machines, MaxUnavailable::Count(1))
+                .0
                 .iter()
                 .map(Vec::len)
                 .collect::<Vec<_>>()

@@ -2,7 +2,7 @@
 //! machine changes, as flyctl runs it. A non-zero exit stops the deploy.
 
 use super::error::RolloutError;
-use super::health::wait_for_state;
+use super::health::{wait_for_new_machine, wait_for_state};
 use super::plan::Fleet;
 use super::update::Ctx;
 use crate::fly::types::{
@@ -11,9 +11,6 @@ use crate::fly::types::{
 };
 use serde_json::{Map, Value, json};
 use std::time::Duration;
-
-/// How long the created machine may take to settle into `stopped` before it is started.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The release command as the deploy runs it.
 #[derive(Clone, Debug)]
@@ -133,14 +130,33 @@ pub async fn run(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<(), Ro
         })?;
     let id = machine.id.as_str();
     ctx.status(id, group, "created");
-    wait_for_state(&ctx.api, id, "stopped", None, SETTLE_TIMEOUT).await?;
+    let result = run_on(ctx, rc, id).await;
+    if let Err(RolloutError::WaitTimeout { .. } | RolloutError::ReleaseCommandTimeout { .. }) = &result {
+        // Still pulling or running: remove it rather than leave it for the next deploy.
+        if let Err(err) = ctx.api.destroy_machine(id, None).await {
+            ctx.reporter.warn(format!(
+                "cannot destroy release_command machine {id} ({err}); the next deploy destroys it"
+            ));
+        }
+    }
+    result
+}
+
+/// Start the created machine once it has settled, wait for the command to finish, read its
+/// exit code.
+async fn run_on(ctx: &Ctx, rc: &ReleaseCommand, id: &str) -> Result<(), RolloutError> {
+    let group = RELEASE_COMMAND_GROUP;
+    // The image is pulled before the machine settles into `stopped`: a large Nix image can
+    // take minutes, so this waits as long as any machine of the deploy may (flyctl
+    // `machines_releasecommand.go`: `md.waitTimeout`, with `WithJustCreated`).
+    wait_for_new_machine(&ctx.api, id, "stopped", None, ctx.spec.wait_timeout).await?;
     ctx.api
         .machine_action(id, "start", None)
         .await
         .map_err(|source| api_error("starting", id, source))?;
     ctx.status(id, group, "running");
     // A quick command may have finished and been destroyed already: 404 is fine here.
-    match wait_for_state(&ctx.api, id, "started", None, SETTLE_TIMEOUT).await {
+    match wait_for_state(&ctx.api, id, "started", None, ctx.spec.wait_timeout).await {
         Err(RolloutError::Api { source, .. }) if source.status() == Some(404) => {}
         other => other?,
     }

@@ -1,23 +1,29 @@
-//! Rolling: machines of a group in id order; the first running machine alone, then a pool of
-//! `max_unavailable` machines at a time. The first failure stops the group.
+//! Rolling: within a group, the running machines in id order, the first alone, then a pool of
+//! `max_unavailable`; beside them, at the same time, the stopped machines in their own pool
+//! (they take no traffic). The first failure stops the group.
 
 use super::error::RolloutError;
-use super::plan::rolling_order;
+use super::plan::{Pool, rolling_order};
 use super::update::Ctx;
 use crate::fly::types::Machine;
 use futures::StreamExt;
 
 pub async fn run(ctx: &Ctx, machines: &[Machine]) -> Result<(), RolloutError> {
     let order = rolling_order(machines, ctx.spec.max_unavailable);
-    if let Some(first) = order.first {
+    // Returning the first error drops the other pool: machines still in flight stop being
+    // waited for, and the rollback (which covers every journaled machine) puts them back.
+    futures::future::try_join(run_pool(ctx, order.running), run_pool(ctx, order.stopped)).await?;
+    Ok(())
+}
+
+async fn run_pool(ctx: &Ctx, pool: Pool<'_>) -> Result<(), RolloutError> {
+    if let Some(first) = pool.first {
         ctx.deploy_machine(first, true).await?;
     }
-    let mut pool = futures::stream::iter(order.rest)
+    let mut updates = futures::stream::iter(pool.rest)
         .map(|machine| ctx.deploy_machine(machine, true))
-        .buffer_unordered(order.pool);
-    while let Some(result) = pool.next().await {
-        // Returning drops the pool: machines still in flight stop being waited for, and the
-        // rollback (which covers every journaled machine) puts them back.
+        .buffer_unordered(pool.size);
+    while let Some(result) = updates.next().await {
         result?;
     }
     Ok(())

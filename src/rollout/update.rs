@@ -2,7 +2,7 @@
 
 use super::RolloutSpec;
 use super::error::RolloutError;
-use super::health::{HealthWait, wait_for_state, wait_healthy};
+use super::health::{HealthWait, wait_for_new_machine, wait_for_state, wait_healthy};
 use super::lease::Leases;
 use super::plan::{ConfigChange, update_body};
 use crate::fly::api::MachinesApi;
@@ -229,7 +229,7 @@ impl Ctx {
         }
         self.status(&created.id, group, "starting");
         let waited = async {
-            wait_for_state(
+            wait_for_new_machine(
                 &self.api,
                 &created.id,
                 "started",

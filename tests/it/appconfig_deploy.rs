@@ -336,6 +336,82 @@ fn a_first_deploy_with_a_volume_creates_and_mounts_it() {
 }
 
 #[test]
+fn new_volumes_get_flyctls_fields() {
+    let fly = new_app();
+    let t = TestDir::new();
+    write_fly_toml(
+        &t,
+        &fixture("03-volume-autoextend.toml").replace(
+            "auto_extend_size_threshold = 80",
+            "auto_extend_size_threshold = 80\n  snapshot_retention = 14\n  scheduled_snapshots = false",
+        ),
+    );
+    let out = run_rollout(&fly, &t, &image(1), &[]);
+    assert_success(&out);
+    let creates = fly.requests_to("POST", &format!("/v1/apps/{APP}/volumes"));
+    assert_eq!(creates.len(), 1);
+    let body = creates[0].body.as_ref().unwrap();
+    let machine = &group_machines(&fly, "app")[0];
+    // flyctl's deploy_first.go: encrypted, placed for the machine's guest and image.
+    assert_eq!(
+        body,
+        &json!({
+            "name": "notes_data",
+            "region": "fra",
+            "size_gb": 10,
+            "encrypted": true,
+            "compute": machine.config["guest"],
+            "compute_image": image(1),
+            "snapshot_retention": 14,
+            "auto_backup_enabled": false,
+        })
+    );
+    let volume = &fly.volumes(APP)[0];
+    assert_eq!(
+        (
+            volume.encrypted,
+            volume.snapshot_retention,
+            volume.auto_backup_enabled
+        ),
+        (true, Some(14), Some(false))
+    );
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn nothing_to_deploy_touches_no_machine_and_force_rolls_anyway() {
+    let t = TestDir::new();
+    let fly = deployed_web_app(&t);
+    let machines = group_machines(&fly, "app");
+    let requests_before = fly.requests().len();
+
+    for args in [&["--dry-run"][..], &[]] {
+        let out = run_rollout(&fly, &t, &image(1), args);
+        assert_success(&out);
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert!(said.contains("nothing to deploy"), "{said}");
+        assert!(said.contains("--force"), "{said}");
+    }
+    let mutating: Vec<_> = fly.requests()[requests_before..]
+        .iter()
+        .filter(|r| r.is_mutating())
+        .cloned()
+        .collect();
+    assert!(mutating.is_empty(), "{mutating:#?}");
+    assert_eq!(fly.releases().len(), 1, "no release for nothing");
+
+    // A different image is something to deploy; so is the same one with --force.
+    let out = run_rollout(&fly, &t, &image(1), &["--force"]);
+    assert_success(&out);
+    assert_eq!(fly.releases().len(), 2);
+    for machine in &machines {
+        assert_eq!(fly.machine(&machine.id).config_history.len(), 2);
+    }
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+#[test]
 fn plan_shows_each_groups_config_changes_and_changes_nothing() {
     let t = TestDir::new();
     let fly = deployed_web_app(&t);
@@ -345,7 +421,7 @@ fn plan_shows_each_groups_config_changes_and_changes_nothing() {
             + "\n[processes]\n  app = \"./server\"\n  worker = \"./worker\"\n"),
     );
     let requests = fly.requests().len();
-    let out = run_rollout(&fly, &t, &image(2), &["--plan"]);
+    let out = run_rollout(&fly, &t, &image(2), &["--dry-run"]);
     assert_success(&out);
     assert!(fly.requests()[requests..].iter().all(|r| !r.is_mutating()));
     let plan = String::from_utf8_lossy(&out.stdout);

@@ -21,10 +21,19 @@ struct Api {
 
 impl Api {
     fn new(fly: &FlyApi) -> Self {
+        Self::with_auth(fly, format!("FlyV1 {}", fly.token()))
+    }
+
+    /// What flyctl sends to the platform API (api.fly.io): `Bearer`, never `FlyV1`.
+    fn platform(fly: &FlyApi) -> Self {
+        Self::with_auth(fly, format!("Bearer {}", fly.token()))
+    }
+
+    fn with_auth(fly: &FlyApi, auth: String) -> Self {
         Api {
             http: reqwest::Client::new(),
             base: fly.url().to_string(),
-            auth: format!("FlyV1 {}", fly.token()),
+            auth,
         }
     }
 
@@ -461,7 +470,7 @@ async fn a_lease_held_by_someone_else_blocks_every_change_until_it_expires() {
 }
 
 #[tokio::test]
-async fn wait_answers_408_on_timeout_and_caps_the_timeout_at_60_fly_seconds() {
+async fn wait_answers_408_on_timeout_and_blocks_at_most_60_fly_seconds() {
     let fly = FlyApi::with_options(Options {
         timing: Timing {
             scale: 0.01,
@@ -488,11 +497,11 @@ async fn wait_answers_408_on_timeout_and_caps_the_timeout_at_60_fly_seconds() {
             .contains("did not reach state started")
     );
     assert!(started.elapsed() >= Duration::from_millis(50));
-    // 3600 s asked, 60 s granted: 0.6 s at this scale, not 36 s.
+    // 60 s is the most a call may ask for: 0.6 s at this scale; 61 s is refused outright.
     let started = Instant::now();
     let (status, _) = api
         .get(&format!(
-            "/v1/apps/demo/machines/{id}/wait?state=started&timeout=3600"
+            "/v1/apps/demo/machines/{id}/wait?state=started&timeout=60"
         ))
         .await;
     assert_eq!(status, 408);
@@ -501,6 +510,12 @@ async fn wait_answers_408_on_timeout_and_caps_the_timeout_at_60_fly_seconds() {
         waited >= Duration::from_millis(600) && waited < Duration::from_secs(5),
         "{waited:?}"
     );
+    let (status, _) = api
+        .get(&format!(
+            "/v1/apps/demo/machines/{id}/wait?state=started&timeout=3600"
+        ))
+        .await;
+    assert_eq!(status, 400);
     // A state reached in time answers at once, comma lists included.
     let (status, body) = api
         .get(&format!("/v1/apps/demo/machines/{id}/wait?state=started,stopped"))
@@ -616,6 +631,8 @@ async fn release_command_machine_runs_records_its_exit_and_is_destroyed() {
     assert_eq!(status, 200, "{created}");
     let id = created["id"].as_str().expect("id").to_string();
     let base = format!("/v1/apps/demo/machines/{id}");
+    // Reads lag behind the create (2 Fly seconds, 40 ms here).
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         api.get(&format!("{base}/wait?state=stopped&timeout=60")).await.0,
         200
@@ -659,11 +676,12 @@ async fn release_command_machine_runs_records_its_exit_and_is_destroyed() {
 
 #[tokio::test]
 async fn releases_are_created_patched_and_their_bodies_checked() {
-    let (fly, api) = demo();
+    let (fly, _) = demo();
+    let api = Api::platform(&fly);
     let (status, created) = api
         .post(
             "/api/v1/releases",
-            json!({"app_name": "demo", "build_id": null, "definition": {"app": "demo"},
+            json!({"app_name": "demo", "build_id": 0, "definition": {"app": "demo"},
                         "image": "registry.fly.io/demo@sha256:abc", "strategy": "ROLLING"}),
         )
         .await;
@@ -688,7 +706,7 @@ async fn releases_are_created_patched_and_their_bodies_checked() {
     let (status, _) = api
         .post(
             "/api/v1/releases",
-            json!({"app_name": "demo", "image": "x", "strategy": "rolling"}),
+            json!({"app_name": "demo", "definition": {}, "image": "x", "strategy": "rolling"}),
         )
         .await;
     assert_eq!(status, 400);
@@ -714,6 +732,106 @@ async fn releases_are_created_patched_and_their_bodies_checked() {
         )
         .await;
     assert_eq!(status, 404);
+}
+
+/// Issue 10, points 1 and 2: the platform API takes `Bearer` (flyctl
+/// `internal/uiex/releases.go`), refuses `FlyV1` with 401, and refuses a release without the
+/// app config as `definition` with 422; `build_id` is an integer.
+#[tokio::test]
+async fn the_platform_api_wants_bearer_and_a_definition() {
+    let (fly, machines_client) = demo();
+    let release = json!({"app_name": "demo", "build_id": 0, "definition": {"app": "demo"},
+                         "image": "registry.fly.io/demo@sha256:abc", "strategy": "ROLLING"});
+    let (status, body) = machines_client.post("/api/v1/releases", release.clone()).await;
+    assert_eq!(status, 401, "{body}");
+    let bearer_flyv1 = Api::with_auth(&fly, format!("Bearer FlyV1 {}", fly.token()));
+    assert_eq!(
+        bearer_flyv1.post("/api/v1/releases", release.clone()).await.0,
+        401
+    );
+    // The Machines API still takes FlyV1.
+    assert_eq!(machines_client.get("/v1/apps/demo").await.0, 200);
+
+    let api = Api::platform(&fly);
+    for definition in [None, Some(Value::Null), Some(json!("fly.toml"))] {
+        let mut body = release.clone();
+        match definition {
+            None => drop(body.as_object_mut().unwrap().remove("definition")),
+            Some(value) => body["definition"] = value,
+        }
+        let (status, answer) = api.post("/api/v1/releases", body).await;
+        assert_eq!(status, 422, "{answer}");
+    }
+    let mut text_build = release.clone();
+    text_build["build_id"] = json!("b1");
+    assert_eq!(api.post("/api/v1/releases", text_build).await.0, 400);
+    let reasons: Vec<String> = fly.take_violations().into_iter().map(|v| v.reason).collect();
+    assert!(
+        reasons.len() == 1 && reasons[0].contains("build_id"),
+        "{reasons:?}"
+    );
+    assert!(fly.releases().is_empty());
+    assert_eq!(api.post("/api/v1/releases", release).await.0, 201);
+}
+
+/// Issue 10, points 3 and 4: a just-created machine answers 404 to get and wait for a moment
+/// (flyctl `internal/machine/leasable_machine.go` retries that: `WithJustCreated`), and a
+/// slow image pull delays its start.
+#[tokio::test]
+async fn new_machines_are_invisible_for_a_moment_and_slow_pulls_delay_them() {
+    let (fly, api) = demo();
+    fly.set_image_pull("sha256:slow", Duration::from_secs(100));
+    let create = |image: &str| {
+        json!({"region": "iad", "skip_launch": true, "config": {
+            "image": image, "metadata": {"fly_platform_version": "v2", "fly_process_group": "app"}}})
+    };
+    let started = Instant::now();
+    let (status, created) = api
+        .post(
+            "/v1/apps/demo/machines",
+            create("registry.fly.io/demo@sha256:slow"),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let base = format!("/v1/apps/demo/machines/{}", created["id"].as_str().unwrap());
+    assert_eq!(api.get(&base).await.0, 404);
+    assert_eq!(
+        api.get(&format!("{base}/wait?state=stopped&timeout=1")).await.0,
+        404
+    );
+    // The list shows it (only get and wait lag), and so does the test's own handle.
+    let (_, list) = api.get("/v1/apps/demo/machines").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, machine) = api.get(&base).await;
+    assert_eq!((status, machine["state"].as_str()), (200, Some("created")));
+    // 100 Fly seconds of pull at scale 0.02: stopped after ~2 s, so a 60 s wait times out.
+    assert_eq!(
+        api.get(&format!("{base}/wait?state=stopped&timeout=60")).await.0,
+        408
+    );
+    assert_eq!(
+        api.get(&format!("{base}/wait?state=stopped&timeout=60")).await.0,
+        200
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let (_, quick) = api
+        .post(
+            "/v1/apps/demo/machines",
+            create("registry.fly.io/demo@sha256:quick"),
+        )
+        .await;
+    let base = format!("/v1/apps/demo/machines/{}", quick["id"].as_str().unwrap());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        api.get(&format!("{base}/wait?state=stopped&timeout=5")).await.0,
+        200
+    );
 }
 
 #[tokio::test]
@@ -1130,4 +1248,44 @@ async fn ip_addresses_are_assigned_listed_and_released() {
         404
     );
     assert_eq!(fly.ips("demo"), [v4]);
+}
+
+#[tokio::test]
+async fn wait_refuses_timeouts_above_60s_and_answers_only_for_the_version_asked() {
+    let (fly, api) = demo();
+    let id = fly.add_machines("demo", &MachineSpec::new("app")).remove(0);
+    let path = format!("/v1/apps/demo/machines/{id}");
+    let (status, answer) = api.get(&format!("{path}/wait?state=started&timeout=61")).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("invalid_argument"),
+        "{answer}"
+    );
+    let (status, _) = api.get(&format!("{path}/wait?state=started&timeout=60")).await;
+    assert_eq!(status, 200);
+
+    let old_version = fly.machine(&id).version;
+    let nonce = api.lease("demo", &id).await;
+    let mut config = fly.machine(&id).config;
+    config["image"] = json!("registry.fly.io/demo@sha256:def");
+    let (status, updated) = api
+        .call("POST", &path, Some(json!({"config": config})), Some(&nonce))
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    let new_version = updated["instance_id"].as_str().unwrap().to_string();
+    // The machine is started again soon, but never at the version it had before the update.
+    let (status, _) = api
+        .get(&format!(
+            "{path}/wait?state=started&timeout=2&version={old_version}"
+        ))
+        .await;
+    assert_eq!(status, 408);
+    let (status, waited) = api
+        .get(&format!(
+            "{path}/wait?state=started&timeout=10&instance_id={new_version}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{waited}");
+    assert_eq!(waited["version"], json!(new_version));
+    assert!(fly.violations().is_empty(), "{:?}", fly.violations());
 }

@@ -19,6 +19,7 @@ mod registry_client;
 mod registry_creds;
 mod registry_push;
 mod rollout_failures;
+mod rollout_fly_parity;
 mod rollout_rolling;
 mod rollout_strategies;
 mod rollout_tag;

@@ -5,7 +5,6 @@
 
 use crate::support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use support::fly_api::{FlyApi, MachineSpec};
 use support::images::{self, Fault};
@@ -47,8 +46,7 @@ fi
         log = log.display()
     );
     let path = bin.join(format!("docker-credential-{name}"));
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    support::images::write_executable(&path, &script).unwrap();
     log
 }
 
@@ -101,9 +99,12 @@ fn rollout_of_a_tag_takes_creds_from_the_flag_and_the_environment() {
     support::assert_success(&out);
     assert_eq!(fly.machine(&machines[0]).image(), reference);
 
+    // The tag resolves with the environment's credentials too; the machine already runs that
+    // digest, so nothing is deployed and no second release is made.
     let out = run(rollout_cmd(&fly, &t, &image).env("NIXFLY_REGISTRY_CREDS", registry.creds()));
     support::assert_success(&out);
-    assert_eq!(fly.releases().len(), 2);
+    assert!(stderr(&out).contains("nothing to deploy"), "{}", stderr(&out));
+    assert_eq!(fly.releases().len(), 1);
     let password = registry.creds().split_once(':').unwrap().1.to_string();
     assert!(!stderr(&out).contains(&password), "{}", stderr(&out));
     assert_no_violations(&fly);
@@ -191,8 +192,17 @@ fn a_missing_or_broken_helper_is_named_in_the_error() {
     let bin = t.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let broken = bin.join("docker-credential-broken");
-    std::fs::write(&broken, "#!/bin/sh\necho 'keychain locked' >&2\nexit 3\n").unwrap();
-    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // It reads the host first, as helpers do: one that never reads stdin cannot be told apart
+    // from one that did not start.
+    support::images::write_executable(
+        &broken,
+        "#!/bin/sh
+read -r server
+echo 'keychain locked' >&2
+exit 3
+",
+    )
+    .unwrap();
     write_docker_config(
         &t,
         &serde_json::json!({ "credHelpers": { registry.host(): "broken" } }),
@@ -206,4 +216,51 @@ fn a_missing_or_broken_helper_is_named_in_the_error() {
         err.contains("docker-credential-broken") && err.contains("keychain locked"),
         "{err}"
     );
+}
+
+/// An identity token (from `auths.<host>.identitytoken`, or a helper answering the user
+/// `<token>`) is an OAuth2 refresh token: exchanged at the token realm for access tokens, and
+/// never printed, even with -vv.
+#[test]
+fn identity_tokens_are_exchanged_at_the_token_realm() {
+    use support::registry::IDENTITY_TOKEN;
+    let registry = Registry::start(AuthMode::token(std::time::Duration::from_secs(300)));
+    let t = TestDir::new();
+    let (source, written) = archive(&t);
+    let repo = format!("{}/{APP}", registry.host());
+
+    write_docker_config(
+        &t,
+        &serde_json::json!({ "auths": { registry.host(): { "identitytoken": IDENTITY_TOKEN } } }),
+    );
+    let out = run(t
+        .nixfly()
+        .args(["push", &source, "--to", &repo, "--tag", "v1", "-vv"]));
+    let reference = pushed_reference(&out, &registry.host(), APP);
+    assert_same_image(&registry, &reference, &written);
+    assert!(!stderr(&out).contains(IDENTITY_TOKEN), "{}", stderr(&out));
+    let server = registry.token_server.as_ref().unwrap();
+    let issued = server.issued.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(issued > 0);
+
+    install_helper(&t, "oauth", &registry.host(), "<token>", IDENTITY_TOKEN);
+    write_docker_config(
+        &t,
+        &serde_json::json!({ "credHelpers": { registry.host(): "oauth" } }),
+    );
+    let mut cmd = t.nixfly();
+    with_helper_path(&t, &mut cmd);
+    let out = run(cmd.args(["push", &source, "--to", &repo, "--tag", "v2"]));
+    pushed_reference(&out, &registry.host(), APP);
+    assert!(server.issued.load(std::sync::atomic::Ordering::Relaxed) > issued);
+
+    // A wrong identity token is refused at the realm, and the error names the helper.
+    install_helper(&t, "oauth", &registry.host(), "<token>", "not-the-token");
+    let mut cmd = t.nixfly();
+    with_helper_path(&t, &mut cmd);
+    let out = run(cmd.args(["push", &source, "--to", &repo, "--tag", "v3"]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("docker-credential-oauth"), "{err}");
+    assert!(!err.contains("not-the-token"), "{err}");
 }

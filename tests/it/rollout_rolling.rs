@@ -10,7 +10,7 @@ use support::rollout::{
 use support::{TestDir, assert_success};
 
 #[test]
-fn rolling_six_machines_in_two_groups_two_at_a_time() {
+fn rolling_six_machines_in_two_groups_side_by_side_two_at_a_time() {
     let fly = FlyApi::start();
     fly.add_app(APP);
     let web = fly.add_machines(APP, &MachineSpec::new("app").count(3).checks(2));
@@ -45,14 +45,19 @@ fn rolling_six_machines_in_two_groups_two_at_a_time() {
         assert!(checks.iter().all(|c| c.status == "passing"), "{checks:?}");
     }
 
-    // Groups one after the other, each in id order (the pool may finish out of order, but
-    // it starts in order), the first machine of each group alone.
+    // Groups side by side (as flyctl rolls them), each in id order (the pool may finish out
+    // of order, but it starts in order), the first machine of each group alone: the worker
+    // group starts before the web group's first machine has passed its checks.
     let updates = updated_ids(&fly.requests());
-    let mut expected: Vec<String> = web.clone();
-    expected.extend(worker.clone());
-    assert_eq!(updates, expected);
+    let in_group = |group: &[String]| -> Vec<String> {
+        updates.iter().filter(|id| group.contains(id)).cloned().collect()
+    };
+    assert_eq!(in_group(&web), web);
+    assert_eq!(in_group(&worker), worker);
+    let position = |id: &String| updates.iter().position(|u| u == id).unwrap();
+    assert!(position(&worker[0]) < position(&web[1]), "{updates:?}");
     assert!(
-        fly.max_concurrent_updates() <= 2,
+        fly.max_concurrent_updates() <= 4,
         "{} machines were updating at once",
         fly.max_concurrent_updates()
     );
@@ -117,6 +122,68 @@ fn stopped_machines_are_updated_with_skip_launch_and_stay_stopped() {
 }
 
 #[test]
+fn stopped_machines_roll_in_their_own_pool_beside_the_running_ones() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let running = fly.add_machines(APP, &MachineSpec::new("app").count(3).checks(1));
+    let stopped = fly.add_machines(APP, &MachineSpec::new("app").count(4).state("stopped").checks(1));
+    let t = TestDir::new();
+    let new = image(21);
+
+    let out = run_rollout(&fly, &t, &new, &["--max-unavailable", "1"]);
+    assert_success(&out);
+
+    for id in running.iter().chain(&stopped) {
+        assert_eq!(fly.machine(id).image(), new, "machine {id}");
+    }
+    let requests = fly.requests();
+    let sent = |id: &str| {
+        requests
+            .iter()
+            .position(|r| r.method == "POST" && r.path.ends_with(&format!("/machines/{id}")))
+            .unwrap()
+    };
+    let last_get = |id: &str| {
+        requests
+            .iter()
+            .rposition(|r| r.method == "GET" && r.path.ends_with(&format!("/machines/{id}")))
+            .unwrap()
+    };
+    // max_unavailable 1 holds for the running machines: each waits for the one before to be
+    // healthy.
+    for pair in running.windows(2) {
+        assert!(sent(&pair[1]) > last_get(&pair[0]), "{pair:?} overlapped");
+    }
+    // The stopped machines did not wait for them: all four were sent before the second running
+    // machine, and more machines were busy at once than max_unavailable allows running ones.
+    for id in &stopped {
+        assert!(
+            sent(id) < sent(&running[1]),
+            "stopped machine {id} waited for the running ones"
+        );
+    }
+    assert!(
+        fly.max_concurrent_updates() >= 3,
+        "only {} machines at once",
+        fly.max_concurrent_updates()
+    );
+    for id in &stopped {
+        assert_eq!(fly.machine(id).state, "stopped", "machine {id}");
+    }
+    let plan = run_rollout(&fly, &t, &image(22), &["--max-unavailable", "1", "--dry-run"]);
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(
+        plan.contains(&format!(
+            "stopped wave 2 (beside the waves above): update {} {} {}",
+            stopped[1], stopped[2], stopped[3]
+        )),
+        "{plan}"
+    );
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+#[test]
 fn plan_sends_no_mutating_request() {
     let fly = FlyApi::start();
     fly.add_app(APP);
@@ -130,7 +197,7 @@ fn plan_sends_no_mutating_request() {
     .unwrap();
     let new = image(3);
 
-    let out = run_rollout(&fly, &t, &new, &["--plan"]);
+    let out = run_rollout(&fly, &t, &new, &["--dry-run"]);
     assert_success(&out);
 
     assert!(
@@ -160,8 +227,8 @@ fn plan_sends_no_mutating_request() {
     assert_no_violations(&fly);
 }
 
-#[test]
-fn a_hundred_machines_roll_with_parallelism_bounded_by_max_unavailable() {
+/// App `demo` on a double running Fly time a hundred times faster, for the big fleets.
+fn fast_app() -> FlyApi {
     let fly = FlyApi::with_options(Options {
         timing: Timing {
             scale: 0.01,
@@ -170,6 +237,12 @@ fn a_hundred_machines_roll_with_parallelism_bounded_by_max_unavailable() {
         ..Options::default()
     });
     fly.add_app(APP);
+    fly
+}
+
+#[test]
+fn a_hundred_machines_roll_with_parallelism_bounded_by_max_unavailable() {
+    let fly = fast_app();
     let ids = fly.add_machines(APP, &MachineSpec::new("app").count(100).checks(1));
     let t = TestDir::new();
     let new = image(4);
@@ -186,6 +259,87 @@ fn a_hundred_machines_roll_with_parallelism_bounded_by_max_unavailable() {
     assert!(concurrent <= 5, "{concurrent} machines updating at once");
     assert!(concurrent >= 3, "only {concurrent} at once: the pool is not used");
     assert_eq!(updated_ids(&fly.requests()).len(), 100);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// API calls per machine in flyctl's rolling update of a healthy machine with checks
+/// (internal/command/deploy/machines_deploymachinesapp.go `updateEntriesGroup`, over
+/// internal/machine/leasable_machine.go and machine_set.go):
+/// - lease: one `AcquireLease` (machine_set.go `AcquireLeases`), plus one refresh every
+///   (13 s - 1 s) / 3 = 4 s (`refreshLeaseUntilCanceled`, counted apart: it depends on time);
+/// - update: one `Update`;
+/// - wait: one `WaitForState(started)` call per 60 s (fly-go flaps/flaps_machines_wait.go);
+/// - get: at least two: `WaitForSmokeChecksToPass` polls `Get` until the machine has been up
+///   10 s (at least once), then `WaitForHealthchecksToPass` polls until all pass (at least
+///   once);
+/// - release: one `ReleaseLease`.
+const FLYCTL_CALLS_PER_MACHINE: [(&str, usize); 5] = [
+    ("lease", 1),
+    ("update", 1),
+    ("wait", 1),
+    ("get", 2),
+    ("release", 1),
+];
+const FLYCTL_LEASE_REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(4);
+
+#[test]
+fn five_hundred_machines_in_two_groups_take_no_more_calls_per_machine_than_flyctl() {
+    let fly = fast_app();
+    let web = fly.add_machines(APP, &MachineSpec::new("app").count(250).checks(1));
+    let worker = fly.add_machines(APP, &MachineSpec::new("worker").count(250).checks(1));
+    let t = TestDir::new();
+    let new = image(23);
+
+    let started = Instant::now();
+    let out = run_rollout(&fly, &t, &new, &[]);
+    assert_success(&out);
+    let elapsed = started.elapsed();
+    eprintln!("500 machines rolled in {elapsed:?}");
+
+    let requests = fly.requests();
+    let mut calls: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
+    let mut refreshes = 0;
+    for r in &requests {
+        let Some(rest) = r.path.strip_prefix(&format!("/v1/apps/{APP}/machines/")) else {
+            continue;
+        };
+        let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
+        let kind = match (r.method.as_str(), action) {
+            ("POST", "lease") if r.lease_nonce.is_some() => {
+                refreshes += 1;
+                continue;
+            }
+            ("POST", "lease") => "lease",
+            ("DELETE", "lease") => "release",
+            ("POST", "") => "update",
+            ("GET", "wait") => "wait",
+            ("GET", "") => "get",
+            other => panic!("unexpected call {other:?} on machine {id}"),
+        };
+        *calls.entry((id, kind)).or_default() += 1;
+    }
+    for id in web.iter().chain(&worker) {
+        assert_eq!(fly.machine(id).image(), new, "machine {id}");
+        for (kind, flyctl) in FLYCTL_CALLS_PER_MACHINE {
+            let ours = calls.get(&(id.as_str(), kind)).copied().unwrap_or(0);
+            assert!(
+                ours <= flyctl,
+                "machine {id}: {ours} {kind} calls, flyctl makes {flyctl}"
+            );
+            assert!(ours >= 1 || kind == "get", "machine {id}: no {kind} call");
+        }
+    }
+    let rounds = (elapsed.as_secs_f64() / FLYCTL_LEASE_REFRESH_EVERY.as_secs_f64()).floor() as usize;
+    assert!(
+        refreshes <= 500 * rounds,
+        "{refreshes} lease refreshes in {elapsed:?}"
+    );
+
+    // The groups rolled side by side: the worker group started before the web group ended.
+    let updates = updated_ids(&requests);
+    let position = |id: &String| updates.iter().position(|u| u == id).unwrap();
+    assert!(position(&worker[0]) < position(web.last().unwrap()));
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }

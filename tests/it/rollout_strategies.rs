@@ -95,7 +95,12 @@ fn bluegreen_replaces_blues_with_healthy_greens() {
     let t = TestDir::new();
     let new = image(7);
 
-    let out = run_rollout(&fly, &t, &new, &["--strategy", "bluegreen"]);
+    let out = run_rollout(
+        &fly,
+        &t,
+        &new,
+        &["--strategy", "bluegreen", "--bluegreen-cutover-wait", "0s"],
+    );
     assert_success(&out);
 
     let all = fly.machines(APP);
@@ -151,9 +156,243 @@ fn bluegreen_without_checks_is_refused_before_any_change() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.contains("bluegreen") && err.contains("process group app"),
+        err.contains("bluegreen") && err.contains("no machine has one"),
         "{err}"
     );
     assert!(fly.mutating_requests().is_empty());
+    assert_no_violations(&fly);
+}
+
+/// A seeded machine of `group` carrying flyctl's bluegreen tag.
+fn tagged(fly: &FlyApi, group: &str, state: &str, tag: &str) -> String {
+    let mut config = MachineSpec::new(group).checks(1).config();
+    config["metadata"]["fly_bluegreen_deployment_tag"] = tag.into();
+    fly.add_machine_with_config(APP, "iad", state, config)
+}
+
+#[test]
+fn bluegreen_cuts_over_like_flyctl_and_clears_an_earlier_deploys_leftovers() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    // web: two serving blues from a finished bluegreen deploy, and a green of a later one
+    // that was interrupted before it took traffic (still cordoned).
+    let web = vec![
+        tagged(&fly, "app", "started", "1700000000"),
+        tagged(&fly, "app", "started", "1700000000"),
+    ];
+    let stale_green = tagged(&fly, "app", "started", "1700000500");
+    fly.cordon(&stale_green);
+    // worker: no checks (fine: web has some), and a blue an interrupted deploy had already
+    // tagged as replaced.
+    let worker = fly.add_machines(APP, &MachineSpec::new("worker").count(1).state("stopped"));
+    let mut replaced = MachineSpec::new("worker").config();
+    replaced["metadata"]["fly_bluegreen_deployment_tag"] = "safe_to_destroy".into();
+    let stale_blue = fly.add_machine_with_config(APP, "iad", "stopped", replaced);
+    // cron: checks, every machine stopped.
+    let cron = fly.add_machines(APP, &MachineSpec::new("cron").count(2).checks(1).state("stopped"));
+    let t = TestDir::new();
+    let new = image(9);
+
+    let plan = run_rollout(&fly, &t, &new, &["--strategy", "bluegreen", "--dry-run"]);
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    for leftover in [&stale_green, &stale_blue] {
+        assert!(
+            plan.contains(&format!(
+                "machine {leftover}: left over from an interrupted bluegreen deploy"
+            )),
+            "{plan}"
+        );
+    }
+    assert!(
+        plan.contains(&format!(
+            "wave 1: a green machine beside each of {} {}\n",
+            web[0], web[1]
+        )),
+        "{plan}"
+    );
+    let out = run_rollout(
+        &fly,
+        &t,
+        &new,
+        &["--strategy", "bluegreen", "--bluegreen-cutover-wait", "500ms"],
+    );
+    assert_success(&out);
+
+    let requests = fly.requests();
+    let at = |method: &str, suffix: &str| {
+        requests
+            .iter()
+            .position(|r| r.method == method && r.path.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no {method} {suffix}"))
+    };
+    let blues: Vec<&String> = web.iter().chain(&worker).chain(&cron).collect();
+    let old: Vec<&String> = blues.iter().copied().chain([&stale_green, &stale_blue]).collect();
+    let first_create = at("POST", &format!("/v1/apps/{APP}/machines"));
+    for leftover in [&stale_green, &stale_blue] {
+        assert!(at("DELETE", &format!("/machines/{leftover}")) < first_create);
+    }
+    let greens: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| !old.contains(&&m.id))
+        .collect();
+    assert_eq!(
+        greens.len(),
+        blues.len(),
+        "one green per blue, none for the leftovers"
+    );
+    for green in &greens {
+        assert_eq!(green.image(), new);
+        assert!(!green.cordoned, "green {} still cordoned", green.id);
+        assert!(
+            green
+                .metadata("fly_bluegreen_deployment_tag")
+                .unwrap()
+                .parse::<u64>()
+                .is_ok()
+        );
+    }
+    // cron's machines are all stopped: one green is started anyway to check the new config,
+    // the other mirrors its stopped blue; so does the worker's.
+    let states = |group: &str| {
+        let mut states: Vec<String> = greens
+            .iter()
+            .filter(|g| g.process_group() == group)
+            .map(|g| g.state.clone())
+            .collect();
+        states.sort();
+        states
+    };
+    assert_eq!(states("cron"), ["started", "stopped"]);
+    assert_eq!(states("worker"), ["stopped"]);
+    assert_eq!(states("app"), ["started", "started"]);
+
+    // uncordon greens, tag blues, wait, cordon blues, wait, stop the running ones, wait for
+    // stopped, destroy.
+    let last_uncordon = greens
+        .iter()
+        .map(|g| at("POST", &format!("{}/uncordon", g.id)))
+        .max()
+        .unwrap();
+    for blue in &blues {
+        let tag = at("POST", &format!("{blue}/metadata/fly_bluegreen_deployment_tag"));
+        let cordon = at("POST", &format!("{blue}/cordon"));
+        let destroy = at("DELETE", &format!("/machines/{blue}"));
+        assert!(
+            last_uncordon < tag && tag < cordon && cordon < destroy,
+            "blue {blue}"
+        );
+        assert!(
+            requests[cordon].at >= requests[last_uncordon].at + std::time::Duration::from_millis(450),
+            "blue {blue} cordoned without the pause"
+        );
+        assert_eq!(fly.machine(blue).state, "destroyed");
+    }
+    for blue in &web {
+        let stop = at("POST", &format!("{blue}/stop"));
+        assert!(stop > at("POST", &format!("{blue}/cordon")));
+        assert!(stop < at("DELETE", &format!("/machines/{blue}")));
+        let events: Vec<String> = fly
+            .machine(blue)
+            .events
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_string())
+            .collect();
+        // Stopped gracefully, and only destroyed once stopped.
+        assert_eq!(
+            events[events.len() - 3..],
+            ["stop", "exit", "destroy"],
+            "{events:?}"
+        );
+    }
+    assert!(
+        requests
+            .iter()
+            .all(|r| !(r.path.ends_with("/stop") && cron.iter().any(|c| r.path.contains(c.as_str()))))
+    );
+    assert_eq!(fly.releases()[0].statuses, ["created", "running", "complete"]);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn canary_with_volumes_is_refused_before_any_change() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let volume = fly.add_volume(APP, "data", "iad", 1);
+    let mut config = MachineSpec::new("app").checks(1).config();
+    config["mounts"] = serde_json::json!([{"volume": volume, "name": "data", "path": "/data"}]);
+    let machine = fly.add_machine_with_config(APP, "iad", "started", config);
+    let t = TestDir::new();
+
+    // --strategy canary on machines that mount a volume.
+    let out = run_rollout(&fly, &t, &image(10), &["--strategy", "canary"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("canary") && err.contains(&machine), "{err}");
+
+    // fly.toml asking for canary with [[mounts]]: refused when fly.toml is read, as flyctl's
+    // validation does.
+    std::fs::write(
+        t.join("fly.toml"),
+        "app = \"demo\"\nprimary_region = \"iad\"\n[deploy]\nstrategy = \"canary\"\n[[mounts]]\nsource = \"data\"\ndestination = \"/data\"\n",
+    )
+    .unwrap();
+    let out = run_rollout(&fly, &t, &image(10), &[]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("fly.toml:5: [deploy] strategy: the canary strategy does not work with [[mounts]]"),
+        "{err}"
+    );
+
+    assert!(
+        fly.mutating_requests().is_empty(),
+        "{:#?}",
+        fly.mutating_requests()
+    );
+    assert_eq!(fly.machine(&machine).config_history.len(), 1);
+    assert_no_violations(&fly);
+}
+
+#[test]
+fn multi_container_machines_and_machine_config_are_refused_not_ignored() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let mut config = MachineSpec::new("app").config();
+    config["containers"] = serde_json::json!([
+        {"name": "app", "image": "registry.fly.io/demo@sha256:aa"},
+        {"name": "sidecar", "image": "nginx:1.27"},
+    ]);
+    let machine = fly.add_machine_with_config(APP, "iad", "started", config);
+    let t = TestDir::new();
+
+    let out = run_rollout(&fly, &t, &image(11), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("machine {machine} runs 2 containers")) && err.contains("fly deploy"),
+        "{err}"
+    );
+
+    std::fs::write(
+        t.join("fly.toml"),
+        "app = \"demo\"\nprimary_region = \"iad\"\nmachine_config = \"containers.json\"\ncontainer = \"app\"\n",
+    )
+    .unwrap();
+    let out = run_rollout(&fly, &t, &image(11), &[]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    for key in ["fly.toml:3: machine_config", "fly.toml:4: container"] {
+        assert!(
+            err.contains(&format!("{key}: nixfly does not build multi-container machines")),
+            "{err}"
+        );
+    }
+    assert!(
+        fly.mutating_requests().is_empty(),
+        "{:#?}",
+        fly.mutating_requests()
+    );
     assert_no_violations(&fly);
 }

@@ -39,8 +39,10 @@
 //! - Time runs in "Fly seconds" scaled by `Timing::scale` (default 0.05): an update puts the
 //!   machine in `replacing`, then `started` after `Timing::start` (or `stopped` with
 //!   `skip_launch`); checks are `warning`, then `passing` after `Timing::checks`. A wait call
-//!   blocks at most 60 Fly seconds (3 s by default) and answers 408 on timeout. Lease TTLs are
-//!   not scaled: clients refresh them on their own clock.
+//!   blocks at most 60 Fly seconds (3 s by default) and answers 408 on timeout; a `timeout`
+//!   above 60 is 400 `invalid_argument`; with `version` (or `instance_id`) it answers only
+//!   once the machine runs that version. Lease TTLs are not scaled: clients refresh them on
+//!   their own clock.
 //! - Leases: `POST .../lease` with body `{"ttl": n}` answers 201
 //!   `{"status":"success","data":{nonce,expires_at,owner,description,version}}` (flat with
 //!   `Options::flat_lease`); with the current nonce in `fly-machine-lease-nonce` it refreshes;
@@ -48,6 +50,11 @@
 //!   cordon/uncordon and metadata writes need the nonce while a lease is active (409
 //!   otherwise), and a nonce that matches no active lease is 409 too. `DELETE .../lease` with
 //!   the nonce releases it (404 when no lease is active).
+//! - A machine made by `POST /machines` answers 404 to get and wait for
+//!   `Timing::visible_after_create` (2 Fly seconds), as Fly's reads lag behind a create
+//!   (flyctl `internal/machine/leasable_machine.go` retries them: `WithJustCreated`).
+//! - `set_image_pull(image, time)`: machines created or updated onto that image start `time`
+//!   later (the pull), which the release command's waits must leave room for.
 //! - Destroyed machines stay GET-able with state `destroyed` (hidden from the list unless
 //!   `include_deleted=true`); waiting on them for any state but `destroyed` is 404.
 //! - A machine whose `config.metadata.fly_process_group` is `fly_app_release_command`, when
@@ -70,7 +77,9 @@
 //!   a mismatch is recorded as a violation (a bug in the double fails tests loudly).
 //! - IP assignments: list/create (any spec type)/delete, for first deploys that allocate
 //!   addresses.
-//! - Volumes: list/create/get/delete; `config.mounts[].volume` must name a volume of the app
+//! - Volumes: list/create/get/delete; a create keeps `encrypted` (default true),
+//!   `snapshot_retention` (1-60, else 400) and `auto_backup_enabled` and shows them back;
+//!   `config.mounts[].volume` must name a volume of the app
 //!   not attached to another machine (400 otherwise); destroying the machine detaches it.
 //! - Responses show `services[].autostop` "off"/"stop" as `false`/`true`, as Fly does; the
 //!   validator accepts booleans there because the spec's description allows them.
@@ -369,6 +378,16 @@ impl FlyApi {
         id
     }
 
+    /// Take a machine out of Fly's proxy (`cordoned`), as a machine created with
+    /// `skip_service_registration` is until uncordoned.
+    pub fn cordon(&self, machine: &str) {
+        self.lock()
+            .machines
+            .get_mut(machine)
+            .unwrap_or_else(|| panic!("the Fly API double has no machine {machine}"))
+            .cordoned = true;
+    }
+
     /// Add a volume; returns its id (`vol_...`).
     pub fn add_volume(&self, app: &str, name: &str, region: &str, size_gb: i64) -> String {
         let mut st = self.lock();
@@ -380,6 +399,9 @@ impl FlyApi {
             size_gb,
             state: "created".into(),
             attached_machine_id: None,
+            encrypted: true,
+            snapshot_retention: None,
+            auto_backup_enabled: None,
         };
         let id = volume.id.clone();
         st.volumes.insert(id.clone(), volume);
@@ -455,6 +477,13 @@ impl FlyApi {
             machine: Some(machine.into()),
             behavior,
         });
+    }
+
+    /// Pulling an image whose reference contains `image_contains` takes `fly_time` (scaled
+    /// like every other delay): machines created or updated onto it start that much later.
+    /// A large Nix image on a cold host takes minutes.
+    pub fn set_image_pull(&self, image_contains: &str, fly_time: Duration) {
+        self.lock().image_pulls.push((image_contains.into(), fly_time));
     }
 
     /// Exit code of every release-command machine run from now on.

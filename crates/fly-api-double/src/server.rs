@@ -123,8 +123,11 @@ pub async fn handle(
 }
 
 async fn process(shared: &Shared, req: &Request, headers: &HeaderMap, mut problems: Vec<String>) -> Response {
-    if !authorized(headers, &shared.token) {
+    if !authorized(headers, &shared.token, is_platform_api(req)) {
         return error(StatusCode::UNAUTHORIZED, "Authenticate: token validation error");
+    }
+    if let Some(refusal) = platform_scheme_refusal(req, headers).or_else(|| release_definition_refusal(req)) {
+        return refusal;
     }
     let content_type = header(headers, "content-type");
     let route = if req.path == "/api/v1/releases" || req.path.starts_with("/api/v1/releases/") {
@@ -246,8 +249,11 @@ fn auth_scheme(headers: &HeaderMap) -> String {
     }
 }
 
-/// `Bearer X`, `FlyV1 X` and `Bearer FlyV1 X`, as Fly accepts them.
-fn authorized(headers: &HeaderMap, token: &str) -> bool {
+/// `Bearer X`, `FlyV1 X` and `Bearer FlyV1 X`, as Fly accepts them. The platform API also
+/// takes the token among others: fly-go (`tokens/tokens.go`, `GraphQL()`) sends it every
+/// macaroon and OAuth token at once, "the only service that accepts macaroons and OAuth
+/// tokens in the same request".
+fn authorized(headers: &HeaderMap, token: &str, platform: bool) -> bool {
     let Some(value) = header(headers, "authorization") else {
         return false;
     };
@@ -258,7 +264,43 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
             None => return false,
         },
     };
+    if platform {
+        let sent: Vec<&str> = credential.split(',').collect();
+        return token.split(',').all(|part| sent.contains(&part));
+    }
     credential == token
+}
+
+fn is_platform_api(req: &Request) -> bool {
+    req.path.starts_with("/api/")
+}
+
+/// The platform API (api.fly.io) takes `Authorization: Bearer <macaroons,oauth>`: flyctl's
+/// client sends exactly that (`internal/uiex/releases.go`: `"Bearer " + Tokens.GraphQL()`),
+/// never the Machines API's `FlyV1` scheme, so the double refuses `FlyV1` there.
+fn platform_scheme_refusal(req: &Request, headers: &HeaderMap) -> Option<Response> {
+    let scheme = auth_scheme(headers);
+    (is_platform_api(req) && scheme.contains("FlyV1")).then(|| {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "Authenticate: the platform API takes `Authorization: Bearer <tokens>`, not FlyV1",
+        )
+    })
+}
+
+/// A release is created with the app config as `definition` (flyctl
+/// `internal/command/deploy/machines.go` passes `md.appConfig`, rebuilt from the machines by
+/// `internal/appconfig/remote.go` when there is no fly.toml): an absent, null or non-object
+/// one is refused as unprocessable.
+fn release_definition_refusal(req: &Request) -> Option<Response> {
+    let creating = req.method == "POST" && req.path == "/api/v1/releases";
+    let definition = req.body_field("definition");
+    (creating && !definition.is_some_and(Value::is_object)).then(|| {
+        error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "definition must be the app config (an object)",
+        )
+    })
 }
 
 fn take_fault(shared: &Shared, req: &Request) -> Option<Response> {
@@ -304,11 +346,12 @@ fn ok_json(status: StatusCode, value: Value) -> Response {
 fn release_schemas() -> (Value, Value) {
     let create = json!({
         "type": "object",
-        "required": ["app_name", "image", "strategy"],
+        "required": ["app_name", "definition", "image", "strategy"],
         "properties": {
             "app_name": {"type": "string"},
-            "build_id": {"type": "string", "nullable": true},
-            "definition": {"type": "object", "nullable": true},
+            // flyctl `internal/uiex/releases.go` `CreateReleaseRequest.BuildId int64`.
+            "build_id": {"type": "integer"},
+            "definition": {"type": "object"},
             "image": {"type": "string"},
             "strategy": {"type": "string", "enum": ["ROLLING", "IMMEDIATE", "CANARY", "BLUEGREEN"]},
         }
@@ -373,7 +416,7 @@ fn releases(shared: &Shared, req: &Request) -> Response {
                 version,
                 image: body["image"].as_str().unwrap_or_default().to_string(),
                 strategy: body["strategy"].as_str().unwrap_or_default().to_string(),
-                build_id: body["build_id"].as_str().map(str::to_string),
+                build_id: body["build_id"].as_i64(),
                 definition: body["definition"].clone(),
                 statuses: vec!["created".into()],
                 metadata: Value::Null,
@@ -579,6 +622,9 @@ fn volumes(st: &mut State, req: &Request, op: &Operation, app: &str) -> Response
         let (Some(name), Some(region)) = (str_field("name"), str_field("region")) else {
             return error(StatusCode::BAD_REQUEST, "a volume needs a name and a region");
         };
+        if let Err(reason) = check_volume_request(req) {
+            return error(StatusCode::BAD_REQUEST, &reason);
+        }
         let volume = Volume {
             id: st.new_volume_id(),
             app: app.to_string(),
@@ -587,6 +633,12 @@ fn volumes(st: &mut State, req: &Request, op: &Operation, app: &str) -> Response
             size_gb: req.body_field("size_gb").and_then(Value::as_i64).unwrap_or(1),
             state: "created".into(),
             attached_machine_id: None,
+            encrypted: req
+                .body_field("encrypted")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+            snapshot_retention: req.body_field("snapshot_retention").and_then(Value::as_i64),
+            auto_backup_enabled: req.body_field("auto_backup_enabled").and_then(Value::as_bool),
         };
         let answer = volume.to_json();
         st.volumes.insert(volume.id.clone(), volume);
@@ -609,6 +661,17 @@ fn volumes(st: &mut State, req: &Request, op: &Operation, app: &str) -> Response
         volume.state = "destroyed".into();
     }
     ok_json(StatusCode::OK, volume.to_json())
+}
+
+/// Volume create: `snapshot_retention` must be 1-60 days (flyctl's
+/// `internal/appconfig/validation.go` checks the same range before sending it).
+fn check_volume_request(req: &Request) -> Result<(), String> {
+    if let Some(days) = req.body_field("snapshot_retention").and_then(Value::as_i64)
+        && !(1..=60).contains(&days)
+    {
+        return Err(format!("invalid snapshot_retention {days}: must be 1-60 days"));
+    }
+    Ok(())
 }
 
 /// Operations that change a machine need the lease nonce while someone holds a lease:
@@ -692,6 +755,7 @@ fn machine_operation(
     }
     let ok = || ok_json(StatusCode::OK, json!({"ok": true}));
     match op.id.as_str() {
+        "Machines_show" if !machine.visible(now) => not_visible_yet(id),
         "Machines_show" => ok_json(
             StatusCode::OK,
             machine_json(machine, now, req.flag("include_leases")),
@@ -877,6 +941,11 @@ fn machine_operation(
     }
 }
 
+/// A machine created moments ago, which reads do not see yet (`Timing::visible_after_create`).
+fn not_visible_yet(id: &str) -> Response {
+    error(StatusCode::NOT_FOUND, &format!("machine {id} not found"))
+}
+
 /// `GET .../wait`: long-poll until the machine is in one of the wanted states, 408 after the
 /// timeout (capped at 60 Fly seconds). Waiting for anything but `destroyed` on a destroyed
 /// machine answers 404, as the notes describe for release-command machines.
@@ -893,11 +962,11 @@ async fn wait(shared: &Shared, req: &Request, app: &str, id: &str) -> Response {
     } else {
         wanted
     };
-    let timeout_secs = req
-        .query("timeout")
-        .and_then(|t| t.parse::<u64>().ok())
-        .unwrap_or(WAIT_CAP_SECS)
-        .min(WAIT_CAP_SECS);
+    let timeout_secs = match wait_timeout_secs(req) {
+        Ok(secs) => secs,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
+    };
+    let version = wait_version(req);
     let deadline = {
         let st = shared.lock();
         if !st.apps.contains_key(app) {
@@ -911,6 +980,7 @@ async fn wait(shared: &Shared, req: &Request, app: &str, id: &str) -> Response {
             let mut st = shared.lock();
             st.settle(now);
             let machine = match st.machines.get(id) {
+                Some(m) if m.app == app && !m.visible(now) => return not_visible_yet(id),
                 Some(m) if m.app == app => m,
                 _ => {
                     return error(
@@ -919,14 +989,15 @@ async fn wait(shared: &Shared, req: &Request, app: &str, id: &str) -> Response {
                     );
                 }
             };
-            let reached = wanted.iter().any(|w| {
-                *w == machine.state
-                    || (w == "settled"
-                        && matches!(
-                            machine.state.as_str(),
-                            "started" | "stopped" | "suspended" | "failed" | "destroyed"
-                        ))
-            });
+            let reached = version.as_deref().is_none_or(|v| v == machine.version)
+                && wanted.iter().any(|w| {
+                    *w == machine.state
+                        || (w == "settled"
+                            && matches!(
+                                machine.state.as_str(),
+                                "started" | "stopped" | "suspended" | "failed" | "destroyed"
+                            ))
+                });
             if reached {
                 return ok_json(
                     StatusCode::OK,
@@ -962,6 +1033,34 @@ async fn wait(shared: &Shared, req: &Request, app: &str, id: &str) -> Response {
         }
         tokio::time::sleep_until(wake.into()).await;
     }
+}
+
+/// The wait call's `timeout` in seconds: 60 when absent; more than 60 is refused with 400
+/// `invalid_argument`, as the Machines API does (the OpenAPI description: "This request will
+/// block for up to 60 seconds"; fly-go `flaps/flaps_machines_wait.go` clamps every timeout to
+/// its `proxyTimeoutThreshold` of 60 s, so flyctl never sends more).
+fn wait_timeout_secs(req: &Request) -> Result<u64, String> {
+    let Some(secs) = req.query("timeout").and_then(|t| t.parse::<u64>().ok()) else {
+        return Ok(WAIT_CAP_SECS);
+    };
+    if secs > WAIT_CAP_SECS {
+        return Err(format!(
+            "invalid_argument: timeout {secs}s is above the {WAIT_CAP_SECS}s maximum"
+        ));
+    }
+    Ok(secs)
+}
+
+/// The machine version a wait is for: `version`, or the deprecated `instance_id` (the OpenAPI
+/// file; fly-go `flaps/flaps_machines_wait.go` sends `version`). A wait with a version is
+/// answered only once the machine runs that version in the wanted state, so a client that
+/// sends a version other than the one its update returned waits until 408, as a wait on a
+/// superseded version would on Fly (that last part unverified, chosen to be strict).
+fn wait_version(req: &Request) -> Option<String> {
+    req.query("version")
+        .or_else(|| req.query("instance_id"))
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
 }
 
 /// A machine as the API shows it: events newest first, and `autostop` as the booleans Fly

@@ -30,6 +30,10 @@ pub struct Timing {
     pub release_command_run: Duration,
     /// Between two exits of a restart-looping machine.
     pub restart_interval: Duration,
+    /// How long a machine made by `POST /machines` answers 404 to get and wait: reads lag
+    /// behind the create (flyctl `internal/machine/leasable_machine.go` retries 404s of
+    /// just-created machines, `WithJustCreated`, because Fly does this).
+    pub visible_after_create: Duration,
 }
 
 impl Default for Timing {
@@ -41,6 +45,7 @@ impl Default for Timing {
             stop: Duration::from_secs(1),
             release_command_run: Duration::from_secs(4),
             restart_interval: Duration::from_secs(1),
+            visible_after_create: Duration::from_secs(2),
         }
     }
 }
@@ -84,6 +89,10 @@ pub struct Volume {
     pub size_gb: i64,
     pub state: String,
     pub attached_machine_id: Option<String>,
+    /// As created: Fly encrypts volumes unless asked not to.
+    pub encrypted: bool,
+    pub snapshot_retention: Option<i64>,
+    pub auto_backup_enabled: Option<bool>,
 }
 
 impl Volume {
@@ -94,7 +103,7 @@ impl Volume {
             "region": self.region,
             "size_gb": self.size_gb,
             "state": self.state,
-            "encrypted": true,
+            "encrypted": self.encrypted,
             "fstype": "ext4",
             "type": "local",
             "zone": "a1b2",
@@ -103,6 +112,12 @@ impl Volume {
         });
         if let Some(machine) = &self.attached_machine_id {
             json["attached_machine_id"] = json!(machine);
+        }
+        if let Some(days) = self.snapshot_retention {
+            json["snapshot_retention"] = json!(days);
+        }
+        if let Some(enabled) = self.auto_backup_enabled {
+            json["auto_backup_enabled"] = json!(enabled);
         }
         json
     }
@@ -176,6 +191,8 @@ pub struct Machine {
     pub updated_at: String,
     /// Every config this machine had, oldest first (for rollback assertions).
     pub config_history: Vec<Value>,
+    /// Until when get and wait answer 404 (`Timing::visible_after_create`); None: at once.
+    pub visible_at: Option<Instant>,
     pending: VecDeque<Step>,
 }
 
@@ -196,6 +213,11 @@ impl Machine {
 
     pub fn active_lease(&self, now: Instant) -> Option<&Lease> {
         self.lease.as_ref().filter(|l| l.active(now))
+    }
+
+    /// Whether reads already see the machine (see `Timing::visible_after_create`).
+    pub fn visible(&self, now: Instant) -> bool {
+        self.visible_at.is_none_or(|at| now >= at)
     }
 
     /// True while a started/updated machine still has timed steps to go through.
@@ -290,7 +312,7 @@ pub struct Release {
     pub version: u64,
     pub image: String,
     pub strategy: String,
-    pub build_id: Option<String>,
+    pub build_id: Option<i64>,
     pub definition: Value,
     /// Every status it had, in order, starting with `created`.
     pub statuses: Vec<String>,
@@ -405,6 +427,8 @@ pub struct State {
     /// Allocated IP addresses as the API shows them, with their app.
     pub ips: Vec<(String, Value)>,
     pub release_command_exit_code: i64,
+    /// (image substring, Fly time to pull it): see `pull_time`.
+    pub image_pulls: Vec<(String, Duration)>,
     pub faults: Vec<Fault>,
     pub requests: Vec<RecordedRequest>,
     pub violations: Vec<Violation>,
@@ -425,6 +449,7 @@ impl State {
             volumes: BTreeMap::new(),
             ips: Vec::new(),
             release_command_exit_code: 0,
+            image_pulls: Vec::new(),
             faults: Vec::new(),
             requests: Vec::new(),
             violations: Vec::new(),
@@ -518,6 +543,7 @@ impl State {
             cordoned: false,
             created_at: created.clone(),
             updated_at: created,
+            visible_at: None,
             pending: VecDeque::new(),
         };
         machine.push_event("launch", "created", "user", None);
@@ -536,6 +562,7 @@ impl State {
             app.status = "deployed".into();
         }
         machine.cordoned = req.cordoned;
+        machine.visible_at = Some(now + self.timing.wall(self.timing.visible_after_create));
         let id = machine.id.clone();
         self.machines.insert(id.clone(), machine);
         let steps = if req.skip_launch {
@@ -543,8 +570,29 @@ impl State {
         } else {
             self.launch_steps(&id, now)
         };
+        let steps = self.after_pull(&id, steps);
         self.schedule(&id, now, steps);
         id
+    }
+
+    /// How long pulling `image` takes, in Fly time (`FlyApi::set_image_pull`); zero unless set.
+    pub fn pull_time(&self, image: &str) -> Duration {
+        self.image_pulls
+            .iter()
+            .rev()
+            .find(|(contains, _)| image.contains(contains.as_str()))
+            .map_or(Duration::ZERO, |(_, time)| *time)
+    }
+
+    /// A new image is pulled before the machine can start: every step moves back by the pull.
+    /// (The release command's waits must leave room for this: flyctl
+    /// `internal/command/deploy/machines_releasecommand.go` waits `md.waitTimeout`.)
+    fn after_pull(&self, id: &str, mut steps: Vec<Step>) -> Vec<Step> {
+        let pull = self.timing.wall(self.pull_time(self.machines[id].image()));
+        for step in &mut steps {
+            step.at = step.at.map(|at| at + pull);
+        }
+        steps
     }
 
     /// The volumes `config.mounts` names, checked as Fly would: they must exist in the app
@@ -610,6 +658,7 @@ impl State {
         now: Instant,
     ) {
         let machine = self.machines.get_mut(id).expect("caller checked");
+        let image_changed = machine.config["image"] != config["image"];
         machine.config_history.push(config.clone());
         machine.config = config;
         if let Some(region) = region {
@@ -624,6 +673,11 @@ impl State {
             vec![self.stopped_after_start(now)]
         } else {
             self.launch_steps(id, now)
+        };
+        let steps = if image_changed {
+            self.after_pull(id, steps)
+        } else {
+            steps
         };
         self.schedule(id, now, steps);
         let end = self.machines[id].pending.back().and_then(|s| s.at).unwrap_or(now);

@@ -413,9 +413,34 @@ pub fn write_stream_script(path: &Path, archive: &Path, exit_code: i32) -> io::R
             archive.display()
         )
     };
-    fs::write(path, format!("#!/bin/sh\nset -e\n{body}"))?;
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+    write_executable(path, &format!("#!/bin/sh\nset -e\n{body}"))
+}
+
+/// Writes an executable file through a child process (`install`), never through a file
+/// descriptor of this process. Tests run in threads: a thread that forks while this process
+/// holds the file open for writing keeps that descriptor until it execs, and running the file
+/// meanwhile fails with ETXTBSY ("Text file busy"), a flaky "could not be run".
+pub fn write_executable(path: &Path, text: &str) -> io::Result<()> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("install")
+        .args(["-m", "755", "/dev/stdin"])
+        .arg(path)
+        .stdin(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(text.as_bytes())?;
+    let status = child.wait()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "install {} failed: {status}",
+            path.display()
+        )))
+    }
 }
 
 /// An OCI image layout of the same layers, gzip- (or with `zstd`, zstd-) compressed by the

@@ -28,6 +28,33 @@ pub struct GroupLaunch {
 pub struct VolumeNeed {
     pub name: String,
     pub size_gb: u64,
+    pub snapshot_retention: Option<u64>,
+    /// `scheduled_snapshots`.
+    pub auto_backup_enabled: Option<bool>,
+}
+
+impl VolumeNeed {
+    /// The `POST /volumes` body for a new volume in `region` that a machine with `guest`
+    /// running `image` will mount: the fields flyctl's `deploy_first.go` sends (encrypted, and
+    /// the guest and image so that Fly places the volume on a host that can run the machine).
+    /// Unset options are left out for the platform's defaults.
+    pub fn create_request(&self, region: &str, guest: &Value, image: &str) -> Value {
+        let mut body = json!({
+            "name": self.name,
+            "region": region,
+            "size_gb": self.size_gb,
+            "encrypted": true,
+            "compute": guest,
+            "compute_image": image,
+        });
+        if let Some(days) = self.snapshot_retention {
+            body["snapshot_retention"] = json!(days);
+        }
+        if let Some(enabled) = self.auto_backup_enabled {
+            body["auto_backup_enabled"] = json!(enabled);
+        }
+        body
+    }
 }
 
 impl GroupLaunch {
@@ -91,6 +118,8 @@ impl AppConfig {
             .map(|m| VolumeNeed {
                 name: m.source.clone(),
                 size_gb: m.initial_size_gb.unwrap_or(1),
+                snapshot_retention: m.snapshot_retention,
+                auto_backup_enabled: m.scheduled_snapshots,
             });
         let has_services = config
             .get("services")

@@ -11,6 +11,7 @@
 //! - `diff`: what would change, for `--plan`.
 
 pub mod apply;
+pub mod from_machines;
 pub mod launch;
 pub mod machine;
 mod model;

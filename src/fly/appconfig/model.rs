@@ -262,9 +262,11 @@ pub struct Mount {
     pub destination: String,
     /// GB, from `initial_size`: the size of a volume nixfly creates for a new machine.
     pub initial_size_gb: Option<u64>,
-    /// Validated, but not sent yet: volumes nixfly creates get the platform's default retention.
-    #[allow(dead_code)]
+    /// Days of snapshots kept (1-60) for a volume nixfly creates.
     pub snapshot_retention: Option<u64>,
+    /// `scheduled_snapshots`: daily snapshots of a volume nixfly creates (the platform's
+    /// default, on, when absent).
+    pub scheduled_snapshots: Option<bool>,
     pub auto_extend_size_threshold: Option<u64>,
     /// GB, from `auto_extend_size_increment`.
     pub auto_extend_size_increment_gb: Option<u64>,

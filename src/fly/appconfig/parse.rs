@@ -40,8 +40,6 @@ pub const VM_SIZES: &[&str] = &[
 
 /// Top-level keys flyctl knows that a deployer does not use: accepted without a warning.
 const IGNORED_TOP_LEVEL: &[&str] = &[
-    "machine_config",
-    "container",
     "machine_checks",
     // Nomad-era keys flyctl still parses and ignores.
     "build_target",
@@ -76,6 +74,7 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
     cfg.console_command = non_empty(root.string("console_command"));
     cfg.host_dedication_id = non_empty(root.string("host_dedication_id"));
     root.ignore(IGNORED_TOP_LEVEL);
+    refuse_containers(root, &["machine_config", "container"]);
 
     if let Some(build) = root.table("build") {
         cfg.build.image = non_empty(build.string("image"));
@@ -90,6 +89,7 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
             "build-target",
             "build_target",
         ]);
+        refuse_containers(&build, &["compose"]);
         build.finish();
     }
     if let Some(deploy) = root.table("deploy") {
@@ -305,6 +305,22 @@ fn valid_group_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// flyctl builds multi-container machines from `machine_config`, `container` and
+/// `[build] compose` (internal/appconfig/machines.go, internal/containerconfig/parse.go);
+/// nixfly deploys one image as the machine's only container. Ignoring them would deploy a
+/// different machine than flyctl, so they are refused.
+fn refuse_containers(t: &Table<'_, '_>, keys: &[&str]) {
+    for key in keys {
+        if let Some(field) = t.get(key) {
+            field.error(
+                "nixfly does not build multi-container machines; deploy this app with \
+                 `fly deploy`, or remove the key to deploy the image as the machine's only \
+                 container",
+            );
+        }
+    }
+}
+
 fn parse_experimental(t: &Table<'_, '_>, cfg: &mut AppConfig) -> Experimental {
     let mut experimental = Experimental::default();
     for (key, slot) in [
@@ -329,6 +345,7 @@ fn parse_experimental(t: &Table<'_, '_>, cfg: &mut AppConfig) -> Experimental {
             };
         }
     }
+    refuse_containers(t, &["machine_config"]);
     // Legacy homes of settings that now live elsewhere: flyctl moves them.
     if let Some(field) = t.get("kill_timeout")
         && cfg.kill_timeout.is_none()
@@ -350,7 +367,6 @@ fn parse_experimental(t: &Table<'_, '_>, cfg: &mut AppConfig) -> Experimental {
         "enable_etcd",
         "lazy_load_images",
         "attached",
-        "machine_config",
         "use_zstd",
         "private_network",
         "allowed_public_ports",
@@ -884,13 +900,21 @@ fn parse_mount(t: &Table<'_, '_>) -> Option<Mount> {
             }
             Some(gb)
         }),
-        snapshot_retention: t.uint("snapshot_retention"),
+        // flyctl's validation.go: 1 to 60 days.
+        snapshot_retention: t.get("snapshot_retention").and_then(|f| {
+            let days = f.uint()?;
+            if !(1..=60).contains(&days) {
+                f.error(format!("days of snapshots to keep, 1-60, got {days}"));
+                return None;
+            }
+            Some(days)
+        }),
+        scheduled_snapshots: t.bool("scheduled_snapshots"),
         auto_extend_size_threshold: threshold,
         auto_extend_size_increment_gb: t.get("auto_extend_size_increment").and_then(|f| gb_size(&f)),
         auto_extend_size_limit_gb: t.get("auto_extend_size_limit").and_then(|f| gb_size(&f)),
         processes: t.strings("processes"),
     };
-    t.ignore(&["scheduled_snapshots"]);
     Some(mount)
 }
 
@@ -1016,6 +1040,16 @@ fn cross_check(doc: &Doc<'_>, cfg: &AppConfig) {
     }
     for (i, f) in cfg.files.iter().enumerate() {
         unknown(f.line, &format!("files[{i}]"), &f.processes);
+    }
+    // flyctl's validation.go refuses canary with volumes: a canary would need a volume of its
+    // own.
+    if let (Some(Strategy::Canary), Some(mount)) = (cfg.deploy.strategy, cfg.mounts.first()) {
+        doc.error(
+            mount.line,
+            "[deploy] strategy",
+            "the canary strategy does not work with [[mounts]] (flyctl refuses it too): use \
+             rolling or bluegreen",
+        );
     }
     for group in &groups {
         let mounts: Vec<&Mount> = cfg

@@ -195,6 +195,26 @@ fn impossible_values_are_errors() {
             "fly.toml:4: [mounts] source: process group \"app\" gets 2 volumes (a, b); a machine mounts at most one",
         ),
         (
+            "[deploy]\nstrategy = \"canary\"\n[[mounts]]\nsource = \"data\"\ndestination = \"/data\"\n",
+            "fly.toml:3: [deploy] strategy: the canary strategy does not work with [[mounts]] (flyctl refuses it too): use rolling or bluegreen",
+        ),
+        (
+            "[[mounts]]\nsource = \"data\"\ndestination = \"/data\"\nsnapshot_retention = 90\n",
+            "fly.toml:4: [mounts[0]] snapshot_retention: days of snapshots to keep, 1-60, got 90",
+        ),
+        (
+            "app = \"x\"\nmachine_config = \"cfg.json\"\n",
+            "fly.toml:2: machine_config: nixfly does not build multi-container machines",
+        ),
+        (
+            "[experimental]\nmachine_config = \"{}\"\n",
+            "fly.toml:2: [experimental] machine_config: nixfly does not build multi-container machines",
+        ),
+        (
+            "[build]\ncompose = { file = \"compose.yml\" }\n",
+            "fly.toml:2: [build] compose: nixfly does not build multi-container machines",
+        ),
+        (
             "[processes]\nweb = \"run 'unclosed\"\n",
             "fly.toml:2: [processes] web: cannot split \"run 'unclosed\" into arguments",
         ),
@@ -360,6 +380,8 @@ fn new_groups_get_as_many_machines_as_flyctl_creates() {
     let volume = launch::VolumeNeed {
         name: "notes_data".into(),
         size_gb: 10,
+        snapshot_retention: None,
+        auto_backup_enabled: None,
     };
     assert_eq!(
         (notes.count, notes.standby, notes.volume),

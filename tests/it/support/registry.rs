@@ -16,6 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const USER: &str = "nixfly-user";
 pub const PASSWORD: &str = "correct-horse-battery-staple-42";
 const SERVICE: &str = "nixfly-test-registry";
+/// The identity token (OAuth2 refresh token) the token server accepts, as `docker login` to a
+/// registry with OAuth support stores it in `auths.<host>.identitytoken`.
+pub const IDENTITY_TOKEN: &str = "nixfly-identity-refresh-token-0123456789";
 const ISSUER: &str = "nixfly-test-issuer";
 const REGISTRY_LEEWAY_SECS: u64 = 60;
 
@@ -438,23 +441,55 @@ fn serve_token(
         return;
     };
     let mut lines = head.lines();
-    let target = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("/")
-        .to_string();
-    let authorization = lines
+    let mut request_line = lines.next().unwrap_or_default().split_whitespace();
+    let method = request_line.next().unwrap_or("GET").to_string();
+    let target = request_line.next().unwrap_or("/").to_string();
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("authorization"))
-        .map(|(_, v)| v.trim().to_string());
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let authorization = header("authorization");
     let url = url::Url::parse(&format!("http://token{target}")).expect("request target");
+    // distribution's docs/spec/auth/oauth.md: a POST of a form with grant_type=refresh_token,
+    // the refresh token, client_id, service and a space-separated scope.
+    let form: Vec<(String, String)> = if method == "POST" {
+        let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0u8; length];
+        if stream.read_exact(&mut body).is_err() {
+            return;
+        }
+        url::form_urlencoded::parse(&body).into_owned().collect()
+    } else {
+        Vec::new()
+    };
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let scopes: Vec<String> = url
         .query_pairs()
         .filter(|(k, _)| k == "scope")
-        .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
+        .map(|(_, v)| v.into_owned())
+        .chain(field("scope").map(str::to_string))
+        .flat_map(|v| v.split(' ').map(str::to_string).collect::<Vec<_>>())
         .collect();
     requests.lock().unwrap().push(scopes.join(" "));
     let expected = format!("Basic {}", STANDARD.encode(format!("{USER}:{PASSWORD}")));
+    let refresh_grant = field("grant_type") == Some("refresh_token")
+        && field("refresh_token") == Some(IDENTITY_TOKEN)
+        && field("service") == Some(SERVICE)
+        && field("client_id").is_some_and(|id| !id.is_empty());
+    if refresh_grant {
+        issued.fetch_add(1, Ordering::Relaxed);
+        let token = signer.token(&scopes);
+        tokens.lock().unwrap().push(token.clone());
+        let body =
+            serde_json::json!({"access_token": token, "expires_in": signer.advertised.as_secs()}).to_string();
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        return;
+    }
     let (status, body) = if authorization.as_deref() == Some(expected.as_str()) {
         issued.fetch_add(1, Ordering::Relaxed);
         let token = signer.token(&scopes);

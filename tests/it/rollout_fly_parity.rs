@@ -1,0 +1,303 @@
+//! Issue 10, points 1–6: where nixfly used to differ from flyctl in ways real Fly would
+//! punish, each against the double behaving as Fly does (the rules name the flyctl/fly-go file
+//! they follow in crates/fly-api-double).
+
+use crate::support;
+
+use std::process::Command;
+use support::fly_api::{FlyApi, MachineSpec, Options};
+use support::rollout::{APP, assert_no_leases, assert_no_violations, image, run_rollout, stderr};
+use support::{TestDir, assert_success};
+
+/// Point 1: release calls carry `Bearer <tokens>` (flyctl `internal/uiex/releases.go`), the
+/// Machines API `FlyV1 <macaroons>`; the double answers FlyV1 on the platform API with 401.
+#[test]
+fn release_records_are_sent_with_bearer_and_machines_calls_with_flyv1() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(2));
+    let t = TestDir::new();
+    let out = run_rollout(&fly, &t, &image(1), &[]);
+    assert_success(&out);
+    let requests = fly.requests();
+    let (platform, machines): (Vec<_>, Vec<_>) = requests.iter().partition(|r| r.path.starts_with("/api/"));
+    assert_eq!(platform.len(), 3, "create, running, complete: {platform:?}");
+    assert!(
+        platform
+            .iter()
+            .all(|r| r.auth_scheme == "Bearer" && r.status < 300),
+        "{platform:?}"
+    );
+    assert!(machines.iter().all(|r| r.auth_scheme == "FlyV1"), "{machines:?}");
+    assert_eq!(fly.releases()[0].statuses, ["created", "running", "complete"]);
+    assert_no_violations(&fly);
+}
+
+/// Point 2: without fly.toml the release's `definition` is the app config rebuilt from the
+/// machines (flyctl `internal/appconfig/remote.go` `getAppV2ConfigFromMachines`), never
+/// null (the double answers 422), and `build_id` is an integer.
+#[test]
+fn without_fly_toml_the_release_definition_comes_from_the_machines() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let spec = MachineSpec::new("app")
+        .count(3)
+        .checks(1)
+        .services(true)
+        .env("PRIMARY_REGION", "ams")
+        .env("LOG_LEVEL", "info");
+    fly.add_machines(APP, &spec);
+    let t = TestDir::new();
+    let out = run_rollout(&fly, &t, &image(2), &[]);
+    assert_success(&out);
+    let release = &fly.releases()[0];
+    assert_eq!(release.build_id, Some(0));
+    let definition = &release.definition;
+    assert_eq!(definition["app"], APP);
+    assert_eq!(definition["primary_region"], "ams");
+    assert_eq!(definition["env"]["LOG_LEVEL"], "info");
+    // The seeded check and service, in fly.toml's words.
+    assert_eq!(definition["checks"]["http-0"]["path"], "/health");
+    assert_eq!(definition["services"][0]["internal_port"], 8080);
+    assert_eq!(definition["services"][0]["auto_stop_machines"], "stop");
+    assert_no_violations(&fly);
+}
+
+/// A macaroon in the wire format (superfly/macaroon `format.go`, `macaroon.go`): `fm2_` and
+/// the base64 of the MessagePack array `[[kid, rnd, proof], location, [4, [nb, na]], tail]`,
+/// written byte by byte here so that nixfly's decoder is checked against the format, not
+/// against itself.
+fn macaroon(kid: &[u8], not_after: u32) -> String {
+    use base64::Engine as _;
+    let bin = |bytes: &[u8]| [&[0xc4, bytes.len() as u8][..], bytes].concat();
+    let location = "https://api.fly.io/v1";
+    let mut raw = vec![0x94, 0x93];
+    raw.extend(bin(kid));
+    raw.extend(bin(&[1; 16]));
+    raw.push(0xc2);
+    raw.push(0xa0 | location.len() as u8);
+    raw.extend(location.as_bytes());
+    raw.extend([0x92, 0x04, 0x92, 0x00, 0xce]);
+    raw.extend(not_after.to_be_bytes());
+    raw.extend(bin(&[9; 32]));
+    format!("fm2_{}", base64::engine::general_purpose::STANDARD.encode(raw))
+}
+
+fn unix_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32
+}
+
+/// A rollout whose only token is `access_token` in a `fly auth login` config.yml.
+fn login_session_rollout(fly: &FlyApi, t: &TestDir, session: &str) -> Command {
+    let config_dir = t.join("flyconfig");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(
+        config_dir.join("config.yml"),
+        format!("access_token: {session}\nsend_metrics: true\n"),
+    )
+    .unwrap();
+    let mut cmd = t.nixfly();
+    cmd.env("FLY_FLAPS_BASE_URL", fly.url())
+        .env("FLY_API_BASE_URL", fly.url())
+        .env("FLY_CONFIG_DIR", &config_dir)
+        .args(["rollout", "--app", APP, "--image", &image(3), "--output", "plain"])
+        .args(["--smoke-check-window", "1s"]);
+    cmd
+}
+
+/// Point 6: a login session's expired macaroons are dropped before use (fly-go
+/// `tokens/tokens.go` `pruneBadMacaroons`); macaroons Fly refuses give way, once, to the
+/// session's OAuth token; an expired session says `fly auth login`.
+#[test]
+fn login_sessions_drop_expired_macaroons_and_fall_back_to_their_oauth_token() {
+    let oauth = "fo1_sessionoauthtokenfortests";
+    let fly = FlyApi::with_options(Options {
+        token: oauth.into(),
+        ..Options::default()
+    });
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(2));
+    let t = TestDir::new();
+    let now = unix_now();
+
+    // Expired macaroon: pruned, so the OAuth token goes out from the first request on.
+    let expired = macaroon(b"old-session", now - 3600);
+    let out = support::run(&mut login_session_rollout(
+        &fly,
+        &t,
+        &format!("{expired},{oauth}"),
+    ));
+    assert_success(&out);
+    let requests = fly.requests();
+    assert!(requests.iter().all(|r| r.status != 401), "{requests:?}");
+    assert!(requests.iter().all(|r| r.auth_scheme == "Bearer"), "{requests:?}");
+
+    // A live macaroon Fly does not take: one 401, then the OAuth token for good.
+    let before = fly.requests().len();
+    let refused = macaroon(b"other-org", now + 3600);
+    let out = support::run(&mut login_session_rollout(
+        &fly,
+        &t,
+        &format!("{refused},{oauth}"),
+    ));
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains("retrying with its OAuth token"),
+        "{}",
+        stderr(&out)
+    );
+    let requests = &fly.requests()[before..];
+    let refusals: Vec<_> = requests.iter().filter(|r| r.status == 401).collect();
+    assert_eq!(refusals.len(), 1, "{requests:?}");
+    assert_eq!(refusals[0].auth_scheme, "FlyV1");
+    assert!(
+        requests[1..].iter().all(|r| r.auth_scheme == "Bearer"),
+        "{requests:?}"
+    );
+    assert!(!stderr(&out).contains(oauth) && !stderr(&out).contains(&refused));
+
+    // Nothing left: no request at all, and the way out.
+    let before = fly.requests().len();
+    let out = support::run(&mut login_session_rollout(&fly, &t, &expired));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("fly auth login"), "{}", stderr(&out));
+    assert_eq!(fly.requests().len(), before);
+
+    // A session Fly refuses entirely says `fly auth login` too.
+    let out = support::run(&mut login_session_rollout(
+        &fly,
+        &t,
+        &format!("{refused},fo1_revoked"),
+    ));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("fly auth login"), "{}", stderr(&out));
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// Point 6: flyctl reads FLY_ACCESS_TOKEN before FLY_API_TOKEN
+/// (`internal/config/config.go`: `env.First(AccessTokenEnvKey, APITokenEnvKey)`).
+#[test]
+fn fly_access_token_wins_over_fly_api_token() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app"));
+    let t = TestDir::new();
+    let mut cmd = support::rollout::rollout_cmd(&fly, &t, &image(4));
+    cmd.env("FLY_ACCESS_TOKEN", fly.token())
+        .env("FLY_API_TOKEN", "fm2_notthetokenthedoubletakes");
+    assert_success(&support::run(&mut cmd));
+    let mut cmd = support::rollout::rollout_cmd(&fly, &t, &image(5));
+    cmd.env("FLY_ACCESS_TOKEN", "fm2_notthetokenthedoubletakes");
+    let out = support::run(&mut cmd);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("FLY_ACCESS_TOKEN"), "{}", stderr(&out));
+}
+
+/// The image's digest, which the double's per-image rules match on.
+fn digest_of(image: &str) -> &str {
+    image.rsplit('@').next().unwrap()
+}
+
+/// Point 3: the release_command machine pulls the image before it settles, so its waits use
+/// the deploy's wait timeout (flyctl `internal/command/deploy/machines_releasecommand.go`:
+/// `md.waitTimeout`, then `md.releaseCmdTimeout` for the run), not a short fixed one.
+#[test]
+fn the_release_command_waits_as_long_as_the_deploy_allows_for_a_slow_pull() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).region("ams"));
+    let t = TestDir::new();
+    std::fs::write(
+        t.join("fly.toml"),
+        "app = \"demo\"\nprimary_region = \"ams\"\n[deploy]\nrelease_command = \"bin/migrate\"\n",
+    )
+    .unwrap();
+    let new = image(6);
+    // 100 Fly seconds (5 s here): longer than one 60-second wait call.
+    fly.set_image_pull(digest_of(&new), std::time::Duration::from_secs(100));
+
+    // A wait timeout shorter than the pull: the deploy stops, naming the setting to raise.
+    let out = run_rollout(&fly, &t, &new, &["--wait-timeout", "2s"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("did not reach state stopped") && err.contains("--wait-timeout"),
+        "{err}"
+    );
+    for id in &ids {
+        assert_eq!(
+            fly.machine(id).config_history.len(),
+            1,
+            "machine {id} was changed"
+        );
+    }
+    let release_machines: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| !ids.contains(&m.id))
+        .collect();
+    assert_eq!(release_machines.len(), 1);
+    assert_eq!(release_machines[0].state, "destroyed", "left behind");
+
+    // One long enough: the pull, the run, then the app machines.
+    let out = run_rollout(&fly, &t, &new, &["--wait-timeout", "30s"]);
+    assert_success(&out);
+    let waits = fly.requests_to("GET", "/wait");
+    assert!(
+        waits
+            .iter()
+            .any(|w| w.query.contains("state=stopped") && w.status == 408),
+        "the pull outlasted one wait call: {waits:?}"
+    );
+    for id in &ids {
+        assert_eq!(fly.machine(id).image(), new);
+    }
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// Point 4: a machine nixfly just created answers 404 to get and wait for a moment; that is
+/// retried until the deadline (flyctl `internal/machine/leasable_machine.go`,
+/// `WithJustCreated`), for the canary as for the release_command machine.
+#[test]
+fn just_created_machines_that_answer_404_are_waited_for() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).region("ams").checks(1));
+    let t = TestDir::new();
+    std::fs::write(
+        t.join("fly.toml"),
+        "app = \"demo\"\nprimary_region = \"ams\"\n[deploy]\nrelease_command = \"bin/migrate\"\n\
+         [checks.http-0]\ntype = \"http\"\nport = 8080\npath = \"/health\"\ninterval = \"15s\"\n\
+         timeout = \"2s\"\ngrace_period = \"5s\"\nmethod = \"GET\"\n",
+    )
+    .unwrap();
+    let out = run_rollout(&fly, &t, &image(7), &["--strategy", "canary"]);
+    assert_success(&out);
+    let created: Vec<String> = fly
+        .machines(APP)
+        .into_iter()
+        .map(|m| m.id)
+        .filter(|id| !ids.contains(id))
+        .collect();
+    assert_eq!(
+        created.len(),
+        2,
+        "release_command and canary machines: {created:?}"
+    );
+    for id in &created {
+        let not_found = fly
+            .requests_to("GET", &format!("/machines/{id}/wait"))
+            .into_iter()
+            .filter(|r| r.status == 404)
+            .count();
+        assert!(not_found >= 1, "machine {id} was never caught invisible");
+        assert_eq!(fly.machine(id).state, "destroyed");
+    }
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
