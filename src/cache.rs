@@ -9,6 +9,10 @@
 //! - `v1/blobs/<registry>/<digest hex>.json`: `["repository", ...]`, most recent first
 //! - `v1/archives/<sha256 of the file's identity>.json`: `{"config", "diff_ids"}` of a
 //!   compressed archive file read before
+//!
+//! Archive entries hold image configs, whose `Env` may carry secrets: the cache is private to
+//! its owner (directories 0700, files 0600, and the root tightened to 0700 if an older
+//! version left it readable).
 
 use crate::blob::Compression;
 use crate::progress::Reporter;
@@ -39,6 +43,8 @@ pub struct Cache {
     reporter: Reporter,
     warned_write: AtomicBool,
     temp_counter: AtomicU64,
+    /// The root's mode was checked (once per process, on the first write).
+    root_private: AtomicBool,
 }
 
 impl Cache {
@@ -62,6 +68,7 @@ impl Cache {
             reporter,
             warned_write: AtomicBool::new(false),
             temp_counter: AtomicU64::new(0),
+            root_private: AtomicBool::new(false),
         }
     }
 
@@ -177,15 +184,31 @@ impl Cache {
     }
 
     fn try_write<T: Serialize>(&self, path: &Path, value: &T) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
         let dir = path.parent().expect("cache paths have a directory");
-        std::fs::create_dir_all(dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        if let Some(root) = &self.root
+            && !self.root_private.swap(true, Ordering::Relaxed)
+            && std::fs::metadata(root)?.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
+        }
         let temp = dir.join(format!(
             ".tmp-{}-{}",
             std::process::id(),
             self.temp_counter.fetch_add(1, Ordering::Relaxed)
         ));
         let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-        std::fs::write(&temp, bytes)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?
+            .write_all(&bytes)?;
         std::fs::rename(&temp, path).inspect_err(|_| {
             let _ = std::fs::remove_file(&temp);
         })
@@ -279,6 +302,41 @@ mod tests {
         cache.record_archive("/nix/store/x-image.tar.gz ino=1", &summary);
         assert_eq!(cache.archive("/nix/store/x-image.tar.gz ino=1"), Some(summary));
         assert_eq!(cache.archive("/nix/store/x-image.tar.gz ino=2"), None);
+    }
+
+    /// Issue 13: configs (with their `Env`) are cached; nobody but the owner may read them,
+    /// even when an older version left the root world-readable.
+    #[test]
+    fn issue_13_entries_are_private_to_the_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("nixfly");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cache = cache(&root);
+        let summary = ArchiveSummary {
+            config: r#"{"config":{"Env":["SECRET=x"]}}"#.into(),
+            diff_ids: vec![digest('a')],
+        };
+        cache.record_archive("identity", &summary);
+        cache.record_location("r", &digest('b'), "repo");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        let mut seen = 0;
+        let mut stack = vec![root.clone()];
+        while let Some(path) = stack.pop() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    assert_eq!(mode(&path), 0o700, "{}", path.display());
+                    stack.push(path);
+                } else {
+                    assert_eq!(mode(&path), 0o600, "{}", path.display());
+                    seen += 1;
+                }
+            }
+        }
+        assert_eq!(seen, 2);
     }
 
     #[test]

@@ -15,13 +15,16 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(cli::run(cli, reporter.clone()));
-    reporter.finish();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            reporter.finish();
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             // The whole chain, once: every layer of context names what it was doing.
-            eprintln!("error: {}", error::redacted(&format!("{err:#}")));
-            ExitCode::from(error::exit_code(&err))
+            let code = error::exit_code(&err);
+            reporter.fail(&err, code);
+            ExitCode::from(code)
         }
     }
 }

@@ -196,7 +196,7 @@ fn is_valid_tag(tag: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -213,7 +213,8 @@ mod tests {
             .is_valid(value)
     }
 
-    fn full() -> serde_json::Value {
+    /// Settings with every field set, as a test fixture.
+    pub(crate) fn full() -> serde_json::Value {
         json!({
             "version": 1,
             "app": "demo",

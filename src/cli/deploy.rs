@@ -96,21 +96,8 @@ mod tests {
     use std::time::Duration;
 
     fn settings() -> Settings {
-        let text = serde_json::json!({
-            "version": 1,
-            "app": "demo",
-            "config": "/nix/store/aaaa-fly.toml",
-            "push": { "to": "registry.example/demo", "tag": "v1" },
-            "rollout": {
-                "strategy": "canary",
-                "max_unavailable": 0.5,
-                "wait_timeout": "90s",
-                "release_command_timeout": "300s",
-                "rollback": false,
-                "skip_release": true,
-            },
-        });
-        Settings::parse(Path::new("settings.json"), &text.to_string()).unwrap()
+        let text = crate::settings::tests::full().to_string();
+        Settings::parse(Path::new("settings.json"), &text).unwrap()
     }
 
     fn deploy_args(argv: &[&str]) -> DeployArgs {

@@ -5,6 +5,7 @@ use super::registry::RegistryOptions;
 use crate::blob::{Algorithm, Compression};
 use crate::cache::Cache;
 use crate::fly::FlyToken;
+use crate::fly::appconfig::units::parse_go_duration;
 use crate::image::SourceKind;
 use crate::progress::Reporter;
 use crate::push::{ManifestFormat, PushPlan, Pushed};
@@ -13,6 +14,7 @@ use crate::registry::{Reference, RegistryClient};
 use anyhow::Context;
 use clap::Args;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct PushArgs {
@@ -52,11 +54,26 @@ pub struct PushOptions {
     /// What SOURCE is, when detection by content should not decide.
     #[arg(long, value_enum, default_value_t, env = "NIXFLY_SOURCE_KIND")]
     pub source_kind: SourceKind,
+    /// How long a stream script may write nothing before it is stopped (with its whole process
+    /// group) and the push fails (e.g. 90s, 10m). Default 10m.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "NIXFLY_STREAM_TIMEOUT",
+        value_parser = parse_go_duration
+    )]
+    pub stream_timeout: Option<Duration>,
     /// Neither read nor write the local cache ($XDG_CACHE_HOME/nixfly, else ~/.cache/nixfly).
     /// Without it, a layer whose compressed digest the source does not state is compressed
     /// (and uploaded) even when the registry already has it.
     #[arg(long, env = "NIXFLY_NO_CACHE")]
     pub no_cache: bool,
+    /// Push an image whose config names another platform than linux/amd64, which is all Fly
+    /// Machines run. Without it such an image is refused before any upload; a stream (a
+    /// streamLayeredImage script, stdin, a compressed archive) carries its config last, so its
+    /// layers are uploaded first and the refusal comes before the manifest: the tag does not move.
+    #[arg(long, env = "NIXFLY_ALLOW_ARCH")]
+    pub allow_arch: bool,
     /// How layer data is uploaded: one streamed PATCH (what docker does), acknowledged chunks,
     /// or one monolithic PUT.
     #[arg(long, value_enum, default_value_t = UploadMode::Stream, value_name = "MODE", help_heading = "Registry")]
@@ -82,6 +99,8 @@ const PROBE_DIGEST: &str = "sha256:000000000000000000000000000000000000000000000
 pub struct ResolvedPush {
     pub source: String,
     pub source_kind: SourceKind,
+    /// How long a stream script may stay silent.
+    pub stream_timeout: Duration,
     pub plan: PushPlan,
     pub client: Arc<RegistryClient>,
     pub use_cache: bool,
@@ -129,8 +148,12 @@ impl PushOptions {
             compression: Compression::new(self.compression, self.level)?,
             jobs: self.jobs.unwrap_or(DEFAULT_JOBS),
             workers: crate::blob::default_workers(),
+            allow_arch: self.allow_arch,
         };
         plan.validate()?;
+        // Whether SOURCE exists and is an image is known without reading it: a dry run or a
+        // deploy must not get past this with a typo in the path.
+        crate::image::detect(source, self.source_kind)?;
         let mut client_options = self.registry.client_options(&reference.registry, fly_token)?;
         client_options.upload_mode = self.upload_mode;
         client_options.upload_window = client_options.upload_window.min(UPLOAD_WINDOW);
@@ -138,11 +161,23 @@ impl PushOptions {
         Ok(ResolvedPush {
             source: source.to_string(),
             source_kind: self.source_kind,
+            stream_timeout: positive(
+                "--stream-timeout",
+                self.stream_timeout.unwrap_or(Duration::from_secs(
+                    crate::image::script::DEFAULT_IDLE_TIMEOUT_SECS,
+                )),
+            )?,
             plan,
             client: Arc::new(client),
             use_cache: !self.no_cache,
         })
     }
+}
+
+/// A timeout of zero would give up before anything could happen.
+pub(crate) fn positive(flag: &str, timeout: Duration) -> anyhow::Result<Duration> {
+    anyhow::ensure!(!timeout.is_zero(), "{flag} must be above 0, like 30s or 2m");
+    Ok(timeout)
 }
 
 impl ResolvedPush {
@@ -167,7 +202,7 @@ impl ResolvedPush {
     }
 
     pub async fn run(&self, reporter: &Reporter) -> anyhow::Result<Pushed> {
-        let image_source = crate::image::detect(&self.source, self.source_kind)?;
+        let image_source = crate::image::detect_with(&self.source, self.source_kind, self.stream_timeout)?;
         let description = image_source.describe();
         reporter.info(format!("pushing {description} to {}", self.target()));
         let image = {
@@ -177,9 +212,14 @@ impl ResolvedPush {
                 .context("opening the image")??
         };
         let cache = Arc::new(Cache::open(self.use_cache, reporter.clone()));
-        crate::push::push(self.client.clone(), image, &self.plan, cache, reporter.clone())
-            .await
-            .with_context(|| format!("pushing {description} to {}", self.plan.name()))
+        let pushed = crate::push::push(self.client.clone(), image, &self.plan, cache, reporter.clone()).await;
+        // Whatever ended the push, no upload session stays open in the registry: those a
+        // failure stopped, and those a mount attempt opened and nothing used.
+        let cancelled = self.client.cancel_open_sessions().await;
+        if cancelled > 0 {
+            reporter.debug(format!("cancelled {cancelled} upload session(s) left open"));
+        }
+        pushed.with_context(|| format!("pushing {description} to {}", self.plan.name()))
     }
 }
 

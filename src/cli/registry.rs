@@ -3,11 +3,13 @@
 //! client settings; each command then adds only its upload tuning.
 
 use crate::fly::FlyToken;
+use crate::fly::appconfig::units::parse_go_duration;
 use crate::registry::auth::CredentialLookup;
 use crate::registry::client::ClientOptions;
 use crate::registry::reference::default_registry_host;
 use anyhow::Context;
 use clap::Args;
+use std::time::Duration;
 
 /// How to reach the registry, shared by every command that talks to one.
 #[derive(Args, Debug, Clone, Default)]
@@ -27,6 +29,15 @@ pub struct RegistryOptions {
     /// you do not control.
     #[arg(long, alias = "insecure-registry")]
     pub plain_http: bool,
+    /// How long a registry connection may stay idle (answering nothing, taking no data) before
+    /// the request is abandoned and retried (e.g. 30s, 5m). Default 2m.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "NIXFLY_REGISTRY_TIMEOUT",
+        value_parser = parse_go_duration
+    )]
+    pub registry_timeout: Option<Duration>,
 }
 
 impl RegistryOptions {
@@ -53,10 +64,15 @@ impl RegistryOptions {
         let credentials = lookup
             .find(registry)
             .with_context(|| format!("finding credentials for registry {registry}"))?;
+        let defaults = ClientOptions::default();
         Ok(ClientOptions {
             credentials,
             plain_http: self.plain_http,
-            ..ClientOptions::default()
+            idle_timeout: super::push::positive(
+                "--registry-timeout",
+                self.registry_timeout.unwrap_or(defaults.idle_timeout),
+            )?,
+            ..defaults
         })
     }
 }

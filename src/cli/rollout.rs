@@ -308,6 +308,17 @@ mod tests {
 
         // A bare number has no unit anywhere (flyctl's flag and fly.toml refuse it too).
         assert!(Cli::try_parse_from(["nixfly", "rollout", "--wait-timeout", "90"]).is_err());
+        for flag in ["--registry-timeout", "--stream-timeout"] {
+            assert!(
+                Cli::try_parse_from(["nixfly", "push", "x", flag, "90"]).is_err(),
+                "{flag}"
+            );
+            assert!(
+                Cli::try_parse_from(["nixfly", "push", "x", flag, "90s"]).is_ok(),
+                "{flag}"
+            );
+        }
+        assert!(crate::cli::push::positive("--stream-timeout", Duration::ZERO).is_err());
         assert!(AppConfig::parse("[deploy]\nwait_timeout = \"90\"\n", std::path::Path::new("f")).is_err());
         assert!(
             crate::settings::Settings::parse(

@@ -70,6 +70,23 @@ impl ApiError {
             _ => None,
         }
     }
+
+    /// The API's own error text (`{"error": ...}`), if it answered.
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            ApiError::Unauthorized { message, .. } | ApiError::Status { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+
+    /// The machine's host cannot take the update (no room, or deploys to it paused): the
+    /// messages flyctl answers by replacing the machine (`machines_deploymachinesapp.go`).
+    pub fn is_host_refusal(&self) -> bool {
+        self.message().is_some_and(|m| {
+            m.contains("could not reserve resource for machine")
+                || m.contains("deploys to this host are temporarily disabled")
+        })
+    }
 }
 
 /// Whether a request may be sent again after a 5xx or a dropped connection. A 429 means the

@@ -56,6 +56,9 @@ pub struct Machine {
     pub checks: Vec<CheckStatus>,
     #[serde(default)]
     pub events: Vec<MachineEvent>,
+    /// `ok`, `unknown` or `unreachable`: whether Fly can reach the machine's host.
+    #[serde(default)]
+    pub host_status: Option<String>,
     /// Out of Fly's proxy: created with `skip_service_registration`, or cordoned.
     #[serde(default)]
     pub cordoned: bool,
@@ -146,6 +149,17 @@ impl Machine {
     /// that were running (or trying to) get launched again.
     pub fn should_skip_launch(&self) -> bool {
         !matches!(self.state.as_str(), "started" | "starting" | "failed") || self.is_standby()
+    }
+
+    /// Fly cannot reach the machine's host (`host_status` other than `ok`): it cannot be
+    /// updated where it is (flyctl `machines_launchinput.go` replaces it).
+    pub fn host_unavailable(&self) -> bool {
+        self.host_status.as_deref().is_some_and(|s| s != "ok")
+    }
+
+    /// The volume the machine mounts, if any: it ties the machine to its host.
+    pub fn volume(&self) -> Option<&str> {
+        self.config.pointer("/mounts/0/volume")?.as_str()
     }
 
     /// The newest `exit` event (events come newest first).

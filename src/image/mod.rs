@@ -9,6 +9,7 @@
 //!   in Nix archives, so layers are handled as they pass and matched to the config at the end.
 //!   (`.tar.gz`, `.tar.zst`, stream scripts, stdin.)
 
+pub mod arch;
 pub mod docker_archive;
 pub mod file;
 pub mod oci_layout;
@@ -187,6 +188,15 @@ pub enum ImageError {
         /// The last lines it printed on stderr, introduced by a newline, or empty.
         stderr: String,
     },
+    #[error(
+        "stream script {script} wrote nothing for {seconds} s, so it was stopped; if it is just slow \
+         (a huge layer), raise --stream-timeout (NIXFLY_STREAM_TIMEOUT){stderr}"
+    )]
+    ScriptIdle {
+        script: PathBuf,
+        seconds: u64,
+        stderr: String,
+    },
     #[error("cannot run stream script {script}")]
     ScriptSpawn {
         script: PathBuf,
@@ -197,6 +207,19 @@ pub enum ImageError {
 
 /// Choose the source for the `source` argument (`-` is stdin).
 pub fn detect(source: &str, kind: SourceKind) -> Result<Box<dyn ImageSource>, ImageError> {
+    detect_with(
+        source,
+        kind,
+        std::time::Duration::from_secs(script::DEFAULT_IDLE_TIMEOUT_SECS),
+    )
+}
+
+/// `detect`, with how long a stream script may stay silent before it is stopped.
+pub fn detect_with(
+    source: &str,
+    kind: SourceKind,
+    script_timeout: std::time::Duration,
+) -> Result<Box<dyn ImageSource>, ImageError> {
     if source == "-" {
         return match kind {
             SourceKind::Auto | SourceKind::Archive => Ok(Box::new(stdin::Stdin)),
@@ -218,7 +241,7 @@ pub fn detect(source: &str, kind: SourceKind) -> Result<Box<dyn ImageSource>, Im
     Ok(match kind {
         SourceKind::OciLayout => Box::new(oci_layout::OciLayout::new(path)),
         SourceKind::Plan => Box::new(plan::PlanFile::new(path)),
-        SourceKind::Script => Box::new(script::StreamScript::new(path)),
+        SourceKind::Script => Box::new(script::StreamScript::new(path, script_timeout)),
         SourceKind::Archive | SourceKind::Auto => Box::new(file::ArchiveFile::new(path)),
     })
 }

@@ -1,6 +1,11 @@
 //! An OCI image layout directory (`oci-layout`, `index.json`, `blobs/sha256/...`), as skopeo,
 //! umoci or nix-snapshotter write it. Everything is known up front; compressed layers can be
 //! pushed as they are stored, without recompressing.
+//!
+//! A layout is input we do not control: every file is read only if it is a regular file inside
+//! the layout (a symlink to `/dev/zero` or `/etc/shadow` is refused before a byte is read), and
+//! at most as many bytes as its descriptor says; a blob longer or shorter than its descriptor
+//! is an error. Files without a descriptor (`oci-layout`, `index.json`) are capped.
 
 use super::docker_archive::config_diff_ids;
 use super::{
@@ -11,9 +16,15 @@ use crate::blob::Algorithm;
 use crate::progress::Reporter;
 use crate::registry::reference::is_sha256_digest;
 use bytes::Bytes;
-use std::io::Read;
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The most `oci-layout` or `index.json` may hold (real ones are a few hundred bytes).
+const MAX_INDEX_SIZE: u64 = 4 << 20;
+/// The most a manifest or config may hold: they are read into memory.
+const MAX_JSON_BLOB_SIZE: u64 = 32 << 20;
 
 pub struct OciLayout {
     dir: PathBuf,
@@ -63,12 +74,20 @@ impl ImageSource for OciLayout {
             entry: entry.to_string(),
             detail,
         };
-        let read = |relative: &str| -> Result<Vec<u8>, ImageError> {
-            let path = self.dir.join(relative);
-            std::fs::read(&path).map_err(|source| ImageError::Open { path, source })
+        let root = std::fs::canonicalize(&self.dir).map_err(|source| ImageError::Open {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let read = |relative: &str, size: Option<u64>| -> Result<Vec<u8>, ImageError> {
+            let (file, path) = open_inside(&root, &self.dir, relative, size, &name)?;
+            let mut bytes = Vec::new();
+            bounded(file, size, relative, MAX_INDEX_SIZE)
+                .read_to_end(&mut bytes)
+                .map_err(|source| ImageError::Open { path, source })?;
+            Ok(bytes)
         };
-        read("oci-layout")?;
-        let index: Index = serde_json::from_slice(&read("index.json")?)
+        read("oci-layout", None)?;
+        let index: Index = serde_json::from_slice(&read("index.json", None)?)
             .map_err(|e| malformed("index.json", e.to_string()))?;
         let manifest_descriptor = match <[Descriptor; 1]>::try_from(index.manifests) {
             Ok([descriptor]) => descriptor,
@@ -99,7 +118,16 @@ impl ImageSource for OciLayout {
                     format!("{:?} is not a sha256 digest", descriptor.digest),
                 )
             })?;
-            let bytes = Bytes::from(read(&relative)?);
+            if descriptor.size > MAX_JSON_BLOB_SIZE {
+                return Err(malformed(
+                    &relative,
+                    format!(
+                        "its descriptor says {} bytes, more than the {MAX_JSON_BLOB_SIZE} a manifest or config may have",
+                        descriptor.size
+                    ),
+                ));
+            }
+            let bytes = Bytes::from(read(&relative, Some(descriptor.size))?);
             let actual = crate::blob::sha256_of(&bytes);
             if actual != descriptor.digest {
                 return Err(ImageError::DigestMismatch {
@@ -128,7 +156,7 @@ impl ImageSource for OciLayout {
             ));
         }
         let mut layers = Vec::with_capacity(diff_ids.len());
-        let mut paths = Vec::with_capacity(diff_ids.len());
+        let mut files = Vec::with_capacity(diff_ids.len());
         for (layer, diff_id) in manifest.layers.iter().zip(diff_ids) {
             let path = blob_path(&layer.digest).ok_or_else(|| {
                 malformed(
@@ -161,12 +189,14 @@ impl ImageSource for OciLayout {
                     });
                 }
             };
+            // Checked now, so a hostile layer fails the push before anything is uploaded.
+            open_inside(&root, &self.dir, &path, Some(layer.size), &name)?;
             layers.push(KnownLayer {
                 diff_id,
                 uncompressed_size: blob.is_none().then_some(layer.size),
                 blob,
             });
-            paths.push(self.dir.join(path));
+            files.push((path, layer.size));
         }
         Ok(Image::Indexed(Arc::new(LayoutImage {
             parts: IndexedParts {
@@ -174,8 +204,118 @@ impl ImageSource for OciLayout {
                 config,
                 layers,
             },
-            paths,
+            root,
+            dir: self.dir,
+            files,
         })))
+    }
+}
+
+/// Open `relative` in the layout, refusing what is not a regular file inside it and, when the
+/// descriptor gives one, a size other than `size`.
+fn open_inside(
+    root: &Path,
+    dir: &Path,
+    relative: &str,
+    size: Option<u64>,
+    source_name: &str,
+) -> Result<(File, PathBuf), ImageError> {
+    let path = dir.join(relative);
+    let refuse = |detail: String| ImageError::Malformed {
+        source_name: source_name.to_string(),
+        entry: relative.to_string(),
+        detail,
+    };
+    let real = std::fs::canonicalize(&path).map_err(|source| ImageError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    if !real.starts_with(root) {
+        return Err(refuse(format!(
+            "it is a symlink to {}, outside the layout; refusing to read it",
+            real.display()
+        )));
+    }
+    let not_regular = || {
+        refuse(format!(
+            "{} is not a regular file (a device, pipe or directory); refusing to read it",
+            real.display()
+        ))
+    };
+    let open_error = |source| ImageError::Open {
+        path: path.clone(),
+        source,
+    };
+    // Before opening: opening a pipe waits for a writer.
+    if !std::fs::metadata(&real).map_err(open_error)?.is_file() {
+        return Err(not_regular());
+    }
+    let file = File::open(&real).map_err(open_error)?;
+    // Again on the open file, for one swapped in meanwhile.
+    let metadata = file.metadata().map_err(open_error)?;
+    if !metadata.is_file() {
+        return Err(not_regular());
+    }
+    if let Some(size) = size
+        && metadata.len() != size
+    {
+        return Err(refuse(format!(
+            "it is {} bytes but its descriptor says {size}: the layout is corrupt",
+            metadata.len()
+        )));
+    }
+    Ok((file, path))
+}
+
+/// A reader of exactly `size` bytes (or at most `cap` without a descriptor): a file that
+/// grew or shrank after it was checked fails the read instead of sending other bytes.
+fn bounded(file: File, size: Option<u64>, entry: &str, cap: u64) -> BoundedReader<File> {
+    BoundedReader {
+        inner: file,
+        expected: size,
+        limit: size.unwrap_or(cap),
+        read: 0,
+        entry: entry.to_string(),
+    }
+}
+
+struct BoundedReader<R> {
+    inner: R,
+    expected: Option<u64>,
+    limit: u64,
+    read: u64,
+    entry: String,
+}
+
+impl<R: Read> Read for BoundedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // One byte past the limit is asked for, to tell "ends here" from "goes on".
+        let room = (self.limit + 1 - self.read).min(buf.len() as u64) as usize;
+        let n = self.inner.read(&mut buf[..room])?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            let detail = match self.expected {
+                Some(size) => format!("its descriptor says {size} bytes"),
+                None => format!("nixfly reads at most {} bytes of it", self.limit),
+            };
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is longer than {detail}", self.entry),
+            ));
+        }
+        if n == 0
+            && let Some(size) = self.expected
+            && self.read < size
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} ends after {} bytes but its descriptor says {size}",
+                    self.entry, self.read
+                ),
+            ));
+        }
+        Ok(n)
     }
 }
 
@@ -199,7 +339,11 @@ fn layer_compression(media_type: &str) -> Option<Option<Algorithm>> {
 
 struct LayoutImage {
     parts: IndexedParts,
-    paths: Vec<PathBuf>,
+    /// The layout directory, resolved (symlinks must stay inside it), and as given (for messages).
+    root: PathBuf,
+    dir: PathBuf,
+    /// Each layer's blob path in the layout and its descriptor size.
+    files: Vec<(String, u64)>,
 }
 
 impl IndexedImage for LayoutImage {
@@ -208,11 +352,15 @@ impl IndexedImage for LayoutImage {
     }
 
     fn open_layer(&self, index: usize, form: LayerForm) -> Result<Box<dyn Read + Send>, ImageError> {
-        let path = &self.paths[index];
-        let file = std::fs::File::open(path).map_err(|source| ImageError::Open {
-            path: path.clone(),
-            source,
-        })?;
+        let (relative, size) = &self.files[index];
+        let (file, _) = open_inside(
+            &self.root,
+            &self.dir,
+            relative,
+            Some(*size),
+            &self.parts.description,
+        )?;
+        let file = bounded(file, Some(*size), relative, *size);
         let file: Box<dyn Read + Send> = Box::new(std::io::BufReader::with_capacity(256 * 1024, file));
         Ok(match (form, &self.parts.layers[index].blob) {
             (LayerForm::Uncompressed, Some(blob)) => {

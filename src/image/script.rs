@@ -1,27 +1,42 @@
 //! An executable that writes a docker-archive to stdout: what `dockerTools.streamLayeredImage`
 //! builds. Its stderr (progress lines) is shown as debug events (`-v`), and the last lines are
 //! kept for the error when it fails.
+//!
+//! The script is a process we do not control, so it runs in its own process group, which is
+//! killed whatever happens: when its output stays idle for `--stream-timeout` (a hung script),
+//! when the push fails, when nixfly gets SIGINT or SIGTERM, and when the script is still running
+//! a few seconds after the archive ended (it closed stdout and kept running, or writes bytes
+//! after the end of the archive). The archive's own checks decide whether what it wrote is good.
 
 use super::{ArchiveStream, Image, ImageError, ImageSource};
 use crate::progress::Reporter;
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Lines of the script's stderr quoted in an error.
 const STDERR_TAIL: usize = 10;
+/// How long a script may take to exit once its archive has been read completely.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+/// `--stream-timeout` default: streamLayeredImage goes quiet while it hashes a big layer
+/// before writing it, so this is generous.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
 
 pub struct StreamScript {
     path: PathBuf,
+    idle_timeout: Duration,
 }
 
 impl StreamScript {
-    pub fn new(path: &Path) -> Self {
+    pub fn new(path: &Path, idle_timeout: Duration) -> Self {
         StreamScript {
             path: path.to_path_buf(),
+            idle_timeout,
         }
     }
 }
@@ -43,11 +58,13 @@ impl ImageSource for StreamScript {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .map_err(|source| ImageError::ScriptSpawn {
                 script: self.path.clone(),
                 source,
             })?;
+        let group = ProcessGroup::adopt(&child);
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
         let tail = Arc::new(Mutex::new(VecDeque::new()));
@@ -67,9 +84,18 @@ impl ImageSource for StreamScript {
                 }
             })
         };
-        let script = self.path.clone();
-        let finish = move |ok: bool| finish(child, ok, script, stderr_thread, tail);
-        let reader = BufReader::with_capacity(1 << 20, stdout);
+        let watch = Watch::start(self.idle_timeout, group.clone());
+        let script = Script {
+            child,
+            group,
+            watch: watch.clone(),
+            path: self.path.clone(),
+            stderr_thread,
+            tail,
+            reporter: reporter.clone(),
+        };
+        let finish = move |ok: bool| script.finish(ok);
+        let reader = BufReader::with_capacity(1 << 20, IdleReader { inner: stdout, watch });
         match super::decompressed_stream(Box::new(reader), &description) {
             Ok((_, reader)) => Ok(Image::Stream(ArchiveStream {
                 description,
@@ -83,62 +109,242 @@ impl ImageSource for StreamScript {
     }
 }
 
-/// Wait for the script. After a complete read its exit status decides; after an abandoned read
-/// a script that already failed is the cause, and one still running is stopped.
-fn finish(
-    mut child: Child,
-    ok: bool,
-    script: PathBuf,
+/// The running script and what is needed to end it and explain how it ended.
+struct Script {
+    child: Child,
+    group: ProcessGroup,
+    watch: Arc<Watch>,
+    path: PathBuf,
     stderr_thread: std::thread::JoinHandle<()>,
     tail: Arc<Mutex<VecDeque<String>>>,
-) -> Result<(), ImageError> {
-    let status = if ok {
-        child.wait()
-    } else {
-        let deadline = Instant::now() + Duration::from_millis(500);
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Ok(status),
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Ok(());
+    reporter: Reporter,
+}
+
+impl Script {
+    /// End the script. After a complete read its exit status decides (one still running after
+    /// `EXIT_GRACE` is stopped: the archive is whole); after an abandoned read a script that
+    /// already failed or went idle is the cause, and one still running is stopped.
+    fn finish(mut self, ok: bool) -> Result<(), ImageError> {
+        self.watch.stop();
+        let spawn_error = |source| ImageError::ScriptSpawn {
+            script: self.path.clone(),
+            source,
+        };
+        if self.watch.timed_out.load(Ordering::SeqCst) {
+            self.group.kill();
+            self.child.wait().map_err(spawn_error)?;
+            return Err(ImageError::ScriptIdle {
+                script: self.path.clone(),
+                seconds: self.watch.timeout.as_secs(),
+                stderr: self.stderr_tail(),
+            });
+        }
+        let grace = if ok {
+            EXIT_GRACE
+        } else {
+            Duration::from_millis(500)
+        };
+        let status = match wait_until(&mut self.child, Instant::now() + grace).map_err(spawn_error)? {
+            Some(status) => status,
+            None => {
+                self.group.kill();
+                self.child.wait().map_err(spawn_error)?;
+                if ok {
+                    self.reporter.warn(format!(
+                        "stream script {} was still running {} s after its archive ended; stopped it",
+                        self.path.display(),
+                        EXIT_GRACE.as_secs()
+                    ));
                 }
-                Err(err) => break Err(err),
+                return Ok(());
+            }
+        };
+        // Whatever it left running in its group has no reason to live on.
+        self.group.kill();
+        if status.success() {
+            return Ok(());
+        }
+        use std::os::unix::process::ExitStatusExt;
+        let status = match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exited with code {code}"),
+            (None, Some(signal)) => format!("was killed by signal {signal}"),
+            (None, None) => format!("failed ({status})"),
+        };
+        Err(ImageError::ScriptFailed {
+            script: self.path.clone(),
+            status,
+            stderr: self.stderr_tail(),
+        })
+    }
+
+    /// The last stderr lines, introduced by a newline, or empty.
+    fn stderr_tail(&self) -> String {
+        // Let the stderr reader catch the last lines (bounded: a grandchild may hold the pipe).
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !self.stderr_thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; its last stderr lines:\n  {}",
+                tail.iter().cloned().collect::<Vec<_>>().join("\n  ")
+            )
+        }
+    }
+}
+
+impl Drop for Script {
+    /// However the push ended, the script's group does not outlive it.
+    fn drop(&mut self) {
+        self.watch.stop();
+        self.group.kill();
+    }
+}
+
+/// The child's exit status if it exits before `deadline`.
+fn wait_until(child: &mut Child, deadline: Instant) -> io::Result<Option<ExitStatus>> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether the script's stdout has gone quiet while we wait for it. A watchdog thread kills the
+/// group when a read has waited `timeout`; the read then ends and reports the timeout. Time the
+/// push spends elsewhere (uploading) does not count.
+struct Watch {
+    timeout: Duration,
+    group: ProcessGroup,
+    start: Instant,
+    /// When the current read began, in milliseconds after `start`; `u64::MAX` when not reading.
+    reading_since: AtomicU64,
+    timed_out: AtomicBool,
+    stopped: AtomicBool,
+}
+
+impl Watch {
+    fn start(timeout: Duration, group: ProcessGroup) -> Arc<Watch> {
+        let watch = Arc::new(Watch {
+            timeout,
+            group,
+            start: Instant::now(),
+            reading_since: AtomicU64::new(u64::MAX),
+            timed_out: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+        });
+        let watchdog = watch.clone();
+        std::thread::spawn(move || {
+            let tick = (watchdog.timeout / 10).clamp(Duration::from_millis(10), Duration::from_millis(250));
+            while !watchdog.stopped.load(Ordering::SeqCst) {
+                std::thread::sleep(tick);
+                let since = watchdog.reading_since.load(Ordering::SeqCst);
+                if since != u64::MAX
+                    && watchdog.now_ms().saturating_sub(since) >= watchdog.timeout.as_millis() as u64
+                {
+                    watchdog.timed_out.store(true, Ordering::SeqCst);
+                    watchdog.group.kill();
+                    return;
+                }
+            }
+        });
+        watch
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The script's stdout, timed by the watch.
+struct IdleReader {
+    inner: ChildStdout,
+    watch: Arc<Watch>,
+}
+
+impl Read for IdleReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.watch
+            .reading_since
+            .store(self.watch.now_ms(), Ordering::SeqCst);
+        let result = self.inner.read(buf);
+        self.watch.reading_since.store(u64::MAX, Ordering::SeqCst);
+        if self.watch.timed_out.load(Ordering::SeqCst) {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the stream script wrote nothing for {} s",
+                    self.watch.timeout.as_secs()
+                ),
+            ));
+        }
+        result
+    }
+}
+
+/// The script's process group (its pid: it leads the group). While one is alive, SIGINT and
+/// SIGTERM kill it before they end nixfly: the group is not in the terminal's foreground group,
+/// so nothing else would.
+#[derive(Clone)]
+struct ProcessGroup(i32);
+
+/// The group the signal handler kills; 0 when none.
+static SIGNAL_GROUP: AtomicI32 = AtomicI32::new(0);
+
+impl ProcessGroup {
+    fn adopt(child: &Child) -> ProcessGroup {
+        let group = child.id() as i32;
+        SIGNAL_GROUP.store(group, Ordering::SeqCst);
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: installs an async-signal-safe handler (atomics, killpg, signal, raise) for
+            // two signals nothing else in nixfly handles while a script runs (the rollout's
+            // handlers are installed after the push).
+            unsafe {
+                libc::signal(signal, kill_group_then_die as *const () as libc::sighandler_t);
             }
         }
-    };
-    let status = status.map_err(|source| ImageError::ScriptSpawn {
-        script: script.clone(),
-        source,
-    })?;
-    if status.success() {
-        return Ok(());
+        ProcessGroup(group)
     }
-    // Let the stderr reader catch the last lines (bounded: a grandchild may hold the pipe).
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while !stderr_thread.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
+
+    /// SIGKILL to the whole group (harmless when it is gone), and hand signals back.
+    fn kill(&self) {
+        // SAFETY: plain syscalls on a process group id we created.
+        unsafe {
+            libc::killpg(self.0, libc::SIGKILL);
+        }
+        if SIGNAL_GROUP
+            .compare_exchange(self.0, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            for signal in [libc::SIGINT, libc::SIGTERM] {
+                // SAFETY: restores the default action installed before `adopt`.
+                unsafe {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+            }
+        }
     }
-    use std::os::unix::process::ExitStatusExt;
-    let status = match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with code {code}"),
-        (None, Some(signal)) => format!("was killed by signal {signal}"),
-        (None, None) => format!("failed ({status})"),
-    };
-    let tail = tail.lock().unwrap_or_else(|e| e.into_inner());
-    let stderr = if tail.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "; its last stderr lines:\n  {}",
-            tail.iter().cloned().collect::<Vec<_>>().join("\n  ")
-        )
-    };
-    Err(ImageError::ScriptFailed {
-        script,
-        status,
-        stderr,
-    })
+}
+
+extern "C" fn kill_group_then_die(signal: libc::c_int) {
+    let group = SIGNAL_GROUP.load(Ordering::SeqCst);
+    // SAFETY: killpg, signal and raise are async-signal-safe.
+    unsafe {
+        if group > 0 {
+            libc::killpg(group, libc::SIGKILL);
+        }
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
 }

@@ -92,7 +92,14 @@ impl Bars {
             Event::Pushed { reference, .. } => {
                 let _ = self.multi.println(format!("pushed {reference}"));
             }
+            // main prints the error line once the bars are cleared.
+            Event::Error { .. } => {}
         }
+    }
+
+    /// Run `print` (writing to stdout) with the bars lifted, so its lines end up above them.
+    pub(super) fn above(&self, print: impl FnOnce()) {
+        self.multi.suspend(print);
     }
 
     pub(super) fn finish(&mut self) {

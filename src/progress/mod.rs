@@ -64,6 +64,9 @@ pub enum Event {
         group: String,
         status: String,
     },
+    /// The command failed: the whole error chain, and the process's exit code. Only JSON
+    /// output carries it as an event; humans get the `error:` line on stderr either way.
+    Error { message: String, exit_code: u8 },
     /// A machine is finished: `ok` false means it failed or was rolled back.
     MachineDone {
         machine: String,
@@ -162,11 +165,32 @@ impl Reporter {
     /// Print the command's result for machines: the plain value on stdout, or nothing extra in
     /// JSON mode (the result is one of the events there).
     pub fn result(&self, value: &str) {
-        if !self.is_json() {
+        let print = || {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{value}");
             let _ = out.flush();
+        };
+        match &self.inner.sink {
+            Sink::Json(_) => {}
+            // On a terminal stdout shares the screen with the bars: printed above them, the
+            // result survives their redraws and the final clear.
+            Sink::Bars(bars) => bars.lock().unwrap_or_else(|e| e.into_inner()).above(print),
+            Sink::Plain(_) => print(),
         }
+    }
+
+    /// End the command with `err`: clear the bars, then the `error:` line on stderr, and in
+    /// JSON mode an `error` event on stdout too.
+    pub fn fail(&self, err: &anyhow::Error, exit_code: u8) {
+        self.finish();
+        let message = crate::error::redacted(&format!("{err:#}"));
+        if self.is_json() {
+            self.emit(Event::Error {
+                message: message.clone(),
+                exit_code,
+            });
+        }
+        eprintln!("error: {message}");
     }
 
     /// Clear any bars before the process prints its last lines.
@@ -188,6 +212,10 @@ fn redact_event(event: Event) -> Event {
         Event::Debug { message } => Event::Debug {
             message: crate::error::redacted(&message),
         },
+        Event::Error { message, exit_code } => Event::Error {
+            message: crate::error::redacted(&message),
+            exit_code,
+        },
         other => other,
     }
 }
@@ -207,7 +235,7 @@ fn plain_line(event: &Event) -> Option<String> {
         Event::Info { message } => message.clone(),
         Event::Warning { message } => format!("warning: {message}"),
         Event::Debug { message } => format!("debug: {message}"),
-        Event::LayerStarted { .. } | Event::LayerProgress { .. } => return None,
+        Event::LayerStarted { .. } | Event::LayerProgress { .. } | Event::Error { .. } => return None,
         Event::LayerDone {
             index,
             outcome,

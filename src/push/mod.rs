@@ -131,6 +131,8 @@ pub struct PushPlan {
     pub jobs: usize,
     /// Compression threads per layer.
     pub workers: usize,
+    /// Push an image built for another architecture than Fly's amd64 (`--allow-arch`).
+    pub allow_arch: bool,
 }
 
 impl PushPlan {
@@ -206,6 +208,8 @@ pub enum PushError {
     },
     #[error("{0}")]
     Options(String),
+    #[error(transparent)]
+    Architecture(#[from] crate::image::arch::ForeignArchitecture),
     #[error("a push task failed")]
     Task(#[source] tokio::task::JoinError),
     #[error("reading {source_name} stopped while {layer} was being uploaded")]
@@ -235,9 +239,23 @@ pub async fn push<S: BlobStore>(
         cache,
         reporter,
     });
+    // Fly runs amd64: the architecture is checked as soon as the config is known, before any
+    // upload for indexed sources; a stream's config comes last, so before its manifest.
+    let check_arch = |config: &[u8], source: &str| match plan.allow_arch {
+        true => Ok(()),
+        false => crate::image::arch::check(config, source),
+    };
     let (config, layers) = match image {
-        Image::Indexed(image) => pusher.clone().push_indexed(image).await?,
-        Image::Stream(stream) => pusher.clone().push_stream(stream).await?,
+        Image::Indexed(image) => {
+            check_arch(&image.config(), &image.describe())?;
+            pusher.clone().push_indexed(image).await?
+        }
+        Image::Stream(stream) => {
+            let description = stream.description.clone();
+            let pushed = pusher.clone().push_stream(stream).await?;
+            check_arch(&pushed.0, &description)?;
+            pushed
+        }
     };
     pusher.commit(config, layers).await
 }

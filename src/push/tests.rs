@@ -187,6 +187,7 @@ fn plan(format: ManifestFormat, compression: Compression) -> PushPlan {
         compression,
         jobs: 2,
         workers: 2,
+        allow_arch: false,
     }
 }
 

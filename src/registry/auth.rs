@@ -431,16 +431,20 @@ pub struct Authenticator {
     registry: String,
     credentials: Option<Credentials>,
     is_fly: bool,
+    /// The most a token request may take (`--registry-timeout`): a token service that never
+    /// answers must not hang the push.
+    timeout: Duration,
     state: Mutex<State>,
     fetch_lock: tokio::sync::Mutex<()>,
 }
 
 impl Authenticator {
-    pub fn new(registry: &str, credentials: Option<Credentials>, is_fly: bool) -> Self {
+    pub fn new(registry: &str, credentials: Option<Credentials>, is_fly: bool, timeout: Duration) -> Self {
         Authenticator {
             registry: registry.to_string(),
             credentials,
             is_fly,
+            timeout,
             state: Mutex::new(State::default()),
             fetch_lock: tokio::sync::Mutex::new(()),
         }
@@ -544,7 +548,8 @@ impl Authenticator {
                 .get(url.clone())
                 .header(reqwest::header::AUTHORIZATION, creds.basic_header()),
             None => http.get(url.clone()),
-        };
+        }
+        .timeout(self.timeout);
         let response = request.send().await.map_err(|source| AuthError::TokenTransport {
             registry: self.registry.clone(),
             realm: realm.clone(),

@@ -15,16 +15,22 @@
 //! works there: acknowledged chunks buy nothing, and the window therefore keeps the last
 //! `upload_window` bytes whether acknowledged or not. Registries that keep the session
 //! (`GET` → 204 + `Range`) are resumed from their offset. An injected 5xx/429/401 answer
-//! leaves the session intact and resumes where the registry stands.
+//! leaves the session intact and resumes where the registry stands. A session cut that way
+//! cannot be cancelled either (DELETE answers 404 the same way); distribution's purge removes
+//! it days later.
+//!
+//! `--upload-mode monolithic` reads the whole blob first (the window in memory, everything
+//! older in an unlinked temp file, the spill), then PUTs it with its length, from byte 0 again
+//! after a failure: any size, bounded memory.
 
 use super::auth::Scope;
-use super::client::{RegistryClient, Request, UploadMode, header_str, retry_after};
+use super::client::{RETRYABLE_STATUSES, RegistryClient, Request, UploadMode, header_str, retry_after};
 use super::error::RegistryError;
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{self, HeaderName};
 use reqwest::{Method, Response, StatusCode};
 use sha2::{Digest, Sha256};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,14 +50,66 @@ pub fn sha256_digest(data: &[u8]) -> String {
 
 /// Failures in a row, without progress, after which an upload gives up.
 const MAX_UPLOAD_FAILURES: u32 = 6;
+/// Bytes read back from a spill at a time.
+const SPILL_READ: u64 = 256 * 1024;
 
-/// The producer's data as it passes: hashed once, the recent part kept for resending.
+/// Blob bytes that left the memory window, in a temp file removed as soon as it is created:
+/// nothing is left behind whatever way nixfly ends. Written and read in order or by offset.
+struct Spill {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl Spill {
+    fn new() -> io::Result<Spill> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::env::temp_dir();
+        for attempt in 0u32.. {
+            let path = dir.join(format!(".nixfly-upload-{}-{attempt}", std::process::id()));
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(file) => {
+                    std::fs::remove_file(&path)?;
+                    return Ok(Spill { file, len: 0 });
+                }
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists && attempt < 1000 => {}
+                Err(err) => return Err(err),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(bytes, self.len)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(Bytes::from(buf))
+    }
+}
+
+/// The producer's data as it passes: hashed once, the recent part kept for resending, and
+/// with a spill, everything older written to an unlinked temp file so that any offset can be
+/// resent.
 struct Source {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     hasher: Sha256,
     window: VecDeque<Bytes>,
     /// Offset of the first byte of `window`.
     window_start: u64,
+    /// Bytes `0..window_start`, when this upload keeps them.
+    spill: Option<Spill>,
     /// Bytes taken from the producer so far.
     received: u64,
     capacity: u64,
@@ -60,12 +118,13 @@ struct Source {
 }
 
 impl Source {
-    fn new(rx: mpsc::Receiver<io::Result<Bytes>>, capacity: u64) -> Self {
+    fn new(rx: mpsc::Receiver<io::Result<Bytes>>, capacity: u64, spill: Option<Spill>) -> Self {
         Source {
             rx,
             hasher: Sha256::new(),
             window: VecDeque::new(),
             window_start: 0,
+            spill,
             received: 0,
             capacity,
             finished: false,
@@ -75,6 +134,12 @@ impl Source {
 
     /// The bytes at `cursor`: resent from the window, or new from the producer. `None` at the end.
     async fn next_at(&mut self, cursor: u64) -> Option<io::Result<Bytes>> {
+        if cursor < self.window_start
+            && let Some(spill) = &self.spill
+        {
+            let len = (self.window_start - cursor).min(SPILL_READ);
+            return Some(spill.read_at(cursor, len as usize));
+        }
         if cursor < self.received {
             let mut start = self.window_start;
             for chunk in &self.window {
@@ -103,7 +168,9 @@ impl Source {
                     self.hasher.update(&bytes);
                     self.received += bytes.len() as u64;
                     self.window.push_back(bytes.clone());
-                    self.trim();
+                    if let Err(err) = self.trim() {
+                        return Some(Err(err));
+                    }
                     return Some(Ok(bytes));
                 }
             }
@@ -126,19 +193,40 @@ impl Source {
         Ok(buf.freeze())
     }
 
-    /// Keep only the last `capacity` bytes. Bytes the registry acknowledged are kept too:
-    /// distribution drops the whole session on a cut (see the module comment), so a restart
-    /// from byte 0 needs them.
-    fn trim(&mut self) {
+    /// Keep only the last `capacity` bytes in memory (older ones go to the spill, if any).
+    /// Bytes the registry acknowledged are kept too: distribution drops the whole session on a
+    /// cut (see the module comment), so a restart from byte 0 needs them.
+    fn trim(&mut self) -> io::Result<()> {
         while let Some(front) = self.window.front() {
             let front_end = self.window_start + front.len() as u64;
             if self.received - front_end >= self.capacity {
+                if let Some(spill) = &mut self.spill {
+                    spill.append(front)?;
+                }
                 self.window_start = front_end;
                 self.window.pop_front();
             } else {
                 break;
             }
         }
+        Ok(())
+    }
+
+    /// The first offset that can still be sent again.
+    fn resend_from(&self) -> u64 {
+        if self.spill.is_some() {
+            0
+        } else {
+            self.window_start
+        }
+    }
+
+    /// Take everything the producer has left (into the window and the spill).
+    async fn drain(&mut self) -> io::Result<()> {
+        while let Some(item) = self.next_at(self.received).await {
+            item?;
+        }
+        Ok(())
     }
 
     fn digest(&self) -> String {
@@ -146,8 +234,11 @@ impl Source {
     }
 }
 
-/// An upload session: where to send the next request.
+/// An upload session: where to send the next request. Its Location changes with every data
+/// request; `RegistryClient::moved` keeps the client's record of open sessions current, so a
+/// cancel always goes to the latest one.
 struct Session {
+    id: u64,
     location: Url,
     min_chunk: Option<u64>,
 }
@@ -163,6 +254,55 @@ struct Failure {
 }
 
 impl RegistryClient {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (String, Url)>> {
+        self.open_sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record a session the registry opened; returns its id.
+    fn opened(&self, repository: &str, location: &Url) -> u64 {
+        let id = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sessions()
+            .insert(id, (repository.to_string(), location.clone()));
+        id
+    }
+
+    /// The registry gave the session a new Location.
+    fn moved(&self, session: &mut Session, location: Url) {
+        if let Some(entry) = self.sessions().get_mut(&session.id) {
+            entry.1 = location.clone();
+        }
+        session.location = location;
+    }
+
+    /// The session is committed or cancelled: nothing to clean up.
+    fn closed(&self, id: u64) {
+        self.sessions().remove(&id);
+    }
+
+    /// Cancel every upload session still open (unused sessions a mount attempt opened, uploads
+    /// a failed push stopped), each at its latest Location, so that nothing is left in the
+    /// registry. Call once no upload is running. Returns how many were cancelled.
+    pub async fn cancel_open_sessions(&self) -> usize {
+        self.pending_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let open: Vec<(u64, (String, Url))> = self.sessions().drain().collect();
+        let count = open.len();
+        futures::future::join_all(open.into_iter().map(|(id, (repository, location))| async move {
+            let session = Session {
+                id,
+                location,
+                min_chunk: None,
+            };
+            self.cancel_upload(&repository, &session).await;
+        }))
+        .await;
+        count
+    }
+
     fn blob_operation(&self, what: &str, repository: &str, digest: &str) -> String {
         format!("{what} blob {digest} in {}/{repository}", self.registry)
     }
@@ -218,12 +358,13 @@ impl RegistryClient {
             StatusCode::CREATED => Ok(true),
             StatusCode::ACCEPTED => {
                 let location = self.location(&response, &req.operation)?;
+                let id = self.opened(repository, &location);
                 self.pending_sessions
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .entry(repository.to_string())
                     .or_default()
-                    .push(location);
+                    .push((id, location));
                 Ok(false)
             }
             _ => Err(self.status_error(req.operation, response, None).await),
@@ -239,13 +380,17 @@ impl RegistryClient {
                 .unwrap_or_else(|e| e.into_inner())
                 .get_mut(repository)
                 .and_then(Vec::pop);
-            let Some(location) = pending else { break };
-            if let Ok(Some((location, 0))) = self.upload_status(repository, &location).await {
-                return Ok(Session {
-                    location,
-                    min_chunk: None,
-                });
+            let Some((id, location)) = pending else { break };
+            let mut session = Session {
+                id,
+                location,
+                min_chunk: None,
+            };
+            if let Ok(Some((location, 0))) = self.upload_status(repository, &session.location).await {
+                self.moved(&mut session, location);
+                return Ok(session);
             }
+            self.cancel_upload(repository, &session).await;
         }
         let req = Request {
             method: Method::POST,
@@ -266,8 +411,10 @@ impl RegistryClient {
         }
         let min_chunk = header_str(&response, HeaderName::from_static("oci-chunk-min-length"))
             .and_then(|v| v.trim().parse().ok());
+        let location = self.location(&response, &req.operation)?;
         Ok(Session {
-            location: self.location(&response, &req.operation)?,
+            id: self.opened(repository, &location),
+            location,
             min_chunk,
         })
     }
@@ -311,6 +458,7 @@ impl RegistryClient {
 
     /// Best effort: the session is abandoned, tell the registry so it can free the space.
     async fn cancel_upload(&self, repository: &str, session: &Session) {
+        self.closed(session.id);
         let req = Request {
             method: Method::DELETE,
             url: session.location.clone(),
@@ -372,6 +520,7 @@ impl RegistryClient {
         if response.status() != StatusCode::CREATED {
             return Err(self.status_error(req.operation, response, None).await);
         }
+        self.closed(session.id);
         if let Some(stored) = header_str(&response, HeaderName::from_static("docker-content-digest"))
             && stored != digest
         {
@@ -393,9 +542,15 @@ impl RegistryClient {
         expected: Option<&str>,
     ) -> Result<Descriptor, RegistryError> {
         let window = self.options.upload_window.max(1);
-        let source = Arc::new(Mutex::new(Source::new(body, window)));
-        let scope = Scope::push(repository);
         let mut mode = self.options.upload_mode;
+        // A monolithic PUT needs the whole blob before it starts (its digest is in the URL).
+        let spill = if mode == UploadMode::Monolithic {
+            Some(Spill::new().map_err(|e| self.spill_error(repository, e))?)
+        } else {
+            None
+        };
+        let source = Arc::new(Mutex::new(Source::new(body, window, spill)));
+        let scope = Scope::push(repository);
         let mut session = self.start_upload(repository).await?;
         let mut offset = 0u64;
         let mut failures = 0u32;
@@ -408,7 +563,7 @@ impl RegistryClient {
             }
             if mode == UploadMode::Monolithic {
                 return self
-                    .upload_monolithic(repository, &session, &source, expected)
+                    .upload_monolithic(repository, session, &source, expected)
                     .await;
             }
             self.authenticate(&scope).await?;
@@ -418,7 +573,7 @@ impl RegistryClient {
             };
             let failure = match result {
                 Ok((location, end)) => {
-                    session.location = location;
+                    self.moved(&mut session, location);
                     offset = end;
                     failures = 0;
                     continue;
@@ -468,16 +623,22 @@ impl RegistryClient {
             tokio::time::sleep(delay).await;
             match self.upload_status(repository, &session.location).await? {
                 Some((location, held)) => {
-                    session.location = location;
+                    self.moved(&mut session, location);
                     offset = held;
                 }
                 None => {
+                    // The registry dropped the session: acknowledged chunks at least show how
+                    // far the next attempt got, and keep each resend small.
+                    self.closed(session.id);
+                    if mode == UploadMode::Stream {
+                        mode = UploadMode::Chunked;
+                    }
                     session = self.start_upload(repository).await?;
                     offset = 0;
                 }
             }
             let src = source.lock().await;
-            if offset < src.window_start || offset > src.received {
+            if offset < src.resend_from() || offset > src.received {
                 let lost = RegistryError::UploadLost {
                     registry: self.registry.clone(),
                     repository: repository.into(),
@@ -542,10 +703,11 @@ impl RegistryClient {
                 &session.location,
                 &Scope::push(repository),
                 vec![(header::CONTENT_TYPE, "application/octet-stream".into())],
-                reqwest::Body::wrap_stream(stream),
+                Box::pin(stream),
+                &format!("uploading to {}/{repository}", self.registry),
             )
             .await
-            .map_err(|e| transport_failure(&e))?;
+            .map_err(|e| recoverable_failure(&e))?;
         let sent = source.lock().await.received;
         self.data_response(repository, response, sent).await
     }
@@ -597,7 +759,7 @@ impl RegistryClient {
             ),
         };
         let response = self.send(&req).await.map_err(|e| match e {
-            RegistryError::Transport { source, .. } => transport_failure(&source),
+            RegistryError::Transport { .. } | RegistryError::Timeout { .. } => recoverable_failure(&e),
             other => Failure {
                 message: other.to_string(),
                 retry_after: None,
@@ -661,48 +823,123 @@ impl RegistryClient {
         })
     }
 
-    /// The whole rest of the blob in one PUT: needs it all in memory, so only within the window.
+    fn spill_error(&self, repository: &str, source: io::Error) -> RegistryError {
+        RegistryError::Spill {
+            registry: self.registry.clone(),
+            repository: repository.into(),
+            dir: std::env::temp_dir(),
+            source,
+        }
+    }
+
+    /// The whole blob in one PUT: read to the end first (the window in memory, the rest in the
+    /// spill), then sent from byte 0 with its length, again from byte 0 after a failure.
     async fn upload_monolithic(
         &self,
         repository: &str,
-        session: &Session,
+        mut session: Session,
         source: &Arc<Mutex<Source>>,
         expected: Option<&str>,
     ) -> Result<Descriptor, RegistryError> {
         let mut src = source.lock().await;
-        let window = self.options.upload_window;
-        let data = src
-            .gather(0, window + 1)
-            .await
-            .map_err(|e| RegistryError::Source {
+        if src.spill.is_none() {
+            // A fallback from another mode: what already left the window is gone.
+            if src.window_start > 0 {
+                let lost = RegistryError::UploadLost {
+                    registry: self.registry.clone(),
+                    repository: repository.into(),
+                    received: src.received,
+                    kept: 0,
+                    window_start: src.window_start,
+                    window: self.options.upload_window,
+                };
+                drop(src);
+                self.cancel_upload(repository, &session).await;
+                return Err(lost);
+            }
+            src.spill = Some(Spill::new().map_err(|e| self.spill_error(repository, e))?);
+        }
+        if let Err(err) = src.drain().await {
+            let err = src.failure.take().unwrap_or(err);
+            drop(src);
+            self.cancel_upload(repository, &session).await;
+            return Err(RegistryError::Source {
                 registry: self.registry.clone(),
                 repository: repository.into(),
-                source: src.failure.take().unwrap_or(e),
-            })?;
-        if data.len() as u64 > window || src.window_start > 0 {
-            return Err(RegistryError::Protocol {
-                operation: format!("uploading to {}/{repository}", self.registry),
-                message: format!(
-                    "the registry accepts neither streamed nor chunked uploads, and a monolithic \
-                     upload of a blob over {window} bytes would hold it all in memory"
-                ),
+                source: err,
             });
         }
-        let digest = src.digest();
+        let (digest, size) = (src.digest(), src.received);
         drop(src);
-        self.check_expected(repository, session, &digest, expected)
+        self.check_expected(repository, &session, &digest, expected)
             .await?;
-        let session = self.start_upload(repository).await?;
-        self.finish_upload(repository, &session, &digest, Some(data.clone()))
-            .await?;
-        Ok(Descriptor {
-            digest,
-            size: data.len() as u64,
-        })
+        let operation = self.blob_operation("uploading", repository, &digest);
+        let mut failures = 0u32;
+        loop {
+            let mut url = session.location.clone();
+            url.query_pairs_mut().append_pair("digest", &digest);
+            let body = futures::stream::unfold((source.clone(), 0u64), |(src, cursor)| async move {
+                let item = src.lock().await.next_at(cursor).await?;
+                let next = item.as_ref().map_or(cursor, |b| cursor + b.len() as u64);
+                Some((item, (src, next)))
+            });
+            self.authenticate(&Scope::push(repository)).await?;
+            let result = self
+                .send_stream(
+                    Method::PUT,
+                    &url,
+                    &Scope::push(repository),
+                    vec![
+                        (header::CONTENT_TYPE, "application/octet-stream".into()),
+                        (header::CONTENT_LENGTH, size.to_string()),
+                    ],
+                    Box::pin(body),
+                    &operation,
+                )
+                .await;
+            let message = match result {
+                Ok(response) if response.status() == StatusCode::CREATED => {
+                    return Ok(Descriptor { digest, size });
+                }
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let retry = RETRYABLE_STATUSES.contains(&status) || matches!(status, 400 | 401 | 404);
+                    let error = self.status_error(operation.clone(), response, None).await;
+                    if !retry {
+                        self.cancel_upload(repository, &session).await;
+                        return Err(error);
+                    }
+                    error.to_string()
+                }
+                Err(err @ (RegistryError::Transport { .. } | RegistryError::Timeout { .. })) => {
+                    recoverable_failure(&err).message
+                }
+                Err(err) => {
+                    self.cancel_upload(repository, &session).await;
+                    return Err(err);
+                }
+            };
+            failures += 1;
+            let delay = self.options.retry.delay(failures - 1, None);
+            // After the delay: a registry still finishing the failed request would otherwise
+            // write the session back after cancelling it (distribution 2.8 does).
+            tokio::time::sleep(delay).await;
+            self.cancel_upload(repository, &session).await;
+            if failures >= MAX_UPLOAD_FAILURES {
+                return Err(RegistryError::UploadGaveUp {
+                    registry: self.registry.clone(),
+                    repository: repository.into(),
+                    attempts: failures,
+                    last: message,
+                });
+            }
+            self.debug(|| format!("{message}; sending the blob again"));
+            session = self.start_upload(repository).await?;
+        }
     }
 }
 
-fn transport_failure(err: &reqwest::Error) -> Failure {
+fn recoverable_failure(err: &RegistryError) -> Failure {
     let mut message = err.to_string();
     let mut cause = std::error::Error::source(err);
     while let Some(inner) = cause {
@@ -736,7 +973,7 @@ mod tests {
             tx.send(Ok(Bytes::from_static(chunk))).await.unwrap();
         }
         drop(tx);
-        Source::new(rx, capacity)
+        Source::new(rx, capacity, None)
     }
 
     #[tokio::test]
@@ -770,7 +1007,7 @@ mod tests {
         tx.send(Err(io::Error::new(io::ErrorKind::InvalidData, "corrupt gzip")))
             .await
             .unwrap();
-        let mut src = Source::new(rx, 10);
+        let mut src = Source::new(rx, 10, None);
         assert!(src.next_at(0).await.unwrap().is_ok());
         assert!(src.next_at(2).await.unwrap().is_err());
         assert_eq!(src.failure.unwrap().to_string(), "corrupt gzip");

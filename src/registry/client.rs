@@ -1,6 +1,13 @@
 //! The HTTP side of the registry client: one host, auth applied per request, retries with
 //! backoff honouring `Retry-After`, redirects without leaking `Authorization`, bounded
-//! parallelism, and `-v` request logs with credentials redacted.
+//! parallelism, an idle timeout, and `-v` request logs with credentials redacted.
+//!
+//! The idle timeout (`--registry-timeout`) ends a request when the connection has not moved for
+//! that long: neither taken request body bytes nor answered. reqwest's own `read_timeout`
+//! cannot serve: it counts from the start of the request to the response head, so a long
+//! upload would hit it while data flows. Here a request body is sent through [`Watched`],
+//! which notes each time the connection asks for more; time spent waiting for our own
+//! producer (a slow compressor) does not count.
 
 use super::auth::{Authenticator, Credentials, Scope};
 use super::error::{RegistryError, StatusError, parse_api_errors};
@@ -9,7 +16,11 @@ use bytes::Bytes;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use url::Url;
@@ -17,6 +28,10 @@ use url::Url;
 pub use crate::retry::{RETRYABLE_STATUSES, RetryPolicy};
 
 const MAX_REDIRECTS: usize = 5;
+/// `--registry-timeout` default: long enough for a registry committing a big blob.
+const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 120;
+/// Slices a buffered request body is sent in, so its progress is seen.
+const BODY_SLICE: usize = 256 * 1024;
 
 /// How the blob data of a streamed upload is sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -43,6 +58,8 @@ pub struct ClientOptions {
     pub upload_window: u64,
     /// PATCH size in chunked mode (raised to the registry's `OCI-Chunk-Min-Length`).
     pub chunk_size: u64,
+    /// A request whose connection moves no data for this long is abandoned (and retried).
+    pub idle_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -55,6 +72,7 @@ impl Default for ClientOptions {
             upload_mode: UploadMode::Stream,
             upload_window: 16 << 20,
             chunk_size: 8 << 20,
+            idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
         }
     }
 }
@@ -94,7 +112,11 @@ pub struct RegistryClient {
     permits: Semaphore,
     reporter: Reporter,
     /// Upload sessions a mount attempt opened (202), used by the next upload to that repository.
-    pub(crate) pending_sessions: Mutex<HashMap<String, Vec<Url>>>,
+    pub(crate) pending_sessions: Mutex<HashMap<String, Vec<(u64, Url)>>>,
+    /// Every upload session opened and not yet committed or cancelled, by id: repository and
+    /// its latest Location. What `cancel_open_sessions` cancels when a push ends.
+    pub(crate) open_sessions: Mutex<HashMap<u64, (String, Url)>>,
+    pub(crate) next_session: std::sync::atomic::AtomicU64,
 }
 
 impl RegistryClient {
@@ -120,7 +142,12 @@ impl RegistryClient {
                 source,
             })?;
         let is_fly = registry.eq_ignore_ascii_case(&super::reference::default_registry_host());
-        let auth = Authenticator::new(registry, options.credentials.clone(), is_fly);
+        let auth = Authenticator::new(
+            registry,
+            options.credentials.clone(),
+            is_fly,
+            options.idle_timeout,
+        );
         Ok(RegistryClient {
             registry: registry.to_string(),
             base,
@@ -130,6 +157,8 @@ impl RegistryClient {
             options,
             reporter,
             pending_sessions: Mutex::new(HashMap::new()),
+            open_sessions: Mutex::new(HashMap::new()),
+            next_session: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -212,8 +241,16 @@ impl RegistryClient {
             if let Some(value) = &sent_auth {
                 builder = builder.header(header::AUTHORIZATION, value);
             }
+            let activity = Activity::new();
             if let Some(body) = &req.body {
-                builder = builder.body(body.clone());
+                let slices = (0..body.len())
+                    .step_by(BODY_SLICE)
+                    .map(|start| Ok::<_, io::Error>(body.slice(start..(start + BODY_SLICE).min(body.len()))))
+                    .collect::<Vec<_>>();
+                builder = builder.body(reqwest::Body::wrap_stream(Watched {
+                    inner: futures::stream::iter(slices),
+                    activity: activity.clone(),
+                }));
             }
             let request = builder.build().map_err(|source| RegistryError::Transport {
                 operation: req.operation.clone(),
@@ -229,25 +266,19 @@ impl RegistryClient {
                     .acquire()
                     .await
                     .expect("the semaphore is never closed");
-                self.http.execute(request).await
+                self.execute(request, &activity, &req.operation).await
             };
             let response = match result {
                 Ok(response) => response,
-                Err(source) => {
+                Err(err) => {
                     if attempt < self.options.retry.retries {
                         let delay = self.options.retry.delay(attempt, None);
-                        self.debug(|| {
-                            format!(
-                                "{}: {source}; retrying in {:.1} s",
-                                req.operation,
-                                delay.as_secs_f64()
-                            )
-                        });
+                        self.debug(|| format!("{err}; retrying in {:.1} s", delay.as_secs_f64()));
                         attempt += 1;
                         tokio::time::sleep(delay).await;
                         continue;
                     }
-                    return Err(self.transport_error(&req.operation, source));
+                    return Err(err);
                 }
             };
             let status = response.status();
@@ -313,14 +344,23 @@ impl RegistryClient {
 
     /// Send a request whose body is a one-shot stream: no retry, no redirect; the caller has
     /// authenticated first (`authenticate`) and recovers from failures itself.
-    pub(crate) async fn send_stream(
+    pub(crate) async fn send_stream<S>(
         &self,
         method: Method,
         url: &Url,
         scope: &Scope,
         headers: Vec<(HeaderName, String)>,
-        body: reqwest::Body,
-    ) -> Result<Response, reqwest::Error> {
+        body: S,
+        operation: &str,
+    ) -> Result<Response, RegistryError>
+    where
+        S: futures::Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static,
+    {
+        let activity = Activity::new();
+        let body = reqwest::Body::wrap_stream(Watched {
+            inner: body,
+            activity: activity.clone(),
+        });
         let mut builder = self.http.request(method.clone(), url.clone()).body(body);
         for (name, value) in headers {
             builder = builder.header(name, value);
@@ -328,7 +368,9 @@ impl RegistryClient {
         if let Some(value) = self.auth.header(scope) {
             builder = builder.header(header::AUTHORIZATION, value);
         }
-        let request = builder.build()?;
+        let request = builder
+            .build()
+            .map_err(|source| self.transport_error(operation, source))?;
         self.debug(|| format!("HTTP {method} {url} (streamed body)"));
         self.log_headers(">", request.headers());
         let started = Instant::now();
@@ -337,7 +379,7 @@ impl RegistryClient {
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        let response = self.http.execute(request).await?;
+        let response = self.execute(request, &activity, operation).await?;
         self.debug(|| {
             format!(
                 "HTTP {method} {url} -> {} ({:.2} s)",
@@ -347,6 +389,48 @@ impl RegistryClient {
         });
         self.log_headers("<", response.headers());
         Ok(response)
+    }
+
+    /// Run one request, abandoning it once its connection has been idle for `idle_timeout`.
+    async fn execute(
+        &self,
+        request: reqwest::Request,
+        activity: &Activity,
+        operation: &str,
+    ) -> Result<Response, RegistryError> {
+        let idle = self.options.idle_timeout;
+        activity.touch();
+        let call = self.http.execute(request);
+        tokio::pin!(call);
+        loop {
+            let wait = idle.saturating_sub(activity.idle());
+            if wait.is_zero() {
+                return Err(RegistryError::Timeout {
+                    operation: operation.to_string(),
+                    registry: self.registry.clone(),
+                    seconds: idle.as_secs(),
+                });
+            }
+            tokio::select! {
+                result = &mut call => {
+                    return result.map_err(|source| self.transport_error(operation, source));
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// A response body, within the idle timeout (bodies here are small: errors, manifests).
+    pub(crate) async fn body(&self, response: Response, operation: &str) -> Result<Bytes, RegistryError> {
+        let idle = self.options.idle_timeout;
+        match tokio::time::timeout(idle, response.bytes()).await {
+            Ok(result) => result.map_err(|source| self.transport_error(operation, source)),
+            Err(_) => Err(RegistryError::Timeout {
+                operation: operation.to_string(),
+                registry: self.registry.clone(),
+                seconds: idle.as_secs(),
+            }),
+        }
     }
 
     pub(crate) fn transport_error(&self, operation: &str, source: reqwest::Error) -> RegistryError {
@@ -375,7 +459,7 @@ impl RegistryClient {
         hint: Option<String>,
     ) -> RegistryError {
         let status = response.status().as_u16();
-        let body = response.bytes().await.unwrap_or_default();
+        let body = self.body(response, &operation).await.unwrap_or_default();
         let errors = parse_api_errors(&body);
         let body_excerpt = (errors.is_empty() && !body.is_empty()).then(|| {
             String::from_utf8_lossy(&body[..body.len().min(200)])
@@ -416,6 +500,62 @@ impl RegistryClient {
                 operation: operation.to_string(),
                 message: format!("the registry sent an invalid Location {location:?}: {e}"),
             })
+    }
+}
+
+/// When a request's connection last moved, and whether it is waiting on our own producer.
+#[derive(Clone)]
+pub(crate) struct Activity {
+    start: Instant,
+    /// Milliseconds after `start`.
+    last: Arc<AtomicU64>,
+    waiting_on_source: Arc<AtomicBool>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+            waiting_on_source: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn touch(&self) {
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long the connection has not moved; zero while the body waits for its producer.
+    fn idle(&self) -> Duration {
+        if self.waiting_on_source.load(Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
+        self.start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
+    }
+}
+
+/// A request body that records when the connection asks for more of it.
+struct Watched<S> {
+    inner: S,
+    activity: Activity,
+}
+
+impl<S: futures::Stream<Item = io::Result<Bytes>> + Unpin> futures::Stream for Watched<S> {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.activity.touch();
+        let poll = Pin::new(&mut self.inner).poll_next(cx);
+        self.activity
+            .waiting_on_source
+            .store(poll.is_pending(), Ordering::Relaxed);
+        if poll.is_ready() {
+            self.activity.touch();
+        }
+        poll
     }
 }
 

@@ -99,8 +99,28 @@ pub enum RegistryError {
     },
     #[error("{operation}: {message}")]
     Protocol { operation: String, message: String },
+    #[error(
+        "{operation}: {registry} neither answered nor took data for {seconds} s, after retries; \
+         is it overloaded or unreachable? (--registry-timeout / NIXFLY_REGISTRY_TIMEOUT sets the limit)"
+    )]
+    Timeout {
+        operation: String,
+        registry: String,
+        seconds: u64,
+    },
     #[error(transparent)]
     Auth(#[from] super::auth::AuthError),
+    #[error(
+        "uploading to {registry}/{repository}: cannot keep the blob in a temp file in {} (set \
+         TMPDIR to a directory with room)", dir.display()
+    )]
+    Spill {
+        registry: String,
+        repository: String,
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "uploading to {registry}/{repository}: the registry lost the upload after {received} bytes \
          were sent and kept only {kept} of them, but only bytes from {window_start} on are still \

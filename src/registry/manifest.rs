@@ -93,10 +93,7 @@ impl RegistryClient {
             _ => return Err(self.status_error(req.operation, response, None).await),
         }
         let media_type = header_str(&response, header::CONTENT_TYPE).unwrap_or_default();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|source| self.transport_error(&req.operation, source))?;
+        let bytes = self.body(response, &req.operation).await?;
         let digest = sha256_digest(&bytes);
         if tag_or_digest.starts_with("sha256:") && tag_or_digest != digest {
             return Err(RegistryError::Protocol {

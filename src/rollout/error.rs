@@ -102,6 +102,17 @@ pub enum RolloutError {
     #[error("release_command `{command}` cannot be split into arguments: {reason}")]
     ReleaseCommandInvalid { command: String, reason: String },
     #[error(
+        "machine {machine} cannot be updated on its host ({reason}), and it cannot be replaced by \
+         a new machine elsewhere because its volume {volume} lives on that host; deploy again \
+         later, or fork the volume to another host (`fly volumes fork {volume}`) and move the \
+         machine to the fork"
+    )]
+    HostUnavailableWithVolume {
+        machine: String,
+        volume: String,
+        reason: String,
+    },
+    #[error(
         "the bluegreen strategy needs at least one health check, and no machine has one: add \
          [checks] or service checks to fly.toml, or use --strategy rolling"
     )]

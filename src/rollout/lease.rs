@@ -133,7 +133,8 @@ impl Leases {
 
     /// Stop refreshing and release every lease still held. Failures are reported, not fatal:
     /// a lease left behind expires after its TTL.
-    pub async fn release_all(&self, reporter: &Reporter) {
+    /// Returns the machines whose lease could not be released (it expires on its own).
+    pub async fn release_all(&self, reporter: &Reporter) -> Vec<String> {
         if let Some(task) = self.refresher.lock().unwrap_or_else(|e| e.into_inner()).take() {
             task.abort();
         }
@@ -141,15 +142,20 @@ impl Leases {
         let releases = held
             .iter()
             .map(|(machine, nonce)| async move { (machine, self.api.release_lease(machine, nonce).await) });
+        let mut unreleased = Vec::new();
         for (machine, result) in futures::future::join_all(releases).await {
             match result {
                 Ok(()) | Err(ApiError::Status { status: 404, .. }) => {}
-                Err(err) => reporter.warn(format!(
-                    "cannot release the lease on machine {machine} (it expires in {}s): {err}",
-                    self.ttl.as_secs()
-                )),
+                Err(err) => {
+                    reporter.warn(format!(
+                        "cannot release the lease on machine {machine} (it expires in {}s): {err}",
+                        self.ttl.as_secs()
+                    ));
+                    unreleased.push(machine.clone());
+                }
             }
         }
+        unreleased
     }
 }
 

@@ -158,15 +158,25 @@ pub async fn run(
         result = deploy(&ctx, &fleet, &groups) => Ok(result),
         signal = signals.recv() => Err(signal),
     };
-    finish(
+    let cleanup = finish(
         &ctx,
         &fleet,
         &groups,
         platform.as_ref(),
         release.as_ref(),
         outcome,
-    )
-    .await
+    );
+    tokio::pin!(cleanup);
+    // A second Ctrl-C must not look ignored: say what is still being done.
+    loop {
+        tokio::select! {
+            result = &mut cleanup => return result,
+            signal = signals.recv() => ctx.reporter.warn(format!(
+                "{signal}: still cleaning up (rolling back, releasing leases, marking the release); \
+                 nixfly exits as soon as that is done"
+            )),
+        }
+    }
 }
 
 /// Refuse what cannot work before creating anything.
@@ -182,6 +192,23 @@ fn validate(
             "app {} has no machines to deploy to; with a fly.toml (--config) nixfly creates them",
             spec.app
         );
+    }
+    // A machine on a host Fly cannot reach is replaced; one whose volume is on that host
+    // cannot be, and flyctl stops before any change (machines_launchinput.go).
+    if let Some((machine, volume)) = fleet
+        .machines()
+        .filter(|m| m.host_unavailable())
+        .find_map(|m| m.volume().map(|v| (m, v)))
+    {
+        return Err(RolloutError::HostUnavailableWithVolume {
+            machine: machine.id.clone(),
+            volume: volume.to_string(),
+            reason: format!(
+                "its host is {}",
+                machine.host_status.as_deref().unwrap_or("unknown")
+            ),
+        }
+        .into());
     }
     // flyctl builds multi-container machines from fly.toml's machine_config (refused when
     // fly.toml is read); a machine that runs containers would not run the image set on it.
@@ -352,6 +379,9 @@ fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: b
             if machine.should_skip_launch() {
                 notes.push("stays stopped (skip_launch)".to_string());
             }
+            if machine.host_unavailable() {
+                notes.push("its host is not ok: replaced by a new machine".to_string());
+            }
             let env = change.env_diff(&machine.config);
             if !env.is_empty() {
                 notes.push(format!("env {}", env.join(" ")));
@@ -498,28 +528,8 @@ async fn finish(
             ));
             (ReleaseStatus::Complete, Ok(()))
         }
-        Err(signal) => {
-            let updated: Vec<String> = ctx.journal().into_iter().map(|m| m.id).collect();
-            let message = format!(
-                "deploy of app {app} interrupted by {signal}; leases released, release marked \
-                 interrupted{}",
-                if updated.is_empty() {
-                    "; no machine had been changed".to_string()
-                } else {
-                    format!(
-                        "; machines already given the new image keep it: {}",
-                        updated.join(", ")
-                    )
-                }
-            );
-            (
-                ReleaseStatus::Interrupted,
-                Err(anyhow::Error::from(ExitCodeError {
-                    code: EXIT_INTERRUPTED,
-                    message,
-                })),
-            )
-        }
+        // The message waits for the cleanup below: it says what that did and did not do.
+        Err(signal) => (ReleaseStatus::Interrupted, Err(Err(signal))),
         Ok(Err(err)) => {
             let (code, summary) = if !ctx.is_changing() {
                 (
@@ -566,25 +576,69 @@ async fn finish(
             };
             (
                 ReleaseStatus::Failed,
-                Err(anyhow::Error::from(err).context(ExitCodeError {
+                Err(Ok(anyhow::Error::from(err).context(ExitCodeError {
                     code,
                     message: summary,
-                })),
+                }))),
             )
         }
     };
-    ctx.leases.release_all(&ctx.reporter).await;
-    if let (Some(platform), Some(release)) = (platform, release)
-        && let Err(err) = platform.set_status(&release.id, status).await
-    {
-        ctx.reporter.warn(format!(
-            "cannot mark release {} {}: {}",
-            release.id,
-            status.as_str(),
-            chain_text(&err)
-        ));
+    let unreleased = ctx.leases.release_all(&ctx.reporter).await;
+    let marked = match (platform, release) {
+        (Some(platform), Some(release)) => match platform.set_status(&release.id, status).await {
+            Ok(()) => Some(true),
+            Err(err) => {
+                ctx.reporter.warn(format!(
+                    "cannot mark release {} {}: {}",
+                    release.id,
+                    status.as_str(),
+                    chain_text(&err)
+                ));
+                Some(false)
+            }
+        },
+        _ => None,
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(Ok(err)) => Err(err),
+        Err(Err(signal)) => {
+            let leases = if unreleased.is_empty() {
+                "leases released".to_string()
+            } else {
+                format!(
+                    "the leases on {} could not be released (they expire in {}s)",
+                    unreleased.join(", "),
+                    ctx.spec.lease_ttl.as_secs()
+                )
+            };
+            let release = match (marked, release) {
+                (Some(true), Some(release)) => {
+                    format!("release v{} marked interrupted", release.version_string())
+                }
+                (Some(false), Some(release)) => format!(
+                    "release v{} could not be marked interrupted and still shows running",
+                    release.version_string()
+                ),
+                _ => "no release record".to_string(),
+            };
+            let updated: Vec<String> = ctx.journal().into_iter().map(|m| m.id).collect();
+            let machines = if updated.is_empty() {
+                "no machine had been changed".to_string()
+            } else {
+                format!(
+                    "machines already given the new image keep it: {}",
+                    updated.join(", ")
+                )
+            };
+            Err(anyhow::Error::from(ExitCodeError {
+                code: EXIT_INTERRUPTED,
+                message: format!(
+                    "deploy of app {app} interrupted by {signal}; {leases}; {release}; {machines}"
+                ),
+            }))
+        }
     }
-    result
 }
 
 /// An error and its sources on one line, for warnings that do not end the command.

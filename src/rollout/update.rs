@@ -8,7 +8,7 @@ use super::plan::{ConfigChange, update_body};
 use crate::fly::api::MachinesApi;
 use crate::fly::types::{Machine, config_check_count};
 use crate::progress::{Event, Reporter};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +21,9 @@ pub struct Ctx {
     pub change: ConfigChange,
     pub leases: Arc<Leases>,
     journal: Mutex<Vec<Machine>>,
+    /// Machines destroyed to be replaced whose replacement could not be created: a rollback
+    /// creates them again.
+    lost: Mutex<Vec<String>>,
     changing: AtomicBool,
 }
 
@@ -39,6 +42,7 @@ impl Ctx {
             change,
             leases,
             journal: Mutex::new(Vec::new()),
+            lost: Mutex::new(Vec::new()),
             changing: AtomicBool::new(false),
         }
     }
@@ -110,7 +114,16 @@ impl Ctx {
         let group = previous.process_group();
         let mut config = previous.config.clone();
         crate::fly::types::normalize_config_for_request(&mut config);
-        let result = self.put_config(previous, config, true, "rolling back").await;
+        let lost = self
+            .lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&previous.id);
+        let result = if lost {
+            self.create_replacement(previous, config, true).await
+        } else {
+            self.put_config(previous, config, true, "rolling back").await
+        };
         let status = match &result {
             Ok(_) => "rolled back",
             Err(_) => "rollback failed",
@@ -119,7 +132,8 @@ impl Ctx {
         result.map(drop)
     }
 
-    /// Update under the lease, launching the machine only if it was running before.
+    /// Update under the lease, launching the machine only if it was running before. A machine
+    /// its host cannot take (unreachable, no room, deploys paused) is replaced instead.
     async fn put_config(
         &self,
         machine: &Machine,
@@ -129,9 +143,16 @@ impl Ctx {
     ) -> Result<&'static str, RolloutError> {
         let group = machine.process_group();
         self.status(&machine.id, group, verb);
+        if machine.host_unavailable() {
+            let why = format!(
+                "its host is {}",
+                machine.host_status.as_deref().unwrap_or("unknown")
+            );
+            return self.replace(machine, config, wait, why).await;
+        }
         let skip_launch = machine.should_skip_launch();
         let expected_checks = config_check_count(&config);
-        let body = update_body(machine, config, skip_launch);
+        let body = update_body(machine, config.clone(), skip_launch);
         let mut fresh_lease = false;
         let updated = loop {
             let nonce = match self.leases.nonce(&machine.id) {
@@ -140,6 +161,11 @@ impl Ctx {
             };
             match self.api.update_machine(&machine.id, &nonce, body.clone()).await {
                 Ok(updated) => break updated,
+                // Before the lease case: Fly has answered "could not reserve resource" with 409.
+                Err(err) if err.is_host_refusal() => {
+                    let why = err.message().unwrap_or_default().to_string();
+                    return self.replace(machine, config, wait, why).await;
+                }
                 // Our lease lapsed (a stalled refresh, a suspended laptop): take a new one
                 // once rather than fail, which matters most during a rollback.
                 Err(err) if err.status() == Some(409) && !fresh_lease => {
@@ -157,39 +183,129 @@ impl Ctx {
         if !wait {
             return Ok("updated");
         }
+        let version = updated.instance_id.as_deref();
+        self.settle(&machine.id, group, version, skip_launch, expected_checks, false)
+            .await
+    }
+
+    /// Wait for an updated or created machine: stopped when it was left stopped, else started
+    /// and healthy.
+    async fn settle(
+        &self,
+        id: &str,
+        group: &str,
+        version: Option<&str>,
+        skip_launch: bool,
+        expected_checks: usize,
+        just_created: bool,
+    ) -> Result<&'static str, RolloutError> {
+        let timeout = self.spec.wait_timeout;
+        let wait = |state| async move {
+            if just_created {
+                wait_for_new_machine(&self.api, id, state, version, timeout).await
+            } else {
+                wait_for_state(&self.api, id, state, version, timeout).await
+            }
+        };
         if skip_launch {
             // Let the update settle, so that the lease is not released mid-replacement.
-            wait_for_state(
-                &self.api,
-                &machine.id,
-                "stopped",
-                updated.instance_id.as_deref(),
-                self.spec.wait_timeout,
-            )
-            .await?;
+            wait("stopped").await?;
             return Ok("updated (left stopped)");
         }
-        self.status(&machine.id, group, "starting");
-        wait_for_state(
-            &self.api,
-            &machine.id,
-            "started",
-            updated.instance_id.as_deref(),
-            self.spec.wait_timeout,
-        )
-        .await?;
+        self.status(id, group, "starting");
+        wait("started").await?;
         if expected_checks > 0 {
-            self.status(&machine.id, group, "started, waiting for checks");
+            self.status(id, group, "started, waiting for checks");
         }
         wait_healthy(
             &self.api,
             &self.reporter,
-            &machine.id,
+            id,
             group,
             self.health_wait(expected_checks),
         )
         .await?;
         Ok("done")
+    }
+
+    /// What flyctl does when a machine's host cannot take an update
+    /// (`machines_deploymachinesapp.go` `updateMachineByReplace`, `machines_launchinput.go`):
+    /// without a volume, destroy it and create a machine with the new config in the same
+    /// region and process group; with one, stop with an error naming both, since the volume
+    /// keeps the machine on that host.
+    async fn replace(
+        &self,
+        machine: &Machine,
+        config: Value,
+        wait: bool,
+        why: String,
+    ) -> Result<&'static str, RolloutError> {
+        if let Some(volume) = machine.volume() {
+            return Err(RolloutError::HostUnavailableWithVolume {
+                machine: machine.id.clone(),
+                volume: volume.to_string(),
+                reason: why,
+            });
+        }
+        self.reporter.warn(format!(
+            "machine {} cannot be updated where it runs ({why}): replacing it with a new machine in {}",
+            machine.id,
+            machine.region.as_deref().unwrap_or("the same region")
+        ));
+        self.destroy(&machine.id, machine.process_group()).await?;
+        self.lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(machine.id.clone());
+        self.create_replacement(machine, config, wait).await
+    }
+
+    /// Create a machine in `old`'s place (its region, its launch state) with `config`, and
+    /// point the journal at it so that a rollback restores the new machine.
+    async fn create_replacement(
+        &self,
+        old: &Machine,
+        config: Value,
+        wait: bool,
+    ) -> Result<&'static str, RolloutError> {
+        let group = old.process_group();
+        let skip_launch = old.should_skip_launch();
+        let expected_checks = config_check_count(&config);
+        let mut body = json!({"config": config, "skip_launch": skip_launch, "skip_secrets": false});
+        if let Some(region) = &old.region {
+            body["region"] = json!(region);
+        }
+        let created = self
+            .api
+            .create_machine(body)
+            .await
+            .map_err(|source| RolloutError::Api {
+                action: "creating the replacement for",
+                machine: old.id.clone(),
+                source: source.into(),
+            })?;
+        self.lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id| *id != old.id);
+        for entry in self
+            .journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+            .filter(|m| m.id == old.id)
+        {
+            entry.id = created.id.clone();
+            entry.host_status = None;
+        }
+        self.status(&created.id, group, format!("replaces {}", old.id));
+        if !wait {
+            return Ok("replaced");
+        }
+        let version = created.instance_id.as_deref();
+        self.settle(&created.id, group, version, skip_launch, expected_checks, true)
+            .await?;
+        Ok("replaced by a new machine")
     }
 
     async fn reacquire(&self, machine: &Machine, fresh: &mut bool) -> Result<String, RolloutError> {

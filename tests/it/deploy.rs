@@ -28,7 +28,8 @@ fn deploy(
     run(&mut cmd)
 }
 
-fn stream_archive(t: &TestDir) -> (String, images::Written) {
+/// A streamLayeredImage archive of the small fixture layers in `t`: its path and what it holds.
+pub fn stream_archive(t: &TestDir) -> (String, images::Written) {
     let path = t.join("image.tar");
     let written = images::write_stream_layered(
         std::fs::File::create(&path).unwrap(),
@@ -129,6 +130,33 @@ fn deploy_dry_run_pushes_nothing_and_changes_no_machine() {
     assert_no_violations(&fly);
 }
 
+/// Issue 13 point 7: a dry run refuses a source that does not exist or is not an image, as
+/// the real deploy would, before asking Fly or the registry anything.
+#[test]
+fn issue_13_deploy_plan_refuses_a_missing_or_non_image_source() {
+    let registry = Registry::start(AuthMode::None);
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(1));
+    let t = TestDir::new();
+    let text = t.join("notes.txt");
+    std::fs::write(&text, "not an image").unwrap();
+    for (source, expected) in [
+        (
+            t.join("no-such-result").to_str().unwrap().to_string(),
+            "cannot read",
+        ),
+        (text.to_str().unwrap().to_string(), "is not an image"),
+    ] {
+        let out = deploy(&fly, &registry, &t, &source, &["--plan"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(expected) && err.contains(&source), "{err}");
+        assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+    assert!(fly.requests().is_empty(), "{:#?}", fly.requests());
+}
+
 #[test]
 fn deploy_without_a_token_fails_before_uploading() {
     let registry = Registry::start(AuthMode::None);
@@ -155,18 +183,47 @@ fn deploy_without_a_token_fails_before_uploading() {
     );
 }
 
+/// A registry with htpasswd auth behind a counting proxy, the Fly double with the app and one
+/// machine, and an image to deploy: what the checked-deploy tests start from.
+struct Checked {
+    registry: Registry,
+    proxy: FaultProxy,
+    fly: FlyApi,
+    t: TestDir,
+    source: String,
+}
+
+impl Checked {
+    fn start() -> Checked {
+        let registry = Registry::start(AuthMode::htpasswd());
+        let proxy = FaultProxy::start(registry.addr, Vec::new());
+        let fly = FlyApi::start();
+        fly.add_app(APP);
+        fly.add_machines(APP, &MachineSpec::new("app").count(1));
+        let t = TestDir::new();
+        let (source, _) = stream_archive(&t);
+        Checked {
+            registry,
+            proxy,
+            fly,
+            t,
+            source,
+        }
+    }
+}
+
 /// Issue 9: what can be checked before the upload is checked before it. A bad fly.toml, an
 /// unknown app and a token the Machines API refuses each end `deploy` with a message naming
 /// the problem, before the registry (behind a counting proxy) sees a single request.
 #[test]
 fn deploy_that_cannot_succeed_makes_no_registry_request() {
-    let registry = Registry::start(AuthMode::htpasswd());
-    let proxy = FaultProxy::start(registry.addr, Vec::new());
-    let fly = FlyApi::start();
-    fly.add_app(APP);
-    fly.add_machines(APP, &MachineSpec::new("app").count(1));
-    let t = TestDir::new();
-    let (source, _) = stream_archive(&t);
+    let Checked {
+        registry,
+        proxy,
+        fly,
+        t,
+        source,
+    } = Checked::start();
     let attempt = |extra: &[&str], token: Option<&str>| {
         let mut cmd = t.nixfly();
         fly.configure(&mut cmd);
@@ -230,13 +287,13 @@ fn deploy_that_cannot_succeed_makes_no_registry_request() {
 /// ones end the deploy with no upload started and no release made.
 #[test]
 fn deploy_with_refused_registry_credentials_uploads_nothing() {
-    let registry = Registry::start(AuthMode::htpasswd());
-    let proxy = FaultProxy::start(registry.addr, Vec::new());
-    let fly = FlyApi::start();
-    fly.add_app(APP);
-    fly.add_machines(APP, &MachineSpec::new("app").count(1));
-    let t = TestDir::new();
-    let (source, _) = stream_archive(&t);
+    let Checked {
+        registry,
+        proxy,
+        fly,
+        t,
+        source,
+    } = Checked::start();
     let mut cmd = t.nixfly();
     fly.configure(&mut cmd);
     cmd.args(["deploy", &source, "--app", APP, "--output", "plain"])

@@ -779,7 +779,24 @@ async fn the_platform_api_wants_bearer_and_a_definition() {
 /// slow image pull delays its start.
 #[tokio::test]
 async fn new_machines_are_invisible_for_a_moment_and_slow_pulls_delay_them() {
-    let (fly, api) = demo();
+    // 25 Fly seconds (0.5 s here) of invisibility: long enough that the first reads come inside
+    // it on a loaded machine (the default 40 ms is not), short enough for the pull below.
+    let mut options = fast();
+    options.timing.visible_after_create = Duration::from_secs(25);
+    let fly = FlyApi::with_options(options);
+    fly.add_app("demo");
+    let api = Api::new(&fly);
+    // Reads see a new machine once its invisible moment is over.
+    let visible = async |base: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, machine) = api.get(base).await;
+            if status != 404 || Instant::now() > deadline {
+                return (status, machine);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
     fly.set_image_pull("sha256:slow", Duration::from_secs(100));
     let create = |image: &str| {
         json!({"region": "iad", "skip_launch": true, "config": {
@@ -802,8 +819,7 @@ async fn new_machines_are_invisible_for_a_moment_and_slow_pulls_delay_them() {
     // The list shows it (only get and wait lag), and so does the test's own handle.
     let (_, list) = api.get("/v1/apps/demo/machines").await;
     assert_eq!(list.as_array().map(Vec::len), Some(1));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (status, machine) = api.get(&base).await;
+    let (status, machine) = visible(&base).await;
     assert_eq!((status, machine["state"].as_str()), (200, Some("created")));
     // 100 Fly seconds of pull at scale 0.02: stopped after ~2 s, so a 60 s wait times out.
     assert_eq!(
@@ -827,11 +843,42 @@ async fn new_machines_are_invisible_for_a_moment_and_slow_pulls_delay_them() {
         )
         .await;
     let base = format!("/v1/apps/demo/machines/{}", quick["id"].as_str().unwrap());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(visible(&base).await.0, 200);
     assert_eq!(
         api.get(&format!("{base}/wait?state=stopped&timeout=5")).await.0,
         200
     );
+}
+
+/// Issue 10, point 5: hosts that refuse updates (the texts flyctl
+/// `machines_deploymachinesapp.go` matches) and hosts that are not `ok`.
+#[tokio::test]
+async fn hosts_can_refuse_updates_and_be_unreachable() {
+    let (fly, api) = demo();
+    let ids = fly.add_machines("demo", &MachineSpec::new("app").count(3));
+    let message =
+        "aborted: could not reserve resource for machine: insufficient memory available to fulfill request";
+    fly.refuse_updates(&ids[0], message);
+    fly.set_host_status(&ids[1], "unreachable");
+    let config = fly.machine(&ids[2]).config;
+    for (id, status) in [(&ids[0], 409), (&ids[1], 412), (&ids[2], 200)] {
+        let nonce = api.lease("demo", id).await;
+        let (code, body) = api
+            .call(
+                "POST",
+                &format!("/v1/apps/demo/machines/{id}"),
+                Some(json!({"config": config, "region": "iad"})),
+                Some(&nonce),
+            )
+            .await;
+        assert_eq!(code, status, "{id}: {body}");
+        if status == 409 {
+            assert_eq!(body["error"], message);
+        }
+    }
+    let (_, shown) = api.get(&format!("/v1/apps/demo/machines/{}", ids[1])).await;
+    assert_eq!(shown["host_status"], "unreachable");
+    assert_eq!(fly.machine(&ids[0]).config_history.len(), 1);
 }
 
 #[tokio::test]

@@ -97,3 +97,346 @@ fn an_unrecoverable_refusal_is_a_clear_error_and_the_tag_stays() {
         before
     );
 }
+
+/// Issue 13 point 2: a registry that accepts a request and never answers (a blob check, then a
+/// layer upload that takes no more data) costs one idle timeout each, then the push goes on.
+#[test]
+fn issue_13_a_request_never_answered_times_out_and_is_retried() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let proxy = FaultProxy::start(
+        registry.addr,
+        vec![
+            Rule::new("HEAD", "/blobs/sha256:", 1, Fault::Hang),
+            Rule::new("PATCH", "/blobs/uploads/", 1, Fault::Hang),
+        ],
+    );
+    let t = TestDir::new();
+    let (source, written) = image(&t);
+    let out = push_via(
+        &t,
+        &registry,
+        &proxy.host(),
+        source.to_str().unwrap(),
+        "app",
+        "v1",
+        &["-v", "--registry-timeout", "2s"],
+    );
+    let reference = pushed_reference(&out, &proxy.host(), "app");
+    assert_eq!(proxy.fired().len(), 2, "faults fired: {:?}", proxy.fired());
+    let direct = reference.replace(&proxy.host(), &registry.host());
+    assert_same_image(&registry, &direct, &written);
+}
+
+/// Issue 13 point 2: a registry that never answers at all ends the push with a clear error
+/// naming the limit, instead of hanging, and the tag is unchanged.
+#[test]
+fn issue_13_a_registry_that_never_answers_is_a_clear_error() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (source, _) = image(&t);
+    let rules = ["GET", "HEAD", "POST", "PATCH", "PUT"]
+        .iter()
+        .map(|method| Rule::new(method, "/v2/", 0, Fault::Hang))
+        .collect();
+    let proxy = FaultProxy::start(registry.addr, rules);
+    let started = std::time::Instant::now();
+    let mut cmd = t.nixfly();
+    cmd.args(["push", source.to_str().unwrap(), "--to"])
+        .arg(format!("{}/app", proxy.host()))
+        .args(["--tag", "v1", "--creds", &registry.creds()])
+        .env("NIXFLY_REGISTRY_TIMEOUT", "1s");
+    let out = support::run(&mut cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("neither answered nor took data for 1 s")
+            && stderr.contains("NIXFLY_REGISTRY_TIMEOUT"),
+        "{stderr}"
+    );
+    assert!(started.elapsed().as_secs() < 60, "took {:?}", started.elapsed());
+    assert!(registry.skopeo_inspect_fails(&format!("{}/app:v1", registry.host())));
+}
+
+/// Issue 13 point 7: with `--output json` the failure is the last JSON event on stdout (the
+/// whole chain and the exit code), not only a line on stderr.
+#[test]
+fn issue_13_json_output_ends_with_an_error_event() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (source, _) = image(&t);
+    let proxy = FaultProxy::start(
+        registry.addr,
+        vec![Rule::new("PUT", "/manifests/", 1, Fault::status(403, &[]))],
+    );
+    let out = push_via(
+        &t,
+        &registry,
+        &proxy.host(),
+        source.to_str().unwrap(),
+        "app",
+        "v1",
+        &["--output", "json"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let last = events.last().expect("no events");
+    assert_eq!(last["event"], "error", "{stdout}");
+    assert_eq!(last["exit_code"], 1);
+    let message = last["message"].as_str().unwrap();
+    assert!(
+        message.contains("putting the manifest v1") && message.contains("403"),
+        "{message}"
+    );
+    assert!(!message.contains(&registry.creds()), "{message}");
+    assert!(events.iter().all(|e| e["event"] != "pushed"), "{stdout}");
+    assert!(registry.skopeo_inspect_fails(&format!("{}/app:v1", registry.host())));
+}
+
+/// Columns of the pseudo-terminal below; indicatif pads its lines to it and lets them wrap.
+const COLUMNS: usize = 120;
+
+/// What a terminal `COLUMNS` wide shows at the end of `output`: enough of a VT100 for what
+/// indicatif writes (cursor up and down, carriage return, line and screen clears, auto-wrap).
+fn final_screen(output: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(output);
+    let mut lines: Vec<String> = vec![String::new()];
+    let (mut row, mut col) = (0usize, 0usize);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => col = 0,
+            '\n' => {
+                row += 1;
+                col = 0;
+                if row == lines.len() {
+                    lines.push(String::new());
+                }
+            }
+            '\x1b' if chars.peek() == Some(&'[') => {
+                chars.next();
+                let mut arg = String::new();
+                let mut command = ' ';
+                for c in chars.by_ref() {
+                    if c.is_ascii_digit() || c == ';' || c == '?' {
+                        arg.push(c);
+                    } else {
+                        command = c;
+                        break;
+                    }
+                }
+                let n: usize = arg.parse().unwrap_or(1);
+                match command {
+                    'A' => row = row.saturating_sub(n),
+                    'B' => {
+                        row += n;
+                        while lines.len() <= row {
+                            lines.push(String::new());
+                        }
+                    }
+                    'K' => {
+                        let line = &mut lines[row];
+                        if arg == "2" {
+                            line.clear();
+                        } else {
+                            *line = line.chars().take(col).collect();
+                        }
+                    }
+                    'J' => {
+                        lines[row] = lines[row].chars().take(col).collect();
+                        lines.truncate(row + 1);
+                    }
+                    _ => {}
+                }
+            }
+            c if !c.is_control() => {
+                if col >= COLUMNS {
+                    row += 1;
+                    col = 0;
+                    if row == lines.len() {
+                        lines.push(String::new());
+                    }
+                }
+                let line = &mut lines[row];
+                let mut chars: Vec<char> = line.chars().collect();
+                while chars.len() < col {
+                    chars.push(' ');
+                }
+                if col < chars.len() {
+                    chars[col] = c;
+                } else {
+                    chars.push(c);
+                }
+                *line = chars.into_iter().collect();
+                col += 1;
+            }
+            _ => {}
+        }
+    }
+    lines
+}
+
+/// Issue 13 point 7: on a terminal the pushed reference stays on screen after the progress
+/// bars are cleared. `script` gives nixfly a pseudo-terminal; the screen is replayed from what
+/// it wrote.
+#[test]
+fn issue_13_on_a_terminal_the_reference_survives_the_bars() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (source, _) = image(&t);
+    let command = format!(
+        "stty cols {COLUMNS} rows 40; exec {} push {} --to {}/app --tag v1 --creds {}",
+        env!("CARGO_BIN_EXE_nixfly"),
+        source.display(),
+        registry.host(),
+        registry.creds()
+    );
+    let mut cmd = t.nixfly();
+    cmd.args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("TERM", "xterm");
+    cmd.env_remove("NO_COLOR");
+    let mut cmd = {
+        let mut script = std::process::Command::new("script");
+        script.args(cmd.get_args());
+        for (key, value) in cmd.get_envs() {
+            match value {
+                Some(value) => script.env(key, value),
+                None => script.env_remove(key),
+            };
+        }
+        script.current_dir(t.path());
+        script
+    };
+    let out = support::run(&mut cmd);
+    support::assert_success(&out);
+    let screen = final_screen(&out.stdout);
+    let prefix = format!("{}/app@sha256:", registry.host());
+    assert!(
+        screen.iter().any(|line| line.trim_end().starts_with(&prefix)),
+        "the reference is not on the final screen:\n{}\n--- raw\n{:?}",
+        screen.join("\n"),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// A gzip stream archive whose first layer is `mib` MiB of noise (incompressible: the blob is
+/// as big), then a small one.
+fn noisy_image(t: &TestDir, mib: usize) -> (std::path::PathBuf, images::Written) {
+    use std::io::Read;
+    let noise = t.join("noise.bin");
+    let mut bytes = vec![0u8; mib << 20];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut bytes)
+        .unwrap();
+    std::fs::write(&noise, &bytes).unwrap();
+    let tar = t.join("noisy.tar");
+    let layers = [
+        Layer::of(&[noise.to_str().unwrap()]),
+        Layer::of(&["/etc/debian_version"]),
+    ];
+    let written =
+        images::write_stream_layered(std::fs::File::create(&tar).unwrap(), &layers, ImageFault::None)
+            .unwrap();
+    let path = t.join("noisy.tar.gz");
+    images::gzip_file(&tar, &path).unwrap();
+    (path, written)
+}
+
+/// Issue 13 point 6: `--upload-mode monolithic` pushes a layer bigger than the 8 MiB resend
+/// window (kept in an unlinked temp file, not memory), sends it again after a cut PUT, and
+/// leaves no upload session behind.
+#[test]
+fn issue_13_monolithic_mode_pushes_a_layer_over_the_window_and_survives_a_cut() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let proxy = FaultProxy::start(
+        registry.addr,
+        vec![
+            Rule::new("PUT", "/blobs/uploads/", 1, Fault::CutAfter(5 << 20)),
+            Rule::new("PUT", "/blobs/uploads/", 2, Fault::status(503, &[])),
+        ],
+    );
+    let t = TestDir::new();
+    let (source, written) = noisy_image(&t, 12);
+    let out = push_via(
+        &t,
+        &registry,
+        &proxy.host(),
+        source.to_str().unwrap(),
+        "app",
+        "v1",
+        &["-v", "--upload-mode", "monolithic"],
+    );
+    let reference = pushed_reference(&out, &proxy.host(), "app");
+    assert_eq!(proxy.fired().len(), 2, "faults fired: {:?}", proxy.fired());
+    assert!(
+        proxy.requests().iter().all(|r| !r.starts_with("PATCH")),
+        "{:?}",
+        proxy.requests()
+    );
+    let direct = reference.replace(&proxy.host(), &registry.host());
+    assert_same_image(&registry, &direct, &written);
+    // The PUT cut after 5 MiB may leave its session behind: distribution 2.8 refuses every
+    // later request on it, DELETE included ("upload resumed at wrong offest"), and keeps the
+    // bytes until its purge runs. The session the 503 hit is cancelled; nothing else is left.
+    let left = registry.open_upload_sessions();
+    assert!(
+        left.len() <= 1,
+        "{left:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for session in left {
+        assert_eq!(std::fs::metadata(session.join("data")).unwrap().len(), 5 << 20);
+    }
+}
+
+/// Issue 13 point 5: a push that fails part-way (a 403 on an upload request, in chunked mode
+/// so that each layer's session has moved through several Locations) leaves no upload session
+/// open in the registry, and the tag is unchanged.
+#[test]
+fn issue_13_a_failed_push_leaves_no_upload_session() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (source, _) = noisy_image(&t, 12);
+    let refused = |method: &str, nth| Rule::new(method, "/blobs/uploads/", nth, Fault::status(403, &[]));
+    let cases = [
+        // Refused mid-layer, after two chunks moved the session on.
+        ("chunked", vec![refused("PATCH", 3)]),
+        ("stream", vec![refused("PATCH", 1)]),
+        // A 503 mid-upload, then asking where the upload stands is refused: the session the
+        // upload was resuming must still be cancelled.
+        (
+            "stream",
+            vec![
+                Rule::new("PATCH", "/blobs/uploads/", 1, Fault::status(503, &[])),
+                refused("GET", 1),
+            ],
+        ),
+    ];
+    for (mode, rules) in cases {
+        let faults = rules.len();
+        let proxy = FaultProxy::start(registry.addr, rules);
+        let out = push_via(
+            &t,
+            &registry,
+            &proxy.host(),
+            source.to_str().unwrap(),
+            "app",
+            "v1",
+            &["-v", "--upload-mode", mode],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{mode}: {stderr}");
+        assert!(stderr.contains("403"), "{mode}: {stderr}");
+        assert_eq!(proxy.fired().len(), faults, "{mode}: {:?}", proxy.fired());
+        assert_eq!(
+            registry.open_upload_sessions(),
+            Vec::<std::path::PathBuf>::new(),
+            "{mode}: {stderr}"
+        );
+        assert!(registry.skopeo_inspect_fails(&format!("{}/app:v1", registry.host())));
+    }
+}

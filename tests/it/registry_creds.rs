@@ -3,26 +3,15 @@
 //! credential helpers (`credHelpers`, `credsStore` in $DOCKER_CONFIG/config.json) are asked as
 //! docker asks them: `docker-credential-<name> get`, the registry host on stdin.
 
+use crate::deploy::stream_archive;
 use crate::support;
 
 use std::path::PathBuf;
 use support::fly_api::{FlyApi, MachineSpec};
-use support::images::{self, Fault};
 use support::readback::{assert_same_image, pushed_reference};
-use support::registry::{AuthMode, Registry};
+use support::registry::{AuthMode, PASSWORD, Registry, USER};
 use support::rollout::{APP, assert_no_violations, rollout_cmd, stderr};
 use support::{TestDir, run};
-
-fn archive(t: &TestDir) -> (String, images::Written) {
-    let path = t.join("image.tar");
-    let written = images::write_stream_layered(
-        std::fs::File::create(&path).unwrap(),
-        &images::small_layers(),
-        Fault::None,
-    )
-    .unwrap();
-    (path.to_str().unwrap().to_string(), written)
-}
 
 /// A credential helper `docker-credential-<name>` in `<t>/bin`, written as the protocol
 /// describes it: `get` reads the server on stdin, answers `{"Username","Secret"}` for the one
@@ -57,13 +46,16 @@ fn write_docker_config(t: &TestDir, config: &serde_json::Value) {
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
 }
 
-fn with_helper_path(t: &TestDir, cmd: &mut std::process::Command) {
+/// `nixfly` that finds the helpers in `<t>/bin` first on PATH.
+fn nixfly_with_helpers(t: &TestDir) -> std::process::Command {
     let path = format!(
         "{}:{}",
         t.join("bin").display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    let mut cmd = t.nixfly();
     cmd.env("PATH", path);
+    cmd
 }
 
 #[test]
@@ -73,7 +65,7 @@ fn rollout_of_a_tag_takes_creds_from_the_flag_and_the_environment() {
     fly.add_app(APP);
     let machines = fly.add_machines(APP, &MachineSpec::new("app").count(1));
     let t = TestDir::new();
-    let (source, _) = archive(&t);
+    let (source, _) = stream_archive(&t);
     let repo = format!("{}/{APP}", registry.host());
     let pushed = run(t.nixfly().args([
         "push",
@@ -103,10 +95,14 @@ fn rollout_of_a_tag_takes_creds_from_the_flag_and_the_environment() {
     // digest, so nothing is deployed and no second release is made.
     let out = run(rollout_cmd(&fly, &t, &image).env("NIXFLY_REGISTRY_CREDS", registry.creds()));
     support::assert_success(&out);
+    assert!(
+        stderr(&out).contains(&format!("is {reference}")),
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("nothing to deploy"), "{}", stderr(&out));
     assert_eq!(fly.releases().len(), 1);
-    let password = registry.creds().split_once(':').unwrap().1.to_string();
-    assert!(!stderr(&out).contains(&password), "{}", stderr(&out));
+    assert!(!stderr(&out).contains(PASSWORD), "{}", stderr(&out));
     assert_no_violations(&fly);
 }
 
@@ -114,19 +110,13 @@ fn rollout_of_a_tag_takes_creds_from_the_flag_and_the_environment() {
 fn a_cred_helper_named_for_the_host_gives_the_push_its_credentials() {
     let registry = Registry::start(AuthMode::htpasswd());
     let t = TestDir::new();
-    let (source, written) = archive(&t);
-    let (user, password) = registry
-        .creds()
-        .split_once(':')
-        .map(|(u, p)| (u.to_string(), p.to_string()))
-        .unwrap();
-    let log = install_helper(&t, "nixfly-test", &registry.host(), &user, &password);
+    let (source, written) = stream_archive(&t);
+    let log = install_helper(&t, "nixfly-test", &registry.host(), USER, PASSWORD);
     write_docker_config(
         &t,
         &serde_json::json!({ "credHelpers": { registry.host(): "nixfly-test" } }),
     );
-    let mut cmd = t.nixfly();
-    with_helper_path(&t, &mut cmd);
+    let mut cmd = nixfly_with_helpers(&t);
     let repo = format!("{}/{APP}", registry.host());
     let out = run(cmd.args(["push", &source, "--to", &repo, "--tag", "v1"]));
     let reference = pushed_reference(&out, &registry.host(), APP);
@@ -136,35 +126,28 @@ fn a_cred_helper_named_for_the_host_gives_the_push_its_credentials() {
         asked.lines().all(|host| host == registry.host()) && !asked.is_empty(),
         "{asked:?}"
     );
-    assert!(!stderr(&out).contains(&password));
+    assert!(!stderr(&out).contains(PASSWORD));
 }
 
 #[test]
 fn the_creds_store_is_asked_when_no_helper_is_named_for_the_host() {
     let registry = Registry::start(AuthMode::htpasswd());
     let t = TestDir::new();
-    let (source, _) = archive(&t);
-    let (user, password) = registry
-        .creds()
-        .split_once(':')
-        .map(|(u, p)| (u.to_string(), p.to_string()))
-        .unwrap();
-    install_helper(&t, "store", &registry.host(), &user, &password);
+    let (source, _) = stream_archive(&t);
+    install_helper(&t, "store", &registry.host(), USER, PASSWORD);
     write_docker_config(
         &t,
         &serde_json::json!({ "credsStore": "store", "credHelpers": { "other.example": "x" } }),
     );
-    let mut cmd = t.nixfly();
-    with_helper_path(&t, &mut cmd);
+    let mut cmd = nixfly_with_helpers(&t);
     let repo = format!("{}/{APP}", registry.host());
     let out = run(cmd.args(["push", &source, "--to", &repo, "--tag", "v1"]));
     pushed_reference(&out, &registry.host(), APP);
 
     // A store that holds nothing for the host means anonymous, and the registry's refusal
     // then names the store to fix.
-    install_helper(&t, "store", "elsewhere.example", &user, &password);
-    let mut cmd = t.nixfly();
-    with_helper_path(&t, &mut cmd);
+    install_helper(&t, "store", "elsewhere.example", USER, PASSWORD);
+    let mut cmd = nixfly_with_helpers(&t);
     let out = run(cmd.args(["push", &source, "--to", &repo, "--tag", "v2"]));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("401"), "{}", stderr(&out));
@@ -174,7 +157,7 @@ fn the_creds_store_is_asked_when_no_helper_is_named_for_the_host() {
 fn a_missing_or_broken_helper_is_named_in_the_error() {
     let registry = Registry::start(AuthMode::htpasswd());
     let t = TestDir::new();
-    let (source, _) = archive(&t);
+    let (source, _) = stream_archive(&t);
     let repo = format!("{}/{APP}", registry.host());
     write_docker_config(
         &t,
@@ -207,8 +190,7 @@ exit 3
         &t,
         &serde_json::json!({ "credHelpers": { registry.host(): "broken" } }),
     );
-    let mut cmd = t.nixfly();
-    with_helper_path(&t, &mut cmd);
+    let mut cmd = nixfly_with_helpers(&t);
     let out = run(cmd.args(["push", &source, "--to", &repo]));
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -226,7 +208,7 @@ fn identity_tokens_are_exchanged_at_the_token_realm() {
     use support::registry::IDENTITY_TOKEN;
     let registry = Registry::start(AuthMode::token(std::time::Duration::from_secs(300)));
     let t = TestDir::new();
-    let (source, written) = archive(&t);
+    let (source, written) = stream_archive(&t);
     let repo = format!("{}/{APP}", registry.host());
 
     write_docker_config(
@@ -248,16 +230,14 @@ fn identity_tokens_are_exchanged_at_the_token_realm() {
         &t,
         &serde_json::json!({ "credHelpers": { registry.host(): "oauth" } }),
     );
-    let mut cmd = t.nixfly();
-    with_helper_path(&t, &mut cmd);
+    let mut cmd = nixfly_with_helpers(&t);
     let out = run(cmd.args(["push", &source, "--to", &repo, "--tag", "v2"]));
     pushed_reference(&out, &registry.host(), APP);
     assert!(server.issued.load(std::sync::atomic::Ordering::Relaxed) > issued);
 
     // A wrong identity token is refused at the realm, and the error names the helper.
     install_helper(&t, "oauth", &registry.host(), "<token>", "not-the-token");
-    let mut cmd = t.nixfly();
-    with_helper_path(&t, &mut cmd);
+    let mut cmd = nixfly_with_helpers(&t);
     let out = run(cmd.args(["push", &source, "--to", &repo, "--tag", "v3"]));
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");

@@ -320,6 +320,68 @@ fn sigterm_mid_rollout_releases_leases_and_marks_the_release_interrupted() {
     assert_no_violations(&fly);
 }
 
+/// Issue 13 point 7: interrupted while the Fly API is down, the final message says which
+/// leases were not released and that the release was not marked, instead of claiming both;
+/// a second signal during the cleanup says it is still cleaning up.
+#[test]
+fn issue_13_interrupted_with_the_api_down_says_what_was_not_cleaned_up() {
+    let fly = FlyApi::with_options(Options {
+        timing: Timing {
+            checks: Duration::from_secs(120),
+            ..Timing::default()
+        },
+        ..Options::default()
+    });
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(3).checks(1));
+    let t = TestDir::new();
+    let mut child = rollout_cmd(&fly, &t, &image(19))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start nixfly");
+    let first_updated = fly.wait_until(Duration::from_secs(20), |fly| {
+        !updated_ids(&fly.requests()).is_empty()
+    });
+    if !first_updated {
+        let _ = child.kill();
+    }
+    assert!(first_updated, "the rollout never updated a machine");
+    // The API goes down: every lease release and release update answers 503 from now on.
+    fly.inject_fault("DELETE", "/lease", 1000, FaultKind::Unavailable);
+    fly.inject_fault("PATCH", "/api/v1/releases/", 1000, FaultKind::Unavailable);
+    let kill = |signal: &str| {
+        let status = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    };
+    kill("-TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    kill("-INT");
+    let out = child.wait_with_output().expect("wait for nixfly");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_INTERRUPTED), "{err}");
+    assert!(err.contains("SIGINT: still cleaning up"), "{err}");
+    let last = err
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(
+        last.contains("interrupted by SIGTERM")
+            && last.contains("could not be released")
+            && last.contains("could not be marked interrupted"),
+        "{err}"
+    );
+    assert!(
+        !last.contains("leases released") && !last.contains("marked interrupted;"),
+        "{last}"
+    );
+    assert_eq!(fly.releases()[0].statuses, ["created", "running"]);
+}
+
 #[test]
 fn missing_token_says_where_tokens_are_looked_for() {
     let fly = FlyApi::start();

@@ -301,3 +301,197 @@ fn just_created_machines_that_answer_404_are_waited_for() {
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
+
+/// Point 5: machines whose host cannot take the update (no room, deploys paused, host not
+/// `ok`) are destroyed and re-created with the new config in the same region and process
+/// group, as flyctl does (`internal/command/deploy/machines_deploymachinesapp.go`,
+/// `machines_launchinput.go`); a rollback later puts the replacement back on the old image.
+#[test]
+fn machines_their_host_refuses_are_replaced_in_the_same_region_and_group() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).region("ams"));
+    let workers = fly.add_machines(APP, &MachineSpec::new("worker").count(2).region("syd"));
+    fly.refuse_updates(
+        &ids[1],
+        "aborted: could not reserve resource for machine: insufficient memory available to fulfill request",
+    );
+    fly.refuse_updates(&workers[0], "deploys to this host are temporarily disabled");
+    fly.set_host_status(&workers[1], "unreachable");
+    let t = TestDir::new();
+    let new = image(8);
+    // The plan says so for the machine known to be on a bad host; the refusals come later.
+    let plan = run_rollout(&fly, &t, &new, &["--dry-run"]);
+    assert_success(&plan);
+    let plan_text = String::from_utf8_lossy(&plan.stdout);
+    let line = plan_text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{} (", workers[1])))
+        .unwrap_or_default();
+    assert!(line.contains("replaced by a new machine"), "{plan_text}");
+    assert!(fly.mutating_requests().is_empty());
+    let out = run_rollout(&fly, &t, &new, &[]);
+    assert_success(&out);
+    let err = stderr(&out);
+    for gone in [&ids[1], &workers[0], &workers[1]] {
+        assert!(
+            err.contains(&format!("machine {gone} cannot be updated where it runs")),
+            "{err}"
+        );
+        assert_eq!(fly.machine(gone).state, "destroyed", "{gone}");
+        assert_eq!(
+            fly.machine(gone).image(),
+            support::fly_api::MachineSpec::default().image
+        );
+    }
+    // The unreachable one is not even tried.
+    assert!(
+        fly.requests_to("POST", &format!("/machines/{}", workers[1]))
+            .iter()
+            .all(|r| r.path.ends_with("/lease"))
+    );
+    let replacements: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| !ids.contains(&m.id) && !workers.contains(&m.id))
+        .collect();
+    // Groups roll out side by side: the order of creation is the groups' race.
+    let mut placed: Vec<(&str, &str)> = replacements
+        .iter()
+        .map(|m| (m.region.as_str(), m.process_group()))
+        .collect();
+    placed.sort();
+    assert_eq!(placed, [("ams", "app"), ("syd", "worker"), ("syd", "worker")]);
+    for m in &replacements {
+        assert_eq!(
+            (m.state.as_str(), m.image()),
+            ("started", new.as_str()),
+            "{}",
+            m.id
+        );
+    }
+    assert_eq!(fly.machine(&ids[0]).image(), new);
+
+    // Next deploy: the first worker is replaced again, the second fails to start; the
+    // rollback puts every machine, the new replacement included, back on the previous image.
+    let bad = image(9);
+    let new_workers: Vec<_> = replacements
+        .iter()
+        .filter(|m| m.process_group() == "worker")
+        .collect();
+    fly.refuse_updates(
+        &new_workers[0].id,
+        "could not reserve resource for machine: no room",
+    );
+    fly.set_machine_behavior(
+        &new_workers[1].id,
+        digest_of(&bad),
+        support::fly_api::Behavior::FailToStart,
+    );
+    let out = run_rollout(&fly, &t, &bad, &["--wait-timeout", "2s"]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert_eq!(fly.machine(&new_workers[0].id).state, "destroyed");
+    let again: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| m.state != "destroyed" && m.process_group() == "worker")
+        .collect();
+    assert_eq!(again.len(), 2, "{again:?}");
+    assert!(
+        again.iter().all(|m| m.image() == new && m.state == "started"),
+        "{again:?}"
+    );
+    let twice = again.iter().find(|m| m.id != new_workers[1].id).unwrap();
+    let history: Vec<&str> = twice
+        .config_history
+        .iter()
+        .map(|c| c["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        history,
+        [bad.as_str(), new.as_str()],
+        "created on the new image, rolled back"
+    );
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// Point 5: a machine with a volume cannot move away from its host; the deploy stops with an
+/// error naming the machine and the volume (flyctl `machines_launchinput.go`).
+#[test]
+fn a_refused_machine_with_a_volume_stops_the_deploy_naming_both() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let volume = fly.add_volume(APP, "data", "ams", 1);
+    let mut config = MachineSpec::new("app").region("ams").config();
+    config["mounts"] = serde_json::json!([{"volume": volume, "path": "/data", "name": "data"}]);
+    let id = fly.add_machine_with_config(APP, "ams", "started", config);
+    fly.refuse_updates(&id, "could not reserve resource for machine: insufficient CPUs");
+    let t = TestDir::new();
+    let out = run_rollout(&fly, &t, &image(10), &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&id) && err.contains(&volume) && err.contains("fly volumes fork"),
+        "{err}"
+    );
+    assert_eq!(fly.machine(&id).state, "started");
+    assert_eq!(fly.machines(APP).len(), 1, "nothing created");
+
+    // On a host Fly cannot reach, it is known before anything changes.
+    fly.set_host_status(&id, "unreachable");
+    let before = fly.mutating_requests().len();
+    let out = run_rollout(&fly, &t, &image(12), &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&id) && err.contains(&volume) && err.contains("unreachable"),
+        "{err}"
+    );
+    assert_eq!(
+        fly.mutating_requests().len(),
+        before,
+        "no lease, no release, no change"
+    );
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// Point 5, when the replacement cannot be made either: the refused machine is already
+/// destroyed, so the rollback creates it again with its previous config; nothing is left
+/// half-done.
+#[test]
+fn a_replacement_that_cannot_be_created_is_undone_by_the_rollback() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).region("ams").checks(1));
+    let old = fly.machine(&ids[0]).image().to_string();
+    fly.refuse_updates(&ids[1], "could not reserve resource for machine: no room");
+    fly.refuse_next_creates(1, "insufficient resources to create new machine");
+    let t = TestDir::new();
+    let out = run_rollout(&fly, &t, &image(11), &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("creating the replacement for machine {}", ids[1])),
+        "{err}"
+    );
+    assert!(err.contains("insufficient resources"), "{err}");
+    assert_eq!(fly.machine(&ids[1]).state, "destroyed");
+    let live: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| m.state != "destroyed")
+        .collect();
+    assert_eq!(live.len(), 2, "{live:?}");
+    for m in &live {
+        assert_eq!(
+            (m.image(), m.state.as_str(), m.region.as_str()),
+            (old.as_str(), "started", "ams")
+        );
+        assert!(m.checks.iter().all(|c| c.status == "passing"), "{:?}", m.checks);
+    }
+    assert_eq!(fly.releases()[0].status(), "failed");
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}

@@ -31,6 +31,8 @@
 //! # Behaviour (see `shared/fly/NOTES.md` for where each rule comes from)
 //! - Auth: `Authorization: Bearer X`, `FlyV1 X` or `Bearer FlyV1 X` with X the token
 //!   (`fly.token()`); anything else is 401 `{"error":"Authenticate: token validation error"}`.
+//!   The platform API (`/api/...`) takes only `Bearer`, with X among the comma-joined tokens
+//!   sent (flyctl `internal/uiex/releases.go`, fly-go `Tokens.GraphQL()`); `FlyV1` there is 401.
 //! - Every request is recorded (`requests()`), then validated: the operation must exist in the
 //!   spec; query parameters and the JSON body must match its schemas; properties the schema
 //!   does not declare and `null`s where the schema is not nullable are violations too (Fly
@@ -55,6 +57,11 @@
 //!   (flyctl `internal/machine/leasable_machine.go` retries them: `WithJustCreated`).
 //! - `set_image_pull(image, time)`: machines created or updated onto that image start `time`
 //!   later (the pull), which the release command's waits must leave room for.
+//! - `refuse_updates(machine, message)`: its updates answer 409 with that message (the status
+//!   Fly answered "could not reserve resource for machine" with in production logs quoted in
+//!   Kilo-Org/cloud#412; unverified for "deploys to this host are temporarily disabled").
+//!   `set_host_status(machine, "unreachable")`: the machine shows it, and updates answer 412.
+//!   `refuse_next_creates(n, message)`: the next n creates answer 412 with the message.
 //! - Destroyed machines stay GET-able with state `destroyed` (hidden from the list unless
 //!   `include_deleted=true`); waiting on them for any state but `destroyed` is 404.
 //! - A machine whose `config.metadata.fly_process_group` is `fly_app_release_command`, when
@@ -67,7 +74,8 @@
 //!   `RestartLoop { exit_code, restarts }` (stays `started` while exit events with
 //!   `restarting: true` and `restart_count` 1..=restarts pile up, then stops).
 //! - Releases: `POST /api/v1/releases` answers 201 `{"release":{id,version,status,...}}` with
-//!   versions counting up per app; `PATCH /api/v1/releases/{id}` appends to `statuses`.
+//!   versions counting up per app; a missing, null or non-object `definition` is 422 and
+//!   `build_id` must be an integer (flyctl `uiex.CreateReleaseRequest`); `PATCH /api/v1/releases/{id}` appends to `statuses`.
 //!   Creating an app machine in a `pending` app (`set_app_status`) makes it `deployed`.
 //! - Operations in the spec that the double does not serve answer 501 and count as
 //!   violations, so a client using one is noticed.
@@ -484,6 +492,33 @@ impl FlyApi {
     /// A large Nix image on a cold host takes minutes.
     pub fn set_image_pull(&self, image_contains: &str, fly_time: Duration) {
         self.lock().image_pulls.push((image_contains.into(), fly_time));
+    }
+
+    /// Every update of `machine` is refused by its host with `message`, e.g. "aborted: could
+    /// not reserve resource for machine: insufficient memory available to fulfill request"
+    /// or "deploys to this host are temporarily disabled" (the texts flyctl
+    /// `internal/command/deploy/machines_deploymachinesapp.go` answers by replacing the machine).
+    pub fn refuse_updates(&self, machine: &str, message: &str) {
+        self.lock().update_refusals.insert(machine.into(), message.into());
+    }
+
+    /// The next `times` machine creates are refused with 412 and `message` (e.g.
+    /// "insufficient resources to create new machine with existing volume"), before any effect.
+    pub fn refuse_next_creates(&self, times: usize, message: &str) {
+        let mut st = self.lock();
+        st.create_refusals
+            .extend(std::iter::repeat_n(message.to_string(), times));
+    }
+
+    /// Set what `host_status` the machine shows (`ok`, `unknown`, `unreachable`); a machine
+    /// whose host is not `ok` cannot be updated.
+    pub fn set_host_status(&self, machine: &str, status: &str) {
+        let mut st = self.lock();
+        let m = st
+            .machines
+            .get_mut(machine)
+            .unwrap_or_else(|| panic!("the Fly API double has no machine {machine}"));
+        m.host_status = status.into();
     }
 
     /// Exit code of every release-command machine run from now on.

@@ -549,6 +549,11 @@ fn list_machines(st: &State, req: &Request, app: &str, now: Instant) -> Response
 }
 
 fn create_machine(st: &mut State, req: &Request, app: &str, now: Instant) -> Response {
+    // No room for a new machine: 412 "insufficient resources", as production logs quoted in
+    // Kilo-Org/cloud#412 show Fly answering creates (unverified beyond that).
+    if let Some(message) = st.create_refusals.pop_front() {
+        return error(StatusCode::PRECONDITION_FAILED, &message);
+    }
     let config = match required_config(req) {
         Ok(config) => config,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
@@ -769,6 +774,9 @@ fn machine_operation(
             ok_json(StatusCode::OK, Value::Array(events))
         }
         "Machines_update" => {
+            if let Some(refusal) = host_refusal(st, machine) {
+                return refusal;
+            }
             let config = match required_config(req) {
                 Ok(config) => config,
                 Err(message) => return error(StatusCode::BAD_REQUEST, &message),
@@ -941,6 +949,25 @@ fn machine_operation(
     }
 }
 
+/// An update the machine's host cannot take. flyctl (`internal/command/deploy/
+/// machines_deploymachinesapp.go`) recognises the refusals by their text and replaces the
+/// machine; one on a host that is not `ok` it replaces without trying
+/// (`machines_launchinput.go`), so the double refuses those updates too (412, unverified).
+fn host_refusal(st: &State, machine: &Machine) -> Option<Response> {
+    if let Some(message) = st.update_refusals.get(&machine.id) {
+        return Some(error(StatusCode::CONFLICT, message));
+    }
+    (machine.host_status != "ok").then(|| {
+        error(
+            StatusCode::PRECONDITION_FAILED,
+            &format!(
+                "machine {} is on a host that is {}",
+                machine.id, machine.host_status
+            ),
+        )
+    })
+}
+
 /// A machine created moments ago, which reads do not see yet (`Timing::visible_after_create`).
 fn not_visible_yet(id: &str) -> Response {
     error(StatusCode::NOT_FOUND, &format!("machine {id} not found"))
@@ -1105,7 +1132,7 @@ pub fn machine_json(machine: &Machine, now: Instant, include_lease: bool) -> Val
         "updated_at": machine.updated_at,
         "events": machine.events.iter().rev().cloned().collect::<Vec<_>>(),
         "checks": checks,
-        "host_status": "ok",
+        "host_status": machine.host_status,
         "cordoned": machine.cordoned,
     });
     if include_lease && let Some(lease) = machine.active_lease(now) {

@@ -193,6 +193,8 @@ pub struct Machine {
     pub config_history: Vec<Value>,
     /// Until when get and wait answer 404 (`Timing::visible_after_create`); None: at once.
     pub visible_at: Option<Instant>,
+    /// `ok`, `unknown` or `unreachable` (`FlyApi::set_host_status`).
+    pub host_status: String,
     pending: VecDeque<Step>,
 }
 
@@ -429,6 +431,10 @@ pub struct State {
     pub release_command_exit_code: i64,
     /// (image substring, Fly time to pull it): see `pull_time`.
     pub image_pulls: Vec<(String, Duration)>,
+    /// Machine id → the error its host answers every update with (`FlyApi::refuse_updates`).
+    pub update_refusals: BTreeMap<String, String>,
+    /// Errors the next `POST /machines` calls answer with, one each (`FlyApi::refuse_next_creates`).
+    pub create_refusals: VecDeque<String>,
     pub faults: Vec<Fault>,
     pub requests: Vec<RecordedRequest>,
     pub violations: Vec<Violation>,
@@ -450,6 +456,8 @@ impl State {
             ips: Vec::new(),
             release_command_exit_code: 0,
             image_pulls: Vec::new(),
+            update_refusals: BTreeMap::new(),
+            create_refusals: VecDeque::new(),
             faults: Vec::new(),
             requests: Vec::new(),
             violations: Vec::new(),
@@ -544,6 +552,7 @@ impl State {
             created_at: created.clone(),
             updated_at: created,
             visible_at: None,
+            host_status: "ok".into(),
             pending: VecDeque::new(),
         };
         machine.push_event("launch", "created", "user", None);

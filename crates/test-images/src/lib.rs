@@ -58,6 +58,10 @@ pub enum Fault {
     BadManifest,
     /// An extra entry whose name escapes the archive.
     DotDotEntry,
+    /// Not broken, but not for Fly: the config names this architecture, as
+    /// stream_layered_image.py writes `conf["architecture"]` (pkgs.go.GOARCH) for an
+    /// aarch64-linux package set ("arm64").
+    Architecture(&'static str),
     /// An extra entry with an absolute name.
     AbsoluteEntry,
 }
@@ -274,11 +278,11 @@ fn python_json(value: &serde_json::Value) -> Vec<u8> {
     out
 }
 
-fn image_config(diff_ids: &[String]) -> Vec<u8> {
+fn image_config(diff_ids: &[String], architecture: &str) -> Vec<u8> {
     // Key order as stream_layered_image.py writes them.
     let created = "1970-01-01T00:00:01+00:00";
     let config = format!(
-        r#"{{"created": "{created}", "architecture": "amd64", "os": "linux", "config": {{"Cmd": ["/bin/hello"], "Env": ["PATH=/bin"]}}, "rootfs": {{"diff_ids": {}, "type": "layers"}}, "history": {}}}"#,
+        r#"{{"created": "{created}", "architecture": "{architecture}", "os": "linux", "config": {{"Cmd": ["/bin/hello"], "Env": ["PATH=/bin"]}}, "rootfs": {{"diff_ids": {}, "type": "layers"}}, "history": {}}}"#,
         serde_json::to_string(diff_ids).unwrap(),
         serde_json::to_string(
             &diff_ids
@@ -300,7 +304,11 @@ pub fn write_stream_layered(out: impl Write, layers: &[Layer], fault: Fault) -> 
     if let Fault::ConfigDiffId(n) = fault {
         diff_ids[n] = format!("sha256:{}", "0".repeat(64));
     }
-    let config = image_config(&diff_ids);
+    let architecture = match fault {
+        Fault::Architecture(architecture) => architecture,
+        _ => "amd64",
+    };
+    let config = image_config(&diff_ids, architecture);
     let config_digest = format!("sha256:{}", sha256_hex(&config));
     let mut outer = Outer { out };
     let mut names = Vec::new();
@@ -339,7 +347,7 @@ pub fn write_stream_layered(out: impl Write, layers: &[Layer], fault: Fault) -> 
 pub fn write_build_image(out: impl Write, layer: &Layer) -> io::Result<Written> {
     let (hex, size) = hash_layer(layer)?;
     let diff_ids = vec![format!("sha256:{hex}")];
-    let config = image_config(&diff_ids);
+    let config = image_config(&diff_ids, "amd64");
     let config_digest = format!("sha256:{}", sha256_hex(&config));
     // buildImage's layer ID is a hash of the layer's metadata, not of its content.
     let layer_id = sha256_hex(format!("layer-id {hex}").as_bytes());
@@ -474,7 +482,7 @@ pub fn write_oci_layout(dir: &Path, layers: &[Layer], zstd: bool) -> io::Result<
         let (digest, size) = put(&blob)?;
         descriptors.push(serde_json::json!({"mediaType": media_type, "digest": digest, "size": size}));
     }
-    let config = image_config(&diff_ids);
+    let config = image_config(&diff_ids, "amd64");
     let (config_digest, config_size) = put(&config)?;
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,

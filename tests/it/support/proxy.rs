@@ -1,6 +1,7 @@
 //! A loopback fault proxy between nixfly and the registry, scripted per test: cut a
-//! connection after N bytes of a request body, or answer a request itself (429 with
-//! `Retry-After`, 503, a 401 that makes a token look expired). Counts requests and bytes.
+//! connection after N bytes of a request body, answer a request itself (429 with
+//! `Retry-After`, 503, a 401 that makes a token look expired), or never answer it.
+//! Counts requests and bytes.
 //! Every upstream request is sent with `Connection: close`, so each client request uses its
 //! own connection and faults hit exactly one request. Also a recording server for redirect tests.
 
@@ -18,6 +19,8 @@ const LIFETIME: Duration = Duration::from_secs(300);
 pub enum Fault {
     /// Forward the request, then close both connections after this many body bytes.
     CutAfter(u64),
+    /// Accept the request and never answer it, nor read its body (a registry that hangs).
+    Hang,
     /// Answer without forwarding (the request body is read and dropped first).
     Respond {
         status: u16,
@@ -42,7 +45,7 @@ impl Fault {
 }
 
 /// Fire `fault` on the `nth` (1-based) request whose method is `method` and whose path
-/// contains `path`.
+/// contains `path`; `nth == 0` fires on every such request.
 #[derive(Clone, Debug)]
 pub struct Rule {
     pub method: String,
@@ -165,7 +168,7 @@ fn handle(mut client: TcpStream, upstream: SocketAddr, rules: &Mutex<Vec<(Rule, 
         rules.iter_mut().find_map(|(rule, seen)| {
             if rule.method.eq_ignore_ascii_case(&method) && path.contains(&rule.path) {
                 *seen += 1;
-                (*seen == rule.nth).then(|| rule.fault.clone())
+                (rule.nth == 0 || *seen == rule.nth).then(|| rule.fault.clone())
             } else {
                 None
             }
@@ -192,6 +195,26 @@ fn handle(mut client: TcpStream, upstream: SocketAddr, rules: &Mutex<Vec<(Rule, 
             response.push_str(&body);
             let _ = client.write_all(response.as_bytes());
             let _ = client.shutdown(Shutdown::Both);
+        }
+        Some(Fault::Hang) => {
+            // Hold the connection until the client gives up (or the proxy's lifetime ends).
+            let _ = client.set_read_timeout(Some(Duration::from_secs(1)));
+            let deadline = Instant::now() + LIFETIME;
+            let mut probe = [0u8; 1];
+            while Instant::now() < deadline {
+                match client.peek(&mut probe) {
+                    Ok(0) => break,
+                    Err(e)
+                        if !matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break;
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
         }
         Some(Fault::CutAfter(limit)) => forward(client, upstream, &head, Some(limit), stats),
         None => forward(client, upstream, &head, None, stats),

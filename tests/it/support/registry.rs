@@ -214,6 +214,42 @@ impl Registry {
         walk(&self.storage_dir().join("docker/registry/v2/blobs"))
     }
 
+    /// Upload sessions the registry still holds open (`_uploads/<id>` under each repository,
+    /// with its `startedat`): a push that ends, however, should leave none. A cancelled session
+    /// leaves a `hashstates` directory behind in distribution 2.8 (its handler stores the hash
+    /// state after the cancel); that is not a session any more (a GET on it answers 404).
+    pub fn open_upload_sessions(&self) -> Vec<PathBuf> {
+        fn walk(path: &Path, found: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(path) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let p = entry.path();
+                if !p.is_dir() {
+                    continue;
+                }
+                if p.file_name().is_some_and(|n| n == "_uploads") {
+                    found.extend(
+                        std::fs::read_dir(&p)
+                            .into_iter()
+                            .flatten()
+                            .flatten()
+                            .map(|e| e.path())
+                            .filter(|session| session.join("startedat").exists()),
+                    );
+                } else {
+                    walk(&p, found);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(
+            &self.storage_dir().join("docker/registry/v2/repositories"),
+            &mut found,
+        );
+        found
+    }
+
     /// The registry's own log (warnings and errors), for assertion messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
