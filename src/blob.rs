@@ -43,6 +43,7 @@
 //!
 //! zstd defaults to level 3 (its own default).
 
+use crate::registry::Digest;
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use std::io::{self, Read};
@@ -138,11 +139,11 @@ impl Compression {
 /// What one pass over a layer found out.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerDigests {
-    /// `sha256:<hex>` of the uncompressed tar (the config's `rootfs.diff_ids` entry).
-    pub diff_id: String,
+    /// The digest of the uncompressed tar (the config's `rootfs.diff_ids` entry).
+    pub diff_id: Digest,
     pub uncompressed_size: u64,
-    /// `sha256:<hex>` of the compressed blob (the manifest's layer digest).
-    pub digest: String,
+    /// The digest of the compressed blob (the manifest's layer digest).
+    pub digest: Digest,
     /// Size of the compressed blob.
     pub size: u64,
 }
@@ -172,16 +173,6 @@ pub enum BlobError {
 #[derive(Debug)]
 pub struct SinkClosed;
 
-/// `sha256:<hex>` of a finished hasher.
-pub fn sha256_digest(hasher: Sha256) -> String {
-    format!("sha256:{}", hex::encode(hasher.finalize()))
-}
-
-/// `sha256:<hex>` of some bytes.
-pub fn sha256_of(bytes: &[u8]) -> String {
-    sha256_digest(Sha256::new_with_prefix(bytes))
-}
-
 /// Number of compression threads to use for one layer by default: every core.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -190,7 +181,7 @@ pub fn default_workers() -> usize {
 /// Hash an uncompressed layer without compressing it (when its blob is already in the
 /// registry and only the content needs checking). Returns (diff_id, size); `on_read` gets the
 /// byte count of every read.
-pub fn hash_layer(mut reader: impl Read, mut on_read: impl FnMut(u64)) -> Result<(String, u64), BlobError> {
+pub fn hash_layer(mut reader: impl Read, mut on_read: impl FnMut(u64)) -> Result<(Digest, u64), BlobError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
@@ -205,7 +196,7 @@ pub fn hash_layer(mut reader: impl Read, mut on_read: impl FnMut(u64)) -> Result
         total += n as u64;
         on_read(n as u64);
     }
-    Ok((sha256_digest(hasher), total))
+    Ok((Digest::from_hasher(hasher), total))
 }
 
 /// One block of input on its way to a worker.
@@ -275,7 +266,7 @@ fn read_blocks(
     algorithm: Algorithm,
     workers: &[SyncSender<Job>],
     mut on_read: impl FnMut(u64),
-) -> Result<(String, u64), BlobError> {
+) -> Result<(Digest, u64), BlobError> {
     let block_size = algorithm.block_size();
     let mut hasher = Sha256::new();
     let mut crc = crc32fast::Hasher::new();
@@ -316,7 +307,7 @@ fn read_blocks(
     }
     let last = held.unwrap_or_default();
     send_job(workers, seq, dictionary, last, Some((crc.finalize(), total)))?;
-    Ok((sha256_digest(hasher), total))
+    Ok((Digest::from_hasher(hasher), total))
 }
 
 fn window_of(algorithm: Algorithm, block: &[u8]) -> Vec<u8> {
@@ -373,7 +364,7 @@ fn compress_worker(compression: Compression, jobs: Receiver<Job>, done: SyncSend
 fn collect(
     workers: Vec<Receiver<Result<Done, BlobError>>>,
     sink: &mut impl FnMut(Bytes) -> Result<(), SinkClosed>,
-) -> Result<(String, u64), BlobError> {
+) -> Result<(Digest, u64), BlobError> {
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     for worker in workers.iter().cycle() {
@@ -389,7 +380,7 @@ fn collect(
             break;
         }
     }
-    Ok((sha256_digest(hasher), size))
+    Ok((Digest::from_hasher(hasher), size))
 }
 
 enum Engine {
@@ -558,9 +549,9 @@ mod tests {
         let data = sample(3 * GZIP_BLOCK + 12345);
         let (digests, blob) = compress(&data, Compression::default(), 2, 70_000);
         assert_eq!(gunzip(&blob), data);
-        assert_eq!(digests.diff_id, sha256_of(&data));
+        assert_eq!(digests.diff_id, Digest::sha256_of(&data));
         assert_eq!(digests.uncompressed_size, data.len() as u64);
-        assert_eq!(digests.digest, sha256_of(&blob));
+        assert_eq!(digests.digest, Digest::sha256_of(&blob));
         assert_eq!(digests.size, blob.len() as u64);
         assert!(
             blob.len() < data.len() / 2,
@@ -596,7 +587,7 @@ mod tests {
             let data = sample(len);
             let (digests, blob) = compress(&data, Compression::default(), 2, 50_000);
             assert_eq!(gunzip(&blob), data, "len {len}");
-            assert_eq!(digests.diff_id, sha256_of(&data));
+            assert_eq!(digests.diff_id, Digest::sha256_of(&data));
         }
     }
 
@@ -621,7 +612,7 @@ mod tests {
         let compression = Compression::new(Algorithm::Zstd, Some(3)).unwrap();
         let (digests, blob) = compress(&data, compression, 2, 100_000);
         assert_eq!(zstd::decode_all(&blob[..]).unwrap(), data);
-        assert_eq!(digests.digest, sha256_of(&blob));
+        assert_eq!(digests.digest, Digest::sha256_of(&blob));
     }
 
     #[test]

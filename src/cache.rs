@@ -16,6 +16,7 @@
 
 use crate::blob::Compression;
 use crate::progress::Reporter;
+use crate::registry::Digest;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +26,7 @@ const MAX_REPOSITORIES: usize = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CachedBlob {
-    pub digest: String,
+    pub digest: Digest,
     pub size: u64,
 }
 
@@ -34,7 +35,7 @@ pub struct CachedBlob {
 pub struct ArchiveSummary {
     /// The config blob (JSON, so UTF-8), byte for byte.
     pub config: String,
-    pub diff_ids: Vec<String>,
+    pub diff_ids: Vec<Digest>,
 }
 
 pub struct Cache {
@@ -73,25 +74,25 @@ impl Cache {
     }
 
     /// The blob that compressing layer `diff_id` with `compression` gave before.
-    pub fn compressed(&self, diff_id: &str, compression: &Compression) -> Option<CachedBlob> {
+    pub fn compressed(&self, diff_id: &Digest, compression: &Compression) -> Option<CachedBlob> {
         let path = self.compressed_path(diff_id, compression)?;
         self.read(&path)
     }
 
-    pub fn record_compressed(&self, diff_id: &str, compression: &Compression, blob: &CachedBlob) {
+    pub fn record_compressed(&self, diff_id: &Digest, compression: &Compression, blob: &CachedBlob) {
         if let Some(path) = self.compressed_path(diff_id, compression) {
             self.write(&path, blob);
         }
     }
 
     /// Repositories of `registry` known to hold `digest`, most recent first.
-    pub fn repositories_with(&self, registry: &str, digest: &str) -> Vec<String> {
+    pub fn repositories_with(&self, registry: &str, digest: &Digest) -> Vec<String> {
         self.location_path(registry, digest)
             .and_then(|path| self.read(&path))
             .unwrap_or_default()
     }
 
-    pub fn record_location(&self, registry: &str, digest: &str, repository: &str) {
+    pub fn record_location(&self, registry: &str, digest: &Digest, repository: &str) {
         let Some(path) = self.location_path(registry, digest) else {
             return;
         };
@@ -117,7 +118,8 @@ impl Cache {
     }
 
     fn archive_path(&self, identity: &str) -> Option<PathBuf> {
-        let key = &crate::blob::sha256_of(identity.as_bytes())["sha256:".len()..];
+        let key = Digest::sha256_of(identity.as_bytes());
+        let key = key.hex();
         Some(
             self.root
                 .as_ref()?
@@ -126,8 +128,8 @@ impl Cache {
         )
     }
 
-    fn compressed_path(&self, diff_id: &str, compression: &Compression) -> Option<PathBuf> {
-        let hex = digest_hex(diff_id)?;
+    fn compressed_path(&self, diff_id: &Digest, compression: &Compression) -> Option<PathBuf> {
+        let hex = diff_id.hex();
         Some(
             self.root
                 .as_ref()?
@@ -137,8 +139,8 @@ impl Cache {
         )
     }
 
-    fn location_path(&self, registry: &str, digest: &str) -> Option<PathBuf> {
-        let hex = digest_hex(digest)?;
+    fn location_path(&self, registry: &str, digest: &Digest) -> Option<PathBuf> {
+        let hex = digest.hex();
         // host:port is not a portable file name; `_` cannot occur in a host name.
         let registry = registry.to_ascii_lowercase().replace(':', "_");
         Some(
@@ -215,17 +217,13 @@ impl Cache {
     }
 }
 
-fn digest_hex(digest: &str) -> Option<&str> {
-    crate::registry::reference::is_sha256_digest(digest).then(|| &digest["sha256:".len()..])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::blob::Algorithm;
 
-    fn digest(c: char) -> String {
-        format!("sha256:{}", c.to_string().repeat(64))
+    fn digest(c: char) -> Digest {
+        format!("sha256:{}", c.to_string().repeat(64)).parse().unwrap()
     }
 
     fn cache(dir: &Path) -> Cache {

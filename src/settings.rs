@@ -151,7 +151,7 @@ impl Settings {
             ));
         }
         if let Some(tag) = &raw.push.tag
-            && !is_valid_tag(tag)
+            && tag.parse::<crate::registry::reference::Tag>().is_err()
         {
             return Err(invalid(
                 "push.tag",
@@ -185,14 +185,6 @@ impl Settings {
             rollout,
         })
     }
-}
-
-fn is_valid_tag(tag: &str) -> bool {
-    let mut chars = tag.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-    first_ok && tag.len() <= 128 && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 #[cfg(test)]

@@ -81,8 +81,10 @@ pub async fn run(args: DeployArgs, reporter: Reporter) -> anyhow::Result<()> {
         return rollout.run(target, reporter).await;
     }
     let pushed = push.run(&reporter).await?;
-    rollout.run(pushed.reference.clone(), reporter.clone()).await?;
-    reporter.result(&pushed.reference);
+    rollout
+        .run(pushed.reference.to_string(), reporter.clone())
+        .await?;
+    reporter.result(&pushed.reference.to_string());
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use crate::blob::{self, Algorithm, Compression};
 use crate::layer::plan::{LayerPlan, LayerSource, PLAN_VERSION, PlanKind, PlannedLayer, StreamConf};
 use crate::layer::store_tar::TarOptions;
 use crate::progress::Reporter;
+use crate::registry::Digest;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -126,13 +127,13 @@ fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
                 root: None,
             };
             let source = LayerSource::store_paths(paths, &options);
-            compress_source(&source, args.root.as_deref(), compression, workers, |_| Ok(()))?
+            PlannedLayer::build(&source, args.root.as_deref(), compression, workers, |_| Ok(()))?
         }
         (None, Some(tar)) => {
             let source = LayerSource::Tar {
                 path: tar.display().to_string(),
             };
-            compress_source(&source, None, compression, workers, |_| Ok(()))?
+            PlannedLayer::build(&source, None, compression, workers, |_| Ok(()))?
         }
         (None, None) => unreachable!("clap requires --paths-from or --tar"),
     };
@@ -145,28 +146,6 @@ fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
         compression.key()
     ));
     write_json(&args.out, &record)
-}
-
-/// Make the layer's bytes from its source, compress them with `compression`, pass the blob to
-/// `sink` chunk by chunk, and return the record of what came out.
-pub fn compress_source(
-    source: &LayerSource,
-    root: Option<&Path>,
-    compression: Compression,
-    workers: usize,
-    sink: impl FnMut(bytes::Bytes) -> Result<(), blob::SinkClosed> + Send,
-) -> anyhow::Result<PlannedLayer> {
-    let tar = source.open(root)?;
-    let digests = blob::compress_layer(tar, compression, workers, sink, |_| {})
-        .with_context(|| format!("cannot make the layer of {}", source.paths().join(" ")))?;
-    Ok(PlannedLayer {
-        source: source.clone(),
-        diff_id: digests.diff_id,
-        size: digests.uncompressed_size,
-        digest: digests.digest,
-        compressed_size: digests.size,
-        compression,
-    })
 }
 
 fn plan(args: PlanArgs, reporter: &Reporter) -> anyhow::Result<()> {
@@ -190,7 +169,7 @@ fn plan(args: PlanArgs, reporter: &Reporter) -> anyhow::Result<()> {
     reporter.info(format!(
         "layer plan with {} layers, config {}",
         plan.layers.len(),
-        blob::sha256_of(plan.config.as_bytes())
+        Digest::sha256_of(plan.config.as_bytes())
     ));
     Ok(())
 }
@@ -229,7 +208,7 @@ fn check_layers_match_conf(conf: &StreamConf, layers: &[PlannedLayer]) -> anyhow
     let checksum_file = Path::new(&conf.customisation_layer).join("checksum");
     if let Ok(checksum) = std::fs::read_to_string(&checksum_file) {
         let from_nixpkgs = format!("sha256:{}", checksum.trim());
-        if from_nixpkgs != custom.diff_id {
+        if custom.diff_id != from_nixpkgs.as_str() {
             bail!(
                 "the customisation layer hashes to {}, but {} says {from_nixpkgs}",
                 custom.diff_id,
@@ -267,7 +246,7 @@ mod tests {
         let source = LayerSource::store_paths(FakeStore::all_paths(), &store.options());
         let blob = Arc::new(Mutex::new(Vec::new()));
         let sink_blob = blob.clone();
-        let record = compress_source(&source, Some(store.root()), compression, workers, move |chunk| {
+        let record = PlannedLayer::build(&source, Some(store.root()), compression, workers, move |chunk| {
             sink_blob.lock().unwrap().extend_from_slice(&chunk);
             Ok(())
         })
@@ -291,7 +270,7 @@ mod tests {
             let (reference, blob) = compress_fixture(&store, compression, 1);
             assert_eq!(reference.diff_id, GOLDEN_DIFF_ID);
             assert_eq!(reference.size, 3_287_040);
-            assert_eq!(blob::sha256_of(&blob), reference.digest);
+            assert_eq!(Digest::sha256_of(&blob), reference.digest);
             assert_eq!(blob.len() as u64, reference.compressed_size);
             let mut tar = Vec::new();
             match compression.algorithm {
@@ -304,7 +283,7 @@ mod tests {
                     .unwrap(),
             };
             assert_eq!(
-                blob::sha256_of(&tar),
+                Digest::sha256_of(&tar),
                 GOLDEN_DIFF_ID,
                 "{compression:?} does not decompress to the tar"
             );
@@ -347,7 +326,7 @@ mod tests {
             .output()
             .unwrap();
         assert!(out.status.success());
-        assert_eq!(blob::sha256_of(&out.stdout), record.diff_id);
+        assert_eq!(Digest::sha256_of(&out.stdout), record.diff_id);
     }
 
     #[test]
@@ -356,8 +335,8 @@ mod tests {
         let mut paths = FakeStore::all_paths();
         paths.push("/nix/store/00000000000000000000000000000000-gone".into());
         let source = LayerSource::store_paths(paths, &store.options());
-        let err =
-            compress_source(&source, Some(store.root()), Compression::default(), 2, |_| Ok(())).unwrap_err();
+        let err = PlannedLayer::build(&source, Some(store.root()), Compression::default(), 2, |_| Ok(()))
+            .unwrap_err();
         assert!(format!("{err:#}").contains("-gone"), "{err:#}");
     }
 }

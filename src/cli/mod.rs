@@ -6,6 +6,7 @@ pub mod deploy;
 pub mod layer;
 pub mod push;
 pub mod registry;
+pub mod registry_debug;
 pub mod rollout;
 pub mod settings;
 
@@ -57,7 +58,7 @@ pub enum Command {
     Settings(settings::SettingsCommand),
     /// Low-level registry calls, for debugging a registry and for tests.
     #[command(hide = true)]
-    Registry(crate::registry::debug::RegistryCommand),
+    Registry(registry_debug::RegistryCommand),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     Completions {
         #[arg(value_enum)]
@@ -153,7 +154,7 @@ pub async fn run(cli: Cli, reporter: Reporter) -> anyhow::Result<()> {
         Command::Deploy(args) => deploy::run(args, reporter).await,
         Command::Settings(command) => settings::run(command, reporter),
         Command::Layer(args) => layer::run(args, reporter).await,
-        Command::Registry(command) => crate::registry::debug::run(command, reporter).await,
+        Command::Registry(command) => registry_debug::run(command, reporter).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "nixfly", &mut std::io::stdout());
             Ok(())

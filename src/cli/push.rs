@@ -8,8 +8,9 @@ use crate::fly::FlyToken;
 use crate::fly::appconfig::units::parse_go_duration;
 use crate::image::SourceKind;
 use crate::progress::Reporter;
-use crate::push::{ManifestFormat, PushPlan, Pushed};
+use crate::push::{ManifestFormat, PushSpec, Pushed};
 use crate::registry::client::UploadMode;
+use crate::registry::reference::Tag;
 use crate::registry::{Reference, RegistryClient};
 use anyhow::Context;
 use clap::Args;
@@ -101,7 +102,7 @@ pub struct ResolvedPush {
     pub source_kind: SourceKind,
     /// How long a stream script may stay silent.
     pub stream_timeout: Duration,
-    pub plan: PushPlan,
+    pub spec: PushSpec,
     pub client: Arc<RegistryClient>,
     pub use_cache: bool,
 }
@@ -131,16 +132,16 @@ impl PushOptions {
         if let Some(digest) = &reference.digest {
             anyhow::bail!("--to {reference} names a digest ({digest}); push to a repository or a tag");
         }
-        let tag = self
-            .tag
-            .clone()
-            .or_else(|| reference.tag.clone())
-            .unwrap_or_else(|| format!("deployment-{}", ulid::Ulid::new()));
-        anyhow::ensure!(
-            crate::registry::reference::is_valid_tag(&tag),
-            "invalid tag {tag:?}: use letters, digits, '_', '.' and '-', at most 128, not starting with '.' or '-'"
-        );
-        let plan = PushPlan {
+        let tag = match &self.tag {
+            Some(tag) => tag.parse::<Tag>()?,
+            None => match &reference.tag {
+                Some(tag) => tag.clone(),
+                None => format!("deployment-{}", ulid::Ulid::new())
+                    .parse()
+                    .expect("a ULID tag is valid"),
+            },
+        };
+        let spec = PushSpec {
             registry: reference.registry.clone(),
             repository: reference.repository.clone(),
             tag: Some(tag),
@@ -150,7 +151,7 @@ impl PushOptions {
             workers: crate::blob::default_workers(),
             allow_arch: self.allow_arch,
         };
-        plan.validate()?;
+        spec.validate()?;
         // Whether SOURCE exists and is an image is known without reading it: a dry run or a
         // deploy must not get past this with a typo in the path.
         crate::image::detect(source, self.source_kind)?;
@@ -167,7 +168,7 @@ impl PushOptions {
                     crate::image::script::DEFAULT_IDLE_TIMEOUT_SECS,
                 )),
             )?,
-            plan,
+            spec,
             client: Arc::new(client),
             use_cache: !self.no_cache,
         })
@@ -185,8 +186,8 @@ impl ResolvedPush {
     pub fn target(&self) -> String {
         format!(
             "{}:{}",
-            self.plan.name(),
-            self.plan.tag.as_deref().unwrap_or("latest")
+            self.spec.name(),
+            self.spec.tag.as_deref().unwrap_or("latest")
         )
     }
 
@@ -195,9 +196,12 @@ impl ResolvedPush {
     /// after minutes of compressing.
     pub async fn check_access(&self) -> anyhow::Result<()> {
         self.client
-            .blob_exists(&self.plan.repository, PROBE_DIGEST)
+            .blob_exists(
+                &self.spec.repository,
+                &PROBE_DIGEST.parse().expect("a well-formed digest"),
+            )
             .await
-            .with_context(|| format!("checking push access to {}", self.plan.name()))?;
+            .with_context(|| format!("checking push access to {}", self.spec.name()))?;
         Ok(())
     }
 
@@ -212,14 +216,14 @@ impl ResolvedPush {
                 .context("opening the image")??
         };
         let cache = Arc::new(Cache::open(self.use_cache, reporter.clone()));
-        let pushed = crate::push::push(self.client.clone(), image, &self.plan, cache, reporter.clone()).await;
+        let pushed = crate::push::push(self.client.clone(), image, &self.spec, cache, reporter.clone()).await;
         // Whatever ended the push, no upload session stays open in the registry: those a
         // failure stopped, and those a mount attempt opened and nothing used.
         let cancelled = self.client.cancel_open_sessions().await;
         if cancelled > 0 {
             reporter.debug(format!("cancelled {cancelled} upload session(s) left open"));
         }
-        pushed.with_context(|| format!("pushing {description} to {}", self.plan.name()))
+        pushed.with_context(|| format!("pushing {description} to {}", self.spec.name()))
     }
 }
 
@@ -244,6 +248,6 @@ pub async fn run(args: PushArgs, reporter: Reporter) -> anyhow::Result<()> {
         &reporter,
     )?;
     let pushed = push.run(&reporter).await?;
-    reporter.result(&pushed.reference);
+    reporter.result(&pushed.reference.to_string());
     Ok(())
 }

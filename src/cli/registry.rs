@@ -58,7 +58,7 @@ impl RegistryOptions {
         let lookup = CredentialLookup {
             flag: self.creds.as_deref(),
             auth_files: CredentialLookup::standard_auth_files(),
-            fly_token,
+            fly_credentials: fly_token.map(|token| token.registry_credentials()),
             fly_registry_host,
         };
         let credentials = lookup

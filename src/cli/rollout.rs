@@ -9,6 +9,7 @@ use crate::fly::appconfig::units::parse_go_duration;
 use crate::fly::appconfig::{AppConfig, MaxUnavailable, Strategy};
 use crate::fly::platform::PlatformApi;
 use crate::progress::Reporter;
+use crate::registry::reference::PinnedReference;
 use crate::registry::{Reference, RegistryClient};
 use crate::rollout::{ReleaseCommand, RolloutSpec};
 use anyhow::Context as _;
@@ -183,9 +184,9 @@ pub async fn run(args: RolloutArgs, reporter: Reporter) -> anyhow::Result<()> {
     };
     let rollout = ResolvedRollout::new(&app, fly_toml, &args.options, token, &reporter)?;
     let image = match lookup {
-        Some((reference, client)) => resolve_tag(&reference, &client, &reporter).await?,
+        Some((reference, client)) => resolve_tag(&reference, &client, &reporter).await?.to_string(),
         None if dry_run => image,
-        None => pinned_image(&image)?,
+        None => PinnedReference::parse(&image)?.to_string(),
     };
     rollout.run(image, reporter).await
 }
@@ -196,7 +197,7 @@ async fn resolve_tag(
     reference: &Reference,
     client: &RegistryClient,
     reporter: &Reporter,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<PinnedReference> {
     let tag = reference.tag.as_deref().unwrap_or("latest");
     let manifest = client
         .get_manifest(&reference.repository, tag)
@@ -207,24 +208,9 @@ async fn resolve_tag(
                 reference.registry, reference.repository
             )
         })?;
-    let pinned = reference.with_digest(&manifest.digest);
+    let pinned = reference.pinned(manifest.digest);
     reporter.info(format!("{reference} is {pinned}"));
     Ok(pinned)
-}
-
-/// The machines must get an immutable reference: a well-formed sha256 digest.
-fn pinned_image(image: &str) -> anyhow::Result<String> {
-    let Some((_, digest)) = image.split_once('@') else {
-        anyhow::bail!(
-            "image {image} is a tag, not a digest; machines must get an immutable reference: pass \
-             host/repo@sha256:... (printed by `nixfly push`), or use `nixfly deploy` which pushes \
-             and deploys the digest"
-        );
-    };
-    if !crate::registry::reference::is_sha256_digest(digest) {
-        anyhow::bail!("image {image}: the digest must be sha256: followed by 64 hex digits");
-    }
-    Ok(image.to_string())
 }
 
 fn spec(app: &str, image: String, options: &RolloutOptions, fly_toml: Option<&AppConfig>) -> RolloutSpec {
@@ -263,7 +249,7 @@ fn spec(app: &str, image: String, options: &RolloutOptions, fly_toml: Option<&Ap
         primary_region: fly_toml.and_then(|c| c.primary_region.clone()),
         rollback: !options.no_rollback,
         definition: fly_toml.map_or(serde_json::Value::Null, |c| c.definition.clone()),
-        plan_only: options.dry_run,
+        dry_run: options.dry_run,
         destroy_removed_groups: options.destroy_removed_groups,
         force: options.force,
         bluegreen_wait: options.bluegreen_cutover_wait,
@@ -332,17 +318,6 @@ mod tests {
         }
         assert_eq!("0.25".parse(), Ok(MaxUnavailable::Fraction(0.25)));
         assert_eq!("2".parse(), Ok(MaxUnavailable::Count(2)));
-    }
-
-    #[test]
-    fn only_digest_references_are_deployed() {
-        let digest = format!("registry.fly.io/demo@sha256:{}", "a".repeat(64));
-        assert_eq!(pinned_image(&digest).unwrap(), digest);
-        let err = pinned_image("registry.fly.io/demo:latest")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("nixfly deploy") && err.contains("@sha256"), "{err}");
-        assert!(pinned_image("registry.fly.io/demo@sha256:abc").is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! are pruned as fly-go prunes them (`tokens/tokens.go`) before use, and when Fly still rejects
 //! the macaroons the OAuth token of the session is tried once.
 
+use crate::registry::auth::{CredentialSource, Credentials};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -184,6 +185,16 @@ impl FlyToken {
         }
     }
 
+    /// The credentials for Fly's registry, the one place a Fly token becomes registry
+    /// credentials: HTTP Basic, user `x`, the token as password.
+    pub fn registry_credentials(&self) -> Credentials {
+        Credentials::new(
+            "x",
+            &self.registry_password(),
+            CredentialSource::FlyToken(self.source.to_string()),
+        )
+    }
+
     /// The `Authorization` header value for the platform API at api.fly.io (flyctl
     /// `internal/uiex/releases.go`: `"Bearer " + Tokens.GraphQL()`): every macaroon, then
     /// every OAuth token, comma-joined, under the `Bearer` scheme, never `FlyV1`.
@@ -211,7 +222,7 @@ impl FlyToken {
 
     /// The password for HTTP Basic auth (user `x`) at registry.fly.io: the token without its
     /// scheme prefix, macaroons comma-joined.
-    pub fn registry_password(&self) -> String {
+    fn registry_password(&self) -> String {
         if self.macaroons.is_empty() {
             self.oauth.join(",")
         } else {
@@ -377,6 +388,15 @@ mod tests {
             "FlyV1 fm2_firstmacaroon,fm2_secondmacaroon"
         );
         assert_eq!(token.registry_password(), "fm2_firstmacaroon,fm2_secondmacaroon");
+        let creds = token.registry_credentials();
+        assert_eq!(
+            (creds.username.as_str(), creds.password.as_str()),
+            ("x", "fm2_firstmacaroon,fm2_secondmacaroon")
+        );
+        assert_eq!(
+            creds.source,
+            CredentialSource::FlyToken(TokenSource::Flag.to_string())
+        );
     }
 
     #[test]

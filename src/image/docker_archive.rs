@@ -7,7 +7,7 @@
 //! layer. Order is not fixed: Nix writes `manifest.json` last, buildImage sorts by name.
 
 use super::ImageError;
-use crate::registry::reference::is_sha256_digest;
+use crate::registry::Digest;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -50,42 +50,41 @@ pub fn parse_manifest(bytes: &[u8], source_name: &str) -> Result<ArchiveManifest
 }
 
 /// The config's `rootfs.diff_ids`, checked to be sha256 digests.
-pub fn config_diff_ids(config: &[u8], source_name: &str, entry: &str) -> Result<Vec<String>, ImageError> {
+pub fn config_diff_ids(config: &[u8], source_name: &str, entry: &str) -> Result<Vec<Digest>, ImageError> {
     let malformed = |detail: String| ImageError::Malformed {
         source_name: source_name.to_string(),
         entry: entry.to_string(),
         detail,
     };
+    // Only the rootfs is read: the rest of the config is pushed byte for byte, whatever it holds.
     #[derive(serde::Deserialize)]
     struct Config {
-        rootfs: RootFs,
-    }
-    #[derive(serde::Deserialize)]
-    struct RootFs {
-        diff_ids: Vec<String>,
+        rootfs: oci_spec::image::RootFs,
     }
     let config: Config =
         serde_json::from_slice(config).map_err(|e| malformed(format!("not an image config: {e}")))?;
-    if let Some(bad) = config.rootfs.diff_ids.iter().find(|d| !is_sha256_digest(d)) {
-        return Err(malformed(format!(
-            "rootfs.diff_ids has {bad:?}, not a sha256 digest"
-        )));
-    }
-    Ok(config.rootfs.diff_ids)
+    config
+        .rootfs
+        .diff_ids()
+        .iter()
+        .map(|d| {
+            d.parse()
+                .map_err(|_| malformed(format!("rootfs.diff_ids has {d:?}, not a sha256 digest")))
+        })
+        .collect()
 }
 
 /// The digest an entry's name suggests for its content, if it has that shape:
 /// `<hex>/layer.tar`, `<hex>.tar`, `<hex>.json` or `blobs/sha256/<hex>`. Nix names store layers
 /// by their diff_id, but buildImage's layer IDs and base-image layers look the same and are
 /// not: a layer's name is only a hint (for skipping), the config's diff_ids decide.
-pub fn claimed_digest(name: &str) -> Option<String> {
+pub fn claimed_digest(name: &str) -> Option<Digest> {
     let hex = name
         .strip_suffix("/layer.tar")
         .or_else(|| name.strip_suffix(".tar"))
         .or_else(|| name.strip_suffix(".json"))
         .or_else(|| name.strip_prefix("blobs/sha256/"))?;
-    let digest = format!("sha256:{hex}");
-    is_sha256_digest(&digest).then_some(digest)
+    format!("sha256:{hex}").parse().ok()
 }
 
 /// Entry names as written by different tools: `./x` and `x` are the same entry.
@@ -164,7 +163,7 @@ pub struct ArchiveLayer<'a> {
     pub name: &'a str,
     pub size: u64,
     /// The diff_id the entry's name suggests: a hint, checked against the config at the end.
-    pub claimed_diff_id: Option<String>,
+    pub claimed_diff_id: Option<Digest>,
     /// The entry's bytes; reading past a truncated archive is an error, not a short read.
     pub reader: &'a mut dyn Read,
 }
@@ -182,7 +181,7 @@ pub struct StreamedImage<T> {
 pub fn read_stream<T: Clone, E: From<ImageError>>(
     reader: impl Read,
     source_name: &str,
-    mut on_layer: impl FnMut(ArchiveLayer<'_>) -> Result<(String, T), E>,
+    mut on_layer: impl FnMut(ArchiveLayer<'_>) -> Result<(Digest, T), E>,
 ) -> Result<StreamedImage<T>, E> {
     let read_error = |source| ImageError::Read {
         source_name: source_name.to_string(),
@@ -190,7 +189,7 @@ pub fn read_stream<T: Clone, E: From<ImageError>>(
     };
     let mut archive = tar::Archive::new(reader);
     let mut metadata: HashMap<String, Bytes> = HashMap::new();
-    let mut layers: HashMap<String, (String, T)> = HashMap::new();
+    let mut layers: HashMap<String, (Digest, T)> = HashMap::new();
     let mut links = Links::default();
     let mut saw_entry = false;
     for entry in archive.entries().map_err(read_error)? {
@@ -318,7 +317,7 @@ fn required<'a>(
 
 fn check_config_name(name: &str, config: &[u8], source_name: &str) -> Result<(), ImageError> {
     if let Some(claimed) = claimed_digest(name) {
-        let actual = crate::blob::sha256_of(config);
+        let actual = Digest::sha256_of(config);
         if actual != claimed {
             return Err(ImageError::DigestMismatch {
                 source_name: source_name.to_string(),
@@ -333,7 +332,7 @@ fn check_config_name(name: &str, config: &[u8], source_name: &str) -> Result<(),
 
 fn check_layer_count(
     manifest: &ArchiveManifest,
-    diff_ids: &[String],
+    diff_ids: &[Digest],
     source_name: &str,
 ) -> Result<(), ImageError> {
     if manifest.layers.len() != diff_ids.len() {
@@ -441,7 +440,7 @@ pub struct Extent {
 /// An uncompressed archive file read through its headers only (bodies are skipped by seeking).
 pub struct ArchiveIndex {
     pub config: Bytes,
-    pub diff_ids: Vec<String>,
+    pub diff_ids: Vec<Digest>,
     pub layers: Vec<Extent>,
 }
 
@@ -523,7 +522,11 @@ mod tests {
             format!("blobs/sha256/{hex}"),
             format!("{hex}.json"),
         ] {
-            assert_eq!(claimed_digest(&name), Some(format!("sha256:{hex}")), "{name}");
+            assert_eq!(
+                claimed_digest(&name).map(String::from),
+                Some(format!("sha256:{hex}")),
+                "{name}"
+            );
         }
         assert_eq!(claimed_digest("0123abcd/layer.tar"), None);
         assert_eq!(claimed_digest(&format!("{}/layer.tar", "A".repeat(64))), None);

@@ -19,6 +19,7 @@ pub mod stdin;
 
 use crate::blob::{Algorithm, Compression};
 use crate::progress::Reporter;
+use crate::registry::Digest;
 use bytes::Bytes;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -90,8 +91,8 @@ pub enum LayerForm {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KnownLayer {
-    /// `sha256:<hex>` of the uncompressed tar.
-    pub diff_id: String,
+    /// The digest of the uncompressed tar.
+    pub diff_id: Digest,
     pub uncompressed_size: Option<u64>,
     /// A compressed form whose digest is known without reading the layer.
     pub blob: Option<KnownBlob>,
@@ -99,7 +100,7 @@ pub struct KnownLayer {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KnownBlob {
-    pub digest: String,
+    pub digest: Digest,
     pub size: u64,
     pub encoding: BlobEncoding,
 }
@@ -176,8 +177,8 @@ pub enum ImageError {
     DigestMismatch {
         source_name: String,
         entry: String,
-        expected: String,
-        actual: String,
+        expected: Digest,
+        actual: Digest,
     },
     #[error("{source_name}: {detail}")]
     Unsupported { source_name: String, detail: String },

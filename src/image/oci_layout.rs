@@ -14,8 +14,10 @@ use super::{
 };
 use crate::blob::Algorithm;
 use crate::progress::Reporter;
-use crate::registry::reference::is_sha256_digest;
+use crate::registry::Digest;
+use crate::registry::manifest::{MediaType, docker};
 use bytes::Bytes;
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -37,30 +39,6 @@ impl OciLayout {
         }
     }
 }
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Descriptor {
-    media_type: String,
-    digest: String,
-    size: u64,
-}
-
-#[derive(serde::Deserialize)]
-struct Index {
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(serde::Deserialize)]
-struct Manifest {
-    config: Descriptor,
-    layers: Vec<Descriptor>,
-}
-
-const MANIFEST_TYPES: [&str; 2] = [
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-];
 
 impl ImageSource for OciLayout {
     fn describe(&self) -> String {
@@ -87,9 +65,9 @@ impl ImageSource for OciLayout {
             Ok(bytes)
         };
         read("oci-layout", None)?;
-        let index: Index = serde_json::from_slice(&read("index.json", None)?)
+        let index: ImageIndex = serde_json::from_slice(&read("index.json", None)?)
             .map_err(|e| malformed("index.json", e.to_string()))?;
-        let manifest_descriptor = match <[Descriptor; 1]>::try_from(index.manifests) {
+        let manifest_descriptor = match <[Descriptor; 1]>::try_from(index.manifests().clone()) {
             Ok([descriptor]) => descriptor,
             Err(list) => {
                 return Err(malformed(
@@ -101,102 +79,103 @@ impl ImageSource for OciLayout {
                 ));
             }
         };
-        if !MANIFEST_TYPES.contains(&manifest_descriptor.media_type.as_str()) {
+        let manifest_type = manifest_descriptor.media_type();
+        if *manifest_type != MediaType::ImageManifest && *manifest_type != docker::manifest() {
             return Err(ImageError::Unsupported {
                 source_name: name,
                 detail: format!(
                     "its index points to a {}; only a single-platform image manifest can be pushed (copy one \
                      platform out with `skopeo copy --override-arch`)",
-                    manifest_descriptor.media_type
+                    manifest_type
                 ),
             });
         }
-        let blob = |descriptor: &Descriptor| -> Result<Bytes, ImageError> {
-            let relative = blob_path(&descriptor.digest).ok_or_else(|| {
+        let sha256 = |descriptor: &Descriptor, entry: &str| -> Result<Digest, ImageError> {
+            descriptor.digest().as_ref().parse().map_err(|_| {
                 malformed(
-                    "index.json",
-                    format!("{:?} is not a sha256 digest", descriptor.digest),
+                    entry,
+                    format!("{:?} is not a sha256 digest", descriptor.digest().as_ref()),
                 )
-            })?;
-            if descriptor.size > MAX_JSON_BLOB_SIZE {
+            })
+        };
+        let blob = |descriptor: &Descriptor, entry: &str| -> Result<(Digest, Bytes), ImageError> {
+            let digest = sha256(descriptor, entry)?;
+            let relative = blob_path(&digest);
+            if descriptor.size() > MAX_JSON_BLOB_SIZE {
                 return Err(malformed(
                     &relative,
                     format!(
                         "its descriptor says {} bytes, more than the {MAX_JSON_BLOB_SIZE} a manifest or config may have",
-                        descriptor.size
+                        descriptor.size()
                     ),
                 ));
             }
-            let bytes = Bytes::from(read(&relative, Some(descriptor.size))?);
-            let actual = crate::blob::sha256_of(&bytes);
-            if actual != descriptor.digest {
+            let bytes = Bytes::from(read(&relative, Some(descriptor.size()))?);
+            let actual = Digest::sha256_of(&bytes);
+            if actual != digest {
                 return Err(ImageError::DigestMismatch {
                     source_name: name.clone(),
                     entry: relative,
-                    expected: descriptor.digest.clone(),
+                    expected: digest,
                     actual,
                 });
             }
-            Ok(bytes)
+            Ok((digest, bytes))
         };
-        let manifest_bytes = blob(&manifest_descriptor)?;
-        let manifest_entry = format!("manifest {}", manifest_descriptor.digest);
-        let manifest: Manifest =
+        let (manifest_digest, manifest_bytes) = blob(&manifest_descriptor, "index.json")?;
+        let manifest_entry = format!("manifest {manifest_digest}");
+        let manifest: ImageManifest =
             serde_json::from_slice(&manifest_bytes).map_err(|e| malformed(&manifest_entry, e.to_string()))?;
-        let config = blob(&manifest.config)?;
-        let diff_ids = config_diff_ids(&config, &name, &format!("config {}", manifest.config.digest))?;
-        if diff_ids.len() != manifest.layers.len() {
+        let (config_digest, config) = blob(manifest.config(), &manifest_entry)?;
+        let diff_ids = config_diff_ids(&config, &name, &format!("config {config_digest}"))?;
+        if diff_ids.len() != manifest.layers().len() {
             return Err(malformed(
                 &manifest_entry,
                 format!(
                     "it lists {} layers but the config has {} diff_ids",
-                    manifest.layers.len(),
+                    manifest.layers().len(),
                     diff_ids.len()
                 ),
             ));
         }
         let mut layers = Vec::with_capacity(diff_ids.len());
         let mut files = Vec::with_capacity(diff_ids.len());
-        for (layer, diff_id) in manifest.layers.iter().zip(diff_ids) {
-            let path = blob_path(&layer.digest).ok_or_else(|| {
-                malformed(
-                    &manifest_entry,
-                    format!("{:?} is not a sha256 digest", layer.digest),
-                )
-            })?;
-            let blob = match layer_compression(&layer.media_type) {
+        for (layer, diff_id) in manifest.layers().iter().zip(diff_ids) {
+            let digest = sha256(layer, &manifest_entry)?;
+            let path = blob_path(&digest);
+            let blob = match layer_compression(layer.media_type()) {
                 Some(Some(algorithm)) => Some(KnownBlob {
-                    digest: layer.digest.clone(),
-                    size: layer.size,
+                    digest,
+                    size: layer.size(),
                     encoding: BlobEncoding::Stored(algorithm),
                 }),
-                Some(None) if layer.digest == diff_id => None,
+                Some(None) if digest == diff_id => None,
                 Some(None) => {
                     return Err(ImageError::DigestMismatch {
                         source_name: name,
                         entry: path,
                         expected: diff_id,
-                        actual: layer.digest.clone(),
+                        actual: digest,
                     });
                 }
                 None => {
                     return Err(ImageError::Unsupported {
                         source_name: name,
                         detail: format!(
-                            "layer {} has media type {}, which nixfly cannot push",
-                            layer.digest, layer.media_type
+                            "layer {digest} has media type {}, which nixfly cannot push",
+                            layer.media_type()
                         ),
                     });
                 }
             };
             // Checked now, so a hostile layer fails the push before anything is uploaded.
-            open_inside(&root, &self.dir, &path, Some(layer.size), &name)?;
+            open_inside(&root, &self.dir, &path, Some(layer.size()), &name)?;
             layers.push(KnownLayer {
                 diff_id,
-                uncompressed_size: blob.is_none().then_some(layer.size),
+                uncompressed_size: blob.is_none().then_some(layer.size()),
                 blob,
             });
-            files.push((path, layer.size));
+            files.push((path, layer.size()));
         }
         Ok(Image::Indexed(Arc::new(LayoutImage {
             parts: IndexedParts {
@@ -319,20 +298,19 @@ impl<R: Read> Read for BoundedReader<R> {
     }
 }
 
-fn blob_path(digest: &str) -> Option<String> {
-    is_sha256_digest(digest).then(|| format!("blobs/sha256/{}", &digest["sha256:".len()..]))
+fn blob_path(digest: &Digest) -> String {
+    format!("blobs/sha256/{}", digest.hex())
 }
 
 /// `Some(None)`: an uncompressed tar; `Some(Some(a))`: compressed with `a`; `None`: not a
 /// layer type we can push.
-fn layer_compression(media_type: &str) -> Option<Option<Algorithm>> {
+fn layer_compression(media_type: &MediaType) -> Option<Option<Algorithm>> {
     match media_type {
-        "application/vnd.oci.image.layer.v1.tar" | "application/vnd.docker.image.rootfs.diff.tar" => {
-            Some(None)
-        }
-        "application/vnd.oci.image.layer.v1.tar+gzip"
-        | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Some(Some(Algorithm::Gzip)),
-        "application/vnd.oci.image.layer.v1.tar+zstd" => Some(Some(Algorithm::Zstd)),
+        MediaType::ImageLayer => Some(None),
+        MediaType::ImageLayerGzip => Some(Some(Algorithm::Gzip)),
+        MediaType::ImageLayerZstd => Some(Some(Algorithm::Zstd)),
+        other if *other == docker::layer() => Some(None),
+        other if *other == docker::layer_gzip() => Some(Some(Algorithm::Gzip)),
         _ => None,
     }
 }

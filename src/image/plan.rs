@@ -11,8 +11,9 @@ use super::{
 };
 use crate::layer::plan::{LayerPlan, LayerSource, PlanKind};
 use crate::progress::Reporter;
+use crate::registry::Digest;
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -129,22 +130,22 @@ struct Verified {
     inner: Box<dyn Read + Send>,
     hasher: Sha256,
     read: u64,
-    expected_diff_id: String,
+    expected_diff_id: Digest,
     expected_size: u64,
     what: String,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{what} has sha256:{actual} ({actual_size} bytes), but the plan recorded {expected} \
+    "{what} has {actual} ({actual_size} bytes), but the plan recorded {expected} \
      ({expected_size} bytes): the store paths changed after the plan was built; rebuild the plan \
      (nix build) rather than push an image that differs from it"
 )]
 pub struct PlanMismatch {
     what: String,
-    expected: String,
+    expected: Digest,
     expected_size: u64,
-    actual: String,
+    actual: Digest,
     actual_size: u64,
 }
 
@@ -154,8 +155,8 @@ impl Read for Verified {
         self.hasher.update(&buf[..n]);
         self.read += n as u64;
         if n == 0 && !buf.is_empty() {
-            let actual = hex::encode(self.hasher.clone().finalize());
-            if self.expected_diff_id.strip_prefix("sha256:") != Some(actual.as_str()) {
+            let actual = Digest::from_hasher(self.hasher.clone());
+            if actual != self.expected_diff_id {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     PlanMismatch {
@@ -176,7 +177,6 @@ impl Read for Verified {
 mod tests {
     use super::*;
     use crate::blob::Compression;
-    use crate::cli::layer::compress_source;
     use crate::image::{SourceKind, detect};
     use crate::layer::plan::{PLAN_VERSION, PlanKind, PlannedLayer, StreamConf};
     use crate::layer::store_tar::TarOptions;
@@ -203,7 +203,7 @@ mod tests {
             .map(|path| {
                 let source =
                     LayerSource::store_paths(vec![path.display().to_string()], &TarOptions::default());
-                compress_source(&source, None, Compression::default(), 2, |_| Ok(())).unwrap()
+                PlannedLayer::build(&source, None, Compression::default(), 2, |_| Ok(())).unwrap()
             })
             .collect();
         let conf: StreamConf = serde_json::from_value(serde_json::json!({
@@ -262,7 +262,7 @@ mod tests {
         let config: serde_json::Value = serde_json::from_slice(&image.config()).unwrap();
         assert_eq!(config["rootfs"]["diff_ids"][1], f.layers[1].diff_id.as_str());
         let bytes = read_layer(image.as_ref(), 1).unwrap();
-        assert_eq!(crate::blob::sha256_of(&bytes), f.layers[1].diff_id);
+        assert_eq!(Digest::sha256_of(&bytes), f.layers[1].diff_id);
         assert!(image.open_layer(0, LayerForm::Stored).is_err());
     }
 
@@ -276,7 +276,7 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("layer 1 (store paths "), "{message}");
         assert!(message.contains("bbbb-app"), "{message}");
-        assert!(message.contains(&f.layers[1].diff_id), "{message}");
+        assert!(message.contains(f.layers[1].diff_id.as_str()), "{message}");
         assert!(message.contains("rebuild the plan"), "{message}");
         // The untouched layer still reads.
         assert!(read_layer(image.as_ref(), 0).is_ok());
@@ -301,7 +301,8 @@ mod tests {
         let err = source.open(&Reporter::plain()).err().unwrap();
         let message = err.to_string();
         assert!(message.contains("plan.json"), "{message}");
-        assert!(message.contains("layer 0"), "{message}");
+        // Digests are checked as the plan is parsed: the message names the bad one.
+        assert!(message.contains("invalid digest \"sha256:nothex\""), "{message}");
     }
 
     #[test]

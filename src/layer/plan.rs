@@ -6,8 +6,8 @@
 //! digest (image id) and diff_ids as the one the stream script of the same image produces.
 
 use super::store_tar::{StoreTarReader, TarOptions};
-use crate::blob::Compression;
-use crate::registry::reference::is_sha256_digest;
+use crate::blob::{self, BlobError, Compression, SinkClosed};
+use crate::registry::Digest;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fs::File;
@@ -39,12 +39,12 @@ pub struct LayerPlan {
 #[serde(deny_unknown_fields)]
 pub struct PlannedLayer {
     pub source: LayerSource,
-    /// `sha256:<hex>` of the uncompressed tar.
-    pub diff_id: String,
+    /// The digest of the uncompressed tar (checked to be `sha256:<hex>` when the plan is read).
+    pub diff_id: Digest,
     /// Size of the uncompressed tar.
     pub size: u64,
-    /// `sha256:<hex>` of the compressed blob.
-    pub digest: String,
+    /// The digest of the compressed blob.
+    pub digest: Digest,
     pub compressed_size: u64,
     /// How the blob was compressed; the push regenerates it with exactly this setting.
     pub compression: Compression,
@@ -158,6 +158,41 @@ pub enum PlanError {
     Spawn(#[source] std::io::Error),
     #[error("the streamLayeredImage conf: {0}")]
     Conf(String),
+    #[error("cannot make the layer of {paths}")]
+    Build {
+        paths: String,
+        #[source]
+        source: BlobError,
+    },
+}
+
+impl PlannedLayer {
+    /// Make the layer's bytes from `source`, compress them with `compression`, pass the blob
+    /// to `sink` chunk by chunk, and return the record of what came out.
+    pub fn build(
+        source: &LayerSource,
+        root: Option<&Path>,
+        compression: Compression,
+        workers: usize,
+        sink: impl FnMut(bytes::Bytes) -> Result<(), SinkClosed> + Send,
+    ) -> Result<Self, PlanError> {
+        let tar = source.open(root)?;
+        let digests =
+            blob::compress_layer(tar, compression, workers, sink, |_| {}).map_err(|source_err| {
+                PlanError::Build {
+                    paths: source.paths().join(" "),
+                    source: source_err,
+                }
+            })?;
+        Ok(PlannedLayer {
+            source: source.clone(),
+            diff_id: digests.diff_id,
+            size: digests.uncompressed_size,
+            digest: digests.digest,
+            compressed_size: digests.size,
+            compression,
+        })
+    }
 }
 
 impl LayerPlan {
@@ -196,18 +231,9 @@ impl LayerPlan {
         Ok(plan)
     }
 
-    /// The plan's own consistency: well-formed digests, and the config's diff_ids are the
-    /// layers' diff_ids in order.
+    /// The plan's own consistency (its digests were checked as they were read): the config's
+    /// diff_ids are the layers' diff_ids in order.
     fn check(&self) -> Result<(), String> {
-        for (index, layer) in self.layers.iter().enumerate() {
-            for digest in [&layer.diff_id, &layer.digest] {
-                if !is_sha256_digest(digest) {
-                    return Err(format!(
-                        "layer {index}: {digest:?} is not a sha256:<64 hex digits> digest"
-                    ));
-                }
-            }
-        }
         let config: Value =
             serde_json::from_str(&self.config).map_err(|e| format!("the config is not JSON: {e}"))?;
         let diff_ids: Vec<&str> = config
@@ -321,7 +347,7 @@ impl StreamConf {
     pub fn image_config(&self, layers: &[PlannedLayer]) -> Result<String, PlanError> {
         let created = isoformat(&self.created)?;
         let text = |s: &str| Ordered::Scalar(Value::String(s.to_string()));
-        let diff_ids = layers.iter().map(|l| text(&l.diff_id)).collect();
+        let diff_ids = layers.iter().map(|l| text(l.diff_id.as_str())).collect();
         let history = layers
             .iter()
             .map(|l| {
@@ -537,8 +563,8 @@ mod tests {
     const GLIBC: &str = "/nix/store/7yx1q4m8dz4v0rwj3ggr0nvb1i0a2c9s-glibc-2.40";
     const CUSTOM: &str = "/nix/store/2a3fh9vq0j5wd4zw1z6qkh2ps8mz8n0x-hello-customisation-layer";
 
-    fn digest(fill: char) -> String {
-        format!("sha256:{}", fill.to_string().repeat(64))
+    fn digest(fill: char) -> Digest {
+        format!("sha256:{}", fill.to_string().repeat(64)).parse().unwrap()
     }
 
     fn layer(source: LayerSource, fill: char) -> PlannedLayer {
@@ -684,10 +710,13 @@ sys.stdout.write(json.dumps(image, indent=4))
         let err = LayerPlan::parse(swapped.to_json().as_bytes(), "plan.json").unwrap_err();
         assert!(err.to_string().contains("rootfs.diff_ids"), "{err}");
 
-        let mut bad = plan.clone();
-        bad.layers[2].digest = "sha256:ABC".into();
-        let err = LayerPlan::parse(bad.to_json().as_bytes(), "plan.json").unwrap_err();
-        assert!(format!("{err:#}").contains("layer 2"), "{err}");
+        // A malformed digest is refused as the plan is read, naming it.
+        let bad = plan
+            .to_json()
+            .replacen(plan.layers[2].digest.as_str(), "sha256:ABC", 1);
+        let err = LayerPlan::parse(bad.as_bytes(), "plan.json").unwrap_err();
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert!(text.contains("invalid digest \"sha256:ABC\""), "{text}");
     }
 
     #[test]

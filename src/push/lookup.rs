@@ -7,13 +7,14 @@ use super::{BlobStore, LOOKUP_PARALLEL, PushError, PushedLayer, Pusher};
 use crate::blob::Algorithm;
 use crate::image::{BlobEncoding, KnownLayer};
 use crate::progress::{Event, LayerOutcome};
+use crate::registry::Digest;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 /// A blob the registry may already have.
 #[derive(Clone)]
 pub(super) struct Candidate {
-    pub(super) digest: String,
+    pub(super) digest: Digest,
     pub(super) size: u64,
     pub(super) algorithm: Algorithm,
 }
@@ -27,10 +28,10 @@ impl<S: BlobStore> Pusher<S> {
             let algorithm = match blob.encoding {
                 BlobEncoding::Stored(algorithm) => Some(algorithm),
                 BlobEncoding::Reproducible(compression) => {
-                    (compression == self.plan.compression).then_some(compression.algorithm)
+                    (compression == self.spec.compression).then_some(compression.algorithm)
                 }
             };
-            if let Some(algorithm) = algorithm.filter(|a| self.plan.format.layer_media_type(*a).is_some()) {
+            if let Some(algorithm) = algorithm.filter(|a| self.spec.format.layer_media_type(*a).is_some()) {
                 candidates.push(Candidate {
                     digest: blob.digest.clone(),
                     size: blob.size,
@@ -38,13 +39,13 @@ impl<S: BlobStore> Pusher<S> {
                 });
             }
         }
-        if let Some(cached) = self.cache.compressed(&layer.diff_id, &self.plan.compression)
+        if let Some(cached) = self.cache.compressed(&layer.diff_id, &self.spec.compression)
             && !candidates.iter().any(|c| c.digest == cached.digest)
         {
             candidates.push(Candidate {
                 digest: cached.digest,
                 size: cached.size,
-                algorithm: self.plan.compression.algorithm,
+                algorithm: self.spec.compression.algorithm,
             });
         }
         candidates
@@ -55,7 +56,7 @@ impl<S: BlobStore> Pusher<S> {
     pub(super) async fn find_existing(
         &self,
         index: usize,
-        diff_id: &str,
+        diff_id: &Digest,
         candidates: Vec<Candidate>,
     ) -> Result<Option<PushedLayer>, PushError> {
         Ok(self
@@ -70,35 +71,35 @@ impl<S: BlobStore> Pusher<S> {
         &self,
         candidates: Vec<Candidate>,
     ) -> Result<Option<(Candidate, LayerOutcome)>, PushError> {
-        let plan = &self.plan;
+        let spec = &self.spec;
         for candidate in &candidates {
             let exists = self
                 .store
-                .blob_exists(&plan.repository, &candidate.digest)
+                .blob_exists(&spec.repository, &candidate.digest)
                 .await
                 .map_err(self.registry_error(format!(
                     "checking for blob {} in {}",
                     candidate.digest,
-                    plan.name()
+                    spec.name()
                 )))?;
             if exists.is_some() {
                 return Ok(Some((candidate.clone(), LayerOutcome::Skipped)));
             }
         }
         for candidate in candidates {
-            for from in self.cache.repositories_with(&plan.registry, &candidate.digest) {
-                if from == plan.repository {
+            for from in self.cache.repositories_with(&spec.registry, &candidate.digest) {
+                if from == spec.repository {
                     continue;
                 }
                 let mounted = self
                     .store
-                    .mount_blob(&plan.repository, &candidate.digest, &from)
+                    .mount_blob(&spec.repository, &candidate.digest, &from)
                     .await
                     .map_err(self.registry_error(format!(
                         "mounting blob {} from {}/{from} into {}",
                         candidate.digest,
-                        plan.registry,
-                        plan.name()
+                        spec.registry,
+                        spec.name()
                     )))?;
                 if mounted {
                     return Ok(Some((candidate, LayerOutcome::Mounted)));
@@ -139,7 +140,7 @@ impl<S: BlobStore> Pusher<S> {
             .map(|(index, ((blob, outcome), diff_id))| {
                 self.reporter.emit(Event::LayerStarted {
                     index,
-                    diff_id: diff_id.clone(),
+                    diff_id: diff_id.to_string(),
                     size: None,
                 });
                 self.done(index, diff_id, &blob, outcome)

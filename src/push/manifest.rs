@@ -2,9 +2,12 @@
 //! once every blob is in the repository (what makes a failed push leave the tag alone).
 
 use super::{BlobStore, PushError, Pushed, PushedLayer, Pusher};
-use crate::blob::{self, Algorithm};
+use crate::blob::Algorithm;
 use crate::progress::Event;
+use crate::registry::Digest;
+use crate::registry::manifest::{MediaType, docker};
 use bytes::Bytes;
+use oci_spec::image::{Descriptor, ImageManifest, ImageManifestBuilder};
 
 /// `--format`: the manifest (and media types) pushed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -17,29 +20,27 @@ pub enum ManifestFormat {
 }
 
 impl ManifestFormat {
-    fn manifest_media_type(self) -> &'static str {
+    fn manifest_media_type(self) -> MediaType {
         match self {
-            ManifestFormat::Docker => "application/vnd.docker.distribution.manifest.v2+json",
-            ManifestFormat::Oci => "application/vnd.oci.image.manifest.v1+json",
+            ManifestFormat::Docker => docker::manifest(),
+            ManifestFormat::Oci => MediaType::ImageManifest,
         }
     }
 
-    fn config_media_type(self) -> &'static str {
+    fn config_media_type(self) -> MediaType {
         match self {
-            ManifestFormat::Docker => "application/vnd.docker.container.image.v1+json",
-            ManifestFormat::Oci => "application/vnd.oci.image.config.v1+json",
+            ManifestFormat::Docker => docker::config(),
+            ManifestFormat::Oci => MediaType::ImageConfig,
         }
     }
 
     /// The layer media type, or None when this format cannot carry the algorithm.
-    pub(super) fn layer_media_type(self, algorithm: Algorithm) -> Option<&'static str> {
+    pub(super) fn layer_media_type(self, algorithm: Algorithm) -> Option<MediaType> {
         match (self, algorithm) {
-            (ManifestFormat::Docker, Algorithm::Gzip) => {
-                Some("application/vnd.docker.image.rootfs.diff.tar.gzip")
-            }
+            (ManifestFormat::Docker, Algorithm::Gzip) => Some(docker::layer_gzip()),
             (ManifestFormat::Docker, Algorithm::Zstd) => None,
-            (ManifestFormat::Oci, Algorithm::Gzip) => Some("application/vnd.oci.image.layer.v1.tar+gzip"),
-            (ManifestFormat::Oci, Algorithm::Zstd) => Some("application/vnd.oci.image.layer.v1.tar+zstd"),
+            (ManifestFormat::Oci, Algorithm::Gzip) => Some(MediaType::ImageLayerGzip),
+            (ManifestFormat::Oci, Algorithm::Zstd) => Some(MediaType::ImageLayerZstd),
         }
     }
 }
@@ -47,39 +48,51 @@ impl ManifestFormat {
 impl<S: BlobStore> Pusher<S> {
     /// Config blob, then the manifest, then the tag.
     pub(super) async fn commit(&self, config: Bytes, layers: Vec<PushedLayer>) -> Result<Pushed, PushError> {
-        let plan = &self.plan;
-        let config_digest = blob::sha256_of(&config);
+        let spec = &self.spec;
+        let config_digest = Digest::sha256_of(&config);
         let config_size = config.len() as u64;
         let have_config = self
             .store
-            .blob_exists(&plan.repository, &config_digest)
+            .blob_exists(&spec.repository, &config_digest)
             .await
             .map_err(
-                self.registry_error(format!("checking for config {config_digest} in {}", plan.name())),
+                self.registry_error(format!("checking for config {config_digest} in {}", spec.name())),
             )?;
         if have_config.is_none() {
-            let (digest, _) = self
+            let stored = self
                 .store
-                .push_blob_bytes(&plan.repository, config)
+                .push_blob_bytes(&spec.repository, config)
                 .await
                 .map_err(
-                    self.registry_error(format!("uploading config {config_digest} to {}", plan.name())),
+                    self.registry_error(format!("uploading config {config_digest} to {}", spec.name())),
                 )?;
-            debug_assert_eq!(digest, config_digest);
+            debug_assert_eq!(stored.digest, config_digest);
         }
-        let manifest = manifest_json(plan.format, &config_digest, config_size, &layers);
-        let media_type = plan.format.manifest_media_type();
-        let manifest_digest = blob::sha256_of(&manifest);
-        let target = plan.tag.clone().unwrap_or_else(|| manifest_digest.clone());
+        let manifest = manifest(spec.format, &config_digest, config_size, &layers);
+        let manifest = Bytes::from(serde_json::to_vec_pretty(&manifest).expect("a manifest serialises"));
+        let manifest_digest = Digest::sha256_of(&manifest);
+        let target = spec
+            .tag
+            .as_ref()
+            .map_or_else(|| manifest_digest.to_string(), |tag| tag.to_string());
         let stored = self
             .store
-            .put_manifest(&plan.repository, &target, media_type, manifest)
+            .put_manifest(
+                &spec.repository,
+                &target,
+                &spec.format.manifest_media_type(),
+                manifest,
+            )
             .await
-            .map_err(self.registry_error(format!("putting the manifest {target} in {}", plan.name())))?;
-        let reference = format!("{}@{stored}", plan.name());
+            .map_err(self.registry_error(format!("putting the manifest {target} in {}", spec.name())))?;
+        let reference = crate::registry::reference::PinnedReference {
+            registry: spec.registry.clone(),
+            repository: spec.repository.clone(),
+            digest: stored.clone(),
+        };
         self.reporter.emit(Event::Pushed {
-            reference: reference.clone(),
-            tag: plan.tag.clone(),
+            reference: reference.to_string(),
+            tag: spec.tag.as_ref().map(|tag| tag.to_string()),
         });
         Ok(Pushed {
             reference,
@@ -90,46 +103,32 @@ impl<S: BlobStore> Pusher<S> {
     }
 }
 
-/// Manifest JSON, fields in the order the specs list them.
-fn manifest_json(
+/// The image manifest: oci-spec's, whose JSON shape Docker v2s2 shares (with Docker's media
+/// types). Serialised as the registry will store it, so its digest is the manifest digest.
+fn manifest(
     format: ManifestFormat,
-    config_digest: &str,
+    config_digest: &Digest,
     config_size: u64,
     layers: &[PushedLayer],
-) -> Bytes {
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Manifest<'a> {
-        schema_version: u32,
-        media_type: &'a str,
-        config: Descriptor<'a>,
-        layers: Vec<Descriptor<'a>>,
-    }
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Descriptor<'a> {
-        media_type: &'a str,
-        size: u64,
-        digest: &'a str,
-    }
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: format.manifest_media_type(),
-        config: Descriptor {
-            media_type: format.config_media_type(),
-            size: config_size,
-            digest: config_digest,
-        },
-        layers: layers
-            .iter()
-            .map(|layer| Descriptor {
-                media_type: format
-                    .layer_media_type(layer.algorithm)
-                    .expect("blobs are chosen for the format"),
-                size: layer.size,
-                digest: &layer.digest,
-            })
-            .collect(),
-    };
-    Bytes::from(serde_json::to_vec_pretty(&manifest).expect("a manifest serialises"))
+) -> ImageManifest {
+    let layers: Vec<Descriptor> = layers
+        .iter()
+        .map(|layer| {
+            let media_type = format
+                .layer_media_type(layer.algorithm)
+                .expect("blobs are chosen for the format");
+            Descriptor::new(media_type, layer.size, layer.digest.to_oci())
+        })
+        .collect();
+    ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(format.manifest_media_type())
+        .config(Descriptor::new(
+            format.config_media_type(),
+            config_size,
+            config_digest.to_oci(),
+        ))
+        .layers(layers)
+        .build()
+        .expect("every required manifest field is set")
 }

@@ -1,12 +1,13 @@
-//! The push pipeline, one module per stage (go-containerregistry's `remote.Push` is the model:
-//! find what the registry has, upload the rest, commit the manifest last):
+//! The push pipeline, one module per stage (go-containerregistry's `pkg/v1/remote/pusher.go` is
+//! the model, `Push` → `uploadOne` → `commitManifest`: find what the registry has, upload the
+//! rest, commit the manifest last):
 //!
-//! - [`lookup`]: what the registry already has, from the cache and the source, asked with HEAD
+//! - `lookup`: what the registry already has, from the cache and the source, asked with HEAD
 //!   and cross-repository mounts, before any layer is read;
-//! - [`upload`]: one blob's upload, and the set of uploads in flight (`--jobs` at most);
-//! - [`pipeline`]: the blocking side: reading layers and compressing them into bounded
+//! - `upload`: one blob's upload, and the set of uploads in flight (`--jobs` at most);
+//! - `pipeline`: the blocking side: reading layers and compressing them into bounded
 //!   channels, never waiting on the network itself;
-//! - [`manifest`]: the config blob, then the manifest, put under the tag only after every
+//! - `manifest`: the config blob, then the manifest, put under the tag only after every
 //!   blob is there.
 //!
 //! One async coordinator per push (here) owns the uploads and answers the blocking reader, so
@@ -29,7 +30,11 @@ use crate::blob::{Algorithm, BlobError, Compression};
 use crate::cache::{ArchiveSummary, Cache, CachedBlob};
 use crate::image::{ArchiveStream, Image, ImageError, IndexedImage};
 use crate::progress::{Event, LayerOutcome, Reporter};
+use crate::registry::Digest;
+use crate::registry::blob::StoredBlob;
 use crate::registry::error::RegistryError;
+use crate::registry::manifest::MediaType;
+use crate::registry::reference::{PinnedReference, Tag};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use lookup::Candidate;
@@ -43,50 +48,52 @@ use upload::{ReadFailed, Uploads};
 /// HEAD and mount requests in flight while looking for layers the registry already has.
 const LOOKUP_PARALLEL: usize = 16;
 
-/// What push needs from a registry. Digests are `sha256:<hex>`.
+/// What push needs from a registry.
 pub trait BlobStore: Send + Sync + 'static {
     /// `Some(size)` when `repository` has the blob.
     fn blob_exists(
         &self,
         repository: &str,
-        digest: &str,
+        digest: &Digest,
     ) -> impl Future<Output = Result<Option<u64>, RegistryError>> + Send;
     /// Mount a blob from another repository of the same registry; false when it could not.
     fn mount_blob(
         &self,
         repository: &str,
-        digest: &str,
+        digest: &Digest,
         from: &str,
     ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
     /// Upload a blob arriving on `body`; returns its digest and size. With `expected`, a blob
     /// with another digest is refused before it is committed. An `Err` on `body` aborts.
+    /// `once`: the data cannot be produced again (a stream), so all of it is kept for resending.
     fn push_blob_stream(
         &self,
         repository: &str,
         body: mpsc::Receiver<io::Result<Bytes>>,
-        expected: Option<&str>,
-    ) -> impl Future<Output = Result<(String, u64), RegistryError>> + Send;
+        expected: Option<&Digest>,
+        once: bool,
+    ) -> impl Future<Output = Result<StoredBlob, RegistryError>> + Send;
     fn push_blob_bytes(
         &self,
         repository: &str,
         bytes: Bytes,
-    ) -> impl Future<Output = Result<(String, u64), RegistryError>> + Send;
+    ) -> impl Future<Output = Result<StoredBlob, RegistryError>> + Send;
     /// Store a manifest under a tag or digest; returns its digest.
     fn put_manifest(
         &self,
         repository: &str,
         tag_or_digest: &str,
-        media_type: &str,
+        media_type: &MediaType,
         bytes: Bytes,
-    ) -> impl Future<Output = Result<String, RegistryError>> + Send;
+    ) -> impl Future<Output = Result<Digest, RegistryError>> + Send;
 }
 
 impl BlobStore for crate::registry::RegistryClient {
-    async fn blob_exists(&self, repository: &str, digest: &str) -> Result<Option<u64>, RegistryError> {
+    async fn blob_exists(&self, repository: &str, digest: &Digest) -> Result<Option<u64>, RegistryError> {
         crate::registry::RegistryClient::blob_exists(self, repository, digest).await
     }
 
-    async fn mount_blob(&self, repository: &str, digest: &str, from: &str) -> Result<bool, RegistryError> {
+    async fn mount_blob(&self, repository: &str, digest: &Digest, from: &str) -> Result<bool, RegistryError> {
         crate::registry::RegistryClient::mount_blob(self, repository, digest, from).await
     }
 
@@ -94,25 +101,28 @@ impl BlobStore for crate::registry::RegistryClient {
         &self,
         repository: &str,
         body: mpsc::Receiver<io::Result<Bytes>>,
-        expected: Option<&str>,
-    ) -> Result<(String, u64), RegistryError> {
-        let blob =
-            crate::registry::RegistryClient::push_blob_stream(self, repository, body, expected).await?;
-        Ok((blob.digest, blob.size))
+        expected: Option<&Digest>,
+        once: bool,
+    ) -> Result<StoredBlob, RegistryError> {
+        let resend = if once {
+            crate::registry::blob::Resend::Everything
+        } else {
+            crate::registry::blob::Resend::Window
+        };
+        crate::registry::RegistryClient::push_blob_stream(self, repository, body, expected, resend).await
     }
 
-    async fn push_blob_bytes(&self, repository: &str, bytes: Bytes) -> Result<(String, u64), RegistryError> {
-        let blob = crate::registry::RegistryClient::push_blob_bytes(self, repository, bytes).await?;
-        Ok((blob.digest, blob.size))
+    async fn push_blob_bytes(&self, repository: &str, bytes: Bytes) -> Result<StoredBlob, RegistryError> {
+        crate::registry::RegistryClient::push_blob_bytes(self, repository, bytes).await
     }
 
     async fn put_manifest(
         &self,
         repository: &str,
         tag_or_digest: &str,
-        media_type: &str,
+        media_type: &MediaType,
         bytes: Bytes,
-    ) -> Result<String, RegistryError> {
+    ) -> Result<Digest, RegistryError> {
         crate::registry::RegistryClient::put_manifest(self, repository, tag_or_digest, media_type, bytes)
             .await
     }
@@ -120,11 +130,11 @@ impl BlobStore for crate::registry::RegistryClient {
 
 /// Everything a push needs, validated.
 #[derive(Clone, Debug)]
-pub struct PushPlan {
+pub struct PushSpec {
     pub registry: String,
     pub repository: String,
     /// Set the manifest under this tag; None pushes it by digest only.
-    pub tag: Option<String>,
+    pub tag: Option<Tag>,
     pub format: ManifestFormat,
     pub compression: Compression,
     /// Layers compressed and uploaded at once.
@@ -135,7 +145,7 @@ pub struct PushPlan {
     pub allow_arch: bool,
 }
 
-impl PushPlan {
+impl PushSpec {
     pub fn validate(&self) -> Result<(), PushError> {
         if self.format.layer_media_type(self.compression.algorithm).is_none() {
             return Err(PushError::Options(format!(
@@ -158,8 +168,8 @@ impl PushPlan {
 /// A layer blob as it ends up in the manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PushedLayer {
-    pub diff_id: String,
-    pub digest: String,
+    pub diff_id: Digest,
+    pub digest: Digest,
     pub size: u64,
     pub algorithm: Algorithm,
     pub outcome: LayerOutcome,
@@ -169,10 +179,9 @@ pub struct PushedLayer {
 #[derive(Clone, Debug)]
 #[cfg_attr(not(test), allow(dead_code))]
 pub struct Pushed {
-    /// `host/repo@sha256:...`
-    pub reference: String,
-    pub manifest_digest: String,
-    pub config_digest: String,
+    pub reference: PinnedReference,
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
     pub layers: Vec<PushedLayer>,
 }
 
@@ -203,8 +212,8 @@ pub enum PushError {
     NotReproduced {
         layer: String,
         compression: String,
-        expected: String,
-        actual: String,
+        expected: Digest,
+        actual: Digest,
     },
     #[error("{0}")]
     Options(String),
@@ -224,24 +233,24 @@ impl PushError {
     }
 }
 
-/// Push `image` as `plan` says. Nothing is tagged unless every blob is in the registry.
+/// Push `image` as `spec` says. Nothing is tagged unless every blob is in the registry.
 pub async fn push<S: BlobStore>(
     store: Arc<S>,
     image: Image,
-    plan: &PushPlan,
+    spec: &PushSpec,
     cache: Arc<Cache>,
     reporter: Reporter,
 ) -> Result<Pushed, PushError> {
-    plan.validate()?;
+    spec.validate()?;
     let pusher = Arc::new(Pusher {
         store,
-        plan: plan.clone(),
+        spec: spec.clone(),
         cache,
         reporter,
     });
     // Fly runs amd64: the architecture is checked as soon as the config is known, before any
     // upload for indexed sources; a stream's config comes last, so before its manifest.
-    let check_arch = |config: &[u8], source: &str| match plan.allow_arch {
+    let check_arch = |config: &[u8], source: &str| match spec.allow_arch {
         true => Ok(()),
         false => crate::image::arch::check(config, source),
     };
@@ -265,7 +274,7 @@ const REGENERATIONS: u32 = 1;
 
 struct Pusher<S> {
     store: Arc<S>,
-    plan: PushPlan,
+    spec: PushSpec,
     cache: Arc<Cache>,
     reporter: Reporter,
 }
@@ -279,15 +288,15 @@ impl<S: BlobStore> Pusher<S> {
     }
 
     /// Record and report a layer whose blob is now in the repository.
-    fn done(&self, index: usize, diff_id: &str, blob: &Candidate, outcome: LayerOutcome) -> PushedLayer {
+    fn done(&self, index: usize, diff_id: &Digest, blob: &Candidate, outcome: LayerOutcome) -> PushedLayer {
         self.cache
-            .record_location(&self.plan.registry, &blob.digest, &self.plan.repository);
-        if blob.algorithm == self.plan.compression.algorithm {
+            .record_location(&self.spec.registry, &blob.digest, &self.spec.repository);
+        if blob.algorithm == self.spec.compression.algorithm {
             // Any blob of this algorithm serves this diff_id (a stored one may be of another
             // level): remembering it lets the next push find it with one HEAD.
             self.cache.record_compressed(
                 diff_id,
-                &self.plan.compression,
+                &self.spec.compression,
                 &CachedBlob {
                     digest: blob.digest.clone(),
                     size: blob.size,
@@ -297,11 +306,11 @@ impl<S: BlobStore> Pusher<S> {
         self.reporter.emit(Event::LayerDone {
             index,
             outcome,
-            digest: blob.digest.clone(),
+            digest: blob.digest.to_string(),
             size: blob.size,
         });
         PushedLayer {
-            diff_id: diff_id.to_string(),
+            diff_id: diff_id.clone(),
             digest: blob.digest.clone(),
             size: blob.size,
             algorithm: blob.algorithm,
@@ -319,7 +328,7 @@ impl<S: BlobStore> Pusher<S> {
         for (index, layer) in layers.iter().enumerate() {
             self.reporter.emit(Event::LayerStarted {
                 index,
-                diff_id: layer.diff_id.clone(),
+                diff_id: layer.diff_id.to_string(),
                 size: layer.uncompressed_size,
             });
         }
@@ -328,7 +337,7 @@ impl<S: BlobStore> Pusher<S> {
             .buffered(LOOKUP_PARALLEL)
             .try_collect()
             .await?;
-        let mut uploads = Uploads::new(self.plan.jobs);
+        let mut uploads = Uploads::new(self.spec.jobs);
         for (index, found) in existing.into_iter().enumerate() {
             match found {
                 Some(layer) => uploads.record(index, layer),
@@ -355,7 +364,12 @@ impl<S: BlobStore> Pusher<S> {
     ) -> Result<PushedLayer, PushError> {
         let mut attempt = 0;
         loop {
-            match self.clone().upload_indexed(image.clone(), index).await {
+            // The second time, everything sent is kept (a spill): it cannot be lost again.
+            match self
+                .clone()
+                .upload_indexed(image.clone(), index, attempt > 0)
+                .await
+            {
                 Err(err) if err.is_upload_lost() && attempt < REGENERATIONS => {
                     attempt += 1;
                     self.reporter.info(format!(
@@ -396,7 +410,7 @@ impl<S: BlobStore> Pusher<S> {
             let this = self.clone();
             move || this.read_archive(stream, asks_tx)
         });
-        let mut uploads = Uploads::new(self.plan.jobs);
+        let mut uploads = Uploads::new(self.spec.jobs);
         loop {
             // Uploads that end meanwhile are settled at once, so a failure stops the reader at
             // its next question rather than after the whole stream.
@@ -443,7 +457,10 @@ impl<S: BlobStore> Pusher<S> {
         }
         self.reporter.emit(Event::LayerStarted {
             index: ask.index,
-            diff_id: ask.claimed_diff_id.clone().unwrap_or_else(|| ask.name.clone()),
+            diff_id: ask
+                .claimed_diff_id
+                .as_ref()
+                .map_or_else(|| ask.name.clone(), Digest::to_string),
             size: Some(ask.size),
         });
         if let Some(claimed) = &ask.claimed_diff_id {
@@ -478,8 +495,8 @@ impl<S: BlobStore> Pusher<S> {
         };
         uploads.spawn(async move {
             let read = async move { verdict_rx.await.unwrap_or(Err(ReadFailed::Error(stopped))) };
-            let algorithm = this.plan.compression.algorithm;
-            this.upload_one(index, body_rx, None, algorithm, read)
+            let algorithm = this.spec.compression.algorithm;
+            this.upload_one(index, body_rx, None, algorithm, true, read)
                 .await
                 .map(|layer| (index, layer))
         });

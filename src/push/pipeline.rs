@@ -8,6 +8,7 @@ use crate::blob::{self, BlobError, LayerDigests, SinkClosed};
 use crate::image::docker_archive::{self, StreamedImage};
 use crate::image::{ArchiveStream, ImageError};
 use crate::progress::{Event, Reporter};
+use crate::registry::Digest;
 use bytes::Bytes;
 use std::io::{self, Read};
 use tokio::sync::{mpsc, oneshot};
@@ -22,10 +23,10 @@ pub(super) type Body = mpsc::Sender<io::Result<Bytes>>;
 
 /// What a layer must turn out to be.
 pub(super) struct Expected {
-    /// Its uncompressed sha256, when known before reading it.
-    pub(super) diff_id: Option<String>,
+    /// Its uncompressed digest, when known before reading it.
+    pub(super) diff_id: Option<Digest>,
     /// Its compressed digest, when it must be reproduced exactly.
-    pub(super) digest: Option<String>,
+    pub(super) digest: Option<Digest>,
     /// How to name it in errors.
     pub(super) entry: String,
 }
@@ -36,7 +37,7 @@ pub(super) struct Ask {
     pub(super) name: String,
     pub(super) size: u64,
     /// The diff_id the entry's name suggests (checked against the config at the end).
-    pub(super) claimed_diff_id: Option<String>,
+    pub(super) claimed_diff_id: Option<Digest>,
     pub(super) source_name: String,
     pub(super) reply: oneshot::Sender<Decision>,
 }
@@ -48,7 +49,7 @@ pub(super) enum Decision {
     /// Compress the layer into `body`, then say how reading it went.
     Upload {
         body: Body,
-        verdict: oneshot::Sender<Result<String, ReadFailed>>,
+        verdict: oneshot::Sender<Result<Digest, ReadFailed>>,
     },
 }
 
@@ -85,7 +86,7 @@ impl<S: BlobStore> Pusher<S> {
             Ok(())
         };
         let mut progress = Progress::new(&self.reporter, index);
-        let result = blob::compress_layer(reader, self.plan.compression, self.plan.workers, sink, |n| {
+        let result = blob::compress_layer(reader, self.spec.compression, self.spec.workers, sink, |n| {
             progress.add(n)
         });
         progress.flush();
@@ -171,7 +172,7 @@ impl<S: BlobStore> Pusher<S> {
         {
             return Err(PushError::NotReproduced {
                 layer: expected.entry.clone(),
-                compression: self.plan.compression.key(),
+                compression: self.spec.compression.key(),
                 expected: digest.clone(),
                 actual: digests.digest.clone(),
             });
@@ -244,7 +245,7 @@ impl<S: BlobStore> Pusher<S> {
         index: usize,
         name: &str,
         source_name: &str,
-    ) -> Result<String, PushError> {
+    ) -> Result<Digest, PushError> {
         let mut progress = Progress::new(&self.reporter, index);
         let (diff_id, _) = blob::hash_layer(reader, |n| progress.add(n)).map_err(|err| match err {
             BlobError::Read(source) => PushError::from(ImageError::Read {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::blob::{self, Algorithm, Compression};
+use crate::blob::{Algorithm, Compression};
 use crate::image::{ArchiveStream, Image};
 use crate::progress::{LayerOutcome, Reporter};
 use std::collections::HashMap;
@@ -10,46 +10,25 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 /// An in-memory registry: blobs per repository, manifests per tag, uploads counted.
 #[derive(Default)]
 struct FakeRegistry {
-    blobs: Mutex<HashMap<(String, String), Bytes>>,
+    blobs: Mutex<HashMap<(String, Digest), Bytes>>,
     manifests: Mutex<HashMap<(String, String), Bytes>>,
     uploads: AtomicUsize,
     heads: AtomicUsize,
     /// Answer the next streamed upload as the client does when the registry lost more than
     /// its resend window.
     lose_next_upload: AtomicBool,
+    /// Streamed uploads running now, and the most that ran at once.
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
 }
 
-fn fake_error(message: String) -> RegistryError {
-    RegistryError::Protocol {
-        operation: "fake registry".into(),
-        message,
-    }
-}
-
-impl BlobStore for FakeRegistry {
-    async fn blob_exists(&self, repository: &str, digest: &str) -> Result<Option<u64>, RegistryError> {
-        self.heads.fetch_add(1, Ordering::Relaxed);
-        let blobs = self.blobs.lock().unwrap();
-        Ok(blobs
-            .get(&(repository.into(), digest.into()))
-            .map(|b| b.len() as u64))
-    }
-
-    async fn mount_blob(&self, repository: &str, digest: &str, from: &str) -> Result<bool, RegistryError> {
-        let mut blobs = self.blobs.lock().unwrap();
-        let Some(blob) = blobs.get(&(from.into(), digest.into())).cloned() else {
-            return Ok(false);
-        };
-        blobs.insert((repository.into(), digest.into()), blob);
-        Ok(true)
-    }
-
-    async fn push_blob_stream(
+impl FakeRegistry {
+    async fn receive(
         &self,
         repository: &str,
-        mut body: mpsc::Receiver<io::Result<Bytes>>,
-        expected: Option<&str>,
-    ) -> Result<(String, u64), RegistryError> {
+        body: &mut mpsc::Receiver<io::Result<Bytes>>,
+        expected: Option<&Digest>,
+    ) -> Result<StoredBlob, RegistryError> {
         let mut data = Vec::new();
         while let Some(chunk) = body.recv().await {
             data.extend_from_slice(&chunk.map_err(|e| fake_error(format!("upload aborted: {e}")))?);
@@ -64,8 +43,8 @@ impl BlobStore for FakeRegistry {
                 window: 1,
             });
         }
-        let digest = blob::sha256_of(&data);
-        if expected.is_some_and(|e| e != digest) {
+        let digest = Digest::sha256_of(&data);
+        if expected.is_some_and(|e| *e != digest) {
             return Err(fake_error(format!(
                 "digest {digest} is not the expected {expected:?}"
             )));
@@ -76,43 +55,81 @@ impl BlobStore for FakeRegistry {
             .lock()
             .unwrap()
             .insert((repository.into(), digest.clone()), Bytes::from(data));
-        Ok((digest, size))
+        Ok(StoredBlob { digest, size })
+    }
+}
+
+fn fake_error(message: String) -> RegistryError {
+    RegistryError::Protocol {
+        operation: "fake registry".into(),
+        message,
+    }
+}
+
+impl BlobStore for FakeRegistry {
+    async fn blob_exists(&self, repository: &str, digest: &Digest) -> Result<Option<u64>, RegistryError> {
+        self.heads.fetch_add(1, Ordering::Relaxed);
+        let blobs = self.blobs.lock().unwrap();
+        Ok(blobs
+            .get(&(repository.into(), digest.clone()))
+            .map(|b| b.len() as u64))
     }
 
-    async fn push_blob_bytes(&self, repository: &str, bytes: Bytes) -> Result<(String, u64), RegistryError> {
-        let digest = blob::sha256_of(&bytes);
+    async fn mount_blob(&self, repository: &str, digest: &Digest, from: &str) -> Result<bool, RegistryError> {
+        let mut blobs = self.blobs.lock().unwrap();
+        let Some(blob) = blobs.get(&(from.into(), digest.clone())).cloned() else {
+            return Ok(false);
+        };
+        blobs.insert((repository.into(), digest.clone()), blob);
+        Ok(true)
+    }
+
+    async fn push_blob_stream(
+        &self,
+        repository: &str,
+        mut body: mpsc::Receiver<io::Result<Bytes>>,
+        expected: Option<&Digest>,
+        _once: bool,
+    ) -> Result<StoredBlob, RegistryError> {
+        let running = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(running, Ordering::SeqCst);
+        let result = self.receive(repository, &mut body, expected).await;
+        // Held a moment, as a registry committing a blob does, so that uploads overlap.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    async fn push_blob_bytes(&self, repository: &str, bytes: Bytes) -> Result<StoredBlob, RegistryError> {
+        let digest = Digest::sha256_of(&bytes);
         let size = bytes.len() as u64;
         self.blobs
             .lock()
             .unwrap()
             .insert((repository.into(), digest.clone()), bytes);
-        Ok((digest, size))
+        Ok(StoredBlob { digest, size })
     }
 
     async fn put_manifest(
         &self,
         repository: &str,
         tag: &str,
-        _: &str,
+        _: &MediaType,
         bytes: Bytes,
-    ) -> Result<String, RegistryError> {
+    ) -> Result<Digest, RegistryError> {
         let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         let blobs = self.blobs.lock().unwrap();
-        let mut needed = vec![manifest["config"]["digest"].as_str().unwrap().to_string()];
-        needed.extend(
-            manifest["layers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|l| l["digest"].as_str().unwrap().to_string()),
-        );
+        let digest_at =
+            |value: &serde_json::Value| -> Digest { value["digest"].as_str().unwrap().parse().unwrap() };
+        let mut needed = vec![digest_at(&manifest["config"])];
+        needed.extend(manifest["layers"].as_array().unwrap().iter().map(digest_at));
         if let Some(missing) = needed
             .iter()
             .find(|d| !blobs.contains_key(&(repository.into(), (*d).clone())))
         {
             return Err(fake_error(format!("MANIFEST_BLOB_UNKNOWN {missing}")));
         }
-        let digest = blob::sha256_of(&bytes);
+        let digest = Digest::sha256_of(&bytes);
         self.manifests
             .lock()
             .unwrap()
@@ -142,13 +159,13 @@ fn layer_tar(index: usize) -> Vec<u8> {
 }
 
 /// A streamLayeredImage-shaped archive: `<diff_id>/layer.tar`..., config, manifest.json last.
-fn archive(layers: &[Vec<u8>], corrupt_layer: Option<usize>) -> (Vec<u8>, Vec<String>) {
-    let diff_ids: Vec<String> = layers.iter().map(|l| blob::sha256_of(l)).collect();
+fn archive(layers: &[Vec<u8>], corrupt_layer: Option<usize>) -> (Vec<u8>, Vec<Digest>) {
+    let diff_ids: Vec<Digest> = layers.iter().map(|l| Digest::sha256_of(l)).collect();
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}
     }))
     .unwrap();
-    let config_name = format!("{}.json", &blob::sha256_of(&config)[7..]);
+    let config_name = format!("{}.json", Digest::sha256_of(&config).hex());
     let mut builder = tar::Builder::new(Vec::new());
     let mut names = Vec::new();
     for (index, (layer, diff_id)) in layers.iter().zip(&diff_ids).enumerate() {
@@ -156,7 +173,7 @@ fn archive(layers: &[Vec<u8>], corrupt_layer: Option<usize>) -> (Vec<u8>, Vec<St
         if corrupt_layer == Some(index) {
             data[600] ^= 1;
         }
-        let name = format!("{}/layer.tar", &diff_id[7..]);
+        let name = format!("{}/layer.tar", diff_id.hex());
         append(&mut builder, &name, &data);
         names.push(name);
     }
@@ -178,11 +195,11 @@ fn append(builder: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) {
     builder.append_data(&mut header, name, data).unwrap();
 }
 
-fn plan(format: ManifestFormat, compression: Compression) -> PushPlan {
-    PushPlan {
+fn spec(format: ManifestFormat, compression: Compression) -> PushSpec {
+    PushSpec {
         registry: "127.0.0.1:5000".into(),
         repository: "app".into(),
-        tag: Some("v1".into()),
+        tag: Some("v1".parse().unwrap()),
         format,
         compression,
         jobs: 2,
@@ -210,14 +227,14 @@ fn file_image(dir: &std::path::Path, bytes: &[u8]) -> Image {
 async fn run(
     store: &Arc<FakeRegistry>,
     image: Image,
-    plan: &PushPlan,
+    spec: &PushSpec,
     cache_dir: &std::path::Path,
 ) -> Result<Pushed, PushError> {
     let cache = Arc::new(Cache::with_root(Some(cache_dir.to_path_buf()), Reporter::plain()));
-    push(store.clone(), image, plan, cache, Reporter::plain()).await
+    push(store.clone(), image, spec, cache, Reporter::plain()).await
 }
 
-fn check_blobs(store: &FakeRegistry, pushed: &Pushed, layers: &[Vec<u8>], diff_ids: &[String]) {
+fn check_blobs(store: &FakeRegistry, pushed: &Pushed, layers: &[Vec<u8>], diff_ids: &[Digest]) {
     let blobs = store.blobs.lock().unwrap();
     for ((layer, pushed_layer), diff_id) in layers.iter().zip(&pushed.layers).zip(diff_ids) {
         assert_eq!(&pushed_layer.diff_id, diff_id);
@@ -242,8 +259,8 @@ async fn stream_push_then_warm_push_uploads_nothing() {
     let (bytes, diff_ids) = archive(&layers, None);
     let store = Arc::new(FakeRegistry::default());
     let cache = tempfile::tempdir().unwrap();
-    let plan = plan(ManifestFormat::Docker, Compression::default());
-    let pushed = run(&store, stream_of(bytes.clone()), &plan, cache.path())
+    let spec = spec(ManifestFormat::Docker, Compression::default());
+    let pushed = run(&store, stream_of(bytes.clone()), &spec, cache.path())
         .await
         .unwrap();
     assert!(pushed.layers.iter().all(|l| l.outcome == LayerOutcome::Uploaded));
@@ -261,9 +278,12 @@ async fn stream_push_then_warm_push_uploads_nothing() {
         manifest["layers"][3]["mediaType"],
         "application/vnd.docker.image.rootfs.diff.tar.gzip"
     );
-    assert!(pushed.reference.starts_with("127.0.0.1:5000/app@sha256:"));
+    assert_eq!(
+        pushed.reference.to_string(),
+        format!("127.0.0.1:5000/app@{}", pushed.manifest_digest)
+    );
 
-    let again = run(&store, stream_of(bytes), &plan, cache.path()).await.unwrap();
+    let again = run(&store, stream_of(bytes), &spec, cache.path()).await.unwrap();
     assert!(
         again.layers.iter().all(|l| l.outcome == LayerOutcome::Skipped),
         "{:?}",
@@ -279,27 +299,27 @@ async fn indexed_tar_file_matches_the_stream_result_and_mounts_across_repositori
     let (bytes, diff_ids) = archive(&layers, None);
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FakeRegistry::default());
-    let plan_a = plan(
+    let spec_a = spec(
         ManifestFormat::Oci,
         Compression::new(Algorithm::Zstd, None).unwrap(),
     );
-    let first = run(&store, file_image(dir.path(), &bytes), &plan_a, dir.path())
+    let first = run(&store, file_image(dir.path(), &bytes), &spec_a, dir.path())
         .await
         .unwrap();
     check_blobs(&store, &first, &layers, &diff_ids);
     // Deterministic compression: the stream path gives the same blobs in a fresh cache.
     let fresh = tempfile::tempdir().unwrap();
     let other = Arc::new(FakeRegistry::default());
-    let streamed = run(&other, stream_of(bytes.clone()), &plan_a, fresh.path())
+    let streamed = run(&other, stream_of(bytes.clone()), &spec_a, fresh.path())
         .await
         .unwrap();
     assert_eq!(streamed.manifest_digest, first.manifest_digest);
 
-    let plan_b = PushPlan {
+    let spec_b = PushSpec {
         repository: "other".into(),
-        ..plan_a
+        ..spec_a
     };
-    let mounted = run(&store, file_image(dir.path(), &bytes), &plan_b, dir.path())
+    let mounted = run(&store, file_image(dir.path(), &bytes), &spec_b, dir.path())
         .await
         .unwrap();
     assert!(
@@ -316,16 +336,19 @@ async fn a_layer_not_matching_its_name_is_refused_and_nothing_is_tagged() {
     let (bytes, diff_ids) = archive(&layers, Some(1));
     let store = Arc::new(FakeRegistry::default());
     let cache = tempfile::tempdir().unwrap();
-    let plan = plan(ManifestFormat::Docker, Compression::default());
-    let err = run(&store, stream_of(bytes.clone()), &plan, cache.path())
+    let spec = spec(ManifestFormat::Docker, Compression::default());
+    let err = run(&store, stream_of(bytes.clone()), &spec, cache.path())
         .await
         .unwrap_err();
     let text = format!("{err}");
-    assert!(text.contains(&diff_ids[1]) && text.contains("corrupt"), "{text}");
+    assert!(
+        text.contains(diff_ids[1].as_str()) && text.contains("corrupt"),
+        "{text}"
+    );
     assert!(store.manifests.lock().unwrap().is_empty());
     // The indexed path reads the layer and finds the same.
     let dir = tempfile::tempdir().unwrap();
-    let err = run(&store, file_image(dir.path(), &bytes), &plan, cache.path())
+    let err = run(&store, file_image(dir.path(), &bytes), &spec, cache.path())
         .await
         .unwrap_err();
     assert!(format!("{err}").contains("corrupt"), "{err}");
@@ -334,7 +357,7 @@ async fn a_layer_not_matching_its_name_is_refused_and_nothing_is_tagged() {
 
 #[test]
 fn zstd_needs_the_oci_format() {
-    let err = plan(
+    let err = spec(
         ManifestFormat::Docker,
         Compression::new(Algorithm::Zstd, None).unwrap(),
     )
@@ -351,11 +374,11 @@ async fn a_lost_upload_is_read_again_from_an_indexed_image_and_reported_typed_fr
     let layers: Vec<Vec<u8>> = (0..2).map(layer_tar).collect();
     let (bytes, diff_ids) = archive(&layers, None);
     let dir = tempfile::tempdir().unwrap();
-    let plan = plan(ManifestFormat::Docker, Compression::default());
+    let spec = spec(ManifestFormat::Docker, Compression::default());
 
     let store = Arc::new(FakeRegistry::default());
     store.lose_next_upload.store(true, Ordering::Relaxed);
-    let pushed = run(&store, file_image(dir.path(), &bytes), &plan, dir.path())
+    let pushed = run(&store, file_image(dir.path(), &bytes), &spec, dir.path())
         .await
         .unwrap();
     assert!(
@@ -369,7 +392,7 @@ async fn a_lost_upload_is_read_again_from_an_indexed_image_and_reported_typed_fr
     let store = Arc::new(FakeRegistry::default());
     store.lose_next_upload.store(true, Ordering::Relaxed);
     let fresh = tempfile::tempdir().unwrap();
-    let err = run(&store, stream_of(bytes), &plan, fresh.path())
+    let err = run(&store, stream_of(bytes), &spec, fresh.path())
         .await
         .unwrap_err();
     assert!(err.is_upload_lost(), "{err:?}");
@@ -383,4 +406,28 @@ async fn a_lost_upload_is_read_again_from_an_indexed_image_and_reported_typed_fr
         other => panic!("not a registry error: {other:?}"),
     }
     assert!(store.manifests.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_uploads_run_at_once_than_jobs_allows() {
+    let layers: Vec<Vec<u8>> = (0..6).map(layer_tar).collect();
+    let (bytes, diff_ids) = archive(&layers, None);
+    let dir = tempfile::tempdir().unwrap();
+    for jobs in [1, 3] {
+        let spec = PushSpec {
+            jobs,
+            ..spec(ManifestFormat::Docker, Compression::default())
+        };
+        for image in [file_image(dir.path(), &bytes), stream_of(bytes.clone())] {
+            let store = Arc::new(FakeRegistry::default());
+            let fresh = tempfile::tempdir().unwrap();
+            let pushed = run(&store, image, &spec, fresh.path()).await.unwrap();
+            check_blobs(&store, &pushed, &layers, &diff_ids);
+            let most = store.most_in_flight.load(Ordering::SeqCst);
+            assert!(
+                (1..=jobs).contains(&most),
+                "{most} uploads at once with --jobs {jobs}"
+            );
+        }
+    }
 }

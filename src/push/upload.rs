@@ -7,6 +7,7 @@ use super::{BlobStore, PushError, PushedLayer, Pusher};
 use crate::blob::Algorithm;
 use crate::image::{BlobEncoding, IndexedImage, LayerForm};
 use crate::progress::LayerOutcome;
+use crate::registry::Digest;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -106,25 +107,26 @@ impl<S: BlobStore> Pusher<S> {
         &self,
         index: usize,
         body: mpsc::Receiver<io::Result<Bytes>>,
-        expected: Option<String>,
+        expected: Option<Digest>,
         algorithm: Algorithm,
-        read: impl Future<Output = Result<String, ReadFailed>>,
+        once: bool,
+        read: impl Future<Output = Result<Digest, ReadFailed>>,
     ) -> Result<PushedLayer, PushError> {
         let upload = self
             .store
-            .push_blob_stream(&self.plan.repository, body, expected.as_deref());
+            .push_blob_stream(&self.spec.repository, body, expected.as_ref(), once);
         let (uploaded, read) = tokio::join!(upload, read);
         let uploaded =
-            uploaded.map_err(self.registry_error(format!("uploading layer {index} to {}", self.plan.name())));
+            uploaded.map_err(self.registry_error(format!("uploading layer {index} to {}", self.spec.name())));
         let diff_id = match read {
             Ok(diff_id) => diff_id,
             Err(ReadFailed::Error(err)) => return Err(err),
             Err(ReadFailed::UploadStopped(fallback)) => return Err(uploaded.err().unwrap_or(fallback)),
         };
-        let (digest, size) = uploaded?;
+        let stored = uploaded?;
         let blob = Candidate {
-            digest,
-            size,
+            digest: stored.digest,
+            size: stored.size,
             algorithm,
         };
         Ok(self.done(index, &diff_id, &blob, LayerOutcome::Uploaded))
@@ -136,10 +138,11 @@ impl<S: BlobStore> Pusher<S> {
         self: Arc<Self>,
         image: Arc<dyn IndexedImage>,
         index: usize,
+        keep_all: bool,
     ) -> Result<PushedLayer, PushError> {
         let layer = image.layers()[index].clone();
         let stored = layer.blob.as_ref().and_then(|blob| match blob.encoding {
-            BlobEncoding::Stored(algorithm) if self.plan.format.layer_media_type(algorithm).is_some() => {
+            BlobEncoding::Stored(algorithm) if self.spec.format.layer_media_type(algorithm).is_some() => {
                 Some((blob.digest.clone(), algorithm))
             }
             _ => None,
@@ -160,7 +163,7 @@ impl<S: BlobStore> Pusher<S> {
                 (Some(digest), algorithm, reader)
             }
             None => {
-                let compression = self.plan.compression;
+                let compression = self.spec.compression;
                 let expected = layer.blob.as_ref().and_then(|blob| match blob.encoding {
                     BlobEncoding::Reproducible(c) if c == compression => Some(blob.digest.clone()),
                     _ => None,
@@ -187,6 +190,9 @@ impl<S: BlobStore> Pusher<S> {
                 .await
                 .unwrap_or_else(|e| Err(ReadFailed::Error(PushError::Task(e))))
         };
-        self.upload_one(index, body_rx, expected, algorithm, read).await
+        // An indexed layer can be read again (`regenerating`): unless told otherwise, only the
+        // window is kept.
+        self.upload_one(index, body_rx, expected, algorithm, keep_all, read)
+            .await
     }
 }

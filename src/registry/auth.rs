@@ -134,8 +134,9 @@ impl Credentials {
 pub struct CredentialLookup<'a> {
     pub flag: Option<&'a str>,
     pub auth_files: Vec<PathBuf>,
-    /// The Fly token, consulted for the Fly registry host only.
-    pub fly_token: Option<crate::fly::token::FlyToken>,
+    /// What the Fly token makes for Fly's registry (`FlyToken::registry_credentials`),
+    /// consulted for the Fly registry host only.
+    pub fly_credentials: Option<Credentials>,
     pub fly_registry_host: String,
 }
 
@@ -166,13 +167,9 @@ impl CredentialLookup<'_> {
             return Credentials::from_flag(flag).map(Some);
         }
         if host.eq_ignore_ascii_case(&self.fly_registry_host)
-            && let Some(token) = &self.fly_token
+            && let Some(creds) = &self.fly_credentials
         {
-            return Ok(Some(Credentials::new(
-                "x",
-                &token.registry_password(),
-                CredentialSource::FlyToken(token.source().to_string()),
-            )));
+            return Ok(Some(creds.clone()));
         }
         for path in &self.auth_files {
             if let Some(creds) = credentials_from_auth_file(path, host)? {
@@ -696,7 +693,7 @@ mod tests {
         let lookup = CredentialLookup {
             flag: None,
             auth_files: vec![dir.path().join("missing.json"), path.clone()],
-            fly_token: None,
+            fly_credentials: None,
             fly_registry_host: "registry.fly.io".into(),
         };
         let creds = lookup.find("reg.example:5000").unwrap().unwrap();
@@ -725,21 +722,22 @@ mod tests {
 
     #[test]
     fn the_fly_token_is_used_for_the_fly_registry_only_and_the_flag_wins() {
-        let token = crate::fly::token::FlyToken::parse(
-            "FlyV1 fm2_abcdefghijkl,fm2_mnopqrstuvwx",
-            crate::fly::token::TokenSource::Env("FLY_API_TOKEN"),
-        )
-        .unwrap();
+        let fly = Credentials::new(
+            "x",
+            "fm2_abcdefghijkl",
+            CredentialSource::FlyToken("FLY_API_TOKEN".into()),
+        );
         let lookup = CredentialLookup {
             flag: None,
             auth_files: vec![],
-            fly_token: Some(token),
+            fly_credentials: Some(fly),
             fly_registry_host: "registry.fly.io".into(),
         };
         let creds = lookup.find("registry.fly.io").unwrap().unwrap();
-        assert_eq!(creds.username, "x");
-        assert!(!creds.password.starts_with("FlyV1"), "prefix must be stripped");
-        assert!(creds.password.contains("fm2_abcdefghijkl"));
+        assert_eq!(
+            (creds.username.as_str(), creds.password.as_str()),
+            ("x", "fm2_abcdefghijkl")
+        );
         assert!(lookup.find("ghcr.io").unwrap().is_none());
         let lookup = CredentialLookup {
             flag: Some("u:p:with:colons"),

@@ -25,11 +25,12 @@
 
 use super::auth::Scope;
 use super::client::{RETRYABLE_STATUSES, RegistryClient, Request, UploadMode, header_str, retry_after};
+use super::digest::Digest;
 use super::error::RegistryError;
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{self, HeaderName};
 use reqwest::{Method, Response, StatusCode};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
@@ -37,19 +38,28 @@ use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
 use url::Url;
 
-/// A blob in the registry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Descriptor {
-    pub digest: String,
-    pub size: u64,
+/// What a streamed upload keeps for sending again after a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resend {
+    /// The last `upload_window` bytes: the caller can produce the blob again when the registry
+    /// needs older ones (`RegistryError::UploadLost`).
+    Window,
+    /// Everything (older bytes in an unlinked temp file): the data arrives once.
+    Everything,
 }
 
-pub fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+/// A blob the registry committed: what an upload returns (manifests describe blobs with
+/// oci-spec's `Descriptor`, which adds the media type).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBlob {
+    pub digest: Digest,
+    pub size: u64,
 }
 
 /// Failures in a row, without progress, after which an upload gives up.
 const MAX_UPLOAD_FAILURES: u32 = 6;
+/// Redirects of one upload's data followed (307/308 on a streamed PATCH).
+const MAX_UPLOAD_REDIRECTS: usize = 5;
 /// Bytes read back from a spill at a time.
 const SPILL_READ: u64 = 256 * 1024;
 
@@ -229,8 +239,8 @@ impl Source {
         Ok(())
     }
 
-    fn digest(&self) -> String {
-        format!("sha256:{}", hex::encode(self.hasher.clone().finalize()))
+    fn digest(&self) -> Digest {
+        Digest::from_hasher(self.hasher.clone())
     }
 }
 
@@ -251,6 +261,8 @@ struct Failure {
     unsupported: bool,
     /// Retrying cannot help (e.g. 403).
     fatal: Option<RegistryError>,
+    /// The registry redirected the data (307/308): send it again there.
+    redirect: Option<Url>,
 }
 
 impl RegistryClient {
@@ -303,12 +315,12 @@ impl RegistryClient {
         count
     }
 
-    fn blob_operation(&self, what: &str, repository: &str, digest: &str) -> String {
+    fn blob_operation(&self, what: &str, repository: &str, digest: &Digest) -> String {
         format!("{what} blob {digest} in {}/{repository}", self.registry)
     }
 
     /// Size of `digest` in `repository`, or `None` when the registry does not have it there.
-    pub async fn blob_exists(&self, repository: &str, digest: &str) -> Result<Option<u64>, RegistryError> {
+    pub async fn blob_exists(&self, repository: &str, digest: &Digest) -> Result<Option<u64>, RegistryError> {
         let req = Request {
             method: Method::HEAD,
             url: self.url(&format!("{repository}/blobs/{digest}")),
@@ -335,12 +347,12 @@ impl RegistryClient {
     pub async fn mount_blob(
         &self,
         repository: &str,
-        digest: &str,
+        digest: &Digest,
         from: &str,
     ) -> Result<bool, RegistryError> {
         let mut url = self.url(&format!("{repository}/blobs/uploads/"));
         url.query_pairs_mut()
-            .append_pair("mount", digest)
+            .append_pair("mount", digest.as_str())
             .append_pair("from", from);
         let req = Request {
             method: Method::POST,
@@ -473,8 +485,8 @@ impl RegistryClient {
     }
 
     /// Upload a small blob held in memory (a config): one monolithic PUT.
-    pub async fn push_blob_bytes(&self, repository: &str, data: Bytes) -> Result<Descriptor, RegistryError> {
-        let digest = sha256_digest(&data);
+    pub async fn push_blob_bytes(&self, repository: &str, data: Bytes) -> Result<StoredBlob, RegistryError> {
+        let digest = Digest::sha256_of(&data);
         let size = data.len() as u64;
         let mut restarted = false;
         loop {
@@ -483,7 +495,7 @@ impl RegistryClient {
                 .finish_upload(repository, &session, &digest, Some(data.clone()))
                 .await
             {
-                Ok(()) => return Ok(Descriptor { digest, size }),
+                Ok(()) => return Ok(StoredBlob { digest, size }),
                 // The session vanished between POST and PUT (registry restart, expiry): once more.
                 Err(RegistryError::Status(s)) if !restarted && matches!(s.status, 400 | 404) => {
                     self.debug(|| format!("{s}; starting a new upload"));
@@ -499,11 +511,11 @@ impl RegistryClient {
         &self,
         repository: &str,
         session: &Session,
-        digest: &str,
+        digest: &Digest,
         body: Option<Bytes>,
     ) -> Result<(), RegistryError> {
         let mut url = session.location.clone();
-        url.query_pairs_mut().append_pair("digest", digest);
+        url.query_pairs_mut().append_pair("digest", digest.as_str());
         let length = body.as_ref().map_or(0, Bytes::len);
         let req = Request {
             method: Method::PUT,
@@ -522,7 +534,7 @@ impl RegistryClient {
         }
         self.closed(session.id);
         if let Some(stored) = header_str(&response, HeaderName::from_static("docker-content-digest"))
-            && stored != digest
+            && digest != stored.as_str()
         {
             return Err(RegistryError::Protocol {
                 operation: req.operation,
@@ -539,12 +551,13 @@ impl RegistryClient {
         &self,
         repository: &str,
         body: mpsc::Receiver<io::Result<Bytes>>,
-        expected: Option<&str>,
-    ) -> Result<Descriptor, RegistryError> {
+        expected: Option<&Digest>,
+        resend: Resend,
+    ) -> Result<StoredBlob, RegistryError> {
         let window = self.options.upload_window.max(1);
         let mut mode = self.options.upload_mode;
         // A monolithic PUT needs the whole blob before it starts (its digest is in the URL).
-        let spill = if mode == UploadMode::Monolithic {
+        let spill = if mode == UploadMode::Monolithic || resend == Resend::Everything {
             Some(Spill::new().map_err(|e| self.spill_error(repository, e))?)
         } else {
             None
@@ -554,6 +567,7 @@ impl RegistryClient {
         let mut session = self.start_upload(repository).await?;
         let mut offset = 0u64;
         let mut failures = 0u32;
+        let mut redirects = 0usize;
         loop {
             {
                 let src = source.lock().await;
@@ -571,7 +585,7 @@ impl RegistryClient {
                 UploadMode::Stream => self.patch_stream(repository, &session, &source, offset).await,
                 _ => self.patch_chunk(repository, &session, &source, offset).await,
             };
-            let failure = match result {
+            let mut failure = match result {
                 Ok((location, end)) => {
                     self.moved(&mut session, location);
                     offset = end;
@@ -580,6 +594,25 @@ impl RegistryClient {
                 }
                 Err(failure) => failure,
             };
+            if let Some(target) = failure.redirect.take()
+                && redirects < MAX_UPLOAD_REDIRECTS
+            {
+                redirects += 1;
+                self.debug(|| {
+                    format!(
+                        "the registry redirected the upload to {target}; sending from byte {offset} there"
+                    )
+                });
+                self.moved(&mut session, target);
+                let src = source.lock().await;
+                if offset >= src.resend_from() {
+                    continue;
+                }
+                let lost = self.upload_lost(repository, &src, offset);
+                drop(src);
+                self.cancel_upload(repository, &session).await;
+                return Err(lost);
+            }
             let mut src = source.lock().await;
             if let Some(source_err) = src.failure.take() {
                 drop(src);
@@ -605,12 +638,13 @@ impl RegistryClient {
                     last: failure.message,
                 });
             }
-            if failure.unsupported {
-                mode = match mode {
-                    UploadMode::Stream => UploadMode::Chunked,
-                    _ => UploadMode::Monolithic,
-                };
-            }
+            // After a failed streamed PATCH the rest goes in chunks: each is acknowledged and
+            // retried on its own, so a flaky registry costs a chunk, not the whole rest.
+            mode = match mode {
+                UploadMode::Stream => UploadMode::Chunked,
+                UploadMode::Chunked if failure.unsupported => UploadMode::Monolithic,
+                other => other,
+            };
             let delay = self.options.retry.delay(failures - 1, failure.retry_after);
             self.debug(|| {
                 format!(
@@ -627,26 +661,15 @@ impl RegistryClient {
                     offset = held;
                 }
                 None => {
-                    // The registry dropped the session: acknowledged chunks at least show how
-                    // far the next attempt got, and keep each resend small.
+                    // The registry dropped the session: start again (in chunks, see above).
                     self.closed(session.id);
-                    if mode == UploadMode::Stream {
-                        mode = UploadMode::Chunked;
-                    }
                     session = self.start_upload(repository).await?;
                     offset = 0;
                 }
             }
             let src = source.lock().await;
             if offset < src.resend_from() || offset > src.received {
-                let lost = RegistryError::UploadLost {
-                    registry: self.registry.clone(),
-                    repository: repository.into(),
-                    received: src.received,
-                    kept: offset,
-                    window_start: src.window_start,
-                    window,
-                };
+                let lost = self.upload_lost(repository, &src, offset);
                 drop(src);
                 self.cancel_upload(repository, &session).await;
                 return Err(lost);
@@ -657,15 +680,27 @@ impl RegistryClient {
         self.check_expected(repository, &session, &digest, expected)
             .await?;
         self.finish_upload(repository, &session, &digest, None).await?;
-        Ok(Descriptor { digest, size: offset })
+        Ok(StoredBlob { digest, size: offset })
+    }
+
+    /// The registry needs bytes from `offset` on, which are no longer kept.
+    fn upload_lost(&self, repository: &str, src: &Source, offset: u64) -> RegistryError {
+        RegistryError::UploadLost {
+            registry: self.registry.clone(),
+            repository: repository.into(),
+            received: src.received,
+            kept: offset,
+            window_start: src.window_start,
+            window: src.capacity,
+        }
     }
 
     async fn check_expected(
         &self,
         repository: &str,
         session: &Session,
-        digest: &str,
-        expected: Option<&str>,
+        digest: &Digest,
+        expected: Option<&Digest>,
     ) -> Result<(), RegistryError> {
         match expected {
             Some(expected) if expected != digest => {
@@ -673,8 +708,8 @@ impl RegistryClient {
                 Err(RegistryError::DigestMismatch {
                     registry: self.registry.clone(),
                     repository: repository.into(),
-                    expected: expected.into(),
-                    actual: digest.into(),
+                    expected: expected.clone(),
+                    actual: digest.clone(),
                 })
             }
             _ => Ok(()),
@@ -737,6 +772,7 @@ impl RegistryClient {
                 retry_after: None,
                 unsupported: false,
                 fatal: None,
+                redirect: None,
             })?;
         if chunk.is_empty() {
             return Ok((session.location.clone(), offset));
@@ -765,6 +801,7 @@ impl RegistryClient {
                 retry_after: None,
                 unsupported: false,
                 fatal: Some(other),
+                redirect: None,
             },
         })?;
         self.data_response(repository, response, end).await
@@ -785,12 +822,24 @@ impl RegistryClient {
                 retry_after: None,
                 unsupported: false,
                 fatal: None,
+                redirect: None,
             })?;
             let held = header_str(&response, header::RANGE)
                 .as_deref()
                 .and_then(range_end)
                 .unwrap_or(sent);
             return Ok((location, held.min(sent)));
+        }
+        if matches!(status.as_u16(), 307 | 308)
+            && let Ok(target) = self.location(&response, "following an upload redirect")
+        {
+            return Err(Failure {
+                message: format!("redirected to {target}"),
+                retry_after: None,
+                unsupported: false,
+                fatal: None,
+                redirect: Some(target),
+            });
         }
         let retry_after = retry_after(&response);
         let unsupported = matches!(status.as_u16(), 405 | 411 | 413 | 415 | 416 | 501);
@@ -820,6 +869,7 @@ impl RegistryClient {
             retry_after,
             unsupported,
             fatal: (!recoverable).then_some(error),
+            redirect: None,
         })
     }
 
@@ -839,8 +889,8 @@ impl RegistryClient {
         repository: &str,
         mut session: Session,
         source: &Arc<Mutex<Source>>,
-        expected: Option<&str>,
-    ) -> Result<Descriptor, RegistryError> {
+        expected: Option<&Digest>,
+    ) -> Result<StoredBlob, RegistryError> {
         let mut src = source.lock().await;
         if src.spill.is_none() {
             // A fallback from another mode: what already left the window is gone.
@@ -877,7 +927,7 @@ impl RegistryClient {
         let mut failures = 0u32;
         loop {
             let mut url = session.location.clone();
-            url.query_pairs_mut().append_pair("digest", &digest);
+            url.query_pairs_mut().append_pair("digest", digest.as_str());
             let body = futures::stream::unfold((source.clone(), 0u64), |(src, cursor)| async move {
                 let item = src.lock().await.next_at(cursor).await?;
                 let next = item.as_ref().map_or(cursor, |b| cursor + b.len() as u64);
@@ -899,7 +949,7 @@ impl RegistryClient {
                 .await;
             let message = match result {
                 Ok(response) if response.status() == StatusCode::CREATED => {
-                    return Ok(Descriptor { digest, size });
+                    return Ok(StoredBlob { digest, size });
                 }
                 Ok(response) => {
                     let status = response.status().as_u16();
@@ -951,6 +1001,7 @@ fn recoverable_failure(err: &RegistryError) -> Failure {
         retry_after: None,
         unsupported: false,
         fatal: None,
+        redirect: None,
     }
 }
 
@@ -988,7 +1039,7 @@ mod tests {
         assert_eq!(src.window_start, 4);
         assert_eq!(&src.next_at(6).await.unwrap().unwrap()[..], b"bb");
         assert!(src.next_at(2).await.unwrap().is_err());
-        assert_eq!(src.digest(), sha256_digest(b"aaaabbbbcccc"));
+        assert_eq!(src.digest(), Digest::sha256_of(b"aaaabbbbcccc"));
     }
 
     #[tokio::test]

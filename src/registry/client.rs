@@ -365,7 +365,10 @@ impl RegistryClient {
         for (name, value) in headers {
             builder = builder.header(name, value);
         }
-        if let Some(value) = self.auth.header(scope) {
+        // A redirected upload may go to another host: credentials stay with the registry.
+        if self.same_host(url)
+            && let Some(value) = self.auth.header(scope)
+        {
             builder = builder.header(header::AUTHORIZATION, value);
         }
         let request = builder

@@ -142,8 +142,8 @@ pub enum RegistryError {
     DigestMismatch {
         registry: String,
         repository: String,
-        expected: String,
-        actual: String,
+        expected: super::digest::Digest,
+        actual: super::digest::Digest,
     },
     #[error("uploading to {registry}/{repository}: reading the blob's data failed")]
     Source {

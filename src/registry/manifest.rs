@@ -2,26 +2,56 @@
 //! GET (tag → digest resolution, read-back).
 
 use super::auth::Scope;
-use super::blob::sha256_digest;
 use super::client::{RegistryClient, Request, header_str};
+use super::digest::Digest;
 use super::error::RegistryError;
 use bytes::Bytes;
+pub use oci_spec::image::MediaType;
 use reqwest::header::{self, HeaderName};
 use reqwest::{Method, StatusCode};
 
+/// Docker's image manifest v2 schema 2 media types. oci-spec names only OCI's (Docker's parse
+/// as `MediaType::Other`); the JSON shapes are the same, so its manifest types serve both.
+pub mod docker {
+    use super::MediaType;
+
+    pub fn manifest() -> MediaType {
+        MediaType::Other("application/vnd.docker.distribution.manifest.v2+json".into())
+    }
+
+    pub fn manifest_list() -> MediaType {
+        MediaType::Other("application/vnd.docker.distribution.manifest.list.v2+json".into())
+    }
+
+    pub fn config() -> MediaType {
+        MediaType::Other("application/vnd.docker.container.image.v1+json".into())
+    }
+
+    /// An uncompressed layer tar (what `docker save` layers are).
+    pub fn layer() -> MediaType {
+        MediaType::Other("application/vnd.docker.image.rootfs.diff.tar".into())
+    }
+
+    pub fn layer_gzip() -> MediaType {
+        MediaType::Other("application/vnd.docker.image.rootfs.diff.tar.gzip".into())
+    }
+}
+
 /// Media types a manifest read accepts: single-platform images and indexes, Docker and OCI.
-pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.index.v1+json",
-];
+fn accepted_manifest_types() -> [MediaType; 4] {
+    [
+        docker::manifest(),
+        MediaType::ImageManifest,
+        docker::manifest_list(),
+        MediaType::ImageIndex,
+    ]
+}
 
 /// A manifest as the registry holds it.
 #[derive(Clone, Debug)]
 pub struct Manifest {
-    pub media_type: String,
-    pub digest: String,
+    pub media_type: MediaType,
+    pub digest: Digest,
 }
 
 impl RegistryClient {
@@ -31,10 +61,10 @@ impl RegistryClient {
         &self,
         repository: &str,
         tag_or_digest: &str,
-        media_type: &str,
+        media_type: &MediaType,
         bytes: Bytes,
-    ) -> Result<String, RegistryError> {
-        let digest = sha256_digest(&bytes);
+    ) -> Result<Digest, RegistryError> {
+        let digest = Digest::sha256_of(&bytes);
         let req = Request {
             method: Method::PUT,
             url: self.url(&format!("{repository}/manifests/{tag_or_digest}")),
@@ -62,7 +92,7 @@ impl RegistryClient {
             return Err(self.status_error(req.operation, response, hint).await);
         }
         if let Some(stored) = header_str(&response, HeaderName::from_static("docker-content-digest"))
-            && stored != digest
+            && digest != stored.as_str()
         {
             return Err(RegistryError::Protocol {
                 operation: req.operation,
@@ -82,7 +112,10 @@ impl RegistryClient {
             method: Method::GET,
             url: self.url(&format!("{repository}/manifests/{tag_or_digest}")),
             scope: Scope::pull(repository),
-            headers: vec![(header::ACCEPT, MANIFEST_MEDIA_TYPES.join(", "))],
+            headers: vec![(
+                header::ACCEPT,
+                accepted_manifest_types().map(|t| t.to_string()).join(", "),
+            )],
             body: None,
             operation: format!("reading manifest {}/{repository}:{tag_or_digest}", self.registry),
         };
@@ -92,10 +125,14 @@ impl RegistryClient {
             StatusCode::NOT_FOUND => return Ok(None),
             _ => return Err(self.status_error(req.operation, response, None).await),
         }
-        let media_type = header_str(&response, header::CONTENT_TYPE).unwrap_or_default();
+        let media_type = MediaType::from(
+            header_str(&response, header::CONTENT_TYPE)
+                .unwrap_or_default()
+                .as_str(),
+        );
         let bytes = self.body(response, &req.operation).await?;
-        let digest = sha256_digest(&bytes);
-        if tag_or_digest.starts_with("sha256:") && tag_or_digest != digest {
+        let digest = Digest::sha256_of(&bytes);
+        if tag_or_digest.parse::<Digest>().is_ok_and(|asked| asked != digest) {
             return Err(RegistryError::Protocol {
                 operation: req.operation,
                 message: format!("the registry returned content with digest {digest}"),

@@ -6,10 +6,11 @@
 pub mod auth;
 pub mod blob;
 pub mod client;
-pub mod debug;
+pub mod digest;
 pub mod error;
 pub mod manifest;
 pub mod reference;
 
 pub use client::RegistryClient;
+pub use digest::Digest;
 pub use reference::Reference;

@@ -1,6 +1,9 @@
-//! Image references: `host[:port]/repository[:tag][@sha256:<hex>]`.
+//! Image references: `host[:port]/repository[:tag][@sha256:<hex>]`, and their parts that are
+//! checked once: [`Tag`], [`Digest`], [`PinnedReference`].
 
+use super::digest::Digest;
 use std::fmt;
+use std::str::FromStr;
 
 /// The host used when a reference names none: Fly's registry, overridable like flyctl does.
 pub const FLY_REGISTRY_HOST: &str = "registry.fly.io";
@@ -39,6 +42,63 @@ pub enum ReferenceError {
     Digest { reference: String, digest: String },
     #[error("invalid registry host {host:?} in image reference {reference:?}")]
     Host { reference: String, host: String },
+    #[error(
+        "image {reference} is a tag, not a digest; machines must get an immutable reference: pass \
+         host/repo@sha256:... (printed by `nixfly push`), or use `nixfly deploy` which pushes and \
+         deploys the digest"
+    )]
+    NotPinned { reference: String },
+}
+
+/// A tag: 1-128 letters, digits, '_', '.' and '-', not starting with '.' or '-' (the
+/// distribution spec's `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Tag(String);
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid tag {tag:?}: a tag is 1-128 characters of letters, digits, '_', '.' and '-', and does \
+     not start with '.' or '-'"
+)]
+pub struct TagError {
+    pub tag: String,
+}
+
+impl Tag {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Tag {
+    type Err = TagError;
+
+    fn from_str(tag: &str) -> Result<Self, TagError> {
+        let mut bytes = tag.bytes();
+        let valid = matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric() || b == b'_')
+            && tag.len() <= 128
+            && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if valid {
+            Ok(Tag(tag.to_string()))
+        } else {
+            Err(TagError { tag: tag.into() })
+        }
+    }
+}
+
+/// A tag reads as the text it was parsed from.
+impl std::ops::Deref for Tag {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// A parsed image reference. `registry` is `host[:port]` exactly as written (lowercased).
@@ -46,8 +106,8 @@ pub enum ReferenceError {
 pub struct Reference {
     pub registry: String,
     pub repository: String,
-    pub tag: Option<String>,
-    pub digest: Option<String>,
+    pub tag: Option<Tag>,
+    pub digest: Option<Digest>,
 }
 
 impl Reference {
@@ -66,13 +126,11 @@ impl Reference {
         }
         let (rest, digest) = match reference.split_once('@') {
             Some((rest, digest)) => {
-                if !is_sha256_digest(digest) {
-                    return Err(ReferenceError::Digest {
-                        reference: reference.into(),
-                        digest: digest.into(),
-                    });
-                }
-                (rest, Some(digest.to_string()))
+                let digest = digest.parse::<Digest>().map_err(|_| ReferenceError::Digest {
+                    reference: reference.into(),
+                    digest: digest.into(),
+                })?;
+                (rest, Some(digest))
             }
             None => (reference, None),
         };
@@ -90,7 +148,7 @@ impl Reference {
         }
         // A ':' after the last '/' starts the tag; earlier ones belong to the host.
         let (repository, tag) = match path.rsplit_once(':') {
-            Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag.to_string())),
+            Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag)),
             _ => (path, None),
         };
         validate_repository(repository).map_err(|why| ReferenceError::Repository {
@@ -98,14 +156,14 @@ impl Reference {
             name: repository.into(),
             why,
         })?;
-        if let Some(tag) = &tag
-            && !is_valid_tag(tag)
-        {
-            return Err(ReferenceError::Tag {
-                reference: reference.into(),
-                tag: tag.clone(),
-            });
-        }
+        let tag = tag
+            .map(|tag| {
+                tag.parse::<Tag>().map_err(|_| ReferenceError::Tag {
+                    reference: reference.into(),
+                    tag: tag.into(),
+                })
+            })
+            .transpose()?;
         Ok(Reference {
             registry,
             repository: repository.to_string(),
@@ -116,12 +174,47 @@ impl Reference {
 
     /// The tag or digest the manifest is addressed by, if any (digest wins).
     pub fn tag_or_digest(&self) -> Option<&str> {
-        self.digest.as_deref().or(self.tag.as_deref())
+        self.digest
+            .as_ref()
+            .map(Digest::as_str)
+            .or(self.tag.as_ref().map(Tag::as_str))
     }
 
-    /// `host/repository@digest`: the immutable reference a deploy uses.
-    pub fn with_digest(&self, digest: &str) -> String {
-        format!("{}/{}@{}", self.registry, self.repository, digest)
+    /// This repository's manifest `digest`: the immutable reference a deploy uses.
+    pub fn pinned(&self, digest: Digest) -> PinnedReference {
+        PinnedReference {
+            registry: self.registry.clone(),
+            repository: self.repository.clone(),
+            digest,
+        }
+    }
+}
+
+/// `host/repository@sha256:...`: an image by content, what machines get (a tag can move).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinnedReference {
+    pub registry: String,
+    pub repository: String,
+    pub digest: Digest,
+}
+
+impl PinnedReference {
+    /// Parse a reference that must carry a digest (a tag beside it is dropped: the digest is
+    /// what the registry serves).
+    pub fn parse(text: &str) -> Result<Self, ReferenceError> {
+        let reference = Reference::parse(text)?;
+        match &reference.digest {
+            Some(digest) => Ok(reference.pinned(digest.clone())),
+            None => Err(ReferenceError::NotPinned {
+                reference: text.trim().into(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for PinnedReference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}@{}", self.registry, self.repository, self.digest)
     }
 }
 
@@ -136,22 +229,6 @@ impl fmt::Display for Reference {
         }
         Ok(())
     }
-}
-
-pub fn is_sha256_digest(text: &str) -> bool {
-    text.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
-
-pub fn is_valid_tag(tag: &str) -> bool {
-    let mut bytes = tag.bytes();
-    matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric() || b == b'_')
-        && tag.len() <= 128
-        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 fn is_valid_host(host: &str) -> bool {
@@ -222,11 +299,14 @@ mod tests {
         let r = parse(&format!("127.0.0.1:5000/team/app:v1.2@{D}")).unwrap();
         assert_eq!(r.registry, "127.0.0.1:5000");
         assert_eq!(r.repository, "team/app");
-        assert_eq!(r.tag.as_deref(), Some("v1.2"));
-        assert_eq!(r.digest.as_deref(), Some(D));
+        assert_eq!(r.tag.as_ref().map(Tag::as_str), Some("v1.2"));
+        assert_eq!(r.digest.as_ref().map(Digest::as_str), Some(D));
         assert_eq!(r.tag_or_digest(), Some(D));
         assert_eq!(r.to_string(), format!("127.0.0.1:5000/team/app:v1.2@{D}"));
-        assert_eq!(r.with_digest(D), format!("127.0.0.1:5000/team/app@{D}"));
+        assert_eq!(
+            r.pinned(D.parse().unwrap()).to_string(),
+            format!("127.0.0.1:5000/team/app@{D}")
+        );
     }
 
     #[test]
@@ -234,7 +314,7 @@ mod tests {
         let r = parse("myapp:deployment-01").unwrap();
         assert_eq!(r.registry, "registry.fly.io");
         assert_eq!(r.repository, "myapp");
-        assert_eq!(r.tag.as_deref(), Some("deployment-01"));
+        assert_eq!(r.tag.map(|t| t.to_string()).as_deref(), Some("deployment-01"));
         let r = parse("localhost/app").unwrap();
         assert_eq!((r.registry.as_str(), r.tag), ("localhost", None));
         let r = parse("library/app").unwrap();
@@ -271,6 +351,46 @@ mod tests {
         assert!(matches!(
             parse("host.io/"),
             Err(ReferenceError::Repository { .. })
+        ));
+    }
+
+    #[test]
+    fn tags_follow_the_distribution_grammar() {
+        for good in ["latest", "v1.2.3", "_x", "deployment-01JD", &"a".repeat(128)] {
+            assert_eq!(good.parse::<Tag>().unwrap().as_str(), good);
+        }
+        for bad in ["", ".x", "-x", "a/b", "a:b", "a b", &"a".repeat(129)] {
+            let err = bad.parse::<Tag>().unwrap_err();
+            assert_eq!(err, TagError { tag: bad.into() });
+            assert!(
+                err.to_string().starts_with(&format!("invalid tag {bad:?}: ")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pinned_reference_needs_a_digest_and_keeps_only_it() {
+        let pinned = PinnedReference::parse(&format!("127.0.0.1:5000/app:v1@{D}")).unwrap();
+        assert_eq!(pinned.to_string(), format!("127.0.0.1:5000/app@{D}"));
+        assert_eq!(pinned.digest.as_str(), D);
+        let err = PinnedReference::parse(" 127.0.0.1:5000/app:v1 ").unwrap_err();
+        assert_eq!(
+            err,
+            ReferenceError::NotPinned {
+                reference: "127.0.0.1:5000/app:v1".into()
+            }
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("is a tag, not a digest")
+                && text.contains("nixfly deploy")
+                && text.contains("@sha256"),
+            "{text}"
+        );
+        assert!(matches!(
+            PinnedReference::parse("127.0.0.1:5000/app@sha256:ABC"),
+            Err(ReferenceError::Digest { .. })
         ));
     }
 }

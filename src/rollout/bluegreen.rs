@@ -11,8 +11,8 @@
 
 use super::error::RolloutError;
 use super::health::wait_for_state;
-use super::plan::Fleet;
 use super::update::Ctx;
+use super::waves::Fleet;
 use crate::fly::types::{META_BLUEGREEN_TAG, Machine, config_check_count};
 use futures::StreamExt;
 use serde_json::{Value, json};

@@ -5,8 +5,8 @@
 
 use super::RolloutSpec;
 use super::error::RolloutError;
-use super::plan::{ConfigChange, Fleet};
 use super::update::Ctx;
+use super::waves::{ConfigChange, Fleet};
 use crate::fly::appconfig::apply::{VolumeChange, apply, diff};
 use crate::fly::appconfig::launch::{GroupLaunch, PublicIps, VolumeNeed, standby_config};
 use crate::fly::appconfig::{AppConfig, AppConfigError};
@@ -46,7 +46,7 @@ pub enum GroupError {
 
 /// What this deploy does to process groups besides updating machines.
 #[derive(Debug, Default)]
-pub struct GroupPlan {
+pub struct GroupChanges {
     /// Groups in fly.toml with no machine yet, by name.
     pub launches: Vec<GroupLaunch>,
     /// Groups with machines but gone from fly.toml.
@@ -60,7 +60,7 @@ pub struct GroupPlan {
     created: Mutex<Vec<(String, String)>>,
 }
 
-impl GroupPlan {
+impl GroupChanges {
     /// Compare fly.toml with the fleet. Removed groups are taken out of `fleet` (their machines
     /// are not updated, only destroyed at the end, and only if `confirm` says so). Returns
     /// fly.toml's config for every group, which `ConfigChange` lays over each machine.
@@ -70,7 +70,7 @@ impl GroupPlan {
         spec: &RolloutSpec,
         first_deploy: bool,
         confirm: impl FnOnce(&BTreeMap<String, Vec<Machine>>) -> bool,
-    ) -> Result<(GroupPlan, BTreeMap<String, Value>), GroupError> {
+    ) -> Result<(GroupChanges, BTreeMap<String, Value>), GroupError> {
         let groups = config.process_groups();
         let mut translated = BTreeMap::new();
         for group in &groups {
@@ -128,7 +128,7 @@ impl GroupPlan {
                 });
             }
         };
-        let plan = GroupPlan {
+        let changes = GroupChanges {
             launches,
             removed,
             region,
@@ -140,11 +140,11 @@ impl GroupPlan {
             app: spec.app.clone(),
             created: Mutex::new(Vec::new()),
         };
-        Ok((plan, translated))
+        Ok((changes, translated))
     }
 
-    /// The plan's lines: new groups, removed groups, and per group the config changes fly.toml
-    /// makes on the machines (env is listed per machine by the rollout plan).
+    /// The preview's lines: new groups, removed groups, and per group the config changes fly.toml
+    /// makes on the machines (env is listed per machine by the rollout preview).
     pub fn describe(&self, fleet: &Fleet, change: &ConfigChange) -> Vec<String> {
         let mut lines = Vec::new();
         match self.public_ips {

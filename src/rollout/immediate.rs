@@ -2,8 +2,8 @@
 //! starts or checks, as flyctl does it.
 
 use super::error::RolloutError;
-use super::plan::IMMEDIATE_CONCURRENCY;
 use super::update::Ctx;
+use super::waves::IMMEDIATE_CONCURRENCY;
 use crate::fly::types::Machine;
 use futures::StreamExt;
 

@@ -1,7 +1,7 @@
 //! Rolling an image out on a Fly app's Machines, as `flyctl deploy --image` does, plus what
 //! flyctl lacks: automatic rollback and a signal-safe end (leases released, release marked).
 //!
-//! Order: app → machines → plan → release record (running) → release_command → leases →
+//! Order: app → machines → preview → release record (running) → release_command → leases →
 //! strategy over the process groups → (rollback) → leases released → release
 //! complete/failed/interrupted. Nothing at all happens when every machine already runs the image
 //! with the config it would get (unless `--force`).
@@ -13,10 +13,10 @@ mod groups;
 mod health;
 mod immediate;
 mod lease;
-pub mod plan;
 mod release_command;
 mod rolling;
 mod update;
+pub mod waves;
 
 pub use release_command::ReleaseCommand;
 
@@ -28,13 +28,13 @@ use crate::fly::types::{Machine, Release, config_check_count};
 use crate::progress::Reporter;
 use error::RolloutError;
 use futures::StreamExt;
-use groups::GroupPlan;
+use groups::GroupChanges;
 use lease::Leases;
-use plan::{ConfigChange, Fleet};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use update::Ctx;
+use waves::{ConfigChange, Fleet};
 
 /// Machines rolled back at once.
 const ROLLBACK_CONCURRENCY: usize = 8;
@@ -62,7 +62,7 @@ pub struct RolloutSpec {
     pub rollback: bool,
     /// fly.toml as JSON, for the release record.
     pub definition: Value,
-    pub plan_only: bool,
+    pub dry_run: bool,
     /// Destroy the machines of process groups gone from fly.toml (asked on a terminal).
     pub destroy_removed_groups: bool,
     /// Roll out even when nothing would change.
@@ -95,8 +95,8 @@ pub async fn run(
     let first_deploy =
         !matches!(app.status.as_deref(), Some("deployed" | "suspended")) && fleet.machine_count() == 0;
     let (groups, fly_toml_configs) = match &fly_toml {
-        Some(config) => GroupPlan::new(config, &mut fleet, &spec, first_deploy, |removed| {
-            spec.destroy_removed_groups || spec.plan_only || groups::confirm_removal(removed)
+        Some(config) => GroupChanges::new(config, &mut fleet, &spec, first_deploy, |removed| {
+            spec.destroy_removed_groups || spec.dry_run || groups::confirm_removal(removed)
         })?,
         None => Default::default(),
     };
@@ -116,18 +116,18 @@ pub async fn run(
             spec.app,
             spec.image
         );
-        if spec.plan_only && !reporter.is_json() {
+        if spec.dry_run && !reporter.is_json() {
             reporter.result(&line);
         } else {
             reporter.info(line);
         }
         return Ok(());
     }
-    let mut plan = describe(&spec, &fleet, &change, platform.is_some());
-    plan.extend(groups.describe(&fleet, &change));
-    if spec.plan_only {
-        for line in plan {
-            // The plan is the command's result: stdout, or info events in JSON mode.
+    let mut preview = describe(&spec, &fleet, &change, platform.is_some());
+    preview.extend(groups.describe(&fleet, &change));
+    if spec.dry_run {
+        for line in preview {
+            // The preview is the command's result: stdout, or info events in JSON mode.
             if reporter.is_json() {
                 reporter.info(line);
             } else {
@@ -136,7 +136,7 @@ pub async fn run(
         }
         return Ok(());
     }
-    for line in plan {
+    for line in preview {
         reporter.info(line);
     }
 
@@ -183,7 +183,7 @@ pub async fn run(
 fn validate(
     spec: &RolloutSpec,
     fleet: &Fleet,
-    groups: &GroupPlan,
+    groups: &GroupChanges,
     change: &ConfigChange,
     fly_toml: Option<&AppConfig>,
 ) -> Result<(), anyhow::Error> {
@@ -259,7 +259,12 @@ fn validate(
 
 /// Every machine already runs the image's digest with the config this deploy would give it,
 /// and no group is added or removed: there is nothing to do.
-fn nothing_to_deploy(spec: &RolloutSpec, fleet: &Fleet, groups: &GroupPlan, change: &ConfigChange) -> bool {
+fn nothing_to_deploy(
+    spec: &RolloutSpec,
+    fleet: &Fleet,
+    groups: &GroupChanges,
+    change: &ConfigChange,
+) -> bool {
     let digest = |image: &str| image.rsplit_once('@').map(|(_, d)| d.to_string());
     let wanted = digest(&spec.image);
     groups.launches.is_empty()
@@ -278,7 +283,7 @@ fn nothing_to_deploy(spec: &RolloutSpec, fleet: &Fleet, groups: &GroupPlan, chan
         })
 }
 
-/// The plan as lines: what `--plan` prints and what a real run announces first.
+/// The preview as lines: what `--dry-run` prints and what a real run announces first.
 fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: bool) -> Vec<String> {
     let mut lines = vec![format!(
         "deploy {} to app {} ({}, {} machines{})",
@@ -358,7 +363,7 @@ fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: b
         } else {
             "update"
         };
-        let (running, stopped) = plan::waves(spec.strategy, &machines, spec.max_unavailable);
+        let (running, stopped) = waves::waves(spec.strategy, &machines, spec.max_unavailable);
         for (i, wave) in running.iter().enumerate() {
             let ids: Vec<&str> = wave.iter().map(|m| m.id.as_str()).collect();
             lines.push(format!("  wave {}: {what} {}", i + 1, ids.join(" ")));
@@ -452,7 +457,7 @@ async fn start_release(
 
 /// release_command, leases, machines for new process groups, then the strategy over the
 /// existing groups, and last the machines of groups gone from fly.toml.
-async fn deploy(ctx: &Ctx, fleet: &Fleet, groups: &GroupPlan) -> Result<(), RolloutError> {
+async fn deploy(ctx: &Ctx, fleet: &Fleet, groups: &GroupChanges) -> Result<(), RolloutError> {
     if let Some(rc) = &ctx.spec.release_command {
         release_command::run(ctx, rc, fleet).await?;
     }
@@ -483,7 +488,7 @@ async fn deploy(ctx: &Ctx, fleet: &Fleet, groups: &GroupPlan) -> Result<(), Roll
                         rolling::run(ctx, machines).await
                     }
                 })
-                .buffer_unordered(plan::GROUP_CONCURRENCY);
+                .buffer_unordered(waves::GROUP_CONCURRENCY);
             while let Some(result) = rolling.next().await {
                 result?;
             }
@@ -512,7 +517,7 @@ async fn rollback(ctx: &Ctx) -> (usize, Vec<RolloutError>) {
 async fn finish(
     ctx: &Ctx,
     fleet: &Fleet,
-    groups: &GroupPlan,
+    groups: &GroupChanges,
     platform: Option<&PlatformApi>,
     release: Option<&Release>,
     outcome: Result<Result<(), RolloutError>, &'static str>,

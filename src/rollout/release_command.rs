@@ -3,8 +3,8 @@
 
 use super::error::RolloutError;
 use super::health::{wait_for_new_machine, wait_for_state};
-use super::plan::Fleet;
 use super::update::Ctx;
+use super::waves::Fleet;
 use crate::fly::types::{
     META_PLATFORM_VERSION, META_PROCESS_GROUP, META_RELEASE_ID, META_RELEASE_VERSION, Machine, MachineEvent,
     RELEASE_COMMAND_GROUP,

@@ -3,8 +3,8 @@
 //! (they take no traffic). The first failure stops the group.
 
 use super::error::RolloutError;
-use super::plan::{Pool, rolling_order};
 use super::update::Ctx;
+use super::waves::{Pool, rolling_order};
 use crate::fly::types::Machine;
 use futures::StreamExt;
 

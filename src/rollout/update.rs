@@ -4,7 +4,7 @@ use super::RolloutSpec;
 use super::error::RolloutError;
 use super::health::{HealthWait, wait_for_new_machine, wait_for_state, wait_healthy};
 use super::lease::Leases;
-use super::plan::{ConfigChange, update_body};
+use super::waves::{ConfigChange, update_body};
 use crate::fly::api::MachinesApi;
 use crate::fly::types::{Machine, config_check_count};
 use crate::progress::{Event, Reporter};

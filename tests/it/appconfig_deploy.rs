@@ -412,7 +412,7 @@ fn nothing_to_deploy_touches_no_machine_and_force_rolls_anyway() {
 }
 
 #[test]
-fn plan_shows_each_groups_config_changes_and_changes_nothing() {
+fn dry_run_shows_each_groups_config_changes_and_changes_nothing() {
     let t = TestDir::new();
     let fly = deployed_web_app(&t);
     write_fly_toml(

@@ -148,7 +148,7 @@ fn issue_13_deploy_plan_refuses_a_missing_or_non_image_source() {
         ),
         (text.to_str().unwrap().to_string(), "is not an image"),
     ] {
-        let out = deploy(&fly, &registry, &t, &source, &["--plan"]);
+        let out = deploy(&fly, &registry, &t, &source, &["--dry-run"]);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains(expected) && err.contains(&source), "{err}");

@@ -322,8 +322,9 @@ fn issue_13_on_a_terminal_the_reference_survives_the_bars() {
     );
 }
 
-/// A gzip stream archive whose first layer is `mib` MiB of noise (incompressible: the blob is
-/// as big), then a small one.
+/// A gzip stream archive of one layer of `mib` MiB of noise (incompressible: the blob is as
+/// big), and the same archive uncompressed (`noisy.tar`). One layer, so that the n-th upload
+/// request a fault rule counts is that layer's.
 fn noisy_image(t: &TestDir, mib: usize) -> (std::path::PathBuf, images::Written) {
     use std::io::Read;
     let noise = t.join("noise.bin");
@@ -334,10 +335,7 @@ fn noisy_image(t: &TestDir, mib: usize) -> (std::path::PathBuf, images::Written)
         .unwrap();
     std::fs::write(&noise, &bytes).unwrap();
     let tar = t.join("noisy.tar");
-    let layers = [
-        Layer::of(&[noise.to_str().unwrap()]),
-        Layer::of(&["/etc/debian_version"]),
-    ];
+    let layers = [Layer::of(&[noise.to_str().unwrap()])];
     let written =
         images::write_stream_layered(std::fs::File::create(&tar).unwrap(), &layers, ImageFault::None)
             .unwrap();
@@ -438,5 +436,89 @@ fn issue_13_a_failed_push_leaves_no_upload_session() {
             "{mode}: {stderr}"
         );
         assert!(registry.skopeo_inspect_fails(&format!("{}/app:v1", registry.host())));
+    }
+}
+
+/// Issue 13 point 1: faults past the 8 MiB resend window. A stream source keeps what left the
+/// window in a spill file; an indexed one is read again. A cut 10 MiB into the layer, a 503 on
+/// every second upload request, and a 307 on the PATCH all end in a complete image, with no
+/// upload session left open but the one a cut leaves on distribution 2.8.
+#[test]
+fn issue_13_faults_past_the_window_are_survived_by_every_source() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (gz, written) = noisy_image(&t, 12);
+    let tar = t.join("noisy.tar");
+    let cut = || {
+        vec![Rule::new(
+            "PATCH",
+            "/blobs/uploads/",
+            1,
+            Fault::CutAfter(10 << 20),
+        )]
+    };
+    let cases: Vec<(&str, &std::path::Path, Vec<Rule>)> = vec![
+        ("stream-cut", &gz, cut()),
+        (
+            "stream-503",
+            &gz,
+            vec![Rule::every("*", "/blobs/uploads/", 2, Fault::status(503, &[]))],
+        ),
+        (
+            "stream-307",
+            &gz,
+            vec![Rule::new("PATCH", "/blobs/uploads/", 1, Fault::Redirect(307))],
+        ),
+        ("indexed-cut", &tar, cut()),
+        // Read again after the first cut, the layer is kept whole the second time.
+        (
+            "indexed-twice-cut",
+            &tar,
+            vec![
+                Rule::new("PATCH", "/blobs/uploads/", 1, Fault::CutAfter(10 << 20)),
+                Rule::new("PATCH", "/blobs/uploads/", 2, Fault::CutAfter(10 << 20)),
+            ],
+        ),
+    ];
+    for (name, source, rules) in cases {
+        let proxy = FaultProxy::start(registry.addr, rules);
+        let out = push_via(
+            &t,
+            &registry,
+            &proxy.host(),
+            source.to_str().unwrap(),
+            name,
+            "v1",
+            &["-v"],
+        );
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let reference = pushed_reference(&out, &proxy.host(), name);
+        assert!(!proxy.fired().is_empty(), "{name}: no fault fired");
+        // Only an indexed source is read again, and once is enough.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let rereads = usize::from(name.starts_with("indexed"));
+        assert_eq!(
+            stderr.matches("reading it again").count(),
+            rereads,
+            "{name}: {stderr}"
+        );
+        assert_same_image(
+            &registry,
+            &reference.replace(&proxy.host(), &registry.host()),
+            &written,
+        );
+        let left: Vec<_> = registry
+            .open_upload_sessions()
+            .into_iter()
+            .filter(|s| s.to_string_lossy().contains(&format!("/repositories/{name}/")))
+            .collect();
+        assert!(
+            left.len() <= usize::from(name.ends_with("cut")) * (1 + usize::from(name.contains("twice"))),
+            "{name}: {left:?}"
+        );
     }
 }

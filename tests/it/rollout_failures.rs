@@ -281,11 +281,12 @@ fn api_errors_show_the_error_body() {
     assert_no_violations(&fly);
 }
 
-#[test]
-fn sigterm_mid_rollout_releases_leases_and_marks_the_release_interrupted() {
+/// A rollout of 3 machines whose checks take 2 minutes of Fly time (6 s here), started and
+/// caught mid-way: one machine updated, the rest waiting. Returns the double, the machine ids,
+/// the running nixfly (stdout and stderr piped) and its temp dir.
+fn rollout_caught_mid_way(image_number: u8) -> (FlyApi, Vec<String>, std::process::Child, TestDir) {
     let fly = FlyApi::with_options(Options {
         timing: Timing {
-            // Checks take 2 minutes of Fly time (6 s here): the rollout is surely mid-way.
             checks: Duration::from_secs(120),
             ..Timing::default()
         },
@@ -294,7 +295,7 @@ fn sigterm_mid_rollout_releases_leases_and_marks_the_release_interrupted() {
     fly.add_app(APP);
     let ids = fly.add_machines(APP, &MachineSpec::new("app").count(3).checks(1));
     let t = TestDir::new();
-    let mut child = rollout_cmd(&fly, &t, &image(17))
+    let mut child = rollout_cmd(&fly, &t, &image(image_number))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -306,6 +307,12 @@ fn sigterm_mid_rollout_releases_leases_and_marks_the_release_interrupted() {
         let _ = child.kill();
     }
     assert!(first_updated, "the rollout never updated a machine");
+    (fly, ids, child, t)
+}
+
+#[test]
+fn sigterm_mid_rollout_releases_leases_and_marks_the_release_interrupted() {
+    let (fly, ids, child, _t) = rollout_caught_mid_way(17);
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -325,28 +332,7 @@ fn sigterm_mid_rollout_releases_leases_and_marks_the_release_interrupted() {
 /// a second signal during the cleanup says it is still cleaning up.
 #[test]
 fn issue_13_interrupted_with_the_api_down_says_what_was_not_cleaned_up() {
-    let fly = FlyApi::with_options(Options {
-        timing: Timing {
-            checks: Duration::from_secs(120),
-            ..Timing::default()
-        },
-        ..Options::default()
-    });
-    fly.add_app(APP);
-    fly.add_machines(APP, &MachineSpec::new("app").count(3).checks(1));
-    let t = TestDir::new();
-    let mut child = rollout_cmd(&fly, &t, &image(19))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start nixfly");
-    let first_updated = fly.wait_until(Duration::from_secs(20), |fly| {
-        !updated_ids(&fly.requests()).is_empty()
-    });
-    if !first_updated {
-        let _ = child.kill();
-    }
-    assert!(first_updated, "the rollout never updated a machine");
+    let (fly, _, child, _t) = rollout_caught_mid_way(19);
     // The API goes down: every lease release and release update answers 503 from now on.
     fly.inject_fault("DELETE", "/lease", 1000, FaultKind::Unavailable);
     fly.inject_fault("PATCH", "/api/v1/releases/", 1000, FaultKind::Unavailable);

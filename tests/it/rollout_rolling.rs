@@ -184,7 +184,7 @@ fn stopped_machines_roll_in_their_own_pool_beside_the_running_ones() {
 }
 
 #[test]
-fn plan_sends_no_mutating_request() {
+fn dry_run_sends_no_mutating_request() {
     let fly = FlyApi::start();
     fly.add_app(APP);
     let web = fly.add_machines(APP, &MachineSpec::new("app").count(3).checks(1));

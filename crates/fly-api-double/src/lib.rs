@@ -20,7 +20,7 @@
 //! let out = run(fly.configure(&mut t.nixfly()).args(["rollout", "--app", "demo", ...]));
 //!
 //! assert_eq!(fly.machine(&web[0]).image(), "registry.fly.io/demo@sha256:...");
-//! assert!(fly.requests().iter().all(|r| !r.is_mutating()));   // e.g. for --plan
+//! assert!(fly.requests().iter().all(|r| !r.is_mutating()));   // e.g. for --dry-run
 //! assert_eq!(fly.releases()[0].statuses, ["created", "running", "complete"]);
 //! assert!(fly.max_concurrent_updates() <= 2);
 //! // Dropping `fly` panics if any request broke the schema (or prints them, when the test

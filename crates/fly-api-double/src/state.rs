@@ -379,7 +379,7 @@ pub struct RecordedRequest {
 }
 
 impl RecordedRequest {
-    /// Anything but GET/HEAD: the requests `--plan` must never send.
+    /// Anything but GET/HEAD: the requests `--dry-run` must never send.
     pub fn is_mutating(&self) -> bool {
         self.method != "GET" && self.method != "HEAD"
     }

@@ -8,7 +8,7 @@
 //! - `AppConfig::machine_config(group)`: the config flyctl would build for a new machine of the
 //!   group (no image, no release metadata: those belong to the rollout).
 //! - `apply`: lay that over a machine's current config, keeping what fly.toml does not own.
-//! - `diff`: what would change, for `--plan`.
+//! - `diff`: what would change, for `--dry-run`.
 
 pub mod apply;
 pub mod from_machines;

@@ -21,6 +21,9 @@ pub enum Fault {
     CutAfter(u64),
     /// Accept the request and never answer it, nor read its body (a registry that hangs).
     Hang,
+    /// Read the body, then answer this redirect status with `Location:` the request's own
+    /// path (a registry sending uploads elsewhere; here, back to itself).
+    Redirect(u16),
     /// Answer without forwarding (the request body is read and dropped first).
     Respond {
         status: u16,
@@ -44,13 +47,15 @@ impl Fault {
     }
 }
 
-/// Fire `fault` on the `nth` (1-based) request whose method is `method` and whose path
-/// contains `path`; `nth == 0` fires on every such request.
+/// Fire `fault` on the `nth` (1-based) request whose method is `method` (`*`: any) and whose
+/// path contains `path`; `nth == 0` fires on every such request, and with `repeat` on every
+/// `nth`-th one.
 #[derive(Clone, Debug)]
 pub struct Rule {
     pub method: String,
     pub path: String,
     pub nth: usize,
+    pub repeat: bool,
     pub fault: Fault,
 }
 
@@ -60,7 +65,16 @@ impl Rule {
             method: method.into(),
             path: path.into(),
             nth,
+            repeat: false,
             fault,
+        }
+    }
+
+    /// Fire on every `n`-th matching request.
+    pub fn every(method: &str, path: &str, n: usize, fault: Fault) -> Rule {
+        Rule {
+            repeat: true,
+            ..Rule::new(method, path, n, fault)
         }
     }
 }
@@ -166,9 +180,15 @@ fn handle(mut client: TcpStream, upstream: SocketAddr, rules: &Mutex<Vec<(Rule, 
     let fault = {
         let mut rules = rules.lock().unwrap();
         rules.iter_mut().find_map(|(rule, seen)| {
-            if rule.method.eq_ignore_ascii_case(&method) && path.contains(&rule.path) {
+            if (rule.method == "*" || rule.method.eq_ignore_ascii_case(&method)) && path.contains(&rule.path)
+            {
                 *seen += 1;
-                (rule.nth == 0 || *seen == rule.nth).then(|| rule.fault.clone())
+                let fires = match (rule.nth, rule.repeat) {
+                    (0, _) => true,
+                    (n, true) => *seen % n == 0,
+                    (n, false) => *seen == n,
+                };
+                fires.then(|| rule.fault.clone())
             } else {
                 None
             }
@@ -193,6 +213,14 @@ fn handle(mut client: TcpStream, upstream: SocketAddr, rules: &Mutex<Vec<(Rule, 
             }
             response.push_str("\r\n");
             response.push_str(&body);
+            let _ = client.write_all(response.as_bytes());
+            let _ = client.shutdown(Shutdown::Both);
+        }
+        Some(Fault::Redirect(status)) => {
+            drain_body(&mut client, &head);
+            let response = format!(
+                "HTTP/1.1 {status} Redirect\r\nLocation: {path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
             let _ = client.write_all(response.as_bytes());
             let _ = client.shutdown(Shutdown::Both);
         }

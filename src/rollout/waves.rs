@@ -1,5 +1,5 @@
-//! Pure planning: which machines a deploy touches, in which order, and the config each gets.
-//! Nothing here talks to the network, so `--plan` and the real run share it exactly.
+//! Waves: which machines a deploy touches, in which order, and the config each gets.
+//! Nothing here talks to the network, so `--dry-run` and the real run share it exactly.
 
 use crate::fly::appconfig::{self, MaxUnavailable, Strategy};
 use crate::fly::types::{
@@ -84,7 +84,7 @@ impl<'a> Pool<'a> {
         }
     }
 
-    /// The pool as waves of at most `size` machines, for the plan.
+    /// The pool as waves of at most `size` machines, for the preview.
     pub fn waves(&self) -> Vec<Vec<&'a Machine>> {
         let mut waves: Vec<Vec<&'a Machine>> = self.first.iter().map(|m| vec![*m]).collect();
         waves.extend(self.rest.chunks(self.size).map(<[&Machine]>::to_vec));
@@ -113,7 +113,7 @@ pub fn rolling_order(machines: &[Machine], max_unavailable: MaxUnavailable) -> R
     }
 }
 
-/// The waves a strategy goes through for one group, for the plan: the running machines'
+/// The waves a strategy goes through for one group, for the preview: the running machines'
 /// waves, then (rolling and canary) the stopped machines' waves, which run beside them.
 pub fn waves(
     strategy: Strategy,
@@ -156,7 +156,7 @@ impl ConfigChange {
         let group = current["metadata"]["fly_process_group"]
             .as_str()
             .unwrap_or(DEFAULT_GROUP);
-        // Volume conflicts were refused while planning (`GroupPlan::new`).
+        // Volume conflicts were refused while planning (`GroupChanges::new`).
         let translated = self
             .fly_toml
             .get(group)
@@ -192,7 +192,7 @@ impl ConfigChange {
         config
     }
 
-    /// Env keys this change adds, changes or removes on a machine, for the plan.
+    /// Env keys this change adds, changes or removes on a machine, for the preview.
     pub fn env_diff(&self, current: &Value) -> Vec<String> {
         let Some(env) = &self.env else {
             return Vec::new();

@@ -2,10 +2,11 @@
 //! time. Tests use them to exercise the client through the real binary; they also help when
 //! a registry misbehaves (`-vv` shows every request).
 
-use super::client::UploadMode;
-use super::{Reference, RegistryClient};
-use crate::cli::registry::RegistryOptions;
+use super::registry::RegistryOptions;
 use crate::progress::Reporter;
+use crate::registry::client::UploadMode;
+use crate::registry::manifest::MediaType;
+use crate::registry::{Digest, Reference, RegistryClient};
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
@@ -32,21 +33,21 @@ pub struct RegistryCommand {
 #[derive(Subcommand, Debug)]
 pub enum Action {
     /// Print the size of a blob, or `absent`.
-    Exists { reference: String, digest: String },
+    Exists { reference: String, digest: Digest },
     /// Stream a file up as a blob through the resumable upload; prints `digest size`.
     PushBlob {
         reference: String,
         file: PathBuf,
         /// The digest the data must have.
         #[arg(long)]
-        expected: Option<String>,
+        expected: Option<Digest>,
     },
     /// Upload a small file as a blob in one PUT; prints `digest size`.
     PushBytes { reference: String, file: PathBuf },
     /// Mount a blob from another repository; prints `mounted` or `not mounted`.
     Mount {
         reference: String,
-        digest: String,
+        digest: Digest,
         #[arg(long)]
         from: String,
     },
@@ -119,7 +120,12 @@ pub async fn run(command: RegistryCommand, reporter: Reporter) -> anyhow::Result
                 }
             });
             let pushed = client
-                .push_blob_stream(&r.repository, rx, expected.as_deref())
+                .push_blob_stream(
+                    &r.repository,
+                    rx,
+                    expected.as_ref(),
+                    crate::registry::blob::Resend::Window,
+                )
                 .await;
             reader.abort();
             let pushed = pushed?;
@@ -150,10 +156,11 @@ pub async fn run(command: RegistryCommand, reporter: Reporter) -> anyhow::Result
             let target = r
                 .tag_or_digest()
                 .context("the reference needs a :tag or @digest to store a manifest under")?;
+            let media_type = MediaType::from(media_type.as_str());
             let digest = client
-                .put_manifest(&r.repository, target, media_type, Bytes::from(data))
+                .put_manifest(&r.repository, target, &media_type, Bytes::from(data))
                 .await?;
-            reporter.result(&r.with_digest(&digest));
+            reporter.result(&r.pinned(digest).to_string());
         }
         Action::GetManifest { reference } => {
             let (client, r) = client(&command, reference, &reporter)?;
