@@ -1,8 +1,8 @@
 {
   description = "nixfly: deploy Nix-built container images to Fly.io with no Docker daemon";
 
-  # The only input. The lock pins a nixos-25.11 revision; `nix flake update` moves it.
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
+  # The only input. The lock pins a nixos-26.05 revision; `nix flake update` moves it.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
 
   outputs =
     { self, nixpkgs }:
@@ -17,8 +17,9 @@
       nixflyFor = pkgs: pkgs.callPackage ./nix/package.nix { };
     in
     {
-      # Functions that take `pkgs` in their arguments: the same on every system.
-      lib = import ./nix/lib;
+      # Functions that take `pkgs` in their arguments: the same on every system. mkFlyDeploy
+      # runs the nixfly built here (this flake's pinned nixpkgs) unless given another.
+      lib = import ./nix/lib { pinnedNixfly = system: self.packages.${system}.nixfly or null; };
 
       overlays.default = final: _prev: { nixfly = nixflyFor final; };
 
@@ -37,18 +38,23 @@
           deploy = {
             type = "app";
             program = "${pkgs.writeShellScript "nixfly-deploy" ''exec ${nixfly}/bin/nixfly deploy "$@"''}";
+            meta.description = "Push an image and roll it out on a Fly app (nixfly deploy)";
           };
           default = {
             type = "app";
             program = "${nixfly}/bin/nixfly";
+            meta.description = "nixfly: push Nix-built images to a registry and deploy them to Fly";
           };
         }
       );
 
+      formatter = forAllSystems (pkgs: pkgs.nixfmt);
+
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {
           inputsFrom = [ self.packages.${pkgs.stdenv.hostPlatform.system}.nixfly ];
-          # What the test suite runs against: the real registry, skopeo, htpasswd.
+          # What the test suite runs: the real registry (nixpkgs' `distribution` installs it as
+          # `registry`), skopeo, htpasswd, Nix itself and Python (the tar and JSON oracles).
           packages = with pkgs; [
             cargo
             rustc
@@ -57,6 +63,8 @@
             skopeo
             distribution
             apacheHttpd
+            nix
+            python3
           ];
         };
       });
@@ -67,7 +75,7 @@
           inherit (pkgs.stdenv.hostPlatform) system;
         in
         import ./nix/tests/checks.nix {
-          inherit pkgs;
+          inherit pkgs nixpkgs self;
           inherit (self) lib;
           nixfly = self.packages.${system}.nixfly;
         }

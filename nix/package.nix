@@ -4,6 +4,7 @@
   stdenv,
   rustPlatform,
   installShellFiles,
+  python3,
 }:
 
 let
@@ -17,13 +18,19 @@ let
     # Workspace members (dev-only test crates): cargo reads their manifests to resolve the
     # workspace even when it builds nixfly alone.
     "crates"
+    # What the unit tests read (fly.toml cases, the settings schema).
+    "tests/fixtures/flytoml"
+    "docs/settings.schema.json"
   ];
   underKept =
     path:
     let
       relative = lib.removePrefix (toString root + "/") (toString path);
     in
-    builtins.any (k: relative == k || lib.hasPrefix (k + "/") relative) keep;
+    # A kept path, something inside one, or a directory on the way to one.
+    builtins.any (
+      k: relative == k || lib.hasPrefix (k + "/") relative || lib.hasPrefix (relative + "/") k
+    ) keep;
 in
 rustPlatform.buildRustPackage {
   pname = "nixfly";
@@ -39,8 +46,12 @@ rustPlatform.buildRustPackage {
 
   nativeBuildInputs = [ installShellFiles ];
 
-  # The integration tests need a registry, skopeo and Nix itself; CI runs them with `cargo test`.
-  doCheck = false;
+  # The unit tests (`--lib`) need no network beyond loopback; Python is their tar and JSON
+  # oracle. The integration tests (tests/it) need a registry, skopeo and Nix itself, so CI
+  # runs them with `cargo test` instead.
+  doCheck = true;
+  cargoTestFlags = [ "--lib" ];
+  nativeCheckInputs = [ python3 ];
 
   postInstall = lib.optionalString (stdenv.buildPlatform.canExecute stdenv.hostPlatform) ''
     installShellCompletion --cmd nixfly \

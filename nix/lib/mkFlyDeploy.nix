@@ -1,6 +1,10 @@
 # mkFlyDeploy { pkgs, app, ... }: a runnable derivation that pushes an image built by Nix and
 # rolls it out on a Fly app with nixfly. Every attribute is documented in docs/API.md.
-{ lib }:
+#
+# Two package sets: `pkgs` is the machine that runs `nix run` (the wrapper, nixfly), and
+# `imagePkgs` builds the image for x86_64-linux, the only platform Fly Machines run, whatever
+# that machine is.
+{ lib, pinnedNixfly }:
 args:
 let
   inherit (builtins)
@@ -27,10 +31,37 @@ let
     "bluegreen"
   ];
 
+  # Flags that carry credentials (src/cli/mod.rs `--access-token`/`-t`, src/registry/client.rs
+  # `--creds`), and the prefixes of Fly tokens (fly/NOTES.md), in a flag or its value.
+  credentialFlags = [
+    "-t"
+    "--access-token"
+    "--creds"
+  ];
+  secretIn =
+    flag:
+    let
+      name = builtins.head (builtins.split "=" flag);
+    in
+    if elem name credentialFlags || builtins.match "-t.+" flag != null then
+      "the credential flag `${if builtins.match "-t.+" name != null then "-t" else name}`"
+    else if builtins.match ".*(FlyV1 |fm1_|fm2_|fo1_).*" flag != null then
+      "what looks like a Fly token"
+    else
+      null;
+
+  flyPlatform = "x86_64-linux";
+  systemOf = p: p.stdenv.hostPlatform.system or null;
+
   spec = {
     pkgs = {
-      type = "the nixpkgs package set (an attribute set with dockerTools)";
-      check = v: isAttrs v && v ? dockerTools;
+      type = "the nixpkgs package set of the machine that runs `nix run` (e.g. nixpkgs.legacyPackages.\${system})";
+      check = v: isAttrs v && v ? writeShellApplication;
+    };
+    imagePkgs = {
+      type = "null or the ${flyPlatform} nixpkgs package set that builds the image (e.g. nixpkgs.legacyPackages.${flyPlatform}; null: `pkgs`, when that is ${flyPlatform})";
+      check = nullOr (v: isAttrs v && v ? dockerTools && systemOf v == flyPlatform);
+      default = null;
     };
     app = {
       type = "the Fly app name, a non-empty string";
@@ -120,9 +151,15 @@ let
       type = "a list of strings (extra `nixfly deploy` flags)";
       check = listOf isString;
       default = [ ];
+      findSecret =
+        flags:
+        let
+          found = builtins.filter (s: s != null) (map secretIn flags);
+        in
+        if found == [ ] then null else builtins.head found;
     };
     nixfly = {
-      type = "null or the nixfly derivation to run";
+      type = "null or the nixfly derivation to run (null: the one nixfly's flake builds from its own pinned nixpkgs)";
       check = nullOr isDerivation;
       default = null;
     };
@@ -130,8 +167,33 @@ let
 
   a = lib.checkArgs "mkFlyDeploy" spec args;
   inherit (a) pkgs app;
+  hostSystem = systemOf pkgs;
 
-  nixfly = if a.nixfly != null then a.nixfly else pkgs.nixfly or (pkgs.callPackage ../package.nix { });
+  imagePkgs =
+    if a.imagePkgs != null then
+      a.imagePkgs
+    else if hostSystem == flyPlatform then
+      pkgs
+    else
+      throw "mkFlyDeploy: Fly Machines run ${flyPlatform} images, and `pkgs` is for ${hostSystem}: pass `imagePkgs = nixpkgs.legacyPackages.${flyPlatform};` and build `package` with it (building needs an ${flyPlatform} builder on this machine, see nixfly's README)";
+
+  # An app built for the machine running `nix run` would not start on Fly: say so at evaluation.
+  # Where the package runs is its stdenv's host platform (a cross-built package's `system` is
+  # the machine that builds it).
+  platformOf = d: d.stdenv.hostPlatform.system or d.system or flyPlatform;
+  wrongPlatform = builtins.filter (d: platformOf d != flyPlatform) (
+    (if a.package != null then [ a.package ] else [ ]) ++ a.contents
+  );
+
+  # nixfly's own pinned build by default: the toolchain nixfly was tested with, whatever
+  # nixpkgs the image comes from.
+  nixfly =
+    if a.nixfly != null then
+      a.nixfly
+    else if pinnedNixfly hostSystem != null then
+      pinnedNixfly hostSystem
+    else
+      pkgs.callPackage ../package.nix { };
 
   buildsImage = a.package != null || a.entrypoint != null;
   imageOnly = [
@@ -145,7 +207,9 @@ let
 
   # With layering = "plan", what is pushed is the plan of this same image (same layers).
   image =
-    if a.layering == "plan" then
+    if wrongPlatform != [ ] then
+      throw "mkFlyDeploy: ${(builtins.head wrongPlatform).name} is built for ${platformOf (builtins.head wrongPlatform)}, but Fly runs ${flyPlatform} images: build `package` and `contents` with `imagePkgs` (nixpkgs.legacyPackages.${flyPlatform})"
+    else if a.layering == "plan" then
       lib.mkLayerPlan {
         inherit pkgs nixfly;
         image = streamImage;
@@ -163,7 +227,7 @@ let
       throw "mkFlyDeploy: give `image` (a ready image) or `package` (the app to put in one)"
     else
       lib.mkStreamImage {
-        inherit pkgs;
+        pkgs = imagePkgs;
         name = app;
         inherit (a)
           tag
@@ -225,6 +289,7 @@ pkgs.writeShellApplication {
   passthru = {
     inherit
       image
+      imagePkgs
       settings
       settingsFile
       nixfly

@@ -22,7 +22,7 @@
 let
   confFile =
     image.passthru.conf or image.conf or (throw
-      "mkLayerPlan: the image has no passthru.conf; a layer plan needs a dockerTools.streamLayeredImage image"
+      "mkLayerPlan: the image has no passthru.conf. A layer plan needs a dockerTools.streamLayeredImage image from nixpkgs 24.11 or newer (streamLayeredImage exposes its conf since nixpkgs PR #308822): update nixpkgs, or use layering = \"stream\""
     );
   confText = builtins.readFile confFile;
   conf = builtins.fromJSON (builtins.unsafeDiscardStringContext confText);

@@ -3,14 +3,18 @@
   pkgs,
   lib,
   nixfly,
+  nixpkgs,
+  self,
 }:
 let
-  hello = pkgs.writeShellApplication {
+  # Fly runs x86_64-linux images: the image's packages come from there on every system.
+  imagePkgs = nixpkgs.legacyPackages.x86_64-linux;
+  hello = imagePkgs.writeShellApplication {
     name = "hello-nixfly";
     text = ''echo "hello from nixfly's example image"'';
   };
   example = lib.mkFlyDeploy {
-    inherit pkgs nixfly;
+    inherit pkgs imagePkgs nixfly;
     app = "nixfly-example";
     package = hello;
     config.Env = [ "PORT=8080" ];
@@ -23,10 +27,51 @@ let
     rollback = false;
     extraFlags = [ "--output=plain" ];
   };
+  # The same app deployed from a layer plan (docs/layer-plan.md).
+  examplePlan = lib.mkFlyDeploy {
+    inherit pkgs imagePkgs nixfly;
+    app = "nixfly-example";
+    package = hello;
+    config.Env = [ "PORT=8080" ];
+    tag = "v1";
+    layering = "plan";
+  };
+
+  # The template as `nix flake init -t` gives it, with this flake and its nixpkgs as inputs.
+  template = (import ../../templates/default/flake.nix).outputs {
+    inherit nixpkgs;
+    nixfly = self;
+  };
 in
 {
   inherit nixfly;
   deploy-example = example;
+  deploy-example-plan = examplePlan;
+  template-deploy = template.packages.${pkgs.stdenv.hostPlatform.system}.deploy;
+
+  # Issue 11: switching `layering` must not change the image. The plan's config is the stream
+  # script's config byte for byte (same image id) and its layers are the stream's diff_ids.
+  nonRegressionIssue11-plan-is-the-stream-image =
+    imagePkgs.runCommand "nixfly-issue-11-plan-is-the-stream-image"
+      {
+        nativeBuildInputs = [ imagePkgs.python3 ];
+        plan = examplePlan.image;
+        stream = example.image;
+      }
+      ''
+        "$stream" > image.tar
+        python3 - "$plan" image.tar <<'EOF'
+        import json, sys, tarfile
+        plan = json.load(open(sys.argv[1]))
+        image = tarfile.open(sys.argv[2])
+        manifest = json.load(image.extractfile("manifest.json"))
+        config = image.extractfile(manifest[0]["Config"]).read()
+        assert plan["config"].encode() == config, "the plan's config differs from the stream's"
+        diff_ids = [layer["diff_id"] for layer in plan["layers"]]
+        assert diff_ids == json.loads(config)["rootfs"]["diff_ids"], diff_ids
+        EOF
+        touch $out
+      '';
 
   completions-installed = pkgs.runCommand "nixfly-completions-installed" { } ''
     for f in share/bash-completion/completions/nixfly.bash share/zsh/site-functions/_nixfly \

@@ -112,11 +112,23 @@ impl LayerSource {
         }
     }
 
-    /// The store paths or file this layer is made from, for messages and history comments.
+    /// The store paths or file this layer is made from, for messages.
     pub fn paths(&self) -> Vec<&str> {
         match self {
             LayerSource::StorePaths { paths, .. } => paths.iter().map(String::as_str).collect(),
             LayerSource::Tar { path } => vec![path.as_str()],
+        }
+    }
+
+    /// What the stream script names in the layer's history comment (`LayerInfo.paths` in
+    /// nixpkgs' stream_layered_image.py): a store layer's paths, and for the customisation
+    /// layer the directory it reads `layer.tar` and `checksum` from, not the tar itself.
+    fn history_paths(&self) -> Vec<&str> {
+        match self {
+            LayerSource::Tar { path } => {
+                vec![path.strip_suffix("/layer.tar").unwrap_or(path)]
+            }
+            LayerSource::StorePaths { .. } => self.paths(),
         }
     }
 }
@@ -341,7 +353,10 @@ impl StreamConf {
             .map(|l| {
                 Ordered::Object(vec![
                     ("created".into(), text(&created)),
-                    ("comment".into(), text(&python_repr_list(&l.source.paths()))),
+                    (
+                        "comment".into(),
+                        text(&python_repr_list(&l.source.history_paths())),
+                    ),
                 ])
             })
             .collect();
@@ -610,19 +625,22 @@ mod tests {
     }
 
     /// What the stream script computes (`image_json` and `json.dumps(..., indent=4)`), in
-    /// Python itself.
+    /// Python itself, from the conf alone: each history comment lists the conf's store layer
+    /// paths, and for the customisation layer the conf's `customisation_layer` directory
+    /// (nixpkgs' stream_layered_image.py, `add_customisation_layer`).
     const PYTHON_CONFIG: &str = r#"
 import json, sys
 from datetime import datetime
-conf, layers = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+conf, diff_ids = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
 created = datetime.fromisoformat(conf["created"]).isoformat()
+paths = conf["store_layers"] + [[conf["customisation_layer"]]]
 image = {
     "created": created,
     "architecture": conf["architecture"],
     "os": "linux",
     "config": conf["config"],
-    "rootfs": {"diff_ids": [l["diff_id"] for l in layers], "type": "layers"},
-    "history": [{"created": created, "comment": f"store paths: {l['paths']}"} for l in layers],
+    "rootfs": {"diff_ids": diff_ids, "type": "layers"},
+    "history": [{"created": created, "comment": f"store paths: {p}"} for p in paths],
 }
 sys.stdout.write(json.dumps(image, indent=4))
 "#;
@@ -637,14 +655,12 @@ sys.stdout.write(json.dumps(image, indent=4))
         let conf_file = dir.path().join("conf.json");
         let raw_conf = serde_json::json!({
             "created": conf.created, "architecture": conf.architecture, "config": conf.config,
+            "store_layers": conf.store_layers, "customisation_layer": conf.customisation_layer,
         });
         std::fs::write(&conf_file, serde_json::to_vec(&raw_conf).unwrap()).unwrap();
-        let layers_file = dir.path().join("layers.json");
-        let raw_layers: Vec<Value> = layers
-            .iter()
-            .map(|l| serde_json::json!({"diff_id": l.diff_id, "paths": l.source.paths()}))
-            .collect();
-        std::fs::write(&layers_file, serde_json::to_vec(&raw_layers).unwrap()).unwrap();
+        let layers_file = dir.path().join("diff_ids.json");
+        let diff_ids: Vec<&str> = layers.iter().map(|l| l.diff_id.as_str()).collect();
+        std::fs::write(&layers_file, serde_json::to_vec(&diff_ids).unwrap()).unwrap();
         let out = Command::new("python3")
             .args(["-c", PYTHON_CONFIG])
             .arg(&conf_file)
@@ -659,6 +675,19 @@ sys.stdout.write(json.dumps(image, indent=4))
             ),
             "{ours}"
         );
+    }
+
+    /// Issue 11: the plan named `<dir>/layer.tar` where nixpkgs names `<dir>`, so switching
+    /// `layering` changed the image id.
+    #[test]
+    fn regression_issue_11_customisation_history_names_the_directory() {
+        let conf = conf();
+        let ours = conf.image_config(&layers_of(&conf)).unwrap();
+        assert!(
+            ours.contains(&format!(r#""comment": "store paths: ['{CUSTOM}']""#)),
+            "{ours}"
+        );
+        assert!(!ours.contains("layer.tar"), "{ours}");
     }
 
     #[test]

@@ -623,8 +623,10 @@ with open(out, "wb") as f, tarfile.open(fileobj=f, mode="w|") as tar:
         let tar = tar_of(&store, &[HELLO.to_string()]);
         let file = store.root().join("layer.tar");
         fs::write(&file, &tar).unwrap();
+        // Literal quoting: without a UTF-8 locale (a Nix build has none) tar escapes
+        // non-ASCII names.
         let out = Command::new("tar")
-            .args(["--list", "--numeric-owner", "-f"])
+            .args(["--list", "--numeric-owner", "--quoting-style=literal", "-f"])
             .arg(&file)
             .output()
             .unwrap();

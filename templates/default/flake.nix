@@ -2,49 +2,80 @@
   description = "A small web app, deployed to Fly with nixfly";
 
   inputs = {
-    nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
-    nixfly = {
-      url = "github:nixfly/nixfly";
-      inputs.nixpkgs.follows = "nixpkgs";
-    };
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+    # nixfly builds itself with the nixpkgs it pins (the toolchain it was tested with); your
+    # nixpkgs builds only the image. `nixfly.inputs.nixpkgs.follows = "nixpkgs";` would save
+    # one nixpkgs download but build nixfly with yours.
+    nixfly.url = "github:nixfly/nixfly";
   };
 
   outputs =
     { nixpkgs, nixfly, ... }:
     let
-      # Fly runs Linux images. On macOS, build with a Linux builder (see nixfly's docs/API.md).
+      inherit (nixpkgs) lib;
+      # The app name, read once from fly.toml (which fly and nixfly read too).
+      app = (builtins.fromTOML (builtins.readFile ./fly.toml)).app;
+      cargoToml = (builtins.fromTOML (builtins.readFile ./Cargo.toml)).package;
+
+      # Fly Machines run x86_64 Linux: the server and its image are built for it from any
+      # machine (aarch64-linux and macOS need an x86_64-linux builder, see nixfly's README).
+      imagePkgs = nixpkgs.legacyPackages.x86_64-linux;
+      server = imagePkgs.rustPlatform.buildRustPackage {
+        pname = cargoToml.name;
+        inherit (cargoToml) version;
+        # Only what cargo reads: target/, result links and editor files stay out of the store.
+        src = builtins.path {
+          name = "${cargoToml.name}-source";
+          path = ./.;
+          filter =
+            path: _type:
+            let
+              relative = lib.removePrefix (toString ./. + "/") (toString path);
+            in
+            builtins.elem relative [
+              "Cargo.toml"
+              "Cargo.lock"
+              "src"
+            ]
+            || lib.hasPrefix "src/" relative;
+        };
+        cargoLock.lockFile = ./Cargo.lock;
+        meta.mainProgram = cargoToml.name;
+      };
+
+      # Where `nix run .#deploy` can run: nixfly and the deploy script are built for it.
       systems = [
         "x86_64-linux"
         "aarch64-linux"
+        "x86_64-darwin"
+        "aarch64-darwin"
       ];
-      forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
-    in
-    {
-      packages = forAllSystems (
-        pkgs:
-        let
-          app = pkgs.rustPlatform.buildRustPackage {
-            pname = "hello-fly";
-            version = "0.1.0";
-            src = ./.;
-            cargoLock.lockFile = ./Cargo.lock;
-            meta.mainProgram = "hello-fly";
+      deploy = lib.genAttrs systems (
+        system:
+        nixfly.lib.mkFlyDeploy {
+          pkgs = nixpkgs.legacyPackages.${system};
+          inherit imagePkgs app;
+          package = server;
+          config = {
+            Env = [ "PORT=8080" ];
+            ExposedPorts."8080/tcp" = { };
           };
-        in
-        {
-          default = app;
-          # `nix run .#deploy`: build the image, push it, roll it out. Needs FLY_API_TOKEN.
-          deploy = nixfly.lib.mkFlyDeploy {
-            inherit pkgs;
-            app = "hello-fly";
-            package = app;
-            config = {
-              Env = [ "PORT=8080" ];
-              ExposedPorts."8080/tcp" = { };
-            };
-            flyToml = ./fly.toml;
-          };
+          flyToml = ./fly.toml;
         }
       );
+    in
+    {
+      packages = lib.genAttrs systems (system: {
+        default = server;
+        deploy = deploy.${system};
+      });
+      # `nix run .#deploy`: build the image, push it, roll it out. Needs FLY_API_TOKEN.
+      apps = lib.genAttrs systems (system: {
+        deploy = {
+          type = "app";
+          program = lib.getExe deploy.${system};
+          meta.description = "Build the ${app} image, push it to Fly and roll it out";
+        };
+      });
     };
 }

@@ -37,7 +37,7 @@ fn eval_mk_fly_deploy(nix: &Nix, attrs: &str) -> std::process::Output {
     let expr = format!(
         r#"let
              pkgs = import {root}/nix/tests/nixpkgs-standin {{ }};
-             nixfly = import {root}/nix/lib;
+             nixfly = import {root}/nix/lib {{ }};
              app = pkgs.writeShellApplication {{ name = "web"; text = "echo hi"; }};
            in (nixfly.mkFlyDeploy ({{ inherit pkgs; app = "demo"; package = app; }} // {attrs})).drvPath"#
     );
@@ -102,6 +102,22 @@ fn wrong_attribute_name_or_type_fails_at_evaluation_naming_it() {
             "attribute `maxUnavailable` must be null or a number above 0",
         ),
         (r#"{ rollback = "no"; }"#, "attribute `rollback` must be a bool"),
+        (
+            r#"{ extraFlags = [ "-v" "--access-token" "fm2_secret" ]; }"#,
+            "`extraFlags` holds the credential flag `--access-token`: credentials never go into the Nix store",
+        ),
+        (
+            r#"{ extraFlags = [ "-tfm2_secret" ]; }"#,
+            "`extraFlags` holds the credential flag `-t`",
+        ),
+        (
+            r#"{ extraFlags = [ "--creds=user:fm2_secret" ]; }"#,
+            "`extraFlags` holds the credential flag `--creds`",
+        ),
+        (
+            r#"{ extraFlags = [ "--label=fm2_secret" ]; }"#,
+            "`extraFlags` holds what looks like a Fly token",
+        ),
     ];
     for (attrs, message) in cases {
         let out = eval_mk_fly_deploy(nix, attrs);
@@ -116,4 +132,92 @@ fn wrong_attribute_name_or_type_fails_at_evaluation_naming_it() {
             "the rejected token value was printed:\n{stderr}"
         );
     }
+}
+
+/// mkFlyDeploy on a host that is not x86_64-linux, with the stand-in for both package sets;
+/// `attrs` is added to the call. Returns nix's output of `--json` evaluation of `what`.
+fn eval_on_host(nix: &Nix, host: &str, attrs: &str, what: &str) -> std::process::Output {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let expr = format!(
+        r#"let
+             standin = import {root}/nix/tests/nixpkgs-standin;
+             pkgs = standin {{ system = "{host}"; }};
+             imagePkgs = standin {{ system = "x86_64-linux"; }};
+             nixfly = import {root}/nix/lib {{ }};
+             server = imagePkgs.writeShellApplication {{ name = "web"; text = "echo hi"; }};
+             deploy = nixfly.mkFlyDeploy ({{ inherit pkgs; app = "demo"; package = server; }} // {attrs});
+           in {what}"#
+    );
+    run(nix.command(&["eval"]).args(["--json", "--expr", &expr]))
+}
+
+/// Issue 11: Fly runs x86_64-linux, so the image is built for it whatever machine runs
+/// `nix run`; the deploy script and nixfly are that machine's.
+#[test]
+fn regression_issue_11_the_image_is_x86_64_linux_on_every_host() {
+    let Some(nix) = Nix::get() else { return };
+    for host in ["aarch64-linux", "x86_64-darwin", "aarch64-darwin"] {
+        let out = eval_on_host(
+            nix,
+            host,
+            "{ inherit imagePkgs; }",
+            "[ deploy.system deploy.nixfly.system deploy.image.system ]",
+        );
+        assert_success(&out);
+        let systems: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(systems, [host, host, "x86_64-linux"], "on {host}");
+    }
+
+    // A package cross-built for x86_64-linux (pkgsCross.gnu64) has the building machine as
+    // its `system`; its stdenv's host platform is what counts.
+    let cross = r#"{ inherit imagePkgs; package = pkgs.writeShellApplication { name = "web"; text = "echo hi"; } // { stdenv.hostPlatform.system = "x86_64-linux"; }; }"#;
+    let out = eval_on_host(nix, "aarch64-linux", cross, "deploy.image.system");
+    assert_success(&out);
+
+    let cases = [
+        (
+            "{ }",
+            "Fly Machines run x86_64-linux images, and `pkgs` is for aarch64-linux: pass `imagePkgs = nixpkgs.legacyPackages.x86_64-linux;`",
+        ),
+        (
+            r#"{ inherit imagePkgs; package = pkgs.writeShellApplication { name = "web"; text = "echo hi"; }; }"#,
+            "web is built for aarch64-linux, but Fly runs x86_64-linux images: build `package` and `contents` with `imagePkgs`",
+        ),
+        (
+            "{ imagePkgs = pkgs; }",
+            "attribute `imagePkgs` must be null or the x86_64-linux nixpkgs package set",
+        ),
+    ];
+    for (attrs, message) in cases {
+        let out = eval_on_host(nix, "aarch64-linux", attrs, "deploy.drvPath");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{attrs} evaluated, expected an error");
+        assert!(
+            stderr.contains(message),
+            "{attrs}: expected {message:?} in:\n{stderr}"
+        );
+    }
+}
+
+/// A nixpkgs whose streamLayeredImage has no `passthru.conf` (before nixpkgs PR #308822) gets
+/// an error that names the nixpkgs it needs, not a missing-attribute trace.
+#[test]
+fn a_stream_image_without_conf_names_the_nixpkgs_a_plan_needs() {
+    let Some(nix) = Nix::get() else { return };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let expr = format!(
+        r#"let
+             pkgs = import {root}/nix/tests/nixpkgs-standin {{ }};
+             lib = import {root}/nix/lib {{ }};
+             # What streamLayeredImage returned before it exposed its conf.
+             old = removeAttrs (pkgs.dockerTools.streamLayeredImage {{ name = "old"; }}) [ "conf" "passthru" ];
+           in (lib.mkLayerPlan {{ inherit pkgs; nixfly = pkgs.writeText "n" ""; image = old; }}).drvPath"#
+    );
+    let out = run(nix.command(&["eval"]).args(["--raw", "--expr", &expr]));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("from nixpkgs 24.11 or newer") && stderr.contains("layering = \"stream\""),
+        "{stderr}"
+    );
 }

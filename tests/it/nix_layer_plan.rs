@@ -4,8 +4,12 @@
 use crate::support;
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use support::nix::Nix;
+use support::readback::{push, pushed_reference, read_back};
+use support::registry::{AuthMode, Registry};
 use support::{TestDir, assert_success, run};
 
 /// The stand-in, nixfly's Nix library, the nixfly under test as a package, and a small app that
@@ -17,7 +21,7 @@ fn with_app(greeting: &str, body: &str) -> String {
     format!(
         r#"let
              pkgs = import {root}/nix/tests/nixpkgs-standin {{ }};
-             lib = import {root}/nix/lib;
+             lib = import {root}/nix/lib {{ }};
              # Copied by content, so a rebuilt binary is a new store path.
              built = builtins.path {{ path = {bin}; name = "nixfly-under-test"; }};
              nixfly = pkgs.runCommand "nixfly" {{ }} ''mkdir -p $out/bin; cp ${{built}} $out/bin/nixfly'';
@@ -31,19 +35,28 @@ fn with_app(greeting: &str, body: &str) -> String {
     )
 }
 
-/// The image mkFlyDeploy would build for the app, and its plan.
-fn plan_expr(greeting: &str) -> String {
-    with_app(
-        greeting,
-        r#"lib.mkLayerPlan {
-             inherit pkgs nixfly;
-             image = pkgs.dockerTools.streamLayeredImage {
-               name = "demo";
-               contents = [ app ];
-               config.Cmd = [ "/bin/web" ];
-             };
-           }"#,
+/// The image mkFlyDeploy would build for the app (`maxLayers` as nixpkgs takes it).
+fn image_body(max_layers: u32) -> String {
+    format!(
+        r#"pkgs.dockerTools.streamLayeredImage {{
+             name = "demo";
+             contents = [ app ];
+             config.Cmd = [ "/bin/web" ];
+             maxLayers = {max_layers};
+           }}"#
     )
+}
+
+/// The plan of that image.
+fn plan_body(max_layers: u32) -> String {
+    format!(
+        "lib.mkLayerPlan {{ inherit pkgs nixfly; image = {}; }}",
+        image_body(max_layers)
+    )
+}
+
+fn plan_expr(greeting: &str) -> String {
+    with_app(greeting, &plan_body(100))
 }
 
 /// Build `expr` and return the store path it points to.
@@ -130,7 +143,7 @@ fn a_base_image_is_refused_at_evaluation() {
     let expr = format!(
         r#"let
              pkgs = import {root}/nix/tests/nixpkgs-standin {{ }};
-             lib = import {root}/nix/lib;
+             lib = import {root}/nix/lib {{ }};
              conf = pkgs.writeText "conf.json" (builtins.toJSON {{
                from_image = "/nix/store/00000000000000000000000000000000-base.tar";
                store_layers = [ ]; customisation_layer = "/nix/store/x"; created = "now";
@@ -186,4 +199,81 @@ fn mk_fly_deploy_with_plan_layering_deploys_the_plan() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("attribute `layering` must be"), "{stderr}");
+}
+
+/// The config blob and diff_ids of a docker-archive, read as `docker load` reads one:
+/// manifest.json names the config, the config lists the diff_ids; each layer tar's sha256 is
+/// checked against them.
+fn archive_image(archive: &[u8]) -> (Vec<u8>, Vec<String>) {
+    let mut files = std::collections::HashMap::new();
+    let mut tar = tar::Archive::new(archive);
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        let mut body = Vec::new();
+        entry.read_to_end(&mut body).unwrap();
+        files.insert(name, body);
+    }
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let config = files[manifest[0]["Config"].as_str().unwrap()].clone();
+    let layer_sums: Vec<String> = manifest[0]["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(&files[l.as_str().unwrap()]))
+            )
+        })
+        .collect();
+    let parsed: Value = serde_json::from_slice(&config).unwrap();
+    let diff_ids: Vec<String> = serde_json::from_value(parsed["rootfs"]["diff_ids"].clone()).unwrap();
+    assert_eq!(
+        layer_sums, diff_ids,
+        "the archive's layers are not its config's diff_ids"
+    );
+    (config, diff_ids)
+}
+
+/// Issue 11: the image pushed from a plan is the image nixpkgs' stream script writes for the
+/// same conf (the stand-in reproduces stream_layered_image.py): same config digest (image id)
+/// and diff_ids, for an image whose last store layer holds several store paths. Switching
+/// `layering` must not re-deploy anything.
+#[test]
+fn regression_issue_11_plan_push_is_the_stream_image() {
+    let Some(nix) = Nix::get() else { return };
+    let t = TestDir::new();
+    // maxLayers = 3: one layer for the most popular path, one for the rest, the customisation
+    // layer.
+    let stream = build(nix, &t, &with_app("hello", &image_body(3)), "stream");
+    let archive = run(&mut std::process::Command::new(&stream));
+    assert_success(&archive);
+    let (stream_config, stream_diff_ids) = archive_image(&archive.stdout);
+    let stream_config_json: Value = serde_json::from_slice(&stream_config).unwrap();
+    let history = stream_config_json["history"].as_array().unwrap();
+    assert_eq!(history.len(), 3, "{stream_config_json}");
+    assert!(
+        history[1]["comment"]
+            .as_str()
+            .unwrap()
+            .matches("/nix/store/")
+            .count()
+            > 1,
+        "the last store layer should hold several paths: {stream_config_json}"
+    );
+
+    let plan = build(nix, &t, &with_app("hello", &plan_body(3)), "plan");
+    let registry = Registry::start(AuthMode::htpasswd());
+    let out = push(&t, &registry, plan.to_str().unwrap(), "demo", "plan", &[]);
+    let reference = pushed_reference(&out, &registry.host(), "demo");
+    let pushed = read_back(&registry, &reference);
+    assert_eq!(
+        pushed.manifest["config"]["digest"],
+        format!("sha256:{}", hex::encode(Sha256::digest(&stream_config))),
+        "config digests differ; pushed:\n{}\nstream:\n{}",
+        String::from_utf8_lossy(&pushed.config),
+        String::from_utf8_lossy(&stream_config)
+    );
+    assert_eq!(pushed.diff_ids, stream_diff_ids);
 }

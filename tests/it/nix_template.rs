@@ -34,12 +34,68 @@ fn init_template(nix: &Nix) -> TestDir {
 
 /// `nix <subcommand> .#deploy` in the template, with both inputs overridden.
 fn in_template(nix: &Nix, t: &TestDir, subcommand: &[&str]) -> std::process::Command {
+    in_template_at(nix, t, subcommand, ".#deploy")
+}
+
+/// `nix <subcommand> <installable>` in the template; nixfly's own nixpkgs is the stand-in too.
+fn in_template_at(nix: &Nix, t: &TestDir, subcommand: &[&str], installable: &str) -> std::process::Command {
     let mut cmd = nix.command(subcommand);
-    cmd.arg(".#deploy")
+    cmd.arg(installable)
         .args(nix.override_input("nixpkgs"))
         .args(["--override-input", "nixfly", &nix.checkout])
+        .args(nix.override_input("nixfly/nixpkgs"))
         .current_dir(t.path());
     cmd
+}
+
+/// Issue 11: `apps.deploy` exists for the four systems nix runs on, each described, and on
+/// every one of them the image is built for x86_64-linux (Fly's platform) while the deploy
+/// script and nixfly are built for the machine itself. (Building on aarch64 or darwin needs
+/// an x86_64-linux builder, which cannot be tested here; evaluation can.)
+#[test]
+fn regression_issue_11_template_deploys_an_x86_64_image_from_every_system() {
+    let Some(nix) = Nix::get() else { return };
+    let t = init_template(nix);
+    for system in ["x86_64-linux", "aarch64-linux", "x86_64-darwin", "aarch64-darwin"] {
+        let out = run(
+            in_template_at(nix, &t, &["eval", "--json"], &format!(".#apps.{system}.deploy")).args([
+                "--apply",
+                "app: { inherit (app) type program; description = app.meta.description; }",
+            ]),
+        );
+        assert_success(&out);
+        let app: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(app["type"], "app", "{system}: {app}");
+        assert!(
+            app["program"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/bin/deploy-{APP}")),
+            "{system}: {app}"
+        );
+        assert!(!app["description"].as_str().unwrap().is_empty());
+
+        let out = run(in_template_at(
+            nix,
+            &t,
+            &["eval", "--json"],
+            &format!(".#packages.{system}.deploy"),
+        )
+        .args(["--apply", "d: [ d.system d.nixfly.system d.image.system ]"]));
+        assert_success(&out);
+        let systems: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(systems, [system, system, "x86_64-linux"]);
+    }
+    // What the image says about itself: amd64 even when the deploy runs on an arm64 Mac.
+    let out = run(&mut in_template_at(
+        nix,
+        &t,
+        &["build", "--out-link", "conf"],
+        ".#packages.aarch64-darwin.deploy.image.conf",
+    ));
+    assert_success(&out);
+    let conf: serde_json::Value = serde_json::from_slice(&std::fs::read(t.join("conf")).unwrap()).unwrap();
+    assert_eq!(conf["architecture"], "amd64");
 }
 
 #[test]
@@ -76,13 +132,34 @@ fn template_deploy_builds_and_its_settings_are_valid() {
 #[test]
 fn template_nix_run_deploy_pushes_and_rolls_out() {
     let Some(nix) = Nix::get() else { return };
+    deploy_end_to_end(nix, &init_template(nix));
+}
+
+/// The same with `layering = "plan"` added to the template's mkFlyDeploy call.
+#[test]
+fn template_nix_run_deploy_with_a_layer_plan() {
+    let Some(nix) = Nix::get() else { return };
     let t = init_template(nix);
+    let flake = std::fs::read_to_string(t.join("flake.nix")).unwrap();
+    let call = "flyToml = ./fly.toml;";
+    assert!(flake.contains(call), "{flake}");
+    let planned = flake.replace(call, &format!("{call} layering = \"plan\";"));
+    std::fs::write(t.join("flake.nix"), planned).unwrap();
+    let wrapper = deploy_end_to_end(nix, &t);
+    assert!(
+        wrapper.contains("-layer-plan.json'"),
+        "the deploy script does not push a plan:\n{wrapper}"
+    );
+}
+
+/// Push and roll out the template's image; returns the deploy script it ran.
+fn deploy_end_to_end(nix: &Nix, t: &TestDir) -> String {
     let registry = Registry::start(AuthMode::htpasswd());
     let fly = FlyApi::start();
     fly.add_app(APP);
     let machines = fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1));
 
-    let mut deploy = in_template(nix, &t, &["run"]);
+    let mut deploy = in_template(nix, t, &["run"]);
     deploy
         .args([
             "--",
@@ -135,4 +212,7 @@ fn template_nix_run_deploy_pushes_and_rolls_out() {
         Some(layers),
         config["rootfs"]["diff_ids"].as_array().map(Vec::len)
     );
+    let out = run(in_template(nix, t, &["build"]).args(["--out-link", "deploy"]));
+    assert_success(&out);
+    std::fs::read_to_string(t.join(&format!("deploy/bin/deploy-{APP}"))).unwrap()
 }

@@ -1,5 +1,7 @@
 # The `lib` functions nixfly's Nix code uses, with nixpkgs' names and meaning.
 let
+  lowerChars = builtins.genList (i: builtins.substring i 1 "abcdefghijklmnopqrstuvwxyz") 26;
+  upperChars = builtins.genList (i: builtins.substring i 1 "ABCDEFGHIJKLMNOPQRSTUVWXYZ") 26;
   fix =
     f:
     let
@@ -19,6 +21,7 @@ in
       n = builtins.stringLength prefix;
     in
     if builtins.substring 0 n s == prefix then builtins.substring n (-1) s else s;
+  toLower = builtins.replaceStrings upperChars lowerChars;
   getExe = drv: "${drv}/bin/${drv.meta.mainProgram}";
   licenses = {
     mit.spdxId = "MIT";

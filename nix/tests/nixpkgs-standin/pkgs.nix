@@ -90,8 +90,9 @@ let
   };
 
   rust = import ./rust.nix { inherit lib mkDerivation onlyArgs; };
-  docker = import ./docker.nix {
+  docker = import ./docker {
     inherit
+      lib
       system
       hostPath
       runCommand
@@ -115,6 +116,9 @@ let
     skopeo = "skopeo";
     distribution = "docker-registry";
     apacheHttpd = "htpasswd";
+    nix = "nix";
+    python3 = "python3";
+    nixfmt = "nixfmt";
   };
 
 in

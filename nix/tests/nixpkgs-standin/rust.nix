@@ -65,6 +65,8 @@ let
         "cargoLock"
         "nativeBuildInputs"
         "doCheck"
+        "cargoTestFlags"
+        "nativeCheckInputs"
         "postInstall"
         "meta"
         "passthru"
@@ -82,6 +84,8 @@ let
       # Debug profile for test speed; nixpkgs builds release.
       targetCache = builtins.getEnv "NIXFLY_STANDIN_CARGO_TARGET";
       doCheck = if a.doCheck or true then "1" else "";
+      cargoTestFlags = a.cargoTestFlags or [ ];
+      checkPath = builtins.concatStringsSep ":" (map (p: "${p}/bin") (a.nativeCheckInputs or [ ]));
       postInstall = a.postInstall or "";
       script = ''
         cp -r --no-preserve=mode "$src" source
@@ -100,7 +104,10 @@ let
           "$target/vendor" > "$CARGO_HOME/config.toml"
         cargo install --offline --locked --debug --path . --root "$out" --target-dir "$target"
         rm -f "$out/.crates.toml" "$out/.crates2.json"
-        if [ -n "$doCheck" ]; then cargo test --offline --locked --target-dir "$target"; fi
+        # As nixpkgs' cargoCheckHook: `cargo test` with cargoTestFlags, nativeCheckInputs on PATH.
+        if [ -n "$doCheck" ]; then
+          PATH="${checkPath:+$checkPath:}$PATH" cargo test --offline --locked --target-dir "$target" $cargoTestFlags
+        fi
         eval "$postInstall"
       '';
     };

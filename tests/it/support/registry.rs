@@ -1,4 +1,4 @@
-//! The real registry (`/usr/bin/docker-registry`, CNCF distribution 2.8) on a free loopback
+//! The real registry (CNCF distribution: Debian's `docker-registry`, or nixpkgs' `registry`) on a free loopback
 //! port, with htpasswd Basic auth, token auth (the token service runs in this process and
 //! signs JWTs with a key whose certificate the registry trusts), or no auth; and skopeo
 //! helpers that read back what was pushed.
@@ -82,6 +82,16 @@ impl AuthMode {
     }
 }
 
+/// The distribution registry on `path`: Debian's package installs it as `docker-registry`,
+/// nixpkgs' `distribution` (the dev shell) as `registry`.
+pub fn registry_binary(path: &std::ffi::OsStr) -> Option<PathBuf> {
+    ["docker-registry", "registry"].iter().find_map(|name| {
+        std::env::split_paths(path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
 impl Registry {
     pub fn start(auth: AuthMode) -> Registry {
         let dir = tempfile::tempdir().expect("registry temp dir");
@@ -123,13 +133,17 @@ impl Registry {
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).expect("write registry config");
         let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
-        let child = Command::new("/usr/bin/docker-registry")
+        let binary = registry_binary(&std::env::var_os("PATH").unwrap_or_default()).expect(
+            "no registry on PATH: apt install docker-registry, or enter the dev shell \
+             (nixpkgs' distribution installs it as `registry`)",
+        );
+        let child = Command::new(&binary)
             .arg("serve")
             .arg(&config_path)
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
             .spawn()
-            .expect("start /usr/bin/docker-registry (apt install docker-registry)");
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
         let mut registry = Registry {
             child,
             dir,
@@ -139,7 +153,7 @@ impl Registry {
         };
         assert!(
             registry.wait_ready(Duration::from_secs(15)),
-            "docker-registry did not become ready on port {port}:\n{}",
+            "the registry did not become ready on port {port}:\n{}",
             registry.log()
         );
         registry
@@ -544,4 +558,23 @@ pub fn read_head(stream: &mut TcpStream) -> Option<String> {
         head.push(byte[0]);
     }
     String::from_utf8(head).ok()
+}
+
+#[test]
+fn the_registry_is_found_under_debians_name_or_nixpkgs_name() {
+    let nixpkgs_bin = tempfile::tempdir().unwrap();
+    let debian_bin = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(nixpkgs_bin.path().join("registry"), "").unwrap();
+    std::fs::write(debian_bin.path().join("docker-registry"), "").unwrap();
+    let path = |dirs: &[&Path]| std::env::join_paths(dirs).unwrap();
+    assert_eq!(
+        registry_binary(&path(&[empty.path(), nixpkgs_bin.path()])),
+        Some(nixpkgs_bin.path().join("registry"))
+    );
+    assert_eq!(
+        registry_binary(&path(&[nixpkgs_bin.path(), debian_bin.path()])),
+        Some(debian_bin.path().join("docker-registry"))
+    );
+    assert_eq!(registry_binary(&path(&[empty.path()])), None);
 }
