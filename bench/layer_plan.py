@@ -144,25 +144,25 @@ def main():
         for run in range(args.runs):
             run_dir = work / f"run-{run}"
             registry.start_empty()
-            wall, _ = timed(["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
+            wall, _, _ = timed(["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
                              f"docker-archive:{tar}", f"docker://{registry.host}/skopeo:t"], env_for(run_dir / "s"))
             rows["skopeo cold"]["time"].append(wall)
             rows["skopeo cold"]["bytes"].append(registry.blob_bytes())
 
             registry.start_empty()
-            wall, _ = timed(push(plan, registry.host, "v1"), env_for(run_dir / "cold"))
+            wall, _, _ = timed(push(plan, registry.host, "v1"), env_for(run_dir / "cold"))
             rows["plan cold"]["time"].append(wall)
             rows["plan cold"]["bytes"].append(registry.blob_bytes())
 
             stored = registry.blob_bytes()
-            wall, _ = timed(push(plan, registry.host, "v2"), env_for(run_dir / "fresh-1"))
+            wall, _, _ = timed(push(plan, registry.host, "v2"), env_for(run_dir / "fresh-1"))
             rows["plan unchanged"]["time"].append(wall)
             rows["plan unchanged"]["bytes"].append(registry.blob_bytes() - stored)
             opened.append(files_opened_under(push(plan, registry.host, "v3"), env_for(run_dir / "fresh-2"),
                                              dirs + [custom], run_dir / "strace.txt"))
 
             stored = registry.blob_bytes()
-            wall, _ = timed(push(plan2, registry.host, "v4"), env_for(run_dir / "fresh-3"))
+            wall, _, _ = timed(push(plan2, registry.host, "v4"), env_for(run_dir / "fresh-3"))
             rows["plan 1 changed"]["time"].append(wall)
             rows["plan 1 changed"]["bytes"].append(registry.blob_bytes() - stored)
             print(f"run {run + 1}: " + ", ".join(f"{k} {v['time'][-1]:.2f}s {v['bytes'][-1] / 1e6:.1f} MB"
