@@ -28,17 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from push import DEFAULT_DIRS, ROOT, Registry, skopeo_version, timed  # noqa: E402
+from push import DEFAULT_DIRS, ROOT, Registry, isolated_env, skopeo_version, timed  # noqa: E402
 
-
-def env_for(run_dir):
-    env = dict(os.environ)
-    home = run_dir / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    env.update(HOME=str(home), XDG_CACHE_HOME=str(run_dir / "cache"), NIXFLY_OUTPUT="plain")
-    for var in ["FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "REGISTRY_AUTH_FILE", "DOCKER_CONFIG"]:
-        env.pop(var, None)
-    return env
 
 
 def layer_record(nixfly, work, name, source_args):
@@ -145,24 +136,24 @@ def main():
             run_dir = work / f"run-{run}"
             registry.start_empty()
             wall, _, _ = timed(["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
-                             f"docker-archive:{tar}", f"docker://{registry.host}/skopeo:t"], env_for(run_dir / "s"))
+                             f"docker-archive:{tar}", f"docker://{registry.host}/skopeo:t"], isolated_env(run_dir / "s", "plain"))
             rows["skopeo cold"]["time"].append(wall)
             rows["skopeo cold"]["bytes"].append(registry.blob_bytes())
 
             registry.start_empty()
-            wall, _, _ = timed(push(plan, registry.host, "v1"), env_for(run_dir / "cold"))
+            wall, _, _ = timed(push(plan, registry.host, "v1"), isolated_env(run_dir / "cold", "plain"))
             rows["plan cold"]["time"].append(wall)
             rows["plan cold"]["bytes"].append(registry.blob_bytes())
 
             stored = registry.blob_bytes()
-            wall, _, _ = timed(push(plan, registry.host, "v2"), env_for(run_dir / "fresh-1"))
+            wall, _, _ = timed(push(plan, registry.host, "v2"), isolated_env(run_dir / "fresh-1", "plain"))
             rows["plan unchanged"]["time"].append(wall)
             rows["plan unchanged"]["bytes"].append(registry.blob_bytes() - stored)
-            opened.append(files_opened_under(push(plan, registry.host, "v3"), env_for(run_dir / "fresh-2"),
+            opened.append(files_opened_under(push(plan, registry.host, "v3"), isolated_env(run_dir / "fresh-2", "plain"),
                                              dirs + [custom], run_dir / "strace.txt"))
 
             stored = registry.blob_bytes()
-            wall, _, _ = timed(push(plan2, registry.host, "v4"), env_for(run_dir / "fresh-3"))
+            wall, _, _ = timed(push(plan2, registry.host, "v4"), isolated_env(run_dir / "fresh-3", "plain"))
             rows["plan 1 changed"]["time"].append(wall)
             rows["plan 1 changed"]["bytes"].append(registry.blob_bytes() - stored)
             print(f"run {run + 1}: " + ", ".join(f"{k} {v['time'][-1]:.2f}s {v['bytes'][-1] / 1e6:.1f} MB"

@@ -108,6 +108,18 @@ def timed(argv, env, shell=False):
     return wall, int(rss_kb) * 1024, result.stdout.decode(errors="replace")
 
 
+def isolated_env(run_dir, output="json"):
+    """nixfly's environment for one run: its own HOME and cache under `run_dir`, no credentials
+    from the developer's environment, progress as `output`."""
+    env = dict(os.environ)
+    home = run_dir / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(run_dir / "cache"), NIXFLY_OUTPUT=output)
+    for var in ["FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "REGISTRY_AUTH_FILE", "DOCKER_CONFIG"]:
+        env.pop(var, None)
+    return env
+
+
 def uploaded_layers(stdout):
     """Layers nixfly compressed (or read) and uploaded, from its JSON events."""
     count = 0
@@ -148,15 +160,6 @@ def main():
             script.chmod(0o755)
             scripts[name] = script
 
-        def env_for(run_dir):
-            env = dict(os.environ)
-            home = run_dir / "home"
-            home.mkdir(parents=True, exist_ok=True)
-            env.update(HOME=str(home), XDG_CACHE_HOME=str(run_dir / "cache"), NIXFLY_OUTPUT="json")
-            for var in ["FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "REGISTRY_AUTH_FILE", "DOCKER_CONFIG"]:
-                env.pop(var, None)
-            return env
-
         def nixfly_push(source):
             return lambda h: [str(nixfly), "push", str(source), "--to", f"{h}/bench", "--tag", "t"]
 
@@ -181,7 +184,7 @@ def main():
             for name in order:
                 registry.start_empty()
                 run_dir = work / f"run-{run}-{name.replace(' ', '_')}"
-                env = env_for(run_dir)
+                env = isolated_env(run_dir)
                 same, other = rows[name]
                 argv = same(registry.host)
                 shell = isinstance(argv, str)
@@ -195,12 +198,12 @@ def main():
                 r["bytes"].append(pushed)
                 line = f"run {run + 1} {name}: cold {cold:.2f}s warm {warm:.2f}s {pushed / 1e6:.1f} MB"
                 if other:
-                    fresh, rss_fresh, stdout = timed(argv, env_for(run_dir / "fresh"), shell)
+                    fresh, rss_fresh, stdout = timed(argv, isolated_env(run_dir / "fresh"), shell)
                     r["fresh"].append(fresh)
                     r["fresh_bytes"].append(registry.blob_bytes() - pushed)
                     r["fresh_uploaded"].append(uploaded_layers(stdout))
                     before = registry.blob_bytes()
-                    changed_s, rss_changed, stdout = timed(other(registry.host), env_for(run_dir / "changed"))
+                    changed_s, rss_changed, stdout = timed(other(registry.host), isolated_env(run_dir / "changed"))
                     r["changed"].append(changed_s)
                     r["changed_bytes"].append(registry.blob_bytes() - before)
                     r["changed_uploaded"].append(uploaded_layers(stdout))

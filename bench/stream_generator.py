@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from push import DEFAULT_DIRS, ROOT, Registry, timed, uploaded_layers  # noqa: E402
+from push import DEFAULT_DIRS, ROOT, Registry, isolated_env, timed, uploaded_layers  # noqa: E402
 
 STREAM_PY = ROOT / "nix/tests/nixpkgs-standin/docker/stream.py"
 
@@ -68,19 +68,10 @@ def main():
         script.write_text(f"#!/bin/sh\nexec python3 '{STREAM_PY}' '{conf}'\n")
         script.chmod(0o755)
 
-        def env_for(run_dir):
-            env = dict(os.environ)
-            home = run_dir / "home"
-            home.mkdir(parents=True, exist_ok=True)
-            env.update(HOME=str(home), XDG_CACHE_HOME=str(run_dir / "cache"), NIXFLY_OUTPUT="json")
-            for var in ["FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "REGISTRY_AUTH_FILE", "DOCKER_CONFIG"]:
-                env.pop(var, None)
-            return env
-
         registry.start_empty()
         push = [str(nixfly), "push", str(script), "--to", f"{registry.host}/bench", "--tag", "v1",
                 "--output", "json"]
-        timed(push, env_for(work / "seed"))  # the registry now has the image under the tag
+        timed(push, isolated_env(work / "seed"))  # the registry now has the image under the tag
 
         generation, unchanged, uploaded = [], [], []
         for run in range(args.runs):
@@ -88,7 +79,7 @@ def main():
             subprocess.run(["sh", "-c", f"'{script}' > /dev/null 2>&1"], check=True)
             generation.append(time.monotonic() - started)
             run_dir = work / f"fresh-{run}"
-            wall, _, stdout = timed(push, env_for(run_dir))
+            wall, _, stdout = timed(push, isolated_env(run_dir))
             unchanged.append(wall)
             uploaded.append(uploaded_layers(stdout))
             shutil.rmtree(run_dir)
