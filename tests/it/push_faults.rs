@@ -54,7 +54,7 @@ fn a_cut_upload_and_rate_limits_are_survived() {
     );
     let reference = pushed_reference(&out, &proxy.host(), "app");
     assert_eq!(proxy.fired().len(), 3, "faults fired: {:?}", proxy.fired());
-    let direct = reference.replace(&proxy.host(), &registry.host());
+    let direct = proxy.direct(&reference);
     assert_same_image(&registry, &direct, &written);
 }
 
@@ -123,7 +123,7 @@ fn issue_13_a_request_never_answered_times_out_and_is_retried() {
     );
     let reference = pushed_reference(&out, &proxy.host(), "app");
     assert_eq!(proxy.fired().len(), 2, "faults fired: {:?}", proxy.fired());
-    let direct = reference.replace(&proxy.host(), &registry.host());
+    let direct = proxy.direct(&reference);
     assert_same_image(&registry, &direct, &written);
 }
 
@@ -375,7 +375,7 @@ fn issue_13_monolithic_mode_pushes_a_layer_over_the_window_and_survives_a_cut() 
         "{:?}",
         proxy.requests()
     );
-    let direct = reference.replace(&proxy.host(), &registry.host());
+    let direct = proxy.direct(&reference);
     assert_same_image(&registry, &direct, &written);
     // The PUT cut after 5 MiB may leave its session behind: distribution 2.8 refuses every
     // later request on it, DELETE included ("upload resumed at wrong offest"), and keeps the
@@ -506,11 +506,7 @@ fn issue_13_faults_past_the_window_are_survived_by_every_source() {
             rereads,
             "{name}: {stderr}"
         );
-        assert_same_image(
-            &registry,
-            &reference.replace(&proxy.host(), &registry.host()),
-            &written,
-        );
+        assert_same_image(&registry, &proxy.direct(&reference), &written);
         let left: Vec<_> = registry
             .open_upload_sessions()
             .into_iter()

@@ -8,16 +8,8 @@ use crate::support;
 use std::process::Output;
 use support::TestDir;
 use support::images::{self, Fault, Layer, Written};
-use support::readback::{assert_same_image, layer_outcomes, push};
+use support::readback::{assert_same_image, events, layer_outcomes, push};
 use support::registry::{AuthMode, Registry};
-
-fn events(out: &Output, name: &str) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("only JSON lines on stdout"))
-        .filter(|event| event["event"] == name)
-        .collect()
-}
 
 /// The `pushed` event's reference of a successful push.
 #[track_caller]

@@ -336,11 +336,7 @@ fn push_across_token_expiry(auth: AuthMode) -> (usize, usize) {
         "Retry-After was honoured"
     );
     assert_eq!(proxy.fired().len(), 1);
-    verify_with_skopeo(
-        &registry,
-        &reference.replace(&proxy.host(), &registry.host()),
-        &image,
-    );
+    verify_with_skopeo(&registry, &proxy.direct(&reference), &image);
     let puts = proxy
         .requests()
         .iter()
@@ -407,11 +403,7 @@ fn a_401_mid_upload_makes_the_client_authenticate_again_and_resume() {
     // One token per process (push-blob, push-bytes, put-manifest), plus one after the 401.
     let scopes = ts.requests.lock().unwrap()[before..].to_vec();
     assert_eq!(scopes, vec!["repository:app:pull,push"; 4]);
-    verify_with_skopeo(
-        &registry,
-        &reference.replace(&proxy.host(), &registry.host()),
-        &image,
-    );
+    verify_with_skopeo(&registry, &proxy.direct(&reference), &image);
 }
 
 #[test]
@@ -426,11 +418,7 @@ fn a_connection_cut_mid_upload_is_recovered_without_resending_from_the_caller() 
     let (reference, logs) = push_image(&t, &proxy.host(), Some(&registry.creds()), &[], "app:v1", &image);
     assert_eq!(proxy.fired().len(), 1, "{:?}", proxy.requests());
     assert!(logs.contains("resuming"), "{logs}");
-    verify_with_skopeo(
-        &registry,
-        &reference.replace(&proxy.host(), &registry.host()),
-        &image,
-    );
+    verify_with_skopeo(&registry, &proxy.direct(&reference), &image);
 }
 
 #[test]
@@ -462,11 +450,7 @@ fn answers_503_and_429_are_retried_on_every_kind_of_request() {
     );
     assert_success(&exists);
     assert_eq!(proxy.fired().len(), 5, "{:?}", proxy.fired());
-    verify_with_skopeo(
-        &registry,
-        &reference.replace(&proxy.host(), &registry.host()),
-        &image,
-    );
+    verify_with_skopeo(&registry, &proxy.direct(&reference), &image);
 }
 
 #[test]
@@ -544,11 +528,7 @@ fn a_cut_in_chunked_mode_restarts_within_the_window() {
     let extra = ["--upload-mode", "chunked", "--chunk-size", "131072"];
     let (reference, _) = push_image(&t, &proxy.host(), None, &extra, "app:v1", &image);
     assert_eq!(proxy.fired().len(), 1);
-    verify_with_skopeo(
-        &registry,
-        &reference.replace(&proxy.host(), &registry.host()),
-        &image,
-    );
+    verify_with_skopeo(&registry, &proxy.direct(&reference), &image);
 }
 
 #[test]

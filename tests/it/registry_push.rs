@@ -64,11 +64,7 @@ fn a_push_outliving_its_token_completes_and_prints_no_credential() {
         "token requests: {scopes:?}; refused tokens: {}",
         rejected.len()
     );
-    assert_same_image(
-        &registry,
-        &reference.replace(&proxy.host(), &registry.host()),
-        &written,
-    );
+    assert_same_image(&registry, &proxy.direct(&reference), &written);
 
     let printed = format!(
         "{}{}",

@@ -93,6 +93,7 @@ pub struct Stats {
 
 pub struct FaultProxy {
     pub addr: SocketAddr,
+    upstream: SocketAddr,
     pub stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -128,6 +129,7 @@ impl FaultProxy {
         };
         FaultProxy {
             addr,
+            upstream,
             stats,
             stop,
             thread: Some(thread),
@@ -137,6 +139,12 @@ impl FaultProxy {
     /// `127.0.0.1:<port>`: use as the registry host.
     pub fn host(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// `reference` (pushed through this proxy) as the registry behind it names it, for reading
+    /// the image back without the faults.
+    pub fn direct(&self, reference: &str) -> String {
+        reference.replace(&self.host(), &self.upstream.to_string())
     }
 
     pub fn fired(&self) -> Vec<String> {

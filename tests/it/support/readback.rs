@@ -129,12 +129,19 @@ pub fn assert_same_image(registry: &Registry, reference: &str, written: &Written
     back
 }
 
+/// The events named `name` from `--output json` stdout, where every line is one JSON event.
+pub fn events(out: &Output, name: &str) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("only JSON lines on stdout"))
+        .filter(|event| event["event"] == name)
+        .collect()
+}
+
 /// `layer_done` outcomes from `--output json` stdout, in layer order.
 pub fn layer_outcomes(out: &Output) -> Vec<String> {
-    let mut outcomes: Vec<(u64, String)> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|event| event["event"] == "layer_done")
+    let mut outcomes: Vec<(u64, String)> = events(out, "layer_done")
+        .into_iter()
         .map(|event| {
             (
                 event["index"].as_u64().unwrap(),
