@@ -79,6 +79,56 @@ fn fresh_runner_reads_and_compresses_nothing_the_registry_has_issue_12() {
     assert_eq!(layer_outcomes(&control), vec!["uploaded"; layers]);
 }
 
+/// The other sources of issue 12's two kinds: an OCI layout (indexed, like the `.tar`: no layer
+/// opened) and a `.tar.gz`, as a file and on stdin (streams, like the script: layers hashed as
+/// they pass, none compressed or uploaded).
+#[test]
+fn fresh_runner_oci_layout_tar_gz_and_stdin_read_or_compress_nothing_issue_12() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+
+    let layout = t.join("layout");
+    let from_layout = images::write_oci_layout(&layout, &images::small_layers(), false).unwrap();
+    let oci = ["--format", "oci"];
+    pushed_reference(&fresh_push(&registry, &layout, "layout", "live", &oci));
+    let stored = registry.blob_bytes();
+    let again = fresh_push(&registry, &layout, "layout", "live", &oci);
+    let reference = pushed_reference(&again);
+    assert_eq!(
+        layer_outcomes(&again),
+        vec!["skipped"; from_layout.diff_ids.len()]
+    );
+    assert!(
+        events(&again, "layer_progress").is_empty(),
+        "no layer of the OCI layout was read"
+    );
+    assert_eq!(registry.blob_bytes(), stored, "nothing was uploaded");
+    assert_same_image(&registry, &reference, &from_layout);
+
+    let (tar, written) = archive(&t, "image.tar", &images::small_layers());
+    let layers = written.diff_ids.len();
+    pushed_reference(&fresh_push(&registry, &tar, "app", "live", &[]));
+    let stored = registry.blob_bytes();
+    let gz = t.join("image.tar.gz");
+    images::gzip_file(&tar, &gz).unwrap();
+    let from_gz = fresh_push(&registry, &gz, "app", "live", &[]);
+    let reference = pushed_reference(&from_gz);
+    assert_eq!(layer_outcomes(&from_gz), vec!["skipped"; layers]);
+    assert_same_image(&registry, &reference, &written);
+
+    // stdin, to a new tag: found through --reuse-from.
+    let runner = TestDir::new();
+    let mut cmd = runner.nixfly();
+    cmd.args(["push", "-", "--to", &format!("{}/app", registry.host())])
+        .args(["--tag", "piped", "--reuse-from", "app:live", "--output", "json"])
+        .args(["--creds", &registry.creds()])
+        .stdin(std::fs::File::open(&gz).unwrap());
+    let piped = cmd.output().unwrap();
+    pushed_reference(&piped);
+    assert_eq!(layer_outcomes(&piped), vec!["skipped"; layers]);
+    assert_eq!(registry.blob_bytes(), stored, "nothing was uploaded");
+}
+
 #[test]
 fn reuse_from_another_repository_mounts_and_one_changed_layer_is_uploaded() {
     let registry = Registry::start(AuthMode::htpasswd());
