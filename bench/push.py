@@ -10,9 +10,12 @@ several runs of:
                 the registry's images tell is all nixfly has (nixfly only)
   one changed - the image with one layer changed, to the same tag, from a fresh runner
 and prints medians: wall time, pushed bytes (registry blob storage), layers compressed and
-uploaded (nixfly's JSON events), peak RSS (GNU time), and how long generating the stream alone
-takes. skopeo 1.9 reads only an uncompressed seekable archive, so the comparison is on the
-.tar; .tar.gz, stream-script and stdin runs are nixfly-only rows.
+uploaded (nixfly's JSON events), peak RSS (GNU time), and for each stream source how long
+generating its stream alone takes (`cat` for the script, `gzip -dc` for a .tar.gz), and the
+compression floor: nixfly's compressor alone on the whole image, every core, no registry.
+skopeo 1.9 reads only an uncompressed seekable archive, so the comparison is on the .tar;
+`--level 1`, OCI layout (gzip blobs written by skopeo), .tar.gz, stream-script and stdin runs
+are nixfly-only rows.
 
     bench/push.py [--runs N] [--dirs DIR ...]
 """
@@ -129,13 +132,23 @@ def uploaded_layers(stdout):
     return count
 
 
+class Row:
+    """One way of pushing the image: argv for the image and for its changed copy (functions of
+    the registry's host; a str is run by sh), and for a stream source the command that only
+    generates its stream, into /dev/null (what an unchanged push from a fresh runner is held to)."""
+
+    def __init__(self, image, changed=None, generate=None):
+        self.image, self.changed, self.generate = image, changed, generate
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dirs", nargs="+", default=DEFAULT_DIRS)
     args = parser.parse_args()
 
-    subprocess.run(["cargo", "build", "--release", "--bin", "nixfly", "--example", "bench_image"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--bin", "nixfly", "--example", "bench_image",
+                    "--example", "measure_levels"], cwd=ROOT, check=True)
     nixfly = ROOT / "target/release/nixfly"
     work = Path(tempfile.mkdtemp(prefix="nixfly-bench-"))
     registry = Registry(work)
@@ -150,45 +163,56 @@ def main():
         changed = work / "changed.tar"
         subprocess.run([ROOT / "target/release/examples/bench_image", changed, *args.dirs[:-1], "/usr/share/vim"],
                        check=True, stdout=subprocess.DEVNULL)
-        image_gz = work / "image.tar.gz"
-        with open(image_gz, "wb") as gz:  # what buildLayeredImage does (pigz -nTR, level 6)
-            subprocess.run(["gzip", "-6", "-n", "-c", image], stdout=gz, check=True)
-        scripts = {}
+        gz, scripts, layouts = {}, {}, {}
         for name, tar in [("image", image), ("changed", changed)]:
-            script = work / f"stream-{name}"
-            script.write_text(f"#!/bin/sh\necho 'Creating layer 1' >&2\nexec cat '{tar}'\n")
-            script.chmod(0o755)
-            scripts[name] = script
+            gz[name] = work / f"{name}.tar.gz"
+            with open(gz[name], "wb") as out_gz:  # what buildLayeredImage does (pigz -nTR, level 6)
+                subprocess.run(["gzip", "-6", "-n", "-c", tar], stdout=out_gz, check=True)
+            scripts[name] = work / f"stream-{name}"
+            scripts[name].write_text(f"#!/bin/sh\necho 'Creating layer 1' >&2\nexec cat '{tar}'\n")
+            scripts[name].chmod(0o755)
+            # An OCI layout of the same image, gzip layers written by skopeo.
+            layouts[name] = work / f"layout-{name}"
+            subprocess.run(["skopeo", "copy", "--quiet", f"docker-archive:{tar}", f"oci:{layouts[name]}:t"],
+                           check=True)
+        floor = compression_floor(image)
 
-        def nixfly_push(source):
-            return lambda h: [str(nixfly), "push", str(source), "--to", f"{h}/bench", "--tag", "t"]
+        def nixfly_push(source, *extra):
+            return lambda h: [str(nixfly), "push", str(source), "--to", f"{h}/bench", "--tag", "t", *extra]
 
-        # name: (argv for the image, argv for the changed image or None)
+        def stdin_push(source):
+            return lambda h: f"cat '{source}' | '{nixfly}' push - --to {h}/bench --tag t"
+
         rows = {
-            "nixfly .tar": (nixfly_push(image), nixfly_push(changed)),
-            "skopeo .tar": (lambda h: ["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
-                                       f"docker-archive:{image}", f"docker://{h}/bench:t"], None),
-            "nixfly .tar.gz": (nixfly_push(image_gz), None),
-            "nixfly stream script": (nixfly_push(scripts["image"]), nixfly_push(scripts["changed"])),
-            "nixfly stdin (.tar.gz)": (lambda h: f"cat '{image_gz}' | '{nixfly}' push - --to {h}/bench --tag t", None),
+            "nixfly .tar": Row(nixfly_push(image), nixfly_push(changed)),
+            "skopeo .tar": Row(lambda h: ["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
+                                          f"docker-archive:{image}", f"docker://{h}/bench:t"]),
+            "nixfly .tar --level 1": Row(nixfly_push(image, "--level", "1")),
+            "nixfly OCI layout (gzip blobs)": Row(nixfly_push(layouts["image"], "--format", "oci"),
+                                                  nixfly_push(layouts["changed"], "--format", "oci")),
+            "nixfly .tar.gz": Row(nixfly_push(gz["image"]), nixfly_push(gz["changed"]),
+                                  f"gzip -dc '{gz['image']}' > /dev/null"),
+            "nixfly stream script": Row(nixfly_push(scripts["image"]), nixfly_push(scripts["changed"]),
+                                        f"'{scripts['image']}' > /dev/null 2>&1"),
+            "nixfly stdin (.tar.gz)": Row(stdin_push(gz["image"]), stdin_push(gz["changed"]),
+                                          f"gzip -dc '{gz['image']}' > /dev/null"),
         }
         keys = ["cold", "warm", "bytes", "rss", "fresh", "fresh_bytes", "fresh_uploaded",
-                "changed", "changed_bytes", "changed_uploaded"]
+                "changed", "changed_bytes", "changed_uploaded", "generation"]
         results = {name: {k: [] for k in keys} for name in rows}
-        generation = []
         for run in range(args.runs):
-            started = time.monotonic()
-            subprocess.run([scripts["image"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-            generation.append(time.monotonic() - started)
             order = list(rows) if run % 2 == 0 else list(reversed(list(rows)))
             for name in order:
+                row, r = rows[name], results[name]
+                if row.generate:
+                    started = time.monotonic()
+                    subprocess.run(["sh", "-c", row.generate], check=True)
+                    r["generation"].append(time.monotonic() - started)
                 registry.start_empty()
                 run_dir = work / f"run-{run}-{name.replace(' ', '_')}"
                 env = isolated_env(run_dir)
-                same, other = rows[name]
-                argv = same(registry.host)
+                argv = row.image(registry.host)
                 shell = isinstance(argv, str)
-                r = results[name]
                 cold, rss_cold, _ = timed(argv, env, shell)
                 pushed = registry.blob_bytes()
                 warm, rss_warm, _ = timed(argv, env, shell)
@@ -197,13 +221,15 @@ def main():
                 r["warm"].append(warm)
                 r["bytes"].append(pushed)
                 line = f"run {run + 1} {name}: cold {cold:.2f}s warm {warm:.2f}s {pushed / 1e6:.1f} MB"
-                if other:
+                if row.changed:
                     fresh, rss_fresh, stdout = timed(argv, isolated_env(run_dir / "fresh"), shell)
                     r["fresh"].append(fresh)
                     r["fresh_bytes"].append(registry.blob_bytes() - pushed)
                     r["fresh_uploaded"].append(uploaded_layers(stdout))
                     before = registry.blob_bytes()
-                    changed_s, rss_changed, stdout = timed(other(registry.host), isolated_env(run_dir / "changed"))
+                    other = row.changed(registry.host)
+                    changed_s, rss_changed, stdout = timed(other, isolated_env(run_dir / "changed"),
+                                                           isinstance(other, str))
                     r["changed"].append(changed_s)
                     r["changed_bytes"].append(registry.blob_bytes() - before)
                     r["changed_uploaded"].append(uploaded_layers(stdout))
@@ -221,7 +247,7 @@ def main():
     base = med["skopeo .tar"]
     cpus = os.cpu_count()
     print(f"\nImage: {layer_count} layers, {image_bytes / 1e6:.0f} MB uncompressed; {args.runs} runs, "
-          f"medians; {cpus} cores shared with other work (load {os.getloadavg()[0]:.1f} at the end); "
+          f"medians; {cpus} cores (load {os.getloadavg()[0]:.1f} at the end); "
           f"local docker-registry; skopeo {skopeo_version()}.\n")
     print("| source | cold push | vs skopeo | warm re-push | vs skopeo | pushed bytes | vs skopeo | peak RSS |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -229,14 +255,28 @@ def main():
         ratio = lambda k: f"{m[k] / base[k]:.2f}x"
         print(f"| {name} | {m['cold']:.2f} s | {ratio('cold')} | {m['warm']:.2f} s | {ratio('warm')} | "
               f"{m['bytes'] / 1e6:.1f} MB | {ratio('bytes')} | {m['rss'] / 2**20:.0f} MiB |")
-    print(f"\nFresh runner (empty cache), same tag; generating the stream alone takes "
-          f"{statistics.median(generation):.2f} s:\n")
-    print("| source | unchanged image | layers uploaded | bytes uploaded | one layer changed | bytes uploaded |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"\nCompression floor: nixfly's compressor (libdeflate level 2, every core, both SHA-256s) on "
+          f"the whole image with no registry: {floor:.2f} s = {floor / base['cold']:.2f}x skopeo's cold push.")
+    print("\nFresh runner (empty cache), same tag; a stream is held to the time it takes to generate "
+          "(into /dev/null):\n")
+    print("| source | unchanged image | over generation | layers uploaded | bytes uploaded "
+          "| one layer changed | bytes uploaded |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, m in med.items():
         if "fresh" in m:
-            print(f"| {name} | {m['fresh']:.2f} s | {m['fresh_uploaded']:.0f} | {m['fresh_bytes'] / 1e6:.1f} MB | "
-                  f"{m['changed']:.2f} s | {m['changed_bytes'] / 1e6:.1f} MB ({m['changed_uploaded']:.0f} layer) |")
+            over = (f"{m['fresh'] - m['generation']:+.2f} s (of {m['generation']:.2f} s)"
+                    if "generation" in m else "-")
+            print(f"| {name} | {m['fresh']:.2f} s | {over} | {m['fresh_uploaded']:.0f} | "
+                  f"{m['fresh_bytes'] / 1e6:.1f} MB | {m['changed']:.2f} s | "
+                  f"{m['changed_bytes'] / 1e6:.1f} MB ({m['changed_uploaded']:.0f} layer) |")
+
+
+def compression_floor(image):
+    """Seconds nixfly's compressor takes for the whole image on every core, with nothing else
+    running: the least a cold push can take (median of 3)."""
+    out = subprocess.run([ROOT / "target/release/examples/measure_levels", "--floor", image],
+                         check=True, stdout=subprocess.PIPE, text=True).stdout
+    return float(out.split()[0])
 
 
 def skopeo_version():

@@ -3,13 +3,23 @@
 //! command-line tools beside it) and prints the table in src/blob.rs:
 //!
 //!     cargo run --release --example measure_levels -- some.tar
+//!
+//! With `--floor`, prints only the seconds (median of 3) nixfly's default compression takes for
+//! the whole file on every core, both SHA-256s included: the least a cold push of it can take.
+//! `bench/push.py` prints it beside skopeo.
 use nixfly::blob;
 use std::io::Write;
 use std::time::Instant;
 
 fn main() {
-    let path = std::env::args().nth(1).expect("usage: measure_levels FILE");
-    let data = std::fs::read(&path).unwrap();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, path] = &args[..]
+        && flag == "--floor"
+    {
+        return floor(&std::fs::read(path).unwrap());
+    }
+    let path = args.first().expect("usage: measure_levels [--floor] FILE");
+    let data = std::fs::read(path).unwrap();
     let row = |name: String, seconds: f64, size: usize| {
         println!(
             "{name}\t{:.0}\t{:.3}",
@@ -66,4 +76,17 @@ fn main() {
             }
         }
     }
+}
+
+fn floor(data: &[u8]) {
+    let compression = blob::Compression::new(blob::Algorithm::Gzip, None).unwrap();
+    let mut seconds: Vec<f64> = (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            blob::compress_layer(data, compression, blob::default_workers(), |_| Ok(()), |_| {}).unwrap();
+            started.elapsed().as_secs_f64()
+        })
+        .collect();
+    seconds.sort_by(f64::total_cmp);
+    println!("{:.3}", seconds[1]);
 }
