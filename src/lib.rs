@@ -21,3 +21,4 @@ pub mod registry;
 pub mod retry;
 pub mod rollout;
 pub mod settings;
+pub mod signals;

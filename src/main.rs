@@ -15,6 +15,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(cli::run(cli, reporter.clone()));
+    // A push stopped by an error or a signal may leave a blocking reader behind (one waiting on
+    // a stream script's pipe that a stray grandchild holds open): nixfly does not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => {
             reporter.finish();

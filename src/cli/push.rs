@@ -4,9 +4,10 @@ use super::AppOptions;
 use super::registry::RegistryOptions;
 use crate::blob::{Algorithm, Compression};
 use crate::cache::Cache;
+use crate::error::{EXIT_INTERRUPTED, ExitCodeError};
 use crate::fly::FlyToken;
 use crate::fly::appconfig::units::parse_go_duration;
-use crate::image::SourceKind;
+use crate::image::{ImageSource, SourceKind};
 use crate::progress::Reporter;
 use crate::push::{ManifestFormat, PushSpec, Pushed};
 use crate::registry::client::UploadMode;
@@ -254,9 +255,61 @@ impl ResolvedPush {
     }
 
     pub async fn run(&self, reporter: &Reporter) -> anyhow::Result<Pushed> {
+        // Before a stream script starts or any session opens: a Ctrl-C or SIGTERM then ends the
+        // push here, with the script's process group killed and every session cancelled,
+        // rather than killing nixfly with uploads open in the registry.
+        let mut signals = crate::signals::Signals::install()?;
         let image_source = crate::image::detect_with(&self.source, self.source_kind, self.stream_timeout)?;
         let description = image_source.describe();
-        reporter.info(format!("pushing {description} to {}", self.target()));
+        let ended = tokio::select! {
+            pushed = self.push(image_source, reporter) => Ended::Pushed(pushed),
+            signal = signals.recv() => {
+                crate::image::script::kill_running_script();
+                Ended::Interrupted(signal)
+            }
+        };
+        // Whatever ended the push, no upload session stays open in the registry: those a
+        // failure or a signal stopped, and those a mount attempt opened and nothing used. A
+        // second signal stops the cleanup; distribution purges sessions after a week.
+        let cancelled = tokio::select! {
+            cancelled = self.client.cancel_open_sessions() => Some(cancelled),
+            signal = signals.recv() => {
+                reporter.warn(format!(
+                    "{signal}: stopped cancelling upload sessions; the registry purges them itself later"
+                ));
+                None
+            }
+        };
+        if let Some(cancelled @ 1..) = cancelled {
+            reporter.debug(format!("cancelled {cancelled} upload session(s) left open"));
+        }
+        match ended {
+            Ended::Pushed(pushed) => {
+                pushed.with_context(|| format!("pushing {description} to {}", self.spec.name()))
+            }
+            Ended::Interrupted(signal) => Err(ExitCodeError {
+                code: EXIT_INTERRUPTED,
+                message: format!(
+                    "push of {description} to {} interrupted by {signal}: nothing was tagged{}",
+                    self.target(),
+                    match cancelled {
+                        Some(0) => String::new(),
+                        Some(n) => format!(", and the {n} upload session(s) it had open were cancelled"),
+                        None => ", and upload sessions may be left open".into(),
+                    }
+                ),
+            }
+            .into()),
+        }
+    }
+
+    /// Open the image and push it.
+    async fn push(&self, image_source: Box<dyn ImageSource>, reporter: &Reporter) -> anyhow::Result<Pushed> {
+        reporter.info(format!(
+            "pushing {} to {}",
+            image_source.describe(),
+            self.target()
+        ));
         let image = {
             let reporter = reporter.clone();
             tokio::task::spawn_blocking(move || image_source.open(&reporter))
@@ -264,15 +317,14 @@ impl ResolvedPush {
                 .context("opening the image")??
         };
         let cache = Arc::new(Cache::open(self.use_cache, reporter.clone()));
-        let pushed = crate::push::push(self.client.clone(), image, &self.spec, cache, reporter.clone()).await;
-        // Whatever ended the push, no upload session stays open in the registry: those a
-        // failure stopped, and those a mount attempt opened and nothing used.
-        let cancelled = self.client.cancel_open_sessions().await;
-        if cancelled > 0 {
-            reporter.debug(format!("cancelled {cancelled} upload session(s) left open"));
-        }
-        pushed.with_context(|| format!("pushing {description} to {}", self.spec.name()))
+        Ok(crate::push::push(self.client.clone(), image, &self.spec, cache, reporter.clone()).await?)
     }
+}
+
+/// How a push ended: by itself (pushed or failed), or by a signal.
+enum Ended {
+    Pushed(anyhow::Result<Pushed>),
+    Interrupted(&'static str),
 }
 
 pub async fn run(args: PushArgs, reporter: Reporter) -> anyhow::Result<()> {

@@ -338,59 +338,38 @@ impl Read for IdleReader {
     }
 }
 
-/// The script's process group (its pid: it leads the group). While one is alive, SIGINT and
-/// SIGTERM kill it before they end nixfly: the group is not in the terminal's foreground group,
-/// so nothing else would.
+/// The script's process group (its pid: it leads the group). The group is not in the
+/// terminal's foreground group, so a Ctrl-C reaches nixfly only: the push catches SIGINT and
+/// SIGTERM (`crate::signals`) and calls [`kill_running_script`] before it cancels its uploads.
 #[derive(Clone)]
 struct ProcessGroup(i32);
 
-/// The group the signal handler kills; 0 when none.
-static SIGNAL_GROUP: AtomicI32 = AtomicI32::new(0);
+/// The running script's group; 0 when none.
+static RUNNING_GROUP: AtomicI32 = AtomicI32::new(0);
 
 impl ProcessGroup {
     fn adopt(child: &Child) -> ProcessGroup {
         let group = child.id() as i32;
-        SIGNAL_GROUP.store(group, Ordering::SeqCst);
-        for signal in [libc::SIGINT, libc::SIGTERM] {
-            // SAFETY: installs an async-signal-safe handler (atomics, killpg, signal, raise) for
-            // two signals nothing else in nixfly handles while a script runs (the rollout's
-            // handlers are installed after the push).
-            unsafe {
-                libc::signal(signal, kill_group_then_die as *const () as libc::sighandler_t);
-            }
-        }
+        RUNNING_GROUP.store(group, Ordering::SeqCst);
         ProcessGroup(group)
     }
 
-    /// SIGKILL to the whole group (harmless when it is gone), and hand signals back.
+    /// SIGKILL to the whole group (harmless when it is gone).
     fn kill(&self) {
-        // SAFETY: plain syscalls on a process group id we created.
+        // SAFETY: a plain syscall on a process group id we created.
         unsafe {
             libc::killpg(self.0, libc::SIGKILL);
         }
-        if SIGNAL_GROUP
-            .compare_exchange(self.0, 0, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-        {
-            for signal in [libc::SIGINT, libc::SIGTERM] {
-                // SAFETY: restores the default action installed before `adopt`.
-                unsafe {
-                    libc::signal(signal, libc::SIG_DFL);
-                }
-            }
-        }
+        let _ = RUNNING_GROUP.compare_exchange(self.0, 0, Ordering::SeqCst, Ordering::SeqCst);
     }
 }
 
-extern "C" fn kill_group_then_die(signal: libc::c_int) {
-    let group = SIGNAL_GROUP.load(Ordering::SeqCst);
-    // SAFETY: killpg, signal and raise are async-signal-safe.
-    unsafe {
-        if group > 0 {
-            libc::killpg(group, libc::SIGKILL);
-        }
-        libc::signal(signal, libc::SIG_DFL);
-        libc::raise(signal);
+/// Kill the process group of the stream script being read, if one is: what a push does when
+/// it is interrupted. Its reader then sees the pipe close and ends.
+pub fn kill_running_script() {
+    let group = RUNNING_GROUP.swap(0, Ordering::SeqCst);
+    if group > 0 {
+        ProcessGroup(group).kill();
     }
 }
 

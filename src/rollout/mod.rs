@@ -142,7 +142,7 @@ pub async fn run(
 
     // Before the release exists, so that no signal can end the process between here and the
     // release being marked and every lease released.
-    let mut signals = Signals::install()?;
+    let mut signals = crate::signals::Signals::install()?;
     let release = match &platform {
         Some(platform) => start_release(platform, &spec, &fleet, &reporter).await?,
         None => None,
@@ -642,30 +642,6 @@ async fn finish(
                     "deploy of app {app} interrupted by {signal}; {leases}; {release}; {machines}"
                 ),
             }))
-        }
-    }
-}
-
-/// SIGINT and SIGTERM, installed before the first change so that neither kills the process
-/// with leases held.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
         }
     }
 }

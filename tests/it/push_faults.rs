@@ -518,3 +518,51 @@ fn issue_13_faults_past_the_window_are_survived_by_every_source() {
         );
     }
 }
+
+/// A Ctrl-C (or SIGTERM) in the middle of an upload: nixfly stops, cancels the upload sessions
+/// it opened and exits with 130, saying so; nothing is tagged. The proxy holds every upload's
+/// data request unanswered (unread), so the registry's sessions are clean and cancellable.
+#[test]
+fn a_signal_mid_upload_cancels_the_sessions_and_exits_130() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (gz, _) = noisy_image(&t, 2);
+    let tar = t.join("noisy.tar");
+    for (signal, source) in [("INT", &tar), ("TERM", &gz)] {
+        let hang = |method: &str| Rule::new(method, "/blobs/uploads/", 0, Fault::Hang);
+        let proxy = FaultProxy::start(registry.addr, vec![hang("PATCH"), hang("PUT")]);
+        let mut cmd = t.nixfly();
+        cmd.args(["push", source.to_str().unwrap(), "--to"])
+            .arg(format!("{}/app", proxy.host()))
+            .args(["--tag", "v1", "--creds", &registry.creds(), "-v"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while proxy.fired().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no upload reached the proxy"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "SIG{signal}: {stderr}");
+        assert!(
+            stderr.contains(&format!("interrupted by SIG{signal}: nothing was tagged, and the 1 upload session(s) it had open were cancelled")),
+            "{stderr}"
+        );
+        assert_eq!(
+            registry.open_upload_sessions(),
+            Vec::<std::path::PathBuf>::new(),
+            "SIG{signal}: {stderr}"
+        );
+        assert!(registry.skopeo_inspect_fails(&format!("{}/app:v1", registry.host())));
+    }
+}
