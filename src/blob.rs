@@ -17,8 +17,8 @@
 //!   RFC 1952 allows members one after another, and every reader a registry's clients use reads
 //!   them all: Go's `compress/gzip` (Docker, containerd, skopeo; `multistream` is on by default),
 //!   `gzip -d`, pigz; `tests/it/gzip_readers.rs` checks Go's reader and skopeo on our output,
-//!   and Debian's containerd 1.6.20 (`ctr images pull --plain-http --snapshotter native`, by
-//!   hand: it needs a daemon) unpacked a pushed image to the chain IDs of its config's diff_ids.
+//!   and has a containerd daemon of its own (Debian's 1.6.20, `ctr images pull --plain-http
+//!   --snapshotter native`) unpack a pushed image to the chain IDs of its config's diff_ids.
 //! - zstd: one independent frame per block (zstd decoders read concatenated frames), each with
 //!   its content size and no checksum.
 //!

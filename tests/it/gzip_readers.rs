@@ -1,6 +1,7 @@
 //! nixfly's gzip layers are several gzip members one after another (one per 1 MiB block, see
 //! src/blob.rs). Docker, containerd and skopeo read layers with Go's `compress/gzip`; this checks
-//! that it, and skopeo itself, decompress every pushed layer back to its diff_id.
+//! that it, skopeo itself, and a containerd daemon (pull and unpack) read every pushed layer back
+//! to its diff_id.
 
 use crate::support;
 
@@ -117,4 +118,128 @@ fn go_compress_gzip_and_skopeo_read_multi_member_layers() {
         layer_digests, expected,
         "skopeo decompressed every layer to its diff_id"
     );
+}
+
+/// A containerd daemon of its own (root, state and socket in a temp dir; no CRI), for pulls.
+struct Containerd {
+    dir: TestDir,
+    daemon: std::process::Child,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::getuid() },
+            0,
+            "containerd unpacks layers as root: run the suite as root (scripts/test does on CI)"
+        );
+        let dir = TestDir::new();
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n",
+                root = dir.join("root").display(),
+                state = dir.join("state").display(),
+                sock = dir.join("sock").display(),
+            ),
+        )
+        .unwrap();
+        let daemon = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::fs::File::create(dir.join("log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("log.err")).unwrap())
+            .spawn()
+            .expect("containerd is installed (scripts/test installs it)");
+        let containerd = Containerd { dir, daemon };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !containerd.ctr(&["version"]).status.success() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "containerd did not start: {}",
+                std::fs::read_to_string(containerd.dir.join("log.err")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        containerd
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        run(Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.join("sock"))
+            .args(args))
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+/// The chain IDs of the OCI image spec (config.md): the first diff_id, then
+/// sha256(parent chain ID + " " + diff_id) for each next layer. Snapshotters key layers by them.
+fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut chain: Vec<String> = Vec::new();
+    for diff_id in diff_ids {
+        let next = match chain.last() {
+            None => diff_id.clone(),
+            Some(parent) => format!(
+                "sha256:{}",
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!(
+                    "{parent} {diff_id}"
+                )))
+            ),
+        };
+        chain.push(next);
+    }
+    chain
+}
+
+/// containerd (what Fly's hosts pull with) pulls a pushed image and unpacks every multi-member
+/// layer; its unpacker checks each layer's uncompressed digest against the config's diff_id
+/// ("wrong diff id calculated on extraction" otherwise), and keys the native snapshots by the
+/// chain IDs, computed here from the fixture writer's diff_ids.
+#[test]
+fn containerd_pulls_and_unpacks_multi_member_layers() {
+    let registry = Registry::start(AuthMode::None);
+    let t = TestDir::new();
+    let tar = t.join("image.tar");
+    let written = images::write_stream_layered(
+        std::fs::File::create(&tar).unwrap(),
+        &multi_member_layers(),
+        Fault::None,
+    )
+    .unwrap();
+    let out = push(&t, &registry, tar.to_str().unwrap(), "members", "v1", &[]);
+    pushed_reference(&out, &registry.host(), "members");
+
+    let containerd = Containerd::start();
+    let image = format!("{}/members:v1", registry.host());
+    let pulled = containerd.ctr(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "native",
+        &image,
+    ]);
+    support::assert_success(&pulled);
+    let snapshots = containerd.ctr(&["snapshots", "--snapshotter", "native", "ls"]);
+    support::assert_success(&snapshots);
+    let keys: Vec<String> = String::from_utf8(snapshots.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().next().map(String::from))
+        .collect();
+    for chain_id in chain_ids(&written.diff_ids) {
+        assert!(keys.contains(&chain_id), "no snapshot {chain_id} in {keys:?}");
+    }
 }
