@@ -8,6 +8,7 @@
 //! would be swallowed. A watcher started with the first one keeps the default action for those
 //! moments: it ends nixfly at once, with 130, when nobody else listens.
 
+use crate::progress::Reporter;
 use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -24,17 +25,22 @@ static LISTENING: AtomicUsize = AtomicUsize::new(0);
 static WATCHER: Once = Once::new();
 
 impl Signals {
-    pub fn install() -> anyhow::Result<Self> {
+    /// Listen from now on; the first call also starts the watcher, which ends a command
+    /// through `reporter` (so that JSON output still ends with its `error` event).
+    pub fn install(reporter: &Reporter) -> anyhow::Result<Self> {
         let signals = Signals(Listener::new()?);
         LISTENING.fetch_add(1, Ordering::SeqCst);
         WATCHER.call_once(|| {
+            let reporter = reporter.clone();
             if let Ok(mut watcher) = Listener::new() {
                 tokio::spawn(async move {
                     loop {
                         let signal = watcher.recv().await;
                         if LISTENING.load(Ordering::SeqCst) == 0 {
-                            eprintln!("error: interrupted by {signal}; nothing was being changed");
-                            std::process::exit(crate::error::EXIT_INTERRUPTED.into());
+                            let code = crate::error::EXIT_INTERRUPTED;
+                            let err = anyhow::anyhow!("interrupted by {signal}; nothing was being changed");
+                            reporter.fail(&err, code);
+                            std::process::exit(code.into());
                         }
                     }
                 });

@@ -258,7 +258,7 @@ impl ResolvedPush {
         // Before a stream script starts or any session opens: a Ctrl-C or SIGTERM then ends the
         // push here, with the script's process group killed and every session cancelled,
         // rather than killing nixfly with uploads open in the registry.
-        let mut signals = crate::signals::Signals::install()?;
+        let mut signals = crate::signals::Signals::install(reporter)?;
         let image_source = crate::image::detect_with(&self.source, self.source_kind, self.stream_timeout)?;
         let description = image_source.describe();
         let ended = tokio::select! {

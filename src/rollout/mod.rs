@@ -142,7 +142,7 @@ pub async fn run(
 
     // Before the release exists, so that no signal can end the process between here and the
     // release being marked and every lease released.
-    let mut signals = crate::signals::Signals::install()?;
+    let mut signals = crate::signals::Signals::install(&reporter)?;
     let release = match &platform {
         Some(platform) => start_release(platform, &spec, &fleet, &reporter).await?,
         None => None,

@@ -349,3 +349,60 @@ fn a_fresh_runner_reuses_the_layers_of_the_image_the_machines_run_issue_12() {
     );
     assert_no_violations(&fly);
 }
+
+/// Between its push and its rollout's first change a deploy has nothing to undo: a Ctrl-C there
+/// ends it at once, with 130, not swallowed by the handler the push installed. The proxy holds
+/// the rollout's machine listing (the deploy's second) unanswered, so the signal lands there.
+#[test]
+fn a_signal_after_the_push_and_before_any_change_ends_the_deploy() {
+    use support::proxy::{Fault as ProxyFault, Rule};
+    let registry = Registry::start(AuthMode::None);
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let machines = fly.add_machines(APP, &MachineSpec::new("app").count(1).checks(1));
+    let before = fly.machine(&machines[0]).image().to_string();
+    let t = TestDir::new();
+    let (source, _) = stream_archive(&t);
+    let fly_addr = fly.url().trim_start_matches("http://").parse().unwrap();
+    let proxy = FaultProxy::start(fly_addr, vec![Rule::new("GET", "/machines", 2, ProxyFault::Hang)]);
+    let mut cmd = t.nixfly();
+    fly.configure(&mut cmd);
+    let proxied = format!("http://{}", proxy.host());
+    cmd.env("FLY_FLAPS_BASE_URL", &proxied)
+        .env("FLY_API_BASE_URL", &proxied)
+        .args(["deploy", &source, "--app", APP, "--output", "json"])
+        .args(["--to", &format!("{}/{APP}", registry.host()), "--tag", "v1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while proxy.fired().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rollout never listed machines"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted by SIGINT; nothing was being changed"),
+        "{err}"
+    );
+    // JSON output still ends with the error event.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (last["event"].as_str(), last["exit_code"].as_u64()),
+        (Some("error"), Some(130))
+    );
+    assert!(fly.releases().is_empty());
+    assert_eq!(fly.machine(&machines[0]).image(), before);
+    assert_no_leases(&fly);
+}
