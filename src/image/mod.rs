@@ -13,6 +13,7 @@ pub mod arch;
 pub mod docker_archive;
 pub mod file;
 pub mod oci_layout;
+pub mod pipe;
 pub mod plan;
 pub mod script;
 pub mod stdin;

@@ -8,6 +8,7 @@
 //! a few seconds after the archive ended (it closed stdout and kept running, or writes bytes
 //! after the end of the archive). The archive's own checks decide whether what it wrote is good.
 
+use super::pipe::WidePipe;
 use super::{ArchiveStream, Image, ImageError, ImageSource};
 use crate::progress::Reporter;
 use std::collections::VecDeque;
@@ -66,7 +67,6 @@ impl ImageSource for StreamScript {
             })?;
         let group = ProcessGroup::adopt(&child);
         let stdout = child.stdout.take().expect("stdout is piped");
-        let batch = widen_pipe(&stdout);
         let stderr = child.stderr.take().expect("stderr is piped");
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let stderr_thread = {
@@ -99,9 +99,8 @@ impl ImageSource for StreamScript {
         let reader = BufReader::with_capacity(
             1 << 20,
             IdleReader {
-                inner: stdout,
+                inner: WidePipe::new(stdout),
                 watch,
-                batch,
             },
         );
         match super::decompressed_stream(Box::new(reader), &description) {
@@ -275,40 +274,10 @@ impl Watch {
     }
 }
 
-/// A 1 MiB pipe instead of Linux's 64 KiB: the script and nixfly then take turns 16 times less
-/// often. On a fresh runner whose registry has every layer, nixfly only hashes what passes, and
-/// those switches were a large part of what it added to the script's own time. Best effort: the
-/// default size still works, only slower. Returns whether the pipe is now that wide, which is
-/// what lets the reader wait between short reads (see [`IdleReader`]).
-fn widen_pipe(stdout: &ChildStdout) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: F_SETPIPE_SZ on a pipe descriptor this process owns; no memory is passed.
-    let size = unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, WIDE_PIPE as libc::c_int) };
-    size >= WIDE_PIPE as libc::c_int
-}
-
-/// The script's pipe, once widened.
-const WIDE_PIPE: usize = 1 << 20;
-
-/// A read shorter than this found the pipe nearly empty: the script writes in small pieces
-/// (Python's tarfile writes a few KiB at a time) and nixfly, which only hashes what passes,
-/// keeps up with every one of them.
-const SHORT_READ: usize = 256 << 10;
-
-/// How long the reader lets the pipe fill after a short read. Reading every write as it lands
-/// woke nixfly once per few KiB (over 100,000 times for a 1 GB stream), and each wake-up took
-/// the script's core from it for a moment; waiting this long between short reads halves the
-/// switches and took 0.3 s off a fresh runner's unchanged 1.1 GB stream
-/// (`bench/stream_generator.py`). The wait cannot slow the script: a 1 MiB pipe holds what a
-/// script writing under 2 GB/s produces meanwhile, and the script only blocks on a full pipe.
-const FILL_WAIT: Duration = Duration::from_micros(500);
-
 /// The script's stdout, timed by the watch.
 struct IdleReader {
-    inner: ChildStdout,
+    inner: WidePipe<ChildStdout>,
     watch: Arc<Watch>,
-    /// The pipe is [`WIDE_PIPE`] wide: after a short read, wait [`FILL_WAIT`] for it to fill.
-    batch: bool,
 }
 
 impl Read for IdleReader {
@@ -318,13 +287,6 @@ impl Read for IdleReader {
             .store(self.watch.now_ms(), Ordering::SeqCst);
         let result = self.inner.read(buf);
         self.watch.reading_since.store(u64::MAX, Ordering::SeqCst);
-        if self.batch
-            && let Ok(read) = result
-            && read > 0
-            && read < SHORT_READ
-        {
-            std::thread::sleep(FILL_WAIT);
-        }
         if self.watch.timed_out.load(Ordering::SeqCst) {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -370,28 +332,5 @@ pub fn kill_running_script() {
     let group = RUNNING_GROUP.swap(0, Ordering::SeqCst);
     if group > 0 {
         ProcessGroup(group).kill();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::fd::AsRawFd;
-
-    /// The reader only waits between short reads when the pipe really holds 1 MiB: on a 64 KiB
-    /// pipe the waits would cap a fast script at 128 MB/s.
-    #[test]
-    fn a_script_pipe_is_widened_before_reads_wait() {
-        let mut child = Command::new("true").stdout(Stdio::piped()).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        // SAFETY: F_GETPIPE_SZ on a pipe this test owns.
-        let before = unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        assert!(widen_pipe(&stdout));
-        let after = unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        assert!(
-            before < WIDE_PIPE as i32 && after >= WIDE_PIPE as i32,
-            "{before} -> {after}"
-        );
-        child.wait().unwrap();
     }
 }
