@@ -375,19 +375,10 @@ fn a_signal_after_the_push_and_before_any_change_ends_the_deploy() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = cmd.spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while proxy.fired().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the rollout never listed machines"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    support::wait_until("the rollout never listed machines", 60, || {
+        !proxy.fired().is_empty()
+    });
+    support::send_signal(child.id(), "INT");
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(130), "{err}");

@@ -34,10 +34,9 @@ fn gzip_members(blob: &[u8]) -> usize {
     }
 }
 
-#[test]
-fn go_compress_gzip_and_skopeo_read_multi_member_layers() {
-    let registry = Registry::start(AuthMode::None);
-    let t = TestDir::new();
+/// Push an image of [`multi_member_layers`] to `members:v1`: its pushed reference (by digest)
+/// and what the fixture writer wrote.
+fn push_multi_member_image(registry: &Registry, t: &TestDir) -> (String, images::Written) {
     let tar = t.join("image.tar");
     let written = images::write_stream_layered(
         std::fs::File::create(&tar).unwrap(),
@@ -45,8 +44,15 @@ fn go_compress_gzip_and_skopeo_read_multi_member_layers() {
         Fault::None,
     )
     .unwrap();
-    let out = push(&t, &registry, tar.to_str().unwrap(), "members", "v1", &[]);
-    let reference = pushed_reference(&out, &registry.host(), "members");
+    let out = push(t, registry, tar.to_str().unwrap(), "members", "v1", &[]);
+    (pushed_reference(&out, &registry.host(), "members"), written)
+}
+
+#[test]
+fn go_compress_gzip_and_skopeo_read_multi_member_layers() {
+    let registry = Registry::start(AuthMode::None);
+    let t = TestDir::new();
+    let (reference, written) = push_multi_member_image(&registry, &t);
 
     // The blobs as stored, through skopeo (no decompression: `dir:` keeps them as they are).
     let dir = t.join("copied");
@@ -210,15 +216,7 @@ fn chain_ids(diff_ids: &[String]) -> Vec<String> {
 fn containerd_pulls_and_unpacks_multi_member_layers() {
     let registry = Registry::start(AuthMode::None);
     let t = TestDir::new();
-    let tar = t.join("image.tar");
-    let written = images::write_stream_layered(
-        std::fs::File::create(&tar).unwrap(),
-        &multi_member_layers(),
-        Fault::None,
-    )
-    .unwrap();
-    let out = push(&t, &registry, tar.to_str().unwrap(), "members", "v1", &[]);
-    pushed_reference(&out, &registry.host(), "members");
+    let (_, written) = push_multi_member_image(&registry, &t);
 
     let containerd = Containerd::start();
     let image = format!("{}/members:v1", registry.host());

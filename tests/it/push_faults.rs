@@ -538,19 +538,8 @@ fn a_signal_mid_upload_cancels_the_sessions_and_exits_130() {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
         let child = cmd.spawn().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while proxy.fired().is_empty() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no upload reached the proxy"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        support::wait_until("no upload reached the proxy", 30, || !proxy.fired().is_empty());
+        support::send_signal(child.id(), signal);
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(130), "SIG{signal}: {stderr}");

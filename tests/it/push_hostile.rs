@@ -304,24 +304,16 @@ fn issue_13_a_signal_to_nixfly_stops_the_script() {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         let mut child = cmd.spawn().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::fs::read_to_string(t.join("child.pid")).map_or(true, |s| s.trim().is_empty()) {
-            assert!(std::time::Instant::now() < deadline, "the script never started");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let exit = loop {
-            if let Some(exit) = child.try_wait().unwrap() {
-                break exit;
-            }
-            assert!(std::time::Instant::now() < deadline, "nixfly ignored SIG{signal}");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
+        support::wait_until("the script never started", 30, || {
+            std::fs::read_to_string(t.join("child.pid")).is_ok_and(|s| !s.trim().is_empty())
+        });
+        support::send_signal(child.id(), signal);
+        let mut exit = None;
+        support::wait_until(&format!("nixfly ignored SIG{signal}"), 10, || {
+            exit = child.try_wait().unwrap();
+            exit.is_some()
+        });
+        let exit = exit.unwrap();
         // Caught, not died of: the push cleaned up and says it was interrupted.
         assert_eq!(exit.code(), Some(130), "SIG{signal}: {exit:?}");
         assert_ended(&t, &["script.pid", "child.pid"]);
