@@ -29,26 +29,28 @@
 //! gzip is libdeflate (bundled C source, pinned to one release in Cargo.toml because another
 //! release may choose other matches), level 2 by default. Measured with `bench/deflate.py` on the
 //! first 400 MB of the benchmark image (15 layers of this machine's /usr: binaries, libraries,
-//! Python, man pages, locales), one core per row, MB/s of input; the 2 cores were shared with
-//! other builds (load 7-18), so speeds are rough and only comparable within a run; ratios are exact:
+//! Python, man pages, locales), one core per row unless it says otherwise, MB/s of input, on a
+//! quiet 2-core machine (load under 1):
 //!
 //! | engine, level | MB/s | compressed/original |
 //! |---|---:|---:|
-//! | zlib-rs 1 / 2 / 6 (one stream; nixfly before) | 214 / 142 / 58 | 0.488 / 0.406 / 0.380 |
-//! | libdeflate 1 / 2 / 4 (1 MiB members) | 213 / 162 / 133 | 0.400 / 0.382 / 0.376 |
-//! | libdeflate 5 / 6 / 9 (1 MiB members) | 129 / 89 / 19 | 0.369 / 0.367 / 0.364 |
-//! | libdeflate 6 in 256 KiB / 4 MiB members | | 0.368 / 0.366 |
-//! | ISA-L igzip 1 / 3 (command line) | 84 / 112 (load 18) | 0.422 / 0.410 |
-//! | gzip 6 (command line) | | 0.370 |
+//! | zlib-rs 1 / 2 / 6 (one stream; nixfly before) | 233 / 138 / 79 | 0.484 / 0.402 / 0.375 |
+//! | libdeflate 1 / 2 / 4 (1 MiB members) | 231 / 184 / 161 | 0.397 / 0.379 / 0.373 |
+//! | libdeflate 5 / 6 / 9 (1 MiB members) | 134 / 110 / 38 | 0.365 / 0.363 / 0.360 |
+//! | libdeflate 2 in 256 KiB / 4 MiB members | 183 / 186 | 0.380 / 0.378 |
+//! | nixfly level 1 / 2, both cores (hashes included) | 360 / 295 | 0.397 / 0.379 |
+//! | ISA-L igzip 1 / 3 (command line) | 564 / 377 | 0.418 / 0.407 |
+//! | zstd 3, both cores (`--compression zstd`) | 497 | 0.358 |
 //!
-//! On the whole 1006 MB image, skopeo 1.9.3 (pgzip) pushed 354.9 MB; nixfly with libdeflate
-//! level 2 pushed 348.9 MB, level 4 342.8 MB, level 6 334.6 MB. Level 2 is the fastest
-//! libdeflate level that stays under skopeo's bytes, and compression, not hashing or the
-//! loopback upload, is what a cold push waits for. zlib-rs at the same level is slower and 6%
-//! larger. ISA-L can be faster, but its best ratio (level 3) is 7% larger than libdeflate 2's,
-//! and every byte is uploaded again on every changed layer. `--level 1` (fast) to `--level 12` (small)
-//! covers the rest. The members cost 0.1-0.2% against one stream (no shared window at block
-//! starts) and buy block parallelism, since libdeflate compresses whole buffers only.
+//! On the whole 1120 MB image (`bench/push.py`), skopeo 1.9.3 (pgzip) pushed 396.6 MB; nixfly
+//! pushed 406.5 MB at level 1 and 390.5 MB at level 2. Level 2 is the fastest libdeflate level
+//! that stays under skopeo's bytes, and compression, not hashing or the loopback upload, is what
+//! a cold push waits for: this compressor alone, with no registry, takes 0.49x of skopeo's whole
+//! push (`bench/push.py` prints it). zlib-rs at the same level is slower and 6% larger. ISA-L is
+//! faster, but its best ratio (level 3) is 7% larger than libdeflate 2's, and every byte is
+//! uploaded again on every changed layer. `--level 1` (fast) to `--level 12` (small) covers the
+//! rest. The members cost 0.1-0.2% against one stream (no shared window at block starts) and buy
+//! block parallelism, since libdeflate compresses whole buffers only.
 //!
 //! zstd defaults to level 3 (its own default).
 
