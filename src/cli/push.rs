@@ -261,6 +261,7 @@ impl ResolvedPush {
         let mut signals = crate::signals::Signals::install(reporter)?;
         let image_source = crate::image::detect_with(&self.source, self.source_kind, self.stream_timeout)?;
         let description = image_source.describe();
+        reporter.info(format!("pushing {description} to {}", self.target()));
         let ended = tokio::select! {
             pushed = self.push(image_source, reporter) => Ended::Pushed(pushed),
             signal = signals.recv() => {
@@ -305,11 +306,6 @@ impl ResolvedPush {
 
     /// Open the image and push it.
     async fn push(&self, image_source: Box<dyn ImageSource>, reporter: &Reporter) -> anyhow::Result<Pushed> {
-        reporter.info(format!(
-            "pushing {} to {}",
-            image_source.describe(),
-            self.target()
-        ));
         let image = {
             let reporter = reporter.clone();
             tokio::task::spawn_blocking(move || image_source.open(&reporter))

@@ -329,7 +329,7 @@ impl ProcessGroup {
 /// Kill the process group of the stream script being read, if one is: what a push does when
 /// it is interrupted. Its reader then sees the pipe close and ends.
 pub fn kill_running_script() {
-    let group = RUNNING_GROUP.swap(0, Ordering::SeqCst);
+    let group = RUNNING_GROUP.load(Ordering::SeqCst);
     if group > 0 {
         ProcessGroup(group).kill();
     }

@@ -11,7 +11,25 @@ use support::registry::{AuthMode, Registry};
 use support::rollout::{APP, assert_no_leases, assert_no_violations, stderr};
 use support::{TestDir, run};
 
-/// `nixfly deploy IMAGE --app demo --to <registry>/demo` against the double, plain output.
+/// `nixfly deploy SOURCE --app demo --to <registry>/demo --tag TAG --output OUTPUT` against the
+/// double, in `t`.
+fn deploy_command(
+    fly: &FlyApi,
+    registry: &Registry,
+    t: &TestDir,
+    source: &str,
+    tag: &str,
+    output: &str,
+) -> std::process::Command {
+    let mut cmd = t.nixfly();
+    fly.configure(&mut cmd);
+    cmd.args(["deploy", source, "--app", APP, "--output", output])
+        .args(["--to", &format!("{}/{APP}", registry.host()), "--tag", tag])
+        .args(["--smoke-check-window", "1s"]);
+    cmd
+}
+
+/// `deploy_command` to tag v1, plain output, run to its end.
 fn deploy(
     fly: &FlyApi,
     registry: &Registry,
@@ -19,13 +37,7 @@ fn deploy(
     source: &str,
     extra: &[&str],
 ) -> std::process::Output {
-    let mut cmd = t.nixfly();
-    fly.configure(&mut cmd);
-    cmd.args(["deploy", source, "--app", APP, "--output", "plain"])
-        .args(["--to", &format!("{}/{APP}", registry.host()), "--tag", "v1"])
-        .args(["--smoke-check-window", "1s"])
-        .args(extra);
-    run(&mut cmd)
+    run(deploy_command(fly, registry, t, source, "v1", "plain").args(extra))
 }
 
 /// A streamLayeredImage archive of the small fixture layers in `t`: its path and what it holds.
@@ -334,12 +346,7 @@ fn a_fresh_runner_reuses_the_layers_of_the_image_the_machines_run_issue_12() {
     // Another machine (empty cache), another tag: only the machines' image tells the registry
     // has every layer.
     let runner = TestDir::new();
-    let mut cmd = runner.nixfly();
-    fly.configure(&mut cmd);
-    cmd.args(["deploy", &source, "--app", APP, "--output", "json", "--force"])
-        .args(["--to", &format!("{}/{APP}", registry.host()), "--tag", "v2"])
-        .args(["--smoke-check-window", "1s"]);
-    let out = run(&mut cmd);
+    let out = run(deploy_command(&fly, &registry, &runner, &source, "v2", "json").arg("--force"));
     support::assert_success(&out);
     assert_eq!(
         support::readback::layer_outcomes(&out),
@@ -365,13 +372,10 @@ fn a_signal_after_the_push_and_before_any_change_ends_the_deploy() {
     let (source, _) = stream_archive(&t);
     let fly_addr = fly.url().trim_start_matches("http://").parse().unwrap();
     let proxy = FaultProxy::start(fly_addr, vec![Rule::new("GET", "/machines", 2, ProxyFault::Hang)]);
-    let mut cmd = t.nixfly();
-    fly.configure(&mut cmd);
     let proxied = format!("http://{}", proxy.host());
+    let mut cmd = deploy_command(&fly, &registry, &t, &source, "v1", "json");
     cmd.env("FLY_FLAPS_BASE_URL", &proxied)
         .env("FLY_API_BASE_URL", &proxied)
-        .args(["deploy", &source, "--app", APP, "--output", "json"])
-        .args(["--to", &format!("{}/{APP}", registry.host()), "--tag", "v1"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = cmd.spawn().unwrap();

@@ -25,6 +25,21 @@ fn image(t: &TestDir) -> (std::path::PathBuf, images::Written) {
     (path, written)
 }
 
+/// A push through `proxy` that came through its faults: it succeeded, exactly `faults` rules
+/// fired, and the registry itself (read around the proxy) holds what was written.
+#[track_caller]
+fn assert_survived(
+    registry: &Registry,
+    proxy: &FaultProxy,
+    out: &std::process::Output,
+    faults: usize,
+    written: &images::Written,
+) {
+    let reference = pushed_reference(out, &proxy.host(), "app");
+    assert_eq!(proxy.fired().len(), faults, "faults fired: {:?}", proxy.fired());
+    assert_same_image(registry, &proxy.direct(&reference), written);
+}
+
 #[test]
 fn a_cut_upload_and_rate_limits_are_survived() {
     let registry = Registry::start(AuthMode::htpasswd());
@@ -52,10 +67,7 @@ fn a_cut_upload_and_rate_limits_are_survived() {
         "v1",
         &["-v"],
     );
-    let reference = pushed_reference(&out, &proxy.host(), "app");
-    assert_eq!(proxy.fired().len(), 3, "faults fired: {:?}", proxy.fired());
-    let direct = proxy.direct(&reference);
-    assert_same_image(&registry, &direct, &written);
+    assert_survived(&registry, &proxy, &out, 3, &written);
 }
 
 #[test]
@@ -121,10 +133,7 @@ fn issue_13_a_request_never_answered_times_out_and_is_retried() {
         "v1",
         &["-v", "--registry-timeout", "2s"],
     );
-    let reference = pushed_reference(&out, &proxy.host(), "app");
-    assert_eq!(proxy.fired().len(), 2, "faults fired: {:?}", proxy.fired());
-    let direct = proxy.direct(&reference);
-    assert_same_image(&registry, &direct, &written);
+    assert_survived(&registry, &proxy, &out, 2, &written);
 }
 
 /// Issue 13 point 2: a registry that never answers at all ends the push with a clear error
@@ -368,15 +377,12 @@ fn issue_13_monolithic_mode_pushes_a_layer_over_the_window_and_survives_a_cut() 
         "v1",
         &["-v", "--upload-mode", "monolithic"],
     );
-    let reference = pushed_reference(&out, &proxy.host(), "app");
-    assert_eq!(proxy.fired().len(), 2, "faults fired: {:?}", proxy.fired());
+    assert_survived(&registry, &proxy, &out, 2, &written);
     assert!(
         proxy.requests().iter().all(|r| !r.starts_with("PATCH")),
         "{:?}",
         proxy.requests()
     );
-    let direct = proxy.direct(&reference);
-    assert_same_image(&registry, &direct, &written);
     // The PUT cut after 5 MiB may leave its session behind: distribution 2.8 refuses every
     // later request on it, DELETE included ("upload resumed at wrong offest"), and keeps the
     // bytes until its purge runs. The session the 503 hit is cancelled; nothing else is left.
