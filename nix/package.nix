@@ -46,7 +46,7 @@ rustPlatform.buildRustPackage {
 
   nativeBuildInputs = [ installShellFiles ];
 
-  # The unit tests (`--lib`) need no network beyond loopback; Python is their tar and JSON
+  # The unit tests (`--lib`) need no network (no socket at all); Python is their tar and JSON
   # oracle. The integration tests (tests/it) need a registry, skopeo and Nix itself, so CI
   # runs them with `cargo test` instead.
   doCheck = true;
