@@ -224,8 +224,8 @@ impl Checked {
     }
 }
 
-/// Issue 9: what can be checked before the upload is checked before it. A bad fly.toml, an
-/// unknown app and a token the Machines API refuses each end `deploy` with a message naming
+/// Issue 9: what can be checked before the upload is checked before it. A bad fly.toml (a
+/// wrong value, a machine size Fly refuses), an unknown app and a token the Machines API refuses each end `deploy` with a message naming
 /// the problem, before the registry (behind a counting proxy) sees a single request.
 #[test]
 fn deploy_that_cannot_succeed_makes_no_registry_request() {
@@ -257,6 +257,24 @@ fn deploy_that_cannot_succeed_makes_no_registry_request() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("bad-fly.toml:3") && err.contains("\"sideways\" is not a strategy"),
+        "{err}"
+    );
+    assert!(fly.requests().is_empty(), "a bad fly.toml reached the Fly API");
+
+    // A machine size Fly refuses (fly_double.rs holds these rules against the double's) would
+    // otherwise surface as a 400 on the first machine change, after the upload.
+    let big_vm = t.join("big-vm.toml");
+    std::fs::write(
+        &big_vm,
+        "app = \"demo\"\n[[vm]]\nsize = \"shared-cpu-1x\"\nmemory = \"3gb\"\n",
+    )
+    .unwrap();
+    let out = attempt(&["--config", big_vm.to_str().unwrap()], None);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("big-vm.toml:2: [vm[0]] memory: 3072 MiB is too much for 1 shared CPU")
+            && err.contains("at most 2048 MiB"),
         "{err}"
     );
     assert!(fly.requests().is_empty(), "a bad fly.toml reached the Fly API");

@@ -1336,3 +1336,74 @@ async fn wait_refuses_timeouts_above_60s_and_answers_only_for_the_version_asked(
     assert_eq!(waited["version"], json!(new_version));
     assert!(fly.violations().is_empty(), "{:?}", fly.violations());
 }
+
+/// Machine sizes: the double refuses on create and update what Fly refuses (its own reading of
+/// flyctl's `internal/machine/update.go`), and nixfly's fly.toml check refuses exactly those
+/// sizes, found before any upload. Two implementations of one rule set, held against each other
+/// over every CPU kind, a spread of CPU counts and memory sizes around each limit.
+#[tokio::test]
+async fn machine_sizes_fly_refuses_are_refused_by_the_double_and_by_fly_toml_checks() {
+    use nixfly::fly::appconfig::AppConfig;
+    let (fly, api) = demo();
+    let (status, created) = api
+        .post(
+            "/v1/apps/demo/machines",
+            json!({"config": {"image": "registry.fly.io/demo:v1"}, "region": "iad"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/apps/demo/machines/{id}");
+
+    let (mut accepted, mut refused) = (0, 0);
+    for kind in ["shared", "performance"] {
+        for cpus in [1, 2, 3, 4, 8, 12, 16, 20, 32] {
+            for memory in [
+                100, 256, 300, 512, 768, 1024, 2048, 2560, 3072, 4096, 8192, 16384, 65536, 70000,
+            ] {
+                let guest = json!({"cpu_kind": kind, "cpus": cpus, "memory_mb": memory});
+                let config = json!({"image": "registry.fly.io/demo:v1", "guest": guest});
+                let (status, answer) = api
+                    .post(
+                        "/v1/apps/demo/machines",
+                        json!({"config": config, "region": "iad"}),
+                    )
+                    .await;
+                assert!(status == 200 || status == 400, "{guest}: {status} {answer}");
+                let double_refuses = status == 400;
+                let (update_status, _) = api.post(&path, json!({"config": config})).await;
+                assert_eq!(update_status, status, "{guest}: create and update disagree");
+
+                let toml = format!(
+                    "app = \"demo\"\n[[vm]]\ncpu_kind = \"{kind}\"\ncpus = {cpus}\nmemory_mb = {memory}\n"
+                );
+                let parsed = AppConfig::parse(&toml, std::path::Path::new("fly.toml"));
+                if let Ok((config, _)) = &parsed {
+                    assert_eq!(config.machine_config("app").unwrap()["guest"], guest);
+                }
+                assert_eq!(
+                    parsed.is_err(),
+                    double_refuses,
+                    "{guest}: the double says {status} {answer}, nixfly's fly.toml check says {:?}",
+                    parsed.err().map(|e| e.to_string())
+                );
+                if double_refuses {
+                    refused += 1;
+                } else {
+                    accepted += 1;
+                }
+            }
+        }
+    }
+    // The grid reaches both sides of every rule, and most of it is refused.
+    assert!(
+        accepted >= 30 && refused >= 150,
+        "{accepted} accepted, {refused} refused"
+    );
+    assert_eq!(
+        fly.machine(&id).config_history.len(),
+        1 + accepted,
+        "refused updates change nothing"
+    );
+    assert!(fly.violations().is_empty(), "{:?}", fly.violations());
+}

@@ -62,6 +62,9 @@
 //!   Kilo-Org/cloud#412; unverified for "deploys to this host are temporarily disabled").
 //!   `set_host_status(machine, "unreachable")`: the machine shows it, and updates answer 412.
 //!   `refuse_next_creates(n, message)`: the next n creates answer 412 with the message.
+//! - Creates and updates with a guest Fly refuses answer 400: a CPU count its kind does not
+//!   come in, memory off its step or outside its per-CPU range (`sizing`, after flyctl's
+//!   `internal/machine/update.go`).
 //! - Destroyed machines stay GET-able with state `destroyed` (hidden from the list unless
 //!   `include_deleted=true`); waiting on them for any state but `destroyed` is 404.
 //! - A machine whose `config.metadata.fly_process_group` is `fly_app_release_command`, when
@@ -97,6 +100,7 @@
 
 pub mod schema;
 pub mod server;
+pub mod sizing;
 pub mod state;
 
 use std::collections::BTreeMap;

@@ -589,7 +589,8 @@ fn create_machine(st: &mut State, req: &Request, app: &str, now: Instant) -> Res
     ok_json(StatusCode::OK, json)
 }
 
-/// The config of a create/update body; the schema makes no field required, Fly does.
+/// The config of a create/update body; the schema makes no field required, Fly does. A guest
+/// size Fly refuses is refused too (`sizing`).
 fn required_config(req: &Request) -> Result<Value, String> {
     let config = req
         .body_field("config")
@@ -597,6 +598,9 @@ fn required_config(req: &Request) -> Result<Value, String> {
         .ok_or("the request needs a config")?;
     if config["image"].as_str().is_none_or(str::is_empty) {
         return Err("invalid config.image, cannot be empty".into());
+    }
+    if let Some(refusal) = crate::sizing::guest_refusal(&config) {
+        return Err(refusal);
     }
     Ok(config)
 }

@@ -15,8 +15,9 @@ pub mod from_machines;
 pub mod launch;
 pub mod machine;
 mod model;
-mod parse;
+pub(crate) mod parse;
 mod reader;
+pub mod sizing;
 pub mod units;
 
 pub use model::*;

@@ -4,6 +4,7 @@
 
 use super::model::*;
 use super::reader::{Doc, Field, Table, key_name};
+use super::sizing;
 use super::units::{SizeBase, parse_go_duration, parse_size};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -1034,6 +1035,18 @@ fn cross_check(doc: &Doc<'_>, cfg: &AppConfig) {
     }
     for (i, v) in cfg.vms.iter().enumerate() {
         unknown(v.line, &format!("vm[{i}]"), &v.processes);
+    }
+    // A size Fly refuses would only show as a 400 on the first machine change, after the push.
+    let vms = cfg.vms.iter().enumerate().map(|(i, vm)| (format!("vm[{i}]"), vm));
+    for (section, vm) in vms.chain(
+        cfg.deploy
+            .release_command_vm
+            .iter()
+            .map(|vm| ("deploy.release_command_vm".to_string(), vm)),
+    ) {
+        if let Some((field, message)) = sizing::guest_problem(&cfg.guest(vm)) {
+            doc.error(vm.line, &format!("[{section}] {field}"), message);
+        }
     }
     for (i, m) in cfg.mounts.iter().enumerate() {
         unknown(m.line, &format!("mounts[{i}]"), &m.processes);

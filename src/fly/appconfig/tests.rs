@@ -163,6 +163,22 @@ fn impossible_values_are_errors() {
             "fly.toml:2: [vm[0]] memory: memory cannot be zero",
         ),
         (
+            "[[vm]]\nsize = \"shared-cpu-1x\"\nmemory = \"300mb\"\n",
+            "fly.toml:1: [vm[0]] memory: 300 MiB is not a memory size Fly takes for shared CPUs: use a multiple of 256 MiB (256 MiB would work)",
+        ),
+        (
+            "[[vm]]\nsize = \"shared-cpu-2x\"\ncpus = 3\n",
+            "fly.toml:1: [vm[0]] cpus: shared machines come with 1, 2, 4, 6 or 8 CPUs, not 3",
+        ),
+        (
+            "[[vm]]\nmemory = \"4gb\"\n",
+            "fly.toml:1: [vm[0]] memory: 4096 MiB is too much for 1 shared CPU: Fly allows at most 2048 MiB (2048 MiB per CPU); add CPUs or use performance CPUs",
+        ),
+        (
+            "[deploy]\nrelease_command = \"migrate\"\n[deploy.release_command_vm]\nsize = \"performance-2x\"\nmemory_mb = 2048\n",
+            "fly.toml:3: [deploy.release_command_vm] memory: 2048 MiB is too little for 2 performance CPUs: Fly needs at least 4096 MiB (2048 MiB per CPU)",
+        ),
+        (
             "kill_signal = \"SIGWINCH\"\n",
             "fly.toml:1: kill_signal: \"SIGWINCH\" is not a signal the Machines API can send",
         ),
