@@ -1407,3 +1407,59 @@ async fn machine_sizes_fly_refuses_are_refused_by_the_double_and_by_fly_toml_che
     );
     assert!(fly.violations().is_empty(), "{:?}", fly.violations());
 }
+
+/// Machine checks (`[checks]`): the double refuses intervals under 2s and timeouts over 60s,
+/// as flaps does (flyctl's `internal/appconfig/validation.go`), and nixfly's fly.toml check
+/// refuses the same ones before any upload. Durations on both sides of each limit, in the
+/// spellings fly.toml allows (a bare number is milliseconds there).
+#[tokio::test]
+async fn machine_checks_fly_refuses_are_refused_by_the_double_and_by_fly_toml_checks() {
+    use nixfly::fly::appconfig::AppConfig;
+    let (fly, api) = demo();
+    // (fly.toml value, what nixfly sends as a Go duration)
+    let intervals = [
+        ("\"1s\"", "1s"),
+        ("1999", "1.999s"),
+        ("\"2s\"", "2s"),
+        ("2000", "2s"),
+        ("\"15s\"", "15s"),
+    ];
+    let timeouts = [
+        ("\"2s\"", "2s"),
+        ("\"1m\"", "1m0s"),
+        ("60000", "1m0s"),
+        ("60001", "1m0.001s"),
+        ("\"90s\"", "1m30s"),
+    ];
+    let mut refused = 0;
+    for (interval_toml, interval) in intervals {
+        for (timeout_toml, timeout) in timeouts {
+            let toml = format!(
+                "app = \"demo\"\n[checks.db]\ntype = \"tcp\"\nport = 5432\ninterval = {interval_toml}\ntimeout = {timeout_toml}\n"
+            );
+            let parsed = AppConfig::parse(&toml, std::path::Path::new("fly.toml"));
+            let check = json!({"type": "tcp", "port": 5432, "interval": interval, "timeout": timeout});
+            if let Ok((config, _)) = &parsed {
+                assert_eq!(config.machine_config("app").unwrap()["checks"]["db"], check);
+            }
+            let config = json!({"image": "registry.fly.io/demo:v1", "checks": {"db": check}});
+            let (status, answer) = api
+                .post(
+                    "/v1/apps/demo/machines",
+                    json!({"config": config, "region": "iad"}),
+                )
+                .await;
+            assert!(status == 200 || status == 400, "{check}: {status} {answer}");
+            assert_eq!(
+                parsed.is_err(),
+                status == 400,
+                "{check}: the double says {status} {answer}, nixfly's fly.toml check says {:?}",
+                parsed.err().map(|e| e.to_string())
+            );
+            refused += usize::from(status == 400);
+        }
+    }
+    // 2 of 5 intervals and 2 of 5 timeouts are out of range: 25 - 3 * 3 pairs are refused.
+    assert_eq!(refused, 16);
+    assert!(fly.violations().is_empty(), "{:?}", fly.violations());
+}

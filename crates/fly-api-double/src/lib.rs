@@ -64,7 +64,8 @@
 //!   `refuse_next_creates(n, message)`: the next n creates answer 412 with the message.
 //! - Creates and updates with a guest Fly refuses answer 400: a CPU count its kind does not
 //!   come in, memory off its step or outside its per-CPU range (`sizing`, after flyctl's
-//!   `internal/machine/update.go`).
+//!   `internal/machine/update.go`), and so do machine checks polled more often than every 2s or
+//!   given more than 60s (`checks`, after flyctl's `internal/appconfig/validation.go`).
 //! - Destroyed machines stay GET-able with state `destroyed` (hidden from the list unless
 //!   `include_deleted=true`); waiting on them for any state but `destroyed` is 404.
 //! - A machine whose `config.metadata.fly_process_group` is `fly_app_release_command`, when
@@ -98,6 +99,7 @@
 //!   the 404 on releasing no lease, the 412 for destroying a running machine without
 //!   `force=true` or updating a destroyed one.
 
+pub mod checks;
 pub mod schema;
 pub mod server;
 pub mod sizing;

@@ -590,7 +590,7 @@ fn create_machine(st: &mut State, req: &Request, app: &str, now: Instant) -> Res
 }
 
 /// The config of a create/update body; the schema makes no field required, Fly does. A guest
-/// size Fly refuses is refused too (`sizing`).
+/// size or machine check Fly refuses is refused too (`sizing`, `checks`).
 fn required_config(req: &Request) -> Result<Value, String> {
     let config = req
         .body_field("config")
@@ -599,7 +599,9 @@ fn required_config(req: &Request) -> Result<Value, String> {
     if config["image"].as_str().is_none_or(str::is_empty) {
         return Err("invalid config.image, cannot be empty".into());
     }
-    if let Some(refusal) = crate::sizing::guest_refusal(&config) {
+    if let Some(refusal) =
+        crate::sizing::guest_refusal(&config).or_else(|| crate::checks::checks_refusal(&config))
+    {
         return Err(refusal);
     }
     Ok(config)

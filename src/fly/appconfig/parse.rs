@@ -5,7 +5,7 @@
 use super::model::*;
 use super::reader::{Doc, Field, Table, key_name};
 use super::sizing;
-use super::units::{SizeBase, parse_go_duration, parse_size};
+use super::units::{SizeBase, format_go_duration, parse_go_duration, parse_size};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -654,8 +654,28 @@ fn check_durations(t: &Table<'_, '_>) -> [Option<Duration>; 3] {
         .map(|key| t.get(key).and_then(|f| duration(&f, NumberUnit::Milliseconds)))
 }
 
+/// A service check's durations outside 1s-1m: Fly moves them into that range, and flyctl
+/// (`internal/appconfig/validation.go`, `validateSingleServiceCheckDuration`) warns about it, as
+/// this does. A zero grace period is fine.
+fn warn_service_check_durations(t: &Table<'_, '_>, durations: [Option<Duration>; 3]) {
+    let keys = ["interval", "timeout", "grace_period"];
+    for (key, value) in keys.into_iter().zip(durations) {
+        let (Some(d), Some(field)) = (value, t.get(key)) else {
+            continue;
+        };
+        let zero_ok = key == "grace_period";
+        let text = format_go_duration(d);
+        if d < Duration::from_secs(1) && !(zero_ok && d.is_zero()) {
+            field.warn(format!("{text} is under 1s: Fly raises it to 1s"));
+        } else if d > Duration::from_secs(60) {
+            field.warn(format!("{text} is over 1m: Fly lowers it to 1m"));
+        }
+    }
+}
+
 fn parse_tcp_check(t: &Table<'_, '_>) -> TcpCheck {
     let [interval, timeout, grace_period] = check_durations(t);
+    warn_service_check_durations(t, [interval, timeout, grace_period]);
     t.ignore(&["restart_limit"]);
     warn_restart_limit(t);
     t.finish();
@@ -674,6 +694,7 @@ fn warn_restart_limit(t: &Table<'_, '_>) {
 
 fn parse_http_check(t: &Table<'_, '_>) -> HttpCheck {
     let check = http_check_fields(t);
+    warn_service_check_durations(t, [check.interval, check.timeout, check.grace_period]);
     warn_restart_limit(t);
     t.finish();
     check
@@ -757,6 +778,35 @@ fn parse_top_level_check(t: &Table<'_, '_>) -> Option<TopLevelCheck> {
     };
     let port = t.port("port");
     let mut http = http_check_fields(t);
+    // flyctl `internal/appconfig/validation.go` (validateChecksSection): flaps refuses machine
+    // checks polled more often than every 2 seconds or allowed more than 60 to answer, so
+    // flyctl refuses them before deploying; so does nixfly, before the upload.
+    let limits = [
+        (
+            "interval",
+            http.interval,
+            Duration::from_secs(2),
+            "at least 2s (Fly's minimum)",
+        ),
+        (
+            "timeout",
+            http.timeout,
+            Duration::from_secs(60),
+            "at most 60s (Fly's maximum)",
+        ),
+    ];
+    for (key, value, limit, rule) in limits {
+        let out_of_range = match key {
+            "interval" => value.is_some_and(|d| d < limit),
+            _ => value.is_some_and(|d| d > limit),
+        };
+        if let (true, Some(field), Some(d)) = (out_of_range, t.get(key), value) {
+            field.error(format!(
+                "{} is out of range for a machine check: use {rule}",
+                format_go_duration(d)
+            ));
+        }
+    }
     // Top-level checks (unlike service checks) have their method upper-cased by flyctl.
     http.method = http.method.map(|m| m.to_ascii_uppercase());
     let check = TopLevelCheck {

@@ -179,6 +179,14 @@ fn impossible_values_are_errors() {
             "fly.toml:3: [deploy.release_command_vm] memory: 2048 MiB is too little for 2 performance CPUs: Fly needs at least 4096 MiB (2048 MiB per CPU)",
         ),
         (
+            "[http_service]\ninternal_port = 8080\n[checks.alive]\ntype = \"http\"\ninterval = \"1s\"\npath = \"/\"\n",
+            "fly.toml:5: [checks.alive] interval: 1s is out of range for a machine check: use at least 2s (Fly's minimum)",
+        ),
+        (
+            "[checks.db]\ntype = \"tcp\"\nport = 5432\ntimeout = \"90s\"\n",
+            "fly.toml:4: [checks.db] timeout: 1m30s is out of range for a machine check: use at most 60s (Fly's maximum)",
+        ),
+        (
             "kill_signal = \"SIGWINCH\"\n",
             "fly.toml:1: kill_signal: \"SIGWINCH\" is not a signal the Machines API can send",
         ),
@@ -278,6 +286,23 @@ fn unknown_keys_are_warnings_not_errors() {
         vec![
             "fly.toml:2: primary_regoin: unknown key, ignored (not something fly.toml takes)",
             "fly.toml:6: [http_service] force_http: unknown key, ignored (not something [http_service] takes)",
+        ]
+    );
+}
+
+/// Service checks outside 1s-1m are moved into it by Fly: warned about, as flyctl does, while
+/// machine checks (`[checks]`) are errors (`impossible_values_are_errors`).
+#[test]
+fn service_check_durations_fly_moves_are_warnings() {
+    let text = "[http_service]\ninternal_port = 8080\n[[http_service.checks]]\ninterval = 500\ntimeout = \"2m\"\ngrace_period = \"0s\"\n\n[[services]]\nprotocol = \"tcp\"\ninternal_port = 9000\n[[services.tcp_checks]]\ninterval = \"15s\"\ngrace_period = \"200ms\"\n";
+    let (_, warnings) = parse(text).unwrap();
+    let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            "fly.toml:4: [http_service.checks[0]] interval: 500ms is under 1s: Fly raises it to 1s",
+            "fly.toml:5: [http_service.checks[0]] timeout: 2m0s is over 1m: Fly lowers it to 1m",
+            "fly.toml:13: [services[0].tcp_checks[0]] grace_period: 200ms is under 1s: Fly raises it to 1s",
         ]
     );
 }
