@@ -931,14 +931,10 @@ fn required_string(t: &Table<'_, '_>, key: &str, what: &str) -> Option<String> {
 fn parse_mount(t: &Table<'_, '_>) -> Option<Mount> {
     let source = required_string(t, "source", "the volume name to mount");
     let destination = required_string(t, "destination", "the path to mount the volume at");
-    let threshold = t.get("auto_extend_size_threshold").and_then(|f| {
-        let n = f.uint()?;
-        if n > 100 {
-            f.error(format!("a percentage of the volume, 0-100, got {n}"));
-            return None;
-        }
-        Some(n)
-    });
+    let threshold = t.get("auto_extend_size_threshold").and_then(|f| f.uint());
+    let increment = t.get("auto_extend_size_increment").and_then(|f| gb_size(&f));
+    let limit = t.get("auto_extend_size_limit").and_then(|f| gb_size(&f));
+    check_auto_extend(t, threshold, increment, limit);
     let mount = Mount {
         line: t.line,
         source: source?,
@@ -962,11 +958,60 @@ fn parse_mount(t: &Table<'_, '_>) -> Option<Mount> {
         }),
         scheduled_snapshots: t.bool("scheduled_snapshots"),
         auto_extend_size_threshold: threshold,
-        auto_extend_size_increment_gb: t.get("auto_extend_size_increment").and_then(|f| gb_size(&f)),
-        auto_extend_size_limit_gb: t.get("auto_extend_size_limit").and_then(|f| gb_size(&f)),
+        auto_extend_size_increment_gb: increment,
+        auto_extend_size_limit_gb: limit,
         processes: t.strings("processes"),
     };
     Some(mount)
+}
+
+/// flyctl's `internal/appconfig/validation.go` (`validateMounts`): auto-extension needs a
+/// threshold of 50-99% and an increment of 1-100 GB, and its limit, when given, is 1-500 GB.
+/// A threshold alone is "all or none". `fly deploy` refuses the rest before deploying; so does
+/// nixfly.
+fn check_auto_extend(t: &Table<'_, '_>, threshold: Option<u64>, increment: Option<u64>, limit: Option<u64>) {
+    let (threshold_n, increment_n, limit_n) =
+        (threshold.unwrap_or(0), increment.unwrap_or(0), limit.unwrap_or(0));
+    if threshold_n == 0 && increment_n == 0 && limit_n == 0 {
+        return;
+    }
+    let report = |key: &str, message: String| match t.get(key) {
+        Some(field) => field.error(message),
+        None => t.doc.error(t.line, &key_name(&t.path, key), message),
+    };
+    if threshold_n != 0 && increment_n == 0 && limit_n == 0 {
+        report(
+            "auto_extend_size_threshold",
+            "auto_extend_size_threshold, auto_extend_size_increment and auto_extend_size_limit \
+             go together: set the other two, or none"
+                .into(),
+        );
+        return;
+    }
+    if !(50..=99).contains(&threshold_n) {
+        report(
+            "auto_extend_size_threshold",
+            match threshold {
+                Some(n) => format!("the percentage full that extends the volume is 50-99, got {n}"),
+                None => "missing: auto-extension needs a threshold, 50-99 (percent full)".into(),
+            },
+        );
+    }
+    if !(1..=100).contains(&increment_n) {
+        report(
+            "auto_extend_size_increment",
+            match increment {
+                Some(n) => format!("each extension adds 1-100 GB, got {n} GB"),
+                None => "missing: auto-extension needs an increment, 1-100 GB (like \"1gb\")".into(),
+            },
+        );
+    }
+    if limit.is_some() && !(1..=500).contains(&limit_n) {
+        report(
+            "auto_extend_size_limit",
+            format!("volumes extend up to 1-500 GB, got {limit_n} GB"),
+        );
+    }
 }
 
 fn parse_static(t: &Table<'_, '_>) -> Option<Static> {

@@ -187,6 +187,26 @@ fn impossible_values_are_errors() {
             "fly.toml:4: [checks.db] timeout: 1m30s is out of range for a machine check: use at most 60s (Fly's maximum)",
         ),
         (
+            "[[mounts]]\nsource = \"data\"\ndestination = \"/data\"\nauto_extend_size_threshold = 80\n",
+            "fly.toml:4: [mounts[0]] auto_extend_size_threshold: auto_extend_size_threshold, auto_extend_size_increment and auto_extend_size_limit go together",
+        ),
+        (
+            "[[mounts]]\nsource = \"data\"\ndestination = \"/data\"\nauto_extend_size_threshold = 40\nauto_extend_size_increment = \"1gb\"\n",
+            "fly.toml:4: [mounts[0]] auto_extend_size_threshold: the percentage full that extends the volume is 50-99, got 40",
+        ),
+        (
+            "[[mounts]]\nsource = \"data\"\ndestination = \"/data\"\nauto_extend_size_limit = \"50gb\"\n",
+            "fly.toml:1: [mounts[0]] auto_extend_size_increment: missing: auto-extension needs an increment, 1-100 GB",
+        ),
+        (
+            "[[mounts]]\nsource = \"data\"\ndestination = \"/data\"\nauto_extend_size_threshold = 80\nauto_extend_size_increment = \"200gb\"\nauto_extend_size_limit = \"600gb\"\n",
+            "fly.toml:5: [mounts[0]] auto_extend_size_increment: each extension adds 1-100 GB, got 200 GB",
+        ),
+        (
+            "[[mounts]]\nsource = \"data\"\ndestination = \"/data\"\nauto_extend_size_threshold = 80\nauto_extend_size_increment = \"2gb\"\nauto_extend_size_limit = \"600gb\"\n",
+            "fly.toml:6: [mounts[0]] auto_extend_size_limit: volumes extend up to 1-500 GB, got 600 GB",
+        ),
+        (
             "kill_signal = \"SIGWINCH\"\n",
             "fly.toml:1: kill_signal: \"SIGWINCH\" is not a signal the Machines API can send",
         ),
