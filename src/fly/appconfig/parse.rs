@@ -1122,6 +1122,34 @@ fn cross_check(doc: &Doc<'_>, cfg: &AppConfig) {
     if let Some(http) = &cfg.http_service {
         unknown(http.line, "http_service", &http.processes);
     }
+    // flyctl's `internal/appconfig/validation.go` (validateServicesSection) refuses a service
+    // without `processes` once [processes] exists, although its machine configs give it to the
+    // default group. nixfly deploys it that way and says so, since `fly deploy` would stop.
+    if !cfg.processes.is_empty() {
+        let services = cfg
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("services[{i}]"), s.line, &s.processes));
+        let http = cfg
+            .http_service
+            .iter()
+            .map(|h| ("http_service".to_string(), h.line, &h.processes));
+        for (section, line, processes) in http.chain(services) {
+            if processes.is_empty() {
+                let group = cfg.default_group();
+                doc.warn(
+                    line,
+                    &format!("[{section}] processes"),
+                    format!(
+                        "missing: nixfly serves it on process group {group:?} (the default), but \
+                         `fly deploy` refuses a service without processes once [processes] exists; \
+                         add processes = [\"{group}\"]"
+                    ),
+                );
+            }
+        }
+    }
     for (i, s) in cfg.services.iter().enumerate() {
         unknown(s.line, &format!("services[{i}]"), &s.processes);
     }
