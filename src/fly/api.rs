@@ -19,6 +19,14 @@ pub const DEFAULT_PLATFORM_URL: &str = "https://api.fly.io";
 /// The Machines API caps one `wait` call at 60 seconds; longer waits loop.
 pub const MAX_WAIT_CALL: Duration = Duration::from_secs(60);
 
+/// The metadata key that makes a machine create safe to repeat (`MachinesApi::create_machine`).
+pub const META_LAUNCH_ID: &str = "nixfly_launch_id";
+const META_LAUNCH_QUERY: &str = "metadata.nixfly_launch_id";
+/// Creates sent again after an ambiguous failure that made no machine.
+const CREATE_RETRIES: u32 = 3;
+/// How long reads may take to show a machine a failed create made after all.
+const LAUNCH_LOOKUP: Duration = Duration::from_secs(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{method} {url}: cannot reach the Fly API")]
@@ -63,6 +71,16 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Whether a create that failed this way may have made its machine all the same: a 408
+    /// or 5xx from flaps, or a connection lost once the request could have been sent.
+    fn create_may_have_happened(&self) -> bool {
+        match self {
+            ApiError::Status { status, .. } => *status == 408 || *status >= 500,
+            ApiError::Transport { source, .. } => !source.is_connect() && !source.is_builder(),
+            _ => false,
+        }
+    }
+
     /// The HTTP status the API answered with, if it answered.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -454,17 +472,87 @@ impl MachinesApi {
             .await
     }
 
-    pub async fn create_machine(&self, body: Value) -> Result<Machine, ApiError> {
-        self.http
-            .send_json(Request {
-                method: Method::POST,
-                path: &["v1", "apps", &self.app, "machines"],
-                query: &[],
-                body: Some(body),
-                nonce: None,
-                replay: Replay::Unsafe,
-            })
-            .await
+    /// `POST /machines`, made safe to repeat. flaps may answer a create with a 408 or a 5xx
+    /// although flyd committed the machine (flyctl `internal/flapsutil/retry.go`), and the API
+    /// takes no idempotency key. So, as flyctl's bluegreen strategy does
+    /// (`internal/command/deploy/strategy_bluegreen.go`, `launchGreenMachineWithRetry`), every
+    /// create carries a fresh `nixfly_launch_id` in its metadata; after an ambiguous failure
+    /// the machine is looked up by it (`?metadata.nixfly_launch_id=`) and adopted when it is
+    /// there, else the create is sent again. A machine nixfly cannot see is one it never made,
+    /// so a rollback can always destroy what a deploy created.
+    pub async fn create_machine(&self, mut body: Value) -> Result<Machine, ApiError> {
+        let launch_id = ulid::Ulid::new().to_string();
+        let config = &mut body["config"];
+        if !config["metadata"].is_object() {
+            config["metadata"] = Value::Object(Default::default());
+        }
+        config["metadata"][META_LAUNCH_ID] = Value::String(launch_id.clone());
+        let policy = RetryPolicy::default();
+        let mut attempt = 0;
+        loop {
+            let sent = self
+                .http
+                .send_json(Request {
+                    method: Method::POST,
+                    path: &["v1", "apps", &self.app, "machines"],
+                    query: &[],
+                    body: Some(body.clone()),
+                    nonce: None,
+                    replay: Replay::Unsafe,
+                })
+                .await;
+            let err = match sent {
+                Ok(machine) => return Ok(machine),
+                Err(err) if err.create_may_have_happened() => err,
+                Err(err) => return Err(err),
+            };
+            if let Some(machine) = self.find_launched(&launch_id).await {
+                self.http.reporter.warn(format!(
+                    "{err}; machine {} was created all the same (found by its nixfly_launch_id), \
+                     going on with it",
+                    machine.id
+                ));
+                return Ok(machine);
+            }
+            if attempt >= CREATE_RETRIES {
+                return Err(err);
+            }
+            let delay = policy.delay(attempt, None);
+            attempt += 1;
+            self.http.reporter.warn(format!(
+                "{err}; no machine was created, creating it again in {:.1}s (retry {attempt} of \
+                 {CREATE_RETRIES})",
+                delay.as_secs_f64()
+            ));
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// The machine a create with this launch id made, if reads show one within
+    /// `LAUNCH_LOOKUP` (the list lags a little behind a commit, as flyctl's lookup delay
+    /// allows for). A failed lookup counts as none: the create's own error is the one to show.
+    async fn find_launched(&self, launch_id: &str) -> Option<Machine> {
+        let filter = [(META_LAUNCH_QUERY, launch_id.to_string())];
+        let deadline = tokio::time::Instant::now() + LAUNCH_LOOKUP;
+        loop {
+            let listed: Result<Vec<Machine>, ApiError> = self
+                .http
+                .send_json(Request {
+                    query: &filter,
+                    ..Request::get(&["v1", "apps", &self.app, "machines"])
+                })
+                .await;
+            // Filtered again here: a server that ignored the filter must not hand us another
+            // machine.
+            let found = listed
+                .ok()?
+                .into_iter()
+                .find(|m| m.metadata(META_LAUNCH_ID) == Some(launch_id));
+            if found.is_some() || tokio::time::Instant::now() >= deadline {
+                return found;
+            }
+            tokio::time::sleep(LAUNCH_LOOKUP / 4).await;
+        }
     }
 
     pub async fn destroy_machine(&self, id: &str, nonce: Option<&str>) -> Result<(), ApiError> {

@@ -6,7 +6,7 @@
 use crate::support;
 
 use serde_json::{Value, json};
-use support::fly_api::{Behavior, FlyApi, Machine};
+use support::fly_api::{Behavior, FaultKind, FlyApi, Machine};
 use support::rollout::{APP, assert_no_leases, assert_no_violations, image, run_rollout, stderr};
 use support::{TestDir, assert_success};
 
@@ -39,7 +39,8 @@ fn group_machines(fly: &FlyApi, group: &str) -> Vec<Machine> {
     machines
 }
 
-/// A machine's config without what the rollout adds to fly.toml's (image, release metadata).
+/// A machine's config without what the rollout adds to fly.toml's (image, release metadata,
+/// the create's launch id).
 fn fly_toml_part(machine: &Machine) -> Value {
     let mut config = machine.config.clone();
     let object = config.as_object_mut().unwrap();
@@ -47,6 +48,7 @@ fn fly_toml_part(machine: &Machine) -> Value {
     let metadata = object["metadata"].as_object_mut().unwrap();
     metadata.remove("fly_release_id");
     metadata.remove("fly_release_version");
+    metadata.remove("nixfly_launch_id");
     config
 }
 
@@ -88,6 +90,15 @@ fn first_deploy_creates_the_machines_flyctl_would() {
         standby.id,
         standby.state
     );
+    // Every create carried a launch id of its own, which makes it safe to repeat.
+    let mut launch_ids: Vec<&str> = web
+        .iter()
+        .chain(&worker)
+        .map(|m| m.metadata("nixfly_launch_id").expect("a launch id"))
+        .collect();
+    launch_ids.sort();
+    launch_ids.dedup();
+    assert_eq!(launch_ids.len(), 4);
     let mut standby_expected = expected["worker"].clone();
     standby_expected["standbys"] = json!([running.id]);
     standby_expected["env"]["FLY_STANDBY_FOR"] = json!(running.id);
@@ -103,6 +114,58 @@ fn first_deploy_creates_the_machines_flyctl_would() {
         running.checks
     );
 
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// flaps may answer a create with a 408 or 5xx although the machine was made (flyctl
+/// `internal/flapsutil/retry.go`). The first create here is committed and answered 408, the
+/// second fails with 503 and makes nothing: the deploy adopts the first machine (found by its
+/// launch id) and sends the second again, and ends with exactly the machines a clean first
+/// deploy makes, none left over and none destroyed.
+#[test]
+fn a_create_answered_with_an_error_is_looked_up_before_it_is_sent_again() {
+    let fly = new_app();
+    let creates = "/v1/apps/demo/machines$";
+    fly.inject_fault(
+        "POST",
+        creates,
+        1,
+        FaultKind::AfterCommit {
+            status: 408,
+            message: "deadline_exceeded: timed out waiting for flyd".into(),
+        },
+    );
+    fly.inject_fault("POST", creates, 1, FaultKind::Unavailable);
+    let t = TestDir::new();
+    write_fly_toml(&t, &fixture("02-web-and-worker.toml"));
+
+    let out = run_rollout(&fly, &t, &image(1), &[]);
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("408") && err.contains("was created all the same"),
+        "{err}"
+    );
+    assert!(
+        err.contains("503") && err.contains("no machine was created, creating it again"),
+        "{err}"
+    );
+    assert!(fly.pending_faults().is_empty(), "{:?}", fly.pending_faults());
+    // Four machines, as in `first_deploy_creates_the_machines_flyctl_would`, from five creates.
+    let all = fly.machines(APP);
+    assert_eq!(all.len(), 4, "{all:#?}");
+    assert!(all.iter().all(|m| m.state != "destroyed"), "{all:#?}");
+    assert_eq!(group_machines(&fly, "web").len(), 2);
+    assert_eq!(group_machines(&fly, "worker").len(), 2);
+    assert_eq!(
+        fly.requests_to("POST", "/v1/apps/demo/machines")
+            .iter()
+            .filter(|r| r.path.ends_with("/machines"))
+            .count(),
+        5
+    );
+    assert_eq!(fly.releases()[0].statuses, ["created", "running", "complete"]);
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }

@@ -1463,3 +1463,42 @@ async fn machine_checks_fly_refuses_are_refused_by_the_double_and_by_fly_toml_ch
     assert_eq!(refused, 16);
     assert!(fly.violations().is_empty(), "{:?}", fly.violations());
 }
+
+/// `FaultKind::AfterCommit`: the create takes effect and the answer is the error, as flaps'
+/// ambiguous 408s are; the list's `metadata.KEY` filter then finds the machine. A fault path
+/// ending in `$` matches the create only, not the machine's own paths.
+#[tokio::test]
+async fn a_create_can_be_committed_and_answered_with_an_error() {
+    let (fly, api) = demo();
+    fly.inject_fault(
+        "POST",
+        "/v1/apps/demo/machines$",
+        1,
+        FaultKind::AfterCommit {
+            status: 408,
+            message: "deadline_exceeded".into(),
+        },
+    );
+    let config = json!({"image": "registry.fly.io/demo:v1", "metadata": {"launch": "one"}});
+    let (status, answer) = api
+        .post(
+            "/v1/apps/demo/machines",
+            json!({"config": config, "region": "iad"}),
+        )
+        .await;
+    assert_eq!(status, 408, "{answer}");
+    assert_eq!(answer["error"], "deadline_exceeded");
+    let (status, found) = api.get("/v1/apps/demo/machines?metadata.launch=one").await;
+    assert_eq!(status, 200);
+    assert_eq!(found.as_array().map(Vec::len), Some(1), "{found}");
+    let (_, none) = api.get("/v1/apps/demo/machines?metadata.launch=two").await;
+    assert_eq!(none, json!([]));
+    let id = found[0]["id"].as_str().unwrap();
+    fly.inject_fault("POST", "/v1/apps/demo/machines$", 1, FaultKind::Unavailable);
+    let (status, _) = api
+        .post(&format!("/v1/apps/demo/machines/{id}/stop"), json!({}))
+        .await;
+    assert_eq!(status, 200, "the fault is for creates only");
+    assert_eq!(fly.pending_faults().len(), 1);
+    assert!(fly.violations().is_empty(), "{:?}", fly.violations());
+}

@@ -554,7 +554,8 @@ impl FlyApi {
     }
 
     /// Answer the next `times` requests whose method matches (`"*"` for any) and whose path
-    /// contains `path_contains` with `kind`, before they have any effect.
+    /// contains `path_contains` (ends with it, when it ends in `$`: `"/machines$"` is only
+    /// the create) with `kind`, before they have any effect (`FaultKind::AfterCommit`: after).
     pub fn inject_fault(&self, method: &str, path_contains: &str, times: usize, kind: FaultKind) {
         assert!(times > 0, "a fault for 0 requests does nothing");
         self.lock().faults.push(Fault {

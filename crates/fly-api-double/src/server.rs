@@ -179,17 +179,26 @@ async fn process(shared: &Shared, req: &Request, headers: &HeaderMap, mut proble
             ),
         );
     }
-    if let Some(fault) = take_fault(shared, req) {
-        return fault;
-    }
-    match route {
+    let after = match take_fault(shared, req) {
+        Some(Taken::Instead(response)) => return response,
+        Some(Taken::After(response)) => Some(response),
+        None => None,
+    };
+    let response = match route {
         Route::Releases => releases(shared, req),
         Route::Machines(op) => {
             let response = machines(shared, req, &op).await;
             check_own_answer(shared, req, &op, response).await
         }
         Route::Unknown => unreachable!("unknown routes are violations"),
-    }
+    };
+    after.unwrap_or(response)
+}
+
+/// An injected fault: answered instead of the request, or after it took effect.
+enum Taken {
+    Instead(Response),
+    After(Response),
 }
 
 /// Validate the double's own successful answers against the spec's response schema (the
@@ -303,10 +312,14 @@ fn release_definition_refusal(req: &Request) -> Option<Response> {
     })
 }
 
-fn take_fault(shared: &Shared, req: &Request) -> Option<Response> {
+fn take_fault(shared: &Shared, req: &Request) -> Option<Taken> {
     let mut st = shared.lock();
     let index = st.faults.iter().position(|f| {
-        (f.method == "*" || f.method.eq_ignore_ascii_case(&req.method)) && req.path.contains(&f.path_contains)
+        let path = match f.path_contains.strip_suffix('$') {
+            Some(end) => req.path.ends_with(end),
+            None => req.path.contains(&f.path_contains),
+        };
+        (f.method == "*" || f.method.eq_ignore_ascii_case(&req.method)) && path
     })?;
     let fault = &mut st.faults[index];
     fault.remaining -= 1;
@@ -314,7 +327,13 @@ fn take_fault(shared: &Shared, req: &Request) -> Option<Response> {
     if fault.remaining == 0 {
         st.faults.remove(index);
     }
-    Some(match kind {
+    Some(Taken::Instead(match kind {
+        FaultKind::AfterCommit { status, message } => {
+            return Some(Taken::After(error(
+                StatusCode::from_u16(status).expect("valid injected status"),
+                &message,
+            )));
+        }
         FaultKind::TooManyRequests { retry_after_secs } => {
             let mut response = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
             response.headers_mut().insert(
@@ -328,7 +347,7 @@ fn take_fault(shared: &Shared, req: &Request) -> Option<Response> {
             StatusCode::from_u16(status).expect("valid injected status"),
             &message,
         ),
-    })
+    }))
 }
 
 pub fn error(status: StatusCode, message: &str) -> Response {

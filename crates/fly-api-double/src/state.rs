@@ -356,6 +356,11 @@ pub enum FaultKind {
     Unavailable,
     /// Any status with `{"error": message}`.
     Status { status: u16, message: String },
+    /// The request takes effect, then the answer is `status` with `{"error": message}`: flaps'
+    /// ambiguous 408 or 5xx on a create that flyd committed anyway (flyctl
+    /// `internal/flapsutil/retry.go`; `internal/command/deploy/strategy_bluegreen.go`,
+    /// `launchGreenMachineWithRetry`, looks the machine up by a launch-id in its metadata).
+    AfterCommit { status: u16, message: String },
 }
 
 /// A request as the double received it.
