@@ -73,7 +73,7 @@ pub enum ApiError {
 impl ApiError {
     /// Whether a create that failed this way may have made its machine all the same: a 408
     /// or 5xx from flaps, or a connection lost once the request could have been sent.
-    fn create_may_have_happened(&self) -> bool {
+    pub fn create_may_have_happened(&self) -> bool {
         match self {
             ApiError::Status { status, .. } => *status == 408 || *status >= 500,
             ApiError::Transport { source, .. } => !source.is_connect() && !source.is_builder(),

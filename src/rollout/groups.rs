@@ -328,12 +328,36 @@ impl GroupChanges {
             "creating volume {} ({} GB) in {}",
             need.name, need.size_gb, self.region
         ));
-        let volume = ctx
+        let created = ctx
             .api
             .create_volume(need.create_request(&self.region, &config["guest"], &ctx.spec.image))
-            .await
-            .map_err(|e| app_error("creating a volume", e))?;
-        Ok(volume.id)
+            .await;
+        match created {
+            Ok(volume) => Ok(volume.id),
+            // flaps may have made it all the same (see `MachinesApi::create_machine`): a free
+            // volume of that name and region that was not there before is this one. Volumes
+            // carry no metadata to tag them with, so it is adopted but not created again.
+            Err(err) if err.create_may_have_happened() => {
+                let listed = ctx.api.list_volumes().await.unwrap_or_default();
+                let new = listed.iter().find(|v| {
+                    !volumes.iter().any(|old| old.id == v.id)
+                        && v.name == need.name
+                        && v.region == self.region
+                        && v.attached_machine_id.as_deref().is_none_or(str::is_empty)
+                });
+                match new {
+                    Some(volume) => {
+                        ctx.reporter.warn(format!(
+                            "{err}; volume {} ({}) was created all the same, going on with it",
+                            volume.id, volume.name
+                        ));
+                        Ok(volume.id.clone())
+                    }
+                    None => Err(app_error("creating a volume", err)),
+                }
+            }
+            Err(err) => Err(app_error("creating a volume", err)),
+        }
     }
 
     pub fn created_count(&self) -> usize {

@@ -398,6 +398,38 @@ fn a_first_deploy_with_a_volume_creates_and_mounts_it() {
     assert_no_violations(&fly);
 }
 
+/// A volume create flaps committed and answered with a 500: the new volume is found and
+/// mounted, and no second one is made.
+#[test]
+fn a_volume_created_despite_an_error_answer_is_used() {
+    let fly = new_app();
+    fly.inject_fault(
+        "POST",
+        "/v1/apps/demo/volumes$",
+        1,
+        FaultKind::AfterCommit {
+            status: 500,
+            message: "internal error".into(),
+        },
+    );
+    let t = TestDir::new();
+    write_fly_toml(&t, &fixture("03-volume-autoextend.toml"));
+    let out = run_rollout(&fly, &t, &image(1), &[]);
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("500") && err.contains("was created all the same"),
+        "{err}"
+    );
+    let volumes = fly.volumes(APP);
+    assert_eq!(volumes.len(), 1, "{volumes:#?}");
+    let machines = group_machines(&fly, "app");
+    assert_eq!(machines.len(), 1);
+    assert_eq!(machines[0].config["mounts"][0]["volume"], json!(volumes[0].id));
+    assert!(fly.pending_faults().is_empty());
+    assert_no_violations(&fly);
+}
+
 #[test]
 fn new_volumes_get_flyctls_fields() {
     let fly = new_app();
