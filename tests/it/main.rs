@@ -10,6 +10,7 @@ mod gzip_readers;
 mod layer_cli;
 mod nix_flake;
 mod nix_layer_plan;
+mod nix_standin;
 mod nix_template;
 mod push_arch;
 mod push_errors;

@@ -1,8 +1,9 @@
 # dockerTools.streamLayeredImage as nixpkgs' pkgs/build-support/docker/default.nix defines it,
 # for the arguments nixfly uses: the result is a script that writes the docker-archive to
 # stdout, with `passthru.conf` (the JSON the script reads), `imageName`, `imageTag`, `isExe`.
-# The conf comes from ./conf.py (popularity grouping, keys and formatting), the archive from
-# ./stream.py (stream_layered_image.py's bytes); both say which nixpkgs file each rule follows.
+# The layers come from ./auto_layer.py (auto-layer.py, nixpkgs' default layering), the conf from
+# ./conf.py (keys and formatting), the archive from ./stream.py (stream_layered_image.py's
+# bytes); each says which nixpkgs file its rules follow.
 {
   lib,
   system,
@@ -69,23 +70,50 @@ let
         sha256sum "$out/layer.tar" | cut -f 1 -d ' ' > "$out/checksum"
       '';
 
-      # default.nix: the closure whose paths are grouped into layers.
-      closure = writeText "closure" "${baseJson} ${customisationLayer}";
+      # auto-layer.nix (the default when no layeringPipeline is given): Nix's reference graph
+      # of the base JSON and the customisation layer, with narSize (structured attributes),
+      # split into at most maxLayers - 1 layers by ./auto_layer.py, both roots left out.
+      # python3's setup hook in nixpkgs exports PYTHONHASHSEED=0, which the layer order needs.
+      layers = derivation {
+        name = "layers.json";
+        inherit system;
+        builder = "/bin/bash";
+        __structuredAttrs = true;
+        exportReferencesGraph.graph = [
+          baseJson
+          customisationLayer
+        ];
+        excludePaths = [
+          "${baseJson}"
+          "${customisationLayer}"
+        ];
+        # One layer is the customisation layer.
+        availableLayers = maxLayers - 1;
+        inherit maxLayers hostPath;
+        args = [
+          "-c"
+          ''
+            source "$NIX_ATTRS_SH_FILE"
+            export PATH="$hostPath" PYTHONHASHSEED=0
+            if ! (( availableLayers > 0 )); then
+              echo >&2 "Error: usedLayers 1 layers to store 'fromImage' and 'extraCommands'," \
+                "but only maxLayers=$maxLayers were allowed. At least 1 layer is required to store contents."
+              exit 1
+            fi
+            python3 ${./auto_layer.py} "$NIX_ATTRS_JSON_FILE" > "''${outputs[out]}"
+          ''
+        ];
+      };
 
       tag = if a.tag or null != null then a.tag else null;
       conf =
         runCommand "${baseName}-conf.json"
           {
-            exportReferencesGraph = [
-              "graph"
-              closure
-            ];
             imageName = lib.toLower a.name;
             inherit
               baseJson
               customisationLayer
-              closure
-              maxLayers
+              layers
               created
               mtime
               ;
@@ -99,7 +127,7 @@ let
             # default.nix: no tag means the conf's own hash; times through `date -Iseconds`.
             [ -n "$imageTag" ] || imageTag=$(basename "$out" | cut -d - -f 1)
             iso() { if [ "$1" = now ]; then echo now; else TZ=UTC date -Iseconds -d "$1"; fi; }
-            python3 ${./conf.py} graph "$maxLayers" "$baseJson" "$customisationLayer" "$closure" \
+            python3 ${./conf.py} "$layers" "$baseJson" "$customisationLayer" \
               "$imageName:$imageTag" "$(iso "$created")" "$(iso "$mtime")" \
               "$uid" "$gid" "$uname" "$gname" > "$out"
           '';
