@@ -12,7 +12,11 @@ The rules, each from that file:
   ready `layer.tar` under the name its `checksum` file gives, then `<sha256>.json` (the config)
   and `manifest.json` last, both `json.dumps(indent=4)`.
 - History comments are `store paths: <Python list repr>`; the customisation layer's list
-  holds its directory. `created` goes through datetime.fromisoformat(...).isoformat().
+  holds its directory. `created` goes through datetime.fromisoformat(...).isoformat(), and
+  "now" is read once, when the script starts.
+- The same progress lines on stderr ("No 'fromImage' provided", "Creating layer N from
+  paths: [...]", "... with customisation...", "Adding manifests...", "Done.") and the same
+  checks (store paths under store_dir, a 64-character checksum).
 """
 
 import argparse
@@ -83,6 +87,7 @@ def add_store_layer(image, paths, owner):
 
 def add_customisation_layer(image, directory, mtime):
     checksum = open(os.path.join(directory, "checksum")).read().strip()
+    assert len(checksum) == 64, f"Invalid sha256 at {directory}/checksum."
     tar_path = os.path.join(directory, "layer.tar")
     info = image.gettarinfo(tar_path)
     info.name, info.mtime = f"{checksum}/layer.tar", mtime
@@ -97,8 +102,12 @@ def add_bytes(image, name, data, mtime):
     image.addfile(info, io.BytesIO(data))
 
 
+# One clock reading for the whole run: "now" is the same instant for `created` and `mtime`.
+NOW = datetime.now(tz=timezone.utc)
+
+
 def when(text):
-    return datetime.now(tz=timezone.utc) if text == "now" else datetime.fromisoformat(text)
+    return NOW if text == "now" else datetime.fromisoformat(text)
 
 
 def main():
@@ -113,11 +122,16 @@ def main():
     owner = (mtime, int(conf["uid"]), int(conf["gid"]), conf["uname"], conf["gname"])
 
     with tarfile.open(mode="w|", fileobj=sys.stdout.buffer) as image:
+        print("No 'fromImage' provided", file=sys.stderr)
         layers = []
         for number, paths in enumerate(conf["store_layers"], start=1):
             print("Creating layer", number, "from paths:", paths, file=sys.stderr)
+            outside = [p for p in paths if not p.startswith(conf["store_dir"])]
+            assert not outside, f"Expecting absolute paths from {conf['store_dir']}, but got: {outside}"
             layers.append(add_store_layer(image, paths, owner))
+        print("Creating layer", len(layers) + 1, "with customisation...", file=sys.stderr)
         layers.append(add_customisation_layer(image, conf["customisation_layer"], mtime))
+        print("Adding manifests...", file=sys.stderr)
         config = {
             "created": created,
             "architecture": conf["architecture"],
@@ -139,6 +153,7 @@ def main():
             }
         ]
         add_bytes(image, "manifest.json", json.dumps(manifest, indent=4).encode(), mtime)
+        print("Done.", file=sys.stderr)
 
 
 main()
