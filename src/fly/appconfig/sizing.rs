@@ -97,57 +97,98 @@ mod tests {
         }
     }
 
-    /// The examples on Fly's machine-sizing page: 4 shared CPUs take up to 8192 MiB, 4
+    /// The examples on Fly's machine-sizing page (4 shared CPUs take up to 8192 MiB, 4
     /// performance CPUs up to 32768 MiB; the least is 256 MiB per shared CPU, 2048 per
-    /// performance CPU.
+    /// performance CPU), flyctl's steps and CPU counts, and the messages that name the fix.
     #[test]
-    fn the_limits_fly_documents() {
-        assert_eq!(problem("shared", 4, 8192), None);
-        assert_eq!(
-            problem("shared", 4, 8448).unwrap(),
-            "8448 MiB is too much for 4 shared CPUs: Fly allows at most 8192 MiB (2048 MiB per \
-             CPU); add CPUs or use performance CPUs"
-        );
-        assert_eq!(problem("performance", 4, 32768), None);
-        assert!(
-            problem("performance", 4, 33792)
-                .unwrap()
-                .contains("at most 32768 MiB")
-        );
-        assert_eq!(
-            problem("shared", 2, 256).unwrap(),
-            "256 MiB is too little for 2 shared CPUs: Fly needs at least 512 MiB (256 MiB per CPU)"
-        );
-        assert!(
-            problem("performance", 1, 1024)
-                .unwrap()
-                .contains("at least 2048 MiB")
-        );
-    }
-
-    #[test]
-    fn steps_and_cpu_counts() {
-        assert_eq!(
-            problem("shared", 1, 300).unwrap(),
-            "300 MiB is not a memory size Fly takes for shared CPUs: use a multiple of 256 MiB \
-             (256 MiB would work)"
-        );
-        assert!(
-            problem("shared", 1, 100)
-                .unwrap()
-                .contains("(256 MiB would work)")
-        );
-        assert_eq!(problem("performance", 1, 3072), None, "flyctl's 1024 MiB steps");
-        assert!(
-            problem("performance", 1, 2560)
-                .unwrap()
-                .contains("(2048 MiB would work)")
-        );
-        assert_eq!(
-            problem("shared", 3, 768).unwrap(),
-            "shared machines come with 1, 2, 4, 6 or 8 CPUs, not 3"
-        );
-        assert_eq!(problem("performance", 32, 65536), None);
-        assert!(problem("shared", 16, 4096).unwrap().contains("not 16"));
+    fn limits_steps_and_cpu_counts() {
+        let cases: [(&str, u64, u64, Option<&str>); 14] = [
+            ("shared", 4, 8192, None),
+            (
+                "shared",
+                4,
+                8448,
+                Some(
+                    "8448 MiB is too much for 4 shared CPUs: Fly allows at most 8192 MiB (2048 MiB per CPU); add CPUs or use performance CPUs",
+                ),
+            ),
+            ("performance", 4, 32768, None),
+            (
+                "performance",
+                4,
+                33792,
+                Some(
+                    "33792 MiB is too much for 4 performance CPUs: Fly allows at most 32768 MiB (8192 MiB per CPU); add CPUs",
+                ),
+            ),
+            (
+                "shared",
+                2,
+                256,
+                Some("256 MiB is too little for 2 shared CPUs: Fly needs at least 512 MiB (256 MiB per CPU)"),
+            ),
+            (
+                "performance",
+                1,
+                1024,
+                Some(
+                    "1024 MiB is too little for 1 performance CPU: Fly needs at least 2048 MiB (2048 MiB per CPU)",
+                ),
+            ),
+            (
+                "shared",
+                1,
+                300,
+                Some(
+                    "300 MiB is not a memory size Fly takes for shared CPUs: use a multiple of 256 MiB (256 MiB would work)",
+                ),
+            ),
+            (
+                "shared",
+                1,
+                100,
+                Some(
+                    "100 MiB is not a memory size Fly takes for shared CPUs: use a multiple of 256 MiB (256 MiB would work)",
+                ),
+            ),
+            // flyctl's 1024 MiB steps for performance CPUs (Fly's docs say 2048).
+            ("performance", 1, 3072, None),
+            (
+                "performance",
+                1,
+                2560,
+                Some(
+                    "2560 MiB is not a memory size Fly takes for performance CPUs: use a multiple of 1024 MiB (2048 MiB would work)",
+                ),
+            ),
+            (
+                "shared",
+                3,
+                768,
+                Some("shared machines come with 1, 2, 4, 6 or 8 CPUs, not 3"),
+            ),
+            ("performance", 32, 65536, None),
+            (
+                "shared",
+                16,
+                4096,
+                Some("shared machines come with 1, 2, 4, 6 or 8 CPUs, not 16"),
+            ),
+            (
+                "performance",
+                20,
+                40960,
+                Some(
+                    "performance machines come with 1, 2, 4, 6, 8, 10, 12, 14, 16, 32, 64 or 128 CPUs, not 20",
+                ),
+            ),
+        ];
+        for (kind, cpus, memory, expected) in cases {
+            assert_eq!(
+                problem(kind, cpus, memory).as_deref(),
+                expected,
+                "{kind} {cpus} {memory}"
+            );
+        }
     }
 }
