@@ -32,7 +32,7 @@ STREAM_PY = ROOT / "nix/tests/nixpkgs-standin/docker/stream.py"
 
 
 def write_conf(work, dirs):
-    """A streamLayeredImage conf (the keys stream.py reads) with one store layer per directory
+    """A streamLayeredImage conf (the keys stream.py reads) with one layer per directory
     and an empty customisation layer."""
     custom = work / "customisation"
     custom.mkdir()
@@ -40,8 +40,10 @@ def write_conf(work, dirs):
     digest = subprocess.run(["sha256sum", custom / "layer.tar"], check=True,
                             stdout=subprocess.PIPE, text=True).stdout.split()[0]
     (custom / "checksum").write_text(digest)
+    # store_dir "/": the layers are this machine's directories, not store paths, and
+    # stream_layered_image.py checks that every path starts with store_dir.
     conf = {
-        "from_image": None, "created": "1970-01-01T00:00:01+00:00",
+        "store_dir": "/", "from_image": None, "created": "1970-01-01T00:00:01+00:00",
         "mtime": "1970-01-01T00:00:01+00:00", "uid": "0", "gid": "0", "uname": "root",
         "gname": "root", "store_layers": [[d] for d in dirs],
         "customisation_layer": str(custom), "architecture": "amd64",
