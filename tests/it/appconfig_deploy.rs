@@ -6,7 +6,8 @@
 use crate::support;
 
 use serde_json::{Value, json};
-use support::fly_api::{Behavior, FaultKind, FlyApi, Machine};
+use std::time::Duration;
+use support::fly_api::{Behavior, FaultKind, FlyApi, Machine, Options, Timing};
 use support::rollout::{APP, assert_no_leases, assert_no_violations, image, run_rollout, stderr};
 use support::{TestDir, assert_success};
 
@@ -166,6 +167,44 @@ fn a_create_answered_with_an_error_is_looked_up_before_it_is_sent_again() {
         5
     );
     assert_eq!(fly.releases()[0].statuses, ["created", "running", "complete"]);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// The same silent success, on a double whose list shows a new machine only a second (20 Fly
+/// seconds) after its create, as Fly's list may lag: the lookup waits for the machine instead of
+/// creating a second one.
+#[test]
+fn a_lagging_list_still_finds_the_machine_a_failed_create_made() {
+    let fly = FlyApi::with_options(Options {
+        timing: Timing {
+            listed_after_create: Duration::from_secs(20),
+            ..Timing::default()
+        },
+        ..Options::default()
+    });
+    fly.set_app_status(APP, "pending");
+    fly.inject_fault(
+        "POST",
+        "/v1/apps/demo/machines$",
+        1,
+        FaultKind::AfterCommit {
+            status: 504,
+            message: "gateway timeout".into(),
+        },
+    );
+    let t = TestDir::new();
+    write_fly_toml(&t, WEB_V1);
+    let out = run_rollout(&fly, &t, &image(1), &[]);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains("was created all the same"),
+        "{}",
+        stderr(&out)
+    );
+    let all = fly.machines(APP);
+    assert_eq!(all.len(), 2, "one create each for the two web machines: {all:#?}");
+    assert_eq!(group_machines(&fly, "app").len(), 2);
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }

@@ -54,7 +54,9 @@
 //!   the nonce releases it (404 when no lease is active).
 //! - A machine made by `POST /machines` answers 404 to get and wait for
 //!   `Timing::visible_after_create` (2 Fly seconds), as Fly's reads lag behind a create
-//!   (flyctl `internal/machine/leasable_machine.go` retries them: `WithJustCreated`).
+//!   (flyctl `internal/machine/leasable_machine.go` retries them: `WithJustCreated`). The
+//!   list can lag too (`Timing::listed_after_create`, zero unless a test sets it), as flyctl's
+//!   bluegreen launch-id lookup allows for.
 //! - `set_image_pull(image, time)`: machines created or updated onto that image start `time`
 //!   later (the pull), which the release command's waits must leave room for.
 //! - `refuse_updates(machine, message)`: its updates answer 409 with that message (the status

@@ -548,7 +548,7 @@ fn list_machines(st: &State, req: &Request, app: &str, now: Instant) -> Response
     let list: Vec<Value> = st
         .machines
         .values()
-        .filter(|m| m.app == app)
+        .filter(|m| m.app == app && m.listed(now))
         .filter(|m| req.flag("include_deleted") || m.state != "destroyed")
         .filter(|m| req.query("region").is_none_or(|r| r == m.region))
         .filter(|m| states.as_ref().is_none_or(|s| s.contains(&m.state.as_str())))

@@ -34,6 +34,10 @@ pub struct Timing {
     /// behind the create (flyctl `internal/machine/leasable_machine.go` retries 404s of
     /// just-created machines, `WithJustCreated`, because Fly does this).
     pub visible_after_create: Duration,
+    /// How long the machine list leaves out a machine made by `POST /machines`. Zero by
+    /// default; flyctl's `internal/command/deploy/strategy_bluegreen.go` says the list reads
+    /// a store (Corrosion) that can lag behind a create, and waits before its launch-id lookup.
+    pub listed_after_create: Duration,
 }
 
 impl Default for Timing {
@@ -46,6 +50,7 @@ impl Default for Timing {
             release_command_run: Duration::from_secs(4),
             restart_interval: Duration::from_secs(1),
             visible_after_create: Duration::from_secs(2),
+            listed_after_create: Duration::ZERO,
         }
     }
 }
@@ -193,6 +198,8 @@ pub struct Machine {
     pub config_history: Vec<Value>,
     /// Until when get and wait answer 404 (`Timing::visible_after_create`); None: at once.
     pub visible_at: Option<Instant>,
+    /// Until when the list leaves it out (`Timing::listed_after_create`); None: at once.
+    pub listed_at: Option<Instant>,
     /// `ok`, `unknown` or `unreachable` (`FlyApi::set_host_status`).
     pub host_status: String,
     pending: VecDeque<Step>,
@@ -220,6 +227,11 @@ impl Machine {
     /// Whether reads already see the machine (see `Timing::visible_after_create`).
     pub fn visible(&self, now: Instant) -> bool {
         self.visible_at.is_none_or(|at| now >= at)
+    }
+
+    /// Whether the list already shows the machine (see `Timing::listed_after_create`).
+    pub fn listed(&self, now: Instant) -> bool {
+        self.listed_at.is_none_or(|at| now >= at)
     }
 
     /// True while a started/updated machine still has timed steps to go through.
@@ -557,6 +569,7 @@ impl State {
             created_at: created.clone(),
             updated_at: created,
             visible_at: None,
+            listed_at: None,
             host_status: "ok".into(),
             pending: VecDeque::new(),
         };
@@ -577,6 +590,7 @@ impl State {
         }
         machine.cordoned = req.cordoned;
         machine.visible_at = Some(now + self.timing.wall(self.timing.visible_after_create));
+        machine.listed_at = Some(now + self.timing.wall(self.timing.listed_after_create));
         let id = machine.id.clone();
         self.machines.insert(id.clone(), machine);
         let steps = if req.skip_launch {
