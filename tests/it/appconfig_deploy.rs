@@ -171,6 +171,24 @@ fn a_create_answered_with_an_error_is_looked_up_before_it_is_sent_again() {
     assert_no_violations(&fly);
 }
 
+/// A create whose connection breaks in the middle of the answer, after the machine was made:
+/// nixfly cannot know whether it worked, looks, and adopts it.
+#[test]
+fn a_create_whose_answer_is_cut_off_is_looked_up() {
+    let fly = new_app();
+    fly.inject_fault("POST", "/v1/apps/demo/machines$", 1, FaultKind::AfterCommitBroken);
+    let t = TestDir::new();
+    write_fly_toml(&t, WEB_V1);
+    let out = run_rollout(&fly, &t, &image(1), &[]);
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(err.contains("was created all the same"), "{err}");
+    assert_eq!(fly.machines(APP).len(), 2, "{:#?}", fly.machines(APP));
+    assert!(fly.pending_faults().is_empty());
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
 /// The same silent success, on a double whose list shows a new machine only a second (20 Fly
 /// seconds) after its create, as Fly's list may lag: the lookup waits for the machine instead of
 /// creating a second one.

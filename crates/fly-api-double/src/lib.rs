@@ -13,6 +13,10 @@
 //! fly.set_release_command_exit_code(1);
 //! fly.hold_lease(&web[0], "someone@else.com", Some(Duration::from_secs(2)));
 //! fly.inject_fault("POST", "/machines/", 2, FaultKind::TooManyRequests { retry_after_secs: 1 });
+//! // A create that takes effect although its answer is an error, or is cut off:
+//! fly.inject_fault("POST", "/v1/apps/demo/machines$", 1,
+//!     FaultKind::AfterCommit { status: 408, message: "deadline_exceeded".into() });
+//! fly.inject_fault("POST", "/v1/apps/demo/machines$", 1, FaultKind::AfterCommitBroken);
 //! // Fly's "could not reserve resource" on update, which flyctl answers by recreating:
 //! fly.inject_fault("POST", &format!("/machines/{}", web[1]), 1,
 //!     FaultKind::Status { status: 412, message: "could not reserve resource for machine".into() });

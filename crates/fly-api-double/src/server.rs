@@ -334,6 +334,14 @@ fn take_fault(shared: &Shared, req: &Request) -> Option<Taken> {
                 &message,
             )));
         }
+        FaultKind::AfterCommitBroken => {
+            let broken = futures_util::stream::once(async {
+                Err::<axum::body::Bytes, _>(std::io::Error::other("connection lost"))
+            });
+            return Some(Taken::After(
+                (StatusCode::OK, axum::body::Body::from_stream(broken)).into_response(),
+            ));
+        }
         FaultKind::TooManyRequests { retry_after_secs } => {
             let mut response = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
             response.headers_mut().insert(

@@ -373,6 +373,9 @@ pub enum FaultKind {
     /// `internal/flapsutil/retry.go`; `internal/command/deploy/strategy_bluegreen.go`,
     /// `launchGreenMachineWithRetry`, looks the machine up by a launch-id in its metadata).
     AfterCommit { status: u16, message: String },
+    /// The request takes effect, then the connection breaks in the middle of the answer (a
+    /// 200 whose body never completes): the client cannot tell whether it worked.
+    AfterCommitBroken,
 }
 
 /// A request as the double received it.
