@@ -29,7 +29,7 @@ const LAUNCH_LOOKUP: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("{method} {url}: cannot reach the Fly API")]
+    #[error("{method} {url}: {}", transport_failure(source))]
     Transport {
         method: Method,
         url: String,
@@ -68,6 +68,15 @@ pub enum ApiError {
         #[source]
         source: url::ParseError,
     },
+}
+
+/// What a transport error means for the request: never sent, or its answer cut off or late.
+fn transport_failure(source: &reqwest::Error) -> &'static str {
+    if source.is_connect() {
+        "cannot reach the Fly API"
+    } else {
+        "no complete answer came from the Fly API (the connection broke or timed out)"
+    }
 }
 
 impl ApiError {

@@ -182,7 +182,11 @@ fn a_create_whose_answer_is_cut_off_is_looked_up() {
     let out = run_rollout(&fly, &t, &image(1), &[]);
     assert_success(&out);
     let err = stderr(&out);
-    assert!(err.contains("was created all the same"), "{err}");
+    assert!(
+        err.contains("no complete answer came from the Fly API (the connection broke or timed out)")
+            && err.contains("was created all the same"),
+        "{err}"
+    );
     assert_eq!(fly.machines(APP).len(), 2, "{:#?}", fly.machines(APP));
     assert!(fly.pending_faults().is_empty());
     assert_no_leases(&fly);
