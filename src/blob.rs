@@ -45,11 +45,11 @@
 //! On the whole 1120 MB image (`bench/push.py`), skopeo 1.9.3 (pgzip) pushed 396.6 MB; nixfly
 //! pushed 406.5 MB at level 1 and 390.5 MB at level 2. Level 2 is the fastest libdeflate level
 //! that stays under skopeo's bytes, and compression, not hashing or the loopback upload, is what
-//! a cold push waits for: this compressor alone, with no registry, takes 0.49-0.51x of skopeo's whole
-//! push (`bench/push.py` prints it). zlib-rs at the same level is slower and 6% larger. ISA-L is
-//! faster, but its best ratio (level 3) is 7% larger than libdeflate 2's, and every byte is
-//! uploaded again on every changed layer. `--level 1` (fast) to `--level 12` (small) covers the
-//! rest. The members cost 0.1-0.2% against one stream (no shared window at block starts) and buy
+//! a cold push waits for: this compressor alone, with no registry, takes 0.49-0.51x of skopeo's
+//! whole push (`bench/push.py` prints it). zlib-rs at the same level is slower and 6% larger.
+//! ISA-L is faster, but its best ratio (level 3) is 7% larger than libdeflate 2's, and every
+//! byte is uploaded again on every changed layer. `--level 1` (fast) to `--level 12` (small)
+//! covers the rest. The members cost 0.1-0.2% against one stream (no shared window at block starts) and buy
 //! block parallelism, since libdeflate compresses whole buffers only.
 //!
 //! zstd defaults to level 3 (its own default).

@@ -119,6 +119,25 @@ fn first_deploy_creates_the_machines_flyctl_would() {
     assert_no_violations(&fly);
 }
 
+/// The path of `POST /machines` only (the double's `$`: not the machines' own paths).
+const CREATES: &str = "/v1/apps/demo/machines$";
+
+/// A first deploy of `fly_toml` that succeeds although a create (or volume create) failed,
+/// says it went on with what the failed create made, and used every injected fault; its
+/// stderr.
+fn deploy_adopting(fly: &FlyApi, fly_toml: &str) -> String {
+    let t = TestDir::new();
+    write_fly_toml(&t, fly_toml);
+    let out = run_rollout(fly, &t, &image(1), &[]);
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(err.contains("was created all the same"), "{err}");
+    assert!(fly.pending_faults().is_empty(), "{:?}", fly.pending_faults());
+    assert_no_leases(fly);
+    assert_no_violations(fly);
+    err
+}
+
 /// flaps may answer a create with a 408 or 5xx although the machine was made (flyctl
 /// `internal/flapsutil/retry.go`). The first create here is committed and answered 408, the
 /// second fails with 503 and makes nothing: the deploy adopts the first machine (found by its
@@ -127,32 +146,22 @@ fn first_deploy_creates_the_machines_flyctl_would() {
 #[test]
 fn a_create_answered_with_an_error_is_looked_up_before_it_is_sent_again() {
     let fly = new_app();
-    let creates = "/v1/apps/demo/machines$";
     fly.inject_fault(
         "POST",
-        creates,
+        CREATES,
         1,
         FaultKind::AfterCommit {
             status: 408,
             message: "deadline_exceeded: timed out waiting for flyd".into(),
         },
     );
-    fly.inject_fault("POST", creates, 1, FaultKind::Unavailable);
-    let t = TestDir::new();
-    write_fly_toml(&t, &fixture("02-web-and-worker.toml"));
-
-    let out = run_rollout(&fly, &t, &image(1), &[]);
-    assert_success(&out);
-    let err = stderr(&out);
-    assert!(
-        err.contains("408") && err.contains("was created all the same"),
-        "{err}"
-    );
+    fly.inject_fault("POST", CREATES, 1, FaultKind::Unavailable);
+    let err = deploy_adopting(&fly, &fixture("02-web-and-worker.toml"));
+    assert!(err.contains("408"), "{err}");
     assert!(
         err.contains("503") && err.contains("no machine was created, creating it again"),
         "{err}"
     );
-    assert!(fly.pending_faults().is_empty(), "{:?}", fly.pending_faults());
     // Four machines, as in `first_deploy_creates_the_machines_flyctl_would`, from five creates.
     let all = fly.machines(APP);
     assert_eq!(all.len(), 4, "{all:#?}");
@@ -167,8 +176,6 @@ fn a_create_answered_with_an_error_is_looked_up_before_it_is_sent_again() {
         5
     );
     assert_eq!(fly.releases()[0].statuses, ["created", "running", "complete"]);
-    assert_no_leases(&fly);
-    assert_no_violations(&fly);
 }
 
 /// A create whose connection breaks in the middle of the answer, after the machine was made:
@@ -176,21 +183,13 @@ fn a_create_answered_with_an_error_is_looked_up_before_it_is_sent_again() {
 #[test]
 fn a_create_whose_answer_is_cut_off_is_looked_up() {
     let fly = new_app();
-    fly.inject_fault("POST", "/v1/apps/demo/machines$", 1, FaultKind::AfterCommitBroken);
-    let t = TestDir::new();
-    write_fly_toml(&t, WEB_V1);
-    let out = run_rollout(&fly, &t, &image(1), &[]);
-    assert_success(&out);
-    let err = stderr(&out);
+    fly.inject_fault("POST", CREATES, 1, FaultKind::AfterCommitBroken);
+    let err = deploy_adopting(&fly, WEB_V1);
     assert!(
-        err.contains("no complete answer came from the Fly API (the connection broke or timed out)")
-            && err.contains("was created all the same"),
+        err.contains("no complete answer came from the Fly API (the connection broke or timed out)"),
         "{err}"
     );
     assert_eq!(fly.machines(APP).len(), 2, "{:#?}", fly.machines(APP));
-    assert!(fly.pending_faults().is_empty());
-    assert_no_leases(&fly);
-    assert_no_violations(&fly);
 }
 
 /// The same silent success, on a double whose list shows a new machine only a second (20 Fly
@@ -208,27 +207,17 @@ fn a_lagging_list_still_finds_the_machine_a_failed_create_made() {
     fly.set_app_status(APP, "pending");
     fly.inject_fault(
         "POST",
-        "/v1/apps/demo/machines$",
+        CREATES,
         1,
         FaultKind::AfterCommit {
             status: 504,
             message: "gateway timeout".into(),
         },
     );
-    let t = TestDir::new();
-    write_fly_toml(&t, WEB_V1);
-    let out = run_rollout(&fly, &t, &image(1), &[]);
-    assert_success(&out);
-    assert!(
-        stderr(&out).contains("was created all the same"),
-        "{}",
-        stderr(&out)
-    );
+    deploy_adopting(&fly, WEB_V1);
     let all = fly.machines(APP);
     assert_eq!(all.len(), 2, "one create each for the two web machines: {all:#?}");
     assert_eq!(group_machines(&fly, "app").len(), 2);
-    assert_no_leases(&fly);
-    assert_no_violations(&fly);
 }
 
 const WEB_V1: &str = r#"
@@ -473,22 +462,13 @@ fn a_volume_created_despite_an_error_answer_is_used() {
             message: "internal error".into(),
         },
     );
-    let t = TestDir::new();
-    write_fly_toml(&t, &fixture("03-volume-autoextend.toml"));
-    let out = run_rollout(&fly, &t, &image(1), &[]);
-    assert_success(&out);
-    let err = stderr(&out);
-    assert!(
-        err.contains("500") && err.contains("was created all the same"),
-        "{err}"
-    );
+    let err = deploy_adopting(&fly, &fixture("03-volume-autoextend.toml"));
+    assert!(err.contains("500"), "{err}");
     let volumes = fly.volumes(APP);
     assert_eq!(volumes.len(), 1, "{volumes:#?}");
     let machines = group_machines(&fly, "app");
     assert_eq!(machines.len(), 1);
     assert_eq!(machines[0].config["mounts"][0]["volume"], json!(volumes[0].id));
-    assert!(fly.pending_faults().is_empty());
-    assert_no_violations(&fly);
 }
 
 #[test]

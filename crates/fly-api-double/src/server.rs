@@ -327,35 +327,33 @@ fn take_fault(shared: &Shared, req: &Request) -> Option<Taken> {
     if fault.remaining == 0 {
         st.faults.remove(index);
     }
-    Some(Taken::Instead(match kind {
-        FaultKind::AfterCommit { status, message } => {
-            return Some(Taken::After(error(
-                StatusCode::from_u16(status).expect("valid injected status"),
-                &message,
-            )));
-        }
-        FaultKind::AfterCommitBroken => {
-            let broken = futures_util::stream::once(async {
-                Err::<axum::body::Bytes, _>(std::io::Error::other("connection lost"))
-            });
-            return Some(Taken::After(
-                (StatusCode::OK, axum::body::Body::from_stream(broken)).into_response(),
-            ));
-        }
+    let status_error = |status: u16, message: &str| {
+        error(
+            StatusCode::from_u16(status).expect("valid injected status"),
+            message,
+        )
+    };
+    Some(match kind {
         FaultKind::TooManyRequests { retry_after_secs } => {
             let mut response = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
             response.headers_mut().insert(
                 "retry-after",
                 HeaderValue::from_str(&retry_after_secs.to_string()).expect("digits"),
             );
-            response
+            Taken::Instead(response)
         }
-        FaultKind::Unavailable => error(StatusCode::SERVICE_UNAVAILABLE, "service unavailable"),
-        FaultKind::Status { status, message } => error(
-            StatusCode::from_u16(status).expect("valid injected status"),
-            &message,
-        ),
-    }))
+        FaultKind::Unavailable => {
+            Taken::Instead(error(StatusCode::SERVICE_UNAVAILABLE, "service unavailable"))
+        }
+        FaultKind::Status { status, message } => Taken::Instead(status_error(status, &message)),
+        FaultKind::AfterCommit { status, message } => Taken::After(status_error(status, &message)),
+        FaultKind::AfterCommitBroken => {
+            let broken = futures_util::stream::once(async {
+                Err::<axum::body::Bytes, _>(std::io::Error::other("connection lost"))
+            });
+            Taken::After((StatusCode::OK, axum::body::Body::from_stream(broken)).into_response())
+        }
+    })
 }
 
 pub fn error(status: StatusCode, message: &str) -> Response {

@@ -15,7 +15,7 @@ pub mod from_machines;
 pub mod launch;
 pub mod machine;
 mod model;
-pub(crate) mod parse;
+mod parse;
 mod reader;
 pub mod sizing;
 pub mod units;

@@ -781,26 +781,14 @@ fn parse_top_level_check(t: &Table<'_, '_>) -> Option<TopLevelCheck> {
     // flyctl `internal/appconfig/validation.go` (validateChecksSection): flaps refuses machine
     // checks polled more often than every 2 seconds or allowed more than 60 to answer, so
     // flyctl refuses them before deploying; so does nixfly, before the upload.
-    let limits = [
-        (
-            "interval",
-            http.interval,
-            Duration::from_secs(2),
-            "at least 2s (Fly's minimum)",
-        ),
-        (
-            "timeout",
-            http.timeout,
-            Duration::from_secs(60),
-            "at most 60s (Fly's maximum)",
-        ),
+    let too_often = http.interval.filter(|d| *d < Duration::from_secs(2));
+    let too_long = http.timeout.filter(|d| *d > Duration::from_secs(60));
+    let out_of_range = [
+        too_often.map(|d| ("interval", d, "at least 2s (Fly's minimum)")),
+        too_long.map(|d| ("timeout", d, "at most 60s (Fly's maximum)")),
     ];
-    for (key, value, limit, rule) in limits {
-        let out_of_range = match key {
-            "interval" => value.is_some_and(|d| d < limit),
-            _ => value.is_some_and(|d| d > limit),
-        };
-        if let (true, Some(field), Some(d)) = (out_of_range, t.get(key), value) {
+    for (key, d, rule) in out_of_range.into_iter().flatten() {
+        if let Some(field) = t.get(key) {
             field.error(format!(
                 "{} is out of range for a machine check: use {rule}",
                 format_go_duration(d)

@@ -91,8 +91,8 @@ mod tests {
 
     #[test]
     fn every_preset_is_accepted() {
-        for size in crate::fly::appconfig::parse::VM_SIZES {
-            let (kind, cpus, memory, _) = crate::fly::appconfig::machine::preset(size).expect("preset");
+        for size in super::super::parse::VM_SIZES {
+            let (kind, cpus, memory, _) = super::super::machine::preset(size).expect("preset");
             assert_eq!(problem(kind, cpus, memory), None, "{size}");
         }
     }

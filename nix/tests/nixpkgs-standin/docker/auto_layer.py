@@ -21,6 +21,7 @@ PYTHONHASHSEED=0, on which the order of layers of equal closure size depends):
 """
 
 import json
+import os
 import sys
 
 
@@ -79,6 +80,8 @@ def layers(graph, excluded, limit):
 
 
 def main():
+    # Without it, layers of equal closure size come out in another order than nixpkgs'.
+    assert os.environ.get("PYTHONHASHSEED") == "0", "run with PYTHONHASHSEED=0, as nixpkgs does"
     attrs = json.load(open(sys.argv[1]))
     result = layers(attrs["graph"], set(attrs["excludePaths"]), attrs["availableLayers"])
     print(json.dumps(result))
