@@ -62,6 +62,18 @@ pub enum ApiError {
         #[source]
         source: serde_json::Error,
     },
+    /// A create failed in a way that may have made the resource all the same, and the lookup
+    /// that would have told failed too: it was not created again, and the user is told what to
+    /// look for.
+    #[error(
+        "{create}; it may have been created all the same, and looking it up failed too ({lookup}). \
+         It was not created again: look for {look_for}"
+    )]
+    CreateUncertain {
+        create: Box<ApiError>,
+        lookup: Box<ApiError>,
+        look_for: String,
+    },
     #[error("invalid Fly API base URL {url:?}")]
     BaseUrl {
         url: String,
@@ -117,7 +129,8 @@ impl ApiError {
 }
 
 /// Whether a request may be sent again after a 5xx or a dropped connection. A 429 means the
-/// request was refused before doing anything, so every request is retried on 429.
+/// request was refused before doing anything, and a connect error that it was never sent, so
+/// every request is retried on those.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Replay {
     /// Sending it twice has the same effect as once (GET, DELETE, lease-guarded update, PATCH status).
@@ -263,7 +276,9 @@ impl FlyHttp {
             let response = match builder.send().await {
                 Ok(response) => response,
                 Err(source) => {
-                    if req.replay == Replay::Safe && attempt < policy.retries {
+                    // A connect error means no connection, so no request went out: sending it
+                    // again is safe whatever it does.
+                    if (req.replay == Replay::Safe || source.is_connect()) && attempt < policy.retries {
                         let delay = policy.delay(attempt, None);
                         attempt += 1;
                         self.reporter
@@ -416,6 +431,30 @@ impl MachinesApi {
             .await
     }
 
+    /// After a volume create failed ambiguously (see `create_machine`): the free volume named
+    /// `name` in `region` that is not among `before`, if reads show one within `LAUNCH_LOOKUP`.
+    /// Volumes carry no metadata, so this is the best identification there is.
+    pub async fn find_new_volume(
+        &self,
+        before: &[Volume],
+        name: &str,
+        region: &str,
+    ) -> Result<Option<Volume>, ApiError> {
+        let deadline = tokio::time::Instant::now() + LAUNCH_LOOKUP;
+        loop {
+            let found = self.list_volumes().await?.into_iter().find(|v| {
+                !before.iter().any(|old| old.id == v.id)
+                    && v.name == name
+                    && v.region == region
+                    && v.attached_machine_id.as_deref().is_none_or(str::is_empty)
+            });
+            if found.is_some() || tokio::time::Instant::now() >= deadline {
+                return Ok(found);
+            }
+            tokio::time::sleep(LAUNCH_LOOKUP / 4).await;
+        }
+    }
+
     /// `POST /volumes` with the full request body (`name`, `region`, `size_gb`, ...).
     pub async fn create_volume(&self, body: Value) -> Result<Volume, ApiError> {
         self.http
@@ -515,13 +554,28 @@ impl MachinesApi {
                 Err(err) if err.create_may_have_happened() => err,
                 Err(err) => return Err(err),
             };
-            if let Some(machine) = self.find_launched(&launch_id).await {
-                self.http.reporter.warn(format!(
-                    "{err}; machine {} was created all the same (found by its nixfly_launch_id), \
-                     going on with it",
-                    machine.id
-                ));
-                return Ok(machine);
+            match self.find_launched(&launch_id).await {
+                Ok(Some(machine)) => {
+                    self.http.reporter.warn(format!(
+                        "{err}; machine {} was created all the same (found by its \
+                         nixfly_launch_id), going on with it",
+                        machine.id
+                    ));
+                    return Ok(machine);
+                }
+                Ok(None) => {}
+                Err(lookup) => {
+                    return Err(ApiError::CreateUncertain {
+                        create: Box::new(err),
+                        lookup: Box::new(lookup),
+                        look_for: format!(
+                            "a machine of app {} whose metadata has {META_LAUNCH_ID} = {launch_id} \
+                             (`fly machines list --json`) and destroy it if the deploy is abandoned \
+                             (`fly machines destroy --force ID`)",
+                            self.app
+                        ),
+                    });
+                }
             }
             if attempt >= CREATE_RETRIES {
                 return Err(err);
@@ -539,8 +593,9 @@ impl MachinesApi {
 
     /// The machine a create with this launch id made, if reads show one within
     /// `LAUNCH_LOOKUP` (the list lags a little behind a commit, as flyctl's lookup delay
-    /// allows for). A failed lookup counts as none: the create's own error is the one to show.
-    async fn find_launched(&self, launch_id: &str) -> Option<Machine> {
+    /// allows for). A failed lookup is an error: the machine may exist, and creating it again
+    /// could make a second one.
+    async fn find_launched(&self, launch_id: &str) -> Result<Option<Machine>, ApiError> {
         let filter = [(META_LAUNCH_QUERY, launch_id.to_string())];
         let deadline = tokio::time::Instant::now() + LAUNCH_LOOKUP;
         loop {
@@ -553,12 +608,11 @@ impl MachinesApi {
                 .await;
             // Filtered again here: a server that ignored the filter must not hand us another
             // machine.
-            let found = listed
-                .ok()?
+            let found = listed?
                 .into_iter()
                 .find(|m| m.metadata(META_LAUNCH_ID) == Some(launch_id));
             if found.is_some() || tokio::time::Instant::now() >= deadline {
-                return found;
+                return Ok(found);
             }
             tokio::time::sleep(LAUNCH_LOOKUP / 4).await;
         }
@@ -699,6 +753,36 @@ mod tests {
         );
         assert_eq!(error_message(b"upstream timeout\n"), "upstream timeout");
         assert_eq!(error_message(b""), "no response body");
+    }
+
+    /// A create whose connection could not be made was never sent, so it is sent again
+    /// (after backoff) although a create is otherwise never replayed blindly. The double
+    /// starts listening only after the first attempt found nothing there.
+    #[tokio::test]
+    async fn a_create_that_could_not_connect_is_sent_again() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let options = fly_api_double::Options::default();
+        let token = FlyToken::parse(&options.token, super::super::token::TokenSource::Flag).unwrap();
+        let starter = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let fly = fly_api_double::FlyApi::listen(addr, options).unwrap();
+            fly.add_app("demo");
+            fly
+        });
+        let http = FlyHttp::new(&format!("http://{addr}"), token, Reporter::plain()).unwrap();
+        let config = fly_api_double::MachineSpec::new("app").config();
+        let created = MachinesApi::new(http, "demo")
+            .create_machine(json!({"config": config, "region": "ams"}))
+            .await
+            .unwrap();
+        let fly = starter.join().unwrap();
+        assert_eq!(fly.machines("demo").len(), 1);
+        assert_eq!(fly.machines("demo")[0].id, created.id);
+        assert_eq!(fly.requests_to("POST", "/v1/apps/demo/machines").len(), 1);
+        assert!(fly.violations().is_empty(), "{:?}", fly.violations());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use super::RolloutSpec;
 use super::error::RolloutError;
 use super::update::Ctx;
 use super::waves::{ConfigChange, Fleet};
+use crate::fly::api::ApiError;
 use crate::fly::appconfig::apply::{VolumeChange, apply, diff};
 use crate::fly::appconfig::launch::{GroupLaunch, PublicIps, VolumeNeed, standby_config};
 use crate::fly::appconfig::{AppConfig, AppConfigError};
@@ -338,22 +339,27 @@ impl GroupChanges {
             // volume of that name and region that was not there before is this one. Volumes
             // carry no metadata to tag them with, so it is adopted but not created again.
             Err(err) if err.create_may_have_happened() => {
-                let listed = ctx.api.list_volumes().await.unwrap_or_default();
-                let new = listed.iter().find(|v| {
-                    !volumes.iter().any(|old| old.id == v.id)
-                        && v.name == need.name
-                        && v.region == self.region
-                        && v.attached_machine_id.as_deref().is_none_or(str::is_empty)
-                });
-                match new {
-                    Some(volume) => {
+                match ctx.api.find_new_volume(&volumes, &need.name, &self.region).await {
+                    Ok(Some(volume)) => {
                         ctx.reporter.warn(format!(
                             "{err}; volume {} ({}) was created all the same, going on with it",
                             volume.id, volume.name
                         ));
-                        Ok(volume.id.clone())
+                        Ok(volume.id)
                     }
-                    None => Err(app_error("creating a volume", err)),
+                    Ok(None) => Err(app_error("creating a volume", err)),
+                    Err(lookup) => Err(app_error(
+                        "creating a volume",
+                        ApiError::CreateUncertain {
+                            create: Box::new(err),
+                            lookup: Box::new(lookup),
+                            look_for: format!(
+                                "an unattached volume {} in {} (`fly volumes list`) and destroy it if \
+                                 it is not wanted (`fly volumes destroy ID`)",
+                                need.name, self.region
+                            ),
+                        },
+                    )),
                 }
             }
             Err(err) => Err(app_error("creating a volume", err)),

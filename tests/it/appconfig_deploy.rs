@@ -220,6 +220,48 @@ fn a_lagging_list_still_finds_the_machine_a_failed_create_made() {
     assert_eq!(group_machines(&fly, "app").len(), 2);
 }
 
+/// The lookup after an ambiguous create fails too: nixfly cannot know whether the machine
+/// exists, so it does not create a second one. The deploy fails and names the launch id of the
+/// machine that was in fact made. (Without the check it would create the machine again.)
+#[test]
+fn a_create_whose_lookup_fails_is_not_sent_again() {
+    let fly = new_app();
+    fly.inject_fault(
+        "POST",
+        CREATES,
+        1,
+        FaultKind::AfterCommit {
+            status: 503,
+            message: "service unavailable".into(),
+        },
+    );
+    // The lookup and all five of its retries are refused.
+    fly.inject_fault(
+        "GET",
+        "/v1/apps/demo/machines$?metadata.nixfly_launch_id",
+        6,
+        FaultKind::TooManyRequests { retry_after_secs: 0 },
+    );
+    let t = TestDir::new();
+    write_fly_toml(&t, WEB_V1);
+    let out = run_rollout(&fly, &t, &image(1), &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let made = fly.machines(APP);
+    assert_eq!(made.len(), 1, "one create, not sent again: {made:#?}");
+    let launch_id = made[0].config["metadata"]["nixfly_launch_id"].as_str().unwrap();
+    assert!(
+        err.contains("it may have been created all the same, and looking it up failed too")
+            && err.contains("429")
+            && err.contains(&format!("nixfly_launch_id = {launch_id}")),
+        "{err}"
+    );
+    assert_eq!(fly.requests_to("POST", "/v1/apps/demo/machines").len(), 1);
+    assert!(fly.pending_faults().is_empty(), "{:?}", fly.pending_faults());
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
 const WEB_V1: &str = r#"
 app = "demo"
 primary_region = "ams"
@@ -469,6 +511,45 @@ fn a_volume_created_despite_an_error_answer_is_used() {
     let machines = group_machines(&fly, "app");
     assert_eq!(machines.len(), 1);
     assert_eq!(machines[0].config["mounts"][0]["volume"], json!(volumes[0].id));
+}
+
+/// A volume create answered with a 500 whose lookup then fails: the volume is not created
+/// again, and the deploy fails saying which volume to look for.
+#[test]
+fn a_volume_create_whose_lookup_fails_is_not_sent_again() {
+    let fly = new_app();
+    fly.inject_fault(
+        "POST",
+        "/v1/apps/demo/volumes$",
+        1,
+        FaultKind::AfterCommit {
+            status: 500,
+            message: "internal error".into(),
+        },
+    );
+    // The listing before the create goes through; the lookup after it is refused throughout.
+    fly.inject_fault_after(
+        "GET",
+        "/v1/apps/demo/volumes$",
+        1,
+        6,
+        FaultKind::TooManyRequests { retry_after_secs: 0 },
+    );
+    let t = TestDir::new();
+    write_fly_toml(&t, &fixture("03-volume-autoextend.toml"));
+    let out = run_rollout(&fly, &t, &image(1), &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("it may have been created all the same, and looking it up failed too")
+            && err.contains("an unattached volume notes_data in fra"),
+        "{err}"
+    );
+    assert_eq!(fly.volumes(APP).len(), 1);
+    assert_eq!(fly.requests_to("POST", "/v1/apps/demo/volumes").len(), 1);
+    assert!(group_machines(&fly, "app").is_empty());
+    assert!(fly.pending_faults().is_empty(), "{:?}", fly.pending_faults());
+    assert_no_violations(&fly);
 }
 
 #[test]

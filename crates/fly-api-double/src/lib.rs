@@ -561,12 +561,28 @@ impl FlyApi {
 
     /// Answer the next `times` requests whose method matches (`"*"` for any) and whose path
     /// contains `path_contains` (ends with it, when it ends in `$`: `"/machines$"` is only
-    /// the create) with `kind`, before they have any effect (`FaultKind::AfterCommit`: after).
+    /// the create; `"/machines$?metadata.nixfly_launch_id"` only requests of that path that
+    /// carry that query parameter) with `kind`, before they have any effect
+    /// (`FaultKind::AfterCommit`: after).
     pub fn inject_fault(&self, method: &str, path_contains: &str, times: usize, kind: FaultKind) {
+        self.inject_fault_after(method, path_contains, 0, times, kind);
+    }
+
+    /// `inject_fault`, once `passes` matching requests have gone through untouched: a fault
+    /// for the second listing of a deploy, not its first.
+    pub fn inject_fault_after(
+        &self,
+        method: &str,
+        path_contains: &str,
+        passes: usize,
+        times: usize,
+        kind: FaultKind,
+    ) {
         assert!(times > 0, "a fault for 0 requests does nothing");
         self.lock().faults.push(Fault {
             method: method.into(),
             path_contains: path_contains.into(),
+            passes,
             remaining: times,
             kind,
         });

@@ -315,13 +315,22 @@ fn release_definition_refusal(req: &Request) -> Option<Response> {
 fn take_fault(shared: &Shared, req: &Request) -> Option<Taken> {
     let mut st = shared.lock();
     let index = st.faults.iter().position(|f| {
-        let path = match f.path_contains.strip_suffix('$') {
-            Some(end) => req.path.ends_with(end),
-            None => req.path.contains(&f.path_contains),
+        let (path_rule, query_name) = match f.path_contains.split_once('?') {
+            Some((path, name)) => (path, Some(name)),
+            None => (f.path_contains.as_str(), None),
         };
-        (f.method == "*" || f.method.eq_ignore_ascii_case(&req.method)) && path
+        let path = match path_rule.strip_suffix('$') {
+            Some(end) => req.path.ends_with(end),
+            None => req.path.contains(path_rule),
+        };
+        let query = query_name.is_none_or(|name| req.query(name).is_some());
+        (f.method == "*" || f.method.eq_ignore_ascii_case(&req.method)) && path && query
     })?;
     let fault = &mut st.faults[index];
+    if fault.passes > 0 {
+        fault.passes -= 1;
+        return None;
+    }
     fault.remaining -= 1;
     let kind = fault.kind.clone();
     if fault.remaining == 0 {

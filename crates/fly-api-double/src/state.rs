@@ -351,11 +351,13 @@ impl Release {
     }
 }
 
-/// A canned answer for the next `remaining` requests whose method and path match.
+/// A canned answer for the next `remaining` requests whose method and path match, once
+/// `passes` more of them have gone through untouched.
 #[derive(Clone, Debug)]
 pub struct Fault {
     pub method: String,
     pub path_contains: String,
+    pub passes: usize,
     pub remaining: usize,
     pub kind: FaultKind,
 }
