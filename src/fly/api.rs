@@ -137,6 +137,8 @@ pub enum Replay {
     Safe,
     /// A second send could do the work twice (machine or release creation).
     Unsafe,
+    /// `Safe`, but a 408 is its answer (the API's wait ran out), not a failure to retry.
+    Wait,
 }
 
 /// Which API a `FlyHttp` talks to, which decides the `Authorization` header.
@@ -209,6 +211,10 @@ impl FlyHttp {
             .connect_timeout(Duration::from_secs(15))
             // Longer than the longest `wait` call the API holds open.
             .timeout(MAX_WAIT_CALL + Duration::from_secs(15))
+            // flaps' `fly_flaps_affinity` cookie sends an app's later requests to the node that
+            // made its writes, so that reads see them; fly-go keeps a cookie jar for it
+            // (`flaps/flaps.go`, `NewWithOptions`).
+            .cookie_store(true)
             .build()
             .map_err(|source| ApiError::Transport {
                 method: Method::GET,
@@ -278,7 +284,7 @@ impl FlyHttp {
                 Err(source) => {
                     // A connect error means no connection, so no request went out: sending it
                     // again is safe whatever it does.
-                    if (req.replay == Replay::Safe || source.is_connect()) && attempt < policy.retries {
+                    if (req.replay != Replay::Unsafe || source.is_connect()) && attempt < policy.retries {
                         let delay = policy.delay(attempt, None);
                         attempt += 1;
                         self.reporter
@@ -295,6 +301,12 @@ impl FlyHttp {
             };
             let status = response.status();
             let retry_after = crate::retry::retry_after(response.headers());
+            let response_request_id = response
+                .headers()
+                .get("fly-request-id")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_string);
             let body = response.bytes().await.map_err(|source| ApiError::Transport {
                 method: req.method.clone(),
                 url: shown.clone(),
@@ -303,8 +315,11 @@ impl FlyHttp {
             if status.is_success() {
                 return Ok(body.to_vec());
             }
+            // flaps answers 408 when it timed out talking to flyd: transient, as flyctl's
+            // `internal/flapsutil/retry.go` (`IsTransientFlapsError`) treats it.
             let retryable = status == StatusCode::TOO_MANY_REQUESTS
-                || (status.is_server_error() && req.replay == Replay::Safe);
+                || (status.is_server_error() && req.replay != Replay::Unsafe)
+                || (status == StatusCode::REQUEST_TIMEOUT && req.replay == Replay::Safe);
             if retryable && attempt < policy.retries {
                 let delay = policy.delay(attempt, retry_after);
                 attempt += 1;
@@ -330,7 +345,11 @@ impl FlyHttp {
                 ));
                 continue;
             }
-            let message = error_message(&body);
+            let mut message = error_message(&body);
+            // What Fly support asks for (fly-go keeps it as `FlapsError.FlyRequestId`).
+            if let Some(id) = response_request_id {
+                message.push_str(&format!(" (fly-request-id {id})"));
+            }
             return Err(
                 if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                     ApiError::Unauthorized {
@@ -369,10 +388,16 @@ impl FlyHttp {
 
 /// The `error` field of a JSON error body, else the body itself (shortened), else "no body".
 fn error_message(body: &[u8]) -> String {
-    if let Ok(value) = serde_json::from_slice::<Value>(body)
-        && let Some(error) = value.get("error").and_then(Value::as_str)
-    {
-        return error.to_string();
+    // `message` first, then `error`, as fly-go's `handleAPIError` (`flaps/flaps.go`) reads
+    // them: lease conflicts come as `{"status":"error","message":...}`.
+    if let Ok(value) = serde_json::from_slice::<Value>(body) {
+        for field in ["message", "error"] {
+            if let Some(text) = value.get(field).and_then(Value::as_str)
+                && !text.is_empty()
+            {
+                return text.to_string();
+            }
+        }
     }
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
@@ -618,8 +643,12 @@ impl MachinesApi {
         }
     }
 
+    /// `DELETE` the machine. A 404 means it is gone already (a retry after an answer that was
+    /// lost, or a machine that destroyed itself): done, as flyctl's bluegreen strategy takes it
+    /// (`internal/command/deploy/strategy_bluegreen.go`, `DestroyBlueMachines`).
     pub async fn destroy_machine(&self, id: &str, nonce: Option<&str>) -> Result<(), ApiError> {
-        self.http
+        let sent = self
+            .http
             .send(Request {
                 method: Method::DELETE,
                 path: &["v1", "apps", &self.app, "machines", id],
@@ -628,8 +657,12 @@ impl MachinesApi {
                 nonce,
                 replay: Replay::Safe,
             })
-            .await
-            .map(drop)
+            .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(err) if err.status() == Some(404) => Ok(()),
+            Err(err) => Err(err),
+        }
     }
 
     /// `start`, `stop`, `cordon` or `uncordon`.
@@ -678,12 +711,10 @@ impl MachinesApi {
                 query: &[],
                 body: Some(json!({"ttl": ttl.as_secs().max(1), "description": "nixfly deploy"})),
                 nonce,
-                // Acquiring twice would conflict with our own first lease; refreshing is idempotent.
-                replay: if nonce.is_some() {
-                    Replay::Safe
-                } else {
-                    Replay::Unsafe
-                },
+                // fly-go retries an acquire on any failure (`flaps/flaps_machines.go`,
+                // `AcquireLease` in `Retry`). One that took effect although its answer was lost
+                // meets our own lease as a 409, which `Leases::acquire` waits out (13 s TTL).
+                replay: Replay::Safe,
             })
             .await?;
         Ok(response.into_lease())
@@ -734,7 +765,7 @@ impl MachinesApi {
                 query: &query,
                 body: None,
                 nonce: None,
-                replay: Replay::Safe,
+                replay: Replay::Wait,
             })
             .await
             .map(drop)
@@ -750,6 +781,14 @@ mod tests {
         assert_eq!(
             error_message(br#"{"error":"Authenticate: token validation error"}"#),
             "Authenticate: token validation error"
+        );
+        assert_eq!(
+            error_message(br#"{"status":"error","message":"lease currently held by someone","error":""}"#),
+            "lease currently held by someone"
+        );
+        assert_eq!(
+            error_message(br#"{"error":"not found","message":""}"#),
+            "not found"
         );
         assert_eq!(error_message(b"upstream timeout\n"), "upstream timeout");
         assert_eq!(error_message(b""), "no response body");

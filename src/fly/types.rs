@@ -52,7 +52,8 @@ pub struct Machine {
     pub instance_id: Option<String>,
     #[serde(default)]
     pub config: Value,
-    #[serde(default)]
+    /// Without flaps' `bg_deployments_compat*` entries (see `without_compat_checks`).
+    #[serde(default, deserialize_with = "without_compat_checks")]
     pub checks: Vec<CheckStatus>,
     #[serde(default)]
     pub events: Vec<MachineEvent>,
@@ -62,6 +63,18 @@ pub struct Machine {
     /// Out of Fly's proxy: created with `skip_service_registration`, or cordoned.
     #[serde(default)]
     pub cordoned: bool,
+}
+
+/// flaps adds fake `bg_deployments_compat*` checks to machines it answers with, for old
+/// flyctl bluegreen deploys; they are no checks of the machine's config, and fly-go drops them
+/// from every machine it reads (`machine_types.go`, `RemoveCompatChecks`). So do we: counted,
+/// one that is not passing would hold a health wait forever.
+fn without_compat_checks<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<CheckStatus>, D::Error> {
+    let mut checks = Option::<Vec<CheckStatus>>::deserialize(deserializer)?.unwrap_or_default();
+    checks.retain(|check| !check.name.starts_with("bg_deployments_compat"));
+    Ok(checks)
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -253,6 +266,26 @@ mod tests {
 
     fn machine(value: Value) -> Machine {
         serde_json::from_value(value).unwrap()
+    }
+
+    /// flaps' compatibility checks (fly-go `machine_types.go`: names starting with
+    /// `bg_deployments_compat`) are dropped; the machine's own checks, and a null list, are not
+    /// a problem.
+    #[test]
+    fn flaps_compat_checks_are_not_the_machines_checks() {
+        let m = machine(json!({
+            "id": "m1",
+            "checks": [
+                {"name": "servicecheck-00-http-8080", "status": "passing"},
+                {"name": "bg_deployments_compat", "status": "critical"},
+                {"name": "bg_deployments_compat_http", "status": "warning"},
+                {"name": "db", "status": "passing"},
+            ],
+        }));
+        let names: Vec<&str> = m.checks.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["servicecheck-00-http-8080", "db"]);
+        assert!(machine(json!({"id": "m2", "checks": null})).checks.is_empty());
+        assert!(machine(json!({"id": "m3"})).checks.is_empty());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! catches a main process restarting in a loop.
 
 use super::error::RolloutError;
-use crate::fly::api::MachinesApi;
+use crate::fly::api::{ApiError, MachinesApi};
 use crate::fly::types::Machine;
 use crate::progress::{Event, Reporter};
 use std::time::{Duration, Instant};
@@ -15,6 +15,10 @@ const CHECK_POLL_MAX: Duration = Duration::from_secs(1);
 
 /// How often to ask again about a machine the API does not show yet.
 const JUST_CREATED_RETRY: Duration = Duration::from_millis(250);
+/// Backoff between waits that failed for a passing reason: 0.5 s doubling to 2 s, as flyctl's
+/// `WaitForState` backs off (`internal/machine/leasable_machine.go`).
+const WAIT_RETRY_FIRST: Duration = Duration::from_millis(500);
+const WAIT_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Wait until the machine reaches `state`, looping the API's capped `wait` calls.
 pub async fn wait_for_state(
@@ -49,6 +53,7 @@ async fn wait_until(
     just_created: bool,
 ) -> Result<(), RolloutError> {
     let deadline = Instant::now() + timeout;
+    let mut backoff = WAIT_RETRY_FIRST;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -70,8 +75,18 @@ async fn wait_until(
                     return Err(failed_to_start(&current));
                 }
             }
-            Err(err) if err.status() == Some(404) && just_created && state != "destroyed" => {
+            // Gone is what waiting for `destroyed` wanted.
+            Err(err) if err.status() == Some(404) && state == "destroyed" => return Ok(()),
+            Err(err) if err.status() == Some(404) && just_created => {
                 tokio::time::sleep(JUST_CREATED_RETRY.min(left)).await;
+            }
+            // flyctl's `WaitForState` waits through any other failure until its deadline; this
+            // waits through the passing ones (`fly machine wait`'s `isRetryableWaitError`:
+            // 429, 5xx, "currently replaced"; and a lost connection), once the request's own
+            // retries are spent, and stops on a refusal that asking again will not change.
+            Err(err) if wait_may_pass(&err) => {
+                tokio::time::sleep(backoff.min(left)).await;
+                backoff = (backoff * 2).min(WAIT_RETRY_MAX);
             }
             Err(source) => {
                 return Err(RolloutError::Api {
@@ -81,6 +96,20 @@ async fn wait_until(
                 });
             }
         }
+    }
+}
+
+/// A wait that failed this way may work when asked again.
+fn wait_may_pass(err: &ApiError) -> bool {
+    match err.status() {
+        Some(status) => {
+            status == 429
+                || status >= 500
+                || err
+                    .message()
+                    .is_some_and(|m| m.to_lowercase().contains("currently replaced"))
+        }
+        None => matches!(err, ApiError::Transport { .. }),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::RolloutSpec;
 use super::error::RolloutError;
-use super::health::{HealthWait, wait_for_new_machine, wait_for_state, wait_healthy};
+use super::health::{HealthWait, wait_for_new_machine, wait_healthy};
 use super::lease::Leases;
 use super::waves::{ConfigChange, update_body};
 use crate::fly::api::MachinesApi;
@@ -184,12 +184,14 @@ impl Ctx {
             return Ok("updated");
         }
         let version = updated.instance_id.as_deref();
-        self.settle(&machine.id, group, version, skip_launch, expected_checks, false)
+        self.settle(&machine.id, group, version, skip_launch, expected_checks)
             .await
     }
 
     /// Wait for an updated or created machine: stopped when it was left stopped, else started
-    /// and healthy.
+    /// and healthy. Either way the API may not show the new version everywhere yet, so a 404
+    /// is waited out, as flyctl waits after updates too (`machines_deploymachinesapp.go`,
+    /// `waitForMachine`: `WaitForState` with `WithJustCreated`).
     async fn settle(
         &self,
         id: &str,
@@ -197,16 +199,9 @@ impl Ctx {
         version: Option<&str>,
         skip_launch: bool,
         expected_checks: usize,
-        just_created: bool,
     ) -> Result<&'static str, RolloutError> {
         let timeout = self.spec.wait_timeout;
-        let wait = |state| async move {
-            if just_created {
-                wait_for_new_machine(&self.api, id, state, version, timeout).await
-            } else {
-                wait_for_state(&self.api, id, state, version, timeout).await
-            }
-        };
+        let wait = |state| wait_for_new_machine(&self.api, id, state, version, timeout);
         if skip_launch {
             // Let the update settle, so that the lease is not released mid-replacement.
             wait("stopped").await?;
@@ -303,7 +298,7 @@ impl Ctx {
             return Ok("replaced");
         }
         let version = created.instance_id.as_deref();
-        self.settle(&created.id, group, version, skip_launch, expected_checks, true)
+        self.settle(&created.id, group, version, skip_launch, expected_checks)
             .await?;
         Ok("replaced by a new machine")
     }

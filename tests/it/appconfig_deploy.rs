@@ -256,6 +256,11 @@ fn a_create_whose_lookup_fails_is_not_sent_again() {
             && err.contains(&format!("nixfly_launch_id = {launch_id}")),
         "{err}"
     );
+    // Fly's request id, which Fly support asks for, is in the message.
+    assert!(
+        err.contains("service unavailable (fly-request-id 01double"),
+        "{err}"
+    );
     assert_eq!(fly.requests_to("POST", "/v1/apps/demo/machines").len(), 1);
     assert!(fly.pending_faults().is_empty(), "{:?}", fly.pending_faults());
     assert_no_leases(&fly);

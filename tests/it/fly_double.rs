@@ -362,13 +362,14 @@ async fn leases_conflict_refresh_release_and_expire() {
 
     let (status, conflict) = api.post(&lease_path, json!({"ttl": 30})).await;
     assert_eq!(status, 409);
+    // The lease envelope: `status` and `message`, no `error`.
+    assert_eq!(conflict["status"], "error");
+    assert!(conflict.get("error").is_none(), "{conflict}");
+    let message = conflict["message"].as_str().unwrap_or_default();
     assert!(
-        conflict["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("lease currently held by deployer@example.com")
+        message.contains("lease currently held by deployer@example.com"),
+        "{message}"
     );
-    let message = conflict["error"].as_str().unwrap_or_default();
     let expiry = message.rsplit(' ').next().unwrap_or_default();
     assert!(
         expiry.len() == 20 && expiry.starts_with("20") && expiry.ends_with('Z'),

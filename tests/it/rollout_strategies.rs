@@ -2,7 +2,7 @@
 
 use crate::support;
 
-use support::fly_api::{FlyApi, MachineSpec};
+use support::fly_api::{FaultKind, FlyApi, MachineSpec};
 use support::rollout::{
     APP, assert_no_leases, assert_no_violations, image, run_rollout, stderr, updated_ids,
 };
@@ -142,6 +142,100 @@ fn bluegreen_replaces_blues_with_healthy_greens() {
     assert!(last_uncordon < position(&format!("{}/cordon", blues[0])));
     assert_eq!(fly.releases()[0].statuses, ["created", "running", "complete"]);
     assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// The passing failures flaps answers with, each where flyctl rides it out: an acquire answered
+/// 503 (fly-go retries `AcquireLease`), waits answered 429 past the request's own retries
+/// (flyctl's `WaitForState` keeps waiting), an uncordon answered 408 (transient, flyctl
+/// `internal/flapsutil/retry.go`), and a blue's destroy whose answer was lost after it took
+/// effect (sent again, it is 404: already gone, as flyctl's bluegreen strategy takes it).
+/// Without any one of those the deploy fails.
+#[test]
+fn bluegreen_rides_out_flaps_passing_failures() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let blues = fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1).services(true));
+    fly.inject_fault("POST", "/lease", 1, FaultKind::Unavailable);
+    fly.inject_fault(
+        "GET",
+        "/wait",
+        6,
+        FaultKind::TooManyRequests { retry_after_secs: 0 },
+    );
+    fly.inject_fault(
+        "POST",
+        "/uncordon",
+        1,
+        FaultKind::Status {
+            status: 408,
+            message: "upstream timeout".into(),
+        },
+    );
+    fly.inject_fault(
+        "DELETE",
+        &format!("/machines/{}", blues[0]),
+        1,
+        FaultKind::AfterCommitBroken,
+    );
+    let t = TestDir::new();
+
+    let out = run_rollout(
+        &fly,
+        &t,
+        &image(7),
+        &["--strategy", "bluegreen", "--bluegreen-cutover-wait", "0s"],
+    );
+    assert_success(&out);
+    assert!(fly.pending_faults().is_empty(), "{:?}", fly.pending_faults());
+    for blue in &blues {
+        assert_eq!(fly.machine(blue).state, "destroyed", "blue {blue}");
+    }
+    let deletes = fly.requests_to("DELETE", &format!("/machines/{}", blues[0]));
+    assert_eq!(
+        deletes.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [200, 404],
+        "the lost destroy was sent again and found the machine gone"
+    );
+    assert_eq!(
+        fly.machines(APP).iter().filter(|m| m.state == "started").count(),
+        2
+    );
+    assert_eq!(fly.releases()[0].statuses, ["created", "running", "complete"]);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// flaps' affinity cookie: every read of one machine (get, wait) carries it, so it reaches the
+/// node that made the deploy's writes and sees new machines at once; without it the double,
+/// like Fly's other nodes, answers 404 for a while.
+#[test]
+fn machine_reads_carry_flaps_affinity_cookie() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1).services(true));
+    let t = TestDir::new();
+
+    let out = run_rollout(
+        &fly,
+        &t,
+        &image(7),
+        &["--strategy", "bluegreen", "--bluegreen-cutover-wait", "0s"],
+    );
+    assert_success(&out);
+    let reads: Vec<_> = fly
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains(&format!("/v1/apps/{APP}/machines/")))
+        .collect();
+    assert!(reads.len() >= 4, "{reads:#?}");
+    let without: Vec<_> = reads.iter().filter(|r| !r.affinity).collect();
+    assert!(
+        without.is_empty(),
+        "reads without the affinity cookie: {without:#?}"
+    );
+    let not_found: Vec<_> = reads.iter().filter(|r| r.status == 404).collect();
+    assert!(not_found.is_empty(), "{not_found:#?}");
     assert_no_violations(&fly);
 }
 

@@ -58,9 +58,15 @@
 //!   the nonce releases it (404 when no lease is active).
 //! - A machine made by `POST /machines` answers 404 to get and wait for
 //!   `Timing::visible_after_create` (2 Fly seconds), as Fly's reads lag behind a create
-//!   (flyctl `internal/machine/leasable_machine.go` retries them: `WithJustCreated`). The
-//!   list can lag too (`Timing::listed_after_create`, zero unless a test sets it), as flyctl's
-//!   bluegreen launch-id lookup allows for.
+//!   (flyctl `internal/machine/leasable_machine.go` retries them: `WithJustCreated`), unless
+//!   the request carries the app's `fly_flaps_affinity` cookie. Every successful write sets
+//!   that cookie (`Path=/v1/apps/<app>`), as flaps does to send a client's later requests to
+//!   the node that made its writes (fly-go keeps it in a cookie jar, `flaps/flaps.go`). The
+//!   list can lag too, cookie or not (`Timing::listed_after_create`, zero unless a test sets
+//!   it), as flyctl's bluegreen launch-id lookup allows for. Every answer has a
+//!   `fly-request-id`.
+//! - Destroying a destroyed machine answers 404 (flyctl's bluegreen strategy takes that as
+//!   success); other writes to it 412.
 //! - `set_image_pull(image, time)`: machines created or updated onto that image start `time`
 //!   later (the pull), which the release command's waits must leave room for.
 //! - `refuse_updates(machine, message)`: its updates answer 409 with that message (the status
@@ -135,6 +141,9 @@ pub struct Options {
     pub lease_owner: String,
     /// Answer lease calls with the spec's flat `Lease` rather than flyctl's envelope.
     pub flat_lease: bool,
+    /// Set and honour the `fly_flaps_affinity` cookie (default). Off, every request may reach
+    /// a node that does not see a new machine yet, as when the node that made it went away.
+    pub affinity: bool,
     /// Print each request and violation on stderr.
     pub echo: bool,
 }
@@ -147,6 +156,7 @@ impl Default for Options {
             timing: Timing::default(),
             lease_owner: "deployer@example.com".into(),
             flat_lease: false,
+            affinity: true,
             echo: false,
         }
     }
@@ -303,6 +313,7 @@ impl FlyApi {
             started: Instant::now(),
             echo: options.echo,
             flat_lease: options.flat_lease,
+            affinity: options.affinity,
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let router = axum::Router::new()

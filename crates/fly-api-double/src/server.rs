@@ -19,6 +19,11 @@ use super::state::{
 /// The longest a single wait call blocks, in Fly time (the spec: "up to 60 seconds").
 const WAIT_CAP_SECS: u64 = 60;
 const NONCE_HEADER: &str = "fly-machine-lease-nonce";
+/// The cookie flaps sets to send an app's later requests to the node that made its writes
+/// (fly-go `flaps/flaps.go` keeps it in a cookie jar; `flaps/flaps_test.go`,
+/// `TestFlapsClientPersistsPathScopedCookiesPerApp`: `fly_flaps_affinity`, path
+/// `/v1/apps/<app>`).
+const AFFINITY_COOKIE: &str = "fly_flaps_affinity";
 
 pub struct Shared {
     pub state: Mutex<State>,
@@ -30,6 +35,7 @@ pub struct Shared {
     /// Answer lease calls with the flat `Lease` of the 2026 spec instead of the
     /// `{"status":"success","data":{...}}` envelope flyctl's client decodes.
     pub flat_lease: bool,
+    pub affinity: bool,
 }
 
 impl Shared {
@@ -46,6 +52,9 @@ struct Request {
     query: Vec<(String, String)>,
     nonce: Option<String>,
     body: Option<Value>,
+    /// It carries the affinity cookie of its app's writes: it reaches the node that made
+    /// them, which sees them at once.
+    affinity: bool,
 }
 
 impl Request {
@@ -93,6 +102,14 @@ pub async fn handle(
             .collect(),
         nonce: header(&headers, NONCE_HEADER).map(str::to_string),
         body,
+        affinity: machines_app(uri.path()).is_some_and(|app| {
+            headers
+                .get_all("cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .any(|pair| pair.trim() == format!("{AFFINITY_COOKIE}={}", affinity_node(app)))
+        }),
     };
     let index = {
         let mut st = shared.lock();
@@ -103,13 +120,29 @@ pub async fn handle(
             body: req.body.clone(),
             lease_nonce: req.nonce.clone(),
             auth_scheme: auth_scheme(&headers),
+            affinity: req.affinity,
             at: shared.started.elapsed(),
             status: 0,
         });
         st.requests.len() - 1
     };
-    let response = process(&shared, &req, &headers, problems).await;
+    let mut response = process(&shared, &req, &headers, problems).await;
     let status = response.status().as_u16();
+    // Every answer carries a request id (fly-go keeps it as `FlapsError.FlyRequestId`).
+    response.headers_mut().insert(
+        "fly-request-id",
+        HeaderValue::from_str(&format!("01double{index:018}")).expect("ascii"),
+    );
+    if shared.affinity
+        && req.method != "GET"
+        && response.status().is_success()
+        && let Some(app) = machines_app(&req.path)
+    {
+        let cookie = format!("{AFFINITY_COOKIE}={}; Path=/v1/apps/{app}", affinity_node(app));
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().insert("set-cookie", value);
+        }
+    }
     shared.lock().requests[index].status = status;
     if shared.echo {
         let q = if raw_query.is_empty() {
@@ -737,18 +770,30 @@ fn lease_refusal(machine: &Machine, req: &Request, now: Instant) -> Option<Respo
 }
 
 fn lease_conflict(machine: &Machine, lease: &Lease) -> Response {
-    error(
+    error(StatusCode::CONFLICT, &lease_conflict_message(machine, lease))
+}
+
+/// A lease call's own 409 comes in the lease envelope, with `message` and no `error` (fly-go's
+/// `MachineLease` has `Status`, `Message` and `Code`; a Fly engineer quotes
+/// `{"status":"error","message":"machine ID … lease currently held by …"}` on
+/// community.fly.io): fly-go's `handleAPIError` reads `message` before `error`.
+fn lease_call_conflict(machine: &Machine, lease: &Lease) -> Response {
+    ok_json(
         StatusCode::CONFLICT,
-        &format!(
-            "machine ID {} lease currently held by {}, expires at {}",
-            machine.id,
-            lease.owner,
-            if lease.expires.is_some() {
-                rfc3339(lease.expires_at_unix)
-            } else {
-                "never".to_string()
-            }
-        ),
+        json!({"status": "error", "message": lease_conflict_message(machine, lease)}),
+    )
+}
+
+fn lease_conflict_message(machine: &Machine, lease: &Lease) -> String {
+    format!(
+        "machine ID {} lease currently held by {}, expires at {}",
+        machine.id,
+        lease.owner,
+        if lease.expires.is_some() {
+            rfc3339(lease.expires_at_unix)
+        } else {
+            "never".to_string()
+        }
     )
 }
 
@@ -788,6 +833,12 @@ fn machine_operation(
             | "Machines_get_metadata_key"
     );
     if mutating {
+        // Destroying an already-destroyed machine answers 404, which flyctl's bluegreen
+        // strategy takes as success (`internal/command/deploy/strategy_bluegreen.go`,
+        // `DestroyBlueMachines`); other changes to it are refused.
+        if destroyed && op.id == "Machines_delete" {
+            return error(StatusCode::NOT_FOUND, &format!("machine {id} not found"));
+        }
         if destroyed {
             return error(
                 StatusCode::PRECONDITION_FAILED,
@@ -800,7 +851,7 @@ fn machine_operation(
     }
     let ok = || ok_json(StatusCode::OK, json!({"ok": true}));
     match op.id.as_str() {
-        "Machines_show" if !machine.visible(now) => not_visible_yet(id),
+        "Machines_show" if !machine.visible(now) && !req.affinity => not_visible_yet(id),
         "Machines_show" => ok_json(
             StatusCode::OK,
             machine_json(machine, now, req.flag("include_leases")),
@@ -891,7 +942,7 @@ fn machine_operation(
                     lease.expires_at_unix = unix_secs() + ttl as i64;
                     lease
                 }
-                (Some(lease), _) => return lease_conflict(machine, lease),
+                (Some(lease), _) => return lease_call_conflict(machine, lease),
                 (None, Some(_)) => {
                     return error(
                         StatusCode::CONFLICT,
@@ -1008,6 +1059,17 @@ fn host_refusal(st: &State, machine: &Machine) -> Option<Response> {
     })
 }
 
+/// The app of a Machines API path (`/v1/apps/{app}/...`).
+fn machines_app(path: &str) -> Option<&str> {
+    let app = path.strip_prefix("/v1/apps/")?.split('/').next()?;
+    (!app.is_empty()).then_some(app)
+}
+
+/// The node that serves an app's writes, as its affinity cookie names it.
+fn affinity_node(app: &str) -> String {
+    format!("double-node-{app}")
+}
+
 /// A machine created moments ago, which reads do not see yet (`Timing::visible_after_create`).
 fn not_visible_yet(id: &str) -> Response {
     error(StatusCode::NOT_FOUND, &format!("machine {id} not found"))
@@ -1047,7 +1109,7 @@ async fn wait(shared: &Shared, req: &Request, app: &str, id: &str) -> Response {
             let mut st = shared.lock();
             st.settle(now);
             let machine = match st.machines.get(id) {
-                Some(m) if m.app == app && !m.visible(now) => return not_visible_yet(id),
+                Some(m) if m.app == app && !m.visible(now) && !req.affinity => return not_visible_yet(id),
                 Some(m) if m.app == app => m,
                 _ => {
                     return error(

@@ -393,6 +393,8 @@ pub struct RecordedRequest {
     /// The scheme(s) of the Authorization header (`FlyV1`, `Bearer`, `Bearer FlyV1`, `Basic`,
     /// or `other`), never the credential; "" when the header is missing.
     pub auth_scheme: String,
+    /// It carried its app's `fly_flaps_affinity` cookie (set on the app's writes).
+    pub affinity: bool,
     /// When it arrived, from the double's start.
     pub at: Duration,
     /// The status the double answered; 0 when none was sent (a long-poll still running, or
