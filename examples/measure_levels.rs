@@ -7,6 +7,11 @@
 //! With `--floor`, prints only the seconds (median of 3) nixfly's default compression takes for
 //! the whole file on every core, both SHA-256s included: the least a cold push of it can take.
 //! `bench/push.py` prints it beside skopeo.
+//!
+//! With `--blocks`, prints one line per 1 MiB block (nixfly's gzip member): for libdeflate
+//! levels 1 to 9, the member's size, the seconds it took, and the compressed size of a sample
+//! of it (four 16 KiB slices), tab-separated.
+//! `bench/engine_mix.py` reads it.
 use nixfly::blob;
 use std::io::Write;
 use std::time::Instant;
@@ -18,7 +23,14 @@ fn main() {
     {
         return floor(&std::fs::read(path).unwrap());
     }
-    let path = args.first().expect("usage: measure_levels [--floor] FILE");
+    if let [flag, path] = &args[..]
+        && flag == "--blocks"
+    {
+        return blocks(&std::fs::read(path).unwrap());
+    }
+    let path = args
+        .first()
+        .expect("usage: measure_levels [--floor | --blocks] FILE");
     let data = std::fs::read(path).unwrap();
     let row = |name: String, seconds: f64, size: usize| {
         println!(
@@ -89,4 +101,33 @@ fn floor(data: &[u8]) {
         .collect();
     seconds.sort_by(f64::total_cmp);
     println!("{:.3}", seconds[1]);
+}
+
+fn blocks(data: &[u8]) {
+    let block = 1 << 20;
+    let mut compressors: Vec<_> = (1..=9)
+        .map(|level| libdeflater::Compressor::new(libdeflater::CompressionLvl::new(level).unwrap()))
+        .collect();
+    let mut out = vec![0; compressors[0].gzip_compress_bound(block)];
+    for chunk in data.chunks(block) {
+        let row: Vec<String> = compressors
+            .iter_mut()
+            .map(|compressor| {
+                let started = Instant::now();
+                let size = compressor.gzip_compress(chunk, &mut out).unwrap();
+                let seconds = started.elapsed().as_secs_f64();
+                // The sample a compressor could look at before choosing: four 16 KiB slices
+                // spread over the member, each compressed on its own.
+                let sampled: usize = (0..chunk.len())
+                    .step_by(block / 4)
+                    .map(|at| {
+                        let slice = &chunk[at..chunk.len().min(at + (16 << 10))];
+                        compressor.gzip_compress(slice, &mut out).unwrap()
+                    })
+                    .sum();
+                format!("{size}\t{seconds:.6}\t{sampled}")
+            })
+            .collect();
+        println!("{}", row.join("\t"));
+    }
 }

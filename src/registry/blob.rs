@@ -23,7 +23,7 @@
 //! older in an unlinked temp file, the spill), then PUTs it with its length, from byte 0 again
 //! after a failure: any size, bounded memory.
 
-use super::auth::Scope;
+use super::auth::{AuthError, Scope};
 use super::client::{RETRYABLE_STATUSES, RegistryClient, Request, UploadMode, header_str, retry_after};
 use super::digest::Digest;
 use super::error::RegistryError;
@@ -406,9 +406,23 @@ impl RegistryClient {
                 self.registry, self.registry
             ),
         };
-        let response = self.send(&req).await?;
+        // A mount needs pull access to `from` as well: a token for one app's repository (a
+        // Fly deploy token) may not read another's. Refused, the blob is uploaded instead, as
+        // a registry that cannot mount answers anyway (202 with a session).
+        let response = match self.send(&req).await {
+            Ok(response) => response,
+            Err(RegistryError::Auth(err @ AuthError::TokenRejected { .. })) => {
+                self.debug(|| format!("{}: not mounted ({err})", req.operation));
+                return Ok(false);
+            }
+            Err(err) => return Err(err),
+        };
         match response.status() {
             StatusCode::CREATED => Ok(true),
+            status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND) => {
+                self.debug(|| format!("{}: not mounted (the registry answered {status})", req.operation));
+                Ok(false)
+            }
             StatusCode::ACCEPTED => {
                 let location = self.location(&response, &req.operation)?;
                 let id = self.opened(repository, &location);

@@ -7,7 +7,7 @@ use crate::support;
 use support::TestDir;
 use support::images::{self, Fault as ImageFault, Layer};
 use support::proxy::{Fault, FaultProxy, Rule};
-use support::readback::{assert_same_image, push, push_via, pushed_reference};
+use support::readback::{assert_same_image, layer_outcomes, push, push_via, pushed_reference};
 use support::registry::{AuthMode, Registry};
 
 /// An image whose first layer compresses to well over the cut point below.
@@ -560,4 +560,86 @@ fn a_signal_mid_upload_cancels_the_sessions_and_exits_130() {
         );
         assert!(registry.skopeo_inspect_fails(&format!("{}/app:v1", registry.host())));
     }
+}
+
+/// A registry that will not mount a blob from another repository: registry.fly.io, with a
+/// deploy token for one app asked to mount from another app's repository, refuses (401); a
+/// token service may refuse the scope (403). The layers are uploaded instead, and the push of
+/// the second repository succeeds with the same image.
+#[test]
+fn a_refused_cross_repository_mount_falls_back_to_uploading() {
+    for status in [401, 403] {
+        let registry = Registry::start(AuthMode::htpasswd());
+        let refusal = Fault::status(status, &[("WWW-Authenticate", r#"Basic realm="registry""#)]);
+        let proxy = FaultProxy::start(registry.addr, vec![Rule::new("POST", "mount=", 0, refusal)]);
+        let t = TestDir::new();
+        let (source, written) = image(&t);
+        let json = ["--output", "json"];
+        let first = push_via(
+            &t,
+            &registry,
+            &proxy.host(),
+            source.to_str().unwrap(),
+            "app",
+            "v1",
+            &json,
+        );
+        support::assert_success(&first);
+        let other = push_via(
+            &t,
+            &registry,
+            &proxy.host(),
+            source.to_str().unwrap(),
+            "other",
+            "v1",
+            &json,
+        );
+        support::assert_success(&other);
+        assert_eq!(layer_outcomes(&other), ["uploaded"; 2], "{status}");
+        assert!(!proxy.fired().is_empty(), "no mount was tried ({status})");
+        assert_same_image(&registry, &proxy.direct(&pushed_json_reference(&other)), &written);
+    }
+}
+
+/// The same refusal from a token service: asked for a token that would also read the other
+/// repository, it answers 403. The mount is given up, not the push.
+#[test]
+fn a_token_service_refusing_the_mount_scope_falls_back_to_uploading() {
+    let registry = Registry::start(AuthMode::Token {
+        lifetime: std::time::Duration::from_secs(300),
+        advertised: std::time::Duration::from_secs(300),
+        one_repository: true,
+    });
+    let t = TestDir::new();
+    let (source, written) = image(&t);
+    let json = ["--output", "json"];
+    support::assert_success(&push(&t, &registry, source.to_str().unwrap(), "app", "v1", &json));
+    let other = push(&t, &registry, source.to_str().unwrap(), "other", "v1", &json);
+    support::assert_success(&other);
+    assert_eq!(layer_outcomes(&other), ["uploaded"; 2]);
+    let asked = registry
+        .token_server
+        .as_ref()
+        .unwrap()
+        .requests
+        .lock()
+        .unwrap()
+        .clone();
+    assert!(
+        asked
+            .iter()
+            .any(|scopes| scopes.contains("repository:app:pull") && scopes.contains("repository:other:")),
+        "no mount scope was asked for: {asked:?}"
+    );
+    assert_same_image(&registry, &pushed_json_reference(&other), &written);
+}
+
+/// The reference of the `pushed` event of a push with `--output json`.
+fn pushed_json_reference(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["event"] == "pushed")
+        .and_then(|e| e["reference"].as_str().map(str::to_string))
+        .expect("a pushed event")
 }

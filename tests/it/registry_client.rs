@@ -363,6 +363,7 @@ fn a_token_the_registry_expired_early_is_replaced_after_its_401() {
     let (puts, _) = push_across_token_expiry(AuthMode::Token {
         lifetime: Duration::from_secs(2),
         advertised: Duration::from_secs(300),
+        one_repository: false,
     });
     // As above plus the retry the registry refused with 401 (expired token).
     assert_eq!(puts, 4);

@@ -19,6 +19,7 @@ fn a_push_outliving_its_token_completes_and_prints_no_credential() {
     let registry = Registry::start(AuthMode::Token {
         lifetime: Duration::from_secs(2),
         advertised: Duration::from_secs(300),
+        one_repository: false,
     });
     let proxy = FaultProxy::start(
         registry.addr,

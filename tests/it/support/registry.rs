@@ -35,6 +35,10 @@ pub enum AuthMode {
     Token {
         lifetime: Duration,
         advertised: Duration,
+        /// The token service grants no token spanning two repositories, as a credential for
+        /// one app's repository (a Fly deploy token) may read no other: a cross-repository
+        /// mount is refused (403).
+        one_repository: bool,
     },
 }
 
@@ -70,6 +74,7 @@ impl AuthMode {
         AuthMode::Token {
             lifetime,
             advertised: lifetime,
+            one_repository: false,
         }
     }
 
@@ -96,9 +101,16 @@ impl Registry {
     pub fn start(auth: AuthMode) -> Registry {
         let dir = tempfile::tempdir().expect("registry temp dir");
         let token_server = match &auth {
-            AuthMode::Token { lifetime, advertised } => {
-                Some(TokenServer::start(dir.path(), *lifetime, *advertised))
-            }
+            AuthMode::Token {
+                lifetime,
+                advertised,
+                one_repository,
+            } => Some(TokenServer::start(
+                dir.path(),
+                *lifetime,
+                *advertised,
+                *one_repository,
+            )),
             _ => None,
         };
         let auth_yaml = match &auth {
@@ -336,7 +348,7 @@ pub struct TokenServer {
 }
 
 impl TokenServer {
-    fn start(dir: &Path, lifetime: Duration, advertised: Duration) -> TokenServer {
+    fn start(dir: &Path, lifetime: Duration, advertised: Duration, one_repository: bool) -> TokenServer {
         let key = dir.join("token-key.pem");
         let cert = dir.join("token-cert.pem");
         run_ok(Command::new("openssl").args([
@@ -368,6 +380,7 @@ impl TokenServer {
             x5c: STANDARD.encode(der),
             lifetime,
             advertised,
+            one_repository,
         };
         let thread = {
             let (issued, requests, tokens, stop) =
@@ -410,6 +423,7 @@ struct Signer {
     x5c: String,
     lifetime: Duration,
     advertised: Duration,
+    one_repository: bool,
 }
 
 impl Signer {
@@ -508,8 +522,16 @@ fn serve_token(
         .flat_map(|v| v.split(' ').map(str::to_string).collect::<Vec<_>>())
         .collect();
     requests.lock().unwrap().push(scopes.join(" "));
+    let mut repositories: Vec<&str> = scopes
+        .iter()
+        .filter_map(|scope| scope.strip_prefix("repository:")?.split(':').next())
+        .collect();
+    repositories.sort_unstable();
+    repositories.dedup();
     let expected = format!("Basic {}", STANDARD.encode(format!("{USER}:{PASSWORD}")));
-    let refresh_grant = field("grant_type") == Some("refresh_token")
+    let refused = signer.one_repository && repositories.len() > 1;
+    let refresh_grant = !refused
+        && field("grant_type") == Some("refresh_token")
         && field("refresh_token") == Some(IDENTITY_TOKEN)
         && field("service") == Some(SERVICE)
         && field("client_id").is_some_and(|id| !id.is_empty());
@@ -526,7 +548,12 @@ fn serve_token(
         );
         return;
     }
-    let (status, body) = if authorization.as_deref() == Some(expected.as_str()) {
+    let (status, body) = if refused {
+        (
+            "403 Forbidden",
+            r#"{"details":"this credential reaches one repository only"}"#.to_string(),
+        )
+    } else if authorization.as_deref() == Some(expected.as_str()) {
         issued.fetch_add(1, Ordering::Relaxed);
         let token = signer.token(&scopes);
         tokens.lock().unwrap().push(token.clone());
