@@ -187,12 +187,17 @@ impl FlyToken {
 
     /// The credentials for Fly's registry, the one place a Fly token becomes registry
     /// credentials: HTTP Basic, user `x`, the token as password.
+    /// With both macaroons and an OAuth token (a login session), the OAuth token is the
+    /// fallback the registry gets once if it refuses the macaroons, as the Machines API does
+    /// (`oauth_fallback_header`): the macaroons of a session go stale, and nixfly does not
+    /// fetch new discharges as flyctl does.
     pub fn registry_credentials(&self) -> Credentials {
-        Credentials::new(
-            "x",
-            &self.registry_password(),
-            CredentialSource::FlyToken(self.source.to_string()),
-        )
+        let source = || CredentialSource::FlyToken(self.source.to_string());
+        let credentials = Credentials::new("x", &self.registry_password(), source());
+        if self.macaroons.is_empty() || self.oauth.is_empty() {
+            return credentials;
+        }
+        credentials.with_fallback(Credentials::new("x", &self.oauth.join(","), source()))
     }
 
     /// The `Authorization` header value for the platform API at api.fly.io (flyctl

@@ -88,6 +88,9 @@ pub struct Credentials {
     pub username: String,
     pub password: String,
     pub source: CredentialSource,
+    /// What to send instead, once, when a registry with Basic auth refuses these (a Fly login
+    /// session's OAuth token, when its macaroons are refused).
+    pub fallback: Option<Box<Credentials>>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -106,6 +109,7 @@ impl Credentials {
             username: username.to_string(),
             password: password.to_string(),
             source,
+            fallback: None,
         };
         crate::error::register_secret(&creds.basic_value());
         creds
@@ -119,6 +123,12 @@ impl Credentials {
             return Err(AuthError::CredsSyntax);
         }
         Ok(Self::new(user, pass, CredentialSource::Flag))
+    }
+
+    /// These, then `fallback` once if the registry refuses these.
+    pub fn with_fallback(mut self, fallback: Credentials) -> Self {
+        self.fallback = Some(Box::new(fallback));
+        self
     }
 
     fn basic_value(&self) -> String {
@@ -421,6 +431,8 @@ struct State {
     /// Learnt from the registry's first 401; `None` until then.
     challenge: Option<Challenge>,
     tokens: HashMap<Scope, CachedToken>,
+    /// The credentials were refused and their fallback is in use.
+    fell_back: bool,
 }
 
 /// Authentication for one registry host: remembers the challenge and caches tokens per scope.
@@ -451,6 +463,15 @@ impl Authenticator {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The credentials in use: the given ones, or their fallback once they were refused.
+    fn credentials(&self) -> Option<&Credentials> {
+        let given = self.credentials.as_ref()?;
+        match (&given.fallback, self.state().fell_back) {
+            (Some(fallback), true) => Some(fallback),
+            _ => Some(given),
+        }
+    }
+
     /// Whether the registry's challenge is known (after a 401, or a probe).
     pub fn knows_challenge(&self) -> bool {
         self.state().challenge.is_some()
@@ -461,7 +482,10 @@ impl Authenticator {
     pub fn header(&self, scope: &Scope) -> Option<String> {
         let state = self.state();
         match state.challenge.as_ref()? {
-            Challenge::Basic => self.credentials.as_ref().map(Credentials::basic_header),
+            Challenge::Basic => {
+                drop(state);
+                self.credentials().map(Credentials::basic_header)
+            }
             Challenge::Bearer { .. } => state
                 .tokens
                 .get(scope)
@@ -473,6 +497,23 @@ impl Authenticator {
     /// Drop the token for `scope`: a request carrying it was refused.
     pub fn forget(&self, scope: &Scope) {
         self.state().tokens.remove(scope);
+    }
+
+    /// Basic credentials sent as `rejected` were refused: switch to their fallback, once.
+    /// Whether there is something new to send. (registry.fly.io takes a login session's OAuth
+    /// token as well as its macaroons: fly-go's `Tokens.Docker()` sends the one when there are
+    /// none of the other.)
+    pub fn fall_back(&self, scope: &Scope, rejected: Option<&str>) -> bool {
+        let has_fallback = self.credentials.as_ref().is_some_and(|c| c.fallback.is_some());
+        if !has_fallback || rejected.is_none() || self.header(scope).as_deref() != rejected {
+            return false;
+        }
+        let mut state = self.state();
+        if state.fell_back || !matches!(state.challenge, Some(Challenge::Basic)) {
+            return false;
+        }
+        state.fell_back = true;
+        true
     }
 
     /// Record a challenge from a 401.
@@ -524,7 +565,7 @@ impl Authenticator {
                 query.append_pair("scope", part);
             }
         }
-        let request = match &self.credentials {
+        let request = match self.credentials() {
             // An identity token is an OAuth2 refresh token: POSTed to the realm for an access
             // token (distribution's docs/spec/auth/oauth.md), never sent as a password.
             Some(creds) if creds.username == IDENTITY_TOKEN_USER => {

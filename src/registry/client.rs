@@ -307,6 +307,14 @@ impl RegistryClient {
                 reauthenticated = true;
                 continue;
             }
+            if status == StatusCode::UNAUTHORIZED
+                && same_host
+                && reauthenticated
+                && self.auth.fall_back(&req.scope, sent_auth.as_deref())
+            {
+                self.debug(|| "the registry refused the credentials; trying their fallback once".to_string());
+                continue;
+            }
             if status.is_redirection()
                 && let Some(location) = header_str(&response, header::LOCATION)
                 && redirects < MAX_REDIRECTS

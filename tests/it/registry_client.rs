@@ -672,3 +672,32 @@ fn the_fly_token_is_the_password_for_the_fly_registry() {
     );
     assert_no_secret(&err, &[wrong.to_string()]);
 }
+
+/// A token with macaroons and an OAuth token (a `fly auth login` session whose macaroons the
+/// registry refuses, e.g. their discharges went stale): the OAuth token gets one chance, as
+/// the Machines API gives it, and the push goes through. Neither secret is printed.
+#[test]
+fn a_refused_session_falls_back_to_its_oauth_token_at_the_fly_registry() {
+    let macaroons = "fm2_lJPECAAAAAAAAMZ3stalemacaroon0123456789";
+    let oauth = "fo1_nixflytestoauthtoken0123456789abcdef";
+    let registry = Registry::start(AuthMode::Htpasswd {
+        user: "x".into(),
+        password: oauth.into(),
+    });
+    let t = TestDir::new();
+    let image = Image::new(&t, "fly", 1000);
+    let mut cmd = t.nixfly();
+    cmd.env("FLY_REGISTRY_HOST", registry.host())
+        .env("FLY_API_TOKEN", format!("FlyV1 {macaroons},{oauth}"))
+        .args([
+            "-vv",
+            "registry",
+            "push-bytes",
+            "app-name",
+            image.config.to_str().unwrap(),
+        ]);
+    let out = run(&mut cmd);
+    assert_success(&out);
+    assert!(stdout(&out).starts_with(&image.config_digest));
+    assert_no_secret(&stderr(&out), &[macaroons.to_string(), oauth.to_string()]);
+}
