@@ -3,7 +3,9 @@
 #
 # Two package sets: `pkgs` is the machine that runs `nix run` (the wrapper, nixfly), and
 # `imagePkgs` builds the image for x86_64-linux, the only platform Fly Machines run, whatever
-# that machine is.
+# that machine is. A streamLayeredImage is a script of imagePkgs (its bash and python3), which
+# another machine cannot execute: there nixfly runs the image's stream script with the
+# machine's own python3 instead (`streamOnHost`).
 { lib, pinnedNixfly }:
 args:
 let
@@ -205,6 +207,21 @@ let
   ];
   conflicting = builtins.filter (name: args ? ${name}) imageOnly;
 
+  # What nixfly is given. A stream script of another platform (a streamLayeredImage result
+  # is `makeWrapper <its stream_layered_image.py> $out --add-flags <conf>` of imagePkgs,
+  # nixpkgs pkgs/build-support/docker/default.nix) is run instead as this machine's python3 on
+  # the same Python script (standard library only) and conf: the same bytes come out.
+  source = if isForeignStream image then streamOnHost image else image;
+  isForeignStream = d: isDerivation d && d.isExe or false && platformOf d != hostSystem;
+  streamOnHost =
+    stream:
+    if stream ? streamScript && stream ? conf then
+      pkgs.writeShellScript "${app}-stream-on-${hostSystem}" ''
+        exec ${lib.shellEscape "${pkgs.python3}/bin/python3"} ${lib.shellEscape stream.streamScript} ${lib.shellEscape stream.conf} "$@"
+      ''
+    else
+      throw "mkFlyDeploy: the image's stream script (${stream.name}) is built for ${platformOf stream} and cannot run on ${hostSystem}, and it has no passthru.streamScript and passthru.conf to run with this machine's python3 (nixpkgs' streamLayeredImage has them since nixpkgs PR #308822, 24.11): update the nixpkgs of `imagePkgs`, or give a tarball image (dockerTools.buildLayeredImage)";
+
   # With layering = "plan", what is pushed is the plan of this same image (same layers).
   image =
     if wrongPlatform != [ ] then
@@ -277,7 +294,7 @@ pkgs.writeShellApplication {
           [
             "${nixfly}/bin/nixfly"
             "deploy"
-            image
+            source
             "--settings"
             settingsFile
           ]
@@ -289,6 +306,7 @@ pkgs.writeShellApplication {
   passthru = {
     inherit
       image
+      source
       imagePkgs
       settings
       settingsFile

@@ -5,6 +5,7 @@
 {
   lib,
   system,
+  machine,
   final,
 }:
 let
@@ -32,6 +33,36 @@ let
   # is killed mid-exit. A trailing builtin keeps bash alive until the last tool has exited.
   keepBuilderAlive = "exit 0";
 
+  # Where derivations are built: `system`, or this machine when the test names a `machine`
+  # (see ./default.nix).
+  buildSystem = if machine == null then system else builtins.currentSystem;
+  foreign = machine != null && machine != system;
+
+  # The interpreters in the shebangs of the scripts this package set writes: `<drv>/bin/<name>`.
+  # Real nixpkgs points them at its own bash and python3, built for `system`: on a machine of
+  # another system the kernel cannot execute them. A foreign set's interpreters refuse the
+  # same way; the others run the host's.
+  interpreter =
+    name:
+    "${
+      runCommand "standin-${name}-for-${system}" { inherit hostPath; exe = name; } (
+        if foreign then
+          ''
+            mkdir -p "$out/bin"
+            printf '#!/bin/bash\necho "$1: cannot execute binary file: Exec format error (its interpreter is %s for %s; this machine is %s)" >&2\nexit 126\n' \
+              "$exe" ${system} ${machine} > "$out/bin/$exe"
+            chmod +x "$out/bin/$exe"
+          ''
+        else
+          ''
+            mkdir -p "$out/bin"
+            printf '#!/bin/bash\nexport PATH=%q\nexec %q "$@"\n' "$hostPath" "$exe" > "$out/bin/$exe"
+            chmod +x "$out/bin/$exe"
+          ''
+      )
+    }/bin/${name}";
+  runtimeShell = if foreign then interpreter "bash" else "/bin/bash";
+
   binPath = inputs: builtins.concatStringsSep ":" (map (p: "${p}/bin") inputs);
 
   # stdenv.mkDerivation's part the tests need: host tools on PATH, setup hooks of the inputs
@@ -55,7 +86,7 @@ let
       drv = derivation (
         env
         // {
-          inherit system;
+          system = buildSystem;
           builder = "/bin/bash";
           args = [
             "-c"
@@ -74,7 +105,8 @@ let
         }
       );
     in
-    drv // passthru // { inherit meta passthru; };
+    # As with mkDerivation, the result carries the stdenv it was built with.
+    drv // passthru // { inherit meta passthru stdenv; };
 
   runCommand =
     name: env: script:
@@ -88,13 +120,21 @@ let
     inherit system;
     canExecute = other: other.system == system;
   };
+  stdenv = {
+    hostPlatform = platform;
+    buildPlatform = platform;
+  };
 
   rust = import ./rust.nix { inherit lib mkDerivation onlyArgs; };
+  python3Interpreter = interpreter "python3";
   docker = import ./docker {
+    inherit python3Interpreter;
     inherit
       lib
       system
+      buildSystem
       hostPath
+      runtimeShell
       runCommand
       writeText
       onlyArgs
@@ -134,12 +174,7 @@ hostTools
     in
     f (builtins.intersectAttrs wanted final // overrides);
 
-  stdenv = {
-    hostPlatform = platform;
-    buildPlatform = platform;
-  };
-
-  runtimeShell = "/bin/bash";
+  inherit stdenv runtimeShell;
 
   inherit (rust) rustPlatform;
   inherit (docker) dockerTools;
@@ -162,7 +197,7 @@ hostTools
           mainProgram = a.name;
         };
         text = ''
-          #!/bin/bash
+          #!${runtimeShell}
           set -o errexit
           set -o nounset
           set -o pipefail
@@ -179,7 +214,7 @@ hostTools
 
   writeShellScript =
     name: text:
-    runCommand name { text = "#!/bin/bash\n" + text; } ''
+    runCommand name { text = "#!${runtimeShell}\n" + text; } ''
       printf '%s' "$text" > "$out"
       chmod +x "$out"
       bash -n "$out"

@@ -1,13 +1,17 @@
 # dockerTools.streamLayeredImage as nixpkgs' pkgs/build-support/docker/default.nix defines it,
 # for the arguments nixfly uses: the result is a script that writes the docker-archive to
-# stdout, with `passthru.conf` (the JSON the script reads), `imageName`, `imageTag`, `isExe`.
+# stdout, with `passthru.conf` (the JSON the script reads), `passthru.streamScript` (the Python
+# script the wrapper runs on it), `imageName`, `imageTag`, `isExe`.
 # The layers come from ./auto_layer.py (auto-layer.py, nixpkgs' default layering), the conf from
 # ./conf.py (keys and formatting), the archive from ./stream.py (stream_layered_image.py's
 # bytes); each says which nixpkgs file its rules follow.
 {
   lib,
   system,
+  buildSystem,
   hostPath,
+  runtimeShell,
+  python3Interpreter,
   runCommand,
   writeText,
   onlyArgs,
@@ -76,7 +80,7 @@ let
       # python3's setup hook in nixpkgs exports PYTHONHASHSEED=0, which the layer order needs.
       layers = derivation {
         name = "layers.json";
-        inherit system;
+        system = buildSystem;
         builder = "/bin/bash";
         __structuredAttrs = true;
         exportReferencesGraph.graph = [
@@ -136,20 +140,27 @@ let
           tag
         else
           builtins.head (builtins.split "-" (baseNameOf (builtins.unsafeDiscardStringContext conf.outPath)));
+
+      # default.nix: `writePython3 "stream" { } ./stream_layered_image.py`, an executable file
+      # whose shebang is this package set's python3.
+      streamScript = runCommand "stream" { } ''
+        { printf '#!%s\n' ${python3Interpreter}; cat ${./stream.py}; } > "$out"
+        chmod +x "$out"
+      '';
     in
-    # default.nix: `makeWrapper ${streamScript} $out --add-flags ${conf}`.
+    # default.nix: `makeWrapper $streamScript $out --add-flags $conf`, a script of this package
+    # set's shell.
     runCommand "stream-${baseName}"
       {
-        inherit conf hostPath;
+        inherit conf streamScript;
         imageName = conf.imageName;
         passthru = (a.passthru or { }) // {
-          inherit conf imageTag;
+          inherit conf imageTag streamScript;
           isExe = true;
         };
       }
       ''
-        printf '#!/bin/bash\nexport PATH=%q\nexec python3 %q %q "$@"\n' \
-          "$hostPath" ${./stream.py} "$conf" > "$out"
+        printf '#!%s\nexec %q %q "$@"\n' ${runtimeShell} "$streamScript" "$conf" > "$out"
         chmod +x "$out"
       '';
 in
