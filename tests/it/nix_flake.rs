@@ -323,3 +323,47 @@ fn a_foreign_stream_image_without_its_script_names_the_nixpkgs_it_needs() {
         "{stderr}"
     );
 }
+
+/// nixpkgs' writeShellApplication fails the build on any shellcheck finding, and a
+/// single-quoted `$`, backquote or trailing backslash is one. extraFlags holding them still
+/// build (through the stand-in, which runs shellcheck as nixpkgs does) and reach nixfly as
+/// written.
+#[test]
+fn extra_flags_with_shell_characters_pass_shellcheck_and_reach_nixfly_as_written() {
+    let Some(nix) = Nix::get() else { return };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let flags = ["--label=$HOME", "--label=`id`", "--label=a\\", "--label=it's"];
+    let nix_list: Vec<String> = flags
+        .iter()
+        .map(|f| serde_json::to_string(f).unwrap().replace('$', "\\$"))
+        .collect();
+    let expr = format!(
+        r#"let
+             pkgs = import {root}/nix/tests/nixpkgs-standin {{ }};
+             lib = import {root}/nix/lib {{ }};
+             server = pkgs.writeShellApplication {{ name = "web"; text = "echo hi"; }};
+             # Stands for nixfly: prints its arguments.
+             nixfly = pkgs.runCommand "print-args" {{ }} ''
+               mkdir -p $out/bin
+               printf '#!/bin/bash\nprintf "%%s\\n" "$@"\n' > $out/bin/nixfly
+               chmod +x $out/bin/nixfly
+             '';
+           in lib.mkFlyDeploy {{
+             inherit pkgs nixfly; app = "demo"; package = server;
+             extraFlags = [ {} ];
+           }}"#,
+        nix_list.join(" ")
+    );
+    let t = TestDir::new();
+    let out = run(nix
+        .command(&["build"])
+        .args(["--print-build-logs", "--expr", &expr, "--out-link"])
+        .arg(t.join("deploy")));
+    assert_success(&out);
+    let out = run(&mut std::process::Command::new(t.join("deploy/bin/deploy-demo")));
+    assert_success(&out);
+    let args = String::from_utf8_lossy(&out.stdout);
+    let args: Vec<&str> = args.lines().collect();
+    assert_eq!(args[0], "deploy");
+    assert_eq!(&args[4..], flags, "{args:?}");
+}

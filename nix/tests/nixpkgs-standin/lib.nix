@@ -22,6 +22,7 @@ in
     in
     if builtins.substring 0 n s == prefix then builtins.substring n (-1) s else s;
   toLower = builtins.replaceStrings upperChars lowerChars;
+  escapeShellArg = arg: "'" + builtins.replaceStrings [ "'" ] [ "'\\''" ] (toString arg) + "'";
   getExe = drv: "${drv}/bin/${drv.meta.mainProgram}";
   licenses = {
     mit.spdxId = "MIT";

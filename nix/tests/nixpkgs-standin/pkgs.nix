@@ -184,11 +184,30 @@ hostTools
     cp ${./install-shell-files.sh} "$out/nix-support/setup-hook"
   '';
 
+  # trivial-builders/default.nix: the script is `#!runtimeShell`, `set -o` of each bash option,
+  # PATH from runtimeInputs, the text; its checkPhase runs `bash -n -O extglob`
+  # (stdenv.shellDryRun) and then shellcheck, whose every finding (even an `info` one such as
+  # SC2016) fails the build.
   writeShellApplication =
     args:
     let
-      a = onlyArgs "writeShellApplication" [ "name" "text" "runtimeInputs" "meta" "passthru" ] args;
+      a = onlyArgs "writeShellApplication" [
+        "name"
+        "text"
+        "runtimeInputs"
+        "meta"
+        "passthru"
+        "excludeShellChecks"
+        "extraShellCheckFlags"
+      ] args;
       runtimeInputs = a.runtimeInputs or [ ];
+      excludeShellChecks = a.excludeShellChecks or [ ];
+      shellcheckFlags =
+        lib.optionals (excludeShellChecks != [ ]) [
+          "--exclude"
+          (builtins.concatStringsSep "," excludeShellChecks)
+        ]
+        ++ a.extraShellCheckFlags or [ ];
     in
     runCommand a.name
       {
@@ -206,10 +225,16 @@ hostTools
         '';
       }
       ''
+        target="$out/bin/$name"
         mkdir -p "$out/bin"
-        printf '%s' "$text" > "$out/bin/$name"
-        chmod +x "$out/bin/$name"
-        bash -n "$out/bin/$name"
+        printf '%s' "$text" > "$target"
+        chmod +x "$target"
+        bash -n -O extglob "$target"
+        if ! command -v shellcheck > /dev/null; then
+          echo "nixpkgs stand-in: writeShellApplication runs shellcheck on its script as nixpkgs does, and shellcheck is not installed (apt-get install shellcheck)" >&2
+          exit 1
+        fi
+        shellcheck ${toString (map lib.escapeShellArg shellcheckFlags)} "$target"
       '';
 
   writeShellScript =
