@@ -59,15 +59,34 @@ let
         }
       );
 
-      # default.nix: a symlinkJoin of the contents (real directories, links to the files),
-      # packed with `tar --sort name --numeric-owner --mtime @$SOURCE_DATE_EPOCH
-      # --hard-dereference` under fakeroot (here: as root, owner 0), and its sha256sum.
+      # default.nix: a symlinkJoin of the contents (trivial-builders/default.nix: `lndir -silent`
+      # of each one into $out, in order), packed with `tar --sort name --numeric-owner --mtime
+      # @$SOURCE_DATE_EPOCH --hard-dereference` under fakeroot (here: as root, owner 0), and
+      # its sha256sum. As lndir does: a directory, or a link to one, becomes a real directory
+      # shared by all contents; a name already linked keeps its first link (first wins); a
+      # symlink is copied as it is (same target text), a file is linked to. lndir's skipping
+      # of special names (backup files, revision-control directories) is not reproduced.
       customisationLayer = runCommand "${baseName}-customisation-layer" { inherit contents; } ''
+        shopt -s nullglob dotglob
+        lndir() {
+          local from=$1 to=$2 entry name
+          for entry in "$from"/*; do
+            name=''${entry##*/}
+            if [ -d "$entry" ]; then
+              if [ -L "$to/$name" ]; then continue; fi
+              mkdir -p "$to/$name"
+              lndir "$entry" "$to/$name"
+            elif [ -e "$to/$name" ] || [ -L "$to/$name" ]; then
+              continue
+            elif [ -L "$entry" ]; then
+              ln -s "$(readlink "$entry")" "$to/$name"
+            else
+              ln -s "$entry" "$to/$name"
+            fi
+          done
+        }
         mkdir root
-        for c in $contents; do
-          (cd "$c" && find . -mindepth 1 -type d) | while read -r d; do mkdir -p "root/$d"; done
-          (cd "$c" && find . ! -type d) | while read -r f; do ln -sfn "$c/''${f#./}" "root/$f"; done
-        done
+        for c in $contents; do lndir "$c" root; done
         mkdir "$out"
         (cd root && tar --format=gnu --sort=name --numeric-owner --owner=0 --group=0 \
           --mtime=@315532800 --hard-dereference -cf "$out/layer.tar" .)
