@@ -41,25 +41,26 @@ let
   # The interpreters in the shebangs of the scripts this package set writes: `<drv>/bin/<name>`.
   # Real nixpkgs points them at its own bash and python3, built for `system`: on a machine of
   # another system the kernel cannot execute them. A foreign set's interpreters refuse the
-  # same way; the others run the host's.
+  # same way, except inside a Nix build (NIX_BUILD_TOP set), which a builder of `system` runs;
+  # otherwise they run the host's.
   interpreter =
     name:
     "${
-      runCommand "standin-${name}-for-${system}" { inherit hostPath; exe = name; } (
-        if foreign then
-          ''
-            mkdir -p "$out/bin"
-            printf '#!/bin/bash\necho "$1: cannot execute binary file: Exec format error (its interpreter is %s for %s; this machine is %s)" >&2\nexit 126\n' \
-              "$exe" ${system} ${machine} > "$out/bin/$exe"
-            chmod +x "$out/bin/$exe"
-          ''
-        else
-          ''
-            mkdir -p "$out/bin"
-            printf '#!/bin/bash\nexport PATH=%q\nexec %q "$@"\n' "$hostPath" "$exe" > "$out/bin/$exe"
-            chmod +x "$out/bin/$exe"
-          ''
-      )
+      runCommand "standin-${name}-for-${system}" {
+        inherit hostPath;
+        exe = name;
+        refusal = lib.optionalString foreign "cannot execute binary file: Exec format error (its interpreter is ${name} for ${system}; this machine is ${machine})";
+      } ''
+        mkdir -p "$out/bin"
+        {
+          echo '#!/bin/bash'
+          if [ -n "$refusal" ]; then
+            printf 'if [ -z "''${NIX_BUILD_TOP-}" ]; then\n  echo "$1: %s" >&2\n  exit 126\nfi\n' "$refusal"
+          fi
+          printf 'export PATH=%q\nexec %q "$@"\n' "$hostPath" "$exe"
+        } > "$out/bin/$exe"
+        chmod +x "$out/bin/$exe"
+      ''
     }/bin/${name}";
   runtimeShell = if foreign then interpreter "bash" else "/bin/bash";
 

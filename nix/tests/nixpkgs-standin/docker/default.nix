@@ -182,7 +182,27 @@ let
         printf '#!%s\nexec %q %q "$@"\n' ${runtimeShell} "$streamScript" "$conf" > "$out"
         chmod +x "$out"
       '';
+
+  # default.nix: the stream piped through a compressor ("gz", the default, is `pigz -nTR`; here
+  # gzip -n, whose bytes differ but inflate to the same archive), `imageName`, and
+  # `passthru.imageTag` and `passthru.stream`.
+  buildLayeredImage =
+    args:
+    let
+      stream = streamLayeredImage (removeAttrs args [ "compressor" ]);
+      compressor = args.compressor or "gz";
+    in
+    if compressor != "gz" then
+      throw "nixpkgs stand-in: dockerTools.buildLayeredImage does not implement compressor = ${compressor}"
+    else
+      runCommand "${baseNameOf args.name}.tar.gz" {
+        inherit (stream) imageName;
+        passthru = {
+          inherit (stream) imageTag;
+          inherit stream;
+        };
+      } "${stream} | gzip -n > $out";
 in
 {
-  dockerTools = { inherit streamLayeredImage; };
+  dockerTools = { inherit streamLayeredImage buildLayeredImage; };
 }
