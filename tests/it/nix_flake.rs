@@ -367,3 +367,26 @@ fn extra_flags_with_shell_characters_pass_shellcheck_and_reach_nixfly_as_written
     assert_eq!(args[0], "deploy");
     assert_eq!(&args[4..], flags, "{args:?}");
 }
+
+/// nixfly's unit tests run in its Nix build and some use loopback sockets, which darwin's
+/// sandbox refuses unless the derivation asks for local networking (nixpkgs passes
+/// `__darwinAllowLocalNetworking` to the derivation on darwin only).
+#[test]
+fn nixfly_asks_darwin_sandboxes_for_local_networking() {
+    let Some(nix) = Nix::get() else { return };
+    for (host, allowed) in [
+        ("aarch64-darwin", true),
+        ("x86_64-darwin", true),
+        ("aarch64-linux", false),
+    ] {
+        let out = eval_on_host(
+            nix,
+            host,
+            "{ inherit imagePkgs; }",
+            "deploy.nixfly.__darwinAllowLocalNetworking or false",
+        );
+        assert_success(&out);
+        let value: bool = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(value, allowed, "on {host}");
+    }
+}

@@ -92,3 +92,29 @@ fn contents_are_joined_as_symlink_join_does() {
     assert!(link("share/doc/x").ends_with("-first/share/doc/x"), "{listing}");
     assert!(link("share/doc/y").ends_with("-second/share/doc/y"), "{listing}");
 }
+
+/// nixpkgs' `distribution` installs the registry as `bin/registry` (its mainProgram), not as
+/// Debian's `docker-registry`.
+#[test]
+fn distribution_installs_the_registry_as_registry() {
+    let Some(nix) = crate::support::nix::Nix::get() else {
+        return;
+    };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let t = TestDir::new();
+    let out = crate::support::run(
+        nix.command(&["build"])
+            .args([
+                "--expr",
+                &format!("(import {root}/nix/tests/nixpkgs-standin {{ }}).distribution"),
+                "--out-link",
+            ])
+            .arg(t.join("distribution")),
+    );
+    crate::support::assert_success(&out);
+    let bin: Vec<String> = std::fs::read_dir(t.join("distribution/bin"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(bin, ["registry"]);
+}

@@ -67,7 +67,9 @@ let
   binPath = inputs: builtins.concatStringsSep ":" (map (p: "${p}/bin") inputs);
 
   # stdenv.mkDerivation's part the tests need: host tools on PATH, setup hooks of the inputs
-  # sourced, bash strict mode, passthru and meta on the result.
+  # sourced, bash strict mode, passthru and meta on the result. As
+  # pkgs/stdenv/generic/make-derivation.nix does, `__darwinAllowLocalNetworking` reaches the
+  # derivation only when it is built on darwin (where Nix's sandbox reads it).
   mkDerivation =
     {
       name,
@@ -75,15 +77,19 @@ let
       nativeBuildInputs ? [ ],
       passthru ? { },
       meta ? { },
+      __darwinAllowLocalNetworking ? false,
       ...
     }@args:
     let
-      env = removeAttrs args [
-        "script"
-        "nativeBuildInputs"
-        "passthru"
-        "meta"
-      ];
+      env =
+        removeAttrs args [
+          "script"
+          "nativeBuildInputs"
+          "passthru"
+          "meta"
+          "__darwinAllowLocalNetworking"
+        ]
+        // lib.optionalAttrs (lib.hasSuffix "-darwin" system) { inherit __darwinAllowLocalNetworking; };
       drv = derivation (
         env
         // {
@@ -141,26 +147,38 @@ let
       onlyArgs
       ;
   };
-  # The developer tools the dev shell lists, taken from the host (`name` = nixpkgs attribute,
-  # value = the executable it provides).
-  hostTools = builtins.mapAttrs (
-    attr: exe:
-    runCommand "host-${attr}" { inherit exe; } ''
-      mkdir -p "$out/bin"
-      ln -s "$(command -v "$exe")" "$out/bin/$exe"
-    ''
-  ) {
-    cargo = "cargo";
-    rustc = "rustc";
-    clippy = "cargo-clippy";
-    rustfmt = "rustfmt";
-    skopeo = "skopeo";
-    distribution = "docker-registry";
-    apacheHttpd = "htpasswd";
-    nix = "nix";
-    python3 = "python3";
-    nixfmt = "nixfmt";
-  };
+  # The developer tools the dev shell lists, taken from the host (`name` = nixpkgs attribute;
+  # `bin` = the executable nixpkgs installs, `host` = the host's name for it when it differs).
+  hostTools =
+    builtins.mapAttrs
+      (
+        attr:
+        {
+          bin,
+          host ? bin,
+        }:
+        runCommand "host-${attr}" { inherit bin host; } ''
+          mkdir -p "$out/bin"
+          ln -s "$(command -v "$host")" "$out/bin/$bin"
+        ''
+      )
+      {
+        cargo.bin = "cargo";
+        rustc.bin = "rustc";
+        clippy.bin = "cargo-clippy";
+        rustfmt.bin = "rustfmt";
+        skopeo.bin = "skopeo";
+        # pkgs/by-name/di/distribution/package.nix builds cmd/registry (mainProgram "registry");
+        # Debian calls it docker-registry.
+        distribution = {
+          bin = "registry";
+          host = "docker-registry";
+        };
+        apacheHttpd.bin = "htpasswd";
+        nix.bin = "nix";
+        python3.bin = "python3";
+        nixfmt.bin = "nixfmt";
+      };
 
 in
 hostTools
