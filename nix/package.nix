@@ -46,12 +46,15 @@ rustPlatform.buildRustPackage {
 
   nativeBuildInputs = [ installShellFiles ];
 
-  # The unit tests (`--lib`) need no network (no socket at all); Python is their tar and JSON
-  # oracle. The integration tests (tests/it) need a registry, skopeo and Nix itself, so CI
-  # runs them with `cargo test` instead.
+  # The unit tests (`--lib`) need no network, but some use loopback sockets (the Fly API
+  # client's retry tests bind and connect on 127.0.0.1), which darwin's sandbox allows only
+  # with __darwinAllowLocalNetworking; Python is their tar and JSON oracle. The integration
+  # tests (tests/it) need a registry, skopeo and Nix itself, so CI runs them with `cargo test`
+  # instead.
   doCheck = true;
   cargoTestFlags = [ "--lib" ];
   nativeCheckInputs = [ python3 ];
+  __darwinAllowLocalNetworking = true;
 
   postInstall = lib.optionalString (stdenv.buildPlatform.canExecute stdenv.hostPlatform) ''
     installShellCompletion --cmd nixfly \

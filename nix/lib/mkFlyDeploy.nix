@@ -3,7 +3,9 @@
 #
 # Two package sets: `pkgs` is the machine that runs `nix run` (the wrapper, nixfly), and
 # `imagePkgs` builds the image for x86_64-linux, the only platform Fly Machines run, whatever
-# that machine is.
+# that machine is. A streamLayeredImage is a script of imagePkgs (its bash and python3), which
+# another machine cannot execute: there nixfly runs the image's stream script with the
+# machine's own python3 instead (`streamOnHost`).
 { lib, pinnedNixfly }:
 args:
 let
@@ -205,6 +207,21 @@ let
   ];
   conflicting = builtins.filter (name: args ? ${name}) imageOnly;
 
+  # What nixfly is given. A stream script of another platform (a streamLayeredImage result
+  # is `makeWrapper <its stream_layered_image.py> $out --add-flags <conf>` of imagePkgs,
+  # nixpkgs pkgs/build-support/docker/default.nix) is run instead as this machine's python3 on
+  # the same Python script (standard library only) and conf: the same bytes come out.
+  source = if isForeignStream image then streamOnHost image else image;
+  isForeignStream = d: isDerivation d && d.isExe or false && platformOf d != hostSystem;
+  streamOnHost =
+    stream:
+    if stream ? streamScript && stream ? conf then
+      pkgs.writeShellScript "${app}-stream-on-${hostSystem}" ''
+        exec ${lib.shellEscape "${pkgs.python3}/bin/python3"} ${lib.shellEscape stream.streamScript} ${lib.shellEscape stream.conf} "$@"
+      ''
+    else
+      throw "mkFlyDeploy: the image's stream script (${stream.name}) is built for ${platformOf stream} and cannot run on ${hostSystem}, and it has no passthru.streamScript and passthru.conf to run with this machine's python3 (nixpkgs' streamLayeredImage has them since nixpkgs PR #308822, 24.11): update the nixpkgs of `imagePkgs`, or give a tarball image (dockerTools.buildLayeredImage)";
+
   # With layering = "plan", what is pushed is the plan of this same image (same layers).
   image =
     if wrongPlatform != [ ] then
@@ -267,28 +284,40 @@ let
   removeNulls =
     attrs: removeAttrs attrs (builtins.filter (n: attrs.${n} == null || attrs.${n} == { }) (builtins.attrNames attrs));
   settingsFile = pkgs.writeText "${app}-nixfly-settings.json" (builtins.toJSON settings);
+
+  command = [
+    "${nixfly}/bin/nixfly"
+    "deploy"
+    source
+    "--settings"
+    settingsFile
+  ]
+  ++ a.extraFlags;
+  # writeShellApplication runs shellcheck on the script (nixpkgs' checkPhase), and any finding
+  # fails the build. Every word is single-quoted to pass as written, which shellcheck reports
+  # when a word holds `$` or a backquote (SC2016) or a backslash before a closing quote
+  # (SC1003): here that is what is meant. A directive works with every nixpkgs, unlike
+  # `excludeShellChecks`.
+  holds = char: builtins.any (word: builtins.replaceStrings [ char ] [ "" ] (toString word) != toString word) command;
+  meantAsWritten =
+    (if holds "$" || holds "`" then [ "SC2016" ] else [ ]) ++ (if holds "\\" then [ "SC1003" ] else [ ]);
 in
 pkgs.writeShellApplication {
   name = "deploy-${app}";
-  text = ''
-    exec ${
-      builtins.concatStringsSep " " (
-        map lib.shellEscape (
-          [
-            "${nixfly}/bin/nixfly"
-            "deploy"
-            image
-            "--settings"
-            settingsFile
-          ]
-          ++ a.extraFlags
-        )
-      )
-    } "$@"
-  '';
+  text =
+    (
+      if meantAsWritten != [ ] then
+        "# shellcheck disable=${builtins.concatStringsSep "," meantAsWritten}\n"
+      else
+        ""
+    )
+    + ''
+      exec ${builtins.concatStringsSep " " (map lib.shellEscape command)} "$@"
+    '';
   passthru = {
     inherit
       image
+      source
       imagePkgs
       settings
       settingsFile

@@ -1,5 +1,6 @@
 # mkLayerPlan { pkgs, image, nixfly, compression ? null, level ? null }: the layer plan of a
-# dockerTools.streamLayeredImage image (schema: docs/layer-plan.md). Nix builds no image
+# dockerTools.streamLayeredImage image, or of the buildLayeredImage tarball of one (schema:
+# docs/layer-plan.md). Nix builds no image
 # tarball: one small derivation per layer records the layer's diff_id and the digest and size
 # of its compressed blob, and `nixfly push` of the plan reads nothing for the layers the
 # registry already has.
@@ -20,9 +21,12 @@
   level ? null,
 }:
 let
+  # nixpkgs pkgs/build-support/docker/default.nix: streamLayeredImage has `passthru.conf` (since
+  # PR #308822); buildLayeredImage compresses such a stream and keeps it as `passthru.stream`
+  # (since PR #298239), whose conf describes the same layers.
   confFile =
-    image.passthru.conf or image.conf or (throw
-      "mkLayerPlan: the image has no passthru.conf. A layer plan needs a dockerTools.streamLayeredImage image from nixpkgs 24.11 or newer (streamLayeredImage exposes its conf since nixpkgs PR #308822): update nixpkgs, or use layering = \"stream\""
+    image.passthru.conf or image.conf or image.passthru.stream.conf or image.stream.conf or (throw
+      "mkLayerPlan: the image has no passthru.conf (nor passthru.stream.conf). A layer plan needs a dockerTools.streamLayeredImage image, or the buildLayeredImage of one, from nixpkgs 24.11 or newer (streamLayeredImage exposes its conf since nixpkgs PR #308822, buildLayeredImage its stream since PR #298239): update nixpkgs, or use layering = \"stream\""
     );
   confText = builtins.readFile confFile;
   conf = builtins.fromJSON (builtins.unsafeDiscardStringContext confText);

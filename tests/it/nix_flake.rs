@@ -2,8 +2,10 @@
 
 use crate::support;
 
+use support::fly_api::{FlyApi, MachineSpec};
 use support::nix::Nix;
-use support::{assert_success, run};
+use support::registry::{AuthMode, Registry};
+use support::{TestDir, assert_success, run};
 
 #[test]
 fn flake_check_passes() {
@@ -220,4 +222,171 @@ fn a_stream_image_without_conf_names_the_nixpkgs_a_plan_needs() {
         stderr.contains("from nixpkgs 24.11 or newer") && stderr.contains("layering = \"stream\""),
         "{stderr}"
     );
+}
+
+/// `nix build` of `deploy<select>`, deploy being mkFlyDeploy called as on a Mac
+/// (aarch64-darwin): the stand-in plays that machine (`machine`, nix/tests/nixpkgs-standin), so
+/// the x86_64-linux image package set's scripts refuse to run as they would there. Returns the
+/// out-link `t/<link>`.
+fn build_on_a_mac(nix: &Nix, t: &TestDir, select: &str, link: &str) -> std::path::PathBuf {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let expr = format!(
+        r#"let
+             standin = import {root}/nix/tests/nixpkgs-standin;
+             machine = "aarch64-darwin";
+             pkgs = standin {{ system = machine; inherit machine; }};
+             imagePkgs = standin {{ system = "x86_64-linux"; inherit machine; }};
+             nixfly = import {root}/nix/lib {{ }};
+             server = imagePkgs.writeShellApplication {{ name = "web"; text = "echo hi"; }};
+             deploy = nixfly.mkFlyDeploy {{
+               inherit pkgs imagePkgs; app = "demo"; package = server;
+               flyToml = {root}/nix/tests/fly-example.toml;
+             }};
+           in deploy{select}"#
+    );
+    let link = t.join(link);
+    let out = run(nix
+        .command(&["build"])
+        .args(["--expr", &expr, "--out-link"])
+        .arg(&link));
+    assert_success(&out);
+    link
+}
+
+/// A deploy from a Mac or an aarch64-linux machine: the image's streamLayeredImage script is
+/// x86_64-linux (its bash and python3), which that machine cannot execute. The deploy script
+/// runs the image's stream script with the machine's own python3 instead, and pushes and rolls
+/// out the image Nix built.
+#[test]
+fn a_deploy_from_another_system_streams_the_image_with_that_systems_python() {
+    let Some(nix) = Nix::get() else { return };
+    let t = TestDir::new();
+
+    // What nixpkgs' stream script does on such a machine.
+    let raw = build_on_a_mac(nix, &t, ".image", "image");
+    let out = run(&mut std::process::Command::new(&raw));
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Exec format error"),
+        "{out:?}"
+    );
+
+    let deploy = build_on_a_mac(nix, &t, "", "deploy");
+    let registry = Registry::start(AuthMode::htpasswd());
+    let fly = FlyApi::start();
+    fly.add_app("demo");
+    let machines = fly.add_machines("demo", &MachineSpec::new("app").count(1).checks(1));
+    let mut cmd = std::process::Command::new(deploy.join("bin/deploy-demo"));
+    cmd.args(["--to", &format!("{}/demo", registry.host()), "--output", "plain"])
+        .env("NIXFLY_REGISTRY_CREDS", registry.creds())
+        .env("HOME", t.join("home"))
+        .env("XDG_CACHE_HOME", t.join("cache"));
+    let out = run(fly.configure(&mut cmd));
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let reference = stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(&registry.host()) && l.contains("@sha256:"))
+        .unwrap_or_else(|| panic!("no pushed reference on stdout:\n{stdout}"))
+        .to_string();
+    assert_eq!(fly.machine(&machines[0]).image(), reference);
+    let config = registry.skopeo_config(&reference);
+    assert_eq!(config["architecture"], "amd64", "{config}");
+    let entrypoint = config["config"]["Entrypoint"][0].as_str().unwrap_or_default();
+    assert!(entrypoint.ends_with("-web/bin/web"), "{config}");
+}
+
+/// A ready stream image from a nixpkgs whose streamLayeredImage does not expose its Python
+/// script and conf cannot be streamed from another system: evaluation says so and what to do.
+#[test]
+fn a_foreign_stream_image_without_its_script_names_the_nixpkgs_it_needs() {
+    let Some(nix) = Nix::get() else { return };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let expr = format!(
+        r#"let
+             standin = import {root}/nix/tests/nixpkgs-standin;
+             pkgs = standin {{ system = "aarch64-darwin"; }};
+             imagePkgs = standin {{ system = "x86_64-linux"; }};
+             nixfly = import {root}/nix/lib {{ }};
+             # What streamLayeredImage returned before nixpkgs PR #308822.
+             old = removeAttrs (imagePkgs.dockerTools.streamLayeredImage {{ name = "old"; }})
+               [ "conf" "streamScript" "passthru" ];
+           in (nixfly.mkFlyDeploy {{ inherit pkgs imagePkgs; app = "demo"; image = old; }}).drvPath"#
+    );
+    let out = run(nix.command(&["eval"]).args(["--raw", "--expr", &expr]));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is built for x86_64-linux and cannot run on aarch64-darwin")
+            && stderr.contains("no passthru.streamScript and passthru.conf"),
+        "{stderr}"
+    );
+}
+
+/// nixpkgs' writeShellApplication fails the build on any shellcheck finding, and a
+/// single-quoted `$`, backquote or trailing backslash is one. extraFlags holding them still
+/// build (through the stand-in, which runs shellcheck as nixpkgs does) and reach nixfly as
+/// written.
+#[test]
+fn extra_flags_with_shell_characters_pass_shellcheck_and_reach_nixfly_as_written() {
+    let Some(nix) = Nix::get() else { return };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let flags = ["--label=$HOME", "--label=`id`", "--label=a\\", "--label=it's"];
+    let nix_list: Vec<String> = flags
+        .iter()
+        .map(|f| serde_json::to_string(f).unwrap().replace('$', "\\$"))
+        .collect();
+    let expr = format!(
+        r#"let
+             pkgs = import {root}/nix/tests/nixpkgs-standin {{ }};
+             lib = import {root}/nix/lib {{ }};
+             server = pkgs.writeShellApplication {{ name = "web"; text = "echo hi"; }};
+             # Stands for nixfly: prints its arguments.
+             nixfly = pkgs.runCommand "print-args" {{ }} ''
+               mkdir -p $out/bin
+               printf '#!/bin/bash\nprintf "%%s\\n" "$@"\n' > $out/bin/nixfly
+               chmod +x $out/bin/nixfly
+             '';
+           in lib.mkFlyDeploy {{
+             inherit pkgs nixfly; app = "demo"; package = server;
+             extraFlags = [ {} ];
+           }}"#,
+        nix_list.join(" ")
+    );
+    let t = TestDir::new();
+    let out = run(nix
+        .command(&["build"])
+        .args(["--print-build-logs", "--expr", &expr, "--out-link"])
+        .arg(t.join("deploy")));
+    assert_success(&out);
+    let out = run(&mut std::process::Command::new(t.join("deploy/bin/deploy-demo")));
+    assert_success(&out);
+    let args = String::from_utf8_lossy(&out.stdout);
+    let args: Vec<&str> = args.lines().collect();
+    assert_eq!(args[0], "deploy");
+    assert_eq!(&args[4..], flags, "{args:?}");
+}
+
+/// nixfly's unit tests run in its Nix build and some use loopback sockets, which darwin's
+/// sandbox refuses unless the derivation asks for local networking (nixpkgs passes
+/// `__darwinAllowLocalNetworking` to the derivation on darwin only).
+#[test]
+fn nixfly_asks_darwin_sandboxes_for_local_networking() {
+    let Some(nix) = Nix::get() else { return };
+    for (host, allowed) in [
+        ("aarch64-darwin", true),
+        ("x86_64-darwin", true),
+        ("aarch64-linux", false),
+    ] {
+        let out = eval_on_host(
+            nix,
+            host,
+            "{ inherit imagePkgs; }",
+            "deploy.nixfly.__darwinAllowLocalNetworking or false",
+        );
+        assert_success(&out);
+        let value: bool = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(value, allowed, "on {host}");
+    }
 }

@@ -277,3 +277,21 @@ fn regression_issue_11_plan_push_is_the_stream_image() {
     );
     assert_eq!(pushed.diff_ids, stream_diff_ids);
 }
+
+/// A buildLayeredImage tarball keeps the stream it compresses as `passthru.stream` (nixpkgs PR
+/// #298239): its plan is the stream's plan, the same derivation, and building the plan does
+/// not need the tarball.
+#[test]
+fn a_build_layered_image_has_the_plan_of_its_stream() {
+    let Some(nix) = Nix::get() else { return };
+    let tarball = image_body(100).replace("streamLayeredImage", "buildLayeredImage");
+    let drv_paths = with_app(
+        "hello",
+        &format!(
+            "map (image: (lib.mkLayerPlan {{ inherit pkgs nixfly image; }}).drvPath) [ ({tarball}) ({}) ]",
+            image_body(100)
+        ),
+    );
+    let drv_paths: Vec<String> = serde_json::from_value(eval_json(nix, &drv_paths)).unwrap();
+    assert_eq!(drv_paths[0], drv_paths[1]);
+}

@@ -15,6 +15,13 @@ in
   optionalString = cond: s: if cond then s else "";
   optionals = cond: list: if cond then list else [ ];
   hasPrefix = prefix: s: builtins.substring 0 (builtins.stringLength prefix) s == prefix;
+  hasSuffix =
+    suffix: s:
+    let
+      n = builtins.stringLength s - builtins.stringLength suffix;
+    in
+    n >= 0 && builtins.substring n (-1) s == suffix;
+  optionalAttrs = cond: attrs: if cond then attrs else { };
   removePrefix =
     prefix: s:
     let
@@ -22,6 +29,7 @@ in
     in
     if builtins.substring 0 n s == prefix then builtins.substring n (-1) s else s;
   toLower = builtins.replaceStrings upperChars lowerChars;
+  escapeShellArg = arg: "'" + builtins.replaceStrings [ "'" ] [ "'\\''" ] (toString arg) + "'";
   getExe = drv: "${drv}/bin/${drv.meta.mainProgram}";
   licenses = {
     mit.spdxId = "MIT";

@@ -5,6 +5,7 @@
 {
   lib,
   system,
+  machine,
   final,
 }:
 let
@@ -32,10 +33,43 @@ let
   # is killed mid-exit. A trailing builtin keeps bash alive until the last tool has exited.
   keepBuilderAlive = "exit 0";
 
+  # Where derivations are built: `system`, or this machine when the test names a `machine`
+  # (see ./default.nix).
+  buildSystem = if machine == null then system else builtins.currentSystem;
+  foreign = machine != null && machine != system;
+
+  # The interpreters in the shebangs of the scripts this package set writes: `<drv>/bin/<name>`.
+  # Real nixpkgs points them at its own bash and python3, built for `system`: on a machine of
+  # another system the kernel cannot execute them. A foreign set's interpreters refuse the
+  # same way, except inside a Nix build (NIX_BUILD_TOP set), which a builder of `system` runs;
+  # otherwise they run the host's.
+  interpreter =
+    name:
+    "${
+      runCommand "standin-${name}-for-${system}" {
+        inherit hostPath;
+        exe = name;
+        refusal = lib.optionalString foreign "cannot execute binary file: Exec format error (its interpreter is ${name} for ${system}; this machine is ${machine})";
+      } ''
+        mkdir -p "$out/bin"
+        {
+          echo '#!/bin/bash'
+          if [ -n "$refusal" ]; then
+            printf 'if [ -z "''${NIX_BUILD_TOP-}" ]; then\n  echo "$1: %s" >&2\n  exit 126\nfi\n' "$refusal"
+          fi
+          printf 'export PATH=%q\nexec %q "$@"\n' "$hostPath" "$exe"
+        } > "$out/bin/$exe"
+        chmod +x "$out/bin/$exe"
+      ''
+    }/bin/${name}";
+  runtimeShell = if foreign then interpreter "bash" else "/bin/bash";
+
   binPath = inputs: builtins.concatStringsSep ":" (map (p: "${p}/bin") inputs);
 
   # stdenv.mkDerivation's part the tests need: host tools on PATH, setup hooks of the inputs
-  # sourced, bash strict mode, passthru and meta on the result.
+  # sourced, bash strict mode, passthru and meta on the result. As
+  # pkgs/stdenv/generic/make-derivation.nix does, `__darwinAllowLocalNetworking` reaches the
+  # derivation only when it is built on darwin (where Nix's sandbox reads it).
   mkDerivation =
     {
       name,
@@ -43,19 +77,23 @@ let
       nativeBuildInputs ? [ ],
       passthru ? { },
       meta ? { },
+      __darwinAllowLocalNetworking ? false,
       ...
     }@args:
     let
-      env = removeAttrs args [
-        "script"
-        "nativeBuildInputs"
-        "passthru"
-        "meta"
-      ];
+      env =
+        removeAttrs args [
+          "script"
+          "nativeBuildInputs"
+          "passthru"
+          "meta"
+          "__darwinAllowLocalNetworking"
+        ]
+        // lib.optionalAttrs (lib.hasSuffix "-darwin" system) { inherit __darwinAllowLocalNetworking; };
       drv = derivation (
         env
         // {
-          inherit system;
+          system = buildSystem;
           builder = "/bin/bash";
           args = [
             "-c"
@@ -74,7 +112,8 @@ let
         }
       );
     in
-    drv // passthru // { inherit meta passthru; };
+    # As with mkDerivation, the result carries the stdenv it was built with.
+    drv // passthru // { inherit meta passthru stdenv; };
 
   runCommand =
     name: env: script:
@@ -88,38 +127,58 @@ let
     inherit system;
     canExecute = other: other.system == system;
   };
+  stdenv = {
+    hostPlatform = platform;
+    buildPlatform = platform;
+  };
 
   rust = import ./rust.nix { inherit lib mkDerivation onlyArgs; };
+  python3Interpreter = interpreter "python3";
   docker = import ./docker {
+    inherit python3Interpreter;
     inherit
       lib
       system
+      buildSystem
       hostPath
+      runtimeShell
       runCommand
       writeText
       onlyArgs
       ;
   };
-  # The developer tools the dev shell lists, taken from the host (`name` = nixpkgs attribute,
-  # value = the executable it provides).
-  hostTools = builtins.mapAttrs (
-    attr: exe:
-    runCommand "host-${attr}" { inherit exe; } ''
-      mkdir -p "$out/bin"
-      ln -s "$(command -v "$exe")" "$out/bin/$exe"
-    ''
-  ) {
-    cargo = "cargo";
-    rustc = "rustc";
-    clippy = "cargo-clippy";
-    rustfmt = "rustfmt";
-    skopeo = "skopeo";
-    distribution = "docker-registry";
-    apacheHttpd = "htpasswd";
-    nix = "nix";
-    python3 = "python3";
-    nixfmt = "nixfmt";
-  };
+  # The developer tools the dev shell lists, taken from the host (`name` = nixpkgs attribute;
+  # `bin` = the executable nixpkgs installs, `host` = the host's name for it when it differs).
+  hostTools =
+    builtins.mapAttrs
+      (
+        attr:
+        {
+          bin,
+          host ? bin,
+        }:
+        runCommand "host-${attr}" { inherit bin host; } ''
+          mkdir -p "$out/bin"
+          ln -s "$(command -v "$host")" "$out/bin/$bin"
+        ''
+      )
+      {
+        cargo.bin = "cargo";
+        rustc.bin = "rustc";
+        clippy.bin = "cargo-clippy";
+        rustfmt.bin = "rustfmt";
+        skopeo.bin = "skopeo";
+        # pkgs/by-name/di/distribution/package.nix builds cmd/registry (mainProgram "registry");
+        # Debian calls it docker-registry.
+        distribution = {
+          bin = "registry";
+          host = "docker-registry";
+        };
+        apacheHttpd.bin = "htpasswd";
+        nix.bin = "nix";
+        python3.bin = "python3";
+        nixfmt.bin = "nixfmt";
+      };
 
 in
 hostTools
@@ -134,12 +193,7 @@ hostTools
     in
     f (builtins.intersectAttrs wanted final // overrides);
 
-  stdenv = {
-    hostPlatform = platform;
-    buildPlatform = platform;
-  };
-
-  runtimeShell = "/bin/bash";
+  inherit stdenv runtimeShell;
 
   inherit (rust) rustPlatform;
   inherit (docker) dockerTools;
@@ -149,11 +203,30 @@ hostTools
     cp ${./install-shell-files.sh} "$out/nix-support/setup-hook"
   '';
 
+  # trivial-builders/default.nix: the script is `#!runtimeShell`, `set -o` of each bash option,
+  # PATH from runtimeInputs, the text; its checkPhase runs `bash -n -O extglob`
+  # (stdenv.shellDryRun) and then shellcheck, whose every finding (even an `info` one such as
+  # SC2016) fails the build.
   writeShellApplication =
     args:
     let
-      a = onlyArgs "writeShellApplication" [ "name" "text" "runtimeInputs" "meta" "passthru" ] args;
+      a = onlyArgs "writeShellApplication" [
+        "name"
+        "text"
+        "runtimeInputs"
+        "meta"
+        "passthru"
+        "excludeShellChecks"
+        "extraShellCheckFlags"
+      ] args;
       runtimeInputs = a.runtimeInputs or [ ];
+      excludeShellChecks = a.excludeShellChecks or [ ];
+      shellcheckFlags =
+        lib.optionals (excludeShellChecks != [ ]) [
+          "--exclude"
+          (builtins.concatStringsSep "," excludeShellChecks)
+        ]
+        ++ a.extraShellCheckFlags or [ ];
     in
     runCommand a.name
       {
@@ -162,7 +235,7 @@ hostTools
           mainProgram = a.name;
         };
         text = ''
-          #!/bin/bash
+          #!${runtimeShell}
           set -o errexit
           set -o nounset
           set -o pipefail
@@ -171,15 +244,21 @@ hostTools
         '';
       }
       ''
+        target="$out/bin/$name"
         mkdir -p "$out/bin"
-        printf '%s' "$text" > "$out/bin/$name"
-        chmod +x "$out/bin/$name"
-        bash -n "$out/bin/$name"
+        printf '%s' "$text" > "$target"
+        chmod +x "$target"
+        bash -n -O extglob "$target"
+        if ! command -v shellcheck > /dev/null; then
+          echo "nixpkgs stand-in: writeShellApplication runs shellcheck on its script as nixpkgs does, and shellcheck is not installed (apt-get install shellcheck)" >&2
+          exit 1
+        fi
+        shellcheck ${toString (map lib.escapeShellArg shellcheckFlags)} "$target"
       '';
 
   writeShellScript =
     name: text:
-    runCommand name { text = "#!/bin/bash\n" + text; } ''
+    runCommand name { text = "#!${runtimeShell}\n" + text; } ''
       printf '%s' "$text" > "$out"
       chmod +x "$out"
       bash -n "$out"

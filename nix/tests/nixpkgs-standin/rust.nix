@@ -70,6 +70,7 @@ let
         "postInstall"
         "meta"
         "passthru"
+        "__darwinAllowLocalNetworking"
       ] args;
     in
     mkDerivation {
@@ -78,6 +79,7 @@ let
       nativeBuildInputs = a.nativeBuildInputs or [ ];
       meta = a.meta or { };
       passthru = a.passthru or { };
+      __darwinAllowLocalNetworking = a.__darwinAllowLocalNetworking or false;
       vendor = vendorCargoLock a.cargoLock.lockFile;
       # Optional cargo target dir outside the store, shared by every build on the machine like
       # a compiler cache: dependencies compile once, a new source only rebuilds its own crate.

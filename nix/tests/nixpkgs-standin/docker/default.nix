@@ -1,13 +1,17 @@
 # dockerTools.streamLayeredImage as nixpkgs' pkgs/build-support/docker/default.nix defines it,
 # for the arguments nixfly uses: the result is a script that writes the docker-archive to
-# stdout, with `passthru.conf` (the JSON the script reads), `imageName`, `imageTag`, `isExe`.
+# stdout, with `passthru.conf` (the JSON the script reads), `passthru.streamScript` (the Python
+# script the wrapper runs on it), `imageName`, `imageTag`, `isExe`.
 # The layers come from ./auto_layer.py (auto-layer.py, nixpkgs' default layering), the conf from
 # ./conf.py (keys and formatting), the archive from ./stream.py (stream_layered_image.py's
 # bytes); each says which nixpkgs file its rules follow.
 {
   lib,
   system,
+  buildSystem,
   hostPath,
+  runtimeShell,
+  python3Interpreter,
   runCommand,
   writeText,
   onlyArgs,
@@ -55,15 +59,34 @@ let
         }
       );
 
-      # default.nix: a symlinkJoin of the contents (real directories, links to the files),
-      # packed with `tar --sort name --numeric-owner --mtime @$SOURCE_DATE_EPOCH
-      # --hard-dereference` under fakeroot (here: as root, owner 0), and its sha256sum.
+      # default.nix: a symlinkJoin of the contents (trivial-builders/default.nix: `lndir -silent`
+      # of each one into $out, in order), packed with `tar --sort name --numeric-owner --mtime
+      # @$SOURCE_DATE_EPOCH --hard-dereference` under fakeroot (here: as root, owner 0), and
+      # its sha256sum. As lndir does: a directory, or a link to one, becomes a real directory
+      # shared by all contents; a name already linked keeps its first link (first wins); a
+      # symlink is copied as it is (same target text), a file is linked to. lndir's skipping
+      # of special names (backup files, revision-control directories) is not reproduced.
       customisationLayer = runCommand "${baseName}-customisation-layer" { inherit contents; } ''
+        shopt -s nullglob dotglob
+        lndir() {
+          local from=$1 to=$2 entry name
+          for entry in "$from"/*; do
+            name=''${entry##*/}
+            if [ -d "$entry" ]; then
+              if [ -L "$to/$name" ]; then continue; fi
+              mkdir -p "$to/$name"
+              lndir "$entry" "$to/$name"
+            elif [ -e "$to/$name" ] || [ -L "$to/$name" ]; then
+              continue
+            elif [ -L "$entry" ]; then
+              ln -s "$(readlink "$entry")" "$to/$name"
+            else
+              ln -s "$entry" "$to/$name"
+            fi
+          done
+        }
         mkdir root
-        for c in $contents; do
-          (cd "$c" && find . -mindepth 1 -type d) | while read -r d; do mkdir -p "root/$d"; done
-          (cd "$c" && find . ! -type d) | while read -r f; do ln -sfn "$c/''${f#./}" "root/$f"; done
-        done
+        for c in $contents; do lndir "$c" root; done
         mkdir "$out"
         (cd root && tar --format=gnu --sort=name --numeric-owner --owner=0 --group=0 \
           --mtime=@315532800 --hard-dereference -cf "$out/layer.tar" .)
@@ -76,7 +99,7 @@ let
       # python3's setup hook in nixpkgs exports PYTHONHASHSEED=0, which the layer order needs.
       layers = derivation {
         name = "layers.json";
-        inherit system;
+        system = buildSystem;
         builder = "/bin/bash";
         __structuredAttrs = true;
         exportReferencesGraph.graph = [
@@ -136,23 +159,50 @@ let
           tag
         else
           builtins.head (builtins.split "-" (baseNameOf (builtins.unsafeDiscardStringContext conf.outPath)));
+
+      # default.nix: `writePython3 "stream" { } ./stream_layered_image.py`, an executable file
+      # whose shebang is this package set's python3.
+      streamScript = runCommand "stream" { } ''
+        { printf '#!%s\n' ${python3Interpreter}; cat ${./stream.py}; } > "$out"
+        chmod +x "$out"
+      '';
     in
-    # default.nix: `makeWrapper ${streamScript} $out --add-flags ${conf}`.
+    # default.nix: `makeWrapper $streamScript $out --add-flags $conf`, a script of this package
+    # set's shell.
     runCommand "stream-${baseName}"
       {
-        inherit conf hostPath;
+        inherit conf streamScript;
         imageName = conf.imageName;
         passthru = (a.passthru or { }) // {
-          inherit conf imageTag;
+          inherit conf imageTag streamScript;
           isExe = true;
         };
       }
       ''
-        printf '#!/bin/bash\nexport PATH=%q\nexec python3 %q %q "$@"\n' \
-          "$hostPath" ${./stream.py} "$conf" > "$out"
+        printf '#!%s\nexec %q %q "$@"\n' ${runtimeShell} "$streamScript" "$conf" > "$out"
         chmod +x "$out"
       '';
+
+  # default.nix: the stream piped through a compressor ("gz", the default, is `pigz -nTR`; here
+  # gzip -n, whose bytes differ but inflate to the same archive), `imageName`, and
+  # `passthru.imageTag` and `passthru.stream`.
+  buildLayeredImage =
+    args:
+    let
+      stream = streamLayeredImage (removeAttrs args [ "compressor" ]);
+      compressor = args.compressor or "gz";
+    in
+    if compressor != "gz" then
+      throw "nixpkgs stand-in: dockerTools.buildLayeredImage does not implement compressor = ${compressor}"
+    else
+      runCommand "${baseNameOf args.name}.tar.gz" {
+        inherit (stream) imageName;
+        passthru = {
+          inherit (stream) imageTag;
+          inherit stream;
+        };
+      } "${stream} | gzip -n > $out";
 in
 {
-  dockerTools = { inherit streamLayeredImage; };
+  dockerTools = { inherit streamLayeredImage buildLayeredImage; };
 }
