@@ -4,6 +4,7 @@
 
 use crate::fly::FlyToken;
 use crate::fly::appconfig::units::parse_go_duration;
+use crate::fly::token::TokenError;
 use crate::registry::auth::CredentialLookup;
 use crate::registry::client::ClientOptions;
 use crate::registry::reference::default_registry_host;
@@ -40,6 +41,8 @@ pub struct RegistryOptions {
     pub registry_timeout: Option<Duration>,
 }
 
+const FLY_REGISTRY_PASSWORD: &str = "the Fly registry takes the Fly token as its password";
+
 impl RegistryOptions {
     /// Client settings for `registry`, credentials included; no network (a Docker credential
     /// helper may run). `fly_token` is asked for only when the registry is Fly's and no
@@ -50,20 +53,34 @@ impl RegistryOptions {
         fly_token: impl FnOnce() -> anyhow::Result<FlyToken>,
     ) -> anyhow::Result<ClientOptions> {
         let fly_registry_host = default_registry_host();
-        let fly_token = if self.creds.is_none() && registry.eq_ignore_ascii_case(&fly_registry_host) {
-            Some(fly_token().context("the Fly registry takes the Fly token as its password")?)
+        let mut no_fly_token = None;
+        let fly_credentials = if self.creds.is_none() && registry.eq_ignore_ascii_case(&fly_registry_host) {
+            match fly_token() {
+                Ok(token) => Some(token.registry_credentials()),
+                // No Fly token anywhere: credentials saved for the host (`docker login
+                // registry.fly.io -u x`, a CI login action) may serve, as they do for docker
+                // and skopeo.
+                Err(err) if matches!(err.downcast_ref(), Some(TokenError::Missing { .. })) => {
+                    no_fly_token = Some(err);
+                    None
+                }
+                Err(err) => return Err(err.context(FLY_REGISTRY_PASSWORD)),
+            }
         } else {
             None
         };
         let lookup = CredentialLookup {
             flag: self.creds.as_deref(),
             auth_files: CredentialLookup::standard_auth_files(),
-            fly_credentials: fly_token.map(|token| token.registry_credentials()),
+            fly_credentials,
             fly_registry_host,
         };
         let credentials = lookup
             .find(registry)
             .with_context(|| format!("finding credentials for registry {registry}"))?;
+        if let (None, Some(err)) = (&credentials, no_fly_token) {
+            return Err(err.context(FLY_REGISTRY_PASSWORD));
+        }
         let defaults = ClientOptions::default();
         Ok(ClientOptions {
             credentials,

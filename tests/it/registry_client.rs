@@ -701,3 +701,53 @@ fn a_refused_session_falls_back_to_its_oauth_token_at_the_fly_registry() {
     assert!(stdout(&out).starts_with(&image.config_digest));
     assert_no_secret(&stderr(&out), &[macaroons.to_string(), oauth.to_string()]);
 }
+
+/// No Fly token anywhere, but credentials saved for the Fly registry host in docker's
+/// config.json (`docker login registry.fly.io -u x`, as CI login actions do): the push uses
+/// them, as docker and skopeo would. Without them the error still asks for a Fly token.
+#[test]
+fn saved_credentials_serve_the_fly_registry_without_a_fly_token() {
+    let token = "fm2_lJPECAAAAAAAAMZ3nixflysavedlogin0123456789";
+    let registry = Registry::start(AuthMode::Htpasswd {
+        user: "x".into(),
+        password: token.into(),
+    });
+    let t = TestDir::new();
+    let image = Image::new(&t, "fly", 1000);
+    let push = |t: &TestDir| {
+        let mut cmd = t.nixfly();
+        cmd.env("FLY_REGISTRY_HOST", registry.host())
+            .env("FLY_CONFIG_DIR", t.join("no-fly-config"))
+            .env_remove("FLY_API_TOKEN")
+            .env_remove("FLY_ACCESS_TOKEN")
+            .args([
+                "registry",
+                "push-bytes",
+                "app-name",
+                image.config.to_str().unwrap(),
+            ]);
+        run(&mut cmd)
+    };
+    let out = push(&t);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the Fly registry takes the Fly token as its password"),
+        "{}",
+        stderr(&out)
+    );
+    let docker = t.join("home").join(".docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("x:{token}"))
+    };
+    std::fs::write(
+        docker.join("config.json"),
+        serde_json::json!({ "auths": { registry.host(): { "auth": auth } } }).to_string(),
+    )
+    .unwrap();
+    let out = push(&t);
+    assert_success(&out);
+    assert!(stdout(&out).starts_with(&image.config_digest));
+    assert_no_secret(&stderr(&out), &[token.to_string()]);
+}
