@@ -42,11 +42,6 @@ def isal_member(isal_zlib, data, level):
     return size, time.perf_counter() - started
 
 
-def choose(options, lam):
-    """Index of the option with the least seconds + lam * MB."""
-    return min(range(len(options)), key=lambda i: options[i][1] + lam * options[i][0] / 1e6)
-
-
 def sweep(pick, budget):
     """Bisect lambda so that the chosen members' bytes just fit the budget; (bytes, seconds)."""
     low, high = 0.0, 10.0

@@ -48,7 +48,8 @@
 //! a cold push waits for: this compressor alone, with no registry, takes 0.49-0.51x of skopeo's
 //! whole push (`bench/push.py` prints it). zlib-rs at the same level is slower and 6% larger.
 //! ISA-L is faster, but its best ratio (level 3) is 7% larger than libdeflate 2's, and every
-//! byte is uploaded again on every changed layer. `--level 1` (fast) to `--level 12` (small)
+//! byte is uploaded again on every changed layer; mixing engines per member would need to know
+//! each member's outcome in advance to pay off (`bench/engine_mix.py`, README). `--level 1` (fast) to `--level 12` (small)
 //! covers the rest. The members cost 0.1-0.2% against one stream (no shared window at block starts) and buy
 //! block parallelism, since libdeflate compresses whole buffers only.
 //!
