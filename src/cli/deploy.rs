@@ -83,9 +83,18 @@ pub async fn run(args: DeployArgs, reporter: Reporter) -> anyhow::Result<()> {
     let mut push = push;
     push.reuse_images(&rollout.current_images(&reporter).await);
     let pushed = push.run(&reporter).await?;
-    rollout
-        .run(pushed.reference.to_string(), reporter.clone())
-        .await?;
+    // Machines and the release record get the tag with the digest: the digest decides what
+    // runs, and the tag is what `fly status`, `fly releases` and `fly image show` name (flyctl
+    // gives machines the tag, `deploy.go`; fly-go's `Machine.FullImageRef` is
+    // `repository:tag@digest`).
+    let deployed = match &push.spec.tag {
+        Some(tag) => {
+            let r = &pushed.reference;
+            format!("{}/{}:{tag}@{}", r.registry, r.repository, r.digest)
+        }
+        None => pushed.reference.to_string(),
+    };
+    rollout.run(deployed, reporter.clone()).await?;
     reporter.result(&pushed.reference.to_string());
     Ok(())
 }

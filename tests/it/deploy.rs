@@ -8,7 +8,7 @@ use support::images::{self, Fault};
 use support::proxy::FaultProxy;
 use support::readback::{assert_same_image, pushed_reference};
 use support::registry::{AuthMode, Registry};
-use support::rollout::{APP, assert_no_leases, assert_no_violations, stderr};
+use support::rollout::{APP, assert_no_leases, assert_no_violations, assert_runs_pushed, stderr};
 use support::{TestDir, run};
 
 /// `nixfly deploy SOURCE --app demo --to <registry>/demo --tag TAG --output OUTPUT` against the
@@ -65,15 +65,19 @@ fn deploy_pushes_then_rolls_the_pushed_digest_out() {
     let reference = pushed_reference(&out, &registry.host(), APP);
     assert_same_image(&registry, &reference, &written);
     for id in &machines {
-        assert_eq!(
-            fly.machine(id).image(),
-            reference,
-            "machine {id} runs the pushed digest"
-        );
+        assert_runs_pushed(fly.machine(id).image(), &reference);
     }
+    assert_eq!(
+        fly.machine(&machines[0]).image(),
+        format!(
+            "{}/{APP}:v1@{}",
+            registry.host(),
+            reference.split_once('@').unwrap().1
+        )
+    );
     let releases = fly.releases();
     assert_eq!(releases.len(), 1);
-    assert_eq!(releases[0].image, reference);
+    assert_eq!(releases[0].image, fly.machine(&machines[0]).image());
     assert_eq!(releases[0].statuses, ["created", "running", "complete"]);
     assert_no_leases(&fly);
     assert_no_violations(&fly);
@@ -89,7 +93,7 @@ fn a_failed_rollout_after_the_push_is_rolled_back_and_not_success() {
     let t = TestDir::new();
     let (source, _) = stream_archive(&t);
     // Whatever digest the push makes, machines running an image of this repository fail.
-    fly.set_behavior(&format!("{}/{APP}@", registry.host()), Behavior::ChecksFail);
+    fly.set_behavior(&format!("{}/{APP}:", registry.host()), Behavior::ChecksFail);
 
     let out = deploy(&fly, &registry, &t, &source, &["--wait-timeout", "2s"]);
     assert_eq!(
@@ -359,7 +363,7 @@ fn a_fresh_runner_reuses_the_layers_of_the_image_the_machines_run_issue_12() {
     let (source, written) = stream_archive(&t);
     let first = deploy(&fly, &registry, &t, &source, &[]);
     let running = pushed_reference(&first, &registry.host(), APP);
-    assert_eq!(fly.machine(&machines[0]).image(), running);
+    assert_runs_pushed(fly.machine(&machines[0]).image(), &running);
 
     // Another machine (empty cache), another tag: only the machines' image tells the registry
     // has every layer.

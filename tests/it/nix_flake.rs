@@ -5,6 +5,7 @@ use crate::support;
 use support::fly_api::{FlyApi, MachineSpec};
 use support::nix::Nix;
 use support::registry::{AuthMode, Registry};
+use support::rollout::assert_runs_pushed;
 use support::{TestDir, assert_success, run};
 
 #[test]
@@ -290,7 +291,7 @@ fn a_deploy_from_another_system_streams_the_image_with_that_systems_python() {
         .find(|l| l.starts_with(&registry.host()) && l.contains("@sha256:"))
         .unwrap_or_else(|| panic!("no pushed reference on stdout:\n{stdout}"))
         .to_string();
-    assert_eq!(fly.machine(&machines[0]).image(), reference);
+    assert_runs_pushed(fly.machine(&machines[0]).image(), &reference);
     let config = registry.skopeo_config(&reference);
     assert_eq!(config["architecture"], "amd64", "{config}");
     let entrypoint = config["config"]["Entrypoint"][0].as_str().unwrap_or_default();

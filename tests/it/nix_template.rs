@@ -6,6 +6,7 @@ use crate::support;
 use support::fly_api::{FlyApi, MachineSpec};
 use support::nix::Nix;
 use support::registry::{AuthMode, Registry};
+use support::rollout::assert_runs_pushed;
 use support::{TestDir, assert_success, run};
 
 /// The app name in the template's flake.nix and fly.toml.
@@ -193,7 +194,7 @@ fn deploy_end_to_end(nix: &Nix, t: &TestDir) -> String {
         .unwrap_or_else(|| panic!("no pushed reference on stdout:\n{stdout}\n--- stderr\n{stderr}"))
         .to_string();
     for id in &machines {
-        assert_eq!(fly.machine(id).image(), reference, "machine {id}");
+        assert_runs_pushed(fly.machine(id).image(), &reference);
     }
 
     // skopeo reads back what Nix built: the template's entrypoint and env, one layer per

@@ -12,6 +12,21 @@ pub fn image(n: u8) -> String {
     format!("registry.fly.io/{APP}@sha256:{}", format!("{n:02x}").repeat(32))
 }
 
+/// A deploy gives machines and the release the pushed digest with the tag it pushed:
+/// `host/repo:<tag>@<digest>` for the `host/repo@<digest>` it printed.
+#[track_caller]
+pub fn assert_runs_pushed(image: &str, reference: &str) {
+    let (name, digest) = reference.split_once('@').expect("a digest reference");
+    let tag = image
+        .strip_prefix(name)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .and_then(|rest| rest.strip_suffix(&format!("@{digest}")));
+    assert!(
+        tag.is_some_and(|tag| !tag.is_empty() && !tag.contains(['/', '@', ':'])),
+        "{image} is not {name}:<tag>@{digest}"
+    );
+}
+
 /// `nixfly rollout --app demo --image IMAGE --output plain` against the double, watching
 /// machines without checks for 1 s (the double runs Fly time 20 times faster).
 pub fn rollout_cmd(fly: &FlyApi, t: &TestDir, image: &str) -> Command {
