@@ -85,8 +85,9 @@ pub async fn run(args: DeployArgs, reporter: Reporter) -> anyhow::Result<()> {
     let pushed = push.run(&reporter).await?;
     // Machines and the release record get the tag with the digest: the digest decides what
     // runs, and the tag is what `fly status`, `fly releases` and `fly image show` name (flyctl
-    // gives machines the tag, `deploy.go`; fly-go's `Machine.FullImageRef` is
-    // `repository:tag@digest`).
+    // gives machines the tag, `deploy.go`). The API takes that form: flyctl's `machine clone`
+    // creates machines with fly-go's `Machine.FullImageRef()`, `registry/repo:tag@digest`
+    // (`internal/command/machine/clone.go`).
     let deployed = match &push.spec.tag {
         Some(tag) => {
             let r = &pushed.reference;
