@@ -113,6 +113,16 @@ impl ResolvedRollout {
         token: FlyToken,
         reporter: &Reporter,
     ) -> anyhow::Result<Self> {
+        if fly_toml.is_none() {
+            // flyctl without a fly.toml takes the app's config from its current release
+            // (`internal/appconfig/remote.go`, `getAppV2ConfigFromReleases`), [deploy] and all;
+            // nixfly only has the machines, which do not carry it.
+            reporter.warn(format!(
+                "no fly.toml: the machines of app {app} keep their config, and a [deploy] \
+                 release_command (migrations), strategy or wait_timeout of its last `fly deploy` \
+                 is not run or applied; pass --config fly.toml (mkFlyDeploy: flyToml) to have them"
+            ));
+        }
         let machines_http = FlyHttp::new(&options.api_url, token.clone(), reporter.clone())?;
         let platform = if options.skip_release {
             None
@@ -237,6 +247,7 @@ fn spec(app: &str, image: String, options: &RolloutOptions, fly_toml: Option<&Ap
                 .or(deploy.and_then(|d| d.release_command_timeout))
                 .unwrap_or(DEFAULT_RELEASE_COMMAND_TIMEOUT),
             guest: fly_toml.and_then(|c| c.deploy.release_command_vm.as_ref().map(|vm| c.guest(vm))),
+            default_group: fly_toml.map_or_else(|| "app".to_string(), AppConfig::default_group),
             fly_toml: fly_toml.and_then(|c| c.release_command_config().ok().flatten()),
         });
     RolloutSpec {

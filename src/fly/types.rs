@@ -158,10 +158,12 @@ impl Machine {
             .is_some_and(|s| !s.is_empty())
     }
 
-    /// Whether the update should leave the machine stopped, as flyctl decides it: only machines
-    /// that were running (or trying to) get launched again.
+    /// Whether the update should leave the machine stopped, as flyctl decides it
+    /// (`machines_launchinput.go`, `shouldSkipLaunch`): only machines that were running (or
+    /// trying to) get launched again, standbys among them; the rest (stopped standbys too)
+    /// stay stopped.
     pub fn should_skip_launch(&self) -> bool {
-        !matches!(self.state.as_str(), "started" | "starting" | "failed") || self.is_standby()
+        !matches!(self.state.as_str(), "started" | "starting" | "failed")
     }
 
     /// Fly cannot reach the machine's host (`host_status` other than `ok`): it cannot be
@@ -302,6 +304,8 @@ mod tests {
 
     #[test]
     fn skip_launch_for_stopped_machines_and_standbys() {
+        // flyctl's `shouldSkipLaunch` looks at the state first: a started standby is launched,
+        // a stopped one (as standbys are) stays stopped.
         for (state, standbys, skip) in [
             ("started", json!([]), false),
             ("starting", json!(null), false),
@@ -309,7 +313,8 @@ mod tests {
             ("stopped", json!(null), true),
             ("suspended", json!(null), true),
             ("created", json!(null), true),
-            ("started", json!(["m9"]), true),
+            ("started", json!(["m9"]), false),
+            ("stopped", json!(["m9"]), true),
         ] {
             let m = machine(json!({"id": "m", "state": state, "config": {"standbys": standbys}}));
             assert_eq!(m.should_skip_launch(), skip, "{state} {standbys}");

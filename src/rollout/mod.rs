@@ -111,7 +111,8 @@ pub async fn run(
     if !spec.force && nothing_to_deploy(&spec, &fleet, &groups, &change) {
         let line = format!(
             "nothing to deploy: the {} machine(s) of app {} already run {} with this config; no \
-             machine was touched and no release created (--force rolls them anyway)",
+             machine was touched and no release created (--force rolls them anyway, which also \
+             applies secrets staged with `fly secrets set --stage`)",
             fleet.machine_count(),
             spec.app,
             spec.image

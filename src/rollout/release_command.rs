@@ -17,8 +17,11 @@ use std::time::Duration;
 pub struct ReleaseCommand {
     pub command: String,
     pub timeout: Duration,
-    /// `[deploy.release_command_vm]` as a Machines API guest; None: the largest app guest.
+    /// `[deploy.release_command_vm]` as a Machines API guest; None: the largest guest of the
+    /// default process group's machines.
     pub guest: Option<Value>,
+    /// fly.toml's default process group (`AppConfig::default_group`).
+    pub default_group: String,
     /// fly.toml's part of the machine (`AppConfig::release_command_config`): the
     /// `[experimental]` entrypoint, swap, stop signal and `[[files]]` flyctl gives it.
     pub fly_toml: Option<Value>,
@@ -60,7 +63,7 @@ pub fn machine_request(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<
     let guest = rc
         .guest
         .clone()
-        .or_else(|| largest_guest(fleet))
+        .or_else(|| largest_guest(fleet, &rc.default_group))
         .unwrap_or_else(default_guest);
     let mut metadata = json!({
         META_PLATFORM_VERSION: "v2",
@@ -99,9 +102,13 @@ pub fn machine_request(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<
     Ok(body)
 }
 
-fn largest_guest(fleet: &Fleet) -> Option<Value> {
+/// The guest of the default group's machine with the most memory, as flyctl infers it
+/// (`machines_releasecommand.go`, `inferReleaseCommandGuest`): not a GPU or performance worker
+/// of another group.
+fn largest_guest(fleet: &Fleet, default_group: &str) -> Option<Value> {
     fleet
         .machines()
+        .filter(|m| m.process_group() == default_group)
         .filter_map(|m| m.config.get("guest"))
         .max_by_key(|g| g.get("memory_mb").and_then(Value::as_u64).unwrap_or(0))
         .cloned()

@@ -190,6 +190,40 @@ fn release_command_success_lets_the_rollout_go_on() {
     assert_no_violations(&fly);
 }
 
+/// Without `[deploy.release_command_vm]`, the release_command machine gets the guest of the
+/// default group's largest machine, not that of a bigger worker of another group (flyctl
+/// `machines_releasecommand.go`, `inferReleaseCommandGuest`).
+#[test]
+fn the_release_command_guest_comes_from_the_default_group() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let mut app = MachineSpec::new("app").config();
+    app["guest"] = serde_json::json!({"cpu_kind": "shared", "cpus": 1, "memory_mb": 512});
+    fly.add_machine_with_config(APP, "iad", "started", app);
+    let mut worker = MachineSpec::new("worker").config();
+    worker["guest"] = serde_json::json!({"cpu_kind": "performance", "cpus": 2, "memory_mb": 4096});
+    fly.add_machine_with_config(APP, "iad", "started", worker);
+    let t = TestDir::new();
+    std::fs::write(
+        t.join("fly.toml"),
+        "app = \"demo\"\nprimary_region = \"iad\"\n[processes]\napp = \"serve\"\nworker = \"work\"\n\
+         [deploy]\nrelease_command = \"bin/migrate\"\n",
+    )
+    .unwrap();
+    let out = run_rollout(&fly, &t, &image(13), &[]);
+    assert_success(&out);
+    let temp = fly
+        .machines(APP)
+        .into_iter()
+        .find(|m| m.metadata("fly_process_group") == Some("fly_app_release_command"))
+        .expect("release_command machine");
+    assert_eq!(
+        temp.config["guest"],
+        serde_json::json!({"cpu_kind": "shared", "cpus": 1, "memory_mb": 512})
+    );
+    assert_no_violations(&fly);
+}
+
 #[test]
 fn someone_elses_lease_is_waited_for_then_named() {
     let fly = FlyApi::start();

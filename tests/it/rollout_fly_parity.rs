@@ -50,6 +50,13 @@ fn without_fly_toml_the_release_definition_comes_from_the_machines() {
     let t = TestDir::new();
     let out = run_rollout(&fly, &t, &image(2), &[]);
     assert_success(&out);
+    // What the machines cannot say is named: a release_command would not run.
+    assert!(
+        stderr(&out).contains("no fly.toml: the machines of app demo keep their config")
+            && stderr(&out).contains("release_command (migrations)"),
+        "{}",
+        stderr(&out)
+    );
     let release = &fly.releases()[0];
     assert_eq!(release.build_id, Some(0));
     let definition = &release.definition;

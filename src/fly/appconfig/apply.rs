@@ -2,7 +2,8 @@
 //!
 //! flyctl's update starts from the machine's config and overwrites what fly.toml owns; the
 //! rest (image, dns, schedule, auto_destroy, standbys, containers, rootfs, fields only the
-//! platform sets) is kept as the API returned it. Volumes cannot be swapped on a machine: the
+//! platform sets) is kept as the API returned it, except that a standby whose group gained
+//! services stops being one. Volumes cannot be swapped on a machine: the
 //! attached volume stays, only its mount path and auto-extend settings follow fly.toml.
 
 use serde_json::{Map, Value};
@@ -102,6 +103,16 @@ pub fn apply(translated: &Value, current: &Value) -> Result<Value, VolumeChange>
         Some(mounts) => out.insert("mounts".into(), mounts),
         None => out.remove("mounts"),
     };
+
+    // A standby whose group now has services serves itself: it is a standby no more
+    // (flyctl `machines_launchinput.go`, `launchInputForUpdate`).
+    let non_empty = |v: Option<&Value>| v.and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+    if non_empty(out.get("services")) && non_empty(out.get("standbys")) {
+        out.remove("standbys");
+        if let Some(env) = out.get_mut("env").and_then(Value::as_object_mut) {
+            env.remove("FLY_STANDBY_FOR");
+        }
+    }
     Ok(Value::Object(out))
 }
 

@@ -117,7 +117,9 @@ impl AppConfig {
             .find(|m| self.applies_to(&m.processes, group))
             .map(|m| VolumeNeed {
                 name: m.source.clone(),
-                size_gb: m.initial_size_gb.unwrap_or(1),
+                size_gb: m
+                    .initial_size_gb
+                    .unwrap_or_else(|| default_volume_gb(&config["guest"])),
                 snapshot_retention: m.snapshot_retention,
                 auto_backup_enabled: m.scheduled_snapshots,
             });
@@ -147,4 +149,14 @@ pub fn standby_config(config: &Value, primary: &str) -> Value {
     standby["standbys"] = json!([primary]);
     standby["env"]["FLY_STANDBY_FOR"] = json!(primary);
     standby
+}
+
+/// A new volume's size when `[[mounts]]` gives no `initial_size`: flyctl's defaults
+/// (`deploy_first.go`; `machines.go`: 1 GB, 100 GB for a machine with a GPU).
+fn default_volume_gb(guest: &Value) -> u64 {
+    let gpu = guest
+        .get("gpu_kind")
+        .and_then(Value::as_str)
+        .is_some_and(|kind| !kind.is_empty());
+    if gpu { 100 } else { 1 }
 }

@@ -374,6 +374,27 @@ fn apply_keeps_what_fly_toml_does_not_own() {
     );
 }
 
+/// A standby (no services) whose group gains services in fly.toml serves itself: its
+/// `standbys` and FLY_STANDBY_FOR go (flyctl `launchInputForUpdate`); without services it stays
+/// a standby.
+#[test]
+fn apply_makes_a_standby_that_gains_services_a_machine_of_its_own() {
+    let standby = json!({
+        "image": "registry.fly.io/notes@sha256:aaaa",
+        "env": {"FLY_STANDBY_FOR": "m1"},
+        "standbys": ["m1"],
+        "metadata": {"fly_process_group": "worker"},
+    });
+    let services = json!([{"protocol": "tcp", "internal_port": 8080}]);
+    let with_services = json!({"env": {"FLY_STANDBY_FOR": "m1", "A": "1"}, "services": services});
+    let applied = apply(&with_services, &standby).unwrap();
+    assert!(applied.get("standbys").is_none(), "{applied}");
+    assert_eq!(applied["env"], json!({"A": "1"}));
+    let still = apply(&json!({"env": {"FLY_STANDBY_FOR": "m1"}}), &standby).unwrap();
+    assert_eq!(still["standbys"], json!(["m1"]));
+    assert_eq!(still["env"], json!({"FLY_STANDBY_FOR": "m1"}));
+}
+
 #[test]
 fn apply_moves_a_mount_path_but_never_swaps_volumes() {
     let mut current = current_machine_config();
@@ -460,6 +481,12 @@ fn new_groups_get_as_many_machines_as_flyctl_creates() {
         dedicated.launch("app").unwrap().config["guest"],
         json!({"cpu_kind": "shared", "cpus": 1, "memory_mb": 256, "host_dedication_id": "h1"})
     );
+    // A volume without initial_size: 1 GB, 100 GB on a GPU machine (flyctl deploy_first.go).
+    let mounts = "[[mounts]]\nsource = \"data\"\ndestination = \"/data\"\n";
+    let (plain, _) = parse(mounts).unwrap();
+    assert_eq!(plain.launch("app").unwrap().volume.unwrap().size_gb, 1);
+    let (gpu, _) = parse(&format!("{mounts}[[vm]]\nsize = \"a100-40gb\"\n")).unwrap();
+    assert_eq!(gpu.launch("app").unwrap().volume.unwrap().size_gb, 100);
     let standby = launch::standby_config(&cron.config, "m1");
     assert_eq!(standby["standbys"], json!(["m1"]));
     assert_eq!(standby["env"]["FLY_STANDBY_FOR"], "m1");
