@@ -113,16 +113,6 @@ impl ResolvedRollout {
         token: FlyToken,
         reporter: &Reporter,
     ) -> anyhow::Result<Self> {
-        if fly_toml.is_none() {
-            // flyctl without a fly.toml takes the app's config from its current release
-            // (`internal/appconfig/remote.go`, `getAppV2ConfigFromReleases`), [deploy] and all;
-            // nixfly only has the machines, which do not carry it.
-            reporter.warn(format!(
-                "no fly.toml: the machines of app {app} keep their config, and a [deploy] \
-                 release_command (migrations), strategy or wait_timeout of its last `fly deploy` \
-                 is not run or applied; pass --config fly.toml (mkFlyDeploy: flyToml) to have them"
-            ));
-        }
         let machines_http = FlyHttp::new(&options.api_url, token.clone(), reporter.clone())?;
         let platform = if options.skip_release {
             None
@@ -173,9 +163,67 @@ impl ResolvedRollout {
         })
     }
 
+    /// Without a fly.toml, the app config of the app's current release, as `fly deploy` takes
+    /// it (`internal/appconfig/remote.go`, `FromRemoteApp`: the release first, the machines
+    /// only when it has none), for its [deploy] release_command and strategy. When there is
+    /// none, a warning says what the machines alone cannot tell.
+    async fn current_release_config(&self, reporter: &Reporter) -> Option<AppConfig> {
+        let app = &self.app;
+        let unknown = |why: String| {
+            reporter.warn(format!(
+                "no fly.toml, and {why}: the machines of app {app} keep their config, and a \
+                 [deploy] release_command (migrations), strategy or wait_timeout of its last \
+                 `fly deploy` is not run or applied; pass --config fly.toml (mkFlyDeploy: \
+                 flyToml) to have them"
+            ));
+            None
+        };
+        let Some(platform) = &self.platform else {
+            return unknown("--skip-release leaves the app's releases unread".into());
+        };
+        let definition = match platform.current_release_config(app).await {
+            Ok(Some(definition)) => definition,
+            Ok(None) => return unknown("the app has no release with a config".into()),
+            Err(err) => {
+                return unknown(format!(
+                    "its current release's config cannot be read ({})",
+                    crate::error::chain_text(err.as_ref())
+                ));
+            }
+        };
+        match AppConfig::from_definition(&definition, &format!("the config of app {app}'s current release")) {
+            Ok((config, warnings)) => {
+                reporter.info(format!(
+                    "no fly.toml: the [deploy] settings (release_command, strategy, ...) of app \
+                     {app}'s current release apply, as `fly deploy` takes them; the machines keep \
+                     their config"
+                ));
+                for warning in warnings {
+                    reporter.warn(warning.to_string());
+                }
+                Some(config)
+            }
+            Err(err) => unknown(format!("its current release's config is not usable ({err})")),
+        }
+    }
+
     /// Roll `image` out (a digest reference; a tag only in a dry run).
     pub async fn run(self, image: String, reporter: Reporter) -> anyhow::Result<()> {
-        let spec = spec(&self.app, image, &self.options, self.fly_toml.as_ref());
+        let spec = match &self.fly_toml {
+            Some(fly_toml) => spec(&self.app, image, &self.options, Some(fly_toml)),
+            None => {
+                // Only [deploy] is taken from the release: flyctl would lay its whole config
+                // over the machines, but a config nixfly rebuilt from them earlier does not
+                // give every machine back exactly (a platform default restart policy, say),
+                // and a deploy without a fly.toml has always left the machines' config alone.
+                let current = self.current_release_config(&reporter).await;
+                let mut spec = spec(&self.app, image, &self.options, current.as_ref());
+                spec.env = None;
+                spec.primary_region = None;
+                spec.definition = serde_json::Value::Null;
+                spec
+            }
+        };
         let app = self.app;
         crate::rollout::run(spec, self.api, self.platform, reporter, self.fly_toml)
             .await

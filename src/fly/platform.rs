@@ -73,6 +73,32 @@ impl PlatformApi {
         Ok(envelope.release)
     }
 
+    /// The app config of the app's current release (`configDefinition`), through the GraphQL
+    /// query flyctl's `fly deploy` makes without a fly.toml (`internal/appconfig/remote.go`,
+    /// `getAppV2ConfigFromReleases`); None when the app has no release with one.
+    pub async fn current_release_config(&self, app: &str) -> anyhow::Result<Option<Value>> {
+        const QUERY: &str = "query FlyctlConfigCurrentRelease($appName: String!) { \
+                             app(name: $appName) { currentReleaseUnprocessed { configDefinition } } }";
+        let answer: Value = self
+            .http
+            .send_json(Request {
+                method: Method::POST,
+                path: &["graphql"],
+                query: &[],
+                body: Some(json!({"query": QUERY, "variables": {"appName": app}})),
+                nonce: None,
+                // A query: asking twice changes nothing.
+                replay: Replay::Safe,
+            })
+            .await?;
+        if let Some(errors) = answer["errors"].as_array().filter(|e| !e.is_empty()) {
+            let messages: Vec<&str> = errors.iter().filter_map(|e| e["message"].as_str()).collect();
+            anyhow::bail!("the Fly GraphQL API answered: {}", messages.join("; "));
+        }
+        let definition = &answer["data"]["app"]["currentReleaseUnprocessed"]["configDefinition"];
+        Ok(definition.is_object().then(|| definition.clone()))
+    }
+
     pub async fn set_status(&self, release_id: &str, status: ReleaseStatus) -> Result<(), ApiError> {
         self.http
             .send(Request {

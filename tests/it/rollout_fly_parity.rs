@@ -20,8 +20,14 @@ fn release_records_are_sent_with_bearer_and_machines_calls_with_flyv1() {
     let out = run_rollout(&fly, &t, &image(1), &[]);
     assert_success(&out);
     let requests = fly.requests();
-    let (platform, machines): (Vec<_>, Vec<_>) = requests.iter().partition(|r| r.path.starts_with("/api/"));
-    assert_eq!(platform.len(), 3, "create, running, complete: {platform:?}");
+    let (platform, machines): (Vec<_>, Vec<_>) = requests
+        .iter()
+        .partition(|r| r.path.starts_with("/api/") || r.path == "/graphql");
+    assert_eq!(
+        platform.len(),
+        4,
+        "the current release's config (no fly.toml), create, running, complete: {platform:?}"
+    );
     assert!(
         platform
             .iter()
@@ -36,6 +42,50 @@ fn release_records_are_sent_with_bearer_and_machines_calls_with_flyv1() {
 /// Point 2: without fly.toml the release's `definition` is the app config rebuilt from the
 /// machines (flyctl `internal/appconfig/remote.go` `getAppV2ConfigFromMachines`), never
 /// null (the double answers 422), and `build_id` is an integer.
+/// Without a fly.toml, flyctl takes the app's config from its current release (GraphQL
+/// `currentReleaseUnprocessed.configDefinition`, `internal/appconfig/remote.go`): its
+/// `[deploy] release_command` runs, as `fly deploy` would run it, while the machines keep
+/// their config. (Before, the migration was skipped without a word.)
+#[test]
+fn without_fly_toml_the_current_releases_release_command_runs() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(1).env("LOG_LEVEL", "debug"));
+    fly.add_release(
+        APP,
+        &image(1),
+        serde_json::json!({
+            "app": APP,
+            "primary_region": "iad",
+            "env": {"LOG_LEVEL": "info"},
+            "deploy": {"release_command": "bin/migrate", "strategy": "immediate"},
+            "http_service": null,
+        }),
+    );
+    let t = TestDir::new();
+    let out = run_rollout(&fly, &t, &image(2), &[]);
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("no fly.toml: the [deploy] settings (release_command, strategy, ...) of app demo's current release apply"),
+        "{err}"
+    );
+    let release_machine = fly
+        .machines(APP)
+        .into_iter()
+        .find(|m| m.metadata("fly_process_group") == Some("fly_app_release_command"))
+        .expect("the release_command ran");
+    assert_eq!(
+        release_machine.config["init"]["cmd"],
+        serde_json::json!(["bin/migrate"])
+    );
+    // The release's strategy applies; the machine's own env stays.
+    assert_eq!(fly.releases().last().unwrap().strategy, "IMMEDIATE");
+    assert_eq!(fly.machine(&ids[0]).image(), image(2));
+    assert_eq!(fly.machine(&ids[0]).config["env"]["LOG_LEVEL"], "debug");
+    assert_no_violations(&fly);
+}
+
 #[test]
 fn without_fly_toml_the_release_definition_comes_from_the_machines() {
     let fly = FlyApi::start();
@@ -52,7 +102,7 @@ fn without_fly_toml_the_release_definition_comes_from_the_machines() {
     assert_success(&out);
     // What the machines cannot say is named: a release_command would not run.
     assert!(
-        stderr(&out).contains("no fly.toml: the machines of app demo keep their config")
+        stderr(&out).contains("no fly.toml, and the app has no release with a config: the machines of app demo keep their config")
             && stderr(&out).contains("release_command (migrations)"),
         "{}",
         stderr(&out)
@@ -160,8 +210,11 @@ fn login_sessions_drop_expired_macaroons_and_fall_back_to_their_oauth_token() {
     let refusals: Vec<_> = requests.iter().filter(|r| r.status == 401).collect();
     assert_eq!(refusals.len(), 1, "{requests:?}");
     assert_eq!(refusals[0].auth_scheme, "FlyV1");
+    let refused_at = requests.iter().position(|r| r.status == 401).unwrap();
     assert!(
-        requests[1..].iter().all(|r| r.auth_scheme == "Bearer"),
+        requests[refused_at + 1..]
+            .iter()
+            .all(|r| r.auth_scheme == "Bearer"),
         "{requests:?}"
     );
     assert!(!stderr(&out).contains(oauth) && !stderr(&out).contains(&refused));

@@ -489,6 +489,24 @@ impl FlyApi {
         self.lock().releases.clone()
     }
 
+    /// Seed a completed release of `app` with this `definition` (the app config an earlier
+    /// `fly deploy` recorded): what the GraphQL `currentReleaseUnprocessed` query answers.
+    pub fn add_release(&self, app: &str, image: &str, definition: Value) {
+        let mut st = self.lock();
+        let version = st.releases.iter().filter(|r| r.app == app).count() as u64 + 1;
+        st.releases.push(Release {
+            id: ulid::Ulid::new().to_string(),
+            app: app.to_string(),
+            version,
+            image: image.to_string(),
+            strategy: "ROLLING".into(),
+            build_id: Some(0),
+            definition,
+            statuses: vec!["created".into(), "running".into(), "complete".into()],
+            metadata: Value::Null,
+        });
+    }
+
     /// Machines whose image contains `image_contains` behave so from their next start
     /// (latest matching rule wins); machines seeded `started` afterwards show `ChecksFail`
     /// at once.

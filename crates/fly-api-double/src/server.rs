@@ -166,6 +166,9 @@ async fn process(shared: &Shared, req: &Request, headers: &HeaderMap, mut proble
     let route = if req.path == "/api/v1/releases" || req.path.starts_with("/api/v1/releases/") {
         problems.extend(validate_release_request(req, content_type));
         Route::Releases
+    } else if req.path == "/graphql" {
+        problems.extend(validate_graphql_request(req, content_type));
+        Route::GraphQl
     } else {
         match schema::find_operation(&req.method, &req.path) {
             Some(op) => {
@@ -219,6 +222,7 @@ async fn process(shared: &Shared, req: &Request, headers: &HeaderMap, mut proble
     };
     let response = match route {
         Route::Releases => releases(shared, req),
+        Route::GraphQl => current_release_config(shared, req),
         Route::Machines(op) => {
             let response = machines(shared, req, &op).await;
             check_own_answer(shared, req, &op, response).await
@@ -272,6 +276,7 @@ async fn check_own_answer(shared: &Shared, req: &Request, op: &Operation, respon
 enum Route {
     Machines(Operation),
     Releases,
+    GraphQl,
     Unknown,
 }
 
@@ -314,7 +319,7 @@ fn authorized(headers: &HeaderMap, token: &str, platform: bool) -> bool {
 }
 
 fn is_platform_api(req: &Request) -> bool {
-    req.path.starts_with("/api/")
+    req.path.starts_with("/api/") || req.path == "/graphql"
 }
 
 /// The platform API (api.fly.io) takes `Authorization: Bearer <macaroons,oauth>`: flyctl's
@@ -460,6 +465,61 @@ fn validate_release_request(req: &Request, content_type: Option<&str>) -> Vec<St
         }
     }
     errors
+}
+
+/// The one GraphQL query the double answers: flyctl's `FlyctlConfigCurrentRelease`
+/// (`internal/appconfig/remote.go`, `getAppV2ConfigFromReleases`), which `fly deploy` without a
+/// fly.toml uses to take the app's config from its current release. Anything else is a
+/// violation: nixfly must not come to depend on a query the double does not model.
+fn validate_graphql_request(req: &Request, content_type: Option<&str>) -> Vec<String> {
+    let mut errors = Vec::new();
+    if req.method != "POST" {
+        errors.push(format!("GraphQL is POST /graphql, not {}", req.method));
+    }
+    if !content_type.is_some_and(|c| c.starts_with("application/json")) {
+        errors.push("a GraphQL request is sent as application/json".into());
+    }
+    let body = req.body.as_ref();
+    let query = body.and_then(|b| b["query"].as_str()).unwrap_or_default();
+    let squashed: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
+    let known = squashed.contains("app(name: $appName)") || squashed.contains("app(name:$appName)");
+    if !(known && squashed.contains("currentReleaseUnprocessed { configDefinition }")) {
+        errors.push(format!(
+            "the double answers only flyctl's FlyctlConfigCurrentRelease query \
+             (app(name: $appName) {{ currentReleaseUnprocessed {{ configDefinition }} }}), not {query:?}"
+        ));
+    }
+    if !body.is_some_and(|b| b["variables"]["appName"].is_string()) {
+        errors.push("variables.appName must be the app's name".into());
+    }
+    errors
+}
+
+/// `currentReleaseUnprocessed.configDefinition`: the `definition` of the app's latest release
+/// that completed (the one running), null when it has none; an unknown app is a GraphQL error
+/// (status 200, `errors`), as GraphQL answers.
+fn current_release_config(shared: &Shared, req: &Request) -> Response {
+    let app = req.body.as_ref().expect("validated")["variables"]["appName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let st = shared.lock();
+    if !st.apps.contains_key(&app) {
+        return ok_json(
+            StatusCode::OK,
+            json!({"data": {"app": null}, "errors": [{"message": "Could not find App", "path": ["app"]}]}),
+        );
+    }
+    let current = st
+        .releases
+        .iter()
+        .rev()
+        .find(|r| r.app == app && r.status() == "complete")
+        .map(|r| json!({"configDefinition": r.definition}));
+    ok_json(
+        StatusCode::OK,
+        json!({"data": {"app": {"currentReleaseUnprocessed": current}}}),
+    )
 }
 
 fn release_id(path: &str) -> Option<&str> {

@@ -404,8 +404,10 @@ pub struct RecordedRequest {
 
 impl RecordedRequest {
     /// Anything but GET/HEAD: the requests `--dry-run` must never send.
+    /// Whether it can change anything: not a read, and not a GraphQL query (a POST that
+    /// only reads; the double answers no mutation).
     pub fn is_mutating(&self) -> bool {
-        self.method != "GET" && self.method != "HEAD"
+        self.method != "GET" && self.method != "HEAD" && self.path != "/graphql"
     }
 }
 

@@ -52,6 +52,8 @@ pub enum AppConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{origin} cannot be read as a fly.toml: {problem}")]
+    Definition { origin: String, problem: String },
     #[error("{file}:{line}: not valid TOML: {message}")]
     Syntax {
         file: String,
@@ -90,6 +92,36 @@ impl AppConfig {
 
     /// Validate fly.toml given as text; `path` names it in messages and anchors relative
     /// `[[files]] local_path` entries.
+    /// An app config recorded as a release's `definition` (fly.toml as JSON), read as the
+    /// fly.toml it was: flyctl's `FromDefinition`. JSON nulls (no TOML value) are left out;
+    /// `origin` names where it came from in errors.
+    pub fn from_definition(
+        definition: &serde_json::Value,
+        origin: &str,
+    ) -> Result<(AppConfig, Vec<Warning>), AppConfigError> {
+        fn without_nulls(value: &serde_json::Value) -> serde_json::Value {
+            match value {
+                serde_json::Value::Object(map) => map
+                    .iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), without_nulls(v)))
+                    .collect(),
+                serde_json::Value::Array(items) => {
+                    items.iter().filter(|v| !v.is_null()).map(without_nulls).collect()
+                }
+                other => other.clone(),
+            }
+        }
+        let path = Path::new(origin);
+        let text = toml::Value::try_from(without_nulls(definition))
+            .and_then(|value| toml::to_string(&value))
+            .map_err(|err| AppConfigError::Definition {
+                origin: origin.to_string(),
+                problem: err.to_string(),
+            })?;
+        Self::parse(&text, path)
+    }
+
     pub fn parse(text: &str, path: &Path) -> Result<(AppConfig, Vec<Warning>), AppConfigError> {
         let file = path.display().to_string();
         let doc = reader::Doc::new(file.clone(), text);
