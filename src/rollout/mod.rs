@@ -89,7 +89,11 @@ pub async fn run(
         app: spec.app.clone(),
         source: source.into(),
     })?;
-    let mut fleet = Fleet::classify(machines);
+    let default_group = fly_toml.as_ref().map_or_else(
+        || crate::fly::types::DEFAULT_GROUP.to_string(),
+        crate::fly::appconfig::AppConfig::default_group,
+    );
+    let mut fleet = Fleet::classify_with_default(machines, &default_group);
     // flyctl's test: an app never deployed; the machine count guards against a status it
     // does not know.
     let first_deploy =

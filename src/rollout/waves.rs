@@ -28,10 +28,27 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn classify(machines: Vec<Machine>) -> Fleet {
+        Self::classify_with_default(machines, crate::fly::types::DEFAULT_GROUP)
+    }
+
+    /// `classify`, with machines that name no process group put in `default_group` (fly.toml's
+    /// default), as flyctl does before it deploys (`internal/command/deploy/machines.go`,
+    /// `setMachinesForDeployment`: `DefaultProcessName()` into their metadata).
+    pub fn classify_with_default(machines: Vec<Machine>, default_group: &str) -> Fleet {
         let mut fleet = Fleet::default();
-        for machine in machines {
+        for mut machine in machines {
             if machine.is_gone() {
                 continue;
+            }
+            if machine
+                .metadata(crate::fly::types::META_PROCESS_GROUP)
+                .is_none_or(str::is_empty)
+                && let Some(config) = machine.config.as_object_mut()
+            {
+                let metadata = config.entry("metadata").or_insert_with(|| serde_json::json!({}));
+                if let Some(metadata) = metadata.as_object_mut() {
+                    metadata.insert(crate::fly::types::META_PROCESS_GROUP.into(), default_group.into());
+                }
             }
             match machine.process_group() {
                 RELEASE_COMMAND_GROUP => fleet.leftover_release_machines.push(machine),
@@ -250,6 +267,22 @@ mod tests {
             .iter()
             .map(|w| w.iter().map(|m| m.id.clone()).collect())
             .collect()
+    }
+
+    /// A v2 machine naming no process group belongs to fly.toml's default group, as flyctl's
+    /// `setMachinesForDeployment` puts it, not to a group `app` that fly.toml may not have.
+    #[test]
+    fn a_machine_without_a_process_group_is_in_the_default_group() {
+        let mut unnamed = m("u1", "app", "started");
+        unnamed.config["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("fly_process_group");
+        let fleet = Fleet::classify_with_default(vec![unnamed, m("w1", "web", "started")], "web");
+        let web: Vec<&str> = fleet.groups["web"].iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(web, ["u1", "w1"]);
+        assert_eq!(fleet.groups["web"][0].process_group(), "web");
+        assert!(!fleet.groups.contains_key("app"));
     }
 
     #[test]

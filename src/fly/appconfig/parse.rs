@@ -1005,10 +1005,26 @@ fn check_auto_extend(t: &Table<'_, '_>, threshold: Option<u64>, increment: Optio
 fn parse_static(t: &Table<'_, '_>) -> Option<Static> {
     let guest_path = required_string(t, "guest_path", "the directory in the image to serve");
     let url_prefix = required_string(t, "url_prefix", "the URL path to serve it under");
+    let tigris_bucket = t.string("tigris_bucket").unwrap_or_default();
+    // A relative guest_path without a bucket is a local directory that `fly deploy` uploads to
+    // a Tigris bucket it manages and takes out of the machine's statics (flyctl
+    // `internal/command/deploy/statics/deployer.go`, `StaticIsCandidateForTigrisPush`).
+    if let (Some(path), Some(field)) = (&guest_path, t.get("guest_path"))
+        && tigris_bucket.is_empty()
+        && !path.is_empty()
+        && !path.starts_with('/')
+    {
+        field.error(format!(
+            "{path:?} is relative: `fly deploy` uploads such a local directory to a Tigris bucket \
+             it manages, which nixfly does not do; give the directory's absolute path inside \
+             the image (/{path}), or a tigris_bucket you fill yourself"
+        ));
+        return None;
+    }
     Some(Static {
         guest_path: guest_path?,
         url_prefix: url_prefix?,
-        tigris_bucket: t.string("tigris_bucket").unwrap_or_default(),
+        tigris_bucket,
         index_document: t.string("index_document").unwrap_or_default(),
     })
 }

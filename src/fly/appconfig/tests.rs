@@ -266,6 +266,10 @@ fn impossible_values_are_errors() {
             "[[files]]\nguest_path = \"/etc/x\"\nlocal_path = \"does-not-exist.txt\"\n",
             "fly.toml:1: [files] local_path: cannot read does-not-exist.txt",
         ),
+        (
+            "[[statics]]\nguest_path = \"public\"\nurl_prefix = \"/static\"\n",
+            "fly.toml:2: [statics[0]] guest_path: \"public\" is relative: `fly deploy` uploads",
+        ),
     ];
     for (text, expected) in cases {
         let found = problems(text);
