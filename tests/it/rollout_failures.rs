@@ -88,6 +88,39 @@ fn no_rollback_leaves_the_failed_machine_and_still_fails() {
     assert_no_violations(&fly);
 }
 
+/// A machine without checks whose process runs once and exits 0 (a one-shot group) is
+/// deployed, as flyctl's smoke check passes it (it fails only machines that keep restarting);
+/// one that exits 1 and stops did not come up, and is rolled back.
+#[test]
+fn a_one_shot_machine_that_exits_cleanly_is_deployed_and_one_that_fails_is_not() {
+    for (exit_code, deployed) in [(0, true), (1, false)] {
+        let fly = FlyApi::start();
+        fly.add_app(APP);
+        let ids = fly.add_machines(APP, &MachineSpec::new("app").count(1));
+        let t = TestDir::new();
+        let new = image(11);
+        fly.set_behavior(
+            digest_hex(&new),
+            Behavior::RestartLoop {
+                exit_code,
+                restarts: 0,
+            },
+        );
+        let out = run_rollout(&fly, &t, &new, &["--wait-timeout", "20s"]);
+        let err = stderr(&out);
+        if deployed {
+            assert_success(&out);
+            assert_eq!(fly.machine(&ids[0]).image(), new);
+            assert_eq!(fly.machine(&ids[0]).state, "stopped");
+        } else {
+            assert_eq!(out.status.code(), Some(EXIT_ROLLED_BACK), "{err}");
+            assert_ne!(fly.machine(&ids[0]).image(), new);
+        }
+        assert_no_leases(&fly);
+        assert_no_violations(&fly);
+    }
+}
+
 #[test]
 fn restart_loop_is_caught_by_the_smoke_check() {
     let fly = FlyApi::start();
