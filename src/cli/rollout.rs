@@ -127,7 +127,8 @@ impl ResolvedRollout {
             app: app.to_string(),
             fly_toml,
             options: options.clone(),
-            api: MachinesApi::new(machines_http, app),
+            api: MachinesApi::new(machines_http, app)
+                .with_min_secrets_version(crate::fly::token::secrets_min_version(app)),
             platform,
         })
     }

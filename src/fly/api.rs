@@ -413,6 +413,8 @@ fn error_message(body: &[u8]) -> String {
 pub struct MachinesApi {
     http: FlyHttp,
     app: String,
+    /// Sent as `min_secrets_version` with every create and update (`with_min_secrets_version`).
+    min_secrets_version: Option<u64>,
 }
 
 impl MachinesApi {
@@ -420,7 +422,23 @@ impl MachinesApi {
         MachinesApi {
             http,
             app: app.to_string(),
+            min_secrets_version: None,
         }
+    }
+
+    /// Every machine created or updated gets secrets of at least this version, as flyctl asks
+    /// with the `app_secrets_minvers` it keeps (`crate::fly::token::secrets_min_version`).
+    pub fn with_min_secrets_version(mut self, version: Option<u64>) -> Self {
+        self.min_secrets_version = version;
+        self
+    }
+
+    /// A create or update body with `min_secrets_version` when one is known.
+    fn launch_body(&self, mut body: Value) -> Value {
+        if let (Some(version), Some(fields)) = (self.min_secrets_version, body.as_object_mut()) {
+            fields.insert("min_secrets_version".into(), version.into());
+        }
+        body
     }
 
     pub async fn get_app(&self) -> Result<App, ApiError> {
@@ -538,7 +556,7 @@ impl MachinesApi {
                 method: Method::POST,
                 path: &["v1", "apps", &self.app, "machines", id],
                 query: &[],
-                body: Some(body),
+                body: Some(self.launch_body(body)),
                 nonce: Some(nonce),
                 replay: Replay::Safe,
             })
@@ -553,7 +571,8 @@ impl MachinesApi {
     /// the machine is looked up by it (`?metadata.nixfly_launch_id=`) and adopted when it is
     /// there, else the create is sent again. A machine nixfly cannot see is one it never made,
     /// so a rollback can always destroy what a deploy created.
-    pub async fn create_machine(&self, mut body: Value) -> Result<Machine, ApiError> {
+    pub async fn create_machine(&self, body: Value) -> Result<Machine, ApiError> {
+        let mut body = self.launch_body(body);
         let launch_id = ulid::Ulid::new().to_string();
         let config = &mut body["config"];
         if !config["metadata"].is_object() {

@@ -258,6 +258,33 @@ fn strip_scheme(token: &str) -> &str {
 
 /// The top-level `access_token` value of flyctl's config.yml. flyctl writes it as a plain or
 /// quoted scalar on one line; this reads exactly that shape rather than pulling in a YAML parser.
+/// The least secrets version machines of `app` must get: `app_secrets_minvers` in flyctl's
+/// config.yml, which `fly secrets set` raises, and which flyctl sends with every machine
+/// create and update (`internal/appsecrets/minvers.go`; `min_secrets_version` in
+/// `machines_launchinput.go`), so that a deploy right after a secret change does not start
+/// machines on the older secrets. None when the file or the app's entry is missing.
+pub fn secrets_min_version(app: &str) -> Option<u64> {
+    let dir = std::env::var_os("FLY_CONFIG_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| dirs::home_dir().map(|home| home.join(".fly")))?;
+    config_secrets_min_version(&std::fs::read_to_string(dir.join("config.yml")).ok()?, app)
+}
+
+/// `app_secrets_minvers.<app>` of a config.yml as flyctl writes it (a YAML map under that key,
+/// one indented `name: version` line per app).
+fn config_secrets_min_version(text: &str, app: &str) -> Option<u64> {
+    let mut lines = text
+        .lines()
+        .skip_while(|line| !line.starts_with("app_secrets_minvers:"));
+    lines.next()?;
+    lines
+        .take_while(|line| line.starts_with([' ', '\t']) || line.trim().is_empty())
+        .filter_map(|line| line.trim().split_once(':'))
+        .find(|(name, _)| name.trim().trim_matches(['"', '\'']) == app)
+        .and_then(|(_, version)| version.split('#').next()?.trim().parse().ok())
+}
+
 fn config_access_token(text: &str) -> Option<String> {
     text.lines().find_map(|line| {
         let value = line.strip_prefix("access_token:")?.trim();
@@ -279,6 +306,20 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |var| pairs.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn the_secrets_min_version_is_read_from_flyctls_config() {
+        let text = "access_token: fo1_x\napp_secrets_minvers:\n    demo: 7\n    \"other-app\": 12 # set by fly\nsend_metrics: true\n";
+        assert_eq!(config_secrets_min_version(text, "demo"), Some(7));
+        assert_eq!(config_secrets_min_version(text, "other-app"), Some(12));
+        assert_eq!(config_secrets_min_version(text, "send_metrics"), None);
+        assert_eq!(config_secrets_min_version(text, "missing"), None);
+        assert_eq!(
+            config_secrets_min_version("app_secrets_minvers: {}\n", "demo"),
+            None
+        );
+        assert_eq!(config_secrets_min_version("access_token: x\n", "demo"), None);
     }
 
     fn config_dir_with(token: &str) -> tempfile::TempDir {

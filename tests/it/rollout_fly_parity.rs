@@ -86,6 +86,67 @@ fn without_fly_toml_the_current_releases_release_command_runs() {
     assert_no_violations(&fly);
 }
 
+/// `fly secrets set` records the app's new secrets version in config.yml
+/// (`app_secrets_minvers`), and flyctl asks every machine it creates or updates for at least
+/// that version (`min_secrets_version`), so that a deploy right after the change does not start
+/// machines on the old secrets; so does nixfly.
+#[test]
+fn machines_are_asked_for_the_secrets_version_flyctl_recorded() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(2));
+    let t = TestDir::new();
+    let config_dir = t.join("flyconfig");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(
+        config_dir.join("config.yml"),
+        "app_secrets_minvers:\n    demo: 5\n    other: 9\n",
+    )
+    .unwrap();
+    let out =
+        support::run(support::rollout::rollout_cmd(&fly, &t, &image(4)).env("FLY_CONFIG_DIR", &config_dir));
+    assert_success(&out);
+    let updates = support::rollout::updated_ids(&fly.requests());
+    assert_eq!(updates.len(), 2);
+    let bodies: Vec<_> = fly
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "POST"
+                && updates
+                    .iter()
+                    .any(|id| r.path.ends_with(&format!("/machines/{id}")))
+        })
+        .map(|r| r.body.unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 2);
+    assert!(
+        bodies.iter().all(|b| b["min_secrets_version"] == 5),
+        "{bodies:#?}"
+    );
+    // Without the entry, nothing is asked.
+    let before = fly.requests().len();
+    let out = run_rollout(&fly, &t, &image(5), &[]);
+    assert_success(&out);
+    let second: Vec<_> = fly.requests()[before..]
+        .iter()
+        .filter(|r| {
+            r.method == "POST"
+                && r.path
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|id| updates.iter().any(|u| u == id))
+        })
+        .map(|r| r.body.clone().unwrap())
+        .collect();
+    assert_eq!(second.len(), 2, "{second:#?}");
+    assert!(
+        second.iter().all(|b| b.get("min_secrets_version").is_none()),
+        "{second:#?}"
+    );
+    assert_no_violations(&fly);
+}
+
 #[test]
 fn without_fly_toml_the_release_definition_comes_from_the_machines() {
     let fly = FlyApi::start();
