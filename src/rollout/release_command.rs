@@ -121,7 +121,15 @@ pub async fn run(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<(), Ro
             "destroying release_command machine {} left by an earlier deploy",
             leftover.id
         ));
-        ctx.destroy(&leftover.id, group).await?;
+        // A leftover that cannot be destroyed does not stop the deploy: flyctl only records
+        // it (`machines_releasecommand.go`); the next deploy tries again.
+        if let Err(err) = ctx.destroy(&leftover.id, group).await {
+            ctx.reporter.warn(format!(
+                "cannot destroy release_command machine {} left by an earlier deploy ({err}); \
+                 going on, the next deploy tries again (or `fly machine destroy --force {}`)",
+                leftover.id, leftover.id
+            ));
+        }
     }
     let body = machine_request(ctx, rc, fleet)?;
     ctx.reporter

@@ -257,6 +257,50 @@ fn the_release_command_guest_comes_from_the_default_group() {
     assert_no_violations(&fly);
 }
 
+/// A release_command machine an earlier deploy left behind that cannot be destroyed does not
+/// stop this deploy (flyctl only records it, `createOrUpdateReleaseCmdMachine`): a warning
+/// names it, the release_command runs, the rollout goes on.
+#[test]
+fn a_leftover_release_command_machine_that_will_not_go_does_not_stop_the_deploy() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(1));
+    let leftover = fly.add_machine_with_config(
+        APP,
+        "iad",
+        "stopped",
+        MachineSpec::new("fly_app_release_command").config(),
+    );
+    fly.inject_fault(
+        "DELETE",
+        &format!("/machines/{leftover}"),
+        1,
+        FaultKind::Status {
+            status: 412,
+            message: "machine is being replaced".into(),
+        },
+    );
+    let t = TestDir::new();
+    std::fs::write(
+        t.join("fly.toml"),
+        "app = \"demo\"\n[deploy]\nrelease_command = \"bin/migrate\"\n",
+    )
+    .unwrap();
+    let new = image(13);
+    let out = run_rollout(&fly, &t, &new, &[]);
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "cannot destroy release_command machine {leftover} left by an earlier deploy"
+        )),
+        "{err}"
+    );
+    assert_eq!(fly.machine(&ids[0]).image(), new);
+    assert!(fly.pending_faults().is_empty());
+    assert_no_violations(&fly);
+}
+
 #[test]
 fn someone_elses_lease_is_waited_for_then_named() {
     let fly = FlyApi::start();
