@@ -119,7 +119,8 @@ pub async fn run(
              applies secrets staged with `fly secrets set --stage`)",
             fleet.machine_count(),
             spec.app,
-            spec.image
+            // The digest is what they run; the tag of this push is not one they carry.
+            without_tag(&spec.image)
         );
         if spec.dry_run && !reporter.is_json() {
             reporter.result(&line);
@@ -264,6 +265,20 @@ fn validate(
 
 /// Every machine already runs the image's digest with the config this deploy would give it,
 /// and no group is added or removed: there is nothing to do.
+/// `host/repo@digest` for `host/repo:tag@digest` (a reference without a digest is kept).
+fn without_tag(image: &str) -> String {
+    match image.split_once('@') {
+        Some((name, digest)) => {
+            let repository = match name.rsplit_once(':') {
+                Some((repository, tag)) if !tag.contains('/') => repository,
+                _ => name,
+            };
+            format!("{repository}@{digest}")
+        }
+        None => image.to_string(),
+    }
+}
+
 fn nothing_to_deploy(
     spec: &RolloutSpec,
     fleet: &Fleet,
@@ -648,5 +663,23 @@ async fn finish(
                 ),
             }))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_tag;
+
+    #[test]
+    fn the_tag_is_dropped_from_a_digest_reference_only() {
+        assert_eq!(
+            without_tag("127.0.0.1:5000/demo:deployment-01@sha256:ab"),
+            "127.0.0.1:5000/demo@sha256:ab"
+        );
+        assert_eq!(
+            without_tag("127.0.0.1:5000/demo@sha256:ab"),
+            "127.0.0.1:5000/demo@sha256:ab"
+        );
+        assert_eq!(without_tag("registry.fly.io/app:v1"), "registry.fly.io/app:v1");
     }
 }
