@@ -34,6 +34,17 @@ pub enum GroupError {
     #[error("new machines for process group(s) {groups} need a region: set primary_region in fly.toml")]
     NoRegion { groups: String },
     #[error(
+        "creating a new machine in process group {group} requires an unattached volume \
+         {volume:?} in {region}, and the app has none: create it with `fly volume create {volume} \
+         --region {region}` and deploy again (after an app's first deploy, new volumes are made \
+         by hand, as with `fly deploy`)"
+    )]
+    VolumeMissing {
+        group: String,
+        volume: String,
+        region: String,
+    },
+    #[error(
         "fly.toml no longer has process group(s) {groups}, so their {count} machine(s) ({machines}) \
          would be destroyed: pass --destroy-removed-groups to destroy them once the new config is \
          deployed and healthy, or put the group(s) back in [processes]"
@@ -302,6 +313,43 @@ impl GroupChanges {
                 ctx.spec.app
             )),
         }
+    }
+
+    /// After an app's first deploy flyctl creates no volume: every new machine that mounts one
+    /// needs an unattached volume of that name in the region already
+    /// (`internal/command/deploy/machines.go`, `validateVolumeConfig`; `deploy_first.go`
+    /// creates them only on the first deploy). Checked before anything changes.
+    pub async fn check_volumes_exist(&self, api: &crate::fly::api::MachinesApi) -> anyhow::Result<()> {
+        let needs: Vec<(&str, &VolumeNeed)> = self
+            .launches
+            .iter()
+            .filter_map(|launch| launch.volume.as_ref().map(|need| (launch.group.as_str(), need)))
+            .collect();
+        if needs.is_empty() {
+            return Ok(());
+        }
+        let volumes = api.list_volumes().await.map_err(|source| RolloutError::AppApi {
+            action: "listing the volumes",
+            app: self.app.clone(),
+            source: Box::new(source),
+        })?;
+        for (group, need) in needs {
+            let free = volumes.iter().any(|v| {
+                v.name == need.name
+                    && v.region == self.region
+                    && v.attached_machine_id.as_deref().is_none_or(str::is_empty)
+                    && v.state == "created"
+            });
+            if !free {
+                return Err(GroupError::VolumeMissing {
+                    group: group.to_string(),
+                    volume: need.name.clone(),
+                    region: self.region.clone(),
+                }
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// An unattached volume of that name in the region, else a new one (flyctl makes them on

@@ -129,6 +129,9 @@ pub async fn run(
         }
         return Ok(());
     }
+    if !first_deploy {
+        groups.check_volumes_exist(&api).await?;
+    }
     let mut preview = describe(&spec, &fleet, &change, platform.is_some());
     preview.extend(groups.describe(&fleet, &change));
     if spec.dry_run {

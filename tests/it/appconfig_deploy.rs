@@ -495,6 +495,41 @@ fn a_first_deploy_with_a_volume_creates_and_mounts_it() {
     assert_no_violations(&fly);
 }
 
+/// After an app's first deploy, flyctl makes no volume: a new machine that mounts one needs an
+/// unattached volume of that name made beforehand (`validateVolumeConfig`). Without it the
+/// deploy stops before any change, naming the `fly volume create` to run; with it, the machine
+/// mounts it and nothing new is made.
+#[test]
+fn after_the_first_deploy_new_machines_need_a_volume_made_beforehand() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let t = TestDir::new();
+    write_fly_toml(&t, &fixture("03-volume-autoextend.toml"));
+    let out = run_rollout(&fly, &t, &image(1), &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("requires an unattached volume \"notes_data\" in fra")
+            && err.contains("fly volume create notes_data --region fra"),
+        "{err}"
+    );
+    assert!(
+        fly.mutating_requests().is_empty(),
+        "{:#?}",
+        fly.mutating_requests()
+    );
+    assert!(fly.volumes(APP).is_empty());
+
+    let volume = fly.add_volume(APP, "notes_data", "fra", 10);
+    let out = run_rollout(&fly, &t, &image(1), &[]);
+    assert_success(&out);
+    let machines = group_machines(&fly, "app");
+    assert_eq!(machines.len(), 1);
+    assert_eq!(machines[0].config["mounts"][0]["volume"], json!(volume));
+    assert_eq!(fly.volumes(APP).len(), 1);
+    assert_no_violations(&fly);
+}
+
 /// A volume create flaps committed and answered with a 500: the new volume is found and
 /// mounted, and no second one is made.
 #[test]
