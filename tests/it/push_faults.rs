@@ -7,7 +7,9 @@ use crate::support;
 use support::TestDir;
 use support::images::{self, Fault as ImageFault, Layer};
 use support::proxy::{Fault, FaultProxy, Rule};
-use support::readback::{assert_same_image, layer_outcomes, push, push_via, pushed_reference};
+use support::readback::{
+    assert_same_image, layer_outcomes, push, push_via, pushed_json_reference, pushed_reference,
+};
 use support::registry::{AuthMode, Registry};
 
 /// An image whose first layer compresses to well over the cut point below.
@@ -632,14 +634,4 @@ fn a_token_service_refusing_the_mount_scope_falls_back_to_uploading() {
         "no mount scope was asked for: {asked:?}"
     );
     assert_same_image(&registry, &pushed_json_reference(&other), &written);
-}
-
-/// The reference of the `pushed` event of a push with `--output json`.
-fn pushed_json_reference(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|e| e["event"] == "pushed")
-        .and_then(|e| e["reference"].as_str().map(str::to_string))
-        .expect("a pushed event")
 }

@@ -8,17 +8,8 @@ use crate::support;
 use std::process::Output;
 use support::TestDir;
 use support::images::{self, Fault, Layer, Written};
-use support::readback::{assert_same_image, events, layer_outcomes, push};
+use support::readback::{assert_same_image, events, layer_outcomes, push, pushed_json_reference};
 use support::registry::{AuthMode, Registry};
-
-/// The `pushed` event's reference of a successful push.
-#[track_caller]
-fn pushed_reference(out: &Output) -> String {
-    support::assert_success(out);
-    let pushed = events(out, "pushed");
-    assert_eq!(pushed.len(), 1);
-    pushed[0]["reference"].as_str().unwrap().to_string()
-}
 
 fn archive(t: &TestDir, name: &str, layers: &[Layer]) -> (std::path::PathBuf, Written) {
     let path = t.join(name);
@@ -51,14 +42,14 @@ fn fresh_runner_reads_and_compresses_nothing_the_registry_has_issue_12() {
     let layers = written.diff_ids.len();
 
     let first = fresh_push(&registry, &tar, "app", "live", &[]);
-    pushed_reference(&first);
+    pushed_json_reference(&first);
     assert_eq!(layer_outcomes(&first), vec!["uploaded"; layers]);
     let stored = registry.blob_bytes();
 
     // The .tar again, to the same tag, from another machine: every layer found through the
     // tag's current image; the archive's layers are never read (no progress at all).
     let again = fresh_push(&registry, &tar, "app", "live", &[]);
-    let reference = pushed_reference(&again);
+    let reference = pushed_json_reference(&again);
     assert_eq!(layer_outcomes(&again), vec!["skipped"; layers]);
     assert_eq!(
         events(&again, "layer_progress").len(),
@@ -69,7 +60,7 @@ fn fresh_runner_reads_and_compresses_nothing_the_registry_has_issue_12() {
     // The stream script to a new tag, found through --reuse-from: layers only hashed as they
     // pass, none compressed or uploaded.
     let streamed = fresh_push(&registry, &script, "app", "next", &["--reuse-from", "app:live"]);
-    pushed_reference(&streamed);
+    pushed_json_reference(&streamed);
     assert_eq!(layer_outcomes(&streamed), vec!["skipped"; layers]);
     assert_eq!(registry.blob_bytes(), stored, "nothing was uploaded");
     assert_same_image(&registry, &reference, &written);
@@ -90,10 +81,10 @@ fn fresh_runner_oci_layout_tar_gz_and_stdin_read_or_compress_nothing_issue_12() 
     let layout = t.join("layout");
     let from_layout = images::write_oci_layout(&layout, &images::small_layers(), false).unwrap();
     let oci = ["--format", "oci"];
-    pushed_reference(&fresh_push(&registry, &layout, "layout", "live", &oci));
+    pushed_json_reference(&fresh_push(&registry, &layout, "layout", "live", &oci));
     let stored = registry.blob_bytes();
     let again = fresh_push(&registry, &layout, "layout", "live", &oci);
-    let reference = pushed_reference(&again);
+    let reference = pushed_json_reference(&again);
     assert_eq!(
         layer_outcomes(&again),
         vec!["skipped"; from_layout.diff_ids.len()]
@@ -107,12 +98,12 @@ fn fresh_runner_oci_layout_tar_gz_and_stdin_read_or_compress_nothing_issue_12() 
 
     let (tar, written) = archive(&t, "image.tar", &images::small_layers());
     let layers = written.diff_ids.len();
-    pushed_reference(&fresh_push(&registry, &tar, "app", "live", &[]));
+    pushed_json_reference(&fresh_push(&registry, &tar, "app", "live", &[]));
     let stored = registry.blob_bytes();
     let gz = t.join("image.tar.gz");
     images::gzip_file(&tar, &gz).unwrap();
     let from_gz = fresh_push(&registry, &gz, "app", "live", &[]);
-    let reference = pushed_reference(&from_gz);
+    let reference = pushed_json_reference(&from_gz);
     assert_eq!(layer_outcomes(&from_gz), vec!["skipped"; layers]);
     assert_same_image(&registry, &reference, &written);
 
@@ -124,7 +115,7 @@ fn fresh_runner_oci_layout_tar_gz_and_stdin_read_or_compress_nothing_issue_12() 
         .args(["--creds", &registry.creds()])
         .stdin(std::fs::File::open(&gz).unwrap());
     let piped = cmd.output().unwrap();
-    pushed_reference(&piped);
+    pushed_json_reference(&piped);
     assert_eq!(layer_outcomes(&piped), vec!["skipped"; layers]);
     assert_eq!(registry.blob_bytes(), stored, "nothing was uploaded");
 }
@@ -135,13 +126,13 @@ fn reuse_from_another_repository_mounts_and_one_changed_layer_is_uploaded() {
     let t = TestDir::new();
     let mut layers = images::small_layers();
     let (tar, _) = archive(&t, "v1.tar", &layers);
-    pushed_reference(&fresh_push(&registry, &tar, "base", "v1", &[]));
+    pushed_json_reference(&fresh_push(&registry, &tar, "base", "v1", &[]));
 
     layers[2] = Layer::of(&["/etc/debian_version", "/usr/share/common-licenses/Apache-2.0"]);
     let (changed, written) = archive(&t, "v2.tar", &layers);
     let host_ref = format!("{}/base:v1", registry.host());
     let out = fresh_push(&registry, &changed, "app", "v2", &["--reuse-from", &host_ref]);
-    let reference = pushed_reference(&out);
+    let reference = pushed_json_reference(&out);
     assert_eq!(layer_outcomes(&out), ["mounted", "mounted", "uploaded"]);
     assert_same_image(&registry, &reference, &written);
 }
@@ -152,7 +143,7 @@ fn a_manifest_naming_a_lost_blob_falls_back_to_uploading() {
     let t = TestDir::new();
     let (tar, written) = archive(&t, "image.tar", &images::small_layers());
     let first = fresh_push(&registry, &tar, "app", "live", &[]);
-    pushed_reference(&first);
+    pushed_json_reference(&first);
     // The registry's manifest still names the first layer, but its data is gone: HEAD says 404.
     let manifest = registry.skopeo_manifest(&format!("{}/app:live", registry.host()));
     let lost = manifest["layers"][0]["digest"]
@@ -169,7 +160,7 @@ fn a_manifest_naming_a_lost_blob_falls_back_to_uploading() {
     std::fs::remove_file(&data).unwrap();
 
     let again = fresh_push(&registry, &tar, "app", "live", &[]);
-    let reference = pushed_reference(&again);
+    let reference = pushed_json_reference(&again);
     assert_eq!(layer_outcomes(&again), ["uploaded", "skipped", "skipped"]);
     assert!(data.exists(), "the lost blob is in the registry again");
     assert_same_image(&registry, &reference, &written);

@@ -130,6 +130,15 @@ pub fn assert_same_image(registry: &Registry, reference: &str, written: &Written
 }
 
 /// The events named `name` from `--output json` stdout, where every line is one JSON event.
+/// The `pushed` event's reference of a successful push with `--output json`.
+#[track_caller]
+pub fn pushed_json_reference(out: &Output) -> String {
+    super::assert_success(out);
+    let pushed = events(out, "pushed");
+    assert_eq!(pushed.len(), 1);
+    pushed[0]["reference"].as_str().unwrap().to_string()
+}
+
 pub fn events(out: &Output, name: &str) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
