@@ -126,7 +126,7 @@ fn force_started<'a>(ctx: &Ctx, blues: &[&'a Machine]) -> BTreeSet<&'a str> {
             let has_checks = members
                 .iter()
                 .any(|m| config_check_count(&ctx.change.apply(&m.config)) > 0);
-            let any_running = members.iter().any(|m| !m.should_skip_launch());
+            let any_running = members.iter().any(|m| !m.should_skip_launch() && !m.is_standby());
             (has_checks && !any_running).then(|| members[0].id.as_str())
         })
         .collect()
@@ -141,7 +141,8 @@ async fn create_green(
     let group = blue.process_group();
     let mut config = ctx.change.apply(&blue.config);
     config["metadata"][META_BLUEGREEN_TAG] = Value::String(tag.to_string());
-    let launch = force_start || !blue.should_skip_launch();
+    // A standby's green stays a stopped standby, whatever state the blue is in.
+    let launch = force_start || (!blue.should_skip_launch() && !blue.is_standby());
     let mut body = json!({
         "config": config,
         "skip_launch": !launch,

@@ -8,14 +8,22 @@ use crate::fly::types::{META_CANARY, Machine};
 use serde_json::{Value, json};
 
 pub async fn run(ctx: &Ctx, group: &str, machines: &[Machine]) -> Result<(), RolloutError> {
+    // A running machine of the group, not a standby (flyctl builds its canary from fly.toml,
+    // which has no standbys).
     let Some(template) = machines
         .iter()
-        .find(|m| !m.should_skip_launch())
+        .find(|m| !m.should_skip_launch() && !m.is_standby())
         .or(machines.first())
     else {
         return Ok(());
     };
     let mut config = ctx.change.apply(&template.config);
+    if let Some(fields) = config.as_object_mut() {
+        fields.remove("standbys");
+    }
+    if let Some(env) = config.get_mut("env").and_then(Value::as_object_mut) {
+        env.remove("FLY_STANDBY_FOR");
+    }
     config["metadata"][META_CANARY] = Value::String("true".into());
     config["dns"]["skip_registration"] = Value::Bool(true);
     let mut body = json!({"config": config, "skip_launch": false});

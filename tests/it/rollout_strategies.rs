@@ -87,6 +87,35 @@ fn canary_machine_is_checked_and_destroyed_before_the_group_rolls() {
     assert_no_violations(&fly);
 }
 
+/// The canary is made from a running machine of the group that is not a standby, and is no
+/// standby itself (flyctl builds it from fly.toml, which has none), even when the first machine
+/// of the group is a standby that happens to run.
+#[test]
+fn the_canary_is_never_a_standby() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let mut standby = MachineSpec::new("app").checks(1).config();
+    standby["standbys"] = serde_json::json!(["m-other"]);
+    standby["env"]["FLY_STANDBY_FOR"] = "m-other".into();
+    fly.add_machine_with_config(APP, "iad", "started", standby);
+    fly.add_machines(APP, &MachineSpec::new("app").count(1).checks(1).services(true));
+    let t = TestDir::new();
+    let out = run_rollout(&fly, &t, &image(6), &["--strategy", "canary"]);
+    assert_success(&out);
+    let canary = fly
+        .machines(APP)
+        .into_iter()
+        .find(|m| m.metadata("fly_canary") == Some("true"))
+        .expect("a canary");
+    assert!(canary.config.get("standbys").is_none(), "{:#?}", canary.config);
+    assert!(
+        canary.config["env"].get("FLY_STANDBY_FOR").is_none(),
+        "{:#?}",
+        canary.config
+    );
+    assert_no_violations(&fly);
+}
+
 #[test]
 fn bluegreen_replaces_blues_with_healthy_greens() {
     let fly = FlyApi::start();
