@@ -27,12 +27,15 @@ pub async fn run(ctx: &Ctx, group: &str, machines: &[Machine]) -> Result<(), Rol
     config["metadata"][META_CANARY] = Value::String("true".into());
     config["dns"]["skip_registration"] = Value::Bool(true);
     let mut body = json!({"config": config, "skip_launch": false});
-    if let Some(region) = &template.region {
+    // fly.toml's primary_region, as flyctl launches its canaries there (`launchInputForLaunch`);
+    // without one, where the template runs.
+    let region = ctx.spec.primary_region.as_ref().or(template.region.as_ref());
+    if let Some(region) = region {
         body["region"] = Value::String(region.clone());
     }
     ctx.reporter.info(format!(
         "process group {group}: creating a canary machine in {}",
-        template.region.as_deref().unwrap_or("the default region")
+        region.map_or("the default region", String::as_str)
     ));
     let (canary, result) = match ctx.create_and_check(body, group, true).await {
         Ok(canary) => (Some(canary), Ok(())),

@@ -116,6 +116,38 @@ fn the_canary_is_never_a_standby() {
     assert_no_violations(&fly);
 }
 
+/// With a fly.toml, the canary goes to its primary_region, as flyctl launches canaries there,
+/// not to the region of the machine it was modelled on.
+#[test]
+fn the_canary_goes_to_the_primary_region() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(
+        APP,
+        &MachineSpec::new("app")
+            .count(2)
+            .region("ams")
+            .checks(1)
+            .services(true),
+    );
+    let t = TestDir::new();
+    std::fs::write(
+        t.join("fly.toml"),
+        "app = \"demo\"\nprimary_region = \"iad\"\n[http_service]\ninternal_port = 8080\n\
+         [checks.alive]\ntype = \"tcp\"\nport = 8080\ninterval = \"15s\"\ntimeout = \"2s\"\n",
+    )
+    .unwrap();
+    let out = run_rollout(&fly, &t, &image(6), &["--strategy", "canary"]);
+    assert_success(&out);
+    let canary = fly
+        .machines(APP)
+        .into_iter()
+        .find(|m| m.metadata("fly_canary") == Some("true"))
+        .expect("a canary");
+    assert_eq!(canary.region, "iad");
+    assert_no_violations(&fly);
+}
+
 #[test]
 fn bluegreen_replaces_blues_with_healthy_greens() {
     let fly = FlyApi::start();
