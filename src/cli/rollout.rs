@@ -221,6 +221,7 @@ impl ResolvedRollout {
                 let mut spec = spec(&self.app, image, &self.options, current.as_ref());
                 spec.env = None;
                 spec.primary_region = None;
+                spec.host_dedication_id = None;
                 spec.definition = serde_json::Value::Null;
                 spec
             }
@@ -320,6 +321,7 @@ fn spec(app: &str, image: String, options: &RolloutOptions, fly_toml: Option<&Ap
         release_command,
         env: fly_toml.map(|c| c.env.clone()),
         primary_region: fly_toml.and_then(|c| c.primary_region.clone()),
+        host_dedication_id: fly_toml.and_then(|c| c.host_dedication_id.clone()),
         rollback: !options.no_rollback,
         definition: fly_toml.map_or(serde_json::Value::Null, |c| c.definition.clone()),
         dry_run: options.dry_run,

@@ -59,6 +59,9 @@ pub struct RolloutSpec {
     /// fly.toml `[env]` when there is a fly.toml.
     pub env: Option<BTreeMap<String, String>>,
     pub primary_region: Option<String>,
+    /// fly.toml's top-level `host_dedication_id`: a machine on another host dedication is
+    /// replaced, as flyctl does.
+    pub host_dedication_id: Option<String>,
     pub rollback: bool,
     /// fly.toml as JSON, for the release record.
     pub definition: Value,
@@ -301,8 +304,16 @@ fn nothing_to_deploy(
             // The reference may name the digest differently (another tag, another registry
             // host alias); the digest is what runs.
             new["image"] = current["image"].clone();
-            // A failed machine is started again by an update: that is something to do.
-            machine.state != "failed" && digest(machine.image()) == wanted && new == current
+            // A failed machine is started again by an update, and one on another host
+            // dedication is replaced: that is something to do.
+            let dedicated = spec.host_dedication_id.as_deref().is_none_or(|wanted| {
+                machine
+                    .config
+                    .pointer("/guest/host_dedication_id")
+                    .and_then(Value::as_str)
+                    == Some(wanted)
+            });
+            machine.state != "failed" && dedicated && digest(machine.image()) == wanted && new == current
         })
 }
 

@@ -150,6 +150,21 @@ impl Ctx {
             );
             return self.replace(machine, config, wait, why).await;
         }
+        // A machine on another host dedication than fly.toml's cannot be moved by an update:
+        // flyctl replaces it (`machines_launchinput.go`, `launchInputForUpdate`), and refuses
+        // when its volume ties it to its host (`replace` says so).
+        if let Some(wanted) = &self.spec.host_dedication_id
+            && machine
+                .config
+                .pointer("/guest/host_dedication_id")
+                .and_then(Value::as_str)
+                != Some(wanted.as_str())
+        {
+            let mut config = config;
+            config["guest"]["host_dedication_id"] = Value::String(wanted.clone());
+            let why = format!("fly.toml's host_dedication_id is {wanted}");
+            return self.replace(machine, config, wait, why).await;
+        }
         let skip_launch = machine.should_skip_launch();
         let expected_checks = config_check_count(&config);
         let body = update_body(machine, config.clone(), skip_launch);

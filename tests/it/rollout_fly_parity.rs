@@ -147,6 +147,43 @@ fn machines_are_asked_for_the_secrets_version_flyctl_recorded() {
     assert_no_violations(&fly);
 }
 
+/// fly.toml's host_dedication_id differs from the machines' hosts: an update cannot move a
+/// machine, so flyctl replaces it (`launchInputForUpdate`), and refuses for one whose volume
+/// ties it to its host; so does nixfly.
+#[test]
+fn machines_on_another_host_dedication_are_replaced() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let old = fly.add_machines(APP, &MachineSpec::new("app").count(2).region("iad"));
+    let t = TestDir::new();
+    std::fs::write(
+        t.join("fly.toml"),
+        "app = \"demo\"\nprimary_region = \"iad\"\nhost_dedication_id = \"hd-1\"\n",
+    )
+    .unwrap();
+    let out = run_rollout(&fly, &t, &image(4), &[]);
+    assert_success(&out);
+    for id in &old {
+        assert_eq!(fly.machine(id).state, "destroyed", "{id}");
+    }
+    let new: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| !old.contains(&m.id))
+        .collect();
+    assert_eq!(new.len(), 2, "{new:#?}");
+    for machine in &new {
+        assert_eq!(machine.config["guest"]["host_dedication_id"], "hd-1");
+        assert_eq!(machine.image(), image(4));
+        assert_eq!(machine.region, "iad");
+    }
+    // Now on that dedication, they are not replaced again.
+    let out = run_rollout(&fly, &t, &image(4), &[]);
+    assert_success(&out);
+    assert!(stderr(&out).contains("nothing to deploy"), "{}", stderr(&out));
+    assert_no_violations(&fly);
+}
+
 #[test]
 fn without_fly_toml_the_release_definition_comes_from_the_machines() {
     let fly = FlyApi::start();
