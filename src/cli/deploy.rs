@@ -9,6 +9,7 @@ use super::DeployArgs;
 use super::push::ResolvedPush;
 use super::rollout::ResolvedRollout;
 use crate::progress::Reporter;
+use crate::registry::reference::Reference;
 use crate::settings::Settings;
 use anyhow::Context;
 
@@ -88,13 +89,13 @@ pub async fn run(args: DeployArgs, reporter: Reporter) -> anyhow::Result<()> {
     // gives machines the tag, `deploy.go`). The API takes that form: flyctl's `machine clone`
     // creates machines with fly-go's `Machine.FullImageRef()`, `registry/repo:tag@digest`
     // (`internal/command/machine/clone.go`).
-    let deployed = match &push.spec.tag {
-        Some(tag) => {
-            let r = &pushed.reference;
-            format!("{}/{}:{tag}@{}", r.registry, r.repository, r.digest)
-        }
-        None => pushed.reference.to_string(),
-    };
+    let deployed = Reference {
+        registry: pushed.reference.registry.clone(),
+        repository: pushed.reference.repository.clone(),
+        tag: push.spec.tag.clone(),
+        digest: Some(pushed.reference.digest.clone()),
+    }
+    .to_string();
     rollout.run(deployed, reporter.clone()).await?;
     reporter.result(&pushed.reference.to_string());
     Ok(())

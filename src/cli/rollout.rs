@@ -297,7 +297,10 @@ fn spec(app: &str, image: String, options: &RolloutOptions, fly_toml: Option<&Ap
                 .or(deploy.and_then(|d| d.release_command_timeout))
                 .unwrap_or(DEFAULT_RELEASE_COMMAND_TIMEOUT),
             guest: fly_toml.and_then(|c| c.deploy.release_command_vm.as_ref().map(|vm| c.guest(vm))),
-            default_group: fly_toml.map_or_else(|| "app".to_string(), AppConfig::default_group),
+            default_group: fly_toml.map_or_else(
+                || crate::fly::types::DEFAULT_GROUP.to_string(),
+                AppConfig::default_group,
+            ),
             fly_toml: fly_toml.and_then(|c| c.release_command_config().ok().flatten()),
         });
     RolloutSpec {

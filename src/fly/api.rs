@@ -386,7 +386,8 @@ impl FlyHttp {
     }
 }
 
-/// The `error` field of a JSON error body, else the body itself (shortened), else "no body".
+/// The `message` (else `error`) field of a JSON error body, else the body itself (shortened),
+/// else "no response body".
 fn error_message(body: &[u8]) -> String {
     // `message` first, then `error`, as fly-go's `handleAPIError` (`flaps/flaps.go`) reads
     // them: lease conflicts come as `{"status":"error","message":...}`.
@@ -405,6 +406,23 @@ fn error_message(body: &[u8]) -> String {
         "no response body".to_string()
     } else {
         text.chars().take(500).collect()
+    }
+}
+
+/// Ask `find` until it finds something or `LAUNCH_LOOKUP` has passed (reads lag a little behind
+/// a commit); an error ends the search.
+async fn look_up<T, F, Fut>(mut find: F) -> Result<Option<T>, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, ApiError>>,
+{
+    let deadline = tokio::time::Instant::now() + LAUNCH_LOOKUP;
+    loop {
+        let found = find().await?;
+        if found.is_some() || tokio::time::Instant::now() >= deadline {
+            return Ok(found);
+        }
+        tokio::time::sleep(LAUNCH_LOOKUP / 4).await;
     }
 }
 
@@ -483,19 +501,14 @@ impl MachinesApi {
         name: &str,
         region: &str,
     ) -> Result<Option<Volume>, ApiError> {
-        let deadline = tokio::time::Instant::now() + LAUNCH_LOOKUP;
-        loop {
-            let found = self.list_volumes().await?.into_iter().find(|v| {
-                !before.iter().any(|old| old.id == v.id)
-                    && v.name == name
-                    && v.region == region
-                    && v.attached_machine_id.as_deref().is_none_or(str::is_empty)
-            });
-            if found.is_some() || tokio::time::Instant::now() >= deadline {
-                return Ok(found);
-            }
-            tokio::time::sleep(LAUNCH_LOOKUP / 4).await;
-        }
+        look_up(|| async {
+            Ok(self
+                .list_volumes()
+                .await?
+                .into_iter()
+                .find(|v| !before.iter().any(|old| old.id == v.id) && v.is_free(name, region)))
+        })
+        .await
     }
 
     /// `POST /volumes` with the full request body (`name`, `region`, `size_gb`, ...).
@@ -641,25 +654,21 @@ impl MachinesApi {
     /// could make a second one.
     async fn find_launched(&self, launch_id: &str) -> Result<Option<Machine>, ApiError> {
         let filter = [(META_LAUNCH_QUERY, launch_id.to_string())];
-        let deadline = tokio::time::Instant::now() + LAUNCH_LOOKUP;
-        loop {
-            let listed: Result<Vec<Machine>, ApiError> = self
+        look_up(|| async {
+            let listed: Vec<Machine> = self
                 .http
                 .send_json(Request {
                     query: &filter,
                     ..Request::get(&["v1", "apps", &self.app, "machines"])
                 })
-                .await;
+                .await?;
             // Filtered again here: a server that ignored the filter must not hand us another
             // machine.
-            let found = listed?
+            Ok(listed
                 .into_iter()
-                .find(|m| m.metadata(META_LAUNCH_ID) == Some(launch_id));
-            if found.is_some() || tokio::time::Instant::now() >= deadline {
-                return Ok(found);
-            }
-            tokio::time::sleep(LAUNCH_LOOKUP / 4).await;
-        }
+                .find(|m| m.metadata(META_LAUNCH_ID) == Some(launch_id)))
+        })
+        .await
     }
 
     /// `DELETE` the machine. A 404 means it is gone already (a retry after an answer that was

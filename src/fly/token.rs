@@ -86,11 +86,7 @@ impl fmt::Debug for FlyToken {
 impl FlyToken {
     /// Find the token as flyctl does, reading the real environment and home directory.
     pub fn discover(flag: Option<&str>) -> Result<Self, TokenError> {
-        let config_dir = std::env::var_os("FLY_CONFIG_DIR")
-            .filter(|dir| !dir.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| dirs::home_dir().map(|home| home.join(".fly")));
-        Self::discover_from(flag, |var| std::env::var(var).ok(), config_dir.as_deref())
+        Self::discover_from(flag, |var| std::env::var(var).ok(), config_dir().as_deref())
     }
 
     /// Discovery with the environment and config directory given, for tests.
@@ -264,11 +260,16 @@ fn strip_scheme(token: &str) -> &str {
 /// `machines_launchinput.go`), so that a deploy right after a secret change does not start
 /// machines on the older secrets. None when the file or the app's entry is missing.
 pub fn secrets_min_version(app: &str) -> Option<u64> {
-    let dir = std::env::var_os("FLY_CONFIG_DIR")
+    let text = std::fs::read_to_string(config_dir()?.join("config.yml")).ok()?;
+    config_secrets_min_version(&text, app)
+}
+
+/// flyctl's config directory: `FLY_CONFIG_DIR`, else `~/.fly`.
+fn config_dir() -> Option<PathBuf> {
+    std::env::var_os("FLY_CONFIG_DIR")
         .filter(|dir| !dir.is_empty())
         .map(PathBuf::from)
-        .or_else(|| dirs::home_dir().map(|home| home.join(".fly")))?;
-    config_secrets_min_version(&std::fs::read_to_string(dir.join("config.yml")).ok()?, app)
+        .or_else(|| dirs::home_dir().map(|home| home.join(".fly")))
 }
 
 /// `app_secrets_minvers.<app>` of a config.yml as flyctl writes it (a YAML map under that key,

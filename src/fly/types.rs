@@ -39,6 +39,15 @@ pub struct Volume {
     pub attached_machine_id: Option<String>,
 }
 
+impl Volume {
+    /// Named `name`, in `region`, and mounted by no machine: one a new machine there can take.
+    pub fn is_free(&self, name: &str, region: &str) -> bool {
+        self.name == name
+            && self.region == region
+            && self.attached_machine_id.as_deref().is_none_or(str::is_empty)
+    }
+}
+
 /// One machine as the API returned it: typed fields for what the rollout reads, the config as
 /// the raw JSON it arrived as.
 #[derive(Clone, Debug, Deserialize)]
@@ -164,6 +173,13 @@ impl Machine {
     /// stay stopped.
     pub fn should_skip_launch(&self) -> bool {
         !matches!(self.state.as_str(), "started" | "starting" | "failed")
+    }
+
+    /// The host dedication its guest asks for (`guest.host_dedication_id`), if any.
+    pub fn host_dedication_id(&self) -> Option<&str> {
+        self.config
+            .pointer("/guest/host_dedication_id")
+            .and_then(Value::as_str)
     }
 
     /// Fly cannot reach the machine's host (`host_status` other than `ok`): it cannot be

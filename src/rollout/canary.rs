@@ -4,6 +4,7 @@
 use super::error::RolloutError;
 use super::rolling;
 use super::update::Ctx;
+use crate::fly::appconfig::launch::clear_standby;
 use crate::fly::types::{META_CANARY, Machine};
 use serde_json::{Value, json};
 
@@ -18,12 +19,7 @@ pub async fn run(ctx: &Ctx, group: &str, machines: &[Machine]) -> Result<(), Rol
         return Ok(());
     };
     let mut config = ctx.change.apply(&template.config);
-    if let Some(fields) = config.as_object_mut() {
-        fields.remove("standbys");
-    }
-    if let Some(env) = config.get_mut("env").and_then(Value::as_object_mut) {
-        env.remove("FLY_STANDBY_FOR");
-    }
+    clear_standby(&mut config);
     config["metadata"][META_CANARY] = Value::String("true".into());
     config["dns"]["skip_registration"] = Value::Bool(true);
     let mut body = json!({"config": config, "skip_launch": false});

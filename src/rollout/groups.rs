@@ -334,12 +334,9 @@ impl GroupChanges {
             source: Box::new(source),
         })?;
         for (group, need) in needs {
-            let free = volumes.iter().any(|v| {
-                v.name == need.name
-                    && v.region == self.region
-                    && v.attached_machine_id.as_deref().is_none_or(str::is_empty)
-                    && v.state == "created"
-            });
+            let free = volumes
+                .iter()
+                .any(|v| v.is_free(&need.name, &self.region) && v.state == "created");
             if !free {
                 return Err(GroupError::VolumeMissing {
                     group: group.to_string(),
@@ -365,12 +362,10 @@ impl GroupChanges {
             .list_volumes()
             .await
             .map_err(|e| app_error("listing the volumes", e))?;
-        if let Some(free) = volumes.iter().find(|v| {
-            v.name == need.name
-                && v.region == self.region
-                && v.attached_machine_id.as_deref().is_none_or(str::is_empty)
-                && v.state == "created"
-        }) {
+        if let Some(free) = volumes
+            .iter()
+            .find(|v| v.is_free(&need.name, &self.region) && v.state == "created")
+        {
             return Ok(free.id.clone());
         }
         ctx.reporter.info(format!(

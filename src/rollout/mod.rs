@@ -26,6 +26,7 @@ use crate::fly::appconfig::{AppConfig, MaxUnavailable, Strategy};
 use crate::fly::platform::{NewRelease, PlatformApi, ReleaseStatus};
 use crate::fly::types::{Machine, Release, config_check_count};
 use crate::progress::Reporter;
+use crate::registry::reference::PinnedReference;
 use error::RolloutError;
 use futures::StreamExt;
 use groups::GroupChanges;
@@ -269,22 +270,13 @@ fn validate(
     Ok(())
 }
 
-/// Every machine already runs the image's digest with the config this deploy would give it,
-/// and no group is added or removed: there is nothing to do.
 /// `host/repo@digest` for `host/repo:tag@digest` (a reference without a digest is kept).
 fn without_tag(image: &str) -> String {
-    match image.split_once('@') {
-        Some((name, digest)) => {
-            let repository = match name.rsplit_once(':') {
-                Some((repository, tag)) if !tag.contains('/') => repository,
-                _ => name,
-            };
-            format!("{repository}@{digest}")
-        }
-        None => image.to_string(),
-    }
+    PinnedReference::parse(image).map_or_else(|_| image.to_string(), |pinned| pinned.to_string())
 }
 
+/// Every machine already runs the image's digest with the config this deploy would give it,
+/// and no group is added or removed: there is nothing to do.
 fn nothing_to_deploy(
     spec: &RolloutSpec,
     fleet: &Fleet,
@@ -306,13 +298,10 @@ fn nothing_to_deploy(
             new["image"] = current["image"].clone();
             // A failed machine is started again by an update, and one on another host
             // dedication is replaced: that is something to do.
-            let dedicated = spec.host_dedication_id.as_deref().is_none_or(|wanted| {
-                machine
-                    .config
-                    .pointer("/guest/host_dedication_id")
-                    .and_then(Value::as_str)
-                    == Some(wanted)
-            });
+            let dedicated = spec
+                .host_dedication_id
+                .as_deref()
+                .is_none_or(|wanted| machine.host_dedication_id() == Some(wanted));
             machine.state != "failed" && dedicated && digest(machine.image()) == wanted && new == current
         })
 }
@@ -686,13 +675,14 @@ mod tests {
 
     #[test]
     fn the_tag_is_dropped_from_a_digest_reference_only() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
         assert_eq!(
-            without_tag("127.0.0.1:5000/demo:deployment-01@sha256:ab"),
-            "127.0.0.1:5000/demo@sha256:ab"
+            without_tag(&format!("127.0.0.1:5000/demo:deployment-01@{digest}")),
+            format!("127.0.0.1:5000/demo@{digest}")
         );
         assert_eq!(
-            without_tag("127.0.0.1:5000/demo@sha256:ab"),
-            "127.0.0.1:5000/demo@sha256:ab"
+            without_tag(&format!("127.0.0.1:5000/demo@{digest}")),
+            format!("127.0.0.1:5000/demo@{digest}")
         );
         assert_eq!(without_tag("registry.fly.io/app:v1"), "registry.fly.io/app:v1");
     }

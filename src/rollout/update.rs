@@ -154,11 +154,7 @@ impl Ctx {
         // flyctl replaces it (`machines_launchinput.go`, `launchInputForUpdate`), and refuses
         // when its volume ties it to its host (`replace` says so).
         if let Some(wanted) = &self.spec.host_dedication_id
-            && machine
-                .config
-                .pointer("/guest/host_dedication_id")
-                .and_then(Value::as_str)
-                != Some(wanted.as_str())
+            && machine.host_dedication_id() != Some(wanted.as_str())
         {
             let mut config = config;
             config["guest"]["host_dedication_id"] = Value::String(wanted.clone());

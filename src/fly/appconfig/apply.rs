@@ -107,13 +107,12 @@ pub fn apply(translated: &Value, current: &Value) -> Result<Value, VolumeChange>
     // A standby whose group now has services serves itself: it is a standby no more
     // (flyctl `machines_launchinput.go`, `launchInputForUpdate`).
     let non_empty = |v: Option<&Value>| v.and_then(Value::as_array).is_some_and(|a| !a.is_empty());
-    if non_empty(out.get("services")) && non_empty(out.get("standbys")) {
-        out.remove("standbys");
-        if let Some(env) = out.get_mut("env").and_then(Value::as_object_mut) {
-            env.remove("FLY_STANDBY_FOR");
-        }
+    let serving_standby = non_empty(out.get("services")) && non_empty(out.get("standbys"));
+    let mut out = Value::Object(out);
+    if serving_standby {
+        super::launch::clear_standby(&mut out);
     }
-    Ok(Value::Object(out))
+    Ok(out)
 }
 
 /// flyctl's `launchInputForUpdate` rules for the first mount.

@@ -151,6 +151,16 @@ pub fn standby_config(config: &Value, primary: &str) -> Value {
     standby
 }
 
+/// What `standby_config` adds, taken away: a machine of this config stands by for none.
+pub fn clear_standby(config: &mut Value) {
+    if let Some(fields) = config.as_object_mut() {
+        fields.remove("standbys");
+    }
+    if let Some(env) = config.get_mut("env").and_then(Value::as_object_mut) {
+        env.remove("FLY_STANDBY_FOR");
+    }
+}
+
 /// A new volume's size when `[[mounts]]` gives no `initial_size`: flyctl's defaults
 /// (`deploy_first.go`; `machines.go`: 1 GB, 100 GB for a machine with a GPU).
 fn default_volume_gb(guest: &Value) -> u64 {
