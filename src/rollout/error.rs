@@ -113,6 +113,16 @@ pub enum RolloutError {
         reason: String,
     },
     #[error(
+        "machine {machine} needs an unattached volume {volume:?} in {region} to be replaced by, \
+         and there is none left (it was there when the deploy began): create one with `fly \
+         volume create {volume} --region {region}` and deploy again"
+    )]
+    VolumeGone {
+        machine: String,
+        volume: String,
+        region: String,
+    },
+    #[error(
         "the bluegreen strategy needs at least one health check, and no machine has one: add \
          [checks] or service checks to fly.toml, or use --strategy rolling"
     )]

@@ -8,6 +8,7 @@ use super::error::RolloutError;
 use super::update::Ctx;
 use super::waves::{ConfigChange, Fleet};
 use crate::fly::api::ApiError;
+use crate::fly::appconfig::Strategy;
 use crate::fly::appconfig::apply::{VolumeChange, apply, diff};
 use crate::fly::appconfig::launch::{GroupLaunch, PublicIps, VolumeNeed, standby_config};
 use crate::fly::appconfig::{AppConfig, AppConfigError};
@@ -24,25 +25,34 @@ pub enum GroupError {
         #[source]
         source: AppConfigError,
     },
-    #[error("machine {machine} (process group {group})")]
-    Volume {
+    #[error(
+        "machine {machine} (process group {group}) {change}, so it must be replaced by a new \
+         machine, which the bluegreen strategy does not do: deploy with --strategy rolling (or \
+         immediate), or keep its [[mounts]] as they are"
+    )]
+    BluegreenVolumeChange {
         machine: String,
         group: String,
-        #[source]
-        source: VolumeChange,
+        change: VolumeChange,
     },
     #[error("new machines for process group(s) {groups} need a region: set primary_region in fly.toml")]
     NoRegion { groups: String },
     #[error(
-        "creating a new machine in process group {group} requires an unattached volume \
-         {volume:?} in {region}, and the app has none: create it with `fly volume create {volume} \
+        "{what} in process group {group} requires an unattached volume {volume:?} in {region}, \
+         and the app has {free_text}: create {create_text} with `fly volume create {volume} \
          --region {region}` and deploy again (after an app's first deploy, new volumes are made \
-         by hand, as with `fly deploy`)"
+         by hand, as with `fly deploy`)",
+        free_text = if *free == 0 { "none".to_string() } else { format!("only {free} for {needed} machines") },
+        create_text = if needed - free == 1 { "it".to_string() } else { format!("{} more", needed - free) },
     )]
     VolumeMissing {
+        /// "creating a new machine", or "replacing machine ID (its [[mounts]] changed)".
+        what: String,
         group: String,
         volume: String,
         region: String,
+        needed: usize,
+        free: usize,
     },
     #[error(
         "fly.toml no longer has process group(s) {groups}, so their {count} machine(s) ({machines}) \
@@ -56,11 +66,23 @@ pub enum GroupError {
     },
 }
 
+/// A machine whose `[[mounts]]` changed in fly.toml: an update cannot attach, detach or swap
+/// a volume, so it is replaced (flyctl `machines_launchinput.go`, `launchInputForUpdate`).
+#[derive(Debug, Clone)]
+pub struct VolumeReplacement {
+    pub machine: String,
+    pub group: String,
+    pub region: String,
+    pub change: VolumeChange,
+}
+
 /// What this deploy does to process groups besides updating machines.
 #[derive(Debug, Default)]
 pub struct GroupChanges {
     /// Groups in fly.toml with no machine yet, by name.
     pub launches: Vec<GroupLaunch>,
+    /// Machines replaced because their volume changes.
+    pub replacements: Vec<VolumeReplacement>,
     /// Groups with machines but gone from fly.toml.
     pub removed: BTreeMap<String, Vec<Machine>>,
     /// Where new machines go: fly.toml's primary_region.
@@ -111,14 +133,25 @@ impl GroupChanges {
                 machines: machines.join(", "),
             });
         }
+        let mut replacements = Vec::new();
         for (group, machines) in &fleet.groups {
             for machine in machines {
-                apply(&translated[group], &machine.config).map_err(|source| GroupError::Volume {
-                    machine: machine.id.clone(),
-                    group: group.clone(),
-                    source,
-                })?;
+                if let Err(change) = apply(&translated[group], &machine.config) {
+                    replacements.push(VolumeReplacement {
+                        machine: machine.id.clone(),
+                        group: group.clone(),
+                        region: machine.region.clone().unwrap_or_default(),
+                        change,
+                    });
+                }
             }
+        }
+        if let (Strategy::Bluegreen, Some(first)) = (spec.strategy, replacements.first()) {
+            return Err(GroupError::BluegreenVolumeChange {
+                machine: first.machine.clone(),
+                group: first.group.clone(),
+                change: first.change.clone(),
+            });
         }
         let mut launches = Vec::new();
         for group in groups.iter().filter(|g| !fleet.groups.contains_key(*g)) {
@@ -142,6 +175,7 @@ impl GroupChanges {
         };
         let changes = GroupChanges {
             launches,
+            replacements,
             removed,
             region,
             public_ips: if first_deploy {
@@ -190,6 +224,19 @@ impl GroupChanges {
                         v.name, v.size_gb
                     ))
                     .unwrap_or_default()
+            ));
+        }
+        for replacement in &self.replacements {
+            lines.push(format!(
+                "machine {} (process group {}) {}: an update cannot change a machine's volume, so a \
+                 new machine replaces it{}",
+                replacement.machine,
+                replacement.group,
+                replacement.change,
+                match replacement.change.needs() {
+                    Some(name) => format!(", mounting an unattached volume {name} in {}", replacement.region),
+                    None => ", without a volume".to_string(),
+                }
             ));
         }
         for (group, machines) in &self.removed {
@@ -318,13 +365,37 @@ impl GroupChanges {
     /// After an app's first deploy flyctl creates no volume: every new machine that mounts one
     /// needs an unattached volume of that name in the region already
     /// (`internal/command/deploy/machines.go`, `validateVolumeConfig`; `deploy_first.go`
-    /// creates them only on the first deploy). Checked before anything changes.
+    /// creates them only on the first deploy), and so does every machine replaced because its
+    /// `[[mounts]]` changed (`launchInputForUpdate`, `popVolumeFor`: one volume per machine).
+    /// Checked before anything changes.
     pub async fn check_volumes_exist(&self, api: &crate::fly::api::MachinesApi) -> anyhow::Result<()> {
-        let needs: Vec<(&str, &VolumeNeed)> = self
-            .launches
-            .iter()
-            .filter_map(|launch| launch.volume.as_ref().map(|need| (launch.group.as_str(), need)))
-            .collect();
+        // (name, region) -> (what needs it, group, how many)
+        let mut needs: BTreeMap<(String, String), (String, String, usize)> = BTreeMap::new();
+        for launch in &self.launches {
+            if let Some(need) = &launch.volume {
+                let entry = needs
+                    .entry((need.name.clone(), self.region.clone()))
+                    .or_insert_with(|| ("creating a new machine".into(), launch.group.clone(), 0));
+                entry.2 += 1;
+            }
+        }
+        for replacement in &self.replacements {
+            if let Some(name) = replacement.change.needs() {
+                let entry = needs
+                    .entry((name.to_string(), replacement.region.clone()))
+                    .or_insert_with(|| {
+                        (
+                            format!(
+                                "replacing machine {} (its [[mounts]] changed)",
+                                replacement.machine
+                            ),
+                            replacement.group.clone(),
+                            0,
+                        )
+                    });
+                entry.2 += 1;
+            }
+        }
         if needs.is_empty() {
             return Ok(());
         }
@@ -333,15 +404,19 @@ impl GroupChanges {
             app: self.app.clone(),
             source: Box::new(source),
         })?;
-        for (group, need) in needs {
+        for ((name, region), (what, group, needed)) in needs {
             let free = volumes
                 .iter()
-                .any(|v| v.is_free(&need.name, &self.region) && v.state == "created");
-            if !free {
+                .filter(|v| v.is_free(&name, &region) && v.state == "created")
+                .count();
+            if free < needed {
                 return Err(GroupError::VolumeMissing {
-                    group: group.to_string(),
-                    volume: need.name.clone(),
-                    region: self.region.clone(),
+                    what,
+                    group,
+                    volume: name,
+                    region,
+                    needed,
+                    free,
                 }
                 .into());
             }

@@ -24,6 +24,10 @@ pub struct Ctx {
     /// Machines destroyed to be replaced whose replacement could not be created: a rollback
     /// creates them again.
     lost: Mutex<Vec<String>>,
+    /// Machines created in place of one whose volume changed: a rollback replaces them again.
+    swapped: Mutex<Vec<String>>,
+    /// Unattached volumes this deploy gave to replacements, so that no two get the same one.
+    claimed: Mutex<Vec<String>>,
     changing: AtomicBool,
 }
 
@@ -43,6 +47,8 @@ impl Ctx {
             leases,
             journal: Mutex::new(Vec::new()),
             lost: Mutex::new(Vec::new()),
+            swapped: Mutex::new(Vec::new()),
+            claimed: Mutex::new(Vec::new()),
             changing: AtomicBool::new(false),
         }
     }
@@ -119,8 +125,26 @@ impl Ctx {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(&previous.id);
+        let swapped = self
+            .swapped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&previous.id);
         let result = if lost {
-            self.create_replacement(previous, config, true).await
+            self.create_replacement(previous, config, true, false).await
+        } else if swapped {
+            // The machine that replaced it mounts another volume (or none): replaced in turn
+            // by one with the volume it had, which its destruction left unattached.
+            match self.destroy(&previous.id, group).await {
+                Ok(()) => {
+                    self.lost
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(previous.id.clone());
+                    self.create_replacement(previous, config, true, false).await
+                }
+                Err(err) => Err(err),
+            }
         } else {
             self.put_config(previous, config, true, "rolling back").await
         };
@@ -143,6 +167,12 @@ impl Ctx {
     ) -> Result<&'static str, RolloutError> {
         let group = machine.process_group();
         self.status(&machine.id, group, verb);
+        // An update cannot attach, detach or swap a volume: flyctl replaces the machine
+        // (`machines_launchinput.go`, `launchInputForUpdate`; `machines_deploymachinesapp.go`,
+        // `updateMachineByReplace`), whatever its host's state.
+        if let Some(why) = volume_swap(machine, &config) {
+            return self.replace_for_volume(machine, config, wait, why).await;
+        }
         if machine.host_unavailable() {
             let why = format!(
                 "its host is {}",
@@ -263,7 +293,80 @@ impl Ctx {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(machine.id.clone());
-        self.create_replacement(machine, config, wait).await
+        self.create_replacement(machine, config, wait, false).await
+    }
+
+    /// Replace a machine whose `[[mounts]]` changed, as flyctl does: destroy it, then create
+    /// one with fly.toml's config in its region, mounting an unattached volume of fly.toml's
+    /// name there (`popVolumeFor`; checked to exist before the deploy began) or none. The old
+    /// volume stays, unattached, with its data.
+    async fn replace_for_volume(
+        &self,
+        machine: &Machine,
+        mut config: Value,
+        wait: bool,
+        why: String,
+    ) -> Result<&'static str, RolloutError> {
+        let region = machine.region.clone().unwrap_or_default();
+        let attach = config
+            .pointer("/mounts/0")
+            .filter(|mount| mount["volume"].as_str().is_none())
+            .map(|mount| mount["name"].as_str().unwrap_or_default().to_string());
+        let mounting = match &attach {
+            Some(name) => {
+                let volume = self.claim_volume(machine, name, &region).await?;
+                config["mounts"][0]["volume"] = json!(volume);
+                format!(" mounting volume {volume} ({name})")
+            }
+            None => match config.pointer("/mounts/0/volume").and_then(Value::as_str) {
+                Some(volume) => format!(" mounting volume {volume}"),
+                None => " without a volume".to_string(),
+            },
+        };
+        self.reporter.warn(format!(
+            "machine {} {why}: an update cannot change a machine's volume, so it is replaced by a \
+             new machine in {region}{mounting}{}",
+            machine.id,
+            match machine.volume() {
+                Some(old) => format!("; volume {old} stays, unattached"),
+                None => String::new(),
+            }
+        ));
+        self.destroy(&machine.id, machine.process_group()).await?;
+        self.lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(machine.id.clone());
+        self.create_replacement(machine, config, wait, true).await
+    }
+
+    /// An unattached volume `name` in `region` that no other replacement of this deploy took.
+    async fn claim_volume(
+        &self,
+        machine: &Machine,
+        name: &str,
+        region: &str,
+    ) -> Result<String, RolloutError> {
+        let volumes = self
+            .api
+            .list_volumes()
+            .await
+            .map_err(|source| RolloutError::AppApi {
+                action: "listing the volumes",
+                app: self.spec.app.clone(),
+                source: Box::new(source),
+            })?;
+        let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        let free = volumes
+            .iter()
+            .find(|v| v.is_free(name, region) && v.state == "created" && !claimed.contains(&v.id))
+            .ok_or_else(|| RolloutError::VolumeGone {
+                machine: machine.id.clone(),
+                volume: name.to_string(),
+                region: region.to_string(),
+            })?;
+        claimed.push(free.id.clone());
+        Ok(free.id.clone())
     }
 
     /// Create a machine in `old`'s place (its region, its launch state) with `config`, and
@@ -273,6 +376,7 @@ impl Ctx {
         old: &Machine,
         config: Value,
         wait: bool,
+        volume_swap: bool,
     ) -> Result<&'static str, RolloutError> {
         let group = old.process_group();
         let skip_launch = old.should_skip_launch();
@@ -303,6 +407,13 @@ impl Ctx {
         {
             entry.id = created.id.clone();
             entry.host_status = None;
+        }
+        {
+            let mut swapped = self.swapped.lock().unwrap_or_else(|e| e.into_inner());
+            swapped.retain(|id| *id != old.id);
+            if volume_swap {
+                swapped.push(created.id.clone());
+            }
         }
         self.status(&created.id, group, format!("replaces {}", old.id));
         if !wait {
@@ -389,5 +500,31 @@ impl Ctx {
             })?;
         self.leases.forget(machine);
         Ok(())
+    }
+}
+
+/// Why an update cannot turn `machine` into `config`: `config` mounts another volume than the
+/// machine has, or one when it has none, or none when it has one.
+fn volume_swap(machine: &Machine, config: &Value) -> Option<String> {
+    let name = |m: &Value| format!("{:?}", m["name"].as_str().unwrap_or_default());
+    let volume = |m: &Value| m["volume"].as_str().map(str::to_string);
+    match (machine.config.pointer("/mounts/0"), config.pointer("/mounts/0")) {
+        (None, None) => None,
+        (Some(c), Some(w)) if volume(c).is_some() && volume(c) == volume(w) => None,
+        (None, Some(w)) => Some(format!("has no volume but the new config mounts {}", name(w))),
+        (Some(c), None) => Some(format!(
+            "mounts volume {} ({}) but the new config mounts none",
+            volume(c).unwrap_or_default(),
+            name(c)
+        )),
+        (Some(c), Some(w)) => Some(format!(
+            "mounts volume {} ({}) but the new config mounts {}",
+            volume(c).unwrap_or_default(),
+            name(c),
+            match volume(w) {
+                Some(id) => format!("volume {id} ({})", name(w)),
+                None => name(w),
+            }
+        )),
     }
 }

@@ -173,11 +173,12 @@ impl ConfigChange {
         let group = current["metadata"]["fly_process_group"]
             .as_str()
             .unwrap_or(DEFAULT_GROUP);
-        // Volume conflicts were refused while planning (`GroupChanges::new`).
-        let translated = self
-            .fly_toml
-            .get(group)
-            .and_then(|fly_toml| appconfig::apply::apply(fly_toml, current).ok());
+        // A volume change makes the config of the machine's replacement (the update sees its
+        // mounts differ from the machine's, `Ctx::put_config`).
+        let translated = self.fly_toml.get(group).map(|fly_toml| {
+            appconfig::apply::apply(fly_toml, current)
+                .unwrap_or_else(|_| appconfig::apply::apply_replacing(fly_toml, current))
+        });
         let mut config = match translated {
             Some(config) => config,
             None if current.is_object() => current.clone(),

@@ -771,3 +771,222 @@ fn unknown_keys_are_warned_about_and_the_deploy_goes_on() {
     );
     assert!(group_machines(&fly, "app").iter().all(|m| m.image() == image(2)));
 }
+
+/// First deploy of the volume fixture: one machine mounting a new `notes_data` in fra.
+/// Returns (machine id, volume id).
+fn deployed_volume_app(fly: &FlyApi, t: &TestDir) -> (String, String) {
+    write_fly_toml(t, &fixture("03-volume-autoextend.toml"));
+    assert_success(&run_rollout(fly, t, &image(1), &[]));
+    let machines = group_machines(fly, "app");
+    assert_eq!(machines.len(), 1);
+    let volume = machines[0].config["mounts"][0]["volume"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (machines[0].id.clone(), volume)
+}
+
+fn attached_to(fly: &FlyApi, volume: &str) -> Option<String> {
+    fly.volumes(APP)
+        .into_iter()
+        .find(|v| v.id == volume)
+        .unwrap_or_else(|| panic!("no volume {volume}"))
+        .attached_machine_id
+}
+
+/// A `[[mounts]]` source renamed in fly.toml: an update cannot swap a machine's volume, so,
+/// as flyctl does (`launchInputForUpdate`, `updateMachineByReplace`), the machine is destroyed
+/// and a new one in its region mounts an unattached volume of the new name. Without one the
+/// deploy stops before any change and says which `fly volume create` to run; `--dry-run`
+/// shows the replacement. The old volume stays, unattached.
+#[test]
+fn a_renamed_mount_replaces_the_machine_with_one_on_a_free_volume() {
+    let fly = new_app();
+    let t = TestDir::new();
+    let (old_machine, old_volume) = deployed_volume_app(&fly, &t);
+    write_fly_toml(
+        &t,
+        &fixture("03-volume-autoextend.toml").replace("source = \"notes_data\"", "source = \"notes_v2\""),
+    );
+    let before = fly.mutating_requests().len();
+    let out = run_rollout(&fly, &t, &image(2), &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "replacing machine {old_machine} (its [[mounts]] changed)"
+        )) && err.contains("requires an unattached volume \"notes_v2\" in fra")
+            && err.contains("fly volume create notes_v2 --region fra"),
+        "{err}"
+    );
+    assert_eq!(fly.mutating_requests().len(), before, "nothing changed");
+
+    let new_volume = fly.add_volume(APP, "notes_v2", "fra", 10);
+    let dry = run_rollout(&fly, &t, &image(2), &["--dry-run"]);
+    assert_success(&dry);
+    let preview = String::from_utf8_lossy(&dry.stdout).to_string();
+    assert!(
+        preview.contains(&format!(
+            "machine {old_machine} (process group app) mounts volume {old_volume} named \"notes_data\" but fly.toml mounts \"notes_v2\""
+        )) && preview.contains("mounting an unattached volume notes_v2 in fra"),
+        "{preview}"
+    );
+    assert_eq!(fly.mutating_requests().len(), before, "a dry run changes nothing");
+
+    let out = run_rollout(&fly, &t, &image(2), &[]);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains("an update cannot change a machine's volume"),
+        "{}",
+        stderr(&out)
+    );
+    let machines = group_machines(&fly, "app");
+    assert_eq!(machines.len(), 1);
+    let new = &machines[0];
+    assert_ne!(new.id, old_machine);
+    assert_eq!(new.region, "fra");
+    assert_eq!(new.image(), image(2));
+    assert_eq!(new.config["mounts"][0]["volume"], json!(new_volume));
+    assert_eq!(new.config["mounts"][0]["name"], "notes_v2");
+    assert_eq!(new.config["mounts"][0]["path"], "/data");
+    assert_eq!(attached_to(&fly, &new_volume), Some(new.id.clone()));
+    assert_eq!(
+        attached_to(&fly, &old_volume),
+        None,
+        "the old volume stays, unattached"
+    );
+    assert!(
+        fly.machines(APP)
+            .iter()
+            .any(|m| m.id == old_machine && m.state == "destroyed")
+    );
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// `[[mounts]]` removed from fly.toml: the machine is replaced by one without a volume; the
+/// volume stays with its data.
+#[test]
+fn a_removed_mount_replaces_the_machine_with_one_without_a_volume() {
+    let fly = new_app();
+    let t = TestDir::new();
+    let (old_machine, old_volume) = deployed_volume_app(&fly, &t);
+    let fixture = fixture("03-volume-autoextend.toml");
+    let start = fixture.find("[mounts]").unwrap();
+    let end = fixture.find("[http_service]").unwrap();
+    write_fly_toml(&t, &format!("{}{}", &fixture[..start], &fixture[end..]));
+    let out = run_rollout(&fly, &t, &image(2), &[]);
+    assert_success(&out);
+    let machines = group_machines(&fly, "app");
+    assert_eq!(machines.len(), 1);
+    assert_ne!(machines[0].id, old_machine);
+    assert!(
+        machines[0].config.get("mounts").is_none(),
+        "{}",
+        machines[0].config
+    );
+    assert_eq!(machines[0].image(), image(2));
+    assert_eq!(attached_to(&fly, &old_volume), None);
+    assert_eq!(fly.volumes(APP).len(), 1, "no volume made or destroyed");
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// `[[mounts]]` added for a group of two machines: each replacement needs a volume of its own
+/// (`popVolumeFor`), so one free volume is not enough and nothing changes; with two, both
+/// machines are replaced, one volume each.
+#[test]
+fn an_added_mount_needs_a_free_volume_per_machine() {
+    let t = TestDir::new();
+    let fly = deployed_web_app(&t);
+    let old: Vec<String> = group_machines(&fly, "app").into_iter().map(|m| m.id).collect();
+    let region = group_machines(&fly, "app")[0].region.clone();
+    write_fly_toml(
+        &t,
+        &format!("{WEB_V1}\n[mounts]\n  source = \"cache\"\n  destination = \"/cache\"\n"),
+    );
+    let first = fly.add_volume(APP, "cache", &region, 1);
+    let before = fly.mutating_requests().len();
+    let out = run_rollout(&fly, &t, &image(2), &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "requires an unattached volume \"cache\" in {region}, and the app has only 1 for 2 machines"
+        )) && err.contains("create it with `fly volume create cache"),
+        "{err}"
+    );
+    assert_eq!(fly.mutating_requests().len(), before, "nothing changed");
+
+    let second = fly.add_volume(APP, "cache", &region, 1);
+    let out = run_rollout(&fly, &t, &image(2), &[]);
+    assert_success(&out);
+    let machines = group_machines(&fly, "app");
+    assert_eq!(machines.len(), 2);
+    let mut mounted: Vec<String> = machines
+        .iter()
+        .map(|m| {
+            assert!(!old.contains(&m.id), "machine {} was not replaced", m.id);
+            assert_eq!(m.config["mounts"][0]["path"], "/cache");
+            m.config["mounts"][0]["volume"].as_str().unwrap().to_string()
+        })
+        .collect();
+    mounted.sort();
+    let mut expected = vec![first, second];
+    expected.sort();
+    assert_eq!(mounted, expected);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// A replacement for a renamed mount that fails its checks is rolled back: it is destroyed and
+/// a machine with the old config mounts the old volume again (an update could not), and the
+/// new volume is free again.
+#[test]
+fn a_failed_volume_replacement_rolls_back_onto_the_old_volume() {
+    let fly = new_app();
+    let t = TestDir::new();
+    let (_, old_volume) = deployed_volume_app(&fly, &t);
+    write_fly_toml(
+        &t,
+        &(fixture("03-volume-autoextend.toml").replace("source = \"notes_data\"", "source = \"notes_v2\"")
+            + "\n[checks.health]\n  type = \"http\"\n  port = 8080\n  path = \"/health\"\n  interval = \"10s\"\n  timeout = \"2s\"\n"),
+    );
+    let new_volume = fly.add_volume(APP, "notes_v2", "fra", 10);
+    fly.set_behavior(&image(2)[..30], Behavior::ChecksFail);
+    let out = run_rollout(&fly, &t, &image(2), &["--wait-timeout", "5s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("rolled back"), "{}", stderr(&out));
+    let machines = group_machines(&fly, "app");
+    assert_eq!(machines.len(), 1, "{machines:#?}");
+    let restored = &machines[0];
+    assert_eq!(restored.image(), image(1), "{}", stderr(&out));
+    assert_eq!(restored.config["mounts"][0]["volume"], json!(old_volume));
+    assert_eq!(attached_to(&fly, &old_volume), Some(restored.id.clone()));
+    assert_eq!(attached_to(&fly, &new_volume), None);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// bluegreen creates green machines next to the blue ones and cannot hand them the blues'
+/// volumes: a mount change under it stops before any change.
+#[test]
+fn bluegreen_refuses_a_mount_change() {
+    let fly = new_app();
+    let t = TestDir::new();
+    let (machine, _) = deployed_volume_app(&fly, &t);
+    write_fly_toml(
+        &t,
+        &fixture("03-volume-autoextend.toml").replace("source = \"notes_data\"", "source = \"notes_v2\""),
+    );
+    fly.add_volume(APP, "notes_v2", "fra", 10);
+    let before = fly.mutating_requests().len();
+    let out = run_rollout(&fly, &t, &image(2), &["--strategy", "bluegreen"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("machine {machine} (process group app)")) && err.contains("--strategy rolling"),
+        "{err}"
+    );
+    assert_eq!(fly.mutating_requests().len(), before);
+}

@@ -1142,6 +1142,80 @@ async fn volumes_are_created_listed_and_attached_by_mounts() {
     );
 }
 
+/// A machine's volume is fixed at creation (flyctl replaces the machine instead,
+/// `machines_launchinput.go`): an update that attaches, detaches or swaps one is refused; one
+/// that only moves the mount path goes through.
+#[tokio::test]
+async fn an_update_cannot_attach_detach_or_swap_a_volume() {
+    let (fly, api) = demo();
+    let data = fly.add_volume("demo", "data", "iad", 1);
+    let other = fly.add_volume("demo", "other", "iad", 1);
+    let with = fly.add_machine_with_config(
+        "demo",
+        "iad",
+        "stopped",
+        json!({"image": "registry.fly.io/demo:v1", "mounts": [{"volume": data, "path": "/data", "name": "data"}]}),
+    );
+    let without = fly.add_machine_with_config(
+        "demo",
+        "iad",
+        "stopped",
+        json!({"image": "registry.fly.io/demo:v1"}),
+    );
+    let update = |id: String, config: Value| {
+        let api = &api;
+        async move {
+            let nonce = api.lease("demo", &id).await;
+            let answer = api
+                .call(
+                    "POST",
+                    &format!("/v1/apps/demo/machines/{id}"),
+                    Some(json!({"config": config, "skip_launch": true})),
+                    Some(&nonce),
+                )
+                .await;
+            api.call(
+                "DELETE",
+                &format!("/v1/apps/demo/machines/{id}/lease"),
+                None,
+                Some(&nonce),
+            )
+            .await;
+            answer
+        }
+    };
+    let image = "registry.fly.io/demo:v2";
+    for (id, config) in [
+        (
+            with.clone(),
+            json!({"image": image, "mounts": [{"volume": other, "path": "/data", "name": "other"}]}),
+        ),
+        (with.clone(), json!({"image": image})),
+        (
+            without.clone(),
+            json!({"image": image, "mounts": [{"volume": other, "path": "/data", "name": "other"}]}),
+        ),
+    ] {
+        let (status, body) = update(id, config.clone()).await;
+        assert_eq!(status, 400, "{config}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("cannot be attached, detached or swapped"),
+            "{body}"
+        );
+    }
+    assert_eq!(fly.machine(&with).config["mounts"][0]["volume"], json!(data));
+    let (status, body) = update(
+        with.clone(),
+        json!({"image": image, "mounts": [{"volume": data, "path": "/srv", "name": "data"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(fly.machine(&with).config["mounts"][0]["path"], "/srv");
+}
+
 #[tokio::test]
 async fn a_first_deploy_turns_a_pending_app_into_a_deployed_one() {
     let (fly, api) = demo();

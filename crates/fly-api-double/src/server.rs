@@ -939,6 +939,28 @@ fn machine_operation(
                 Ok(volumes) => volumes,
                 Err(message) => return error(StatusCode::BAD_REQUEST, &message),
             };
+            // A machine's volume is fixed at creation: flyctl replaces a machine whose mounts
+            // gain, lose or swap a volume rather than update it, because an update cannot
+            // (`internal/command/deploy/machines_launchinput.go`, `launchInputForUpdate`:
+            // "Volumes attached to existings machines can't be swapped by other volumes",
+            // "it is not possible to attach a volume to an existing machine"). Only the mount
+            // path and extension settings may change.
+            let attached: Vec<&str> = machine.config["mounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["volume"].as_str())
+                .collect();
+            if attached != volumes.iter().map(String::as_str).collect::<Vec<_>>() {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "machine {id} mounts {attached:?} and the update mounts {volumes:?}: a machine's \
+                         volumes cannot be attached, detached or swapped by an update; destroy it and \
+                         create a new machine"
+                    ),
+                );
+            }
             let region = req
                 .body_field("region")
                 .and_then(Value::as_str)

@@ -4,7 +4,9 @@
 //! rest (image, dns, schedule, auto_destroy, standbys, containers, rootfs, fields only the
 //! platform sets) is kept as the API returned it, except that a standby whose group gained
 //! services stops being one. Volumes cannot be swapped on a machine: the
-//! attached volume stays, only its mount path and auto-extend settings follow fly.toml.
+//! attached volume stays, only its mount path and auto-extend settings follow fly.toml; a
+//! `[[mounts]]` added, renamed or removed replaces the machine, as in flyctl
+//! (`internal/command/deploy/machines_launchinput.go`, `launchInputForUpdate`).
 
 use serde_json::{Map, Value};
 use std::fmt;
@@ -27,34 +29,50 @@ const OWNED_INIT: &[&str] = &["cmd", "entrypoint", "exec", "swap_size_mb"];
 /// Metadata the release sets on every deploy: not a config change worth showing.
 const RELEASE_METADATA: &[&str] = &["fly_release_id", "fly_release_version", "fly_flyctl_version"];
 
-/// A volume change fly.toml asks for that an update of the machine in place cannot make.
+/// A volume change fly.toml asks for that an update of the machine in place cannot make: the
+/// machine is replaced by one with fly.toml's mount (flyctl `launchInputForUpdate`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VolumeChange {
-    #[error(
-        "has volume {volume} ({name}) mounted but fly.toml has no [[mounts]] for its group; \
-         removing a volume needs a new machine: put the [[mounts]] back, or destroy the machine \
-         (fly machine destroy) and deploy again"
-    )]
+    #[error("mounts volume {volume} ({name}) but fly.toml has no [[mounts]] for its group")]
     Removed { volume: String, name: String },
-    #[error(
-        "has volume {volume} named {current:?} but fly.toml mounts {wanted:?}; a machine's volume \
-         cannot be swapped: rename source back to {current:?}, or destroy the machine and deploy again"
-    )]
+    #[error("mounts volume {volume} named {current:?} but fly.toml mounts {wanted:?}")]
     Renamed {
         volume: String,
         current: String,
         wanted: String,
     },
-    #[error(
-        "has no volume but fly.toml mounts {name:?}; a volume cannot be attached to an existing \
-         machine: create the volume (fly volumes create {name}), destroy the machine and deploy again"
-    )]
+    #[error("has no volume but fly.toml mounts {name:?}")]
     Added { name: String },
+}
+
+impl VolumeChange {
+    /// The name of the unattached volume the replacement needs, if it mounts one.
+    pub fn needs(&self) -> Option<&str> {
+        match self {
+            VolumeChange::Removed { .. } => None,
+            VolumeChange::Renamed { wanted, .. } => Some(wanted),
+            VolumeChange::Added { name } => Some(name),
+        }
+    }
 }
 
 /// `translated` (from `AppConfig::machine_config`) laid over `current` (a machine's config as
 /// the API returned it). The image and release metadata are the rollout's to set afterwards.
+/// A volume change no update can make is returned as such: the machine must be replaced
+/// ([`apply_replacing`]).
 pub fn apply(translated: &Value, current: &Value) -> Result<Value, VolumeChange> {
+    lay_over(translated, current, false)
+}
+
+/// The config of a machine that replaces `current` because of a [`VolumeChange`]: as
+/// [`apply`], with fly.toml's `[[mounts]]` as they are (none, or one without a volume id: the
+/// replacement gets an unattached volume of that name, as flyctl's `launchInputForUpdate`
+/// does with `popVolumeFor`).
+pub fn apply_replacing(translated: &Value, current: &Value) -> Value {
+    lay_over(translated, current, true).expect("a replacement takes fly.toml's mounts as they are")
+}
+
+fn lay_over(translated: &Value, current: &Value, replacing: bool) -> Result<Value, VolumeChange> {
     let mut out = current.as_object().cloned().unwrap_or_default();
     let new = translated.as_object().cloned().unwrap_or_default();
 
@@ -99,7 +117,12 @@ pub fn apply(translated: &Value, current: &Value) -> Result<Value, VolumeChange>
         out.insert("guest".into(), guest.clone());
     }
 
-    match mounts(new.get("mounts"), out.get("mounts"))? {
+    let mounts = if replacing {
+        new.get("mounts").cloned()
+    } else {
+        mounts(new.get("mounts"), out.get("mounts"))?
+    };
+    match mounts {
         Some(mounts) => out.insert("mounts".into(), mounts),
         None => out.remove("mounts"),
     };

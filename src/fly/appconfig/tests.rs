@@ -1,7 +1,7 @@
 //! Golden tests (fly.toml corpus → expected machine configs, written by hand from flyctl's
 //! rules) and validation tests.
 
-use super::apply::{VolumeChange, apply, diff};
+use super::apply::{VolumeChange, apply, apply_replacing, diff};
 use super::*;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -421,6 +421,21 @@ fn apply_moves_a_mount_path_but_never_swaps_volumes() {
     current.as_object_mut().unwrap().remove("mounts");
     let added = apply(&json!({"mounts": [{"name": "data", "path": "/data"}]}), &current);
     assert!(matches!(added, Err(VolumeChange::Added { .. })), "{added:?}");
+}
+
+#[test]
+fn a_replacement_takes_fly_tomls_mounts_as_they_are() {
+    let current = current_machine_config();
+    let renamed = json!({"mounts": [{"name": "other", "path": "/data", "add_size_gb": 2}]});
+    let replacing = apply_replacing(&renamed, &current);
+    // No volume id: the replacement gets an unattached volume of that name.
+    assert_eq!(replacing["mounts"], renamed["mounts"]);
+    assert_eq!(apply(&renamed, &current).unwrap_err().needs(), Some("other"));
+    let removed = apply_replacing(&json!({}), &current);
+    assert!(removed.get("mounts").is_none(), "{removed}");
+    assert_eq!(apply(&json!({}), &current).unwrap_err().needs(), None);
+    // Everything else is laid over as for an update.
+    assert_eq!(removed["guest"], current["guest"]);
 }
 
 #[test]
