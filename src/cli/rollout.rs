@@ -76,6 +76,11 @@ pub struct RolloutOptions {
     /// rest of the deploy is healthy. Asked on a terminal; required elsewhere.
     #[arg(long)]
     pub destroy_removed_groups: bool,
+    /// Replace the machines whose volume fly.toml no longer mounts ([[mounts]] removed) with
+    /// machines without one; the volumes stay, unattached, with their data. Asked on a
+    /// terminal; required elsewhere (flyctl asks too, and wants --yes without a terminal).
+    #[arg(long)]
+    pub detach_volumes: bool,
     /// Roll the machines out even when every one already runs this image with this config.
     #[arg(long)]
     pub force: bool,
@@ -329,6 +334,7 @@ fn spec(app: &str, image: String, options: &RolloutOptions, fly_toml: Option<&Ap
         definition: fly_toml.map_or(serde_json::Value::Null, |c| c.definition.clone()),
         dry_run: options.dry_run,
         destroy_removed_groups: options.destroy_removed_groups,
+        detach_volumes: options.detach_volumes,
         force: options.force,
         bluegreen_wait: options.bluegreen_cutover_wait,
     }

@@ -37,14 +37,24 @@ pub struct Volume {
     pub state: String,
     #[serde(default)]
     pub attached_machine_id: Option<String>,
+    #[serde(default)]
+    pub attached_alloc_id: Option<String>,
+    /// `ok`, `unknown`, `unreachable`.
+    #[serde(default)]
+    pub host_status: Option<String>,
 }
 
 impl Volume {
-    /// Named `name`, in `region`, and mounted by no machine: one a new machine there can take.
+    /// Named `name`, in `region`, mounted by no machine nor allocation, on a host that answers:
+    /// one a new machine there can take (flyctl's `setVolumes`, `internal/command/deploy/
+    /// machines.go`, counts only those as unattached).
     pub fn is_free(&self, name: &str, region: &str) -> bool {
+        let empty = |v: &Option<String>| v.as_deref().is_none_or(str::is_empty);
         self.name == name
             && self.region == region
-            && self.attached_machine_id.as_deref().is_none_or(str::is_empty)
+            && empty(&self.attached_machine_id)
+            && empty(&self.attached_alloc_id)
+            && self.host_status.as_deref().is_none_or(|s| s == "ok")
     }
 }
 

@@ -25,6 +25,14 @@ pub enum GroupError {
         #[source]
         source: AppConfigError,
     },
+    #[error("{0}")]
+    VolumeRenamed(Box<RenamedMount>),
+    #[error(
+        "fly.toml no longer mounts a volume for machine(s) {machines}, so they would be replaced by \
+         machines without one (the volumes stay, unattached, with their data): pass \
+         --detach-volumes to do that, or put the [[mounts]] back"
+    )]
+    DetachNotConfirmed { machines: String },
     #[error(
         "machine {machine} (process group {group}) {change}, so it must be replaced by a new \
          machine, which the bluegreen strategy does not do: deploy with --strategy rolling (or \
@@ -40,10 +48,11 @@ pub enum GroupError {
     #[error(
         "{what} in process group {group} requires an unattached volume {volume:?} in {region}, \
          and the app has {free_text}: create {create_text} with `fly volume create {volume} \
-         --region {region}` and deploy again (after an app's first deploy, new volumes are made \
-         by hand, as with `fly deploy`)",
+         --region {region}{count}` and deploy again (after an app's first deploy, new volumes are \
+         made by hand, as with `fly deploy`)",
         free_text = if *free == 0 { "none".to_string() } else { format!("only {free} for {needed} machines") },
         create_text = if needed - free == 1 { "it".to_string() } else { format!("{} more", needed - free) },
+        count = if needed - free == 1 { String::new() } else { format!(" --count {}", needed - free) },
     )]
     VolumeMissing {
         /// "creating a new machine", or "replacing machine ID (its [[mounts]] changed)".
@@ -76,6 +85,25 @@ pub struct VolumeReplacement {
     pub change: VolumeChange,
 }
 
+/// A machine whose `[[mounts]]` source fly.toml renamed: refused, as `fly deploy` refuses it
+/// (`machines.go`, `validateVolumeConfig`).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "machine {machine} (process group {group}) mounts volume {volume} named {current:?}, and \
+     fly.toml mounts {wanted:?}: an attached volume cannot be swapped for another, and `fly \
+     deploy` refuses this too; set source back to {current:?}, or destroy the machine (`fly \
+     machine destroy {machine}`) and deploy again with an unattached volume {wanted:?} in \
+     {region}"
+)]
+pub struct RenamedMount {
+    machine: String,
+    group: String,
+    volume: String,
+    current: String,
+    wanted: String,
+    region: String,
+}
+
 /// What this deploy does to process groups besides updating machines.
 #[derive(Debug, Default)]
 pub struct GroupChanges {
@@ -98,12 +126,17 @@ impl GroupChanges {
     /// Compare fly.toml with the fleet. Removed groups are taken out of `fleet` (their machines
     /// are not updated, only destroyed at the end, and only if `confirm` says so). Returns
     /// fly.toml's config for every group, which `ConfigChange` lays over each machine.
+    ///
+    /// Volume changes follow flyctl's `validateVolumeConfig` (`internal/command/deploy/
+    /// machines.go`): a machine gaining a volume is replaced; one losing it is replaced only
+    /// when `confirm_detach` says so (flyctl asks); a renamed source is refused.
     pub fn new(
         config: &AppConfig,
         fleet: &mut Fleet,
         spec: &RolloutSpec,
         first_deploy: bool,
         confirm: impl FnOnce(&BTreeMap<String, Vec<Machine>>) -> bool,
+        confirm_detach: impl FnOnce(&[VolumeReplacement]) -> bool,
     ) -> Result<(GroupChanges, BTreeMap<String, Value>), GroupError> {
         let groups = config.process_groups();
         let mut translated = BTreeMap::new();
@@ -136,15 +169,45 @@ impl GroupChanges {
         let mut replacements = Vec::new();
         for (group, machines) in &fleet.groups {
             for machine in machines {
-                if let Err(change) = apply(&translated[group], &machine.config) {
-                    replacements.push(VolumeReplacement {
+                let region = machine.region.clone().unwrap_or_default();
+                match apply(&translated[group], &machine.config) {
+                    Ok(_) => {}
+                    Err(VolumeChange::Renamed {
+                        volume,
+                        current,
+                        wanted,
+                    }) => {
+                        return Err(GroupError::VolumeRenamed(Box::new(RenamedMount {
+                            machine: machine.id.clone(),
+                            group: group.clone(),
+                            volume,
+                            current,
+                            wanted,
+                            region,
+                        })));
+                    }
+                    Err(change) => replacements.push(VolumeReplacement {
                         machine: machine.id.clone(),
                         group: group.clone(),
-                        region: machine.region.clone().unwrap_or_default(),
+                        region,
                         change,
-                    });
+                    }),
                 }
             }
+        }
+        let detached: Vec<VolumeReplacement> = replacements
+            .iter()
+            .filter(|r| r.change.needs().is_none())
+            .cloned()
+            .collect();
+        if !detached.is_empty() && !confirm_detach(&detached) {
+            return Err(GroupError::DetachNotConfirmed {
+                machines: detached
+                    .iter()
+                    .map(|r| r.machine.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
         }
         if let (Strategy::Bluegreen, Some(first)) = (spec.strategy, replacements.first()) {
             return Err(GroupError::BluegreenVolumeChange {
@@ -534,6 +597,26 @@ pub fn confirm_removal(removed: &BTreeMap<String, Vec<Machine>>) -> bool {
         "fly.toml no longer has process group(s) {}: destroy their {count} machine(s) once the \
          deploy is healthy? [y/N] ",
         names.join(", ")
+    );
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).is_ok()
+        && matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+/// Ask on a terminal whether machines whose volume fly.toml no longer mounts may be replaced
+/// by machines without one, as flyctl asks ("Do you still want to continue and detach the
+/// volume? This will replace the machine."); elsewhere only `--detach-volumes` says yes.
+pub fn confirm_detach(detached: &[VolumeReplacement]) -> bool {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return false;
+    }
+    let machines: Vec<&str> = detached.iter().map(|r| r.machine.as_str()).collect();
+    eprint!(
+        "fly.toml no longer mounts a volume for machine(s) {}: replace them by machines without \
+         one (the volumes stay, unattached)? [y/N] ",
+        machines.join(", ")
     );
     let _ = std::io::stderr().flush();
     let mut answer = String::new();

@@ -69,6 +69,8 @@ pub struct RolloutSpec {
     pub dry_run: bool,
     /// Destroy the machines of process groups gone from fly.toml (asked on a terminal).
     pub destroy_removed_groups: bool,
+    /// Replace machines whose volume fly.toml no longer mounts (asked on a terminal).
+    pub detach_volumes: bool,
     /// Roll out even when nothing would change.
     pub force: bool,
     /// Bluegreen: pause before cordoning the blues, and again before stopping them.
@@ -103,9 +105,14 @@ pub async fn run(
     let first_deploy =
         !matches!(app.status.as_deref(), Some("deployed" | "suspended")) && fleet.machine_count() == 0;
     let (groups, fly_toml_configs) = match &fly_toml {
-        Some(config) => GroupChanges::new(config, &mut fleet, &spec, first_deploy, |removed| {
-            spec.destroy_removed_groups || spec.dry_run || groups::confirm_removal(removed)
-        })?,
+        Some(config) => GroupChanges::new(
+            config,
+            &mut fleet,
+            &spec,
+            first_deploy,
+            |removed| spec.destroy_removed_groups || spec.dry_run || groups::confirm_removal(removed),
+            |detached| spec.detach_volumes || spec.dry_run || groups::confirm_detach(detached),
+        )?,
         None => Default::default(),
     };
     let change = ConfigChange {

@@ -794,46 +794,61 @@ fn attached_to(fly: &FlyApi, volume: &str) -> Option<String> {
         .attached_machine_id
 }
 
-/// A `[[mounts]]` source renamed in fly.toml: an update cannot swap a machine's volume, so,
-/// as flyctl does (`launchInputForUpdate`, `updateMachineByReplace`), the machine is destroyed
-/// and a new one in its region mounts an unattached volume of the new name. Without one the
-/// deploy stops before any change and says which `fly volume create` to run; `--dry-run`
-/// shows the replacement. The old volume stays, unattached.
+fn without_mounts(fly_toml: &str) -> String {
+    let start = fly_toml.find("[mounts]").unwrap();
+    let end = fly_toml.find("[http_service]").unwrap();
+    format!("{}{}", &fly_toml[..start], &fly_toml[end..])
+}
+
+/// A `[[mounts]]` source renamed in fly.toml: a machine's volume cannot be swapped, and `fly
+/// deploy` refuses it before anything changes (`validateVolumeConfig`), even with a free volume
+/// of the new name; so does nixfly, naming both ways out.
 #[test]
-fn a_renamed_mount_replaces_the_machine_with_one_on_a_free_volume() {
+fn a_renamed_mount_is_refused_before_any_change() {
     let fly = new_app();
     let t = TestDir::new();
-    let (old_machine, old_volume) = deployed_volume_app(&fly, &t);
+    let (machine, volume) = deployed_volume_app(&fly, &t);
     write_fly_toml(
         &t,
         &fixture("03-volume-autoextend.toml").replace("source = \"notes_data\"", "source = \"notes_v2\""),
     );
+    fly.add_volume(APP, "notes_v2", "fra", 10);
     let before = fly.mutating_requests().len();
     let out = run_rollout(&fly, &t, &image(2), &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
         err.contains(&format!(
-            "replacing machine {old_machine} (its [[mounts]] changed)"
-        )) && err.contains("requires an unattached volume \"notes_v2\" in fra")
-            && err.contains("fly volume create notes_v2 --region fra"),
+            "machine {machine} (process group app) mounts volume {volume} named \"notes_data\", and fly.toml mounts \"notes_v2\""
+        )) && err.contains("set source back to \"notes_data\"")
+            && err.contains(&format!("fly machine destroy {machine}")),
+        "{err}"
+    );
+    assert_eq!(fly.mutating_requests().len(), before, "nothing changed");
+}
+
+/// `[[mounts]]` removed from fly.toml: flyctl asks before it replaces the machine by one
+/// without a volume, and wants --yes without a terminal; nixfly wants --detach-volumes. Then
+/// the machine is replaced; the volume stays, unattached, with its data.
+#[test]
+fn a_removed_mount_replaces_the_machine_only_when_confirmed() {
+    let fly = new_app();
+    let t = TestDir::new();
+    let (old_machine, old_volume) = deployed_volume_app(&fly, &t);
+    write_fly_toml(&t, &without_mounts(&fixture("03-volume-autoextend.toml")));
+    let before = fly.mutating_requests().len();
+    let out = run_rollout(&fly, &t, &image(2), &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "fly.toml no longer mounts a volume for machine(s) {old_machine}"
+        )) && err.contains("--detach-volumes"),
         "{err}"
     );
     assert_eq!(fly.mutating_requests().len(), before, "nothing changed");
 
-    let new_volume = fly.add_volume(APP, "notes_v2", "fra", 10);
-    let dry = run_rollout(&fly, &t, &image(2), &["--dry-run"]);
-    assert_success(&dry);
-    let preview = String::from_utf8_lossy(&dry.stdout).to_string();
-    assert!(
-        preview.contains(&format!(
-            "machine {old_machine} (process group app) mounts volume {old_volume} named \"notes_data\" but fly.toml mounts \"notes_v2\""
-        )) && preview.contains("mounting an unattached volume notes_v2 in fra"),
-        "{preview}"
-    );
-    assert_eq!(fly.mutating_requests().len(), before, "a dry run changes nothing");
-
-    let out = run_rollout(&fly, &t, &image(2), &[]);
+    let out = run_rollout(&fly, &t, &image(2), &["--detach-volumes"]);
     assert_success(&out);
     assert!(
         stderr(&out).contains("an update cannot change a machine's volume"),
@@ -842,19 +857,20 @@ fn a_renamed_mount_replaces_the_machine_with_one_on_a_free_volume() {
     );
     let machines = group_machines(&fly, "app");
     assert_eq!(machines.len(), 1);
-    let new = &machines[0];
-    assert_ne!(new.id, old_machine);
-    assert_eq!(new.region, "fra");
-    assert_eq!(new.image(), image(2));
-    assert_eq!(new.config["mounts"][0]["volume"], json!(new_volume));
-    assert_eq!(new.config["mounts"][0]["name"], "notes_v2");
-    assert_eq!(new.config["mounts"][0]["path"], "/data");
-    assert_eq!(attached_to(&fly, &new_volume), Some(new.id.clone()));
+    assert_ne!(machines[0].id, old_machine);
+    assert_eq!(machines[0].region, "fra");
+    assert!(
+        machines[0].config.get("mounts").is_none(),
+        "{}",
+        machines[0].config
+    );
+    assert_eq!(machines[0].image(), image(2));
     assert_eq!(
         attached_to(&fly, &old_volume),
         None,
-        "the old volume stays, unattached"
+        "the volume stays, unattached"
     );
+    assert_eq!(fly.volumes(APP).len(), 1, "no volume made or destroyed");
     assert!(
         fly.machines(APP)
             .iter()
@@ -864,39 +880,13 @@ fn a_renamed_mount_replaces_the_machine_with_one_on_a_free_volume() {
     assert_no_violations(&fly);
 }
 
-/// `[[mounts]]` removed from fly.toml: the machine is replaced by one without a volume; the
-/// volume stays with its data.
+/// `[[mounts]]` added for a group of two machines: an update cannot attach a volume, so each
+/// machine is replaced by one in its region on an unattached volume of its own (flyctl
+/// `validateVolumeConfig` counts them per region, `popVolumeFor` hands them out; a volume on
+/// a host that does not answer does not count, as in flyctl's `setVolumes`). Too few, and
+/// nothing changes; `--dry-run` shows the replacements.
 #[test]
-fn a_removed_mount_replaces_the_machine_with_one_without_a_volume() {
-    let fly = new_app();
-    let t = TestDir::new();
-    let (old_machine, old_volume) = deployed_volume_app(&fly, &t);
-    let fixture = fixture("03-volume-autoextend.toml");
-    let start = fixture.find("[mounts]").unwrap();
-    let end = fixture.find("[http_service]").unwrap();
-    write_fly_toml(&t, &format!("{}{}", &fixture[..start], &fixture[end..]));
-    let out = run_rollout(&fly, &t, &image(2), &[]);
-    assert_success(&out);
-    let machines = group_machines(&fly, "app");
-    assert_eq!(machines.len(), 1);
-    assert_ne!(machines[0].id, old_machine);
-    assert!(
-        machines[0].config.get("mounts").is_none(),
-        "{}",
-        machines[0].config
-    );
-    assert_eq!(machines[0].image(), image(2));
-    assert_eq!(attached_to(&fly, &old_volume), None);
-    assert_eq!(fly.volumes(APP).len(), 1, "no volume made or destroyed");
-    assert_no_leases(&fly);
-    assert_no_violations(&fly);
-}
-
-/// `[[mounts]]` added for a group of two machines: each replacement needs a volume of its own
-/// (`popVolumeFor`), so one free volume is not enough and nothing changes; with two, both
-/// machines are replaced, one volume each.
-#[test]
-fn an_added_mount_needs_a_free_volume_per_machine() {
+fn an_added_mount_replaces_each_machine_onto_a_free_volume_of_its_own() {
     let t = TestDir::new();
     let fly = deployed_web_app(&t);
     let old: Vec<String> = group_machines(&fly, "app").into_iter().map(|m| m.id).collect();
@@ -906,6 +896,8 @@ fn an_added_mount_needs_a_free_volume_per_machine() {
         &format!("{WEB_V1}\n[mounts]\n  source = \"cache\"\n  destination = \"/cache\"\n"),
     );
     let first = fly.add_volume(APP, "cache", &region, 1);
+    let second = fly.add_volume(APP, "cache", &region, 1);
+    fly.set_volume_host_status(&second, "unreachable");
     let before = fly.mutating_requests().len();
     let out = run_rollout(&fly, &t, &image(2), &[]);
     assert!(!out.status.success());
@@ -913,12 +905,29 @@ fn an_added_mount_needs_a_free_volume_per_machine() {
     assert!(
         err.contains(&format!(
             "requires an unattached volume \"cache\" in {region}, and the app has only 1 for 2 machines"
-        )) && err.contains("create it with `fly volume create cache"),
+        )) && err.contains(&format!(
+            "create it with `fly volume create cache --region {region}`"
+        )),
         "{err}"
     );
     assert_eq!(fly.mutating_requests().len(), before, "nothing changed");
 
-    let second = fly.add_volume(APP, "cache", &region, 1);
+    fly.set_volume_host_status(&second, "ok");
+    let dry = run_rollout(&fly, &t, &image(2), &["--dry-run"]);
+    assert_success(&dry);
+    let preview = String::from_utf8_lossy(&dry.stdout).to_string();
+    for id in &old {
+        assert!(
+            preview.contains(&format!(
+                "machine {id} (process group app) has no volume but fly.toml mounts \"cache\": an update \
+                 cannot change a machine's volume, so a new machine replaces it, mounting an unattached \
+                 volume cache in {region}"
+            )),
+            "{preview}"
+        );
+    }
+    assert_eq!(fly.mutating_requests().len(), before, "a dry run changes nothing");
+
     let out = run_rollout(&fly, &t, &image(2), &[]);
     assert_success(&out);
     let machines = group_machines(&fly, "app");
@@ -927,8 +936,12 @@ fn an_added_mount_needs_a_free_volume_per_machine() {
         .iter()
         .map(|m| {
             assert!(!old.contains(&m.id), "machine {} was not replaced", m.id);
+            assert_eq!(m.region, region);
+            assert_eq!(m.image(), image(2));
             assert_eq!(m.config["mounts"][0]["path"], "/cache");
-            m.config["mounts"][0]["volume"].as_str().unwrap().to_string()
+            let volume = m.config["mounts"][0]["volume"].as_str().unwrap().to_string();
+            assert_eq!(attached_to(&fly, &volume), Some(m.id.clone()));
+            volume
         })
         .collect();
     mounted.sort();
@@ -939,9 +952,8 @@ fn an_added_mount_needs_a_free_volume_per_machine() {
     assert_no_violations(&fly);
 }
 
-/// A replacement for a renamed mount that fails its checks is rolled back: it is destroyed and
-/// a machine with the old config mounts the old volume again (an update could not), and the
-/// new volume is free again.
+/// A replacement that fails its checks is rolled back: it is destroyed and a machine with the
+/// old config mounts the old volume again (an update could not).
 #[test]
 fn a_failed_volume_replacement_rolls_back_onto_the_old_volume() {
     let fly = new_app();
@@ -949,12 +961,11 @@ fn a_failed_volume_replacement_rolls_back_onto_the_old_volume() {
     let (_, old_volume) = deployed_volume_app(&fly, &t);
     write_fly_toml(
         &t,
-        &(fixture("03-volume-autoextend.toml").replace("source = \"notes_data\"", "source = \"notes_v2\"")
+        &(without_mounts(&fixture("03-volume-autoextend.toml"))
             + "\n[checks.health]\n  type = \"http\"\n  port = 8080\n  path = \"/health\"\n  interval = \"10s\"\n  timeout = \"2s\"\n"),
     );
-    let new_volume = fly.add_volume(APP, "notes_v2", "fra", 10);
     fly.set_behavior(&image(2)[..30], Behavior::ChecksFail);
-    let out = run_rollout(&fly, &t, &image(2), &["--wait-timeout", "5s"]);
+    let out = run_rollout(&fly, &t, &image(2), &["--detach-volumes", "--wait-timeout", "5s"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("rolled back"), "{}", stderr(&out));
     let machines = group_machines(&fly, "app");
@@ -963,25 +974,25 @@ fn a_failed_volume_replacement_rolls_back_onto_the_old_volume() {
     assert_eq!(restored.image(), image(1), "{}", stderr(&out));
     assert_eq!(restored.config["mounts"][0]["volume"], json!(old_volume));
     assert_eq!(attached_to(&fly, &old_volume), Some(restored.id.clone()));
-    assert_eq!(attached_to(&fly, &new_volume), None);
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
 
-/// bluegreen creates green machines next to the blue ones and cannot hand them the blues'
-/// volumes: a mount change under it stops before any change.
+/// bluegreen creates green machines next to the blue ones and replaces none: a mount change
+/// under it stops before any change.
 #[test]
 fn bluegreen_refuses_a_mount_change() {
     let fly = new_app();
     let t = TestDir::new();
     let (machine, _) = deployed_volume_app(&fly, &t);
-    write_fly_toml(
-        &t,
-        &fixture("03-volume-autoextend.toml").replace("source = \"notes_data\"", "source = \"notes_v2\""),
-    );
-    fly.add_volume(APP, "notes_v2", "fra", 10);
+    write_fly_toml(&t, &without_mounts(&fixture("03-volume-autoextend.toml")));
     let before = fly.mutating_requests().len();
-    let out = run_rollout(&fly, &t, &image(2), &["--strategy", "bluegreen"]);
+    let out = run_rollout(
+        &fly,
+        &t,
+        &image(2),
+        &["--strategy", "bluegreen", "--detach-volumes"],
+    );
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(

@@ -433,6 +433,7 @@ impl FlyApi {
             size_gb,
             state: "created".into(),
             attached_machine_id: None,
+            host_status: "ok".into(),
             encrypted: true,
             snapshot_retention: None,
             auto_backup_enabled: None,
@@ -440,6 +441,15 @@ impl FlyApi {
         let id = volume.id.clone();
         st.volumes.insert(id.clone(), volume);
         id
+    }
+
+    /// Set the `host_status` a volume shows (`ok`, `unknown`, `unreachable`).
+    pub fn set_volume_host_status(&self, volume: &str, status: &str) {
+        self.lock()
+            .volumes
+            .get_mut(volume)
+            .unwrap_or_else(|| panic!("the Fly API double has no volume {volume}"))
+            .host_status = status.into();
     }
 
     /// Snapshots of the app's volumes, destroyed ones included.

@@ -771,6 +771,7 @@ fn volumes(st: &mut State, req: &Request, op: &Operation, app: &str) -> Response
             size_gb: req.body_field("size_gb").and_then(Value::as_i64).unwrap_or(1),
             state: "created".into(),
             attached_machine_id: None,
+            host_status: "ok".into(),
             encrypted: req
                 .body_field("encrypted")
                 .and_then(Value::as_bool)

@@ -94,6 +94,8 @@ pub struct Volume {
     pub size_gb: i64,
     pub state: String,
     pub attached_machine_id: Option<String>,
+    /// `ok` unless a test says otherwise (`FlyApi::set_volume_host_status`).
+    pub host_status: String,
     /// As created: Fly encrypts volumes unless asked not to.
     pub encrypted: bool,
     pub snapshot_retention: Option<i64>,
@@ -112,7 +114,7 @@ impl Volume {
             "fstype": "ext4",
             "type": "local",
             "zone": "a1b2",
-            "host_status": "ok",
+            "host_status": self.host_status,
             "created_at": rfc3339_now(),
         });
         if let Some(machine) = &self.attached_machine_id {

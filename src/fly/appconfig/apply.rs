@@ -5,8 +5,9 @@
 //! platform sets) is kept as the API returned it, except that a standby whose group gained
 //! services stops being one. Volumes cannot be swapped on a machine: the
 //! attached volume stays, only its mount path and auto-extend settings follow fly.toml; a
-//! `[[mounts]]` added, renamed or removed replaces the machine, as in flyctl
-//! (`internal/command/deploy/machines_launchinput.go`, `launchInputForUpdate`).
+//! `[[mounts]]` added or removed replaces the machine, as in flyctl
+//! (`internal/command/deploy/machines_launchinput.go`, `launchInputForUpdate`), and a renamed
+//! one is refused before that (`machines.go`, `validateVolumeConfig`).
 
 use serde_json::{Map, Value};
 use std::fmt;
@@ -30,7 +31,8 @@ const OWNED_INIT: &[&str] = &["cmd", "entrypoint", "exec", "swap_size_mb"];
 const RELEASE_METADATA: &[&str] = &["fly_release_id", "fly_release_version", "fly_flyctl_version"];
 
 /// A volume change fly.toml asks for that an update of the machine in place cannot make: the
-/// machine is replaced by one with fly.toml's mount (flyctl `launchInputForUpdate`).
+/// machine is replaced by one with fly.toml's mount (flyctl `launchInputForUpdate`), except
+/// that a rename is refused (`validateVolumeConfig` refuses it first).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VolumeChange {
     #[error("mounts volume {volume} ({name}) but fly.toml has no [[mounts]] for its group")]
