@@ -122,11 +122,18 @@ impl ResolvedRollout {
         let platform = if options.skip_release {
             None
         } else {
-            Some(PlatformApi::new(FlyHttp::platform(
-                &options.platform_url,
-                token,
-                reporter.clone(),
-            )?))
+            Some(
+                PlatformApi::new(FlyHttp::platform(
+                    &options.platform_url,
+                    token.clone(),
+                    reporter.clone(),
+                )?)
+                .with_logs(FlyHttp::bubblegum(
+                    &options.platform_url,
+                    token,
+                    reporter.clone(),
+                )?),
+            )
         };
         Ok(ResolvedRollout {
             app: app.to_string(),

@@ -148,6 +148,9 @@ enum Audience {
     Machines,
     /// api.fly.io: `Bearer <macaroons,oauth>` (flyctl `internal/uiex/releases.go`).
     Platform,
+    /// api.fly.io's REST routes fly-go reaches with `Tokens.BubblegumHeader()` (the app logs,
+    /// `resource_logs.go`): the Machines API's header, `FlyV1 <macaroons>`, else `Bearer`.
+    Bubblegum,
 }
 
 /// One HTTP endpoint family (Machines API or platform API) with the token's auth header.
@@ -196,6 +199,11 @@ impl FlyHttp {
         Self::with_audience(base, token, reporter, Audience::Platform)
     }
 
+    /// A client for api.fly.io's app logs.
+    pub fn bubblegum(base: &str, token: FlyToken, reporter: Reporter) -> Result<Self, ApiError> {
+        Self::with_audience(base, token, reporter, Audience::Bubblegum)
+    }
+
     fn with_audience(
         base: &str,
         token: FlyToken,
@@ -238,7 +246,7 @@ impl FlyHttp {
             return oauth;
         }
         match self.audience {
-            Audience::Machines => self.token.authorization_header(),
+            Audience::Machines | Audience::Bubblegum => self.token.authorization_header(),
             Audience::Platform => self.token.platform_header(),
         }
     }

@@ -43,11 +43,83 @@ struct ReleaseEnvelope {
 #[derive(Clone)]
 pub struct PlatformApi {
     http: FlyHttp,
+    /// The same host under the header fly-go's logs client sends.
+    logs: Option<FlyHttp>,
+}
+
+/// One line of an app's logs (fly-go `LogEntry`; Go matches the JSON keys in any case).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct LogEntry {
+    #[serde(default, alias = "Timestamp")]
+    pub timestamp: String,
+    #[serde(default, alias = "Message")]
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+struct LogPage {
+    #[serde(default)]
+    data: Vec<LogData>,
+    #[serde(default)]
+    meta: LogMeta,
+}
+
+#[derive(Deserialize)]
+struct LogData {
+    #[serde(default)]
+    attributes: LogEntry,
+}
+
+#[derive(Default, Deserialize)]
+struct LogMeta {
+    #[serde(default)]
+    next_token: String,
 }
 
 impl PlatformApi {
     pub fn new(http: FlyHttp) -> Self {
-        PlatformApi { http }
+        PlatformApi { http, logs: None }
+    }
+
+    /// With a client for the app logs (`FlyHttp::bubblegum` on the same host).
+    pub fn with_logs(self, logs: FlyHttp) -> Self {
+        PlatformApi {
+            logs: Some(logs),
+            ..self
+        }
+    }
+
+    /// The lines machine `instance` of `app` logged after `next_token` ("" for the start), and
+    /// the token to ask from next ("" when there is nothing new): fly-go `GetAppLogs`
+    /// (`resource_logs.go`), `GET /api/v1/apps/{app}/logs?next_token=..&instance=..`, which
+    /// flyctl polls for the release command's logs (`logs/polling.go`). None without a logs
+    /// client.
+    pub async fn app_logs(
+        &self,
+        app: &str,
+        instance: &str,
+        next_token: &str,
+    ) -> Option<Result<(Vec<LogEntry>, String), ApiError>> {
+        let logs = self.logs.as_ref()?;
+        let page = logs
+            .send_json::<LogPage>(Request {
+                method: Method::GET,
+                path: &["api", "v1", "apps", app, "logs"],
+                query: &[
+                    ("next_token", next_token.to_string()),
+                    ("instance", instance.to_string()),
+                ],
+                body: None,
+                nonce: None,
+                replay: Replay::Safe,
+            })
+            .await;
+        Some(page.map(|page| {
+            (
+                page.data.into_iter().map(|d| d.attributes).collect(),
+                page.meta.next_token,
+            )
+        }))
     }
 
     pub async fn create_release(&self, new: NewRelease<'_>) -> Result<Release, ApiError> {

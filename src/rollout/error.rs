@@ -74,15 +74,15 @@ pub enum RolloutError {
         waited: Duration,
     },
     #[error(
-        "release_command `{command}` exited with code {exit_code} on machine {machine}{}; no app \
-         machine was changed",
-        if tail.is_empty() { String::new() } else { format!("; its last output:\n{tail}") }
+        "release_command `{command}` exited with code {exit_code} on machine {machine}; no app \
+         machine was changed; {logs}"
     )]
     ReleaseCommandFailed {
         command: String,
         machine: String,
         exit_code: i64,
-        tail: String,
+        /// The machine's last log lines, or where to find them.
+        logs: String,
     },
     #[error(
         "release_command `{command}` on machine {machine} did not finish within {}; raise \

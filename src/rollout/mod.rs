@@ -173,7 +173,7 @@ pub async fn run(
         ..change
     };
     let leases = Leases::new(api.clone(), spec.lease_ttl);
-    let ctx = Ctx::new(api, reporter.clone(), spec, change, leases);
+    let ctx = Ctx::new(api, reporter.clone(), spec, change, leases).with_platform(platform.clone());
     let outcome = tokio::select! {
         result = deploy(&ctx, &fleet, &groups) => Ok(result),
         signal = signals.recv() => Err(signal),

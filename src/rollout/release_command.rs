@@ -145,7 +145,33 @@ pub async fn run(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<(), Ro
         })?;
     let id = machine.id.as_str();
     ctx.status(id, group, "created");
+    let logs = ctx
+        .platform
+        .clone()
+        .map(|platform| LogFollower::start(platform, ctx.spec.app.clone(), id.to_string()));
     let result = run_on(ctx, rc, id).await;
+    let result = match (result, logs) {
+        (
+            Err(RolloutError::ReleaseCommandFailed {
+                command,
+                machine,
+                exit_code,
+                ..
+            }),
+            Some(logs),
+        ) => Err(RolloutError::ReleaseCommandFailed {
+            command,
+            exit_code,
+            logs: logs.finish(&machine).await,
+            machine,
+        }),
+        (result, logs) => {
+            if let Some(logs) = logs {
+                logs.stop();
+            }
+            result
+        }
+    };
     if let Err(RolloutError::WaitTimeout { .. } | RolloutError::ReleaseCommandTimeout { .. }) = &result {
         // Still pulling or running: remove it rather than leave it for the next deploy.
         if let Err(err) = ctx.api.destroy_machine(id, None).await {
@@ -192,18 +218,18 @@ async fn run_on(ctx: &Ctx, rc: &ReleaseCommand, id: &str) -> Result<(), RolloutE
         .get_machine(id)
         .await
         .map_err(|source| api_error("reading the exit code of", id, source))?;
-    let (exit_code, tail) =
-        exit_of_last_run(&finished).ok_or_else(|| RolloutError::ReleaseCommandUnknownExit {
-            command: rc.command.clone(),
-            machine: id.to_string(),
-        })?;
+    let exit_code = exit_of_last_run(&finished).ok_or_else(|| RolloutError::ReleaseCommandUnknownExit {
+        command: rc.command.clone(),
+        machine: id.to_string(),
+    })?;
     if exit_code != 0 {
         ctx.done(id, group, format!("exited with code {exit_code}"), false);
         return Err(RolloutError::ReleaseCommandFailed {
             command: rc.command.clone(),
             machine: id.to_string(),
             exit_code,
-            tail,
+            // `run` adds them when it can read the app's logs.
+            logs: format!("its logs: `fly logs -i {id}`"),
         });
     }
     ctx.done(id, group, "release_command succeeded", true);
@@ -218,25 +244,120 @@ fn api_error(action: &'static str, machine: &str, source: crate::fly::api::ApiEr
     }
 }
 
-/// The exit code of the run after the latest `start` (events are newest first), with any
-/// output the event carries.
-fn exit_of_last_run(machine: &Machine) -> Option<(i64, String)> {
+/// The exit code of the run after the latest `start` (events are newest first). An exit
+/// event carries no output (fly-go `MachineExitEvent`): that is in the app's logs.
+fn exit_of_last_run(machine: &Machine) -> Option<i64> {
     let since_start: Vec<&MachineEvent> = machine.events.iter().take_while(|e| e.kind != "start").collect();
     let exit = since_start.iter().find(|e| e.kind == "exit")?;
-    let info = exit.exit_info()?;
-    let tail = ["/exit_event/output", "/output", "/MonitorEvent/exit_event/output"]
-        .iter()
-        .find_map(|p| exit.request.pointer(p).and_then(Value::as_str))
-        .unwrap_or("")
-        .lines()
-        .rev()
-        .take(20)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
-    Some((info.exit_code, tail))
+    Some(exit.exit_info()?.exit_code)
+}
+
+/// How many of the release command's last log lines a failure shows (flyctl's ring of 100).
+const LOG_LINES: usize = 100;
+/// How long a failure waits for the logs to catch up (flyctl `waitForLogs`: 20 s).
+const LOG_WAIT: Duration = Duration::from_secs(20);
+/// flyctl's polling pauses (`logs/polling.go`): 64 ms doubling up to 4 s after errors, 128 ms
+/// while there is nothing new.
+const LOG_POLL_MIN: Duration = Duration::from_millis(64);
+const LOG_POLL_MAX: Duration = Duration::from_millis(64 << 6);
+
+/// The release command machine's logs, polled from the moment it exists as flyctl polls them
+/// when its NATS stream is unavailable (`machines_releasecommand.go`, `logs/polling.go`),
+/// keeping the last `LOG_LINES`, until init says the command ended ("Main child exited
+/// normally").
+struct LogFollower {
+    lines: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    task: tokio::task::JoinHandle<Result<(), crate::fly::api::ApiError>>,
+}
+
+impl LogFollower {
+    fn start(platform: crate::fly::platform::PlatformApi, app: String, machine: String) -> Self {
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let kept = lines.clone();
+        let task = tokio::spawn(async move {
+            let (mut token, mut pause, mut errors) = (String::new(), LOG_POLL_MIN, 0);
+            loop {
+                if pause > LOG_POLL_MIN {
+                    tokio::time::sleep(pause).await;
+                }
+                let Some(page) = platform.app_logs(&app, &machine, &token).await else {
+                    return Ok(());
+                };
+                let (entries, next) = match page {
+                    Ok(page) => page,
+                    Err(err) => {
+                        errors += 1;
+                        if matches!(err.status(), Some(401 | 403 | 404)) || errors > 9 {
+                            return Err(err);
+                        }
+                        pause = (pause * 2).min(LOG_POLL_MAX);
+                        continue;
+                    }
+                };
+                errors = 0;
+                if entries.is_empty() {
+                    pause = LOG_POLL_MIN * 2;
+                    continue;
+                }
+                pause = Duration::ZERO;
+                if !next.is_empty() {
+                    token = next;
+                }
+                let mut lines = kept.lock().unwrap_or_else(|e| e.into_inner());
+                for entry in entries {
+                    if lines.len() == LOG_LINES {
+                        lines.pop_front();
+                    }
+                    lines.push_back(format!("{} {}", entry.timestamp, entry.message));
+                    if entry.message.contains("Main child exited normally") {
+                        return Ok(());
+                    }
+                }
+            }
+        });
+        LogFollower { lines, task }
+    }
+
+    fn stop(self) {
+        self.task.abort();
+    }
+
+    /// What a failure shows of the logs: the last lines, once init's last word is in or
+    /// `LOG_WAIT` has passed, or why there are none.
+    async fn finish(self, machine: &str) -> String {
+        let LogFollower { lines, mut task } = self;
+        let ended = tokio::time::timeout(LOG_WAIT, &mut task).await;
+        task.abort();
+        let lines: Vec<String> = lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        let note = match ended {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(err))) if matches!(err.status(), Some(401 | 403)) => Some(format!(
+                "this token may not read the app's logs (deploy tokens cannot): `fly logs -i {machine}`"
+            )),
+            Ok(Ok(Err(err))) => Some(format!(
+                "reading its logs failed ({err}): `fly logs -i {machine}`"
+            )),
+            Ok(Err(_)) => Some(format!("reading its logs stopped: `fly logs -i {machine}`")),
+            Err(_) => Some(format!(
+                "its logs did not arrive within {}s: `fly logs -i {machine}`",
+                LOG_WAIT.as_secs()
+            )),
+        };
+        let mut shown = String::new();
+        if !lines.is_empty() {
+            shown = format!("its last {} log line(s):\n{}", lines.len(), lines.join("\n"));
+        }
+        match note {
+            Some(note) if shown.is_empty() => note,
+            Some(note) => format!("{shown}\n({note})"),
+            None if shown.is_empty() => format!("it logged nothing: `fly logs -i {machine}`"),
+            None => shown,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -247,16 +368,13 @@ mod tests {
     fn exit_code_comes_from_the_run_after_the_latest_start() {
         let machine: Machine = serde_json::from_value(json!({"id": "r1", "events": [
             {"type": "destroy"},
-            {"type": "exit", "request": {"exit_event": {"exit_code": 3, "output": "a\nmigration failed"}}},
+            {"type": "exit", "request": {"exit_event": {"exit_code": 3}}},
             {"type": "start"},
             {"type": "exit", "request": {"exit_event": {"exit_code": 0}}},
             {"type": "start"}
         ]}))
         .unwrap();
-        assert_eq!(
-            exit_of_last_run(&machine),
-            Some((3, "a\nmigration failed".to_string()))
-        );
+        assert_eq!(exit_of_last_run(&machine), Some(3));
         let never_exited: Machine =
             serde_json::from_value(json!({"id": "r1", "events": [{"type": "start"}]})).unwrap();
         assert_eq!(exit_of_last_run(&never_exited), None);

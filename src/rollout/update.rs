@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex};
 /// the journal of machines changed so far (their previous state, for rollback).
 pub struct Ctx {
     pub api: MachinesApi,
+    /// api.fly.io, when the deploy uses it (not with `--skip-release`): the release command's
+    /// logs come from there.
+    pub platform: Option<crate::fly::platform::PlatformApi>,
     pub reporter: Reporter,
     pub spec: RolloutSpec,
     pub change: ConfigChange,
@@ -41,6 +44,7 @@ impl Ctx {
     ) -> Self {
         Ctx {
             api,
+            platform: None,
             reporter,
             spec,
             change,
@@ -51,6 +55,10 @@ impl Ctx {
             claimed: Mutex::new(Vec::new()),
             changing: AtomicBool::new(false),
         }
+    }
+
+    pub fn with_platform(self, platform: Option<crate::fly::platform::PlatformApi>) -> Self {
+        Ctx { platform, ..self }
     }
 
     /// From now on a failure leaves (or left) a trace on the app's machines.

@@ -1216,6 +1216,64 @@ async fn an_update_cannot_attach_detach_or_swap_a_volume() {
     assert_eq!(fly.machine(&with).config["mounts"][0]["path"], "/srv");
 }
 
+/// The logs API as fly-go's `GetAppLogs` reads it: pages after `next_token`, one machine's
+/// lines with `instance`, the token kept when nothing is new; anything but that GET is a
+/// violation.
+#[tokio::test]
+async fn app_logs_page_by_token_and_filter_by_instance() {
+    let (fly, api) = demo();
+    fly.set_log_output("demo:deployment-", &["hello"]);
+    let a = fly.add_machines("demo", &MachineSpec::new("app")).remove(0);
+    let b = fly.add_machines("demo", &MachineSpec::new("app")).remove(0);
+    let messages = |page: &Value| -> Vec<String> {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["attributes"]["message"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, only_a) = api
+        .get(&format!("/api/v1/apps/demo/logs?next_token=&instance={a}"))
+        .await;
+    assert_eq!(messages(&only_a).len(), 2, "{only_a}");
+    assert!(
+        only_a["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["attributes"]["instance"] == json!(a))
+    );
+    assert_eq!(messages(&only_a)[1], "hello");
+    let token = only_a["meta"]["next_token"].as_str().unwrap().to_string();
+    let (_, nothing_new) = api
+        .get(&format!("/api/v1/apps/demo/logs?next_token={token}&instance={a}"))
+        .await;
+    assert!(messages(&nothing_new).is_empty());
+    assert_eq!(nothing_new["meta"]["next_token"], json!(token));
+    let (_, both) = api.get("/api/v1/apps/demo/logs?next_token=").await;
+    assert_eq!(messages(&both).len(), 4, "{both}");
+    assert!(
+        both["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["attributes"]["instance"] == json!(b))
+    );
+    assert!(fly.violations().is_empty(), "{:#?}", fly.violations());
+    let (status, _) = api.post("/api/v1/apps/demo/logs", json!({})).await;
+    assert_eq!(status, 400);
+    let violations = fly.take_violations();
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.reason.contains("the logs API is GET")),
+        "{violations:#?}"
+    );
+    fly.refuse_logs();
+    assert_eq!(api.get("/api/v1/apps/demo/logs?next_token=").await.0, 401);
+}
+
 #[tokio::test]
 async fn a_first_deploy_turns_a_pending_app_into_a_deployed_one() {
     let (fly, api) = demo();

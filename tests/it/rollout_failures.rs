@@ -159,12 +159,52 @@ fn release_command_exit_1_stops_before_any_machine_changes() {
     .unwrap();
     let new = image(12);
 
+    // What the command prints reaches the user through the app logs, as flyctl shows them
+    // (an exit event carries no output).
+    fly.set_log_output(
+        &new[..40],
+        &["Running migrations", "ERROR: relation \"users\" already exists"],
+    );
+
     let out = run_rollout(&fly, &t, &new, &[]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(EXIT_FAILURE), "{err}");
     assert!(
         err.contains("exited with code 1") && err.contains("bin/migrate"),
         "{err}"
+    );
+    let shown: Vec<&str> = err
+        .lines()
+        .skip_while(|l| !l.contains("its last 4 log line(s):"))
+        .skip(1)
+        .take(4)
+        .map(|l| l.split_once(' ').map_or(l, |(_, message)| message))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            " INFO Preparing to run: `bin/migrate --to latest version` as root",
+            "Running migrations",
+            "ERROR: relation \"users\" already exists",
+            " INFO Main child exited normally with code: 1",
+        ],
+        "{err}"
+    );
+    // fly-go reads logs with `Tokens.BubblegumHeader()`: the Machines API's scheme.
+    let requests = fly.requests();
+    let logs: Vec<_> = requests
+        .iter()
+        .filter(|r| r.path == "/api/v1/apps/demo/logs")
+        .collect();
+    let machines_scheme = &requests
+        .iter()
+        .find(|r| r.path.starts_with("/v1/"))
+        .unwrap()
+        .auth_scheme;
+    assert!(!logs.is_empty());
+    assert!(
+        logs.iter().all(|r| &r.auth_scheme == machines_scheme),
+        "{logs:#?}"
     );
 
     let temp: Vec<_> = fly
@@ -506,4 +546,46 @@ fn rejected_token_names_its_source_and_is_never_printed() {
     assert_eq!(out.status.code(), Some(EXIT_FAILURE), "{err}");
     assert!(err.contains("FLY_API_TOKEN") && err.contains("401"), "{err}");
     assert!(!err.contains("fm2_this_token"), "{err}");
+}
+
+/// A token that may not read the app's logs (a deploy token): the failure says so and where
+/// to look, as flyctl's `waitForLogs` does; without the platform API there are no logs to read.
+#[test]
+fn a_release_command_failure_without_logs_says_where_to_find_them() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").region("ams"));
+    fly.set_release_command_exit_code(2);
+    fly.refuse_logs();
+    let t = TestDir::new();
+    std::fs::write(
+        t.join("fly.toml"),
+        "app = \"demo\"\nprimary_region = \"ams\"\n[deploy]\nrelease_command = \"bin/migrate\"\n",
+    )
+    .unwrap();
+    let out = run_rollout(&fly, &t, &image(13), &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_FAILURE), "{err}");
+    let machine = fly
+        .machines(APP)
+        .into_iter()
+        .find(|m| m.process_group() == "fly_app_release_command")
+        .unwrap()
+        .id;
+    assert!(
+        err.contains("exited with code 2")
+            && err.contains("this token may not read the app's logs")
+            && err.contains(&format!("`fly logs -i {machine}`")),
+        "{err}"
+    );
+    assert_no_violations(&fly);
+
+    let out = run_rollout(&fly, &t, &image(14), &["--skip-release"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_FAILURE), "{err}");
+    assert!(
+        err.contains("exited with code 2") && err.contains("its logs: `fly logs -i"),
+        "{err}"
+    );
+    assert_no_violations(&fly);
 }

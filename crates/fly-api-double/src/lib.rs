@@ -99,6 +99,11 @@
 //!   requested_stop, ...}` and `request.restart_count`, as fly-go decodes them.
 //! - The double checks its own successful answers against the spec's response schemas too;
 //!   a mismatch is recorded as a violation (a bug in the double fails tests loudly).
+//! - App logs (`GET /api/v1/apps/{app}/logs`, fly-go `GetAppLogs`, which flyctl polls for
+//!   the release command): lines made from machine events (init's "Preparing to run" at
+//!   each boot, `set_log_output` lines, "Main child exited normally with code: N" at each
+//!   exit), paged by `next_token`, filtered by `instance`; `FlyV1` is accepted there, as
+//!   fly-go sends `Tokens.BubblegumHeader()`; `refuse_logs` makes it answer 401.
 //! - IP assignments: list/create (any spec type)/delete, for first deploys that allocate
 //!   addresses.
 //! - Volumes: list/create/get/delete; a create keeps `encrypted` (default true),
@@ -441,6 +446,20 @@ impl FlyApi {
         let id = volume.id.clone();
         st.volumes.insert(id.clone(), volume);
         id
+    }
+
+    /// Lines the process of machines whose image contains `image_contains` prints at every
+    /// start, in the app logs (`GET /api/v1/apps/{app}/logs`) between init's lines.
+    pub fn set_log_output(&self, image_contains: &str, lines: &[&str]) {
+        self.lock().log_output.push((
+            image_contains.into(),
+            lines.iter().map(|l| l.to_string()).collect(),
+        ));
+    }
+
+    /// Make the logs API answer 401, as it does for a deploy token.
+    pub fn refuse_logs(&self) {
+        self.lock().logs_refused = true;
     }
 
     /// Set the `host_status` a volume shows (`ok`, `unknown`, `unreachable`).

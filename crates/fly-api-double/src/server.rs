@@ -169,6 +169,9 @@ async fn process(shared: &Shared, req: &Request, headers: &HeaderMap, mut proble
     } else if req.path == "/graphql" {
         problems.extend(validate_graphql_request(req, content_type));
         Route::GraphQl
+    } else if let Some(app) = logs_app(&req.path) {
+        problems.extend(validate_logs_request(req));
+        Route::Logs(app.to_string())
     } else {
         match schema::find_operation(&req.method, &req.path) {
             Some(op) => {
@@ -223,6 +226,7 @@ async fn process(shared: &Shared, req: &Request, headers: &HeaderMap, mut proble
     let response = match route {
         Route::Releases => releases(shared, req),
         Route::GraphQl => current_release_config(shared, req),
+        Route::Logs(app) => app_logs(shared, req, &app),
         Route::Machines(op) => {
             let response = machines(shared, req, &op).await;
             check_own_answer(shared, req, &op, response).await
@@ -277,6 +281,8 @@ enum Route {
     Machines(Operation),
     Releases,
     GraphQl,
+    /// `GET /api/v1/apps/{app}/logs`: the app's logs as fly-go's `GetAppLogs` reads them.
+    Logs(String),
     Unknown,
 }
 
@@ -325,9 +331,13 @@ fn is_platform_api(req: &Request) -> bool {
 /// The platform API (api.fly.io) takes `Authorization: Bearer <macaroons,oauth>`: flyctl's
 /// client sends exactly that (`internal/uiex/releases.go`: `"Bearer " + Tokens.GraphQL()`),
 /// never the Machines API's `FlyV1` scheme, so the double refuses `FlyV1` there.
+///
+/// The app logs are the exception: fly-go reaches them with `Tokens.BubblegumHeader()`
+/// (`resource_logs.go`), which is `FlyV1 <macaroons>` whenever there are macaroons.
 fn platform_scheme_refusal(req: &Request, headers: &HeaderMap) -> Option<Response> {
     let scheme = auth_scheme(headers);
-    (is_platform_api(req) && scheme.contains("FlyV1")).then(|| {
+    let logs = logs_app(&req.path).is_some();
+    (is_platform_api(req) && !logs && scheme.contains("FlyV1")).then(|| {
         error(
             StatusCode::UNAUTHORIZED,
             "Authenticate: the platform API takes `Authorization: Bearer <tokens>`, not FlyV1",
@@ -519,6 +529,82 @@ fn current_release_config(shared: &Shared, req: &Request) -> Response {
     ok_json(
         StatusCode::OK,
         json!({"data": {"app": {"currentReleaseUnprocessed": current}}}),
+    )
+}
+
+/// The app of a logs path, `/api/v1/apps/{app}/logs`.
+fn logs_app(path: &str) -> Option<&str> {
+    path.strip_prefix("/api/v1/apps/")?
+        .strip_suffix("/logs")
+        .filter(|app| !app.is_empty() && !app.contains('/'))
+}
+
+/// fly-go's `GetAppLogs` (`resource_logs.go`): a GET with `next_token` always (empty at the
+/// start), `instance` and `region` when set, no body.
+fn validate_logs_request(req: &Request) -> Vec<String> {
+    let mut problems = Vec::new();
+    if req.method != "GET" {
+        problems.push(format!("the logs API is GET, not {}", req.method));
+    }
+    if req.body.is_some() {
+        problems.push("the logs API takes no body".into());
+    }
+    for (name, _) in &req.query {
+        if !["next_token", "instance", "region"].contains(&name.as_str()) {
+            problems.push(format!("the logs API has no query parameter {name:?}"));
+        }
+    }
+    if !req.query.iter().any(|(name, _)| name == "next_token") {
+        problems.push("fly-go always sends next_token (empty at the start)".into());
+    }
+    problems
+}
+
+/// A page of the app's logs after `next_token` (an index, opaque to clients), only
+/// `instance`'s when given, in the shape fly-go decodes (`getLogsResponse`): `data[]` of
+/// `{id, type, attributes: {timestamp, message, level, instance, region, meta}}` and
+/// `meta.next_token`, which stays as it was when there is nothing new. Answers 401 after
+/// `FlyApi::refuse_logs` (deploy tokens cannot read logs, as flyctl warns).
+fn app_logs(shared: &Shared, req: &Request, app: &str) -> Response {
+    let mut st = shared.lock();
+    if st.logs_refused {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    if !st.apps.contains_key(app) {
+        return error(StatusCode::NOT_FOUND, &format!("app {app} not found"));
+    }
+    st.settle(Instant::now());
+    let query = |name: &str| req.query.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let instance = query("instance").filter(|i| !i.is_empty());
+    let from: usize = query("next_token").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let lines = st.app_logs(app, instance);
+    let page: Vec<Value> = lines
+        .iter()
+        .enumerate()
+        .skip(from)
+        .map(|(i, line)| {
+            json!({
+                "id": format!("log{i}"),
+                "type": "logs",
+                "attributes": {
+                    "timestamp": line.timestamp,
+                    "message": line.message,
+                    "level": "info",
+                    "instance": line.instance,
+                    "region": line.region,
+                    "meta": {"instance": line.instance, "region": line.region, "event": {"provider": "app"}},
+                },
+            })
+        })
+        .collect();
+    let next = if page.is_empty() {
+        query("next_token").unwrap_or_default().to_string()
+    } else {
+        lines.len().to_string()
+    };
+    ok_json(
+        StatusCode::OK,
+        json!({"data": page, "meta": {"next_token": next}}),
     )
 }
 

@@ -457,6 +457,10 @@ pub struct State {
     /// Allocated IP addresses as the API shows them, with their app.
     pub ips: Vec<(String, Value)>,
     pub release_command_exit_code: i64,
+    /// (image substring, lines) a machine's process prints each run (`FlyApi::set_log_output`).
+    pub log_output: Vec<(String, Vec<String>)>,
+    /// The logs API answers 401 (`FlyApi::refuse_logs`).
+    pub logs_refused: bool,
     /// (image substring, Fly time to pull it): see `pull_time`.
     pub image_pulls: Vec<(String, Duration)>,
     /// Machine id → the error its host answers every update with (`FlyApi::refuse_updates`).
@@ -483,6 +487,8 @@ impl State {
             volumes: BTreeMap::new(),
             ips: Vec::new(),
             release_command_exit_code: 0,
+            log_output: Vec::new(),
+            logs_refused: false,
             image_pulls: Vec::new(),
             update_refusals: BTreeMap::new(),
             create_refusals: VecDeque::new(),
@@ -493,6 +499,66 @@ impl State {
             flights: Vec::new(),
             next_machine: 0,
         }
+    }
+
+    /// The app's log lines, oldest first, made from its machines' events as init and the
+    /// process would write them: at each start, init's "Preparing to run" and what the image
+    /// prints (`log_output`); at each exit, init's "Main child exited normally with code: N",
+    /// the line flyctl waits for (`machines_releasecommand.go`).
+    pub fn app_logs(&self, app: &str, instance: Option<&str>) -> Vec<LogLine> {
+        let mut lines = Vec::new();
+        for machine in self.machines.values() {
+            if machine.app != app || instance.is_some_and(|i| i != machine.id) {
+                continue;
+            }
+            let output: Vec<&String> = self
+                .log_output
+                .iter()
+                .filter(|(image, _)| machine.image().contains(image.as_str()))
+                .flat_map(|(_, lines)| lines)
+                .collect();
+            let cmd = machine.config["init"]["cmd"]
+                .as_array()
+                .map(|words| {
+                    words
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            for event in &machine.events {
+                let millis = event["timestamp"].as_u64().unwrap_or_default();
+                let mut line = |offset: u64, message: String| {
+                    lines.push(LogLine {
+                        millis: millis + offset,
+                        timestamp: rfc3339_millis(millis + offset),
+                        message,
+                        instance: machine.id.clone(),
+                        region: machine.region.clone(),
+                    });
+                };
+                // A start is requested (`starting`, by the user) and then done (`started`,
+                // by flyd): init writes its lines once, when the machine boots.
+                match (event["type"].as_str(), event["status"].as_str()) {
+                    (Some("start"), Some("started")) => {
+                        line(0, format!(" INFO Preparing to run: `{cmd}` as root"));
+                        for (i, text) in output.iter().enumerate() {
+                            line(1 + i as u64, (*text).clone());
+                        }
+                    }
+                    (Some("exit"), _) => {
+                        let code = event["request"]["exit_event"]["exit_code"]
+                            .as_i64()
+                            .unwrap_or_default();
+                        line(0, format!(" INFO Main child exited normally with code: {code}"));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        lines.sort_by_key(|l| l.millis);
+        lines
     }
 
     /// Apply every timed step that is due.
@@ -916,6 +982,22 @@ pub fn unix_millis() -> u64 {
 
 pub fn unix_secs() -> i64 {
     (unix_millis() / 1000) as i64
+}
+
+/// One line of an app's logs.
+#[derive(Clone, Debug)]
+pub struct LogLine {
+    pub millis: u64,
+    pub timestamp: String,
+    pub message: String,
+    pub instance: String,
+    pub region: String,
+}
+
+/// RFC 3339 with milliseconds, as the logs API stamps lines.
+fn rfc3339_millis(millis: u64) -> String {
+    let seconds = rfc3339((millis / 1000) as i64);
+    format!("{}.{:03}Z", seconds.trim_end_matches('Z'), millis % 1000)
 }
 
 pub fn rfc3339_now() -> String {
