@@ -143,16 +143,7 @@ impl Ctx {
         } else if swapped {
             // The machine that replaced it mounts another volume (or none): replaced in turn
             // by one with the volume it had, which its destruction left unattached.
-            match self.destroy(&previous.id, group).await {
-                Ok(()) => {
-                    self.lost
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(previous.id.clone());
-                    self.create_replacement(previous, config, true, false).await
-                }
-                Err(err) => Err(err),
-            }
+            self.destroy_and_replace(previous, config, true, false).await
         } else {
             self.put_config(previous, config, true, "rolling back").await
         };
@@ -296,12 +287,7 @@ impl Ctx {
             machine.id,
             machine.region.as_deref().unwrap_or("the same region")
         ));
-        self.destroy(&machine.id, machine.process_group()).await?;
-        self.lost
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(machine.id.clone());
-        self.create_replacement(machine, config, wait, false).await
+        self.destroy_and_replace(machine, config, wait, false).await
     }
 
     /// Replace a machine whose `[[mounts]]` changed, as flyctl does: destroy it, then create
@@ -340,12 +326,24 @@ impl Ctx {
                 None => String::new(),
             }
         ));
+        self.destroy_and_replace(machine, config, wait, true).await
+    }
+
+    /// Destroy `machine` and create its replacement with `config`. Between the two it is
+    /// `lost`: a rollback creates it again if the replacement never came.
+    async fn destroy_and_replace(
+        &self,
+        machine: &Machine,
+        config: Value,
+        wait: bool,
+        volume_swap: bool,
+    ) -> Result<&'static str, RolloutError> {
         self.destroy(&machine.id, machine.process_group()).await?;
         self.lost
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(machine.id.clone());
-        self.create_replacement(machine, config, wait, true).await
+        self.create_replacement(machine, config, wait, volume_swap).await
     }
 
     /// An unattached volume `name` in `region` that no other replacement of this deploy took.
