@@ -263,14 +263,28 @@ fn validate(
         if let Some(machine) = mounted {
             anyhow::bail!(
                 "the canary strategy does not work with volumes, and machine {} mounts one: \
-                 use --strategy rolling (or bluegreen)",
+                 use --strategy rolling (or immediate)",
                 machine.id
             );
         }
         if fly_toml.is_some_and(|c| !c.mounts.is_empty()) {
             anyhow::bail!(
                 "the canary strategy does not work with volumes, and fly.toml has [[mounts]]: \
-                 use --strategy rolling (or bluegreen)"
+                 use --strategy rolling (or immediate)"
+            );
+        }
+    }
+    if spec.strategy == Strategy::Bluegreen {
+        // A green is created next to its blue with the blue's config (flyctl
+        // `strategy_bluegreen.go`, from `launchInputForUpdate`), mounts and all, and a volume
+        // mounts on one machine only: Fly refuses the green's create. Refused here instead,
+        // before anything changes.
+        if let Some((machine, volume)) = fleet.machines().find_map(|m| m.volume().map(|v| (m, v))) {
+            anyhow::bail!(
+                "the bluegreen strategy does not work with volumes: machine {} mounts volume {volume}, \
+                 and its green machine would need that volume while the blue one still has it; use \
+                 --strategy rolling (or immediate)",
+                machine.id
             );
         }
     }

@@ -1001,3 +1001,33 @@ fn bluegreen_refuses_a_mount_change() {
     );
     assert_eq!(fly.mutating_requests().len(), before);
 }
+
+/// bluegreen creates each green with its blue's config, mounts included, and a volume mounts
+/// on one machine only: a deploy of machines with volumes is refused before any change
+/// rather than failing at the first green (and canary's advice no longer points there).
+#[test]
+fn bluegreen_refuses_machines_with_volumes() {
+    let fly = new_app();
+    let t = TestDir::new();
+    let (machine, volume) = deployed_volume_app(&fly, &t);
+    write_fly_toml(
+        &t,
+        &(fixture("03-volume-autoextend.toml")
+            + "\n[checks.health]\n  type = \"http\"\n  port = 8080\n  path = \"/health\"\n  interval = \"10s\"\n  timeout = \"2s\"\n"),
+    );
+    let before = fly.mutating_requests().len();
+    let out = run_rollout(&fly, &t, &image(2), &["--strategy", "bluegreen"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "the bluegreen strategy does not work with volumes: machine {machine} mounts volume {volume}"
+        )) && err.contains("--strategy rolling"),
+        "{err}"
+    );
+    assert_eq!(fly.mutating_requests().len(), before);
+    let out = run_rollout(&fly, &t, &image(2), &["--strategy", "canary"]);
+    assert!(!out.status.success());
+    assert!(!stderr(&out).contains("bluegreen"), "{}", stderr(&out));
+    assert_eq!(fly.mutating_requests().len(), before);
+}

@@ -1188,7 +1188,7 @@ fn cross_check(doc: &Doc<'_>, cfg: &AppConfig) {
             mount.line,
             "[deploy] strategy",
             "the canary strategy does not work with [[mounts]] (flyctl refuses it too): use \
-             rolling or bluegreen",
+             rolling or immediate",
         );
     }
     for group in &groups {

@@ -240,7 +240,7 @@ fn impossible_values_are_errors() {
         ),
         (
             "[deploy]\nstrategy = \"canary\"\n[[mounts]]\nsource = \"data\"\ndestination = \"/data\"\n",
-            "fly.toml:3: [deploy] strategy: the canary strategy does not work with [[mounts]] (flyctl refuses it too): use rolling or bluegreen",
+            "fly.toml:3: [deploy] strategy: the canary strategy does not work with [[mounts]] (flyctl refuses it too): use rolling or immediate",
         ),
         (
             "[[mounts]]\nsource = \"data\"\ndestination = \"/data\"\nsnapshot_retention = 90\n",
