@@ -268,6 +268,9 @@ pub async fn run(args: RolloutArgs, reporter: Reporter) -> anyhow::Result<()> {
         Some((reference, client))
     };
     let rollout = ResolvedRollout::new(&app, fly_toml, &args.options, token, &reporter)?;
+    // The app first, as `nixfly deploy` checks it: a wrong name is said as such, not as a
+    // release config that cannot be read and a 404 after it.
+    rollout.check_app().await?;
     let image = match lookup {
         Some((reference, client)) => resolve_tag(&reference, &client, &reporter).await?.to_string(),
         None if dry_run => image,

@@ -589,3 +589,34 @@ fn a_release_command_failure_without_logs_says_where_to_find_them() {
     );
     assert_no_violations(&fly);
 }
+
+/// A wrong app name is said as such, before anything else is read or written, as `nixfly
+/// deploy` says it: not as a release config that cannot be read followed by a bare 404.
+#[test]
+fn a_rollout_to_an_app_that_does_not_exist_says_so_first() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let t = TestDir::new();
+    let mut cmd = t.nixfly();
+    fly.configure(&mut cmd);
+    cmd.args([
+        "rollout",
+        "--app",
+        "nope",
+        "--image",
+        &image(1),
+        "--output",
+        "plain",
+    ]);
+    let out = support::run(&mut cmd);
+    assert_eq!(out.status.code(), Some(EXIT_FAILURE));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Fly app nope does not exist, or the token cannot see it")
+            && err.contains("fly apps create nope")
+            && !err.contains("warning"),
+        "{err}"
+    );
+    assert_eq!(fly.requests().len(), 1, "{:#?}", fly.requests());
+    assert_no_violations(&fly);
+}
