@@ -12,6 +12,7 @@ use crate::blob::Algorithm;
 use crate::image::{BlobEncoding, KnownLayer};
 use crate::progress::{Event, LayerOutcome, Reporter};
 use crate::registry::Digest;
+use crate::registry::error::RegistryError;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
@@ -32,8 +33,14 @@ pub(super) struct RegistryBlobs {
 
 impl RegistryBlobs {
     /// Read the target tag's image and every `reuse_from` image. Nothing here is required for
-    /// the push to succeed, so a failure is a warning and the push goes on without it.
-    pub(super) async fn learn<S: BlobStore>(store: &S, spec: &PushSpec, reporter: &Reporter) -> Self {
+    /// the push to succeed, so a failure is a warning and the push goes on without it; except
+    /// a registry that cannot be connected to at all, which no push to it survives: that is
+    /// the push's error, before any layer is read.
+    pub(super) async fn learn<S: BlobStore>(
+        store: &S,
+        spec: &PushSpec,
+        reporter: &Reporter,
+    ) -> Result<Self, super::PushError> {
         let mut images: Vec<(String, String)> = spec
             .tag
             .iter()
@@ -47,6 +54,14 @@ impl RegistryBlobs {
                 .learn_image(store, spec, &repository, &reference, true)
                 .await
             {
+                if repository == spec.repository
+                    && matches!(&err, RegistryError::Transport { source, .. } if source.is_connect())
+                {
+                    return Err(super::PushError::Registry {
+                        what: "looking up what the registry has, before reading any layer".into(),
+                        source: Box::new(err),
+                    });
+                }
                 reporter.warn(format!(
                     "not reusing layers of {}/{repository}:{reference}: {}",
                     spec.registry,
@@ -77,7 +92,7 @@ impl RegistryBlobs {
                 spec.name()
             ));
         }
-        blobs
+        Ok(blobs)
     }
 
     /// One manifest: an image's layers paired with its config's diff_ids, or an index's

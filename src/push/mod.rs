@@ -297,7 +297,7 @@ pub async fn push<S: BlobStore>(
 ) -> Result<Pushed, PushError> {
     spec.validate()?;
     // Before any layer is read: which blobs the registry holds for which diff_ids.
-    let registry_blobs = lookup::RegistryBlobs::learn(&*store, spec, &reporter).await;
+    let registry_blobs = lookup::RegistryBlobs::learn(&*store, spec, &reporter).await?;
     let pusher = Arc::new(Pusher {
         store,
         spec: spec.clone(),

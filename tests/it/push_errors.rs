@@ -173,3 +173,48 @@ fn stream_script_exiting_non_zero() {
         ],
     );
 }
+
+/// A registry nothing listens for: the push stops at its first request, before any layer is
+/// read, with one error naming the registry, instead of warning that nothing can be reused
+/// and failing later.
+#[test]
+fn a_registry_that_cannot_be_reached() {
+    let t = TestDir::new();
+    let source = t.join("image.tar");
+    images::write_stream_layered(
+        std::fs::File::create(&source).unwrap(),
+        &images::small_layers()[..1],
+        Fault::None,
+    )
+    .unwrap();
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let host = format!("127.0.0.1:{port}");
+    let mut cmd = t.nixfly();
+    cmd.args([
+        "push",
+        source.to_str().unwrap(),
+        "--to",
+        &format!("{host}/app"),
+        "--tag",
+        "t",
+    ])
+    .env("NIXFLY_OUTPUT", "json");
+    let out = support::run(&mut cmd);
+    // JSON mode: every event, the error included, is a line on stdout.
+    let events = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{events}");
+    assert!(
+        events.contains(&format!("cannot reach the registry; is {host} up?")),
+        "{events}"
+    );
+    assert!(!events.contains("not reusing layers"), "{events}");
+    assert!(
+        !events.contains("\"event\":\"layer"),
+        "a layer was read: {events}"
+    );
+}
