@@ -145,10 +145,14 @@ pub async fn run(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<(), Ro
         })?;
     let id = machine.id.as_str();
     ctx.status(id, group, "created");
-    let logs = ctx
-        .platform
-        .clone()
-        .map(|platform| LogFollower::start(platform, ctx.spec.app.clone(), id.to_string()));
+    let logs = ctx.platform.clone().map(|platform| {
+        LogFollower::start(
+            platform,
+            ctx.spec.app.clone(),
+            id.to_string(),
+            ctx.reporter.clone(),
+        )
+    });
     let result = run_on(ctx, rc, id).await;
     let result = match (result, logs) {
         (
@@ -165,6 +169,12 @@ pub async fn run(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<(), Ro
             logs: logs.finish(&machine).await,
             machine,
         }),
+        // With -v the lines show as they come, so wait for the last of them, as flyctl's
+        // --verbose waits for them whatever the exit code (`waitForLogs`).
+        (result @ Ok(()), Some(logs)) if ctx.reporter.verbose() > 0 => {
+            logs.finish(id).await;
+            result
+        }
         (result, logs) => {
             if let Some(logs) = logs {
                 logs.stop();
@@ -264,14 +274,19 @@ const LOG_POLL_MAX: Duration = Duration::from_millis(64 << 6);
 /// The release command machine's logs, polled from the moment it exists as flyctl polls them
 /// when its NATS stream is unavailable (`machines_releasecommand.go`, `logs/polling.go`),
 /// keeping the last `LOG_LINES`, until init says the command ended ("Main child exited
-/// normally").
+/// normally"). With `-v` every line is shown as it comes, as flyctl's `--verbose` shows them.
 struct LogFollower {
     lines: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
     task: tokio::task::JoinHandle<Result<(), crate::fly::api::ApiError>>,
 }
 
 impl LogFollower {
-    fn start(platform: crate::fly::platform::PlatformApi, app: String, machine: String) -> Self {
+    fn start(
+        platform: crate::fly::platform::PlatformApi,
+        app: String,
+        machine: String,
+        reporter: crate::progress::Reporter,
+    ) -> Self {
         let lines = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
         let kept = lines.clone();
         let task = tokio::spawn(async move {
@@ -308,7 +323,9 @@ impl LogFollower {
                     if lines.len() == LOG_LINES {
                         lines.pop_front();
                     }
-                    lines.push_back(format!("{} {}", entry.timestamp, entry.message));
+                    let line = format!("{} {}", entry.timestamp, entry.message);
+                    reporter.debug(format!("release_command machine {machine}: {line}"));
+                    lines.push_back(line);
                     if entry.message.contains("Main child exited normally") {
                         return Ok(());
                     }

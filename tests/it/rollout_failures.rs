@@ -250,16 +250,24 @@ fn release_command_success_lets_the_rollout_go_on() {
     )
     .unwrap();
     let new = image(13);
+    fly.set_log_output(&new[..40], &["Migrated 3 tables"]);
 
+    // Quiet by default; with -v its log lines show as they come (flyctl --verbose).
     let out = run_rollout(&fly, &t, &new, &[]);
     assert_success(&out);
+    assert!(!stderr(&out).contains("Migrated 3 tables"), "{}", stderr(&out));
+    let out = run_rollout(&fly, &t, &new, &["-v", "--force"]);
+    assert_success(&out);
     assert_eq!(fly.machine(&ids[0]).image(), new);
-    let temp = fly
-        .machines(APP)
-        .into_iter()
-        .find(|m| m.id != ids[0])
-        .expect("release_command machine");
-    assert_eq!(temp.state, "destroyed");
+    let temps: Vec<_> = fly.machines(APP).into_iter().filter(|m| m.id != ids[0]).collect();
+    assert_eq!(temps.len(), 2, "one release_command machine per deploy");
+    assert!(temps.iter().all(|m| m.state == "destroyed"));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("debug: release_command machine {}: ", temps[1].id))
+            && err.contains("Migrated 3 tables"),
+        "{err}"
+    );
     assert_no_violations(&fly);
 }
 
