@@ -1117,6 +1117,29 @@ async fn volumes_are_created_listed_and_attached_by_mounts() {
             .contains("already attached"),
         "{body}"
     );
+    // A volume lives in one region: a machine elsewhere cannot mount it, and a create without
+    // a region goes where the volume is.
+    let far = fly.add_volume("demo", "far", "syd", 1);
+    let on_far = json!({"image": "x", "mounts": [{"volume": far, "path": "/data"}]});
+    let (status, body) = api
+        .post(
+            "/v1/apps/demo/machines",
+            json!({"config": on_far, "region": "iad"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is in region syd"),
+        "{body}"
+    );
+    let (status, placed) = api
+        .post("/v1/apps/demo/machines", json!({"config": on_far}))
+        .await;
+    assert_eq!(status, 200, "{placed}");
+    assert_eq!(placed["region"], "syd");
     let missing = json!({"image": "x", "mounts": [{"volume": "vol_nope", "path": "/data"}]});
     let (status, _) = api
         .post("/v1/apps/demo/machines", json!({"config": missing}))

@@ -110,7 +110,8 @@
 //!   `snapshot_retention` (1-60, else 400) and `auto_backup_enabled` and shows them back;
 //!   `config.mounts[].volume` must name a volume of the app
 //!   not attached to another machine (400 otherwise); destroying the machine detaches it.
-//!   An update must mount the volumes the machine has (400 otherwise): flyctl replaces a
+//!   A create must be in the volume's region (400 otherwise; without a region the machine
+//!   goes there). An update must mount the volumes the machine has (400 otherwise): flyctl replaces a
 //!   machine rather than attach, detach or swap its volume (`machines_launchinput.go`); the
 //!   status and message of flaps' own refusal are not known, so this one is ours.
 //! - Responses show `services[].autostop` "off"/"stop" as `false`/`true`, as Fly does; the

@@ -776,11 +776,30 @@ fn create_machine(st: &mut State, req: &Request, app: &str, now: Instant) -> Res
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     let str_field = |name: &str| req.body_field(name).and_then(Value::as_str);
+    // A volume lives on one host in one region, and only a machine there can mount it: flyctl
+    // looks volumes up by the machine's region (`machines.go` `popVolumeFor`,
+    // `machines_launchinput.go` with `origMachineRaw.Region`). Without a region the machine
+    // goes where its volume is. (The status and text of flaps' own refusal are not known.)
+    let volume_region = volumes.first().map(|id| st.volumes[id].region.clone());
+    let region = match (str_field("region"), &volume_region) {
+        (Some(region), Some(volume)) if region != volume => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "volume {} is in region {volume}: a machine in {region} cannot mount it",
+                    volumes[0]
+                ),
+            );
+        }
+        (Some(region), _) => region.to_string(),
+        (None, Some(volume)) => volume.clone(),
+        (None, None) => "iad".to_string(),
+    };
     let id = st.create_machine(
         CreateMachine {
             app: app.to_string(),
             name: str_field("name").map(str::to_string),
-            region: str_field("region").unwrap_or("iad").to_string(),
+            region,
             config,
             skip_launch: req.body_field("skip_launch") == Some(&Value::Bool(true)),
             cordoned: req.body_field("skip_service_registration") == Some(&Value::Bool(true)),
