@@ -317,7 +317,8 @@ impl Ctx {
                 None => " without a volume".to_string(),
             },
         };
-        self.reporter.warn(format!(
+        // Planned (the preview listed it): said as it happens, not warned about.
+        self.reporter.info(format!(
             "machine {} {why}: an update cannot change a machine's volume, so it is replaced by a \
              new machine in {region}{mounting}{}",
             machine.id,
