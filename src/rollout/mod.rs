@@ -101,9 +101,23 @@ pub async fn run(
     );
     let mut fleet = Fleet::classify_with_default(machines, &default_group);
     // flyctl's test: an app never deployed; the machine count guards against a status it
-    // does not know.
-    let first_deploy =
-        !matches!(app.status.as_deref(), Some("deployed" | "suspended")) && fleet.machine_count() == 0;
+    // does not know. An app whose machines are all outside Fly Launch (`fly machine run`)
+    // counts as never deployed too: flyctl warns and deploys it as a first deploy
+    // (`internal/command/deploy/machines.go`, `setMachinesForDeployment`), new machines,
+    // volumes and addresses included; the others are left as they are.
+    let unmanaged_only = fleet.machine_count() == 0 && !fleet.unmanaged.is_empty();
+    let first_deploy = unmanaged_only
+        || (!matches!(app.status.as_deref(), Some("deployed" | "suspended")) && fleet.machine_count() == 0);
+    if unmanaged_only && fly_toml.is_some() {
+        reporter.warn(format!(
+            "app {} has no Fly Launch machines ({} {} not, lacking fly_platform_version v2 \
+             metadata), so this deploy creates new ones as a first deploy does, as `fly deploy` \
+             does; the others are left as they are",
+            spec.app,
+            fleet.unmanaged.join(", "),
+            if fleet.unmanaged.len() == 1 { "is" } else { "are" }
+        ));
+    }
     let (groups, fly_toml_configs) = match &fly_toml {
         Some(config) => GroupChanges::new(
             config,

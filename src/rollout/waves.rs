@@ -24,6 +24,9 @@ pub struct Fleet {
     pub leftover_release_machines: Vec<Machine>,
     /// Machines the deploy leaves alone, with why (console machines, non-v2 machines).
     pub ignored: Vec<(String, &'static str)>,
+    /// The ids of the ignored machines that are not Fly Launch machines (no
+    /// `fly_platform_version` v2): `fly machine run` ones, say.
+    pub unmanaged: Vec<String>,
 }
 
 impl Fleet {
@@ -53,9 +56,12 @@ impl Fleet {
             match machine.process_group() {
                 RELEASE_COMMAND_GROUP => fleet.leftover_release_machines.push(machine),
                 CONSOLE_GROUP => fleet.ignored.push((machine.id, "console machine")),
-                _ if !machine.is_platform_v2() => fleet
-                    .ignored
-                    .push((machine.id, "not a Machines platform v2 machine")),
+                _ if !machine.is_platform_v2() => {
+                    fleet.unmanaged.push(machine.id.clone());
+                    fleet
+                        .ignored
+                        .push((machine.id, "not a Machines platform v2 machine"));
+                }
                 group => fleet.groups.entry(group.to_string()).or_default().push(machine),
             }
         }

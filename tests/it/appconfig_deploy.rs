@@ -1031,3 +1031,37 @@ fn bluegreen_refuses_machines_with_volumes() {
     assert!(!stderr(&out).contains("bluegreen"), "{}", stderr(&out));
     assert_eq!(fly.mutating_requests().len(), before);
 }
+
+/// An app whose only machine is outside Fly Launch (made by `fly machine run`, no
+/// `fly_platform_version` v2) is deployed as a first deploy, as flyctl does after its warning
+/// (`setMachinesForDeployment`): fly.toml's machines are created, with a new volume and the
+/// first deploy's addresses, and the other machine is left alone.
+#[test]
+fn an_app_with_only_machines_outside_fly_launch_gets_a_first_deploy() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let outsider = fly.add_machine_with_config(APP, "fra", "started", json!({"image": image(1)}));
+    let t = TestDir::new();
+    write_fly_toml(&t, &fixture("03-volume-autoextend.toml"));
+    let out = run_rollout(&fly, &t, &image(2), &[]);
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "app {APP} has no Fly Launch machines ({outsider} is not"
+        )),
+        "{err}"
+    );
+    let machines = group_machines(&fly, "app");
+    assert_eq!(machines.len(), 1, "{machines:#?}");
+    assert_eq!(machines[0].image(), image(2));
+    let volumes = fly.volumes(APP);
+    assert_eq!(volumes.len(), 1, "a first deploy creates the volume");
+    assert_eq!(machines[0].config["mounts"][0]["volume"], json!(volumes[0].id));
+    assert_eq!(fly.ips(APP).len(), 2, "and the first deploy's addresses");
+    let untouched = fly.machine(&outsider);
+    assert_eq!(untouched.image(), image(1));
+    assert_eq!(untouched.config_history.len(), 1);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
