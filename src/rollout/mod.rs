@@ -108,14 +108,33 @@ pub async fn run(
     let unmanaged_only = fleet.machine_count() == 0 && !fleet.unmanaged.is_empty();
     let first_deploy = unmanaged_only
         || (!matches!(app.status.as_deref(), Some("deployed" | "suspended")) && fleet.machine_count() == 0);
-    if unmanaged_only && fly_toml.is_some() {
+    if let (true, Some(config)) = (unmanaged_only, &fly_toml) {
+        // flyctl refuses bluegreen here when those machines belong to fly.toml's groups: they
+        // would go on serving beside the new ones (`validateNoDetachedBluegreenMachines`).
+        let groups = config.process_groups();
+        let detached: Vec<String> = fleet
+            .unmanaged
+            .iter()
+            .filter(|(_, group)| groups.contains(group))
+            .map(|(id, group)| format!("{id} ({group})"))
+            .collect();
+        if spec.strategy == Strategy::Bluegreen && !detached.is_empty() {
+            anyhow::bail!(
+                "a bluegreen deploy cannot go on safely: machines outside Fly Launch belong to \
+                 fly.toml's process groups: {}; to have deploys manage them, give them \
+                 fly_platform_version=v2 and fly_process_group metadata (`fly machine update \
+                 --metadata`), else destroy or move them before using bluegreen",
+                detached.join(", ")
+            );
+        }
+        let ids: Vec<&str> = fleet.unmanaged.iter().map(|(id, _)| id.as_str()).collect();
         reporter.warn(format!(
             "app {} has no Fly Launch machines ({} {} not, lacking fly_platform_version v2 \
              metadata), so this deploy creates new ones as a first deploy does, as `fly deploy` \
              does; the others are left as they are",
             spec.app,
-            fleet.unmanaged.join(", "),
-            if fleet.unmanaged.len() == 1 { "is" } else { "are" }
+            ids.join(", "),
+            if ids.len() == 1 { "is" } else { "are" }
         ));
     }
     let (groups, fly_toml_configs) = match &fly_toml {

@@ -24,9 +24,10 @@ pub struct Fleet {
     pub leftover_release_machines: Vec<Machine>,
     /// Machines the deploy leaves alone, with why (console machines, non-v2 machines).
     pub ignored: Vec<(String, &'static str)>,
-    /// The ids of the ignored machines that are not Fly Launch machines (no
-    /// `fly_platform_version` v2): `fly machine run` ones, say.
-    pub unmanaged: Vec<String>,
+    /// The ignored machines that are not Fly Launch machines (no `fly_platform_version` v2):
+    /// `fly machine run` ones, say. With their process group (fly.toml's default when they
+    /// name none, as flyctl's `machineProcessGroup`).
+    pub unmanaged: Vec<(String, String)>,
 }
 
 impl Fleet {
@@ -56,8 +57,8 @@ impl Fleet {
             match machine.process_group() {
                 RELEASE_COMMAND_GROUP => fleet.leftover_release_machines.push(machine),
                 CONSOLE_GROUP => fleet.ignored.push((machine.id, "console machine")),
-                _ if !machine.is_platform_v2() => {
-                    fleet.unmanaged.push(machine.id.clone());
+                group if !machine.is_platform_v2() => {
+                    fleet.unmanaged.push((machine.id.clone(), group.to_string()));
                     fleet
                         .ignored
                         .push((machine.id, "not a Machines platform v2 machine"));

@@ -1043,6 +1043,22 @@ fn an_app_with_only_machines_outside_fly_launch_gets_a_first_deploy() {
     let outsider = fly.add_machine_with_config(APP, "fra", "started", json!({"image": image(1)}));
     let t = TestDir::new();
     write_fly_toml(&t, &fixture("03-volume-autoextend.toml"));
+    // bluegreen refuses, as flyctl's validateNoDetachedBluegreenMachines does: the outsider
+    // is in fly.toml's default group and would go on serving beside the new machine.
+    let out = run_rollout(&fly, &t, &image(2), &["--strategy", "bluegreen"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!(
+            "machines outside Fly Launch belong to fly.toml's process groups: {outsider} (app)"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        fly.mutating_requests().is_empty(),
+        "{:#?}",
+        fly.mutating_requests()
+    );
     let out = run_rollout(&fly, &t, &image(2), &[]);
     assert_success(&out);
     let err = stderr(&out);
