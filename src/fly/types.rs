@@ -82,6 +82,9 @@ pub struct Machine {
     /// Out of Fly's proxy: created with `skip_service_registration`, or cordoned.
     #[serde(default)]
     pub cordoned: bool,
+    /// RFC 3339: when its config or state last changed.
+    #[serde(default)]
+    pub updated_at: Option<String>,
 }
 
 /// flaps adds fake `bg_deployments_compat*` checks to machines it answers with, for old
@@ -203,9 +206,16 @@ impl Machine {
         self.config.pointer("/mounts/0/volume")?.as_str()
     }
 
-    /// The newest `exit` event (events come newest first).
+    /// The newest `exit` event of the machine's current config (events come newest first).
+    /// The event list outlives updates, so an exit older than the latest `update` or
+    /// `launch` is a run of an earlier config: a crash loop of the image a rollback just
+    /// replaced is not one of the image it put back. (flyctl's `isConstantlyRestarting` reads
+    /// the newest exit whatever its age; it never rolls back onto a machine that crashed.)
     pub fn latest_exit(&self) -> Option<ExitInfo> {
-        self.events.iter().find_map(MachineEvent::exit_info)
+        self.events
+            .iter()
+            .take_while(|e| !matches!(e.kind.as_str(), "update" | "launch"))
+            .find_map(MachineEvent::exit_info)
     }
 }
 
@@ -374,6 +384,13 @@ mod tests {
             })
         );
         assert_eq!(m.events[2].exit_info().unwrap().exit_code, 0);
+        // Exits before the latest update belong to the config it replaced.
+        let updated = machine(json!({"id": "m", "events": [
+            {"type": "start", "status": "started"},
+            {"type": "update", "status": "replacing"},
+            {"type": "exit", "request": {"exit_event": {"exit_code": 1, "restarting": true}, "restart_count": 3}}
+        ]}));
+        assert_eq!(updated.latest_exit(), None);
     }
 
     #[test]

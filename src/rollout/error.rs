@@ -52,14 +52,20 @@ pub enum RolloutError {
     },
     #[error(
         "machine {machine} is crash looping: its main process exited with code {exit_code} and \
-         was restarted {restarts} times{}; see `fly logs -i {machine}`",
-        if *oom_killed { " (killed for running out of memory)" } else { "" }
+         was restarted {restarts} times{}; {}",
+        if *oom_killed { " (killed for running out of memory)" } else { "" },
+        if logs.is_empty() { format!("see `fly logs -i {machine}`") } else { logs.clone() }
     )]
     CrashLoop {
         machine: String,
         exit_code: i64,
         restarts: i64,
         oom_killed: bool,
+        /// When the machine last changed (its `updated_at`): its logs since then are this run's.
+        since: String,
+        /// What its logs said since then, or why they could not be read ("" before they were
+        /// asked for).
+        logs: String,
     },
     #[error(
         "machine {machine} is leased by {owner} (expires {expires}); waited {} for it. Another \

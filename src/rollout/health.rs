@@ -139,6 +139,8 @@ pub fn smoke_check(machine: &Machine) -> Result<(), RolloutError> {
                 exit_code: exit.exit_code,
                 restarts: exit.restart_count,
                 oom_killed: exit.oom_killed,
+                since: machine.updated_at.clone().unwrap_or_default(),
+                logs: String::new(),
             })
         }
         _ => Ok(()),

@@ -252,15 +252,74 @@ impl Ctx {
         if expected_checks > 0 {
             self.status(id, group, "started, waiting for checks");
         }
-        wait_healthy(
+        if let Err(err) = wait_healthy(
             &self.api,
             &self.reporter,
             id,
             group,
             self.health_wait(expected_checks),
         )
-        .await?;
+        .await
+        {
+            return Err(self.with_crash_logs(err).await);
+        }
         Ok("done")
+    }
+
+    /// A crash loop with what the machine logged since it last changed, as flyctl shows it
+    /// when smoke checks fail (`machines_deploymachinesapp.go`, `doSmokeChecks`: one page of
+    /// `GetAppLogs` for the machine, the lines at or after its `UpdatedAt`). Other errors pass
+    /// as they are.
+    async fn with_crash_logs(&self, err: RolloutError) -> RolloutError {
+        const SHOWN: usize = 50;
+        let RolloutError::CrashLoop {
+            machine,
+            exit_code,
+            restarts,
+            oom_killed,
+            since,
+            logs: _,
+        } = err
+        else {
+            return err;
+        };
+        let page = match &self.platform {
+            Some(platform) => platform.app_logs(&self.spec.app, &machine, "").await,
+            None => None,
+        };
+        // Whole seconds: log lines carry fractions, `updated_at` does not.
+        let second = |t: &str| t.get(..19).unwrap_or(t).to_string();
+        let logs = match page {
+            Some(Ok((entries, _))) => {
+                let lines: Vec<String> = entries
+                    .into_iter()
+                    .filter(|e| second(&e.timestamp) >= second(&since))
+                    .map(|e| e.message)
+                    .collect();
+                let shown = &lines[lines.len().saturating_sub(SHOWN)..];
+                if shown.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "its last {} log line(s) (all of them: `fly logs -i {machine}`):\n{}",
+                        shown.len(),
+                        shown.join("\n")
+                    )
+                }
+            }
+            Some(Err(err)) if matches!(err.status(), Some(401 | 403)) => format!(
+                "this token may not read the app's logs (deploy tokens cannot): `fly logs -i {machine}`"
+            ),
+            _ => String::new(),
+        };
+        RolloutError::CrashLoop {
+            machine,
+            exit_code,
+            restarts,
+            oom_killed,
+            since,
+            logs,
+        }
     }
 
     /// What flyctl does when a machine's host cannot take an update
@@ -489,7 +548,7 @@ impl Ctx {
         .await;
         match waited {
             Ok(()) => Ok(created),
-            Err(err) => Err((Some(created), err)),
+            Err(err) => Err((Some(created), self.with_crash_logs(err).await)),
         }
     }
 

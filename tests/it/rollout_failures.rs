@@ -136,11 +136,28 @@ fn restart_loop_is_caught_by_the_smoke_check() {
         },
     );
 
+    // What the process said is shown, from the app logs since the update, as flyctl shows
+    // it when smoke checks fail (`doSmokeChecks`).
+    fly.set_log_output(
+        digest_hex(&new),
+        &["Error: listen tcp :8080: address already in use"],
+    );
+
     let out = run_rollout(&fly, &t, &new, &["--wait-timeout", "20s"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(EXIT_ROLLED_BACK), "{err}");
     assert!(err.contains("crash looping") && err.contains("code 2"), "{err}");
+    assert!(
+        err.contains("log line(s) (all of them: `fly logs -i")
+            && err.contains("Error: listen tcp :8080: address already in use")
+            && err.contains("Main child exited normally with code: 2"),
+        "{err}"
+    );
     assert_ne!(fly.machine(&ids[0]).image(), new);
+    // The rollback's own smoke check reads only the exits of the config it put back, not
+    // the crash loop it replaced (the event list outlives updates).
+    assert!(!err.contains("could not be rolled back"), "{err}");
+    assert!(!err.contains("rollback failed"), "{err}");
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
