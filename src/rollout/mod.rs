@@ -613,7 +613,10 @@ async fn finish(
         // The message waits for the cleanup below: it says what that did and did not do.
         Err(signal) => (ReleaseStatus::Interrupted, Err(Err(signal))),
         Ok(Err(err)) => {
-            let (code, summary) = if !ctx.is_changing() {
+            // A machine whose update was refused before it changed leaves the journal: when
+            // nothing is left there and nothing was created, nothing changed.
+            let unchanged = ctx.journal().is_empty() && groups.created_count() == 0;
+            let (code, summary) = if !ctx.is_changing() || unchanged {
                 (
                     EXIT_FAILURE,
                     format!("deploy of app {app} failed before any machine changed"),

@@ -335,6 +335,11 @@ impl Ctx {
         why: String,
     ) -> Result<&'static str, RolloutError> {
         if let Some(volume) = machine.volume() {
+            // Refused before any change: nothing of this machine to roll back.
+            self.journal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|m| m.id != machine.id);
             return Err(RolloutError::HostUnavailableWithVolume {
                 machine: machine.id.clone(),
                 volume: volume.to_string(),

@@ -598,6 +598,10 @@ fn a_refused_machine_with_a_volume_stops_the_deploy_naming_both() {
         err.contains(&id) && err.contains(&volume) && err.contains("fly volumes fork"),
         "{err}"
     );
+    // The refused update changed nothing: there is nothing to roll back, and no claim that a
+    // rollback failed.
+    assert!(!err.contains("rolled back") && !err.contains("rollback"), "{err}");
+    assert_eq!(fly.machine(&id).config_history.len(), 1);
     assert_eq!(fly.machine(&id).state, "started");
     assert_eq!(fly.machines(APP).len(), 1, "nothing created");
 
