@@ -283,8 +283,14 @@ impl Ctx {
         else {
             return err;
         };
+        // The rollback waits for this: a slow logs API costs at most a few seconds.
         let page = match &self.platform {
-            Some(platform) => platform.app_logs(&self.spec.app, &machine, "").await,
+            Some(platform) => tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                platform.app_logs(&self.spec.app, &machine, ""),
+            )
+            .await
+            .unwrap_or(None),
             None => None,
         };
         // Whole seconds: log lines carry fractions, `updated_at` does not.
