@@ -107,6 +107,8 @@ pub struct ResolvedRollout {
     options: RolloutOptions,
     api: MachinesApi,
     platform: Option<PlatformApi>,
+    /// The app as `check_app` read it: the rollout needs no second read.
+    checked: std::sync::OnceLock<crate::fly::types::App>,
 }
 
 impl ResolvedRollout {
@@ -142,6 +144,7 @@ impl ResolvedRollout {
             api: MachinesApi::new(machines_http, app)
                 .with_min_secrets_version(crate::fly::token::secrets_min_version(app)),
             platform,
+            checked: std::sync::OnceLock::new(),
         })
     }
 
@@ -153,7 +156,10 @@ impl ResolvedRollout {
     /// `GET /v1/apps/{app}`).
     pub async fn check_app(&self) -> anyhow::Result<()> {
         match self.api.get_app().await {
-            Ok(_) => Ok(()),
+            Ok(app) => {
+                let _ = self.checked.set(app);
+                Ok(())
+            }
             Err(err) if err.status() == Some(404) => Err(anyhow::Error::new(err).context(format!(
                 "Fly app {app} does not exist, or the token cannot see it: check --app (or app in \
                  fly.toml), or create it with `fly apps create {app}`",
@@ -239,9 +245,16 @@ impl ResolvedRollout {
             }
         };
         let app = self.app;
-        crate::rollout::run(spec, self.api, self.platform, reporter, self.fly_toml)
-            .await
-            .with_context(|| format!("deploying to Fly app {app}"))
+        crate::rollout::run(
+            spec,
+            self.api,
+            self.checked.into_inner(),
+            self.platform,
+            reporter,
+            self.fly_toml,
+        )
+        .await
+        .with_context(|| format!("deploying to Fly app {app}"))
     }
 }
 

@@ -56,6 +56,12 @@ impl Volume {
             && empty(&self.attached_alloc_id)
             && self.host_status.as_deref().is_none_or(|s| s == "ok")
     }
+
+    /// `is_free` and made (`created`, not still being made or going away): one a new machine
+    /// can be given now.
+    pub fn is_ready_for(&self, name: &str, region: &str) -> bool {
+        self.is_free(name, region) && self.state == "created"
+    }
 }
 
 /// One machine as the API returned it: typed fields for what the rollout reads, the config as

@@ -468,10 +468,7 @@ impl GroupChanges {
             source: Box::new(source),
         })?;
         for ((name, region), (what, group, needed)) in needs {
-            let free = volumes
-                .iter()
-                .filter(|v| v.is_free(&name, &region) && v.state == "created")
-                .count();
+            let free = volumes.iter().filter(|v| v.is_ready_for(&name, &region)).count();
             if free < needed {
                 return Err(GroupError::VolumeMissing {
                     what,
@@ -500,10 +497,7 @@ impl GroupChanges {
             .list_volumes()
             .await
             .map_err(|e| app_error("listing the volumes", e))?;
-        if let Some(free) = volumes
-            .iter()
-            .find(|v| v.is_free(&need.name, &self.region) && v.state == "created")
-        {
+        if let Some(free) = volumes.iter().find(|v| v.is_ready_for(&need.name, &self.region)) {
             return Ok(free.id.clone());
         }
         ctx.reporter.info(format!(
@@ -587,37 +581,34 @@ impl GroupChanges {
 /// On a terminal, ask before destroying the machines of removed groups; elsewhere only
 /// `--destroy-removed-groups` says yes.
 pub fn confirm_removal(removed: &BTreeMap<String, Vec<Machine>>) -> bool {
-    use std::io::{BufRead, IsTerminal, Write};
-    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
-        return false;
-    }
     let count: usize = removed.values().map(Vec::len).sum();
     let names: Vec<&str> = removed.keys().map(String::as_str).collect();
-    eprint!(
+    ask_on_terminal(&format!(
         "fly.toml no longer has process group(s) {}: destroy their {count} machine(s) once the \
-         deploy is healthy? [y/N] ",
+         deploy is healthy?",
         names.join(", ")
-    );
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer).is_ok()
-        && matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+    ))
 }
 
 /// Ask on a terminal whether machines whose volume fly.toml no longer mounts may be replaced
 /// by machines without one, as flyctl asks ("Do you still want to continue and detach the
 /// volume? This will replace the machine."); elsewhere only `--detach-volumes` says yes.
 pub fn confirm_detach(detached: &[VolumeReplacement]) -> bool {
+    let machines: Vec<&str> = detached.iter().map(|r| r.machine.as_str()).collect();
+    ask_on_terminal(&format!(
+        "fly.toml no longer mounts a volume for machine(s) {}: replace them by machines without \
+         one (the volumes stay, unattached)?",
+        machines.join(", ")
+    ))
+}
+
+/// A yes/no question on stderr, answered on stdin; no without a terminal on both.
+fn ask_on_terminal(question: &str) -> bool {
     use std::io::{BufRead, IsTerminal, Write};
     if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
         return false;
     }
-    let machines: Vec<&str> = detached.iter().map(|r| r.machine.as_str()).collect();
-    eprint!(
-        "fly.toml no longer mounts a volume for machine(s) {}: replace them by machines without \
-         one (the volumes stay, unattached)? [y/N] ",
-        machines.join(", ")
-    );
+    eprint!("{question} [y/N] ");
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer).is_ok()

@@ -13,6 +13,7 @@ mod groups;
 mod health;
 mod immediate;
 mod lease;
+mod logs;
 mod release_command;
 mod rolling;
 mod update;
@@ -77,19 +78,24 @@ pub struct RolloutSpec {
     pub bluegreen_wait: Duration,
 }
 
-/// Run the rollout. `platform` is None with `--skip-release`.
+/// Run the rollout. `app` is the app as already read, if it was; `platform` is None with
+/// `--skip-release`.
 pub async fn run(
     spec: RolloutSpec,
     api: MachinesApi,
+    app: Option<crate::fly::types::App>,
     platform: Option<PlatformApi>,
     reporter: Reporter,
     fly_toml: Option<AppConfig>,
 ) -> anyhow::Result<()> {
-    let app = api.get_app().await.map_err(|source| RolloutError::AppApi {
-        action: "reading the app",
-        app: spec.app.clone(),
-        source: source.into(),
-    })?;
+    let app = match app {
+        Some(app) => app,
+        None => api.get_app().await.map_err(|source| RolloutError::AppApi {
+            action: "reading the app",
+            app: spec.app.clone(),
+            source: source.into(),
+        })?,
+    };
     let machines = api.list_machines().await.map_err(|source| RolloutError::AppApi {
         action: "listing the machines",
         app: spec.app.clone(),

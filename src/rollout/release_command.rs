@@ -146,7 +146,7 @@ pub async fn run(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<(), Ro
     let id = machine.id.as_str();
     ctx.status(id, group, "created");
     let logs = ctx.platform.clone().map(|platform| {
-        LogFollower::start(
+        super::logs::LogFollower::start(
             platform,
             ctx.spec.app.clone(),
             id.to_string(),
@@ -260,121 +260,6 @@ fn exit_of_last_run(machine: &Machine) -> Option<i64> {
     let since_start: Vec<&MachineEvent> = machine.events.iter().take_while(|e| e.kind != "start").collect();
     let exit = since_start.iter().find(|e| e.kind == "exit")?;
     Some(exit.exit_info()?.exit_code)
-}
-
-/// How many of the release command's last log lines a failure shows (flyctl's ring of 100).
-const LOG_LINES: usize = 100;
-/// How long a failure waits for the logs to catch up (flyctl `waitForLogs`: 20 s).
-const LOG_WAIT: Duration = Duration::from_secs(20);
-/// flyctl's polling pauses (`logs/polling.go`): 64 ms doubling up to 4 s after errors, 128 ms
-/// while there is nothing new.
-const LOG_POLL_MIN: Duration = Duration::from_millis(64);
-const LOG_POLL_MAX: Duration = Duration::from_millis(64 << 6);
-
-/// The release command machine's logs, polled from the moment it exists as flyctl polls them
-/// when its NATS stream is unavailable (`machines_releasecommand.go`, `logs/polling.go`),
-/// keeping the last `LOG_LINES`, until init says the command ended ("Main child exited
-/// normally"). With `-v` every line is shown as it comes, as flyctl's `--verbose` shows them.
-struct LogFollower {
-    lines: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
-    task: tokio::task::JoinHandle<Result<(), crate::fly::api::ApiError>>,
-}
-
-impl LogFollower {
-    fn start(
-        platform: crate::fly::platform::PlatformApi,
-        app: String,
-        machine: String,
-        reporter: crate::progress::Reporter,
-    ) -> Self {
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
-        let kept = lines.clone();
-        let task = tokio::spawn(async move {
-            let (mut token, mut pause, mut errors) = (String::new(), LOG_POLL_MIN, 0);
-            loop {
-                if pause > LOG_POLL_MIN {
-                    tokio::time::sleep(pause).await;
-                }
-                let Some(page) = platform.app_logs(&app, &machine, &token).await else {
-                    return Ok(());
-                };
-                let (entries, next) = match page {
-                    Ok(page) => page,
-                    Err(err) => {
-                        errors += 1;
-                        if matches!(err.status(), Some(401 | 403 | 404)) || errors > 9 {
-                            return Err(err);
-                        }
-                        pause = (pause * 2).min(LOG_POLL_MAX);
-                        continue;
-                    }
-                };
-                errors = 0;
-                if entries.is_empty() {
-                    pause = LOG_POLL_MIN * 2;
-                    continue;
-                }
-                pause = Duration::ZERO;
-                if !next.is_empty() {
-                    token = next;
-                }
-                let mut lines = kept.lock().unwrap_or_else(|e| e.into_inner());
-                for entry in entries {
-                    if lines.len() == LOG_LINES {
-                        lines.pop_front();
-                    }
-                    let line = format!("{} {}", entry.timestamp, entry.message);
-                    reporter.debug(format!("release_command machine {machine}: {line}"));
-                    lines.push_back(line);
-                    if entry.message.contains("Main child exited normally") {
-                        return Ok(());
-                    }
-                }
-            }
-        });
-        LogFollower { lines, task }
-    }
-
-    fn stop(self) {
-        self.task.abort();
-    }
-
-    /// What a failure shows of the logs: the last lines, once init's last word is in or
-    /// `LOG_WAIT` has passed, or why there are none.
-    async fn finish(self, machine: &str) -> String {
-        let LogFollower { lines, mut task } = self;
-        let ended = tokio::time::timeout(LOG_WAIT, &mut task).await;
-        task.abort();
-        let lines: Vec<String> = lines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect();
-        let note = match ended {
-            Ok(Ok(Ok(()))) => None,
-            Ok(Ok(Err(err))) if matches!(err.status(), Some(401 | 403)) => Some(format!(
-                "this token may not read the app's logs (deploy tokens cannot): `fly logs -i {machine}`"
-            )),
-            Ok(Ok(Err(err))) => Some(format!(
-                "reading its logs failed ({err}): `fly logs -i {machine}`"
-            )),
-            Ok(Err(_)) => Some(format!("reading its logs stopped: `fly logs -i {machine}`")),
-            Err(_) => Some(format!(
-                "its logs did not arrive within {}s: `fly logs -i {machine}`",
-                LOG_WAIT.as_secs()
-            )),
-        };
-        let mut shown = String::new();
-        if !lines.is_empty() {
-            shown = format!("its last {} log line(s):\n{}", lines.len(), lines.join("\n"));
-        }
-        match note {
-            Some(note) if shown.is_empty() => note,
-            Some(note) => format!("{shown}\n({note})"),
-            None if shown.is_empty() => format!("it logged nothing: `fly logs -i {machine}`"),
-            None => shown,
-        }
-    }
 }
 
 #[cfg(test)]

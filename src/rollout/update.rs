@@ -266,12 +266,9 @@ impl Ctx {
         Ok("done")
     }
 
-    /// A crash loop with what the machine logged since it last changed, as flyctl shows it
-    /// when smoke checks fail (`machines_deploymachinesapp.go`, `doSmokeChecks`: one page of
-    /// `GetAppLogs` for the machine, the lines at or after its `UpdatedAt`). Other errors pass
-    /// as they are.
+    /// A crash loop with what the machine logged since it last changed (`logs::since_update`).
+    /// Other errors pass as they are.
     async fn with_crash_logs(&self, err: RolloutError) -> RolloutError {
-        const SHOWN: usize = 50;
         let RolloutError::CrashLoop {
             machine,
             exit_code,
@@ -283,41 +280,7 @@ impl Ctx {
         else {
             return err;
         };
-        // The rollback waits for this: a slow logs API costs at most a few seconds.
-        let page = match &self.platform {
-            Some(platform) => tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                platform.app_logs(&self.spec.app, &machine, ""),
-            )
-            .await
-            .unwrap_or(None),
-            None => None,
-        };
-        // Whole seconds: log lines carry fractions, `updated_at` does not.
-        let second = |t: &str| t.get(..19).unwrap_or(t).to_string();
-        let logs = match page {
-            Some(Ok((entries, _))) => {
-                let lines: Vec<String> = entries
-                    .into_iter()
-                    .filter(|e| second(&e.timestamp) >= second(&since))
-                    .map(|e| e.message)
-                    .collect();
-                let shown = &lines[lines.len().saturating_sub(SHOWN)..];
-                if shown.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        "its last {} log line(s) (all of them: `fly logs -i {machine}`):\n{}",
-                        shown.len(),
-                        shown.join("\n")
-                    )
-                }
-            }
-            Some(Err(err)) if matches!(err.status(), Some(401 | 403)) => format!(
-                "this token may not read the app's logs (deploy tokens cannot): `fly logs -i {machine}`"
-            ),
-            _ => String::new(),
-        };
+        let logs = super::logs::since_update(self.platform.as_ref(), &self.spec.app, &machine, &since).await;
         RolloutError::CrashLoop {
             machine,
             exit_code,
@@ -436,7 +399,7 @@ impl Ctx {
         let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
         let free = volumes
             .iter()
-            .find(|v| v.is_free(name, region) && v.state == "created" && !claimed.contains(&v.id))
+            .find(|v| v.is_ready_for(name, region) && !claimed.contains(&v.id))
             .ok_or_else(|| RolloutError::VolumeGone {
                 machine: machine.id.clone(),
                 volume: name.to_string(),

@@ -102,11 +102,7 @@ fn the_canary_is_never_a_standby() {
     let t = TestDir::new();
     let out = run_rollout(&fly, &t, &image(6), &["--strategy", "canary"]);
     assert_success(&out);
-    let canary = fly
-        .machines(APP)
-        .into_iter()
-        .find(|m| m.metadata("fly_canary") == Some("true"))
-        .expect("a canary");
+    let canary = the_canary(&fly);
     assert!(canary.config.get("standbys").is_none(), "{:#?}", canary.config);
     assert!(
         canary.config["env"].get("FLY_STANDBY_FOR").is_none(),
@@ -139,11 +135,7 @@ fn the_canary_goes_to_the_primary_region() {
     .unwrap();
     let out = run_rollout(&fly, &t, &image(6), &["--strategy", "canary"]);
     assert_success(&out);
-    let canary = fly
-        .machines(APP)
-        .into_iter()
-        .find(|m| m.metadata("fly_canary") == Some("true"))
-        .expect("a canary");
+    let canary = the_canary(&fly);
     assert_eq!(canary.region, "iad");
     assert_no_violations(&fly);
 }
@@ -550,4 +542,12 @@ fn multi_container_machines_and_machine_config_are_refused_not_ignored() {
         fly.mutating_requests()
     );
     assert_no_violations(&fly);
+}
+
+/// The canary machine the deploy made (and destroyed).
+fn the_canary(fly: &FlyApi) -> support::fly_api::Machine {
+    fly.machines(APP)
+        .into_iter()
+        .find(|m| m.metadata("fly_canary") == Some("true"))
+        .expect("a canary")
 }
