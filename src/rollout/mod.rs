@@ -162,6 +162,12 @@ pub async fn run(
         fly_toml: fly_toml_configs,
     };
     validate(&spec, &fleet, &groups, &change, fly_toml.as_ref())?;
+    // flyctl makes no canary on a first deploy (`deployMachinesApp`).
+    let canaries = if spec.strategy == Strategy::Canary && !first_deploy {
+        canary::plan(fly_toml.as_ref(), &fleet, spec.primary_region.as_ref())?
+    } else {
+        Vec::new()
+    };
     if !spec.force && nothing_to_deploy(&spec, &fleet, &groups, &change) {
         let line = format!(
             "nothing to deploy: the {} machine(s) of app {} already run {} with this config; no \
@@ -183,6 +189,7 @@ pub async fn run(
         groups.check_volumes_exist(&api).await?;
     }
     let mut preview = describe(&spec, &fleet, &change, platform.is_some());
+    preview.extend(canary::describe(&canaries));
     preview.extend(groups.describe(&fleet, &change));
     if spec.dry_run {
         for line in preview {
@@ -214,7 +221,7 @@ pub async fn run(
     let leases = Leases::new(api.clone(), spec.lease_ttl);
     let ctx = Ctx::new(api, reporter.clone(), spec, change, leases).with_platform(platform.clone());
     let outcome = tokio::select! {
-        result = deploy(&ctx, &fleet, &groups) => Ok(result),
+        result = deploy(&ctx, &fleet, &groups, &canaries) => Ok(result),
         signal = signals.recv() => Err(signal),
     };
     let cleanup = finish(
@@ -438,9 +445,6 @@ fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: b
             machines.len(),
             spec.image
         ));
-        if spec.strategy == Strategy::Canary {
-            lines.push("  canary: one new machine, started, checked, destroyed".to_string());
-        }
         let what = if spec.strategy == Strategy::Bluegreen {
             "a green machine beside each of"
         } else {
@@ -538,9 +542,14 @@ async fn start_release(
     Ok(Some(release))
 }
 
-/// release_command, leases, machines for new process groups, then the strategy over the
+/// release_command, leases, the canaries, machines for new process groups, then the strategy over the
 /// existing groups, and last the machines of groups gone from fly.toml.
-async fn deploy(ctx: &Ctx, fleet: &Fleet, groups: &GroupChanges) -> Result<(), RolloutError> {
+async fn deploy(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    groups: &GroupChanges,
+    canaries: &[canary::CanaryPlan],
+) -> Result<(), RolloutError> {
     if let Some(rc) = &ctx.spec.release_command {
         release_command::run(ctx, rc, fleet).await?;
     }
@@ -557,6 +566,9 @@ async fn deploy(ctx: &Ctx, fleet: &Fleet, groups: &GroupChanges) -> Result<(), R
     }
     drop(acquiring);
     ctx.leases.start_refreshing(ctx.reporter.clone());
+    // Leases first (unlike flyctl, which takes them after its canaries): a deploy that another
+    // one holds back stops before it creates anything.
+    canary::run_all(ctx, canaries).await?;
     groups.create(ctx).await?;
     match ctx.spec.strategy {
         Strategy::Immediate => immediate::run(ctx, fleet.machines()).await?,
@@ -564,13 +576,7 @@ async fn deploy(ctx: &Ctx, fleet: &Fleet, groups: &GroupChanges) -> Result<(), R
         // Groups roll side by side, as in flyctl; the first failing group stops the others.
         Strategy::Rolling | Strategy::Canary => {
             let mut rolling = futures::stream::iter(&fleet.groups)
-                .map(|(group, machines)| async move {
-                    if ctx.spec.strategy == Strategy::Canary {
-                        canary::run(ctx, group, machines).await
-                    } else {
-                        rolling::run(ctx, machines).await
-                    }
-                })
+                .map(|(_, machines)| rolling::run(ctx, machines))
                 .buffer_unordered(waves::GROUP_CONCURRENCY);
             while let Some(result) = rolling.next().await {
                 result?;

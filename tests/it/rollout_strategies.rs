@@ -2,7 +2,7 @@
 
 use crate::support;
 
-use support::fly_api::{FaultKind, FlyApi, MachineSpec};
+use support::fly_api::{Behavior, FaultKind, FlyApi, MachineSpec};
 use support::rollout::{
     APP, assert_no_leases, assert_no_violations, image, run_rollout, stderr, updated_ids,
 };
@@ -550,4 +550,177 @@ fn the_canary(fly: &FlyApi) -> support::fly_api::Machine {
         .into_iter()
         .find(|m| m.metadata("fly_canary") == Some("true"))
         .expect("a canary")
+}
+
+/// fly.toml for the canary tests: three process groups, `web` with an HTTP service, a health
+/// check and its own `[[vm]]`; `cron` has no machines yet.
+const THREE_GROUPS: &str = "app = \"demo\"\nprimary_region = \"iad\"\n\
+    [processes]\nweb = \"serve\"\nworker = \"work\"\ncron = \"tick\"\n\
+    [http_service]\ninternal_port = 8080\nprocesses = [\"web\"]\n\
+    [[http_service.checks]]\npath = \"/\"\ninterval = \"5s\"\ntimeout = \"1s\"\n\
+    [[vm]]\nsize = \"shared-cpu-1x\"\nmemory = \"512mb\"\nprocesses = [\"web\"]\n";
+
+/// Two web machines and one worker on a performance-2x guest, with metadata of its own.
+fn three_group_app(fly: &FlyApi) -> Vec<String> {
+    fly.add_app(APP);
+    let mut ids = fly.add_machines(APP, &MachineSpec::new("web").count(2).checks(1).services(true));
+    let mut worker = MachineSpec::new("worker").config();
+    worker["guest"] = serde_json::json!({"cpu_kind": "performance", "cpus": 2, "memory_mb": 4096});
+    worker["metadata"]["owner"] = "team-a".into();
+    ids.push(fly.add_machine_with_config(APP, "iad", "started", worker));
+    ids
+}
+
+fn canaries(fly: &FlyApi) -> Vec<support::fly_api::Machine> {
+    fly.machines(APP)
+        .into_iter()
+        .filter(|m| m.metadata("fly_canary") == Some("true"))
+        .collect()
+}
+
+/// As flyctl's `deployCanaryMachines`: one canary per process group of fly.toml, a group with
+/// no machine yet included, each built from fly.toml (`launchInputForLaunch`: no metadata of
+/// the machine it would replace; the guest of `[[vm]]`, else of a machine whose size differs
+/// from the default, `inferCanaryGuest`), all destroyed before any machine is created for a new
+/// group or updated.
+#[test]
+fn every_group_gets_a_canary_from_fly_toml_before_any_machine_changes() {
+    let fly = FlyApi::start();
+    let ids = three_group_app(&fly);
+    let t = TestDir::new();
+    std::fs::write(t.join("fly.toml"), THREE_GROUPS).unwrap();
+    let new = image(6);
+    let dry = run_rollout(&fly, &t, &new, &["--strategy", "canary", "--dry-run"]);
+    assert_success(&dry);
+    let preview = String::from_utf8_lossy(&dry.stdout);
+    for line in [
+        "process group web: a canary machine from fly.toml in iad (shared cpu x1, 512 MB)",
+        "process group worker: a canary machine from fly.toml in iad (performance cpu x2, 4096 MB)",
+        "process group cron: a canary machine from fly.toml in iad (shared cpu x1, 256 MB)",
+    ] {
+        assert!(preview.contains(line), "{line} in {preview}");
+    }
+    assert!(fly.mutating_requests().is_empty());
+    let out = run_rollout(&fly, &t, &new, &["--strategy", "canary"]);
+    assert_success(&out);
+
+    let canaries = canaries(&fly);
+    let group_of = |m: &support::fly_api::Machine| m.metadata("fly_process_group").unwrap().to_string();
+    let mut groups: Vec<String> = canaries.iter().map(group_of).collect();
+    groups.sort();
+    assert_eq!(groups, ["cron", "web", "worker"], "{canaries:#?}");
+    for canary in &canaries {
+        assert_eq!(canary.state, "destroyed", "{canary:#?}");
+        assert_eq!(canary.image(), new);
+        assert_eq!(canary.region, "iad");
+        assert_eq!(
+            canary.config["dns"],
+            serde_json::json!({"skip_registration": true})
+        );
+        assert_eq!(
+            canary.metadata("owner"),
+            None,
+            "built from fly.toml, not a machine"
+        );
+        let guest = &canary.config["guest"];
+        let size = (
+            guest["cpu_kind"].as_str().unwrap(),
+            guest["cpus"].as_u64().unwrap(),
+            guest["memory_mb"].as_u64().unwrap(),
+        );
+        let expected = match group_of(canary).as_str() {
+            "web" => ("shared", 1, 512),
+            "worker" => ("performance", 2, 4096),
+            _ => ("shared", 1, 256),
+        };
+        assert_eq!(size, expected, "{}", group_of(canary));
+    }
+    let web_canary = canaries.iter().find(|m| group_of(m) == "web").unwrap();
+    assert_eq!(
+        web_canary.config["services"][0]["checks"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "{:#?}",
+        web_canary.config
+    );
+
+    let requests = fly.requests();
+    let canary_ids: Vec<&str> = canaries.iter().map(|m| m.id.as_str()).collect();
+    let last_canary_destroyed = requests
+        .iter()
+        .rposition(|r| {
+            r.method == "DELETE"
+                && canary_ids
+                    .iter()
+                    .any(|id| r.path.ends_with(&format!("/machines/{id}")))
+        })
+        .expect("canaries destroyed");
+    let first_change = requests
+        .iter()
+        .position(|r| {
+            let update = r.method == "POST"
+                && updated_ids(std::slice::from_ref(r))
+                    .first()
+                    .is_some_and(|id| ids.contains(id));
+            let create = r.method == "POST"
+                && r.path == format!("/v1/apps/{APP}/machines")
+                && r.body
+                    .as_ref()
+                    .is_some_and(|b| b["config"]["metadata"].get("fly_canary").is_none());
+            update || create
+        })
+        .expect("machines changed");
+    assert!(last_canary_destroyed < first_change, "{requests:#?}");
+    for id in &ids {
+        assert_eq!(fly.machine(id).image(), new);
+    }
+    let cron: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| m.metadata("fly_process_group") == Some("cron") && m.state != "destroyed")
+        .collect();
+    assert!(!cron.is_empty(), "the new group got its machines");
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// A canary that fails in one group leaves every group as it was: the others' canaries ran
+/// beside it and are destroyed, no machine was updated, and the new group got none (flyctl
+/// runs every canary before any other change).
+#[test]
+fn a_canary_failing_in_one_group_changes_no_group() {
+    let fly = FlyApi::start();
+    let ids = three_group_app(&fly);
+    let t = TestDir::new();
+    std::fs::write(t.join("fly.toml"), THREE_GROUPS).unwrap();
+    let new = image(7);
+    // Only web's canary has a check, and it goes critical.
+    fly.set_behavior(&new[..30], Behavior::ChecksFail);
+    let out = run_rollout(&fly, &t, &new, &["--strategy", "canary", "--wait-timeout", "5s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("failed before any machine changed"), "{err}");
+
+    let canaries = canaries(&fly);
+    assert_eq!(canaries.len(), 3, "{canaries:#?}");
+    assert!(canaries.iter().all(|m| m.state == "destroyed"), "{canaries:#?}");
+    let requests = fly.requests();
+    let updated: Vec<String> = updated_ids(&requests)
+        .into_iter()
+        .filter(|id| ids.contains(id))
+        .collect();
+    assert!(updated.is_empty(), "updated {updated:?}");
+    let created: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| !ids.contains(&m.id) && m.metadata("fly_canary").is_none())
+        .collect();
+    assert!(created.is_empty(), "{created:#?}");
+    for id in &ids {
+        assert_ne!(fly.machine(id).image(), new);
+    }
+    assert_eq!(fly.releases()[0].status(), "failed");
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
 }

@@ -103,14 +103,7 @@ impl AppConfig {
     }
 
     pub fn launch(&self, group: &str) -> Result<GroupLaunch, AppConfigError> {
-        let mut config = self.machine_config(group)?;
-        if config.get("guest").is_none() {
-            config["guest"] = default_guest();
-        }
-        // flyctl puts a top-level host_dedication_id on every new machine, [[vm]] or not.
-        if let Some(host) = &self.host_dedication_id {
-            config["guest"]["host_dedication_id"] = host.as_str().into();
-        }
+        let config = self.new_machine_config(group, default_guest())?;
         let volume = self
             .mounts
             .iter()
@@ -139,6 +132,23 @@ impl AppConfig {
             standby,
             volume,
         })
+    }
+}
+
+impl AppConfig {
+    /// A new machine's config for `group`, as flyctl's `launchInputForLaunch`
+    /// (`internal/command/deploy/machines_launchinput.go`) makes it: fly.toml's translation,
+    /// `guest` when no `[[vm]]` applies, and the top-level `host_dedication_id` on every new
+    /// machine, `[[vm]]` or not.
+    pub fn new_machine_config(&self, group: &str, guest: Value) -> Result<Value, AppConfigError> {
+        let mut config = self.machine_config(group)?;
+        if config.get("guest").is_none() {
+            config["guest"] = guest;
+        }
+        if let Some(host) = &self.host_dedication_id {
+            config["guest"]["host_dedication_id"] = host.as_str().into();
+        }
+        Ok(config)
     }
 }
 
