@@ -59,6 +59,11 @@ pub struct RolloutOptions {
     /// How long to watch a machine without health checks for a crash loop once it started.
     #[arg(long, value_parser = parse_go_duration, value_name = "DURATION", default_value = "10s")]
     pub smoke_check_window: Duration,
+    /// How long to wait for a healthy machine's app to listen on 0.0.0.0 (not only loopback)
+    /// on each tcp service's internal_port before warning that fly-proxy cannot reach it; a
+    /// longer check grace_period counts instead, as in flyctl.
+    #[arg(long, value_parser = parse_go_duration, value_name = "DURATION", default_value = "15s")]
+    pub listen_check_window: Duration,
     /// How long release_command may run. Default: [deploy] release_command_timeout, else 5m.
     #[arg(long, value_parser = parse_go_duration, value_name = "DURATION")]
     pub release_command_timeout: Option<Duration>,
@@ -347,6 +352,7 @@ fn spec(app: &str, image: String, options: &RolloutOptions, fly_toml: Option<&Ap
             .or(deploy.and_then(|d| d.wait_timeout))
             .unwrap_or(DEFAULT_WAIT_TIMEOUT),
         smoke_window: options.smoke_check_window,
+        listen_window: options.listen_check_window,
         lease_wait: options.lease_wait,
         lease_ttl: options.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
         release_command,

@@ -563,6 +563,14 @@ impl MachinesApi {
         Ok(assigned["ip"].as_str().unwrap_or_default().to_string())
     }
 
+    /// The processes of a running machine and the sockets they listen on (fly-go
+    /// `GetProcesses`).
+    pub async fn processes(&self, id: &str) -> Result<Vec<crate::fly::types::ProcessStat>, ApiError> {
+        self.http
+            .send_json(Request::get(&["v1", "apps", &self.app, "machines", id, "ps"]))
+            .await
+    }
+
     pub async fn get_machine(&self, id: &str) -> Result<Machine, ApiError> {
         self.http
             .send_json(Request::get(&["v1", "apps", &self.app, "machines", id]))

@@ -64,6 +64,25 @@ impl Volume {
     }
 }
 
+/// A process of a running machine (`GET .../ps`, schema `ProcessStat`), as far as the rollout
+/// reads it.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ProcessStat {
+    #[serde(default)]
+    pub command: String,
+    #[serde(default)]
+    pub listen_sockets: Vec<ListenSocket>,
+}
+
+/// A socket a process listens on: `proto` `tcp` or `udp`, `address` `HOST:PORT`.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ListenSocket {
+    #[serde(default)]
+    pub proto: String,
+    #[serde(default)]
+    pub address: String,
+}
+
 /// One machine as the API returned it: typed fields for what the rollout reads, the config as
 /// the raw JSON it arrived as.
 #[derive(Clone, Debug, Deserialize)]

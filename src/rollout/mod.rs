@@ -13,6 +13,7 @@ mod groups;
 mod health;
 mod immediate;
 mod lease;
+mod listen;
 mod logs;
 mod release_command;
 mod rolling;
@@ -54,6 +55,9 @@ pub struct RolloutSpec {
     pub wait_timeout: Duration,
     /// How long a machine without health checks is watched for a crash loop after it starts.
     pub smoke_window: Duration,
+    /// How long to wait, at least, for a healthy machine's app to listen on its tcp services'
+    /// ports before warning that fly-proxy cannot reach it (`listen`).
+    pub listen_window: Duration,
     /// How long to wait for a lease someone else holds.
     pub lease_wait: Duration,
     pub lease_ttl: Duration,

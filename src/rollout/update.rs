@@ -9,6 +9,7 @@ use crate::fly::api::MachinesApi;
 use crate::fly::types::{Machine, config_check_count};
 use crate::progress::{Event, Reporter};
 use serde_json::{Value, json};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -32,6 +33,8 @@ pub struct Ctx {
     /// Unattached volumes this deploy gave to replacements, so that no two get the same one.
     claimed: Mutex<Vec<String>>,
     changing: AtomicBool,
+    /// Process groups whose listen addresses were checked (`listen`): once per group.
+    listen_checked: Mutex<BTreeSet<String>>,
 }
 
 impl Ctx {
@@ -54,6 +57,7 @@ impl Ctx {
             swapped: Mutex::new(Vec::new()),
             claimed: Mutex::new(Vec::new()),
             changing: AtomicBool::new(false),
+            listen_checked: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -90,6 +94,14 @@ impl Ctx {
             status: status.into(),
             ok,
         });
+    }
+
+    /// True the first time it is asked for `group`.
+    pub fn first_listen_check(&self, group: &str) -> bool {
+        self.listen_checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(group.to_string())
     }
 
     fn health_wait(&self, expected_checks: usize) -> HealthWait {
@@ -191,7 +203,6 @@ impl Ctx {
             return self.replace(machine, config, wait, why).await;
         }
         let skip_launch = machine.should_skip_launch();
-        let expected_checks = config_check_count(&config);
         let body = update_body(machine, config.clone(), skip_launch);
         let mut fresh_lease = false;
         let updated = loop {
@@ -224,7 +235,7 @@ impl Ctx {
             return Ok("updated");
         }
         let version = updated.instance_id.as_deref();
-        self.settle(&machine.id, group, version, skip_launch, expected_checks)
+        self.settle(&machine.id, group, version, skip_launch, &config)
             .await
     }
 
@@ -238,8 +249,9 @@ impl Ctx {
         group: &str,
         version: Option<&str>,
         skip_launch: bool,
-        expected_checks: usize,
+        config: &Value,
     ) -> Result<&'static str, RolloutError> {
+        let expected_checks = config_check_count(config);
         let timeout = self.spec.wait_timeout;
         let wait = |state| wait_for_new_machine(&self.api, id, state, version, timeout);
         if skip_launch {
@@ -252,15 +264,17 @@ impl Ctx {
         if expected_checks > 0 {
             self.status(id, group, "started, waiting for checks");
         }
-        if let Err(err) = wait_healthy(
+        let waited = wait_healthy(
             &self.api,
             &self.reporter,
             id,
             group,
             self.health_wait(expected_checks),
         )
-        .await
-        {
+        .await;
+        self.check_listen_addresses(id, group, config, waited.is_ok())
+            .await;
+        if let Err(err) = waited {
             return Err(self.with_crash_logs(err).await);
         }
         Ok("done")
@@ -420,8 +434,7 @@ impl Ctx {
     ) -> Result<&'static str, RolloutError> {
         let group = old.process_group();
         let skip_launch = old.should_skip_launch();
-        let expected_checks = config_check_count(&config);
-        let mut body = json!({"config": config, "skip_launch": skip_launch, "skip_secrets": false});
+        let mut body = json!({"config": &config, "skip_launch": skip_launch, "skip_secrets": false});
         if let Some(region) = &old.region {
             body["region"] = json!(region);
         }
@@ -460,7 +473,7 @@ impl Ctx {
             return Ok("replaced");
         }
         let version = created.instance_id.as_deref();
-        self.settle(&created.id, group, version, skip_launch, expected_checks)
+        self.settle(&created.id, group, version, skip_launch, &config)
             .await?;
         Ok("replaced by a new machine")
     }
@@ -487,6 +500,7 @@ impl Ctx {
         launch: bool,
     ) -> Result<Machine, (Option<Machine>, RolloutError)> {
         let expected_checks = body.get("config").map_or(0, config_check_count);
+        let config = body.get("config").cloned();
         let created = self.api.create_machine(body).await.map_err(|source| {
             (
                 None,
@@ -520,6 +534,10 @@ impl Ctx {
             .await
         }
         .await;
+        if let Some(config) = &config {
+            self.check_listen_addresses(&created.id, group, config, waited.is_ok())
+                .await;
+        }
         match waited {
             Ok(()) => Ok(created),
             Err(err) => Err((Some(created), self.with_crash_logs(err).await)),

@@ -315,7 +315,7 @@ async fn bodies_and_queries_that_break_the_schema_are_rejected_and_recorded() {
             .contains("no operation `GET /v1/apps/demo/machinez`")
     );
     // In the spec but not served by the double: still made visible.
-    let (status, _) = api.get(&format!("{path}/ps")).await;
+    let (status, _) = api.get(&format!("{path}/memory")).await;
     assert_eq!(status, 501);
     assert!(fly.take_violations()[0].reason.contains("does not implement"));
 }

@@ -662,3 +662,63 @@ fn a_replacement_that_cannot_be_created_is_undone_by_the_rollback() {
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
+
+/// The warning flyctl gives when an app listens on loopback only (`machines_deploymachinesapp.go`,
+/// `warnAboutIncorrectListenAddress`), the usual reason a first deploy's checks fail: read from
+/// `GET .../ps` once per process group, after the health wait, before the rollback.
+#[test]
+fn an_app_listening_on_loopback_gets_flyctls_listen_warning() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(3).checks(1).services(true));
+    let t = TestDir::new();
+    let new = image(4);
+    fly.set_behavior(&new[..30], support::fly_api::Behavior::ChecksFail);
+    fly.set_listen_addresses(&new[..30], &["127.0.0.1:8080", "0.0.0.0:9091"]);
+    let out = run_rollout(
+        &fly,
+        &t,
+        &new,
+        &["--wait-timeout", "3s", "--max-unavailable", "2"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let warning = "the app is not listening on the expected address, so fly-proxy cannot reach \
+                   it; make it listen on 0.0.0.0:8080 (listening now: /bin/app on 127.0.0.1:8080, \
+                   0.0.0.0:9091)";
+    assert_eq!(err.matches(warning).count(), 1, "once per group: {err}");
+    assert!(
+        err.find(warning) < err.find("rolling back"),
+        "the warning comes before the rollback: {err}"
+    );
+    assert_eq!(fly.requests_to("GET", "/ps").len(), 1);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// A healthy machine whose app binds 0.0.0.0 costs one look and no warning; a machine without
+/// checks on loopback is given the window to bind (polled, as flyctl polls) before the warning.
+#[test]
+fn the_listen_check_is_one_look_when_fine_and_waits_for_a_slow_binder() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1).services(true));
+    let t = TestDir::new();
+    let out = run_rollout(&fly, &t, &image(5), &[]);
+    assert_success(&out);
+    assert!(!stderr(&out).contains("not listening"), "{}", stderr(&out));
+    assert_eq!(fly.requests_to("GET", "/ps").len(), 1);
+
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(1).services(true));
+    let new = image(6);
+    fly.set_listen_addresses(&new[..30], &["[::1]:8080"]);
+    let out = run_rollout(&fly, &t, &new, &["--listen-check-window", "2s"]);
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(err.contains("make it listen on 0.0.0.0:8080"), "{err}");
+    let looks = fly.requests_to("GET", "/ps").len();
+    assert!((3..=6).contains(&looks), "polled {looks} times in 2 s");
+    assert_no_violations(&fly);
+}

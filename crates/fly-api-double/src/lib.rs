@@ -458,6 +458,16 @@ impl FlyApi {
         ));
     }
 
+    /// The addresses (`0.0.0.0:8080`, `127.0.0.1:8080`) the app of machines whose image
+    /// contains `image_contains` listens on, as `GET .../ps` shows them. By default it listens
+    /// on 0.0.0.0 on every tcp service's internal port.
+    pub fn set_listen_addresses(&self, image_contains: &str, addresses: &[&str]) {
+        self.lock().listen_addresses.push((
+            image_contains.into(),
+            addresses.iter().map(|a| a.to_string()).collect(),
+        ));
+    }
+
     /// Make the logs API answer 401, as it does for a deploy token.
     pub fn refuse_logs(&self) {
         self.lock().logs_refused = true;

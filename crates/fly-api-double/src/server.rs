@@ -997,6 +997,7 @@ fn machine_operation(
             | "Machines_release_lease"
             | "Machines_show_metadata"
             | "Machines_get_metadata_key"
+            | "Machines_list_processes"
     );
     if mutating {
         // Destroying an already-destroyed machine answers 404, which flyctl's bluegreen
@@ -1022,6 +1023,15 @@ fn machine_operation(
             StatusCode::OK,
             machine_json(machine, now, req.flag("include_leases")),
         ),
+        // What flyctl reads after each machine's health wait to warn about an app that listens
+        // on loopback only (`warnAboutIncorrectListenAddress`, machines_deploymachinesapp.go;
+        // fly-go `GetProcesses`). What flaps answers for a machine that is not running is
+        // unknown; the double refuses with 412 (flyctl gives up on any error there).
+        "Machines_list_processes" if machine.state != "started" => error(
+            StatusCode::PRECONDITION_FAILED,
+            &format!("machine {id} is not running"),
+        ),
+        "Machines_list_processes" => ok_json(StatusCode::OK, st.processes(machine)),
         "Machines_list_events" => {
             let limit = req
                 .query("limit")

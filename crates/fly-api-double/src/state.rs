@@ -461,6 +461,9 @@ pub struct State {
     pub log_output: Vec<(String, Vec<String>)>,
     /// The logs API answers 401 (`FlyApi::refuse_logs`).
     pub logs_refused: bool,
+    /// (image substring, addresses) the app of such machines listens on
+    /// (`FlyApi::set_listen_addresses`); otherwise 0.0.0.0 on each tcp service's port.
+    pub listen_addresses: Vec<(String, Vec<String>)>,
     /// (image substring, Fly time to pull it): see `pull_time`.
     pub image_pulls: Vec<(String, Duration)>,
     /// Machine id → the error its host answers every update with (`FlyApi::refuse_updates`).
@@ -489,6 +492,7 @@ impl State {
             release_command_exit_code: 0,
             log_output: Vec::new(),
             logs_refused: false,
+            listen_addresses: Vec::new(),
             image_pulls: Vec::new(),
             update_refusals: BTreeMap::new(),
             create_refusals: VecDeque::new(),
@@ -505,6 +509,46 @@ impl State {
     /// process would write them: at each start, init's "Preparing to run" and what the image
     /// prints (`log_output`); at each exit, init's "Main child exited normally with code: N",
     /// the line flyctl waits for (`machines_releasecommand.go`).
+    /// `GET .../ps` of a running machine: its app's process (schema `ProcessStat`) with the tcp
+    /// sockets it listens on.
+    pub fn processes(&self, machine: &Machine) -> Value {
+        let addresses: Vec<String> = match self
+            .listen_addresses
+            .iter()
+            .rev()
+            .find(|(image, _)| machine.image().contains(image.as_str()))
+        {
+            Some((_, addresses)) => addresses.clone(),
+            None => machine.config["services"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|s| s["protocol"] == "tcp")
+                .filter_map(|s| s["internal_port"].as_u64())
+                .map(|port| format!("0.0.0.0:{port}"))
+                .collect(),
+        };
+        let command = machine.config["init"]["cmd"]
+            .as_array()
+            .map(|cmd| cmd.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
+            .filter(|cmd| !cmd.is_empty())
+            .unwrap_or_else(|| "/bin/app".to_string());
+        let sockets: Vec<Value> = addresses
+            .iter()
+            .map(|address| json!({"proto": "tcp", "address": address}))
+            .collect();
+        json!([{
+            "pid": 713,
+            "command": command,
+            "directory": "/",
+            "cpu": 0,
+            "rss": 4096,
+            "rtime": 0,
+            "stime": 0,
+            "listen_sockets": sockets,
+        }])
+    }
+
     pub fn app_logs(&self, app: &str, instance: Option<&str>) -> Vec<LogLine> {
         let mut lines = Vec::new();
         for machine in self.machines.values() {
