@@ -39,6 +39,102 @@ fn auto_layer_matches_nixpkgs() {
     assert!(multi_path_layers > 40, "{multi_path_layers}");
 }
 
+/// The archive: the stand-in's `docker/stream.py` streams the bytes nixpkgs'
+/// `stream_layered_image.py` (streamLayeredImage's script) streamed of 4 confs over store-like
+/// trees (file sizes and modes, symlinks, hardlinks, long and non-ASCII names, several layers,
+/// a customisation layer, other owners and dates), recorded in
+/// `tests/fixtures/stream-image/cases.json` by its `generate.py`. `generate.py --run` builds
+/// the same trees at the same fixed path, runs stream.py on the same confs and describes each
+/// stream as it described nixpkgs'; the first difference in that description names the entry
+/// and field that differ, then the sha256 of the whole stream must match too. Not as root, the
+/// customisation layer's entry (which takes its owner from the file) is compared without its
+/// owner, and the whole stream's hash not at all. A fifth conf with `created` and `mtime`
+/// "now", which has no recorded answer, must give one instant, read once, everywhere.
+#[test]
+fn stream_script_matches_nixpkgs() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let fixtures = format!("{root}/tests/fixtures/stream-image");
+    let recorded: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(format!("{fixtures}/cases.json")).unwrap()).unwrap();
+    assert_eq!(recorded.len(), 4);
+    let before = jiff::Timestamp::now();
+    let out = Command::new("python3")
+        .arg(format!("{fixtures}/generate.py"))
+        .arg("--run")
+        .arg(format!("{root}/nix/tests/nixpkgs-standin/docker/stream.py"))
+        .output()
+        .expect("python3");
+    let after = jiff::Timestamp::now();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut answers: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let now = answers.pop().unwrap();
+    assert_eq!(now["name"], "now");
+    assert_eq!(answers.len(), recorded.len());
+    for (nixpkgs, answer) in recorded.iter().zip(answers) {
+        let case = nixpkgs["name"].as_str().unwrap();
+        let (as_root, python) = (answer["euid"] == 0, answer["python"].clone());
+        let bytes = |described: &Value| (described["sha256"].clone(), described["size"].clone());
+        let (nixpkgs_bytes, standin_bytes) = (bytes(nixpkgs), bytes(&answer));
+        let mut nixpkgs = nixpkgs.clone();
+        let mut standin = answer;
+        for described in [&mut nixpkgs, &mut standin] {
+            let described = described.as_object_mut().unwrap();
+            for volatile in ["euid", "python", "sha256", "size"] {
+                described.remove(volatile);
+            }
+            if !as_root {
+                let entries = described["entries"].as_array_mut().unwrap();
+                let custom = entries
+                    .iter_mut()
+                    .rfind(|e| e["name"].as_str().unwrap().ends_with("/layer.tar"))
+                    .unwrap();
+                for owner in ["uid", "gid", "uname", "gname"] {
+                    custom.as_object_mut().unwrap().remove(owner);
+                }
+            }
+        }
+        if let Some(difference) = first_difference(&nixpkgs, &standin, String::new()) {
+            panic!(
+                "case {case}: {difference}\n(nixpkgs' answers were recorded under Python 3.11.7; \
+                 this run used Python {python})"
+            );
+        }
+        if as_root {
+            assert_eq!(
+                nixpkgs_bytes, standin_bytes,
+                "case {case}: every entry and field is the same, but not the bytes (sha256, size)"
+            );
+        } else {
+            eprintln!("case {case}: not run as root, so not compared byte for byte");
+        }
+    }
+
+    // "now": read once, the same instant (to the second for mtimes) in every place it shows.
+    let entries = now["entries"].as_array().unwrap();
+    let config: Value = serde_json::from_str(entries[entries.len() - 2]["text"].as_str().unwrap()).unwrap();
+    let created = config["created"].as_str().unwrap();
+    assert!(created.ends_with("+00:00"), "{created}");
+    let created: jiff::Timestamp = created.parse().unwrap();
+    assert!(
+        before.as_second() <= created.as_second() && created <= after,
+        "{created} not between {before} and {after}"
+    );
+    for history in config["history"].as_array().unwrap() {
+        assert_eq!(history["created"], config["created"]);
+    }
+    // Every outer entry, and every entry of the store layers (the customisation layer's
+    // layer.tar, third from last, keeps its own).
+    let store_layers = &entries[..entries.len() - 3];
+    let mtimes = entries.iter().chain(
+        store_layers
+            .iter()
+            .flat_map(|layer| layer["members"].as_array().unwrap()),
+    );
+    for entry in mtimes {
+        assert_eq!(entry["mtime"], created.as_second(), "{}", entry["name"]);
+    }
+}
+
 /// The customisation layer links `contents` as nixpkgs' symlinkJoin does (`lndir -silent` of
 /// each in order): the first content to have a name keeps it, and a symlink is copied with
 /// its own target, not linked to.
@@ -117,4 +213,72 @@ fn distribution_installs_the_registry_as_registry() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(bin, ["registry"]);
+}
+
+/// Where two descriptions first differ, as `path: nixpkgs …, stream.py …`. Contents come
+/// first, then names, other fields, names made of hashes and the hashes themselves: a
+/// difference inside a layer changes its name and diff_id too, but says less there.
+fn first_difference(nixpkgs: &Value, standin: &Value, path: String) -> Option<String> {
+    fn rank(key: &str, value: &Value) -> u8 {
+        let hash_named = |name: &str| {
+            let (hash, rest) = name.as_bytes().split_at(name.len().min(64));
+            hash.len() == 64 && hash.iter().all(u8::is_ascii_hexdigit) && !rest.is_empty()
+        };
+        match key {
+            "entries" | "members" | "text" | "stderr" | "conf" => 0,
+            "name" if value.as_str().is_some_and(hash_named) => 3,
+            "name" => 1,
+            "diff_id" | "sha256" => 4,
+            _ => 2,
+        }
+    }
+    match (nixpkgs, standin) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut fields: Vec<_> = a.iter().collect();
+            fields.sort_by_key(|(key, value)| rank(key, value));
+            let differing = fields.into_iter().find_map(|(key, value)| match b.get(key) {
+                Some(other) => first_difference(value, other, format!("{path}.{key}")),
+                None => Some(format!("{path}.{key}: not in stream.py's answer")),
+            });
+            differing.or_else(|| {
+                let extra = b.keys().find(|key| !a.contains_key(*key))?;
+                Some(format!("{path}.{extra}: only in stream.py's answer"))
+            })
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            let named = |entry: &Value| {
+                entry["name"]
+                    .as_str()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            };
+            let differing = a
+                .iter()
+                .zip(b)
+                .enumerate()
+                .find_map(|(i, (x, y))| first_difference(x, y, format!("{path}[{i}]{}", named(x))));
+            differing.or_else(|| {
+                let (longer, whose) = if a.len() > b.len() { (a, "nixpkgs'") } else { (b, "stream.py's") };
+                let first_extra = longer.get(a.len().min(b.len()))?;
+                Some(format!(
+                    "{path}: {} in nixpkgs' answer, {} in stream.py's; the first only in {whose}: {first_extra}",
+                    a.len(),
+                    b.len()
+                ))
+            })
+        }
+        _ if nixpkgs == standin => None,
+        (Value::String(a), Value::String(b)) if a.contains('\n') => {
+            fn line(text: &str, n: usize) -> Option<&str> {
+                text.split('\n').nth(n)
+            }
+            let n = (0..).find(|&n| line(a, n) != line(b, n)).unwrap();
+            let (a_line, b_line) = (line(a, n), line(b, n));
+            Some(format!(
+                "{path}, line {}:\n  nixpkgs:   {a_line:?}\n  stream.py: {b_line:?}",
+                n + 1
+            ))
+        }
+        _ => Some(format!("{path}:\n  nixpkgs:   {nixpkgs}\n  stream.py: {standin}")),
+    }
 }
