@@ -353,6 +353,7 @@ fn spec(app: &str, image: String, options: &RolloutOptions, fly_toml: Option<&Ap
             .unwrap_or(DEFAULT_WAIT_TIMEOUT),
         smoke_window: options.smoke_check_window,
         listen_window: options.listen_check_window,
+        url: fly_toml.and_then(|config| config.url(app)),
         lease_wait: options.lease_wait,
         lease_ttl: options.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
         release_command,

@@ -58,6 +58,8 @@ pub struct RolloutSpec {
     /// How long to wait, at least, for a healthy machine's app to listen on its tcp services'
     /// ports before warning that fly-proxy cannot reach it (`listen`).
     pub listen_window: Duration,
+    /// Where the app answers on the web (fly.toml's services), said after a deploy.
+    pub url: Option<String>,
     /// How long to wait for a lease someone else holds.
     pub lease_wait: Duration,
     pub lease_ttl: Duration,
@@ -624,6 +626,10 @@ async fn finish(
                 ctx.spec.image,
                 fleet.machine_count() + groups.created_count()
             ));
+            if let Some(url) = &ctx.spec.url {
+                ctx.reporter
+                    .info(format!("visit your newly deployed app at {url}"));
+            }
             (ReleaseStatus::Complete, Ok(()))
         }
         // The message waits for the cleanup below: it says what that did and did not do.

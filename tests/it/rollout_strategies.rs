@@ -46,6 +46,8 @@ fn canary_machine_is_checked_and_destroyed_before_the_group_rolls() {
 
     let out = run_rollout(&fly, &t, &new, &["--strategy", "canary"]);
     assert_success(&out);
+    // Without a fly.toml nixfly does not know the app's services, so it names no URL.
+    assert!(!stderr(&out).contains("visit your"), "{}", stderr(&out));
 
     let all = fly.machines(APP);
     let canaries: Vec<_> = all.iter().filter(|m| !ids.contains(&m.id)).collect();
@@ -603,6 +605,12 @@ fn every_group_gets_a_canary_from_fly_toml_before_any_machine_changes() {
     assert!(fly.mutating_requests().is_empty());
     let out = run_rollout(&fly, &t, &new, &["--strategy", "canary"]);
     assert_success(&out);
+    // As flyctl ends a deploy (`deploy.go`, the URL of `appconfig.Config.URL`).
+    assert!(
+        stderr(&out).contains("visit your newly deployed app at https://demo.fly.dev/"),
+        "{}",
+        stderr(&out)
+    );
 
     let canaries = canaries(&fly);
     let group_of = |m: &support::fly_api::Machine| m.metadata("fly_process_group").unwrap().to_string();

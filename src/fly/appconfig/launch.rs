@@ -102,6 +102,39 @@ impl AppConfig {
         }
     }
 
+    /// Where the app answers on the web, as flyctl prints it after a deploy
+    /// (`internal/appconfig/config.go`, `URL`): https on 443 for an `[http_service]` or a
+    /// service with a tls+http port 443, else http on 80, else the lowest https port, else the
+    /// lowest http port; none without an http handler.
+    pub fn url(&self, app: &str) -> Option<String> {
+        if self.http_service.as_ref().is_some_and(|s| s.internal_port > 0) {
+            return Some(format!("https://{app}.fly.dev/"));
+        }
+        let (mut https, mut http): (Vec<u16>, Vec<u16>) = (Vec::new(), Vec::new());
+        for port in self.services.iter().flat_map(|s| &s.ports) {
+            let Some(number) = port.port else { continue };
+            if !port.handlers.iter().any(|h| h == "http") {
+                continue;
+            }
+            if port.handlers.iter().any(|h| h == "tls") {
+                https.push(number);
+            } else {
+                http.push(number);
+            }
+        }
+        if https.contains(&443) {
+            Some(format!("https://{app}.fly.dev/"))
+        } else if http.contains(&80) {
+            Some(format!("http://{app}.fly.dev/"))
+        } else if let Some(port) = https.iter().min() {
+            Some(format!("https://{app}.fly.dev:{port}/"))
+        } else {
+            http.iter()
+                .min()
+                .map(|port| format!("http://{app}.fly.dev:{port}/"))
+        }
+    }
+
     pub fn launch(&self, group: &str) -> Result<GroupLaunch, AppConfigError> {
         let config = self.new_machine_config(group, default_guest())?;
         let volume = self
@@ -179,4 +212,58 @@ fn default_volume_gb(guest: &Value) -> u64 {
         .and_then(Value::as_str)
         .is_some_and(|kind| !kind.is_empty());
     if gpu { 100 } else { 1 }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use crate::fly::appconfig::AppConfig;
+    use std::path::Path;
+
+    fn url(services: &str) -> Option<String> {
+        let text = format!("app = \"test\"\n{services}");
+        let (config, _) = AppConfig::parse(&text, Path::new("fly.toml")).unwrap();
+        config.url("test")
+    }
+
+    fn ports(ports: &[(u16, &str)]) -> String {
+        let mut text = "[[services]]\nprotocol = \"tcp\"\ninternal_port = 8080\n".to_string();
+        for (port, handlers) in ports {
+            text.push_str(&format!(
+                "[[services.ports]]\nport = {port}\nhandlers = [{handlers}]\n"
+            ));
+        }
+        text
+    }
+
+    /// The cases of flyctl's `TestURL` (`internal/appconfig/config_test.go`).
+    #[test]
+    fn the_url_is_the_one_flyctl_prints() {
+        let https = Some("https://test.fly.dev/".to_string());
+        let http = Some("http://test.fly.dev/".to_string());
+        assert_eq!(url("[http_service]\ninternal_port = 8080\n"), https);
+        // https on 443 before http on 80
+        assert_eq!(
+            url(&ports(&[(80, "\"http\""), (443, "\"http\", \"tls\"")])),
+            https
+        );
+        // 443 without http is no web port
+        assert_eq!(url(&ports(&[(80, "\"http\""), (443, "\"tls\"")])), http);
+        // http on 80 before https on another port
+        assert_eq!(
+            url(&ports(&[(80, "\"http\""), (3443, "\"tls\", \"http\"")])),
+            http
+        );
+        // https on another port before http on another port
+        assert_eq!(
+            url(&ports(&[(8080, "\"http\""), (3443, "\"tls\", \"http\"")])),
+            Some("https://test.fly.dev:3443/".to_string())
+        );
+        assert_eq!(
+            url(&ports(&[(8080, "\"http\"")])),
+            Some("http://test.fly.dev:8080/".to_string())
+        );
+        // no http handler: no URL
+        assert_eq!(url(&ports(&[(80, "\"fancy\""), (443, "\"foo\"")])), None);
+        assert_eq!(url(""), None);
+    }
 }
