@@ -114,7 +114,19 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
         cfg.http_service = Some(parse_http_service(&t));
         t.finish();
     }
-    cfg.services = each_table(root, &["services"], |t| Some(parse_service(t)));
+    cfg.services = each_table(root, &["services"], |t| {
+        // flyctl drops a [[services]] entry without any key while loading fly.toml
+        // (internal/appconfig/patches.go, patchServices): no service, and no error.
+        if t.is_empty() {
+            t.doc.warn(
+                t.line,
+                &format!("[{}]", t.path),
+                "empty, ignored (as flyctl ignores it)",
+            );
+            return None;
+        }
+        Some(parse_service(t))
+    });
     if let Some(t) = root.table("checks") {
         for field in t.entries() {
             if let Some(check_table) = field.table() {
