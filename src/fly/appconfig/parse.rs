@@ -176,8 +176,13 @@ enum NumberUnit {
     Refused,
 }
 
+/// A duration in fly.toml. The settings flyctl reads through its own patches (kill_timeout,
+/// check durations: internal/appconfig/patches.go, `_castDuration`) take a bare number in
+/// `unit` and read an empty string as unset; the others (`NumberUnit::Refused`) go to
+/// fly-go's duration parser, for which "" is no duration.
 fn duration(field: &Field<'_, '_>, unit: NumberUnit) -> Option<Duration> {
     match field.value.get_ref() {
+        DeValue::String(s) if s.is_empty() && !matches!(unit, NumberUnit::Refused) => None,
         DeValue::String(s) => match parse_go_duration(s) {
             Ok(d) => Some(d),
             Err(message) => {
