@@ -485,10 +485,20 @@ fn parse_service(t: &Table<'_, '_>) -> Service {
         }
     };
     warn_machine_checks(t);
-    let ports = t
+    let ports: Vec<Port> = t
         .get("ports")
         .map(|f| f.tables().iter().filter_map(parse_port).collect())
         .unwrap_or_default();
+    // flyctl's validation.go (validateServicesSection) warns about a service without ports
+    // on every `fly deploy`; the machine config is made all the same.
+    if ports.is_empty() {
+        let line = t.get("ports").map_or(t.line, |f| f.line());
+        t.doc.warn(
+            line,
+            &key_name(&t.path, "ports"),
+            "missing: without [[services.ports]] the service exposes no port (`fly deploy` warns too)",
+        );
+    }
     Service {
         line: t.line,
         protocol,

@@ -327,6 +327,7 @@ fn service_check_durations_fly_moves_are_warnings() {
         vec![
             "fly.toml:4: [http_service.checks[0]] interval: 500ms is under 1s: Fly raises it to 1s",
             "fly.toml:5: [http_service.checks[0]] timeout: 2m0s is over 1m: Fly lowers it to 1m",
+            "fly.toml:8: [services[0]] ports: missing: without [[services.ports]] the service exposes no port (`fly deploy` warns too)",
             "fly.toml:13: [services[0].tcp_checks[0]] grace_period: 200ms is under 1s: Fly raises it to 1s",
         ]
     );
@@ -765,6 +766,28 @@ fn flyctl_validation_of_mounts() {
     for (got, want) in found.iter().zip(expected) {
         assert!(got.starts_with(want), "{got}\ndoes not start with\n{want}");
     }
+}
+
+/// flyctl validation_test.go, TestConfig_ValidateServices (input
+/// testdata/validate-services.toml, with protocol = "tcp" added: nixfly refuses a service
+/// without a protocol): a service without ports is warned about; one without processes in an
+/// app with [processes] is refused by flyctl and served on the default group with a warning by
+/// nixfly (on purpose, README).
+#[test]
+fn flyctl_validation_of_services() {
+    let text = "app = \"foo\"\nprimary_region = \"ord\"\n\
+        [processes]\napp = \"\"\nfoo = \"\"\nsuccess = \"\"\n\
+        [[services]]\nprotocol = \"tcp\"\ninternal_port = 8080\n\
+        [[services]]\nprotocol = \"tcp\"\ninternal_port = 8080\nprocesses = [\"success\"]\n[[services.ports]]\nport = 80\n";
+    let (_, warnings) = parse(text).unwrap();
+    let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            "fly.toml:7: [services[0]] ports: missing: without [[services.ports]] the service exposes no port (`fly deploy` warns too)",
+            "fly.toml:7: [services[0]] processes: missing: nixfly serves it on process group \"app\" (the default), but `fly deploy` refuses a service without processes once [processes] exists; add processes = [\"app\"]",
+        ]
+    );
 }
 
 /// flyctl serde_test.go, TestLoadTOMLAppConfigInvalidV2 (input testdata/always-invalid-v2.toml):
