@@ -1089,6 +1089,7 @@ fn parse_restart(t: &Table<'_, '_>) -> Option<Restart> {
     };
     let retries = t.uint("retries");
     Some(Restart {
+        line: t.line,
         policy: policy?,
         retries,
         processes: t.strings("processes"),
@@ -1207,6 +1208,10 @@ fn cross_check(doc: &Doc<'_>, cfg: &AppConfig) {
     }
     for (i, f) in cfg.files.iter().enumerate() {
         unknown(f.line, &format!("files[{i}]"), &f.processes);
+    }
+    // flyctl's validation.go (validateRestartPolicy) refuses these too.
+    for (i, r) in cfg.restarts.iter().enumerate() {
+        unknown(r.line, &format!("restart[{i}]"), &r.processes);
     }
     // flyctl's validation.go refuses canary with volumes: a canary would need a volume of its
     // own.

@@ -790,6 +790,17 @@ fn flyctl_validation_of_services() {
     );
 }
 
+/// flyctl validation.go (validateRestartPolicy) refuses a [[restart]] naming a process group
+/// that does not exist, as nixfly does for every section's `processes`.
+#[test]
+fn restart_names_existing_groups() {
+    let text = "[processes]\nweb = \"run\"\n[[restart]]\npolicy = \"always\"\nprocesses = [\"wbe\"]\n";
+    assert_eq!(
+        problems(text),
+        vec!["fly.toml:3: [restart[0]] processes: no process group \"wbe\"; [processes] defines web"]
+    );
+}
+
 /// flyctl serde_test.go, TestLoadTOMLAppConfigInvalidV2 (input testdata/always-invalid-v2.toml):
 /// a bare number for a service's concurrency is not a fly.toml flyctl can deploy.
 #[test]
