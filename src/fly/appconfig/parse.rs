@@ -103,9 +103,10 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
     if let Some(field) = root.get("processes") {
         cfg.processes = parse_processes(&field);
     }
+    let has_metrics = root.get("metrics").is_some();
     if let Some(field) = root.get("experimental") {
         cfg.experimental = field.table().map(|t| {
-            let experimental = parse_experimental(&t, &mut cfg);
+            let experimental = parse_experimental(&t, &mut cfg, has_metrics);
             t.finish();
             experimental
         });
@@ -138,13 +139,17 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
             }
         }
     }
-    // Old spellings flyctl still folds in: `compute`/`computes`, `mount`, `metric`.
-    cfg.vms = each_table(root, &["vm", "compute", "computes"], parse_vm);
+    // Old spellings flyctl still folds in: `compute`/`computes`, `mount`, `metric`. Their
+    // entries come in flyctl's order (internal/appconfig/patches.go, patchCompute,
+    // patchMetrics): [[compute]] and [[computes]] before [[vm]], which decides which one a
+    // group gets when several apply; [[metric]] before [[metrics]] (or the [experimental]
+    // metrics standing in for it), the first applying one being the group's.
+    cfg.vms = each_table(root, &["compute", "computes", "vm"], parse_vm);
     cfg.mounts = each_table(root, &["mounts", "mount"], parse_mount);
     cfg.statics = each_table(root, &["statics"], parse_static);
-    cfg.metrics.extend(each_table(root, &["metrics", "metric"], |t| {
-        Some(parse_metrics(t))
-    }));
+    let from_experimental = std::mem::take(&mut cfg.metrics);
+    cfg.metrics = each_table(root, &["metric", "metrics"], |t| Some(parse_metrics(t)));
+    cfg.metrics.extend(from_experimental);
     cfg.restarts = each_table(root, &["restart"], parse_restart);
     cfg.files = each_table(root, &["files"], parse_file);
     cross_check(doc, &cfg);
@@ -339,7 +344,7 @@ fn refuse_containers(t: &Table<'_, '_>, keys: &[&str]) {
     }
 }
 
-fn parse_experimental(t: &Table<'_, '_>, cfg: &mut AppConfig) -> Experimental {
+fn parse_experimental(t: &Table<'_, '_>, cfg: &mut AppConfig, has_metrics: bool) -> Experimental {
     let mut experimental = Experimental::default();
     for (key, slot) in [
         ("cmd", &mut experimental.cmd),
@@ -372,7 +377,15 @@ fn parse_experimental(t: &Table<'_, '_>, cfg: &mut AppConfig) -> Experimental {
     }
     let metrics_port = t.port("metrics_port");
     let metrics_path = t.string("metrics_path");
-    if metrics_port.is_some() || metrics_path.is_some() {
+    // flyctl (patches.go, patchExperimental) makes them [metrics] only when fly.toml has no
+    // [metrics] of its own.
+    if has_metrics {
+        for key in ["metrics_port", "metrics_path"] {
+            if let Some(field) = t.get(key) {
+                field.warn("ignored: [metrics] is set, and it wins (as in flyctl)");
+            }
+        }
+    } else if metrics_port.is_some() || metrics_path.is_some() {
         cfg.metrics.push(Metrics {
             port: metrics_port,
             path: metrics_path,

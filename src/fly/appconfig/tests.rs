@@ -813,3 +813,36 @@ fn flyctl_refuses_a_bare_number_concurrency() {
         "{found:#?}"
     );
 }
+
+/// flyctl patches.go (patchCompute) lists [[compute]] entries before [[vm]] ones, and
+/// processgroups.go (ComputeForGroup) gives a group the first entry that applies unless a later
+/// one names the group: with both spellings and no `processes`, [[compute]] wins wherever it
+/// stands in the file.
+#[test]
+fn compute_comes_before_vm_as_in_flyctl() {
+    let text = "[[vm]]\nsize = \"shared-cpu-2x\"\n[[compute]]\nsize = \"shared-cpu-4x\"\n";
+    let (config, _) = parse(text).unwrap();
+    assert_eq!(
+        config.machine_config("app").unwrap()["guest"],
+        json!({"cpu_kind": "shared", "cpus": 4, "memory_mb": 1024})
+    );
+}
+
+/// flyctl patches.go (patchExperimental) turns [experimental] metrics_port/metrics_path into
+/// [metrics] only when fly.toml has no [metrics]: with both, [metrics] is the machine's.
+#[test]
+fn metrics_table_wins_over_experimental_metrics() {
+    let text = "[metrics]\nport = 9999\npath = \"/metrics\"\n[experimental]\nmetrics_port = 9000\n";
+    let (config, warnings) = parse(text).unwrap();
+    assert_eq!(
+        config.machine_config("app").unwrap()["metrics"],
+        json!({"port": 9999, "path": "/metrics"})
+    );
+    let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            "fly.toml:5: [experimental] metrics_port: ignored: [metrics] is set, and it wins (as in flyctl)"
+        ]
+    );
+}
