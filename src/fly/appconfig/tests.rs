@@ -725,6 +725,22 @@ fn flyctl_first_deploy_ip_type() {
     assert_eq!(ip_type("udp", 443, "[\"tls\", \"http\"]"), PublicIps::Dedicated);
 }
 
+/// flyctl's first deploy (config.go, DetermineIPType, through fly-go's
+/// MachinePort.HasNonHttpPorts and ContainsPort) reads a one-port range like that port:
+/// 80-80 with the HTTP handler shares an IPv4, 80-81 does not.
+#[test]
+fn a_one_port_range_is_that_port_for_the_ip_type() {
+    use launch::PublicIps;
+    let ip_type = |end: u16| {
+        let text = format!(
+            "[[services]]\nprotocol = \"tcp\"\ninternal_port = 8080\n[[services.ports]]\nstart_port = 80\nend_port = {end}\nhandlers = [\"http\"]\n"
+        );
+        parse(&text).unwrap().0.public_ips()
+    };
+    assert_eq!(ip_type(80), PublicIps::Shared);
+    assert_eq!(ip_type(81), PublicIps::Dedicated);
+}
+
 /// flyctl validation_test.go, TestConfig_ValidateGroups (input testdata/validate-groups.toml
 /// with the canary strategy): canary with a volume is refused.
 #[test]
