@@ -862,3 +862,53 @@ fn metrics_table_wins_over_experimental_metrics() {
         ]
     );
 }
+
+/// flyctl definition_test.go, TestFromDefinition: the app config a release records (JSON, with
+/// the empty lists and Nomad-era keys the GraphQL API returns) reads as fly.toml, and gives the
+/// machine config of its parts (a bare kill_timeout in seconds, the restart policy, the
+/// service with its concurrency, ports and TCP check).
+#[test]
+fn flyctl_release_definition_reads_as_fly_toml() {
+    let definition = json!({
+        "env": {},
+        "experimental": {"auto_rollback": true},
+        "kill_signal": "SIGINT",
+        "kill_timeout": 5,
+        "processes": [],
+        "restart": [{"policy": "always", "retries": 3, "processes": ["app"]}],
+        "services": [{
+            "concurrency": {"hard_limit": 25, "soft_limit": 20, "type": "connections"},
+            "http_checks": [],
+            "internal_port": 8080,
+            "ports": [
+                {"force_https": true, "handlers": ["http"], "port": 80},
+                {"handlers": ["tls", "http"], "port": 443}
+            ],
+            "processes": ["app"],
+            "protocol": "tcp",
+            "script_checks": [],
+            "tcp_checks": [{"grace_period": "1s", "interval": "15s", "restart_limit": 0, "timeout": "2s"}]
+        }]
+    });
+    let (config, _) = AppConfig::from_definition(&definition, "release v1").unwrap();
+    assert_eq!(
+        config.machine_config("app").unwrap(),
+        json!({
+            "init": {},
+            "metadata": {"fly_platform_version": "v2", "fly_process_group": "app"},
+            "services": [{
+                "protocol": "tcp",
+                "internal_port": 8080,
+                "ports": [
+                    {"port": 80, "handlers": ["http"], "force_https": true},
+                    {"port": 443, "handlers": ["tls", "http"]}
+                ],
+                "checks": [{"type": "tcp", "interval": "15s", "timeout": "2s", "grace_period": "1s"}],
+                "concurrency": {"type": "connections", "hard_limit": 25, "soft_limit": 20}
+            }],
+            "env": {"FLY_PROCESS_GROUP": "app"},
+            "stop_config": {"timeout": "5s", "signal": "SIGINT"},
+            "restart": {"policy": "always", "max_retries": 3}
+        })
+    );
+}
