@@ -912,3 +912,36 @@ fn flyctl_release_definition_reads_as_fly_toml() {
         })
     );
 }
+
+/// flyctl serde_test.go, TestLoadTOMLAppConfigReferenceFormat (fixture 40): what the full
+/// reference says beyond the machine configs. The release_command machine's guest is
+/// performance-2x with "8g" of memory and the app's host_dedication_id (machines.go,
+/// computeToGuest); the volume a new machine needs is 30 GB with 17 days of snapshots.
+#[test]
+fn flyctl_full_reference_deploy_and_volume() {
+    let (config, _) = AppConfig::load(&fixtures().join("40-flyctl-full-reference.toml")).unwrap();
+    assert_eq!(config.console_command.as_deref(), Some("/bin/bash"));
+    let deploy = &config.deploy;
+    assert_eq!(deploy.max_unavailable, Some(MaxUnavailable::Fraction(0.2)));
+    assert_eq!(deploy.release_command.as_deref(), Some("release command"));
+    assert_eq!(
+        deploy.release_command_timeout,
+        Some(std::time::Duration::from_secs(180))
+    );
+    assert_eq!(
+        config.guest(deploy.release_command_vm.as_ref().unwrap()),
+        json!({"cpu_kind": "performance", "cpus": 2, "memory_mb": 8192, "host_dedication_id": "06031957"})
+    );
+    let task = config.launch("task").unwrap();
+    assert_eq!(
+        task.volume,
+        Some(launch::VolumeNeed {
+            name: "data".into(),
+            size_gb: 30,
+            snapshot_retention: Some(17),
+            auto_backup_enabled: Some(true),
+        })
+    );
+    assert_eq!(task.config["guest"]["host_dedication_id"], "06031957");
+    assert!(config.launch("web").unwrap().volume.is_none());
+}
