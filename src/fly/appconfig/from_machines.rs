@@ -214,4 +214,28 @@ mod tests {
         );
         assert_eq!(definition_from_machines("demo", &[]), None);
     }
+
+    /// flyctl from_machine_set_test.go, TestQuotePosixWords: how a machine's command words
+    /// are quoted into the rebuilt fly.toml's [processes] line.
+    #[test]
+    fn flyctl_quote_posix_words() {
+        let cases: [(&[&str], &[&str]); 6] = [
+            (&["nginx", "-g", "daemon off;"], &["nginx", "-g", "'daemon off;'"]),
+            (&[""], &[""]),
+            (&["/app"], &["/app"]),
+            (
+                &["bundle", "exec", "rake", "db:migrate"],
+                &["bundle", "exec", "rake", "db:migrate"],
+            ),
+            (
+                &["/release_cmd.sh", "foo", "bar", "baz", "123", "--six=seven"],
+                &["/release_cmd.sh", "foo", "bar", "baz", "123", "'--six=seven'"],
+            ),
+            (&["echo", "hi there"], &["echo", "\"hi there\""]),
+        ];
+        for (words, quoted) in cases {
+            let got: Vec<String> = words.iter().map(|w| quote_word(w)).collect();
+            assert_eq!(got, quoted, "{words:?}");
+        }
+    }
 }

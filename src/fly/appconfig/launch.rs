@@ -78,27 +78,30 @@ pub enum PublicIps {
 }
 
 impl AppConfig {
-    /// flyctl's `HasNonHttpAndHttpsStandardServices` over every service of every group.
+    /// flyctl's `Config.DetermineIPType` (internal/appconfig/config.go), which its first deploy
+    /// asks (`deploy_first.go`): any service at all gets addresses; a UDP `[[services]]` entry,
+    /// or a TCP one with a port other than HTTP on 80 and HTTP+TLS on 443, needs a dedicated
+    /// IPv4. `[http_service]` is always standard.
     pub fn public_ips(&self) -> PublicIps {
         if self.http_service.is_none() && self.services.is_empty() {
             return PublicIps::None;
         }
-        let standard = |port: &Port| {
-            let handlers: Vec<&str> = port.handlers.iter().map(String::as_str).collect();
-            match (port.port, port.start_port, port.end_port) {
-                (Some(80), None, None) => handlers == ["http"],
-                (Some(443), None, None) => handlers == ["http", "tls"] || handlers == ["tls", "http"],
-                _ => false,
-            }
-        };
-        let all_standard = self
-            .services
-            .iter()
-            .all(|s| s.protocol == "tcp" && s.ports.iter().all(standard));
-        if all_standard {
-            PublicIps::Shared
-        } else {
+        let dedicated = self.services.iter().any(|s| match s.protocol.as_str() {
+            "udp" => true,
+            "tcp" => s.ports.iter().any(|port| {
+                let handlers: Vec<&str> = port.handlers.iter().map(String::as_str).collect();
+                has_non_http_ports(port)
+                    || (contains_port(port, 80) && handlers != ["http"])
+                    || (contains_port(port, 443)
+                        && handlers != ["http", "tls"]
+                        && handlers != ["tls", "http"])
+            }),
+            _ => false,
+        });
+        if dedicated {
             PublicIps::Dedicated
+        } else {
+            PublicIps::Shared
         }
     }
 
@@ -182,6 +185,43 @@ impl AppConfig {
             config["guest"]["host_dedication_id"] = host.as_str().into();
         }
         Ok(config)
+    }
+}
+
+/// The bounds of a port entry's range, as fly-go's `MachinePort` reads a missing bound.
+fn port_range(port: &Port) -> Option<(u32, u32)> {
+    if port.start_port.is_none() && port.end_port.is_none() {
+        return None;
+    }
+    Some((
+        port.start_port.map_or(0, u32::from),
+        port.end_port.map_or(65535, u32::from),
+    ))
+}
+
+/// fly-go's `MachinePort.ContainsPort`.
+fn contains_port(port: &Port, wanted: u16) -> bool {
+    port.port == Some(wanted)
+        || port_range(port).is_some_and(|(start, end)| (start..=end).contains(&u32::from(wanted)))
+}
+
+/// fly-go's `MachinePort.HasNonHttpPorts`: a port other than 80 and 443, or a range reaching
+/// beyond them.
+fn has_non_http_ports(port: &Port) -> bool {
+    if port.port.is_some_and(|p| p != 80 && p != 443) {
+        return true;
+    }
+    let Some((start, end)) = port_range(port) else {
+        return false;
+    };
+    let count = i64::from(end) - i64::from(start) + 1;
+    let http = (start..=end).contains(&80);
+    let https = (start..=end).contains(&443);
+    match count {
+        c if c > 2 => true,
+        2 => !http || !https,
+        1 => !http && !https,
+        _ => false,
     }
 }
 

@@ -311,6 +311,7 @@ impl RestartPolicy {
 
 #[derive(Clone, Debug)]
 pub struct Restart {
+    pub line: usize,
     pub policy: RestartPolicy,
     pub retries: Option<u64>,
     pub processes: Vec<String>,

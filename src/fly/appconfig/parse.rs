@@ -103,9 +103,10 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
     if let Some(field) = root.get("processes") {
         cfg.processes = parse_processes(&field);
     }
+    let has_metrics = root.get("metrics").is_some();
     if let Some(field) = root.get("experimental") {
         cfg.experimental = field.table().map(|t| {
-            let experimental = parse_experimental(&t, &mut cfg);
+            let experimental = parse_experimental(&t, &mut cfg, has_metrics);
             t.finish();
             experimental
         });
@@ -114,7 +115,19 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
         cfg.http_service = Some(parse_http_service(&t));
         t.finish();
     }
-    cfg.services = each_table(root, &["services"], |t| Some(parse_service(t)));
+    cfg.services = each_table(root, &["services"], |t| {
+        // flyctl drops a [[services]] entry without any key while loading fly.toml
+        // (internal/appconfig/patches.go, patchServices): no service, and no error.
+        if t.is_empty() {
+            t.doc.warn(
+                t.line,
+                &format!("[{}]", t.path),
+                "empty, ignored (as flyctl ignores it)",
+            );
+            return None;
+        }
+        Some(parse_service(t))
+    });
     if let Some(t) = root.table("checks") {
         for field in t.entries() {
             if let Some(check_table) = field.table() {
@@ -126,13 +139,17 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
             }
         }
     }
-    // Old spellings flyctl still folds in: `compute`/`computes`, `mount`, `metric`.
-    cfg.vms = each_table(root, &["vm", "compute", "computes"], parse_vm);
+    // Old spellings flyctl still folds in: `compute`/`computes`, `mount`, `metric`. Their
+    // entries come in flyctl's order (internal/appconfig/patches.go, patchCompute,
+    // patchMetrics): [[compute]] and [[computes]] before [[vm]], which decides which one a
+    // group gets when several apply; [[metric]] before [[metrics]] (or the [experimental]
+    // metrics standing in for it), the first applying one being the group's.
+    cfg.vms = each_table(root, &["compute", "computes", "vm"], parse_vm);
     cfg.mounts = each_table(root, &["mounts", "mount"], parse_mount);
     cfg.statics = each_table(root, &["statics"], parse_static);
-    cfg.metrics.extend(each_table(root, &["metrics", "metric"], |t| {
-        Some(parse_metrics(t))
-    }));
+    let from_experimental = std::mem::take(&mut cfg.metrics);
+    cfg.metrics = each_table(root, &["metric", "metrics"], |t| Some(parse_metrics(t)));
+    cfg.metrics.extend(from_experimental);
     cfg.restarts = each_table(root, &["restart"], parse_restart);
     cfg.files = each_table(root, &["files"], parse_file);
     cross_check(doc, &cfg);
@@ -164,8 +181,13 @@ enum NumberUnit {
     Refused,
 }
 
+/// A duration in fly.toml. The settings flyctl reads through its own patches (kill_timeout,
+/// check durations: internal/appconfig/patches.go, `_castDuration`) take a bare number in
+/// `unit` and read an empty string as unset; the others (`NumberUnit::Refused`) go to
+/// fly-go's duration parser, for which "" is no duration.
 fn duration(field: &Field<'_, '_>, unit: NumberUnit) -> Option<Duration> {
     match field.value.get_ref() {
+        DeValue::String(s) if s.is_empty() && !matches!(unit, NumberUnit::Refused) => None,
         DeValue::String(s) => match parse_go_duration(s) {
             Ok(d) => Some(d),
             Err(message) => {
@@ -322,7 +344,7 @@ fn refuse_containers(t: &Table<'_, '_>, keys: &[&str]) {
     }
 }
 
-fn parse_experimental(t: &Table<'_, '_>, cfg: &mut AppConfig) -> Experimental {
+fn parse_experimental(t: &Table<'_, '_>, cfg: &mut AppConfig, has_metrics: bool) -> Experimental {
     let mut experimental = Experimental::default();
     for (key, slot) in [
         ("cmd", &mut experimental.cmd),
@@ -355,7 +377,15 @@ fn parse_experimental(t: &Table<'_, '_>, cfg: &mut AppConfig) -> Experimental {
     }
     let metrics_port = t.port("metrics_port");
     let metrics_path = t.string("metrics_path");
-    if metrics_port.is_some() || metrics_path.is_some() {
+    // flyctl (patches.go, patchExperimental) makes them [metrics] only when fly.toml has no
+    // [metrics] of its own.
+    if has_metrics {
+        for key in ["metrics_port", "metrics_path"] {
+            if let Some(field) = t.get(key) {
+                field.warn("ignored: [metrics] is set, and it wins (as in flyctl)");
+            }
+        }
+    } else if metrics_port.is_some() || metrics_path.is_some() {
         cfg.metrics.push(Metrics {
             port: metrics_port,
             path: metrics_path,
@@ -468,10 +498,20 @@ fn parse_service(t: &Table<'_, '_>) -> Service {
         }
     };
     warn_machine_checks(t);
-    let ports = t
+    let ports: Vec<Port> = t
         .get("ports")
         .map(|f| f.tables().iter().filter_map(parse_port).collect())
         .unwrap_or_default();
+    // flyctl's validation.go (validateServicesSection) warns about a service without ports
+    // on every `fly deploy`; the machine config is made all the same.
+    if ports.is_empty() {
+        let line = t.get("ports").map_or(t.line, |f| f.line());
+        t.doc.warn(
+            line,
+            &key_name(&t.path, "ports"),
+            "missing: without [[services.ports]] the service exposes no port (`fly deploy` warns too)",
+        );
+    }
     Service {
         line: t.line,
         protocol,
@@ -1062,6 +1102,7 @@ fn parse_restart(t: &Table<'_, '_>) -> Option<Restart> {
     };
     let retries = t.uint("retries");
     Some(Restart {
+        line: t.line,
         policy: policy?,
         retries,
         processes: t.strings("processes"),
@@ -1180,6 +1221,10 @@ fn cross_check(doc: &Doc<'_>, cfg: &AppConfig) {
     }
     for (i, f) in cfg.files.iter().enumerate() {
         unknown(f.line, &format!("files[{i}]"), &f.processes);
+    }
+    // flyctl's validation.go (validateRestartPolicy) refuses these too.
+    for (i, r) in cfg.restarts.iter().enumerate() {
+        unknown(r.line, &format!("restart[{i}]"), &r.processes);
     }
     // flyctl's validation.go refuses canary with volumes: a canary would need a volume of its
     // own.

@@ -107,6 +107,11 @@ impl<'d, 't> Table<'d, 't> {
         })
     }
 
+    /// A table without any key (`[[services]]` and nothing under it).
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
     /// Mark keys as known without reading them (flyctl accepts them; a deployer has no use).
     pub fn ignore(&self, keys: &[&str]) {
         let mut used = self.used.borrow_mut();

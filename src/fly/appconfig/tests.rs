@@ -1,5 +1,6 @@
-//! Golden tests (fly.toml corpus → expected machine configs, written by hand from flyctl's
-//! rules) and validation tests.
+//! Golden tests (fly.toml corpus → expected machine configs: 01-19 written by hand from
+//! flyctl's rules, 20 on taken from flyctl's own unit tests, each naming its test) and
+//! validation tests.
 
 use super::apply::{VolumeChange, apply, apply_replacing, diff};
 use super::*;
@@ -326,6 +327,7 @@ fn service_check_durations_fly_moves_are_warnings() {
         vec![
             "fly.toml:4: [http_service.checks[0]] interval: 500ms is under 1s: Fly raises it to 1s",
             "fly.toml:5: [http_service.checks[0]] timeout: 2m0s is over 1m: Fly lowers it to 1m",
+            "fly.toml:8: [services[0]] ports: missing: without [[services.ports]] the service exposes no port (`fly deploy` warns too)",
             "fly.toml:13: [services[0].tcp_checks[0]] grace_period: 200ms is under 1s: Fly raises it to 1s",
         ]
     );
@@ -556,4 +558,390 @@ fn release_command_machine_is_built_like_flyctls() {
             .unwrap()
             .is_none()
     );
+}
+
+// flyctl's own unit tests as an oracle (internal/appconfig/*_test.go in superfly/flyctl):
+// each test below names the flyctl test whose expectation it encodes. The golden fixtures
+// 20-39 encode the rest.
+
+/// flyctl machines_test.go, TestToReleaseMachineConfig (input as in fixture 20): the
+/// release_command machine, its guest from `[deploy.release_command_vm]` ("4G" of memory over
+/// performance-2x), without fly_flyctl_version (nixfly leaves it out on purpose).
+#[test]
+fn flyctl_release_machine_config() {
+    let (config, _) = AppConfig::load(&fixtures().join("20-flyctl-tomachine.toml")).unwrap();
+    assert_eq!(
+        config.release_command_config().unwrap().unwrap(),
+        json!({
+            "init": {"cmd": ["migrate-db"], "swap_size_mb": 512},
+            "env": {"FOO": "BAR", "PRIMARY_REGION": "mia", "RELEASE_COMMAND": "1", "FLY_PROCESS_GROUP": "fly_app_release_command"},
+            "metadata": {"fly_platform_version": "v2", "fly_process_group": "fly_app_release_command"},
+            "auto_destroy": true,
+            "restart": {"policy": "no"},
+            "dns": {"skip_registration": true},
+            "stop_config": {"timeout": "10s", "signal": "SIGTERM"}
+        })
+    );
+    let vm = config.deploy.release_command_vm.as_ref().unwrap();
+    assert_eq!(
+        config.guest(vm),
+        json!({"cpu_kind": "performance", "cpus": 2, "memory_mb": 4096})
+    );
+    assert_eq!(
+        config.deploy.release_command_timeout,
+        Some(std::time::Duration::from_secs(180))
+    );
+}
+
+/// flyctl machines_test.go, TestToMachineConfig (second half): fly.toml laid over an existing
+/// machine keeps the machine's guest (no [[vm]]), schedule, auto_destroy, dns and its own
+/// metadata, and replaces env, services, checks, restart and init's cmd. The machine mounts a
+/// volume of another name: flyctl's update would replace the machine, nixfly refuses the
+/// rename before deploying (on purpose, README), so the replacement's config is compared.
+#[test]
+fn flyctl_update_keeps_the_machines_own_fields() {
+    let (config, _) = AppConfig::load(&fixtures().join("20-flyctl-tomachine.toml")).unwrap();
+    let translated = config.machine_config("app").unwrap();
+    let src = json!({
+        "guest": {"cpus": 3},
+        "schedule": "24/7",
+        "auto_destroy": true,
+        "restart": {"policy": "always"},
+        "dns": {"skip_registration": true},
+        "env": {"removed": "by-update"},
+        "mounts": [{"name": "removed", "path": "/by/update"}],
+        "metadata": {"retain": "propagated"},
+        "init": {"cmd": ["removed", "by", "update"]}
+    });
+    assert!(matches!(
+        apply(&translated, &src),
+        Err(VolumeChange::Renamed { .. })
+    ));
+    let got = apply_replacing(&translated, &src);
+    assert_eq!(
+        got["env"],
+        json!({"FOO": "BAR", "PRIMARY_REGION": "mia", "FLY_PROCESS_GROUP": "app"})
+    );
+    assert_eq!(got["services"], translated["services"]);
+    assert_eq!(got["checks"], translated["checks"]);
+    assert_eq!(got["guest"], json!({"cpus": 3}));
+    assert_eq!(got["schedule"], "24/7");
+    assert_eq!(got["auto_destroy"], true);
+    assert_eq!(got["restart"], json!({"policy": "always"}));
+    assert_eq!(got["dns"], json!({"skip_registration": true}));
+    assert_eq!(got["metadata"]["retain"], "propagated");
+    assert!(got["init"].get("cmd").is_none(), "{got}");
+}
+
+/// flyctl machines_test.go, TestToMachineConfig_nullifyManagedFields: an empty fly.toml laid
+/// over a machine with env, services, checks, metrics, statics and a mount leaves only
+/// FLY_PROCESS_GROUP in env and none of the rest. Removing the mount needs a new machine
+/// (flyctl's deploy replaces it too): `apply` says so, the replacement has no mount.
+#[test]
+fn flyctl_update_clears_what_fly_toml_does_not_set() {
+    let (config, _) = parse("").unwrap();
+    let translated = config.machine_config("app").unwrap();
+    let src = json!({
+        "env": {"FOO": "BAR", "PRIMARY_REGION": "mia"},
+        "services": [{"protocol": "tcp", "internal_port": 8080, "ports": [
+            {"port": 80, "handlers": ["http"], "force_https": true},
+            {"port": 443, "handlers": ["http", "tls"]}
+        ]}],
+        "metrics": {"port": 9999, "path": "/metrics"},
+        "statics": [{"guest_path": "/guest/path", "url_prefix": "/url/prefix", "tigris_bucket": "example-bucket", "index_document": "index.html"}],
+        "mounts": [{"name": "data", "path": "/data"}],
+        "checks": {
+            "listening": {"port": 8080, "type": "tcp"},
+            "status": {"port": 8080, "type": "http", "interval": "10s", "timeout": "1s", "path": "/status"}
+        }
+    });
+    assert!(matches!(
+        apply(&translated, &src),
+        Err(VolumeChange::Removed { .. })
+    ));
+    let got = apply_replacing(&translated, &src);
+    assert_eq!(got["env"], json!({"FLY_PROCESS_GROUP": "app"}));
+    for key in ["metrics", "services", "checks", "mounts", "statics"] {
+        assert!(got.get(key).is_none(), "{key} in {got}");
+    }
+}
+
+/// flyctl machines_test.go, TestToMachineConfig_defaultV2flytoml (second half): without
+/// [http_service], a [checks] entry without a port has none to take.
+#[test]
+fn flyctl_check_without_port_needs_an_http_service() {
+    let text = "app = \"foo\"\nprimary_region = \"ord\"\n[checks]\n  [checks.alive]\n    type = \"tcp\"\n    interval = \"15s\"\n    timeout = \"2s\"\n    grace_period = \"5s\"\n";
+    assert_eq!(
+        problems(text),
+        vec![
+            "fly.toml:4: [checks.alive] port: missing: process group \"app\" has no [http_service] to take the port from"
+        ]
+    );
+}
+
+/// flyctl processgroups_test.go, TestProcessNames: the groups are the [processes] names
+/// sorted, `app` without any; the default group is `app` when present, else the first name.
+#[test]
+fn flyctl_process_names_and_default_group() {
+    let cases = [
+        ("", "app", vec!["app"]),
+        ("app = \"foo\"\n[processes]\n", "app", vec!["app"]),
+        ("[processes]\nweb = \"/app/server\"\n", "web", vec!["web"]),
+        (
+            "[processes]\nzzz = \"/zzzz\"\nbar = \"/app/bar\"\nfoo = \"/app/foo\"\n",
+            "bar",
+            vec!["bar", "foo", "zzz"],
+        ),
+        (
+            "[processes]\naaa = \"/run1\"\nass = \"/run2\"\napp = \"/run2\"\nbbb = \"/run3\"\nabc = \"/run1\"\n",
+            "app",
+            vec!["aaa", "abc", "app", "ass", "bbb"],
+        ),
+    ];
+    for (text, default, groups) in cases {
+        let (config, _) = parse(text).unwrap();
+        assert_eq!(config.default_group(), default, "{text}");
+        assert_eq!(config.process_groups(), groups, "{text}");
+    }
+}
+
+/// flyctl config_test.go, TestDetermineIPType (public addresses; its "private" answers are
+/// for `--flycast`, which nixfly does not offer): HTTP on 80 and HTTP+TLS on 443 (either
+/// order) share an IPv4; other handlers on 443, or UDP, need a dedicated one.
+#[test]
+fn flyctl_first_deploy_ip_type() {
+    use launch::PublicIps;
+    let ip_type = |protocol: &str, port: u16, handlers: &str| {
+        let text = format!(
+            "[[services]]\nprotocol = \"{protocol}\"\ninternal_port = 8080\n[[services.ports]]\nport = {port}\nhandlers = {handlers}\n"
+        );
+        parse(&text).unwrap().0.public_ips()
+    };
+    assert_eq!(ip_type("tcp", 80, "[\"http\"]"), PublicIps::Shared);
+    assert_eq!(ip_type("tcp", 443, "[\"tls\", \"http\"]"), PublicIps::Shared);
+    assert_eq!(ip_type("tcp", 443, "[\"http\", \"tls\"]"), PublicIps::Shared);
+    assert_eq!(ip_type("tcp", 443, "[\"tls\", \"weird\"]"), PublicIps::Dedicated);
+    assert_eq!(ip_type("tcp", 443, "[\"tls\"]"), PublicIps::Dedicated);
+    assert_eq!(ip_type("udp", 443, "[\"tls\", \"http\"]"), PublicIps::Dedicated);
+}
+
+/// flyctl's first deploy (config.go, DetermineIPType, through fly-go's
+/// MachinePort.HasNonHttpPorts and ContainsPort) reads a one-port range like that port:
+/// 80-80 with the HTTP handler shares an IPv4, 80-81 does not.
+#[test]
+fn a_one_port_range_is_that_port_for_the_ip_type() {
+    use launch::PublicIps;
+    let ip_type = |end: u16| {
+        let text = format!(
+            "[[services]]\nprotocol = \"tcp\"\ninternal_port = 8080\n[[services.ports]]\nstart_port = 80\nend_port = {end}\nhandlers = [\"http\"]\n"
+        );
+        parse(&text).unwrap().0.public_ips()
+    };
+    assert_eq!(ip_type(80), PublicIps::Shared);
+    assert_eq!(ip_type(81), PublicIps::Dedicated);
+}
+
+/// flyctl validation_test.go, TestConfig_ValidateGroups (input testdata/validate-groups.toml
+/// with the canary strategy): canary with a volume is refused.
+#[test]
+fn flyctl_validation_refuses_canary_with_volumes() {
+    let text = "app = \"foo\"\nprimary_region = \"ord\"\n[deploy]\nstrategy = \"canary\"\n\
+        [processes]\napp = \"run-nginx\"\nvpn = \"run-tailscale\"\nfoo = \"keep me alive\"\n\
+        [http_service]\ninternal_port = 8080\nprocesses = [\"app\"]\n\
+        [[services]]\ninternal_port = 9999\nprotocol = \"udp\"\nprocesses = [\"vpn\"]\n[[services.ports]]\nport = 80\n\
+        [[services]]\ninternal_port = 1111\nprotocol = \"tcp\"\nprocesses = [\"vpn\", \"app\", \"foo\"]\n[[services.ports]]\nport = 81\n\
+        [checks.listening]\nport = 8080\ntype = \"tcp\"\nprocesses = [\"app\", \"foo\"]\n\
+        [[mounts]]\nsource = \"foo\"\ndestination = \"bar\"\nprocesses = [\"app\"]\n";
+    let found = problems(text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].contains("[deploy] strategy: the canary strategy does not work with [[mounts]]"),
+        "{found:#?}"
+    );
+    // Without canary the same file is fine.
+    parse(&text.replace("strategy = \"canary\"", "strategy = \"rolling\"")).unwrap();
+}
+
+/// flyctl validation_test.go, TestConfig_ValidateMounts (input testdata/validate-mounts.toml):
+/// an initial_size under 1 GB, one that is no size, and two mounts for one group are refused.
+#[test]
+fn flyctl_validation_of_mounts() {
+    let text = "app = \"foo\"\nprimary_region = \"ord\"\n\
+        [processes]\napp = \"\"\nvpn = \"\"\nfoo = \"\"\n\
+        [[mounts]]\nsource = \"data\"\ndestination = \"/data\"\ninitial_size = \"15Mb\"\nprocesses = [\"vpn\"]\n\
+        [[mounts]]\nsource = \"data\"\ndestination = \"/data\"\ninitial_size = \"unparseable\"\nprocesses = [\"foo\"]\n\
+        [[mounts]]\nsource = \"foo\"\ndestination = \"bar\"\nprocesses = [\"app\"]\n\
+        [[mounts]]\nsource = \"data\"\ndestination = \"/data\"\nprocesses = [\"app\"]\n";
+    let found = problems(text);
+    let expected = [
+        "fly.toml:10: [mounts[0]] initial_size: a volume is at least 1 GB",
+        "fly.toml:15: [mounts[1]] initial_size:",
+        "fly.toml:21: [mounts] source: process group \"app\" gets 2 volumes (foo, data)",
+    ];
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    for (got, want) in found.iter().zip(expected) {
+        assert!(got.starts_with(want), "{got}\ndoes not start with\n{want}");
+    }
+}
+
+/// flyctl validation_test.go, TestConfig_ValidateServices (input
+/// testdata/validate-services.toml, with protocol = "tcp" added: nixfly refuses a service
+/// without a protocol): a service without ports is warned about; one without processes in an
+/// app with [processes] is refused by flyctl and served on the default group with a warning by
+/// nixfly (on purpose, README).
+#[test]
+fn flyctl_validation_of_services() {
+    let text = "app = \"foo\"\nprimary_region = \"ord\"\n\
+        [processes]\napp = \"\"\nfoo = \"\"\nsuccess = \"\"\n\
+        [[services]]\nprotocol = \"tcp\"\ninternal_port = 8080\n\
+        [[services]]\nprotocol = \"tcp\"\ninternal_port = 8080\nprocesses = [\"success\"]\n[[services.ports]]\nport = 80\n";
+    let (_, warnings) = parse(text).unwrap();
+    let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            "fly.toml:7: [services[0]] ports: missing: without [[services.ports]] the service exposes no port (`fly deploy` warns too)",
+            "fly.toml:7: [services[0]] processes: missing: nixfly serves it on process group \"app\" (the default), but `fly deploy` refuses a service without processes once [processes] exists; add processes = [\"app\"]",
+        ]
+    );
+}
+
+/// flyctl validation.go (validateRestartPolicy) refuses a [[restart]] naming a process group
+/// that does not exist, as nixfly does for every section's `processes`.
+#[test]
+fn restart_names_existing_groups() {
+    let text = "[processes]\nweb = \"run\"\n[[restart]]\npolicy = \"always\"\nprocesses = [\"wbe\"]\n";
+    assert_eq!(
+        problems(text),
+        vec!["fly.toml:3: [restart[0]] processes: no process group \"wbe\"; [processes] defines web"]
+    );
+}
+
+/// flyctl serde_test.go, TestLoadTOMLAppConfigInvalidV2 (input testdata/always-invalid-v2.toml):
+/// a bare number for a service's concurrency is not a fly.toml flyctl can deploy.
+#[test]
+fn flyctl_refuses_a_bare_number_concurrency() {
+    let text = "app = \"unsupported-format\"\n[[services]]\nprotocol = \"tcp\"\ninternal_port = \"8080\"\nconcurrency = 20\n";
+    let found = problems(text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("fly.toml:5: [services[0]] concurrency:"),
+        "{found:#?}"
+    );
+}
+
+/// flyctl patches.go (patchCompute) lists [[compute]] entries before [[vm]] ones, and
+/// processgroups.go (ComputeForGroup) gives a group the first entry that applies unless a later
+/// one names the group: with both spellings and no `processes`, [[compute]] wins wherever it
+/// stands in the file.
+#[test]
+fn compute_comes_before_vm_as_in_flyctl() {
+    let text = "[[vm]]\nsize = \"shared-cpu-2x\"\n[[compute]]\nsize = \"shared-cpu-4x\"\n";
+    let (config, _) = parse(text).unwrap();
+    assert_eq!(
+        config.machine_config("app").unwrap()["guest"],
+        json!({"cpu_kind": "shared", "cpus": 4, "memory_mb": 1024})
+    );
+}
+
+/// flyctl patches.go (patchExperimental) turns [experimental] metrics_port/metrics_path into
+/// [metrics] only when fly.toml has no [metrics]: with both, [metrics] is the machine's.
+#[test]
+fn metrics_table_wins_over_experimental_metrics() {
+    let text = "[metrics]\nport = 9999\npath = \"/metrics\"\n[experimental]\nmetrics_port = 9000\n";
+    let (config, warnings) = parse(text).unwrap();
+    assert_eq!(
+        config.machine_config("app").unwrap()["metrics"],
+        json!({"port": 9999, "path": "/metrics"})
+    );
+    let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            "fly.toml:5: [experimental] metrics_port: ignored: [metrics] is set, and it wins (as in flyctl)"
+        ]
+    );
+}
+
+/// flyctl definition_test.go, TestFromDefinition: the app config a release records (JSON, with
+/// the empty lists and Nomad-era keys the GraphQL API returns) reads as fly.toml, and gives the
+/// machine config of its parts (a bare kill_timeout in seconds, the restart policy, the
+/// service with its concurrency, ports and TCP check).
+#[test]
+fn flyctl_release_definition_reads_as_fly_toml() {
+    let definition = json!({
+        "env": {},
+        "experimental": {"auto_rollback": true},
+        "kill_signal": "SIGINT",
+        "kill_timeout": 5,
+        "processes": [],
+        "restart": [{"policy": "always", "retries": 3, "processes": ["app"]}],
+        "services": [{
+            "concurrency": {"hard_limit": 25, "soft_limit": 20, "type": "connections"},
+            "http_checks": [],
+            "internal_port": 8080,
+            "ports": [
+                {"force_https": true, "handlers": ["http"], "port": 80},
+                {"handlers": ["tls", "http"], "port": 443}
+            ],
+            "processes": ["app"],
+            "protocol": "tcp",
+            "script_checks": [],
+            "tcp_checks": [{"grace_period": "1s", "interval": "15s", "restart_limit": 0, "timeout": "2s"}]
+        }]
+    });
+    let (config, _) = AppConfig::from_definition(&definition, "release v1").unwrap();
+    assert_eq!(
+        config.machine_config("app").unwrap(),
+        json!({
+            "init": {},
+            "metadata": {"fly_platform_version": "v2", "fly_process_group": "app"},
+            "services": [{
+                "protocol": "tcp",
+                "internal_port": 8080,
+                "ports": [
+                    {"port": 80, "handlers": ["http"], "force_https": true},
+                    {"port": 443, "handlers": ["tls", "http"]}
+                ],
+                "checks": [{"type": "tcp", "interval": "15s", "timeout": "2s", "grace_period": "1s"}],
+                "concurrency": {"type": "connections", "hard_limit": 25, "soft_limit": 20}
+            }],
+            "env": {"FLY_PROCESS_GROUP": "app"},
+            "stop_config": {"timeout": "5s", "signal": "SIGINT"},
+            "restart": {"policy": "always", "max_retries": 3}
+        })
+    );
+}
+
+/// flyctl serde_test.go, TestLoadTOMLAppConfigReferenceFormat (fixture 40): what the full
+/// reference says beyond the machine configs. The release_command machine's guest is
+/// performance-2x with "8g" of memory and the app's host_dedication_id (machines.go,
+/// computeToGuest); the volume a new machine needs is 30 GB with 17 days of snapshots.
+#[test]
+fn flyctl_full_reference_deploy_and_volume() {
+    let (config, _) = AppConfig::load(&fixtures().join("40-flyctl-full-reference.toml")).unwrap();
+    assert_eq!(config.console_command.as_deref(), Some("/bin/bash"));
+    let deploy = &config.deploy;
+    assert_eq!(deploy.max_unavailable, Some(MaxUnavailable::Fraction(0.2)));
+    assert_eq!(deploy.release_command.as_deref(), Some("release command"));
+    assert_eq!(
+        deploy.release_command_timeout,
+        Some(std::time::Duration::from_secs(180))
+    );
+    assert_eq!(
+        config.guest(deploy.release_command_vm.as_ref().unwrap()),
+        json!({"cpu_kind": "performance", "cpus": 2, "memory_mb": 8192, "host_dedication_id": "06031957"})
+    );
+    let task = config.launch("task").unwrap();
+    assert_eq!(
+        task.volume,
+        Some(launch::VolumeNeed {
+            name: "data".into(),
+            size_gb: 30,
+            snapshot_retention: Some(17),
+            auto_backup_enabled: Some(true),
+        })
+    );
+    assert_eq!(task.config["guest"]["host_dedication_id"], "06031957");
+    assert!(config.launch("web").unwrap().volume.is_none());
 }
