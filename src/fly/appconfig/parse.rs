@@ -1150,20 +1150,28 @@ fn parse_file(t: &Table<'_, '_>) -> Option<FileEntry> {
 /// gets at most one volume, and a check without a port needs the group's http_service.
 fn cross_check(doc: &Doc<'_>, cfg: &AppConfig) {
     let groups = cfg.process_groups();
-    let unknown = |line: usize, section: &str, names: &[String]| {
+    // flyctl's `internal/appconfig/validation.go` refuses a group [processes] does not define
+    // in a service (validateServicesSection) or a restart policy (validateRestartPolicy). In
+    // [checks], [[vm]], [[mounts]] and [[files]] it lets one pass, to apply to no machine: a
+    // warning then, so that a fly.toml `fly deploy` takes is taken.
+    let report = |line: usize, section: &str, names: &[String], refused: bool| {
         for name in names {
             if !groups.contains(name) {
-                doc.error(
-                    line,
-                    &format!("[{section}] processes"),
-                    format!(
-                        "no process group {name:?}; [processes] defines {}",
-                        groups.join(", ")
-                    ),
+                let message = format!(
+                    "no process group {name:?}; [processes] defines {}",
+                    groups.join(", ")
                 );
+                let key = format!("[{section}] processes");
+                if refused {
+                    doc.error(line, &key, message);
+                } else {
+                    doc.warn(line, &key, format!("{message}: it applies to no machine"));
+                }
             }
         }
     };
+    let unknown = |line: usize, section: &str, names: &[String]| report(line, section, names, true);
+    let ignored = |line: usize, section: &str, names: &[String]| report(line, section, names, false);
     if let Some(http) = &cfg.http_service {
         unknown(http.line, "http_service", &http.processes);
     }
@@ -1199,10 +1207,10 @@ fn cross_check(doc: &Doc<'_>, cfg: &AppConfig) {
         unknown(s.line, &format!("services[{i}]"), &s.processes);
     }
     for (name, c) in &cfg.checks {
-        unknown(c.line, &format!("checks.{name}"), &c.processes);
+        ignored(c.line, &format!("checks.{name}"), &c.processes);
     }
     for (i, v) in cfg.vms.iter().enumerate() {
-        unknown(v.line, &format!("vm[{i}]"), &v.processes);
+        ignored(v.line, &format!("vm[{i}]"), &v.processes);
     }
     // A size Fly refuses would only show as a 400 on the first machine change, after the push.
     let vms = cfg.vms.iter().enumerate().map(|(i, vm)| (format!("vm[{i}]"), vm));
@@ -1217,10 +1225,10 @@ fn cross_check(doc: &Doc<'_>, cfg: &AppConfig) {
         }
     }
     for (i, m) in cfg.mounts.iter().enumerate() {
-        unknown(m.line, &format!("mounts[{i}]"), &m.processes);
+        ignored(m.line, &format!("mounts[{i}]"), &m.processes);
     }
     for (i, f) in cfg.files.iter().enumerate() {
-        unknown(f.line, &format!("files[{i}]"), &f.processes);
+        ignored(f.line, &format!("files[{i}]"), &f.processes);
     }
     // flyctl's validation.go (validateRestartPolicy) refuses these too.
     for (i, r) in cfg.restarts.iter().enumerate() {

@@ -945,3 +945,50 @@ fn flyctl_full_reference_deploy_and_volume() {
     assert_eq!(task.config["guest"]["host_dedication_id"], "06031957");
     assert!(config.launch("web").unwrap().volume.is_none());
 }
+
+/// flyctl's validation.go refuses a process group [processes] does not define only in a
+/// service or a restart policy; in [checks], [[vm]], [[mounts]] and [[files]] it passes and
+/// applies to no machine, so nixfly warns there instead of refusing a fly.toml `fly deploy`
+/// takes.
+#[test]
+fn an_unknown_group_is_refused_in_services_and_restart_and_a_warning_elsewhere() {
+    let head = "app = \"a\"\n[processes]\nweb = \"serve\"\n";
+    let (config, warnings) = parse(&format!(
+        "{head}[[vm]]\nsize = \"shared-cpu-2x\"\nprocesses = [\"worker\"]\n\
+         [[mounts]]\nsource = \"data\"\ndestination = \"/data\"\nprocesses = [\"worker\"]\n\
+         [[files]]\nguest_path = \"/etc/x\"\nraw_value = \"eA==\"\nprocesses = [\"worker\"]\n\
+         [checks.alive]\ntype = \"tcp\"\nport = 8080\nprocesses = [\"worker\"]\n"
+    ))
+    .unwrap();
+    let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    for section in ["[vm[0]]", "[mounts[0]]", "[files[0]]", "[checks.alive]"] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(&format!("{section} processes"))
+                    && w.contains("no process group \"worker\"")
+                    && w.contains("applies to no machine")),
+            "{section}: {warnings:#?}"
+        );
+    }
+    let web = config.machine_config("web").unwrap();
+    assert!(
+        web.get("mounts").is_none() && web.get("files").is_none(),
+        "{web:#}"
+    );
+    assert!(web.get("guest").is_none(), "the [[vm]] is not web's: {web:#}");
+
+    let service =
+        format!("{head}[[services]]\nprotocol = \"tcp\"\ninternal_port = 8080\nprocesses = [\"worker\"]\n");
+    assert!(
+        problems(&service)
+            .iter()
+            .any(|p| p.contains("no process group \"worker\""))
+    );
+    let restart = format!("{head}[[restart]]\npolicy = \"never\"\nprocesses = [\"worker\"]\n");
+    assert!(
+        problems(&restart)
+            .iter()
+            .any(|p| p.contains("no process group \"worker\""))
+    );
+}
