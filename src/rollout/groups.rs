@@ -43,7 +43,10 @@ pub enum GroupError {
         group: String,
         change: VolumeChange,
     },
-    #[error("new machines for process group(s) {groups} need a region: set primary_region in fly.toml")]
+    #[error(
+        "new machines for process group(s) {groups} mount a volume, which needs a region: set \
+         primary_region in fly.toml"
+    )]
     NoRegion { groups: String },
     #[error(
         "{what} in process group {group} requires an unattached volume {volume:?} in {region}, \
@@ -113,7 +116,8 @@ pub struct GroupChanges {
     pub replacements: Vec<VolumeReplacement>,
     /// Groups with machines but gone from fly.toml.
     pub removed: BTreeMap<String, Vec<Machine>>,
-    /// Where new machines go: fly.toml's primary_region.
+    /// Where new machines go: fly.toml's primary_region; empty without one, and then Fly
+    /// places them (only for groups without a volume).
     pub region: String,
     /// Addresses to allocate: only on the app's first deploy, as flyctl does.
     pub public_ips: PublicIps,
@@ -223,19 +227,20 @@ impl GroupChanges {
                 source,
             })?);
         }
-        let region = match (&spec.primary_region, launches.is_empty()) {
-            (Some(region), _) => region.clone(),
-            (None, true) => String::new(),
-            (None, false) => {
-                return Err(GroupError::NoRegion {
-                    groups: launches
-                        .iter()
-                        .map(|l| l.group.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                });
-            }
-        };
+        // Without primary_region flyctl sends new machines no region and Fly places them
+        // (`machines_launchinput.go`, `launchInputForLaunch`: the config's PrimaryRegion, empty
+        // or not). A volume needs one, though.
+        let region = spec.primary_region.clone().unwrap_or_default();
+        let with_volume: Vec<&str> = launches
+            .iter()
+            .filter(|l| l.volume.is_some())
+            .map(|l| l.group.as_str())
+            .collect();
+        if region.is_empty() && !with_volume.is_empty() {
+            return Err(GroupError::NoRegion {
+                groups: with_volume.join(", "),
+            });
+        }
         let changes = GroupChanges {
             launches,
             replacements,
@@ -275,7 +280,11 @@ impl GroupChanges {
                 launch.group,
                 launch.count,
                 if launch.standby { " and 1 standby" } else { "" },
-                self.region,
+                if self.region.is_empty() {
+                    "the region Fly picks (no primary_region)"
+                } else {
+                    &self.region
+                },
                 guest["cpu_kind"].as_str().unwrap_or("shared"),
                 guest["cpus"],
                 guest["memory_mb"],
@@ -367,12 +376,14 @@ impl GroupChanges {
         config: &Value,
         launch: bool,
     ) -> Result<Machine, RolloutError> {
-        let body = json!({
+        let mut body = json!({
             "config": config,
-            "region": self.region,
             "skip_launch": !launch,
             "skip_secrets": false,
         });
+        if !self.region.is_empty() {
+            body["region"] = json!(self.region);
+        }
         let result = ctx.create_and_check(body, group, launch).await;
         let created = match &result {
             Ok(machine) => Some(machine),

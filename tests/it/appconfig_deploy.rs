@@ -1081,3 +1081,49 @@ fn an_app_with_only_machines_outside_fly_launch_gets_a_first_deploy() {
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
+
+/// Without primary_region flyctl sends new machines no region and Fly places them
+/// (`machines_launchinput.go`, `launchInputForLaunch`); only a group that mounts a volume
+/// needs one, and is refused before any change.
+#[test]
+fn without_primary_region_fly_places_new_machines_and_only_a_volume_needs_one() {
+    let fly = new_app();
+    let t = TestDir::new();
+    write_fly_toml(&t, "app = \"demo\"\n[http_service]\ninternal_port = 8080\n");
+    let out = run_rollout(&fly, &t, &image(1), &[]);
+    assert_success(&out);
+    let creates: Vec<_> = fly
+        .requests_to("POST", "/machines")
+        .into_iter()
+        .filter(|r| r.path == format!("/v1/apps/{APP}/machines"))
+        .collect();
+    assert_eq!(creates.len(), 2, "{creates:#?}");
+    for create in &creates {
+        let body = create.body.as_ref().unwrap();
+        assert!(body.get("region").is_none(), "{body:#}");
+        assert!(body["config"]["env"].get("PRIMARY_REGION").is_none(), "{body:#}");
+    }
+    assert_eq!(group_machines(&fly, "app").len(), 2);
+    assert_no_violations(&fly);
+
+    let fly = new_app();
+    write_fly_toml(
+        &t,
+        "app = \"demo\"\n[[mounts]]\nsource = \"data\"\ndestination = \"/data\"\n",
+    );
+    let out = run_rollout(&fly, &t, &image(1), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "new machines for process group(s) app mount a volume, which needs a region: set \
+             primary_region in fly.toml"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        fly.mutating_requests().is_empty(),
+        "{:#?}",
+        fly.mutating_requests()
+    );
+}
