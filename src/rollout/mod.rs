@@ -20,6 +20,9 @@ mod rolling;
 mod update;
 pub mod waves;
 
+#[cfg(test)]
+mod launch_input_tests;
+
 pub use release_command::ReleaseCommand;
 
 use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_ROLLED_BACK, ExitCodeError, chain_text};
@@ -166,6 +169,7 @@ pub async fn run(
         release_id: None,
         release_version: None,
         fly_toml: fly_toml_configs,
+        host_dedication_id: spec.host_dedication_id.clone(),
     };
     validate(&spec, &fleet, &groups, &change, fly_toml.as_ref())?;
     // flyctl makes no canary on a first deploy (`deployMachinesApp`).

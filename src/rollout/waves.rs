@@ -171,6 +171,10 @@ pub struct ConfigChange {
     /// fly.toml's machine config per process group (when there is a fly.toml): laid over each
     /// machine of the group first, as flyctl rebuilds the config on every deploy.
     pub fly_toml: BTreeMap<String, Value>,
+    /// fly.toml's top-level `host_dedication_id`: every machine asks for it, as flyctl's
+    /// `launchInputForUpdate` sets it on one whose guest differs, replacements included
+    /// (`Ctx::put_config` replaces the machines on another host dedication).
+    pub host_dedication_id: Option<String>,
 }
 
 impl ConfigChange {
@@ -212,6 +216,9 @@ impl ConfigChange {
                     metadata.insert(key.into(), Value::String(value.clone()));
                 }
             }
+        }
+        if let Some(host) = &self.host_dedication_id {
+            config["guest"]["host_dedication_id"] = Value::String(host.clone());
         }
         normalize_config_for_request(&mut config);
         config
@@ -398,7 +405,7 @@ mod tests {
             ])),
             release_id: Some("r1".into()),
             release_version: Some("4".into()),
-            fly_toml: BTreeMap::new(),
+            ..ConfigChange::default()
         };
         let config = change.apply(&current);
         assert_eq!(config["image"], "new@sha256:bb");
