@@ -12,6 +12,8 @@ pub const META_RELEASE_ID: &str = "fly_release_id";
 pub const META_RELEASE_VERSION: &str = "fly_release_version";
 pub const META_CANARY: &str = "fly_canary";
 pub const META_BLUEGREEN_TAG: &str = "fly_bluegreen_deployment_tag";
+/// fly-go's `MachineConfigMetadataKeyFlyManagedPostgres` (with dashes, unlike the others).
+pub const META_MANAGED_POSTGRES: &str = "fly-managed-postgres";
 
 /// Process groups that are not part of the app's fleet: flyctl leaves them alone on deploy.
 pub const RELEASE_COMMAND_GROUP: &str = "fly_app_release_command";
@@ -23,6 +25,17 @@ pub const DEFAULT_GROUP: &str = "app";
 pub struct App {
     #[serde(default)]
     pub status: Option<String>,
+    /// `postgres_cluster` for a Fly Postgres app (fly-go `flaps.App.AppRole`; not in the
+    /// Machines API's OpenAPI file, which the API answers it beside).
+    #[serde(default)]
+    pub app_role: Option<String>,
+}
+
+impl App {
+    /// fly-go's `App.IsPostgresApp`.
+    pub fn is_postgres(&self) -> bool {
+        self.app_role.as_deref() == Some("postgres_cluster")
+    }
 }
 
 /// A volume, as far as placing a new machine on it goes.

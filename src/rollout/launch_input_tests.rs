@@ -30,7 +30,8 @@ fn fly_toml(text: &str) -> AppConfig {
 }
 
 /// The change `rollout::run` builds from a fly.toml: fly.toml's config per process group, its
-/// `[env]` and `host_dedication_id`, the image and the release.
+/// `[env]` and `host_dedication_id`, the image and the release (for an app that is no
+/// postgres cluster).
 fn change(config: &AppConfig, image: &str, release: Option<(&str, &str)>) -> ConfigChange {
     ConfigChange {
         image: image.to_string(),
@@ -46,6 +47,7 @@ fn change(config: &AppConfig, image: &str, release: Option<(&str, &str)>) -> Con
             })
             .collect::<BTreeMap<_, _>>(),
         host_dedication_id: config.host_dedication_id.clone(),
+        postgres: false,
     }
 }
 
@@ -79,9 +81,90 @@ fn mounts_after(fly_toml_text: &str, current_mounts: Value) -> Result<Value, Vol
 /// flyctl `machines_launchinput_test.go`, `testLaunchInputForBasic`: a new machine gets
 /// fly.toml's env with `PRIMARY_REGION` and `FLY_PROCESS_GROUP`, the image and the release
 /// metadata; updating it later keeps metadata the user added, drops `fly-managed-postgres`
+/// (not a postgres app), and takes the new image, env and release.
+#[test]
+fn basic_launch_then_update() {
+    let config = fly_toml("app = \"my-cool-app\"\nprimary_region = \"scl\"\n[env]\nOTHER = \"value\"\n");
+    let first = change(&config, "super/balloon", Some(("release_id", "3")));
+    let new = launched(&config, &first, "app");
+    assert_eq!(
+        new["env"],
+        json!({"PRIMARY_REGION": "scl", "OTHER": "value", "FLY_PROCESS_GROUP": "app"})
+    );
+    assert_eq!(new["image"], "super/balloon");
+    // flyctl adds fly_flyctl_version too; nixfly on purpose does not (README).
+    assert_eq!(
+        new["metadata"],
+        json!({
+            "fly_platform_version": "v2",
+            "fly_process_group": "app",
+            "fly_release_id": "release_id",
+            "fly_release_version": "3",
+        })
+    );
+
+    let mut current = new.clone();
+    current["metadata"]["user-added-me"] = json!("keep it");
+    current["metadata"]["fly-managed-postgres"] = json!("removes me");
+    let running = machine("ab1234567890", "scl", "started", "ok", current);
+    let config = fly_toml(
+        "app = \"my-cool-app\"\nprimary_region = \"scl\"\n[env]\nOTHER = \"value\"\n\
+         NOT_SET_ON_RESTART_ONLY = \"true\"\n",
+    );
+    let second = change(&config, "super/globe", Some(("new_release_id", "4")));
+    let (updated, replaced) = update(&second, &running, None);
+    assert!(replaced.is_none());
+    let mut want = new;
+    want["image"] = json!("super/globe");
+    want["env"]["NOT_SET_ON_RESTART_ONLY"] = json!("true");
+    want["metadata"]["fly_release_id"] = json!("new_release_id");
+    want["metadata"]["fly_release_version"] = json!("4");
+    want["metadata"]["user-added-me"] = json!("keep it");
+    assert_eq!(updated, want);
+}
+
 /// flyctl `machines_test.go`, `Test_resolveUpdatedMachineConfig_restartOnlyProcessGroup`:
 /// `fly-managed-postgres` is dropped from a machine of an app that is not a postgres cluster
 /// (flyctl's `setMachineReleaseData`, which every update goes through); a postgres cluster's
+/// machines get it set (`md.app.IsPostgresApp()`, app_role `postgres_cluster`).
+#[test]
+fn managed_postgres_metadata_follows_the_apps_role() {
+    let config = fly_toml("app = \"my-cool-app\"\n");
+    let current = json!({
+        "image": "instead-use/the-redmoon",
+        "metadata": {
+            "fly_platform_version": "v2",
+            "fly_process_group": "awesome-group",
+            "fly_release_version": "1",
+            "fly-managed-postgres": "true",
+        },
+    });
+    let not_postgres = ConfigChange {
+        image: "new".into(),
+        release_version: Some("2".into()),
+        ..ConfigChange::default()
+    };
+    let updated = not_postgres.apply(&current);
+    assert_eq!(
+        updated["metadata"],
+        json!({
+            "fly_platform_version": "v2",
+            "fly_process_group": "awesome-group",
+            "fly_release_version": "2",
+        })
+    );
+    let postgres = ConfigChange {
+        postgres: true,
+        ..change(&config, "new", None)
+    };
+    let mut plain = current.clone();
+    plain["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("fly-managed-postgres");
+    assert_eq!(postgres.apply(&plain)["metadata"]["fly-managed-postgres"], "true");
+}
+
 /// flyctl `machines_launchinput_test.go`, `testLaunchInputForUpdateHostStatusUnreachable`: a
 /// machine on an unreachable host is replaced, in its own region; with a volume that stays
 /// flyctl `machines_launchinput.go`, `launchInputForUpdate` (the rule behind the test above):

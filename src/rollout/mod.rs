@@ -170,6 +170,7 @@ pub async fn run(
         release_version: None,
         fly_toml: fly_toml_configs,
         host_dedication_id: spec.host_dedication_id.clone(),
+        postgres: app.is_postgres(),
     };
     validate(&spec, &fleet, &groups, &change, fly_toml.as_ref())?;
     // flyctl makes no canary on a first deploy (`deployMachinesApp`).

@@ -3,8 +3,8 @@
 
 use crate::fly::appconfig::{self, MaxUnavailable, Strategy};
 use crate::fly::types::{
-    CONSOLE_GROUP, DEFAULT_GROUP, META_RELEASE_ID, META_RELEASE_VERSION, Machine, RELEASE_COMMAND_GROUP,
-    normalize_config_for_request,
+    CONSOLE_GROUP, DEFAULT_GROUP, META_MANAGED_POSTGRES, META_RELEASE_ID, META_RELEASE_VERSION, Machine,
+    RELEASE_COMMAND_GROUP, normalize_config_for_request,
 };
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -175,6 +175,10 @@ pub struct ConfigChange {
     /// `launchInputForUpdate` sets it on one whose guest differs, replacements included
     /// (`Ctx::put_config` replaces the machines on another host dedication).
     pub host_dedication_id: Option<String>,
+    /// The app is a Fly Postgres cluster (app_role `postgres_cluster`): its machines carry
+    /// `fly-managed-postgres`, which every other app's machines lose, as flyctl's
+    /// `setMachineReleaseData` (`machines_launchinput.go`) does on every deploy.
+    pub postgres: bool,
 }
 
 impl ConfigChange {
@@ -215,6 +219,11 @@ impl ConfigChange {
                 if let Some(value) = value {
                     metadata.insert(key.into(), Value::String(value.clone()));
                 }
+            }
+            if self.postgres {
+                metadata.insert(META_MANAGED_POSTGRES.into(), "true".into());
+            } else {
+                metadata.remove(META_MANAGED_POSTGRES);
             }
         }
         if let Some(host) = &self.host_dedication_id {
