@@ -167,8 +167,64 @@ fn managed_postgres_metadata_follows_the_apps_role() {
 
 /// flyctl `machines_launchinput_test.go`, `testLaunchInputForUpdateHostStatusUnreachable`: a
 /// machine on an unreachable host is replaced, in its own region; with a volume that stays
+/// its volume, it cannot be (the error names the host as unreachable).
+#[test]
+fn a_machine_on_an_unreachable_host_is_replaced_in_its_region() {
+    let config = fly_toml("app = \"my-cool-app\"\nprimary_region = \"scl\"\n[env]\nOTHER = \"value\"\n");
+    let unreachable = machine(
+        "ab1234567890",
+        "ord",
+        "started",
+        "unreachable",
+        json!({"metadata": {"fly_process_group": "app"}}),
+    );
+    let (_, replaced) = update(&change(&config, "super/balloon", None), &unreachable, None);
+    assert!(matches!(replaced, Some(Replacement::Host(_))), "{replaced:?}");
+    // The replacement goes where the machine was (`create_replacement`: its region).
+    assert_eq!(unreachable.region.as_deref(), Some("ord"));
+
+    // Same volume on an unreachable host: refused before any change (`rollout::validate`).
+    let config = fly_toml(
+        "app = \"my-cool-app\"\nprimary_region = \"scl\"\n[mounts]\nsource = \"data\"\n\
+         destination = \"/data\"\n",
+    );
+    let with_volume = machine(
+        "ab1234567890",
+        "ord",
+        "started",
+        "unreachable",
+        json!({"metadata": {"fly_process_group": "app"},
+               "mounts": [{"volume": "vol_attached", "path": "/data", "name": "data"}]}),
+    );
+    let mounting = change(&config, "super/balloon", None);
+    let refused = super::unreachable_with_volume(std::iter::once(&with_volume), &mounting);
+    assert_eq!(
+        refused.map(|(m, v)| (m.id.as_str(), v)),
+        Some(("ab1234567890", "vol_attached"))
+    );
+}
+
 /// flyctl `machines_launchinput.go`, `launchInputForUpdate` (the rule behind the test above):
 /// only a machine that keeps its volume is stuck on an unreachable host; one whose
+/// `[[mounts]]` fly.toml dropped is replaced by a machine without a volume.
+#[test]
+fn an_unreachable_machine_losing_its_volume_is_replaced() {
+    let config = fly_toml("app = \"my-cool-app\"\nprimary_region = \"scl\"\n");
+    let dropping = change(&config, "super/balloon", None);
+    let with_volume = machine(
+        "ab1234567890",
+        "ord",
+        "started",
+        "unreachable",
+        json!({"metadata": {"fly_process_group": "app"},
+               "mounts": [{"volume": "vol_attached", "path": "/data", "name": "data"}]}),
+    );
+    assert!(super::unreachable_with_volume(std::iter::once(&with_volume), &dropping).is_none());
+    let (config, replaced) = update(&dropping, &with_volume, None);
+    assert!(matches!(replaced, Some(Replacement::Volume(_))), "{replaced:?}");
+    assert!(config.get("mounts").is_none(), "{config}");
+}
+
 /// flyctl `machines_launchinput_test.go`,
 /// `testLaunchInputForUpdateHostStatusUnreachableWithDedicationID`: a machine on an
 /// unreachable host in an app with a top-level `host_dedication_id` is replaced, in its

@@ -270,13 +270,7 @@ fn validate(
             spec.app
         );
     }
-    // A machine on a host Fly cannot reach is replaced; one whose volume is on that host
-    // cannot be, and flyctl stops before any change (machines_launchinput.go).
-    if let Some((machine, volume)) = fleet
-        .machines()
-        .filter(|m| m.host_unavailable())
-        .find_map(|m| m.volume().map(|v| (m, v)))
-    {
+    if let Some((machine, volume)) = unreachable_with_volume(fleet.machines(), change) {
         return Err(RolloutError::HostUnavailableWithVolume {
             machine: machine.id.clone(),
             volume: volume.to_string(),
@@ -346,6 +340,25 @@ fn validate(
         }
     }
     Ok(())
+}
+
+/// A machine on a host Fly cannot reach is replaced; one that keeps its volume, which is on
+/// that host, cannot be, and flyctl stops before any change (`machines_launchinput.go`,
+/// `launchInputForUpdate`: the volume is the one the new config mounts). One whose
+/// `[[mounts]]` fly.toml dropped is replaced by a machine without a volume.
+fn unreachable_with_volume<'a>(
+    machines: impl Iterator<Item = &'a Machine>,
+    change: &ConfigChange,
+) -> Option<(&'a Machine, &'a str)> {
+    machines.filter(|m| m.host_unavailable()).find_map(|m| {
+        let volume = m.volume()?;
+        let kept = change
+            .apply(&m.config)
+            .pointer("/mounts/0/volume")
+            .and_then(Value::as_str)
+            == Some(volume);
+        kept.then_some((m, volume))
+    })
 }
 
 /// `host/repo@digest` for `host/repo:tag@digest` (a reference without a digest is kept).

@@ -30,3 +30,36 @@ fn managed_postgres_metadata_goes_and_user_metadata_stays() {
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
+
+/// flyctl `machines_launchinput_test.go`, `testLaunchInputForUpdateHostStatusUnreachable`, and
+/// the rule under it in `launchInputForUpdate`: only a machine that keeps its volume is stuck
+/// on an unreachable host. One whose `[[mounts]]` fly.toml dropped is replaced, in its region,
+/// by a machine without a volume (once the detach is confirmed, as flyctl asks).
+#[test]
+fn an_unreachable_machine_whose_mounts_are_gone_is_replaced_without_its_volume() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let volume = fly.add_volume(APP, "data", "ord", 1);
+    let mut config = MachineSpec::new("app").region("ord").config();
+    config["mounts"] = serde_json::json!([{"volume": volume, "path": "/data", "name": "data"}]);
+    let id = fly.add_machine_with_config(APP, "ord", "started", config);
+    fly.set_host_status(&id, "unreachable");
+    let t = TestDir::new();
+    std::fs::write(t.join("fly.toml"), "app = \"demo\"\nprimary_region = \"scl\"\n").unwrap();
+    let new = image(4);
+    let out = run_rollout(&fly, &t, &new, &["--detach-volumes"]);
+    assert_success(&out);
+    assert_eq!(fly.machine(&id).state, "destroyed");
+    let live: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| m.state != "destroyed")
+        .collect();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].region, "ord");
+    assert_eq!(live[0].image(), new);
+    assert!(live[0].config.get("mounts").is_none(), "{}", live[0].config);
+    assert!(fly.volumes(APP).iter().any(|v| v.id == volume));
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
