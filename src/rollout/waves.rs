@@ -119,16 +119,21 @@ impl<'a> Pool<'a> {
 /// The order a rolling update takes within one group, as flyctl's
 /// `updateUsingRollingStrategy` (internal/command/deploy/machines_deploymachinesapp.go) does
 /// it: the running machines in a pool of `max_unavailable`, and beside them, at the same
-/// time, the stopped ones in their own pool; each pool in id order, its first machine alone.
+/// time, the others in their own pool; each pool in id order, its first machine alone.
 #[derive(Debug)]
 pub struct RollingOrder<'a> {
+    /// The machines in state `started`: they take traffic.
     pub running: Pool<'a>,
+    /// Every other machine: stopped or suspended ones (left stopped), and `starting` or
+    /// `failed` ones, which are launched (`Machine::should_skip_launch`) but serve no traffic
+    /// yet, so flyctl counts them with the stopped ones.
     pub stopped: Pool<'a>,
 }
 
 pub fn rolling_order(machines: &[Machine], max_unavailable: MaxUnavailable) -> RollingOrder<'_> {
-    let (stopped, running): (Vec<&Machine>, Vec<&Machine>) =
-        machines.iter().partition(|m| m.should_skip_launch());
+    // flyctl's warm machines are those whose state is exactly "started".
+    let (running, stopped): (Vec<&Machine>, Vec<&Machine>) =
+        machines.iter().partition(|m| m.state == "started");
     let running_pool = max_unavailable.pool_size(running.len());
     let stopped_pool = stopped.len().min(STOPPED_POOL);
     RollingOrder {
@@ -371,6 +376,27 @@ mod tests {
         assert_eq!(stopped.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 29]);
         let (tiny, _) = waves(Strategy::Rolling, &machines[..2], MaxUnavailable::Fraction(0.01));
         assert_eq!(tiny.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1]);
+    }
+
+    /// flyctl `machines_deploymachinesapp.go`, `updateUsingRollingStrategy` (and the warm test
+    /// of `plan.go`'s `updateMachinesWRecovery`): only `started` machines are warm and count
+    /// for `max_unavailable`; a `starting` or `failed` one goes with the stopped ones, in the
+    /// pool of up to 30 beside them (it is still launched: `skip_launch` is false for it).
+    #[test]
+    fn starting_and_failed_machines_are_pooled_with_the_stopped_ones() {
+        let machines = vec![
+            m("a", "app", "started"),
+            m("b", "app", "failed"),
+            m("c", "app", "started"),
+            m("d", "app", "starting"),
+            m("e", "app", "stopped"),
+            m("f", "app", "started"),
+        ];
+        let order = rolling_order(&machines, MaxUnavailable::Fraction(0.5));
+        // 3 warm machines * 0.5 = 1.5 -> 2 at a time after the first.
+        assert_eq!(ids(&order.running.waves()), vec![vec!["a"], vec!["c", "f"]]);
+        assert_eq!(ids(&order.stopped.waves()), vec![vec!["b"], vec!["d", "e"]]);
+        assert!(!machines[1].should_skip_launch() && !machines[3].should_skip_launch());
     }
 
     #[test]
