@@ -183,7 +183,11 @@ async fn uncordon(ctx: &Ctx, greens: &[Machine]) -> Result<(), RolloutError> {
 /// greens, then forget the blues) cordon, stop gracefully, wait for stopped, destroy. Nothing
 /// here fails the deploy, as in flyctl: a blue that cannot be cordoned or stopped is still
 /// destroyed, and one that cannot be destroyed is named with the command that removes it.
+/// A blue whose host Fly cannot reach could not answer a cordon or a stop: it is only
+/// destroyed, with force and without a lease (flyctl `strategy_bluegreen.go`,
+/// `CordonBlueMachines`, `StopBlueMachines`, `DestroyBlueMachines`: `hostIsOk`).
 async fn cut_over(ctx: &Ctx, blues: &[&Machine]) {
+    let reachable: Vec<&Machine> = blues.iter().copied().filter(|b| !b.host_unavailable()).collect();
     each_blue(ctx, blues, "tagging", |blue| async move {
         let nonce = ctx.leases.nonce(&blue.id);
         ctx.api
@@ -193,12 +197,16 @@ async fn cut_over(ctx: &Ctx, blues: &[&Machine]) {
     })
     .await;
     tokio::time::sleep(ctx.spec.bluegreen_wait).await;
-    each_blue(ctx, blues, "cordoning", |blue| {
+    each_blue(ctx, &reachable, "cordoning", |blue| {
         machine_action(ctx, &blue.id, "cordon")
     })
     .await;
     tokio::time::sleep(ctx.spec.bluegreen_wait).await;
-    let running: Vec<&Machine> = blues.iter().copied().filter(|b| b.state != "stopped").collect();
+    let running: Vec<&Machine> = reachable
+        .iter()
+        .copied()
+        .filter(|b| b.state != "stopped")
+        .collect();
     each_blue(ctx, &running, "stopping", |blue| async move {
         ctx.status(&blue.id, blue.process_group(), "stopping");
         machine_action(ctx, &blue.id, "stop").await?;

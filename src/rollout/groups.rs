@@ -550,9 +550,13 @@ impl GroupChanges {
         for (group, machines) in &self.removed {
             for machine in machines {
                 ctx.mark_changing();
-                ctx.leases
-                    .acquire(&machine.id, group, ctx.spec.lease_wait, &ctx.reporter)
-                    .await?;
+                // One on a host Fly cannot reach is destroyed without a lease (as `deploy`
+                // leases none there).
+                if !machine.host_unavailable() {
+                    ctx.leases
+                        .acquire(&machine.id, group, ctx.spec.lease_wait, &ctx.reporter)
+                        .await?;
+                }
                 ctx.destroy(&machine.id, group).await?;
                 ctx.done(&machine.id, group, "destroyed (group gone from fly.toml)", true);
             }

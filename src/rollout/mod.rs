@@ -577,7 +577,10 @@ async fn deploy(
     if let Some(rc) = &ctx.spec.release_command {
         release_command::run(ctx, rc, fleet).await?;
     }
-    let mut acquiring = futures::stream::iter(fleet.machines())
+    // No lease on a machine whose host Fly cannot reach: it could not answer, and the deploy
+    // only replaces or destroys it, with no nonce (flyctl `internal/machine/lease.go` skips
+    // them; `strategy_bluegreen.go` destroys them without one).
+    let mut acquiring = futures::stream::iter(fleet.machines().filter(|m| !m.host_unavailable()))
         .map(|machine| {
             let group = machine.process_group();
             ctx.status(&machine.id, group, "waiting for lease");

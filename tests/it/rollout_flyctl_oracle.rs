@@ -63,3 +63,67 @@ fn an_unreachable_machine_whose_mounts_are_gone_is_replaced_without_its_volume()
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
+
+/// flyctl `strategy_bluegreen_test.go`, `TestDeploy`, "non-ok blue machine is skipped and
+/// force-destroyed": a blue on a host that is not `ok` does not hold the deploy up; it is
+/// neither leased, cordoned, stopped nor waited for, and is destroyed with force and no lease
+/// nonce (flyctl `strategy_bluegreen.go`, `DestroyBlueMachines`; `internal/machine/lease.go`
+/// leases no machine on such a host).
+#[test]
+fn bluegreen_force_destroys_a_blue_on_an_unreachable_host() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let blues = fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1));
+    fly.set_host_status(&blues[1], "unreachable");
+    let t = TestDir::new();
+    let new = image(5);
+    let out = run_rollout(
+        &fly,
+        &t,
+        &new,
+        &["--strategy", "bluegreen", "--bluegreen-cutover-wait", "0s"],
+    );
+    assert_success(&out);
+    for id in &blues {
+        assert_eq!(fly.machine(id).state, "destroyed", "{id}");
+    }
+    let greens: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| m.state != "destroyed")
+        .collect();
+    assert_eq!(greens.len(), 2, "{greens:?}");
+    assert!(greens.iter().all(|g| g.image() == new), "{greens:?}");
+    let touched: Vec<String> = fly
+        .requests_to("POST", &format!("/machines/{}/", blues[1]))
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    for action in ["/lease", "/cordon", "/stop"] {
+        assert!(
+            !touched.iter().any(|p| p.ends_with(action)),
+            "{action}: {touched:?}"
+        );
+    }
+    assert!(
+        fly.requests_to("GET", &format!("/machines/{}/wait", blues[1]))
+            .is_empty()
+    );
+    let destroys = fly.requests_to("DELETE", &format!("/machines/{}", blues[1]));
+    assert!(!destroys.is_empty());
+    for destroy in &destroys {
+        assert!(destroy.query.contains("force=true"), "{destroy:?}");
+        assert_eq!(destroy.lease_nonce, None, "{destroy:?}");
+    }
+    // The blue on an ok host goes the usual way.
+    for action in ["/cordon", "/stop"] {
+        assert!(
+            fly.requests_to("POST", &format!("/machines/{}{action}", blues[0]))
+                .iter()
+                .any(|r| r.status < 300),
+            "{action}"
+        );
+    }
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
