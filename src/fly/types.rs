@@ -376,6 +376,8 @@ mod tests {
         assert!(!m.is_platform_v2());
     }
 
+    /// flyctl `plan_test.go`, `TestSkipLaunch` (the cases of machines that exist; a new
+    /// machine is created launched, a new standby stopped: `GroupChanges::create`).
     #[test]
     fn skip_launch_for_stopped_machines_and_standbys() {
         // flyctl's `shouldSkipLaunch` looks at the state first: a started standby is launched,
@@ -395,6 +397,8 @@ mod tests {
         }
     }
 
+    /// flyctl `strategy_bluegreen_test.go`, `TestMachineHasConfiguredChecks`: top-level and
+    /// service checks count, a service without checks does not.
     #[test]
     fn checks_are_counted_across_top_level_and_services() {
         let config = json!({
