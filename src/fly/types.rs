@@ -58,13 +58,14 @@ pub struct Volume {
 }
 
 impl Volume {
-    /// Named `name`, in `region`, mounted by no machine nor allocation, on a host that answers:
-    /// one a new machine there can take (flyctl's `setVolumes`, `internal/command/deploy/
-    /// machines.go`, counts only those as unattached).
+    /// Named `name`, in `region` (any region when empty, as flyctl's `popVolumeFor` takes
+    /// one for a new machine without a primary_region), mounted by no machine nor allocation,
+    /// on a host that answers: one a new machine there can take (flyctl's `setVolumes`,
+    /// `internal/command/deploy/machines.go`, counts only those as unattached).
     pub fn is_free(&self, name: &str, region: &str) -> bool {
         let empty = |v: &Option<String>| v.as_deref().is_none_or(str::is_empty);
         self.name == name
-            && self.region == region
+            && (region.is_empty() || self.region == region)
             && empty(&self.attached_machine_id)
             && empty(&self.attached_alloc_id)
             && self.host_status.as_deref().is_none_or(|s| s == "ok")

@@ -43,13 +43,18 @@ pub enum GroupError {
         group: String,
         change: VolumeChange,
     },
-    #[error("new machines for process group(s) {groups} need a region: set primary_region in fly.toml")]
+    #[error(
+        "the first deploy creates a volume for process group(s) {groups}, and a volume needs a \
+         region: set primary_region in fly.toml"
+    )]
     NoRegion { groups: String },
     #[error(
-        "{what} in process group {group} requires an unattached volume {volume:?} in {region}, \
+        "{what} in process group {group} requires an unattached volume {volume:?} in {place}, \
          and the app has {free_text}: create {create_text} with `fly volume create {volume} \
-         --region {region}{count}` and deploy again (after an app's first deploy, new volumes are \
+         --region {flag}{count}` and deploy again (after an app's first deploy, new volumes are \
          made by hand, as with `fly deploy`)",
+        place = if region.is_empty() { "any region" } else { region },
+        flag = if region.is_empty() { "REGION" } else { region },
         free_text = if *free == 0 { "none".to_string() } else { format!("only {free} for {needed} machines") },
         create_text = if needed - free == 1 { "it".to_string() } else { format!("{} more", needed - free) },
         count = if needed - free == 1 { String::new() } else { format!(" --count {}", needed - free) },
@@ -59,6 +64,7 @@ pub enum GroupError {
         what: String,
         group: String,
         volume: String,
+        /// Empty: any region (new machines without a primary_region).
         region: String,
         needed: usize,
         free: usize,
@@ -113,7 +119,9 @@ pub struct GroupChanges {
     pub replacements: Vec<VolumeReplacement>,
     /// Groups with machines but gone from fly.toml.
     pub removed: BTreeMap<String, Vec<Machine>>,
-    /// Where new machines go: fly.toml's primary_region.
+    /// Where new machines go: fly.toml's primary_region. Empty without one: the create names
+    /// no region and Fly places the machine (with its volume, if it mounts one), as flyctl's
+    /// `launchInputForLaunch` sends `md.appConfig.PrimaryRegion` as it is.
     pub region: String,
     /// Addresses to allocate: only on the app's first deploy, as flyctl does.
     pub public_ips: PublicIps,
@@ -223,19 +231,20 @@ impl GroupChanges {
                 source,
             })?);
         }
-        let region = match (&spec.primary_region, launches.is_empty()) {
-            (Some(region), _) => region.clone(),
-            (None, true) => String::new(),
-            (None, false) => {
-                return Err(GroupError::NoRegion {
-                    groups: launches
-                        .iter()
-                        .map(|l| l.group.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                });
-            }
-        };
+        let region = spec.primary_region.clone().unwrap_or_default();
+        // A first deploy creates the volumes new machines mount (`volume_for`), and a volume is
+        // made in a region. flyctl would send the create with an empty one (`deploy_first.go`);
+        // what Fly does with that is not known, so nixfly asks for primary_region instead.
+        let creating: Vec<&str> = launches
+            .iter()
+            .filter(|l| l.volume.is_some())
+            .map(|l| l.group.as_str())
+            .collect();
+        if region.is_empty() && first_deploy && !creating.is_empty() {
+            return Err(GroupError::NoRegion {
+                groups: creating.join(", "),
+            });
+        }
         let changes = GroupChanges {
             launches,
             replacements,
@@ -275,7 +284,11 @@ impl GroupChanges {
                 launch.group,
                 launch.count,
                 if launch.standby { " and 1 standby" } else { "" },
-                self.region,
+                if self.region.is_empty() {
+                    "a region Fly picks (no primary_region)"
+                } else {
+                    &self.region
+                },
                 guest["cpu_kind"].as_str().unwrap_or("shared"),
                 guest["cpus"],
                 guest["memory_mb"],
@@ -367,12 +380,14 @@ impl GroupChanges {
         config: &Value,
         launch: bool,
     ) -> Result<Machine, RolloutError> {
-        let body = json!({
+        let mut body = json!({
             "config": config,
-            "region": self.region,
             "skip_launch": !launch,
             "skip_secrets": false,
         });
+        if !self.region.is_empty() {
+            body["region"] = json!(self.region);
+        }
         let result = ctx.create_and_check(body, group, launch).await;
         let created = match &result {
             Ok(machine) => Some(machine),

@@ -127,3 +127,59 @@ fn bluegreen_force_destroys_a_blue_on_an_unreachable_host() {
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
+
+/// The bodies of the deploy's `POST /v1/apps/demo/machines` creates.
+fn create_bodies(fly: &FlyApi) -> Vec<serde_json::Value> {
+    fly.requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == format!("/v1/apps/{APP}/machines"))
+        .filter_map(|r| r.body)
+        .collect()
+}
+
+/// flyctl `machines_test.go`, `Test_resolveUpdatedMachineConfig_Basic` and
+/// `Test_resolveUpdatedMachineConfig_Mounts`: without `primary_region` a new machine is
+/// created with no region (Fly places it; with a volume, where the volume is), `[env]`'s
+/// `PRIMARY_REGION` as it is, and an unattached volume of fly.toml's name from any region.
+#[test]
+fn without_primary_region_new_machines_name_no_region() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(1).region("ams"));
+    let volume = fly.add_volume(APP, "data", "syd", 1);
+    let t = TestDir::new();
+    std::fs::write(
+        t.join("fly.toml"),
+        "app = \"demo\"\n[env]\nPRIMARY_REGION = \"scl\"\n\
+         [processes]\napp = \"serve\"\ndb = \"db\"\n\
+         [[mounts]]\nsource = \"data\"\ndestination = \"/data\"\nprocesses = [\"db\"]\n",
+    )
+    .unwrap();
+    let new = image(6);
+    let out = run_rollout(&fly, &t, &new, &[]);
+    assert_success(&out);
+    let creates = create_bodies(&fly);
+    assert_eq!(creates.len(), 1, "{creates:#?}");
+    assert!(creates[0].get("region").is_none(), "{:#}", creates[0]);
+    assert_eq!(creates[0]["config"]["mounts"][0]["volume"], volume);
+    assert_eq!(creates[0]["config"]["env"]["PRIMARY_REGION"], "scl");
+    let db: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| m.process_group() == "db")
+        .collect();
+    assert_eq!(db.len(), 1);
+    assert_eq!((db[0].region.as_str(), db[0].image()), ("syd", new.as_str()));
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+
+    // On a first deploy the volume would have to be made, and nixfly does not create one
+    // without a region (on purpose: flyctl would send the create with none): it stops first.
+    let fly = FlyApi::start();
+    fly.set_app_status(APP, "pending");
+    let out = run_rollout(&fly, &t, &new, &[]);
+    assert!(!out.status.success());
+    let err = support::rollout::stderr(&out);
+    assert!(err.contains("set primary_region"), "{err}");
+    assert!(fly.mutating_requests().is_empty());
+}
