@@ -235,7 +235,10 @@ impl Machine {
     }
 
     /// Fly cannot reach the machine's host (`host_status` other than `ok`): it cannot be
-    /// updated where it is (flyctl `machines_launchinput.go` replaces it).
+    /// updated where it is (flyctl `machines_launchinput.go` replaces it). A machine the API
+    /// gives no `host_status` for counts as reachable, on purpose: flyctl would replace it
+    /// (`HostStatus != "ok"`), and destroying machines over a missing field is the worse
+    /// mistake.
     pub fn host_unavailable(&self) -> bool {
         self.host_status.as_deref().is_some_and(|s| s != "ok")
     }

@@ -8,6 +8,11 @@
 //! marks and destroyed first: greens that never took traffic (still cordoned, with a tag no
 //! serving machine carries), and blues that had already handed traffic over (tagged
 //! `safe_to_destroy`).
+//!
+//! flyctl also refuses an app whose reachable machines run different images
+//! (`DetectMultipleImageVersions`), its guard against such leftovers; nixfly, which tells
+//! leftovers by those marks, replaces every blue whatever image it runs (README: where nixfly
+//! differs on purpose).
 
 use super::error::RolloutError;
 use super::health::wait_for_state;

@@ -183,3 +183,134 @@ fn without_primary_region_new_machines_name_no_region() {
     assert!(err.contains("set primary_region"), "{err}");
     assert!(fly.mutating_requests().is_empty());
 }
+
+/// flyctl `strategy_bluegreen_test.go`, `TestBlueGreenAbortsWhenGreenChecksFailAfterConfigChange`
+/// and `TestDeployWithStoppedBlueMachinesEnforcesHealthChecks`: every blue is stopped, and
+/// still the new config is put to its checks (one green is started); when they fail the
+/// deploy fails, and the blues are left as they were. With passing checks it succeeds.
+#[test]
+fn bluegreen_with_stopped_blues_still_checks_the_new_config() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let blues = fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1).state("stopped"));
+    let t = TestDir::new();
+    let bad = image(7);
+    fly.set_behavior(&bad[..30], support::fly_api::Behavior::ChecksFail);
+    let args = [
+        "--strategy",
+        "bluegreen",
+        "--bluegreen-cutover-wait",
+        "0s",
+        "--wait-timeout",
+        "3s",
+    ];
+    let out = run_rollout(&fly, &t, &bad, &args);
+    assert!(!out.status.success(), "{}", support::rollout::stderr(&out));
+    for id in &blues {
+        let blue = fly.machine(id);
+        assert_eq!(
+            (blue.state.as_str(), blue.config_history.len()),
+            ("stopped", 1),
+            "{id}"
+        );
+    }
+    let others: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| !blues.contains(&m.id))
+        .collect();
+    assert!(!others.is_empty());
+    assert!(others.iter().all(|m| m.state == "destroyed"), "{others:?}");
+
+    let good = image(8);
+    let out = run_rollout(&fly, &t, &good, &args);
+    assert_success(&out);
+    let greens: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| m.state != "destroyed")
+        .collect();
+    // One started, the other mirrors its stopped blue (created with skip_launch: never
+    // started).
+    let started = greens.iter().filter(|m| m.state == "started").count();
+    assert_eq!((greens.len(), started), (2, 1), "{greens:?}");
+    assert!(greens.iter().all(|m| m.image() == good));
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// flyctl `strategy_bluegreen_test.go`, `TestDeploy`, "failed to launch machines": a green
+/// that cannot be created fails the deploy; the greens made are destroyed and the blues keep
+/// serving, untouched.
+#[test]
+fn bluegreen_fails_when_a_green_cannot_be_created() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let blues = fly.add_machines(APP, &MachineSpec::new("app").count(3).checks(1));
+    fly.refuse_next_creates(1, "insufficient resources to create new machine");
+    let t = TestDir::new();
+    let out = run_rollout(
+        &fly,
+        &t,
+        &image(9),
+        &["--strategy", "bluegreen", "--bluegreen-cutover-wait", "0s"],
+    );
+    let err = support::rollout::stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("insufficient resources"), "{err}");
+    for id in &blues {
+        let blue = fly.machine(id);
+        assert_eq!(
+            (blue.state.as_str(), blue.config_history.len()),
+            ("started", 1),
+            "{id}"
+        );
+        assert!(!blue.cordoned);
+    }
+    assert!(
+        fly.machines(APP)
+            .iter()
+            .filter(|m| !blues.contains(&m.id))
+            .all(|m| m.state == "destroyed")
+    );
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// flyctl `strategy_bluegreen_test.go`, `TestDeployContinuesWhenCheckpointFails` and
+/// `TestTagBlueMachinesAsSafeForDeletion` ("returns nil when retries are exhausted"): once the
+/// greens serve, a `safe_to_destroy` tag that cannot be written does not stop the deploy;
+/// every blue is still destroyed (else old and new would serve side by side).
+#[test]
+fn bluegreen_destroys_the_blues_even_when_they_cannot_be_tagged() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let blues = fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1));
+    fly.inject_fault(
+        "POST",
+        "/metadata/fly_bluegreen_deployment_tag",
+        1000,
+        support::fly_api::FaultKind::Status {
+            status: 400,
+            message: "cannot write metadata".into(),
+        },
+    );
+    let t = TestDir::new();
+    let out = run_rollout(
+        &fly,
+        &t,
+        &image(10),
+        &["--strategy", "bluegreen", "--bluegreen-cutover-wait", "0s"],
+    );
+    assert_success(&out);
+    assert!(
+        support::rollout::stderr(&out).contains("cannot write metadata"),
+        "{}",
+        support::rollout::stderr(&out)
+    );
+    for id in &blues {
+        assert_eq!(fly.machine(id).state, "destroyed", "{id}");
+    }
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
