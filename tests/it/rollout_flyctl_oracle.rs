@@ -314,3 +314,46 @@ fn bluegreen_destroys_the_blues_even_when_they_cannot_be_tagged() {
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
+
+/// flyctl `machines_test.go`, `TestSetMachinesForDeploymentRejectsDetachedProcessGroupMachinesForBluegreen`
+/// and `TestSetMachinesForDeploymentAllowsDetachedProcessGroupMachinesForBluegreenWithManagedMachines`:
+/// bluegreen refuses an app whose only machines are outside Fly Launch but in fly.toml's
+/// groups (the error names the machine and `fly_platform_version`); with a Fly Launch machine
+/// beside it, the deploy goes on and leaves the other machine alone.
+#[test]
+fn bluegreen_and_machines_outside_fly_launch() {
+    let toml = "app = \"demo\"\nprimary_region = \"iad\"\n[http_service]\ninternal_port = 8080\n\
+                processes = [\"app\"]\n[checks.alive]\ntype = \"tcp\"\nport = 8080\n";
+    let args = ["--strategy", "bluegreen", "--bluegreen-cutover-wait", "0s"];
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let detached = fly.add_machine_with_config(
+        APP,
+        "iad",
+        "started",
+        serde_json::json!({"image": image(1), "metadata": {"fly_process_group": "app"}}),
+    );
+    let t = TestDir::new();
+    std::fs::write(t.join("fly.toml"), toml).unwrap();
+    let out = run_rollout(&fly, &t, &image(2), &args);
+    let err = support::rollout::stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&detached) && err.contains("fly_platform_version"),
+        "{err}"
+    );
+    assert!(fly.mutating_requests().is_empty());
+
+    let managed = fly.add_machines(APP, &MachineSpec::new("app").count(1).checks(1));
+    let out = run_rollout(&fly, &t, &image(2), &args);
+    assert_success(&out);
+    assert_eq!(fly.machine(&managed[0]).state, "destroyed");
+    let untouched = fly.machine(&detached);
+    assert_eq!(
+        (untouched.state.as_str(), untouched.image()),
+        ("started", image(1).as_str())
+    );
+    assert_eq!(untouched.config_history.len(), 1);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
