@@ -63,10 +63,11 @@ fn machine(id: &str, region: &str, state: &str, host_status: &str, config: Value
     .unwrap()
 }
 
-/// What nixfly does with `machine` on this deploy: its new config, and whether it is replaced.
-fn update(change: &ConfigChange, machine: &Machine, hdid: Option<&str>) -> (Value, Option<Replacement>) {
+/// What nixfly does with `machine` on this deploy: its new config, and whether it is replaced
+/// (`Ctx::put_config`, with fly.toml's `host_dedication_id` as the spec has it).
+fn update(change: &ConfigChange, machine: &Machine) -> (Value, Option<Replacement>) {
     let config = change.apply(&machine.config);
-    let replaced = replacement(machine, &config, hdid);
+    let replaced = replacement(machine, &config, change.host_dedication_id.as_deref());
     (config, replaced)
 }
 
@@ -112,7 +113,7 @@ fn basic_launch_then_update() {
          NOT_SET_ON_RESTART_ONLY = \"true\"\n",
     );
     let second = change(&config, "super/globe", Some(("new_release_id", "4")));
-    let (updated, replaced) = update(&second, &running, None);
+    let (updated, replaced) = update(&second, &running);
     assert!(replaced.is_none());
     let mut want = new;
     want["image"] = json!("super/globe");
@@ -178,7 +179,7 @@ fn a_machine_on_an_unreachable_host_is_replaced_in_its_region() {
         "unreachable",
         json!({"metadata": {"fly_process_group": "app"}}),
     );
-    let (_, replaced) = update(&change(&config, "super/balloon", None), &unreachable, None);
+    let (_, replaced) = update(&change(&config, "super/balloon", None), &unreachable);
     assert!(matches!(replaced, Some(Replacement::Host(_))), "{replaced:?}");
     // The replacement goes where the machine was (`create_replacement`: its region).
     assert_eq!(unreachable.region.as_deref(), Some("ord"));
@@ -220,7 +221,7 @@ fn an_unreachable_machine_losing_its_volume_is_replaced() {
                "mounts": [{"volume": "vol_attached", "path": "/data", "name": "data"}]}),
     );
     assert!(super::unreachable_with_volume(std::iter::once(&with_volume), &dropping).is_none());
-    let (config, replaced) = update(&dropping, &with_volume, None);
+    let (config, replaced) = update(&dropping, &with_volume);
     assert!(matches!(replaced, Some(Replacement::Volume(_))), "{replaced:?}");
     assert!(config.get("mounts").is_none(), "{config}");
 }
@@ -242,7 +243,7 @@ fn an_unreachable_machine_is_replaced_on_flytomls_host_dedication() {
         "unreachable",
         json!({"metadata": {"fly_process_group": "app"}}),
     );
-    let (config, replaced) = update(&dedicated, &unreachable, Some("host-a"));
+    let (config, replaced) = update(&dedicated, &unreachable);
     assert!(replaced.is_some());
     assert_eq!(config["guest"]["host_dedication_id"], "host-a");
 }
@@ -311,7 +312,7 @@ fn mounts_on_update_and_launch() {
         json!({"metadata": {"fly_platform_version": "v2", "fly_process_group": "app"},
                "mounts": [{"volume": "vol_attached", "path": "/replace-me", "name": "replace-me"}]}),
     );
-    let (config, replaced) = update(&change(&config, "i", None), &current, None);
+    let (config, replaced) = update(&change(&config, "i", None), &current);
     assert!(matches!(replaced, Some(Replacement::Volume(_))), "{replaced:?}");
     assert!(config.get("mounts").is_none(), "{config}");
 }
@@ -383,7 +384,7 @@ fn an_update_keeps_what_fly_toml_does_not_own() {
             "processes": [{"cmd": ["foo"]}],
         }),
     );
-    let (updated, replaced) = update(&change(&config, "i", Some(("release_id", "3"))), &current, None);
+    let (updated, replaced) = update(&change(&config, "i", Some(("release_id", "3"))), &current);
     assert!(replaced.is_none());
     assert_eq!(
         super::waves::update_body(&current, updated.clone(), true)["region"],
@@ -409,7 +410,7 @@ fn a_standby_whose_group_gains_services_stops_standing_by() {
         "ok",
         json!({"standbys": ["xy0987654321"]}),
     );
-    let (updated, _) = update(&change(&config, "i", None), &standby, None);
+    let (updated, _) = update(&change(&config, "i", None), &standby);
     assert!(
         updated["standbys"].as_array().is_none_or(Vec::is_empty),
         "{updated}"
@@ -458,7 +459,7 @@ fn an_update_replaces_the_machines_files_with_fly_tomls() {
             {"guest_path": "/path/to/be/deleted", "raw_value": "ZGVsZXRlIG1lCg=="},
         ]}),
     );
-    let (updated, _) = update(&change(&config, "i", None), &current, None);
+    let (updated, _) = update(&change(&config, "i", None), &current);
     assert_eq!(
         updated["files"],
         json!([
@@ -469,8 +470,9 @@ fn an_update_replaces_the_machines_files_with_fly_tomls() {
 }
 
 /// flyctl `machines_test.go`, `Test_resolveUpdatedMachineConfig_Basic`: without
-/// `primary_region`, `PRIMARY_REGION` comes from `[env]` as it is, and the new machine gets
-/// no region (Fly places it).
+/// `primary_region`, `PRIMARY_REGION` comes from `[env]` as it is (that the create then names
+/// no region, for Fly to place the machine, is checked against the double in
+/// `tests/it/rollout_flyctl_oracle.rs`).
 #[test]
 fn without_primary_region_env_keeps_its_primary_region() {
     let config = fly_toml("app = \"my-cool-app\"\n[env]\nPRIMARY_REGION = \"scl\"\nOTHER = \"value\"\n");
@@ -531,7 +533,7 @@ fn an_unnamed_mount_is_kept_on_update() {
         "ok",
         json!({"mounts": [{"volume": "vol_alreadyattached", "path": "/data"}]}),
     );
-    let (updated, replaced) = update(&change(&config, "super/balloon", None), &current, None);
+    let (updated, replaced) = update(&change(&config, "super/balloon", None), &current);
     assert!(replaced.is_none(), "{replaced:?}");
     assert_eq!(
         updated["mounts"],
