@@ -12,6 +12,8 @@ pub const META_RELEASE_ID: &str = "fly_release_id";
 pub const META_RELEASE_VERSION: &str = "fly_release_version";
 pub const META_CANARY: &str = "fly_canary";
 pub const META_BLUEGREEN_TAG: &str = "fly_bluegreen_deployment_tag";
+/// fly-go's `MachineConfigMetadataKeyFlyManagedPostgres` (with dashes, unlike the others).
+pub const META_MANAGED_POSTGRES: &str = "fly-managed-postgres";
 
 /// Process groups that are not part of the app's fleet: flyctl leaves them alone on deploy.
 pub const RELEASE_COMMAND_GROUP: &str = "fly_app_release_command";
@@ -23,6 +25,17 @@ pub const DEFAULT_GROUP: &str = "app";
 pub struct App {
     #[serde(default)]
     pub status: Option<String>,
+    /// `postgres_cluster` for a Fly Postgres app (fly-go `flaps.App.AppRole`; not in the
+    /// Machines API's OpenAPI file, which the API answers it beside).
+    #[serde(default)]
+    pub app_role: Option<String>,
+}
+
+impl App {
+    /// fly-go's `App.IsPostgresApp`.
+    pub fn is_postgres(&self) -> bool {
+        self.app_role.as_deref() == Some("postgres_cluster")
+    }
 }
 
 /// A volume, as far as placing a new machine on it goes.
@@ -45,13 +58,14 @@ pub struct Volume {
 }
 
 impl Volume {
-    /// Named `name`, in `region`, mounted by no machine nor allocation, on a host that answers:
-    /// one a new machine there can take (flyctl's `setVolumes`, `internal/command/deploy/
-    /// machines.go`, counts only those as unattached).
+    /// Named `name`, in `region` (any region when empty, as flyctl's `popVolumeFor` takes
+    /// one for a new machine without a primary_region), mounted by no machine nor allocation,
+    /// on a host that answers: one a new machine there can take (flyctl's `setVolumes`,
+    /// `internal/command/deploy/machines.go`, counts only those as unattached).
     pub fn is_free(&self, name: &str, region: &str) -> bool {
         let empty = |v: &Option<String>| v.as_deref().is_none_or(str::is_empty);
         self.name == name
-            && self.region == region
+            && (region.is_empty() || self.region == region)
             && empty(&self.attached_machine_id)
             && empty(&self.attached_alloc_id)
             && self.host_status.as_deref().is_none_or(|s| s == "ok")
@@ -221,7 +235,10 @@ impl Machine {
     }
 
     /// Fly cannot reach the machine's host (`host_status` other than `ok`): it cannot be
-    /// updated where it is (flyctl `machines_launchinput.go` replaces it).
+    /// updated where it is (flyctl `machines_launchinput.go` replaces it). A machine the API
+    /// gives no `host_status` for counts as reachable, on purpose: flyctl would replace it
+    /// (`HostStatus != "ok"`), and destroying machines over a missing field is the worse
+    /// mistake.
     pub fn host_unavailable(&self) -> bool {
         self.host_status.as_deref().is_some_and(|s| s != "ok")
     }
@@ -363,6 +380,8 @@ mod tests {
         assert!(!m.is_platform_v2());
     }
 
+    /// flyctl `plan_test.go`, `TestSkipLaunch` (the cases of machines that exist; a new
+    /// machine is created launched, a new standby stopped: `GroupChanges::create`).
     #[test]
     fn skip_launch_for_stopped_machines_and_standbys() {
         // flyctl's `shouldSkipLaunch` looks at the state first: a started standby is launched,
@@ -382,6 +401,8 @@ mod tests {
         }
     }
 
+    /// flyctl `strategy_bluegreen_test.go`, `TestMachineHasConfiguredChecks`: top-level and
+    /// service checks count, a service without checks does not.
     #[test]
     fn checks_are_counted_across_top_level_and_services() {
         let config = json!({

@@ -8,6 +8,11 @@
 //! marks and destroyed first: greens that never took traffic (still cordoned, with a tag no
 //! serving machine carries), and blues that had already handed traffic over (tagged
 //! `safe_to_destroy`).
+//!
+//! flyctl also refuses an app whose reachable machines run different images
+//! (`DetectMultipleImageVersions`), its guard against such leftovers; nixfly, which tells
+//! leftovers by those marks, replaces every blue whatever image it runs (README: where nixfly
+//! differs on purpose).
 
 use super::error::RolloutError;
 use super::health::wait_for_state;
@@ -117,17 +122,50 @@ async fn create_greens(ctx: &Ctx, blues: &[&Machine]) -> Result<Vec<Machine>, Ro
 /// Ids of the blues whose greens start although the blue is stopped: the first machine of each
 /// group that has checks and no running machine.
 fn force_started<'a>(ctx: &Ctx, blues: &[&'a Machine]) -> BTreeSet<&'a str> {
-    let mut groups: Vec<&str> = blues.iter().map(|m| m.process_group()).collect();
+    let entries: Vec<GreenStart<'_>> = blues
+        .iter()
+        .map(|m| GreenStart {
+            group: m.process_group(),
+            launches: launches(m),
+            has_checks: config_check_count(&ctx.change.apply(&m.config)) > 0,
+        })
+        .collect();
+    representatives(&entries)
+        .into_iter()
+        .map(|i| blues[i].id.as_str())
+        .collect()
+}
+
+/// A green starts when its blue runs; a standby's green stays a stopped standby, whatever
+/// state the blue is in.
+fn launches(blue: &Machine) -> bool {
+    !blue.should_skip_launch() && !blue.is_standby()
+}
+
+/// What `representatives` needs to know of a blue.
+struct GreenStart<'a> {
+    group: &'a str,
+    /// Its green starts on its own (`launches`).
+    launches: bool,
+    /// Its new config has checks.
+    has_checks: bool,
+}
+
+/// flyctl's `forceStartRepresentatives` (`strategy_bluegreen.go`): for each process group
+/// with checks where no green would start, the index of its first blue, whose green is
+/// started to put the new config to its checks; the other greens mirror their blues.
+fn representatives(blues: &[GreenStart<'_>]) -> BTreeSet<usize> {
+    let mut groups: Vec<&str> = blues.iter().map(|b| b.group).collect();
+    groups.sort_unstable();
     groups.dedup();
     groups
         .into_iter()
         .filter_map(|group| {
-            let members: Vec<&&Machine> = blues.iter().filter(|m| m.process_group() == group).collect();
-            let has_checks = members
-                .iter()
-                .any(|m| config_check_count(&ctx.change.apply(&m.config)) > 0);
-            let any_running = members.iter().any(|m| !m.should_skip_launch() && !m.is_standby());
-            (has_checks && !any_running).then(|| members[0].id.as_str())
+            let members = || blues.iter().enumerate().filter(|(_, b)| b.group == group);
+            let has_checks = members().any(|(_, b)| b.has_checks);
+            let any_starts = members().any(|(_, b)| b.launches);
+            let first = members().map(|(i, _)| i).next()?;
+            (has_checks && !any_starts).then_some(first)
         })
         .collect()
 }
@@ -141,8 +179,7 @@ async fn create_green(
     let group = blue.process_group();
     let mut config = ctx.change.apply(&blue.config);
     config["metadata"][META_BLUEGREEN_TAG] = Value::String(tag.to_string());
-    // A standby's green stays a stopped standby, whatever state the blue is in.
-    let launch = force_start || (!blue.should_skip_launch() && !blue.is_standby());
+    let launch = force_start || launches(blue);
     let mut body = json!({
         "config": config,
         "skip_launch": !launch,
@@ -183,7 +220,11 @@ async fn uncordon(ctx: &Ctx, greens: &[Machine]) -> Result<(), RolloutError> {
 /// greens, then forget the blues) cordon, stop gracefully, wait for stopped, destroy. Nothing
 /// here fails the deploy, as in flyctl: a blue that cannot be cordoned or stopped is still
 /// destroyed, and one that cannot be destroyed is named with the command that removes it.
+/// A blue whose host Fly cannot reach could not answer a cordon or a stop: it is only
+/// destroyed, with force and without a lease (flyctl `strategy_bluegreen.go`,
+/// `CordonBlueMachines`, `StopBlueMachines`, `DestroyBlueMachines`: `hostIsOk`).
 async fn cut_over(ctx: &Ctx, blues: &[&Machine]) {
+    let reachable: Vec<&Machine> = blues.iter().copied().filter(|b| !b.host_unavailable()).collect();
     each_blue(ctx, blues, "tagging", |blue| async move {
         let nonce = ctx.leases.nonce(&blue.id);
         ctx.api
@@ -193,12 +234,16 @@ async fn cut_over(ctx: &Ctx, blues: &[&Machine]) {
     })
     .await;
     tokio::time::sleep(ctx.spec.bluegreen_wait).await;
-    each_blue(ctx, blues, "cordoning", |blue| {
+    each_blue(ctx, &reachable, "cordoning", |blue| {
         machine_action(ctx, &blue.id, "cordon")
     })
     .await;
     tokio::time::sleep(ctx.spec.bluegreen_wait).await;
-    let running: Vec<&Machine> = blues.iter().copied().filter(|b| b.state != "stopped").collect();
+    let running: Vec<&Machine> = reachable
+        .iter()
+        .copied()
+        .filter(|b| b.state != "stopped")
+        .collect();
     each_blue(ctx, &running, "stopping", |blue| async move {
         ctx.status(&blue.id, blue.process_group(), "stopping");
         machine_action(ctx, &blue.id, "stop").await?;
@@ -305,6 +350,55 @@ mod tests {
         // a2 was cordoned by hand: its deploy's tag still serves on a1.
         assert_eq!(ids(&leftovers), ["a3", "a4"]);
         assert_eq!(ids(&blues), ["a1", "a2", "a5"]);
+    }
+
+    fn entry(group: &str, stopped: bool, has_checks: bool) -> GreenStart<'_> {
+        GreenStart {
+            group,
+            launches: !stopped,
+            has_checks,
+        }
+    }
+
+    fn forced(blues: &[GreenStart<'_>]) -> Vec<usize> {
+        representatives(blues).into_iter().collect()
+    }
+
+    /// flyctl `strategy_bluegreen_test.go`, `TestForceStartRepresentatives`, case by case, and
+    /// `TestCreateGreenMachinesMirrorsBlueSkipLaunchForNonRepresentatives` (three stopped
+    /// blues with checks: exactly one green started).
+    #[test]
+    fn one_green_per_stopped_group_with_checks_is_started() {
+        // A stopped group with checks: its first machine.
+        assert_eq!(forced(&[entry("app", true, true)]), [0]);
+        // Without checks: none, the green mirrors the stopped blue.
+        assert!(forced(&[entry("worker", true, false)]).is_empty());
+        // A machine that starts anyway is enough.
+        assert!(forced(&[entry("app", true, true), entry("app", false, true)]).is_empty());
+        // Several stopped in one group: only the first.
+        assert_eq!(
+            forced(&[
+                entry("app", true, true),
+                entry("app", true, true),
+                entry("app", true, true)
+            ]),
+            [0]
+        );
+        // One per group, each group's first.
+        assert_eq!(
+            forced(&[
+                entry("app", true, true),
+                entry("worker", true, true),
+                entry("app", true, true),
+                entry("worker", true, true),
+            ]),
+            [0, 1]
+        );
+        // Only the groups with checks.
+        assert_eq!(
+            forced(&[entry("app", true, true), entry("worker", true, false)]),
+            [0]
+        );
     }
 
     #[test]

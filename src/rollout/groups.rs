@@ -44,15 +44,17 @@ pub enum GroupError {
         change: VolumeChange,
     },
     #[error(
-        "new machines for process group(s) {groups} mount a volume, which needs a region: set \
-         primary_region in fly.toml"
+        "the first deploy creates a volume for process group(s) {groups}, and a volume needs a \
+         region: set primary_region in fly.toml"
     )]
     NoRegion { groups: String },
     #[error(
-        "{what} in process group {group} requires an unattached volume {volume:?} in {region}, \
+        "{what} in process group {group} requires an unattached volume {volume:?} in {place}, \
          and the app has {free_text}: create {create_text} with `fly volume create {volume} \
-         --region {region}{count}` and deploy again (after an app's first deploy, new volumes are \
+         --region {flag}{count}` and deploy again (after an app's first deploy, new volumes are \
          made by hand, as with `fly deploy`)",
+        place = if region.is_empty() { "any region" } else { region },
+        flag = if region.is_empty() { "REGION" } else { region },
         free_text = if *free == 0 { "none".to_string() } else { format!("only {free} for {needed} machines") },
         create_text = if needed - free == 1 { "it".to_string() } else { format!("{} more", needed - free) },
         count = if needed - free == 1 { String::new() } else { format!(" --count {}", needed - free) },
@@ -62,6 +64,7 @@ pub enum GroupError {
         what: String,
         group: String,
         volume: String,
+        /// Empty: any region (new machines without a primary_region).
         region: String,
         needed: usize,
         free: usize,
@@ -116,8 +119,9 @@ pub struct GroupChanges {
     pub replacements: Vec<VolumeReplacement>,
     /// Groups with machines but gone from fly.toml.
     pub removed: BTreeMap<String, Vec<Machine>>,
-    /// Where new machines go: fly.toml's primary_region; empty without one, and then Fly
-    /// places them (only for groups without a volume).
+    /// Where new machines go: fly.toml's primary_region. Empty without one: the create names
+    /// no region and Fly places the machine (with its volume, if it mounts one), as flyctl's
+    /// `launchInputForLaunch` sends `md.appConfig.PrimaryRegion` as it is.
     pub region: String,
     /// Addresses to allocate: only on the app's first deploy, as flyctl does.
     pub public_ips: PublicIps,
@@ -227,18 +231,18 @@ impl GroupChanges {
                 source,
             })?);
         }
-        // Without primary_region flyctl sends new machines no region and Fly places them
-        // (`machines_launchinput.go`, `launchInputForLaunch`: the config's PrimaryRegion, empty
-        // or not). A volume needs one, though.
         let region = spec.primary_region.clone().unwrap_or_default();
-        let with_volume: Vec<&str> = launches
+        // A first deploy creates the volumes new machines mount (`volume_for`), and a volume is
+        // made in a region. flyctl would send the create with an empty one (`deploy_first.go`);
+        // what Fly does with that is not known, so nixfly asks for primary_region instead.
+        let creating: Vec<&str> = launches
             .iter()
             .filter(|l| l.volume.is_some())
             .map(|l| l.group.as_str())
             .collect();
-        if region.is_empty() && !with_volume.is_empty() {
+        if region.is_empty() && first_deploy && !creating.is_empty() {
             return Err(GroupError::NoRegion {
-                groups: with_volume.join(", "),
+                groups: creating.join(", "),
             });
         }
         let changes = GroupChanges {
@@ -281,7 +285,7 @@ impl GroupChanges {
                 launch.count,
                 if launch.standby { " and 1 standby" } else { "" },
                 if self.region.is_empty() {
-                    "the region Fly picks (no primary_region)"
+                    "a region Fly picks (no primary_region)"
                 } else {
                     &self.region
                 },
@@ -561,9 +565,13 @@ impl GroupChanges {
         for (group, machines) in &self.removed {
             for machine in machines {
                 ctx.mark_changing();
-                ctx.leases
-                    .acquire(&machine.id, group, ctx.spec.lease_wait, &ctx.reporter)
-                    .await?;
+                // One on a host Fly cannot reach is destroyed without a lease (as `deploy`
+                // leases none there).
+                if !machine.host_unavailable() {
+                    ctx.leases
+                        .acquire(&machine.id, group, ctx.spec.lease_wait, &ctx.reporter)
+                        .await?;
+                }
                 ctx.destroy(&machine.id, group).await?;
                 ctx.done(&machine.id, group, "destroyed (group gone from fly.toml)", true);
             }

@@ -20,6 +20,9 @@ mod rolling;
 mod update;
 pub mod waves;
 
+#[cfg(test)]
+mod launch_input_tests;
+
 pub use release_command::ReleaseCommand;
 
 use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_ROLLED_BACK, ExitCodeError, chain_text};
@@ -166,6 +169,8 @@ pub async fn run(
         release_id: None,
         release_version: None,
         fly_toml: fly_toml_configs,
+        host_dedication_id: spec.host_dedication_id.clone(),
+        postgres: app.is_postgres(),
     };
     validate(&spec, &fleet, &groups, &change, fly_toml.as_ref())?;
     // flyctl makes no canary on a first deploy (`deployMachinesApp`).
@@ -265,13 +270,7 @@ fn validate(
             spec.app
         );
     }
-    // A machine on a host Fly cannot reach is replaced; one whose volume is on that host
-    // cannot be, and flyctl stops before any change (machines_launchinput.go).
-    if let Some((machine, volume)) = fleet
-        .machines()
-        .filter(|m| m.host_unavailable())
-        .find_map(|m| m.volume().map(|v| (m, v)))
-    {
+    if let Some((machine, volume)) = unreachable_with_volume(fleet.machines(), change) {
         return Err(RolloutError::HostUnavailableWithVolume {
             machine: machine.id.clone(),
             volume: volume.to_string(),
@@ -341,6 +340,25 @@ fn validate(
         }
     }
     Ok(())
+}
+
+/// A machine on a host Fly cannot reach is replaced; one that keeps its volume, which is on
+/// that host, cannot be, and flyctl stops before any change (`machines_launchinput.go`,
+/// `launchInputForUpdate`: the volume is the one the new config mounts). One whose
+/// `[[mounts]]` fly.toml dropped is replaced by a machine without a volume.
+fn unreachable_with_volume<'a>(
+    machines: impl Iterator<Item = &'a Machine>,
+    change: &ConfigChange,
+) -> Option<(&'a Machine, &'a str)> {
+    machines.filter(|m| m.host_unavailable()).find_map(|m| {
+        let volume = m.volume()?;
+        let kept = change
+            .apply(&m.config)
+            .pointer("/mounts/0/volume")
+            .and_then(Value::as_str)
+            == Some(volume);
+        kept.then_some((m, volume))
+    })
 }
 
 /// `host/repo@digest` for `host/repo:tag@digest` (a reference without a digest is kept).
@@ -559,7 +577,10 @@ async fn deploy(
     if let Some(rc) = &ctx.spec.release_command {
         release_command::run(ctx, rc, fleet).await?;
     }
-    let mut acquiring = futures::stream::iter(fleet.machines())
+    // No lease on a machine whose host Fly cannot reach: it could not answer, and the deploy
+    // only replaces or destroys it, with no nonce (flyctl `internal/machine/lease.go` skips
+    // them; `strategy_bluegreen.go` destroys them without one).
+    let mut acquiring = futures::stream::iter(fleet.machines().filter(|m| !m.host_unavailable()))
         .map(|machine| {
             let group = machine.process_group();
             ctx.status(&machine.id, group, "waiting for lease");

@@ -4,7 +4,7 @@
 use super::error::RolloutError;
 use super::health::{wait_for_new_machine, wait_for_state};
 use super::update::Ctx;
-use super::waves::Fleet;
+use super::waves::{ConfigChange, Fleet};
 use crate::fly::types::{
     META_PLATFORM_VERSION, META_PROCESS_GROUP, META_RELEASE_ID, META_RELEASE_VERSION, Machine, MachineEvent,
     RELEASE_COMMAND_GROUP,
@@ -32,19 +32,26 @@ fn default_guest() -> Value {
     json!({"cpu_kind": "shared", "cpus": 2, "memory_mb": 512})
 }
 
-/// The temporary machine's create request.
-pub fn machine_request(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<Value, RolloutError> {
+/// The temporary machine's create request, as flyctl's `launchInputForReleaseCommand`
+/// (`machines_releasecommand.go`) and `ToReleaseMachineConfig` (`appconfig/machines.go`)
+/// make it. `primary_region` is fly.toml's: only it sets `PRIMARY_REGION` (else `[env]`'s, or
+/// without a fly.toml the app machine's, stays); without it the machine goes to the region of
+/// an app machine.
+pub fn machine_request(
+    change: &ConfigChange,
+    primary_region: Option<&str>,
+    rc: &ReleaseCommand,
+    fleet: &Fleet,
+) -> Result<Value, RolloutError> {
     let cmd = shell_words::split(&rc.command).map_err(|err| RolloutError::ReleaseCommandInvalid {
         command: rc.command.clone(),
         reason: err.to_string(),
     })?;
     let template = fleet.machines().next();
-    let region = ctx
-        .spec
-        .primary_region
-        .clone()
+    let region = primary_region
+        .map(str::to_string)
         .or_else(|| template.and_then(|m| m.region.clone()));
-    let mut env: Map<String, Value> = match &ctx.change.env {
+    let mut env: Map<String, Value> = match &change.env {
         Some(env) => env
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
@@ -57,28 +64,32 @@ pub fn machine_request(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<
     };
     env.insert("RELEASE_COMMAND".into(), "1".into());
     env.insert("FLY_PROCESS_GROUP".into(), RELEASE_COMMAND_GROUP.into());
-    if let Some(region) = &region {
-        env.insert("PRIMARY_REGION".into(), Value::String(region.clone()));
+    if let Some(region) = primary_region {
+        env.insert("PRIMARY_REGION".into(), region.into());
     }
-    let guest = rc
+    let mut guest = rc
         .guest
         .clone()
         .or_else(|| largest_guest(fleet, &rc.default_group))
         .unwrap_or_else(default_guest);
+    // On fly.toml's host dedication too, as flyctl puts it on the release command's guest.
+    if let Some(host) = &change.host_dedication_id {
+        guest["host_dedication_id"] = Value::String(host.clone());
+    }
     let mut metadata = json!({
         META_PLATFORM_VERSION: "v2",
         META_PROCESS_GROUP: RELEASE_COMMAND_GROUP,
     });
-    if let Some(id) = &ctx.change.release_id {
+    if let Some(id) = &change.release_id {
         metadata[META_RELEASE_ID] = Value::String(id.clone());
     }
-    if let Some(version) = &ctx.change.release_version {
+    if let Some(version) = &change.release_version {
         metadata[META_RELEASE_VERSION] = Value::String(version.clone());
     }
     let mut body = json!({
         "skip_launch": true,
         "config": {
-            "image": ctx.change.image,
+            "image": change.image,
             "init": {"cmd": cmd},
             "restart": {"policy": "no"},
             "auto_destroy": true,
@@ -131,7 +142,7 @@ pub async fn run(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<(), Ro
             ));
         }
     }
-    let body = machine_request(ctx, rc, fleet)?;
+    let body = machine_request(&ctx.change, ctx.spec.primary_region.as_deref(), rc, fleet)?;
     ctx.reporter
         .info(format!("running release_command `{}`", rc.command));
     let machine = ctx
@@ -265,6 +276,102 @@ fn exit_of_last_run(machine: &Machine) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fly::appconfig::AppConfig;
+
+    fn release_command(toml: &str, machines: Vec<Machine>) -> Value {
+        let config = AppConfig::parse(toml, std::path::Path::new("fly.toml"))
+            .unwrap()
+            .0;
+        let rc = ReleaseCommand {
+            command: config.deploy.release_command.clone().unwrap(),
+            timeout: Duration::from_secs(300),
+            guest: None,
+            default_group: config.default_group(),
+            fly_toml: config.release_command_config().unwrap(),
+        };
+        let change = ConfigChange {
+            image: "super/balloon".into(),
+            env: Some(config.env.clone()),
+            host_dedication_id: config.host_dedication_id.clone(),
+            ..ConfigChange::default()
+        };
+        machine_request(
+            &change,
+            config.primary_region.as_deref(),
+            &rc,
+            &Fleet::classify(machines),
+        )
+        .unwrap()
+    }
+
+    /// flyctl `machines_test.go`, `Test_resolveUpdatedMachineConfig_ReleaseCommand` (the release
+    /// command half): the command split into `init.cmd`, fly.toml's env (its
+    /// `PRIMARY_REGION` as `[env]` has it: there is no primary_region) with `RELEASE_COMMAND`
+    /// and the release command's process group, no restart, destroyed when done, out of DNS,
+    /// `shared-cpu-2x` when the app has no machine to take a guest from, created stopped; and
+    /// none of the app machine's metrics, mounts, statics, services or checks.
+    #[test]
+    fn the_release_command_machine_is_flyctls() {
+        let body = release_command(
+            "app = \"my-cool-app\"\n[env]\nPRIMARY_REGION = \"scl\"\nOTHER = \"value\"\n\
+             [metrics]\nport = 9000\npath = \"/prometheus\"\n\
+             [deploy]\nrelease_command = \"touch sky\"\n\
+             [mounts]\nsource = \"data\"\ndestination = \"/data\"\n\
+             [checks.alive]\nport = 8080\ntype = \"tcp\"\n\
+             [[statics]]\nguest_path = \"/app/assets\"\nurl_prefix = \"/statics\"\n\
+             [[services]]\nprotocol = \"tcp\"\ninternal_port = 8080\n",
+            Vec::new(),
+        );
+        assert_eq!(body["skip_launch"], true);
+        assert!(body.get("region").is_none(), "{body}");
+        assert_eq!(
+            body["config"],
+            json!({
+                "image": "super/balloon",
+                "init": {"cmd": ["touch", "sky"]},
+                "env": {
+                    "PRIMARY_REGION": "scl",
+                    "OTHER": "value",
+                    "RELEASE_COMMAND": "1",
+                    "FLY_PROCESS_GROUP": "fly_app_release_command",
+                },
+                "metadata": {
+                    "fly_platform_version": "v2",
+                    "fly_process_group": "fly_app_release_command",
+                },
+                "restart": {"policy": "no"},
+                "auto_destroy": true,
+                "dns": {"skip_registration": true},
+                "guest": {"cpu_kind": "shared", "cpus": 2, "memory_mb": 512},
+            })
+        );
+    }
+
+    /// The rules of flyctl's `launchInputForReleaseCommand` and `ToReleaseMachineConfig`
+    /// behind the test above: only `primary_region` sets `PRIMARY_REGION` (an app machine
+    /// elsewhere does not), and fly.toml's `host_dedication_id` goes on the guest, which
+    /// comes from the default group's largest machine.
+    #[test]
+    fn the_release_command_keeps_envs_primary_region_and_takes_the_host_dedication() {
+        let app_machine: Machine = serde_json::from_value(json!({
+            "id": "m1", "state": "started", "region": "ams",
+            "config": {"metadata": {"fly_platform_version": "v2", "fly_process_group": "app"},
+                       "guest": {"cpu_kind": "performance", "cpus": 1, "memory_mb": 2048}},
+        }))
+        .unwrap();
+        let body = release_command(
+            "app = \"a\"\nhost_dedication_id = \"host-a\"\n[env]\nPRIMARY_REGION = \"scl\"\n\
+             [deploy]\nrelease_command = \"touch sky\"\n",
+            vec![app_machine],
+        );
+        assert_eq!(body["config"]["env"]["PRIMARY_REGION"], "scl");
+        assert_eq!(body["region"], "ams");
+        assert_eq!(
+            body["config"]["guest"],
+            json!({"cpu_kind": "performance", "cpus": 1, "memory_mb": 2048,
+                   "host_dedication_id": "host-a"})
+        );
+    }
 
     #[test]
     fn exit_code_comes_from_the_run_after_the_latest_start() {

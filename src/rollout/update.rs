@@ -178,29 +178,12 @@ impl Ctx {
     ) -> Result<&'static str, RolloutError> {
         let group = machine.process_group();
         self.status(&machine.id, group, verb);
-        // An update cannot attach, detach or swap a volume: flyctl replaces the machine
-        // (`machines_launchinput.go`, `launchInputForUpdate`; `machines_deploymachinesapp.go`,
-        // `updateMachineByReplace`), whatever its host's state.
-        if let Some(why) = volume_swap(machine, &config) {
-            return self.replace_for_volume(machine, config, wait, why).await;
-        }
-        if machine.host_unavailable() {
-            let why = format!(
-                "its host is {}",
-                machine.host_status.as_deref().unwrap_or("unknown")
-            );
-            return self.replace(machine, config, wait, why).await;
-        }
-        // A machine on another host dedication than fly.toml's cannot be moved by an update:
-        // flyctl replaces it (`machines_launchinput.go`, `launchInputForUpdate`), and refuses
-        // when its volume ties it to its host (`replace` says so).
-        if let Some(wanted) = &self.spec.host_dedication_id
-            && machine.host_dedication_id() != Some(wanted.as_str())
-        {
-            let mut config = config;
-            config["guest"]["host_dedication_id"] = Value::String(wanted.clone());
-            let why = format!("fly.toml's host_dedication_id is {wanted}");
-            return self.replace(machine, config, wait, why).await;
+        match replacement(machine, &config, self.spec.host_dedication_id.as_deref()) {
+            Some(Replacement::Volume(why)) => {
+                return self.replace_for_volume(machine, config, wait, why).await;
+            }
+            Some(Replacement::Host(why)) => return self.replace(machine, config, wait, why).await,
+            None => {}
         }
         let skip_launch = machine.should_skip_launch();
         let body = update_body(machine, config.clone(), skip_launch);
@@ -558,6 +541,44 @@ impl Ctx {
             })?;
         self.leases.forget(machine);
         Ok(())
+    }
+}
+
+/// Why a machine is replaced rather than updated: flyctl's `RequiresReplacement`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Replacement {
+    /// The new config mounts another volume than the machine (or one, or none): the
+    /// replacement mounts fly.toml's.
+    Volume(String),
+    /// The machine cannot stay where it is (its host, or its host dedication): without a
+    /// volume it moves, with one the deploy stops (`Ctx::replace`).
+    Host(String),
+}
+
+/// Whether `machine` is replaced by a new machine with `config` instead of updated into it,
+/// as flyctl's `launchInputForUpdate` (`internal/command/deploy/machines_launchinput.go`) sets
+/// `RequiresReplacement`: an update cannot attach, detach or swap a volume (whatever the
+/// host's state), cannot reach a machine whose host is not `ok`, and cannot move one to
+/// fly.toml's `host_dedication_id` (`ConfigChange::apply` puts that in `config`).
+pub(super) fn replacement(
+    machine: &Machine,
+    config: &Value,
+    host_dedication_id: Option<&str>,
+) -> Option<Replacement> {
+    if let Some(why) = volume_swap(machine, config) {
+        return Some(Replacement::Volume(why));
+    }
+    if machine.host_unavailable() {
+        return Some(Replacement::Host(format!(
+            "its host is {}",
+            machine.host_status.as_deref().unwrap_or("unknown")
+        )));
+    }
+    match host_dedication_id {
+        Some(wanted) if machine.host_dedication_id() != Some(wanted) => Some(Replacement::Host(format!(
+            "fly.toml's host_dedication_id is {wanted}"
+        ))),
+        _ => None,
     }
 }
 

@@ -3,8 +3,8 @@
 
 use crate::fly::appconfig::{self, MaxUnavailable, Strategy};
 use crate::fly::types::{
-    CONSOLE_GROUP, DEFAULT_GROUP, META_RELEASE_ID, META_RELEASE_VERSION, Machine, RELEASE_COMMAND_GROUP,
-    normalize_config_for_request,
+    CONSOLE_GROUP, DEFAULT_GROUP, META_MANAGED_POSTGRES, META_RELEASE_ID, META_RELEASE_VERSION, Machine,
+    RELEASE_COMMAND_GROUP, normalize_config_for_request,
 };
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -119,16 +119,21 @@ impl<'a> Pool<'a> {
 /// The order a rolling update takes within one group, as flyctl's
 /// `updateUsingRollingStrategy` (internal/command/deploy/machines_deploymachinesapp.go) does
 /// it: the running machines in a pool of `max_unavailable`, and beside them, at the same
-/// time, the stopped ones in their own pool; each pool in id order, its first machine alone.
+/// time, the others in their own pool; each pool in id order, its first machine alone.
 #[derive(Debug)]
 pub struct RollingOrder<'a> {
+    /// The machines in state `started`: they take traffic.
     pub running: Pool<'a>,
+    /// Every other machine: stopped or suspended ones (left stopped), and `starting` or
+    /// `failed` ones, which are launched (`Machine::should_skip_launch`) but serve no traffic
+    /// yet, so flyctl counts them with the stopped ones.
     pub stopped: Pool<'a>,
 }
 
 pub fn rolling_order(machines: &[Machine], max_unavailable: MaxUnavailable) -> RollingOrder<'_> {
-    let (stopped, running): (Vec<&Machine>, Vec<&Machine>) =
-        machines.iter().partition(|m| m.should_skip_launch());
+    // flyctl's warm machines are those whose state is exactly "started".
+    let (running, stopped): (Vec<&Machine>, Vec<&Machine>) =
+        machines.iter().partition(|m| m.state == "started");
     let running_pool = max_unavailable.pool_size(running.len());
     let stopped_pool = stopped.len().min(STOPPED_POOL);
     RollingOrder {
@@ -171,6 +176,14 @@ pub struct ConfigChange {
     /// fly.toml's machine config per process group (when there is a fly.toml): laid over each
     /// machine of the group first, as flyctl rebuilds the config on every deploy.
     pub fly_toml: BTreeMap<String, Value>,
+    /// fly.toml's top-level `host_dedication_id`: every machine asks for it, as flyctl's
+    /// `launchInputForUpdate` sets it on one whose guest differs, replacements included
+    /// (`Ctx::put_config` replaces the machines on another host dedication).
+    pub host_dedication_id: Option<String>,
+    /// The app is a Fly Postgres cluster (app_role `postgres_cluster`): its machines carry
+    /// `fly-managed-postgres`, which every other app's machines lose, as flyctl's
+    /// `setMachineReleaseData` (`machines_launchinput.go`) does on every deploy.
+    pub postgres: bool,
 }
 
 impl ConfigChange {
@@ -212,6 +225,14 @@ impl ConfigChange {
                     metadata.insert(key.into(), Value::String(value.clone()));
                 }
             }
+            if self.postgres {
+                metadata.insert(META_MANAGED_POSTGRES.into(), "true".into());
+            } else {
+                metadata.remove(META_MANAGED_POSTGRES);
+            }
+        }
+        if let Some(host) = &self.host_dedication_id {
+            config["guest"]["host_dedication_id"] = Value::String(host.clone());
         }
         normalize_config_for_request(&mut config);
         config
@@ -357,6 +378,27 @@ mod tests {
         assert_eq!(tiny.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1]);
     }
 
+    /// flyctl `machines_deploymachinesapp.go`, `updateUsingRollingStrategy` (and the warm test
+    /// of `plan.go`'s `updateMachinesWRecovery`): only `started` machines are warm and count
+    /// for `max_unavailable`; a `starting` or `failed` one goes with the stopped ones, in the
+    /// pool of up to 30 beside them (it is still launched: `skip_launch` is false for it).
+    #[test]
+    fn starting_and_failed_machines_are_pooled_with_the_stopped_ones() {
+        let machines = vec![
+            m("a", "app", "started"),
+            m("b", "app", "failed"),
+            m("c", "app", "started"),
+            m("d", "app", "starting"),
+            m("e", "app", "stopped"),
+            m("f", "app", "started"),
+        ];
+        let order = rolling_order(&machines, MaxUnavailable::Fraction(0.5));
+        // 3 warm machines * 0.5 = 1.5 -> 2 at a time after the first.
+        assert_eq!(ids(&order.running.waves()), vec![vec!["a"], vec!["c", "f"]]);
+        assert_eq!(ids(&order.stopped.waves()), vec![vec!["b"], vec!["d", "e"]]);
+        assert!(!machines[1].should_skip_launch() && !machines[3].should_skip_launch());
+    }
+
     #[test]
     fn all_stopped_group_has_only_the_stopped_pool() {
         let machines = vec![m("a", "app", "stopped"), m("b", "app", "stopped")];
@@ -398,7 +440,7 @@ mod tests {
             ])),
             release_id: Some("r1".into()),
             release_version: Some("4".into()),
-            fly_toml: BTreeMap::new(),
+            ..ConfigChange::default()
         };
         let config = change.apply(&current);
         assert_eq!(config["image"], "new@sha256:bb");

@@ -1115,8 +1115,8 @@ fn without_primary_region_fly_places_new_machines_and_only_a_volume_needs_one() 
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(
-            "new machines for process group(s) app mount a volume, which needs a region: set \
-             primary_region in fly.toml"
+            "the first deploy creates a volume for process group(s) app, and a volume needs a \
+             region: set primary_region in fly.toml"
         ),
         "{}",
         stderr(&out)

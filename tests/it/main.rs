@@ -25,6 +25,7 @@ mod registry_creds;
 mod registry_push;
 mod rollout_failures;
 mod rollout_fly_parity;
+mod rollout_flyctl_oracle;
 mod rollout_rolling;
 mod rollout_strategies;
 mod rollout_tag;

@@ -322,3 +322,21 @@ fn normalize(value: &Value, key: &str, top: bool) -> Option<Value> {
         other => Some(other.clone()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// flyctl `plan_test.go`, `TestCompareConfig`: two configs that differ only in
+    /// `fly_flyctl_version` are the same config; a different image is not (here the image is
+    /// the rollout's to compare, by digest: `rollout::nothing_to_deploy`).
+    #[test]
+    fn the_flyctl_version_is_no_config_change() {
+        let one = json!({"image": "image1", "metadata": {"fly_flyctl_version": "v1"}});
+        let two = json!({"image": "image1", "metadata": {"fly_flyctl_version": "v2"}});
+        assert!(diff(&one, &two).is_empty());
+        let other = json!({"image": "image1", "metadata": {"fly_flyctl_version": "v1", "team": "x"}});
+        assert_eq!(diff(&one, &other).len(), 1);
+    }
+}
