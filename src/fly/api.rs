@@ -474,9 +474,14 @@ impl MachinesApi {
     }
 
     pub async fn list_machines(&self) -> Result<Vec<Machine>, ApiError> {
-        self.http
+        let machines: Vec<Machine> = self
+            .http
             .send_json(Request::get(&["v1", "apps", &self.app, "machines"]))
-            .await
+            .await?;
+        Ok(machines
+            .into_iter()
+            .map(Machine::with_incomplete_config)
+            .collect())
     }
 
     /// The images the app's machines run now (`config.image`, as the Machines API lists
@@ -575,6 +580,7 @@ impl MachinesApi {
         self.http
             .send_json(Request::get(&["v1", "apps", &self.app, "machines", id]))
             .await
+            .map(Machine::with_incomplete_config)
     }
 
     /// `POST /machines/{id}` with the full request body (`config`, `region`, `skip_launch`, ...),
@@ -682,6 +688,7 @@ impl MachinesApi {
             // machine.
             Ok(listed
                 .into_iter()
+                .map(Machine::with_incomplete_config)
                 .find(|m| m.metadata(META_LAUNCH_ID) == Some(launch_id)))
         })
         .await

@@ -8,6 +8,10 @@ use serde_json::{Map, Value};
 /// Metadata keys flyctl and the platform use.
 pub const META_PLATFORM_VERSION: &str = "fly_platform_version";
 pub const META_PROCESS_GROUP: &str = "fly_process_group";
+/// What `fly_process_group` was called before: fly-go still reads it when the new key is
+/// missing (`machine_types.go`, `MachineConfig.ProcessGroup`), and a release-command machine
+/// of that era says `release_command` there (`IsReleaseCommandMachine`).
+pub const META_LEGACY_PROCESS_GROUP: &str = "process_group";
 pub const META_RELEASE_ID: &str = "fly_release_id";
 pub const META_RELEASE_VERSION: &str = "fly_release_version";
 pub const META_CANARY: &str = "fly_canary";
@@ -108,8 +112,13 @@ pub struct Machine {
     pub region: Option<String>,
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// The config; for a machine whose host is not `ok`, the partial one flaps sends as
+    /// `incomplete_config` instead (fly-go `machine_types.go`, `GetConfig`): see
+    /// `with_incomplete_config`.
     #[serde(default)]
     pub config: Value,
+    #[serde(default)]
+    incomplete_config: Option<Value>,
     /// Without flaps' `bg_deployments_compat*` entries (see `without_compat_checks`).
     #[serde(default, deserialize_with = "without_compat_checks")]
     pub checks: Vec<CheckStatus>,
@@ -189,6 +198,18 @@ impl MachineEvent {
 }
 
 impl Machine {
+    /// fly-go's `GetConfig`: `config`, else `incomplete_config`. The API layer applies it to
+    /// every machine it reads, so that a machine on an unreachable host keeps its process
+    /// group, image and mounts.
+    pub fn with_incomplete_config(mut self) -> Self {
+        if self.config.is_null()
+            && let Some(partial) = self.incomplete_config.take()
+        {
+            self.config = partial;
+        }
+        self
+    }
+
     pub fn image(&self) -> &str {
         self.config.get("image").and_then(Value::as_str).unwrap_or("")
     }
@@ -197,9 +218,24 @@ impl Machine {
         self.config.get("metadata")?.get(key)?.as_str()
     }
 
-    /// The process group, `app` when the machine has none (as flyctl assumes).
+    /// The process group, `app` when the machine has none (as flyctl assumes): fly-go's
+    /// `ProcessGroup`, `fly_process_group`, else the legacy `process_group`.
     pub fn process_group(&self) -> &str {
-        self.metadata(META_PROCESS_GROUP).unwrap_or(DEFAULT_GROUP)
+        self.named_group().unwrap_or(DEFAULT_GROUP)
+    }
+
+    /// The group the machine's metadata names, if any (fly-go's rule, empty values skipped).
+    pub fn named_group(&self) -> Option<&str> {
+        [META_PROCESS_GROUP, META_LEGACY_PROCESS_GROUP]
+            .into_iter()
+            .filter_map(|key| self.metadata(key))
+            .find(|group| !group.is_empty())
+    }
+
+    /// A machine a release command ran on: fly-go's `IsReleaseCommandMachine`.
+    pub fn is_release_command(&self) -> bool {
+        self.process_group() == RELEASE_COMMAND_GROUP
+            || self.metadata(META_LEGACY_PROCESS_GROUP) == Some("release_command")
     }
 
     /// Deployed by the Machines platform (not a Nomad-era or hand-made machine).
@@ -341,6 +377,24 @@ pub fn normalize_config_for_request(config: &mut Value) {
 
 #[cfg(test)]
 mod tests {
+    /// fly-go's `GetConfig` (`machine_types.go`): a machine whose host is not `ok` comes with
+    /// `incomplete_config` and no `config`; that partial config is the one to read.
+    #[test]
+    fn a_machine_without_config_is_read_from_its_incomplete_config() {
+        let partial = json!({"image": "img", "metadata": {"fly_process_group": "web"}});
+        let machine: Machine = serde_json::from_value(json!({
+            "id": "m1", "state": "started", "host_status": "unreachable",
+            "incomplete_config": partial,
+        }))
+        .unwrap();
+        let machine = machine.with_incomplete_config();
+        assert_eq!((machine.image(), machine.process_group()), ("img", "web"));
+        let full: Machine = serde_json::from_value(json!({
+            "id": "m2", "config": {"image": "full"}, "incomplete_config": {"image": "partial"},
+        }))
+        .unwrap();
+        assert_eq!(full.with_incomplete_config().image(), "full");
+    }
     use super::*;
     use serde_json::json;
 

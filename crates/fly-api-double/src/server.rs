@@ -1426,7 +1426,6 @@ pub fn machine_json(machine: &Machine, now: Instant, include_lease: bool) -> Val
         "region": machine.region,
         "instance_id": machine.version,
         "private_ip": "fdaa:0:1:a7b:1f:0:0:2",
-        "config": config,
         "image_ref": image_ref(machine.image()),
         "created_at": machine.created_at,
         "updated_at": machine.updated_at,
@@ -1435,6 +1434,16 @@ pub fn machine_json(machine: &Machine, now: Instant, include_lease: bool) -> Val
         "host_status": machine.host_status,
         "cordoned": machine.cordoned,
     });
+    // flaps cannot read the whole config of a machine whose host is not `ok`: it sends what it
+    // could piece together as `incomplete_config`, and no `config` (fly-go `machine_types.go`,
+    // `Machine.IncompleteConfig` and `GetConfig`). Which fields the partial config lacks is not
+    // documented; the double sends them all.
+    let key = if machine.host_status == "ok" {
+        "config"
+    } else {
+        "incomplete_config"
+    };
+    json[key] = config;
     if include_lease && let Some(lease) = machine.active_lease(now) {
         json["lease"] = json!({
             "owner": lease.owner,
