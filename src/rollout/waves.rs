@@ -4,7 +4,7 @@
 use crate::fly::appconfig::{self, MaxUnavailable, Strategy};
 use crate::fly::types::{
     CONSOLE_GROUP, DEFAULT_GROUP, META_MANAGED_POSTGRES, META_RELEASE_ID, META_RELEASE_VERSION, Machine,
-    RELEASE_COMMAND_GROUP, normalize_config_for_request,
+    normalize_config_for_request,
 };
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -44,18 +44,26 @@ impl Fleet {
             if machine.is_gone() {
                 continue;
             }
+            // From here on `fly_process_group` names the group: the legacy `process_group`
+            // when only that is set (fly-go's `ProcessGroup`), else fly.toml's default group
+            // (flyctl's `machineProcessGroup`). An update then writes it, as flyctl's does.
             if machine
                 .metadata(crate::fly::types::META_PROCESS_GROUP)
                 .is_none_or(str::is_empty)
-                && let Some(config) = machine.config.as_object_mut()
             {
-                let metadata = config.entry("metadata").or_insert_with(|| serde_json::json!({}));
-                if let Some(metadata) = metadata.as_object_mut() {
-                    metadata.insert(crate::fly::types::META_PROCESS_GROUP.into(), default_group.into());
+                let group = machine.named_group().unwrap_or(default_group).to_string();
+                if let Some(config) = machine.config.as_object_mut() {
+                    let metadata = config.entry("metadata").or_insert_with(|| serde_json::json!({}));
+                    if let Some(metadata) = metadata.as_object_mut() {
+                        metadata.insert(crate::fly::types::META_PROCESS_GROUP.into(), group.into());
+                    }
                 }
             }
+            if machine.is_release_command() {
+                fleet.leftover_release_machines.push(machine);
+                continue;
+            }
             match machine.process_group() {
-                RELEASE_COMMAND_GROUP => fleet.leftover_release_machines.push(machine),
                 CONSOLE_GROUP => fleet.ignored.push((machine.id, "console machine")),
                 group if !machine.is_platform_v2() => {
                     fleet.unmanaged.push((machine.id.clone(), group.to_string()));
@@ -282,6 +290,57 @@ pub fn update_body(machine: &Machine, config: Value, skip_launch: bool) -> Value
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fly::types::RELEASE_COMMAND_GROUP;
+
+    /// fly-go's `TestGetProcessGroup` and `TestIsReleaseCommandMachine` (`machine_types_test.go`):
+    /// `fly_process_group` names the group, else the legacy `process_group`; a legacy
+    /// `process_group = "release_command"` is a release-command machine. After classifying,
+    /// `fly_process_group` says it, so that the update writes it.
+    #[test]
+    fn legacy_process_group_metadata_is_read_as_fly_go_reads_it() {
+        let with = |id: &str, metadata: Value| -> Machine {
+            let mut metadata = metadata;
+            metadata["fly_platform_version"] = json!("v2");
+            serde_json::from_value(json!({
+                "id": id, "state": "started",
+                "config": {"image": "old", "metadata": metadata}
+            }))
+            .unwrap()
+        };
+        let fleet = Fleet::classify_with_default(
+            vec![
+                with("only-legacy", json!({"process_group": "web"})),
+                with(
+                    "both",
+                    json!({"process_group": "web", "fly_process_group": "worker"}),
+                ),
+                with("only-new", json!({"fly_process_group": "web"})),
+                with(
+                    "empty-new",
+                    json!({"fly_process_group": "", "process_group": "worker"}),
+                ),
+                with("legacy-release", json!({"process_group": "release_command"})),
+                with("new-release", json!({"fly_process_group": RELEASE_COMMAND_GROUP})),
+                with(
+                    "legacy-web-release",
+                    json!({"process_group": "web", "fly_process_group": RELEASE_COMMAND_GROUP}),
+                ),
+                with("none", json!({})),
+            ],
+            "app",
+        );
+        let ids = |group: &str| -> Vec<&str> { fleet.groups[group].iter().map(|m| m.id.as_str()).collect() };
+        assert_eq!(ids("web"), ["only-legacy", "only-new"]);
+        assert_eq!(ids("worker"), ["both", "empty-new"]);
+        assert_eq!(ids("app"), ["none"]);
+        let leftovers: Vec<&str> = fleet
+            .leftover_release_machines
+            .iter()
+            .map(|m| m.id.as_str())
+            .collect();
+        assert_eq!(leftovers, ["legacy-release", "new-release", "legacy-web-release"]);
+        assert_eq!(fleet.groups["web"][0].metadata("fly_process_group"), Some("web"));
+    }
 
     fn m(id: &str, group: &str, state: &str) -> Machine {
         serde_json::from_value(json!({
