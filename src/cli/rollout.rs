@@ -44,6 +44,14 @@ pub struct RolloutOptions {
     /// machines, waves, images), changing nothing: no push, no machine touched.
     #[arg(long, alias = "plan")]
     pub dry_run: bool,
+    /// Set an environment variable on every machine, over fly.toml's [env] (repeatable), as
+    /// `fly deploy -e NAME=VALUE` does. Not for secrets: use `fly secrets set`.
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE", value_parser = parse_env_flag)]
+    pub env: Vec<(String, String)>,
+    /// Where new machines, canaries and the release_command machine go, over fly.toml's
+    /// primary_region, as `fly deploy --primary-region` does.
+    #[arg(long, value_name = "REGION")]
+    pub primary_region: Option<String>,
     /// rolling, immediate, canary or bluegreen. Default: [deploy] strategy, else rolling.
     #[arg(long)]
     pub strategy: Option<Strategy>,
@@ -142,6 +150,13 @@ impl ResolvedRollout {
                 )?),
             )
         };
+        // The flags change the app config itself, as flyctl's `determineAppConfigForMachines`
+        // does: new machines, updates, the release command and the release's definition all
+        // see them.
+        let fly_toml = fly_toml.map(|mut config| {
+            config.override_from_flags(&options.env, options.primary_region.as_deref());
+            config
+        });
         Ok(ResolvedRollout {
             app: app.to_string(),
             fly_toml,
@@ -319,6 +334,14 @@ async fn resolve_tag(
     Ok(pinned)
 }
 
+/// `NAME=VALUE` of `--env`, as flyctl's `ParseKVStringsToMap` splits it: at the first `=`.
+fn parse_env_flag(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not NAME=VALUE")),
+    }
+}
+
 fn spec(app: &str, image: String, options: &RolloutOptions, fly_toml: Option<&AppConfig>) -> RolloutSpec {
     let deploy = fly_toml.map(|c| &c.deploy);
     let release_command = deploy
@@ -358,7 +381,11 @@ fn spec(app: &str, image: String, options: &RolloutOptions, fly_toml: Option<&Ap
         lease_ttl: options.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
         release_command,
         env: fly_toml.map(|c| c.env.clone()),
-        primary_region: fly_toml.and_then(|c| c.primary_region.clone()),
+        env_flags: options.env.iter().cloned().collect(),
+        primary_region: options
+            .primary_region
+            .clone()
+            .or_else(|| fly_toml.and_then(|c| c.primary_region.clone())),
         host_dedication_id: fly_toml.and_then(|c| c.host_dedication_id.clone()),
         rollback: !options.no_rollback,
         definition: fly_toml.map_or(serde_json::Value::Null, |c| c.definition.clone()),
@@ -375,6 +402,38 @@ mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
     use clap::Parser;
+
+    /// `fly deploy -e` splits at the first `=` (flyctl's `ParseKVStringsToMap`).
+    #[test]
+    fn env_flags_are_name_value_pairs_split_at_the_first_equals_sign() {
+        assert_eq!(parse_env_flag("A=b=c"), Ok(("A".to_string(), "b=c".to_string())));
+        assert_eq!(parse_env_flag("EMPTY="), Ok(("EMPTY".to_string(), String::new())));
+        assert!(parse_env_flag("=x").is_err());
+        assert!(parse_env_flag("NOVALUE").unwrap_err().contains("NAME=VALUE"));
+        let cli = Cli::try_parse_from([
+            "nixfly",
+            "deploy",
+            "img.tar",
+            "-e",
+            "A=1",
+            "--env",
+            "B=2",
+            "--primary-region",
+            "fra",
+        ])
+        .unwrap();
+        let Command::Deploy(args) = cli.command else {
+            panic!("not a deploy");
+        };
+        assert_eq!(
+            args.rollout.env,
+            [
+                ("A".to_string(), "1".to_string()),
+                ("B".to_string(), "2".to_string())
+            ]
+        );
+        assert_eq!(args.rollout.primary_region.as_deref(), Some("fra"));
+    }
 
     #[test]
     fn flag_fly_toml_and_settings_read_max_unavailable_and_durations_alike() {

@@ -36,6 +36,7 @@ fn change(config: &AppConfig, image: &str, release: Option<(&str, &str)>) -> Con
     ConfigChange {
         image: image.to_string(),
         env: Some(config.env.clone()),
+        env_flags: BTreeMap::new(),
         release_id: release.map(|(id, _)| id.to_string()),
         release_version: release.map(|(_, version)| version.to_string()),
         fly_toml: config

@@ -69,6 +69,8 @@ pub struct RolloutSpec {
     pub release_command: Option<ReleaseCommand>,
     /// fly.toml `[env]` when there is a fly.toml.
     pub env: Option<BTreeMap<String, String>>,
+    /// `--env NAME=VALUE` flags, set over `env` or the machine's own.
+    pub env_flags: BTreeMap<String, String>,
     pub primary_region: Option<String>,
     /// fly.toml's top-level `host_dedication_id`: a machine on another host dedication is
     /// replaced, as flyctl does.
@@ -166,6 +168,7 @@ pub async fn run(
     let change = ConfigChange {
         image: spec.image.clone(),
         env: spec.env.clone(),
+        env_flags: spec.env_flags.clone(),
         release_id: None,
         release_version: None,
         fly_toml: fly_toml_configs,

@@ -62,6 +62,9 @@ pub fn machine_request(
             .cloned()
             .unwrap_or_default(),
     };
+    for (name, value) in &change.env_flags {
+        env.insert(name.clone(), Value::String(value.clone()));
+    }
     env.insert("RELEASE_COMMAND".into(), "1".into());
     env.insert("FLY_PROCESS_GROUP".into(), RELEASE_COMMAND_GROUP.into());
     if let Some(region) = primary_region {

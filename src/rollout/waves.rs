@@ -179,6 +179,9 @@ pub struct ConfigChange {
     pub image: String,
     /// fly.toml `[env]`, when there is a fly.toml: it replaces the machine's env (as flyctl does).
     pub env: Option<BTreeMap<String, String>>,
+    /// `--env NAME=VALUE`: set over whatever env the machine gets, as `fly deploy -e` sets
+    /// them over the app config's env (`machines.go`, `determineAppConfigForMachines`).
+    pub env_flags: BTreeMap<String, String>,
     pub release_id: Option<String>,
     pub release_version: Option<String>,
     /// fly.toml's machine config per process group (when there is a fly.toml): laid over each
@@ -222,6 +225,17 @@ impl ConfigChange {
                 .collect();
             new.extend(env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))));
             object.insert("env".into(), Value::Object(new));
+        }
+        if !self.env_flags.is_empty() {
+            let env = object.entry("env").or_insert_with(|| json!({}));
+            if !env.is_object() {
+                *env = json!({});
+            }
+            if let Some(env) = env.as_object_mut() {
+                for (name, value) in &self.env_flags {
+                    env.insert(name.clone(), Value::String(value.clone()));
+                }
+            }
         }
         let metadata = object.entry("metadata").or_insert_with(|| json!({}));
         if let Some(metadata) = metadata.as_object_mut() {

@@ -1127,3 +1127,81 @@ fn without_primary_region_fly_places_new_machines_and_only_a_volume_needs_one() 
         fly.mutating_requests()
     );
 }
+
+/// `fly deploy -e NAME=VALUE --primary-region R` (flyctl `machines.go`,
+/// `determineAppConfigForMachines`): the flags are set over fly.toml's `[env]` and
+/// `primary_region`, for new machines, the release command and the release's definition; without
+/// a fly.toml `-e` is set over each machine's own env.
+#[test]
+fn env_and_primary_region_flags_are_set_over_fly_toml() {
+    let fly = new_app();
+    let t = TestDir::new();
+    write_fly_toml(
+        &t,
+        "app = \"demo\"\nprimary_region = \"ams\"\n[env]\nLOG_LEVEL = \"info\"\nKEEP = \"1\"\n\
+         [deploy]\nrelease_command = \"migrate\"\n[http_service]\ninternal_port = 8080\n",
+    );
+    let flags = [
+        "-e",
+        "LOG_LEVEL=debug",
+        "--env",
+        "EXTRA=a=b",
+        "--primary-region",
+        "fra",
+    ];
+    let out = run_rollout(&fly, &t, &image(1), &flags);
+    assert_success(&out);
+    let machines = group_machines(&fly, "app");
+    assert_eq!(machines.len(), 2);
+    for machine in &machines {
+        assert_eq!(machine.region, "fra");
+        let env = &machine.config["env"];
+        assert_eq!(
+            (
+                &env["LOG_LEVEL"],
+                &env["EXTRA"],
+                &env["KEEP"],
+                &env["PRIMARY_REGION"]
+            ),
+            (&json!("debug"), &json!("a=b"), &json!("1"), &json!("fra")),
+            "{env:#}"
+        );
+    }
+    let release_machine = fly
+        .requests_to("POST", "/machines")
+        .into_iter()
+        .filter_map(|r| r.body)
+        .find(|b| b["config"]["metadata"]["fly_process_group"] == "fly_app_release_command")
+        .expect("a release command machine");
+    assert_eq!(release_machine["region"], "fra");
+    assert_eq!(release_machine["config"]["env"]["EXTRA"], "a=b");
+    assert_eq!(release_machine["config"]["env"]["LOG_LEVEL"], "debug");
+    let definition = &fly.releases()[0].definition;
+    assert_eq!(definition["primary_region"], "fra");
+    assert_eq!(definition["env"]["EXTRA"], "a=b");
+    assert_no_violations(&fly);
+
+    // Without a fly.toml the machines keep their own env, with the flags over it; the same
+    // flags again change nothing.
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(
+        APP,
+        &support::fly_api::MachineSpec::new("app").count(2).env("OWN", "x"),
+    );
+    let bare = TestDir::new();
+    let out = run_rollout(&fly, &bare, &image(2), &["-e", "EXTRA=1"]);
+    assert_success(&out);
+    for id in &ids {
+        let env = &fly.machine(id).config["env"];
+        assert_eq!(
+            (&env["OWN"], &env["EXTRA"]),
+            (&json!("x"), &json!("1")),
+            "{env:#}"
+        );
+    }
+    let again = run_rollout(&fly, &bare, &image(2), &["-e", "EXTRA=1"]);
+    assert_success(&again);
+    assert!(stderr(&again).contains("nothing to deploy"), "{}", stderr(&again));
+    assert_no_violations(&fly);
+}

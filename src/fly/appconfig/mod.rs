@@ -81,6 +81,28 @@ fn list(problems: &[Problem]) -> String {
 }
 
 impl AppConfig {
+    /// `fly deploy -e NAME=VALUE` and `--primary-region`: set over `[env]` and
+    /// `primary_region`, in the config and in its `definition` (the release's record), as
+    /// flyctl's `determineAppConfigForMachines` (`internal/command/deploy/machines.go`) sets
+    /// them on the app config.
+    pub fn override_from_flags(&mut self, env: &[(String, String)], primary_region: Option<&str>) {
+        for (name, value) in env {
+            self.env.insert(name.clone(), value.clone());
+            if let Some(definition) = self.definition.as_object_mut() {
+                let section = definition.entry("env").or_insert_with(|| serde_json::json!({}));
+                if let Some(section) = section.as_object_mut() {
+                    section.insert(name.clone(), value.clone().into());
+                }
+            }
+        }
+        if let Some(region) = primary_region {
+            self.primary_region = Some(region.to_string());
+            if let Some(definition) = self.definition.as_object_mut() {
+                definition.insert("primary_region".into(), region.into());
+            }
+        }
+    }
+
     /// Read and validate fly.toml at `path`.
     pub fn load(path: &Path) -> Result<(AppConfig, Vec<Warning>), AppConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| AppConfigError::Read {
