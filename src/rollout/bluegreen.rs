@@ -136,10 +136,12 @@ fn force_started<'a>(ctx: &Ctx, blues: &[&'a Machine]) -> BTreeSet<&'a str> {
         .collect()
 }
 
-/// A green starts when its blue runs; a standby's green stays a stopped standby, whatever
-/// state the blue is in.
+/// A green starts when its blue runs, a running standby's too (one that took over for its
+/// machine): flyctl's greens take `launchInputForUpdate`'s `SkipLaunch`, and `shouldSkipLaunch`
+/// launches a `started`, `starting` or `failed` machine before it looks at `standbys`
+/// (`machines_launchinput.go`). A stopped standby's green stays a stopped standby.
 fn launches(blue: &Machine) -> bool {
-    !blue.should_skip_launch() && !blue.is_standby()
+    !blue.should_skip_launch()
 }
 
 /// What `representatives` needs to know of a blue.

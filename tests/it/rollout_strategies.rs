@@ -732,3 +732,50 @@ fn a_canary_failing_in_one_group_changes_no_group() {
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
+
+/// A standby that runs (it took over for its machine) gets a green that runs too, as flyctl's
+/// greens take `shouldSkipLaunch` (`machines_launchinput.go`: a started machine is launched
+/// before `standbys` is looked at); a stopped standby's green is created stopped. Before, every
+/// standby's green stayed stopped, and the capacity the running one gave went with its blue.
+#[test]
+fn bluegreen_starts_the_green_of_a_running_standby_only() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let standby = |primary: &str| {
+        let mut config = MachineSpec::new("worker").checks(1).config();
+        config["standbys"] = serde_json::json!([primary]);
+        config["env"]["FLY_STANDBY_FOR"] = primary.into();
+        config
+    };
+    let primary = fly.add_machines(APP, &MachineSpec::new("worker").checks(1))[0].clone();
+    let running = fly.add_machine_with_config(APP, "iad", "started", standby(&primary));
+    let stopped = fly.add_machine_with_config(APP, "iad", "stopped", standby(&primary));
+    let t = TestDir::new();
+    let out = run_rollout(
+        &fly,
+        &t,
+        &image(8),
+        &["--strategy", "bluegreen", "--bluegreen-cutover-wait", "0s"],
+    );
+    assert_success(&out);
+    let greens: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| ![&primary, &running, &stopped].contains(&&m.id))
+        .collect();
+    assert_eq!(greens.len(), 3, "{greens:#?}");
+    let states = |standby: bool| -> Vec<String> {
+        let mut states: Vec<String> = greens
+            .iter()
+            .filter(|g| g.config.get("standbys").is_some_and(|s| s.is_array()) == standby)
+            .map(|g| g.state.clone())
+            .collect();
+        states.sort();
+        states
+    };
+    assert_eq!(states(false), ["started"]);
+    // A create with skip_launch leaves the machine `created`, never started.
+    assert_eq!(states(true), ["created", "started"]);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
