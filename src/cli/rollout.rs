@@ -258,7 +258,8 @@ impl ResolvedRollout {
                 let current = self.current_release_config(&reporter).await;
                 let mut spec = spec(&self.app, image, &self.options, current.as_ref());
                 spec.env = None;
-                spec.primary_region = None;
+                // Only the flag: the release's primary_region is not applied either.
+                spec.primary_region = self.options.primary_region.clone();
                 spec.host_dedication_id = None;
                 spec.definition = serde_json::Value::Null;
                 spec

@@ -474,9 +474,18 @@ impl MachinesApi {
     }
 
     pub async fn list_machines(&self) -> Result<Vec<Machine>, ApiError> {
+        self.list_machines_where(&[]).await
+    }
+
+    /// `GET /machines` with a filter query; every machine read with its `incomplete_config`
+    /// when it has no `config`.
+    async fn list_machines_where(&self, query: &[(&str, String)]) -> Result<Vec<Machine>, ApiError> {
         let machines: Vec<Machine> = self
             .http
-            .send_json(Request::get(&["v1", "apps", &self.app, "machines"]))
+            .send_json(Request {
+                query,
+                ..Request::get(&["v1", "apps", &self.app, "machines"])
+            })
             .await?;
         Ok(machines
             .into_iter()
@@ -677,18 +686,11 @@ impl MachinesApi {
     async fn find_launched(&self, launch_id: &str) -> Result<Option<Machine>, ApiError> {
         let filter = [(META_LAUNCH_QUERY, launch_id.to_string())];
         look_up(|| async {
-            let listed: Vec<Machine> = self
-                .http
-                .send_json(Request {
-                    query: &filter,
-                    ..Request::get(&["v1", "apps", &self.app, "machines"])
-                })
-                .await?;
+            let listed = self.list_machines_where(&filter).await?;
             // Filtered again here: a server that ignored the filter must not hand us another
             // machine.
             Ok(listed
                 .into_iter()
-                .map(Machine::with_incomplete_config)
                 .find(|m| m.metadata(META_LAUNCH_ID) == Some(launch_id)))
         })
         .await

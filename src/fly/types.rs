@@ -377,6 +377,9 @@ pub fn normalize_config_for_request(config: &mut Value) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use serde_json::json;
+
     /// fly-go's `GetConfig` (`machine_types.go`): a machine whose host is not `ok` comes with
     /// `incomplete_config` and no `config`; that partial config is the one to read.
     #[test]
@@ -395,9 +398,6 @@ mod tests {
         .unwrap();
         assert_eq!(full.with_incomplete_config().image(), "full");
     }
-    use super::*;
-    use serde_json::json;
-
     fn machine(value: Value) -> Machine {
         serde_json::from_value(value).unwrap()
     }

@@ -45,7 +45,7 @@ pub enum GroupError {
     },
     #[error(
         "the first deploy creates a volume for process group(s) {groups}, and a volume needs a \
-         region: set primary_region in fly.toml"
+         region: set primary_region in fly.toml (or pass --primary-region)"
     )]
     NoRegion { groups: String },
     #[error(

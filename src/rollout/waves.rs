@@ -180,7 +180,9 @@ pub struct ConfigChange {
     /// fly.toml `[env]`, when there is a fly.toml: it replaces the machine's env (as flyctl does).
     pub env: Option<BTreeMap<String, String>>,
     /// `--env NAME=VALUE`: set over whatever env the machine gets, as `fly deploy -e` sets
-    /// them over the app config's env (`machines.go`, `determineAppConfigForMachines`).
+    /// them over the app config's env (`machines.go`, `determineAppConfigForMachines`). With a
+    /// fly.toml they are in `env` already (`AppConfig::override_from_flags`) and setting them
+    /// again changes nothing; without one, this is where they reach the machines.
     pub env_flags: BTreeMap<String, String>,
     pub release_id: Option<String>,
     pub release_version: Option<String>,

@@ -8,7 +8,9 @@ use crate::support;
 use serde_json::{Value, json};
 use std::time::Duration;
 use support::fly_api::{Behavior, FaultKind, FlyApi, Machine, Options, Timing};
-use support::rollout::{APP, assert_no_leases, assert_no_violations, image, run_rollout, stderr};
+use support::rollout::{
+    APP, assert_no_leases, assert_no_violations, create_bodies, image, run_rollout, stderr,
+};
 use support::{TestDir, assert_success};
 
 fn fixture(name: &str) -> String {
@@ -1092,14 +1094,9 @@ fn without_primary_region_fly_places_new_machines_and_only_a_volume_needs_one() 
     write_fly_toml(&t, "app = \"demo\"\n[http_service]\ninternal_port = 8080\n");
     let out = run_rollout(&fly, &t, &image(1), &[]);
     assert_success(&out);
-    let creates: Vec<_> = fly
-        .requests_to("POST", "/machines")
-        .into_iter()
-        .filter(|r| r.path == format!("/v1/apps/{APP}/machines"))
-        .collect();
+    let creates = create_bodies(&fly);
     assert_eq!(creates.len(), 2, "{creates:#?}");
-    for create in &creates {
-        let body = create.body.as_ref().unwrap();
+    for body in &creates {
         assert!(body.get("region").is_none(), "{body:#}");
         assert!(body["config"]["env"].get("PRIMARY_REGION").is_none(), "{body:#}");
     }
@@ -1167,10 +1164,8 @@ fn env_and_primary_region_flags_are_set_over_fly_toml() {
             "{env:#}"
         );
     }
-    let release_machine = fly
-        .requests_to("POST", "/machines")
+    let release_machine = create_bodies(&fly)
         .into_iter()
-        .filter_map(|r| r.body)
         .find(|b| b["config"]["metadata"]["fly_process_group"] == "fly_app_release_command")
         .expect("a release command machine");
     assert_eq!(release_machine["region"], "fra");

@@ -6,7 +6,7 @@
 use crate::support;
 
 use support::fly_api::{FlyApi, MachineSpec};
-use support::rollout::{APP, assert_no_leases, assert_no_violations, image, run_rollout};
+use support::rollout::{APP, assert_no_leases, assert_no_violations, create_bodies, image, run_rollout};
 use support::{TestDir, assert_success};
 
 /// flyctl `machines_launchinput_test.go`, `testLaunchInputForBasic`, and `machines_test.go`,
@@ -126,15 +126,6 @@ fn bluegreen_force_destroys_a_blue_on_an_unreachable_host() {
     }
     assert_no_leases(&fly);
     assert_no_violations(&fly);
-}
-
-/// The bodies of the deploy's `POST /v1/apps/demo/machines` creates.
-fn create_bodies(fly: &FlyApi) -> Vec<serde_json::Value> {
-    fly.requests()
-        .into_iter()
-        .filter(|r| r.method == "POST" && r.path == format!("/v1/apps/{APP}/machines"))
-        .filter_map(|r| r.body)
-        .collect()
 }
 
 /// flyctl `machines_test.go`, `Test_resolveUpdatedMachineConfig_Basic` and

@@ -779,3 +779,28 @@ fn bluegreen_starts_the_green_of_a_running_standby_only() {
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
+
+/// `--primary-region` without a fly.toml still places the canary, as its --help says.
+#[test]
+fn the_primary_region_flag_places_the_canary_without_a_fly_toml() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(
+        APP,
+        &MachineSpec::new("app")
+            .count(2)
+            .region("ams")
+            .checks(1)
+            .services(true),
+    );
+    let t = TestDir::new();
+    let out = run_rollout(
+        &fly,
+        &t,
+        &image(6),
+        &["--strategy", "canary", "--primary-region", "fra"],
+    );
+    assert_success(&out);
+    assert_eq!(the_canary(&fly).region, "fra");
+    assert_no_violations(&fly);
+}

@@ -46,6 +46,15 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The bodies of the deploy's `POST /v1/apps/demo/machines` creates, in arrival order.
+pub fn create_bodies(fly: &FlyApi) -> Vec<serde_json::Value> {
+    fly.requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == format!("/v1/apps/{APP}/machines"))
+        .filter_map(|r| r.body)
+        .collect()
+}
+
 /// Machine ids of the `POST /v1/apps/demo/machines/{id}` update requests, in arrival order.
 pub fn updated_ids(requests: &[RecordedRequest]) -> Vec<String> {
     requests
