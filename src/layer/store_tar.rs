@@ -14,6 +14,9 @@
 //!   uname or gname is longer than its ustar field or not ASCII (the ustar field then holds the
 //!   first bytes with non-ASCII characters replaced by `?`), or a number does not fit;
 //! - two zero blocks at the end, then zero padding to a multiple of 10240 bytes.
+//!
+//! `layer_cli::layer_plans_match_nixpkgs` holds this, and the plan's config, to the diff_ids and
+//! config that nixpkgs' own script streamed (`tests/fixtures/stream-image/cases.json`).
 
 use std::ffi::OsString;
 use std::fs::{self, File, Metadata};

@@ -206,3 +206,53 @@ fn layer_commands_are_hidden_from_help() {
     assert_success(&output);
     assert!(!String::from_utf8_lossy(&output.stdout).contains("layer"));
 }
+
+/// A layer plan is what nixpkgs' script streams: `nixfly layer build` and `nixfly layer plan`,
+/// run with the flags mkLayerPlan.nix derives from each conf, give the layers the diff_ids
+/// and the image the config text that nixpkgs' own `stream_layered_image.py` streamed of the
+/// same confs over the same trees (`tests/fixtures/stream-image/cases.json`: hardlinks across
+/// layers, long and non-ASCII names, uid/gid too large for ustar, a long user name, dates
+/// with offsets and microseconds). `generate.py --layers` builds the trees and runs nixfly.
+/// A plan whose tar or config differs from the stream script's makes an image whose pull
+/// fails its diff_id check, or another image id than the one the stream script makes.
+#[test]
+fn layer_plans_match_nixpkgs() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let fixtures = format!("{root}/tests/fixtures/stream-image");
+    let recorded: Vec<Value> =
+        serde_json::from_str(&fs::read_to_string(format!("{fixtures}/cases.json")).unwrap()).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(format!("{fixtures}/generate.py"))
+        .arg("--layers")
+        .arg(env!("CARGO_BIN_EXE_nixfly"))
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plans: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plans.len(), recorded.len());
+    assert_eq!(recorded.len(), 4);
+    for (nixpkgs, plan) in recorded.iter().zip(&plans) {
+        let case = nixpkgs["name"].as_str().unwrap();
+        assert_eq!(plan["name"], case);
+        let entries = nixpkgs["entries"].as_array().unwrap();
+        let diff_ids: Vec<&Value> = entries
+            .iter()
+            .filter(|e| e["name"].as_str().unwrap().ends_with("/layer.tar"))
+            .map(|e| &e["diff_id"])
+            .collect();
+        let planned: Vec<&Value> = plan["diff_ids"].as_array().unwrap().iter().collect();
+        assert_eq!(planned, diff_ids, "case {case}: the layers' diff_ids");
+        // The config is the entry before manifest.json, which comes last.
+        let config = &entries[entries.len() - 2];
+        assert!(
+            config["name"].as_str().unwrap().ends_with(".json"),
+            "{}",
+            config["name"]
+        );
+        assert_eq!(
+            plan["config"].as_str().unwrap(),
+            config["text"].as_str().unwrap(),
+            "case {case}: the image config"
+        );
+    }
+}
