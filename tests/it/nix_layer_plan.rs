@@ -295,3 +295,66 @@ fn a_build_layered_image_has_the_plan_of_its_stream() {
     let drv_paths: Vec<String> = serde_json::from_value(eval_json(nix, &drv_paths)).unwrap();
     assert_eq!(drv_paths[0], drv_paths[1]);
 }
+
+/// buildLayeredImage pipes its stream through the command of its `compressor`, as nixpkgs'
+/// default.nix defines them (`compressors`: "gz", the default, is `pigz -nTR`; "zstd" is
+/// `zstd`; "none" is `cat`), and the stand-in runs those same commands. Each tarball pushes as
+/// the image its stream writes: the same config digest (image id) and diff_ids. A compressor
+/// nixpkgs does not have fails evaluation with nixpkgs' message.
+#[test]
+fn build_layered_image_tarballs_push_the_image_their_stream_writes() {
+    let Some(nix) = Nix::get() else { return };
+    let t = TestDir::new();
+    let stream = build(nix, &t, &with_app("hello", &image_body(3)), "stream");
+    let archive = run(&mut std::process::Command::new(&stream));
+    assert_success(&archive);
+    let (stream_config, stream_diff_ids) = archive_image(&archive.stdout);
+    let with_compressor = |compressor: &str| {
+        with_app(
+            "hello",
+            &image_body(3).replace(
+                "streamLayeredImage {",
+                &format!("buildLayeredImage {{ compressor = \"{compressor}\";"),
+            ),
+        )
+    };
+
+    let registry = Registry::start(AuthMode::htpasswd());
+    let gzip: &[u8] = &[0x1f, 0x8b];
+    let zstd: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+    for (compressor, ext, magic) in [
+        ("gz", ".tar.gz", Some(gzip)),
+        ("zstd", ".tar.zst", Some(zstd)),
+        ("none", ".tar", None),
+    ] {
+        let tarball = build(nix, &t, &with_compressor(compressor), compressor);
+        let name = tarball.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(name.ends_with(&format!("-demo{ext}")), "{name}");
+        let head = std::fs::read(&tarball).unwrap()[..4].to_vec();
+        match magic {
+            Some(magic) => assert!(head.starts_with(magic), "{compressor}: {head:02x?}"),
+            None => assert!(!head.starts_with(gzip) && !head.starts_with(zstd), "{head:02x?}"),
+        }
+        let out = push(&t, &registry, tarball.to_str().unwrap(), "demo", compressor, &[]);
+        let reference = pushed_reference(&out, &registry.host(), "demo");
+        let pushed = read_back(&registry, &reference);
+        assert_eq!(
+            pushed.manifest["config"]["digest"],
+            format!("sha256:{}", hex::encode(Sha256::digest(&stream_config))),
+            "{compressor}: the config differs from the stream's"
+        );
+        assert_eq!(pushed.diff_ids, stream_diff_ids, "{compressor}");
+    }
+
+    let out = run(nix.command(&["eval"]).args([
+        "--raw",
+        "--expr",
+        &format!("({}).drvPath", with_compressor("bz2")),
+    ]));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("in docker image demo: compressor must be one of: [gz none zstd]"),
+        "{stderr}"
+    );
+}

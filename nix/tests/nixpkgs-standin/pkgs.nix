@@ -103,6 +103,9 @@ let
                 if [ -f "$input/nix-support/setup-hook" ]; then source "$input/nix-support/setup-hook"; fi
               done
               cd "$TMPDIR"
+              # pkgs/stdenv/generic/setup.sh: a NIX_BUILD_CORES of 0 (or none) means every core.
+              if [ "''${NIX_BUILD_CORES:-0}" -le 0 ]; then NIX_BUILD_CORES=$(nproc); fi
+              export NIX_BUILD_CORES
               ${script}
               ${keepBuilderAlive}
             ''

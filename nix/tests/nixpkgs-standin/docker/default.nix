@@ -183,25 +183,43 @@ let
         chmod +x "$out"
       '';
 
-  # default.nix: the stream piped through a compressor ("gz", the default, is `pigz -nTR`; here
-  # gzip -n, whose bytes differ but inflate to the same archive), `imageName`, and
-  # `passthru.imageTag` and `passthru.stream`.
+  # default.nix: `compressors`, the commands buildLayeredImage pipes the stream through, as
+  # nixpkgs writes them (pigz and zstd are the host's here, nixpkgs' own there).
+  compressors = {
+    none = {
+      ext = "";
+      compress = "cat";
+    };
+    gz = {
+      ext = ".gz";
+      compress = "pigz -p$NIX_BUILD_CORES -nTR";
+    };
+    zstd = {
+      ext = ".zst";
+      compress = "zstd -T$NIX_BUILD_CORES";
+    };
+  };
+  # default.nix: `compressorForImage`, with its error.
+  compressorForImage =
+    compressor: imageName:
+    compressors.${compressor}
+      or (throw "in docker image ${imageName}: compressor must be one of: [${toString (builtins.attrNames compressors)}]");
+
+  # default.nix: the stream piped through the compressor ("gz" by default) into
+  # `<name>.tar<ext>`, with `imageName`, and `passthru.imageTag` and `passthru.stream`.
   buildLayeredImage =
     args:
     let
       stream = streamLayeredImage (removeAttrs args [ "compressor" ]);
-      compressor = args.compressor or "gz";
+      compress = compressorForImage (args.compressor or "gz") args.name;
     in
-    if compressor != "gz" then
-      throw "nixpkgs stand-in: dockerTools.buildLayeredImage does not implement compressor = ${compressor}"
-    else
-      runCommand "${baseNameOf args.name}.tar.gz" {
-        inherit (stream) imageName;
-        passthru = {
-          inherit (stream) imageTag;
-          inherit stream;
-        };
-      } "${stream} | gzip -n > $out";
+    runCommand "${baseNameOf args.name}.tar${compress.ext}" {
+      inherit (stream) imageName;
+      passthru = {
+        inherit (stream) imageTag;
+        inherit stream;
+      };
+    } "${stream} | ${compress.compress} > $out";
 in
 {
   dockerTools = { inherit streamLayeredImage buildLayeredImage; };
