@@ -70,7 +70,7 @@ let
       check = v: isString v && v != "";
     };
     image = {
-      type = "null or a ready image: a dockerTools result (tarball or stream script), a nix2container-style JSON, or an OCI layout (derivation or path)";
+      type = "null or a ready image: a dockerTools result (tarball or stream script), a layer plan (lib.mkLayerPlan), or an OCI layout (derivation or path)";
       check = nullOr isPathLike;
       default = null;
     };

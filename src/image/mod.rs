@@ -154,6 +154,14 @@ pub enum ImageError {
          say which"
     )]
     NotAnImage { path: PathBuf },
+    #[error(
+        "{path} is a nix2container image, whose layers nix2container itself makes when it pushes; \
+         nixfly does not push those. Push it with nix2container (nix run .#IMAGE.copyToRegistry, to \
+         registry.fly.io/APP:TAG with the Fly token as password) and deploy that with `nixfly rollout \
+         --image registry.fly.io/APP:TAG`, or build the image with dockerTools.streamLayeredImage \
+         (mkFlyDeploy's `package` does)"
+    )]
+    Nix2Container { path: PathBuf },
     #[error("{source_name} is not a docker-archive: {detail}")]
     NotAnArchive { source_name: String, detail: String },
     #[error("reading {source_name} failed")]
@@ -270,6 +278,11 @@ fn detect_kind(path: &Path, metadata: &std::fs::Metadata) -> Result<SourceKind, 
     }
     if plan::is_plan(path, &head) {
         return Ok(SourceKind::Plan);
+    }
+    if plan::is_nix2container(path, &head) {
+        return Err(ImageError::Nix2Container {
+            path: path.to_path_buf(),
+        });
     }
     use std::os::unix::fs::PermissionsExt;
     if metadata.permissions().mode() & 0o111 != 0 {
@@ -444,6 +457,38 @@ mod tests {
         assert_eq!(kind(&layout).unwrap(), SourceKind::OciLayout);
         assert!(matches!(kind(&text), Err(ImageError::NotAnImage { .. })));
         assert!(matches!(kind(dir.path()), Err(ImageError::NotAnImage { .. })));
+    }
+
+    /// nix2container's image JSON (the keys its buildImage writes: version, image-config,
+    /// layers with digest, size, diff_ids, paths and mediatype, arch, created) is named as
+    /// such, with what to do, rather than "not an image".
+    #[test]
+    fn a_nix2container_image_is_named_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image.json");
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let json = serde_json::json!({
+            "version": 1,
+            "image-config": {"Entrypoint": ["/nix/store/00000000000000000000000000000000-hello/bin/hello"]},
+            "layers": [{
+                "digest": digest, "size": 10240, "diff_ids": digest,
+                "paths": [{"path": "/nix/store/00000000000000000000000000000000-hello"}],
+                "mediatype": "application/vnd.oci.image.layer.v1.tar",
+            }],
+            "arch": "amd64",
+            "created": "1970-01-01T00:00:01Z",
+        });
+        std::fs::write(&image, json.to_string()).unwrap();
+        let err = detect_kind(&image, &std::fs::metadata(&image).unwrap()).unwrap_err();
+        assert!(matches!(err, ImageError::Nix2Container { .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("is a nix2container image"), "{message}");
+        assert!(message.contains("nixfly rollout --image"), "{message}");
+        // Other JSON is still just not an image.
+        let other = dir.path().join("other.json");
+        std::fs::write(&other, r#"{"layers": []}"#).unwrap();
+        let err = detect_kind(&other, &std::fs::metadata(&other).unwrap()).unwrap_err();
+        assert!(matches!(err, ImageError::NotAnImage { .. }), "{err}");
     }
 
     #[test]

@@ -32,6 +32,23 @@ pub fn is_plan(path: &Path, head: &[u8]) -> bool {
             .is_some_and(|k| k.kind.is_some())
 }
 
+/// A nix2container image JSON (nix2container's `buildImage`): an object with `image-config`
+/// and `layers`, whose layers nix2container's own Go code tars at push time. nixfly does not
+/// make those tars (their digests are nix2container's bytes), so it says what to do instead.
+pub fn is_nix2container(path: &Path, head: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Keys {
+        #[serde(rename = "image-config")]
+        image_config: Option<serde::de::IgnoredAny>,
+        layers: Option<serde::de::IgnoredAny>,
+    }
+    head.trim_ascii_start().starts_with(b"{")
+        && std::fs::read(path)
+            .ok()
+            .and_then(|text| serde_json::from_slice::<Keys>(&text).ok())
+            .is_some_and(|k| k.image_config.is_some() && k.layers.is_some())
+}
+
 pub struct PlanFile {
     path: PathBuf,
 }
