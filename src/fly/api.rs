@@ -287,12 +287,29 @@ impl FlyHttp {
                 builder = builder.json(body);
             }
             self.reporter.debug(format!("{} {shown}", req.method));
-            let response = match builder.send().await {
-                Ok(response) => response,
+            // A request that got no answer, or only part of one, is one failure: either way
+            // nothing says whether it took effect.
+            let answer = match builder.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let retry_after = crate::retry::retry_after(response.headers());
+                    let request_id = response
+                        .headers()
+                        .get("fly-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|v| !v.is_empty())
+                        .map(str::to_string);
+                    response
+                        .bytes()
+                        .await
+                        .map(|body| (status, retry_after, request_id, body))
+                }
+                Err(source) => Err(source),
+            };
+            let (status, retry_after, response_request_id, body) = match answer {
+                Ok(answer) => answer,
                 Err(source) => {
-                    // A connect error means no connection, so no request went out: sending it
-                    // again is safe whatever it does.
-                    if (req.replay != Replay::Unsafe || source.is_connect()) && attempt < policy.retries {
+                    if transport_is_transient(source.is_connect(), req.replay) && attempt < policy.retries {
                         let delay = policy.delay(attempt, None);
                         attempt += 1;
                         self.reporter
@@ -307,28 +324,10 @@ impl FlyHttp {
                     });
                 }
             };
-            let status = response.status();
-            let retry_after = crate::retry::retry_after(response.headers());
-            let response_request_id = response
-                .headers()
-                .get("fly-request-id")
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.is_empty())
-                .map(str::to_string);
-            let body = response.bytes().await.map_err(|source| ApiError::Transport {
-                method: req.method.clone(),
-                url: shown.clone(),
-                source,
-            })?;
             if status.is_success() {
                 return Ok(body.to_vec());
             }
-            // flaps answers 408 when it timed out talking to flyd: transient, as flyctl's
-            // `internal/flapsutil/retry.go` (`IsTransientFlapsError`) treats it.
-            let retryable = status == StatusCode::TOO_MANY_REQUESTS
-                || (status.is_server_error() && req.replay != Replay::Unsafe)
-                || (status == StatusCode::REQUEST_TIMEOUT && req.replay == Replay::Safe);
-            if retryable && attempt < policy.retries {
+            if status_is_transient(status, req.replay) && attempt < policy.retries {
                 let delay = policy.delay(attempt, retry_after);
                 attempt += 1;
                 self.reporter.warn(format!(
@@ -392,6 +391,29 @@ impl FlyHttp {
         let body = self.send(req).await?;
         serde_json::from_slice(&body).map_err(|source| ApiError::Decode { method, url, source })
     }
+}
+
+/// Whether a request answered with `status` may be sent again. flaps' transient answers are
+/// 408 (it timed out talking to flyd), 429 and any 5xx (flyctl `internal/flapsutil/retry.go`,
+/// `IsTransientFlapsError`); api.fly.io's are its 5xx, 504 from the proxy in front of it
+/// included (flyctl `internal/command/deploy/machines.go`, `isRetryableReleaseStatusError`).
+/// Any other 4xx fails the same way next time. A 429 refused the request before it did
+/// anything, so even a create is sent again; a 408 or 5xx may have come after a create took
+/// effect, so a create is not (`MachinesApi::create_machine` looks for its machine instead),
+/// and a `wait`'s 408 is its answer, not a failure.
+fn status_is_transient(status: StatusCode, replay: Replay) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+        || (status.is_server_error() && replay != Replay::Unsafe)
+        || (status == StatusCode::REQUEST_TIMEOUT && replay == Replay::Safe)
+}
+
+/// Whether a request that got no complete answer (the connection failed, broke, or the body
+/// was cut off) may be sent again. A connect error means nothing was sent, so any request may
+/// (flyctl's `HasTransientNetworkSubstring`: connection refused, no such host, ...); after
+/// that, only a request that is safe to repeat (flyctl retries a release status update whose
+/// answer could not be read, `isRetryableReleaseStatusError`).
+fn transport_is_transient(connect_failed: bool, replay: Replay) -> bool {
+    connect_failed || replay != Replay::Unsafe
 }
 
 /// The `message` (else `error`) field of a JSON error body, else the body itself (shortened),
@@ -875,6 +897,131 @@ mod tests {
         assert_eq!(fly.machines("demo")[0].id, created.id);
         assert_eq!(fly.requests_to("POST", "/v1/apps/demo/machines").len(), 1);
         assert!(fly.violations().is_empty(), "{:?}", fly.violations());
+    }
+
+    fn status(code: u16) -> StatusCode {
+        StatusCode::from_u16(code).unwrap()
+    }
+
+    /// flyctl `internal/flapsutil/retry_test.go`, `TestIsTransientFlapsError` and
+    /// `TestHasTransientNetworkSubstring`: flaps' 408, 429, 502 and 503 are worth another try,
+    /// its 400 and 404 are not; a connection that could not be made (refused, no such host) is
+    /// retried, and so is one that broke after sending (reset, EOF) when the request is safe to
+    /// repeat. A create is the exception flyctl's comment asks for: only a 429 or a connection
+    /// never made sends it again, as a 408 or 5xx may come after it took effect.
+    #[test]
+    fn flaps_answers_are_retried_as_flyctl_classifies_them() {
+        for code in [408, 429, 502, 503] {
+            assert!(status_is_transient(status(code), Replay::Safe), "{code}");
+        }
+        for code in [400, 404] {
+            assert!(!status_is_transient(status(code), Replay::Safe), "{code}");
+        }
+        assert!(transport_is_transient(true, Replay::Safe));
+        assert!(transport_is_transient(false, Replay::Safe));
+
+        assert!(status_is_transient(status(429), Replay::Unsafe));
+        for code in [408, 500, 502, 503] {
+            assert!(!status_is_transient(status(code), Replay::Unsafe), "{code}");
+        }
+        assert!(transport_is_transient(true, Replay::Unsafe));
+        assert!(!transport_is_transient(false, Replay::Unsafe));
+        // A wait's 408 is the API saying the state was not reached in time: the caller's loop
+        // asks again, the HTTP layer does not.
+        assert!(!status_is_transient(status(408), Replay::Wait));
+        assert!(status_is_transient(status(503), Replay::Wait));
+    }
+
+    /// flyctl `internal/command/deploy/machines_releasestatus_test.go`,
+    /// `TestIsRetryableReleaseStatusError` and `TestStatusErrorRetryable`: a release status
+    /// update (a PATCH, idempotent) is sent again on any 5xx (500 through 599, the proxy's 502
+    /// and 504 pages included) and on a connection failure; 401, 404, 422 and 499 are final.
+    /// nixfly also retries a 429, which flyctl's release client does not: it did nothing and
+    /// says when to come back.
+    #[test]
+    fn release_status_answers_are_retried_as_flyctl_classifies_them() {
+        for code in [500, 502, 503, 504, 599] {
+            assert!(status_is_transient(status(code), Replay::Safe), "{code}");
+        }
+        for code in [401, 404, 422, 499] {
+            assert!(!status_is_transient(status(code), Replay::Safe), "{code}");
+        }
+        assert!(transport_is_transient(false, Replay::Safe));
+    }
+
+    /// A one-connection-at-a-time HTTP server that answers the n-th request with `answers[n]`
+    /// (raw bytes, the connection closed after each), and counts the requests.
+    fn raw_server(answers: Vec<&'static str>) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for answer in answers {
+                let Ok((stream, _)) = listener.accept() else {
+                    return;
+                };
+                let mut reader = BufReader::new(stream);
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut stream = reader.into_inner();
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    /// Headers that promise a body the connection then does not deliver.
+    const CUT_OFF: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 64\r\nconnection: close\r\n\r\n{\"rel";
+    const OK: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+
+    fn platform(base: &str) -> FlyHttp {
+        let token = FlyToken::parse("fo1_testtoken123", super::super::token::TokenSource::Flag).unwrap();
+        FlyHttp::platform(base, token, Reporter::plain()).unwrap()
+    }
+
+    /// flyctl `machines_releasestatus_test.go`: "a response body that could not be read" is
+    /// among the failures `isRetryableReleaseStatusError` retries (`machines.go`). nixfly gave
+    /// up on an answer cut off mid-body, even for a request safe to repeat; it now sends such
+    /// a request again, and still never a create, which may have taken effect.
+    #[tokio::test]
+    async fn an_answer_cut_off_mid_body_is_retried_only_when_safe_to_repeat() {
+        let (base, seen) = raw_server(vec![CUT_OFF, OK]);
+        let patch = Request {
+            method: Method::PATCH,
+            path: &["api", "v1", "releases", "rel_1"],
+            query: &[],
+            body: Some(json!({"status": "complete", "metadata": null})),
+            nonce: None,
+            replay: Replay::Safe,
+        };
+        assert_eq!(platform(&base).send(patch).await.unwrap(), b"{}");
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+
+        let (base, seen) = raw_server(vec![CUT_OFF, OK]);
+        let create = Request {
+            method: Method::POST,
+            path: &["api", "v1", "releases"],
+            query: &[],
+            body: Some(json!({"app_name": "demo"})),
+            nonce: None,
+            replay: Replay::Unsafe,
+        };
+        let err = platform(&base).send(create).await.unwrap_err();
+        assert!(matches!(err, ApiError::Transport { .. }), "{err:?}");
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use super::error::RolloutError;
 use crate::fly::api::{ApiError, MachinesApi};
-use crate::fly::types::Machine;
+use crate::fly::types::{CheckStatus, Machine};
 use crate::progress::{Event, Reporter};
 use std::time::{Duration, Instant};
 
@@ -147,6 +147,33 @@ pub fn smoke_check(machine: &Machine) -> Result<(), RolloutError> {
     }
 }
 
+/// Where a machine's checks stand: how many pass, out of how many.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tally {
+    passing: usize,
+    total: usize,
+}
+
+impl Tally {
+    /// The results the platform reports, counted against the `expected` checks the machine's
+    /// config defines (top-level and services', as flyctl counts them): a check not reported
+    /// yet counts as not passing. flyctl compares with the reported results only
+    /// (`internal/machine/leasable_machine.go`, `WaitForHealthchecksToPass`), so that one
+    /// check passing while another has no result yet would do; nixfly waits for that one too.
+    fn of(expected: usize, checks: &[CheckStatus]) -> Tally {
+        Tally {
+            passing: checks.iter().filter(|c| c.status == "passing").count(),
+            total: expected.max(checks.len()),
+        }
+    }
+
+    /// Every check passes, and there is at least one: no result at all is still waiting, not
+    /// a vacuous pass (flyctl `WaitForHealthchecksToPass`, `Total == 0`).
+    fn all_passing(self) -> bool {
+        self.total > 0 && self.passing == self.total
+    }
+}
+
 /// How long to watch a machine and what for, once it has started.
 #[derive(Clone, Copy, Debug)]
 pub struct HealthWait {
@@ -210,8 +237,8 @@ pub async fn wait_healthy(
             poll = (poll * 2).min(CHECK_POLL_MAX);
             continue;
         }
-        let total = expected.max(machine.checks.len());
-        let passing = machine.checks.iter().filter(|c| c.status == "passing").count();
+        let tally = Tally::of(expected, &machine.checks);
+        let Tally { passing, total } = tally;
         if last_shown != Some(passing) {
             last_shown = Some(passing);
             reporter.emit(Event::Machine {
@@ -220,7 +247,7 @@ pub async fn wait_healthy(
                 status: format!("checks {passing}/{total} passing"),
             });
         }
-        if passing == total {
+        if tally.all_passing() {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -261,6 +288,45 @@ mod tests {
 
     fn with_events(events: serde_json::Value) -> Machine {
         serde_json::from_value(json!({"id": "m1", "events": events})).unwrap()
+    }
+
+    fn checks(statuses: &[(&str, &str)]) -> Vec<CheckStatus> {
+        statuses
+            .iter()
+            .map(|(name, status)| CheckStatus {
+                name: name.to_string(),
+                status: status.to_string(),
+                output: None,
+            })
+            .collect()
+    }
+
+    /// flyctl `internal/machine/leasable_machine_test.go`: `_TotalZeroDoesNotPass` (no result
+    /// yet is waiting, then a passing one passes), `_PassesWhenAllChecksPass`,
+    /// `_TimesOutWhenChecksFail` (a critical check never passes), and
+    /// `_ServiceChecksAreIncluded` (a service's check is a configured check, reported under
+    /// flaps' own name). `_NoConfiguredChecks`: a config without checks expects none, and the
+    /// machine is then watched for the smoke window instead (flyctl's `doSmokeChecks` polls it
+    /// too). nixfly's own rule: a configured check with no result yet is not passing.
+    #[test]
+    fn checks_pass_once_reported_and_all_passing() {
+        assert!(!Tally::of(1, &[]).all_passing());
+        assert!(Tally::of(1, &checks(&[("alive", "passing")])).all_passing());
+        assert!(!Tally::of(1, &checks(&[("alive", "critical")])).all_passing());
+        assert!(!Tally::of(1, &checks(&[("alive", "warning")])).all_passing());
+
+        let service_check = json!({"services": [{"protocol": "tcp", "internal_port": 8080,
+            "checks": [{"type": "http"}]}]});
+        let expected = crate::fly::types::config_check_count(&service_check);
+        assert_eq!(expected, 1);
+        let reported = checks(&[("servicecheck-00-http-8080", "passing")]);
+        assert!(Tally::of(expected, &reported).all_passing());
+
+        assert_eq!(crate::fly::types::config_check_count(&json!({})), 0);
+
+        let tally = Tally::of(2, &checks(&[("alive", "passing")]));
+        assert_eq!(tally, Tally { passing: 1, total: 2 });
+        assert!(!tally.all_passing());
     }
 
     #[test]

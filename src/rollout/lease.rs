@@ -116,6 +116,16 @@ impl Leases {
                             }
                         }
                         Ok(_) => {}
+                        // The machine is gone, and its lease with it: refreshing it again would
+                        // only warn again (flyctl's `refreshLeaseUntilCanceled` stops on
+                        // "machine not found", `internal/machine/leasable_machine.go`; a 404 is
+                        // what a lease call on a missing machine gets, a stale nonce is 409).
+                        Err(err)
+                            if err.status() == Some(404)
+                                || err.message().is_some_and(|m| m.contains("machine not found")) =>
+                        {
+                            leases.forget(machine);
+                        }
                         Err(err) => {
                             reporter.warn(format!("cannot refresh the lease on machine {machine}: {err}"))
                         }
@@ -168,5 +178,69 @@ fn describe_expiry(unix: i64) -> String {
         format!("in {left}s")
     } else {
         "now".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fly::api::FlyHttp;
+    use crate::fly::token::{FlyToken, TokenSource};
+    use fly_api_double::{FaultKind, FlyApi, MachineSpec};
+
+    fn api(fly: &FlyApi, reporter: &Reporter) -> MachinesApi {
+        let token = FlyToken::parse(fly.token(), TokenSource::Flag).unwrap();
+        MachinesApi::new(FlyHttp::new(fly.url(), token, reporter.clone()).unwrap(), "demo")
+    }
+
+    /// flyctl `internal/machine/leasable_machine.go`, `refreshLeaseUntilCanceled`: a refresh
+    /// answered "machine not found" ends that machine's refreshes; the others go on. nixfly
+    /// kept refreshing it, with a warning each time, until the end of the deploy.
+    #[tokio::test]
+    async fn a_machine_gone_is_no_longer_refreshed() {
+        let fly = FlyApi::start();
+        fly.add_app("demo");
+        let ids = fly.add_machines("demo", &MachineSpec::new("app").count(2));
+        let reporter = Reporter::plain();
+        // A 1 s lease is refreshed every third of a second.
+        let leases = Leases::new(api(&fly, &reporter), Duration::from_secs(1));
+        for id in &ids {
+            leases
+                .acquire(id, "app", Duration::from_secs(1), &reporter)
+                .await
+                .unwrap();
+        }
+        let gone = format!("/machines/{}/lease", ids[0]);
+        let message = "machine not found".to_string();
+        fly.inject_fault("POST", &gone, 100, FaultKind::Status { status: 404, message });
+        leases.start_refreshing(reporter.clone());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(leases.nonce(&ids[0]), None);
+        assert!(leases.nonce(&ids[1]).is_some());
+        let kept = format!("/machines/{}/lease", ids[1]);
+        // The acquire, then one refresh each third of a second, for the machine still there.
+        assert!(fly.requests_to("POST", &kept).len() >= 4);
+        assert_eq!(
+            fly.requests_to("POST", &gone).len(),
+            2,
+            "the acquire and one refresh"
+        );
+        assert!(leases.release_all(&reporter).await.is_empty());
+
+        // Destroyed behind the refresher's back: the double answers its 404.
+        let leases = Leases::new(api(&fly, &reporter), Duration::from_secs(1));
+        leases
+            .acquire(&ids[1], "app", Duration::from_secs(1), &reporter)
+            .await
+            .unwrap();
+        leases.start_refreshing(reporter.clone());
+        let nonce = leases.nonce(&ids[1]).unwrap();
+        api(&fly, &reporter)
+            .destroy_machine(&ids[1], Some(&nonce))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(leases.nonce(&ids[1]), None);
+        assert!(leases.release_all(&reporter).await.is_empty());
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use support::fly_api::{Behavior, FaultKind, FlyApi, Machine, Options, Timing};
 use support::rollout::{
-    APP, assert_no_leases, assert_no_violations, create_bodies, image, run_rollout, stderr,
+    APP, assert_no_leases, assert_no_violations, create_bodies, image, run_rollout, stderr, updated_ids,
 };
 use support::{TestDir, assert_success};
 
@@ -402,12 +402,18 @@ fn a_removed_group_is_destroyed_only_when_confirmed_and_last() {
     assert!(err.contains("--destroy-removed-groups"), "{err}");
     assert!(fly.requests()[requests..].iter().all(|r| !r.is_mutating()));
 
+    let before = fly.requests().len();
     let out = run_rollout(&fly, &t, &image(2), &["--destroy-removed-groups"]);
     assert_success(&out);
     for id in &cron {
         assert_eq!(fly.machine(id).state, "destroyed", "machine {id}");
     }
-    // Destroyed after every app machine was updated and healthy.
+    // flyctl `internal/machine/machine_set_test.go`, `TestRemoveMachines`: a removed group's
+    // machines leave the set the deploy updates, so they are destroyed, never updated.
+    let updated = updated_ids(&fly.requests()[before..]);
+    assert!(cron.iter().all(|id| !updated.contains(id)), "{updated:?}");
+    // Destroyed after every app machine was updated and healthy (flyctl destroys them
+    // first; nixfly last, as a destroy cannot be rolled back).
     let requests = fly.requests();
     let last_update = requests
         .iter()

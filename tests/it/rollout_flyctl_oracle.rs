@@ -1,12 +1,16 @@
 //! Deploy behaviour checked against what flyctl's own unit tests say flyctl does
 //! (`internal/command/deploy/*_test.go`, superfly/flyctl), against the Fly API double. Each
 //! test names the flyctl test whose expectation it carries over; the unit-level cases are in
-//! `src/rollout/launch_input_tests.rs`.
+//! `src/rollout/launch_input_tests.rs`, `src/rollout/listen.rs` (`warn_listen_address_test.go`),
+//! `src/rollout/health.rs` (`internal/machine/leasable_machine_test.go`) and `src/fly/api.rs`
+//! (`internal/flapsutil/retry_test.go`, `machines_releasestatus_test.go`).
 
 use crate::support;
 
-use support::fly_api::{FlyApi, MachineSpec};
-use support::rollout::{APP, assert_no_leases, assert_no_violations, create_bodies, image, run_rollout};
+use support::fly_api::{FaultKind, FlyApi, MachineSpec};
+use support::rollout::{
+    APP, assert_no_leases, assert_no_violations, create_bodies, image, run_rollout, stderr, updated_ids,
+};
 use support::{TestDir, assert_success};
 
 /// flyctl `machines_launchinput_test.go`, `testLaunchInputForBasic`, and `machines_test.go`,
@@ -345,6 +349,75 @@ fn bluegreen_and_machines_outside_fly_launch() {
         ("started", image(1).as_str())
     );
     assert_eq!(untouched.config_history.len(), 1);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// flyctl `machines_deploymachinesapp_test.go`, `TestDeployMachinesApp`: a canary deploy of an
+/// app whose four machines in group `app` have neither checks nor services succeeds: every
+/// machine runs the new image, the canary is gone, the release is complete.
+#[test]
+fn a_canary_deploy_of_machines_without_checks_succeeds() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(4));
+    let t = TestDir::new();
+    let new = image(7);
+    let out = run_rollout(&fly, &t, &new, &["--strategy", "canary"]);
+    assert_success(&out);
+    for id in &ids {
+        assert_eq!(fly.machine(id).image(), new);
+        assert_eq!(fly.machine(id).state, "started");
+    }
+    let extra: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| !ids.contains(&m.id))
+        .collect();
+    assert_eq!(extra.len(), 1, "one canary: {extra:#?}");
+    assert_eq!(extra[0].state, "destroyed");
+    assert_eq!(fly.releases()[0].statuses, ["created", "running", "complete"]);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// flyctl `machines_deploymachinesapp_test.go`, `TestUpdateExistingMachinesWRecovery`: an
+/// update of a machine the API no longer knows is an error, not a silent skip. Here the
+/// second machine vanishes between its lease and its update: the deploy fails naming it, the
+/// machine already updated is put back, and the release is marked failed (flyctl would leave
+/// the first machine on the new image: nixfly rolls back).
+#[test]
+fn a_machine_gone_before_its_update_fails_the_deploy() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let mut ids = fly.add_machines(APP, &MachineSpec::new("app").count(3));
+    // The rolling order: the first alone, then the rest.
+    ids.sort();
+    let old = fly.machine(&ids[0]).image().to_string();
+    fly.inject_fault(
+        "POST",
+        &format!("/machines/{}$", ids[1]),
+        1,
+        FaultKind::Status {
+            status: 404,
+            message: "machine not found".into(),
+        },
+    );
+    let t = TestDir::new();
+    let out = run_rollout(&fly, &t, &image(8), &[]);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&ids[1]) && err.contains("machine not found"),
+        "{err}"
+    );
+    for id in &ids {
+        assert_eq!(fly.machine(id).image(), old, "machine {id}");
+    }
+    let updates = updated_ids(&fly.requests());
+    let first = updates.iter().filter(|id| **id == ids[0]).count();
+    assert_eq!(first, 2, "the first machine updated, then put back: {updates:?}");
+    assert_eq!(fly.releases()[0].status(), "failed");
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }

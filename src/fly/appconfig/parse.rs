@@ -283,11 +283,31 @@ fn parse_env(field: &Field<'_, '_>) -> BTreeMap<String, String> {
                 }
             };
             if let Some(value) = value {
+                if looks_like_secret(&entry.key) {
+                    entry.warn(
+                        "may hold a sensitive value, which [env] shows to anyone who can read \
+                         fly.toml or the app's config: set it as a secret (`fly secrets set`) and \
+                         remove it from [env]",
+                    );
+                }
                 env.insert(entry.key.clone(), value);
             }
         }
     }
     env
+}
+
+/// Whether an `[env]` name looks like one of a secret, as flyctl warns about it at deploy
+/// (`internal/command/deploy/common_secrets.go`, `containsCommonSecretSubstring`): it contains
+/// KEY, PRIVATE, DATABASE_URL, PASSWORD or SECRET, and is not one of the access key ids that
+/// are not secret.
+pub(super) fn looks_like_secret(name: &str) -> bool {
+    if matches!(name, "AWS_ACCESS_KEY_ID" | "TIGRIS_ACCESS_KEY_ID") {
+        return false;
+    }
+    ["KEY", "PRIVATE", "DATABASE_URL", "PASSWORD", "SECRET"]
+        .iter()
+        .any(|part| name.contains(part))
 }
 
 fn parse_processes(field: &Field<'_, '_>) -> BTreeMap<String, String> {

@@ -315,6 +315,30 @@ fn unknown_keys_are_warnings_not_errors() {
     );
 }
 
+/// flyctl `internal/command/deploy/common_secrets_test.go`, `TestContainsCommonSecretSubstring`
+/// (THIRDPARTY_SERVICE_SECRET looks like a secret), and the rule it tests: the substrings, case
+/// sensitive as in flyctl, and the two access key ids let through. Each such `[env]` name is
+/// warned about with its line.
+#[test]
+fn env_names_that_look_like_secrets_are_warned_about() {
+    assert!(parse::looks_like_secret("THIRDPARTY_SERVICE_SECRET"));
+    for name in ["API_KEY", "PRIVATE_PEM", "DATABASE_URL", "DB_PASSWORD"] {
+        assert!(parse::looks_like_secret(name), "{name}");
+    }
+    for name in ["AWS_ACCESS_KEY_ID", "TIGRIS_ACCESS_KEY_ID", "PORT", "secret_path"] {
+        assert!(!parse::looks_like_secret(name), "{name}");
+    }
+    let text = "app = \"x\"\n\n[env]\n  PORT = 8080\n  STRIPE_SECRET = \"sk_live_x\"\n  AWS_ACCESS_KEY_ID = \"AKIA\"\n";
+    let (config, warnings) = parse(text).unwrap();
+    assert_eq!(config.env["STRIPE_SECRET"], "sk_live_x");
+    let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].starts_with("fly.toml:5: [env] STRIPE_SECRET: may hold a sensitive value"),
+        "{warnings:#?}"
+    );
+}
+
 /// Service checks outside 1s-1m are moved into it by Fly: warned about, as flyctl does, while
 /// machine checks (`[checks]`) are errors (`impossible_values_are_errors`).
 #[test]
