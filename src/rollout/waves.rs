@@ -98,7 +98,8 @@ pub const STOPPED_POOL: usize = 30;
 pub const GROUP_CONCURRENCY: usize = 16;
 
 /// Machines updated together: the first alone (a bad image then breaks one machine, not a
-/// whole pool), then the rest `size` at a time.
+/// whole pool; flyctl does not do this, see the README's differences), then the rest `size`
+/// at a time.
 #[derive(Debug, Default)]
 pub struct Pool<'a> {
     pub first: Option<&'a Machine>,
@@ -127,7 +128,8 @@ impl<'a> Pool<'a> {
 /// The order a rolling update takes within one group, as flyctl's
 /// `updateUsingRollingStrategy` (internal/command/deploy/machines_deploymachinesapp.go) does
 /// it: the running machines in a pool of `max_unavailable`, and beside them, at the same
-/// time, the others in their own pool; each pool in id order, its first machine alone.
+/// time, the others in their own pool; each pool in id order. Its first machine going alone
+/// is nixfly's (`Pool`): flyctl starts each pool with `max_unavailable` machines at once.
 #[derive(Debug)]
 pub struct RollingOrder<'a> {
     /// The machines in state `started`: they take traffic.
