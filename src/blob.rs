@@ -97,7 +97,7 @@ impl Algorithm {
         }
     }
 
-    fn levels(self) -> std::ops::RangeInclusive<i32> {
+    pub fn levels(self) -> std::ops::RangeInclusive<i32> {
         match self {
             Algorithm::Gzip => 1..=12,
             Algorithm::Zstd => 1..=19,

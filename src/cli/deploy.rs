@@ -6,9 +6,12 @@
 //! credentials), and only then is anything pushed.
 
 use super::DeployArgs;
-use super::push::ResolvedPush;
+use super::push::{PushOptions, ResolvedPush};
 use super::rollout::ResolvedRollout;
+use crate::blob::Algorithm;
+use crate::fly::appconfig::Build;
 use crate::progress::Reporter;
+use crate::push::ManifestFormat;
 use crate::registry::reference::Reference;
 use crate::settings::Settings;
 use anyhow::Context;
@@ -28,6 +31,9 @@ impl ResolvedDeploy {
         }
         let fly_toml = args.app.fly_toml(reporter)?;
         let app = args.app.app_name(fly_toml.as_ref())?;
+        if let Some(config) = &fly_toml {
+            fill_from_build(&config.build, &mut args.push, reporter);
+        }
         let token = args.app.fly_token()?;
         let push = args
             .push
@@ -65,6 +71,39 @@ fn fill_from_settings(settings: Settings, args: &mut DeployArgs) {
     // These flags can only switch a behaviour off, so the settings can too, never back on.
     flags.no_rollback |= r.rollback == Some(false);
     flags.skip_release |= r.skip_release == Some(true);
+}
+
+/// fly.toml's `[build] compression` and `compression_level` where `--compression` and
+/// `--level` (and their environment variables) left them unset, as `fly deploy` lets flags
+/// override fly.toml and fly.toml its defaults (flyctl `internal/appconfig/config.go`,
+/// DetermineCompression). flyctl's builders push OCI media types (`oci-mediatypes`,
+/// `internal/build/imgsrc/depot.go`), which zstd layers need: zstd from fly.toml brings
+/// `--format oci` unless `--format` is given. A level flyctl takes (0-9) that is not one of
+/// nixfly's for the compression (0, for either) is left to nixfly's default, with a warning.
+fn fill_from_build(build: &Build, push: &mut PushOptions, reporter: &Reporter) {
+    if push.compression.is_none() && build.compression.is_some() {
+        push.compression = build.compression;
+        if build.compression == Some(Algorithm::Zstd) && push.format.is_none() {
+            push.format = Some(ManifestFormat::Oci);
+        }
+    }
+    if push.level.is_none()
+        && let Some(level) = build.compression_level
+    {
+        let algorithm = push.compression.unwrap_or_default();
+        if algorithm.levels().contains(&level) {
+            push.level = Some(level);
+        } else {
+            reporter.warn(format!(
+                "fly.toml: [build] compression_level = {level} is not a {} level nixfly compresses \
+                 at ({}-{}): using its default, {}",
+                algorithm.name(),
+                algorithm.levels().start(),
+                algorithm.levels().end(),
+                algorithm.default_level()
+            ));
+        }
+    }
 }
 
 pub async fn run(args: DeployArgs, reporter: Reporter) -> anyhow::Result<()> {
@@ -121,6 +160,52 @@ mod tests {
             panic!("not a deploy")
         };
         args
+    }
+
+    /// flyctl's DetermineCompression order (internal/appconfig/config.go): flags, then fly.toml,
+    /// then the defaults; zstd from fly.toml brings the OCI format its layers need.
+    #[test]
+    fn fly_toml_build_compression_fills_only_what_flags_left_unset() {
+        let zstd = Build {
+            compression: Some(Algorithm::Zstd),
+            compression_level: Some(5),
+            ..Build::default()
+        };
+        let reporter = Reporter::plain();
+        let mut args = deploy_args(&[]);
+        fill_from_build(&zstd, &mut args.push, &reporter);
+        assert_eq!(args.push.compression, Some(Algorithm::Zstd));
+        assert_eq!(args.push.format, Some(ManifestFormat::Oci));
+        assert_eq!(args.push.level, Some(5));
+
+        let mut args = deploy_args(&["--compression", "gzip", "--level", "1"]);
+        fill_from_build(&zstd, &mut args.push, &reporter);
+        assert_eq!(args.push.compression, Some(Algorithm::Gzip));
+        assert_eq!(args.push.format, None);
+        assert_eq!(args.push.level, Some(1));
+
+        let mut args = deploy_args(&["--format", "docker"]);
+        fill_from_build(&zstd, &mut args.push, &reporter);
+        assert_eq!(
+            args.push.format,
+            Some(ManifestFormat::Docker),
+            "--format wins; the push then refuses zstd in it"
+        );
+
+        // A level flyctl takes but nixfly has not (0) leaves nixfly's default.
+        let level_zero = Build {
+            compression_level: Some(0),
+            ..Build::default()
+        };
+        let mut args = deploy_args(&[]);
+        fill_from_build(&level_zero, &mut args.push, &reporter);
+        assert_eq!((args.push.compression, args.push.level), (None, None));
+        let mut args = deploy_args(&[]);
+        fill_from_build(&Build::default(), &mut args.push, &reporter);
+        assert_eq!(
+            (args.push.compression, args.push.format, args.push.level),
+            (None, None, None)
+        );
     }
 
     #[test]

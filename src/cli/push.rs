@@ -40,14 +40,16 @@ pub struct PushOptions {
     /// Tag to set. Default: the tag in --to, else deployment-<ULID> (what flyctl uses).
     #[arg(long)]
     pub tag: Option<String>,
-    /// Manifest format: Docker v2s2 (accepted everywhere) or OCI (needed for zstd).
-    #[arg(long, value_enum, default_value_t, env = "NIXFLY_FORMAT")]
-    pub format: ManifestFormat,
-    /// Layer compression.
-    #[arg(long, value_enum, default_value_t, env = "NIXFLY_COMPRESSION")]
-    pub compression: Algorithm,
+    /// Manifest format: Docker v2s2 (accepted everywhere) or OCI (needed for zstd). Default:
+    /// docker; oci when the compression is zstd and comes from fly.toml.
+    #[arg(long, value_enum, env = "NIXFLY_FORMAT")]
+    pub format: Option<ManifestFormat>,
+    /// Layer compression. Default: `[build] compression` in fly.toml (deploy), else gzip.
+    #[arg(long, value_enum, env = "NIXFLY_COMPRESSION")]
+    pub compression: Option<Algorithm>,
     /// Compression level: gzip (libdeflate) 1 = fastest to 12 = smallest, default 2 (chosen by
-    /// measurement, see src/blob.rs); zstd 1-19, default 3.
+    /// measurement, see src/blob.rs); zstd 1-19, default 3. Default: `[build]
+    /// compression_level` in fly.toml (deploy) when it is one of these.
     /// Layer plans precompute digests for the default level: another level re-uploads.
     #[arg(long, env = "NIXFLY_COMPRESSION_LEVEL")]
     pub level: Option<i32>,
@@ -178,8 +180,8 @@ impl PushOptions {
             registry: reference.registry.clone(),
             repository: reference.repository.clone(),
             tag: Some(tag),
-            format: self.format,
-            compression: Compression::new(self.compression, self.level)?,
+            format: self.format.unwrap_or_default(),
+            compression: Compression::new(self.compression.unwrap_or_default(), self.level)?,
             jobs: self.jobs.unwrap_or(DEFAULT_JOBS).min(MAX_JOBS),
             workers: crate::blob::default_workers(),
             reuse_from: self.reuse_from_images(&reference.registry)?,

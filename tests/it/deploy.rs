@@ -423,3 +423,62 @@ fn a_signal_after_the_push_and_before_any_change_ends_the_deploy() {
     assert_eq!(fly.machine(&machines[0]).image(), before);
     assert_no_leases(&fly);
 }
+
+/// fly.toml's `[build] compression` and `compression_level` set the push's compression, as
+/// `fly deploy` has its builders compress with them (flyctl `internal/appconfig/config.go`,
+/// DetermineCompression), and a flag overrides them: zstd from fly.toml is pushed as OCI zstd
+/// layers that skopeo reads back as the archive's layers; a level nixfly does not have for it
+/// (0) is named and left to the default; `--compression gzip` then pushes gzip layers.
+#[test]
+fn fly_toml_build_compression_sets_the_push_and_a_flag_overrides_it() {
+    let registry = Registry::start(AuthMode::None);
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let machines = fly.add_machines(APP, &MachineSpec::new("app").count(1));
+    let t = TestDir::new();
+    let (source, written) = stream_archive(&t);
+    let fly_toml = t.join("fly.toml");
+    std::fs::write(
+        &fly_toml,
+        "app = \"demo\"\n\n[build]\n  compression = \"zstd\"\n  compression_level = 0\n",
+    )
+    .unwrap();
+    let config = ["--config", fly_toml.to_str().unwrap()];
+
+    let out = deploy(&fly, &registry, &t, &source, &config);
+    let reference = pushed_reference(&out, &registry.host(), APP);
+    assert!(
+        stderr(&out)
+            .contains("[build] compression_level = 0 is not a zstd level nixfly compresses at (1-19)"),
+        "{}",
+        stderr(&out)
+    );
+    let back = assert_same_image(&registry, &reference, &written);
+    assert_eq!(
+        back.manifest["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    for layer in back.manifest["layers"].as_array().unwrap() {
+        assert_eq!(layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd");
+    }
+    assert_runs_pushed(fly.machine(&machines[0]).image(), &reference);
+
+    let out = run(deploy_command(&fly, &registry, &t, &source, "v2", "plain")
+        .args(config)
+        .args(["--compression", "gzip"]));
+    let reference = pushed_reference(&out, &registry.host(), APP);
+    let back = assert_same_image(&registry, &reference, &written);
+    assert_eq!(
+        back.manifest["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    for layer in back.manifest["layers"].as_array().unwrap() {
+        assert_eq!(
+            layer["mediaType"],
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        );
+    }
+    assert_runs_pushed(fly.machine(&machines[0]).image(), &reference);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}

@@ -42,6 +42,12 @@ pub struct AppConfig {
 #[derive(Clone, Debug, Default)]
 pub struct Build {
     pub image: Option<String>,
+    /// `compression`: how `fly deploy` has its builders compress the image's layers, which
+    /// nixfly's push follows unless `--compression` says otherwise (flyctl
+    /// `internal/appconfig/config.go`, DetermineCompression).
+    pub compression: Option<crate::blob::Algorithm>,
+    /// `compression_level`: 0-9, as flyctl takes it (`internal/flag/validation/compression.go`).
+    pub compression_level: Option<i32>,
 }
 
 #[derive(Clone, Debug, Default)]

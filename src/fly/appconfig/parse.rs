@@ -79,6 +79,7 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
 
     if let Some(build) = root.table("build") {
         cfg.build.image = non_empty(build.string("image"));
+        parse_build_compression(&build, &mut cfg.build);
         build.ignore(&[
             "builder",
             "args",
@@ -349,6 +350,34 @@ fn valid_group_name(name: &str) -> bool {
 }
 
 /// flyctl builds multi-container machines from `machine_config`, `container` and
+/// `[build] compression` and `compression_level`, checked as flyctl's validateCompression
+/// checks them (`internal/appconfig/validation.go`, with `internal/flag/validation/
+/// compression.go`): "gzip", "zstd" or empty (unset), and a level from 0 to 9.
+fn parse_build_compression(build: &Table, out: &mut Build) {
+    if let Some(field) = build.get("compression")
+        && let Some(text) = field.string()
+    {
+        match text.as_str() {
+            "" => {}
+            "gzip" => out.compression = Some(crate::blob::Algorithm::Gzip),
+            "zstd" => out.compression = Some(crate::blob::Algorithm::Zstd),
+            other => field.error(format!(
+                "{other:?} is not a compression fly deploy takes: use \"gzip\" or \"zstd\", or leave it out"
+            )),
+        }
+    }
+    if let Some(field) = build.get("compression_level")
+        && let Some(level) = field.int()
+    {
+        match i32::try_from(level) {
+            Ok(level @ 0..=9) => out.compression_level = Some(level),
+            _ => field.error(format!(
+                "{level} is not a compression level fly deploy takes: use an integer from 0 to 9, or leave it out"
+            )),
+        }
+    }
+}
+
 /// `[build] compose` (internal/appconfig/machines.go, internal/containerconfig/parse.go);
 /// nixfly deploys one image as the machine's only container. Ignoring them would deploy a
 /// different machine than flyctl, so they are refused.

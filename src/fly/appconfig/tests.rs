@@ -1016,3 +1016,34 @@ fn an_unknown_group_is_refused_in_services_and_restart_and_a_warning_elsewhere()
             .any(|p| p.contains("no process group \"worker\""))
     );
 }
+
+/// `[build] compression` and `compression_level` as flyctl reads and checks them
+/// (`internal/appconfig/config.go` Build, `validation.go` validateCompression with
+/// `internal/flag/validation/compression.go`): "gzip", "zstd" or "" (unset), a level 0-9;
+/// anything else makes the fly.toml invalid. They were "unknown keys" to nixfly.
+#[test]
+fn build_compression_is_read_and_checked_as_flyctl_does() {
+    let (config, warnings) =
+        parse("app = \"x\"\n[build]\n  compression = \"zstd\"\n  compression_level = 9\n").unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(config.build.compression, Some(crate::blob::Algorithm::Zstd));
+    assert_eq!(config.build.compression_level, Some(9));
+    let (config, _) = parse("[build]\n  compression = \"gzip\"\n  compression_level = 0\n").unwrap();
+    assert_eq!(config.build.compression, Some(crate::blob::Algorithm::Gzip));
+    assert_eq!(config.build.compression_level, Some(0));
+    let (config, _) = parse("[build]\n  compression = \"\"\n").unwrap();
+    assert_eq!(config.build.compression, None);
+    assert_eq!(config.build.compression_level, None);
+
+    let refused = problems("[build]\n  compression = \"brotli\"\n  compression_level = 10\n");
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    assert!(
+        refused[0].starts_with("fly.toml:2: [build] compression: \"brotli\" is not a compression"),
+        "{refused:#?}"
+    );
+    assert!(
+        refused[1].starts_with("fly.toml:3: [build] compression_level: 10 is not a compression level"),
+        "{refused:#?}"
+    );
+    assert_eq!(problems("[build]\n  compression_level = -1\n").len(), 1);
+}
