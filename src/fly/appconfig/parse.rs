@@ -41,7 +41,6 @@ pub const VM_SIZES: &[&str] = &[
 
 /// Top-level keys flyctl knows that a deployer does not use: accepted without a warning.
 const IGNORED_TOP_LEVEL: &[&str] = &[
-    "machine_checks",
     // Nomad-era keys flyctl still parses and ignores.
     "build_target",
 ];
@@ -75,6 +74,10 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
     cfg.console_command = non_empty(root.string("console_command"));
     cfg.host_dedication_id = non_empty(root.string("host_dedication_id"));
     root.ignore(IGNORED_TOP_LEVEL);
+    // flyctl runs top-level [[machine_checks]] too, against every machine it deploys
+    // (`machinebasedtest.go`, `runTestMachines`; preflight
+    // `TestFlyDeploy_NoServiceDeployMachinesCheck`): ignoring them must not be silent.
+    warn_machine_checks(root);
     refuse_containers(root, &["machine_config", "container"]);
 
     if let Some(build) = root.table("build") {

@@ -123,6 +123,9 @@ fn max_unavailable_is_a_count_or_a_fraction() {
     assert_eq!(MaxUnavailable::Count(2).pool_size(6), 2);
 }
 
+/// flyctl `platformversion_test.go`, `TestSetMachinesPlatform`: a fly.toml that is TOML but
+/// does not decode into an app config cannot be deployed (flyctl `platformversion.go` returns
+/// the decode error); nixfly refuses it too, naming every bad value.
 #[test]
 fn wrong_types_are_errors_with_file_line_and_key() {
     let text = "app = \"x\"\n\n[deploy]\n  strategy = \"rolling\"\n  max_unavailable = -1\n  wait_timeout = \"soon\"\n";
@@ -1047,3 +1050,144 @@ fn build_compression_is_read_and_checked_as_flyctl_does() {
     );
     assert_eq!(problems("[build]\n  compression_level = -1\n").len(), 1);
 }
+
+/// The keys nixfly warns about, as `section key` (`fly.toml` for the top level).
+fn warned_keys(text: &str) -> Vec<String> {
+    let (_, warnings) = parse(text).unwrap();
+    warnings.iter().map(|w| w.key.clone()).collect()
+}
+
+/// flyctl `strict_validate_test.go`, `TestStrictValidate`: the keys and sections flyctl's
+/// strict validation reports as unrecognized are the ones nixfly warns about (flyctl
+/// `internal/appconfig/strict_validate.go`), and a config it accepts gets no warning. In the
+/// real-world case flyctl reports two keys of `[[http_service.machine_checks]]`; nixfly warns
+/// about the whole table instead, since it runs no machine checks.
+#[test]
+fn unknown_keys_are_the_ones_flyctl_strict_validation_reports() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "valid config",
+            "app = \"test-app\"\nprimary_region = \"iad\"\n[build]\nbuilder = \"dockerfile\"\n\
+             [env]\nNODE_ENV = \"production\"\n",
+            &[],
+        ),
+        (
+            "unrecognized top-level section",
+            "app = \"test-app\"\n[unknown_section]\nkey = \"value\"\n",
+            &["unknown_section"],
+        ),
+        (
+            "unrecognized key in build section",
+            "app = \"test-app\"\n[build]\nbuilder = \"dockerfile\"\nunknown_key = \"value\"\n",
+            &["[build] unknown_key"],
+        ),
+        (
+            "unrecognized key in checks value",
+            // With a port: nixfly refuses an http check that has none to take (flyctl too, when
+            // it makes the machine config: `machines.go`).
+            "app = \"test-app\"\n[checks.health_check]\ntype = \"http\"\nport = 8080\ninvalid_key = \"value\"\n",
+            &["[checks.health_check] invalid_key"],
+        ),
+        (
+            "real-world example",
+            STRICT_VALIDATE_REAL_WORLD,
+            &[
+                "[deploy] processes",
+                "[http_service.checks[0]] processes",
+                "http_machine",
+                "[http_service] machine_checks",
+                "[http_service.concurrency] processes",
+                "[http_service.http_options] xyz",
+                "[checks.my_check_bla] invalid_key",
+            ],
+        ),
+    ];
+    for (name, text, expected) in cases {
+        assert_eq!(warned_keys(text), *expected, "{name}");
+    }
+}
+
+/// The real-world fly.toml of `TestStrictValidate` (values shortened).
+const STRICT_VALIDATE_REAL_WORLD: &str = r#"app = "bla"
+primary_region = "mia"
+console_command = "bin/rails console"
+
+[build]
+dockerfile = "Dockerfile.web"
+build-target = "deploy"
+
+[build.args]
+RAILS_ENV = "staging"
+APPUID = "1000"
+
+[deploy]
+processes = ["app"]
+release_command = "./bin/rails db:prepare"
+strategy = "bluegreen"
+
+[env]
+RAILS_MAX_THREADS = 5
+
+[http_service]
+processes = ["app"]
+internal_port = 3000
+auto_stop_machines = "suspend"
+auto_start_machines = true
+min_machines_running = 1
+
+[[http_service.checks]]
+processes = ['app']
+grace_period = "10s"
+interval = "30s"
+protocol = "http"
+method = "GET"
+timeout = "5s"
+path = "/up"
+
+[[http_machine.checks]]
+processes = ['app']
+grace_period = "30s"
+image = "curlimages/curl"
+
+[[http_service.machine_checks]]
+processes = ['app']
+grace_period = "30s"
+image = "curlimages/curl"
+entrypoint = ["/bin/sh", "-c"]
+command = ["curl http://[$FLY_TEST_MACHINE_IP]/up"]
+kill_signal = "SIGKILL"
+kill_timeout = "5s"
+
+[http_service.concurrency]
+processes = ['app']
+type = "requests"
+soft_limit = 50
+hard_limit = 70
+
+[http_service.http_options]
+h2_backend = true
+xyz = "123"
+
+[[vm]]
+processes = ["app"]
+size = "shared-cpu-2x"
+memory = '2gb'
+
+[[vm]]
+processes = ["worker"]
+size = "shared-cpu-2x"
+memory = '2gb'
+
+[[statics]]
+guest_path = "/rails/public"
+url_prefix = "/"
+
+[processes]
+app = "bundle exec rails s -b 0.0.0.0 -p 3000"
+worker = "bundle exec sidekiq"
+
+[checks.my_check_bla]
+type = "http"
+grace_period = "30s"
+invalid_key = 123
+"#;
