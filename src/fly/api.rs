@@ -820,14 +820,15 @@ impl MachinesApi {
 
     /// One `wait` call: at most 60 seconds (the API's cap). A timeout comes back as status 408.
     /// `version` (the machine's `instance_id` after an update) makes the API wait for that
-    /// version, not the one that was running before.
+    /// version, not the one that was running before. Answers the state reached, when the
+    /// answer names it (`WaitMachineResponse.state`).
     pub async fn wait(
         &self,
         id: &str,
         state: &str,
         version: Option<&str>,
         timeout: Duration,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<String>, ApiError> {
         let secs = timeout.min(MAX_WAIT_CALL).as_secs().max(1);
         let mut query = vec![("state", state.to_string()), ("timeout", secs.to_string())];
         if let Some(version) = version {
@@ -843,7 +844,11 @@ impl MachinesApi {
                 replay: Replay::Wait,
             })
             .await
-            .map(drop)
+            .map(|body| {
+                serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|answer| answer.get("state")?.as_str().map(str::to_string))
+            })
     }
 }
 

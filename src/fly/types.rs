@@ -295,6 +295,18 @@ impl Machine {
             .take_while(|e| !matches!(e.kind.as_str(), "update" | "launch"))
             .find_map(MachineEvent::exit_info)
     }
+
+    /// A machine its latest update (or create) left `stopped` without starting it: Fly starts
+    /// on update only a machine that was running (flyctl preflight `fly_machine_test.go`,
+    /// `TestFlyMachineRun_standbyFor`). One that started since and exited is not.
+    pub fn left_stopped_by_change(&self) -> bool {
+        self.state == "stopped"
+            && !self
+                .events
+                .iter()
+                .take_while(|e| !matches!(e.kind.as_str(), "update" | "launch"))
+                .any(|e| e.kind == "start")
+    }
 }
 
 pub fn config_check_count(config: &Value) -> usize {
@@ -452,6 +464,23 @@ mod tests {
         ] {
             let m = machine(json!({"id": "m", "state": state, "config": {"standbys": standbys}}));
             assert_eq!(m.should_skip_launch(), skip, "{state} {standbys}");
+        }
+    }
+
+    /// flyctl preflight `TestFlyMachineRun_standbyFor`: an update leaves a stopped machine
+    /// stopped; one that started after its update and exited is not one of those.
+    #[test]
+    fn a_machine_left_stopped_by_its_update_has_not_started_since() {
+        let events = |kinds: &[&str]| -> Value { kinds.iter().map(|k| json!({"type": k})).collect() };
+        for (state, kinds, left) in [
+            ("stopped", events(&["update", "stop"]), true),
+            ("stopped", events(&["exit", "start", "update"]), false),
+            ("stopped", events(&["update", "exit", "start"]), true),
+            ("started", events(&["update"]), false),
+            ("stopped", events(&[]), true),
+        ] {
+            let m = machine(json!({"id": "m", "state": state, "events": kinds}));
+            assert_eq!(m.left_stopped_by_change(), left, "{state} {kinds}");
         }
     }
 

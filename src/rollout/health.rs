@@ -28,7 +28,9 @@ pub async fn wait_for_state(
     version: Option<&str>,
     timeout: Duration,
 ) -> Result<(), RolloutError> {
-    wait_until(api, machine, state, version, timeout, false).await
+    wait_until(api, machine, state, version, timeout, false)
+        .await
+        .map(drop)
 }
 
 /// `wait_for_state` for a machine created moments ago: the API may not show it yet and
@@ -41,7 +43,21 @@ pub async fn wait_for_new_machine(
     version: Option<&str>,
     timeout: Duration,
 ) -> Result<(), RolloutError> {
-    wait_until(api, machine, state, version, timeout, true).await
+    wait_for_new_machine_state(api, machine, state, version, timeout)
+        .await
+        .map(drop)
+}
+
+/// `wait_for_new_machine` for any of the comma-separated `states`, answering the one reached
+/// when the API names it.
+pub async fn wait_for_new_machine_state(
+    api: &MachinesApi,
+    machine: &str,
+    states: &'static str,
+    version: Option<&str>,
+    timeout: Duration,
+) -> Result<Option<String>, RolloutError> {
+    wait_until(api, machine, states, version, timeout, true).await
 }
 
 async fn wait_until(
@@ -51,7 +67,7 @@ async fn wait_until(
     version: Option<&str>,
     timeout: Duration,
     just_created: bool,
-) -> Result<(), RolloutError> {
+) -> Result<Option<String>, RolloutError> {
     let deadline = Instant::now() + timeout;
     let mut backoff = WAIT_RETRY_FIRST;
     loop {
@@ -64,11 +80,11 @@ async fn wait_until(
             });
         }
         match api.wait(machine, state, version, left).await {
-            Ok(_) => return Ok(()),
+            Ok(reached) => return Ok(reached),
             // The API's own timeout: keep waiting until ours runs out, unless the machine has
             // given up (a machine in `failed` never reaches `started` by itself).
             Err(err) if err.status() == Some(408) => {
-                if state == "started"
+                if state.split(',').any(|s| s == "started")
                     && let Ok(current) = api.get_machine(machine).await
                     && current.state == "failed"
                 {
@@ -76,7 +92,7 @@ async fn wait_until(
                 }
             }
             // Gone is what waiting for `destroyed` wanted.
-            Err(err) if err.status() == Some(404) && state == "destroyed" => return Ok(()),
+            Err(err) if err.status() == Some(404) && state == "destroyed" => return Ok(None),
             Err(err) if err.status() == Some(404) && just_created => {
                 tokio::time::sleep(JUST_CREATED_RETRY.min(left)).await;
             }

@@ -2,7 +2,7 @@
 
 use super::RolloutSpec;
 use super::error::RolloutError;
-use super::health::{HealthWait, wait_for_new_machine, wait_healthy};
+use super::health::{HealthWait, wait_for_new_machine, wait_for_new_machine_state, wait_healthy};
 use super::lease::Leases;
 use super::waves::{ConfigChange, update_body};
 use crate::fly::api::MachinesApi;
@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Everything a strategy needs: the API, the spec, the change to apply, the leases held, and
 /// the journal of machines changed so far (their previous state, for rollback).
@@ -243,7 +244,7 @@ impl Ctx {
             return Ok("updated (left stopped)");
         }
         self.status(id, group, "starting");
-        wait("started").await?;
+        self.wait_started(id, version, timeout).await?;
         if expected_checks > 0 {
             self.status(id, group, "started, waiting for checks");
         }
@@ -261,6 +262,51 @@ impl Ctx {
             return Err(self.with_crash_logs(err).await);
         }
         Ok("done")
+    }
+
+    /// Wait for a machine the update meant to launch to run. Fly launches on update only a
+    /// machine that was running when the update landed (flyctl preflight
+    /// `TestFlyMachineRun_standbyFor`), so one stopped since it was listed (autostopped by the
+    /// proxy, or crashed before its rollback) settles `stopped`: it is started here, as the
+    /// update meant. One that started and already exited is left to the health wait.
+    async fn wait_started(
+        &self,
+        id: &str,
+        version: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), RolloutError> {
+        let reached = wait_for_new_machine_state(&self.api, id, "started,stopped", version, timeout)
+            .await
+            .map_err(|err| match err {
+                RolloutError::WaitTimeout { machine, timeout, .. } => RolloutError::WaitTimeout {
+                    machine,
+                    state: "started",
+                    timeout,
+                },
+                err => err,
+            })?;
+        if reached.as_deref() == Some("started") {
+            return Ok(());
+        }
+        let api_error = |action, source: crate::fly::api::ApiError| RolloutError::Api {
+            action,
+            machine: id.to_string(),
+            source: source.into(),
+        };
+        let machine = self
+            .api
+            .get_machine(id)
+            .await
+            .map_err(|e| api_error("reading the state of", e))?;
+        if !machine.left_stopped_by_change() {
+            return Ok(());
+        }
+        let nonce = self.leases.nonce(id);
+        self.api
+            .machine_action(id, "start", nonce.as_deref())
+            .await
+            .map_err(|e| api_error("starting", e))?;
+        wait_for_new_machine(&self.api, id, "started", version, timeout).await
     }
 
     /// A crash loop with what the machine logged since it last changed (`logs::since_update`).

@@ -232,6 +232,39 @@ async fn skip_launch_leaves_a_stopped_machine_stopped() {
     assert_eq!(fly.machine(&id).state, "stopped");
 }
 
+/// flyctl preflight `fly_machine_test.go`, `TestFlyMachineRun_standbyFor` ("Updating a
+/// stopped machine doesn't start it"): `fly machine update` sends skip_launch false, and on
+/// Fly the stopped machine is still stopped once the update settles.
+#[tokio::test]
+async fn an_update_without_skip_launch_leaves_a_stopped_machine_stopped() {
+    let (fly, api) = demo();
+    let id = fly
+        .add_machines("demo", &MachineSpec::new("app").state("stopped"))
+        .remove(0);
+    let mut config = fly.machine(&id).config;
+    config["image"] = json!("registry.fly.io/demo@sha256:abc");
+    let (status, updated) = api
+        .post(
+            &format!("/v1/apps/demo/machines/{id}"),
+            json!({"config": config, "skip_launch": false}),
+        )
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    let version = updated["instance_id"].as_str().expect("version").to_string();
+    let (status, waited) = api
+        .get(&format!(
+            "/v1/apps/demo/machines/{id}/wait?state=stopped&timeout=10&version={version}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{waited}");
+    std::thread::sleep(Duration::from_millis(200));
+    let machine = fly.machine(&id);
+    assert_eq!(
+        (machine.state.as_str(), machine.image()),
+        ("stopped", "registry.fly.io/demo@sha256:abc")
+    );
+}
+
 #[tokio::test]
 async fn bodies_and_queries_that_break_the_schema_are_rejected_and_recorded() {
     let (fly, api) = demo();

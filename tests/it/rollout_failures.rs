@@ -90,7 +90,9 @@ fn no_rollback_leaves_the_failed_machine_and_still_fails() {
 
 /// A machine without checks whose process runs once and exits 0 (a one-shot group) is
 /// deployed, as flyctl's smoke check passes it (it fails only machines that keep restarting);
-/// one that exits 1 and stops did not come up, and is rolled back.
+/// one that exits 1 and stops did not come up, and is rolled back, and started again as it
+/// was: an update alone leaves a stopped machine stopped on Fly (flyctl preflight
+/// `fly_machine_test.go`, `TestFlyMachineRun_standbyFor`).
 #[test]
 fn a_one_shot_machine_that_exits_cleanly_is_deployed_and_one_that_fails_is_not() {
     for (exit_code, deployed) in [(0, true), (1, false)] {
@@ -114,7 +116,9 @@ fn a_one_shot_machine_that_exits_cleanly_is_deployed_and_one_that_fails_is_not()
             assert_eq!(fly.machine(&ids[0]).state, "stopped");
         } else {
             assert_eq!(out.status.code(), Some(EXIT_ROLLED_BACK), "{err}");
-            assert_ne!(fly.machine(&ids[0]).image(), new);
+            let machine = fly.machine(&ids[0]);
+            assert_ne!(machine.image(), new);
+            assert_eq!(machine.state, "started", "{err}");
         }
         assert_no_leases(&fly);
         assert_no_violations(&fly);

@@ -44,7 +44,8 @@
 //!   reasons, and is recorded. Release bodies are checked against the shapes in the notes.
 //! - Time runs in "Fly seconds" scaled by `Timing::scale` (default 0.05): an update puts the
 //!   machine in `replacing`, then `started` after `Timing::start` (or `stopped` with
-//!   `skip_launch`); checks are `warning`, then `passing` after `Timing::checks`. A wait call
+//!   `skip_launch`, or when the machine was `stopped` or `created`: an update starts only a
+//!   machine that was running, as flyctl's preflight `TestFlyMachineRun_standbyFor` sees); checks are `warning`, then `passing` after `Timing::checks`. A wait call
 //!   blocks at most 60 Fly seconds (3 s by default) and answers 408 on timeout; a `timeout`
 //!   above 60 is 400 `invalid_argument`; with `version` (or `instance_id`) it answers only
 //!   once the machine runs that version. Lease TTLs are not scaled: clients refresh them on

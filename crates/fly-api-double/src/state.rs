@@ -807,6 +807,10 @@ impl State {
         now: Instant,
     ) {
         let machine = self.machines.get_mut(id).expect("caller checked");
+        // An update does not start a machine that was not running, whatever skip_launch says
+        // (flyctl preflight `fly_machine_test.go`, `TestFlyMachineRun_standbyFor`: `fly
+        // machine update` sends skip_launch false and the stopped machine stays stopped).
+        let stays_stopped = skip_launch || matches!(machine.state.as_str(), "stopped" | "created");
         let image_changed = machine.config["image"] != config["image"];
         machine.config_history.push(config.clone());
         machine.config = config;
@@ -818,7 +822,7 @@ impl State {
         machine.updated_at = rfc3339_now();
         machine.checks.clear();
         machine.push_event("update", "replacing", "user", None);
-        let steps = if skip_launch {
+        let steps = if stays_stopped {
             vec![self.stopped_after_start(now)]
         } else {
             self.launch_steps(id, now)
