@@ -5,8 +5,11 @@
 
 use crate::support;
 
+use std::time::Duration;
 use support::fly_api::{Behavior, FlyApi, Machine, MachineSpec};
-use support::rollout::{APP, assert_no_leases, assert_no_violations, image, run_rollout, stderr};
+use support::rollout::{
+    APP, assert_no_leases, assert_no_violations, image, rollout_cmd, run_rollout, stderr,
+};
 use support::{TestDir, assert_success};
 
 const WEB: &str = "app = \"demo\"\nprimary_region = \"ams\"\n\n[http_service]\n  internal_port = 8080\n";
@@ -196,6 +199,43 @@ fn bluegreen_over_a_stopped_machine_fails_on_a_crash_and_starts_a_healthy_app() 
         (live[0].state.as_str(), live[0].image()),
         ("started", healthy.as_str())
     );
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// `fly_machine_test.go`, `TestFlyMachineRun_standbyFor` ("Updating a stopped machine doesn't
+/// start it"): a machine that was running when the deploy listed it, and was stopped (as the
+/// proxy autostops an idle one) while the deploy waited for its lease, is updated and stays
+/// stopped on Fly. The deploy starts it, as it meant to, and checks it, rather than wait for
+/// a start that never comes.
+#[test]
+fn a_machine_stopped_after_the_listing_is_started_after_its_update() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let id = fly
+        .add_machines(APP, &MachineSpec::new("app").checks(1))
+        .remove(0);
+    fly.hold_lease(&id, "someone@else.com", Some(Duration::from_secs(2)));
+    let t = TestDir::new();
+    let new = image(7);
+    let child = rollout_cmd(&fly, &t, &new)
+        .args(["--wait-timeout", "10s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(fly.wait_until(Duration::from_secs(10), |f| {
+        !f.requests_to("POST", &format!("/machines/{id}/lease")).is_empty()
+    }));
+    fly.stop(&id);
+    let out = child.wait_with_output().unwrap();
+    assert_success(&out);
+    let machine = fly.machine(&id);
+    assert_eq!(
+        (machine.state.as_str(), machine.image()),
+        ("started", new.as_str())
+    );
+    assert_eq!(machine.checks[0].status, "passing");
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }

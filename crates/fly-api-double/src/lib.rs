@@ -419,6 +419,16 @@ impl FlyApi {
         id
     }
 
+    /// Stop a machine as Fly's proxy does when it autostops an idle one: no lease needed.
+    pub fn stop(&self, machine: &str) {
+        let mut st = self.lock();
+        assert!(
+            st.machines.contains_key(machine),
+            "the Fly API double has no machine {machine}"
+        );
+        st.stop_machine(machine, Instant::now());
+    }
+
     /// Take a machine out of Fly's proxy (`cordoned`), as a machine created with
     /// `skip_service_registration` is until uncordoned.
     pub fn cordon(&self, machine: &str) {
