@@ -204,6 +204,16 @@ fn mk_fly_deploy_with_plan_layering_deploys_the_plan() {
 /// The config blob and diff_ids of a docker-archive, read as `docker load` reads one:
 /// manifest.json names the config, the config lists the diff_ids; each layer tar's sha256 is
 /// checked against them.
+/// The image the stand-in's stream script writes for the app with `maxLayers = 3` (one layer
+/// for the most popular path, one for the rest, the customisation layer): its config and
+/// diff_ids.
+fn stream_image(nix: &Nix, t: &TestDir) -> (Vec<u8>, Vec<String>) {
+    let stream = build(nix, t, &with_app("hello", &image_body(3)), "stream");
+    let archive = run(&mut std::process::Command::new(&stream));
+    assert_success(&archive);
+    archive_image(&archive.stdout)
+}
+
 fn archive_image(archive: &[u8]) -> (Vec<u8>, Vec<String>) {
     let mut files = std::collections::HashMap::new();
     let mut tar = tar::Archive::new(archive);
@@ -244,12 +254,7 @@ fn archive_image(archive: &[u8]) -> (Vec<u8>, Vec<String>) {
 fn regression_issue_11_plan_push_is_the_stream_image() {
     let Some(nix) = Nix::get() else { return };
     let t = TestDir::new();
-    // maxLayers = 3: one layer for the most popular path, one for the rest, the customisation
-    // layer.
-    let stream = build(nix, &t, &with_app("hello", &image_body(3)), "stream");
-    let archive = run(&mut std::process::Command::new(&stream));
-    assert_success(&archive);
-    let (stream_config, stream_diff_ids) = archive_image(&archive.stdout);
+    let (stream_config, stream_diff_ids) = stream_image(nix, &t);
     let stream_config_json: Value = serde_json::from_slice(&stream_config).unwrap();
     let history = stream_config_json["history"].as_array().unwrap();
     assert_eq!(history.len(), 3, "{stream_config_json}");
@@ -305,10 +310,7 @@ fn a_build_layered_image_has_the_plan_of_its_stream() {
 fn build_layered_image_tarballs_push_the_image_their_stream_writes() {
     let Some(nix) = Nix::get() else { return };
     let t = TestDir::new();
-    let stream = build(nix, &t, &with_app("hello", &image_body(3)), "stream");
-    let archive = run(&mut std::process::Command::new(&stream));
-    assert_success(&archive);
-    let (stream_config, stream_diff_ids) = archive_image(&archive.stdout);
+    let (stream_config, stream_diff_ids) = stream_image(nix, &t);
     let with_compressor = |compressor: &str| {
         with_app(
             "hello",

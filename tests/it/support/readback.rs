@@ -129,6 +129,31 @@ pub fn assert_same_image(registry: &Registry, reference: &str, written: &Written
     back
 }
 
+/// The manifest is OCI's (`oci`) or Docker's v2s2, its layers zstd or gzip (`zstd`), by their
+/// media types.
+#[track_caller]
+pub fn assert_media_types(back: &ReadBack, oci: bool, zstd: bool) {
+    let (manifest, layer) = match (oci, zstd) {
+        (true, true) => (
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        ),
+        (true, false) => (
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        ),
+        (false, false) => (
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        ),
+        (false, true) => panic!("Docker v2s2 has no zstd layers"),
+    };
+    assert_eq!(back.manifest["mediaType"], manifest);
+    for each in back.manifest["layers"].as_array().unwrap() {
+        assert_eq!(each["mediaType"], layer);
+    }
+}
+
 /// The events named `name` from `--output json` stdout, where every line is one JSON event.
 /// The `pushed` event's reference of a successful push with `--output json`.
 #[track_caller]
