@@ -1177,6 +1177,175 @@ mod tests {
         }
     }
 
+    /// fly-go `flaps/flaps_machines_wait_test.go`: `TestWaitDefaults` (GET `.../wait` with
+    /// `state` and `timeout=60`, no `version`, no `from_event_id`), `TestWaitOptions` (`state`,
+    /// `timeout` in whole seconds and `version` as given), `TestWaitTimeoutClamp` (2 minutes is
+    /// sent as 60, half a second as 1) and `TestWaitStatesNoCommaSplitting` (a state is passed
+    /// on as one value, comma and all).
+    #[tokio::test]
+    async fn waits_send_the_query_flaps_sends() {
+        let (base, heads) = raw_server(vec![OK; 5]);
+        let api = MachinesApi::new(machines(&base), "my-app");
+        let version = "01JC1W3CW1VEKNMHX7MJ70DE1D";
+        let waits = [
+            (
+                "started",
+                None,
+                Duration::from_secs(60),
+                "state=started&timeout=60",
+            ),
+            (
+                "stopped",
+                Some(version),
+                Duration::from_secs(30),
+                "state=stopped&timeout=30&version=01JC1W3CW1VEKNMHX7MJ70DE1D",
+            ),
+            (
+                "started",
+                None,
+                Duration::from_secs(120),
+                "state=started&timeout=60",
+            ),
+            (
+                "started",
+                None,
+                Duration::from_millis(500),
+                "state=started&timeout=1",
+            ),
+            (
+                "started,stopped",
+                None,
+                Duration::from_secs(60),
+                "state=started%2Cstopped&timeout=60",
+            ),
+        ];
+        for (state, version, timeout, _) in waits {
+            api.wait("m123", state, version, timeout).await.unwrap();
+        }
+        let heads = heads.lock().unwrap();
+        for (head, (.., query)) in heads.iter().zip(waits) {
+            let line = head.lines().next().unwrap();
+            assert_eq!(
+                line,
+                format!("GET /v1/apps/my-app/machines/m123/wait?{query} HTTP/1.1")
+            );
+        }
+    }
+
+    /// fly-go `flaps/flaps_test.go`, `TestFlapsClientPersistsPathScopedCookiesPerApp`: the
+    /// `fly_flaps_affinity` cookie flaps sets on an app's write, scoped to `/v1/apps/<app>`,
+    /// goes back with that app's later requests and no other app's.
+    #[tokio::test]
+    async fn affinity_cookies_go_back_to_their_own_app_only() {
+        let set = |node: &str, app: &str| {
+            answer(
+                "200 OK",
+                &format!("set-cookie: fly_flaps_affinity={node}; Path=/v1/apps/{app}\r\n"),
+                "{}",
+            )
+        };
+        let (base, heads) = raw_server(vec![
+            set("creator-node-a", "app-a"),
+            set("creator-node-b", "app-b"),
+            OK,
+            OK,
+        ]);
+        let http = machines(&base);
+        for app in ["app-a", "app-b"] {
+            http.send(post(&["v1", "apps", app, "machines"], Replay::Unsafe))
+                .await
+                .unwrap();
+        }
+        for app in ["app-a", "app-b"] {
+            http.send(Request::get(&["v1", "apps", app, "status"]))
+                .await
+                .unwrap();
+        }
+        let cookies: Vec<Vec<String>> = heads.lock().unwrap()[2..]
+            .iter()
+            .map(|head| {
+                head.lines()
+                    .filter_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("cookie:")
+                            .map(|c| c.trim().to_string())
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            cookies,
+            [
+                ["fly_flaps_affinity=creator-node-a"],
+                ["fly_flaps_affinity=creator-node-b"]
+            ]
+        );
+    }
+
+    /// fly-go `flaps/flaps_test.go`, `TestNewWithOptions_UserAgentUsesOptsWhenProvided`, and
+    /// `client_test.go`, `TestTransportSetDefaults_UserAgentUsesNameAndVersionWhenProvided`:
+    /// a client names itself `<name>/<version>` to both APIs, as flyctl sends `flyctl/<version>`.
+    #[tokio::test]
+    async fn both_apis_are_told_nixfly_and_its_version() {
+        let (base, heads) = raw_server(vec![OK, OK]);
+        machines(&base)
+            .send(Request::get(&["v1", "apps", "demo"]))
+            .await
+            .unwrap();
+        platform(&base)
+            .send(Request::get(&["api", "v1", "releases"]))
+            .await
+            .unwrap();
+        let agent = format!("user-agent: nixfly/{}", env!("CARGO_PKG_VERSION"));
+        for head in heads.lock().unwrap().iter() {
+            assert!(head.lines().any(|l| l.eq_ignore_ascii_case(&agent)), "{head}");
+        }
+    }
+
+    /// fly-go `flaps/flaps_test.go`: `TestFlaps_GetRetriesOnConnReset` (a GET whose connection
+    /// was reset twice is sent a third time), `TestFlaps_PostDoesNotRetry` (a POST that makes
+    /// something is not), `TestFlaps_GetGivesUpAfterMaxRetries` (the reset stays in the error
+    /// chain); `client_test.go`: `TestRunWithContext_RetriesQueryOnConnReset` (so is a GraphQL
+    /// query) and `TestRunWithContext_DoesNotRetryMutation`. nixfly sends again more than fly-go
+    /// does (any replayable request, 5 retries), as flyctl's own retry layer does: see
+    /// `flaps_answers_are_retried_as_flyctl_classifies_them`.
+    #[tokio::test]
+    async fn a_reset_connection_is_retried_for_reads_and_never_for_a_create() {
+        let (base, heads) = raw_server(vec![RESET, RESET, OK]);
+        machines(&base).send(Request::get(&["v1", "apps"])).await.unwrap();
+        assert_eq!(count(&heads), 3);
+
+        let (base, heads) = raw_server(vec![RESET, OK]);
+        let err = machines(&base)
+            .send(post(&["v1", "apps", "demo", "machines"], Replay::Unsafe))
+            .await
+            .unwrap_err();
+        assert_eq!(count(&heads), 1);
+        let mut source: Option<&dyn std::error::Error> = Some(&err);
+        let mut reset = false;
+        while let Some(e) = source {
+            reset |= e
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset);
+            source = e.source();
+        }
+        assert!(reset, "{err:?}");
+        assert!(err.to_string().contains("the connection broke"), "{err}");
+
+        let graphql = answer(
+            "200 OK",
+            "",
+            r#"{"data":{"app":{"currentReleaseUnprocessed":null}}}"#,
+        );
+        let (base, heads) = raw_server(vec![RESET, RESET, graphql]);
+        let config = super::super::platform::PlatformApi::new(platform(&base))
+            .current_release_config("demo")
+            .await
+            .unwrap();
+        assert_eq!(config, None);
+        assert_eq!(count(&heads), 3);
+    }
+
     #[test]
     fn paths_are_joined_below_the_base_url() {
         let token = FlyToken::parse("fo1_testtoken123", super::super::token::TokenSource::Flag).unwrap();
