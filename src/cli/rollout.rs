@@ -173,7 +173,10 @@ impl ResolvedRollout {
     }
 
     /// The first Fly request: the app exists and the token may use it (Machines API
-    /// `GET /v1/apps/{app}`).
+    /// `GET /v1/apps/{app}`). flaps looks the name up across all of Fly before it checks the
+    /// token's access (fly-go `flaps/flaps_apps_test.go`, `TestAppNameAvailable`): 404 means
+    /// no app has that name, 403 that one has and this token may not read it, often another
+    /// organization's app, as app names are global.
     pub async fn check_app(&self) -> anyhow::Result<()> {
         match self.api.get_app().await {
             Ok(app) => {
@@ -181,8 +184,14 @@ impl ResolvedRollout {
                 Ok(())
             }
             Err(err) if err.status() == Some(404) => Err(anyhow::Error::new(err).context(format!(
-                "Fly app {app} does not exist, or the token cannot see it: check --app (or app in \
-                 fly.toml), or create it with `fly apps create {app}`",
+                "Fly app {app} does not exist: check --app (or app in fly.toml), or create it \
+                 with `fly apps create {app}`",
+                app = self.app
+            ))),
+            Err(err) if err.status() == Some(403) => Err(anyhow::Error::new(err).context(format!(
+                "Fly app {app} exists, but this token may not use it: app names are unique \
+                 across all of Fly.io, so it may be another organization's app (check --app, or \
+                 app in fly.toml), or the token was made for another app or organization",
                 app = self.app
             ))),
             Err(err) => Err(anyhow::Error::new(err).context(format!("checking Fly app {}", self.app))),

@@ -48,12 +48,15 @@ pub enum ApiError {
         token_source: String,
         fix: &'static str,
     },
-    #[error("{method} {url} failed with {status}: {message}")]
+    #[error("{method} {url} failed with {status}: {message}{}", code_hint(code.as_deref()))]
     Status {
         method: Method,
         url: String,
         status: u16,
         message: String,
+        /// How flaps classified the failure: the `status` of its `ErrorResponse`
+        /// (`insufficient_capacity`, `name_taken`, ...), when it sent one.
+        code: Option<String>,
     },
     #[error("{method} {url}: unexpected response body")]
     Decode {
@@ -80,6 +83,21 @@ pub enum ApiError {
         #[source]
         source: url::ParseError,
     },
+}
+
+/// What to do about a failure flaps classified, keyed off its code alone, never the message
+/// (fly-go `flaps/flaps_error.go`, `FlapsError.Suggestion`; `flaps_error_test.go`,
+/// `TestFlapsErrorSuggestion`: a message without the code gets no suggestion). Of the codes the
+/// spec lists, only `insufficient_capacity` has one there; `name_taken` is about creating apps,
+/// which nixfly does not do.
+fn code_hint(code: Option<&str>) -> &'static str {
+    match code {
+        Some("insufficient_capacity") => {
+            ". Fly has no capacity for this machine in its region right now \
+             (insufficient_capacity): try again later, or run it in another region"
+        }
+        _ => "",
+    }
 }
 
 /// What a transport error means for the request: never sent, or its answer cut off or late.
@@ -114,6 +132,14 @@ impl ApiError {
     pub fn message(&self) -> Option<&str> {
         match self {
             ApiError::Unauthorized { message, .. } | ApiError::Status { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+
+    /// How flaps classified the failure (its error body's `status`), if it did.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ApiError::Status { code, .. } => code.as_deref(),
             _ => None,
         }
     }
@@ -379,6 +405,7 @@ impl FlyHttp {
                         url: shown,
                         status: status.as_u16(),
                         message,
+                        code: error_code(&body),
                     }
                 },
             );
@@ -437,6 +464,16 @@ fn error_message(body: &[u8]) -> String {
     } else {
         text.chars().take(500).collect()
     }
+}
+
+/// The `status` field of a JSON error body: flaps' `ErrorResponse` carries its classification
+/// of the failure there (the OpenAPI file's `main.statusCode`; fly-go `flaps/flaps_error.go`,
+/// `FlapsError.StatusCode`, reads it from any error body, so a lease call's `"error"` comes
+/// through too and means nothing).
+fn error_code(body: &[u8]) -> Option<String> {
+    let value = serde_json::from_slice::<Value>(body).ok()?;
+    let code = value.get("status")?.as_str()?;
+    (!code.is_empty()).then(|| code.to_string())
 }
 
 /// Ask `find` until it finds something or `LAUNCH_LOOKUP` has passed (reads lag a little behind
@@ -954,20 +991,32 @@ mod tests {
         assert!(transport_is_transient(false, Replay::Safe));
     }
 
+    /// An answer `raw_server` gives by resetting the connection (RST) once the request began
+    /// to arrive: the ECONNRESET of fly-go's tests.
+    const RESET: &str = "";
+
     /// A one-connection-at-a-time HTTP server that answers the n-th request with `answers[n]`
-    /// (raw bytes, the connection closed after each), and counts the requests.
-    fn raw_server(answers: Vec<&'static str>) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    /// (raw bytes, the connection closed after each; `RESET` resets it instead), and keeps the
+    /// head (request line and headers) of each request it read.
+    fn raw_server(answers: Vec<&'static str>) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
         use std::io::{BufRead, BufReader, Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = Arc::clone(&seen);
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&heads);
         std::thread::spawn(move || {
             for answer in answers {
-                let Ok((stream, _)) = listener.accept() else {
+                let Ok((mut stream, _)) = listener.accept() else {
                     return;
                 };
+                if answer == RESET {
+                    // Closing with unread input makes the kernel answer with a reset.
+                    let _ = stream.read(&mut [0; 1]);
+                    seen.lock().unwrap().push(String::new());
+                    continue;
+                }
                 let mut reader = BufReader::new(stream);
+                let mut head = String::new();
                 let mut length = 0;
                 loop {
                     let mut line = String::new();
@@ -977,15 +1026,20 @@ mod tests {
                     if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
                         length = value.trim().parse().unwrap_or(0);
                     }
+                    head.push_str(&line);
                 }
                 let mut body = vec![0; length];
                 let _ = reader.read_exact(&mut body);
-                counter.fetch_add(1, Ordering::SeqCst);
+                seen.lock().unwrap().push(head);
                 let mut stream = reader.into_inner();
                 let _ = stream.write_all(answer.as_bytes());
             }
         });
-        (format!("http://{addr}"), seen)
+        (format!("http://{addr}"), heads)
+    }
+
+    fn count(heads: &std::sync::Mutex<Vec<String>>) -> usize {
+        heads.lock().unwrap().len()
     }
 
     /// Headers that promise a body the connection then does not deliver.
@@ -1013,7 +1067,7 @@ mod tests {
             replay: Replay::Safe,
         };
         assert_eq!(platform(&base).send(patch).await.unwrap(), b"{}");
-        assert_eq!(seen.load(Ordering::SeqCst), 2);
+        assert_eq!(count(&seen), 2);
 
         let (base, seen) = raw_server(vec![CUT_OFF, OK]);
         let create = Request {
@@ -1026,7 +1080,275 @@ mod tests {
         };
         let err = platform(&base).send(create).await.unwrap_err();
         assert!(matches!(err, ApiError::Transport { .. }), "{err:?}");
-        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        assert_eq!(count(&seen), 1);
+    }
+
+    /// A raw HTTP answer with `status` (e.g. "503 Service Unavailable"), extra header lines and
+    /// a JSON body, for `raw_server`.
+    fn answer(status: &str, headers: &str, body: &str) -> &'static str {
+        let text = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n{headers}\r\n{body}",
+            body.len()
+        );
+        Box::leak(text.into_boxed_str())
+    }
+
+    fn machines(base: &str) -> FlyHttp {
+        let token =
+            FlyToken::parse("FlyV1 fm2_testmacaroon", super::super::token::TokenSource::Flag).unwrap();
+        FlyHttp::new(base, token, Reporter::plain()).unwrap()
+    }
+
+    fn post<'a>(path: &'a [&'a str], replay: Replay) -> Request<'a> {
+        Request {
+            method: Method::POST,
+            body: Some(json!({})),
+            replay,
+            ..Request::get(path)
+        }
+    }
+
+    /// fly-go `flaps/flaps_error_test.go`, `TestIsNameTakenError` (its error bodies) and
+    /// `TestFlapsErrorSuggestion`: flaps' error body is `{"error": text, "status": code}`, the
+    /// code being its own classification of the failure (`main.statusCode` in the OpenAPI
+    /// file). The text is the message either way; the code is kept when there is one, and the
+    /// advice is keyed off the code alone: "insufficient capacity" in the text, without the
+    /// code, gets none, and a code outranks whatever the text quotes. nixfly read only the
+    /// text and dropped the code.
+    #[tokio::test]
+    async fn flaps_error_bodies_give_their_text_and_their_code() {
+        let capacity_advice = "(insufficient_capacity): try again later, or run it in another region";
+        let cases = [
+            (
+                "422 Unprocessable Entity",
+                r#"{"error":"Validation failed: Name has already been taken","status":"name_taken"}"#,
+                "Validation failed: Name has already been taken",
+                Some("name_taken"),
+            ),
+            (
+                "422 Unprocessable Entity",
+                r#"{"error":"Validation failed: Name has already been taken"}"#,
+                "Validation failed: Name has already been taken",
+                None,
+            ),
+            (
+                "422 Unprocessable Entity",
+                r#"{"error":"uniqueness constraint violated"}"#,
+                "uniqueness constraint violated",
+                None,
+            ),
+            (
+                "503 Service Unavailable",
+                r#"{"error":"out of capacity","status":"insufficient_capacity"}"#,
+                "out of capacity",
+                Some("insufficient_capacity"),
+            ),
+            (
+                "503 Service Unavailable",
+                r#"{"error":"retry gave up after: Validation failed: Name has already been taken","status":"insufficient_capacity"}"#,
+                "retry gave up after: Validation failed: Name has already been taken",
+                Some("insufficient_capacity"),
+            ),
+            (
+                "503 Service Unavailable",
+                r#"{"error":"insufficient_capacity: out of capacity"}"#,
+                "insufficient_capacity: out of capacity",
+                None,
+            ),
+        ];
+        let (base, _) = raw_server(
+            cases
+                .iter()
+                .map(|(status, body, ..)| answer(status, "", body))
+                .collect(),
+        );
+        let http = machines(&base);
+        for (status, body, text, code) in cases {
+            // A create: not sent again on a 5xx, so each answer is read once.
+            let err = http
+                .send(post(&["v1", "apps", "demo", "machines"], Replay::Unsafe))
+                .await
+                .unwrap_err();
+            assert_eq!(err.status(), status[..3].parse().ok(), "{body}");
+            assert_eq!(err.message(), Some(text), "{body}");
+            assert_eq!(err.code(), code, "{body}");
+            let shown = err.to_string();
+            assert_eq!(
+                shown.contains(capacity_advice),
+                code == Some("insufficient_capacity"),
+                "{shown}"
+            );
+        }
+    }
+
+    /// fly-go `flaps/flaps_machines_wait_test.go`: `TestWaitDefaults` (GET `.../wait` with
+    /// `state` and `timeout=60`, no `version`, no `from_event_id`), `TestWaitOptions` (`state`,
+    /// `timeout` in whole seconds and `version` as given), `TestWaitTimeoutClamp` (2 minutes is
+    /// sent as 60, half a second as 1) and `TestWaitStatesNoCommaSplitting` (a state is passed
+    /// on as one value, comma and all).
+    #[tokio::test]
+    async fn waits_send_the_query_flaps_sends() {
+        let (base, heads) = raw_server(vec![OK; 5]);
+        let api = MachinesApi::new(machines(&base), "my-app");
+        let version = "01JC1W3CW1VEKNMHX7MJ70DE1D";
+        let waits = [
+            (
+                "started",
+                None,
+                Duration::from_secs(60),
+                "state=started&timeout=60",
+            ),
+            (
+                "stopped",
+                Some(version),
+                Duration::from_secs(30),
+                "state=stopped&timeout=30&version=01JC1W3CW1VEKNMHX7MJ70DE1D",
+            ),
+            (
+                "started",
+                None,
+                Duration::from_secs(120),
+                "state=started&timeout=60",
+            ),
+            (
+                "started",
+                None,
+                Duration::from_millis(500),
+                "state=started&timeout=1",
+            ),
+            (
+                "started,stopped",
+                None,
+                Duration::from_secs(60),
+                "state=started%2Cstopped&timeout=60",
+            ),
+        ];
+        for (state, version, timeout, _) in waits {
+            api.wait("m123", state, version, timeout).await.unwrap();
+        }
+        let heads = heads.lock().unwrap();
+        for (head, (.., query)) in heads.iter().zip(waits) {
+            let line = head.lines().next().unwrap();
+            assert_eq!(
+                line,
+                format!("GET /v1/apps/my-app/machines/m123/wait?{query} HTTP/1.1")
+            );
+        }
+    }
+
+    /// fly-go `flaps/flaps_test.go`, `TestFlapsClientPersistsPathScopedCookiesPerApp`: the
+    /// `fly_flaps_affinity` cookie flaps sets on an app's write, scoped to `/v1/apps/<app>`,
+    /// goes back with that app's later requests and no other app's.
+    #[tokio::test]
+    async fn affinity_cookies_go_back_to_their_own_app_only() {
+        let set = |node: &str, app: &str| {
+            answer(
+                "200 OK",
+                &format!("set-cookie: fly_flaps_affinity={node}; Path=/v1/apps/{app}\r\n"),
+                "{}",
+            )
+        };
+        let (base, heads) = raw_server(vec![
+            set("creator-node-a", "app-a"),
+            set("creator-node-b", "app-b"),
+            OK,
+            OK,
+        ]);
+        let http = machines(&base);
+        for app in ["app-a", "app-b"] {
+            http.send(post(&["v1", "apps", app, "machines"], Replay::Unsafe))
+                .await
+                .unwrap();
+        }
+        for app in ["app-a", "app-b"] {
+            http.send(Request::get(&["v1", "apps", app, "status"]))
+                .await
+                .unwrap();
+        }
+        let cookies: Vec<Vec<String>> = heads.lock().unwrap()[2..]
+            .iter()
+            .map(|head| {
+                head.lines()
+                    .filter_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("cookie:")
+                            .map(|c| c.trim().to_string())
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            cookies,
+            [
+                ["fly_flaps_affinity=creator-node-a"],
+                ["fly_flaps_affinity=creator-node-b"]
+            ]
+        );
+    }
+
+    /// fly-go `flaps/flaps_test.go`, `TestNewWithOptions_UserAgentUsesOptsWhenProvided`, and
+    /// `client_test.go`, `TestTransportSetDefaults_UserAgentUsesNameAndVersionWhenProvided`:
+    /// a client names itself `<name>/<version>` to both APIs, as flyctl sends `flyctl/<version>`.
+    #[tokio::test]
+    async fn both_apis_are_told_nixfly_and_its_version() {
+        let (base, heads) = raw_server(vec![OK, OK]);
+        machines(&base)
+            .send(Request::get(&["v1", "apps", "demo"]))
+            .await
+            .unwrap();
+        platform(&base)
+            .send(Request::get(&["api", "v1", "releases"]))
+            .await
+            .unwrap();
+        let agent = format!("user-agent: nixfly/{}", env!("CARGO_PKG_VERSION"));
+        for head in heads.lock().unwrap().iter() {
+            assert!(head.lines().any(|l| l.eq_ignore_ascii_case(&agent)), "{head}");
+        }
+    }
+
+    /// fly-go `flaps/flaps_test.go`: `TestFlaps_GetRetriesOnConnReset` (a GET whose connection
+    /// was reset twice is sent a third time), `TestFlaps_PostDoesNotRetry` (a POST that makes
+    /// something is not), `TestFlaps_GetGivesUpAfterMaxRetries` (the reset stays in the error
+    /// chain); `client_test.go`: `TestRunWithContext_RetriesQueryOnConnReset` (so is a GraphQL
+    /// query) and `TestRunWithContext_DoesNotRetryMutation`. nixfly sends again more than fly-go
+    /// does (any replayable request, 5 retries), as flyctl's own retry layer does: see
+    /// `flaps_answers_are_retried_as_flyctl_classifies_them`.
+    #[tokio::test]
+    async fn a_reset_connection_is_retried_for_reads_and_never_for_a_create() {
+        let (base, heads) = raw_server(vec![RESET, RESET, OK]);
+        machines(&base).send(Request::get(&["v1", "apps"])).await.unwrap();
+        assert_eq!(count(&heads), 3);
+
+        let (base, heads) = raw_server(vec![RESET, OK]);
+        let err = machines(&base)
+            .send(post(&["v1", "apps", "demo", "machines"], Replay::Unsafe))
+            .await
+            .unwrap_err();
+        assert_eq!(count(&heads), 1);
+        let mut source: Option<&dyn std::error::Error> = Some(&err);
+        let mut reset = false;
+        while let Some(e) = source {
+            reset |= e
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset);
+            source = e.source();
+        }
+        assert!(reset, "{err:?}");
+        assert!(err.to_string().contains("the connection broke"), "{err}");
+
+        let graphql = answer(
+            "200 OK",
+            "",
+            r#"{"data":{"app":{"currentReleaseUnprocessed":null}}}"#,
+        );
+        let (base, heads) = raw_server(vec![RESET, RESET, graphql]);
+        let config = super::super::platform::PlatformApi::new(platform(&base))
+            .current_release_config("demo")
+            .await
+            .unwrap();
+        assert_eq!(config, None);
+        assert_eq!(count(&heads), 3);
     }
 
     #[test]

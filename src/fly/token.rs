@@ -400,6 +400,38 @@ mod tests {
         assert_eq!(token.oauth_fallback_header(), None);
     }
 
+    /// fly-go `tokens/tokens_test.go`, `TestAuthorizationHeader`: any run of `Bearer`/`FlyV1`
+    /// scheme words, in any order and case, is stripped; the Machines API and the registry get
+    /// the macaroons alone when there are any (fly-go's `Flaps`/`Docker`, `normalized(false,
+    /// ..)`), the platform API every macaroon then every other token (`GraphQL`,
+    /// `normalized(true, ..)`), whatever order they came in.
+    #[test]
+    fn schemes_are_stripped_and_each_api_gets_the_tokens_fly_go_sends_it() {
+        for raw in [
+            "foobar",
+            "Bearer foobar",
+            "FlyV1 foobar",
+            "Bearer FlyV1 foobar",
+            "FlyV1 Bearer foobar",
+            "BEARER FLYV1 foobar",
+        ] {
+            let token = FlyToken::parse(raw, TokenSource::Flag).unwrap();
+            assert_eq!(token.registry_password(), "foobar", "{raw}");
+            assert_eq!(token.authorization_header(), "Bearer foobar", "{raw}");
+            assert_eq!(token.platform_header(), "Bearer foobar", "{raw}");
+        }
+        for (raw, machines, platform) in [
+            ("fm2_foobar,foobar", "fm2_foobar", "fm2_foobar,foobar"),
+            ("foobar,fm2_foobar", "fm2_foobar", "fm2_foobar,foobar"),
+            ("fm2_foobar", "fm2_foobar", "fm2_foobar"),
+        ] {
+            let token = FlyToken::parse(raw, TokenSource::Flag).unwrap();
+            assert_eq!(token.registry_password(), machines, "{raw}");
+            assert_eq!(token.authorization_header(), format!("FlyV1 {machines}"), "{raw}");
+            assert_eq!(token.platform_header(), format!("Bearer {platform}"), "{raw}");
+        }
+    }
+
     #[test]
     fn empty_values_fall_through_to_lower_sources() {
         let dir = config_dir_with("\"fo1_quoted_in_config\"");

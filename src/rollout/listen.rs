@@ -293,6 +293,7 @@ mod tests {
                 url: "/v1/apps/demo/machines/m1/ps".into(),
                 status: 500,
                 message: "boom".into(),
+                code: None,
             }))
         };
         assert_eq!(

@@ -1526,6 +1526,34 @@ async fn wait_refuses_timeouts_above_60s_and_answers_only_for_the_version_asked(
     assert!(fly.violations().is_empty(), "{:?}", fly.violations());
 }
 
+/// fly-go `flaps/flaps_machines_wait_test.go`, `TestWaitOptions` (states sent as repeated
+/// `state` parameters, `from_event_id`) and `TestWaitStatesNoCommaSplitting` (one
+/// comma-separated value, which the spec says flaps splits): the double answers a wait for any
+/// of the states either way. `from_event_id` it does not model, so a client sending it is told.
+#[tokio::test]
+async fn wait_takes_several_states_and_flags_from_event_id() {
+    let (fly, api) = demo();
+    let id = fly.add_machines("demo", &MachineSpec::new("app")).remove(0);
+    let path = format!("/v1/apps/demo/machines/{id}/wait");
+    for query in ["state=stopped&state=started", "state=stopped,started"] {
+        let (status, waited) = api.get(&format!("{path}?{query}&timeout=1")).await;
+        assert_eq!((status, &waited["state"]), (200, &json!("started")), "{query}");
+    }
+    for query in ["state=stopped&state=suspended", "state=stopped,suspended"] {
+        let (status, _) = api.get(&format!("{path}?{query}&timeout=1")).await;
+        assert_eq!(status, 408, "{query}");
+    }
+    assert!(fly.violations().is_empty(), "{:?}", fly.violations());
+
+    let (status, _) = api
+        .get(&format!(
+            "{path}?state=started&from_event_id=01JC1V3CW1VEKNMHX7MJ70DE1D"
+        ))
+        .await;
+    assert_eq!(status, 501);
+    assert!(fly.take_violations()[0].reason.contains("from_event_id"));
+}
+
 /// Machine sizes: the double refuses on create and update what Fly refuses (its own reading of
 /// flyctl's `internal/machine/update.go`), and nixfly's fly.toml check refuses exactly those
 /// sizes, found before any upload. Two implementations of one rule set, held against each other

@@ -641,9 +641,51 @@ fn a_rollout_to_an_app_that_does_not_exist_says_so_first() {
     assert_eq!(out.status.code(), Some(EXIT_FAILURE));
     let err = stderr(&out);
     assert!(
-        err.contains("Fly app nope does not exist, or the token cannot see it")
+        err.contains("Fly app nope does not exist: check --app")
             && err.contains("fly apps create nope")
             && !err.contains("warning"),
+        "{err}"
+    );
+    assert_eq!(fly.requests().len(), 1, "{:#?}", fly.requests());
+    assert_no_violations(&fly);
+}
+
+/// fly-go `flaps/flaps_apps_test.go`, `TestAppNameAvailable`: flaps answers 404 only when no
+/// app has the name; an app in an organization the token cannot see into is 403 `{"error":
+/// "unauthorized"}`. nixfly said of a 404 that the token might not see the app, and of a 403
+/// only that the token was bad; a 403 now says the name is taken, maybe by someone else.
+#[test]
+fn a_rollout_to_an_app_of_another_organization_says_the_name_is_taken() {
+    let fly = FlyApi::start();
+    fly.add_app("taken-app");
+    fly.inject_fault(
+        "GET",
+        "/v1/apps/taken-app$",
+        1,
+        FaultKind::Status {
+            status: 403,
+            message: "unauthorized".into(),
+        },
+    );
+    let t = TestDir::new();
+    let mut cmd = t.nixfly();
+    fly.configure(&mut cmd);
+    cmd.args([
+        "rollout",
+        "--app",
+        "taken-app",
+        "--image",
+        &image(1),
+        "--output",
+        "plain",
+    ]);
+    let out = support::run(&mut cmd);
+    assert_eq!(out.status.code(), Some(EXIT_FAILURE));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Fly app taken-app exists, but this token may not use it")
+            && err.contains("another organization's app")
+            && !err.contains("does not exist"),
         "{err}"
     );
     assert_eq!(fly.requests().len(), 1, "{:#?}", fly.requests());

@@ -1277,6 +1277,21 @@ fn not_visible_yet(id: &str) -> Response {
 /// timeout (capped at 60 Fly seconds). Waiting for anything but `destroyed` on a destroyed
 /// machine answers 404, as the notes describe for release-command machines.
 async fn wait(shared: &Shared, req: &Request, app: &str, id: &str) -> Response {
+    // Fly waits for the state reached after that event (the spec; fly-go
+    // `flaps/flaps_machines_wait_test.go`, `TestWaitOptions`, sends it); the double has no
+    // model of it and would answer for an earlier one, so a client that starts to send it is
+    // told, as for an operation the double does not serve.
+    if req.query("from_event_id").is_some() {
+        let reason = "wait with `from_event_id`: in the spec, but the Fly API double does not \
+                      model it"
+            .to_string();
+        shared.lock().violations.push(Violation {
+            method: req.method.clone(),
+            path: req.path.clone(),
+            reason: reason.clone(),
+        });
+        return error(StatusCode::NOT_IMPLEMENTED, &reason);
+    }
     let wanted: Vec<String> = req
         .query
         .iter()
