@@ -229,9 +229,14 @@ fn layer_plans_match_nixpkgs() {
         .expect("python3");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let plans: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    // Layer plans refuse fromImage: its case has no plan.
+    let recorded: Vec<&Value> = recorded
+        .iter()
+        .filter(|c| c["conf"]["from_image"].is_null())
+        .collect();
     assert_eq!(plans.len(), recorded.len());
     assert_eq!(recorded.len(), 4);
-    for (nixpkgs, plan) in recorded.iter().zip(&plans) {
+    for (nixpkgs, plan) in recorded.into_iter().zip(&plans) {
         let case = nixpkgs["name"].as_str().unwrap();
         assert_eq!(plan["name"], case);
         let entries = nixpkgs["entries"].as_array().unwrap();

@@ -40,15 +40,16 @@ fn auto_layer_matches_nixpkgs() {
 }
 
 /// The archive: the stand-in's `docker/stream.py` streams the bytes nixpkgs'
-/// `stream_layered_image.py` (streamLayeredImage's script) streamed of 4 confs over store-like
+/// `stream_layered_image.py` (streamLayeredImage's script) streamed of 5 confs over store-like
 /// trees (file sizes and modes, symlinks, hardlinks, long and non-ASCII names, several layers,
-/// a customisation layer, other owners and dates), recorded in
+/// a customisation layer, other owners and dates, a base image in skopeo's docker-archive
+/// layout as `fromImage`), recorded in
 /// `tests/fixtures/stream-image/cases.json` by its `generate.py`. `generate.py --run` builds
 /// the same trees at the same fixed path, runs stream.py on the same confs and describes each
 /// stream as it described nixpkgs'; the first difference in that description names the entry
 /// and field that differ, then the sha256 of the whole stream must match too. Not as root, the
 /// customisation layer's entry (which takes its owner from the file) is compared without its
-/// owner, and the whole stream's hash not at all. A fifth conf with `created` and `mtime`
+/// owner, and the whole stream's hash not at all. A sixth conf with `created` and `mtime`
 /// "now", which has no recorded answer, must give one instant, read once, everywhere.
 #[test]
 fn stream_script_matches_nixpkgs() {
@@ -56,7 +57,7 @@ fn stream_script_matches_nixpkgs() {
     let fixtures = format!("{root}/tests/fixtures/stream-image");
     let recorded: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(format!("{fixtures}/cases.json")).unwrap()).unwrap();
-    assert_eq!(recorded.len(), 4);
+    assert_eq!(recorded.len(), 5);
     let before = jiff::Timestamp::now();
     let out = Command::new("python3")
         .arg(format!("{fixtures}/generate.py"))

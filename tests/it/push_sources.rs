@@ -224,3 +224,60 @@ fn zstd_oci_layout_is_recompressed_for_a_docker_manifest() {
     let reference = pushed_reference(&out, &registry.host(), "layout");
     assert_media_types(&assert_same_image(&registry, &reference, &written), false, false);
 }
+
+/// A streamLayeredImage over a base image (`fromImage`) streams the base layers first, under
+/// the names the base archive gives them: skopeo's `<hex>.tar`, as dockerTools.pullImage
+/// leaves a base image, beside legacy `<id>/layer.tar` symlinks that the stream does not
+/// carry. The stream is the stand-in's, which `nix_standin::stream_script_matches_nixpkgs`
+/// holds to nixpkgs' own stream_layered_image.py (case `from-image` of
+/// tests/fixtures/stream-image). Pushed as a file and as a stream script, skopeo reads back
+/// the config and diff_ids nixpkgs' script streamed.
+#[test]
+fn a_stream_over_a_base_image_pushes_the_base_layers_too() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let fixtures = format!("{root}/tests/fixtures/stream-image");
+    let recorded: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(format!("{fixtures}/cases.json")).unwrap()).unwrap();
+    let case = recorded.iter().find(|c| c["name"] == "from-image").unwrap();
+    let entries = case["entries"].as_array().unwrap();
+    let diff_ids: Vec<&str> = entries.iter().filter_map(|e| e["diff_id"].as_str()).collect();
+    assert_eq!(
+        diff_ids.len(),
+        4,
+        "two base layers, a store layer, the customisation layer"
+    );
+    assert!(
+        entries[0]["name"].as_str().unwrap().ends_with(".tar"),
+        "{}",
+        entries[0]["name"]
+    );
+    let config = entries[entries.len() - 2]["text"].as_str().unwrap();
+
+    let t = TestDir::new();
+    let archive = t.join("from-image.tar");
+    let out = std::process::Command::new("python3")
+        .arg(format!("{fixtures}/generate.py"))
+        .arg("--stream")
+        .arg(format!("{root}/nix/tests/nixpkgs-standin/docker/stream.py"))
+        .arg("from-image")
+        .arg(&archive)
+        .output()
+        .expect("python3");
+    assert_success(&out);
+    let script = t.join("stream-image");
+    std::fs::write(&script, format!("#!/bin/sh\nexec cat '{}'\n", archive.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let registry = Registry::start(AuthMode::htpasswd());
+    for (source, repo) in [(&archive, "file"), (&script, "script")] {
+        let out = push(&t, &registry, source.to_str().unwrap(), repo, "v1", &[]);
+        let reference = pushed_reference(&out, &registry.host(), repo);
+        let back = support::readback::read_back(&registry, &reference);
+        assert_eq!(back.diff_ids, diff_ids, "{repo}");
+        assert!(
+            back.config == config.as_bytes(),
+            "{repo}: the config is not nixpkgs'"
+        );
+    }
+}

@@ -1,6 +1,6 @@
 """Writes the image of a streamLayeredImage conf to stdout as an uncompressed docker-archive,
-byte for byte as nixpkgs' pkgs/build-support/docker/stream_layered_image.py does (only what
-the stand-in needs: no fromImage). usage: stream.py CONF [--repo_tag NAME:TAG]
+byte for byte as nixpkgs' pkgs/build-support/docker/stream_layered_image.py does.
+usage: stream.py CONF [--repo_tag NAME:TAG]
 
 The rules, each from that file:
 - Python's tarfile in stream mode ("w|"), its default PAX format, for the image and for every
@@ -14,7 +14,15 @@ The rules, each from that file:
 - History comments are `store paths: <Python list repr>`; the customisation layer's list
   holds its directory. `created` goes through datetime.fromisoformat(...).isoformat(), and
   "now" is read once, when the script starts.
-- The same progress lines on stderr ("No 'fromImage' provided", "Creating layer N from
+- A base image (`from_image`, a docker-archive such as pullImage's): its layers come first,
+  each entry copied as the base archive has it (name, mode, owner, mtime: skopeo's
+  `<hex>.tar`), in its manifest's order, with the diff_ids of its config, numbered from 1; the
+  store layers are numbered after them. The history comment of a base layer is the list of its
+  entry name. The config's Env is the base config's Env followed by the conf's, one entry per
+  variable name, the last value winning, in order of first appearance; other base config keys
+  are not carried over.
+- The same progress lines on stderr ("No 'fromImage' provided" or "Adding base layer N from
+  NAME", "Creating layer N from
   paths: [...]", "... with customisation...", "Adding manifests...", "Done.") and the same
   checks (store paths under store_dir, a 64-character checksum).
 """
@@ -96,6 +104,38 @@ def add_customisation_layer(image, directory, mtime):
     return checksum, info.name, [directory]
 
 
+def add_base_layers(image, from_image):
+    """The base image's layers, copied entry for entry; None when there is no base image."""
+    if from_image is None:
+        print("No 'fromImage' provided", file=sys.stderr)
+        return [], None
+    base = tarfile.open(from_image)
+    manifest = json.load(base.extractfile(base.getmember("manifest.json")))
+    config = json.load(base.extractfile(base.getmember(manifest[0]["Config"])))
+    layers = []
+    names = manifest[0]["Layers"]
+    for number, (name, diff_id) in enumerate(zip(names, config["rootfs"]["diff_ids"]), start=1):
+        info = base.getmember(name)
+        image.addfile(info, base.extractfile(info))
+        print("Adding base layer", number, "from", info.path, file=sys.stderr)
+        layers.append((diff_id.removeprefix("sha256:"), info.path, [info.path]))
+    base.close()
+    return layers, config["config"]
+
+
+def with_base_env(base_config, config):
+    """The base config's Env, then the conf's; one entry per name, the last value winning."""
+    if base_config is None:
+        return config
+    env = base_config.get("Env", []) + config.get("Env", [])
+    if env:
+        by_name = {}
+        for entry in env:
+            by_name[entry.split("=", 1)[0]] = entry
+        config["Env"] = list(by_name.values())
+    return config
+
+
 def add_bytes(image, name, data, mtime):
     info = tarfile.TarInfo(name)
     info.size, info.mtime = len(data), mtime
@@ -116,15 +156,13 @@ def main():
     parser.add_argument("--repo_tag", "-t")
     args = parser.parse_args()
     conf = json.load(open(args.conf))
-    assert conf["from_image"] is None, "the stand-in does not implement fromImage"
     created = when(conf["created"]).isoformat()
     mtime = int(when(conf["mtime"]).timestamp())
     owner = (mtime, int(conf["uid"]), int(conf["gid"]), conf["uname"], conf["gname"])
 
     with tarfile.open(mode="w|", fileobj=sys.stdout.buffer) as image:
-        print("No 'fromImage' provided", file=sys.stderr)
-        layers = []
-        for number, paths in enumerate(conf["store_layers"], start=1):
+        layers, base_config = add_base_layers(image, conf["from_image"])
+        for number, paths in enumerate(conf["store_layers"], start=len(layers) + 1):
             print("Creating layer", number, "from paths:", paths, file=sys.stderr)
             outside = [p for p in paths if not p.startswith(conf["store_dir"])]
             assert not outside, f"Expecting absolute paths from {conf['store_dir']}, but got: {outside}"
@@ -136,7 +174,7 @@ def main():
             "created": created,
             "architecture": conf["architecture"],
             "os": "linux",
-            "config": conf["config"],
+            "config": with_base_env(base_config, conf["config"]),
             "rootfs": {"diff_ids": [f"sha256:{sha}" for sha, _, _ in layers], "type": "layers"},
             "history": [
                 {"created": created, "comment": f"store paths: {paths}"} for _, _, paths in layers
