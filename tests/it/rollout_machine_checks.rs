@@ -253,3 +253,43 @@ fn the_canary_is_tested_too() {
     );
     assert_no_violations(&fly);
 }
+
+/// Without a fly.toml, `fly deploy` takes the app config, machine checks included, from the
+/// current release (`internal/appconfig/remote.go`); the test machine gets that config's env
+/// under the machine's own.
+#[test]
+fn without_fly_toml_the_current_releases_machine_checks_run() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(1).env("LOG_LEVEL", "debug"));
+    fly.add_release(
+        APP,
+        &image(1),
+        json!({
+            "app": APP,
+            "env": {"LOG_LEVEL": "info", "REGION_NAME": "east"},
+            "machine_checks": [{"command": ["bin/check"]}],
+        }),
+    );
+    let t = TestDir::new();
+    let new = image(44);
+    let out = run_rollout(&fly, &t, &new, &[]);
+    assert_success(&out);
+    assert!(
+        stderr(&out)
+            .contains("(release_command, strategy, ...) and machine checks of app demo's current release"),
+        "{}",
+        stderr(&out)
+    );
+    let tests = test_machines(&fly);
+    assert_eq!(tests.len(), 1);
+    let env = &tests[0].config["env"];
+    assert_eq!(env["LOG_LEVEL"], "debug");
+    assert_eq!(env["REGION_NAME"], "east");
+    assert_eq!(
+        env["FLY_TEST_MACHINE_IP"],
+        fly.machine(&ids[0]).private_ip().as_str()
+    );
+    assert_eq!(tests[0].image(), new);
+    assert_no_violations(&fly);
+}
