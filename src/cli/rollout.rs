@@ -242,9 +242,14 @@ impl ResolvedRollout {
         match AppConfig::from_definition(&definition, &format!("the config of app {app}'s current release")) {
             Ok((config, warnings)) => {
                 reporter.info(format!(
-                    "no fly.toml: the [deploy] settings (release_command, strategy, ...) of app \
+                    "no fly.toml: the [deploy] settings (release_command, strategy, ...){} of app \
                      {app}'s current release apply, as `fly deploy` takes them; the machines keep \
-                     their config"
+                     their config",
+                    if config.has_machine_checks() {
+                        " and machine checks"
+                    } else {
+                        ""
+                    }
                 ));
                 for warning in warnings {
                     reporter.warn(warning.to_string());
@@ -390,6 +395,7 @@ fn spec(app: &str, image: String, options: &RolloutOptions, fly_toml: Option<&Ap
         lease_wait: options.lease_wait,
         lease_ttl: options.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
         release_command,
+        machine_checks: fly_toml.and_then(crate::rollout::machine_checks::MachineChecks::from_config),
         env: fly_toml.map(|c| c.env.clone()),
         env_flags: options.env.iter().cloned().collect(),
         primary_region: options

@@ -22,6 +22,9 @@ pub const META_MANAGED_POSTGRES: &str = "fly-managed-postgres";
 /// Process groups that are not part of the app's fleet: flyctl leaves them alone on deploy.
 pub const RELEASE_COMMAND_GROUP: &str = "fly_app_release_command";
 pub const CONSOLE_GROUP: &str = "fly_app_console";
+/// The test machines of fly.toml's machine checks (fly-go `machine_types.go`,
+/// `MachineProcessGroupFlyAppTestMachineCommand`).
+pub const TEST_MACHINE_GROUP: &str = "fly_app_test_machine_command";
 /// Group name for machines with no `fly_process_group` metadata (flyctl's default).
 pub const DEFAULT_GROUP: &str = "app";
 
@@ -133,6 +136,9 @@ pub struct Machine {
     /// RFC 3339: when its config or state last changed.
     #[serde(default)]
     pub updated_at: Option<String>,
+    /// Its 6PN address: a machine check's test machine gets it as `FLY_TEST_MACHINE_IP`.
+    #[serde(default)]
+    pub private_ip: Option<String>,
 }
 
 /// flaps adds fake `bg_deployments_compat*` checks to machines it answers with, for old

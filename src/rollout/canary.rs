@@ -1,8 +1,9 @@
 //! Canary, as flyctl's `deployCanaryMachines` (`internal/command/deploy/
 //! machines_deploymachinesapp.go`) runs it: after the release command and before any machine
 //! changes, one extra machine per process group, all groups side by side, kept out of DNS,
-//! started and health-checked, then destroyed. Only when every canary passed do new groups get
-//! their machines and the existing ones roll as usual, so a canary that fails in one group
+//! started, health-checked and put through fly.toml's machine checks, then destroyed. Only
+//! when every canary passed do new groups get their machines and the existing ones roll as
+//! usual (machine checks again on each), so a canary that fails in one group
 //! leaves every group as it was.
 
 use super::error::RolloutError;
@@ -157,7 +158,12 @@ async fn run_one(ctx: &Ctx, plan: &CanaryPlan) -> Result<(), RolloutError> {
         plan.region.as_deref().unwrap_or("the default region")
     ));
     let (canary, result) = match ctx.create_and_check(body, group, true).await {
-        Ok(canary) => (Some(canary), Ok(())),
+        // Tested too once healthy, as flyctl's `deployCanaryMachines` runs `runTestMachines`
+        // on each canary.
+        Ok(canary) => {
+            let tested = super::machine_checks::run(ctx, &canary).await;
+            (Some(canary), tested)
+        }
         Err((canary, err)) => (canary, Err(err)),
     };
     let Some(canary) = canary else {

@@ -105,6 +105,40 @@ pub enum RolloutError {
          its exit code is unknown; the deploy stops to be safe"
     )]
     ReleaseCommandUnknownExit { command: String, machine: String },
+    #[error(
+        "machine check `{command}` failed on machine {machine}: its test machine {test_machine} \
+         exited with code {exit_code}; {logs}"
+    )]
+    MachineCheckFailed {
+        command: String,
+        /// The machine under test.
+        machine: String,
+        test_machine: String,
+        exit_code: i64,
+        /// The test machine's last log lines, or where to find them.
+        logs: String,
+    },
+    #[error(
+        "machine check `{command}` on machine {machine}: its test machine {test_machine} did not \
+         finish within {}; raise --wait-timeout ([deploy] wait_timeout in fly.toml) if it needs \
+         longer",
+        secs(*timeout)
+    )]
+    MachineCheckTimeout {
+        command: String,
+        machine: String,
+        test_machine: String,
+        timeout: Duration,
+    },
+    #[error(
+        "machine check `{command}` on machine {machine}: its test machine {test_machine} finished \
+         without an exit event, so its exit code is unknown; the deploy stops to be safe"
+    )]
+    MachineCheckUnknownExit {
+        command: String,
+        machine: String,
+        test_machine: String,
+    },
     #[error("release_command `{command}` cannot be split into arguments: {reason}")]
     ReleaseCommandInvalid { command: String, reason: String },
     #[error(
@@ -133,6 +167,27 @@ pub enum RolloutError {
          [checks] or service checks to fly.toml, or use --strategy rolling"
     )]
     BluegreenWithoutChecks,
+}
+
+impl RolloutError {
+    /// Where a one-shot machine's failure shows that machine's logs (`one_shot::watched`).
+    pub(super) fn shown_logs(&mut self) -> Option<&mut String> {
+        match self {
+            RolloutError::ReleaseCommandFailed { logs, .. }
+            | RolloutError::MachineCheckFailed { logs, .. } => Some(logs),
+            _ => None,
+        }
+    }
+
+    /// A one-shot machine that ended this way may still be pulling or running.
+    pub(super) fn left_running(&self) -> bool {
+        matches!(
+            self,
+            RolloutError::WaitTimeout { .. }
+                | RolloutError::ReleaseCommandTimeout { .. }
+                | RolloutError::MachineCheckTimeout { .. }
+        )
+    }
 }
 
 fn secs(d: Duration) -> String {

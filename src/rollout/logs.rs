@@ -60,7 +60,8 @@ const LOG_WAIT: Duration = Duration::from_secs(20);
 const LOG_POLL_MIN: Duration = Duration::from_millis(64);
 const LOG_POLL_MAX: Duration = Duration::from_millis(64 << 6);
 
-/// The release command machine's logs, polled from the moment it exists as flyctl polls them
+/// A one-shot machine's logs (the release command's, a machine check's test machine), polled
+/// from the moment it exists as flyctl polls the release command's
 /// when its NATS stream is unavailable (`machines_releasecommand.go`, `logs/polling.go`),
 /// keeping the last `LOG_LINES`, until init says the command ended ("Main child exited
 /// normally"). With `-v` every line is shown as it comes, as flyctl's `--verbose` shows them.
@@ -70,10 +71,12 @@ pub struct LogFollower {
 }
 
 impl LogFollower {
+    /// `label` names the machine in -v lines ("release_command machine").
     pub fn start(
         platform: crate::fly::platform::PlatformApi,
         app: String,
         machine: String,
+        label: &'static str,
         reporter: crate::progress::Reporter,
     ) -> Self {
         let lines = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
@@ -113,7 +116,7 @@ impl LogFollower {
                         lines.pop_front();
                     }
                     let line = format!("{} {}", entry.timestamp, entry.message);
-                    reporter.debug(format!("release_command machine {machine}: {line}"));
+                    reporter.debug(format!("{label} {machine}: {line}"));
                     lines.push_back(line);
                     if entry.message.contains("Main child exited normally") {
                         return Ok(());

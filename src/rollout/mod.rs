@@ -15,6 +15,8 @@ mod immediate;
 mod lease;
 mod listen;
 mod logs;
+pub mod machine_checks;
+mod one_shot;
 mod release_command;
 mod rolling;
 mod update;
@@ -67,6 +69,8 @@ pub struct RolloutSpec {
     pub lease_wait: Duration,
     pub lease_ttl: Duration,
     pub release_command: Option<ReleaseCommand>,
+    /// fly.toml's machine checks, when it has any.
+    pub machine_checks: Option<machine_checks::MachineChecks>,
     /// fly.toml `[env]` when there is a fly.toml.
     pub env: Option<BTreeMap<String, String>>,
     /// `--env NAME=VALUE` flags, set over `env` or the machine's own.
@@ -437,6 +441,19 @@ fn describe(spec: &RolloutSpec, fleet: &Fleet, change: &ConfigChange, release: b
                 .unwrap_or_default(),
             rc.timeout.as_secs()
         ));
+    }
+    if let Some(checks) = &spec.machine_checks {
+        match spec.strategy {
+            // flyctl: immediate skips every check (`skipHealthChecks`); bluegreen has a TODO
+            // where they would run (`machines_deploymachinesapp.go`).
+            Strategy::Immediate | Strategy::Bluegreen => lines.push(format!(
+                "machine checks: not run with the {} strategy, as `fly deploy` does not run them with it",
+                spec.strategy.as_str()
+            )),
+            Strategy::Rolling | Strategy::Canary => {
+                lines.extend(checks.describe(fleet.groups.keys().cloned()));
+            }
+        }
     }
     for leftover in &fleet.leftover_release_machines {
         lines.push(format!(

@@ -2,12 +2,12 @@
 //! machine changes, as flyctl runs it. A non-zero exit stops the deploy.
 
 use super::error::RolloutError;
-use super::health::{wait_for_new_machine, wait_for_state};
+use super::health::wait_for_new_machine;
+use super::one_shot::{self, Ended, api_error};
 use super::update::Ctx;
 use super::waves::{ConfigChange, Fleet};
 use crate::fly::types::{
-    META_PLATFORM_VERSION, META_PROCESS_GROUP, META_RELEASE_ID, META_RELEASE_VERSION, Machine, MachineEvent,
-    RELEASE_COMMAND_GROUP,
+    META_PLATFORM_VERSION, META_PROCESS_GROUP, META_RELEASE_ID, META_RELEASE_VERSION, RELEASE_COMMAND_GROUP,
 };
 use serde_json::{Map, Value, json};
 use std::time::Duration;
@@ -159,52 +159,7 @@ pub async fn run(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<(), Ro
         })?;
     let id = machine.id.as_str();
     ctx.status(id, group, "created");
-    let logs = ctx.platform.clone().map(|platform| {
-        super::logs::LogFollower::start(
-            platform,
-            ctx.spec.app.clone(),
-            id.to_string(),
-            ctx.reporter.clone(),
-        )
-    });
-    let result = run_on(ctx, rc, id).await;
-    let result = match (result, logs) {
-        (
-            Err(RolloutError::ReleaseCommandFailed {
-                command,
-                machine,
-                exit_code,
-                ..
-            }),
-            Some(logs),
-        ) => Err(RolloutError::ReleaseCommandFailed {
-            command,
-            exit_code,
-            logs: logs.finish(&machine).await,
-            machine,
-        }),
-        // With -v the lines show as they come, so wait for the last of them, as flyctl's
-        // --verbose waits for them whatever the exit code (`waitForLogs`).
-        (result @ Ok(()), Some(logs)) if ctx.reporter.verbose() > 0 => {
-            logs.finish(id).await;
-            result
-        }
-        (result, logs) => {
-            if let Some(logs) = logs {
-                logs.stop();
-            }
-            result
-        }
-    };
-    if let Err(RolloutError::WaitTimeout { .. } | RolloutError::ReleaseCommandTimeout { .. }) = &result {
-        // Still pulling or running: remove it rather than leave it for the next deploy.
-        if let Err(err) = ctx.api.destroy_machine(id, None).await {
-            ctx.reporter.warn(format!(
-                "cannot destroy release_command machine {id} ({err}); the next deploy destroys it"
-            ));
-        }
-    }
-    result
+    one_shot::watched(ctx, id, "release_command machine", run_on(ctx, rc, id)).await
 }
 
 /// Start the created machine once it has settled, wait for the command to finish, read its
@@ -220,39 +175,29 @@ async fn run_on(ctx: &Ctx, rc: &ReleaseCommand, id: &str) -> Result<(), RolloutE
         .await
         .map_err(|source| api_error("starting", id, source))?;
     ctx.status(id, group, "running");
-    // A quick command may have finished and been destroyed already: 404 is fine here.
-    match wait_for_state(&ctx.api, id, "started", None, ctx.spec.wait_timeout).await {
-        Err(RolloutError::Api { source, .. }) if source.status() == Some(404) => {}
-        other => other?,
-    }
-    match wait_for_state(&ctx.api, id, "destroyed", None, rc.timeout).await {
-        Ok(()) => {}
-        Err(RolloutError::Api { source, .. }) if source.status() == Some(404) => {}
-        Err(RolloutError::WaitTimeout { .. }) => {
+    let exit_code = match one_shot::run_to_exit(ctx, id, rc.timeout).await? {
+        Ended::Exited(code) => code,
+        Ended::TimedOut => {
             return Err(RolloutError::ReleaseCommandTimeout {
                 command: rc.command.clone(),
                 machine: id.to_string(),
                 timeout: rc.timeout,
             });
         }
-        Err(err) => return Err(err),
-    }
-    let finished = ctx
-        .api
-        .get_machine(id)
-        .await
-        .map_err(|source| api_error("reading the exit code of", id, source))?;
-    let exit_code = exit_of_last_run(&finished).ok_or_else(|| RolloutError::ReleaseCommandUnknownExit {
-        command: rc.command.clone(),
-        machine: id.to_string(),
-    })?;
+        Ended::NoExitEvent => {
+            return Err(RolloutError::ReleaseCommandUnknownExit {
+                command: rc.command.clone(),
+                machine: id.to_string(),
+            });
+        }
+    };
     if exit_code != 0 {
         ctx.done(id, group, format!("exited with code {exit_code}"), false);
         return Err(RolloutError::ReleaseCommandFailed {
             command: rc.command.clone(),
             machine: id.to_string(),
             exit_code,
-            // `run` adds them when it can read the app's logs.
+            // `one_shot::watched` puts them here when it can read the app's logs.
             logs: format!("its logs: `fly logs -i {id}`"),
         });
     }
@@ -260,26 +205,11 @@ async fn run_on(ctx: &Ctx, rc: &ReleaseCommand, id: &str) -> Result<(), RolloutE
     Ok(())
 }
 
-fn api_error(action: &'static str, machine: &str, source: crate::fly::api::ApiError) -> RolloutError {
-    RolloutError::Api {
-        action,
-        machine: machine.to_string(),
-        source: source.into(),
-    }
-}
-
-/// The exit code of the run after the latest `start` (events are newest first). An exit
-/// event carries no output (fly-go `MachineExitEvent`): that is in the app's logs.
-fn exit_of_last_run(machine: &Machine) -> Option<i64> {
-    let since_start: Vec<&MachineEvent> = machine.events.iter().take_while(|e| e.kind != "start").collect();
-    let exit = since_start.iter().find(|e| e.kind == "exit")?;
-    Some(exit.exit_info()?.exit_code)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fly::appconfig::AppConfig;
+    use crate::fly::types::Machine;
 
     fn release_command(toml: &str, machines: Vec<Machine>) -> Value {
         let config = AppConfig::parse(toml, std::path::Path::new("fly.toml"))
@@ -374,21 +304,5 @@ mod tests {
             json!({"cpu_kind": "performance", "cpus": 1, "memory_mb": 2048,
                    "host_dedication_id": "host-a"})
         );
-    }
-
-    #[test]
-    fn exit_code_comes_from_the_run_after_the_latest_start() {
-        let machine: Machine = serde_json::from_value(json!({"id": "r1", "events": [
-            {"type": "destroy"},
-            {"type": "exit", "request": {"exit_event": {"exit_code": 3}}},
-            {"type": "start"},
-            {"type": "exit", "request": {"exit_event": {"exit_code": 0}}},
-            {"type": "start"}
-        ]}))
-        .unwrap();
-        assert_eq!(exit_of_last_run(&machine), Some(3));
-        let never_exited: Machine =
-            serde_json::from_value(json!({"id": "r1", "events": [{"type": "start"}]})).unwrap();
-        assert_eq!(exit_of_last_run(&never_exited), None);
     }
 }

@@ -114,9 +114,10 @@ impl Ctx {
     }
 
     /// Put the new image (and env, release metadata) on one machine; with `wait`, wait for it to
-    /// start and pass its checks. The machine is journaled before the request goes out, so a
-    /// failure at any point rolls it back.
+    /// start and pass fly.toml's machine checks and its health checks. The machine is journaled
+    /// before the request goes out, so a failure at any point rolls it back.
     pub async fn deploy_machine(&self, machine: &Machine, wait: bool) -> Result<(), RolloutError> {
+        let wait = if wait { Wait::Checked } else { Wait::No };
         let group = machine.process_group();
         self.mark_changing();
         self.journal
@@ -152,13 +153,17 @@ impl Ctx {
             .unwrap_or_else(|e| e.into_inner())
             .contains(&previous.id);
         let result = if lost {
-            self.create_replacement(previous, config, true, false).await
+            self.create_replacement(previous, config, Wait::Healthy, false)
+                .await
         } else if swapped {
             // The machine that replaced it mounts another volume (or none): replaced in turn
             // by one with the volume it had, which its destruction left unattached.
-            self.destroy_and_replace(previous, config, true, false).await
+            self.destroy_and_replace(previous, config, Wait::Healthy, false)
+                .await
         } else {
-            self.put_config(previous, config, true, "rolling back").await
+            // The previous image is not tested again: it ran before this deploy.
+            self.put_config(previous, config, Wait::Healthy, "rolling back")
+                .await
         };
         let status = match &result {
             Ok(_) => "rolled back",
@@ -174,7 +179,7 @@ impl Ctx {
         &self,
         machine: &Machine,
         config: Value,
-        wait: bool,
+        wait: Wait,
         verb: &str,
     ) -> Result<&'static str, RolloutError> {
         let group = machine.process_group();
@@ -215,36 +220,41 @@ impl Ctx {
                 }
             }
         };
-        if !wait {
+        if wait == Wait::No {
             return Ok("updated");
         }
-        let version = updated.instance_id.as_deref();
-        self.settle(&machine.id, group, version, skip_launch, &config)
-            .await
+        self.settle(&updated, group, skip_launch, &config, wait).await
     }
 
-    /// Wait for an updated or created machine: stopped when it was left stopped, else started
-    /// and healthy. Either way the API may not show the new version everywhere yet, so a 404
-    /// is waited out, as flyctl waits after updates too (`machines_deploymachinesapp.go`,
-    /// `waitForMachine`: `WaitForState` with `WithJustCreated`).
+    /// Wait for an updated or created machine (`answer`, the API's answer to the request):
+    /// stopped when it was left stopped, else started, through fly.toml's machine
+    /// checks (`Wait::Checked`) and healthy, in flyctl's order (`machines_deploymachinesapp.go`
+    /// `waitForMachine`; `plan.go` `updateMachineWChecks`). Either way the API may not show the
+    /// new version everywhere yet, so a 404 is waited out, as flyctl waits after updates too
+    /// (`WaitForState` with `WithJustCreated`).
     async fn settle(
         &self,
-        id: &str,
+        answer: &Machine,
         group: &str,
-        version: Option<&str>,
         skip_launch: bool,
         config: &Value,
+        wait: Wait,
     ) -> Result<&'static str, RolloutError> {
+        let id = answer.id.as_str();
+        let version = answer.instance_id.as_deref();
         let expected_checks = config_check_count(config);
         let timeout = self.spec.wait_timeout;
-        let wait = |state| wait_for_new_machine(&self.api, id, state, version, timeout);
+        let reach = |state| wait_for_new_machine(&self.api, id, state, version, timeout);
         if skip_launch {
             // Let the update settle, so that the lease is not released mid-replacement.
-            wait("stopped").await?;
+            reach("stopped").await?;
             return Ok("updated (left stopped)");
         }
         self.status(id, group, "starting");
         self.wait_started(id, version, timeout).await?;
+        if wait == Wait::Checked {
+            super::machine_checks::run(self, answer).await?;
+        }
         if expected_checks > 0 {
             self.status(id, group, "started, waiting for checks");
         }
@@ -343,7 +353,7 @@ impl Ctx {
         &self,
         machine: &Machine,
         config: Value,
-        wait: bool,
+        wait: Wait,
         why: String,
     ) -> Result<&'static str, RolloutError> {
         if let Some(volume) = machine.volume() {
@@ -374,7 +384,7 @@ impl Ctx {
         &self,
         machine: &Machine,
         mut config: Value,
-        wait: bool,
+        wait: Wait,
         why: String,
     ) -> Result<&'static str, RolloutError> {
         let region = machine.region.clone().unwrap_or_default();
@@ -412,7 +422,7 @@ impl Ctx {
         &self,
         machine: &Machine,
         config: Value,
-        wait: bool,
+        wait: Wait,
         volume_swap: bool,
     ) -> Result<&'static str, RolloutError> {
         self.destroy(&machine.id, machine.process_group()).await?;
@@ -458,7 +468,7 @@ impl Ctx {
         &self,
         old: &Machine,
         config: Value,
-        wait: bool,
+        wait: Wait,
         volume_swap: bool,
     ) -> Result<&'static str, RolloutError> {
         let group = old.process_group();
@@ -498,12 +508,10 @@ impl Ctx {
             }
         }
         self.status(&created.id, group, format!("replaces {}", old.id));
-        if !wait {
+        if wait == Wait::No {
             return Ok("replaced");
         }
-        let version = created.instance_id.as_deref();
-        self.settle(&created.id, group, version, skip_launch, &config)
-            .await?;
+        self.settle(&created, group, skip_launch, &config, wait).await?;
         Ok("replaced by a new machine")
     }
 
@@ -588,6 +596,17 @@ impl Ctx {
         self.leases.forget(machine);
         Ok(())
     }
+}
+
+/// How far an update or replacement waits for its machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// Not at all (the immediate strategy, as flyctl's skips every check).
+    No,
+    /// Until it is started (or left stopped) and healthy: a rollback, whose image ran before.
+    Healthy,
+    /// Through fly.toml's machine checks too: an update.
+    Checked,
 }
 
 /// Why a machine is replaced rather than updated: flyctl's `RequiresReplacement`.

@@ -4,7 +4,7 @@
 use crate::fly::appconfig::{self, MaxUnavailable, Strategy};
 use crate::fly::types::{
     CONSOLE_GROUP, DEFAULT_GROUP, META_MANAGED_POSTGRES, META_RELEASE_ID, META_RELEASE_VERSION, Machine,
-    normalize_config_for_request,
+    TEST_MACHINE_GROUP, normalize_config_for_request,
 };
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -65,6 +65,10 @@ impl Fleet {
             }
             match machine.process_group() {
                 CONSOLE_GROUP => fleet.ignored.push((machine.id, "console machine")),
+                // Destroyed by itself once its check has run; one still here belongs to a
+                // deploy running now, or was left by an interrupted one. (flyctl lists it with
+                // the app's machines, in a process group fly.toml lacks.)
+                TEST_MACHINE_GROUP => fleet.ignored.push((machine.id, "a machine check's test machine")),
                 group if !machine.is_platform_v2() => {
                     fleet.unmanaged.push((machine.id.clone(), group.to_string()));
                     fleet
@@ -241,7 +245,21 @@ impl ConfigChange {
                 }
             }
         }
-        let metadata = object.entry("metadata").or_insert_with(|| json!({}));
+        self.set_release_data(&mut config);
+        normalize_config_for_request(&mut config);
+        config
+    }
+
+    /// The release's metadata (flyctl's `setMachineReleaseData`, `machines_launchinput.go`)
+    /// and fly.toml's host dedication on the guest, which flyctl sets on every machine it
+    /// makes or updates, test machines included (`machinebasedtest.go`,
+    /// `launchInputForTestMachine`).
+    pub fn set_release_data(&self, config: &mut Value) {
+        let metadata = config
+            .as_object_mut()
+            .expect("config is an object")
+            .entry("metadata")
+            .or_insert_with(|| json!({}));
         if let Some(metadata) = metadata.as_object_mut() {
             for (key, value) in [
                 (META_RELEASE_ID, &self.release_id),
@@ -260,8 +278,6 @@ impl ConfigChange {
         if let Some(host) = &self.host_dedication_id {
             config["guest"]["host_dedication_id"] = Value::String(host.clone());
         }
-        normalize_config_for_request(&mut config);
-        config
     }
 
     /// Env keys this change adds, changes or removes on a machine, for the preview.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sha2::Digest;
-use support::fly_api::state::RELEASE_COMMAND_GROUP;
+use support::fly_api::state::{RELEASE_COMMAND_GROUP, TEST_MACHINE_GROUP};
 use support::fly_api::{Behavior, FaultKind, FlyApi, MachineSpec, Options, Timing, schema};
 
 const NONCE: &str = "fly-machine-lease-nonce";
@@ -706,6 +706,58 @@ async fn release_command_machine_runs_records_its_exit_and_is_destroyed() {
     assert_eq!(list, json!([]));
     let (_, list) = api.get("/v1/apps/demo/machines?include_deleted=true").await;
     assert_eq!(list.as_array().map(Vec::len), Some(1));
+}
+
+/// A machine check's test machine, created launched as flyctl's `launchInputForTestMachine`
+/// makes it (`machinebasedtest.go`), runs once with its own exit code, leaves a pending app
+/// pending, and is destroyed; every machine has its own private IP.
+#[tokio::test]
+async fn test_command_machine_runs_once_with_its_own_exit_code() {
+    let (fly, api) = demo();
+    fly.set_app_status("demo", "pending");
+    fly.set_release_command_exit_code(3);
+    fly.set_test_command_exit_code(7);
+    let config = json!({
+        "image": "curlimages/curl",
+        "init": {"cmd": ["curl", "http://app.internal"]},
+        "restart": {"policy": "no"},
+        "auto_destroy": true,
+        "dns": {"skip_registration": true},
+        "env": {"FLY_TEST_COMMAND": "1", "FLY_PROCESS_GROUP": TEST_MACHINE_GROUP, "FLY_TEST_MACHINE_IP": ""},
+        "guest": {"cpu_kind": "shared", "cpus": 1, "memory_mb": 256},
+        "metadata": {"fly_platform_version": "v2", "fly_process_group": TEST_MACHINE_GROUP},
+        "stop_config": {},
+    });
+    let (status, created) = api
+        .post(
+            "/v1/apps/demo/machines",
+            json!({"region": "iad", "config": config}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().expect("id").to_string();
+    let base = format!("/v1/apps/demo/machines/{id}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        api.get(&format!("{base}/wait?state=destroyed&timeout=60"))
+            .await
+            .0,
+        200
+    );
+    let (_, machine) = api.get(&base).await;
+    let events = machine["events"].as_array().expect("events");
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(kinds, ["destroy", "exit", "start", "launch"], "newest first");
+    assert_eq!(events[1]["request"]["exit_event"]["exit_code"], 7);
+    let (_, app) = api.get("/v1/apps/demo").await;
+    assert_eq!(app["status"], "pending");
+
+    let other = fly.add_machines("demo", &MachineSpec::new("app").count(2));
+    let ips: Vec<String> = other.iter().map(|id| fly.machine(id).private_ip()).collect();
+    assert_ne!(ips[0], ips[1]);
+    let (_, shown) = api.get(&format!("/v1/apps/demo/machines/{}", other[1])).await;
+    assert_eq!(shown["private_ip"], ips[1].as_str());
+    assert_ne!(machine["private_ip"], ips[0].as_str());
 }
 
 #[tokio::test]

@@ -26,6 +26,7 @@ mod registry_push;
 mod rollout_failures;
 mod rollout_fly_parity;
 mod rollout_flyctl_oracle;
+mod rollout_machine_checks;
 mod rollout_preflight;
 mod rollout_rolling;
 mod rollout_strategies;

@@ -11,6 +11,7 @@
 //! fly.set_behavior("bad-image", Behavior::ChecksFail);          // every machine on it
 //! fly.set_machine_behavior(&web[2], "@sha256:new", Behavior::FailToStart); // just one
 //! fly.set_release_command_exit_code(1);
+//! fly.set_test_command_exit_code(1);                  // machine checks' test machines
 //! fly.hold_lease(&web[0], "someone@else.com", Some(Duration::from_secs(2)));
 //! fly.inject_fault("POST", "/machines/", 2, FaultKind::TooManyRequests { retry_after_secs: 1 });
 //! // A create that takes effect although its answer is an error, or is cut off:
@@ -85,8 +86,13 @@
 //! - A machine whose `config.metadata.fly_process_group` is `fly_app_release_command`, when
 //!   started, runs for `Timing::release_command_run`, records an `exit` event whose
 //!   `request.exit_event.exit_code` is `set_release_command_exit_code` (default 0), stops,
-//!   and is destroyed if `config.auto_destroy`. The Machines API does not return a
-//!   machine's output, so the double gives none either.
+//!   and is destroyed if `config.auto_destroy`. A machine check's test machine
+//!   (`fly_app_test_machine_command`, fly-go `MachineProcessGroupFlyAppTestMachineCommand`;
+//!   flyctl creates it launched) does the same with `set_test_command_exit_code`. Neither
+//!   makes a never-deployed app deployed. The Machines API does not return a machine's
+//!   output, so the double gives none either.
+//! - Every machine has its own `private_ip` (6PN), which a test machine gets as
+//!   `FLY_TEST_MACHINE_IP`.
 //! - `Behavior` (by image, optionally for one machine): `ChecksFail` (checks go `critical`),
 //!   `FailToStart` (state `failed`; a wait for `started` then times out with 408),
 //!   `RestartLoop { exit_code, restarts }` (stays `started` while exit events with
@@ -620,6 +626,11 @@ impl FlyApi {
     /// Exit code of every release-command machine run from now on.
     pub fn set_release_command_exit_code(&self, code: i64) {
         self.lock().release_command_exit_code = code;
+    }
+
+    /// Exit code of every machine check's test machine run from now on.
+    pub fn set_test_command_exit_code(&self, code: i64) {
+        self.lock().test_command_exit_code = code;
     }
 
     /// Take a lease on `machine` as someone else, for `ttl` or forever (None); returns its

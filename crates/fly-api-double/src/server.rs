@@ -1440,7 +1440,7 @@ pub fn machine_json(machine: &Machine, now: Instant, include_lease: bool) -> Val
         "state": machine.state,
         "region": machine.region,
         "instance_id": machine.version,
-        "private_ip": "fdaa:0:1:a7b:1f:0:0:2",
+        "private_ip": machine.private_ip(),
         "image_ref": image_ref(machine.image()),
         "created_at": machine.created_at,
         "updated_at": machine.updated_at,

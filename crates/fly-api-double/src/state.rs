@@ -14,6 +14,9 @@ pub const FOREVER_SECS: i64 = 10 * 365 * 24 * 3600;
 
 /// Process group of the temporary machine that runs fly.toml's `release_command`.
 pub const RELEASE_COMMAND_GROUP: &str = "fly_app_release_command";
+/// Process group of the test machines of fly.toml's machine checks (fly-go `machine_types.go`,
+/// `MachineProcessGroupFlyAppTestMachineCommand`).
+pub const TEST_MACHINE_GROUP: &str = "fly_app_test_machine_command";
 
 /// How long simulated things take, in Fly time; `scale` turns Fly time into wall time.
 #[derive(Clone, Debug)]
@@ -26,7 +29,8 @@ pub struct Timing {
     pub checks: Duration,
     /// From a stop request to `stopped`.
     pub stop: Duration,
-    /// How long a release-command machine runs before it exits.
+    /// How long a release-command machine (or a machine check's test machine) runs before
+    /// it exits.
     pub release_command_run: Duration,
     /// Between two exits of a restart-looping machine.
     pub restart_interval: Duration,
@@ -216,6 +220,18 @@ impl Machine {
         self.config["metadata"]["fly_process_group"]
             .as_str()
             .unwrap_or_default()
+    }
+
+    /// A release-command machine or a machine check's test machine: it runs its command
+    /// once, exits and (with `auto_destroy`) is destroyed.
+    pub fn is_one_shot(&self) -> bool {
+        matches!(self.process_group(), RELEASE_COMMAND_GROUP | TEST_MACHINE_GROUP)
+    }
+
+    /// Its 6PN address, one per machine (made from its id, which counts up).
+    pub fn private_ip(&self) -> String {
+        let n = u64::from_str_radix(&self.id, 16).unwrap_or_default() & 0xffff_ffff;
+        format!("fdaa:0:1:a7b:1f:0:{:x}:{:x}", n >> 16, n & 0xffff)
     }
 
     pub fn metadata(&self, key: &str) -> Option<&str> {
@@ -457,6 +473,8 @@ pub struct State {
     /// Allocated IP addresses as the API shows them, with their app.
     pub ips: Vec<(String, Value)>,
     pub release_command_exit_code: i64,
+    /// The exit code of machine checks' test machines (`FlyApi::set_test_command_exit_code`).
+    pub test_command_exit_code: i64,
     /// (image substring, lines) a machine's process prints each run (`FlyApi::set_log_output`).
     pub log_output: Vec<(String, Vec<String>)>,
     /// The logs API answers 401 (`FlyApi::refuse_logs`).
@@ -490,6 +508,7 @@ impl State {
             volumes: BTreeMap::new(),
             ips: Vec::new(),
             release_command_exit_code: 0,
+            test_command_exit_code: 0,
             log_output: Vec::new(),
             logs_refused: false,
             listen_addresses: Vec::new(),
@@ -703,7 +722,7 @@ impl State {
     pub fn create_machine(&mut self, req: CreateMachine, now: Instant) -> String {
         let mut machine = self.new_machine(&req.app, req.name, &req.region, req.config);
         // A first deploy turns a never-deployed app into a deployed one.
-        if machine.process_group() != RELEASE_COMMAND_GROUP
+        if !machine.is_one_shot()
             && let Some(app) = self.apps.get_mut(&req.app)
             && app.status == "pending"
         {
@@ -901,9 +920,13 @@ impl State {
         };
         let has_checks = !machine.check_names().is_empty();
         let warning = has_checks.then_some("warning");
-        if machine.process_group() == RELEASE_COMMAND_GROUP {
+        if machine.is_one_shot() {
             let exited_at = started_at + t.wall(t.release_command_run);
-            let code = self.release_command_exit_code;
+            let code = if machine.process_group() == TEST_MACHINE_GROUP {
+                self.test_command_exit_code
+            } else {
+                self.release_command_exit_code
+            };
             let mut steps = vec![
                 started(None),
                 Step {

@@ -217,6 +217,128 @@ impl AppConfig {
         Ok(Some(Value::Object(config)))
     }
 
+    /// The machine checks flyctl runs for a machine of `group` (`machinebasedtest.go`,
+    /// `runTestMachines`): those of `[http_service]` and `[[services]]` whose `processes`
+    /// name the group or are empty (any group, unlike the services themselves), in that
+    /// order, then the top-level ones.
+    pub fn machine_checks_for(&self, group: &str) -> Vec<&MachineCheck> {
+        let applies = |processes: &[String]| processes.is_empty() || processes.iter().any(|p| p == group);
+        let http = self
+            .http_service
+            .iter()
+            .filter(|h| applies(&h.processes))
+            .flat_map(|h| &h.machine_checks);
+        let services = self
+            .services
+            .iter()
+            .filter(|s| applies(&s.processes))
+            .flat_map(|s| &s.machine_checks);
+        http.chain(services).chain(&self.machine_checks).collect()
+    }
+
+    /// Does any process group have a machine check?
+    pub fn has_machine_checks(&self) -> bool {
+        self.process_groups()
+            .iter()
+            .any(|group| !self.machine_checks_for(group).is_empty())
+    }
+
+    /// The test machine of `check` for the machine `tested` (its config and private IP, after
+    /// its update), as flyctl's `ToTestMachineConfig` (`internal/appconfig/machines.go`) builds
+    /// it, without guest and release metadata (the rollout's, `machinebasedtest.go`
+    /// `launchInputForTestMachine`) and without `fly_flyctl_version` (nixfly is not flyctl).
+    /// The check's command and entrypoint (else the tested machine's, else none; fly.toml's
+    /// `[experimental] entrypoint` wins over both), its image (else the tested machine's),
+    /// fly.toml's `[env]` under the tested machine's env with the test variables set, no
+    /// restart, destroyed when done, out of DNS; `stop_config` always, from the check's kill
+    /// settings, falling back to fly.toml's only when the check runs the tested machine's image.
+    pub fn test_machine_config(
+        &self,
+        check: &MachineCheck,
+        tested: Option<&crate::fly::types::Machine>,
+    ) -> Result<Value, AppConfigError> {
+        use crate::fly::types::TEST_MACHINE_GROUP;
+        let tested_config = tested.map(|m| &m.config);
+        let image = match (&check.image, tested.map(|m| m.image()).filter(|i| !i.is_empty())) {
+            (Some(image), _) => image.clone(),
+            (None, Some(image)) => image.to_string(),
+            (None, None) => {
+                return Err(AppConfigError::MachineCheckImage {
+                    file: self.path.display().to_string(),
+                    line: check.line,
+                });
+            }
+        };
+        let mut init = Map::new();
+        init.insert("cmd".into(), check.command.clone().into());
+        if let Some(swap) = self.swap_size_mb {
+            init.insert("swap_size_mb".into(), swap.into());
+        }
+        let entrypoint = self
+            .experimental
+            .as_ref()
+            .map(|e| e.entrypoint.clone())
+            .filter(|e| !e.is_empty())
+            .or_else(|| check.entrypoint.clone())
+            .or_else(|| {
+                let from_machine = tested_config?.pointer("/init/entrypoint")?.as_array()?;
+                Some(
+                    from_machine
+                        .iter()
+                        .filter_map(|v| Some(v.as_str()?.to_string()))
+                        .collect(),
+                )
+            })
+            .filter(|e: &Vec<String>| !e.is_empty());
+        if let Some(entrypoint) = entrypoint {
+            init.insert("entrypoint".into(), entrypoint.into());
+        }
+        let mut env: Map<String, Value> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        if let Some(machine_env) = tested_config
+            .and_then(|c| c.get("env"))
+            .and_then(Value::as_object)
+        {
+            env.extend(machine_env.clone());
+        }
+        env.insert("FLY_TEST_COMMAND".into(), "1".into());
+        env.insert("FLY_PROCESS_GROUP".into(), TEST_MACHINE_GROUP.into());
+        if let Some(region) = &self.primary_region {
+            env.insert("PRIMARY_REGION".into(), region.as_str().into());
+        }
+        let ip = tested.and_then(|m| m.private_ip.clone()).unwrap_or_default();
+        env.insert("FLY_TEST_MACHINE_IP".into(), ip.into());
+        // An image of its own stops as that image says unless the check says otherwise.
+        let (timeout, signal) = if check.image.is_some() {
+            (check.kill_timeout, check.kill_signal.as_ref())
+        } else {
+            (
+                check.kill_timeout.or(self.kill_timeout),
+                check.kill_signal.as_ref().or(self.kill_signal.as_ref()),
+            )
+        };
+        let mut stop = Map::new();
+        if let Some(timeout) = timeout {
+            stop.insert("timeout".into(), format_go_duration(timeout).into());
+        }
+        if let Some(signal) = signal {
+            stop.insert("signal".into(), signal.as_str().into());
+        }
+        Ok(json!({
+            "init": init,
+            "image": image,
+            "restart": {"policy": "no"},
+            "auto_destroy": true,
+            "dns": {"skip_registration": true},
+            "metadata": {"fly_platform_version": "v2", "fly_process_group": TEST_MACHINE_GROUP},
+            "env": env,
+            "stop_config": stop,
+        }))
+    }
+
     fn stop_config(&self) -> Option<Value> {
         if self.kill_signal.is_none() && self.kill_timeout.is_none() {
             return None;

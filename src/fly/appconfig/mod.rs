@@ -62,6 +62,11 @@ pub enum AppConfigError {
     },
     #[error("{file} has {} problem{}:\n{}", problems.len(), if problems.len() == 1 { "" } else { "s" }, list(problems))]
     Invalid { file: String, problems: Vec<Problem> },
+    #[error(
+        "{file}:{line}: [machine_checks]: the check names no image and there is no machine to \
+         take one from; add image = \"...\" to it"
+    )]
+    MachineCheckImage { file: String, line: usize },
     #[error("{file}:{line}: [[files]] local_path: cannot read {path}")]
     LocalFile {
         file: String,

@@ -28,6 +28,8 @@ pub struct AppConfig {
     pub http_service: Option<HttpService>,
     pub services: Vec<Service>,
     pub checks: BTreeMap<String, TopLevelCheck>,
+    /// Top-level `[[machine_checks]]`: run for the machines of every process group.
+    pub machine_checks: Vec<MachineCheck>,
     pub vms: Vec<Vm>,
     pub mounts: Vec<Mount>,
     pub statics: Vec<Static>,
@@ -176,6 +178,7 @@ pub struct HttpService {
     pub tls_options: Option<Value>,
     pub http_options: Option<Value>,
     pub checks: Vec<HttpCheck>,
+    pub machine_checks: Vec<MachineCheck>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -190,6 +193,7 @@ pub struct Service {
     pub concurrency: Option<Concurrency>,
     pub tcp_checks: Vec<TcpCheck>,
     pub http_checks: Vec<HttpCheck>,
+    pub machine_checks: Vec<MachineCheck>,
     pub processes: Vec<String>,
 }
 
@@ -230,6 +234,23 @@ pub struct HttpCheck {
     pub tls_skip_verify: Option<bool>,
     pub tls_server_name: Option<String>,
     pub headers: BTreeMap<String, String>,
+}
+
+/// A `[[machine_checks]]` entry (top level, in `[http_service]` or in `[[services]]`): a
+/// command `fly deploy` runs on a throwaway test machine after each machine's update, the
+/// deploy failing if it exits non-zero (flyctl `internal/appconfig/service.go`,
+/// `ServiceMachineCheck`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MachineCheck {
+    pub line: usize,
+    /// Never empty: fly.toml is refused without one.
+    pub command: Vec<String>,
+    /// The test machine's image; None: the image of the machine under test (the new one).
+    pub image: Option<String>,
+    /// None: the entrypoint of the machine under test.
+    pub entrypoint: Option<Vec<String>>,
+    pub kill_signal: Option<String>,
+    pub kill_timeout: Option<Duration>,
 }
 
 /// A `[checks.<name>]` entry: a machine-level check.

@@ -52,20 +52,7 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
     };
     cfg.app = non_empty(root.string("app"));
     cfg.primary_region = non_empty(root.string("primary_region"));
-    if let Some(field) = root.get("kill_signal") {
-        cfg.kill_signal = field.string().and_then(|signal| {
-            let upper = signal.to_ascii_uppercase();
-            if SIGNALS.contains(&upper.as_str()) {
-                Some(upper)
-            } else {
-                field.error(format!(
-                    "{signal:?} is not a signal the Machines API can send (one of {})",
-                    SIGNALS.join(", ")
-                ));
-                None
-            }
-        });
-    }
+    cfg.kill_signal = root.get("kill_signal").and_then(|f| kill_signal(&f));
     // flyctl reads a bare number as seconds here (checks read it as milliseconds).
     cfg.kill_timeout = root
         .get("kill_timeout")
@@ -74,10 +61,7 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
     cfg.console_command = non_empty(root.string("console_command"));
     cfg.host_dedication_id = non_empty(root.string("host_dedication_id"));
     root.ignore(IGNORED_TOP_LEVEL);
-    // flyctl runs top-level [[machine_checks]] too, against every machine it deploys
-    // (`machinebasedtest.go`, `runTestMachines`; preflight
-    // `TestFlyDeploy_NoServiceDeployMachinesCheck`): ignoring them must not be silent.
-    warn_machine_checks(root);
+    cfg.machine_checks = machine_checks(root);
     refuse_containers(root, &["machine_config", "container"]);
 
     if let Some(build) = root.table("build") {
@@ -171,6 +155,22 @@ fn each_table<T>(root: &Table<'_, '_>, keys: &[&str], read: impl Fn(&Table<'_, '
         }
     }
     out
+}
+
+/// A stop signal, upper-cased; one the Machines API cannot send is an error.
+fn kill_signal(field: &Field<'_, '_>) -> Option<String> {
+    field.string().and_then(|signal| {
+        let upper = signal.to_ascii_uppercase();
+        if SIGNALS.contains(&upper.as_str()) {
+            Some(upper)
+        } else {
+            field.error(format!(
+                "{signal:?} is not a signal the Machines API can send (one of {})",
+                SIGNALS.join(", ")
+            ));
+            None
+        }
+    })
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {
@@ -501,7 +501,6 @@ fn internal_port(t: &Table<'_, '_>, section: &str) -> u16 {
 }
 
 fn parse_http_service(t: &Table<'_, '_>) -> HttpService {
-    warn_machine_checks(t);
     HttpService {
         line: t.line,
         internal_port: internal_port(t, "[http_service]"),
@@ -517,14 +516,48 @@ fn parse_http_service(t: &Table<'_, '_>) -> HttpService {
             .get("checks")
             .map(|f| f.tables().iter().map(parse_http_check).collect())
             .unwrap_or_default(),
+        machine_checks: machine_checks(t),
     }
 }
 
-/// `machine_checks` run throwaway test machines: a flyctl feature nixfly does not offer.
-fn warn_machine_checks(t: &Table<'_, '_>) {
-    if let Some(field) = t.get("machine_checks") {
-        field.warn("machine checks (test machines) are not run by nixfly; ignored");
-    }
+/// The `[[machine_checks]]` of a section, with flyctl's fields (`internal/appconfig/service.go`,
+/// `ServiceMachineCheck`). flyctl finds a check without `command` only when it builds the
+/// test machine, after the first machine's update (`internal/appconfig/machines.go`,
+/// `ToTestMachineConfig`: `MissingCommand`); nixfly refuses it before any change.
+fn machine_checks(t: &Table<'_, '_>) -> Vec<MachineCheck> {
+    let Some(field) = t.get("machine_checks") else {
+        return Vec::new();
+    };
+    field
+        .tables()
+        .iter()
+        .filter_map(|check| {
+            let field = check.get("command");
+            let command = field.as_ref().and_then(|f| f.strings());
+            // A command of the wrong type has its error already.
+            if field.is_none() || command.as_ref().is_some_and(Vec::is_empty) {
+                check.doc.error(
+                    check.line,
+                    &key_name(&check.path, "command"),
+                    "missing: a machine check runs command = [\"...\", ...] on its test machine \
+                     (flyctl stops the deploy without one)",
+                );
+            }
+            let parsed = MachineCheck {
+                line: check.line,
+                command: command.unwrap_or_default(),
+                image: non_empty(check.string("image")),
+                entrypoint: check.get("entrypoint").and_then(|f| f.strings()),
+                kill_signal: check.get("kill_signal").and_then(|f| kill_signal(&f)),
+                // fly-go's Duration reads a bare number as nanoseconds: no patch here.
+                kill_timeout: check
+                    .get("kill_timeout")
+                    .and_then(|f| duration(&f, NumberUnit::Refused)),
+            };
+            check.finish();
+            (!parsed.command.is_empty()).then_some(parsed)
+        })
+        .collect()
 }
 
 fn parse_service(t: &Table<'_, '_>) -> Service {
@@ -549,7 +582,6 @@ fn parse_service(t: &Table<'_, '_>) -> Service {
             String::new()
         }
     };
-    warn_machine_checks(t);
     let ports: Vec<Port> = t
         .get("ports")
         .map(|f| f.tables().iter().filter_map(parse_port).collect())
@@ -581,6 +613,7 @@ fn parse_service(t: &Table<'_, '_>) -> Service {
             .get("http_checks")
             .map(|f| f.tables().iter().map(parse_http_check).collect())
             .unwrap_or_default(),
+        machine_checks: machine_checks(t),
         processes: t.strings("processes"),
     }
 }

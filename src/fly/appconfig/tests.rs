@@ -1059,9 +1059,8 @@ fn warned_keys(text: &str) -> Vec<String> {
 
 /// flyctl `strict_validate_test.go`, `TestStrictValidate`: the keys and sections flyctl's
 /// strict validation reports as unrecognized are the ones nixfly warns about (flyctl
-/// `internal/appconfig/strict_validate.go`), and a config it accepts gets no warning. In the
-/// real-world case flyctl reports two keys of `[[http_service.machine_checks]]`; nixfly warns
-/// about the whole table instead, since it runs no machine checks.
+/// `internal/appconfig/strict_validate.go`), and a config it accepts gets no warning;
+/// in the real-world case, the two keys of `[[http_service.machine_checks]]` flyctl reports.
 #[test]
 fn unknown_keys_are_the_ones_flyctl_strict_validation_reports() {
     let cases: &[(&str, &str, &[&str])] = &[
@@ -1095,7 +1094,8 @@ fn unknown_keys_are_the_ones_flyctl_strict_validation_reports() {
                 "[deploy] processes",
                 "[http_service.checks[0]] processes",
                 "http_machine",
-                "[http_service] machine_checks",
+                "[http_service.machine_checks[0]] processes",
+                "[http_service.machine_checks[0]] grace_period",
                 "[http_service.concurrency] processes",
                 "[http_service.http_options] xyz",
                 "[checks.my_check_bla] invalid_key",
@@ -1191,3 +1191,239 @@ type = "http"
 grace_period = "30s"
 invalid_key = 123
 "#;
+
+/// flyctl serde_test.go, TestLoadTOMLAppConfigReferenceFormat: the machine checks of
+/// `[http_service]`, `[[services]]` and the top level are read with all their fields.
+#[test]
+fn flyctl_machine_checks_are_read() {
+    let (config, _) = AppConfig::load(&fixtures().join("40-flyctl-full-reference.toml")).unwrap();
+    let expected = MachineCheck {
+        line: 0,
+        command: vec!["curl".into(), "https://fly.io".into()],
+        image: Some("curlimages/curl".into()),
+        entrypoint: Some(vec!["/bin/sh".into()]),
+        kill_signal: Some("SIGKILL".into()),
+        kill_timeout: Some(std::time::Duration::from_secs(5)),
+    };
+    let without_line = |checks: &[MachineCheck]| -> Vec<MachineCheck> {
+        checks
+            .iter()
+            .map(|c| MachineCheck { line: 0, ..c.clone() })
+            .collect()
+    };
+    let http = config.http_service.as_ref().unwrap();
+    assert_eq!(
+        without_line(&http.machine_checks),
+        std::slice::from_ref(&expected)
+    );
+    assert_eq!(
+        without_line(&config.services[0].machine_checks),
+        std::slice::from_ref(&expected)
+    );
+    assert_eq!(without_line(&config.machine_checks), [expected]);
+    assert_eq!(
+        [
+            http.machine_checks[0].line,
+            config.machine_checks[0].line,
+            config.services[0].machine_checks[0].line
+        ],
+        [87, 153, 207]
+    );
+}
+
+/// flyctl's `runTestMachines` (`machinebasedtest.go`): a machine gets the checks of the
+/// services of its group or of no group, then the top-level ones.
+#[test]
+fn machine_checks_apply_to_the_groups_of_their_service() {
+    let (config, _) = AppConfig::load(&fixtures().join("41-flyctl-tomachine-machinechecks.toml")).unwrap();
+    let count = |group: &str| config.machine_checks_for(group).len();
+    assert_eq!(
+        [count("greeting"), count("salutation"), count("farewell")],
+        [1, 1, 0]
+    );
+    assert!(config.has_machine_checks());
+    let (config, _) = parse(
+        "app = \"a\"\n[processes]\nweb = \"w\"\nworker = \"k\"\n\
+         [[services]]\nprotocol = \"tcp\"\ninternal_port = 1\nprocesses = [\"web\"]\n\
+         [[services.ports]]\nport = 1\n\
+         [[services.machine_checks]]\ncommand = [\"web-check\"]\n\
+         [[machine_checks]]\ncommand = [\"everyone\"]\n",
+    )
+    .unwrap();
+    let commands = |group: &str| -> Vec<String> {
+        config
+            .machine_checks_for(group)
+            .iter()
+            .map(|c| c.command.join(" "))
+            .collect()
+    };
+    assert_eq!(commands("web"), ["web-check", "everyone"]);
+    assert_eq!(commands("worker"), ["everyone"]);
+    assert!(!parse("app = \"a\"\n").unwrap().0.has_machine_checks());
+}
+
+#[test]
+fn machine_checks_need_a_command_and_valid_kill_settings() {
+    let found = problems(
+        "app = \"a\"\n[[machine_checks]]\nimage = \"curlimages/curl\"\n\
+         [[machine_checks]]\ncommand = []\n\
+         [[machine_checks]]\ncommand = \"curl x\"\n\
+         [[machine_checks]]\ncommand = [\"x\"]\nkill_timeout = 5\nkill_signal = \"SIGNOPE\"\nwhat = 1\n",
+    );
+    assert!(
+        found[0].contains("fly.toml:2: [machine_checks[0]] command: missing"),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].contains("fly.toml:4: [machine_checks[1]] command: missing"),
+        "{found:#?}"
+    );
+    assert!(
+        found[2].contains("fly.toml:7: [machine_checks[2]] command: expected a list of strings"),
+        "{found:#?}"
+    );
+    assert_eq!(found.len(), 5, "{found:#?}");
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("kill_timeout") && p.contains("nanoseconds")),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("kill_signal") && p.contains("SIGNOPE")),
+        "{found:#?}"
+    );
+    let (_, warnings) = parse("app = \"a\"\n[[machine_checks]]\ncommand = [\"x\"]\nwhat = 1\n").unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0]
+            .to_string()
+            .contains("[machine_checks[0]] what: unknown key"),
+        "{warnings:?}"
+    );
+}
+
+/// The machine a test machine checks, as the flyctl tests below give it.
+fn tested_machine(value: Value) -> crate::fly::types::Machine {
+    serde_json::from_value(json!({"id": "tested", "config": value})).unwrap()
+}
+
+/// flyctl machines_test.go's expectation shared by its TestToTestMachineConfig* tests, with
+/// the parts that vary: image, env beside the test variables, stop config. Without
+/// fly_flyctl_version (nixfly leaves it out on purpose).
+fn flyctl_test_machine(image: &str, env: Value, stop: Value) -> Value {
+    let mut all_env = json!({
+        "PRIMARY_REGION": "mia",
+        "FLY_TEST_COMMAND": "1",
+        "FLY_PROCESS_GROUP": "fly_app_test_machine_command",
+        "FLY_TEST_MACHINE_IP": "",
+    });
+    for (k, v) in env.as_object().unwrap() {
+        all_env[k] = v.clone();
+    }
+    json!({
+        "init": {"cmd": ["curl", "https://fly.io"], "swap_size_mb": 512, "entrypoint": ["/bin/sh"]},
+        "image": image,
+        "env": all_env,
+        "metadata": {"fly_platform_version": "v2", "fly_process_group": "fly_app_test_machine_command"},
+        "auto_destroy": true,
+        "restart": {"policy": "no"},
+        "dns": {"skip_registration": true},
+        "stop_config": stop,
+    })
+}
+
+fn machinechecks_fixture() -> (AppConfig, MachineCheck) {
+    let (config, _) = AppConfig::load(&fixtures().join("41-flyctl-tomachine-machinechecks.toml")).unwrap();
+    let check = config.http_service.as_ref().unwrap().machine_checks[0].clone();
+    (config, check)
+}
+
+/// flyctl machines_test.go, TestToTestMachineConfig and TestToTestMachineConfigWKillInfo: no
+/// machine under test; fly.toml's kill settings do not reach a check with an image of its own.
+#[test]
+fn flyctl_test_machine_config_without_a_machine() {
+    let (mut config, check) = machinechecks_fixture();
+    let expected = flyctl_test_machine("curlimages/curl", json!({}), json!({}));
+    assert_eq!(config.test_machine_config(&check, None).unwrap(), expected);
+    config.kill_signal = Some("SIGABRT".into());
+    config.kill_timeout = Some(std::time::Duration::from_secs(60));
+    assert_eq!(config.test_machine_config(&check, None).unwrap(), expected);
+}
+
+/// flyctl machines_test.go, TestToTestMachineConfigWKillInfoAndOrigMachineKillInfo: the
+/// check's own kill settings; the machine's stop config does not count.
+#[test]
+fn flyctl_test_machine_config_with_the_checks_kill_settings() {
+    let (config, mut check) = machinechecks_fixture();
+    check.kill_signal = Some("SIGTERM".into());
+    check.kill_timeout = Some(std::time::Duration::from_secs(10));
+    let machine = tested_machine(json!({"stop_config": {"signal": "SIGTERM", "timeout": "10s"}}));
+    assert_eq!(
+        config.test_machine_config(&check, Some(&machine)).unwrap(),
+        flyctl_test_machine(
+            "curlimages/curl",
+            json!({}),
+            json!({"signal": "SIGTERM", "timeout": "10s"})
+        )
+    );
+}
+
+/// flyctl machines_test.go, TestToTestMachineConfigWKillInfoNoImageAndOrigMachineKillInfo and
+/// TestToTestMachineConfigNoImageAndOrigMachineKillInfo: without an image the check runs the
+/// machine's, and its kill settings fall back to fly.toml's (not the machine's).
+#[test]
+fn flyctl_test_machine_config_on_the_machines_image() {
+    let (mut config, mut check) = machinechecks_fixture();
+    check.image = None;
+    config.kill_signal = Some("SIGTERM".into());
+    config.kill_timeout = Some(std::time::Duration::from_secs(60));
+    let machine = tested_machine(json!({
+        "image": "nginx",
+        "stop_config": {"signal": "SIGTERM", "timeout": "60s"},
+    }));
+    assert_eq!(
+        config.test_machine_config(&check, Some(&machine)).unwrap(),
+        flyctl_test_machine(
+            "nginx",
+            json!({}),
+            json!({"signal": "SIGTERM", "timeout": "1m0s"})
+        )
+    );
+    check.kill_signal = Some("SIGABRT".into());
+    check.kill_timeout = Some(std::time::Duration::from_secs(30));
+    assert_eq!(
+        config.test_machine_config(&check, Some(&machine)).unwrap(),
+        flyctl_test_machine("nginx", json!({}), json!({"signal": "SIGABRT", "timeout": "30s"}))
+    );
+    // flyctl's MissingImage: no image anywhere.
+    assert!(matches!(
+        config.test_machine_config(&check, None),
+        Err(AppConfigError::MachineCheckImage { line: 19, .. })
+    ));
+}
+
+/// flyctl machines_test.go, TestToTestMachineConfigWTestMachine (input as in fixture 20): the
+/// machine's private IP and env (over fly.toml's [env]); the machine's command is not the
+/// check's.
+#[test]
+fn flyctl_test_machine_config_for_a_machine() {
+    let (config, _) = AppConfig::load(&fixtures().join("20-flyctl-tomachine.toml")).unwrap();
+    let check = &config.http_service.as_ref().unwrap().machine_checks[0];
+    let mut machine = tested_machine(json!({
+        "env": {"BAR": "BAZ"},
+        "init": {"cmd": ["echo", "hello"]},
+        "image": "nginx",
+    }));
+    machine.private_ip = Some("1.2.3.4".into());
+    assert_eq!(
+        config.test_machine_config(check, Some(&machine)).unwrap(),
+        flyctl_test_machine(
+            "curlimages/curl",
+            json!({"FOO": "BAR", "BAR": "BAZ", "FLY_TEST_MACHINE_IP": "1.2.3.4"}),
+            json!({})
+        )
+    );
+}

@@ -1,0 +1,124 @@
+//! Machines that run one command and go: the release command's and the machine checks' test
+//! machines, which flyctl runs alike (`machines_releasecommand.go`, `machinebasedtest.go`).
+//! Each is waited for until started (a 404 then is one that already ran and was destroyed, as
+//! flyctl allows) and then destroyed, judged by the exit code of its last run, and its logs are
+//! followed from the app's logs so that a failure can show them.
+
+use super::error::RolloutError;
+use super::health::wait_for_state;
+use super::logs::LogFollower;
+use super::update::Ctx;
+use crate::fly::types::{Machine, MachineEvent};
+use std::time::Duration;
+
+/// How a one-shot machine's run ended.
+pub(super) enum Ended {
+    Exited(i64),
+    /// Destroyed without an exit event: its exit code is unknown.
+    NoExitEvent,
+    /// Not destroyed within the time allowed: still pulling or running.
+    TimedOut,
+}
+
+/// Wait for machine `id` to start (within the deploy's wait timeout) and then to be destroyed
+/// (within `timeout`), and read how its run ended.
+pub(super) async fn run_to_exit(ctx: &Ctx, id: &str, timeout: Duration) -> Result<Ended, RolloutError> {
+    // A quick command may have finished and been destroyed already: 404 is fine here.
+    match wait_for_state(&ctx.api, id, "started", None, ctx.spec.wait_timeout).await {
+        Err(RolloutError::Api { source, .. }) if source.status() == Some(404) => {}
+        other => other?,
+    }
+    match wait_for_state(&ctx.api, id, "destroyed", None, timeout).await {
+        Ok(()) => {}
+        Err(RolloutError::WaitTimeout { .. }) => return Ok(Ended::TimedOut),
+        Err(err) => return Err(err),
+    }
+    let finished = ctx
+        .api
+        .get_machine(id)
+        .await
+        .map_err(|source| api_error("reading the exit code of", id, source))?;
+    Ok(exit_of_last_run(&finished).map_or(Ended::NoExitEvent, Ended::Exited))
+}
+
+pub(super) fn api_error(
+    action: &'static str,
+    machine: &str,
+    source: crate::fly::api::ApiError,
+) -> RolloutError {
+    RolloutError::Api {
+        action,
+        machine: machine.to_string(),
+        source: source.into(),
+    }
+}
+
+/// The exit code of the run after the latest `start` (events are newest first). An exit
+/// event carries no output (fly-go `MachineExitEvent`): that is in the app's logs.
+pub(super) fn exit_of_last_run(machine: &Machine) -> Option<i64> {
+    let since_start: Vec<&MachineEvent> = machine.events.iter().take_while(|e| e.kind != "start").collect();
+    let exit = since_start.iter().find(|e| e.kind == "exit")?;
+    Some(exit.exit_info()?.exit_code)
+}
+
+/// Run `body` on one-shot machine `id` (`label` names it in messages) with its logs followed
+/// when the app's logs can be read. A failure that shows logs gets the last lines; with -v a
+/// success waits for its last lines, which show as they come, as flyctl's --verbose waits
+/// for them whatever the exit code (`waitForLogs`). One still running when its time ran out is
+/// destroyed rather than left behind.
+pub(super) async fn watched(
+    ctx: &Ctx,
+    id: &str,
+    label: &'static str,
+    body: impl std::future::Future<Output = Result<(), RolloutError>>,
+) -> Result<(), RolloutError> {
+    let logs = ctx.platform.clone().map(|platform| {
+        LogFollower::start(
+            platform,
+            ctx.spec.app.clone(),
+            id.to_string(),
+            label,
+            ctx.reporter.clone(),
+        )
+    });
+    let mut result = body.await;
+    let verbose_success = result.is_ok() && ctx.reporter.verbose() > 0;
+    match (result.as_mut().err().and_then(RolloutError::shown_logs), logs) {
+        (Some(shown), Some(logs)) => *shown = logs.finish(id).await,
+        (None, Some(logs)) if verbose_success => {
+            logs.finish(id).await;
+        }
+        (_, Some(logs)) => logs.stop(),
+        (_, None) => {}
+    }
+    if result.as_ref().is_err_and(RolloutError::left_running)
+        && let Err(err) = ctx.api.destroy_machine(id, None).await
+    {
+        ctx.reporter.warn(format!(
+            "cannot destroy {label} {id} ({err}); destroy it with `fly machine destroy --force {id}`"
+        ));
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn exit_code_comes_from_the_run_after_the_latest_start() {
+        let machine: Machine = serde_json::from_value(json!({"id": "r1", "events": [
+            {"type": "destroy"},
+            {"type": "exit", "request": {"exit_event": {"exit_code": 3}}},
+            {"type": "start"},
+            {"type": "exit", "request": {"exit_event": {"exit_code": 0}}},
+            {"type": "start"}
+        ]}))
+        .unwrap();
+        assert_eq!(exit_of_last_run(&machine), Some(3));
+        let never_exited: Machine =
+            serde_json::from_value(json!({"id": "r1", "events": [{"type": "start"}]})).unwrap();
+        assert_eq!(exit_of_last_run(&never_exited), None);
+    }
+}
