@@ -619,27 +619,25 @@ fn a_release_command_failure_without_logs_says_where_to_find_them() {
     assert_no_violations(&fly);
 }
 
+/// `nixfly rollout --app APP` of image 1, plain output: what it did and its stderr.
+fn rollout_to(fly: &FlyApi, app: &str) -> (std::process::Output, String) {
+    let t = TestDir::new();
+    let mut cmd = t.nixfly();
+    fly.configure(&mut cmd);
+    cmd.args(["rollout", "--app", app, "--image", &image(1), "--output", "plain"]);
+    let out = support::run(&mut cmd);
+    let err = stderr(&out);
+    (out, err)
+}
+
 /// A wrong app name is said as such, before anything else is read or written, as `nixfly
 /// deploy` says it: not as a release config that cannot be read followed by a bare 404.
 #[test]
 fn a_rollout_to_an_app_that_does_not_exist_says_so_first() {
     let fly = FlyApi::start();
     fly.add_app(APP);
-    let t = TestDir::new();
-    let mut cmd = t.nixfly();
-    fly.configure(&mut cmd);
-    cmd.args([
-        "rollout",
-        "--app",
-        "nope",
-        "--image",
-        &image(1),
-        "--output",
-        "plain",
-    ]);
-    let out = support::run(&mut cmd);
+    let (out, err) = rollout_to(&fly, "nope");
     assert_eq!(out.status.code(), Some(EXIT_FAILURE));
-    let err = stderr(&out);
     assert!(
         err.contains("Fly app nope does not exist: check --app")
             && err.contains("fly apps create nope")
@@ -667,21 +665,8 @@ fn a_rollout_to_an_app_of_another_organization_says_the_name_is_taken() {
             message: "unauthorized".into(),
         },
     );
-    let t = TestDir::new();
-    let mut cmd = t.nixfly();
-    fly.configure(&mut cmd);
-    cmd.args([
-        "rollout",
-        "--app",
-        "taken-app",
-        "--image",
-        &image(1),
-        "--output",
-        "plain",
-    ]);
-    let out = support::run(&mut cmd);
+    let (out, err) = rollout_to(&fly, "taken-app");
     assert_eq!(out.status.code(), Some(EXIT_FAILURE));
-    let err = stderr(&out);
     assert!(
         err.contains("Fly app taken-app exists, but this token may not use it")
             && err.contains("another organization's app")
