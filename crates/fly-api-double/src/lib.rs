@@ -46,12 +46,13 @@
 //! - Time runs in "Fly seconds" scaled by `Timing::scale` (default 0.05): an update puts the
 //!   machine in `replacing`, then `started` after `Timing::start` (or `stopped` with
 //!   `skip_launch`, or when the machine was `stopped` or `created`: an update starts only a
-//!   machine that was running, as flyctl's preflight `TestFlyMachineRun_standbyFor` sees); checks are `warning`, then `passing` after `Timing::checks`. A wait call
-//!   blocks at most 60 Fly seconds (3 s by default) and answers 408 on timeout; a `timeout`
-//!   above 60 is 400 `invalid_argument`; with `version` (or `instance_id`) it answers only
-//!   once the machine runs that version. `state` may be repeated or comma-separated (any of
-//!   them will do); `from_event_id` is not modelled: 501 and a violation. Lease TTLs are not scaled: clients refresh them on
-//!   their own clock.
+//!   machine that was running, as flyctl's preflight `TestFlyMachineRun_standbyFor` sees);
+//!   checks are `warning`, then `passing` after `Timing::checks`. A wait call blocks at most
+//!   60 Fly seconds (3 s by default) and answers 408 on timeout; a `timeout` above 60 is 400
+//!   `invalid_argument`; with `version` (or `instance_id`) it answers only once the machine
+//!   runs that version. `state` may be repeated or comma-separated (any of them will do);
+//!   `from_event_id` is not modelled: 501 and a violation. Lease TTLs are not scaled:
+//!   clients refresh them on their own clock.
 //! - Leases: `POST .../lease` with body `{"ttl": n}` answers 201
 //!   `{"status":"success","data":{nonce,expires_at,owner,description,version}}` (flat with
 //!   `Options::flat_lease`); with the current nonce in `fly-machine-lease-nonce` it refreshes;
