@@ -37,6 +37,11 @@ fn gzip_members(blob: &[u8]) -> usize {
 /// Push an image of [`multi_member_layers`] to `members:v1`: its pushed reference (by digest)
 /// and what the fixture writer wrote.
 fn push_multi_member_image(registry: &Registry, t: &TestDir) -> (String, images::Written) {
+    push_image_to(registry, t, "members", &[])
+}
+
+/// Push an image of [`multi_member_layers`] to `<repo>:v1` with `extra` flags.
+fn push_image_to(registry: &Registry, t: &TestDir, repo: &str, extra: &[&str]) -> (String, images::Written) {
     let tar = t.join("image.tar");
     let written = images::write_stream_layered(
         std::fs::File::create(&tar).unwrap(),
@@ -44,8 +49,8 @@ fn push_multi_member_image(registry: &Registry, t: &TestDir) -> (String, images:
         Fault::None,
     )
     .unwrap();
-    let out = push(t, registry, tar.to_str().unwrap(), "members", "v1", &[]);
-    (pushed_reference(&out, &registry.host(), "members"), written)
+    let out = push(t, registry, tar.to_str().unwrap(), repo, "v1", extra);
+    (pushed_reference(&out, &registry.host(), repo), written)
 }
 
 #[test]
@@ -217,9 +222,34 @@ fn containerd_pulls_and_unpacks_multi_member_layers() {
     let registry = Registry::start(AuthMode::None);
     let t = TestDir::new();
     let (_, written) = push_multi_member_image(&registry, &t);
+    assert_containerd_unpacks(&registry, "members", &written);
+}
 
+/// The same for the OCI manifest with zstd layers that `--format oci --compression zstd` (or
+/// fly.toml's `[build] compression = "zstd"`) pushes: containerd decompresses them and finds
+/// the config's diff_ids.
+#[test]
+fn containerd_pulls_and_unpacks_zstd_layers() {
+    let registry = Registry::start(AuthMode::None);
+    let t = TestDir::new();
+    let (_, written) = push_image_to(
+        &registry,
+        &t,
+        "zstd",
+        &["--format", "oci", "--compression", "zstd"],
+    );
+    let manifest = registry.skopeo_manifest(&format!("{}/zstd:v1", registry.host()));
+    for layer in manifest["layers"].as_array().unwrap() {
+        assert_eq!(layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd");
+    }
+    assert_containerd_unpacks(&registry, "zstd", &written);
+}
+
+/// containerd pulls `<repo>:v1` into the native snapshotter, which keys each unpacked layer by
+/// its chain ID.
+fn assert_containerd_unpacks(registry: &Registry, repo: &str, written: &images::Written) {
     let containerd = Containerd::start();
-    let image = format!("{}/members:v1", registry.host());
+    let image = format!("{}/{repo}:v1", registry.host());
     let pulled = containerd.ctr(&[
         "images",
         "pull",
