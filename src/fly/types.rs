@@ -315,22 +315,25 @@ impl Machine {
     }
 }
 
-pub fn config_check_count(config: &Value) -> usize {
+/// The health checks of a machine config: its own `checks`, then its services' `checks`.
+pub fn config_checks(config: &Value) -> impl Iterator<Item = &Value> {
     let top = config
         .get("checks")
         .and_then(Value::as_object)
-        .map_or(0, Map::len);
+        .into_iter()
+        .flat_map(Map::values);
     let services = config
         .get("services")
         .and_then(Value::as_array)
-        .map_or(0, |services| {
-            services
-                .iter()
-                .filter_map(|s| s.get("checks").and_then(Value::as_array))
-                .map(Vec::len)
-                .sum()
-        });
-    top + services
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("checks").and_then(Value::as_array))
+        .flatten();
+    top.chain(services)
+}
+
+pub fn config_check_count(config: &Value) -> usize {
+    config_checks(config).count()
 }
 
 /// A held lease. The API has answered both flat (2026 spec) and wrapped in

@@ -232,7 +232,7 @@ async fn cut_over(ctx: &Ctx, blues: &[&Machine]) {
         ctx.api
             .set_metadata(&blue.id, META_BLUEGREEN_TAG, SAFE_TO_DESTROY, nonce.as_deref())
             .await
-            .map_err(|source| api_error("tagging", &blue.id, source))
+            .map_err(|source| RolloutError::api("tagging", &blue.id, source))
     })
     .await;
     tokio::time::sleep(ctx.spec.bluegreen_wait).await;
@@ -302,20 +302,12 @@ where
     failed
 }
 
-fn api_error(action: &'static str, machine: &str, source: crate::fly::api::ApiError) -> RolloutError {
-    RolloutError::Api {
-        action,
-        machine: machine.to_string(),
-        source: source.into(),
-    }
-}
-
 async fn machine_action(ctx: &Ctx, machine: &str, action: &'static str) -> Result<(), RolloutError> {
     let nonce = ctx.leases.nonce(machine);
     ctx.api
         .machine_action(machine, action, nonce.as_deref())
         .await
-        .map_err(|source| api_error(action, machine, source))
+        .map_err(|source| RolloutError::api(action, machine, source))
 }
 
 #[cfg(test)]

@@ -170,6 +170,15 @@ pub enum RolloutError {
 }
 
 impl RolloutError {
+    /// A Machines API call about `machine` failed while `action`.
+    pub(super) fn api(action: &'static str, machine: &str, source: crate::fly::api::ApiError) -> Self {
+        RolloutError::Api {
+            action,
+            machine: machine.to_string(),
+            source: source.into(),
+        }
+    }
+
     /// Where a one-shot machine's failure shows that machine's logs (`one_shot::watched`).
     pub(super) fn shown_logs(&mut self) -> Option<&mut String> {
         match self {

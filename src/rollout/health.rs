@@ -104,13 +104,7 @@ async fn wait_until(
                 tokio::time::sleep(backoff.min(left)).await;
                 backoff = (backoff * 2).min(WAIT_RETRY_MAX);
             }
-            Err(source) => {
-                return Err(RolloutError::Api {
-                    action: "waiting for",
-                    machine: machine.to_string(),
-                    source: source.into(),
-                });
-            }
+            Err(source) => return Err(RolloutError::api("waiting for", machine, source)),
         }
     }
 }
@@ -224,11 +218,7 @@ pub async fn wait_healthy(
         let machine = api
             .get_machine(machine_id)
             .await
-            .map_err(|source| RolloutError::Api {
-                action: "reading the health of",
-                machine: machine_id.to_string(),
-                source: source.into(),
-            })?;
+            .map_err(|source| RolloutError::api("reading the health of", machine_id, source))?;
         smoke_check(&machine)?;
         // A machine without checks that ran and exited 0 (a one-shot process group) is done,
         // not broken: flyctl's smoke check fails only a machine that keeps restarting

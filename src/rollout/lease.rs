@@ -81,13 +81,7 @@ impl Leases {
                     }
                     tokio::time::sleep(LEASE_RETRY.min(patience.saturating_sub(started.elapsed()))).await;
                 }
-                Err(source) => {
-                    return Err(RolloutError::Api {
-                        action: "acquiring the lease on",
-                        machine: machine.to_string(),
-                        source: source.into(),
-                    });
-                }
+                Err(source) => return Err(RolloutError::api("acquiring the lease on", machine, source)),
             }
         }
     }

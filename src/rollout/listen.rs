@@ -13,7 +13,7 @@
 use super::update::Ctx;
 use crate::fly::api::ApiError;
 use crate::fly::appconfig::units::parse_go_duration;
-use crate::fly::types::ProcessStat;
+use crate::fly::types::{ProcessStat, config_checks};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -34,13 +34,7 @@ fn expected_ports(config: &Value) -> BTreeSet<u64> {
 /// flyctl's `listenAddressCheckTimeoutFor`: the window, or the longest grace period of the
 /// machine's checks and its services' checks when that is longer.
 fn window(config: &Value, at_least: Duration) -> Duration {
-    let top = config["checks"].as_object().into_iter().flat_map(|c| c.values());
-    let services = config["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["checks"].as_array().into_iter().flatten());
-    top.chain(services)
+    config_checks(config)
         .filter_map(|check| check["grace_period"].as_str())
         .filter_map(|text| parse_go_duration(text).ok())
         .fold(at_least, Duration::max)

@@ -104,7 +104,7 @@ pub async fn run(ctx: &Ctx, tested: &Machine) -> Result<(), RolloutError> {
     for check in applying {
         let body = test_machine_request(ctx, checks, check, tested);
         let machine = ctx.api.create_machine(body).await.map_err(|source| {
-            one_shot::api_error("creating a machine check's test machine for", &tested.id, source)
+            RolloutError::api("creating a machine check's test machine for", &tested.id, source)
         })?;
         ctx.status(&machine.id, TEST_MACHINE_GROUP, format!("testing {}", tested.id));
         created.push((check, machine.id));

@@ -28,6 +28,7 @@ pub(super) async fn run_to_exit(ctx: &Ctx, id: &str, timeout: Duration) -> Resul
         Err(RolloutError::Api { source, .. }) if source.status() == Some(404) => {}
         other => other?,
     }
+    // A 404 while waiting for `destroyed` is that state (`wait_for_state`).
     match wait_for_state(&ctx.api, id, "destroyed", None, timeout).await {
         Ok(()) => {}
         Err(RolloutError::WaitTimeout { .. }) => return Ok(Ended::TimedOut),
@@ -37,20 +38,8 @@ pub(super) async fn run_to_exit(ctx: &Ctx, id: &str, timeout: Duration) -> Resul
         .api
         .get_machine(id)
         .await
-        .map_err(|source| api_error("reading the exit code of", id, source))?;
+        .map_err(|source| RolloutError::api("reading the exit code of", id, source))?;
     Ok(exit_of_last_run(&finished).map_or(Ended::NoExitEvent, Ended::Exited))
-}
-
-pub(super) fn api_error(
-    action: &'static str,
-    machine: &str,
-    source: crate::fly::api::ApiError,
-) -> RolloutError {
-    RolloutError::Api {
-        action,
-        machine: machine.to_string(),
-        source: source.into(),
-    }
 }
 
 /// The exit code of the run after the latest `start` (events are newest first). An exit

@@ -3,7 +3,7 @@
 
 use super::error::RolloutError;
 use super::health::wait_for_new_machine;
-use super::one_shot::{self, Ended, api_error};
+use super::one_shot::{self, Ended};
 use super::update::Ctx;
 use super::waves::{ConfigChange, Fleet};
 use crate::fly::types::{
@@ -173,7 +173,7 @@ async fn run_on(ctx: &Ctx, rc: &ReleaseCommand, id: &str) -> Result<(), RolloutE
     ctx.api
         .machine_action(id, "start", None)
         .await
-        .map_err(|source| api_error("starting", id, source))?;
+        .map_err(|source| RolloutError::api("starting", id, source))?;
     ctx.status(id, group, "running");
     let exit_code = match one_shot::run_to_exit(ctx, id, rc.timeout).await? {
         Ended::Exited(code) => code,

@@ -211,13 +211,7 @@ impl Ctx {
                 Err(err) if err.status() == Some(409) && !fresh_lease => {
                     self.leases.forget(&machine.id);
                 }
-                Err(source) => {
-                    return Err(RolloutError::Api {
-                        action: "updating",
-                        machine: machine.id.clone(),
-                        source: source.into(),
-                    });
-                }
+                Err(source) => return Err(RolloutError::api("updating", &machine.id, source)),
             }
         };
         if wait == Wait::No {
@@ -298,16 +292,11 @@ impl Ctx {
         if reached.as_deref() == Some("started") {
             return Ok(());
         }
-        let api_error = |action, source: crate::fly::api::ApiError| RolloutError::Api {
-            action,
-            machine: id.to_string(),
-            source: source.into(),
-        };
         let machine = self
             .api
             .get_machine(id)
             .await
-            .map_err(|e| api_error("reading the state of", e))?;
+            .map_err(|e| RolloutError::api("reading the state of", id, e))?;
         if !machine.left_stopped_by_change() {
             return Ok(());
         }
@@ -315,7 +304,7 @@ impl Ctx {
         self.api
             .machine_action(id, "start", nonce.as_deref())
             .await
-            .map_err(|e| api_error("starting", e))?;
+            .map_err(|e| RolloutError::api("starting", id, e))?;
         wait_for_new_machine(&self.api, id, "started", version, timeout).await
     }
 
@@ -481,11 +470,7 @@ impl Ctx {
             .api
             .create_machine(body)
             .await
-            .map_err(|source| RolloutError::Api {
-                action: "creating the replacement for",
-                machine: old.id.clone(),
-                source: source.into(),
-            })?;
+            .map_err(|source| RolloutError::api("creating the replacement for", &old.id, source))?;
         self.lost
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -588,11 +573,7 @@ impl Ctx {
         self.api
             .destroy_machine(machine, nonce.as_deref())
             .await
-            .map_err(|source| RolloutError::Api {
-                action: "destroying",
-                machine: machine.to_string(),
-                source: source.into(),
-            })?;
+            .map_err(|source| RolloutError::api("destroying", machine, source))?;
         self.leases.forget(machine);
         Ok(())
     }
