@@ -50,7 +50,8 @@
 //!   checks are `warning`, then `passing` after `Timing::checks`. A wait call blocks at most
 //!   60 Fly seconds (3 s by default) and answers 408 on timeout; a `timeout` above 60 is 400
 //!   `invalid_argument`; with `version` (or `instance_id`) it answers only once the machine
-//!   runs that version. `state` may be repeated or comma-separated (any of them will do);
+//!   runs that version. `state` may be repeated or comma-separated (any of them will do: the
+//!   spec's description of the parameter);
 //!   `from_event_id` is not modelled: 501 and a violation. Lease TTLs are not scaled:
 //!   clients refresh them on their own clock.
 //! - Leases: `POST .../lease` with body `{"ttl": n}` answers 201

@@ -81,15 +81,7 @@ impl AppConfig {
             config.insert("checks".into(), Value::Object(checks));
         }
 
-        let mut env: Map<String, Value> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        env.insert("FLY_PROCESS_GROUP".into(), group.into());
-        if let Some(region) = &self.primary_region {
-            env.insert("PRIMARY_REGION".into(), region.as_str().into());
-        }
+        let env = self.group_env(group, None);
         config.insert("env".into(), Value::Object(env));
 
         if !self.statics.is_empty() {
@@ -186,16 +178,8 @@ impl AppConfig {
         if let Some(swap) = self.swap_size_mb {
             init.insert("swap_size_mb".into(), swap.into());
         }
-        let mut env: Map<String, Value> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
+        let mut env = self.group_env(RELEASE_COMMAND_GROUP, None);
         env.insert("RELEASE_COMMAND".into(), "1".into());
-        env.insert("FLY_PROCESS_GROUP".into(), RELEASE_COMMAND_GROUP.into());
-        if let Some(region) = &self.primary_region {
-            env.insert("PRIMARY_REGION".into(), region.as_str().into());
-        }
         let mut config = Map::new();
         config.insert("init".into(), Value::Object(init));
         config.insert("restart".into(), json!({"policy": "no"}));
@@ -215,6 +199,26 @@ impl AppConfig {
             config.insert("files".into(), Value::Array(files));
         }
         Ok(Some(Value::Object(config)))
+    }
+
+    /// The env of a machine fly.toml makes for `group` (flyctl `internal/appconfig/machines.go`):
+    /// `[env]`, under `machine_env` when given (a test machine takes its tested machine's,
+    /// `ToTestMachineConfig`), then `FLY_PROCESS_GROUP` and, from `primary_region`,
+    /// `PRIMARY_REGION`.
+    fn group_env(&self, group: &str, machine_env: Option<&Map<String, Value>>) -> Map<String, Value> {
+        let mut env: Map<String, Value> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        if let Some(machine_env) = machine_env {
+            env.extend(machine_env.clone());
+        }
+        env.insert("FLY_PROCESS_GROUP".into(), group.into());
+        if let Some(region) = &self.primary_region {
+            env.insert("PRIMARY_REGION".into(), region.as_str().into());
+        }
+        env
     }
 
     /// The machine checks flyctl runs for a machine of `group` (`machinebasedtest.go`,
@@ -293,22 +297,11 @@ impl AppConfig {
         if let Some(entrypoint) = entrypoint {
             init.insert("entrypoint".into(), entrypoint.into());
         }
-        let mut env: Map<String, Value> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        if let Some(machine_env) = tested_config
+        let machine_env = tested_config
             .and_then(|c| c.get("env"))
-            .and_then(Value::as_object)
-        {
-            env.extend(machine_env.clone());
-        }
+            .and_then(Value::as_object);
+        let mut env = self.group_env(TEST_MACHINE_GROUP, machine_env);
         env.insert("FLY_TEST_COMMAND".into(), "1".into());
-        env.insert("FLY_PROCESS_GROUP".into(), TEST_MACHINE_GROUP.into());
-        if let Some(region) = &self.primary_region {
-            env.insert("PRIMARY_REGION".into(), region.as_str().into());
-        }
         let ip = tested.and_then(|m| m.private_ip.clone()).unwrap_or_default();
         env.insert("FLY_TEST_MACHINE_IP".into(), ip.into());
         // An image of its own stops as that image says unless the check says otherwise.
