@@ -1225,16 +1225,11 @@ fn machine_operation(
             machine.updated_at = rfc3339_now();
             StatusCode::NO_CONTENT.into_response()
         }
-        other => {
-            let reason =
-                format!("operation {other} is in the spec but the Fly API double does not implement it");
-            st.violations.push(Violation {
-                method: req.method.clone(),
-                path: req.path.clone(),
-                reason: reason.clone(),
-            });
-            error(StatusCode::NOT_IMPLEMENTED, &reason)
-        }
+        other => not_modelled(
+            st,
+            req,
+            format!("operation {other} is in the spec but the Fly API double does not implement it"),
+        ),
     }
 }
 
@@ -1273,6 +1268,17 @@ fn not_visible_yet(id: &str) -> Response {
     error(StatusCode::NOT_FOUND, &format!("machine {id} not found"))
 }
 
+/// What the spec has and the double does not model: recorded as a violation (so a client that
+/// starts to use it is noticed) and answered 501.
+fn not_modelled(st: &mut State, req: &Request, reason: String) -> Response {
+    st.violations.push(Violation {
+        method: req.method.clone(),
+        path: req.path.clone(),
+        reason: reason.clone(),
+    });
+    error(StatusCode::NOT_IMPLEMENTED, &reason)
+}
+
 /// `GET .../wait`: long-poll until the machine is in one of the wanted states, 408 after the
 /// timeout (capped at 60 Fly seconds). Waiting for anything but `destroyed` on a destroyed
 /// machine answers 404, as the notes describe for release-command machines.
@@ -1282,15 +1288,11 @@ async fn wait(shared: &Shared, req: &Request, app: &str, id: &str) -> Response {
     // model of it and would answer for an earlier one, so a client that starts to send it is
     // told, as for an operation the double does not serve.
     if req.query("from_event_id").is_some() {
-        let reason = "wait with `from_event_id`: in the spec, but the Fly API double does not \
-                      model it"
-            .to_string();
-        shared.lock().violations.push(Violation {
-            method: req.method.clone(),
-            path: req.path.clone(),
-            reason: reason.clone(),
-        });
-        return error(StatusCode::NOT_IMPLEMENTED, &reason);
+        return not_modelled(
+            &mut shared.lock(),
+            req,
+            "wait with `from_event_id`: in the spec, but the Fly API double does not model it".into(),
+        );
     }
     let wanted: Vec<String> = req
         .query

@@ -169,9 +169,7 @@ impl AppConfig {
             volume,
         })
     }
-}
 
-impl AppConfig {
     /// A new machine's config for `group`, as flyctl's `launchInputForLaunch`
     /// (`internal/command/deploy/machines_launchinput.go`) makes it: fly.toml's translation,
     /// `guest` when no `[[vm]]` applies, and the top-level `host_dedication_id` on every new
