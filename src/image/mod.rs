@@ -276,13 +276,14 @@ fn detect_kind(path: &Path, metadata: &std::fs::Metadata) -> Result<SourceKind, 
     if ArchiveFormat::sniff(&head).is_some() {
         return Ok(SourceKind::Archive);
     }
-    if plan::is_plan(path, &head) {
-        return Ok(SourceKind::Plan);
-    }
-    if plan::is_nix2container(path, &head) {
-        return Err(ImageError::Nix2Container {
-            path: path.to_path_buf(),
-        });
+    match plan::json_image(path, &head) {
+        Some(plan::JsonImage::Plan) => return Ok(SourceKind::Plan),
+        Some(plan::JsonImage::Nix2Container) => {
+            return Err(ImageError::Nix2Container {
+                path: path.to_path_buf(),
+            });
+        }
+        None => {}
     }
     use std::os::unix::fs::PermissionsExt;
     if metadata.permissions().mode() & 0o111 != 0 {

@@ -18,35 +18,39 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Whether a file whose first bytes are `head` is a layer plan: a JSON object whose `kind` is
-/// `nixfly-layer-plan`. Only JSON objects are read whole (plans are a few KiB).
-pub fn is_plan(path: &Path, head: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Kind {
-        kind: Option<PlanKind>,
-    }
-    head.trim_ascii_start().starts_with(b"{")
-        && std::fs::read(path)
-            .ok()
-            .and_then(|text| serde_json::from_slice::<Kind>(&text).ok())
-            .is_some_and(|k| k.kind.is_some())
+/// What a JSON image file is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JsonImage {
+    /// A layer plan: a JSON object whose `kind` is `nixfly-layer-plan`.
+    Plan,
+    /// A nix2container image JSON (nix2container's `buildImage`): an object with
+    /// `image-config` and `layers`, whose layers nix2container's own Go code tars at push
+    /// time. nixfly does not make those tars (their digests are nix2container's bytes), so it
+    /// says what to do instead.
+    Nix2Container,
 }
 
-/// A nix2container image JSON (nix2container's `buildImage`): an object with `image-config`
-/// and `layers`, whose layers nix2container's own Go code tars at push time. nixfly does not
-/// make those tars (their digests are nix2container's bytes), so it says what to do instead.
-pub fn is_nix2container(path: &Path, head: &[u8]) -> bool {
+/// What the file whose first bytes are `head` is, when it is a JSON image of either kind.
+/// Only JSON objects are read whole, once (plans are a few KiB).
+pub fn json_image(path: &Path, head: &[u8]) -> Option<JsonImage> {
     #[derive(serde::Deserialize)]
     struct Keys {
+        kind: Option<PlanKind>,
         #[serde(rename = "image-config")]
         image_config: Option<serde::de::IgnoredAny>,
         layers: Option<serde::de::IgnoredAny>,
     }
-    head.trim_ascii_start().starts_with(b"{")
-        && std::fs::read(path)
-            .ok()
-            .and_then(|text| serde_json::from_slice::<Keys>(&text).ok())
-            .is_some_and(|k| k.image_config.is_some() && k.layers.is_some())
+    if !head.trim_ascii_start().starts_with(b"{") {
+        return None;
+    }
+    let keys: Keys = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    if keys.kind.is_some() {
+        Some(JsonImage::Plan)
+    } else if keys.image_config.is_some() && keys.layers.is_some() {
+        Some(JsonImage::Nix2Container)
+    } else {
+        None
+    }
 }
 
 pub struct PlanFile {
@@ -332,7 +336,7 @@ mod tests {
         ] {
             let path = dir.path().join(name);
             fs::write(&path, text).unwrap();
-            assert!(!is_plan(&path, text.as_bytes()), "{name}");
+            assert_eq!(json_image(&path, text.as_bytes()), None, "{name}");
             assert!(
                 detect(path.to_str().unwrap(), SourceKind::Auto).is_err(),
                 "{name}"
