@@ -488,21 +488,26 @@ fn without_primary_region_env_keeps_its_primary_region() {
     );
 }
 
+/// The fly.toml of flyctl `machines_test.go`, `Test_resolveUpdatedMachineConfig_ReleaseCommand`:
+/// every section an app machine gets and a release command machine does not. Its two halves
+/// are `a_new_machine_gets_every_section_of_fly_toml` here and
+/// `the_release_command_machine_is_flyctls` in `release_command.rs`.
+pub(super) const FLYCTL_RELEASE_COMMAND_TOML: &str = "app = \"my-cool-app\"\n\
+    [env]\nPRIMARY_REGION = \"scl\"\nOTHER = \"value\"\n\
+    [metrics]\nport = 9000\npath = \"/prometheus\"\n\
+    [deploy]\nrelease_command = \"touch sky\"\n\
+    [mounts]\nsource = \"data\"\ndestination = \"/data\"\n\
+    [checks.alive]\nport = 8080\ntype = \"tcp\"\n\
+    [[statics]]\nguest_path = \"/app/assets\"\nurl_prefix = \"/statics\"\n\
+    [[services]]\nprotocol = \"tcp\"\ninternal_port = 8080\n";
+
 /// flyctl `machines_test.go`, `Test_resolveUpdatedMachineConfig_ReleaseCommand` (the app
 /// machine half): a new machine gets fly.toml's metrics, mount, statics, services and checks;
 /// the release command machine gets none of them (`release_command_tests` in
 /// `release_command.rs` has the other half).
 #[test]
 fn a_new_machine_gets_every_section_of_fly_toml() {
-    let config = fly_toml(
-        "app = \"my-cool-app\"\n[env]\nPRIMARY_REGION = \"scl\"\nOTHER = \"value\"\n\
-         [metrics]\nport = 9000\npath = \"/prometheus\"\n\
-         [deploy]\nrelease_command = \"touch sky\"\n\
-         [mounts]\nsource = \"data\"\ndestination = \"/data\"\n\
-         [checks.alive]\nport = 8080\ntype = \"tcp\"\n\
-         [[statics]]\nguest_path = \"/app/assets\"\nurl_prefix = \"/statics\"\n\
-         [[services]]\nprotocol = \"tcp\"\ninternal_port = 8080\n",
-    );
+    let config = fly_toml(FLYCTL_RELEASE_COMMAND_TOML);
     let new = launched(&config, &change(&config, "super/balloon", None), "app");
     assert_eq!(new["metrics"], json!({"port": 9000, "path": "/prometheus"}));
     assert_eq!(new["mounts"], json!([{"path": "/data", "name": "data"}]));

@@ -210,6 +210,7 @@ mod tests {
     use super::*;
     use crate::fly::appconfig::AppConfig;
     use crate::fly::types::Machine;
+    use crate::rollout::launch_input_tests::FLYCTL_RELEASE_COMMAND_TOML;
 
     fn release_command(toml: &str, machines: Vec<Machine>) -> Value {
         let config = AppConfig::parse(toml, std::path::Path::new("fly.toml"))
@@ -245,16 +246,7 @@ mod tests {
     /// none of the app machine's metrics, mounts, statics, services or checks.
     #[test]
     fn the_release_command_machine_is_flyctls() {
-        let body = release_command(
-            "app = \"my-cool-app\"\n[env]\nPRIMARY_REGION = \"scl\"\nOTHER = \"value\"\n\
-             [metrics]\nport = 9000\npath = \"/prometheus\"\n\
-             [deploy]\nrelease_command = \"touch sky\"\n\
-             [mounts]\nsource = \"data\"\ndestination = \"/data\"\n\
-             [checks.alive]\nport = 8080\ntype = \"tcp\"\n\
-             [[statics]]\nguest_path = \"/app/assets\"\nurl_prefix = \"/statics\"\n\
-             [[services]]\nprotocol = \"tcp\"\ninternal_port = 8080\n",
-            Vec::new(),
-        );
+        let body = release_command(FLYCTL_RELEASE_COMMAND_TOML, Vec::new());
         assert_eq!(body["skip_launch"], true);
         assert!(body.get("region").is_none(), "{body}");
         assert_eq!(

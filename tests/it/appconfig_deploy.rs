@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use support::fly_api::{Behavior, FaultKind, FlyApi, Machine, Options, Timing};
 use support::rollout::{
-    APP, assert_no_leases, assert_no_violations, create_bodies, image, run_rollout, stderr, updated_ids,
+    APP, assert_no_changes, assert_no_leases, assert_no_violations, create_bodies, image, run_rollout,
+    stderr, updated_ids, write_fly_toml,
 };
 use support::{TestDir, assert_success};
 
@@ -26,10 +27,6 @@ fn new_app() -> FlyApi {
     let fly = FlyApi::start();
     fly.set_app_status(APP, "pending");
     fly
-}
-
-fn write_fly_toml(t: &TestDir, text: &str) {
-    std::fs::write(t.join("fly.toml"), text).unwrap();
 }
 
 fn group_machines(fly: &FlyApi, group: &str) -> Vec<Machine> {
@@ -521,11 +518,7 @@ fn after_the_first_deploy_new_machines_need_a_volume_made_beforehand() {
             && err.contains("fly volume create notes_data --region fra"),
         "{err}"
     );
-    assert!(
-        fly.mutating_requests().is_empty(),
-        "{:#?}",
-        fly.mutating_requests()
-    );
+    assert_no_changes(&fly);
     assert!(fly.volumes(APP).is_empty());
 
     let volume = fly.add_volume(APP, "notes_data", "fra", 10);
@@ -1062,11 +1055,7 @@ fn an_app_with_only_machines_outside_fly_launch_gets_a_first_deploy() {
         "{}",
         stderr(&out)
     );
-    assert!(
-        fly.mutating_requests().is_empty(),
-        "{:#?}",
-        fly.mutating_requests()
-    );
+    assert_no_changes(&fly);
     let out = run_rollout(&fly, &t, &image(2), &[]);
     assert_success(&out);
     let err = stderr(&out);
@@ -1124,11 +1113,7 @@ fn without_primary_region_fly_places_new_machines_and_only_a_volume_needs_one() 
         "{}",
         stderr(&out)
     );
-    assert!(
-        fly.mutating_requests().is_empty(),
-        "{:#?}",
-        fly.mutating_requests()
-    );
+    assert_no_changes(&fly);
 }
 
 /// `fly deploy -e NAME=VALUE --primary-region R` (flyctl `machines.go`,

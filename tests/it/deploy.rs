@@ -8,7 +8,9 @@ use support::images::{self, Fault};
 use support::proxy::FaultProxy;
 use support::readback::{assert_media_types, assert_same_image, pushed_reference};
 use support::registry::{AuthMode, Registry};
-use support::rollout::{APP, assert_no_leases, assert_no_violations, assert_runs_pushed, stderr};
+use support::rollout::{
+    APP, assert_no_changes, assert_no_leases, assert_no_violations, assert_runs_pushed, stderr,
+};
 use support::{TestDir, run};
 
 /// `nixfly deploy SOURCE --app demo --to <registry>/demo --tag TAG --output OUTPUT` against the
@@ -309,11 +311,7 @@ fn deploy_that_cannot_succeed_makes_no_registry_request() {
         "requests reached the registry"
     );
     assert_eq!(registry.blob_bytes(), 0);
-    assert!(
-        fly.mutating_requests().is_empty(),
-        "{:#?}",
-        fly.mutating_requests()
-    );
+    assert_no_changes(&fly);
     assert!(fly.releases().is_empty());
 }
 

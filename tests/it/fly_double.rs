@@ -64,6 +64,13 @@ impl Api {
         self.call("POST", path, Some(body), None).await
     }
 
+    /// `POST /v1/apps/demo/machines` with `body`, which must succeed: the new machine's id.
+    async fn create_machine(&self, body: Value) -> String {
+        let (status, created) = self.post("/v1/apps/demo/machines", body).await;
+        assert_eq!(status, 200, "{created}");
+        created["id"].as_str().expect("id").to_string()
+    }
+
     async fn lease(&self, app: &str, id: &str) -> String {
         let (status, body) = self
             .post(&format!("/v1/apps/{app}/machines/{id}/lease"), json!({"ttl": 30}))
@@ -656,14 +663,9 @@ async fn release_command_machine_runs_records_its_exit_and_is_destroyed() {
         "guest": {"cpu_kind": "shared", "cpus": 2, "memory_mb": 512},
         "metadata": {"fly_platform_version": "v2", "fly_process_group": RELEASE_COMMAND_GROUP},
     });
-    let (status, created) = api
-        .post(
-            "/v1/apps/demo/machines",
-            json!({"region": "iad", "skip_launch": true, "config": config}),
-        )
+    let id = api
+        .create_machine(json!({"region": "iad", "skip_launch": true, "config": config}))
         .await;
-    assert_eq!(status, 200, "{created}");
-    let id = created["id"].as_str().expect("id").to_string();
     let base = format!("/v1/apps/demo/machines/{id}");
     // Reads lag behind the create (2 Fly seconds, 40 ms here).
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -728,14 +730,9 @@ async fn test_command_machine_runs_once_with_its_own_exit_code() {
         "metadata": {"fly_platform_version": "v2", "fly_process_group": TEST_MACHINE_GROUP},
         "stop_config": {},
     });
-    let (status, created) = api
-        .post(
-            "/v1/apps/demo/machines",
-            json!({"region": "iad", "config": config}),
-        )
+    let id = api
+        .create_machine(json!({"region": "iad", "config": config}))
         .await;
-    assert_eq!(status, 200, "{created}");
-    let id = created["id"].as_str().expect("id").to_string();
     let base = format!("/v1/apps/demo/machines/{id}");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
@@ -889,14 +886,10 @@ async fn new_machines_are_invisible_for_a_moment_and_slow_pulls_delay_them() {
             "image": image, "metadata": {"fly_platform_version": "v2", "fly_process_group": "app"}}})
     };
     let started = Instant::now();
-    let (status, created) = api
-        .post(
-            "/v1/apps/demo/machines",
-            create("registry.fly.io/demo@sha256:slow"),
-        )
+    let slow = api
+        .create_machine(create("registry.fly.io/demo@sha256:slow"))
         .await;
-    assert_eq!(status, 200, "{created}");
-    let base = format!("/v1/apps/demo/machines/{}", created["id"].as_str().unwrap());
+    let base = format!("/v1/apps/demo/machines/{slow}");
     assert_eq!(api.get(&base).await.0, 404);
     assert_eq!(
         api.get(&format!("{base}/wait?state=stopped&timeout=1")).await.0,
@@ -922,13 +915,10 @@ async fn new_machines_are_invisible_for_a_moment_and_slow_pulls_delay_them() {
         started.elapsed()
     );
 
-    let (_, quick) = api
-        .post(
-            "/v1/apps/demo/machines",
-            create("registry.fly.io/demo@sha256:quick"),
-        )
+    let quick = api
+        .create_machine(create("registry.fly.io/demo@sha256:quick"))
         .await;
-    let base = format!("/v1/apps/demo/machines/{}", quick["id"].as_str().unwrap());
+    let base = format!("/v1/apps/demo/machines/{quick}");
     assert_eq!(visible(&base).await.0, 200);
     assert_eq!(
         api.get(&format!("{base}/wait?state=stopped&timeout=5")).await.0,
@@ -1614,14 +1604,9 @@ async fn wait_takes_several_states_and_flags_from_event_id() {
 async fn machine_sizes_fly_refuses_are_refused_by_the_double_and_by_fly_toml_checks() {
     use nixfly::fly::appconfig::AppConfig;
     let (fly, api) = demo();
-    let (status, created) = api
-        .post(
-            "/v1/apps/demo/machines",
-            json!({"config": {"image": "registry.fly.io/demo:v1"}, "region": "iad"}),
-        )
+    let id = api
+        .create_machine(json!({"config": {"image": "registry.fly.io/demo:v1"}, "region": "iad"}))
         .await;
-    assert_eq!(status, 200, "{created}");
-    let id = created["id"].as_str().unwrap().to_string();
     let path = format!("/v1/apps/demo/machines/{id}");
 
     let (mut accepted, mut refused) = (0, 0);

@@ -6,7 +6,8 @@ use crate::support;
 use std::time::Duration;
 use support::fly_api::{Behavior, FaultKind, FlyApi, MachineSpec, Options, Timing};
 use support::rollout::{
-    APP, assert_no_leases, assert_no_violations, image, rollout_cmd, run_rollout, stderr, updated_ids,
+    APP, assert_no_leases, assert_no_violations, digest_hex, image, rollout_cmd, run_rollout, stderr,
+    updated_ids, write_fly_toml,
 };
 use support::{TestDir, assert_success};
 
@@ -14,10 +15,6 @@ use support::{TestDir, assert_success};
 const EXIT_FAILURE: i32 = 1;
 const EXIT_ROLLED_BACK: i32 = 1;
 const EXIT_INTERRUPTED: i32 = 130;
-
-fn digest_hex(image: &str) -> &str {
-    image.rsplit(':').next().unwrap()
-}
 
 #[test]
 fn failing_checks_roll_back_every_updated_machine() {
@@ -173,11 +170,10 @@ fn release_command_exit_1_stops_before_any_machine_changes() {
     let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).region("ams"));
     fly.set_release_command_exit_code(1);
     let t = TestDir::new();
-    std::fs::write(
-        t.join("fly.toml"),
+    write_fly_toml(
+        &t,
         "app = \"demo\"\nprimary_region = \"ams\"\n[deploy]\nrelease_command = \"bin/migrate --to 'latest version'\"\n[env]\nDATABASE = \"main\"\n",
-    )
-    .unwrap();
+    );
     let new = image(12);
 
     // What the command prints reaches the user through the app logs, as flyctl shows them
@@ -265,11 +261,10 @@ fn release_command_success_lets_the_rollout_go_on() {
     fly.add_app(APP);
     let ids = fly.add_machines(APP, &MachineSpec::new("app").count(1));
     let t = TestDir::new();
-    std::fs::write(
-        t.join("fly.toml"),
+    write_fly_toml(
+        &t,
         "app = \"demo\"\n[deploy]\nrelease_command = \"bin/migrate\"\n",
-    )
-    .unwrap();
+    );
     let new = image(13);
     fly.set_log_output(&new[..40], &["Migrated 3 tables"]);
 
@@ -306,12 +301,11 @@ fn the_release_command_guest_comes_from_the_default_group() {
     worker["guest"] = serde_json::json!({"cpu_kind": "performance", "cpus": 2, "memory_mb": 4096});
     fly.add_machine_with_config(APP, "iad", "started", worker);
     let t = TestDir::new();
-    std::fs::write(
-        t.join("fly.toml"),
+    write_fly_toml(
+        &t,
         "app = \"demo\"\nprimary_region = \"iad\"\n[processes]\napp = \"serve\"\nworker = \"work\"\n\
          [deploy]\nrelease_command = \"bin/migrate\"\n",
-    )
-    .unwrap();
+    );
     let out = run_rollout(&fly, &t, &image(13), &[]);
     assert_success(&out);
     let temp = fly
@@ -350,11 +344,10 @@ fn a_leftover_release_command_machine_that_will_not_go_does_not_stop_the_deploy(
         },
     );
     let t = TestDir::new();
-    std::fs::write(
-        t.join("fly.toml"),
+    write_fly_toml(
+        &t,
         "app = \"demo\"\n[deploy]\nrelease_command = \"bin/migrate\"\n",
-    )
-    .unwrap();
+    );
     let new = image(13);
     let out = run_rollout(&fly, &t, &new, &[]);
     assert_success(&out);
@@ -587,11 +580,10 @@ fn a_release_command_failure_without_logs_says_where_to_find_them() {
     fly.set_release_command_exit_code(2);
     fly.refuse_logs();
     let t = TestDir::new();
-    std::fs::write(
-        t.join("fly.toml"),
+    write_fly_toml(
+        &t,
         "app = \"demo\"\nprimary_region = \"ams\"\n[deploy]\nrelease_command = \"bin/migrate\"\n",
-    )
-    .unwrap();
+    );
     let out = run_rollout(&fly, &t, &image(13), &[]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(EXIT_FAILURE), "{err}");

@@ -6,7 +6,10 @@ use crate::support;
 
 use std::process::Command;
 use support::fly_api::{FlyApi, MachineSpec, Options};
-use support::rollout::{APP, assert_no_leases, assert_no_violations, image, run_rollout, stderr};
+use support::rollout::{
+    APP, assert_no_changes, assert_no_leases, assert_no_violations, image, live_machines,
+    one_machine_and_a_release, run_rollout, stderr, write_fly_toml,
+};
 use support::{TestDir, assert_success};
 
 /// Point 1: release calls carry `Bearer <tokens>` (flyctl `internal/uiex/releases.go`), the
@@ -49,11 +52,8 @@ fn release_records_are_sent_with_bearer_and_machines_calls_with_flyv1() {
 #[test]
 fn without_fly_toml_the_current_releases_release_command_runs() {
     let fly = FlyApi::start();
-    fly.add_app(APP);
-    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(1).env("LOG_LEVEL", "debug"));
-    fly.add_release(
-        APP,
-        &image(1),
+    let id = one_machine_and_a_release(
+        &fly,
         serde_json::json!({
             "app": APP,
             "primary_region": "iad",
@@ -81,8 +81,8 @@ fn without_fly_toml_the_current_releases_release_command_runs() {
     );
     // The release's strategy applies; the machine's own env stays.
     assert_eq!(fly.releases().last().unwrap().strategy, "IMMEDIATE");
-    assert_eq!(fly.machine(&ids[0]).image(), image(2));
-    assert_eq!(fly.machine(&ids[0]).config["env"]["LOG_LEVEL"], "debug");
+    assert_eq!(fly.machine(&id).image(), image(2));
+    assert_eq!(fly.machine(&id).config["env"]["LOG_LEVEL"], "debug");
     assert_no_violations(&fly);
 }
 
@@ -156,11 +156,10 @@ fn machines_on_another_host_dedication_are_replaced() {
     fly.add_app(APP);
     let old = fly.add_machines(APP, &MachineSpec::new("app").count(2).region("iad"));
     let t = TestDir::new();
-    std::fs::write(
-        t.join("fly.toml"),
+    write_fly_toml(
+        &t,
         "app = \"demo\"\nprimary_region = \"iad\"\nhost_dedication_id = \"hd-1\"\n",
-    )
-    .unwrap();
+    );
     let out = run_rollout(&fly, &t, &image(4), &[]);
     assert_success(&out);
     for id in &old {
@@ -369,11 +368,10 @@ fn the_release_command_waits_as_long_as_the_deploy_allows_for_a_slow_pull() {
     fly.add_app(APP);
     let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).region("ams"));
     let t = TestDir::new();
-    std::fs::write(
-        t.join("fly.toml"),
+    write_fly_toml(
+        &t,
         "app = \"demo\"\nprimary_region = \"ams\"\n[deploy]\nrelease_command = \"bin/migrate\"\n",
-    )
-    .unwrap();
+    );
     let new = image(6);
     // 100 Fly seconds (5 s here): longer than one 60-second wait call.
     fly.set_image_pull(digest_of(&new), std::time::Duration::from_secs(100));
@@ -432,13 +430,12 @@ fn just_created_machines_that_answer_404_are_waited_for() {
     fly.add_app(APP);
     let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).region("ams").checks(1));
     let t = TestDir::new();
-    std::fs::write(
-        t.join("fly.toml"),
+    write_fly_toml(
+        &t,
         "app = \"demo\"\nprimary_region = \"ams\"\n[deploy]\nrelease_command = \"bin/migrate\"\n\
          [checks.http-0]\ntype = \"http\"\nport = 8080\npath = \"/health\"\ninterval = \"15s\"\n\
          timeout = \"2s\"\ngrace_period = \"5s\"\nmethod = \"GET\"\n",
-    )
-    .unwrap();
+    );
     let out = run_rollout(&fly, &t, &image(7), &["--strategy", "canary"]);
     assert_success(&out);
     let created: Vec<String> = fly
@@ -492,7 +489,7 @@ fn machines_their_host_refuses_are_replaced_in_the_same_region_and_group() {
         .find(|l| l.trim_start().starts_with(&format!("{} (", workers[1])))
         .unwrap_or_default();
     assert!(line.contains("replaced by a new machine"), "{plan_text}");
-    assert!(fly.mutating_requests().is_empty());
+    assert_no_changes(&fly);
     let out = run_rollout(&fly, &t, &new, &[]);
     assert_success(&out);
     let err = stderr(&out);
@@ -644,11 +641,7 @@ fn a_replacement_that_cannot_be_created_is_undone_by_the_rollback() {
     );
     assert!(err.contains("insufficient resources"), "{err}");
     assert_eq!(fly.machine(&ids[1]).state, "destroyed");
-    let live: Vec<_> = fly
-        .machines(APP)
-        .into_iter()
-        .filter(|m| m.state != "destroyed")
-        .collect();
+    let live = live_machines(&fly);
     assert_eq!(live.len(), 2, "{live:?}");
     for m in &live {
         assert_eq!(

@@ -9,7 +9,8 @@ use crate::support;
 
 use support::fly_api::{FaultKind, FlyApi, MachineSpec};
 use support::rollout::{
-    APP, assert_no_leases, assert_no_violations, create_bodies, image, run_rollout, stderr, updated_ids,
+    APP, BLUEGREEN, assert_no_changes, assert_no_leases, assert_no_violations, create_bodies, image,
+    live_machines, run_rollout, stderr, updated_ids, write_fly_toml,
 };
 use support::{TestDir, assert_success};
 
@@ -49,16 +50,12 @@ fn an_unreachable_machine_whose_mounts_are_gone_is_replaced_without_its_volume()
     let id = fly.add_machine_with_config(APP, "ord", "started", config);
     fly.set_host_status(&id, "unreachable");
     let t = TestDir::new();
-    std::fs::write(t.join("fly.toml"), "app = \"demo\"\nprimary_region = \"scl\"\n").unwrap();
+    write_fly_toml(&t, "app = \"demo\"\nprimary_region = \"scl\"\n");
     let new = image(4);
     let out = run_rollout(&fly, &t, &new, &["--detach-volumes"]);
     assert_success(&out);
     assert_eq!(fly.machine(&id).state, "destroyed");
-    let live: Vec<_> = fly
-        .machines(APP)
-        .into_iter()
-        .filter(|m| m.state != "destroyed")
-        .collect();
+    let live = live_machines(&fly);
     assert_eq!(live.len(), 1, "{live:?}");
     assert_eq!(live[0].region, "ord");
     assert_eq!(live[0].image(), new);
@@ -81,21 +78,12 @@ fn bluegreen_force_destroys_a_blue_on_an_unreachable_host() {
     fly.set_host_status(&blues[1], "unreachable");
     let t = TestDir::new();
     let new = image(5);
-    let out = run_rollout(
-        &fly,
-        &t,
-        &new,
-        &["--strategy", "bluegreen", "--bluegreen-cutover-wait", "0s"],
-    );
+    let out = run_rollout(&fly, &t, &new, &BLUEGREEN);
     assert_success(&out);
     for id in &blues {
         assert_eq!(fly.machine(id).state, "destroyed", "{id}");
     }
-    let greens: Vec<_> = fly
-        .machines(APP)
-        .into_iter()
-        .filter(|m| m.state != "destroyed")
-        .collect();
+    let greens = live_machines(&fly);
     assert_eq!(greens.len(), 2, "{greens:?}");
     assert!(greens.iter().all(|g| g.image() == new), "{greens:?}");
     let touched: Vec<String> = fly
@@ -143,13 +131,12 @@ fn without_primary_region_new_machines_name_no_region() {
     fly.add_machines(APP, &MachineSpec::new("app").count(1).region("ams"));
     let volume = fly.add_volume(APP, "data", "syd", 1);
     let t = TestDir::new();
-    std::fs::write(
-        t.join("fly.toml"),
+    write_fly_toml(
+        &t,
         "app = \"demo\"\n[env]\nPRIMARY_REGION = \"scl\"\n\
          [processes]\napp = \"serve\"\ndb = \"db\"\n\
          [[mounts]]\nsource = \"data\"\ndestination = \"/data\"\nprocesses = [\"db\"]\n",
-    )
-    .unwrap();
+    );
     let new = image(6);
     let out = run_rollout(&fly, &t, &new, &[]);
     assert_success(&out);
@@ -176,7 +163,7 @@ fn without_primary_region_new_machines_name_no_region() {
     assert!(!out.status.success());
     let err = support::rollout::stderr(&out);
     assert!(err.contains("set primary_region"), "{err}");
-    assert!(fly.mutating_requests().is_empty());
+    assert_no_changes(&fly);
 }
 
 /// flyctl `strategy_bluegreen_test.go`, `TestBlueGreenAbortsWhenGreenChecksFailAfterConfigChange`
@@ -191,14 +178,7 @@ fn bluegreen_with_stopped_blues_still_checks_the_new_config() {
     let t = TestDir::new();
     let bad = image(7);
     fly.set_behavior(&bad[..30], support::fly_api::Behavior::ChecksFail);
-    let args = [
-        "--strategy",
-        "bluegreen",
-        "--bluegreen-cutover-wait",
-        "0s",
-        "--wait-timeout",
-        "3s",
-    ];
+    let args = [&BLUEGREEN[..], &["--wait-timeout", "3s"]].concat();
     let out = run_rollout(&fly, &t, &bad, &args);
     assert!(!out.status.success(), "{}", support::rollout::stderr(&out));
     for id in &blues {
@@ -220,11 +200,7 @@ fn bluegreen_with_stopped_blues_still_checks_the_new_config() {
     let good = image(8);
     let out = run_rollout(&fly, &t, &good, &args);
     assert_success(&out);
-    let greens: Vec<_> = fly
-        .machines(APP)
-        .into_iter()
-        .filter(|m| m.state != "destroyed")
-        .collect();
+    let greens = live_machines(&fly);
     // One started, the other mirrors its stopped blue (created with skip_launch: never
     // started).
     let started = greens.iter().filter(|m| m.state == "started").count();
@@ -244,12 +220,7 @@ fn bluegreen_fails_when_a_green_cannot_be_created() {
     let blues = fly.add_machines(APP, &MachineSpec::new("app").count(3).checks(1));
     fly.refuse_next_creates(1, "insufficient resources to create new machine");
     let t = TestDir::new();
-    let out = run_rollout(
-        &fly,
-        &t,
-        &image(9),
-        &["--strategy", "bluegreen", "--bluegreen-cutover-wait", "0s"],
-    );
+    let out = run_rollout(&fly, &t, &image(9), &BLUEGREEN);
     let err = support::rollout::stderr(&out);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("insufficient resources"), "{err}");
@@ -291,12 +262,7 @@ fn bluegreen_destroys_the_blues_even_when_they_cannot_be_tagged() {
         },
     );
     let t = TestDir::new();
-    let out = run_rollout(
-        &fly,
-        &t,
-        &image(10),
-        &["--strategy", "bluegreen", "--bluegreen-cutover-wait", "0s"],
-    );
+    let out = run_rollout(&fly, &t, &image(10), &BLUEGREEN);
     assert_success(&out);
     assert!(
         support::rollout::stderr(&out).contains("cannot write metadata"),
@@ -319,7 +285,7 @@ fn bluegreen_destroys_the_blues_even_when_they_cannot_be_tagged() {
 fn bluegreen_and_machines_outside_fly_launch() {
     let toml = "app = \"demo\"\nprimary_region = \"iad\"\n[http_service]\ninternal_port = 8080\n\
                 processes = [\"app\"]\n[checks.alive]\ntype = \"tcp\"\nport = 8080\n";
-    let args = ["--strategy", "bluegreen", "--bluegreen-cutover-wait", "0s"];
+    let args = BLUEGREEN;
     let fly = FlyApi::start();
     fly.add_app(APP);
     let detached = fly.add_machine_with_config(
@@ -329,7 +295,7 @@ fn bluegreen_and_machines_outside_fly_launch() {
         serde_json::json!({"image": image(1), "metadata": {"fly_process_group": "app"}}),
     );
     let t = TestDir::new();
-    std::fs::write(t.join("fly.toml"), toml).unwrap();
+    write_fly_toml(&t, toml);
     let out = run_rollout(&fly, &t, &image(2), &args);
     let err = support::rollout::stderr(&out);
     assert!(!out.status.success(), "{err}");
@@ -337,7 +303,7 @@ fn bluegreen_and_machines_outside_fly_launch() {
         err.contains(&detached) && err.contains("fly_platform_version"),
         "{err}"
     );
-    assert!(fly.mutating_requests().is_empty());
+    assert_no_changes(&fly);
 
     let managed = fly.add_machines(APP, &MachineSpec::new("app").count(1).checks(1));
     let out = run_rollout(&fly, &t, &image(2), &args);

@@ -8,7 +8,8 @@ use crate::support;
 use serde_json::{Value, json};
 use support::fly_api::{FlyApi, MachineSpec};
 use support::rollout::{
-    APP, assert_no_leases, assert_no_violations, image, run_rollout, stderr, updated_ids,
+    APP, assert_no_leases, assert_no_violations, canaries, image, one_machine_and_a_release, run_rollout,
+    stderr, updated_ids, write_fly_toml,
 };
 use support::{TestDir, assert_success};
 
@@ -60,7 +61,7 @@ fn each_started_machine_gets_its_test_machines_after_its_update() {
     left["metadata"]["fly_process_group"] = json!(TEST_GROUP);
     let leftover = fly.add_machine_with_config(APP, "ams", "stopped", left);
     let t = TestDir::new();
-    std::fs::write(t.join("fly.toml"), FLY_TOML).unwrap();
+    write_fly_toml(&t, FLY_TOML);
     let new = image(40);
 
     let out = run_rollout(&fly, &t, &new, &[]);
@@ -143,11 +144,10 @@ fn a_failing_machine_check_rolls_its_machine_back_and_shows_the_test_machines_lo
     let old = fly.machine(&ids[0]).image().to_string();
     fly.set_test_command_exit_code(22);
     let t = TestDir::new();
-    std::fs::write(
-        t.join("fly.toml"),
+    write_fly_toml(
+        &t,
         "app = \"demo\"\n[[machine_checks]]\ncommand = [\"bin/smoke\", \"--all\"]\n",
-    )
-    .unwrap();
+    );
     let new = image(41);
     fly.set_log_output(
         &new[..40],
@@ -189,7 +189,7 @@ fn immediate_runs_no_machine_checks_and_dry_run_lists_them() {
     let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2));
     fly.set_test_command_exit_code(1);
     let t = TestDir::new();
-    std::fs::write(t.join("fly.toml"), FLY_TOML).unwrap();
+    write_fly_toml(&t, FLY_TOML);
     let new = image(42);
 
     let out = run_rollout(&fly, &t, &new, &["--dry-run"]);
@@ -227,29 +227,23 @@ fn the_canary_is_tested_too() {
     fly.add_app(APP);
     let ids = fly.add_machines(APP, &MachineSpec::new("app").count(1));
     let t = TestDir::new();
-    std::fs::write(
-        t.join("fly.toml"),
-        "app = \"demo\"\n[[machine_checks]]\ncommand = [\"true\"]\n",
-    )
-    .unwrap();
+    write_fly_toml(&t, "app = \"demo\"\n[[machine_checks]]\ncommand = [\"true\"]\n");
     let new = image(43);
 
     let out = run_rollout(&fly, &t, &new, &["--strategy", "canary"]);
     assert_success(&out);
-    let canary: Vec<Value> = fly
-        .machines(APP)
-        .into_iter()
-        .filter(|m| m.config["metadata"]["fly_canary"] == "true")
-        .map(|m| json!(m.private_ip()))
-        .collect();
-    assert_eq!(canary.len(), 1);
+    let canaries = canaries(&fly);
+    assert_eq!(canaries.len(), 1);
     let tested: Vec<Value> = test_machines(&fly)
         .iter()
         .map(|m| m.config["env"]["FLY_TEST_MACHINE_IP"].clone())
         .collect();
     assert_eq!(
         tested,
-        [canary[0].clone(), json!(fly.machine(&ids[0]).private_ip())]
+        [
+            json!(canaries[0].private_ip()),
+            json!(fly.machine(&ids[0]).private_ip())
+        ]
     );
     assert_no_violations(&fly);
 }
@@ -260,11 +254,8 @@ fn the_canary_is_tested_too() {
 #[test]
 fn without_fly_toml_the_current_releases_machine_checks_run() {
     let fly = FlyApi::start();
-    fly.add_app(APP);
-    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(1).env("LOG_LEVEL", "debug"));
-    fly.add_release(
-        APP,
-        &image(1),
+    let id = one_machine_and_a_release(
+        &fly,
         json!({
             "app": APP,
             "env": {"LOG_LEVEL": "info", "REGION_NAME": "east"},
@@ -286,10 +277,7 @@ fn without_fly_toml_the_current_releases_machine_checks_run() {
     let env = &tests[0].config["env"];
     assert_eq!(env["LOG_LEVEL"], "debug");
     assert_eq!(env["REGION_NAME"], "east");
-    assert_eq!(
-        env["FLY_TEST_MACHINE_IP"],
-        fly.machine(&ids[0]).private_ip().as_str()
-    );
+    assert_eq!(env["FLY_TEST_MACHINE_IP"], fly.machine(&id).private_ip().as_str());
     assert_eq!(tests[0].image(), new);
     assert_no_violations(&fly);
 }

@@ -6,9 +6,10 @@
 use crate::support;
 
 use std::time::Duration;
-use support::fly_api::{Behavior, FlyApi, Machine, MachineSpec};
+use support::fly_api::{Behavior, FlyApi, MachineSpec};
 use support::rollout::{
-    APP, assert_no_leases, assert_no_violations, image, rollout_cmd, run_rollout, stderr,
+    APP, BLUEGREEN, assert_no_changes, assert_no_leases, assert_no_violations, digest_hex, image,
+    live_machines, rollout_cmd, run_rollout, stderr, write_fly_toml,
 };
 use support::{TestDir, assert_success};
 
@@ -16,19 +17,6 @@ const WEB: &str = "app = \"demo\"\nprimary_region = \"ams\"\n\n[http_service]\n 
 
 const SERVICE_CHECK: &str = "\n[[http_service.checks]]\n  grace_period = \"5s\"\n  interval = \"10s\"\n  \
                              method = \"GET\"\n  timeout = \"5s\"\n  path = \"/\"\n";
-
-const BLUEGREEN: [&str; 4] = ["--strategy", "bluegreen", "--bluegreen-cutover-wait", "0s"];
-
-fn live_machines(fly: &FlyApi) -> Vec<Machine> {
-    fly.machines(APP)
-        .into_iter()
-        .filter(|m| m.state != "destroyed")
-        .collect()
-}
-
-fn digest_hex(image: &str) -> &str {
-    image.rsplit(':').next().unwrap()
-}
 
 /// `fly_deploy_test.go`, `TestFlyDeployHA` (and `TestFlyDeploy_AddNewMount`, its one-region
 /// form): `[mounts]` added to an app with a machine in each of two regions. Without volumes
@@ -42,21 +30,16 @@ fn an_added_mount_needs_a_volume_in_each_machines_region() {
     let old_ams = fly.add_machines(APP, &MachineSpec::new("app").region("ams").services(true));
     let old_cdg = fly.add_machines(APP, &MachineSpec::new("app").region("cdg").services(true));
     let t = TestDir::new();
-    std::fs::write(
-        t.join("fly.toml"),
-        format!("{WEB}\n[mounts]\n  source = \"data\"\n  destination = \"/data\"\n"),
-    )
-    .unwrap();
+    write_fly_toml(
+        &t,
+        &format!("{WEB}\n[mounts]\n  source = \"data\"\n  destination = \"/data\"\n"),
+    );
 
     let out = run_rollout(&fly, &t, &image(1), &[]);
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("requires an unattached volume \"data\""), "{err}");
-    assert!(
-        fly.mutating_requests().is_empty(),
-        "{:#?}",
-        fly.mutating_requests()
-    );
+    assert_no_changes(&fly);
 
     // One region's volume is not enough: the other machine still has none.
     let ams = fly.add_volume(APP, "data", "ams", 1);
@@ -67,11 +50,7 @@ fn an_added_mount_needs_a_volume_in_each_machines_region() {
         err.contains("requires an unattached volume \"data\" in cdg"),
         "{err}"
     );
-    assert!(
-        fly.mutating_requests().is_empty(),
-        "{:#?}",
-        fly.mutating_requests()
-    );
+    assert_no_changes(&fly);
 
     let cdg = fly.add_volume(APP, "data", "cdg", 1);
     let out = run_rollout(&fly, &t, &image(1), &[]);
@@ -168,7 +147,7 @@ fn bluegreen_over_a_stopped_machine_fails_on_a_crash_and_starts_a_healthy_app() 
         &MachineSpec::new("app").checks(1).services(true).state("stopped"),
     );
     let t = TestDir::new();
-    std::fs::write(t.join("fly.toml"), format!("{WEB}{SERVICE_CHECK}")).unwrap();
+    write_fly_toml(&t, &format!("{WEB}{SERVICE_CHECK}"));
     let crashing = image(5);
     fly.set_behavior(
         digest_hex(&crashing),

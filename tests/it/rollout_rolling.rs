@@ -5,7 +5,8 @@ use crate::support;
 use std::time::Instant;
 use support::fly_api::{FlyApi, MachineSpec, Options, Timing};
 use support::rollout::{
-    APP, assert_no_leases, assert_no_violations, image, run_rollout, stderr, updated_ids,
+    APP, assert_no_changes, assert_no_leases, assert_no_violations, image, run_rollout, stderr, updated_ids,
+    write_fly_toml,
 };
 use support::{TestDir, assert_success};
 
@@ -194,21 +195,16 @@ fn dry_run_sends_no_mutating_request() {
     let web = fly.add_machines(APP, &MachineSpec::new("app").count(3).checks(1));
     let worker = fly.add_machines(APP, &MachineSpec::new("worker").count(1).state("stopped"));
     let t = TestDir::new();
-    std::fs::write(
-        t.join("fly.toml"),
+    write_fly_toml(
+        &t,
         "app = \"demo\"\nprimary_region = \"iad\"\n[deploy]\nrelease_command = \"bin/migrate\"\nmax_unavailable = 2\n[env]\nLOG = \"debug\"\n[processes]\napp = \"\"\nworker = \"\"\n",
-    )
-    .unwrap();
+    );
     let new = image(3);
 
     let out = run_rollout(&fly, &t, &new, &["--dry-run"]);
     assert_success(&out);
 
-    assert!(
-        fly.mutating_requests().is_empty(),
-        "{:#?}",
-        fly.mutating_requests()
-    );
+    assert_no_changes(&fly);
     assert!(fly.releases().is_empty());
     let plan = String::from_utf8_lossy(&out.stdout);
     for needle in [

@@ -4,7 +4,8 @@ use crate::support;
 
 use support::fly_api::{Behavior, FaultKind, FlyApi, MachineSpec};
 use support::rollout::{
-    APP, assert_no_leases, assert_no_violations, image, run_rollout, stderr, updated_ids,
+    APP, BLUEGREEN, assert_no_changes, assert_no_leases, assert_no_violations, canaries, image, run_rollout,
+    stderr, the_canary, updated_ids, write_fly_toml,
 };
 use support::{TestDir, assert_success};
 
@@ -118,23 +119,13 @@ fn the_canary_is_never_a_standby() {
 /// not to the region of the machine it was modelled on.
 #[test]
 fn the_canary_goes_to_the_primary_region() {
-    let fly = FlyApi::start();
-    fly.add_app(APP);
-    fly.add_machines(
-        APP,
-        &MachineSpec::new("app")
-            .count(2)
-            .region("ams")
-            .checks(1)
-            .services(true),
-    );
+    let fly = two_web_machines_in_ams();
     let t = TestDir::new();
-    std::fs::write(
-        t.join("fly.toml"),
+    write_fly_toml(
+        &t,
         "app = \"demo\"\nprimary_region = \"iad\"\n[http_service]\ninternal_port = 8080\n\
          [checks.alive]\ntype = \"tcp\"\nport = 8080\ninterval = \"15s\"\ntimeout = \"2s\"\n",
-    )
-    .unwrap();
+    );
     let out = run_rollout(&fly, &t, &image(6), &["--strategy", "canary"]);
     assert_success(&out);
     let canary = the_canary(&fly);
@@ -150,12 +141,7 @@ fn bluegreen_replaces_blues_with_healthy_greens() {
     let t = TestDir::new();
     let new = image(7);
 
-    let out = run_rollout(
-        &fly,
-        &t,
-        &new,
-        &["--strategy", "bluegreen", "--bluegreen-cutover-wait", "0s"],
-    );
+    let out = run_rollout(&fly, &t, &new, &BLUEGREEN);
     assert_success(&out);
 
     let all = fly.machines(APP);
@@ -235,12 +221,7 @@ fn bluegreen_rides_out_flaps_passing_failures() {
     );
     let t = TestDir::new();
 
-    let out = run_rollout(
-        &fly,
-        &t,
-        &image(7),
-        &["--strategy", "bluegreen", "--bluegreen-cutover-wait", "0s"],
-    );
+    let out = run_rollout(&fly, &t, &image(7), &BLUEGREEN);
     assert_success(&out);
     assert!(fly.pending_faults().is_empty(), "{:?}", fly.pending_faults());
     for blue in &blues {
@@ -271,12 +252,7 @@ fn machine_reads_carry_flaps_affinity_cookie() {
     fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1).services(true));
     let t = TestDir::new();
 
-    let out = run_rollout(
-        &fly,
-        &t,
-        &image(7),
-        &["--strategy", "bluegreen", "--bluegreen-cutover-wait", "0s"],
-    );
+    let out = run_rollout(&fly, &t, &image(7), &BLUEGREEN);
     assert_success(&out);
     let reads: Vec<_> = fly
         .requests()
@@ -308,7 +284,7 @@ fn bluegreen_without_checks_is_refused_before_any_change() {
         err.contains("bluegreen") && err.contains("no machine has one"),
         "{err}"
     );
-    assert!(fly.mutating_requests().is_empty());
+    assert_no_changes(&fly);
     assert_no_violations(&fly);
 }
 
@@ -482,11 +458,10 @@ fn canary_with_volumes_is_refused_before_any_change() {
 
     // fly.toml asking for canary with [[mounts]]: refused when fly.toml is read, as flyctl's
     // validation does.
-    std::fs::write(
-        t.join("fly.toml"),
+    write_fly_toml(
+        &t,
         "app = \"demo\"\nprimary_region = \"iad\"\n[deploy]\nstrategy = \"canary\"\n[[mounts]]\nsource = \"data\"\ndestination = \"/data\"\n",
-    )
-    .unwrap();
+    );
     let out = run_rollout(&fly, &t, &image(10), &[]);
     assert_ne!(out.status.code(), Some(0));
     let err = stderr(&out);
@@ -495,11 +470,7 @@ fn canary_with_volumes_is_refused_before_any_change() {
         "{err}"
     );
 
-    assert!(
-        fly.mutating_requests().is_empty(),
-        "{:#?}",
-        fly.mutating_requests()
-    );
+    assert_no_changes(&fly);
     assert_eq!(fly.machine(&machine).config_history.len(), 1);
     assert_no_violations(&fly);
 }
@@ -524,11 +495,10 @@ fn multi_container_machines_and_machine_config_are_refused_not_ignored() {
         "{err}"
     );
 
-    std::fs::write(
-        t.join("fly.toml"),
+    write_fly_toml(
+        &t,
         "app = \"demo\"\nprimary_region = \"iad\"\nmachine_config = \"containers.json\"\ncontainer = \"app\"\n",
-    )
-    .unwrap();
+    );
     let out = run_rollout(&fly, &t, &image(11), &[]);
     assert_ne!(out.status.code(), Some(0));
     let err = stderr(&out);
@@ -538,20 +508,24 @@ fn multi_container_machines_and_machine_config_are_refused_not_ignored() {
             "{err}"
         );
     }
-    assert!(
-        fly.mutating_requests().is_empty(),
-        "{:#?}",
-        fly.mutating_requests()
-    );
+    assert_no_changes(&fly);
     assert_no_violations(&fly);
 }
 
-/// The canary machine the deploy made (and destroyed).
-fn the_canary(fly: &FlyApi) -> support::fly_api::Machine {
-    fly.machines(APP)
-        .into_iter()
-        .find(|m| m.metadata("fly_canary") == Some("true"))
-        .expect("a canary")
+/// The double with two web machines in ams, each with a check and services: the canary
+/// modelled on them would go to ams unless told otherwise.
+fn two_web_machines_in_ams() -> FlyApi {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(
+        APP,
+        &MachineSpec::new("app")
+            .count(2)
+            .region("ams")
+            .checks(1)
+            .services(true),
+    );
+    fly
 }
 
 /// fly.toml for the canary tests: three process groups, `web` with an HTTP service, a health
@@ -573,13 +547,6 @@ fn three_group_app(fly: &FlyApi) -> Vec<String> {
     ids
 }
 
-fn canaries(fly: &FlyApi) -> Vec<support::fly_api::Machine> {
-    fly.machines(APP)
-        .into_iter()
-        .filter(|m| m.metadata("fly_canary") == Some("true"))
-        .collect()
-}
-
 /// As flyctl's `deployCanaryMachines`: one canary per process group of fly.toml, a group with
 /// no machine yet included, each built from fly.toml (`launchInputForLaunch`: no metadata of
 /// the machine it would replace; the guest of `[[vm]]`, else of a machine whose size differs
@@ -590,7 +557,7 @@ fn every_group_gets_a_canary_from_fly_toml_before_any_machine_changes() {
     let fly = FlyApi::start();
     let ids = three_group_app(&fly);
     let t = TestDir::new();
-    std::fs::write(t.join("fly.toml"), THREE_GROUPS).unwrap();
+    write_fly_toml(&t, THREE_GROUPS);
     let new = image(6);
     let dry = run_rollout(&fly, &t, &new, &["--strategy", "canary", "--dry-run"]);
     assert_success(&dry);
@@ -602,7 +569,7 @@ fn every_group_gets_a_canary_from_fly_toml_before_any_machine_changes() {
     ] {
         assert!(preview.contains(line), "{line} in {preview}");
     }
-    assert!(fly.mutating_requests().is_empty());
+    assert_no_changes(&fly);
     let out = run_rollout(&fly, &t, &new, &["--strategy", "canary"]);
     assert_success(&out);
     // As flyctl ends a deploy (`deploy.go`, the URL of `appconfig.Config.URL`).
@@ -701,7 +668,7 @@ fn a_canary_failing_in_one_group_changes_no_group() {
     let fly = FlyApi::start();
     let ids = three_group_app(&fly);
     let t = TestDir::new();
-    std::fs::write(t.join("fly.toml"), THREE_GROUPS).unwrap();
+    write_fly_toml(&t, THREE_GROUPS);
     let new = image(7);
     // Only web's canary has a check, and it goes critical.
     fly.set_behavior(&new[..30], Behavior::ChecksFail);
@@ -751,12 +718,7 @@ fn bluegreen_starts_the_green_of_a_running_standby_only() {
     let running = fly.add_machine_with_config(APP, "iad", "started", standby(&primary));
     let stopped = fly.add_machine_with_config(APP, "iad", "stopped", standby(&primary));
     let t = TestDir::new();
-    let out = run_rollout(
-        &fly,
-        &t,
-        &image(8),
-        &["--strategy", "bluegreen", "--bluegreen-cutover-wait", "0s"],
-    );
+    let out = run_rollout(&fly, &t, &image(8), &BLUEGREEN);
     assert_success(&out);
     let greens: Vec<_> = fly
         .machines(APP)
@@ -783,16 +745,7 @@ fn bluegreen_starts_the_green_of_a_running_standby_only() {
 /// `--primary-region` without a fly.toml still places the canary, as its --help says.
 #[test]
 fn the_primary_region_flag_places_the_canary_without_a_fly_toml() {
-    let fly = FlyApi::start();
-    fly.add_app(APP);
-    fly.add_machines(
-        APP,
-        &MachineSpec::new("app")
-            .count(2)
-            .region("ams")
-            .checks(1)
-            .services(true),
-    );
+    let fly = two_web_machines_in_ams();
     let t = TestDir::new();
     let out = run_rollout(
         &fly,

@@ -1,8 +1,8 @@
-//! Helpers for the rollout tests: a digest image reference and the `nixfly rollout` command
-//! pointed at the Fly API double.
+//! Helpers for the rollout tests: a digest image reference, the `nixfly rollout` command
+//! pointed at the Fly API double, and what the tests set up in and read back from the double.
 
 use super::TestDir;
-use super::fly_api::{FlyApi, RecordedRequest};
+use super::fly_api::{FlyApi, Machine, MachineSpec, RecordedRequest};
 use std::process::{Command, Output};
 
 pub const APP: &str = "demo";
@@ -26,6 +26,52 @@ pub fn assert_runs_pushed(image: &str, reference: &str) {
         "{image} is not {name}:<tag>@{digest}"
     );
 }
+
+/// The hex of an image's digest, which picks out that image alone where the double matches
+/// images by a part of their name (`set_behavior`, `set_log_output`).
+pub fn digest_hex(image: &str) -> &str {
+    image.rsplit(':').next().unwrap()
+}
+
+/// The app's machines that are not destroyed.
+pub fn live_machines(fly: &FlyApi) -> Vec<Machine> {
+    fly.machines(APP)
+        .into_iter()
+        .filter(|m| m.state != "destroyed")
+        .collect()
+}
+
+/// The canary machines the deploy made (and destroyed).
+pub fn canaries(fly: &FlyApi) -> Vec<Machine> {
+    fly.machines(APP)
+        .into_iter()
+        .filter(|m| m.metadata("fly_canary") == Some("true"))
+        .collect()
+}
+
+/// The canary machine the deploy made (and destroyed), for an app of one process group.
+pub fn the_canary(fly: &FlyApi) -> Machine {
+    canaries(fly).into_iter().next().expect("a canary")
+}
+
+/// An app of one machine with `LOG_LEVEL=debug` in its env, whose current release (of
+/// `image(1)`) has `definition` as its app config, as a deploy without a fly.toml finds it.
+/// Returns the machine's id.
+pub fn one_machine_and_a_release(fly: &FlyApi, definition: serde_json::Value) -> String {
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(1).env("LOG_LEVEL", "debug"));
+    fly.add_release(APP, &image(1), definition);
+    ids[0].clone()
+}
+
+/// `text` as the fly.toml of `t`, the directory `nixfly rollout` runs in.
+pub fn write_fly_toml(t: &TestDir, text: &str) {
+    std::fs::write(t.join("fly.toml"), text).unwrap();
+}
+
+/// The bluegreen strategy without the wait before the cutover, so that a test does not sit
+/// through it.
+pub const BLUEGREEN: [&str; 4] = ["--strategy", "bluegreen", "--bluegreen-cutover-wait", "0s"];
 
 /// `nixfly rollout --app demo --image IMAGE --output plain` against the double, watching
 /// machines without checks for 1 s (the double runs Fly time 20 times faster).
@@ -72,6 +118,13 @@ pub fn updated_ids(requests: &[RecordedRequest]) -> Vec<String> {
 pub fn assert_no_violations(fly: &FlyApi) {
     let violations = fly.violations();
     assert!(violations.is_empty(), "schema violations: {violations:#?}");
+}
+
+/// The double saw no request that changes anything: a dry run, or a deploy refused up front.
+#[track_caller]
+pub fn assert_no_changes(fly: &FlyApi) {
+    let changes = fly.mutating_requests();
+    assert!(changes.is_empty(), "{changes:#?}");
 }
 
 /// No lease is left on any machine of the app.
