@@ -42,9 +42,6 @@ fn release_records_are_sent_with_bearer_and_machines_calls_with_flyv1() {
     assert_no_violations(&fly);
 }
 
-/// Point 2: without fly.toml the release's `definition` is the app config rebuilt from the
-/// machines (flyctl `internal/appconfig/remote.go` `getAppV2ConfigFromMachines`), never
-/// null (the double answers 422), and `build_id` is an integer.
 /// Without a fly.toml, flyctl takes the app's config from its current release (GraphQL
 /// `currentReleaseUnprocessed.configDefinition`, `internal/appconfig/remote.go`): its
 /// `[deploy] release_command` runs, as `fly deploy` would run it, while the machines keep
@@ -183,6 +180,9 @@ fn machines_on_another_host_dedication_are_replaced() {
     assert_no_violations(&fly);
 }
 
+/// Without fly.toml the release's `definition` is the app config rebuilt from the
+/// machines (flyctl `internal/appconfig/remote.go` `getAppV2ConfigFromMachines`), never
+/// null (the double answers 422), and `build_id` is an integer.
 #[test]
 fn without_fly_toml_the_release_definition_comes_from_the_machines() {
     let fly = FlyApi::start();
