@@ -283,3 +283,144 @@ fn first_difference(nixpkgs: &Value, standin: &Value, path: String) -> Option<St
         _ => Some(format!("{path}:\n  nixpkgs:   {nixpkgs}\n  stream.py: {standin}")),
     }
 }
+
+/// `fromImage`: the stand-in's streamLayeredImage takes a base image as nixpkgs' does. Its conf
+/// names the base (default.nix: `from_image`), and the store paths get the layers maxLayers
+/// leaves after the customisation layer and the base's own (auto-layer.nix: `usedLayers` is 1
+/// plus the base manifest's layer count, and must stay below maxLayers, with nixpkgs' error
+/// otherwise). The stream puts the base's layers first; nixfly pushes it, and skopeo reads
+/// back the base's diff_ids, then the image's own.
+#[test]
+fn a_base_image_takes_its_layers_from_max_layers() {
+    let Some(nix) = crate::support::nix::Nix::get() else {
+        return;
+    };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let t = TestDir::new();
+    let images = t.join("images.nix");
+    std::fs::write(
+        &images,
+        format!(
+            r#"let
+                 pkgs = import {root}/nix/tests/nixpkgs-standin {{ }};
+                 tool = name: pkgs.runCommand name {{ }} ''
+                   mkdir -p $out/bin
+                   echo ${{name}} > $out/bin/${{name}}
+                 '';
+                 lib = tool "base-lib";
+                 base = pkgs.dockerTools.buildLayeredImage {{
+                   name = "base";
+                   compressor = "none";
+                   contents = [ (pkgs.runCommand "base-app" {{ inherit lib; }} ''
+                     mkdir -p $out/bin
+                     ln -s $lib/bin/base-lib $out/bin/app
+                   '') ];
+                   config.Env = [ "FROM_BASE=1" "SHARED=base" ];
+                 }};
+                 app = maxLayers: pkgs.dockerTools.streamLayeredImage {{
+                   name = "on-base";
+                   fromImage = base;
+                   inherit maxLayers;
+                   contents = [ (tool "one") (tool "two") (tool "three") ];
+                   config.Env = [ "SHARED=app" ];
+                 }};
+               in {{ inherit base app; }}"#
+        ),
+    )
+    .unwrap();
+    // `expr` over the file's set `s`, linked at t/<link>.
+    let build = |expr: &str, link: &str| {
+        crate::support::run(
+            nix.command(&["build"])
+                .args([
+                    "--impure",
+                    "--expr",
+                    &format!("let s = import {}; in {expr}", images.display()),
+                ])
+                .arg("--out-link")
+                .arg(t.join(link)),
+        )
+    };
+
+    let out = build("s.base", "base");
+    crate::support::assert_success(&out);
+    let listing = Command::new("tar")
+        .arg("-xOf")
+        .arg(t.join("base"))
+        .arg("manifest.json")
+        .output()
+        .unwrap();
+    assert!(listing.status.success());
+    let base_manifest: Value = serde_json::from_slice(&listing.stdout).unwrap();
+    let base_layers = base_manifest[0]["Layers"].as_array().unwrap().len();
+    assert!(
+        base_layers >= 2,
+        "store layers and the customisation layer: {base_manifest}"
+    );
+
+    // The customisation layer and the base's: a maxLayers of that many leaves none.
+    let taken = base_layers + 1;
+    let out = build(&format!("(s.app {taken}).conf"), "full.conf");
+    assert!(
+        !out.status.success(),
+        "maxLayers = {taken} over a {base_layers}-layer base was accepted"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let refusal = format!(
+        "Error: usedLayers {taken} layers to store 'fromImage' and 'extraCommands', but only \
+         maxLayers={taken} were allowed. At least 1 layer is required to store contents."
+    );
+    assert!(stderr.contains(&refusal), "{stderr}");
+
+    // One more leaves one layer for the three tools; 100 leaves each its own.
+    for (attr, max_layers, store_layers) in [("fits", taken + 1, 1), ("roomy", 100, 3)] {
+        let out = build(&format!("(s.app {max_layers}).conf"), &format!("{attr}.conf"));
+        crate::support::assert_success(&out);
+        let conf: Value =
+            serde_json::from_slice(&std::fs::read(t.join(&format!("{attr}.conf"))).unwrap()).unwrap();
+        let base_path = std::fs::canonicalize(t.join("base")).unwrap();
+        assert_eq!(conf["from_image"], base_path.to_str().unwrap(), "{attr}");
+        let layers = conf["store_layers"].as_array().unwrap();
+        assert_eq!(layers.len(), store_layers, "{attr}: {layers:?}");
+        let paths: Vec<&str> = layers
+            .iter()
+            .flat_map(|l| l.as_array().unwrap())
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        for name in ["-one", "-two", "-three"] {
+            assert!(paths.iter().any(|p| p.ends_with(name)), "{attr}: {paths:?}");
+        }
+    }
+
+    let out = build(&format!("s.app {}", taken + 1), "fits");
+    crate::support::assert_success(&out);
+    let registry = crate::support::registry::Registry::start(crate::support::registry::AuthMode::htpasswd());
+    let script = t.join("fits");
+    let out = crate::support::readback::push(&t, &registry, script.to_str().unwrap(), "on-base", "v1", &[]);
+    let reference = crate::support::readback::pushed_reference(&out, &registry.host(), "on-base");
+    let back = crate::support::readback::read_back(&registry, &reference);
+    let base_config = {
+        let name = base_manifest[0]["Config"].as_str().unwrap();
+        let out = Command::new("tar")
+            .arg("-xOf")
+            .arg(t.join("base"))
+            .arg(name)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let base_diff_ids: Vec<&str> = base_config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert_eq!(back.diff_ids.len(), base_layers + 2, "{:?}", back.diff_ids);
+    assert_eq!(back.diff_ids[..base_layers], base_diff_ids[..]);
+    let config: Value = serde_json::from_slice(&back.config).unwrap();
+    assert_eq!(
+        config["config"]["Env"],
+        serde_json::json!(["FROM_BASE=1", "SHARED=app"]),
+        "the base's Env, then the image's, the image's value winning"
+    );
+}

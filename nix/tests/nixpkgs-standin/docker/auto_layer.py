@@ -1,10 +1,12 @@
 """The store layers of dockerTools.streamLayeredImage, as nixpkgs' default layering makes them.
 
-usage: PYTHONHASHSEED=0 auto_layer.py ATTRS_JSON > layers.json
+usage: PYTHONHASHSEED=0 auto_layer.py ATTRS_JSON [AVAILABLE_LAYERS] > layers.json
 
 ATTRS_JSON is the structured-attributes file of the derivation that runs it: `graph` (Nix's
 exportReferencesGraph of the base JSON and the customisation layer: path, narSize, references),
-`excludePaths` (those two, left out of the result) and `availableLayers` (maxLayers - 1).
+`excludePaths` (those two, left out of the result) and `availableLayers` (how many layers the
+store paths may take), which AVAILABLE_LAYERS overrides (the derivation counts them at build
+time: maxLayers less the customisation layer and a base image's layers).
 
 Follows nixpkgs' pkgs/build-support/docker/auto-layer.py, the layering streamLayeredImage uses
 when it is given no `layeringPipeline` (the default since nixpkgs PR #355189), and
@@ -83,7 +85,8 @@ def main():
     # Without it, layers of equal closure size come out in another order than nixpkgs'.
     assert os.environ.get("PYTHONHASHSEED") == "0", "run with PYTHONHASHSEED=0, as nixpkgs does"
     attrs = json.load(open(sys.argv[1]))
-    result = layers(attrs["graph"], set(attrs["excludePaths"]), attrs["availableLayers"])
+    limit = int(sys.argv[2]) if len(sys.argv) > 2 else attrs["availableLayers"]
+    result = layers(attrs["graph"], set(attrs["excludePaths"]), limit)
     print(json.dumps(result))
 
 

@@ -41,11 +41,13 @@ let
         "uname"
         "gname"
         "maxLayers"
+        "fromImage"
         "passthru"
       ] args;
       # default.nix's defaults.
       contents = a.contents or [ ];
       maxLayers = a.maxLayers or 100;
+      fromImage = a.fromImage or null;
       created = a.created or "1970-01-01T00:00:01Z";
       mtime = a.mtime or "1970-01-01T00:00:01Z";
       baseName = baseNameOf a.name;
@@ -95,8 +97,12 @@ let
 
       # auto-layer.nix (the default when no layeringPipeline is given): Nix's reference graph
       # of the base JSON and the customisation layer, with narSize (structured attributes),
-      # split into at most maxLayers - 1 layers by ./auto_layer.py, both roots left out.
-      # python3's setup hook in nixpkgs exports PYTHONHASHSEED=0, which the layer order needs.
+      # split by ./auto_layer.py, both roots left out, into the layers maxLayers leaves: one is
+      # the customisation layer's, and a base image (fromImage) takes as many as its
+      # manifest.json lists (auto-layer.nix counts them with `tar -xOf ... manifest.json | jq
+      # '.[0].Layers | length'`; here Python's tarfile, which reads a compressed base too, as
+      # GNU tar does). python3's setup hook in nixpkgs exports PYTHONHASHSEED=0, which the
+      # layer order needs.
       layers = derivation {
         name = "layers.json";
         system = buildSystem;
@@ -110,20 +116,26 @@ let
           "${baseJson}"
           "${customisationLayer}"
         ];
-        # One layer is the customisation layer.
-        availableLayers = maxLayers - 1;
         inherit maxLayers hostPath;
+        fromImage = if fromImage == null then "" else "${fromImage}";
         args = [
           "-c"
           ''
             source "$NIX_ATTRS_SH_FILE"
             export PATH="$hostPath" PYTHONHASHSEED=0
-            if ! (( availableLayers > 0 )); then
-              echo >&2 "Error: usedLayers 1 layers to store 'fromImage' and 'extraCommands'," \
-                "but only maxLayers=$maxLayers were allowed. At least 1 layer is required to store contents."
+            usedLayers=1
+            if [ -n "$fromImage" ]; then
+              baseImageLayersCount=$(python3 -c 'import json, sys, tarfile
+            print(len(json.load(tarfile.open(sys.argv[1]).extractfile("manifest.json"))[0]["Layers"]))' "$fromImage")
+              (( usedLayers += baseImageLayersCount ))
+            fi
+            if ! (( usedLayers < maxLayers )); then
+              echo >&2 "Error: usedLayers $usedLayers layers to store 'fromImage' and" \
+                "'extraCommands', but only maxLayers=$maxLayers were" \
+                "allowed. At least 1 layer is required to store contents."
               exit 1
             fi
-            python3 ${./auto_layer.py} "$NIX_ATTRS_JSON_FILE" > "''${outputs[out]}"
+            python3 ${./auto_layer.py} "$NIX_ATTRS_JSON_FILE" $(( maxLayers - usedLayers )) > "''${outputs[out]}"
           ''
         ];
       };
@@ -140,6 +152,8 @@ let
               created
               mtime
               ;
+            # default.nix: `--argjson from_image`, the base image's store path or null.
+            fromImage = if fromImage == null then "" else "${fromImage}";
             imageTag = if tag == null then "" else tag;
             uid = toString (a.uid or 0);
             gid = toString (a.gid or 0);
@@ -152,7 +166,7 @@ let
             iso() { if [ "$1" = now ]; then echo now; else TZ=UTC date -Iseconds -d "$1"; fi; }
             python3 ${./conf.py} "$layers" "$baseJson" "$customisationLayer" \
               "$imageName:$imageTag" "$(iso "$created")" "$(iso "$mtime")" \
-              "$uid" "$gid" "$uname" "$gname" > "$out"
+              "$uid" "$gid" "$uname" "$gname" "$fromImage" > "$out"
           '';
       imageTag =
         if tag != null then
