@@ -34,27 +34,21 @@ let
   # back, so that a layer derivation depends on exactly its paths.
   storePath = path: builtins.appendContext path { ${path}.path = true; };
 
-  checkedConf =
-    if conf.from_image or null != null then
-      throw "mkLayerPlan: the image is built on fromImage (${conf.from_image}), which layer plans do not support yet; use layering = \"stream\""
-    else
-      conf;
-
   args = map lib.shellEscape;
   compressionFlags =
     (if compression != null then [ "--compression" compression ] else [ ])
     ++ (if level != null then [ "--level" (toString level) ] else [ ]);
   ownershipFlags = [
     "--mtime"
-    (checkedConf.mtime or checkedConf.created)
+    (conf.mtime or conf.created)
     "--uid"
-    (toString checkedConf.uid)
+    (toString conf.uid)
     "--gid"
-    (toString checkedConf.gid)
+    (toString conf.gid)
     "--uname"
-    (checkedConf.uname or "root")
+    (conf.uname or "root")
     "--gname"
-    (checkedConf.gname or "root")
+    (conf.gname or "root")
   ];
 
   recordName = path: "nixfly-layer-${builtins.unsafeDiscardStringContext (baseNameOf path)}.json";
@@ -71,23 +65,37 @@ let
           ${toString (args (ownershipFlags ++ compressionFlags))} --out "$out"
       '';
 
-  customisationLayer = pkgs.runCommand (recordName checkedConf.customisation_layer) { } ''
+  customisationLayer = pkgs.runCommand (recordName conf.customisation_layer) { } ''
     ${lib.shellEscape "${nixfly}/bin/nixfly"} layer build \
-      --tar ${lib.shellEscape "${storePath checkedConf.customisation_layer}/layer.tar"} \
+      --tar ${lib.shellEscape "${storePath conf.customisation_layer}/layer.tar"} \
       ${toString (args compressionFlags)} --out "$out"
   '';
 
-  layers = map storeLayer checkedConf.store_layers ++ [ customisationLayer ];
+  # A base image (fromImage): one derivation records all its layers, so it is rebuilt only
+  # when the base image or nixfly changes. nixfly reads them from an uncompressed
+  # docker-archive (pullImage's) and says so of a compressed one.
+  baseLayers =
+    if conf.from_image or null == null then
+      null
+    else
+      pkgs.runCommand (recordName conf.from_image) { } ''
+        ${lib.shellEscape "${nixfly}/bin/nixfly"} layer base \
+          --image ${lib.shellEscape (storePath conf.from_image)} \
+          ${toString (args compressionFlags)} --out "$out"
+      '';
+
+  layers = map storeLayer conf.store_layers ++ [ customisationLayer ];
 in
 pkgs.runCommand "${image.imageName or "image"}-layer-plan.json"
   {
     passthru = {
-      inherit layers;
+      inherit layers baseLayers;
       conf = confFile;
       streamImage = image;
     };
   }
   ''
     ${lib.shellEscape "${nixfly}/bin/nixfly"} layer plan --conf ${lib.shellEscape "${confFile}"} \
+      ${if baseLayers != null then "--base-layers ${baseLayers}" else ""} \
       ${toString (map (layer: "--layer ${layer}") layers)} --out "$out"
   ''

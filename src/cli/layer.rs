@@ -2,7 +2,9 @@
 //! `mkLayerPlan` (hidden from `--help`: users never type it).
 
 use crate::blob::{self, Algorithm, Compression};
-use crate::layer::plan::{LayerPlan, LayerSource, PLAN_VERSION, PlanKind, PlannedLayer, StreamConf};
+use crate::layer::plan::{
+    BaseImage, LayerPlan, LayerSource, PLAN_VERSION, PlanKind, PlannedLayer, StreamConf,
+};
 use crate::layer::store_tar::TarOptions;
 use crate::progress::Reporter;
 use crate::registry::Digest;
@@ -21,8 +23,27 @@ pub enum LayerCommand {
     /// Record one layer: tar its store paths (or read a ready layer tar), compress, and write
     /// the diff_id, digest and sizes as JSON. The blob itself is not kept.
     Build(BuildArgs),
+    /// Record every layer of a base image (streamLayeredImage's `fromImage`, an uncompressed
+    /// docker-archive): a JSON list of layer records, each checked against the diff_id the
+    /// base's config gives it.
+    Base(BaseArgs),
     /// Assemble a layer plan from streamLayeredImage's conf JSON and the layer records.
     Plan(PlanArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BaseArgs {
+    /// The base image: the conf's `from_image`, an uncompressed docker-archive.
+    #[arg(long, value_name = "FILE")]
+    pub image: String,
+    #[command(flatten)]
+    pub compression: CompressionArgs,
+    /// Compression threads. The output is the same for any value.
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Where to write the layer records (a JSON list).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -81,6 +102,10 @@ pub struct PlanArgs {
     /// conf, then the customisation layer.
     #[arg(long = "layer", value_name = "FILE", required = true)]
     pub layers: Vec<PathBuf>,
+    /// The base image's layer records from `nixfly layer base`, when the conf has a
+    /// `from_image`; they come first.
+    #[arg(long, value_name = "FILE")]
+    pub base_layers: Option<PathBuf>,
     /// Where to write the plan.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
@@ -97,6 +122,7 @@ pub async fn run(args: LayerArgs, reporter: Reporter) -> anyhow::Result<()> {
     // Both commands are CPU and disk work with nothing to wait on concurrently.
     tokio::task::spawn_blocking(move || match args.command {
         LayerCommand::Build(args) => build(args, &reporter),
+        LayerCommand::Base(args) => base(args, &reporter),
         LayerCommand::Plan(args) => plan(args, &reporter),
     })
     .await
@@ -148,18 +174,70 @@ fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
     write_json(&args.out, &record)
 }
 
+fn base(args: BaseArgs, reporter: &Reporter) -> anyhow::Result<()> {
+    let compression = Compression::new(args.compression.compression, args.compression.level)?;
+    let workers = args.jobs.unwrap_or_else(blob::default_workers);
+    let base = BaseImage::open(&args.image)?;
+    let mut records = Vec::with_capacity(base.members.len());
+    for (source, diff_id) in base.sources().iter().zip(&base.diff_ids) {
+        let record = PlannedLayer::build(source, None, compression, workers, |_| Ok(()))?;
+        // nixpkgs' script puts the config's diff_id in the image without hashing the layer:
+        // a base whose layer differs would make an image no runtime can unpack.
+        if record.diff_id != *diff_id {
+            bail!(
+                "{} hashes to {}, but the base image's config says {diff_id}: the base image is \
+                 damaged; fetch it again",
+                source.describe(),
+                record.diff_id
+            );
+        }
+        reporter.info(format!(
+            "base layer {} ({} bytes) -> {} ({} bytes, {})",
+            record.diff_id,
+            record.size,
+            record.digest,
+            record.compressed_size,
+            compression.key()
+        ));
+        records.push(record);
+    }
+    write_json(&args.out, &records)
+}
+
 fn plan(args: PlanArgs, reporter: &Reporter) -> anyhow::Result<()> {
     let conf = StreamConf::load(&args.conf)?;
-    let layers = args
+    let base = match (&conf.from_image, &args.base_layers) {
+        (Some(image), Some(records)) => {
+            let base = BaseImage::open(image)?;
+            let records: Vec<PlannedLayer> = read_json(records)?;
+            check_base_layers(&base, &records)?;
+            Some((base, records))
+        }
+        (Some(image), None) => bail!(
+            "the conf's image is built on a base image ({image}): give its layer records with \
+             --base-layers (made by `nixfly layer base --image {image}`)"
+        ),
+        (None, Some(records)) => bail!(
+            "--base-layers {} was given, but the conf has no base image (from_image is null)",
+            records.display()
+        ),
+        (None, None) => None,
+    };
+    let own = args
         .layers
         .iter()
         .map(|path| read_json::<PlannedLayer>(path))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    check_layers_match_conf(&conf, &layers)?;
+    check_layers_match_conf(&conf, &own)?;
+    let (base_config, mut layers) = match base {
+        Some((image, records)) => (Some(image.config), records),
+        None => (None, Vec::new()),
+    };
+    layers.extend(own);
     let plan = LayerPlan {
         kind: PlanKind::LayerPlan,
         version: PLAN_VERSION,
-        config: conf.image_config(&layers)?,
+        config: conf.image_config(&layers, base_config.as_ref())?,
         layers,
     };
     // What `push` will check, checked now, where a mistake is cheapest to fix.
@@ -213,6 +291,30 @@ fn check_layers_match_conf(conf: &StreamConf, layers: &[PlannedLayer]) -> anyhow
                 "the customisation layer hashes to {}, but {} says {from_nixpkgs}",
                 custom.diff_id,
                 checksum_file.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The base layer records must be the base image's layers, in its manifest's order, with the
+/// diff_ids its config gives them.
+fn check_base_layers(base: &BaseImage, records: &[PlannedLayer]) -> anyhow::Result<()> {
+    let sources = base.sources();
+    if records.len() != sources.len() {
+        bail!(
+            "the base image has {} layers, but {} base layer records were given",
+            sources.len(),
+            records.len()
+        );
+    }
+    for (index, ((record, source), diff_id)) in records.iter().zip(&sources).zip(&base.diff_ids).enumerate() {
+        if record.source != *source || record.diff_id != *diff_id {
+            bail!(
+                "base layer record {index} is for {} ({}), but the base image's layer {index} is {} ({diff_id})",
+                record.source.describe(),
+                record.diff_id,
+                source.describe()
             );
         }
     }

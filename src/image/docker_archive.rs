@@ -442,6 +442,8 @@ pub struct ArchiveIndex {
     pub config: Bytes,
     pub diff_ids: Vec<Digest>,
     pub layers: Vec<Extent>,
+    /// The layers' names in manifest.json, in its order.
+    pub layer_names: Vec<String>,
 }
 
 pub fn index_file(file: &std::fs::File, source_name: &str) -> Result<ArchiveIndex, ImageError> {
@@ -506,6 +508,7 @@ pub fn index_file(file: &std::fs::File, source_name: &str) -> Result<ArchiveInde
         config,
         diff_ids,
         layers,
+        layer_names: manifest.layers,
     })
 }
 

@@ -139,7 +139,7 @@ impl IndexedImage for PlanImage {
             read: 0,
             expected_diff_id: layer.diff_id.clone(),
             expected_size: layer.uncompressed_size.unwrap_or_default(),
-            what: format!("layer {index} (store paths {})", source.paths().join(" ")),
+            what: format!("layer {index} ({})", source.describe()),
         }))
     }
 }
@@ -236,7 +236,7 @@ mod tests {
         let plan = LayerPlan {
             kind: PlanKind::LayerPlan,
             version: PLAN_VERSION,
-            config: conf.image_config(&layers).unwrap(),
+            config: conf.image_config(&layers, None).unwrap(),
             layers: layers.clone(),
         };
         let plan_file = dir.path().join("plan.json");

@@ -65,6 +65,9 @@ pub enum LayerSource {
     /// An uncompressed layer tar that is already a file (streamLayeredImage's customisation
     /// layer, `<store path>/layer.tar`).
     Tar { path: String },
+    /// A layer of the base image (streamLayeredImage's `fromImage`): the entry `member` (as
+    /// the base's manifest.json names it) of the uncompressed docker-archive `archive`.
+    BaseLayer { archive: String, member: String },
 }
 
 impl LayerSource {
@@ -109,27 +112,131 @@ impl LayerSource {
                 })?;
                 Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
             }
+            LayerSource::BaseLayer { archive, member } => BaseImage::open(archive)?.open_layer(member),
         }
     }
 
-    /// The store paths or file this layer is made from, for messages.
+    /// The store paths or files this layer is made from.
     pub fn paths(&self) -> Vec<&str> {
         match self {
             LayerSource::StorePaths { paths, .. } => paths.iter().map(String::as_str).collect(),
             LayerSource::Tar { path } => vec![path.as_str()],
+            LayerSource::BaseLayer { archive, .. } => vec![archive.as_str()],
+        }
+    }
+
+    /// What the layer is made from, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            LayerSource::StorePaths { paths, .. } => format!("store paths {}", paths.join(" ")),
+            LayerSource::Tar { path } => format!("the layer tar {path}"),
+            LayerSource::BaseLayer { archive, member } => {
+                format!("{member} of the base image {archive}")
+            }
         }
     }
 
     /// What the stream script names in the layer's history comment (`LayerInfo.paths` in
     /// nixpkgs' stream_layered_image.py): a store layer's paths, and for the customisation
     /// layer the directory it reads `layer.tar` and `checksum` from, not the tar itself.
+    /// A base layer's is its entry's name in the base archive (`add_base_layers`).
     fn history_paths(&self) -> Vec<&str> {
         match self {
             LayerSource::Tar { path } => {
                 vec![path.strip_suffix("/layer.tar").unwrap_or(path)]
             }
             LayerSource::StorePaths { .. } => self.paths(),
+            LayerSource::BaseLayer { member, .. } => vec![member.as_str()],
         }
+    }
+}
+
+/// A base image (`fromImage`) as a layer plan reads it: an uncompressed docker-archive, indexed
+/// through its headers. nixpkgs' stream_layered_image.py (`add_base_layers`) copies each layer
+/// its manifest.json lists, in order, and takes the diff_ids from its config without hashing
+/// them; a plan hashes them when it records them.
+pub struct BaseImage {
+    path: String,
+    file: std::sync::Arc<File>,
+    /// The base config's `config` object (`overlay_base_config` reads its `Env`).
+    pub config: Value,
+    /// The manifest's layer names, bottom first.
+    pub members: Vec<String>,
+    pub diff_ids: Vec<Digest>,
+    extents: Vec<crate::image::docker_archive::Extent>,
+}
+
+impl BaseImage {
+    pub fn open(path: &str) -> Result<Self, PlanError> {
+        use crate::image::ArchiveFormat;
+        let read_error = |source| PlanError::Read {
+            path: path.to_string(),
+            source,
+        };
+        let file = File::open(path).map_err(read_error)?;
+        let mut head = Vec::with_capacity(512);
+        (&file).take(512).read_to_end(&mut head).map_err(read_error)?;
+        match ArchiveFormat::sniff(&head) {
+            Some(ArchiveFormat::Tar) => {}
+            Some(compressed) => {
+                return Err(PlanError::Base(format!(
+                    "the base image {path} is {}-compressed; a layer plan reads the base's \
+                     layers from an uncompressed docker-archive (dockerTools.pullImage's, or \
+                     buildLayeredImage with compressor = \"none\"): give fromImage one, or use \
+                     layering = \"stream\"",
+                    compressed.name()
+                )));
+            }
+            None => {
+                return Err(PlanError::Base(format!(
+                    "the base image {path} is not a docker-archive (no tar header)"
+                )));
+            }
+        }
+        let shown = format!("base image {path}");
+        let index = crate::image::docker_archive::index_file(&file, &shown)
+            .map_err(|err| PlanError::Base(format!("{:#}", anyhow::Error::new(err))))?;
+        let config: Value = serde_json::from_slice(&index.config)
+            .map_err(|err| PlanError::Base(format!("{shown}: its config is not JSON: {err}")))?;
+        Ok(BaseImage {
+            path: path.to_string(),
+            file: std::sync::Arc::new(file),
+            config: config.get("config").cloned().unwrap_or(Value::Null),
+            members: index.layer_names,
+            diff_ids: index.diff_ids,
+            extents: index.layers,
+        })
+    }
+
+    /// The uncompressed bytes of the layer the manifest calls `member`.
+    pub fn open_layer(&self, member: &str) -> Result<Box<dyn Read + Send>, PlanError> {
+        let index = self.members.iter().position(|m| m == member).ok_or_else(|| {
+            PlanError::Base(format!(
+                "the base image {} has no layer {member} (its manifest.json lists {:?}): was the \
+                 plan made from another base image?",
+                self.path, self.members
+            ))
+        })?;
+        let extent = self.extents[index];
+        let reader = crate::image::docker_archive::PositionedReader {
+            file: self.file.clone(),
+            offset: extent.offset,
+        };
+        Ok(Box::new(BufReader::with_capacity(
+            1 << 20,
+            reader.take(extent.size),
+        )))
+    }
+
+    /// The source of each of its layers, bottom first.
+    pub fn sources(&self) -> Vec<LayerSource> {
+        self.members
+            .iter()
+            .map(|member| LayerSource::BaseLayer {
+                archive: self.path.clone(),
+                member: member.clone(),
+            })
+            .collect()
     }
 }
 
@@ -158,6 +265,8 @@ pub enum PlanError {
     Spawn(#[source] std::io::Error),
     #[error("the streamLayeredImage conf: {0}")]
     Conf(String),
+    #[error("{0}")]
+    Base(String),
     #[error("cannot make the layer of {paths}")]
     Build {
         paths: String,
@@ -318,12 +427,6 @@ impl StreamConf {
             path: path.display().to_string(),
             source,
         })?;
-        if let Some(base) = &conf.from_image {
-            return Err(PlanError::Conf(format!(
-                "fromImage ({base}) is not supported with layer plans yet; use the stream-script \
-                 layering for images built on a base image"
-            )));
-        }
         Ok(conf)
     }
 
@@ -342,9 +445,10 @@ impl StreamConf {
         })
     }
 
-    /// The image config blob for these layers (store layers, then the customisation layer),
-    /// as the stream script writes it.
-    pub fn image_config(&self, layers: &[PlannedLayer]) -> Result<String, PlanError> {
+    /// The image config blob for these layers (the base image's, the store layers, then the
+    /// customisation layer), as the stream script writes it; `base` is the base image's config
+    /// object, when the conf has one.
+    pub fn image_config(&self, layers: &[PlannedLayer], base: Option<&Value>) -> Result<String, PlanError> {
         let created = isoformat(&self.created)?;
         let text = |s: &str| Ordered::Scalar(Value::String(s.to_string()));
         let diff_ids = layers.iter().map(|l| text(l.diff_id.as_str())).collect();
@@ -365,7 +469,10 @@ impl StreamConf {
             ("created".into(), text(&created)),
             ("architecture".into(), text(&self.architecture)),
             ("os".into(), text("linux")),
-            ("config".into(), Ordered::from_value(&self.config)?),
+            (
+                "config".into(),
+                with_base_env(Ordered::from_value(&self.config)?, base)?,
+            ),
             (
                 "rootfs".into(),
                 Ordered::Object(vec![
@@ -379,6 +486,71 @@ impl StreamConf {
         image.write_python(&mut out, 0);
         Ok(out)
     }
+}
+
+/// nixpkgs' stream_layered_image.py (`overlay_base_config`): with a base image, the image's
+/// `Env` is the base config's, then the conf's, one entry per name (the part before the first
+/// `=`): a name keeps the place where it first appears and takes its last value. The conf's
+/// `config` is a Python dict, so an `Env` it lacked is added last.
+fn with_base_env(config: Ordered, base: Option<&Value>) -> Result<Ordered, PlanError> {
+    let Some(base) = base else { return Ok(config) };
+    let Ordered::Object(mut fields) = config else {
+        return Err(PlanError::Conf("the image config is not an object".into()));
+    };
+    let strings = |value: Option<&Value>, whose: &str| -> Result<Vec<String>, PlanError> {
+        match value {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| {
+                    item.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| PlanError::Conf(format!("{whose} Env has {item}, not a string")))
+                })
+                .collect(),
+            Some(other) => Err(PlanError::Conf(format!("{whose} Env is {other}, not a list"))),
+        }
+    };
+    let own = fields
+        .iter()
+        .find(|(key, _)| key == "Env")
+        .map(|(_, value)| value);
+    let own = match own {
+        Some(Ordered::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                Ordered::Scalar(Value::String(s)) => Ok(s.clone()),
+                _ => Err(PlanError::Conf("the image's Env holds a non-string".into())),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => return Err(PlanError::Conf("the image's Env is not a list".into())),
+        None => Vec::new(),
+    };
+    let mut merged: Vec<(String, String)> = Vec::new();
+    for entry in strings(base.get("Env"), "the base image's")?
+        .into_iter()
+        .chain(own)
+    {
+        let name = entry.split('=').next().unwrap_or_default().to_string();
+        match merged.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = entry,
+            None => merged.push((name, entry)),
+        }
+    }
+    if merged.is_empty() {
+        return Ok(Ordered::Object(fields));
+    }
+    let env = Ordered::Array(
+        merged
+            .into_iter()
+            .map(|(_, e)| Ordered::Scalar(Value::String(e)))
+            .collect(),
+    );
+    match fields.iter_mut().find(|(key, _)| key == "Env") {
+        Some(slot) => slot.1 = env,
+        None => fields.push(("Env".into(), env)),
+    }
+    Ok(Ordered::Object(fields))
 }
 
 const INDENT: &str = "    ";
@@ -649,7 +821,7 @@ sys.stdout.write(json.dumps(image, indent=4))
     fn image_config_is_byte_identical_to_the_stream_scripts() {
         let conf = conf();
         let layers = layers_of(&conf);
-        let ours = conf.image_config(&layers).unwrap();
+        let ours = conf.image_config(&layers, None).unwrap();
 
         let dir = tempfile::tempdir().unwrap();
         let conf_file = dir.path().join("conf.json");
@@ -682,7 +854,7 @@ sys.stdout.write(json.dumps(image, indent=4))
     #[test]
     fn regression_issue_11_customisation_history_names_the_directory() {
         let conf = conf();
-        let ours = conf.image_config(&layers_of(&conf)).unwrap();
+        let ours = conf.image_config(&layers_of(&conf), None).unwrap();
         assert!(
             ours.contains(&format!(r#""comment": "store paths: ['{CUSTOM}']""#)),
             "{ours}"
@@ -697,7 +869,7 @@ sys.stdout.write(json.dumps(image, indent=4))
         let plan = LayerPlan {
             kind: PlanKind::LayerPlan,
             version: PLAN_VERSION,
-            config: conf.image_config(&layers).unwrap(),
+            config: conf.image_config(&layers, None).unwrap(),
             layers,
         };
         let json = plan.to_json();
@@ -726,7 +898,7 @@ sys.stdout.write(json.dumps(image, indent=4))
         let plan = LayerPlan {
             kind: PlanKind::LayerPlan,
             version: PLAN_VERSION,
-            config: conf.image_config(&layers).unwrap(),
+            config: conf.image_config(&layers, None).unwrap(),
             layers,
         };
         let mut value = serde_json::to_value(&plan).unwrap();
@@ -811,11 +983,8 @@ sys.stdout.write(json.dumps(image, indent=4))
             "from_image": "/nix/store/xyz-base.tar.gz",
         });
         std::fs::write(&path, raw.to_string()).unwrap();
-        let err = StreamConf::load(&path).unwrap_err();
-        assert!(
-            err.to_string().contains("fromImage (/nix/store/xyz-base.tar.gz)"),
-            "{err}"
-        );
+        let conf = StreamConf::load(&path).unwrap();
+        assert_eq!(conf.from_image.as_deref(), Some("/nix/store/xyz-base.tar.gz"));
         raw["from_image"] = Value::Null;
         std::fs::write(&path, raw.to_string()).unwrap();
         let conf = StreamConf::load(&path).unwrap();
@@ -831,7 +1000,53 @@ sys.stdout.write(json.dumps(image, indent=4))
     fn non_integer_numbers_in_the_config_are_refused() {
         let mut conf = conf();
         conf.config = serde_json::json!({"Weird": 1.5});
-        let err = conf.image_config(&[]).unwrap_err();
+        let err = conf.image_config(&[], None).unwrap_err();
         assert!(err.to_string().contains("non-integer number (1.5)"), "{err}");
+    }
+
+    /// The base image's Env under the image's, against Python: the rule of nixpkgs'
+    /// `overlay_base_config` run by python3 on the same JSON (a dict keyed by name keeps the
+    /// first place and the last value; an Env the image lacked goes last).
+    #[test]
+    fn base_env_merges_as_python_does() {
+        const PYTHON: &str = "import json, sys\n\
+            base, final = json.loads(sys.argv[1]), json.loads(sys.argv[2])\n\
+            env = base.get('Env', []) + final.get('Env', [])\n\
+            if env:\n    final['Env'] = list({e.split('=', 1)[0]: e for e in env}.values())\n\
+            print(json.dumps(final, indent=4))";
+        let cases = [
+            (
+                serde_json::json!({"Env": ["PATH=/bin", "LANG=C"]}),
+                serde_json::json!({"Cmd": ["/app"], "User": "1000", "WorkingDir": "/srv"}),
+            ),
+            (
+                serde_json::json!({"Env": ["A=base", "B=1", "A=again", "URL=x=y"]}),
+                serde_json::json!({"Cmd": ["/app"], "Env": ["B=2", "C=3", "NOVALUE"], "User": "1"}),
+            ),
+            (
+                serde_json::json!({"Env": []}),
+                serde_json::json!({"Cmd": ["/app"]}),
+            ),
+            (serde_json::json!({}), serde_json::json!({"Env": ["X=1", "X=2"]})),
+        ];
+        for (base, config) in cases {
+            let out = std::process::Command::new("python3")
+                .args(["-c", PYTHON, &base.to_string(), &config.to_string()])
+                .output()
+                .expect("python3");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let python = String::from_utf8(out.stdout).unwrap();
+            let mut ours = String::new();
+            with_base_env(Ordered::from_value(&config).unwrap(), Some(&base))
+                .unwrap()
+                .write_python(&mut ours, 0);
+            assert_eq!(ours, python.trim_end(), "base {base}, image {config}");
+        }
+        let config = serde_json::json!({"Env": ["A=1"]});
+        let mut alone = String::new();
+        with_base_env(Ordered::from_value(&config).unwrap(), None)
+            .unwrap()
+            .write_python(&mut alone, 0);
+        assert_eq!(alone, "{\n    \"Env\": [\n        \"A=1\"\n    ]\n}");
     }
 }

@@ -212,7 +212,8 @@ fn layer_commands_are_hidden_from_help() {
 /// and the image the config text that nixpkgs' own `stream_layered_image.py` streamed of the
 /// same confs over the same trees (`tests/fixtures/stream-image/cases.json`: hardlinks across
 /// layers, long and non-ASCII names, uid/gid too large for ustar, a long user name, dates
-/// with offsets and microseconds). `generate.py --layers` builds the trees and runs nixfly.
+/// with offsets and microseconds, a base image in skopeo's docker-archive layout whose Env
+/// shares a name with the image's). `generate.py --layers` builds the trees and runs nixfly.
 /// A plan whose tar or config differs from the stream script's makes an image whose pull
 /// fails its diff_id check, or another image id than the one the stream script makes.
 #[test]
@@ -229,20 +230,16 @@ fn layer_plans_match_nixpkgs() {
         .expect("python3");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let plans: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    // Layer plans refuse fromImage: its case has no plan.
-    let recorded: Vec<&Value> = recorded
-        .iter()
-        .filter(|c| c["conf"]["from_image"].is_null())
-        .collect();
     assert_eq!(plans.len(), recorded.len());
-    assert_eq!(recorded.len(), 4);
+    assert_eq!(recorded.len(), 5);
     for (nixpkgs, plan) in recorded.into_iter().zip(&plans) {
         let case = nixpkgs["name"].as_str().unwrap();
         assert_eq!(plan["name"], case);
         let entries = nixpkgs["entries"].as_array().unwrap();
+        // Every layer entry: `<hex>/layer.tar`, and a base image's under its own names.
         let diff_ids: Vec<&Value> = entries
             .iter()
-            .filter(|e| e["name"].as_str().unwrap().ends_with("/layer.tar"))
+            .filter(|e| e.get("diff_id").is_some())
             .map(|e| &e["diff_id"])
             .collect();
         let planned: Vec<&Value> = plan["diff_ids"].as_array().unwrap().iter().collect();
@@ -260,4 +257,133 @@ fn layer_plans_match_nixpkgs() {
             "case {case}: the image config"
         );
     }
+}
+
+/// A docker-archive at `path` with one layer `l.tar` holding `layer`, whose config gives it
+/// `diff_id`.
+fn base_archive(path: &std::path::Path, layer: &[u8], diff_id: &str) {
+    let config = serde_json::json!({
+        "config": {"Env": ["FROM_BASE=1"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    })
+    .to_string();
+    let config_name = format!(
+        "{}.json",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&config))
+    );
+    let manifest =
+        serde_json::json!([{"Config": config_name, "RepoTags": ["base:1"], "Layers": ["l.tar"]}]).to_string();
+    let mut archive = tar::Builder::new(fs::File::create(path).unwrap());
+    for (name, body) in [
+        ("l.tar", layer),
+        (config_name.as_str(), config.as_bytes()),
+        ("manifest.json", manifest.as_bytes()),
+    ] {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o444);
+        header.set_cksum();
+        archive.append_data(&mut header, name, body).unwrap();
+    }
+    archive.finish().unwrap();
+}
+
+/// `nixfly layer base` records a base image's layers with the diff_ids its config gives them,
+/// and refuses a layer that is not what its config says (nixpkgs' script would put the
+/// config's diff_id in an image no runtime can unpack). `layer plan` wants those records when
+/// the conf has a base image, and only then.
+#[test]
+fn base_layers_are_checked_against_their_config() {
+    let t = TestDir::new();
+    let layer = {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_ustar();
+        header.set_size(5);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "etc/base", &b"base\n"[..])
+            .unwrap();
+        builder.into_inner().unwrap()
+    };
+    let diff_id = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&layer))
+    );
+    let good = t.join("good.tar");
+    base_archive(&good, &layer, &diff_id);
+    let output = run(t
+        .nixfly()
+        .args(["layer", "base", "--image"])
+        .arg(&good)
+        .args(["--out", "base.json"]));
+    assert_success(&output);
+    let records: Value = serde_json::from_slice(&fs::read(t.join("base.json")).unwrap()).unwrap();
+    assert_eq!(
+        records[0]["source"],
+        serde_json::json!({"type": "base_layer", "archive": good.display().to_string(), "member": "l.tar"})
+    );
+    assert_eq!(records[0]["diff_id"], diff_id);
+
+    let damaged = t.join("damaged.tar");
+    base_archive(&damaged, &layer, &format!("sha256:{}", "0".repeat(64)));
+    let output = run(t
+        .nixfly()
+        .args(["layer", "base", "--image"])
+        .arg(&damaged)
+        .args(["--out", "damaged.json"]));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("l.tar of the base image {}", damaged.display()))
+            && stderr.contains(&diff_id)
+            && stderr.contains("the base image is damaged"),
+        "{stderr}"
+    );
+    assert!(!t.join("damaged.json").exists());
+
+    let conf = |from_image: Value| {
+        serde_json::json!({
+            "architecture": "amd64", "config": {}, "created": "1970-01-01T00:00:01+00:00",
+            "store_layers": [], "customisation_layer": "/nix/store/x-customisation-layer",
+            "from_image": from_image,
+        })
+        .to_string()
+    };
+    fs::write(
+        t.join("with-base.json"),
+        conf(Value::String(good.display().to_string())),
+    )
+    .unwrap();
+    let output = run(t.nixfly().args([
+        "layer",
+        "plan",
+        "--conf",
+        "with-base.json",
+        "--layer",
+        "c.json",
+        "--out",
+        "p.json",
+    ]));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--base-layers") && stderr.contains("nixfly layer base"),
+        "{stderr}"
+    );
+    fs::write(t.join("without-base.json"), conf(Value::Null)).unwrap();
+    let output = run(t.nixfly().args([
+        "layer",
+        "plan",
+        "--conf",
+        "without-base.json",
+        "--base-layers",
+        "base.json",
+        "--layer",
+        "c.json",
+        "--out",
+        "p.json",
+    ]));
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no base image"));
 }

@@ -136,25 +136,99 @@ fn a_plan_records_every_layer_of_the_image_and_unchanged_layers_are_not_rebuilt(
     assert!(kept < before.len(), "changing the greeting changed no layer");
 }
 
-#[test]
-fn a_base_image_is_refused_at_evaluation() {
-    let Some(nix) = Nix::get() else { return };
-    let root = env!("CARGO_MANIFEST_DIR");
-    let expr = format!(
+/// The app's image over a base image (fromImage): a buildLayeredImage with `compressor`
+/// ("none" makes the uncompressed docker-archive a pullImage leaves), whose Env shares a name
+/// with the image's.
+fn image_over_base(compressor: &str) -> String {
+    format!(
         r#"let
-             pkgs = import {root}/nix/tests/nixpkgs-standin {{ }};
-             lib = import {root}/nix/lib {{ }};
-             conf = pkgs.writeText "conf.json" (builtins.toJSON {{
-               from_image = "/nix/store/00000000000000000000000000000000-base.tar";
-               store_layers = [ ]; customisation_layer = "/nix/store/x"; created = "now";
-             }});
-           in (lib.mkLayerPlan {{ inherit pkgs; nixfly = pkgs.writeText "n" ""; image = {{ passthru.conf = conf; }}; }}).drvPath"#
+             base = pkgs.dockerTools.buildLayeredImage {{
+               name = "base";
+               compressor = "{compressor}";
+               contents = [ (pkgs.runCommand "base-tool" {{ }} ''
+                 mkdir -p $out/bin
+                 echo base > $out/bin/base-tool
+               '') ];
+               config.Env = [ "FROM_BASE=1" "SHARED=base" ];
+             }};
+           in pkgs.dockerTools.streamLayeredImage {{
+             name = "demo";
+             fromImage = base;
+             contents = [ app ];
+             config.Cmd = [ "/bin/web" ];
+             config.Env = [ "SHARED=app" ];
+           }}"#
+    )
+}
+
+/// fromImage: the plan of an image built on a base image records the base's layers first
+/// (`nixfly layer base`, one derivation for the base, untouched when the app changes) and
+/// pushes the image the stream script writes: the same config digest and diff_ids. A
+/// compressed base is refused when the plan is built, saying what to give instead.
+#[test]
+fn a_plan_over_a_base_image_pushes_the_stream_image() {
+    let Some(nix) = Nix::get() else { return };
+    let t = TestDir::new();
+    let stream = build(nix, &t, &with_app("hello", &image_over_base("none")), "stream");
+    let archive = run(&mut std::process::Command::new(&stream));
+    assert_success(&archive);
+    let (stream_config, stream_diff_ids) = archive_image(&archive.stdout);
+
+    let plan_of = |compressor: &str| {
+        format!(
+            "lib.mkLayerPlan {{ inherit pkgs nixfly; image = {}; }}",
+            image_over_base(compressor)
+        )
+    };
+    let plan_path = build(nix, &t, &with_app("hello", &plan_of("none")), "plan");
+    let plan = read_json(&plan_path);
+    let layers = plan["layers"].as_array().unwrap();
+    let bases = layers
+        .iter()
+        .take_while(|l| l["source"]["type"] == "base_layer")
+        .count();
+    assert!(
+        bases >= 2,
+        "the base's store layer and customisation layer: {plan}"
     );
-    let out = run(nix.command(&["eval"]).args(["--raw", "--expr", &expr]));
-    assert!(!out.status.success());
+    assert_eq!(layers.len(), stream_diff_ids.len());
+
+    let registry = Registry::start(AuthMode::htpasswd());
+    let out = push(&t, &registry, plan_path.to_str().unwrap(), "demo", "plan", &[]);
+    let reference = pushed_reference(&out, &registry.host(), "demo");
+    let pushed = read_back(&registry, &reference);
+    assert_eq!(
+        pushed.manifest["config"]["digest"],
+        format!("sha256:{}", hex::encode(Sha256::digest(&stream_config))),
+        "config digests differ; pushed:\n{}\nstream:\n{}",
+        String::from_utf8_lossy(&pushed.config),
+        String::from_utf8_lossy(&stream_config)
+    );
+    assert_eq!(pushed.diff_ids, stream_diff_ids);
+
+    let base_drv = |greeting: &str| {
+        eval_json(
+            nix,
+            &with_app(greeting, &format!("({}).baseLayers.drvPath", plan_of("none"))),
+        )
+    };
+    assert_eq!(
+        base_drv("hello"),
+        base_drv("bonjour"),
+        "the base's records depend on the app"
+    );
+
+    let out = run(nix
+        .command(&["build"])
+        .args(["--expr", &with_app("hello", &plan_of("gz")), "--out-link"])
+        .arg(t.join("gz-plan")));
+    assert!(
+        !out.status.success(),
+        "a plan over a gzip-compressed base was built"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("fromImage") && stderr.contains("layering = \"stream\""),
+        stderr.contains("is gzip-compressed") && stderr.contains("compressor = \"none\""),
         "{stderr}"
     );
 }
