@@ -72,8 +72,7 @@ let
   '';
 
   # A base image (fromImage): one derivation records all its layers, so it is rebuilt only
-  # when the base image or nixfly changes. nixfly reads them from an uncompressed
-  # docker-archive (pullImage's) and says so of a compressed one.
+  # when the base image or nixfly changes.
   baseLayers =
     if conf.from_image or null == null then
       null

@@ -177,20 +177,8 @@ fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
 fn base(args: BaseArgs, reporter: &Reporter) -> anyhow::Result<()> {
     let compression = Compression::new(args.compression.compression, args.compression.level)?;
     let workers = args.jobs.unwrap_or_else(blob::default_workers);
-    let base = BaseImage::open(&args.image)?;
-    let mut records = Vec::with_capacity(base.members.len());
-    for (source, diff_id) in base.sources().iter().zip(&base.diff_ids) {
-        let record = PlannedLayer::build(source, None, compression, workers, |_| Ok(()))?;
-        // nixpkgs' script puts the config's diff_id in the image without hashing the layer:
-        // a base whose layer differs would make an image no runtime can unpack.
-        if record.diff_id != *diff_id {
-            bail!(
-                "{} hashes to {}, but the base image's config says {diff_id}: the base image is \
-                 damaged; fetch it again",
-                source.describe(),
-                record.diff_id
-            );
-        }
+    let records = BaseImage::open(&args.image)?.records(compression, workers)?;
+    for record in &records {
         reporter.info(format!(
             "base layer {} ({} bytes) -> {} ({} bytes, {})",
             record.diff_id,
@@ -199,7 +187,6 @@ fn base(args: BaseArgs, reporter: &Reporter) -> anyhow::Result<()> {
             record.compressed_size,
             compression.key()
         ));
-        records.push(record);
     }
     write_json(&args.out, &records)
 }

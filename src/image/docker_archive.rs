@@ -173,6 +173,8 @@ pub struct ArchiveLayer<'a> {
 pub struct StreamedImage<T> {
     pub config: Bytes,
     pub layers: Vec<T>,
+    /// The layers' names in manifest.json, in its order.
+    pub layer_names: Vec<String>,
 }
 
 /// Read a docker-archive tar stream once. `on_layer` must read its entry to the end and
@@ -262,6 +264,7 @@ pub fn read_stream<T: Clone, E: From<ImageError>>(
     Ok(StreamedImage {
         config,
         layers: ordered,
+        layer_names: manifest.layers,
     })
 }
 

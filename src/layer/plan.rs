@@ -151,19 +151,51 @@ impl LayerSource {
     }
 }
 
-/// A base image (`fromImage`) as a layer plan reads it: an uncompressed docker-archive, indexed
-/// through its headers. nixpkgs' stream_layered_image.py (`add_base_layers`) copies each layer
-/// its manifest.json lists, in order, and takes the diff_ids from its config without hashing
-/// them; a plan hashes them when it records them.
+/// A base image (`fromImage`) as a layer plan reads it: a docker-archive, uncompressed
+/// (`pullImage`'s, indexed through its headers) or compressed (buildLayeredImage's default,
+/// read front to back). nixpkgs' stream_layered_image.py (`add_base_layers`) copies each
+/// layer its manifest.json lists, in order, and takes the diff_ids from its config without
+/// hashing them; a plan hashes them when it records them.
 pub struct BaseImage {
     path: String,
-    file: std::sync::Arc<File>,
+    layout: BaseLayout,
     /// The base config's `config` object (`overlay_base_config` reads its `Env`).
     pub config: Value,
     /// The manifest's layer names, bottom first.
     pub members: Vec<String>,
     pub diff_ids: Vec<Digest>,
-    extents: Vec<crate::image::docker_archive::Extent>,
+}
+
+/// A base layer that is not what the base's config says it is.
+fn damaged_base(path: &str, member: &str, actual: &Digest, declared: &Digest) -> PlanError {
+    PlanError::Base(format!(
+        "{member} of the base image {path} hashes to {actual}, but the base image's config says \
+         {declared}: the base image is damaged; fetch or build it again"
+    ))
+}
+
+/// The base image's error: a layer that is not its config's diff_id is called damaged.
+fn base_error(path: &str, err: PlanError) -> PlanError {
+    match err {
+        PlanError::Image(crate::image::ImageError::DigestMismatch {
+            entry,
+            expected,
+            actual,
+            ..
+        }) => damaged_base(path, &entry, &actual, &expected),
+        PlanError::Image(other) => PlanError::Base(format!("{:#}", anyhow::Error::new(other))),
+        other => other,
+    }
+}
+
+enum BaseLayout {
+    /// Each layer read from its place in the file.
+    Indexed {
+        file: std::sync::Arc<File>,
+        extents: Vec<crate::image::docker_archive::Extent>,
+    },
+    /// Each layer found by reading the archive from its start.
+    Compressed(crate::image::ArchiveFormat),
 }
 
 impl BaseImage {
@@ -173,38 +205,59 @@ impl BaseImage {
             path: path.to_string(),
             source,
         };
+        let shown = format!("base image {path}");
+        let described = |err: crate::image::ImageError| base_error(path, err.into());
         let file = File::open(path).map_err(read_error)?;
         let mut head = Vec::with_capacity(512);
         (&file).take(512).read_to_end(&mut head).map_err(read_error)?;
-        match ArchiveFormat::sniff(&head) {
-            Some(ArchiveFormat::Tar) => {}
-            Some(compressed) => {
-                return Err(PlanError::Base(format!(
-                    "the base image {path} is {}-compressed; a layer plan reads the base's \
-                     layers from an uncompressed docker-archive (dockerTools.pullImage's, or \
-                     buildLayeredImage with compressor = \"none\"): give fromImage one, or use \
-                     layering = \"stream\"",
-                    compressed.name()
-                )));
+        let (config, members, diff_ids, layout) = match ArchiveFormat::sniff(&head) {
+            Some(ArchiveFormat::Tar) => {
+                let index = crate::image::docker_archive::index_file(&file, &shown).map_err(described)?;
+                let layout = BaseLayout::Indexed {
+                    file: std::sync::Arc::new(file),
+                    extents: index.layers,
+                };
+                (index.config, index.layer_names, index.diff_ids, layout)
+            }
+            Some(format) => {
+                // One pass: every layer hashed (and so checked against the config) on the way,
+                // from the start the magic bytes were read from.
+                std::io::Seek::rewind(&mut &file).map_err(read_error)?;
+                let reader = crate::image::decompress(format, Box::new(BufReader::new(file)));
+                let image = crate::image::docker_archive::read_stream(reader, &shown, |layer| {
+                    let (diff_id, _) = blob::hash_layer(layer.reader, |_| {}).map_err(|err| {
+                        crate::image::ImageError::Read {
+                            source_name: shown.clone(),
+                            source: std::io::Error::other(err),
+                        }
+                    })?;
+                    Ok::<_, crate::image::ImageError>((diff_id, ()))
+                })
+                .map_err(described)?;
+                let diff_ids =
+                    crate::image::docker_archive::config_diff_ids(&image.config, &shown, "its config")
+                        .map_err(described)?;
+                (
+                    image.config,
+                    image.layer_names,
+                    diff_ids,
+                    BaseLayout::Compressed(format),
+                )
             }
             None => {
                 return Err(PlanError::Base(format!(
-                    "the base image {path} is not a docker-archive (no tar header)"
+                    "the base image {path} is not a docker-archive (neither a tar nor gzip or zstd)"
                 )));
             }
-        }
-        let shown = format!("base image {path}");
-        let index = crate::image::docker_archive::index_file(&file, &shown)
-            .map_err(|err| PlanError::Base(format!("{:#}", anyhow::Error::new(err))))?;
-        let config: Value = serde_json::from_slice(&index.config)
+        };
+        let config: Value = serde_json::from_slice(&config)
             .map_err(|err| PlanError::Base(format!("{shown}: its config is not JSON: {err}")))?;
         Ok(BaseImage {
             path: path.to_string(),
-            file: std::sync::Arc::new(file),
+            layout,
             config: config.get("config").cloned().unwrap_or(Value::Null),
-            members: index.layer_names,
-            diff_ids: index.diff_ids,
-            extents: index.layers,
+            members,
+            diff_ids,
         })
     }
 
@@ -217,15 +270,20 @@ impl BaseImage {
                 self.path, self.members
             ))
         })?;
-        let extent = self.extents[index];
-        let reader = crate::image::docker_archive::PositionedReader {
-            file: self.file.clone(),
-            offset: extent.offset,
-        };
-        Ok(Box::new(BufReader::with_capacity(
-            1 << 20,
-            reader.take(extent.size),
-        )))
+        match &self.layout {
+            BaseLayout::Indexed { file, extents } => {
+                let extent = extents[index];
+                let reader = crate::image::docker_archive::PositionedReader {
+                    file: file.clone(),
+                    offset: extent.offset,
+                };
+                Ok(Box::new(BufReader::with_capacity(
+                    1 << 20,
+                    reader.take(extent.size),
+                )))
+            }
+            BaseLayout::Compressed(format) => Ok(Box::new(MemberReader::spawn(&self.path, *format, member)?)),
+        }
     }
 
     /// The source of each of its layers, bottom first.
@@ -237,6 +295,121 @@ impl BaseImage {
                 member: member.clone(),
             })
             .collect()
+    }
+
+    /// Every layer's record: each layer compressed with `compression` and checked against
+    /// the diff_id the base's config gives it (nixpkgs' script puts that diff_id in the image
+    /// without hashing the layer: a base whose layer differs would make an image no runtime
+    /// can unpack). A compressed base is read once, front to back.
+    pub fn records(&self, compression: Compression, workers: usize) -> Result<Vec<PlannedLayer>, PlanError> {
+        let BaseLayout::Compressed(format) = self.layout else {
+            let mut records = Vec::with_capacity(self.members.len());
+            for (source, declared) in self.sources().iter().zip(&self.diff_ids) {
+                let record = PlannedLayer::build(source, None, compression, workers, |_| Ok(()))?;
+                if record.diff_id != *declared {
+                    let LayerSource::BaseLayer { member, .. } = source else {
+                        unreachable!("a base image's sources are base layers")
+                    };
+                    return Err(damaged_base(&self.path, member, &record.diff_id, declared));
+                }
+                records.push(record);
+            }
+            return Ok(records);
+        };
+        let shown = format!("base image {}", self.path);
+        let file = File::open(&self.path).map_err(|source| PlanError::Read {
+            path: self.path.clone(),
+            source,
+        })?;
+        let reader = crate::image::decompress(format, Box::new(BufReader::new(file)));
+        let image = crate::image::docker_archive::read_stream(reader, &shown, |layer| {
+            let digests = blob::compress_layer(layer.reader, compression, workers, |_| Ok(()), |_| {})
+                .map_err(|source| PlanError::Build {
+                    paths: format!("{} of the {shown}", layer.name),
+                    source,
+                })?;
+            Ok::<_, PlanError>((digests.diff_id.clone(), digests))
+        })
+        .map_err(|err| base_error(&self.path, err))?;
+        Ok(image
+            .layers
+            .into_iter()
+            .zip(self.sources())
+            .map(|(digests, source)| PlannedLayer {
+                source,
+                diff_id: digests.diff_id,
+                size: digests.uncompressed_size,
+                digest: digests.digest,
+                compressed_size: digests.size,
+                compression,
+            })
+            .collect())
+    }
+}
+
+/// One entry of a compressed archive, read by a thread that decompresses the archive from its
+/// start and writes that entry's bytes into a pipe. A member it does not find, or a read that
+/// fails, is an error at the end of the pipe rather than a short layer.
+struct MemberReader {
+    pipe: std::io::PipeReader,
+    outcome: std::sync::mpsc::Receiver<Result<(), String>>,
+    ended: bool,
+}
+
+impl MemberReader {
+    fn spawn(path: &str, format: crate::image::ArchiveFormat, member: &str) -> Result<Self, PlanError> {
+        let file = File::open(path).map_err(|source| PlanError::Read {
+            path: path.to_string(),
+            source,
+        })?;
+        let (pipe, mut writer) = std::io::pipe().map_err(PlanError::Spawn)?;
+        let (report, outcome) = std::sync::mpsc::sync_channel(1);
+        let (path, member) = (path.to_string(), member.to_string());
+        std::thread::Builder::new()
+            .name("base-layer".into())
+            .spawn(move || {
+                let found = (|| -> std::io::Result<bool> {
+                    let reader = crate::image::decompress(format, Box::new(BufReader::new(file)));
+                    let mut archive = tar::Archive::new(reader);
+                    for entry in archive.entries()? {
+                        let mut entry = entry?;
+                        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+                        let name = name.trim_start_matches("./");
+                        if entry.header().entry_type().is_file() && name == member {
+                            std::io::copy(&mut entry, &mut writer)?;
+                            return Ok(true);
+                        }
+                    }
+                    Ok(false)
+                })();
+                let _ = report.send(match found {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(format!("the base image {path} has no file {member}")),
+                    Err(err) => Err(format!("reading {member} of the base image {path}: {err}")),
+                });
+            })
+            .map_err(PlanError::Spawn)?;
+        Ok(MemberReader {
+            pipe,
+            outcome,
+            ended: false,
+        })
+    }
+}
+
+impl Read for MemberReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.pipe.read(buf)?;
+        if n == 0 && !buf.is_empty() && !self.ended {
+            self.ended = true;
+            // The writer is gone: the thread has said, or is about to say, how it went.
+            match self.outcome.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(problem)) => return Err(std::io::Error::other(problem)),
+                Err(_) => return Err(std::io::Error::other("the thread reading the base image stopped")),
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -267,6 +440,8 @@ pub enum PlanError {
     Conf(String),
     #[error("{0}")]
     Base(String),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
     #[error("cannot make the layer of {paths}")]
     Build {
         paths: String,

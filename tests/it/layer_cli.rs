@@ -312,35 +312,49 @@ fn base_layers_are_checked_against_their_config() {
     );
     let good = t.join("good.tar");
     base_archive(&good, &layer, &diff_id);
-    let output = run(t
-        .nixfly()
-        .args(["layer", "base", "--image"])
-        .arg(&good)
-        .args(["--out", "base.json"]));
-    assert_success(&output);
-    let records: Value = serde_json::from_slice(&fs::read(t.join("base.json")).unwrap()).unwrap();
-    assert_eq!(
-        records[0]["source"],
-        serde_json::json!({"type": "base_layer", "archive": good.display().to_string(), "member": "l.tar"})
-    );
-    assert_eq!(records[0]["diff_id"], diff_id);
-
     let damaged = t.join("damaged.tar");
     base_archive(&damaged, &layer, &format!("sha256:{}", "0".repeat(64)));
-    let output = run(t
-        .nixfly()
-        .args(["layer", "base", "--image"])
-        .arg(&damaged)
-        .args(["--out", "damaged.json"]));
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains(&format!("l.tar of the base image {}", damaged.display()))
-            && stderr.contains(&diff_id)
-            && stderr.contains("the base image is damaged"),
-        "{stderr}"
-    );
-    assert!(!t.join("damaged.json").exists());
+    // The same two gzip-compressed, as buildLayeredImage leaves a base by default.
+    for archive in [&good, &damaged] {
+        let out = std::process::Command::new("gzip")
+            .arg("-k")
+            .arg(archive)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    for suffix in ["", ".gz"] {
+        let good = std::path::PathBuf::from(format!("{}{suffix}", good.display()));
+        let output = run(t
+            .nixfly()
+            .args(["layer", "base", "--image"])
+            .arg(&good)
+            .args(["--out", "base.json"]));
+        assert_success(&output);
+        let records: Value = serde_json::from_slice(&fs::read(t.join("base.json")).unwrap()).unwrap();
+        assert_eq!(
+            records[0]["source"],
+            serde_json::json!({"type": "base_layer", "archive": good.display().to_string(), "member": "l.tar"})
+        );
+        assert_eq!(records[0]["diff_id"], diff_id);
+
+        let damaged = std::path::PathBuf::from(format!("{}{suffix}", damaged.display()));
+        let output = run(t
+            .nixfly()
+            .args(["layer", "base", "--image"])
+            .arg(&damaged)
+            .args(["--out", "damaged.json"]));
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("l.tar of the base image {}", damaged.display()))
+                && stderr.contains(&diff_id)
+                && stderr.contains("the base image is damaged"),
+            "{suffix}: {stderr}"
+        );
+        assert!(!t.join("damaged.json").exists());
+    }
+    let good = t.join("good.tar");
 
     let conf = |from_image: Value| {
         serde_json::json!({
