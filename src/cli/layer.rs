@@ -33,14 +33,11 @@ pub enum LayerCommand {
 
 #[derive(Args, Debug)]
 pub struct BaseArgs {
-    /// The base image: the conf's `from_image`, an uncompressed docker-archive.
+    /// The base image: the conf's `from_image`, a docker-archive (`.tar`, `.tar.gz`, `.tar.zst`).
     #[arg(long, value_name = "FILE")]
     pub image: String,
     #[command(flatten)]
     pub compression: CompressionArgs,
-    /// Compression threads. The output is the same for any value.
-    #[arg(long, value_name = "N")]
-    pub jobs: Option<usize>,
     /// Where to write the layer records (a JSON list).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
@@ -75,15 +72,13 @@ pub struct BuildArgs {
     pub root: Option<PathBuf>,
     #[command(flatten)]
     pub compression: CompressionArgs,
-    /// Compression threads. The output is the same for any value.
-    #[arg(long, value_name = "N")]
-    pub jobs: Option<usize>,
     /// Where to write the layer record (JSON).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
 }
 
-/// The compression a plan pins. Changing it changes every recorded digest.
+/// The compression a plan pins (changing it changes every recorded digest), and how many
+/// threads compress.
 #[derive(Args, Debug, Clone)]
 pub struct CompressionArgs {
     #[arg(long, value_enum, default_value_t = Algorithm::Gzip)]
@@ -91,6 +86,17 @@ pub struct CompressionArgs {
     /// Compression level: gzip 1 (fast) to 12 (small), default 2; zstd 1-19, default 3.
     #[arg(long)]
     pub level: Option<i32>,
+    /// Compression threads. The output is the same for any value.
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+}
+
+impl CompressionArgs {
+    /// The compression and the number of threads to run it on.
+    fn resolve(&self) -> anyhow::Result<(Compression, usize)> {
+        let compression = Compression::new(self.compression, self.level)?;
+        Ok((compression, self.jobs.unwrap_or_else(blob::default_workers)))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -130,8 +136,7 @@ pub async fn run(args: LayerArgs, reporter: Reporter) -> anyhow::Result<()> {
 }
 
 fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
-    let compression = Compression::new(args.compression.compression, args.compression.level)?;
-    let workers = args.jobs.unwrap_or_else(blob::default_workers);
+    let (compression, workers) = args.compression.resolve()?;
     let record = match (&args.paths_from, &args.tar) {
         (Some(list), _) => {
             let text = std::fs::read_to_string(list)
@@ -175,8 +180,7 @@ fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
 }
 
 fn base(args: BaseArgs, reporter: &Reporter) -> anyhow::Result<()> {
-    let compression = Compression::new(args.compression.compression, args.compression.level)?;
-    let workers = args.jobs.unwrap_or_else(blob::default_workers);
+    let (compression, workers) = args.compression.resolve()?;
     let records = BaseImage::open(&args.image)?.records(compression, workers)?;
     for record in &records {
         reporter.info(format!(

@@ -197,24 +197,14 @@ fn a_plan_over_a_base_image_pushes_the_stream_image() {
         );
         assert_eq!(layers.len(), stream_diff_ids.len());
 
-        let out = push(
+        assert_plan_pushes(
             &t,
             &registry,
-            plan_path.to_str().unwrap(),
+            &plan_path,
             compressor,
-            "plan",
-            &[],
+            &stream_config,
+            &stream_diff_ids,
         );
-        let reference = pushed_reference(&out, &registry.host(), compressor);
-        let pushed = read_back(&registry, &reference);
-        assert_eq!(
-            pushed.manifest["config"]["digest"],
-            format!("sha256:{}", hex::encode(Sha256::digest(&stream_config))),
-            "{compressor} base: config digests differ; pushed:\n{}\nstream:\n{}",
-            String::from_utf8_lossy(&pushed.config),
-            String::from_utf8_lossy(&stream_config)
-        );
-        assert_eq!(pushed.diff_ids, stream_diff_ids, "{compressor} base");
     }
 
     let base_drv = |greeting: &str| {
@@ -341,17 +331,30 @@ fn regression_issue_11_plan_push_is_the_stream_image() {
 
     let plan = build(nix, &t, &with_app("hello", &plan_body(3)), "plan");
     let registry = Registry::start(AuthMode::htpasswd());
-    let out = push(&t, &registry, plan.to_str().unwrap(), "demo", "plan", &[]);
-    let reference = pushed_reference(&out, &registry.host(), "demo");
-    let pushed = read_back(&registry, &reference);
+    assert_plan_pushes(&t, &registry, &plan, "demo", &stream_config, &stream_diff_ids);
+}
+
+/// Push `plan` to `repo` and read it back: it must be the stream's image, the same config
+/// digest (image id) and diff_ids.
+fn assert_plan_pushes(
+    t: &TestDir,
+    registry: &Registry,
+    plan: &Path,
+    repo: &str,
+    stream_config: &[u8],
+    stream_diff_ids: &[String],
+) {
+    let out = push(t, registry, plan.to_str().unwrap(), repo, "plan", &[]);
+    let reference = pushed_reference(&out, &registry.host(), repo);
+    let pushed = read_back(registry, &reference);
     assert_eq!(
         pushed.manifest["config"]["digest"],
-        format!("sha256:{}", hex::encode(Sha256::digest(&stream_config))),
-        "config digests differ; pushed:\n{}\nstream:\n{}",
+        format!("sha256:{}", hex::encode(Sha256::digest(stream_config))),
+        "{repo}: config digests differ; pushed:\n{}\nstream:\n{}",
         String::from_utf8_lossy(&pushed.config),
-        String::from_utf8_lossy(&stream_config)
+        String::from_utf8_lossy(stream_config)
     );
-    assert_eq!(pushed.diff_ids, stream_diff_ids);
+    assert_eq!(pushed.diff_ids, stream_diff_ids, "{repo}");
 }
 
 /// A buildLayeredImage tarball keeps the stream it compresses as `passthru.stream` (nixpkgs PR
