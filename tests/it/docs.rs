@@ -166,6 +166,11 @@ fn command_line(snippet: &str, tree: &BTreeMap<String, clap::Command>) -> Option
         snippet.replace_range(start..end, "SUBSTITUTED");
     }
     let snippet = snippet.as_str();
+    // mkFlyDeploy's `extraFlags = [ "--output=plain" ]`: deploy flags.
+    if snippet.starts_with("[ \"-") {
+        let words = snippet.split('"').skip(1).step_by(2).map(String::from);
+        return Some(("nixfly deploy".into(), words.collect()));
+    }
     if let Some(at) = snippet.find("#deploy -- ") {
         let words = snippet[at + "#deploy -- ".len()..]
             .split_whitespace()
@@ -325,17 +330,25 @@ fn docs_readme_lists_push_flags_under_their_help_headings() {
     starts.sort();
     let mut problems = Vec::new();
     let mut listed = BTreeSet::new();
+    let mut offset = 0;
     for (i, snippet) in paragraph.split('`').enumerate() {
+        let at = offset;
+        offset += snippet.len() + 1;
         if i % 2 == 0 || !snippet.starts_with('-') || snippet.starts_with("--help") {
             continue;
         }
         let flag = snippet.split_whitespace().next().unwrap();
-        let offset = paragraph.find(&format!("`{snippet}`")).unwrap();
-        let heading = starts.iter().rev().find(|(at, _)| *at <= offset).map(|(_, h)| *h);
+        let heading = starts
+            .iter()
+            .rev()
+            .find(|(start, _)| *start <= at)
+            .map(|(_, h)| *h);
         match find_arg(push, flag) {
             None => problems.push(format!("{flag} is not a push flag")),
             Some(arg) => {
-                listed.insert(arg.get_id().to_string());
+                if !listed.insert(arg.get_id().to_string()) {
+                    problems.push(format!("{flag} is listed twice"));
+                }
                 if arg.get_help_heading() != heading {
                     problems.push(format!(
                         "{flag} is listed under {heading:?}, but push --help shows it under {:?}",
