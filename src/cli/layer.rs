@@ -59,12 +59,16 @@ pub struct BuildArgs {
     /// File mtime in the tar: seconds since 1970, or an ISO 8601 time as in the conf.
     #[arg(long, default_value = "1", value_parser = parse_mtime)]
     pub mtime: u64,
+    /// Owner user id of every file in the tar (the conf's `uid`).
     #[arg(long, default_value_t = 0)]
     pub uid: u64,
+    /// Owner group id of every file in the tar (the conf's `gid`).
     #[arg(long, default_value_t = 0)]
     pub gid: u64,
+    /// Owner user name of every file in the tar (the conf's `uname`).
     #[arg(long, default_value = "root")]
     pub uname: String,
+    /// Owner group name of every file in the tar (the conf's `gname`).
     #[arg(long, default_value = "root")]
     pub gname: String,
     /// Read store paths under this directory (a chroot store); names in the tar stay as listed.
@@ -81,12 +85,14 @@ pub struct BuildArgs {
 /// threads compress.
 #[derive(Args, Debug, Clone)]
 pub struct CompressionArgs {
+    /// The compression the layer's digest is recorded for; `nixfly push` reuses the digest
+    /// only when it compresses the same way.
     #[arg(long, value_enum, default_value_t = Algorithm::Gzip)]
     pub compression: Algorithm,
     /// Compression level: gzip 1 (fast) to 12 (small), default 2; zstd 1-19, default 3.
     #[arg(long)]
     pub level: Option<i32>,
-    /// Compression threads. The output is the same for any value.
+    /// Compression threads. The output is the same for any value. Default: one per core.
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
 }

@@ -61,6 +61,7 @@ pub enum Command {
     Registry(registry_debug::RegistryCommand),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     Completions {
+        /// The shell to print a completion script for (on stdout).
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -81,7 +82,8 @@ pub struct DeployArgs {
     #[command(flatten)]
     pub rollout: rollout::RolloutOptions,
     /// JSON settings written by mkFlyDeploy (schema: docs/settings.schema.json). They fill
-    /// only what flags and environment variables left unset.
+    /// only what flags and environment variables left unset. Default: none (mkFlyDeploy's
+    /// deploy script passes its own).
     #[arg(long, value_name = "FILE", help_heading = "Fly app")]
     pub settings: Option<PathBuf>,
 }
@@ -96,8 +98,9 @@ pub struct AppOptions {
     /// Path to fly.toml. Default: ./fly.toml when it exists.
     #[arg(short, long, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Fly API token. Default: FLY_API_TOKEN, FLY_ACCESS_TOKEN, FLY_AUTH_TOKEN, then
-    /// access_token in ~/.fly/config.yml (FLY_CONFIG_DIR moves it).
+    /// Fly API token. Default: FLY_ACCESS_TOKEN, FLY_API_TOKEN, FLY_AUTH_TOKEN (the first one
+    /// set, as flyctl reads them), then access_token in ~/.fly/config.yml (FLY_CONFIG_DIR moves
+    /// it).
     #[arg(short = 't', long, value_name = "TOKEN", hide_env_values = true)]
     pub access_token: Option<String>,
 }

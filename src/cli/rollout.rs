@@ -49,7 +49,8 @@ pub struct RolloutOptions {
     #[arg(short = 'e', long = "env", value_name = "NAME=VALUE", value_parser = parse_env_flag)]
     pub env: Vec<(String, String)>,
     /// Where new machines, canaries and the release_command machine go, over fly.toml's
-    /// primary_region, as `fly deploy --primary-region` does.
+    /// primary_region, as `fly deploy --primary-region` does. Default: primary_region in
+    /// fly.toml, else Fly places them.
     #[arg(long, value_name = "REGION")]
     pub primary_region: Option<String>,
     /// rolling, immediate, canary or bluegreen. Default: [deploy] strategy, else rolling.

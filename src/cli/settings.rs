@@ -12,6 +12,7 @@ pub enum SettingsCommand {
     /// Check a settings file (what mkFlyDeploy passes to `nixfly deploy --settings`) against
     /// the schema, without any network access.
     Check {
+        /// The settings JSON, e.g. the `passthru.settingsFile` of a mkFlyDeploy result.
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },

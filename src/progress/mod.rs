@@ -4,7 +4,7 @@
 
 mod bars;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 
@@ -20,7 +20,7 @@ pub enum OutputMode {
 }
 
 /// What became of one layer blob.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LayerOutcome {
     /// The registry already had it (cache or HEAD): nothing compressed or sent.
@@ -31,8 +31,10 @@ pub enum LayerOutcome {
     Uploaded,
 }
 
-/// One thing that happened. Serialised as `{"event": "<snake_case name>", ...}` for JSON lines.
-#[derive(Clone, Debug, Serialize)]
+/// One thing that happened. Serialised as `{"event": "<snake_case name>", ...}` for JSON lines
+/// (documented in docs/API.md, "JSON output"); `Deserialize` reads such a line back, for
+/// programs that consume them and for the test that holds the docs to this enum.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// A step worth a line for a human.

@@ -41,7 +41,8 @@ pub enum UploadMode {
     Stream,
     /// PATCHes of a bounded size with `Content-Range`, each acknowledged by the registry.
     Chunked,
-    /// One PUT with the whole blob (held in memory: small blobs only).
+    /// One PUT with the whole blob, read first (beyond the last 8 MiB into an unlinked temp
+    /// file in TMPDIR, so any size), sent again from byte 0 after a failure.
     Monolithic,
 }
 

@@ -5,6 +5,7 @@ mod support;
 mod appconfig_deploy;
 mod cli;
 mod deploy;
+mod docs;
 mod fly_double;
 mod gzip_readers;
 mod layer_cli;
