@@ -72,7 +72,7 @@ pub struct PushOptions {
     /// Neither read nor write the local cache ($XDG_CACHE_HOME/nixfly, else ~/.cache/nixfly).
     /// Layers of images the registry already has (the target tag's, --reuse-from, on deploy
     /// the app's running image) are still found without it.
-    #[arg(long, env = "NIXFLY_NO_CACHE")]
+    #[arg(long, env = "NIXFLY_NO_CACHE", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_cache: bool,
     /// An image in the same registry (`repo:tag`, `repo@sha256:...`, or with the host) whose
     /// layers this push may reuse: layers with the same diff_id are neither read nor
@@ -84,7 +84,7 @@ pub struct PushOptions {
     /// Machines run. Without it such an image is refused before any upload; a stream (a
     /// streamLayeredImage script, stdin, a compressed archive) carries its config last, so its
     /// layers are uploaded first and the refusal comes before the manifest: the tag does not move.
-    #[arg(long, env = "NIXFLY_ALLOW_ARCH")]
+    #[arg(long, env = "NIXFLY_ALLOW_ARCH", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_arch: bool,
     /// How layer data is uploaded: one streamed PATCH (what docker does), acknowledged chunks,
     /// or one monolithic PUT.

@@ -281,3 +281,29 @@ fn a_stream_over_a_base_image_pushes_the_base_layers_too() {
         );
     }
 }
+
+/// `NIXFLY_NO_CACHE` takes what such variables usually hold: `1` keeps the push out of the
+/// local cache, `0` does not, as `true` and `false` do.
+#[test]
+fn no_cache_from_the_environment_takes_1_and_0() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    for (value, cached) in [("1", false), ("0", true), ("true", false), ("false", true)] {
+        let t = TestDir::new();
+        let (archive, _) = stream_archive(&t, "image.tar");
+        let mut cmd = t.nixfly();
+        cmd.env("NIXFLY_NO_CACHE", value)
+            .arg("push")
+            .arg(&archive)
+            .args(["--to", &format!("{}/cache-{value}", registry.host())])
+            .args(["--tag", "v1", "--creds", &registry.creds()]);
+        assert_success(&support::run(&mut cmd));
+        let cache = t.join("cache/nixfly");
+        let written = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0) > 0;
+        assert_eq!(
+            written,
+            cached,
+            "NIXFLY_NO_CACHE={value}: cache at {}",
+            cache.display()
+        );
+    }
+}
