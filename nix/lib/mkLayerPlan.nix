@@ -11,16 +11,43 @@
 # ownership settings and nixfly: an unchanged layer is never rebuilt, and a binary cache can
 # serve it.
 { lib }:
-{
-  pkgs,
-  image,
-  nixfly,
-  # What the digests are pinned for; `nixfly push` must compress the same way (null: nixfly's
-  # defaults on both sides).
-  compression ? null,
-  level ? null,
-}:
+args:
 let
+  # Checked as mkFlyDeploy's are (checkArgs.nix): a typo or a wrong type names the attribute.
+  spec = {
+    pkgs = {
+      type = "a nixpkgs package set (its runCommand builds the layer records)";
+      check = v: builtins.isAttrs v && v ? runCommand;
+    };
+    image = {
+      type = "a dockerTools.streamLayeredImage image, or the buildLayeredImage of one";
+      check = builtins.isAttrs;
+    };
+    nixfly = {
+      type = "the nixfly derivation that records the layers";
+      check = v: builtins.isAttrs v && v ? outPath;
+    };
+    # What the digests are pinned for; `nixfly push` must compress the same way (null:
+    # nixfly's defaults on both sides).
+    compression = {
+      type = "null, \"gzip\" or \"zstd\"";
+      check = v: v == null || builtins.elem v [ "gzip" "zstd" ];
+      default = null;
+    };
+    level = {
+      type = "null or an integer compression level (gzip 1-12, zstd 1-19)";
+      check = v: v == null || builtins.isInt v;
+      default = null;
+    };
+  };
+  inherit (lib.checkArgs "mkLayerPlan" spec args)
+    pkgs
+    image
+    nixfly
+    compression
+    level
+    ;
+
   # nixpkgs pkgs/build-support/docker/default.nix: streamLayeredImage has `passthru.conf` (since
   # PR #308822); buildLayeredImage compresses such a stream and keeps it as `passthru.stream`
   # (since PR #298239), whose conf describes the same layers.
@@ -34,7 +61,7 @@ let
   # back, so that a layer derivation depends on exactly its paths.
   storePath = path: builtins.appendContext path { ${path}.path = true; };
 
-  args = map lib.shellEscape;
+  escaped = map lib.shellEscape;
   compressionFlags =
     (if compression != null then [ "--compression" compression ] else [ ])
     ++ (if level != null then [ "--level" (toString level) ] else [ ]);
@@ -62,13 +89,13 @@ let
       }
       ''
         ${lib.shellEscape "${nixfly}/bin/nixfly"} layer build --paths-from "$storePathsPath" \
-          ${toString (args (ownershipFlags ++ compressionFlags))} --out "$out"
+          ${toString (escaped (ownershipFlags ++ compressionFlags))} --out "$out"
       '';
 
   customisationLayer = pkgs.runCommand (recordName conf.customisation_layer) { } ''
     ${lib.shellEscape "${nixfly}/bin/nixfly"} layer build \
       --tar ${lib.shellEscape "${storePath conf.customisation_layer}/layer.tar"} \
-      ${toString (args compressionFlags)} --out "$out"
+      ${toString (escaped compressionFlags)} --out "$out"
   '';
 
   # A base image (fromImage): one derivation records all its layers, so it is rebuilt only
@@ -80,7 +107,7 @@ let
       pkgs.runCommand (recordName conf.from_image) { } ''
         ${lib.shellEscape "${nixfly}/bin/nixfly"} layer base \
           --image ${lib.shellEscape (storePath conf.from_image)} \
-          ${toString (args compressionFlags)} --out "$out"
+          ${toString (escaped compressionFlags)} --out "$out"
       '';
 
   layers = map storeLayer conf.store_layers ++ [ customisationLayer ];

@@ -736,11 +736,11 @@ fn docs_json_events_are_the_ones_nixfly_emits() {
 }
 
 /// The attributes a Nix function accepts, with the source text of their defaults (`None`:
-/// required): mkFlyDeploy's checkArgs spec, or mkLayerPlan's formals.
-fn nix_spec_arguments() -> BTreeMap<String, Option<String>> {
-    let text = read("nix/lib/mkFlyDeploy.nix");
-    let body = &text[text.find("\n  spec = {\n").expect("mkFlyDeploy's spec")..];
-    let body = &body[..body.find("\n  };\n").expect("end of mkFlyDeploy's spec")];
+/// required): the checkArgs spec of mkFlyDeploy or mkLayerPlan.
+fn nix_spec_arguments(path: &str) -> BTreeMap<String, Option<String>> {
+    let text = read(path);
+    let body = &text[text.find("\n  spec = {\n").expect("a checkArgs spec")..];
+    let body = &body[..body.find("\n  };\n").expect("the end of the spec")];
     let mut args = BTreeMap::new();
     let mut current: Option<String> = None;
     for line in body.lines() {
@@ -754,25 +754,6 @@ fn nix_spec_arguments() -> BTreeMap<String, Option<String>> {
         }
     }
     args
-}
-
-fn nix_formal_arguments(path: &str) -> BTreeMap<String, Option<String>> {
-    let text = read(path);
-    // The second function's formals: `{ lib }:` comes first.
-    let start = text.find("{ lib }:\n{\n").expect("`{ lib }:` then the formals") + "{ lib }:\n{\n".len();
-    let end = start + text[start..].find("\n}:").expect("end of the formals");
-    text[start..end]
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            let l = l.trim_end_matches(',');
-            match l.split_once(" ? ") {
-                Some((name, default)) => (name.to_string(), Some(default.to_string())),
-                None => (l.to_string(), None),
-            }
-        })
-        .collect()
 }
 
 /// docs/API.md's attribute table of `function`: name, required (`yes` or other), default cell.
@@ -794,11 +775,15 @@ fn docs_nix_arguments_are_the_ones_the_nix_code_accepts() {
     let api = read("docs/API.md");
     let mut problems = Vec::new();
     for (function, heading, code) in [
-        ("mkFlyDeploy", "### Attributes", nix_spec_arguments()),
+        (
+            "mkFlyDeploy",
+            "### Attributes",
+            nix_spec_arguments("nix/lib/mkFlyDeploy.nix"),
+        ),
         (
             "mkLayerPlan",
             "## `mkLayerPlan`",
-            nix_formal_arguments("nix/lib/mkLayerPlan.nix"),
+            nix_spec_arguments("nix/lib/mkLayerPlan.nix"),
         ),
     ] {
         assert!(

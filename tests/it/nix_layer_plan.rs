@@ -434,3 +434,29 @@ fn build_layered_image_tarballs_push_the_image_their_stream_writes() {
         "{stderr}"
     );
 }
+
+/// mkLayerPlan checks its attributes as mkFlyDeploy does: a misspelt one, or a compression
+/// nixfly lacks, is named at evaluation instead of Nix's bare "unexpected argument".
+#[test]
+fn a_wrong_attribute_is_named() {
+    let Some(nix) = Nix::get() else { return };
+    for (extra, expected) in [
+        ("levle = 3;", "mkLayerPlan: unknown attribute `levle`"),
+        (
+            r#"compression = "xz";"#,
+            r#"mkLayerPlan: attribute `compression` must be null, "gzip" or "zstd", got string "xz""#,
+        ),
+    ] {
+        let expr = with_app(
+            "hello",
+            &format!(
+                "(lib.mkLayerPlan {{ inherit pkgs nixfly; image = {}; {extra} }}).drvPath",
+                image_body(100)
+            ),
+        );
+        let out = run(nix.command(&["eval"]).args(["--raw", "--expr", &expr]));
+        assert!(!out.status.success(), "{extra} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{extra}: {stderr}");
+    }
+}
