@@ -957,6 +957,56 @@ async fn hosts_can_refuse_updates_and_be_unreachable() {
     assert_eq!(fly.machine(&ids[0]).config_history.len(), 1);
 }
 
+/// An update whose `current_version` is not the machine's is a 409, as a Fly engineer lists
+/// update's conflicts on community.fly.io (t/15555); with the current one it goes through.
+#[tokio::test]
+async fn an_update_for_a_version_that_is_not_current_is_a_conflict() {
+    let (fly, api) = demo();
+    let id = fly.add_machines("demo", &MachineSpec::new("app"))[0].clone();
+    let machine = fly.machine(&id);
+    let nonce = api.lease("demo", &id).await;
+    let path = format!("/v1/apps/demo/machines/{id}");
+    for (version, status) in [
+        ("01JSTALEVERSION0000000000", 409),
+        (machine.version.as_str(), 200),
+    ] {
+        let body = json!({"config": machine.config, "current_version": version});
+        let (code, answer) = api.call("POST", &path, Some(body), Some(&nonce)).await;
+        assert_eq!(code, status, "{answer}");
+    }
+}
+
+/// A create Fly has no room for comes in the shapes fly-go's `flaps/flaps_error_test.go`
+/// (`TestCapacityScopeOf`, `TestFlapsErrorSuggestionVolumePlacementCapacity`) classifies: with
+/// an existing volume, 412 `volume_placement_capacity`; without, 422 `insufficient_capacity`.
+/// Either before any effect.
+#[tokio::test]
+async fn creates_without_room_are_refused_as_flaps_classifies_them() {
+    let (fly, api) = demo();
+    let volume = fly.add_volume("demo", "data", "iad", 1);
+    fly.refuse_next_creates(2);
+    let pinned = json!({"image": "x", "mounts": [{"volume": volume, "path": "/data"}]});
+    let (status, body) = api
+        .post("/v1/apps/demo/machines", json!({"config": pinned}))
+        .await;
+    assert_eq!(status, 412, "{body}");
+    assert_eq!(body["status"], "volume_placement_capacity");
+    assert_eq!(
+        body["error"],
+        format!("insufficient resources to create new machine with existing volume id '{volume}'")
+    );
+    let (status, body) = api
+        .post("/v1/apps/demo/machines", json!({"config": {"image": "x"}}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["status"], "insufficient_capacity");
+    assert!(schema_errors("ErrorResponse", &body).is_empty(), "{body}");
+    assert!(fly.machines("demo").is_empty());
+    assert!(fly.volumes("demo")[0].attached_machine_id.is_none());
+    // Only the next two.
+    api.create_machine(json!({"config": pinned})).await;
+}
+
 #[tokio::test]
 async fn image_behaviours_fail_checks_fail_starts_and_loop_restarts() {
     let (fly, api) = demo();
@@ -1184,7 +1234,9 @@ async fn volumes_are_created_listed_and_attached_by_mounts() {
             json!({"config": config, "region": "iad"}),
         )
         .await;
-    assert_eq!(status, 400);
+    // A Fly engineer on community.fly.io (t/15555): 412 is the answer to a machine that would
+    // use a volume another machine already has.
+    assert_eq!(status, 412, "{body}");
     assert!(
         body["error"]
             .as_str()

@@ -630,7 +630,7 @@ fn a_replacement_that_cannot_be_created_is_undone_by_the_rollback() {
     let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).region("ams").checks(1));
     let old = fly.machine(&ids[0]).image().to_string();
     fly.refuse_updates(&ids[1], "could not reserve resource for machine: no room");
-    fly.refuse_next_creates(1, "insufficient resources to create new machine");
+    fly.refuse_next_creates(1);
     let t = TestDir::new();
     let out = run_rollout(&fly, &t, &image(11), &[]);
     let err = stderr(&out);
@@ -639,7 +639,7 @@ fn a_replacement_that_cannot_be_created_is_undone_by_the_rollback() {
         err.contains(&format!("creating the replacement for machine {}", ids[1])),
         "{err}"
     );
-    assert!(err.contains("insufficient resources"), "{err}");
+    assert!(err.contains("(insufficient_capacity): try again later"), "{err}");
     assert_eq!(fly.machine(&ids[1]).state, "destroyed");
     let live = live_machines(&fly);
     assert_eq!(live.len(), 2, "{live:?}");

@@ -20,7 +20,7 @@
 //! fly.inject_fault("POST", "/v1/apps/demo/machines$", 1, FaultKind::AfterCommitBroken);
 //! // Fly's "could not reserve resource" on update, which flyctl answers by recreating:
 //! fly.inject_fault("POST", &format!("/machines/{}", web[1]), 1,
-//!     FaultKind::Status { status: 412, message: "could not reserve resource for machine".into() });
+//!     FaultKind::Status { status: 409, message: "could not reserve resource for machine".into() });
 //!
 //! let out = run(fly.configure(&mut t.nixfly()).args(["rollout", "--app", "demo", ...]));
 //!
@@ -74,11 +74,16 @@
 //!   success); other writes to it 412.
 //! - `set_image_pull(image, time)`: machines created or updated onto that image start `time`
 //!   later (the pull), which the release command's waits must leave room for.
-//! - `refuse_updates(machine, message)`: its updates answer 409 with that message (the status
-//!   Fly answered "could not reserve resource for machine" with in production logs quoted in
-//!   Kilo-Org/cloud#412; unverified for "deploys to this host are temporarily disabled").
-//!   `set_host_status(machine, "unreachable")`: the machine shows it, and updates answer 412.
-//!   `refuse_next_creates(n, message)`: the next n creates answer 412 with the message.
+//! - `refuse_updates(machine, message)`: its updates answer 409 with that message and no
+//!   `status` code, as flaps answers an update its host has no room for (fly-go
+//!   `flaps/flaps_error_test.go`, `TestCapacityScopeOf`; Kilo-Org/cloud#412 quotes it from
+//!   production). `set_host_status(machine, "unreachable")`: the machine shows it (with
+//!   `incomplete_config`), and updates answer 412. `refuse_next_creates(n)`: the next n creates
+//!   are refused for capacity: 412 `{"error":"insufficient resources to create new machine with
+//!   existing volume id '…'","status":"volume_placement_capacity"}` when the machine mounts a
+//!   volume, else 422 `{"error":"could not find a candidate host","status":"insufficient_capacity"}`
+//!   (the same fly-go test). A volume attached to another machine is 412 (a Fly engineer on
+//!   community.fly.io, t/15555).
 //! - Creates and updates with a guest Fly refuses answer 400: a CPU count its kind does not
 //!   come in, memory off its step or outside its per-CPU range (`sizing`, after flyctl's
 //!   `internal/machine/update.go`), and so do machine checks polled more often than every 2s or
@@ -606,12 +611,11 @@ impl FlyApi {
         self.lock().update_refusals.insert(machine.into(), message.into());
     }
 
-    /// The next `times` machine creates are refused with 412 and `message` (e.g.
-    /// "insufficient resources to create new machine with existing volume"), before any effect.
-    pub fn refuse_next_creates(&self, times: usize, message: &str) {
-        let mut st = self.lock();
-        st.create_refusals
-            .extend(std::iter::repeat_n(message.to_string(), times));
+    /// Fly has no room for the next `times` machine creates: each is refused before any effect,
+    /// in the shape flaps gives (see `server::capacity_refusal`): 412 `volume_placement_capacity`
+    /// for a machine that mounts an existing volume, else 422 `insufficient_capacity`.
+    pub fn refuse_next_creates(&self, times: usize) {
+        self.lock().create_refusals += times;
     }
 
     /// Set what `host_status` the machine shows (`ok`, `unknown`, `unreachable`); a machine

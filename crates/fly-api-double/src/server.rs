@@ -12,8 +12,8 @@ use serde_json::{Map, Value, json};
 
 use super::schema::{self, Operation};
 use super::state::{
-    App, CreateMachine, FaultKind, Lease, Machine, RecordedRequest, State, Violation, Volume, rfc3339,
-    rfc3339_now, unix_secs,
+    App, CreateMachine, FaultKind, Lease, Machine, MountRefusal, RecordedRequest, State, Violation, Volume,
+    rfc3339, rfc3339_now, unix_secs,
 };
 
 /// The longest a single wait call blocks, in Fly time (the spec: "up to 60 seconds").
@@ -417,6 +417,12 @@ pub fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
+/// An `ErrorResponse` with flaps' classification of the failure in `status` (the spec's
+/// `main.statusCode`), as fly-go's `FlapsError.StatusCode` reads it.
+fn error_with_code(status: StatusCode, message: &str, code: &str) -> Response {
+    (status, axum::Json(json!({ "error": message, "status": code }))).into_response()
+}
+
 fn ok_json(status: StatusCode, value: Value) -> Response {
     (status, axum::Json(value)).into_response()
 }
@@ -762,19 +768,18 @@ fn list_machines(st: &State, req: &Request, app: &str, now: Instant) -> Response
 }
 
 fn create_machine(st: &mut State, req: &Request, app: &str, now: Instant) -> Response {
-    // No room for a new machine: 412 "insufficient resources", as production logs quoted in
-    // Kilo-Org/cloud#412 show Fly answering creates (unverified beyond that).
-    if let Some(message) = st.create_refusals.pop_front() {
-        return error(StatusCode::PRECONDITION_FAILED, &message);
-    }
     let config = match required_config(req) {
         Ok(config) => config,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     let volumes = match st.mounted_volumes(app, None, &config) {
         Ok(volumes) => volumes,
-        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+        Err(refusal) => return refusal.response(),
     };
+    if st.create_refusals > 0 {
+        st.create_refusals -= 1;
+        return capacity_refusal(volumes.first().map(String::as_str));
+    }
     let str_field = |name: &str| req.body_field(name).and_then(Value::as_str);
     // A volume lives on one host in one region, and only a machine there can mount it: flyctl
     // looks volumes up by the machine's region (`machines.go` `popVolumeFor`,
@@ -821,6 +826,39 @@ fn create_machine(st: &mut State, req: &Request, app: &str, now: Instant) -> Res
     ok_json(StatusCode::OK, json)
 }
 
+impl MountRefusal {
+    fn response(&self) -> Response {
+        let status = match self {
+            MountRefusal::Invalid(_) => StatusCode::BAD_REQUEST,
+            MountRefusal::InUse(_) => StatusCode::PRECONDITION_FAILED,
+        };
+        error(status, &self.to_string())
+    }
+}
+
+/// A create Fly has no room for, in the two shapes flaps classifies (the `status` of its
+/// `ErrorResponse`, the spec's `main.statusCode`; fly-go `flaps/flaps_error_test.go`,
+/// `TestCapacityScopeOf`, after fly-go PR #306 "classify capacity errors by scope"): a machine
+/// pinned to an existing volume whose host is full is 412 `volume_placement_capacity` ("insufficient
+/// resources to create new machine with existing volume id ..."; the 412 and that text are
+/// what Kilo-Org/cloud#388 quotes from production too), and one no host of the region can take
+/// is 422 `insufficient_capacity` ("could not find a candidate host"). Either comes before any
+/// effect.
+fn capacity_refusal(volume: Option<&str>) -> Response {
+    match volume {
+        Some(volume) => error_with_code(
+            StatusCode::PRECONDITION_FAILED,
+            &format!("insufficient resources to create new machine with existing volume id '{volume}'"),
+            "volume_placement_capacity",
+        ),
+        None => error_with_code(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "could not find a candidate host",
+            "insufficient_capacity",
+        ),
+    }
+}
+
 /// The config of a create/update body; the schema makes no field required, Fly does. A guest
 /// size or machine check Fly refuses is refused too (`sizing`, `checks`).
 fn required_config(req: &Request) -> Result<Value, String> {
@@ -839,7 +877,7 @@ fn required_config(req: &Request) -> Result<Value, String> {
     Ok(config)
 }
 
-/// The 412 reason when the body names a machine version that is no longer current.
+/// Why a body that names a machine version no longer current is refused.
 fn version_mismatch(machine: &Machine, req: &Request, field: &str) -> Option<String> {
     let expected = req.body_field(field).and_then(Value::as_str)?;
     (expected != machine.version).then(|| {
@@ -1048,12 +1086,14 @@ fn machine_operation(
                 Ok(config) => config,
                 Err(message) => return error(StatusCode::BAD_REQUEST, &message),
             };
+            // A `current_version` that is not the machine's is 409 (a Fly engineer on
+            // community.fly.io, t/15555, lists it among update's 409s).
             if let Some(mismatch) = version_mismatch(machine, req, "current_version") {
-                return error(StatusCode::PRECONDITION_FAILED, &mismatch);
+                return error(StatusCode::CONFLICT, &mismatch);
             }
             let volumes = match st.mounted_volumes(&machine.app, Some(id), &config) {
                 Ok(volumes) => volumes,
-                Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+                Err(refusal) => return refusal.response(),
             };
             // A machine's volume is fixed at creation: flyctl replaces a machine whose mounts
             // gain, lose or swap a volume rather than update it, because an update cannot
@@ -1187,6 +1227,8 @@ fn machine_operation(
             }
         }
         "Machines_upsert_metadata" | "Machines_delete_metadata" | "Machines_update_metadata" => {
+            // A stale `machine_version` is 412: the spec's answer for `Machines_update_metadata`
+            // ("Precondition Failed").
             if let Some(mismatch) = version_mismatch(machine, req, "machine_version") {
                 return error(StatusCode::PRECONDITION_FAILED, &mismatch);
             }
@@ -1233,10 +1275,16 @@ fn machine_operation(
     }
 }
 
-/// An update the machine's host cannot take. flyctl (`internal/command/deploy/
-/// machines_deploymachinesapp.go`) recognises the refusals by their text and replaces the
-/// machine; one on a host that is not `ok` it replaces without trying
-/// (`machines_launchinput.go`), so the double refuses those updates too (412, unverified).
+/// An update the machine's host cannot take: 409 with flyd's text and no `status` code (fly-go
+/// `flaps/flaps_error_test.go`, `TestCapacityScopeOf`: "aborted: could not reserve resource for
+/// machine: insufficient memory available to fulfill request on the current host" is a 409 of
+/// host scope; a Fly engineer lists host capacity among update's 409s in community.fly.io
+/// t/15555; Kilo-Org/cloud#412 quotes the same 409 from production). flyctl
+/// (`internal/command/deploy/machines_deploymachinesapp.go`) recognises it by its text and
+/// replaces the machine. No source found for the status of "deploys to this host are
+/// temporarily disabled": the double answers whatever text `refuse_updates` gives with 409.
+/// A machine whose host is not `ok` flyctl replaces without trying (`machines_launchinput.go`);
+/// no source found for what flaps answers an update of one: the double refuses with 412.
 fn host_refusal(st: &State, machine: &Machine) -> Option<Response> {
     if let Some(message) = st.update_refusals.get(&machine.id) {
         return Some(error(StatusCode::CONFLICT, message));

@@ -451,6 +451,27 @@ struct Flight {
     end: Instant,
 }
 
+/// Why a create or update cannot mount the volumes its config names.
+#[derive(Debug)]
+pub enum MountRefusal {
+    /// No volume named, or none of the app by that id: 400 (no source found for the status;
+    /// the spec lists 400 as update's answer to a bad request).
+    Invalid(String),
+    /// The volume is attached to another machine: 412, the one case a Fly engineer names for
+    /// that status on the Machines API (community.fly.io, "409 Conflict error from Machines
+    /// API", t/15555: "412 ... can only happen if the machine attempts to use a volume that's
+    /// already in use by another machine").
+    InUse(String),
+}
+
+impl std::fmt::Display for MountRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MountRefusal::Invalid(message) | MountRefusal::InUse(message) => f.write_str(message),
+        }
+    }
+}
+
 /// What a `POST /machines` body asks for.
 pub struct CreateMachine {
     pub app: String,
@@ -486,8 +507,9 @@ pub struct State {
     pub image_pulls: Vec<(String, Duration)>,
     /// Machine id → the error its host answers every update with (`FlyApi::refuse_updates`).
     pub update_refusals: BTreeMap<String, String>,
-    /// Errors the next `POST /machines` calls answer with, one each (`FlyApi::refuse_next_creates`).
-    pub create_refusals: VecDeque<String>,
+    /// How many of the next `POST /machines` calls Fly has no room for
+    /// (`FlyApi::refuse_next_creates`).
+    pub create_refusals: usize,
     pub faults: Vec<Fault>,
     pub requests: Vec<RecordedRequest>,
     pub violations: Vec<Violation>,
@@ -514,7 +536,7 @@ impl State {
             listen_addresses: Vec::new(),
             image_pulls: Vec::new(),
             update_refusals: BTreeMap::new(),
-            create_refusals: VecDeque::new(),
+            create_refusals: 0,
             faults: Vec::new(),
             requests: Vec::new(),
             violations: Vec::new(),
@@ -770,21 +792,25 @@ impl State {
         app: &str,
         machine: Option<&str>,
         config: &Value,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, MountRefusal> {
         let mut ids = Vec::new();
         for mount in config["mounts"].as_array().into_iter().flatten() {
             let Some(id) = mount["volume"].as_str() else {
-                return Err("mounts[].volume is required: create the volume first".into());
+                return Err(MountRefusal::Invalid(
+                    "mounts[].volume is required: create the volume first".into(),
+                ));
             };
             let volume = self
                 .volumes
                 .get(id)
                 .filter(|v| v.app == app && v.state != "destroyed")
-                .ok_or_else(|| format!("volume {id} not found in app {app}"))?;
+                .ok_or_else(|| MountRefusal::Invalid(format!("volume {id} not found in app {app}")))?;
             if let Some(other) = &volume.attached_machine_id
                 && Some(other.as_str()) != machine
             {
-                return Err(format!("volume {id} is already attached to machine {other}"));
+                return Err(MountRefusal::InUse(format!(
+                    "volume {id} is already attached to machine {other}"
+                )));
             }
             ids.push(id.to_string());
         }
