@@ -954,6 +954,17 @@ async fn hosts_can_refuse_updates_and_be_unreachable() {
     }
     let (_, shown) = api.get(&format!("/v1/apps/demo/machines/{}", ids[1])).await;
     assert_eq!(shown["host_status"], "unreachable");
+    // fly-go `machine_types.go`: no `config`, a partial `incomplete_config` instead, which has
+    // what flyctl's tests give it (`machines_launchinput_test.go`, `plan_test.go`) and not
+    // the rest of the machine's config.
+    assert!(shown.get("config").is_none(), "{shown}");
+    let partial = shown["incomplete_config"].as_object().expect("incomplete_config");
+    assert_eq!(partial["image"], config["image"]);
+    assert_eq!(partial["metadata"]["fly_process_group"], "app");
+    assert!(
+        partial.get("restart").is_none() && partial.get("env").is_none(),
+        "{shown}"
+    );
     assert_eq!(fly.machine(&ids[0]).config_history.len(), 1);
 }
 

@@ -1501,14 +1501,20 @@ pub fn machine_json(machine: &Machine, now: Instant, include_lease: bool) -> Val
     });
     // flaps cannot read the whole config of a machine whose host is not `ok`: it sends what it
     // could piece together as `incomplete_config`, and no `config` (fly-go `machine_types.go`,
-    // `Machine.IncompleteConfig` and `GetConfig`). Which fields the partial config lacks is not
-    // documented; the double sends them all.
-    let key = if machine.host_status == "ok" {
-        "config"
+    // `Machine.IncompleteConfig`, "not suitable to clone or recreate the original machine", and
+    // `GetConfig`). No source says which fields it has: the double keeps only those flyctl's
+    // tests give it and flyctl reads from it (`machines_launchinput_test.go`: `metadata`,
+    // `mounts`; `plan_test.go`: `image`; `machines_releasecommand.go`,
+    // `machineHostDedicationID`: `guest`), so a client that rebuilds a machine from it is caught.
+    if machine.host_status == "ok" {
+        json["config"] = config;
     } else {
-        "incomplete_config"
-    };
-    json[key] = config;
+        let partial: Map<String, Value> = ["image", "metadata", "mounts", "guest"]
+            .iter()
+            .filter_map(|key| Some((key.to_string(), config.get(*key)?.clone())))
+            .collect();
+        json["incomplete_config"] = Value::Object(partial);
+    }
     if include_lease && let Some(lease) = machine.active_lease(now) {
         json["lease"] = json!({
             "owner": lease.owner,
