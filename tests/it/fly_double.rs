@@ -987,6 +987,37 @@ async fn an_update_for_a_version_that_is_not_current_is_a_conflict() {
     }
 }
 
+/// The spec's parameter descriptions: the events list gives 20 by default and at most 50
+/// ("max of 50. If omitted, this is set to 20 by default"), newest first; a `summary` list omits
+/// "config, checks, events, host_status, nonce, etc.".
+#[tokio::test]
+async fn events_are_limited_and_summaries_are_short_as_the_spec_says() {
+    let (fly, api) = demo();
+    fly.add_app("other");
+    let id = fly.add_machines("demo", &MachineSpec::new("app").state("stopped"))[0].clone();
+    let path = format!("/v1/apps/demo/machines/{id}");
+    for _ in 0..30 {
+        for action in ["start", "stop"] {
+            let (status, body) = api.call("POST", &format!("{path}/{action}"), None, None).await;
+            assert_eq!(status, 200, "{action}: {body}");
+        }
+    }
+    assert!(fly.machine(&id).events.len() > 60);
+    let (_, events) = api.get(&format!("{path}/events")).await;
+    assert_eq!(events.as_array().map(Vec::len), Some(20));
+    let newest = fly.machine(&id).events.last().cloned().expect("events");
+    assert_eq!(events[0]["id"], newest["id"]);
+    let (_, events) = api.get(&format!("{path}/events?limit=80")).await;
+    assert_eq!(events.as_array().map(Vec::len), Some(50));
+    let (_, events) = api.get(&format!("{path}/events?limit=3")).await;
+    assert_eq!(events.as_array().map(Vec::len), Some(3));
+    let (_, list) = api.get("/v1/apps/demo/machines?summary=true").await;
+    for key in ["config", "checks", "events", "host_status"] {
+        assert!(list[0].get(key).is_none(), "{key}: {}", list[0]);
+    }
+    assert_eq!(list[0]["id"], json!(id));
+}
+
 /// A create Fly has no room for comes in the shapes fly-go's `flaps/flaps_error_test.go`
 /// (`TestCapacityScopeOf`, `TestFlapsErrorSuggestionVolumePlacementCapacity`) classifies: with
 /// an existing volume, 412 `volume_placement_capacity`; without, 422 `insufficient_capacity`.

@@ -570,7 +570,11 @@ fn validate_logs_request(req: &Request) -> Vec<String> {
 /// `instance`'s when given, in the shape fly-go decodes (`getLogsResponse`): `data[]` of
 /// `{id, type, attributes: {timestamp, message, level, instance, region, meta}}` and
 /// `meta.next_token`, which stays as it was when there is nothing new. Answers 401 after
-/// `FlyApi::refuse_logs` (deploy tokens cannot read logs, as flyctl warns).
+/// `FlyApi::refuse_logs`: flyctl (`internal/command/deploy/machines_releasecommand.go`,
+/// `waitForLogs`) reads a 401 there (fly-go `error.go`, `IsNotAuthenticatedError`) as "not
+/// authorized to retrieve app logs (this can happen when using deploy tokens)". fly-go never
+/// reads the body of a failed logs call (`ErrorFromResp` keeps only the status), so its
+/// text is ours (no source found). An unknown app is 404 (no source found either).
 fn app_logs(shared: &Shared, req: &Request, app: &str) -> Response {
     let mut st = shared.lock();
     if st.logs_refused {
@@ -718,11 +722,18 @@ async fn machines(shared: &Shared, req: &Request, op: &Operation) -> Response {
     }
 }
 
+/// The spec's `App`; `status` as NOTES.md reads it ("What `flyctl deploy --image REF` does",
+/// step 1: `deployed` or `suspended` once deployed, `pending` before).
 fn show_app(st: &State, app: &App) -> Response {
     let count = st
         .machines
         .values()
         .filter(|m| m.app == app.name && m.state != "destroyed")
+        .count();
+    let volumes = st
+        .volumes
+        .values()
+        .filter(|v| v.app == app.name && v.state != "destroyed")
         .count();
     ok_json(
         StatusCode::OK,
@@ -731,7 +742,7 @@ fn show_app(st: &State, app: &App) -> Response {
             "name": app.name,
             "status": app.status,
             "machine_count": count,
-            "volume_count": 0,
+            "volume_count": volumes,
             "network": "default",
             "organization": {"name": "Personal", "slug": "personal"},
         }),
@@ -755,9 +766,11 @@ fn list_machines(st: &State, req: &Request, app: &str, now: Instant) -> Response
         .filter(|m| metadata.iter().all(|(k, v)| m.metadata(k) == Some(v)))
         .map(|m| {
             let mut json = machine_json(m, now, req.flag("include_leases"));
+            // The spec's `summary` parameter: "omit config, checks, events, host_status, nonce,
+            // etc." (the double shows no nonce in a list).
             if req.flag("summary") {
                 let obj = json.as_object_mut().expect("object");
-                for key in ["config", "checks", "events"] {
+                for key in ["config", "incomplete_config", "checks", "events", "host_status"] {
                     obj.remove(key);
                 }
             }
@@ -1063,18 +1076,26 @@ fn machine_operation(
         ),
         // What flyctl reads after each machine's health wait to warn about an app that listens
         // on loopback only (`warnAboutIncorrectListenAddress`, machines_deploymachinesapp.go;
-        // fly-go `GetProcesses`). What flaps answers for a machine that is not running is
-        // unknown; the double refuses with 412 (flyctl gives up on any error there).
+        // fly-go `GetProcesses`). No source found for what flaps answers for a machine that is
+        // not running (the spec documents only 400 for this operation): the double refuses
+        // with 412, by analogy only: the one flyd `failed_precondition` refusal seen in the
+        // sources (flyctl `TestVolumePlacementCapacitySuggestion`) is `volume_placement_capacity`,
+        // which fly-go's `flaps_error_test.go` shows as a 412. Clients must not depend on the
+        // status: flyctl gives up on any error there (`waitForExpectedListenAddresses`), and so
+        // does nixfly.
         "Machines_list_processes" if machine.state != "started" => error(
             StatusCode::PRECONDITION_FAILED,
             &format!("machine {id} is not running"),
         ),
         "Machines_list_processes" => ok_json(StatusCode::OK, st.processes(machine)),
+        // Newest first (NOTES.md, release_command step 4); the spec's `limit`: "max of 50. If
+        // omitted, this is set to 20 by default."
         "Machines_list_events" => {
             let limit = req
                 .query("limit")
                 .and_then(|l| l.parse().ok())
-                .unwrap_or(usize::MAX);
+                .unwrap_or(20)
+                .min(50);
             let events: Vec<Value> = machine.events.iter().rev().take(limit).cloned().collect();
             ok_json(StatusCode::OK, Value::Array(events))
         }
