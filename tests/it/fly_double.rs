@@ -457,6 +457,33 @@ async fn leases_conflict_refresh_release_and_expire() {
     assert_eq!(status, 201, "an expired lease can be taken over");
 }
 
+/// fly-go acquires and refreshes leases as `POST .../lease?ttl=<seconds>` with no body
+/// (`flaps/flaps_machines.go`, `AcquireLease` and `RefreshLease`), which the spec does not
+/// document: Fly takes it, so the double must too, with that TTL.
+#[tokio::test]
+async fn leases_are_taken_and_refreshed_the_way_fly_go_asks() {
+    let (fly, api) = demo();
+    let id = fly.add_machines("demo", &MachineSpec::new("app")).remove(0);
+    let lease_path = format!("/v1/apps/demo/machines/{id}/lease");
+    let (status, lease) = api
+        .call("POST", &format!("{lease_path}?ttl=13"), None, None)
+        .await;
+    assert_eq!(status, 201, "{lease}");
+    let nonce = lease["data"]["nonce"].as_str().expect("nonce").to_string();
+    let expires = fly.lease(&id).and_then(|l| l.expires).expect("a TTL");
+    let left = expires.saturating_duration_since(Instant::now());
+    assert!(
+        left > Duration::from_secs(11) && left <= Duration::from_secs(13),
+        "{left:?}"
+    );
+    let (status, refreshed) = api
+        .call("POST", &format!("{lease_path}?ttl=60"), None, Some(&nonce))
+        .await;
+    assert_eq!(status, 201, "{refreshed}");
+    assert_eq!(refreshed["data"]["nonce"], json!(nonce));
+    assert!(fly.take_violations().is_empty());
+}
+
 #[tokio::test]
 async fn a_lease_held_by_someone_else_blocks_every_change_until_it_expires() {
     let (fly, api) = demo();

@@ -1189,7 +1189,13 @@ fn machine_operation(
             if destroyed {
                 return error(StatusCode::NOT_FOUND, &format!("machine {id} is destroyed"));
             }
-            let ttl = req.body_field("ttl").and_then(Value::as_u64).unwrap_or(30);
+            // The TTL from the body (the spec's `CreateLeaseRequest`) or the query (fly-go's
+            // `AcquireLease`); no source found for the default when neither gives one.
+            let ttl = req
+                .body_field("ttl")
+                .and_then(Value::as_u64)
+                .or_else(|| req.query("ttl").and_then(|t| t.parse().ok()))
+                .unwrap_or(30);
             let description = req
                 .body_field("description")
                 .and_then(Value::as_str)
