@@ -156,6 +156,8 @@ pub async fn handle(
 }
 
 async fn process(shared: &Shared, req: &Request, headers: &HeaderMap, mut problems: Vec<String>) -> Response {
+    // NOTES.md "Base URLs": errors are `{"error": ...}`, a token Fly does not take is 401
+    // "Authenticate: token validation error".
     if !authorized(headers, &shared.token, is_platform_api(req)) {
         return error(StatusCode::UNAUTHORIZED, "Authenticate: token validation error");
     }
@@ -194,6 +196,9 @@ async fn process(shared: &Shared, req: &Request, headers: &HeaderMap, mut proble
         }
     };
     problems.dedup();
+    // The double's own rule, not Fly's: a request off the spec is a test failure, answered
+    // 400 (404 off every path) so that it cannot pass unnoticed. Fly often ignores what it
+    // does not know instead.
     if !problems.is_empty() {
         let mut st = shared.lock();
         for reason in &problems {
@@ -334,6 +339,9 @@ fn is_platform_api(req: &Request) -> bool {
 ///
 /// The app logs are the exception: fly-go reaches them with `Tokens.BubblegumHeader()`
 /// (`resource_logs.go`), which is `FlyV1 <macaroons>` whenever there are macaroons.
+///
+/// No source found that api.fly.io refuses `FlyV1` elsewhere: refusing it is the double's
+/// strict choice, which keeps clients to what flyctl sends.
 fn platform_scheme_refusal(req: &Request, headers: &HeaderMap) -> Option<Response> {
     let scheme = auth_scheme(headers);
     let logs = logs_app(&req.path).is_some();
@@ -348,7 +356,8 @@ fn platform_scheme_refusal(req: &Request, headers: &HeaderMap) -> Option<Respons
 /// A release is created with the app config as `definition` (flyctl
 /// `internal/command/deploy/machines.go` passes `md.appConfig`, rebuilt from the machines by
 /// `internal/appconfig/remote.go` when there is no fly.toml): an absent, null or non-object
-/// one is refused as unprocessable.
+/// one is refused as unprocessable. No source found for Fly's refusal (its status, its text,
+/// or that it refuses at all): the 422 is the double's strict choice.
 fn release_definition_refusal(req: &Request) -> Option<Response> {
     let creating = req.method == "POST" && req.path == "/api/v1/releases";
     let definition = req.body_field("definition");
@@ -513,7 +522,7 @@ fn validate_graphql_request(req: &Request, content_type: Option<&str>) -> Vec<St
 
 /// `currentReleaseUnprocessed.configDefinition`: the `definition` of the app's latest release
 /// that completed (the one running), null when it has none; an unknown app is a GraphQL error
-/// (status 200, `errors`), as GraphQL answers.
+/// (status 200, `errors`), as GraphQL answers (no source found for its text).
 fn current_release_config(shared: &Shared, req: &Request) -> Response {
     let app = req.body.as_ref().expect("validated")["variables"]["appName"]
         .as_str()
@@ -623,6 +632,9 @@ fn release_id(path: &str) -> Option<&str> {
         .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
+/// NOTES.md ("What `flyctl deploy --image REF` does", step 4): a create answers
+/// `{"release":{id,version,...}}` (200 or 201 there; the double says 201) and a PATCH records
+/// the status. No source found for an unknown app's or release's answer: 404.
 fn releases(shared: &Shared, req: &Request) -> Response {
     let body = req.body.as_ref().expect("validated");
     let mut st = shared.lock();
@@ -681,6 +693,8 @@ async fn machines(shared: &Shared, req: &Request, op: &Operation) -> Response {
         "Volumes_list" | "Volumes_create" | "Volumes_get_by_id" | "Volume_delete" => {
             volumes(&mut st, req, op, &app)
         }
+        // The spec's `App_IPAssignments_*` (200, 204). No source found for the type of an
+        // assignment that names none (v6 here) or for deleting an address the app lacks (404).
         "App_IPAssignments_list" => {
             let ips: Vec<Value> = st
                 .ips
@@ -811,6 +825,8 @@ fn create_machine(st: &mut State, req: &Request, app: &str, now: Instant) -> Res
         }
         (Some(region), _) => region.to_string(),
         (None, Some(volume)) => volume.clone(),
+        // No source found for where Fly places a machine that names no region (near the
+        // caller, presumably): the double puts it in iad.
         (None, None) => "iad".to_string(),
     };
     let id = st.create_machine(
@@ -825,6 +841,9 @@ fn create_machine(st: &mut State, req: &Request, app: &str, now: Instant) -> Res
         now,
     );
     st.attach_volumes(&id, &volumes);
+    // `lease_ttl` (the spec's `CreateMachineRequest`) leases the new machine to the caller,
+    // and the answer carries the nonce (fly-go `machine_types.go`, `Machine.LeaseNonce`,
+    // `nonce`).
     let lease_ttl = req.body_field("lease_ttl").and_then(Value::as_u64);
     if let Some(ttl) = lease_ttl {
         let owner = st.lease_owner.clone();
@@ -873,7 +892,9 @@ fn capacity_refusal(volume: Option<&str>) -> Response {
 }
 
 /// The config of a create/update body; the schema makes no field required, Fly does. A guest
-/// size or machine check Fly refuses is refused too (`sizing`, `checks`).
+/// size or machine check Fly refuses is refused too (`sizing`, `checks`). No source found for
+/// the status and text of Fly's refusal of a missing config or image: 400, the status the
+/// spec gives update's bad requests.
 fn required_config(req: &Request) -> Result<Value, String> {
     let config = req
         .body_field("config")
@@ -901,6 +922,9 @@ fn version_mismatch(machine: &Machine, req: &Request, field: &str) -> Option<Str
     })
 }
 
+/// The spec's `Volumes_*` operations (200 each). No source found for: destroyed volumes
+/// leaving the list, a create without a name or region being 400, and deleting a volume a
+/// machine mounts being 412.
 fn volumes(st: &mut State, req: &Request, op: &Operation, app: &str) -> Response {
     if op.id == "Volumes_list" {
         let list: Vec<Value> = st
@@ -928,6 +952,8 @@ fn volumes(st: &mut State, req: &Request, op: &Operation, app: &str) -> Response
             state: "created".into(),
             attached_machine_id: None,
             host_status: "ok".into(),
+            // flyctl always sends it ("Volume contents are encrypted by default",
+            // `internal/command/volumes/create.go`); no source found for the API's default.
             encrypted: req
                 .body_field("encrypted")
                 .and_then(Value::as_bool)
@@ -969,8 +995,11 @@ fn check_volume_request(req: &Request) -> Result<(), String> {
     Ok(())
 }
 
-/// Operations that change a machine need the lease nonce while someone holds a lease:
-/// the refusal, if any.
+/// Operations that change a machine need the lease nonce while someone holds a lease: the
+/// refusal, if any. 409 for a lease the request does not name (a Fly engineer on
+/// community.fly.io, t/15555, for updates; fly-go sends the nonce header on every write,
+/// `flaps/flaps_machines.go`, so the double asks it of every write). No source found for a
+/// nonce that matches no active lease: 409 too.
 fn lease_refusal(machine: &Machine, req: &Request, now: Instant) -> Option<Response> {
     match (machine.active_lease(now), &req.nonce) {
         (Some(lease), Some(nonce)) if *nonce == lease.nonce => None,
@@ -1053,7 +1082,8 @@ fn machine_operation(
     if mutating {
         // Destroying an already-destroyed machine answers 404, which flyctl's bluegreen
         // strategy takes as success (`internal/command/deploy/strategy_bluegreen.go`,
-        // `DestroyBlueMachines`); other changes to it are refused.
+        // `DestroyBlueMachines`); other changes to it are refused (no source found for the
+        // status: 412).
         if destroyed && op.id == "Machines_delete" {
             return error(StatusCode::NOT_FOUND, &format!("machine {id} not found"));
         }
@@ -1147,6 +1177,10 @@ fn machine_operation(
             st.attach_volumes(id, &volumes);
             ok_json(StatusCode::OK, machine_json(&st.machines[id], now, false))
         }
+        // flyctl's `fly machine destroy` (`internal/command/machine/destroy.go`) sends `kill`
+        // only with --force, and refuses a started machine without it. No source found for
+        // flaps' own refusal: the double answers 412 for a machine that is running or on its
+        // way, and destroys any other.
         "Machines_delete" => {
             let running = matches!(
                 machine.state.as_str(),
@@ -1164,6 +1198,9 @@ fn machine_operation(
             st.destroy_machine(id);
             ok()
         }
+        // The answer's `previous_state` is fly-go's `MachineStartResponse` (`machine_types.go`).
+        // No source found for starting a running machine or stopping a stopped one: both
+        // answer 200 and change nothing.
         "Machines_start" => {
             let previous = machine.state.clone();
             if !matches!(previous.as_str(), "started" | "starting" | "replacing") {
@@ -1181,10 +1218,14 @@ fn machine_operation(
             st.machines.get_mut(id).expect("exists").cordoned = op.id == "Machines_cordon";
             ok()
         }
+        // No source found for a machine without a lease: 404.
         "Machines_show_lease" => match machine.active_lease(now) {
             Some(lease) => ok_json(StatusCode::OK, lease_json(shared, lease)),
             None => error(StatusCode::NOT_FOUND, &format!("machine {id} has no lease")),
         },
+        // 201 and the spec's `Lease` (in flyctl's envelope unless `flat_lease`); with the
+        // current nonce in the header it refreshes (NOTES.md step 6). No source found for a
+        // lease on a destroyed machine (404) or for a nonce that matches no active lease (409).
         "Machines_create_lease" => {
             if destroyed {
                 return error(StatusCode::NOT_FOUND, &format!("machine {id} is destroyed"));
@@ -1228,6 +1269,8 @@ fn machine_operation(
             st.machines.get_mut(id).expect("exists").lease = Some(refreshed);
             ok_json(StatusCode::CREATED, answer)
         }
+        // 200 (the spec). No source found for releasing with another nonce (409) or when no
+        // lease is active (404).
         "Machines_release_lease" => match machine.active_lease(now) {
             Some(lease) if req.nonce.as_deref() == Some(lease.nonce.as_str()) => {
                 st.machines.get_mut(id).expect("exists").lease = None;
@@ -1355,8 +1398,11 @@ fn not_modelled(st: &mut State, req: &Request, reason: String) -> Response {
 }
 
 /// `GET .../wait`: long-poll until the machine is in one of the wanted states, 408 after the
-/// timeout (capped at 60 Fly seconds). Waiting for anything but `destroyed` on a destroyed
-/// machine answers 404, as the notes describe for release-command machines.
+/// timeout (capped at 60 Fly seconds; NOTES.md "Read against flyctl and fly-go source").
+/// Waiting for anything but `destroyed` on a destroyed machine answers 404, as NOTES.md
+/// describes for release-command machines (release_command, step 3). `settled` is any of
+/// the states a machine rests in (the spec lists it among `state`'s values; which states
+/// count is our reading).
 async fn wait(shared: &Shared, req: &Request, app: &str, id: &str) -> Response {
     // Fly waits for the state reached after that event (the spec; fly-go
     // `flaps/flaps_machines_wait_test.go`, `TestWaitOptions`, sends it); the double has no
@@ -1376,6 +1422,8 @@ async fn wait(shared: &Shared, req: &Request, app: &str, id: &str) -> Response {
         .flat_map(|(_, v)| v.split(','))
         .map(str::to_string)
         .collect();
+    // fly-go always names a state (`flaps/flaps_machines_wait.go`); no source found for
+    // Fly's default: `started`.
     let wanted = if wanted.is_empty() {
         vec!["started".to_string()]
     } else {
@@ -1502,6 +1550,7 @@ pub fn machine_json(machine: &Machine, now: Instant, include_lease: bool) -> Val
             json!({
                 "name": c.name,
                 "status": c.status,
+                // No source found for check outputs: stand-ins.
                 "output": match c.status.as_str() {
                     "passing" => "OK",
                     "warning" => "waiting for status update",
@@ -1552,7 +1601,9 @@ pub fn machine_json(machine: &Machine, now: Instant, include_lease: bool) -> Val
     json
 }
 
-/// `registry.fly.io/app@sha256:…` or `registry.fly.io/app:tag` split as Fly reports it.
+/// `registry.fly.io/app@sha256:…` or `registry.fly.io/app:tag` split into the spec's
+/// `ImageRef` (fly-go `machine_types.go`, `FullImageRef`, joins them back); a reference without
+/// a registry host is docker.io's (Docker's rule; no source found for Fly's).
 fn image_ref(image: &str) -> Value {
     let (name, digest) = match image.split_once('@') {
         Some((n, d)) => (n, d),

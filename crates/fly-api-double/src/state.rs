@@ -18,7 +18,9 @@ pub const RELEASE_COMMAND_GROUP: &str = "fly_app_release_command";
 /// `MachineProcessGroupFlyAppTestMachineCommand`).
 pub const TEST_MACHINE_GROUP: &str = "fly_app_test_machine_command";
 
-/// How long simulated things take, in Fly time; `scale` turns Fly time into wall time.
+/// How long simulated things take, in Fly time; `scale` turns Fly time into wall time. No
+/// source gives Fly's own durations (they vary with image, host and region): the defaults are
+/// short stand-ins, except `visible_after_create`, whose existence flyctl's retries show.
 #[derive(Clone, Debug)]
 pub struct Timing {
     /// Wall seconds per Fly second (0.05: a 60 s wait times out after 3 s).
@@ -546,12 +548,9 @@ impl State {
         }
     }
 
-    /// The app's log lines, oldest first, made from its machines' events as init and the
-    /// process would write them: at each start, init's "Preparing to run" and what the image
-    /// prints (`log_output`); at each exit, init's "Main child exited normally with code: N",
-    /// the line flyctl waits for (`machines_releasecommand.go`).
     /// `GET .../ps` of a running machine: its app's process (schema `ProcessStat`) with the tcp
-    /// sockets it listens on.
+    /// sockets it listens on (no source found for what init reports; by default the app
+    /// listens on 0.0.0.0 on each tcp service's port, as an app fly-proxy can reach does).
     pub fn processes(&self, machine: &Machine) -> Value {
         let addresses: Vec<String> = match self
             .listen_addresses
@@ -590,6 +589,11 @@ impl State {
         }])
     }
 
+    /// The app's log lines, oldest first, made from its machines' events as init and the
+    /// process would write them: at each start, init's "Preparing to run" (its wording has no
+    /// source: a stand-in) and what the image prints (`log_output`); at each exit, init's "Main
+    /// child exited normally with code: N", the line flyctl waits for
+    /// (`machines_releasecommand.go`).
     pub fn app_logs(&self, app: &str, instance: Option<&str>) -> Vec<LogLine> {
         let mut lines = Vec::new();
         for machine in self.machines.values() {
@@ -743,7 +747,8 @@ impl State {
     /// `skip_launch`.
     pub fn create_machine(&mut self, req: CreateMachine, now: Instant) -> String {
         let mut machine = self.new_machine(&req.app, req.name, &req.region, req.config);
-        // A first deploy turns a never-deployed app into a deployed one.
+        // A first deploy turns a never-deployed app into a deployed one (no source found for
+        // when Fly changes the status: here at the first create of an app machine).
         if !machine.is_one_shot()
             && let Some(app) = self.apps.get_mut(&req.app)
             && app.status == "pending"
@@ -842,7 +847,9 @@ impl State {
         id
     }
 
-    /// Replace a machine's config as `POST /machines/{id}` does.
+    /// Replace a machine's config as `POST /machines/{id}` does: a new version, `replacing`
+    /// (the state flyctl gives a machine being updated, `machines_deploymachinesapp.go`, and
+    /// reads in `plan.go`), then started or left stopped.
     pub fn update_machine(
         &mut self,
         id: &str,
@@ -897,6 +904,9 @@ impl State {
         self.schedule(id, now, steps);
     }
 
+    /// `stopping`, then `stopped` with an `exit` event: the fields fly-go decodes
+    /// (`machine_types.go`, `MachineExitEvent`); no source found for their values on a
+    /// requested stop (exit code 0, signal 15 here).
     pub fn stop_machine(&mut self, id: &str, now: Instant) {
         let machine = self.machines.get_mut(id).expect("caller checked");
         machine.state = "stopping".into();
@@ -910,6 +920,9 @@ impl State {
         self.schedule(id, now, vec![step]);
     }
 
+    /// Destroyed at once, its volumes detached (no source found for either: Fly may take a
+    /// moment, and flyctl's `popVolumeFor` only shows that a destroyed machine's volume can be
+    /// mounted again).
     pub fn destroy_machine(&mut self, id: &str) {
         let machine = self.machines.get_mut(id).expect("caller checked");
         machine.pending.clear();
@@ -991,6 +1004,8 @@ impl State {
                     ..Step::default()
                 },
             ],
+            // No source found for how a failed start shows: state `failed` (a state fly-go
+            // and flyctl read) and a `start` event with status `failed`.
             Behavior::FailToStart => vec![Step {
                 at: Some(started_at),
                 state: Some("failed"),
