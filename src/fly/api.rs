@@ -88,13 +88,20 @@ pub enum ApiError {
 /// What to do about a failure flaps classified, keyed off its code alone, never the message
 /// (fly-go `flaps/flaps_error.go`, `FlapsError.Suggestion`; `flaps_error_test.go`,
 /// `TestFlapsErrorSuggestion`: a message without the code gets no suggestion). Of the codes the
-/// spec lists, only `insufficient_capacity` has one there; `name_taken` is about creating apps,
-/// which nixfly does not do.
+/// spec lists (`main.statusCode`), the two about capacity get one, as in fly-go
+/// (`TestFlapsErrorSuggestionVolumePlacementCapacity`) and flyctl's deploy (PR #5141, which
+/// points at creating a volume elsewhere); `name_taken` is about creating apps, which nixfly
+/// does not do.
 fn code_hint(code: Option<&str>) -> &'static str {
     match code {
         Some("insufficient_capacity") => {
             ". Fly has no capacity for this machine in its region right now \
              (insufficient_capacity): try again later, or run it in another region"
+        }
+        Some("volume_placement_capacity") => {
+            ". The host that holds the machine's volume has no room for it right now \
+             (volume_placement_capacity): try again later, or give the machine a volume on another \
+             host (`fly volumes fork` copies one; `fly volumes create` makes an empty one)"
         }
         _ => "",
     }
@@ -1119,6 +1126,7 @@ mod tests {
     #[tokio::test]
     async fn flaps_error_bodies_give_their_text_and_their_code() {
         let capacity_advice = "(insufficient_capacity): try again later, or run it in another region";
+        let volume_advice = "(volume_placement_capacity): try again later, or give the machine a volume";
         let cases = [
             (
                 "422 Unprocessable Entity",
@@ -1156,6 +1164,19 @@ mod tests {
                 "insufficient_capacity: out of capacity",
                 None,
             ),
+            // `TestCapacityScopeOf`: a region without room, and a volume's host without room.
+            (
+                "422 Unprocessable Entity",
+                r#"{"error":"could not find a candidate host","status":"insufficient_capacity"}"#,
+                "could not find a candidate host",
+                Some("insufficient_capacity"),
+            ),
+            (
+                "412 Precondition Failed",
+                r#"{"error":"insufficient resources to create new machine with existing volume id '123'","status":"volume_placement_capacity"}"#,
+                "insufficient resources to create new machine with existing volume id '123'",
+                Some("volume_placement_capacity"),
+            ),
         ];
         let (base, _) = raw_server(
             cases
@@ -1177,6 +1198,11 @@ mod tests {
             assert_eq!(
                 shown.contains(capacity_advice),
                 code == Some("insufficient_capacity"),
+                "{shown}"
+            );
+            assert_eq!(
+                shown.contains(volume_advice),
+                code == Some("volume_placement_capacity"),
                 "{shown}"
             );
         }

@@ -122,6 +122,10 @@ pub struct Machine {
     pub config: Value,
     #[serde(default)]
     incomplete_config: Option<Value>,
+    /// `config` is flaps' partial `incomplete_config` ("not suitable to clone or recreate the
+    /// original machine", fly-go `machine_types.go`): see `Fleet::classify_with_default`.
+    #[serde(skip)]
+    pub config_incomplete: bool,
     /// Without flaps' `bg_deployments_compat*` entries (see `without_compat_checks`).
     #[serde(default, deserialize_with = "without_compat_checks")]
     pub checks: Vec<CheckStatus>,
@@ -212,6 +216,7 @@ impl Machine {
             && let Some(partial) = self.incomplete_config.take()
         {
             self.config = partial;
+            self.config_incomplete = true;
         }
         self
     }

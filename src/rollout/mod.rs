@@ -288,6 +288,18 @@ fn validate(
         }
         .into());
     }
+    if fly_toml.is_none()
+        && let Some(machine) = fleet.partial_config_machine()
+    {
+        anyhow::bail!(
+            "machine {} is on a host that is {}, so Fly shows only part of its config, and no \
+             other machine of process group {} has the whole config to make its replacement \
+             from; deploy with the app's fly.toml (--config), which gives the whole config",
+            machine.id,
+            machine.host_status.as_deref().unwrap_or("unknown"),
+            machine.process_group()
+        );
+    }
     // flyctl builds multi-container machines from fly.toml's machine_config (refused when
     // fly.toml is read); a machine that runs containers would not run the image set on it.
     if let Some(machine) = fleet

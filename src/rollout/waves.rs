@@ -80,8 +80,16 @@ impl Fleet {
         }
         for machines in fleet.groups.values_mut() {
             machines.sort_by(|a, b| a.id.cmp(&b.id));
+            complete_partial_configs(machines);
         }
         fleet
+    }
+
+    /// A machine whose whole config Fly could not read (its host is not `ok`) and that no
+    /// machine of its group can stand in for: its replacement would be made from a partial
+    /// config.
+    pub fn partial_config_machine(&self) -> Option<&Machine> {
+        self.machines().find(|m| m.config_incomplete)
     }
 
     pub fn machine_count(&self) -> usize {
@@ -90,6 +98,36 @@ impl Fleet {
 
     pub fn machines(&self) -> impl Iterator<Item = &Machine> {
         self.groups.values().flatten()
+    }
+}
+
+/// What flaps shows of a machine on a host that is not `ok` is a partial config, "not suitable
+/// to clone or recreate the original machine" (fly-go `machine_types.go`,
+/// `IncompleteConfig`), and such a machine is always replaced. flyctl makes the replacement from
+/// the app's config, which without a fly.toml it rebuilds from the machines' configs
+/// (`internal/appconfig/from_machine_set.go`, `FromAppAndMachineSet`); here a machine of the
+/// same group whose config is whole stands in, with the partial config's own fields (image,
+/// metadata, mounts, guest: its process group and volume) laid over it.
+fn complete_partial_configs(machines: &mut [Machine]) {
+    let Some(whole) = machines
+        .iter()
+        .find(|m| !m.config_incomplete && m.config.is_object())
+        .map(|m| m.config.clone())
+    else {
+        return;
+    };
+    for machine in machines.iter_mut().filter(|m| m.config_incomplete) {
+        let mut config = whole.clone();
+        for (key, value) in machine.config.as_object().into_iter().flatten() {
+            config[key.as_str()] = value.clone();
+        }
+        if machine.config.get("mounts").is_none()
+            && let Some(object) = config.as_object_mut()
+        {
+            object.remove("mounts");
+        }
+        machine.config = config;
+        machine.config_incomplete = false;
     }
 }
 

@@ -500,6 +500,27 @@ fn a_first_deploy_with_a_volume_creates_and_mounts_it() {
     assert_no_violations(&fly);
 }
 
+/// A machine whose volume's host has no room is refused with flaps' `volume_placement_capacity`
+/// (fly-go `flaps/flaps_error_test.go`, `TestFlapsErrorSuggestionVolumePlacementCapacity`:
+/// 412, and a suggestion keyed off the code): the deploy fails saying what to do, and leaves
+/// no machine behind.
+#[test]
+fn a_machine_its_volumes_host_has_no_room_for_fails_with_advice() {
+    let fly = new_app();
+    fly.refuse_next_creates(1);
+    let t = TestDir::new();
+    write_fly_toml(&t, &fixture("03-volume-autoextend.toml"));
+    let out = run_rollout(&fly, &t, &image(1), &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("(volume_placement_capacity): try again later") && err.contains("fly volumes fork"),
+        "{err}"
+    );
+    assert!(group_machines(&fly, "app").is_empty());
+    assert_no_violations(&fly);
+}
+
 /// After an app's first deploy, flyctl makes no volume: a new machine that mounts one needs an
 /// unattached volume of that name made beforehand (`validateVolumeConfig`). Without it the
 /// deploy stops before any change, naming the `fly volume create` to run; with it, the machine

@@ -457,6 +457,33 @@ async fn leases_conflict_refresh_release_and_expire() {
     assert_eq!(status, 201, "an expired lease can be taken over");
 }
 
+/// fly-go acquires and refreshes leases as `POST .../lease?ttl=<seconds>` with no body
+/// (`flaps/flaps_machines.go`, `AcquireLease` and `RefreshLease`), which the spec does not
+/// document: Fly takes it, so the double must too, with that TTL.
+#[tokio::test]
+async fn leases_are_taken_and_refreshed_the_way_fly_go_asks() {
+    let (fly, api) = demo();
+    let id = fly.add_machines("demo", &MachineSpec::new("app")).remove(0);
+    let lease_path = format!("/v1/apps/demo/machines/{id}/lease");
+    let (status, lease) = api
+        .call("POST", &format!("{lease_path}?ttl=13"), None, None)
+        .await;
+    assert_eq!(status, 201, "{lease}");
+    let nonce = lease["data"]["nonce"].as_str().expect("nonce").to_string();
+    let expires = fly.lease(&id).and_then(|l| l.expires).expect("a TTL");
+    let left = expires.saturating_duration_since(Instant::now());
+    assert!(
+        left > Duration::from_secs(11) && left <= Duration::from_secs(13),
+        "{left:?}"
+    );
+    let (status, refreshed) = api
+        .call("POST", &format!("{lease_path}?ttl=60"), None, Some(&nonce))
+        .await;
+    assert_eq!(status, 201, "{refreshed}");
+    assert_eq!(refreshed["data"]["nonce"], json!(nonce));
+    assert!(fly.take_violations().is_empty());
+}
+
 #[tokio::test]
 async fn a_lease_held_by_someone_else_blocks_every_change_until_it_expires() {
     let (fly, api) = demo();
@@ -954,7 +981,99 @@ async fn hosts_can_refuse_updates_and_be_unreachable() {
     }
     let (_, shown) = api.get(&format!("/v1/apps/demo/machines/{}", ids[1])).await;
     assert_eq!(shown["host_status"], "unreachable");
+    // fly-go `machine_types.go`: no `config`, a partial `incomplete_config` instead, which has
+    // what flyctl's tests give it (`machines_launchinput_test.go`, `plan_test.go`) and not
+    // the rest of the machine's config.
+    assert!(shown.get("config").is_none(), "{shown}");
+    let partial = shown["incomplete_config"].as_object().expect("incomplete_config");
+    assert_eq!(partial["image"], config["image"]);
+    assert_eq!(partial["metadata"]["fly_process_group"], "app");
+    assert!(
+        partial.get("restart").is_none() && partial.get("env").is_none(),
+        "{shown}"
+    );
     assert_eq!(fly.machine(&ids[0]).config_history.len(), 1);
+}
+
+/// An update whose `current_version` is not the machine's is a 409, as a Fly engineer lists
+/// update's conflicts on community.fly.io (t/15555); with the current one it goes through.
+#[tokio::test]
+async fn an_update_for_a_version_that_is_not_current_is_a_conflict() {
+    let (fly, api) = demo();
+    let id = fly.add_machines("demo", &MachineSpec::new("app"))[0].clone();
+    let machine = fly.machine(&id);
+    let nonce = api.lease("demo", &id).await;
+    let path = format!("/v1/apps/demo/machines/{id}");
+    for (version, status) in [
+        ("01JSTALEVERSION0000000000", 409),
+        (machine.version.as_str(), 200),
+    ] {
+        let body = json!({"config": machine.config, "current_version": version});
+        let (code, answer) = api.call("POST", &path, Some(body), Some(&nonce)).await;
+        assert_eq!(code, status, "{answer}");
+    }
+}
+
+/// The spec's parameter descriptions: the events list gives 20 by default and at most 50
+/// ("max of 50. If omitted, this is set to 20 by default"), newest first; a `summary` list omits
+/// "config, checks, events, host_status, nonce, etc.".
+#[tokio::test]
+async fn events_are_limited_and_summaries_are_short_as_the_spec_says() {
+    let (fly, api) = demo();
+    fly.add_app("other");
+    let id = fly.add_machines("demo", &MachineSpec::new("app").state("stopped"))[0].clone();
+    let path = format!("/v1/apps/demo/machines/{id}");
+    for _ in 0..30 {
+        for action in ["start", "stop"] {
+            let (status, body) = api.call("POST", &format!("{path}/{action}"), None, None).await;
+            assert_eq!(status, 200, "{action}: {body}");
+        }
+    }
+    assert!(fly.machine(&id).events.len() > 60);
+    let (_, events) = api.get(&format!("{path}/events")).await;
+    assert_eq!(events.as_array().map(Vec::len), Some(20));
+    let newest = fly.machine(&id).events.last().cloned().expect("events");
+    assert_eq!(events[0]["id"], newest["id"]);
+    let (_, events) = api.get(&format!("{path}/events?limit=80")).await;
+    assert_eq!(events.as_array().map(Vec::len), Some(50));
+    let (_, events) = api.get(&format!("{path}/events?limit=3")).await;
+    assert_eq!(events.as_array().map(Vec::len), Some(3));
+    let (_, list) = api.get("/v1/apps/demo/machines?summary=true").await;
+    for key in ["config", "checks", "events", "host_status"] {
+        assert!(list[0].get(key).is_none(), "{key}: {}", list[0]);
+    }
+    assert_eq!(list[0]["id"], json!(id));
+}
+
+/// A create Fly has no room for comes in the shapes fly-go's `flaps/flaps_error_test.go`
+/// (`TestCapacityScopeOf`, `TestFlapsErrorSuggestionVolumePlacementCapacity`) classifies: with
+/// an existing volume, 412 `volume_placement_capacity`; without, 422 `insufficient_capacity`.
+/// Either before any effect.
+#[tokio::test]
+async fn creates_without_room_are_refused_as_flaps_classifies_them() {
+    let (fly, api) = demo();
+    let volume = fly.add_volume("demo", "data", "iad", 1);
+    fly.refuse_next_creates(2);
+    let pinned = json!({"image": "x", "mounts": [{"volume": volume, "path": "/data"}]});
+    let (status, body) = api
+        .post("/v1/apps/demo/machines", json!({"config": pinned}))
+        .await;
+    assert_eq!(status, 412, "{body}");
+    assert_eq!(body["status"], "volume_placement_capacity");
+    assert_eq!(
+        body["error"],
+        format!("insufficient resources to create new machine with existing volume id '{volume}'")
+    );
+    let (status, body) = api
+        .post("/v1/apps/demo/machines", json!({"config": {"image": "x"}}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["status"], "insufficient_capacity");
+    assert!(schema_errors("ErrorResponse", &body).is_empty(), "{body}");
+    assert!(fly.machines("demo").is_empty());
+    assert!(fly.volumes("demo")[0].attached_machine_id.is_none());
+    // Only the next two.
+    api.create_machine(json!({"config": pinned})).await;
 }
 
 #[tokio::test]
@@ -1184,7 +1303,9 @@ async fn volumes_are_created_listed_and_attached_by_mounts() {
             json!({"config": config, "region": "iad"}),
         )
         .await;
-    assert_eq!(status, 400);
+    // A Fly engineer on community.fly.io (t/15555): 412 is the answer to a machine that would
+    // use a volume another machine already has.
+    assert_eq!(status, 412, "{body}");
     assert!(
         body["error"]
             .as_str()

@@ -528,6 +528,13 @@ fn machines_their_host_refuses_are_replaced_in_the_same_region_and_group() {
             "{}",
             m.id
         );
+        // Whole configs, the unreachable one's too: what flaps shows of a machine on a host
+        // that is not `ok` is a partial `incomplete_config` (fly-go `machine_types.go`: "not
+        // suitable to clone or recreate the original machine"), which must not be what the
+        // replacement is made from.
+        let seeded = MachineSpec::new(m.process_group()).region("syd").config();
+        assert_eq!(m.config["restart"], seeded["restart"], "{}", m.id);
+        assert_eq!(m.config["env"], seeded["env"], "{}", m.id);
     }
     assert_eq!(fly.machine(&ids[0]).image(), new);
 
@@ -572,6 +579,33 @@ fn machines_their_host_refuses_are_replaced_in_the_same_region_and_group() {
         "created on the new image, rolled back"
     );
     assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// A machine on a host Fly cannot reach shows only a partial config (fly-go `machine_types.go`,
+/// `IncompleteConfig`: "not suitable to clone or recreate the original machine"). Without a
+/// fly.toml and without another machine of its group to take the whole config from, the
+/// deploy stops before any change and says how to give the config, rather than replace the
+/// machine by one that lacks its restart policy, env and services.
+#[test]
+fn a_lone_machine_on_an_unreachable_host_needs_fly_toml() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let id = fly.add_machines(APP, &MachineSpec::new("app").region("ams"))[0].clone();
+    fly.set_host_status(&id, "unreachable");
+    let t = TestDir::new();
+    let out = run_rollout(&fly, &t, &image(13), &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&id) && err.contains("only part of its config") && err.contains("--config"),
+        "{err}"
+    );
+    assert!(
+        fly.mutating_requests().is_empty(),
+        "{:?}",
+        fly.mutating_requests()
+    );
     assert_no_violations(&fly);
 }
 
@@ -630,7 +664,7 @@ fn a_replacement_that_cannot_be_created_is_undone_by_the_rollback() {
     let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).region("ams").checks(1));
     let old = fly.machine(&ids[0]).image().to_string();
     fly.refuse_updates(&ids[1], "could not reserve resource for machine: no room");
-    fly.refuse_next_creates(1, "insufficient resources to create new machine");
+    fly.refuse_next_creates(1);
     let t = TestDir::new();
     let out = run_rollout(&fly, &t, &image(11), &[]);
     let err = stderr(&out);
@@ -639,7 +673,7 @@ fn a_replacement_that_cannot_be_created_is_undone_by_the_rollback() {
         err.contains(&format!("creating the replacement for machine {}", ids[1])),
         "{err}"
     );
-    assert!(err.contains("insufficient resources"), "{err}");
+    assert!(err.contains("(insufficient_capacity): try again later"), "{err}");
     assert_eq!(fly.machine(&ids[1]).state, "destroyed");
     let live = live_machines(&fly);
     assert_eq!(live.len(), 2, "{live:?}");

@@ -218,12 +218,12 @@ fn bluegreen_fails_when_a_green_cannot_be_created() {
     let fly = FlyApi::start();
     fly.add_app(APP);
     let blues = fly.add_machines(APP, &MachineSpec::new("app").count(3).checks(1));
-    fly.refuse_next_creates(1, "insufficient resources to create new machine");
+    fly.refuse_next_creates(1);
     let t = TestDir::new();
     let out = run_rollout(&fly, &t, &image(9), &BLUEGREEN);
     let err = support::rollout::stderr(&out);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("insufficient resources"), "{err}");
+    assert!(err.contains("(insufficient_capacity): try again later"), "{err}");
     for id in &blues {
         let blue = fly.machine(id);
         assert_eq!(

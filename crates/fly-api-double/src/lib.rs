@@ -20,7 +20,7 @@
 //! fly.inject_fault("POST", "/v1/apps/demo/machines$", 1, FaultKind::AfterCommitBroken);
 //! // Fly's "could not reserve resource" on update, which flyctl answers by recreating:
 //! fly.inject_fault("POST", &format!("/machines/{}", web[1]), 1,
-//!     FaultKind::Status { status: 412, message: "could not reserve resource for machine".into() });
+//!     FaultKind::Status { status: 409, message: "could not reserve resource for machine".into() });
 //!
 //! let out = run(fly.configure(&mut t.nixfly()).args(["rollout", "--app", "demo", ...]));
 //!
@@ -33,11 +33,16 @@
 //! // in a test that sends bad requests on purpose.
 //! ```
 //!
-//! # Behaviour (see `shared/fly/NOTES.md` for where each rule comes from)
+//! # Behaviour
+//! Each rule below names its source here or at the code that applies it: a fly-go or flyctl
+//! file, an operation or schema of the spec, a section of `shared/fly/NOTES.md`, or a Fly
+//! engineer's answer on community.fly.io. Rules without one are listed under "Assumptions"
+//! at the end, and marked "no source found" in the code.
 //! - Auth: `Authorization: Bearer X`, `FlyV1 X` or `Bearer FlyV1 X` with X the token
 //!   (`fly.token()`); anything else is 401 `{"error":"Authenticate: token validation error"}`.
-//!   The platform API (`/api/...`) takes only `Bearer`, with X among the comma-joined tokens
-//!   sent (flyctl `internal/uiex/releases.go`, fly-go `Tokens.GraphQL()`); `FlyV1` there is 401.
+//!   (NOTES.md "Base URLs"). The platform API (`/api/...`) takes only `Bearer`, with X among
+//!   the comma-joined tokens sent (flyctl `internal/uiex/releases.go`, fly-go
+//!   `Tokens.GraphQL()`); `FlyV1` there is 401.
 //! - Every request is recorded (`requests()`), then validated: the operation must exist in the
 //!   spec; query parameters and the JSON body must match its schemas; properties the schema
 //!   does not declare and `null`s where the schema is not nullable are violations too (Fly
@@ -54,10 +59,12 @@
 //!   spec's description of the parameter);
 //!   `from_event_id` is not modelled: 501 and a violation. Lease TTLs are not scaled:
 //!   clients refresh them on their own clock.
-//! - Leases: `POST .../lease` with body `{"ttl": n}` answers 201
+//! - Leases: `POST .../lease` with body `{"ttl": n}` (or `?ttl=n` and no body, as fly-go's
+//!   `AcquireLease` sends it, though the spec does not say so) answers 201
 //!   `{"status":"success","data":{nonce,expires_at,owner,description,version}}` (flat with
 //!   `Options::flat_lease`); with the current nonce in `fly-machine-lease-nonce` it refreshes;
-//!   while someone else's lease is active it is 409. Update, destroy, start, stop,
+//!   while someone else's lease is active it is 409 (a Fly engineer on community.fly.io,
+//!   t/15555). Update, destroy, start, stop,
 //!   cordon/uncordon and metadata writes need the nonce while a lease is active (409
 //!   otherwise), and a nonce that matches no active lease is 409 too. `DELETE .../lease` with
 //!   the nonce releases it (404 when no lease is active).
@@ -74,11 +81,16 @@
 //!   success); other writes to it 412.
 //! - `set_image_pull(image, time)`: machines created or updated onto that image start `time`
 //!   later (the pull), which the release command's waits must leave room for.
-//! - `refuse_updates(machine, message)`: its updates answer 409 with that message (the status
-//!   Fly answered "could not reserve resource for machine" with in production logs quoted in
-//!   Kilo-Org/cloud#412; unverified for "deploys to this host are temporarily disabled").
-//!   `set_host_status(machine, "unreachable")`: the machine shows it, and updates answer 412.
-//!   `refuse_next_creates(n, message)`: the next n creates answer 412 with the message.
+//! - `refuse_updates(machine, message)`: its updates answer 409 with that message and no
+//!   `status` code, as flaps answers an update its host has no room for (fly-go
+//!   `flaps/flaps_error_test.go`, `TestCapacityScopeOf`; Kilo-Org/cloud#412 quotes it from
+//!   production). `set_host_status(machine, "unreachable")`: the machine shows it (with
+//!   `incomplete_config`), and updates answer 412. `refuse_next_creates(n)`: the next n creates
+//!   are refused for capacity: 412 `{"error":"insufficient resources to create new machine with
+//!   existing volume id '…'","status":"volume_placement_capacity"}` when the machine mounts a
+//!   volume, else 422 `{"error":"could not find a candidate host","status":"insufficient_capacity"}`
+//!   (the same fly-go test). A volume attached to another machine is 412 (a Fly engineer on
+//!   community.fly.io, t/15555).
 //! - Creates and updates with a guest Fly refuses answer 400: a CPU count its kind does not
 //!   come in, memory off its step or outside its per-CPU range (`sizing`, after flyctl's
 //!   `internal/machine/update.go`), and so do machine checks polled more often than every 2s or
@@ -113,22 +125,68 @@
 //!   the release command): lines made from machine events (init's "Preparing to run" at
 //!   each boot, `set_log_output` lines, "Main child exited normally with code: N" at each
 //!   exit), paged by `next_token`, filtered by `instance`; `FlyV1` is accepted there, as
-//!   fly-go sends `Tokens.BubblegumHeader()`; `refuse_logs` makes it answer 401.
+//!   fly-go sends `Tokens.BubblegumHeader()`; `refuse_logs` makes it answer 401, which flyctl
+//!   reads as a token that may not read logs, "this can happen when using deploy tokens"
+//!   (`internal/command/deploy/machines_releasecommand.go`, `waitForLogs`; fly-go
+//!   `IsNotAuthenticatedError`).
 //! - IP assignments: list/create (any spec type)/delete, for first deploys that allocate
 //!   addresses.
 //! - Volumes: list/create/get/delete; a create keeps `encrypted` (default true),
 //!   `snapshot_retention` (1-60, else 400) and `auto_backup_enabled` and shows them back;
 //!   `config.mounts[].volume` must name a volume of the app
-//!   not attached to another machine (400 otherwise); destroying the machine detaches it.
+//!   (400 otherwise) not attached to another machine (412 otherwise, community.fly.io
+//!   t/15555); destroying the machine detaches it.
 //!   A create must be in the volume's region (400 otherwise; without a region the machine
 //!   goes there). An update must mount the volumes the machine has (400 otherwise): flyctl replaces a
 //!   machine rather than attach, detach or swap its volume (`machines_launchinput.go`); the
 //!   status and message of flaps' own refusal are not known, so this one is ours.
 //! - Responses show `services[].autostop` "off"/"stop" as `false`/`true`, as Fly does; the
 //!   validator accepts booleans there because the spec's description allows them.
-//! - Not verified against the real service, chosen to be strict: the 409 for a stale nonce,
-//!   the 404 on releasing no lease, the 412 for destroying a running machine without
-//!   `force=true` or updating a destroyed one.
+//! - Events (`GET .../events`): newest first, 20 unless `limit` says otherwise, at most 50
+//!   (the spec's `limit`). A `summary=true` list leaves out config, checks, events and
+//!   `host_status` (the spec's `summary`).
+//! - A stale `current_version` on update is 409 (community.fly.io t/15555); a stale
+//!   `machine_version` on a metadata write is 412 (the spec's `Machines_update_metadata`).
+//! - A machine on a host that is not `ok` shows no `config`, and an `incomplete_config` with
+//!   only `image`, `metadata`, `mounts` and `guest` (fly-go `machine_types.go`; the fields
+//!   flyctl's tests give it).
+//!
+//! # Assumptions (no source found)
+//! Rules the double needs an answer for and no fly-go or flyctl file, spec operation, note or
+//! Fly engineer gives. Each is marked "no source found" where it is applied; most are chosen to
+//! be strict (refusing rather than accepting), so that nixfly does not come to depend on them.
+//! - Statuses: 412 for `GET .../ps` of a machine that is not `started` (by analogy with flaps'
+//!   412 for flyd's `failed_precondition`; nixfly, like flyctl, ignores any error there); 412
+//!   for writes to a destroyed machine; 412 for destroying a running machine without
+//!   `force=true` (flyctl's `fly machine destroy` refuses it client-side); 412 for an update of
+//!   a machine whose host is not `ok` (flyctl never sends one); 409 for the update refusal text
+//!   "deploys to this host are temporarily disabled" (its sibling "could not reserve resource"
+//!   is a sourced 409); 409 for a lease nonce that matches no active lease; 404 for releasing or
+//!   showing a lease when none is active, and for a lease on a destroyed machine; 400 for a
+//!   create/update without a config or image, for a mount naming no volume of the app, and for
+//!   a create in another region than its volume; 400 for an update that attaches, detaches or
+//!   swaps a volume; 400 for a volume create without a name or region; 412 for deleting a volume
+//!   a machine mounts; 404 for an unknown app on the logs, releases and IP endpoints.
+//! - The platform API refusing `FlyV1` (401) and a release without an object `definition`
+//!   (422): flyctl never sends either, Fly's answer is unknown.
+//! - Bodies: the logs API's 401 text (fly-go reads only the status); the GraphQL error text for
+//!   an unknown app; check `output` texts; init's "Preparing to run" log line; the exit event of
+//!   a requested stop (code 0, signal 15); how a failed start shows (state `failed`, a `start`
+//!   event with status `failed`); what `ps` lists (by default a listener on 0.0.0.0 on each tcp
+//!   service port); the wording of size and check refusals (`sizing`, `checks`).
+//! - Defaults: a lease TTL of 30 s when none is given; a wait without `state` waits for
+//!   `started`; a create without a region goes to iad (or its volume's region); an IP
+//!   assignment without a type is v6; an image reference without a registry host is docker.io's;
+//!   an app goes from `pending` to `deployed` at its first app machine's create; a volume
+//!   created without `encrypted` is encrypted (flyctl always sends it).
+//! - Behaviour: starting a running machine or stopping a stopped one changes nothing and
+//!   answers 200; destroyed machines and volumes leave their lists at once; destroying a machine
+//!   detaches its volumes at once; destroyed machines stay readable; which states `settled`
+//!   covers; a wait with a `version` other than the current one waits until 408.
+//! - Timings: every `Timing` default but the existence of `visible_after_create` (none of
+//!   Fly's durations is documented; they vary with image, host and region).
+//! - The double's own rules, not Fly's: requests off the spec are violations answered 400 (404
+//!   off every path), and spec operations the double does not serve answer 501.
 
 pub mod checks;
 pub mod schema;
@@ -488,7 +546,8 @@ impl FlyApi {
         ));
     }
 
-    /// Make the logs API answer 401, as it does for a deploy token.
+    /// Make the logs API answer 401, as it can for a deploy token (flyctl
+    /// `internal/command/deploy/machines_releasecommand.go`, `waitForLogs`).
     pub fn refuse_logs(&self) {
         self.lock().logs_refused = true;
     }
@@ -606,12 +665,11 @@ impl FlyApi {
         self.lock().update_refusals.insert(machine.into(), message.into());
     }
 
-    /// The next `times` machine creates are refused with 412 and `message` (e.g.
-    /// "insufficient resources to create new machine with existing volume"), before any effect.
-    pub fn refuse_next_creates(&self, times: usize, message: &str) {
-        let mut st = self.lock();
-        st.create_refusals
-            .extend(std::iter::repeat_n(message.to_string(), times));
+    /// Fly has no room for the next `times` machine creates: each is refused before any effect,
+    /// in the shape flaps gives (see `server::capacity_refusal`): 412 `volume_placement_capacity`
+    /// for a machine that mounts an existing volume, else 422 `insufficient_capacity`.
+    pub fn refuse_next_creates(&self, times: usize) {
+        self.lock().create_refusals += times;
     }
 
     /// Set what `host_status` the machine shows (`ok`, `unknown`, `unreachable`); a machine

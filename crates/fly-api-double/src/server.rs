@@ -12,8 +12,8 @@ use serde_json::{Map, Value, json};
 
 use super::schema::{self, Operation};
 use super::state::{
-    App, CreateMachine, FaultKind, Lease, Machine, RecordedRequest, State, Violation, Volume, rfc3339,
-    rfc3339_now, unix_secs,
+    App, CreateMachine, FaultKind, Lease, Machine, MountRefusal, RecordedRequest, State, Violation, Volume,
+    rfc3339, rfc3339_now, unix_secs,
 };
 
 /// The longest a single wait call blocks, in Fly time (the spec: "up to 60 seconds").
@@ -156,6 +156,8 @@ pub async fn handle(
 }
 
 async fn process(shared: &Shared, req: &Request, headers: &HeaderMap, mut problems: Vec<String>) -> Response {
+    // NOTES.md "Base URLs": errors are `{"error": ...}`, a token Fly does not take is 401
+    // "Authenticate: token validation error".
     if !authorized(headers, &shared.token, is_platform_api(req)) {
         return error(StatusCode::UNAUTHORIZED, "Authenticate: token validation error");
     }
@@ -194,6 +196,9 @@ async fn process(shared: &Shared, req: &Request, headers: &HeaderMap, mut proble
         }
     };
     problems.dedup();
+    // The double's own rule, not Fly's: a request off the spec is a test failure, answered
+    // 400 (404 off every path) so that it cannot pass unnoticed. Fly often ignores what it
+    // does not know instead.
     if !problems.is_empty() {
         let mut st = shared.lock();
         for reason in &problems {
@@ -334,6 +339,9 @@ fn is_platform_api(req: &Request) -> bool {
 ///
 /// The app logs are the exception: fly-go reaches them with `Tokens.BubblegumHeader()`
 /// (`resource_logs.go`), which is `FlyV1 <macaroons>` whenever there are macaroons.
+///
+/// No source found that api.fly.io refuses `FlyV1` elsewhere: refusing it is the double's
+/// strict choice, which keeps clients to what flyctl sends.
 fn platform_scheme_refusal(req: &Request, headers: &HeaderMap) -> Option<Response> {
     let scheme = auth_scheme(headers);
     let logs = logs_app(&req.path).is_some();
@@ -348,7 +356,8 @@ fn platform_scheme_refusal(req: &Request, headers: &HeaderMap) -> Option<Respons
 /// A release is created with the app config as `definition` (flyctl
 /// `internal/command/deploy/machines.go` passes `md.appConfig`, rebuilt from the machines by
 /// `internal/appconfig/remote.go` when there is no fly.toml): an absent, null or non-object
-/// one is refused as unprocessable.
+/// one is refused as unprocessable. No source found for Fly's refusal (its status, its text,
+/// or that it refuses at all): the 422 is the double's strict choice.
 fn release_definition_refusal(req: &Request) -> Option<Response> {
     let creating = req.method == "POST" && req.path == "/api/v1/releases";
     let definition = req.body_field("definition");
@@ -415,6 +424,12 @@ fn take_fault(shared: &Shared, req: &Request) -> Option<Taken> {
 
 pub fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+/// An `ErrorResponse` with flaps' classification of the failure in `status` (the spec's
+/// `main.statusCode`), as fly-go's `FlapsError.StatusCode` reads it.
+fn error_with_code(status: StatusCode, message: &str, code: &str) -> Response {
+    (status, axum::Json(json!({ "error": message, "status": code }))).into_response()
 }
 
 fn ok_json(status: StatusCode, value: Value) -> Response {
@@ -507,7 +522,7 @@ fn validate_graphql_request(req: &Request, content_type: Option<&str>) -> Vec<St
 
 /// `currentReleaseUnprocessed.configDefinition`: the `definition` of the app's latest release
 /// that completed (the one running), null when it has none; an unknown app is a GraphQL error
-/// (status 200, `errors`), as GraphQL answers.
+/// (status 200, `errors`), as GraphQL answers (no source found for its text).
 fn current_release_config(shared: &Shared, req: &Request) -> Response {
     let app = req.body.as_ref().expect("validated")["variables"]["appName"]
         .as_str()
@@ -564,7 +579,11 @@ fn validate_logs_request(req: &Request) -> Vec<String> {
 /// `instance`'s when given, in the shape fly-go decodes (`getLogsResponse`): `data[]` of
 /// `{id, type, attributes: {timestamp, message, level, instance, region, meta}}` and
 /// `meta.next_token`, which stays as it was when there is nothing new. Answers 401 after
-/// `FlyApi::refuse_logs` (deploy tokens cannot read logs, as flyctl warns).
+/// `FlyApi::refuse_logs`: flyctl (`internal/command/deploy/machines_releasecommand.go`,
+/// `waitForLogs`) reads a 401 there (fly-go `error.go`, `IsNotAuthenticatedError`) as "not
+/// authorized to retrieve app logs (this can happen when using deploy tokens)". fly-go never
+/// reads the body of a failed logs call (`ErrorFromResp` keeps only the status), so its
+/// text is ours (no source found). An unknown app is 404 (no source found either).
 fn app_logs(shared: &Shared, req: &Request, app: &str) -> Response {
     let mut st = shared.lock();
     if st.logs_refused {
@@ -613,6 +632,9 @@ fn release_id(path: &str) -> Option<&str> {
         .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
+/// NOTES.md ("What `flyctl deploy --image REF` does", step 4): a create answers
+/// `{"release":{id,version,...}}` (200 or 201 there; the double says 201) and a PATCH records
+/// the status. No source found for an unknown app's or release's answer: 404.
 fn releases(shared: &Shared, req: &Request) -> Response {
     let body = req.body.as_ref().expect("validated");
     let mut st = shared.lock();
@@ -671,6 +693,8 @@ async fn machines(shared: &Shared, req: &Request, op: &Operation) -> Response {
         "Volumes_list" | "Volumes_create" | "Volumes_get_by_id" | "Volume_delete" => {
             volumes(&mut st, req, op, &app)
         }
+        // The spec's `App_IPAssignments_*` (200, 204). No source found for the type of an
+        // assignment that names none (v6 here) or for deleting an address the app lacks (404).
         "App_IPAssignments_list" => {
             let ips: Vec<Value> = st
                 .ips
@@ -712,11 +736,18 @@ async fn machines(shared: &Shared, req: &Request, op: &Operation) -> Response {
     }
 }
 
+/// The spec's `App`; `status` as NOTES.md reads it ("What `flyctl deploy --image REF` does",
+/// step 1: `deployed` or `suspended` once deployed, `pending` before).
 fn show_app(st: &State, app: &App) -> Response {
     let count = st
         .machines
         .values()
         .filter(|m| m.app == app.name && m.state != "destroyed")
+        .count();
+    let volumes = st
+        .volumes
+        .values()
+        .filter(|v| v.app == app.name && v.state != "destroyed")
         .count();
     ok_json(
         StatusCode::OK,
@@ -725,7 +756,7 @@ fn show_app(st: &State, app: &App) -> Response {
             "name": app.name,
             "status": app.status,
             "machine_count": count,
-            "volume_count": 0,
+            "volume_count": volumes,
             "network": "default",
             "organization": {"name": "Personal", "slug": "personal"},
         }),
@@ -749,9 +780,11 @@ fn list_machines(st: &State, req: &Request, app: &str, now: Instant) -> Response
         .filter(|m| metadata.iter().all(|(k, v)| m.metadata(k) == Some(v)))
         .map(|m| {
             let mut json = machine_json(m, now, req.flag("include_leases"));
+            // The spec's `summary` parameter: "omit config, checks, events, host_status, nonce,
+            // etc." (the double shows no nonce in a list).
             if req.flag("summary") {
                 let obj = json.as_object_mut().expect("object");
-                for key in ["config", "checks", "events"] {
+                for key in ["config", "incomplete_config", "checks", "events", "host_status"] {
                     obj.remove(key);
                 }
             }
@@ -762,19 +795,18 @@ fn list_machines(st: &State, req: &Request, app: &str, now: Instant) -> Response
 }
 
 fn create_machine(st: &mut State, req: &Request, app: &str, now: Instant) -> Response {
-    // No room for a new machine: 412 "insufficient resources", as production logs quoted in
-    // Kilo-Org/cloud#412 show Fly answering creates (unverified beyond that).
-    if let Some(message) = st.create_refusals.pop_front() {
-        return error(StatusCode::PRECONDITION_FAILED, &message);
-    }
     let config = match required_config(req) {
         Ok(config) => config,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     let volumes = match st.mounted_volumes(app, None, &config) {
         Ok(volumes) => volumes,
-        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+        Err(refusal) => return refusal.response(),
     };
+    if st.create_refusals > 0 {
+        st.create_refusals -= 1;
+        return capacity_refusal(volumes.first().map(String::as_str));
+    }
     let str_field = |name: &str| req.body_field(name).and_then(Value::as_str);
     // A volume lives on one host in one region, and only a machine there can mount it: flyctl
     // looks volumes up by the machine's region (`machines.go` `popVolumeFor`,
@@ -793,6 +825,8 @@ fn create_machine(st: &mut State, req: &Request, app: &str, now: Instant) -> Res
         }
         (Some(region), _) => region.to_string(),
         (None, Some(volume)) => volume.clone(),
+        // No source found for where Fly places a machine that names no region (near the
+        // caller, presumably): the double puts it in iad.
         (None, None) => "iad".to_string(),
     };
     let id = st.create_machine(
@@ -807,6 +841,9 @@ fn create_machine(st: &mut State, req: &Request, app: &str, now: Instant) -> Res
         now,
     );
     st.attach_volumes(&id, &volumes);
+    // `lease_ttl` (the spec's `CreateMachineRequest`) leases the new machine to the caller,
+    // and the answer carries the nonce (fly-go `machine_types.go`, `Machine.LeaseNonce`,
+    // `nonce`).
     let lease_ttl = req.body_field("lease_ttl").and_then(Value::as_u64);
     if let Some(ttl) = lease_ttl {
         let owner = st.lease_owner.clone();
@@ -821,8 +858,43 @@ fn create_machine(st: &mut State, req: &Request, app: &str, now: Instant) -> Res
     ok_json(StatusCode::OK, json)
 }
 
+impl MountRefusal {
+    fn response(&self) -> Response {
+        let status = match self {
+            MountRefusal::Invalid(_) => StatusCode::BAD_REQUEST,
+            MountRefusal::InUse(_) => StatusCode::PRECONDITION_FAILED,
+        };
+        error(status, &self.to_string())
+    }
+}
+
+/// A create Fly has no room for, in the two shapes flaps classifies (the `status` of its
+/// `ErrorResponse`, the spec's `main.statusCode`; fly-go `flaps/flaps_error_test.go`,
+/// `TestCapacityScopeOf`, after fly-go PR #306 "classify capacity errors by scope"): a machine
+/// pinned to an existing volume whose host is full is 412 `volume_placement_capacity` ("insufficient
+/// resources to create new machine with existing volume id ..."; the 412 and that text are
+/// what Kilo-Org/cloud#388 quotes from production too), and one no host of the region can take
+/// is 422 `insufficient_capacity` ("could not find a candidate host"). Either comes before any
+/// effect.
+fn capacity_refusal(volume: Option<&str>) -> Response {
+    match volume {
+        Some(volume) => error_with_code(
+            StatusCode::PRECONDITION_FAILED,
+            &format!("insufficient resources to create new machine with existing volume id '{volume}'"),
+            "volume_placement_capacity",
+        ),
+        None => error_with_code(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "could not find a candidate host",
+            "insufficient_capacity",
+        ),
+    }
+}
+
 /// The config of a create/update body; the schema makes no field required, Fly does. A guest
-/// size or machine check Fly refuses is refused too (`sizing`, `checks`).
+/// size or machine check Fly refuses is refused too (`sizing`, `checks`). No source found for
+/// the status and text of Fly's refusal of a missing config or image: 400, the status the
+/// spec gives update's bad requests.
 fn required_config(req: &Request) -> Result<Value, String> {
     let config = req
         .body_field("config")
@@ -839,7 +911,7 @@ fn required_config(req: &Request) -> Result<Value, String> {
     Ok(config)
 }
 
-/// The 412 reason when the body names a machine version that is no longer current.
+/// Why a body that names a machine version no longer current is refused.
 fn version_mismatch(machine: &Machine, req: &Request, field: &str) -> Option<String> {
     let expected = req.body_field(field).and_then(Value::as_str)?;
     (expected != machine.version).then(|| {
@@ -850,6 +922,9 @@ fn version_mismatch(machine: &Machine, req: &Request, field: &str) -> Option<Str
     })
 }
 
+/// The spec's `Volumes_*` operations (200 each). No source found for: destroyed volumes
+/// leaving the list, a create without a name or region being 400, and deleting a volume a
+/// machine mounts being 412.
 fn volumes(st: &mut State, req: &Request, op: &Operation, app: &str) -> Response {
     if op.id == "Volumes_list" {
         let list: Vec<Value> = st
@@ -877,6 +952,8 @@ fn volumes(st: &mut State, req: &Request, op: &Operation, app: &str) -> Response
             state: "created".into(),
             attached_machine_id: None,
             host_status: "ok".into(),
+            // flyctl always sends it ("Volume contents are encrypted by default",
+            // `internal/command/volumes/create.go`); no source found for the API's default.
             encrypted: req
                 .body_field("encrypted")
                 .and_then(Value::as_bool)
@@ -918,8 +995,11 @@ fn check_volume_request(req: &Request) -> Result<(), String> {
     Ok(())
 }
 
-/// Operations that change a machine need the lease nonce while someone holds a lease:
-/// the refusal, if any.
+/// Operations that change a machine need the lease nonce while someone holds a lease: the
+/// refusal, if any. 409 for a lease the request does not name (a Fly engineer on
+/// community.fly.io, t/15555, for updates; fly-go sends the nonce header on every write,
+/// `flaps/flaps_machines.go`, so the double asks it of every write). No source found for a
+/// nonce that matches no active lease: 409 too.
 fn lease_refusal(machine: &Machine, req: &Request, now: Instant) -> Option<Response> {
     match (machine.active_lease(now), &req.nonce) {
         (Some(lease), Some(nonce)) if *nonce == lease.nonce => None,
@@ -1002,7 +1082,8 @@ fn machine_operation(
     if mutating {
         // Destroying an already-destroyed machine answers 404, which flyctl's bluegreen
         // strategy takes as success (`internal/command/deploy/strategy_bluegreen.go`,
-        // `DestroyBlueMachines`); other changes to it are refused.
+        // `DestroyBlueMachines`); other changes to it are refused (no source found for the
+        // status: 412).
         if destroyed && op.id == "Machines_delete" {
             return error(StatusCode::NOT_FOUND, &format!("machine {id} not found"));
         }
@@ -1025,18 +1106,26 @@ fn machine_operation(
         ),
         // What flyctl reads after each machine's health wait to warn about an app that listens
         // on loopback only (`warnAboutIncorrectListenAddress`, machines_deploymachinesapp.go;
-        // fly-go `GetProcesses`). What flaps answers for a machine that is not running is
-        // unknown; the double refuses with 412 (flyctl gives up on any error there).
+        // fly-go `GetProcesses`). No source found for what flaps answers for a machine that is
+        // not running (the spec documents only 400 for this operation): the double refuses
+        // with 412, by analogy only: the one flyd `failed_precondition` refusal seen in the
+        // sources (flyctl `TestVolumePlacementCapacitySuggestion`) is `volume_placement_capacity`,
+        // which fly-go's `flaps_error_test.go` shows as a 412. Clients must not depend on the
+        // status: flyctl gives up on any error there (`waitForExpectedListenAddresses`), and so
+        // does nixfly.
         "Machines_list_processes" if machine.state != "started" => error(
             StatusCode::PRECONDITION_FAILED,
             &format!("machine {id} is not running"),
         ),
         "Machines_list_processes" => ok_json(StatusCode::OK, st.processes(machine)),
+        // Newest first (NOTES.md, release_command step 4); the spec's `limit`: "max of 50. If
+        // omitted, this is set to 20 by default."
         "Machines_list_events" => {
             let limit = req
                 .query("limit")
                 .and_then(|l| l.parse().ok())
-                .unwrap_or(usize::MAX);
+                .unwrap_or(20)
+                .min(50);
             let events: Vec<Value> = machine.events.iter().rev().take(limit).cloned().collect();
             ok_json(StatusCode::OK, Value::Array(events))
         }
@@ -1048,12 +1137,14 @@ fn machine_operation(
                 Ok(config) => config,
                 Err(message) => return error(StatusCode::BAD_REQUEST, &message),
             };
+            // A `current_version` that is not the machine's is 409 (a Fly engineer on
+            // community.fly.io, t/15555, lists it among update's 409s).
             if let Some(mismatch) = version_mismatch(machine, req, "current_version") {
-                return error(StatusCode::PRECONDITION_FAILED, &mismatch);
+                return error(StatusCode::CONFLICT, &mismatch);
             }
             let volumes = match st.mounted_volumes(&machine.app, Some(id), &config) {
                 Ok(volumes) => volumes,
-                Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+                Err(refusal) => return refusal.response(),
             };
             // A machine's volume is fixed at creation: flyctl replaces a machine whose mounts
             // gain, lose or swap a volume rather than update it, because an update cannot
@@ -1086,6 +1177,10 @@ fn machine_operation(
             st.attach_volumes(id, &volumes);
             ok_json(StatusCode::OK, machine_json(&st.machines[id], now, false))
         }
+        // flyctl's `fly machine destroy` (`internal/command/machine/destroy.go`) sends `kill`
+        // only with --force, and refuses a started machine without it. No source found for
+        // flaps' own refusal: the double answers 412 for a machine that is running or on its
+        // way, and destroys any other.
         "Machines_delete" => {
             let running = matches!(
                 machine.state.as_str(),
@@ -1103,6 +1198,9 @@ fn machine_operation(
             st.destroy_machine(id);
             ok()
         }
+        // The answer's `previous_state` is fly-go's `MachineStartResponse` (`machine_types.go`).
+        // No source found for starting a running machine or stopping a stopped one: both
+        // answer 200 and change nothing.
         "Machines_start" => {
             let previous = machine.state.clone();
             if !matches!(previous.as_str(), "started" | "starting" | "replacing") {
@@ -1120,15 +1218,25 @@ fn machine_operation(
             st.machines.get_mut(id).expect("exists").cordoned = op.id == "Machines_cordon";
             ok()
         }
+        // No source found for a machine without a lease: 404.
         "Machines_show_lease" => match machine.active_lease(now) {
             Some(lease) => ok_json(StatusCode::OK, lease_json(shared, lease)),
             None => error(StatusCode::NOT_FOUND, &format!("machine {id} has no lease")),
         },
+        // 201 and the spec's `Lease` (in flyctl's envelope unless `flat_lease`); with the
+        // current nonce in the header it refreshes (NOTES.md step 6). No source found for a
+        // lease on a destroyed machine (404) or for a nonce that matches no active lease (409).
         "Machines_create_lease" => {
             if destroyed {
                 return error(StatusCode::NOT_FOUND, &format!("machine {id} is destroyed"));
             }
-            let ttl = req.body_field("ttl").and_then(Value::as_u64).unwrap_or(30);
+            // The TTL from the body (the spec's `CreateLeaseRequest`) or the query (fly-go's
+            // `AcquireLease`); no source found for the default when neither gives one.
+            let ttl = req
+                .body_field("ttl")
+                .and_then(Value::as_u64)
+                .or_else(|| req.query("ttl").and_then(|t| t.parse().ok()))
+                .unwrap_or(30);
             let description = req
                 .body_field("description")
                 .and_then(Value::as_str)
@@ -1161,6 +1269,8 @@ fn machine_operation(
             st.machines.get_mut(id).expect("exists").lease = Some(refreshed);
             ok_json(StatusCode::CREATED, answer)
         }
+        // 200 (the spec). No source found for releasing with another nonce (409) or when no
+        // lease is active (404).
         "Machines_release_lease" => match machine.active_lease(now) {
             Some(lease) if req.nonce.as_deref() == Some(lease.nonce.as_str()) => {
                 st.machines.get_mut(id).expect("exists").lease = None;
@@ -1187,6 +1297,8 @@ fn machine_operation(
             }
         }
         "Machines_upsert_metadata" | "Machines_delete_metadata" | "Machines_update_metadata" => {
+            // A stale `machine_version` is 412: the spec's answer for `Machines_update_metadata`
+            // ("Precondition Failed").
             if let Some(mismatch) = version_mismatch(machine, req, "machine_version") {
                 return error(StatusCode::PRECONDITION_FAILED, &mismatch);
             }
@@ -1233,10 +1345,16 @@ fn machine_operation(
     }
 }
 
-/// An update the machine's host cannot take. flyctl (`internal/command/deploy/
-/// machines_deploymachinesapp.go`) recognises the refusals by their text and replaces the
-/// machine; one on a host that is not `ok` it replaces without trying
-/// (`machines_launchinput.go`), so the double refuses those updates too (412, unverified).
+/// An update the machine's host cannot take: 409 with flyd's text and no `status` code (fly-go
+/// `flaps/flaps_error_test.go`, `TestCapacityScopeOf`: "aborted: could not reserve resource for
+/// machine: insufficient memory available to fulfill request on the current host" is a 409 of
+/// host scope; a Fly engineer lists host capacity among update's 409s in community.fly.io
+/// t/15555; Kilo-Org/cloud#412 quotes the same 409 from production). flyctl
+/// (`internal/command/deploy/machines_deploymachinesapp.go`) recognises it by its text and
+/// replaces the machine. No source found for the status of "deploys to this host are
+/// temporarily disabled": the double answers whatever text `refuse_updates` gives with 409.
+/// A machine whose host is not `ok` flyctl replaces without trying (`machines_launchinput.go`);
+/// no source found for what flaps answers an update of one: the double refuses with 412.
 fn host_refusal(st: &State, machine: &Machine) -> Option<Response> {
     if let Some(message) = st.update_refusals.get(&machine.id) {
         return Some(error(StatusCode::CONFLICT, message));
@@ -1280,8 +1398,11 @@ fn not_modelled(st: &mut State, req: &Request, reason: String) -> Response {
 }
 
 /// `GET .../wait`: long-poll until the machine is in one of the wanted states, 408 after the
-/// timeout (capped at 60 Fly seconds). Waiting for anything but `destroyed` on a destroyed
-/// machine answers 404, as the notes describe for release-command machines.
+/// timeout (capped at 60 Fly seconds; NOTES.md "Read against flyctl and fly-go source").
+/// Waiting for anything but `destroyed` on a destroyed machine answers 404, as NOTES.md
+/// describes for release-command machines (release_command, step 3). `settled` is any of
+/// the states a machine rests in (the spec lists it among `state`'s values; which states
+/// count is our reading).
 async fn wait(shared: &Shared, req: &Request, app: &str, id: &str) -> Response {
     // Fly waits for the state reached after that event (the spec; fly-go
     // `flaps/flaps_machines_wait_test.go`, `TestWaitOptions`, sends it); the double has no
@@ -1301,6 +1422,8 @@ async fn wait(shared: &Shared, req: &Request, app: &str, id: &str) -> Response {
         .flat_map(|(_, v)| v.split(','))
         .map(str::to_string)
         .collect();
+    // fly-go always names a state (`flaps/flaps_machines_wait.go`); no source found for
+    // Fly's default: `started`.
     let wanted = if wanted.is_empty() {
         vec!["started".to_string()]
     } else {
@@ -1427,6 +1550,7 @@ pub fn machine_json(machine: &Machine, now: Instant, include_lease: bool) -> Val
             json!({
                 "name": c.name,
                 "status": c.status,
+                // No source found for check outputs: stand-ins.
                 "output": match c.status.as_str() {
                     "passing" => "OK",
                     "warning" => "waiting for status update",
@@ -1453,14 +1577,20 @@ pub fn machine_json(machine: &Machine, now: Instant, include_lease: bool) -> Val
     });
     // flaps cannot read the whole config of a machine whose host is not `ok`: it sends what it
     // could piece together as `incomplete_config`, and no `config` (fly-go `machine_types.go`,
-    // `Machine.IncompleteConfig` and `GetConfig`). Which fields the partial config lacks is not
-    // documented; the double sends them all.
-    let key = if machine.host_status == "ok" {
-        "config"
+    // `Machine.IncompleteConfig`, "not suitable to clone or recreate the original machine", and
+    // `GetConfig`). No source says which fields it has: the double keeps only those flyctl's
+    // tests give it and flyctl reads from it (`machines_launchinput_test.go`: `metadata`,
+    // `mounts`; `plan_test.go`: `image`; `machines_releasecommand.go`,
+    // `machineHostDedicationID`: `guest`), so a client that rebuilds a machine from it is caught.
+    if machine.host_status == "ok" {
+        json["config"] = config;
     } else {
-        "incomplete_config"
-    };
-    json[key] = config;
+        let partial: Map<String, Value> = ["image", "metadata", "mounts", "guest"]
+            .iter()
+            .filter_map(|key| Some((key.to_string(), config.get(*key)?.clone())))
+            .collect();
+        json["incomplete_config"] = Value::Object(partial);
+    }
     if include_lease && let Some(lease) = machine.active_lease(now) {
         json["lease"] = json!({
             "owner": lease.owner,
@@ -1471,7 +1601,9 @@ pub fn machine_json(machine: &Machine, now: Instant, include_lease: bool) -> Val
     json
 }
 
-/// `registry.fly.io/app@sha256:…` or `registry.fly.io/app:tag` split as Fly reports it.
+/// `registry.fly.io/app@sha256:…` or `registry.fly.io/app:tag` split into the spec's
+/// `ImageRef` (fly-go `machine_types.go`, `FullImageRef`, joins them back); a reference without
+/// a registry host is docker.io's (Docker's rule; no source found for Fly's).
 fn image_ref(image: &str) -> Value {
     let (name, digest) = match image.split_once('@') {
         Some((n, d)) => (n, d),

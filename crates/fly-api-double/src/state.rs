@@ -18,7 +18,9 @@ pub const RELEASE_COMMAND_GROUP: &str = "fly_app_release_command";
 /// `MachineProcessGroupFlyAppTestMachineCommand`).
 pub const TEST_MACHINE_GROUP: &str = "fly_app_test_machine_command";
 
-/// How long simulated things take, in Fly time; `scale` turns Fly time into wall time.
+/// How long simulated things take, in Fly time; `scale` turns Fly time into wall time. No
+/// source gives Fly's own durations (they vary with image, host and region): the defaults are
+/// short stand-ins, except `visible_after_create`, whose existence flyctl's retries show.
 #[derive(Clone, Debug)]
 pub struct Timing {
     /// Wall seconds per Fly second (0.05: a 60 s wait times out after 3 s).
@@ -451,6 +453,27 @@ struct Flight {
     end: Instant,
 }
 
+/// Why a create or update cannot mount the volumes its config names.
+#[derive(Debug)]
+pub enum MountRefusal {
+    /// No volume named, or none of the app by that id: 400 (no source found for the status;
+    /// the spec lists 400 as update's answer to a bad request).
+    Invalid(String),
+    /// The volume is attached to another machine: 412, the one case a Fly engineer names for
+    /// that status on the Machines API (community.fly.io, "409 Conflict error from Machines
+    /// API", t/15555: "412 ... can only happen if the machine attempts to use a volume that's
+    /// already in use by another machine").
+    InUse(String),
+}
+
+impl std::fmt::Display for MountRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MountRefusal::Invalid(message) | MountRefusal::InUse(message) => f.write_str(message),
+        }
+    }
+}
+
 /// What a `POST /machines` body asks for.
 pub struct CreateMachine {
     pub app: String,
@@ -486,8 +509,9 @@ pub struct State {
     pub image_pulls: Vec<(String, Duration)>,
     /// Machine id → the error its host answers every update with (`FlyApi::refuse_updates`).
     pub update_refusals: BTreeMap<String, String>,
-    /// Errors the next `POST /machines` calls answer with, one each (`FlyApi::refuse_next_creates`).
-    pub create_refusals: VecDeque<String>,
+    /// How many of the next `POST /machines` calls Fly has no room for
+    /// (`FlyApi::refuse_next_creates`).
+    pub create_refusals: usize,
     pub faults: Vec<Fault>,
     pub requests: Vec<RecordedRequest>,
     pub violations: Vec<Violation>,
@@ -514,7 +538,7 @@ impl State {
             listen_addresses: Vec::new(),
             image_pulls: Vec::new(),
             update_refusals: BTreeMap::new(),
-            create_refusals: VecDeque::new(),
+            create_refusals: 0,
             faults: Vec::new(),
             requests: Vec::new(),
             violations: Vec::new(),
@@ -524,12 +548,9 @@ impl State {
         }
     }
 
-    /// The app's log lines, oldest first, made from its machines' events as init and the
-    /// process would write them: at each start, init's "Preparing to run" and what the image
-    /// prints (`log_output`); at each exit, init's "Main child exited normally with code: N",
-    /// the line flyctl waits for (`machines_releasecommand.go`).
     /// `GET .../ps` of a running machine: its app's process (schema `ProcessStat`) with the tcp
-    /// sockets it listens on.
+    /// sockets it listens on (no source found for what init reports; by default the app
+    /// listens on 0.0.0.0 on each tcp service's port, as an app fly-proxy can reach does).
     pub fn processes(&self, machine: &Machine) -> Value {
         let addresses: Vec<String> = match self
             .listen_addresses
@@ -568,6 +589,11 @@ impl State {
         }])
     }
 
+    /// The app's log lines, oldest first, made from its machines' events as init and the
+    /// process would write them: at each start, init's "Preparing to run" (its wording has no
+    /// source: a stand-in) and what the image prints (`log_output`); at each exit, init's "Main
+    /// child exited normally with code: N", the line flyctl waits for
+    /// (`machines_releasecommand.go`).
     pub fn app_logs(&self, app: &str, instance: Option<&str>) -> Vec<LogLine> {
         let mut lines = Vec::new();
         for machine in self.machines.values() {
@@ -721,7 +747,8 @@ impl State {
     /// `skip_launch`.
     pub fn create_machine(&mut self, req: CreateMachine, now: Instant) -> String {
         let mut machine = self.new_machine(&req.app, req.name, &req.region, req.config);
-        // A first deploy turns a never-deployed app into a deployed one.
+        // A first deploy turns a never-deployed app into a deployed one (no source found for
+        // when Fly changes the status: here at the first create of an app machine).
         if !machine.is_one_shot()
             && let Some(app) = self.apps.get_mut(&req.app)
             && app.status == "pending"
@@ -770,21 +797,25 @@ impl State {
         app: &str,
         machine: Option<&str>,
         config: &Value,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, MountRefusal> {
         let mut ids = Vec::new();
         for mount in config["mounts"].as_array().into_iter().flatten() {
             let Some(id) = mount["volume"].as_str() else {
-                return Err("mounts[].volume is required: create the volume first".into());
+                return Err(MountRefusal::Invalid(
+                    "mounts[].volume is required: create the volume first".into(),
+                ));
             };
             let volume = self
                 .volumes
                 .get(id)
                 .filter(|v| v.app == app && v.state != "destroyed")
-                .ok_or_else(|| format!("volume {id} not found in app {app}"))?;
+                .ok_or_else(|| MountRefusal::Invalid(format!("volume {id} not found in app {app}")))?;
             if let Some(other) = &volume.attached_machine_id
                 && Some(other.as_str()) != machine
             {
-                return Err(format!("volume {id} is already attached to machine {other}"));
+                return Err(MountRefusal::InUse(format!(
+                    "volume {id} is already attached to machine {other}"
+                )));
             }
             ids.push(id.to_string());
         }
@@ -816,7 +847,9 @@ impl State {
         id
     }
 
-    /// Replace a machine's config as `POST /machines/{id}` does.
+    /// Replace a machine's config as `POST /machines/{id}` does: a new version, `replacing`
+    /// (the state flyctl gives a machine being updated, `machines_deploymachinesapp.go`, and
+    /// reads in `plan.go`), then started or left stopped.
     pub fn update_machine(
         &mut self,
         id: &str,
@@ -871,6 +904,9 @@ impl State {
         self.schedule(id, now, steps);
     }
 
+    /// `stopping`, then `stopped` with an `exit` event: the fields fly-go decodes
+    /// (`machine_types.go`, `MachineExitEvent`); no source found for their values on a
+    /// requested stop (exit code 0, signal 15 here).
     pub fn stop_machine(&mut self, id: &str, now: Instant) {
         let machine = self.machines.get_mut(id).expect("caller checked");
         machine.state = "stopping".into();
@@ -884,6 +920,9 @@ impl State {
         self.schedule(id, now, vec![step]);
     }
 
+    /// Destroyed at once, its volumes detached (no source found for either: Fly may take a
+    /// moment, and flyctl's `popVolumeFor` only shows that a destroyed machine's volume can be
+    /// mounted again).
     pub fn destroy_machine(&mut self, id: &str) {
         let machine = self.machines.get_mut(id).expect("caller checked");
         machine.pending.clear();
@@ -965,6 +1004,8 @@ impl State {
                     ..Step::default()
                 },
             ],
+            // No source found for how a failed start shows: state `failed` (a state fly-go
+            // and flyctl read) and a `start` event with status `failed`.
             Behavior::FailToStart => vec![Step {
                 at: Some(started_at),
                 state: Some("failed"),
