@@ -12,7 +12,7 @@ use crate::fly::appconfig::Strategy;
 use crate::fly::appconfig::apply::{VolumeChange, apply, diff};
 use crate::fly::appconfig::launch::{GroupLaunch, PublicIps, VolumeNeed, standby_config};
 use crate::fly::appconfig::{AppConfig, AppConfigError};
-use crate::fly::types::Machine;
+use crate::fly::types::{Machine, Volume};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -128,6 +128,9 @@ pub struct GroupChanges {
     app: String,
     /// Machines this deploy created, with their group, for rollback.
     created: Mutex<Vec<(String, String)>>,
+    /// Volumes this deploy created (or found made by a create that seemed to fail), for the
+    /// message after a rollback.
+    created_volumes: Mutex<Vec<Volume>>,
 }
 
 impl GroupChanges {
@@ -257,6 +260,7 @@ impl GroupChanges {
             },
             app: spec.app.clone(),
             created: Mutex::new(Vec::new()),
+            created_volumes: Mutex::new(Vec::new()),
         };
         Ok((changes, translated))
     }
@@ -523,8 +527,17 @@ impl GroupChanges {
             .api
             .create_volume(need.create_request(&self.region, &config["guest"], &ctx.spec.image))
             .await;
+        let remember = |volume: &Volume| {
+            self.created_volumes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(volume.clone());
+        };
         match created {
-            Ok(volume) => Ok(volume.id),
+            Ok(volume) => {
+                remember(&volume);
+                Ok(volume.id)
+            }
             // flaps may have made it all the same (see `MachinesApi::create_machine`): a free
             // volume of that name and region that was not there before is this one. Volumes
             // carry no metadata to tag them with, so it is adopted but not created again.
@@ -535,6 +548,7 @@ impl GroupChanges {
                             "{err}; volume {} ({}) was created all the same, going on with it",
                             volume.id, volume.name
                         ));
+                        remember(&volume);
                         Ok(volume.id)
                     }
                     Ok(None) => Err(app_error("creating a volume", err)),
@@ -577,6 +591,21 @@ impl GroupChanges {
             }
         }
         Ok(())
+    }
+
+    /// After a rollback: the volumes this deploy created stay (a volume is storage, and a
+    /// machine may have written to it before it was destroyed; flyctl destroys none either),
+    /// unattached, so the next deploy mounts them (`volume_for`). Each is named with how to
+    /// destroy it, so that none is left unnoticed.
+    pub fn warn_kept_volumes(&self, ctx: &Ctx) {
+        let volumes = std::mem::take(&mut *self.created_volumes.lock().unwrap_or_else(|e| e.into_inner()));
+        for volume in volumes {
+            ctx.reporter.warn(format!(
+                "volume {} ({}, in {}) was created by this deploy and is kept, unattached: the \
+                 next deploy mounts it; `fly volumes destroy {}` if it is not wanted",
+                volume.id, volume.name, volume.region, volume.id
+            ));
+        }
     }
 
     /// Rollback of the new groups: destroy every machine this deploy created.

@@ -472,6 +472,38 @@ fn a_failed_first_deploy_destroys_what_it_created() {
     assert_no_violations(&fly);
 }
 
+/// A first deploy rolled back after its machine failed its checks destroys the machine but
+/// keeps the volume it made for it (storage the machine may have written to; flyctl destroys
+/// none either), unattached, and names it with how to destroy it.
+#[test]
+fn a_rolled_back_first_deploy_names_the_volume_it_keeps() {
+    let fly = new_app();
+    let t = TestDir::new();
+    write_fly_toml(
+        &t,
+        &(fixture("03-volume-autoextend.toml")
+            + "\n[[http_service.checks]]\n  path = \"/\"\n  interval = \"5s\"\n  timeout = \"1s\"\n"),
+    );
+    fly.set_behavior(&image(1)[..30], Behavior::ChecksFail);
+    let out = run_rollout(&fly, &t, &image(1), &["--wait-timeout", "5s"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("destroyed the 1 machine(s) it had created"), "{err}");
+    assert!(group_machines(&fly, "app").is_empty());
+    let volumes = fly.volumes(APP);
+    assert_eq!(volumes.len(), 1);
+    assert_eq!(volumes[0].attached_machine_id, None);
+    assert!(
+        err.contains(&format!(
+            "volume {} (notes_data, in fra) was created by this deploy and is kept",
+            volumes[0].id
+        )),
+        "{err}"
+    );
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
 #[test]
 fn a_first_deploy_with_a_volume_creates_and_mounts_it() {
     let fly = new_app();
@@ -503,7 +535,8 @@ fn a_first_deploy_with_a_volume_creates_and_mounts_it() {
 /// A machine whose volume's host has no room is refused with flaps' `volume_placement_capacity`
 /// (fly-go `flaps/flaps_error_test.go`, `TestFlapsErrorSuggestionVolumePlacementCapacity`:
 /// 412, and a suggestion keyed off the code): the deploy fails saying what to do, and leaves
-/// no machine behind.
+/// no machine behind. The volume it created stays for the next deploy, which mounts it instead
+/// of making another, and the failed deploy names it with how to destroy it.
 #[test]
 fn a_machine_its_volumes_host_has_no_room_for_fails_with_advice() {
     let fly = new_app();
@@ -518,6 +551,25 @@ fn a_machine_its_volumes_host_has_no_room_for_fails_with_advice() {
         "{err}"
     );
     assert!(group_machines(&fly, "app").is_empty());
+    let volumes = fly.volumes(APP);
+    assert_eq!(volumes.len(), 1);
+    let kept = &volumes[0];
+    assert_eq!(kept.attached_machine_id, None);
+    assert!(
+        err.contains(&format!(
+            "volume {} (notes_data, in fra) was created by this deploy and is kept, unattached: \
+             the next deploy mounts it; `fly volumes destroy {}`",
+            kept.id, kept.id
+        )),
+        "{err}"
+    );
+
+    let out = run_rollout(&fly, &t, &image(1), &[]);
+    assert_success(&out);
+    let volumes = fly.volumes(APP);
+    assert_eq!(volumes.len(), 1, "the retry made another volume");
+    let machines = group_machines(&fly, "app");
+    assert_eq!(machines[0].config["mounts"][0]["volume"], json!(kept.id));
     assert_no_violations(&fly);
 }
 
