@@ -34,33 +34,54 @@ pub struct RegistryCommand {
 #[derive(Subcommand, Debug)]
 pub enum Action {
     /// Print the size of a blob, or `absent`.
-    Exists { reference: String, digest: Digest },
+    Exists {
+        /// The repository, `host/repo`.
+        reference: String,
+        /// The blob's digest, `sha256:<hex>`.
+        digest: Digest,
+    },
     /// Stream a file up as a blob through the resumable upload; prints `digest size`.
     PushBlob {
+        /// The repository, `host/repo`.
         reference: String,
+        /// The file whose bytes are the blob.
         file: PathBuf,
         /// The digest the data must have.
         #[arg(long)]
         expected: Option<Digest>,
     },
     /// Upload a small file as a blob in one PUT; prints `digest size`.
-    PushBytes { reference: String, file: PathBuf },
+    PushBytes {
+        /// The repository, `host/repo`.
+        reference: String,
+        /// The file whose bytes are the blob.
+        file: PathBuf,
+    },
     /// Mount a blob from another repository; prints `mounted` or `not mounted`.
     Mount {
+        /// The repository to mount into, `host/repo`.
         reference: String,
+        /// The blob's digest, `sha256:<hex>`.
         digest: Digest,
+        /// The repository of the same registry that has the blob.
         #[arg(long)]
         from: String,
     },
     /// Store a manifest under the reference's tag (or digest); prints its digest.
     PutManifest {
+        /// Where to store it, `host/repo:tag` or `host/repo@sha256:<hex>`.
         reference: String,
+        /// The manifest's bytes, stored as they are.
         file: PathBuf,
+        /// Its media type (the Content-Type sent).
         #[arg(long)]
         media_type: String,
     },
     /// Print the digest and media type of a manifest, or `absent`.
-    GetManifest { reference: String },
+    GetManifest {
+        /// The manifest, `host/repo:tag` or `host/repo@sha256:<hex>`.
+        reference: String,
+    },
 }
 
 fn client(
