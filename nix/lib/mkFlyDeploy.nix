@@ -99,6 +99,11 @@ let
       check = v: v == "stream" || v == "plan";
       default = "stream";
     };
+    fromImage = {
+      type = "null or a base image: a docker-archive, such as dockerTools.pullImage's (its layers go first, and count against maxLayers)";
+      check = nullOr isPathLike;
+      default = null;
+    };
     maxLayers = {
       type = "an integer between 2 and 125";
       check = v: isInt v && v >= 2 && v <= 125;
@@ -203,6 +208,7 @@ let
     "entrypoint"
     "contents"
     "config"
+    "fromImage"
     "maxLayers"
   ];
   conflicting = builtins.filter (name: args ? ${name}) imageOnly;
@@ -250,6 +256,7 @@ let
           tag
           contents
           config
+          fromImage
           maxLayers
           ;
         entrypoint =

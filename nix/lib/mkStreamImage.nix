@@ -7,6 +7,7 @@
   entrypoint,
   contents,
   config,
+  fromImage ? null,
   maxLayers,
 }:
 pkgs.dockerTools.streamLayeredImage {
@@ -14,6 +15,7 @@ pkgs.dockerTools.streamLayeredImage {
     name
     tag
     contents
+    fromImage
     maxLayers
     ;
   config = config // { Entrypoint = entrypoint; };

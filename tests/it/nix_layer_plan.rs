@@ -460,3 +460,80 @@ fn a_wrong_attribute_is_named() {
         assert!(stderr.contains(expected), "{extra}: {stderr}");
     }
 }
+
+/// mkFlyDeploy's `fromImage` builds the app's image over a base image, as streamLayeredImage's
+/// does: the stream script (`layering = "stream"`) writes the base's layers first and its Env
+/// under the app's, and the plan (`"plan"`) records them first. Beside a ready `image` it is
+/// refused, as every attribute that describes an image to build is.
+#[test]
+fn mk_fly_deploy_builds_over_a_from_image() {
+    let Some(nix) = Nix::get() else { return };
+    let t = TestDir::new();
+    let deploy = |extra: &str| {
+        with_app(
+            "hello",
+            &format!(
+                r#"let
+                     base = pkgs.dockerTools.buildLayeredImage {{
+                       name = "base";
+                       compressor = "none";
+                       contents = [ (pkgs.runCommand "base-tool" {{ }} "mkdir -p $out/bin; echo base > $out/bin/base-tool") ];
+                       config.Env = [ "FROM_BASE=1" ];
+                     }};
+                   in lib.mkFlyDeploy {{
+                     inherit pkgs nixfly;
+                     app = "demo";
+                     package = app;
+                     fromImage = base;
+                     {extra}
+                   }}"#
+            ),
+        )
+    };
+    let base_layers = 2; // base-tool's store layer and the base's customisation layer
+
+    let stream = build(nix, &t, &format!("({}).image", deploy("")), "stream");
+    let archive = run(&mut std::process::Command::new(&stream));
+    assert_success(&archive);
+    let (config, diff_ids) = archive_image(&archive.stdout);
+    let config: Value = serde_json::from_slice(&config).unwrap();
+    assert_eq!(config["config"]["Env"][0], "FROM_BASE=1", "{config}");
+    // The base's layers are named by their entries in the base archive, the app's by store paths.
+    let comments: Vec<&str> = config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["comment"].as_str().unwrap())
+        .collect();
+    let from_base = comments
+        .iter()
+        .take_while(|c| c.ends_with("/layer.tar']"))
+        .count();
+    assert_eq!(from_base, base_layers, "{config}");
+    assert!(comments[base_layers].contains("/nix/store/"), "{config}");
+
+    let plan = build(
+        nix,
+        &t,
+        &format!("({}).image", deploy(r#"layering = "plan";"#)),
+        "plan",
+    );
+    let plan = read_json(&plan);
+    let layers = plan["layers"].as_array().unwrap();
+    let planned: Vec<&str> = layers.iter().map(|l| l["diff_id"].as_str().unwrap()).collect();
+    assert_eq!(planned, diff_ids, "the plan's layers are the stream's");
+    assert!(
+        layers[..base_layers]
+            .iter()
+            .all(|l| l["source"]["type"] == "base_layer")
+    );
+
+    let out = run(nix.command(&["eval"]).args([
+        "--raw",
+        "--expr",
+        &format!("({}).drvPath", deploy("image = app;")),
+    ]));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`image` is a ready image, so `"), "{stderr}");
+}
