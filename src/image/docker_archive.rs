@@ -175,6 +175,8 @@ pub struct StreamedImage<T> {
     pub layers: Vec<T>,
     /// The layers' names in manifest.json, in its order.
     pub layer_names: Vec<String>,
+    /// The regular-file entry each of those names is, its links followed.
+    pub layer_entries: Vec<String>,
 }
 
 /// Read a docker-archive tar stream once. `on_layer` must read its entry to the end and
@@ -232,8 +234,10 @@ pub fn read_stream<T: Clone, E: From<ImageError>>(
     let diff_ids = config_diff_ids(&config, source_name, &manifest.config)?;
     check_layer_count(&manifest, &diff_ids, source_name)?;
     let mut ordered = Vec::with_capacity(manifest.layers.len());
+    let mut entries = Vec::with_capacity(manifest.layers.len());
     for (name, declared) in manifest.layers.iter().zip(&diff_ids) {
         let resolved = links.resolve(name);
+        entries.push(resolved.to_string());
         // A small layer kept in memory as possible metadata is handled now.
         if !layers.contains_key(resolved)
             && let Some(bytes) = metadata.get(resolved)
@@ -265,6 +269,7 @@ pub fn read_stream<T: Clone, E: From<ImageError>>(
         config,
         layers: ordered,
         layer_names: manifest.layers,
+        layer_entries: entries,
     })
 }
 

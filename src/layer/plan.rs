@@ -194,8 +194,12 @@ enum BaseLayout {
         file: std::sync::Arc<File>,
         extents: Vec<crate::image::docker_archive::Extent>,
     },
-    /// Each layer found by reading the archive from its start.
-    Compressed(crate::image::ArchiveFormat),
+    /// Each layer found by reading the archive from its start: the regular-file entry each
+    /// manifest name is, links followed.
+    Compressed {
+        format: crate::image::ArchiveFormat,
+        entries: Vec<String>,
+    },
 }
 
 impl BaseImage {
@@ -241,7 +245,10 @@ impl BaseImage {
                     image.config,
                     image.layer_names,
                     diff_ids,
-                    BaseLayout::Compressed(format),
+                    BaseLayout::Compressed {
+                        format,
+                        entries: image.layer_entries,
+                    },
                 )
             }
             None => {
@@ -282,7 +289,11 @@ impl BaseImage {
                     reader.take(extent.size),
                 )))
             }
-            BaseLayout::Compressed(format) => Ok(Box::new(MemberReader::spawn(&self.path, *format, member)?)),
+            BaseLayout::Compressed { format, entries } => Ok(Box::new(MemberReader::spawn(
+                &self.path,
+                *format,
+                &entries[index],
+            )?)),
         }
     }
 
@@ -302,7 +313,7 @@ impl BaseImage {
     /// without hashing the layer: a base whose layer differs would make an image no runtime
     /// can unpack). A compressed base is read once, front to back.
     pub fn records(&self, compression: Compression, workers: usize) -> Result<Vec<PlannedLayer>, PlanError> {
-        let BaseLayout::Compressed(format) = self.layout else {
+        let BaseLayout::Compressed { format, .. } = self.layout else {
             let mut records = Vec::with_capacity(self.members.len());
             for (source, declared) in self.sources().iter().zip(&self.diff_ids) {
                 let record = PlannedLayer::build(source, None, compression, workers, |_| Ok(()))?;
@@ -1223,5 +1234,59 @@ sys.stdout.write(json.dumps(image, indent=4))
             .unwrap()
             .write_python(&mut alone, 0);
         assert_eq!(alone, "{\n    \"Env\": [\n        \"A=1\"\n    ]\n}");
+    }
+
+    /// A base layer listed under a link (`docker save` links a layer it already wrote) is
+    /// read from the entry the link names, whether the base is compressed or not.
+    #[test]
+    fn a_base_layer_listed_under_a_link_is_read_from_its_entry() {
+        use std::io::Write as _;
+        let layer = b"not really a tar, but bytes with a digest".repeat(100);
+        let diff_id = Digest::sha256_of(&layer);
+        let config =
+            serde_json::json!({"config": {}, "rootfs": {"type": "layers", "diff_ids": [diff_id.as_str()]}})
+                .to_string();
+        let config_name = format!("{}.json", Digest::sha256_of(config.as_bytes()).hex());
+        let manifest =
+            serde_json::json!([{"Config": config_name, "RepoTags": ["b:1"], "Layers": ["b/layer.tar"]}])
+                .to_string();
+        let mut archive = tar::Builder::new(Vec::new());
+        let file = |name: &str, body: &[u8], archive: &mut tar::Builder<Vec<u8>>| {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(body.len() as u64);
+            header.set_mode(0o444);
+            header.set_cksum();
+            archive.append_data(&mut header, name, body).unwrap();
+        };
+        file("a/layer.tar", &layer, &mut archive);
+        let mut link = tar::Header::new_ustar();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        archive
+            .append_link(&mut link, "b/layer.tar", "../a/layer.tar")
+            .unwrap();
+        file(&config_name, config.as_bytes(), &mut archive);
+        file("manifest.json", manifest.as_bytes(), &mut archive);
+        let tar = archive.into_inner().unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("base.tar");
+        std::fs::write(&plain, &tar).unwrap();
+        let gzipped = dir.path().join("base.tar.gz");
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&tar).unwrap();
+        std::fs::write(&gzipped, encoder.finish().unwrap()).unwrap();
+        for path in [plain, gzipped] {
+            let base = BaseImage::open(path.to_str().unwrap()).unwrap();
+            assert_eq!(base.members, ["b/layer.tar"]);
+            let mut read = Vec::new();
+            base.open_layer("b/layer.tar")
+                .unwrap()
+                .read_to_end(&mut read)
+                .unwrap();
+            assert!(read == layer, "{}: {} bytes read", path.display(), read.len());
+            let err = base.open_layer("c/layer.tar").err().unwrap();
+            assert!(err.to_string().contains("has no layer c/layer.tar"), "{err}");
+        }
     }
 }
