@@ -112,7 +112,7 @@ impl LayerSource {
                 })?;
                 Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
             }
-            LayerSource::BaseLayer { archive, member } => BaseImage::open(archive)?.open_layer(member),
+            LayerSource::BaseLayer { archive, member } => BaseImage::shared(archive)?.open_layer(member),
         }
     }
 
@@ -203,6 +203,24 @@ enum BaseLayout {
 }
 
 impl BaseImage {
+    /// The base image at `path`, opened once per process: a push that uploads several of its
+    /// layers reads a compressed base's metadata (a pass over the whole file) only once.
+    pub fn shared(path: &str) -> Result<std::sync::Arc<Self>, PlanError> {
+        type Opened = std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<BaseImage>>>;
+        static OPENED: std::sync::OnceLock<Opened> = std::sync::OnceLock::new();
+        let opened = OPENED.get_or_init(Default::default);
+        if let Some(base) = opened.lock().unwrap_or_else(|e| e.into_inner()).get(path) {
+            return Ok(base.clone());
+        }
+        // Opened outside the lock: two layers of one base may race to open it, at worst twice.
+        let base = std::sync::Arc::new(Self::open(path)?);
+        opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.to_string(), base.clone());
+        Ok(base)
+    }
+
     pub fn open(path: &str) -> Result<Self, PlanError> {
         use crate::image::ArchiveFormat;
         let read_error = |source| PlanError::Read {
@@ -1287,6 +1305,10 @@ sys.stdout.write(json.dumps(image, indent=4))
             assert!(read == layer, "{}: {} bytes read", path.display(), read.len());
             let err = base.open_layer("c/layer.tar").err().unwrap();
             assert!(err.to_string().contains("has no layer c/layer.tar"), "{err}");
+            // A push opens each of its layers: the base is read once.
+            let first = BaseImage::shared(path.to_str().unwrap()).unwrap();
+            let again = BaseImage::shared(path.to_str().unwrap()).unwrap();
+            assert!(std::sync::Arc::ptr_eq(&first, &again));
         }
     }
 }
