@@ -424,3 +424,159 @@ fn a_base_image_takes_its_layers_from_max_layers() {
         "the base's Env, then the image's, the image's value winning"
     );
 }
+
+/// Builds `expr` (over `pkgs`, the stand-in) linked at `t/<link>`.
+fn build_standin(
+    nix: &crate::support::nix::Nix,
+    t: &TestDir,
+    expr: &str,
+    link: &str,
+) -> std::process::Output {
+    let root = env!("CARGO_MANIFEST_DIR");
+    crate::support::run(
+        nix.command(&["build"])
+            .args([
+                "--expr",
+                &format!("let pkgs = import {root}/nix/tests/nixpkgs-standin {{ }}; in {expr}"),
+                "--out-link",
+            ])
+            .arg(t.join(link)),
+    )
+}
+
+/// The scripts trivial-builders/default.nix writes, byte for byte: writeShellApplication's
+/// `set -o` lines, a blank line before `export PATH` of each input's bin (not of an attribute
+/// the input happens to call `bin`), a blank line, the text and a newline, and the caller's
+/// meta.mainProgram over the name; writeShellScript's shebang, text and a trailing newline,
+/// dry-run with extglob on (stdenv.shellDryRun) so that an extended pattern parses.
+#[test]
+fn shell_scripts_are_written_as_trivial_builders_writes_them() {
+    let Some(nix) = crate::support::nix::Nix::get() else {
+        return;
+    };
+    let t = TestDir::new();
+    let app =
+        r#"pkgs.writeShellApplication { name = "app"; text = "echo hi"; runtimeInputs = [ pkgs.python3 ]; }"#;
+    let out = build_standin(&nix, &t, app, "app");
+    crate::support::assert_success(&out);
+    let python3 = std::fs::canonicalize(t.join("app")).unwrap();
+    let script = std::fs::read_to_string(t.join("app/bin/app")).unwrap();
+    let path_line = script.lines().nth(5).unwrap().to_string();
+    assert!(
+        script.starts_with(
+            "#!/bin/bash\nset -o errexit\nset -o nounset\nset -o pipefail\n\nexport PATH=\"/nix/store/"
+        ),
+        "{script:?}"
+    );
+    assert!(
+        path_line.ends_with("-host-python3/bin:$PATH\""),
+        "{script:?} ({python3:?})"
+    );
+    assert!(script.ends_with(":$PATH\"\n\necho hi\n"), "{script:?}");
+
+    let meta = crate::support::run(nix.command(&["eval"]).args([
+        "--raw",
+        "--expr",
+        &format!(
+            "let pkgs = import {}/nix/tests/nixpkgs-standin {{ }}; in (pkgs.writeShellApplication {{ name = \"app\"; text = \"\"; meta.mainProgram = \"other\"; }}).meta.mainProgram",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    ]));
+    crate::support::assert_success(&meta);
+    assert_eq!(String::from_utf8_lossy(&meta.stdout), "other");
+
+    let script = r#"pkgs.writeShellScript "globbing" "shopt -s extglob\nls -d /@(bin|usr) > /dev/null""#;
+    let out = build_standin(&nix, &t, script, "globbing");
+    crate::support::assert_success(&out);
+    let text = std::fs::read_to_string(t.join("globbing")).unwrap();
+    assert_eq!(
+        text,
+        "#!/bin/bash\nshopt -s extglob\nls -d /@(bin|usr) > /dev/null\n"
+    );
+}
+
+/// lib/strings.nix's escapeShellArg leaves a word of safe characters bare; lib/meta.nix's
+/// getExe falls back, with a warning, to the package's name when it has no meta.mainProgram.
+#[test]
+fn lib_escapes_and_finds_executables_as_nixpkgs_lib_does() {
+    let Some(nix) = crate::support::nix::Nix::get() else {
+        return;
+    };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = crate::support::run(nix.command(&["eval"]).args([
+        "--json",
+        "--expr",
+        &format!(
+            r#"let
+                 lib = import {root}/nix/tests/nixpkgs-standin/lib.nix;
+                 pkgs = import {root}/nix/tests/nixpkgs-standin {{ }};
+                 tool = pkgs.runCommand "tool-1.0" {{ }} "";
+               in [
+                 (lib.escapeShellArg "/nix/store/x-y/bin:a,b@c%d+e")
+                 (lib.escapeShellArg "")
+                 (lib.escapeShellArg "a b")
+                 (lib.escapeShellArg "it's")
+                 (lib.getExe tool == "${{tool}}/bin/tool")
+               ]"#
+        ),
+    ]));
+    crate::support::assert_success(&out);
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        answer,
+        serde_json::json!(["/nix/store/x-y/bin:a,b@c%d+e", "''", "'a b'", "'it'\\''s'", true])
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("mainProgram"),
+        "no warning"
+    );
+}
+
+/// buildRustPackage's check phase sees nativeCheckInputs on PATH (make-derivation.nix adds
+/// them to nativeBuildInputs when doCheck), and runs before postInstall; a tool only the
+/// check inputs provide must be found by the tests.
+#[test]
+fn rust_tests_see_native_check_inputs() {
+    let Some(nix) = crate::support::nix::Nix::get() else {
+        return;
+    };
+    let t = TestDir::new();
+    let src = t.join("crate");
+    std::fs::create_dir_all(src.join("src")).unwrap();
+    std::fs::write(
+        src.join("Cargo.toml"),
+        "[package]\nname = \"checked\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("Cargo.lock"),
+        "version = 3\n\n[[package]]\nname = \"checked\"\nversion = \"0.1.0\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("src/main.rs"),
+        "fn main() {}\n#[test]\nfn tool_on_path() {\n    let out = std::process::Command::new(\"standin-check-tool\").output().expect(\"standin-check-tool on PATH\");\n    assert_eq!(String::from_utf8_lossy(&out.stdout), \"checked\\n\");\n}\n",
+    )
+    .unwrap();
+    let expr = format!(
+        r#"pkgs.rustPlatform.buildRustPackage {{
+             pname = "checked";
+             version = "0.1.0";
+             src = {src};
+             cargoLock.lockFile = {src}/Cargo.lock;
+             nativeCheckInputs = [ (pkgs.runCommand "check-tool" {{ }} ''
+               mkdir -p $out/bin
+               printf '#!/bin/sh\necho checked\n' > $out/bin/standin-check-tool
+               chmod +x $out/bin/standin-check-tool
+             '') ];
+             postInstall = "standin-check-tool > $out/checked";
+           }}"#,
+        src = src.display()
+    );
+    let out = build_standin(&nix, &t, &expr, "checked");
+    crate::support::assert_success(&out);
+    assert_eq!(
+        std::fs::read_to_string(t.join("checked/checked")).unwrap(),
+        "checked\n"
+    );
+}

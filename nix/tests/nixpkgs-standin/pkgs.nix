@@ -62,9 +62,15 @@ let
         chmod +x "$out/bin/$exe"
       ''
     }/bin/${name}";
+  # pkgs/top-level/all-packages.nix: runtimeShell is bash's `bin/bash`.
   runtimeShell = if foreign then interpreter "bash" else "/bin/bash";
 
   binPath = inputs: builtins.concatStringsSep ":" (map (p: "${p}/bin") inputs);
+  # lib/strings.nix (makeBinPath): <bin output, else out>/bin of each, joined with `:`.
+  makeBinPath = inputs: builtins.concatStringsSep ":" (map (p: "${lib.getBin p}/bin") inputs);
+  # pkgs/stdenv/generic/default.nix (shellDryRun): the stdenv's bash parsing without running,
+  # with extglob on so that extended patterns parse.
+  shellDryRun = "bash -n -O extglob";
 
   # stdenv.mkDerivation's part the tests need: host tools on PATH, setup hooks of the inputs
   # sourced, bash strict mode, passthru and meta on the result. As
@@ -118,14 +124,21 @@ let
     # As with mkDerivation, the result carries the stdenv it was built with.
     drv // passthru // { inherit meta passthru stdenv; };
 
+  # pkgs/build-support/trivial-builders/default.nix (runCommand; commit
+  # 00ee9b64aafebe333c3e33ffb093734092158728): stdenvNoCC.mkDerivation of `env` (nativeBuildInputs,
+  # passthru, meta and the rest) with the script as its buildCommand, in the build directory.
   runCommand =
     name: env: script:
     mkDerivation (env // { inherit name script; });
 
+  # pkgs/build-support/trivial-builders/default.nix (writeText, writeTextFile; commit
+  # 00ee9b64aafebe333c3e33ffb093734092158728): $out is the file, holding the text exactly.
   writeText =
     name: text:
     runCommand name { inherit text; } ''printf '%s' "$text" > "$out"'';
 
+  # lib/systems/default.nix: `system` and canExecute, which holds between the same kernel and a
+  # compatible CPU; among the four systems nixfly names that is the same system.
   platform = {
     inherit system;
     canExecute = other: other.system == system;
@@ -160,10 +173,17 @@ let
           bin,
           host ? bin,
         }:
-        runCommand "host-${attr}" { inherit bin host; } ''
-          mkdir -p "$out/bin"
-          ln -s "$(command -v "$host")" "$out/bin/$bin"
-        ''
+        # The names go in as `exe` and `hostExe`: an attribute `bin` would stand for a `bin`
+        # output (lib.getBin, makeBinPath).
+        runCommand "host-${attr}"
+          {
+            exe = bin;
+            hostExe = host;
+          }
+          ''
+            mkdir -p "$out/bin"
+            ln -s "$(command -v "$hostExe")" "$out/bin/$exe"
+          ''
       )
       {
         cargo.bin = "cargo";
@@ -188,6 +208,9 @@ hostTools
 // {
   inherit lib runCommand writeText;
 
+  # lib/customisation.nix (callPackageWith): the function (or the file it is imported from)
+  # called with the package set's attributes it names, overridden by `overrides`; a named
+  # argument with no default that neither provides fails.
   callPackage =
     fn: overrides:
     let
@@ -201,15 +224,23 @@ hostTools
   inherit (rust) rustPlatform;
   inherit (docker) dockerTools;
 
+  # pkgs/by-name/in/installShellFiles/package.nix: a setup hook; the stand-in's holds only
+  # installShellCompletion (./install-shell-files.sh).
   installShellFiles = runCommand "install-shell-files" { } ''
     mkdir -p "$out/nix-support"
     cp ${./install-shell-files.sh} "$out/nix-support/setup-hook"
   '';
 
-  # trivial-builders/default.nix: the script is `#!runtimeShell`, `set -o` of each bash option,
-  # PATH from runtimeInputs, the text; its checkPhase runs `bash -n -O extglob`
-  # (stdenv.shellDryRun) and then shellcheck, whose every finding (even an `info` one such as
-  # SC2016) fails the build.
+  # pkgs/build-support/trivial-builders/default.nix (writeShellApplication; commits
+  # 77d57157d61d28d9f8948f4fe7c6e3c7a78d5338 and 00ee9b64aafebe333c3e33ffb093734092158728):
+  # writeTextFile to $out/bin/<name>, executable, meta.mainProgram = name unless `meta` sets
+  # its own. The script: `#!runtimeShell`, one `set -o` line for each of errexit, nounset and
+  # pipefail, then (with runtimeInputs) a blank line and `export PATH="<makeBinPath>:$PATH"`,
+  # then a blank line, the text and a newline. The build runs `bash -n -O extglob`
+  # (stdenv.shellDryRun). At 77d57157 the build also runs shellcheck (with `--exclude` and
+  # extraShellCheckFlags), where any finding, even an `info` one such as SC2016, fails it; at
+  # 00ee9b64 the same shellcheck run is passthru.tests.shellcheck instead. The stand-in keeps it
+  # in the build: a script nixfly writes must build with either nixpkgs a user brings.
   writeShellApplication =
     args:
     let
@@ -234,24 +265,21 @@ hostTools
     runCommand a.name
       {
         passthru = a.passthru or { };
-        meta = (a.meta or { }) // {
+        meta = {
           mainProgram = a.name;
-        };
-        text = ''
-          #!${runtimeShell}
-          set -o errexit
-          set -o nounset
-          set -o pipefail
-          ${lib.optionalString (runtimeInputs != [ ]) ''export PATH="${binPath runtimeInputs}:$PATH"''}
-          ${a.text}
-        '';
+        }
+        // a.meta or { };
+        text =
+          "#!${runtimeShell}\nset -o errexit\nset -o nounset\nset -o pipefail\n"
+          + lib.optionalString (runtimeInputs != [ ]) "\nexport PATH=\"${makeBinPath runtimeInputs}:$PATH\"\n"
+          + "\n${a.text}\n";
       }
       ''
         target="$out/bin/$name"
         mkdir -p "$out/bin"
         printf '%s' "$text" > "$target"
         chmod +x "$target"
-        bash -n -O extglob "$target"
+        ${shellDryRun} "$target"
         if ! command -v shellcheck > /dev/null; then
           echo "nixpkgs stand-in: writeShellApplication runs shellcheck on its script as nixpkgs does, and shellcheck is not installed (apt-get install shellcheck)" >&2
           exit 1
@@ -259,14 +287,21 @@ hostTools
         shellcheck ${toString (map lib.escapeShellArg shellcheckFlags)} "$target"
       '';
 
+  # pkgs/build-support/trivial-builders/default.nix (writeShellScript; commit
+  # 00ee9b64aafebe333c3e33ffb093734092158728): writeTextFile to $out itself, executable, the
+  # text being `#!runtimeShell`, a newline, the script and a newline; the build runs
+  # stdenv.shellDryRun on it. No meta.mainProgram (it is not under /bin).
   writeShellScript =
     name: text:
-    runCommand name { text = "#!${runtimeShell}\n" + text; } ''
+    runCommand name { text = "#!${runtimeShell}\n${text}\n"; } ''
       printf '%s' "$text" > "$out"
       chmod +x "$out"
-      bash -n "$out"
+      ${shellDryRun} "$out"
     '';
 
+  # pkgs/build-support/mkshell/default.nix: name defaults to "nix-shell"; `packages` become
+  # nativeBuildInputs. The stand-in does not merge inputsFrom's inputs or run shellHook (nothing
+  # nixfly's tests build enters the shell); it only refuses other arguments.
   mkShell =
     args:
     let

@@ -73,10 +73,17 @@ let
         "__darwinAllowLocalNetworking"
       ] args;
     in
+    # pkgs/build-support/rust/build-rust-package/default.nix (commit
+    # 1666f82b5d4eaeebab97fad801823d56febe5f3f): name "<pname>-<version>", cargoLock.lockFile
+    # vendored by importCargoLock (pkgs/build-support/rust/import-cargo-lock.nix), the remaining
+    # arguments passed on to stdenv.mkDerivation.
     mkDerivation {
       name = "${a.pname}-${a.version}";
       inherit (a) pname version src;
-      nativeBuildInputs = a.nativeBuildInputs or [ ];
+      # pkgs/stdenv/generic/make-derivation.nix: with doCheck, nativeCheckInputs join
+      # nativeBuildInputs (on PATH, setup hooks sourced) for the whole build.
+      nativeBuildInputs =
+        a.nativeBuildInputs or [ ] ++ lib.optionals (a.doCheck or true) (a.nativeCheckInputs or [ ]);
       meta = a.meta or { };
       passthru = a.passthru or { };
       __darwinAllowLocalNetworking = a.__darwinAllowLocalNetworking or false;
@@ -85,9 +92,9 @@ let
       # a compiler cache: dependencies compile once, a new source only rebuilds its own crate.
       # Debug profile for test speed; nixpkgs builds release.
       targetCache = builtins.getEnv "NIXFLY_STANDIN_CARGO_TARGET";
+      # build-rust-package/default.nix: doCheck defaults to true.
       doCheck = if a.doCheck or true then "1" else "";
       cargoTestFlags = a.cargoTestFlags or [ ];
-      checkPath = builtins.concatStringsSep ":" (map (p: "${p}/bin") (a.nativeCheckInputs or [ ]));
       postInstall = a.postInstall or "";
       script = ''
         cp -r --no-preserve=mode "$src" source
@@ -104,12 +111,18 @@ let
         ln -sfn "$vendor" "$target/vendor"
         printf '[source.crates-io]\nreplace-with = "vendored"\n[source.vendored]\ndirectory = "%s"\n' \
           "$target/vendor" > "$CARGO_HOME/config.toml"
+        # pkgs/build-support/rust/hooks/cargo-check-hook.sh (commit
+        # e2ed640e3d7219aec0bbdd9e6acf7b1caf111657): the check phase, which stdenv runs after
+        # the build and before the install phase (and so before postInstall): `cargo test -j
+        # $NIX_BUILD_CORES` with cargoTestFlags, then `-- --test-threads=$NIX_BUILD_CORES`.
+        # nixpkgs tests in the release profile (checkType defaults to buildType, "release");
+        # the stand-in in the test profile, for speed.
+        if [ -n "$doCheck" ]; then
+          cargo test -j "$NIX_BUILD_CORES" --offline --locked \
+            --target-dir "$target" $cargoTestFlags -- --test-threads="$NIX_BUILD_CORES"
+        fi
         cargo install --offline --locked --debug --path . --root "$out" --target-dir "$target"
         rm -f "$out/.crates.toml" "$out/.crates2.json"
-        # As nixpkgs' cargoCheckHook: `cargo test` with cargoTestFlags, nativeCheckInputs on PATH.
-        if [ -n "$doCheck" ]; then
-          PATH="${checkPath:+$checkPath:}$PATH" cargo test --offline --locked --target-dir "$target" $cargoTestFlags
-        fi
         eval "$postInstall"
       '';
     };
