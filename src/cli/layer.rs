@@ -187,7 +187,7 @@ fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
 
 fn base(args: BaseArgs, reporter: &Reporter) -> anyhow::Result<()> {
     let (compression, workers) = args.compression.resolve()?;
-    let records = BaseImage::open(&args.image)?.records(compression, workers)?;
+    let records = BaseImage::records(&args.image, compression, workers)?;
     for record in &records {
         reporter.info(format!(
             "base layer {} ({} bytes) -> {} ({} bytes, {})",

@@ -5,3 +5,4 @@
 pub mod fixture;
 pub mod plan;
 pub mod store_tar;
+mod thread_reader;

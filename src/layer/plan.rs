@@ -5,7 +5,8 @@
 //! (`json.dumps(image_json, indent=4)`), so an image pushed from a plan has the same config
 //! digest (image id) and diff_ids as the one the stream script of the same image produces.
 
-use super::store_tar::{StoreTarReader, TarOptions};
+use super::store_tar::{TarOptions, store_tar_reader};
+use super::thread_reader::ThreadReader;
 use crate::blob::{self, BlobError, Compression, SinkClosed};
 use crate::registry::Digest;
 use serde::{Deserialize, Serialize};
@@ -102,7 +103,7 @@ impl LayerSource {
                     gname: gname.clone(),
                     root: root.map(Path::to_path_buf),
                 };
-                let tar = StoreTarReader::spawn(paths.clone(), options).map_err(PlanError::Spawn)?;
+                let tar = store_tar_reader(paths.clone(), options).map_err(PlanError::Spawn)?;
                 Ok(Box::new(tar))
             }
             LayerSource::Tar { path } => {
@@ -222,57 +223,36 @@ impl BaseImage {
     }
 
     pub fn open(path: &str) -> Result<Self, PlanError> {
-        use crate::image::ArchiveFormat;
-        let read_error = |source| PlanError::Read {
-            path: path.to_string(),
-            source,
-        };
         let shown = format!("base image {path}");
-        let described = |err: crate::image::ImageError| base_error(path, err.into());
-        let file = File::open(path).map_err(read_error)?;
-        let mut head = Vec::with_capacity(512);
-        (&file).take(512).read_to_end(&mut head).map_err(read_error)?;
-        let (config, members, diff_ids, layout) = match ArchiveFormat::sniff(&head) {
-            Some(ArchiveFormat::Tar) => {
-                let index = crate::image::docker_archive::index_file(&file, &shown).map_err(described)?;
+        let (file, format) = sniff_base(path)?;
+        let (config, members, diff_ids, layout) = match format {
+            crate::image::ArchiveFormat::Tar => {
+                let index = crate::image::docker_archive::index_file(&file, &shown)
+                    .map_err(|err| base_error(path, err.into()))?;
                 let layout = BaseLayout::Indexed {
                     file: std::sync::Arc::new(file),
                     extents: index.layers,
                 };
                 (index.config, index.layer_names, index.diff_ids, layout)
             }
-            Some(format) => {
-                // One pass: every layer hashed (and so checked against the config) on the way,
-                // from the start the magic bytes were read from.
-                std::io::Seek::rewind(&mut &file).map_err(read_error)?;
-                let reader = crate::image::decompress(format, Box::new(BufReader::new(file)));
-                let image = crate::image::docker_archive::read_stream(reader, &shown, |layer| {
-                    let (diff_id, _) = blob::hash_layer(layer.reader, |_| {}).map_err(|err| {
-                        crate::image::ImageError::Read {
-                            source_name: shown.clone(),
-                            source: std::io::Error::other(err),
-                        }
-                    })?;
-                    Ok::<_, crate::image::ImageError>((diff_id, ()))
-                })
-                .map_err(described)?;
+            format => {
+                // One pass, every layer hashed (and so checked against the config) on the way.
+                let image = stream_base(path, file, format, |layer| {
+                    let (diff_id, _) =
+                        blob::hash_layer(layer.reader, |_| {}).map_err(|source| PlanError::Build {
+                            paths: format!("{} of the {shown}", layer.name),
+                            source,
+                        })?;
+                    Ok((diff_id, ()))
+                })?;
                 let diff_ids =
                     crate::image::docker_archive::config_diff_ids(&image.config, &shown, "its config")
-                        .map_err(described)?;
-                (
-                    image.config,
-                    image.layer_names,
-                    diff_ids,
-                    BaseLayout::Compressed {
-                        format,
-                        entries: image.layer_entries,
-                    },
-                )
-            }
-            None => {
-                return Err(PlanError::Base(format!(
-                    "the base image {path} is not a docker-archive (neither a tar nor gzip or zstd)"
-                )));
+                        .map_err(|err| base_error(path, err.into()))?;
+                let layout = BaseLayout::Compressed {
+                    format,
+                    entries: image.layer_entries,
+                };
+                (image.config, image.layer_names, diff_ids, layout)
             }
         };
         let config: Value = serde_json::from_slice(&config)
@@ -307,11 +287,9 @@ impl BaseImage {
                     reader.take(extent.size),
                 )))
             }
-            BaseLayout::Compressed { format, entries } => Ok(Box::new(MemberReader::spawn(
-                &self.path,
-                *format,
-                &entries[index],
-            )?)),
+            BaseLayout::Compressed { format, entries } => {
+                Ok(Box::new(member_reader(&self.path, *format, &entries[index])?))
+            }
         }
     }
 
@@ -326,46 +304,47 @@ impl BaseImage {
             .collect()
     }
 
-    /// Every layer's record: each layer compressed with `compression` and checked against
-    /// the diff_id the base's config gives it (nixpkgs' script puts that diff_id in the image
-    /// without hashing the layer: a base whose layer differs would make an image no runtime
-    /// can unpack). A compressed base is read once, front to back.
-    pub fn records(&self, compression: Compression, workers: usize) -> Result<Vec<PlannedLayer>, PlanError> {
-        let BaseLayout::Compressed { format, .. } = self.layout else {
-            let mut records = Vec::with_capacity(self.members.len());
-            for (source, declared) in self.sources().iter().zip(&self.diff_ids) {
+    /// Every layer's record of the base image at `path`: each layer compressed with
+    /// `compression` and checked against the diff_id the base's config gives it (nixpkgs'
+    /// script puts that diff_id in the image without hashing the layer: a base whose layer
+    /// differs would make an image no runtime can unpack). A compressed base is read once,
+    /// front to back.
+    pub fn records(
+        path: &str,
+        compression: Compression,
+        workers: usize,
+    ) -> Result<Vec<PlannedLayer>, PlanError> {
+        let (file, format) = sniff_base(path)?;
+        if format == crate::image::ArchiveFormat::Tar {
+            let base = Self::open(path)?;
+            let mut records = Vec::with_capacity(base.members.len());
+            for ((source, member), declared) in base.sources().iter().zip(&base.members).zip(&base.diff_ids) {
                 let record = PlannedLayer::build(source, None, compression, workers, |_| Ok(()))?;
                 if record.diff_id != *declared {
-                    let LayerSource::BaseLayer { member, .. } = source else {
-                        unreachable!("a base image's sources are base layers")
-                    };
-                    return Err(damaged_base(&self.path, member, &record.diff_id, declared));
+                    return Err(damaged_base(path, member, &record.diff_id, declared));
                 }
                 records.push(record);
             }
             return Ok(records);
-        };
-        let shown = format!("base image {}", self.path);
-        let file = File::open(&self.path).map_err(|source| PlanError::Read {
-            path: self.path.clone(),
-            source,
-        })?;
-        let reader = crate::image::decompress(format, Box::new(BufReader::new(file)));
-        let image = crate::image::docker_archive::read_stream(reader, &shown, |layer| {
+        }
+        let shown = format!("base image {path}");
+        let image = stream_base(path, file, format, |layer| {
             let digests = blob::compress_layer(layer.reader, compression, workers, |_| Ok(()), |_| {})
                 .map_err(|source| PlanError::Build {
                     paths: format!("{} of the {shown}", layer.name),
                     source,
                 })?;
-            Ok::<_, PlanError>((digests.diff_id.clone(), digests))
-        })
-        .map_err(|err| base_error(&self.path, err))?;
+            Ok((digests.diff_id.clone(), digests))
+        })?;
         Ok(image
             .layers
             .into_iter()
-            .zip(self.sources())
-            .map(|(digests, source)| PlannedLayer {
-                source,
+            .zip(image.layer_names)
+            .map(|(digests, member)| PlannedLayer {
+                source: LayerSource::BaseLayer {
+                    archive: path.to_string(),
+                    member,
+                },
                 diff_id: digests.diff_id,
                 size: digests.uncompressed_size,
                 digest: digests.digest,
@@ -376,70 +355,70 @@ impl BaseImage {
     }
 }
 
-/// One entry of a compressed archive, read by a thread that decompresses the archive from its
-/// start and writes that entry's bytes into a pipe. A member it does not find, or a read that
-/// fails, is an error at the end of the pipe rather than a short layer.
-struct MemberReader {
-    pipe: std::io::PipeReader,
-    outcome: std::sync::mpsc::Receiver<Result<(), String>>,
-    ended: bool,
+/// The base image file at `path`, at its start, and its format (told by its first bytes).
+fn sniff_base(path: &str) -> Result<(File, crate::image::ArchiveFormat), PlanError> {
+    let read_error = |source| PlanError::Read {
+        path: path.to_string(),
+        source,
+    };
+    let mut file = File::open(path).map_err(read_error)?;
+    let mut head = Vec::with_capacity(512);
+    (&file).take(512).read_to_end(&mut head).map_err(read_error)?;
+    std::io::Seek::rewind(&mut file).map_err(read_error)?;
+    let format = crate::image::ArchiveFormat::sniff(&head).ok_or_else(|| {
+        PlanError::Base(format!(
+            "the base image {path} is not a docker-archive (neither a tar nor gzip or zstd)"
+        ))
+    })?;
+    Ok((file, format))
 }
 
-impl MemberReader {
-    fn spawn(path: &str, format: crate::image::ArchiveFormat, member: &str) -> Result<Self, PlanError> {
-        let file = File::open(path).map_err(|source| PlanError::Read {
-            path: path.to_string(),
-            source,
-        })?;
-        let (pipe, mut writer) = std::io::pipe().map_err(PlanError::Spawn)?;
-        let (report, outcome) = std::sync::mpsc::sync_channel(1);
-        let (path, member) = (path.to_string(), member.to_string());
-        std::thread::Builder::new()
-            .name("base-layer".into())
-            .spawn(move || {
-                let found = (|| -> std::io::Result<bool> {
-                    let reader = crate::image::decompress(format, Box::new(BufReader::new(file)));
-                    let mut archive = tar::Archive::new(reader);
-                    for entry in archive.entries()? {
-                        let mut entry = entry?;
-                        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-                        let name = name.trim_start_matches("./");
-                        if entry.header().entry_type().is_file() && name == member {
-                            std::io::copy(&mut entry, &mut writer)?;
-                            return Ok(true);
-                        }
-                    }
-                    Ok(false)
-                })();
-                let _ = report.send(match found {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(format!("the base image {path} has no file {member}")),
-                    Err(err) => Err(format!("reading {member} of the base image {path}: {err}")),
-                });
-            })
-            .map_err(PlanError::Spawn)?;
-        Ok(MemberReader {
-            pipe,
-            outcome,
-            ended: false,
-        })
-    }
+/// A compressed base image read front to back, `on_layer` given each layer as it passes; the
+/// layers' sha256s are checked against the config's diff_ids at the end (a mismatch is a
+/// damaged base).
+fn stream_base<T: Clone>(
+    path: &str,
+    file: File,
+    format: crate::image::ArchiveFormat,
+    on_layer: impl FnMut(crate::image::docker_archive::ArchiveLayer<'_>) -> Result<(Digest, T), PlanError>,
+) -> Result<crate::image::docker_archive::StreamedImage<T>, PlanError> {
+    let reader = crate::image::decompress(format, Box::new(BufReader::new(file)));
+    crate::image::docker_archive::read_stream(reader, &format!("base image {path}"), on_layer)
+        .map_err(|err| base_error(path, err))
 }
 
-impl Read for MemberReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.pipe.read(buf)?;
-        if n == 0 && !buf.is_empty() && !self.ended {
-            self.ended = true;
-            // The writer is gone: the thread has said, or is about to say, how it went.
-            match self.outcome.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(problem)) => return Err(std::io::Error::other(problem)),
-                Err(_) => return Err(std::io::Error::other("the thread reading the base image stopped")),
+/// One entry of a compressed archive: a thread decompresses the archive from its start and
+/// writes that entry's bytes; a member it does not find, or a read that fails, ends the stream
+/// with an error rather than a short layer.
+fn member_reader(
+    path: &str,
+    format: crate::image::ArchiveFormat,
+    member: &str,
+) -> Result<ThreadReader, PlanError> {
+    let file = File::open(path).map_err(|source| PlanError::Read {
+        path: path.to_string(),
+        source,
+    })?;
+    let (path, member) = (path.to_string(), member.to_string());
+    ThreadReader::spawn("base-layer", move |mut writer| {
+        let reader = crate::image::decompress(format, Box::new(BufReader::new(file)));
+        let mut archive = tar::Archive::new(reader);
+        let failed = |err: std::io::Error| {
+            std::io::Error::other(format!("reading {member} of the base image {path}: {err}"))
+        };
+        for entry in archive.entries().map_err(failed)? {
+            let mut entry = entry.map_err(failed)?;
+            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            if entry.header().entry_type().is_file() && name.trim_start_matches("./") == member {
+                std::io::copy(&mut entry, &mut writer).map_err(failed)?;
+                return Ok(());
             }
         }
-        Ok(n)
-    }
+        Err(std::io::Error::other(format!(
+            "the base image {path} has no file {member}"
+        )))
+    })
+    .map_err(PlanError::Spawn)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -24,7 +24,6 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
-use std::thread::JoinHandle;
 
 const BLOCK: usize = 512;
 /// Python's `tarfile.RECORDSIZE`: the archive is padded to a multiple of this.
@@ -116,43 +115,17 @@ pub fn write_store_tar<W: Write>(
 }
 
 /// The layer tar as a byte stream, for a compressor that pulls: a thread writes the tar into
-/// a pipe. A disk error on the writer's side is returned by the read that would otherwise
-/// have seen the end of the stream, so a short tar never passes for a whole one.
-pub struct StoreTarReader {
-    pipe: io::PipeReader,
-    writer: Option<JoinHandle<Result<u64, StoreTarError>>>,
-}
-
-impl StoreTarReader {
-    pub fn spawn(store_paths: Vec<String>, options: TarOptions) -> io::Result<Self> {
-        let (pipe, sender) = io::pipe()?;
-        let writer = std::thread::Builder::new()
-            .name("layer-tar".into())
-            .spawn(move || {
-                let out = io::BufWriter::with_capacity(1 << 20, sender);
-                write_store_tar(&store_paths, &options, out)
-            })?;
-        Ok(StoreTarReader {
-            pipe,
-            writer: Some(writer),
-        })
-    }
-}
-
-impl Read for StoreTarReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.pipe.read(buf)?;
-        if n == 0
-            && !buf.is_empty()
-            && let Some(writer) = self.writer.take()
-        {
-            let result = writer
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            result.map_err(io::Error::other)?;
-        }
-        Ok(n)
-    }
+/// a pipe, and a disk error on its side ends the stream with that error.
+pub fn store_tar_reader(
+    store_paths: Vec<String>,
+    options: TarOptions,
+) -> io::Result<super::thread_reader::ThreadReader> {
+    super::thread_reader::ThreadReader::spawn("layer-tar", move |sender| {
+        let out = io::BufWriter::with_capacity(1 << 20, sender);
+        write_store_tar(&store_paths, &options, out)
+            .map(|_| ())
+            .map_err(io::Error::other)
+    })
 }
 
 fn check_store_path(path: &str) -> Result<(), StoreTarError> {
