@@ -652,10 +652,7 @@ impl StreamConf {
             ("created".into(), text(&created)),
             ("architecture".into(), text(&self.architecture)),
             ("os".into(), text("linux")),
-            (
-                "config".into(),
-                with_base_env(Ordered::from_value(&self.config)?, base)?,
-            ),
+            ("config".into(), with_base_env(&self.config, base)?),
             (
                 "rootfs".into(),
                 Ordered::Object(vec![
@@ -675,13 +672,14 @@ impl StreamConf {
 /// `Env` is the base config's, then the conf's, one entry per name (the part before the first
 /// `=`): a name keeps the place where it first appears and takes its last value. The conf's
 /// `config` is a Python dict, so an `Env` it lacked is added last.
-fn with_base_env(config: Ordered, base: Option<&Value>) -> Result<Ordered, PlanError> {
-    let Some(base) = base else { return Ok(config) };
-    let Ordered::Object(mut fields) = config else {
+fn with_base_env(config: &Value, base: Option<&Value>) -> Result<Ordered, PlanError> {
+    let ordered = Ordered::from_value(config)?;
+    let Some(base) = base else { return Ok(ordered) };
+    let Ordered::Object(mut fields) = ordered else {
         return Err(PlanError::Conf("the image config is not an object".into()));
     };
-    let strings = |value: Option<&Value>, whose: &str| -> Result<Vec<String>, PlanError> {
-        match value {
+    let env_of = |config: &Value, whose: &str| -> Result<Vec<String>, PlanError> {
+        match config.get("Env") {
             None | Some(Value::Null) => Ok(Vec::new()),
             Some(Value::Array(items)) => items
                 .iter()
@@ -694,25 +692,10 @@ fn with_base_env(config: Ordered, base: Option<&Value>) -> Result<Ordered, PlanE
             Some(other) => Err(PlanError::Conf(format!("{whose} Env is {other}, not a list"))),
         }
     };
-    let own = fields
-        .iter()
-        .find(|(key, _)| key == "Env")
-        .map(|(_, value)| value);
-    let own = match own {
-        Some(Ordered::Array(items)) => items
-            .iter()
-            .map(|item| match item {
-                Ordered::Scalar(Value::String(s)) => Ok(s.clone()),
-                _ => Err(PlanError::Conf("the image's Env holds a non-string".into())),
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        Some(_) => return Err(PlanError::Conf("the image's Env is not a list".into())),
-        None => Vec::new(),
-    };
     let mut merged: Vec<(String, String)> = Vec::new();
-    for entry in strings(base.get("Env"), "the base image's")?
+    for entry in env_of(base, "the base image's")?
         .into_iter()
-        .chain(own)
+        .chain(env_of(config, "the image's")?)
     {
         let name = entry.split('=').next().unwrap_or_default().to_string();
         match merged.iter_mut().find(|(n, _)| *n == name) {
@@ -1220,16 +1203,14 @@ sys.stdout.write(json.dumps(image, indent=4))
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let python = String::from_utf8(out.stdout).unwrap();
             let mut ours = String::new();
-            with_base_env(Ordered::from_value(&config).unwrap(), Some(&base))
+            with_base_env(&config, Some(&base))
                 .unwrap()
                 .write_python(&mut ours, 0);
             assert_eq!(ours, python.trim_end(), "base {base}, image {config}");
         }
         let config = serde_json::json!({"Env": ["A=1"]});
         let mut alone = String::new();
-        with_base_env(Ordered::from_value(&config).unwrap(), None)
-            .unwrap()
-            .write_python(&mut alone, 0);
+        with_base_env(&config, None).unwrap().write_python(&mut alone, 0);
         assert_eq!(alone, "{\n    \"Env\": [\n        \"A=1\"\n    ]\n}");
     }
 
