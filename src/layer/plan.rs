@@ -240,7 +240,7 @@ impl BaseImage {
                 let image = stream_base(path, file, format, |layer| {
                     let (diff_id, _) =
                         blob::hash_layer(layer.reader, |_| {}).map_err(|source| PlanError::Build {
-                            paths: format!("{} of the {shown}", layer.name),
+                            what: format!("{} of the {shown}", layer.name),
                             source,
                         })?;
                     Ok((diff_id, ()))
@@ -331,7 +331,7 @@ impl BaseImage {
         let image = stream_base(path, file, format, |layer| {
             let digests = blob::compress_layer(layer.reader, compression, workers, |_| Ok(()), |_| {})
                 .map_err(|source| PlanError::Build {
-                    paths: format!("{} of the {shown}", layer.name),
+                    what: format!("{} of the {shown}", layer.name),
                     source,
                 })?;
             Ok((digests.diff_id.clone(), digests))
@@ -450,9 +450,9 @@ pub enum PlanError {
     Base(String),
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
-    #[error("cannot make the layer of {paths}")]
+    #[error("cannot make the layer of {what}")]
     Build {
-        paths: String,
+        what: String,
         #[source]
         source: BlobError,
     },
@@ -472,7 +472,7 @@ impl PlannedLayer {
         let digests =
             blob::compress_layer(tar, compression, workers, sink, |_| {}).map_err(|source_err| {
                 PlanError::Build {
-                    paths: source.paths().join(" "),
+                    what: source.describe(),
                     source: source_err,
                 }
             })?;
