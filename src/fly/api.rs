@@ -1231,7 +1231,9 @@ mod tests {
     /// on as one value, comma and all).
     #[tokio::test]
     async fn waits_send_the_query_flaps_sends() {
-        let (base, heads) = raw_server(vec![OK; 5]);
+        // The spec's `WaitMachineResponse` names the state reached, which `wait` answers.
+        let reached = answer("200 OK", "", r#"{"ok":true,"state":"started"}"#);
+        let (base, heads) = raw_server(vec![reached, OK, OK, OK, OK]);
         let api = MachinesApi::new(machines(&base), "my-app");
         let version = "01JC1W3CW1VEKNMHX7MJ70DE1D";
         let waits = [
@@ -1266,9 +1268,11 @@ mod tests {
                 "state=started%2Cstopped&timeout=60",
             ),
         ];
+        let mut answered = Vec::new();
         for (state, version, timeout, _) in waits {
-            api.wait("m123", state, version, timeout).await.unwrap();
+            answered.push(api.wait("m123", state, version, timeout).await.unwrap());
         }
+        assert_eq!(answered, [Some("started".to_string()), None, None, None, None]);
         let heads = heads.lock().unwrap();
         for (head, (.., query)) in heads.iter().zip(waits) {
             let line = head.lines().next().unwrap();
