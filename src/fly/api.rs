@@ -320,26 +320,12 @@ impl FlyHttp {
                 builder = builder.json(body);
             }
             self.reporter.debug(format!("{} {shown}", req.method));
-            // A request that got no answer, or only part of one, is one failure: either way
-            // nothing says whether it took effect.
-            let answer = match builder.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    let retry_after = crate::retry::retry_after(response.headers());
-                    let request_id = response
-                        .headers()
-                        .get("fly-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .filter(|v| !v.is_empty())
-                        .map(str::to_string);
-                    response
-                        .bytes()
-                        .await
-                        .map(|body| (status, retry_after, request_id, body))
-                }
-                Err(source) => Err(source),
-            };
-            let (status, retry_after, response_request_id, body) = match answer {
+            let Answer {
+                status,
+                retry_after,
+                request_id,
+                body,
+            } = match read_answer(builder).await {
                 Ok(answer) => answer,
                 Err(source) => {
                     if transport_is_transient(source.is_connect(), req.replay) && attempt < policy.retries {
@@ -358,7 +344,7 @@ impl FlyHttp {
                 }
             };
             if status.is_success() {
-                return Ok(body.to_vec());
+                return Ok(body);
             }
             if status_is_transient(status, req.replay) && attempt < policy.retries {
                 let delay = policy.delay(attempt, retry_after);
@@ -387,7 +373,7 @@ impl FlyHttp {
             }
             let mut message = error_message(&body);
             // What Fly support asks for (fly-go keeps it as `FlapsError.FlyRequestId`).
-            if let Some(id) = response_request_id {
+            if let Some(id) = request_id {
                 message.push_str(&format!(" (fly-request-id {id})"));
             }
             return Err(
@@ -425,6 +411,36 @@ impl FlyHttp {
         let body = self.send(req).await?;
         serde_json::from_slice(&body).map_err(|source| ApiError::Decode { method, url, source })
     }
+}
+
+/// A whole answer: what `FlyHttp::send` reads of it.
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    /// `fly-request-id`, when not empty.
+    request_id: Option<String>,
+    body: Vec<u8>,
+}
+
+/// Send the request and read its whole answer. A request that got no answer, or only part of
+/// one, is one failure: either way nothing says whether it took effect.
+async fn read_answer(builder: reqwest::RequestBuilder) -> Result<Answer, reqwest::Error> {
+    let response = builder.send().await?;
+    let status = response.status();
+    let retry_after = crate::retry::retry_after(response.headers());
+    let request_id = response
+        .headers()
+        .get("fly-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
+    let body = response.bytes().await?.to_vec();
+    Ok(Answer {
+        status,
+        retry_after,
+        request_id,
+        body,
+    })
 }
 
 /// Whether a request answered with `status` may be sent again. flaps' transient answers are
@@ -1215,7 +1231,9 @@ mod tests {
     /// on as one value, comma and all).
     #[tokio::test]
     async fn waits_send_the_query_flaps_sends() {
-        let (base, heads) = raw_server(vec![OK; 5]);
+        // The spec's `WaitMachineResponse` names the state reached, which `wait` answers.
+        let reached = answer("200 OK", "", r#"{"ok":true,"state":"started"}"#);
+        let (base, heads) = raw_server(vec![reached, OK, OK, OK, OK]);
         let api = MachinesApi::new(machines(&base), "my-app");
         let version = "01JC1W3CW1VEKNMHX7MJ70DE1D";
         let waits = [
@@ -1250,9 +1268,11 @@ mod tests {
                 "state=started%2Cstopped&timeout=60",
             ),
         ];
+        let mut answered = Vec::new();
         for (state, version, timeout, _) in waits {
-            api.wait("m123", state, version, timeout).await.unwrap();
+            answered.push(api.wait("m123", state, version, timeout).await.unwrap());
         }
+        assert_eq!(answered, [Some("started".to_string()), None, None, None, None]);
         let heads = heads.lock().unwrap();
         for (head, (.., query)) in heads.iter().zip(waits) {
             let line = head.lines().next().unwrap();

@@ -481,6 +481,13 @@ async fn leases_are_taken_and_refreshed_the_way_fly_go_asks() {
         .await;
     assert_eq!(status, 201, "{refreshed}");
     assert_eq!(refreshed["data"]["nonce"], json!(nonce));
+    // The refresh's own TTL, not the first one's.
+    let expires = fly.lease(&id).and_then(|l| l.expires).expect("a TTL");
+    let left = expires.saturating_duration_since(Instant::now());
+    assert!(
+        left > Duration::from_secs(58) && left <= Duration::from_secs(60),
+        "{left:?}"
+    );
     assert!(fly.take_violations().is_empty());
 }
 

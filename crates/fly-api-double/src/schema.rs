@@ -89,14 +89,15 @@ fn percent_decode(segment: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Every way the request breaks the operation's schema, as readable sentences.
-/// A lease call's `?ttl=<seconds>`, which the spec leaves out: fly-go acquires and refreshes
-/// leases with it and no body (`flaps/flaps_machines.go`, `AcquireLease`, `RefreshLease`; NOTES.md
-/// step 6), so Fly takes it, and a lease call without a body too.
-fn undocumented_lease_ttl(op: &Operation, name: &str, value: &str) -> bool {
-    op.id == "Machines_create_lease" && name == "ttl" && value.parse::<u64>().is_ok()
+/// A lease call as fly-go makes it: `?ttl=<seconds>` and no body, both of which the spec leaves
+/// out (it documents a required `CreateLeaseRequest` body). fly-go acquires and refreshes leases
+/// that way (`flaps/flaps_machines.go`, `AcquireLease`, `RefreshLease`; NOTES.md step 6), so
+/// Fly takes it, and `validate_request` lets both through.
+fn is_lease_call(op: &Operation) -> bool {
+    op.id == "Machines_create_lease"
 }
 
+/// Every way the request breaks the operation's schema, as readable sentences.
 pub fn validate_request(
     op: &Operation,
     query: &[(String, String)],
@@ -107,7 +108,7 @@ pub fn validate_request(
     let mut errors = Vec::new();
     let params = op.op["parameters"].as_array().cloned().unwrap_or_default();
     for (name, value) in query {
-        if undocumented_lease_ttl(op, name, value) {
+        if is_lease_call(op) && name == "ttl" && value.parse::<u64>().is_ok() {
             continue;
         }
         let Some(param) = params
@@ -154,7 +155,7 @@ pub fn validate_request(
     let request_body = &op.op["requestBody"];
     match (body, request_body.is_object()) {
         (Some(_), false) => errors.push(format!("{} takes no request body", op.id)),
-        (None, true) if request_body["required"] == true && op.id != "Machines_create_lease" => {
+        (None, true) if request_body["required"] == true && !is_lease_call(op) => {
             errors.push(format!("{} requires a JSON request body", op.id));
         }
         (Some(body), true) => {

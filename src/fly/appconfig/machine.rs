@@ -313,13 +313,7 @@ impl AppConfig {
                 check.kill_signal.as_ref().or(self.kill_signal.as_ref()),
             )
         };
-        let mut stop = Map::new();
-        if let Some(timeout) = timeout {
-            stop.insert("timeout".into(), format_go_duration(timeout).into());
-        }
-        if let Some(signal) = signal {
-            stop.insert("signal".into(), signal.as_str().into());
-        }
+        let stop = stop_map(timeout, signal);
         Ok(json!({
             "init": init,
             "image": image,
@@ -336,14 +330,10 @@ impl AppConfig {
         if self.kill_signal.is_none() && self.kill_timeout.is_none() {
             return None;
         }
-        let mut stop = Map::new();
-        if let Some(timeout) = self.kill_timeout {
-            stop.insert("timeout".into(), format_go_duration(timeout).into());
-        }
-        if let Some(signal) = &self.kill_signal {
-            stop.insert("signal".into(), signal.as_str().into());
-        }
-        Some(Value::Object(stop))
+        Some(Value::Object(stop_map(
+            self.kill_timeout,
+            self.kill_signal.as_ref(),
+        )))
     }
 
     fn init(&self, group: &str) -> Map<String, Value> {
@@ -727,4 +717,17 @@ pub fn service_check_names(config: &Value) -> Vec<String> {
         }
     }
     names
+}
+
+/// A machine's `stop_config` from kill settings: `timeout` as a Go duration, `signal`, each
+/// only when given.
+fn stop_map(timeout: Option<std::time::Duration>, signal: Option<&String>) -> Map<String, Value> {
+    let mut stop = Map::new();
+    if let Some(timeout) = timeout {
+        stop.insert("timeout".into(), format_go_duration(timeout).into());
+    }
+    if let Some(signal) = signal {
+        stop.insert("signal".into(), signal.as_str().into());
+    }
+    stop
 }

@@ -352,7 +352,6 @@ fn valid_group_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-/// flyctl builds multi-container machines from `machine_config`, `container` and
 /// `[build] compression` and `compression_level`, checked as flyctl's validateCompression
 /// checks them (`internal/appconfig/validation.go`, with `internal/flag/validation/
 /// compression.go`): "gzip", "zstd" or empty (unset), and a level from 0 to 9.
@@ -381,6 +380,7 @@ fn parse_build_compression(build: &Table, out: &mut Build) {
     }
 }
 
+/// flyctl builds multi-container machines from `machine_config`, `container` and
 /// `[build] compose` (internal/appconfig/machines.go, internal/containerconfig/parse.go);
 /// nixfly deploys one image as the machine's only container. Ignoring them would deploy a
 /// different machine than flyctl, so they are refused.
