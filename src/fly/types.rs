@@ -301,22 +301,22 @@ impl Machine {
     /// replaced is not one of the image it put back. (flyctl's `isConstantlyRestarting` reads
     /// the newest exit whatever its age; it never rolls back onto a machine that crashed.)
     pub fn latest_exit(&self) -> Option<ExitInfo> {
+        self.events_since_change().find_map(MachineEvent::exit_info)
+    }
+
+    /// The events of the machine's current config, newest first: those after its latest
+    /// `update` or `launch`.
+    fn events_since_change(&self) -> impl Iterator<Item = &MachineEvent> {
         self.events
             .iter()
             .take_while(|e| !matches!(e.kind.as_str(), "update" | "launch"))
-            .find_map(MachineEvent::exit_info)
     }
 
     /// A machine its latest update (or create) left `stopped` without starting it: Fly starts
     /// on update only a machine that was running (flyctl preflight `fly_machine_test.go`,
     /// `TestFlyMachineRun_standbyFor`). One that started since and exited is not.
     pub fn left_stopped_by_change(&self) -> bool {
-        self.state == "stopped"
-            && !self
-                .events
-                .iter()
-                .take_while(|e| !matches!(e.kind.as_str(), "update" | "launch"))
-                .any(|e| e.kind == "start")
+        self.state == "stopped" && !self.events_since_change().any(|e| e.kind == "start")
     }
 }
 

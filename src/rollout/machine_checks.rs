@@ -12,6 +12,7 @@ use crate::fly::appconfig::machine::default_guest;
 use crate::fly::appconfig::{AppConfig, MachineCheck};
 use crate::fly::types::{Machine, TEST_MACHINE_GROUP};
 use serde_json::{Value, json};
+use std::borrow::Cow;
 
 /// The machine checks of a deploy, with the app config their test machines are built from
 /// (fly.toml, or without one the app's current release config, as `fly deploy` takes it).
@@ -60,20 +61,15 @@ impl MachineChecks {
 }
 
 /// The create request of `check`'s test machine for `tested` (as its update or create left
-/// it): fly.toml's part (`AppConfig::test_machine_config`), then what flyctl's
+/// it, with the new image: `with_image`): fly.toml's part (`AppConfig::test_machine_config`), then what flyctl's
 /// `launchInputForTestMachine` adds: the guest `inferCanaryGuest` finds for the test machine's
 /// own process group, where no machine of the deploy is, so flyctl's default guest (nixfly
 /// has no `--vm-*` flags to change it); the release data and host dedication; the tested
 /// machine's region. Launched at once, as flyctl's `Launch` does.
 fn test_machine_request(ctx: &Ctx, checks: &MachineChecks, check: &MachineCheck, tested: &Machine) -> Value {
-    // The tested machine runs the new image, whether or not the API's answer says so.
-    let mut tested = tested.clone();
-    if tested.image().is_empty() {
-        tested.config["image"] = json!(ctx.change.image);
-    }
     let mut config = checks
         .config
-        .test_machine_config(check, Some(&tested))
+        .test_machine_config(check, Some(tested))
         .expect("the tested machine has an image");
     config["guest"] = default_guest();
     ctx.change.set_release_data(&mut config);
@@ -82,6 +78,16 @@ fn test_machine_request(ctx: &Ctx, checks: &MachineChecks, check: &MachineCheck,
         body["region"] = json!(region);
     }
     body
+}
+
+/// `tested` with the new image it runs, whether or not the API's answer says so.
+fn with_image<'a>(ctx: &Ctx, tested: &'a Machine) -> Cow<'a, Machine> {
+    if !tested.image().is_empty() {
+        return Cow::Borrowed(tested);
+    }
+    let mut tested = tested.clone();
+    tested.config["image"] = json!(ctx.change.image);
+    Cow::Owned(tested)
 }
 
 /// Run the machine checks of `tested`'s process group; Ok when there are none.
@@ -100,9 +106,10 @@ pub async fn run(ctx: &Ctx, tested: &Machine) -> Result<(), RolloutError> {
         format!("running {} machine check(s)", applying.len()),
     );
     // All created first, then waited for together, as flyctl does.
+    let with_image = with_image(ctx, tested);
     let mut created = Vec::new();
     for check in applying {
-        let body = test_machine_request(ctx, checks, check, tested);
+        let body = test_machine_request(ctx, checks, check, &with_image);
         let machine = ctx.api.create_machine(body).await.map_err(|source| {
             RolloutError::api("creating a machine check's test machine for", &tested.id, source)
         })?;

@@ -8,7 +8,7 @@ use super::error::RolloutError;
 use super::health::wait_for_state;
 use super::logs::LogFollower;
 use super::update::Ctx;
-use crate::fly::types::{Machine, MachineEvent};
+use crate::fly::types::Machine;
 use std::time::Duration;
 
 /// How a one-shot machine's run ended.
@@ -45,8 +45,11 @@ pub(super) async fn run_to_exit(ctx: &Ctx, id: &str, timeout: Duration) -> Resul
 /// The exit code of the run after the latest `start` (events are newest first). An exit
 /// event carries no output (fly-go `MachineExitEvent`): that is in the app's logs.
 pub(super) fn exit_of_last_run(machine: &Machine) -> Option<i64> {
-    let since_start: Vec<&MachineEvent> = machine.events.iter().take_while(|e| e.kind != "start").collect();
-    let exit = since_start.iter().find(|e| e.kind == "exit")?;
+    let exit = machine
+        .events
+        .iter()
+        .take_while(|e| e.kind != "start")
+        .find(|e| e.kind == "exit")?;
     Some(exit.exit_info()?.exit_code)
 }
 

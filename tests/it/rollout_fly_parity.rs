@@ -601,11 +601,7 @@ fn a_lone_machine_on_an_unreachable_host_needs_fly_toml() {
         err.contains(&id) && err.contains("only part of its config") && err.contains("--config"),
         "{err}"
     );
-    assert!(
-        fly.mutating_requests().is_empty(),
-        "{:?}",
-        fly.mutating_requests()
-    );
+    assert_no_changes(&fly);
     assert_no_violations(&fly);
 }
 

@@ -8,8 +8,8 @@ use crate::support;
 use serde_json::{Value, json};
 use support::fly_api::{FlyApi, MachineSpec};
 use support::rollout::{
-    APP, assert_no_leases, assert_no_violations, canaries, image, one_machine_and_a_release, run_rollout,
-    stderr, updated_ids, write_fly_toml,
+    APP, assert_no_changes, assert_no_leases, assert_no_violations, canaries, image,
+    one_machine_and_a_release, run_rollout, stderr, updated_ids, write_fly_toml,
 };
 use support::{TestDir, assert_success};
 
@@ -203,7 +203,7 @@ fn immediate_runs_no_machine_checks_and_dry_run_lists_them() {
         ),
         "{stdout}"
     );
-    assert!(fly.requests().iter().all(|r| !r.is_mutating()));
+    assert_no_changes(&fly);
 
     let out = run_rollout(&fly, &t, &new, &["--strategy", "immediate"]);
     assert_success(&out);
