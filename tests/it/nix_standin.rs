@@ -462,10 +462,14 @@ fn shell_scripts_are_written_as_trivial_builders_writes_them() {
 
     let script = std::fs::read_to_string(t.join("app/bin/app")).unwrap();
     let path_line = script.lines().nth(5).unwrap().to_string();
+    // runtimeShell: the package set's bash, a store path.
+    let (shebang, rest) = script.split_once('\n').unwrap();
     assert!(
-        script.starts_with(
-            "#!/bin/bash\nset -o errexit\nset -o nounset\nset -o pipefail\n\nexport PATH=\"/nix/store/"
-        ),
+        shebang.starts_with("#!/nix/store/") && shebang.ends_with("-bash/bash"),
+        "{script:?}"
+    );
+    assert!(
+        rest.starts_with("set -o errexit\nset -o nounset\nset -o pipefail\n\nexport PATH=\"/nix/store/"),
         "{script:?}"
     );
     assert!(path_line.ends_with("-host-python3/bin:$PATH\""), "{script:?}");
@@ -488,7 +492,7 @@ fn shell_scripts_are_written_as_trivial_builders_writes_them() {
     let text = std::fs::read_to_string(t.join("globbing")).unwrap();
     assert_eq!(
         text,
-        "#!/bin/bash\nshopt -s extglob\nls -d /@(bin|usr) > /dev/null\n"
+        format!("{shebang}\nshopt -s extglob\nls -d /@(bin|usr) > /dev/null\n")
     );
 }
 
@@ -576,4 +580,83 @@ fn rust_tests_see_native_check_inputs() {
         std::fs::read_to_string(t.join("checked/checked")).unwrap(),
         "checked\n"
     );
+}
+
+/// Builders run as nixpkgs' do in NixOS' sandbox (nix/tests/nixpkgs-standin/sandbox-paths): on
+/// PATH only stdenv's tools and the declared inputs, no /usr/bin/env, and of the store only the
+/// paths the derivation's inputs bring. Each of the three builds below passes with the host's
+/// tools and the whole store in view, as the stand-in's builders had them before; each has a
+/// twin that does it right and builds.
+#[test]
+fn builders_see_what_the_nixos_sandbox_shows_them() {
+    let Some(nix) = crate::support::nix::Nix::get() else {
+        return;
+    };
+    let t = TestDir::new();
+    // Each build is new (its own `nonce`): a result built before would say nothing.
+    let nonce = t.join("").display().to_string();
+    let build = |expr: &str, link: &str| {
+        let expr = format!("let nonce = \"{nonce}\"; in {expr}");
+        build_standin(nix, &t, &expr, link)
+    };
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    let log = |out: &std::process::Output| {
+        // The failed builder's log: `nix build` names its derivation, `nix log` prints it.
+        let text = stderr(out);
+        let drv = text
+            .split(['\'', ' '])
+            .find(|w| w.starts_with("/nix/store/") && w.ends_with(".drv"))
+            .unwrap_or_else(|| panic!("no derivation named in: {text}"))
+            .to_owned();
+        let log = crate::support::run(nix.command(&["log"]).arg(&drv));
+        String::from_utf8_lossy(&log.stdout).into_owned()
+    };
+
+    // A tool the derivation does not declare is not on PATH; declared, it is.
+    let undeclared = r#"pkgs.runCommand "undeclared" { inherit nonce; } "python3 -c 'print(1)' > $out""#;
+    let out = build(undeclared, "undeclared");
+    assert!(!out.status.success(), "an undeclared python3 ran");
+    assert!(
+        log(&out).contains("python3: command not found"),
+        "{}",
+        stderr(&out)
+    );
+    let declared = r#"pkgs.runCommand "declared" { inherit nonce; nativeBuildInputs = [ pkgs.python3 ]; } "python3 -c 'print(1)' > $out""#;
+    crate::support::assert_success(&build(declared, "declared"));
+
+    // A script that asks /usr/bin/env for its interpreter does not run; runtimeShell does.
+    let env_script = r#"pkgs.runCommand "env-script" { inherit nonce; } ''
+        printf '#!/usr/bin/env bash\necho ran\n' > script; chmod +x script; ./script > $out
+      ''"#;
+    let out = build(env_script, "env-script");
+    assert!(!out.status.success(), "a /usr/bin/env script ran");
+    assert!(
+        // bash 5.2 (Debian 12 and nixpkgs alike) when the interpreter is missing.
+        log(&out).contains("./script: cannot execute: required file not found"),
+        "{}",
+        stderr(&out)
+    );
+    let shell_script = r#"pkgs.runCommand "shell-script" { inherit nonce; } ''
+        printf '#!%s\necho ran\n' ${pkgs.runtimeShell} > script; chmod +x script; ./script > $out
+      ''"#;
+    crate::support::assert_success(&build(shell_script, "shell-script"));
+
+    // A store path whose context was dropped (builtins.unsafeDiscardStringContext, as
+    // mkLayerPlan must undo with appendContext) is not in the sandbox; with its context it is.
+    let store_read = |name: &str, path: &str| {
+        format!(
+            r#"let text = pkgs.writeText "read-me" "in the store"; in pkgs.runCommand "{name}" {{ inherit nonce; }} "cat ${{{path}}} > $out""#
+        )
+    };
+    let expr = store_read("dropped", "builtins.unsafeDiscardStringContext \"${text}\"");
+    let out = build(&expr, "dropped");
+    assert!(!out.status.success(), "a path without its context was read");
+    assert!(
+        log(&out).contains("read-me: No such file or directory"),
+        "{}",
+        stderr(&out)
+    );
+    let out = build(&store_read("kept", "text"), "kept");
+    crate::support::assert_success(&out);
+    assert_eq!(std::fs::read_to_string(t.join("kept")).unwrap(), "in the store");
 }

@@ -53,8 +53,10 @@ in
         value = f n;
       }) names
     );
-  # lib/strings.nix (optionalString), lib/lists.nix (optionals), lib/attrsets.nix (optionalAttrs).
+  # lib/strings.nix (optionalString), lib/lists.nix (optional, optionals), lib/attrsets.nix
+  # (optionalAttrs).
   optionalString = cond: s: if cond then s else "";
+  optional = cond: elem: if cond then [ elem ] else [ ];
   optionals = cond: list: if cond then list else [ ];
   optionalAttrs = cond: attrs: if cond then attrs else { };
   # lib/strings.nix (hasPrefix, hasSuffix, removePrefix; commit 99bc90e3019cd79de82b41481fe1cc2ef4900caa).

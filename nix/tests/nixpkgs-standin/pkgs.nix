@@ -1,7 +1,8 @@
-# The package set. Builders run the host's tools (found on NIXFLY_STANDIN_PATH, read at
-# evaluation with --impure) because no compiler or coreutils can come from the missing nixpkgs.
-# Every function rejects arguments it does not implement, so nixfly's Nix code cannot silently
-# depend on behaviour the tests never exercise.
+# The package set. Builders run in Nix's sandbox with the host's tools, because no compiler or
+# coreutils can come from the missing nixpkgs: ./sandbox-paths lets in stdenv's tools, the C
+# compiler, the Rust toolchain and the host tools of ./host-tools.json, and nothing else of the
+# host (see there). Every function rejects arguments it does not implement, so nixfly's Nix code
+# cannot silently depend on behaviour the tests never exercise.
 {
   lib,
   system,
@@ -9,6 +10,8 @@
   final,
 }:
 let
+  # Where the host tools are looked up (read at evaluation with --impure): a PATH, the Rust
+  # toolchain's bin first. ./sandbox-paths mounts what is found there.
   hostPath =
     let
       p = builtins.getEnv "NIXFLY_STANDIN_PATH";
@@ -16,7 +19,41 @@ let
     if p != "" then
       p
     else
-      throw "nixpkgs stand-in: set NIXFLY_STANDIN_PATH to the host PATH its builders use (with the Rust toolchain's bin first) and evaluate with --impure";
+      throw "nixpkgs stand-in: set NIXFLY_STANDIN_PATH to the host PATH its tools come from (with the Rust toolchain's bin first) and evaluate with --impure";
+  hostDirs = builtins.filter (d: builtins.isString d && d != "") (builtins.split ":" hostPath);
+  # The first `<dir>/<exe>` of NIXFLY_STANDIN_PATH that exists, as `command -v` finds it; null
+  # when none does.
+  findHost =
+    exe:
+    let
+      found = builtins.filter (d: builtins.pathExists "${d}/${exe}") hostDirs;
+    in
+    if found == [ ] then null else "${builtins.head found}/${exe}";
+
+  # The sandbox's tool directories (./sandbox-paths): stdenvNoCC's PATH
+  # (pkgs/stdenv/generic/common-path.nix) and the C compiler stdenv adds to it.
+  stdenvPath = "/standin/stdenv/bin";
+  ccPath = "/standin/cc/bin";
+  # Every builder starts here: outside the sandbox, or without its paths, the tools are missing.
+  requireSandbox = ''
+    if [ ! -d ${stdenvPath} ]; then
+      echo ${lib.escapeShellArg "nixpkgs stand-in: builders run in Nix's sandbox, with the host paths that nix/tests/nixpkgs-standin/sandbox-paths prints: run nix with --option sandbox true --option build-users-group '' --option extra-sandbox-paths \"$(nix/tests/nixpkgs-standin/sandbox-paths)\""} >&2
+      exit 1
+    fi
+  '';
+
+
+  # The builders' bash, and the shell of the scripts the set writes: the host's bash copied into
+  # the store (as `<path>/bash`, a name shellcheck knows), where nixpkgs has its own. A script
+  # that names /bin/bash fails in the sandbox as it does with nixpkgs.
+  hostBash = findHost "bash";
+  bash = "${
+    builtins.path {
+      name = "bash";
+      path = /. + dirOf hostBash;
+      filter = path: _type: path == hostBash;
+    }
+  }/bash";
 
   onlyArgs =
     fn: allowed: args:
@@ -47,35 +84,36 @@ let
     name:
     "${
       runCommand "standin-${name}-for-${system}" {
-        inherit hostPath;
         exe = name;
+        hostExe = if name == "bash" then bash else findHost name;
         refusal = lib.optionalString foreign "cannot execute binary file: Exec format error (its interpreter is ${name} for ${system}; this machine is ${machine})";
       } ''
         mkdir -p "$out/bin"
         {
-          echo '#!/bin/bash'
+          printf '#!%s\n' ${bash}
           if [ -n "$refusal" ]; then
             printf 'if [ -z "''${NIX_BUILD_TOP-}" ]; then\n  echo "$1: %s" >&2\n  exit 126\nfi\n' "$refusal"
           fi
-          printf 'export PATH=%q\nexec %q "$@"\n' "$hostPath" "$exe"
+          printf 'exec %q "$@"\n' "$hostExe"
         } > "$out/bin/$exe"
         chmod +x "$out/bin/$exe"
       ''
     }/bin/${name}";
   # pkgs/top-level/all-packages.nix: runtimeShell is bash's `bin/bash`.
-  runtimeShell = if foreign then interpreter "bash" else "/bin/bash";
+  runtimeShell = if foreign then interpreter "bash" else "${bash}";
 
-  binPath = inputs: builtins.concatStringsSep ":" (map (p: "${p}/bin") inputs);
   # lib/strings.nix (makeBinPath): <bin output, else out>/bin of each, joined with `:`.
   makeBinPath = inputs: builtins.concatStringsSep ":" (map (p: "${lib.getBin p}/bin") inputs);
   # pkgs/stdenv/generic/default.nix (shellDryRun): the stdenv's bash parsing without running,
   # with extglob on so that extended patterns parse.
   shellDryRun = "bash -n -O extglob";
 
-  # stdenv.mkDerivation's part the tests need: host tools on PATH, setup hooks of the inputs
-  # sourced, bash strict mode, passthru and meta on the result. As
-  # pkgs/stdenv/generic/make-derivation.nix does, `__darwinAllowLocalNetworking` reaches the
-  # derivation only when it is built on darwin (where Nix's sandbox reads it).
+  # stdenv.mkDerivation's part the tests need: stdenv's tools and the inputs' bin directories on
+  # PATH (pkgs/stdenv/generic/setup.sh), setup hooks of the inputs sourced, bash strict mode,
+  # passthru and meta on the result. `cc` (the stand-in's own) chooses between stdenv, whose PATH
+  # has the C compiler, and stdenvNoCC, whose has not. As pkgs/stdenv/generic/make-derivation.nix
+  # does, `__darwinAllowLocalNetworking` reaches the derivation only when it is built on darwin
+  # (where Nix's sandbox reads it).
   mkDerivation =
     {
       name,
@@ -84,6 +122,7 @@ let
       passthru ? { },
       meta ? { },
       __darwinAllowLocalNetworking ? false,
+      cc ? false,
       ...
     }@args:
     let
@@ -94,16 +133,18 @@ let
           "passthru"
           "meta"
           "__darwinAllowLocalNetworking"
+          "cc"
         ]
         // lib.optionalAttrs (lib.hasSuffix "-darwin" system) { inherit __darwinAllowLocalNetworking; };
       drv = derivation (
         env
         // {
           system = buildSystem;
-          builder = "/bin/bash";
+          builder = "${bash}";
           args = [
             "-c"
             ''
+              ${requireSandbox}
               set -euo pipefail
               for input in $nativeBuildInputs; do
                 if [ -f "$input/nix-support/setup-hook" ]; then source "$input/nix-support/setup-hook"; fi
@@ -117,7 +158,9 @@ let
             ''
           ];
           nativeBuildInputs = builtins.concatStringsSep " " (map toString nativeBuildInputs);
-          PATH = binPath nativeBuildInputs + ":" + hostPath;
+          PATH = builtins.concatStringsSep ":" (
+            map (p: "${p}/bin") nativeBuildInputs ++ lib.optional cc ccPath ++ [ stdenvPath ]
+          );
         }
       );
     in
@@ -148,60 +191,52 @@ let
     buildPlatform = platform;
   };
 
-  rust = import ./rust.nix { inherit lib mkDerivation onlyArgs; };
+  rust = import ./rust.nix {
+    inherit lib mkDerivation onlyArgs;
+    inherit (hostTools) cargo rustc util-linux;
+  };
   python3Interpreter = interpreter "python3";
   docker = import ./docker {
     inherit python3Interpreter;
+    inherit (hostTools) python3 pigz zstd;
     inherit
       lib
       system
       buildSystem
-      hostPath
+      bash
+      requireSandbox
+      stdenvPath
       runtimeShell
       runCommand
       writeText
       onlyArgs
       ;
   };
-  # The developer tools the dev shell lists, taken from the host (`name` = nixpkgs attribute;
-  # `bin` = the executable nixpkgs installs, `host` = the host's name for it when it differs).
-  hostTools =
-    builtins.mapAttrs
-      (
-        attr:
-        {
-          bin,
-          host ? bin,
-        }:
-        # The names go in as `exe` and `hostExe`: an attribute `bin` would stand for a `bin`
-        # output (lib.getBin, makeBinPath).
-        runCommand "host-${attr}"
-          {
-            exe = bin;
-            hostExe = host;
-          }
-          ''
-            mkdir -p "$out/bin"
-            ln -s "$(command -v "$hostExe")" "$out/bin/$exe"
-          ''
-      )
+  # The host's tools, as nixpkgs' packages of the same attribute names: a link `bin/<bin>` to
+  # where NIXFLY_STANDIN_PATH finds `<host>` (Debian's name, when it differs), which
+  # ./sandbox-paths mounts in the sandbox at that same place. ./host-tools.json lists them, for
+  # both. pkgs/by-name/di/distribution/package.nix builds cmd/registry (mainProgram "registry"),
+  # which Debian calls docker-registry; `util-linux` stands in for its flock.
+  hostTools = builtins.mapAttrs (
+    attr:
+    {
+      bin,
+      host ? bin,
+    }:
+    # The names go in as `exe` and `target`: an attribute `bin` would stand for a `bin` output
+    # (lib.getBin, makeBinPath).
+    runCommand "host-${attr}"
       {
-        cargo.bin = "cargo";
-        rustc.bin = "rustc";
-        clippy.bin = "cargo-clippy";
-        rustfmt.bin = "rustfmt";
-        skopeo.bin = "skopeo";
-        # pkgs/by-name/di/distribution/package.nix builds cmd/registry (mainProgram "registry");
-        # Debian calls it docker-registry.
-        distribution = {
-          bin = "registry";
-          host = "docker-registry";
-        };
-        apacheHttpd.bin = "htpasswd";
-        nix.bin = "nix";
-        python3.bin = "python3";
-        nixfmt.bin = "nixfmt";
-      };
+        exe = bin;
+        target = findHost host;
+        missing = "nixpkgs stand-in: ${attr} needs `${host}`, which is not on NIXFLY_STANDIN_PATH (${hostPath}); install it (scripts/test installs what the tests use)";
+      }
+      ''
+        if [ -z "$target" ]; then echo "$missing" >&2; exit 1; fi
+        mkdir -p "$out/bin"
+        ln -s "$target" "$out/bin/$exe"
+      ''
+  ) (builtins.fromJSON (builtins.readFile ./host-tools.json));
 
 in
 hostTools
@@ -280,11 +315,7 @@ hostTools
         printf '%s' "$text" > "$target"
         chmod +x "$target"
         ${shellDryRun} "$target"
-        if ! command -v shellcheck > /dev/null; then
-          echo "nixpkgs stand-in: writeShellApplication runs shellcheck on its script as nixpkgs does, and shellcheck is not installed (apt-get install shellcheck)" >&2
-          exit 1
-        fi
-        shellcheck ${toString (map lib.escapeShellArg shellcheckFlags)} "$target"
+        ${hostTools.shellcheck}/bin/shellcheck ${toString (map lib.escapeShellArg shellcheckFlags)} "$target"
       '';
 
   # pkgs/build-support/trivial-builders/default.nix (writeShellScript; commit

@@ -7,6 +7,9 @@
   lib,
   mkDerivation,
   onlyArgs,
+  cargo,
+  rustc,
+  util-linux,
 }:
 let
   cratesDir =
@@ -80,10 +83,19 @@ let
     mkDerivation {
       name = "${a.pname}-${a.version}";
       inherit (a) pname version src;
-      # pkgs/stdenv/generic/make-derivation.nix: with doCheck, nativeCheckInputs join
-      # nativeBuildInputs (on PATH, setup hooks sourced) for the whole build.
+      # stdenv, with the C compiler: cargo links with cc, and crates with C in them compile it.
+      cc = true;
+      # build-rust-package/default.nix: the caller's nativeBuildInputs, then the cargo hooks
+      # (which bring cargo) and rustc; pkgs/stdenv/generic/make-derivation.nix: with doCheck,
+      # nativeCheckInputs join nativeBuildInputs (on PATH, setup hooks sourced) for the whole
+      # build.
       nativeBuildInputs =
-        a.nativeBuildInputs or [ ] ++ lib.optionals (a.doCheck or true) (a.nativeCheckInputs or [ ]);
+        a.nativeBuildInputs or [ ]
+        ++ [
+          cargo
+          rustc
+        ]
+        ++ lib.optionals (a.doCheck or true) (a.nativeCheckInputs or [ ]);
       meta = a.meta or { };
       passthru = a.passthru or { };
       __darwinAllowLocalNetworking = a.__darwinAllowLocalNetworking or false;
@@ -105,7 +117,7 @@ let
         mkdir -p "$target"
         # One build at a time per cache: the binaries installed are the ones this build made.
         exec 9> "$target/.stand-in.lock"
-        flock 9
+        ${util-linux}/bin/flock 9
         # Cargo's fingerprints record source paths: the vendored crates are reached through a
         # path that changes neither with the vendor directory's hash nor between builds.
         ln -sfn "$vendor" "$target/vendor"

@@ -1,10 +1,12 @@
 //! Running Debian's Nix 2.8 against this checkout, offline, with the nixpkgs stand-in
 //! (`nix/tests/nixpkgs-standin`, see its README) in place of nixpkgs.
 //!
-//! The setup that works here: the system store as root with no daemon, no substituters, the
-//! sandbox off and `build-users-group` empty, so builders run as root and can use the host's
-//! Rust toolchain and cargo's crate cache (both under the invoking user's home). Evaluation is
-//! `--impure` because the stand-in reads where those are from the environment.
+//! The setup that works here: the system store as root with no daemon, no substituters and
+//! `build-users-group` empty, with builds in Nix's sandbox as nixpkgs' are on NixOS. The
+//! stand-in's builders use the host's tools, the Rust toolchain and cargo's crate cache (both
+//! under the invoking user's home), which its `sandbox-paths` script lets into the sandbox, and
+//! nothing else of the host. Evaluation is `--impure` because the stand-in reads where those are
+//! from the environment.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,6 +18,8 @@ pub struct Nix {
     /// `path:` reference of the nixpkgs stand-in.
     pub standin: String,
     env: Vec<(&'static str, String)>,
+    /// What the stand-in's `sandbox-paths` printed for `env`.
+    sandbox_paths: String,
 }
 
 fn manifest_dir() -> &'static Path {
@@ -46,8 +50,8 @@ impl Nix {
                 .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
             assert!(
                 root,
-                "the Nix tests run nix as root on the system store (no daemon, builds as root, \
-                 sandbox off); run `cargo test` as root, as scripts/test does in CI"
+                "the Nix tests run nix as root on the system store (no daemon, no build users): \
+                 run `cargo test` as root, as scripts/test does in CI"
             );
             Some(Nix::setup())
         })
@@ -78,28 +82,40 @@ impl Nix {
                 cache
             }
         };
+        let standin = manifest_dir().join("nix/tests/nixpkgs-standin");
+        let env = vec![
+            (
+                "NIXFLY_STANDIN_PATH",
+                format!("{}:/usr/bin:/bin", toolchain_bin.display()),
+            ),
+            ("NIXFLY_STANDIN_CRATES", crates.display().to_string()),
+            // One cache for the whole machine: every checkout (worktree, CI job) shares the
+            // compiled dependencies instead of building them again.
+            (
+                "NIXFLY_STANDIN_CARGO_TARGET",
+                std::env::temp_dir()
+                    .join("nixfly-nix-standin-target")
+                    .display()
+                    .to_string(),
+            ),
+        ];
+        let sandbox_paths = Command::new(standin.join("sandbox-paths"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run nix/tests/nixpkgs-standin/sandbox-paths");
+        assert!(
+            sandbox_paths.status.success(),
+            "sandbox-paths failed: {}",
+            String::from_utf8_lossy(&sandbox_paths.stderr)
+        );
         Nix {
             checkout: format!("git+file://{}", manifest_dir().display()),
-            standin: format!(
-                "path:{}",
-                manifest_dir().join("nix/tests/nixpkgs-standin").display()
-            ),
-            env: vec![
-                (
-                    "NIXFLY_STANDIN_PATH",
-                    format!("{}:/usr/bin:/bin", toolchain_bin.display()),
-                ),
-                ("NIXFLY_STANDIN_CRATES", crates.display().to_string()),
-                // One cache for the whole machine: every checkout (worktree, CI job) shares the
-                // compiled dependencies instead of building them again.
-                (
-                    "NIXFLY_STANDIN_CARGO_TARGET",
-                    std::env::temp_dir()
-                        .join("nixfly-nix-standin-target")
-                        .display()
-                        .to_string(),
-                ),
-            ],
+            standin: format!("path:{}", standin.display()),
+            env,
+            sandbox_paths: String::from_utf8(sandbox_paths.stdout)
+                .expect("sandbox-paths prints paths")
+                .trim()
+                .to_owned(),
         }
     }
 
@@ -114,8 +130,9 @@ impl Nix {
         cmd.args(["/nix/var/nix/nixfly-tests.lock", "nix"])
             .args(["--extra-experimental-features", "nix-command flakes"])
             .args(["--option", "substituters", ""])
-            .args(["--option", "sandbox", "false"])
+            .args(["--option", "sandbox", "true"])
             .args(["--option", "build-users-group", ""])
+            .args(["--option", "extra-sandbox-paths", &self.sandbox_paths])
             .args(subcommand)
             .arg("--impure");
         for (k, v) in &self.env {

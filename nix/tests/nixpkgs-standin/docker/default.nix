@@ -9,7 +9,12 @@
   lib,
   system,
   buildSystem,
-  hostPath,
+  bash,
+  requireSandbox,
+  stdenvPath,
+  python3,
+  pigz,
+  zstd,
   runtimeShell,
   python3Interpreter,
   runCommand,
@@ -106,7 +111,7 @@ let
       layers = derivation {
         name = "layers.json";
         system = buildSystem;
-        builder = "/bin/bash";
+        builder = "${bash}";
         __structuredAttrs = true;
         exportReferencesGraph.graph = [
           baseJson
@@ -116,13 +121,22 @@ let
           "${baseJson}"
           "${customisationLayer}"
         ];
-        inherit maxLayers hostPath;
+        inherit maxLayers;
+        # auto-layer.nix's nativeBuildInputs, with this script's python3 in place of its jq.
+        PATH = "${python3}/bin:${stdenvPath}";
         fromImage = if fromImage == null then "" else "${fromImage}";
         args = [
           "-c"
           ''
-            source "$NIX_ATTRS_SH_FILE"
-            export PATH="$hostPath" PYTHONHASHSEED=0
+            ${requireSandbox}
+            # As nixpkgs' builder scripts begin (pkgs/build-support/fetchgit/builder.sh): the
+            # attributes are $NIX_ATTRS_SH_FILE, else .attrs.sh in the build directory (Nix 2.8
+            # in the sandbox names the host's build directory in the variable); .attrs.json
+            # likewise.
+            if [ -e "''${NIX_ATTRS_SH_FILE-}" ]; then source "$NIX_ATTRS_SH_FILE"; else source .attrs.sh; fi
+            attrsJson=.attrs.json
+            if [ -e "''${NIX_ATTRS_JSON_FILE-}" ]; then attrsJson=$NIX_ATTRS_JSON_FILE; fi
+            export PYTHONHASHSEED=0
             usedLayers=1
             if [ -n "$fromImage" ]; then
               baseImageLayersCount=$(python3 -c 'import json, sys, tarfile
@@ -135,7 +149,7 @@ let
                 "allowed. At least 1 layer is required to store contents."
               exit 1
             fi
-            python3 ${./auto_layer.py} "$NIX_ATTRS_JSON_FILE" $(( maxLayers - usedLayers )) > "''${outputs[out]}"
+            python3 ${./auto_layer.py} "$attrsJson" $(( maxLayers - usedLayers )) > "''${outputs[out]}"
           ''
         ];
       };
@@ -144,6 +158,8 @@ let
       conf =
         runCommand "${baseName}-conf.json"
           {
+            # default.nix builds the conf with jq; ./conf.py is this set's jq program.
+            nativeBuildInputs = [ python3 ];
             imageName = lib.toLower a.name;
             inherit
               baseJson
@@ -198,18 +214,22 @@ let
       '';
 
   # default.nix: `compressors`, the commands buildLayeredImage pipes the stream through, as
-  # nixpkgs writes them (pigz and zstd are the host's here, nixpkgs' own there).
+  # nixpkgs writes them, with the nativeInputs each brings (pigz and zstd are the host's here,
+  # nixpkgs' own there).
   compressors = {
     none = {
       ext = "";
+      nativeInputs = [ ];
       compress = "cat";
     };
     gz = {
       ext = ".gz";
+      nativeInputs = [ pigz ];
       compress = "pigz -p$NIX_BUILD_CORES -nTR";
     };
     zstd = {
       ext = ".zst";
+      nativeInputs = [ zstd ];
       compress = "zstd -T$NIX_BUILD_CORES";
     };
   };
@@ -229,6 +249,7 @@ let
     in
     runCommand "${baseNameOf args.name}.tar${compress.ext}" {
       inherit (stream) imageName;
+      nativeBuildInputs = compress.nativeInputs;
       passthru = {
         inherit (stream) imageTag;
         inherit stream;
