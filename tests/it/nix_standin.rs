@@ -533,6 +533,40 @@ fn lib_escapes_and_finds_executables_as_nixpkgs_lib_does() {
     );
 }
 
+/// mkshell/default.nix: the shell's nativeBuildInputs are `packages`, then those of each
+/// `inputsFrom` derivation, less the `inputsFrom` derivations themselves; the shellHooks of
+/// `inputsFrom` (last first) and the shell's own are joined by newlines. nixfly's dev shell takes
+/// the package's inputs this way.
+#[test]
+fn mk_shell_takes_the_inputs_of_inputs_from() {
+    let Some(nix) = crate::support::nix::Nix::get() else {
+        return;
+    };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = crate::support::run(nix.command(&["eval"]).args([
+        "--json",
+        "--expr",
+        &format!(
+            r#"let
+                 pkgs = import {root}/nix/tests/nixpkgs-standin {{ }};
+                 tool = name: pkgs.runCommand name {{ }} "";
+                 first = pkgs.runCommand "first" {{ nativeBuildInputs = [ (tool "a") (tool "b") ]; shellHook = "hook first"; }} "";
+                 second = pkgs.runCommand "second" {{ nativeBuildInputs = [ first (tool "c") ]; shellHook = "hook second"; }} "";
+                 shell = pkgs.mkShell {{ packages = [ (tool "p") ]; inputsFrom = [ first second ]; shellHook = "own hook"; }};
+               in {{ inputs = map (d: d.name) shell.nativeBuildInputs; inherit (shell) shellHook; }}"#
+        ),
+    ]));
+    crate::support::assert_success(&out);
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        answer,
+        serde_json::json!({
+            "inputs": ["p", "a", "b", "c"],
+            "shellHook": "hook second\nhook first\nown hook",
+        })
+    );
+}
+
 /// buildRustPackage's check phase sees nativeCheckInputs on PATH (make-derivation.nix adds
 /// them to nativeBuildInputs when doCheck), and runs before postInstall; a tool only the
 /// check inputs provide must be found by the tests.

@@ -57,6 +57,8 @@ in
   # (optionalAttrs).
   optionalString = cond: s: if cond then s else "";
   optional = cond: elem: if cond then [ elem ] else [ ];
+  # lib/lists.nix (reverseList).
+  reverseList = xs: let l = builtins.length xs; in builtins.genList (n: builtins.elemAt xs (l - n - 1)) l;
   optionals = cond: list: if cond then list else [ ];
   optionalAttrs = cond: attrs: if cond then attrs else { };
   # lib/strings.nix (hasPrefix, hasSuffix, removePrefix; commit 99bc90e3019cd79de82b41481fe1cc2ef4900caa).

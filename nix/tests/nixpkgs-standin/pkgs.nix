@@ -164,8 +164,9 @@ let
         }
       );
     in
-    # As with mkDerivation, the result carries the stdenv it was built with.
-    drv // passthru // { inherit meta passthru stdenv; };
+    # As with mkDerivation, the result carries the stdenv it was built with, and its inputs as
+    # the lists they were given (mkShell's inputsFrom reads them).
+    drv // passthru // { inherit meta passthru stdenv nativeBuildInputs; };
 
   # pkgs/build-support/trivial-builders/default.nix (runCommand; commit
   # 00ee9b64aafebe333c3e33ffb093734092158728): stdenvNoCC.mkDerivation of `env` (nativeBuildInputs,
@@ -330,15 +331,22 @@ hostTools
       ${shellDryRun} "$out"
     '';
 
-  # pkgs/build-support/mkshell/default.nix: name defaults to "nix-shell"; `packages` become
-  # nativeBuildInputs. The stand-in does not merge inputsFrom's inputs or run shellHook (nothing
-  # nixfly's tests build enters the shell); it only refuses other arguments.
+  # pkgs/build-support/mkshell/default.nix (commit 07c91341fd6e5f2ca8d0a6d62e6d0e1ecc94283d):
+  # name defaults to "nix-shell"; nativeBuildInputs are `packages`, then the nativeBuildInputs
+  # of the `inputsFrom` derivations, less those derivations themselves; shellHook joins theirs
+  # (last first) and its own with newlines. The stand-in's derivations have no other kinds of
+  # input, and its shell sets no INFOPATH or MANPATH.
   mkShell =
     args:
     let
       a = onlyArgs "mkShell" [ "name" "packages" "inputsFrom" "shellHook" ] args;
+      inputsFrom = a.inputsFrom or [ ];
+      fromInputs = builtins.concatLists (map (d: d.nativeBuildInputs or [ ]) inputsFrom);
     in
     runCommand (a.name or "nix-shell") {
-      nativeBuildInputs = a.packages or [ ];
+      nativeBuildInputs = a.packages or [ ] ++ builtins.filter (d: !builtins.elem d inputsFrom) fromInputs;
+      shellHook = builtins.concatStringsSep "\n" (
+        map (d: d.shellHook) (builtins.filter (d: d ? shellHook) (lib.reverseList inputsFrom ++ [ a ]))
+      );
     } ''echo "stand-in shell environment" > "$out"'';
 }
