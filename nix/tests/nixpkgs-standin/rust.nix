@@ -102,7 +102,6 @@ let
       vendor = vendorCargoLock a.cargoLock.lockFile;
       # Optional cargo target dir outside the store, shared by every build on the machine like
       # a compiler cache: dependencies compile once, a new source only rebuilds its own crate.
-      # Debug profile for test speed; nixpkgs builds release.
       targetCache = builtins.getEnv "NIXFLY_STANDIN_CARGO_TARGET";
       # build-rust-package/default.nix: doCheck defaults to true.
       doCheck = if a.doCheck or true then "1" else "";
@@ -123,18 +122,31 @@ let
         ln -sfn "$vendor" "$target/vendor"
         printf '[source.crates-io]\nreplace-with = "vendored"\n[source.vendored]\ndirectory = "%s"\n' \
           "$target/vendor" > "$CARGO_HOME/config.toml"
+        # The hooks' `--target`: the Rust triple of the platform built for, here this machine's.
+        triple=$(rustc -vV | sed -n 's/^host: //p')
+        # pkgs/build-support/rust/hooks/cargo-build-hook.sh (commit
+        # 0511cdb16e322fa57c28c93d1831185fecaf2ad2): `cargo build -j $NIX_BUILD_CORES --target
+        # <triple> --offline --profile release` (cargoBuildType defaults to "release"), with the
+        # profile's strip off (stdenv strips). `--locked` stands in for cargoSetupHook's
+        # comparison of Cargo.lock with the vendored one. cargo's JSON messages name the
+        # executables this package built, which the shared target directory holds among others.
+        export CARGO_PROFILE_RELEASE_STRIP=false
+        cargo build -j "$NIX_BUILD_CORES" --target "$triple" --offline --locked --profile release \
+          --target-dir "$target" --message-format=json-render-diagnostics > "$TMPDIR/build.json"
         # pkgs/build-support/rust/hooks/cargo-check-hook.sh (commit
         # e2ed640e3d7219aec0bbdd9e6acf7b1caf111657): the check phase, which stdenv runs after
         # the build and before the install phase (and so before postInstall): `cargo test -j
-        # $NIX_BUILD_CORES` with cargoTestFlags, then `-- --test-threads=$NIX_BUILD_CORES`.
-        # nixpkgs tests in the release profile (checkType defaults to buildType, "release");
-        # the stand-in in the test profile, for speed.
+        # $NIX_BUILD_CORES --profile release --target <triple> --frozen` with cargoTestFlags
+        # (checkType defaults to buildType), then `-- --test-threads=$NIX_BUILD_CORES`.
         if [ -n "$doCheck" ]; then
-          cargo test -j "$NIX_BUILD_CORES" --offline --locked \
+          cargo test -j "$NIX_BUILD_CORES" --profile release --target "$triple" --frozen \
             --target-dir "$target" $cargoTestFlags -- --test-threads="$NIX_BUILD_CORES"
         fi
-        cargo install --offline --locked --debug --path . --root "$out" --target-dir "$target"
-        rm -f "$out/.crates.toml" "$out/.crates2.json"
+        # pkgs/build-support/rust/hooks/cargo-install-hook.sh (commit
+        # 16c4ef778e33334123bb80929bcc9b974c80065e): the built executables copied into $out/bin.
+        mkdir -p "$out/bin"
+        grep -o '"executable":"[^"]*"' "$TMPDIR/build.json" | sed 's/^"executable":"//; s/"$//' |
+          while read -r exe; do cp "$exe" "$out/bin/"; done
         eval "$postInstall"
       '';
     };
