@@ -425,6 +425,19 @@ fn a_base_image_takes_its_layers_from_max_layers() {
     );
 }
 
+/// Evaluates `expr` to JSON, with `pkgs` (the stand-in) and `lib` (its lib.nix) in scope.
+fn eval_standin(nix: &crate::support::nix::Nix, expr: &str) -> std::process::Output {
+    let root = env!("CARGO_MANIFEST_DIR");
+    crate::support::run(nix.command(&["eval"]).args([
+        "--json",
+        "--expr",
+        &format!(
+            "let lib = import {root}/nix/tests/nixpkgs-standin/lib.nix; \
+             pkgs = import {root}/nix/tests/nixpkgs-standin {{ }}; in {expr}"
+        ),
+    ]))
+}
+
 /// Builds `expr` (over `pkgs`, the stand-in) linked at `t/<link>`.
 fn build_standin(
     nix: &crate::support::nix::Nix,
@@ -503,24 +516,16 @@ fn lib_escapes_and_finds_executables_as_nixpkgs_lib_does() {
     let Some(nix) = crate::support::nix::Nix::get() else {
         return;
     };
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = crate::support::run(nix.command(&["eval"]).args([
-        "--json",
-        "--expr",
-        &format!(
-            r#"let
-                 lib = import {root}/nix/tests/nixpkgs-standin/lib.nix;
-                 pkgs = import {root}/nix/tests/nixpkgs-standin {{ }};
-                 tool = pkgs.runCommand "tool-1.0" {{ }} "";
-               in [
-                 (lib.escapeShellArg "/nix/store/x-y/bin:a,b@c%d+e")
-                 (lib.escapeShellArg "")
-                 (lib.escapeShellArg "a b")
-                 (lib.escapeShellArg "it's")
-                 (lib.getExe tool == "${{tool}}/bin/tool")
-               ]"#
-        ),
-    ]));
+    let out = eval_standin(
+        nix,
+        r#"let tool = pkgs.runCommand "tool-1.0" { } ""; in [
+             (lib.escapeShellArg "/nix/store/x-y/bin:a,b@c%d+e")
+             (lib.escapeShellArg "")
+             (lib.escapeShellArg "a b")
+             (lib.escapeShellArg "it's")
+             (lib.getExe tool == "${tool}/bin/tool")
+           ]"#,
+    );
     crate::support::assert_success(&out);
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -542,20 +547,15 @@ fn mk_shell_takes_the_inputs_of_inputs_from() {
     let Some(nix) = crate::support::nix::Nix::get() else {
         return;
     };
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = crate::support::run(nix.command(&["eval"]).args([
-        "--json",
-        "--expr",
-        &format!(
-            r#"let
-                 pkgs = import {root}/nix/tests/nixpkgs-standin {{ }};
-                 tool = name: pkgs.runCommand name {{ }} "";
-                 first = pkgs.runCommand "first" {{ nativeBuildInputs = [ (tool "a") (tool "b") ]; shellHook = "hook first"; }} "";
-                 second = pkgs.runCommand "second" {{ nativeBuildInputs = [ first (tool "c") ]; shellHook = "hook second"; }} "";
-                 shell = pkgs.mkShell {{ packages = [ (tool "p") ]; inputsFrom = [ first second ]; shellHook = "own hook"; }};
-               in {{ inputs = map (d: d.name) shell.nativeBuildInputs; inherit (shell) shellHook; }}"#
-        ),
-    ]));
+    let out = eval_standin(
+        nix,
+        r#"let
+             tool = name: pkgs.runCommand name { } "";
+             first = pkgs.runCommand "first" { nativeBuildInputs = [ (tool "a") (tool "b") ]; shellHook = "hook first"; } "";
+             second = pkgs.runCommand "second" { nativeBuildInputs = [ first (tool "c") ]; shellHook = "hook second"; } "";
+             shell = pkgs.mkShell { packages = [ (tool "p") ]; inputsFrom = [ first second ]; shellHook = "own hook"; };
+           in { inputs = map (d: d.name) shell.nativeBuildInputs; inherit (shell) shellHook; }"#,
+    );
     crate::support::assert_success(&out);
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
