@@ -95,19 +95,21 @@ in
       touch $out
     '';
 
-  # The wrapper runs `nixfly deploy <image> --settings <file> <extraFlags> "$@"`, nothing else.
+  # The wrapper runs `nixfly deploy <source> --settings <file> <extraFlags> "$@"`, nothing else:
+  # <source> is the image's stream script, or on a machine that cannot run it (a Mac) the same
+  # script run by that machine's python3.
   deploy-wrapper-command = pkgs.runCommand "nixfly-deploy-wrapper-command" { } ''
-    expected="exec '${nixfly}/bin/nixfly' 'deploy' '${example.image}' '--settings' '${example.settingsFile}' '--output=plain' \"\$@\""
+    expected="exec '${nixfly}/bin/nixfly' 'deploy' '${example.source}' '--settings' '${example.settingsFile}' '--output=plain' \"\$@\""
     grep -qxF "$expected" ${example}/bin/deploy-nixfly-example || {
       echo "expected the line: $expected" >&2; cat ${example}/bin/deploy-nixfly-example >&2; exit 1
     }
     touch $out
   '';
 
-  # The image script writes a docker-archive whose last entry is manifest.json, with the
-  # entrypoint and the store path of the app inside.
+  # What nixfly streams, on this machine, is a docker-archive whose last entry is manifest.json,
+  # with the entrypoint and the store path of the app inside.
   example-image-streams = pkgs.runCommand "nixfly-example-image-streams" { } ''
-    ${example.image} > image.tar
+    ${example.source} > image.tar
     tar -tf image.tar > entries
     test "$(tail -n 1 entries)" = manifest.json
     # JSON spacing differs between nixpkgs' Python and other writers: compare without it.

@@ -18,6 +18,24 @@ fn flake_check_passes() {
     assert_success(&out);
 }
 
+/// `nix flake check` on a Mac (aarch64-darwin), with a Linux builder for the image: the
+/// stand-in plays that machine for every package set (`NIXFLY_STANDIN_MACHINE`), so the
+/// x86_64-linux image's scripts run only in x86_64-linux builds, and Nix takes this machine for
+/// an aarch64-darwin one. The checks used to run the image's stream script in a build of the
+/// Mac, where it cannot execute, and to expect it in the deploy script, which runs the Mac's
+/// python3 on it instead.
+#[test]
+fn flake_check_passes_on_a_mac() {
+    let Some(nix) = Nix::get() else { return };
+    let out = run(nix
+        .command(&["flake", "check"])
+        .args(["--option", "system", "aarch64-darwin"])
+        .args(["--print-build-logs", &nix.checkout])
+        .args(nix.override_input("nixpkgs"))
+        .env("NIXFLY_STANDIN_MACHINE", "aarch64-darwin"));
+    assert_success(&out);
+}
+
 #[test]
 fn generic_deploy_app_runs_nixfly_deploy() {
     let Some(nix) = Nix::get() else { return };

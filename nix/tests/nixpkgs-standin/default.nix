@@ -8,7 +8,13 @@
 {
   system ? builtins.currentSystem,
   overlays ? [ ],
-  machine ? null,
+  # NIXFLY_STANDIN_MACHINE (read with --impure) sets it for every import, the flake's
+  # legacyPackages included, so that a whole flake can be checked as on, say, a Mac.
+  machine ?
+    let
+      m = builtins.getEnv "NIXFLY_STANDIN_MACHINE";
+    in
+    if m == "" then null else m,
 }:
 let
   lib = import ./lib.nix;

@@ -78,8 +78,9 @@ let
   # The interpreters in the shebangs of the scripts this package set writes: `<drv>/bin/<name>`.
   # Real nixpkgs points them at its own bash and python3, built for `system`: on a machine of
   # another system the kernel cannot execute them. A foreign set's interpreters refuse the
-  # same way, except inside a Nix build (NIX_BUILD_TOP set), which a builder of `system` runs;
-  # otherwise they run the host's.
+  # same way, except inside a build of a derivation of `system` (a builder of that system runs
+  # it; such builds say so in NIXFLY_STANDIN_SYSTEM, below): a build for the machine itself
+  # cannot run them either. Otherwise they run the host's.
   interpreter =
     name:
     "${
@@ -92,7 +93,7 @@ let
         {
           printf '#!%s\n' ${bash}
           if [ -n "$refusal" ]; then
-            printf 'if [ -z "''${NIX_BUILD_TOP-}" ]; then\n  echo "$1: %s" >&2\n  exit 126\nfi\n' "$refusal"
+            printf 'if [ "''${NIXFLY_STANDIN_SYSTEM-}" != %q ]; then\n  echo "$1: %s" >&2\n  exit 126\nfi\n' ${system} "$refusal"
           fi
           printf 'exec %q "$@"\n' "$hostExe"
         } > "$out/bin/$exe"
@@ -158,6 +159,9 @@ let
             ''
           ];
           nativeBuildInputs = builtins.concatStringsSep " " (map toString nativeBuildInputs);
+          # When the stand-in plays a machine, its builds say which system they stand for: the
+          # interpreters above run only in builds of their own system.
+          ${if machine != null then "NIXFLY_STANDIN_SYSTEM" else null} = system;
           PATH = builtins.concatStringsSep ":" (
             map (p: "${p}/bin") nativeBuildInputs ++ lib.optional cc ccPath ++ [ stdenvPath ]
           );
