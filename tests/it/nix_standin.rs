@@ -617,10 +617,10 @@ fn rust_tests_see_native_check_inputs() {
 }
 
 /// Builders run as nixpkgs' do in NixOS' sandbox (nix/tests/nixpkgs-standin/sandbox-paths): on
-/// PATH only stdenv's tools and the declared inputs, no /usr/bin/env, and of the store only the
-/// paths the derivation's inputs bring. Each of the three builds below passes with the host's
-/// tools and the whole store in view, as the stand-in's builders had them before; each has a
-/// twin that does it right and builds.
+/// PATH only stdenv's tools and the declared inputs, no /usr/bin/env, a network of their own,
+/// and of the store only the paths the derivation's inputs bring. Each of the four builds below
+/// passes with the host's tools, network and whole store in view, as the stand-in's builders
+/// had them before; each has a twin that does it right and builds.
 #[test]
 fn builders_see_what_the_nixos_sandbox_shows_them() {
     let Some(nix) = crate::support::nix::Nix::get() else {
@@ -674,6 +674,24 @@ fn builders_see_what_the_nixos_sandbox_shows_them() {
         printf '#!%s\necho ran\n' ${pkgs.runtimeShell} > script; chmod +x script; ./script > $out
       ''"#;
     crate::support::assert_success(&build(shell_script, "shell-script"));
+
+    // The host's loopback is not the builder's: a server listening on it (the registry of a
+    // test, say) is out of reach, while the builder's own loopback works (nixfly's unit tests
+    // bind and connect there).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let host_server = format!(
+        r#"pkgs.runCommand "host-server" {{ inherit nonce; }} "exec 3<>/dev/tcp/127.0.0.1/{port}; touch $out""#
+    );
+    let out = build(&host_server, "host-server");
+    assert!(!out.status.success(), "the host's loopback was reached");
+    assert!(log(&out).contains("Connection refused"), "{}", stderr(&out));
+    let own_server = r#"pkgs.runCommand "own-server" { inherit nonce; nativeBuildInputs = [ pkgs.python3 ]; } ''
+        python3 -c 'import socket; s = socket.create_server(("127.0.0.1", 0)); socket.create_connection(s.getsockname())'
+        touch $out
+      ''"#;
+    crate::support::assert_success(&build(own_server, "own-server"));
+    drop(listener);
 
     // A store path whose context was dropped (builtins.unsafeDiscardStringContext, as
     // mkLayerPlan must undo with appendContext) is not in the sandbox; with its context it is.

@@ -42,7 +42,6 @@ let
     fi
   '';
 
-
   # The builders' bash, and the shell of the scripts the set writes: the host's bash copied into
   # the store (as `<path>/bash`, a name shellcheck knows), where nixpkgs has its own. A script
   # that names /bin/bash fails in the sandbox as it does with nixpkgs.
