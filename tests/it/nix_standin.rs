@@ -635,13 +635,14 @@ fn builders_see_what_the_nixos_sandbox_shows_them() {
     };
     let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
     let log = |out: &std::process::Output| {
-        // The failed builder's log: `nix build` names its derivation, `nix log` prints it.
+        // The failed builder's log: `nix build` names its derivation ("builder for '<drv>'
+        // failed"), `nix log` prints it.
         let text = stderr(out);
         let drv = text
-            .split(['\'', ' '])
-            .find(|w| w.starts_with("/nix/store/") && w.ends_with(".drv"))
-            .unwrap_or_else(|| panic!("no derivation named in: {text}"))
-            .to_owned();
+            .split_once("builder for '")
+            .and_then(|(_, rest)| rest.split_once('\''))
+            .map(|(drv, _)| drv.to_owned())
+            .unwrap_or_else(|| panic!("no failed builder named in: {text}"));
         let log = crate::support::run(nix.command(&["log"]).arg(&drv));
         String::from_utf8_lossy(&log.stdout).into_owned()
     };

@@ -99,15 +99,9 @@ impl Nix {
                     .to_string(),
             ),
         ];
-        let sandbox_paths = Command::new(standin.join("sandbox-paths"))
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .expect("run nix/tests/nixpkgs-standin/sandbox-paths");
-        assert!(
-            sandbox_paths.status.success(),
-            "sandbox-paths failed: {}",
-            String::from_utf8_lossy(&sandbox_paths.stderr)
-        );
+        let sandbox_paths =
+            super::run(Command::new(standin.join("sandbox-paths")).envs(env.iter().map(|(k, v)| (k, v))));
+        super::assert_success(&sandbox_paths);
         Nix {
             checkout: format!("git+file://{}", manifest_dir().display()),
             standin: format!("path:{}", standin.display()),
