@@ -205,20 +205,26 @@ enum BaseLayout {
 
 impl BaseImage {
     /// The base image at `path`, opened once per process: a push that uploads several of its
-    /// layers reads a compressed base's metadata (a pass over the whole file) only once.
+    /// layers, in parallel, reads a compressed base's metadata (a pass over the whole file) only
+    /// once; the other uploads of that base wait for the first to open it. A failed open is not
+    /// kept, so a later call tries again.
     pub fn shared(path: &str) -> Result<std::sync::Arc<Self>, PlanError> {
-        type Opened = std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<BaseImage>>>;
-        static OPENED: std::sync::OnceLock<Opened> = std::sync::OnceLock::new();
-        let opened = OPENED.get_or_init(Default::default);
-        if let Some(base) = opened.lock().unwrap_or_else(|e| e.into_inner()).get(path) {
-            return Ok(base.clone());
-        }
-        // Opened outside the lock: two layers of one base may race to open it, at worst twice.
-        let base = std::sync::Arc::new(Self::open(path)?);
-        opened
+        type Slot = std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<BaseImage>>>>;
+        static OPENED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Slot>>> =
+            std::sync::OnceLock::new();
+        let slot = OPENED
+            .get_or_init(Default::default)
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(path.to_string(), base.clone());
+            .entry(path.to_string())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(base) = &*slot {
+            return Ok(base.clone());
+        }
+        let base = std::sync::Arc::new(Self::open(path)?);
+        *slot = Some(base.clone());
         Ok(base)
     }
 
@@ -1265,10 +1271,22 @@ sys.stdout.write(json.dumps(image, indent=4))
             assert!(read == layer, "{}: {} bytes read", path.display(), read.len());
             let err = base.open_layer("c/layer.tar").err().unwrap();
             assert!(err.to_string().contains("has no layer c/layer.tar"), "{err}");
-            // A push opens each of its layers: the base is read once.
-            let first = BaseImage::shared(path.to_str().unwrap()).unwrap();
+            // A push opens each of its layers, several at once: the base is read once.
+            let start = std::sync::Barrier::new(4);
+            let opened: Vec<_> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            start.wait();
+                            BaseImage::shared(path.to_str().unwrap()).unwrap()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(opened.iter().all(|b| std::sync::Arc::ptr_eq(b, &opened[0])));
             let again = BaseImage::shared(path.to_str().unwrap()).unwrap();
-            assert!(std::sync::Arc::ptr_eq(&first, &again));
+            assert!(std::sync::Arc::ptr_eq(&opened[0], &again));
         }
     }
 }
