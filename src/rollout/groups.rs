@@ -127,7 +127,8 @@ pub struct GroupChanges {
     pub public_ips: PublicIps,
     app: String,
     /// Machines this deploy created, with their group, for rollback.
-    created: Mutex<Vec<(String, String)>>,
+    /// The machines this deploy created: id, group, and the volumes their config mounts.
+    created: Mutex<Vec<(String, String, Vec<String>)>>,
     /// Volumes this deploy created (or found made by a create that seemed to fail), for the
     /// message after a rollback.
     created_volumes: Mutex<Vec<Volume>>,
@@ -398,10 +399,17 @@ impl GroupChanges {
             Err((machine, _)) => machine.as_ref(),
         };
         if let Some(machine) = created {
-            self.created
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((machine.id.clone(), group.to_string()));
+            let volumes = config["mounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|mount| mount["volume"].as_str().map(str::to_owned))
+                .collect();
+            self.created.lock().unwrap_or_else(|e| e.into_inner()).push((
+                machine.id.clone(),
+                group.to_string(),
+                volumes,
+            ));
         }
         match result {
             Ok(machine) => {
@@ -593,36 +601,54 @@ impl GroupChanges {
         Ok(())
     }
 
-    /// After a rollback: the volumes this deploy created stay (a volume is storage, and a
-    /// machine may have written to it before it was destroyed; flyctl destroys none either),
-    /// unattached, so the next deploy mounts them (`volume_for`). Each is named with how to
-    /// destroy it, so that none is left unnoticed.
-    pub fn warn_kept_volumes(&self, ctx: &Ctx) {
+    /// After a failed deploy (rolled back, or failed before any machine changed): the volumes
+    /// this deploy created stay (a volume is storage, and a machine may have written to it
+    /// before it was destroyed; flyctl destroys none either), so the next deploy mounts them
+    /// (`volume_for`). Each is named with how to destroy it, so that none is left unnoticed; one
+    /// still mounted by a created machine the rollback could not destroy (`undestroyed`, from
+    /// `destroy_created`) is named with that machine, which must go first.
+    pub fn warn_kept_volumes(&self, ctx: &Ctx, undestroyed: &[(String, Vec<String>)]) {
         let volumes = std::mem::take(&mut *self.created_volumes.lock().unwrap_or_else(|e| e.into_inner()));
         for volume in volumes {
+            let holder = undestroyed
+                .iter()
+                .find(|(_, mounts)| mounts.contains(&volume.id))
+                .map(|(machine, _)| machine);
+            let state = match holder {
+                Some(machine) => format!(
+                    "is kept, still attached to machine {machine}, which this deploy created \
+                     and could not destroy (above): `fly machine destroy --force {machine}`, then"
+                ),
+                None => "is kept, unattached: the next deploy mounts it;".to_string(),
+            };
             ctx.reporter.warn(format!(
-                "volume {} ({}, in {}) was created by this deploy and is kept, unattached: the \
-                 next deploy mounts it; `fly volumes destroy {}` if it is not wanted",
+                "volume {} ({}, in {}) was created by this deploy and {state} `fly volumes \
+                 destroy {}` if it is not wanted",
                 volume.id, volume.name, volume.region, volume.id
             ));
         }
     }
 
-    /// Rollback of the new groups: destroy every machine this deploy created.
-    pub async fn destroy_created(&self, ctx: &Ctx) -> (usize, Vec<RolloutError>) {
+    /// Rollback of the new groups: destroy every machine this deploy created. Returns how many
+    /// went, the failures, and the machines that did not go with the volumes they mount.
+    pub async fn destroy_created(&self, ctx: &Ctx) -> (usize, Vec<RolloutError>, Vec<(String, Vec<String>)>) {
         let created = std::mem::take(&mut *self.created.lock().unwrap_or_else(|e| e.into_inner()));
         let mut destroyed = 0;
         let mut failures = Vec::new();
-        for (id, group) in created.iter().rev() {
-            match ctx.destroy(id, group).await {
+        let mut undestroyed = Vec::new();
+        for (id, group, volumes) in created.into_iter().rev() {
+            match ctx.destroy(&id, &group).await {
                 Ok(()) => {
-                    ctx.done(id, group, "destroyed (rolled back)", false);
+                    ctx.done(&id, &group, "destroyed (rolled back)", false);
                     destroyed += 1;
                 }
-                Err(err) => failures.push(err),
+                Err(err) => {
+                    failures.push(err);
+                    undestroyed.push((id, volumes));
+                }
             }
         }
-        (destroyed, failures)
+        (destroyed, failures, undestroyed)
     }
 }
 

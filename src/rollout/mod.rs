@@ -692,7 +692,7 @@ async fn finish(
             // nothing is left there and nothing was created, nothing changed.
             let unchanged = ctx.journal().is_empty() && groups.created_count() == 0;
             let (code, summary) = if !ctx.is_changing() || unchanged {
-                groups.warn_kept_volumes(ctx);
+                groups.warn_kept_volumes(ctx, &[]);
                 (
                     EXIT_FAILURE,
                     format!("deploy of app {app} failed before any machine changed"),
@@ -712,12 +712,12 @@ async fn finish(
                 )
             } else {
                 let (restored, mut failures) = rollback(ctx).await;
-                let (destroyed, destroy_failures) = groups.destroy_created(ctx).await;
+                let (destroyed, destroy_failures, undestroyed) = groups.destroy_created(ctx).await;
                 failures.extend(destroy_failures);
-                groups.warn_kept_volumes(ctx);
                 for failure in &failures {
                     ctx.reporter.warn(chain_text(failure));
                 }
+                groups.warn_kept_volumes(ctx, &undestroyed);
                 let summary = if failures.is_empty() {
                     format!(
                         "deploy of app {app} failed; rolled back {restored} machine(s) to their previous image{}",

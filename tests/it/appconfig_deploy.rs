@@ -573,6 +573,49 @@ fn a_machine_its_volumes_host_has_no_room_for_fails_with_advice() {
     assert_no_violations(&fly);
 }
 
+/// The same rollback, when the machine it created cannot be destroyed: its new volume is still
+/// attached to that machine, so the warning names the machine to destroy first instead of
+/// calling the volume unattached.
+#[test]
+fn a_kept_volume_whose_machine_was_not_destroyed_is_named_with_it() {
+    let fly = new_app();
+    let t = TestDir::new();
+    write_fly_toml(
+        &t,
+        &(fixture("03-volume-autoextend.toml")
+            + "\n[[http_service.checks]]\n  path = \"/\"\n  interval = \"5s\"\n  timeout = \"1s\"\n"),
+    );
+    fly.set_behavior(&image(1)[..30], Behavior::ChecksFail);
+    fly.inject_fault(
+        "DELETE",
+        "/v1/apps/demo/machines/",
+        10,
+        FaultKind::Status {
+            status: 412,
+            message: "failed_precondition: machine is busy".into(),
+        },
+    );
+    let out = run_rollout(&fly, &t, &image(1), &["--wait-timeout", "5s"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    let machines = group_machines(&fly, "app");
+    assert_eq!(machines.len(), 1, "{err}");
+    let volumes = fly.volumes(APP);
+    assert_eq!(volumes.len(), 1);
+    let machine = &machines[0].id;
+    assert_eq!(volumes[0].attached_machine_id.as_deref(), Some(machine.as_str()));
+    assert!(
+        err.contains(&format!(
+            "volume {} (notes_data, in fra) was created by this deploy and is kept, still \
+             attached to machine {machine}, which this deploy created and could not destroy \
+             (above): `fly machine destroy --force {machine}`, then `fly volumes destroy {}`",
+            volumes[0].id, volumes[0].id
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("is kept, unattached"), "{err}");
+}
+
 /// After an app's first deploy, flyctl makes no volume: a new machine that mounts one needs an
 /// unattached volume of that name made beforehand (`validateVolumeConfig`). Without it the
 /// deploy stops before any change, naming the `fly volume create` to run; with it, the machine
