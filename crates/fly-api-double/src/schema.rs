@@ -13,11 +13,43 @@ use std::sync::LazyLock;
 use serde_json::Value;
 
 static SPEC: LazyLock<Value> = LazyLock::new(|| {
-    serde_json::from_str(include_str!("../machines-openapi.json"))
-        .expect("crates/fly-api-double/machines-openapi.json is valid JSON")
+    let mut spec = serde_json::from_str(include_str!("../machines-openapi.json"))
+        .expect("crates/fly-api-double/machines-openapi.json is valid JSON");
+    amend_lease_call(&mut spec);
+    spec
 });
 
-/// The parsed spec, loaded once per process.
+/// A lease call as fly-go makes it: `?ttl=<seconds>` and no body, both of which the spec leaves
+/// out (it documents a required `CreateLeaseRequest` body). fly-go acquires and refreshes leases
+/// that way (`flaps/flaps_machines.go`, `AcquireLease`, `RefreshLease`; NOTES.md step 6), so
+/// Fly takes it: the spec's `Machines_create_lease` gains an integer `ttl` query parameter and
+/// an optional body, and the validator stays the spec's.
+fn amend_lease_call(spec: &mut Value) {
+    let Some(paths) = spec["paths"].as_object_mut() else {
+        return;
+    };
+    for item in paths.values_mut() {
+        let Some(op) = item.get_mut("post") else {
+            continue;
+        };
+        if op["operationId"] != "Machines_create_lease" {
+            continue;
+        }
+        let ttl = serde_json::json!({
+            "name": "ttl",
+            "in": "query",
+            "description": "Seconds the lease lasts (fly-go's AcquireLease and RefreshLease)",
+            "schema": { "type": "integer" }
+        });
+        match op["parameters"].as_array_mut() {
+            Some(params) => params.push(ttl),
+            None => op["parameters"] = Value::Array(vec![ttl]),
+        }
+        op["requestBody"]["required"] = Value::Bool(false);
+    }
+}
+
+/// The parsed spec (with the amendment above), loaded once per process.
 pub fn spec() -> &'static Value {
     &SPEC
 }
@@ -89,14 +121,6 @@ fn percent_decode(segment: &str) -> String {
         .unwrap_or_default()
 }
 
-/// A lease call as fly-go makes it: `?ttl=<seconds>` and no body, both of which the spec leaves
-/// out (it documents a required `CreateLeaseRequest` body). fly-go acquires and refreshes leases
-/// that way (`flaps/flaps_machines.go`, `AcquireLease`, `RefreshLease`; NOTES.md step 6), so
-/// Fly takes it, and `validate_request` lets both through.
-fn is_lease_call(op: &Operation) -> bool {
-    op.id == "Machines_create_lease"
-}
-
 /// Every way the request breaks the operation's schema, as readable sentences.
 pub fn validate_request(
     op: &Operation,
@@ -108,9 +132,6 @@ pub fn validate_request(
     let mut errors = Vec::new();
     let params = op.op["parameters"].as_array().cloned().unwrap_or_default();
     for (name, value) in query {
-        if is_lease_call(op) && name == "ttl" && value.parse::<u64>().is_ok() {
-            continue;
-        }
         let Some(param) = params
             .iter()
             .find(|p| p["in"] == "query" && query_name_matches(p["name"].as_str(), name))
@@ -155,7 +176,7 @@ pub fn validate_request(
     let request_body = &op.op["requestBody"];
     match (body, request_body.is_object()) {
         (Some(_), false) => errors.push(format!("{} takes no request body", op.id)),
-        (None, true) if request_body["required"] == true && !is_lease_call(op) => {
+        (None, true) if request_body["required"] == true => {
             errors.push(format!("{} requires a JSON request body", op.id));
         }
         (Some(body), true) => {
