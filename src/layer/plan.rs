@@ -229,8 +229,13 @@ impl BaseImage {
     }
 
     pub fn open(path: &str) -> Result<Self, PlanError> {
-        let shown = format!("base image {path}");
         let (file, format) = sniff_base(path)?;
+        Self::open_sniffed(path, file, format)
+    }
+
+    /// `open` of a file `sniff_base` has opened and named the format of.
+    fn open_sniffed(path: &str, file: File, format: crate::image::ArchiveFormat) -> Result<Self, PlanError> {
+        let shown = format!("base image {path}");
         let (config, members, diff_ids, layout) = match format {
             crate::image::ArchiveFormat::Tar => {
                 let index = crate::image::docker_archive::index_file(&file, &shown)
@@ -322,7 +327,7 @@ impl BaseImage {
     ) -> Result<Vec<PlannedLayer>, PlanError> {
         let (file, format) = sniff_base(path)?;
         if format == crate::image::ArchiveFormat::Tar {
-            let base = Self::open(path)?;
+            let base = Self::open_sniffed(path, file, format)?;
             let mut records = Vec::with_capacity(base.members.len());
             for ((source, member), declared) in base.sources().iter().zip(&base.members).zip(&base.diff_ids) {
                 let record = PlannedLayer::build(source, None, compression, workers, |_| Ok(()))?;
