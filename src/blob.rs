@@ -235,53 +235,150 @@ pub fn default_workers() -> usize {
 
 /// Hash an uncompressed layer without compressing it (when its blob is already in the
 /// registry and only the content needs checking). Returns (diff_id, size); `on_read` gets the
-/// byte count of every read.
+/// byte count of every read. One layer on its own: a stream of several uses [`LayerHasher`].
+pub fn hash_layer(reader: impl Read, on_read: impl FnMut(u64)) -> Result<(Digest, u64), BlobError> {
+    Ok(LayerHasher::new(HASH_BUFFERS_ALONE, 1)
+        .hash(reader, on_read)?
+        .wait())
+}
+
+/// Size of one buffer a [`LayerHasher`] reads into.
+const HASH_BUFFER: usize = 1024 * 1024;
+/// Buffers for a single layer hashed on its own: the reader fills one while the hasher works
+/// through the others.
+const HASH_BUFFERS_ALONE: usize = 3;
+
+/// Hashes the layers a stream passes, on threads of their own, several layers at once.
 ///
-/// Reading and hashing run on two threads: for a stream whose layers the registry has, the
-/// pipe's copy and SHA-256 are all the work there is, and overlapped they take the longer of
-/// the two instead of the sum.
-pub fn hash_layer(mut reader: impl Read, mut on_read: impl FnMut(u64)) -> Result<(Digest, u64), BlobError> {
-    const BUFFER: usize = 1024 * 1024;
-    const BUFFERS: usize = 3;
-    std::thread::scope(|scope| {
-        let (full_tx, full_rx) = sync_channel::<Vec<u8>>(BUFFERS);
-        let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(BUFFERS);
-        for _ in 0..BUFFERS {
-            empty_tx
-                .send(Vec::with_capacity(BUFFER))
-                .expect("room for every buffer");
+/// For a stream whose layers the registry has, the pipe's copy and SHA-256 are all the work
+/// there is, and SHA-256 is the larger part (about 2.2 GB/s on one core with SHA-NI). One
+/// layer's SHA-256 cannot be split across cores, so the reader does not wait for a layer's
+/// hash to finish: it reads on into the next layer, which a second thread hashes while the
+/// first works through what is left of the previous one. The buffers all layers share are the
+/// bound on memory: `buffers` MiB in flight at most, whatever the number or size of the layers;
+/// when they are all full the reader waits.
+///
+/// On the benchmark's 1142 MB `cat` stream (2 cores, 9 runs, medians) this took a fresh
+/// runner's unchanged push from +0.61 s over generation (one layer hashed at a time) to
+/// +0.55 s. What is left is the machine's: the push then spends about 1.0 CPU-second (0.55 s
+/// of SHA-256, the rest the pipe's copies on both sides), on 2 cores.
+pub struct LayerHasher {
+    empty: Receiver<Vec<u8>>,
+    recycle: SyncSender<Vec<u8>>,
+    permits: Receiver<()>,
+    release: SyncSender<()>,
+}
+
+/// A layer's digest, still being computed.
+pub struct PendingDigest {
+    size: u64,
+    result: Receiver<Digest>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PendingDigest {
+    /// Wait for the hash: (diff_id, size).
+    pub fn wait(mut self) -> (Digest, u64) {
+        let digest = self.result.recv();
+        if let Some(thread) = self.thread.take()
+            && let Err(panic) = thread.join()
+        {
+            std::panic::resume_unwind(panic);
         }
-        let hasher = scope.spawn(move || {
+        let digest = digest.expect("a hash thread that returned sent its digest");
+        (digest, self.size)
+    }
+}
+
+impl LayerHasher {
+    /// `buffers` buffers of 1 MiB shared by all layers (at least 2), and at most `threads`
+    /// layers hashed at once (at least 1).
+    pub fn new(buffers: usize, threads: usize) -> Self {
+        let buffers = buffers.max(2);
+        let threads = threads.max(1);
+        let (recycle, empty) = sync_channel(buffers);
+        for _ in 0..buffers {
+            recycle.send(vec![0; HASH_BUFFER]).expect("room for every buffer");
+        }
+        let (release, permits) = sync_channel(threads);
+        for _ in 0..threads {
+            release.send(()).expect("room for every permit");
+        }
+        LayerHasher {
+            empty,
+            recycle,
+            permits,
+            release,
+        }
+    }
+
+    /// Read a layer to its end and start hashing it; the digest comes from
+    /// [`PendingDigest::wait`]. `on_read` gets the byte count of every read. A read error stops
+    /// this layer's hash and is returned here.
+    pub fn hash(
+        &self,
+        mut reader: impl Read,
+        mut on_read: impl FnMut(u64),
+    ) -> Result<PendingDigest, BlobError> {
+        self.permits.recv().expect("the hasher holds a sender of permits");
+        let (full_tx, full_rx) = std::sync::mpsc::channel::<(Vec<u8>, usize)>();
+        let (result_tx, result) = sync_channel(1);
+        let recycle = self.recycle.clone();
+        let release = self.release.clone();
+        let thread = std::thread::spawn(move || {
             let mut hasher = Sha256::new();
-            for buffer in full_rx {
-                hasher.update(&buffer);
-                // The reader may have stopped; then the buffer is simply dropped.
-                let _ = empty_tx.send(buffer);
+            for (buffer, len) in full_rx {
+                hasher.update(&buffer[..len]);
+                // The reader may be gone; then the buffer is simply dropped.
+                let _ = recycle.send(buffer);
             }
-            hasher
+            let _ = result_tx.send(Digest::from_hasher(hasher));
+            let _ = release.send(());
         });
-        let mut total = 0u64;
-        let read = loop {
-            let mut buffer = empty_rx.recv().expect("the hasher runs until the reader stops");
-            buffer.clear();
-            match (&mut reader).take(BUFFER as u64).read_to_end(&mut buffer) {
-                Ok(0) => break Ok(()),
+        let mut size = 0u64;
+        loop {
+            let mut buffer = self.empty.recv().expect("the hasher holds a sender of buffers");
+            // One read per buffer, however short: a read of a whole buffer passes a pipe's
+            // BufReader by (it copies straight into `buffer`), where filling the buffer
+            // would copy most of the stream once more through the BufReader's own.
+            let read = loop {
+                match reader.read(&mut buffer) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    other => break other,
+                }
+            };
+            match read {
+                Ok(0) => {
+                    self.recycle
+                        .send(buffer)
+                        .expect("room for a buffer taken from the pool");
+                    break;
+                }
                 Ok(n) => {
-                    total += n as u64;
+                    size += n as u64;
                     on_read(n as u64);
                     full_tx
-                        .send(buffer)
-                        .expect("the hasher runs until the reader stops");
+                        .send((buffer, n))
+                        .expect("the hash thread runs until its layer's sender is dropped");
                 }
-                Err(e) => break Err(BlobError::Read(e)),
+                Err(e) => {
+                    self.recycle
+                        .send(buffer)
+                        .expect("room for a buffer taken from the pool");
+                    drop(full_tx);
+                    // Its digest is of no use; it ends when its queue is drained.
+                    let _ = thread.join();
+                    return Err(BlobError::Read(e));
+                }
             }
-        };
+        }
         drop(full_tx);
-        let hasher = hasher
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        read.map(|()| (Digest::from_hasher(hasher), total))
-    })
+        Ok(PendingDigest {
+            size,
+            result,
+            thread: Some(thread),
+        })
+    }
 }
 
 /// One block of input on its way to a worker.
@@ -697,6 +794,59 @@ mod tests {
             }
         }
         assert!(matches!(hash_layer(Failing, |_| {}), Err(BlobError::Read(_))));
+    }
+
+    /// Layers are read one after another without waiting for the hashes before them: more
+    /// layers than threads and buffers go through before any digest is asked for, and each
+    /// digest is the layer's own. The oracle is sha256 of each layer's bytes.
+    #[test]
+    fn a_layer_hasher_reads_on_while_earlier_layers_hash() {
+        let hasher = LayerHasher::new(2, 2);
+        let layers: Vec<Vec<u8>> = [0, 1, HASH_BUFFER + 1, 5 * HASH_BUFFER / 2, 10, 3 * HASH_BUFFER]
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| sample(len).into_iter().map(|b| b ^ i as u8).collect())
+            .collect();
+        let pending: Vec<PendingDigest> = layers
+            .iter()
+            .map(|data| {
+                let mut read = 0;
+                let pending = hasher
+                    .hash(Dribble { data, step: 300_007 }, |n| read += n)
+                    .unwrap();
+                assert_eq!(read, data.len() as u64);
+                pending
+            })
+            .collect();
+        for (data, pending) in layers.iter().zip(pending) {
+            assert_eq!(pending.wait(), (Digest::sha256_of(data), data.len() as u64));
+        }
+    }
+
+    /// A read error ends that layer's hash and leaves the hasher whole: its buffer and thread
+    /// come back, and the next layer hashes as before.
+    #[test]
+    fn a_read_error_leaves_the_layer_hasher_usable() {
+        struct FailAfter<'a>(&'a [u8]);
+        impl Read for FailAfter<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(io::Error::other("cut"));
+                }
+                let n = buf.len().min(self.0.len()).min(1000);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let hasher = LayerHasher::new(2, 1);
+        let data = sample(3 * HASH_BUFFER);
+        for _ in 0..3 {
+            let err = hasher.hash(FailAfter(&data), |_| {}).err().unwrap();
+            assert!(matches!(err, BlobError::Read(_)), "{err:?}");
+        }
+        let pending = hasher.hash(&data[..], |_| {}).unwrap();
+        assert_eq!(pending.wait().0, Digest::sha256_of(&data));
     }
 
     #[test]

@@ -185,7 +185,18 @@ pub struct StreamedImage<T> {
 pub fn read_stream<T: Clone, E: From<ImageError>>(
     reader: impl Read,
     source_name: &str,
-    mut on_layer: impl FnMut(ArchiveLayer<'_>) -> Result<(Digest, T), E>,
+    on_layer: impl FnMut(ArchiveLayer<'_>) -> Result<(Digest, T), E>,
+) -> Result<StreamedImage<T>, E> {
+    read_stream_deferred(reader, source_name, on_layer, Ok)
+}
+
+/// [`read_stream`] for an `on_layer` whose sha256 may still be being computed when it
+/// returns (`D`): `resolve` turns each into the digest, once the whole stream is read.
+pub fn read_stream_deferred<D, T: Clone, E: From<ImageError>>(
+    reader: impl Read,
+    source_name: &str,
+    mut on_layer: impl FnMut(ArchiveLayer<'_>) -> Result<(D, T), E>,
+    mut resolve: impl FnMut(D) -> Result<Digest, E>,
 ) -> Result<StreamedImage<T>, E> {
     let read_error = |source| ImageError::Read {
         source_name: source_name.to_string(),
@@ -193,7 +204,7 @@ pub fn read_stream<T: Clone, E: From<ImageError>>(
     };
     let mut archive = tar::Archive::new(reader);
     let mut metadata: HashMap<String, Bytes> = HashMap::new();
-    let mut layers: HashMap<String, (Digest, T)> = HashMap::new();
+    let mut read: Vec<(String, D, T)> = Vec::new();
     let mut links = Links::default();
     let mut saw_entry = false;
     for entry in archive.entries().map_err(read_error)? {
@@ -219,7 +230,7 @@ pub fn read_stream<T: Clone, E: From<ImageError>>(
             claimed_diff_id: claimed_digest(&name),
             reader: &mut strict,
         })?;
-        layers.insert(name, (diff_id, result));
+        read.push((name, diff_id, result));
     }
     if !saw_entry {
         return Err(ImageError::NotAnArchive {
@@ -227,6 +238,10 @@ pub fn read_stream<T: Clone, E: From<ImageError>>(
             detail: "the tar stream has no entries".into(),
         }
         .into());
+    }
+    let mut layers: HashMap<String, (Digest, T)> = HashMap::with_capacity(read.len());
+    for (name, diff_id, result) in read {
+        layers.insert(name, (resolve(diff_id)?, result));
     }
     let manifest = parse_manifest(required(&metadata, "manifest.json", source_name)?, source_name)?;
     let config = required(&metadata, links.resolve(&manifest.config), source_name)?.clone();
@@ -242,13 +257,13 @@ pub fn read_stream<T: Clone, E: From<ImageError>>(
         if !layers.contains_key(resolved)
             && let Some(bytes) = metadata.get(resolved)
         {
-            let result = on_layer(ArchiveLayer {
+            let (diff_id, result) = on_layer(ArchiveLayer {
                 name: resolved,
                 size: bytes.len() as u64,
                 claimed_diff_id: claimed_digest(resolved),
                 reader: &mut &bytes[..],
             })?;
-            layers.insert(resolved.to_string(), result);
+            layers.insert(resolved.to_string(), (resolve(diff_id)?, result));
         }
         let (diff_id, result) = layers.get(resolved).ok_or_else(|| ImageError::MissingEntry {
             source_name: source_name.to_string(),

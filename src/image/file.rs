@@ -36,8 +36,7 @@ impl ImageSource for ArchiveFile {
             source,
         };
         let file = File::open(&self.path).map_err(open_error)?;
-        let mut head = Vec::with_capacity(512);
-        (&file).take(512).read_to_end(&mut head).map_err(open_error)?;
+        let head = ArchiveFormat::head(&file).map_err(open_error)?;
         let description = self.describe();
         let format = ArchiveFormat::sniff(&head).ok_or_else(|| ImageError::NotAnArchive {
             source_name: description.clone(),

@@ -266,9 +266,8 @@ fn detect_kind(path: &Path, metadata: &std::fs::Metadata) -> Result<SourceKind, 
             })
         };
     }
-    let mut head = Vec::with_capacity(512);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(512).read_to_end(&mut head))
+    let head = std::fs::File::open(path)
+        .and_then(ArchiveFormat::head)
         .map_err(|source| ImageError::Open {
             path: path.to_path_buf(),
             source,
@@ -303,6 +302,14 @@ pub enum ArchiveFormat {
 }
 
 impl ArchiveFormat {
+    /// The first bytes of a file or stream, as many as [`ArchiveFormat::sniff`] looks at (a tar
+    /// header's 512), fewer if it is shorter.
+    pub fn head(reader: impl Read) -> io::Result<Vec<u8>> {
+        let mut head = Vec::with_capacity(512);
+        reader.take(512).read_to_end(&mut head)?;
+        Ok(head)
+    }
+
     /// Recognise the first bytes of a file or stream (up to 512 are looked at).
     pub fn sniff(head: &[u8]) -> Option<Self> {
         if head.starts_with(&[0x1f, 0x8b]) {
@@ -331,14 +338,10 @@ pub fn decompressed_stream(
     mut reader: Box<dyn Read + Send>,
     source_name: &str,
 ) -> Result<(ArchiveFormat, Box<dyn Read + Send>), ImageError> {
-    let mut head = Vec::with_capacity(512);
-    (&mut reader)
-        .take(512)
-        .read_to_end(&mut head)
-        .map_err(|source| ImageError::Read {
-            source_name: source_name.to_string(),
-            source,
-        })?;
+    let head = ArchiveFormat::head(&mut reader).map_err(|source| ImageError::Read {
+        source_name: source_name.to_string(),
+        source,
+    })?;
     let format = ArchiveFormat::sniff(&head).ok_or_else(|| ImageError::NotAnArchive {
         source_name: source_name.to_string(),
         detail: if head.is_empty() {

@@ -373,8 +373,7 @@ fn sniff_base(path: &str) -> Result<(File, crate::image::ArchiveFormat), PlanErr
         source,
     };
     let mut file = File::open(path).map_err(read_error)?;
-    let mut head = Vec::with_capacity(512);
-    (&file).take(512).read_to_end(&mut head).map_err(read_error)?;
+    let head = crate::image::ArchiveFormat::head(&file).map_err(read_error)?;
     std::io::Seek::rewind(&mut file).map_err(read_error)?;
     let format = crate::image::ArchiveFormat::sniff(&head).ok_or_else(|| {
         PlanError::Base(format!(

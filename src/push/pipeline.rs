@@ -17,6 +17,10 @@ use tokio::sync::{mpsc, oneshot};
 /// 1 MiB block (~0.4 MiB) or a 256 KiB read of a stored blob, and with `--jobs` layers in
 /// flight these buffers count towards the 100 MB peak RSS.
 pub(super) const UPLOAD_CHANNEL: usize = 4;
+/// Buffers (1 MiB each) shared by the hashes of the layers a stream passes that the registry
+/// has, and how many of those layers are hashed at once (see [`blob::LayerHasher`]).
+const HASH_BUFFERS: usize = 16;
+const HASH_THREADS: usize = 2;
 /// Progress events carry at least this many bytes (JSON lines stay few).
 const PROGRESS_STEP: u64 = 4 << 20;
 
@@ -53,6 +57,13 @@ pub(super) enum Decision {
         body: Body,
         verdict: oneshot::Sender<Result<Digest, ReadFailed>>,
     },
+}
+
+/// A layer's sha256 as the stream reader leaves it: known (it was compressed), or still
+/// being computed on a thread of its own.
+enum LayerSum {
+    Known(Digest),
+    Hashing(blob::PendingDigest),
 }
 
 /// Why the stream reader ended early.
@@ -192,7 +203,8 @@ impl<S: BlobStore> Pusher<S> {
     ) -> Result<StreamedImage<usize>, PipelineEnd> {
         let source_name = stream.description.clone();
         let mut count = 0;
-        let read = docker_archive::read_stream(&mut stream.reader, &source_name, |layer| {
+        let hasher = blob::LayerHasher::new(HASH_BUFFERS, HASH_THREADS);
+        let on_layer = |layer: docker_archive::ArchiveLayer<'_>| {
             let index = count;
             count += 1;
             let (reply, answer) = oneshot::channel();
@@ -206,9 +218,10 @@ impl<S: BlobStore> Pusher<S> {
             };
             asks.blocking_send(ask).map_err(|_| PipelineEnd::Stopped)?;
             let diff_id = match answer.blocking_recv().map_err(|_| PipelineEnd::Stopped)? {
-                Decision::Skip => self
-                    .hash_skipped(layer.reader, index, layer.name, &source_name)
-                    .map_err(PipelineEnd::Failed)?,
+                Decision::Skip => LayerSum::Hashing(
+                    self.hash_skipped(&hasher, layer.reader, index, layer.name, &source_name)
+                        .map_err(PipelineEnd::Failed)?,
+                ),
                 Decision::Upload { body, verdict } => {
                     // The name's diff_id is only a hint (buildImage names are not diff_ids):
                     // the content is checked against the config at the end.
@@ -220,7 +233,7 @@ impl<S: BlobStore> Pusher<S> {
                     match self.compress_into(layer.reader, index, &expected, &source_name, body) {
                         Ok(digests) => {
                             let _ = verdict.send(Ok(digests.diff_id.clone()));
-                            digests.diff_id
+                            LayerSum::Known(digests.diff_id)
                         }
                         Err(failed) => {
                             // The upload reports it, together with its own error.
@@ -231,7 +244,14 @@ impl<S: BlobStore> Pusher<S> {
                 }
             };
             Ok((diff_id, index))
-        });
+        };
+        let resolve = |sum: LayerSum| {
+            Ok(match sum {
+                LayerSum::Known(diff_id) => diff_id,
+                LayerSum::Hashing(pending) => pending.wait().0,
+            })
+        };
+        let read = docker_archive::read_stream_deferred(&mut stream.reader, &source_name, on_layer, resolve);
         // The stream is still open here, so a script that failed is told apart from one we stopped.
         let finished = (stream.finish)(read.is_ok());
         match (read, finished) {
@@ -240,28 +260,32 @@ impl<S: BlobStore> Pusher<S> {
         }
     }
 
-    /// Hash a layer the registry has, for the check against the config. Blocking.
+    /// Read a layer the registry has and start hashing it, for the check against the config.
+    /// Blocking until the layer is read; its hash may still be running.
     fn hash_skipped(
         &self,
+        hasher: &blob::LayerHasher,
         reader: &mut dyn Read,
         index: usize,
         name: &str,
         source_name: &str,
-    ) -> Result<Digest, PushError> {
+    ) -> Result<blob::PendingDigest, PushError> {
         let mut progress = Progress::new(&self.reporter, index);
-        let (diff_id, _) = blob::hash_layer(reader, |n| progress.add(n)).map_err(|err| match err {
-            BlobError::Read(source) => PushError::from(ImageError::Read {
-                source_name: source_name.to_string(),
-                source,
-            }),
-            other => PushError::Compress {
-                layer: name.to_string(),
-                source_name: source_name.to_string(),
-                source: other,
-            },
-        })?;
+        let pending = hasher
+            .hash(reader, |n| progress.add(n))
+            .map_err(|err| match err {
+                BlobError::Read(source) => PushError::from(ImageError::Read {
+                    source_name: source_name.to_string(),
+                    source,
+                }),
+                other => PushError::Compress {
+                    layer: name.to_string(),
+                    source_name: source_name.to_string(),
+                    source: other,
+                },
+            })?;
         progress.flush();
-        Ok(diff_id)
+        Ok(pending)
     }
 }
 

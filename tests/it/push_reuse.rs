@@ -166,6 +166,46 @@ fn a_manifest_naming_a_lost_blob_falls_back_to_uploading() {
     assert_same_image(&registry, &reference, &written);
 }
 
+/// A stream layer the registry already has is not compressed, but it is still hashed, and a
+/// layer whose bytes are not what its name and the config declare fails the push before the
+/// tag moves, even though its hash finishes after the stream has moved on to later layers.
+#[test]
+fn a_stream_layer_the_registry_has_is_still_checked_against_the_config() {
+    let registry = Registry::start(AuthMode::None);
+    let t = TestDir::new();
+    let (tar, _) = archive(&t, "image.tar", &images::small_layers());
+    pushed_json_reference(&fresh_push(&registry, &tar, "app", "live", &[]));
+    let stored = registry.blob_bytes();
+    let live = registry.skopeo_manifest(&format!("{}/app:live", registry.host()));
+
+    for layer in 0..images::small_layers().len() {
+        let lying = t.join(&format!("lying-{layer}.tar"));
+        images::write_stream_layered(
+            std::fs::File::create(&lying).unwrap(),
+            &images::small_layers(),
+            Fault::LayerContent(layer),
+        )
+        .unwrap();
+        let script = t.join(&format!("stream-lying-{layer}"));
+        images::write_stream_script(&script, &lying, 0).unwrap();
+        let out = fresh_push(&registry, &script, "app", "live", &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("but is declared as") && stderr.contains("the image is corrupt"),
+            "{stderr}"
+        );
+        let done = events(&out, "layer_done");
+        assert!(
+            done.iter().all(|e| e["outcome"] == "skipped"),
+            "every layer was found in the registry, none compressed: {done:?}"
+        );
+        assert_eq!(registry.blob_bytes(), stored, "nothing was uploaded");
+        let after = registry.skopeo_manifest(&format!("{}/app:live", registry.host()));
+        assert_eq!(after, live, "the tag moved");
+    }
+}
+
 #[test]
 fn reuse_from_another_registry_is_refused_before_any_request() {
     let registry = Registry::start(AuthMode::None);
