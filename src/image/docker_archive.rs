@@ -109,7 +109,7 @@ pub fn check_entry_name(name: &str, source_name: &str) -> Result<(), ImageError>
 const SMALL_BLOB: u64 = 1 << 20;
 
 /// Small entries kept in memory (manifest, configs); the rest are layers, handled as they pass.
-fn is_metadata(name: &str, size: u64) -> bool {
+pub(crate) fn is_metadata(name: &str, size: u64) -> bool {
     matches!(
         name,
         "manifest.json" | "repositories" | "index.json" | "oci-layout"

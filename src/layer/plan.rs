@@ -190,24 +190,38 @@ fn base_error(path: &str, err: PlanError) -> PlanError {
 }
 
 enum BaseLayout {
-    /// Each layer read from its place in the file.
+    /// Each layer read from its place in an uncompressed tar: the base itself, or the
+    /// temporary file a compressed base was decompressed into when a push opened it.
     Indexed {
         file: std::sync::Arc<File>,
-        extents: Vec<crate::image::docker_archive::Extent>,
+        places: Vec<Place>,
     },
     /// Each layer found by reading the archive from its start: the regular-file entry each
-    /// manifest name is, links followed.
+    /// manifest name is, links followed. (A compressed base opened only for its metadata, or
+    /// one no temporary file could be made for.)
     Compressed {
         format: crate::image::ArchiveFormat,
         entries: Vec<String>,
     },
 }
 
+/// Where one layer of a base image is.
+#[derive(Clone)]
+enum Place {
+    At(crate::image::docker_archive::Extent),
+    /// A layer a docker-archive keeps as a small blob (`blobs/sha256/...`, up to 1 MiB), which
+    /// the archive reader hands over from memory at the end.
+    Held(bytes::Bytes),
+}
+
 impl BaseImage {
-    /// The base image at `path`, opened once per process: a push that uploads several of its
-    /// layers, in parallel, reads a compressed base's metadata (a pass over the whole file) only
-    /// once; the other uploads of that base wait for the first to open it. A failed open is not
-    /// kept, so a later call tries again.
+    /// The base image at `path`, opened once per process to read its layers: a push that
+    /// uploads several of its layers, in parallel, reads the file once. A compressed base is
+    /// decompressed on that pass into a temporary file (unlinked at once, so it goes with
+    /// nixfly), and every layer is then read from its place there, instead of inflating the
+    /// base from its start again for each layer: a `buildLayeredImage` base has up to 100
+    /// layers. The other uploads of that base wait for the first to open it. A failed open is
+    /// not kept, so a later call tries again.
     pub fn shared(path: &str) -> Result<std::sync::Arc<Self>, PlanError> {
         type Slot = std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<BaseImage>>>>;
         static OPENED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Slot>>> =
@@ -223,18 +237,27 @@ impl BaseImage {
         if let Some(base) = &*slot {
             return Ok(base.clone());
         }
-        let base = std::sync::Arc::new(Self::open(path)?);
+        let (file, format) = sniff_base(path)?;
+        let base = std::sync::Arc::new(Self::open_sniffed(path, file, format, true)?);
         *slot = Some(base.clone());
         Ok(base)
     }
 
+    /// The base image at `path`, for its metadata (a compressed one is read once, every layer
+    /// hashed and checked against the config on the way, and not kept).
     pub fn open(path: &str) -> Result<Self, PlanError> {
         let (file, format) = sniff_base(path)?;
-        Self::open_sniffed(path, file, format)
+        Self::open_sniffed(path, file, format, false)
     }
 
-    /// `open` of a file `sniff_base` has opened and named the format of.
-    fn open_sniffed(path: &str, file: File, format: crate::image::ArchiveFormat) -> Result<Self, PlanError> {
+    /// `open` of a file `sniff_base` has opened and named the format of; `spill`: decompress a
+    /// compressed base into a temporary file to read its layers from.
+    fn open_sniffed(
+        path: &str,
+        file: File,
+        format: crate::image::ArchiveFormat,
+        spill: bool,
+    ) -> Result<Self, PlanError> {
         let shown = format!("base image {path}");
         let (config, members, diff_ids, layout) = match format {
             crate::image::ArchiveFormat::Tar => {
@@ -242,26 +265,51 @@ impl BaseImage {
                     .map_err(|err| base_error(path, err.into()))?;
                 let layout = BaseLayout::Indexed {
                     file: std::sync::Arc::new(file),
-                    extents: index.layers,
+                    places: index.layers.into_iter().map(Place::At).collect(),
                 };
                 (index.config, index.layer_names, index.diff_ids, layout)
             }
             format => {
-                // One pass, every layer hashed (and so checked against the config) on the way.
-                let image = stream_base(path, file, format, |layer| {
+                // One pass, every layer hashed (and so checked against the config) on the way,
+                // and where it sits in the decompressed tar noted.
+                // No temporary file (no room in TMPDIR): each layer is found by inflating the
+                // base again, slower but the same bytes.
+                let mut copy = if spill { tempfile::tempfile().ok() } else { None };
+                let position = std::rc::Rc::new(std::cell::Cell::new(0u64));
+                let image = stream_base(path, file, format, &mut copy, &position, |layer| {
+                    let start = position.get();
+                    let mut held = Vec::new();
+                    let keep = crate::image::docker_archive::is_metadata(layer.name, layer.size);
+                    let reader = Collect {
+                        inner: layer.reader,
+                        into: keep.then_some(&mut held),
+                    };
                     let (diff_id, _) =
-                        blob::hash_layer(layer.reader, |_| {}).map_err(|source| PlanError::Build {
+                        blob::hash_layer(reader, |_| {}).map_err(|source| PlanError::Build {
                             what: format!("{} of the {shown}", layer.name),
                             source,
                         })?;
-                    Ok((diff_id, ()))
+                    let place = match keep {
+                        true => Place::Held(held.into()),
+                        false => Place::At(crate::image::docker_archive::Extent {
+                            offset: start,
+                            size: layer.size,
+                        }),
+                    };
+                    Ok((diff_id, place))
                 })?;
                 let diff_ids =
                     crate::image::docker_archive::config_diff_ids(&image.config, &shown, "its config")
                         .map_err(|err| base_error(path, err.into()))?;
-                let layout = BaseLayout::Compressed {
-                    format,
-                    entries: image.layer_entries,
+                let layout = match copy {
+                    Some(file) => BaseLayout::Indexed {
+                        file: std::sync::Arc::new(file),
+                        places: image.layers,
+                    },
+                    None => BaseLayout::Compressed {
+                        format,
+                        entries: image.layer_entries,
+                    },
                 };
                 (image.config, image.layer_names, diff_ids, layout)
             }
@@ -287,17 +335,19 @@ impl BaseImage {
             ))
         })?;
         match &self.layout {
-            BaseLayout::Indexed { file, extents } => {
-                let extent = extents[index];
-                let reader = crate::image::docker_archive::PositionedReader {
-                    file: file.clone(),
-                    offset: extent.offset,
-                };
-                Ok(Box::new(BufReader::with_capacity(
-                    1 << 20,
-                    reader.take(extent.size),
-                )))
-            }
+            BaseLayout::Indexed { file, places } => match &places[index] {
+                Place::At(extent) => {
+                    let reader = crate::image::docker_archive::PositionedReader {
+                        file: file.clone(),
+                        offset: extent.offset,
+                    };
+                    Ok(Box::new(BufReader::with_capacity(
+                        1 << 20,
+                        reader.take(extent.size),
+                    )))
+                }
+                Place::Held(bytes) => Ok(Box::new(std::io::Cursor::new(bytes.clone()))),
+            },
             BaseLayout::Compressed { format, entries } => {
                 Ok(Box::new(member_reader(&self.path, *format, &entries[index])?))
             }
@@ -327,7 +377,7 @@ impl BaseImage {
     ) -> Result<Vec<PlannedLayer>, PlanError> {
         let (file, format) = sniff_base(path)?;
         if format == crate::image::ArchiveFormat::Tar {
-            let base = Self::open_sniffed(path, file, format)?;
+            let base = Self::open_sniffed(path, file, format, false)?;
             let mut records = Vec::with_capacity(base.members.len());
             for ((source, member), declared) in base.sources().iter().zip(&base.members).zip(&base.diff_ids) {
                 let record = PlannedLayer::build(source, None, compression, workers, |_| Ok(()))?;
@@ -339,7 +389,8 @@ impl BaseImage {
             return Ok(records);
         }
         let shown = format!("base image {path}");
-        let image = stream_base(path, file, format, |layer| {
+        let position = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let image = stream_base(path, file, format, &mut None, &position, |layer| {
             let digests = blob::compress_layer(layer.reader, compression, workers, |_| Ok(()), |_| {})
                 .map_err(|source| PlanError::Build {
                     what: format!("{} of the {shown}", layer.name),
@@ -385,16 +436,60 @@ fn sniff_base(path: &str) -> Result<(File, crate::image::ArchiveFormat), PlanErr
 
 /// A compressed base image read front to back, `on_layer` given each layer as it passes; the
 /// layers' sha256s are checked against the config's diff_ids at the end (a mismatch is a
-/// damaged base).
+/// damaged base). The decompressed tar is written to `copy` as it passes (a failed write drops
+/// the copy), and `position` counts how much of it has been read: in `on_layer`, where the
+/// layer's bytes start.
 fn stream_base<T: Clone>(
     path: &str,
     file: File,
     format: crate::image::ArchiveFormat,
+    copy: &mut Option<File>,
+    position: &std::rc::Rc<std::cell::Cell<u64>>,
     on_layer: impl FnMut(crate::image::docker_archive::ArchiveLayer<'_>) -> Result<(Digest, T), PlanError>,
 ) -> Result<crate::image::docker_archive::StreamedImage<T>, PlanError> {
-    let reader = crate::image::decompress(format, Box::new(BufReader::new(file)));
+    let reader = Tee {
+        inner: crate::image::decompress(format, Box::new(BufReader::new(file))),
+        copy,
+        position: position.clone(),
+    };
     crate::image::docker_archive::read_stream(reader, &format!("base image {path}"), on_layer)
         .map_err(|err| base_error(path, err))
+}
+
+/// A reader that copies what passes to a file, and counts it.
+struct Tee<'a, R> {
+    inner: R,
+    copy: &'a mut Option<File>,
+    position: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(file) = self.copy
+            && std::io::Write::write_all(file, &buf[..n]).is_err()
+        {
+            *self.copy = None;
+        }
+        self.position.set(self.position.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// A reader that keeps a copy of what passes, when given somewhere to keep it.
+struct Collect<'a, R> {
+    inner: R,
+    into: Option<&'a mut Vec<u8>>,
+}
+
+impl<R: Read> Read for Collect<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(into) = &mut self.into {
+            into.extend_from_slice(&buf[..n]);
+        }
+        Ok(n)
+    }
 }
 
 /// One entry of a compressed archive: a thread decompresses the archive from its start and
@@ -1292,5 +1387,74 @@ sys.stdout.write(json.dumps(image, indent=4))
             let again = BaseImage::shared(path.to_str().unwrap()).unwrap();
             assert!(std::sync::Arc::ptr_eq(&opened[0], &again));
         }
+    }
+    /// A push reads a compressed base once: its layers, a docker-archive's usual ones and a
+    /// newer docker save's small `blobs/sha256/` one, come from a copy made on that pass, so
+    /// they are still read whole after the base file is gone (inflating the base again for
+    /// each layer, as before, would fail here). Only opening for metadata makes no copy. The
+    /// oracle is each layer's sha256 as written.
+    #[test]
+    fn a_compressed_base_is_inflated_once_for_all_its_layers() {
+        use std::io::Write as _;
+        let big = b"layer bytes, more than a pipe holds ".repeat(80_000);
+        let small = b"a small layer docker 25 keeps under blobs/".repeat(10);
+        let third = b"and another".repeat(5_000);
+        let hex = Digest::sha256_of(&small).hex().to_string();
+        let layers = [
+            ("a/layer.tar".to_string(), &big[..]),
+            (format!("blobs/sha256/{hex}"), &small[..]),
+            ("c/layer.tar".to_string(), &third[..]),
+        ];
+        let diff_ids: Vec<Digest> = layers.iter().map(|(_, body)| Digest::sha256_of(body)).collect();
+        let config = serde_json::json!({
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids.iter().map(Digest::as_str).collect::<Vec<_>>()},
+        })
+        .to_string();
+        let config_name = format!("{}.json", Digest::sha256_of(config.as_bytes()).hex());
+        let names: Vec<&str> = layers.iter().map(|(name, _)| name.as_str()).collect();
+        let manifest =
+            serde_json::json!([{"Config": config_name, "RepoTags": ["b:1"], "Layers": names}]).to_string();
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut file = |name: &str, body: &[u8]| {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(body.len() as u64);
+            header.set_mode(0o444);
+            header.set_cksum();
+            archive.append_data(&mut header, name, body).unwrap();
+        };
+        for (name, body) in &layers {
+            file(name, body);
+        }
+        file(&config_name, config.as_bytes());
+        file("manifest.json", manifest.as_bytes());
+        let tar = archive.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let gzipped = dir.path().join("base.tar.gz");
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&tar).unwrap();
+        std::fs::write(&gzipped, encoder.finish().unwrap()).unwrap();
+        let path = gzipped.to_str().unwrap();
+
+        let metadata_only = BaseImage::open(path).unwrap();
+        assert!(matches!(metadata_only.layout, BaseLayout::Compressed { .. }));
+        assert_eq!(metadata_only.diff_ids, diff_ids);
+
+        let base = BaseImage::shared(path).unwrap();
+        std::fs::remove_file(&gzipped).unwrap();
+        for (name, diff_id) in names.iter().zip(&diff_ids) {
+            let mut read = Vec::new();
+            base.open_layer(name).unwrap().read_to_end(&mut read).unwrap();
+            assert_eq!(&Digest::sha256_of(&read), diff_id, "{name}: {} bytes", read.len());
+        }
+        // Two readers of one layer at once do not disturb each other.
+        let mut first = base.open_layer("a/layer.tar").unwrap();
+        let mut second = base.open_layer("a/layer.tar").unwrap();
+        let (mut a, mut b) = (vec![0; 1000], vec![0; 1000]);
+        first.read_exact(&mut a).unwrap();
+        second.read_exact(&mut b).unwrap();
+        first.read_exact(&mut a).unwrap();
+        assert_eq!(a, big[1000..2000]);
+        assert_eq!(b, big[..1000]);
     }
 }
