@@ -272,20 +272,17 @@ pub struct LayerHasher {
 /// A layer's digest, still being computed.
 pub struct PendingDigest {
     size: u64,
+    /// From the layer's hash thread, which is not joined: a finished one leaves nothing behind.
     result: Receiver<Digest>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl PendingDigest {
     /// Wait for the hash: (diff_id, size).
-    pub fn wait(mut self) -> (Digest, u64) {
-        let digest = self.result.recv();
-        if let Some(thread) = self.thread.take()
-            && let Err(panic) = thread.join()
-        {
-            std::panic::resume_unwind(panic);
-        }
-        let digest = digest.expect("a hash thread that returned sent its digest");
+    pub fn wait(self) -> (Digest, u64) {
+        let digest = self
+            .result
+            .recv()
+            .expect("the layer's hash thread sends its digest unless it panicked");
         (digest, self.size)
     }
 }
@@ -373,11 +370,7 @@ impl LayerHasher {
             }
         }
         drop(full_tx);
-        Ok(PendingDigest {
-            size,
-            result,
-            thread: Some(thread),
-        })
+        Ok(PendingDigest { size, result })
     }
 }
 

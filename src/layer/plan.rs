@@ -209,8 +209,9 @@ enum BaseLayout {
 #[derive(Clone)]
 enum Place {
     At(crate::image::docker_archive::Extent),
-    /// A layer a docker-archive keeps as a small blob (`blobs/sha256/...`, up to 1 MiB), which
-    /// the archive reader hands over from memory at the end.
+    /// A layer the archive reader kept in memory as possible metadata and handed over at the
+    /// end (a newer docker save's `blobs/sha256/...` of up to 1 MiB, or any entry
+    /// `is_metadata` takes, such as a layer named `*.json`).
     Held(bytes::Bytes),
 }
 
@@ -272,8 +273,9 @@ impl BaseImage {
             format => {
                 // One pass, every layer hashed (and so checked against the config) on the way,
                 // and where it sits in the decompressed tar noted.
-                // No temporary file (no room in TMPDIR): each layer is found by inflating the
-                // base again, slower but the same bytes.
+                // No temporary file, or no room for it in TMPDIR: each layer is found by
+                // inflating the base again, slower (and the check against the config still
+                // holds every layer read that way).
                 let mut copy = if spill { tempfile::tempfile().ok() } else { None };
                 let position = std::rc::Rc::new(std::cell::Cell::new(0u64));
                 let image = stream_base(path, file, format, &mut copy, &position, |layer| {
