@@ -239,7 +239,11 @@ impl BaseImage {
             return Ok(base.clone());
         }
         let (file, format) = sniff_base(path)?;
-        let base = std::sync::Arc::new(Self::open_sniffed(path, file, format, true)?);
+        let copy = match format {
+            crate::image::ArchiveFormat::Tar => None,
+            _ => tempfile::tempfile().ok(),
+        };
+        let base = std::sync::Arc::new(Self::open_sniffed(path, file, format, copy)?);
         *slot = Some(base.clone());
         Ok(base)
     }
@@ -248,16 +252,16 @@ impl BaseImage {
     /// hashed and checked against the config on the way, and not kept).
     pub fn open(path: &str) -> Result<Self, PlanError> {
         let (file, format) = sniff_base(path)?;
-        Self::open_sniffed(path, file, format, false)
+        Self::open_sniffed(path, file, format, None)
     }
 
-    /// `open` of a file `sniff_base` has opened and named the format of; `spill`: decompress a
-    /// compressed base into a temporary file to read its layers from.
+    /// `open` of a file `sniff_base` has opened and named the format of; a compressed base is
+    /// decompressed into `copy` (a temporary file), to read its layers from there.
     fn open_sniffed(
         path: &str,
         file: File,
         format: crate::image::ArchiveFormat,
-        spill: bool,
+        copy: Option<File>,
     ) -> Result<Self, PlanError> {
         let shown = format!("base image {path}");
         let (config, members, diff_ids, layout) = match format {
@@ -276,7 +280,7 @@ impl BaseImage {
                 // No temporary file, or no room for it in TMPDIR: each layer is found by
                 // inflating the base again, slower (and the check against the config still
                 // holds every layer read that way).
-                let mut copy = if spill { tempfile::tempfile().ok() } else { None };
+                let mut copy = copy;
                 let position = std::rc::Rc::new(std::cell::Cell::new(0u64));
                 let image = stream_base(path, file, format, &mut copy, &position, |layer| {
                     let start = position.get();
@@ -379,7 +383,7 @@ impl BaseImage {
     ) -> Result<Vec<PlannedLayer>, PlanError> {
         let (file, format) = sniff_base(path)?;
         if format == crate::image::ArchiveFormat::Tar {
-            let base = Self::open_sniffed(path, file, format, false)?;
+            let base = Self::open_sniffed(path, file, format, None)?;
             let mut records = Vec::with_capacity(base.members.len());
             for ((source, member), declared) in base.sources().iter().zip(&base.members).zip(&base.diff_ids) {
                 let record = PlannedLayer::build(source, None, compression, workers, |_| Ok(()))?;
@@ -1435,7 +1439,8 @@ sys.stdout.write(json.dumps(image, indent=4))
         let gzipped = dir.path().join("base.tar.gz");
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         encoder.write_all(&tar).unwrap();
-        std::fs::write(&gzipped, encoder.finish().unwrap()).unwrap();
+        let compressed = encoder.finish().unwrap();
+        std::fs::write(&gzipped, &compressed).unwrap();
         let path = gzipped.to_str().unwrap();
 
         let metadata_only = BaseImage::open(path).unwrap();
@@ -1448,6 +1453,18 @@ sys.stdout.write(json.dumps(image, indent=4))
             let mut read = Vec::new();
             base.open_layer(name).unwrap().read_to_end(&mut read).unwrap();
             assert_eq!(&Digest::sha256_of(&read), diff_id, "{name}: {} bytes", read.len());
+        }
+        // A copy that cannot be written (a full disk) leaves each layer to be found by
+        // inflating the base again: the same bytes, from the base file.
+        std::fs::write(&gzipped, &compressed).unwrap();
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let (file, format) = sniff_base(path).unwrap();
+        let fallback = BaseImage::open_sniffed(path, file, format, Some(full)).unwrap();
+        assert!(matches!(fallback.layout, BaseLayout::Compressed { .. }));
+        for (name, diff_id) in names.iter().zip(&diff_ids) {
+            let mut read = Vec::new();
+            fallback.open_layer(name).unwrap().read_to_end(&mut read).unwrap();
+            assert_eq!(&Digest::sha256_of(&read), diff_id, "{name} (fallback)");
         }
         // Two readers of one layer at once do not disturb each other.
         let mut first = base.open_layer("a/layer.tar").unwrap();
