@@ -159,7 +159,9 @@ impl LayerSource {
 /// hashing them; a plan hashes them when it records them.
 pub struct BaseImage {
     path: String,
-    layout: BaseLayout,
+    bytes: BaseBytes,
+    /// Each manifest layer's place, in the order of `members`.
+    places: Vec<Place>,
     /// The base config's `config` object (`overlay_base_config` reads its `Env`).
     pub config: Value,
     /// The manifest's layer names, bottom first.
@@ -189,20 +191,15 @@ fn base_error(path: &str, err: PlanError) -> PlanError {
     }
 }
 
-enum BaseLayout {
-    /// Each layer read from its place in an uncompressed tar: the base itself, or the
-    /// temporary file a compressed base was decompressed into when a push opened it.
-    Indexed {
-        file: std::sync::Arc<File>,
-        places: Vec<Place>,
-    },
-    /// Each layer found by reading the archive from its start: the regular-file entry each
-    /// manifest name is, links followed. (A compressed base opened only for its metadata, or
-    /// one no temporary file could be made for.)
-    Compressed {
-        format: crate::image::ArchiveFormat,
-        entries: Vec<String>,
-    },
+/// Where a base image's layers are read from; each layer's [`Place`] is an offset in it.
+enum BaseBytes {
+    /// An uncompressed tar file: the base itself, or the temporary file a compressed base was
+    /// decompressed into when a push opened it.
+    File(std::sync::Arc<File>),
+    /// The compressed base's own decompressed tar, reached by inflating it again from its
+    /// start for each layer read: a base opened only for its metadata, or one no temporary file
+    /// could be made or written for.
+    Inflated(crate::image::ArchiveFormat),
 }
 
 /// Where one layer of a base image is.
@@ -264,22 +261,19 @@ impl BaseImage {
         copy: Option<File>,
     ) -> Result<Self, PlanError> {
         let shown = format!("base image {path}");
-        let (config, members, diff_ids, layout) = match format {
+        let (config, members, diff_ids, bytes, places) = match format {
             crate::image::ArchiveFormat::Tar => {
                 let index = crate::image::docker_archive::index_file(&file, &shown)
                     .map_err(|err| base_error(path, err.into()))?;
-                let layout = BaseLayout::Indexed {
-                    file: std::sync::Arc::new(file),
-                    places: index.layers.into_iter().map(Place::At).collect(),
-                };
-                (index.config, index.layer_names, index.diff_ids, layout)
+                let places = index.layers.into_iter().map(Place::At).collect();
+                let bytes = BaseBytes::File(std::sync::Arc::new(file));
+                (index.config, index.layer_names, index.diff_ids, bytes, places)
             }
             format => {
                 // One pass, every layer hashed (and so checked against the config) on the way,
-                // and where it sits in the decompressed tar noted.
-                // No temporary file, or no room for it in TMPDIR: each layer is found by
-                // inflating the base again, slower (and the check against the config still
-                // holds every layer read that way).
+                // and where it sits in the decompressed tar noted. No temporary file, or no
+                // room for it in TMPDIR: each layer is read by inflating the base again, up to
+                // its place, slower but the very bytes checked here.
                 let mut copy = copy;
                 let position = std::rc::Rc::new(std::cell::Cell::new(0u64));
                 let image = stream_base(path, file, format, &mut copy, &position, |layer| {
@@ -307,24 +301,19 @@ impl BaseImage {
                 let diff_ids =
                     crate::image::docker_archive::config_diff_ids(&image.config, &shown, "its config")
                         .map_err(|err| base_error(path, err.into()))?;
-                let layout = match copy {
-                    Some(file) => BaseLayout::Indexed {
-                        file: std::sync::Arc::new(file),
-                        places: image.layers,
-                    },
-                    None => BaseLayout::Compressed {
-                        format,
-                        entries: image.layer_entries,
-                    },
+                let bytes = match copy {
+                    Some(file) => BaseBytes::File(std::sync::Arc::new(file)),
+                    None => BaseBytes::Inflated(format),
                 };
-                (image.config, image.layer_names, diff_ids, layout)
+                (image.config, image.layer_names, diff_ids, bytes, image.layers)
             }
         };
         let config: Value = serde_json::from_slice(&config)
             .map_err(|err| PlanError::Base(format!("{shown}: its config is not JSON: {err}")))?;
         Ok(BaseImage {
             path: path.to_string(),
-            layout,
+            bytes,
+            places,
             config: config.get("config").cloned().unwrap_or(Value::Null),
             members,
             diff_ids,
@@ -340,22 +329,20 @@ impl BaseImage {
                 self.path, self.members
             ))
         })?;
-        match &self.layout {
-            BaseLayout::Indexed { file, places } => match &places[index] {
-                Place::At(extent) => {
-                    let reader = crate::image::docker_archive::PositionedReader {
-                        file: file.clone(),
-                        offset: extent.offset,
-                    };
-                    Ok(Box::new(BufReader::with_capacity(
-                        1 << 20,
-                        reader.take(extent.size),
-                    )))
-                }
-                Place::Held(bytes) => Ok(Box::new(std::io::Cursor::new(bytes.clone()))),
-            },
-            BaseLayout::Compressed { format, entries } => {
-                Ok(Box::new(member_reader(&self.path, *format, &entries[index])?))
+        match (&self.places[index], &self.bytes) {
+            (Place::Held(bytes), _) => Ok(Box::new(std::io::Cursor::new(bytes.clone()))),
+            (Place::At(extent), BaseBytes::File(file)) => {
+                let reader = crate::image::docker_archive::PositionedReader {
+                    file: file.clone(),
+                    offset: extent.offset,
+                };
+                Ok(Box::new(BufReader::with_capacity(
+                    1 << 20,
+                    reader.take(extent.size),
+                )))
+            }
+            (Place::At(extent), BaseBytes::Inflated(format)) => {
+                Ok(Box::new(inflated_range(&self.path, *format, *extent)?))
             }
         }
     }
@@ -498,36 +485,36 @@ impl<R: Read> Read for Collect<'_, R> {
     }
 }
 
-/// One entry of a compressed archive: a thread decompresses the archive from its start and
-/// writes that entry's bytes; a member it does not find, or a read that fails, ends the stream
-/// with an error rather than a short layer.
-fn member_reader(
+/// One layer of a compressed archive, by its place in the decompressed tar: a thread inflates
+/// the archive from its start, skips to the layer and writes its bytes; an archive that ends
+/// first, or a read that fails, ends the stream with an error rather than a short layer.
+fn inflated_range(
     path: &str,
     format: crate::image::ArchiveFormat,
-    member: &str,
+    extent: crate::image::docker_archive::Extent,
 ) -> Result<ThreadReader, PlanError> {
     let file = File::open(path).map_err(|source| PlanError::Read {
         path: path.to_string(),
         source,
     })?;
-    let (path, member) = (path.to_string(), member.to_string());
+    let path = path.to_string();
     ThreadReader::spawn("base-layer", move |mut writer| {
-        let reader = crate::image::decompress(format, Box::new(BufReader::new(file)));
-        let mut archive = tar::Archive::new(reader);
+        let mut reader = crate::image::decompress(format, Box::new(BufReader::new(file)));
         let failed = |err: std::io::Error| {
-            std::io::Error::other(format!("reading {member} of the base image {path}: {err}"))
+            std::io::Error::other(format!("reading the base image {path} again: {err}"))
         };
-        for entry in archive.entries().map_err(failed)? {
-            let mut entry = entry.map_err(failed)?;
-            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            if entry.header().entry_type().is_file() && name.trim_start_matches("./") == member {
-                std::io::copy(&mut entry, &mut writer).map_err(failed)?;
-                return Ok(());
-            }
+        let skipped =
+            std::io::copy(&mut (&mut reader).take(extent.offset), &mut std::io::sink()).map_err(failed)?;
+        let copied = match skipped == extent.offset {
+            true => std::io::copy(&mut reader.take(extent.size), &mut writer).map_err(failed)?,
+            false => 0,
+        };
+        if copied != extent.size {
+            return Err(std::io::Error::other(format!(
+                "the base image {path} is shorter than when it was opened: was it replaced?"
+            )));
         }
-        Err(std::io::Error::other(format!(
-            "the base image {path} has no file {member}"
-        )))
+        Ok(())
     })
     .map_err(PlanError::Spawn)
 }
@@ -1444,7 +1431,7 @@ sys.stdout.write(json.dumps(image, indent=4))
         let path = gzipped.to_str().unwrap();
 
         let metadata_only = BaseImage::open(path).unwrap();
-        assert!(matches!(metadata_only.layout, BaseLayout::Compressed { .. }));
+        assert!(matches!(metadata_only.bytes, BaseBytes::Inflated(_)));
         assert_eq!(metadata_only.diff_ids, diff_ids);
 
         let base = BaseImage::shared(path).unwrap();
@@ -1460,7 +1447,7 @@ sys.stdout.write(json.dumps(image, indent=4))
         let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
         let (file, format) = sniff_base(path).unwrap();
         let fallback = BaseImage::open_sniffed(path, file, format, Some(full)).unwrap();
-        assert!(matches!(fallback.layout, BaseLayout::Compressed { .. }));
+        assert!(matches!(fallback.bytes, BaseBytes::Inflated(_)));
         for (name, diff_id) in names.iter().zip(&diff_ids) {
             let mut read = Vec::new();
             fallback.open_layer(name).unwrap().read_to_end(&mut read).unwrap();
@@ -1475,5 +1462,49 @@ sys.stdout.write(json.dumps(image, indent=4))
         first.read_exact(&mut a).unwrap();
         assert_eq!(a, big[1000..2000]);
         assert_eq!(b, big[..1000]);
+    }
+    /// An archive that repeats an entry name: the archive reader takes the last one, checks it
+    /// against the config, and inflating the base again reads that same entry, by its place.
+    #[test]
+    fn a_repeated_entry_name_reads_the_entry_that_was_checked() {
+        use std::io::Write as _;
+        let (stale, layer) = (
+            b"the first, overwritten".repeat(50),
+            b"the last, checked".repeat(70),
+        );
+        let diff_id = Digest::sha256_of(&layer);
+        let config =
+            serde_json::json!({"config": {}, "rootfs": {"type": "layers", "diff_ids": [diff_id.as_str()]}})
+                .to_string();
+        let config_name = format!("{}.json", Digest::sha256_of(config.as_bytes()).hex());
+        let manifest =
+            serde_json::json!([{"Config": config_name, "RepoTags": ["b:1"], "Layers": ["a/layer.tar"]}])
+                .to_string();
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut file = |name: &str, body: &[u8]| {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(body.len() as u64);
+            header.set_mode(0o444);
+            header.set_cksum();
+            archive.append_data(&mut header, name, body).unwrap();
+        };
+        file("a/layer.tar", &stale);
+        file("a/layer.tar", &layer);
+        file(&config_name, config.as_bytes());
+        file("manifest.json", manifest.as_bytes());
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&archive.into_inner().unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let gzipped = dir.path().join("base.tar.gz");
+        std::fs::write(&gzipped, encoder.finish().unwrap()).unwrap();
+
+        let base = BaseImage::open(gzipped.to_str().unwrap()).unwrap();
+        assert!(matches!(base.bytes, BaseBytes::Inflated(_)));
+        let mut read = Vec::new();
+        base.open_layer("a/layer.tar")
+            .unwrap()
+            .read_to_end(&mut read)
+            .unwrap();
+        assert!(read == layer, "{} bytes read", read.len());
     }
 }
