@@ -789,11 +789,12 @@ mod tests {
         assert!(matches!(hash_layer(Failing, |_| {}), Err(BlobError::Read(_))));
     }
 
-    /// Layers are read one after another without waiting for the hashes before them: more
-    /// layers than threads and buffers go through before any digest is asked for, and each
-    /// digest is the layer's own. The oracle is sha256 of each layer's bytes.
+    /// Layers are read one after another without anyone waiting for the digests before them:
+    /// more layers than threads and buffers go through before any digest is asked for (a
+    /// thread's permit and buffers come back without a `wait`), and each digest is the layer's
+    /// own. The oracle is sha256 of each layer's bytes.
     #[test]
-    fn a_layer_hasher_reads_on_while_earlier_layers_hash() {
+    fn a_layer_hasher_needs_no_wait_between_layers_and_gives_each_its_own_digest() {
         let hasher = LayerHasher::new(2, 2);
         let layers: Vec<Vec<u8>> = [0, 1, HASH_BUFFER + 1, 5 * HASH_BUFFER / 2, 10, 3 * HASH_BUFFER]
             .iter()

@@ -109,7 +109,7 @@ pub fn check_entry_name(name: &str, source_name: &str) -> Result<(), ImageError>
 const SMALL_BLOB: u64 = 1 << 20;
 
 /// Small entries kept in memory (manifest, configs); the rest are layers, handled as they pass.
-pub(crate) fn is_metadata(name: &str, size: u64) -> bool {
+fn is_metadata(name: &str, size: u64) -> bool {
     matches!(
         name,
         "manifest.json" | "repositories" | "index.json" | "oci-layout"
@@ -166,6 +166,9 @@ pub struct ArchiveLayer<'a> {
     pub claimed_diff_id: Option<Digest>,
     /// The entry's bytes; reading past a truncated archive is an error, not a short read.
     pub reader: &'a mut dyn Read,
+    /// The entry was kept in memory as possible metadata and is handed over after the stream
+    /// ended, instead of being read from the stream as it passed.
+    pub held: bool,
 }
 
 /// An archive read to its end: the config blob and whatever `on_layer` returned for each
@@ -229,6 +232,7 @@ pub fn read_stream_deferred<D, T: Clone, E: From<ImageError>>(
             size,
             claimed_diff_id: claimed_digest(&name),
             reader: &mut strict,
+            held: false,
         })?;
         read.push((name, diff_id, result));
     }
@@ -262,6 +266,7 @@ pub fn read_stream_deferred<D, T: Clone, E: From<ImageError>>(
                 size: bytes.len() as u64,
                 claimed_diff_id: claimed_digest(resolved),
                 reader: &mut &bytes[..],
+                held: true,
             })?;
             layers.insert(resolved.to_string(), (resolve(diff_id)?, result));
         }

@@ -207,8 +207,8 @@ enum BaseBytes {
 enum Place {
     At(crate::image::docker_archive::Extent),
     /// A layer the archive reader kept in memory as possible metadata and handed over at the
-    /// end (a newer docker save's `blobs/sha256/...` of up to 1 MiB, or any entry
-    /// `is_metadata` takes, such as a layer named `*.json`).
+    /// end (`ArchiveLayer::held`: a newer docker save's `blobs/sha256/...` of up to 1 MiB, or
+    /// a layer named like metadata, such as `*.json`).
     Held(bytes::Bytes),
 }
 
@@ -279,7 +279,7 @@ impl BaseImage {
                 let image = stream_base(path, file, format, &mut copy, &position, |layer| {
                     let start = position.get();
                     let mut held = Vec::new();
-                    let keep = crate::image::docker_archive::is_metadata(layer.name, layer.size);
+                    let keep = layer.held;
                     let reader = Collect {
                         inner: layer.reader,
                         into: keep.then_some(&mut held),
@@ -1312,46 +1312,65 @@ sys.stdout.write(json.dumps(image, indent=4))
         assert_eq!(alone, "{\n    \"Env\": [\n        \"A=1\"\n    ]\n}");
     }
 
-    /// A base layer listed under a link (`docker save` links a layer it already wrote) is
-    /// read from the entry the link names, whether the base is compressed or not.
-    #[test]
-    fn a_base_layer_listed_under_a_link_is_read_from_its_entry() {
-        use std::io::Write as _;
-        let layer = b"not really a tar, but bytes with a digest".repeat(100);
-        let diff_id = Digest::sha256_of(&layer);
+    /// A docker-archive: `entries` (name, bytes) in order, then `links` (name, target) as
+    /// symlinks, a config declaring `diff_ids` and a manifest listing `layers`.
+    fn base_archive(
+        entries: &[(&str, &[u8])],
+        links: &[(&str, &str)],
+        layers: &[&str],
+        diff_ids: &[Digest],
+    ) -> Vec<u8> {
+        let diff_ids: Vec<&str> = diff_ids.iter().map(Digest::as_str).collect();
         let config =
-            serde_json::json!({"config": {}, "rootfs": {"type": "layers", "diff_ids": [diff_id.as_str()]}})
-                .to_string();
+            serde_json::json!({"config": {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}}).to_string();
         let config_name = format!("{}.json", Digest::sha256_of(config.as_bytes()).hex());
         let manifest =
-            serde_json::json!([{"Config": config_name, "RepoTags": ["b:1"], "Layers": ["b/layer.tar"]}])
-                .to_string();
+            serde_json::json!([{"Config": config_name, "RepoTags": ["b:1"], "Layers": layers}]).to_string();
         let mut archive = tar::Builder::new(Vec::new());
-        let file = |name: &str, body: &[u8], archive: &mut tar::Builder<Vec<u8>>| {
+        let file = |archive: &mut tar::Builder<Vec<u8>>, name: &str, body: &[u8]| {
             let mut header = tar::Header::new_ustar();
             header.set_size(body.len() as u64);
             header.set_mode(0o444);
             header.set_cksum();
             archive.append_data(&mut header, name, body).unwrap();
         };
-        file("a/layer.tar", &layer, &mut archive);
-        let mut link = tar::Header::new_ustar();
-        link.set_entry_type(tar::EntryType::Symlink);
-        link.set_size(0);
-        archive
-            .append_link(&mut link, "b/layer.tar", "../a/layer.tar")
-            .unwrap();
-        file(&config_name, config.as_bytes(), &mut archive);
-        file("manifest.json", manifest.as_bytes(), &mut archive);
-        let tar = archive.into_inner().unwrap();
+        for (name, body) in entries {
+            file(&mut archive, name, body);
+        }
+        for (name, target) in links {
+            let mut link = tar::Header::new_ustar();
+            link.set_entry_type(tar::EntryType::Symlink);
+            link.set_size(0);
+            archive.append_link(&mut link, name, target).unwrap();
+        }
+        file(&mut archive, &config_name, config.as_bytes());
+        file(&mut archive, "manifest.json", manifest.as_bytes());
+        archive.into_inner().unwrap()
+    }
 
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    /// A base layer listed under a link (`docker save` links a layer it already wrote) is
+    /// read from the entry the link names, whether the base is compressed or not.
+    #[test]
+    fn a_base_layer_listed_under_a_link_is_read_from_its_entry() {
+        let layer = b"not really a tar, but bytes with a digest".repeat(100);
+        let tar = base_archive(
+            &[("a/layer.tar", &layer)],
+            &[("b/layer.tar", "../a/layer.tar")],
+            &["b/layer.tar"],
+            &[Digest::sha256_of(&layer)],
+        );
         let dir = tempfile::tempdir().unwrap();
         let plain = dir.path().join("base.tar");
         std::fs::write(&plain, &tar).unwrap();
         let gzipped = dir.path().join("base.tar.gz");
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder.write_all(&tar).unwrap();
-        std::fs::write(&gzipped, encoder.finish().unwrap()).unwrap();
+        std::fs::write(&gzipped, gzip(&tar)).unwrap();
         for path in [plain, gzipped] {
             let base = BaseImage::open(path.to_str().unwrap()).unwrap();
             assert_eq!(base.members, ["b/layer.tar"]);
@@ -1388,45 +1407,20 @@ sys.stdout.write(json.dumps(image, indent=4))
     /// oracle is each layer's sha256 as written.
     #[test]
     fn a_compressed_base_is_inflated_once_for_all_its_layers() {
-        use std::io::Write as _;
         let big = b"layer bytes, more than a pipe holds ".repeat(80_000);
         let small = b"a small layer docker 25 keeps under blobs/".repeat(10);
         let third = b"and another".repeat(5_000);
-        let hex = Digest::sha256_of(&small).hex().to_string();
-        let layers = [
-            ("a/layer.tar".to_string(), &big[..]),
-            (format!("blobs/sha256/{hex}"), &small[..]),
-            ("c/layer.tar".to_string(), &third[..]),
+        let small_name = format!("blobs/sha256/{}", Digest::sha256_of(&small).hex());
+        let layers: [(&str, &[u8]); 3] = [
+            ("a/layer.tar", &big),
+            (&small_name, &small),
+            ("c/layer.tar", &third),
         ];
+        let names: Vec<&str> = layers.iter().map(|(name, _)| *name).collect();
         let diff_ids: Vec<Digest> = layers.iter().map(|(_, body)| Digest::sha256_of(body)).collect();
-        let config = serde_json::json!({
-            "config": {},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids.iter().map(Digest::as_str).collect::<Vec<_>>()},
-        })
-        .to_string();
-        let config_name = format!("{}.json", Digest::sha256_of(config.as_bytes()).hex());
-        let names: Vec<&str> = layers.iter().map(|(name, _)| name.as_str()).collect();
-        let manifest =
-            serde_json::json!([{"Config": config_name, "RepoTags": ["b:1"], "Layers": names}]).to_string();
-        let mut archive = tar::Builder::new(Vec::new());
-        let mut file = |name: &str, body: &[u8]| {
-            let mut header = tar::Header::new_ustar();
-            header.set_size(body.len() as u64);
-            header.set_mode(0o444);
-            header.set_cksum();
-            archive.append_data(&mut header, name, body).unwrap();
-        };
-        for (name, body) in &layers {
-            file(name, body);
-        }
-        file(&config_name, config.as_bytes());
-        file("manifest.json", manifest.as_bytes());
-        let tar = archive.into_inner().unwrap();
+        let compressed = gzip(&base_archive(&layers, &[], &names, &diff_ids));
         let dir = tempfile::tempdir().unwrap();
         let gzipped = dir.path().join("base.tar.gz");
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder.write_all(&tar).unwrap();
-        let compressed = encoder.finish().unwrap();
         std::fs::write(&gzipped, &compressed).unwrap();
         let path = gzipped.to_str().unwrap();
 
@@ -1467,36 +1461,19 @@ sys.stdout.write(json.dumps(image, indent=4))
     /// against the config, and inflating the base again reads that same entry, by its place.
     #[test]
     fn a_repeated_entry_name_reads_the_entry_that_was_checked() {
-        use std::io::Write as _;
         let (stale, layer) = (
             b"the first, overwritten".repeat(50),
             b"the last, checked".repeat(70),
         );
-        let diff_id = Digest::sha256_of(&layer);
-        let config =
-            serde_json::json!({"config": {}, "rootfs": {"type": "layers", "diff_ids": [diff_id.as_str()]}})
-                .to_string();
-        let config_name = format!("{}.json", Digest::sha256_of(config.as_bytes()).hex());
-        let manifest =
-            serde_json::json!([{"Config": config_name, "RepoTags": ["b:1"], "Layers": ["a/layer.tar"]}])
-                .to_string();
-        let mut archive = tar::Builder::new(Vec::new());
-        let mut file = |name: &str, body: &[u8]| {
-            let mut header = tar::Header::new_ustar();
-            header.set_size(body.len() as u64);
-            header.set_mode(0o444);
-            header.set_cksum();
-            archive.append_data(&mut header, name, body).unwrap();
-        };
-        file("a/layer.tar", &stale);
-        file("a/layer.tar", &layer);
-        file(&config_name, config.as_bytes());
-        file("manifest.json", manifest.as_bytes());
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder.write_all(&archive.into_inner().unwrap()).unwrap();
+        let tar = base_archive(
+            &[("a/layer.tar", &stale), ("a/layer.tar", &layer)],
+            &[],
+            &["a/layer.tar"],
+            &[Digest::sha256_of(&layer)],
+        );
         let dir = tempfile::tempdir().unwrap();
         let gzipped = dir.path().join("base.tar.gz");
-        std::fs::write(&gzipped, encoder.finish().unwrap()).unwrap();
+        std::fs::write(&gzipped, gzip(&tar)).unwrap();
 
         let base = BaseImage::open(gzipped.to_str().unwrap()).unwrap();
         assert!(matches!(base.bytes, BaseBytes::Inflated(_)));

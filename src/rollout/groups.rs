@@ -126,8 +126,8 @@ pub struct GroupChanges {
     /// Addresses to allocate: only on the app's first deploy, as flyctl does.
     pub public_ips: PublicIps,
     app: String,
-    /// Machines this deploy created, with their group, for rollback.
-    /// The machines this deploy created: id, group, and the volumes their config mounts.
+    /// The machines this deploy created, for rollback: id, group, and the volumes their config
+    /// mounts.
     created: Mutex<Vec<(String, String, Vec<String>)>>,
     /// Volumes this deploy created (or found made by a create that seemed to fail), for the
     /// message after a rollback.

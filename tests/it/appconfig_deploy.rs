@@ -472,11 +472,8 @@ fn a_failed_first_deploy_destroys_what_it_created() {
     assert_no_violations(&fly);
 }
 
-/// A first deploy rolled back after its machine failed its checks destroys the machine but
-/// keeps the volume it made for it (storage the machine may have written to; flyctl destroys
-/// none either), unattached, and names it with how to destroy it.
-#[test]
-fn a_rolled_back_first_deploy_names_the_volume_it_keeps() {
+/// A new app whose fly.toml mounts a volume and has an HTTP check, and whose image 1 fails it.
+fn first_deploy_of_a_volume_whose_checks_fail() -> (FlyApi, TestDir) {
     let fly = new_app();
     let t = TestDir::new();
     write_fly_toml(
@@ -485,6 +482,15 @@ fn a_rolled_back_first_deploy_names_the_volume_it_keeps() {
             + "\n[[http_service.checks]]\n  path = \"/\"\n  interval = \"5s\"\n  timeout = \"1s\"\n"),
     );
     fly.set_behavior(&image(1)[..30], Behavior::ChecksFail);
+    (fly, t)
+}
+
+/// A first deploy rolled back after its machine failed its checks destroys the machine but
+/// keeps the volume it made for it (storage the machine may have written to; flyctl destroys
+/// none either), unattached, and names it with how to destroy it.
+#[test]
+fn a_rolled_back_first_deploy_names_the_volume_it_keeps() {
+    let (fly, t) = first_deploy_of_a_volume_whose_checks_fail();
     let out = run_rollout(&fly, &t, &image(1), &["--wait-timeout", "5s"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -578,14 +584,7 @@ fn a_machine_its_volumes_host_has_no_room_for_fails_with_advice() {
 /// calling the volume unattached.
 #[test]
 fn a_kept_volume_whose_machine_was_not_destroyed_is_named_with_it() {
-    let fly = new_app();
-    let t = TestDir::new();
-    write_fly_toml(
-        &t,
-        &(fixture("03-volume-autoextend.toml")
-            + "\n[[http_service.checks]]\n  path = \"/\"\n  interval = \"5s\"\n  timeout = \"1s\"\n"),
-    );
-    fly.set_behavior(&image(1)[..30], Behavior::ChecksFail);
+    let (fly, t) = first_deploy_of_a_volume_whose_checks_fail();
     fly.inject_fault(
         "DELETE",
         "/v1/apps/demo/machines/",
