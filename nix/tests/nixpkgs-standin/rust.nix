@@ -122,6 +122,13 @@ let
         # One build at a time per cache: the binaries installed are the ones this build made.
         exec 9> "$target/.stand-in.lock"
         ${util-linux}/bin/flock 9
+        # A shared target only grows: cargo never deletes what other Cargo.locks, toolchains
+        # or incremental sessions left there (it reached 16 GB on one machine over weeks and
+        # filled its disk). Past 8 GiB it starts again empty, and the next build compiles the
+        # dependencies once more.
+        if [ -n "$targetCache" ] && [ "$(du -sm "$target" | cut -f 1)" -gt 8192 ]; then
+          find "$target" -mindepth 1 -maxdepth 1 ! -name .stand-in.lock -exec rm -rf {} +
+        fi
         # Cargo's fingerprints record source paths: the vendored crates are reached through a
         # path that changes neither with the vendor directory's hash nor between builds.
         ln -sfn "$vendor" "$target/vendor"
