@@ -164,13 +164,20 @@ fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
                 root: None,
             };
             let source = LayerSource::store_paths(paths, &options);
-            PlannedLayer::build(&source, args.root.as_deref(), compression, workers, |_| Ok(()))?
+            PlannedLayer::build(
+                &source,
+                args.root.as_deref(),
+                compression,
+                workers,
+                reporter,
+                |_| Ok(()),
+            )?
         }
         (None, Some(tar)) => {
             let source = LayerSource::Tar {
                 path: tar.display().to_string(),
             };
-            PlannedLayer::build(&source, None, compression, workers, |_| Ok(()))?
+            PlannedLayer::build(&source, None, compression, workers, reporter, |_| Ok(()))?
         }
         (None, None) => unreachable!("clap requires --paths-from or --tar"),
     };
@@ -187,7 +194,7 @@ fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<()> {
 
 fn base(args: BaseArgs, reporter: &Reporter) -> anyhow::Result<()> {
     let (compression, workers) = args.compression.resolve()?;
-    let records = BaseImage::records(&args.image, compression, workers)?;
+    let records = BaseImage::records(&args.image, compression, workers, reporter)?;
     for record in &records {
         reporter.info(format!(
             "base layer {} ({} bytes) -> {} ({} bytes, {})",
@@ -306,6 +313,21 @@ fn check_base_layers(base: &BaseImage, records: &[PlannedLayer]) -> anyhow::Resu
         );
     }
     for (index, ((record, source), diff_id)) in records.iter().zip(&sources).zip(&base.diff_ids).enumerate() {
+        if record.diff_id == *diff_id
+            && let (
+                LayerSource::BaseLayer {
+                    archive: recorded, ..
+                },
+                LayerSource::BaseLayer { archive, .. },
+            ) = (&record.source, source)
+            && recorded != archive
+        {
+            bail!(
+                "base layer record {index} was made from the base image {recorded}, but the conf's \
+                 base image is {archive}: the records must name it by the same path (make them \
+                 with `nixfly layer base --image {archive}`)"
+            );
+        }
         if record.source != *source || record.diff_id != *diff_id {
             bail!(
                 "base layer record {index} is for {} ({}), but the base image's layer {index} is {} ({diff_id})",
@@ -345,10 +367,17 @@ mod tests {
         let source = LayerSource::store_paths(FakeStore::all_paths(), &store.options());
         let blob = Arc::new(Mutex::new(Vec::new()));
         let sink_blob = blob.clone();
-        let record = PlannedLayer::build(&source, Some(store.root()), compression, workers, move |chunk| {
-            sink_blob.lock().unwrap().extend_from_slice(&chunk);
-            Ok(())
-        })
+        let record = PlannedLayer::build(
+            &source,
+            Some(store.root()),
+            compression,
+            workers,
+            &Reporter::plain(),
+            move |chunk| {
+                sink_blob.lock().unwrap().extend_from_slice(&chunk);
+                Ok(())
+            },
+        )
         .unwrap();
         let blob = std::mem::take(&mut *blob.lock().unwrap());
         (record, blob)
@@ -434,8 +463,15 @@ mod tests {
         let mut paths = FakeStore::all_paths();
         paths.push("/nix/store/00000000000000000000000000000000-gone".into());
         let source = LayerSource::store_paths(paths, &store.options());
-        let err = PlannedLayer::build(&source, Some(store.root()), Compression::default(), 2, |_| Ok(()))
-            .unwrap_err();
+        let err = PlannedLayer::build(
+            &source,
+            Some(store.root()),
+            Compression::default(),
+            2,
+            &Reporter::plain(),
+            |_| Ok(()),
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").contains("-gone"), "{err:#}");
     }
 }

@@ -70,24 +70,29 @@ impl ImageSource for PlanFile {
         format!("layer plan {}", self.path.display())
     }
 
-    fn open(self: Box<Self>, _reporter: &Reporter) -> Result<Image, ImageError> {
+    fn open(self: Box<Self>, reporter: &Reporter) -> Result<Image, ImageError> {
         let description = self.describe();
         let plan = LayerPlan::load(&self.path).map_err(|err| ImageError::Malformed {
             source_name: description.clone(),
             entry: "the plan".into(),
             detail: format!("{:#}", anyhow::Error::from(err)),
         })?;
-        Ok(Image::Indexed(Arc::new(PlanImage::new(description, plan))))
+        Ok(Image::Indexed(Arc::new(PlanImage::new(
+            description,
+            plan,
+            reporter.clone(),
+        ))))
     }
 }
 
 struct PlanImage {
     parts: IndexedParts,
     sources: Vec<LayerSource>,
+    reporter: Reporter,
 }
 
 impl PlanImage {
-    fn new(description: String, plan: LayerPlan) -> Self {
+    fn new(description: String, plan: LayerPlan, reporter: Reporter) -> Self {
         let layers = plan
             .layers
             .iter()
@@ -108,6 +113,7 @@ impl PlanImage {
                 layers,
             },
             sources: plan.layers.into_iter().map(|layer| layer.source).collect(),
+            reporter,
         }
     }
 }
@@ -128,10 +134,12 @@ impl IndexedImage for PlanImage {
                 "layer {index} has no stored blob: a plan keeps only digests"
             )));
         }
-        let tar = source.open(None).map_err(|err| ImageError::Read {
-            source_name: self.parts.description.clone(),
-            source: io::Error::other(err),
-        })?;
+        let tar = source
+            .open(None, &self.reporter)
+            .map_err(|err| ImageError::Read {
+                source_name: self.parts.description.clone(),
+                source: io::Error::other(err),
+            })?;
         let layer = &self.parts.layers[index];
         Ok(Box::new(Verified {
             inner: tar,
@@ -224,7 +232,15 @@ mod tests {
             .map(|path| {
                 let source =
                     LayerSource::store_paths(vec![path.display().to_string()], &TarOptions::default());
-                PlannedLayer::build(&source, None, Compression::default(), 2, |_| Ok(())).unwrap()
+                PlannedLayer::build(
+                    &source,
+                    None,
+                    Compression::default(),
+                    2,
+                    &Reporter::plain(),
+                    |_| Ok(()),
+                )
+                .unwrap()
             })
             .collect();
         let conf: StreamConf = serde_json::from_value(serde_json::json!({

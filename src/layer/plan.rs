@@ -8,6 +8,7 @@
 use super::store_tar::{TarOptions, store_tar_reader};
 use super::thread_reader::ThreadReader;
 use crate::blob::{self, BlobError, Compression, SinkClosed};
+use crate::progress::Reporter;
 use crate::registry::Digest;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -84,8 +85,9 @@ impl LayerSource {
     }
 
     /// The layer's uncompressed tar, made again from the store paths (read under `root` when
-    /// given: a chroot store) or read from the tar file.
-    pub fn open(&self, root: Option<&Path>) -> Result<Box<dyn Read + Send>, PlanError> {
+    /// given: a chroot store) or read from the tar file. `reporter` hears of a base image
+    /// that is slow to read ([`BaseImage::shared`]).
+    pub fn open(&self, root: Option<&Path>, reporter: &Reporter) -> Result<Box<dyn Read + Send>, PlanError> {
         match self {
             LayerSource::StorePaths {
                 paths,
@@ -113,7 +115,9 @@ impl LayerSource {
                 })?;
                 Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
             }
-            LayerSource::BaseLayer { archive, member } => BaseImage::shared(archive)?.open_layer(member),
+            LayerSource::BaseLayer { archive, member } => {
+                BaseImage::shared(archive, reporter)?.open_layer(member)
+            }
         }
     }
 
@@ -167,6 +171,19 @@ pub struct BaseImage {
     /// The manifest's layer names, bottom first.
     pub members: Vec<String>,
     pub diff_ids: Vec<Digest>,
+    /// Why a compressed base's layers are read by inflating it again (no temporary copy could
+    /// be made or written), for a push to say so: that is slower, the more layers the slower.
+    slow: Option<String>,
+}
+
+/// Where the checking pass over a compressed base puts the decompressed tar.
+enum BaseCopy {
+    /// Nowhere: the base is opened for its metadata.
+    Skip,
+    /// A temporary file, read from for each layer afterwards.
+    Into(File),
+    /// Nowhere, because the temporary file could not be made or written.
+    Lost(std::io::Error),
 }
 
 /// A base layer that is not what the base's config says it is.
@@ -219,8 +236,9 @@ impl BaseImage {
     /// nixfly), and every layer is then read from its place there, instead of inflating the
     /// base from its start again for each layer: a `buildLayeredImage` base has up to 100
     /// layers. The other uploads of that base wait for the first to open it. A failed open is
-    /// not kept, so a later call tries again.
-    pub fn shared(path: &str) -> Result<std::sync::Arc<Self>, PlanError> {
+    /// not kept, so a later call tries again. A base that has to be inflated again for each
+    /// layer read, because no temporary copy could be made, is reported once, with the reason.
+    pub fn shared(path: &str, reporter: &Reporter) -> Result<std::sync::Arc<Self>, PlanError> {
         type Slot = std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<BaseImage>>>>;
         static OPENED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Slot>>> =
             std::sync::OnceLock::new();
@@ -237,10 +255,13 @@ impl BaseImage {
         }
         let (file, format) = sniff_base(path)?;
         let copy = match format {
-            crate::image::ArchiveFormat::Tar => None,
-            _ => tempfile::tempfile().ok(),
+            crate::image::ArchiveFormat::Tar => BaseCopy::Skip,
+            _ => tempfile::tempfile().map_or_else(BaseCopy::Lost, BaseCopy::Into),
         };
         let base = std::sync::Arc::new(Self::open_sniffed(path, file, format, copy)?);
+        if let Some(why) = &base.slow {
+            reporter.warn(why.clone());
+        }
         *slot = Some(base.clone());
         Ok(base)
     }
@@ -249,7 +270,7 @@ impl BaseImage {
     /// hashed and checked against the config on the way, and not kept).
     pub fn open(path: &str) -> Result<Self, PlanError> {
         let (file, format) = sniff_base(path)?;
-        Self::open_sniffed(path, file, format, None)
+        Self::open_sniffed(path, file, format, BaseCopy::Skip)
     }
 
     /// `open` of a file `sniff_base` has opened and named the format of; a compressed base is
@@ -258,16 +279,23 @@ impl BaseImage {
         path: &str,
         file: File,
         format: crate::image::ArchiveFormat,
-        copy: Option<File>,
+        copy: BaseCopy,
     ) -> Result<Self, PlanError> {
         let shown = format!("base image {path}");
-        let (config, members, diff_ids, bytes, places) = match format {
+        let (config, members, diff_ids, bytes, places, slow) = match format {
             crate::image::ArchiveFormat::Tar => {
                 let index = crate::image::docker_archive::index_file(&file, &shown)
                     .map_err(|err| base_error(path, err.into()))?;
                 let places = index.layers.into_iter().map(Place::At).collect();
                 let bytes = BaseBytes::File(std::sync::Arc::new(file));
-                (index.config, index.layer_names, index.diff_ids, bytes, places)
+                (
+                    index.config,
+                    index.layer_names,
+                    index.diff_ids,
+                    bytes,
+                    places,
+                    None,
+                )
             }
             format => {
                 // One pass, every layer hashed (and so checked against the config) on the way,
@@ -301,11 +329,29 @@ impl BaseImage {
                 let diff_ids =
                     crate::image::docker_archive::config_diff_ids(&image.config, &shown, "its config")
                         .map_err(|err| base_error(path, err.into()))?;
-                let bytes = match copy {
-                    Some(file) => BaseBytes::File(std::sync::Arc::new(file)),
-                    None => BaseBytes::Inflated(format),
+                let (bytes, slow) = match copy {
+                    BaseCopy::Into(file) => (BaseBytes::File(std::sync::Arc::new(file)), None),
+                    BaseCopy::Skip => (BaseBytes::Inflated(format), None),
+                    BaseCopy::Lost(err) => (
+                        BaseBytes::Inflated(format),
+                        Some(format!(
+                            "the base image {path} is decompressed again from its start for each \
+                             of its layers, which is slower: its decompressed copy ({} bytes) \
+                             could not be written to {}: {err}. Point TMPDIR at a directory \
+                             with room for it.",
+                            position.get(),
+                            std::env::temp_dir().display()
+                        )),
+                    ),
                 };
-                (image.config, image.layer_names, diff_ids, bytes, image.layers)
+                (
+                    image.config,
+                    image.layer_names,
+                    diff_ids,
+                    bytes,
+                    image.layers,
+                    slow,
+                )
             }
         };
         let config: Value = serde_json::from_slice(&config)
@@ -317,6 +363,7 @@ impl BaseImage {
             config: config.get("config").cloned().unwrap_or(Value::Null),
             members,
             diff_ids,
+            slow,
         })
     }
 
@@ -367,13 +414,14 @@ impl BaseImage {
         path: &str,
         compression: Compression,
         workers: usize,
+        reporter: &Reporter,
     ) -> Result<Vec<PlannedLayer>, PlanError> {
         let (file, format) = sniff_base(path)?;
         if format == crate::image::ArchiveFormat::Tar {
-            let base = Self::open_sniffed(path, file, format, None)?;
+            let base = Self::open_sniffed(path, file, format, BaseCopy::Skip)?;
             let mut records = Vec::with_capacity(base.members.len());
             for ((source, member), declared) in base.sources().iter().zip(&base.members).zip(&base.diff_ids) {
-                let record = PlannedLayer::build(source, None, compression, workers, |_| Ok(()))?;
+                let record = PlannedLayer::build(source, None, compression, workers, reporter, |_| Ok(()))?;
                 if record.diff_id != *declared {
                     return Err(damaged_base(path, member, &record.diff_id, declared));
                 }
@@ -383,7 +431,7 @@ impl BaseImage {
         }
         let shown = format!("base image {path}");
         let position = std::rc::Rc::new(std::cell::Cell::new(0u64));
-        let image = stream_base(path, file, format, &mut None, &position, |layer| {
+        let image = stream_base(path, file, format, &mut BaseCopy::Skip, &position, |layer| {
             let digests = blob::compress_layer(layer.reader, compression, workers, |_| Ok(()), |_| {})
                 .map_err(|source| PlanError::Build {
                     what: format!("{} of the {shown}", layer.name),
@@ -429,14 +477,14 @@ fn sniff_base(path: &str) -> Result<(File, crate::image::ArchiveFormat), PlanErr
 
 /// A compressed base image read front to back, `on_layer` given each layer as it passes; the
 /// layers' sha256s are checked against the config's diff_ids at the end (a mismatch is a
-/// damaged base). The decompressed tar is written to `copy` as it passes (a failed write drops
-/// the copy), and `position` counts how much of it has been read: in `on_layer`, where the
+/// damaged base). The decompressed tar is written to `copy` as it passes (a failed write loses
+/// the copy, and says why), and `position` counts how much of it has been read: in `on_layer`, where the
 /// layer's bytes start.
 fn stream_base<T: Clone>(
     path: &str,
     file: File,
     format: crate::image::ArchiveFormat,
-    copy: &mut Option<File>,
+    copy: &mut BaseCopy,
     position: &std::rc::Rc<std::cell::Cell<u64>>,
     on_layer: impl FnMut(crate::image::docker_archive::ArchiveLayer<'_>) -> Result<(Digest, T), PlanError>,
 ) -> Result<crate::image::docker_archive::StreamedImage<T>, PlanError> {
@@ -452,17 +500,17 @@ fn stream_base<T: Clone>(
 /// A reader that copies what passes to a file, and counts it.
 struct Tee<'a, R> {
     inner: R,
-    copy: &'a mut Option<File>,
+    copy: &'a mut BaseCopy,
     position: std::rc::Rc<std::cell::Cell<u64>>,
 }
 
 impl<R: Read> Read for Tee<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if let Some(file) = self.copy
-            && std::io::Write::write_all(file, &buf[..n]).is_err()
+        if let BaseCopy::Into(file) = self.copy
+            && let Err(err) = std::io::Write::write_all(file, &buf[..n])
         {
-            *self.copy = None;
+            *self.copy = BaseCopy::Lost(err);
         }
         self.position.set(self.position.get() + n as u64);
         Ok(n)
@@ -564,9 +612,10 @@ impl PlannedLayer {
         root: Option<&Path>,
         compression: Compression,
         workers: usize,
+        reporter: &Reporter,
         sink: impl FnMut(bytes::Bytes) -> Result<(), SinkClosed> + Send,
     ) -> Result<Self, PlanError> {
-        let tar = source.open(root)?;
+        let tar = source.open(root, reporter)?;
         let digests =
             blob::compress_layer(tar, compression, workers, sink, |_| {}).map_err(|source_err| {
                 PlanError::Build {
@@ -1389,14 +1438,14 @@ sys.stdout.write(json.dumps(image, indent=4))
                     .map(|_| {
                         scope.spawn(|| {
                             start.wait();
-                            BaseImage::shared(path.to_str().unwrap()).unwrap()
+                            BaseImage::shared(path.to_str().unwrap(), &Reporter::plain()).unwrap()
                         })
                     })
                     .collect();
                 handles.into_iter().map(|h| h.join().unwrap()).collect()
             });
             assert!(opened.iter().all(|b| std::sync::Arc::ptr_eq(b, &opened[0])));
-            let again = BaseImage::shared(path.to_str().unwrap()).unwrap();
+            let again = BaseImage::shared(path.to_str().unwrap(), &Reporter::plain()).unwrap();
             assert!(std::sync::Arc::ptr_eq(&opened[0], &again));
         }
     }
@@ -1428,7 +1477,8 @@ sys.stdout.write(json.dumps(image, indent=4))
         assert!(matches!(metadata_only.bytes, BaseBytes::Inflated(_)));
         assert_eq!(metadata_only.diff_ids, diff_ids);
 
-        let base = BaseImage::shared(path).unwrap();
+        let base = BaseImage::shared(path, &Reporter::plain()).unwrap();
+        assert!(base.slow.is_none());
         std::fs::remove_file(&gzipped).unwrap();
         for (name, diff_id) in names.iter().zip(&diff_ids) {
             let mut read = Vec::new();
@@ -1440,8 +1490,14 @@ sys.stdout.write(json.dumps(image, indent=4))
         std::fs::write(&gzipped, &compressed).unwrap();
         let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
         let (file, format) = sniff_base(path).unwrap();
-        let fallback = BaseImage::open_sniffed(path, file, format, Some(full)).unwrap();
+        let fallback = BaseImage::open_sniffed(path, file, format, BaseCopy::Into(full)).unwrap();
         assert!(matches!(fallback.bytes, BaseBytes::Inflated(_)));
+        let why = fallback.slow.as_deref().unwrap();
+        assert!(
+            why.contains(&format!("the base image {path} is decompressed again"))
+                && why.contains("No space left on device"),
+            "{why}"
+        );
         for (name, diff_id) in names.iter().zip(&diff_ids) {
             let mut read = Vec::new();
             fallback.open_layer(name).unwrap().read_to_end(&mut read).unwrap();

@@ -401,3 +401,153 @@ fn base_layers_are_checked_against_their_config() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("no base image"));
 }
+
+/// A push of a plan over a compressed base (buildLayeredImage's default `.tar.gz`) reads the
+/// base once into a temporary copy. With no room for that copy (here TMPDIR names no
+/// directory) it still pushes the same image, reading each base layer by decompressing the
+/// base again, and says so once, with the fix; with room, it says nothing. skopeo reads both
+/// images back: every layer is what the config says.
+#[test]
+fn a_plan_over_a_compressed_base_pushes_without_room_for_its_copy_and_says_so() {
+    use support::readback::{pushed_reference, read_back};
+    use support::registry::{AuthMode, Registry};
+    let t = TestDir::new();
+    let layer = {
+        let mut builder = tar::Builder::new(Vec::new());
+        for name in ["etc/base", "etc/more"] {
+            let body = format!("{name}\n").repeat(20_000);
+            let mut header = tar::Header::new_ustar();
+            header.set_size(body.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, name, body.as_bytes()).unwrap();
+        }
+        builder.into_inner().unwrap()
+    };
+    let base_diff_id = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&layer))
+    );
+    base_archive(&t.join("base.tar"), &layer, &base_diff_id);
+    let gzip = std::process::Command::new("gzip")
+        .arg(t.join("base.tar"))
+        .status()
+        .unwrap();
+    assert!(gzip.success());
+    let base = t.join("base.tar.gz");
+    assert_success(&run(t
+        .nixfly()
+        .args(["layer", "base", "--image"])
+        .arg(&base)
+        .args(["--out", "base.json"])));
+
+    let root = store(&t);
+    let custom = t.join("customisation");
+    fs::create_dir_all(&custom).unwrap();
+    let tar = std::process::Command::new("tar")
+        .args([
+            "--sort=name",
+            "--mtime=@1",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "-cf",
+        ])
+        .arg(custom.join("layer.tar"))
+        .arg("-C")
+        .arg(&root)
+        .arg("nix")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    assert_success(&run(t
+        .nixfly()
+        .args(["layer", "build", "--tar"])
+        .arg(custom.join("layer.tar"))
+        .args(["--out", "custom.json"])));
+    let custom_record: Value = serde_json::from_slice(&fs::read(t.join("custom.json")).unwrap()).unwrap();
+    let custom_diff_id = custom_record["diff_id"].as_str().unwrap().to_string();
+    fs::write(
+        custom.join("checksum"),
+        format!("{}\n", custom_diff_id.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    let conf = serde_json::json!({
+        "architecture": "amd64", "config": {"Cmd": ["/bin/app"]},
+        "created": "1970-01-01T00:00:01+00:00", "store_layers": [],
+        "customisation_layer": custom.display().to_string(),
+        "from_image": base.display().to_string(),
+    });
+    fs::write(t.join("conf.json"), conf.to_string()).unwrap();
+    assert_success(&run(t.nixfly().args([
+        "layer",
+        "plan",
+        "--conf",
+        "conf.json",
+        "--base-layers",
+        "base.json",
+        "--layer",
+        "custom.json",
+        "--out",
+        "plan.json",
+    ])));
+
+    // Records of the same base named by another path are refused, saying so.
+    assert_success(&run(t.nixfly().args([
+        "layer",
+        "base",
+        "--image",
+        "base.tar.gz",
+        "--out",
+        "relative.json",
+    ])));
+    let output = run(t.nixfly().args([
+        "layer",
+        "plan",
+        "--conf",
+        "conf.json",
+        "--base-layers",
+        "relative.json",
+        "--layer",
+        "custom.json",
+        "--out",
+        "refused.json",
+    ]));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "base layer record 0 was made from the base image base.tar.gz, but the conf's base \
+             image is {}",
+            base.display()
+        )),
+        "{stderr}"
+    );
+
+    let warning = "is decompressed again from its start for each of its layers";
+    for (tmpdir, warned) in [(t.join("no-such-dir"), true), (t.join("tmp"), false)] {
+        fs::create_dir_all(t.join("tmp")).unwrap();
+        let registry = Registry::start(AuthMode::None);
+        let out = run(t
+            .nixfly()
+            .env("TMPDIR", &tmpdir)
+            .args(["push", "plan.json", "--no-cache", "--to"])
+            .arg(format!("{}/app", registry.host()))
+            .args(["--tag", "latest"]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let reference = pushed_reference(&out, &registry.host(), "app");
+        assert_eq!(stderr.matches(warning).count(), usize::from(warned), "{stderr}");
+        if warned {
+            assert!(
+                stderr.contains(&format!("base image {}", base.display()))
+                    && stderr.contains(&format!("could not be written to {}", tmpdir.display()))
+                    && stderr.contains("Point TMPDIR at a directory with room for it"),
+                "{stderr}"
+            );
+        }
+        assert_eq!(
+            read_back(&registry, &reference).diff_ids,
+            [base_diff_id.clone(), custom_diff_id.clone()]
+        );
+    }
+}
