@@ -238,11 +238,20 @@ impl Ctx {
         let version = answer.instance_id.as_deref();
         let expected_checks = config_check_count(config);
         let timeout = self.spec.wait_timeout;
-        let reach = |state| wait_for_new_machine(&self.api, id, state, version, timeout);
         if skip_launch {
-            // Let the update settle, so that the lease is not released mid-replacement.
-            reach("stopped").await?;
-            return Ok("updated (left stopped)");
+            // Let the update settle, so that the lease is not released mid-replacement. A
+            // request may start the machine (the proxy's autostart) as the update lands, and it
+            // may suspend again before the wait answers: flyctl waits for any of the three
+            // (`internal/command/deploy/plan.go` `updateMachineWChecks`, state
+            // "stopped,started,suspended"), and so does this.
+            let reached =
+                wait_for_new_machine_state(&self.api, id, "stopped,started,suspended", version, timeout)
+                    .await?;
+            return Ok(match reached.as_deref() {
+                Some("started") => "updated (left stopped; it has since started)",
+                Some("suspended") => "updated (left stopped; it has since started and suspended)",
+                _ => "updated (left stopped)",
+            });
         }
         self.status(id, group, "starting");
         self.wait_started(id, version, timeout).await?;

@@ -126,6 +126,51 @@ fn stopped_machines_are_updated_with_skip_launch_and_stay_stopped() {
     assert_no_violations(&fly);
 }
 
+/// A request starts a stopped machine (fly-proxy's autostart) just as its update lands: it
+/// never shows `stopped` to a wait. flyctl settles such a machine in any of stopped, started
+/// or suspended (`internal/command/deploy/plan.go` `updateMachineWChecks`); waiting for
+/// `stopped` alone would time out and fail a deploy that went well.
+#[test]
+fn a_stopped_machine_a_request_starts_as_its_update_lands_is_settled() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let stopped = fly.add_machines(APP, &MachineSpec::new("app").count(1).state("stopped"));
+    fly.start_on_request(&stopped[0]);
+    let t = TestDir::new();
+    let new = image(2);
+
+    let began = Instant::now();
+    let out = run_rollout(&fly, &t, &new, &["--wait-timeout", "10s"]);
+    assert_success(&out);
+    assert!(
+        began.elapsed().as_secs() < 10,
+        "the rollout waited out its timeout: {}",
+        stderr(&out)
+    );
+
+    let machine = fly.machine(&stopped[0]);
+    assert_eq!(machine.state, "started");
+    assert_eq!(machine.image(), new);
+    let updates: Vec<_> = fly
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && updated_ids(std::slice::from_ref(r)).len() == 1)
+        .collect();
+    assert_eq!(updates.len(), 1);
+    assert_eq!(
+        updates[0].body.as_ref().expect("update body")["skip_launch"],
+        true
+    );
+    assert!(
+        stderr(&out).contains("updated (left stopped; it has since started)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fly.releases()[0].statuses, ["created", "running", "complete"]);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
 #[test]
 fn stopped_machines_roll_in_their_own_pool_beside_the_running_ones() {
     let fly = FlyApi::start();

@@ -57,6 +57,8 @@
 //!   `invalid_argument`; with `version` (or `instance_id`) it answers only once the machine
 //!   runs that version. `state` may be repeated or comma-separated (any of them will do: the
 //!   spec's description of the parameter);
+//!   `start_on_request` makes a machine an update leaves stopped start at once, as
+//!   fly-proxy's autostart does when a request arrives;
 //!   `from_event_id` is not modelled: 501 and a violation. Lease TTLs are not scaled:
 //!   clients refresh them on their own clock.
 //! - Leases: `POST .../lease` with body `{"ttl": n}` (or `?ttl=n` and no body, as fly-go's
@@ -663,6 +665,15 @@ impl FlyApi {
     /// `internal/command/deploy/machines_deploymachinesapp.go` answers by replacing the machine).
     pub fn refuse_updates(&self, machine: &str, message: &str) {
         self.lock().update_refusals.insert(machine.into(), message.into());
+    }
+
+    /// A request reaches `machine` (fly-proxy's autostart) just as its next update lands, so
+    /// an update that leaves it stopped sees it start at once: stopped, then started, with
+    /// no other action of the client. flyctl waits for such a machine in "stopped", "started"
+    /// or "suspended" (`internal/command/deploy/plan.go` `updateMachineWChecks`), since any
+    /// of them may be its settled state.
+    pub fn start_on_request(&self, machine: &str) {
+        self.lock().started_by_requests.insert(machine.into());
     }
 
     /// Fly has no room for the next `times` machine creates: each is refused before any effect,

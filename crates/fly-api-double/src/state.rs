@@ -3,7 +3,7 @@
 //! release-command machine exiting) are queued as timed steps when the triggering request
 //! arrives and applied by `settle`, so every read sees what a clock-driven Fly would show.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -512,6 +512,9 @@ pub struct State {
     /// How many of the next `POST /machines` calls Fly has no room for
     /// (`FlyApi::refuse_next_creates`).
     pub create_refusals: usize,
+    /// Machines a request starts as soon as an update leaves them stopped
+    /// (`FlyApi::start_on_request`).
+    pub started_by_requests: BTreeSet<String>,
     pub faults: Vec<Fault>,
     pub requests: Vec<RecordedRequest>,
     pub violations: Vec<Violation>,
@@ -539,6 +542,7 @@ impl State {
             image_pulls: Vec::new(),
             update_refusals: BTreeMap::new(),
             create_refusals: 0,
+            started_by_requests: BTreeSet::new(),
             faults: Vec::new(),
             requests: Vec::new(),
             violations: Vec::new(),
@@ -874,7 +878,13 @@ impl State {
         machine.updated_at = rfc3339_now();
         machine.checks.clear();
         machine.push_event("update", "replacing", "user", None);
-        let steps = if stays_stopped {
+        let steps = if stays_stopped && self.started_by_requests.contains(id) {
+            // Stopped, then started by fly-proxy at the same instant, as a request arrives.
+            let stopped = self.stopped_after_start(now);
+            let mut steps = vec![stopped];
+            steps.extend(self.launch_steps(id, now));
+            steps
+        } else if stays_stopped {
             vec![self.stopped_after_start(now)]
         } else {
             self.launch_steps(id, now)
