@@ -92,22 +92,7 @@ fn plan_joins_conf_and_layer_records() {
     // A customisation layer: an existing tar plus the checksum streamLayeredImage wrote.
     let custom = t.join("customisation");
     fs::create_dir_all(&custom).unwrap();
-    let tar = std::process::Command::new("tar")
-        .args([
-            "--sort=name",
-            "--mtime=@1",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "-cf",
-        ])
-        .arg(custom.join("layer.tar"))
-        .arg("-C")
-        .arg(&root)
-        .arg("nix")
-        .status()
-        .unwrap();
-    assert!(tar.success());
+    support::customisation_tar(&custom.join("layer.tar"), &root, "nix");
     let custom_layer = run(t
         .nixfly()
         .args(["layer", "build", "--tar"])
@@ -444,22 +429,7 @@ fn a_plan_over_a_compressed_base_pushes_without_room_for_its_copy_and_says_so() 
     let root = store(&t);
     let custom = t.join("customisation");
     fs::create_dir_all(&custom).unwrap();
-    let tar = std::process::Command::new("tar")
-        .args([
-            "--sort=name",
-            "--mtime=@1",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "-cf",
-        ])
-        .arg(custom.join("layer.tar"))
-        .arg("-C")
-        .arg(&root)
-        .arg("nix")
-        .status()
-        .unwrap();
-    assert!(tar.success());
+    support::customisation_tar(&custom.join("layer.tar"), &root, "nix");
     assert_success(&run(t
         .nixfly()
         .args(["layer", "build", "--tar"])

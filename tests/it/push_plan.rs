@@ -64,22 +64,7 @@ fn make_plan(t: &TestDir, work: &Path, store: &Path) -> Planned {
     let custom = store.join("dddd-customisation-layer");
     if !custom.exists() {
         fs::create_dir_all(&custom).unwrap();
-        let tar = std::process::Command::new("tar")
-            .args([
-                "--sort=name",
-                "--mtime=@1",
-                "--owner=0",
-                "--group=0",
-                "--numeric-owner",
-                "-cf",
-            ])
-            .arg(custom.join("layer.tar"))
-            .arg("-C")
-            .arg(store)
-            .arg("cccc-app/README")
-            .status()
-            .unwrap();
-        assert!(tar.success());
+        support::customisation_tar(&custom.join("layer.tar"), store, "cccc-app/README");
     }
     let custom_tar = custom.join("layer.tar");
     records.push(layer_record(

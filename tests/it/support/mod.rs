@@ -97,6 +97,28 @@ pub fn assert_success(output: &Output) {
     );
 }
 
+/// A customisation layer's tar, made reproducibly as nixpkgs makes one: `member` (a path
+/// inside `dir`) written to `out` by GNU tar, sorted by name, mtime 1, owned by root.
+#[track_caller]
+pub fn customisation_tar(out: &Path, dir: &Path, member: &str) {
+    let status = Command::new("tar")
+        .args([
+            "--sort=name",
+            "--mtime=@1",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "-cf",
+        ])
+        .arg(out)
+        .arg("-C")
+        .arg(dir)
+        .arg(member)
+        .status()
+        .expect("GNU tar runs");
+    assert!(status.success(), "tar of {member} in {} failed", dir.display());
+}
+
 pub mod proxy;
 pub mod readback;
 pub mod registry;
