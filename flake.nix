@@ -80,6 +80,8 @@
           nixfly = self.packages.${system}.nixfly;
         }
         // {
+          # nixfly's unit tests, in Nix's sandbox (the package is built without them).
+          unit-tests = pkgs.callPackage ./nix/package.nix { runUnitTests = true; };
           # The overlay's nixfly is the same derivation as the package.
           overlay =
             let

@@ -5,6 +5,9 @@
   rustPlatform,
   installShellFiles,
   python3,
+  # Run the unit tests in the build: the flake's `checks.<system>.unit-tests` does; the package
+  # users build does not (see `doCheck` below).
+  runUnitTests ? false,
 }:
 
 let
@@ -46,15 +49,21 @@ rustPlatform.buildRustPackage {
 
   nativeBuildInputs = [ installShellFiles ];
 
+  # The package a deploy runs is built without its tests. Wherever no binary cache holds it (a
+  # fresh CI runner, the first `nix run` on a laptop), that build comes before the deploy, and
+  # in release (nixpkgs' checkType follows buildType) the unit tests cost as much again: on 2
+  # cores (measured with cargo), 179 s to build, then 170 s more to build and run the tests. They run where nixfly is
+  # developed instead: in `nix flake check` (`checks.<system>.unit-tests`, this file with
+  # runUnitTests) and in `cargo test`, as crane's flakes keep tests in `checks`.
   # The unit tests (`--lib`) need no network, but some use loopback sockets (the Fly API
   # client's retry tests bind and connect on 127.0.0.1), which darwin's sandbox allows only
   # with __darwinAllowLocalNetworking; Python is their tar and JSON oracle. The integration
   # tests (tests/it) need a registry, skopeo and Nix itself, so CI runs them with `cargo test`
   # instead.
-  doCheck = true;
+  doCheck = runUnitTests;
   cargoTestFlags = [ "--lib" ];
   nativeCheckInputs = [ python3 ];
-  __darwinAllowLocalNetworking = true;
+  __darwinAllowLocalNetworking = runUnitTests;
 
   postInstall = lib.optionalString (stdenv.buildPlatform.canExecute stdenv.hostPlatform) ''
     installShellCompletion --cmd nixfly \

@@ -8,6 +8,9 @@ use support::registry::{AuthMode, Registry};
 use support::rollout::assert_runs_pushed;
 use support::{TestDir, assert_success, run};
 
+/// `nix flake check` builds every check, the unit tests among them: the `unit-tests` check's
+/// build log (Nix keeps it, whether built now or earlier) shows them passing, while the
+/// package's shows no test run.
 #[test]
 fn flake_check_passes() {
     let Some(nix) = Nix::get() else { return };
@@ -16,6 +19,60 @@ fn flake_check_passes() {
         .args(["--print-build-logs", &nix.checkout])
         .args(nix.override_input("nixpkgs")));
     assert_success(&out);
+
+    let log = |attr: &str| {
+        let out = run(nix
+            .command(&["eval", "--raw"])
+            .arg(format!("{}#{attr}.drvPath", nix.checkout))
+            .args(nix.override_input("nixpkgs")));
+        assert_success(&out);
+        let drv = String::from_utf8(out.stdout).unwrap();
+        let out = run(nix.command(&["log"]).arg(&drv));
+        assert_success(&out);
+        strip_terminal_codes(&String::from_utf8_lossy(&out.stdout))
+    };
+    let tests = log("checks.x86_64-linux.unit-tests");
+    let passed: Vec<u32> = tests
+        .lines()
+        .filter_map(|line| line.strip_prefix("test result: ok. "))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(
+        passed.iter().sum::<u32>() > 200 && !tests.contains("FAILED"),
+        "the unit-tests check ran {passed:?} tests:\n{tests}"
+    );
+    let package = log("packages.x86_64-linux.nixfly");
+    assert!(
+        !package.contains("test result"),
+        "the package ran tests:\n{package}"
+    );
+}
+
+/// `text` without the colour codes libtest writes when it takes the build's output for a
+/// terminal: CSI sequences (ESC [ ... letter) and charset selections (ESC ( B).
+fn strip_terminal_codes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('[') => {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            Some('(') => {
+                chars.next();
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// `nix flake check` on a Mac (aarch64-darwin), with a Linux builder for the image: the
@@ -387,25 +444,36 @@ fn extra_flags_with_shell_characters_pass_shellcheck_and_reach_nixfly_as_written
     assert_eq!(&args[4..], flags, "{args:?}");
 }
 
-/// nixfly's unit tests run in its Nix build and some use loopback sockets, which darwin's
-/// sandbox refuses unless the derivation asks for local networking (nixpkgs passes
-/// `__darwinAllowLocalNetworking` to the derivation on darwin only).
+/// nixfly's unit tests run in the flake's `unit-tests` check and some use loopback sockets,
+/// which darwin's sandbox refuses unless the derivation asks for local networking (nixpkgs
+/// passes `__darwinAllowLocalNetworking` to the derivation on darwin only). The package a
+/// deploy runs is built without its tests, so it asks for nothing.
 #[test]
-fn nixfly_asks_darwin_sandboxes_for_local_networking() {
+fn the_unit_tests_ask_darwin_sandboxes_for_local_networking_and_the_package_runs_none() {
     let Some(nix) = Nix::get() else { return };
-    for (host, allowed) in [
+    let root = env!("CARGO_MANIFEST_DIR");
+    for (host, darwin) in [
         ("aarch64-darwin", true),
         ("x86_64-darwin", true),
         ("aarch64-linux", false),
     ] {
-        let out = eval_on_host(
-            nix,
-            host,
-            "{ inherit imagePkgs; }",
-            "deploy.nixfly.__darwinAllowLocalNetworking or false",
+        let expr = format!(
+            r#"let
+                 pkgs = import {root}/nix/tests/nixpkgs-standin {{ system = "{host}"; }};
+                 package = pkgs.callPackage {root}/nix/package.nix {{ }};
+                 tests = pkgs.callPackage {root}/nix/package.nix {{ runUnitTests = true; }};
+                 flag = drv: drv.__darwinAllowLocalNetworking or false;
+                 # true in nixpkgs' attributes, "1" in the builder's environment (the stand-in's).
+                 checks = drv: drv.doCheck == true || drv.doCheck == "1";
+               in {{
+                 package = [ (flag package) (checks package) ];
+                 tests = [ (flag tests) (checks tests) ];
+               }}"#
         );
+        let out = run(nix.command(&["eval"]).args(["--json", "--expr", &expr]));
         assert_success(&out);
-        let value: bool = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(value, allowed, "on {host}");
+        let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(value["package"], serde_json::json!([false, false]), "on {host}");
+        assert_eq!(value["tests"], serde_json::json!([darwin, true]), "on {host}");
     }
 }
