@@ -23,7 +23,8 @@ pub enum OutputMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LayerOutcome {
-    /// The registry already had it (cache or HEAD): nothing compressed or sent.
+    /// The registry already had it (cache or HEAD), or an earlier layer of the same image with
+    /// the same content brought it: nothing compressed or sent.
     Skipped,
     /// Mounted from another repository of the same registry.
     Mounted,

@@ -39,6 +39,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use lookup::Candidate;
 use pipeline::{Ask, Decision, PipelineEnd};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -287,6 +288,48 @@ impl PushError {
     }
 }
 
+/// Layers that repeat an earlier layer of the same image (same diff_id: the empty
+/// customisation layers of a base and of the app, say). Only the first is compressed and
+/// uploaded; each repeat takes its blob once the uploads are done.
+#[derive(Default)]
+struct Repeats {
+    /// diff_id → the layer uploading it.
+    uploading: HashMap<Digest, usize>,
+    /// (repeat, the layer it repeats).
+    repeats: Vec<(usize, usize)>,
+}
+
+impl Repeats {
+    /// Whether layer `index` repeats a layer already being uploaded; if not, it is the one
+    /// that uploads `diff_id` from now on.
+    fn is_repeat(&mut self, index: usize, diff_id: &Digest) -> bool {
+        match self.uploading.get(diff_id) {
+            Some(&first) => {
+                self.repeats.push((index, first));
+                true
+            }
+            None => {
+                self.uploading.insert(diff_id.clone(), index);
+                false
+            }
+        }
+    }
+
+    /// Give each repeat the blob its first layer ended up with (and report it as found).
+    fn resolve<S: BlobStore>(self, pusher: &Pusher<S>, done: &mut BTreeMap<usize, PushedLayer>) {
+        for (index, first) in self.repeats {
+            let layer = done[&first].clone();
+            let blob = Candidate {
+                digest: layer.digest,
+                size: layer.size,
+                algorithm: layer.algorithm,
+            };
+            let repeat = pusher.done(index, &layer.diff_id, &blob, LayerOutcome::Skipped);
+            done.insert(index, repeat);
+        }
+    }
+}
+
 /// Push `image` as `spec` says. Nothing is tagged unless every blob is in the registry.
 pub async fn push<S: BlobStore>(
     store: Arc<S>,
@@ -396,10 +439,14 @@ impl<S: BlobStore> Pusher<S> {
             .try_collect()
             .await?;
         let mut uploads = Uploads::new(self.spec.jobs);
+        let mut repeats = Repeats::default();
         for (index, found) in existing.into_iter().enumerate() {
             match found {
                 Some(layer) => uploads.record(index, layer),
                 None => {
+                    if repeats.is_repeat(index, &layers[index].diff_id) {
+                        continue;
+                    }
                     if !uploads.reserve().await {
                         break;
                     }
@@ -409,7 +456,8 @@ impl<S: BlobStore> Pusher<S> {
                 }
             }
         }
-        let done = uploads.finish().await?;
+        let mut done = uploads.finish().await?;
+        repeats.resolve(&self, &mut done);
         Ok((image.config(), done.into_values().collect()))
     }
 
@@ -469,6 +517,7 @@ impl<S: BlobStore> Pusher<S> {
             move || this.read_archive(stream, asks_tx)
         });
         let mut uploads = Uploads::new(self.spec.jobs);
+        let mut repeats = Repeats::default();
         loop {
             // Uploads that end meanwhile are settled at once, so a failure stops the reader at
             // its next question rather than after the whole stream.
@@ -481,7 +530,7 @@ impl<S: BlobStore> Pusher<S> {
                 asks.recv().await
             };
             match ask {
-                Some(ask) => self.answer(ask, &mut uploads).await,
+                Some(ask) => self.answer(ask, &mut uploads, &mut repeats).await,
                 None => break,
             }
         }
@@ -494,7 +543,8 @@ impl<S: BlobStore> Pusher<S> {
                 return Err(done.expect_err("the reader stops only after an upload failed"));
             }
         };
-        let done = done?;
+        let mut done = done?;
+        repeats.resolve(&self, &mut done);
         let layers: Vec<PushedLayer> = image.layers.iter().map(|slot| done[slot].clone()).collect();
         if let (Some(identity), Ok(config)) = (&identity, std::str::from_utf8(&image.config)) {
             let summary = ArchiveSummary {
@@ -507,9 +557,11 @@ impl<S: BlobStore> Pusher<S> {
     }
 
     /// Answer the reader about one layer: skip it when its name claims a diff_id whose blob
-    /// the registry has, else start its upload once fewer than `jobs` are running. After a
-    /// failure the question is dropped unanswered, which stops the reader.
-    async fn answer(self: &Arc<Self>, ask: Ask, uploads: &mut Uploads) {
+    /// the registry has, or that a layer this push uploads already claims (it is then only
+    /// hashed, and checked against the config like any skipped layer), else start its upload
+    /// once fewer than `jobs` are running. After a failure the question is dropped
+    /// unanswered, which stops the reader.
+    async fn answer(self: &Arc<Self>, ask: Ask, uploads: &mut Uploads, repeats: &mut Repeats) {
         if uploads.failed() {
             return;
         }
@@ -538,6 +590,10 @@ impl<S: BlobStore> Pusher<S> {
                 }
                 Ok(None) => {}
                 Err(err) => return uploads.fail(err),
+            }
+            if repeats.is_repeat(ask.index, claimed) {
+                let _ = ask.reply.send(Decision::Skip);
+                return;
             }
         }
         if !uploads.reserve().await {

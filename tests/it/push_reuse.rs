@@ -225,3 +225,31 @@ fn reuse_from_another_registry_is_refused_before_any_request() {
         "{stderr}"
     );
 }
+
+/// Two layers of one image with the same content (a base's and the app's empty customisation
+/// layers, say): the second is not compressed or uploaded again, from a `.tar` or a stream,
+/// and the manifest still lists the blob twice, which skopeo reads back.
+#[test]
+fn a_layer_that_repeats_within_an_image_is_uploaded_once() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let small = images::small_layers();
+    // Side by side, so that the stream reaches the repeat while the first is still uploading.
+    let layers = [small[0].clone(), small[0].clone(), small[1].clone()];
+    let (tar, written) = archive(&t, "image.tar", &layers);
+    assert_eq!(written.diff_ids[0], written.diff_ids[1]);
+    let script = t.join("stream-image");
+    images::write_stream_script(&script, &tar, 0).unwrap();
+
+    for (source, repo) in [(&tar, "indexed"), (&script, "stream")] {
+        let out = fresh_push(&registry, source, repo, "live", &[]);
+        let reference = pushed_json_reference(&out);
+        assert_eq!(
+            layer_outcomes(&out),
+            ["uploaded", "skipped", "uploaded"],
+            "{repo}: the second layer is the first one again"
+        );
+        let back = assert_same_image(&registry, &reference, &written);
+        assert_eq!(back.manifest["layers"][0], back.manifest["layers"][1], "{repo}");
+    }
+}
