@@ -878,7 +878,8 @@ impl MachinesApi {
             .map(drop)
     }
 
-    /// One `wait` call: at most 60 seconds (the API's cap). A timeout comes back as status 408.
+    /// One `wait` call for `state` (one state, or several comma-separated: any of them will
+    /// do): at most 60 seconds (the API's cap). A timeout comes back as status 408.
     /// `version` (the machine's `instance_id` after an update) makes the API wait for that
     /// version, not the one that was running before. Answers the state reached, when the
     /// answer names it (`WaitMachineResponse.state`).
@@ -890,7 +891,11 @@ impl MachinesApi {
         timeout: Duration,
     ) -> Result<Option<String>, ApiError> {
         let secs = timeout.min(MAX_WAIT_CALL).as_secs().max(1);
-        let mut query = vec![("state", state.to_string()), ("timeout", secs.to_string())];
+        // Several states go as repeated `state` parameters, as fly-go sends them
+        // (`flaps/flaps_machines_wait.go`: `State []string` with `url:"state"`): each is then
+        // one of the spec's enum values. The spec also allows them comma-separated.
+        let mut query: Vec<(&str, String)> = state.split(',').map(|s| ("state", s.to_string())).collect();
+        query.push(("timeout", secs.to_string()));
         if let Some(version) = version {
             query.push(("version", version.to_string()));
         }
@@ -1225,10 +1230,11 @@ mod tests {
     }
 
     /// fly-go `flaps/flaps_machines_wait_test.go`: `TestWaitDefaults` (GET `.../wait` with
-    /// `state` and `timeout=60`, no `version`, no `from_event_id`), `TestWaitOptions` (`state`,
-    /// `timeout` in whole seconds and `version` as given), `TestWaitTimeoutClamp` (2 minutes is
-    /// sent as 60, half a second as 1) and `TestWaitStatesNoCommaSplitting` (a state is passed
-    /// on as one value, comma and all).
+    /// `state` and `timeout=60`, no `version`, no `from_event_id`), `TestWaitOptions` (several
+    /// states as repeated `state` parameters, `timeout` in whole seconds and `version` as
+    /// given) and `TestWaitTimeoutClamp` (2 minutes is sent as 60, half a second as 1). fly-go
+    /// passes a comma-joined state on as one value (`TestWaitStatesNoCommaSplitting`), which
+    /// the spec also accepts; nixfly's several states always go in `TestWaitOptions`' form.
     #[tokio::test]
     async fn waits_send_the_query_flaps_sends() {
         // The spec's `WaitMachineResponse` names the state reached, which `wait` answers.
@@ -1265,7 +1271,7 @@ mod tests {
                 "started,stopped",
                 None,
                 Duration::from_secs(60),
-                "state=started%2Cstopped&timeout=60",
+                "state=started&state=stopped&timeout=60",
             ),
         ];
         let mut answered = Vec::new();

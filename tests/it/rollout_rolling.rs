@@ -166,6 +166,19 @@ fn a_stopped_machine_a_request_starts_as_its_update_lands_is_settled() {
         "{}",
         stderr(&out)
     );
+    // The settling wait names its three states as fly-go names several: repeated parameters.
+    let waits: Vec<String> = fly
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/wait"))
+        .map(|r| r.query)
+        .collect();
+    assert!(
+        waits
+            .iter()
+            .any(|q| q.contains("state=stopped&state=started&state=suspended")),
+        "{waits:?}"
+    );
     assert_eq!(fly.releases()[0].statuses, ["created", "running", "complete"]);
     assert_no_leases(&fly);
     assert_no_violations(&fly);
