@@ -289,42 +289,41 @@ impl PushError {
 }
 
 /// Layers that repeat an earlier layer of the same image (same diff_id: the empty
-/// customisation layers of a base and of the app, say). Only the first is compressed and
-/// uploaded; each repeat takes its blob once the uploads are done.
+/// customisation layers of a base and of the app, say). Only the first is uploaded, when the
+/// registry lacks it (from a stream, only the first is looked up too); each repeat takes its
+/// blob once the uploads are done.
 #[derive(Default)]
 struct Repeats {
-    /// diff_id → the layer uploading it.
-    uploading: HashMap<Digest, usize>,
+    /// diff_id → the first layer with it.
+    first: HashMap<Digest, usize>,
     /// (repeat, the layer it repeats).
     repeats: Vec<(usize, usize)>,
 }
 
 impl Repeats {
-    /// Whether layer `index` repeats a layer already being uploaded; if not, it is the one
-    /// that uploads `diff_id` from now on.
+    /// Whether layer `index` repeats an earlier one; if not, it is the first with `diff_id`.
     fn is_repeat(&mut self, index: usize, diff_id: &Digest) -> bool {
-        match self.uploading.get(diff_id) {
+        match self.first.get(diff_id) {
             Some(&first) => {
                 self.repeats.push((index, first));
                 true
             }
             None => {
-                self.uploading.insert(diff_id.clone(), index);
+                self.first.insert(diff_id.clone(), index);
                 false
             }
         }
     }
 
-    /// Give each repeat the blob its first layer ended up with (and report it as found).
+    /// Give each repeat the blob its first layer ended up with, and report it as found (the
+    /// cache already holds what the first one recorded).
     fn resolve<S: BlobStore>(self, pusher: &Pusher<S>, done: &mut BTreeMap<usize, PushedLayer>) {
         for (index, first) in self.repeats {
-            let layer = done[&first].clone();
-            let blob = Candidate {
-                digest: layer.digest,
-                size: layer.size,
-                algorithm: layer.algorithm,
+            let repeat = PushedLayer {
+                outcome: LayerOutcome::Skipped,
+                ..done[&first].clone()
             };
-            let repeat = pusher.done(index, &layer.diff_id, &blob, LayerOutcome::Skipped);
+            pusher.report_done(index, &repeat);
             done.insert(index, repeat);
         }
     }
@@ -404,19 +403,24 @@ impl<S: BlobStore> Pusher<S> {
                 },
             );
         }
-        self.reporter.emit(Event::LayerDone {
-            index,
-            outcome,
-            digest: blob.digest.to_string(),
-            size: blob.size,
-        });
-        PushedLayer {
+        let layer = PushedLayer {
             diff_id: diff_id.clone(),
             digest: blob.digest.clone(),
             size: blob.size,
             algorithm: blob.algorithm,
             outcome,
-        }
+        };
+        self.report_done(index, &layer);
+        layer
+    }
+
+    fn report_done(&self, index: usize, layer: &PushedLayer) {
+        self.reporter.emit(Event::LayerDone {
+            index,
+            outcome: layer.outcome,
+            digest: layer.digest.to_string(),
+            size: layer.size,
+        });
     }
 
     /// An image whose layers are known up front: ask about every layer at once, then read
@@ -556,11 +560,11 @@ impl<S: BlobStore> Pusher<S> {
         Ok((image.config, layers))
     }
 
-    /// Answer the reader about one layer: skip it when its name claims a diff_id whose blob
-    /// the registry has, or that a layer this push uploads already claims (it is then only
-    /// hashed, and checked against the config like any skipped layer), else start its upload
-    /// once fewer than `jobs` are running. After a failure the question is dropped
-    /// unanswered, which stops the reader.
+    /// Answer the reader about one layer: skip it when its name claims the diff_id of an
+    /// earlier layer (it takes that layer's blob) or one whose blob the registry has (either
+    /// way it is only hashed, and checked against the config), else start its upload once
+    /// fewer than `jobs` are running. After a failure the question is dropped unanswered,
+    /// which stops the reader.
     async fn answer(self: &Arc<Self>, ask: Ask, uploads: &mut Uploads, repeats: &mut Repeats) {
         if uploads.failed() {
             return;
@@ -574,6 +578,10 @@ impl<S: BlobStore> Pusher<S> {
             size: Some(ask.size),
         });
         if let Some(claimed) = &ask.claimed_diff_id {
+            if repeats.is_repeat(ask.index, claimed) {
+                let _ = ask.reply.send(Decision::Skip);
+                return;
+            }
             let known = crate::image::KnownLayer {
                 diff_id: claimed.clone(),
                 uncompressed_size: Some(ask.size),
@@ -590,10 +598,6 @@ impl<S: BlobStore> Pusher<S> {
                 }
                 Ok(None) => {}
                 Err(err) => return uploads.fail(err),
-            }
-            if repeats.is_repeat(ask.index, claimed) {
-                let _ = ask.reply.send(Decision::Skip);
-                return;
             }
         }
         if !uploads.reserve().await {

@@ -242,8 +242,8 @@ impl Ctx {
             // Let the update settle, so that the lease is not released mid-replacement. A
             // request may start the machine (the proxy's autostart) as the update lands, and it
             // may suspend again before the wait answers: flyctl waits for any of the three
-            // (`internal/command/deploy/plan.go` `updateMachineWChecks`, state
-            // "stopped,started,suspended"), and so does this.
+            // (`internal/command/deploy/plan.go` `updateMachineWChecks`, one wait per state
+            // side by side), and so does this, in one wait for the three.
             let reached =
                 wait_for_new_machine_state(&self.api, id, "stopped,started,suspended", version, timeout)
                     .await?;

@@ -8,7 +8,8 @@ use crate::support;
 use std::process::Output;
 use support::TestDir;
 use support::images::{self, Fault, Layer, Written};
-use support::readback::{assert_same_image, events, layer_outcomes, push, pushed_json_reference};
+use support::proxy::FaultProxy;
+use support::readback::{assert_same_image, events, layer_outcomes, push, push_via, pushed_json_reference};
 use support::registry::{AuthMode, Registry};
 
 fn archive(t: &TestDir, name: &str, layers: &[Layer]) -> (std::path::PathBuf, Written) {
@@ -242,8 +243,30 @@ fn a_layer_that_repeats_within_an_image_is_uploaded_once() {
     images::write_stream_script(&script, &tar, 0).unwrap();
 
     for (source, repo) in [(&tar, "indexed"), (&script, "stream")] {
-        let out = fresh_push(&registry, source, repo, "live", &[]);
-        let reference = pushed_json_reference(&out);
+        // Through a proxy that counts what reaches the registry: each blob is committed by one
+        // `PUT .../blobs/uploads/...?digest=`, so a repeat uploaded again shows as a second PUT.
+        let proxy = FaultProxy::start(registry.addr, Vec::new());
+        let runner = TestDir::new();
+        let out = push_via(
+            &runner,
+            &registry,
+            &proxy.host(),
+            source.to_str().unwrap(),
+            repo,
+            "live",
+            &["--output", "json"],
+        );
+        let mut committed: Vec<String> = proxy
+            .requests()
+            .into_iter()
+            .filter(|r| r.starts_with("PUT ") && r.contains("/blobs/uploads/"))
+            .filter_map(|r| Some(r.split("digest=").nth(1)?.split('&').next()?.to_string()))
+            .collect();
+        let puts = committed.len();
+        committed.sort();
+        committed.dedup();
+        assert_eq!(puts, committed.len(), "{repo}: a blob was uploaded twice");
+        let reference = proxy.direct(&pushed_json_reference(&out));
         assert_eq!(
             layer_outcomes(&out),
             ["uploaded", "skipped", "uploaded"],

@@ -56,9 +56,8 @@
 //!   60 Fly seconds (3 s by default) and answers 408 on timeout; a `timeout` above 60 is 400
 //!   `invalid_argument`; with `version` (or `instance_id`) it answers only once the machine
 //!   runs that version. `state` may be repeated or comma-separated (any of them will do: the
-//!   spec's description of the parameter);
-//!   `start_on_request` makes a machine an update leaves stopped start at once, as
-//!   fly-proxy's autostart does when a request arrives;
+//!   spec's description of the parameter); a machine marked with `start_on_request` starts
+//!   as soon as an update leaves it stopped, as fly-proxy's autostart starts it on a request;
 //!   `from_event_id` is not modelled: 501 and a violation. Lease TTLs are not scaled:
 //!   clients refresh them on their own clock.
 //! - Leases: `POST .../lease` with body `{"ttl": n}` (or `?ttl=n` and no body, as fly-go's
@@ -667,9 +666,9 @@ impl FlyApi {
         self.lock().update_refusals.insert(machine.into(), message.into());
     }
 
-    /// A request reaches `machine` (fly-proxy's autostart) just as its next update lands, so
-    /// an update that leaves it stopped sees it start at once: stopped, then started, with
-    /// no other action of the client. flyctl waits for such a machine in "stopped", "started"
+    /// A request reaches `machine` (fly-proxy's autostart) just as each update that leaves it
+    /// stopped lands, so it starts at once: stopped, then started at the same instant, with
+    /// no action of the client. flyctl waits for such a machine in "stopped", "started"
     /// or "suspended" (`internal/command/deploy/plan.go` `updateMachineWChecks`), since any
     /// of them may be its settled state.
     pub fn start_on_request(&self, machine: &str) {

@@ -878,14 +878,13 @@ impl State {
         machine.updated_at = rfc3339_now();
         machine.checks.clear();
         machine.push_event("update", "replacing", "user", None);
-        let steps = if stays_stopped && self.started_by_requests.contains(id) {
-            // Stopped, then started by fly-proxy at the same instant, as a request arrives.
-            let stopped = self.stopped_after_start(now);
-            let mut steps = vec![stopped];
-            steps.extend(self.launch_steps(id, now));
+        let steps = if stays_stopped {
+            let mut steps = vec![self.stopped_after_start(now)];
+            if self.started_by_requests.contains(id) {
+                // Started by fly-proxy at the same instant, as a request arrives.
+                steps.extend(self.launch_steps(id, now));
+            }
             steps
-        } else if stays_stopped {
-            vec![self.stopped_after_start(now)]
         } else {
             self.launch_steps(id, now)
         };

@@ -97,8 +97,10 @@ pub fn assert_success(output: &Output) {
     );
 }
 
-/// A customisation layer's tar, made reproducibly as nixpkgs makes one: `member` (a path
-/// inside `dir`) written to `out` by GNU tar, sorted by name, mtime 1, owned by root.
+/// A layer tar for `layer build --tar`: `member` (a path inside `dir`) written to `out` by GNU
+/// tar, sorted by name and owned by root as nixpkgs' customisation layer is
+/// (`pkgs/build-support/docker/default.nix`), with mtime 1 where nixpkgs uses
+/// SOURCE_DATE_EPOCH, and without its `--hard-dereference` (these trees hold no hard links).
 #[track_caller]
 pub fn customisation_tar(out: &Path, dir: &Path, member: &str) {
     let status = Command::new("tar")
