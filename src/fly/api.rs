@@ -778,16 +778,18 @@ impl MachinesApi {
         .await
     }
 
-    /// `DELETE` the machine. A 404 means it is gone already (a retry after an answer that was
-    /// lost, or a machine that destroyed itself): done, as flyctl's bluegreen strategy takes it
-    /// (`internal/command/deploy/strategy_bluegreen.go`, `DestroyBlueMachines`).
+    /// `DELETE` the machine, stopping it first if it runs. A 404 means it is gone already (a
+    /// retry after an answer that was lost, or a machine that destroyed itself): done, as
+    /// flyctl's bluegreen strategy takes it (`internal/command/deploy/strategy_bluegreen.go`,
+    /// `DestroyBlueMachines`). The flag goes under both names: `force` (the OpenAPI spec) and
+    /// `kill` (what fly-go sends, `flaps/flaps_machines.go`, `Destroy`).
     pub async fn destroy_machine(&self, id: &str, nonce: Option<&str>) -> Result<(), ApiError> {
         let sent = self
             .http
             .send(Request {
                 method: Method::DELETE,
                 path: &["v1", "apps", &self.app, "machines", id],
-                query: &[("force", "true".to_string())],
+                query: &[("force", "true".to_string()), ("kill", "true".to_string())],
                 body: None,
                 nonce,
                 replay: Replay::Safe,

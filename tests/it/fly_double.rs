@@ -215,6 +215,80 @@ async fn update_passes_through_replacing_to_started_then_checks_pass() {
     assert_eq!(fly.max_concurrent_updates(), 1);
 }
 
+/// flaps refuses to start a machine still `created` or being `replacing`: 412
+/// `failed_precondition` (recorded answers), which is why flyctl waits for `stopped` before
+/// starting its release command machine (`machines_releasecommand.go`). A slow image pull
+/// keeps both states long enough to ask.
+#[tokio::test]
+async fn a_machine_being_created_or_replaced_cannot_be_started() {
+    let (fly, api) = demo();
+    fly.set_image_pull("sha256:slow", Duration::from_secs(100));
+    let id = fly.add_machines("demo", &MachineSpec::new("app")).remove(0);
+    let path = format!("/v1/apps/demo/machines/{id}");
+    let nonce = api.lease("demo", &id).await;
+    let mut config = fly.machine(&id).config;
+    config["image"] = json!("registry.fly.io/demo@sha256:slow");
+    let (status, updated) = api
+        .call(
+            "POST",
+            &path,
+            Some(json!({"config": config.clone()})),
+            Some(&nonce),
+        )
+        .await;
+    assert_eq!((status, updated["state"].as_str()), (200, Some("replacing")));
+    let (status, answer) = api
+        .call("POST", &format!("{path}/start"), None, Some(&nonce))
+        .await;
+    assert_eq!(status, 412, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("failed_precondition: machine getting replaced"),
+        "{answer}"
+    );
+    assert_eq!(fly.machine(&id).state, "replacing");
+
+    let created = api
+        .create_machine(json!({"region": "iad", "skip_launch": true, "config": config}))
+        .await;
+    let start = format!("/v1/apps/demo/machines/{created}/start");
+    let (status, answer) = api.call("POST", &start, None, None).await;
+    assert_eq!(status, 412, "{answer}");
+    assert_eq!(
+        answer["error"],
+        json!("failed_precondition: unable to start machine from current state: 'created'")
+    );
+    assert_eq!(fly.machine(&created).state, "created");
+    // Once the pull is done (100 Fly seconds: a 60 s wait times out first) it settles in
+    // `stopped` (a wait answers 404 for a moment after the create, as flaps' reads lag it),
+    // and then it starts.
+    let wait = format!("/v1/apps/demo/machines/{created}/wait?state=stopped&timeout=60");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let (status, _) = api.get(&wait).await;
+        if !matches!(status, 404 | 408) || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, 200);
+    let (status, answer) = api.call("POST", &start, None, None).await;
+    assert_eq!(
+        (status, answer["previous_state"].as_str()),
+        (200, Some("stopped"))
+    );
+    // fly-go's destroy of a machine on its way (`flaps/flaps_machines.go`, `Destroy`):
+    // `kill=true`, which the spec calls `force`.
+    let (status, answer) = api
+        .call("DELETE", &format!("{path}?kill=true"), None, Some(&nonce))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(fly.machine(&id).state, "destroyed");
+    assert!(fly.take_violations().is_empty());
+}
+
 #[tokio::test]
 async fn skip_launch_leaves_a_stopped_machine_stopped() {
     let (fly, api) = demo();
@@ -439,6 +513,16 @@ async fn leases_conflict_refresh_release_and_expire() {
     assert!(fly.lease(&id).is_none());
     let (status, _) = api.get(&lease_path).await;
     assert_eq!(status, 404);
+    // Releasing it again: the words flyctl takes as "already gone" (internal/machine/lease.go).
+    let (status, answer) = api.call("DELETE", &lease_path, None, Some(&nonce)).await;
+    assert_eq!(status, 404);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("lease not found"),
+        "{answer}"
+    );
 
     // Expiry: a 1 s lease is gone after 1 s, and its nonce no longer works.
     let (_, short) = api.post(&lease_path, json!({"ttl": 1})).await;
@@ -503,7 +587,7 @@ async fn a_lease_held_by_someone_else_blocks_every_change_until_it_expires() {
         ("POST", "/stop", None),
         ("POST", "/cordon", None),
         ("DELETE", "?force=true", None),
-        ("POST", "/metadata/k", Some(json!({"value": "v"}))),
+        ("DELETE", "?kill=true", None),
     ] {
         let (status, answer) = api
             .call(
@@ -521,6 +605,18 @@ async fn a_lease_held_by_someone_else_blocks_every_change_until_it_expires() {
                 .contains("someone@else.com")
         );
     }
+    // Metadata writes are not lease-guarded: fly-go's SetMetadata sends no nonce, and flyctl
+    // tags the machines it holds leases on with it (strategy_bluegreen.go).
+    let (status, answer) = api
+        .call(
+            "POST",
+            &format!("/v1/apps/demo/machines/{}/metadata/k", ids[0]),
+            Some(json!({"value": "v"})),
+            None,
+        )
+        .await;
+    assert!(status < 300, "{status}: {answer}");
+    assert_eq!(fly.machine(&ids[0]).metadata("k"), Some("v"));
     let (status, _) = api
         .call(
             "POST",
@@ -1661,12 +1757,19 @@ async fn wait_refuses_timeouts_above_60s_and_answers_only_for_the_version_asked(
     let (fly, api) = demo();
     let id = fly.add_machines("demo", &MachineSpec::new("app")).remove(0);
     let path = format!("/v1/apps/demo/machines/{id}");
-    let (status, answer) = api.get(&format!("{path}/wait?state=started&timeout=61")).await;
-    assert_eq!(status, 400, "{answer}");
-    assert!(
-        answer["error"].as_str().unwrap().contains("invalid_argument"),
-        "{answer}"
-    );
+    for timeout in [61, 0] {
+        let (status, answer) = api
+            .get(&format!("{path}/wait?state=started&timeout={timeout}"))
+            .await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("invalid_argument: invalid WaitMachineRequest.Timeout"),
+            "{answer}"
+        );
+    }
     let (status, _) = api.get(&format!("{path}/wait?state=started&timeout=60")).await;
     assert_eq!(status, 200);
 

@@ -104,6 +104,8 @@ fn bluegreen_force_destroys_a_blue_on_an_unreachable_host() {
     let destroys = fly.requests_to("DELETE", &format!("/machines/{}", blues[1]));
     assert!(!destroys.is_empty());
     for destroy in &destroys {
+        // fly-go's `Destroy` sends `kill` (`flaps/flaps_machines.go`); the spec names `force`.
+        assert!(destroy.query.contains("kill=true"), "{destroy:?}");
         assert!(destroy.query.contains("force=true"), "{destroy:?}");
         assert_eq!(destroy.lease_nonce, None, "{destroy:?}");
     }

@@ -53,8 +53,8 @@
 //!   `skip_launch`, or when the machine was `stopped` or `created`: an update starts only a
 //!   machine that was running, as flyctl's preflight `TestFlyMachineRun_standbyFor` sees);
 //!   checks are `warning`, then `passing` after `Timing::checks`. A wait call blocks at most
-//!   60 Fly seconds (3 s by default) and answers 408 on timeout; a `timeout` above 60 is 400
-//!   `invalid_argument`; with `version` (or `instance_id`) it answers only once the machine
+//!   60 Fly seconds (3 s by default) and answers 408 on timeout; a `timeout` of 0 or above 60
+//!   is 400 `invalid_argument`; with `version` (or `instance_id`) it answers only once the machine
 //!   runs that version. `state` may be repeated or comma-separated (any of them will do: the
 //!   spec's description of the parameter); a machine marked with `start_on_request` starts
 //!   as soon as an update leaves it stopped, as fly-proxy's autostart starts it on a request;
@@ -65,10 +65,13 @@
 //!   `{"status":"success","data":{nonce,expires_at,owner,description,version}}` (flat with
 //!   `Options::flat_lease`); with the current nonce in `fly-machine-lease-nonce` it refreshes;
 //!   while someone else's lease is active it is 409 (a Fly engineer on community.fly.io,
-//!   t/15555). Update, destroy, start, stop,
-//!   cordon/uncordon and metadata writes need the nonce while a lease is active (409
-//!   otherwise), and a nonce that matches no active lease is 409 too. `DELETE .../lease` with
-//!   the nonce releases it (404 when no lease is active).
+//!   t/15555). Update, destroy, start, stop and
+//!   cordon/uncordon need the nonce while a lease is active (409 otherwise), and a nonce that
+//!   matches no active lease is 409 too; metadata writes do not (fly-go's `SetMetadata` takes
+//!   no nonce). `DELETE .../lease` with the nonce releases it (404 "lease not found" when no
+//!   lease is active).
+//! - Starting a machine that is `created` or `replacing` is 412 `failed_precondition`, as
+//!   flaps answers it. A destroy forces with `force=true` (the spec) or `kill=true` (fly-go).
 //! - A machine made by `POST /machines` answers 404 to get and wait for
 //!   `Timing::visible_after_create` (2 Fly seconds), as Fly's reads lag behind a create
 //!   (flyctl `internal/machine/leasable_machine.go` retries them: `WithJustCreated`), unless
@@ -159,7 +162,7 @@
 //! - Statuses: 412 for `GET .../ps` of a machine that is not `started` (by analogy with flaps'
 //!   412 for flyd's `failed_precondition`; nixfly, like flyctl, ignores any error there); 412
 //!   for writes to a destroyed machine; 412 for destroying a running machine without
-//!   `force=true` (flyctl's `fly machine destroy` refuses it client-side); 412 for an update of
+//!   `force=true` or `kill=true` (flyctl's `fly machine destroy` refuses it client-side); 412 for an update of
 //!   a machine whose host is not `ok` (flyctl never sends one); 409 for the update refusal text
 //!   "deploys to this host are temporarily disabled" (its sibling "could not reserve resource"
 //!   is a sourced 409); 409 for a lease nonce that matches no active lease; 404 for releasing or

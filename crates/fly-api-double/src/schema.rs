@@ -16,6 +16,7 @@ static SPEC: LazyLock<Value> = LazyLock::new(|| {
     let mut spec = serde_json::from_str(include_str!("../machines-openapi.json"))
         .expect("crates/fly-api-double/machines-openapi.json is valid JSON");
     amend_lease_call(&mut spec);
+    amend_destroy_call(&mut spec);
     spec
 });
 
@@ -49,7 +50,34 @@ fn amend_lease_call(spec: &mut Value) {
     }
 }
 
-/// The parsed spec (with the amendment above), loaded once per process.
+/// A destroy as fly-go asks for it: `?kill=<bool>` (`flaps/flaps_machines.go`, `Destroy`),
+/// which flyctl sends on every deploy that destroys a machine (`internal/command/deploy/plan.go`,
+/// `destroyMachine`), where the spec documents only `force`. The spec's `Machines_delete`
+/// gains a boolean `kill` query parameter.
+fn amend_destroy_call(spec: &mut Value) {
+    let Some(paths) = spec["paths"].as_object_mut() else {
+        return;
+    };
+    for item in paths.values_mut() {
+        let Some(op) = item.get_mut("delete") else {
+            continue;
+        };
+        if op["operationId"] != "Machines_delete" {
+            continue;
+        }
+        let kill = serde_json::json!({
+            "name": "kill",
+            "in": "query",
+            "description": "Kill the machine if it's running (fly-go's Destroy)",
+            "schema": { "type": "boolean" }
+        });
+        if let Some(params) = op["parameters"].as_array_mut() {
+            params.push(kill);
+        }
+    }
+}
+
+/// The parsed spec (with the amendments above), loaded once per process.
 pub fn spec() -> &'static Value {
     &SPEC
 }

@@ -1068,6 +1068,14 @@ fn machine_operation(
 ) -> Response {
     let machine = &st.machines[id];
     let destroyed = machine.state == "destroyed";
+    // Metadata writes are not guarded by the lease: fly-go's `SetMetadata` and
+    // `DeleteMetadata` (`flaps/flaps_machines.go`) take no nonce, and flyctl tags the blue
+    // machines it holds leases on through them (`internal/command/deploy/strategy_bluegreen.go`,
+    // `TagBlueMachinesAsSafeForDeletion`), which a lease check would refuse.
+    let leased = !matches!(
+        op.id.as_str(),
+        "Machines_upsert_metadata" | "Machines_delete_metadata" | "Machines_update_metadata"
+    );
     let mutating = !matches!(
         op.id.as_str(),
         "Machines_show"
@@ -1093,7 +1101,7 @@ fn machine_operation(
                 &format!("machine {id} is destroyed"),
             );
         }
-        if let Some(refusal) = lease_refusal(machine, req, now) {
+        if leased && let Some(refusal) = lease_refusal(machine, req, now) {
             return refusal;
         }
     }
@@ -1177,16 +1185,19 @@ fn machine_operation(
             st.attach_volumes(id, &volumes);
             ok_json(StatusCode::OK, machine_json(&st.machines[id], now, false))
         }
-        // flyctl's `fly machine destroy` (`internal/command/machine/destroy.go`) sends `kill`
-        // only with --force, and refuses a started machine without it. No source found for
-        // flaps' own refusal: the double answers 412 for a machine that is running or on its
-        // way, and destroys any other.
+        // The spec's flag is `force`; fly-go sends `kill` (`flaps/flaps_machines.go`,
+        // `Destroy`: `?kill=%t`), flyctl's deploy with `Kill: true` for a running machine
+        // (`internal/command/deploy/plan.go`, `destroyMachine`), and `fly machine destroy`
+        // (`internal/command/machine/destroy.go`) only with --force, refusing a started machine
+        // without it. Either flag forces here. No source found for flaps' own refusal: the
+        // double answers 412 for a machine that is running or on its way, and destroys any
+        // other.
         "Machines_delete" => {
             let running = matches!(
                 machine.state.as_str(),
                 "started" | "starting" | "replacing" | "stopping"
             );
-            if running && !req.flag("force") {
+            if running && !req.flag("force") && !req.flag("kill") {
                 return error(
                     StatusCode::PRECONDITION_FAILED,
                     &format!(
@@ -1199,12 +1210,30 @@ fn machine_operation(
             ok()
         }
         // The answer's `previous_state` is fly-go's `MachineStartResponse` (`machine_types.go`).
-        // No source found for starting a running machine or stopping a stopped one: both
-        // answer 200 and change nothing.
+        // A machine still `created` (its image not yet pulled, launched or not) or being
+        // `replacing` cannot be started: flaps answers 412 `failed_precondition` (recorded
+        // answers: "unable to start machine from current state: 'created'", "machine getting
+        // replaced, refusing to start"), which is why flyctl waits for `stopped` before it
+        // starts a release command machine (`internal/command/deploy/machines_releasecommand.go`,
+        // `WaitForState(ctx, fly.MachineStateStopped, ...)`). No source found for starting a
+        // running machine or stopping a stopped one: both answer 200 and change nothing.
         "Machines_start" => {
             let previous = machine.state.clone();
-            if !matches!(previous.as_str(), "started" | "starting" | "replacing") {
-                st.start_machine(id, now);
+            match previous.as_str() {
+                "created" => {
+                    return error(
+                        StatusCode::PRECONDITION_FAILED,
+                        "failed_precondition: unable to start machine from current state: 'created'",
+                    );
+                }
+                "replacing" => {
+                    return error(
+                        StatusCode::PRECONDITION_FAILED,
+                        "failed_precondition: machine getting replaced, refusing to start",
+                    );
+                }
+                "started" | "starting" => {}
+                _ => st.start_machine(id, now),
             }
             ok_json(StatusCode::OK, json!({ "previous_state": previous }))
         }
@@ -1269,8 +1298,10 @@ fn machine_operation(
             st.machines.get_mut(id).expect("exists").lease = Some(refreshed);
             ok_json(StatusCode::CREATED, answer)
         }
-        // 200 (the spec). No source found for releasing with another nonce (409) or when no
-        // lease is active (404).
+        // 200 (the spec). No source found for releasing with another nonce (409), nor for the
+        // status when no lease is active (404 here); its text says "lease not found", the
+        // words flyctl takes as a lease already gone (`internal/machine/lease.go`,
+        // `releaseLease`).
         "Machines_release_lease" => match machine.active_lease(now) {
             Some(lease) if req.nonce.as_deref() == Some(lease.nonce.as_str()) => {
                 st.machines.get_mut(id).expect("exists").lease = None;
@@ -1279,7 +1310,7 @@ fn machine_operation(
             Some(lease) => lease_conflict(machine, lease),
             None => error(
                 StatusCode::NOT_FOUND,
-                &format!("machine {id} has no lease to release"),
+                &format!("lease not found: machine {id} has no lease to release"),
             ),
         },
         "Machines_show_metadata" => ok_json(
@@ -1502,17 +1533,20 @@ async fn wait(shared: &Shared, req: &Request, app: &str, id: &str) -> Response {
     }
 }
 
-/// The wait call's `timeout` in seconds: 60 when absent; more than 60 is refused with 400
+/// The wait call's `timeout` in seconds: 60 when absent; 0 or more than 60 is refused with 400
 /// `invalid_argument`, as the Machines API does (the OpenAPI description: "This request will
-/// block for up to 60 seconds"; fly-go `flaps/flaps_machines_wait.go` clamps every timeout to
-/// its `proxyTimeoutThreshold` of 60 s, so flyctl never sends more).
+/// block for up to 60 seconds"; a recorded answer to an out-of-range one: "invalid
+/// WaitMachineRequest.Timeout: value must be inside range [1s, 1m0s]"). fly-go
+/// (`flaps/flaps_machines_wait.go`, `WithWaitTimeout`) clamps every timeout to 1..=60 s and
+/// omits a zero one, so flyctl never sends either.
 fn wait_timeout_secs(req: &Request) -> Result<u64, String> {
     let Some(secs) = req.query("timeout").and_then(|t| t.parse::<u64>().ok()) else {
         return Ok(WAIT_CAP_SECS);
     };
-    if secs > WAIT_CAP_SECS {
+    if secs == 0 || secs > WAIT_CAP_SECS {
         return Err(format!(
-            "invalid_argument: timeout {secs}s is above the {WAIT_CAP_SECS}s maximum"
+            "invalid_argument: invalid WaitMachineRequest.Timeout: value must be inside range \
+             [1s, 1m0s] (got {secs}s)"
         ));
     }
     Ok(secs)
