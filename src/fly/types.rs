@@ -187,16 +187,17 @@ pub struct ExitInfo {
 }
 
 impl MachineEvent {
-    /// The exit details of an `exit` event: `request.exit_event` or, in older payloads,
-    /// `request.MonitorEvent.exit_event`.
+    /// The exit details of an `exit` event: `request.MonitorEvent.exit_event`, else
+    /// `request.exit_event`, in the order fly-go reads them (`machine_types.go`,
+    /// `MachineRequest.GetExitCode`, which flyctl's release command trusts).
     pub fn exit_info(&self) -> Option<ExitInfo> {
         if self.kind != "exit" {
             return None;
         }
         let exit = self
             .request
-            .get("exit_event")
-            .or_else(|| self.request.pointer("/MonitorEvent/exit_event"))?;
+            .pointer("/MonitorEvent/exit_event")
+            .or_else(|| self.request.get("exit_event"))?;
         let int = |v: Option<&Value>| v.and_then(Value::as_i64).unwrap_or(0);
         Some(ExitInfo {
             exit_code: int(exit.get("exit_code")),
@@ -527,6 +528,13 @@ mod tests {
             })
         );
         assert_eq!(m.events[2].exit_info().unwrap().exit_code, 0);
+        // Both shapes in one event: the monitor's code first, as fly-go's
+        // `MachineRequest.GetExitCode` (`machine_types.go`) reads it.
+        let both = machine(json!({"id": "m", "events": [{"type": "exit", "request": {
+            "exit_event": {"exit_code": 0},
+            "MonitorEvent": {"exit_event": {"exit_code": 1}}
+        }}]}));
+        assert_eq!(both.events[0].exit_info().unwrap().exit_code, 1);
         // Exits before the latest update belong to the config it replaced.
         let updated = machine(json!({"id": "m", "events": [
             {"type": "start", "status": "started"},

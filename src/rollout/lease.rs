@@ -149,7 +149,12 @@ impl Leases {
         let mut unreleased = Vec::new();
         for (machine, result) in futures::future::join_all(releases).await {
             match result {
-                Ok(()) | Err(ApiError::Status { status: 404, .. }) => {}
+                Ok(()) => {}
+                // Gone already (it expired, or the machine was destroyed): flyctl ignores an
+                // error that says "lease not found", whatever its status
+                // (`internal/machine/lease.go`, `releaseLease`).
+                Err(ApiError::Status { status, message, .. })
+                    if status == 404 || message.contains("lease not found") => {}
                 Err(err) => {
                     reporter.warn(format!(
                         "cannot release the lease on machine {machine} (it expires in {}s): {err}",
@@ -236,5 +241,30 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(800)).await;
         assert_eq!(leases.nonce(&ids[1]), None);
         assert!(leases.release_all(&reporter).await.is_empty());
+    }
+
+    /// flyctl `internal/machine/lease.go`, `releaseLease`: an error saying "lease not found"
+    /// is a lease already gone, whatever its status; any other is reported as unreleased.
+    #[tokio::test]
+    async fn a_release_answered_lease_not_found_is_released() {
+        let fly = FlyApi::start();
+        fly.add_app("demo");
+        let ids = fly.add_machines("demo", &MachineSpec::new("app").count(2));
+        let reporter = Reporter::plain();
+        let leases = Leases::new(api(&fly, &reporter), Duration::from_secs(30));
+        for id in &ids {
+            leases
+                .acquire(id, "app", Duration::from_secs(30), &reporter)
+                .await
+                .unwrap();
+        }
+        let status = |message: &str| FaultKind::Status {
+            status: 409,
+            message: message.to_string(),
+        };
+        let path = |id: &str| format!("/machines/{id}/lease");
+        fly.inject_fault("DELETE", &path(&ids[0]), 1, status("aborted: lease not found"));
+        fly.inject_fault("DELETE", &path(&ids[1]), 1, status("aborted: lease held by x"));
+        assert_eq!(leases.release_all(&reporter).await, vec![ids[1].clone()]);
     }
 }

@@ -159,17 +159,21 @@ pub async fn run(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<(), Ro
         })?;
     let id = machine.id.as_str();
     ctx.status(id, group, "created");
-    one_shot::watched(ctx, id, "release_command machine", run_on(ctx, rc, id)).await
+    let version = machine.instance_id.as_deref();
+    one_shot::watched(ctx, id, "release_command machine", run_on(ctx, rc, id, version)).await
 }
 
 /// Start the created machine once it has settled, wait for the command to finish, read its
 /// exit code.
-async fn run_on(ctx: &Ctx, rc: &ReleaseCommand, id: &str) -> Result<(), RolloutError> {
+async fn run_on(ctx: &Ctx, rc: &ReleaseCommand, id: &str, version: Option<&str>) -> Result<(), RolloutError> {
     let group = RELEASE_COMMAND_GROUP;
     // The image is pulled before the machine settles into `stopped`: a large Nix image can
     // take minutes, so this waits as long as any machine of the deploy may (flyctl
-    // `machines_releasecommand.go`: `md.waitTimeout`, with `WithJustCreated`).
-    wait_for_new_machine(&ctx.api, id, "stopped", None, ctx.spec.wait_timeout).await?;
+    // `machines_releasecommand.go`: `md.waitTimeout`, with `WithJustCreated`). The wait names
+    // the version the create answered: flaps once refused a wait for `stopped` without it
+    // ("instance_id required when waiting for stopped machine", flyctl issue 1751), and fly-go
+    // sent it on every wait until 2026 (`flaps/flaps_machines_wait.go`).
+    wait_for_new_machine(&ctx.api, id, "stopped", version, ctx.spec.wait_timeout).await?;
     ctx.api
         .machine_action(id, "start", None)
         .await

@@ -278,6 +278,19 @@ fn release_command_success_lets_the_rollout_go_on() {
     let temps: Vec<_> = fly.machines(APP).into_iter().filter(|m| m.id != ids[0]).collect();
     assert_eq!(temps.len(), 2, "one release_command machine per deploy");
     assert!(temps.iter().all(|m| m.state == "destroyed"));
+    // Its wait for `stopped` names the version the create answered (flaps once refused it
+    // without: flyctl issue 1751; fly-go sent it on every wait, flaps_machines_wait.go).
+    for temp in &temps {
+        let waits = fly.requests_to("GET", &format!("/machines/{}/wait", temp.id));
+        let stopped = waits
+            .iter()
+            .find(|w| w.query.contains("state=stopped"))
+            .expect("a wait for stopped");
+        assert!(
+            stopped.query.contains(&format!("version={}", temp.version)),
+            "{stopped:?}"
+        );
+    }
     let err = stderr(&out);
     assert!(
         err.contains(&format!("debug: release_command machine {}: ", temps[1].id))
