@@ -144,50 +144,183 @@ fn contents_are_joined_as_symlink_join_does() {
     let Some(nix) = crate::support::nix::Nix::get() else {
         return;
     };
-    let root = env!("CARGO_MANIFEST_DIR");
-    let expr = format!(
-        r#"let
-             pkgs = import {root}/nix/tests/nixpkgs-standin {{ }};
-             first = pkgs.runCommand "first" {{ }} ''
-               mkdir -p $out/bin $out/share/doc
-               echo first > $out/bin/tool
-               ln -s tool $out/bin/alias
-               echo x > $out/share/doc/x
-             '';
-             second = pkgs.runCommand "second" {{ }} ''
-               mkdir -p $out/bin $out/share/doc
-               echo second > $out/bin/tool
-               echo other > $out/bin/other
-               echo y > $out/share/doc/y
-             '';
-           in (pkgs.dockerTools.streamLayeredImage {{ name = "joined"; contents = [ first second ]; }}).conf"#
+    let layer = customisation_layer(
+        nix,
+        r#"first = pkgs.runCommand "first" { } ''
+             mkdir -p $out/bin $out/share/doc
+             echo first > $out/bin/tool
+             ln -s tool $out/bin/alias
+             echo x > $out/share/doc/x
+           '';
+           second = pkgs.runCommand "second" { } ''
+             mkdir -p $out/bin $out/share/doc
+             echo second > $out/bin/tool
+             echo other > $out/bin/other
+             echo y > $out/share/doc/y
+           '';"#,
+        "[ first second ]",
     );
+    let link = |name: &str| {
+        layer
+            .link(name)
+            .unwrap_or_else(|| panic!("no link {name} in:\n{}", layer.listing))
+    };
+    assert!(link("bin/tool").ends_with("-first/bin/tool"), "{}", layer.listing);
+    assert_eq!(link("bin/alias"), "tool", "{}", layer.listing);
+    assert!(
+        link("bin/other").ends_with("-second/bin/other"),
+        "{}",
+        layer.listing
+    );
+    assert!(
+        link("share/doc/x").ends_with("-first/share/doc/x"),
+        "{}",
+        layer.listing
+    );
+    assert!(
+        link("share/doc/y").ends_with("-second/share/doc/y"),
+        "{}",
+        layer.listing
+    );
+}
+
+/// A buildEnv-style content (top-level `bin`, `lib`, `share`, `etc` that are links to another
+/// store path's directories) keeps its links: lndir.c's `dodir` lstat()s each entry, so a link
+/// is never a directory to it and is copied as a link. A later content's `bin` directory then
+/// meets a link ("bin: is a link instead of a directory") and its `bin/tool` is left out,
+/// where merging the link into a directory would have added it.
+#[test]
+fn a_link_to_a_directory_stays_a_link_as_lndir_copies_it() {
+    let Some(nix) = crate::support::nix::Nix::get() else {
+        return;
+    };
+    let layer = customisation_layer(
+        nix,
+        r#"target = pkgs.runCommand "target" { } ''
+             mkdir -p $out/bin $out/lib $out/share $out/etc
+             echo hello > $out/bin/hello
+             echo lib > $out/lib/libx
+             echo share > $out/share/y
+             echo etc > $out/etc/z
+           '';
+           env = pkgs.runCommand "env" { inherit target; } ''
+             mkdir $out
+             for dir in bin lib share etc; do ln -s $target/$dir $out/$dir; done
+           '';
+           other = pkgs.runCommand "other" { } ''
+             mkdir -p $out/bin
+             echo tool > $out/bin/tool
+           '';"#,
+        "[ env other ]",
+    );
+    for dir in ["bin", "lib", "share", "etc"] {
+        let to = layer
+            .link(dir)
+            .unwrap_or_else(|| panic!("./{dir} is not a link in:\n{}", layer.listing));
+        assert!(to.ends_with(&format!("-target/{dir}")), "{}", layer.listing);
+    }
+    assert_eq!(
+        layer.names(),
+        ["./", "./bin", "./etc", "./lib", "./share"],
+        "nothing under the links, the other content's bin/tool neither:\n{}",
+        layer.listing
+    );
+}
+
+/// lndir skips names ending in `~` and revision-control directories (RCS, CVS, .git, ...).
+#[test]
+fn lndir_skips_backup_files_and_revision_control_directories() {
+    let Some(nix) = crate::support::nix::Nix::get() else {
+        return;
+    };
+    let layer = customisation_layer(
+        nix,
+        r#"content = pkgs.runCommand "content" { } ''
+             mkdir -p $out/etc $out/RCS
+             echo a > $out/etc/a~
+             echo b > $out/etc/b
+             echo x > $out/RCS/x
+           '';"#,
+        "[ content ]",
+    );
+    assert_eq!(layer.names(), ["./", "./etc/", "./etc/b"], "{}", layer.listing);
+}
+
+/// symlinkJoin's lndir refuses a content that is not a directory (failOnMissing is true
+/// without a stripPrefix), so a `writeText` in `contents` fails the build.
+#[test]
+fn a_content_that_is_not_a_directory_fails_the_build() {
+    let Some(nix) = crate::support::nix::Nix::get() else {
+        return;
+    };
     let t = TestDir::new();
-    let out = crate::support::run(
-        nix.command(&["build"])
-            .args(["--expr", &expr, "--out-link"])
-            .arg(t.join("conf")),
+    let out = build_standin(
+        nix,
+        &t,
+        r#"(pkgs.dockerTools.streamLayeredImage {
+             name = "file";
+             contents = [ (pkgs.writeText "not-a-directory" "text") ];
+           }).conf"#,
+        "conf",
+    );
+    assert!(!out.status.success(), "a file in contents was accepted");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("-not-a-directory: Not a directory"), "{stderr}");
+}
+
+/// `tar -tv` of a customisation layer.
+struct LayerListing {
+    listing: String,
+}
+
+impl LayerListing {
+    /// Each entry as its type letter (`-`, `d`, `l`), name (`./...`, the layer is a tar of `.`)
+    /// and link target.
+    fn entries(&self) -> impl Iterator<Item = (char, &str, Option<&str>)> {
+        self.listing.lines().map(|line| {
+            let kind = line.chars().next().unwrap();
+            let name = &line[line.find(" ./").expect("a name under ./") + 1..];
+            match name.split_once(" -> ") {
+                Some((name, to)) => (kind, name, Some(to)),
+                None => (kind, name, None),
+            }
+        })
+    }
+
+    /// Every entry's name, in the archive's (sorted) order.
+    fn names(&self) -> Vec<&str> {
+        self.entries().map(|(_, name, _)| name).collect()
+    }
+
+    /// The target of the symlink `./<name>`, if the layer has one.
+    fn link(&self, name: &str) -> Option<String> {
+        let name = format!("./{name}");
+        self.entries()
+            .find(|(kind, n, _)| *kind == 'l' && *n == name)
+            .and_then(|(_, _, to)| to.map(str::to_owned))
+    }
+}
+
+/// Builds the conf of an image of `contents` (a Nix list over `bindings`, which are `let`
+/// bindings with the stand-in as `pkgs`) and lists its customisation layer.
+fn customisation_layer(nix: &crate::support::nix::Nix, bindings: &str, contents: &str) -> LayerListing {
+    let t = TestDir::new();
+    let out = build_standin(
+        nix,
+        &t,
+        &format!(
+            "let {bindings} in (pkgs.dockerTools.streamLayeredImage {{ name = \"joined\"; contents = {contents}; }}).conf"
+        ),
+        "conf",
     );
     crate::support::assert_success(&out);
     let conf: Value = serde_json::from_slice(&std::fs::read(t.join("conf")).unwrap()).unwrap();
     let layer = format!("{}/layer.tar", conf["customisation_layer"].as_str().unwrap());
     let out = Command::new("tar").args(["-tvf", &layer]).output().unwrap();
     assert!(out.status.success());
-    let listing = String::from_utf8_lossy(&out.stdout);
-    let link = |name: &str| {
-        listing
-            .lines()
-            .find_map(|l| {
-                l.split_once(&format!(" ./{name} -> "))
-                    .map(|(_, to)| to.to_string())
-            })
-            .unwrap_or_else(|| panic!("no link {name} in:\n{listing}"))
-    };
-    assert!(link("bin/tool").ends_with("-first/bin/tool"), "{listing}");
-    assert_eq!(link("bin/alias"), "tool", "{listing}");
-    assert!(link("bin/other").ends_with("-second/bin/other"), "{listing}");
-    assert!(link("share/doc/x").ends_with("-first/share/doc/x"), "{listing}");
-    assert!(link("share/doc/y").ends_with("-second/share/doc/y"), "{listing}");
+    LayerListing {
+        listing: String::from_utf8(out.stdout).unwrap(),
+    }
 }
 
 /// nixpkgs' `distribution` installs the registry as `bin/registry` (its mainProgram), not as

@@ -202,7 +202,7 @@ let
   python3Interpreter = interpreter "python3";
   docker = import ./docker {
     inherit python3Interpreter;
-    inherit (hostTools) python3 pigz zstd;
+    inherit (hostTools) python3 pigz zstd lndir;
     inherit
       lib
       system

@@ -15,6 +15,7 @@
   python3,
   pigz,
   zstd,
+  lndir,
   runtimeShell,
   python3Interpreter,
   runCommand,
@@ -66,34 +67,22 @@ let
         }
       );
 
-      # default.nix: a symlinkJoin of the contents (trivial-builders/default.nix: `lndir -silent`
-      # of each one into $out, in order), packed with `tar --sort name --numeric-owner --mtime
-      # @$SOURCE_DATE_EPOCH --hard-dereference` under fakeroot (here: as root, owner 0), and
-      # its sha256sum. As lndir does: a directory, or a link to one, becomes a real directory
-      # shared by all contents; a name already linked keeps its first link (first wins); a
-      # symlink is copied as it is (same target text), a file is linked to. lndir's skipping
-      # of special names (backup files, revision-control directories) is not reproduced.
+      # default.nix: `customisationLayer`, a symlinkJoin of the contents packed with `tar --sort
+      # name --numeric-owner --mtime @$SOURCE_DATE_EPOCH --hard-dereference` under fakeroot
+      # (here: as root, owner 0), and its sha256sum. symlinkJoin
+      # (pkgs/build-support/trivial-builders/default.nix) runs `${lndir}/bin/lndir -silent $i $out`
+      # for each path in order, failOnMissing (true when there is no stripPrefix) letting lndir
+      # fail: a content that is not a directory stops the build with "<path>: Not a directory".
+      # lndir is xorg's (lndir.c, here Debian's xutils-dev). Its `dodir` lstat()s each entry: a
+      # real directory becomes a directory shared by the contents that have one of that name;
+      # anything else is linked, a file as a link to it, a symlink (to a directory too, as buildEnv
+      # writes them) as a copy of its target. A name already there keeps its first link, and a
+      # later content's directory that meets a link prints "<name>: is a link instead of a
+      # directory" and adds none of its files. Names ending in `~` are skipped, and so are
+      # revision-control directories (RCS, SCCS, CVS, CVS.adm, .svn, .git, BitKeeper).
       customisationLayer = runCommand "${baseName}-customisation-layer" { inherit contents; } ''
-        shopt -s nullglob dotglob
-        lndir() {
-          local from=$1 to=$2 entry name
-          for entry in "$from"/*; do
-            name=''${entry##*/}
-            if [ -d "$entry" ]; then
-              if [ -L "$to/$name" ]; then continue; fi
-              mkdir -p "$to/$name"
-              lndir "$entry" "$to/$name"
-            elif [ -e "$to/$name" ] || [ -L "$to/$name" ]; then
-              continue
-            elif [ -L "$entry" ]; then
-              ln -s "$(readlink "$entry")" "$to/$name"
-            else
-              ln -s "$entry" "$to/$name"
-            fi
-          done
-        }
         mkdir root
-        for c in $contents; do lndir "$c" root; done
+        for c in $contents; do ${lndir}/bin/lndir -silent "$c" root; done
         mkdir "$out"
         (cd root && tar --format=gnu --sort=name --numeric-owner --owner=0 --group=0 \
           --mtime=@315532800 --hard-dereference -cf "$out/layer.tar" .)
