@@ -222,11 +222,14 @@ let
       compress = "zstd -T$NIX_BUILD_CORES";
     };
   };
-  # default.nix: `compressorForImage`, with its error.
+  # default.nix: `compressorForImage`, its expression as nixpkgs writes it: `toString` applied to
+  # the function `builtins.attrNames`, not to its result, so an unknown compressor fails
+  # evaluation with Nix's "cannot coerce the built-in function 'attrNames' to a string" instead
+  # of the list of compressors the message means to give.
   compressorForImage =
     compressor: imageName:
     compressors.${compressor}
-      or (throw "in docker image ${imageName}: compressor must be one of: [${toString (builtins.attrNames compressors)}]");
+      or (throw "in docker image ${imageName}: compressor must be one of: [${toString builtins.attrNames compressors}]");
 
   # default.nix: the stream piped through the compressor ("gz" by default) into
   # `<name>.tar<ext>`, with `imageName`, and `passthru.imageTag` and `passthru.stream`.
