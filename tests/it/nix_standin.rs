@@ -268,6 +268,30 @@ fn a_content_that_is_not_a_directory_fails_the_build() {
     assert!(stderr.contains("-not-a-directory: Not a directory"), "{stderr}");
 }
 
+/// streamLayeredImage asserts `maxLayers > 1` at evaluation, with nixpkgs' message, for
+/// buildLayeredImage (which streams through it) too.
+#[test]
+fn max_layers_of_one_fails_at_evaluation() {
+    let Some(nix) = crate::support::nix::Nix::get() else {
+        return;
+    };
+    for function in ["streamLayeredImage", "buildLayeredImage"] {
+        let out = eval_standin(
+            nix,
+            &format!(r#"(pkgs.dockerTools.{function} {{ name = "one"; maxLayers = 1; }}).drvPath"#),
+        );
+        assert!(!out.status.success(), "{function}: maxLayers = 1 was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(
+                "the maxLayers argument of dockerTools.buildLayeredImage function must be \
+                 greather than 1 (current value: 1)"
+            ),
+            "{function}: {stderr}"
+        );
+    }
+}
+
 /// `tar -tv` of a customisation layer.
 struct LayerListing {
     listing: String,

@@ -78,6 +78,8 @@ in
     noPath "removePrefix" prefix (
       if builtins.substring 0 n s == prefix then builtins.substring n (-1) s else s
     );
+  # lib/asserts.nix (assertMsg): the predicate, or a throw of the message when it is false.
+  assertMsg = pred: msg: pred || builtins.throw msg;
   # lib/strings.nix (toLower): ASCII letters only.
   toLower = builtins.replaceStrings upperChars lowerChars;
   # lib/strings.nix (escapeShellArg; commit 99bc90e3019cd79de82b41481fe1cc2ef4900caa): a word of

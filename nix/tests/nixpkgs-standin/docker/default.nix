@@ -186,6 +186,11 @@ let
         chmod +x "$out"
       '';
     in
+    # default.nix: streamLayeredImage's assertion at evaluation, with its message (spelling
+    # too): maxLayers > 1, which newer nixpkgs asks only when no layeringPipeline is given (this
+    # set takes none).
+    assert lib.assertMsg (maxLayers > 1)
+      "the maxLayers argument of dockerTools.buildLayeredImage function must be greather than 1 (current value: ${toString maxLayers})";
     # default.nix: `makeWrapper $streamScript $out --add-flags $conf`, a script of this package
     # set's shell.
     runCommand "stream-${baseName}"
