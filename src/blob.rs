@@ -58,7 +58,7 @@
 use crate::registry::Digest;
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::ops::{Deref, DerefMut};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
@@ -96,6 +96,54 @@ impl AlignedBuf {
         reader.take(size as u64).read_to_end(&mut raw)?;
         let len = raw.len() - start;
         Ok(AlignedBuf { raw, start, len })
+    }
+}
+
+/// `std::io::BufReader` with a page-aligned buffer ([`AlignedBuf`]), for the pipes and
+/// decoders layer bytes pass through: each refill is one read into the aligned buffer, and a
+/// read at least as large as the buffer bypasses it when it is empty, as `BufReader`'s does.
+pub struct AlignedBufReader<R> {
+    inner: R,
+    buf: AlignedBuf,
+    pos: usize,
+    filled: usize,
+}
+
+impl<R: Read> AlignedBufReader<R> {
+    pub fn with_capacity(capacity: usize, inner: R) -> Self {
+        AlignedBufReader {
+            inner,
+            buf: AlignedBuf::zeroed(capacity.max(1)),
+            pos: 0,
+            filled: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for AlignedBufReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.filled && out.len() >= self.buf.len() {
+            return self.inner.read(out);
+        }
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: Read> BufRead for AlignedBufReader<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.filled {
+            self.filled = self.inner.read(&mut self.buf)?;
+            self.pos = 0;
+        }
+        Ok(&self.buf[self.pos..self.filled])
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.pos = (self.pos + amt).min(self.filled);
     }
 }
 
@@ -909,6 +957,39 @@ mod tests {
 
         let block = AlignedBuf::read_from(&mut &data[..1000], 4096).unwrap();
         assert_eq!((&*block, block.as_ptr() as usize % IO_ALIGN), (&data[..1000], 0));
+    }
+
+    /// Reads of every size through an [`AlignedBufReader`] give the bytes in order (the
+    /// oracle is the data itself), and every refill lands page-aligned.
+    #[test]
+    fn an_aligned_buf_reader_reads_like_a_buf_reader() {
+        let data = sample(300_001);
+        for capacity in [1, 4096, 65_536] {
+            for step in [1, 511, 4096, 70_000, 1 << 20] {
+                let mut reader = AlignedBufReader::with_capacity(
+                    capacity,
+                    Dribble {
+                        data: &data,
+                        step: 9_999,
+                    },
+                );
+                let mut out = Vec::new();
+                let mut piece = vec![0; step];
+                loop {
+                    let n = reader.read(&mut piece).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    out.extend_from_slice(&piece[..n]);
+                }
+                assert_eq!(out, data, "capacity {capacity}, reads of {step}");
+                assert_eq!(reader.buf.as_ptr() as usize % IO_ALIGN, 0);
+            }
+        }
+        let mut reader = AlignedBufReader::with_capacity(16, &b"line one\nline two\n"[..]);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line, "line one\n");
     }
 
     /// A read error ends that layer's hash and leaves the hasher whole: its buffer and thread

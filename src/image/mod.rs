@@ -360,7 +360,10 @@ pub fn decompress(format: ArchiveFormat, reader: Box<dyn Read + Send>) -> Box<dy
         ArchiveFormat::Tar => reader,
         ArchiveFormat::Gzip => Box::new(Named {
             format: "gzip",
-            inner: flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(256 * 1024, reader)),
+            inner: flate2::read::MultiGzDecoder::new(crate::blob::AlignedBufReader::with_capacity(
+                256 * 1024,
+                reader,
+            )),
         }),
         ArchiveFormat::Zstd => match zstd::stream::read::Decoder::new(reader) {
             Ok(decoder) => Box::new(Named {

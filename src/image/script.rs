@@ -96,7 +96,7 @@ impl ImageSource for StreamScript {
             reporter: reporter.clone(),
         };
         let finish = move |ok: bool| script.finish(ok);
-        let reader = BufReader::with_capacity(
+        let reader = crate::blob::AlignedBufReader::with_capacity(
             1 << 20,
             IdleReader {
                 inner: WidePipe::new(stdout),

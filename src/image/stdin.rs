@@ -13,7 +13,10 @@ impl ImageSource for Stdin {
     fn open(self: Box<Self>, _reporter: &Reporter) -> Result<Image, ImageError> {
         let description = self.describe();
         // Piped in, stdin is read like a stream script's stdout (see `super::pipe`).
-        let stdin = std::io::BufReader::with_capacity(1 << 20, super::pipe::WidePipe::new(std::io::stdin()));
+        let stdin = crate::blob::AlignedBufReader::with_capacity(
+            1 << 20,
+            super::pipe::WidePipe::new(std::io::stdin()),
+        );
         let (format, reader) = super::decompressed_stream(Box::new(stdin), &description)?;
         Ok(Image::Stream(ArchiveStream::without_finish(
             format!("{description} ({})", format.name()),
