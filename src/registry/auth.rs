@@ -266,6 +266,11 @@ fn credentials_from_auth_file(path: &Path, host: &str) -> Result<Option<Credenti
         Err(Retrieval::MalformedHelperResponse) => Err(helper_error(
             "its answer is not JSON with Username and Secret".into(),
         )),
+        Err(Retrieval::CredentialDecodingError)
+            if let Some((user, password)) = url_safe_auth(&config, host) =>
+        {
+            Ok(Some(Credentials::new(&user, &password, source)))
+        }
         Err(Retrieval::CredentialDecodingError | Retrieval::CredentialMismatchError) => {
             Err(AuthError::ConfigAuthInvalid {
                 host: host.to_string(),
@@ -274,6 +279,30 @@ fn credentials_from_auth_file(path: &Path, host: &str) -> Result<Option<Credenti
         }
         Err(Retrieval::ConfigNotFound | Retrieval::ConfigReadError) => Ok(None),
     }
+}
+
+/// `auths.<host>.auth` in base64's URL-safe alphabet, as `user:password`. `fly auth docker`
+/// writes config.json itself that way when it finds no docker binary (flyctl
+/// `internal/command/auth/docker.go`, `addFlyAuthToDockerConfig`: `base64.URLEncoding`), the
+/// usual case on a Nix machine; docker_credential decodes only the standard alphabet.
+fn url_safe_auth(config: &serde_json::Value, host: &str) -> Option<(String, String)> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+    let (_, entry) = config
+        .get("auths")?
+        .as_object()?
+        .iter()
+        .find(|(key, _)| auth_key_host(key).eq_ignore_ascii_case(host))?;
+    let auth = entry.get("auth")?.as_str()?.trim();
+    let decoded = URL_SAFE
+        .decode(auth)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(auth))
+        .ok()?;
+    let (user, password) = String::from_utf8(decoded)
+        .ok()?
+        .split_once(':')
+        .map(|(u, p)| (u.to_string(), p.to_string()))?;
+    Some((user, password))
 }
 
 /// The host of an `auths` key: `https://host/v1/` → `host`.
@@ -374,6 +403,12 @@ impl Scope {
         let mut scope = Self::push(repository);
         scope.0.push(format!("repository:{from}:pull"));
         scope
+    }
+    /// Whether it reaches beyond the repository pushed to (a mount's): its refusal says
+    /// nothing about the credentials for that repository, and a failed mount costs only an
+    /// upload.
+    pub fn is_mount(&self) -> bool {
+        self.0.len() > 1
     }
     /// No repository: the `/v2/` probe.
     pub fn none() -> Self {
@@ -505,7 +540,14 @@ impl Authenticator {
     /// none of the other.)
     pub fn fall_back(&self, scope: &Scope, rejected: Option<&str>) -> bool {
         let has_fallback = self.credentials.as_ref().is_some_and(|c| c.fallback.is_some());
-        if !has_fallback || rejected.is_none() || self.header(scope).as_deref() != rejected {
+        // A mount refused (no access to the other app's repository) is no reason to give up
+        // the macaroons for the rest of the push: fly-go's `Tokens.Docker()` never sends the
+        // OAuth token while there are macaroons.
+        if !has_fallback
+            || scope.is_mount()
+            || rejected.is_none()
+            || self.header(scope).as_deref() != rejected
+        {
             return false;
         }
         let mut state = self.state();

@@ -408,7 +408,12 @@ impl RegistryClient {
         };
         // A mount needs pull access to `from` as well: a token for one app's repository (a
         // Fly deploy token) may not read another's. Refused, the blob is uploaded instead, as
-        // a registry that cannot mount answers anyway (202 with a session).
+        // a registry that cannot mount answers anyway (202 with a session). A mount is only a
+        // shortcut, so any other answer means "upload it" too, as docker's push takes every
+        // mount error (distribution's `registry/client`, `mountCandidate` falls through to an
+        // upload): registry.fly.io is not distribution, and answers a repository it does not
+        // know (an app deleted, or of another organisation) with its own errors ("unknown: app
+        // repository not found").
         let response = match self.send(&req).await {
             Ok(response) => response,
             Err(RegistryError::Auth(err @ AuthError::TokenRejected { .. })) => {
@@ -419,10 +424,6 @@ impl RegistryClient {
         };
         match response.status() {
             StatusCode::CREATED => Ok(true),
-            status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND) => {
-                self.debug(|| format!("{}: not mounted (the registry answered {status})", req.operation));
-                Ok(false)
-            }
             StatusCode::ACCEPTED => {
                 let location = self.location(&response, &req.operation)?;
                 let id = self.opened(repository, &location);
@@ -434,7 +435,10 @@ impl RegistryClient {
                     .push((id, location));
                 Ok(false)
             }
-            _ => Err(self.status_error(req.operation, response, None).await),
+            status => {
+                self.debug(|| format!("{}: not mounted (the registry answered {status})", req.operation));
+                Ok(false)
+            }
         }
     }
 

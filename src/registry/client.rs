@@ -332,7 +332,11 @@ impl RegistryClient {
                 redirects += 1;
                 continue;
             }
-            if RETRYABLE_STATUSES.contains(&status.as_u16()) && attempt < self.options.retry.retries {
+            // A mount is not worth a retry: the upload it would save is the fallback.
+            if RETRYABLE_STATUSES.contains(&status.as_u16())
+                && attempt < self.options.retry.retries
+                && !req.scope.is_mount()
+            {
                 let delay = self.options.retry.delay(attempt, retry_after(&response));
                 self.debug(|| {
                     format!(

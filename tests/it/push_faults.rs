@@ -566,13 +566,26 @@ fn a_signal_mid_upload_cancels_the_sessions_and_exits_130() {
 
 /// A registry that will not mount a blob from another repository: registry.fly.io, with a
 /// deploy token for one app asked to mount from another app's repository, refuses (401); a
-/// token service may refuse the scope (403). The layers are uploaded instead, and the push of
-/// the second repository succeeds with the same image.
+/// token service may refuse the scope (403); a registry that is not distribution answers a
+/// repository it does not know with its own errors (registry.fly.io: "unknown: app repository
+/// not found"; distribution maps UNKNOWN to 500), or a method it does not take with 405. The
+/// layers are uploaded instead, a mount answered 500 is not retried (it only saves an upload),
+/// and the push of the second repository succeeds with the same image.
 #[test]
 fn a_refused_cross_repository_mount_falls_back_to_uploading() {
-    for status in [401, 403] {
+    let mut tried = std::collections::BTreeMap::new();
+    for status in [401, 403, 400, 405, 500] {
         let registry = Registry::start(AuthMode::htpasswd());
-        let refusal = Fault::status(status, &[("WWW-Authenticate", r#"Basic realm="registry""#)]);
+        let refusal = if status == 401 {
+            Fault::status(status, &[("WWW-Authenticate", r#"Basic realm="registry""#)])
+        } else {
+            Fault::Respond {
+                status,
+                headers: vec![("Content-Type".into(), "application/json".into())],
+                body: r#"{"errors":[{"code":"UNKNOWN","message":"unknown: app repository not found"}]}"#
+                    .into(),
+            }
+        };
         let proxy = FaultProxy::start(registry.addr, vec![Rule::new("POST", "mount=", 0, refusal)]);
         let t = TestDir::new();
         let (source, written) = image(&t);
@@ -599,8 +612,52 @@ fn a_refused_cross_repository_mount_falls_back_to_uploading() {
         support::assert_success(&other);
         assert_eq!(layer_outcomes(&other), ["uploaded"; 2], "{status}");
         assert!(!proxy.fired().is_empty(), "no mount was tried ({status})");
+        tried.insert(status, proxy.fired().len());
         assert_same_image(&registry, &proxy.direct(&pushed_json_reference(&other)), &written);
     }
+    assert_eq!(
+        tried[&500], tried[&403],
+        "a mount answered 500 was retried: {tried:?}"
+    );
+}
+
+/// A login session's token (macaroons and an OAuth token) whose macaroons the registry takes,
+/// and a mount it refuses (401: no access to the other app): the refusal is about the other
+/// repository, so the push goes on with the macaroons, and never switches to the OAuth token
+/// (fly-go's `Tokens.Docker()` sends no OAuth token while there are macaroons).
+#[test]
+fn a_refused_mount_keeps_a_sessions_macaroons() {
+    let macaroons = "fm2_lJPECAAAAAAAAMZ3nixflymacaroon0123456789";
+    let oauth = "fo1_nixflytestoauthtoken0123456789abcdef";
+    let registry = Registry::start(AuthMode::Htpasswd {
+        user: "x".into(),
+        password: macaroons.into(),
+    });
+    let refusal = Fault::status(401, &[("WWW-Authenticate", r#"Basic realm="registry""#)]);
+    let proxy = FaultProxy::start(registry.addr, vec![Rule::new("POST", "mount=", 0, refusal)]);
+    let t = TestDir::new();
+    let (source, written) = image(&t);
+    let push = |repo: &str| {
+        let mut cmd = t.nixfly();
+        cmd.env("FLY_REGISTRY_HOST", proxy.host())
+            .env("FLY_API_TOKEN", format!("FlyV1 {macaroons},{oauth}"))
+            .args([
+                "push",
+                source.to_str().unwrap(),
+                "--to",
+                &format!("{}/{repo}", proxy.host()),
+            ])
+            .args(["--tag", "v1", "--output", "json"]);
+        support::run(&mut cmd)
+    };
+    support::assert_success(&push("app"));
+    let other = push("other");
+    support::assert_success(&other);
+    assert_eq!(layer_outcomes(&other), ["uploaded"; 2]);
+    assert!(!proxy.fired().is_empty(), "no mount was tried");
+    assert_same_image(&registry, &proxy.direct(&pushed_json_reference(&other)), &written);
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(!stderr.contains(macaroons) && !stderr.contains(oauth), "{stderr}");
 }
 
 /// The same refusal from a token service: asked for a token that would also read the other

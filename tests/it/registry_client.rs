@@ -751,3 +751,47 @@ fn saved_credentials_serve_the_fly_registry_without_a_fly_token() {
     assert!(stdout(&out).starts_with(&image.config_digest));
     assert_no_secret(&stderr(&out), &[token.to_string()]);
 }
+
+/// `fly auth docker` on a machine without docker writes ~/.docker/config.json itself, its
+/// `auth` in base64's URL-safe alphabet (flyctl `internal/command/auth/docker.go`,
+/// `addFlyAuthToDockerConfig`). nixfly reads it, when the standard alphabet fails.
+#[test]
+fn a_config_json_written_by_fly_auth_docker_is_read() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    let token = "fm2_lJPECAAAAAAAAMZ3nixfly+saved/login??>>0123456789";
+    let registry = Registry::start(AuthMode::Htpasswd {
+        user: "x".into(),
+        password: token.into(),
+    });
+    let t = TestDir::new();
+    let image = Image::new(&t, "fly", 1000);
+    let docker = t.join("home").join(".docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let auth = URL_SAFE.encode(format!("x:{token}"));
+    assert_ne!(
+        auth,
+        STANDARD.encode(format!("x:{token}")),
+        "a token whose encodings differ"
+    );
+    std::fs::write(
+        docker.join("config.json"),
+        serde_json::json!({ "auths": { registry.host(): { "auth": auth } } }).to_string(),
+    )
+    .unwrap();
+    let mut cmd = t.nixfly();
+    cmd.env("FLY_REGISTRY_HOST", registry.host())
+        .env("FLY_CONFIG_DIR", t.join("no-fly-config"))
+        .env_remove("FLY_API_TOKEN")
+        .env_remove("FLY_ACCESS_TOKEN")
+        .args([
+            "registry",
+            "push-bytes",
+            "app-name",
+            image.config.to_str().unwrap(),
+        ]);
+    let out = run(&mut cmd);
+    assert_success(&out);
+    assert!(stdout(&out).starts_with(&image.config_digest));
+    assert_no_secret(&stderr(&out), &[token.to_string(), auth]);
+}
