@@ -67,24 +67,26 @@ const IO_ALIGN: usize = 4096;
 
 /// A byte buffer whose first byte starts a memory page, for `read(2)` to copy into.
 ///
-/// The kernel copies a pipe's or a file's bytes into a destination that is not cache-line
-/// aligned much more slowly, and the allocator hands out large buffers (a 1 MiB `Vec`, a
-/// `BufReader`'s 1 MiB) 16 bytes past a page boundary. Measured on the benchmark's 1142 MB
-/// `cat` stream (2-core AMD EPYC VM, 2026-12-02): reading the pipe into such buffers took
-/// 1.4 to 2.4 s of system time, into page-aligned ones 0.8 to 1.3 s; Python's `readinto` into
-/// one mmap'd region at offset 0, 16 and 64 showed the same (0.9 s, 1.5 s, 1.1 s wall).
+/// The kernel copies a pipe's or a file's bytes into a destination that does not start a page
+/// more slowly, and the allocator hands out large buffers (a 1 MiB `Vec`, a `BufReader`'s
+/// 1 MiB) 16 bytes past a page boundary, the slowest case measured. On the benchmark's 1142 MB
+/// `cat` stream (2-core AMD EPYC VM, 2026-12-02), a fresh runner's unchanged push spent 1.2 to
+/// 1.6 s of system time with such buffers, 0.6 to 0.7 s with page-aligned ones; Python's
+/// `readinto` from the same pipe into one mmap'd region at offset 0, 64 and 16 took 0.9 to
+/// 1.0 s, 1.0 to 1.1 s and 1.5 s.
 pub struct AlignedBuf {
+    /// The allocation; the buffer is `raw[start..]`.
     raw: Vec<u8>,
     start: usize,
-    len: usize,
 }
 
 impl AlignedBuf {
     /// `len` zeroed bytes, page-aligned.
     pub fn zeroed(len: usize) -> Self {
-        let raw = vec![0u8; len + IO_ALIGN];
+        let mut raw = vec![0u8; len + IO_ALIGN];
         let start = raw.as_ptr().align_offset(IO_ALIGN);
-        AlignedBuf { raw, start, len }
+        raw.truncate(start + len);
+        AlignedBuf { raw, start }
     }
 
     /// Fill up to `size` bytes from `reader`, fewer only at its end; the buffer is then as
@@ -94,8 +96,20 @@ impl AlignedBuf {
         let start = raw.as_ptr().align_offset(IO_ALIGN);
         raw.resize(start, 0);
         reader.take(size as u64).read_to_end(&mut raw)?;
-        let len = raw.len() - start;
-        Ok(AlignedBuf { raw, start, len })
+        Ok(AlignedBuf { raw, start })
+    }
+}
+
+impl Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.raw[self.start..]
+    }
+}
+
+impl DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..]
     }
 }
 
@@ -144,19 +158,6 @@ impl<R: Read> BufRead for AlignedBufReader<R> {
 
     fn consume(&mut self, amt: usize) {
         self.pos = (self.pos + amt).min(self.filled);
-    }
-}
-
-impl Deref for AlignedBuf {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.raw[self.start..self.start + self.len]
-    }
-}
-
-impl DerefMut for AlignedBuf {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.raw[self.start..self.start + self.len]
     }
 }
 
@@ -538,7 +539,7 @@ fn read_blocks(
     let mut total = 0u64;
     let mut worker = workers.iter().cycle();
     loop {
-        let input = read_block(&mut reader, block_size).map_err(BlobError::Read)?;
+        let input = AlignedBuf::read_from(&mut reader, block_size).map_err(BlobError::Read)?;
         let at_end = input.len() < block_size;
         // An empty input is one empty block (a valid empty member); otherwise an empty read
         // only means the previous block ended exactly at the end.
@@ -555,11 +556,6 @@ fn read_blocks(
         }
     }
     Ok((Digest::from_hasher(hasher), total))
-}
-
-/// Fill a block of `size` bytes, or fewer at the end of the input, page-aligned.
-fn read_block(reader: &mut impl Read, size: usize) -> io::Result<AlignedBuf> {
-    AlignedBuf::read_from(reader, size)
 }
 
 fn compress_worker(

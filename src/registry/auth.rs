@@ -298,11 +298,9 @@ fn url_safe_auth(config: &serde_json::Value, host: &str) -> Option<(String, Stri
         .decode(auth)
         .or_else(|_| URL_SAFE_NO_PAD.decode(auth))
         .ok()?;
-    let (user, password) = String::from_utf8(decoded)
-        .ok()?
-        .split_once(':')
-        .map(|(u, p)| (u.to_string(), p.to_string()))?;
-    Some((user, password))
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
 }
 
 /// The host of an `auths` key: `https://host/v1/` → `host`.

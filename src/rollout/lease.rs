@@ -192,23 +192,26 @@ mod tests {
         MachinesApi::new(FlyHttp::new(fly.url(), token, reporter.clone()).unwrap(), "demo")
     }
 
+    /// A double with two machines of app `demo`, leased for `ttl`.
+    async fn two_leased(ttl: Duration) -> (FlyApi, Vec<String>, Reporter, Arc<Leases>) {
+        let fly = FlyApi::start();
+        fly.add_app("demo");
+        let ids = fly.add_machines("demo", &MachineSpec::new("app").count(2));
+        let reporter = Reporter::plain();
+        let leases = Leases::new(api(&fly, &reporter), ttl);
+        for id in &ids {
+            leases.acquire(id, "app", ttl, &reporter).await.unwrap();
+        }
+        (fly, ids, reporter, leases)
+    }
+
     /// flyctl `internal/machine/leasable_machine.go`, `refreshLeaseUntilCanceled`: a refresh
     /// answered "machine not found" ends that machine's refreshes; the others go on. nixfly
     /// kept refreshing it, with a warning each time, until the end of the deploy.
     #[tokio::test]
     async fn a_machine_gone_is_no_longer_refreshed() {
-        let fly = FlyApi::start();
-        fly.add_app("demo");
-        let ids = fly.add_machines("demo", &MachineSpec::new("app").count(2));
-        let reporter = Reporter::plain();
         // A 1 s lease is refreshed every third of a second.
-        let leases = Leases::new(api(&fly, &reporter), Duration::from_secs(1));
-        for id in &ids {
-            leases
-                .acquire(id, "app", Duration::from_secs(1), &reporter)
-                .await
-                .unwrap();
-        }
+        let (fly, ids, reporter, leases) = two_leased(Duration::from_secs(1)).await;
         let gone = format!("/machines/{}/lease", ids[0]);
         let message = "machine not found".to_string();
         fly.inject_fault("POST", &gone, 100, FaultKind::Status { status: 404, message });
@@ -247,17 +250,7 @@ mod tests {
     /// is a lease already gone, whatever its status; any other is reported as unreleased.
     #[tokio::test]
     async fn a_release_answered_lease_not_found_is_released() {
-        let fly = FlyApi::start();
-        fly.add_app("demo");
-        let ids = fly.add_machines("demo", &MachineSpec::new("app").count(2));
-        let reporter = Reporter::plain();
-        let leases = Leases::new(api(&fly, &reporter), Duration::from_secs(30));
-        for id in &ids {
-            leases
-                .acquire(id, "app", Duration::from_secs(30), &reporter)
-                .await
-                .unwrap();
-        }
+        let (fly, ids, reporter, leases) = two_leased(Duration::from_secs(30)).await;
         let status = |message: &str| FaultKind::Status {
             status: 409,
             message: message.to_string(),

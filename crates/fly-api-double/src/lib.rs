@@ -54,8 +54,8 @@
 //!   machine that was running, as flyctl's preflight `TestFlyMachineRun_standbyFor` sees);
 //!   checks are `warning`, then `passing` after `Timing::checks`. A wait call blocks at most
 //!   60 Fly seconds (3 s by default) and answers 408 on timeout; a `timeout` of 0 or above 60
-//!   is 400 `invalid_argument`; with `version` (or `instance_id`) it answers only once the machine
-//!   runs that version. `state` may be repeated or comma-separated (any of them will do: the
+//!   is 400 `invalid_argument`; with `version` (or `instance_id`) it answers only once the
+//!   machine runs that version. `state` may be repeated or comma-separated (any of them will do: the
 //!   spec's description of the parameter); a machine marked with `start_on_request` starts
 //!   as soon as an update leaves it stopped, as fly-proxy's autostart starts it on a request;
 //!   `from_event_id` is not modelled: 501 and a violation. Lease TTLs are not scaled:
@@ -65,9 +65,8 @@
 //!   `{"status":"success","data":{nonce,expires_at,owner,description,version}}` (flat with
 //!   `Options::flat_lease`); with the current nonce in `fly-machine-lease-nonce` it refreshes;
 //!   while someone else's lease is active it is 409 (a Fly engineer on community.fly.io,
-//!   t/15555). Update, destroy, start, stop and
-//!   cordon/uncordon need the nonce while a lease is active (409 otherwise), and a nonce that
-//!   matches no active lease is 409 too; metadata writes do not (fly-go's `SetMetadata` takes
+//!   t/15555). Update, destroy, start, stop and cordon/uncordon need the nonce while a lease
+//!   is active (409 otherwise), and a nonce that matches no active lease is 409 too; metadata writes do not (fly-go's `SetMetadata` takes
 //!   no nonce). `DELETE .../lease` with the nonce releases it (404 "lease not found" when no
 //!   lease is active).
 //! - Starting a machine that is `created` or `replacing` is 412 `failed_precondition`, as
@@ -162,10 +161,10 @@
 //! - Statuses: 412 for `GET .../ps` of a machine that is not `started` (by analogy with flaps'
 //!   412 for flyd's `failed_precondition`; nixfly, like flyctl, ignores any error there); 412
 //!   for writes to a destroyed machine; 412 for destroying a running machine without
-//!   `force=true` or `kill=true` (flyctl's `fly machine destroy` refuses it client-side); 412 for an update of
-//!   a machine whose host is not `ok` (flyctl never sends one); 409 for the update refusal text
-//!   "deploys to this host are temporarily disabled" (its sibling "could not reserve resource"
-//!   is a sourced 409); 409 for a lease nonce that matches no active lease; 404 for releasing or
+//!   `force=true` or `kill=true` (flyctl's `fly machine destroy` refuses it client-side); 412
+//!   for an update of a machine whose host is not `ok` (flyctl never sends one); 409 for the
+//!   update refusal text "deploys to this host are temporarily disabled" (its sibling "could
+//!   not reserve resource" is a sourced 409); 409 for a lease nonce that matches no active lease; 404 for releasing or
 //!   showing a lease when none is active, and for a lease on a destroyed machine; 400 for a
 //!   create/update without a config or image, for a mount naming no volume of the app, and for
 //!   a create in another region than its volume; 400 for an update that attaches, detaches or

@@ -26,26 +26,8 @@ static SPEC: LazyLock<Value> = LazyLock::new(|| {
 /// Fly takes it: the spec's `Machines_create_lease` gains an integer `ttl` query parameter and
 /// an optional body, and the validator stays the spec's.
 fn amend_lease_call(spec: &mut Value) {
-    let Some(paths) = spec["paths"].as_object_mut() else {
-        return;
-    };
-    for item in paths.values_mut() {
-        let Some(op) = item.get_mut("post") else {
-            continue;
-        };
-        if op["operationId"] != "Machines_create_lease" {
-            continue;
-        }
-        let ttl = serde_json::json!({
-            "name": "ttl",
-            "in": "query",
-            "description": "Seconds the lease lasts (fly-go's AcquireLease and RefreshLease)",
-            "schema": { "type": "integer" }
-        });
-        match op["parameters"].as_array_mut() {
-            Some(params) => params.push(ttl),
-            None => op["parameters"] = Value::Array(vec![ttl]),
-        }
+    let ttl = "Seconds the lease lasts (fly-go's AcquireLease and RefreshLease)";
+    if let Some(op) = add_query_parameter(spec, "post", "Machines_create_lease", "ttl", "integer", ttl) {
         op["requestBody"]["required"] = Value::Bool(false);
     }
 }
@@ -55,26 +37,35 @@ fn amend_lease_call(spec: &mut Value) {
 /// `destroyMachine`), where the spec documents only `force`. The spec's `Machines_delete`
 /// gains a boolean `kill` query parameter.
 fn amend_destroy_call(spec: &mut Value) {
-    let Some(paths) = spec["paths"].as_object_mut() else {
-        return;
-    };
-    for item in paths.values_mut() {
-        let Some(op) = item.get_mut("delete") else {
-            continue;
-        };
-        if op["operationId"] != "Machines_delete" {
-            continue;
-        }
-        let kill = serde_json::json!({
-            "name": "kill",
-            "in": "query",
-            "description": "Kill the machine if it's running (fly-go's Destroy)",
-            "schema": { "type": "boolean" }
-        });
-        if let Some(params) = op["parameters"].as_array_mut() {
-            params.push(kill);
-        }
+    let kill = "Kill the machine if it's running (fly-go's Destroy)";
+    add_query_parameter(spec, "delete", "Machines_delete", "kill", "boolean", kill);
+}
+
+/// Add a query parameter to the operation `id` (under HTTP `method`); returns the operation.
+fn add_query_parameter<'a>(
+    spec: &'a mut Value,
+    method: &str,
+    id: &str,
+    name: &str,
+    kind: &str,
+    description: &str,
+) -> Option<&'a mut Value> {
+    let op = spec["paths"]
+        .as_object_mut()?
+        .values_mut()
+        .filter_map(|item| item.get_mut(method))
+        .find(|op| op["operationId"] == id)?;
+    let parameter = serde_json::json!({
+        "name": name,
+        "in": "query",
+        "description": description,
+        "schema": { "type": kind }
+    });
+    match op["parameters"].as_array_mut() {
+        Some(params) => params.push(parameter),
+        None => op["parameters"] = Value::Array(vec![parameter]),
     }
+    Some(op)
 }
 
 /// The parsed spec (with the amendments above), loaded once per process.
