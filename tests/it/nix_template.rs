@@ -193,8 +193,18 @@ fn deploy_end_to_end(nix: &Nix, t: &TestDir) -> String {
         .find(|l| l.starts_with(&registry.host()) && l.contains("@sha256:"))
         .unwrap_or_else(|| panic!("no pushed reference on stdout:\n{stdout}\n--- stderr\n{stderr}"))
         .to_string();
+    // Each machine runs it, behind the template's health check: fly.toml's
+    // [[http_service.checks]] as flyctl names a service's check (servicecheck-<index>-<type>-<port>).
     for id in &machines {
         assert_runs_pushed(fly.machine(id).image(), &reference);
+        let machine = fly.machine_json(id);
+        let services = &machine["config"]["services"];
+        assert_eq!(services[0]["internal_port"], 8080, "{machine:#}");
+        let checks = services[0]["checks"].as_array().cloned().unwrap_or_default();
+        assert!(
+            checks.len() == 1 && checks[0]["type"] == "http" && checks[0]["path"] == "/",
+            "the template's health check is not on {id}: {machine:#}"
+        );
     }
 
     // skopeo reads back what Nix built: the template's entrypoint and env, one layer per
