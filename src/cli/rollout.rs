@@ -61,8 +61,8 @@ pub struct RolloutOptions {
     /// [deploy] max_unavailable, else 0.33.
     #[arg(long)]
     pub max_unavailable: Option<MaxUnavailable>,
-    /// How long a machine may take to start and pass its checks (e.g. 90s, 5m). Default:
-    /// [deploy] wait_timeout, else 5m.
+    /// How long a machine may take to start, and then again to pass its checks (e.g. 90s, 5m).
+    /// Default: [deploy] wait_timeout, else 5m.
     #[arg(long, value_parser = parse_go_duration, value_name = "DURATION")]
     pub wait_timeout: Option<Duration>,
     /// How long to watch a machine without health checks for a crash loop once it started.
