@@ -104,6 +104,11 @@ fn schema_errors(component: &str, value: &Value) -> Vec<String> {
     errors
 }
 
+/// The `error` text of a refusal's body (empty when there is none).
+fn error_of(body: &Value) -> &str {
+    body["error"].as_str().unwrap_or_default()
+}
+
 #[test]
 fn spec_fixture_matches_the_checksum_in_source_md() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/fly-api-double");
@@ -242,10 +247,7 @@ async fn a_machine_being_created_or_replaced_cannot_be_started() {
         .await;
     assert_eq!(status, 412, "{answer}");
     assert!(
-        answer["error"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("failed_precondition: machine getting replaced"),
+        error_of(&answer).starts_with("failed_precondition: machine getting replaced"),
         "{answer}"
     );
     assert_eq!(fly.machine(&id).state, "replacing");
@@ -380,10 +382,7 @@ async fn bodies_and_queries_that_break_the_schema_are_rejected_and_recorded() {
     for (body, expected) in cases {
         let (status, answer) = api.post(&path, body).await;
         assert_eq!(status, 400, "{answer}");
-        assert!(
-            answer["error"].as_str().unwrap_or_default().contains(expected),
-            "{answer}"
-        );
+        assert!(error_of(&answer).contains(expected), "{answer}");
         let violations = fly.take_violations();
         assert_eq!(violations.len(), 1, "{violations:?}");
         assert!(violations[0].reason.contains(expected), "{violations:?}");
@@ -516,13 +515,7 @@ async fn leases_conflict_refresh_release_and_expire() {
     // Releasing it again: the words flyctl takes as "already gone" (internal/machine/lease.go).
     let (status, answer) = api.call("DELETE", &lease_path, None, Some(&nonce)).await;
     assert_eq!(status, 404);
-    assert!(
-        answer["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("lease not found"),
-        "{answer}"
-    );
+    assert!(error_of(&answer).contains("lease not found"), "{answer}");
 
     // Expiry: a 1 s lease is gone after 1 s, and its nonce no longer works.
     let (_, short) = api.post(&lease_path, json!({"ttl": 1})).await;
@@ -598,12 +591,7 @@ async fn a_lease_held_by_someone_else_blocks_every_change_until_it_expires() {
             )
             .await;
         assert_eq!(status, 409, "{method} {suffix}: {answer}");
-        assert!(
-            answer["error"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("someone@else.com")
-        );
+        assert!(error_of(&answer).contains("someone@else.com"));
     }
     // Metadata writes are not lease-guarded: fly-go's SetMetadata sends no nonce, and flyctl
     // tags the machines it holds leases on with it (strategy_bluegreen.go).
@@ -661,12 +649,7 @@ async fn wait_answers_408_on_timeout_and_blocks_at_most_60_fly_seconds() {
         ))
         .await;
     assert_eq!(status, 408, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("did not reach state started")
-    );
+    assert!(error_of(&body).contains("did not reach state started"));
     assert!(started.elapsed() >= Duration::from_millis(50));
     // 60 s is the most a call may ask for: 0.6 s at this scale; 61 s is refused outright.
     let started = Instant::now();
@@ -1409,13 +1392,7 @@ async fn volumes_are_created_listed_and_attached_by_mounts() {
     // A Fly engineer on community.fly.io (t/15555): 412 is the answer to a machine that would
     // use a volume another machine already has.
     assert_eq!(status, 412, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("already attached"),
-        "{body}"
-    );
+    assert!(error_of(&body).contains("already attached"), "{body}");
     // A volume lives in one region: a machine elsewhere cannot mount it, and a create without
     // a region goes where the volume is.
     let far = fly.add_volume("demo", "far", "syd", 1);
@@ -1427,13 +1404,7 @@ async fn volumes_are_created_listed_and_attached_by_mounts() {
         )
         .await;
     assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("is in region syd"),
-        "{body}"
-    );
+    assert!(error_of(&body).contains("is in region syd"), "{body}");
     let (status, placed) = api
         .post("/v1/apps/demo/machines", json!({"config": on_far}))
         .await;
@@ -1521,10 +1492,7 @@ async fn an_update_cannot_attach_detach_or_swap_a_volume() {
         let (status, body) = update(id, config.clone()).await;
         assert_eq!(status, 400, "{config}: {body}");
         assert!(
-            body["error"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("cannot be attached, detached or swapped"),
+            error_of(&body).contains("cannot be attached, detached or swapped"),
             "{body}"
         );
     }
@@ -1763,10 +1731,7 @@ async fn wait_refuses_timeouts_above_60s_and_answers_only_for_the_version_asked(
             .await;
         assert_eq!(status, 400, "{answer}");
         assert!(
-            answer["error"]
-                .as_str()
-                .unwrap()
-                .starts_with("invalid_argument: invalid WaitMachineRequest.Timeout"),
+            error_of(&answer).starts_with("invalid_argument: invalid WaitMachineRequest.Timeout"),
             "{answer}"
         );
     }

@@ -629,10 +629,7 @@ fn a_refused_cross_repository_mount_falls_back_to_uploading() {
 fn a_refused_mount_keeps_a_sessions_macaroons() {
     let macaroons = "fm2_lJPECAAAAAAAAMZ3nixflymacaroon0123456789";
     let oauth = "fo1_nixflytestoauthtoken0123456789abcdef";
-    let registry = Registry::start(AuthMode::Htpasswd {
-        user: "x".into(),
-        password: macaroons.into(),
-    });
+    let registry = Registry::start(AuthMode::fly(macaroons));
     let refusal = Fault::status(401, &[("WWW-Authenticate", r#"Basic realm="registry""#)]);
     let proxy = FaultProxy::start(registry.addr, vec![Rule::new("POST", "mount=", 0, refusal)]);
     let t = TestDir::new();

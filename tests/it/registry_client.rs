@@ -638,10 +638,7 @@ fn a_redirect_to_another_host_does_not_carry_authorization() {
 #[test]
 fn the_fly_token_is_the_password_for_the_fly_registry() {
     let token = "fm2_lJPECAAAAAAAAMZ3nixflytesttoken0123456789";
-    let registry = Registry::start(AuthMode::Htpasswd {
-        user: "x".into(),
-        password: token.into(),
-    });
+    let registry = Registry::start(AuthMode::fly(token));
     let t = TestDir::new();
     let image = Image::new(&t, "fly", 1000);
     let host = registry.host();
@@ -680,10 +677,7 @@ fn the_fly_token_is_the_password_for_the_fly_registry() {
 fn a_refused_session_falls_back_to_its_oauth_token_at_the_fly_registry() {
     let macaroons = "fm2_lJPECAAAAAAAAMZ3stalemacaroon0123456789";
     let oauth = "fo1_nixflytestoauthtoken0123456789abcdef";
-    let registry = Registry::start(AuthMode::Htpasswd {
-        user: "x".into(),
-        password: oauth.into(),
-    });
+    let registry = Registry::start(AuthMode::fly(oauth));
     let t = TestDir::new();
     let image = Image::new(&t, "fly", 1000);
     let mut cmd = t.nixfly();
@@ -702,51 +696,54 @@ fn a_refused_session_falls_back_to_its_oauth_token_at_the_fly_registry() {
     assert_no_secret(&stderr(&out), &[macaroons.to_string(), oauth.to_string()]);
 }
 
+/// `registry push-bytes` of `image`'s config to `registry` as the Fly registry, with no Fly
+/// token anywhere (neither variable nor config.yml): only docker's config.json can serve it.
+fn push_without_fly_token(t: &TestDir, registry: &Registry, image: &Image) -> Output {
+    let mut cmd = t.nixfly();
+    cmd.env("FLY_REGISTRY_HOST", registry.host())
+        .env("FLY_CONFIG_DIR", t.join("no-fly-config"))
+        .env_remove("FLY_API_TOKEN")
+        .env_remove("FLY_ACCESS_TOKEN")
+        .args([
+            "registry",
+            "push-bytes",
+            "app-name",
+            image.config.to_str().unwrap(),
+        ]);
+    run(&mut cmd)
+}
+
+/// ~/.docker/config.json with `auth` saved for `registry`, as `docker login` writes it.
+fn save_docker_auth(t: &TestDir, registry: &Registry, auth: &str) {
+    let docker = t.join("home").join(".docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        serde_json::json!({ "auths": { registry.host(): { "auth": auth } } }).to_string(),
+    )
+    .unwrap();
+}
+
 /// No Fly token anywhere, but credentials saved for the Fly registry host in docker's
 /// config.json (`docker login registry.fly.io -u x`, as CI login actions do): the push uses
 /// them, as docker and skopeo would. Without them the error still asks for a Fly token.
 #[test]
 fn saved_credentials_serve_the_fly_registry_without_a_fly_token() {
+    use base64::Engine as _;
     let token = "fm2_lJPECAAAAAAAAMZ3nixflysavedlogin0123456789";
-    let registry = Registry::start(AuthMode::Htpasswd {
-        user: "x".into(),
-        password: token.into(),
-    });
+    let registry = Registry::start(AuthMode::fly(token));
     let t = TestDir::new();
     let image = Image::new(&t, "fly", 1000);
-    let push = |t: &TestDir| {
-        let mut cmd = t.nixfly();
-        cmd.env("FLY_REGISTRY_HOST", registry.host())
-            .env("FLY_CONFIG_DIR", t.join("no-fly-config"))
-            .env_remove("FLY_API_TOKEN")
-            .env_remove("FLY_ACCESS_TOKEN")
-            .args([
-                "registry",
-                "push-bytes",
-                "app-name",
-                image.config.to_str().unwrap(),
-            ]);
-        run(&mut cmd)
-    };
-    let out = push(&t);
+    let out = push_without_fly_token(&t, &registry, &image);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("the Fly registry takes the Fly token as its password"),
         "{}",
         stderr(&out)
     );
-    let docker = t.join("home").join(".docker");
-    std::fs::create_dir_all(&docker).unwrap();
-    let auth = {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(format!("x:{token}"))
-    };
-    std::fs::write(
-        docker.join("config.json"),
-        serde_json::json!({ "auths": { registry.host(): { "auth": auth } } }).to_string(),
-    )
-    .unwrap();
-    let out = push(&t);
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("x:{token}"));
+    save_docker_auth(&t, &registry, &auth);
+    let out = push_without_fly_token(&t, &registry, &image);
     assert_success(&out);
     assert!(stdout(&out).starts_with(&image.config_digest));
     assert_no_secret(&stderr(&out), &[token.to_string()]);
@@ -760,37 +757,17 @@ fn a_config_json_written_by_fly_auth_docker_is_read() {
     use base64::Engine as _;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE};
     let token = "fm2_lJPECAAAAAAAAMZ3nixfly+saved/login??>>0123456789";
-    let registry = Registry::start(AuthMode::Htpasswd {
-        user: "x".into(),
-        password: token.into(),
-    });
+    let registry = Registry::start(AuthMode::fly(token));
     let t = TestDir::new();
     let image = Image::new(&t, "fly", 1000);
-    let docker = t.join("home").join(".docker");
-    std::fs::create_dir_all(&docker).unwrap();
     let auth = URL_SAFE.encode(format!("x:{token}"));
     assert_ne!(
         auth,
         STANDARD.encode(format!("x:{token}")),
         "a token whose encodings differ"
     );
-    std::fs::write(
-        docker.join("config.json"),
-        serde_json::json!({ "auths": { registry.host(): { "auth": auth } } }).to_string(),
-    )
-    .unwrap();
-    let mut cmd = t.nixfly();
-    cmd.env("FLY_REGISTRY_HOST", registry.host())
-        .env("FLY_CONFIG_DIR", t.join("no-fly-config"))
-        .env_remove("FLY_API_TOKEN")
-        .env_remove("FLY_ACCESS_TOKEN")
-        .args([
-            "registry",
-            "push-bytes",
-            "app-name",
-            image.config.to_str().unwrap(),
-        ]);
-    let out = run(&mut cmd);
+    save_docker_auth(&t, &registry, &auth);
+    let out = push_without_fly_token(&t, &registry, &image);
     assert_success(&out);
     assert!(stdout(&out).starts_with(&image.config_digest));
     assert_no_secret(&stderr(&out), &[token.to_string(), auth]);

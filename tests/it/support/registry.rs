@@ -78,6 +78,14 @@ impl AuthMode {
         }
     }
 
+    /// htpasswd as registry.fly.io takes a Fly token: user `x`, the token as password.
+    pub fn fly(token: &str) -> AuthMode {
+        AuthMode::Htpasswd {
+            user: "x".into(),
+            password: token.into(),
+        }
+    }
+
     /// htpasswd with the default test user (`USER`/`PASSWORD`).
     pub fn htpasswd() -> AuthMode {
         AuthMode::Htpasswd {
