@@ -240,7 +240,7 @@ fn unix_now() -> i64 {
 
 /// Remove leading `FlyV1 `/`Bearer ` scheme words (case-insensitive, possibly repeated, as in
 /// `Bearer FlyV1 fm2_...`).
-fn strip_scheme(token: &str) -> &str {
+pub(crate) fn strip_scheme(token: &str) -> &str {
     let is_scheme = |word: &str| word.eq_ignore_ascii_case("FlyV1") || word.eq_ignore_ascii_case("Bearer");
     let mut token = token.trim();
     loop {

@@ -125,6 +125,28 @@ impl Credentials {
         Ok(Self::new(user, pass, CredentialSource::Flag))
     }
 
+    /// These as Fly's registry gets a Fly token from flyctl: the password without a `FlyV1`
+    /// or `Bearer` scheme (fly-go `tokens/tokens.go` `Tokens.Docker()`, which flyctl sends as
+    /// the Basic password in `internal/build/imgsrc/docker.go` and writes into docker's
+    /// config.json in `internal/command/auth/docker.go`). A deploy token is printed as
+    /// `FlyV1 fm2_...`, and pasted whole into `--creds x:...` or `docker login -p` it keeps
+    /// the scheme, a form flyctl never sends. The token itself is left as given.
+    fn without_fly_scheme(self) -> Self {
+        let bare = crate::fly::token::strip_scheme(&self.password);
+        if bare.is_empty() || bare.len() == self.password.len() {
+            return self;
+        }
+        let Credentials {
+            username,
+            source,
+            fallback,
+            ..
+        } = &self;
+        let mut creds = Credentials::new(username, bare, source.clone());
+        creds.fallback = fallback.clone();
+        creds
+    }
+
     /// These, then `fallback` once if the registry refuses these.
     pub fn with_fallback(mut self, fallback: Credentials) -> Self {
         self.fallback = Some(Box::new(fallback));
@@ -172,13 +194,22 @@ impl CredentialLookup<'_> {
 
     /// Credentials for `host`, highest precedence first: `--creds`, the Fly token (Fly's
     /// registry only: user `x`, the token as password), the auth files. `None`: anonymous.
+    /// Fly's registry gets the password as flyctl sends it (see `Credentials::without_fly_scheme`).
     pub fn find(&self, host: &str) -> Result<Option<Credentials>, AuthError> {
+        let fly = host.eq_ignore_ascii_case(&self.fly_registry_host);
+        let found = self.find_as_given(host, fly)?;
+        Ok(if fly {
+            found.map(Credentials::without_fly_scheme)
+        } else {
+            found
+        })
+    }
+
+    fn find_as_given(&self, host: &str, fly: bool) -> Result<Option<Credentials>, AuthError> {
         if let Some(flag) = self.flag {
             return Credentials::from_flag(flag).map(Some);
         }
-        if host.eq_ignore_ascii_case(&self.fly_registry_host)
-            && let Some(creds) = &self.fly_credentials
-        {
+        if fly && let Some(creds) = &self.fly_credentials {
             return Ok(Some(creds.clone()));
         }
         for path in &self.auth_files {

@@ -244,3 +244,49 @@ fn identity_tokens_are_exchanged_at_the_token_realm() {
     assert!(err.contains("docker-credential-oauth"), "{err}");
     assert!(!err.contains("not-the-token"), "{err}");
 }
+
+/// A deploy token pasted whole (`FlyV1 fm2_...`, as `fly tokens create deploy` prints it) into
+/// `--creds x:...` or `docker login registry.fly.io -u x -p ...` reaches Fly's registry as
+/// flyctl sends a token there: without the scheme (fly-go `Tokens.Docker()`). This registry,
+/// as the Fly registry, takes only that bare form. Any other registry gets the password as
+/// typed.
+#[test]
+fn a_deploy_token_pasted_with_its_scheme_reaches_the_fly_registry_as_flyctl_sends_it() {
+    use base64::Engine as _;
+    let token = "fm2_lJPECAAAAAAAAMZ3nixflypasteddeploytoken0123456789";
+    let pasted = format!("FlyV1 {token}");
+    let registry = Registry::start(AuthMode::fly(token));
+    let t = TestDir::new();
+    let (source, written) = stream_archive(&t);
+    let repo = format!("{}/{APP}", registry.host());
+    let push = |t: &TestDir, fly_registry: bool, creds: Option<&str>| {
+        let mut cmd = t.nixfly();
+        if fly_registry {
+            cmd.env("FLY_REGISTRY_HOST", registry.host());
+        }
+        cmd.args(["push", &source, "--to", &repo, "--tag", "v1"]);
+        if let Some(creds) = creds {
+            cmd.args(["--creds", creds]);
+        }
+        run(&mut cmd)
+    };
+
+    // Any other registry: sent as typed, and refused.
+    let out = push(&t, false, Some(&format!("x:{pasted}")));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!stderr(&out).contains(token), "{}", stderr(&out));
+
+    let out = push(&t, true, Some(&format!("x:{pasted}")));
+    let reference = pushed_reference(&out, &registry.host(), APP);
+    assert_same_image(&registry, &reference, &written);
+    assert!(!stderr(&out).contains(token), "{}", stderr(&out));
+
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("x:{pasted}"));
+    write_docker_config(
+        &t,
+        &serde_json::json!({ "auths": { registry.host(): { "auth": auth } } }),
+    );
+    let out = push(&t, true, None);
+    support::assert_success(&out);
+    assert!(!stderr(&out).contains(token), "{}", stderr(&out));
+}
