@@ -53,8 +53,9 @@ pub struct PushOptions {
     /// Layer plans precompute digests for the default level: another level re-uploads.
     #[arg(long, env = "NIXFLY_COMPRESSION_LEVEL")]
     pub level: Option<i32>,
-    /// Layers compressed and uploaded at once (each one also uses every core). Default 2, at
-    /// most 3: more only adds memory (each holds compression blocks and a resend window).
+    /// Layers read and compressed at once (each one also uses every core), while one more
+    /// upload may be committing. Default 2, at most 3: more only adds memory (each holds
+    /// compression blocks and a resend window).
     #[arg(short, long, env = "NIXFLY_JOBS", value_name = "N")]
     pub jobs: Option<usize>,
     /// What SOURCE is, when detection by content should not decide.
@@ -94,8 +95,8 @@ pub struct PushOptions {
     pub registry: RegistryOptions,
 }
 
-/// Layers in flight by default: each layer already compresses on every core, so more only
-/// overlaps uploads. Measured on the benchmark image (2 cores, loopback): 1 job 7.5 s / 32 MB
+/// Layers read at once by default: each layer already compresses on every core, so more only
+/// overlaps uploads (and one more upload may be committing, `push::upload::Uploads`). Measured on the benchmark image (2 cores, loopback): 1 job 7.5 s / 32 MB
 /// peak RSS, 2 jobs 8.5 s / 52 MB, 4 jobs 9.2 s / 91-96 MB; two keep a second upload going for
 /// a registry across a network, where one stream rarely fills the link.
 const DEFAULT_JOBS: usize = 2;

@@ -451,12 +451,16 @@ impl<S: BlobStore> Pusher<S> {
                     if repeats.is_repeat(index, &layers[index].diff_id) {
                         continue;
                     }
-                    if !uploads.reserve().await {
+                    let Some(reading) = uploads.reserve().await else {
                         break;
-                    }
+                    };
                     let this = self.clone();
                     let image = image.clone();
-                    uploads.spawn(async move { this.regenerating(&image, index).await.map(|l| (index, l)) });
+                    uploads.spawn(async move {
+                        this.regenerating(&image, index, reading)
+                            .await
+                            .map(|l| (index, l))
+                    });
                 }
             }
         }
@@ -471,13 +475,17 @@ impl<S: BlobStore> Pusher<S> {
         self: &Arc<Self>,
         image: &Arc<dyn IndexedImage>,
         index: usize,
+        reading: upload::Reading,
     ) -> Result<PushedLayer, PushError> {
         let mut attempt = 0;
+        // Only the first reading takes a turn: a second one is rare, and waiting for a turn
+        // while holding an upload slot could wait for ever.
+        let mut reading = Some(reading);
         loop {
             // The second time, everything sent is kept (a spill): it cannot be lost again.
             match self
                 .clone()
-                .upload_indexed(image.clone(), index, attempt > 0)
+                .upload_indexed(image.clone(), index, attempt > 0, reading.take())
                 .await
             {
                 Err(err) if err.is_upload_lost() && attempt < REGENERATIONS => {
@@ -563,7 +571,7 @@ impl<S: BlobStore> Pusher<S> {
     /// Answer the reader about one layer: skip it when its name claims the diff_id of an
     /// earlier layer (it takes that layer's blob) or one whose blob the registry has (either
     /// way it is only hashed, and checked against the config), else start its upload once
-    /// fewer than `jobs` are running. After a failure the question is dropped unanswered,
+    /// fewer than `jobs` are being read (see [`Uploads`]). After a failure the question is dropped unanswered,
     /// which stops the reader.
     async fn answer(self: &Arc<Self>, ask: Ask, uploads: &mut Uploads, repeats: &mut Repeats) {
         if uploads.failed() {
@@ -600,9 +608,9 @@ impl<S: BlobStore> Pusher<S> {
                 Err(err) => return uploads.fail(err),
             }
         }
-        if !uploads.reserve().await {
+        let Some(reading) = uploads.reserve().await else {
             return;
-        }
+        };
         let (body, body_rx) = mpsc::channel(pipeline::UPLOAD_CHANNEL);
         let (verdict, verdict_rx) = oneshot::channel();
         let this = self.clone();
@@ -614,7 +622,7 @@ impl<S: BlobStore> Pusher<S> {
         uploads.spawn(async move {
             let read = async move { verdict_rx.await.unwrap_or(Err(ReadFailed::Error(stopped))) };
             let algorithm = this.spec.compression.algorithm;
-            this.upload_one(index, body_rx, None, algorithm, true, read)
+            this.upload_one(index, body_rx, None, algorithm, true, read, Some(reading))
                 .await
                 .map(|layer| (index, layer))
         });

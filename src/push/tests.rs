@@ -436,8 +436,11 @@ async fn a_lost_upload_is_read_again_from_an_indexed_image_and_reported_typed_fr
     assert!(store.manifests.lock().unwrap().is_empty());
 }
 
+/// `--jobs` layers are read at once, and one upload more may be committing meanwhile (the fake
+/// registry takes 20 ms to commit a blob): the next layer is read while the previous one
+/// commits, so even one job has two uploads at once, and never more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_more_uploads_run_at_once_than_jobs_allows() {
+async fn a_layer_is_read_while_the_previous_upload_commits_within_jobs_and_one() {
     let layers: Vec<Vec<u8>> = (0..6).map(layer_tar).collect();
     let (bytes, diff_ids) = archive(&layers, None);
     let dir = tempfile::tempdir().unwrap();
@@ -453,9 +456,81 @@ async fn no_more_uploads_run_at_once_than_jobs_allows() {
             check_blobs(&store, &pushed, &layers, &diff_ids);
             let most = store.most_in_flight.load(Ordering::SeqCst);
             assert!(
-                (1..=jobs).contains(&most),
+                (2..=jobs + 1).contains(&most),
                 "{most} uploads at once with --jobs {jobs}"
             );
         }
     }
+}
+
+/// The turns behind that: a layer whose reading ended gives its turn to the next while its
+/// upload runs on, and uploads at once stay within `jobs + 1`.
+#[tokio::test]
+async fn a_turn_to_read_passes_on_when_a_reading_ends_and_uploads_stay_within_jobs_and_one() {
+    use std::time::Duration;
+    use tokio::sync::oneshot;
+    use tokio::time::timeout;
+    let waits = Duration::from_millis(50);
+    let mut uploads = upload::Uploads::new(2);
+    // Layer i: its reading ends on reads[i], its upload on ends[i].
+    let mut reads = Vec::new();
+    let mut ends = Vec::new();
+    let start = |uploads: &mut upload::Uploads, index: usize, reading: upload::Reading| {
+        let (read_tx, read_rx) = oneshot::channel::<()>();
+        let (end_tx, end_rx) = oneshot::channel::<()>();
+        uploads.spawn(async move {
+            let _ = read_rx.await;
+            drop(reading);
+            let _ = end_rx.await;
+            let digest = Digest::sha256_of(&[index as u8]);
+            Ok((
+                index,
+                PushedLayer {
+                    diff_id: digest.clone(),
+                    digest,
+                    size: 1,
+                    algorithm: Algorithm::Gzip,
+                    outcome: LayerOutcome::Uploaded,
+                },
+            ))
+        });
+        (read_tx, end_tx)
+    };
+    for index in 0..2 {
+        let reading = timeout(waits, uploads.reserve()).await.unwrap().unwrap();
+        let (read, end) = start(&mut uploads, index, reading);
+        reads.push(read);
+        ends.push(end);
+    }
+    assert!(
+        timeout(waits, uploads.reserve()).await.is_err(),
+        "two layers are being read"
+    );
+    reads.remove(0).send(()).unwrap();
+    let reading = timeout(waits, uploads.reserve())
+        .await
+        .expect("layer 0 was read: its turn passes on while its upload runs")
+        .unwrap();
+    let (read, end) = start(&mut uploads, 2, reading);
+    reads.push(read);
+    ends.push(end);
+    reads.remove(0).send(()).unwrap();
+    assert!(
+        timeout(waits, uploads.reserve()).await.is_err(),
+        "three uploads run (jobs + 1), though only one layer is being read"
+    );
+    ends.remove(0).send(()).unwrap();
+    let reading = timeout(waits, uploads.reserve())
+        .await
+        .expect("layer 0's upload ended")
+        .unwrap();
+    drop(reading);
+    for read in reads {
+        read.send(()).unwrap();
+    }
+    for end in ends {
+        end.send(()).unwrap();
+    }
+    let done = uploads.finish().await.unwrap();
+    assert_eq!(done.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2]);
 }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 /// Why a reader stopped before its blob was complete.
@@ -26,10 +26,18 @@ pub(super) enum ReadFailed {
 }
 
 /// The uploads in flight, each a task resolving to its layer's place in the image and blob.
-/// `jobs` works as the number of permits: a new upload starts only when fewer are running.
+///
+/// `jobs` layers are read (and compressed) at once: each holds a [`Reading`] permit until its
+/// last byte is read, then gives it up while its upload finishes. That end is a request or two
+/// the compressors would otherwise wait out: the rest of the body, then the PUT that commits
+/// the blob, which the registry answers only once it has verified and stored it (distribution's
+/// filesystem driver syncs the file to disk) and a distant registry a round trip later. The
+/// next layer is compressed meanwhile. One upload more than `jobs` may be finishing; its
+/// compression buffers are gone, and its resend window goes once its body is acknowledged.
 pub(super) struct Uploads {
     running: JoinSet<Result<(usize, PushedLayer), PushError>>,
-    jobs: usize,
+    reading: Arc<Semaphore>,
+    in_flight: usize,
     done: BTreeMap<usize, PushedLayer>,
     /// The first failure; later ones are consequences or noise.
     failure: Option<PushError>,
@@ -37,20 +45,37 @@ pub(super) struct Uploads {
 
 impl Uploads {
     pub(super) fn new(jobs: usize) -> Self {
+        let jobs = jobs.max(1);
         Uploads {
             running: JoinSet::new(),
-            jobs,
+            reading: Arc::new(Semaphore::new(jobs)),
+            in_flight: jobs + 1,
             done: BTreeMap::new(),
             failure: None,
         }
     }
 
-    /// Wait until another upload may start. False once an upload has failed: start no more.
-    pub(super) async fn reserve(&mut self) -> bool {
-        while self.failure.is_none() && self.running.len() >= self.jobs {
-            self.settle_one().await;
+    /// Wait until another layer may be read and uploaded: fewer than `jobs` are being read and
+    /// fewer than `jobs + 1` uploads are running. None once an upload has failed: start no more.
+    pub(super) async fn reserve(&mut self) -> Option<Reading> {
+        loop {
+            if self.failure.is_some() {
+                return None;
+            }
+            if self.running.len() >= self.in_flight {
+                self.settle_one().await;
+                continue;
+            }
+            let reading = self.reading.clone();
+            if self.running.is_empty() {
+                // Every permit is back once no upload runs.
+                return reading.acquire_owned().await.ok().map(Reading);
+            }
+            tokio::select! {
+                permit = reading.acquire_owned() => return permit.ok().map(Reading),
+                () = self.settle_one() => {}
+            }
         }
-        self.failure.is_none()
     }
 
     pub(super) fn spawn(
@@ -100,9 +125,14 @@ impl Uploads {
     }
 }
 
+/// A layer's turn to be read: given up once its reading ends (see [`Uploads`]).
+pub(super) struct Reading(#[allow(dead_code)] OwnedSemaphorePermit);
+
 impl<S: BlobStore> Pusher<S> {
     /// Upload one layer's blob arriving on `body` while `read` reports how reading it went
-    /// (its diff_id). Nothing the reader refused is reported as pushed.
+    /// (its diff_id); `reading` is given up as soon as it has. Nothing the reader refused is
+    /// reported as pushed.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn upload_one(
         &self,
         index: usize,
@@ -111,10 +141,16 @@ impl<S: BlobStore> Pusher<S> {
         algorithm: Algorithm,
         once: bool,
         read: impl Future<Output = Result<Digest, ReadFailed>>,
+        reading: Option<Reading>,
     ) -> Result<PushedLayer, PushError> {
         let upload = self
             .store
             .push_blob_stream(&self.spec.repository, body, expected.as_ref(), once);
+        let read = async move {
+            let read = read.await;
+            drop(reading);
+            read
+        };
         let (uploaded, read) = tokio::join!(upload, read);
         let uploaded =
             uploaded.map_err(self.registry_error(format!("uploading layer {index} to {}", self.spec.name())));
@@ -139,6 +175,7 @@ impl<S: BlobStore> Pusher<S> {
         image: Arc<dyn IndexedImage>,
         index: usize,
         keep_all: bool,
+        reading: Option<Reading>,
     ) -> Result<PushedLayer, PushError> {
         let layer = image.layers()[index].clone();
         let stored = layer.blob.as_ref().and_then(|blob| match blob.encoding {
@@ -192,7 +229,7 @@ impl<S: BlobStore> Pusher<S> {
         };
         // An indexed layer can be read again (`regenerating`): unless told otherwise, only the
         // window is kept.
-        self.upload_one(index, body_rx, expected, algorithm, keep_all, read)
+        self.upload_one(index, body_rx, expected, algorithm, keep_all, read, reading)
             .await
     }
 }

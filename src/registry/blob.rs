@@ -736,6 +736,9 @@ impl RegistryClient {
             self.debug(|| format!("resuming the upload at byte {offset} of {} sent", src.received));
         }
         let digest = source.lock().await.digest();
+        // The registry has every byte: what is kept for resending goes before the commit,
+        // which the next layer's compression overlaps (`push::upload::Uploads`).
+        drop(source);
         self.check_expected(repository, &session, &digest, expected)
             .await?;
         self.finish_upload(repository, &session, &digest, None).await?;
