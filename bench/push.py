@@ -10,14 +10,19 @@ several runs of:
                 the registry's images tell is all nixfly has (nixfly only)
   one changed - the image with one layer changed, to the same tag, from a fresh runner
 and prints medians: wall time, pushed bytes (registry blob storage), layers compressed and
-uploaded (nixfly's JSON events), peak RSS (GNU time), and for each stream source how long
-generating its stream alone takes (`cat` for the script, `gzip -dc` for a .tar.gz), and the
-compression floor: nixfly's compressor alone on the whole image, every core, no registry.
+uploaded (nixfly's JSON events), peak RSS (GNU time), the CPU-seconds of a cold push in the
+client (GNU time; a shell row's include its stream's generator) and in the registry (/proc),
+for each stream source how long generating its stream alone takes (`cat` for the script,
+`gzip -dc` for a .tar.gz), and the compression floor: nixfly's compressor alone on the whole
+image, every core, no registry.
 skopeo 1.9 reads only an uncompressed seekable archive, so the comparison is on the .tar;
 `--level 1`, OCI layout (gzip blobs written by skopeo), .tar.gz, stream-script and stdin runs
 are nixfly-only rows.
 
-    bench/push.py [--runs N] [--dirs DIR ...]
+With `--delay-ms N` every request goes through bench/delay_proxy.py, N ms each way: the
+registry answers a round trip later, as a distant one does (registry.fly.io from a CI runner).
+
+    bench/push.py [--runs N] [--dirs DIR ...] [--delay-ms N]
 """
 
 import argparse
@@ -49,9 +54,11 @@ def free_port():
 class Registry:
     """docker-registry on loopback with its storage in `dir`; restarted empty for cold runs."""
 
-    def __init__(self, work):
+    def __init__(self, work, delay_ms=0):
         self.work = work
+        self.delay_ms = delay_ms
         self.proc = None
+        self.proxy = None
         self.port = None
 
     def start_empty(self):
@@ -59,6 +66,7 @@ class Registry:
         storage = self.work / "registry"
         shutil.rmtree(storage, ignore_errors=True)
         storage.mkdir()
+        os.sync()  # no writeback of an earlier run's files during this one
         self.port = free_port()
         config = self.work / "registry.yml"
         config.write_text(
@@ -69,14 +77,19 @@ class Registry:
             ["docker-registry", "serve", str(config)],
             stdout=subprocess.DEVNULL, stderr=open(self.work / "registry.log", "ab"),
         )
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise SystemExit("docker-registry did not start")
+        wait_for_port(self.port, "docker-registry")
+        self.listen = self.port
+        if self.delay_ms:
+            self.listen = free_port()
+            self.proxy = subprocess.Popen(
+                [sys.executable, Path(__file__).parent / "delay_proxy.py", str(self.listen),
+                 str(self.port), str(self.delay_ms)])
+            wait_for_port(self.listen, "the delay proxy")
+
+    def cpu_seconds(self):
+        """CPU time (user + system) the registry has used so far, from /proc."""
+        fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def blob_bytes(self):
         total = 0
@@ -85,20 +98,33 @@ class Registry:
         return total
 
     def stop(self):
-        if self.proc:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
+        for proc in [self.proxy, self.proc]:
+            if proc:
+                proc.terminate()
+                proc.wait(timeout=10)
+        self.proc = self.proxy = None
 
     @property
     def host(self):
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.listen}"
+
+
+def wait_for_port(port, what):
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not start")
 
 
 def timed(argv, env, shell=False):
-    """Run under GNU time; returns (wall seconds, peak RSS bytes, stdout)."""
+    """Run under GNU time; returns (wall seconds, peak RSS bytes, stdout, CPU seconds: user +
+    system of the command and its children)."""
     stats = tempfile.NamedTemporaryFile(delete=False)
-    cmd = ["/usr/bin/time", "-o", stats.name, "-f", "%e %M"]
+    cmd = ["/usr/bin/time", "-o", stats.name, "-f", "%e %M %U %S"]
     cmd += ["sh", "-c", argv] if shell else argv
     started = time.monotonic()
     result = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -106,9 +132,9 @@ def timed(argv, env, shell=False):
     if result.returncode != 0:
         sys.stderr.write(result.stderr.decode(errors="replace"))
         raise SystemExit(f"failed: {argv}")
-    _, rss_kb = open(stats.name).read().split()[-2:]
+    _, rss_kb, user, system = open(stats.name).read().split()[-4:]
     os.unlink(stats.name)
-    return wall, int(rss_kb) * 1024, result.stdout.decode(errors="replace")
+    return wall, int(rss_kb) * 1024, result.stdout.decode(errors="replace"), float(user) + float(system)
 
 
 def isolated_env(run_dir, output="json"):
@@ -145,13 +171,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dirs", nargs="+", default=DEFAULT_DIRS)
+    parser.add_argument("--delay-ms", type=int, default=0,
+                        help="put a delay line of this many ms each way before the registry")
     args = parser.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "--bin", "nixfly", "--example", "bench_image",
                     "--example", "measure_levels"], cwd=ROOT, check=True)
     nixfly = ROOT / "target/release/nixfly"
     work = Path(tempfile.mkdtemp(prefix="nixfly-bench-"))
-    registry = Registry(work)
+    registry = Registry(work, args.delay_ms)
     try:
         image = work / "image.tar"
         out = subprocess.run(
@@ -175,6 +203,10 @@ def main():
             layouts[name] = work / f"layout-{name}"
             subprocess.run(["skopeo", "copy", "--quiet", f"docker-archive:{tar}", f"oci:{layouts[name]}:t"],
                            check=True)
+        # The images just written (several GB) are still being written back to disk, on the
+        # same cores: wait for that before timing anything (it made one floor 6.74 s, 5.18 s
+        # when measured again on the quiet machine).
+        os.sync()
         floor = compression_floor(image)
 
         def nixfly_push(source, *extra):
@@ -197,7 +229,7 @@ def main():
             "nixfly stdin (.tar.gz)": Row(stdin_push(gz["image"]), stdin_push(gz["changed"]),
                                           f"gzip -dc '{gz['image']}' > /dev/null"),
         }
-        keys = ["cold", "warm", "bytes", "rss", "fresh", "fresh_bytes", "fresh_uploaded",
+        keys = ["cold", "cold_cpu", "cold_registry_cpu", "warm", "bytes", "rss", "fresh", "fresh_bytes", "fresh_uploaded",
                 "changed", "changed_bytes", "changed_uploaded", "generation"]
         results = {name: {k: [] for k in keys} for name in rows}
         for run in range(args.runs):
@@ -213,22 +245,25 @@ def main():
                 env = isolated_env(run_dir)
                 argv = row.image(registry.host)
                 shell = isinstance(argv, str)
-                cold, rss_cold, _ = timed(argv, env, shell)
+                registry_cpu = registry.cpu_seconds()
+                cold, rss_cold, _, cpu = timed(argv, env, shell)
+                r["cold_cpu"].append(cpu)
+                r["cold_registry_cpu"].append(registry.cpu_seconds() - registry_cpu)
                 pushed = registry.blob_bytes()
-                warm, rss_warm, _ = timed(argv, env, shell)
+                warm, rss_warm, _, _ = timed(argv, env, shell)
                 rss = [rss_cold, rss_warm]
                 r["cold"].append(cold)
                 r["warm"].append(warm)
                 r["bytes"].append(pushed)
                 line = f"run {run + 1} {name}: cold {cold:.2f}s warm {warm:.2f}s {pushed / 1e6:.1f} MB"
                 if row.changed:
-                    fresh, rss_fresh, stdout = timed(argv, isolated_env(run_dir / "fresh"), shell)
+                    fresh, rss_fresh, stdout, _ = timed(argv, isolated_env(run_dir / "fresh"), shell)
                     r["fresh"].append(fresh)
                     r["fresh_bytes"].append(registry.blob_bytes() - pushed)
                     r["fresh_uploaded"].append(uploaded_layers(stdout))
                     before = registry.blob_bytes()
                     other = row.changed(registry.host)
-                    changed_s, rss_changed, stdout = timed(other, isolated_env(run_dir / "changed"),
+                    changed_s, rss_changed, stdout, _ = timed(other, isolated_env(run_dir / "changed"),
                                                            isinstance(other, str))
                     r["changed"].append(changed_s)
                     r["changed_bytes"].append(registry.blob_bytes() - before)
@@ -246,9 +281,10 @@ def main():
     med = {name: {k: statistics.median(v) for k, v in r.items() if v} for name, r in results.items()}
     base = med["skopeo .tar"]
     cpus = os.cpu_count()
+    delay = f" behind a {args.delay_ms} ms delay line each way" if args.delay_ms else ""
     print(f"\nImage: {layer_count} layers, {image_bytes / 1e6:.0f} MB uncompressed; {args.runs} runs, "
           f"medians; {cpus} cores (load {os.getloadavg()[0]:.1f} at the end); "
-          f"local docker-registry; skopeo {skopeo_version()}.\n")
+          f"local docker-registry{delay}; skopeo {skopeo_version()}.\n")
     print("| source | cold push | vs skopeo | warm re-push | vs skopeo | pushed bytes | vs skopeo | peak RSS |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, m in med.items():
@@ -257,6 +293,14 @@ def main():
               f"{m['bytes'] / 1e6:.1f} MB | {ratio('bytes')} | {m['rss'] / 2**20:.0f} MiB |")
     print(f"\nCompression floor: nixfly's compressor (libdeflate level 2, every core, both SHA-256s) on "
           f"the whole image with no registry: {floor:.2f} s = {floor / base['cold']:.2f}x skopeo's cold push.")
+    print(f"\nWhere a cold push's time goes: CPU-seconds (user + system) of the client and of the "
+          f"registry, which shares the {cpus} cores, and how much of the cores' time over the push "
+          f"that is (1.00: every core busy throughout, the push is bound by CPU):\n")
+    print("| source | client CPU | registry CPU | of the cores' time |")
+    print("|---|---:|---:|---:|")
+    for name, m in med.items():
+        busy = (m["cold_cpu"] + m["cold_registry_cpu"]) / (m["cold"] * cpus)
+        print(f"| {name} | {m['cold_cpu']:.2f} s | {m['cold_registry_cpu']:.2f} s | {busy:.2f} |")
     print("\nFresh runner (empty cache), same tag; a stream is held to the time it takes to generate "
           "(into /dev/null):\n")
     print("| source | unchanged image | over generation | layers uploaded | bytes uploaded "
