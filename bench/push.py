@@ -59,7 +59,8 @@ class Registry:
         self.delay_ms = delay_ms
         self.proc = None
         self.proxy = None
-        self.port = None
+        self.port = None  # the registry's
+        self.listen = None  # where clients connect: the registry's, or the delay line's
 
     def start_empty(self):
         self.stop()
@@ -229,8 +230,9 @@ def main():
             "nixfly stdin (.tar.gz)": Row(stdin_push(gz["image"]), stdin_push(gz["changed"]),
                                           f"gzip -dc '{gz['image']}' > /dev/null"),
         }
-        keys = ["cold", "cold_cpu", "cold_registry_cpu", "warm", "bytes", "rss", "fresh", "fresh_bytes", "fresh_uploaded",
-                "changed", "changed_bytes", "changed_uploaded", "generation"]
+        keys = ["cold", "cold_cpu", "cold_registry_cpu", "warm", "bytes", "rss", "fresh",
+                "fresh_bytes", "fresh_uploaded", "changed", "changed_bytes", "changed_uploaded",
+                "generation"]
         results = {name: {k: [] for k in keys} for name in rows}
         for run in range(args.runs):
             order = list(rows) if run % 2 == 0 else list(reversed(list(rows)))

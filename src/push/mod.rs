@@ -478,8 +478,8 @@ impl<S: BlobStore> Pusher<S> {
         reading: upload::Reading,
     ) -> Result<PushedLayer, PushError> {
         let mut attempt = 0;
-        // Only the first reading takes a turn: a second one is rare, and waiting for a turn
-        // while holding an upload slot could wait for ever.
+        // Only the first reading holds a turn. A second one (rare) goes without, beside the
+        // layers then being read: its upload already holds a place among those running.
         let mut reading = Some(reading);
         loop {
             // The second time, everything sent is kept (a spill): it cannot be lost again.
@@ -571,8 +571,8 @@ impl<S: BlobStore> Pusher<S> {
     /// Answer the reader about one layer: skip it when its name claims the diff_id of an
     /// earlier layer (it takes that layer's blob) or one whose blob the registry has (either
     /// way it is only hashed, and checked against the config), else start its upload once
-    /// fewer than `jobs` are being read (see [`Uploads`]). After a failure the question is dropped unanswered,
-    /// which stops the reader.
+    /// fewer than `jobs` are being read (see [`Uploads`]). After a failure the question is
+    /// dropped unanswered, which stops the reader.
     async fn answer(self: &Arc<Self>, ask: Ask, uploads: &mut Uploads, repeats: &mut Repeats) {
         if uploads.failed() {
             return;

@@ -470,11 +470,16 @@ async fn a_turn_to_read_passes_on_when_a_reading_ends_and_uploads_stay_within_jo
     use std::time::Duration;
     use tokio::sync::oneshot;
     use tokio::time::timeout;
-    let waits = Duration::from_millis(50);
     let mut uploads = upload::Uploads::new(2);
-    // Layer i: its reading ends on reads[i], its upload on ends[i].
-    let mut reads = Vec::new();
-    let mut ends = Vec::new();
+    let waits = Duration::from_millis(50);
+    async fn turn(uploads: &mut upload::Uploads, waits: Duration, why: &str) -> upload::Reading {
+        let reading = timeout(waits, uploads.reserve()).await.expect(why);
+        reading.expect("no upload failed")
+    }
+    async fn no_turn(uploads: &mut upload::Uploads, waits: Duration, why: &str) {
+        assert!(timeout(waits, uploads.reserve()).await.is_err(), "{why}");
+    }
+    // Layer `index`: its reading ends on the first sender, its upload on the second.
     let start = |uploads: &mut upload::Uploads, index: usize, reading: upload::Reading| {
         let (read_tx, read_rx) = oneshot::channel::<()>();
         let (end_tx, end_rx) = oneshot::channel::<()>();
@@ -496,39 +501,30 @@ async fn a_turn_to_read_passes_on_when_a_reading_ends_and_uploads_stay_within_jo
         });
         (read_tx, end_tx)
     };
-    for index in 0..2 {
-        let reading = timeout(waits, uploads.reserve()).await.unwrap().unwrap();
-        let (read, end) = start(&mut uploads, index, reading);
-        reads.push(read);
-        ends.push(end);
-    }
-    assert!(
-        timeout(waits, uploads.reserve()).await.is_err(),
-        "two layers are being read"
-    );
-    reads.remove(0).send(()).unwrap();
-    let reading = timeout(waits, uploads.reserve())
-        .await
-        .expect("layer 0 was read: its turn passes on while its upload runs")
-        .unwrap();
-    let (read, end) = start(&mut uploads, 2, reading);
-    reads.push(read);
-    ends.push(end);
-    reads.remove(0).send(()).unwrap();
-    assert!(
-        timeout(waits, uploads.reserve()).await.is_err(),
-        "three uploads run (jobs + 1), though only one layer is being read"
-    );
-    ends.remove(0).send(()).unwrap();
-    let reading = timeout(waits, uploads.reserve())
-        .await
-        .expect("layer 0's upload ended")
-        .unwrap();
-    drop(reading);
-    for read in reads {
-        read.send(()).unwrap();
-    }
-    for end in ends {
+    let reading = turn(&mut uploads, waits, "a first turn").await;
+    let (read0, end0) = start(&mut uploads, 0, reading);
+    let reading = turn(&mut uploads, waits, "a second turn").await;
+    let (read1, end1) = start(&mut uploads, 1, reading);
+    no_turn(&mut uploads, waits, "two layers are being read").await;
+    read0.send(()).unwrap();
+    let reading = turn(
+        &mut uploads,
+        waits,
+        "layer 0 was read: its turn passes on while its upload runs",
+    )
+    .await;
+    let (read2, end2) = start(&mut uploads, 2, reading);
+    read1.send(()).unwrap();
+    no_turn(
+        &mut uploads,
+        waits,
+        "three uploads run (jobs + 1), though only one layer is being read",
+    )
+    .await;
+    end0.send(()).unwrap();
+    drop(turn(&mut uploads, waits, "layer 0's upload ended").await);
+    read2.send(()).unwrap();
+    for end in [end1, end2] {
         end.send(()).unwrap();
     }
     let done = uploads.finish().await.unwrap();

@@ -31,7 +31,8 @@ pub(super) enum ReadFailed {
 /// last byte is read, then gives it up while its upload finishes. That end is a request or two
 /// the compressors would otherwise wait out: the rest of the body, then the PUT that commits
 /// the blob, which the registry answers only once it has verified and stored it (distribution's
-/// filesystem driver syncs the file to disk) and a distant registry a round trip later. The
+/// `registry/storage/driver/filesystem/driver.go` syncs the file to disk in `Commit`) and a
+/// distant registry a round trip later. The
 /// next layer is compressed meanwhile. One upload more than `jobs` may be finishing; its
 /// compression buffers are gone, and its resend window goes once its body is acknowledged.
 pub(super) struct Uploads {
@@ -69,10 +70,10 @@ impl Uploads {
             let reading = self.reading.clone();
             if self.running.is_empty() {
                 // Every permit is back once no upload runs.
-                return reading.acquire_owned().await.ok().map(Reading);
+                return reading.acquire_owned().await.ok().map(Reading::new);
             }
             tokio::select! {
-                permit = reading.acquire_owned() => return permit.ok().map(Reading),
+                permit = reading.acquire_owned() => return permit.ok().map(Reading::new),
                 () = self.settle_one() => {}
             }
         }
@@ -125,8 +126,16 @@ impl Uploads {
     }
 }
 
-/// A layer's turn to be read: given up once its reading ends (see [`Uploads`]).
-pub(super) struct Reading(#[allow(dead_code)] OwnedSemaphorePermit);
+/// A layer's turn to be read: given up (dropped) once its reading ends (see [`Uploads`]).
+pub(super) struct Reading {
+    _turn: OwnedSemaphorePermit,
+}
+
+impl Reading {
+    fn new(turn: OwnedSemaphorePermit) -> Self {
+        Reading { _turn: turn }
+    }
+}
 
 impl<S: BlobStore> Pusher<S> {
     /// Upload one layer's blob arriving on `body` while `read` reports how reading it went

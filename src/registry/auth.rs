@@ -136,14 +136,8 @@ impl Credentials {
         if bare.is_empty() || bare.len() == self.password.len() {
             return self;
         }
-        let Credentials {
-            username,
-            source,
-            fallback,
-            ..
-        } = &self;
-        let mut creds = Credentials::new(username, bare, source.clone());
-        creds.fallback = fallback.clone();
+        let mut creds = Credentials::new(&self.username, bare, self.source.clone());
+        creds.fallback = self.fallback;
         creds
     }
 
