@@ -254,7 +254,7 @@ impl Ctx {
             });
         }
         self.status(id, group, "starting");
-        self.wait_started(id, version, timeout).await?;
+        self.wait_started(id, group, version, timeout).await?;
         if wait == Wait::Checked {
             super::machine_checks::run(self, answer).await?;
         }
@@ -281,25 +281,36 @@ impl Ctx {
     /// machine that was running when the update landed (flyctl preflight
     /// `TestFlyMachineRun_standbyFor`), so one stopped since it was listed (autostopped by the
     /// proxy, or crashed before its rollback) settles `stopped`: it is started here, as the
-    /// update meant. One that started and already exited is left to the health wait.
+    /// update meant. One that started and already exited is left to the health wait. One the
+    /// proxy's autostop suspended as soon as it was up never shows `started` to the wait:
+    /// `suspended` counts, as flyctl waits for stopped, started or suspended
+    /// (`internal/command/deploy/plan.go` `updateMachineWChecks`), and its checks are then
+    /// waited for as any other's.
     async fn wait_started(
         &self,
         id: &str,
+        group: &str,
         version: Option<&str>,
         timeout: Duration,
     ) -> Result<(), RolloutError> {
-        let reached = wait_for_new_machine_state(&self.api, id, "started,stopped", version, timeout)
-            .await
-            .map_err(|err| match err {
-                RolloutError::WaitTimeout { machine, timeout, .. } => RolloutError::WaitTimeout {
-                    machine,
-                    state: "started",
-                    timeout,
-                },
-                err => err,
-            })?;
-        if reached.as_deref() == Some("started") {
-            return Ok(());
+        let reached =
+            wait_for_new_machine_state(&self.api, id, "started,stopped,suspended", version, timeout)
+                .await
+                .map_err(|err| match err {
+                    RolloutError::WaitTimeout { machine, timeout, .. } => RolloutError::WaitTimeout {
+                        machine,
+                        state: "started",
+                        timeout,
+                    },
+                    err => err,
+                })?;
+        match reached.as_deref() {
+            Some("started") => return Ok(()),
+            Some("suspended") => {
+                self.status(id, group, "started (suspended since, by its autostop)");
+                return Ok(());
+            }
+            _ => {}
         }
         let machine = self
             .api

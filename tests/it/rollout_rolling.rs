@@ -184,6 +184,42 @@ fn a_stopped_machine_a_request_starts_as_its_update_lands_is_settled() {
     assert_no_violations(&fly);
 }
 
+/// fly-proxy's autostop suspends a running machine as soon as its update has it up, before
+/// the wait for `started` can answer. flyctl waits for "stopped", "started" or "suspended"
+/// after every update (`internal/command/deploy/plan.go` `updateMachineWChecks`); waiting for
+/// `started` alone would run out and roll back a deploy that went well.
+#[test]
+fn a_machine_its_autostop_suspends_as_soon_as_it_is_up_is_settled() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2));
+    fly.suspend_once_up(&ids[0]);
+    let t = TestDir::new();
+    let new = image(3);
+
+    let began = Instant::now();
+    let out = run_rollout(&fly, &t, &new, &["--wait-timeout", "10s"]);
+    assert_success(&out);
+    assert!(
+        began.elapsed().as_secs() < 10,
+        "the rollout waited out its timeout: {}",
+        stderr(&out)
+    );
+    let suspended = fly.machine(&ids[0]);
+    assert_eq!(suspended.state, "suspended");
+    assert_eq!(suspended.image(), new);
+    assert_eq!(fly.machine(&ids[1]).state, "started");
+    assert_eq!(fly.machine(&ids[1]).image(), new);
+    assert!(
+        stderr(&out).contains("started (suspended since, by its autostop)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fly.releases()[0].statuses, ["created", "running", "complete"]);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
 #[test]
 fn stopped_machines_roll_in_their_own_pool_beside_the_running_ones() {
     let fly = FlyApi::start();

@@ -57,7 +57,9 @@
 //!   is 400 `invalid_argument`; with `version` (or `instance_id`) it answers only once the
 //!   machine runs that version. `state` may be repeated or comma-separated (any of them will do: the
 //!   spec's description of the parameter); a machine marked with `start_on_request` starts
-//!   as soon as an update leaves it stopped, as fly-proxy's autostart starts it on a request;
+//!   as soon as an update leaves it stopped, as fly-proxy's autostart starts it on a request,
+//!   and one marked with `suspend_once_up` is suspended as soon as a launch has it up, as
+//!   fly-proxy's autostop may;
 //!   `from_event_id` is not modelled: 501 and a violation. Lease TTLs are not scaled:
 //!   clients refresh them on their own clock.
 //! - Leases: `POST .../lease` with body `{"ttl": n}` (or `?ttl=n` and no body, as fly-go's
@@ -675,6 +677,16 @@ impl FlyApi {
     /// of them may be its settled state.
     pub fn start_on_request(&self, machine: &str) {
         self.lock().started_by_requests.insert(machine.into());
+    }
+
+    /// fly-proxy's autostop (`auto_stop_machines = "suspend"`, fly-go `machine_types.go`
+    /// `MachineAutostopSuspend`) suspends `machine` as soon as each launch has it up: a
+    /// machine without checks is `suspended` before a client's wait for `started` can answer,
+    /// so such a wait runs out. flyctl waits for "stopped", "started" or "suspended" after an
+    /// update (`internal/command/deploy/plan.go` `updateMachineWChecks`). No source found for
+    /// the event Fly records: type `suspend`, status `suspended` here.
+    pub fn suspend_once_up(&self, machine: &str) {
+        self.lock().suspended_once_up.insert(machine.into());
     }
 
     /// Fly has no room for the next `times` machine creates: each is refused before any effect,

@@ -515,6 +515,8 @@ pub struct State {
     /// Machines a request starts as soon as an update leaves them stopped
     /// (`FlyApi::start_on_request`).
     pub started_by_requests: BTreeSet<String>,
+    /// Machines fly-proxy suspends as soon as they are up (`FlyApi::suspend_once_up`).
+    pub suspended_once_up: BTreeSet<String>,
     pub faults: Vec<Fault>,
     pub requests: Vec<RecordedRequest>,
     pub violations: Vec<Violation>,
@@ -543,6 +545,7 @@ impl State {
             update_refusals: BTreeMap::new(),
             create_refusals: 0,
             started_by_requests: BTreeSet::new(),
+            suspended_once_up: BTreeSet::new(),
             faults: Vec::new(),
             requests: Vec::new(),
             violations: Vec::new(),
@@ -995,7 +998,7 @@ impl State {
             return steps;
         }
         let checks_done = started_at + t.wall(t.checks);
-        match self.behavior_for(machine) {
+        let mut steps = match self.behavior_for(machine) {
             Behavior::Healthy | Behavior::ChecksFail if !has_checks => vec![started(None)],
             Behavior::Healthy => vec![
                 started(warning),
@@ -1047,7 +1050,23 @@ impl State {
                 });
                 steps
             }
+        };
+        // fly-proxy's autostop suspends the machine as soon as it is up (and its checks have
+        // reported): the last step's instant, so a machine without checks is `suspended` by
+        // the time anyone looks (`FlyApi::suspend_once_up`).
+        let up = steps
+            .last()
+            .is_some_and(|s| s.state != Some("failed") && s.state != Some("stopped"));
+        if up && self.suspended_once_up.contains(id) {
+            let at = steps.iter().filter_map(|s| s.at).max();
+            steps.push(Step {
+                at,
+                state: Some("suspended"),
+                event: Some(("suspend", "suspended", None)),
+                ..Step::default()
+            });
         }
+        steps
     }
 
     fn schedule(&mut self, id: &str, now: Instant, steps: Vec<Step>) {
