@@ -20,5 +20,6 @@ pub mod push;
 pub mod registry;
 pub mod retry;
 pub mod rollout;
+pub mod scratch;
 pub mod settings;
 pub mod signals;

@@ -72,26 +72,10 @@ struct Spill {
 
 impl Spill {
     fn new() -> io::Result<Spill> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let dir = std::env::temp_dir();
-        for attempt in 0u32.. {
-            let path = dir.join(format!(".nixfly-upload-{}-{attempt}", std::process::id()));
-            match std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-            {
-                Ok(file) => {
-                    std::fs::remove_file(&path)?;
-                    return Ok(Spill { file, len: 0 });
-                }
-                Err(err) if err.kind() == io::ErrorKind::AlreadyExists && attempt < 1000 => {}
-                Err(err) => return Err(err),
-            }
-        }
-        unreachable!("the loop returns")
+        Ok(Spill {
+            file: crate::scratch::unlinked("upload")?,
+            len: 0,
+        })
     }
 
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -621,9 +605,18 @@ impl RegistryClient {
         } else {
             None
         };
-        let source = Arc::new(Mutex::new(Source::new(body, window, spill)));
+        let mut source = Source::new(body, window, spill);
+        let mut session = self.start_upload_taking(repository, &mut source).await?;
+        if let Some(source_err) = source.failure.take() {
+            self.cancel_upload(repository, &session).await;
+            return Err(RegistryError::Source {
+                registry: self.registry.clone(),
+                repository: repository.into(),
+                source: source_err,
+            });
+        }
+        let source = Arc::new(Mutex::new(source));
         let scope = Scope::push(repository);
-        let mut session = self.start_upload(repository).await?;
         let mut offset = 0u64;
         let mut failures = 0u32;
         let mut redirects = 0usize;
@@ -743,6 +736,31 @@ impl RegistryClient {
             .await?;
         self.finish_upload(repository, &session, &digest, None).await?;
         Ok(StoredBlob { digest, size: offset })
+    }
+
+    /// Open an upload session while the producer goes on: what it sends meanwhile, up to the
+    /// window, is taken into the window and goes out first. The session costs a round trip
+    /// (more when a token must be fetched first), and without this the producer (a compressor)
+    /// would stop at its channel's few chunks until the first PATCH drains them.
+    async fn start_upload_taking(
+        &self,
+        repository: &str,
+        source: &mut Source,
+    ) -> Result<Session, RegistryError> {
+        let start = self.start_upload(repository);
+        tokio::pin!(start);
+        loop {
+            // Within the window nothing is trimmed, so nothing taken here needs the spill.
+            let room = !source.finished && source.received < source.capacity;
+            let at = source.received;
+            tokio::select! {
+                biased;
+                session = &mut start => return session,
+                // Receiving is cancel-safe: a chunk is either taken whole or left in the channel.
+                // A producer's failure is kept in `source.failure` for the caller.
+                _ = source.next_at(at), if room => {}
+            }
+        }
     }
 
     /// The registry needs bytes from `offset` on, which are no longer kept.
@@ -1124,6 +1142,143 @@ mod tests {
         assert!(src.next_at(0).await.unwrap().is_ok());
         assert!(src.next_at(2).await.unwrap().is_err());
         assert_eq!(src.failure.unwrap().to_string(), "corrupt gzip");
+    }
+
+    /// A registry on loopback for one test: answers `GET /v2/` without a challenge, and an
+    /// upload's POST only once `opened` says so (or after 5 s); takes PATCHes (sized or
+    /// chunked) and the committing PUT. Returns its host and the heads of the requests it saw.
+    fn slow_session_registry(
+        opened: std::sync::mpsc::Receiver<()>,
+    ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        let opened = Arc::new(std::sync::Mutex::new(opened));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let (seen, opened) = (seen.clone(), opened.clone());
+                std::thread::spawn(move || {
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = BufReader::new(stream);
+                    let line = |reader: &mut BufReader<std::net::TcpStream>| {
+                        let mut line = String::new();
+                        reader.read_line(&mut line).unwrap_or(0);
+                        line.trim_end().to_string()
+                    };
+                    loop {
+                        let head = line(&mut reader);
+                        if head.is_empty() {
+                            return;
+                        }
+                        let (mut length, mut chunked) = (0usize, false);
+                        loop {
+                            let header = line(&mut reader).to_ascii_lowercase();
+                            if header.is_empty() {
+                                break;
+                            }
+                            if let Some(v) = header.strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap();
+                            }
+                            chunked |= header == "transfer-encoding: chunked";
+                        }
+                        let mut body = 0;
+                        if chunked {
+                            loop {
+                                let size = usize::from_str_radix(&line(&mut reader), 16).unwrap();
+                                let mut data = vec![0; size];
+                                reader.read_exact(&mut data).unwrap();
+                                line(&mut reader);
+                                body += size;
+                                if size == 0 {
+                                    break;
+                                }
+                            }
+                        } else {
+                            let mut data = vec![0; length];
+                            reader.read_exact(&mut data).unwrap();
+                            body = length;
+                        }
+                        seen.lock().unwrap().push(head.clone());
+                        let upload = "Location: /v2/app/blobs/uploads/1\r\nRange: 0-0";
+                        let answer = match head.split(' ').next().unwrap() {
+                            "GET" => "200 OK\r\nContent-Type: application/json".to_string(),
+                            "POST" => {
+                                if opened
+                                    .lock()
+                                    .unwrap()
+                                    .recv_timeout(Duration::from_secs(5))
+                                    .is_err()
+                                {
+                                    seen.lock().unwrap().push("POST answered after 5 s".into());
+                                }
+                                format!("202 Accepted\r\n{upload}")
+                            }
+                            "PATCH" => format!(
+                                "202 Accepted\r\nLocation: /v2/app/blobs/uploads/1\r\nRange: 0-{}",
+                                body - 1
+                            ),
+                            _ => {
+                                let digest = head.split("digest=").nth(1).unwrap().split(' ').next().unwrap();
+                                let digest = digest.replace("%3A", ":");
+                                format!("201 Created\r\nDocker-Content-Digest: {digest}")
+                            }
+                        };
+                        write!(writer, "HTTP/1.1 {answer}\r\nContent-Length: 0\r\n\r\n").unwrap();
+                    }
+                });
+            }
+        });
+        (host, heads)
+    }
+
+    /// While the upload's POST is out, the producer is not held to its channel: what it sends
+    /// goes into the window (here 8 chunks through a channel of 1), and out first once the
+    /// session is open. An open registry is probed once, not before each upload's data.
+    #[tokio::test]
+    async fn the_producer_goes_on_while_the_session_opens() {
+        let (opened_tx, opened) = std::sync::mpsc::channel();
+        let (host, heads) = slow_session_registry(opened);
+        let client =
+            RegistryClient::new(&host, Default::default(), crate::progress::Reporter::plain()).unwrap();
+        let mut expected = Vec::new();
+        for blob in 0..2u8 {
+            let (tx, rx) = mpsc::channel(1);
+            let chunks: Vec<Bytes> = (0..8u8)
+                .map(|i| Bytes::from(vec![blob * 8 + i; 64 << 10]))
+                .collect();
+            let data: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
+            let opened_tx = opened_tx.clone();
+            let producer = tokio::spawn(async move {
+                for chunk in chunks {
+                    tx.send(Ok(chunk)).await.unwrap();
+                }
+                // All taken before the session opened: let the registry answer the POST.
+                opened_tx.send(()).unwrap();
+            });
+            let stored = client
+                .push_blob_stream("app", rx, None, Resend::Window)
+                .await
+                .unwrap();
+            producer.await.unwrap();
+            assert_eq!(stored.digest, Digest::sha256_of(&data));
+            assert_eq!(stored.size, data.len() as u64);
+            expected.extend([
+                "POST /v2/app/blobs/uploads/ HTTP/1.1",
+                "PATCH /v2/app/blobs/uploads/1 HTTP/1.1",
+            ]);
+        }
+        let heads = heads.lock().unwrap().clone();
+        let probes = heads.iter().filter(|h| h.starts_with("GET /v2/ ")).count();
+        assert_eq!(probes, 1, "{heads:?}");
+        let data: Vec<&str> = heads
+            .iter()
+            .map(String::as_str)
+            .filter(|h| !h.starts_with("PUT") && !h.starts_with("GET"))
+            .collect();
+        assert_eq!(data, expected, "{heads:?}");
     }
 
     #[test]

@@ -118,6 +118,11 @@ pub struct RegistryClient {
     /// its latest Location. What `cancel_open_sessions` cancels when a push ends.
     pub(crate) open_sessions: Mutex<HashMap<u64, (String, Url)>>,
     pub(crate) next_session: std::sync::atomic::AtomicU64,
+    /// The `GET /v2/` probe was answered without a challenge: the registry takes requests
+    /// without credentials, so the probe is not sent again before each upload's data. A 401
+    /// later (a registry that wants credentials for pushes only) teaches the challenge all the
+    /// same (`Authenticator::learn`), and from then on the challenge is what counts.
+    open_to_anyone: std::sync::atomic::AtomicBool,
 }
 
 impl RegistryClient {
@@ -160,6 +165,7 @@ impl RegistryClient {
             pending_sessions: Mutex::new(HashMap::new()),
             open_sessions: Mutex::new(HashMap::new()),
             next_session: std::sync::atomic::AtomicU64::new(0),
+            open_to_anyone: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -202,7 +208,8 @@ impl RegistryClient {
     /// `GET /v2/` probe if needed and fetch or renew a token. Called before sending a body
     /// that cannot be replayed after a 401.
     pub(crate) async fn authenticate(&self, scope: &Scope) -> Result<(), RegistryError> {
-        if !self.auth.knows_challenge() {
+        use std::sync::atomic::Ordering;
+        if !self.auth.knows_challenge() && !self.open_to_anyone.load(Ordering::Relaxed) {
             let probe = Request {
                 method: Method::GET,
                 url: self.url(""),
@@ -214,6 +221,9 @@ impl RegistryClient {
             let response = self.send(&probe).await?;
             if !response.status().is_success() && response.status() != StatusCode::UNAUTHORIZED {
                 return Err(self.status_error(probe.operation, response, None).await);
+            }
+            if response.status().is_success() {
+                self.open_to_anyone.store(true, Ordering::Relaxed);
             }
         }
         self.auth.ensure(&self.http, scope, None, None).await?;
