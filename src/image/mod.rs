@@ -15,6 +15,7 @@ pub mod file;
 pub mod oci_layout;
 pub mod pipe;
 pub mod plan;
+pub mod read_ahead;
 pub mod script;
 pub mod stdin;
 

@@ -28,6 +28,7 @@ pub use manifest::ManifestFormat;
 
 use crate::blob::{Algorithm, BlobError, Compression};
 use crate::cache::{ArchiveSummary, Cache, CachedBlob};
+use crate::image::read_ahead::{READ_AHEAD_LIMIT, ReadAhead};
 use crate::image::{ArchiveStream, Image, ImageError, IndexedImage};
 use crate::progress::{Event, LayerOutcome, Reporter};
 use crate::registry::Digest;
@@ -338,6 +339,14 @@ pub async fn push<S: BlobStore>(
     reporter: Reporter,
 ) -> Result<Pushed, PushError> {
     spec.validate()?;
+    // A script or stdin goes on meanwhile (a file is read when needed, and may not be at all).
+    let image = match image {
+        Image::Stream(mut stream) if stream.identity.is_none() => {
+            stream.reader = Box::new(ReadAhead::start(stream.reader, READ_AHEAD_LIMIT));
+            Image::Stream(stream)
+        }
+        image => image,
+    };
     // Before any layer is read: which blobs the registry holds for which diff_ids.
     let registry_blobs = lookup::RegistryBlobs::learn(&*store, spec, &reporter).await?;
     let pusher = Arc::new(Pusher {

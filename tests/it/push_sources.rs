@@ -105,6 +105,73 @@ fn stream_script_and_stdin_push_and_read_back() {
     assert_same_image(&registry, &reference, &written);
 }
 
+/// A stream script is not held up while nixfly asks the registry what it has: its output is
+/// read ahead meanwhile (`src/image/read_ahead.rs`), so its generation overlaps the lookups.
+/// Here the target tag's manifest answers 5 s late, and the script, whose 7 MB do not fit
+/// in the pipe, is done long before: without the read-ahead it would wait on a full pipe
+/// until the answer came.
+#[test]
+fn a_stream_script_goes_on_while_the_registry_is_asked_what_it_has() {
+    use support::proxy::{Fault as ProxyFault, FaultProxy, Rule};
+    use support::readback::push_via;
+    let registry = Registry::start(AuthMode::htpasswd());
+    let proxy = FaultProxy::start(
+        registry.addr,
+        vec![Rule::new(
+            "GET",
+            "/manifests/",
+            1,
+            ProxyFault::Delay(Duration::from_secs(5)),
+        )],
+    );
+    let t = TestDir::new();
+    let layers = [
+        images::Layer::of(&["/usr/bin/perl"]),
+        images::Layer::of(&["/usr/bin/bash", "/usr/lib/x86_64-linux-gnu/libc.so.6"]),
+    ];
+    let tar = t.join("image.tar");
+    let written =
+        images::write_stream_layered(std::fs::File::create(&tar).unwrap(), &layers, Fault::None).unwrap();
+    assert!(
+        std::fs::metadata(&tar).unwrap().len() > 4 << 20,
+        "more than the 1 MiB pipe holds"
+    );
+    let done = t.join("done");
+    let script = t.join("stream-image");
+    images::write_executable(
+        &script,
+        &format!(
+            "#!/bin/sh\nset -e\ncat '{}'\ndate +%s.%N > '{}'\n",
+            tar.display(),
+            done.display()
+        ),
+    )
+    .unwrap();
+
+    let began = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let out = push_via(
+        &t,
+        &registry,
+        &proxy.host(),
+        script.to_str().unwrap(),
+        "ahead",
+        "v1",
+        &[],
+    );
+    let reference = pushed_reference(&out, &proxy.host(), "ahead");
+    assert_eq!(proxy.fired().len(), 1, "{:?}", proxy.requests());
+    let finished: f64 = std::fs::read_to_string(&done).unwrap().trim().parse().unwrap();
+    assert!(
+        finished - began < 3.0,
+        "the script finished {:.1} s after the push began: it waited for the lookups",
+        finished - began
+    );
+    assert_same_image(&registry, &proxy.direct(&reference), &written);
+}
+
 #[test]
 fn oci_layout_pushes_its_stored_blobs_unchanged() {
     let registry = Registry::start(AuthMode::htpasswd());

@@ -24,6 +24,8 @@ pub enum Fault {
     /// Read the body, then answer this redirect status with `Location:` the request's own
     /// path (a registry sending uploads elsewhere; here, back to itself).
     Redirect(u16),
+    /// Forward the request after this long (a registry far away, or slow to answer it).
+    Delay(Duration),
     /// Answer without forwarding (the request body is read and dropped first).
     Respond {
         status: u16,
@@ -253,6 +255,10 @@ fn handle(mut client: TcpStream, upstream: SocketAddr, rules: &Mutex<Vec<(Rule, 
             }
         }
         Some(Fault::CutAfter(limit)) => forward(client, upstream, &head, Some(limit), stats),
+        Some(Fault::Delay(delay)) => {
+            std::thread::sleep(delay);
+            forward(client, upstream, &head, None, stats)
+        }
         None => forward(client, upstream, &head, None, stats),
     }
 }
