@@ -11,7 +11,9 @@ Rows, medians of --runs:
                          wall time and layers uploaded (JSON events)
 The target (issue 12): unchanged push <= generation + 0.5 s.
 
-    bench/stream_generator.py [--runs N] [--dirs DIR ...]
+With `--delay-ms N` the registry is behind bench/delay_proxy.py, N ms each way (see push.py).
+
+    bench/stream_generator.py [--runs N] [--dirs DIR ...] [--delay-ms N]
 """
 
 import argparse
@@ -58,12 +60,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dirs", nargs="+", default=DEFAULT_DIRS)
+    parser.add_argument("--delay-ms", type=int, default=0,
+                        help="put a delay line of this many ms each way before the registry")
     args = parser.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "--bin", "nixfly"], cwd=ROOT, check=True)
     nixfly = ROOT / "target/release/nixfly"
     work = Path(tempfile.mkdtemp(prefix="nixfly-bench-stream-"))
-    registry = Registry(work)
+    registry = Registry(work, args.delay_ms)
     try:
         conf = write_conf(work, args.dirs)
         script = work / "stream-image"
@@ -81,7 +85,7 @@ def main():
             subprocess.run(["sh", "-c", f"'{script}' > /dev/null 2>&1"], check=True)
             generation.append(time.monotonic() - started)
             run_dir = work / f"fresh-{run}"
-            wall, _, stdout = timed(push, isolated_env(run_dir))
+            wall, _, stdout, _ = timed(push, isolated_env(run_dir))
             unchanged.append(wall)
             uploaded.append(uploaded_layers(stdout))
             shutil.rmtree(run_dir)

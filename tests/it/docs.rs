@@ -28,7 +28,7 @@ const FOREIGN_FLAGS: &[(&str, &str)] = &[
     ("--example", "cargo run"),
     ("--test", "cargo test"),
     ("--runs", "bench/*.py"),
-    ("--delay-ms", "bench/push.py"),
+    ("--delay-ms", "bench/*.py"),
     ("--floor", "examples/measure_levels.rs"),
     ("--region", "fly volume create"),
     ("--count", "fly volume create"),
