@@ -184,6 +184,9 @@ enum Audience {
     /// api.fly.io's REST routes fly-go reaches with `Tokens.BubblegumHeader()` (the app logs,
     /// `resource_logs.go`): the Machines API's header, `FlyV1 <macaroons>`, else `Bearer`.
     Bubblegum,
+    /// api.fly.io's `/graphql`, as fly-go's GraphQL client reaches it (`client.go`,
+    /// `Tokens.GraphQLHeader()`): `FlyV1 <macaroons,oauth>`, else `Bearer <oauth>`.
+    GraphQl,
 }
 
 /// One HTTP endpoint family (Machines API or platform API) with the token's auth header.
@@ -281,6 +284,15 @@ impl FlyHttp {
         match self.audience {
             Audience::Machines | Audience::Bubblegum => self.token.authorization_header(),
             Audience::Platform => self.token.platform_header(),
+            Audience::GraphQl => self.token.graphql_header(),
+        }
+    }
+
+    /// The same host and token under the header fly-go's GraphQL client sends.
+    pub fn for_graphql(&self) -> FlyHttp {
+        FlyHttp {
+            audience: Audience::GraphQl,
+            ..self.clone()
         }
     }
 
@@ -643,15 +655,25 @@ impl MachinesApi {
             .collect())
     }
 
-    /// Assign an address of `kind` (`v6`, `shared_v4`, ...); returns it.
-    pub async fn assign_ip(&self, kind: &str) -> Result<String, ApiError> {
+    /// Assign an address of `kind` (`v6`, `shared_v4`, ...) to the app of organization
+    /// `org_slug`; returns it. The body is fly-go's `AssignIPRequest`, every field sent
+    /// (`flaps/flaps_ip_assignments.go`, no `omitempty`), filled as flyctl's first deploy fills
+    /// it (`internal/command/deploy/deploy_first.go`): the app's organization, no region,
+    /// network or service name.
+    pub async fn assign_ip(&self, kind: &str, org_slug: &str) -> Result<String, ApiError> {
         let assigned: Value = self
             .http
             .send_json(Request {
                 method: Method::POST,
                 path: &["v1", "apps", &self.app, "ip_assignments"],
                 query: &[],
-                body: Some(json!({"type": kind})),
+                body: Some(json!({
+                    "type": kind,
+                    "region": "",
+                    "org_slug": org_slug,
+                    "network": "",
+                    "service_name": "",
+                })),
                 nonce: None,
                 replay: Replay::Unsafe,
             })
@@ -838,15 +860,19 @@ impl MachinesApi {
             .map(drop)
     }
 
-    /// Acquire a new lease (`nonce` None) or extend the one we hold.
+    /// Acquire a new lease (`nonce` None) or extend the one we hold. The TTL goes both where
+    /// the spec puts it (the `CreateLeaseRequest` body, with a description) and where fly-go
+    /// sends it (`?ttl=`, no body: `flaps/flaps_machines.go`, `AcquireLease`, `RefreshLease`),
+    /// so that flaps reads it whichever it honours.
     pub async fn lease(&self, id: &str, ttl: Duration, nonce: Option<&str>) -> Result<Lease, ApiError> {
+        let secs = ttl.as_secs().max(1);
         let response: LeaseResponse = self
             .http
             .send_json(Request {
                 method: Method::POST,
                 path: &["v1", "apps", &self.app, "machines", id, "lease"],
-                query: &[],
-                body: Some(json!({"ttl": ttl.as_secs().max(1), "description": "nixfly deploy"})),
+                query: &[("ttl", secs.to_string())],
+                body: Some(json!({"ttl": secs, "description": "nixfly deploy"})),
                 nonce,
                 // fly-go retries an acquire on any failure (`flaps/flaps_machines.go`,
                 // `AcquireLease` in `Retry`). One that took effect although its answer was lost

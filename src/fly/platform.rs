@@ -153,6 +153,7 @@ impl PlatformApi {
                              app(name: $appName) { currentReleaseUnprocessed { configDefinition } } }";
         let answer: Value = self
             .http
+            .for_graphql()
             .send_json(Request {
                 method: Method::POST,
                 path: &["graphql"],

@@ -209,6 +209,26 @@ impl FlyToken {
         format!("Bearer {}", all.join(","))
     }
 
+    /// The `Authorization` header value for Fly's GraphQL API (fly-go `Tokens.GraphQLHeader`,
+    /// `tokens/tokens.go` `normalized(true, true)`, which fly-go's client puts on every GraphQL
+    /// request, `client.go` `addAuthorization`): every macaroon, then every OAuth token, under
+    /// `FlyV1` when there is a macaroon, else `Bearer`. Not the releases API's form: that one
+    /// is always `Bearer` (`platform_header`).
+    pub fn graphql_header(&self) -> String {
+        let all: Vec<&str> = self
+            .macaroons
+            .iter()
+            .chain(&self.oauth)
+            .map(String::as_str)
+            .collect();
+        let scheme = if self.macaroons.is_empty() {
+            "Bearer"
+        } else {
+            "FlyV1"
+        };
+        format!("{scheme} {}", all.join(","))
+    }
+
     /// What to send once when Fly rejects a header built with macaroons: the OAuth token of
     /// a login session on its own. None when there is no such second chance.
     pub fn oauth_fallback_header(&self) -> Option<String> {
@@ -387,6 +407,16 @@ mod tests {
         assert_eq!(token.authorization_header(), format!("FlyV1 {expired}"));
     }
 
+    /// fly-go `tokens/tokens.go`, `normalized(true, true)`: GraphQL gets every token, macaroons
+    /// first, under `FlyV1` as soon as there is a macaroon.
+    #[test]
+    fn graphql_gets_flyv1_with_macaroons_then_oauth() {
+        let token = FlyToken::parse("FlyV1 fo1_oauthpart1234,fm2_macaroonpart", TokenSource::Flag).unwrap();
+        assert_eq!(token.graphql_header(), "FlyV1 fm2_macaroonpart,fo1_oauthpart1234");
+        let token = FlyToken::parse("fm2_a,fm2_b", TokenSource::Flag).unwrap();
+        assert_eq!(token.graphql_header(), "FlyV1 fm2_a,fm2_b");
+    }
+
     #[test]
     fn the_platform_api_gets_bearer_with_macaroons_then_oauth() {
         // fly-go tokens_test.go: GraphQL() puts macaroons first whatever the input order.
@@ -397,6 +427,7 @@ mod tests {
         );
         let token = FlyToken::parse("fo1_onlyoauth", TokenSource::Flag).unwrap();
         assert_eq!(token.platform_header(), "Bearer fo1_onlyoauth");
+        assert_eq!(token.graphql_header(), "Bearer fo1_onlyoauth");
         assert_eq!(token.oauth_fallback_header(), None);
     }
 

@@ -36,6 +36,15 @@ pub struct App {
     /// Machines API's OpenAPI file, which the API answers it beside).
     #[serde(default)]
     pub app_role: Option<String>,
+    /// The organization the app belongs to (the spec's `AppOrganizationInfo`).
+    #[serde(default)]
+    pub organization: Option<AppOrganization>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct AppOrganization {
+    #[serde(default)]
+    pub slug: String,
 }
 
 impl App {
@@ -78,10 +87,22 @@ impl Volume {
             && self.host_status.as_deref().is_none_or(|s| s == "ok")
     }
 
-    /// `is_free` and made (`created`, not still being made or going away): one a new machine
-    /// can be given now.
+    /// `is_free` and not going away: one a new machine can be given. fly-go drops volumes in
+    /// its destroy states from every list flyctl's deploy reads (`flaps/flaps_volumes.go`,
+    /// `GetVolumes`, `destroyedVolumeStates`), and counts any other unattached one on an ok
+    /// host as free (`internal/command/deploy/machines.go`), also one still being restored
+    /// from a snapshot, not yet `created` (flyctl `test/preflight/fly_volume_test.go` waits for
+    /// that). `destroyed`, which a list can show too (the same test), goes with them.
     pub fn is_ready_for(&self, name: &str, region: &str) -> bool {
-        self.is_free(name, region) && self.state == "created"
+        const GOING_AWAY: [&str; 6] = [
+            "scheduling_destroy",
+            "fork_cleanup",
+            "waiting_for_detach",
+            "pending_destroy",
+            "destroying",
+            "destroyed",
+        ];
+        self.is_free(name, region) && !GOING_AWAY.contains(&self.state.as_str())
     }
 }
 
@@ -406,6 +427,26 @@ pub fn normalize_config_for_request(config: &mut Value) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// fly-go `flaps/flaps_volumes.go` `destroyedVolumeStates` (and `destroyed`) are not a new
+    /// machine's; any other state of an unattached volume on an ok host is, as for flyctl. The
+    /// name of a restoring volume's state is not known: any other name stands for it here.
+    #[test]
+    fn a_volume_is_free_unless_attached_or_going_away() {
+        let volume = |state: &str, attached: Option<&str>| -> Volume {
+            serde_json::from_value(json!({"id": "vol_1", "name": "data", "region": "ams",
+                "state": state, "attached_machine_id": attached, "host_status": "ok"}))
+            .unwrap()
+        };
+        for state in ["created", "restoring-from-snapshot"] {
+            assert!(volume(state, None).is_ready_for("data", "ams"), "{state}");
+            assert!(!volume(state, Some("m1")).is_ready_for("data", "ams"), "{state}");
+        }
+        for state in ["scheduling_destroy", "pending_destroy", "destroying", "destroyed"] {
+            assert!(!volume(state, None).is_ready_for("data", "ams"), "{state}");
+        }
+        assert!(!volume("created", None).is_ready_for("logs", "ams"));
+    }
 
     /// fly-go's `GetConfig` (`machine_types.go`): a machine whose host is not `ok` comes with
     /// `incomplete_config` and no `config`; that partial config is the one to read.

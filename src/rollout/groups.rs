@@ -431,8 +431,9 @@ impl GroupChanges {
             if !ctx.api.list_ips().await?.is_empty() {
                 return Ok(Vec::new());
             }
-            let v6 = ctx.api.assign_ip("v6").await?;
-            let v4 = ctx.api.assign_ip("shared_v4").await?;
+            let org = ctx.api.get_app().await?.organization.unwrap_or_default().slug;
+            let v6 = ctx.api.assign_ip("v6", &org).await?;
+            let v4 = ctx.api.assign_ip("shared_v4", &org).await?;
             Ok::<_, crate::fly::api::ApiError>(vec![
                 format!("dedicated IPv6 {v6}"),
                 format!("shared IPv4 {v4}"),

@@ -1676,22 +1676,47 @@ async fn flat_leases_and_zero_delays_are_options() {
     assert_eq!(machine["checks"][0]["status"], "passing");
 }
 
+/// An IP assignment as fly-go's `AssignIPRequest` sends it (`flaps/flaps_ip_assignments.go`:
+/// every field, none omitted) with the app's organization, as flyctl's first deploy does.
+fn ip_request(kind: &str) -> Value {
+    json!({"type": kind, "region": "", "org_slug": "personal", "network": "", "service_name": ""})
+}
+
 #[tokio::test]
 async fn ip_addresses_are_assigned_listed_and_released() {
     let (fly, api) = demo();
-    let (status, v6) = api
-        .post("/v1/apps/demo/ip_assignments", json!({"type": "v6"}))
-        .await;
+    let (status, v6) = api.post("/v1/apps/demo/ip_assignments", ip_request("v6")).await;
     assert_eq!(status, 200, "{v6}");
     let (_, v4) = api
-        .post("/v1/apps/demo/ip_assignments", json!({"type": "shared_v4"}))
+        .post("/v1/apps/demo/ip_assignments", ip_request("shared_v4"))
         .await;
     assert_eq!(v4["shared"], true);
-    let (status, _) = api
-        .post("/v1/apps/demo/ip_assignments", json!({"type": "v5"}))
-        .await;
+    assert!(fly.take_violations().is_empty());
+    let (status, _) = api.post("/v1/apps/demo/ip_assignments", ip_request("v5")).await;
     assert_eq!(status, 400);
     assert_eq!(fly.take_violations().len(), 1);
+    // Without the app's org_slug: not what fly-go sends (a violation), though answered.
+    let (status, _) = api
+        .post("/v1/apps/demo/ip_assignments", json!({"type": "v6"}))
+        .await;
+    assert_eq!(status, 200);
+    let violations = fly.take_violations();
+    assert!(
+        violations.len() == 1 && violations[0].reason.contains("org_slug"),
+        "{violations:?}"
+    );
+    let (_, ip) = api.get("/v1/apps/demo/ip_assignments").await;
+    let extra = ip["ips"][2]["ip"]
+        .as_str()
+        .expect("the third address")
+        .to_string();
+    api.call(
+        "DELETE",
+        &format!("/v1/apps/demo/ip_assignments/{extra}"),
+        None,
+        None,
+    )
+    .await;
     let (_, list) = api.get("/v1/apps/demo/ip_assignments").await;
     assert_eq!(list["ips"].as_array().map(Vec::len), Some(2));
     let ip = v6["ip"].as_str().expect("ip");

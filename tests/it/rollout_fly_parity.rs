@@ -13,9 +13,11 @@ use support::rollout::{
 use support::{TestDir, assert_success};
 
 /// Point 1: release calls carry `Bearer <tokens>` (flyctl `internal/uiex/releases.go`), the
-/// Machines API `FlyV1 <macaroons>`; the double answers FlyV1 on the platform API with 401.
+/// Machines API `FlyV1 <macaroons>`; the double answers FlyV1 on the releases API with 401.
+/// GraphQL gets what fly-go's GraphQL client sends (`client.go`, `Tokens.GraphQLHeader()`):
+/// `FlyV1 <macaroons,oauth>` for a token with macaroons, and the double refuses `Bearer` there.
 #[test]
-fn release_records_are_sent_with_bearer_and_machines_calls_with_flyv1() {
+fn release_records_are_sent_with_bearer_and_machines_and_graphql_calls_with_flyv1() {
     let fly = FlyApi::start();
     fly.add_app(APP);
     fly.add_machines(APP, &MachineSpec::new("app").count(2));
@@ -23,21 +25,37 @@ fn release_records_are_sent_with_bearer_and_machines_calls_with_flyv1() {
     let out = run_rollout(&fly, &t, &image(1), &[]);
     assert_success(&out);
     let requests = fly.requests();
-    let (platform, machines): (Vec<_>, Vec<_>) = requests
-        .iter()
-        .partition(|r| r.path.starts_with("/api/") || r.path == "/graphql");
-    assert_eq!(
-        platform.len(),
-        4,
-        "the current release's config (no fly.toml), create, running, complete: {platform:?}"
-    );
+    let (releases, others): (Vec<_>, Vec<_>) = requests.iter().partition(|r| r.path.starts_with("/api/"));
+    let (graphql, machines): (Vec<_>, Vec<_>) = others.into_iter().partition(|r| r.path == "/graphql");
+    assert_eq!(releases.len(), 3, "create, running, complete: {releases:?}");
     assert!(
-        platform
+        releases
             .iter()
             .all(|r| r.auth_scheme == "Bearer" && r.status < 300),
-        "{platform:?}"
+        "{releases:?}"
+    );
+    assert_eq!(
+        graphql.len(),
+        1,
+        "the current release's config (no fly.toml): {graphql:?}"
+    );
+    assert!(
+        graphql.iter().all(|r| r.auth_scheme == "FlyV1" && r.status < 300),
+        "{graphql:?}"
     );
     assert!(machines.iter().all(|r| r.auth_scheme == "FlyV1"), "{machines:?}");
+    // Leases carry their TTL where fly-go sends it (`?ttl=`, `flaps/flaps_machines.go`
+    // `AcquireLease`, `RefreshLease`) and where the spec puts it (the body).
+    let leases: Vec<_> = machines
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/lease"))
+        .collect();
+    assert!(!leases.is_empty());
+    for lease in leases {
+        let ttl = &lease.body.as_ref().expect("a lease body")["ttl"];
+        assert_eq!(lease.query, format!("ttl={ttl}"), "{lease:?}");
+        assert_eq!(ttl, 13, "{lease:?}");
+    }
     assert_eq!(fly.releases()[0].statuses, ["created", "running", "complete"]);
     assert_no_violations(&fly);
 }
@@ -308,10 +326,12 @@ fn login_sessions_drop_expired_macaroons_and_fall_back_to_their_oauth_token() {
     assert_eq!(refusals.len(), 1, "{requests:?}");
     assert_eq!(refusals[0].auth_scheme, "FlyV1");
     let refused_at = requests.iter().position(|r| r.status == 401).unwrap();
+    // GraphQL takes every token at once (fly-go `Tokens.GraphQLHeader()`), so the refused
+    // macaroon rides along there under FlyV1 beside the OAuth token that lets it in.
     assert!(
         requests[refused_at + 1..]
             .iter()
-            .all(|r| r.auth_scheme == "Bearer"),
+            .all(|r| r.auth_scheme == "Bearer" || (r.path == "/graphql" && r.auth_scheme == "FlyV1")),
         "{requests:?}"
     );
     assert!(!stderr(&out).contains(oauth) && !stderr(&out).contains(&refused));

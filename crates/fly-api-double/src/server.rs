@@ -333,19 +333,44 @@ fn is_platform_api(req: &Request) -> bool {
     req.path.starts_with("/api/") || req.path == "/graphql"
 }
 
-/// The platform API (api.fly.io) takes `Authorization: Bearer <macaroons,oauth>`: flyctl's
-/// client sends exactly that (`internal/uiex/releases.go`: `"Bearer " + Tokens.GraphQL()`),
-/// never the Machines API's `FlyV1` scheme, so the double refuses `FlyV1` there.
+/// The platform API (api.fly.io) takes `Authorization: Bearer <macaroons,oauth>` on its REST
+/// routes: flyctl's client sends exactly that (`internal/uiex/releases.go`: `"Bearer " +
+/// Tokens.GraphQL()`), never the Machines API's `FlyV1` scheme, so the double refuses `FlyV1`
+/// there.
 ///
 /// The app logs are the exception: fly-go reaches them with `Tokens.BubblegumHeader()`
 /// (`resource_logs.go`), which is `FlyV1 <macaroons>` whenever there are macaroons.
 ///
-/// No source found that api.fly.io refuses `FlyV1` elsewhere: refusing it is the double's
+/// `/graphql` gets what fly-go's GraphQL client puts on every request (`client.go`,
+/// `addAuthorization`: `Tokens.GraphQLHeader()`, `tokens/tokens.go` `normalized(true, true)`):
+/// `FlyV1` as soon as the token has a macaroon, else `Bearer`; the other scheme is refused.
+///
+/// No source found that api.fly.io refuses the other scheme: refusing it is the double's
 /// strict choice, which keeps clients to what flyctl sends.
 fn platform_scheme_refusal(req: &Request, headers: &HeaderMap) -> Option<Response> {
+    if !is_platform_api(req) || logs_app(&req.path).is_some() {
+        return None;
+    }
     let scheme = auth_scheme(headers);
-    let logs = logs_app(&req.path).is_some();
-    (is_platform_api(req) && !logs && scheme.contains("FlyV1")).then(|| {
+    if req.path == "/graphql" {
+        // By the tokens sent, as fly-go decides by the tokens it holds.
+        let sent = header(headers, "authorization").unwrap_or_default();
+        let credential = sent.split_once(' ').map_or("", |(_, rest)| rest);
+        let has_macaroon = credential
+            .split(',')
+            .any(|part| ["fm1r_", "fm1a_", "fm2_"].iter().any(|p| part.starts_with(p)));
+        let expected = if has_macaroon { "FlyV1" } else { "Bearer" };
+        return (scheme != expected).then(|| {
+            error(
+                StatusCode::UNAUTHORIZED,
+                &format!(
+                    "Authenticate: fly-go's GraphQL client sends `Authorization: {expected} <tokens>` \
+                     for this token, not {scheme}"
+                ),
+            )
+        });
+    }
+    scheme.contains("FlyV1").then(|| {
         error(
             StatusCode::UNAUTHORIZED,
             "Authenticate: the platform API takes `Authorization: Bearer <tokens>`, not FlyV1",
@@ -706,6 +731,21 @@ async fn machines(shared: &Shared, req: &Request, op: &Operation) -> Response {
         }
         "App_IPAssignments_create" => {
             let str_field = |name: &str| req.body_field(name).and_then(Value::as_str);
+            // fly-go's `AssignIPRequest` has no `omitempty` (`flaps/flaps_ip_assignments.go`), and
+            // flyctl's first deploy fills `org_slug` with the app's organization
+            // (`internal/command/deploy/deploy_first.go`, `provisionIpsOnFirstDeploy`): a body
+            // without it is not what flyctl sends. No source found that Fly refuses one; the
+            // double records it as a violation, its strict choice.
+            if str_field("org_slug") != Some(APP_ORG_SLUG) {
+                st.violations.push(Violation {
+                    method: req.method.clone(),
+                    path: req.path.clone(),
+                    reason: format!(
+                        "an IP assignment without the app's org_slug ({APP_ORG_SLUG:?}), which fly-go's \
+                         AssignIPRequest always carries"
+                    ),
+                });
+            }
             let kind = str_field("type").unwrap_or("v6").to_string();
             let region = str_field("region").map(str::to_string);
             ok_json(StatusCode::OK, st.assign_ip(&app, &kind, region.as_deref()))
@@ -758,10 +798,13 @@ fn show_app(st: &State, app: &App) -> Response {
             "machine_count": count,
             "volume_count": volumes,
             "network": "default",
-            "organization": {"name": "Personal", "slug": "personal"},
+            "organization": {"name": "Personal", "slug": APP_ORG_SLUG},
         }),
     )
 }
+
+/// The organization every app of the double belongs to (`Apps_show`'s `organization.slug`).
+const APP_ORG_SLUG: &str = "personal";
 
 fn list_machines(st: &State, req: &Request, app: &str, now: Instant) -> Response {
     let states: Option<Vec<&str>> = req.query("state").map(|s| s.split(',').collect());
