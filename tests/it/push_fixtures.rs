@@ -81,3 +81,50 @@ fn build_image_archive_is_sorted_with_layer_directories() {
         "layer dir is not the diff_id"
     );
 }
+
+/// The outer archive and its JSON are what stream_layered_image.py's own libraries write: Python's
+/// `tarfile` (`mode="w|"`, `TarInfo(name)` with the size and mtime 1, as its `add_bytes` and
+/// layer entries do) rebuilds the whole archive from the fixture's entries byte for byte, record
+/// padding included, and `json.dumps(indent=4)` of the config and manifest, read back with their
+/// key order kept, gives their bytes again, in the order `main()` builds them.
+#[test]
+fn stream_layered_archive_is_what_pythons_tarfile_and_json_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("image.tar");
+    images::write_stream_layered(
+        std::fs::File::create(&path).unwrap(),
+        &images::small_layers(),
+        Fault::None,
+    )
+    .unwrap();
+    let script = r#"
+import io, json, sys, tarfile
+data = open(sys.argv[1], "rb").read()
+out = io.BytesIO()
+with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as src, tarfile.open(fileobj=out, mode="w|") as dst:
+    for member in src:
+        body = src.extractfile(member).read()
+        info = tarfile.TarInfo(member.name)
+        info.size, info.mtime = len(body), 1
+        dst.addfile(info, io.BytesIO(body))
+        if member.name.endswith(".json"):
+            value = json.loads(body, object_pairs_hook=lambda pairs: dict(pairs))
+            assert json.dumps(value, indent=4).encode() == body, member.name
+            if member.name != "manifest.json":
+                assert list(value) == ["created", "architecture", "os", "config", "rootfs", "history"], list(value)
+                assert all(h["comment"].startswith("store paths: ['/nix/store/") for h in value["history"])
+            else:
+                assert list(value[0]) == ["Config", "RepoTags", "Layers"], list(value[0])
+assert out.getvalue() == data, (len(out.getvalue()), len(data))
+print(len(data))
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .output()
+        .expect("run python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let size: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert_eq!(size % 10240, 0, "a whole number of tar records");
+}

@@ -1,13 +1,25 @@
-//! Fixture images written exactly as nixpkgs dockerTools writes them, from real files on this
-//! machine, for every source kind nixfly reads, plus broken variants for the error tests.
+//! Fixture images shaped as nixpkgs dockerTools writes them, from real files on this machine,
+//! for every source kind nixfly reads, plus broken variants for the error tests.
 //!
 //! - streamLayeredImage (`stream_layered_image.py`): per layer one `<sha256 of layer tar>/layer.tar`
-//!   (no directory entries), then `<sha256 of config>.json`, then `manifest.json` last; layer tars
-//!   start with `/nix` and `/nix/store` (0755), then each store path's files sorted, absolute
-//!   names, hardlinks as regular files, fixed mtime/uid/gid; config and manifest JSON indented
-//!   by 4. buildLayeredImage is that stream piped through a compressor.
+//!   (no directory entries), then `<sha256 of config>.json`, then `manifest.json` last. The outer
+//!   archive is byte for byte what the script's `tarfile.open(mode="w|")` writes for these entries
+//!   (headers, then zero padding to a whole 10240-byte record), and the config and manifest are
+//!   its `json.dumps(indent=4)`, keys in the order its `main()` builds them
+//!   (`push_fixtures::stream_layered_archive_is_what_pythons_tarfile_and_json_write` holds both
+//!   to Python). There is no customisation layer. buildLayeredImage is that stream piped through
+//!   a compressor.
+//! - Layer tars (the inner archives) have nixpkgs' entries in its order: `/nix` and `/nix/store`
+//!   (0755), then each store path's files sorted, absolute names, hardlinks as regular files,
+//!   fixed mtime/uid/gid. They are not its bytes: GNU headers without owner names, no trailing
+//!   `/` on directories, GNU long names, no record padding, where nixpkgs' tarfile writes PAX
+//!   with `root`. So a fixture layer's diff_id is not the one nixpkgs would give the same paths.
+//!   nixpkgs' exact layer bytes are `src/layer/store_tar.rs`'s job, held to the diff_ids
+//!   nixpkgs' own script streamed (`layer_cli::layer_plans_match_nixpkgs`); the Nix tests
+//!   stream with the nixpkgs stand-in's `stream.py`, which writes them.
 //! - buildImage: `<layerID>/{VERSION,json,layer.tar}`, `<config sha>.json`, `manifest.json`,
-//!   `repositories`, sorted by name; the layer directory is not the diff_id.
+//!   `repositories`, sorted by name; the layer directory is not the diff_id. Its config is the
+//!   stream's, not the jq output nixpkgs' buildImage writes.
 //!
 //! Layer tars are generated twice (once to hash, once to write), never held in memory, so
 //! the same code makes the benchmark's large images.
@@ -220,12 +232,32 @@ fn hash_layer(layer: &Layer) -> io::Result<(String, u64)> {
 }
 
 /// Outer archive writer: entries are appended with their exact bytes, the layers streamed.
+/// `python`: headers and end as stream_layered_image.py's `tarfile.open(mode="w|")` writes them
+/// (see [`python_header`]); else as this crate writes buildImage's (ustar by the tar crate).
 struct Outer<W: Write> {
     out: W,
+    python: bool,
+    written: u64,
 }
 
 impl<W: Write> Outer<W> {
+    fn new(out: W, python: bool) -> Self {
+        Outer {
+            out,
+            python,
+            written: 0,
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.written += bytes.len() as u64;
+        self.out.write_all(bytes)
+    }
+
     fn header(&mut self, name: &str, size: u64, kind: tar::EntryType) -> io::Result<()> {
+        if self.python {
+            return self.write(&python_header(name, size));
+        }
         let mut header = tar::Header::new_ustar();
         header.set_entry_type(kind);
         header.set_size(size);
@@ -234,39 +266,75 @@ impl<W: Write> Outer<W> {
         let bytes = name.as_bytes();
         header.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
         header.set_cksum();
-        self.out.write_all(header.as_bytes())
+        self.write(header.as_bytes())
     }
 
     fn pad(&mut self, size: u64) -> io::Result<()> {
         let rest = (512 - size % 512) % 512;
-        self.out.write_all(&vec![0u8; rest as usize])
+        self.write(&vec![0u8; rest as usize])
     }
 
     fn file(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
         self.header(name, bytes.len() as u64, tar::EntryType::Regular)?;
-        self.out.write_all(bytes)?;
+        self.write(bytes)?;
         self.pad(bytes.len() as u64)
     }
 
     fn layer(&mut self, name: &str, layer: &Layer, size: u64, corrupt: bool) -> io::Result<()> {
         self.header(name, size, tar::EntryType::Regular)?;
+        let mut bytes = Vec::new();
         if corrupt {
-            let mut bytes = Vec::new();
             write_layer_tar(layer, &mut bytes)?;
             let middle = bytes.len() / 2;
             bytes[middle] ^= 0x55;
-            self.out.write_all(&bytes)?;
+            self.write(&bytes)?;
         } else {
             write_layer_tar(layer, &mut self.out)?;
+            self.written += size;
         }
         self.pad(size)
     }
 
+    /// Two zero blocks; Python's tarfile then pads the archive to a whole record (10240 bytes,
+    /// `tarfile.RECORDSIZE`), so a stream goes on past the end-of-archive blocks.
     fn end(mut self) -> io::Result<W> {
-        self.out.write_all(&[0u8; 1024])?;
+        self.write(&[0u8; 1024])?;
+        if self.python {
+            let rest = (10240 - self.written % 10240) % 10240;
+            self.write(&vec![0u8; rest as usize])?;
+        }
         self.out.flush()?;
         Ok(self.out)
     }
+}
+
+/// The header Python's `tarfile` writes for `TarInfo(name)` with a size and mtime 1, in its
+/// default PAX format (`TarInfo._create_header`, used by stream_layered_image.py's `add_bytes`
+/// and for each layer): mode 0644, uid and gid 0 as octal, empty owner names, magic
+/// `ustar\0` `00`, no device numbers, the checksum as six octal digits, NUL, space. Names here
+/// are short and ASCII, so no PAX extended header precedes it.
+fn python_header(name: &str, size: u64) -> [u8; 512] {
+    assert!(
+        name.len() < 100 && name.is_ascii(),
+        "a PAX header would be needed for {name}"
+    );
+    let mut h = [0u8; 512];
+    let octal = |field: &mut [u8], value: u64| {
+        let text = format!("{value:0width$o}", width = field.len() - 1);
+        field[..text.len()].copy_from_slice(text.as_bytes());
+    };
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    octal(&mut h[100..108], 0o644);
+    octal(&mut h[108..116], 0);
+    octal(&mut h[116..124], 0);
+    octal(&mut h[124..136], size);
+    octal(&mut h[136..148], MTIME);
+    h[148..156].copy_from_slice(b"        ");
+    h[156] = b'0';
+    h[257..265].copy_from_slice(b"ustar\x0000");
+    let checksum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{checksum:06o}\0 ").as_bytes());
+    h
 }
 
 /// Python's `json.dumps(value, indent=4)`.
@@ -278,22 +346,114 @@ fn python_json(value: &serde_json::Value) -> Vec<u8> {
     out
 }
 
-fn image_config(diff_ids: &[String], architecture: &str) -> Vec<u8> {
-    // Key order as stream_layered_image.py writes them.
+/// A JSON value whose objects keep their keys in the order given, for writing what Python's
+/// `json.dumps(value, indent=4)` writes from a dict built in that order (serde_json's maps sort
+/// their keys).
+enum Py {
+    Str(String),
+    List(Vec<Py>),
+    Dict(Vec<(&'static str, Py)>),
+}
+
+impl Py {
+    fn str(text: impl Into<String>) -> Py {
+        Py::Str(text.into())
+    }
+
+    fn strs<T: AsRef<str>>(items: &[T]) -> Py {
+        Py::List(items.iter().map(|i| Py::str(i.as_ref())).collect())
+    }
+
+    /// `json.dumps(self, indent=4)`: the strings here are ASCII, so `ensure_ascii` changes none.
+    fn dumps(&self) -> Vec<u8> {
+        let mut out = String::new();
+        self.write(&mut out, 0);
+        out.into_bytes()
+    }
+
+    fn write(&self, out: &mut String, level: usize) {
+        let indent = |out: &mut String, level: usize| out.push_str(&" ".repeat(4 * level));
+        match self {
+            Py::Str(text) => out.push_str(&serde_json::to_string(text).expect("a string")),
+            Py::List(items) if items.is_empty() => out.push_str("[]"),
+            Py::Dict(items) if items.is_empty() => out.push_str("{}"),
+            Py::List(items) => {
+                out.push_str("[\n");
+                for (i, item) in items.iter().enumerate() {
+                    indent(out, level + 1);
+                    item.write(out, level + 1);
+                    out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
+                }
+                indent(out, level);
+                out.push(']');
+            }
+            Py::Dict(items) => {
+                out.push_str("{\n");
+                for (i, (key, value)) in items.iter().enumerate() {
+                    indent(out, level + 1);
+                    out.push_str(&format!("\"{key}\": "));
+                    value.write(out, level + 1);
+                    out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
+                }
+                indent(out, level);
+                out.push('}');
+            }
+        }
+    }
+}
+
+/// Python's `repr` of a list of strings (the history comments' `store paths: [...]`).
+fn python_list_repr(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("'{i}'")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// The config stream_layered_image.py writes: its keys in the order `main()` builds them, one
+/// history entry per layer whose comment lists the layer's store paths.
+fn image_config(diff_ids: &[String], layer_paths: &[Vec<String>], architecture: &str) -> Vec<u8> {
     let created = "1970-01-01T00:00:01+00:00";
-    let config = format!(
-        r#"{{"created": "{created}", "architecture": "{architecture}", "os": "linux", "config": {{"Cmd": ["/bin/hello"], "Env": ["PATH=/bin"]}}, "rootfs": {{"diff_ids": {}, "type": "layers"}}, "history": {}}}"#,
-        serde_json::to_string(diff_ids).unwrap(),
-        serde_json::to_string(
-            &diff_ids
-                .iter()
-                .map(|_| serde_json::json!({"created": created, "comment": "store paths: [...]"}))
-                .collect::<Vec<_>>()
-        )
-        .unwrap()
-    );
-    let value: serde_json::Value = serde_json::from_str(&config).unwrap();
-    python_json(&value)
+    Py::Dict(vec![
+        ("created", Py::str(created)),
+        ("architecture", Py::str(architecture)),
+        ("os", Py::str("linux")),
+        (
+            "config",
+            Py::Dict(vec![
+                ("Cmd", Py::strs(&["/bin/hello"])),
+                ("Env", Py::strs(&["PATH=/bin"])),
+            ]),
+        ),
+        (
+            "rootfs",
+            Py::Dict(vec![
+                ("diff_ids", Py::strs(diff_ids)),
+                ("type", Py::str("layers")),
+            ]),
+        ),
+        (
+            "history",
+            Py::List(
+                layer_paths
+                    .iter()
+                    .map(|paths| {
+                        Py::Dict(vec![
+                            ("created", Py::str(created)),
+                            (
+                                "comment",
+                                Py::str(format!("store paths: {}", python_list_repr(paths))),
+                            ),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ),
+    ])
+    .dumps()
+}
+
+/// Each layer's store paths, as the stream script names them.
+fn store_paths(layer: &Layer) -> Vec<String> {
+    layer.paths.iter().map(|p| store_path(p)).collect()
 }
 
 /// An uncompressed streamLayeredImage archive (what the script prints, what buildLayeredImage
@@ -308,9 +468,10 @@ pub fn write_stream_layered(out: impl Write, layers: &[Layer], fault: Fault) -> 
         Fault::Architecture(architecture) => architecture,
         _ => "amd64",
     };
-    let config = image_config(&diff_ids, architecture);
+    let paths: Vec<Vec<String>> = layers.iter().map(store_paths).collect();
+    let config = image_config(&diff_ids, &paths, architecture);
     let config_digest = format!("sha256:{}", sha256_hex(&config));
-    let mut outer = Outer { out };
+    let mut outer = Outer::new(out, true);
     let mut names = Vec::new();
     for (index, (layer, (hex, size))) in layers.iter().zip(&hashed).enumerate() {
         let name = format!("{hex}/layer.tar");
@@ -324,11 +485,12 @@ pub fn write_stream_layered(out: impl Write, layers: &[Layer], fault: Fault) -> 
     }
     let config_name = format!("{}.json", &config_digest["sha256:".len()..]);
     outer.file(&config_name, &config)?;
-    let manifest = python_json(&serde_json::json!([{
-        "Config": config_name,
-        "RepoTags": ["hello:latest"],
-        "Layers": names,
-    }]));
+    let manifest = Py::List(vec![Py::Dict(vec![
+        ("Config", Py::str(&config_name)),
+        ("RepoTags", Py::strs(&["hello:latest"])),
+        ("Layers", Py::strs(&names)),
+    ])])
+    .dumps();
     match fault {
         Fault::NoManifest => {}
         Fault::BadManifest => outer.file("manifest.json", b"[{\"Config\": ")?,
@@ -347,7 +509,7 @@ pub fn write_stream_layered(out: impl Write, layers: &[Layer], fault: Fault) -> 
 pub fn write_build_image(out: impl Write, layer: &Layer) -> io::Result<Written> {
     let (hex, size) = hash_layer(layer)?;
     let diff_ids = vec![format!("sha256:{hex}")];
-    let config = image_config(&diff_ids, "amd64");
+    let config = image_config(&diff_ids, &[store_paths(layer)], "amd64");
     let config_digest = format!("sha256:{}", sha256_hex(&config));
     // buildImage's layer ID is a hash of the layer's metadata, not of its content.
     let layer_id = sha256_hex(format!("layer-id {hex}").as_bytes());
@@ -374,7 +536,7 @@ pub fn write_build_image(out: impl Write, layer: &Layer) -> io::Result<Written> 
         ("repositories".into(), Entry::Bytes(&repositories)),
     ];
     entries.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut outer = Outer { out };
+    let mut outer = Outer::new(out, false);
     for (name, entry) in entries {
         match entry {
             Entry::Dir => outer.header(&format!("{name}/"), 0, tar::EntryType::Directory)?,
@@ -411,7 +573,7 @@ pub fn zstd_file(from: &Path, to: &Path) -> io::Result<()> {
 pub fn write_stream_script(path: &Path, archive: &Path, exit_code: i32) -> io::Result<()> {
     let body = if exit_code == 0 {
         format!(
-            "echo 'No fromImage provided' >&2\necho 'Creating layer 1 from paths: [...]' >&2\ncat '{}'\necho 'Done.' >&2\n",
+            "echo \"No 'fromImage' provided\" >&2\necho 'Creating layer 1 from paths: [...]' >&2\ncat '{}'\necho 'Done.' >&2\n",
             archive.display()
         )
     } else {
@@ -482,7 +644,8 @@ pub fn write_oci_layout(dir: &Path, layers: &[Layer], zstd: bool) -> io::Result<
         let (digest, size) = put(&blob)?;
         descriptors.push(serde_json::json!({"mediaType": media_type, "digest": digest, "size": size}));
     }
-    let config = image_config(&diff_ids, "amd64");
+    let paths: Vec<Vec<String>> = layers.iter().map(store_paths).collect();
+    let config = image_config(&diff_ids, &paths, "amd64");
     let (config_digest, config_size) = put(&config)?;
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
