@@ -870,3 +870,55 @@ fn builders_see_what_the_nixos_sandbox_shows_them() {
     crate::support::assert_success(&out);
     assert_eq!(std::fs::read_to_string(t.join("kept")).unwrap(), "in the store");
 }
+
+/// A base image whose config's `config` is null fails the stand-in's stream as it fails
+/// nixpkgs' `stream_layered_image.py`, whose `overlay_base_config` calls `.get("Env", [])` on it
+/// (an AttributeError); the stand-in used to stream such an image.
+#[test]
+fn a_base_image_with_a_null_config_fails_as_in_nixpkgs() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = r#"
+import hashlib, io, json, os, sys, tarfile
+d = sys.argv[1]
+def add(tar, name, data):
+    info = tarfile.TarInfo(name); info.size = len(data); tar.addfile(info, io.BytesIO(data))
+config = json.dumps({"architecture": "amd64", "os": "linux", "config": None,
+                     "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+with tarfile.open(os.path.join(d, "base.tar"), "w") as tar:
+    add(tar, "config.json", config)
+    add(tar, "manifest.json", json.dumps([{"Config": "config.json", "RepoTags": [], "Layers": []}]).encode())
+custom = os.path.join(d, "custom"); os.mkdir(custom)
+with tarfile.open(os.path.join(custom, "layer.tar"), "w"):
+    pass
+digest = hashlib.sha256(open(os.path.join(custom, "layer.tar"), "rb").read()).hexdigest()
+open(os.path.join(custom, "checksum"), "w").write(digest)
+conf = {"store_dir": "/nix/store", "from_image": os.path.join(d, "base.tar"),
+        "created": "1970-01-01T00:00:01+00:00", "mtime": "1970-01-01T00:00:01+00:00",
+        "uid": "0", "gid": "0", "uname": "root", "gname": "root", "store_layers": [],
+        "customisation_layer": custom, "architecture": "amd64",
+        "config": {"Env": ["PATH=/bin"]}, "repo_tag": "base:latest"}
+json.dump(conf, open(os.path.join(d, "conf.json"), "w"))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", setup])
+        .arg(dir.path())
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("python3")
+        .arg(format!("{root}/nix/tests/nixpkgs-standin/docker/stream.py"))
+        .arg(dir.path().join("conf.json"))
+        .stdout(std::process::Stdio::null())
+        .output()
+        .expect("python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "streamed a base image whose config is null: {stderr}"
+    );
+    assert!(
+        stderr.contains("AttributeError") && stderr.contains("'NoneType' object has no attribute 'get'"),
+        "{stderr}"
+    );
+}

@@ -120,13 +120,17 @@ def add_base_layers(image, from_image):
         print("Adding base layer", number, "from", info.path, file=sys.stderr)
         layers.append((diff_id.removeprefix("sha256:"), info.path, [info.path]))
     base.close()
-    return layers, config["config"]
+    return layers, config
 
 
-def with_base_env(base_config, config):
-    """The base config's Env, then the conf's; one entry per name, the last value winning."""
-    if base_config is None:
+def with_base_env(base_image_config, config):
+    """The base config's Env, then the conf's; one entry per name, the last value winning.
+    `base_image_config` is the base image's whole config (None without a base image): its
+    `config` is read only here, so a base whose `config` is null or missing fails as nixpkgs'
+    `overlay_base_config` does."""
+    if base_image_config is None:
         return config
+    base_config = base_image_config["config"]
     env = base_config.get("Env", []) + config.get("Env", [])
     if env:
         by_name = {}
@@ -161,7 +165,7 @@ def main():
     owner = (mtime, int(conf["uid"]), int(conf["gid"]), conf["uname"], conf["gname"])
 
     with tarfile.open(mode="w|", fileobj=sys.stdout.buffer) as image:
-        layers, base_config = add_base_layers(image, conf["from_image"])
+        layers, base_image_config = add_base_layers(image, conf["from_image"])
         for number, paths in enumerate(conf["store_layers"], start=len(layers) + 1):
             print("Creating layer", number, "from paths:", paths, file=sys.stderr)
             outside = [p for p in paths if not p.startswith(conf["store_dir"])]
@@ -174,7 +178,7 @@ def main():
             "created": created,
             "architecture": conf["architecture"],
             "os": "linux",
-            "config": with_base_env(base_config, conf["config"]),
+            "config": with_base_env(base_image_config, conf["config"]),
             "rootfs": {"diff_ids": [f"sha256:{sha}" for sha, _, _ in layers], "type": "layers"},
             "history": [
                 {"created": created, "comment": f"store paths: {paths}"} for _, _, paths in layers
