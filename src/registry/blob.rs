@@ -738,8 +738,8 @@ impl RegistryClient {
         Ok(StoredBlob { digest, size: offset })
     }
 
-    /// Open an upload session while the producer goes on: what it sends meanwhile, up to the
-    /// window, is taken into the window and goes out first. The session costs a round trip
+    /// Open an upload session while the producer goes on: what it sends meanwhile, up to half
+    /// the window, is taken into the window and goes out first. The session costs a round trip
     /// (more when a token must be fetched first), and without this the producer (a compressor)
     /// would stop at its channel's few chunks until the first PATCH drains them.
     async fn start_upload_taking(
@@ -750,8 +750,12 @@ impl RegistryClient {
         let start = self.start_upload(repository);
         tokio::pin!(start);
         loop {
-            // Within the window nothing is trimmed, so nothing taken here needs the spill.
-            let room = !source.finished && source.received < source.capacity;
+            // Up to half the window: a chunk pushes an older one out of the window (to the
+            // spill, or gone) only once the window's worth of newer bytes has come after it, so
+            // nothing taken here leaves before it is sent unless one chunk is over half the
+            // window (never with the 8 MiB window and chunks of 1 MiB at most; if it happened,
+            // the upload would be lost and read again, as after any loss beyond the window).
+            let room = !source.finished && source.received < source.capacity / 2;
             let at = source.received;
             tokio::select! {
                 biased;
