@@ -263,16 +263,28 @@ impl ConfigChange {
         };
         let object = config.as_object_mut().expect("config is an object");
         object.insert("image".into(), Value::String(self.image.clone()));
+        // The platform's keys as the translated (or current) config has them. flyctl sets them
+        // after fly.toml's `[env]` and `--env` (`internal/appconfig/machines.go`:
+        // `FLY_PROCESS_GROUP` always, `PRIMARY_REGION` when `primary_region` is set), so they
+        // win over an `[env]` or `--env` of the same name.
+        let platform: Vec<(String, Value)> = object
+            .get("env")
+            .and_then(Value::as_object)
+            .map(|old| {
+                PLATFORM_ENV
+                    .iter()
+                    .filter_map(|key| Some((key.to_string(), old.get(*key)?.clone())))
+                    .collect()
+            })
+            .unwrap_or_default();
         if let Some(env) = &self.env {
-            let old = object.get("env").and_then(Value::as_object);
-            let mut new: Map<String, Value> = PLATFORM_ENV
+            let new: Map<String, Value> = env
                 .iter()
-                .filter_map(|key| Some((key.to_string(), old?.get(*key)?.clone())))
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                 .collect();
-            new.extend(env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))));
             object.insert("env".into(), Value::Object(new));
         }
-        if !self.env_flags.is_empty() {
+        if !self.env_flags.is_empty() || (self.env.is_some() && !platform.is_empty()) {
             let env = object.entry("env").or_insert_with(|| json!({}));
             if !env.is_object() {
                 *env = json!({});
@@ -281,6 +293,7 @@ impl ConfigChange {
                 for (name, value) in &self.env_flags {
                     env.insert(name.clone(), Value::String(value.clone()));
                 }
+                env.extend(platform);
             }
         }
         self.set_release_data(&mut config);
@@ -318,30 +331,36 @@ impl ConfigChange {
         }
     }
 
-    /// Env keys this change adds, changes or removes on a machine, for the preview.
+    /// Env keys this change adds, changes or removes on a machine, for the preview: the env
+    /// `apply` gives it (fly.toml's `[env]`, `--env`, the platform's keys over both) against
+    /// the one it has. The platform's own keys are left out: they follow the group and
+    /// `primary_region`, not the user's env.
     pub fn env_diff(&self, current: &Value) -> Vec<String> {
-        let Some(env) = &self.env else {
+        if self.env.is_none() {
             return Vec::new();
+        }
+        let strings = |config: &Value| -> BTreeMap<String, String> {
+            config
+                .get("env")
+                .and_then(Value::as_object)
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default()
         };
-        let old: BTreeMap<&str, &str> = current
-            .get("env")
-            .and_then(Value::as_object)
-            .map(|o| {
-                o.iter()
-                    .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (old, new) = (strings(current), strings(&self.apply(current)));
         let mut diff = Vec::new();
-        for (key, value) in env {
-            match old.get(key.as_str()) {
+        for (key, value) in new.iter().filter(|(k, _)| !PLATFORM_ENV.contains(&k.as_str())) {
+            match old.get(key) {
                 None => diff.push(format!("+{key}")),
                 Some(v) if v != value => diff.push(format!("~{key}")),
                 Some(_) => {}
             }
         }
         for key in old.keys() {
-            if !env.contains_key(*key) && !PLATFORM_ENV.contains(key) {
+            if !new.contains_key(key) && !PLATFORM_ENV.contains(&key.as_str()) {
                 diff.push(format!("-{key}"));
             }
         }
@@ -585,6 +604,36 @@ mod tests {
         assert_eq!(config["services"][0]["autostop"], "stop");
         assert_eq!(config["unknown_future_field"], json!({"a": 1}));
         assert_eq!(change.env_diff(&current), vec!["~KEEP", "+NEW", "-OLD"]);
+    }
+
+    /// flyctl `internal/appconfig/machines.go`: `FLY_PROCESS_GROUP` and (with a
+    /// `primary_region`) `PRIMARY_REGION` are set after `[env]` and `--env`, so they win over
+    /// an entry of the same name in either.
+    #[test]
+    fn the_platform_env_wins_over_fly_toml_env_and_env_flags() {
+        let current = json!({"image": "old", "env": {"FLY_PROCESS_GROUP": "app", "PRIMARY_REGION": "ams"}});
+        let change = ConfigChange {
+            image: "new".into(),
+            env: Some(BTreeMap::from([
+                ("PRIMARY_REGION".to_string(), "iad".to_string()),
+                ("A".to_string(), "1".to_string()),
+            ])),
+            env_flags: BTreeMap::from([("FLY_PROCESS_GROUP".to_string(), "web".to_string())]),
+            ..ConfigChange::default()
+        };
+        let config = change.apply(&current);
+        assert_eq!(
+            config["env"],
+            json!({"FLY_PROCESS_GROUP": "app", "PRIMARY_REGION": "ams", "A": "1"})
+        );
+        // The preview shows what the machine gets: A, not an overridden PRIMARY_REGION.
+        assert_eq!(change.env_diff(&current), vec!["+A"]);
+        // No primary_region: fly.toml's own PRIMARY_REGION stays, as in flyctl.
+        let current = json!({"image": "old", "env": {"FLY_PROCESS_GROUP": "app"}});
+        assert_eq!(
+            change.apply(&current)["env"],
+            json!({"FLY_PROCESS_GROUP": "app", "PRIMARY_REGION": "iad", "A": "1"})
+        );
     }
 
     #[test]
