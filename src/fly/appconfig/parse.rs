@@ -514,7 +514,12 @@ fn parse_http_service(t: &Table<'_, '_>) -> HttpService {
         http_options: t.table("http_options").map(|o| http_options(&o)),
         checks: t
             .get("checks")
-            .map(|f| f.tables().iter().map(parse_http_check).collect())
+            .map(|f| {
+                f.tables()
+                    .iter()
+                    .map(|c| parse_http_check(c, NumberUnit::Refused))
+                    .collect()
+            })
             .unwrap_or_default(),
         machine_checks: machine_checks(t),
     }
@@ -611,7 +616,12 @@ fn parse_service(t: &Table<'_, '_>) -> Service {
             .unwrap_or_default(),
         http_checks: t
             .get("http_checks")
-            .map(|f| f.tables().iter().map(parse_http_check).collect())
+            .map(|f| {
+                f.tables()
+                    .iter()
+                    .map(|c| parse_http_check(c, NumberUnit::Milliseconds))
+                    .collect()
+            })
             .unwrap_or_default(),
         machine_checks: machine_checks(t),
         processes: t.strings("processes"),
@@ -773,10 +783,13 @@ fn parse_concurrency(field: &Field<'_, '_>) -> Option<Concurrency> {
     Some(concurrency)
 }
 
-fn check_durations(t: &Table<'_, '_>) -> [Option<Duration>; 3] {
-    // flyctl reads bare numbers in checks as milliseconds.
-    ["interval", "timeout", "grace_period"]
-        .map(|key| t.get(key).and_then(|f| duration(&f, NumberUnit::Milliseconds)))
+/// A check's durations. flyctl reads bare numbers as milliseconds in the checks its patches
+/// reach: `[checks]` and `[[services]]`' (`internal/appconfig/patches.go`,
+/// `patchTopLevelChecks`, `patchServices`, `_patchCheck`). `[http_service]` has no patch, so
+/// its checks' bare numbers go to fly-go's duration parser as nanoseconds (`15000` is 15µs,
+/// which Fly raises to 1s): those are refused (`NumberUnit::Refused`).
+fn check_durations(t: &Table<'_, '_>, unit: NumberUnit) -> [Option<Duration>; 3] {
+    ["interval", "timeout", "grace_period"].map(|key| t.get(key).and_then(|f| duration(&f, unit)))
 }
 
 /// A service check's durations outside 1s-1m: Fly moves them into that range, and flyctl
@@ -799,7 +812,7 @@ fn warn_service_check_durations(t: &Table<'_, '_>, durations: [Option<Duration>;
 }
 
 fn parse_tcp_check(t: &Table<'_, '_>) -> TcpCheck {
-    let [interval, timeout, grace_period] = check_durations(t);
+    let [interval, timeout, grace_period] = check_durations(t, NumberUnit::Milliseconds);
     warn_service_check_durations(t, [interval, timeout, grace_period]);
     t.ignore(&["restart_limit"]);
     warn_restart_limit(t);
@@ -817,16 +830,16 @@ fn warn_restart_limit(t: &Table<'_, '_>) {
     }
 }
 
-fn parse_http_check(t: &Table<'_, '_>) -> HttpCheck {
-    let check = http_check_fields(t);
+fn parse_http_check(t: &Table<'_, '_>, unit: NumberUnit) -> HttpCheck {
+    let check = http_check_fields(t, unit);
     warn_service_check_durations(t, [check.interval, check.timeout, check.grace_period]);
     warn_restart_limit(t);
     t.finish();
     check
 }
 
-fn http_check_fields(t: &Table<'_, '_>) -> HttpCheck {
-    let [interval, timeout, grace_period] = check_durations(t);
+fn http_check_fields(t: &Table<'_, '_>, unit: NumberUnit) -> HttpCheck {
+    let [interval, timeout, grace_period] = check_durations(t, unit);
     let headers = t.get("headers").map(|f| headers(&f)).unwrap_or_default();
     let protocol = t.get("protocol").and_then(|f| {
         let p = f.string()?;
@@ -902,7 +915,7 @@ fn parse_top_level_check(t: &Table<'_, '_>) -> Option<TopLevelCheck> {
         }
     };
     let port = t.port("port");
-    let mut http = http_check_fields(t);
+    let mut http = http_check_fields(t, NumberUnit::Milliseconds);
     // flyctl `internal/appconfig/validation.go` (validateChecksSection): flaps refuses machine
     // checks polled more often than every 2 seconds or allowed more than 60 to answer, so
     // flyctl refuses them before deploying; so does nixfly, before the upload.

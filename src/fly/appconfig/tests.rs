@@ -222,6 +222,12 @@ fn impossible_values_are_errors() {
             "[deploy]\nwait_timeout = 300\n",
             "fly.toml:2: [deploy] wait_timeout: a bare number has no unit (flyctl would read 300 as nanoseconds)",
         ),
+        // flyctl's patches read bare numbers in [[services]]' and [checks]' checks as
+        // milliseconds, but none reaches [http_service]: there fly-go reads nanoseconds.
+        (
+            "[http_service]\ninternal_port = 8080\n[[http_service.checks]]\ninterval = 15000\n",
+            "fly.toml:4: [http_service.checks[0]] interval: a bare number has no unit (flyctl would read 15000 as nanoseconds)",
+        ),
         (
             "[http_service]\ninternal_port = 8080\n[http_service.concurrency]\ntype = \"requests\"\nsoft_limit = 50\nhard_limit = 25\n",
             "fly.toml:3: [http_service] concurrency: soft_limit 50 is above hard_limit 25",
@@ -346,7 +352,7 @@ fn env_names_that_look_like_secrets_are_warned_about() {
 /// machine checks (`[checks]`) are errors (`impossible_values_are_errors`).
 #[test]
 fn service_check_durations_fly_moves_are_warnings() {
-    let text = "[http_service]\ninternal_port = 8080\n[[http_service.checks]]\ninterval = 500\ntimeout = \"2m\"\ngrace_period = \"0s\"\n\n[[services]]\nprotocol = \"tcp\"\ninternal_port = 9000\n[[services.tcp_checks]]\ninterval = \"15s\"\ngrace_period = \"200ms\"\n";
+    let text = "[http_service]\ninternal_port = 8080\n[[http_service.checks]]\ninterval = \"500ms\"\ntimeout = \"2m\"\ngrace_period = \"0s\"\n\n[[services]]\nprotocol = \"tcp\"\ninternal_port = 9000\n[[services.tcp_checks]]\ninterval = \"15s\"\ngrace_period = \"200ms\"\n";
     let (_, warnings) = parse(text).unwrap();
     let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
     assert_eq!(
