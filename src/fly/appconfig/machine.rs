@@ -114,6 +114,10 @@ impl AppConfig {
             config.insert("stop_config".into(), stop);
         }
 
+        // Only the files for this group. flyctl's deploy gives every machine every file
+        // (`internal/appconfig/config.go`, `MergeFiles`, whose `MergedFiles` the machine config
+        // takes, `machines.go`, while `Flatten` filters only `Files`): a deliberate difference,
+        // listed in the README.
         let files = self.files(|f| self.applies_to(&f.processes, group))?;
         if !files.is_empty() {
             config.insert("files".into(), Value::Array(files));
