@@ -773,11 +773,13 @@ fn parse_concurrency(field: &Field<'_, '_>) -> Option<Concurrency> {
             concurrency
         }
     };
+    // flyctl's validation has no such rule (`internal/appconfig/validation.go`): `fly deploy`
+    // sends it as given, and so does nixfly, with a warning.
     if let (Some(soft), Some(hard)) = (concurrency.soft_limit, concurrency.hard_limit)
         && soft > hard
     {
-        field.error(format!(
-            "soft_limit {soft} is above hard_limit {hard}: the proxy would never reach it"
+        field.warn(format!(
+            "soft_limit {soft} is above hard_limit {hard}: the proxy never reaches it (deployed as given, as `fly deploy` does)"
         ));
     }
     Some(concurrency)

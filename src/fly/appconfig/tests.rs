@@ -229,10 +229,6 @@ fn impossible_values_are_errors() {
             "fly.toml:4: [http_service.checks[0]] interval: a bare number has no unit (flyctl would read 15000 as nanoseconds)",
         ),
         (
-            "[http_service]\ninternal_port = 8080\n[http_service.concurrency]\ntype = \"requests\"\nsoft_limit = 50\nhard_limit = 25\n",
-            "fly.toml:3: [http_service] concurrency: soft_limit 50 is above hard_limit 25",
-        ),
-        (
             "[[restart]]\npolicy = \"sometimes\"\n",
             "fly.toml:2: [restart[0]] policy: \"sometimes\" is not a restart policy (always, never, on-failure)",
         ),
@@ -363,6 +359,27 @@ fn service_check_durations_fly_moves_are_warnings() {
             "fly.toml:8: [services[0]] ports: missing: without [[services.ports]] the service exposes no port (`fly deploy` warns too)",
             "fly.toml:13: [services[0].tcp_checks[0]] grace_period: 200ms is under 1s: Fly raises it to 1s",
         ]
+    );
+}
+
+/// flyctl has no rule against a soft_limit above the hard_limit (`internal/appconfig/
+/// validation.go`) and deploys it as given: so does nixfly, with a warning, where it used to
+/// refuse the fly.toml.
+#[test]
+fn a_soft_limit_above_the_hard_limit_is_a_warning() {
+    let text = "[http_service]\ninternal_port = 8080\n[http_service.concurrency]\ntype = \"requests\"\nsoft_limit = 50\nhard_limit = 25\n";
+    let (config, warnings) = parse(text).unwrap();
+    let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0]
+            .starts_with("fly.toml:3: [http_service] concurrency: soft_limit 50 is above hard_limit 25"),
+        "{warnings:#?}"
+    );
+    let concurrency = config.http_service.and_then(|h| h.concurrency).expect("kept");
+    assert_eq!(
+        (concurrency.soft_limit, concurrency.hard_limit),
+        (Some(50), Some(25))
     );
 }
 
