@@ -200,13 +200,18 @@ impl FlyToken {
     /// `internal/uiex/releases.go`: `"Bearer " + Tokens.GraphQL()`): every macaroon, then
     /// every OAuth token, comma-joined, under the `Bearer` scheme, never `FlyV1`.
     pub fn platform_header(&self) -> String {
+        format!("Bearer {}", self.every_token())
+    }
+
+    /// Every macaroon, then every OAuth token, comma-joined (fly-go `Tokens.GraphQL()`).
+    fn every_token(&self) -> String {
         let all: Vec<&str> = self
             .macaroons
             .iter()
             .chain(&self.oauth)
             .map(String::as_str)
             .collect();
-        format!("Bearer {}", all.join(","))
+        all.join(",")
     }
 
     /// The `Authorization` header value for Fly's GraphQL API (fly-go `Tokens.GraphQLHeader`,
@@ -215,18 +220,12 @@ impl FlyToken {
     /// `FlyV1` when there is a macaroon, else `Bearer`. Not the releases API's form: that one
     /// is always `Bearer` (`platform_header`).
     pub fn graphql_header(&self) -> String {
-        let all: Vec<&str> = self
-            .macaroons
-            .iter()
-            .chain(&self.oauth)
-            .map(String::as_str)
-            .collect();
         let scheme = if self.macaroons.is_empty() {
             "Bearer"
         } else {
             "FlyV1"
         };
-        format!("{scheme} {}", all.join(","))
+        format!("{scheme} {}", self.every_token())
     }
 
     /// What to send once when Fly rejects a header built with macaroons: the OAuth token of

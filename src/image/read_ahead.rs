@@ -64,20 +64,12 @@ impl ReadAhead {
     /// Start reading `inner` ahead, up to `limit` bytes. Without a scratch file (`TMPDIR` not
     /// writable) the stream is read as it comes, as before.
     pub fn start(inner: Box<dyn Read + Send>, limit: u64) -> ReadAhead {
-        let file = match crate::scratch::unlinked("read-ahead") {
-            Ok(file) => file,
-            Err(_) => {
-                return ReadAhead {
-                    state: State::Direct(inner),
-                };
-            }
-        };
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("nixfly-read-ahead".into())
             .spawn({
                 let stop = stop.clone();
-                move || read_ahead(inner, file, limit, &stop)
+                move || read_ahead(inner, limit, &stop)
             });
         match thread {
             Ok(thread) => ReadAhead {
@@ -94,13 +86,13 @@ impl ReadAhead {
 /// The read-ahead thread: read pieces until told to stop, at the limit, or at the stream's end
 /// or error. The stop is only seen between pieces: the consumer waits for the piece being
 /// read, which it would have waited for anyway.
-fn read_ahead(mut inner: Box<dyn Read + Send>, mut file: File, limit: u64, stop: &AtomicBool) -> Taken {
+/// The scratch file is made only once the grace is over: a push that reads sooner makes none.
+fn read_ahead(mut inner: Box<dyn Read + Send>, limit: u64, stop: &AtomicBool) -> Taken {
     let began = Instant::now();
     while !stop.load(Ordering::Acquire) && began.elapsed() < GRACE {
         // The consumer unparks the thread when it stops it.
         std::thread::park_timeout(GRACE.saturating_sub(began.elapsed()));
     }
-    let mut piece = vec![0u8; PIECE];
     let mut taken = Taken {
         inner: Box::new(io::empty()),
         file: None,
@@ -108,6 +100,16 @@ fn read_ahead(mut inner: Box<dyn Read + Send>, mut file: File, limit: u64, stop:
         tail: Vec::new(),
         end: None,
     };
+    let file = if stop.load(Ordering::Acquire) {
+        None
+    } else {
+        crate::scratch::unlinked("read-ahead").ok()
+    };
+    let Some(mut file) = file else {
+        taken.inner = inner;
+        return taken;
+    };
+    let mut piece = vec![0u8; PIECE];
     while !stop.load(Ordering::Acquire) && taken.len < limit {
         match inner.read(&mut piece) {
             Ok(0) => {

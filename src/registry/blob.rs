@@ -608,12 +608,7 @@ impl RegistryClient {
         let mut source = Source::new(body, window, spill);
         let mut session = self.start_upload_taking(repository, &mut source).await?;
         if let Some(source_err) = source.failure.take() {
-            self.cancel_upload(repository, &session).await;
-            return Err(RegistryError::Source {
-                registry: self.registry.clone(),
-                repository: repository.into(),
-                source: source_err,
-            });
+            return Err(self.source_failed(repository, &session, source_err).await);
         }
         let source = Arc::new(Mutex::new(source));
         let scope = Scope::push(repository);
@@ -668,12 +663,7 @@ impl RegistryClient {
             let mut src = source.lock().await;
             if let Some(source_err) = src.failure.take() {
                 drop(src);
-                self.cancel_upload(repository, &session).await;
-                return Err(RegistryError::Source {
-                    registry: self.registry.clone(),
-                    repository: repository.into(),
-                    source: source_err,
-                });
+                return Err(self.source_failed(repository, &session, source_err).await);
             }
             drop(src);
             if let Some(fatal) = failure.fatal {
@@ -957,6 +947,16 @@ impl RegistryClient {
         })
     }
 
+    /// The blob's producer failed: the session goes, and the producer's error is the upload's.
+    async fn source_failed(&self, repository: &str, session: &Session, source: io::Error) -> RegistryError {
+        self.cancel_upload(repository, session).await;
+        RegistryError::Source {
+            registry: self.registry.clone(),
+            repository: repository.into(),
+            source,
+        }
+    }
+
     fn spill_error(&self, repository: &str, source: io::Error) -> RegistryError {
         RegistryError::Spill {
             registry: self.registry.clone(),
@@ -996,12 +996,7 @@ impl RegistryClient {
         if let Err(err) = src.drain().await {
             let err = src.failure.take().unwrap_or(err);
             drop(src);
-            self.cancel_upload(repository, &session).await;
-            return Err(RegistryError::Source {
-                registry: self.registry.clone(),
-                repository: repository.into(),
-                source: err,
-            });
+            return Err(self.source_failed(repository, &session, err).await);
         }
         let (digest, size) = (src.digest(), src.received);
         drop(src);

@@ -125,6 +125,9 @@ pub struct GroupChanges {
     pub region: String,
     /// Addresses to allocate: only on the app's first deploy, as flyctl does.
     pub public_ips: PublicIps,
+    /// The organization of the app (`GET /v1/apps/{app}`, read before the rollout), which the
+    /// addresses are asked for in, as flyctl's first deploy asks.
+    pub org_slug: String,
     app: String,
     /// The machines this deploy created, for rollback: id, group, and the volumes their config
     /// mounts.
@@ -259,6 +262,7 @@ impl GroupChanges {
             } else {
                 PublicIps::None
             },
+            org_slug: String::new(),
             app: spec.app.clone(),
             created: Mutex::new(Vec::new()),
             created_volumes: Mutex::new(Vec::new()),
@@ -431,9 +435,8 @@ impl GroupChanges {
             if !ctx.api.list_ips().await?.is_empty() {
                 return Ok(Vec::new());
             }
-            let org = ctx.api.get_app().await?.organization.unwrap_or_default().slug;
-            let v6 = ctx.api.assign_ip("v6", &org).await?;
-            let v4 = ctx.api.assign_ip("shared_v4", &org).await?;
+            let v6 = ctx.api.assign_ip("v6", &self.org_slug).await?;
+            let v4 = ctx.api.assign_ip("shared_v4", &self.org_slug).await?;
             Ok::<_, crate::fly::api::ApiError>(vec![
                 format!("dedicated IPv6 {v6}"),
                 format!("shared IPv4 {v4}"),

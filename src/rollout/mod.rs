@@ -158,7 +158,7 @@ pub async fn run(
             if ids.len() == 1 { "is" } else { "are" }
         ));
     }
-    let (groups, fly_toml_configs) = match &fly_toml {
+    let (mut groups, fly_toml_configs) = match &fly_toml {
         Some(config) => GroupChanges::new(
             config,
             &mut fleet,
@@ -169,6 +169,11 @@ pub async fn run(
         )?,
         None => Default::default(),
     };
+    groups.org_slug = app
+        .organization
+        .as_ref()
+        .map(|o| o.slug.clone())
+        .unwrap_or_default();
     let change = ConfigChange {
         image: spec.image.clone(),
         env: spec.env.clone(),

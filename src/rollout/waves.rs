@@ -6,7 +6,7 @@ use crate::fly::types::{
     CONSOLE_GROUP, DEFAULT_GROUP, META_MANAGED_POSTGRES, META_RELEASE_ID, META_RELEASE_VERSION, Machine,
     TEST_MACHINE_GROUP, normalize_config_for_request,
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 /// Immediate deploys update this many machines at once, as flyctl does.
@@ -277,19 +277,18 @@ impl ConfigChange {
                     .collect()
             })
             .unwrap_or_default();
-        if let Some(env) = &self.env {
-            let new: Map<String, Value> = env
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect();
-            object.insert("env".into(), Value::Object(new));
-        }
-        if !self.env_flags.is_empty() || (self.env.is_some() && !platform.is_empty()) {
+        if self.env.is_some() || !self.env_flags.is_empty() {
             let env = object.entry("env").or_insert_with(|| json!({}));
             if !env.is_object() {
                 *env = json!({});
             }
             if let Some(env) = env.as_object_mut() {
+                if let Some(fly_toml_env) = &self.env {
+                    *env = fly_toml_env
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                        .collect();
+                }
                 for (name, value) in &self.env_flags {
                     env.insert(name.clone(), Value::String(value.clone()));
                 }

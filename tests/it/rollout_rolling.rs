@@ -126,6 +126,20 @@ fn stopped_machines_are_updated_with_skip_launch_and_stay_stopped() {
     assert_no_violations(&fly);
 }
 
+/// A rollout with a 10 s `--wait-timeout` that succeeds before that runs out: no wait of it
+/// was left to time out.
+fn rollout_without_running_out(fly: &FlyApi, t: &TestDir, image: &str) -> std::process::Output {
+    let began = Instant::now();
+    let out = run_rollout(fly, t, image, &["--wait-timeout", "10s"]);
+    assert_success(&out);
+    assert!(
+        began.elapsed().as_secs() < 10,
+        "the rollout waited out its timeout: {}",
+        stderr(&out)
+    );
+    out
+}
+
 /// A request starts a stopped machine (fly-proxy's autostart) just as its update lands: it
 /// never shows `stopped` to a wait. flyctl settles such a machine in any of stopped, started
 /// or suspended (`internal/command/deploy/plan.go` `updateMachineWChecks`); waiting for
@@ -139,14 +153,7 @@ fn a_stopped_machine_a_request_starts_as_its_update_lands_is_settled() {
     let t = TestDir::new();
     let new = image(2);
 
-    let began = Instant::now();
-    let out = run_rollout(&fly, &t, &new, &["--wait-timeout", "10s"]);
-    assert_success(&out);
-    assert!(
-        began.elapsed().as_secs() < 10,
-        "the rollout waited out its timeout: {}",
-        stderr(&out)
-    );
+    let out = rollout_without_running_out(&fly, &t, &new);
 
     let machine = fly.machine(&stopped[0]);
     assert_eq!(machine.state, "started");
@@ -197,14 +204,7 @@ fn a_machine_its_autostop_suspends_as_soon_as_it_is_up_is_settled() {
     let t = TestDir::new();
     let new = image(3);
 
-    let began = Instant::now();
-    let out = run_rollout(&fly, &t, &new, &["--wait-timeout", "10s"]);
-    assert_success(&out);
-    assert!(
-        began.elapsed().as_secs() < 10,
-        "the rollout waited out its timeout: {}",
-        stderr(&out)
-    );
+    let out = rollout_without_running_out(&fly, &t, &new);
     let suspended = fly.machine(&ids[0]);
     assert_eq!(suspended.state, "suspended");
     assert_eq!(suspended.image(), new);

@@ -282,8 +282,8 @@ impl<W: Write> Outer<W> {
 
     fn layer(&mut self, name: &str, layer: &Layer, size: u64, corrupt: bool) -> io::Result<()> {
         self.header(name, size, tar::EntryType::Regular)?;
-        let mut bytes = Vec::new();
         if corrupt {
+            let mut bytes = Vec::new();
             write_layer_tar(layer, &mut bytes)?;
             let middle = bytes.len() / 2;
             bytes[middle] ^= 0x55;
@@ -338,7 +338,7 @@ fn python_header(name: &str, size: u64) -> [u8; 512] {
 }
 
 /// Python's `json.dumps(value, indent=4)`.
-fn python_json(value: &serde_json::Value) -> Vec<u8> {
+fn python_json(value: &impl serde::Serialize) -> Vec<u8> {
     let mut out = Vec::new();
     let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
     let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
@@ -346,9 +346,10 @@ fn python_json(value: &serde_json::Value) -> Vec<u8> {
     out
 }
 
-/// A JSON value whose objects keep their keys in the order given, for writing what Python's
-/// `json.dumps(value, indent=4)` writes from a dict built in that order (serde_json's maps sort
-/// their keys).
+/// A JSON value whose objects keep their keys in the order given, for writing with
+/// [`python_json`] what Python's `json.dumps(value, indent=4)` writes from a dict built in that
+/// order (serde_json's maps sort their keys). The strings here are ASCII, so `ensure_ascii`
+/// changes none.
 enum Py {
     Str(String),
     List(Vec<Py>),
@@ -363,41 +364,14 @@ impl Py {
     fn strs<T: AsRef<str>>(items: &[T]) -> Py {
         Py::List(items.iter().map(|i| Py::str(i.as_ref())).collect())
     }
+}
 
-    /// `json.dumps(self, indent=4)`: the strings here are ASCII, so `ensure_ascii` changes none.
-    fn dumps(&self) -> Vec<u8> {
-        let mut out = String::new();
-        self.write(&mut out, 0);
-        out.into_bytes()
-    }
-
-    fn write(&self, out: &mut String, level: usize) {
-        let indent = |out: &mut String, level: usize| out.push_str(&" ".repeat(4 * level));
+impl serde::Serialize for Py {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
-            Py::Str(text) => out.push_str(&serde_json::to_string(text).expect("a string")),
-            Py::List(items) if items.is_empty() => out.push_str("[]"),
-            Py::Dict(items) if items.is_empty() => out.push_str("{}"),
-            Py::List(items) => {
-                out.push_str("[\n");
-                for (i, item) in items.iter().enumerate() {
-                    indent(out, level + 1);
-                    item.write(out, level + 1);
-                    out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
-                }
-                indent(out, level);
-                out.push(']');
-            }
-            Py::Dict(items) => {
-                out.push_str("{\n");
-                for (i, (key, value)) in items.iter().enumerate() {
-                    indent(out, level + 1);
-                    out.push_str(&format!("\"{key}\": "));
-                    value.write(out, level + 1);
-                    out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
-                }
-                indent(out, level);
-                out.push('}');
-            }
+            Py::Str(text) => serializer.serialize_str(text),
+            Py::List(items) => serializer.collect_seq(items),
+            Py::Dict(items) => serializer.collect_map(items.iter().map(|(k, v)| (k, v))),
         }
     }
 }
@@ -412,7 +386,7 @@ fn python_list_repr(items: &[String]) -> String {
 /// history entry per layer whose comment lists the layer's store paths.
 fn image_config(diff_ids: &[String], layer_paths: &[Vec<String>], architecture: &str) -> Vec<u8> {
     let created = "1970-01-01T00:00:01+00:00";
-    Py::Dict(vec![
+    let config = Py::Dict(vec![
         ("created", Py::str(created)),
         ("architecture", Py::str(architecture)),
         ("os", Py::str("linux")),
@@ -447,8 +421,8 @@ fn image_config(diff_ids: &[String], layer_paths: &[Vec<String>], architecture: 
                     .collect(),
             ),
         ),
-    ])
-    .dumps()
+    ]);
+    python_json(&config)
 }
 
 /// Each layer's store paths, as the stream script names them.
@@ -485,12 +459,11 @@ pub fn write_stream_layered(out: impl Write, layers: &[Layer], fault: Fault) -> 
     }
     let config_name = format!("{}.json", &config_digest["sha256:".len()..]);
     outer.file(&config_name, &config)?;
-    let manifest = Py::List(vec![Py::Dict(vec![
+    let manifest = python_json(&Py::List(vec![Py::Dict(vec![
         ("Config", Py::str(&config_name)),
         ("RepoTags", Py::strs(&["hello:latest"])),
         ("Layers", Py::strs(&names)),
-    ])])
-    .dumps();
+    ])]));
     match fault {
         Fault::NoManifest => {}
         Fault::BadManifest => outer.file("manifest.json", b"[{\"Config\": ")?,
