@@ -43,9 +43,11 @@ pub fn machine_request(
     rc: &ReleaseCommand,
     fleet: &Fleet,
 ) -> Result<Value, RolloutError> {
-    let cmd = shell_words::split(&rc.command).map_err(|err| RolloutError::ReleaseCommandInvalid {
-        command: rc.command.clone(),
-        reason: err.to_string(),
+    let cmd = crate::fly::appconfig::shlex::split(&rc.command).map_err(|err| {
+        RolloutError::ReleaseCommandInvalid {
+            command: rc.command.clone(),
+            reason: err.to_string(),
+        }
     })?;
     let template = fleet.machines().next();
     let region = primary_region

@@ -169,7 +169,7 @@ impl AppConfig {
         let mut init = Map::new();
         init.insert(
             "cmd".into(),
-            shell_words::split(command).unwrap_or_default().into(),
+            super::shlex::split(command).unwrap_or_default().into(),
         );
         if let Some(entrypoint) = self
             .experimental
@@ -346,7 +346,7 @@ impl AppConfig {
             .processes
             .get(group)
             .filter(|c| !c.trim().is_empty())
-            .and_then(|c| shell_words::split(c).ok());
+            .and_then(|c| super::shlex::split(c).ok());
         if let Some(experimental) = &self.experimental {
             if cmd.is_none() && !experimental.cmd.is_empty() {
                 cmd = Some(experimental.cmd.clone());

@@ -17,6 +17,7 @@ pub mod machine;
 mod model;
 mod parse;
 mod reader;
+pub mod shlex;
 pub mod sizing;
 pub mod units;
 

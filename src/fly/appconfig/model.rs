@@ -74,13 +74,25 @@ pub enum Strategy {
 impl std::str::FromStr for Strategy {
     type Err = String;
 
+    /// Case-sensitive, as flyctl's `internal/appconfig/validation.go` compares a fly.toml
+    /// strategy with `MachinesDeployStrategies`; its deploy takes a `--strategy Immediate` it
+    /// does not know for rolling (`machines_deploymachinesapp.go`, the `default` case), so
+    /// nixfly refuses the spelling rather than guess either way.
     fn from_str(text: &str) -> Result<Strategy, String> {
-        match text.to_ascii_lowercase().as_str() {
-            "rolling" => Ok(Strategy::Rolling),
-            "immediate" => Ok(Strategy::Immediate),
-            "canary" => Ok(Strategy::Canary),
-            "bluegreen" => Ok(Strategy::Bluegreen),
-            _ => Err(format!(
+        let named = |name: &str| match name {
+            "rolling" => Some(Strategy::Rolling),
+            "immediate" => Some(Strategy::Immediate),
+            "canary" => Some(Strategy::Canary),
+            "bluegreen" => Some(Strategy::Bluegreen),
+            _ => None,
+        };
+        match (named(text), named(&text.to_ascii_lowercase())) {
+            (Some(strategy), _) => Ok(strategy),
+            (None, Some(meant)) => Err(format!(
+                "{text:?} is not a strategy: flyctl compares them case-sensitively; write {:?}",
+                meant.as_str()
+            )),
+            (None, None) => Err(format!(
                 "{text:?} is not a strategy (rolling, immediate, canary, bluegreen)"
             )),
         }

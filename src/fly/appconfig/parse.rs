@@ -259,9 +259,10 @@ fn parse_deploy(t: &Table<'_, '_>) -> Deploy {
     deploy
 }
 
-/// Split a command line as flyctl does (shlex); a syntax error is reported on `field`.
+/// Split a command line as flyctl does (google/shlex, `super::shlex`); a syntax error is
+/// reported on `field`.
 pub fn split_command(field: &Field<'_, '_>, command: &str) -> Option<Vec<String>> {
-    match shell_words::split(command) {
+    match super::shlex::split(command) {
         Ok(words) => Some(words),
         Err(err) => {
             field.error(format!("cannot split {command:?} into arguments: {err}"));
@@ -509,7 +510,9 @@ fn parse_http_service(t: &Table<'_, '_>) -> HttpService {
         auto_start_machines: t.bool("auto_start_machines"),
         min_machines_running: t.uint("min_machines_running"),
         processes: t.strings("processes"),
-        concurrency: t.get("concurrency").and_then(|f| parse_concurrency(&f)),
+        concurrency: t
+            .get("concurrency")
+            .and_then(|f| parse_concurrency(&f, OldConcurrency::Refused)),
         tls_options: t.table("tls_options").map(|o| tls_options(&o)),
         http_options: t.table("http_options").map(|o| http_options(&o)),
         checks: t
@@ -609,7 +612,9 @@ fn parse_service(t: &Table<'_, '_>) -> Service {
         auto_start_machines: t.bool("auto_start_machines"),
         min_machines_running: t.uint("min_machines_running"),
         ports,
-        concurrency: t.get("concurrency").and_then(|f| parse_concurrency(&f)),
+        concurrency: t
+            .get("concurrency")
+            .and_then(|f| parse_concurrency(&f, OldConcurrency::Read)),
         tcp_checks: t
             .get("tcp_checks")
             .map(|f| f.tables().iter().map(parse_tcp_check).collect())
@@ -732,13 +737,29 @@ fn http_options(t: &Table<'_, '_>) -> Value {
     Value::Object(map)
 }
 
-fn parse_concurrency(field: &Field<'_, '_>) -> Option<Concurrency> {
+/// Whether a concurrency may be written in the old "soft,hard" string form.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OldConcurrency {
+    Read,
+    Refused,
+}
+
+fn parse_concurrency(field: &Field<'_, '_>, old_form: OldConcurrency) -> Option<Concurrency> {
     let concurrency = match field.value.get_ref() {
-        // The old "soft,hard" form flyctl still reads (as type "requests").
+        DeValue::String(_) if old_form == OldConcurrency::Refused => {
+            field.error(
+                "flyctl reads the old \"<soft>,<hard>\" string only in [[services]] \
+                 (internal/appconfig/patches.go); write a table with type, soft_limit and hard_limit",
+            );
+            return None;
+        }
+        // The old "soft,hard" form flyctl still reads in [[services]] (as type "requests"), its
+        // numbers read by Go's strconv.Atoi, which takes no spaces (`patches.go`,
+        // `_patchService`).
         DeValue::String(s) => {
             let parsed = s
                 .split_once(',')
-                .and_then(|(soft, hard)| Some((soft.trim().parse().ok()?, hard.trim().parse().ok()?)));
+                .and_then(|(soft, hard)| Some((soft.parse().ok()?, hard.parse().ok()?)));
             let Some((soft, hard)) = parsed else {
                 field.error(format!(
                     "{:?} is not \"<soft>,<hard>\"; write a table with type, soft_limit and hard_limit",

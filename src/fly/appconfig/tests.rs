@@ -218,6 +218,27 @@ fn impossible_values_are_errors() {
             "[deploy]\nstrategy = \"yolo\"\n",
             "fly.toml:2: [deploy] strategy: \"yolo\" is not a strategy (rolling, immediate, canary, bluegreen)",
         ),
+        // flyctl compares the strategy case-sensitively (`internal/appconfig/validation.go`,
+        // `MachinesDeployStrategies`).
+        (
+            "[deploy]\nstrategy = \"Rolling\"\n",
+            "fly.toml:2: [deploy] strategy: \"Rolling\" is not a strategy: flyctl compares them case-sensitively; write \"rolling\"",
+        ),
+        // flyctl converts the old "soft,hard" string only in [[services]] (`patches.go`,
+        // `_patchService`); in [http_service] it fails to decode.
+        (
+            "[http_service]\ninternal_port = 8080\nconcurrency = \"20,25\"\n",
+            "fly.toml:3: [http_service] concurrency: flyctl reads the old \"<soft>,<hard>\" string only in [[services]]",
+        ),
+        // strconv.Atoi takes no spaces.
+        (
+            "[[services]]\nprotocol = \"tcp\"\ninternal_port = 80\nconcurrency = \"20, 25\"\n",
+            "fly.toml:4: [services[0]] concurrency: \"20, 25\" is not \"<soft>,<hard>\"",
+        ),
+        (
+            "[deploy]\nrelease_command = \"migrate \\\\\"\n",
+            "fly.toml:2: [deploy] release_command: cannot split \"migrate \\\\\" into arguments: EOF found after escape character",
+        ),
         (
             "[deploy]\nwait_timeout = 300\n",
             "fly.toml:2: [deploy] wait_timeout: a bare number has no unit (flyctl would read 300 as nanoseconds)",
@@ -576,6 +597,25 @@ fn public_ips_follow_flyctls_first_deploy() {
     );
     assert_eq!(load("19-old-spellings.toml").public_ips(), PublicIps::Shared);
     assert_eq!(load("10-restart-policy.toml").public_ips(), PublicIps::None);
+}
+
+/// [processes] commands and release_command are split by google/shlex's rules, as flyctl
+/// splits them (`internal/appconfig/processgroups.go`, `machines.go`), not a POSIX shell's: a
+/// backslash in double quotes escapes any character, and `#` where a word starts comments out
+/// the rest of the line.
+#[test]
+fn commands_are_split_as_flyctl_splits_them() {
+    let text = r#"app = "x"
+[deploy]
+release_command = 'bin/migrate --sep "a\tb" # after a comment'
+[processes]
+web = '''printf "a\tb" 'c\d' e#f'''
+"#;
+    let (config, _) = parse(text).unwrap();
+    let release = config.release_command_config().unwrap().unwrap();
+    assert_eq!(release["init"]["cmd"], json!(["bin/migrate", "--sep", "atb"]));
+    let web = config.machine_config("web").unwrap();
+    assert_eq!(web["init"]["cmd"], json!(["printf", "atb", "c\\d", "e#f"]));
 }
 
 #[test]
