@@ -77,6 +77,12 @@ pub enum ApiError {
         lookup: Box<ApiError>,
         look_for: String,
     },
+    /// A lease request answered with success but no lease in it (`LeaseResponse::granted`).
+    #[error(
+        "the lease request for machine {machine} was answered with {answer}, which grants no \
+         lease (flyctl takes it for none too); nothing was changed on that machine"
+    )]
+    NoLease { machine: String, answer: String },
     #[error("invalid Fly API base URL {url:?}")]
     BaseUrl {
         url: String,
@@ -880,16 +886,19 @@ impl MachinesApi {
                 replay: Replay::Safe,
             })
             .await?;
-        Ok(response.into_lease())
+        response.granted().map_err(|answer| ApiError::NoLease {
+            machine: id.to_string(),
+            answer,
+        })
     }
 
-    /// Who holds the machine's lease now, if anyone.
-    pub async fn current_lease(&self, id: &str) -> Result<Lease, ApiError> {
+    /// Who holds the machine's lease now, if the API tells.
+    pub async fn current_lease(&self, id: &str) -> Result<Option<Lease>, ApiError> {
         let response: LeaseResponse = self
             .http
             .send_json(Request::get(&["v1", "apps", &self.app, "machines", id, "lease"]))
             .await?;
-        Ok(response.into_lease())
+        Ok(response.holder())
     }
 
     pub async fn release_lease(&self, id: &str, nonce: &str) -> Result<(), ApiError> {

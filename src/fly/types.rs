@@ -378,14 +378,53 @@ pub struct Lease {
 #[derive(Deserialize)]
 #[serde(untagged)]
 pub(crate) enum LeaseResponse {
-    Wrapped { data: Lease },
+    /// fly-go's `MachineLease`: `status` is what says whether the lease was granted.
+    Wrapped {
+        status: String,
+        #[serde(default)]
+        data: Option<Lease>,
+        #[serde(default)]
+        message: Option<String>,
+        #[serde(default)]
+        code: Option<String>,
+    },
     Flat(Lease),
 }
 
 impl LeaseResponse {
-    pub(crate) fn into_lease(self) -> Lease {
+    /// The lease this answer grants, or why it grants none. flyctl takes a wrapped answer whose
+    /// status is not "success", or one without data, as no lease
+    /// (`internal/machine/leasable_machine.go`, `AcquireLease` and `RefreshLease`); and a lease
+    /// without a nonce cannot be presented to the machine's later writes.
+    pub(crate) fn granted(self) -> Result<Lease, String> {
+        let lease = match self {
+            LeaseResponse::Wrapped {
+                status,
+                message,
+                code,
+                ..
+            } if status != "success" => {
+                let code = code.map(|c| format!(", code {c}")).unwrap_or_default();
+                let message = message.map(|m| format!(": {m}")).unwrap_or_default();
+                return Err(format!("status {status:?}{code}{message}"));
+            }
+            LeaseResponse::Wrapped { data: None, .. } => return Err("no lease data".into()),
+            LeaseResponse::Wrapped {
+                data: Some(lease), ..
+            }
+            | LeaseResponse::Flat(lease) => lease,
+        };
+        if lease.nonce.is_empty() {
+            return Err("a lease without a nonce".into());
+        }
+        Ok(lease)
+    }
+
+    /// Who holds the lease, as far as the answer tells.
+    pub(crate) fn holder(self) -> Option<Lease> {
         match self {
-            LeaseResponse::Wrapped { data } | LeaseResponse::Flat(data) => data,
+            LeaseResponse::Wrapped { data, .. } => data,
+            LeaseResponse::Flat(lease) => Some(lease),
         }
     }
 }
@@ -587,13 +626,29 @@ mod tests {
 
     #[test]
     fn lease_is_read_flat_or_wrapped() {
-        let flat: LeaseResponse = serde_json::from_value(json!({"nonce": "n1", "owner": "a@b"})).unwrap();
-        assert_eq!(flat.into_lease().nonce, "n1");
-        let wrapped: LeaseResponse =
-            serde_json::from_value(json!({"status": "success", "data": {"nonce": "n2", "expires_at": 5}}))
-                .unwrap();
-        let lease = wrapped.into_lease();
+        let read = |body| serde_json::from_value::<LeaseResponse>(body).unwrap().granted();
+        assert_eq!(read(json!({"nonce": "n1", "owner": "a@b"})).unwrap().nonce, "n1");
+        let lease = read(json!({"status": "success", "data": {"nonce": "n2", "expires_at": 5}})).unwrap();
         assert_eq!((lease.nonce.as_str(), lease.expires_at), ("n2", Some(5)));
+    }
+
+    /// flyctl's `AcquireLease`: a status other than "success", or no data, is no lease.
+    #[test]
+    fn an_answer_that_grants_no_lease_is_not_taken_for_one() {
+        let read = |body| serde_json::from_value::<LeaseResponse>(body).unwrap().granted();
+        assert_eq!(
+            read(json!({"status": "failed", "code": "held", "message": "lease currently held"})).unwrap_err(),
+            "status \"failed\", code held: lease currently held"
+        );
+        assert_eq!(read(json!({"status": "success"})).unwrap_err(), "no lease data");
+        assert_eq!(
+            read(json!({"owner": "a@b"})).unwrap_err(),
+            "a lease without a nonce"
+        );
+        assert_eq!(
+            read(json!({"status": "success", "data": {"nonce": ""}})).unwrap_err(),
+            "a lease without a nonce"
+        );
     }
 
     #[test]

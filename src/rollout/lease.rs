@@ -54,7 +54,7 @@ impl Leases {
                     return Ok(());
                 }
                 Err(err) if err.status() == Some(409) => {
-                    let holder = self.api.current_lease(machine).await.ok();
+                    let holder = self.api.current_lease(machine).await.ok().flatten();
                     let owner = holder
                         .as_ref()
                         .and_then(|l| l.owner.clone())
@@ -104,12 +104,11 @@ impl Leases {
                 });
                 for (machine, result) in futures::future::join_all(refreshes).await {
                     match result {
-                        Ok(lease) if !lease.nonce.is_empty() => {
+                        Ok(lease) => {
                             if let Some(nonce) = leases.held().get_mut(machine) {
                                 *nonce = lease.nonce;
                             }
                         }
-                        Ok(_) => {}
                         // The machine is gone, and its lease with it: refreshing it again would
                         // only warn again (flyctl's `refreshLeaseUntilCanceled` stops on
                         // "machine not found", `internal/machine/leasable_machine.go`; a 404 is

@@ -404,6 +404,39 @@ fn someone_elses_lease_is_waited_for_then_named() {
     assert_no_violations(&fly);
 }
 
+/// A lease request answered with success but no lease in it: flyctl's `AcquireLease`
+/// (`internal/machine/leasable_machine.go`) takes it for none. nixfly used to keep an empty
+/// nonce and update the machine as if it held the lease.
+#[test]
+fn a_lease_answer_without_a_lease_changes_nothing() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2));
+    fly.inject_fault(
+        "POST",
+        &format!("/machines/{}/lease", ids[0]),
+        1,
+        FaultKind::Status {
+            status: 201,
+            message: "granted, or was it".into(),
+        },
+    );
+    let t = TestDir::new();
+    let out = run_rollout(&fly, &t, &image(15), &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_FAILURE), "{err}");
+    assert!(err.contains(&ids[0]) && err.contains("grants no lease"), "{err}");
+    assert!(updated_ids(&fly.requests()).is_empty());
+    assert!(
+        fly.requests()
+            .iter()
+            .all(|r| r.lease_nonce.as_deref() != Some("")),
+        "a request went out with an empty lease nonce"
+    );
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
 #[test]
 fn too_many_requests_and_unavailable_are_retried() {
     let fly = FlyApi::start();
