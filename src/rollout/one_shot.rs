@@ -9,7 +9,7 @@ use super::health::wait_for_state;
 use super::logs::LogFollower;
 use super::update::Ctx;
 use crate::fly::types::Machine;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How a one-shot machine's run ended.
 pub(super) enum Ended {
@@ -34,12 +34,32 @@ pub(super) async fn run_to_exit(ctx: &Ctx, id: &str, timeout: Duration) -> Resul
         Err(RolloutError::WaitTimeout { .. }) => return Ok(Ended::TimedOut),
         Err(err) => return Err(err),
     }
-    let finished = ctx
-        .api
-        .get_machine(id)
-        .await
-        .map_err(|source| RolloutError::api("reading the exit code of", id, source))?;
+    let finished = read_back(ctx, id).await?;
     Ok(exit_of_last_run(&finished).map_or(Ended::NoExitEvent, Ended::Exited))
+}
+
+/// How long a one-shot machine that has run may stay out of the API's sight.
+const READ_BACK_PATIENCE: Duration = Duration::from_secs(30);
+const READ_BACK_RETRY: Duration = Duration::from_millis(250);
+
+/// The machine as the API shows it once it has run. Fly keeps a destroyed machine readable
+/// (flyctl reads the exit event of its destroyed release_command and test machines:
+/// `internal/machine/leasable_machine.go`, `WaitForEventType`), so a 404 here is a machine the
+/// API does not show yet: reads lag behind a create (what flyctl's `WithJustCreated` waits
+/// out), and a quick command can run and go before its machine is visible, which both waits
+/// above take for done. flyctl fails there at once; nixfly asks again for a while.
+async fn read_back(ctx: &Ctx, id: &str) -> Result<Machine, RolloutError> {
+    let deadline = Instant::now() + READ_BACK_PATIENCE;
+    loop {
+        match ctx.api.get_machine(id).await {
+            Err(err) if err.status() == Some(404) && Instant::now() < deadline => {
+                tokio::time::sleep(READ_BACK_RETRY).await;
+            }
+            other => {
+                return other.map_err(|source| RolloutError::api("reading the exit code of", id, source));
+            }
+        }
+    }
 }
 
 /// The exit code of the run after the latest `start` (events are newest first). An exit

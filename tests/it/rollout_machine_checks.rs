@@ -6,7 +6,8 @@
 use crate::support;
 
 use serde_json::{Value, json};
-use support::fly_api::{FlyApi, MachineSpec};
+use std::time::Duration;
+use support::fly_api::{FlyApi, MachineSpec, Options, Timing};
 use support::rollout::{
     APP, assert_no_changes, assert_no_leases, assert_no_violations, canaries, image,
     one_machine_and_a_release, run_rollout, stderr, updated_ids, write_fly_toml,
@@ -279,5 +280,48 @@ fn without_fly_toml_the_current_releases_machine_checks_run() {
     assert_eq!(env["REGION_NAME"], "east");
     assert_eq!(env["FLY_TEST_MACHINE_IP"], fly.machine(&id).private_ip().as_str());
     assert_eq!(tests[0].image(), new);
+    assert_no_violations(&fly);
+}
+
+/// A test machine that runs and is destroyed before the API shows it (reads lag behind a
+/// create, and without the affinity cookie nothing hides the lag): both waits answer 404, which
+/// they take for done, and its exit code is read once the API shows it, where flyctl's
+/// `WaitForEventType` would fail on the first 404.
+#[test]
+fn a_test_machine_that_ran_before_it_was_visible_is_read_once_it_is() {
+    let fly = FlyApi::with_options(Options {
+        affinity: false,
+        timing: Timing {
+            visible_after_create: Duration::from_secs(40),
+            ..Timing::default()
+        },
+        ..Options::default()
+    });
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(1).region("ams"));
+    let t = TestDir::new();
+    write_fly_toml(&t, FLY_TOML);
+    let new = image(44);
+
+    let out = run_rollout(&fly, &t, &new, &[]);
+    assert_success(&out);
+    assert_eq!(fly.machine(&ids[0]).image(), new);
+    let tests = test_machines(&fly);
+    assert_eq!(tests.len(), 2, "{tests:?}");
+    for test in &tests {
+        let read = format!("/machines/{}", test.id);
+        let not_found = fly
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with(&read) && r.status == 404)
+            .count();
+        assert!(
+            not_found >= 1,
+            "test machine {} was never caught invisible",
+            test.id
+        );
+        assert_eq!(test.state, "destroyed");
+    }
+    assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
