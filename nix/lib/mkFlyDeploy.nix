@@ -217,8 +217,12 @@ let
   # is `makeWrapper <its stream_layered_image.py> $out --add-flags <conf>` of imagePkgs,
   # nixpkgs pkgs/build-support/docker/default.nix) is run instead as this machine's python3 on
   # the same Python script (standard library only) and conf: the same bytes come out.
+  # A buildLayeredImage tarball is no stream, although nixpkgs gives it its stream's passthru
+  # (`isExe = true` too, since nixpkgs PR #509625); it keeps the stream as `passthru.stream`
+  # (PR #298239), which no stream has.
   source = if isForeignStream image then streamOnHost image else image;
-  isForeignStream = d: isDerivation d && d.isExe or false && platformOf d != hostSystem;
+  isForeignStream =
+    d: isDerivation d && d.isExe or false && !(d ? stream) && platformOf d != hostSystem;
   streamOnHost =
     stream:
     if stream ? streamScript && stream ? conf then

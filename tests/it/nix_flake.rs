@@ -400,6 +400,35 @@ fn a_foreign_stream_image_without_its_script_names_the_nixpkgs_it_needs() {
     );
 }
 
+/// Since nixpkgs PR #509625 a buildLayeredImage tarball carries its stream's passthru,
+/// `isExe = true` among it. On a Mac it is still pushed as the tarball Nix built, not streamed
+/// again from its store paths as a stream image of another system is.
+#[test]
+fn a_tarball_image_from_another_system_is_pushed_as_the_tarball() {
+    let Some(nix) = Nix::get() else { return };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let expr = format!(
+        r#"let
+             standin = import {root}/nix/tests/nixpkgs-standin;
+             pkgs = standin {{ system = "aarch64-darwin"; }};
+             imagePkgs = standin {{ system = "x86_64-linux"; }};
+             nixfly = import {root}/nix/lib {{ }};
+             server = imagePkgs.writeShellApplication {{ name = "web"; text = "echo hi"; }};
+             image = {{ name = "web"; contents = [ server ]; }};
+             tarball = imagePkgs.dockerTools.buildLayeredImage image;
+             stream = imagePkgs.dockerTools.streamLayeredImage image;
+             source = image: (nixfly.mkFlyDeploy {{ inherit pkgs imagePkgs image; app = "demo"; }}).source.name;
+           in [ tarball.isExe (source tarball) (source stream) ]"#
+    );
+    let out = run(nix.command(&["eval"]).args(["--json", "--expr", &expr]));
+    assert_success(&out);
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        got,
+        serde_json::json!([true, "web.tar.gz", "demo-stream-on-aarch64-darwin"])
+    );
+}
+
 /// nixpkgs' writeShellApplication fails the build on any shellcheck finding, and a
 /// single-quoted `$`, backquote or trailing backslash is one. extraFlags holding them still
 /// build (through the stand-in, which runs shellcheck as nixpkgs does) and reach nixfly as

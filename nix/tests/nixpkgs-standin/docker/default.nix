@@ -48,6 +48,7 @@ let
         "gname"
         "maxLayers"
         "fromImage"
+        "meta"
         "passthru"
       ] args;
       # default.nix's defaults.
@@ -197,6 +198,7 @@ let
       {
         inherit conf streamScript;
         imageName = conf.imageName;
+        meta = a.meta or { };
         passthru = (a.passthru or { }) // {
           inherit conf imageTag streamScript;
           isExe = true;
@@ -227,27 +229,30 @@ let
       compress = "zstd -T$NIX_BUILD_CORES";
     };
   };
-  # default.nix: `compressorForImage`, its expression as nixpkgs writes it: `toString` applied to
-  # the function `builtins.attrNames`, not to its result, so an unknown compressor fails
-  # evaluation with Nix's "cannot coerce the built-in function 'attrNames' to a string" instead
-  # of the list of compressors the message means to give.
+  # default.nix: `compressorForImage`; an unknown compressor fails evaluation with the list of
+  # compressors (`toString (builtins.attrNames compressors)`: older nixpkgs applied `toString`
+  # to the function itself and failed with "cannot coerce the built-in function 'attrNames' to
+  # a string" instead).
   compressorForImage =
     compressor: imageName:
     compressors.${compressor}
-      or (throw "in docker image ${imageName}: compressor must be one of: [${toString builtins.attrNames compressors}]");
+      or (throw "in docker image ${imageName}: compressor must be one of: [${toString (builtins.attrNames compressors)}]");
 
   # default.nix: the stream piped through the compressor ("gz" by default) into
-  # `<name>.tar<ext>`, with `imageName`, and `passthru.imageTag` and `passthru.stream`.
+  # `<name>.tar<ext>`, with `imageName` and `meta`, and the stream's passthru (`conf`,
+  # `streamScript`, `isExe = true` too: nixpkgs PR #509625, 2026) with `imageTag` and
+  # `stream` (PR #298239) over it.
   buildLayeredImage =
     args:
     let
-      stream = streamLayeredImage (removeAttrs args [ "compressor" ]);
+      stream = streamLayeredImage (removeAttrs args [ "compressor" "meta" ]);
       compress = compressorForImage (args.compressor or "gz") args.name;
     in
     runCommand "${baseNameOf args.name}.tar${compress.ext}" {
       inherit (stream) imageName;
+      meta = args.meta or { };
       nativeBuildInputs = compress.nativeInputs;
-      passthru = {
+      passthru = stream.passthru // {
         inherit (stream) imageTag;
         inherit stream;
       };
