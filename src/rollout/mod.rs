@@ -617,18 +617,36 @@ async fn deploy(
     // No lease on a machine whose host Fly cannot reach: it could not answer, and the deploy
     // only replaces or destroys it, with no nonce (flyctl `internal/machine/lease.go` skips
     // them; `strategy_bluegreen.go` destroys them without one).
+    // After a failure the leases still being asked for are waited for, not dropped: a request
+    // dropped once sent may have taken its lease on Fly with the answer unread, a lease
+    // `release_all` would not know to release. Those not asked for yet are not.
+    let failed = std::sync::atomic::AtomicBool::new(false);
     let mut acquiring = futures::stream::iter(fleet.machines().filter(|m| !m.host_unavailable()))
         .map(|machine| {
-            let group = machine.process_group();
-            ctx.status(&machine.id, group, "waiting for lease");
-            ctx.leases
-                .acquire(&machine.id, group, ctx.spec.lease_wait, &ctx.reporter)
+            let failed = &failed;
+            async move {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let group = machine.process_group();
+                ctx.status(&machine.id, group, "waiting for lease");
+                ctx.leases
+                    .acquire(&machine.id, group, ctx.spec.lease_wait, &ctx.reporter)
+                    .await
+            }
         })
         .buffer_unordered(LEASE_CONCURRENCY);
+    let mut first_failure = None;
     while let Some(result) = acquiring.next().await {
-        result?;
+        if let Err(err) = result {
+            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            first_failure.get_or_insert(err);
+        }
     }
     drop(acquiring);
+    if let Some(err) = first_failure {
+        return Err(err);
+    }
     ctx.leases.start_refreshing(ctx.reporter.clone());
     // Leases first (unlike flyctl, which takes them after its canaries): a deploy that another
     // one holds back stops before it creates anything.

@@ -406,12 +406,13 @@ fn someone_elses_lease_is_waited_for_then_named() {
 
 /// A lease request answered with success but no lease in it: flyctl's `AcquireLease`
 /// (`internal/machine/leasable_machine.go`) takes it for none. nixfly used to keep an empty
-/// nonce and update the machine as if it held the lease.
+/// nonce and update the machine as if it held the lease. The leases of the other machines,
+/// asked for at the same time, are all released: none is dropped with its answer unread.
 #[test]
 fn a_lease_answer_without_a_lease_changes_nothing() {
     let fly = FlyApi::start();
     fly.add_app(APP);
-    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2));
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(3));
     fly.inject_fault(
         "POST",
         &format!("/machines/{}/lease", ids[0]),
@@ -421,6 +422,15 @@ fn a_lease_answer_without_a_lease_changes_nothing() {
             message: "granted, or was it".into(),
         },
     );
+    // The others' leases are taken while that answer is read, and their answers come later.
+    for id in &ids[1..] {
+        fly.inject_fault(
+            "POST",
+            &format!("/machines/{id}/lease"),
+            1,
+            FaultKind::SlowAnswer { millis: 300 },
+        );
+    }
     let t = TestDir::new();
     let out = run_rollout(&fly, &t, &image(15), &[]);
     let err = stderr(&out);

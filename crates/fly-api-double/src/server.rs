@@ -223,10 +223,11 @@ async fn process(shared: &Shared, req: &Request, headers: &HeaderMap, mut proble
             ),
         );
     }
-    let after = match take_fault(shared, req) {
+    let (after, late) = match take_fault(shared, req) {
         Some(Taken::Instead(response)) => return response,
-        Some(Taken::After(response)) => Some(response),
-        None => None,
+        Some(Taken::After(response)) => (Some(response), None),
+        Some(Taken::Late(delay)) => (None, Some(delay)),
+        None => (None, None),
     };
     let response = match route {
         Route::Releases => releases(shared, req),
@@ -238,13 +239,18 @@ async fn process(shared: &Shared, req: &Request, headers: &HeaderMap, mut proble
         }
         Route::Unknown => unreachable!("unknown routes are violations"),
     };
+    if let Some(delay) = late {
+        tokio::time::sleep(delay).await;
+    }
     after.unwrap_or(response)
 }
 
-/// An injected fault: answered instead of the request, or after it took effect.
+/// An injected fault: answered instead of the request, or after it took effect, or the
+/// request's own answer sent late.
 enum Taken {
     Instead(Response),
     After(Response),
+    Late(std::time::Duration),
 }
 
 /// Validate the double's own successful answers against the spec's response schema (the
@@ -444,6 +450,7 @@ fn take_fault(shared: &Shared, req: &Request) -> Option<Taken> {
             });
             Taken::After((StatusCode::OK, axum::body::Body::from_stream(broken)).into_response())
         }
+        FaultKind::SlowAnswer { millis } => Taken::Late(std::time::Duration::from_millis(millis)),
     })
 }
 

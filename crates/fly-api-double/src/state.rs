@@ -398,6 +398,9 @@ pub enum FaultKind {
     /// The request takes effect, then the connection breaks in the middle of the answer (a
     /// 200 whose body never completes): the client cannot tell whether it worked.
     AfterCommitBroken,
+    /// The request takes effect at once and its answer leaves `millis` (wall time) later: a
+    /// client that gives up on it meanwhile never learns what it did.
+    SlowAnswer { millis: u64 },
 }
 
 /// A request as the double received it.
