@@ -28,26 +28,37 @@ pub(super) async fn run_to_exit(ctx: &Ctx, id: &str, timeout: Duration) -> Resul
         Err(RolloutError::Api { source, .. }) if source.status() == Some(404) => {}
         other => other?,
     }
-    // A 404 while waiting for `destroyed` is that state (`wait_for_state`).
-    match wait_for_state(&ctx.api, id, "destroyed", None, timeout).await {
-        Ok(()) => {}
-        Err(RolloutError::WaitTimeout { .. }) => return Ok(Ended::TimedOut),
-        Err(err) => return Err(err),
+    let deadline = Instant::now() + timeout;
+    loop {
+        // A 404 while waiting for `destroyed` is that state (`wait_for_state`).
+        let left = deadline.saturating_duration_since(Instant::now());
+        match wait_for_state(&ctx.api, id, "destroyed", None, left).await {
+            Ok(()) => {}
+            Err(RolloutError::WaitTimeout { .. }) => return Ok(Ended::TimedOut),
+            Err(err) => return Err(err),
+        }
+        let machine = read_back(ctx, id).await?;
+        if let Some(code) = exit_of_last_run(&machine) {
+            return Ok(Ended::Exited(code));
+        }
+        if machine.state == "destroyed" {
+            return Ok(Ended::NoExitEvent);
+        }
+        // Both 404s were the API not showing the new machine yet, not its end: it is still
+        // starting or running, and is waited for again now that the API shows it.
     }
-    let finished = read_back(ctx, id).await?;
-    Ok(exit_of_last_run(&finished).map_or(Ended::NoExitEvent, Ended::Exited))
 }
 
 /// How long a one-shot machine that has run may stay out of the API's sight.
 const READ_BACK_PATIENCE: Duration = Duration::from_secs(30);
 const READ_BACK_RETRY: Duration = Duration::from_millis(250);
 
-/// The machine as the API shows it once it has run. Fly keeps a destroyed machine readable
-/// (flyctl reads the exit event of its destroyed release_command and test machines:
+/// The machine as the API shows it. Fly keeps a destroyed machine readable (flyctl reads the
+/// exit event of its destroyed release_command and test machines:
 /// `internal/machine/leasable_machine.go`, `WaitForEventType`), so a 404 here is a machine the
 /// API does not show yet: reads lag behind a create (what flyctl's `WithJustCreated` waits
-/// out), and a quick command can run and go before its machine is visible, which both waits
-/// above take for done. flyctl fails there at once; nixfly asks again for a while.
+/// out), and the waits above take a 404 for a machine that has run and gone. flyctl fails on
+/// that 404 at once; nixfly asks again for a while.
 async fn read_back(ctx: &Ctx, id: &str) -> Result<Machine, RolloutError> {
     let deadline = Instant::now() + READ_BACK_PATIENCE;
     loop {

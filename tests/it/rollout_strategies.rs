@@ -2,7 +2,7 @@
 
 use crate::support;
 
-use support::fly_api::{Behavior, FaultKind, FlyApi, MachineSpec};
+use support::fly_api::{Behavior, FaultKind, FlyApi, MachineSpec, Options};
 use support::rollout::{
     APP, BLUEGREEN, assert_no_changes, assert_no_leases, assert_no_violations, canaries, image, run_rollout,
     stderr, the_canary, updated_ids, write_fly_toml,
@@ -242,12 +242,16 @@ fn bluegreen_rides_out_flaps_passing_failures() {
     assert_no_violations(&fly);
 }
 
-/// flaps' affinity cookie: every read of one machine (get, wait) carries it, so it reaches the
-/// node that made the deploy's writes and sees new machines at once; without it the double,
-/// like Fly's other nodes, answers 404 for a while.
+/// flaps' affinity cookie, where flaps sets it (the double's `affinity`): every read of one
+/// machine (get, wait) carries it, so it reaches the node that made the deploy's writes and
+/// sees new machines at once; without it the double, like Fly's other nodes, answers 404 for a
+/// while.
 #[test]
 fn machine_reads_carry_flaps_affinity_cookie() {
-    let fly = FlyApi::start();
+    let fly = FlyApi::with_options(Options {
+        affinity: true,
+        ..Options::default()
+    });
     fly.add_app(APP);
     fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1).services(true));
     let t = TestDir::new();

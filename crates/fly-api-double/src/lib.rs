@@ -75,10 +75,13 @@
 //!   flaps answers it. A destroy forces with `force=true` (the spec) or `kill=true` (fly-go).
 //! - A machine made by `POST /machines` answers 404 to get and wait for
 //!   `Timing::visible_after_create` (2 Fly seconds), as Fly's reads lag behind a create
-//!   (flyctl `internal/machine/leasable_machine.go` retries them: `WithJustCreated`), unless
-//!   the request carries the app's `fly_flaps_affinity` cookie. Every successful write sets
-//!   that cookie (`Path=/v1/apps/<app>`), as flaps does to send a client's later requests to
-//!   the node that made its writes (fly-go keeps it in a cookie jar, `flaps/flaps.go`). The
+//!   (flyctl `internal/machine/leasable_machine.go` retries them: `WithJustCreated`). With
+//!   `Options::affinity` the request that carries the app's `fly_flaps_affinity` cookie sees
+//!   it at once, and every successful write sets that cookie (`Path=/v1/apps/<app>`): flaps
+//!   sets it to send a client's later requests to the node that made its writes (fly-go keeps
+//!   it in a cookie jar, `flaps/flaps.go`), but the one source, fly-go's
+//!   `TestFlapsClientPersistsPathScopedCookiesPerApp`, shows it on an app create, which nixfly
+//!   never makes. Whether machine writes set it is not known, so it is off by default. The
 //!   list can lag too, cookie or not (`Timing::listed_after_create`, zero unless a test sets
 //!   it), as flyctl's bluegreen launch-id lookup allows for. Every answer has a
 //!   `fly-request-id`.
@@ -223,8 +226,10 @@ pub struct Options {
     pub lease_owner: String,
     /// Answer lease calls with the spec's flat `Lease` rather than flyctl's envelope.
     pub flat_lease: bool,
-    /// Set and honour the `fly_flaps_affinity` cookie (default). Off, every request may reach
-    /// a node that does not see a new machine yet, as when the node that made it went away.
+    /// Set the `fly_flaps_affinity` cookie on every successful write and show new machines at
+    /// once to the requests that carry it. Off (the default, since no source shows flaps
+    /// setting it on machine writes), every request may reach a node that does not see a new
+    /// machine yet.
     pub affinity: bool,
     /// Print each request and violation on stderr.
     pub echo: bool,
@@ -238,7 +243,7 @@ impl Default for Options {
             timing: Timing::default(),
             lease_owner: "deployer@example.com".into(),
             flat_lease: false,
-            affinity: true,
+            affinity: false,
             echo: false,
         }
     }
