@@ -573,6 +573,18 @@ impl RegistryClient {
         };
         let response = self.send(&req).await?;
         if response.status() != StatusCode::CREATED {
+            // A commit sent again after its answer was lost (a proxy's 5xx or a timeout, which
+            // `send` retries) meets the session the first one closed: distribution answers 404
+            // BLOB_UPLOAD_UNKNOWN. The blob is there then, which is what the commit was for.
+            if response.status() == StatusCode::NOT_FOUND
+                && matches!(self.blob_exists(repository, digest).await, Ok(Some(_)))
+            {
+                self.debug(|| {
+                    format!("{digest} is in {repository}: an earlier try of its commit went through")
+                });
+                self.closed(session.id);
+                return Ok(());
+            }
             return Err(self.status_error(req.operation, response, None).await);
         }
         self.closed(session.id);

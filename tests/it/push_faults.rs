@@ -72,6 +72,56 @@ fn a_cut_upload_and_rate_limits_are_survived() {
     assert_survived(&registry, &proxy, &out, 3, &written);
 }
 
+/// A commit the registry did, whose answer a proxy lost (a 502 or a timeout after the work
+/// was done): the retried `PUT` meets the session the first one closed, which distribution
+/// answers 404 BLOB_UPLOAD_UNKNOWN, and the blob is there. No blob is uploaded again; nixfly
+/// used to fail the push on that 404.
+#[test]
+fn a_commit_whose_answer_was_lost_is_not_uploaded_again() {
+    let t = TestDir::new();
+    let (source, written) = image(&t);
+    let sessions = |proxy: &FaultProxy| {
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("POST ") && r.contains("/blobs/uploads/"))
+            .count()
+    };
+    // The upload sessions of this image's push without faults.
+    let clean = {
+        let registry = Registry::start(AuthMode::htpasswd());
+        let proxy = FaultProxy::start(registry.addr, vec![]);
+        let out = push_via(
+            &t,
+            &registry,
+            &proxy.host(),
+            source.to_str().unwrap(),
+            "app",
+            "v1",
+            &[],
+        );
+        pushed_reference(&out, &proxy.host(), "app");
+        sessions(&proxy)
+    };
+
+    let registry = Registry::start(AuthMode::htpasswd());
+    let proxy = FaultProxy::start(
+        registry.addr,
+        vec![Rule::new("PUT", "/blobs/uploads/", 1, Fault::LoseAnswer(502))],
+    );
+    let out = push_via(
+        &t,
+        &registry,
+        &proxy.host(),
+        source.to_str().unwrap(),
+        "app",
+        "v1",
+        &["-v"],
+    );
+    assert_survived(&registry, &proxy, &out, 1, &written);
+    assert_eq!(sessions(&proxy), clean, "{:#?}", proxy.requests());
+}
+
 #[test]
 fn an_unrecoverable_refusal_is_a_clear_error_and_the_tag_stays() {
     let registry = Registry::start(AuthMode::htpasswd());

@@ -26,6 +26,9 @@ pub enum Fault {
     Redirect(u16),
     /// Forward the request after this long (a registry far away, or slow to answer it).
     Delay(Duration),
+    /// Forward the request and let the registry do it, then drop its answer and answer this
+    /// status instead (a proxy's 502 or timeout after the work was done).
+    LoseAnswer(u16),
     /// Answer without forwarding (the request body is read and dropped first).
     Respond {
         status: u16,
@@ -254,12 +257,13 @@ fn handle(mut client: TcpStream, upstream: SocketAddr, rules: &Mutex<Vec<(Rule, 
                 }
             }
         }
-        Some(Fault::CutAfter(limit)) => forward(client, upstream, &head, Some(limit), stats),
+        Some(Fault::CutAfter(limit)) => forward(client, upstream, &head, Some(limit), None, stats),
+        Some(Fault::LoseAnswer(status)) => forward(client, upstream, &head, None, Some(status), stats),
         Some(Fault::Delay(delay)) => {
             std::thread::sleep(delay);
-            forward(client, upstream, &head, None, stats)
+            forward(client, upstream, &head, None, None, stats)
         }
-        None => forward(client, upstream, &head, None, stats),
+        None => forward(client, upstream, &head, None, None, stats),
     }
 }
 
@@ -295,7 +299,16 @@ fn drain_body(client: &mut TcpStream, head: &str) {
     }
 }
 
-fn forward(mut client: TcpStream, upstream: SocketAddr, head: &str, cut: Option<u64>, stats: &Stats) {
+/// Forward one request; with `cut`, close both ways after that many body bytes; with `lose`,
+/// read the registry's whole answer and answer that status instead.
+fn forward(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    head: &str,
+    cut: Option<u64>,
+    lose: Option<u16>,
+    stats: &Stats,
+) {
     let Ok(mut server) = TcpStream::connect(upstream) else {
         let _ = client.shutdown(Shutdown::Both);
         return;
@@ -359,11 +372,26 @@ fn forward(mut client: TcpStream, upstream: SocketAddr, head: &str, cut: Option<
                         .unwrap()
                         .push(auth.to_string());
                 }
+                if lose.is_some() {
+                    continue;
+                }
                 if cut_done.load(Ordering::Relaxed) || client.write_all(&buf[..n]).is_err() {
                     break;
                 }
             }
         }
+    }
+    if let Some(status) = lose {
+        let body = format!(
+            r#"{{"errors":[{{"code":"INJECTED","message":"answer lost by the test proxy ({status})"}}]}}"#
+        );
+        let _ = client.write_all(
+            format!(
+                "HTTP/1.1 {status} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
     }
     let _ = client.shutdown(Shutdown::Both);
     let _ = server.shutdown(Shutdown::Both);
