@@ -507,6 +507,18 @@ impl RegistryClient {
                 Ok(Some((location, held)))
             }
             StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => Ok(None),
+            // A registry that does not answer where a session stands (docker, crane and skopeo
+            // never ask, so one that serves only them need not): the upload starts again in a
+            // new session, from what is kept for resending, as for a session it dropped.
+            StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED => {
+                self.debug(|| {
+                    format!(
+                        "{}: the registry does not tell where an upload stands",
+                        req.operation
+                    )
+                });
+                Ok(None)
+            }
             _ => Err(self.status_error(req.operation, response, None).await),
         }
     }

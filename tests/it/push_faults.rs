@@ -122,6 +122,32 @@ fn a_commit_whose_answer_was_lost_is_not_uploaded_again() {
     assert_eq!(sessions(&proxy), clean, "{:#?}", proxy.requests());
 }
 
+/// A registry that does not say where an upload stands (405 to the session's GET, which
+/// docker, crane and skopeo never send): after a cut the layer starts again in a new session.
+#[test]
+fn a_cut_upload_without_an_upload_status_starts_again() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let proxy = FaultProxy::start(
+        registry.addr,
+        vec![
+            Rule::new("PATCH", "/blobs/uploads/", 1, Fault::CutAfter(150_000)),
+            Rule::new("GET", "/blobs/uploads/", 0, Fault::status(405, &[])),
+        ],
+    );
+    let t = TestDir::new();
+    let (source, written) = image(&t);
+    let out = push_via(
+        &t,
+        &registry,
+        &proxy.host(),
+        source.to_str().unwrap(),
+        "app",
+        "v1",
+        &["-v"],
+    );
+    assert_survived(&registry, &proxy, &out, 2, &written);
+}
+
 #[test]
 fn an_unrecoverable_refusal_is_a_clear_error_and_the_tag_stays() {
     let registry = Registry::start(AuthMode::htpasswd());
