@@ -706,14 +706,27 @@ impl Authenticator {
 
     /// How to fix rejected credentials, naming where they came from.
     pub fn rejection_hint(&self) -> String {
-        match self.credentials.as_ref().map(|c| &c.source) {
-            Some(CredentialSource::FlyToken(from)) => format!(
-                "the Fly token (from {from}) was rejected: make one with `fly tokens create deploy -a <app>` \
-                 and export it as FLY_API_TOKEN"
-            ),
-            _ if self.is_fly => "no credentials for the Fly registry: set FLY_API_TOKEN to a token from \
-                 `fly tokens create deploy -a <app>`"
-                .to_string(),
+        // registry.fly.io takes the user `x` and a Fly token as the password (flyctl's
+        // `internal/build/imgsrc/docker.go` logs in so); a deploy token reaches its own app.
+        let fly = if self.is_fly {
+            "; registry.fly.io takes the user `x` and, as the password, a Fly token with access \
+             to the app (`fly tokens create deploy -a <app>`; or set FLY_API_TOKEN)"
+        } else {
+            ""
+        };
+        let hint = match self.credentials.as_ref().map(|c| &c.source) {
+            Some(CredentialSource::FlyToken(from)) => {
+                return format!(
+                    "the Fly token (from {from}) was rejected: make one with `fly tokens create \
+                     deploy -a <app>` (a deploy token reaches only its own app's repository) and \
+                     export it as FLY_API_TOKEN"
+                );
+            }
+            None if self.is_fly => {
+                return "no credentials for the Fly registry: set FLY_API_TOKEN to a token from \
+                        `fly tokens create deploy -a <app>`"
+                    .to_string();
+            }
             Some(CredentialSource::Flag) => "check the user and password given with --creds".to_string(),
             Some(CredentialSource::ConfigFile(path)) => format!(
                 "check the credentials for {} in {} (or pass --creds USER:PASSWORD)",
@@ -730,13 +743,39 @@ impl Authenticator {
                  `docker login` / `skopeo login` (REGISTRY_AUTH_FILE)",
                 self.registry
             ),
-        }
+        };
+        format!("{hint}{fly}")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Credentials given for registry.fly.io that it refused are named as given, with what
+    /// the Fly registry takes; before, the hint said no credentials had been given.
+    #[test]
+    fn a_refusal_by_the_fly_registry_names_the_credentials_given() {
+        let auth = |source: Option<CredentialSource>, is_fly: bool| {
+            Authenticator::new(
+                "registry.fly.io",
+                source.map(|source| Credentials::new("me", "secret", source)),
+                is_fly,
+                Duration::from_secs(5),
+            )
+            .rejection_hint()
+        };
+        let given = auth(Some(CredentialSource::Flag), true);
+        assert!(
+            given.starts_with("check the user and password given with --creds"),
+            "{given}"
+        );
+        assert!(given.contains("takes the user `x`"), "{given}");
+        let none = auth(None, true);
+        assert!(none.starts_with("no credentials for the Fly registry"), "{none}");
+        let elsewhere = auth(Some(CredentialSource::Flag), false);
+        assert_eq!(elsewhere, "check the user and password given with --creds");
+    }
 
     #[test]
     fn bearer_challenges_parse_quoted_commas_and_escapes() {
