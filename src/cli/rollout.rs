@@ -297,10 +297,16 @@ impl ResolvedRollout {
 pub async fn run(args: RolloutArgs, reporter: Reporter) -> anyhow::Result<()> {
     let fly_toml = args.app.fly_toml(&reporter)?;
     let app = args.app.app_name(fly_toml.as_ref())?;
-    let image = args
-        .image
-        .or_else(|| fly_toml.as_ref().and_then(|c| c.build.image.clone()))
-        .context("no image to deploy: pass --image host/repo@sha256:... or set [build] image in fly.toml")?;
+    let image = match args.image {
+        Some(image) => image,
+        None => {
+            let image = fly_toml.as_ref().and_then(|c| c.build.image.clone()).context(
+                "no image to deploy: pass --image host/repo@sha256:... or set [build] image in fly.toml",
+            )?;
+            refuse_docker_hub_name(&image)?;
+            image
+        }
+    };
     let token = args.app.fly_token()?;
     let dry_run = args.options.dry_run;
     // A dry run touches no machine, so it may show a tag; a real rollout needs the digest,
@@ -326,6 +332,22 @@ pub async fn run(args: RolloutArgs, reporter: Reporter) -> anyhow::Result<()> {
         None => PinnedReference::parse(&image)?.to_string(),
     };
     rollout.run(image, reporter).await
+}
+
+/// fly.toml is flyctl's, and in `[build] image` a name without a registry host is a Docker Hub
+/// image there (`image = "flyio/hellofly:latest"` in Fly's docs; flyctl has Fly's API resolve
+/// it, `internal/build/imgsrc/remote_image_resolver.go`). nixfly's own default host for such a
+/// name is registry.fly.io, where it would look up, or pin, another image: refused instead.
+fn refuse_docker_hub_name(image: &str) -> anyhow::Result<()> {
+    let first = image.split(['/', '@']).next().unwrap_or_default();
+    let names_host = image.contains('/') && (first.contains(['.', ':']) || first == "localhost");
+    anyhow::ensure!(
+        names_host,
+        "[build] image {image:?} names no registry, so `fly deploy` takes it from Docker Hub, \
+         which nixfly does not look up: write the registry in fly.toml (registry.fly.io/<app>:<tag>, \
+         or docker.io/<repo>@sha256:<digest>), or pass --image"
+    );
+    Ok(())
 }
 
 /// `host/repo:tag` → `host/repo@sha256:...` as the registry has it now, so that the machines
@@ -417,6 +439,28 @@ fn spec(app: &str, image: String, options: &RolloutOptions, fly_toml: Option<&Ap
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hostless `[build] image` is Docker Hub's for flyctl; one with a host is taken.
+    #[test]
+    fn a_build_image_without_a_registry_is_refused() {
+        for image in [
+            "flyio/hellofly:latest",
+            "nginx",
+            "nginx@sha256:abc",
+            "library/nginx:1",
+        ] {
+            let err = refuse_docker_hub_name(image).unwrap_err().to_string();
+            assert!(err.contains("Docker Hub"), "{image}: {err}");
+        }
+        for image in [
+            "registry.fly.io/app:v1",
+            "docker.io/library/nginx@sha256:abc",
+            "localhost/app",
+            "127.0.0.1:5000/app:v1",
+        ] {
+            assert!(refuse_docker_hub_name(image).is_ok(), "{image}");
+        }
+    }
     use crate::cli::{Cli, Command};
     use clap::Parser;
 
