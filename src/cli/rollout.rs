@@ -439,6 +439,8 @@ fn spec(app: &str, image: String, options: &RolloutOptions, fly_toml: Option<&Ap
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
 
     /// A hostless `[build] image` is Docker Hub's for flyctl; one with a host is taken.
     #[test]
@@ -461,8 +463,6 @@ mod tests {
             assert!(refuse_docker_hub_name(image).is_ok(), "{image}");
         }
     }
-    use crate::cli::{Cli, Command};
-    use clap::Parser;
 
     /// `fly deploy -e` splits at the first `=` (flyctl's `ParseKVStringsToMap`).
     #[test]

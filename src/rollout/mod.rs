@@ -616,10 +616,10 @@ async fn deploy(
     }
     // No lease on a machine whose host Fly cannot reach: it could not answer, and the deploy
     // only replaces or destroys it, with no nonce (flyctl `internal/machine/lease.go` skips
-    // them; `strategy_bluegreen.go` destroys them without one).
-    // After a failure the leases still being asked for are waited for, not dropped: a request
-    // dropped once sent may have taken its lease on Fly with the answer unread, a lease
-    // `release_all` would not know to release. Those not asked for yet are not.
+    // them; `strategy_bluegreen.go` destroys them without one). After a failure the leases
+    // still being asked for are waited for, not dropped: a request dropped once sent may have
+    // taken its lease on Fly with the answer unread, a lease `release_all` would not know to
+    // release. Those not asked for yet are not asked for.
     let failed = std::sync::atomic::AtomicBool::new(false);
     let mut acquiring = futures::stream::iter(fleet.machines().filter(|m| !m.host_unavailable()))
         .map(|machine| {

@@ -46,6 +46,7 @@ pub(super) async fn run_to_exit(ctx: &Ctx, id: &str, timeout: Duration) -> Resul
         }
         // Both 404s were the API not showing the new machine yet, not its end: it is still
         // starting or running, and is waited for again now that the API shows it.
+        tokio::time::sleep(READ_BACK_RETRY).await;
     }
 }
 
