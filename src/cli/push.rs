@@ -27,6 +27,10 @@ pub struct PushArgs {
     pub app: AppOptions,
     #[command(flatten)]
     pub options: PushOptions,
+    /// Machines API base URL. Pushing to a Fly app's repository (no --to), nixfly asks it
+    /// which images the app's machines run and reuses their layers, as `deploy` does.
+    #[arg(long, env = "FLY_FLAPS_BASE_URL", default_value = crate::fly::api::DEFAULT_MACHINES_URL, value_name = "URL", help_heading = "Fly app")]
+    pub api_url: String,
 }
 
 /// Options shared by `push` and `deploy`.
@@ -328,6 +332,30 @@ enum Ended {
     Interrupted(&'static str),
 }
 
+/// The images Fly app `app`'s machines run; none without a Fly token (the registry
+/// credentials may come from elsewhere), and none with a warning when they cannot be listed.
+async fn running_images(args: &PushArgs, app: &str, reporter: &Reporter) -> Vec<String> {
+    let Ok(token) = args.app.fly_token() else {
+        reporter.debug("no Fly token: the layers of the app's running image are not looked up");
+        return Vec::new();
+    };
+    let listed = match crate::fly::api::FlyHttp::new(&args.api_url, token, reporter.clone()) {
+        Ok(http) => {
+            crate::fly::api::MachinesApi::new(http, app)
+                .current_images()
+                .await
+        }
+        Err(err) => Err(err),
+    };
+    listed.unwrap_or_else(|err| {
+        reporter.warn(format!(
+            "not reusing the layers of the running image: listing the machines of {app} failed: {}",
+            crate::error::chain_text(&err)
+        ));
+        Vec::new()
+    })
+}
+
 pub async fn run(args: PushArgs, reporter: Reporter) -> anyhow::Result<()> {
     // fly.toml only names the repository: it is not read when --to or --app says where.
     let app = match (&args.options.to, &args.app.app) {
@@ -342,12 +370,17 @@ pub async fn run(args: PushArgs, reporter: Reporter) -> anyhow::Result<()> {
             )
         }
     };
-    let push = args.options.resolve(
+    let mut push = args.options.resolve(
         &args.source,
         app.as_deref(),
         || Ok(args.app.fly_token()?),
         &reporter,
     )?;
+    // A new deployment-<ULID> tag has no image yet: on a fresh runner the app's machines are
+    // what tells which layers the registry already holds, as for `deploy`.
+    if let Some(app) = &app {
+        push.reuse_images(&running_images(&args, app, &reporter).await);
+    }
     let pushed = push.run(&reporter).await?;
     reporter.result(&pushed.reference.to_string());
     Ok(())

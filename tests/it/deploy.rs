@@ -377,6 +377,48 @@ fn a_fresh_runner_reuses_the_layers_of_the_image_the_machines_run_issue_12() {
     assert_no_violations(&fly);
 }
 
+/// `nixfly push --app` (a new deployment-<ULID> tag) from a fresh runner reuses the layers of
+/// the image the app's machines run, as `deploy` does, for a push-then-rollout pipeline.
+#[test]
+fn push_to_an_app_from_a_fresh_runner_reuses_the_layers_its_machines_run() {
+    let registry = Registry::start(AuthMode::None);
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let machines = fly.add_machines(APP, &MachineSpec::new("app").count(1).checks(1));
+    let t = TestDir::new();
+    let (source, written) = stream_archive(&t);
+    let first = deploy(&fly, &registry, &t, &source, &[]);
+    let running = pushed_reference(&first, &registry.host(), APP);
+    assert_runs_pushed(fly.machine(&machines[0]).image(), &running);
+
+    let push = |runner: &TestDir, api_url: Option<&str>| {
+        let mut cmd = runner.nixfly();
+        fly.configure(&mut cmd);
+        if let Some(url) = api_url {
+            cmd.env("FLY_FLAPS_BASE_URL", url);
+        }
+        cmd.env("FLY_REGISTRY_HOST", registry.host())
+            .args(["push", &source, "--app", APP, "--output", "json"]);
+        let out = run(&mut cmd);
+        support::assert_success(&out);
+        // With --output json a warning is an event on stdout.
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        (support::readback::layer_outcomes(&out), said)
+    };
+    let (outcomes, _) = push(&TestDir::new(), None);
+    assert_eq!(outcomes, vec!["skipped"; written.diff_ids.len()]);
+    // No Machines API there (the registry answers 404): a warning, and every layer read.
+    let elsewhere = format!("http://{}", registry.host());
+    let (outcomes, err) = push(&TestDir::new(), Some(&elsewhere));
+    assert_eq!(outcomes.len(), written.diff_ids.len());
+    assert!(outcomes.iter().all(|o| o != "skipped"), "{outcomes:?}");
+    assert!(
+        err.contains("not reusing the layers of the running image"),
+        "{err}"
+    );
+    assert_no_violations(&fly);
+}
+
 /// Between its push and its rollout's first change a deploy has nothing to undo: a Ctrl-C there
 /// ends it at once, with 130, not swallowed by the handler the push installed. The proxy holds
 /// the rollout's machine listing (the deploy's second) unanswered, so the signal lands there.
