@@ -333,27 +333,24 @@ enum Ended {
 }
 
 /// The images Fly app `app`'s machines run; none without a Fly token (the registry
-/// credentials may come from elsewhere), and none with a warning when they cannot be listed.
+/// credentials may come from elsewhere).
 async fn running_images(args: &PushArgs, app: &str, reporter: &Reporter) -> Vec<String> {
     let Ok(token) = args.app.fly_token() else {
         reporter.debug("no Fly token: the layers of the app's running image are not looked up");
         return Vec::new();
     };
-    let listed = match crate::fly::api::FlyHttp::new(&args.api_url, token, reporter.clone()) {
+    match crate::fly::api::FlyHttp::new(&args.api_url, token, reporter.clone()) {
         Ok(http) => {
-            crate::fly::api::MachinesApi::new(http, app)
-                .current_images()
-                .await
+            super::rollout::running_images(&crate::fly::api::MachinesApi::new(http, app), reporter).await
         }
-        Err(err) => Err(err),
-    };
-    listed.unwrap_or_else(|err| {
-        reporter.warn(format!(
-            "not reusing the layers of the running image: listing the machines of {app} failed: {}",
-            crate::error::chain_text(&err)
-        ));
-        Vec::new()
-    })
+        Err(err) => {
+            reporter.warn(format!(
+                "not reusing the layers of the running image: {}",
+                crate::error::chain_text(&err)
+            ));
+            Vec::new()
+        }
+    }
 }
 
 pub async fn run(args: PushArgs, reporter: Reporter) -> anyhow::Result<()> {

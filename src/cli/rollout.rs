@@ -202,14 +202,7 @@ impl ResolvedRollout {
     /// The images the app's machines run now; on failure a warning and none (the push only
     /// reuses their layers).
     pub async fn current_images(&self, reporter: &Reporter) -> Vec<String> {
-        self.api.current_images().await.unwrap_or_else(|err| {
-            reporter.warn(format!(
-                "not reusing the layers of the running image: listing the machines of {} failed: {}",
-                self.app,
-                crate::error::chain_text(&err)
-            ));
-            Vec::new()
-        })
+        running_images(&self.api, reporter).await
     }
 
     /// Without a fly.toml, the app config of the app's current release, as `fly deploy` takes
@@ -334,15 +327,26 @@ pub async fn run(args: RolloutArgs, reporter: Reporter) -> anyhow::Result<()> {
     rollout.run(image, reporter).await
 }
 
+/// The images `api`'s app's machines run now, for a push to reuse their layers; on failure a
+/// warning and none (the push only reuses them).
+pub(crate) async fn running_images(api: &MachinesApi, reporter: &Reporter) -> Vec<String> {
+    api.current_images().await.unwrap_or_else(|err| {
+        reporter.warn(format!(
+            "not reusing the layers of the running image: listing the machines of {} failed: {}",
+            api.app(),
+            crate::error::chain_text(&err)
+        ));
+        Vec::new()
+    })
+}
+
 /// fly.toml is flyctl's, and in `[build] image` a name without a registry host is a Docker Hub
 /// image there (`image = "flyio/hellofly:latest"` in Fly's docs; flyctl has Fly's API resolve
 /// it, `internal/build/imgsrc/remote_image_resolver.go`). nixfly's own default host for such a
 /// name is registry.fly.io, where it would look up, or pin, another image: refused instead.
 fn refuse_docker_hub_name(image: &str) -> anyhow::Result<()> {
-    let first = image.split(['/', '@']).next().unwrap_or_default();
-    let names_host = image.contains('/') && (first.contains(['.', ':']) || first == "localhost");
     anyhow::ensure!(
-        names_host,
+        crate::registry::reference::names_registry(image),
         "[build] image {image:?} names no registry, so `fly deploy` takes it from Docker Hub, \
          which nixfly does not look up: write the registry in fly.toml (registry.fly.io/<app>:<tag>, \
          or docker.io/<repo>@sha256:<digest>), or pass --image"

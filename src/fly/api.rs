@@ -544,6 +544,11 @@ pub struct MachinesApi {
 }
 
 impl MachinesApi {
+    /// The app whose machines this client reaches.
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
     pub fn new(http: FlyHttp, app: &str) -> Self {
         MachinesApi {
             http,

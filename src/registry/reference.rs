@@ -110,6 +110,19 @@ pub struct Reference {
     pub digest: Option<Digest>,
 }
 
+/// Docker's rule: a reference's first path component is a registry host when it contains '.'
+/// or ':' or is `localhost`.
+fn is_host_component(first: &str) -> bool {
+    first.contains(['.', ':']) || first == "localhost"
+}
+
+/// Whether `reference` names its registry (Docker's rule), rather than leaving it to a default.
+pub fn names_registry(reference: &str) -> bool {
+    let rest = reference.trim().split('@').next().unwrap_or_default();
+    rest.split_once('/')
+        .is_some_and(|(first, _)| is_host_component(first))
+}
+
 impl Reference {
     /// Parse with the default host (`FLY_REGISTRY_HOST` or registry.fly.io) for references
     /// that name none.
@@ -135,9 +148,7 @@ impl Reference {
             None => (reference, None),
         };
         let (registry, path) = match rest.split_once('/') {
-            Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => {
-                (first.to_ascii_lowercase(), path)
-            }
+            Some((first, path)) if is_host_component(first) => (first.to_ascii_lowercase(), path),
             _ => (default_host.to_ascii_lowercase(), rest),
         };
         if !is_valid_host(&registry) {

@@ -351,17 +351,24 @@ fn deploy_with_refused_registry_credentials_uploads_nothing() {
     assert!(fly.releases().is_empty());
 }
 
+/// App `APP` with one machine, onto which `stream_archive` (written in `t`) has been deployed
+/// from `t`: the archive's path and what it holds.
+fn deployed_once(fly: &FlyApi, registry: &Registry, t: &TestDir) -> (String, images::Written) {
+    fly.add_app(APP);
+    let machines = fly.add_machines(APP, &MachineSpec::new("app").count(1).checks(1));
+    let (source, written) = stream_archive(t);
+    let first = deploy(fly, registry, t, &source, &[]);
+    let running = pushed_reference(&first, &registry.host(), APP);
+    assert_runs_pushed(fly.machine(&machines[0]).image(), &running);
+    (source, written)
+}
+
 #[test]
 fn a_fresh_runner_reuses_the_layers_of_the_image_the_machines_run_issue_12() {
     let registry = Registry::start(AuthMode::None);
     let fly = FlyApi::start();
-    fly.add_app(APP);
-    let machines = fly.add_machines(APP, &MachineSpec::new("app").count(1).checks(1));
     let t = TestDir::new();
-    let (source, written) = stream_archive(&t);
-    let first = deploy(&fly, &registry, &t, &source, &[]);
-    let running = pushed_reference(&first, &registry.host(), APP);
-    assert_runs_pushed(fly.machine(&machines[0]).image(), &running);
+    let (source, written) = deployed_once(&fly, &registry, &t);
 
     // Another machine (empty cache), another tag: only the machines' image tells the registry
     // has every layer.
@@ -383,13 +390,8 @@ fn a_fresh_runner_reuses_the_layers_of_the_image_the_machines_run_issue_12() {
 fn push_to_an_app_from_a_fresh_runner_reuses_the_layers_its_machines_run() {
     let registry = Registry::start(AuthMode::None);
     let fly = FlyApi::start();
-    fly.add_app(APP);
-    let machines = fly.add_machines(APP, &MachineSpec::new("app").count(1).checks(1));
     let t = TestDir::new();
-    let (source, written) = stream_archive(&t);
-    let first = deploy(&fly, &registry, &t, &source, &[]);
-    let running = pushed_reference(&first, &registry.host(), APP);
-    assert_runs_pushed(fly.machine(&machines[0]).image(), &running);
+    let (source, written) = deployed_once(&fly, &registry, &t);
 
     let push = |runner: &TestDir, api_url: Option<&str>| {
         let mut cmd = runner.nixfly();

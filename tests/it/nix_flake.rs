@@ -406,21 +406,17 @@ fn a_foreign_stream_image_without_its_script_names_the_nixpkgs_it_needs() {
 #[test]
 fn a_tarball_image_from_another_system_is_pushed_as_the_tarball() {
     let Some(nix) = Nix::get() else { return };
-    let root = env!("CARGO_MANIFEST_DIR");
-    let expr = format!(
+    let out = eval_on_host(
+        nix,
+        "aarch64-darwin",
+        "{ inherit imagePkgs; }",
         r#"let
-             standin = import {root}/nix/tests/nixpkgs-standin;
-             pkgs = standin {{ system = "aarch64-darwin"; }};
-             imagePkgs = standin {{ system = "x86_64-linux"; }};
-             nixfly = import {root}/nix/lib {{ }};
-             server = imagePkgs.writeShellApplication {{ name = "web"; text = "echo hi"; }};
-             image = {{ name = "web"; contents = [ server ]; }};
+             image = { name = "web"; contents = [ server ]; };
              tarball = imagePkgs.dockerTools.buildLayeredImage image;
              stream = imagePkgs.dockerTools.streamLayeredImage image;
-             source = image: (nixfly.mkFlyDeploy {{ inherit pkgs imagePkgs image; app = "demo"; }}).source.name;
-           in [ tarball.isExe (source tarball) (source stream) ]"#
+             source = image: (nixfly.mkFlyDeploy { inherit pkgs imagePkgs image; app = "demo"; }).source.name;
+           in [ tarball.isExe (source tarball) (source stream) ]"#,
     );
-    let out = run(nix.command(&["eval"]).args(["--json", "--expr", &expr]));
     assert_success(&out);
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(

@@ -42,6 +42,25 @@ fn assert_survived(
     assert_same_image(registry, &proxy.direct(&reference), written);
 }
 
+/// `push_via` of `source` to `app:v1` through `proxy`.
+fn push_through(
+    t: &TestDir,
+    registry: &Registry,
+    proxy: &FaultProxy,
+    source: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    push_via(
+        t,
+        registry,
+        &proxy.host(),
+        source.to_str().unwrap(),
+        "app",
+        "v1",
+        extra,
+    )
+}
+
 #[test]
 fn a_cut_upload_and_rate_limits_are_survived() {
     let registry = Registry::start(AuthMode::htpasswd());
@@ -60,15 +79,7 @@ fn a_cut_upload_and_rate_limits_are_survived() {
     );
     let t = TestDir::new();
     let (source, written) = image(&t);
-    let out = push_via(
-        &t,
-        &registry,
-        &proxy.host(),
-        source.to_str().unwrap(),
-        "app",
-        "v1",
-        &["-v"],
-    );
+    let out = push_through(&t, &registry, &proxy, &source, &["-v"]);
     assert_survived(&registry, &proxy, &out, 3, &written);
 }
 
@@ -91,15 +102,7 @@ fn a_commit_whose_answer_was_lost_is_not_uploaded_again() {
     let clean = {
         let registry = Registry::start(AuthMode::htpasswd());
         let proxy = FaultProxy::start(registry.addr, vec![]);
-        let out = push_via(
-            &t,
-            &registry,
-            &proxy.host(),
-            source.to_str().unwrap(),
-            "app",
-            "v1",
-            &[],
-        );
+        let out = push_through(&t, &registry, &proxy, &source, &[]);
         pushed_reference(&out, &proxy.host(), "app");
         sessions(&proxy)
     };
@@ -109,15 +112,7 @@ fn a_commit_whose_answer_was_lost_is_not_uploaded_again() {
         registry.addr,
         vec![Rule::new("PUT", "/blobs/uploads/", 1, Fault::LoseAnswer(502))],
     );
-    let out = push_via(
-        &t,
-        &registry,
-        &proxy.host(),
-        source.to_str().unwrap(),
-        "app",
-        "v1",
-        &["-v"],
-    );
+    let out = push_through(&t, &registry, &proxy, &source, &["-v"]);
     assert_survived(&registry, &proxy, &out, 1, &written);
     assert_eq!(sessions(&proxy), clean, "{:#?}", proxy.requests());
 }
@@ -136,15 +131,7 @@ fn a_cut_upload_without_an_upload_status_starts_again() {
     );
     let t = TestDir::new();
     let (source, written) = image(&t);
-    let out = push_via(
-        &t,
-        &registry,
-        &proxy.host(),
-        source.to_str().unwrap(),
-        "app",
-        "v1",
-        &["-v"],
-    );
+    let out = push_through(&t, &registry, &proxy, &source, &["-v"]);
     assert_survived(&registry, &proxy, &out, 2, &written);
 }
 
@@ -202,13 +189,11 @@ fn issue_13_a_request_never_answered_times_out_and_is_retried() {
     );
     let t = TestDir::new();
     let (source, written) = image(&t);
-    let out = push_via(
+    let out = push_through(
         &t,
         &registry,
-        &proxy.host(),
-        source.to_str().unwrap(),
-        "app",
-        "v1",
+        &proxy,
+        &source,
         &["-v", "--registry-timeout", "2s"],
     );
     assert_survived(&registry, &proxy, &out, 2, &written);
@@ -255,15 +240,7 @@ fn issue_13_json_output_ends_with_an_error_event() {
         registry.addr,
         vec![Rule::new("PUT", "/manifests/", 1, Fault::status(403, &[]))],
     );
-    let out = push_via(
-        &t,
-        &registry,
-        &proxy.host(),
-        source.to_str().unwrap(),
-        "app",
-        "v1",
-        &["--output", "json"],
-    );
+    let out = push_through(&t, &registry, &proxy, &source, &["--output", "json"]);
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8(out.stdout.clone()).unwrap();
     let events: Vec<serde_json::Value> = stdout
@@ -446,13 +423,11 @@ fn issue_13_monolithic_mode_pushes_a_layer_over_the_window_and_survives_a_cut() 
     );
     let t = TestDir::new();
     let (source, written) = noisy_image(&t, 12);
-    let out = push_via(
+    let out = push_through(
         &t,
         &registry,
-        &proxy.host(),
-        source.to_str().unwrap(),
-        "app",
-        "v1",
+        &proxy,
+        &source,
         &["-v", "--upload-mode", "monolithic"],
     );
     assert_survived(&registry, &proxy, &out, 2, &written);
@@ -501,15 +476,7 @@ fn issue_13_a_failed_push_leaves_no_upload_session() {
     for (mode, rules) in cases {
         let faults = rules.len();
         let proxy = FaultProxy::start(registry.addr, rules);
-        let out = push_via(
-            &t,
-            &registry,
-            &proxy.host(),
-            source.to_str().unwrap(),
-            "app",
-            "v1",
-            &["-v", "--upload-mode", mode],
-        );
+        let out = push_through(&t, &registry, &proxy, &source, &["-v", "--upload-mode", mode]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{mode}: {stderr}");
         assert!(stderr.contains("403"), "{mode}: {stderr}");
@@ -666,15 +633,7 @@ fn a_refused_cross_repository_mount_falls_back_to_uploading() {
         let t = TestDir::new();
         let (source, written) = image(&t);
         let json = ["--output", "json"];
-        let first = push_via(
-            &t,
-            &registry,
-            &proxy.host(),
-            source.to_str().unwrap(),
-            "app",
-            "v1",
-            &json,
-        );
+        let first = push_through(&t, &registry, &proxy, &source, &json);
         support::assert_success(&first);
         let other = push_via(
             &t,
