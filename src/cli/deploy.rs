@@ -3,7 +3,8 @@
 //! Flags ⊕ environment ⊕ the mkFlyDeploy settings file ⊕ fly.toml become one `ResolvedDeploy`
 //! first (fly.toml parsed and validated once, the token read once), then it is checked against
 //! the world (the app exists, the token works for the Machines API, the registry accepts the
-//! credentials), and only then is anything pushed.
+//! credentials), and only then is anything pushed. The image is opened meanwhile: a stream
+//! script generates while the checks go to Fly and the registry, and is stopped if they fail.
 
 use super::DeployArgs;
 use super::push::{PushOptions, ResolvedPush};
@@ -108,9 +109,9 @@ fn fill_from_build(build: &Build, push: &mut PushOptions, reporter: &Reporter) {
 
 pub async fn run(args: DeployArgs, reporter: Reporter) -> anyhow::Result<()> {
     let deploy = ResolvedDeploy::resolve(args, &reporter)?;
-    deploy.check().await?;
-    let ResolvedDeploy { push, rollout } = deploy;
-    if rollout.dry_run() {
+    if deploy.rollout.dry_run() {
+        deploy.check().await?;
+        let ResolvedDeploy { push, rollout } = deploy;
         // A push would change the registry: show where the image would go and preview the
         // rollout against that tag instead of a digest.
         let target = push.target();
@@ -120,9 +121,14 @@ pub async fn run(args: DeployArgs, reporter: Reporter) -> anyhow::Result<()> {
         ));
         return rollout.run(target, reporter).await;
     }
-    let mut push = push;
-    push.reuse_images(&rollout.current_images(&reporter).await);
-    let pushed = push.run(&reporter).await?;
+    // The checks, then the images the machines run now (their layers need no upload), while
+    // the image is opened and a stream script starts generating.
+    let checked = async {
+        deploy.check().await?;
+        Ok(deploy.rollout.current_images(&reporter).await)
+    };
+    let pushed = deploy.push.run_after(&reporter, checked).await?;
+    let ResolvedDeploy { push, rollout } = deploy;
     // Machines and the release record get the tag with the digest: the digest decides what
     // runs, and the tag is what `fly status`, `fly releases` and `fly image show` name (flyctl
     // gives machines the tag, `deploy.go`). The API takes that form: flyctl's `machine clone`

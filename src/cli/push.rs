@@ -7,7 +7,7 @@ use crate::cache::Cache;
 use crate::error::{EXIT_INTERRUPTED, ExitCodeError};
 use crate::fly::FlyToken;
 use crate::fly::appconfig::units::parse_go_duration;
-use crate::image::{ImageSource, SourceKind};
+use crate::image::{Image, ImageSource, SourceKind};
 use crate::progress::Reporter;
 use crate::push::{ManifestFormat, PushSpec, Pushed};
 use crate::registry::client::UploadMode;
@@ -225,21 +225,6 @@ pub(crate) fn positive(flag: &str, timeout: Duration) -> anyhow::Result<Duration
 }
 
 impl ResolvedPush {
-    /// Also reuse the layers of these images (a deploy's running images); those on another
-    /// registry cannot serve and are left out.
-    pub fn reuse_images(&mut self, images: &[String]) {
-        for image in images {
-            if let Ok(reference) = Reference::parse(image)
-                && reference.registry == self.spec.registry
-                && let Some(target) = reference.tag_or_digest()
-            {
-                self.spec
-                    .reuse_from
-                    .push((reference.repository.clone(), target.to_string()));
-            }
-        }
-    }
-
     /// `host/repo:tag`, where the image goes.
     pub fn target(&self) -> String {
         format!(
@@ -263,16 +248,31 @@ impl ResolvedPush {
         Ok(())
     }
 
+    /// Push the image.
     pub async fn run(&self, reporter: &Reporter) -> anyhow::Result<Pushed> {
+        self.run_after(reporter, async { Ok(Vec::new()) }).await
+    }
+
+    /// Push the image once `before` has passed: a deploy's checks, which also give the images
+    /// whose layers the push may reuse (the app's running images; those on another registry
+    /// are left out). The image is opened meanwhile and a stream read ahead
+    /// ([`crate::push::read_ahead`]), so that a stream script's generation overlaps the
+    /// round trips to Fly and the registry; nothing reaches the registry's upload endpoints
+    /// before `before` ends. If it fails, its error is the command's, and the script is
+    /// stopped.
+    pub async fn run_after(
+        &self,
+        reporter: &Reporter,
+        before: impl Future<Output = anyhow::Result<Vec<String>>>,
+    ) -> anyhow::Result<Pushed> {
         // Before a stream script starts or any session opens: a Ctrl-C or SIGTERM then ends the
         // push here, with the script's process group killed and every session cancelled,
         // rather than killing nixfly with uploads open in the registry.
         let mut signals = crate::signals::Signals::install(reporter)?;
         let image_source = crate::image::detect_with(&self.source, self.source_kind, self.stream_timeout)?;
         let description = image_source.describe();
-        reporter.info(format!("pushing {description} to {}", self.target()));
         let ended = tokio::select! {
-            pushed = self.push(image_source, reporter) => Ended::Pushed(pushed),
+            ended = self.push(image_source, before, &description, reporter) => ended,
             signal = signals.recv() => {
                 crate::image::script::kill_running_script();
                 Ended::Interrupted(signal)
@@ -294,6 +294,7 @@ impl ResolvedPush {
             reporter.debug(format!("cancelled {cancelled} upload session(s) left open"));
         }
         match ended {
+            Ended::Refused(err) => Err(err),
             Ended::Pushed(pushed) => {
                 pushed.with_context(|| format!("pushing {description} to {}", self.spec.name()))
             }
@@ -313,21 +314,63 @@ impl ResolvedPush {
         }
     }
 
-    /// Open the image and push it.
-    async fn push(&self, image_source: Box<dyn ImageSource>, reporter: &Reporter) -> anyhow::Result<Pushed> {
-        let image = {
+    /// Open the image while `before` runs, then push it.
+    async fn push(
+        &self,
+        image_source: Box<dyn ImageSource>,
+        before: impl Future<Output = anyhow::Result<Vec<String>>>,
+        description: &str,
+        reporter: &Reporter,
+    ) -> Ended {
+        let open = {
             let reporter = reporter.clone();
-            tokio::task::spawn_blocking(move || image_source.open(&reporter))
-                .await
-                .context("opening the image")??
+            tokio::task::spawn_blocking(move || image_source.open(&reporter).map(crate::push::read_ahead))
         };
-        let cache = Arc::new(Cache::open(self.use_cache, reporter.clone()));
-        Ok(crate::push::push(self.client.clone(), image, &self.spec, cache, reporter.clone()).await?)
+        // Both to their end: a script started is stopped below, not left to a detached task.
+        let (opened, before) = tokio::join!(open, before);
+        let opened = opened.context("opening the image").and_then(|opened| Ok(opened?));
+        let reuse = match before {
+            Ok(reuse) => reuse,
+            Err(err) => {
+                if let Ok(Image::Stream(stream)) = opened {
+                    // Stopped at once and waited for; its own exit is not the story, the
+                    // check's failure is.
+                    crate::image::script::kill_running_script();
+                    let _ = tokio::task::spawn_blocking(move || (stream.finish)(false)).await;
+                }
+                return Ended::Refused(err);
+            }
+        };
+        let pushed = async {
+            let image = opened?;
+            reporter.info(format!("pushing {description} to {}", self.target()));
+            let mut spec = self.spec.clone();
+            reuse_images(&mut spec, &reuse);
+            let cache = Arc::new(Cache::open(self.use_cache, reporter.clone()));
+            Ok(crate::push::push(self.client.clone(), image, &spec, cache, reporter.clone()).await?)
+        };
+        Ended::Pushed(pushed.await)
     }
 }
 
-/// How a push ended: by itself (pushed or failed), or by a signal.
+/// Also reuse the layers of these images (the app's running images); those on another
+/// registry cannot serve and are left out.
+fn reuse_images(spec: &mut PushSpec, images: &[String]) {
+    for image in images {
+        if let Ok(reference) = Reference::parse(image)
+            && reference.registry == spec.registry
+            && let Some(target) = reference.tag_or_digest()
+        {
+            spec.reuse_from
+                .push((reference.repository.clone(), target.to_string()));
+        }
+    }
+}
+
+/// How a push ended: refused before it began (the error of what had to pass first), by
+/// itself (pushed or failed), or by a signal.
 enum Ended {
+    Refused(anyhow::Error),
     Pushed(anyhow::Result<Pushed>),
     Interrupted(&'static str),
 }
@@ -367,7 +410,7 @@ pub async fn run(args: PushArgs, reporter: Reporter) -> anyhow::Result<()> {
             )
         }
     };
-    let mut push = args.options.resolve(
+    let push = args.options.resolve(
         &args.source,
         app.as_deref(),
         || Ok(args.app.fly_token()?),
@@ -375,10 +418,13 @@ pub async fn run(args: PushArgs, reporter: Reporter) -> anyhow::Result<()> {
     )?;
     // A new deployment-<ULID> tag has no image yet: on a fresh runner the app's machines are
     // what tells which layers the registry already holds, as for `deploy`.
-    if let Some(app) = &app {
-        push.reuse_images(&running_images(&args, app, &reporter).await);
-    }
-    let pushed = push.run(&reporter).await?;
+    let running = async {
+        Ok(match &app {
+            Some(app) => running_images(&args, app, &reporter).await,
+            None => Vec::new(),
+        })
+    };
+    let pushed = push.run_after(&reporter, running).await?;
     reporter.result(&pushed.reference.to_string());
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! Reading a stream ahead while the push is not ready for it yet.
 //!
 //! A push asks the registry what it has (the target tag's manifest and config, `--reuse-from`,
-//! a HEAD per blob) before it reads a layer: a handful of round trips, 0.5 s and more to a
-//! registry 80 ms away. A stream script started before that fills its pipe in moments and then
+//! a HEAD per blob) before it reads a layer, and a deploy checks the app, the token and the
+//! registry credentials and lists the machines' images before that: a handful of round trips,
+//! 0.5 s and more to a registry or API 80 ms away. A stream script started before that fills its pipe in moments and then
 //! waits; its generation (minutes for a big image, every layer tarred twice by nixpkgs'
 //! `stream_layered_image.py`) only goes on once the push reads. [`ReadAhead`] reads the stream
 //! into a scratch file meanwhile (after [`GRACE`], which lookups on loopback do not outlast),

@@ -330,6 +330,21 @@ impl Repeats {
     }
 }
 
+/// Read a stream that is not a file (a script's output, stdin) ahead from now on, into a
+/// scratch file ([`ReadAhead`]): what comes before its first layer is read (a deploy's checks,
+/// asking the registry what it has) then overlaps its generation instead of leaving the
+/// script waiting on a full pipe. A file is read when needed, and may not be at all. Call it
+/// as soon as the image is opened, before [`push`].
+pub fn read_ahead(image: Image) -> Image {
+    match image {
+        Image::Stream(mut stream) if stream.identity.is_none() => {
+            stream.reader = Box::new(ReadAhead::start(stream.reader, READ_AHEAD_LIMIT));
+            Image::Stream(stream)
+        }
+        image => image,
+    }
+}
+
 /// Push `image` as `spec` says. Nothing is tagged unless every blob is in the registry.
 pub async fn push<S: BlobStore>(
     store: Arc<S>,
@@ -339,14 +354,6 @@ pub async fn push<S: BlobStore>(
     reporter: Reporter,
 ) -> Result<Pushed, PushError> {
     spec.validate()?;
-    // A script or stdin goes on meanwhile (a file is read when needed, and may not be at all).
-    let image = match image {
-        Image::Stream(mut stream) if stream.identity.is_none() => {
-            stream.reader = Box::new(ReadAhead::start(stream.reader, READ_AHEAD_LIMIT));
-            Image::Stream(stream)
-        }
-        image => image,
-    };
     // Before any layer is read: which blobs the registry holds for which diff_ids.
     let registry_blobs = lookup::RegistryBlobs::learn(&*store, spec, &reporter).await?;
     let pusher = Arc::new(Pusher {

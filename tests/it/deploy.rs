@@ -3,7 +3,7 @@
 
 use crate::support;
 
-use support::fly_api::{Behavior, FlyApi, MachineSpec};
+use support::fly_api::{Behavior, FaultKind, FlyApi, MachineSpec};
 use support::images::{self, Fault};
 use support::proxy::FaultProxy;
 use support::readback::{assert_media_types, assert_same_image, pushed_reference};
@@ -506,4 +506,123 @@ fn fly_toml_build_compression_sets_the_push_and_a_flag_overrides_it() {
     assert_runs_pushed(fly.machine(&machines[0]).image(), &reference);
     assert_no_leases(&fly);
     assert_no_violations(&fly);
+}
+
+/// A stream script of more than the pipe holds, which writes the time it finished to `done`
+/// (and its pid to `pid`, then `tail` runs in its shell), in `t`: its path and what it streams.
+fn slow_to_drain_script(t: &TestDir, tail: &str) -> (String, images::Written) {
+    let layers = [
+        images::Layer::of(&["/usr/bin/perl"]),
+        images::Layer::of(&["/usr/bin/bash", "/usr/lib/x86_64-linux-gnu/libc.so.6"]),
+    ];
+    let tar = t.join("image.tar");
+    let written =
+        images::write_stream_layered(std::fs::File::create(&tar).unwrap(), &layers, Fault::None).unwrap();
+    assert!(
+        std::fs::metadata(&tar).unwrap().len() > 4 << 20,
+        "more than the 1 MiB pipe holds"
+    );
+    let script = t.join("stream-image");
+    images::write_executable(
+        &script,
+        &format!(
+            "#!/bin/sh\nset -e\necho $$ > '{pid}'\ncat '{tar}'\ndate +%s.%N > '{done}'\n{tail}\n",
+            pid = t.join("pid").display(),
+            tar = tar.display(),
+            done = t.join("done").display(),
+        ),
+    )
+    .unwrap();
+    (script.to_str().unwrap().to_string(), written)
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// A stream script generates while deploy's checks go to Fly: here the app's lookup answers
+/// 4 s late, and the script, whose 7 MB do not fit in the pipe, is done long before. Before,
+/// the script started only after the checks, so it could not finish before the answer came.
+#[test]
+fn a_stream_script_generates_while_fly_is_asked() {
+    let registry = Registry::start(AuthMode::None);
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let machines = fly.add_machines(APP, &MachineSpec::new("app").count(1));
+    fly.inject_fault(
+        "GET",
+        &format!("/v1/apps/{APP}$"),
+        1,
+        FaultKind::SlowAnswer { millis: 4000 },
+    );
+    let t = TestDir::new();
+    let (script, written) = slow_to_drain_script(&t, "");
+    let began = unix_now();
+    let out = deploy(&fly, &registry, &t, &script, &[]);
+    let reference = pushed_reference(&out, &registry.host(), APP);
+    let finished: f64 = std::fs::read_to_string(t.join("done"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        finished - began < 2.5,
+        "the script finished {:.1} s after the deploy began: it waited for the checks",
+        finished - began
+    );
+    assert!(
+        fly.requests().iter().any(|r| r.path == format!("/v1/apps/{APP}")),
+        "the app was not looked up"
+    );
+    assert_same_image(&registry, &reference, &written);
+    assert_runs_pushed(fly.machine(&machines[0]).image(), &reference);
+    assert_no_violations(&fly);
+}
+
+/// A check that fails while the script generates ends the deploy at once, with the check's
+/// error; the script is stopped (not left generating for a minute) and nothing reaches the
+/// registry.
+#[test]
+fn a_failed_check_stops_the_stream_script() {
+    let registry = Registry::start(AuthMode::None);
+    let fly = FlyApi::start();
+    // The script has long started when the 404 comes.
+    fly.inject_fault(
+        "GET",
+        "/v1/apps/ghost$",
+        1,
+        FaultKind::SlowAnswer { millis: 1000 },
+    );
+    let t = TestDir::new();
+    let (script, _) = slow_to_drain_script(&t, "sleep 60");
+    let began = std::time::Instant::now();
+    let mut cmd = t.nixfly();
+    fly.configure(&mut cmd);
+    cmd.args(["deploy", &script, "--app", "ghost", "--output", "plain"])
+        .args(["--to", &format!("{}/ghost", registry.host())]);
+    let out = run(&mut cmd);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Fly app ghost does not exist"), "{err}");
+    assert!(
+        !err.contains("pushing"),
+        "the check's error is wrapped as the push's: {err}"
+    );
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(20),
+        "the deploy waited for the script"
+    );
+    let pid = std::fs::read_to_string(t.join("pid")).expect("the script ran");
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+    // Gone, or at most a zombie not yet reaped by whoever inherited it.
+    assert!(
+        state
+            .as_deref()
+            .map_or(true, |s| s.split(' ').nth(2) == Some("Z")),
+        "the stream script still runs: {state:?}"
+    );
+    assert_eq!(registry.blob_bytes(), 0);
 }
