@@ -647,6 +647,13 @@ impl RegistryClient {
                 }
             }
             if mode == UploadMode::Monolithic {
+                if offset > 0 {
+                    // The PUT carries the whole blob, and a registry appends a PUT's body to
+                    // what the session holds (distribution does): the bytes sent in chunks
+                    // would come twice, and the digest would not match. A new session holds none.
+                    self.cancel_upload(repository, &session).await;
+                    session = self.start_upload(repository).await?;
+                }
                 return self
                     .upload_monolithic(repository, session, &source, expected)
                     .await;
