@@ -362,7 +362,9 @@ const HASH_BUFFERS_ALONE: usize = 3;
 /// runner's unchanged push from +0.61 s over generation (one layer hashed at a time) to
 /// +0.55 s. The buffers are page-aligned ([`AlignedBuf`]): on a slower machine (SHA-256 at
 /// 1.34 GB/s) that took the same push from 1.30-1.76 s to 0.92-1.01 s, the pipe's system time
-/// from 1.2-1.6 s to 0.6-0.7 s.
+/// from 1.2-1.6 s to 0.6-0.7 s. More buffers do not help: 48 instead of 16 (`HASH_BUFFERS` in
+/// `push::pipeline`), 7 alternating pushes each with `bench/ab.py --scenario fresh-stream`,
+/// gave 0.82 s both (0.78-0.89 s and 0.77-0.84 s), 2026-12-03.
 pub struct LayerHasher {
     empty: Receiver<AlignedBuf>,
     recycle: SyncSender<AlignedBuf>,
