@@ -11,7 +11,7 @@ use support::registry::{AuthMode, Registry};
 use support::rollout::{
     APP, assert_no_changes, assert_no_leases, assert_no_violations, assert_runs_pushed, stderr,
 };
-use support::{TestDir, run};
+use support::{TestDir, run, slow_to_drain_script, unix_now};
 
 /// `nixfly deploy SOURCE --app demo --to <registry>/demo --tag TAG --output OUTPUT` against the
 /// double, in `t`.
@@ -508,41 +508,6 @@ fn fly_toml_build_compression_sets_the_push_and_a_flag_overrides_it() {
     assert_no_violations(&fly);
 }
 
-/// A stream script of more than the pipe holds, which writes the time it finished to `done`
-/// (and its pid to `pid`, then `tail` runs in its shell), in `t`: its path and what it streams.
-fn slow_to_drain_script(t: &TestDir, tail: &str) -> (String, images::Written) {
-    let layers = [
-        images::Layer::of(&["/usr/bin/perl"]),
-        images::Layer::of(&["/usr/bin/bash", "/usr/lib/x86_64-linux-gnu/libc.so.6"]),
-    ];
-    let tar = t.join("image.tar");
-    let written =
-        images::write_stream_layered(std::fs::File::create(&tar).unwrap(), &layers, Fault::None).unwrap();
-    assert!(
-        std::fs::metadata(&tar).unwrap().len() > 4 << 20,
-        "more than the 1 MiB pipe holds"
-    );
-    let script = t.join("stream-image");
-    images::write_executable(
-        &script,
-        &format!(
-            "#!/bin/sh\nset -e\necho $$ > '{pid}'\ncat '{tar}'\ndate +%s.%N > '{done}'\n{tail}\n",
-            pid = t.join("pid").display(),
-            tar = tar.display(),
-            done = t.join("done").display(),
-        ),
-    )
-    .unwrap();
-    (script.to_str().unwrap().to_string(), written)
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
 /// A stream script generates while deploy's checks go to Fly: here the app's lookup answers
 /// 4 s late, and the script, whose 7 MB do not fit in the pipe, is done long before. Before,
 /// the script started only after the checks, so it could not finish before the answer came.
@@ -560,8 +525,9 @@ fn a_stream_script_generates_while_fly_is_asked() {
     );
     let t = TestDir::new();
     let (script, written) = slow_to_drain_script(&t, "");
+    let script = script.to_str().unwrap();
     let began = unix_now();
-    let out = deploy(&fly, &registry, &t, &script, &[]);
+    let out = deploy(&fly, &registry, &t, script, &[]);
     let reference = pushed_reference(&out, &registry.host(), APP);
     let finished: f64 = std::fs::read_to_string(t.join("done"))
         .unwrap()
@@ -598,10 +564,11 @@ fn a_failed_check_stops_the_stream_script() {
     );
     let t = TestDir::new();
     let (script, _) = slow_to_drain_script(&t, "sleep 60");
+    let script = script.to_str().unwrap();
     let began = std::time::Instant::now();
     let mut cmd = t.nixfly();
     fly.configure(&mut cmd);
-    cmd.args(["deploy", &script, "--app", "ghost", "--output", "plain"])
+    cmd.args(["deploy", script, "--app", "ghost", "--output", "plain"])
         .args(["--to", &format!("{}/ghost", registry.host())]);
     let out = run(&mut cmd);
     let err = stderr(&out);

@@ -125,33 +125,8 @@ fn a_stream_script_goes_on_while_the_registry_is_asked_what_it_has() {
         )],
     );
     let t = TestDir::new();
-    let layers = [
-        images::Layer::of(&["/usr/bin/perl"]),
-        images::Layer::of(&["/usr/bin/bash", "/usr/lib/x86_64-linux-gnu/libc.so.6"]),
-    ];
-    let tar = t.join("image.tar");
-    let written =
-        images::write_stream_layered(std::fs::File::create(&tar).unwrap(), &layers, Fault::None).unwrap();
-    assert!(
-        std::fs::metadata(&tar).unwrap().len() > 4 << 20,
-        "more than the 1 MiB pipe holds"
-    );
-    let done = t.join("done");
-    let script = t.join("stream-image");
-    images::write_executable(
-        &script,
-        &format!(
-            "#!/bin/sh\nset -e\ncat '{}'\ndate +%s.%N > '{}'\n",
-            tar.display(),
-            done.display()
-        ),
-    )
-    .unwrap();
-
-    let began = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let (script, written) = support::slow_to_drain_script(&t, "");
+    let began = support::unix_now();
     let out = push_via(
         &t,
         &registry,
@@ -163,7 +138,11 @@ fn a_stream_script_goes_on_while_the_registry_is_asked_what_it_has() {
     );
     let reference = pushed_reference(&out, &proxy.host(), "ahead");
     assert_eq!(proxy.fired().len(), 1, "{:?}", proxy.requests());
-    let finished: f64 = std::fs::read_to_string(&done).unwrap().trim().parse().unwrap();
+    let finished: f64 = std::fs::read_to_string(t.join("done"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(
         finished - began < 3.0,
         "the script finished {:.1} s after the push began: it waited for the lookups",

@@ -124,3 +124,42 @@ pub fn customisation_tar(out: &Path, dir: &Path, member: &str) {
 pub mod proxy;
 pub mod readback;
 pub mod registry;
+
+/// A stream script that streams more than a pipe holds (a streamLayeredImage archive of two
+/// layers of this machine's files, over 4 MiB), written in `t`: it writes its pid to `pid`,
+/// `cat`s the archive, writes the time it finished (seconds since the epoch) to `done`, then
+/// runs `tail` in its shell. Its path and what it streams.
+pub fn slow_to_drain_script(t: &TestDir, tail: &str) -> (PathBuf, images::Written) {
+    let layers = [
+        images::Layer::of(&["/usr/bin/perl"]),
+        images::Layer::of(&["/usr/bin/bash", "/usr/lib/x86_64-linux-gnu/libc.so.6"]),
+    ];
+    let tar = t.join("image.tar");
+    let written =
+        images::write_stream_layered(std::fs::File::create(&tar).unwrap(), &layers, images::Fault::None)
+            .unwrap();
+    assert!(
+        std::fs::metadata(&tar).unwrap().len() > 4 << 20,
+        "more than the 1 MiB pipe holds"
+    );
+    let script = t.join("stream-image");
+    images::write_executable(
+        &script,
+        &format!(
+            "#!/bin/sh\nset -e\necho $$ > '{pid}'\ncat '{tar}'\ndate +%s.%N > '{done}'\n{tail}\n",
+            pid = t.join("pid").display(),
+            tar = tar.display(),
+            done = t.join("done").display(),
+        ),
+    )
+    .unwrap();
+    (script, written)
+}
+
+/// Now, in seconds since the epoch (what `date +%s.%N` writes).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
