@@ -326,21 +326,19 @@ impl ResolvedPush {
             let reporter = reporter.clone();
             tokio::task::spawn_blocking(move || image_source.open(&reporter).map(crate::push::read_ahead))
         };
-        // Both to their end: a script started is stopped below, not left to a detached task.
-        let (opened, before) = tokio::join!(open, before);
-        let opened = opened.context("opening the image").and_then(|opened| Ok(opened?));
-        let reuse = match before {
+        // The blocking open goes on by itself meanwhile (a script's open returns once its first
+        // bytes arrive, which nixpkgs' script writes only after hashing a layer).
+        let reuse = match before.await {
             Ok(reuse) => reuse,
             Err(err) => {
-                if let Ok(Image::Stream(stream)) = opened {
-                    // Stopped at once and waited for; its own exit is not the story, the
-                    // check's failure is.
-                    crate::image::script::kill_running_script();
-                    let _ = tokio::task::spawn_blocking(move || (stream.finish)(false)).await;
-                }
+                abandon(open).await;
                 return Ended::Refused(err);
             }
         };
+        let opened = open
+            .await
+            .context("opening the image")
+            .and_then(|opened| Ok(opened?));
         let pushed = async {
             let image = opened?;
             reporter.info(format!("pushing {description} to {}", self.target()));
@@ -350,6 +348,26 @@ impl ResolvedPush {
             Ok(crate::push::push(self.client.clone(), image, &spec, cache, reporter.clone()).await?)
         };
         Ended::Pushed(pushed.await)
+    }
+}
+
+/// How long a refused push waits for the image's open to end after stopping its script.
+const ABANDON_WAIT: Duration = Duration::from_secs(1);
+
+/// What had to pass before the push failed while the image was being opened: a stream script
+/// is stopped (its output ends, and the open with it) and waited for, so that none is left
+/// running. The failure is the story, not how the script ended.
+async fn abandon(open: tokio::task::JoinHandle<Result<Image, crate::image::ImageError>>) {
+    crate::image::script::kill_running_script();
+    match tokio::time::timeout(ABANDON_WAIT, open).await {
+        Ok(Ok(Ok(Image::Stream(stream)))) => {
+            let _ = tokio::task::spawn_blocking(move || (stream.finish)(false)).await;
+        }
+        // Failed to open, or an indexed image: nothing runs.
+        Ok(_) => {}
+        // Still opening: a script that started after the kill above is stopped now (its
+        // open then ends and drops it); stdin that has sent nothing is left to nixfly's exit.
+        Err(_) => crate::image::script::kill_running_script(),
     }
 }
 

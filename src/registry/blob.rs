@@ -639,6 +639,9 @@ impl RegistryClient {
         let mut offset = 0u64;
         let mut failures = 0u32;
         let mut redirects = 0usize;
+        // Data went to this session: the registry may hold some of it even when its status
+        // says none (an answer without `Range` reads as 0).
+        let mut patched = false;
         loop {
             {
                 let src = source.lock().await;
@@ -647,7 +650,7 @@ impl RegistryClient {
                 }
             }
             if mode == UploadMode::Monolithic {
-                if offset > 0 {
+                if patched {
                     // The PUT carries the whole blob, and a registry appends a PUT's body to
                     // what the session holds (distribution does): the bytes sent in chunks
                     // would come twice, and the digest would not match. A new session holds none.
@@ -659,6 +662,7 @@ impl RegistryClient {
                     .await;
             }
             self.authenticate(&scope).await?;
+            patched = true;
             let result = match mode {
                 UploadMode::Stream => self.patch_stream(repository, &session, &source, offset).await,
                 _ => self.patch_chunk(repository, &session, &source, offset).await,
@@ -738,6 +742,7 @@ impl RegistryClient {
                     self.closed(session.id);
                     session = self.start_upload(repository).await?;
                     offset = 0;
+                    patched = false;
                 }
             }
             let src = source.lock().await;

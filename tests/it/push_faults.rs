@@ -728,37 +728,49 @@ fn a_token_service_refusing_the_mount_scope_falls_back_to_uploading() {
 /// A chunk the registry refuses as not for this upload (416, after a first chunk went in)
 /// ends the chunks: the layer goes in one PUT, in a new session, since a PUT's body is added
 /// to what the session holds and the chunk already sent would come twice. Before, that PUT
-/// went to the old session, met a digest mismatch (400), and only the next one worked.
+/// went to the old session, met a digest mismatch (400), and only the next one worked. The
+/// same when the registry's status of the session has no `Range` (read as holding nothing).
 #[test]
 fn a_refused_chunk_sends_the_layer_again_in_one_put_in_a_new_session() {
-    let registry = Registry::start(AuthMode::htpasswd());
-    let proxy = FaultProxy::start(
-        registry.addr,
-        vec![Rule::new("PATCH", "/blobs/uploads/", 2, Fault::status(416, &[]))],
+    let refused = || Rule::new("PATCH", "/blobs/uploads/", 2, Fault::status(416, &[]));
+    let no_range = Rule::new(
+        "GET",
+        "/blobs/uploads/",
+        1,
+        Fault::Respond {
+            status: 204,
+            headers: Vec::new(),
+            body: String::new(),
+        },
     );
-    let t = TestDir::new();
-    // 6 MiB: a 4 MiB chunk goes in, the rest is refused; all of it is still in the window.
-    let (source, written) = noisy_image(&t, 6);
-    let out = push_through(
-        &t,
-        &registry,
-        &proxy,
-        &source,
-        &["-v", "--upload-mode", "chunked"],
-    );
-    assert_survived(&registry, &proxy, &out, 1, &written);
-    let puts: Vec<_> = proxy
-        .requests()
-        .into_iter()
-        .filter(|r| r.starts_with("PUT") && r.contains("/blobs/uploads/"))
-        .collect();
-    // The layer's PUT and the config's.
-    assert_eq!(
-        puts.len(),
-        2,
-        "{puts:?}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let left = registry.open_upload_sessions();
-    assert!(left.is_empty(), "{left:?}");
+    for rules in [vec![refused()], vec![refused(), no_range]] {
+        let faults = rules.len();
+        let registry = Registry::start(AuthMode::htpasswd());
+        let proxy = FaultProxy::start(registry.addr, rules);
+        let t = TestDir::new();
+        // 6 MiB: a 4 MiB chunk goes in, the rest is refused; all of it is still in the window.
+        let (source, written) = noisy_image(&t, 6);
+        let out = push_through(
+            &t,
+            &registry,
+            &proxy,
+            &source,
+            &["-v", "--upload-mode", "chunked"],
+        );
+        assert_survived(&registry, &proxy, &out, faults, &written);
+        let puts: Vec<_> = proxy
+            .requests()
+            .into_iter()
+            .filter(|r| r.starts_with("PUT") && r.contains("/blobs/uploads/"))
+            .collect();
+        // The layer's PUT and the config's.
+        assert_eq!(
+            puts.len(),
+            2,
+            "{puts:?}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let left = registry.open_upload_sessions();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }
