@@ -119,7 +119,7 @@ const UPLOAD_WINDOW: u64 = 8 << 20;
 const PROBE_DIGEST: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
 /// A push with everything decided: where, how, with which credentials. Made without any
-/// network call; `check_access` is the first request, `run` does the push.
+/// network call; `check_access` is the first request, `run_after` does the push.
 pub struct ResolvedPush {
     pub source: String,
     pub source_kind: SourceKind,
@@ -246,11 +246,6 @@ impl ResolvedPush {
             .await
             .with_context(|| format!("checking push access to {}", self.spec.name()))?;
         Ok(())
-    }
-
-    /// Push the image.
-    pub async fn run(&self, reporter: &Reporter) -> anyhow::Result<Pushed> {
-        self.run_after(reporter, async { Ok(Vec::new()) }).await
     }
 
     /// Push the image once `before` has passed: a deploy's checks, which also give the images
