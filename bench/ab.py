@@ -15,12 +15,19 @@ checkout), and a copy with its last layer changed. Scenarios, each push with an 
                   same build and arguments), push the .tar: a fresh runner, nothing changed
   fresh-stream  - the same, pushing the stream script (`cat` of the .tar, as in push.py)
   changed-tar   - the registry has the image; push the copy with its last layer changed
+  fresh-deploy-paced
+                - `nixfly deploy` of a paced stream script (the .tar written at 1 MiB per 3.5 ms, a
+                  steady stand-in for a generator as slow as nixpkgs': about 4 s for 1.1 GB) to
+                  one machine of the Fly API double (examples/fly_api_double, restarted each
+                  run), after a deploy of the .tar: a fresh runner deploying an unchanged image,
+                  its checks and lookups before the push and "nothing to deploy" after it
 Every run does each scenario with A then B, the next run with B then A (ABBA...), so that a
 drift on a noisy VM falls on both. Per scenario: median and range of the wall time of A and B,
 B - A and B/A, whether the ranges overlap, and the layers each uploaded (`--output json`
 events), which must be the same for both: a difference, or a failed push, fails the benchmark.
 
-With `--delay-ms N` the registry is behind bench/delay_proxy.py, N ms each way (see push.py).
+With `--delay-ms N` the registry, and the Fly API double, are behind bench/delay_proxy.py, N ms
+each way (see push.py).
 `--extra-args` goes to every push of both builds.
 
     bench/ab.py --a REV|BINARY --b REV|BINARY [--scenario NAME ...] [--runs N]
@@ -39,7 +46,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from push import DEFAULT_DIRS, ROOT, Registry, isolated_env, timed, uploaded_layers  # noqa: E402
+from push import (  # noqa: E402
+    DEFAULT_DIRS, ROOT, Registry, free_port, isolated_env, timed, uploaded_layers, wait_for_port,
+)
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nixfly-ab"
 # Scenario: (what the registry is given first, or None for an empty one; what is timed).
@@ -48,7 +57,17 @@ SCENARIOS = {
     "fresh-tar": ("image.tar", "image.tar"),
     "fresh-stream": ("image.tar", "stream-image"),
     "changed-tar": ("image.tar", "changed.tar"),
+    "fresh-deploy-paced": ("image.tar", "paced-stream"),
 }
+# Scenarios that deploy (seed and timed run) instead of pushing.
+DEPLOYS = {"fresh-deploy-paced"}
+# The paced generator: the archive in 1 MiB writes, each after 3.5 ms.
+PACED = """import sys, time
+with open(sys.argv[1], "rb") as f:
+    while chunk := f.read(1 << 20):
+        time.sleep(0.0035)
+        sys.stdout.buffer.write(chunk)
+"""
 
 
 def git(*args, cwd=ROOT):
@@ -101,6 +120,10 @@ def make_images(work, dirs, scenarios):
     script = work / "stream-image"
     script.write_text(f"#!/bin/sh\necho 'Creating layer 1' >&2\nexec cat '{work / 'image.tar'}'\n")
     script.chmod(0o755)
+    (work / "paced.py").write_text(PACED)
+    paced = work / "paced-stream"
+    paced.write_text(f"#!/bin/sh\nexec python3 '{work / 'paced.py'}' '{work / 'image.tar'}'\n")
+    paced.chmod(0o755)
     os.sync()  # the images' writeback is done before anything is timed (see push.py)
     return summary
 
@@ -111,6 +134,55 @@ def push(binary, source, host, run_dir, extra):
     argv = [str(binary), "push", str(source), "--to", f"{host}/bench", "--tag", "t",
             "--output", "json", *extra]
     wall, _, stdout, _ = timed(argv, isolated_env(run_dir))
+    return wall, uploaded_layers(stdout)
+
+
+class FlyDouble:
+    """examples/fly_api_double with app `bench` and one machine on loopback, behind a delay
+    line when `delay_ms`; started anew for each run, so that every deploy meets the same app."""
+
+    def __init__(self, work, delay_ms):
+        self.work, self.delay_ms = work, delay_ms
+        self.binary = cargo_build(ROOT, "--example", "fly_api_double") / "examples/fly_api_double"
+        self.proc = self.proxy = None
+        self.url = None
+
+    def start(self):
+        self.stop()
+        self.proc = subprocess.Popen([self.binary, "--app", "bench", "--machines", "1",
+                                      "--token", "bench-token"],
+                                     stdout=subprocess.PIPE, stderr=open(self.work / "fly.log", "ab"),
+                                     text=True)
+        url = self.proc.stdout.readline().strip()
+        if not url:
+            raise SystemExit(f"the Fly API double did not start (see {self.work / 'fly.log'})")
+        self.url = url
+        if self.delay_ms:
+            port = int(url.rsplit(":", 1)[1].strip("/"))
+            listen = free_port()
+            self.proxy = subprocess.Popen([sys.executable, Path(__file__).parent / "delay_proxy.py",
+                                           str(listen), str(port), str(self.delay_ms)])
+            wait_for_port(listen, "the delay proxy")
+            self.url = f"http://127.0.0.1:{listen}"
+
+    def env(self, env):
+        return dict(env, FLY_API_TOKEN="bench-token", FLY_FLAPS_BASE_URL=self.url,
+                    FLY_API_BASE_URL=self.url)
+
+    def stop(self):
+        for proc in [self.proxy, self.proc]:
+            if proc:
+                proc.terminate()
+                proc.wait(timeout=10)
+        self.proc = self.proxy = None
+
+
+def deploy(binary, source, host, run_dir, extra, fly):
+    """One `nixfly deploy` with an empty cache under `run_dir` to the double's app: (wall
+    seconds, layers uploaded)."""
+    argv = [str(binary), "deploy", str(source), "--app", "bench", "--to", f"{host}/bench",
+            "--tag", "t", "--output", "json", "--smoke-check-window", "1s", *extra]
+    wall, _, stdout, _ = timed(argv, fly.env(isolated_env(run_dir)))
     return wall, uploaded_layers(stdout)
 
 
@@ -157,6 +229,7 @@ def main():
     CACHE.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="nixfly-ab-"))
     registry = Registry(work, args.delay_ms)
+    fly = None
     try:
         with open(CACHE / "lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time in the shared target directory
@@ -164,6 +237,8 @@ def main():
             for k, spec in [("A", args.a), ("B", args.b)]:
                 labels[k], binaries[k] = nixfly_binary(spec)
             summary = make_images(work, args.dirs, scenarios)
+            if DEPLOYS.intersection(scenarios):
+                fly = FlyDouble(work, args.delay_ms)
         times = {s: {"A": [], "B": []} for s in scenarios}
         uploaded = {s: {"A": [], "B": []} for s in scenarios}
         for run in range(args.runs):
@@ -172,9 +247,14 @@ def main():
                 for k in "AB" if run % 2 == 0 else "BA":
                     registry.start_empty()
                     run_dir = work / "run"
+                    if scenario in DEPLOYS:
+                        fly.start()
+                        step = lambda *a: deploy(*a, fly)  # noqa: E731
+                    else:
+                        step = push
                     if seed:
-                        push(binaries[k], work / seed, registry.host, run_dir / "seed", args.extra_args)
-                    wall, layers = push(binaries[k], work / source, registry.host, run_dir / "push",
+                        step(binaries[k], work / seed, registry.host, run_dir / "seed", args.extra_args)
+                    wall, layers = step(binaries[k], work / source, registry.host, run_dir / "push",
                                         args.extra_args)
                     shutil.rmtree(run_dir)
                     times[scenario][k].append(wall)
@@ -183,12 +263,14 @@ def main():
                           flush=True)
     finally:
         registry.stop()
+        if fly:
+            fly.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     delay = f", behind a {args.delay_ms} ms delay line each way" if args.delay_ms else ""
     extra = f"; nixfly push {shlex.join(args.extra_args)}" if args.extra_args else ""
     print(f"\nImage: {summary[1]} layers, {int(summary[3]) / 1e6:.0f} MB uncompressed; wall time "
-          f"of one push; {os.cpu_count()} cores (load {os.getloadavg()[0]:.1f} at the end); "
+          f"of one push or deploy; {os.cpu_count()} cores (load {os.getloadavg()[0]:.1f} at the end); "
           f"local docker-registry{delay}{extra}.")
     same = [report(s, labels, times[s], uploaded[s]) for s in scenarios]
     if not all(same):

@@ -7,7 +7,7 @@ use crate::cache::Cache;
 use crate::error::{EXIT_INTERRUPTED, ExitCodeError};
 use crate::fly::FlyToken;
 use crate::fly::appconfig::units::parse_go_duration;
-use crate::image::{Image, ImageSource, SourceKind};
+use crate::image::{Image, SourceKind};
 use crate::progress::Reporter;
 use crate::push::{ManifestFormat, PushSpec, Pushed};
 use crate::registry::client::UploadMode;
@@ -266,13 +266,22 @@ impl ResolvedPush {
         let mut signals = crate::signals::Signals::install(reporter)?;
         let image_source = crate::image::detect_with(&self.source, self.source_kind, self.stream_timeout)?;
         let description = image_source.describe();
+        let mut open = Some({
+            let reporter = reporter.clone();
+            tokio::task::spawn_blocking(move || image_source.open(&reporter).map(crate::push::read_ahead))
+        });
         let ended = tokio::select! {
-            ended = self.push(image_source, before, &description, reporter) => ended,
+            ended = self.push(&mut open, before, &description, reporter) => ended,
             signal = signals.recv() => {
                 crate::image::script::kill_running_script();
                 Ended::Interrupted(signal)
             }
         };
+        // Interrupted while the image was still being opened: a script that started after the
+        // kill above is stopped too.
+        if let Some(open) = open.take() {
+            abandon(open).await;
+        }
         // Whatever ended the push, no upload session stays open in the registry: those a
         // failure or a signal stopped, and those a mount attempt opened and nothing used. A
         // second signal stops the cleanup; distribution purges sessions after a week.
@@ -310,30 +319,32 @@ impl ResolvedPush {
     }
 
     /// Open the image while `before` runs, then push it.
+    /// `open` is the image's open, taken (`None`) once it has ended here.
     async fn push(
         &self,
-        image_source: Box<dyn ImageSource>,
+        open: &mut Option<Opening>,
         before: impl Future<Output = anyhow::Result<Vec<String>>>,
         description: &str,
         reporter: &Reporter,
     ) -> Ended {
-        let open = {
-            let reporter = reporter.clone();
-            tokio::task::spawn_blocking(move || image_source.open(&reporter).map(crate::push::read_ahead))
-        };
         // The blocking open goes on by itself meanwhile (a script's open returns once its first
         // bytes arrive, which nixpkgs' script writes only after hashing a layer).
         let reuse = match before.await {
             Ok(reuse) => reuse,
             Err(err) => {
-                abandon(open).await;
+                if let Some(open) = open.take() {
+                    abandon(open).await;
+                }
                 return Ended::Refused(err);
             }
         };
         let opened = open
+            .as_mut()
+            .expect("the image is opened once")
             .await
             .context("opening the image")
             .and_then(|opened| Ok(opened?));
+        *open = None;
         let pushed = async {
             let image = opened?;
             reporter.info(format!("pushing {description} to {}", self.target()));
@@ -346,13 +357,16 @@ impl ResolvedPush {
     }
 }
 
+/// The image being opened, on a blocking thread.
+type Opening = tokio::task::JoinHandle<Result<Image, crate::image::ImageError>>;
+
 /// How long a refused push waits for the image's open to end after stopping its script.
 const ABANDON_WAIT: Duration = Duration::from_secs(1);
 
-/// What had to pass before the push failed while the image was being opened: a stream script
-/// is stopped (its output ends, and the open with it) and waited for, so that none is left
+/// What had to pass before the push failed, or a signal came, while the image was being
+/// opened: a stream script is stopped (its output ends, and the open with it) and waited for, so that none is left
 /// running. The failure is the story, not how the script ended.
-async fn abandon(open: tokio::task::JoinHandle<Result<Image, crate::image::ImageError>>) {
+async fn abandon(open: Opening) {
     crate::image::script::kill_running_script();
     match tokio::time::timeout(ABANDON_WAIT, open).await {
         Ok(Ok(Ok(Image::Stream(stream)))) => {

@@ -608,3 +608,55 @@ fn a_failed_check_stops_the_stream_script() {
     }
     assert_eq!(registry.blob_bytes(), 0);
 }
+
+/// A signal while the checks are out and the script has written nothing yet ends the deploy
+/// as interrupted (130) at once, with the script stopped and nothing pushed.
+#[test]
+fn a_signal_during_the_checks_stops_the_stream_script() {
+    let registry = Registry::start(AuthMode::None);
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(1));
+    fly.inject_fault(
+        "GET",
+        &format!("/v1/apps/{APP}$"),
+        1,
+        FaultKind::SlowAnswer { millis: 5000 },
+    );
+    let t = TestDir::new();
+    let script = t.join("silent-stream");
+    images::write_executable(
+        &script,
+        &format!(
+            "#!/bin/sh\necho $$ > '{}'\nexec sleep 60\n",
+            t.join("pid").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = deploy_command(&fly, &registry, &t, script.to_str().unwrap(), "v1", "plain");
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let began = std::time::Instant::now();
+    let child = cmd.spawn().unwrap();
+    support::wait_until("the script never started", 30, || t.join("pid").exists());
+    support::send_signal(child.id(), "INT");
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted by SIGINT: nothing was tagged"), "{err}");
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(15),
+        "the deploy waited {:?}",
+        began.elapsed()
+    );
+    let pid = std::fs::read_to_string(t.join("pid")).unwrap();
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+    assert!(
+        state
+            .as_deref()
+            .map_or(true, |s| s.split(' ').nth(2) == Some("Z")),
+        "the script still runs: {state:?}"
+    );
+    assert_eq!(registry.blob_bytes(), 0);
+    assert!(fly.releases().is_empty());
+}
