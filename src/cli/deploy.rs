@@ -121,11 +121,17 @@ pub async fn run(args: DeployArgs, reporter: Reporter) -> anyhow::Result<()> {
         ));
         return rollout.run(target, reporter).await;
     }
-    // The checks, then the images the machines run now (their layers need no upload), while
-    // the image is opened and a stream script starts generating.
+    // The checks, and the images the machines run now (their layers need no upload), while
+    // the image is opened and a stream script starts generating. The machines are listed
+    // beside the registry's check: both only read, and Fly has accepted the token by then.
     let checked = async {
-        deploy.check().await?;
-        Ok(deploy.rollout.current_images(&reporter).await)
+        deploy.rollout.check_app().await?;
+        let (access, images) = tokio::join!(
+            deploy.push.check_access(),
+            deploy.rollout.current_images(&reporter)
+        );
+        access?;
+        Ok(images)
     };
     let pushed = deploy.push.run_after(&reporter, checked).await?;
     let ResolvedDeploy { push, rollout } = deploy;
