@@ -318,8 +318,8 @@ impl ResolvedPush {
         }
     }
 
-    /// Open the image while `before` runs, then push it.
-    /// `open` is the image's open, taken (`None`) once it has ended here.
+    /// Wait for `before` while the image opens (`open`, taken here once it has ended), then
+    /// push it.
     async fn push(
         &self,
         open: &mut Option<Opening>,
@@ -364,8 +364,8 @@ type Opening = tokio::task::JoinHandle<Result<Image, crate::image::ImageError>>;
 const ABANDON_WAIT: Duration = Duration::from_secs(1);
 
 /// What had to pass before the push failed, or a signal came, while the image was being
-/// opened: a stream script is stopped (its output ends, and the open with it) and waited for, so that none is left
-/// running. The failure is the story, not how the script ended.
+/// opened: a stream script is stopped (its output ends, and the open with it) and waited for,
+/// so that none is left running. The failure is the story, not how the script ended.
 async fn abandon(open: Opening) {
     crate::image::script::kill_running_script();
     match tokio::time::timeout(ABANDON_WAIT, open).await {
