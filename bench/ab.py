@@ -21,6 +21,9 @@ checkout), and a copy with its last layer changed. Scenarios, each push with an 
                   one machine of the Fly API double (examples/fly_api_double, restarted each
                   run), after a deploy of the .tar: a fresh runner deploying an unchanged image,
                   its checks and lookups before the push and "nothing to deploy" after it
+  fresh-deploy-tar
+                - the same deploy of the .tar, whose layers are not read: the checks, the
+                  lookups and the rollout's round trips are all there is
 Every run does each scenario with A then B, the next run with B then A (ABBA...), so that a
 drift on a noisy VM falls on both. Per scenario: median and range of the wall time of A and B,
 B - A and B/A, whether the ranges overlap, and the layers each uploaded (`--output json`
@@ -58,9 +61,10 @@ SCENARIOS = {
     "fresh-stream": ("image.tar", "stream-image"),
     "changed-tar": ("image.tar", "changed.tar"),
     "fresh-deploy-paced": ("image.tar", "paced-stream"),
+    "fresh-deploy-tar": ("image.tar", "image.tar"),
 }
 # Scenarios that deploy (seed and timed run) instead of pushing.
-DEPLOYS = {"fresh-deploy-paced"}
+DEPLOYS = {"fresh-deploy-paced", "fresh-deploy-tar"}
 # The paced generator: the archive in 1 MiB writes, each after 3.5 ms.
 PACED = """import sys, time
 with open(sys.argv[1], "rb") as f:
