@@ -50,7 +50,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from push import (  # noqa: E402
-    DEFAULT_DIRS, ROOT, Registry, free_port, isolated_env, timed, uploaded_layers, wait_for_port,
+    DEFAULT_DIRS, ROOT, Registry, delay_line, isolated_env, stop_all, timed, uploaded_layers,
 )
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nixfly-ab"
@@ -162,11 +162,7 @@ class FlyDouble:
             raise SystemExit(f"the Fly API double did not start (see {self.work / 'fly.log'})")
         self.url = url
         if self.delay_ms:
-            port = int(url.rsplit(":", 1)[1].strip("/"))
-            listen = free_port()
-            self.proxy = subprocess.Popen([sys.executable, Path(__file__).parent / "delay_proxy.py",
-                                           str(listen), str(port), str(self.delay_ms)])
-            wait_for_port(listen, "the delay proxy")
+            self.proxy, listen = delay_line(int(url.rsplit(":", 1)[1].strip("/")), self.delay_ms)
             self.url = f"http://127.0.0.1:{listen}"
 
     def env(self, env):
@@ -174,10 +170,7 @@ class FlyDouble:
                     FLY_API_BASE_URL=self.url)
 
     def stop(self):
-        for proc in [self.proxy, self.proc]:
-            if proc:
-                proc.terminate()
-                proc.wait(timeout=10)
+        stop_all(self.proxy, self.proc)
         self.proc = self.proxy = None
 
 

@@ -81,11 +81,7 @@ class Registry:
         wait_for_port(self.port, "docker-registry")
         self.listen = self.port
         if self.delay_ms:
-            self.listen = free_port()
-            self.proxy = subprocess.Popen(
-                [sys.executable, Path(__file__).parent / "delay_proxy.py", str(self.listen),
-                 str(self.port), str(self.delay_ms)])
-            wait_for_port(self.listen, "the delay proxy")
+            self.proxy, self.listen = delay_line(self.port, self.delay_ms)
 
     def cpu_seconds(self):
         """CPU time (user + system) the registry has used so far, from /proc."""
@@ -99,15 +95,30 @@ class Registry:
         return total
 
     def stop(self):
-        for proc in [self.proxy, self.proc]:
-            if proc:
-                proc.terminate()
-                proc.wait(timeout=10)
+        stop_all(self.proxy, self.proc)
         self.proc = self.proxy = None
 
     @property
     def host(self):
         return f"127.0.0.1:{self.listen}"
+
+
+def delay_line(port, delay_ms):
+    """bench/delay_proxy.py in front of loopback `port`, `delay_ms` each way: (its process, the
+    port to connect to)."""
+    listen = free_port()
+    proc = subprocess.Popen([sys.executable, Path(__file__).parent / "delay_proxy.py", str(listen),
+                             str(port), str(delay_ms)])
+    wait_for_port(listen, "the delay proxy")
+    return proc, listen
+
+
+def stop_all(*procs):
+    """Terminate and wait for each process started (None: not started)."""
+    for proc in procs:
+        if proc:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 def wait_for_port(port, what):

@@ -277,8 +277,8 @@ impl ResolvedPush {
                 Ended::Interrupted(signal)
             }
         };
-        // Interrupted while the image was still being opened: a script that started after the
-        // kill above is stopped too.
+        // Refused, or interrupted, while the image was still being opened: its script is
+        // stopped (one that started after the kill above too) and waited for.
         if let Some(open) = open.take() {
             abandon(open).await;
         }
@@ -318,8 +318,8 @@ impl ResolvedPush {
         }
     }
 
-    /// Wait for `before` while the image opens (`open`, taken here once it has ended), then
-    /// push it.
+    /// Wait for `before` while the image opens, then push it. `open` is taken here once it
+    /// has ended; if `before` fails first, the caller stops it.
     async fn push(
         &self,
         open: &mut Option<Opening>,
@@ -331,12 +331,7 @@ impl ResolvedPush {
         // bytes arrive, which nixpkgs' script writes only after hashing a layer).
         let reuse = match before.await {
             Ok(reuse) => reuse,
-            Err(err) => {
-                if let Some(open) = open.take() {
-                    abandon(open).await;
-                }
-                return Ended::Refused(err);
-            }
+            Err(err) => return Ended::Refused(err),
         };
         let opened = open
             .as_mut()

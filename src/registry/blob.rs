@@ -652,8 +652,10 @@ impl RegistryClient {
             if mode == UploadMode::Monolithic {
                 if patched {
                     // The PUT carries the whole blob, and a registry appends a PUT's body to
-                    // what the session holds (distribution does): the bytes sent in chunks
-                    // would come twice, and the digest would not match. A new session holds none.
+                    // what the session holds (distribution's `registry/handlers/blobupload.go`,
+                    // PutBlobUploadComplete, copies it into the upload before committing): the
+                    // bytes sent in chunks would come twice, and the digest would not match. A
+                    // new session holds none.
                     self.cancel_upload(repository, &session).await;
                     session = self.start_upload(repository).await?;
                 }

@@ -27,6 +27,12 @@ fn image(t: &TestDir) -> (std::path::PathBuf, images::Written) {
     (path, written)
 }
 
+/// Flags for a push of [`image`] whose first PATCH a `CutAfter(150_000)` rule is to cut: one
+/// upload at a time, so that the first PATCH is the first layer's, the only one longer than
+/// the cut (uploads side by side made it the 15-byte second layer's now and then, which went
+/// through whole, and the cut never happened).
+const CUT_FIRST_LAYER: &[&str] = &["-v", "--jobs", "1"];
+
 /// A push through `proxy` that came through its faults: it succeeded, exactly `faults` rules
 /// fired, and the registry itself (read around the proxy) holds what was written.
 #[track_caller]
@@ -79,7 +85,7 @@ fn a_cut_upload_and_rate_limits_are_survived() {
     );
     let t = TestDir::new();
     let (source, written) = image(&t);
-    let out = push_through(&t, &registry, &proxy, &source, &["-v"]);
+    let out = push_through(&t, &registry, &proxy, &source, CUT_FIRST_LAYER);
     assert_survived(&registry, &proxy, &out, 3, &written);
 }
 
@@ -131,7 +137,7 @@ fn a_cut_upload_without_an_upload_status_starts_again() {
     );
     let t = TestDir::new();
     let (source, written) = image(&t);
-    let out = push_through(&t, &registry, &proxy, &source, &["-v"]);
+    let out = push_through(&t, &registry, &proxy, &source, CUT_FIRST_LAYER);
     assert_survived(&registry, &proxy, &out, 2, &written);
 }
 
@@ -725,7 +731,9 @@ fn a_token_service_refusing_the_mount_scope_falls_back_to_uploading() {
     assert_same_image(&registry, &pushed_json_reference(&other), &written);
 }
 
-/// A chunk the registry refuses as not for this upload (416, after a first chunk went in)
+/// A chunk the registry refuses as not for this upload (416, after a first chunk went in: what
+/// distribution's `registry/handlers/blobupload.go` answers a `Content-Range` that does not
+/// start where the upload stands)
 /// ends the chunks: the layer goes in one PUT, in a new session, since a PUT's body is added
 /// to what the session holds and the chunk already sent would come twice. Before, that PUT
 /// went to the old session, met a digest mismatch (400), and only the next one worked. The

@@ -163,3 +163,9 @@ pub fn unix_now() -> f64 {
         .unwrap()
         .as_secs_f64()
 }
+
+/// Seconds from `began` (a [`unix_now`]) to when a [`slow_to_drain_script`] in `t` finished.
+pub fn script_finished_after(t: &TestDir, began: f64) -> f64 {
+    let done = std::fs::read_to_string(t.join("done")).expect("the script finished");
+    done.trim().parse::<f64>().unwrap() - began
+}
