@@ -104,6 +104,9 @@ impl Leases {
                 });
                 for (machine, result) in futures::future::join_all(refreshes).await {
                     match result {
+                        // Fly keeps the nonce on a refresh (flyctl's `RefreshLease`,
+                        // `internal/machine/leasable_machine.go`, fails on a new one); taking
+                        // whatever comes back keeps the lease usable either way.
                         Ok(lease) => {
                             if let Some(nonce) = leases.held().get_mut(machine) {
                                 *nonce = lease.nonce;

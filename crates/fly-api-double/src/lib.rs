@@ -65,8 +65,9 @@
 //! - Leases: `POST .../lease` with body `{"ttl": n}` (or `?ttl=n` and no body, as fly-go's
 //!   `AcquireLease` sends it, though the spec does not say so) answers 201
 //!   `{"status":"success","data":{nonce,expires_at,owner,description,version}}` (flat with
-//!   `Options::flat_lease`); with the current nonce in `fly-machine-lease-nonce` it refreshes;
-//!   while someone else's lease is active it is 409 (a Fly engineer on community.fly.io,
+//!   `Options::flat_lease`); with the current nonce in `fly-machine-lease-nonce` it refreshes,
+//!   keeping the nonce (flyctl's `RefreshLease`, `internal/machine/leasable_machine.go`, fails
+//!   on a new one); while someone else's lease is active it is 409 (a Fly engineer on community.fly.io,
 //!   t/15555). Update, destroy, start, stop and cordon/uncordon need the nonce while a lease
 //!   is active (409 otherwise), and a nonce that matches no active lease is 409 too; metadata writes do not (fly-go's `SetMetadata` takes
 //!   no nonce). `DELETE .../lease` with the nonce releases it (404 "lease not found" when no

@@ -1303,8 +1303,10 @@ fn machine_operation(
             None => error(StatusCode::NOT_FOUND, &format!("machine {id} has no lease")),
         },
         // 201 and the spec's `Lease` (in flyctl's envelope unless `flat_lease`); with the
-        // current nonce in the header it refreshes (NOTES.md step 6). No source found for a
-        // lease on a destroyed machine (404) or for a nonce that matches no active lease (409).
+        // current nonce in the header it refreshes (NOTES.md step 6), keeping that nonce:
+        // flyctl's `RefreshLease` (`internal/machine/leasable_machine.go`) fails a deploy on
+        // "unexpectedly received a new nonce". No source found for a lease on a destroyed
+        // machine (404) or for a nonce that matches no active lease (409).
         "Machines_create_lease" => {
             if destroyed {
                 return error(StatusCode::NOT_FOUND, &format!("machine {id} is destroyed"));
