@@ -1306,3 +1306,60 @@ fn env_and_primary_region_flags_are_set_over_fly_toml() {
     assert!(stderr(&again).contains("nothing to deploy"), "{}", stderr(&again));
     assert_no_violations(&fly);
 }
+
+/// A relative `[[files]] local_path` is read from the current directory, as flyctl reads it
+/// (`toMachineFile`, `internal/appconfig/config.go`): mkFlyDeploy's `flyToml = ./fly.toml` is a
+/// copy in the store, alone in its directory, and `nix run .#deploy` runs in the project.
+/// Where the current directory lacks the file, the one next to fly.toml is taken.
+#[test]
+fn a_local_file_is_read_from_the_current_directory_then_next_to_fly_toml() {
+    let t = TestDir::new();
+    let fly = new_app();
+    let store = t.join("store");
+    std::fs::create_dir(&store).unwrap();
+    let config = store.join("hash-fly.toml");
+    std::fs::write(
+        &config,
+        WEB_V1.to_string()
+            + "\n[[files]]\n  guest_path = \"/etc/app.conf\"\n  local_path = \"app.conf\"\n\
+               \n[[files]]\n  guest_path = \"/etc/extra.conf\"\n  local_path = \"extra.conf\"\n",
+    )
+    .unwrap();
+    // app.conf in both places (the current directory wins); extra.conf only next to fly.toml.
+    std::fs::write(t.join("app.conf"), "from the project").unwrap();
+    std::fs::write(store.join("app.conf"), "from beside fly.toml").unwrap();
+    std::fs::write(store.join("extra.conf"), "extra").unwrap();
+    let out = run_rollout(&fly, &t, &image(1), &["--config", config.to_str().unwrap()]);
+    assert_success(&out);
+    let machines = group_machines(&fly, "app");
+    assert!(!machines.is_empty());
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    for machine in machines {
+        assert_eq!(
+            machine.config["files"],
+            json!([
+                {"guest_path": "/etc/app.conf", "raw_value": b64("from the project")},
+                {"guest_path": "/etc/extra.conf", "raw_value": b64("extra")},
+            ]),
+            "machine {}",
+            machine.id
+        );
+    }
+    // Missing everywhere: refused before any request, naming both places.
+    std::fs::remove_file(store.join("extra.conf")).unwrap();
+    let requests = fly.requests().len();
+    let out = run_rollout(&fly, &t, &image(2), &["--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot read extra.conf: neither in the current directory nor at")
+            && err.contains("store/extra.conf"),
+        "{err}"
+    );
+    assert_eq!(
+        fly.requests().len(),
+        requests,
+        "no request after a refused fly.toml"
+    );
+}

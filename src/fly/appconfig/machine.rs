@@ -10,6 +10,7 @@ use base64::Engine;
 use serde_json::{Map, Value, json};
 #[cfg(test)]
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 /// The process group flyctl gives the release-command machine.
 pub const RELEASE_COMMAND_GROUP: &str = "fly_app_release_command";
@@ -114,11 +115,12 @@ impl AppConfig {
             config.insert("stop_config".into(), stop);
         }
 
-        // Only the files for this group. flyctl's deploy gives every machine every file
-        // (`internal/appconfig/config.go`, `MergeFiles`, whose `MergedFiles` the machine config
-        // takes, `machines.go`, while `Flatten` filters only `Files`): a deliberate difference,
-        // listed in the README.
-        let files = self.files(|f| self.applies_to(&f.processes, group))?;
+        // flyctl's deploy gives every machine every file (`internal/appconfig/config.go`,
+        // `MergeFiles`, whose `MergedFiles` the machine config takes, `machines.go`, while
+        // `Flatten` filters only `Files`). So an entry without `processes` goes to every group,
+        // not only the default one as other sections do; an entry that names groups goes only
+        // to those, a deliberate difference listed in the README.
+        let files = self.files(|f| f.processes.is_empty() || f.processes.iter().any(|p| p == group))?;
         if !files.is_empty() {
             config.insert("files".into(), Value::Array(files));
         }
@@ -455,6 +457,39 @@ impl AppConfig {
             .collect()
     }
 
+    /// A `[[files]] local_path`'s bytes. A relative path is read from the current directory,
+    /// as flyctl reads it (`os.ReadFile(f.LocalPath)`, `toMachineFile` in
+    /// `internal/appconfig/config.go`; `fly deploy DIR` changes into DIR first). Where that
+    /// finds nothing, it is read from fly.toml's directory, where flyctl would have failed:
+    /// `nixfly deploy -c sub/fly.toml` still finds `sub/app.conf`. A fly.toml that mkFlyDeploy
+    /// copied to the store has no neighbours there, so `nix run .#deploy` from the project
+    /// finds the project's files, as `fly deploy` does. The error names the path flyctl reads.
+    fn read_local_file(&self, local: &Path) -> Result<Vec<u8>, (PathBuf, std::io::Error)> {
+        let first = std::fs::read(local);
+        let next_to_fly_toml = self
+            .path
+            .parent()
+            .filter(|dir| local.is_relative() && !dir.as_os_str().is_empty())
+            .map(|dir| dir.join(local));
+        match (first, next_to_fly_toml) {
+            (Ok(bytes), _) => Ok(bytes),
+            (Err(err), Some(other)) if err.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::read(&other).map_err(|other_err| match other_err.kind() {
+                    // Missing in both places: the message names flyctl's path and this one.
+                    std::io::ErrorKind::NotFound => (
+                        local.to_path_buf(),
+                        std::io::Error::new(
+                            err.kind(),
+                            format!("neither in the current directory nor at {}", other.display()),
+                        ),
+                    ),
+                    _ => (other, other_err),
+                })
+            }
+            (Err(err), _) => Err((local.to_path_buf(), err)),
+        }
+    }
+
     fn files(&self, wanted: impl Fn(&FileEntry) -> bool) -> Result<Vec<Value>, AppConfigError> {
         let mut files: Vec<(String, Value)> = Vec::new();
         for entry in self.files.iter().filter(|f| wanted(f)) {
@@ -462,16 +497,14 @@ impl AppConfig {
             file.insert("guest_path".into(), entry.guest_path.as_str().into());
             match &entry.source {
                 FileSource::LocalPath(local) => {
-                    let path = self
-                        .path
-                        .parent()
-                        .map_or_else(|| local.clone(), |dir| dir.join(local));
-                    let bytes = std::fs::read(&path).map_err(|source| AppConfigError::LocalFile {
-                        file: self.path.display().to_string(),
-                        line: entry.line,
-                        path: path.clone(),
-                        source,
-                    })?;
+                    let bytes =
+                        self.read_local_file(local)
+                            .map_err(|(path, source)| AppConfigError::LocalFile {
+                                file: self.path.display().to_string(),
+                                line: entry.line,
+                                path,
+                                source,
+                            })?;
                     let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
                     file.insert("raw_value".into(), encoded.into());
                 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 #[derive(Clone, Debug, Default)]
 pub struct AppConfig {
     /// The path used in messages (`fly.toml:12: ...`); relative `[[files]] local_path` entries
-    /// are read from its directory.
+    /// are read from the current directory, else from its directory.
     pub path: PathBuf,
     pub app: Option<String>,
     pub primary_region: Option<String>,
