@@ -693,11 +693,14 @@ impl MachinesApi {
     }
 
     /// The processes of a running machine and the sockets they listen on (fly-go
-    /// `GetProcesses`).
+    /// `GetProcesses`; its `MachinePsResponse` is a Go slice, so no processes may come as
+    /// `null`).
     pub async fn processes(&self, id: &str) -> Result<Vec<crate::fly::types::ProcessStat>, ApiError> {
-        self.http
+        let processes: Option<Vec<crate::fly::types::ProcessStat>> = self
+            .http
             .send_json(Request::get(&["v1", "apps", &self.app, "machines", id, "ps"]))
-            .await
+            .await?;
+        Ok(processes.unwrap_or_default())
     }
 
     pub async fn get_machine(&self, id: &str) -> Result<Machine, ApiError> {

@@ -112,8 +112,17 @@ impl Volume {
 pub struct ProcessStat {
     #[serde(default)]
     pub command: String,
-    #[serde(default)]
+    /// fly-go's `ListenSockets` has no `omitempty`: a process that listens on nothing comes as
+    /// `null` (`machine_types.go`, `ProcessStat`).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub listen_sockets: Vec<ListenSocket>,
+}
+
+/// A list Go may send as `null` (a nil slice without `omitempty`), read as empty.
+pub fn null_as_empty<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Vec<T>, D::Error> {
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// A socket a process listens on: `proto` `tcp` or `udp`, `address` `HOST:PORT`.

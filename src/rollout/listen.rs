@@ -167,6 +167,26 @@ mod tests {
         }
     }
 
+    /// `GET .../ps` as flaps sends it from Go: a process listening on nothing has `null`
+    /// sockets (fly-go `ProcessStat.ListenSockets`, no `omitempty`). Read strictly, that one
+    /// process failed the whole answer and the warning was never given.
+    #[test]
+    fn a_process_without_sockets_does_not_hide_the_others() {
+        let answer = json!([
+            {"pid": 1, "command": "/bin/worker", "listen_sockets": null},
+            {"pid": 2, "command": "/bin/server", "listen_sockets": [
+                {"proto": "tcp", "address": "127.0.0.1:8080"}
+            ]},
+        ]);
+        let processes: Vec<ProcessStat> = serde_json::from_value(answer).expect("decodes");
+        let warning = warning(&processes, &BTreeSet::from([8080]), "m1").expect("a warning");
+        assert!(
+            warning
+                .ends_with("make it listen on 0.0.0.0:8080 (listening now: /bin/server on 127.0.0.1:8080)"),
+            "{warning}"
+        );
+    }
+
     #[test]
     fn loopback_listeners_leave_a_port_uncovered() {
         let expected: BTreeSet<u64> = [8080, 9090].into();

@@ -510,8 +510,10 @@ async fn leases_conflict_refresh_release_and_expire() {
     let (status, _) = api.call("DELETE", &lease_path, None, Some(&nonce)).await;
     assert_eq!(status, 200);
     assert!(fly.lease(&id).is_none());
-    let (status, _) = api.get(&lease_path).await;
+    // No lease: the words flyctl takes as "no lease" (internal/command/machine/leases.go).
+    let (status, answer) = api.get(&lease_path).await;
     assert_eq!(status, 404);
+    assert!(error_of(&answer).contains("lease not found"), "{answer}");
     // Releasing it again: the words flyctl takes as "already gone" (internal/machine/lease.go).
     let (status, answer) = api.call("DELETE", &lease_path, None, Some(&nonce)).await;
     assert_eq!(status, 404);

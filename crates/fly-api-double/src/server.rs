@@ -1297,10 +1297,12 @@ fn machine_operation(
             st.machines.get_mut(id).expect("exists").cordoned = op.id == "Machines_cordon";
             ok()
         }
-        // No source found for a machine without a lease: 404.
+        // A machine without a lease: the text says "lease not found", the words flyctl takes
+        // as "no lease" (`internal/command/machine/leases.go`, after `FindLease`). No source
+        // found for the status: 404.
         "Machines_show_lease" => match machine.active_lease(now) {
             Some(lease) => ok_json(StatusCode::OK, lease_json(shared, lease)),
-            None => error(StatusCode::NOT_FOUND, &format!("machine {id} has no lease")),
+            None => error(StatusCode::NOT_FOUND, "lease not found"),
         },
         // 201 and the spec's `Lease` (in flyctl's envelope unless `flat_lease`); with the
         // current nonce in the header it refreshes (NOTES.md step 6), keeping that nonce:

@@ -583,10 +583,16 @@ impl State {
             .map(|cmd| cmd.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
             .filter(|cmd| !cmd.is_empty())
             .unwrap_or_else(|| "/bin/app".to_string());
-        let sockets: Vec<Value> = addresses
-            .iter()
-            .map(|address| json!({"proto": "tcp", "address": address}))
-            .collect();
+        // A process that listens on nothing has `null` sockets: fly-go's `ListenSockets` is a Go
+        // slice without `omitempty` (`machine_types.go`, `ProcessStat`).
+        let sockets: Value = if addresses.is_empty() {
+            Value::Null
+        } else {
+            addresses
+                .iter()
+                .map(|address| json!({"proto": "tcp", "address": address}))
+                .collect()
+        };
         json!([{
             "pid": 713,
             "command": command,
