@@ -172,13 +172,26 @@ impl PlatformApi {
         Ok(definition.is_object().then(|| definition.clone()))
     }
 
-    pub async fn set_status(&self, release_id: &str, status: ReleaseStatus) -> Result<(), ApiError> {
+    /// Mark the release. A final status carries fly-go's `ReleaseMetadata`
+    /// (`{"post_deployment_info": {"error": ...}}`, `types.go`) with the deploy's error, empty
+    /// unless it failed, as flyctl sends it (`machines_deploymachinesapp.go`); `running` carries
+    /// none. Its `flyctl_version` is left out: nixfly is not flyctl.
+    pub async fn set_status(
+        &self,
+        release_id: &str,
+        status: ReleaseStatus,
+        error: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let metadata = match status {
+            ReleaseStatus::Running => Value::Null,
+            _ => json!({"post_deployment_info": {"error": error.unwrap_or_default()}}),
+        };
         self.http
             .send(Request {
                 method: Method::PATCH,
                 path: &["api", "v1", "releases", release_id],
                 query: &[],
-                body: Some(json!({"status": status.as_str(), "metadata": null})),
+                body: Some(json!({"status": status.as_str(), "metadata": metadata})),
                 nonce: None,
                 replay: Replay::Safe,
             })

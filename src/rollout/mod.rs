@@ -597,7 +597,7 @@ async fn start_release(
             )
         })?;
     platform
-        .set_status(&release.id, ReleaseStatus::Running)
+        .set_status(&release.id, ReleaseStatus::Running, None)
         .await
         .with_context(|| format!("marking release {} running (no machine was changed)", release.id))?;
     Ok(Some(release))
@@ -769,19 +769,26 @@ async fn finish(
         }
     };
     let unreleased = ctx.leases.release_all(&ctx.reporter).await;
+    // What the release records as its error: the failure, as the command reports it.
+    let error = match &result {
+        Err(Ok(err)) => Some(format!("{err:#}")),
+        _ => None,
+    };
     let marked = match (platform, release) {
-        (Some(platform), Some(release)) => match platform.set_status(&release.id, status).await {
-            Ok(()) => Some(true),
-            Err(err) => {
-                ctx.reporter.warn(format!(
-                    "cannot mark release {} {}: {}",
-                    release.id,
-                    status.as_str(),
-                    chain_text(&err)
-                ));
-                Some(false)
+        (Some(platform), Some(release)) => {
+            match platform.set_status(&release.id, status, error.as_deref()).await {
+                Ok(()) => Some(true),
+                Err(err) => {
+                    ctx.reporter.warn(format!(
+                        "cannot mark release {} {}: {}",
+                        release.id,
+                        status.as_str(),
+                        chain_text(&err)
+                    ));
+                    Some(false)
+                }
             }
-        },
+        }
         _ => None,
     };
     match result {

@@ -930,6 +930,21 @@ async fn releases_are_created_patched_and_their_bodies_checked() {
         )
         .await;
     assert_eq!(status, 404);
+    // The metadata is fly-go's `ReleaseMetadata` (`types.go`), nothing else.
+    let (status, _) = api
+        .call(
+            "PATCH",
+            &format!("/api/v1/releases/{id}"),
+            Some(json!({"status": "failed", "metadata": {"post_deployment_info": {"eror": "x"}}})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    let reasons: Vec<String> = fly.take_violations().into_iter().map(|v| v.reason).collect();
+    assert!(
+        reasons.len() == 1 && reasons[0].contains("post_deployment_info.eror: not a property"),
+        "{reasons:?}"
+    );
 }
 
 /// Issue 10, points 1 and 2: the platform API takes `Bearer` (flyctl

@@ -764,3 +764,52 @@ fn the_listen_check_is_one_look_when_fine_and_waits_for_a_slow_binder() {
     assert!((3..=6).contains(&looks), "polled {looks} times in 2 s");
     assert_no_violations(&fly);
 }
+
+/// The final release status carries fly-go's `ReleaseMetadata` with the deploy's error, as
+/// flyctl sends it (`machines_deploymachinesapp.go`): empty when the deploy completed, the
+/// failure when it failed; `running` carries none. The double refuses any other shape.
+#[test]
+fn the_release_records_the_deploys_error() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(2));
+    let t = TestDir::new();
+    assert_success(&run_rollout(&fly, &t, &image(1), &[]));
+    let release = &fly.releases()[0];
+    assert_eq!(release.statuses, ["created", "running", "complete"]);
+    assert_eq!(
+        release.metadata,
+        serde_json::json!({"post_deployment_info": {"error": ""}})
+    );
+    let running: Vec<_> = fly
+        .requests_to("PATCH", "/api/v1/releases/")
+        .into_iter()
+        .filter_map(|r| r.body)
+        .filter(|b| b["status"] == "running")
+        .collect();
+    assert_eq!(
+        running,
+        [serde_json::json!({"status": "running", "metadata": null})]
+    );
+
+    let new = image(2);
+    fly.set_behavior(&new[..30], support::fly_api::Behavior::FailToStart);
+    let out = run_rollout(&fly, &t, &new, &["--wait-timeout", "2s"]);
+    assert!(!out.status.success());
+    let releases = fly.releases();
+    assert_eq!(releases.len(), 2);
+    let failed = &releases[1];
+    assert_eq!(failed.statuses, ["created", "running", "failed"]);
+    let error = failed.metadata["post_deployment_info"]["error"]
+        .as_str()
+        .expect("an error text");
+    assert!(
+        error.contains("failed; rolled back 1 machine(s)") && error.contains("instead of running"),
+        "{error}"
+    );
+    assert!(
+        stderr(&out).contains(error.split(": ").next().unwrap()),
+        "the same words as the command's: {error}"
+    );
+    assert_no_violations(&fly);
+}

@@ -490,7 +490,22 @@ fn release_schemas() -> (Value, Value) {
         "required": ["status"],
         "properties": {
             "status": {"type": "string", "enum": ["running", "complete", "failed", "interrupted"]},
-            "metadata": {"type": "object", "nullable": true},
+            // fly-go `types.go` `ReleaseMetadata`, as flyctl sends it
+            // (`machines_deploymachinesapp.go`: null with `running`, filled in after).
+            "metadata": {
+                "type": "object",
+                "nullable": true,
+                "required": ["post_deployment_info"],
+                "properties": {
+                    "post_deployment_info": {
+                        "type": "object",
+                        "properties": {
+                            "flyctl_version": {"type": "string"},
+                            "error": {"type": "string"},
+                        }
+                    }
+                }
+            },
         }
     });
     (create, update)
