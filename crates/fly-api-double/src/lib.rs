@@ -171,7 +171,7 @@
 //!   for an update of a machine whose host is not `ok` (flyctl never sends one); 409 for the
 //!   update refusal text "deploys to this host are temporarily disabled" (its sibling "could
 //!   not reserve resource" is a sourced 409); 409 for a lease nonce that matches no active lease; 404 for releasing or
-//!   showing a lease when none is active, and for a lease on a destroyed machine; 400 for a
+//!   showing a lease when none is active (the text "lease not found" is flyctl's), and for a lease on a destroyed machine; 400 for a
 //!   create/update without a config or image, for a mount naming no volume of the app, and for
 //!   a create in another region than its volume; 400 for an update that attaches, detaches or
 //!   swaps a volume; 400 for a volume create without a name or region; 412 for deleting a volume
@@ -191,7 +191,9 @@
 //! - Behaviour: starting a running machine or stopping a stopped one changes nothing and
 //!   answers 200; destroyed machines and volumes leave their lists at once; destroying a machine
 //!   detaches its volumes at once; destroyed machines stay readable; which states `settled`
-//!   covers; a wait with a `version` other than the current one waits until 408.
+//!   covers; a wait with a `version` other than the current one waits until 408; a machine
+//!   created with `skip_service_registration` reads `cordoned: true` until uncordoned (the
+//!   spec's cordon description makes them the same state; no source shows the read).
 //! - Timings: every `Timing` default but the existence of `visible_after_create` (none of
 //!   Fly's durations is documented; they vary with image, host and region).
 //! - The double's own rules, not Fly's: requests off the spec are violations answered 400 (404

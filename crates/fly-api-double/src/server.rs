@@ -901,6 +901,11 @@ fn create_machine(st: &mut State, req: &Request, app: &str, now: Instant) -> Res
             region,
             config,
             skip_launch: req.body_field("skip_launch") == Some(&Value::Bool(true)),
+            // A machine created out of the proxy is a cordoned one: the spec's `Machines_cordon`
+            // and `Machines_uncordon` say bluegreen starts greens "with services disabled" and
+            // enables them by uncordoning. No source says what a read of such a machine shows
+            // in `cordoned` (the spec's `Machine` has the field); nixfly's leftover rule
+            // (`split_leftovers`) relies on `true`, and without it replaces leftovers as blues.
             cordoned: req.body_field("skip_service_registration") == Some(&Value::Bool(true)),
         },
         now,
