@@ -59,6 +59,11 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
         .and_then(|f| duration(&f, NumberUnit::Seconds));
     cfg.swap_size_mb = root.uint("swap_size_mb");
     cfg.console_command = non_empty(root.string("console_command"));
+    // flyctl's validation (`validation.go`, `validateConsoleCommand`) refuses a console command
+    // it cannot split; nixfly never runs it, but records it in the release.
+    if let (Some(command), Some(field)) = (&cfg.console_command, root.get("console_command")) {
+        split_command(&field, command);
+    }
     cfg.host_dedication_id = non_empty(root.string("host_dedication_id"));
     root.ignore(IGNORED_TOP_LEVEL);
     cfg.machine_checks = machine_checks(root);
@@ -462,10 +467,20 @@ fn autostop(field: &Field<'_, '_>) -> Option<Autostop> {
     match field.value.get_ref() {
         DeValue::Boolean(true) => Some(Autostop::Stop),
         DeValue::Boolean(false) => Some(Autostop::Off),
+        // fly-go reads a string only as a mode (`machine_types.go`, `MachineAutostop`'s
+        // `UnmarshalJSON`, which flyctl's `mapToConfig` goes through): "true" in quotes makes
+        // `fly deploy` refuse the whole fly.toml.
         DeValue::String(s) => match s.as_ref() {
-            "off" | "false" => Some(Autostop::Off),
-            "stop" | "true" => Some(Autostop::Stop),
+            "off" => Some(Autostop::Off),
+            "stop" => Some(Autostop::Stop),
             "suspend" => Some(Autostop::Suspend),
+            quoted @ ("true" | "false") => {
+                field.error(format!(
+                    "{quoted:?} is a string: flyctl refuses it (write {quoted} without quotes, \
+                     or \"off\", \"stop\" or \"suspend\")"
+                ));
+                None
+            }
             other => {
                 field.error(format!(
                     "{other:?} is not an auto-stop mode (true, false, \"off\", \"stop\", \"suspend\")"
@@ -480,9 +495,11 @@ fn autostop(field: &Field<'_, '_>) -> Option<Autostop> {
     }
 }
 
-fn internal_port(t: &Table<'_, '_>, section: &str) -> u16 {
+/// `internal_port`; `quoted`: a number written as a string is read too, as flyctl reads it in
+/// `[[services]]` only (`patches.go`, `_patchService`).
+fn internal_port(t: &Table<'_, '_>, section: &str, quoted: bool) -> u16 {
     match t.get("internal_port") {
-        Some(field) => match field.port() {
+        Some(field) => match if quoted { field.quoted_port() } else { field.port() } {
             Some(0) => {
                 field.error("must be a port between 1 and 65535, got 0");
                 0
@@ -504,7 +521,7 @@ fn internal_port(t: &Table<'_, '_>, section: &str) -> u16 {
 fn parse_http_service(t: &Table<'_, '_>) -> HttpService {
     HttpService {
         line: t.line,
-        internal_port: internal_port(t, "[http_service]"),
+        internal_port: internal_port(t, "[http_service]", false),
         force_https: t.bool("force_https").unwrap_or(false),
         auto_stop_machines: t.get("auto_stop_machines").and_then(|f| autostop(&f)),
         auto_start_machines: t.bool("auto_start_machines"),
@@ -607,7 +624,7 @@ fn parse_service(t: &Table<'_, '_>) -> Service {
     Service {
         line: t.line,
         protocol,
-        internal_port: internal_port(t, "a [[services]] entry"),
+        internal_port: internal_port(t, "a [[services]] entry", true),
         auto_stop_machines: t.get("auto_stop_machines").and_then(|f| autostop(&f)),
         auto_start_machines: t.bool("auto_start_machines"),
         min_machines_running: t.uint("min_machines_running"),
@@ -635,7 +652,7 @@ fn parse_service(t: &Table<'_, '_>) -> Service {
 
 fn parse_port(t: &Table<'_, '_>) -> Option<Port> {
     let port = Port {
-        port: t.port("port"),
+        port: t.quoted_port("port"),
         start_port: t.port("start_port"),
         end_port: t.port("end_port"),
         handlers: t.strings("handlers"),
@@ -1065,6 +1082,18 @@ fn gb_size(field: &Field<'_, '_>) -> Option<u64> {
     }
 }
 
+/// A size flyctl reads only as a string ("10gb").
+fn gb_size_text(field: &Field<'_, '_>) -> Option<u64> {
+    if let DeValue::Integer(i) = field.value.get_ref() {
+        field.error(format!(
+            "expected a size like \"{}gb\": flyctl reads this one only as a string and refuses a number",
+            i.as_str()
+        ));
+        return None;
+    }
+    gb_size(field)
+}
+
 fn required_string(t: &Table<'_, '_>, key: &str, what: &str) -> Option<String> {
     match non_empty(t.string(key)) {
         Some(s) => Some(s),
@@ -1081,8 +1110,11 @@ fn parse_mount(t: &Table<'_, '_>) -> Option<Mount> {
     let source = required_string(t, "source", "the volume name to mount");
     let destination = required_string(t, "destination", "the path to mount the volume at");
     let threshold = t.get("auto_extend_size_threshold").and_then(|f| f.uint());
-    let increment = t.get("auto_extend_size_increment").and_then(|f| gb_size(&f));
-    let limit = t.get("auto_extend_size_limit").and_then(|f| gb_size(&f));
+    // Strings in flyctl's `Mount` (`internal/appconfig/config.go`), which converts only
+    // `initial_size` from a number (`patches.go`, `patchMounts`): a number here makes
+    // `fly deploy` refuse the whole fly.toml.
+    let increment = t.get("auto_extend_size_increment").and_then(|f| gb_size_text(&f));
+    let limit = t.get("auto_extend_size_limit").and_then(|f| gb_size_text(&f));
     check_auto_extend(t, threshold, increment, limit);
     let mount = Mount {
         line: t.line,
@@ -1137,7 +1169,9 @@ fn check_auto_extend(t: &Table<'_, '_>, threshold: Option<u64>, increment: Optio
         );
         return;
     }
-    if !(50..=99).contains(&threshold_n) {
+    // A value given but unreadable was reported where it was read: not "missing" again.
+    let unreadable = |key: &str, value: Option<u64>| value.is_none() && t.get(key).is_some();
+    if !(50..=99).contains(&threshold_n) && !unreadable("auto_extend_size_threshold", threshold) {
         report(
             "auto_extend_size_threshold",
             match threshold {
@@ -1146,7 +1180,7 @@ fn check_auto_extend(t: &Table<'_, '_>, threshold: Option<u64>, increment: Optio
             },
         );
     }
-    if !(1..=100).contains(&increment_n) {
+    if !(1..=100).contains(&increment_n) && !unreadable("auto_extend_size_increment", increment) {
         report(
             "auto_extend_size_increment",
             match increment {

@@ -174,6 +174,10 @@ impl<'d, 't> Table<'d, 't> {
         self.get(key).and_then(|f| f.port())
     }
 
+    pub fn quoted_port(&self, key: &str) -> Option<u16> {
+        self.get(key).and_then(|f| f.quoted_port())
+    }
+
     pub fn strings(&self, key: &str) -> Vec<String> {
         self.get(key).and_then(|f| f.strings()).unwrap_or_default()
     }
@@ -288,10 +292,30 @@ impl<'d, 't> Field<'d, 't> {
         }
     }
 
-    /// A TCP/UDP port: 0..=65535 (flyctl also accepts the number written as a string).
+    /// A TCP/UDP port: 0..=65535, a number. A number written as a string is refused: flyctl
+    /// reads it as one only in `[[services]]` (see `quoted_port`) and refuses the whole fly.toml
+    /// elsewhere (its config fields are integers, `internal/appconfig`).
     pub fn port(&self) -> Option<u16> {
+        if let DeValue::String(s) = self.value.get_ref() {
+            self.error(match s.parse::<u16>() {
+                Ok(n) => format!(
+                    "expected a port number, got the string {:?}: flyctl reads a quoted port only \
+                     in [[services]] and refuses it here; write {n} without quotes",
+                    s.as_ref()
+                ),
+                Err(_) => format!("expected a port number, got {:?}", s.as_ref()),
+            });
+            return None;
+        }
+        self.in_port_range(self.int()?)
+    }
+
+    /// A port that may also be written as a string, as flyctl's `castToInt` (Go's `Atoi`: no
+    /// spaces) reads `[[services]]`' `internal_port` and `ports.port` (`internal/appconfig/
+    /// patches.go`, `_patchService`).
+    pub fn quoted_port(&self) -> Option<u16> {
         let n = match self.value.get_ref() {
-            DeValue::String(s) => match s.trim().parse::<i64>() {
+            DeValue::String(s) => match s.parse::<i64>() {
                 Ok(n) => n,
                 Err(_) => {
                     self.error(format!("expected a port number, got {:?}", s.as_ref()));
@@ -300,6 +324,10 @@ impl<'d, 't> Field<'d, 't> {
             },
             _ => self.int()?,
         };
+        self.in_port_range(n)
+    }
+
+    fn in_port_range(&self, n: i64) -> Option<u16> {
         match u16::try_from(n) {
             Ok(port) => Some(port),
             Err(_) => {

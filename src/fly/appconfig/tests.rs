@@ -1490,3 +1490,52 @@ fn flyctl_test_machine_config_for_a_machine() {
         )
     );
 }
+
+/// Values `fly deploy` refuses, which nixfly accepted: the release records fly.toml as it is,
+/// and flyctl reading that record back (`FromDefinition`, `internal/appconfig/definition.go`,
+/// then `mapToConfig` in `patches.go`) fails on them, breaking later `fly` commands for the
+/// app. A quoted port is read in `[[services]]` only, as flyctl's `_patchService` does.
+#[test]
+fn values_flyctl_refuses_are_refused() {
+    for (text, expected) in [
+        (
+            "[http_service]\ninternal_port = \"8080\"\n",
+            "fly.toml:2: [http_service] internal_port: expected a port number, got the string \"8080\": flyctl reads a quoted port only in [[services]] and refuses it here; write 8080 without quotes",
+        ),
+        (
+            "[metrics]\nport = \"9091\"\npath = \"/metrics\"\n",
+            "fly.toml:2: [metrics] port: expected a port number, got the string \"9091\"",
+        ),
+        (
+            "[[services]]\ninternal_port = 8080\nprotocol = \"tcp\"\n[[services.ports]]\nstart_port = \"8000\"\nend_port = 8010\n",
+            "fly.toml:5: [services[0].ports[0]] start_port: expected a port number, got the string \"8000\"",
+        ),
+        (
+            "[http_service]\ninternal_port = 8080\nauto_stop_machines = \"true\"\n",
+            "fly.toml:3: [http_service] auto_stop_machines: \"true\" is a string: flyctl refuses it (write true without quotes, or \"off\", \"stop\" or \"suspend\")",
+        ),
+        (
+            "[[mounts]]\nsource = \"data\"\ndestination = \"/data\"\nauto_extend_size_threshold = 80\nauto_extend_size_increment = 1\nauto_extend_size_limit = \"10gb\"\n",
+            "fly.toml:5: [mounts[0]] auto_extend_size_increment: expected a size like \"1gb\": flyctl reads this one only as a string and refuses a number",
+        ),
+        (
+            "console_command = \"bin/rails 'console\"\n",
+            "fly.toml:1: console_command: cannot split \"bin/rails 'console\" into arguments",
+        ),
+    ] {
+        let found = problems(text);
+        assert!(
+            found.len() == 1 && found[0].starts_with(expected),
+            "{text}\nexpected {expected:?}\nfound {found:#?}"
+        );
+    }
+    // What flyctl does read: quoted ports in [[services]], a number as `initial_size`.
+    let (config, _) = parse(
+        "[[services]]\ninternal_port = \"8080\"\nprotocol = \"tcp\"\n[[services.ports]]\nport = \"443\"\nhandlers = [\"tls\"]\n\
+         \n[[mounts]]\nsource = \"data\"\ndestination = \"/data\"\ninitial_size = 3\n",
+    )
+    .unwrap();
+    let machine = config.machine_config("app").unwrap();
+    assert_eq!(machine["services"][0]["internal_port"], 8080);
+    assert_eq!(machine["services"][0]["ports"][0]["port"], 443);
+}
