@@ -95,7 +95,8 @@ pub struct AppOptions {
     /// Fly app name. Default: FLY_APP, then `app` in fly.toml.
     #[arg(short, long, env = "FLY_APP")]
     pub app: Option<String>,
-    /// Path to fly.toml. Default: ./fly.toml when it exists.
+    /// Path to fly.toml (a directory: its fly.toml; a .json file: the same config as JSON).
+    /// Default: ./fly.toml when it exists.
     #[arg(short, long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Fly API token. Default: FLY_ACCESS_TOKEN, FLY_API_TOKEN, FLY_AUTH_TOKEN (the first one
@@ -111,9 +112,11 @@ impl AppOptions {
         crate::fly::FlyToken::discover(self.access_token.as_deref())
     }
 
-    /// `--config`, else `./fly.toml` when it exists.
+    /// `--config` (a directory means its fly.toml, as flyctl's `ResolveConfigFileFromPath`
+    /// reads it, `internal/appconfig/file.go`), else `./fly.toml` when it exists.
     pub fn fly_toml_path(&self) -> Option<PathBuf> {
         match &self.config {
+            Some(path) if path.is_dir() => Some(path.join("fly.toml")),
             Some(path) => Some(path.clone()),
             None => Some(PathBuf::from("fly.toml")).filter(|default| default.exists()),
         }

@@ -1363,3 +1363,26 @@ fn a_local_file_is_read_from_the_current_directory_then_next_to_fly_toml() {
         "no request after a refused fly.toml"
     );
 }
+
+/// `--config DIR` reads DIR/fly.toml, as flyctl's `ResolveConfigFileFromPath`
+/// (`internal/appconfig/file.go`) does; it used to fail with "Is a directory".
+#[test]
+fn a_config_directory_means_its_fly_toml() {
+    let t = TestDir::new();
+    let fly = new_app();
+    let sub = t.join("app");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(
+        sub.join("fly.toml"),
+        WEB_V1.replace("\"info\"", "\"from-the-directory\""),
+    )
+    .unwrap();
+    let out = run_rollout(&fly, &t, &image(1), &["--config", sub.to_str().unwrap()]);
+    assert_success(&out);
+    let machines = group_machines(&fly, "app");
+    assert!(!machines.is_empty());
+    for machine in machines {
+        assert_eq!(machine.config["env"]["LOG_LEVEL"], "from-the-directory");
+    }
+    assert_no_violations(&fly);
+}

@@ -37,7 +37,11 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}: {}", self.file, self.line, self.key, self.message)
+        // Line 0: a config that was not read from a fly.toml (a release record, a fly.json).
+        match self.line {
+            0 => write!(f, "{}: {}: {}", self.file, self.key, self.message),
+            line => write!(f, "{}:{line}: {}: {}", self.file, self.key, self.message),
+        }
     }
 }
 
@@ -109,13 +113,39 @@ impl AppConfig {
         }
     }
 
-    /// Read and validate fly.toml at `path`.
+    /// Read and validate fly.toml at `path`. As flyctl's `LoadConfig` (`internal/appconfig/
+    /// serde.go`), a path ending in `.json` is read as JSON, the same config (problems then name
+    /// keys, not lines); `.yaml`, which flyctl also reads, is refused with the conversion.
     pub fn load(path: &Path) -> Result<(AppConfig, Vec<Warning>), AppConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| AppConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, path)
+        let origin = path.display().to_string();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => {
+                let value: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|err| AppConfigError::Definition {
+                        origin: origin.clone(),
+                        problem: format!("not valid JSON: {err}"),
+                    })?;
+                if !value.is_object() {
+                    return Err(AppConfigError::Definition {
+                        origin,
+                        problem: "not a JSON object".into(),
+                    });
+                }
+                Self::from_definition(&value, &origin)
+            }
+            Some("yaml") => Err(AppConfigError::Definition {
+                origin: origin.clone(),
+                problem: format!(
+                    "nixfly reads fly.toml and fly.json, not YAML; convert it with \
+                     `fly config show --local --toml -c {origin} > fly.toml`"
+                ),
+            }),
+            _ => Self::parse(&text, path),
+        }
     }
 
     /// Validate fly.toml given as text; `path` names it in messages and anchors relative
@@ -147,7 +177,18 @@ impl AppConfig {
                 origin: origin.to_string(),
                 problem: err.to_string(),
             })?;
-        Self::parse(&text, path)
+        // Lines of the TOML written here would point nowhere the user can look: none are given.
+        let lineless = |problems: Vec<Problem>| -> Vec<Problem> {
+            problems.into_iter().map(|p| Problem { line: 0, ..p }).collect()
+        };
+        match Self::parse(&text, path) {
+            Ok((config, warnings)) => Ok((config, lineless(warnings))),
+            Err(AppConfigError::Invalid { file, problems }) => Err(AppConfigError::Invalid {
+                file,
+                problems: lineless(problems),
+            }),
+            Err(other) => Err(other),
+        }
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<(AppConfig, Vec<Warning>), AppConfigError> {

@@ -1539,3 +1539,49 @@ fn values_flyctl_refuses_are_refused() {
     assert_eq!(machine["services"][0]["internal_port"], 8080);
     assert_eq!(machine["services"][0]["ports"][0]["port"], 443);
 }
+
+/// flyctl's `LoadConfig` (`internal/appconfig/serde.go`) reads a `.json` path as JSON: the same
+/// config, its problems named by key (no TOML line to point at); `.yaml` is refused with the
+/// command that converts it.
+#[test]
+fn a_fly_json_is_read_as_the_same_config_and_yaml_is_refused_with_the_conversion() {
+    let dir = std::env::temp_dir().join(format!("nixfly-flyjson-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml_text = std::fs::read_to_string(fixtures().join("02-web-and-worker.toml")).unwrap();
+    let (from_toml, _) = parse(&toml_text).unwrap();
+    let json_path = dir.join("fly.json");
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&from_toml.definition).unwrap(),
+    )
+    .unwrap();
+    let (from_json, warnings) = AppConfig::load(&json_path).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        serde_json::to_value(from_json.machine_configs().unwrap()).unwrap(),
+        serde_json::to_value(from_toml.machine_configs().unwrap()).unwrap()
+    );
+
+    std::fs::write(&json_path, r#"{"http_service": {"internal_port": "8080"}}"#).unwrap();
+    let err = AppConfig::load(&json_path).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "{}: [http_service] internal_port: expected a port number",
+            json_path.display()
+        )),
+        "{err}"
+    );
+    std::fs::write(&json_path, "[1]").unwrap();
+    assert!(
+        AppConfig::load(&json_path)
+            .unwrap_err()
+            .to_string()
+            .ends_with("not a JSON object")
+    );
+
+    let yaml_path = dir.join("fly.yaml");
+    std::fs::write(&yaml_path, "app: demo\n").unwrap();
+    let err = AppConfig::load(&yaml_path).unwrap_err().to_string();
+    assert!(err.contains("fly config show --local --toml -c"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
