@@ -616,7 +616,9 @@ fn build_standin(
 
 /// The scripts trivial-builders/default.nix writes, byte for byte: writeShellApplication's
 /// `set -o` lines, a blank line before `export PATH` of each input's bin (not of an attribute
-/// the input happens to call `bin`), a blank line, the text and a newline, and the caller's
+/// the input happens to call `bin`) and `$PATH`, written even without inputs (nixpkgs 26.05,
+/// NixOS/nixpkgs#499462) and without `$PATH` under `inheritPath = false`, a blank line, the
+/// text and a newline, and the caller's
 /// meta.mainProgram over the name; writeShellScript's shebang, text and a trailing newline,
 /// dry-run with extglob on (stdenv.shellDryRun) so that an extended pattern parses.
 #[test]
@@ -644,6 +646,24 @@ fn shell_scripts_are_written_as_trivial_builders_writes_them() {
     );
     assert!(path_line.ends_with("-host-python3/bin:$PATH\""), "{script:?}");
     assert!(script.ends_with(":$PATH\"\n\necho hi\n"), "{script:?}");
+    let header = |script: &str| script.split_once('\n').unwrap().1.to_string();
+    for (expr, link, expected) in [
+        (
+            r#"pkgs.writeShellApplication { name = "bare"; text = "echo hi"; }"#,
+            "bare",
+            "set -o errexit\nset -o nounset\nset -o pipefail\n\nexport PATH=\"$PATH\"\n\necho hi\n",
+        ),
+        (
+            r#"pkgs.writeShellApplication { name = "sealed"; text = "echo hi"; inheritPath = false; }"#,
+            "sealed",
+            "set -o errexit\nset -o nounset\nset -o pipefail\n\nexport PATH=\"\"\n\necho hi\n",
+        ),
+    ] {
+        let out = build_standin(nix, &t, expr, link);
+        crate::support::assert_success(&out);
+        let script = std::fs::read_to_string(t.join(&format!("{link}/bin/{link}"))).unwrap();
+        assert_eq!(header(&script), expected);
+    }
 
     let meta = crate::support::run(nix.command(&["eval"]).args([
         "--raw",

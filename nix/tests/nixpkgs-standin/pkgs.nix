@@ -270,16 +270,16 @@ hostTools
     cp ${./install-shell-files.sh} "$out/nix-support/setup-hook"
   '';
 
-  # pkgs/build-support/trivial-builders/default.nix (writeShellApplication; commits
-  # 77d57157d61d28d9f8948f4fe7c6e3c7a78d5338 and 00ee9b64aafebe333c3e33ffb093734092158728):
-  # writeTextFile to $out/bin/<name>, executable, meta.mainProgram = name unless `meta` sets
-  # its own. The script: `#!runtimeShell`, one `set -o` line for each of errexit, nounset and
-  # pipefail, then (with runtimeInputs) a blank line and `export PATH="<makeBinPath>:$PATH"`,
-  # then a blank line, the text and a newline. The build runs `bash -n -O extglob`
-  # (stdenv.shellDryRun). At 77d57157 the build also runs shellcheck (with `--exclude` and
-  # extraShellCheckFlags), where any finding, even an `info` one such as SC2016, fails it; at
-  # 00ee9b64 the same shellcheck run is passthru.tests.shellcheck instead. The stand-in keeps it
-  # in the build: a script nixfly writes must build with either nixpkgs a user brings.
+  # pkgs/build-support/trivial-builders/default.nix (writeShellApplication; nixpkgs 26.05,
+  # after NixOS/nixpkgs#499462, seen at a 26.05pre-git tree): writeTextFile to $out/bin/<name>,
+  # executable, meta.mainProgram = name unless `meta` sets its own. The script: `#!runtimeShell`,
+  # one `set -o` line for each of errexit, nounset and pipefail, a blank line and `export PATH=`
+  # of the runtimeInputs' makeBinPath and `$PATH` (inheritPath, default true) joined by `:`,
+  # present even with neither (`export PATH=""`), then a blank line, the text and a newline.
+  # The build runs `bash -n -O extglob` (stdenv.shellDryRun) and shellcheck (shellcheck-minimal,
+  # with `--exclude` and extraShellCheckFlags), where any finding, even an `info` one such as
+  # SC2016, fails it. (Before #499462 the PATH line came only with runtimeInputs; commits
+  # 77d57157 and 00ee9b64, where 00ee9b64 ran shellcheck as passthru.tests.shellcheck.)
   writeShellApplication =
     args:
     let
@@ -291,8 +291,10 @@ hostTools
         "passthru"
         "excludeShellChecks"
         "extraShellCheckFlags"
+        "inheritPath"
       ] args;
       runtimeInputs = a.runtimeInputs or [ ];
+      inheritPath = a.inheritPath or true;
       excludeShellChecks = a.excludeShellChecks or [ ];
       shellcheckFlags =
         lib.optionals (excludeShellChecks != [ ]) [
@@ -310,7 +312,12 @@ hostTools
         // a.meta or { };
         text =
           "#!${runtimeShell}\nset -o errexit\nset -o nounset\nset -o pipefail\n"
-          + lib.optionalString (runtimeInputs != [ ]) "\nexport PATH=\"${makeBinPath runtimeInputs}:$PATH\"\n"
+          + "\nexport PATH=\"${
+            builtins.concatStringsSep ":" (
+              lib.optionals (runtimeInputs != [ ]) [ (makeBinPath runtimeInputs) ]
+              ++ lib.optionals inheritPath [ "$PATH" ]
+            )
+          }\"\n"
           + "\n${a.text}\n";
       }
       ''
