@@ -121,16 +121,40 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
         }
         Some(parse_service(t))
     });
-    if let Some(t) = root.table("checks") {
-        for field in t.entries() {
-            if let Some(check_table) = field.table() {
+    match root.get("checks") {
+        // `[[checks]]` with a `name` each, as flyctl reads it too (`patches.go`,
+        // `patchTopLevelChecks`: a later check of the same name wins).
+        Some(field) if matches!(field.value.get_ref(), DeValue::Array(_)) => {
+            for check_table in field.tables() {
+                let Some(name) = non_empty(check_table.string("name")) else {
+                    check_table.doc.error(
+                        check_table.line,
+                        &key_name(&check_table.path, "name"),
+                        "missing: a check in a [[checks]] list needs a name",
+                    );
+                    continue;
+                };
                 let check = parse_top_level_check(&check_table);
                 check_table.finish();
                 if let Some(check) = check {
-                    cfg.checks.insert(field.key.clone(), check);
+                    cfg.checks.insert(name, check);
                 }
             }
         }
+        Some(field) => {
+            if let Some(t) = field.table() {
+                for field in t.entries() {
+                    if let Some(check_table) = field.table() {
+                        let check = parse_top_level_check(&check_table);
+                        check_table.finish();
+                        if let Some(check) = check {
+                            cfg.checks.insert(field.key.clone(), check);
+                        }
+                    }
+                }
+            }
+        }
+        None => {}
     }
     // Old spellings flyctl still folds in: `compute`/`computes`, `mount`, `metric`. Their
     // entries come in flyctl's order (internal/appconfig/patches.go, patchCompute,
@@ -204,6 +228,28 @@ fn duration(field: &Field<'_, '_>, unit: NumberUnit) -> Option<Duration> {
                 None
             }
         },
+        // flyctl's `_castDuration` (`patches.go`) takes a float's whole part, then the unit.
+        DeValue::Float(f) if !matches!(unit, NumberUnit::Refused) => {
+            let x = f
+                .as_str()
+                .replace('_', "")
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x >= 0.0);
+            let Some(x) = x else {
+                field.error(format!("expected a duration like \"10s\", got {}", f.as_str()));
+                return None;
+            };
+            let n = x.trunc() as u64;
+            let (duration, shown) = match unit {
+                NumberUnit::Milliseconds => (Duration::from_millis(n), format!("{n}ms")),
+                _ => (Duration::from_secs(n), format!("{n}s")),
+            };
+            if x.fract() != 0.0 {
+                field.warn(format!("{} is read as {shown}, as flyctl reads it", f.as_str()));
+            }
+            Some(duration)
+        }
         DeValue::Integer(_) => {
             let n = field.uint()?;
             match unit {
@@ -228,8 +274,11 @@ fn duration(field: &Field<'_, '_>, unit: NumberUnit) -> Option<Duration> {
 fn parse_deploy(t: &Table<'_, '_>) -> Deploy {
     let mut deploy = Deploy::default();
     if let Some(field) = t.get("strategy") {
+        // An empty strategy is none (flyctl's `validateDeploySection` checks only a non-empty
+        // one, and its deploy then rolls).
         deploy.strategy = field
             .string()
+            .filter(|s| !s.is_empty())
             .and_then(|s| s.parse::<Strategy>().map_err(|message| field.error(message)).ok());
     }
     if let Some(field) = t.get("max_unavailable") {
@@ -1031,7 +1080,9 @@ fn parse_vm(t: &Table<'_, '_>) -> Option<Vm> {
         t.get(key).and_then(|f| {
             let n = f.uint()?;
             if n == 0 {
-                f.error("must be at least 1 (leave it out for the size's default)");
+                // flyctl copies only the values that are set (`computeToGuest`,
+                // `internal/appconfig/machines.go`: copier's IgnoreEmpty): 0 keeps the size's.
+                f.warn("0 is ignored, as flyctl ignores it: the size's default stays");
                 return None;
             }
             Some(n)

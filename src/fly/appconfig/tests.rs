@@ -309,7 +309,7 @@ fn impossible_values_are_errors() {
 
 #[test]
 fn every_problem_is_reported_at_once() {
-    let text = "kill_timeout = \"forever\"\n[deploy]\nstrategy = 3\n[[vm]]\ncpus = 0\n";
+    let text = "kill_timeout = \"forever\"\n[deploy]\nstrategy = 3\n[[vm]]\ncpus = -1\n";
     let found = problems(text);
     assert_eq!(found.len(), 3, "{found:#?}");
     let err = parse(text).unwrap_err().to_string();
@@ -1584,4 +1584,48 @@ fn a_fly_json_is_read_as_the_same_config_and_yaml_is_refused_with_the_conversion
     let err = AppConfig::load(&yaml_path).unwrap_err().to_string();
     assert!(err.contains("fly config show --local --toml -c"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Values `fly deploy` reads and nixfly refused: a `[[checks]]` list of named checks
+/// (`patchTopLevelChecks`, `patches.go`), a fractional `kill_timeout` (its whole seconds,
+/// `_castDuration`), an empty `[deploy] strategy` (none: rolling), a `[[vm]]` value of 0
+/// (ignored, `computeToGuest`'s IgnoreEmpty copy).
+#[test]
+fn values_flyctl_reads_are_read_as_it_reads_them() {
+    let text = "kill_timeout = 5.5\n\
+                [deploy]\nstrategy = \"\"\n\
+                [[vm]]\nsize = \"shared-cpu-2x\"\ncpus = 0\nmemory_mb = 0\n\
+                [[checks]]\nname = \"alive\"\ntype = \"tcp\"\nport = 8080\ninterval = \"15s\"\ntimeout = \"2s\"\n\
+                [[checks]]\nname = \"ready\"\ntype = \"http\"\nport = 8080\npath = \"/ready\"\ninterval = 15000.9\ntimeout = \"2s\"\n";
+    let (config, warnings) = parse(text).unwrap();
+    let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "fly.toml:1: kill_timeout: 5.5 is read as 5s, as flyctl reads it",
+            "fly.toml:6: [vm[0]] cpus: 0 is ignored, as flyctl ignores it: the size's default stays",
+            "fly.toml:7: [vm[0]] memory_mb: 0 is ignored, as flyctl ignores it: the size's default stays",
+            "fly.toml:19: [checks[1]] interval: 15000.9 is read as 15000ms, as flyctl reads it",
+        ]
+    );
+    assert_eq!(config.kill_timeout, Some(std::time::Duration::from_secs(5)));
+    assert_eq!(config.deploy.strategy, None);
+    let machine = config.machine_config("app").unwrap();
+    assert_eq!(
+        machine["guest"],
+        json!({"cpu_kind": "shared", "cpus": 2, "memory_mb": 512})
+    );
+    assert_eq!(machine["stop_config"]["timeout"], "5s");
+    assert_eq!(
+        machine["checks"],
+        json!({
+            "alive": {"type": "tcp", "port": 8080, "interval": "15s", "timeout": "2s"},
+            "ready": {"type": "http", "port": 8080, "path": "/ready", "interval": "15s", "timeout": "2s"},
+        })
+    );
+    let found = problems("[[checks]]\ntype = \"tcp\"\nport = 8080\n");
+    assert_eq!(
+        found,
+        ["fly.toml:1: [checks[0]] name: missing: a check in a [[checks]] list needs a name"]
+    );
 }
