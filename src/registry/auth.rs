@@ -206,9 +206,19 @@ impl CredentialLookup<'_> {
         if fly && let Some(creds) = &self.fly_credentials {
             return Ok(Some(creds.clone()));
         }
+        // Docker keys Docker Hub's credentials by its old index URL, `https://index.docker.io/v1/`
+        // (`docker login` with no server; read as `index.docker.io`); Podman and skopeo by
+        // `docker.io`.
+        let names: &[&str] = if super::reference::is_docker_hub(host) {
+            &["docker.io", "index.docker.io"]
+        } else {
+            &[host]
+        };
         for path in &self.auth_files {
-            if let Some(creds) = credentials_from_auth_file(path, host)? {
-                return Ok(Some(creds));
+            for name in names {
+                if let Some(creds) = credentials_from_auth_file(path, name)? {
+                    return Ok(Some(creds));
+                }
             }
         }
         Ok(None)
@@ -863,6 +873,32 @@ mod tests {
             lookup.find("reg.example"),
             Err(AuthError::ConfigAuthInvalid { .. })
         ));
+    }
+
+    /// `docker login` keys Docker Hub by `https://index.docker.io/v1/`; a reference says
+    /// `docker.io`.
+    #[test]
+    fn docker_hubs_credentials_are_found_under_its_index_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let auth = B64.encode("carol:hub-password-123");
+        std::fs::write(
+            &path,
+            format!(r#"{{"auths":{{"https://index.docker.io/v1/":{{"auth":"{auth}"}}}}}}"#),
+        )
+        .unwrap();
+        let lookup = CredentialLookup {
+            flag: None,
+            auth_files: vec![path],
+            fly_credentials: None,
+            fly_registry_host: "registry.fly.io".into(),
+        };
+        let creds = lookup
+            .find("docker.io")
+            .unwrap()
+            .expect("found under the index URL");
+        assert_eq!(creds.username, "carol");
+        assert!(lookup.find("quay.io").unwrap().is_none());
     }
 
     #[test]

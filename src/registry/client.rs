@@ -132,7 +132,8 @@ impl RegistryClient {
         } else {
             "https"
         };
-        let base = Url::parse(&format!("{scheme}://{registry}/")).map_err(|e| RegistryError::Protocol {
+        let host = super::reference::api_host(registry);
+        let base = Url::parse(&format!("{scheme}://{host}/")).map_err(|e| RegistryError::Protocol {
             operation: format!("connecting to registry {registry}"),
             message: format!("not a valid host: {e}"),
         })?;
@@ -334,6 +335,24 @@ impl RegistryClient {
                     operation: req.operation.clone(),
                     message: format!("the registry redirected to an invalid URL {location:?}: {e}"),
                 })?;
+                // Another host may serve a blob's bytes (distribution's storage drivers redirect
+                // blob GETs and HEADs to their store, `registry/storage/blobserver.go`), never
+                // take an upload, a manifest or a session: a registry host that sends those
+                // elsewhere is not a registry API (docker.io itself redirects to a web page).
+                let blob_read =
+                    matches!(method, Method::GET | Method::HEAD) && req.url.path().contains("/blobs/sha256:");
+                if !(self.same_host(&next) || blob_read) {
+                    return Err(RegistryError::Protocol {
+                        operation: req.operation.clone(),
+                        message: format!(
+                            "{} answered {} and sent the request to {next}, another host: is {} \
+                             the registry's API host?",
+                            self.base.host_str().unwrap_or_default(),
+                            status.as_u16(),
+                            self.registry
+                        ),
+                    });
+                }
                 if status == StatusCode::SEE_OTHER {
                     method = Method::GET;
                 }

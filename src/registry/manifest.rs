@@ -139,11 +139,21 @@ impl RegistryClient {
             StatusCode::NOT_FOUND => return Ok(None),
             _ => return Err(self.status_error(req.operation, response, None).await),
         }
-        let media_type = MediaType::from(
-            header_str(&response, header::CONTENT_TYPE)
-                .unwrap_or_default()
-                .as_str(),
-        );
+        let content_type = header_str(&response, header::CONTENT_TYPE).unwrap_or_default();
+        // The type without parameters (`; charset=...`): a manifest's, or the answer is no
+        // manifest (an HTML page from something that is not a registry, say), whose digest
+        // must not be taken for the image's.
+        let bare = content_type.split(';').next().unwrap_or_default().trim();
+        let media_type = MediaType::from(bare);
+        if !accepted_manifest_types().contains(&media_type) {
+            return Err(RegistryError::Protocol {
+                operation: req.operation,
+                message: format!(
+                    "the answer is not a manifest (Content-Type {content_type:?}; expected one of {})",
+                    accepted_manifest_types().map(|t| t.to_string()).join(", ")
+                ),
+            });
+        }
         let bytes = self.body(response, &req.operation).await?;
         let digest = Digest::sha256_of(&bytes);
         if tag_or_digest.parse::<Digest>().is_ok_and(|asked| asked != digest) {

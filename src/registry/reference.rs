@@ -8,6 +8,25 @@ use std::str::FromStr;
 /// The host used when a reference names none: Fly's registry, overridable like flyctl does.
 pub const FLY_REGISTRY_HOST: &str = "registry.fly.io";
 
+/// Docker Hub's names for itself in references: `docker.io` is what Docker writes, and what
+/// its auth files key credentials by (with `index.docker.io`).
+pub fn is_docker_hub(host: &str) -> bool {
+    ["docker.io", "index.docker.io", "registry-1.docker.io"]
+        .iter()
+        .any(|h| host.eq_ignore_ascii_case(h))
+}
+
+/// The host the registry API answers on: Docker Hub's is `registry-1.docker.io`, where
+/// `docker.io` itself redirects to a web page (containers/image `docker/docker_client.go`,
+/// `newDockerClient`; go-containerregistry `pkg/name/registry.go`). Every other host is its own.
+pub fn api_host(registry: &str) -> &str {
+    if is_docker_hub(registry) {
+        "registry-1.docker.io"
+    } else {
+        registry
+    }
+}
+
 /// `FLY_REGISTRY_HOST`, or registry.fly.io.
 pub fn default_registry_host() -> String {
     std::env::var("FLY_REGISTRY_HOST")
@@ -161,6 +180,15 @@ impl Reference {
         let (repository, tag) = match path.rsplit_once(':') {
             Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag)),
             _ => (path, None),
+        };
+        // Docker Hub's official images live under `library/` (`docker.io/nginx` is
+        // `docker.io/library/nginx`), as Docker and containers/image read it.
+        let official;
+        let repository = if is_docker_hub(&registry) && !repository.contains('/') {
+            official = format!("library/{repository}");
+            official.as_str()
+        } else {
+            repository
         };
         validate_repository(repository).map_err(|why| ReferenceError::Repository {
             reference: reference.into(),
@@ -335,6 +363,24 @@ mod tests {
         );
         let r = parse("Registry.Example.com:443/app").unwrap();
         assert_eq!(r.registry, "registry.example.com:443");
+    }
+
+    /// Docker Hub's official images are `library/<name>`, and its API is another host.
+    #[test]
+    fn docker_hub_names_are_read_as_docker_reads_them() {
+        let r = parse("docker.io/nginx:1").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("docker.io", "library/nginx")
+        );
+        let r = parse("docker.io/someone/app").unwrap();
+        assert_eq!(r.repository, "someone/app");
+        let r = parse("index.docker.io/redis").unwrap();
+        assert_eq!(r.repository, "library/redis");
+        assert_eq!(api_host("docker.io"), "registry-1.docker.io");
+        assert_eq!(api_host("registry.fly.io"), "registry.fly.io");
+        // Elsewhere a one-part name stays as written.
+        assert_eq!(parse("quay.io/app").unwrap().repository, "app");
     }
 
     #[test]

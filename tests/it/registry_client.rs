@@ -772,3 +772,83 @@ fn a_config_json_written_by_fly_auth_docker_is_read() {
     assert!(stdout(&out).starts_with(&image.config_digest));
     assert_no_secret(&stderr(&out), &[token.to_string(), auth]);
 }
+
+/// A host that sends every request to a web page on another host, as `docker.io` does (its
+/// API is `registry-1.docker.io`): the push fails saying so, nothing but blob reads follows the
+/// redirect, and nothing is reported pushed. nixfly used to follow every redirect and took the
+/// page's 200 for a stored manifest.
+#[test]
+fn a_host_that_redirects_the_api_to_a_web_page_is_refused() {
+    let site = RecordingServer::start("127.0.0.2:0", |_| {
+        (
+            "200 OK\r\nContent-Type: text/html".into(),
+            "<html>welcome</html>".into(),
+        )
+    });
+    let site_addr = site.addr;
+    let front = RecordingServer::start("127.0.0.1:0", move |head| {
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+        (
+            format!("301 Moved Permanently\r\nLocation: http://{site_addr}{path}"),
+            String::new(),
+        )
+    });
+    let t = TestDir::new();
+    let source = t.join("image.tar");
+    support::images::write_stream_layered(
+        std::fs::File::create(&source).unwrap(),
+        &support::images::small_layers()[..1],
+        support::images::Fault::None,
+    )
+    .unwrap();
+    let mut cmd = t.nixfly();
+    cmd.args([
+        "push",
+        source.to_str().unwrap(),
+        "--to",
+        &format!("{}/someone/app:v1", front.addr),
+    ]);
+    let out = run(&mut cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        stdout(&out).is_empty(),
+        "nothing is reported pushed: {}",
+        stdout(&out)
+    );
+    assert!(
+        err.contains("another host: is") && err.contains("the registry's API host?"),
+        "{err}"
+    );
+    for head in site.received() {
+        let request = head.lines().next().unwrap_or_default().to_string();
+        assert!(
+            (request.starts_with("GET ") || request.starts_with("HEAD "))
+                && request.contains("/blobs/sha256:"),
+            "only blob reads may go to another host: {request}"
+        );
+    }
+}
+
+/// Docker Hub: `docker.io/nginx` is `library/nginx` on `registry-1.docker.io`, as Docker,
+/// skopeo and go-containerregistry read it (`docker.io` answers with a web page).
+#[test]
+fn docker_hub_references_go_to_its_api_host() {
+    let t = TestDir::new();
+    let mut cmd = t.nixfly();
+    // A proxy that refuses everything: the request line shows where nixfly went.
+    cmd.env("HTTPS_PROXY", "http://127.0.0.1:9").args([
+        "-vv",
+        "registry",
+        "exists",
+        "docker.io/nginx",
+        &sha256(b"x"),
+    ]);
+    let out = run(&mut cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("https://registry-1.docker.io/v2/library/nginx/blobs/"),
+        "{err}"
+    );
+}
