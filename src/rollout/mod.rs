@@ -319,9 +319,12 @@ fn validate(
             machine.config["containers"].as_array().map_or(0, Vec::len)
         );
     }
-    // flyctl (strategy_bluegreen.go) refuses only when no machine at all has a check; the
-    // checks that count are the ones the machines will have (fly.toml's when there is one).
+    // flyctl (strategy_bluegreen.go) refuses only when there are blues and no machine at all
+    // has a check (`totalMachinesWithChecks == 0 && len(bg.blueMachines) != 0`); the checks
+    // that count are the ones the machines will have (fly.toml's when there is one). An app
+    // without machines has no blues: its first machines are created and checked as any.
     if spec.strategy == Strategy::Bluegreen
+        && fleet.machine_count() > 0
         && fleet
             .machines()
             .all(|m| config_check_count(&change.apply(&m.config)) == 0)
@@ -417,7 +420,14 @@ fn nothing_to_deploy(
                 .host_dedication_id
                 .as_deref()
                 .is_none_or(|wanted| machine.host_dedication_id() == Some(wanted));
-            machine.state != "failed" && dedicated && digest(machine.image()) == wanted && new == current
+            // A machine whose host cannot be reached is replaced by an update (flyctl's
+            // `launchInputForUpdate` replaces any machine whose host is not `ok`): something to
+            // do as well.
+            machine.state != "failed"
+                && !machine.host_unavailable()
+                && dedicated
+                && digest(machine.image()) == wanted
+                && new == current
         })
 }
 

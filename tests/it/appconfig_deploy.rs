@@ -1386,3 +1386,25 @@ fn a_config_directory_means_its_fly_toml() {
     }
     assert_no_violations(&fly);
 }
+
+/// `[deploy] strategy = "bluegreen"` on an app without machines: no blues, so nothing to
+/// refuse (flyctl's `strategy_bluegreen.go` refuses a deploy without checks only when there
+/// are blues); the first machines are created and checked.
+#[test]
+fn a_first_deploy_with_the_bluegreen_strategy_creates_the_machines() {
+    let t = TestDir::new();
+    let fly = new_app();
+    write_fly_toml(
+        &t,
+        &(WEB_V1.to_string()
+            + "\n[deploy]\n  strategy = \"bluegreen\"\n\
+               \n[[http_service.checks]]\n  path = \"/health\"\n  interval = \"10s\"\n  timeout = \"2s\"\n"),
+    );
+    let out = run_rollout(&fly, &t, &image(1), &["--bluegreen-cutover-wait", "0s"]);
+    assert_success(&out);
+    let machines = group_machines(&fly, "app");
+    assert_eq!(machines.len(), 2, "{machines:?}");
+    assert!(machines.iter().all(|m| m.image() == image(1)));
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}

@@ -813,3 +813,27 @@ fn the_release_records_the_deploys_error() {
     );
     assert_no_violations(&fly);
 }
+
+/// A redeploy of what already runs still replaces a machine whose host cannot be reached, as
+/// flyctl's deploy (`launchInputForUpdate`) does: "nothing to deploy" left it down.
+#[test]
+fn an_unchanged_deploy_still_replaces_a_machine_on_an_unreachable_host() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).region("iad"));
+    let t = TestDir::new();
+    write_fly_toml(&t, "app = \"demo\"\nprimary_region = \"iad\"\n");
+    assert_success(&run_rollout(&fly, &t, &image(5), &[]));
+    let out = run_rollout(&fly, &t, &image(5), &[]);
+    assert!(stderr(&out).contains("nothing to deploy"), "{}", stderr(&out));
+    fly.set_host_status(&ids[1], "unreachable");
+    let out = run_rollout(&fly, &t, &image(5), &[]);
+    assert_success(&out);
+    assert!(!stderr(&out).contains("nothing to deploy"), "{}", stderr(&out));
+    assert_eq!(fly.machine(&ids[1]).state, "destroyed");
+    let live = live_machines(&fly);
+    assert_eq!(live.len(), 2, "{live:?}");
+    assert!(live.iter().all(|m| m.image() == image(5)));
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
