@@ -680,17 +680,53 @@ async fn deploy(
 
 /// Put every machine this deploy changed back to its previous config, all of them even if some
 /// fail. Returns how many were restored and the failures.
-async fn rollback(ctx: &Ctx) -> (usize, Vec<RolloutError>) {
+///
+/// Paced as the deploy was: a rolling or canary deploy keeps at most `max_unavailable` of a
+/// group's serving machines down at once (flyctl's pools, `machines_deploymachinesapp.go`,
+/// `getPoolSize`), so the rollback restarts them in that many at a time, the last changed (the
+/// one that failed) first; machines that were not running take nothing down and go together.
+async fn rollback(ctx: &Ctx, fleet: &Fleet) -> (usize, Vec<RolloutError>) {
     let journal = ctx.journal();
     ctx.reporter.warn(format!(
         "rolling back {} machine(s) to their previous config",
         journal.len()
     ));
-    let results: Vec<Result<(), RolloutError>> = futures::stream::iter(journal.iter().rev())
-        .map(|previous| ctx.restore_machine(previous))
-        .buffer_unordered(ROLLBACK_CONCURRENCY)
-        .collect()
-        .await;
+    let paced = matches!(ctx.spec.strategy, Strategy::Rolling | Strategy::Canary);
+    let mut by_group: BTreeMap<&str, (Vec<&Machine>, Vec<&Machine>)> = BTreeMap::new();
+    for previous in journal.iter().rev() {
+        let (serving, idle) = by_group.entry(previous.process_group()).or_default();
+        if paced && previous.state == "started" {
+            serving.push(previous);
+        } else {
+            idle.push(previous);
+        }
+    }
+    let groups = by_group.into_iter().map(|(group, (serving, idle))| {
+        let size = fleet.groups.get(group).map_or(serving.len(), Vec::len);
+        let pool = ctx
+            .spec
+            .max_unavailable
+            .pool_size(size)
+            .clamp(1, ROLLBACK_CONCURRENCY);
+        let serving = futures::stream::iter(serving)
+            .map(|previous| ctx.restore_machine(previous))
+            .buffer_unordered(pool)
+            .collect::<Vec<_>>();
+        let idle = futures::stream::iter(idle)
+            .map(|previous| ctx.restore_machine(previous))
+            .buffer_unordered(ROLLBACK_CONCURRENCY)
+            .collect::<Vec<_>>();
+        async move {
+            let (mut serving, idle) = futures::join!(serving, idle);
+            serving.extend(idle);
+            serving
+        }
+    });
+    let results: Vec<Result<(), RolloutError>> = futures::future::join_all(groups)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     let restored = results.iter().filter(|r| r.is_ok()).count();
     (restored, results.into_iter().filter_map(Result::err).collect())
 }
@@ -744,7 +780,7 @@ async fn finish(
                     ),
                 )
             } else {
-                let (restored, mut failures) = rollback(ctx).await;
+                let (restored, mut failures) = rollback(ctx, fleet).await;
                 let (destroyed, destroy_failures, undestroyed) = groups.destroy_created(ctx).await;
                 failures.extend(destroy_failures);
                 for failure in &failures {

@@ -724,3 +724,55 @@ fn a_rollout_to_an_app_of_another_organization_says_the_name_is_taken() {
     assert_eq!(fly.requests().len(), 1, "{:#?}", fly.requests());
     assert_no_violations(&fly);
 }
+
+/// The rollback is paced as the deploy was: with `max_unavailable` 1, the machines that took
+/// the new image are put back one at a time, each waited for before the next goes down (the
+/// failed one first). They were all restarted at once, taking the whole group down.
+#[test]
+fn the_rollback_keeps_max_unavailable() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(4).checks(1));
+    let t = TestDir::new();
+    let new = image(31);
+    fly.set_machine_behavior(&ids[3], digest_hex(&new), Behavior::ChecksFail);
+    let out = run_rollout(
+        &fly,
+        &t,
+        &new,
+        &["--max-unavailable", "1", "--wait-timeout", "3s"],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_ROLLED_BACK), "{err}");
+    assert!(err.contains("rolled back 4 machine(s)"), "{err}");
+    let requests = fly.requests();
+    let old = MachineSpec::new("app").config()["image"].clone();
+    // The rollback's updates (back to the old image), in order, and each machine's waits.
+    let rollback: Vec<(usize, String)> = requests
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.method == "POST" && r.body.as_ref().is_some_and(|b| b["config"]["image"] == old))
+        .filter_map(|(i, r)| {
+            let id = r.path.strip_prefix(&format!("/v1/apps/{APP}/machines/"))?;
+            (!id.contains('/')).then(|| (i, id.to_string()))
+        })
+        .collect();
+    assert_eq!(rollback.len(), 4, "{rollback:?}");
+    assert_eq!(rollback[0].1, ids[3], "the failed machine goes first");
+    for pair in rollback.windows(2) {
+        let (from, to) = (pair[0].0, pair[1].0);
+        let waited = requests[from..to]
+            .iter()
+            .any(|r| r.method == "GET" && r.path.ends_with(&format!("/machines/{}/wait", pair[0].1)));
+        assert!(
+            waited,
+            "machine {} was put back before {} was waited for",
+            pair[1].1, pair[0].1
+        );
+    }
+    for id in &ids {
+        assert_eq!(fly.machine(id).image(), old.as_str().unwrap(), "{id}");
+    }
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
