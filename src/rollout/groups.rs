@@ -587,19 +587,45 @@ impl GroupChanges {
     }
 
     /// Destroy the machines of groups gone from fly.toml, under their leases.
+    /// Destroy the machines of the groups fly.toml dropped, once the new config serves. This
+    /// comes last, and the deploy has succeeded by then: a machine that cannot be leased or
+    /// destroyed is a warning naming it and the command that removes it (the next deploy with
+    /// the same fly.toml tries again), not a failure that would roll back a healthy deploy.
+    /// (flyctl destroys them first, `machines_deploymachinesapp.go`, so that a failure there
+    /// comes before any update; nixfly keeps them until the groups that replace them serve.)
     pub async fn destroy_removed(&self, ctx: &Ctx) -> Result<(), RolloutError> {
         for (group, machines) in &self.removed {
             for machine in machines {
                 ctx.mark_changing();
                 // One on a host Fly cannot reach is destroyed without a lease (as `deploy`
                 // leases none there).
-                if !machine.host_unavailable() {
-                    ctx.leases
-                        .acquire(&machine.id, group, ctx.spec.lease_wait, &ctx.reporter)
-                        .await?;
+                let destroyed = async {
+                    if !machine.host_unavailable() {
+                        ctx.leases
+                            .acquire(&machine.id, group, ctx.spec.lease_wait, &ctx.reporter)
+                            .await?;
+                    }
+                    ctx.destroy(&machine.id, group).await
+                };
+                match destroyed.await {
+                    Ok(_) => ctx.done(&machine.id, group, "destroyed (group gone from fly.toml)", true),
+                    Err(err) => {
+                        ctx.done(
+                            &machine.id,
+                            group,
+                            "not destroyed (group gone from fly.toml)",
+                            false,
+                        );
+                        ctx.reporter.warn(format!(
+                            "machine {} of process group {group}, which fly.toml no longer has, \
+                             was not destroyed: {}; the deploy itself succeeded. Destroy it with \
+                             `fly machine destroy --force {}`, or deploy again",
+                            machine.id,
+                            crate::error::chain_text(&err),
+                            machine.id
+                        ));
+                    }
                 }
-                ctx.destroy(&machine.id, group).await?;
-                ctx.done(&machine.id, group, "destroyed (group gone from fly.toml)", true);
             }
         }
         Ok(())

@@ -1408,3 +1408,49 @@ fn a_first_deploy_with_the_bluegreen_strategy_creates_the_machines() {
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
+
+/// A removed group's machine that cannot be destroyed, after the new config serves: a warning
+/// naming it and the command that removes it; the healthy deploy stands (it was rolled back,
+/// the removed group's other machine gone for good, and the release marked failed).
+#[test]
+fn a_removed_groups_machine_that_cannot_be_destroyed_is_a_warning_not_a_rollback() {
+    let t = TestDir::new();
+    let fly = new_app();
+    write_fly_toml(
+        &t,
+        &(WEB_V1.to_string() + "\n[processes]\n  app = \"./server\"\n  cron = \"./cron\"\n"),
+    );
+    assert_success(&run_rollout(&fly, &t, &image(1), &[]));
+    let cron: Vec<String> = group_machines(&fly, "cron").into_iter().map(|m| m.id).collect();
+    assert_eq!(cron.len(), 2);
+    write_fly_toml(
+        &t,
+        &(WEB_V1.to_string() + "\n[processes]\n  app = \"./server\"\n"),
+    );
+    fly.inject_fault(
+        "DELETE",
+        &format!("/machines/{}$", cron[1]),
+        10,
+        FaultKind::Status {
+            status: 412,
+            message: "failed_precondition: host is draining".into(),
+        },
+    );
+    let out = run_rollout(&fly, &t, &image(2), &["--destroy-removed-groups"]);
+    let err = stderr(&out);
+    assert_success(&out);
+    assert!(
+        err.contains(&format!("machine {} of process group cron", cron[1]))
+            && err.contains(&format!("fly machine destroy --force {}", cron[1])),
+        "{err}"
+    );
+    assert!(!err.contains("rolling back"), "{err}");
+    assert_eq!(fly.machine(&cron[0]).state, "destroyed");
+    assert_ne!(fly.machine(&cron[1]).state, "destroyed");
+    for machine in group_machines(&fly, "app") {
+        assert_eq!(machine.image(), image(2));
+    }
+    assert_eq!(fly.releases().last().unwrap().status(), "complete");
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
