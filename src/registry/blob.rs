@@ -936,11 +936,22 @@ impl RegistryClient {
                 fatal: None,
                 redirect: None,
             })?;
-            let held = header_str(&response, header::RANGE)
+            // A registry that took the request took its body: the bytes sent are what the
+            // session holds. Its `Range` here is not trusted (ECR's stops moving after the first
+            // chunk), as Docker, skopeo (containers/image `docker_image_dest.go`) and
+            // go-containerregistry (`remote/write.go`) ignore it; sending from a lower offset
+            // would repeat bytes (without a `Content-Range`, a registry appends them). Only the
+            // status request after a failure (`upload_status`) is asked where the upload stands.
+            if let Some(held) = header_str(&response, header::RANGE)
                 .as_deref()
                 .and_then(range_end)
-                .unwrap_or(sent);
-            return Ok((location, held.min(sent)));
+                && held != sent
+            {
+                self.debug(|| {
+                    format!("the registry's Range says {held} bytes after {sent} were sent; counting {sent}")
+                });
+            }
+            return Ok((location, sent));
         }
         if matches!(status.as_u16(), 307 | 308)
             && let Ok(target) = self.location(&response, "following an upload redirect")

@@ -782,3 +782,44 @@ fn a_refused_chunk_sends_the_layer_again_in_one_put_in_a_new_session() {
         assert!(left.is_empty(), "{left:?}");
     }
 }
+
+/// A registry whose `Range` on a PATCH's answer stays behind what was sent (ECR's stops after
+/// the first chunk): the bytes sent count, as Docker, skopeo and go-containerregistry count
+/// them. Trusting the `Range`, a streamed PATCH was sent again without a `Content-Range` and
+/// appended the bytes twice, and a chunked one fell to a monolithic upload from byte 0.
+#[test]
+fn a_stale_range_on_a_patch_answer_does_not_resend_bytes() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (gz, written) = image(&t);
+    for mode in ["stream", "chunked"] {
+        let proxy = FaultProxy::start(
+            registry.addr,
+            vec![Rule::new("PATCH", "/blobs/uploads/", 0, Fault::StaleRange(1023))],
+        );
+        let out = push_through(&t, &registry, &proxy, &gz, &["-v", "--upload-mode", mode]);
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let reference = pushed_reference(&out, &proxy.host(), "app");
+        assert_same_image(&registry, &proxy.direct(&reference), &written);
+        let requests = proxy.requests();
+        let patches = requests.iter().filter(|r| r.starts_with("PATCH ")).count();
+        let puts = requests
+            .iter()
+            .filter(|r| r.starts_with("PUT ") && r.contains("/blobs/uploads/"))
+            .count();
+        let layers = written.layer_sizes.len() + 1; // and the config
+        assert!(
+            puts <= layers,
+            "{mode}: one commit per blob at most: {requests:#?}"
+        );
+        if mode == "stream" {
+            assert!(patches <= layers, "{mode}: one PATCH per blob: {requests:#?}");
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("monolithic"), "{mode}: {stderr}");
+    }
+}

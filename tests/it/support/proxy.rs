@@ -29,6 +29,9 @@ pub enum Fault {
     /// Forward the request and let the registry do it, then drop its answer and answer this
     /// status instead (a proxy's 502 or timeout after the work was done).
     LoseAnswer(u16),
+    /// Forward the request, and answer the registry's answer with its `Range` header saying
+    /// `0-N` (ECR's, which stops moving after the first chunk).
+    StaleRange(u64),
     /// Answer without forwarding (the request body is read and dropped first).
     Respond {
         status: u16,
@@ -259,6 +262,7 @@ fn handle(mut client: TcpStream, upstream: SocketAddr, rules: &Mutex<Vec<(Rule, 
         }
         Some(Fault::CutAfter(limit)) => forward(client, upstream, &head, Some(limit), None, stats),
         Some(Fault::LoseAnswer(status)) => forward(client, upstream, &head, None, Some(status), stats),
+        Some(Fault::StaleRange(end)) => forward_with_range(client, upstream, &head, end, stats),
         Some(Fault::Delay(delay)) => {
             std::thread::sleep(delay);
             forward(client, upstream, &head, None, None, stats)
@@ -297,6 +301,62 @@ fn drain_body(client: &mut TcpStream, head: &str) {
             }
         }
     }
+}
+
+/// Forward one request whole, and hand back the registry's answer with `Range: 0-{end}`.
+fn forward_with_range(mut client: TcpStream, upstream: SocketAddr, head: &str, end: u64, stats: &Stats) {
+    let Ok(mut server) = TcpStream::connect(upstream) else {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    };
+    let mut rewritten = String::new();
+    for (i, line) in head.trim_end_matches("\r\n").split("\r\n").enumerate() {
+        if i > 0 && line.to_ascii_lowercase().starts_with("connection:") {
+            continue;
+        }
+        rewritten.push_str(line);
+        rewritten.push_str("\r\n");
+    }
+    rewritten.push_str("Connection: close\r\n\r\n");
+    if server.write_all(rewritten.as_bytes()).is_err() {
+        return;
+    }
+    // The body, whole, then the answer, whole.
+    let mut body = Vec::new();
+    if let Some(len) = header_value(head, "content-length").and_then(|v| v.parse::<u64>().ok()) {
+        let _ = (&mut client).take(len).read_to_end(&mut body);
+    } else if header_value(head, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        // Passed on still chunked, as its head says; it ends with the empty chunk.
+        let _ = client.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut buf = [0u8; 64 << 10];
+        while !body.ends_with(b"0\r\n\r\n") {
+            match client.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+    stats.body_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+    if server.write_all(&body).is_err() {
+        return;
+    }
+    let mut answer = Vec::new();
+    let _ = server.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (answer_head, answer_body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut out = String::new();
+    for line in answer_head.split("\r\n") {
+        if line.to_ascii_lowercase().starts_with("range:") {
+            out.push_str(&format!("Range: 0-{end}\r\n"));
+        } else {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("\r\n");
+    out.push_str(answer_body);
+    let _ = client.write_all(out.as_bytes());
+    let _ = client.shutdown(Shutdown::Both);
 }
 
 /// Forward one request; with `cut`, close both ways after that many body bytes; with `lose`,
