@@ -55,6 +55,16 @@ pub enum AuthError {
         status: u16,
         hint: String,
     },
+    #[error(
+        "{registry}: the token service {realm} answered {status} for scope {scope}, also after \
+         retries; it is failing, not refusing the credentials: try again later"
+    )]
+    TokenServiceFailed {
+        registry: String,
+        realm: String,
+        scope: String,
+        status: u16,
+    },
     #[error("{registry}: cannot get a token from {realm}")]
     TokenTransport {
         registry: String,
@@ -640,7 +650,62 @@ impl Authenticator {
                 query.append_pair("scope", part);
             }
         }
-        let request = match self.credentials() {
+        // A token service's 408, 429 or 5xx, or a dropped connection, is tried again with the
+        // registry requests' backoff (honouring `Retry-After`), as go-containerregistry fetches
+        // tokens through its retrying transport (`remote/options.go`, `transport/bearer.go`):
+        // a long push renews its token several times.
+        let policy = crate::retry::RetryPolicy::default();
+        let mut attempt = 0;
+        let response = loop {
+            let sent = self.token_request(http, &url, &service, &wanted).send().await;
+            let wait = match &sent {
+                Ok(response) if matches!(response.status().as_u16(), 408 | 429 | 500 | 502 | 503 | 504) => {
+                    crate::retry::retry_after(response.headers())
+                }
+                Ok(_) => break sent,
+                Err(_) => None,
+            };
+            if attempt >= policy.retries {
+                break sent;
+            }
+            tokio::time::sleep(policy.delay(attempt, wait)).await;
+            attempt += 1;
+        };
+        let response = response.map_err(|source| AuthError::TokenTransport {
+            registry: self.registry.clone(),
+            realm: realm.clone(),
+            source,
+        })?;
+        let status = response.status();
+        if matches!(status.as_u16(), 408 | 429) || status.is_server_error() {
+            return Err(AuthError::TokenServiceFailed {
+                registry: self.registry.clone(),
+                realm,
+                scope: wanted.describe(),
+                status: status.as_u16(),
+            });
+        }
+        if !status.is_success() {
+            return Err(AuthError::TokenRejected {
+                registry: self.registry.clone(),
+                realm,
+                scope: wanted.describe(),
+                status: status.as_u16(),
+                hint: self.rejection_hint(),
+            });
+        }
+        self.store_token(scope, response, &realm).await
+    }
+
+    /// One token request to the realm `url` (its query already set) for `wanted`.
+    fn token_request(
+        &self,
+        http: &reqwest::Client,
+        url: &url::Url,
+        service: &Option<String>,
+        wanted: &Scope,
+    ) -> reqwest::RequestBuilder {
+        match self.credentials() {
             // An identity token is an OAuth2 refresh token: POSTed to the realm for an access
             // token (distribution's docs/spec/auth/oauth.md), never sent as a password.
             Some(creds) if creds.username == IDENTITY_TOKEN_USER => {
@@ -662,22 +727,17 @@ impl Authenticator {
                 .header(reqwest::header::AUTHORIZATION, creds.basic_header()),
             None => http.get(url.clone()),
         }
-        .timeout(self.timeout);
-        let response = request.send().await.map_err(|source| AuthError::TokenTransport {
-            registry: self.registry.clone(),
-            realm: realm.clone(),
-            source,
-        })?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(AuthError::TokenRejected {
-                registry: self.registry.clone(),
-                realm,
-                scope: wanted.describe(),
-                status: status.as_u16(),
-                hint: self.rejection_hint(),
-            });
-        }
+        .timeout(self.timeout)
+    }
+
+    /// Read a token service's answer and cache its token for `scope`.
+    async fn store_token(
+        &self,
+        scope: &Scope,
+        response: reqwest::Response,
+        realm: &str,
+    ) -> Result<(), AuthError> {
+        let realm = realm.to_string();
         #[derive(serde::Deserialize)]
         struct TokenResponse {
             token: Option<String>,

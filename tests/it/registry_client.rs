@@ -852,3 +852,38 @@ fn docker_hub_references_go_to_its_api_host() {
         "{err}"
     );
 }
+
+/// A token service that fails for a moment (503 with `Retry-After`) is asked again, as
+/// go-containerregistry asks through its retrying transport; it failed the push saying the
+/// credentials were rejected. One that keeps failing is named as failing, not refusing.
+#[test]
+fn a_failing_token_service_is_asked_again() {
+    let registry = Registry::start(AuthMode::token(Duration::from_secs(300)));
+    let t = TestDir::new();
+    let image = Image::new(&t, "token-503", 50_000);
+    let creds = registry.creds();
+    let ts = registry.token_server.as_ref().unwrap();
+    ts.fail_next.store(2, std::sync::atomic::Ordering::SeqCst);
+    let (reference, _) = push_image(&t, &registry.host(), Some(&creds), &[], "app:v1", &image);
+    verify_with_skopeo(&registry, &reference, &image);
+    assert_eq!(
+        ts.fail_next.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "both failures were met"
+    );
+
+    ts.fail_next.store(100, std::sync::atomic::Ordering::SeqCst);
+    let out = nixfly_registry(
+        &t,
+        Some(&creds),
+        &[],
+        &["exists", &format!("{}/app", registry.host()), &sha256(b"x")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("answered 503") && err.contains("not refusing the credentials"),
+        "{err}"
+    );
+    ts.fail_next.store(0, std::sync::atomic::Ordering::SeqCst);
+}

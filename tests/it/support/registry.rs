@@ -351,6 +351,9 @@ pub struct TokenServer {
     pub requests: Arc<Mutex<Vec<String>>>,
     /// Every token issued, to check none is ever printed.
     pub tokens: Arc<Mutex<Vec<String>>>,
+    /// How many of the next token requests are answered 503 with `Retry-After: 1` (a token
+    /// service that is failing for a moment).
+    pub fail_next: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -390,15 +393,32 @@ impl TokenServer {
             advertised,
             one_repository,
         };
+        let fail_next = Arc::new(AtomicUsize::new(0));
         let thread = {
-            let (issued, requests, tokens, stop) =
-                (issued.clone(), requests.clone(), tokens.clone(), stop.clone());
+            let (issued, requests, tokens, stop, fail_next) = (
+                issued.clone(),
+                requests.clone(),
+                tokens.clone(),
+                stop.clone(),
+                fail_next.clone(),
+            );
             std::thread::spawn(move || {
                 let deadline = Instant::now() + Duration::from_secs(600);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     match listener.accept() {
-                        Ok((stream, _)) => {
+                        Ok((mut stream, _)) => {
                             let _ = stream.set_nonblocking(false);
+                            if fail_next
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                                .is_ok()
+                            {
+                                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                                let _ = read_head(&mut stream);
+                                let _ = stream.write_all(
+                                    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                                );
+                                continue;
+                            }
                             serve_token(stream, &signer, &issued, &requests, &tokens);
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -411,6 +431,7 @@ impl TokenServer {
             issued,
             requests,
             tokens,
+            fail_next,
             stop,
             thread: Some(thread),
         }
