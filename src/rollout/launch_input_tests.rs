@@ -199,10 +199,33 @@ fn a_machine_on_an_unreachable_host_is_replaced_in_its_region() {
                "mounts": [{"volume": "vol_attached", "path": "/data", "name": "data"}]}),
     );
     let mounting = change(&config, "super/balloon", None);
-    let refused = super::unreachable_with_volume(std::iter::once(&with_volume), &mounting);
+    let refused = super::stuck_with_volume(std::iter::once(&with_volume), &mounting, None);
     assert_eq!(
-        refused.map(|(m, v)| (m.id.as_str(), v)),
-        Some(("ab1234567890", "vol_attached"))
+        refused.map(|(m, v, why)| (m.id.as_str(), v, why)),
+        Some((
+            "ab1234567890",
+            "vol_attached",
+            "its host is unreachable".to_string()
+        ))
+    );
+    // The same on a reachable host that is not fly.toml's host dedication: refused before
+    // any machine changes (it was found at the machine's turn, after others were replaced).
+    let reachable = machine(
+        "cd1234567890",
+        "ord",
+        "started",
+        "ok",
+        json!({"metadata": {"fly_process_group": "app"},
+               "mounts": [{"volume": "vol_attached", "path": "/data", "name": "data"}]}),
+    );
+    assert!(super::stuck_with_volume(std::iter::once(&reachable), &mounting, None).is_none());
+    let refused = super::stuck_with_volume(std::iter::once(&reachable), &mounting, Some("hd-1"));
+    assert_eq!(
+        refused.map(|(m, _, why)| (m.id.as_str(), why)),
+        Some((
+            "cd1234567890",
+            "fly.toml's host_dedication_id is hd-1".to_string()
+        ))
     );
 }
 
@@ -221,7 +244,7 @@ fn an_unreachable_machine_losing_its_volume_is_replaced() {
         json!({"metadata": {"fly_process_group": "app"},
                "mounts": [{"volume": "vol_attached", "path": "/data", "name": "data"}]}),
     );
-    assert!(super::unreachable_with_volume(std::iter::once(&with_volume), &dropping).is_none());
+    assert!(super::stuck_with_volume(std::iter::once(&with_volume), &dropping, None).is_none());
     let (config, replaced) = update(&dropping, &with_volume);
     assert!(matches!(replaced, Some(Replacement::Volume(_))), "{replaced:?}");
     assert!(config.get("mounts").is_none(), "{config}");

@@ -282,14 +282,13 @@ fn validate(
             spec.app
         );
     }
-    if let Some((machine, volume)) = unreachable_with_volume(fleet.machines(), change) {
+    if let Some((machine, volume, reason)) =
+        stuck_with_volume(fleet.machines(), change, spec.host_dedication_id.as_deref())
+    {
         return Err(RolloutError::HostUnavailableWithVolume {
             machine: machine.id.clone(),
             volume: volume.to_string(),
-            reason: format!(
-                "its host is {}",
-                machine.host_status.as_deref().unwrap_or("unknown")
-            ),
+            reason,
         }
         .into());
     }
@@ -373,18 +372,33 @@ fn validate(
 /// that host, cannot be, and flyctl stops before any change (`machines_launchinput.go`,
 /// `launchInputForUpdate`: the volume is the one the new config mounts). One whose
 /// `[[mounts]]` fly.toml dropped is replaced by a machine without a volume.
-fn unreachable_with_volume<'a>(
-    machines: impl Iterator<Item = &'a Machine>,
+/// A machine that must leave its host (unreachable, or not on fly.toml's host dedication) but
+/// keeps a volume, which ties it there: the deploy cannot do it, and says so before any change,
+/// as flyctl's `launchInputForUpdate` fails while building every machine's input (it was found
+/// only at the machine's turn, after others had been replaced).
+fn stuck_with_volume<'a>(
+    mut machines: impl Iterator<Item = &'a Machine>,
     change: &ConfigChange,
-) -> Option<(&'a Machine, &'a str)> {
-    machines.filter(|m| m.host_unavailable()).find_map(|m| {
+    host_dedication_id: Option<&str>,
+) -> Option<(&'a Machine, &'a str, String)> {
+    machines.find_map(|m| {
+        let reason = if m.host_unavailable() {
+            format!("its host is {}", m.host_status.as_deref().unwrap_or("unknown"))
+        } else {
+            match host_dedication_id {
+                Some(wanted) if m.host_dedication_id() != Some(wanted) => {
+                    format!("fly.toml's host_dedication_id is {wanted}")
+                }
+                _ => return None,
+            }
+        };
         let volume = m.volume()?;
         let kept = change
             .apply(&m.config)
             .pointer("/mounts/0/volume")
             .and_then(Value::as_str)
             == Some(volume);
-        kept.then_some((m, volume))
+        kept.then_some((m, volume, reason))
     })
 }
 

@@ -837,3 +837,31 @@ fn an_unchanged_deploy_still_replaces_a_machine_on_an_unreachable_host() {
     assert_no_leases(&fly);
     assert_no_violations(&fly);
 }
+
+/// A machine whose volume ties it to a host that is not fly.toml's host dedication cannot be
+/// moved: the deploy says so before any machine changes, as flyctl's `launchInputForUpdate`
+/// fails while building every machine's input. nixfly found it at that machine's turn, after
+/// the other groups' machines had been replaced (and then replaced them back).
+#[test]
+fn a_volume_machine_off_the_host_dedication_stops_the_deploy_before_any_change() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(2).region("iad"));
+    let volume = fly.add_volume(APP, "data", "iad", 1);
+    let mut config = MachineSpec::new("db").region("iad").config();
+    config["mounts"] = serde_json::json!([{"volume": volume, "path": "/data", "name": "data"}]);
+    fly.add_machine_with_config(APP, "iad", "started", config);
+    let t = TestDir::new();
+    write_fly_toml(
+        &t,
+        "app = \"demo\"\nprimary_region = \"iad\"\nhost_dedication_id = \"hd-1\"\n\
+         [processes]\n  app = \"/bin/app\"\n  db = \"/bin/db\"\n\
+         [[mounts]]\n  source = \"data\"\n  destination = \"/data\"\n  processes = [\"db\"]\n",
+    );
+    let out = run_rollout(&fly, &t, &image(4), &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("fly.toml's host_dedication_id is hd-1"), "{err}");
+    assert_no_changes(&fly);
+    assert_no_violations(&fly);
+}
