@@ -72,7 +72,10 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             upload_mode: UploadMode::Stream,
             upload_window: 16 << 20,
-            chunk_size: 8 << 20,
+            // GHCR refuses a request body over 4 MiB (416, "exceeds the maximum permissible
+            // limit of 4.00MiB"; oras-project/rust-oci-client#37): a larger chunk made every
+            // resumed upload there fall to a monolithic one.
+            chunk_size: 4 << 20,
             idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
         }
     }
