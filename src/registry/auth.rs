@@ -659,7 +659,7 @@ impl Authenticator {
         let response = loop {
             let sent = self.token_request(http, &url, &service, &wanted).send().await;
             let wait = match &sent {
-                Ok(response) if matches!(response.status().as_u16(), 408 | 429 | 500 | 502 | 503 | 504) => {
+                Ok(response) if crate::retry::RETRYABLE_STATUSES.contains(&response.status().as_u16()) => {
                     crate::retry::retry_after(response.headers())
                 }
                 Ok(_) => break sent,
@@ -677,7 +677,7 @@ impl Authenticator {
             source,
         })?;
         let status = response.status();
-        if matches!(status.as_u16(), 408 | 429) || status.is_server_error() {
+        if crate::retry::RETRYABLE_STATUSES.contains(&status.as_u16()) || status.is_server_error() {
             return Err(AuthError::TokenServiceFailed {
                 registry: self.registry.clone(),
                 realm,

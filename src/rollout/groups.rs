@@ -586,8 +586,8 @@ impl GroupChanges {
         self.created.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Destroy the machines of groups gone from fly.toml, under their leases.
-    /// Destroy the machines of the groups fly.toml dropped, once the new config serves. This
+    /// Destroy the machines of the groups fly.toml dropped, under their leases, once the new
+    /// config serves. This
     /// comes last, and the deploy has succeeded by then: a machine that cannot be leased or
     /// destroyed is a warning naming it and the command that removes it (the next deploy with
     /// the same fly.toml tries again), not a failure that would roll back a healthy deploy.

@@ -368,38 +368,23 @@ fn validate(
     Ok(())
 }
 
-/// A machine on a host Fly cannot reach is replaced; one that keeps its volume, which is on
-/// that host, cannot be, and flyctl stops before any change (`machines_launchinput.go`,
-/// `launchInputForUpdate`: the volume is the one the new config mounts). One whose
-/// `[[mounts]]` fly.toml dropped is replaced by a machine without a volume.
-/// A machine that must leave its host (unreachable, or not on fly.toml's host dedication) but
-/// keeps a volume, which ties it there: the deploy cannot do it, and says so before any change,
-/// as flyctl's `launchInputForUpdate` fails while building every machine's input (it was found
-/// only at the machine's turn, after others had been replaced).
+/// A machine that must leave its host (unreachable, or not on fly.toml's host dedication:
+/// `update::replacement`'s `Replacement::Host`) but keeps the volume that ties it there cannot
+/// be moved, and flyctl stops before any change (`machines_launchinput.go`,
+/// `launchInputForUpdate`, which fails while building every machine's input); so does nixfly,
+/// instead of finding it at the machine's turn, after others were replaced. One whose
+/// `[[mounts]]` fly.toml dropped or changed is replaced for its volume (`Replacement::Volume`).
 fn stuck_with_volume<'a>(
     mut machines: impl Iterator<Item = &'a Machine>,
     change: &ConfigChange,
     host_dedication_id: Option<&str>,
 ) -> Option<(&'a Machine, &'a str, String)> {
-    machines.find_map(|m| {
-        let reason = if m.host_unavailable() {
-            format!("its host is {}", m.host_status.as_deref().unwrap_or("unknown"))
-        } else {
-            match host_dedication_id {
-                Some(wanted) if m.host_dedication_id() != Some(wanted) => {
-                    format!("fly.toml's host_dedication_id is {wanted}")
-                }
-                _ => return None,
-            }
-        };
-        let volume = m.volume()?;
-        let kept = change
-            .apply(&m.config)
-            .pointer("/mounts/0/volume")
-            .and_then(Value::as_str)
-            == Some(volume);
-        kept.then_some((m, volume, reason))
-    })
+    machines.find_map(
+        |m| match update::replacement(m, &change.apply(&m.config), host_dedication_id)? {
+            update::Replacement::Host(why) => Some((m, m.volume()?, why)),
+            update::Replacement::Volume(_) => None,
+        },
+    )
 }
 
 /// `host/repo@digest` for `host/repo:tag@digest` (a reference without a digest is kept).
@@ -428,18 +413,11 @@ fn nothing_to_deploy(
             // The reference may name the digest differently (another tag, another registry
             // host alias); the digest is what runs.
             new["image"] = current["image"].clone();
-            // A failed machine is started again by an update, and one on another host
-            // dedication is replaced: that is something to do.
-            let dedicated = spec
-                .host_dedication_id
-                .as_deref()
-                .is_none_or(|wanted| machine.host_dedication_id() == Some(wanted));
-            // A machine whose host cannot be reached is replaced by an update (flyctl's
-            // `launchInputForUpdate` replaces any machine whose host is not `ok`): something to
-            // do as well.
+            // A failed machine is started again by an update, and one that must leave its host
+            // (unreachable, or on another host dedication: flyctl's `launchInputForUpdate`
+            // replaces it) is replaced: that is something to do.
             machine.state != "failed"
-                && !machine.host_unavailable()
-                && dedicated
+                && update::replacement(machine, &new, spec.host_dedication_id.as_deref()).is_none()
                 && digest(machine.image()) == wanted
                 && new == current
         })

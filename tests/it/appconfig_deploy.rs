@@ -374,21 +374,25 @@ fn a_new_process_group_gets_machines_and_the_others_are_updated() {
     assert_no_violations(&fly);
 }
 
+/// `WEB_V1` deployed with a `cron` group beside `app` (two machines each, whose ids are
+/// returned for cron), then fly.toml without the cron group.
+fn deployed_with_a_cron_group_then_dropped(t: &TestDir) -> (FlyApi, Vec<String>) {
+    let fly = new_app();
+    write_fly_toml(
+        t,
+        &(WEB_V1.to_string() + "\n[processes]\n  app = \"./server\"\n  cron = \"./cron\"\n"),
+    );
+    assert_success(&run_rollout(&fly, t, &image(1), &[]));
+    let cron: Vec<String> = group_machines(&fly, "cron").into_iter().map(|m| m.id).collect();
+    assert_eq!(cron.len(), 2);
+    write_fly_toml(t, &(WEB_V1.to_string() + "\n[processes]\n  app = \"./server\"\n"));
+    (fly, cron)
+}
+
 #[test]
 fn a_removed_group_is_destroyed_only_when_confirmed_and_last() {
     let t = TestDir::new();
-    let fly = new_app();
-    write_fly_toml(
-        &t,
-        &(WEB_V1.to_string() + "\n[processes]\n  app = \"./server\"\n  cron = \"./cron\"\n"),
-    );
-    assert_success(&run_rollout(&fly, &t, &image(1), &[]));
-    let cron: Vec<String> = group_machines(&fly, "cron").into_iter().map(|m| m.id).collect();
-    assert_eq!(cron.len(), 2);
-    write_fly_toml(
-        &t,
-        &(WEB_V1.to_string() + "\n[processes]\n  app = \"./server\"\n"),
-    );
+    let (fly, cron) = deployed_with_a_cron_group_then_dropped(&t);
 
     // Not a terminal and no flag: refused before anything changes.
     let requests = fly.requests().len();
@@ -1415,18 +1419,7 @@ fn a_first_deploy_with_the_bluegreen_strategy_creates_the_machines() {
 #[test]
 fn a_removed_groups_machine_that_cannot_be_destroyed_is_a_warning_not_a_rollback() {
     let t = TestDir::new();
-    let fly = new_app();
-    write_fly_toml(
-        &t,
-        &(WEB_V1.to_string() + "\n[processes]\n  app = \"./server\"\n  cron = \"./cron\"\n"),
-    );
-    assert_success(&run_rollout(&fly, &t, &image(1), &[]));
-    let cron: Vec<String> = group_machines(&fly, "cron").into_iter().map(|m| m.id).collect();
-    assert_eq!(cron.len(), 2);
-    write_fly_toml(
-        &t,
-        &(WEB_V1.to_string() + "\n[processes]\n  app = \"./server\"\n"),
-    );
+    let (fly, cron) = deployed_with_a_cron_group_then_dropped(&t);
     fly.inject_fault(
         "DELETE",
         &format!("/machines/{}$", cron[1]),

@@ -240,7 +240,8 @@ impl AppConfig {
     }
 
     /// Does a section with this `processes` list apply to `group`? An empty list means the
-    /// default group only — except for `[[vm]]`, which `machine_config` handles itself.
+    /// default group only — except for `[[vm]]` and `[[files]]`, which `machine_config` handles
+    /// itself.
     pub fn applies_to(&self, processes: &[String], group: &str) -> bool {
         if processes.is_empty() {
             group == self.default_group()

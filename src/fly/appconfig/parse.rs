@@ -121,40 +121,43 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
         }
         Some(parse_service(t))
     });
-    match root.get("checks") {
-        // `[[checks]]` with a `name` each, as flyctl reads it too (`patches.go`,
-        // `patchTopLevelChecks`: a later check of the same name wins).
-        Some(field) if matches!(field.value.get_ref(), DeValue::Array(_)) => {
-            for check_table in field.tables() {
-                let Some(name) = non_empty(check_table.string("name")) else {
-                    check_table.doc.error(
-                        check_table.line,
-                        &key_name(&check_table.path, "name"),
-                        "missing: a check in a [[checks]] list needs a name",
-                    );
-                    continue;
-                };
-                let check = parse_top_level_check(&check_table);
-                check_table.finish();
-                if let Some(check) = check {
-                    cfg.checks.insert(name, check);
-                }
-            }
-        }
-        Some(field) => {
-            if let Some(t) = field.table() {
-                for field in t.entries() {
-                    if let Some(check_table) = field.table() {
-                        let check = parse_top_level_check(&check_table);
-                        check_table.finish();
-                        if let Some(check) = check {
-                            cfg.checks.insert(field.key.clone(), check);
-                        }
+    // `[checks.NAME]` tables, or a `[[checks]]` list with a `name` in each, which flyctl reads
+    // too (`patches.go`, `patchTopLevelChecks`: a later check of the same name wins).
+    if let Some(field) = root.get("checks") {
+        let named: Vec<(String, Table<'_, '_>)> = if matches!(field.value.get_ref(), DeValue::Array(_)) {
+            field
+                .tables()
+                .into_iter()
+                .filter_map(|t| match non_empty(t.string("name")) {
+                    Some(name) => Some((name, t)),
+                    None => {
+                        t.doc.error(
+                            t.line,
+                            &key_name(&t.path, "name"),
+                            "missing: a check in a [[checks]] list needs a name",
+                        );
+                        None
                     }
-                }
+                })
+                .collect()
+        } else {
+            field
+                .table()
+                .map(|t| {
+                    t.entries()
+                        .into_iter()
+                        .filter_map(|entry| Some((entry.key.clone(), entry.table()?)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for (name, check_table) in named {
+            let check = parse_top_level_check(&check_table);
+            check_table.finish();
+            if let Some(check) = check {
+                cfg.checks.insert(name, check);
             }
         }
-        None => {}
     }
     // Old spellings flyctl still folds in: `compute`/`computes`, `mount`, `metric`. Their
     // entries come in flyctl's order (internal/appconfig/patches.go, patchCompute,

@@ -303,12 +303,9 @@ fn drain_body(client: &mut TcpStream, head: &str) {
     }
 }
 
-/// Forward one request whole, and hand back the registry's answer with `Range: 0-{end}`.
-fn forward_with_range(mut client: TcpStream, upstream: SocketAddr, head: &str, end: u64, stats: &Stats) {
-    let Ok(mut server) = TcpStream::connect(upstream) else {
-        let _ = client.shutdown(Shutdown::Both);
-        return;
-    };
+/// The request head as sent upstream: its own `Connection` header replaced by
+/// `Connection: close`, so that each request has its connection.
+fn upstream_head(head: &str) -> String {
     let mut rewritten = String::new();
     for (i, line) in head.trim_end_matches("\r\n").split("\r\n").enumerate() {
         if i > 0 && line.to_ascii_lowercase().starts_with("connection:") {
@@ -318,7 +315,16 @@ fn forward_with_range(mut client: TcpStream, upstream: SocketAddr, head: &str, e
         rewritten.push_str("\r\n");
     }
     rewritten.push_str("Connection: close\r\n\r\n");
-    if server.write_all(rewritten.as_bytes()).is_err() {
+    rewritten
+}
+
+/// Forward one request whole, and hand back the registry's answer with `Range: 0-{end}`.
+fn forward_with_range(mut client: TcpStream, upstream: SocketAddr, head: &str, end: u64, stats: &Stats) {
+    let Ok(mut server) = TcpStream::connect(upstream) else {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    };
+    if server.write_all(upstream_head(head).as_bytes()).is_err() {
         return;
     }
     // The body, whole, then the answer, whole.
@@ -373,16 +379,7 @@ fn forward(
         let _ = client.shutdown(Shutdown::Both);
         return;
     };
-    let mut rewritten = String::new();
-    for (i, line) in head.trim_end_matches("\r\n").split("\r\n").enumerate() {
-        if i > 0 && line.to_ascii_lowercase().starts_with("connection:") {
-            continue;
-        }
-        rewritten.push_str(line);
-        rewritten.push_str("\r\n");
-    }
-    rewritten.push_str("Connection: close\r\n\r\n");
-    if server.write_all(rewritten.as_bytes()).is_err() {
+    if server.write_all(upstream_head(head).as_bytes()).is_err() {
         return;
     }
     let cut_done = Arc::new(AtomicBool::new(false));
