@@ -13,8 +13,10 @@ and prints medians: wall time, pushed bytes (registry blob storage), layers comp
 uploaded (nixfly's JSON events), peak RSS (GNU time), the CPU-seconds of a cold push in the
 client (GNU time; a shell row's include its stream's generator) and in the registry (/proc),
 for each stream source how long generating its stream alone takes (`cat` for the script,
-`gzip -dc` for a .tar.gz), and the compression floor: nixfly's compressor alone on the whole
-image, every core, no registry.
+`gzip -dc` for a .tar.gz), the compression floor: nixfly's compressor alone on the whole
+image, every core, no registry, and the stream floor: what the `cat` script costs before any
+hashing, read through a pipe by a reader that does nothing else, and SHA-256 of the image and of
+its largest layer on one core (OpenSSL, through Python's hashlib).
 skopeo 1.9 reads only an uncompressed seekable archive, so the comparison is on the .tar;
 `--level 1`, OCI layout (gzip blobs written by skopeo), .tar.gz, stream-script and stdin runs
 are nixfly-only rows.
@@ -220,6 +222,8 @@ def main():
         # when measured again on the quiet machine).
         os.sync()
         floor = compression_floor(image)
+        pipe = pipe_floor(scripts["image"])
+        sha = sha256_floor(image)
 
         def nixfly_push(source, *extra):
             return lambda h: [str(nixfly), "push", str(source), "--to", f"{h}/bench", "--tag", "t", *extra]
@@ -326,6 +330,62 @@ def main():
             print(f"| {name} | {m['fresh']:.2f} s | {over} | {m['fresh_uploaded']:.0f} | "
                   f"{m['fresh_bytes'] / 1e6:.1f} MB | {m['changed']:.2f} s | "
                   f"{m['changed_bytes'] / 1e6:.1f} MB ({m['changed_uploaded']:.0f} layer) |")
+    generation = med["nixfly stream script"]["generation"]
+    pipe_wall, pipe_cpu = pipe
+    print(f"\nStream floor: the script read through a pipe by a reader that does nothing else (the pipe "
+          f"widened to 1 MiB, page-aligned 1 MiB reads, as nixfly reads it) takes {pipe_wall:.2f} s, "
+          f"{pipe_wall - generation:+.2f} s over `cat` into /dev/null, and {pipe_cpu:.2f} CPU-seconds. "
+          f"SHA-256 on one core takes {sha[0]:.2f} s for the whole image, {sha[1]:.2f} s for its "
+          f"largest layer (which one core must hash alone). With the pipe's CPU-seconds and the hash "
+          f"spread over all {cpus} cores, an unchanged stream takes at least "
+          f"{max(pipe_wall, sha[1], (pipe_cpu + sha[0]) / cpus):.2f} s, "
+          f"{max(pipe_wall, sha[1], (pipe_cpu + sha[0]) / cpus) - generation:+.2f} s over generation.")
+
+
+# Reads stdin as nixfly reads a stream script's stdout (src/image/pipe.rs, blob::LayerHasher): the
+# pipe widened to 1 MiB, one read per page-aligned 1 MiB buffer; and does nothing with the bytes.
+PIPE_READER = """
+import fcntl, mmap, os
+try:
+    fcntl.fcntl(0, 1031, 1 << 20)  # F_SETPIPE_SZ
+except OSError:
+    pass
+buf = memoryview(mmap.mmap(-1, 1 << 20))
+while os.readv(0, [buf]):
+    pass
+"""
+
+
+def pipe_floor(script, runs=3):
+    """(wall seconds, CPU seconds) of `script | a reader that only reads` (median of `runs`): a
+    fresh runner's unchanged stream costs at least this before nixfly hashes a byte."""
+    walls, cpus = [], []
+    for _ in range(runs):
+        wall, _, _, cpu = timed(f"'{script}' 2>/dev/null | python3 -c '{PIPE_READER}'", os.environ, shell=True)
+        walls.append(wall)
+        cpus.append(cpu)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def sha256_floor(image):
+    """(seconds for the whole image, seconds for its largest layer): SHA-256 on one core
+    (OpenSSL, SHA-NI where the CPU has it) over the archive's bytes, already in memory."""
+    import hashlib
+    import mmap
+    import tarfile
+    with tarfile.open(image) as archive:
+        largest = max(archive.getmembers(), key=lambda m: m.size)
+    with open(image, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        data = memoryview(mapped)
+        hashlib.sha256(data).digest()  # into memory, not timed
+        started = time.monotonic()
+        hashlib.sha256(data).digest()
+        whole = time.monotonic() - started
+        started = time.monotonic()
+        hashlib.sha256(data[largest.offset_data:largest.offset_data + largest.size]).digest()
+        layer = time.monotonic() - started
+        data.release()
+        return whole, layer
 
 
 def compression_floor(image):
