@@ -8,6 +8,9 @@ pub const EXIT_FAILURE: u8 = 1;
 /// `--no-rollback`). The same code as any failure, as the rollout's specification asks; the
 /// error says which machines were rolled back. Never 0.
 pub const EXIT_ROLLED_BACK: u8 = EXIT_FAILURE;
+/// A command line nixfly cannot parse (an unknown flag, a bad value, a missing argument), as
+/// clap and most command-line tools exit. Nothing was done.
+pub const EXIT_USAGE: u8 = 2;
 /// Interrupted by SIGINT/SIGTERM after cleaning up (leases released, release marked interrupted).
 pub const EXIT_INTERRUPTED: u8 = 130;
 

@@ -9,6 +9,9 @@ pub mod registry;
 pub mod registry_debug;
 pub mod rollout;
 pub mod settings;
+mod usage;
+
+pub use usage::usage_error;
 
 use crate::fly::appconfig::AppConfig;
 use crate::progress::{OutputMode, Reporter};
@@ -22,8 +25,10 @@ use std::path::PathBuf;
     about = "Push Nix-built container images to a registry and roll them out on Fly Machines",
     long_about = "Push Nix-built container images to an OCI registry (registry.fly.io by default) \
 with no Docker daemon, then roll them out on a Fly app's Machines, health-gated, with automatic \
-rollback.\n\nThe pushed reference (host/repo@sha256:...) is the only thing printed on stdout; \
-progress and messages go to stderr.",
+rollback.\n\nOn stdout: the pushed reference (host/repo@sha256:...), a dry run's preview, or with \
+--output json one JSON event per line; progress and messages go to stderr. Exit codes: 0 done, 1 \
+failed (a rollout that changed machines rolled them back, or says which it left), 2 a command line \
+nixfly cannot parse, 130 interrupted.",
     propagate_version = true
 )]
 pub struct Cli {
