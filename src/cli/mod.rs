@@ -94,7 +94,7 @@ pub struct DeployArgs {
 }
 
 /// Options every command that talks about a Fly app shares.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Clone, Default)]
 #[command(next_help_heading = "Fly app")]
 pub struct AppOptions {
     /// Fly app name. Default: FLY_APP, then `app` in fly.toml.
@@ -105,10 +105,21 @@ pub struct AppOptions {
     #[arg(short, long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Fly API token. Default: FLY_ACCESS_TOKEN, FLY_API_TOKEN, FLY_AUTH_TOKEN (the first one
-    /// set, as flyctl reads them), then access_token in ~/.fly/config.yml (FLY_CONFIG_DIR moves
-    /// it).
+    /// that is set and not empty; flyctl reads the first two in that order), then access_token
+    /// in ~/.fly/config.yml (FLY_CONFIG_DIR moves it).
     #[arg(short = 't', long, value_name = "TOKEN", hide_env_values = true)]
     pub access_token: Option<String>,
+}
+
+/// By hand, so that a `{:?}` of the command line never prints the token.
+impl std::fmt::Debug for AppOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppOptions")
+            .field("app", &self.app)
+            .field("config", &self.config)
+            .field("access_token", &self.access_token.as_ref().map(|_| "[REDACTED]"))
+            .finish()
+    }
 }
 
 impl AppOptions {

@@ -13,7 +13,7 @@ use clap::Args;
 use std::time::Duration;
 
 /// How to reach the registry, shared by every command that talks to one.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Clone, Default)]
 #[command(next_help_heading = "Registry")]
 pub struct RegistryOptions {
     /// Registry credentials as USER:PASSWORD. Default: for registry.fly.io the Fly token (user
@@ -42,6 +42,17 @@ pub struct RegistryOptions {
 }
 
 const FLY_REGISTRY_PASSWORD: &str = "the Fly registry takes the Fly token as its password";
+
+/// By hand, so that a `{:?}` of the command line never prints the password.
+impl std::fmt::Debug for RegistryOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryOptions")
+            .field("creds", &self.creds.as_ref().map(|_| "[REDACTED]"))
+            .field("plain_http", &self.plain_http)
+            .field("registry_timeout", &self.registry_timeout)
+            .finish()
+    }
+}
 
 impl RegistryOptions {
     /// Client settings for `registry`, credentials included; no network (a Docker credential

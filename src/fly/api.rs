@@ -45,6 +45,8 @@ pub enum ApiError {
         url: String,
         status: u16,
         message: String,
+        /// Where the token came from, and what the token itself shows when it does (" (every
+        /// macaroon in it has expired, ...)").
         token_source: String,
         fix: &'static str,
     },
@@ -401,7 +403,10 @@ impl FlyHttp {
                         url: shown,
                         status: status.as_u16(),
                         message,
-                        token_source: self.token.source().to_string(),
+                        token_source: match self.token.refusal_reason() {
+                            Some(reason) => format!("{} ({reason})", self.token.source()),
+                            None => self.token.source().to_string(),
+                        },
                         fix: if self.token.is_login_session() {
                             "renew the login session with `fly auth login`, or create a deploy \
                              token with `fly tokens create deploy -a <app>` and export it as \

@@ -29,8 +29,16 @@ pub struct Macaroon {
     pub location: String,
     /// The earliest `not_after` of its validity windows (unix seconds); None: no window.
     pub expires: Option<i64>,
-    /// Tickets of its third-party caveats: each names the discharge token it needs.
-    pub tickets: Vec<Vec<u8>>,
+    /// Its third-party caveats: each names the discharge token it needs.
+    pub third_parties: Vec<ThirdParty>,
+}
+
+/// A third-party caveat: a discharge token from `location` whose nonce KID is `ticket`
+/// satisfies it (superfly/macaroon `caveats.go` `Caveat3P`: location, verifier key, ticket).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ThirdParty {
+    pub location: String,
+    pub ticket: Vec<u8>,
 }
 
 impl Macaroon {
@@ -47,7 +55,7 @@ impl Macaroon {
             return None;
         }
         let mut expires: Option<i64> = None;
-        let mut tickets = Vec::new();
+        let mut third_parties = Vec::new();
         for pair in caveats.chunks(2) {
             let body = pair[1].as_array();
             match pair[0].as_u64()? {
@@ -55,7 +63,13 @@ impl Macaroon {
                     let not_after = body?.get(1)?.as_i64()?;
                     expires = Some(expires.map_or(not_after, |e| e.min(not_after)));
                 }
-                CAVEAT_THIRD_PARTY => tickets.push(body?.get(2).and_then(Value::as_slice)?.to_vec()),
+                CAVEAT_THIRD_PARTY => {
+                    let body = body?;
+                    third_parties.push(ThirdParty {
+                        location: body.first()?.as_str()?.to_string(),
+                        ticket: body.get(2).and_then(Value::as_slice)?.to_vec(),
+                    });
+                }
                 _ => {}
             }
         }
@@ -63,7 +77,7 @@ impl Macaroon {
             kid,
             location,
             expires,
-            tickets,
+            third_parties,
         })
     }
 }
@@ -80,7 +94,7 @@ pub fn prune(tokens: &[String], now: i64) -> Vec<String> {
     let wanted: Vec<&[u8]> = live
         .iter()
         .filter(|(_, m)| m.location == LOCATION_PERMISSION)
-        .flat_map(|(_, m)| m.tickets.iter().map(Vec::as_slice))
+        .flat_map(|(_, m)| m.third_parties.iter().map(|tp| tp.ticket.as_slice()))
         .collect();
     live.iter()
         .filter(|(_, m)| {
@@ -93,6 +107,51 @@ pub fn prune(tokens: &[String], now: i64) -> Vec<String> {
         })
         .map(|(t, _)| (*t).clone())
         .collect()
+}
+
+/// Why Fly may refuse these macaroons at `now`, when the token itself shows it: every one of
+/// them has expired (how long ago the last did), or a permission token asks for a discharge
+/// token that is not among them (flyctl fetches those from the third party, fly-go
+/// `tokens/tokens.go` `dischargeThirdPartyCaveats`; nixfly does not). None when every macaroon
+/// is well-formed and nothing is missing, or when one cannot be read (then Fly is the judge).
+pub fn refusal_reason(tokens: &[String], now: i64) -> Option<String> {
+    let decoded: Vec<Macaroon> = tokens
+        .iter()
+        .map(|t| Macaroon::decode(t))
+        .collect::<Option<_>>()?;
+    let last_expiry = decoded.iter().map(|m| m.expires).collect::<Option<Vec<i64>>>();
+    if let Some(expiries) = last_expiry
+        && let Some(last) = expiries.iter().max()
+        && *last < now
+    {
+        return Some(format!(
+            "every macaroon in it has expired, the last {} ago",
+            ago(now - last)
+        ));
+    }
+    let kids: Vec<&[u8]> = decoded.iter().map(|m| m.kid.as_slice()).collect();
+    decoded
+        .iter()
+        .filter(|m| m.location == LOCATION_PERMISSION && m.expires.is_none_or(|e| e >= now))
+        .flat_map(|m| &m.third_parties)
+        .find(|tp| !kids.contains(&tp.ticket.as_slice()))
+        .map(|tp| {
+            format!(
+                "it asks for a discharge token from {} that it does not carry (flyctl fetches \
+                 those; nixfly does not): use a token that carries its discharges, such as \
+                 `fly tokens create deploy` prints",
+                tp.location
+            )
+        })
+}
+
+fn ago(seconds: i64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s} s"),
+        s if s < 2 * 3600 => format!("{} min", s / 60),
+        s if s < 2 * 86400 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86400),
+    }
 }
 
 /// Build a token in the wire format, for tests of the pruning above (and of the discovery
@@ -140,7 +199,13 @@ mod tests {
         assert_eq!(m.kid, b"kid1");
         assert_eq!(m.location, LOCATION_PERMISSION);
         assert_eq!(m.expires, Some(NOW + 10));
-        assert_eq!(m.tickets, vec![b"t1".to_vec(), b"t2".to_vec()]);
+        let tickets: Vec<&[u8]> = m.third_parties.iter().map(|tp| tp.ticket.as_slice()).collect();
+        assert_eq!(tickets, [b"t1", b"t2"]);
+        assert!(
+            m.third_parties
+                .iter()
+                .all(|tp| tp.location == "https://auth.fly.io")
+        );
         assert_eq!(Macaroon::decode("fm2_lJPECAAAAAAAAflyapidouble"), None);
         assert_eq!(Macaroon::decode("fm2_!!!"), None);
     }
@@ -161,5 +226,29 @@ mod tests {
             expiring,
         ];
         assert_eq!(prune(&tokens, NOW), vec![permission, discharge]);
+    }
+
+    #[test]
+    fn names_why_fly_would_refuse_the_token() {
+        let discharge = encode_for_test(b"auth-ticket", "https://auth.fly.io", Some(NOW + 3600), &[]);
+        let permission = encode_for_test(b"p", LOCATION_PERMISSION, Some(NOW + 3600), &[b"auth-ticket"]);
+        // A deploy token as `fly tokens create deploy` prints it: nothing to say.
+        assert_eq!(
+            refusal_reason(&[permission.clone(), discharge.clone()], NOW),
+            None
+        );
+        // Its discharge left out.
+        let reason = refusal_reason(std::slice::from_ref(&permission), NOW).unwrap();
+        assert!(
+            reason.contains("discharge token from https://auth.fly.io"),
+            "{reason}"
+        );
+        // Everything expired, three days ago at the latest.
+        let old = encode_for_test(b"p", LOCATION_PERMISSION, Some(NOW - 3 * 86400), &[b"t"]);
+        let old_discharge = encode_for_test(b"t", "https://auth.fly.io", Some(NOW - 4 * 86400), &[]);
+        let reason = refusal_reason(&[old, old_discharge], NOW).unwrap();
+        assert_eq!(reason, "every macaroon in it has expired, the last 3 days ago");
+        // One that cannot be read: Fly is the judge.
+        assert_eq!(refusal_reason(&[permission, "fm2_garbage".into()], NOW), None);
     }
 }

@@ -235,6 +235,12 @@ impl FlyToken {
             .then(|| format!("Bearer {}", self.oauth.join(",")))
     }
 
+    /// Why Fly would refuse this token, when the token itself shows it (expired, or a
+    /// discharge it needs is missing); for the error after a 401.
+    pub fn refusal_reason(&self) -> Option<String> {
+        super::macaroon::refusal_reason(&self.macaroons, unix_now())
+    }
+
     /// A `fly auth login` session (config.yml) rather than a token made for deploys.
     pub fn is_login_session(&self) -> bool {
         matches!(self.source, TokenSource::ConfigFile(_))

@@ -272,7 +272,7 @@ impl RegistryClient {
                 hint: String::new(),
                 source,
             })?;
-            self.debug(|| format!("HTTP {} {}", request.method(), request.url()));
+            self.debug(|| format!("HTTP {} {}", request.method(), without_query(request.url())));
             self.log_headers(">", request.headers());
             let started = Instant::now();
             let result = {
@@ -359,7 +359,7 @@ impl RegistryClient {
                 if status == StatusCode::SEE_OTHER {
                     method = Method::GET;
                 }
-                self.debug(|| format!("redirected to {next}"));
+                self.debug(|| format!("redirected to {}", without_query(&next)));
                 url = next;
                 redirects += 1;
                 continue;
@@ -481,7 +481,11 @@ impl RegistryClient {
         }
     }
 
-    pub(crate) fn transport_error(&self, operation: &str, source: reqwest::Error) -> RegistryError {
+    pub(crate) fn transport_error(&self, operation: &str, mut source: reqwest::Error) -> RegistryError {
+        // reqwest names the URL in its message; its query may be a storage signature.
+        if let Some(url) = source.url_mut() {
+            url.set_query(None);
+        }
         let hint = if source.is_connect() && self.base.scheme() == "https" {
             format!(
                 "; is {} up and serving HTTPS? (--plain-http talks plain HTTP)",
@@ -620,9 +624,36 @@ pub(crate) fn retry_after(response: &Response) -> Option<Duration> {
     crate::retry::retry_after(response.headers())
 }
 
+/// `url` as logged: without its query, which for a blob's storage (where distribution's
+/// storage drivers redirect a blob GET, `registry/storage/blobserver.go`) is a signed, if
+/// short-lived, credential (S3's `X-Amz-Signature`), and for an upload session only opaque state.
+fn without_query(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    if shown.query().is_some() {
+        shown.set_query(None);
+        format!("{shown}?…")
+    } else {
+        shown.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_urls_leave_out_their_query() {
+        let signed = reqwest::Url::parse(
+            "https://storage.example/blobs/ab?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=f00d",
+        )
+        .unwrap();
+        assert_eq!(without_query(&signed), "https://storage.example/blobs/ab?…");
+        let plain = reqwest::Url::parse("https://registry.fly.io/v2/app/blobs/sha256:ab").unwrap();
+        assert_eq!(
+            without_query(&plain),
+            "https://registry.fly.io/v2/app/blobs/sha256:ab"
+        );
+    }
 
     #[test]
     fn loopback_hosts_are_recognised_with_or_without_port() {

@@ -305,6 +305,17 @@ fn deploy_that_cannot_succeed_makes_no_registry_request() {
         "the token was printed: {err}"
     );
 
+    // A deploy token that has expired: the error says so, from the token's own validity window.
+    let expired = expired_deploy_token();
+    let out = attempt(&["--app", APP], Some(&expired));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("401") && err.contains("every macaroon in it has expired, the last 2 days ago"),
+        "{err}"
+    );
+    assert!(!err.contains(&expired[6..30]), "the token was printed: {err}");
+
     assert_eq!(
         proxy.requests(),
         Vec::<String>::new(),
@@ -660,4 +671,55 @@ fn a_signal_during_the_checks_stops_the_stream_script() {
     assert_script_stopped(&t, &script);
     assert_eq!(registry.blob_bytes(), 0);
     assert!(fly.releases().is_empty());
+}
+
+/// `FlyV1 fm2_…`: a permission macaroon and its discharge, both past their validity window (two
+/// and three days ago), encoded as superfly/macaroon writes them (`format.go`: `fm2_` and the
+/// base64 of the MessagePack array `[nonce [kid, rnd, proof], location, caveats, tail]`;
+/// caveats as type/body pairs, 4 = ValidityWindow `[not_before, not_after]`, 11 = third party
+/// `[location, verifier key, ticket]`).
+fn expired_deploy_token() -> String {
+    use base64::Engine as _;
+    use rmpv::Value;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let macaroon = |kid: &[u8], location: &str, not_after: i64, ticket: Option<&[u8]>| {
+        let mut caveats = vec![
+            Value::from(4),
+            Value::Array(vec![Value::from(0), Value::from(not_after)]),
+        ];
+        if let Some(ticket) = ticket {
+            caveats.push(Value::from(11));
+            caveats.push(Value::Array(vec![
+                Value::from("https://auth.fly.io"),
+                Value::Binary(vec![7; 32]),
+                Value::Binary(ticket.to_vec()),
+            ]));
+        }
+        let value = Value::Array(vec![
+            Value::Array(vec![
+                Value::Binary(kid.to_vec()),
+                Value::Binary(vec![3; 16]),
+                Value::Boolean(false),
+            ]),
+            Value::from(location),
+            Value::Array(caveats),
+            Value::Binary(vec![5; 32]),
+        ]);
+        let mut raw = Vec::new();
+        rmpv::encode::write_value(&mut raw, &value).unwrap();
+        format!("fm2_{}", base64::engine::general_purpose::STANDARD.encode(raw))
+    };
+    format!(
+        "FlyV1 {},{}",
+        macaroon(
+            b"permission",
+            "https://api.fly.io/v1",
+            now - 2 * 86400,
+            Some(b"ticket")
+        ),
+        macaroon(b"ticket", "https://auth.fly.io", now - 3 * 86400, None)
+    )
 }

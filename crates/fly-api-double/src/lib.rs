@@ -393,10 +393,7 @@ impl FlyApi {
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let url = format!("http://{}", listener.local_addr()?);
-        let token = ["FlyV1 ", "Bearer "]
-            .iter()
-            .fold(options.token.trim(), |t, p| t.strip_prefix(p).unwrap_or(t))
-            .to_string();
+        let token = server::strip_scheme(&options.token).to_string();
         let shared = Arc::new(server::Shared {
             state: Mutex::new(state::State::new(options.timing, options.lease_owner)),
             token,

@@ -317,22 +317,51 @@ fn auth_scheme(headers: &HeaderMap) -> String {
 /// takes the token among others: fly-go (`tokens/tokens.go`, `GraphQL()`) sends it every
 /// macaroon and OAuth token at once, "the only service that accepts macaroons and OAuth
 /// tokens in the same request".
+/// `token` without its `FlyV1`/`Bearer` schemes, however many, in any case (fly-go
+/// `tokens/tokens.go` `StripAuthorizationScheme`).
+pub(crate) fn strip_scheme(token: &str) -> &str {
+    let token = token.trim();
+    match token.split_once(' ') {
+        Some((scheme, rest))
+            if scheme.eq_ignore_ascii_case("Bearer") || scheme.eq_ignore_ascii_case("FlyV1") =>
+        {
+            strip_scheme(rest)
+        }
+        _ => token,
+    }
+}
+
+/// `token`'s comma-separated parts, split as fly-go's `tokens.Parse` splits them: (macaroons,
+/// OAuth tokens).
+fn token_parts(token: &str) -> (Vec<&str>, Vec<&str>) {
+    token
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .partition(|t| matches!(t.split_once('_'), Some(("fm1r" | "fm1a" | "fm2", _))))
+}
+
 fn authorized(headers: &HeaderMap, token: &str, platform: bool) -> bool {
     let Some(value) = header(headers, "authorization") else {
         return false;
     };
-    let credential = match value.strip_prefix("Bearer ") {
-        Some(rest) => rest.strip_prefix("FlyV1 ").unwrap_or(rest),
-        None => match value.strip_prefix("FlyV1 ") {
-            Some(rest) => rest,
-            None => return false,
-        },
+    let Some((scheme, _)) = value.split_once(' ') else {
+        return false;
     };
+    if !scheme.eq_ignore_ascii_case("Bearer") && !scheme.eq_ignore_ascii_case("FlyV1") {
+        return false;
+    }
+    let credential = strip_scheme(value);
     if platform {
         let sent: Vec<&str> = credential.split(',').collect();
         return token.split(',').all(|part| sent.contains(&part));
     }
-    credential == token
+    // The Machines API gets a token's macaroons alone when it has any (fly-go
+    // `Tokens.FlapsHeader`), so a login session (macaroons and an OAuth token) is accepted by
+    // its macaroons; a token of OAuth tokens alone, by those.
+    let (macaroons, oauth) = token_parts(token);
+    let expected = if macaroons.is_empty() { oauth } else { macaroons };
+    credential == token || credential.split(',').map(str::trim).eq(expected)
 }
 
 fn is_platform_api(req: &Request) -> bool {
@@ -1732,4 +1761,36 @@ fn image_ref(image: &str) -> Value {
     out.insert("digest".into(), json!(digest));
     out.insert("labels".into(), json!({}));
     Value::Object(out)
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+
+    fn sends(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn schemes_are_stripped_as_fly_go_strips_them() {
+        assert_eq!(strip_scheme("Bearer FlyV1 fm2_a,fm2_b"), "fm2_a,fm2_b");
+        assert_eq!(strip_scheme("  flyv1 BEARER fo1_x "), "fo1_x");
+        assert_eq!(strip_scheme("fm2_a"), "fm2_a");
+    }
+
+    /// A login session (macaroons and an OAuth token): the Machines API gets the macaroons
+    /// alone (fly-go `FlapsHeader`), the platform API all of it.
+    #[test]
+    fn the_machines_api_takes_a_sessions_macaroons() {
+        let token = "fm2_a,fm2_b,fo1_user";
+        assert!(authorized(&sends("FlyV1 fm2_a,fm2_b"), token, false));
+        assert!(authorized(&sends("Bearer fm2_a,fm2_b,fo1_user"), token, true));
+        assert!(!authorized(&sends("FlyV1 fm2_a"), token, false));
+        assert!(!authorized(&sends("Basic fm2_a,fm2_b"), token, false));
+        // OAuth alone.
+        assert!(authorized(&sends("Bearer fo1_user"), "fo1_user", false));
+        assert!(!authorized(&sends("Bearer fo1_other"), "fo1_user", false));
+    }
 }
