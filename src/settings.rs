@@ -19,7 +19,7 @@ pub const VERSION: u32 = 1;
 struct RawSettings {
     version: u32,
     app: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     config: Option<PathBuf>,
     #[serde(default)]
     push: PushSettings,
@@ -30,18 +30,60 @@ struct RawSettings {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRollout {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     strategy: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     max_unavailable: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     wait_timeout: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     release_command_timeout: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     rollback: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     skip_release: Option<bool>,
+}
+
+/// An optional field that is there: its value, never `null` (the schema's types have no null;
+/// mkFlyDeploy leaves an unset field out).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// Whether `text` is a duration as the schema writes one (`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`,
+/// μs too, as Go reads it): units on every number, no sign, no spaces, no bare `0`.
+fn schema_duration(text: &str) -> bool {
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return false;
+        }
+        rest = &rest[digits..];
+        if let Some(fraction) = rest.strip_prefix('.') {
+            let digits = fraction
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(fraction.len());
+            if digits == 0 {
+                return false;
+            }
+            rest = &fraction[digits..];
+        }
+        // Longest units first: "ms" before "m", "ns"/"us" before "s".
+        match ["ns", "us", "µs", "μs", "ms", "s", "m", "h"]
+            .iter()
+            .filter(|unit| rest.starts_with(**unit))
+            .max_by_key(|unit| unit.len())
+        {
+            Some(unit) => rest = &rest[unit.len()..],
+            None => return false,
+        }
+    }
+    !text.is_empty()
 }
 
 /// Checked settings.
@@ -60,10 +102,10 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct PushSettings {
     /// `host/repository` to push to.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub to: Option<String>,
     /// The tag to set.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub tag: Option<String>,
 }
 
@@ -142,6 +184,12 @@ impl Settings {
         if raw.app.is_empty() {
             return Err(invalid("app", "must not be empty".into()));
         }
+        if raw.config.as_ref().is_some_and(|c| c.as_os_str().is_empty()) {
+            return Err(invalid(
+                "config",
+                "must not be empty (leave it out for ./fly.toml)".into(),
+            ));
+        }
         if let Some(to) = &raw.push.to
             && (to.is_empty() || to.contains("://"))
         {
@@ -160,8 +208,20 @@ impl Settings {
         }
         let r = raw.rollout;
         let duration = |field, text: Option<String>| {
-            text.map(|t| parse_go_duration(&t).map_err(|e| invalid(field, e)))
-                .transpose()
+            text.map(|t| {
+                if !schema_duration(&t) {
+                    return Err(invalid(
+                        field,
+                        format!("{t:?} is not a duration like \"90s\", \"5m\" or \"1h30m\" (a number and a unit, ns to h, nothing else)"),
+                    ));
+                }
+                match parse_go_duration(&t) {
+                    Ok(d) if d.is_zero() => Err(invalid(field, format!("{t:?} must be above 0"))),
+                    Ok(d) => Ok(d),
+                    Err(e) => Err(invalid(field, e)),
+                }
+            })
+            .transpose()
         };
         let rollout = RolloutSettings {
             strategy: r
@@ -276,7 +336,27 @@ pub(crate) mod tests {
                 json!({ "version": 1, "app": "demo", "rollout": { "rollback": "no" } }),
                 false,
             ),
+            (json!({ "version": 1, "app": "demo", "config": "" }), false),
+            (json!({ "version": 1, "app": "demo", "config": null }), false),
+            (
+                json!({ "version": 1, "app": "demo", "rollout": { "strategy": null } }),
+                false,
+            ),
+            (
+                json!({ "version": 1, "app": "demo", "push": { "tag": null } }),
+                false,
+            ),
         ];
+        for text in ["0", "+5s", ".5s", " 5s", "5s ", "5", "5x", "1.s", "", "1h30"] {
+            let value = json!({ "version": 1, "app": "demo", "rollout": { "wait_timeout": text } });
+            assert!(!schema_accepts(&value), "schema on {value}");
+            assert!(parse(&value).is_err(), "structs on {value}");
+        }
+        for text in ["90s", "1.5h", "1h30m", "300ms", "10us", "10µs", "2h45m0.5s"] {
+            let value = json!({ "version": 1, "app": "demo", "rollout": { "wait_timeout": text } });
+            assert!(schema_accepts(&value), "schema on {value}");
+            assert!(parse(&value).is_ok(), "structs on {value}");
+        }
         for (value, valid) in cases {
             assert_eq!(schema_accepts(&value), valid, "schema on {value}");
             assert_eq!(parse(&value).is_ok(), valid, "structs on {value}");

@@ -41,8 +41,9 @@ pub struct Cli {
 #[derive(Args, Debug)]
 #[command(next_help_heading = "Output")]
 pub struct GlobalArgs {
-    /// More detail on stderr: -v shows HTTP requests and child-process output, -vv everything.
-    /// Tokens are never printed.
+    /// More detail on stderr: -v shows every HTTP request and a stream script's output, -vv also
+    /// the registry's request and response headers. Tokens are never printed (an Authorization
+    /// header shows only its scheme).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// How progress is shown: bars on a terminal (auto), plain lines, or JSON lines on stdout.

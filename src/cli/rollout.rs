@@ -53,7 +53,13 @@ pub struct RolloutOptions {
     /// fly.toml, else Fly places them.
     #[arg(long, value_name = "REGION")]
     pub primary_region: Option<String>,
-    /// rolling, immediate, canary or bluegreen. Default: [deploy] strategy, else rolling.
+    /// How machines are replaced, as `fly deploy --strategy`: rolling (max_unavailable of a
+    /// group at a time, each started and health-checked before the next); immediate (every
+    /// machine at once, no waiting); canary (one extra machine per group first, health-checked
+    /// and destroyed, then rolling); bluegreen (a new machine beside every one, traffic moved
+    /// once all pass their health checks, then the old ones cordoned, stopped and destroyed;
+    /// needs a health check, refused with volumes). The README has the details.
+    /// Default: [deploy] strategy, else rolling.
     #[arg(long)]
     pub strategy: Option<Strategy>,
     /// Machines of a group updated at once (rolling, canary): below 1 a fraction of the group
@@ -63,7 +69,7 @@ pub struct RolloutOptions {
     pub max_unavailable: Option<MaxUnavailable>,
     /// How long a machine may take to start, and then again to pass its checks (e.g. 90s, 5m).
     /// Default: [deploy] wait_timeout, else 5m.
-    #[arg(long, value_parser = parse_go_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = positive_duration, value_name = "DURATION")]
     pub wait_timeout: Option<Duration>,
     /// How long to watch a machine without health checks for a crash loop once it started.
     #[arg(long, value_parser = parse_go_duration, value_name = "DURATION", default_value = "10s")]
@@ -74,7 +80,7 @@ pub struct RolloutOptions {
     #[arg(long, value_parser = parse_go_duration, value_name = "DURATION", default_value = "15s")]
     pub listen_check_window: Duration,
     /// How long release_command may run. Default: [deploy] release_command_timeout, else 5m.
-    #[arg(long, value_parser = parse_go_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = positive_duration, value_name = "DURATION")]
     pub release_command_timeout: Option<Duration>,
     /// How long to wait for a machine lease held by someone else before giving up.
     #[arg(long, value_parser = parse_go_duration, value_name = "DURATION", default_value = "30s")]
@@ -105,10 +111,12 @@ pub struct RolloutOptions {
     /// Do not create a release record (for setups without Fly's platform API).
     #[arg(long)]
     pub skip_release: bool,
-    /// Machines API base URL.
+    /// Machines API base URL: change it for the sandbox (`examples/fly_api_double`) or a
+    /// proxy; flyctl reads the same FLY_FLAPS_BASE_URL.
     #[arg(long, env = "FLY_FLAPS_BASE_URL", default_value = DEFAULT_MACHINES_URL, value_name = "URL")]
     pub api_url: String,
-    /// Platform API base URL (release records).
+    /// Platform API base URL: release records, the current release's config and the logs of
+    /// failed machines; flyctl reads the same FLY_API_BASE_URL.
     #[arg(long, env = "FLY_API_BASE_URL", default_value = DEFAULT_PLATFORM_URL, value_name = "URL")]
     pub platform_url: String,
 }
@@ -377,6 +385,14 @@ async fn resolve_tag(
 }
 
 /// `NAME=VALUE` of `--env`, as flyctl's `ParseKVStringsToMap` splits it: at the first `=`.
+/// A timeout that a machine or the release_command must beat: 0 would fail every deploy.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_go_duration(text)? {
+        d if d.is_zero() => Err(format!("{text:?} must be above 0, like 90s or 5m")),
+        d => Ok(d),
+    }
+}
+
 fn parse_env_flag(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
@@ -543,6 +559,17 @@ mod tests {
             );
         }
         assert!(crate::cli::push::positive("--stream-timeout", Duration::ZERO).is_err());
+        // A timeout of 0 would fail every machine: refused on the flags, as in settings.
+        for flag in ["--wait-timeout", "--release-command-timeout"] {
+            assert!(
+                Cli::try_parse_from(["nixfly", "rollout", flag, "0s"]).is_err(),
+                "{flag}"
+            );
+            assert!(
+                Cli::try_parse_from(["nixfly", "rollout", flag, "1ms"]).is_ok(),
+                "{flag}"
+            );
+        }
         assert!(AppConfig::parse("[deploy]\nwait_timeout = \"90\"\n", std::path::Path::new("f")).is_err());
         assert!(
             crate::settings::Settings::parse(

@@ -62,6 +62,15 @@ pub enum ReferenceError {
     #[error("invalid registry host {host:?} in image reference {reference:?}")]
     Host { reference: String, host: String },
     #[error(
+        "image reference {reference:?} has a scheme: write host/repository[:tag] without \
+         {scheme}://, e.g. {without} (--plain-http chooses HTTP, and loopback hosts use it anyway)"
+    )]
+    Scheme {
+        reference: String,
+        scheme: String,
+        without: String,
+    },
+    #[error(
         "image {reference} is a tag, not a digest; machines must get an immutable reference: pass \
          host/repo@sha256:... (printed by `nixfly push`), or use `nixfly deploy` which pushes and \
          deploys the digest"
@@ -155,6 +164,13 @@ impl Reference {
         let reference = text.trim();
         if reference.is_empty() {
             return Err(ReferenceError::Empty);
+        }
+        if let Some((scheme, without)) = reference.split_once("://") {
+            return Err(ReferenceError::Scheme {
+                reference: reference.into(),
+                scheme: scheme.into(),
+                without: without.into(),
+            });
         }
         let (rest, digest) = match reference.split_once('@') {
             Some((rest, digest)) => {
@@ -386,6 +402,20 @@ mod tests {
     #[test]
     fn bad_references_are_rejected_with_the_reason() {
         assert_eq!(parse("  "), Err(ReferenceError::Empty));
+        let err = parse("https://127.0.0.1:5000/demo:v1").unwrap_err();
+        assert_eq!(
+            err,
+            ReferenceError::Scheme {
+                reference: "https://127.0.0.1:5000/demo:v1".into(),
+                scheme: "https".into(),
+                without: "127.0.0.1:5000/demo:v1".into(),
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("without https://, e.g. 127.0.0.1:5000/demo:v1"),
+            "{err}"
+        );
         let err = parse("registry.fly.io/MyApp").unwrap_err().to_string();
         assert!(err.contains("uppercase") && err.contains("MyApp"), "{err}");
         assert!(matches!(parse("host.io/app:-x"), Err(ReferenceError::Tag { .. })));
