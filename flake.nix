@@ -102,7 +102,7 @@
         path = ./templates/default;
         description = "A small web app deployed to Fly with nixfly.lib.mkFlyDeploy";
         welcomeText = ''
-          A web app deployed to Fly by nixfly. Set the app name in fly.toml and flake.nix, then:
+          A web app deployed to Fly by nixfly. Set the app name in fly.toml (flake.nix reads it), then:
 
               export FLY_API_TOKEN=$(fly tokens create deploy -a <app>)
               nix run .#deploy

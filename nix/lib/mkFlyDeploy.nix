@@ -24,8 +24,10 @@ let
   nullOr = check: v: v == null || check v;
   listOf = check: v: isList v && all check v;
   isPathLike = v: isPath v || isString v || isDerivation v;
-  # What nixfly reads: Go durations with a unit (a bare number is refused, as flyctl does).
-  isDuration = v: isString v && builtins.match "([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))+" v != null;
+  # What nixfly reads: Go durations with a unit (a bare number is refused, as flyctl does),
+  # micro-seconds also as Go spells them (U+00B5 and U+03BC, time/format.go unitMap).
+  isDuration =
+    v: isString v && builtins.match "([0-9]+(\\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+" v != null;
   strategies = [
     "rolling"
     "immediate"
@@ -34,7 +36,8 @@ let
   ];
 
   # Flags that carry credentials (src/cli/mod.rs `--access-token`/`-t`, src/registry/client.rs
-  # `--creds`), and the prefixes of Fly tokens (fly/NOTES.md), in a flag or its value.
+  # `--creds`), and the prefixes of Fly tokens (fly-go tokens/tokens.go: macaroons fm1r_, fm1a_,
+  # fm2_, OAuth fo1_), in a flag or its value.
   credentialFlags = [
     "-t"
     "--access-token"
@@ -47,7 +50,7 @@ let
     in
     if elem name credentialFlags || builtins.match "-t.+" flag != null then
       "the credential flag `${if builtins.match "-t.+" name != null then "-t" else name}`"
-    else if builtins.match ".*(FlyV1 |fm1_|fm2_|fo1_).*" flag != null then
+    else if builtins.match ".*(FlyV1 |fm1r_|fm1a_|fm2_|fo1_).*" flag != null then
       "what looks like a Fly token"
     else
       null;
@@ -232,6 +235,33 @@ let
     else
       throw "mkFlyDeploy: the image's stream script (${stream.name}) is built for ${platformOf stream} and cannot run on ${hostSystem}, and it has no passthru.streamScript and passthru.conf to run with this machine's python3 (nixpkgs' streamLayeredImage has them since nixpkgs PR #308822, 24.11): update the nixpkgs of `imagePkgs`, or give a tarball image (dockerTools.buildLayeredImage)";
 
+  # `config.Env` goes into the image config, which is in the Nix store (world-readable) and in
+  # the registry: a value that looks like a secret is warned about, by the rule nixfly applies
+  # to fly.toml's [env] (src/fly/appconfig/parse.rs `looks_like_secret`, after flyctl's
+  # internal/command/deploy/common_secrets.go).
+  warn =
+    msg: v:
+    if builtins ? warn then builtins.warn msg v else builtins.trace "evaluation warning: ${msg}" v;
+  looksSecret =
+    name:
+    !(elem name [
+      "AWS_ACCESS_KEY_ID"
+      "TIGRIS_ACCESS_KEY_ID"
+    ])
+    && builtins.match ".*(KEY|PRIVATE|DATABASE_URL|PASSWORD|SECRET).*" name != null;
+  envName = entry: builtins.head (builtins.split "=" entry);
+  warnSecretEnv =
+    config:
+    let
+      secretNames = builtins.filter looksSecret (
+        map envName (builtins.filter isString (config.Env or [ ]))
+      );
+    in
+    if secretNames == [ ] then
+      config
+    else
+      warn "mkFlyDeploy: config.Env sets ${builtins.concatStringsSep ", " secretNames}, which may hold a sensitive value: the image config is in the Nix store, readable by every user of the machine, and in the registry. Set it as a Fly secret (`fly secrets set`) and remove it from config.Env" config;
+
   # With layering = "plan", what is pushed is the plan of this same image (same layers).
   image =
     if wrongPlatform != [ ] then
@@ -259,10 +289,10 @@ let
         inherit (a)
           tag
           contents
-          config
           fromImage
           maxLayers
           ;
+        config = warnSecretEnv a.config;
         entrypoint =
           if a.entrypoint != null then
             a.entrypoint

@@ -65,10 +65,16 @@
       );
     in
     {
-      packages = lib.genAttrs systems (system: {
-        default = server;
-        deploy = deploy.${system};
-      });
+      # The server is an x86_64-linux program: the default package only where it runs, so that a
+      # bare `nix build` or `nix run` on a Mac does not build a Linux binary it cannot execute.
+      packages = lib.genAttrs systems (
+        system:
+        {
+          inherit server;
+          deploy = deploy.${system};
+        }
+        // lib.optionalAttrs (system == "x86_64-linux") { default = server; }
+      );
       # `nix run .#deploy`: build the image, push it, roll it out. Needs FLY_API_TOKEN.
       apps = lib.genAttrs systems (system: {
         deploy = {

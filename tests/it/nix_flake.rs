@@ -134,6 +134,32 @@ fn correct_attributes_evaluate() {
     assert!(String::from_utf8_lossy(&out.stdout).ends_with(".drv"));
 }
 
+/// `config.Env` is in the Nix store and the registry: a name that looks like a secret's (the
+/// rule fly.toml's [env] gets, after flyctl's) is warned about at evaluation, others are not.
+#[test]
+fn secret_looking_image_env_is_warned_about_at_evaluation() {
+    let Some(nix) = Nix::get() else { return };
+    let out = eval_mk_fly_deploy(
+        nix,
+        r#"{ config.Env = [ "PORT=8080" "STRIPE_SECRET_KEY=sk_live" "AWS_ACCESS_KEY_ID=AKIA" ]; waitTimeout = "10µs"; }"#,
+    );
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("config.Env sets STRIPE_SECRET_KEY, which may hold a sensitive value")
+            && stderr.contains("fly secrets set"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("PORT") && !stderr.contains("AWS_ACCESS_KEY_ID"),
+        "{stderr}"
+    );
+
+    let out = eval_mk_fly_deploy(nix, r#"{ config.Env = [ "PORT=8080" ]; }"#);
+    assert_success(&out);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("sensitive"));
+}
+
 #[test]
 fn wrong_attribute_name_or_type_fails_at_evaluation_naming_it() {
     let Some(nix) = Nix::get() else { return };
@@ -194,6 +220,19 @@ fn wrong_attribute_name_or_type_fails_at_evaluation_naming_it() {
         ),
         (
             r#"{ extraFlags = [ "--label=fm2_secret" ]; }"#,
+            "`extraFlags` holds what looks like a Fly token",
+        ),
+        // fly-go's other macaroon prefixes (tokens/tokens.go), and its OAuth one.
+        (
+            r#"{ extraFlags = [ "--label=fm1r_secret" ]; }"#,
+            "`extraFlags` holds what looks like a Fly token",
+        ),
+        (
+            r#"{ extraFlags = [ "--label=fm1a_secret" ]; }"#,
+            "`extraFlags` holds what looks like a Fly token",
+        ),
+        (
+            r#"{ extraFlags = [ "--label=fo1_secret" ]; }"#,
             "`extraFlags` holds what looks like a Fly token",
         ),
     ];

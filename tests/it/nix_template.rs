@@ -27,6 +27,7 @@ fn init_template(nix: &Nix) -> TestDir {
         "Cargo.lock",
         "src/main.rs",
         "README.md",
+        ".gitignore",
     ] {
         assert!(t.join(file).exists(), "the template has no {file}");
     }
@@ -86,6 +87,20 @@ fn regression_issue_11_template_deploys_an_x86_64_image_from_every_system() {
         assert_success(&out);
         let systems: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(systems, [system, system, "x86_64-linux"]);
+
+        // The server (x86_64-linux) is the default package only where it runs.
+        let out = run(
+            in_template_at(nix, &t, &["eval", "--json"], &format!(".#packages.{system}"))
+                .args(["--apply", "builtins.attrNames"]),
+        );
+        assert_success(&out);
+        let names: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+        let expected: &[&str] = if system == "x86_64-linux" {
+            &["default", "deploy", "server"]
+        } else {
+            &["deploy", "server"]
+        };
+        assert_eq!(names, expected, "{system}");
     }
     // What the image says about itself: amd64 even when the deploy runs on an arm64 Mac.
     let out = run(&mut in_template_at(
