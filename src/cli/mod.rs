@@ -193,4 +193,26 @@ mod tests {
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
     }
+
+    /// `{:?}` of a parsed command line (what a panic or a debug log would print) holds no
+    /// credential.
+    #[test]
+    fn debug_of_the_command_line_shows_no_credential() {
+        let cli = Cli::try_parse_from([
+            "nixfly",
+            "deploy",
+            "./result",
+            "-t",
+            "FlyV1 fm2_debugsecretmacaroon",
+            "--creds",
+            "user:debugsecretpassword",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("debugsecret"), "{shown}");
+        assert!(
+            shown.contains("[REDACTED]") && shown.contains("./result"),
+            "{shown}"
+        );
+    }
 }
