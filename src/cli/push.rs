@@ -285,12 +285,14 @@ impl ResolvedPush {
         // Whatever ended the push, no upload session stays open in the registry: those a
         // failure or a signal stopped, and those a mount attempt opened and nothing used. A
         // second signal stops the cleanup; distribution purges sessions after a week.
+        let mut late_signal = None;
         let cancelled = tokio::select! {
             cancelled = self.client.cancel_open_sessions() => Some(cancelled),
             signal = signals.recv() => {
                 reporter.warn(format!(
                     "{signal}: stopped cancelling upload sessions; the registry purges them itself later"
                 ));
+                late_signal = Some(signal);
                 None
             }
         };
@@ -299,6 +301,18 @@ impl ResolvedPush {
         }
         match ended {
             Ended::Refused(err) => Err(err),
+            // The push is done, but the user asked to stop: `deploy` must not go on to the
+            // machines.
+            Ended::Pushed(Ok(pushed)) if let Some(signal) = late_signal => Err(ExitCodeError {
+                code: EXIT_INTERRUPTED,
+                message: format!(
+                    "interrupted by {signal} after the push: {} is in the registry and tagged \
+                     {}; nothing was deployed",
+                    pushed.reference,
+                    self.target()
+                ),
+            }
+            .into()),
             Ended::Pushed(pushed) => {
                 pushed.with_context(|| format!("pushing {description} to {}", self.spec.name()))
             }

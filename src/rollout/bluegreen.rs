@@ -80,6 +80,9 @@ pub async fn run(ctx: &Ctx, fleet: &Fleet) -> Result<(), RolloutError> {
         destroy_greens(ctx, &greens).await;
         return Err(err);
     }
+    // The greens serve now: a signal no longer destroys them (flyctl `strategy_bluegreen.go`
+    // clears `canDeleteGreenMachines` once they are marked ready for traffic).
+    ctx.keep(&greens);
     cut_over(ctx, &blues).await;
     Ok(())
 }

@@ -586,6 +586,16 @@ impl GroupChanges {
         self.created.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// The machines created for groups that had none, in creation order.
+    pub fn created_ids(&self) -> Vec<String> {
+        self.created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, _, _)| id.clone())
+            .collect()
+    }
+
     /// Destroy the machines of the groups fly.toml dropped, under their leases, once the new
     /// config serves. This
     /// comes last, and the deploy has succeeded by then: a machine that cannot be leased or

@@ -733,6 +733,7 @@ async fn finish(
 ) -> anyhow::Result<()> {
     let app = &ctx.spec.app;
     let release_name = release.map_or_else(String::new, |r| format!(" (release v{})", r.version_string()));
+    let mut removed = None;
     let (status, result) = match outcome {
         Ok(Ok(())) => {
             ctx.reporter.info(format!(
@@ -747,7 +748,12 @@ async fn finish(
             (ReleaseStatus::Complete, Ok(()))
         }
         // The message waits for the cleanup below: it says what that did and did not do.
-        Err(signal) => (ReleaseStatus::Interrupted, Err(Err(signal))),
+        Err(signal) => {
+            // Canaries, greens that took no traffic and the release_command machine were only
+            // there for the deploy (flyctl destroys its greens on Ctrl-C too).
+            removed = ctx.remove_temporaries().await;
+            (ReleaseStatus::Interrupted, Err(Err(signal)))
+        }
         Ok(Err(err)) => {
             // A machine whose update was refused before it changed leaves the journal: when
             // nothing is left there and nothing was created, nothing changed.
@@ -796,6 +802,11 @@ async fn finish(
                     )
                 };
                 (EXIT_ROLLED_BACK, summary)
+            };
+            // A canary or green whose destroy failed on the way out: tried once more, and named.
+            let summary = match ctx.remove_temporaries().await {
+                Some(left) => format!("{summary}; {left}"),
+                None => summary,
             };
             (
                 ReleaseStatus::Failed,
@@ -852,15 +863,33 @@ async fn finish(
                 ),
                 _ => "no release record".to_string(),
             };
-            let updated: Vec<String> = ctx.journal().into_iter().map(|m| m.id).collect();
-            let machines = if updated.is_empty() {
+            let mut updated: Vec<String> = ctx.journal().into_iter().map(|m| m.id).collect();
+            updated.extend(groups.created_ids());
+            let lost = ctx.lost();
+            updated.retain(|id| !lost.contains(id));
+            let mut machines = if updated.is_empty() && lost.is_empty() {
                 "no machine had been changed".to_string()
+            } else if updated.is_empty() {
+                String::new()
             } else {
                 format!(
                     "machines already given the new image keep it: {}",
                     updated.join(", ")
                 )
             };
+            if !lost.is_empty() {
+                if !machines.is_empty() {
+                    machines.push_str("; ");
+                }
+                machines.push_str(&format!(
+                    "destroyed to be replaced and not replaced yet: {} (deploy again to create them)",
+                    lost.join(", ")
+                ));
+            }
+            if let Some(removed) = removed {
+                machines.push_str("; ");
+                machines.push_str(&removed);
+            }
             Err(anyhow::Error::from(ExitCodeError {
                 code: EXIT_INTERRUPTED,
                 message: format!(

@@ -160,9 +160,14 @@ pub async fn run(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<(), Ro
             source: source.into(),
         })?;
     let id = machine.id.as_str();
+    ctx.add_temporary(id, group, "release_command machine");
     ctx.status(id, group, "created");
     let version = machine.instance_id.as_deref();
-    one_shot::watched(ctx, id, "release_command machine", run_on(ctx, rc, id, version)).await
+    let result = one_shot::watched(ctx, id, "release_command machine", run_on(ctx, rc, id, version)).await;
+    // Started, it destroys itself (auto_destroy) or `watched` saw to it; never started, it
+    // stays stopped, and the failure's cleanup destroys it.
+    ctx.forget_if_started(id);
+    result
 }
 
 /// Start the created machine once it has settled, wait for the command to finish, read its
@@ -180,6 +185,7 @@ async fn run_on(ctx: &Ctx, rc: &ReleaseCommand, id: &str, version: Option<&str>)
         .machine_action(id, "start", None)
         .await
         .map_err(|source| RolloutError::api("starting", id, source))?;
+    ctx.temporary_running(id);
     ctx.status(id, group, "running");
     let exit_code = match one_shot::run_to_exit(ctx, id, rc.timeout).await? {
         Ended::Exited(code) => code,

@@ -34,6 +34,10 @@ pub struct Ctx {
     /// Unattached volumes this deploy gave to replacements, so that no two get the same one.
     claimed: Mutex<Vec<String>>,
     changing: AtomicBool,
+    /// Machines this deploy created that are only there for it (canaries, greens before they
+    /// take traffic, the release_command machine), until destroyed or kept: a signal that
+    /// ends the deploy mid-way destroys them (`Ctx::remove_temporaries`).
+    temporaries: Mutex<Vec<Temporary>>,
     /// Process groups whose listen addresses were checked (`listen`): once per group.
     listen_checked: Mutex<BTreeSet<String>>,
 }
@@ -58,8 +62,109 @@ impl Ctx {
             swapped: Mutex::new(Vec::new()),
             claimed: Mutex::new(Vec::new()),
             changing: AtomicBool::new(false),
+            temporaries: Mutex::new(Vec::new()),
             listen_checked: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// A machine created only for this deploy (a canary, a green, the release_command
+    /// machine), to destroy if a signal ends the deploy before it does.
+    pub fn add_temporary(&self, machine: &str, group: &str, what: &'static str) {
+        self.temporaries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Temporary {
+                id: machine.to_string(),
+                group: group.to_string(),
+                what,
+                running: false,
+            });
+    }
+
+    /// The release_command machine runs its command: a signal leaves it to finish (it
+    /// destroys itself then, `auto_destroy`), as flyctl does, rather than cut a migration short.
+    pub fn temporary_running(&self, machine: &str) {
+        for t in self
+            .temporaries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+        {
+            if t.id == machine {
+                t.running = true;
+            }
+        }
+    }
+
+    /// A one-shot machine's watch ended: once started, it destroys itself (or its watch
+    /// destroyed it), so it is forgotten; one that never started stays, for the failure's
+    /// cleanup to destroy.
+    pub fn forget_if_started(&self, machine: &str) {
+        self.temporaries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|t| t.id != machine || !t.running);
+    }
+
+    /// `machines` stay: greens that took the traffic.
+    pub fn keep(&self, machines: &[Machine]) {
+        self.temporaries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|t| !machines.iter().any(|m| m.id == t.id));
+    }
+
+    /// Machines destroyed to be replaced whose replacement was never created.
+    pub fn lost(&self) -> Vec<String> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// After a signal: destroy the temporary machines still there. Returns what to tell the
+    /// user: those destroyed, and those that could not be (with the command that removes them).
+    pub async fn remove_temporaries(&self) -> Option<String> {
+        let temporaries = std::mem::take(&mut *self.temporaries.lock().unwrap_or_else(|e| e.into_inner()));
+        if temporaries.is_empty() {
+            return None;
+        }
+        let mut destroyed = Vec::new();
+        let mut left = Vec::new();
+        let mut running = Vec::new();
+        for t in &temporaries {
+            if t.running {
+                running.push(format!(
+                    "the {} {} still runs its command and destroys itself when it ends \
+                     (`fly machine destroy --force {}` stops it now)",
+                    t.what, t.id, t.id
+                ));
+                continue;
+            }
+            match self.destroy(&t.id, &t.group).await {
+                Ok(()) => {
+                    self.done(&t.id, &t.group, format!("{} destroyed", t.what), false);
+                    destroyed.push(format!("{} {}", t.what, t.id));
+                }
+                Err(err) => {
+                    self.reporter
+                        .warn(format!("cannot destroy {} {}: {err}", t.what, t.id));
+                    left.push(t.id.clone());
+                }
+            }
+        }
+        let mut text = running;
+        if !destroyed.is_empty() {
+            text.push(format!(
+                "destroyed the machines it had created for the deploy: {}",
+                destroyed.join(", ")
+            ));
+        }
+        if !left.is_empty() {
+            text.push(format!(
+                "could not destroy {}: remove them with `fly machine destroy --force {}`",
+                left.join(", "),
+                left.join(" ")
+            ));
+        }
+        Some(text.join("; "))
     }
 
     pub fn with_platform(self, platform: Option<crate::fly::platform::PlatformApi>) -> Self {
@@ -543,6 +648,15 @@ impl Ctx {
     ) -> Result<Machine, (Option<Machine>, RolloutError)> {
         let expected_checks = body.get("config").map_or(0, config_check_count);
         let config = body.get("config").cloned();
+        let temporary = body.pointer("/config/metadata").and_then(|m| {
+            if m.get(crate::fly::types::META_CANARY).is_some() {
+                Some("canary")
+            } else if m.get(crate::fly::types::META_BLUEGREEN_TAG).is_some() {
+                Some("green")
+            } else {
+                None
+            }
+        });
         let created = self.api.create_machine(body).await.map_err(|source| {
             (
                 None,
@@ -553,6 +667,9 @@ impl Ctx {
                 },
             )
         })?;
+        if let Some(what) = temporary {
+            self.add_temporary(&created.id, group, what);
+        }
         if !launch {
             return Ok(created);
         }
@@ -595,8 +712,22 @@ impl Ctx {
             .await
             .map_err(|source| RolloutError::api("destroying", machine, source))?;
         self.leases.forget(machine);
+        self.temporaries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|t| t.id != machine);
         Ok(())
     }
+}
+
+/// A machine the deploy created only for itself (see `Ctx::temporaries`).
+struct Temporary {
+    id: String,
+    group: String,
+    /// "canary", "green", "release_command machine".
+    what: &'static str,
+    /// Started on a command of its own, left to end by itself.
+    running: bool,
 }
 
 /// How far an update or replacement waits for its machine.

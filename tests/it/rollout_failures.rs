@@ -556,6 +556,80 @@ fn sigterm_mid_rollout_releases_leases_and_marks_the_release_interrupted() {
     assert_no_violations(&fly);
 }
 
+/// A signal while a canary or the greens wait for their health checks: the machines created
+/// only for the deploy are destroyed before nixfly exits (flyctl destroys its greens on Ctrl-C
+/// too, `strategy_bluegreen.go` `canDeleteGreenMachines`), the message names them, and the
+/// machines the app had are untouched. They were left running before, and the message said
+/// that no machine had been changed.
+#[test]
+fn a_signal_destroys_the_canary_or_greens_the_deploy_created() {
+    for (strategy, what, number) in [("canary", "canary", 20), ("bluegreen", "green", 21)] {
+        let fly = FlyApi::with_options(Options {
+            timing: Timing {
+                checks: Duration::from_secs(120),
+                ..Timing::default()
+            },
+            ..Options::default()
+        });
+        fly.add_app(APP);
+        let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1).services(true));
+        let t = TestDir::new();
+        let mut child = rollout_cmd(&fly, &t, &image(number))
+            .args(["--strategy", strategy])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start nixfly");
+        let created = fly.wait_until(Duration::from_secs(20), |fly| {
+            fly.machines(APP)
+                .iter()
+                .any(|m| !ids.contains(&m.id) && m.state == "started")
+        });
+        if !created {
+            let _ = child.kill();
+        }
+        assert!(created, "{strategy}: no machine was created");
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let out = child.wait_with_output().expect("wait for nixfly");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(EXIT_INTERRUPTED), "{strategy}: {err}");
+        let extra: Vec<_> = fly
+            .machines(APP)
+            .into_iter()
+            .filter(|m| !ids.contains(&m.id))
+            .collect();
+        assert!(!extra.is_empty());
+        for machine in &extra {
+            assert_eq!(
+                machine.state, "destroyed",
+                "{strategy}: {} left behind\n{err}",
+                machine.id
+            );
+            assert!(
+                err.contains(&format!("{what} {}", machine.id)),
+                "{strategy}: the message does not name {}:\n{err}",
+                machine.id
+            );
+        }
+        assert!(
+            err.contains("destroyed the machines it had created for the deploy"),
+            "{err}"
+        );
+        for id in &ids {
+            let machine = fly.machine(id);
+            assert_eq!(machine.state, "started", "{strategy}: {id}");
+            assert!(!machine.cordoned, "{strategy}: {id} cordoned");
+        }
+        assert_eq!(fly.releases()[0].statuses, ["created", "running", "interrupted"]);
+        assert_no_leases(&fly);
+        assert_no_violations(&fly);
+    }
+}
+
 /// Issue 13 point 7: interrupted while the Fly API is down, the final message says which
 /// leases were not released and that the release was not marked, instead of claiming both;
 /// a second signal during the cleanup says it is still cleaning up.
