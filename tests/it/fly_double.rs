@@ -712,9 +712,11 @@ async fn the_three_auth_header_forms_are_accepted_and_anything_else_is_401() {
         ["Bearer", "FlyV1", "Bearer FlyV1", "Bearer", "Basic", "other", ""],
         "the log names the scheme, never the token"
     );
+    let release = json!({"app_name": "demo", "build_id": 0, "definition": {"app": "demo"},
+                         "image": "registry.fly.io/demo@sha256:abc", "strategy": "ROLLING"});
     let resp = http
         .post(format!("{}/api/v1/releases", fly.url()))
-        .json(&json!({}))
+        .json(&release)
         .send()
         .await
         .expect("request");
@@ -722,6 +724,19 @@ async fn the_three_auth_header_forms_are_accepted_and_anything_else_is_401() {
         resp.status().as_u16(),
         401,
         "the platform API needs the token too"
+    );
+    // Refused for its token, a request off the schema is still a violation.
+    let resp = http
+        .post(format!("{}/api/v1/releases", fly.url()))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 401);
+    let reasons: Vec<String> = fly.take_violations().into_iter().map(|v| v.reason).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("`app_name` is missing")),
+        "{reasons:?}"
     );
 }
 
@@ -978,9 +993,12 @@ async fn the_platform_api_wants_bearer_and_a_definition() {
     let mut text_build = release.clone();
     text_build["build_id"] = json!("b1");
     assert_eq!(api.post("/api/v1/releases", text_build).await.0, 400);
+    // Each refusal is a violation too: the three definitions, then the build_id.
     let reasons: Vec<String> = fly.take_violations().into_iter().map(|v| v.reason).collect();
     assert!(
-        reasons.len() == 1 && reasons[0].contains("build_id"),
+        reasons.len() == 4
+            && reasons[..3].iter().all(|r| r.contains("definition"))
+            && reasons[3].contains("build_id"),
         "{reasons:?}"
     );
     assert!(fly.releases().is_empty());

@@ -161,6 +161,13 @@ fn an_unchanged_plan_from_an_empty_cache_reads_and_uploads_nothing() {
     let first = push(&t, &registry, planned.plan.to_str().unwrap(), "app", "v1", &[]);
     pushed_reference(&first, &registry.host(), "app");
     let stored = registry.blob_bytes();
+    // blob_bytes reads the registry's storage: a wrong path would make every "nothing was
+    // uploaded" check (here and in deploy.rs, push_arch.rs) pass by reading nothing.
+    assert!(
+        stored > 0,
+        "no blob found in {}",
+        registry.storage_dir().display()
+    );
 
     // A fresh runner: no cache, and the layers' store paths are not even there.
     fs::rename(&store, t.join("store-moved-away")).unwrap();

@@ -46,6 +46,13 @@ fn fresh_runner_reads_and_compresses_nothing_the_registry_has_issue_12() {
     pushed_json_reference(&first);
     assert_eq!(layer_outcomes(&first), vec!["uploaded"; layers]);
     let stored = registry.blob_bytes();
+    // blob_bytes reads the registry's storage: a wrong path would make every "nothing was
+    // uploaded" check (here and in deploy.rs, push_arch.rs) pass by reading nothing.
+    assert!(
+        stored > 0,
+        "no blob found in {}",
+        registry.storage_dir().display()
+    );
 
     // The .tar again, to the same tag, from another machine: every layer found through the
     // tag's current image; the archive's layers are never read (no progress at all).

@@ -156,14 +156,6 @@ pub async fn handle(
 }
 
 async fn process(shared: &Shared, req: &Request, headers: &HeaderMap, mut problems: Vec<String>) -> Response {
-    // NOTES.md "Base URLs": errors are `{"error": ...}`, a token Fly does not take is 401
-    // "Authenticate: token validation error".
-    if !authorized(headers, &shared.token, is_platform_api(req)) {
-        return error(StatusCode::UNAUTHORIZED, "Authenticate: token validation error");
-    }
-    if let Some(refusal) = platform_scheme_refusal(req, headers).or_else(|| release_definition_refusal(req)) {
-        return refusal;
-    }
     let content_type = header(headers, "content-type");
     let route = if req.path == "/api/v1/releases" || req.path.starts_with("/api/v1/releases/") {
         problems.extend(validate_release_request(req, content_type));
@@ -196,10 +188,9 @@ async fn process(shared: &Shared, req: &Request, headers: &HeaderMap, mut proble
         }
     };
     problems.dedup();
-    // The double's own rule, not Fly's: a request off the spec is a test failure, answered
-    // 400 (404 off every path) so that it cannot pass unnoticed. Fly often ignores what it
-    // does not know instead.
-    if !problems.is_empty() {
+    // Every request is checked, also one refused below before its body matters: a malformed
+    // request that happens to be refused is still a test failure.
+    {
         let mut st = shared.lock();
         for reason in &problems {
             if shared.echo {
@@ -211,6 +202,19 @@ async fn process(shared: &Shared, req: &Request, headers: &HeaderMap, mut proble
                 reason: reason.clone(),
             });
         }
+    }
+    // NOTES.md "Base URLs": errors are `{"error": ...}`, a token Fly does not take is 401
+    // "Authenticate: token validation error".
+    if !authorized(headers, &shared.token, is_platform_api(req)) {
+        return error(StatusCode::UNAUTHORIZED, "Authenticate: token validation error");
+    }
+    if let Some(refusal) = platform_scheme_refusal(req, headers).or_else(|| release_definition_refusal(req)) {
+        return refusal;
+    }
+    // The double's own rule, not Fly's: a request off the spec is a test failure, answered
+    // 400 (404 off every path) so that it cannot pass unnoticed. Fly often ignores what it
+    // does not know instead.
+    if !problems.is_empty() {
         let status = match route {
             Route::Unknown => StatusCode::NOT_FOUND,
             _ => StatusCode::BAD_REQUEST,
