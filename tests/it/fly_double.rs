@@ -2012,3 +2012,161 @@ async fn a_create_can_be_committed_and_answered_with_an_error() {
     assert_eq!(fly.pending_faults().len(), 1);
     assert!(fly.violations().is_empty(), "{:?}", fly.violations());
 }
+
+/// The double's hand-written OpenAPI validator (`schema.rs`) against an independent one, the
+/// `jsonschema` crate, on the request bodies a real rollout sends and on broken copies of them.
+/// The spec becomes JSON Schema 2020-12 with the double's two deliberate departures spelt out:
+/// an object with declared properties takes no other (`unevaluatedProperties: false`; Fly would
+/// silently drop a misspelt field), and a field documented as "or a boolean (old format)"
+/// takes a boolean. Every verdict must agree.
+#[test]
+fn the_doubles_validator_agrees_with_jsonschema_on_rollout_requests() {
+    use std::collections::BTreeSet;
+    use support::rollout::{APP, image, run_rollout};
+    use support::{TestDir, assert_success};
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1).services(true));
+    let t = TestDir::new();
+    assert_success(&run_rollout(&fly, &t, &image(30), &[]));
+    assert_success(&run_rollout(&fly, &t, &image(31), &["--strategy", "bluegreen"]));
+    assert_success(&run_rollout(&fly, &t, &image(32), &["--strategy", "canary"]));
+
+    let root = json_schema_of_spec(schema::spec());
+    let mut checked = BTreeSet::new();
+    let mut disagreements = Vec::new();
+    for request in fly.requests() {
+        let Some(body) = &request.body else { continue };
+        let Some(op) = schema::find_operation(&request.method, &request.path) else {
+            continue;
+        };
+        let method = request.method.to_ascii_lowercase();
+        let pointer = format!(
+            "/paths/{}/{method}/requestBody/content/application~1json/schema",
+            op.template.replace('~', "~0").replace('/', "~1")
+        );
+        let Some(body_schema) = schema::spec().pointer(&pointer) else {
+            continue;
+        };
+        checked.insert(op.id.clone());
+        let mut js_schema = root.clone();
+        js_schema["$ref"] = json!(format!("#/$defs/{}", ref_name(body_schema)));
+        let validator = jsonschema::draft202012::new(&js_schema).expect("the converted spec compiles");
+        for (what, candidate) in broken_copies(body) {
+            let mut errors = Vec::new();
+            schema::validate(body_schema, &candidate, "body", &mut errors);
+            let independent = validator.is_valid(&candidate);
+            if errors.is_empty() != independent {
+                disagreements.push(format!(
+                    "{} ({what}): schema.rs says {:?}, jsonschema says {}",
+                    op.id,
+                    errors,
+                    if independent { "valid" } else { "invalid" }
+                ));
+            }
+        }
+    }
+    assert!(
+        checked.contains("Machines_create") && checked.contains("Machines_update"),
+        "{checked:?}"
+    );
+    assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
+}
+
+/// `#/components/schemas/NAME` of a `$ref` body schema.
+fn ref_name(schema: &Value) -> String {
+    schema["$ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+        .expect("request bodies are $refs to components")
+        .to_string()
+}
+
+/// The body as sent (valid), and copies broken one way each: an unknown property at the top and
+/// in `config`, each required top-level property removed, a string turned into a number.
+fn broken_copies(body: &Value) -> Vec<(String, Value)> {
+    let mut out = vec![("as sent".to_string(), body.clone())];
+    if let Some(object) = body.as_object() {
+        let mut extra = body.clone();
+        extra["nixfly_typo"] = json!(true);
+        out.push(("unknown property".into(), extra));
+        if object.get("config").is_some_and(Value::is_object) {
+            let mut extra = body.clone();
+            extra["config"]["skip_lauch"] = json!(true);
+            out.push(("unknown config property".into(), extra));
+            let mut wrong = body.clone();
+            wrong["config"]["image"] = json!(42);
+            out.push(("config.image a number".into(), wrong));
+            let mut gone = body.clone();
+            gone["config"].as_object_mut().unwrap().remove("image");
+            out.push(("config.image removed".into(), gone));
+        }
+        for (key, value) in object {
+            if value.is_string() {
+                let mut wrong = body.clone();
+                wrong[key] = json!(7);
+                out.push((format!("{key} a number"), wrong));
+            }
+        }
+    }
+    out
+}
+
+/// The OpenAPI 3.0 spec's components as JSON Schema 2020-12 `$defs` (see the test above).
+fn json_schema_of_spec(spec: &Value) -> Value {
+    fn convert(node: &Value) -> Value {
+        match node {
+            Value::Object(map) => {
+                let mut out = serde_json::Map::new();
+                for (key, value) in map {
+                    match key.as_str() {
+                        // OpenAPI-only keywords.
+                        "example" | "xml" | "discriminator" | "externalDocs" | "deprecated" => {}
+                        "$ref" => {
+                            let name = value
+                                .as_str()
+                                .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                                .expect("component $refs only");
+                            out.insert(key.clone(), json!(format!("#/$defs/{name}")));
+                        }
+                        // `properties` maps names to schemas: convert each, not the map.
+                        "properties" => {
+                            let props = value
+                                .as_object()
+                                .unwrap()
+                                .iter()
+                                .map(|(k, v)| (k.clone(), convert(v)))
+                                .collect();
+                            out.insert(key.clone(), Value::Object(props));
+                        }
+                        _ => {
+                            out.insert(key.clone(), convert(value));
+                        }
+                    }
+                }
+                let declares = map.contains_key("properties") || map.contains_key("allOf");
+                if declares && !map.contains_key("additionalProperties") {
+                    out.insert("unevaluatedProperties".into(), json!(false));
+                }
+                if map
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .is_some_and(|d| d.contains("or a boolean (old format)"))
+                    && let Some(ty) = map.get("type").and_then(Value::as_str)
+                {
+                    out.insert("type".into(), json!([ty, "boolean"]));
+                }
+                Value::Object(out)
+            }
+            Value::Array(items) => Value::Array(items.iter().map(convert).collect()),
+            other => other.clone(),
+        }
+    }
+    let defs: serde_json::Map<String, Value> = spec["components"]["schemas"]
+        .as_object()
+        .expect("the spec has components")
+        .iter()
+        .map(|(name, schema)| (name.clone(), convert(schema)))
+        .collect();
+    json!({ "$schema": "https://json-schema.org/draft/2020-12/schema", "$defs": defs })
+}
