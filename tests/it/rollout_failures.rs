@@ -510,17 +510,22 @@ fn api_errors_show_the_error_body() {
     assert_no_violations(&fly);
 }
 
-/// A rollout of 3 machines whose checks take 2 minutes of Fly time (6 s here), started and
-/// caught mid-way: one machine updated, the rest waiting. Returns the double, the machine ids,
-/// the running nixfly (stdout and stderr piped) and its temp dir.
-fn rollout_caught_mid_way(image_number: u8) -> (FlyApi, Vec<String>, std::process::Child, TestDir) {
-    let fly = FlyApi::with_options(Options {
+/// A Fly API double whose health checks take 2 minutes of Fly time (6 s here) to pass.
+fn slow_checks() -> FlyApi {
+    FlyApi::with_options(Options {
         timing: Timing {
             checks: Duration::from_secs(120),
             ..Timing::default()
         },
         ..Options::default()
-    });
+    })
+}
+
+/// A rollout of 3 machines whose checks take 2 minutes of Fly time (6 s here), started and
+/// caught mid-way: one machine updated, the rest waiting. Returns the double, the machine ids,
+/// the running nixfly (stdout and stderr piped) and its temp dir.
+fn rollout_caught_mid_way(image_number: u8) -> (FlyApi, Vec<String>, std::process::Child, TestDir) {
+    let fly = slow_checks();
     fly.add_app(APP);
     let ids = fly.add_machines(APP, &MachineSpec::new("app").count(3).checks(1));
     let t = TestDir::new();
@@ -564,13 +569,7 @@ fn sigterm_mid_rollout_releases_leases_and_marks_the_release_interrupted() {
 #[test]
 fn a_signal_destroys_the_canary_or_greens_the_deploy_created() {
     for (strategy, what, number) in [("canary", "canary", 20), ("bluegreen", "green", 21)] {
-        let fly = FlyApi::with_options(Options {
-            timing: Timing {
-                checks: Duration::from_secs(120),
-                ..Timing::default()
-            },
-            ..Options::default()
-        });
+        let fly = slow_checks();
         fly.add_app(APP);
         let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1).services(true));
         let t = TestDir::new();
