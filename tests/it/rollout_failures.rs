@@ -629,6 +629,60 @@ fn a_signal_destroys_the_canary_or_greens_the_deploy_created() {
     }
 }
 
+/// A signal while the release_command machine waits for its image (created with skip_launch,
+/// not started yet): it is destroyed and named, instead of staying stopped until the next
+/// deploy; no app machine was touched.
+#[test]
+fn a_signal_before_the_release_command_starts_destroys_its_machine() {
+    let fly = FlyApi::with_options(Options {
+        timing: Timing {
+            start: Duration::from_secs(120),
+            ..Timing::default()
+        },
+        ..Options::default()
+    });
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(1));
+    let t = TestDir::new();
+    write_fly_toml(
+        &t,
+        "app = \"demo\"\n[deploy]\nrelease_command = \"bin/migrate\"\n",
+    );
+    let mut child = rollout_cmd(&fly, &t, &image(22))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start nixfly");
+    let release_machine = || {
+        fly.machines(APP)
+            .into_iter()
+            .find(|m| m.metadata("fly_process_group") == Some("fly_app_release_command"))
+    };
+    let created = fly.wait_until(Duration::from_secs(20), |_| release_machine().is_some());
+    if !created {
+        let _ = child.kill();
+    }
+    assert!(created, "no release_command machine was created");
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait for nixfly");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_INTERRUPTED), "{err}");
+    let machine = release_machine().unwrap();
+    assert_eq!(machine.state, "destroyed", "{err}");
+    assert!(
+        err.contains(&format!("release_command machine {}", machine.id))
+            && err.contains("no machine had been changed"),
+        "{err}"
+    );
+    assert_eq!(fly.machine(&ids[0]).state, "started");
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
 /// Issue 13 point 7: interrupted while the Fly API is down, the final message says which
 /// leases were not released and that the release was not marked, instead of claiming both;
 /// a second signal during the cleanup says it is still cleaning up.
