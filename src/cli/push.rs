@@ -319,8 +319,14 @@ impl ResolvedPush {
             Ended::Interrupted(signal) => Err(ExitCodeError {
                 code: EXIT_INTERRUPTED,
                 message: format!(
-                    "push of {description} to {} interrupted by {signal}: nothing was tagged{}",
+                    "push of {description} to {} interrupted by {signal}: {}{}",
                     self.target(),
+                    if self.client.manifest_sent() {
+                        "the signal came as the manifest went out, so the tag may point at the new \
+                         image (complete: the manifest comes after every blob)"
+                    } else {
+                        "nothing was tagged"
+                    },
                     match cancelled {
                         Some(0) => String::new(),
                         Some(n) => format!(", and the {n} upload session(s) it had open were cancelled"),

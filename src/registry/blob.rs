@@ -277,6 +277,12 @@ impl RegistryClient {
         self.sessions().remove(&id);
     }
 
+    /// Whether a manifest PUT went out: a push stopped after that may have tagged its
+    /// (complete) image.
+    pub fn manifest_sent(&self) -> bool {
+        self.manifest_sent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Cancel every upload session still open (unused sessions a mount attempt opened, uploads
     /// a failed push stopped), each at its latest Location, so that nothing is left in the
     /// registry. Call once no upload is running. Returns how many were cancelled.

@@ -126,6 +126,9 @@ pub struct RegistryClient {
     /// later (a registry that wants credentials for pushes only) teaches the challenge all the
     /// same (`Authenticator::learn`), and from then on the challenge is what counts.
     open_to_anyone: std::sync::atomic::AtomicBool,
+    /// A manifest PUT went out (`put_manifest`): a push stopped after this may have tagged
+    /// its image, complete, since the manifest comes after every blob.
+    pub(crate) manifest_sent: std::sync::atomic::AtomicBool,
 }
 
 impl RegistryClient {
@@ -170,6 +173,7 @@ impl RegistryClient {
             open_sessions: Mutex::new(HashMap::new()),
             next_session: std::sync::atomic::AtomicU64::new(0),
             open_to_anyone: std::sync::atomic::AtomicBool::new(false),
+            manifest_sent: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

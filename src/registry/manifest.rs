@@ -67,6 +67,8 @@ impl RegistryClient {
         bytes: Bytes,
     ) -> Result<Digest, RegistryError> {
         let digest = Digest::sha256_of(&bytes);
+        self.manifest_sent
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let req = Request {
             method: Method::PUT,
             url: self.url(&format!("{repository}/manifests/{tag_or_digest}")),

@@ -613,6 +613,40 @@ fn a_signal_mid_upload_cancels_the_sessions_and_exits_130() {
     }
 }
 
+/// A signal while the manifest PUT is out: whether the registry took it is unknown, so the
+/// message says the tag may have moved (to a complete image), not "nothing was tagged".
+#[test]
+fn a_signal_during_the_manifest_put_says_the_tag_may_have_moved() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (source, _) = image(&t);
+    let proxy = FaultProxy::start(
+        registry.addr,
+        vec![Rule::new("PUT", "/manifests/", 0, Fault::Hang)],
+    );
+    let child = t
+        .nixfly()
+        .args(["push", source.to_str().unwrap(), "--to"])
+        .arg(format!("{}/app", proxy.host()))
+        .args(["--tag", "v1", "--creds", &registry.creds()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    support::wait_until("the manifest never reached the proxy", 30, || {
+        !proxy.fired().is_empty()
+    });
+    support::send_signal(child.id(), "INT");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted by SIGINT: the signal came as the manifest went out, so the tag may point at the new image")
+            && !stderr.contains("nothing was tagged"),
+        "{stderr}"
+    );
+}
+
 /// A registry that will not mount a blob from another repository: registry.fly.io, with a
 /// deploy token for one app asked to mount from another app's repository, refuses (401); a
 /// token service may refuse the scope (403); a registry that is not distribution answers a
