@@ -26,8 +26,12 @@ let
   isPathLike = v: isPath v || isString v || isDerivation v;
   # What nixfly reads: Go durations with a unit (a bare number is refused, as flyctl does),
   # micro-seconds also as Go spells them (U+00B5 and U+03BC, time/format.go unitMap).
+  # Above 0, as nixfly's settings check wants it (src/settings.rs): 0 would fail every machine.
   isDuration =
-    v: isString v && builtins.match "([0-9]+(\\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+" v != null;
+    v:
+    isString v
+    && builtins.match "([0-9]+(\\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+" v != null
+    && builtins.match "(0+(\\.0+)?(ns|us|µs|μs|ms|s|m|h))+" v == null;
   strategies = [
     "rolling"
     "immediate"
@@ -138,12 +142,12 @@ let
       default = null;
     };
     waitTimeout = {
-      type = "null or a duration like \"90s\", \"5m\" or \"1h30m\"";
+      type = "null or a duration above 0 like \"90s\", \"5m\" or \"1h30m\"";
       check = nullOr isDuration;
       default = null;
     };
     releaseCommandTimeout = {
-      type = "null or a duration like \"90s\", \"5m\" or \"1h30m\"";
+      type = "null or a duration above 0 like \"90s\", \"5m\" or \"1h30m\"";
       check = nullOr isDuration;
       default = null;
     };

@@ -202,6 +202,10 @@ fn wrong_attribute_name_or_type_fails_at_evaluation_naming_it() {
             "attribute `waitTimeout` must be null or a duration",
         ),
         (
+            r#"{ waitTimeout = "0s"; }"#,
+            "attribute `waitTimeout` must be null or a duration above 0",
+        ),
+        (
             "{ maxUnavailable = 0; }",
             "attribute `maxUnavailable` must be null or a number above 0",
         ),
