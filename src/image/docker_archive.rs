@@ -227,11 +227,12 @@ pub fn read_stream_deferred<D, T: Clone, E: From<ImageError>>(
             size,
             read: 0,
         };
+        let mut content = layer_content(&mut strict).map_err(read_error)?;
         let (diff_id, result) = on_layer(ArchiveLayer {
             name: &name,
             size,
             claimed_diff_id: claimed_digest(&name),
-            reader: &mut strict,
+            reader: &mut content,
             held: false,
         })?;
         read.push((name, diff_id, result));
@@ -261,11 +262,13 @@ pub fn read_stream_deferred<D, T: Clone, E: From<ImageError>>(
         if !layers.contains_key(resolved)
             && let Some(bytes) = metadata.get(resolved)
         {
+            let mut held = &bytes[..];
+            let mut content = layer_content(&mut held).map_err(read_error)?;
             let (diff_id, result) = on_layer(ArchiveLayer {
                 name: resolved,
                 size: bytes.len() as u64,
                 claimed_diff_id: claimed_digest(resolved),
-                reader: &mut &bytes[..],
+                reader: &mut content,
                 held: true,
             })?;
             layers.insert(resolved.to_string(), (resolve(diff_id)?, result));
@@ -409,6 +412,68 @@ fn read_metadata(
 
 /// An entry reader that fails when the archive ends before the entry's declared size (the
 /// tar crate would return a short read).
+/// A layer entry's content, the uncompressed tar its diff_id is the digest of: an entry that
+/// is a gzip or zstd stream is decompressed. `docker save` with containerd's image store (the
+/// default of Docker 29 and of Docker Desktop since 4.34) writes each layer as its compressed
+/// blob, `blobs/sha256/<blob digest>`, while the config's diff_ids stay those of the tars
+/// (containerd `core/images/archive/exporter.go`); skopeo decompresses such layers as it reads
+/// them (containers/image `docker/internal/tarfile/src.go`, `prepareLayerData`, `GetBlob`).
+pub fn layer_content<R: Read>(reader: R) -> io::Result<LayerContent<R>> {
+    let peeked = Peeked::new(reader)?;
+    Ok(match super::ArchiveFormat::sniff(&peeked.head) {
+        Some(super::ArchiveFormat::Gzip) => LayerContent::Gzip(Box::new(flate2::read::MultiGzDecoder::new(
+            io::BufReader::with_capacity(256 * 1024, peeked),
+        ))),
+        Some(super::ArchiveFormat::Zstd) => LayerContent::Zstd(zstd::stream::read::Decoder::new(peeked)?),
+        _ => LayerContent::Tar(peeked),
+    })
+}
+
+/// What [`layer_content`] reads: the entry as it is, or decompressed.
+pub enum LayerContent<R: Read> {
+    Tar(Peeked<R>),
+    Gzip(Box<flate2::read::MultiGzDecoder<io::BufReader<Peeked<R>>>>),
+    Zstd(zstd::stream::read::Decoder<'static, io::BufReader<Peeked<R>>>),
+}
+
+impl<R: Read> Read for LayerContent<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            LayerContent::Tar(r) => r.read(buf),
+            LayerContent::Gzip(r) => r.read(buf),
+            LayerContent::Zstd(r) => r.read(buf),
+        }
+    }
+}
+
+/// A reader whose first bytes (up to 4: the gzip and zstd magic numbers) were read ahead to
+/// tell what it holds; they are handed out first.
+pub struct Peeked<R> {
+    head: Vec<u8>,
+    at: usize,
+    inner: R,
+}
+
+impl<R: Read> Peeked<R> {
+    fn new(mut inner: R) -> io::Result<Self> {
+        let mut head = Vec::with_capacity(4);
+        (&mut inner).take(4).read_to_end(&mut head)?;
+        Ok(Peeked { head, at: 0, inner })
+    }
+}
+
+impl<R: Read> Read for Peeked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at < self.head.len() {
+            let n = (self.head.len() - self.at).min(buf.len());
+            buf[..n].copy_from_slice(&self.head[self.at..self.at + n]);
+            self.at += n;
+            return Ok(n);
+        }
+        self.inner.read(buf)
+    }
+}
+
 struct StrictEntry<'a, R> {
     inner: R,
     name: &'a str,

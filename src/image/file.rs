@@ -44,13 +44,31 @@ impl ImageSource for ArchiveFile {
         })?;
         if format == ArchiveFormat::Tar {
             let index = docker_archive::index_file(&file, &description)?;
+            // A layer stored compressed (`docker save` with containerd's image store) is read
+            // decompressed, and its size is not the tar's.
+            let mut compressed = Vec::with_capacity(index.layers.len());
+            for extent in &index.layers {
+                let head = ArchiveFormat::head(
+                    PositionedReader {
+                        file: &file,
+                        offset: extent.offset,
+                    }
+                    .take(extent.size.min(4)),
+                )
+                .map_err(open_error)?;
+                compressed.push(matches!(
+                    ArchiveFormat::sniff(&head),
+                    Some(ArchiveFormat::Gzip | ArchiveFormat::Zstd)
+                ));
+            }
             let layers = index
                 .diff_ids
                 .iter()
                 .zip(&index.layers)
-                .map(|(diff_id, extent)| KnownLayer {
+                .zip(&compressed)
+                .map(|((diff_id, extent), compressed)| KnownLayer {
                     diff_id: diff_id.clone(),
-                    uncompressed_size: Some(extent.size),
+                    uncompressed_size: (!compressed).then_some(extent.size),
                     blob: None,
                 })
                 .collect();
@@ -113,12 +131,15 @@ impl IndexedImage for TarFile {
             "archive layers have no stored blob"
         );
         let extent = self.extents[index];
-        Ok(Box::new(
-            PositionedReader {
-                file: self.file.clone(),
-                offset: extent.offset,
-            }
-            .take(extent.size),
-        ))
+        let entry = PositionedReader {
+            file: self.file.clone(),
+            offset: extent.offset,
+        }
+        .take(extent.size);
+        let content = docker_archive::layer_content(entry).map_err(|source| ImageError::Read {
+            source_name: self.parts.description.clone(),
+            source,
+        })?;
+        Ok(Box::new(content))
     }
 }
