@@ -67,29 +67,21 @@ impl ImageSource for OciLayout {
         read("oci-layout", None)?;
         let index: ImageIndex = serde_json::from_slice(&read("index.json", None)?)
             .map_err(|e| malformed("index.json", e.to_string()))?;
-        let manifest_descriptor = match <[Descriptor; 1]>::try_from(index.manifests().clone()) {
+        // The same image under several names (`skopeo copy … oci:dir:a`, then `:b`) is one image.
+        let mut entries = index.manifests().clone();
+        entries.dedup_by(|a, b| a.digest() == b.digest());
+        let top = match <[Descriptor; 1]>::try_from(entries) {
             Ok([descriptor]) => descriptor,
             Err(list) => {
                 return Err(malformed(
                     "index.json",
                     format!(
-                        "it lists {} manifests; nixfly pushes a layout holding exactly one image",
+                        "it lists {} different manifests; nixfly pushes a layout holding exactly one image",
                         list.len()
                     ),
                 ));
             }
         };
-        let manifest_type = manifest_descriptor.media_type();
-        if *manifest_type != MediaType::ImageManifest && *manifest_type != docker::manifest() {
-            return Err(ImageError::Unsupported {
-                source_name: name,
-                detail: format!(
-                    "its index points to a {}; only a single-platform image manifest can be pushed (copy one \
-                     platform out with `skopeo copy --override-arch`)",
-                    manifest_type
-                ),
-            });
-        }
         let sha256 = |descriptor: &Descriptor, entry: &str| -> Result<Digest, ImageError> {
             descriptor.digest().as_ref().parse().map_err(|_| {
                 malformed(
@@ -122,6 +114,33 @@ impl ImageSource for OciLayout {
             }
             Ok((digest, bytes))
         };
+        let manifest_descriptor = if is_index(top.media_type()) {
+            let (index_digest, bytes) = blob(&top, "index.json")?;
+            let entry = format!("index {index_digest}");
+            let nested: ImageIndex =
+                serde_json::from_slice(&bytes).map_err(|e| malformed(&entry, e.to_string()))?;
+            linux_amd64(&nested).ok_or_else(|| ImageError::Unsupported {
+                source_name: name.clone(),
+                detail: format!(
+                    "its image index has no linux/amd64 manifest, the platform Fly Machines run \
+                     (it has {}); build the image for x86_64-linux",
+                    platforms(&nested)
+                ),
+            })?
+        } else {
+            top
+        };
+        let manifest_type = manifest_descriptor.media_type();
+        if *manifest_type != MediaType::ImageManifest && *manifest_type != docker::manifest() {
+            return Err(ImageError::Unsupported {
+                source_name: name,
+                detail: format!(
+                    "its index points to a {}; only an image manifest, or an index holding a \
+                     linux/amd64 one, can be pushed",
+                    manifest_type
+                ),
+            });
+        }
         let (manifest_digest, manifest_bytes) = blob(&manifest_descriptor, "index.json")?;
         let manifest_entry = format!("manifest {manifest_digest}");
         let manifest: ImageManifest =
@@ -350,5 +369,48 @@ impl IndexedImage for LayoutImage {
             }
             _ => file,
         })
+    }
+}
+
+/// An image index (OCI) or manifest list (Docker), which names one manifest per platform.
+fn is_index(media_type: &MediaType) -> bool {
+    *media_type == MediaType::ImageIndex
+        || media_type.to_string() == "application/vnd.docker.distribution.manifest.list.v2+json"
+}
+
+/// The index's linux/amd64 image manifest, as containerd picks one for Fly's hosts
+/// (`core/images/image.go`, `Manifest`, by `platforms.Match`): the first whose platform says
+/// linux and amd64. Attestation manifests (`unknown/unknown`, which buildx and Docker's
+/// containerd store add beside the image) and other platforms are passed over.
+fn linux_amd64(index: &ImageIndex) -> Option<Descriptor> {
+    index
+        .manifests()
+        .iter()
+        .find(|d| {
+            d.platform().as_ref().is_some_and(|p| {
+                p.os().to_string() == "linux"
+                    && matches!(
+                        p.architecture().to_string().as_str(),
+                        "amd64" | "x86_64" | "x86-64"
+                    )
+            })
+        })
+        .cloned()
+}
+
+/// The platforms an index names, for the error that none is linux/amd64.
+fn platforms(index: &ImageIndex) -> String {
+    let names: Vec<String> = index
+        .manifests()
+        .iter()
+        .map(|d| match d.platform() {
+            Some(p) => format!("{}/{}", p.os(), p.architecture()),
+            None => "no platform".to_string(),
+        })
+        .collect();
+    if names.is_empty() {
+        "no manifest".to_string()
+    } else {
+        names.join(", ")
     }
 }

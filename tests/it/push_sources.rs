@@ -247,6 +247,86 @@ fn oci_layout_pushes_its_stored_blobs_unchanged() {
     assert_eq!(back.manifest["layers"], stored["layers"]);
 }
 
+/// A layout whose index.json points at an image index, as buildx (`--output type=oci`) and
+/// Docker's containerd store write them: the linux/amd64 manifest beside an attestation
+/// manifest (`unknown/unknown`), listed twice under two names. The amd64 image is pushed, as
+/// skopeo and containerd pick it; an index without linux/amd64 is refused, naming what it has.
+#[test]
+fn an_oci_layout_with_an_image_index_pushes_its_linux_amd64_image() {
+    use sha2::Digest as _;
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let layout = t.join("layout");
+    let written = images::write_oci_layout(&layout, &images::small_layers(), false).unwrap();
+    let index_path = layout.join("index.json");
+    let top: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let image = top["manifests"][0].clone();
+    let put_blob = |bytes: &[u8]| {
+        let hex = hex::encode(sha2::Sha256::digest(bytes));
+        std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    let attestation = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2},
+        "layers": []
+    }))
+    .unwrap();
+    let (attestation_digest, attestation_size) = put_blob(&attestation);
+    let nested = |platforms: &[(&str, &str)]| {
+        let mut manifests = Vec::new();
+        for (os, arch) in platforms {
+            let mut entry = if *os == "unknown" {
+                serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                   "digest": attestation_digest, "size": attestation_size})
+            } else {
+                image.clone()
+            };
+            entry["platform"] = serde_json::json!({"os": os, "architecture": arch});
+            manifests.push(entry);
+        }
+        let bytes = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests
+        }))
+        .unwrap();
+        let (digest, size) = put_blob(&bytes);
+        let entry = |name: &str| {
+            serde_json::json!({"mediaType": "application/vnd.oci.image.index.v1+json",
+                               "digest": digest, "size": size,
+                               "annotations": {"org.opencontainers.image.ref.name": name}})
+        };
+        let top = serde_json::json!({"schemaVersion": 2, "manifests": [entry("latest"), entry("v1")]});
+        std::fs::write(&index_path, serde_json::to_vec(&top).unwrap()).unwrap();
+    };
+
+    nested(&[("unknown", "unknown"), ("linux", "amd64")]);
+    let out = push(
+        &t,
+        &registry,
+        layout.to_str().unwrap(),
+        "layout",
+        "v1",
+        &["--format", "oci"],
+    );
+    let reference = pushed_reference(&out, &registry.host(), "layout");
+    assert_same_image(&registry, &reference, &written);
+
+    nested(&[("linux", "arm64"), ("unknown", "unknown")]);
+    let out = support::run(
+        t.nixfly()
+            .args(["push", layout.to_str().unwrap(), "--to"])
+            .arg(format!("{}/other", registry.host()))
+            .args(["--creds", &registry.creds()]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no linux/amd64 manifest") && stderr.contains("linux/arm64, unknown/unknown"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn warm_repush_neither_compresses_nor_uploads_and_other_repositories_mount() {
     let registry = Registry::start(AuthMode::htpasswd());
