@@ -227,7 +227,7 @@ pub fn read_stream_deferred<D, T: Clone, E: From<ImageError>>(
             size,
             read: 0,
         };
-        let mut content = layer_content(&mut strict).map_err(read_error)?;
+        let mut content = layer_content(&mut strict);
         let (diff_id, result) = on_layer(ArchiveLayer {
             name: &name,
             size,
@@ -263,7 +263,7 @@ pub fn read_stream_deferred<D, T: Clone, E: From<ImageError>>(
             && let Some(bytes) = metadata.get(resolved)
         {
             let mut held = &bytes[..];
-            let mut content = layer_content(&mut held).map_err(read_error)?;
+            let mut content = layer_content(&mut held);
             let (diff_id, result) = on_layer(ArchiveLayer {
                 name: resolved,
                 size: bytes.len() as u64,
@@ -418,30 +418,47 @@ fn read_metadata(
 /// blob, `blobs/sha256/<blob digest>`, while the config's diff_ids stay those of the tars
 /// (containerd `core/images/archive/exporter.go`); skopeo decompresses such layers as it reads
 /// them (containers/image `docker/internal/tarfile/src.go`, `prepareLayerData`, `GetBlob`).
-pub fn layer_content<R: Read>(reader: R) -> io::Result<LayerContent<R>> {
-    let peeked = Peeked::new(reader)?;
-    Ok(match super::ArchiveFormat::sniff(&peeked.head) {
-        Some(super::ArchiveFormat::Gzip) => LayerContent::Gzip(Box::new(flate2::read::MultiGzDecoder::new(
-            io::BufReader::with_capacity(256 * 1024, peeked),
-        ))),
-        Some(super::ArchiveFormat::Zstd) => LayerContent::Zstd(zstd::stream::read::Decoder::new(peeked)?),
-        _ => LayerContent::Tar(peeked),
-    })
+///
+/// Nothing is read before the first read: what reads the stream around it (a layer plan noting
+/// where each layer starts) sees the entry begin where it does.
+pub fn layer_content<R: Read>(reader: R) -> LayerContent<R> {
+    LayerContent(Content::Unread(reader))
 }
 
 /// What [`layer_content`] reads: the entry as it is, or decompressed.
-pub enum LayerContent<R: Read> {
+pub struct LayerContent<R: Read>(Content<R>);
+
+enum Content<R: Read> {
+    Unread(R),
     Tar(Peeked<R>),
     Gzip(Box<flate2::read::MultiGzDecoder<io::BufReader<Peeked<R>>>>),
     Zstd(zstd::stream::read::Decoder<'static, io::BufReader<Peeked<R>>>),
+    /// Its first bytes could not be read.
+    Failed,
 }
 
 impl<R: Read> Read for LayerContent<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            LayerContent::Tar(r) => r.read(buf),
-            LayerContent::Gzip(r) => r.read(buf),
-            LayerContent::Zstd(r) => r.read(buf),
+        if matches!(self.0, Content::Unread(_)) {
+            let Content::Unread(reader) = std::mem::replace(&mut self.0, Content::Failed) else {
+                unreachable!("matched just above")
+            };
+            let peeked = Peeked::new(reader)?;
+            self.0 = match super::ArchiveFormat::sniff(&peeked.head) {
+                Some(super::ArchiveFormat::Gzip) => Content::Gzip(Box::new(
+                    flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(256 * 1024, peeked)),
+                )),
+                Some(super::ArchiveFormat::Zstd) => Content::Zstd(zstd::stream::read::Decoder::new(peeked)?),
+                _ => Content::Tar(peeked),
+            };
+        }
+        match &mut self.0 {
+            Content::Tar(r) => r.read(buf),
+            Content::Gzip(r) => r.read(buf),
+            Content::Zstd(r) => r.read(buf),
+            Content::Unread(_) | Content::Failed => {
+                Err(io::Error::other("the layer's first bytes could not be read"))
+            }
         }
     }
 }

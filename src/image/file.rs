@@ -136,10 +136,6 @@ impl IndexedImage for TarFile {
             offset: extent.offset,
         }
         .take(extent.size);
-        let content = docker_archive::layer_content(entry).map_err(|source| ImageError::Read {
-            source_name: self.parts.description.clone(),
-            source,
-        })?;
-        Ok(Box::new(content))
+        Ok(Box::new(docker_archive::layer_content(entry)))
     }
 }

@@ -376,6 +376,9 @@ impl BaseImage {
                 self.path, self.members
             ))
         })?;
+        // An entry stored compressed (`docker save` with containerd's image store) is read
+        // decompressed, as it was hashed when the base was opened.
+        use crate::image::docker_archive::layer_content;
         match (&self.places[index], &self.bytes) {
             (Place::Held(bytes), _) => Ok(Box::new(std::io::Cursor::new(bytes.clone()))),
             (Place::At(extent), BaseBytes::File(file)) => {
@@ -383,14 +386,14 @@ impl BaseImage {
                     file: file.clone(),
                     offset: extent.offset,
                 };
-                Ok(Box::new(BufReader::with_capacity(
+                Ok(Box::new(layer_content(BufReader::with_capacity(
                     1 << 20,
                     reader.take(extent.size),
-                )))
+                ))))
             }
-            (Place::At(extent), BaseBytes::Inflated(format)) => {
-                Ok(Box::new(inflated_range(&self.path, *format, *extent)?))
-            }
+            (Place::At(extent), BaseBytes::Inflated(format)) => Ok(Box::new(layer_content(inflated_range(
+                &self.path, *format, *extent,
+            )?))),
         }
     }
 
@@ -1402,6 +1405,34 @@ sys.stdout.write(json.dumps(image, indent=4))
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         encoder.write_all(bytes).unwrap();
         encoder.finish().unwrap()
+    }
+
+    /// A base from `docker save` with containerd's image store: its layer entry is the gzip
+    /// blob, its config lists the tar's diff_id. The base opens (it is not damaged), from the
+    /// file and from a .tar.gz of it, and the layer reads as the tar.
+    #[test]
+    fn a_base_layer_stored_compressed_reads_as_its_tar() {
+        let layer = b"the layer tar, stored as its gzip blob".repeat(50);
+        let tar = base_archive(
+            &[("blobs/sha256/aa", &gzip(&layer))],
+            &[],
+            &["blobs/sha256/aa"],
+            &[Digest::sha256_of(&layer)],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("base.tar");
+        std::fs::write(&plain, &tar).unwrap();
+        let gzipped = dir.path().join("base.tar.gz");
+        std::fs::write(&gzipped, gzip(&tar)).unwrap();
+        for path in [plain, gzipped] {
+            let base = BaseImage::open(path.to_str().unwrap()).unwrap();
+            let mut read = Vec::new();
+            base.open_layer("blobs/sha256/aa")
+                .unwrap()
+                .read_to_end(&mut read)
+                .unwrap();
+            assert!(read == layer, "{}: {} bytes read", path.display(), read.len());
+        }
     }
 
     /// A base layer listed under a link (`docker save` links a layer it already wrote) is
