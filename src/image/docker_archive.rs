@@ -440,16 +440,47 @@ enum Content<R: Read> {
 impl<R: Read> Read for LayerContent<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if matches!(self.0, Content::Unread(_)) {
-            let Content::Unread(reader) = std::mem::replace(&mut self.0, Content::Failed) else {
+            let Content::Unread(mut reader) = std::mem::replace(&mut self.0, Content::Failed) else {
                 unreachable!("matched just above")
             };
-            let peeked = Peeked::new(reader)?;
-            self.0 = match super::ArchiveFormat::sniff(&peeked.head) {
+            // The first read goes straight into `buf`, as every read would without this
+            // check: a read of 4 bytes first would leave the rest of the layer's copies out of
+            // the kernel's alignment with the caller's page-aligned buffers, and a fresh
+            // runner's unchanged 1.1 GB stream took 0.05 s longer (`bench/ab.py`, 5 runs each).
+            let mut n = 0;
+            while n < MAGIC.min(buf.len()) {
+                match reader.read(&mut buf[n..])? {
+                    0 => break,
+                    read => n += read,
+                }
+            }
+            let head = if buf.len() < MAGIC {
+                // Too small a read to tell: the rest of the magic is read aside.
+                let mut head = buf[..n].to_vec();
+                (&mut reader).take((MAGIC - n) as u64).read_to_end(&mut head)?;
+                head
+            } else {
+                buf[..n].to_vec()
+            };
+            let peeked = |head| Peeked {
+                head,
+                at: 0,
+                inner: reader,
+            };
+            self.0 = match super::ArchiveFormat::sniff(&head) {
                 Some(super::ArchiveFormat::Gzip) => Content::Gzip(Box::new(
-                    flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(256 * 1024, peeked)),
+                    flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(256 * 1024, peeked(head))),
                 )),
-                Some(super::ArchiveFormat::Zstd) => Content::Zstd(zstd::stream::read::Decoder::new(peeked)?),
-                _ => Content::Tar(peeked),
+                Some(super::ArchiveFormat::Zstd) => {
+                    Content::Zstd(zstd::stream::read::Decoder::new(peeked(head))?)
+                }
+                // The tar itself: what was read is in `buf` already, but for what a short
+                // `buf` could not take.
+                _ => {
+                    let aside = head[n..].to_vec();
+                    self.0 = Content::Tar(peeked(aside));
+                    return Ok(n);
+                }
             };
         }
         match &mut self.0 {
@@ -463,20 +494,14 @@ impl<R: Read> Read for LayerContent<R> {
     }
 }
 
-/// A reader whose first bytes (up to 4: the gzip and zstd magic numbers) were read ahead to
-/// tell what it holds; they are handed out first.
+/// How many first bytes tell a gzip or zstd stream from a tar (their magic numbers).
+const MAGIC: usize = 4;
+
+/// A reader whose first bytes were read ahead to tell what it holds; they are handed out first.
 pub struct Peeked<R> {
     head: Vec<u8>,
     at: usize,
     inner: R,
-}
-
-impl<R: Read> Peeked<R> {
-    fn new(mut inner: R) -> io::Result<Self> {
-        let mut head = Vec::with_capacity(4);
-        (&mut inner).take(4).read_to_end(&mut head)?;
-        Ok(Peeked { head, at: 0, inner })
-    }
 }
 
 impl<R: Read> Read for Peeked<R> {
@@ -625,6 +650,40 @@ pub fn index_file(file: &std::fs::File, source_name: &str) -> Result<ArchiveInde
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A layer entry reads as its tar whether it is the tar, its gzip or its zstd, with reads
+    /// of any size (down to 1 byte, less than the magic numbers).
+    #[test]
+    fn layer_content_reads_the_tar_from_any_entry_with_any_read_size() {
+        use std::io::Write as _;
+        let tar = b"ustar-looking layer bytes that are not gzip or zstd".repeat(300);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::stream::encode_all(&tar[..], 1).unwrap();
+        for (what, entry) in [("tar", &tar), ("gzip", &gz), ("zstd", &zst)] {
+            for size in [1, 3, 4, 5, 4096, 1 << 20] {
+                let mut content = layer_content(&entry[..]);
+                let mut out = Vec::new();
+                let mut buf = vec![0; size];
+                loop {
+                    let n = content.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    out.extend_from_slice(&buf[..n]);
+                }
+                assert!(out == tar, "{what}, reads of {size}: {} bytes", out.len());
+            }
+        }
+        // Shorter than the magic numbers, and empty.
+        let mut out = Vec::new();
+        layer_content(&b"ab"[..]).read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"ab");
+        out.clear();
+        layer_content(&b""[..]).read_to_end(&mut out).unwrap();
+        assert!(out.is_empty());
+    }
 
     #[test]
     fn claimed_digests_come_from_nix_and_docker_names() {
