@@ -1407,6 +1407,15 @@ sys.stdout.write(json.dumps(image, indent=4))
         encoder.finish().unwrap()
     }
 
+    /// `tar` written into `dir` as it is and gzipped: a base image in both forms.
+    fn plain_and_gzipped(dir: &std::path::Path, tar: &[u8]) -> [std::path::PathBuf; 2] {
+        let plain = dir.join("base.tar");
+        std::fs::write(&plain, tar).unwrap();
+        let gzipped = dir.join("base.tar.gz");
+        std::fs::write(&gzipped, gzip(tar)).unwrap();
+        [plain, gzipped]
+    }
+
     /// A base from `docker save` with containerd's image store: its layer entry is the gzip
     /// blob, its config lists the tar's diff_id. The base opens (it is not damaged), from the
     /// file and from a .tar.gz of it, and the layer reads as the tar.
@@ -1420,11 +1429,7 @@ sys.stdout.write(json.dumps(image, indent=4))
             &[Digest::sha256_of(&layer)],
         );
         let dir = tempfile::tempdir().unwrap();
-        let plain = dir.path().join("base.tar");
-        std::fs::write(&plain, &tar).unwrap();
-        let gzipped = dir.path().join("base.tar.gz");
-        std::fs::write(&gzipped, gzip(&tar)).unwrap();
-        for path in [plain, gzipped] {
+        for path in plain_and_gzipped(dir.path(), &tar) {
             let base = BaseImage::open(path.to_str().unwrap()).unwrap();
             let mut read = Vec::new();
             base.open_layer("blobs/sha256/aa")
@@ -1447,11 +1452,7 @@ sys.stdout.write(json.dumps(image, indent=4))
             &[Digest::sha256_of(&layer)],
         );
         let dir = tempfile::tempdir().unwrap();
-        let plain = dir.path().join("base.tar");
-        std::fs::write(&plain, &tar).unwrap();
-        let gzipped = dir.path().join("base.tar.gz");
-        std::fs::write(&gzipped, gzip(&tar)).unwrap();
-        for path in [plain, gzipped] {
+        for path in plain_and_gzipped(dir.path(), &tar) {
             let base = BaseImage::open(path.to_str().unwrap()).unwrap();
             assert_eq!(base.members, ["b/layer.tar"]);
             let mut read = Vec::new();

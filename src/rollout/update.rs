@@ -119,8 +119,10 @@ impl Ctx {
         self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// After a signal: destroy the temporary machines still there. Returns what to tell the
-    /// user: those destroyed, and those that could not be (with the command that removes them).
+    /// When the deploy ends early (a signal, or a failure whose own cleanup missed one):
+    /// destroy the temporary machines still there, except a release_command machine running
+    /// its command. Returns what to tell the user: those destroyed, the running one, and those
+    /// that could not be destroyed (with the command that removes them).
     pub async fn remove_temporaries(&self) -> Option<String> {
         let temporaries = std::mem::take(&mut *self.temporaries.lock().unwrap_or_else(|e| e.into_inner()));
         if temporaries.is_empty() {

@@ -573,27 +573,12 @@ fn a_signal_destroys_the_canary_or_greens_the_deploy_created() {
         fly.add_app(APP);
         let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).checks(1).services(true));
         let t = TestDir::new();
-        let mut child = rollout_cmd(&fly, &t, &image(number))
-            .args(["--strategy", strategy])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start nixfly");
-        let created = fly.wait_until(Duration::from_secs(20), |fly| {
+        let mut cmd = rollout_cmd(&fly, &t, &image(number));
+        let out = interrupted_once(&fly, cmd.args(["--strategy", strategy]), strategy, |fly| {
             fly.machines(APP)
                 .iter()
                 .any(|m| !ids.contains(&m.id) && m.state == "started")
         });
-        if !created {
-            let _ = child.kill();
-        }
-        assert!(created, "{strategy}: no machine was created");
-        let status = std::process::Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-        let out = child.wait_with_output().expect("wait for nixfly");
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(EXIT_INTERRUPTED), "{strategy}: {err}");
         let extra: Vec<_> = fly
@@ -629,6 +614,27 @@ fn a_signal_destroys_the_canary_or_greens_the_deploy_created() {
     }
 }
 
+/// Run `cmd` (a rollout against `fly`), and once `ready` holds of the double, send it SIGINT
+/// and wait for it to end.
+fn interrupted_once(
+    fly: &FlyApi,
+    cmd: &mut std::process::Command,
+    what: &str,
+    ready: impl FnMut(&FlyApi) -> bool,
+) -> std::process::Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start nixfly");
+    if !fly.wait_until(Duration::from_secs(20), ready) {
+        let _ = child.kill();
+        panic!("{what}: the rollout never got there");
+    }
+    support::send_signal(child.id(), "INT");
+    child.wait_with_output().expect("wait for nixfly")
+}
+
 /// A signal while the release_command machine waits for its image (created with skip_launch,
 /// not started yet): it is destroyed and named, instead of staying stopped until the next
 /// deploy; no app machine was touched.
@@ -648,30 +654,20 @@ fn a_signal_before_the_release_command_starts_destroys_its_machine() {
         &t,
         "app = \"demo\"\n[deploy]\nrelease_command = \"bin/migrate\"\n",
     );
-    let mut child = rollout_cmd(&fly, &t, &image(22))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start nixfly");
-    let release_machine = || {
+    let release_machine = |fly: &FlyApi| {
         fly.machines(APP)
             .into_iter()
             .find(|m| m.metadata("fly_process_group") == Some("fly_app_release_command"))
     };
-    let created = fly.wait_until(Duration::from_secs(20), |_| release_machine().is_some());
-    if !created {
-        let _ = child.kill();
-    }
-    assert!(created, "no release_command machine was created");
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-    let out = child.wait_with_output().expect("wait for nixfly");
+    let out = interrupted_once(
+        &fly,
+        &mut rollout_cmd(&fly, &t, &image(22)),
+        "release_command",
+        |fly| release_machine(fly).is_some(),
+    );
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(EXIT_INTERRUPTED), "{err}");
-    let machine = release_machine().unwrap();
+    let machine = release_machine(&fly).unwrap();
     assert_eq!(machine.state, "destroyed", "{err}");
     assert!(
         err.contains(&format!("release_command machine {}", machine.id))
