@@ -16,7 +16,7 @@ use crate::registry::error::RegistryError;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// Image indexes are followed this far (a multi-platform tag lists a handful of images).
 const INDEX_ENTRIES: usize = 8;
@@ -28,7 +28,8 @@ const INDEX_ENTRIES: usize = 8;
 pub(super) struct RegistryBlobs {
     by_diff_id: HashMap<Digest, Candidate>,
     holders: HashMap<Digest, Vec<String>>,
-    present: HashSet<Digest>,
+    /// Blobs a HEAD found in the target repository, with the size it gave.
+    present: HashMap<Digest, u64>,
 }
 
 impl RegistryBlobs {
@@ -72,10 +73,10 @@ impl RegistryBlobs {
         // HEAD them all at once now: a stream asks about its layers one at a time as they pass,
         // and must not wait a round trip for each.
         let digests: Vec<Digest> = blobs.by_diff_id.values().map(|c| c.digest.clone()).collect();
-        let found: Vec<Option<Digest>> = futures::stream::iter(digests)
+        let found: Vec<Option<(Digest, u64)>> = futures::stream::iter(digests)
             .map(|digest| async move {
                 match store.blob_exists(&spec.repository, &digest).await {
-                    Ok(Some(_)) => Some(digest),
+                    Ok(Some(size)) => Some((digest, size)),
                     // Not there (or not answerable now): the layer's own lookup asks again.
                     Ok(None) | Err(_) => None,
                 }
@@ -252,8 +253,8 @@ impl<S: BlobStore> Pusher<S> {
     ) -> Result<Option<(Candidate, LayerOutcome)>, PushError> {
         let spec = &self.spec;
         for candidate in &candidates {
-            if self.registry_blobs.present.contains(&candidate.digest) {
-                return Ok(Some((candidate.clone(), LayerOutcome::Skipped)));
+            if let Some(&size) = self.registry_blobs.present.get(&candidate.digest) {
+                return Ok(Some((self.held(candidate, size), LayerOutcome::Skipped)));
             }
             let exists = self
                 .store
@@ -264,8 +265,8 @@ impl<S: BlobStore> Pusher<S> {
                     candidate.digest,
                     spec.name()
                 )))?;
-            if exists.is_some() {
-                return Ok(Some((candidate.clone(), LayerOutcome::Skipped)));
+            if let Some(size) = exists {
+                return Ok(Some((self.held(candidate, size), LayerOutcome::Skipped)));
             }
         }
         for candidate in candidates {
@@ -296,11 +297,43 @@ impl<S: BlobStore> Pusher<S> {
                         spec.name()
                     )))?;
                 if mounted {
-                    return Ok(Some((candidate, LayerOutcome::Mounted)));
+                    // The size, too, may come from another repository's lying descriptor.
+                    let size = self
+                        .store
+                        .blob_exists(&spec.repository, &candidate.digest)
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0);
+                    return Ok(Some((self.held(&candidate, size), LayerOutcome::Mounted)));
                 }
             }
         }
         Ok(None)
+    }
+
+    /// The candidate as the registry holds it. A manifest's descriptor can give a layer the
+    /// wrong size: distribution checks only that the blobs a manifest names exist
+    /// (`verifyManifest` in registry/storage/schema2manifesthandler.go and
+    /// ocimanifesthandler.go), and a manifest copied from such a descriptor makes every pull
+    /// fail on the size (containerd, containers/image). The digest fixes the blob's bytes, so
+    /// the size a HEAD gives is the true one. 0 is a HEAD without Content-Length: no layer
+    /// blob is empty, and the descriptor's size stands.
+    fn held(&self, candidate: &Candidate, size: u64) -> Candidate {
+        if size == 0 || size == candidate.size {
+            return candidate.clone();
+        }
+        self.reporter.warn(format!(
+            "an image in the registry lists blob {} as {} bytes, but {} holds {size} bytes \
+             under that digest; the new manifest gives {size}",
+            candidate.digest,
+            candidate.size,
+            self.spec.name()
+        ));
+        Candidate {
+            size,
+            ..candidate.clone()
+        }
     }
 
     /// For an archive file read before: when the registry has (or can mount) every layer it

@@ -174,6 +174,70 @@ fn a_manifest_naming_a_lost_blob_falls_back_to_uploading() {
     assert_same_image(&registry, &reference, &written);
 }
 
+/// distribution stores a manifest whose descriptor gives a layer the wrong size (it only checks
+/// that the blob exists). Reusing that blob takes its size from the registry's HEAD, not from
+/// the lying descriptor: the registry's own storage is the oracle for every size in the new
+/// manifest, and skopeo reads the image back.
+#[test]
+fn a_manifest_lying_about_a_blobs_size_is_not_copied() {
+    let registry = Registry::start(AuthMode::None);
+    let t = TestDir::new();
+    let (tar, written) = archive(&t, "image.tar", &images::small_layers());
+    pushed_json_reference(&fresh_push(&registry, &tar, "app", "live", &[]));
+    let mut manifest = registry.skopeo_manifest(&format!("{}/app:live", registry.host()));
+    let true_size = manifest["layers"][1]["size"].as_u64().unwrap();
+    manifest["layers"][1]["size"] = (true_size + 1000).into();
+    let lying = t.join("lying.json");
+    std::fs::write(&lying, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let put = t
+        .nixfly()
+        .args([
+            "registry",
+            "put-manifest",
+            &format!("{}/app:liar", registry.host()),
+        ])
+        .arg(&lying)
+        .args(["--media-type", manifest["mediaType"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+
+    let out = fresh_push(&registry, &tar, "app", "new", &["--reuse-from", "app:liar"]);
+    let reference = pushed_json_reference(&out);
+    assert_eq!(layer_outcomes(&out), vec!["skipped"; written.diff_ids.len()]);
+    let warnings = events(&out, "warning");
+    assert!(
+        warnings.iter().any(|w| w["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("as {} bytes", true_size + 1000))),
+        "{warnings:?}"
+    );
+    let pushed = registry.skopeo_manifest(&reference);
+    for layer in pushed["layers"].as_array().unwrap() {
+        let hex = layer["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        let data = registry
+            .storage_dir()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data");
+        assert_eq!(
+            layer["size"].as_u64(),
+            Some(std::fs::metadata(&data).unwrap().len())
+        );
+    }
+    assert_same_image(&registry, &reference, &written);
+
+    // Mounted into another repository from the same lie: the same correction.
+    let out = fresh_push(&registry, &tar, "other", "new", &["--reuse-from", "app:liar"]);
+    let reference = pushed_json_reference(&out);
+    assert_eq!(layer_outcomes(&out), vec!["mounted"; written.diff_ids.len()]);
+    let pushed = registry.skopeo_manifest(&reference);
+    assert_eq!(pushed["layers"][1]["size"].as_u64(), Some(true_size));
+    assert_same_image(&registry, &reference, &written);
+}
+
 /// A stream layer the registry already has is not compressed, but it is still hashed, and a
 /// layer whose bytes are not what its name and the config declare fails the push before the
 /// tag moves, even though its hash finishes after the stream has moved on to later layers.
