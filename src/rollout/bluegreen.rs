@@ -16,7 +16,7 @@
 
 use super::error::RolloutError;
 use super::health::wait_for_state;
-use super::update::Ctx;
+use super::update::{Ctx, Purpose};
 use super::waves::Fleet;
 use crate::fly::types::{META_BLUEGREEN_TAG, Machine, config_check_count};
 use futures::StreamExt;
@@ -194,7 +194,8 @@ async fn create_green(
         body["region"] = Value::String(region.clone());
     }
     ctx.status(&blue.id, group, "creating green machine");
-    ctx.create_and_check(body, group, launch).await
+    ctx.create_and_check(body, group, launch, Purpose::ForTheDeploy, |_| ())
+        .await
 }
 
 async fn destroy_greens(ctx: &Ctx, greens: &[Machine]) {

@@ -8,7 +8,7 @@
 
 use super::error::RolloutError;
 use super::groups::GroupError;
-use super::update::Ctx;
+use super::update::{Ctx, Purpose};
 use super::waves::{self, Fleet};
 use crate::fly::appconfig::AppConfig;
 use crate::fly::appconfig::launch::clear_standby;
@@ -157,7 +157,10 @@ async fn run_one(ctx: &Ctx, plan: &CanaryPlan) -> Result<(), RolloutError> {
         "process group {group}: creating a canary machine in {}",
         plan.region.as_deref().unwrap_or("the default region")
     ));
-    let (canary, result) = match ctx.create_and_check(body, group, true).await {
+    let (canary, result) = match ctx
+        .create_and_check(body, group, true, Purpose::ForTheDeploy, |_| ())
+        .await
+    {
         // Tested too once healthy, as flyctl's `deployCanaryMachines` runs `runTestMachines`
         // on each canary.
         Ok(canary) => {

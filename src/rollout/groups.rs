@@ -5,7 +5,7 @@
 
 use super::RolloutSpec;
 use super::error::RolloutError;
-use super::update::Ctx;
+use super::update::{Ctx, Purpose};
 use super::waves::{ConfigChange, Fleet};
 use crate::fly::api::ApiError;
 use crate::fly::appconfig::Strategy;
@@ -397,12 +397,9 @@ impl GroupChanges {
         if !self.region.is_empty() {
             body["region"] = json!(self.region);
         }
-        let result = ctx.create_and_check(body, group, launch).await;
-        let created = match &result {
-            Ok(machine) => Some(machine),
-            Err((machine, _)) => machine.as_ref(),
-        };
-        if let Some(machine) = created {
+        // Recorded for rollback as soon as it exists, not once it is healthy: a deploy stopped
+        // during the wait (a signal, another group's failure) destroys it too.
+        let record = |machine: &Machine| {
             let volumes = config["mounts"]
                 .as_array()
                 .into_iter()
@@ -414,7 +411,10 @@ impl GroupChanges {
                 group.to_string(),
                 volumes,
             ));
-        }
+        };
+        let result = ctx
+            .create_and_check(body, group, launch, Purpose::NewGroup, record)
+            .await;
         match result {
             Ok(machine) => {
                 let status = if launch { "created" } else { "created (standby)" };

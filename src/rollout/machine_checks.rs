@@ -7,7 +7,7 @@
 
 use super::error::RolloutError;
 use super::one_shot::{self, Ended};
-use super::update::Ctx;
+use super::update::{Ctx, Purpose};
 use crate::fly::appconfig::machine::default_guest;
 use crate::fly::appconfig::{AppConfig, MachineCheck};
 use crate::fly::types::{Machine, TEST_MACHINE_GROUP};
@@ -110,9 +110,12 @@ pub async fn run(ctx: &Ctx, tested: &Machine) -> Result<(), RolloutError> {
     let mut created = Vec::new();
     for check in applying {
         let body = test_machine_request(ctx, checks, check, &with_image);
-        let machine = ctx.api.create_machine(body).await.map_err(|source| {
-            RolloutError::api("creating a machine check's test machine for", &tested.id, source)
-        })?;
+        let machine = ctx
+            .create_machine(body, Purpose::ForTheDeploy)
+            .await
+            .map_err(|source| {
+                RolloutError::api("creating a machine check's test machine for", &tested.id, source)
+            })?;
         ctx.status(&machine.id, TEST_MACHINE_GROUP, format!("testing {}", tested.id));
         created.push((check, machine.id));
     }

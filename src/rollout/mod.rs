@@ -734,6 +734,10 @@ async fn finish(
     let app = &ctx.spec.app;
     let release_name = release.map_or_else(String::new, |r| format!(" (release v{})", r.version_string()));
     let mut removed = None;
+    // Before anything is rolled back or reported: the creates and destroys the deploy stopped
+    // waiting for are read to their answers (`Ctx::in_flight`).
+    ctx.settle_in_flight().await;
+    let mut settled = None;
     let (status, result) = match outcome {
         Ok(Ok(())) => {
             ctx.reporter.info(format!(
@@ -751,6 +755,7 @@ async fn finish(
         Err(signal) => {
             // Canaries, greens that took no traffic and the release_command machine were only
             // there for the deploy (flyctl destroys its greens on Ctrl-C too).
+            settled = ctx.settle_unclaimed(false).await;
             removed = ctx.remove_temporaries().await;
             (ReleaseStatus::Interrupted, Err(Err(signal)))
         }
@@ -758,6 +763,8 @@ async fn finish(
             // A machine whose update was refused before it changed leaves the journal: when
             // nothing is left there and nothing was created, nothing changed.
             let unchanged = ctx.journal().is_empty() && groups.created_count() == 0;
+            // Destroyed when the deploy rolls back, or when they would be all it changed.
+            settled = ctx.settle_unclaimed(ctx.spec.rollback || unchanged).await;
             let (code, summary) = if !ctx.is_changing() || unchanged {
                 groups.warn_kept_volumes(ctx, &[]);
                 (
@@ -806,6 +813,10 @@ async fn finish(
             // A canary or green whose destroy failed on the way out: tried once more, and named.
             let summary = match ctx.remove_temporaries().await {
                 Some(left) => format!("{summary}; {left}"),
+                None => summary,
+            };
+            let summary = match &settled {
+                Some(settled) => format!("{summary}; {settled}"),
                 None => summary,
             };
             (
@@ -886,9 +897,9 @@ async fn finish(
                     lost.join(", ")
                 ));
             }
-            if let Some(removed) = removed {
+            for also in removed.iter().chain(&settled) {
                 machines.push_str("; ");
-                machines.push_str(&removed);
+                machines.push_str(also);
             }
             Err(anyhow::Error::from(ExitCodeError {
                 code: EXIT_INTERRUPTED,

@@ -151,8 +151,7 @@ pub async fn run(ctx: &Ctx, rc: &ReleaseCommand, fleet: &Fleet) -> Result<(), Ro
     ctx.reporter
         .info(format!("running release_command `{}`", rc.command));
     let machine = ctx
-        .api
-        .create_machine(body)
+        .create_machine(body, super::update::Purpose::ForTheDeploy)
         .await
         .map_err(|source| RolloutError::AppApi {
             action: "creating the release_command machine",

@@ -11,7 +11,8 @@ use futures::StreamExt;
 pub async fn run(ctx: &Ctx, machines: &[Machine]) -> Result<(), RolloutError> {
     let order = rolling_order(machines, ctx.spec.max_unavailable);
     // Returning the first error drops the other pool: machines still in flight stop being
-    // waited for, and the rollback (which covers every journaled machine) puts them back.
+    // waited for, and the rollback (which covers every journaled machine) puts them back. A
+    // create or destroy already sent is still read to its answer (`Ctx::in_flight`).
     futures::future::try_join(run_pool(ctx, order.running), run_pool(ctx, order.stopped)).await?;
     Ok(())
 }

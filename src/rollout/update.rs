@@ -28,7 +28,7 @@ pub struct Ctx {
     journal: Mutex<Vec<Machine>>,
     /// Machines destroyed to be replaced whose replacement could not be created: a rollback
     /// creates them again.
-    lost: Mutex<Vec<String>>,
+    lost: Arc<Mutex<Vec<String>>>,
     /// Machines created in place of one whose volume changed: a rollback replaces them again.
     swapped: Mutex<Vec<String>>,
     /// Unattached volumes this deploy gave to replacements, so that no two get the same one.
@@ -37,7 +37,17 @@ pub struct Ctx {
     /// Machines this deploy created that are only there for it (canaries, greens before they
     /// take traffic, the release_command machine), until destroyed or kept: a signal that
     /// ends the deploy mid-way destroys them (`Ctx::remove_temporaries`).
-    temporaries: Mutex<Vec<Temporary>>,
+    temporaries: Arc<Mutex<Vec<Temporary>>>,
+    /// Creates and destroys sent and not answered yet, each on a task of its own: one the
+    /// deploy stops waiting for (a signal, a failure in another group or pool) is still read
+    /// to its answer, and `settle_in_flight` waits for them before anything is rolled back.
+    /// Dropped with its answer unread, a create Fly carried out would leave a machine nobody
+    /// knows of, and a destroy a journaled machine that is gone.
+    in_flight: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Machines created whose create's caller was gone when the answer came (see
+    /// `in_flight`), with what they were made for: nothing else records them
+    /// (`settle_unclaimed`).
+    unclaimed: Arc<Mutex<Vec<(String, Purpose)>>>,
     /// Process groups whose listen addresses were checked (`listen`): once per group.
     listen_checked: Mutex<BTreeSet<String>>,
 }
@@ -58,11 +68,13 @@ impl Ctx {
             change,
             leases,
             journal: Mutex::new(Vec::new()),
-            lost: Mutex::new(Vec::new()),
+            lost: Arc::new(Mutex::new(Vec::new())),
             swapped: Mutex::new(Vec::new()),
             claimed: Mutex::new(Vec::new()),
             changing: AtomicBool::new(false),
-            temporaries: Mutex::new(Vec::new()),
+            temporaries: Arc::new(Mutex::new(Vec::new())),
+            in_flight: Mutex::new(Vec::new()),
+            unclaimed: Arc::new(Mutex::new(Vec::new())),
             listen_checked: Mutex::new(BTreeSet::new()),
         }
     }
@@ -541,11 +553,8 @@ impl Ctx {
         wait: Wait,
         volume_swap: bool,
     ) -> Result<&'static str, RolloutError> {
-        self.destroy(&machine.id, machine.process_group()).await?;
-        self.lost
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(machine.id.clone());
+        self.destroy_recorded(&machine.id, machine.process_group(), true)
+            .await?;
         self.create_replacement(machine, config, wait, volume_swap).await
     }
 
@@ -594,8 +603,7 @@ impl Ctx {
             body["region"] = json!(region);
         }
         let created = self
-            .api
-            .create_machine(body)
+            .create_machine(body, Purpose::Replaces(old.id.clone()))
             .await
             .map_err(|source| RolloutError::api("creating the replacement for", &old.id, source))?;
         self.lost
@@ -640,13 +648,17 @@ impl Ctx {
         Ok(self.leases.nonce(&machine.id).unwrap_or_default())
     }
 
-    /// Create a machine (canary or green), wait for it to start and pass its checks.
-    /// The machine is returned even when waiting failed, so the caller can destroy it.
+    /// Create a machine (canary, green, a new group's), wait for it to start and pass its
+    /// checks. `record` takes the machine into the caller's records as soon as it exists, so
+    /// that a deploy stopped during the wait still knows of it. The machine is returned even
+    /// when waiting failed, so the caller can destroy it.
     pub async fn create_and_check(
         &self,
         body: Value,
         group: &str,
         launch: bool,
+        purpose: Purpose,
+        record: impl FnOnce(&Machine),
     ) -> Result<Machine, (Option<Machine>, RolloutError)> {
         let expected_checks = body.get("config").map_or(0, config_check_count);
         let config = body.get("config").cloned();
@@ -659,7 +671,7 @@ impl Ctx {
                 None
             }
         });
-        let created = self.api.create_machine(body).await.map_err(|source| {
+        let created = self.create_machine(body, purpose).await.map_err(|source| {
             (
                 None,
                 RolloutError::AppApi {
@@ -672,6 +684,7 @@ impl Ctx {
         if let Some(what) = temporary {
             self.add_temporary(&created.id, group, what);
         }
+        record(&created);
         if !launch {
             return Ok(created);
         }
@@ -707,19 +720,157 @@ impl Ctx {
 
     /// Destroy a machine this deploy created or replaced; its lease (if any) goes with it.
     pub async fn destroy(&self, machine: &str, group: &str) -> Result<(), RolloutError> {
+        self.destroy_recorded(machine, group, false).await
+    }
+
+    /// `destroy`, and with `lost` the machine is recorded as destroyed to be replaced. What a
+    /// destroy changes in the deploy's records is written when Fly answers, even if the
+    /// deploy stopped waiting meanwhile (`in_flight`).
+    async fn destroy_recorded(&self, machine: &str, group: &str, lost: bool) -> Result<(), RolloutError> {
         let nonce = self.leases.nonce(machine);
         self.status(machine, group, "destroying");
-        self.api
-            .destroy_machine(machine, nonce.as_deref())
-            .await
-            .map_err(|source| RolloutError::api("destroying", machine, source))?;
-        self.leases.forget(machine);
-        self.temporaries
+        let (api, leases, temporaries, lost_list) = (
+            self.api.clone(),
+            self.leases.clone(),
+            self.temporaries.clone(),
+            self.lost.clone(),
+        );
+        let id = machine.to_string();
+        self.to_the_answer(async move {
+            api.destroy_machine(&id, nonce.as_deref()).await?;
+            leases.forget(&id);
+            temporaries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|t| t.id != id);
+            if lost {
+                lost_list.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|source| RolloutError::api("destroying", machine, source))
+    }
+
+    /// `MachinesApi::create_machine`, read to its answer even if the deploy stops waiting
+    /// (`in_flight`). The caller takes the machine into its own records (journal, temporaries,
+    /// created) before it next awaits anything; one whose caller is gone stays `unclaimed`.
+    pub async fn create_machine(
+        &self,
+        body: Value,
+        purpose: Purpose,
+    ) -> Result<Machine, crate::fly::api::ApiError> {
+        let (api, unclaimed) = (self.api.clone(), self.unclaimed.clone());
+        let created = self
+            .to_the_answer(async move {
+                let created = api.create_machine(body).await;
+                if let Ok(machine) = &created {
+                    unclaimed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((machine.id.clone(), purpose));
+                }
+                created
+            })
+            .await?;
+        self.unclaimed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|t| t.id != machine);
-        Ok(())
+            .retain(|(id, _)| *id != created.id);
+        Ok(created)
     }
+
+    /// Run `request` on a task of its own, kept in `in_flight`, and wait for its answer.
+    async fn to_the_answer<T: Send + 'static>(
+        &self,
+        request: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _ = tx.send(request.await);
+        });
+        {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            in_flight.retain(|t| !t.is_finished());
+            in_flight.push(task);
+        }
+        match rx.await {
+            Ok(answer) => answer,
+            // The task ended without answering: it panicked, and so does its caller.
+            Err(_) => panic!("a machine request's task ended without an answer"),
+        }
+    }
+
+    /// Wait for every create and destroy still on its way: the deploy stopped waiting for
+    /// them, and what they did must be known before anything is rolled back or reported.
+    pub async fn settle_in_flight(&self) {
+        let tasks = std::mem::take(&mut *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// The machines created with nobody left to record them (after `settle_in_flight`). When
+    /// the deploy rolls back, every one is destroyed (the rollback creates again what a
+    /// replacement replaced). When it does not (a signal, `--no-rollback`), a replacement or a
+    /// new group's machine stays, as the machines already updated do, and only those made for
+    /// the deploy alone (canaries, greens, release and test machines) are destroyed. Returns
+    /// what to tell the user, when there was any.
+    pub async fn settle_unclaimed(&self, rolling_back: bool) -> Option<String> {
+        let unclaimed = std::mem::take(&mut *self.unclaimed.lock().unwrap_or_else(|e| e.into_inner()));
+        if unclaimed.is_empty() {
+            return None;
+        }
+        let late = "created by a request answered after the deploy had stopped waiting for it";
+        let mut text = Vec::new();
+        let mut left = Vec::new();
+        for (id, purpose) in unclaimed {
+            if !rolling_back && purpose != Purpose::ForTheDeploy {
+                if let Purpose::Replaces(old) = &purpose {
+                    self.lost
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .retain(|lost| lost != old);
+                }
+                let what = match &purpose {
+                    Purpose::Replaces(old) => format!("it replaces {old}"),
+                    _ => "a new process group's".to_string(),
+                };
+                text.push(format!("machine {id} ({what}), {late}, keeps the new image"));
+                continue;
+            }
+            match self.api.destroy_machine(&id, None).await {
+                Ok(()) => text.push(format!("destroyed machine {id}, {late}")),
+                Err(err) => {
+                    self.reporter.warn(format!(
+                        "cannot destroy machine {id}: {}",
+                        crate::error::chain_text(&err)
+                    ));
+                    left.push(id);
+                }
+            }
+        }
+        if !left.is_empty() {
+            text.push(format!(
+                "could not destroy {}, {late}: remove them with `fly machine destroy --force {}`",
+                left.join(", "),
+                left.join(" ")
+            ));
+        }
+        Some(text.join("; "))
+    }
+}
+
+/// What a machine is created for (see `Ctx::settle_unclaimed`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// In place of this machine, destroyed to be replaced.
+    Replaces(String),
+    /// A process group new to the app.
+    NewGroup,
+    /// The deploy alone: a canary, a green, the release_command machine, a check's test
+    /// machine.
+    ForTheDeploy,
 }
 
 /// A machine the deploy created only for itself (see `Ctx::temporaries`).

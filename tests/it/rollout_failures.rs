@@ -16,6 +16,10 @@ const EXIT_FAILURE: i32 = 1;
 const EXIT_ROLLED_BACK: i32 = 1;
 const EXIT_INTERRUPTED: i32 = 130;
 
+/// flaps' refusal when the machine's host has no room: the machine is replaced instead.
+const NO_ROOM: &str =
+    "aborted: could not reserve resource for machine: insufficient memory available to fulfill request";
+
 #[test]
 fn failing_checks_roll_back_every_updated_machine() {
     let fly = FlyApi::start();
@@ -612,6 +616,132 @@ fn a_signal_destroys_the_canary_or_greens_the_deploy_created() {
         assert_no_leases(&fly);
         assert_no_violations(&fly);
     }
+}
+
+/// A signal while a replacement's create is on its way (Fly made the machine, its answer is
+/// late): the answer is still read before nixfly exits, so the replacement is known. It keeps
+/// the new image, as every machine already updated does, and the message names it instead of
+/// calling the machine it replaced "not replaced yet". The create was dropped unread before,
+/// leaving a machine nixfly never named.
+#[test]
+fn a_signal_during_a_replacements_create_still_reads_its_answer() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(1));
+    fly.refuse_updates(&ids[0], NO_ROOM);
+    fly.inject_fault(
+        "POST",
+        &format!("/v1/apps/{APP}/machines$"),
+        1,
+        FaultKind::SlowAnswer { millis: 3000 },
+    );
+    let t = TestDir::new();
+    let new = image(22);
+    let mut cmd = rollout_cmd(&fly, &t, &new);
+    let out = interrupted_once(&fly, &mut cmd, "replacement", |fly| {
+        fly.machines(APP).iter().any(|m| !ids.contains(&m.id))
+    });
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_INTERRUPTED), "{err}");
+    let created: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| !ids.contains(&m.id))
+        .collect();
+    assert_eq!(created.len(), 1, "{err}");
+    let replacement = &created[0];
+    assert_ne!(replacement.state, "destroyed", "{err}");
+    assert_eq!(replacement.image(), new);
+    assert_eq!(fly.machine(&ids[0]).state, "destroyed");
+    assert!(
+        err.contains(&format!("machine {} (it replaces {})", replacement.id, ids[0])),
+        "{err}"
+    );
+    assert!(!err.contains("not replaced yet"), "{err}");
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// A signal while a new process group's first machine waits to start: the machine is named
+/// with those that keep the new image. It was recorded only once healthy before, so the
+/// message left it out.
+#[test]
+fn a_signal_while_a_new_groups_machine_starts_names_it() {
+    let fly = FlyApi::with_options(Options {
+        timing: Timing {
+            start: Duration::from_secs(120),
+            ..Timing::default()
+        },
+        ..Options::default()
+    });
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(1));
+    let t = TestDir::new();
+    write_fly_toml(
+        &t,
+        "app = \"demo\"\nprimary_region = \"iad\"\n[processes]\napp = \"serve\"\nworker = \"work\"\n",
+    );
+    let mut cmd = rollout_cmd(&fly, &t, &image(24));
+    let out = interrupted_once(&fly, &mut cmd, "new group", |fly| {
+        fly.machines(APP).iter().any(|m| !ids.contains(&m.id))
+    });
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_INTERRUPTED), "{err}");
+    let worker = fly
+        .machines(APP)
+        .into_iter()
+        .find(|m| m.process_group() == "worker")
+        .expect("the new group's machine");
+    let kept = err
+        .lines()
+        .find(|l| l.contains("keep it:"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(kept.contains(&worker.id), "{err}");
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
+/// Groups roll side by side, and the first failure stops the others: here the worker's
+/// replacement create is on its way (Fly made the machine, the answer is late) when the app
+/// group's machine fails its checks. The create is read to its answer, and its machine
+/// destroyed before the rollback creates the replaced worker again with its old image: one
+/// worker, not two. Before, the dropped create left a worker on the new image nobody knew of.
+#[test]
+fn a_failure_in_one_group_while_another_creates_leaves_no_machine_behind() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let apps = fly.add_machines(APP, &MachineSpec::new("app").count(1).checks(1));
+    let workers = fly.add_machines(APP, &MachineSpec::new("worker").count(1));
+    let old = fly.machine(&workers[0]).image().to_string();
+    fly.refuse_updates(&workers[0], NO_ROOM);
+    fly.inject_fault(
+        "POST",
+        &format!("/v1/apps/{APP}/machines$"),
+        1,
+        FaultKind::SlowAnswer { millis: 4000 },
+    );
+    let new = image(23);
+    fly.set_behavior(digest_hex(&new), Behavior::ChecksFail);
+    let t = TestDir::new();
+    let out = run_rollout(&fly, &t, &new, &["--wait-timeout", "2s"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_ROLLED_BACK), "{err}");
+    assert!(err.contains("health checks"), "{err}");
+    let live_workers: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| m.process_group() == "worker" && m.state != "destroyed")
+        .collect();
+    assert_eq!(live_workers.len(), 1, "{err}");
+    assert_eq!(live_workers[0].image(), old, "{err}");
+    assert_ne!(live_workers[0].id, workers[0]);
+    assert!(
+        err.contains("created by a request answered after the deploy had stopped waiting for it"),
+        "{err}"
+    );
+    assert_eq!(fly.machine(&apps[0]).image(), old);
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
 }
 
 /// Run `cmd` (a rollout against `fly`), and once `ready` holds of the double, send it SIGINT
