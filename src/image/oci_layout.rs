@@ -67,18 +67,39 @@ impl ImageSource for OciLayout {
         read("oci-layout", None)?;
         let index: ImageIndex = serde_json::from_slice(&read("index.json", None)?)
             .map_err(|e| malformed("index.json", e.to_string()))?;
-        // The same image under several names (`skopeo copy … oci:dir:a`, then `:b`) is one image.
+        // The same image under several names (`skopeo copy … oci:dir:a`, then `:b`) is one image,
+        // wherever its entries stand in the list.
         let mut entries = index.manifests().clone();
-        entries.dedup_by(|a, b| a.digest() == b.digest());
+        let mut seen = std::collections::HashSet::new();
+        entries.retain(|entry| seen.insert(entry.digest().to_string()));
         let top = match <[Descriptor; 1]>::try_from(entries) {
             Ok([descriptor]) => descriptor,
             Err(list) => {
+                let names: Vec<String> = index
+                    .manifests()
+                    .iter()
+                    .map(|entry| {
+                        entry
+                            .annotations()
+                            .as_ref()
+                            .and_then(|a| a.get("org.opencontainers.image.ref.name"))
+                            .map_or_else(|| entry.digest().to_string(), |name| format!("{name:?}"))
+                    })
+                    .collect();
                 return Err(malformed(
                     "index.json",
-                    format!(
-                        "it lists {} different manifests; nixfly pushes a layout holding exactly one image",
-                        list.len()
-                    ),
+                    if list.is_empty() {
+                        "it lists no manifest: the layout holds no image".to_string()
+                    } else {
+                        format!(
+                            "it lists {} different manifests ({}); nixfly pushes a layout holding \
+                             exactly one image: copy the one to push into a layout of its own \
+                             (`skopeo copy oci:{dir}:NAME oci:NEW_DIR`)",
+                            list.len(),
+                            names.join(", "),
+                            dir = self.dir.display()
+                        )
+                    },
                 ));
             }
         };

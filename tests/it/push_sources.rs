@@ -327,6 +327,78 @@ fn an_oci_layout_with_an_image_index_pushes_its_linux_amd64_image() {
     );
 }
 
+/// A layout holding two images (`skopeo copy` of two images into one `oci:DIR:NAME` each) is
+/// refused, the error names both and the command that copies one into a layout of its own;
+/// that command, run with skopeo, gives a layout nixfly pushes.
+#[test]
+fn an_oci_layout_with_two_images_names_them_and_how_to_pick_one() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let layout = t.join("layout");
+    let first = images::write_oci_layout(&layout, &images::small_layers(), false).unwrap();
+    let other = t.join("other");
+    images::write_oci_layout(&other, &images::small_layers()[..1], false).unwrap();
+    // The second image's blobs and manifest into the first layout, listed under another name.
+    for entry in std::fs::read_dir(other.join("blobs/sha256")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), layout.join("blobs/sha256").join(entry.file_name())).unwrap();
+    }
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let theirs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(other.join("index.json")).unwrap()).unwrap();
+    let named = |entry: &serde_json::Value, name: &str| {
+        let mut entry = entry.clone();
+        entry["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": name});
+        entry
+    };
+    let ours = index["manifests"][0].clone();
+    index["manifests"] = serde_json::json!([
+        named(&ours, "app"),
+        named(&theirs["manifests"][0], "tools"),
+        named(&ours, "latest")
+    ]);
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+
+    let out = support::run(
+        t.nixfly()
+            .args(["push", layout.to_str().unwrap(), "--to"])
+            .arg(format!("{}/app", registry.host()))
+            .args(["--creds", &registry.creds()]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("2 different manifests (\"app\", \"tools\", \"latest\")"),
+        "{stderr}"
+    );
+    let hint = format!("skopeo copy oci:{}:NAME oci:NEW_DIR", layout.display());
+    assert!(stderr.contains(&hint), "{stderr}");
+
+    // The hint, as skopeo runs it.
+    let picked = t.join("picked");
+    let copied = std::process::Command::new("skopeo")
+        .args(["copy", &format!("oci:{}:app", layout.display())])
+        .arg(format!("oci:{}", picked.display()))
+        .output()
+        .unwrap();
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    let out = push(
+        &t,
+        &registry,
+        picked.to_str().unwrap(),
+        "app",
+        "v1",
+        &["--format", "oci"],
+    );
+    let reference = pushed_reference(&out, &registry.host(), "app");
+    assert_same_image(&registry, &reference, &first);
+}
+
 #[test]
 fn warm_repush_neither_compresses_nor_uploads_and_other_repositories_mount() {
     let registry = Registry::start(AuthMode::htpasswd());
