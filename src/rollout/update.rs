@@ -172,11 +172,7 @@ impl Ctx {
             ));
         }
         if !left.is_empty() {
-            text.push(format!(
-                "could not destroy {}: remove them with `fly machine destroy --force {}`",
-                left.join(", "),
-                left.join(" ")
-            ));
+            text.push(could_not_destroy(&left, ""));
         }
         Some(text.join("; "))
     }
@@ -851,14 +847,20 @@ impl Ctx {
             }
         }
         if !left.is_empty() {
-            text.push(format!(
-                "could not destroy {}, {late}: remove them with `fly machine destroy --force {}`",
-                left.join(", "),
-                left.join(" ")
-            ));
+            text.push(could_not_destroy(&left, &format!(", {late}")));
         }
         Some(text.join("; "))
     }
+}
+
+/// The end of a stopped deploy's message for machines it could not destroy, with the command
+/// that removes them; `why` follows their IDs.
+fn could_not_destroy(left: &[String], why: &str) -> String {
+    format!(
+        "could not destroy {}{why}: remove them with `fly machine destroy --force {}`",
+        left.join(", "),
+        left.join(" ")
+    )
 }
 
 /// What a machine is created for (see `Ctx::settle_unclaimed`).

@@ -1080,8 +1080,7 @@ async fn new_machines_are_invisible_for_a_moment_and_slow_pulls_delay_them() {
 async fn hosts_can_refuse_updates_and_be_unreachable() {
     let (fly, api) = demo();
     let ids = fly.add_machines("demo", &MachineSpec::new("app").count(3));
-    let message =
-        "aborted: could not reserve resource for machine: insufficient memory available to fulfill request";
+    let message = support::rollout::NO_ROOM;
     fly.refuse_updates(&ids[0], message);
     fly.set_host_status(&ids[1], "unreachable");
     let config = fly.machine(&ids[2]).config;

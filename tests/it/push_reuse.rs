@@ -154,17 +154,7 @@ fn a_manifest_naming_a_lost_blob_falls_back_to_uploading() {
     pushed_json_reference(&first);
     // The registry's manifest still names the first layer, but its data is gone: HEAD says 404.
     let manifest = registry.skopeo_manifest(&format!("{}/app:live", registry.host()));
-    let lost = manifest["layers"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_string();
-    let data = registry
-        .storage_dir()
-        .join("docker/registry/v2/blobs/sha256")
-        .join(&lost[..2])
-        .join(&lost)
-        .join("data");
+    let data = registry.blob_data(manifest["layers"][0]["digest"].as_str().unwrap());
     std::fs::remove_file(&data).unwrap();
 
     let again = fresh_push(&registry, &tar, "app", "live", &[]);
@@ -215,13 +205,7 @@ fn a_manifest_lying_about_a_blobs_size_is_not_copied() {
     );
     let pushed = registry.skopeo_manifest(&reference);
     for layer in pushed["layers"].as_array().unwrap() {
-        let hex = layer["digest"].as_str().unwrap().trim_start_matches("sha256:");
-        let data = registry
-            .storage_dir()
-            .join("docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data");
+        let data = registry.blob_data(layer["digest"].as_str().unwrap());
         assert_eq!(
             layer["size"].as_u64(),
             Some(std::fs::metadata(&data).unwrap().len())

@@ -6,8 +6,8 @@ use crate::support;
 use std::time::Duration;
 use support::fly_api::{Behavior, FaultKind, FlyApi, MachineSpec, Options, Timing};
 use support::rollout::{
-    APP, assert_no_leases, assert_no_violations, digest_hex, image, rollout_cmd, run_rollout, stderr,
-    updated_ids, write_fly_toml,
+    APP, NO_ROOM, assert_no_leases, assert_no_violations, digest_hex, image, rollout_cmd, run_rollout,
+    stderr, updated_ids, write_fly_toml,
 };
 use support::{TestDir, assert_success};
 
@@ -15,10 +15,6 @@ use support::{TestDir, assert_success};
 const EXIT_FAILURE: i32 = 1;
 const EXIT_ROLLED_BACK: i32 = 1;
 const EXIT_INTERRUPTED: i32 = 130;
-
-/// flaps' refusal when the machine's host has no room: the machine is replaced instead.
-const NO_ROOM: &str =
-    "aborted: could not reserve resource for machine: insufficient memory available to fulfill request";
 
 #[test]
 fn failing_checks_roll_back_every_updated_machine() {
@@ -667,13 +663,7 @@ fn a_signal_during_a_replacements_create_still_reads_its_answer() {
 /// message left it out.
 #[test]
 fn a_signal_while_a_new_groups_machine_starts_names_it() {
-    let fly = FlyApi::with_options(Options {
-        timing: Timing {
-            start: Duration::from_secs(120),
-            ..Timing::default()
-        },
-        ..Options::default()
-    });
+    let fly = slow_to_start();
     fly.add_app(APP);
     let ids = fly.add_machines(APP, &MachineSpec::new("app").count(1));
     let t = TestDir::new();
@@ -744,6 +734,17 @@ fn a_failure_in_one_group_while_another_creates_leaves_no_machine_behind() {
     assert_no_violations(&fly);
 }
 
+/// A double whose machines take 120 s to start: a signal lands while the deploy waits.
+fn slow_to_start() -> FlyApi {
+    FlyApi::with_options(Options {
+        timing: Timing {
+            start: Duration::from_secs(120),
+            ..Timing::default()
+        },
+        ..Options::default()
+    })
+}
+
 /// Run `cmd` (a rollout against `fly`), and once `ready` holds of the double, send it SIGINT
 /// and wait for it to end.
 fn interrupted_once(
@@ -770,13 +771,7 @@ fn interrupted_once(
 /// deploy; no app machine was touched.
 #[test]
 fn a_signal_before_the_release_command_starts_destroys_its_machine() {
-    let fly = FlyApi::with_options(Options {
-        timing: Timing {
-            start: Duration::from_secs(120),
-            ..Timing::default()
-        },
-        ..Options::default()
-    });
+    let fly = slow_to_start();
     fly.add_app(APP);
     let ids = fly.add_machines(APP, &MachineSpec::new("app").count(1));
     let t = TestDir::new();

@@ -7,7 +7,7 @@ use crate::support;
 use std::process::Command;
 use support::fly_api::{FlyApi, MachineSpec, Options};
 use support::rollout::{
-    APP, assert_no_changes, assert_no_leases, assert_no_violations, image, live_machines,
+    APP, NO_ROOM, assert_no_changes, assert_no_leases, assert_no_violations, image, live_machines,
     one_machine_and_a_release, run_rollout, stderr, write_fly_toml,
 };
 use support::{TestDir, assert_success};
@@ -492,10 +492,7 @@ fn machines_their_host_refuses_are_replaced_in_the_same_region_and_group() {
     fly.add_app(APP);
     let ids = fly.add_machines(APP, &MachineSpec::new("app").count(2).region("ams"));
     let workers = fly.add_machines(APP, &MachineSpec::new("worker").count(2).region("syd"));
-    fly.refuse_updates(
-        &ids[1],
-        "aborted: could not reserve resource for machine: insufficient memory available to fulfill request",
-    );
+    fly.refuse_updates(&ids[1], NO_ROOM);
     fly.refuse_updates(&workers[0], "deploys to this host are temporarily disabled");
     fly.set_host_status(&workers[1], "unreachable");
     let t = TestDir::new();

@@ -211,6 +211,18 @@ impl Registry {
         self.dir.path().join("storage")
     }
 
+    /// Where distribution keeps the bytes of blob `digest` (`sha256:<hex>` or the bare hex):
+    /// `blobs/sha256/<first two hex>/<hex>/data` (blobDataPathSpec in
+    /// registry/storage/paths.go).
+    pub fn blob_data(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.storage_dir()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     /// Total bytes of committed blobs.
     pub fn blob_bytes(&self) -> u64 {
         fn walk(path: &Path) -> u64 {

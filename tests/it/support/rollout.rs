@@ -7,6 +7,12 @@ use std::process::{Command, Output};
 
 pub const APP: &str = "demo";
 
+/// flaps' refusal of an update when the machine's host has no room: a 409 with this message
+/// (fly-go's `flaps/flaps_error_test.go`, `TestCapacityScopeOf`, has it followed by " on the
+/// current host"). flyctl, and nixfly, replace the machine instead.
+pub const NO_ROOM: &str =
+    "aborted: could not reserve resource for machine: insufficient memory available to fulfill request";
+
 /// A digest reference as `nixfly push` prints it; `n` makes distinct images.
 pub fn image(n: u8) -> String {
     format!("registry.fly.io/{APP}@sha256:{}", format!("{n:02x}").repeat(32))
