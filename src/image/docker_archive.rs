@@ -579,6 +579,8 @@ pub struct ArchiveIndex {
     pub layers: Vec<Extent>,
     /// The layers' names in manifest.json, in its order.
     pub layer_names: Vec<String>,
+    /// The regular-file entry each of those names is, its links followed.
+    pub layer_entries: Vec<String>,
 }
 
 pub fn index_file(file: &std::fs::File, source_name: &str) -> Result<ArchiveIndex, ImageError> {
@@ -630,20 +632,22 @@ pub fn index_file(file: &std::fs::File, source_name: &str) -> Result<ArchiveInde
     let diff_ids = config_diff_ids(&config, source_name, &manifest.config)?;
     check_layer_count(&manifest, &diff_ids, source_name)?;
     let mut layers = Vec::with_capacity(diff_ids.len());
+    let mut layer_entries = Vec::with_capacity(diff_ids.len());
     for name in &manifest.layers {
-        let extent = extents
-            .get(links.resolve(name))
-            .ok_or_else(|| ImageError::MissingEntry {
-                source_name: source_name.to_string(),
-                entry: format!("layer {name} (listed in manifest.json)"),
-            })?;
+        let resolved = links.resolve(name);
+        let extent = extents.get(resolved).ok_or_else(|| ImageError::MissingEntry {
+            source_name: source_name.to_string(),
+            entry: format!("layer {name} (listed in manifest.json)"),
+        })?;
         layers.push(*extent);
+        layer_entries.push(resolved.to_string());
     }
     Ok(ArchiveIndex {
         config,
         diff_ids,
         layers,
         layer_names: manifest.layers,
+        layer_entries,
     })
 }
 

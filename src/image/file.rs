@@ -4,9 +4,10 @@
 
 use super::docker_archive::{self, Extent, PositionedReader};
 use super::{
-    ArchiveFormat, ArchiveStream, Image, ImageError, ImageSource, IndexedImage, IndexedParts, KnownLayer,
-    LayerForm,
+    ArchiveFormat, ArchiveStream, BlobEncoding, Image, ImageError, ImageSource, IndexedImage, IndexedParts,
+    KnownBlob, KnownLayer, LayerForm,
 };
+use crate::blob::Algorithm;
 use crate::progress::Reporter;
 use std::fs::File;
 use std::io::Read;
@@ -45,9 +46,15 @@ impl ImageSource for ArchiveFile {
         if format == ArchiveFormat::Tar {
             let index = docker_archive::index_file(&file, &description)?;
             // A layer stored compressed (`docker save` with containerd's image store) is read
-            // decompressed, and its size is not the tar's.
-            let mut compressed = Vec::with_capacity(index.layers.len());
-            for extent in &index.layers {
+            // decompressed, and its size is not the tar's. When its entry is named by its digest,
+            // `blobs/sha256/<hex>` (the OCI layout that such an archive also is), that blob
+            // goes up as it is, as skopeo copies it (containers/image `copy/compression.go`: a blob
+            // already compressed with the wanted algorithm is not recompressed): the push
+            // reads only its bytes and the registry gets the blob Docker pulled.
+            let mut layers = Vec::with_capacity(index.layers.len());
+            for ((diff_id, extent), entry) in
+                index.diff_ids.iter().zip(&index.layers).zip(&index.layer_entries)
+            {
                 let head = ArchiveFormat::head(
                     PositionedReader {
                         file: &file,
@@ -56,22 +63,25 @@ impl ImageSource for ArchiveFile {
                     .take(extent.size.min(4)),
                 )
                 .map_err(open_error)?;
-                compressed.push(matches!(
-                    ArchiveFormat::sniff(&head),
-                    Some(ArchiveFormat::Gzip | ArchiveFormat::Zstd)
-                ));
-            }
-            let layers = index
-                .diff_ids
-                .iter()
-                .zip(&index.layers)
-                .zip(&compressed)
-                .map(|((diff_id, extent), compressed)| KnownLayer {
+                let algorithm = match ArchiveFormat::sniff(&head) {
+                    Some(ArchiveFormat::Gzip) => Some(Algorithm::Gzip),
+                    Some(ArchiveFormat::Zstd) => Some(Algorithm::Zstd),
+                    Some(ArchiveFormat::Tar) | None => None,
+                };
+                let blob = algorithm.and_then(|algorithm| {
+                    let digest = stored_digest(entry)?;
+                    Some(KnownBlob {
+                        digest,
+                        size: extent.size,
+                        encoding: BlobEncoding::Stored(algorithm),
+                    })
+                });
+                layers.push(KnownLayer {
                     diff_id: diff_id.clone(),
-                    uncompressed_size: (!compressed).then_some(extent.size),
-                    blob: None,
-                })
-                .collect();
+                    uncompressed_size: algorithm.is_none().then_some(extent.size),
+                    blob,
+                });
+            }
             return Ok(Image::Indexed(Arc::new(TarFile {
                 parts: IndexedParts {
                     description,
@@ -125,17 +135,29 @@ impl IndexedImage for TarFile {
     }
 
     fn open_layer(&self, index: usize, form: LayerForm) -> Result<Box<dyn Read + Send>, ImageError> {
-        debug_assert_eq!(
-            form,
-            LayerForm::Uncompressed,
-            "archive layers have no stored blob"
-        );
         let extent = self.extents[index];
         let entry = PositionedReader {
             file: self.file.clone(),
             offset: extent.offset,
         }
         .take(extent.size);
-        Ok(Box::new(docker_archive::layer_content(entry)))
+        Ok(match form {
+            LayerForm::Stored => {
+                debug_assert!(
+                    self.parts.layers[index].blob.is_some(),
+                    "layer {index} has no stored blob"
+                );
+                Box::new(entry)
+            }
+            LayerForm::Uncompressed => Box::new(docker_archive::layer_content(entry)),
+        })
     }
+}
+
+/// The digest a compressed layer entry is stored under: `blobs/sha256/<hex>`, an OCI layout's
+/// content address, which the upload checks as it hashes the bytes. Other names (a layer ID's
+/// `<id>/layer.tar`, Nix's `<diff_id>.tar`) do not name the compressed bytes.
+fn stored_digest(entry: &str) -> Option<crate::registry::Digest> {
+    entry.strip_prefix("blobs/sha256/")?;
+    docker_archive::claimed_digest(entry)
 }

@@ -75,6 +75,201 @@ fn an_archive_with_compressed_layer_entries_pushes_and_reads_back() {
     }
 }
 
+/// The same archive as Docker 29 really names it: every blob (config and compressed layers) at
+/// `blobs/sha256/<its digest>`, which manifest.json lists (containerd
+/// `core/images/archive/exporter.go` writes the OCI layout and the docker manifest side by
+/// side). Such a layer goes up as stored when the manifest format can carry its compression, as
+/// skopeo copies it: the registry then holds the very blobs the test wrote (their digests
+/// computed here, with sha2), not nixfly's recompression. A zstd one in a Docker v2s2 manifest
+/// is recompressed to gzip. A fresh runner's re-push reads nothing, and an entry whose bytes are
+/// not the digest it is named by is refused without moving the tag.
+#[test]
+fn a_containerd_store_save_pushes_its_compressed_layers_as_stored() {
+    use sha2::Digest as _;
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (tar, written) = stream_archive(&t, "image.tar");
+    let saved = t.join("docker-save.tar");
+    let stored = containerd_save(&tar, &saved);
+    let layer_digests = |back: &support::readback::ReadBack| -> Vec<(String, String)> {
+        back.manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["digest"].as_str().unwrap().to_string(),
+                    l["mediaType"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+
+    let out = push(
+        &t,
+        &registry,
+        saved.to_str().unwrap(),
+        "docker",
+        "v1",
+        &["--output", "json"],
+    );
+    let reference = support::readback::pushed_json_reference(&out);
+    let back = assert_same_image(&registry, &reference, &written);
+    for ((digest, media_type), (entry_digest, zstd)) in layer_digests(&back).iter().zip(&stored) {
+        assert_eq!(media_type, "application/vnd.docker.image.rootfs.diff.tar.gzip");
+        if *zstd {
+            assert_ne!(
+                digest, entry_digest,
+                "a zstd blob cannot go into a Docker v2s2 manifest"
+            );
+        } else {
+            assert_eq!(digest, entry_digest, "the gzip blob went up as stored");
+        }
+    }
+
+    // From another runner: this one's cache knows the gzip made of the zstd layer above,
+    // which the registry would rightly be asked to mount instead.
+    let out = push(
+        &TestDir::new(),
+        &registry,
+        saved.to_str().unwrap(),
+        "oci",
+        "v1",
+        &["--format", "oci"],
+    );
+    let back = assert_same_image(
+        &registry,
+        &pushed_reference(&out, &registry.host(), "oci"),
+        &written,
+    );
+    for ((digest, media_type), (entry_digest, zstd)) in layer_digests(&back).iter().zip(&stored) {
+        assert_eq!(digest, entry_digest, "every blob went up as stored");
+        let expected = if *zstd { "tar+zstd" } else { "tar+gzip" };
+        assert!(media_type.ends_with(expected), "{media_type}");
+        // The registry holds the test's bytes under that digest.
+        let data = std::fs::read(registry.blob_data(digest)).unwrap();
+        assert_eq!(
+            format!("sha256:{}", hex(&sha2::Sha256::digest(&data))),
+            *entry_digest
+        );
+    }
+
+    // A fresh runner (an empty cache) pushing the same archive to the same tag reads no layer.
+    let runner = TestDir::new();
+    let again = push(
+        &runner,
+        &registry,
+        saved.to_str().unwrap(),
+        "oci",
+        "v1",
+        &["--format", "oci", "--output", "json"],
+    );
+    support::readback::pushed_json_reference(&again);
+    assert_eq!(layer_outcomes(&again), vec!["skipped"; stored.len()]);
+    assert_eq!(
+        support::readback::events(&again, "layer_progress").len(),
+        0,
+        "no layer was read"
+    );
+
+    // The first gzip entry's bytes changed in place (same size, so the index still reads):
+    // the upload's digest check refuses it and no tag is made.
+    let spoiled = t.join("spoiled.tar");
+    std::fs::copy(&saved, &spoiled).unwrap();
+    let (first_gzip, _) = stored.iter().find(|(_, zstd)| !zstd).unwrap();
+    flip_last_byte_of_entry(
+        &spoiled,
+        &format!("blobs/sha256/{}", &first_gzip["sha256:".len()..]),
+    );
+    let runner = TestDir::new();
+    let out = push(&runner, &registry, spoiled.to_str().unwrap(), "fresh", "v1", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("but {first_gzip} was expected")),
+        "{stderr}"
+    );
+    assert!(registry.skopeo_inspect_fails(&format!("{}/fresh:v1", registry.host())));
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `src` rewritten as containerd's exporter writes a `docker save`: config and layers at
+/// `blobs/sha256/<digest>` (layers compressed, gzip and zstd by turns), manifest.json naming
+/// them, an `oci-layout` and an `index.json`. Returns each layer's blob digest and whether it
+/// is zstd, in manifest order.
+fn containerd_save(src: &std::path::Path, dst: &std::path::Path) -> Vec<(String, bool)> {
+    use sha2::Digest as _;
+    let digest = |data: &[u8]| format!("sha256:{}", hex(&sha2::Sha256::digest(data)));
+    let mut archive = tar::Archive::new(std::fs::File::open(src).unwrap());
+    let mut files = std::collections::HashMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        files.insert(path, data);
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let config = &files[manifest[0]["Config"].as_str().unwrap()];
+    let mut blobs = vec![(digest(config), config.clone())];
+    let mut stored = Vec::new();
+    for (i, layer) in manifest[0]["Layers"].as_array().unwrap().iter().enumerate() {
+        let tar = &files[layer.as_str().unwrap()];
+        let zstd = i % 2 == 1;
+        let data = if zstd {
+            zstd::stream::encode_all(&tar[..], 3).unwrap()
+        } else {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(tar).unwrap();
+            gz.finish().unwrap()
+        };
+        stored.push((digest(&data), zstd));
+        blobs.push((digest(&data), data));
+    }
+    let name = |digest: &str| format!("blobs/sha256/{}", &digest["sha256:".len()..]);
+    let docker_manifest = serde_json::json!([{
+        "Config": name(&blobs[0].0),
+        "RepoTags": ["app:latest"],
+        "Layers": stored.iter().map(|(d, _)| name(d)).collect::<Vec<_>>(),
+    }]);
+    let mut builder = tar::Builder::new(std::fs::File::create(dst).unwrap());
+    let mut append = |path: &str, data: &[u8]| {
+        let mut header = tar::Header::new_ustar();
+        header.set_path(path).unwrap();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o444);
+        header.set_cksum();
+        builder.append(&header, data).unwrap();
+    };
+    for (digest, data) in &blobs {
+        append(&name(digest), data);
+    }
+    append("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    append("index.json", br#"{"schemaVersion":2,"manifests":[]}"#);
+    append("manifest.json", docker_manifest.to_string().as_bytes());
+    builder.finish().unwrap();
+    assert!(stored.len() >= 2, "both compressions are wanted");
+    stored
+}
+
+/// Flip the last byte of `entry`'s data in the uncompressed tar at `path`, in place.
+fn flip_last_byte_of_entry(path: &std::path::Path, entry: &str) {
+    let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
+    let (offset, size) = archive
+        .entries_with_seek()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.path().unwrap().to_str() == Some(entry))
+        .map(|e| (e.raw_file_position(), e.size()))
+        .expect("the entry");
+    let mut data = std::fs::read(path).unwrap();
+    data[(offset + size - 1) as usize] ^= 0xff;
+    std::fs::write(path, data).unwrap();
+}
+
 /// `src` with each layer entry (the ones manifest.json lists) replaced by its compressed
 /// blob: gzip and zstd by turns.
 fn compress_layer_entries(src: &std::path::Path, dst: &std::path::Path) {
