@@ -707,8 +707,8 @@ pub struct StreamConf {
     #[serde(default)]
     pub config: Value,
     pub created: String,
-    // mtime/uid/gid/uname/gname mirror nixpkgs' conf (unknown fields are refused); the Nix
-    // side passes them to `nixfly layer build` as flags, and the tests check the two agree.
+    // mtime/uid/gid/uname/gname mirror nixpkgs' conf (its other keys, such as `variant`, are
+    // ignored); the Nix side passes them to `nixfly layer build` as flags, and the tests check the two agree.
     /// Newer nixpkgs has a separate file mtime; older ones use `created`.
     #[serde(default)]
     #[cfg_attr(not(test), allow(dead_code))]

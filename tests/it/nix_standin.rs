@@ -268,6 +268,57 @@ fn a_content_that_is_not_a_directory_fails_the_build() {
     assert!(stderr.contains("-not-a-directory: Not a directory"), "{stderr}");
 }
 
+/// The conf has the keys nixpkgs' has, in its order: the base JSON's (builtins.toJSON sorts
+/// them; `variant` is there since nixpkgs writes `inherit config architecture variant` into
+/// it, empty off 32-bit ARM), then the ones default.nix's jq program adds. An empty `tag` is
+/// kept (`imageTag="${tag}"`), not replaced by the conf's hash as a missing one is.
+#[test]
+fn the_conf_has_nixpkgs_keys_and_an_empty_tag_stays_empty() {
+    let Some(nix) = crate::support::nix::Nix::get() else {
+        return;
+    };
+    let t = TestDir::new();
+    let out = build_standin(
+        nix,
+        &t,
+        r#"(pkgs.dockerTools.streamLayeredImage { name = "Keys"; tag = ""; }).conf"#,
+        "conf",
+    );
+    crate::support::assert_success(&out);
+    let text = std::fs::read_to_string(t.join("conf")).unwrap();
+    // conf.py writes two-space indented JSON, as jq does: the top-level keys start their lines.
+    let keys: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("  \""))
+        .filter_map(|rest| rest.split_once('"').map(|(key, _)| key))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "architecture",
+            "config",
+            "os",
+            "variant",
+            "store_dir",
+            "from_image",
+            "store_layers",
+            "customisation_layer",
+            "repo_tag",
+            "created",
+            "mtime",
+            "uid",
+            "gid",
+            "uname",
+            "gname",
+        ],
+        "{text}"
+    );
+    let conf: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(conf["variant"], "");
+    assert_eq!(conf["repo_tag"], "keys:");
+    assert_eq!(conf["created"], "1970-01-01T00:00:01+00:00");
+}
+
 /// streamLayeredImage asserts `maxLayers > 1` at evaluation, with nixpkgs' message, for
 /// buildLayeredImage (which streams through it) too.
 #[test]

@@ -40,6 +40,7 @@ let
         "contents"
         "config"
         "architecture"
+        "variant"
         "created"
         "mtime"
         "uid"
@@ -59,11 +60,15 @@ let
       mtime = a.mtime or "1970-01-01T00:00:01Z";
       baseName = baseNameOf a.name;
 
-      # default.nix: `baseJson`, builtins.toJSON of config, architecture and os.
+      # default.nix: `baseJson`, builtins.toJSON of config, architecture, variant and os.
+      # `variant ? defaultVariant`, "v${go.GOARM}" when GOARM is set: empty on x86_64 and
+      # aarch64, the only systems this set knows. The stream script does not copy it into the
+      # image config; it stays in the conf (a key nixfly's layer plans ignore).
       baseJson = writeText "${baseName}-base.json" (
         builtins.toJSON {
           config = a.config or { };
           architecture = a.architecture or goArch;
+          variant = a.variant or "";
           os = "linux";
         }
       );
@@ -160,16 +165,21 @@ let
               ;
             # default.nix: `--argjson from_image`, the base image's store path or null.
             fromImage = if fromImage == null then "" else "${fromImage}";
+            # `tag ? null`: only null means the conf's hash; an empty tag stays empty, as in
+            # nixpkgs' `imageTag="${tag}"` (mkFlyDeploy refuses one).
             imageTag = if tag == null then "" else tag;
+            tagFromHash = tag == null;
             uid = toString (a.uid or 0);
             gid = toString (a.gid or 0);
             uname = a.uname or "root";
             gname = a.gname or "root";
           }
           ''
-            # default.nix: no tag means the conf's own hash; times through `date -Iseconds`.
-            [ -n "$imageTag" ] || imageTag=$(basename "$out" | cut -d - -f 1)
-            iso() { if [ "$1" = now ]; then echo now; else TZ=UTC date -Iseconds -d "$1"; fi; }
+            # default.nix: no tag means the conf's own hash; times through `date -Iseconds`, in
+            # the builder's time zone as nixpkgs leaves it (UTC in the sandbox, which has no
+            # /etc/localtime and no TZ).
+            [ -z "$tagFromHash" ] || imageTag=$(basename "$out" | cut -d - -f 1)
+            iso() { if [ "$1" = now ]; then echo now; else date -Iseconds -d "$1"; fi; }
             python3 ${./conf.py} "$layers" "$baseJson" "$customisationLayer" \
               "$imageName:$imageTag" "$(iso "$created")" "$(iso "$mtime")" \
               "$uid" "$gid" "$uname" "$gname" "$fromImage" > "$out"
