@@ -45,8 +45,11 @@ impl Fleet {
                 continue;
             }
             // From here on `fly_process_group` names the group: the legacy `process_group`
-            // when only that is set (fly-go's `ProcessGroup`), else fly.toml's default group
-            // (flyctl's `machineProcessGroup`). An update then writes it, as flyctl's does.
+            // when only that is set (fly-go's `MachineConfig.ProcessGroup`), else fly.toml's
+            // default group. An update then writes it, as flyctl's does. flyctl's deploy
+            // (`setMachinesForDeployment`) looks only at `fly_process_group` and so moves a
+            // machine named by the legacy key alone into the default group; nixfly keeps its
+            // group, on purpose (README, fly.toml).
             if machine
                 .metadata(crate::fly::types::META_PROCESS_GROUP)
                 .is_none_or(str::is_empty)

@@ -143,7 +143,15 @@ impl AppConfig {
             config.insert("restart".into(), Value::Object(policy));
         }
 
-        if let Some(metrics) = self.metrics.iter().find(|m| self.applies_to(&m.processes, group)) {
+        // flyctl's `Metrics` embeds `*fly.MachineMetrics`, which stays nil when the entry sets
+        // none of its keys (only `processes`): then no metrics are sent
+        // (internal/appconfig/machines.go, `mConfig.Metrics = c.Metrics[0].MachineMetrics`).
+        if let Some(metrics) = self
+            .metrics
+            .iter()
+            .find(|m| self.applies_to(&m.processes, group))
+            .filter(|m| m.port.is_some() || m.path.is_some() || m.https)
+        {
             let mut out = Map::new();
             if let Some(port) = metrics.port.filter(|&p| p > 0) {
                 out.insert("port".into(), port.into());

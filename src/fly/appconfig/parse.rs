@@ -337,7 +337,7 @@ fn parse_env(field: &Field<'_, '_>) -> BTreeMap<String, String> {
                 DeValue::String(s) => Some(s.to_string()),
                 // flyctl formats other scalars with %v: PORT = 8080 becomes "8080".
                 DeValue::Integer(_) => entry.int().map(|n| n.to_string()),
-                DeValue::Float(_) => entry.number().map(|n| n.to_string()),
+                DeValue::Float(_) => entry.number().map(go_float),
                 DeValue::Boolean(b) => Some(b.to_string()),
                 _ => {
                     entry.wrong_type("a string");
@@ -359,6 +359,30 @@ fn parse_env(field: &Field<'_, '_>) -> BTreeMap<String, String> {
     env
 }
 
+/// A float as Go's `fmt.Sprintf("%v", f)` writes it, which flyctl's `_patchEnv` uses for a
+/// non-string `[env]` value (`castToString`, internal/appconfig/patches.go): the shortest
+/// digits that read back as `f` (Rust and Go both print those), in `%e` form when the decimal
+/// exponent is below -4 or at least 6 (strconv's `%g` with the shortest precision), the
+/// exponent signed and of two digits at least (`1e+06`, `1.5e-07`), and `+Inf`, `-Inf`, `NaN`.
+pub(super) fn go_float(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "+Inf" } else { "-Inf" }.into();
+    }
+    let sign = if f.is_sign_negative() { "-" } else { "" };
+    let scientific = format!("{:e}", f.abs());
+    let (mantissa, exponent) = scientific.split_once('e').expect("{:e} writes an exponent");
+    let exponent: i32 = exponent.parse().expect("{:e} writes an integer exponent");
+    if f != 0.0 && !(-4..6).contains(&exponent) {
+        let exponent_sign = if exponent < 0 { '-' } else { '+' };
+        format!("{sign}{mantissa}e{exponent_sign}{:02}", exponent.abs())
+    } else {
+        format!("{sign}{}", f.abs())
+    }
+}
+
 /// Whether an `[env]` name looks like one of a secret, as flyctl warns about it at deploy
 /// (`internal/command/deploy/common_secrets.go`, `containsCommonSecretSubstring`): it contains
 /// KEY, PRIVATE, DATABASE_URL, PASSWORD or SECRET, and is not one of the access key ids that
@@ -375,10 +399,28 @@ pub(super) fn looks_like_secret(name: &str) -> bool {
 fn parse_processes(field: &Field<'_, '_>) -> BTreeMap<String, String> {
     let mut processes = BTreeMap::new();
     // The old list form, `processes = [{ name = "web", command = "..." }]` (often empty).
+    // flyctl turns it into the table form (`patchProcesses`, internal/appconfig/patches.go)
+    // and then checks the same things of it (`validateProcessesSection`, validation.go).
     if let DeValue::Array(_) = field.value.get_ref() {
         for t in field.tables() {
-            if let Some(name) = t.get("name").and_then(|f| f.string()) {
-                let command = t.string("command").unwrap_or_default();
+            if let Some(name_field) = t.get("name")
+                && let Some(name) = name_field.string()
+            {
+                if !valid_group_name(&name) {
+                    name_field.error(GROUP_NAME_RULE);
+                    t.finish();
+                    continue;
+                }
+                let command = match t.get("command") {
+                    Some(command_field) => match command_field.string() {
+                        Some(command) => {
+                            split_command(&command_field, &command);
+                            command
+                        }
+                        None => String::new(),
+                    },
+                    None => String::new(),
+                };
                 processes.insert(name, command);
             }
             t.finish();
@@ -390,9 +432,7 @@ fn parse_processes(field: &Field<'_, '_>) -> BTreeMap<String, String> {
     };
     for entry in t.entries() {
         if !valid_group_name(&entry.key) {
-            entry.error(
-                "a process group name may only hold letters, digits, '-' and '_' (it becomes metadata and env)",
-            );
+            entry.error(GROUP_NAME_RULE);
             continue;
         }
         if let Some(command) = entry.string() {
@@ -402,6 +442,9 @@ fn parse_processes(field: &Field<'_, '_>) -> BTreeMap<String, String> {
     }
     processes
 }
+
+const GROUP_NAME_RULE: &str =
+    "a process group name may only hold letters, digits, '-' and '_' (it becomes metadata and env)";
 
 fn valid_group_name(name: &str) -> bool {
     !name.is_empty()
@@ -1039,8 +1082,11 @@ fn parse_top_level_check(t: &Table<'_, '_>) -> Option<TopLevelCheck> {
 }
 
 fn parse_vm(t: &Table<'_, '_>) -> Option<Vm> {
+    // An empty string is unset, as flyctl reads these: `computeToGuest`
+    // (internal/appconfig/machines.go) tests `Size != ""` and `Memory != ""`, and copies the
+    // guest's other fields with copier's IgnoreEmpty.
     let size = t.get("size").and_then(|f| {
-        let size = f.string()?;
+        let size = f.string().filter(|s| !s.is_empty())?;
         if !VM_SIZES.contains(&size.as_str()) {
             f.error(format!(
                 "{size:?} is not a machine size (one of {})",
@@ -1052,6 +1098,7 @@ fn parse_vm(t: &Table<'_, '_>) -> Option<Vm> {
     });
     let memory_mb_from_size = t.get("memory").and_then(|f| {
         let text = match f.value.get_ref() {
+            DeValue::String(s) if s.is_empty() => return None,
             DeValue::String(s) => s.to_string(),
             DeValue::Integer(_) => f.int()?.to_string(),
             _ => {
@@ -1072,7 +1119,7 @@ fn parse_vm(t: &Table<'_, '_>) -> Option<Vm> {
         }
     });
     let cpu_kind = t.get("cpu_kind").and_then(|f| {
-        let kind = f.string()?;
+        let kind = f.string().filter(|s| !s.is_empty())?;
         if kind != "shared" && kind != "performance" {
             f.error(format!("{kind:?} is not a cpu kind (shared or performance)"));
             return None;
@@ -1092,7 +1139,7 @@ fn parse_vm(t: &Table<'_, '_>) -> Option<Vm> {
         })
     };
     let persist_rootfs = t.get("persist_rootfs").and_then(|f| {
-        let value = f.string()?;
+        let value = f.string().filter(|s| !s.is_empty())?;
         if !["never", "always", "restart"].contains(&value.as_str()) {
             f.error(format!(
                 "{value:?} is not a rootfs persistence (never, always, restart)"
@@ -1118,8 +1165,11 @@ fn parse_vm(t: &Table<'_, '_>) -> Option<Vm> {
     })
 }
 
+/// A volume size; an empty string is unset, as flyctl's `validateMounts` and its volume
+/// settings test `!= ""` (internal/appconfig/validation.go).
 fn gb_size(field: &Field<'_, '_>) -> Option<u64> {
     let text = match field.value.get_ref() {
+        DeValue::String(s) if s.is_empty() => return None,
         DeValue::String(s) => s.to_string(),
         DeValue::Integer(_) => field.uint()?.to_string(),
         _ => {

@@ -289,6 +289,16 @@ fn impossible_values_are_errors() {
             "[processes]\nweb = \"run 'unclosed\"\n",
             "fly.toml:2: [processes] web: cannot split \"run 'unclosed\" into arguments",
         ),
+        // The old list form is checked as the table form is (flyctl's patchProcesses, then
+        // validateProcessesSection).
+        (
+            "processes = [{ name = \"web\", command = \"run 'unclosed\" }]\n",
+            "fly.toml:1: [processes[0]] command: cannot split \"run 'unclosed\" into arguments",
+        ),
+        (
+            "processes = [{ name = \"web app\", command = \"run\" }]\n",
+            "fly.toml:1: [processes[0]] name: a process group name may only hold letters",
+        ),
         (
             "[[files]]\nguest_path = \"/etc/x\"\nlocal_path = \"does-not-exist.txt\"\n",
             "fly.toml:1: [files] local_path: cannot read does-not-exist.txt",
@@ -1627,5 +1637,80 @@ fn values_flyctl_reads_are_read_as_it_reads_them() {
     assert_eq!(
         found,
         ["fly.toml:1: [checks[0]] name: missing: a check in a [[checks]] list needs a name"]
+    );
+}
+
+/// `[env]` floats come out as flyctl's `%v` writes them. The expected strings were printed by
+/// Go 1.19's `fmt.Sprintf("%v", f)` for the same float64 values.
+#[test]
+fn env_floats_are_written_as_go_writes_them() {
+    use super::parse::go_float;
+    let cases: [(f64, &str); 22] = [
+        (0.0, "0"),
+        (-0.0, "-0"),
+        (1.0, "1"),
+        (-1.5, "-1.5"),
+        (0.1, "0.1"),
+        (1.0 / 3.0, "0.3333333333333333"),
+        (100000.0, "100000"),
+        (999999.0, "999999"),
+        (1000000.0, "1e+06"),
+        (1234567.0, "1.234567e+06"),
+        (123456.5, "123456.5"),
+        (1e21, "1e+21"),
+        (1e-4, "0.0001"),
+        (1e-5, "1e-05"),
+        (0.000123, "0.000123"),
+        (1.5e-7, "1.5e-07"),
+        (8080.0, "8080"),
+        (-2.5e10, "-2.5e+10"),
+        (6.02214076e23, "6.02214076e+23"),
+        (f64::INFINITY, "+Inf"),
+        (f64::NEG_INFINITY, "-Inf"),
+        (f64::MAX, "1.7976931348623157e+308"),
+    ];
+    for (f, go) in cases {
+        assert_eq!(go_float(f), go, "{f:?}");
+    }
+    assert_eq!(go_float(f64::NAN), "NaN");
+    assert_eq!(go_float(5e-324), "5e-324");
+    let (config, _) = parse("[env]\nRATIO = 1000000.0\nSMALL = 0.5\n").unwrap();
+    assert_eq!(config.env["RATIO"], "1e+06");
+    assert_eq!(config.env["SMALL"], "0.5");
+}
+
+/// Empty strings flyctl reads as unset (`computeToGuest`'s `Size != ""` and `Memory != ""`,
+/// copier's IgnoreEmpty for the guest's other fields, `validateMounts`' `!= ""`) leave the
+/// defaults, where a value nixfly did not know would be an error.
+#[test]
+fn empty_strings_flyctl_reads_as_unset_leave_the_defaults() {
+    let text = "[[vm]]\nsize = \"\"\nmemory = \"\"\ncpu_kind = \"\"\npersist_rootfs = \"\"\n\
+                [[mounts]]\nsource = \"data\"\ndestination = \"/data\"\ninitial_size = \"\"\n\
+                auto_extend_size_increment = \"\"\nauto_extend_size_limit = \"\"\n";
+    let (config, warnings) = parse(text).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let machine = config.machine_config("app").unwrap();
+    assert_eq!(
+        machine["guest"],
+        json!({"cpu_kind": "shared", "cpus": 1, "memory_mb": 256})
+    );
+    assert_eq!(config.mounts[0].initial_size_gb, None);
+    assert_eq!(config.mounts[0].auto_extend_size_increment_gb, None);
+    // Not empty, still checked.
+    assert!(problems("[[vm]]\nsize = \"huge\"\n")[0].contains("is not a machine size"));
+}
+
+/// A `[[metrics]]` entry that sets only `processes` leaves flyctl's embedded
+/// `*fly.MachineMetrics` nil: the group's machines get no metrics, not `"metrics": {}`.
+#[test]
+fn metrics_with_only_processes_send_no_metrics() {
+    let text = "[processes]\napp = \"run\"\nworker = \"work\"\n\
+                [[metrics]]\nprocesses = [\"app\"]\n\
+                [[metrics]]\nport = 9091\nprocesses = [\"worker\"]\n";
+    let (config, _) = parse(text).unwrap();
+    assert!(config.machine_config("app").unwrap().get("metrics").is_none());
+    assert_eq!(
+        config.machine_config("worker").unwrap()["metrics"],
+        json!({"port": 9091})
     );
 }
