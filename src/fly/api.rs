@@ -85,6 +85,12 @@ pub enum ApiError {
          lease (flyctl takes it for none too); nothing was changed on that machine"
     )]
     NoLease { machine: String, answer: String },
+    /// A start answered 200 whose body says it failed (fly-go `MachineStartResponse`).
+    #[error(
+        "Fly did not start machine {machine}: {message} (its answer to the start said status \
+         \"error\")"
+    )]
+    StartRefused { machine: String, message: String },
     #[error("invalid Fly API base URL {url:?}")]
     BaseUrl {
         url: String,
@@ -843,9 +849,13 @@ impl MachinesApi {
         }
     }
 
-    /// `start`, `stop`, `cordon` or `uncordon`.
+    /// `start`, `stop`, `cordon` or `uncordon`. A start can fail with 200: fly-go's
+    /// `MachineStartResponse` carries `status` and `message`, and flyctl's `fly machine start`
+    /// fails on `status == "error"` (`internal/command/machine/start.go`); so does this, rather
+    /// than wait for a start that is not coming.
     pub async fn machine_action(&self, id: &str, action: &str, nonce: Option<&str>) -> Result<(), ApiError> {
-        self.http
+        let body = self
+            .http
             .send(Request {
                 method: Method::POST,
                 path: &["v1", "apps", &self.app, "machines", id, action],
@@ -854,8 +864,22 @@ impl MachinesApi {
                 nonce,
                 replay: Replay::Safe,
             })
-            .await
-            .map(drop)
+            .await?;
+        if action == "start"
+            && let Ok(answer) = serde_json::from_slice::<Value>(&body)
+            && answer.get("status").and_then(Value::as_str) == Some("error")
+        {
+            let message = answer
+                .get("message")
+                .and_then(Value::as_str)
+                .filter(|m| !m.is_empty())
+                .unwrap_or("no reason given");
+            return Err(ApiError::StartRefused {
+                machine: id.to_string(),
+                message: message.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// Set one key of the machine's metadata (`POST .../metadata/{key}`), under the lease.

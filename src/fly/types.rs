@@ -457,8 +457,11 @@ impl Release {
     }
 }
 
-/// Make a config read from the API acceptable as a request body again: the API answers
-/// `services[].autostop` as a boolean for old clients but only accepts the string form.
+/// Make a config read from the API a request body of the spec's shape again: the API answers
+/// `services[].autostop` as a boolean, as fly-go writes off and stop too (`MachineAutostop`'s
+/// `MarshalJSON`, `machine_types.go`), while the Machines spec types it as the string enum
+/// ("off", "stop", "suspend"), which fly-go also reads. Fly takes both; nixfly sends the
+/// spec's.
 pub fn normalize_config_for_request(config: &mut Value) {
     if let Some(services) = config.get_mut("services").and_then(Value::as_array_mut) {
         for service in services {

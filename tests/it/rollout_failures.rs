@@ -255,6 +255,45 @@ fn release_command_exit_1_stops_before_any_machine_changes() {
     assert_no_violations(&fly);
 }
 
+/// A start Fly answers with 200 and `status: "error"` (fly-go `MachineStartResponse`) fails
+/// the deploy at once with Fly's message, as `fly machine start` does, instead of waiting
+/// `wait_timeout` (5 minutes) for a release command that never runs. Nothing else changes and
+/// the release machine is destroyed.
+#[test]
+fn a_start_fly_refuses_in_its_answer_fails_at_once_with_its_message() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(1).region("ams"));
+    fly.refuse_next_starts(1, "machine is in a bad state");
+    let t = TestDir::new();
+    write_fly_toml(
+        &t,
+        "app = \"demo\"\nprimary_region = \"ams\"\n[deploy]\nrelease_command = \"bin/migrate\"\n",
+    );
+    let started = std::time::Instant::now();
+    let out = run_rollout(&fly, &t, &image(13), &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_FAILURE), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.contains("Fly did not start machine") && err.contains("machine is in a bad state"),
+        "{err}"
+    );
+    let left: Vec<_> = fly
+        .machines(APP)
+        .into_iter()
+        .filter(|m| !ids.contains(&m.id) && m.state != "destroyed")
+        .collect();
+    assert!(left.is_empty(), "the release machine was left: {left:?}");
+    assert!(updated_ids(&fly.requests()).is_empty());
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
 #[test]
 fn release_command_success_lets_the_rollout_go_on() {
     let fly = FlyApi::start();

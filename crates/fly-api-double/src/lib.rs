@@ -90,6 +90,8 @@
 //!   success); other writes to it 412.
 //! - `set_image_pull(image, time)`: machines created or updated onto that image start `time`
 //!   later (the pull), which the release command's waits must leave room for.
+//! - `refuse_next_starts(times, message)`: those starts answer 200 with `status: "error"`
+//!   and the message, and start nothing (fly-go `MachineStartResponse`).
 //! - `refuse_updates(machine, message)`: its updates answer 409 with that message and no
 //!   `status` code, as flaps answers an update its host has no room for (fly-go
 //!   `flaps/flaps_error_test.go`, `TestCapacityScopeOf`; Kilo-Org/cloud#412 quotes it from
@@ -673,6 +675,17 @@ impl FlyApi {
     /// `internal/command/deploy/machines_deploymachinesapp.go` answers by replacing the machine).
     pub fn refuse_updates(&self, machine: &str, message: &str) {
         self.lock().update_refusals.insert(machine.into(), message.into());
+    }
+
+    /// The next `times` starts answer 200 with `{"status": "error", "message": message}` and
+    /// leave the machine as it was: fly-go's `MachineStartResponse` (`machine_types.go`) has
+    /// those fields, and flyctl's `fly machine start` fails on `status == "error"` with the
+    /// message (`internal/command/machine/start.go`). No source found for when Fly answers so.
+    pub fn refuse_next_starts(&self, times: usize, message: &str) {
+        let mut state = self.lock();
+        state
+            .start_refusals
+            .extend(std::iter::repeat_n(message.to_string(), times));
     }
 
     /// A request reaches `machine` (fly-proxy's autostart) just as each update that leaves it

@@ -1322,6 +1322,13 @@ fn machine_operation(
         // running machine or stopping a stopped one: both answer 200 and change nothing.
         "Machines_start" => {
             let previous = machine.state.clone();
+            if !st.start_refusals.is_empty() {
+                let message = st.start_refusals.remove(0);
+                return ok_json(
+                    StatusCode::OK,
+                    json!({ "status": "error", "message": message, "previous_state": previous }),
+                );
+            }
             match previous.as_str() {
                 "created" => {
                     return error(

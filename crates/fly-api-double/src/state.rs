@@ -512,6 +512,9 @@ pub struct State {
     pub image_pulls: Vec<(String, Duration)>,
     /// Machine id → the error its host answers every update with (`FlyApi::refuse_updates`).
     pub update_refusals: BTreeMap<String, String>,
+    /// The message the next starts are refused with, one per start
+    /// (`FlyApi::refuse_next_starts`).
+    pub start_refusals: Vec<String>,
     /// How many of the next `POST /machines` calls Fly has no room for
     /// (`FlyApi::refuse_next_creates`).
     pub create_refusals: usize,
@@ -546,6 +549,7 @@ impl State {
             listen_addresses: Vec::new(),
             image_pulls: Vec::new(),
             update_refusals: BTreeMap::new(),
+            start_refusals: Vec::new(),
             create_refusals: 0,
             started_by_requests: BTreeSet::new(),
             suspended_once_up: BTreeSet::new(),
