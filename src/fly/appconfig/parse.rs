@@ -166,17 +166,31 @@ pub fn parse_document(doc: &Doc<'_>, root: &Table<'_, '_>, path: &Path) -> AppCo
     // metrics standing in for it), the first applying one being the group's.
     cfg.vms = each_table(root, &["compute", "computes", "vm"], parse_vm);
     cfg.mounts = each_table(root, &["mounts", "mount"], parse_mount);
-    cfg.statics = each_table(root, &["statics"], parse_static);
+    cfg.statics = each_listed_table(root, "statics", parse_static);
     let from_experimental = std::mem::take(&mut cfg.metrics);
     cfg.metrics = each_table(root, &["metric", "metrics"], |t| Some(parse_metrics(t)));
     cfg.metrics.extend(from_experimental);
-    cfg.restarts = each_table(root, &["restart"], parse_restart);
-    cfg.files = each_table(root, &["files"], parse_file);
+    cfg.restarts = each_listed_table(root, "restart", parse_restart);
+    cfg.files = each_listed_table(root, "files", parse_file);
     cross_check(doc, &cfg);
     cfg
 }
 
 /// Every entry of the `[[key]]` lists (or single `[key]` tables) under any of `keys`, read by
+/// `each_table` for a key flyctl reads only as a list of tables (`Field::table_list`).
+fn each_listed_table<T>(
+    root: &Table<'_, '_>,
+    key: &str,
+    read: impl Fn(&Table<'_, '_>) -> Option<T>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for t in root.get(key).map(|f| f.table_list()).unwrap_or_default() {
+        out.extend(read(&t));
+        t.finish();
+    }
+    out
+}
+
 /// `read` and then checked for unknown keys; entries `read` refused are left out.
 fn each_table<T>(root: &Table<'_, '_>, keys: &[&str], read: impl Fn(&Table<'_, '_>) -> Option<T>) -> Vec<T> {
     let mut out = Vec::new();
@@ -630,7 +644,7 @@ fn parse_http_service(t: &Table<'_, '_>) -> HttpService {
         checks: t
             .get("checks")
             .map(|f| {
-                f.tables()
+                f.table_list()
                     .iter()
                     .map(|c| parse_http_check(c, NumberUnit::Refused))
                     .collect()
@@ -649,7 +663,7 @@ fn machine_checks(t: &Table<'_, '_>) -> Vec<MachineCheck> {
         return Vec::new();
     };
     field
-        .tables()
+        .table_list()
         .iter()
         .filter_map(|check| {
             let field = check.get("command");
@@ -824,7 +838,7 @@ fn http_options(t: &Table<'_, '_>) -> Value {
     }
     if let Some(field) = t.get("replay_cache") {
         let caches: Vec<Value> = field
-            .tables()
+            .table_list()
             .iter()
             .map(|c| {
                 let mut out = Map::new();

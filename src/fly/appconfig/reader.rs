@@ -379,8 +379,34 @@ impl<'d, 't> Field<'d, 't> {
         }
     }
 
+    /// A list of tables (`[[x]]`) only: flyctl decodes these keys into Go slices with no patch
+    /// before (internal/appconfig/patches.go has no `ensureArrayOfMap` for them), so one `[x]`
+    /// table fails its decoding and `fly deploy` refuses the whole fly.toml.
+    pub fn table_list(&self) -> Vec<Table<'d, 't>> {
+        if let DeValue::Table(_) = self.value.get_ref() {
+            // `services[0].machine_checks` is written `[[services.machine_checks]]`.
+            let mut path = String::new();
+            let mut in_index = false;
+            for c in self.path().chars() {
+                match c {
+                    '[' => in_index = true,
+                    ']' => in_index = false,
+                    c if !in_index => path.push(c),
+                    _ => {}
+                }
+            }
+            self.error(format!(
+                "a single table; flyctl reads only a list of tables here and refuses the whole \
+                 fly.toml otherwise: write [[{path}]]"
+            ));
+            return Vec::new();
+        }
+        self.tables()
+    }
+
     /// A list of tables (`[[x]]`); a single table (`[x]`) counts as a list of one, as flyctl
-    /// reads `[mounts]`, `[vm]` and `[metrics]`.
+    /// reads `[mounts]`, `[vm]`, `[metrics]` and `[services]` (with their ports and checks):
+    /// `ensureArrayOfMap` in internal/appconfig/patches.go.
     pub fn tables(&self) -> Vec<Table<'d, 't>> {
         match self.value.get_ref() {
             DeValue::Table(_) => self.table().into_iter().collect(),

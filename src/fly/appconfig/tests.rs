@@ -289,6 +289,30 @@ fn impossible_values_are_errors() {
             "[processes]\nweb = \"run 'unclosed\"\n",
             "fly.toml:2: [processes] web: cannot split \"run 'unclosed\" into arguments",
         ),
+        // One table where flyctl decodes only a list of tables (no ensureArrayOfMap patch).
+        (
+            "[restart]\npolicy = \"always\"\n",
+            "fly.toml:1: restart: a single table; flyctl reads only a list of tables here and \
+             refuses the whole fly.toml otherwise: write [[restart]]",
+        ),
+        (
+            "[files]\nguest_path = \"/etc/a\"\nraw_value = \"YQ==\"\n",
+            "fly.toml:1: files: a single table",
+        ),
+        (
+            "[statics]\nguest_path = \"/app/public\"\nurl_prefix = \"/\"\n",
+            "fly.toml:1: statics: a single table",
+        ),
+        (
+            "[http_service]\ninternal_port = 8080\n[http_service.checks]\npath = \"/\"\n",
+            "fly.toml:3: [http_service] checks: a single table; flyctl reads only a list of tables \
+             here and refuses the whole fly.toml otherwise: write [[http_service.checks]]",
+        ),
+        (
+            "[[services]]\ninternal_port = 8080\nprotocol = \"tcp\"\n[services.machine_checks]\ncommand = [\"true\"]\n",
+            "fly.toml:4: [services[0]] machine_checks: a single table; flyctl reads only a list of \
+             tables here and refuses the whole fly.toml otherwise: write [[services.machine_checks]]",
+        ),
         // The old list form is checked as the table form is (flyctl's patchProcesses, then
         // validateProcessesSection).
         (
