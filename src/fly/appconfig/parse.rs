@@ -316,6 +316,17 @@ fn parse_deploy(t: &Table<'_, '_>) -> Deploy {
         .get("wait_timeout")
         .and_then(|f| duration(&f, NumberUnit::Refused));
     deploy.release_command = non_empty(t.string("release_command"));
+    // flyctl runs a release command whenever the string is not "" (`machines_releasecommand.go`):
+    // one of blanks alone would be an empty `cmd`, the image's own command, run as the release
+    // command until it timed out. Refused rather than run or ignored.
+    if let Some(field) = t.get("release_command")
+        && deploy.release_command.is_none()
+        && matches!(field.value.get_ref(), DeValue::String(s) if !s.is_empty())
+    {
+        field.error(
+            "holds only blanks: give the command to run before the machines are updated, or remove it",
+        );
+    }
     if let (Some(command), Some(field)) = (&deploy.release_command, t.get("release_command")) {
         split_command(&field, command);
     }

@@ -313,6 +313,10 @@ fn impossible_values_are_errors() {
             "fly.toml:4: [services[0]] machine_checks: a single table; flyctl reads only a list of \
              tables here and refuses the whole fly.toml otherwise: write [[services.machine_checks]]",
         ),
+        (
+            "[deploy]\nrelease_command = \"  \"\n",
+            "fly.toml:2: [deploy] release_command: holds only blanks",
+        ),
         // The old list form is checked as the table form is (flyctl's patchProcesses, then
         // validateProcessesSection).
         (
