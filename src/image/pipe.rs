@@ -52,12 +52,20 @@ impl<R: Read + AsFd> WidePipe<R> {
 
 /// Whether the descriptor is now a pipe of at least [`WIDE_PIPE`]: F_SETPIPE_SZ fails on
 /// anything else (a file, a terminal), and on a pipe past the unprivileged limit.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 fn widen(fd: &impl AsFd) -> bool {
     use std::os::fd::AsRawFd;
     let fd = fd.as_fd().as_raw_fd();
     // SAFETY: fcntl on a descriptor this process holds open; no memory is passed.
     let size = unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, WIDE_PIPE as libc::c_int) };
     size >= WIDE_PIPE as libc::c_int
+}
+
+/// F_SETPIPE_SZ is Linux's: elsewhere (macOS, where `nix run .#deploy` runs too) a pipe keeps
+/// its size and is read as it comes, without the waits meant for a widened one.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn widen(_fd: &impl AsFd) -> bool {
+    false
 }
 
 /// When to wait for a widened pipe to fill. A slow writer (Python's tarfile, a few KiB per
@@ -109,10 +117,10 @@ impl<R: Read> Read for WidePipe<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
-    use std::process::{Command, Stdio};
 
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     fn pipe_size(fd: &impl AsFd) -> i32 {
+        use std::os::fd::AsRawFd;
         // SAFETY: F_GETPIPE_SZ on a descriptor this test holds open.
         unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_GETPIPE_SZ) }
     }
@@ -150,7 +158,9 @@ mod tests {
     /// The reader only waits between short reads when the pipe really holds 1 MiB: on a
     /// 64 KiB pipe the waits would cap a fast writer at 128 MB/s. A file is never waited on.
     #[test]
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     fn only_a_widened_pipe_is_read_in_batches() {
+        use std::process::{Command, Stdio};
         let mut child = Command::new("echo")
             .arg("hello")
             .stdout(Stdio::piped())

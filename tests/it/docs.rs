@@ -23,6 +23,7 @@ const DOCS: &[&str] = &[
 /// Flags the docs name that belong to other tools, and the tool.
 const FOREIGN_FLAGS: &[(&str, &str)] = &[
     ("--builders", "nix"),
+    ("--no-build", "nix flake check"),
     ("--raw", "nix eval"),
     ("--dest-creds", "skopeo copy"),
     ("--example", "cargo run"),
