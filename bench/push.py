@@ -18,8 +18,8 @@ image, every core, no registry, and the stream floor: what the `cat` script cost
 hashing, read through a pipe by a reader that does nothing else, and SHA-256 of the image and of
 its largest layer on one core (OpenSSL, through Python's hashlib).
 skopeo 1.9 reads only an uncompressed seekable archive, so the comparison is on the .tar;
-`--level 1`, OCI layout (gzip blobs written by skopeo), .tar.gz, stream-script and stdin runs
-are nixfly-only rows.
+`--level 1`, OCI layout (gzip blobs written by skopeo), the same blobs as Docker 29's
+`docker save` writes them, .tar.gz, stream-script and stdin runs are nixfly-only rows.
 
 With `--delay-ms N` every request goes through bench/delay_proxy.py, N ms each way: the
 registry answers a round trip later, as a distant one does (registry.fly.io from a CI runner).
@@ -205,7 +205,7 @@ def main():
         changed = work / "changed.tar"
         subprocess.run([ROOT / "target/release/examples/bench_image", changed, *args.dirs[:-1], "/usr/share/vim"],
                        check=True, stdout=subprocess.DEVNULL)
-        gz, scripts, layouts = {}, {}, {}
+        gz, scripts, layouts, saves = {}, {}, {}, {}
         for name, tar in [("image", image), ("changed", changed)]:
             gz[name] = work / f"{name}.tar.gz"
             with open(gz[name], "wb") as out_gz:  # what buildLayeredImage does (pigz -nTR, level 6)
@@ -217,6 +217,9 @@ def main():
             layouts[name] = work / f"layout-{name}"
             subprocess.run(["skopeo", "copy", "--quiet", f"docker-archive:{tar}", f"oci:{layouts[name]}:t"],
                            check=True)
+            # The same blobs as Docker 29's `docker save` writes them (containerd store).
+            saves[name] = work / f"{name}-docker-save.tar"
+            containerd_save(layouts[name], saves[name])
         # The images just written (several GB) are still being written back to disk, on the
         # same cores: wait for that before timing anything (it made one floor 6.74 s, 5.18 s
         # when measured again on the quiet machine).
@@ -238,6 +241,8 @@ def main():
             "nixfly .tar --level 1": Row(nixfly_push(image, "--level", "1")),
             "nixfly OCI layout (gzip blobs)": Row(nixfly_push(layouts["image"], "--format", "oci"),
                                                   nixfly_push(layouts["changed"], "--format", "oci")),
+            "nixfly docker save (containerd store, gzip blobs)": Row(nixfly_push(saves["image"]),
+                                                                     nixfly_push(saves["changed"])),
             "nixfly .tar.gz": Row(nixfly_push(gz["image"]), nixfly_push(gz["changed"]),
                                   f"gzip -dc '{gz['image']}' > /dev/null"),
             "nixfly stream script": Row(nixfly_push(scripts["image"]), nixfly_push(scripts["changed"]),
@@ -340,6 +345,25 @@ def main():
           f"spread over all {cpus} cores, an unchanged stream takes at least "
           f"{max(pipe_wall, sha[1], (pipe_cpu + sha[0]) / cpus):.2f} s, "
           f"{max(pipe_wall, sha[1], (pipe_cpu + sha[0]) / cpus) - generation:+.2f} s over generation.")
+
+
+def containerd_save(layout, out):
+    """Write the OCI layout's image as containerd's exporter writes a `docker save` (Docker 29's
+    default store; core/images/archive/exporter.go): the layout's files, and a manifest.json
+    naming the config and layer blobs at `blobs/sha256/<hex>`."""
+    import json
+    import tarfile
+    index = json.loads((layout / "index.json").read_text())
+    blob = lambda digest: f"blobs/sha256/{digest.split(':', 1)[1]}"
+    manifest = json.loads((layout / blob(index["manifests"][0]["digest"])).read_text())
+    docker = [{"Config": blob(manifest["config"]["digest"]), "RepoTags": ["bench:t"],
+               "Layers": [blob(layer["digest"]) for layer in manifest["layers"]]}]
+    (layout / "manifest.json").write_text(json.dumps(docker))
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as archive:
+        for path in sorted(layout.rglob("*")):
+            if path.is_file():
+                archive.add(path, arcname=str(path.relative_to(layout)))
+    (layout / "manifest.json").unlink()
 
 
 # Reads stdin as nixfly reads a stream script's stdout (src/image/pipe.rs, blob::LayerHasher): the
