@@ -112,46 +112,51 @@ pub enum SizeBase {
     Decimal,
 }
 
-/// A size like flyctl's `helpers.ParseSize`: a plain integer is already in `unit_bytes`;
-/// otherwise `<number>[ ][k|m|g|t|p][i][b]` in bytes, divided by `unit_bytes` (integer division,
-/// as flyctl does).
+/// A size like flyctl's `helpers.ParseSize` (helpers/units.go): a plain integer is already in
+/// `unit_bytes`; anything else goes through go-units v0.5.0's `parseSize` (size.go) and is
+/// divided by `unit_bytes` (integer division, as flyctl does). That splits the text after its
+/// last digit, `.` or space (one space may stand before the unit: `1 gb`, not `1  gb` nor
+/// ` 1gb`), reads the number as a float (`1e3`, `.5`), and takes `b`, or `k`/`m`/`g`/`t`/`p`
+/// alone or followed by `b` or `ib`, in any case (`gi` is refused). A negative integer, which
+/// flyctl would pass on as is, is refused here.
 pub fn parse_size(text: &str, base: SizeBase, unit_bytes: u64) -> Result<u64, String> {
-    let s = text.trim();
-    if let Ok(plain) = s.parse::<u64>() {
+    if let Ok(plain) = text.parse::<u64>() {
         return Ok(plain);
     }
-    let number_len = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, suffix) = s.split_at(number_len);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size; write it like \"512mb\" or \"1gb\""))?;
-    let mut suffix = suffix.strip_prefix(' ').unwrap_or(suffix).to_ascii_lowercase();
-    if suffix.ends_with('b') {
-        suffix.pop();
+    let not_a_size = || format!("{text:?} is not a size; write it like \"512mb\" or \"1gb\"");
+    let sep = text
+        .rfind(|c: char| c.is_ascii_digit() || c == '.' || c == ' ')
+        .ok_or_else(not_a_size)?;
+    let (number, suffix) = if text.as_bytes()[sep] == b' ' {
+        (&text[..sep], &text[sep + 1..])
+    } else {
+        (&text[..=sep], &text[sep + 1..])
+    };
+    let value: f64 = number.parse().map_err(|_| not_a_size())?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(not_a_size());
     }
-    if suffix.len() == 2 && suffix.ends_with('i') {
-        suffix.pop();
-    }
+    let bad_unit = || format!("{text:?} has an unknown unit; write it like \"512mb\" or \"1gb\"");
+    let suffix = suffix.to_ascii_lowercase();
     let step: f64 = match base {
         SizeBase::Binary => 1024.0,
         SizeBase::Decimal => 1000.0,
     };
-    let exponent = match suffix.as_str() {
-        "" => 0,
-        "k" => 1,
-        "m" => 2,
-        "g" => 3,
-        "t" => 4,
-        "p" => 5,
-        _ => {
-            return Err(format!(
-                "{text:?} has an unknown unit; write it like \"512mb\" or \"1gb\""
-            ));
+    let bytes = match suffix.as_bytes() {
+        [] | [b'b'] => value,
+        [unit, rest @ ..] if rest.is_empty() || rest == b"b" || rest == b"ib" => {
+            let exponent = match unit {
+                b'k' => 1,
+                b'm' => 2,
+                b'g' => 3,
+                b't' => 4,
+                b'p' => 5,
+                _ => return Err(bad_unit()),
+            };
+            value * step.powi(exponent)
         }
+        _ => return Err(bad_unit()),
     };
-    let bytes = value * step.powi(exponent);
     Ok((bytes as u64) / unit_bytes)
 }
 
@@ -183,18 +188,53 @@ mod tests {
         }
     }
 
+    /// What flyctl's `helpers.ParseSize` over go-units v0.5.0's `RAMInBytes` (MiB) and
+    /// `FromHumanSize` (GB) gives for each text: printed by Go 1.19 running those two functions
+    /// (None: an error).
     #[test]
     fn sizes_follow_go_units() {
-        let mib = 1024 * 1024;
-        assert_eq!(parse_size("1gb", SizeBase::Binary, mib).unwrap(), 1024);
-        assert_eq!(parse_size("512mb", SizeBase::Binary, mib).unwrap(), 512);
-        assert_eq!(parse_size("2GiB", SizeBase::Binary, mib).unwrap(), 2048);
-        assert_eq!(parse_size("1024", SizeBase::Binary, mib).unwrap(), 1024);
-        assert_eq!(parse_size("1.5 gb", SizeBase::Binary, mib).unwrap(), 1536);
-        let gb = 1_000_000_000;
-        assert_eq!(parse_size("10gb", SizeBase::Decimal, gb).unwrap(), 10);
-        assert_eq!(parse_size("500mb", SizeBase::Decimal, gb).unwrap(), 0);
-        assert!(parse_size("lots", SizeBase::Binary, mib).is_err());
-        assert!(parse_size("1xb", SizeBase::Binary, mib).is_err());
+        let cases: [(&str, Option<u64>, Option<u64>); 29] = [
+            ("1gb", Some(1024), Some(1)),
+            ("512mb", Some(512), Some(0)),
+            ("2GiB", Some(2048), Some(2)),
+            ("1024", Some(1024), Some(1024)),
+            ("1.5 gb", Some(1536), Some(1)),
+            ("1gi", None, None),
+            ("1g", Some(1024), Some(1)),
+            ("1e3", Some(0), Some(0)),
+            ("1e3mb", Some(1000), Some(1)),
+            (" 1gb", None, None),
+            ("1gb ", None, None),
+            ("1 gb", Some(1024), Some(1)),
+            ("1  gb", None, None),
+            ("1.5", Some(0), Some(0)),
+            ("+2gb", Some(2048), Some(2)),
+            ("-1gb", None, None),
+            ("2b", Some(0), Some(0)),
+            ("2bb", None, None),
+            ("1kib", Some(0), Some(0)),
+            ("1kb", Some(0), Some(0)),
+            ("1xb", None, None),
+            ("lots", None, None),
+            ("1.gb", Some(1024), Some(1)),
+            (".5gb", Some(512), Some(0)),
+            ("1gib", Some(1024), Some(1)),
+            ("1GIB", Some(1024), Some(1)),
+            ("3.9mb", Some(3), Some(0)),
+            ("0gb", Some(0), Some(0)),
+            ("007", Some(7), Some(7)),
+        ];
+        for (text, mib, gb) in cases {
+            assert_eq!(
+                parse_size(text, SizeBase::Binary, 1024 * 1024).ok(),
+                mib,
+                "{text:?} in MiB"
+            );
+            assert_eq!(
+                parse_size(text, SizeBase::Decimal, 1_000_000_000).ok(),
+                gb,
+                "{text:?} in GB"
+            );
+        }
     }
 }
