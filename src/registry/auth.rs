@@ -453,6 +453,10 @@ impl Scope {
     pub fn is_mount(&self) -> bool {
         self.0.len() > 1
     }
+    /// Only reads (another repository's image, for `--reuse-from` or the app's running one).
+    pub fn is_pull_only(&self) -> bool {
+        !self.0.is_empty() && self.0.iter().all(|part| part.ends_with(":pull"))
+    }
     /// No repository: the `/v2/` probe.
     pub fn none() -> Self {
         Scope(Vec::new())
@@ -583,11 +587,14 @@ impl Authenticator {
     /// none of the other.)
     pub fn fall_back(&self, scope: &Scope, rejected: Option<&str>) -> bool {
         let has_fallback = self.credentials.as_ref().is_some_and(|c| c.fallback.is_some());
-        // A mount refused (no access to the other app's repository) is no reason to give up
-        // the macaroons for the rest of the push: fly-go's `Tokens.Docker()` never sends the
-        // OAuth token while there are macaroons.
+        // A mount or a read refused (no access to the other app's repository: Fly scopes
+        // registry access to the token's apps or organization) is no reason to give up the
+        // macaroons for the rest of the push: fly-go's `Tokens.Docker()` never sends the
+        // OAuth token while there are macaroons. Only a refusal of the push's own repository
+        // (whose reads ask for pull,push) switches.
         if !has_fallback
             || scope.is_mount()
+            || scope.is_pull_only()
             || rejected.is_none()
             || self.header(scope).as_deref() != rejected
         {

@@ -732,6 +732,48 @@ fn a_refused_mount_keeps_a_sessions_macaroons() {
     assert!(!stderr.contains(macaroons) && !stderr.contains(oauth), "{stderr}");
 }
 
+/// The same session token, and a `--reuse-from` image of another app the registry will not
+/// let it read (401 on every request for that repository): the push warns and goes on with the
+/// macaroons. Before, the refused read switched the whole push to the OAuth token, which this
+/// registry refuses, and the push failed.
+#[test]
+fn a_refused_read_of_another_repository_keeps_a_sessions_macaroons() {
+    let macaroons = "fm2_lJPECAAAAAAAAMZ3nixflymacaroon0123456789";
+    let oauth = "fo1_nixflytestoauthtoken0123456789abcdef";
+    let registry = Registry::start(AuthMode::fly(macaroons));
+    let refusal = Fault::status(401, &[("WWW-Authenticate", r#"Basic realm="registry""#)]);
+    let proxy = FaultProxy::start(registry.addr, vec![Rule::new("*", "/v2/other/", 0, refusal)]);
+    let t = TestDir::new();
+    let (source, written) = image(&t);
+    let mut cmd = t.nixfly();
+    cmd.env("FLY_REGISTRY_HOST", proxy.host())
+        .env("FLY_API_TOKEN", format!("FlyV1 {macaroons},{oauth}"))
+        .args([
+            "push",
+            source.to_str().unwrap(),
+            "--to",
+            &format!("{}/app", proxy.host()),
+        ])
+        .args(["--tag", "v1", "--reuse-from", "other:v1", "--output", "json"]);
+    let out = support::run(&mut cmd);
+    support::assert_success(&out);
+    assert!(!proxy.fired().is_empty(), "the other repository was never read");
+    let warnings = support::readback::events(&out, "warning");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w["message"].as_str().unwrap().contains("not reusing layers of")),
+        "{warnings:?}"
+    );
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!output.contains(macaroons) && !output.contains(oauth), "{output}");
+    assert_same_image(&registry, &proxy.direct(&pushed_json_reference(&out)), &written);
+}
+
 /// The same refusal from a token service: asked for a token that would also read the other
 /// repository, it answers 403. The mount is given up, not the push.
 #[test]
