@@ -58,6 +58,9 @@ pub struct StoredBlob {
 
 /// Failures in a row, without progress, after which an upload gives up.
 const MAX_UPLOAD_FAILURES: u32 = 6;
+/// HEADs asked after a commit that got no answer or 5xx on every try, before it counts as
+/// failed: at 0, 1 and 3 s (`committed_all_the_same`).
+const COMMIT_CHECKS: u32 = 3;
 /// Redirects of one upload's data followed (307/308 on a streamed PATCH).
 const MAX_UPLOAD_REDIRECTS: usize = 5;
 /// Bytes read back from a spill at a time.
@@ -589,17 +592,35 @@ impl RegistryClient {
             body,
             operation: self.blob_operation("committing", repository, digest),
         };
-        let response = self.send(&req).await?;
+        let response = match self.send(&req).await {
+            Ok(response) => response,
+            // No answer to any try (cut, timed out): the registry may have committed the blob
+            // all the same. registry.fly.io commits to object storage near iad, far from most
+            // runners, and a slow commit can outlast a proxy's patience; Docker's retry of a
+            // layer starts with a HEAD ("Layer already exists"). So does this, before failing.
+            Err(err @ (RegistryError::Transport { .. } | RegistryError::Timeout { .. })) => {
+                if self
+                    .committed_all_the_same(repository, digest, COMMIT_CHECKS)
+                    .await
+                {
+                    self.closed(session.id);
+                    return Ok(());
+                }
+                return Err(err);
+            }
+            Err(err) => return Err(err),
+        };
         if response.status() != StatusCode::CREATED {
             // A commit sent again after its answer was lost (a proxy's 5xx or a timeout, which
             // `send` retries) meets the session the first one closed: distribution answers 404
             // BLOB_UPLOAD_UNKNOWN. The blob is there then, which is what the commit was for.
-            if response.status() == StatusCode::NOT_FOUND
-                && matches!(self.blob_exists(repository, digest).await, Ok(Some(_)))
-            {
-                self.debug(|| {
-                    format!("{digest} is in {repository}: an earlier try of its commit went through")
-                });
+            // A 5xx on every try may likewise hide a commit that went through (see above).
+            let checks = match response.status() {
+                StatusCode::NOT_FOUND => 1,
+                status if status.is_server_error() => COMMIT_CHECKS,
+                _ => 0,
+            };
+            if checks > 0 && self.committed_all_the_same(repository, digest, checks).await {
                 self.closed(session.id);
                 return Ok(());
             }
@@ -615,6 +636,23 @@ impl RegistryClient {
             });
         }
         Ok(())
+    }
+
+    /// Whether `digest` is in `repository` although its commit failed: a HEAD, up to `checks`
+    /// times, 1 s, then 2 s, ... apart (a registry still finishing the commit shows it late).
+    async fn committed_all_the_same(&self, repository: &str, digest: &Digest, checks: u32) -> bool {
+        for check in 0..checks {
+            if check > 0 {
+                tokio::time::sleep(Duration::from_secs(1 << (check - 1))).await;
+            }
+            if matches!(self.blob_exists(repository, digest).await, Ok(Some(_))) {
+                self.debug(|| {
+                    format!("{digest} is in {repository}: its commit went through, though no answer said so")
+                });
+                return true;
+            }
+        }
+        false
     }
 
     /// Upload a blob whose bytes arrive on `body`, hashing them as they pass. `expected`: the
@@ -1108,6 +1146,12 @@ impl RegistryClient {
             // After the delay: a registry still finishing the failed request would otherwise
             // write the session back after cancelling it (distribution 2.8 does).
             tokio::time::sleep(delay).await;
+            // The PUT carried the whole blob and its digest: if it went in after all, sending it
+            // again would only upload it twice.
+            if self.committed_all_the_same(repository, &digest, 1).await {
+                self.cancel_upload(repository, &session).await;
+                return Ok(StoredBlob { digest, size });
+            }
             self.cancel_upload(repository, &session).await;
             if failures >= MAX_UPLOAD_FAILURES {
                 return Err(RegistryError::UploadGaveUp {

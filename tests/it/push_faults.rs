@@ -123,6 +123,36 @@ fn a_commit_whose_answer_was_lost_is_not_uploaded_again() {
     assert_eq!(sessions(&proxy), clean, "{:#?}", proxy.requests());
 }
 
+/// Every commit's answer lost (a proxy that answers 502 to each `PUT` after the registry did
+/// it, as one might whose idle limit a slow commit outlasts): the retried commits meet closed
+/// sessions, and their answers are lost too. The blobs are there; a HEAD finds each, and the
+/// push succeeds without uploading any blob twice. Before, the push failed on the last 502.
+/// The same with `--upload-mode monolithic`, whose PUT carries the whole layer: found by a
+/// HEAD before it would be sent again.
+#[test]
+fn commits_whose_every_answer_is_lost_are_found_by_a_head() {
+    let t = TestDir::new();
+    let (source, written) = image(&t);
+    for mode in ["stream", "monolithic"] {
+        let registry = Registry::start(AuthMode::htpasswd());
+        let proxy = FaultProxy::start(
+            registry.addr,
+            vec![Rule::new("PUT", "/blobs/uploads/", 0, Fault::LoseAnswer(502))],
+        );
+        let out = push_through(&t, &registry, &proxy, &source, &["-v", "--upload-mode", mode]);
+        let reference = pushed_reference(&out, &proxy.host(), "app");
+        assert!(!proxy.fired().is_empty(), "{mode}");
+        assert_same_image(&registry, &proxy.direct(&reference), &written);
+        let requests = proxy.requests();
+        let sessions = requests
+            .iter()
+            .filter(|r| r.starts_with("POST ") && r.contains("/blobs/uploads/"))
+            .count();
+        // The config and the image's layers, one session each.
+        assert_eq!(sessions, 1 + written.diff_ids.len(), "{mode}: {requests:#?}");
+    }
+}
+
 /// A registry that does not say where an upload stands (405 to the session's GET, which
 /// docker, crane and skopeo never send): after a cut the layer starts again in a new session.
 #[test]
