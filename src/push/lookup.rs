@@ -245,6 +245,30 @@ impl<S: BlobStore> Pusher<S> {
             .map(|(blob, outcome)| self.done(index, diff_id, &blob, outcome)))
     }
 
+    /// Whether the target repository has `digest` (HEAD), and its size. A refusal of the
+    /// credentials would refuse the upload too, and ends the push here. Any other failure,
+    /// after the retries (a 5xx, a timeout), leaves it not known to be there: it is uploaded,
+    /// with a warning, as Docker uploads a layer whose existence check failed. A registry that
+    /// cannot take it either fails the push at the upload.
+    pub(super) async fn blob_present(&self, digest: &Digest, what: &str) -> Result<Option<u64>, PushError> {
+        let spec = &self.spec;
+        match self.store.blob_exists(&spec.repository, digest).await {
+            Ok(exists) => Ok(exists),
+            Err(err) if is_refusal(&err) => Err(self
+                .registry_error(format!("checking for {what} {digest} in {}", spec.name()))(
+                err
+            )),
+            Err(err) => {
+                self.reporter.warn(format!(
+                    "could not check for {what} {digest} in {} ({}): uploading it",
+                    spec.name(),
+                    crate::error::chain_text(&err)
+                ));
+                Ok(None)
+            }
+        }
+    }
+
     /// Which candidate the repository has (HEAD), or can mount from another repository the
     /// cache knows holds it. Reports nothing.
     async fn locate(
@@ -256,15 +280,7 @@ impl<S: BlobStore> Pusher<S> {
             if let Some(&size) = self.registry_blobs.present.get(&candidate.digest) {
                 return Ok(Some((self.held(candidate, size), LayerOutcome::Skipped)));
             }
-            let exists = self
-                .store
-                .blob_exists(&spec.repository, &candidate.digest)
-                .await
-                .map_err(self.registry_error(format!(
-                    "checking for blob {} in {}",
-                    candidate.digest,
-                    spec.name()
-                )))?;
+            let exists = self.blob_present(&candidate.digest, "blob").await?;
             if let Some(size) = exists {
                 return Ok(Some((self.held(candidate, size), LayerOutcome::Skipped)));
             }
@@ -374,5 +390,14 @@ impl<S: BlobStore> Pusher<S> {
             })
             .collect();
         Ok(Some((Bytes::from(summary.config), layers)))
+    }
+}
+
+/// A registry's refusal of the credentials (401, 403, or no usable token).
+fn is_refusal(err: &RegistryError) -> bool {
+    match err {
+        RegistryError::Auth(_) => true,
+        RegistryError::Status(status) => matches!(status.status, 401 | 403),
+        _ => false,
     }
 }

@@ -51,13 +51,7 @@ impl<S: BlobStore> Pusher<S> {
         let spec = &self.spec;
         let config_digest = Digest::sha256_of(&config);
         let config_size = config.len() as u64;
-        let have_config = self
-            .store
-            .blob_exists(&spec.repository, &config_digest)
-            .await
-            .map_err(
-                self.registry_error(format!("checking for config {config_digest} in {}", spec.name())),
-            )?;
+        let have_config = self.blob_present(&config_digest, "config").await?;
         if have_config.is_none() {
             let stored = self
                 .store

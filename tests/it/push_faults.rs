@@ -153,6 +153,36 @@ fn commits_whose_every_answer_is_lost_are_found_by_a_head() {
     }
 }
 
+/// A registry whose blob checks fail (500 on every HEAD, after the retries) while its uploads
+/// work: a layer whose blob cannot be checked is uploaded, with a warning, as Docker uploads
+/// one whose existence check failed. Before, the first failed check ended the push.
+#[test]
+fn a_blob_check_that_keeps_failing_uploads_the_layer() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (source, written) = image(&t);
+    // A first push fills the cache: the second asks about each layer's blob.
+    let first = push(&t, &registry, source.to_str().unwrap(), "app", "v1", &[]);
+    pushed_reference(&first, &registry.host(), "app");
+    let proxy = FaultProxy::start(
+        registry.addr,
+        vec![Rule::new("HEAD", "/blobs/sha256:", 0, Fault::status(500, &[]))],
+    );
+    let out = push_through(&t, &registry, &proxy, &source, &["--output", "json"]);
+    let reference = support::readback::pushed_json_reference(&out);
+    assert!(!proxy.fired().is_empty());
+    let warnings = support::readback::events(&out, "warning");
+    assert!(
+        warnings.iter().any(|w| w["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not check for blob")),
+        "{warnings:?}"
+    );
+    assert_eq!(layer_outcomes(&out), ["uploaded"; 2]);
+    assert_same_image(&registry, &proxy.direct(&reference), &written);
+}
+
 /// A registry that does not say where an upload stands (405 to the session's GET, which
 /// docker, crane and skopeo never send): after a cut the layer starts again in a new session.
 #[test]
