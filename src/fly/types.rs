@@ -382,6 +382,11 @@ pub struct Lease {
     pub expires_at: Option<i64>,
     #[serde(default)]
     pub owner: Option<String>,
+    /// The machine's version (`instance_id`) when the lease was granted: fly-go's
+    /// `MachineLease.Data.Version`, which flyctl's `internal/machine/lease.go` compares with the
+    /// machine it read.
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 #[derive(Deserialize)]

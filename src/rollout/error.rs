@@ -80,6 +80,17 @@ pub enum RolloutError {
         waited: Duration,
     },
     #[error(
+        "machine {machine} was updated after this deploy read it (its version is now {leased}, \
+         was {listed}): another deploy or a `fly` command changed it, perhaps the one whose lease \
+         this deploy waited for. No machine was changed; run the deploy again to start from the \
+         app as it is now"
+    )]
+    ChangedBeforeLease {
+        machine: String,
+        listed: String,
+        leased: String,
+    },
+    #[error(
         "release_command `{command}` exited with code {exit_code} on machine {machine}; no app \
          machine was changed; {logs}"
     )]

@@ -37,21 +37,22 @@ impl Leases {
         self.held().get(machine).cloned()
     }
 
-    /// Take the machine's lease, waiting up to `patience` while someone else holds it.
+    /// Take the machine's lease, waiting up to `patience` while someone else holds it. Returns
+    /// the machine's version the lease was granted on, when the API says.
     pub async fn acquire(
         &self,
         machine: &str,
         group: &str,
         patience: Duration,
         reporter: &Reporter,
-    ) -> Result<(), RolloutError> {
+    ) -> Result<Option<String>, RolloutError> {
         let started = Instant::now();
         let mut announced = false;
         loop {
             match self.api.lease(machine, self.ttl, None).await {
                 Ok(lease) => {
                     self.held().insert(machine.to_string(), lease.nonce);
-                    return Ok(());
+                    return Ok(lease.version.filter(|v| !v.is_empty()));
                 }
                 Err(err) if err.status() == Some(409) => {
                     let holder = self.api.current_lease(machine).await.ok().flatten();

@@ -632,9 +632,25 @@ async fn deploy(
                 }
                 let group = machine.process_group();
                 ctx.status(&machine.id, group, "waiting for lease");
-                ctx.leases
+                let leased = ctx
+                    .leases
                     .acquire(&machine.id, group, ctx.spec.lease_wait, &ctx.reporter)
-                    .await
+                    .await?;
+                // Every plan of this deploy was made from the machines as listed. One updated
+                // since (typically by the deploy whose lease this one waited for) would be
+                // updated, or rolled back, from a config that is no longer its own: stop before
+                // any change, as flyctl's lease helper reads such a machine again
+                // (`internal/machine/lease.go`, `InstanceID == lease.Data.Version`).
+                match (&machine.instance_id, leased) {
+                    (Some(listed), Some(leased)) if !listed.is_empty() && *listed != leased => {
+                        Err(RolloutError::ChangedBeforeLease {
+                            machine: machine.id.clone(),
+                            listed: listed.clone(),
+                            leased,
+                        })
+                    }
+                    _ => Ok(()),
+                }
             }
         })
         .buffer_unordered(LEASE_CONCURRENCY);

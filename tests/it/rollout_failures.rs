@@ -447,6 +447,46 @@ fn someone_elses_lease_is_waited_for_then_named() {
 /// (`internal/machine/leasable_machine.go`) takes it for none. nixfly used to keep an empty
 /// nonce and update the machine as if it held the lease. The leases of the other machines,
 /// asked for at the same time, are all released: none is dropped with its answer unread.
+/// A machine updated by someone else after this deploy listed it (here: by the holder of the
+/// lease it waited for) has another version when its lease is granted (fly-go
+/// `MachineLease.Data.Version`). Updating it, or rolling it back, from the listed config would
+/// undo that change: the deploy stops before any change, names the machine and says to run it
+/// again. The other client's change stays.
+#[test]
+fn a_machine_updated_while_its_lease_was_waited_for_stops_the_deploy() {
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    let ids = fly.add_machines(APP, &MachineSpec::new("app").count(1));
+    fly.hold_lease(&ids[0], "other-deploy@example.com", Some(Duration::from_secs(3)));
+    let t = TestDir::new();
+    let child = rollout_cmd(&fly, &t, &image(17))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The other deploy updates the machine while this one waits for the lease.
+    assert!(fly.wait_until(Duration::from_secs(20), |f| {
+        !f.requests_to("POST", "/lease").is_empty()
+    }));
+    fly.update_elsewhere(&ids[0], "CHANGED_BY", "the other deploy");
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_FAILURE), "{err}");
+    assert!(
+        err.contains(&format!(
+            "machine {} was updated after this deploy read it",
+            ids[0]
+        )) && err.contains("run the deploy again"),
+        "{err}"
+    );
+    let machine = fly.machine(&ids[0]);
+    assert_eq!(machine.config["env"]["CHANGED_BY"], "the other deploy");
+    assert_ne!(machine.image(), image(17));
+    assert!(updated_ids(&fly.requests()).is_empty());
+    assert_no_leases(&fly);
+    assert_no_violations(&fly);
+}
+
 #[test]
 fn a_lease_answer_without_a_lease_changes_nothing() {
     let fly = FlyApi::start();

@@ -750,6 +750,21 @@ impl FlyApi {
         nonce
     }
 
+    /// Another client (a deploy, `fly scale`) updates `machine` as `POST /machines/{id}` does:
+    /// `env[key] = value` in its config, and a new version (`instance_id`), as Fly gives one on
+    /// every update.
+    pub fn update_elsewhere(&self, machine: &str, key: &str, value: &str) {
+        let mut st = self.lock();
+        let mut config = st
+            .machines
+            .get(machine)
+            .unwrap_or_else(|| panic!("the Fly API double has no machine {machine}"))
+            .config
+            .clone();
+        config["env"][key] = value.into();
+        st.update_machine(machine, config, None, false, Instant::now());
+    }
+
     /// The lease active on `machine` now, if any.
     pub fn lease(&self, machine: &str) -> Option<Lease> {
         let now = Instant::now();
