@@ -351,6 +351,7 @@ def containerd_save(layout, out):
     """Write the OCI layout's image as containerd's exporter writes a `docker save` (Docker 29's
     default store; core/images/archive/exporter.go): the layout's files, and a manifest.json
     naming the config and layer blobs at `blobs/sha256/<hex>`."""
+    import io
     import json
     import tarfile
     index = json.loads((layout / "index.json").read_text())
@@ -358,12 +359,14 @@ def containerd_save(layout, out):
     manifest = json.loads((layout / blob(index["manifests"][0]["digest"])).read_text())
     docker = [{"Config": blob(manifest["config"]["digest"]), "RepoTags": ["bench:t"],
                "Layers": [blob(layer["digest"]) for layer in manifest["layers"]]}]
-    (layout / "manifest.json").write_text(json.dumps(docker))
+    manifest_json = json.dumps(docker).encode()
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as archive:
         for path in sorted(layout.rglob("*")):
             if path.is_file():
                 archive.add(path, arcname=str(path.relative_to(layout)))
-    (layout / "manifest.json").unlink()
+        entry = tarfile.TarInfo("manifest.json")
+        entry.size = len(manifest_json)
+        archive.addfile(entry, io.BytesIO(manifest_json))
 
 
 # Reads stdin as nixfly reads a stream script's stdout (src/image/pipe.rs, blob::LayerHasher): the

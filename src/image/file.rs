@@ -7,7 +7,6 @@ use super::{
     ArchiveFormat, ArchiveStream, BlobEncoding, Image, ImageError, ImageSource, IndexedImage, IndexedParts,
     KnownBlob, KnownLayer, LayerForm,
 };
-use crate::blob::Algorithm;
 use crate::progress::Reporter;
 use std::fs::File;
 use std::io::Read;
@@ -63,11 +62,7 @@ impl ImageSource for ArchiveFile {
                     .take(extent.size.min(4)),
                 )
                 .map_err(open_error)?;
-                let algorithm = match ArchiveFormat::sniff(&head) {
-                    Some(ArchiveFormat::Gzip) => Some(Algorithm::Gzip),
-                    Some(ArchiveFormat::Zstd) => Some(Algorithm::Zstd),
-                    Some(ArchiveFormat::Tar) | None => None,
-                };
+                let algorithm = ArchiveFormat::sniff(&head).and_then(ArchiveFormat::algorithm);
                 let blob = algorithm.and_then(|algorithm| {
                     let digest = stored_digest(entry)?;
                     Some(KnownBlob {

@@ -324,6 +324,23 @@ impl ArchiveFormat {
         }
     }
 
+    /// The compression of a compressed format; none for a tar.
+    pub fn algorithm(self) -> Option<Algorithm> {
+        match self {
+            ArchiveFormat::Tar => None,
+            ArchiveFormat::Gzip => Some(Algorithm::Gzip),
+            ArchiveFormat::Zstd => Some(Algorithm::Zstd),
+        }
+    }
+
+    /// The format of bytes compressed with `algorithm`.
+    pub fn of(algorithm: Algorithm) -> Self {
+        match algorithm {
+            Algorithm::Gzip => ArchiveFormat::Gzip,
+            Algorithm::Zstd => ArchiveFormat::Zstd,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ArchiveFormat::Tar => "tar",

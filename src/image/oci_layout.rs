@@ -383,8 +383,8 @@ impl IndexedImage for LayoutImage {
         Ok(match (form, &self.parts.layers[index].blob) {
             (LayerForm::Uncompressed, Some(blob)) => {
                 let format = match blob.encoding {
-                    BlobEncoding::Stored(Algorithm::Zstd) => ArchiveFormat::Zstd,
-                    _ => ArchiveFormat::Gzip,
+                    BlobEncoding::Stored(algorithm) => ArchiveFormat::of(algorithm),
+                    BlobEncoding::Reproducible(_) => ArchiveFormat::Gzip,
                 };
                 super::decompress(format, file)
             }

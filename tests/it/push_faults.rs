@@ -756,40 +756,72 @@ fn a_refused_cross_repository_mount_falls_back_to_uploading() {
     );
 }
 
-/// A login session's token (macaroons and an OAuth token) whose macaroons the registry takes,
-/// and a mount it refuses (401: no access to the other app): the refusal is about the other
-/// repository, so the push goes on with the macaroons, and never switches to the OAuth token
-/// (fly-go's `Tokens.Docker()` sends no OAuth token while there are macaroons).
+/// A login session's token: macaroons, which `session_registry` takes, and an OAuth token,
+/// which it refuses.
+const SESSION_MACAROONS: &str = "fm2_lJPECAAAAAAAAMZ3nixflymacaroon0123456789";
+const SESSION_OAUTH: &str = "fo1_nixflytestoauthtoken0123456789abcdef";
+
+/// A registry taking only the session's macaroons, behind a proxy that answers requests
+/// matching (`method`, `path`) with a Basic 401: no access to that repository.
+fn session_registry(method: &str, path: &str) -> (Registry, FaultProxy) {
+    let registry = Registry::start(AuthMode::fly(SESSION_MACAROONS));
+    let refusal = Fault::status(401, &[("WWW-Authenticate", r#"Basic realm="registry""#)]);
+    let proxy = FaultProxy::start(registry.addr, vec![Rule::new(method, path, 0, refusal)]);
+    (registry, proxy)
+}
+
+/// `nixfly push SOURCE --to <proxy>/<repo> --tag v1 --output json` plus `extra`, with the
+/// session's token as FLY_API_TOKEN and the proxy as registry.fly.io.
+fn session_push(
+    t: &TestDir,
+    proxy: &FaultProxy,
+    source: &std::path::Path,
+    repo: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut cmd = t.nixfly();
+    cmd.env("FLY_REGISTRY_HOST", proxy.host())
+        .env(
+            "FLY_API_TOKEN",
+            format!("FlyV1 {SESSION_MACAROONS},{SESSION_OAUTH}"),
+        )
+        .args([
+            "push",
+            source.to_str().unwrap(),
+            "--to",
+            &format!("{}/{repo}", proxy.host()),
+        ])
+        .args(["--tag", "v1", "--output", "json"])
+        .args(extra);
+    support::run(&mut cmd)
+}
+
+/// Whether any output of `out` shows the session's token.
+fn shows_session_token(out: &std::process::Output) -> bool {
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    output.contains(SESSION_MACAROONS) || output.contains(SESSION_OAUTH)
+}
+
+/// A login session's token whose macaroons the registry takes, and a mount it refuses (401: no
+/// access to the other app): the refusal is about the other repository, so the push goes on
+/// with the macaroons, and never switches to the OAuth token (fly-go's `Tokens.Docker()` sends
+/// no OAuth token while there are macaroons).
 #[test]
 fn a_refused_mount_keeps_a_sessions_macaroons() {
-    let macaroons = "fm2_lJPECAAAAAAAAMZ3nixflymacaroon0123456789";
-    let oauth = "fo1_nixflytestoauthtoken0123456789abcdef";
-    let registry = Registry::start(AuthMode::fly(macaroons));
-    let refusal = Fault::status(401, &[("WWW-Authenticate", r#"Basic realm="registry""#)]);
-    let proxy = FaultProxy::start(registry.addr, vec![Rule::new("POST", "mount=", 0, refusal)]);
+    let (registry, proxy) = session_registry("POST", "mount=");
     let t = TestDir::new();
     let (source, written) = image(&t);
-    let push = |repo: &str| {
-        let mut cmd = t.nixfly();
-        cmd.env("FLY_REGISTRY_HOST", proxy.host())
-            .env("FLY_API_TOKEN", format!("FlyV1 {macaroons},{oauth}"))
-            .args([
-                "push",
-                source.to_str().unwrap(),
-                "--to",
-                &format!("{}/{repo}", proxy.host()),
-            ])
-            .args(["--tag", "v1", "--output", "json"]);
-        support::run(&mut cmd)
-    };
-    support::assert_success(&push("app"));
-    let other = push("other");
+    support::assert_success(&session_push(&t, &proxy, &source, "app", &[]));
+    let other = session_push(&t, &proxy, &source, "other", &[]);
     support::assert_success(&other);
     assert_eq!(layer_outcomes(&other), ["uploaded"; 2]);
     assert!(!proxy.fired().is_empty(), "no mount was tried");
     assert_same_image(&registry, &proxy.direct(&pushed_json_reference(&other)), &written);
-    let stderr = String::from_utf8_lossy(&other.stderr);
-    assert!(!stderr.contains(macaroons) && !stderr.contains(oauth), "{stderr}");
+    assert!(!shows_session_token(&other));
 }
 
 /// The same session token, and a `--reuse-from` image of another app the registry will not
@@ -798,24 +830,10 @@ fn a_refused_mount_keeps_a_sessions_macaroons() {
 /// registry refuses, and the push failed.
 #[test]
 fn a_refused_read_of_another_repository_keeps_a_sessions_macaroons() {
-    let macaroons = "fm2_lJPECAAAAAAAAMZ3nixflymacaroon0123456789";
-    let oauth = "fo1_nixflytestoauthtoken0123456789abcdef";
-    let registry = Registry::start(AuthMode::fly(macaroons));
-    let refusal = Fault::status(401, &[("WWW-Authenticate", r#"Basic realm="registry""#)]);
-    let proxy = FaultProxy::start(registry.addr, vec![Rule::new("*", "/v2/other/", 0, refusal)]);
+    let (registry, proxy) = session_registry("*", "/v2/other/");
     let t = TestDir::new();
     let (source, written) = image(&t);
-    let mut cmd = t.nixfly();
-    cmd.env("FLY_REGISTRY_HOST", proxy.host())
-        .env("FLY_API_TOKEN", format!("FlyV1 {macaroons},{oauth}"))
-        .args([
-            "push",
-            source.to_str().unwrap(),
-            "--to",
-            &format!("{}/app", proxy.host()),
-        ])
-        .args(["--tag", "v1", "--reuse-from", "other:v1", "--output", "json"]);
-    let out = support::run(&mut cmd);
+    let out = session_push(&t, &proxy, &source, "app", &["--reuse-from", "other:v1"]);
     support::assert_success(&out);
     assert!(!proxy.fired().is_empty(), "the other repository was never read");
     let warnings = support::readback::events(&out, "warning");
@@ -825,12 +843,7 @@ fn a_refused_read_of_another_repository_keeps_a_sessions_macaroons() {
             .any(|w| w["message"].as_str().unwrap().contains("not reusing layers of")),
         "{warnings:?}"
     );
-    let output = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!output.contains(macaroons) && !output.contains(oauth), "{output}");
+    assert!(!shows_session_token(&out));
     assert_same_image(&registry, &proxy.direct(&pushed_json_reference(&out)), &written);
 }
 

@@ -80,12 +80,11 @@ fn an_archive_with_compressed_layer_entries_pushes_and_reads_back() {
 /// `core/images/archive/exporter.go` writes the OCI layout and the docker manifest side by
 /// side). Such a layer goes up as stored when the manifest format can carry its compression, as
 /// skopeo copies it: the registry then holds the very blobs the test wrote (their digests
-/// computed here, with sha2), not nixfly's recompression. A zstd one in a Docker v2s2 manifest
-/// is recompressed to gzip. A fresh runner's re-push reads nothing, and an entry whose bytes are
+/// computed here, with `images::sha256_hex`), not nixfly's recompression. A zstd one in a
+/// Docker v2s2 manifest is recompressed to gzip. A fresh runner's re-push reads nothing, and an entry whose bytes are
 /// not the digest it is named by is refused without moving the tag.
 #[test]
 fn a_containerd_store_save_pushes_its_compressed_layers_as_stored() {
-    use sha2::Digest as _;
     let registry = Registry::start(AuthMode::htpasswd());
     let t = TestDir::new();
     let (tar, written) = stream_archive(&t, "image.tar");
@@ -148,10 +147,7 @@ fn a_containerd_store_save_pushes_its_compressed_layers_as_stored() {
         assert!(media_type.ends_with(expected), "{media_type}");
         // The registry holds the test's bytes under that digest.
         let data = std::fs::read(registry.blob_data(digest)).unwrap();
-        assert_eq!(
-            format!("sha256:{}", hex(&sha2::Sha256::digest(&data))),
-            *entry_digest
-        );
+        assert_eq!(format!("sha256:{}", images::sha256_hex(&data)), *entry_digest);
     }
 
     // A fresh runner (an empty cache) pushing the same archive to the same tag reads no layer.
@@ -192,17 +188,12 @@ fn a_containerd_store_save_pushes_its_compressed_layers_as_stored() {
     assert!(registry.skopeo_inspect_fails(&format!("{}/fresh:v1", registry.host())));
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// `src` rewritten as containerd's exporter writes a `docker save`: config and layers at
 /// `blobs/sha256/<digest>` (layers compressed, gzip and zstd by turns), manifest.json naming
 /// them, an `oci-layout` and an `index.json`. Returns each layer's blob digest and whether it
 /// is zstd, in manifest order.
 fn containerd_save(src: &std::path::Path, dst: &std::path::Path) -> Vec<(String, bool)> {
-    use sha2::Digest as _;
-    let digest = |data: &[u8]| format!("sha256:{}", hex(&sha2::Sha256::digest(data)));
+    let digest = |data: &[u8]| format!("sha256:{}", images::sha256_hex(data));
     let mut archive = tar::Archive::new(std::fs::File::open(src).unwrap());
     let mut files = std::collections::HashMap::new();
     for entry in archive.entries().unwrap() {

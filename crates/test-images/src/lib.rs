@@ -78,7 +78,8 @@ pub enum Fault {
     AbsoluteEntry,
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+/// The lowercase hex sha256 of `bytes` (sha2, independent of nixfly).
+pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
