@@ -54,7 +54,7 @@
         default = pkgs.mkShell {
           inputsFrom = [ self.packages.${pkgs.stdenv.hostPlatform.system}.nixfly ];
           # What the test suite runs: the real registry (nixpkgs' `distribution` installs it as
-          # `registry`), skopeo, htpasswd, Nix itself and Python (the tar and JSON oracles).
+          # `registry`), skopeo, htpasswd, openssl, Nix itself and Python (the tar and JSON oracles).
           packages = with pkgs; [
             cargo
             rustc
@@ -63,6 +63,7 @@
             skopeo
             distribution
             apacheHttpd
+            openssl
             nix
             python3
           ];

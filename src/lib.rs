@@ -15,6 +15,7 @@ pub mod error;
 pub mod fly;
 pub mod image;
 pub mod layer;
+pub mod net;
 pub mod progress;
 pub mod push;
 pub mod registry;

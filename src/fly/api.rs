@@ -122,11 +122,17 @@ fn code_hint(code: Option<&str>) -> &'static str {
 }
 
 /// What a transport error means for the request: never sent, or its answer cut off or late.
-fn transport_failure(source: &reqwest::Error) -> &'static str {
-    if source.is_connect() {
-        "cannot reach the Fly API"
+fn transport_failure(source: &reqwest::Error) -> String {
+    if source.is_connect() && crate::net::is_certificate_error(source) {
+        format!(
+            "the Fly API presents a TLS certificate this machine does not trust. If a proxy \
+             that inspects TLS stands in between: {}",
+            crate::net::trust_hint()
+        )
+    } else if source.is_connect() {
+        "cannot reach the Fly API".into()
     } else {
-        "no complete answer came from the Fly API (the connection broke or timed out)"
+        "no complete answer came from the Fly API (the connection broke or timed out)".into()
     }
 }
 
@@ -354,7 +360,11 @@ impl FlyHttp {
             } = match read_answer(builder).await {
                 Ok(answer) => answer,
                 Err(source) => {
-                    if transport_is_transient(source.is_connect(), req.replay) && attempt < policy.retries {
+                    // A certificate this machine does not trust stays untrusted: no retry.
+                    if transport_is_transient(source.is_connect(), req.replay)
+                        && !crate::net::is_certificate_error(&source)
+                        && attempt < policy.retries
+                    {
                         let delay = policy.delay(attempt, None);
                         attempt += 1;
                         self.reporter

@@ -148,12 +148,24 @@ impl RegistryClient {
             // Redirects are followed by hand so that credentials never go to another host.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(30))
+            // HTTP/1.1 only, as Docker and skopeo push: moby's `registry/registry.go`
+            // (`NewTransport`) and containers/image's `pkg/tlsclientconfig/tlsclientconfig.go`
+            // (`NewTransport`) both set a TLS config or dialer without `ForceAttemptHTTP2`, so Go
+            // never offers h2. That is the protocol registry.fly.io takes pushes in every day, and
+            // each parallel upload gets a TCP connection (and a flow-control window) of its own
+            // instead of sharing one h2 connection's. The Fly API client keeps h2, as fly-go's does.
+            .http1_only()
             .build()
             .map_err(|source| RegistryError::Transport {
                 operation: format!("setting up the HTTP client for {registry}"),
                 hint: String::new(),
                 source,
             })?;
+        if reporter.verbose() > 0 {
+            for variable in crate::net::environment_in_use() {
+                reporter.debug(format!("{variable} (TLS trust and proxies for {registry})"));
+            }
+        }
         let is_fly = registry.eq_ignore_ascii_case(&super::reference::default_registry_host());
         let auth = Authenticator::new(
             registry,
@@ -290,7 +302,10 @@ impl RegistryClient {
             let response = match result {
                 Ok(response) => response,
                 Err(err) => {
-                    if attempt < self.options.retry.retries {
+                    // A certificate this machine does not trust stays untrusted: no retry.
+                    let untrusted = matches!(&err, RegistryError::Transport { source, .. }
+                        if crate::net::is_certificate_error(source));
+                    if attempt < self.options.retry.retries && !untrusted {
                         let delay = self.options.retry.delay(attempt, None);
                         self.debug(|| format!("{err}; retrying in {:.1} s", delay.as_secs_f64()));
                         attempt += 1;
@@ -490,7 +505,14 @@ impl RegistryClient {
         if let Some(url) = source.url_mut() {
             url.set_query(None);
         }
-        let hint = if source.is_connect() && self.base.scheme() == "https" {
+        let hint = if source.is_connect() && crate::net::is_certificate_error(&source) {
+            format!(
+                "; {} presents a TLS certificate this machine does not trust. If a private CA \
+                 signs it (a self-hosted registry, or a proxy that inspects TLS): {}",
+                self.registry,
+                crate::net::trust_hint()
+            )
+        } else if source.is_connect() && self.base.scheme() == "https" {
             format!(
                 "; is {} up and serving HTTPS? (--plain-http talks plain HTTP)",
                 self.registry

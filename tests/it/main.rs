@@ -24,6 +24,7 @@ mod push_sources;
 mod registry_client;
 mod registry_creds;
 mod registry_push;
+mod registry_tls;
 mod rollout_failures;
 mod rollout_fly_parity;
 mod rollout_flyctl_oracle;

@@ -47,6 +47,9 @@ impl TestDir {
             "FLY_CONFIG_DIR",
             "REGISTRY_AUTH_FILE",
             "NIXFLY_OUTPUT",
+            // Trust only the system's CAs (a test names its own CA file where it needs one).
+            "SSL_CERT_FILE",
+            "SSL_CERT_DIR",
         ] {
             cmd.env_remove(var);
         }

@@ -48,6 +48,9 @@ pub struct Registry {
     pub addr: SocketAddr,
     pub auth: AuthMode,
     pub token_server: Option<TokenServer>,
+    /// Served over TLS (`start_tls`): the CA that signed its certificate, in `ca_file`, and
+    /// skopeo trusts it through `--cert-dir`.
+    pub tls: bool,
 }
 
 /// A free port on 127.0.0.1 (the listener is dropped right away; a clash is retried by `start`).
@@ -105,8 +108,80 @@ pub fn registry_binary(path: &std::ffi::OsStr) -> Option<PathBuf> {
     })
 }
 
+/// This machine's IPv4 address on its default route: a host nixfly does not take for loopback
+/// (which it talks plain HTTP to), for a registry served over TLS. No packet is sent.
+pub fn non_loopback_ipv4() -> std::net::Ipv4Addr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind a UDP socket");
+    let found = socket
+        .connect("198.51.100.1:9")
+        .and_then(|()| socket.local_addr())
+        .ok()
+        .and_then(|addr| match addr.ip() {
+            std::net::IpAddr::V4(ip) if !ip.is_loopback() && !ip.is_unspecified() => Some(ip),
+            _ => None,
+        });
+    found.expect(
+        "this test needs an IPv4 address other than loopback (a default route): nixfly talks plain \
+         HTTP to loopback registries, and this registry serves TLS",
+    )
+}
+
+/// A CA and a server certificate it signs for `ip`, made by openssl: `ca.pem`, `server.pem`
+/// and `server.key` in `dir`.
+fn make_certificates(dir: &Path, ip: std::net::Ipv4Addr) {
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-x509", "-days", "2", "-subj", "/CN=nixfly test CA"])
+            .args(ec)
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign"])
+            .args(["-keyout", &path("ca.key"), "-out", &path("ca.pem")]),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-subj", "/CN=nixfly test registry"])
+            .args(ec)
+            .args(["-keyout", &path("server.key"), "-out", &path("server.csr")]),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n"),
+    )
+    .expect("write certificate extensions");
+    run_ok(Command::new("openssl").args([
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        &path("server.csr"),
+        "-CA",
+        &path("ca.pem"),
+        "-CAkey",
+        &path("ca.key"),
+        "-CAcreateserial",
+        "-extfile",
+        &path("server.ext"),
+        "-out",
+        &path("server.pem"),
+    ]));
+}
+
 impl Registry {
     pub fn start(auth: AuthMode) -> Registry {
+        Registry::start_with(auth, false)
+    }
+
+    /// The registry served over TLS (HTTP/2 offered, as distribution offers it by default) on
+    /// this machine's non-loopback address, with a certificate from a CA of its own
+    /// (`ca_file`), and its access log on (`access_log_protocols`).
+    pub fn start_tls(auth: AuthMode) -> Registry {
+        Registry::start_with(auth, true)
+    }
+
+    fn start_with(auth: AuthMode, tls: bool) -> Registry {
         let dir = tempfile::tempdir().expect("registry temp dir");
         let token_server = match &auth {
             AuthMode::Token {
@@ -143,11 +218,30 @@ impl Registry {
         };
         let storage = dir.path().join("storage");
         let port = free_port();
+        let ip = if tls {
+            non_loopback_ipv4()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST
+        };
+        let tls_yaml = if tls {
+            make_certificates(dir.path(), ip);
+            let certs = dir.path().join("skopeo-certs");
+            std::fs::create_dir_all(&certs).expect("create skopeo's cert dir");
+            std::fs::copy(dir.path().join("ca.pem"), certs.join("ca.crt")).expect("copy the CA");
+            format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.path().join("server.pem").display(),
+                dir.path().join("server.key").display()
+            )
+        } else {
+            String::new()
+        };
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: {}\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
              \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: nixfly-test-secret\n{auth_yaml}",
+             http:\n  addr: {ip}:{port}\n  secret: nixfly-test-secret\n{tls_yaml}{auth_yaml}",
+            !tls,
             storage.display()
         );
         let config_path = dir.path().join("config.yml");
@@ -167,9 +261,10 @@ impl Registry {
         let mut registry = Registry {
             child,
             dir,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: SocketAddr::from((ip, port)),
             auth,
             token_server,
+            tls,
         };
         assert!(
             registry.wait_ready(Duration::from_secs(15)),
@@ -185,8 +280,11 @@ impl Registry {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if let Some(200 | 401) = http_status(self.addr, "GET", "/v2/") {
-                return true;
+            match http_status(self.addr, "GET", "/v2/") {
+                Some(200 | 401) => return true,
+                // Go's answer to plain HTTP on a TLS port.
+                Some(400) if self.tls => return true,
+                _ => {}
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -287,9 +385,34 @@ impl Registry {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
 
-    /// skopeo arguments that reach this registry: plain HTTP and its credentials.
+    /// The PEM file of the CA that signed a TLS registry's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// The protocol (`HTTP/1.1`, `HTTP/2.0`) of every request in a TLS registry's access log
+    /// whose User-Agent starts with `agent`, in order: distribution logs each request in the
+    /// combined log format (`... "GET /v2/ HTTP/1.1" 200 2 "referer" "user agent"`).
+    pub fn access_log_protocols(&self, agent: &str) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter_map(|line| {
+                let quoted: Vec<&str> = line.split('"').collect();
+                let protocol = quoted.get(1)?.split_whitespace().nth(2)?;
+                let user_agent = quoted.get(5)?;
+                (protocol.starts_with("HTTP/") && user_agent.starts_with(agent)).then(|| protocol.to_string())
+            })
+            .collect()
+    }
+
+    /// skopeo arguments that reach this registry: plain HTTP, or TLS verified against its CA,
+    /// and its credentials.
     pub fn skopeo_args(&self) -> Vec<String> {
-        let mut args = vec!["--tls-verify=false".to_string()];
+        let mut args = vec![if self.tls {
+            format!("--cert-dir={}", self.dir.path().join("skopeo-certs").display())
+        } else {
+            "--tls-verify=false".to_string()
+        }];
         if !matches!(self.auth, AuthMode::None) {
             args.push(format!("--creds={}", self.creds()));
         }

@@ -1,0 +1,135 @@
+//! A registry served over TLS by a CA of its own, as a self-hosted registry or a proxy that
+//! inspects TLS is: nixfly trusts it through `SSL_CERT_FILE` and pushes over HTTP/1.1, as
+//! Docker and skopeo do, though the registry offers HTTP/2; an untrusted certificate fails at
+//! once, with the fix, and tags nothing.
+
+use crate::support;
+
+use std::time::{Duration, Instant};
+use support::TestDir;
+use support::images::{self, Fault as ImageFault};
+use support::readback::{assert_same_image, push, pushed_reference};
+use support::registry::{AuthMode, Registry};
+
+#[test]
+fn a_registry_behind_a_private_ca_is_trusted_through_ssl_cert_file_and_pushed_over_http1() {
+    let registry = Registry::start_tls(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let source = t.join("image.tar");
+    let written = images::write_stream_layered(
+        std::fs::File::create(&source).unwrap(),
+        &images::small_layers(),
+        ImageFault::None,
+    )
+    .unwrap();
+    let source = source.to_str().unwrap();
+
+    // Not trusted: the push stops on the first request, with the fix, and tags nothing.
+    let began = Instant::now();
+    let out = push(&t, &registry, source, "app", "v1", &["--output", "plain"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("presents a TLS certificate this machine does not trust")
+            && err.contains("point SSL_CERT_FILE at a PEM file"),
+        "{err}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "an untrusted certificate is not retried: {:?}",
+        began.elapsed()
+    );
+    assert!(
+        registry.access_log_protocols("").is_empty(),
+        "no request got past the handshake"
+    );
+    assert!(registry.skopeo_inspect_fails(&format!("{}/app:v1", registry.host())));
+
+    // SSL_CERT_FILE naming another CA's file: the hint names it.
+    let other = Registry::start_tls(AuthMode::None);
+    let mut cmd = t.nixfly();
+    cmd.env("SSL_CERT_FILE", other.ca_file()).args([
+        "push",
+        source,
+        "--to",
+        &format!("{}/app", registry.host()),
+        "--creds",
+        &registry.creds(),
+    ]);
+    let out = support::run(&mut cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "SSL_CERT_FILE is {}: check that it holds",
+            other.ca_file().display()
+        )),
+        "{err}"
+    );
+
+    // Trusted through SSL_CERT_FILE: pushed, and skopeo, verifying the certificate against the
+    // same CA, reads back the image as written.
+    let mut cmd = t.nixfly();
+    cmd.env("SSL_CERT_FILE", registry.ca_file()).args([
+        "push",
+        source,
+        "--to",
+        &format!("{}/app", registry.host()),
+        "--tag",
+        "v1",
+        "--creds",
+        &registry.creds(),
+        "--output",
+        "plain",
+        "-v",
+    ]);
+    let out = support::run(&mut cmd);
+    let reference = pushed_reference(&out, &registry.host(), "app");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("SSL_CERT_FILE={}", registry.ca_file().display())),
+        "-v names the CA file in use: {err}"
+    );
+    assert_same_image(&registry, &reference, &written);
+    assert_same_image(&registry, &format!("{}/app:v1", registry.host()), &written);
+
+    // Every request nixfly sent went over HTTP/1.1, though the registry offers h2 (skopeo's
+    // reads are HTTP/1.1 too: containers/image never offers h2).
+    let protocols = registry.access_log_protocols("nixfly/");
+    assert!(
+        protocols.len() > written.diff_ids.len(),
+        "the access log shows the push: {protocols:?}\n{}",
+        registry.log()
+    );
+    assert!(protocols.iter().all(|p| p == "HTTP/1.1"), "{protocols:?}");
+}
+
+/// The Fly API behind a certificate this machine does not trust (a proxy that inspects TLS):
+/// the first call fails at once, naming the fix, before anything is changed.
+#[test]
+fn an_untrusted_fly_api_certificate_names_the_fix_and_is_not_retried() {
+    // Any TLS server with a certificate from a private CA will do: the registry is one.
+    let server = Registry::start_tls(AuthMode::None);
+    let t = TestDir::new();
+    let url = format!("https://{}", server.host());
+    let mut cmd = t.nixfly();
+    cmd.env("FLY_FLAPS_BASE_URL", &url)
+        .env("FLY_API_BASE_URL", &url)
+        .env("FLY_API_TOKEN", "nixfly-test-token-not-a-secret")
+        .args(["rollout", "--app", "demo", "--image", "registry.fly.io/demo:v1"]);
+    let began = Instant::now();
+    let out = support::run(&mut cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("the Fly API presents a TLS certificate this machine does not trust")
+            && err.contains("point SSL_CERT_FILE at a PEM file"),
+        "{err}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "an untrusted certificate is not retried: {:?}",
+        began.elapsed()
+    );
+    assert!(server.access_log_protocols("").is_empty());
+}
