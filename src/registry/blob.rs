@@ -900,7 +900,7 @@ impl RegistryClient {
             .await
             .map_err(|e| recoverable_failure(&e))?;
         let sent = source.lock().await.received;
-        self.data_response(repository, response, sent).await
+        self.data_response(repository, response, sent, false).await
     }
 
     /// One acknowledged chunk from `offset`, sent with `Content-Range` and replayable.
@@ -960,15 +960,17 @@ impl RegistryClient {
                 redirect: None,
             },
         })?;
-        self.data_response(repository, response, end).await
+        self.data_response(repository, response, end, true).await
     }
 
-    /// Interpret the answer to a data PATCH that sent bytes up to `sent`.
+    /// Interpret the answer to a data PATCH that sent bytes up to `sent`, a `Content-Range`
+    /// chunk or not.
     async fn data_response(
         &self,
         repository: &str,
         response: Response,
         sent: u64,
+        chunk: bool,
     ) -> Result<(Url, u64), Failure> {
         let status = response.status();
         if status == StatusCode::ACCEPTED || status == StatusCode::NO_CONTENT {
@@ -1009,7 +1011,13 @@ impl RegistryClient {
             });
         }
         let retry_after = retry_after(&response);
-        let unsupported = matches!(status.as_u16(), 405 | 411 | 413 | 415 | 416 | 501);
+        // A chunk answered 400 is a request the registry will not take however often it is
+        // sent: chunks end there and the blob goes in one PUT from byte 0, the way Docker and
+        // skopeo send a layer again (neither ever sends a chunk: moby's
+        // `distribution/push_v2.go` and containers/image's `docker/docker_image_dest.go`
+        // stream a layer in one PATCH), so a registry that takes no chunks costs one resend.
+        let unsupported = matches!(status.as_u16(), 405 | 411 | 413 | 415 | 416 | 501)
+            || (chunk && status == StatusCode::BAD_REQUEST);
         let code = status.as_u16();
         let recoverable = unsupported
             || code == 401

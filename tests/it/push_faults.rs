@@ -972,3 +972,43 @@ fn a_stale_range_on_a_patch_answer_does_not_resend_bytes() {
         assert!(!stderr.contains("monolithic"), "{mode}: {stderr}");
     }
 }
+
+/// A registry that refuses `Content-Range` chunks with 400 (a bad request stays bad, however
+/// often it is sent): after a failed streamed PATCH (a proxy's 502), the first refused chunk
+/// ends the chunks and the layer goes in one PUT, in a new session, as Docker sends a layer
+/// again from byte 0.
+/// Before, each chunk was retried until the upload gave up and the push failed. No registry
+/// here refuses chunks, and registry.fly.io is not shown to take them: Docker and skopeo never
+/// send any (moby's `distribution/push_v2.go` and containers/image's
+/// `docker/docker_image_dest.go` stream a layer in one PATCH).
+#[test]
+fn a_registry_refusing_chunks_with_400_gets_the_layer_in_one_put() {
+    let registry = Registry::start(AuthMode::htpasswd());
+    let proxy = FaultProxy::start(
+        registry.addr,
+        vec![
+            Rule::new("PATCH", "/blobs/uploads/", 1, Fault::status(502, &[])),
+            Rule::new("PATCH", "/blobs/uploads/", 0, Fault::status(400, &[])),
+        ],
+    );
+    let t = TestDir::new();
+    // 6 MiB of noise, one layer: all of it stays in the 8 MiB window.
+    let (source, written) = noisy_image(&t, 6);
+    let out = push_through(&t, &registry, &proxy, &source, &["-v"]);
+    // The streamed PATCH and one refused chunk.
+    assert_survived(&registry, &proxy, &out, 2, &written);
+    let puts: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PUT") && r.contains("/blobs/uploads/"))
+        .collect();
+    // The layer's PUT and the config's.
+    assert_eq!(
+        puts.len(),
+        2,
+        "{puts:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = registry.open_upload_sessions();
+    assert!(left.is_empty(), "{left:?}");
+}
