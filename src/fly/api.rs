@@ -270,7 +270,7 @@ impl FlyHttp {
             url: base.to_string(),
             source,
         })?;
-        let client = reqwest::Client::builder()
+        let client = crate::net::trusting(reqwest::Client::builder(), &reporter)
             .user_agent(concat!("nixfly/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(15))
             // Longer than the longest `wait` call the API holds open.
