@@ -162,6 +162,18 @@ fn add_pem(trust: &mut Trust, bytes: &[u8]) -> usize {
     added
 }
 
+/// `builder` for a client of `host` (`host[:port]`): a loopback host is never sent through a
+/// proxy, as Go's proxy rules never send one (`golang.org/x/net/http/httpproxy`, `useProxy`:
+/// localhost and loopback IPs go direct), so a local registry or API is reached the way flyctl
+/// and skopeo reach it while `HTTP_PROXY` is set; reqwest alone would send it to the proxy.
+pub fn for_host(builder: reqwest::ClientBuilder, host: &str) -> reqwest::ClientBuilder {
+    if crate::registry::client::is_loopback(host) {
+        builder.no_proxy()
+    } else {
+        builder
+    }
+}
+
 /// The variables the HTTP clients read: `SSL_CERT_FILE` and `SSL_CERT_DIR` (the CAs trusted
 /// instead of the system's, besides the ones built into nixfly) and, through reqwest, the
 /// proxies, with curl's rules.

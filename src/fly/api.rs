@@ -270,7 +270,8 @@ impl FlyHttp {
             url: base.to_string(),
             source,
         })?;
-        let client = crate::net::trusting(reqwest::Client::builder(), &reporter)
+        let builder = crate::net::for_host(reqwest::Client::builder(), base.host_str().unwrap_or_default());
+        let client = crate::net::trusting(builder, &reporter)
             .user_agent(concat!("nixfly/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(15))
             // Longer than the longest `wait` call the API holds open.

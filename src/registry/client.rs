@@ -143,7 +143,8 @@ impl RegistryClient {
             operation: format!("connecting to registry {registry}"),
             message: format!("not a valid host: {e}"),
         })?;
-        let http = crate::net::trusting(reqwest::Client::builder(), &reporter)
+        let builder = crate::net::for_host(reqwest::Client::builder(), registry);
+        let http = crate::net::trusting(builder, &reporter)
             .user_agent(concat!("nixfly/", env!("CARGO_PKG_VERSION")))
             // Redirects are followed by hand so that credentials never go to another host.
             .redirect(reqwest::redirect::Policy::none())

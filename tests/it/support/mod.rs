@@ -50,6 +50,15 @@ impl TestDir {
             // Trust only the system's CAs (a test names its own CA file where it needs one).
             "SSL_CERT_FILE",
             "SSL_CERT_DIR",
+            // No proxy but the one a test sets.
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "NO_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+            "no_proxy",
         ] {
             cmd.env_remove(var);
         }

@@ -1,15 +1,19 @@
-//! A registry served over TLS by a CA of its own, as a self-hosted registry or a proxy that
-//! inspects TLS is: nixfly trusts it through `SSL_CERT_FILE` and pushes over HTTP/1.1, as
-//! Docker and skopeo do, though the registry offers HTTP/2; an untrusted certificate fails at
-//! once, with the fix, and tags nothing.
+//! How nixfly meets the network, as Go tools (flyctl, skopeo) do. A registry served over TLS by
+//! a CA of its own, as a self-hosted registry or a proxy that inspects TLS is: nixfly trusts it
+//! through `SSL_CERT_FILE` and pushes over HTTP/1.1, as Docker and skopeo do, though the
+//! registry offers HTTP/2; an untrusted certificate fails at once, with the fix, and tags
+//! nothing. Proxies from the environment are used, except for loopback hosts.
 
 use crate::support;
 
 use std::time::{Duration, Instant};
 use support::TestDir;
+use support::fly_api::{FlyApi, MachineSpec};
 use support::images::{self, Fault as ImageFault};
+use support::proxy::RecordingServer;
 use support::readback::{assert_same_image, push, pushed_reference};
 use support::registry::{AuthMode, Registry};
+use support::rollout::{APP, assert_no_violations, image, rollout_cmd};
 
 #[test]
 fn a_registry_behind_a_private_ca_is_trusted_through_ssl_cert_file_and_pushed_over_http1() {
@@ -132,4 +136,88 @@ fn an_untrusted_fly_api_certificate_names_the_fix_and_is_not_retried() {
         began.elapsed()
     );
     assert!(server.access_log_protocols("").is_empty());
+}
+
+/// The proxy variables every client honours, all pointing at `proxy`.
+fn through(cmd: &mut std::process::Command, proxy: &RecordingServer) {
+    let url = format!("http://{}", proxy.addr);
+    for name in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        cmd.env(name, &url);
+    }
+    cmd.env_remove("NO_PROXY").env_remove("no_proxy");
+}
+
+/// With every proxy variable set, a loopback registry and a loopback Fly API are reached
+/// directly, as Go's proxy rules (`golang.org/x/net/http/httpproxy`, `useProxy`) reach them:
+/// the README's sandbox works on a machine whose proxy cannot see its loopback. Another host
+/// goes through the proxy (a CONNECT for HTTPS), unless NO_PROXY names it.
+#[test]
+fn proxies_carry_everything_but_loopback_hosts() {
+    let proxy = RecordingServer::start("127.0.0.1:0", |_| ("502 Bad Gateway".into(), String::new()));
+    let t = TestDir::new();
+    let source = t.join("image.tar");
+    let written = images::write_stream_layered(
+        std::fs::File::create(&source).unwrap(),
+        &images::small_layers(),
+        ImageFault::None,
+    )
+    .unwrap();
+    let source = source.to_str().unwrap();
+
+    // A loopback registry: pushed directly.
+    let local = Registry::start(AuthMode::None);
+    let mut cmd = t.nixfly();
+    through(&mut cmd, &proxy);
+    cmd.args(["push", source, "--to", &format!("{}/app:v1", local.host())]);
+    let out = support::run(&mut cmd);
+    let reference = pushed_reference(&out, &local.host(), "app");
+    assert_same_image(&local, &reference, &written);
+
+    // A loopback Fly API: rolled out directly.
+    let fly = FlyApi::start();
+    fly.add_app(APP);
+    fly.add_machines(APP, &MachineSpec::new("app").count(1));
+    let mut cmd = rollout_cmd(&fly, &t, &image(1));
+    through(&mut cmd, &proxy);
+    let out = support::run(&mut cmd);
+    support::assert_success(&out);
+    assert_no_violations(&fly);
+    assert!(proxy.received().is_empty(), "{:?}", proxy.received());
+
+    // Another host: through the proxy, which refuses the tunnel; NO_PROXY sends it direct.
+    let remote = Registry::start_tls(AuthMode::None);
+    let push_remote = |no_proxy: Option<String>| {
+        let mut cmd = t.nixfly();
+        through(&mut cmd, &proxy);
+        if let Some(hosts) = no_proxy {
+            cmd.env("NO_PROXY", hosts);
+        }
+        cmd.env("SSL_CERT_FILE", remote.ca_file()).args([
+            "push",
+            source,
+            "--to",
+            &format!("{}/app:v1", remote.host()),
+        ]);
+        support::run(&mut cmd)
+    };
+    let out = push_remote(None);
+    assert!(!out.status.success());
+    let tunnels = proxy.received();
+    assert!(
+        tunnels
+            .iter()
+            .any(|head| head.starts_with(&format!("CONNECT {} ", remote.host()))),
+        "{tunnels:?}"
+    );
+    let out = push_remote(Some(format!("localhost,{}", remote.addr.ip())));
+    let reference = pushed_reference(&out, &remote.host(), "app");
+    assert_same_image(&remote, &reference, &written);
+    assert_eq!(proxy.received().len(), tunnels.len(), "NO_PROXY went direct");
 }
