@@ -15,10 +15,8 @@ use support::readback::{assert_same_image, push, pushed_reference};
 use support::registry::{AuthMode, Registry};
 use support::rollout::{APP, assert_no_violations, image, rollout_cmd};
 
-#[test]
-fn a_registry_behind_a_private_ca_is_trusted_through_ssl_cert_file_and_pushed_over_http1() {
-    let registry = Registry::start_tls(AuthMode::htpasswd());
-    let t = TestDir::new();
+/// A small image as nixpkgs' streamLayeredImage writes it, in `t`.
+fn small_image(t: &TestDir) -> (std::path::PathBuf, images::Written) {
     let source = t.join("image.tar");
     let written = images::write_stream_layered(
         std::fs::File::create(&source).unwrap(),
@@ -26,22 +24,39 @@ fn a_registry_behind_a_private_ca_is_trusted_through_ssl_cert_file_and_pushed_ov
         ImageFault::None,
     )
     .unwrap();
-    let source = source.to_str().unwrap();
+    (source, written)
+}
 
-    // Not trusted: the push stops on the first request, with the fix, and tags nothing.
+/// `run` fails within 10 s (an untrusted certificate is not retried), saying `what` and
+/// naming SSL_CERT_FILE as the fix.
+#[track_caller]
+fn refused_at_once(run: impl FnOnce() -> std::process::Output, what: &str) {
     let began = Instant::now();
-    let out = push(&t, &registry, source, "app", "v1", &["--output", "plain"]);
+    let out = run();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains("presents a TLS certificate this machine does not trust")
-            && err.contains("point SSL_CERT_FILE at a PEM file"),
+        err.contains(what) && err.contains("point SSL_CERT_FILE at a PEM file"),
         "{err}"
     );
     assert!(
         began.elapsed() < Duration::from_secs(10),
         "an untrusted certificate is not retried: {:?}",
         began.elapsed()
+    );
+}
+
+#[test]
+fn a_registry_behind_a_private_ca_is_trusted_through_ssl_cert_file_and_pushed_over_http1() {
+    let registry = Registry::start_tls(AuthMode::htpasswd());
+    let t = TestDir::new();
+    let (source, written) = small_image(&t);
+    let source = source.to_str().unwrap();
+
+    // Not trusted: the push stops on the first request, with the fix, and tags nothing.
+    refused_at_once(
+        || push(&t, &registry, source, "app", "v1", &["--output", "plain"]),
+        "presents a TLS certificate this machine does not trust",
     );
     assert!(
         registry.access_log_protocols("").is_empty(),
@@ -121,19 +136,9 @@ fn an_untrusted_fly_api_certificate_names_the_fix_and_is_not_retried() {
         .env("FLY_API_BASE_URL", &url)
         .env("FLY_API_TOKEN", "nixfly-test-token-not-a-secret")
         .args(["rollout", "--app", "demo", "--image", "registry.fly.io/demo:v1"]);
-    let began = Instant::now();
-    let out = support::run(&mut cmd);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    assert!(
-        err.contains("the Fly API presents a TLS certificate this machine does not trust")
-            && err.contains("point SSL_CERT_FILE at a PEM file"),
-        "{err}"
-    );
-    assert!(
-        began.elapsed() < Duration::from_secs(10),
-        "an untrusted certificate is not retried: {:?}",
-        began.elapsed()
+    refused_at_once(
+        || support::run(&mut cmd),
+        "the Fly API presents a TLS certificate this machine does not trust",
     );
     assert!(server.access_log_protocols("").is_empty());
 }
@@ -162,13 +167,7 @@ fn through(cmd: &mut std::process::Command, proxy: &RecordingServer) {
 fn proxies_carry_everything_but_loopback_hosts() {
     let proxy = RecordingServer::start("127.0.0.1:0", |_| ("502 Bad Gateway".into(), String::new()));
     let t = TestDir::new();
-    let source = t.join("image.tar");
-    let written = images::write_stream_layered(
-        std::fs::File::create(&source).unwrap(),
-        &images::small_layers(),
-        ImageFault::None,
-    )
-    .unwrap();
+    let (source, written) = small_image(&t);
     let source = source.to_str().unwrap();
 
     // A loopback registry: pushed directly.

@@ -915,21 +915,31 @@ fn a_refused_chunk_sends_the_layer_again_in_one_put_in_a_new_session() {
             &["-v", "--upload-mode", "chunked"],
         );
         assert_survived(&registry, &proxy, &out, faults, &written);
-        let puts: Vec<_> = proxy
-            .requests()
-            .into_iter()
-            .filter(|r| r.starts_with("PUT") && r.contains("/blobs/uploads/"))
-            .collect();
-        // The layer's PUT and the config's.
-        assert_eq!(
-            puts.len(),
-            2,
-            "{puts:?}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let left = registry.open_upload_sessions();
-        assert!(left.is_empty(), "{left:?}");
+        assert_one_put_each_and_no_session_left(&registry, &proxy, &out);
     }
+}
+
+/// Two blob PUTs went through `proxy` (the one layer's and the config's: the layer went in one
+/// PUT, not again after a failed one), and `registry` holds no upload session open.
+#[track_caller]
+fn assert_one_put_each_and_no_session_left(
+    registry: &Registry,
+    proxy: &FaultProxy,
+    out: &std::process::Output,
+) {
+    let puts: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PUT") && r.contains("/blobs/uploads/"))
+        .collect();
+    assert_eq!(
+        puts.len(),
+        2,
+        "{puts:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = registry.open_upload_sessions();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// A registry whose `Range` on a PATCH's answer stays behind what was sent (ECR's stops after
@@ -997,18 +1007,5 @@ fn a_registry_refusing_chunks_with_400_gets_the_layer_in_one_put() {
     let out = push_through(&t, &registry, &proxy, &source, &["-v"]);
     // The streamed PATCH and one refused chunk.
     assert_survived(&registry, &proxy, &out, 2, &written);
-    let puts: Vec<_> = proxy
-        .requests()
-        .into_iter()
-        .filter(|r| r.starts_with("PUT") && r.contains("/blobs/uploads/"))
-        .collect();
-    // The layer's PUT and the config's.
-    assert_eq!(
-        puts.len(),
-        2,
-        "{puts:?}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let left = registry.open_upload_sessions();
-    assert!(left.is_empty(), "{left:?}");
+    assert_one_put_each_and_no_session_left(&registry, &proxy, &out);
 }
